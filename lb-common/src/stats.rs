@@ -1,0 +1,159 @@
+//! Global counters: what the datapath saw (protocols), what it decided (verdicts) and why
+//! (reasons). Every packet bumps exactly one verdict and exactly one reason.
+
+use crate::consts::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
+
+/// One per-CPU counter slot. Userspace sums the slots of all CPUs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Counter {}
+
+impl Counter {
+    /// Adds another CPU's slot (saturating: a counter never wraps back to small values).
+    pub fn merge(&mut self, other: &Counter) {
+        self.packets = self.packets.saturating_add(other.packets);
+        self.bytes = self.bytes.saturating_add(other.bytes);
+    }
+}
+
+/// What a counter is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatKind {
+    Protocol,
+    Verdict,
+    Reason,
+}
+
+macro_rules! stats {
+    ($($variant:ident = $index:literal, $name:literal, $kind:ident;)*) => {
+        /// Index of a global counter in the stats map.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Stat {
+            $($variant = $index,)*
+        }
+
+        impl Stat {
+            /// Every counter, in index order.
+            pub const ALL: &'static [Stat] = &[$(Stat::$variant,)*];
+
+            /// Stable snake_case name, used in CLI output and metrics.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Stat::$variant => $name,)*
+                }
+            }
+
+            pub const fn kind(self) -> StatKind {
+                match self {
+                    $(Stat::$variant => StatKind::$kind,)*
+                }
+            }
+
+            pub const fn index(self) -> u32 {
+                self as u32
+            }
+        }
+    };
+}
+
+stats! {
+    // Protocols seen (a packet bumps its L3 and, when parsed, its L4 counter).
+    Ipv4 = 0, "ipv4", Protocol;
+    Ipv6 = 1, "ipv6", Protocol;
+    OtherL3 = 2, "other_l3", Protocol;
+    Tcp = 3, "tcp", Protocol;
+    Udp = 4, "udp", Protocol;
+    Icmp = 5, "icmp", Protocol;
+    OtherL4 = 6, "other_l4", Protocol;
+    // Verdicts, one per XDP action value (XDP_ABORTED = 0 ... XDP_REDIRECT = 4).
+    Aborted = 7, "xdp_aborted", Verdict;
+    Drop = 8, "xdp_drop", Verdict;
+    Pass = 9, "xdp_pass", Verdict;
+    Tx = 10, "xdp_tx", Verdict;
+    Redirect = 11, "xdp_redirect", Verdict;
+    // Reasons: why the verdict was what it was.
+    PassNotIp = 12, "pass_not_ip", Reason;
+    PassNotVip = 13, "pass_not_vip", Reason;
+    MalformedEthernet = 14, "malformed_ethernet", Reason;
+    MalformedVlan = 15, "malformed_vlan", Reason;
+    MalformedIpv4 = 16, "malformed_ipv4", Reason;
+    MalformedIpv6 = 17, "malformed_ipv6", Reason;
+    MalformedTcp = 18, "malformed_tcp", Reason;
+    MalformedUdp = 19, "malformed_udp", Reason;
+}
+
+/// Number of slots in the stats map.
+pub const STAT_COUNT: u32 = Stat::ALL.len() as u32;
+
+impl Stat {
+    /// The verdict counter for an XDP action value; unknown values count as aborted.
+    pub const fn for_action(action: u32) -> Stat {
+        match action {
+            XDP_DROP => Stat::Drop,
+            XDP_PASS => Stat::Pass,
+            XDP_TX => Stat::Tx,
+            XDP_REDIRECT => Stat::Redirect,
+            _ => Stat::Aborted,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_are_dense_and_names_unique() {
+        for (position, stat) in Stat::ALL.iter().enumerate() {
+            assert_eq!(stat.index() as usize, position, "{stat:?} is out of order");
+        }
+        for (i, a) in Stat::ALL.iter().enumerate() {
+            for b in &Stat::ALL[i + 1..] {
+                assert_ne!(a.name(), b.name());
+            }
+        }
+    }
+
+    #[test]
+    fn every_xdp_action_has_its_verdict_counter() {
+        let verdicts: [Stat; 5] = core::array::from_fn(|action| Stat::for_action(action as u32));
+        assert_eq!(
+            verdicts,
+            [
+                Stat::Aborted,
+                Stat::Drop,
+                Stat::Pass,
+                Stat::Tx,
+                Stat::Redirect
+            ]
+        );
+        assert!(verdicts.iter().all(|v| v.kind() == StatKind::Verdict));
+        assert_eq!(Stat::for_action(99), Stat::Aborted);
+    }
+
+    #[test]
+    fn merge_sums_and_saturates() {
+        let mut total = Counter {
+            packets: 1,
+            bytes: 10,
+        };
+        total.merge(&Counter {
+            packets: 2,
+            bytes: u64::MAX,
+        });
+        assert_eq!(
+            total,
+            Counter {
+                packets: 3,
+                bytes: u64::MAX
+            }
+        );
+    }
+}

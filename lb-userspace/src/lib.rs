@@ -1,0 +1,9 @@
+//! The lb controller as a library: the embedded datapath and the pieces the `lb` binary and
+//! the integration tests share.
+
+pub mod attach;
+pub mod cli;
+pub mod daemon;
+pub mod datapath;
+pub mod privileges;
+pub mod stats;

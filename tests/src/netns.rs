@@ -1,0 +1,138 @@
+//! Network namespaces owned by one test: unique names (with the pid), removed on drop, even
+//! when the test panics. Nothing here touches the host's own interfaces.
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd as _,
+    path::PathBuf,
+    process::Command,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+/// Runs a command and panics with its stderr when it fails.
+pub fn sh(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+    assert!(
+        output.status.success(),
+        "`{program} {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// Creates `lbt-<pid>-<n>-<role>` with its loopback up.
+    pub fn new(role: &str) -> Self {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let name = format!("lbt-{}-{id}-{role}", std::process::id());
+        sh("ip", &["netns", "add", &name]);
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// `ip -n <ns> args...`
+    pub fn ip(&self, args: &[&str]) -> String {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        sh("ip", &full)
+    }
+
+    /// A command that runs inside this namespace. `nsenter --net` (unlike `ip netns exec`)
+    /// keeps the host's /sys, so bpffs pins stay visible.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.path().display()))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
+    /// Runs `f` on a thread that has entered this namespace; sockets it creates live here.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let file = File::open(self.path()).expect("open the namespace file");
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    // SAFETY: setns on this thread only; the fd is a valid netns file.
+                    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                    f()
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    /// Whether any interface in this namespace has an XDP program attached.
+    pub fn has_xdp(&self) -> bool {
+        self.ip(&["-d", "link", "show"])
+            .lines()
+            .any(|line| line.contains(" xdp") || line.contains("prog/xdp"))
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        // Deleting the namespace also removes its veths (and their peers elsewhere).
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A veth pair with one end in each namespace, addressed and up.
+pub struct Link {
+    pub a: String,
+    pub b: String,
+}
+
+impl Link {
+    /// Joins `a_ns` (address `a_addr`, a CIDR) and `b_ns` (`b_addr`).
+    pub fn veth(a_ns: &NetNs, a_addr: &str, b_ns: &NetNs, b_addr: &str) -> Self {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let a = format!("va{id}");
+        let b = format!("vb{id}");
+        sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                &a,
+                "netns",
+                a_ns.name(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &b,
+                "netns",
+                b_ns.name(),
+            ],
+        );
+        for (ns, dev, addr) in [(a_ns, &a, a_addr), (b_ns, &b, b_addr)] {
+            let family = if addr.contains(':') { "-6" } else { "-4" };
+            ns.ip(&[family, "addr", "add", addr, "dev", dev, "nodad"]);
+            ns.ip(&["link", "set", dev, "up"]);
+        }
+        Self { a, b }
+    }
+}

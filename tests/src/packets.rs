@@ -1,0 +1,142 @@
+//! Golden packet builders (etherparse) and the header boundaries of a built packet.
+
+use etherparse::{IpHeaders, Ipv4Header, Ipv4Options, PacketBuilder, VlanId};
+
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const LB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+pub const CLIENT_V4: [u8; 4] = [198, 18, 0, 1];
+pub const LB_V4: [u8; 4] = [198, 18, 0, 2];
+pub const CLIENT_V6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+pub const LB_V6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+#[derive(Clone, Copy, Debug)]
+pub enum Family {
+    V4,
+    /// IPv4 with 8 bytes of options (NOP padding and end of list).
+    V4Options,
+    V6,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+/// A packet description; `build` turns it into bytes with valid checksums.
+#[derive(Clone, Copy, Debug)]
+pub struct Spec {
+    pub family: Family,
+    pub transport: Transport,
+    pub vlan: bool,
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+impl Spec {
+    pub const fn new(family: Family, transport: Transport) -> Self {
+        Self {
+            family,
+            transport,
+            vlan: false,
+            src_port: 40_000,
+            dst_port: 80,
+        }
+    }
+
+    pub const fn with_vlan(mut self) -> Self {
+        self.vlan = true;
+        self
+    }
+
+    pub fn build(&self, payload: &[u8]) -> Vec<u8> {
+        let eth = PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC);
+        let vlan_id = VlanId::try_new(100).expect("valid VLAN id");
+        macro_rules! finish {
+            ($ip:expr) => {{
+                let mut out = Vec::new();
+                match self.transport {
+                    Transport::Tcp => $ip
+                        .tcp(self.src_port, self.dst_port, 1, 64_000)
+                        .syn()
+                        .write(&mut out, payload),
+                    Transport::Udp => $ip
+                        .udp(self.src_port, self.dst_port)
+                        .write(&mut out, payload),
+                }
+                .expect("build packet");
+                out
+            }};
+        }
+        match (self.family, self.vlan) {
+            (Family::V4, false) => finish!(eth.ipv4(CLIENT_V4, LB_V4, 64)),
+            (Family::V4, true) => finish!(eth.single_vlan(vlan_id).ipv4(CLIENT_V4, LB_V4, 64)),
+            (Family::V6, false) => finish!(eth.ipv6(CLIENT_V6, LB_V6, 64)),
+            (Family::V6, true) => finish!(eth.single_vlan(vlan_id).ipv6(CLIENT_V6, LB_V6, 64)),
+            (Family::V4Options, vlan) => {
+                let ip = ipv4_with_options();
+                if vlan {
+                    finish!(eth.single_vlan(vlan_id).ip(ip))
+                } else {
+                    finish!(eth.ip(ip))
+                }
+            }
+        }
+    }
+
+    /// Offsets where a header ends: Ethernet, VLAN tag (if any), IP, L4.
+    pub fn boundaries(&self) -> Vec<(usize, Layer)> {
+        let mut at = 14;
+        let mut out = vec![(at, Layer::Ethernet)];
+        if self.vlan {
+            at += 4;
+            out.push((at, Layer::Vlan));
+        }
+        let (ip_len, ip_layer) = match self.family {
+            Family::V4 => (20, Layer::Ipv4),
+            Family::V4Options => (28, Layer::Ipv4),
+            Family::V6 => (40, Layer::Ipv6),
+        };
+        at += ip_len;
+        out.push((at, ip_layer));
+        let (l4_len, l4_layer) = match self.transport {
+            Transport::Tcp => (20, Layer::Tcp),
+            Transport::Udp => (8, Layer::Udp),
+        };
+        at += l4_len;
+        out.push((at, l4_layer));
+        out
+    }
+}
+
+/// A protocol layer, for truncation tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layer {
+    Ethernet,
+    Vlan,
+    Ipv4,
+    Ipv6,
+    Tcp,
+    Udp,
+}
+
+fn ipv4_with_options() -> IpHeaders {
+    let mut header = Ipv4Header::new(0, 64, etherparse::IpNumber::TCP, CLIENT_V4, LB_V4)
+        .expect("valid IPv4 header");
+    // NOP x7 then End of Option List: 8 bytes, IHL 7.
+    header.options =
+        Ipv4Options::try_from(&[1u8, 1, 1, 1, 1, 1, 1, 0][..]).expect("8 option bytes");
+    IpHeaders::Ipv4(header, Default::default())
+}
+
+/// Every combination the parser must handle.
+pub fn all_specs() -> Vec<Spec> {
+    let mut specs = Vec::new();
+    for family in [Family::V4, Family::V4Options, Family::V6] {
+        for transport in [Transport::Tcp, Transport::Udp] {
+            specs.push(Spec::new(family, transport));
+            specs.push(Spec::new(family, transport).with_vlan());
+        }
+    }
+    specs
+}

@@ -1,0 +1,46 @@
+//! `cargo xtask`: the one entry point to set up, build, run and test lb.
+
+mod build;
+mod cmd;
+mod run;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run and test lb")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the eBPF build needs (nightly rust-src, bpf-linker) and the test tools.
+    Setup,
+    /// Build the eBPF datapath and the `lb` binary that embeds it.
+    Build(build::Options),
+    /// Build, then run `lb` as root with the given arguments.
+    Run(run::Options),
+    /// Run every check CI runs: fmt, clippy, unit, eBPF and integration tests.
+    Test,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Task::Setup => setup::run(),
+        Task::Build(options) => {
+            setup::run()?;
+            build::run(&options).map(drop)
+        }
+        Task::Run(options) => {
+            setup::run()?;
+            run::run(&options)
+        }
+        Task::Test => {
+            setup::run()?;
+            test::run()
+        }
+    }
+}

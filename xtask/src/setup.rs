@@ -1,0 +1,181 @@
+//! `cargo xtask setup`: idempotently installs what a fresh host lacks for building and testing.
+//!
+//! - `rust-src` for nightly (the eBPF crate is built with `-Z build-std=core`);
+//! - bpf-linker, built against nightly's own libLLVM so both agree on the LLVM version. Its
+//!   LLVM prefix lives under `$CARGO_HOME` because the binary keeps an rpath to it;
+//! - the Debian packages the tests drive (iproute2, ethtool, util-linux's nsenter).
+
+use std::{fs, os::unix::fs::symlink, path::Path, process::Command, time::Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::cmd::{self, cargo_home, succeeds};
+
+const NIGHTLY: &str = "nightly";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Commands the tests run, and the Debian package that provides each.
+const TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("ethtool", "ethtool"),
+    ("nsenter", "util-linux"),
+];
+
+pub fn run() -> anyhow::Result<()> {
+    let started = Instant::now();
+    ensure_nightly()?;
+    ensure_rust_src()?;
+    ensure_bpf_linker()?;
+    ensure_tools()?;
+    eprintln!("setup: ready ({:.1}s)", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn ensure_nightly() -> anyhow::Result<()> {
+    if succeeds(Command::new("rustc").args([&format!("+{NIGHTLY}"), "--version"])) {
+        return Ok(());
+    }
+    eprintln!("setup: installing the {NIGHTLY} toolchain");
+    cmd::run(Command::new("rustup").args(["toolchain", "install", NIGHTLY, "--profile", "minimal"]))
+}
+
+fn ensure_rust_src() -> anyhow::Result<()> {
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--installed", "--toolchain", NIGHTLY])
+        .output()
+        .context("running rustup")?;
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|line| line.starts_with("rust-src"))
+    {
+        eprintln!("setup: rust-src for {NIGHTLY} already installed");
+        return Ok(());
+    }
+    eprintln!("setup: adding rust-src to {NIGHTLY}");
+    cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))
+}
+
+fn ensure_bpf_linker() -> anyhow::Result<()> {
+    let cargo_home = cargo_home()?;
+    let linker = cargo_home.join("bin").join("bpf-linker");
+    if succeeds(Command::new(&linker).arg("--version")) {
+        eprintln!(
+            "setup: bpf-linker already installed at {}",
+            linker.display()
+        );
+        return Ok(());
+    }
+    let llvm = nightly_libllvm()?;
+    let prefix = cargo_home.join("lb-bpf-linker-llvm");
+    let lib = prefix.join("lib");
+    fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
+    let file_name = llvm
+        .file_name()
+        .context("libLLVM path has no file name")?
+        .to_owned();
+    for name in [Path::new("libLLVM.so").as_os_str(), file_name.as_os_str()] {
+        let link = lib.join(name);
+        let _ = fs::remove_file(&link);
+        symlink(&llvm, &link)
+            .with_context(|| format!("linking {} to {}", link.display(), llvm.display()))?;
+    }
+    let llvm_major = llvm_major(&file_name.to_string_lossy())?;
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against {} (about a minute)",
+        llvm.display()
+    );
+    let started = Instant::now();
+    cmd::run(
+        Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--locked",
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{llvm_major}"),
+            ])
+            .env("LLVM_PREFIX", &prefix),
+    )?;
+    eprintln!(
+        "setup: bpf-linker built in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The real shared library in nightly's sysroot (the other libLLVM file is a linker script).
+fn nightly_libllvm() -> anyhow::Result<std::path::PathBuf> {
+    let output = Command::new("rustc")
+        .args([&format!("+{NIGHTLY}"), "--print", "sysroot"])
+        .output()
+        .context("asking nightly rustc for its sysroot")?;
+    let sysroot = String::from_utf8(output.stdout).context("sysroot is not UTF-8")?;
+    let lib = Path::new(sysroot.trim()).join("lib");
+    let entries = fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if name.is_some_and(|n| n.starts_with("libLLVM.so.")) {
+            return Ok(path);
+        }
+    }
+    bail!(
+        "no libLLVM.so.* in {}: the {NIGHTLY} toolchain lacks its LLVM library",
+        lib.display()
+    )
+}
+
+/// "libLLVM.so.22.1-rust-1.97.0-nightly" → 22.
+fn llvm_major(file_name: &str) -> anyhow::Result<u32> {
+    file_name
+        .strip_prefix("libLLVM.so.")
+        .and_then(|rest| rest.split('.').next())
+        .and_then(|major| major.parse().ok())
+        .with_context(|| format!("cannot read the LLVM version from {file_name}"))
+}
+
+fn ensure_tools() -> anyhow::Result<()> {
+    let missing: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(tool, _)| {
+            !succeeds(Command::new("sh").args(["-c", &format!("command -v {tool}")]))
+        })
+        .map(|&(_, package)| package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !cmd::is_root() {
+        bail!(
+            "missing Debian packages {}: install them (apt-get install {})",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    cmd::run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llvm_major_comes_from_the_file_name() {
+        assert_eq!(
+            llvm_major("libLLVM.so.22.1-rust-1.97.0-nightly").ok(),
+            Some(22)
+        );
+        assert!(llvm_major("libLLVM-22-rust-1.97.0-nightly.so").is_err());
+    }
+}

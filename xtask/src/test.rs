@@ -1,0 +1,59 @@
+//! `cargo xtask test`: everything CI checks, cheapest first, stopping at the first failure.
+
+use std::process::Command;
+
+use anyhow::bail;
+
+use crate::{build, cmd};
+
+/// Crates that run on the host (lb-ebpf is checked by its own nightly build).
+const HOST_PACKAGES: &[&str] = &["lb-common", "lb-userspace", "lb-tests", "xtask"];
+
+pub fn run() -> anyhow::Result<()> {
+    step(
+        "format",
+        cmd::cargo()?.args(["fmt", "--all", "--", "--check"]),
+    )?;
+    step(
+        "lint",
+        cmd::cargo()?.arg("clippy").args(package_args()).args([
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    step(
+        "unit tests",
+        cmd::cargo()?
+            .arg("test")
+            .args(["-p", "lb-common", "-p", "lb-userspace", "-p", "xtask"]),
+    )?;
+    if !cmd::is_root() {
+        bail!(
+            "the eBPF and integration tests load XDP programs and create namespaces: run `cargo xtask test` as root"
+        );
+    }
+    let lb = build::run(&build::Options::default())?;
+    step(
+        "eBPF tests (BPF_PROG_TEST_RUN on golden packets)",
+        cmd::cargo()?.args(["test", "-p", "lb-tests", "--test", "golden"]),
+    )?;
+    step(
+        "integration tests (network namespaces)",
+        cmd::cargo()?
+            .args(["test", "-p", "lb-tests", "--test", "run"])
+            .env("LB_BIN", lb),
+    )?;
+    eprintln!("xtask test: all checks passed");
+    Ok(())
+}
+
+fn package_args() -> Vec<&'static str> {
+    HOST_PACKAGES.iter().flat_map(|p| ["-p", *p]).collect()
+}
+
+fn step(name: &str, command: &mut Command) -> anyhow::Result<()> {
+    eprintln!("\n==> {name}");
+    cmd::run(command)
+}
