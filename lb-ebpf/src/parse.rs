@@ -44,6 +44,7 @@ pub enum L3 {
 }
 
 #[derive(Clone, Copy)]
+#[allow(dead_code, reason = "the VIP lookup and rewrite stages read these")]
 pub enum L4 {
     Tcp {
         src_port: u16,
@@ -60,6 +61,7 @@ pub enum L4 {
 }
 
 /// Offsets and fields of an IP packet; headers up to `l4_offset` are known to be in bounds.
+#[allow(dead_code, reason = "the VIP lookup and rewrite stages read these")]
 pub struct Packet {
     pub l3: L3,
     pub l3_offset: usize,

@@ -110,7 +110,7 @@ fn inconsistent_headers_are_counted_as_malformed_and_passed() {
         ),
         (
             "IPv4 IHL past the end",
-            patch(&v4_udp[..14 + 20 + 8].to_vec(), 14, 0x4f),
+            patch(&v4_udp[..14 + 20 + 8], 14, 0x4f),
             Stat::MalformedIpv4,
         ),
         (

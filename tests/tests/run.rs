@@ -1,0 +1,220 @@
+//! `lb run` as an operator runs it: attached to a veth in a namespace, counting real traffic,
+//! and refusing clearly when it cannot work. Needs root.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    process::Command,
+    time::Duration,
+};
+
+use lb_tests::{
+    netns::{Link, NetNs},
+    process::{Daemon, counter, lb_binary},
+};
+
+const READY: &str = "lb: forwarding on";
+const STARTUP: Duration = Duration::from_secs(20);
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A client namespace and an lb namespace joined by a veth.
+struct Lab {
+    client: NetNs,
+    lb: NetNs,
+    lb_if: String,
+}
+
+impl Lab {
+    fn new() -> Self {
+        let client = NetNs::new("client");
+        let lb = NetNs::new("lb");
+        let link = Link::veth(&client, "198.18.0.1/24", &lb, "198.18.0.2/24");
+        Self {
+            client,
+            lb,
+            lb_if: link.b,
+        }
+    }
+
+    fn lb_run(&self, extra: &[&str]) -> Command {
+        let mut cmd = self.lb.command(lb_binary());
+        cmd.args(["run", "--iface", &self.lb_if]).args(extra);
+        cmd
+    }
+}
+
+#[test]
+fn counts_real_udp_and_tcp_traffic_and_detaches_on_sigterm() {
+    const UDP_DATAGRAMS: u64 = 200;
+    const TCP_CONNECTIONS: u64 = 50;
+    let lab = Lab::new();
+    let mut daemon = Daemon::spawn(lab.lb_run(&["--xdp-mode", "native", "--stats-interval", "1"]));
+    daemon.wait_for_line(READY, STARTUP);
+    assert!(lab.lb.has_xdp(), "the program is attached while lb runs");
+
+    let (udp_server, tcp_server) = lab.lb.enter(|| {
+        (
+            UdpSocket::bind("198.18.0.2:9000").expect("bind udp"),
+            TcpListener::bind("198.18.0.2:9001").expect("bind tcp"),
+        )
+    });
+    let echo = std::thread::spawn(move || {
+        for _ in 0..TCP_CONNECTIONS {
+            let (mut stream, _) = tcp_server.accept().expect("accept");
+            stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+            let mut buffer = [0u8; 5];
+            stream.read_exact(&mut buffer).expect("read request");
+            stream.write_all(&buffer).expect("echo");
+        }
+    });
+    lab.client.enter(|| {
+        let socket = UdpSocket::bind("198.18.0.1:0").expect("bind client udp");
+        for i in 0..UDP_DATAGRAMS {
+            socket
+                .send_to(&i.to_be_bytes(), "198.18.0.2:9000")
+                .expect("send udp");
+        }
+        let server: SocketAddr = "198.18.0.2:9001".parse().expect("address");
+        for _ in 0..TCP_CONNECTIONS {
+            let mut stream = TcpStream::connect_timeout(&server, IO_TIMEOUT).expect("connect");
+            stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+            stream.write_all(b"hello").expect("send");
+            let mut reply = [0u8; 5];
+            stream
+                .read_exact(&mut reply)
+                .expect("reply through XDP_PASS");
+            assert_eq!(&reply, b"hello");
+        }
+    });
+    echo.join().expect("echo server");
+    let received = {
+        udp_server
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let mut n = 0u64;
+        let mut buffer = [0u8; 8];
+        while n < UDP_DATAGRAMS && udp_server.recv(&mut buffer).is_ok() {
+            n += 1;
+        }
+        n
+    };
+    assert_eq!(received, UDP_DATAGRAMS, "XDP_PASS delivered every datagram");
+
+    let (status, stdout) = daemon.terminate();
+    assert!(status.success(), "lb exits 0 on SIGTERM: {status}");
+    let at_exit = stdout
+        .iter()
+        .position(|l| l.starts_with("counters at exit"))
+        .map(|i| stdout[i..].to_vec())
+        .expect("lb prints its counters at exit");
+    // Each TCP connection sends at least SYN, ACK with data, and FIN toward the lb.
+    let udp = counter(&at_exit, "udp");
+    let tcp = counter(&at_exit, "tcp");
+    let ipv4 = counter(&at_exit, "ipv4");
+    let passed = counter(&at_exit, "xdp_pass");
+    assert!(
+        udp >= UDP_DATAGRAMS,
+        "udp {udp} < {UDP_DATAGRAMS}\n{}",
+        at_exit.join("\n")
+    );
+    assert!(
+        tcp >= 3 * TCP_CONNECTIONS,
+        "tcp {tcp} < {}",
+        3 * TCP_CONNECTIONS
+    );
+    assert!(ipv4 >= udp + tcp, "every UDP and TCP packet was IPv4");
+    assert!(passed >= ipv4, "everything was passed");
+    assert!(
+        stdout.iter().any(|l| l.starts_with("udp ")) && stdout.len() > at_exit.len(),
+        "periodic reports were printed while running"
+    );
+    assert!(!lab.lb.has_xdp(), "SIGTERM detached the program");
+}
+
+fn run_to_failure(mut command: Command) -> String {
+    let output = command.output().expect("run lb");
+    assert!(!output.status.success(), "lb must fail");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn unknown_interface_is_named() {
+    let lab = Lab::new();
+    let mut cmd = lab.lb.command(lb_binary());
+    cmd.args(["run", "--iface", "lo", "--iface", "no-such-if0"]);
+    let stderr = run_to_failure(cmd);
+    assert!(
+        stderr.contains("unknown interface `no-such-if0`"),
+        "{stderr}"
+    );
+    assert!(!lab.lb.has_xdp(), "nothing was attached, not even to lo");
+}
+
+#[test]
+fn not_root_is_refused_with_advice() {
+    let lab = Lab::new();
+    // nsenter drops to nobody after joining the namespace.
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", lab.lb.path().display()))
+        .args(["--setuid", "65534", "--setgid", "65534", "--"])
+        .arg(lb_binary())
+        .args(["run", "--iface", &lab.lb_if]);
+    let stderr = run_to_failure(cmd);
+    assert!(stderr.contains("needs root"), "{stderr}");
+    assert!(!lab.lb.has_xdp());
+}
+
+#[test]
+fn an_interface_with_an_xdp_program_is_not_taken_over() {
+    let lab = Lab::new();
+    let mut first = Daemon::spawn(lab.lb_run(&["--stats-interval", "0"]));
+    first.wait_for_line(READY, STARTUP);
+    for mode in ["auto", "native", "skb"] {
+        let stderr = run_to_failure(lab.lb_run(&["--xdp-mode", mode]));
+        assert!(
+            stderr.contains("already has an XDP program attached"),
+            "{mode}: {stderr}"
+        );
+    }
+    let (status, _) = first.terminate();
+    assert!(
+        status.success(),
+        "the first lb kept running and stopped cleanly"
+    );
+}
+
+#[test]
+fn verifier_rejection_shows_the_verifier_log() {
+    let broken = std::env::temp_dir().join(format!("lb-broken-{}.o", std::process::id()));
+    std::fs::write(&broken, object_with_unreadable_register()).expect("write object");
+    let lab = Lab::new();
+    let stderr = run_to_failure(lab.lb_run(&["--bpf-object", broken.to_str().expect("utf-8")]));
+    let _ = std::fs::remove_file(&broken);
+    assert!(stderr.contains("verifier rejected"), "{stderr}");
+    assert!(
+        stderr.contains("R9 !read_ok"),
+        "the kernel's own words are shown: {stderr}"
+    );
+    assert!(!lab.lb.has_xdp());
+}
+
+/// The real object with its first instruction replaced by a read through r9, which is never
+/// initialised at program entry: the verifier must refuse it.
+fn object_with_unreadable_register() -> Vec<u8> {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+    let mut bytes = lb_userspace::datapath::OBJECT.to_vec();
+    let file = object::File::parse(&*bytes).expect("parse the embedded ELF");
+    let symbol = file
+        .symbols()
+        .find(|s| s.name() == Ok(lb_common::consts::PROGRAM_NAME))
+        .expect("program symbol");
+    let section = file
+        .section_by_index(symbol.section_index().expect("symbol has a section"))
+        .expect("program section");
+    let (section_offset, _) = section.file_range().expect("section has file bytes");
+    let at = (section_offset + symbol.address()) as usize;
+    drop(file);
+    // BPF_LDX | BPF_MEM | BPF_DW, dst r0, src r9, offset 0: r0 = *(u64 *)(r9 + 0)
+    bytes[at..at + 8].copy_from_slice(&[0x79, 0x90, 0, 0, 0, 0, 0, 0]);
+    bytes
+}
