@@ -5,4 +5,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod consts;
+pub mod flow;
+pub mod hash;
+pub mod service;
 pub mod stats;

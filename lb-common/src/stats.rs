@@ -3,6 +3,26 @@
 
 use crate::consts::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
 
+/// Per-VIP counters (per-CPU slot, indexed by `VipInfo::id`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipCounter {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for VipCounter {}
+
+impl VipCounter {
+    pub fn merge(&mut self, other: &VipCounter) {
+        self.packets = self.packets.saturating_add(other.packets);
+        self.bytes = self.bytes.saturating_add(other.bytes);
+        self.new_flows = self.new_flows.saturating_add(other.new_flows);
+    }
+}
+
 /// One per-CPU counter slot. Userspace sums the slots of all CPUs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -87,6 +107,19 @@ stats! {
     MalformedIpv6 = 17, "malformed_ipv6", Reason;
     MalformedTcp = 18, "malformed_tcp", Reason;
     MalformedUdp = 19, "malformed_udp", Reason;
+    ForwardNew = 20, "fwd_new_flow", Reason;
+    ForwardEstablished = 21, "fwd_established", Reason;
+    ForwardReply = 22, "fwd_reply", Reason;
+    PassNoNeighbour = 23, "pass_no_neighbour", Reason;
+    PassEgressNotAttached = 24, "pass_egress_not_attached", Reason;
+    PassTtlExceeded = 25, "pass_ttl_exceeded", Reason;
+    PassVipOtherPort = 26, "pass_vip_other_port", Reason;
+    PassIcmpToVip = 27, "pass_icmp_to_vip", Reason;
+    DropNoBackend = 28, "drop_no_backend", Reason;
+    DropFragment = 29, "drop_fragment", Reason;
+    DropIpv6ExtensionHeader = 30, "drop_ipv6_ext_header", Reason;
+    DropFibFailure = 31, "drop_fib_failure", Reason;
+    DropConntrackFull = 32, "drop_conntrack_full", Reason;
 }
 
 /// Number of slots in the stats map.

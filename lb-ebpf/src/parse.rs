@@ -7,7 +7,12 @@
 use core::mem;
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::stats::Stat;
+use lb_common::{
+    consts::{FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP},
+    flow::FlowKey,
+    service::addr_from_v4,
+    stats::Stat,
+};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -23,10 +28,10 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
+/// IPv4 "more fragments" flag and fragment offset, in the host-order `frags` word.
+const IPV4_MF_AND_OFFSET: u16 = 0x3fff;
 
 /// A packet whose headers were cut short or contradict themselves; the reason names the layer.
 pub struct Malformed(Stat);
@@ -37,36 +42,31 @@ impl Malformed {
     }
 }
 
-#[derive(Clone, Copy)]
-pub enum L3 {
-    V4,
-    V6,
-}
-
-#[derive(Clone, Copy)]
-#[allow(dead_code, reason = "the VIP lookup and rewrite stages read these")]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum L4 {
-    Tcp {
-        src_port: u16,
-        dst_port: u16,
-    },
-    Udp {
-        src_port: u16,
-        dst_port: u16,
-    },
-    /// ICMP, ICMPv6, IPv6 extension headers and every other protocol: not parsed further.
-    Other {
-        proto: u8,
-    },
+    Tcp,
+    Udp,
+    Icmp,
+    /// An IPv4 fragment: ports are not (reliably) there.
+    Fragment,
+    /// IPv6 extension headers and every other protocol: not parsed further.
+    Other,
 }
 
-/// Offsets and fields of an IP packet; headers up to `l4_offset` are known to be in bounds.
-#[allow(dead_code, reason = "the VIP lookup and rewrite stages read these")]
+/// An IP packet: offsets of its headers (in bounds up to `l4_offset`) and its 5-tuple.
+#[derive(Clone, Copy)]
 pub struct Packet {
-    pub l3: L3,
     pub l3_offset: usize,
     pub l4_offset: usize,
     pub l4: L4,
+    /// Addresses, protocol and, for TCP and UDP, ports (host order).
+    pub flow: FlowKey,
+}
+
+impl Packet {
+    pub const fn is_v4(&self) -> bool {
+        self.flow.family == FAMILY_V4
+    }
 }
 
 pub enum Parsed {
@@ -76,13 +76,13 @@ pub enum Parsed {
 
 /// Returns a pointer to a `T` at `offset`, or `None` when the packet is too short for it.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + mem::size_of::<T>() > end {
         return None;
     }
-    Some((start + offset) as *const T)
+    Some((start + offset) as *mut T)
 }
 
 #[inline(always)]
@@ -104,34 +104,43 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Malformed> {
         ether_type = u16::from_be(vlan.ether_type);
         l3_offset += VlanHdr::LEN;
     }
-    let (l3, l4_offset, proto) = match ether_type {
+    let mut flow = FlowKey::default();
+    let (l4_offset, fragment) = match ether_type {
         ETH_P_IPV4 => {
             stats::count_protocol(Stat::Ipv4);
-            let (l4_offset, proto) = parse_ipv4(ctx, l3_offset)?;
-            (L3::V4, l4_offset, proto)
+            parse_ipv4(ctx, l3_offset, &mut flow)?
         }
         ETH_P_IPV6 => {
             stats::count_protocol(Stat::Ipv6);
-            let (l4_offset, proto) = parse_ipv6(ctx, l3_offset)?;
-            (L3::V6, l4_offset, proto)
+            (parse_ipv6(ctx, l3_offset, &mut flow)?, false)
         }
         _ => {
             stats::count_protocol(Stat::OtherL3);
             return Ok(Parsed::NotIp);
         }
     };
-    let l4 = parse_l4(ctx, l4_offset, proto)?;
+    let l4 = if fragment {
+        stats::count_protocol(Stat::OtherL4);
+        L4::Fragment
+    } else {
+        parse_l4(ctx, l4_offset, &mut flow)?
+    };
     Ok(Parsed::Ip(Packet {
-        l3,
         l3_offset,
         l4_offset,
         l4,
+        flow,
     }))
 }
 
-/// Returns the L4 offset (after any options) and the protocol number.
+/// Fills addresses and protocol; returns the L4 offset (after options) and whether the
+/// packet is a fragment.
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<(usize, u8), Malformed> {
+fn parse_ipv4(
+    ctx: &XdpContext,
+    offset: usize,
+    flow: &mut FlowKey,
+) -> Result<(usize, bool), Malformed> {
     let ip: &Ipv4Hdr = header(ctx, offset, Stat::MalformedIpv4)?;
     let header_len = usize::from(ip.ihl());
     if ip.version() != 4 || header_len < Ipv4Hdr::LEN || usize::from(ip.tot_len()) < header_len {
@@ -141,21 +150,30 @@ fn parse_ipv4(ctx: &XdpContext, offset: usize) -> Result<(usize, u8), Malformed>
     if ctx.data() + offset + header_len > ctx.data_end() {
         return Err(Malformed(Stat::MalformedIpv4));
     }
-    Ok((offset + header_len, ip.proto))
+    flow.family = FAMILY_V4;
+    flow.proto = ip.proto;
+    flow.src = addr_from_v4(ip.src_addr);
+    flow.dst = addr_from_v4(ip.dst_addr);
+    let fragment = u16::from_be_bytes(ip.frags) & IPV4_MF_AND_OFFSET != 0;
+    Ok((offset + header_len, fragment))
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, offset: usize) -> Result<(usize, u8), Malformed> {
+fn parse_ipv6(ctx: &XdpContext, offset: usize, flow: &mut FlowKey) -> Result<usize, Malformed> {
     let ip: &Ipv6Hdr = header(ctx, offset, Stat::MalformedIpv6)?;
     if ip.version() != 6 {
         return Err(Malformed(Stat::MalformedIpv6));
     }
-    Ok((offset + Ipv6Hdr::LEN, ip.next_hdr))
+    flow.family = FAMILY_V6;
+    flow.proto = ip.next_hdr;
+    flow.src = ip.src_addr;
+    flow.dst = ip.dst_addr;
+    Ok(offset + Ipv6Hdr::LEN)
 }
 
 #[inline(always)]
-fn parse_l4(ctx: &XdpContext, offset: usize, proto: u8) -> Result<L4, Malformed> {
-    match proto {
+fn parse_l4(ctx: &XdpContext, offset: usize, flow: &mut FlowKey) -> Result<L4, Malformed> {
+    match flow.proto {
         IPPROTO_TCP => {
             stats::count_protocol(Stat::Tcp);
             let tcp: &TcpHdr = header(ctx, offset, Stat::MalformedTcp)?;
@@ -163,10 +181,9 @@ fn parse_l4(ctx: &XdpContext, offset: usize, proto: u8) -> Result<L4, Malformed>
             if header_len < TcpHdr::LEN || ctx.data() + offset + header_len > ctx.data_end() {
                 return Err(Malformed(Stat::MalformedTcp));
             }
-            Ok(L4::Tcp {
-                src_port: u16::from_be_bytes(tcp.source),
-                dst_port: u16::from_be_bytes(tcp.dest),
-            })
+            flow.src_port = u16::from_be_bytes(tcp.source);
+            flow.dst_port = u16::from_be_bytes(tcp.dest);
+            Ok(L4::Tcp)
         }
         IPPROTO_UDP => {
             stats::count_protocol(Stat::Udp);
@@ -174,18 +191,17 @@ fn parse_l4(ctx: &XdpContext, offset: usize, proto: u8) -> Result<L4, Malformed>
             if usize::from(udp.len()) < UdpHdr::LEN {
                 return Err(Malformed(Stat::MalformedUdp));
             }
-            Ok(L4::Udp {
-                src_port: udp.src_port(),
-                dst_port: udp.dst_port(),
-            })
+            flow.src_port = udp.src_port();
+            flow.dst_port = udp.dst_port();
+            Ok(L4::Udp)
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             stats::count_protocol(Stat::Icmp);
-            Ok(L4::Other { proto })
+            Ok(L4::Icmp)
         }
         _ => {
             stats::count_protocol(Stat::OtherL4);
-            Ok(L4::Other { proto })
+            Ok(L4::Other)
         }
     }
 }

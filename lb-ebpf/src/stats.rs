@@ -2,7 +2,7 @@
 
 use lb_common::stats::Stat;
 
-use crate::maps::STATS;
+use crate::maps::{BACKEND_STATS, STATS, VIP_STATS};
 
 #[inline(always)]
 pub fn count(stat: Stat, bytes: usize) {
@@ -18,4 +18,29 @@ pub fn count(stat: Stat, bytes: usize) {
 #[inline(always)]
 pub fn count_protocol(stat: Stat) {
     count(stat, 0);
+}
+
+/// Client → VIP traffic, on the VIP and on the backend that got it.
+#[inline(always)]
+pub fn count_service(vip_id: u32, backend_id: u32, bytes: usize) {
+    if let Some(counter) = VIP_STATS.get_ptr_mut(vip_id) {
+        // SAFETY: per-CPU slot, as in `count`.
+        let counter = unsafe { &mut *counter };
+        counter.packets += 1;
+        counter.bytes += bytes as u64;
+    }
+    if let Some(counter) = BACKEND_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: per-CPU slot, as in `count`.
+        let counter = unsafe { &mut *counter };
+        counter.packets += 1;
+        counter.bytes += bytes as u64;
+    }
+}
+
+#[inline(always)]
+pub fn count_new_flow(vip_id: u32) {
+    if let Some(counter) = VIP_STATS.get_ptr_mut(vip_id) {
+        // SAFETY: per-CPU slot, as in `count`.
+        unsafe { (*counter).new_flows += 1 };
+    }
 }

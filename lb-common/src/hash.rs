@@ -1,0 +1,105 @@
+//! The flow hash that picks a Maglev slot. Pure and deterministic: every lb node (and every
+//! restart) maps a 5-tuple to the same slot, so flows stay put without shared state.
+
+use crate::flow::FlowKey;
+
+const SEED: u32 = 0x9e37_79b9;
+
+#[inline(always)]
+const fn mix(mut h: u32, word: u32) -> u32 {
+    // MurmurHash3's 32-bit block step.
+    let mut k = word.wrapping_mul(0xcc9e_2d51);
+    k = k.rotate_left(15).wrapping_mul(0x1b87_3593);
+    h ^= k;
+    h = h.rotate_left(13);
+    h.wrapping_mul(5).wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+const fn finish(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+#[inline(always)]
+const fn word(bytes: &[u8; 16], at: usize) -> u32 {
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+/// Hash of a flow's 5-tuple.
+#[inline(always)]
+pub const fn flow_hash(key: &FlowKey) -> u32 {
+    let mut h = SEED;
+    h = mix(h, word(&key.src, 0));
+    h = mix(h, word(&key.src, 4));
+    h = mix(h, word(&key.src, 8));
+    h = mix(h, word(&key.src, 12));
+    h = mix(h, word(&key.dst, 0));
+    h = mix(h, word(&key.dst, 4));
+    h = mix(h, word(&key.dst, 8));
+    h = mix(h, word(&key.dst, 12));
+    h = mix(h, (key.src_port as u32) << 16 | key.dst_port as u32);
+    h = mix(h, key.proto as u32);
+    finish(h)
+}
+
+/// Hash of arbitrary bytes with a seed (userspace: Maglev permutations of backends).
+pub fn bytes_hash(seed: u32, bytes: &[u8]) -> u32 {
+    let mut h = seed;
+    let mut chunks = bytes.chunks_exact(4);
+    for chunk in &mut chunks {
+        h = mix(
+            h,
+            u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]),
+        );
+    }
+    let mut tail = [0u8; 4];
+    let rest = chunks.remainder();
+    tail[..rest.len()].copy_from_slice(rest);
+    h = mix(h, u32::from_le_bytes(tail) ^ bytes.len() as u32);
+    finish(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(src_port: u16) -> FlowKey {
+        FlowKey {
+            src: [198, 18, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            dst: [198, 18, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            src_port,
+            dst_port: 80,
+            proto: 6,
+            family: 4,
+            _pad: [0; 2],
+        }
+    }
+
+    #[test]
+    fn flow_hash_is_deterministic_and_port_sensitive() {
+        assert_eq!(flow_hash(&key(1000)), flow_hash(&key(1000)));
+        assert_ne!(flow_hash(&key(1000)), flow_hash(&key(1001)));
+    }
+
+    #[test]
+    fn flow_hash_spreads_source_ports_evenly() {
+        const BUCKETS: usize = 7;
+        let mut counts = [0u32; BUCKETS];
+        for port in 0..14_000u16 {
+            counts[flow_hash(&key(port)) as usize % BUCKETS] += 1;
+        }
+        for count in counts {
+            assert!((1800..2200).contains(&count), "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn bytes_hash_depends_on_seed_and_length() {
+        assert_ne!(bytes_hash(1, b"abc"), bytes_hash(2, b"abc"));
+        assert_ne!(bytes_hash(1, b"abc"), bytes_hash(1, b"abc\0"));
+    }
+}

@@ -1,0 +1,82 @@
+//! VIPs and backends: what a cluster IP is and where its traffic may go.
+
+use crate::consts::{FAMILY_V4, FAMILY_V6};
+
+/// An IPv4 or IPv6 address in 16 bytes: IPv4 in the first four, the rest zero.
+pub type Addr = [u8; 16];
+
+pub const fn addr_from_v4(octets: [u8; 4]) -> Addr {
+    let mut addr = [0u8; 16];
+    addr[0] = octets[0];
+    addr[1] = octets[1];
+    addr[2] = octets[2];
+    addr[3] = octets[3];
+    addr
+}
+
+/// Key of the VIP map: destination address, port (host order) and protocol of a packet.
+///
+/// `port == 0 && proto == 0` marks an address entry, present once per VIP address, so the
+/// datapath can apply the VIP-address policies (fragments, extension headers) without ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub addr: Addr,
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for VipKey {}
+
+impl VipKey {
+    pub const fn address_entry(addr: Addr, family: u8) -> Self {
+        Self {
+            addr,
+            port: 0,
+            proto: 0,
+            family,
+        }
+    }
+
+    pub const fn is_v6(&self) -> bool {
+        self.family == FAMILY_V6
+    }
+
+    pub const fn is_v4(&self) -> bool {
+        self.family == FAMILY_V4
+    }
+}
+
+/// Value of the VIP map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipInfo {
+    /// Index into the per-VIP counters and the Maglev tables, `< MAX_VIPS`.
+    pub id: u32,
+    /// Which of the VIP's two Maglev tables is live (0 or 1). Userspace fills the other one,
+    /// then flips this in a single map update, so no packet sees a half-written table.
+    pub active_table: u8,
+    /// `VIP_FLAG_*` bits.
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for VipInfo {}
+
+/// A backend: where a VIP's flows are sent (destination NAT).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: Addr,
+    /// Host order.
+    pub port: u16,
+    pub family: u8,
+    /// `BACKEND_*` state: only active backends take new flows; draining ones keep theirs.
+    pub state: u8,
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Backend {}

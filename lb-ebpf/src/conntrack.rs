@@ -1,0 +1,65 @@
+//! Connection tracking: forward entries (client → VIP) pin a flow to its backend; reverse
+//! entries (backend → client) let replies get the VIP back as their source.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use lb_common::flow::{Conn, FlowKey, ReverseNat};
+
+use crate::maps::{CONNTRACK, REVERSE_NAT};
+
+/// `last_seen_ns` is refreshed at most this often, to keep writes off the fast path.
+const REFRESH_NS: u64 = 1_000_000_000;
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The backend a tracked flow is pinned to.
+#[inline(always)]
+pub fn lookup(flow: &FlowKey) -> Option<u32> {
+    let conn = CONNTRACK.get_ptr_mut(flow)?;
+    // SAFETY: the entry stays valid for this program run (RCU); races only lose a refresh.
+    let conn = unsafe { &mut *conn };
+    let now = now();
+    if now.wrapping_sub(conn.last_seen_ns) > REFRESH_NS {
+        conn.last_seen_ns = now;
+    }
+    Some(conn.backend_id)
+}
+
+/// The reverse NAT of a tracked reply.
+#[inline(always)]
+pub fn lookup_reply(reply: &FlowKey) -> Option<ReverseNat> {
+    let entry = REVERSE_NAT.get_ptr_mut(reply)?;
+    // SAFETY: as in `lookup`.
+    let entry = unsafe { &mut *entry };
+    let now = now();
+    if now.wrapping_sub(entry.last_seen_ns) > REFRESH_NS {
+        entry.last_seen_ns = now;
+    }
+    Some(*entry)
+}
+
+/// Tracks a new flow in both directions. An LRU map evicts the stalest flows when full; if
+/// an insert still fails the flow is forwarded anyway, since Maglev picks the same backend.
+#[inline(always)]
+pub fn insert(flow: &FlowKey, reply: &FlowKey, vip_id: u32, backend_id: u32) {
+    let now = now();
+    let conn = Conn {
+        backend_id,
+        vip_id,
+        last_seen_ns: now,
+    };
+    let _ = CONNTRACK.insert(flow, &conn, 0);
+    let reverse = ReverseNat {
+        vip_addr: flow.dst,
+        vip_port: flow.dst_port,
+        _pad: [0; 2],
+        vip_id,
+        backend_id,
+        _pad2: [0; 4],
+        last_seen_ns: now,
+    };
+    let _ = REVERSE_NAT.insert(reply, &reverse, 0);
+}
