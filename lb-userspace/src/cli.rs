@@ -31,6 +31,14 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
 
+    /// VIPs and backends to start with (TOML; see the README).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Maglev table size per VIP: a prime; larger tables spread weights more finely.
+    #[arg(long, value_name = "PRIME", default_value_t = lb_common::consts::DEFAULT_MAGLEV_SIZE)]
+    pub table_size: u32,
+
     /// Seconds between counter reports on stdout (0 prints only at exit).
     #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub stats_interval: u64,
@@ -41,6 +49,13 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    pub fn limits(&self) -> crate::datapath::Limits {
+        crate::datapath::Limits {
+            maglev_size: self.table_size,
+            ..crate::datapath::Limits::default()
+        }
+    }
+
     pub fn stats_interval(&self) -> Option<Duration> {
         (self.stats_interval > 0).then(|| Duration::from_secs(self.stats_interval))
     }

@@ -9,8 +9,12 @@ use tracing::{info, warn};
 
 use crate::{
     attach::{self, Attachment, Interface},
+    balancer::Balancer,
     cli::RunArgs,
-    datapath, privileges,
+    config::Config,
+    datapath,
+    maps::ServiceMaps,
+    privileges,
     stats::{self, Snapshot, StatsMap},
 };
 
@@ -22,6 +26,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .iter()
         .map(|name| Interface::resolve(name))
         .collect::<Result<Vec<_>, _>>()?;
+    let limits = args.limits();
+    limits.validate()?;
+    // Parse the configuration before loading anything, so a bad file changes nothing.
+    let config = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
     raise_memlock_limit();
 
     let custom_object = match &args.bpf_object {
@@ -32,10 +43,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         None => None,
     };
     let object = custom_object.as_deref().unwrap_or(datapath::OBJECT);
-    let mut ebpf = datapath::open(object).context("opening the eBPF object")?;
+    let mut ebpf = datapath::open(object, &limits).context("opening the eBPF object")?;
     let program = datapath::program(&mut ebpf).context("the eBPF object has no XDP program")?;
     program.load().map_err(describe_load_error)?;
 
+    let maps = ServiceMaps::take(&mut ebpf, &limits).context("opening the service maps")?;
+    let mut balancer = Balancer::new(maps, limits);
+    config
+        .apply(&mut balancer)
+        .context("applying the configuration")?;
+    for iface in &ifaces {
+        balancer
+            .add_tx_port(iface.index)
+            .with_context(|| format!("adding {} to the redirect map", iface.name))?;
+    }
+    let program = datapath::program(&mut ebpf).context("the eBPF object has no XDP program")?;
     let mut attachments = Vec::with_capacity(ifaces.len());
     for iface in &ifaces {
         let attachment = attach::attach(program, iface, args.xdp_mode)?;

@@ -1,17 +1,117 @@
-//! The embedded XDP object and loading it.
+//! The embedded XDP object: sizing its maps and loading it.
 
 use aya::{Ebpf, EbpfLoader, programs::Xdp};
-use lb_common::consts::PROGRAM_NAME;
+use lb_common::consts::{
+    CONNTRACK_CAPACITY, DEFAULT_MAGLEV_SIZE, GLOBAL_MAGLEV_SIZE, MAP_CONNTRACK, MAP_MAGLEV,
+    MAP_REVERSE, MAP_VIP_STATS, MAP_VIPS, MAX_VIPS, PROGRAM_NAME,
+};
+use thiserror::Error;
 
 /// The eBPF object built by build.rs from `lb-ebpf`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
 
-/// Parses `object` and creates its maps; the program is not loaded into the kernel yet.
-pub fn open(object: &[u8]) -> Result<Ebpf, aya::EbpfError> {
-    EbpfLoader::new().load(object)
+/// Sizes fixed when the maps are created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_vips: u32,
+    /// Maglev table size M: a prime, so every backend's permutation visits every slot.
+    pub maglev_size: u32,
+    /// Flows tracked; the forward and reverse maps each hold this many entries.
+    pub conntrack_capacity: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_vips: MAX_VIPS,
+            maglev_size: DEFAULT_MAGLEV_SIZE,
+            conntrack_capacity: CONNTRACK_CAPACITY,
+        }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum LimitsError {
+    #[error("Maglev table size {0} is not a prime (try 65537, 131071 or 16381)")]
+    NotPrime(u32),
+    #[error("Maglev table size {0} is out of range (must be between 7 and 1048573)")]
+    TableSizeOutOfRange(u32),
+    #[error("max VIPs must be between 1 and {MAX_VIPS}")]
+    VipsOutOfRange,
+    #[error("conntrack capacity must be at least 1024")]
+    ConntrackTooSmall,
+}
+
+impl Limits {
+    pub fn validate(&self) -> Result<(), LimitsError> {
+        if !(7..=1_048_573).contains(&self.maglev_size) {
+            return Err(LimitsError::TableSizeOutOfRange(self.maglev_size));
+        }
+        if !is_prime(self.maglev_size) {
+            return Err(LimitsError::NotPrime(self.maglev_size));
+        }
+        if !(1..=MAX_VIPS).contains(&self.max_vips) {
+            return Err(LimitsError::VipsOutOfRange);
+        }
+        if self.conntrack_capacity < 1024 {
+            return Err(LimitsError::ConntrackTooSmall);
+        }
+        Ok(())
+    }
+}
+
+pub fn is_prime(n: u32) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+}
+
+/// Parses `object` and creates its maps sized by `limits`; the program is not loaded yet.
+pub fn open(object: &[u8], limits: &Limits) -> Result<Ebpf, aya::EbpfError> {
+    EbpfLoader::new()
+        .override_global(GLOBAL_MAGLEV_SIZE, &limits.maglev_size, true)
+        .map_max_entries(MAP_VIPS, limits.max_vips * 2)
+        .map_max_entries(MAP_VIP_STATS, limits.max_vips)
+        .map_max_entries(MAP_MAGLEV, limits.max_vips * 2 * limits.maglev_size)
+        .map_max_entries(MAP_CONNTRACK, limits.conntrack_capacity)
+        .map_max_entries(MAP_REVERSE, limits.conntrack_capacity)
+        .load(object)
 }
 
 /// The XDP program of an opened object.
 pub fn program(ebpf: &mut Ebpf) -> Option<&mut Xdp> {
     ebpf.program_mut(PROGRAM_NAME)?.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn primes() {
+        let primes: Vec<u32> = (0..30).filter(|&n| is_prime(n)).collect();
+        assert_eq!(primes, [2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
+        assert!(is_prime(65_537));
+        assert!(!is_prime(65_536));
+    }
+
+    #[test]
+    fn limits_are_validated() {
+        assert!(Limits::default().validate().is_ok());
+        let table = |maglev_size| Limits {
+            maglev_size,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            table(65_536).validate(),
+            Err(LimitsError::NotPrime(65_536))
+        ));
+        assert!(matches!(
+            table(5).validate(),
+            Err(LimitsError::TableSizeOutOfRange(5))
+        ));
+        let vips = Limits {
+            max_vips: 0,
+            ..Limits::default()
+        };
+        assert!(matches!(vips.validate(), Err(LimitsError::VipsOutOfRange)));
+    }
 }

@@ -2,8 +2,12 @@
 //! the integration tests share.
 
 pub mod attach;
+pub mod balancer;
 pub mod cli;
+pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod maglev;
+pub mod maps;
 pub mod privileges;
 pub mod stats;

@@ -6,7 +6,9 @@ use aya::{
 };
 use lb_common::stats::Stat;
 use lb_userspace::{
-    datapath,
+    balancer::Balancer,
+    datapath::{self, Limits},
+    maps::ServiceMaps,
     stats::{Snapshot, StatsMap},
 };
 
@@ -17,6 +19,9 @@ const OUTPUT_HEADROOM: usize = 256;
 pub struct Datapath {
     ebpf: Ebpf,
     stats: StatsMap,
+    /// Fills VIPS, BACKENDS and MAGLEV the way the daemon does.
+    pub balancer: Balancer,
+    ifindex: u32,
 }
 
 /// What the program did to one packet.
@@ -29,13 +34,31 @@ pub struct Verdict {
 impl Datapath {
     /// Loads the object embedded in `lb`. Needs root.
     pub fn load() -> Self {
-        let mut ebpf = datapath::open(datapath::OBJECT).expect("open the embedded eBPF object");
+        let limits = Limits {
+            max_vips: 8,
+            conntrack_capacity: 65_536,
+            ..Limits::default()
+        };
+        let mut ebpf =
+            datapath::open(datapath::OBJECT, &limits).expect("open the embedded eBPF object");
         datapath::program(&mut ebpf)
             .expect("the object has the lb XDP program")
             .load()
             .expect("the verifier accepts the program (run as root)");
         let stats = StatsMap::take(&mut ebpf).expect("the object has the stats map");
-        Self { ebpf, stats }
+        let maps = ServiceMaps::take(&mut ebpf, &limits).expect("the object has its service maps");
+        Self {
+            ebpf,
+            stats,
+            balancer: Balancer::new(maps, limits),
+            ifindex: 0,
+        }
+    }
+
+    /// Runs as if packets arrived on `ifindex` (of the calling thread's namespace), so
+    /// `bpf_fib_lookup` answers from that namespace's routes and neighbours.
+    pub fn set_ingress(&mut self, ifindex: u32) {
+        self.ifindex = ifindex;
     }
 
     fn program(&mut self) -> &mut Xdp {
@@ -45,11 +68,19 @@ impl Datapath {
     /// Runs the program once on `packet`.
     pub fn run(&mut self, packet: &[u8]) -> Verdict {
         let mut out = vec![0u8; packet.len() + OUTPUT_HEADROOM];
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex. The kernel wants data_end == packet length.
+        let xdp_md: Vec<u8> = [0, packet.len() as u32, 0, self.ifindex, 0, 0]
+            .iter()
+            .flat_map(|field| field.to_ne_bytes())
+            .collect();
+        let ifindex = self.ifindex;
         let result = self
             .program()
             .test_run(TestRunOptions {
                 data_in: Some(packet),
                 data_out: Some(&mut out),
+                ctx_in: (ifindex != 0).then_some(&xdp_md[..]),
                 ..TestRunOptions::new()
             })
             .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on {} bytes failed: {e}", packet.len()));
