@@ -5,3 +5,4 @@ pub mod netns;
 pub mod packets;
 pub mod process;
 pub mod testrun;
+pub mod verify;

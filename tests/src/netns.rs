@@ -136,3 +136,45 @@ impl Link {
         Self { a, b }
     }
 }
+
+impl NetNs {
+    /// Writes a sysctl of this namespace (e.g. `net/ipv4/ip_forward`).
+    pub fn sysctl(&self, key: &str, value: &str) {
+        let status = self
+            .command("sh")
+            .args(["-c", &format!("echo {value} > /proc/sys/{key}")])
+            .status()
+            .expect("run sh");
+        assert!(status.success(), "setting {key} in {}", self.name);
+    }
+
+    /// Turns on IPv4 and IPv6 forwarding, as on any router.
+    pub fn enable_forwarding(&self) {
+        self.sysctl("net/ipv4/ip_forward", "1");
+        self.sysctl("net/ipv6/conf/all/forwarding", "1");
+    }
+
+    /// The interface index of `dev` inside this namespace.
+    pub fn ifindex(&self, dev: &str) -> u32 {
+        let out = self.ip(&["-o", "link", "show", "dev", dev]);
+        out.split(':')
+            .next()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no ifindex for {dev} in {}: {out}", self.name))
+    }
+
+    /// The MAC address of `dev` inside this namespace.
+    pub fn mac(&self, dev: &str) -> [u8; 6] {
+        let out = self.ip(&["-o", "link", "show", "dev", dev]);
+        let text = out
+            .split("link/ether ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no MAC for {dev}: {out}"));
+        let mut mac = [0u8; 6];
+        for (byte, part) in mac.iter_mut().zip(text.split(':')) {
+            *byte = u8::from_str_radix(part, 16).expect("hex MAC");
+        }
+        mac
+    }
+}

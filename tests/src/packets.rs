@@ -1,5 +1,7 @@
 //! Golden packet builders (etherparse) and the header boundaries of a built packet.
 
+use std::net::IpAddr;
+
 use etherparse::{IpHeaders, Ipv4Header, Ipv4Options, PacketBuilder, VlanId};
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -31,6 +33,11 @@ pub struct Spec {
     pub vlan: bool,
     pub src_port: u16,
     pub dst_port: u16,
+    /// Source and destination (default: client → lb host); must match `family`.
+    pub addrs: Option<(IpAddr, IpAddr)>,
+    pub ttl: u8,
+    /// TCP: SYN (a new connection) rather than a bare ACK.
+    pub syn: bool,
 }
 
 impl Spec {
@@ -41,6 +48,44 @@ impl Spec {
             vlan: false,
             src_port: 40_000,
             dst_port: 80,
+            addrs: None,
+            ttl: 64,
+            syn: true,
+        }
+    }
+
+    pub const fn between(mut self, src: IpAddr, dst: IpAddr) -> Self {
+        self.addrs = Some((src, dst));
+        self
+    }
+
+    pub const fn ports(mut self, src: u16, dst: u16) -> Self {
+        self.src_port = src;
+        self.dst_port = dst;
+        self
+    }
+
+    pub const fn ttl(mut self, ttl: u8) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    pub const fn ack(mut self) -> Self {
+        self.syn = false;
+        self
+    }
+
+    fn v4(&self) -> ([u8; 4], [u8; 4]) {
+        match self.addrs {
+            Some((IpAddr::V4(s), IpAddr::V4(d))) => (s.octets(), d.octets()),
+            _ => (CLIENT_V4, LB_V4),
+        }
+    }
+
+    fn v6(&self) -> ([u8; 16], [u8; 16]) {
+        match self.addrs {
+            Some((IpAddr::V6(s), IpAddr::V6(d))) => (s.octets(), d.octets()),
+            _ => (CLIENT_V6, LB_V6),
         }
     }
 
@@ -56,9 +101,13 @@ impl Spec {
             ($ip:expr) => {{
                 let mut out = Vec::new();
                 match self.transport {
-                    Transport::Tcp => $ip
+                    Transport::Tcp if self.syn => $ip
                         .tcp(self.src_port, self.dst_port, 1, 64_000)
                         .syn()
+                        .write(&mut out, payload),
+                    Transport::Tcp => $ip
+                        .tcp(self.src_port, self.dst_port, 1, 64_000)
+                        .ack(7)
                         .write(&mut out, payload),
                     Transport::Udp => $ip
                         .udp(self.src_port, self.dst_port)
@@ -68,13 +117,14 @@ impl Spec {
                 out
             }};
         }
+        let ((s4, d4), (s6, d6), ttl) = (self.v4(), self.v6(), self.ttl);
         match (self.family, self.vlan) {
-            (Family::V4, false) => finish!(eth.ipv4(CLIENT_V4, LB_V4, 64)),
-            (Family::V4, true) => finish!(eth.single_vlan(vlan_id).ipv4(CLIENT_V4, LB_V4, 64)),
-            (Family::V6, false) => finish!(eth.ipv6(CLIENT_V6, LB_V6, 64)),
-            (Family::V6, true) => finish!(eth.single_vlan(vlan_id).ipv6(CLIENT_V6, LB_V6, 64)),
+            (Family::V4, false) => finish!(eth.ipv4(s4, d4, ttl)),
+            (Family::V4, true) => finish!(eth.single_vlan(vlan_id).ipv4(s4, d4, ttl)),
+            (Family::V6, false) => finish!(eth.ipv6(s6, d6, ttl)),
+            (Family::V6, true) => finish!(eth.single_vlan(vlan_id).ipv6(s6, d6, ttl)),
             (Family::V4Options, vlan) => {
-                let ip = ipv4_with_options();
+                let ip = ipv4_with_options(s4, d4, ttl);
                 if vlan {
                     finish!(eth.single_vlan(vlan_id).ip(ip))
                 } else {
@@ -120,9 +170,9 @@ pub enum Layer {
     Udp,
 }
 
-fn ipv4_with_options() -> IpHeaders {
-    let mut header = Ipv4Header::new(0, 64, etherparse::IpNumber::TCP, CLIENT_V4, LB_V4)
-        .expect("valid IPv4 header");
+fn ipv4_with_options(src: [u8; 4], dst: [u8; 4], ttl: u8) -> IpHeaders {
+    let mut header =
+        Ipv4Header::new(0, ttl, etherparse::IpNumber::TCP, src, dst).expect("valid IPv4 header");
     // NOP x7 then End of Option List: 8 bytes, IHL 7.
     header.options =
         Ipv4Options::try_from(&[1u8, 1, 1, 1, 1, 1, 1, 0][..]).expect("8 option bytes");

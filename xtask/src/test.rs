@@ -37,7 +37,9 @@ pub fn run() -> anyhow::Result<()> {
     let lb = build::run(&build::Options::default())?;
     step(
         "eBPF tests (BPF_PROG_TEST_RUN on golden packets)",
-        cmd::cargo()?.args(["test", "-p", "lb-tests", "--test", "golden"]),
+        cmd::cargo()?.args([
+            "test", "-p", "lb-tests", "--test", "golden", "--test", "nat",
+        ]),
     )?;
     step(
         "integration tests (network namespaces)",
