@@ -316,15 +316,4 @@ impl Balancer {
     pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), aya::maps::xdp::XdpMapError> {
         self.maps.add_tx_port(ifindex)
     }
-
-    /// VIP ids and backend ids by address, for counters.
-    pub fn ids(&self) -> Vec<(Service, u32, Vec<(SocketAddr, u32)>)> {
-        self.vips
-            .iter()
-            .map(|(service, vip)| {
-                let backends = vip.backends.iter().map(|(a, b)| (*a, b.id)).collect();
-                (*service, vip.id, backends)
-            })
-            .collect()
-    }
 }

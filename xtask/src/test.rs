@@ -44,7 +44,7 @@ pub fn run() -> anyhow::Result<()> {
     step(
         "integration tests (network namespaces)",
         cmd::cargo()?
-            .args(["test", "-p", "lb-tests", "--test", "run"])
+            .args(["test", "-p", "lb-tests", "--test", "run", "--test", "e2e"])
             .env("LB_BIN", lb),
     )?;
     eprintln!("xtask test: all checks passed");
