@@ -311,7 +311,28 @@ fn policies_for_what_cannot_be_balanced() {
         host_fragment[14 + 6] |= 0x20;
         fix_ip_checksum(&mut host_fragment);
 
-        let untouched: [(&str, Vec<u8>, u32, Stat); 7] = [
+        let mut v6_extension = Spec::new(Family::V6, Transport::Udp)
+            .between(ip("fd00::1"), ip("fd00:1::1"))
+            .ports(40_000, 53)
+            .build(b"q");
+        v6_extension[14 + 6] = 60; // next header: destination options
+        let mut icmp_to_vip = to("198.18.1.1", Transport::Udp, 53).build(&[8, 0, 0, 0, 0, 0, 0, 0]);
+        icmp_to_vip[14 + 9] = 1; // protocol: ICMP
+        fix_ip_checksum(&mut icmp_to_vip);
+
+        let untouched: [(&str, Vec<u8>, u32, Stat); 9] = [
+            (
+                "IPv6 extension header to a VIP address",
+                v6_extension,
+                XDP_DROP,
+                Stat::DropIpv6ExtensionHeader,
+            ),
+            (
+                "ICMP to a VIP address",
+                icmp_to_vip,
+                XDP_PASS,
+                Stat::PassIcmpToVip,
+            ),
             (
                 "TTL 1 to a VIP",
                 to("198.18.1.1", Transport::Tcp, 80).ttl(1).build(&[]),
@@ -379,4 +400,106 @@ fn policies_for_what_cannot_be_balanced() {
         let out = verify(&verdict.packet);
         assert_eq!((out.dst, out.dst_port), (ip("198.18.2.9"), 8080));
     });
+}
+
+#[test]
+fn invalid_services_are_refused_before_any_map_changes() {
+    use lb_userspace::balancer::BalancerError as E;
+    let mut datapath = Datapath::load();
+    let balancer = &mut datapath.balancer;
+    let vip = Service {
+        addr: sock("198.18.1.1:80"),
+        proto: Proto::Tcp,
+    };
+    balancer.add_vip(vip).expect("first VIP");
+    balancer
+        .add_backend(vip, sock("198.18.2.2:8080"), 100)
+        .expect("backend");
+    let unknown = Service {
+        addr: sock("198.18.1.9:80"),
+        proto: Proto::Tcp,
+    };
+    let refused = [
+        (
+            "duplicate VIP",
+            balancer
+                .add_vip(vip)
+                .map_err(|e| matches!(e, E::DuplicateVip(_))),
+        ),
+        (
+            "VIP port 0",
+            balancer
+                .add_vip(Service {
+                    addr: sock("198.18.1.5:0"),
+                    proto: Proto::Udp,
+                })
+                .map_err(|e| matches!(e, E::PortZero(_))),
+        ),
+        (
+            "loopback VIP",
+            balancer
+                .add_vip(Service {
+                    addr: sock("127.0.0.1:80"),
+                    proto: Proto::Tcp,
+                })
+                .map_err(|e| matches!(e, E::UnusableAddress(_))),
+        ),
+        (
+            "duplicate backend",
+            balancer
+                .add_backend(vip, sock("198.18.2.2:8080"), 5)
+                .map_err(|e| matches!(e, E::DuplicateBackend { .. })),
+        ),
+        (
+            "IPv6 backend on an IPv4 VIP",
+            balancer
+                .add_backend(vip, sock("[fd00:2::2]:8080"), 5)
+                .map_err(|e| matches!(e, E::FamilyMismatch { .. })),
+        ),
+        (
+            "weight 0",
+            balancer
+                .add_backend(vip, sock("198.18.2.3:8080"), 0)
+                .map_err(|e| matches!(e, E::WeightOutOfRange(0))),
+        ),
+        (
+            "weight 65536",
+            balancer
+                .add_backend(vip, sock("198.18.2.3:8080"), 65_536)
+                .map_err(|e| matches!(e, E::WeightOutOfRange(65_536))),
+        ),
+        (
+            "unknown VIP",
+            balancer
+                .add_backend(unknown, sock("198.18.2.3:8080"), 5)
+                .map_err(|e| matches!(e, E::UnknownVip(_))),
+        ),
+    ];
+    for (case, result) in refused {
+        assert_eq!(
+            result,
+            Err(true),
+            "{case} must be refused with its own error"
+        );
+    }
+    // The refusals left the VIP with its one backend: a SYN still selects it (and then fails
+    // to route, since this datapath runs outside a lab namespace) instead of finding no
+    // backend.
+    let syn = Spec::new(Family::V4, Transport::Tcp)
+        .between(ip("198.18.0.1"), ip("198.18.1.1"))
+        .ports(40_000, 80)
+        .build(&[]);
+    let (_, delta) = datapath.run_counted(&syn);
+    assert_eq!(
+        delta.packets(Stat::ForwardNew),
+        0,
+        "no FIB here, so no forward: {:?}",
+        delta.moved()
+    );
+    assert_eq!(
+        delta.packets(Stat::DropFibFailure),
+        1,
+        "selected a backend and tried to route: {:?}",
+        delta.moved()
+    );
 }

@@ -218,3 +218,27 @@ fn object_with_unreadable_register() -> Vec<u8> {
     bytes[at..at + 8].copy_from_slice(&[0x79, 0x90, 0, 0, 0, 0, 0, 0]);
     bytes
 }
+
+#[test]
+fn an_invalid_config_file_is_refused_with_its_line_and_nothing_attached() {
+    let lab = Lab::new();
+    let path = std::env::temp_dir().join(format!("lb-bad-config-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "[[vip]]\naddress = \"198.18.1.1:80\"\nproto = \"sctp\"\n",
+    )
+    .expect("write config");
+    let stderr = run_to_failure(lab.lb_run(&["--config", path.to_str().expect("utf-8")]));
+    let untouched = std::fs::read_to_string(&path).expect("config still there");
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        stderr.contains(&path.display().to_string()),
+        "names the file: {stderr}"
+    );
+    assert!(stderr.contains("line 3"), "names the line: {stderr}");
+    assert!(untouched.contains("sctp"), "the file is left as it was");
+    assert!(!lab.lb.has_xdp());
+
+    let stderr = run_to_failure(lab.lb_run(&["--table-size", "65536"]));
+    assert!(stderr.contains("not a prime"), "{stderr}");
+}
