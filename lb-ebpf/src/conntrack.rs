@@ -15,16 +15,21 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+#[inline(always)]
+fn touch(last_seen_ns: &mut u64) {
+    let now = now();
+    if now.wrapping_sub(*last_seen_ns) > REFRESH_NS {
+        *last_seen_ns = now;
+    }
+}
+
 /// The backend a tracked flow is pinned to.
 #[inline(always)]
 pub fn lookup(flow: &FlowKey) -> Option<u32> {
     let conn = CONNTRACK.get_ptr_mut(flow)?;
     // SAFETY: the entry stays valid for this program run (RCU); races only lose a refresh.
     let conn = unsafe { &mut *conn };
-    let now = now();
-    if now.wrapping_sub(conn.last_seen_ns) > REFRESH_NS {
-        conn.last_seen_ns = now;
-    }
+    touch(&mut conn.last_seen_ns);
     Some(conn.backend_id)
 }
 
@@ -34,10 +39,7 @@ pub fn lookup_reply(reply: &FlowKey) -> Option<ReverseNat> {
     let entry = REVERSE_NAT.get_ptr_mut(reply)?;
     // SAFETY: as in `lookup`.
     let entry = unsafe { &mut *entry };
-    let now = now();
-    if now.wrapping_sub(entry.last_seen_ns) > REFRESH_NS {
-        entry.last_seen_ns = now;
-    }
+    touch(&mut entry.last_seen_ns);
     Some(*entry)
 }
 
