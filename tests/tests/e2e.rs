@@ -28,7 +28,7 @@ type Seen = Arc<Mutex<HashMap<String, Vec<IpAddr>>>>;
 struct Lab {
     client: NetNs,
     lb: NetNs,
-    _backends: Vec<NetNs>,
+    backends: Vec<NetNs>,
     lb_ifaces: Vec<String>,
 }
 
@@ -114,7 +114,7 @@ impl Lab {
         Self {
             client,
             lb,
-            _backends: backends,
+            backends,
             lb_ifaces,
         }
     }
@@ -338,7 +338,7 @@ fn tcp_and_udp_through_the_vip_reach_all_backends_over_ipv4_and_ipv6() {
     let mut daemon = Daemon::spawn(cmd);
     daemon.wait_for_line("lb: forwarding on", Duration::from_secs(20));
     let _ = std::fs::remove_file(&config);
-    let servers = Servers::start(&lab._backends);
+    let servers = Servers::start(&lab.backends);
 
     // The lb host itself stays reachable on its own address.
     let own = lab
