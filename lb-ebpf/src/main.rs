@@ -122,21 +122,12 @@ fn to_backend(
             (id, backend, Stat::ForwardNew)
         }
     };
-    if nat::rewrite(ctx, packet, Side::Destination, &backend.addr, backend.port).is_err() {
+    let Ok(rewritten) = nat::rewrite(ctx, packet, Side::Destination, &backend.addr, backend.port)
+    else {
         return Outcome::drop(Stat::DropFibFailure);
-    }
+    };
     stats::count_service(vip.id, backend_id, len);
-    let mut rewritten = packet.flow;
-    rewritten.dst = backend.addr;
-    rewritten.dst_port = backend.port;
-    forward::forward(
-        ctx,
-        &Packet {
-            flow: rewritten,
-            ..*packet
-        },
-        reason,
-    )
+    forward::forward(ctx, &rewritten, reason)
 }
 
 /// Backend → client reply of a tracked flow: source NAT back to the VIP, forward.
@@ -145,28 +136,16 @@ fn to_client(ctx: &XdpContext, packet: &Packet, reverse: &lb_common::flow::Rever
     if forward::ttl(ctx, packet).is_none_or(|ttl| ttl <= 1) {
         return Outcome::pass(Stat::PassTtlExceeded);
     }
-    if nat::rewrite(
+    let Ok(rewritten) = nat::rewrite(
         ctx,
         packet,
         Side::Source,
         &reverse.vip_addr,
         reverse.vip_port,
-    )
-    .is_err()
-    {
+    ) else {
         return Outcome::drop(Stat::DropFibFailure);
-    }
-    let mut rewritten = packet.flow;
-    rewritten.src = reverse.vip_addr;
-    rewritten.src_port = reverse.vip_port;
-    forward::forward(
-        ctx,
-        &Packet {
-            flow: rewritten,
-            ..*packet
-        },
-        Stat::ForwardReply,
-    )
+    };
+    forward::forward(ctx, &rewritten, Stat::ForwardReply)
 }
 
 #[cfg(not(test))]

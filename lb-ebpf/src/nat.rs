@@ -23,6 +23,8 @@ pub enum Side {
 /// Why a rewrite could not happen (the verifier's bounds, in practice never).
 pub struct OutOfBounds;
 
+/// Rewrites one side of the packet to `addr`:`port` and returns the packet as it now is on
+/// the wire, for the forwarding stage.
 #[inline(always)]
 pub fn rewrite(
     ctx: &aya_ebpf::programs::XdpContext,
@@ -30,7 +32,7 @@ pub fn rewrite(
     side: Side,
     addr: &Addr,
     port: u16,
-) -> Result<(), OutOfBounds> {
+) -> Result<Packet, OutOfBounds> {
     let mut l4 = Delta::default();
     if packet.is_v4() {
         let ip = ptr_at::<Ipv4Hdr>(ctx, packet.l3_offset).ok_or(OutOfBounds)?;
@@ -92,5 +94,12 @@ pub fn rewrite(
         }
         _ => {}
     }
-    Ok(())
+    let mut rewritten = *packet;
+    let (field, field_port) = match side {
+        Side::Source => (&mut rewritten.flow.src, &mut rewritten.flow.src_port),
+        Side::Destination => (&mut rewritten.flow.dst, &mut rewritten.flow.dst_port),
+    };
+    *field = *addr;
+    *field_port = port;
+    Ok(rewritten)
 }
