@@ -13,6 +13,25 @@ pub const MAP_REVERSE: &str = "REVERSE_NAT";
 pub const MAP_VIP_STATS: &str = "VIP_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_TX_PORTS: &str = "TX_PORTS";
+pub const MAP_META: &str = "META";
+
+/// Every map that outlives a controller: pinned under the pin directory by these names.
+pub const PINNED_MAPS: [&str; 10] = [
+    MAP_STATS,
+    MAP_VIPS,
+    MAP_BACKENDS,
+    MAP_MAGLEV,
+    MAP_CONNTRACK,
+    MAP_REVERSE,
+    MAP_VIP_STATS,
+    MAP_BACKEND_STATS,
+    MAP_TX_PORTS,
+    MAP_META,
+];
+
+/// Version of the map layout (key/value types and indexing). Bump it with any change to a
+/// `#[repr(C)]` type in a pinned map: a controller refuses to adopt maps of another version.
+pub const LAYOUT_VERSION: u32 = 1;
 
 /// Global set at load time: the Maglev table size M (a prime).
 pub const GLOBAL_MAGLEV_SIZE: &str = "MAGLEV_SIZE";

@@ -76,7 +76,28 @@ pub struct Backend {
     pub family: u8,
     /// `BACKEND_*` state: only active backends take new flows; draining ones keep theirs.
     pub state: u8,
+    /// Maglev weight (1..=65535). The datapath ignores it; a restarted controller reads it
+    /// back, with `vip_id`, to adopt the pinned maps.
+    pub weight: u32,
+    /// The VIP this backend belongs to.
+    pub vip_id: u32,
 }
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Backend {}
+
+/// The single entry of the META map: what layout and sizes the pinned maps were created
+/// with. A controller adopts pinned maps only if it would have created the same ones.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Layout {
+    /// [`crate::consts::LAYOUT_VERSION`] of the controller that created the maps; 0 means the
+    /// maps were created but never finished (the controller died during start-up).
+    pub version: u32,
+    pub maglev_size: u32,
+    pub max_vips: u32,
+    pub conntrack_capacity: u32,
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Layout {}

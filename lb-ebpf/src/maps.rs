@@ -7,7 +7,7 @@ use aya_ebpf::{
 use lb_common::{
     consts::{CONNTRACK_CAPACITY, DEFAULT_MAGLEV_SIZE, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS},
     flow::{Conn, FlowKey, ReverseNat},
-    service::{Backend, VipInfo, VipKey},
+    service::{Backend, Layout, VipInfo, VipKey},
     stats::{Counter, STAT_COUNT, VipCounter},
 };
 
@@ -47,6 +47,11 @@ pub static BACKEND_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(M
 /// Interfaces lb is attached to, by ifindex: where XDP_REDIRECT may send a packet.
 #[map(name = "TX_PORTS")]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
+
+/// One entry, written by userspace: the layout the pinned maps were created with. The
+/// datapath never reads it.
+#[map(name = "META")]
+pub static META: Array<Layout> = Array::with_max_entries(1, 0);
 
 /// Maglev table size M, set by userspace at load time (read-only data).
 #[unsafe(no_mangle)]

@@ -2,11 +2,15 @@
 
 use std::{ffi::CString, io};
 
-use aya::programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId};
+use aya::programs::{
+    ProgramError, Xdp, XdpMode,
+    links::{FdLink, PinnedLink},
+    xdp::{XdpLink, XdpLinkId},
+};
 use thiserror::Error;
-use tracing::warn;
+use tracing::{info, warn};
 
-use crate::cli::XdpModeArg;
+use crate::{cli::XdpModeArg, pins::PinDir};
 
 #[derive(Debug, Error)]
 pub enum AttachError {
@@ -24,6 +28,10 @@ pub enum AttachError {
         #[source]
         source: ProgramError,
     },
+    #[error(
+        "the XDP link on `{iface}` cannot be pinned ({reason}); without a pin the datapath would stop with the daemon"
+    )]
+    Pin { iface: String, reason: String },
 }
 
 /// An interface resolved to its index, as named by the operator.
@@ -87,6 +95,72 @@ pub fn attach(
             other => other,
         },
     }
+}
+
+/// An interface the datapath runs on, and the pinned link that keeps it there after the
+/// daemon exits. Dropping this closes the daemon's handle only; the pin keeps forwarding.
+#[derive(Debug)]
+pub struct PinnedAttachment {
+    pub iface: Interface,
+    /// `native`, `skb`, or `adopted` for a link an earlier run pinned (its mode unchanged).
+    pub mode: &'static str,
+    _link: FdLink,
+}
+
+/// Runs `program` on `iface` through a link pinned in `pins`. A link an earlier run pinned
+/// is adopted: the new program replaces the old one in a single atomic update, so no packet
+/// misses the datapath. Otherwise the program is attached and the new link pinned.
+pub fn attach_pinned(
+    program: &mut Xdp,
+    iface: &Interface,
+    mode: XdpModeArg,
+    pins: &PinDir,
+) -> Result<PinnedAttachment, AttachError> {
+    let path = pins.link_path(&iface.name);
+    if path.exists() {
+        match replace_program(program, &path) {
+            Ok(link) => {
+                return Ok(PinnedAttachment {
+                    iface: iface.clone(),
+                    mode: "adopted",
+                    _link: link,
+                });
+            }
+            Err(error) => {
+                // A link whose interface went away is defunct: start over on this one.
+                warn!(iface = %iface.name, %error, "pinned link unusable, attaching anew");
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    let attachment = attach(program, iface, mode)?;
+    let pin_error = |reason: String| AttachError::Pin {
+        iface: iface.name.clone(),
+        reason,
+    };
+    let link = program
+        .take_link(attachment.link)
+        .map_err(|e| pin_error(error_chain(&e)))?;
+    let link = FdLink::try_from(link).map_err(|_| {
+        pin_error("the kernel attached it without a bpf_link (Linux 5.9 or later needed)".into())
+    })?;
+    let pinned = link.pin(&path).map_err(|e| pin_error(error_chain(&e)))?;
+    info!(iface = %iface.name, path = %path.display(), "pinned XDP link");
+    Ok(PinnedAttachment {
+        iface: iface.clone(),
+        mode: attachment.mode,
+        _link: pinned.into(),
+    })
+}
+
+/// Swaps `program` into the link pinned at `path`; the reason is text for a log line.
+fn replace_program(program: &mut Xdp, path: &std::path::Path) -> Result<FdLink, String> {
+    let text = |e: &dyn std::error::Error| error_chain(e);
+    let link: FdLink = PinnedLink::from_pin(path).map_err(|e| text(&e))?.into();
+    let link = XdpLink::try_from(link).map_err(|e| text(&e))?;
+    let id = program.attach_to_link(link).map_err(|e| text(&e))?;
+    let link = program.take_link(id).map_err(|e| text(&e))?;
+    FdLink::try_from(link).map_err(|e| text(&e))
 }
 
 fn classify(iface: &Interface, mode: &'static str, source: ProgramError) -> AttachError {

@@ -1,109 +1,35 @@
-//! The desired state of VIPs and backends, and applying it to the datapath's maps.
+//! Making the datapath's maps match a desired [`State`].
 //!
-//! Every change is validated in full before any map is touched. A VIP's backends go live by
-//! building the weighted Maglev table into the VIP's inactive table and then flipping the
-//! VIP entry's `active_table` in one map update.
+//! A change is validated on a copy of the state first, so a refused change touches no map.
+//! Then [`Balancer::sync`] walks the difference in an order that never lets a packet see a
+//! half-made change: a VIP's backends go live by building the weighted Maglev table into its
+//! inactive table and flipping `active_table` in one VIPS update; a backend leaves the table
+//! before its BACKENDS entry is retired, and joins BACKENDS before it enters the table.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fmt,
     net::{IpAddr, SocketAddr},
 };
 
 use lb_common::{
     consts::{
-        BACKEND_ACTIVE, BACKEND_DRAINING, FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP,
-        MAX_BACKENDS,
+        BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_UNUSED, FAMILY_V4, FAMILY_V6, MAX_BACKENDS,
     },
     service::{Addr, Backend, VipInfo, VipKey, addr_from_v4},
 };
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
+use tracing::warn;
 
+pub use crate::state::{
+    BackendSpec, Change, ChangeError, DEFAULT_WEIGHT, MAX_WEIGHT, MIN_WEIGHT, Proto, Service,
+    State, VipSpec,
+};
 use crate::{datapath::Limits, maglev, maps::ServiceMaps};
-
-pub const MIN_WEIGHT: u32 = 1;
-pub const MAX_WEIGHT: u32 = 65_535;
-pub const DEFAULT_WEIGHT: u32 = 100;
-
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    clap::ValueEnum,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    #[default]
-    Tcp,
-    Udp,
-}
-
-impl Proto {
-    pub const fn number(self) -> u8 {
-        match self {
-            Proto::Tcp => IPPROTO_TCP,
-            Proto::Udp => IPPROTO_UDP,
-        }
-    }
-}
-
-impl fmt::Display for Proto {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
-        })
-    }
-}
-
-/// A cluster IP: address, port and protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Service {
-    pub addr: SocketAddr,
-    pub proto: Proto,
-}
-
-impl fmt::Display for Service {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.proto)
-    }
-}
 
 #[derive(Debug, Error)]
 pub enum BalancerError {
-    #[error("VIP {0} already exists")]
-    DuplicateVip(Service),
-    #[error("no VIP {0}")]
-    UnknownVip(Service),
-    #[error("backend {backend} already exists on VIP {service}")]
-    DuplicateBackend {
-        service: Service,
-        backend: SocketAddr,
-    },
-    #[error(
-        "backend {backend} is {backend_family} but VIP {service} is {vip_family}: NAT keeps the address family"
-    )]
-    FamilyMismatch {
-        service: Service,
-        backend: SocketAddr,
-        backend_family: &'static str,
-        vip_family: &'static str,
-    },
-    #[error("weight {0} is out of range ({MIN_WEIGHT}..={MAX_WEIGHT})")]
-    WeightOutOfRange(u32),
-    #[error("port 0 is not a valid {0} port")]
-    PortZero(&'static str),
-    #[error("{0} is not a usable address")]
-    UnusableAddress(IpAddr),
+    #[error(transparent)]
+    Invalid(#[from] ChangeError),
     #[error("all {0} VIP slots are in use")]
     TooManyVips(u32),
     #[error("all {MAX_BACKENDS} backend slots are in use")]
@@ -112,51 +38,38 @@ pub enum BalancerError {
     Map(#[from] aya::maps::MapError),
 }
 
+/// Where a VIP lives in the maps.
 #[derive(Clone, Debug)]
-struct BackendState {
-    id: u32,
-    weight: u32,
-    draining: bool,
-}
-
-#[derive(Clone, Debug)]
-struct VipState {
+struct VipSlot {
     id: u32,
     active_table: u8,
-    backends: BTreeMap<SocketAddr, BackendState>,
+    backend_ids: BTreeMap<SocketAddr, u32>,
 }
 
 pub struct Balancer {
     maps: ServiceMaps,
     limits: Limits,
-    vips: BTreeMap<Service, VipState>,
+    /// What the maps hold now.
+    state: State,
+    slots: BTreeMap<Service, VipSlot>,
     free_backend_ids: BTreeSet<u32>,
-}
-
-const fn family_name(addr: &SocketAddr) -> &'static str {
-    if addr.is_ipv4() { "IPv4" } else { "IPv6" }
-}
-
-fn check_address(addr: &SocketAddr, what: &'static str) -> Result<(), BalancerError> {
-    if addr.port() == 0 {
-        return Err(BalancerError::PortZero(what));
-    }
-    let ip = addr.ip();
-    if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
-        return Err(BalancerError::UnusableAddress(ip));
-    }
-    if let IpAddr::V4(v4) = ip
-        && v4.is_broadcast()
-    {
-        return Err(BalancerError::UnusableAddress(ip));
-    }
-    Ok(())
+    /// Backend ids are handed out round-robin from here, so a freed id is reused as late as
+    /// possible: conntrack entries of a deleted backend age out before its id returns.
+    next_backend_id: u32,
 }
 
 pub fn wire_addr(ip: IpAddr) -> (Addr, u8) {
     match ip {
         IpAddr::V4(v4) => (addr_from_v4(v4.octets()), FAMILY_V4),
         IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
+    }
+}
+
+fn ip_from_wire(addr: &Addr, family: u8) -> Option<IpAddr> {
+    match family {
+        FAMILY_V4 => Some(IpAddr::from([addr[0], addr[1], addr[2], addr[3]])),
+        FAMILY_V6 => Some(IpAddr::from(*addr)),
+        _ => None,
     }
 }
 
@@ -170,47 +83,106 @@ fn vip_key(service: &Service) -> VipKey {
     }
 }
 
+/// A backend's place in the maps, as listed to operators.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendView {
+    pub addr: SocketAddr,
+    pub spec: BackendSpec,
+    pub id: u32,
+}
+
+/// A VIP as listed to operators.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VipView {
+    pub service: Service,
+    pub id: u32,
+    pub backends: Vec<BackendView>,
+}
+
 impl Balancer {
+    /// A balancer over freshly created (empty) maps.
     pub fn new(maps: ServiceMaps, limits: Limits) -> Self {
         Self {
             maps,
             limits,
-            vips: BTreeMap::new(),
+            state: State::default(),
+            slots: BTreeMap::new(),
             free_backend_ids: (0..MAX_BACKENDS).collect(),
+            next_backend_id: 0,
         }
     }
 
-    pub fn add_vip(&mut self, service: Service) -> Result<(), BalancerError> {
-        check_address(&service.addr, "VIP")?;
-        if self.vips.contains_key(&service) {
-            return Err(BalancerError::DuplicateVip(service));
+    /// A balancer over maps a previous controller filled: reads VIPS and BACKENDS back into
+    /// state and ids, so tracked flows keep the backend ids they are pinned to. Entries that
+    /// do not fit together (a backend of a VIP that no longer exists) are retired.
+    pub fn adopt(maps: ServiceMaps, limits: Limits) -> Result<Self, BalancerError> {
+        let mut balancer = Self::new(maps, limits);
+        let mut by_id: BTreeMap<u32, Service> = BTreeMap::new();
+        for (key, info) in balancer.maps.vips()? {
+            let Some(proto) = Proto::from_number(key.proto) else {
+                continue; // the per-address entry
+            };
+            let Some(ip) = ip_from_wire(&key.addr, key.family) else {
+                continue;
+            };
+            let service = Service {
+                addr: SocketAddr::new(ip, key.port),
+                proto,
+            };
+            by_id.insert(info.id, service);
+            balancer.state.vips.insert(service, VipSpec::default());
+            balancer.slots.insert(
+                service,
+                VipSlot {
+                    id: info.id,
+                    active_table: info.active_table & 1,
+                    backend_ids: BTreeMap::new(),
+                },
+            );
         }
-        let used: BTreeSet<u32> = self.vips.values().map(|v| v.id).collect();
-        let id = (0..self.limits.max_vips)
-            .find(|id| !used.contains(id))
-            .ok_or(BalancerError::TooManyVips(self.limits.max_vips))?;
-        let (addr, family) = wire_addr(service.addr.ip());
-        // Empty table first, so the VIP drops (counted) rather than reading stale slots.
-        self.maps
-            .write_table(id, 0, &maglev::build(&[], self.limits.maglev_size))?;
-        self.maps
-            .set_vip(&VipKey::address_entry(addr, family), &VipInfo::default())?;
-        self.maps.set_vip(
-            &vip_key(&service),
-            &VipInfo {
-                id,
-                ..VipInfo::default()
-            },
-        )?;
-        self.vips.insert(
-            service,
-            VipState {
-                id,
-                active_table: 0,
-                backends: BTreeMap::new(),
-            },
-        );
-        Ok(())
+        for (id, backend) in balancer.maps.backends()? {
+            if backend.state == BACKEND_UNUSED {
+                continue;
+            }
+            let service = by_id.get(&backend.vip_id).copied();
+            let ip = ip_from_wire(&backend.addr, backend.family);
+            let (Some(service), Some(ip)) = (service, ip) else {
+                warn!(id, "retiring a pinned backend that belongs to no VIP");
+                balancer.maps.set_backend(id, &Backend::default())?;
+                continue;
+            };
+            let addr = SocketAddr::new(ip, backend.port);
+            let spec = BackendSpec {
+                weight: backend.weight.clamp(MIN_WEIGHT, MAX_WEIGHT),
+                draining: backend.state == BACKEND_DRAINING,
+            };
+            if let (Some(vip), Some(slot)) = (
+                balancer.state.vips.get_mut(&service),
+                balancer.slots.get_mut(&service),
+            ) {
+                vip.backends.insert(addr, spec);
+                slot.backend_ids.insert(addr, id);
+            }
+            balancer.free_backend_ids.remove(&id);
+            balancer.next_backend_id = id + 1;
+        }
+        Ok(balancer)
+    }
+
+    /// The state the maps hold.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Applies one operator change: validated in full, then synced to the maps.
+    pub fn apply(&mut self, change: &Change) -> Result<(), BalancerError> {
+        let mut next = self.state.clone();
+        next.apply(change)?;
+        self.sync(&next)
+    }
+
+    pub fn add_vip(&mut self, service: Service) -> Result<(), BalancerError> {
+        self.apply(&Change::AddVip(service))
     }
 
     pub fn add_backend(
@@ -219,101 +191,281 @@ impl Balancer {
         backend: SocketAddr,
         weight: u32,
     ) -> Result<(), BalancerError> {
-        check_address(&backend, "backend")?;
-        if !(MIN_WEIGHT..=MAX_WEIGHT).contains(&weight) {
-            return Err(BalancerError::WeightOutOfRange(weight));
-        }
-        let vip = self
-            .vips
-            .get(&service)
-            .ok_or(BalancerError::UnknownVip(service))?;
-        if backend.is_ipv4() != service.addr.is_ipv4() {
-            return Err(BalancerError::FamilyMismatch {
-                service,
-                backend,
-                backend_family: family_name(&backend),
-                vip_family: family_name(&service.addr),
-            });
-        }
-        if vip.backends.contains_key(&backend) {
-            return Err(BalancerError::DuplicateBackend { service, backend });
-        }
-        let id = self
-            .free_backend_ids
-            .pop_first()
-            .ok_or(BalancerError::TooManyBackends)?;
-        let state = BackendState {
-            id,
+        self.apply(&Change::AddBackend {
+            service,
+            backend,
             weight,
-            draining: false,
-        };
-        if let Err(error) = self.write_backend(&backend, &state) {
-            self.free_backend_ids.insert(id);
-            return Err(error);
-        }
-        if let Some(vip) = self.vips.get_mut(&service) {
-            vip.backends.insert(backend, state);
-        }
-        self.publish(&service)
+        })
     }
 
-    fn write_backend(
-        &mut self,
-        addr: &SocketAddr,
-        state: &BackendState,
-    ) -> Result<(), BalancerError> {
-        let (wire, family) = wire_addr(addr.ip());
-        self.maps.set_backend(
-            state.id,
-            &Backend {
-                addr: wire,
-                port: addr.port(),
-                family,
-                state: if state.draining {
-                    BACKEND_DRAINING
-                } else {
-                    BACKEND_ACTIVE
-                },
-            },
-        )?;
+    /// Makes the maps hold `target`. On a map error the maps hold a mix of the two states
+    /// (each step is consistent on its own) and `self.state()` says which.
+    pub fn sync(&mut self, target: &State) -> Result<(), BalancerError> {
+        self.check_capacity(target)?;
+        let gone: Vec<Service> = self
+            .state
+            .vips
+            .keys()
+            .filter(|s| !target.vips.contains_key(s))
+            .copied()
+            .collect();
+        for service in gone {
+            self.remove_vip(&service, target)?;
+        }
+        for (service, spec) in &target.vips {
+            if !self.slots.contains_key(service) {
+                self.create_vip(service)?;
+            }
+            if self.state.vips.get(service) != Some(spec) {
+                self.sync_backends(service, spec)?;
+            }
+        }
         Ok(())
     }
 
-    /// Fills the VIP's inactive table from its non-draining backends, then flips to it.
-    fn publish(&mut self, service: &Service) -> Result<(), BalancerError> {
-        let vip = self
+    /// Refuses a target that would not fit, before anything is written.
+    fn check_capacity(&self, target: &State) -> Result<(), BalancerError> {
+        if target.vips.len() > self.limits.max_vips as usize {
+            return Err(BalancerError::TooManyVips(self.limits.max_vips));
+        }
+        let kept: usize = target
             .vips
-            .get(service)
-            .ok_or(BalancerError::UnknownVip(*service))?;
-        let entries: Vec<maglev::Entry> = vip
-            .backends
             .iter()
-            .filter(|(_, b)| !b.draining)
-            .map(|(addr, b)| maglev::Entry {
-                id: b.id,
-                weight: b.weight,
-                identity: addr.to_string().into_bytes(),
+            .map(|(service, spec)| {
+                let current = self.state.vips.get(service);
+                spec.backends
+                    .keys()
+                    .filter(|b| current.is_some_and(|c| c.backends.contains_key(b)))
+                    .count()
             })
-            .collect();
-        let table = maglev::build(&entries, self.limits.maglev_size);
-        let (id, next) = (vip.id, vip.active_table ^ 1);
-        self.maps.write_table(id, next, &table)?;
+            .sum();
+        let retiring = self.state.backend_count().saturating_sub(kept);
+        let added = target.backend_count() - kept;
+        if added > self.free_backend_ids.len() + retiring {
+            return Err(BalancerError::TooManyBackends);
+        }
+        Ok(())
+    }
+
+    fn create_vip(&mut self, service: &Service) -> Result<(), BalancerError> {
+        let used: BTreeSet<u32> = self.slots.values().map(|v| v.id).collect();
+        let id = (0..self.limits.max_vips)
+            .find(|id| !used.contains(id))
+            .ok_or(BalancerError::TooManyVips(self.limits.max_vips))?;
+        // The table the VIP entry will point at is empty: a VIP without backends drops
+        // (counted) rather than reading a previous VIP's slots.
+        self.maps
+            .write_table(id, 0, &maglev::build(&[], self.limits.maglev_size))?;
+        self.maps.reset_vip_counters(id)?;
+        let (addr, family) = wire_addr(service.addr.ip());
+        self.maps
+            .set_vip(&VipKey::address_entry(addr, family), &VipInfo::default())?;
         self.maps.set_vip(
             &vip_key(service),
             &VipInfo {
                 id,
+                ..VipInfo::default()
+            },
+        )?;
+        self.slots.insert(
+            *service,
+            VipSlot {
+                id,
+                active_table: 0,
+                backend_ids: BTreeMap::new(),
+            },
+        );
+        self.state.vips.insert(*service, VipSpec::default());
+        Ok(())
+    }
+
+    fn remove_vip(&mut self, service: &Service, target: &State) -> Result<(), BalancerError> {
+        let Some(slot) = self.slots.get(service).cloned() else {
+            return Ok(());
+        };
+        // New packets to the VIP now go to the kernel; then its backends are retired.
+        self.maps.remove_vip(&vip_key(service))?;
+        // The address entry stays while another VIP (kept or still to be created) uses it.
+        let ip = service.addr.ip();
+        let address_in_use = target.vips.keys().any(|other| other.addr.ip() == ip);
+        if !address_in_use {
+            let (addr, family) = wire_addr(ip);
+            self.maps.remove_vip(&VipKey::address_entry(addr, family))?;
+        }
+        for id in slot.backend_ids.values() {
+            self.retire_backend_id(*id)?;
+        }
+        self.slots.remove(service);
+        self.state.vips.remove(service);
+        Ok(())
+    }
+
+    /// Brings one VIP's backends to `spec`, keeping the ids of backends that stay.
+    fn sync_backends(&mut self, service: &Service, spec: &VipSpec) -> Result<(), BalancerError> {
+        let Some(slot) = self.slots.get(service).cloned() else {
+            return Ok(());
+        };
+        let current = self.state.vips.get(service).cloned().unwrap_or_default();
+        // 1. Joiners and changed backends enter BACKENDS (a backend that becomes active is
+        //    marked so before any slot points at it; one that starts draining stays active
+        //    until the new table is live).
+        let mut ids = slot.backend_ids.clone();
+        for (addr, backend) in &spec.backends {
+            let id = match ids.get(addr) {
+                Some(&id) => id,
+                None => {
+                    let id = self.allocate_backend_id()?;
+                    self.maps.reset_backend_counters(id)?;
+                    ids.insert(*addr, id);
+                    id
+                }
+            };
+            let before = current.backends.get(addr);
+            let draining_now = before.is_some_and(|b| !b.draining) && backend.draining;
+            let state_in_map = if draining_now {
+                BackendSpec {
+                    draining: false,
+                    ..*backend
+                }
+            } else {
+                *backend
+            };
+            if before != Some(&state_in_map) {
+                self.write_backend(slot.id, id, addr, &state_in_map)?;
+            }
+        }
+        // 2. The new table goes live.
+        let entries: Vec<maglev::Entry> = spec
+            .backends
+            .iter()
+            .filter(|(_, b)| !b.draining)
+            .filter_map(|(addr, b)| {
+                Some(maglev::Entry {
+                    id: *ids.get(addr)?,
+                    weight: b.weight,
+                    identity: addr.to_string().into_bytes(),
+                })
+            })
+            .collect();
+        let table = maglev::build(&entries, self.limits.maglev_size);
+        let next = slot.active_table ^ 1;
+        self.maps.write_table(slot.id, next, &table)?;
+        self.maps.set_vip(
+            &vip_key(service),
+            &VipInfo {
+                id: slot.id,
                 active_table: next,
                 ..VipInfo::default()
             },
         )?;
-        if let Some(vip) = self.vips.get_mut(service) {
-            vip.active_table = next;
+        // 3. Drains take effect for tracked flows' bookkeeping; leavers are retired.
+        for (addr, backend) in &spec.backends {
+            let was_active = current.backends.get(addr).is_some_and(|b| !b.draining);
+            if backend.draining && was_active {
+                self.write_backend(slot.id, ids[addr], addr, backend)?;
+            }
         }
+        for (addr, id) in &slot.backend_ids {
+            if !spec.backends.contains_key(addr) {
+                self.retire_backend_id(*id)?;
+                ids.remove(addr);
+            }
+        }
+        if let Some(slot) = self.slots.get_mut(service) {
+            slot.active_table = next;
+            slot.backend_ids = ids;
+        }
+        self.state.vips.insert(*service, spec.clone());
         Ok(())
+    }
+
+    fn allocate_backend_id(&mut self) -> Result<u32, BalancerError> {
+        let id = self
+            .free_backend_ids
+            .range(self.next_backend_id..)
+            .next()
+            .or_else(|| self.free_backend_ids.first())
+            .copied()
+            .ok_or(BalancerError::TooManyBackends)?;
+        self.free_backend_ids.remove(&id);
+        self.next_backend_id = id + 1;
+        Ok(id)
+    }
+
+    fn retire_backend_id(&mut self, id: u32) -> Result<(), BalancerError> {
+        // Tracked flows of a retired backend find it unused and are balanced again.
+        self.maps.set_backend(id, &Backend::default())?;
+        self.free_backend_ids.insert(id);
+        Ok(())
+    }
+
+    fn write_backend(
+        &mut self,
+        vip_id: u32,
+        id: u32,
+        addr: &SocketAddr,
+        spec: &BackendSpec,
+    ) -> Result<(), BalancerError> {
+        let (wire, family) = wire_addr(addr.ip());
+        self.maps.set_backend(
+            id,
+            &Backend {
+                addr: wire,
+                port: addr.port(),
+                family,
+                state: if spec.draining {
+                    BACKEND_DRAINING
+                } else {
+                    BACKEND_ACTIVE
+                },
+                weight: spec.weight,
+                vip_id,
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Every VIP with its map ids, for listing.
+    pub fn view(&self) -> Vec<VipView> {
+        self.state
+            .vips
+            .iter()
+            .filter_map(|(service, spec)| {
+                let slot = self.slots.get(service)?;
+                Some(VipView {
+                    service: *service,
+                    id: slot.id,
+                    backends: spec
+                        .backends
+                        .iter()
+                        .filter_map(|(addr, spec)| {
+                            Some(BackendView {
+                                addr: *addr,
+                                spec: *spec,
+                                id: *slot.backend_ids.get(addr)?,
+                            })
+                        })
+                        .collect(),
+                })
+            })
+            .collect()
     }
 
     /// Lets the datapath redirect out of this interface.
     pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), aya::maps::xdp::XdpMapError> {
         self.maps.add_tx_port(ifindex)
+    }
+
+    /// Stops redirects to interfaces not in `keep` (left over from an earlier run).
+    pub fn retain_tx_ports(&mut self, keep: &[u32]) -> Result<(), aya::maps::MapError> {
+        self.maps.retain_tx_ports(keep)
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn maps(&self) -> &ServiceMaps {
+        &self.maps
     }
 }

@@ -1,24 +1,57 @@
-//! Command-line definitions. One subcommand per operator task; `run` is the daemon.
+//! Command-line definitions. `run` is the daemon; every other subcommand is a client of its
+//! API socket. Scripts depend on these names: change them only with the docs.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::{
+    pins::DEFAULT_PIN_DIR,
+    state::{DEFAULT_WEIGHT, MAX_WEIGHT, MIN_WEIGHT, Proto},
+};
+
+pub const DEFAULT_STATE_FILE: &str = "/var/lib/lb/state.toml";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "lb",
     version,
-    about = "An XDP layer-4 load balancer: one cluster IP in front of a server cluster"
+    about = "An XDP layer-4 load balancer: one cluster IP in front of a server cluster",
+    after_help = "The daemon (`lb run`) serves the other subcommands on a Unix socket: \
+                  --api, else $LB_API, else /run/lb/lb.sock."
 )]
 pub struct Cli {
+    /// The daemon's API socket [default: $LB_API, else /run/lb/lb.sock].
+    #[arg(long, global = true, value_name = "SOCKET")]
+    pub api: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Load the XDP datapath, attach it to interfaces and report its counters until stopped.
+    /// Run the daemon: load the XDP datapath, attach it, serve the API until stopped.
     Run(RunArgs),
+    /// Add, remove and list VIPs (cluster IPs).
+    #[command(subcommand)]
+    Vip(VipCommand),
+    /// Add, change, drain, remove and list a VIP's backends.
+    #[command(subcommand)]
+    Backend(BackendCommand),
+    /// Datapath counters: totals, per VIP, per backend.
+    Stats(OutputArgs),
+    /// What the daemon runs on: interfaces, pins, state file, sizes.
+    Status(OutputArgs),
+    /// Detach the datapath from every interface and remove its pins (stops forwarding).
+    Down(DownArgs),
+}
+
+/// A socket address, with a hint for the usual mistakes.
+fn parse_endpoint(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| {
+        format!("`{text}` is not ADDRESS:PORT (e.g. 198.18.0.10:80, or [fd00::10]:80 for IPv6)")
+    })
 }
 
 #[derive(Debug, Args)]
@@ -31,16 +64,24 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
 
-    /// VIPs and backends to start with (TOML; see the README).
+    /// Declared VIPs and backends to start with (TOML; replaces the saved state).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Maglev table size per VIP: a prime; larger tables spread weights more finely.
-    #[arg(long, value_name = "PRIME", default_value_t = lb_common::consts::DEFAULT_MAGLEV_SIZE)]
-    pub table_size: u32,
+    /// Where the live state is saved on every change and read at start.
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_STATE_FILE)]
+    pub state: PathBuf,
+
+    /// bpffs directory for the pinned maps and links that keep forwarding across restarts.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+
+    /// Maglev table size per VIP, a prime [default: 65537, or what the pinned datapath uses].
+    #[arg(long, value_name = "PRIME")]
+    pub table_size: Option<u32>,
 
     /// Seconds between counter reports on stdout (0 prints only at exit).
-    #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    #[arg(long, value_name = "SECS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub stats_interval: u64,
 
     /// Load this eBPF object instead of the one built into `lb` (for datapath development).
@@ -49,10 +90,12 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// The sizes to create maps with when nothing is pinned yet.
     pub fn limits(&self) -> crate::datapath::Limits {
+        let defaults = crate::datapath::Limits::default();
         crate::datapath::Limits {
-            maglev_size: self.table_size,
-            ..crate::datapath::Limits::default()
+            maglev_size: self.table_size.unwrap_or(defaults.maglev_size),
+            ..defaults
         }
     }
 
@@ -66,6 +109,84 @@ pub enum XdpModeArg {
     Auto,
     Native,
     Skb,
+}
+
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Print JSON (stable, documented in docs/API.md) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceArgs {
+    /// The VIP, as ADDRESS:PORT ([IPv6]:PORT).
+    #[arg(value_name = "VIP:PORT", value_parser = parse_endpoint)]
+    pub vip: SocketAddr,
+    #[arg(long, value_enum, default_value_t = Proto::Tcp)]
+    pub proto: Proto,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VipCommand {
+    /// Add a VIP (it drops traffic until it has a backend).
+    Add(ServiceArgs),
+    /// Remove a VIP and its backends; its traffic goes to the kernel again.
+    Del(ServiceArgs),
+    /// List VIPs with their backend counts and counters.
+    List(OutputArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackendArgs {
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// The backend, as ADDRESS:PORT (same address family as the VIP).
+    #[arg(value_name = "ADDR:PORT", value_parser = parse_endpoint)]
+    pub backend: SocketAddr,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackendCommand {
+    /// Add a backend; new flows start reaching it at once.
+    Add {
+        #[command(flatten)]
+        target: BackendArgs,
+        /// Share of new flows relative to the VIP's other backends.
+        #[arg(long, default_value_t = DEFAULT_WEIGHT, value_parser = clap::value_parser!(u32).range(MIN_WEIGHT as i64..=MAX_WEIGHT as i64))]
+        weight: u32,
+    },
+    /// Change a backend's weight, or end its drain.
+    Set {
+        #[command(flatten)]
+        target: BackendArgs,
+        #[arg(long, required_unless_present = "undrain", value_parser = clap::value_parser!(u32).range(MIN_WEIGHT as i64..=MAX_WEIGHT as i64))]
+        weight: Option<u32>,
+        /// Let a draining backend take new flows again.
+        #[arg(long)]
+        undrain: bool,
+    },
+    /// Stop sending new flows to a backend; its established flows continue.
+    Drain(BackendArgs),
+    /// Remove a backend; flows of the other backends stay where they are.
+    Del(BackendArgs),
+    /// List backends with weight, state and counters.
+    List {
+        /// Only this VIP's backends.
+        #[arg(value_name = "VIP:PORT", value_parser = parse_endpoint)]
+        vip: Option<SocketAddr>,
+        #[arg(long, value_enum, default_value_t = Proto::Tcp)]
+        proto: Proto,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// Pin directory to clean when no daemon is running.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
 }
 
 #[cfg(test)]
@@ -83,24 +204,72 @@ mod tests {
     fn run_accepts_several_interfaces_both_ways() {
         let cli = Cli::try_parse_from(["lb", "run", "--iface", "a", "b", "--iface", "c"])
             .expect("valid arguments");
-        let Command::Run(run) = cli.command;
+        let Command::Run(run) = cli.command else {
+            panic!("not run");
+        };
         assert_eq!(run.ifaces, ["a", "b", "c"]);
         assert_eq!(run.xdp_mode, XdpModeArg::Auto);
-        assert_eq!(run.stats_interval(), Some(Duration::from_secs(5)));
+        assert_eq!(run.table_size, None);
+        assert_eq!(run.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
     }
 
     #[test]
-    fn run_rejects_bad_arguments() {
+    fn backend_commands_parse_ipv6_and_defaults() {
+        let cli = Cli::try_parse_from([
+            "lb",
+            "--api",
+            "/tmp/s",
+            "backend",
+            "add",
+            "[fd00::1]:80",
+            "[fd00::2]:8080",
+            "--proto",
+            "udp",
+        ])
+        .expect("valid");
+        assert_eq!(cli.api, Some(PathBuf::from("/tmp/s")));
+        let Command::Backend(BackendCommand::Add { target, weight }) = cli.command else {
+            panic!("not backend add");
+        };
+        assert_eq!(weight, DEFAULT_WEIGHT);
+        assert_eq!(target.service.proto, Proto::Udp);
+        assert!(target.backend.is_ipv6());
+    }
+
+    #[test]
+    fn bad_arguments_are_refused_with_a_reason() {
         let missing = Cli::try_parse_from(["lb", "run"]).expect_err("--iface is required");
         assert_eq!(missing.kind(), ErrorKind::MissingRequiredArgument);
         let mode = Cli::try_parse_from(["lb", "run", "--iface", "a", "--xdp-mode", "fast"])
             .expect_err("unknown mode");
         assert_eq!(mode.kind(), ErrorKind::InvalidValue);
-        let interval = Cli::try_parse_from(["lb", "run", "--iface", "a", "--stats-interval", "-1"])
-            .expect_err("negative interval");
-        assert!(matches!(
-            interval.kind(),
-            ErrorKind::InvalidValue | ErrorKind::UnknownArgument
-        ));
+        let address = Cli::try_parse_from(["lb", "vip", "add", "198.18.0.10"])
+            .expect_err("no port")
+            .to_string();
+        assert!(address.contains("is not ADDRESS:PORT"), "{address}");
+        for weight in ["0", "65536", "-1", "x"] {
+            let error = Cli::try_parse_from([
+                "lb",
+                "backend",
+                "add",
+                "198.18.0.10:80",
+                "198.18.1.1:80",
+                "--weight",
+                weight,
+            ])
+            .expect_err("weight out of range");
+            assert!(
+                matches!(
+                    error.kind(),
+                    ErrorKind::ValueValidation
+                        | ErrorKind::InvalidValue
+                        | ErrorKind::UnknownArgument
+                ),
+                "{weight}: {error}"
+            );
+        }
+        let set = Cli::try_parse_from(["lb", "backend", "set", "198.18.0.10:80", "198.18.1.1:80"])
+            .expect_err("set needs --weight or --undrain");
+        assert_eq!(set.kind(), ErrorKind::MissingRequiredArgument);
     }
 }

@@ -1,4 +1,5 @@
-//! The declarative configuration file (TOML): VIPs and their backends.
+//! The configuration and state file (TOML): VIPs and their backends. `lb run --config`
+//! reads it as a declared start; the daemon writes the live state in the same format.
 //!
 //! ```toml
 //! [[vip]]
@@ -6,105 +7,323 @@
 //! proto = "tcp"                  # default tcp
 //! backends = [
 //!   { address = "198.18.2.2:8080", weight = 100 },   # weight 1..=65535, default 100
+//!   { address = "198.18.2.3:8080", drain = true },   # no new flows
 //! ]
 //! ```
+//!
+//! A file is read in full and checked like a series of `lb vip add` / `lb backend add`
+//! commands before anything uses it; an error names the file, the line and the reason.
 
-use std::{net::SocketAddr, path::Path};
+use std::{
+    fs::File,
+    io::Write as _,
+    net::SocketAddr,
+    ops::Range,
+    path::{Path, PathBuf},
+};
 
-use anyhow::Context as _;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use toml::Spanned;
 
-use crate::balancer::{Balancer, BalancerError, DEFAULT_WEIGHT, Proto, Service};
+use crate::state::{BackendSpec, Change, DEFAULT_WEIGHT, Proto, Service, State};
 
-#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+/// Files larger than this are refused unread: no real state comes near it.
+const MAX_FILE_BYTES: u64 = 16 << 20;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is larger than {MAX_FILE_BYTES} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("{path}:{line}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error("cannot save the state to {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+struct FileIn {
     #[serde(default, rename = "vip")]
-    pub vips: Vec<VipConfig>,
+    vips: Vec<VipIn>,
 }
 
-#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct VipConfig {
-    pub address: SocketAddr,
+struct VipIn {
+    address: Spanned<SocketAddr>,
     #[serde(default)]
-    pub proto: Proto,
+    proto: Proto,
     #[serde(default)]
-    pub backends: Vec<BackendConfig>,
+    backends: Vec<BackendIn>,
 }
 
-#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BackendConfig {
-    pub address: SocketAddr,
+struct BackendIn {
+    address: Spanned<SocketAddr>,
     #[serde(default = "default_weight")]
-    pub weight: u32,
+    weight: u32,
+    #[serde(default)]
+    drain: bool,
 }
 
 const fn default_weight() -> u32 {
     DEFAULT_WEIGHT
 }
 
-impl Config {
-    /// Parses TOML; errors carry the line and column.
-    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
-        toml::from_str(text)
-    }
+#[derive(Serialize)]
+struct FileOut {
+    vip: Vec<VipOut>,
+}
 
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        Self::parse(&text).with_context(|| format!("invalid configuration file {}", path.display()))
-    }
+#[derive(Serialize)]
+struct VipOut {
+    address: SocketAddr,
+    proto: Proto,
+    backends: Vec<BackendOut>,
+}
 
-    /// Applies every VIP and backend, stopping at the first one the balancer refuses.
-    pub fn apply(&self, balancer: &mut Balancer) -> Result<(), BalancerError> {
-        for vip in &self.vips {
-            let service = Service {
-                addr: vip.address,
-                proto: vip.proto,
-            };
-            balancer.add_vip(service)?;
-            for backend in &vip.backends {
-                balancer.add_backend(service, backend.address, backend.weight)?;
+#[derive(Serialize)]
+struct BackendOut {
+    address: SocketAddr,
+    weight: u32,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    drain: bool,
+}
+
+fn line_of(text: &str, span: Option<Range<usize>>) -> usize {
+    let offset = span.map_or(0, |s| s.start.min(text.len()));
+    text[..offset].matches('\n').count() + 1
+}
+
+/// Parses and validates file contents; `path` only names the file in errors.
+pub fn parse(text: &str, path: &Path) -> Result<State, ConfigError> {
+    let invalid = |span: Option<Range<usize>>, reason: String| ConfigError::Invalid {
+        path: path.to_owned(),
+        line: line_of(text, span),
+        reason,
+    };
+    let file: FileIn =
+        toml::from_str(text).map_err(|e| invalid(e.span(), e.message().trim().to_owned()))?;
+    let mut state = State::default();
+    for vip in &file.vips {
+        let service = Service {
+            addr: *vip.address.get_ref(),
+            proto: vip.proto,
+        };
+        state
+            .apply(&Change::AddVip(service))
+            .map_err(|e| invalid(Some(vip.address.span()), e.to_string()))?;
+        for backend in &vip.backends {
+            let addr = *backend.address.get_ref();
+            state
+                .apply(&Change::AddBackend {
+                    service,
+                    backend: addr,
+                    weight: backend.weight,
+                })
+                .map_err(|e| invalid(Some(backend.address.span()), e.to_string()))?;
+            if backend.drain {
+                state
+                    .apply(&Change::DrainBackend {
+                        service,
+                        backend: addr,
+                    })
+                    .map_err(|e| invalid(Some(backend.address.span()), e.to_string()))?;
             }
         }
-        Ok(())
     }
+    Ok(state)
+}
+
+/// Reads and validates a file.
+pub fn load(path: &Path) -> Result<State, ConfigError> {
+    let read = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    if std::fs::metadata(path).map_err(read)?.len() > MAX_FILE_BYTES {
+        return Err(ConfigError::TooLarge {
+            path: path.to_owned(),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(read)?;
+    parse(&text, path)
+}
+
+/// Reads `path` if it exists.
+pub fn load_if_present(path: &Path) -> Result<Option<State>, ConfigError> {
+    match std::fs::symlink_metadata(path) {
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        _ => load(path).map(Some),
+    }
+}
+
+/// The file text for `state`.
+pub fn render(state: &State) -> String {
+    let file = FileOut {
+        vip: state
+            .vips
+            .iter()
+            .map(|(service, spec)| VipOut {
+                address: service.addr,
+                proto: service.proto,
+                backends: spec
+                    .backends
+                    .iter()
+                    .map(|(addr, &BackendSpec { weight, draining })| BackendOut {
+                        address: *addr,
+                        weight,
+                        drain: draining,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let body = toml::to_string(&file).unwrap_or_default();
+    format!("# lb state: written by `lb run` on every change; same format as --config.\n{body}")
+}
+
+/// Writes `state` so that `path` always holds either the old or the new file: a temporary
+/// file in the same directory, synced, renamed over `path`, and the directory synced.
+pub fn save(path: &Path, state: &State) -> Result<(), ConfigError> {
+    let write = |source| ConfigError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(write)?;
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "state.toml".to_owned());
+    let temp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file = File::create(&temp)?;
+        file.write_all(render(state).as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result.map_err(write)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn parse_ok(text: &str) -> State {
+        parse(text, Path::new("test.toml")).expect("valid file")
+    }
+
+    fn parse_err(text: &str) -> String {
+        parse(text, Path::new("test.toml"))
+            .expect_err("invalid file")
+            .to_string()
+    }
+
     #[test]
     fn parses_vips_with_defaults() {
-        let config = Config::parse(
+        let state = parse_ok(
             r#"
             [[vip]]
             address = "198.18.1.1:80"
-            backends = [{ address = "198.18.2.2:8080" }, { address = "198.18.2.3:8080", weight = 7 }]
+            backends = [{ address = "198.18.2.2:8080" }, { address = "198.18.2.3:8080", weight = 7, drain = true }]
 
             [[vip]]
             address = "[fd00::1]:53"
             proto = "udp"
             "#,
-        )
-        .expect("valid config");
-        assert_eq!(config.vips.len(), 2);
-        assert_eq!(config.vips[0].proto, Proto::Tcp);
-        assert_eq!(config.vips[0].backends[0].weight, DEFAULT_WEIGHT);
-        assert_eq!(config.vips[0].backends[1].weight, 7);
-        assert_eq!(config.vips[1].proto, Proto::Udp);
-        assert!(config.vips[1].address.is_ipv6());
+        );
+        let vips: Vec<_> = state.vips.iter().collect();
+        assert_eq!(vips.len(), 2);
+        let (tcp, spec) = vips[0];
+        assert_eq!(tcp.proto, Proto::Tcp);
+        let backends: Vec<_> = spec.backends.values().collect();
+        assert_eq!(backends[0].weight, DEFAULT_WEIGHT);
+        assert!(!backends[0].draining);
+        assert_eq!((backends[1].weight, backends[1].draining), (7, true));
+        assert_eq!(vips[1].0.proto, Proto::Udp);
+        assert!(vips[1].0.addr.is_ipv6());
     }
 
     #[test]
-    fn errors_name_the_line() {
-        let error = Config::parse("[[vip]]\naddress = \"198.18.1.1\"\n").expect_err("no port");
-        let text = error.to_string();
-        assert!(text.contains("line 2"), "{text}");
-        assert!(Config::parse("[[vip]]\naddress = \"198.18.1.1:80\"\nproto = \"sctp\"\n").is_err());
-        assert!(Config::parse("[[vip]]\naddress = \"198.18.1.1:80\"\ncolour = 1\n").is_err());
+    fn render_and_parse_round_trip() {
+        let state = parse_ok(
+            "[[vip]]\naddress = \"198.18.1.1:80\"\nbackends = [{ address = \"198.18.2.2:80\", drain = true }]\n[[vip]]\naddress = \"[fd00::1]:53\"\nproto = \"udp\"\n",
+        );
+        assert_eq!(parse_ok(&render(&state)), state);
+        assert_eq!(parse_ok(&render(&State::default())), State::default());
+    }
+
+    #[test]
+    fn errors_name_the_file_and_line() {
+        let syntax = parse_err("[[vip]]\naddress = \"198.18.1.1\"\n");
+        assert!(syntax.starts_with("test.toml:2: "), "{syntax}");
+        let unknown_field = parse_err("[[vip]]\naddress = \"198.18.1.1:80\"\ncolour = 1\n");
+        assert!(unknown_field.contains("colour"), "{unknown_field}");
+        let proto = parse_err("[[vip]]\naddress = \"198.18.1.1:80\"\nproto = \"sctp\"\n");
+        assert!(proto.starts_with("test.toml:3: "), "{proto}");
+        let family = parse_err(
+            "[[vip]]\naddress = \"[fd00::1]:80\"\nbackends = [\n  { address = \"198.18.2.2:80\" },\n]\n",
+        );
+        assert!(
+            family.starts_with("test.toml:4: ") && family.contains("IPv4"),
+            "{family}"
+        );
+        let duplicate = parse_err(
+            "[[vip]]\naddress = \"198.18.1.1:80\"\n\n[[vip]]\naddress = \"198.18.1.1:80\"\n",
+        );
+        assert!(
+            duplicate.starts_with("test.toml:5: ") && duplicate.contains("already exists"),
+            "{duplicate}"
+        );
+        let weight = parse_err(
+            "[[vip]]\naddress = \"198.18.1.1:80\"\nbackends = [{ address = \"198.18.2.2:80\", weight = 0 }]\n",
+        );
+        assert!(weight.contains("out of range"), "{weight}");
+    }
+
+    #[test]
+    fn save_replaces_the_file_atomically() {
+        let dir = std::env::temp_dir().join(format!("lb-config-test-{}", std::process::id()));
+        let path = dir.join("state.toml");
+        let state = parse_ok("[[vip]]\naddress = \"198.18.1.1:80\"\n");
+        save(&path, &State::default()).expect("first save");
+        save(&path, &state).expect("second save");
+        assert_eq!(load(&path).expect("load"), state);
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name() != "state.toml")
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+        assert!(
+            load_if_present(&dir.join("missing.toml"))
+                .expect("absent is fine")
+                .is_none()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,124 +1,243 @@
-//! `lb run`: load the datapath, attach it, report counters, detach on Ctrl-C or SIGTERM.
+//! `lb run`: load (or adopt) the pinned datapath, make its maps match the desired state,
+//! attach, and serve the API. SIGTERM and Ctrl-C stop the daemon only: the pinned links
+//! keep forwarding until `lb down`.
 
-use std::time::Instant;
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
 
 use anyhow::Context as _;
-use aya::programs::ProgramError;
-use tokio::signal::unix::{SignalKind, signal};
+use aya::{Ebpf, programs::ProgramError};
+use lb_common::consts::MAP_META;
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
 use tracing::{info, warn};
 
 use crate::{
-    attach::{self, Attachment, Interface},
+    api,
+    attach::{self, Interface, PinnedAttachment},
     balancer::Balancer,
     cli::RunArgs,
-    config::Config,
-    datapath,
-    maps::ServiceMaps,
-    privileges,
+    config,
+    controller::Controller,
+    datapath::{self, Limits},
+    maps::{self, ServiceMaps},
+    pins::PinDir,
+    privileges, server,
+    state::State,
     stats::{self, Snapshot, StatsMap},
 };
 
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+pub async fn run(args: RunArgs, api_flag: Option<&Path>) -> anyhow::Result<()> {
     privileges::check()?;
-    // Resolve every name first so a typo fails before anything is loaded.
+    // Everything that can be checked without touching the kernel is checked first.
     let ifaces = args
         .ifaces
         .iter()
         .map(|name| Interface::resolve(name))
         .collect::<Result<Vec<_>, _>>()?;
-    let limits = args.limits();
-    limits.validate()?;
-    // Parse the configuration before loading anything, so a bad file changes nothing.
-    let config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
+    args.limits().validate()?;
+    let declared = args.config.as_deref().map(config::load).transpose()?;
+    let saved = config::load_if_present(&args.state)
+        .context("the saved state is unreadable; it is left as it is (fix or move it)")?;
+    let custom_object = args
+        .bpf_object
+        .as_ref()
+        .map(|path| {
+            std::fs::read(path).with_context(|| format!("reading eBPF object {}", path.display()))
+        })
+        .transpose()?;
+    let api_path = api::socket_path(api_flag);
+    let socket = server::bind(&api_path)?;
+    let pins = PinDir::open(&args.pin_dir)?;
+    let adopted_limits = pins.adoptable(args.table_size)?;
     raise_memlock_limit();
 
-    let custom_object = match &args.bpf_object {
-        Some(path) => Some(
-            std::fs::read(path)
-                .with_context(|| format!("reading eBPF object {}", path.display()))?,
-        ),
-        None => None,
-    };
     let object = custom_object.as_deref().unwrap_or(datapath::OBJECT);
-    let mut ebpf = datapath::open(object, &limits).context("opening the eBPF object")?;
-    let program = datapath::program(&mut ebpf).context("the eBPF object has no XDP program")?;
-    program.load().map_err(describe_load_error)?;
-
-    let maps = ServiceMaps::take(&mut ebpf, &limits).context("opening the service maps")?;
-    let mut balancer = Balancer::new(maps, limits);
-    config
-        .apply(&mut balancer)
-        .context("applying the configuration")?;
-    for iface in &ifaces {
-        balancer
-            .add_tx_port(iface.index)
-            .with_context(|| format!("adding {} to the redirect map", iface.name))?;
-    }
-    let program = datapath::program(&mut ebpf).context("the eBPF object has no XDP program")?;
-    let mut attachments = Vec::with_capacity(ifaces.len());
-    for iface in &ifaces {
-        let attachment = attach::attach(program, iface, args.xdp_mode)?;
-        info!(iface = %iface.name, ifindex = iface.index, mode = attachment.mode, "attached");
-        attachments.push(attachment);
-    }
+    let started = start(
+        &args,
+        &pins,
+        adopted_limits,
+        object,
+        &ifaces,
+        declared,
+        saved,
+    );
+    let (ebpf, balancer, attachments) = match started {
+        Ok(parts) => parts,
+        Err(error) => {
+            if adopted_limits.is_none() {
+                // Nothing was forwarding before: leave nothing behind.
+                let _ = pins.clear();
+            }
+            return Err(error);
+        }
+    };
+    let mut ebpf = ebpf;
     let stats = StatsMap::take(&mut ebpf).context("opening the stats map")?;
     println!(
-        "lb: forwarding on {} ({}); Ctrl-C or SIGTERM stops",
+        "lb: forwarding on {} ({}{}); API on {}; Ctrl-C or SIGTERM stops the daemon, `lb down` the datapath",
         attachments
             .iter()
             .map(|a| format!("{} [{}]", a.iface.name, a.mode))
             .collect::<Vec<_>>()
             .join(", "),
         env!("CARGO_PKG_VERSION"),
+        if adopted_limits.is_some() {
+            ", adopted the pinned datapath"
+        } else {
+            ""
+        },
+        socket.path().display(),
     );
+    let pin_dir = pins.path().to_owned();
+    let controller = Arc::new(Mutex::new(Controller {
+        balancer,
+        stats,
+        state_file: args.state.clone(),
+        api: api_path,
+        attachments,
+        pins: Some(pins),
+        adopted: adopted_limits.is_some(),
+        started: Instant::now(),
+        ebpf,
+    }));
 
-    report_until_stopped(&stats, &args).await?;
+    let (down_tx, mut down_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let serving = {
+        let controller = Arc::clone(&controller);
+        async move { server::serve(&socket, controller, down_tx, stop_rx).await }
+    };
+    let waiting = async {
+        let reason = wait_for_stop(&controller, &args, &mut down_rx).await;
+        let _ = stop_tx.send(true);
+        reason
+    };
+    let (_, reason) = tokio::join!(serving, waiting);
+    let reason = reason?;
 
-    let program = datapath::program(&mut ebpf).context("the XDP program went missing")?;
-    detach_all(program, attachments);
-    let now = stats.read().context("reading counters")?;
-    println!("counters at exit:\n{}", stats::render(&now, None));
+    let controller = controller
+        .lock()
+        .map_err(|_| anyhow::anyhow!("the daemon's state is poisoned"))?;
+    if let Ok(now) = controller.stats.read() {
+        println!("counters at exit:\n{}", stats::render(&now, None));
+    }
+    match reason {
+        Stop::Down => println!("lb: down; detached and removed {}", pin_dir.display()),
+        Stop::Signal => println!(
+            "lb: daemon stopped; the datapath keeps forwarding (pinned in {}); `lb down` detaches it",
+            pin_dir.display()
+        ),
+    }
     Ok(())
 }
 
-/// Prints counters every interval until Ctrl-C or SIGTERM.
-async fn report_until_stopped(stats: &StatsMap, args: &RunArgs) -> anyhow::Result<()> {
+type Started = (Ebpf, Balancer, Vec<PinnedAttachment>);
+
+/// Loads the program over the pinned (or new) maps, syncs the state, attaches.
+fn start(
+    args: &RunArgs,
+    pins: &PinDir,
+    adopted: Option<Limits>,
+    object: &[u8],
+    ifaces: &[Interface],
+    declared: Option<State>,
+    saved: Option<State>,
+) -> anyhow::Result<Started> {
+    let limits = adopted.unwrap_or_else(|| args.limits());
+    let mut ebpf =
+        datapath::open(object, &limits, Some(pins)).context("opening the eBPF object")?;
+    let program = datapath::program(&mut ebpf).context("the eBPF object has no XDP program")?;
+    program.load().map_err(describe_load_error)?;
+    let meta = maps::take(&mut ebpf, MAP_META)?;
+    if adopted.is_none() {
+        pins.write_layout(meta, &limits)?;
+    }
+    let maps = ServiceMaps::take(&mut ebpf, &limits).context("opening the service maps")?;
+    let mut balancer = match adopted {
+        Some(_) => Balancer::adopt(maps, limits).context("reading the pinned maps back")?,
+        None => Balancer::new(maps, limits),
+    };
+    let desired = match (declared, saved) {
+        (Some(declared), saved) => {
+            if saved.is_some() {
+                info!(config = ?args.config, "--config replaces the saved state");
+            }
+            declared
+        }
+        (None, Some(saved)) => saved,
+        (None, None) => balancer.state().clone(),
+    };
+    balancer
+        .sync(&desired)
+        .context("applying the VIPs and backends")?;
+    config::save(&args.state, balancer.state())?;
+
+    let ifindexes: Vec<u32> = ifaces.iter().map(|i| i.index).collect();
+    for iface in ifaces {
+        balancer
+            .add_tx_port(iface.index)
+            .with_context(|| format!("adding {} to the redirect map", iface.name))?;
+    }
+    balancer
+        .retain_tx_ports(&ifindexes)
+        .context("pruning the redirect map")?;
+    let program = datapath::program(&mut ebpf).context("the eBPF object has no XDP program")?;
+    let mut attachments = Vec::with_capacity(ifaces.len());
+    for iface in ifaces {
+        let attachment = attach::attach_pinned(program, iface, args.xdp_mode, pins)?;
+        info!(iface = %iface.name, ifindex = iface.index, mode = attachment.mode, "attached");
+        attachments.push(attachment);
+    }
+    for stale in pins.pinned_links()? {
+        if !ifaces.iter().any(|i| i.name == stale) {
+            std::fs::remove_file(pins.link_path(&stale))
+                .with_context(|| format!("detaching from {stale}"))?;
+            info!(iface = %stale, "detached: not in --iface any more");
+        }
+    }
+    Ok((ebpf, balancer, attachments))
+}
+
+enum Stop {
+    Signal,
+    Down,
+}
+
+/// Prints counters every interval until a signal or `lb down`.
+async fn wait_for_stop(
+    controller: &Arc<Mutex<Controller>>,
+    args: &RunArgs,
+    down: &mut watch::Receiver<bool>,
+) -> anyhow::Result<Stop> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let Some(interval) = args.stats_interval() else {
-        tokio::select! {
-            _ = sigterm.recv() => info!("SIGTERM received, detaching"),
-            _ = sigint.recv() => info!("interrupt received, detaching"),
-        }
-        return Ok(());
-    };
-    let mut last: Option<(Snapshot, Instant)> = None;
+    let interval = args
+        .stats_interval()
+        .unwrap_or(std::time::Duration::from_secs(86_400));
     let mut ticker = tokio::time::interval(interval);
     ticker.tick().await;
+    let mut last: Option<(Snapshot, Instant)> = None;
     loop {
         tokio::select! {
-            _ = sigterm.recv() => { info!("SIGTERM received, detaching"); break; }
-            _ = sigint.recv() => { info!("interrupt received, detaching"); break; }
-            _ = ticker.tick() => {
-                let now = stats.read().context("reading counters")?;
+            _ = sigterm.recv() => { info!("SIGTERM received, stopping the daemon"); return Ok(Stop::Signal); }
+            _ = sigint.recv() => { info!("interrupt received, stopping the daemon"); return Ok(Stop::Signal); }
+            _ = down.changed() => return Ok(Stop::Down),
+            _ = ticker.tick(), if args.stats_interval().is_some() => {
+                let now = match controller.lock() {
+                    Ok(c) => c.stats.read().context("reading counters")?,
+                    Err(_) => anyhow::bail!("the daemon's state is poisoned"),
+                };
                 let taken = Instant::now();
                 let previous = last.as_ref().map(|(s, at)| (s, taken.duration_since(*at)));
                 println!("{}", stats::render(&now, previous));
                 last = Some((now, taken));
             }
-        }
-    }
-    Ok(())
-}
-
-fn detach_all(program: &mut aya::programs::Xdp, attachments: Vec<Attachment>) {
-    for Attachment { iface, link, .. } in attachments {
-        match program.detach(link) {
-            Ok(()) => info!(iface = %iface.name, "detached"),
-            Err(error) => warn!(iface = %iface.name, %error, "detach failed"),
         }
     }
 }

@@ -3,9 +3,11 @@
 use aya::{Ebpf, EbpfLoader, programs::Xdp};
 use lb_common::consts::{
     CONNTRACK_CAPACITY, DEFAULT_MAGLEV_SIZE, GLOBAL_MAGLEV_SIZE, MAP_CONNTRACK, MAP_MAGLEV,
-    MAP_REVERSE, MAP_VIP_STATS, MAP_VIPS, MAX_VIPS, PROGRAM_NAME,
+    MAP_REVERSE, MAP_VIP_STATS, MAP_VIPS, MAX_VIPS, PINNED_MAPS, PROGRAM_NAME,
 };
 use thiserror::Error;
+
+use crate::pins::PinDir;
 
 /// The eBPF object built by build.rs from `lb-ebpf`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
@@ -68,8 +70,15 @@ pub fn is_prime(n: u32) -> bool {
 }
 
 /// Parses `object` and creates its maps sized by `limits`; the program is not loaded yet.
-pub fn open(object: &[u8], limits: &Limits) -> Result<Ebpf, aya::EbpfError> {
-    EbpfLoader::new()
+/// With `pins`, maps already pinned there are reused as they are and new ones are pinned.
+pub fn open(object: &[u8], limits: &Limits, pins: Option<&PinDir>) -> Result<Ebpf, aya::EbpfError> {
+    let mut loader = EbpfLoader::new();
+    if let Some(pins) = pins {
+        for name in PINNED_MAPS {
+            loader.map_pin_path(name, pins.map_path(name));
+        }
+    }
+    loader
         .override_global(GLOBAL_MAGLEV_SIZE, &limits.maglev_size, true)
         .map_max_entries(MAP_VIPS, limits.max_vips * 2)
         .map_max_entries(MAP_VIP_STATS, limits.max_vips)

@@ -1,7 +1,11 @@
 //! `lb`: parse the command line and dispatch.
 
 use clap::Parser as _;
-use lb_userspace::{cli::Cli, cli::Command, daemon};
+use lb_userspace::{
+    api,
+    cli::{Cli, Command},
+    commands, daemon,
+};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -11,7 +15,13 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let socket = api::socket_path(cli.api.as_deref());
     match cli.command {
-        Command::Run(args) => daemon::run(args).await,
+        Command::Run(args) => daemon::run(args, cli.api.as_deref()).await,
+        Command::Vip(command) => commands::vip(&socket, command),
+        Command::Backend(command) => commands::backend(&socket, command),
+        Command::Stats(output) => commands::stats(&socket, output),
+        Command::Status(output) => commands::status(&socket, output),
+        Command::Down(args) => commands::down(&socket, args),
     }
 }

@@ -1,13 +1,18 @@
 //! Typed access to the service maps of a loaded datapath. The only writer of VIPS,
-//! BACKENDS, MAGLEV and TX_PORTS.
+//! BACKENDS, MAGLEV, TX_PORTS and the per-service counters.
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, MapError, xdp::DevMapHash},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, xdp::DevMapHash},
+    util::nr_cpus,
 };
 use lb_common::{
-    consts::{MAP_BACKENDS, MAP_MAGLEV, MAP_TX_PORTS, MAP_VIPS},
+    consts::{
+        MAP_BACKEND_STATS, MAP_BACKENDS, MAP_MAGLEV, MAP_TX_PORTS, MAP_VIP_STATS, MAP_VIPS,
+        MAX_BACKENDS,
+    },
     service::{Backend, VipInfo, VipKey},
+    stats::{Counter, VipCounter},
 };
 
 use crate::datapath::Limits;
@@ -17,12 +22,23 @@ pub struct ServiceMaps {
     backends: Array<MapData, Backend>,
     maglev: Array<MapData, u32>,
     tx_ports: DevMapHash<MapData>,
+    vip_stats: PerCpuArray<MapData, VipCounter>,
+    backend_stats: PerCpuArray<MapData, Counter>,
     maglev_size: u32,
 }
 
-fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, MapError> {
+pub fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, MapError> {
     ebpf.take_map(name).ok_or_else(|| MapError::InvalidName {
         name: name.to_owned(),
+    })
+}
+
+fn cpus() -> Result<usize, MapError> {
+    nr_cpus().map_err(|(_, error)| {
+        MapError::SyscallError(aya::sys::SyscallError {
+            call: "nr_cpus",
+            io_error: error,
+        })
     })
 }
 
@@ -33,6 +49,8 @@ impl ServiceMaps {
             backends: Array::try_from(take(ebpf, MAP_BACKENDS)?)?,
             maglev: Array::try_from(take(ebpf, MAP_MAGLEV)?)?,
             tx_ports: DevMapHash::try_from(take(ebpf, MAP_TX_PORTS)?)?,
+            vip_stats: PerCpuArray::try_from(take(ebpf, MAP_VIP_STATS)?)?,
+            backend_stats: PerCpuArray::try_from(take(ebpf, MAP_BACKEND_STATS)?)?,
             maglev_size: limits.maglev_size,
         })
     }
@@ -45,8 +63,20 @@ impl ServiceMaps {
         self.vips.remove(key)
     }
 
+    /// Every VIPS entry (service entries and per-address entries).
+    pub fn vips(&self) -> Result<Vec<(VipKey, VipInfo)>, MapError> {
+        self.vips.iter().collect()
+    }
+
     pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapError> {
         self.backends.set(id, backend, 0)
+    }
+
+    /// Every BACKENDS slot, used or not, by id.
+    pub fn backends(&self) -> Result<Vec<(u32, Backend)>, MapError> {
+        (0..MAX_BACKENDS)
+            .map(|id| Ok((id, self.backends.get(&id, 0)?)))
+            .collect()
     }
 
     /// Writes one of a VIP's two tables; it is live only after the VIP entry points to it.
@@ -61,5 +91,50 @@ impl ServiceMaps {
     /// Lets XDP_REDIRECT send packets out of `ifindex`.
     pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), aya::maps::xdp::XdpMapError> {
         self.tx_ports.insert(ifindex, ifindex, None, 0)
+    }
+
+    /// Removes every redirect target not in `keep`.
+    pub fn retain_tx_ports(&mut self, keep: &[u32]) -> Result<(), MapError> {
+        let stale: Vec<u32> = self
+            .tx_ports
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|ifindex| !keep.contains(ifindex))
+            .collect();
+        for ifindex in stale {
+            self.tx_ports.remove(ifindex)?;
+        }
+        Ok(())
+    }
+
+    /// A VIP's counters summed over CPUs.
+    pub fn vip_counter(&self, vip_id: u32) -> Result<VipCounter, MapError> {
+        let per_cpu = self.vip_stats.get(&vip_id, 0)?;
+        Ok(per_cpu.iter().fold(VipCounter::default(), |mut sum, c| {
+            sum.packets += c.packets;
+            sum.bytes += c.bytes;
+            sum.new_flows += c.new_flows;
+            sum
+        }))
+    }
+
+    /// A backend's counters summed over CPUs.
+    pub fn backend_counter(&self, id: u32) -> Result<Counter, MapError> {
+        let per_cpu = self.backend_stats.get(&id, 0)?;
+        let mut total = Counter::default();
+        per_cpu.iter().for_each(|c| total.merge(c));
+        Ok(total)
+    }
+
+    /// Zeroes a VIP id's counters when the id is given to a new VIP.
+    pub fn reset_vip_counters(&mut self, vip_id: u32) -> Result<(), MapError> {
+        let zero = PerCpuValues::try_from(vec![VipCounter::default(); cpus()?])?;
+        self.vip_stats.set(vip_id, zero, 0)
+    }
+
+    /// Zeroes a backend id's counters when the id is given to a new backend.
+    pub fn reset_backend_counters(&mut self, id: u32) -> Result<(), MapError> {
+        let zero = PerCpuValues::try_from(vec![Counter::default(); cpus()?])?;
+        self.backend_stats.set(id, zero, 0)
     }
 }

@@ -1,7 +1,7 @@
 //! Helpers for lb's integration tests: the test-run harness, packet builders, and network
 //! namespaces that clean up after themselves.
 
-pub mod netns;
+pub use lb_lab::{client, netns, servers, topology};
 pub mod packets;
 pub mod process;
 pub mod testrun;

@@ -144,3 +144,99 @@ pub fn counter(lines: &[String], name: &str) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// One `lb` installation for one test: its own pin directory, state file and API socket,
+/// so tests never share a datapath. Drop removes all three (which detaches anything
+/// still pinned).
+pub struct Instance {
+    pub pin_dir: PathBuf,
+    pub state: PathBuf,
+    pub api: PathBuf,
+    dir: PathBuf,
+}
+
+static NEXT_INSTANCE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Default for Instance {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Instance {
+    pub fn new() -> Self {
+        let id = NEXT_INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("lbt-{}-{id}", std::process::id());
+        let dir = std::env::temp_dir().join(&tag);
+        std::fs::create_dir_all(&dir).expect("create the instance directory");
+        Self {
+            pin_dir: PathBuf::from("/sys/fs/bpf").join(&tag),
+            state: dir.join("state.toml"),
+            api: dir.join("lb.sock"),
+            dir,
+        }
+    }
+
+    /// `lb --api .. run --pin-dir .. --state .. --iface <ifaces> <extra>`, inside `ns`.
+    pub fn run(&self, ns: &crate::netns::NetNs, ifaces: &[String], extra: &[&str]) -> Command {
+        let mut cmd = ns.command(lb_binary());
+        cmd.arg("--api")
+            .arg(&self.api)
+            .arg("run")
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--state")
+            .arg(&self.state)
+            .arg("--iface")
+            .args(ifaces)
+            .args(extra);
+        cmd
+    }
+
+    /// Runs a client subcommand against this instance's daemon.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(lb_binary())
+            .arg("--api")
+            .arg(&self.api)
+            .args(args)
+            .output()
+            .expect("run lb")
+    }
+
+    /// A client subcommand that must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let output = self.cli(args);
+        assert!(
+            output.status.success(),
+            "`lb {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// A client subcommand that must fail; its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let output = self.cli(args);
+        assert!(
+            !output.status.success(),
+            "`lb {}` should have failed but printed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout)
+        );
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    /// `lb down` for this instance's pin directory (through the daemon if one runs).
+    pub fn down(&self) -> String {
+        let pin_dir = self.pin_dir.to_string_lossy().into_owned();
+        self.ok(&["down", "--pin-dir", &pin_dir])
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

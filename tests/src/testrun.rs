@@ -40,7 +40,7 @@ impl Datapath {
             ..Limits::default()
         };
         let mut ebpf =
-            datapath::open(datapath::OBJECT, &limits).expect("open the embedded eBPF object");
+            datapath::open(datapath::OBJECT, &limits, None).expect("open the embedded eBPF object");
         datapath::program(&mut ebpf)
             .expect("the object has the lb XDP program")
             .load()

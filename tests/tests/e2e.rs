@@ -3,294 +3,39 @@
 
 use std::{
     collections::HashMap,
-    io::{Read as _, Write as _},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
+    io::Write as _,
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
     time::{Duration, Instant},
 };
 
 use lb_tests::{
-    netns::{Link, NetNs, sh},
-    process::{Daemon, lb_binary},
+    client::{IO_TIMEOUT, http_get, udp_request},
+    process::{Daemon, Instance},
+    servers::{HTTP_PORT, Servers, UDP_PORT},
+    topology::Lab,
 };
 
 const REQUESTS: usize = 300;
-const IO_TIMEOUT: Duration = Duration::from_secs(3);
 const TEST_BUDGET: Duration = Duration::from_secs(120);
 
-/// Who each backend saw, by backend name: the peer addresses of its requests.
-type Seen = Arc<Mutex<HashMap<String, Vec<IpAddr>>>>;
-
-struct Lab {
-    client: NetNs,
-    lb: NetNs,
-    backends: Vec<NetNs>,
-    lb_ifaces: Vec<String>,
-}
-
-fn offload_off_and_napi_on(ns: &NetNs, dev: &str) {
-    // veth leaves checksums partial (XDP cannot finish them) and needs NAPI to receive
-    // redirected frames.
-    sh(
-        "nsenter",
-        &[
-            &format!("--net={}", ns.path().display()),
-            "--",
-            "ethtool",
-            "-K",
-            dev,
-            "tx",
-            "off",
-            "gro",
-            "on",
-        ],
-    );
-}
-
-impl Lab {
-    fn new() -> Self {
-        let client = NetNs::new("client");
-        let lb = NetNs::new("lb");
-        let front = Link::veth(&client, "198.18.0.1/24", &lb, "198.18.0.2/24");
-        client.ip(&["-6", "addr", "add", "fd00::1/64", "dev", &front.a, "nodad"]);
-        lb.ip(&["-6", "addr", "add", "fd00::2/64", "dev", &front.b, "nodad"]);
-        client.ip(&["route", "add", "default", "via", "198.18.0.2"]);
-        client.ip(&["-6", "route", "add", "default", "via", "fd00::2"]);
-        offload_off_and_napi_on(&client, &front.a);
-        lb.enable_forwarding();
-        let mut lb_ifaces = vec![front.b.clone()];
-        let mut backends = Vec::new();
-        for i in 1..=3 {
-            let backend = NetNs::new(&format!("b{i}"));
-            let link = Link::veth(
-                &lb,
-                &format!("198.18.{}.1/24", 10 + i),
-                &backend,
-                &format!("198.18.{}.2/24", 10 + i),
-            );
-            lb.ip(&[
-                "-6",
-                "addr",
-                "add",
-                &format!("fd00:{}::1/64", 10 + i),
-                "dev",
-                &link.a,
-                "nodad",
-            ]);
-            backend.ip(&[
-                "-6",
-                "addr",
-                "add",
-                &format!("fd00:{}::2/64", 10 + i),
-                "dev",
-                &link.b,
-                "nodad",
-            ]);
-            backend.ip(&[
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("198.18.{}.1", 10 + i),
-            ]);
-            backend.ip(&[
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                &format!("fd00:{}::1", 10 + i),
-            ]);
-            offload_off_and_napi_on(&backend, &link.b);
-            offload_off_and_napi_on(&lb, &link.a);
-            lb_ifaces.push(link.a);
-            backends.push(backend);
-        }
-        offload_off_and_napi_on(&lb, &front.b);
-        Self {
-            client,
-            lb,
-            backends,
-            lb_ifaces,
-        }
-    }
-
-    fn config(&self) -> String {
-        let mut toml = String::new();
-        let v4 = |i: usize| format!("198.18.{}.2", 10 + i);
-        let v6 = |i: usize| format!("[fd00:{}::2]", 10 + i);
-        let families: [(&str, &dyn Fn(usize) -> String); 2] =
-            [("198.18.1.1", &v4), ("[fd00:1::1]", &v6)];
-        for (vip, backend) in families {
-            for (port, proto, backend_port) in [(80, "tcp", 8080), (53, "udp", 5353)] {
-                toml.push_str(&format!(
-                    "[[vip]]\naddress = \"{vip}:{port}\"\nproto = \"{proto}\"\nbackends = [\n"
-                ));
-                for i in 1..=3 {
-                    toml.push_str(&format!(
-                        "  {{ address = \"{}:{backend_port}\" }},\n",
-                        backend(i)
-                    ));
-                }
-                toml.push_str("]\n");
+/// Both VIPs (IPv4 and IPv6), each with HTTP and UDP services on all three backends.
+fn config(lab: &Lab) -> String {
+    let mut toml = String::new();
+    for v6 in [false, true] {
+        let vip = SocketAddr::new(lab.vip(v6), 0);
+        for (port, proto, backend_port) in [(80, "tcp", HTTP_PORT), (53, "udp", UDP_PORT)] {
+            let vip = SocketAddr::new(vip.ip(), port);
+            toml.push_str(&format!(
+                "[[vip]]\naddress = \"{vip}\"\nproto = \"{proto}\"\nbackends = [\n"
+            ));
+            for backend in &lab.backends {
+                let addr = SocketAddr::new(backend.addr(v6), backend_port);
+                toml.push_str(&format!("  {{ address = \"{addr}\" }},\n"));
             }
-        }
-        toml
-    }
-}
-
-/// HTTP and UDP echo servers on every backend; they record the client address they see.
-struct Servers {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-    seen: Seen,
-}
-
-impl Servers {
-    fn start(backends: &[NetNs]) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let seen: Seen = Arc::default();
-        let mut threads = Vec::new();
-        for (i, ns) in backends.iter().enumerate() {
-            let name = format!("backend-{}", i + 1);
-            let (v4, v6) = (
-                format!("198.18.{}.2", 11 + i),
-                format!("[fd00:{}::2]", 11 + i),
-            );
-            let (tcp4, tcp6, udp4, udp6) = ns.enter(|| {
-                (
-                    TcpListener::bind(format!("{v4}:8080")).expect("bind"),
-                    TcpListener::bind(format!("{v6}:8080")).expect("bind"),
-                    UdpSocket::bind(format!("{v4}:5353")).expect("bind"),
-                    UdpSocket::bind(format!("{v6}:5353")).expect("bind"),
-                )
-            });
-            for listener in [tcp4, tcp6] {
-                let (stop, seen, name) = (stop.clone(), seen.clone(), name.clone());
-                listener.set_nonblocking(true).expect("nonblocking");
-                threads.push(std::thread::spawn(move || {
-                    serve_http(&listener, &name, &stop, &seen)
-                }));
-            }
-            for socket in [udp4, udp6] {
-                let (stop, seen, name) = (stop.clone(), seen.clone(), name.clone());
-                socket
-                    .set_read_timeout(Some(Duration::from_millis(50)))
-                    .expect("timeout");
-                threads.push(std::thread::spawn(move || {
-                    serve_udp(&socket, &name, &stop, &seen)
-                }));
-            }
-        }
-        Self {
-            stop,
-            threads,
-            seen,
+            toml.push_str("]\n");
         }
     }
-
-    fn take_seen(&self) -> HashMap<String, Vec<IpAddr>> {
-        std::mem::take(&mut *self.seen.lock().expect("lock"))
-    }
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn record(seen: &Seen, name: &str, peer: IpAddr) {
-    seen.lock()
-        .expect("lock")
-        .entry(name.to_owned())
-        .or_default()
-        .push(peer);
-}
-
-fn serve_http(listener: &TcpListener, name: &str, stop: &AtomicBool, seen: &Seen) {
-    while !stop.load(Ordering::Relaxed) {
-        let Ok((mut stream, peer)) = listener.accept() else {
-            std::thread::sleep(Duration::from_millis(5));
-            continue;
-        };
-        let _ = stream.set_nonblocking(false);
-        let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-        let mut request = [0u8; 1024];
-        let mut len = 0;
-        while !request[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < request.len() {
-            match stream.read(&mut request[len..]) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => len += n,
-            }
-        }
-        record(seen, name, peer.ip());
-        let body = format!("{name} saw {}\n", peer.ip());
-        let _ = write!(
-            stream,
-            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-    }
-}
-
-fn serve_udp(socket: &UdpSocket, name: &str, stop: &AtomicBool, seen: &Seen) {
-    let mut buffer = [0u8; 512];
-    while !stop.load(Ordering::Relaxed) {
-        if let Ok((_, peer)) = socket.recv_from(&mut buffer) {
-            record(seen, name, peer.ip());
-            let _ = socket.send_to(name.as_bytes(), peer);
-        }
-    }
-}
-
-fn http_get(vip: SocketAddr) -> Result<String, String> {
-    let mut stream =
-        TcpStream::connect_timeout(&vip, IO_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
-    stream
-        .set_read_timeout(Some(IO_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    assert_eq!(
-        stream.peer_addr().ok(),
-        Some(vip),
-        "the client talks to the VIP only"
-    );
-    stream
-        .write_all(b"GET / HTTP/1.0\r\nHost: vip\r\n\r\n")
-        .map_err(|e| format!("send: {e}"))?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| format!("read: {e}"))?;
-    if !response.starts_with("HTTP/1.0 200 OK") {
-        return Err(format!("bad response {response:?}"));
-    }
-    Ok(response)
-}
-
-fn udp_request(bind: &str, vip: SocketAddr) -> Result<String, String> {
-    let socket = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
-    socket
-        .set_read_timeout(Some(IO_TIMEOUT))
-        .map_err(|e| e.to_string())?;
-    socket
-        .send_to(b"ping", vip)
-        .map_err(|e| format!("send: {e}"))?;
-    let mut buffer = [0u8; 512];
-    let (n, from) = socket
-        .recv_from(&mut buffer)
-        .map_err(|e| format!("recv: {e}"))?;
-    if from != vip {
-        return Err(format!("answer came from {from}, not the VIP {vip}"));
-    }
-    Ok(String::from_utf8_lossy(&buffer[..n]).into_owned())
+    toml
 }
 
 fn assert_spread(seen: &HashMap<String, Vec<IpAddr>>, client: IpAddr, what: &str) {
@@ -320,24 +65,17 @@ fn assert_spread(seen: &HashMap<String, Vec<IpAddr>>, client: IpAddr, what: &str
 #[test]
 fn tcp_and_udp_through_the_vip_reach_all_backends_over_ipv4_and_ipv6() {
     let started = Instant::now();
-    let lab = Lab::new();
-    let config = std::env::temp_dir().join(format!("lb-e2e-{}.toml", std::process::id()));
-    std::fs::write(&config, lab.config()).expect("write config");
-    let mut cmd = lab.lb.command(lb_binary());
-    cmd.args([
-        "run",
-        "--xdp-mode",
-        "native",
-        "--stats-interval",
-        "0",
-        "--config",
-    ])
-    .arg(&config)
-    .arg("--iface")
-    .args(&lab.lb_ifaces);
-    let mut daemon = Daemon::spawn(cmd);
+    let lab = Lab::new("lbt", 3);
+    let instance = Instance::new();
+    let config_path = instance.state.with_file_name("config.toml");
+    std::fs::write(&config_path, config(&lab)).expect("write config");
+    let config_arg = config_path.to_string_lossy().into_owned();
+    let mut daemon = Daemon::spawn(instance.run(
+        &lab.lb,
+        &lab.lb_ifaces,
+        &["--xdp-mode", "native", "--config", &config_arg],
+    ));
     daemon.wait_for_line("lb: forwarding on", Duration::from_secs(20));
-    let _ = std::fs::remove_file(&config);
     let servers = Servers::start(&lab.backends);
 
     // The lb host itself stays reachable on its own address.
@@ -352,12 +90,9 @@ fn tcp_and_udp_through_the_vip_reach_all_backends_over_ipv4_and_ipv6() {
     });
     drop(own);
 
-    for (family, client, vip) in [
-        ("IPv4", "198.18.0.1", "198.18.1.1"),
-        ("IPv6", "fd00::1", "fd00:1::1"),
-    ] {
-        let client: IpAddr = client.parse().expect("client");
-        let vip_ip: IpAddr = vip.parse().expect("vip");
+    for (family, v6) in [("IPv4", false), ("IPv6", true)] {
+        let client = lab.client_addr(v6);
+        let vip_ip = lab.vip(v6);
         let http = SocketAddr::new(vip_ip, 80);
         let failures: Vec<String> = lab.client.enter(|| {
             (0..REQUESTS)
@@ -376,11 +111,7 @@ fn tcp_and_udp_through_the_vip_reach_all_backends_over_ipv4_and_ipv6() {
         assert_spread(&servers.take_seen(), client, &format!("{family} TCP"));
 
         let dns = SocketAddr::new(vip_ip, 53);
-        let bind = if vip_ip.is_ipv4() {
-            "198.18.0.1:0"
-        } else {
-            "[fd00::1]:0"
-        };
+        let bind = SocketAddr::new(client, 0);
         let failures: Vec<String> = lab.client.enter(|| {
             (0..REQUESTS)
                 .filter_map(|_| {
@@ -413,4 +144,6 @@ fn tcp_and_udp_through_the_vip_reach_all_backends_over_ipv4_and_ipv6() {
         "packets translated: {translated}"
     );
     assert!(count("fwd_reply") > 0 && count("fwd_new_flow") > 0);
+    instance.down();
+    assert!(!lab.lb.has_xdp(), "`lb down` detached every interface");
 }

@@ -404,7 +404,7 @@ fn policies_for_what_cannot_be_balanced() {
 
 #[test]
 fn invalid_services_are_refused_before_any_map_changes() {
-    use lb_userspace::balancer::BalancerError as E;
+    use lb_userspace::balancer::{BalancerError::Invalid, ChangeError as E};
     let mut datapath = Datapath::load();
     let balancer = &mut datapath.balancer;
     let vip = Service {
@@ -424,7 +424,7 @@ fn invalid_services_are_refused_before_any_map_changes() {
             "duplicate VIP",
             balancer
                 .add_vip(vip)
-                .map_err(|e| matches!(e, E::DuplicateVip(_))),
+                .map_err(|e| matches!(e, Invalid(E::DuplicateVip(_)))),
         ),
         (
             "VIP port 0",
@@ -433,7 +433,7 @@ fn invalid_services_are_refused_before_any_map_changes() {
                     addr: sock("198.18.1.5:0"),
                     proto: Proto::Udp,
                 })
-                .map_err(|e| matches!(e, E::PortZero(_))),
+                .map_err(|e| matches!(e, Invalid(E::PortZero(_)))),
         ),
         (
             "loopback VIP",
@@ -442,37 +442,37 @@ fn invalid_services_are_refused_before_any_map_changes() {
                     addr: sock("127.0.0.1:80"),
                     proto: Proto::Tcp,
                 })
-                .map_err(|e| matches!(e, E::UnusableAddress(_))),
+                .map_err(|e| matches!(e, Invalid(E::UnusableAddress(_)))),
         ),
         (
             "duplicate backend",
             balancer
                 .add_backend(vip, sock("198.18.2.2:8080"), 5)
-                .map_err(|e| matches!(e, E::DuplicateBackend { .. })),
+                .map_err(|e| matches!(e, Invalid(E::DuplicateBackend { .. }))),
         ),
         (
             "IPv6 backend on an IPv4 VIP",
             balancer
                 .add_backend(vip, sock("[fd00:2::2]:8080"), 5)
-                .map_err(|e| matches!(e, E::FamilyMismatch { .. })),
+                .map_err(|e| matches!(e, Invalid(E::FamilyMismatch { .. }))),
         ),
         (
             "weight 0",
             balancer
                 .add_backend(vip, sock("198.18.2.3:8080"), 0)
-                .map_err(|e| matches!(e, E::WeightOutOfRange(0))),
+                .map_err(|e| matches!(e, Invalid(E::WeightOutOfRange(0)))),
         ),
         (
             "weight 65536",
             balancer
                 .add_backend(vip, sock("198.18.2.3:8080"), 65_536)
-                .map_err(|e| matches!(e, E::WeightOutOfRange(65_536))),
+                .map_err(|e| matches!(e, Invalid(E::WeightOutOfRange(65_536)))),
         ),
         (
             "unknown VIP",
             balancer
                 .add_backend(unknown, sock("198.18.2.3:8080"), 5)
-                .map_err(|e| matches!(e, E::UnknownVip(_))),
+                .map_err(|e| matches!(e, Invalid(E::UnknownVip(_)))),
         ),
     ];
     for (case, result) in refused {

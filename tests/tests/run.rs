@@ -10,18 +10,19 @@ use std::{
 
 use lb_tests::{
     netns::{Link, NetNs},
-    process::{Daemon, counter, lb_binary},
+    process::{Daemon, Instance, counter, lb_binary},
 };
 
 const READY: &str = "lb: forwarding on";
 const STARTUP: Duration = Duration::from_secs(20);
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A client namespace and an lb namespace joined by a veth.
+/// A client namespace and an lb namespace joined by a veth; the lb's own pins and socket.
 struct Lab {
     client: NetNs,
     lb: NetNs,
     lb_if: String,
+    instance: Instance,
 }
 
 impl Lab {
@@ -33,18 +34,18 @@ impl Lab {
             client,
             lb,
             lb_if: link.b,
+            instance: Instance::new(),
         }
     }
 
     fn lb_run(&self, extra: &[&str]) -> Command {
-        let mut cmd = self.lb.command(lb_binary());
-        cmd.args(["run", "--iface", &self.lb_if]).args(extra);
-        cmd
+        self.instance
+            .run(&self.lb, std::slice::from_ref(&self.lb_if), extra)
     }
 }
 
 #[test]
-fn counts_real_udp_and_tcp_traffic_and_detaches_on_sigterm() {
+fn counts_real_traffic_keeps_forwarding_after_sigterm_and_lb_down_detaches() {
     const UDP_DATAGRAMS: u64 = 200;
     const TCP_CONNECTIONS: u64 = 50;
     let lab = Lab::new();
@@ -128,7 +129,18 @@ fn counts_real_udp_and_tcp_traffic_and_detaches_on_sigterm() {
         stdout.iter().any(|l| l.starts_with("udp ")) && stdout.len() > at_exit.len(),
         "periodic reports were printed while running"
     );
-    assert!(!lab.lb.has_xdp(), "SIGTERM detached the program");
+    assert!(
+        lab.lb.has_xdp(),
+        "after SIGTERM the pinned program stays attached"
+    );
+    assert!(
+        stdout.iter().any(|l| l.contains("keeps forwarding")),
+        "lb says the datapath stays: {stdout:?}"
+    );
+    let down = lab.instance.down();
+    assert!(down.contains(&lab.lb_if), "{down}");
+    assert!(!lab.lb.has_xdp(), "`lb down` detached the program");
+    assert!(!lab.instance.pin_dir.exists(), "`lb down` removed the pins");
 }
 
 fn run_to_failure(mut command: Command) -> String {
@@ -140,9 +152,8 @@ fn run_to_failure(mut command: Command) -> String {
 #[test]
 fn unknown_interface_is_named() {
     let lab = Lab::new();
-    let mut cmd = lab.lb.command(lb_binary());
-    cmd.args(["run", "--iface", "lo", "--iface", "no-such-if0"]);
-    let stderr = run_to_failure(cmd);
+    let ifaces = ["lo".to_owned(), "no-such-if0".to_owned()];
+    let stderr = run_to_failure(lab.instance.run(&lab.lb, &ifaces, &[]));
     assert!(
         stderr.contains("unknown interface `no-such-if0`"),
         "{stderr}"
@@ -170,17 +181,28 @@ fn an_interface_with_an_xdp_program_is_not_taken_over() {
     let mut first = Daemon::spawn(lab.lb_run(&["--stats-interval", "0"]));
     first.wait_for_line(READY, STARTUP);
     for mode in ["auto", "native", "skb"] {
-        let stderr = run_to_failure(lab.lb_run(&["--xdp-mode", mode]));
+        // A second lb with its own pins and socket still cannot take the interface.
+        let other = Instance::new();
+        let ifaces = std::slice::from_ref(&lab.lb_if);
+        let stderr = run_to_failure(other.run(&lab.lb, ifaces, &["--xdp-mode", mode]));
         assert!(
             stderr.contains("already has an XDP program attached"),
             "{mode}: {stderr}"
         );
     }
+    // Nor can a second daemon share the first one's pins, or its socket.
+    let stderr = run_to_failure(lab.lb_run(&[]));
+    assert!(
+        stderr.contains("already listening"),
+        "same socket: {stderr}"
+    );
     let (status, _) = first.terminate();
     assert!(
         status.success(),
         "the first lb kept running and stopped cleanly"
     );
+    assert!(lab.lb.has_xdp(), "its pinned program still runs");
+    lab.instance.down();
 }
 
 #[test]
@@ -235,7 +257,10 @@ fn an_invalid_config_file_is_refused_with_its_line_and_nothing_attached() {
         stderr.contains(&path.display().to_string()),
         "names the file: {stderr}"
     );
-    assert!(stderr.contains("line 3"), "names the line: {stderr}");
+    assert!(
+        stderr.contains(&format!("{}:3:", path.display())),
+        "names the line: {stderr}"
+    );
     assert!(untouched.contains("sctp"), "the file is left as it was");
     assert!(!lab.lb.has_xdp());
 

@@ -7,7 +7,7 @@ use anyhow::bail;
 use crate::{build, cmd};
 
 /// Crates that run on the host (lb-ebpf is checked by its own nightly build).
-const HOST_PACKAGES: &[&str] = &["lb-common", "lb-userspace", "lb-tests", "xtask"];
+const HOST_PACKAGES: &[&str] = &["lb-lab", "lb-common", "lb-userspace", "lb-tests", "xtask"];
 
 pub fn run() -> anyhow::Result<()> {
     step(

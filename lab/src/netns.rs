@@ -33,8 +33,13 @@ pub struct NetNs {
 impl NetNs {
     /// Creates `lbt-<pid>-<n>-<role>` with its loopback up.
     pub fn new(role: &str) -> Self {
+        Self::with_prefix("lbt", role)
+    }
+
+    /// Creates `<prefix>-<pid>-<n>-<role>` with its loopback up.
+    pub fn with_prefix(prefix: &str, role: &str) -> Self {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let name = format!("lbt-{}-{id}-{role}", std::process::id());
+        let name = format!("{prefix}-{}-{id}-{role}", std::process::id());
         sh("ip", &["netns", "add", &name]);
         let ns = Self { name };
         ns.ip(&["link", "set", "lo", "up"]);

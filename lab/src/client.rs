@@ -1,0 +1,84 @@
+//! Bounded clients: every call has a timeout, every error is returned, never retried.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+pub const IO_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// One HTTP/1.0 GET through `vip`; returns the answering backend's name.
+pub fn http_get(vip: SocketAddr) -> Result<String, String> {
+    let mut stream =
+        TcpStream::connect_timeout(&vip, IO_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+    if stream.peer_addr().ok() != Some(vip) {
+        return Err("the connection is not to the VIP".to_owned());
+    }
+    stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET / HTTP/1.0\r\nHost: vip\r\n\r\n")
+        .map_err(|e| format!("send: {e}"))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("read: {e}"))?;
+    if !response.starts_with("HTTP/1.0 200 OK") {
+        return Err(format!("bad response {response:?}"));
+    }
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    Ok(body.trim().to_owned())
+}
+
+/// One UDP request from `bind` to `vip`; returns the answering backend's name.
+pub fn udp_request(bind: SocketAddr, vip: SocketAddr) -> Result<String, String> {
+    let socket = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
+    socket
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    socket
+        .send_to(b"ping", vip)
+        .map_err(|e| format!("send: {e}"))?;
+    let mut buffer = [0u8; 512];
+    let (n, from) = socket
+        .recv_from(&mut buffer)
+        .map_err(|e| format!("recv: {e}"))?;
+    if from != vip {
+        return Err(format!("answer came from {from}, not the VIP {vip}"));
+    }
+    Ok(String::from_utf8_lossy(&buffer[..n]).into_owned())
+}
+
+/// A long-lived connection to the `who` server behind a VIP.
+pub struct WhoConnection {
+    reader: BufReader<TcpStream>,
+}
+
+impl WhoConnection {
+    pub fn open(vip: SocketAddr) -> Result<Self, String> {
+        let stream =
+            TcpStream::connect_timeout(&vip, IO_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+        stream
+            .set_read_timeout(Some(IO_TIMEOUT))
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// Asks which backend holds this connection.
+    pub fn ask(&mut self) -> Result<String, String> {
+        self.reader
+            .get_mut()
+            .write_all(b"who\n")
+            .map_err(|e| format!("send: {e}"))?;
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => Err("closed".to_owned()),
+            Ok(_) => Ok(line.trim().to_owned()),
+            Err(e) => Err(format!("read: {e}")),
+        }
+    }
+}

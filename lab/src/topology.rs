@@ -1,0 +1,122 @@
+//! The standard lab: `client` — `lb` — `b1..bN`, IPv4 and IPv6 on every link.
+//!
+//! ```text
+//! client 198.18.0.1 / fd00::1  ──  198.18.0.2 / fd00::2  lb  198.18.1x.1 / fd00:1x::1  ──  bx
+//!                                                           198.18.1x.2 / fd00:1x::2 (x = 1..N)
+//! ```
+//! The VIPs (198.18.1.1, fd00:1::1) are on no interface: the client routes everything via
+//! the lb, and only lb's XDP program answers for them.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::netns::{Link, NetNs};
+
+pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+pub const LB_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const VIP_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+pub const VIP_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 1);
+
+pub struct Backend {
+    /// `backend-<n>`, what its servers answer with.
+    pub name: String,
+    pub ns: NetNs,
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+}
+
+impl Backend {
+    pub fn addr(&self, v6: bool) -> IpAddr {
+        if v6 { self.v6.into() } else { self.v4.into() }
+    }
+}
+
+pub struct Lab {
+    pub client: NetNs,
+    pub lb: NetNs,
+    pub backends: Vec<Backend>,
+    /// The lb's interfaces: toward the client first, then one per backend.
+    pub lb_ifaces: Vec<String>,
+}
+
+/// veth leaves checksums partial (XDP cannot finish them) and needs NAPI to receive
+/// redirected frames.
+fn offload_off_and_napi_on(ns: &NetNs, dev: &str) {
+    let status = ns
+        .command("ethtool")
+        .args(["-K", dev, "tx", "off", "gro", "on"])
+        .status()
+        .expect("run ethtool (cargo xtask setup installs it)");
+    assert!(status.success(), "ethtool -K {dev} failed in {}", ns.name());
+}
+
+fn add_v6(ns: &NetNs, addr: &str, dev: &str) {
+    ns.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"]);
+}
+
+impl Lab {
+    /// Builds the lab with `backends` backends; namespace names start with `prefix`.
+    pub fn new(prefix: &str, backends: usize) -> Self {
+        let client = NetNs::with_prefix(prefix, "client");
+        let lb = NetNs::with_prefix(prefix, "lb");
+        let front = Link::veth(&client, "198.18.0.1/24", &lb, "198.18.0.2/24");
+        add_v6(&client, "fd00::1/64", &front.a);
+        add_v6(&lb, "fd00::2/64", &front.b);
+        client.ip(&["route", "add", "default", "via", "198.18.0.2"]);
+        client.ip(&["-6", "route", "add", "default", "via", "fd00::2"]);
+        offload_off_and_napi_on(&client, &front.a);
+        offload_off_and_napi_on(&lb, &front.b);
+        lb.enable_forwarding();
+        let mut lb_ifaces = vec![front.b.clone()];
+        let mut list = Vec::new();
+        for n in 1..=backends {
+            let net = 10 + n;
+            let ns = NetNs::with_prefix(prefix, &format!("b{n}"));
+            let link = Link::veth(
+                &lb,
+                &format!("198.18.{net}.1/24"),
+                &ns,
+                &format!("198.18.{net}.2/24"),
+            );
+            add_v6(&lb, &format!("fd00:{net}::1/64"), &link.a);
+            add_v6(&ns, &format!("fd00:{net}::2/64"), &link.b);
+            ns.ip(&["route", "add", "default", "via", &format!("198.18.{net}.1")]);
+            ns.ip(&[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("fd00:{net}::1"),
+            ]);
+            offload_off_and_napi_on(&ns, &link.b);
+            offload_off_and_napi_on(&lb, &link.a);
+            lb_ifaces.push(link.a);
+            list.push(Backend {
+                name: format!("backend-{n}"),
+                ns,
+                v4: Ipv4Addr::new(198, 18, net as u8, 2),
+                v6: format!("fd00:{net}::2").parse().expect("valid IPv6"),
+            });
+        }
+        Self {
+            client,
+            lb,
+            backends: list,
+            lb_ifaces,
+        }
+    }
+
+    pub fn vip(&self, v6: bool) -> IpAddr {
+        if v6 { VIP_V6.into() } else { VIP_V4.into() }
+    }
+
+    /// The client's address in the family of `vip`.
+    pub fn client_addr(&self, v6: bool) -> IpAddr {
+        if v6 {
+            CLIENT_V6.into()
+        } else {
+            CLIENT_V4.into()
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The client subcommands: one API request each, printed as a table or as JSON.
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use comfy_table::{Table, presets::NOTHING};
+use serde::Serialize;
+
+use crate::{
+    api::{self, BackendEntry, DownReport, Request, StatsReport, StatusReport, VipEntry},
+    cli::{BackendArgs, BackendCommand, DownArgs, OutputArgs, VipCommand},
+    pins::PinDir,
+};
+
+fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(NOTHING).set_header(header.to_vec());
+    table
+}
+
+fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn done(socket: &Path, request: &Request, what: String) -> anyhow::Result<()> {
+    api::call(socket, request)?;
+    println!("{what}");
+    Ok(())
+}
+
+pub fn vip(socket: &Path, command: VipCommand) -> anyhow::Result<()> {
+    match command {
+        VipCommand::Add(s) => done(
+            socket,
+            &Request::VipAdd {
+                vip: s.vip,
+                proto: s.proto,
+            },
+            format!("added VIP {}/{}", s.vip, s.proto),
+        ),
+        VipCommand::Del(s) => done(
+            socket,
+            &Request::VipDel {
+                vip: s.vip,
+                proto: s.proto,
+            },
+            format!("removed VIP {}/{}", s.vip, s.proto),
+        ),
+        VipCommand::List(OutputArgs { json }) => {
+            let vips: Vec<VipEntry> = api::call_as(socket, &Request::VipList {})?;
+            if json {
+                return print_json(&vips);
+            }
+            println!("{}", vip_table(&vips));
+            Ok(())
+        }
+    }
+}
+
+fn vip_table(vips: &[VipEntry]) -> Table {
+    let mut t = table(&[
+        "VIP",
+        "PROTO",
+        "BACKENDS",
+        "ACTIVE",
+        "PACKETS",
+        "BYTES",
+        "NEW FLOWS",
+    ]);
+    for v in vips {
+        t.add_row(vec![
+            v.vip.to_string(),
+            v.proto.to_string(),
+            v.backends.to_string(),
+            v.active.to_string(),
+            v.packets.to_string(),
+            v.bytes.to_string(),
+            v.new_flows.to_string(),
+        ]);
+    }
+    t
+}
+
+fn backend_table(backends: &[BackendEntry]) -> Table {
+    let mut t = table(&[
+        "VIP", "PROTO", "BACKEND", "WEIGHT", "STATE", "PACKETS", "BYTES",
+    ]);
+    for b in backends {
+        t.add_row(vec![
+            b.vip.to_string(),
+            b.proto.to_string(),
+            b.backend.to_string(),
+            b.weight.to_string(),
+            b.state.clone(),
+            b.packets.to_string(),
+            b.bytes.to_string(),
+        ]);
+    }
+    t
+}
+
+pub fn backend(socket: &Path, command: BackendCommand) -> anyhow::Result<()> {
+    let names = |t: &BackendArgs| (t.service.vip, t.service.proto, t.backend);
+    match command {
+        BackendCommand::Add { target, weight } => {
+            let (vip, proto, backend) = names(&target);
+            done(
+                socket,
+                &Request::BackendAdd {
+                    vip,
+                    proto,
+                    backend,
+                    weight,
+                },
+                format!("added backend {backend} to {vip}/{proto} (weight {weight})"),
+            )
+        }
+        BackendCommand::Set {
+            target,
+            weight,
+            undrain,
+        } => {
+            let (vip, proto, backend) = names(&target);
+            done(
+                socket,
+                &Request::BackendSet {
+                    vip,
+                    proto,
+                    backend,
+                    weight,
+                    undrain,
+                },
+                format!("updated backend {backend} of {vip}/{proto}"),
+            )
+        }
+        BackendCommand::Drain(target) => {
+            let (vip, proto, backend) = names(&target);
+            done(
+                socket,
+                &Request::BackendDrain {
+                    vip,
+                    proto,
+                    backend,
+                },
+                format!("draining backend {backend} of {vip}/{proto}: no new flows"),
+            )
+        }
+        BackendCommand::Del(target) => {
+            let (vip, proto, backend) = names(&target);
+            done(
+                socket,
+                &Request::BackendDel {
+                    vip,
+                    proto,
+                    backend,
+                },
+                format!("removed backend {backend} from {vip}/{proto}"),
+            )
+        }
+        BackendCommand::List { vip, proto, output } => {
+            let backends: Vec<BackendEntry> =
+                api::call_as(socket, &Request::BackendList { vip, proto })?;
+            if output.json {
+                return print_json(&backends);
+            }
+            println!("{}", backend_table(&backends));
+            Ok(())
+        }
+    }
+}
+
+pub fn stats(socket: &Path, output: OutputArgs) -> anyhow::Result<()> {
+    let report: StatsReport = api::call_as(socket, &Request::Stats {})?;
+    if output.json {
+        return print_json(&report);
+    }
+    let mut t = table(&["COUNTER", "PACKETS", "BYTES"]);
+    for (name, c) in report.counters.iter().filter(|(_, c)| c.packets > 0) {
+        t.add_row(vec![
+            name.clone(),
+            c.packets.to_string(),
+            c.bytes.to_string(),
+        ]);
+    }
+    println!(
+        "{t}\n\n{}\n\n{}",
+        vip_table(&report.vips),
+        backend_table(&report.backends)
+    );
+    Ok(())
+}
+
+pub fn status(socket: &Path, output: OutputArgs) -> anyhow::Result<()> {
+    let s: StatusReport = api::call_as(socket, &Request::Status {})?;
+    if output.json {
+        return print_json(&s);
+    }
+    let interfaces: Vec<String> = s
+        .interfaces
+        .iter()
+        .map(|i| format!("{} [{}]", i.name, i.mode))
+        .collect();
+    println!(
+        "lb {} running (pid {}, up {} s{})\n\
+         interfaces:  {}\n\
+         VIPs:        {} with {} backends\n\
+         pins:        {}\n\
+         state file:  {}\n\
+         API socket:  {}\n\
+         sizes:       Maglev table {}, {} VIPs max, {} tracked flows",
+        s.version,
+        s.pid,
+        s.uptime_secs,
+        if s.adopted {
+            ", adopted a pinned datapath"
+        } else {
+            ""
+        },
+        interfaces.join(", "),
+        s.vips,
+        s.backends,
+        s.pin_dir.display(),
+        s.state_file.display(),
+        s.api.display(),
+        s.table_size,
+        s.max_vips,
+        s.conntrack_capacity,
+    );
+    Ok(())
+}
+
+/// Through the daemon when one answers; otherwise straight on the pin directory.
+pub fn down(socket: &Path, args: DownArgs) -> anyhow::Result<()> {
+    let report = if api::is_listening(socket) {
+        api::call_as::<DownReport>(socket, &Request::Down {})?
+    } else {
+        let pins = PinDir::open(&args.pin_dir)?;
+        let detached = pins.pinned_links()?;
+        let pin_dir = pins.path().to_owned();
+        pins.remove()
+            .with_context(|| format!("removing {}", pin_dir.display()))?;
+        DownReport { detached, pin_dir }
+    };
+    println!(
+        "lb down: detached from {}; removed the pins in {}",
+        if report.detached.is_empty() {
+            "no interface".to_owned()
+        } else {
+            report.detached.join(", ")
+        },
+        report.pin_dir.display()
+    );
+    Ok(())
+}

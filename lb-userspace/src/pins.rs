@@ -1,0 +1,248 @@
+//! The pin directory on bpffs: the maps and XDP links that outlive a controller, so packets
+//! keep flowing and conntrack survives while `lb run` restarts.
+//!
+//! Layout (default `/sys/fs/bpf/lb`): one file per map in [`PINNED_MAPS`], by map name, and
+//! one `link_<ifname>` per attached interface. META records the layout version and sizes;
+//! it is checked before anything pinned is used.
+
+use std::{
+    ffi::CString,
+    fs::File,
+    io,
+    os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _},
+    path::{Path, PathBuf},
+};
+
+use aya::maps::{Array, Map, MapData};
+use lb_common::{
+    consts::{LAYOUT_VERSION, MAP_META, PINNED_MAPS},
+    service::Layout,
+};
+use thiserror::Error;
+use tracing::info;
+
+use crate::datapath::Limits;
+
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const LINK_PREFIX: &str = "link_";
+
+#[derive(Debug, Error)]
+pub enum PinError {
+    #[error("{0} is not on a BPF filesystem (bpffs); pin directories belong under /sys/fs/bpf")]
+    NotBpffs(PathBuf),
+    #[error("mounting bpffs on /sys/fs/bpf failed")]
+    Mount(#[source] io::Error),
+    #[error("cannot use the pin directory {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "another lb daemon is using the pin directory {0} (stop it, or give this one its own --pin-dir)"
+    )]
+    Busy(PathBuf),
+    #[error(
+        "the datapath pinned in {dir} has map layout version {found}, this lb uses {LAYOUT_VERSION}: \
+         run `lb down --pin-dir {dir}` first (it detaches and forgets tracked flows)"
+    )]
+    Version { dir: PathBuf, found: u32 },
+    #[error(
+        "the datapath pinned in {dir} was created with {what} {found}, not {wanted}: \
+         restart without that option to adopt it, or `lb down --pin-dir {dir}` first"
+    )]
+    Limits {
+        dir: PathBuf,
+        what: &'static str,
+        found: u32,
+        wanted: u32,
+    },
+    #[error("reading the pinned META map failed")]
+    Meta(#[source] aya::maps::MapError),
+}
+
+/// An open pin directory, locked against other controllers for as long as it lives.
+pub struct PinDir {
+    path: PathBuf,
+    _lock: File,
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> PinError + '_ {
+    move |source| PinError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into a zeroed struct we own; c_path is NUL-terminated.
+    unsafe {
+        let mut stat: libc::statfs = std::mem::zeroed();
+        libc::statfs(c_path.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// Mounts bpffs on /sys/fs/bpf when the pin directory lives there and nothing is mounted.
+fn ensure_bpffs(dir: &Path) -> Result<(), PinError> {
+    let root = Path::new("/sys/fs/bpf");
+    let parent = dir.parent().unwrap_or(root);
+    if is_bpffs(parent) || is_bpffs(dir) {
+        return Ok(());
+    }
+    if !dir.starts_with(root) {
+        return Err(PinError::NotBpffs(dir.to_owned()));
+    }
+    std::fs::create_dir_all(root).map_err(io_error(root))?;
+    // SAFETY: constant NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            c"/sys/fs/bpf".as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(PinError::Mount(io::Error::last_os_error()));
+    }
+    info!("mounted bpffs on /sys/fs/bpf");
+    if is_bpffs(parent) || parent == root {
+        Ok(())
+    } else {
+        Err(PinError::NotBpffs(dir.to_owned()))
+    }
+}
+
+impl PinDir {
+    /// Creates (if needed) and locks `path`, mounting bpffs first if it is missing.
+    pub fn open(path: &Path) -> Result<Self, PinError> {
+        ensure_bpffs(path)?;
+        std::fs::create_dir_all(path).map_err(io_error(path))?;
+        let lock = File::open(path).map_err(io_error(path))?;
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let error = io::Error::last_os_error();
+            return Err(if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                PinError::Busy(path.to_owned())
+            } else {
+                io_error(path)(error)
+            });
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn map_path(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    pub fn link_path(&self, ifname: &str) -> PathBuf {
+        self.path.join(format!("{LINK_PREFIX}{ifname}"))
+    }
+
+    /// Interface names with a pinned XDP link.
+    pub fn pinned_links(&self) -> Result<Vec<String>, PinError> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&self.path).map_err(io_error(&self.path))? {
+            let entry = entry.map_err(io_error(&self.path))?;
+            if let Some(name) = entry.file_name().to_str()
+                && let Some(ifname) = name.strip_prefix(LINK_PREFIX)
+            {
+                names.push(ifname.to_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// The limits of a complete pinned datapath, checked against this controller's layout
+    /// and the operator's explicit wishes; `None` when there is nothing (complete) to adopt.
+    /// A half-made set of pins (META never written) is removed.
+    pub fn adoptable(&self, wanted_table_size: Option<u32>) -> Result<Option<Limits>, PinError> {
+        let meta_path = self.map_path(MAP_META);
+        if !meta_path.exists() {
+            self.clear()?;
+            return Ok(None);
+        }
+        let map = MapData::from_pin(&meta_path)
+            .and_then(|data| Array::<MapData, Layout>::try_from(Map::Array(data)))
+            .map_err(PinError::Meta)?;
+        let layout = map.get(&0, 0).map_err(PinError::Meta)?;
+        if layout.version == 0 {
+            info!(dir = %self.path.display(), "removing pins left by an interrupted start");
+            drop(map);
+            self.clear()?;
+            return Ok(None);
+        }
+        if layout.version != LAYOUT_VERSION {
+            return Err(PinError::Version {
+                dir: self.path.clone(),
+                found: layout.version,
+            });
+        }
+        if let Some(wanted) = wanted_table_size
+            && wanted != layout.maglev_size
+        {
+            return Err(PinError::Limits {
+                dir: self.path.clone(),
+                what: "--table-size",
+                found: layout.maglev_size,
+                wanted,
+            });
+        }
+        Ok(Some(Limits {
+            max_vips: layout.max_vips,
+            maglev_size: layout.maglev_size,
+            conntrack_capacity: layout.conntrack_capacity,
+        }))
+    }
+
+    /// Records that the pinned maps are complete and what they were created with.
+    pub fn write_layout(&self, meta: Map, limits: &Limits) -> Result<(), PinError> {
+        let mut map = Array::<MapData, Layout>::try_from(meta).map_err(PinError::Meta)?;
+        let layout = Layout {
+            version: LAYOUT_VERSION,
+            maglev_size: limits.maglev_size,
+            max_vips: limits.max_vips,
+            conntrack_capacity: limits.conntrack_capacity,
+        };
+        map.set(0, layout, 0).map_err(PinError::Meta)
+    }
+
+    /// Removes every pin: links first (detaching XDP unless a live process still holds the
+    /// link), then maps. The directory itself stays until [`PinDir::remove`].
+    pub fn clear(&self) -> Result<(), PinError> {
+        for ifname in self.pinned_links()? {
+            let path = self.link_path(&ifname);
+            std::fs::remove_file(&path).map_err(io_error(&path))?;
+            info!(iface = %ifname, "unpinned XDP link");
+        }
+        for name in PINNED_MAPS {
+            let path = self.map_path(name);
+            match std::fs::remove_file(&path) {
+                Err(error) if error.kind() != io::ErrorKind::NotFound => {
+                    return Err(io_error(&path)(error));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Clears the pins and removes the directory.
+    pub fn remove(self) -> Result<(), PinError> {
+        self.clear()?;
+        std::fs::remove_dir(&self.path).map_err(io_error(&self.path))
+    }
+}

@@ -1,0 +1,390 @@
+//! The desired state: which VIPs exist and which backends serve them, with weights and drain
+//! flags. Pure data and validation; [`crate::balancer`] makes the maps match it.
+//!
+//! Every change is checked here first, on a copy, so a refused change touches nothing.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+};
+
+use lb_common::consts::{IPPROTO_TCP, IPPROTO_UDP};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+pub const MIN_WEIGHT: u32 = 1;
+pub const MAX_WEIGHT: u32 = 65_535;
+pub const DEFAULT_WEIGHT: u32 = 100;
+
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub const fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => IPPROTO_TCP,
+            Proto::Udp => IPPROTO_UDP,
+        }
+    }
+
+    pub const fn from_number(number: u8) -> Option<Self> {
+        match number {
+            IPPROTO_TCP => Some(Proto::Tcp),
+            IPPROTO_UDP => Some(Proto::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// A cluster IP: address, port and protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Service {
+    pub addr: SocketAddr,
+    pub proto: Proto,
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.proto)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub weight: u32,
+    /// No new flows; established ones continue.
+    pub draining: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VipSpec {
+    pub backends: BTreeMap<SocketAddr, BackendSpec>,
+}
+
+/// The whole desired state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct State {
+    pub vips: BTreeMap<Service, VipSpec>,
+}
+
+/// One operator change, as the CLI and the API express it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    AddVip(Service),
+    DelVip(Service),
+    AddBackend {
+        service: Service,
+        backend: SocketAddr,
+        weight: u32,
+    },
+    /// New weight and/or the end of a drain.
+    SetBackend {
+        service: Service,
+        backend: SocketAddr,
+        weight: Option<u32>,
+        undrain: bool,
+    },
+    DrainBackend {
+        service: Service,
+        backend: SocketAddr,
+    },
+    DelBackend {
+        service: Service,
+        backend: SocketAddr,
+    },
+}
+
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum ChangeError {
+    #[error("VIP {0} already exists")]
+    DuplicateVip(Service),
+    #[error("no VIP {0} (list them with `lb vip list`)")]
+    UnknownVip(Service),
+    #[error("backend {backend} already exists on VIP {service}")]
+    DuplicateBackend {
+        service: Service,
+        backend: SocketAddr,
+    },
+    #[error("VIP {service} has no backend {backend}")]
+    UnknownBackend {
+        service: Service,
+        backend: SocketAddr,
+    },
+    #[error(
+        "backend {backend} is {backend_family} but VIP {service} is {vip_family}: NAT keeps the address family"
+    )]
+    FamilyMismatch {
+        service: Service,
+        backend: SocketAddr,
+        backend_family: &'static str,
+        vip_family: &'static str,
+    },
+    #[error("weight {0} is out of range ({MIN_WEIGHT}..={MAX_WEIGHT})")]
+    WeightOutOfRange(u32),
+    #[error("port 0 is not a valid {0} port")]
+    PortZero(&'static str),
+    #[error("{0} is not a usable address")]
+    UnusableAddress(IpAddr),
+    #[error("nothing to change: give --weight or --undrain")]
+    EmptySet,
+}
+
+const fn family_name(addr: &SocketAddr) -> &'static str {
+    if addr.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
+fn check_address(addr: &SocketAddr, what: &'static str) -> Result<(), ChangeError> {
+    if addr.port() == 0 {
+        return Err(ChangeError::PortZero(what));
+    }
+    let ip = addr.ip();
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() || broadcast {
+        return Err(ChangeError::UnusableAddress(ip));
+    }
+    Ok(())
+}
+
+fn check_weight(weight: u32) -> Result<(), ChangeError> {
+    if (MIN_WEIGHT..=MAX_WEIGHT).contains(&weight) {
+        Ok(())
+    } else {
+        Err(ChangeError::WeightOutOfRange(weight))
+    }
+}
+
+impl State {
+    /// Applies `change` if it is valid; on error `self` is unchanged.
+    pub fn apply(&mut self, change: &Change) -> Result<(), ChangeError> {
+        match *change {
+            Change::AddVip(service) => {
+                check_address(&service.addr, "VIP")?;
+                if self.vips.contains_key(&service) {
+                    return Err(ChangeError::DuplicateVip(service));
+                }
+                self.vips.insert(service, VipSpec::default());
+            }
+            Change::DelVip(service) => {
+                self.vips
+                    .remove(&service)
+                    .ok_or(ChangeError::UnknownVip(service))?;
+            }
+            Change::AddBackend {
+                service,
+                backend,
+                weight,
+            } => {
+                check_address(&backend, "backend")?;
+                check_weight(weight)?;
+                let vip = self
+                    .vips
+                    .get_mut(&service)
+                    .ok_or(ChangeError::UnknownVip(service))?;
+                if backend.is_ipv4() != service.addr.is_ipv4() {
+                    return Err(ChangeError::FamilyMismatch {
+                        service,
+                        backend,
+                        backend_family: family_name(&backend),
+                        vip_family: family_name(&service.addr),
+                    });
+                }
+                if vip.backends.contains_key(&backend) {
+                    return Err(ChangeError::DuplicateBackend { service, backend });
+                }
+                vip.backends.insert(
+                    backend,
+                    BackendSpec {
+                        weight,
+                        draining: false,
+                    },
+                );
+            }
+            Change::SetBackend {
+                service,
+                backend,
+                weight,
+                undrain,
+            } => {
+                if weight.is_none() && !undrain {
+                    return Err(ChangeError::EmptySet);
+                }
+                if let Some(weight) = weight {
+                    check_weight(weight)?;
+                }
+                let spec = self.backend_mut(service, backend)?;
+                if let Some(weight) = weight {
+                    spec.weight = weight;
+                }
+                if undrain {
+                    spec.draining = false;
+                }
+            }
+            Change::DrainBackend { service, backend } => {
+                self.backend_mut(service, backend)?.draining = true;
+            }
+            Change::DelBackend { service, backend } => {
+                self.vip_mut(service)?
+                    .backends
+                    .remove(&backend)
+                    .ok_or(ChangeError::UnknownBackend { service, backend })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn vip_mut(&mut self, service: Service) -> Result<&mut VipSpec, ChangeError> {
+        self.vips
+            .get_mut(&service)
+            .ok_or(ChangeError::UnknownVip(service))
+    }
+
+    fn backend_mut(
+        &mut self,
+        service: Service,
+        backend: SocketAddr,
+    ) -> Result<&mut BackendSpec, ChangeError> {
+        self.vip_mut(service)?
+            .backends
+            .get_mut(&backend)
+            .ok_or(ChangeError::UnknownBackend { service, backend })
+    }
+
+    pub fn backend_count(&self) -> usize {
+        self.vips.values().map(|v| v.backends.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(addr: &str) -> Service {
+        Service {
+            addr: addr.parse().expect("address"),
+            proto: Proto::Tcp,
+        }
+    }
+
+    fn add_backend(service: Service, backend: &str, weight: u32) -> Change {
+        Change::AddBackend {
+            service,
+            backend: backend.parse().expect("address"),
+            weight,
+        }
+    }
+
+    #[test]
+    fn valid_changes_build_the_state() {
+        let vip = service("198.18.1.1:80");
+        let mut state = State::default();
+        state.apply(&Change::AddVip(vip)).expect("add VIP");
+        state
+            .apply(&add_backend(vip, "198.18.2.1:80", 100))
+            .expect("add backend");
+        let backend = "198.18.2.1:80".parse().expect("address");
+        state
+            .apply(&Change::DrainBackend {
+                service: vip,
+                backend,
+            })
+            .expect("drain");
+        assert!(state.vips[&vip].backends[&backend].draining);
+        state
+            .apply(&Change::SetBackend {
+                service: vip,
+                backend,
+                weight: Some(7),
+                undrain: true,
+            })
+            .expect("set");
+        assert_eq!(
+            state.vips[&vip].backends[&backend],
+            BackendSpec {
+                weight: 7,
+                draining: false
+            }
+        );
+        state
+            .apply(&Change::DelBackend {
+                service: vip,
+                backend,
+            })
+            .expect("del backend");
+        state.apply(&Change::DelVip(vip)).expect("del VIP");
+        assert_eq!(state, State::default());
+    }
+
+    #[test]
+    fn invalid_changes_leave_the_state_alone() {
+        let v4 = service("198.18.1.1:80");
+        let v6 = service("[fd00::1]:80");
+        let mut state = State::default();
+        state.apply(&Change::AddVip(v4)).expect("VIP");
+        state.apply(&Change::AddVip(v6)).expect("VIP");
+        state
+            .apply(&add_backend(v4, "198.18.2.1:80", 1))
+            .expect("backend");
+        let before = state.clone();
+        let backend: SocketAddr = "198.18.2.9:80".parse().expect("address");
+        let cases = [
+            (Change::AddVip(v4), "already exists"),
+            (Change::AddVip(service("0.0.0.0:80")), "usable"),
+            (Change::AddVip(service("198.18.1.1:0")), "port 0"),
+            (Change::DelVip(service("198.18.1.2:80")), "no VIP"),
+            (add_backend(v4, "198.18.2.1:80", 1), "already exists"),
+            (add_backend(v6, "198.18.2.2:80", 1), "IPv4 but VIP"),
+            (add_backend(v4, "198.18.2.2:80", 0), "out of range"),
+            (add_backend(v4, "198.18.2.2:80", 65_536), "out of range"),
+            (add_backend(v4, "127.0.0.1:80", 1), "usable"),
+            (
+                Change::DrainBackend {
+                    service: v4,
+                    backend,
+                },
+                "has no backend",
+            ),
+            (
+                Change::SetBackend {
+                    service: v4,
+                    backend: "198.18.2.1:80".parse().expect("address"),
+                    weight: None,
+                    undrain: false,
+                },
+                "nothing to change",
+            ),
+        ];
+        for (change, message) in cases {
+            let error = state.apply(&change).expect_err("must be refused");
+            assert!(error.to_string().contains(message), "{change:?}: {error}");
+            assert_eq!(state, before, "{change:?} changed the state");
+        }
+    }
+}
