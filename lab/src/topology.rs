@@ -42,12 +42,17 @@ pub struct Lab {
 /// veth leaves checksums partial (XDP cannot finish them) and needs NAPI to receive
 /// redirected frames.
 fn offload_off_and_napi_on(ns: &NetNs, dev: &str) {
-    let status = ns
+    let output = ns
         .command("ethtool")
         .args(["-K", dev, "tx", "off", "gro", "on"])
-        .status()
+        .output()
         .expect("run ethtool (cargo xtask setup installs it)");
-    assert!(status.success(), "ethtool -K {dev} failed in {}", ns.name());
+    assert!(
+        output.status.success(),
+        "ethtool -K {dev} failed in {}: {}",
+        ns.name(),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 fn add_v6(ns: &NetNs, addr: &str, dev: &str) {

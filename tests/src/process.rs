@@ -113,6 +113,12 @@ impl Daemon {
         (status, std::mem::take(&mut self.seen))
     }
 
+    /// SIGKILL: the daemon gets no chance to clean up, as in a crash.
+    pub fn kill_hard(mut self) -> ExitStatus {
+        let _ = self.child.kill();
+        self.child.wait().expect("wait for lb")
+    }
+
     fn kill_and_stderr(&mut self) -> String {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -44,7 +44,9 @@ pub fn run() -> anyhow::Result<()> {
     step(
         "integration tests (network namespaces)",
         cmd::cargo()?
-            .args(["test", "-p", "lb-tests", "--test", "run", "--test", "e2e"])
+            .args([
+                "test", "-p", "lb-tests", "--test", "run", "--test", "e2e", "--test", "control",
+            ])
             .env("LB_BIN", lb),
     )?;
     eprintln!("xtask test: all checks passed");

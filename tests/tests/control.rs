@@ -1,0 +1,492 @@
+//! The control plane as operators use it: the real `lb` binary, driven through its CLI and
+//! API socket, steering real TCP connections between backends in namespaces. Needs root.
+
+use std::{
+    collections::HashMap,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::SocketAddr,
+    os::unix::net::UnixStream,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    client::{WhoConnection, http_get},
+    process::{Daemon, Instance},
+    servers::{ECHO_PORT, HTTP_PORT, Servers, WHO_PORT},
+    topology::Lab,
+};
+
+const READY: &str = "lb: forwarding on";
+const STARTUP: Duration = Duration::from_secs(20);
+const BUDGET: Duration = Duration::from_secs(120);
+
+fn start(lab: &Lab, instance: &Instance, extra: &[&str]) -> Daemon {
+    let mut daemon = Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, extra));
+    daemon.wait_for_line(READY, STARTUP);
+    daemon
+}
+
+fn endpoint(lab: &Lab, n: usize, port: u16) -> String {
+    SocketAddr::new(lab.backends[n].v4.into(), port).to_string()
+}
+
+/// `count` new HTTP connections through `vip`; how many each backend answered.
+fn spread(lab: &Lab, vip: SocketAddr, count: usize) -> HashMap<String, usize> {
+    let started = Instant::now();
+    let answers: Vec<Result<String, String>> = lab.client.enter(|| {
+        (0..count)
+            .map(|_| {
+                assert!(started.elapsed() < BUDGET, "request budget exceeded");
+                http_get(vip)
+            })
+            .collect()
+    });
+    let mut by_backend = HashMap::new();
+    for answer in answers {
+        let name = answer.unwrap_or_else(|e| panic!("a request through {vip} failed: {e}"));
+        *by_backend.entry(name).or_insert(0) += 1;
+    }
+    by_backend
+}
+
+fn share(by_backend: &HashMap<String, usize>, name: &str) -> f64 {
+    let total: usize = by_backend.values().sum();
+    by_backend.get(name).copied().unwrap_or(0) as f64 / total.max(1) as f64
+}
+
+/// Lets one test process hold a few hundred connections at both ends.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a valid struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max.min(65_536);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+#[test]
+fn weights_drain_and_delete_steer_new_connections() {
+    let lab = Lab::new("lbt", 3);
+    let instance = Instance::new();
+    let _daemon = start(&lab, &instance, &[]);
+    let _servers = Servers::start(&lab.backends);
+    let vip: SocketAddr = SocketAddr::new(lab.vip(false), 80);
+    let vip_arg = vip.to_string();
+    instance.ok(&["vip", "add", &vip_arg]);
+    for (n, weight) in [(0, "1"), (1, "2"), (2, "1")] {
+        let backend = endpoint(&lab, n, HTTP_PORT);
+        instance.ok(&["backend", "add", &vip_arg, &backend, "--weight", weight]);
+    }
+
+    let weighted = spread(&lab, vip, 1000);
+    eprintln!("weights 1:2:1 over 1000 connections: {weighted:?}");
+    for (name, want) in [
+        ("backend-1", 0.25),
+        ("backend-2", 0.50),
+        ("backend-3", 0.25),
+    ] {
+        let got = share(&weighted, name);
+        assert!(
+            (got - want).abs() <= 0.05,
+            "weights 1:2:1: {name} got {:.1}%, want {:.0}% ± 5: {weighted:?}",
+            got * 100.0,
+            want * 100.0
+        );
+    }
+
+    // An established connection to backend-1 must outlive its drain.
+    let who_vip = SocketAddr::new(lab.vip(false), WHO_PORT);
+    let who_arg = who_vip.to_string();
+    instance.ok(&["vip", "add", &who_arg]);
+    instance.ok(&["backend", "add", &who_arg, &endpoint(&lab, 0, WHO_PORT)]);
+    let mut pinned = lab
+        .client
+        .enter(|| WhoConnection::open(who_vip).expect("connect"));
+    assert_eq!(pinned.ask().as_deref(), Ok("backend-1"));
+    instance.ok(&["backend", "add", &who_arg, &endpoint(&lab, 1, WHO_PORT)]);
+
+    instance.ok(&[
+        "backend",
+        "set",
+        &vip_arg,
+        &endpoint(&lab, 1, HTTP_PORT),
+        "--weight",
+        "1",
+    ]);
+    let equal = spread(&lab, vip, 600);
+    for name in ["backend-1", "backend-2", "backend-3"] {
+        let got = share(&equal, name);
+        assert!(
+            (got - 1.0 / 3.0).abs() <= 0.08,
+            "after set --weight 1, {name} got {:.1}%: {equal:?}",
+            got * 100.0
+        );
+    }
+
+    for (vip, port) in [(&vip_arg, HTTP_PORT), (&who_arg, WHO_PORT)] {
+        instance.ok(&["backend", "drain", vip, &endpoint(&lab, 0, port)]);
+    }
+    let drained = spread(&lab, vip, 300);
+    assert_eq!(drained.get("backend-1"), None, "drained: {drained:?}");
+    assert_eq!(
+        lab.client.enter(|| pinned.ask()).as_deref(),
+        Ok("backend-1"),
+        "the established connection stays on the draining backend"
+    );
+    let list = instance.ok(&["backend", "list", &vip_arg, "--json"]);
+    let entries: serde_json::Value = serde_json::from_str(&list).expect("JSON");
+    let states: Vec<(&str, &str, u64)> = entries
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|e| {
+            (
+                e["backend"].as_str().unwrap_or_default(),
+                e["state"].as_str().unwrap_or_default(),
+                e["weight"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(
+        states.contains(&(endpoint(&lab, 0, HTTP_PORT).as_str(), "draining", 1)),
+        "{list}"
+    );
+
+    instance.ok(&["backend", "del", &vip_arg, &endpoint(&lab, 2, HTTP_PORT)]);
+    let after_delete = spread(&lab, vip, 200);
+    assert_eq!(
+        after_delete.get("backend-2"),
+        Some(&200),
+        "only the active backend is left: {after_delete:?}"
+    );
+    instance.down();
+}
+
+#[test]
+fn deleting_one_of_five_backends_keeps_the_others_flows() {
+    const CONNECTIONS: usize = 400;
+    raise_fd_limit();
+    let lab = Lab::new("lbt", 5);
+    let instance = Instance::new();
+    let _daemon = start(&lab, &instance, &[]);
+    let _servers = Servers::start(&lab.backends);
+    let vip = SocketAddr::new(lab.vip(false), WHO_PORT);
+    let vip_arg = vip.to_string();
+    instance.ok(&["vip", "add", &vip_arg]);
+    for n in 0..5 {
+        instance.ok(&["backend", "add", &vip_arg, &endpoint(&lab, n, WHO_PORT)]);
+    }
+    let started = Instant::now();
+    let (mut connections, before): (Vec<WhoConnection>, Vec<String>) = lab.client.enter(|| {
+        (0..CONNECTIONS)
+            .map(|_| {
+                assert!(started.elapsed() < BUDGET, "budget exceeded");
+                let mut c = WhoConnection::open(vip).expect("connect through the VIP");
+                let name = c.ask().expect("first answer");
+                (c, name)
+            })
+            .unzip()
+    });
+    assert!(
+        before.iter().filter(|n| *n == "backend-5").count() > 0,
+        "backend-5 had flows to lose"
+    );
+
+    instance.ok(&["backend", "del", &vip_arg, &endpoint(&lab, 4, WHO_PORT)]);
+    let after: Vec<Result<String, String>> = lab
+        .client
+        .enter(|| connections.iter_mut().map(WhoConnection::ask).collect());
+    let others = before.iter().filter(|n| *n != "backend-5").count();
+    let kept = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| *b != "backend-5" && a.as_deref() == Ok(b.as_str()))
+        .count();
+    let kept_share = kept as f64 / others as f64;
+    assert!(
+        kept_share >= 0.95,
+        "only {kept}/{others} flows of the remaining backends stayed put"
+    );
+    drop(connections);
+    let new = lab.client.enter(|| {
+        (0..100)
+            .map(|_| WhoConnection::open(vip).and_then(|mut c| c.ask()))
+            .collect::<Result<Vec<_>, _>>()
+            .expect("new connections after the delete")
+    });
+    assert!(
+        new.iter().all(|n| n != "backend-5"),
+        "no new flow reaches the deleted backend"
+    );
+    eprintln!("kept {kept}/{others} flows of the remaining backends");
+    instance.down();
+}
+
+/// Streams numbered bytes through `vip` to an echo server and checks every byte comes back
+/// in order, until `stop`. Returns (bytes sent, bytes verified, first error).
+fn stream_through(vip: SocketAddr, stop: &AtomicBool) -> (u64, u64, Option<String>) {
+    let mut stream = match std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(3)) {
+        Ok(s) => s,
+        Err(e) => return (0, 0, Some(format!("connect: {e}"))),
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let (mut sent, mut verified) = (0u64, 0u64);
+    let mut reply = vec![0u8; 1024];
+    let started = Instant::now();
+    while !stop.load(Ordering::Relaxed) && started.elapsed() < BUDGET {
+        let chunk: Vec<u8> = (sent..sent + 1024).map(|i| (i % 251) as u8).collect();
+        if let Err(e) = stream.write_all(&chunk) {
+            return (sent, verified, Some(format!("send: {e}")));
+        }
+        sent += chunk.len() as u64;
+        if let Err(e) = stream.read_exact(&mut reply) {
+            return (sent, verified, Some(format!("read: {e}")));
+        }
+        if reply != chunk {
+            return (
+                sent,
+                verified,
+                Some(format!("corrupted at byte {verified}")),
+            );
+        }
+        verified += reply.len() as u64;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (sent, verified, None)
+}
+
+#[test]
+fn a_stream_survives_kill_9_and_restart_and_new_connections_work_meanwhile() {
+    let lab = Lab::new("lbt", 3);
+    let instance = Instance::new();
+    let daemon = start(&lab, &instance, &[]);
+    let _servers = Servers::start(&lab.backends);
+    let stream_vip = SocketAddr::new(lab.vip(false), ECHO_PORT);
+    let http_vip = SocketAddr::new(lab.vip(false), 80);
+    for (vip, port) in [(stream_vip, ECHO_PORT), (http_vip, HTTP_PORT)] {
+        let vip = vip.to_string();
+        instance.ok(&["vip", "add", &vip]);
+        for n in 0..3 {
+            instance.ok(&["backend", "add", &vip, &endpoint(&lab, n, port)]);
+        }
+    }
+    let listed_before = instance.ok(&["backend", "list", "--json"]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let stop = Arc::clone(&stop);
+        let path = lab.client.path();
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(path).expect("open client namespace");
+            // SAFETY: setns on this thread only, with a valid netns fd.
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns");
+            stream_through(stream_vip, &stop)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+
+    let status = daemon.kill_hard();
+    assert!(!status.success(), "lb was killed");
+    assert!(lab.lb.has_xdp(), "the pinned datapath outlives the daemon");
+    let during = spread(&lab, http_vip, 50);
+    assert_eq!(
+        during.values().sum::<usize>(),
+        50,
+        "new connections during the downtime: {during:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut restarted = Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, &[]));
+    let ready = restarted.wait_for_line(READY, STARTUP);
+    assert!(ready.contains("adopted"), "{ready}");
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let (sent, verified, error) = client.join().expect("stream thread");
+    assert_eq!(
+        error, None,
+        "the stream broke after {verified} of {sent} bytes"
+    );
+    assert_eq!(sent, verified, "no byte lost");
+    assert!(sent > 100 * 1024, "the stream ran throughout: {sent} bytes");
+
+    assert_eq!(
+        instance
+            .ok(&["backend", "list", "--json"])
+            .lines()
+            .filter(|l| !l.contains("packets") && !l.contains("bytes"))
+            .collect::<Vec<_>>(),
+        listed_before
+            .lines()
+            .filter(|l| !l.contains("packets") && !l.contains("bytes"))
+            .collect::<Vec<_>>(),
+        "the restarted daemon knows the same backends"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&instance.ok(&["status", "--json"])).expect("JSON");
+    assert_eq!(status["adopted"], true, "{status}");
+    eprintln!("streamed {sent} bytes across kill -9 and restart, all echoed in order");
+    instance.down();
+    assert!(!lab.lb.has_xdp());
+}
+
+/// One raw API exchange; the daemon's answer line.
+fn raw_request(instance: &Instance, payload: &[u8]) -> String {
+    let mut stream = UnixStream::connect(&instance.api).expect("connect to the API");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // The daemon may answer and close before reading everything of an oversized request.
+    let _ = stream.write_all(payload);
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .expect("an answer");
+    line
+}
+
+#[test]
+fn bad_input_is_refused_with_a_reason_and_changes_nothing() {
+    let lab = Lab::new("lbt", 1);
+    let instance = Instance::new();
+    let daemon = start(&lab, &instance, &[]);
+    instance.ok(&["vip", "add", "198.18.1.1:80"]);
+    instance.ok(&["vip", "add", "[fd00:1::1]:80"]);
+    instance.ok(&["backend", "add", "198.18.1.1:80", "198.18.11.2:8080"]);
+    let snapshot = || {
+        (
+            instance.ok(&["vip", "list", "--json"]),
+            instance.ok(&["backend", "list", "--json"]),
+            std::fs::read(&instance.state).expect("state file"),
+        )
+    };
+    let before = snapshot();
+
+    let cli_cases: &[(&[&str], &str)] = &[
+        (&["vip", "add", "198.18.1.2"], "is not ADDRESS:PORT"),
+        (&["vip", "add", "198.18.1.300:80"], "is not ADDRESS:PORT"),
+        (
+            &["backend", "add", "[fd00:1::1]:80", "198.18.11.2:80"],
+            "IPv4 but VIP",
+        ),
+        (
+            &["backend", "add", "198.18.1.9:80", "198.18.11.2:80"],
+            "no VIP 198.18.1.9:80/tcp",
+        ),
+        (
+            &["backend", "drain", "198.18.1.1:80", "198.18.11.9:80"],
+            "has no backend",
+        ),
+        (&["vip", "add", "198.18.1.1:80"], "already exists"),
+        (
+            &["backend", "add", "198.18.1.1:80", "198.18.11.2:8080"],
+            "already exists",
+        ),
+        (
+            &[
+                "backend",
+                "add",
+                "198.18.1.1:80",
+                "198.18.11.3:80",
+                "--weight",
+                "0",
+            ],
+            "not in 1..=65535",
+        ),
+        (
+            &[
+                "backend",
+                "set",
+                "198.18.1.1:80",
+                "198.18.11.2:8080",
+                "--weight",
+                "70000",
+            ],
+            "not in 1..=65535",
+        ),
+        (
+            &["vip", "add", "198.18.1.1:80", "--proto", "sctp"],
+            "invalid value 'sctp'",
+        ),
+        (&["backend", "list", "198.18.1.1:81"], "no VIP"),
+    ];
+    for (args, reason) in cli_cases {
+        let stderr = instance.fails(args);
+        assert!(stderr.contains(reason), "lb {}: {stderr}", args.join(" "));
+        assert_eq!(
+            snapshot(),
+            before,
+            "lb {} changed something",
+            args.join(" ")
+        );
+    }
+
+    let api_cases: &[(&[u8], &str)] = &[
+        (b"{\"op\":\"backend-add\",\"vip\":\"198.18.1.1:80\",\"backend\":\"198.18.11.3:80\",\"weight\":0}\n", "out of range"),
+        (b"{\"op\":\"backend-add\",\"vip\":\"198.18.1.1:80\",\"backend\":\"198.18.11.3:80\",\"weight\":65536}\n", "out of range"),
+        (b"{\"op\":\"vip-add\",\"vip\":\"0.0.0.0:80\"}\n", "not a usable address"),
+        (b"{\"op\":\"vip-add\",\"vip\":\"198.18.1.1\"}\n", "bad request"),
+        (b"not json\n", "bad request"),
+        (b"{\"op\":\"vip-list\",\"admin\":true}\n", "unknown field"),
+    ];
+    for (payload, reason) in api_cases {
+        let answer = raw_request(&instance, payload);
+        assert!(
+            answer.contains("\"ok\":false") && answer.contains(reason),
+            "{answer}"
+        );
+        assert_eq!(snapshot(), before);
+    }
+    let mut oversized = b"{\"op\":\"vip-add\",\"vip\":\"198.18.1.7:80\",\"pad\":\"".to_vec();
+    oversized.extend(std::iter::repeat_n(b'x', 100 * 1024));
+    oversized.extend_from_slice(b"\"}\n");
+    let answer = raw_request(&instance, &oversized);
+    assert!(answer.contains("larger than 65536 bytes"), "{answer}");
+    assert_eq!(snapshot(), before);
+
+    drop(daemon);
+    let stopped = Instance::new();
+    let stderr = stopped.fails(&["vip", "list"]);
+    assert!(
+        stderr.contains("no lb daemon is listening") && stderr.contains("lb run --iface"),
+        "{stderr}"
+    );
+    instance.down();
+}
+
+#[test]
+fn a_corrupt_state_file_is_refused_and_left_untouched() {
+    let lab = Lab::new("lbt", 1);
+    let instance = Instance::new();
+    let corrupt = "[[vip]]\naddress = \"198.18.1.1:80\"\nbackends = [\n  { address = \"198.18.11.2:80\", weight = \"heavy\" },\n]\n";
+    std::fs::write(&instance.state, corrupt).expect("write state");
+    let output = instance
+        .run(&lab.lb, &lab.lb_ifaces, &[])
+        .output()
+        .expect("run lb");
+    assert!(!output.status.success(), "lb must refuse to start");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let place = format!("{}:4:", instance.state.display());
+    assert!(stderr.contains(&place), "names file and line: {stderr}");
+    assert!(
+        stderr.contains("invalid type"),
+        "gives the reason: {stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&instance.state).expect("state file"),
+        corrupt,
+        "the file is left exactly as it was"
+    );
+    assert!(!lab.lb.has_xdp(), "nothing was attached");
+    assert!(!instance.api.exists(), "no socket was left behind");
+}
