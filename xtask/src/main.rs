@@ -1,7 +1,9 @@
 //! `cargo xtask`: the one entry point to set up, build, run and test lb.
 
+mod bench;
 mod build;
 mod cmd;
+mod demo;
 mod run;
 mod setup;
 mod test;
@@ -21,10 +23,12 @@ enum Task {
     Setup,
     /// Build the eBPF datapath and the `lb` binary that embeds it.
     Build(build::Options),
-    /// Build, then run `lb` as root with the given arguments.
+    /// Build, then the demo lab (no arguments) or `lb` as root with the given arguments.
     Run(run::Options),
     /// Run every check CI runs: fmt, clippy, unit, eBPF and integration tests.
     Test,
+    /// Run the benchmarks and write docs/BENCHMARKS.md.
+    Bench(bench::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,6 +41,10 @@ fn main() -> anyhow::Result<()> {
         Task::Run(options) => {
             setup::run()?;
             run::run(&options)
+        }
+        Task::Bench(options) => {
+            setup::run()?;
+            bench::run(&options)
         }
         Task::Test => {
             setup::run()?;

@@ -1,17 +1,20 @@
-//! `cargo xtask run [-- <lb args>]`: build, then run `lb` as root.
+//! `cargo xtask run [--once] [-- <lb args>]`: build, then the demo lab, or `lb` itself.
 
 use std::process::Command;
 
 use clap::Args;
 
-use crate::{build, cmd};
+use crate::{build, cmd, demo};
 
 #[derive(Args, Debug)]
 pub struct Options {
     /// Build with optimizations.
     #[arg(long)]
     release: bool,
-    /// Arguments for `lb` (after `--`), e.g. `-- run --iface eth0`.
+    /// Demo only: run one round, then clean up and exit (instead of waiting for Ctrl-C).
+    #[arg(long)]
+    once: bool,
+    /// Arguments for `lb` (after `--`), e.g. `-- run --iface eth0`. Without them, the demo.
     #[arg(last = true)]
     lb_args: Vec<String>,
 }
@@ -20,11 +23,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let lb = build::run(&build::Options {
         release: options.release,
     })?;
-    let args: Vec<String> = if options.lb_args.is_empty() {
-        vec!["--help".to_owned()]
-    } else {
-        options.lb_args.clone()
-    };
+    if options.lb_args.is_empty() {
+        return demo::run(&lb, options.once);
+    }
     let mut command = if cmd::is_root() {
         Command::new(&lb)
     } else {
@@ -32,6 +33,6 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         sudo.arg("-E").arg(&lb);
         sudo
     };
-    command.args(&args);
+    command.args(&options.lb_args);
     cmd::run(&mut command)
 }

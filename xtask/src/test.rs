@@ -49,6 +49,10 @@ pub fn run() -> anyhow::Result<()> {
             ])
             .env("LB_BIN", lb),
     )?;
+    step(
+        "demo lab (cargo xtask run --once)",
+        cmd::cargo()?.args(["xtask", "run", "--once"]),
+    )?;
     eprintln!("xtask test: all checks passed");
     Ok(())
 }

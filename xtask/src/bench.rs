@@ -1,0 +1,91 @@
+//! `cargo xtask bench [--quick]`: runs the benchmarks (release builds) and writes their
+//! sections, with the machine they ran on, to docs/BENCHMARKS.md. `--quick` runs fewer
+//! rounds and writes target/BENCHMARKS.quick.md instead, so a test can keep it from rotting
+//! without replacing published figures.
+
+use std::process::Stdio;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+
+use crate::cmd;
+
+#[derive(Args, Debug)]
+pub struct Options {
+    /// Fewer rounds; the report goes to target/BENCHMARKS.quick.md.
+    #[arg(long)]
+    quick: bool,
+}
+
+/// Benchmark targets of lb-userspace, in report order.
+const BENCHES: &[&str] = &["maglev"];
+
+fn first_line(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+pub fn run(options: &Options) -> anyhow::Result<()> {
+    let mut sections = Vec::new();
+    for bench in BENCHES {
+        let mut command = cmd::cargo()?;
+        command
+            .args(["bench", "-p", "lb-userspace", "--bench", bench, "--"])
+            .args(options.quick.then_some("--quick"))
+            .stdout(Stdio::piped());
+        eprintln!("+ {}", cmd::describe(&command));
+        let output = command.output().context("running cargo bench")?;
+        if !output.status.success() {
+            bail!("benchmark {bench} failed");
+        }
+        let text = String::from_utf8(output.stdout).context("benchmark output")?;
+        let section = text
+            .find("## ")
+            .map(|at| text[at..].trim_end().to_owned())
+            .with_context(|| format!("benchmark {bench} printed no section"))?;
+        sections.push(section);
+    }
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let report = format!(
+        "# Benchmarks\n\n\
+         Written by `cargo xtask bench{}` on {}; do not edit by hand.\n\n\
+         - kernel: {}\n- CPU: {} ({cpus} CPUs)\n- rustc: {}\n\n{}\n",
+        if options.quick { " --quick" } else { "" },
+        first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        first_line("uname", &["-r"]),
+        cpu_model(),
+        first_line("rustc", &["--version"]),
+        sections.join("\n\n"),
+    );
+    let path = if options.quick {
+        cmd::workspace_root().join("target/BENCHMARKS.quick.md")
+    } else {
+        cmd::workspace_root().join("docs/BENCHMARKS.md")
+    };
+    std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
+    print!("{report}");
+    eprintln!("bench: wrote {}", path.display());
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! `cargo xtask run` with no arguments: the whole product in a lab of network namespaces.
+//!
+//! A client, the lb and three backends (each serving HTTP that answers with its own name).
+//! `lb run` starts in the lb namespace; the VIP and backends are added with the CLI, each
+//! command printed; requests go through the VIP and their spread is shown; then a backend
+//! is drained and another deleted, live. Everything is removed on exit (Ctrl-C, or after
+//! one round with `--once`).
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use lb_lab::{
+    client::http_get,
+    servers::{HTTP_PORT, Servers},
+    topology::Lab,
+};
+
+use crate::cmd;
+
+const REQUESTS: usize = 300;
+const STARTUP: Duration = Duration::from_secs(30);
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn interrupted() -> anyhow::Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// The demo's own daemon: pins, state and socket under names with our pid.
+struct Demo {
+    lb: PathBuf,
+    dir: PathBuf,
+    pin_dir: PathBuf,
+    api: PathBuf,
+    daemon: Option<Child>,
+}
+
+impl Demo {
+    fn lb(&self, args: &[&str]) -> anyhow::Result<String> {
+        println!("$ lb {}", args.join(" "));
+        let output = Command::new(&self.lb)
+            .args(args)
+            .env("LB_API", &self.api)
+            .output()
+            .context("running lb")?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !output.status.success() {
+            bail!(
+                "`lb {}` failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        print!("{stdout}");
+        Ok(stdout)
+    }
+
+    fn start_daemon(&mut self, lab: &Lab) -> anyhow::Result<()> {
+        let log = std::fs::File::create(self.dir.join("lb.log")).context("creating lb.log")?;
+        let mut child = lab
+            .lb
+            .command(&self.lb)
+            .arg("--api")
+            .arg(&self.api)
+            .arg("run")
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--state")
+            .arg(self.dir.join("state.toml"))
+            .arg("--iface")
+            .args(&lab.lb_ifaces)
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .context("starting lb run")?;
+        let stdout = child.stdout.take().context("lb stdout")?;
+        self.daemon = Some(child);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.starts_with("lb: forwarding on") => {
+                    println!("{line}");
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(_) => bail!(
+                    "lb run did not come up within {STARTUP:?}; its log: {}",
+                    self.dir.join("lb.log").display()
+                ),
+            }
+        }
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        // `lb down` through the daemon if it still runs, else straight on the pins.
+        let _ = Command::new(&self.lb)
+            .arg("down")
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .env("LB_API", &self.api)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        if let Some(mut child) = self.daemon.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Sends `REQUESTS` requests through `vip` and prints how they spread.
+fn round(lab: &Lab, vip: SocketAddr, title: &str) -> anyhow::Result<()> {
+    interrupted()?;
+    println!("\n{title}: {REQUESTS} HTTP requests from the client to http://{vip}/");
+    let answers: Vec<Result<String, String>> = lab
+        .client
+        .enter(|| (0..REQUESTS).map(|_| http_get(vip)).collect());
+    let mut spread: BTreeMap<String, usize> =
+        lab.backends.iter().map(|b| (b.name.clone(), 0)).collect();
+    let mut failed = 0;
+    for answer in answers {
+        match answer {
+            Ok(name) => *spread.entry(name).or_insert(0) += 1,
+            Err(_) => failed += 1,
+        }
+    }
+    for (name, count) in &spread {
+        let share = *count as f64 / REQUESTS as f64;
+        let bar = "#".repeat((share * 50.0).round() as usize);
+        println!("  {name:<10} {count:>4}  {:>5.1}%  {bar}", share * 100.0);
+    }
+    if failed > 0 {
+        bail!("{failed} of {REQUESTS} requests failed");
+    }
+    Ok(())
+}
+
+pub fn run(lb: &Path, once: bool) -> anyhow::Result<()> {
+    if !cmd::is_root() {
+        bail!(
+            "the demo creates network namespaces and attaches XDP: run it as root (sudo -E cargo xtask run)"
+        );
+    }
+    // SAFETY: installs a handler that only stores to an atomic.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
+    }
+    let tag = format!("lb-demo-{}", std::process::id());
+    let dir = PathBuf::from("/run").join(&tag);
+    std::fs::create_dir_all(&dir).context("creating the demo directory")?;
+    let mut demo = Demo {
+        lb: lb.to_owned(),
+        pin_dir: PathBuf::from("/sys/fs/bpf").join(&tag),
+        api: dir.join("lb.sock"),
+        dir,
+        daemon: None,
+    };
+    println!(
+        "lb demo: a client, the lb and three backends in network namespaces (lbdemo-{}-*).\n\
+         Addresses are from 198.18.0.0/15; nothing leaves this machine.\n",
+        std::process::id()
+    );
+    let lab = Lab::new("lbdemo", 3);
+    let servers = Servers::start(&lab.backends);
+    demo.start_daemon(&lab)?;
+    println!(
+        "\nThe CLI talks to the daemon over its socket; in another shell:  export LB_API={}\n",
+        demo.api.display()
+    );
+    let vip = SocketAddr::new(lab.vip(false), 80);
+    let vip_arg = vip.to_string();
+    let backend = |n: usize| SocketAddr::new(lab.backends[n].v4.into(), HTTP_PORT).to_string();
+    demo.lb(&["vip", "add", &vip_arg])?;
+    for n in 0..lab.backends.len() {
+        demo.lb(&["backend", "add", &vip_arg, &backend(n)])?;
+    }
+    round(&lab, vip, "Three equal backends")?;
+
+    println!();
+    demo.lb(&["backend", "set", &vip_arg, &backend(0), "--weight", "300"])?;
+    round(&lab, vip, "backend-1 at weight 300, the others at 100")?;
+
+    println!();
+    demo.lb(&["backend", "drain", &vip_arg, &backend(0)])?;
+    round(&lab, vip, "backend-1 draining (no new flows)")?;
+
+    println!();
+    demo.lb(&["backend", "del", &vip_arg, &backend(2)])?;
+    round(&lab, vip, "backend-3 deleted")?;
+
+    println!();
+    demo.lb(&["backend", "list"])?;
+    println!();
+    demo.lb(&["vip", "list"])?;
+    println!();
+    demo.lb(&["status"])?;
+
+    if !once {
+        println!(
+            "\nThe lab stays up: try `LB_API={} lb backend add {vip_arg} {}`. Ctrl-C removes everything.",
+            demo.api.display(),
+            backend(2)
+        );
+        while !INTERRUPTED.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    println!("\ncleaning up: lb down, namespaces removed");
+    drop(demo);
+    drop(servers);
+    drop(lab);
+    Ok(())
+}
