@@ -61,7 +61,7 @@ fn process(ctx: &XdpContext, len: usize) -> Outcome {
         Err(malformed) => return Outcome::pass(malformed.reason()),
     };
     match packet.l4 {
-        L4::Tcp | L4::Udp => {}
+        L4::Tcp { .. } | L4::Udp => {}
         // Policies for what cannot be balanced by ports, when it is for a VIP address.
         L4::Fragment if lookup::is_vip_address(&packet.flow) => {
             return Outcome::drop(Stat::DropFragment);
@@ -98,8 +98,16 @@ fn to_backend(
     if forward::ttl(ctx, packet).is_none_or(|ttl| ttl <= 1) {
         return Outcome::pass(Stat::PassTtlExceeded);
     }
-    let tracked = conntrack::lookup(&packet.flow)
-        .and_then(|id| select::tracked(id).map(|backend| (id, backend)));
+    // A SYN opens a new connection even if its 5-tuple is still tracked (a client reusing
+    // a port): it is balanced afresh, so drained and deleted backends get no new
+    // connections, and its conntrack entry is replaced.
+    let opening = matches!(packet.l4, L4::Tcp { opening: true });
+    let tracked = if opening {
+        None
+    } else {
+        conntrack::lookup(&packet.flow)
+            .and_then(|id| select::tracked(id).map(|backend| (id, backend)))
+    };
     let (backend_id, backend, reason) = match tracked {
         Some((id, backend)) => (id, backend, Stat::ForwardEstablished),
         None => {

@@ -60,7 +60,7 @@ pub fn rewrite(
         *field = *addr;
     }
     match packet.l4 {
-        L4::Tcp => {
+        L4::Tcp { .. } => {
             let tcp = ptr_at::<TcpHdr>(ctx, packet.l4_offset).ok_or(OutOfBounds)?;
             // SAFETY: as above.
             let tcp = unsafe { &mut *tcp };

@@ -44,7 +44,10 @@ impl Malformed {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum L4 {
-    Tcp,
+    /// `opening`: SYN without ACK, the first packet of a new connection.
+    Tcp {
+        opening: bool,
+    },
     Udp,
     Icmp,
     /// An IPv4 fragment: ports are not (reliably) there.
@@ -183,7 +186,9 @@ fn parse_l4(ctx: &XdpContext, offset: usize, flow: &mut FlowKey) -> Result<L4, M
             }
             flow.src_port = u16::from_be_bytes(tcp.source);
             flow.dst_port = u16::from_be_bytes(tcp.dest);
-            Ok(L4::Tcp)
+            Ok(L4::Tcp {
+                opening: tcp.syn() != 0 && tcp.ack() == 0,
+            })
         }
         IPPROTO_UDP => {
             stats::count_protocol(Stat::Udp);

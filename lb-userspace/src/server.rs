@@ -137,19 +137,26 @@ async fn connection(
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     loop {
-        let mut line = String::new();
+        let mut bytes = Vec::new();
         let limit = MAX_REQUEST_BYTES as u64 + 1;
-        let n = (&mut reader).take(limit).read_line(&mut line).await?;
+        let n = (&mut reader)
+            .take(limit)
+            .read_until(b'\n', &mut bytes)
+            .await?;
         if n == 0 {
             return Ok(());
         }
-        if line.len() > MAX_REQUEST_BYTES || !line.ends_with('\n') && n as u64 == limit {
+        if bytes.len() > MAX_REQUEST_BYTES {
             let refusal = Response::failure(format!(
                 "request larger than {MAX_REQUEST_BYTES} bytes: refused, connection closed"
             ));
             send(&mut write, &refusal).await?;
             return Ok(());
         }
+        let Ok(line) = String::from_utf8(bytes) else {
+            send(&mut write, &Response::failure("bad request: not UTF-8")).await?;
+            continue;
+        };
         let (response, is_down) = match api::parse_request(line.trim_end()) {
             Err(reason) => (Response::failure(reason), false),
             Ok(request) => {

@@ -437,6 +437,7 @@ fn bad_input_is_refused_with_a_reason_and_changes_nothing() {
         (b"{\"op\":\"vip-add\",\"vip\":\"0.0.0.0:80\"}\n", "not a usable address"),
         (b"{\"op\":\"vip-add\",\"vip\":\"198.18.1.1\"}\n", "bad request"),
         (b"not json\n", "bad request"),
+        (b"\xff\xfe{}\n", "not UTF-8"),
         (b"{\"op\":\"vip-list\",\"admin\":true}\n", "unknown field"),
     ];
     for (payload, reason) in api_cases {

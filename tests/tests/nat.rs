@@ -286,6 +286,47 @@ fn flows_spread_over_backends_and_a_conntrack_miss_lands_where_maglev_says() {
 }
 
 #[test]
+fn drained_backends_keep_tracked_flows_but_a_syn_on_a_reused_tuple_is_balanced_afresh() {
+    use lb_userspace::balancer::Change;
+    let lab = FibLab::new();
+    lab.with_datapath(|datapath, ids| {
+        datapath.set_ingress(ids.from_client);
+        let flow = Spec::new(Family::V4, Transport::Tcp)
+            .between(ip("198.18.0.1"), ip("198.18.1.1"))
+            .ports(41_000, 80);
+        let first = verify(&datapath.run(&flow.build(&[])).packet).dst;
+        let service = Service {
+            addr: sock("198.18.1.1:80"),
+            proto: Proto::Tcp,
+        };
+        datapath
+            .balancer
+            .apply(&Change::DrainBackend {
+                service,
+                backend: SocketAddr::new(first, 8080),
+            })
+            .expect("drain");
+
+        // The tracked connection goes on to its draining backend.
+        let (ack, delta) = datapath.run_counted(&flow.ack().build(b"x"));
+        assert_eq!(delta.packets(Stat::ForwardEstablished), 1);
+        assert_eq!(verify(&ack.packet).dst, first, "established flow kept");
+
+        // The client reuses the port for a new connection: a SYN is a new flow.
+        let (syn, delta) = datapath.run_counted(&flow.build(&[]));
+        assert_eq!(delta.packets(Stat::ForwardNew), 1, "{:?}", delta.moved());
+        let second = verify(&syn.packet).dst;
+        assert_ne!(second, first, "no new connection to a draining backend");
+        let (ack, _) = datapath.run_counted(&flow.ack().build(b"y"));
+        assert_eq!(
+            verify(&ack.packet).dst,
+            second,
+            "conntrack now follows the new connection"
+        );
+    });
+}
+
+#[test]
 fn policies_for_what_cannot_be_balanced() {
     let lab = FibLab::new();
     lab.with_datapath(|datapath, ids| {

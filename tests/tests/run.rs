@@ -267,3 +267,53 @@ fn an_invalid_config_file_is_refused_with_its_line_and_nothing_attached() {
     let stderr = run_to_failure(lab.lb_run(&["--table-size", "65536"]));
     assert!(stderr.contains("not a prime"), "{stderr}");
 }
+
+#[test]
+fn a_pinned_datapath_of_another_layout_or_size_is_refused_not_adopted() {
+    use aya::maps::{Array, Map, MapData};
+    use lb_common::{consts::MAP_META, service::Layout};
+
+    let lab = Lab::new();
+    let daemon = Daemon::spawn(lab.lb_run(&[]));
+    let mut daemon = daemon;
+    daemon.wait_for_line(READY, STARTUP);
+    let (status, _) = daemon.terminate();
+    assert!(status.success());
+    assert!(lab.lb.has_xdp(), "pinned and still attached");
+
+    let stderr = run_to_failure(lab.lb_run(&["--table-size", "131071"]));
+    assert!(
+        stderr.contains("created with --table-size 65537, not 131071"),
+        "{stderr}"
+    );
+
+    // Pretend a future lb pinned these maps.
+    let meta = lab.instance.pin_dir.join(MAP_META);
+    let mut map = Array::<MapData, Layout>::try_from(Map::Array(
+        MapData::from_pin(&meta).expect("pinned META"),
+    ))
+    .expect("META is an array");
+    let layout = map.get(&0, 0).expect("META entry");
+    map.set(
+        0,
+        Layout {
+            version: 99,
+            ..layout
+        },
+        0,
+    )
+    .expect("rewrite META");
+    let stderr = run_to_failure(lab.lb_run(&[]));
+    assert!(stderr.contains("layout version 99"), "{stderr}");
+    assert!(
+        stderr.contains("lb down --pin-dir"),
+        "says what to do: {stderr}"
+    );
+    assert!(
+        lab.lb.has_xdp(),
+        "the refused start left the running datapath alone"
+    );
+
+    lab.instance.down();
+    assert!(!lab.lb.has_xdp());
+}
