@@ -34,6 +34,8 @@ use crate::{
 
 pub async fn run(args: RunArgs, api_flag: Option<&Path>) -> anyhow::Result<()> {
     privileges::check()?;
+    // Handlers first: a signal that arrives while starting must not kill the daemon midway.
+    let signals = Signals::install()?;
     // Everything that can be checked without touching the kernel is checked first.
     let ifaces = args
         .ifaces
@@ -114,7 +116,7 @@ pub async fn run(args: RunArgs, api_flag: Option<&Path>) -> anyhow::Result<()> {
         async move { server::serve(&socket, controller, down_tx, stop_rx).await }
     };
     let waiting = async {
-        let reason = wait_for_stop(&controller, &args, &mut down_rx).await;
+        let reason = wait_for_stop(signals, &controller, &args, &mut down_rx).await;
         let _ = stop_tx.send(true);
         reason
     };
@@ -209,14 +211,31 @@ enum Stop {
     Down,
 }
 
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+}
+
 /// Prints counters every interval until a signal or `lb down`.
 async fn wait_for_stop(
+    signals: Signals,
     controller: &Arc<Mutex<Controller>>,
     args: &RunArgs,
     down: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<Stop> {
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let Signals {
+        term: mut sigterm,
+        int: mut sigint,
+    } = signals;
     let interval = args
         .stats_interval()
         .unwrap_or(std::time::Duration::from_secs(86_400));
