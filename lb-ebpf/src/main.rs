@@ -106,7 +106,7 @@ fn to_backend(
         None
     } else {
         conntrack::lookup(&packet.flow)
-            .and_then(|id| select::tracked(id).map(|backend| (id, backend)))
+            .and_then(|id| select::tracked(id, vip).map(|backend| (id, backend)))
     };
     let (backend_id, backend, reason) = match tracked {
         Some((id, backend)) => (id, backend, Stat::ForwardEstablished),

@@ -26,9 +26,11 @@ pub fn maglev(vip: &VipInfo, flow: &FlowKey) -> Option<(u32, Backend)> {
     (backend.state == BACKEND_ACTIVE).then_some((id, backend))
 }
 
-/// A tracked flow's backend, if it still exists (draining backends keep their flows).
+/// A tracked flow's backend, if it still exists and still serves this VIP (draining
+/// backends keep their flows; an id freed and given to another VIP does not).
 #[inline(always)]
-pub fn tracked(id: u32) -> Option<Backend> {
+pub fn tracked(id: u32, vip: &VipInfo) -> Option<Backend> {
     let backend = *BACKENDS.get(id)?;
-    (backend.state == BACKEND_ACTIVE || backend.state == BACKEND_DRAINING).then_some(backend)
+    let serving = backend.state == BACKEND_ACTIVE || backend.state == BACKEND_DRAINING;
+    (serving && backend.vip_id == vip.id).then_some(backend)
 }

@@ -32,6 +32,10 @@ pub enum AttachError {
         "the XDP link on `{iface}` cannot be pinned ({reason}); without a pin the datapath would stop with the daemon"
     )]
     Pin { iface: String, reason: String },
+    #[error(
+        "cannot take over the XDP link pinned for `{iface}` ({reason}); it keeps forwarding with the previous program"
+    )]
+    Adopt { iface: String, reason: String },
 }
 
 /// An interface resolved to its index, as named by the operator.
@@ -126,10 +130,17 @@ pub fn attach_pinned(
                     _link: link,
                 });
             }
-            Err(error) => {
-                // A link whose interface went away is defunct: start over on this one.
-                warn!(iface = %iface.name, %error, "pinned link unusable, attaching anew");
+            Err((error, Some(libc::ENOLINK))) => {
+                // The link's interface went away (it is defunct): start over on this one.
+                warn!(iface = %iface.name, %error, "pinned link is defunct, attaching anew");
                 let _ = std::fs::remove_file(&path);
+            }
+            Err((reason, _)) => {
+                // Anything else leaves the pinned datapath running as it is.
+                return Err(AttachError::Adopt {
+                    iface: iface.name.clone(),
+                    reason,
+                });
             }
         }
     }
@@ -153,32 +164,25 @@ pub fn attach_pinned(
     })
 }
 
-/// Swaps `program` into the link pinned at `path`; the reason is text for a log line.
-fn replace_program(program: &mut Xdp, path: &std::path::Path) -> Result<FdLink, String> {
-    let text = |e: &dyn std::error::Error| error_chain(e);
-    let link: FdLink = PinnedLink::from_pin(path).map_err(|e| text(&e))?.into();
-    let link = XdpLink::try_from(link).map_err(|e| text(&e))?;
-    let id = program.attach_to_link(link).map_err(|e| text(&e))?;
-    let link = program.take_link(id).map_err(|e| text(&e))?;
-    FdLink::try_from(link).map_err(|e| text(&e))
-}
-
-fn classify(iface: &Interface, mode: &'static str, source: ProgramError) -> AttachError {
-    match os_error(&source) {
-        Some(libc::EBUSY | libc::EEXIST) => AttachError::AlreadyAttached {
-            iface: iface.name.clone(),
-        },
-        _ => AttachError::Failed {
-            iface: iface.name.clone(),
-            mode,
-            source,
-        },
+/// Swaps `program` into the link pinned at `path`. Errors carry text for the operator and
+/// the errno, if there is one.
+fn replace_program(
+    program: &mut Xdp,
+    path: &std::path::Path,
+) -> Result<FdLink, (String, Option<i32>)> {
+    fn fail(e: &(dyn std::error::Error + 'static)) -> (String, Option<i32>) {
+        (error_chain(e), errno(e))
     }
+    let link: FdLink = PinnedLink::from_pin(path).map_err(|e| fail(&e))?.into();
+    let link = XdpLink::try_from(link).map_err(|e| fail(&e))?;
+    let id = program.attach_to_link(link).map_err(|e| fail(&e))?;
+    let link = program.take_link(id).map_err(|e| fail(&e))?;
+    FdLink::try_from(link).map_err(|e| fail(&e))
 }
 
-/// The errno at the bottom of an aya error, wherever aya wrapped it.
-fn os_error(error: &ProgramError) -> Option<i32> {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+/// The errno at the bottom of an error chain, wherever aya wrapped it.
+fn errno(error: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut current = Some(error);
     while let Some(error) = current {
         if let Some(io) = error.downcast_ref::<io::Error>()
             && let Some(code) = io.raw_os_error()
@@ -193,6 +197,19 @@ fn os_error(error: &ProgramError) -> Option<i32> {
         current = error.source();
     }
     None
+}
+
+fn classify(iface: &Interface, mode: &'static str, source: ProgramError) -> AttachError {
+    match errno(&source) {
+        Some(libc::EBUSY | libc::EEXIST) => AttachError::AlreadyAttached {
+            iface: iface.name.clone(),
+        },
+        _ => AttachError::Failed {
+            iface: iface.name.clone(),
+            mode,
+            source,
+        },
+    }
 }
 
 /// "outer: inner: innermost", for one-line logs.

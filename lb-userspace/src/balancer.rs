@@ -56,6 +56,22 @@ pub struct Balancer {
     /// Backend ids are handed out round-robin from here, so a freed id is reused as late as
     /// possible: conntrack entries of a deleted backend age out before its id returns.
     next_backend_id: u32,
+    /// Set by [`Balancer::adopt`]: the next sync rewrites every VIP's entries and table,
+    /// repairing whatever an interrupted predecessor left half done.
+    rewrite_all: bool,
+}
+
+/// A delete of something already gone is done.
+fn ignore_missing(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match result {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 pub fn wire_addr(ip: IpAddr) -> (Addr, u8) {
@@ -109,6 +125,7 @@ impl Balancer {
             slots: BTreeMap::new(),
             free_backend_ids: (0..MAX_BACKENDS).collect(),
             next_backend_id: 0,
+            rewrite_all: false,
         }
     }
 
@@ -118,9 +135,11 @@ impl Balancer {
     pub fn adopt(maps: ServiceMaps, limits: Limits) -> Result<Self, BalancerError> {
         let mut balancer = Self::new(maps, limits);
         let mut by_id: BTreeMap<u32, Service> = BTreeMap::new();
+        let mut address_entries = Vec::new();
         for (key, info) in balancer.maps.vips()? {
             let Some(proto) = Proto::from_number(key.proto) else {
-                continue; // the per-address entry
+                address_entries.push(key);
+                continue;
             };
             let Some(ip) = ip_from_wire(&key.addr, key.family) else {
                 continue;
@@ -166,6 +185,17 @@ impl Balancer {
             balancer.free_backend_ids.remove(&id);
             balancer.next_backend_id = id + 1;
         }
+        for key in address_entries {
+            let used = balancer
+                .state
+                .vips
+                .keys()
+                .any(|s| wire_addr(s.addr.ip()) == (key.addr, key.family));
+            if !used {
+                ignore_missing(balancer.maps.remove_vip(&key))?;
+            }
+        }
+        balancer.rewrite_all = true;
         Ok(balancer)
     }
 
@@ -216,32 +246,32 @@ impl Balancer {
             if !self.slots.contains_key(service) {
                 self.create_vip(service)?;
             }
-            if self.state.vips.get(service) != Some(spec) {
+            if self.rewrite_all || self.state.vips.get(service) != Some(spec) {
                 self.sync_backends(service, spec)?;
             }
         }
+        self.rewrite_all = false;
         Ok(())
     }
 
-    /// Refuses a target that would not fit, before anything is written.
+    /// Refuses a target that would not fit, before anything is written. Joiners get ids
+    /// before leavers give theirs back, so only free ids count.
     fn check_capacity(&self, target: &State) -> Result<(), BalancerError> {
         if target.vips.len() > self.limits.max_vips as usize {
             return Err(BalancerError::TooManyVips(self.limits.max_vips));
         }
-        let kept: usize = target
+        let added: usize = target
             .vips
             .iter()
             .map(|(service, spec)| {
                 let current = self.state.vips.get(service);
                 spec.backends
                     .keys()
-                    .filter(|b| current.is_some_and(|c| c.backends.contains_key(b)))
+                    .filter(|b| !current.is_some_and(|c| c.backends.contains_key(b)))
                     .count()
             })
             .sum();
-        let retiring = self.state.backend_count().saturating_sub(kept);
-        let added = target.backend_count() - kept;
-        if added > self.free_backend_ids.len() + retiring {
+        if added > self.free_backend_ids.len() {
             return Err(BalancerError::TooManyBackends);
         }
         Ok(())
@@ -283,55 +313,53 @@ impl Balancer {
         let Some(slot) = self.slots.get(service).cloned() else {
             return Ok(());
         };
-        // New packets to the VIP now go to the kernel; then its backends are retired.
-        self.maps.remove_vip(&vip_key(service))?;
+        // New packets to the VIP now go to the kernel; then its backends are retired. Each
+        // step is recorded as it succeeds, so a retry after a failure resumes cleanly.
+        ignore_missing(self.maps.remove_vip(&vip_key(service)))?;
         // The address entry stays while another VIP (kept or still to be created) uses it.
         let ip = service.addr.ip();
-        let address_in_use = target.vips.keys().any(|other| other.addr.ip() == ip);
-        if !address_in_use {
+        if !target.vips.keys().any(|other| other.addr.ip() == ip) {
             let (addr, family) = wire_addr(ip);
-            self.maps.remove_vip(&VipKey::address_entry(addr, family))?;
+            ignore_missing(self.maps.remove_vip(&VipKey::address_entry(addr, family)))?;
         }
-        for id in slot.backend_ids.values() {
-            self.retire_backend_id(*id)?;
+        for (addr, id) in &slot.backend_ids {
+            self.retire_backend(service, addr, *id)?;
         }
         self.slots.remove(service);
         self.state.vips.remove(service);
         Ok(())
     }
 
-    /// Brings one VIP's backends to `spec`, keeping the ids of backends that stay.
+    /// Brings one VIP's backends to `spec`, keeping the ids of backends that stay. Every
+    /// map write is recorded in `slots` as soon as it succeeds; `state` changes at the end.
     fn sync_backends(&mut self, service: &Service, spec: &VipSpec) -> Result<(), BalancerError> {
-        let Some(slot) = self.slots.get(service).cloned() else {
+        let Some(vip_id) = self.slots.get(service).map(|s| s.id) else {
             return Ok(());
         };
         let current = self.state.vips.get(service).cloned().unwrap_or_default();
-        // 1. Joiners and changed backends enter BACKENDS (a backend that becomes active is
-        //    marked so before any slot points at it; one that starts draining stays active
-        //    until the new table is live).
-        let mut ids = slot.backend_ids.clone();
+        // 1. Joiners and changed backends enter BACKENDS. One that becomes active is marked
+        //    so before any slot points at it; one that starts draining stays active until
+        //    the table without it is live.
         for (addr, backend) in &spec.backends {
-            let id = match ids.get(addr) {
-                Some(&id) => id,
+            let known = self.slot_id(service, addr);
+            let id = match known {
+                Some(id) => id,
                 None => {
                     let id = self.allocate_backend_id()?;
+                    if let Some(slot) = self.slots.get_mut(service) {
+                        slot.backend_ids.insert(*addr, id);
+                    }
                     self.maps.reset_backend_counters(id)?;
-                    ids.insert(*addr, id);
                     id
                 }
             };
-            let before = current.backends.get(addr);
-            let draining_now = before.is_some_and(|b| !b.draining) && backend.draining;
-            let state_in_map = if draining_now {
-                BackendSpec {
-                    draining: false,
-                    ..*backend
-                }
-            } else {
-                *backend
+            let before = current.backends.get(addr).filter(|_| known.is_some());
+            let in_map = BackendSpec {
+                draining: backend.draining && before.is_none_or(|b| b.draining),
+                ..*backend
             };
-            if before != Some(&state_in_map) {
-                self.write_backend(slot.id, id, addr, &state_in_map)?;
+            if self.rewrite_all || before != Some(&in_map) {
+                self.write_backend(vip_id, id, addr, &in_map)?;
             }
         }
         // 2. The new table goes live.
@@ -341,42 +369,56 @@ impl Balancer {
             .filter(|(_, b)| !b.draining)
             .filter_map(|(addr, b)| {
                 Some(maglev::Entry {
-                    id: *ids.get(addr)?,
+                    id: self.slot_id(service, addr)?,
                     weight: b.weight,
                     identity: addr.to_string().into_bytes(),
                 })
             })
             .collect();
         let table = maglev::build(&entries, self.limits.maglev_size);
-        let next = slot.active_table ^ 1;
-        self.maps.write_table(slot.id, next, &table)?;
+        let next = self.slots.get(service).map_or(0, |s| s.active_table ^ 1);
+        self.maps.write_table(vip_id, next, &table)?;
         self.maps.set_vip(
             &vip_key(service),
             &VipInfo {
-                id: slot.id,
+                id: vip_id,
                 active_table: next,
                 ..VipInfo::default()
             },
         )?;
-        // 3. Drains take effect for tracked flows' bookkeeping; leavers are retired.
-        for (addr, backend) in &spec.backends {
-            let was_active = current.backends.get(addr).is_some_and(|b| !b.draining);
-            if backend.draining && was_active {
-                self.write_backend(slot.id, ids[addr], addr, backend)?;
-            }
-        }
-        for (addr, id) in &slot.backend_ids {
-            if !spec.backends.contains_key(addr) {
-                self.retire_backend_id(*id)?;
-                ids.remove(addr);
-            }
-        }
         if let Some(slot) = self.slots.get_mut(service) {
             slot.active_table = next;
-            slot.backend_ids = ids;
+        }
+        // 3. Drains take effect in BACKENDS; leavers are retired.
+        for (addr, backend) in &spec.backends {
+            let was_active = current.backends.get(addr).is_some_and(|b| !b.draining);
+            if backend.draining
+                && was_active
+                && let Some(id) = self.slot_id(service, addr)
+            {
+                self.write_backend(vip_id, id, addr, backend)?;
+            }
+        }
+        let leavers: Vec<(SocketAddr, u32)> = self
+            .slots
+            .get(service)
+            .map(|slot| {
+                slot.backend_ids
+                    .iter()
+                    .filter(|(addr, _)| !spec.backends.contains_key(addr))
+                    .map(|(addr, id)| (*addr, *id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (addr, id) in leavers {
+            self.retire_backend(service, &addr, id)?;
         }
         self.state.vips.insert(*service, spec.clone());
         Ok(())
+    }
+
+    fn slot_id(&self, service: &Service, addr: &SocketAddr) -> Option<u32> {
+        self.slots.get(service)?.backend_ids.get(addr).copied()
     }
 
     fn allocate_backend_id(&mut self) -> Result<u32, BalancerError> {
@@ -392,9 +434,21 @@ impl Balancer {
         Ok(id)
     }
 
-    fn retire_backend_id(&mut self, id: u32) -> Result<(), BalancerError> {
-        // Tracked flows of a retired backend find it unused and are balanced again.
+    /// Marks a backend unused and forgets it; tracked flows that point at it find it
+    /// unused and are balanced again.
+    fn retire_backend(
+        &mut self,
+        service: &Service,
+        addr: &SocketAddr,
+        id: u32,
+    ) -> Result<(), BalancerError> {
         self.maps.set_backend(id, &Backend::default())?;
+        if let Some(slot) = self.slots.get_mut(service) {
+            slot.backend_ids.remove(addr);
+        }
+        if let Some(vip) = self.state.vips.get_mut(service) {
+            vip.backends.remove(addr);
+        }
         self.free_backend_ids.insert(id);
         Ok(())
     }

@@ -184,9 +184,9 @@ pub enum BackendCommand {
 
 #[derive(Debug, Args)]
 pub struct DownArgs {
-    /// Pin directory to clean when no daemon is running.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
-    pub pin_dir: PathBuf,
+    /// The pin directory to take down [default: the daemon's, else /sys/fs/bpf/lb].
+    #[arg(long, value_name = "DIR")]
+    pub pin_dir: Option<PathBuf>,
 }
 
 #[cfg(test)]

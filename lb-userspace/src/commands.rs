@@ -1,6 +1,6 @@
 //! The client subcommands: one API request each, printed as a table or as JSON.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use comfy_table::{Table, presets::NOTHING};
@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::{
     api::{self, BackendEntry, DownReport, Request, StatsReport, StatusReport, VipEntry},
     cli::{BackendArgs, BackendCommand, DownArgs, OutputArgs, VipCommand},
-    pins::PinDir,
+    pins::{DEFAULT_PIN_DIR, PinDir},
 };
 
 fn table(header: &[&str]) -> Table {
@@ -230,17 +230,30 @@ pub fn status(socket: &Path, output: OutputArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Through the daemon when one answers; otherwise straight on the pin directory.
+/// Through the daemon when one answers on the socket and owns the pin directory asked for;
+/// otherwise straight on the pin directory (refused if another daemon holds it).
 pub fn down(socket: &Path, args: DownArgs) -> anyhow::Result<()> {
-    let report = if api::is_listening(socket) {
-        api::call_as::<DownReport>(socket, &Request::Down {})?
+    let daemon_pins = if api::is_listening(socket) {
+        let status: StatusReport = api::call_as(socket, &Request::Status {})?;
+        Some(status.pin_dir)
     } else {
-        let pins = PinDir::open(&args.pin_dir)?;
-        let detached = pins.pinned_links()?;
-        let pin_dir = pins.path().to_owned();
-        pins.remove()
-            .with_context(|| format!("removing {}", pin_dir.display()))?;
-        DownReport { detached, pin_dir }
+        None
+    };
+    let report = match (daemon_pins, args.pin_dir) {
+        (Some(theirs), wanted) if wanted.as_ref().is_none_or(|w| *w == theirs) => {
+            api::call_as::<DownReport>(socket, &Request::Down {})?
+        }
+        (_, wanted) => {
+            let dir = wanted.unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
+            let pins = PinDir::open(&dir)?;
+            let detached = pins.pinned_links()?;
+            pins.remove()
+                .with_context(|| format!("removing {}", dir.display()))?;
+            DownReport {
+                detached,
+                pin_dir: dir,
+            }
+        }
     };
     println!(
         "lb down: detached from {}; removed the pins in {}",

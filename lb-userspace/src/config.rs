@@ -47,6 +47,8 @@ pub enum ConfigError {
         line: usize,
         reason: String,
     },
+    #[error("cannot encode the state as TOML")]
+    Encode(#[from] toml::ser::Error),
     #[error("cannot save the state to {path}")]
     Write {
         path: PathBuf,
@@ -175,7 +177,7 @@ pub fn load_if_present(path: &Path) -> Result<Option<State>, ConfigError> {
 }
 
 /// The file text for `state`.
-pub fn render(state: &State) -> String {
+pub fn render(state: &State) -> Result<String, ConfigError> {
     let file = FileOut {
         vip: state
             .vips
@@ -195,8 +197,10 @@ pub fn render(state: &State) -> String {
             })
             .collect(),
     };
-    let body = toml::to_string(&file).unwrap_or_default();
-    format!("# lb state: written by `lb run` on every change; same format as --config.\n{body}")
+    let body = toml::to_string(&file)?;
+    Ok(format!(
+        "# lb state: written by `lb run` on every change; same format as --config.\n{body}"
+    ))
 }
 
 /// Writes `state` so that `path` always holds either the old or the new file: a temporary
@@ -215,18 +219,23 @@ pub fn save(path: &Path, state: &State) -> Result<(), ConfigError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "state.toml".to_owned());
+    let text = render(state)?;
     let temp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut file = File::create(&temp)?;
-        file.write_all(render(state).as_bytes())?;
+        file.write_all(text.as_bytes())?;
         file.sync_all()?;
-        std::fs::rename(&temp, path)?;
-        File::open(dir)?.sync_all()
+        std::fs::rename(&temp, path)
     })();
-    if result.is_err() {
+    if let Err(error) = result {
         let _ = std::fs::remove_file(&temp);
+        return Err(write(error));
     }
-    result.map_err(write)
+    // The new file is in place; syncing the directory only makes the rename durable sooner.
+    if let Err(error) = File::open(dir).and_then(|d| d.sync_all()) {
+        tracing::warn!(dir = %dir.display(), %error, "syncing the state directory failed");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -273,8 +282,11 @@ mod tests {
         let state = parse_ok(
             "[[vip]]\naddress = \"198.18.1.1:80\"\nbackends = [{ address = \"198.18.2.2:80\", drain = true }]\n[[vip]]\naddress = \"[fd00::1]:53\"\nproto = \"udp\"\n",
         );
-        assert_eq!(parse_ok(&render(&state)), state);
-        assert_eq!(parse_ok(&render(&State::default())), State::default());
+        assert_eq!(parse_ok(&render(&state).expect("render")), state);
+        assert_eq!(
+            parse_ok(&render(&State::default()).expect("render")),
+            State::default()
+        );
     }
 
     #[test]

@@ -251,18 +251,24 @@ impl Controller {
         }
     }
 
-    /// Detaches from every interface and removes the pins; the daemon exits next.
+    /// Detaches from every interface and removes the pins; the daemon exits next. If the
+    /// pins cannot all be removed the daemon keeps running (the datapath still forwards
+    /// through what is left) and says why.
     pub fn down(&mut self) -> Result<DownReport, String> {
-        let Some(pins) = self.pins.take() else {
+        let Some(pins) = self.pins.as_ref() else {
             return Err("already down".to_owned());
         };
         let pin_dir = pins.path().to_owned();
+        // Our own link handles go first, so unpinning really detaches.
         let detached = self
             .attachments
             .drain(..)
             .map(|a| a.iface.name.clone())
             .collect();
-        pins.remove().map_err(|e| error_chain(&e))?;
+        pins.clear().map_err(|e| error_chain(&e))?;
+        if let Some(pins) = self.pins.take() {
+            pins.remove().map_err(|e| error_chain(&e))?;
+        }
         info!(dir = %pin_dir.display(), "detached and removed the pins");
         Ok(DownReport { detached, pin_dir })
     }

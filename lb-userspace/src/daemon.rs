@@ -69,7 +69,7 @@ pub async fn run(args: RunArgs, api_flag: Option<&Path>) -> anyhow::Result<()> {
         declared,
         saved,
     );
-    let (ebpf, balancer, attachments) = match started {
+    let (ebpf, balancer, stats, attachments) = match started {
         Ok(parts) => parts,
         Err(error) => {
             if adopted_limits.is_none() {
@@ -79,8 +79,6 @@ pub async fn run(args: RunArgs, api_flag: Option<&Path>) -> anyhow::Result<()> {
             return Err(error);
         }
     };
-    let mut ebpf = ebpf;
-    let stats = StatsMap::take(&mut ebpf).context("opening the stats map")?;
     println!(
         "lb: forwarding on {} ({}{}); API on {}; Ctrl-C or SIGTERM stops the daemon, `lb down` the datapath",
         attachments
@@ -139,7 +137,7 @@ pub async fn run(args: RunArgs, api_flag: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-type Started = (Ebpf, Balancer, Vec<PinnedAttachment>);
+type Started = (Ebpf, Balancer, StatsMap, Vec<PinnedAttachment>);
 
 /// Loads the program over the pinned (or new) maps, syncs the state, attaches.
 fn start(
@@ -161,6 +159,7 @@ fn start(
         pins.write_layout(meta, &limits)?;
     }
     let maps = ServiceMaps::take(&mut ebpf, &limits).context("opening the service maps")?;
+    let stats = StatsMap::take(&mut ebpf).context("opening the stats map")?;
     let mut balancer = match adopted {
         Some(_) => Balancer::adopt(maps, limits).context("reading the pinned maps back")?,
         None => Balancer::new(maps, limits),
@@ -203,7 +202,7 @@ fn start(
             info!(iface = %stale, "detached: not in --iface any more");
         }
     }
-    Ok((ebpf, balancer, attachments))
+    Ok((ebpf, balancer, stats, attachments))
 }
 
 enum Stop {
@@ -248,9 +247,16 @@ async fn wait_for_stop(
             _ = sigint.recv() => { info!("interrupt received, stopping the daemon"); return Ok(Stop::Signal); }
             _ = down.changed() => return Ok(Stop::Down),
             _ = ticker.tick(), if args.stats_interval().is_some() => {
-                let now = match controller.lock() {
-                    Ok(c) => c.stats.read().context("reading counters")?,
+                let read = match controller.lock() {
+                    Ok(c) => c.stats.read(),
                     Err(_) => anyhow::bail!("the daemon's state is poisoned"),
+                };
+                let now = match read {
+                    Ok(now) => now,
+                    Err(error) => {
+                        warn!(%error, "reading counters failed");
+                        continue;
+                    }
                 };
                 let taken = Instant::now();
                 let previous = last.as_ref().map(|(s, at)| (s, taken.duration_since(*at)));

@@ -1,7 +1,7 @@
 //! The pin directory on bpffs: the maps and XDP links that outlive a controller, so packets
 //! keep flowing and conntrack survives while `lb run` restarts.
 //!
-//! Layout (default `/sys/fs/bpf/lb`): one file per map in [`PINNED_MAPS`], by map name, and
+//! Layout (default `/sys/fs/bpf/lb`): one file per map in `PINNED_MAPS`, by map name, and
 //! one `link_<ifname>` per attached interface. META records the layout version and sizes;
 //! it is checked before anything pinned is used.
 
@@ -15,7 +15,7 @@ use std::{
 
 use aya::maps::{Array, Map, MapData};
 use lb_common::{
-    consts::{LAYOUT_VERSION, MAP_META, PINNED_MAPS},
+    consts::{LAYOUT_VERSION, MAP_META},
     service::Layout,
 };
 use thiserror::Error;
@@ -58,6 +58,11 @@ pub enum PinError {
         found: u32,
         wanted: u32,
     },
+    #[error(
+        "{0} has pinned XDP links but no complete map layout (META): refusing to guess; \
+         `lb down --pin-dir {0}` removes it"
+    )]
+    Incomplete(PathBuf),
     #[error("reading the pinned META map failed")]
     Meta(#[source] aya::maps::MapError),
 }
@@ -172,6 +177,11 @@ impl PinDir {
     pub fn adoptable(&self, wanted_table_size: Option<u32>) -> Result<Option<Limits>, PinError> {
         let meta_path = self.map_path(MAP_META);
         if !meta_path.exists() {
+            // Maps without META are an interrupted first start; links would mean a live
+            // datapath we do not understand.
+            if !self.pinned_links()?.is_empty() {
+                return Err(PinError::Incomplete(self.path.clone()));
+            }
             self.clear()?;
             return Ok(None);
         }
@@ -221,15 +231,16 @@ impl PinDir {
     }
 
     /// Removes every pin: links first (detaching XDP unless a live process still holds the
-    /// link), then maps. The directory itself stays until [`PinDir::remove`].
+    /// link), then everything else, whatever layout version named it. The directory itself
+    /// stays until [`PinDir::remove`].
     pub fn clear(&self) -> Result<(), PinError> {
         for ifname in self.pinned_links()? {
             let path = self.link_path(&ifname);
             std::fs::remove_file(&path).map_err(io_error(&path))?;
             info!(iface = %ifname, "unpinned XDP link");
         }
-        for name in PINNED_MAPS {
-            let path = self.map_path(name);
+        for entry in std::fs::read_dir(&self.path).map_err(io_error(&self.path))? {
+            let path = entry.map_err(io_error(&self.path))?.path();
             match std::fs::remove_file(&path) {
                 Err(error) if error.kind() != io::ErrorKind::NotFound => {
                     return Err(io_error(&path)(error));

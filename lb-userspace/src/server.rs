@@ -123,7 +123,11 @@ pub async fn serve(
                         }
                     });
                 }
-                Err(error) => warn!(%error, "accepting an API connection failed"),
+                Err(error) => {
+                    // Out of file descriptors, say: back off instead of spinning.
+                    warn!(%error, "accepting an API connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
             },
         }
     }
@@ -138,13 +142,17 @@ async fn connection(
     let mut reader = BufReader::new(read);
     loop {
         let mut bytes = Vec::new();
-        let limit = MAX_REQUEST_BYTES as u64 + 1;
+        // The limit is on the request; its newline comes on top.
+        let limit = MAX_REQUEST_BYTES as u64 + 2;
         let n = (&mut reader)
             .take(limit)
             .read_until(b'\n', &mut bytes)
             .await?;
         if n == 0 {
             return Ok(());
+        }
+        if bytes.ends_with(b"\n") {
+            bytes.pop();
         }
         if bytes.len() > MAX_REQUEST_BYTES {
             let refusal = Response::failure(format!(
@@ -171,11 +179,13 @@ async fn connection(
                 (response.clone(), is_down && response.ok)
             }
         };
-        send(&mut write, &response).await?;
         if is_down {
+            // Stop even if the client is gone before it reads the answer.
             let _ = down.send(true);
+            let _ = send(&mut write, &response).await;
             return Ok(());
         }
+        send(&mut write, &response).await?;
     }
 }
 

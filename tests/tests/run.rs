@@ -196,6 +196,12 @@ fn an_interface_with_an_xdp_program_is_not_taken_over() {
         stderr.contains("already listening"),
         "same socket: {stderr}"
     );
+    // `lb down` for another pin directory does not take this daemon down.
+    let elsewhere = Instance::new();
+    let other_dir = elsewhere.pin_dir.to_string_lossy().into_owned();
+    lab.instance.ok(&["down", "--pin-dir", &other_dir]);
+    assert!(lab.instance.ok(&["status"]).contains("running"));
+    assert!(lab.lb.has_xdp());
     let (status, _) = first.terminate();
     assert!(
         status.success(),
