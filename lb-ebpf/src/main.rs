@@ -16,6 +16,7 @@ mod select;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_log_ebpf::{info, warn};
 use lb_common::{flow::FlowKey, stats::Stat};
 
 use crate::{
@@ -114,6 +115,9 @@ fn to_backend(
             // A miss on a non-SYN (after a restart, or on another lb node) lands on the same
             // backend as the SYN did, because Maglev is deterministic.
             let Some((id, backend)) = select::maglev(vip, &packet.flow) else {
+                // Logs are compiled in but off unless `lb run --log-datapath` (the verifier
+                // prunes them when the level global is 0).
+                warn!(ctx, "vip {}: no usable backend, dropped", vip.id);
                 return Outcome::drop(Stat::DropNoBackend);
             };
             let reply = FlowKey {
@@ -127,6 +131,10 @@ fn to_backend(
             };
             conntrack::insert(&packet.flow, &reply, vip.id, id);
             stats::count_new_flow(vip.id);
+            info!(
+                ctx,
+                "vip {}: new flow from port {} to backend {}", vip.id, packet.flow.src_port, id
+            );
             (id, backend, Stat::ForwardNew)
         }
     };

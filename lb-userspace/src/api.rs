@@ -13,7 +13,10 @@ use std::{
 use anyhow::{Context as _, anyhow, bail};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::state::{DEFAULT_WEIGHT, Proto};
+use crate::{
+    health::{CheckConfig, Health, Transition},
+    state::{DEFAULT_WEIGHT, Proto},
+};
 
 pub const DEFAULT_SOCKET: &str = "/run/lb/lb.sock";
 pub const SOCKET_ENV: &str = "LB_API";
@@ -26,7 +29,7 @@ const fn default_weight() -> u32 {
     DEFAULT_WEIGHT
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
 /// Unit-like requests are written `{}` so unknown fields are refused for them too.
 pub enum Request {
@@ -34,6 +37,16 @@ pub enum Request {
         vip: SocketAddr,
         #[serde(default)]
         proto: Proto,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        check: Option<CheckConfig>,
+    },
+    /// Sets a VIP's health check; `check` absent or null removes it.
+    VipSetCheck {
+        vip: SocketAddr,
+        #[serde(default)]
+        proto: Proto,
+        #[serde(default)]
+        check: Option<CheckConfig>,
     },
     VipDel {
         vip: SocketAddr,
@@ -110,10 +123,12 @@ impl Response {
 }
 
 /// `lb vip list` entry.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VipEntry {
     pub vip: SocketAddr,
     pub proto: Proto,
+    /// The health check, as given (`null` when unchecked).
+    pub check: Option<CheckConfig>,
     pub backends: usize,
     /// Backends taking new flows (not draining).
     pub active: usize,
@@ -131,6 +146,14 @@ pub struct BackendEntry {
     pub weight: u32,
     /// `active` or `draining`.
     pub state: String,
+    /// `up`, `down` or `unchecked`.
+    pub health: Health,
+    /// When `health` last changed (Unix seconds); `null` when unchecked.
+    pub health_since: Option<u64>,
+    /// Why the last check failed, if one did.
+    pub last_check_error: Option<String>,
+    /// Recent health changes, oldest first.
+    pub health_history: Vec<Transition>,
     pub packets: u64,
     pub bytes: u64,
 }
@@ -142,7 +165,7 @@ pub struct CounterEntry {
 }
 
 /// `lb stats`: every global counter by name, and the per-VIP and per-backend counters.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatsReport {
     pub counters: BTreeMap<String, CounterEntry>,
     pub vips: Vec<VipEntry>,

@@ -24,7 +24,7 @@ pub use crate::state::{
     BackendSpec, Change, ChangeError, DEFAULT_WEIGHT, MAX_WEIGHT, MIN_WEIGHT, Proto, Service,
     State, VipSpec,
 };
-use crate::{datapath::Limits, maglev, maps::ServiceMaps};
+use crate::{datapath::Limits, health::HealthKey, maglev, maps::ServiceMaps};
 
 #[derive(Debug, Error)]
 pub enum BalancerError {
@@ -49,8 +49,13 @@ struct VipSlot {
 pub struct Balancer {
     maps: ServiceMaps,
     limits: Limits,
-    /// What the maps hold now.
-    state: State,
+    /// What the operator asked for (saved to the state file).
+    desired: State,
+    /// What the maps hold: `desired`, with backends that failed their health check out of
+    /// the tables (as if draining).
+    applied: State,
+    /// Backends whose health check says down.
+    down: BTreeSet<HealthKey>,
     slots: BTreeMap<Service, VipSlot>,
     free_backend_ids: BTreeSet<u32>,
     /// Backend ids are handed out round-robin from here, so a freed id is reused as late as
@@ -121,7 +126,9 @@ impl Balancer {
         Self {
             maps,
             limits,
-            state: State::default(),
+            desired: State::default(),
+            applied: State::default(),
+            down: BTreeSet::new(),
             slots: BTreeMap::new(),
             free_backend_ids: (0..MAX_BACKENDS).collect(),
             next_backend_id: 0,
@@ -149,7 +156,7 @@ impl Balancer {
                 proto,
             };
             by_id.insert(info.id, service);
-            balancer.state.vips.insert(service, VipSpec::default());
+            balancer.applied.vips.insert(service, VipSpec::default());
             balancer.slots.insert(
                 service,
                 VipSlot {
@@ -176,7 +183,7 @@ impl Balancer {
                 draining: backend.state == BACKEND_DRAINING,
             };
             if let (Some(vip), Some(slot)) = (
-                balancer.state.vips.get_mut(&service),
+                balancer.applied.vips.get_mut(&service),
                 balancer.slots.get_mut(&service),
             ) {
                 vip.backends.insert(addr, spec);
@@ -187,7 +194,7 @@ impl Balancer {
         }
         for key in address_entries {
             let used = balancer
-                .state
+                .applied
                 .vips
                 .keys()
                 .any(|s| wire_addr(s.addr.ip()) == (key.addr, key.family));
@@ -196,19 +203,60 @@ impl Balancer {
             }
         }
         balancer.rewrite_all = true;
+        balancer.desired = balancer.applied.clone();
         Ok(balancer)
     }
 
-    /// The state the maps hold.
+    /// The desired state (what the maps hold, but for health).
     pub fn state(&self) -> &State {
-        &self.state
+        &self.desired
     }
 
     /// Applies one operator change: validated in full, then synced to the maps.
     pub fn apply(&mut self, change: &Change) -> Result<(), BalancerError> {
-        let mut next = self.state.clone();
-        next.apply(change)?;
+        self.apply_all(std::slice::from_ref(change))
+    }
+
+    /// Applies several changes as one: all are validated before any map is touched.
+    pub fn apply_all(&mut self, changes: &[Change]) -> Result<(), BalancerError> {
+        let mut next = self.desired.clone();
+        for change in changes {
+            next.apply(change)?;
+        }
         self.sync(&next)
+    }
+
+    /// Takes backends whose health check failed out of their tables, and brings back
+    /// those that recovered.
+    pub fn set_down(&mut self, down: BTreeSet<HealthKey>) -> Result<(), BalancerError> {
+        if down == self.down {
+            return Ok(());
+        }
+        self.down = down;
+        let target = self.desired.clone();
+        self.sync(&target)
+    }
+
+    /// `target` with the down backends draining, except where that would leave a VIP with
+    /// no backend at all: then every backend stays (fail open), since a wrong check must
+    /// not take a whole service down.
+    fn effective(&self, target: &State) -> State {
+        let mut effective = target.clone();
+        for (service, vip) in &mut effective.vips {
+            let eligible = || vip.backends.iter().filter(|(_, b)| !b.draining);
+            let all_down = eligible().count() > 0
+                && eligible().all(|(addr, _)| self.down.contains(&(*service, *addr)));
+            if all_down {
+                warn!(vip = %service, "every backend is failing its health check: keeping them all (fail open)");
+                continue;
+            }
+            for (addr, backend) in &mut vip.backends {
+                if self.down.contains(&(*service, *addr)) {
+                    backend.draining = true;
+                }
+            }
+        }
+        effective
     }
 
     pub fn add_vip(&mut self, service: Service) -> Result<(), BalancerError> {
@@ -228,12 +276,20 @@ impl Balancer {
         })
     }
 
-    /// Makes the maps hold `target`. On a map error the maps hold a mix of the two states
-    /// (each step is consistent on its own) and `self.state()` says which.
+    /// Makes `target` the desired state and the maps hold it (with health applied). On a
+    /// map error the maps hold a mix of the two states, each step consistent on its own,
+    /// and the desired state stays as it was; the next sync completes the rest.
     pub fn sync(&mut self, target: &State) -> Result<(), BalancerError> {
         self.check_capacity(target)?;
+        let effective = self.effective(target);
+        self.sync_applied(&effective)?;
+        self.desired = target.clone();
+        Ok(())
+    }
+
+    fn sync_applied(&mut self, target: &State) -> Result<(), BalancerError> {
         let gone: Vec<Service> = self
-            .state
+            .applied
             .vips
             .keys()
             .filter(|s| !target.vips.contains_key(s))
@@ -246,8 +302,11 @@ impl Balancer {
             if !self.slots.contains_key(service) {
                 self.create_vip(service)?;
             }
-            if self.rewrite_all || self.state.vips.get(service) != Some(spec) {
+            let backends = self.applied.vips.get(service).map(|v| &v.backends);
+            if self.rewrite_all || backends != Some(&spec.backends) {
                 self.sync_backends(service, spec)?;
+            } else if let Some(vip) = self.applied.vips.get_mut(service) {
+                vip.check = spec.check.clone();
             }
         }
         self.rewrite_all = false;
@@ -264,7 +323,7 @@ impl Balancer {
             .vips
             .iter()
             .map(|(service, spec)| {
-                let current = self.state.vips.get(service);
+                let current = self.applied.vips.get(service);
                 spec.backends
                     .keys()
                     .filter(|b| !current.is_some_and(|c| c.backends.contains_key(b)))
@@ -305,7 +364,7 @@ impl Balancer {
                 backend_ids: BTreeMap::new(),
             },
         );
-        self.state.vips.insert(*service, VipSpec::default());
+        self.applied.vips.insert(*service, VipSpec::default());
         Ok(())
     }
 
@@ -326,7 +385,7 @@ impl Balancer {
             self.retire_backend(service, addr, *id)?;
         }
         self.slots.remove(service);
-        self.state.vips.remove(service);
+        self.applied.vips.remove(service);
         Ok(())
     }
 
@@ -336,7 +395,7 @@ impl Balancer {
         let Some(vip_id) = self.slots.get(service).map(|s| s.id) else {
             return Ok(());
         };
-        let current = self.state.vips.get(service).cloned().unwrap_or_default();
+        let current = self.applied.vips.get(service).cloned().unwrap_or_default();
         // 1. Joiners and changed backends enter BACKENDS. One that becomes active is marked
         //    so before any slot points at it; one that starts draining stays active until
         //    the table without it is live.
@@ -413,7 +472,7 @@ impl Balancer {
         for (addr, id) in leavers {
             self.retire_backend(service, &addr, id)?;
         }
-        self.state.vips.insert(*service, spec.clone());
+        self.applied.vips.insert(*service, spec.clone());
         Ok(())
     }
 
@@ -446,7 +505,7 @@ impl Balancer {
         if let Some(slot) = self.slots.get_mut(service) {
             slot.backend_ids.remove(addr);
         }
-        if let Some(vip) = self.state.vips.get_mut(service) {
+        if let Some(vip) = self.applied.vips.get_mut(service) {
             vip.backends.remove(addr);
         }
         self.free_backend_ids.insert(id);
@@ -481,7 +540,7 @@ impl Balancer {
 
     /// Every VIP with its map ids, for listing.
     pub fn view(&self) -> Vec<VipView> {
-        self.state
+        self.desired
             .vips
             .iter()
             .filter_map(|(service, spec)| {

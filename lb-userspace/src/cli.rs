@@ -39,8 +39,8 @@ pub enum Command {
     /// Add, change, drain, remove and list a VIP's backends.
     #[command(subcommand)]
     Backend(BackendCommand),
-    /// Datapath counters: totals, per VIP, per backend.
-    Stats(OutputArgs),
+    /// Datapath counters: totals, per VIP, per backend; `--watch` for live rates.
+    Stats(StatsArgs),
     /// What the daemon runs on: interfaces, pins, state file, sizes.
     Status(OutputArgs),
     /// Detach the datapath from every interface and remove its pins (stops forwarding).
@@ -79,6 +79,14 @@ pub struct RunArgs {
     /// Maglev table size per VIP, a prime [default: 65537, or what the pinned datapath uses].
     #[arg(long, value_name = "PRIME")]
     pub table_size: Option<u32>,
+
+    /// Serve Prometheus metrics at http://<ADDR:PORT>/metrics.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_endpoint)]
+    pub metrics: Option<SocketAddr>,
+
+    /// Print the datapath's own log (new flows, drops) through aya-log; off by default.
+    #[arg(long)]
+    pub log_datapath: bool,
 
     /// Seconds between counter reports on stdout (0 prints only at exit).
     #[arg(long, value_name = "SECS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=86_400))]
@@ -127,10 +135,61 @@ pub struct ServiceArgs {
     pub proto: Proto,
 }
 
+/// A health check, as flags.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Health check for the VIP's backends: tcp, http:/<path> or udp:<payload>.
+    #[arg(long, value_name = "PROBE")]
+    pub check: Option<String>,
+    /// Seconds between checks [default: 2].
+    #[arg(long, value_name = "SECS", requires = "check")]
+    pub interval: Option<f64>,
+    /// Seconds a check may take [default: 1].
+    #[arg(long, value_name = "SECS", requires = "check")]
+    pub timeout: Option<f64>,
+    /// Successes in a row that bring a backend back [default: 2].
+    #[arg(long, value_name = "N", requires = "check")]
+    pub rise: Option<u32>,
+    /// Failures in a row that take a backend out [default: 3].
+    #[arg(long, value_name = "N", requires = "check")]
+    pub fall: Option<u32>,
+    /// HTTP: status or range that passes [default: 200-399]; UDP: text the reply must contain.
+    #[arg(long, value_name = "TEXT", requires = "check")]
+    pub expect: Option<String>,
+}
+
+impl CheckArgs {
+    pub fn config(&self) -> Option<crate::health::CheckConfig> {
+        self.check.as_ref().map(|probe| crate::health::CheckConfig {
+            probe: probe.clone(),
+            interval: self.interval,
+            timeout: self.timeout,
+            rise: self.rise,
+            fall: self.fall,
+            expect: self.expect.clone(),
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum VipCommand {
-    /// Add a VIP (it drops traffic until it has a backend).
-    Add(ServiceArgs),
+    /// Add a VIP (it drops traffic until it has a backend), optionally health-checked.
+    Add {
+        #[command(flatten)]
+        service: ServiceArgs,
+        #[command(flatten)]
+        check: CheckArgs,
+    },
+    /// Set or replace a VIP's health check (`--no-check` removes it).
+    SetCheck {
+        #[command(flatten)]
+        service: ServiceArgs,
+        #[command(flatten)]
+        check: CheckArgs,
+        /// Remove the check: every backend counts as healthy.
+        #[arg(long, conflicts_with = "check", required_unless_present = "check")]
+        no_check: bool,
+    },
     /// Remove a VIP and its backends; its traffic goes to the kernel again.
     Del(ServiceArgs),
     /// List VIPs with their backend counts and counters.
@@ -180,6 +239,21 @@ pub enum BackendCommand {
         #[command(flatten)]
         output: OutputArgs,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Refresh a live table of rates until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+    /// Seconds between refreshes with --watch.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0, requires = "watch")]
+    pub interval: f64,
+    /// Stop after this many refreshes (for scripts).
+    #[arg(long, value_name = "N", requires = "watch")]
+    pub count: Option<u64>,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,9 @@
 //! The client subcommands: one API request each, printed as a table or as JSON.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
 
 use anyhow::Context as _;
 use comfy_table::{Table, presets::NOTHING};
@@ -8,7 +11,8 @@ use serde::Serialize;
 
 use crate::{
     api::{self, BackendEntry, DownReport, Request, StatsReport, StatusReport, VipEntry},
-    cli::{BackendArgs, BackendCommand, DownArgs, OutputArgs, VipCommand},
+    cli::{BackendArgs, BackendCommand, DownArgs, OutputArgs, StatsArgs, VipCommand},
+    health::unix_seconds,
     pins::{DEFAULT_PIN_DIR, PinDir},
 };
 
@@ -31,13 +35,36 @@ fn done(socket: &Path, request: &Request, what: String) -> anyhow::Result<()> {
 
 pub fn vip(socket: &Path, command: VipCommand) -> anyhow::Result<()> {
     match command {
-        VipCommand::Add(s) => done(
+        VipCommand::Add { service: s, check } => done(
             socket,
             &Request::VipAdd {
                 vip: s.vip,
                 proto: s.proto,
+                check: check.config(),
             },
-            format!("added VIP {}/{}", s.vip, s.proto),
+            format!(
+                "added VIP {}/{}{}",
+                s.vip,
+                s.proto,
+                check
+                    .check
+                    .as_ref()
+                    .map(|c| format!(" checked by {c}"))
+                    .unwrap_or_default()
+            ),
+        ),
+        VipCommand::SetCheck {
+            service: s,
+            check,
+            no_check: _,
+        } => done(
+            socket,
+            &Request::VipSetCheck {
+                vip: s.vip,
+                proto: s.proto,
+                check: check.config(),
+            },
+            format!("updated the health check of VIP {}/{}", s.vip, s.proto),
         ),
         VipCommand::Del(s) => done(
             socket,
@@ -82,9 +109,32 @@ fn vip_table(vips: &[VipEntry]) -> Table {
     t
 }
 
+/// `up`, `down`, `draining` or `unchecked`, with how long it has been so.
+fn health_cell(b: &BackendEntry) -> String {
+    let label = if b.state == "draining" {
+        "draining".to_owned()
+    } else {
+        b.health.to_string()
+    };
+    let Some(since) = b.health_since else {
+        return label;
+    };
+    let age = unix_seconds(SystemTime::now()).saturating_sub(since);
+    format!("{label} {}", short_duration(age))
+}
+
+fn short_duration(seconds: u64) -> String {
+    match seconds {
+        0..60 => format!("{seconds}s"),
+        60..3600 => format!("{}m", seconds / 60),
+        3600..86_400 => format!("{}h", seconds / 3600),
+        _ => format!("{}d", seconds / 86_400),
+    }
+}
+
 fn backend_table(backends: &[BackendEntry]) -> Table {
     let mut t = table(&[
-        "VIP", "PROTO", "BACKEND", "WEIGHT", "STATE", "PACKETS", "BYTES",
+        "VIP", "PROTO", "BACKEND", "WEIGHT", "HEALTH", "PACKETS", "BYTES",
     ]);
     for b in backends {
         t.add_row(vec![
@@ -92,7 +142,7 @@ fn backend_table(backends: &[BackendEntry]) -> Table {
             b.proto.to_string(),
             b.backend.to_string(),
             b.weight.to_string(),
-            b.state.clone(),
+            health_cell(b),
             b.packets.to_string(),
             b.bytes.to_string(),
         ]);
@@ -170,7 +220,11 @@ pub fn backend(socket: &Path, command: BackendCommand) -> anyhow::Result<()> {
     }
 }
 
-pub fn stats(socket: &Path, output: OutputArgs) -> anyhow::Result<()> {
+pub fn stats(socket: &Path, args: StatsArgs) -> anyhow::Result<()> {
+    if args.watch {
+        return crate::watch::run(socket, &args);
+    }
+    let output = args.output;
     let report: StatsReport = api::call_as(socket, &Request::Stats {})?;
     if output.json {
         return print_json(&report);

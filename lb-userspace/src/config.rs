@@ -5,6 +5,7 @@
 //! [[vip]]
 //! address = "198.18.1.1:80"      # IPv6: "[fd00::1]:80"
 //! proto = "tcp"                  # default tcp
+//! check = { probe = "http:/healthz", interval = 2.0, timeout = 1.0, rise = 2, fall = 3 }
 //! backends = [
 //!   { address = "198.18.2.2:8080", weight = 100 },   # weight 1..=65535, default 100
 //!   { address = "198.18.2.3:8080", drain = true },   # no new flows
@@ -26,7 +27,10 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use toml::Spanned;
 
-use crate::state::{BackendSpec, Change, DEFAULT_WEIGHT, Proto, Service, State};
+use crate::{
+    health::CheckConfig,
+    state::{BackendSpec, Change, DEFAULT_WEIGHT, Proto, Service, State},
+};
 
 /// Files larger than this are refused unread: no real state comes near it.
 const MAX_FILE_BYTES: u64 = 16 << 20;
@@ -72,6 +76,8 @@ struct VipIn {
     proto: Proto,
     #[serde(default)]
     backends: Vec<BackendIn>,
+    #[serde(default)]
+    check: Option<Spanned<CheckConfig>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,6 +103,8 @@ struct FileOut {
 struct VipOut {
     address: SocketAddr,
     proto: Proto,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    check: Option<CheckConfig>,
     backends: Vec<BackendOut>,
 }
 
@@ -131,6 +139,18 @@ pub fn parse(text: &str, path: &Path) -> Result<State, ConfigError> {
         state
             .apply(&Change::AddVip(service))
             .map_err(|e| invalid(Some(vip.address.span()), e.to_string()))?;
+        if let Some(check) = &vip.check {
+            let spec = check
+                .get_ref()
+                .validate()
+                .map_err(|reason| invalid(Some(check.span()), format!("check: {reason}")))?;
+            state
+                .apply(&Change::SetCheck {
+                    service,
+                    check: Some(spec),
+                })
+                .map_err(|e| invalid(Some(check.span()), e.to_string()))?;
+        }
         for backend in &vip.backends {
             let addr = *backend.address.get_ref();
             state
@@ -185,6 +205,7 @@ pub fn render(state: &State) -> Result<String, ConfigError> {
             .map(|(service, spec)| VipOut {
                 address: service.addr,
                 proto: service.proto,
+                check: spec.check.as_ref().map(CheckConfig::from),
                 backends: spec
                     .backends
                     .iter()
@@ -280,7 +301,14 @@ mod tests {
     #[test]
     fn render_and_parse_round_trip() {
         let state = parse_ok(
-            "[[vip]]\naddress = \"198.18.1.1:80\"\nbackends = [{ address = \"198.18.2.2:80\", drain = true }]\n[[vip]]\naddress = \"[fd00::1]:53\"\nproto = \"udp\"\n",
+            "[[vip]]\naddress = \"198.18.1.1:80\"\nbackends = [{ address = \"198.18.2.2:80\", drain = true }]\ncheck = { probe = \"http:/\", interval = 0.5, expect = \"200\" }\n[[vip]]\naddress = \"[fd00::1]:53\"\nproto = \"udp\"\n",
+        );
+        assert!(
+            state
+                .vips
+                .values()
+                .next()
+                .is_some_and(|v| v.check.is_some())
         );
         assert_eq!(parse_ok(&render(&state).expect("render")), state);
         assert_eq!(
@@ -310,6 +338,12 @@ mod tests {
         assert!(
             duplicate.starts_with("test.toml:5: ") && duplicate.contains("already exists"),
             "{duplicate}"
+        );
+        let check =
+            parse_err("[[vip]]\naddress = \"198.18.1.1:80\"\n\ncheck = { probe = \"icmp\" }\n");
+        assert!(
+            check.starts_with("test.toml:4: ") && check.contains("unknown check"),
+            "{check}"
         );
         let weight = parse_err(
             "[[vip]]\naddress = \"198.18.1.1:80\"\nbackends = [{ address = \"198.18.2.2:80\", weight = 0 }]\n",

@@ -1,11 +1,15 @@
 //! What the daemon does for each API request: changes go to the maps, then to the state
 //! file; queries read the maps. One request at a time (the server holds the lock).
 
-use std::{net::SocketAddr, path::PathBuf, time::Instant};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use aya::Ebpf;
 use serde::Serialize;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::{
     api::{
@@ -14,7 +18,10 @@ use crate::{
     },
     attach::{PinnedAttachment, error_chain},
     balancer::{Balancer, BalancerError, VipView},
+    checker::Checker,
     config,
+    health::{CheckConfig, Health, HealthBook, HealthKey, unix_seconds},
+    metrics,
     pins::PinDir,
     state::{Change, Proto, Service},
     stats::StatsMap,
@@ -31,9 +38,16 @@ pub struct Controller {
     pub pins: Option<PinDir>,
     pub adopted: bool,
     pub started: Instant,
+    pub health: HealthBook,
+    pub checker: Checker,
+    /// The last count of conntrack entries and when it was taken (counting is costly).
+    pub conntrack_count: Option<(Instant, u64)>,
     /// Kept so the loaded program lives as long as the daemon.
     pub ebpf: Ebpf,
 }
+
+/// How long a conntrack count is reused by metrics scrapes.
+const CONNTRACK_COUNT_TTL: Duration = Duration::from_secs(5);
 
 fn service(vip: SocketAddr, proto: Proto) -> Service {
     Service { addr: vip, proto }
@@ -49,46 +63,67 @@ impl Controller {
             return Response::failure("the daemon is shutting down (`lb down`)");
         }
         let result = match request {
-            Request::VipAdd { vip, proto } => self.change(Change::AddVip(service(vip, proto))),
-            Request::VipDel { vip, proto } => self.change(Change::DelVip(service(vip, proto))),
+            Request::VipAdd { vip, proto, check } => {
+                let service = service(vip, proto);
+                match check.as_ref().map(CheckConfig::validate).transpose() {
+                    Err(reason) => Err(format!("check: {reason}")),
+                    Ok(None) => self.change(vec![Change::AddVip(service)]),
+                    Ok(check) => self.change(vec![
+                        Change::AddVip(service),
+                        Change::SetCheck { service, check },
+                    ]),
+                }
+            }
+            Request::VipSetCheck { vip, proto, check } => {
+                match check.as_ref().map(CheckConfig::validate).transpose() {
+                    Err(reason) => Err(format!("check: {reason}")),
+                    Ok(check) => self.change(vec![Change::SetCheck {
+                        service: service(vip, proto),
+                        check,
+                    }]),
+                }
+            }
+            Request::VipDel { vip, proto } => {
+                self.change(vec![Change::DelVip(service(vip, proto))])
+            }
             Request::BackendAdd {
                 vip,
                 proto,
                 backend,
                 weight,
-            } => self.change(Change::AddBackend {
+            } => self.change(vec![Change::AddBackend {
                 service: service(vip, proto),
                 backend,
                 weight,
-            }),
+            }]),
             Request::BackendSet {
                 vip,
                 proto,
                 backend,
                 weight,
                 undrain,
-            } => self.change(Change::SetBackend {
+            } => self.change(vec![Change::SetBackend {
                 service: service(vip, proto),
                 backend,
                 weight,
                 undrain,
-            }),
+            }]),
             Request::BackendDrain {
                 vip,
                 proto,
                 backend,
-            } => self.change(Change::DrainBackend {
+            } => self.change(vec![Change::DrainBackend {
                 service: service(vip, proto),
                 backend,
-            }),
+            }]),
             Request::BackendDel {
                 vip,
                 proto,
                 backend,
-            } => self.change(Change::DelBackend {
+            } => self.change(vec![Change::DelBackend {
                 service: service(vip, proto),
                 backend,
-            }),
+            }]),
             Request::VipList {} => self.vips().and_then(json),
             Request::BackendList { vip, proto } => {
                 let filter = vip.map(|vip| service(vip, proto));
@@ -104,18 +139,18 @@ impl Controller {
         }
     }
 
-    /// Applies a change to the maps, then saves the state. If saving fails the maps go back
+    /// Applies changes to the maps, then saves the state. If saving fails the maps go back
     /// to the saved state, so the file and the datapath never disagree.
-    fn change(&mut self, change: Change) -> Result<serde_json::Value, String> {
+    fn change(&mut self, changes: Vec<Change>) -> Result<serde_json::Value, String> {
         let before = self.balancer.state().clone();
-        match self.balancer.apply(&change) {
+        match self.balancer.apply_all(&changes) {
             Ok(()) => {}
             Err(invalid @ (BalancerError::Invalid(_) | BalancerError::TooManyVips(_))) => {
                 return Err(invalid.to_string());
             }
             Err(other) => {
-                // The maps may hold part of the change: record what they hold.
-                let _ = config::save(&self.state_file, self.balancer.state());
+                // The maps may hold part of the change; the desired state is unchanged
+                // and the next change completes the sync.
                 return Err(error_chain(&other));
             }
         }
@@ -132,8 +167,60 @@ impl Controller {
                 }
             });
         }
-        info!(?change, "applied");
+        info!(?changes, "applied");
+        self.refresh_health();
         Ok(serde_json::Value::Null)
+    }
+
+    /// Makes the health book and the probes match the VIPs' checks.
+    pub fn refresh_health(&mut self) {
+        let mut checked = Vec::new();
+        let mut unchecked = Vec::new();
+        let mut probes = Vec::new();
+        for (service, vip) in &self.balancer.state().vips {
+            for addr in vip.backends.keys() {
+                let key = (*service, *addr);
+                match &vip.check {
+                    Some(spec) => {
+                        checked.push(key);
+                        probes.push((key, spec.clone()));
+                    }
+                    None => unchecked.push(key),
+                }
+            }
+        }
+        self.health.reconcile(&checked, &unchecked);
+        self.checker.reconcile(&probes);
+        self.apply_health();
+    }
+
+    fn apply_health(&mut self) {
+        let down = self.health.down().copied().collect();
+        if let Err(error) = self.balancer.set_down(down) {
+            error!(error = %error_chain(&error), "updating the tables for health changes failed");
+        }
+    }
+
+    /// Counts one probe result; a backend that rises or falls enters or leaves its table.
+    pub fn on_probe(&mut self, key: HealthKey, result: Result<(), String>) {
+        let Some(check) = self
+            .balancer
+            .state()
+            .vips
+            .get(&key.0)
+            .and_then(|v| v.check.as_ref())
+        else {
+            return;
+        };
+        let (rise, fall) = (check.rise, check.fall);
+        match self.health.record(&key, &result, rise, fall) {
+            Some(Health::Down) => {
+                warn!(vip = %key.0, backend = %key.1, error = ?result.err(), "backend down: no new flows");
+            }
+            Some(health) => info!(vip = %key.0, backend = %key.1, %health, "backend back up"),
+            None => return,
+        }
+        self.apply_health();
     }
 
     fn vip_entry(&self, vip: &VipView) -> Result<VipEntry, String> {
@@ -142,9 +229,17 @@ impl Controller {
             .maps()
             .vip_counter(vip.id)
             .map_err(|e| error_chain(&e))?;
+        let check = self
+            .balancer
+            .state()
+            .vips
+            .get(&vip.service)
+            .and_then(|v| v.check.as_ref())
+            .map(CheckConfig::from);
         Ok(VipEntry {
             vip: vip.service.addr,
             proto: vip.service.proto,
+            check,
             backends: vip.backends.len(),
             active: vip.backends.iter().filter(|b| !b.spec.draining).count(),
             packets: counter.packets,
@@ -174,6 +269,7 @@ impl Controller {
             .filter(|v| filter.is_none_or(|f| f == v.service))
         {
             for backend in &vip.backends {
+                let health = self.health.get(&(vip.service, backend.addr));
                 let counter = self
                     .balancer
                     .maps()
@@ -190,6 +286,14 @@ impl Controller {
                         "active"
                     }
                     .to_owned(),
+                    health: health.map_or(Health::Unchecked, |h| h.health),
+                    health_since: health
+                        .filter(|h| h.health != Health::Unchecked)
+                        .map(|h| unix_seconds(h.since)),
+                    last_check_error: health.and_then(|h| h.last_error.clone()),
+                    health_history: health
+                        .map(|h| h.history.iter().cloned().collect())
+                        .unwrap_or_default(),
                     packets: counter.packets,
                     bytes: counter.bytes,
                 });
@@ -217,6 +321,33 @@ impl Controller {
             counters,
             vips: self.vips()?,
             backends: self.backends(None)?,
+        })
+    }
+
+    /// What a metrics scrape reports.
+    pub fn metrics(&mut self) -> Result<metrics::Snapshot, String> {
+        let snapshot = self.stats.read().map_err(|e| error_chain(&e))?;
+        let counters = metrics::Snapshot::counters_from(|stat| {
+            let c = snapshot.get(stat);
+            CounterEntry {
+                packets: c.packets,
+                bytes: c.bytes,
+            }
+        });
+        let conntrack_entries = match self.conntrack_count {
+            Some((at, count)) if at.elapsed() < CONNTRACK_COUNT_TTL => count,
+            _ => {
+                let count = self.balancer.maps().conntrack_entries();
+                self.conntrack_count = Some((Instant::now(), count));
+                count
+            }
+        };
+        Ok(metrics::Snapshot {
+            counters,
+            vips: self.vips()?,
+            backends: self.backends(None)?,
+            conntrack_entries,
+            conntrack_capacity: u64::from(self.balancer.limits().conntrack_capacity),
         })
     }
 

@@ -13,7 +13,7 @@ use aya::{Ebpf, programs::ProgramError};
 use lb_common::consts::MAP_META;
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::watch,
+    sync::{mpsc, watch},
 };
 use tracing::{info, warn};
 
@@ -21,11 +21,14 @@ use crate::{
     api,
     attach::{self, Interface, PinnedAttachment},
     balancer::Balancer,
+    checker::Checker,
     cli::RunArgs,
     config,
     controller::Controller,
     datapath::{self, Limits},
+    health::HealthBook,
     maps::{self, ServiceMaps},
+    metrics,
     pins::PinDir,
     privileges, server,
     state::State,
@@ -53,6 +56,10 @@ pub async fn run(args: RunArgs, api_flag: Option<&Path>) -> anyhow::Result<()> {
             std::fs::read(path).with_context(|| format!("reading eBPF object {}", path.display()))
         })
         .transpose()?;
+    let metrics_listener = match args.metrics {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
     let api_path = api::socket_path(api_flag);
     let socket = server::bind(&api_path)?;
     let pins = PinDir::open(&args.pin_dir)?;
@@ -95,6 +102,7 @@ pub async fn run(args: RunArgs, api_flag: Option<&Path>) -> anyhow::Result<()> {
         socket.path().display(),
     );
     let pin_dir = pins.path().to_owned();
+    let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
     let controller = Arc::new(Mutex::new(Controller {
         balancer,
         stats,
@@ -104,9 +112,34 @@ pub async fn run(args: RunArgs, api_flag: Option<&Path>) -> anyhow::Result<()> {
         pins: Some(pins),
         adopted: adopted_limits.is_some(),
         started: Instant::now(),
+        health: HealthBook::default(),
+        conntrack_count: None,
+        checker: Checker::new(tokio::runtime::Handle::current(), probe_tx),
         ebpf,
     }));
+    if let Ok(mut controller) = controller.lock() {
+        controller.refresh_health();
+    }
+    // Probe results change tables; handled one at a time, like API requests.
+    let health_task = {
+        let controller = Arc::clone(&controller);
+        tokio::spawn(async move {
+            while let Some((key, result)) = probe_rx.recv().await {
+                let controller = Arc::clone(&controller);
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Ok(mut controller) = controller.lock() {
+                        controller.on_probe(key, result);
+                    }
+                })
+                .await;
+            }
+        })
+    };
 
+    let metrics_task = metrics_listener.map(|listener| {
+        info!(addr = ?args.metrics, "serving Prometheus metrics at /metrics");
+        tokio::spawn(metrics::serve(listener, Arc::clone(&controller)))
+    });
     let (down_tx, mut down_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
     let serving = {
@@ -119,6 +152,10 @@ pub async fn run(args: RunArgs, api_flag: Option<&Path>) -> anyhow::Result<()> {
         reason
     };
     let (_, reason) = tokio::join!(serving, waiting);
+    health_task.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     let reason = reason?;
 
     let controller = controller
@@ -150,8 +187,8 @@ fn start(
     saved: Option<State>,
 ) -> anyhow::Result<Started> {
     let limits = adopted.unwrap_or_else(|| args.limits());
-    let mut ebpf =
-        datapath::open(object, &limits, Some(pins)).context("opening the eBPF object")?;
+    let mut ebpf = datapath::open(object, &limits, Some(pins), args.log_datapath)
+        .context("opening the eBPF object")?;
     let program = datapath::program(&mut ebpf).context("the eBPF object has no XDP program")?;
     program.load().map_err(describe_load_error)?;
     let meta = maps::take(&mut ebpf, MAP_META)?;
@@ -160,6 +197,9 @@ fn start(
     }
     let maps = ServiceMaps::take(&mut ebpf, &limits).context("opening the service maps")?;
     let stats = StatsMap::take(&mut ebpf).context("opening the stats map")?;
+    if args.log_datapath {
+        forward_datapath_log(&mut ebpf)?;
+    }
     let mut balancer = match adopted {
         Some(_) => Balancer::adopt(maps, limits).context("reading the pinned maps back")?,
         None => Balancer::new(maps, limits),
@@ -203,6 +243,25 @@ fn start(
         }
     }
     Ok((ebpf, balancer, stats, attachments))
+}
+
+/// Copies the datapath's aya-log records into this process's log (target `lb_ebpf`).
+fn forward_datapath_log(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let logger = aya_log::EbpfLogger::init(ebpf).context("opening the datapath log")?;
+    // SAFETY: the logger owns its ring buffer's fd, which stays open and the same for as
+    // long as the AsyncFd (which owns the logger) lives.
+    let mut ready = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| anyhow::anyhow!("watching the datapath log: {e}"))?;
+    tokio::spawn(async move {
+        while let Ok(mut guard) = ready.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+    info!("datapath log on (--log-datapath)");
+    Ok(())
 }
 
 enum Stop {

@@ -71,8 +71,16 @@ pub fn is_prime(n: u32) -> bool {
 
 /// Parses `object` and creates its maps sized by `limits`; the program is not loaded yet.
 /// With `pins`, maps already pinned there are reused as they are and new ones are pinned.
-pub fn open(object: &[u8], limits: &Limits, pins: Option<&PinDir>) -> Result<Ebpf, aya::EbpfError> {
+/// With `log`, the datapath's aya-log statements are enabled (info level and above).
+pub fn open(
+    object: &[u8],
+    limits: &Limits,
+    pins: Option<&PinDir>,
+    log: bool,
+) -> Result<Ebpf, aya::EbpfError> {
+    let level = if log { aya_log::Level::Info as u8 } else { 0 };
     let mut loader = EbpfLoader::new();
+    loader.override_global(aya_log::LEVEL, &level, false);
     if let Some(pins) = pins {
         for name in PINNED_MAPS {
             loader.map_pin_path(name, pins.map_path(name));

@@ -20,7 +20,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => daemon::run(args, cli.api.as_deref()).await,
         Command::Vip(command) => commands::vip(&socket, command),
         Command::Backend(command) => commands::backend(&socket, command),
-        Command::Stats(output) => commands::stats(&socket, output),
+        Command::Stats(args) => commands::stats(&socket, args),
         Command::Status(output) => commands::status(&socket, output),
         Command::Down(args) => commands::down(&socket, args),
     }

@@ -8,9 +8,10 @@ use aya::{
 };
 use lb_common::{
     consts::{
-        MAP_BACKEND_STATS, MAP_BACKENDS, MAP_MAGLEV, MAP_TX_PORTS, MAP_VIP_STATS, MAP_VIPS,
-        MAX_BACKENDS,
+        MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_MAGLEV, MAP_TX_PORTS, MAP_VIP_STATS,
+        MAP_VIPS, MAX_BACKENDS,
     },
+    flow::{Conn, FlowKey},
     service::{Backend, VipInfo, VipKey},
     stats::{Counter, VipCounter},
 };
@@ -24,6 +25,7 @@ pub struct ServiceMaps {
     tx_ports: DevMapHash<MapData>,
     vip_stats: PerCpuArray<MapData, VipCounter>,
     backend_stats: PerCpuArray<MapData, Counter>,
+    conntrack: HashMap<MapData, FlowKey, Conn>,
     maglev_size: u32,
 }
 
@@ -51,6 +53,7 @@ impl ServiceMaps {
             tx_ports: DevMapHash::try_from(take(ebpf, MAP_TX_PORTS)?)?,
             vip_stats: PerCpuArray::try_from(take(ebpf, MAP_VIP_STATS)?)?,
             backend_stats: PerCpuArray::try_from(take(ebpf, MAP_BACKEND_STATS)?)?,
+            conntrack: HashMap::try_from(take(ebpf, MAP_CONNTRACK)?)?,
             maglev_size: limits.maglev_size,
         })
     }
@@ -105,6 +108,11 @@ impl ServiceMaps {
             self.tx_ports.remove(ifindex)?;
         }
         Ok(())
+    }
+
+    /// Flows in the conntrack map (one syscall per entry: call it sparingly).
+    pub fn conntrack_entries(&self) -> u64 {
+        self.conntrack.keys().filter(Result::is_ok).count() as u64
     }
 
     /// A VIP's counters summed over CPUs.

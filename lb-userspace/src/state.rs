@@ -11,6 +11,8 @@ use std::{
 
 use lb_common::consts::{IPPROTO_TCP, IPPROTO_UDP};
 use serde::{Deserialize, Serialize};
+
+use crate::health::CheckSpec;
 use thiserror::Error;
 
 pub const MIN_WEIGHT: u32 = 1;
@@ -87,6 +89,8 @@ pub struct BackendSpec {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VipSpec {
     pub backends: BTreeMap<SocketAddr, BackendSpec>,
+    /// How its backends' health is checked; `None`: not checked (always eligible).
+    pub check: Option<CheckSpec>,
 }
 
 /// The whole desired state.
@@ -119,6 +123,11 @@ pub enum Change {
     DelBackend {
         service: Service,
         backend: SocketAddr,
+    },
+    /// Sets (or with `None` removes) a VIP's health check.
+    SetCheck {
+        service: Service,
+        check: Option<CheckSpec>,
     },
 }
 
@@ -249,6 +258,12 @@ impl State {
             }
             Change::DrainBackend { service, backend } => {
                 self.backend_mut(service, backend)?.draining = true;
+            }
+            Change::SetCheck {
+                ref service,
+                ref check,
+            } => {
+                self.vip_mut(*service)?.check = check.clone();
             }
             Change::DelBackend { service, backend } => {
                 self.vip_mut(service)?

@@ -39,8 +39,8 @@ impl Datapath {
             conntrack_capacity: 65_536,
             ..Limits::default()
         };
-        let mut ebpf =
-            datapath::open(datapath::OBJECT, &limits, None).expect("open the embedded eBPF object");
+        let mut ebpf = datapath::open(datapath::OBJECT, &limits, None, false)
+            .expect("open the embedded eBPF object");
         datapath::program(&mut ebpf)
             .expect("the object has the lb XDP program")
             .load()

@@ -1,0 +1,253 @@
+//! Prometheus metrics: `lb run --metrics <ADDR:PORT>` serves the OpenMetrics text format at
+//! `/metrics`. Every scrape reads the datapath's counters (summed over CPUs) afresh; they
+//! live in pinned maps, so they never go backwards across a daemon restart.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use anyhow::Context as _;
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+use lb_common::stats::{Stat, StatKind};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+use tokio::net::TcpListener;
+
+use crate::{
+    api::{BackendEntry, CounterEntry, VipEntry},
+    controller::Controller,
+    health::Health,
+};
+
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Everything one scrape reports, read under the controller's lock.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Global counters by name, with their kind.
+    pub counters: Vec<(&'static str, StatKind, CounterEntry)>,
+    pub vips: Vec<VipEntry>,
+    pub backends: Vec<BackendEntry>,
+    pub conntrack_entries: u64,
+    pub conntrack_capacity: u64,
+}
+
+impl Snapshot {
+    pub fn counters_from(
+        read: impl Fn(Stat) -> CounterEntry,
+    ) -> Vec<(&'static str, StatKind, CounterEntry)> {
+        Stat::ALL
+            .iter()
+            .map(|&stat| (stat.name(), stat.kind(), read(stat)))
+            .collect()
+    }
+}
+
+type Labels<const N: usize> = [(&'static str, String); N];
+
+fn family<const N: usize>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    rows: impl Iterator<Item = (Labels<N>, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, value) in rows {
+        let encoder = metric.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(value).encode(encoder)?,
+            _ => ConstGauge::new(value as i64).encode(encoder)?,
+        }
+    }
+    Ok(())
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter, Gauge};
+        let vip = |v: &VipEntry| [("vip", v.vip.to_string()), ("proto", v.proto.to_string())];
+        let backend = |b: &BackendEntry| {
+            [
+                ("vip", b.vip.to_string()),
+                ("proto", b.proto.to_string()),
+                ("backend", b.backend.to_string()),
+            ]
+        };
+        family(
+            &mut encoder,
+            "lb_build_info",
+            "lb version",
+            Gauge,
+            std::iter::once(([("version", env!("CARGO_PKG_VERSION").to_owned())], 1)),
+        )?;
+        let e = &mut encoder;
+        family(
+            e,
+            "lb_vip_packets",
+            "Client packets to the VIP",
+            Counter,
+            self.vips.iter().map(|v| (vip(v), v.packets)),
+        )?;
+        family(
+            e,
+            "lb_vip_bytes",
+            "Client bytes to the VIP",
+            Counter,
+            self.vips.iter().map(|v| (vip(v), v.bytes)),
+        )?;
+        family(
+            e,
+            "lb_vip_new_flows",
+            "Flows balanced to a backend",
+            Counter,
+            self.vips.iter().map(|v| (vip(v), v.new_flows)),
+        )?;
+        family(
+            e,
+            "lb_backend_packets",
+            "Client packets sent to the backend",
+            Counter,
+            self.backends.iter().map(|b| (backend(b), b.packets)),
+        )?;
+        family(
+            e,
+            "lb_backend_bytes",
+            "Client bytes sent to the backend",
+            Counter,
+            self.backends.iter().map(|b| (backend(b), b.bytes)),
+        )?;
+        family(
+            e,
+            "lb_backend_up",
+            "1 if the backend passes its health check (or has none), else 0",
+            Gauge,
+            self.backends
+                .iter()
+                .map(|b| (backend(b), u64::from(b.health != Health::Down))),
+        )?;
+        family(
+            e,
+            "lb_backend_weight",
+            "Maglev weight",
+            Gauge,
+            self.backends
+                .iter()
+                .map(|b| (backend(b), u64::from(b.weight))),
+        )?;
+        for (name, help, kind) in [
+            (
+                "lb_verdict_packets",
+                "Packets by XDP verdict",
+                StatKind::Verdict,
+            ),
+            (
+                "lb_reason_packets",
+                "Packets by the reason for their verdict",
+                StatKind::Reason,
+            ),
+            (
+                "lb_protocol_packets",
+                "Packets by protocol seen",
+                StatKind::Protocol,
+            ),
+        ] {
+            let rows = self
+                .counters
+                .iter()
+                .filter(|(_, k, _)| *k == kind)
+                .map(|(n, _, c)| ([("name", (*n).to_owned())], c.packets));
+            family(e, name, help, Counter, rows)?;
+        }
+        for (name, help, kind) in [
+            (
+                "lb_verdict_bytes",
+                "Bytes by XDP verdict",
+                StatKind::Verdict,
+            ),
+            (
+                "lb_reason_bytes",
+                "Bytes by the reason for their verdict",
+                StatKind::Reason,
+            ),
+        ] {
+            let rows = self
+                .counters
+                .iter()
+                .filter(|(_, k, _)| *k == kind)
+                .map(|(n, _, c)| ([("name", (*n).to_owned())], c.bytes));
+            family(e, name, help, Counter, rows)?;
+        }
+        family(
+            e,
+            "lb_conntrack_entries",
+            "Tracked flows (client to VIP direction)",
+            Gauge,
+            std::iter::once(([("map", "CONNTRACK".to_owned())], self.conntrack_entries)),
+        )?;
+        family(
+            e,
+            "lb_conntrack_capacity",
+            "Flows the conntrack map holds before evicting",
+            Gauge,
+            std::iter::once(([("map", "CONNTRACK".to_owned())], self.conntrack_capacity)),
+        )?;
+        Ok(())
+    }
+}
+
+/// The exposition text for one snapshot.
+pub fn render(snapshot: Snapshot) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(snapshot));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    Ok(text)
+}
+
+/// Binds early, so a taken address fails before anything is loaded.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot serve metrics on {addr} (--metrics)"))
+}
+
+pub async fn serve(listener: TcpListener, controller: Arc<Mutex<Controller>>) {
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(controller);
+    if let Err(error) = axum::serve(listener, app).await {
+        tracing::error!(%error, "the metrics server stopped");
+    }
+}
+
+async fn scrape(State(controller): State<Arc<Mutex<Controller>>>) -> impl IntoResponse {
+    let text = tokio::task::spawn_blocking(move || {
+        let snapshot = controller
+            .lock()
+            .map_err(|_| "the daemon's state is poisoned".to_owned())?
+            .metrics()?;
+        render(snapshot).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    match text {
+        Ok(text) => (StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], text),
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{error}\n"),
+        ),
+    }
+}
