@@ -181,13 +181,14 @@ pub enum VipCommand {
         check: CheckArgs,
     },
     /// Set or replace a VIP's health check (`--no-check` removes it).
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["check", "no_check"])))]
     SetCheck {
         #[command(flatten)]
         service: ServiceArgs,
         #[command(flatten)]
         check: CheckArgs,
         /// Remove the check: every backend counts as healthy.
-        #[arg(long, conflicts_with = "check", required_unless_present = "check")]
+        #[arg(long)]
         no_check: bool,
     },
     /// Remove a VIP and its backends; its traffic goes to the kernel again.

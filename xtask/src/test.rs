@@ -46,6 +46,7 @@ pub fn run() -> anyhow::Result<()> {
         cmd::cargo()?
             .args([
                 "test", "-p", "lb-tests", "--test", "run", "--test", "e2e", "--test", "control",
+                "--test", "observe",
             ])
             .env("LB_BIN", lb),
     )?;

@@ -1,0 +1,474 @@
+//! Health checks, metrics and live stats, against the real binary and real traffic in
+//! namespaces. Needs root.
+
+use std::{
+    collections::HashMap,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream, UdpSocket},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    client::http_get,
+    process::{Daemon, Instance, lb_binary},
+    servers::{HTTP_PORT, Servers, UDP_PORT},
+    topology::Lab,
+};
+
+const READY: &str = "lb: forwarding on";
+const STARTUP: Duration = Duration::from_secs(20);
+
+fn endpoint(lab: &Lab, n: usize, port: u16) -> String {
+    SocketAddr::new(lab.backends[n].v4.into(), port).to_string()
+}
+
+fn backend_health(instance: &Instance, backend: &str) -> (String, serde_json::Value) {
+    let list: serde_json::Value =
+        serde_json::from_str(&instance.ok(&["backend", "list", "--json"])).expect("JSON");
+    let entry = list
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|b| b["backend"] == backend)
+        .cloned()
+        .expect("backend listed");
+    (
+        entry["health"].as_str().unwrap_or_default().to_owned(),
+        entry,
+    )
+}
+
+/// Polls until `backend` has `health`; how long it took.
+fn wait_for_health(instance: &Instance, backend: &str, health: &str, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (now, entry) = backend_health(instance, backend);
+        if now == health {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{backend} not {health} within {limit:?}: {entry}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_failing_backend_leaves_within_fall_checks_and_returns_after_rise() {
+    // fall × interval + timeout = 2 × 0.3 + 0.2 = 0.8 s; rise × interval + timeout = 0.8 s.
+    const INTERVAL: f64 = 0.3;
+    const TIMEOUT: f64 = 0.2;
+    let lab = Lab::new("lbt", 3);
+    let instance = Instance::new();
+    let mut daemon = Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, &["--log-datapath"]));
+    daemon.wait_for_line(READY, STARTUP);
+    let mut servers: Vec<Option<Servers>> = lab
+        .backends
+        .iter()
+        .map(|b| Some(Servers::start(std::slice::from_ref(b))))
+        .collect();
+    let vip = SocketAddr::new(lab.vip(false), 80);
+    let vip_arg = vip.to_string();
+    instance.ok(&[
+        "vip",
+        "add",
+        &vip_arg,
+        "--check",
+        "http:/",
+        "--interval",
+        "0.3",
+        "--timeout",
+        "0.2",
+        "--rise",
+        "2",
+        "--fall",
+        "2",
+    ]);
+    for n in 0..3 {
+        instance.ok(&["backend", "add", &vip_arg, &endpoint(&lab, n, HTTP_PORT)]);
+    }
+    let first = endpoint(&lab, 0, HTTP_PORT);
+    wait_for_health(&instance, &first, "up", Duration::from_secs(3));
+
+    // Stop backend-1's servers; keep sending new connections meanwhile.
+    servers[0] = None;
+    let stopped = Instant::now();
+    let limit = Duration::from_secs_f64(2.0 * INTERVAL + TIMEOUT);
+    let (mut sent, mut failed) = (0, 0);
+    let took = loop {
+        let (health, entry) = backend_health(&instance, &first);
+        if health == "down" {
+            assert!(
+                entry["last_check_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("connect")),
+                "{entry}"
+            );
+            break stopped.elapsed();
+        }
+        assert!(
+            stopped.elapsed() < limit + Duration::from_millis(500),
+            "not marked down in time: {entry}"
+        );
+        sent += 1;
+        if lab.client.enter(|| http_get(vip)).is_err() {
+            failed += 1;
+        }
+    };
+    eprintln!(
+        "backend-1 marked down {took:?} after its server stopped (bound {limit:?}); \
+         {failed} of {sent} new connections failed meanwhile"
+    );
+    assert!(took <= limit + Duration::from_millis(250), "took {took:?}");
+    let answers: Vec<String> = lab.client.enter(|| {
+        (0..200)
+            .map(|_| http_get(vip).expect("only healthy backends answer"))
+            .collect()
+    });
+    assert!(
+        answers.iter().all(|a| a != "backend-1"),
+        "no new flow to a down backend"
+    );
+
+    servers[0] = Some(Servers::start(&lab.backends[..1]));
+    let back = wait_for_health(&instance, &first, "up", Duration::from_secs(3));
+    eprintln!("backend-1 back up {back:?} after its server returned");
+    let answers: Vec<String> = lab
+        .client
+        .enter(|| (0..300).map(|_| http_get(vip).expect("request")).collect());
+    assert!(
+        answers.iter().any(|a| a == "backend-1"),
+        "it takes flows again"
+    );
+    let (_, entry) = backend_health(&instance, &first);
+    let history: Vec<&str> = entry["health_history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .filter_map(|t| t["to"].as_str())
+        .collect();
+    assert_eq!(history, ["down", "up"], "{entry}");
+    assert!(
+        daemon.stderr().contains("new flow from port"),
+        "--log-datapath shows the datapath's log"
+    );
+    instance.down();
+}
+
+/// One scrape of http://<addr>/metrics from inside the lb namespace.
+fn scrape(lab: &Lab, addr: SocketAddr) -> String {
+    lab.lb.enter(|| {
+        let mut stream =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(3)).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        answer
+    })
+}
+
+/// The value of the sample `name{labels}` in an exposition.
+fn sample(text: &str, name: &str, labels: &str) -> u64 {
+    let prefix = format!("{name}{{{labels}}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
+}
+
+#[test]
+fn metrics_count_exactly_what_was_sent_and_survive_a_restart() {
+    const DATAGRAMS: usize = 400;
+    let lab = Lab::new("lbt", 2);
+    let instance = Instance::new();
+    let metrics: SocketAddr = "127.0.0.1:9464".parse().expect("addr");
+    let metrics_arg = metrics.to_string();
+    let daemon = Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, &["--metrics", &metrics_arg]));
+    let mut daemon = daemon;
+    daemon.wait_for_line(READY, STARTUP);
+    let servers = Servers::start(&lab.backends);
+    let vip = SocketAddr::new(lab.vip(false), 53);
+    let vip_arg = vip.to_string();
+    instance.ok(&["vip", "add", &vip_arg, "--proto", "udp"]);
+    for n in 0..2 {
+        let backend = endpoint(&lab, n, UDP_PORT);
+        instance.ok(&[
+            "backend", "add", &vip_arg, &backend, "--proto", "udp", "--weight", "7",
+        ]);
+    }
+    // Each request from a fresh socket; a reused source port is the same flow again.
+    let bind = SocketAddr::new(lab.client_addr(false), 0);
+    let ports: std::collections::HashSet<u16> = lab.client.enter(|| {
+        (0..DATAGRAMS)
+            .map(|_| {
+                let socket = UdpSocket::bind(bind).expect("bind");
+                socket
+                    .set_read_timeout(Some(Duration::from_secs(3)))
+                    .expect("timeout");
+                socket.send_to(b"ping", vip).expect("send");
+                let mut answer = [0u8; 64];
+                socket
+                    .recv_from(&mut answer)
+                    .expect("an answer through the VIP");
+                socket.local_addr().expect("local address").port()
+            })
+            .collect()
+    });
+    let seen: HashMap<String, usize> = servers
+        .take_seen()
+        .into_iter()
+        .map(|(name, peers)| (name, peers.len()))
+        .collect();
+
+    let text = scrape(&lab, metrics);
+    let vip_labels = format!("vip=\"{vip}\",proto=\"udp\"");
+    assert_eq!(
+        sample(&text, "lb_vip_packets_total", &vip_labels),
+        DATAGRAMS as u64
+    );
+    assert_eq!(
+        sample(&text, "lb_vip_new_flows_total", &vip_labels),
+        ports.len() as u64,
+        "one new flow per distinct client port (random ports collide now and then)"
+    );
+    for n in 0..2 {
+        let labels = format!("{vip_labels},backend=\"{}\"", endpoint(&lab, n, UDP_PORT));
+        let got = sample(&text, "lb_backend_packets_total", &labels);
+        assert_eq!(
+            got,
+            seen[&lab.backends[n].name] as u64,
+            "backend-{} packets: metrics vs what its server received",
+            n + 1
+        );
+        assert_eq!(sample(&text, "lb_backend_weight", &labels), 7);
+        assert_eq!(sample(&text, "lb_backend_up", &labels), 1);
+    }
+    assert!(sample(&text, "lb_reason_packets_total", "name=\"fwd_reply\"") >= DATAGRAMS as u64);
+    assert!(sample(&text, "lb_conntrack_entries", "map=\"CONNTRACK\"") >= 1);
+    assert_eq!(
+        sample(&text, "lb_conntrack_capacity", "map=\"CONNTRACK\""),
+        1 << 20
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "lb_build_info",
+            &format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))
+        ),
+        1
+    );
+
+    // The address is taken: a second daemon says so and changes nothing.
+    let other = Instance::new();
+    let output = other
+        .run(&lab.lb, &lab.lb_ifaces, &["--metrics", &metrics_arg])
+        .output()
+        .expect("run lb");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("cannot serve metrics on 127.0.0.1:9464") && stderr.contains("in use"),
+        "{stderr}"
+    );
+
+    // Counters live in pinned maps: a restart does not reset them.
+    let (status, _) = daemon.terminate();
+    assert!(status.success());
+    let mut restarted =
+        Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, &["--metrics", &metrics_arg]));
+    restarted.wait_for_line(READY, STARTUP);
+    let after = scrape(&lab, metrics);
+    assert_eq!(
+        sample(&after, "lb_vip_packets_total", &vip_labels),
+        DATAGRAMS as u64,
+        "counters carried over the restart"
+    );
+    instance.down();
+}
+
+#[test]
+fn stats_watch_on_a_terminal_shows_the_rate_sent() {
+    const RATE: f64 = 200.0;
+    let lab = Lab::new("lbt", 2);
+    let instance = Instance::new();
+    let mut daemon = Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, &[]));
+    daemon.wait_for_line(READY, STARTUP);
+    let _servers = Servers::start(&lab.backends);
+    let vip = SocketAddr::new(lab.vip(false), 53);
+    let vip_arg = vip.to_string();
+    instance.ok(&["vip", "add", &vip_arg, "--proto", "udp"]);
+    for n in 0..2 {
+        instance.ok(&[
+            "backend",
+            "add",
+            &vip_arg,
+            &endpoint(&lab, n, UDP_PORT),
+            "--proto",
+            "udp",
+        ]);
+    }
+    // A paced sender: one datagram every 1/RATE s, on schedule, for 6 s.
+    let client = lab.client.path();
+    let sender = std::thread::spawn(move || {
+        let ns = std::fs::File::open(client).expect("client namespace");
+        // SAFETY: setns on this thread only, with a valid netns fd.
+        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0);
+        let socket = UdpSocket::bind("198.18.0.1:0").expect("bind");
+        let started = Instant::now();
+        let mut sent = 0u32;
+        while started.elapsed() < Duration::from_secs(6) {
+            let due = started + Duration::from_secs_f64(f64::from(sent) / RATE);
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            socket.send_to(b"tick", vip).expect("send");
+            sent += 1;
+        }
+        sent
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // `script` gives lb a pseudo-terminal, as an operator's shell would.
+    let command = format!(
+        "{} --api {} stats --watch --interval 1 --count 4",
+        lb_binary().display(),
+        instance.api.display()
+    );
+    let output = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .output()
+        .expect("run script (util-linux)");
+    let sent = sender.join().expect("sender");
+    assert!(output.status.success(), "{output:?}");
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(screen.contains("\x1b[2J"), "redrawn in place");
+    let frames: Vec<f64> = screen
+        .split("\x1b[2J")
+        .filter_map(|frame| {
+            let line = frame
+                .lines()
+                .find(|l| l.trim_start().starts_with(&vip_arg))?;
+            line.split_whitespace().nth(2)?.parse().ok()
+        })
+        .collect();
+    assert_eq!(frames.len(), 4, "{screen}");
+    for rate in &frames {
+        assert!(
+            (rate - RATE).abs() <= RATE * 0.10,
+            "shown {rate} pkt/s, sent {RATE}/s: {frames:?}"
+        );
+    }
+    eprintln!("lb stats --watch showed {frames:?} pkt/s for {RATE}/s sent ({sent} datagrams)");
+    instance.down();
+}
+
+#[test]
+fn bad_check_definitions_are_refused_with_a_reason() {
+    let lab = Lab::new("lbt", 1);
+    let instance = Instance::new();
+    let mut daemon = Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, &[]));
+    daemon.wait_for_line(READY, STARTUP);
+    instance.ok(&["vip", "add", "198.18.1.1:80"]);
+    let before = instance.ok(&["vip", "list", "--json"]);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["vip", "add", "198.18.1.2:80", "--check", "icmp"],
+            "unknown check",
+        ),
+        (
+            &["vip", "add", "198.18.1.2:80", "--check", "http:health"],
+            "must start with /",
+        ),
+        (
+            &[
+                "vip",
+                "add",
+                "198.18.1.2:80",
+                "--check",
+                "tcp",
+                "--interval",
+                "0",
+            ],
+            "interval",
+        ),
+        (
+            &[
+                "vip",
+                "add",
+                "198.18.1.2:80",
+                "--check",
+                "tcp",
+                "--interval",
+                "1",
+                "--timeout",
+                "5",
+            ],
+            "not be longer than the interval",
+        ),
+        (
+            &[
+                "vip",
+                "add",
+                "198.18.1.2:80",
+                "--check",
+                "tcp",
+                "--fall",
+                "0",
+            ],
+            "fall must be",
+        ),
+        (
+            &[
+                "vip",
+                "add",
+                "198.18.1.2:80",
+                "--check",
+                "http:/",
+                "--expect",
+                "ok",
+            ],
+            "not a status",
+        ),
+        (
+            &["vip", "add", "198.18.1.2:80", "--interval", "1"],
+            "--check",
+        ),
+        (
+            &["vip", "set-check", "198.18.1.9:80", "--check", "tcp"],
+            "no VIP",
+        ),
+        (&["vip", "set-check", "198.18.1.1:80"], "--check"),
+    ];
+    for (args, reason) in cases {
+        let stderr = instance.fails(args);
+        assert!(stderr.contains(reason), "lb {}: {stderr}", args.join(" "));
+        assert_eq!(
+            instance.ok(&["vip", "list", "--json"]),
+            before,
+            "lb {} changed something",
+            args.join(" ")
+        );
+    }
+    instance.ok(&[
+        "vip",
+        "set-check",
+        "198.18.1.1:80",
+        "--check",
+        "udp:ping",
+        "--expect",
+        "pong",
+    ]);
+    let listed = instance.ok(&["vip", "list", "--json"]);
+    assert!(listed.contains("udp:ping"), "{listed}");
+    instance.ok(&["vip", "set-check", "198.18.1.1:80", "--no-check"]);
+    assert_eq!(instance.ok(&["vip", "list", "--json"]), before);
+    instance.down();
+}
