@@ -87,6 +87,21 @@ impl NetNs {
         })
     }
 
+    /// Like [`NetNs::enter`], on a thread that runs in the background.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let file = File::open(self.path()).expect("open the namespace file");
+        std::thread::spawn(move || {
+            // SAFETY: setns on this thread only; the fd is a valid netns file.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            drop(file);
+            f()
+        })
+    }
+
     /// Whether any interface in this namespace has an XDP program attached.
     pub fn has_xdp(&self) -> bool {
         self.ip(&["-d", "link", "show"])

@@ -301,15 +301,7 @@ fn a_stream_survives_kill_9_and_restart_and_new_connections_work_meanwhile() {
     let stop = Arc::new(AtomicBool::new(false));
     let client = {
         let stop = Arc::clone(&stop);
-        let path = lab.client.path();
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(path).expect("open client namespace");
-            // SAFETY: setns on this thread only, with a valid netns fd.
-            let rc =
-                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns");
-            stream_through(stream_vip, &stop)
-        })
+        lab.client.spawn(move || stream_through(stream_vip, &stop))
     };
     std::thread::sleep(Duration::from_millis(500));
 

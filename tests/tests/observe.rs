@@ -157,6 +157,20 @@ fn a_failing_backend_leaves_within_fall_checks_and_returns_after_rise() {
     instance.down();
 }
 
+/// A UDP VIP on port 53 with every backend's UDP server at `weight`.
+fn udp_vip(lab: &Lab, instance: &Instance, weight: &str) -> SocketAddr {
+    let vip = SocketAddr::new(lab.vip(false), 53);
+    let vip_arg = vip.to_string();
+    instance.ok(&["vip", "add", &vip_arg, "--proto", "udp"]);
+    for n in 0..lab.backends.len() {
+        let backend = endpoint(lab, n, UDP_PORT);
+        instance.ok(&[
+            "backend", "add", &vip_arg, &backend, "--proto", "udp", "--weight", weight,
+        ]);
+    }
+    vip
+}
+
 /// One scrape of http://<addr>/metrics from inside the lb namespace.
 fn scrape(lab: &Lab, addr: SocketAddr) -> String {
     lab.lb.enter(|| {
@@ -197,15 +211,7 @@ fn metrics_count_exactly_what_was_sent_and_survive_a_restart() {
     let mut daemon = daemon;
     daemon.wait_for_line(READY, STARTUP);
     let servers = Servers::start(&lab.backends);
-    let vip = SocketAddr::new(lab.vip(false), 53);
-    let vip_arg = vip.to_string();
-    instance.ok(&["vip", "add", &vip_arg, "--proto", "udp"]);
-    for n in 0..2 {
-        let backend = endpoint(&lab, n, UDP_PORT);
-        instance.ok(&[
-            "backend", "add", &vip_arg, &backend, "--proto", "udp", "--weight", "7",
-        ]);
-    }
+    let vip = udp_vip(&lab, &instance, "7");
     // Each request from a fresh socket; a reused source port is the same flow again.
     let bind = SocketAddr::new(lab.client_addr(false), 0);
     let ports: std::collections::HashSet<u16> = lab.client.enter(|| {
@@ -304,26 +310,10 @@ fn stats_watch_on_a_terminal_shows_the_rate_sent() {
     let mut daemon = Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, &[]));
     daemon.wait_for_line(READY, STARTUP);
     let _servers = Servers::start(&lab.backends);
-    let vip = SocketAddr::new(lab.vip(false), 53);
+    let vip = udp_vip(&lab, &instance, "100");
     let vip_arg = vip.to_string();
-    instance.ok(&["vip", "add", &vip_arg, "--proto", "udp"]);
-    for n in 0..2 {
-        instance.ok(&[
-            "backend",
-            "add",
-            &vip_arg,
-            &endpoint(&lab, n, UDP_PORT),
-            "--proto",
-            "udp",
-        ]);
-    }
     // A paced sender: one datagram every 1/RATE s, on schedule, for 6 s.
-    let client = lab.client.path();
-    let sender = std::thread::spawn(move || {
-        let ns = std::fs::File::open(client).expect("client namespace");
-        // SAFETY: setns on this thread only, with a valid netns fd.
-        let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&ns), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0);
+    let sender = lab.client.spawn(move || {
         let socket = UdpSocket::bind("198.18.0.1:0").expect("bind");
         let started = Instant::now();
         let mut sent = 0u32;
