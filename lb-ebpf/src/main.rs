@@ -5,6 +5,7 @@
 #![no_std]
 #![no_main]
 
+mod baseline;
 mod conntrack;
 mod csum;
 mod forward;

@@ -2,6 +2,7 @@
 //! namespaces that clean up after themselves.
 
 pub use lb_lab::{client, netns, servers, topology};
+pub mod fiblab;
 pub mod packets;
 pub mod process;
 pub mod testrun;

@@ -32,13 +32,20 @@ pub struct Verdict {
 }
 
 impl Datapath {
+    /// Small maps: enough for every golden packet.
+    pub const TEST_LIMITS: Limits = Limits {
+        max_vips: 8,
+        maglev_size: lb_common::consts::DEFAULT_MAGLEV_SIZE,
+        conntrack_capacity: 65_536,
+    };
+
     /// Loads the object embedded in `lb`. Needs root.
     pub fn load() -> Self {
-        let limits = Limits {
-            max_vips: 8,
-            conntrack_capacity: 65_536,
-            ..Limits::default()
-        };
+        Self::load_with(Self::TEST_LIMITS)
+    }
+
+    /// Loads the object with maps of the given sizes.
+    pub fn load_with(limits: Limits) -> Self {
         let mut ebpf = datapath::open(datapath::OBJECT, &limits, None, false)
             .expect("open the embedded eBPF object");
         datapath::program(&mut ebpf)

@@ -9,15 +9,12 @@ use lb_common::{
     stats::Stat,
 };
 use lb_tests::{
-    netns::{Link, NetNs},
+    fiblab::{BACKEND_MACS, CLIENT_MAC, FibLab},
     packets::{Family, Spec, Transport},
     testrun::Datapath,
     verify::verify,
 };
 use lb_userspace::balancer::{Proto, Service};
-
-const CLIENT_MAC: [u8; 6] = [0x02, 0x18, 0, 0, 0, 0x01];
-const BACKEND_MACS: [[u8; 6]; 2] = [[0x02, 0x18, 0, 0, 2, 2], [0x02, 0x18, 0, 0, 2, 3]];
 
 fn ip(text: &str) -> IpAddr {
     text.parse().expect("address")
@@ -25,116 +22,6 @@ fn ip(text: &str) -> IpAddr {
 
 fn sock(text: &str) -> SocketAddr {
     text.parse().expect("socket address")
-}
-
-/// client — lb — backends, with the lb's neighbours pinned so FIB lookups succeed.
-struct FibLab {
-    _client: NetNs,
-    lb: NetNs,
-    _backends: NetNs,
-    to_client: String,
-    to_backends: String,
-}
-
-impl FibLab {
-    fn new() -> Self {
-        let client = NetNs::new("client");
-        let lb = NetNs::new("lb");
-        let backends = NetNs::new("backends");
-        let front = Link::veth(&client, "198.18.0.1/24", &lb, "198.18.0.2/24");
-        let back = Link::veth(&lb, "198.18.2.1/24", &backends, "198.18.2.2/24");
-        lb.ip(&["-6", "addr", "add", "fd00::2/64", "dev", &front.b, "nodad"]);
-        lb.ip(&["-6", "addr", "add", "fd00:2::1/64", "dev", &back.a, "nodad"]);
-        lb.enable_forwarding();
-        let mac = |m: [u8; 6]| m.map(|b| format!("{b:02x}")).join(":");
-        let neighbours = [
-            ("198.18.0.1", CLIENT_MAC, &front.b),
-            ("fd00::1", CLIENT_MAC, &front.b),
-            ("198.18.2.2", BACKEND_MACS[0], &back.a),
-            ("198.18.2.3", BACKEND_MACS[1], &back.a),
-            ("fd00:2::2", BACKEND_MACS[0], &back.a),
-            ("fd00:2::3", BACKEND_MACS[1], &back.a),
-        ];
-        for (addr, lladdr, dev) in neighbours {
-            lb.ip(&[
-                "neigh",
-                "replace",
-                addr,
-                "lladdr",
-                &mac(lladdr),
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ]);
-        }
-        Self {
-            _client: client,
-            lb,
-            _backends: backends,
-            to_client: front.b,
-            to_backends: back.a,
-        }
-    }
-
-    /// Loads the datapath inside the lb namespace with the test services configured.
-    fn with_datapath<T: Send>(&self, test: impl FnOnce(&mut Datapath, &Ids) -> T + Send) -> T {
-        let ids = Ids {
-            from_client: self.lb.ifindex(&self.to_client),
-            from_backends: self.lb.ifindex(&self.to_backends),
-            backend_side_mac: self.lb.mac(&self.to_backends),
-            client_side_mac: self.lb.mac(&self.to_client),
-        };
-        self.lb.enter(|| {
-            let mut datapath = Datapath::load();
-            configure(&mut datapath, &ids);
-            test(&mut datapath, &ids)
-        })
-    }
-}
-
-struct Ids {
-    from_client: u32,
-    from_backends: u32,
-    backend_side_mac: [u8; 6],
-    client_side_mac: [u8; 6],
-}
-
-fn configure(datapath: &mut Datapath, ids: &Ids) {
-    let balancer = &mut datapath.balancer;
-    for (vip, backends) in [
-        ("198.18.1.1", ["198.18.2.2", "198.18.2.3"]),
-        ("fd00:1::1", ["fd00:2::2", "fd00:2::3"]),
-    ] {
-        for (port, proto) in [(80, Proto::Tcp), (53, Proto::Udp)] {
-            let service = Service {
-                addr: SocketAddr::new(ip(vip), port),
-                proto,
-            };
-            balancer.add_vip(service).expect("add VIP");
-            for backend in backends {
-                balancer
-                    .add_backend(service, SocketAddr::new(ip(backend), 8080), 100)
-                    .expect("add backend");
-            }
-        }
-    }
-    let empty = Service {
-        addr: sock("198.18.1.2:80"),
-        proto: Proto::Tcp,
-    };
-    balancer.add_vip(empty).expect("VIP without backends");
-    let unresolved = Service {
-        addr: sock("198.18.1.3:80"),
-        proto: Proto::Tcp,
-    };
-    balancer.add_vip(unresolved).expect("VIP");
-    balancer
-        .add_backend(unresolved, sock("198.18.2.9:8080"), 100)
-        .expect("backend without a neighbour entry");
-    for ifindex in [ids.from_client, ids.from_backends] {
-        balancer.add_tx_port(ifindex).expect("tx port");
-    }
 }
 
 fn client_and_vip(family: Family) -> (IpAddr, IpAddr) {

@@ -1,0 +1,153 @@
+//! The lab the golden packets and the datapath benchmark run in: client — lb — backends,
+//! with the lb's neighbours pinned so `bpf_fib_lookup` succeeds, and the test services.
+
+use std::net::{IpAddr, SocketAddr};
+
+use lb_userspace::{
+    balancer::{Proto, Service},
+    datapath::Limits,
+};
+
+use crate::{
+    netns::{Link, NetNs},
+    testrun::Datapath,
+};
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("address")
+}
+
+fn sock(text: &str) -> SocketAddr {
+    text.parse().expect("socket address")
+}
+
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0x18, 0, 0, 0, 0x01];
+pub const BACKEND_MACS: [[u8; 6]; 2] = [[0x02, 0x18, 0, 0, 2, 2], [0x02, 0x18, 0, 0, 2, 3]];
+
+/// client — lb — backends, with the lb's neighbours pinned so FIB lookups succeed.
+pub struct FibLab {
+    _client: NetNs,
+    lb: NetNs,
+    _backends: NetNs,
+    to_client: String,
+    to_backends: String,
+}
+
+impl Default for FibLab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FibLab {
+    pub fn new() -> Self {
+        let client = NetNs::new("client");
+        let lb = NetNs::new("lb");
+        let backends = NetNs::new("backends");
+        let front = Link::veth(&client, "198.18.0.1/24", &lb, "198.18.0.2/24");
+        let back = Link::veth(&lb, "198.18.2.1/24", &backends, "198.18.2.2/24");
+        lb.ip(&["-6", "addr", "add", "fd00::2/64", "dev", &front.b, "nodad"]);
+        lb.ip(&["-6", "addr", "add", "fd00:2::1/64", "dev", &back.a, "nodad"]);
+        lb.enable_forwarding();
+        let mac = |m: [u8; 6]| m.map(|b| format!("{b:02x}")).join(":");
+        let neighbours = [
+            ("198.18.0.1", CLIENT_MAC, &front.b),
+            ("fd00::1", CLIENT_MAC, &front.b),
+            ("198.18.2.2", BACKEND_MACS[0], &back.a),
+            ("198.18.2.3", BACKEND_MACS[1], &back.a),
+            ("fd00:2::2", BACKEND_MACS[0], &back.a),
+            ("fd00:2::3", BACKEND_MACS[1], &back.a),
+        ];
+        for (addr, lladdr, dev) in neighbours {
+            lb.ip(&[
+                "neigh",
+                "replace",
+                addr,
+                "lladdr",
+                &mac(lladdr),
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ]);
+        }
+        Self {
+            _client: client,
+            lb,
+            _backends: backends,
+            to_client: front.b,
+            to_backends: back.a,
+        }
+    }
+
+    /// Loads the datapath inside the lb namespace with the test services configured.
+    pub fn with_datapath<T: Send>(&self, test: impl FnOnce(&mut Datapath, &Ids) -> T + Send) -> T {
+        self.with_datapath_sized(Datapath::TEST_LIMITS, test)
+    }
+
+    /// As [`FibLab::with_datapath`], with maps of the given sizes.
+    pub fn with_datapath_sized<T: Send>(
+        &self,
+        limits: Limits,
+        test: impl FnOnce(&mut Datapath, &Ids) -> T + Send,
+    ) -> T {
+        let ids = Ids {
+            from_client: self.lb.ifindex(&self.to_client),
+            from_backends: self.lb.ifindex(&self.to_backends),
+            backend_side_mac: self.lb.mac(&self.to_backends),
+            client_side_mac: self.lb.mac(&self.to_client),
+        };
+        self.lb.enter(|| {
+            let mut datapath = Datapath::load_with(limits);
+            configure(&mut datapath, &ids);
+            test(&mut datapath, &ids)
+        })
+    }
+}
+
+pub struct Ids {
+    pub from_client: u32,
+    pub from_backends: u32,
+    pub backend_side_mac: [u8; 6],
+    pub client_side_mac: [u8; 6],
+}
+
+/// VIPs 198.18.1.1 and fd00:1::1 (tcp/80, udp/53), two backends each; 198.18.1.2:80 with
+/// no backend; 198.18.1.3:80 with a backend that has no neighbour entry.
+pub fn configure(datapath: &mut Datapath, ids: &Ids) {
+    let balancer = &mut datapath.balancer;
+    for (vip, backends) in [
+        ("198.18.1.1", ["198.18.2.2", "198.18.2.3"]),
+        ("fd00:1::1", ["fd00:2::2", "fd00:2::3"]),
+    ] {
+        for (port, proto) in [(80, Proto::Tcp), (53, Proto::Udp)] {
+            let service = Service {
+                addr: SocketAddr::new(ip(vip), port),
+                proto,
+            };
+            balancer.add_vip(service).expect("add VIP");
+            for backend in backends {
+                balancer
+                    .add_backend(service, SocketAddr::new(ip(backend), 8080), 100)
+                    .expect("add backend");
+            }
+        }
+    }
+    let empty = Service {
+        addr: sock("198.18.1.2:80"),
+        proto: Proto::Tcp,
+    };
+    balancer.add_vip(empty).expect("VIP without backends");
+    let unresolved = Service {
+        addr: sock("198.18.1.3:80"),
+        proto: Proto::Tcp,
+    };
+    balancer.add_vip(unresolved).expect("VIP");
+    balancer
+        .add_backend(unresolved, sock("198.18.2.9:8080"), 100)
+        .expect("backend without a neighbour entry");
+    for ifindex in [ids.from_client, ids.from_backends] {
+        balancer.add_tx_port(ifindex).expect("tx port");
+    }
+}
+
