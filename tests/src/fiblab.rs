@@ -71,6 +71,9 @@ impl FibLab {
                 "permanent",
             ]);
         }
+        // More clients behind the client's address (the benchmark's many flows).
+        lb.ip(&["route", "add", "198.18.100.0/24", "via", "198.18.0.1"]);
+        lb.ip(&["-6", "route", "add", "fd00::100:0/112", "via", "fd00::1"]);
         Self {
             _client: client,
             lb,

@@ -4,7 +4,9 @@ use aya::{
     Ebpf,
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
-use lb_common::stats::Stat;
+use std::time::Duration;
+
+use lb_common::{consts::PROGRAM_NAME, stats::Stat};
 use lb_userspace::{
     balancer::Balancer,
     datapath::{self, Limits},
@@ -68,12 +70,17 @@ impl Datapath {
         self.ifindex = ifindex;
     }
 
-    fn program(&mut self) -> &mut Xdp {
-        datapath::program(&mut self.ebpf).expect("the program is loaded")
-    }
-
     /// Runs the program once on `packet`.
     pub fn run(&mut self, packet: &[u8]) -> Verdict {
+        let (verdict, _) = self.run_program(PROGRAM_NAME, packet, 1);
+        verdict
+    }
+
+    /// Runs program `name` of the object (`lb`, `baseline_pass`, `baseline_floor`)
+    /// `repeat` times on `packet`; the verdict of the last run and the kernel's time per run.
+    /// The kernel reuses one buffer across repeats: only a program that leaves the packet
+    /// as it found it sees the same input every time.
+    pub fn run_program(&mut self, name: &str, packet: &[u8], repeat: u32) -> (Verdict, Duration) {
         let mut out = vec![0u8; packet.len() + OUTPUT_HEADROOM];
         // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
         // egress_ifindex. The kernel wants data_end == packet length.
@@ -82,20 +89,39 @@ impl Datapath {
             .flat_map(|field| field.to_ne_bytes())
             .collect();
         let ifindex = self.ifindex;
-        let result = self
-            .program()
+        let program = self.program_named(name);
+        let result = program
             .test_run(TestRunOptions {
                 data_in: Some(packet),
                 data_out: Some(&mut out),
                 ctx_in: (ifindex != 0).then_some(&xdp_md[..]),
+                repeat,
                 ..TestRunOptions::new()
             })
             .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on {} bytes failed: {e}", packet.len()));
         out.truncate(result.data_size_out as usize);
-        Verdict {
-            action: result.return_value,
-            packet: out,
+        (
+            Verdict {
+                action: result.return_value,
+                packet: out,
+            },
+            result.duration,
+        )
+    }
+
+    /// Program `name`, loaded on first use.
+    fn program_named(&mut self, name: &str) -> &mut Xdp {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .unwrap_or_else(|| panic!("the object has no XDP program {name}"));
+        if program.fd().is_err() {
+            program
+                .load()
+                .unwrap_or_else(|e| panic!("loading {name}: {e}"));
         }
+        program
     }
 
     pub fn stats(&self) -> Snapshot {

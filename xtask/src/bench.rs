@@ -17,8 +17,8 @@ pub struct Options {
     quick: bool,
 }
 
-/// Benchmark targets of lb-userspace, in report order.
-const BENCHES: &[&str] = &["maglev"];
+/// Benchmark targets (package, bench), in report order.
+const BENCHES: &[(&str, &str)] = &[("lb-tests", "datapath"), ("lb-userspace", "maglev")];
 
 fn first_line(program: &str, args: &[&str]) -> String {
     std::process::Command::new(program)
@@ -48,12 +48,22 @@ fn cpu_model() -> String {
 }
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
+    if !cmd::is_root() {
+        bail!("the datapath benchmarks load XDP programs in namespaces: run `cargo xtask bench` as root");
+    }
+    let out_dir = if options.quick {
+        cmd::workspace_root().join("target")
+    } else {
+        cmd::workspace_root().join("docs")
+    };
+    let plot = out_dir.join("benchmarks-datapath.svg");
     let mut sections = Vec::new();
-    for bench in BENCHES {
+    for (package, bench) in BENCHES {
         let mut command = cmd::cargo()?;
         command
-            .args(["bench", "-p", "lb-userspace", "--bench", bench, "--"])
+            .args(["bench", "-p", package, "--bench", bench, "--"])
             .args(options.quick.then_some("--quick"))
+            .env("LB_BENCH_PLOT", &plot)
             .stdout(Stdio::piped());
         eprintln!("+ {}", cmd::describe(&command));
         let output = command.output().context("running cargo bench")?;
@@ -67,10 +77,15 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             .with_context(|| format!("benchmark {bench} printed no section"))?;
         sections.push(section);
     }
+    sections.insert(
+        1,
+        "![ns per packet by path; the red line is the floor](benchmarks-datapath.svg)".to_owned(),
+    );
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let report = format!(
         "# Benchmarks\n\n\
-         Written by `cargo xtask bench{}` on {}; do not edit by hand.\n\n\
+         Written by `cargo xtask bench{}` (as root) on {}; do not edit by hand. \
+         Every figure is measured against a baseline from the same run.\n\n\
          - kernel: {}\n- CPU: {} ({cpus} CPUs)\n- rustc: {}\n\n{}\n",
         if options.quick { " --quick" } else { "" },
         first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
@@ -79,11 +94,11 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         first_line("rustc", &["--version"]),
         sections.join("\n\n"),
     );
-    let path = if options.quick {
-        cmd::workspace_root().join("target/BENCHMARKS.quick.md")
+    let path = out_dir.join(if options.quick {
+        "BENCHMARKS.quick.md"
     } else {
-        cmd::workspace_root().join("docs/BENCHMARKS.md")
-    };
+        "BENCHMARKS.md"
+    });
     std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
     print!("{report}");
     eprintln!("bench: wrote {}", path.display());

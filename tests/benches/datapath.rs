@@ -1,0 +1,344 @@
+//! Datapath cost per packet: the real XDP program under BPF_PROG_TEST_RUN, in a namespace
+//! whose routes and neighbours `bpf_fib_lookup` reads, against two baselines loaded from
+//! the same object in the same run (`baseline_pass`, `baseline_floor`).
+//!
+//! The kernel reuses one buffer across `repeat`s, so a NAT program would see its own
+//! rewritten packet from the second repeat on and measure another path. Every path is
+//! therefore timed one packet per call, with the kernel's own per-run time (syscall cost
+//! excluded), the baselines the same way; each call gets a fresh copy of the packet, and
+//! a new-flow case gets a new 5-tuple per call. Before timing, each case's counters prove
+//! it takes the path it is named after. The idempotent programs are also timed with
+//! `repeat` for reference. Needs root. Prints a Markdown section; `LB_BENCH_PLOT=<file>`
+//! also draws an SVG. `--quick` runs fewer packets and a smaller conntrack table.
+
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
+
+use lb_common::stats::Stat;
+use lb_tests::{
+    fiblab::{FibLab, Ids},
+    packets::{Family, Spec, Transport},
+    testrun::Datapath,
+};
+use lb_userspace::datapath::Limits;
+
+const RUNS: usize = 5;
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("address")
+}
+
+/// A measured case.
+struct Row {
+    name: String,
+    ns: f64,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Median over `RUNS` of the mean kernel time per call, `calls` calls per run.
+fn per_call(calls: usize, mut call: impl FnMut(usize, usize) -> Duration) -> f64 {
+    median(
+        (0..RUNS)
+            .map(|run| {
+                let total: Duration = (0..calls).map(|i| call(run, i)).sum();
+                total.as_nanos() as f64 / calls as f64
+            })
+            .collect(),
+    )
+}
+
+/// Median over `RUNS` of the kernel's time per repeat.
+fn amortized(datapath: &mut Datapath, program: &str, packet: &[u8], repeat: u32) -> f64 {
+    median(
+        (0..RUNS)
+            .map(|_| {
+                let (_, took) = datapath.run_program(program, packet, repeat);
+                took.as_nanos() as f64
+            })
+            .collect(),
+    )
+}
+
+fn client_and_vip(family: Family) -> (IpAddr, IpAddr) {
+    match family {
+        Family::V6 => (ip("fd00::1"), ip("fd00:1::1")),
+        _ => (ip("198.18.0.1"), ip("198.18.1.1")),
+    }
+}
+
+/// The `n`th distinct client endpoint: 64,512 ports on each of 250 client addresses.
+fn nth_client(family: Family, n: usize) -> (IpAddr, u16) {
+    let port = 1024 + (n % 64_512) as u16;
+    let host = 1 + (n / 64_512) as u8;
+    let addr = match family {
+        Family::V6 => IpAddr::from([0xfd00, 0, 0, 0, 0, 0, 0x100, u16::from(host)]),
+        _ => IpAddr::from([198, 18, 100, host]),
+    };
+    (addr, port)
+}
+
+fn vip_port(transport: Transport) -> u16 {
+    match transport {
+        Transport::Tcp => 80,
+        Transport::Udp => 53,
+    }
+}
+
+/// Asserts that one run of `packet` moves `stat`: the case measures the path it names.
+fn check_path(datapath: &mut Datapath, packet: &[u8], stat: Stat, case: &str) {
+    let (_, delta) = datapath.run_counted(packet);
+    assert_eq!(
+        delta.packets(stat),
+        1,
+        "{case} must take the {} path: {:?}",
+        stat.name(),
+        delta.moved()
+    );
+}
+
+struct Bench<'a> {
+    datapath: &'a mut Datapath,
+    ids: &'a Ids,
+    calls: usize,
+    /// Next unused client endpoint for new flows.
+    next_client: usize,
+    rows: Vec<Row>,
+}
+
+impl Bench<'_> {
+    fn record(&mut self, name: impl Into<String>, ns: f64) {
+        self.rows.push(Row {
+            name: name.into(),
+            ns,
+        });
+    }
+
+    /// Times one fixed packet per call.
+    fn fixed(&mut self, name: &str, program: &str, packet: &[u8], ingress: u32) {
+        self.datapath.set_ingress(ingress);
+        let datapath = &mut *self.datapath;
+        let ns = per_call(self.calls, |_, _| datapath.run_program(program, packet, 1).1);
+        self.record(name, ns);
+    }
+
+    /// SYNs (or first datagrams) of never-seen flows: conntrack miss, Maglev, insert.
+    fn new_flows(&mut self, name: &str, family: Family, transport: Transport) {
+        let (_, vip) = client_and_vip(family);
+        let first = self.next_client;
+        self.next_client += RUNS * self.calls + 1;
+        let build = |n: usize| {
+            let (client, port) = nth_client(family, first + n);
+            Spec::new(family, transport)
+                .between(client, vip)
+                .ports(port, vip_port(transport))
+                .build(&[])
+        };
+        self.datapath.set_ingress(self.ids.from_client);
+        check_path(self.datapath, &build(RUNS * self.calls), Stat::ForwardNew, name);
+        let calls = self.calls;
+        let packets: Vec<Vec<u8>> = (0..RUNS * calls).map(build).collect();
+        let datapath = &mut *self.datapath;
+        let ns = per_call(calls, |run, i| {
+            datapath.run_program("lb", &packets[run * calls + i], 1).1
+        });
+        self.record(name, ns);
+    }
+
+    /// An established flow's packets, and its backend's replies.
+    fn established_and_reply(&mut self, label: &str, family: Family, transport: Transport) {
+        let (_, vip) = client_and_vip(family);
+        let (client, port) = nth_client(family, self.next_client);
+        self.next_client += 1;
+        let request = Spec::new(family, transport)
+            .between(client, vip)
+            .ports(port, vip_port(transport));
+        self.datapath.set_ingress(self.ids.from_client);
+        let opened = self.datapath.run(&request.build(&[]));
+        let backend = lb_tests::verify::verify(&opened.packet).dst;
+        let established = request.ack().build(b"0123456789");
+        let name = format!("{label} established");
+        check_path(self.datapath, &established, Stat::ForwardEstablished, &name);
+        self.fixed(&name, "lb", &established, self.ids.from_client);
+
+        let reply = Spec::new(family, transport)
+            .between(backend, client)
+            .ports(8080, port)
+            .ack()
+            .build(b"0123456789");
+        let name = format!("{label} reply");
+        self.datapath.set_ingress(self.ids.from_backends);
+        check_path(self.datapath, &reply, Stat::ForwardReply, &name);
+        self.fixed(&name, "lb", &reply, self.ids.from_backends);
+    }
+
+    /// Fills conntrack to `share` of `capacity` with distinct flows, untimed.
+    fn fill_conntrack(&mut self, capacity: u32, share: f64) -> usize {
+        let (_, vip) = client_and_vip(Family::V4);
+        let count = (f64::from(capacity) * share) as usize;
+        self.datapath.set_ingress(self.ids.from_client);
+        for n in 0..count {
+            let (client, port) = nth_client(Family::V4, self.next_client + n);
+            let syn = Spec::new(Family::V4, Transport::Tcp)
+                .between(client, vip)
+                .ports(port, 80)
+                .build(&[]);
+            self.datapath.run(&syn);
+        }
+        self.next_client += count;
+        count
+    }
+}
+
+fn family_label(family: Family, transport: Transport) -> &'static str {
+    match (family, transport) {
+        (Family::V6, Transport::Tcp) => "IPv6 TCP",
+        (Family::V6, Transport::Udp) => "IPv6 UDP",
+        (_, Transport::Tcp) => "IPv4 TCP",
+        (_, Transport::Udp) => "IPv4 UDP",
+    }
+}
+
+fn plot(path: &str, rows: &[Row], floor: f64) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let max = rows.iter().map(|r| r.ns).fold(floor, f64::max) * 1.15;
+    let height = 60 + 28 * rows.len() as u32;
+    let root = SVGBackend::new(path, (900, height)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("lb datapath: ns per packet (BPF_PROG_TEST_RUN)", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(260)
+        .build_cartesian_2d(0.0..max, 0.0..rows.len() as f64)?;
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(rows.len())
+        .y_label_formatter(&|y| {
+            let i = y.floor() as usize;
+            rows.get(rows.len().saturating_sub(i + 1))
+                .map(|r| r.name.clone())
+                .unwrap_or_default()
+        })
+        .x_desc("ns per packet")
+        .draw()?;
+    chart.draw_series(rows.iter().enumerate().map(|(i, row)| {
+        let y = (rows.len() - i - 1) as f64;
+        Rectangle::new([(0.0, y + 0.15), (row.ns, y + 0.85)], BLUE.mix(0.6).filled())
+    }))?;
+    chart.draw_series(std::iter::once(PathElement::new(
+        vec![(floor, 0.0), (floor, rows.len() as f64)],
+        RED.stroke_width(2),
+    )))?;
+    root.present()?;
+    Ok(())
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let calls = if quick { 2_000 } else { 200_000 };
+    let capacity: u32 = if quick { 1 << 16 } else { 1 << 20 };
+    let started = Instant::now();
+    let lab = FibLab::new();
+    let limits = Limits {
+        max_vips: 8,
+        conntrack_capacity: capacity,
+        ..Limits::default()
+    };
+    let (rows, amortized_rows, filled) = lab.with_datapath_sized(limits, |datapath, ids| {
+        let mut bench = Bench {
+            datapath,
+            ids,
+            calls,
+            next_client: 0,
+            rows: Vec::new(),
+        };
+        let probe = Spec::new(Family::V4, Transport::Tcp)
+            .between(ip("198.18.0.1"), ip("198.18.9.9"))
+            .build(b"0123456789");
+        bench.fixed("baseline: XDP_PASS", "baseline_pass", &probe, ids.from_client);
+        bench.fixed("floor: swap MACs, XDP_TX", "baseline_floor", &probe, ids.from_client);
+        bench.datapath.set_ingress(ids.from_client);
+        check_path(bench.datapath, &probe, Stat::PassNotVip, "non-VIP");
+        bench.fixed("non-VIP packet (passed)", "lb", &probe, ids.from_client);
+        for (family, transport) in [
+            (Family::V4, Transport::Tcp),
+            (Family::V6, Transport::Tcp),
+            (Family::V4, Transport::Udp),
+            (Family::V6, Transport::Udp),
+        ] {
+            let label = family_label(family, transport);
+            bench.new_flows(&format!("{label} new flow"), family, transport);
+            bench.established_and_reply(label, family, transport);
+        }
+        let filled = bench.fill_conntrack(capacity, 0.9);
+        bench.established_and_reply("IPv4 TCP, conntrack 90 % full:", Family::V4, Transport::Tcp);
+        bench.new_flows(
+            "IPv4 TCP, conntrack 90 % full: new flow",
+            Family::V4,
+            Transport::Tcp,
+        );
+        let repeat = if quick { 10_000 } else { 1_000_000 };
+        let amortized_rows = [
+            ("baseline: XDP_PASS", "baseline_pass"),
+            ("floor: swap MACs, XDP_TX", "baseline_floor"),
+            ("non-VIP packet (passed)", "lb"),
+        ]
+        .map(|(name, program)| {
+            (
+                name,
+                amortized(bench.datapath, program, &probe, repeat),
+                repeat,
+            )
+        });
+        (bench.rows, amortized_rows, filled)
+    });
+    let floor = rows
+        .iter()
+        .find(|r| r.name.starts_with("floor"))
+        .map_or(1.0, |r| r.ns);
+    println!("## Datapath: cost per packet (BPF_PROG_TEST_RUN)\n");
+    println!(
+        "The real `lb` XDP program, run inside a lab namespace (real routes and neighbours for \
+         `bpf_fib_lookup`), one packet per call, kernel-timed; {calls} calls per run, median of \
+         {RUNS} runs. Baselines from the same object in the same run: `XDP_PASS`, and the floor \
+         (swap MACs, `XDP_TX`). Before timing, each case's counters show it took the path it \
+         is named after. Conntrack: {capacity} entries; the last rows after filling it to \
+         90 % ({filled} flows).\n"
+    );
+    println!("| path | ns/packet | × floor |");
+    println!("|---|---:|---:|");
+    for row in &rows {
+        println!("| {} | {:.1} | {:.2} |", row.name, row.ns, row.ns / floor);
+    }
+    println!(
+        "\nWith `repeat` (one buffer reused, so only for programs that leave the packet as they \
+         found it), kernel time per packet:\n"
+    );
+    println!("| program | repeat | ns/packet | × floor (repeat) |");
+    println!("|---|---:|---:|---:|");
+    let floor_repeat = amortized_rows[1].1.max(1e-9);
+    for (name, ns, repeat) in &amortized_rows {
+        println!("| {name} | {repeat} | {ns:.1} | {:.2} |", ns / floor_repeat);
+    }
+    let established = rows
+        .iter()
+        .find(|r| r.name == "IPv4 TCP established")
+        .map_or(0.0, |r| r.ns / floor);
+    println!(
+        "\nEstablished IPv4 TCP flow: {established:.2} × the floor. ({:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
+    if let Ok(path) = std::env::var("LB_BENCH_PLOT") {
+        match plot(&path, &rows, floor) {
+            Ok(()) => eprintln!("bench: plot written to {path}"),
+            Err(error) => eprintln!("bench: plotting failed: {error}"),
+        }
+    }
+}
