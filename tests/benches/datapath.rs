@@ -123,7 +123,9 @@ impl Bench<'_> {
     fn fixed(&mut self, name: &str, program: &str, packet: &[u8], ingress: u32) {
         self.datapath.set_ingress(ingress);
         let datapath = &mut *self.datapath;
-        let ns = per_call(self.calls, |_, _| datapath.run_program(program, packet, 1).1);
+        let ns = per_call(self.calls, |_, _| {
+            datapath.run_program(program, packet, 1).1
+        });
         self.record(name, ns);
     }
 
@@ -140,7 +142,12 @@ impl Bench<'_> {
                 .build(&[])
         };
         self.datapath.set_ingress(self.ids.from_client);
-        check_path(self.datapath, &build(RUNS * self.calls), Stat::ForwardNew, name);
+        check_path(
+            self.datapath,
+            &build(RUNS * self.calls),
+            Stat::ForwardNew,
+            name,
+        );
         let calls = self.calls;
         let packets: Vec<Vec<u8>> = (0..RUNS * calls).map(build).collect();
         let datapath = &mut *self.datapath;
@@ -211,7 +218,10 @@ fn plot(path: &str, rows: &[Row], floor: f64) -> Result<(), Box<dyn std::error::
     let root = SVGBackend::new(path, (900, height)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("lb datapath: ns per packet (BPF_PROG_TEST_RUN)", ("sans-serif", 18))
+        .caption(
+            "lb datapath: ns per packet (BPF_PROG_TEST_RUN)",
+            ("sans-serif", 18),
+        )
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(260)
@@ -230,7 +240,10 @@ fn plot(path: &str, rows: &[Row], floor: f64) -> Result<(), Box<dyn std::error::
         .draw()?;
     chart.draw_series(rows.iter().enumerate().map(|(i, row)| {
         let y = (rows.len() - i - 1) as f64;
-        Rectangle::new([(0.0, y + 0.15), (row.ns, y + 0.85)], BLUE.mix(0.6).filled())
+        Rectangle::new(
+            [(0.0, y + 0.15), (row.ns, y + 0.85)],
+            BLUE.mix(0.6).filled(),
+        )
     }))?;
     chart.draw_series(std::iter::once(PathElement::new(
         vec![(floor, 0.0), (floor, rows.len() as f64)],
@@ -262,8 +275,18 @@ fn main() {
         let probe = Spec::new(Family::V4, Transport::Tcp)
             .between(ip("198.18.0.1"), ip("198.18.9.9"))
             .build(b"0123456789");
-        bench.fixed("baseline: XDP_PASS", "baseline_pass", &probe, ids.from_client);
-        bench.fixed("floor: swap MACs, XDP_TX", "baseline_floor", &probe, ids.from_client);
+        bench.fixed(
+            "baseline: XDP_PASS",
+            "baseline_pass",
+            &probe,
+            ids.from_client,
+        );
+        bench.fixed(
+            "floor: swap MACs, XDP_TX",
+            "baseline_floor",
+            &probe,
+            ids.from_client,
+        );
         bench.datapath.set_ingress(ids.from_client);
         check_path(bench.datapath, &probe, Stat::PassNotVip, "non-VIP");
         bench.fixed("non-VIP packet (passed)", "lb", &probe, ids.from_client);

@@ -153,4 +153,3 @@ pub fn configure(datapath: &mut Datapath, ids: &Ids) {
         balancer.add_tx_port(ifindex).expect("tx port");
     }
 }
-

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use anyhow::{Context as _, bail};
 use clap::Args;
 
-use crate::cmd;
+use crate::{build, cmd, setup};
 
 #[derive(Args, Debug)]
 pub struct Options {
@@ -18,7 +18,11 @@ pub struct Options {
 }
 
 /// Benchmark targets (package, bench), in report order.
-const BENCHES: &[(&str, &str)] = &[("lb-tests", "datapath"), ("lb-userspace", "maglev")];
+const BENCHES: &[(&str, &str)] = &[
+    ("lb-tests", "datapath"),
+    ("lb-tests", "e2e"),
+    ("lb-userspace", "maglev"),
+];
 
 fn first_line(program: &str, args: &[&str]) -> String {
     std::process::Command::new(program)
@@ -49,8 +53,12 @@ fn cpu_model() -> String {
 
 pub fn run(options: &Options) -> anyhow::Result<()> {
     if !cmd::is_root() {
-        bail!("the datapath benchmarks load XDP programs in namespaces: run `cargo xtask bench` as root");
+        bail!(
+            "the datapath benchmarks load XDP programs in namespaces: run `cargo xtask bench` as root"
+        );
     }
+    setup::ensure_tools(setup::BENCH_TOOLS)?;
+    let lb = build::run(&build::Options { release: true })?;
     let out_dir = if options.quick {
         cmd::workspace_root().join("target")
     } else {
@@ -64,6 +72,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             .args(["bench", "-p", package, "--bench", bench, "--"])
             .args(options.quick.then_some("--quick"))
             .env("LB_BENCH_PLOT", &plot)
+            .env("LB_BIN", &lb)
             .stdout(Stdio::piped());
         eprintln!("+ {}", cmd::describe(&command));
         let output = command.output().context("running cargo bench")?;

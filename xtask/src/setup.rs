@@ -13,11 +13,24 @@ use crate::cmd::{self, cargo_home, succeeds};
 
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Commands the tests run, and the Debian package that provides each.
+/// Commands (or, when absolute, files) the tests need, and the Debian package of each.
 const TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
     ("nsenter", "util-linux"),
+    ("script", "bsdutils"),
+];
+
+/// What the end-to-end benchmark compares lb with, and drives it with.
+pub const BENCH_TOOLS: &[(&str, &str)] = &[
+    ("nginx", "nginx"),
+    ("wrk", "wrk"),
+    ("nft", "nftables"),
+    ("taskset", "util-linux"),
+    (
+        "/usr/lib/nginx/modules/ngx_stream_module.so",
+        "libnginx-mod-stream",
+    ),
 ];
 
 pub fn run() -> anyhow::Result<()> {
@@ -25,7 +38,7 @@ pub fn run() -> anyhow::Result<()> {
     ensure_nightly()?;
     ensure_rust_src()?;
     ensure_bpf_linker()?;
-    ensure_tools()?;
+    ensure_tools(TOOLS)?;
     eprintln!("setup: ready ({:.1}s)", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -138,10 +151,15 @@ fn llvm_major(file_name: &str) -> anyhow::Result<u32> {
         .with_context(|| format!("cannot read the LLVM version from {file_name}"))
 }
 
-fn ensure_tools() -> anyhow::Result<()> {
-    let missing: Vec<&str> = TOOLS
+/// Installs the Debian packages of the `tools` that are missing, without starting any
+/// service they bring (nginx must not start on the host).
+pub fn ensure_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = tools
         .iter()
         .filter(|(tool, _)| {
+            if tool.starts_with('/') {
+                return !std::path::Path::new(tool).exists();
+            }
             !succeeds(Command::new("sh").args(["-c", &format!("command -v {tool}")]))
         })
         .map(|&(_, package)| package)
@@ -157,13 +175,27 @@ fn ensure_tools() -> anyhow::Result<()> {
         );
     }
     eprintln!("setup: installing {}", missing.join(" "));
-    cmd::run(Command::new("apt-get").arg("update").arg("-qq"))?;
-    cmd::run(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let own_policy = !policy.exists();
+    if own_policy {
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# lb setup: install, do not start services\nexit 101\n",
+        )?;
+        std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
+    let result = cmd::run(Command::new("apt-get").arg("update").arg("-qq")).and_then(|()| {
+        cmd::run(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+    });
+    if own_policy {
+        let _ = std::fs::remove_file(policy);
+    }
+    result
 }
 
 #[cfg(test)]

@@ -54,6 +54,10 @@ pub fn run() -> anyhow::Result<()> {
         "demo lab (cargo xtask run --once)",
         cmd::cargo()?.args(["xtask", "run", "--once"]),
     )?;
+    step(
+        "benchmarks, quick (cargo xtask bench --quick; the report goes to target/)",
+        cmd::cargo()?.args(["xtask", "bench", "--quick"]),
+    )?;
     eprintln!("xtask test: all checks passed");
     Ok(())
 }

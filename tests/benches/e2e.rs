@@ -1,0 +1,447 @@
+//! End to end in namespaces: wrk on the client → VIP → three nginx backends serving a tiny
+//! page, through `lb` (XDP), nftables DNAT (numgen, the kube-proxy way) and nginx `stream`
+//! in the lb namespace, and straight to one backend (the ceiling); keep-alive and one new
+//! connection per request. Then the control plane: time from `lb backend add` returning to
+//! the first packet at the new backend, and the maps' memory. Needs root, nginx, wrk, nft.
+//! Prints a Markdown section. `--quick` runs each load for 1 s instead of 10 s.
+
+use std::{
+    fmt::Write as _,
+    net::{SocketAddr, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    netns::NetNs,
+    process::{Daemon, Instance},
+    topology::Lab,
+};
+
+/// wrk and the client on CPU 0; the backends' nginx on CPU 1. XDP runs in the softirq of
+/// whichever CPU sends into the veth: the client's for requests, the backends' for replies.
+const CLIENT_CPU: &str = "0";
+const SERVER_CPU: &str = "1";
+const CONNECTIONS: &str = "32";
+
+struct Nginx {
+    child: Child,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child (nginx's master, exec'd by nsenter).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn start_nginx(ns: &NetNs, dir: &Path, name: &str, body: &str) -> Nginx {
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir).expect("nginx dir");
+    let conf = dir.join("nginx.conf");
+    let d = dir.display();
+    let config = format!(
+        "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\n\
+         daemon off; master_process on; worker_processes 1; pid {d}/nginx.pid;\n\
+         error_log {d}/error.log warn;\n\
+         events {{ worker_connections 8192; }}\n{body}\n"
+    );
+    std::fs::write(&conf, config).expect("write nginx.conf");
+    let child = ns
+        .command("taskset")
+        .args(["-c", SERVER_CPU, "nginx", "-c"])
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nginx (cargo xtask bench installs it)");
+    Nginx { child }
+}
+
+fn http_server(dir: &Path, addr: &str, name: &str) -> String {
+    let d = dir.join(name);
+    let d = d.display();
+    format!(
+        "http {{ access_log off; client_body_temp_path {d}/b; proxy_temp_path {d}/p;\n\
+         fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
+         keepalive_requests 1000000;\n\
+         server {{ listen {addr}:80 backlog=8192; location / {{ return 200 \"{name}\\n\"; }} }} }}"
+    )
+}
+
+/// Waits until `addr` accepts TCP connections from `ns`.
+fn wait_for_listener(ns: &NetNs, addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ns
+        .enter(|| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)))
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Load {
+    requests_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+fn parse_ms(text: &str) -> Option<f64> {
+    let (number, unit) = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map(|i| text.split_at(i))?;
+    let value: f64 = number.parse().ok()?;
+    Some(match unit {
+        "us" => value / 1000.0,
+        "ms" => value,
+        "s" => value * 1000.0,
+        _ => return None,
+    })
+}
+
+fn wrk(client: &NetNs, url: &str, seconds: u64, new_connections: bool) -> Load {
+    let mut command = client.command("taskset");
+    command.args([
+        "-c",
+        CLIENT_CPU,
+        "wrk",
+        "-t1",
+        "-c",
+        CONNECTIONS,
+        "-d",
+        &format!("{seconds}s"),
+        "--timeout",
+        "2s",
+        "--latency",
+    ]);
+    if new_connections {
+        command.args(["-H", "Connection: close"]);
+    }
+    let output = command.arg(url).output().expect("run wrk");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "wrk failed: {text}");
+    let mut load = Load::default();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            ["Requests/sec:", rate] => load.requests_per_sec = rate.parse().unwrap_or(0.0),
+            ["50%", value] => load.p50_ms = parse_ms(value).unwrap_or(0.0),
+            ["99%", value] => load.p99_ms = parse_ms(value).unwrap_or(0.0),
+            ["Non-2xx", "or", "3xx", "responses:", n] => load.errors += n.parse().unwrap_or(0),
+            ["Socket", "errors:", rest @ ..] => {
+                load.errors += rest
+                    .iter()
+                    .filter_map(|f| f.trim_end_matches(',').parse::<u64>().ok())
+                    .sum::<u64>();
+            }
+            _ => {}
+        }
+    }
+    load
+}
+
+struct Mode {
+    name: &'static str,
+    keep_alive: Load,
+    new_connection: Load,
+}
+
+fn measure(lab: &Lab, name: &'static str, url: &str, seconds: u64) -> Mode {
+    Mode {
+        name,
+        keep_alive: wrk(&lab.client, url, seconds, false),
+        new_connection: wrk(&lab.client, url, seconds, true),
+    }
+}
+
+fn nft(ns: &NetNs, ruleset: &str) {
+    let mut child = ns
+        .command("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("run nft (cargo xtask bench installs nftables)");
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), ruleset.as_bytes())
+        .expect("write ruleset");
+    assert!(
+        child.wait().expect("nft").success(),
+        "nft refused:\n{ruleset}"
+    );
+}
+
+/// `lb backend add` while the client opens a new UDP flow every 100 µs: (the command's
+/// round trip, first datagram at the new backend), both from the command's start, in ms;
+/// medians of `rounds`.
+fn add_to_first_packet(lab: &Lab, instance: &Instance, rounds: usize) -> (f64, f64) {
+    let vip = SocketAddr::new(lab.vip(false), 5300);
+    let vip_arg = vip.to_string();
+    instance.ok(&["vip", "add", &vip_arg, "--proto", "udp"]);
+    instance.ok(&[
+        "backend",
+        "add",
+        &vip_arg,
+        "198.18.11.2:5300",
+        "--proto",
+        "udp",
+    ]);
+    let mut returned_ms = Vec::new();
+    let mut arrived_ms = Vec::new();
+    for round in 0..rounds {
+        let listener = lab.backends[1].ns.enter(|| {
+            let s = UdpSocket::bind("198.18.12.2:5300").expect("bind");
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            s
+        });
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sender = {
+            let stop = stop.clone();
+            lab.client.spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Ok(s) = UdpSocket::bind("198.18.0.1:0") {
+                        let _ = s.send_to(b"x", vip);
+                    }
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            })
+        };
+        let backend = "198.18.12.2:5300".to_owned();
+        let started = Instant::now();
+        instance.ok(&["backend", "add", &vip_arg, &backend, "--proto", "udp"]);
+        let returned = started.elapsed();
+        let mut buffer = [0u8; 16];
+        let arrived = listener.recv_from(&mut buffer).map(|_| Instant::now());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = sender.join();
+        let arrived = arrived.unwrap_or_else(|e| panic!("round {round}: no packet: {e}"));
+        returned_ms.push(returned.as_secs_f64() * 1000.0);
+        arrived_ms.push(arrived.duration_since(started).as_secs_f64() * 1000.0);
+        instance.ok(&["backend", "del", &vip_arg, &backend, "--proto", "udp"]);
+    }
+    (median(returned_ms), median(arrived_ms))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Kernel memory of each of this daemon's maps (fdinfo `memlock`), by map name.
+fn map_memory(pid: u32) -> Vec<(String, u64, u64)> {
+    let mut maps = Vec::new();
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return maps;
+    };
+    for entry in entries.flatten() {
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let (Some(id), Some(memlock), Some(entries)) =
+            (field("map_id:"), field("memlock:"), field("max_entries:"))
+        else {
+            continue;
+        };
+        let name = aya::maps::MapInfo::from_id(id as u32)
+            .ok()
+            .and_then(|m| m.name_as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("map {id}"));
+        if !maps.iter().any(|(n, _, _)| *n == name) {
+            maps.push((name, entries, memlock));
+        }
+    }
+    maps.sort_by_key(|m| std::cmp::Reverse(m.2));
+    maps
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let seconds = if quick { 1 } else { 10 };
+    let started = Instant::now();
+    let dir = PathBuf::from(format!("/tmp/lb-bench-{}", std::process::id()));
+    let lab = Lab::new("lbb", 3);
+    let backends: Vec<Nginx> = lab
+        .backends
+        .iter()
+        .map(|b| {
+            let body = http_server(&dir, &b.v4.to_string(), &b.name);
+            start_nginx(&b.ns, &dir, &b.name, &body)
+        })
+        .collect();
+    for b in &lab.backends {
+        wait_for_listener(&lab.lb, SocketAddr::new(b.v4.into(), 80));
+    }
+    let vip = format!("http://{}/", lab.vip(false));
+    let mut modes = Vec::new();
+
+    modes.push(measure(
+        &lab,
+        "client → one backend (ceiling)",
+        &format!("http://{}/", lab.backends[0].v4),
+        seconds,
+    ));
+
+    let instance = Instance::new();
+    let mut daemon =
+        Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, &["--xdp-mode", "native"]));
+    daemon.wait_for_line("lb: forwarding on", Duration::from_secs(30));
+    let vip_arg = format!("{}:80", lab.vip(false));
+    instance.ok(&["vip", "add", &vip_arg]);
+    for b in &lab.backends {
+        instance.ok(&["backend", "add", &vip_arg, &format!("{}:80", b.v4)]);
+    }
+    modes.push(measure(&lab, "lb (XDP, native)", &vip, seconds));
+    let (add_ms, first_ms) = add_to_first_packet(&lab, &instance, if quick { 3 } else { 11 });
+    let pid = instance
+        .ok(&["status", "--json"])
+        .split("\"pid\":")
+        .nth(1)
+        .and_then(|rest| {
+            rest.trim()
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    let memory = map_memory(pid);
+    instance.down();
+    drop(daemon);
+
+    let members = lab
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("{i} : {}", b.v4))
+        .collect::<Vec<_>>()
+        .join(", ");
+    nft(
+        &lab.lb,
+        &format!(
+            "table ip lbbench {{\n chain prerouting {{\n  type nat hook prerouting priority dstnat; policy accept;\n  \
+             ip daddr {} tcp dport 80 dnat to numgen random mod {} map {{ {members} }}\n }}\n}}\n",
+            lab.vip(false),
+            lab.backends.len()
+        ),
+    );
+    modes.push(measure(
+        &lab,
+        "nftables DNAT (numgen random)",
+        &vip,
+        seconds,
+    ));
+    nft(&lab.lb, "delete table ip lbbench\n");
+
+    lab.lb.ip(&[
+        "addr",
+        "add",
+        &format!("{}/32", lab.vip(false)),
+        "dev",
+        "lo",
+    ]);
+    let upstreams: String = lab
+        .backends
+        .iter()
+        .map(|b| format!("server {}:80;", b.v4))
+        .collect();
+    let proxy = start_nginx(
+        &lab.lb,
+        &dir,
+        "stream-proxy",
+        &format!(
+            "stream {{ upstream backends {{ {upstreams} }}\n server {{ listen {}:80 backlog=8192; proxy_pass backends; }} }}",
+            lab.vip(false)
+        ),
+    );
+    wait_for_listener(&lab.client, SocketAddr::new(lab.vip(false), 80));
+    modes.push(measure(&lab, "nginx stream proxy", &vip, seconds));
+    drop(proxy);
+    drop(backends);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let ceiling = &modes[0];
+    let nft_new = modes[2].new_connection.requests_per_sec.max(1e-9);
+    let mut out = String::new();
+    let _ = writeln!(out, "## End to end: HTTP through the VIP\n");
+    let _ = writeln!(
+        out,
+        "wrk (1 thread, {CONNECTIONS} connections, {seconds} s per run, pinned to CPU \
+         {CLIENT_CPU} with taskset) in the client namespace → VIP → three nginx backends \
+         (1 worker each, pinned to CPU {SERVER_CPU}) returning a 10-byte body, all on veth \
+         pairs in one machine. XDP runs in the softirq of the CPU that sends into the veth \
+         (CPU {CLIENT_CPU} for requests, {SERVER_CPU} for replies). The same backends and \
+         client serve every row, in one run. \"new conn\" sends `Connection: close`: one TCP \
+         connection per request.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| path | keep-alive req/s | p50 ms | p99 ms | × ceiling | new conn req/s | p50 ms | p99 ms | × ceiling | × nftables (new conn) | errors |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for mode in &modes {
+        let (k, n) = (&mode.keep_alive, &mode.new_connection);
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+            mode.name,
+            k.requests_per_sec,
+            k.p50_ms,
+            k.p99_ms,
+            k.requests_per_sec / ceiling.keep_alive.requests_per_sec.max(1e-9),
+            n.requests_per_sec,
+            n.p50_ms,
+            n.p99_ms,
+            n.requests_per_sec / ceiling.new_connection.requests_per_sec.max(1e-9),
+            n.requests_per_sec / nft_new,
+            k.errors + n.errors,
+        );
+    }
+    let _ = writeln!(out, "\n## Control plane\n");
+    let _ = writeln!(
+        out,
+        "- `lb backend add` (a new UDP flow every 100 µs from the client; medians of {} \
+         rounds, from the moment the command starts): the command returns after \
+         **{add_ms:.1} ms**; the first packet reaches the new backend after **{first_ms:.1} \
+         ms**, {:.1} ms {} it returns (the table flips before the daemon answers). Most of it \
+         is writing the new Maglev table, one syscall per slot; building it takes ~2 ms \
+         (below).",
+        if quick { 3 } else { 11 },
+        (first_ms - add_ms).abs(),
+        if first_ms <= add_ms {
+            "before"
+        } else {
+            "after"
+        },
+    );
+    let total: u64 = memory.iter().map(|(_, _, bytes)| bytes).sum();
+    let _ = writeln!(
+        out,
+        "- Kernel memory of the daemon's maps (fdinfo `memlock`), default sizes: **{:.1} MiB** \
+         in all. Hash maps are preallocated, so this is also their size at 10^6 conntrack \
+         entries.\n",
+        total as f64 / (1 << 20) as f64
+    );
+    let _ = writeln!(out, "| map | max entries | memory (MiB) |");
+    let _ = writeln!(out, "|---|---:|---:|");
+    for (name, entries, bytes) in &memory {
+        let _ = writeln!(
+            out,
+            "| {name} | {entries} | {:.2} |",
+            *bytes as f64 / (1 << 20) as f64
+        );
+    }
+    let _ = writeln!(out, "\n({:.0} s)", started.elapsed().as_secs_f64());
+    print!("{out}");
+}
