@@ -14,6 +14,13 @@ pub const MAP_VIP_STATS: &str = "VIP_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_TX_PORTS: &str = "TX_PORTS";
 pub const MAP_META: &str = "META";
+/// Per-CPU cache of FIB answers; not pinned (a new program starts with an empty cache).
+pub const MAP_NEXTHOP: &str = "NEXTHOP";
+/// Entries in each CPU's next-hop cache.
+pub const NEXTHOP_CAPACITY: u32 = 16_384;
+/// How long a cached FIB answer is used before the route and neighbour are looked up
+/// again: route or neighbour changes reach established flows within this time.
+pub const NEXTHOP_TTL_NS: u64 = 1_000_000_000;
 
 /// Every map that outlives a controller: pinned under the pin directory by these names.
 pub const PINNED_MAPS: [&str; 10] = [

@@ -46,3 +46,30 @@ pub struct ReverseNat {
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for ReverseNat {}
+
+/// Key of the next-hop cache: where a rewritten packet is going, and where it came in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NextHopKey {
+    pub dst: Addr,
+    pub ingress_ifindex: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for NextHopKey {}
+
+/// A cached `bpf_fib_lookup` answer: egress interface and MACs, valid until `expires_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub _pad: [u8; 4],
+    pub expires_ns: u64,
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for NextHop {}

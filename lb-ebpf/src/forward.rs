@@ -9,24 +9,63 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
         xdp_action,
     },
-    helpers::generated::bpf_fib_lookup,
+    helpers::{bpf_ktime_get_ns, generated::bpf_fib_lookup},
     programs::XdpContext,
 };
-use lb_common::stats::Stat;
+use lb_common::{
+    consts::NEXTHOP_TTL_NS,
+    flow::{NextHop, NextHopKey},
+    stats::Stat,
+};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
-use crate::{Outcome, csum::Delta, maps::TX_PORTS, parse::Packet, parse::ptr_at};
+use crate::{
+    Outcome,
+    csum::Delta,
+    maps::{NEXTHOP, TX_PORTS},
+    parse::{Packet, ptr_at},
+};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
 /// Sends the (already rewritten) packet toward its new destination. `forwarded` is the
-/// reason to count when the packet leaves through XDP.
+/// reason to count when the packet leaves through XDP. The route and neighbour come from
+/// the per-CPU next-hop cache while its answer is fresh, else from `bpf_fib_lookup`. The
+/// cache is keyed by destination and ingress interface only: source-based policy routes
+/// are not honoured for the cache's lifetime.
 #[inline(always)]
 pub fn forward(ctx: &XdpContext, packet: &Packet, forwarded: Stat) -> Outcome {
+    let key = NextHopKey {
+        // The rewritten destination: one answer serves every flow to that backend/client.
+        dst: packet.flow.dst,
+        ingress_ifindex: ctx.ingress_ifindex() as u32,
+        family: packet.flow.family,
+        _pad: [0; 3],
+    };
+    // SAFETY: no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let hop = match NEXTHOP.get_ptr(&key) {
+        // SAFETY: the entry is valid for this run (RCU); a racing update only costs a lookup.
+        Some(hop) if unsafe { (*hop).expires_ns } > now => unsafe { *hop },
+        _ => match lookup(ctx, packet) {
+            Ok(mut hop) => {
+                hop.expires_ns = now + NEXTHOP_TTL_NS;
+                let _ = NEXTHOP.insert(&key, &hop, 0);
+                hop
+            }
+            Err(outcome) => return outcome,
+        },
+    };
+    send(ctx, packet, &hop, forwarded)
+}
+
+/// Route and neighbour for the packet from the kernel's FIB.
+#[inline(always)]
+fn lookup(ctx: &XdpContext, packet: &Packet) -> Result<NextHop, Outcome> {
     // SAFETY: an all-zero bpf_fib_lookup is a valid input (plain integers and unions).
     let mut fib: FibParams = unsafe { mem::zeroed() };
     fib.l4_protocol = packet.flow.proto;
@@ -35,7 +74,7 @@ pub fn forward(ctx: &XdpContext, packet: &Packet, forwarded: Stat) -> Outcome {
     fib.ifindex = ctx.ingress_ifindex() as u32;
     if packet.is_v4() {
         let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, packet.l3_offset) else {
-            return Outcome::drop(Stat::DropFibFailure);
+            return Err(Outcome::drop(Stat::DropFibFailure));
         };
         // SAFETY: bounds checked; byte-aligned header.
         let ip = unsafe { &*ip };
@@ -46,7 +85,7 @@ pub fn forward(ctx: &XdpContext, packet: &Packet, forwarded: Stat) -> Outcome {
         fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst_addr);
     } else {
         let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, packet.l3_offset) else {
-            return Outcome::drop(Stat::DropFibFailure);
+            return Err(Outcome::drop(Stat::DropFibFailure));
         };
         // SAFETY: as above.
         let ip = unsafe { &*ip };
@@ -68,25 +107,37 @@ pub fn forward(ctx: &XdpContext, packet: &Packet, forwarded: Stat) -> Outcome {
         )
     };
     match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => {}
+        BPF_FIB_LKUP_RET_SUCCESS => Ok(NextHop {
+            ifindex: fib.ifindex,
+            smac: fib.smac,
+            dmac: fib.dmac,
+            _pad: [0; 4],
+            expires_ns: 0,
+        }),
         // The kernel resolves the neighbour (ARP/ND) and forwards this packet itself.
-        BPF_FIB_LKUP_RET_NO_NEIGH => return Outcome::pass(Stat::PassNoNeighbour),
-        _ => return Outcome::drop(Stat::DropFibFailure),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Err(Outcome::pass(Stat::PassNoNeighbour)),
+        _ => Err(Outcome::drop(Stat::DropFibFailure)),
     }
+}
+
+/// New MACs, one hop off the TTL, and out: XDP_TX back through the ingress interface,
+/// else XDP_REDIRECT through TX_PORTS.
+#[inline(always)]
+fn send(ctx: &XdpContext, packet: &Packet, hop: &NextHop, forwarded: Stat) -> Outcome {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Outcome::drop(Stat::DropFibFailure);
     };
     // SAFETY: bounds checked.
     let eth = unsafe { &mut *eth };
-    eth.dst_addr = fib.dmac;
-    eth.src_addr = fib.smac;
+    eth.dst_addr = hop.dmac;
+    eth.src_addr = hop.smac;
     if decrement_ttl(ctx, packet).is_none() {
         return Outcome::drop(Stat::DropFibFailure);
     }
-    if fib.ifindex == ctx.ingress_ifindex() as u32 {
+    if hop.ifindex == ctx.ingress_ifindex() as u32 {
         return Outcome::new(xdp_action::XDP_TX, forwarded);
     }
-    match TX_PORTS.redirect(fib.ifindex, 0) {
+    match TX_PORTS.redirect(hop.ifindex, 0) {
         Ok(action) => Outcome::new(action, forwarded),
         // The egress interface is not one lb is attached to: let the kernel send it.
         Err(_) => Outcome::pass(Stat::PassEgressNotAttached),

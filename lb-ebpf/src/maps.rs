@@ -2,11 +2,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
 };
 use lb_common::{
-    consts::{CONNTRACK_CAPACITY, DEFAULT_MAGLEV_SIZE, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS},
-    flow::{Conn, FlowKey, ReverseNat},
+    consts::{
+        CONNTRACK_CAPACITY, DEFAULT_MAGLEV_SIZE, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS,
+        NEXTHOP_CAPACITY,
+    },
+    flow::{Conn, FlowKey, NextHop, NextHopKey, ReverseNat},
     service::{Backend, Layout, VipInfo, VipKey},
     stats::{Counter, STAT_COUNT, VipCounter},
 };
@@ -47,6 +50,12 @@ pub static BACKEND_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(M
 /// Interfaces lb is attached to, by ifindex: where XDP_REDIRECT may send a packet.
 #[map(name = "TX_PORTS")]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
+
+/// Recent `bpf_fib_lookup` answers, per CPU: a route and neighbour lookup costs more than
+/// the rest of the datapath together, and every packet of a flow goes the same way.
+#[map(name = "NEXTHOP")]
+pub static NEXTHOP: LruPerCpuHashMap<NextHopKey, NextHop> =
+    LruPerCpuHashMap::with_max_entries(NEXTHOP_CAPACITY, 0);
 
 /// One entry, written by userspace: the layout the pinned maps were created with. The
 /// datapath never reads it.
