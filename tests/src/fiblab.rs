@@ -83,6 +83,22 @@ impl FibLab {
         }
     }
 
+    /// Points the lb's (permanent) neighbour entry for a backend at another MAC.
+    pub fn set_backend_neighbour(&self, addr: &str, mac: [u8; 6]) {
+        let mac = mac.map(|b| format!("{b:02x}")).join(":");
+        self.lb.ip(&[
+            "neigh",
+            "replace",
+            addr,
+            "lladdr",
+            &mac,
+            "dev",
+            &self.to_backends,
+            "nud",
+            "permanent",
+        ]);
+    }
+
     /// Loads the datapath inside the lb namespace with the test services configured.
     pub fn with_datapath<T: Send>(&self, test: impl FnOnce(&mut Datapath, &Ids) -> T + Send) -> T {
         self.with_datapath_sized(Datapath::TEST_LIMITS, test)

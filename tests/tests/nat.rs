@@ -214,6 +214,33 @@ fn drained_backends_keep_tracked_flows_but_a_syn_on_a_reused_tuple_is_balanced_a
 }
 
 #[test]
+fn next_hops_are_cached_for_a_second_then_looked_up_again() {
+    const MOVED: [u8; 6] = [0x02, 0x18, 0, 0, 9, 9];
+    let lab = FibLab::new();
+    lab.with_datapath(|datapath, ids| {
+        datapath.set_ingress(ids.from_client);
+        let flow = Spec::new(Family::V4, Transport::Tcp)
+            .between(ip("198.18.0.1"), ip("198.18.1.1"))
+            .ports(42_000, 80);
+        let first = verify(&datapath.run(&flow.build(&[])).packet);
+        let backend = first.dst.to_string();
+        assert!(BACKEND_MACS.contains(&first.dst_mac));
+        lab.set_backend_neighbour(&backend, MOVED);
+        let cached = verify(&datapath.run(&flow.ack().build(b"x")).packet);
+        assert_eq!(
+            cached.dst_mac, first.dst_mac,
+            "within a second: the cached answer"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1_100));
+        let fresh = verify(&datapath.run(&flow.ack().build(b"y")).packet);
+        assert_eq!(
+            fresh.dst_mac, MOVED,
+            "after a second: the neighbour's new MAC"
+        );
+    });
+}
+
+#[test]
 fn policies_for_what_cannot_be_balanced() {
     let lab = FibLab::new();
     lab.with_datapath(|datapath, ids| {
