@@ -108,14 +108,15 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Malformed> {
         l3_offset += VlanHdr::LEN;
     }
     let mut flow = FlowKey::default();
-    let (l4_offset, fragment) = match ether_type {
+    let (l4_offset, fragment, ip_len) = match ether_type {
         ETH_P_IPV4 => {
             stats::count_protocol(Stat::Ipv4);
             parse_ipv4(ctx, l3_offset, &mut flow)?
         }
         ETH_P_IPV6 => {
             stats::count_protocol(Stat::Ipv6);
-            (parse_ipv6(ctx, l3_offset, &mut flow)?, false)
+            let (l4_offset, ip_len) = parse_ipv6(ctx, l3_offset, &mut flow)?;
+            (l4_offset, false, ip_len)
         }
         _ => {
             stats::count_protocol(Stat::OtherL3);
@@ -128,6 +129,15 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Malformed> {
     } else {
         parse_l4(ctx, l4_offset, &mut flow)?
     };
+    // A frame shorter than its IP length lost bytes on the way: the kernel would drop it,
+    // and forwarding it would send a broken packet on.
+    if ctx.data() + l3_offset + ip_len > ctx.data_end() {
+        return Err(Malformed(if flow.family == FAMILY_V4 {
+            Stat::MalformedIpv4
+        } else {
+            Stat::MalformedIpv6
+        }));
+    }
     Ok(Parsed::Ip(Packet {
         l3_offset,
         l4_offset,
@@ -136,14 +146,16 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Malformed> {
     }))
 }
 
-/// Fills addresses and protocol; returns the L4 offset (after options) and whether the
-/// packet is a fragment.
+/// Fills addresses and protocol; returns the L4 offset (after options), whether the packet
+/// is a fragment, and its total length. A wrong header checksum makes it malformed, as it
+/// would for any router (RFC 1812): forwarding rewrites the checksum incrementally, which
+/// would carry the error on.
 #[inline(always)]
 fn parse_ipv4(
     ctx: &XdpContext,
     offset: usize,
     flow: &mut FlowKey,
-) -> Result<(usize, bool), Malformed> {
+) -> Result<(usize, bool, usize), Malformed> {
     let ip: &Ipv4Hdr = header(ctx, offset, Stat::MalformedIpv4)?;
     let header_len = usize::from(ip.ihl());
     if ip.version() != 4 || header_len < Ipv4Hdr::LEN || usize::from(ip.tot_len()) < header_len {
@@ -153,16 +165,42 @@ fn parse_ipv4(
     if ctx.data() + offset + header_len > ctx.data_end() {
         return Err(Malformed(Stat::MalformedIpv4));
     }
+    if !header_checksum_ok(ctx, offset, header_len) {
+        return Err(Malformed(Stat::MalformedIpv4));
+    }
     flow.family = FAMILY_V4;
     flow.proto = ip.proto;
     flow.src = addr_from_v4(ip.src_addr);
     flow.dst = addr_from_v4(ip.dst_addr);
     let fragment = u16::from_be_bytes(ip.frags) & IPV4_MF_AND_OFFSET != 0;
-    Ok((offset + header_len, fragment))
+    Ok((offset + header_len, fragment, usize::from(ip.tot_len())))
+}
+
+/// The one's complement sum of the IPv4 header (at most 60 bytes) is all ones.
+#[inline(always)]
+fn header_checksum_ok(ctx: &XdpContext, offset: usize, header_len: usize) -> bool {
+    let mut sum = 0u32;
+    for word in 0..30 {
+        if word * 2 >= header_len {
+            break;
+        }
+        let Some(bytes) = ptr_at::<[u8; 2]>(ctx, offset + word * 2) else {
+            return false;
+        };
+        // SAFETY: bounds checked by ptr_at.
+        sum += u32::from(u16::from_be_bytes(unsafe { *bytes }));
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum == 0xffff
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, offset: usize, flow: &mut FlowKey) -> Result<usize, Malformed> {
+fn parse_ipv6(
+    ctx: &XdpContext,
+    offset: usize,
+    flow: &mut FlowKey,
+) -> Result<(usize, usize), Malformed> {
     let ip: &Ipv6Hdr = header(ctx, offset, Stat::MalformedIpv6)?;
     if ip.version() != 6 {
         return Err(Malformed(Stat::MalformedIpv6));
@@ -171,7 +209,10 @@ fn parse_ipv6(ctx: &XdpContext, offset: usize, flow: &mut FlowKey) -> Result<usi
     flow.proto = ip.next_hdr;
     flow.src = ip.src_addr;
     flow.dst = ip.dst_addr;
-    Ok(offset + Ipv6Hdr::LEN)
+    Ok((
+        offset + Ipv6Hdr::LEN,
+        Ipv6Hdr::LEN + usize::from(ip.payload_len()),
+    ))
 }
 
 #[inline(always)]

@@ -3,6 +3,7 @@
 
 pub use lb_lab::{client, netns, servers, topology};
 pub mod fiblab;
+pub mod fuzz;
 pub mod packets;
 pub mod process;
 pub mod testrun;

@@ -11,7 +11,7 @@ pub const LB_V4: [u8; 4] = [198, 18, 0, 2];
 pub const CLIENT_V6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 pub const LB_V6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
     V4,
     /// IPv4 with 8 bytes of options (NOP padding and end of list).
@@ -19,7 +19,7 @@ pub enum Family {
     V6,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
     Tcp,
     Udp,

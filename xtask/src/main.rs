@@ -4,6 +4,7 @@ mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -29,6 +30,8 @@ enum Task {
     Test,
     /// Run the benchmarks and write docs/BENCHMARKS.md.
     Bench(bench::Options),
+    /// Fuzz the datapath with mutated packets (10^6 by default).
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,6 +44,10 @@ fn main() -> anyhow::Result<()> {
         Task::Run(options) => {
             setup::run()?;
             run::run(&options)
+        }
+        Task::Fuzz(options) => {
+            setup::run()?;
+            fuzz::run(&options)
         }
         Task::Bench(options) => {
             setup::run()?;

@@ -36,9 +36,9 @@ pub fn run() -> anyhow::Result<()> {
     }
     let lb = build::run(&build::Options::default())?;
     step(
-        "eBPF tests (BPF_PROG_TEST_RUN on golden packets)",
+        "eBPF tests (BPF_PROG_TEST_RUN: golden packets, 10^4 fuzzed packets)",
         cmd::cargo()?.args([
-            "test", "-p", "lb-tests", "--test", "golden", "--test", "nat",
+            "test", "-p", "lb-tests", "--test", "golden", "--test", "nat", "--test", "fuzz",
         ]),
     )?;
     step(
