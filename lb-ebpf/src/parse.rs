@@ -129,9 +129,19 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Malformed> {
     } else {
         parse_l4(ctx, l4_offset, &mut flow)?
     };
-    // A frame shorter than its IP length lost bytes on the way: the kernel would drop it,
-    // and forwarding it would send a broken packet on.
-    if ctx.data() + l3_offset + ip_len > ctx.data_end() {
+    // A frame shorter than its IP length lost bytes on the way, and an IP length that ends
+    // inside the TCP/UDP header describes no valid packet: the kernel would drop either,
+    // and forwarding would send a broken packet on.
+    let l4_header = match l4 {
+        L4::Tcp { .. } => ptr_at::<TcpHdr>(ctx, l4_offset)
+            // SAFETY: bounds checked by ptr_at.
+            .map_or(TcpHdr::LEN, |tcp| usize::from(unsafe { (*tcp).doff() }) * 4),
+        L4::Udp => UdpHdr::LEN,
+        _ => 0,
+    };
+    if ctx.data() + l3_offset + ip_len > ctx.data_end()
+        || l4_offset + l4_header > l3_offset + ip_len
+    {
         return Err(Malformed(if flow.family == FAMILY_V4 {
             Stat::MalformedIpv4
         } else {

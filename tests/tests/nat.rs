@@ -241,6 +241,48 @@ fn next_hops_are_cached_for_a_second_then_looked_up_again() {
 }
 
 #[test]
+fn a_full_conntrack_table_evicts_the_stalest_flows_and_keeps_balancing() {
+    use lb_userspace::datapath::Limits;
+    const CAPACITY: u32 = 1024;
+    const FLOWS: u16 = 4_000;
+    let lab = FibLab::new();
+    let limits = Limits {
+        conntrack_capacity: CAPACITY,
+        ..Datapath::TEST_LIMITS
+    };
+    lab.with_datapath_sized(limits, |datapath, ids| {
+        datapath.set_ingress(ids.from_client);
+        let flow = |port: u16| {
+            Spec::new(Family::V4, Transport::Tcp)
+                .between(ip("198.18.0.1"), ip("198.18.1.1"))
+                .ports(port, 80)
+        };
+        let mut first = Vec::new();
+        for n in 0..FLOWS {
+            let (verdict, delta) = datapath.run_counted(&flow(10_000 + n).build(&[]));
+            assert_eq!(delta.packets(Stat::ForwardNew), 1, "flow {n} balanced: {:?}", delta.moved());
+            first.push(verify(&verdict.packet).dst);
+        }
+        let entries = datapath.balancer.maps().conntrack_entries();
+        assert!(entries <= u64::from(CAPACITY), "{entries} entries in a {CAPACITY}-entry table");
+        let evicted = u64::from(FLOWS) - entries;
+        // The most recent flows are still tracked and keep their backend.
+        for n in FLOWS - 200..FLOWS {
+            let (verdict, delta) = datapath.run_counted(&flow(10_000 + n).ack().build(b"x"));
+            assert_eq!(delta.packets(Stat::ForwardEstablished), 1, "recent flow {n} tracked");
+            assert_eq!(verify(&verdict.packet).dst, first[n as usize]);
+        }
+        // The oldest were evicted: balanced again, and Maglev sends them where they were.
+        for n in 0..200 {
+            let (verdict, delta) = datapath.run_counted(&flow(10_000 + n).ack().build(b"x"));
+            assert_eq!(delta.packets(Stat::ForwardNew), 1, "old flow {n} was evicted");
+            assert_eq!(verify(&verdict.packet).dst, first[n as usize], "same backend");
+        }
+        eprintln!("{FLOWS} flows through a {CAPACITY}-entry conntrack: {entries} tracked, {evicted} evicted");
+    });
+}
+
+#[test]
 fn policies_for_what_cannot_be_balanced() {
     let lab = FibLab::new();
     lab.with_datapath(|datapath, ids| {
