@@ -493,3 +493,60 @@ fn a_corrupt_state_file_is_refused_and_left_untouched() {
     assert!(!lab.lb.has_xdp(), "nothing was attached");
     assert!(!instance.api.exists(), "no socket was left behind");
 }
+
+#[test]
+fn a_daemon_killed_during_changes_leaves_a_whole_state_file() {
+    let lab = Lab::new("lbt", 3);
+    let instance = Instance::new();
+    let mut daemon = start(&lab, &instance, &[]);
+    let vip = "198.18.1.1:80";
+    instance.ok(&["vip", "add", vip]);
+    for round in 0..5u64 {
+        // Changes in flight from another thread; the daemon dies at a different moment
+        // each round.
+        let api = instance.api.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let churn = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut n = 0u32;
+                while !stop.load(Ordering::Relaxed) && n < 500 {
+                    let backend = format!("198.18.11.{}:8080", 2 + n % 50);
+                    let op = if n.is_multiple_of(2) { "add" } else { "del" };
+                    let _ = std::process::Command::new(lb_tests::process::lb_binary())
+                        .arg("--api")
+                        .arg(&api)
+                        .args(["backend", op, vip, &backend])
+                        .output();
+                    n += 1;
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(150 + 70 * round));
+        let status = daemon.kill_hard();
+        stop.store(true, Ordering::Relaxed);
+        let _ = churn.join();
+        assert!(!status.success());
+        let text = std::fs::read_to_string(&instance.state).expect("state file exists");
+        let state = lb_userspace::config::parse(&text, &instance.state)
+            .unwrap_or_else(|e| panic!("round {round}: the state file is not whole: {e}\n{text}"));
+        assert_eq!(state.vips.len(), 1, "round {round}: {text}");
+        let leftovers: Vec<_> = std::fs::read_dir(instance.state.parent().expect("dir"))
+            .expect("dir")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        // A temporary file may be left by the kill; it is never the state.
+        assert!(leftovers.len() <= 1, "{leftovers:?}");
+        daemon = Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, &[]));
+        daemon.wait_for_line(READY, STARTUP);
+        let listed = backend_identities(&instance.ok(&["backend", "list", "--json"]));
+        let saved: usize = state.vips.values().map(|v| v.backends.len()).sum();
+        assert_eq!(
+            listed.len(),
+            saved,
+            "round {round}: the restart serves the saved state"
+        );
+    }
+    instance.down();
+}
