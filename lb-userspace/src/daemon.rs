@@ -15,7 +15,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, watch},
 };
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     api,
@@ -283,6 +283,39 @@ impl Signals {
     }
 }
 
+/// How often the daemon looks at its pins.
+const PIN_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Says clearly (once per loss) when someone removed pins under the running daemon: the
+/// datapath keeps forwarding through the daemon's own handles, but would detach, and lose
+/// its tracked flows, when the daemon stops.
+fn check_pins(controller: &Arc<Mutex<Controller>>, reported: &mut bool) {
+    let Ok(controller) = controller.lock() else {
+        return;
+    };
+    let Some(pins) = controller.pins.as_ref() else {
+        return;
+    };
+    let ifaces: Vec<String> = controller
+        .attachments
+        .iter()
+        .map(|a| a.iface.name.clone())
+        .collect();
+    let missing = pins.missing(&ifaces);
+    if missing.is_empty() {
+        *reported = false;
+    } else if !*reported {
+        *reported = true;
+        error!(
+            dir = %pins.path().display(),
+            missing = %missing.join(", "),
+            "pins were removed while lb runs: the datapath still forwards through this daemon, \
+             but stopping it now would detach the interfaces and forget every tracked flow; \
+             `lb down` then `lb run` re-creates them"
+        );
+    }
+}
+
 /// Prints counters every interval until a signal or `lb down`.
 async fn wait_for_stop(
     signals: Signals,
@@ -300,11 +333,14 @@ async fn wait_for_stop(
     let mut ticker = tokio::time::interval(interval);
     ticker.tick().await;
     let mut last: Option<(Snapshot, Instant)> = None;
+    let mut pin_check = tokio::time::interval(PIN_CHECK);
+    let mut pins_reported = false;
     loop {
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM received, stopping the daemon"); return Ok(Stop::Signal); }
             _ = sigint.recv() => { info!("interrupt received, stopping the daemon"); return Ok(Stop::Signal); }
             _ = down.changed() => return Ok(Stop::Down),
+            _ = pin_check.tick() => check_pins(controller, &mut pins_reported),
             _ = ticker.tick(), if args.stats_interval().is_some() => {
                 let read = match controller.lock() {
                     Ok(c) => c.stats.read(),

@@ -15,7 +15,7 @@ use std::{
 
 use aya::maps::{Array, Map, MapData};
 use lb_common::{
-    consts::{LAYOUT_VERSION, MAP_META},
+    consts::{LAYOUT_VERSION, MAP_META, PINNED_MAPS},
     service::Layout,
 };
 use thiserror::Error;
@@ -154,6 +154,19 @@ impl PinDir {
 
     pub fn link_path(&self, ifname: &str) -> PathBuf {
         self.path.join(format!("{LINK_PREFIX}{ifname}"))
+    }
+
+    /// What is missing of a running datapath's pins: maps by name, links by interface.
+    pub fn missing(&self, ifaces: &[String]) -> Vec<String> {
+        let maps = PINNED_MAPS
+            .iter()
+            .filter(|name| !self.map_path(name).exists())
+            .map(|name| (*name).to_owned());
+        let links = ifaces
+            .iter()
+            .filter(|ifname| !self.link_path(ifname).exists())
+            .map(|ifname| format!("{LINK_PREFIX}{ifname}"));
+        maps.chain(links).collect()
     }
 
     /// Interface names with a pinned XDP link.

@@ -323,3 +323,36 @@ fn a_pinned_datapath_of_another_layout_or_size_is_refused_not_adopted() {
     lab.instance.down();
     assert!(!lab.lb.has_xdp());
 }
+
+#[test]
+fn pins_removed_under_a_running_daemon_are_reported() {
+    let lab = Lab::new();
+    let mut daemon = Daemon::spawn(lab.lb_run(&[]));
+    daemon.wait_for_line(READY, STARTUP);
+    for entry in std::fs::read_dir(&lab.instance.pin_dir)
+        .expect("pin dir")
+        .flatten()
+    {
+        std::fs::remove_file(entry.path()).expect("unpin");
+    }
+    assert!(
+        lab.lb.has_xdp(),
+        "the daemon's own handles keep the datapath attached"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !daemon.stderr().contains("pins were removed while lb runs") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no report: {}",
+            daemon.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(daemon.stderr().contains("link_"), "names what is missing");
+    let (status, _) = daemon.terminate();
+    assert!(status.success());
+    assert!(
+        !lab.lb.has_xdp(),
+        "with its pins gone, the datapath stops with the daemon, as reported"
+    );
+}
