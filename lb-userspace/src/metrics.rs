@@ -54,6 +54,9 @@ impl Snapshot {
     }
 }
 
+/// Which number of a counter a metric family exposes.
+type CounterField = fn(&CounterEntry) -> u64;
+
 type Labels<const N: usize> = [(&'static str, String); N];
 
 fn family<const N: usize>(
@@ -146,47 +149,50 @@ impl Collector for Snapshot {
                 .iter()
                 .map(|b| (backend(b), u64::from(b.weight))),
         )?;
-        for (name, help, kind) in [
+        fn packets(c: &CounterEntry) -> u64 {
+            c.packets
+        }
+        fn bytes(c: &CounterEntry) -> u64 {
+            c.bytes
+        }
+        let by_kind: [(&str, &str, StatKind, CounterField); 5] = [
             (
                 "lb_verdict_packets",
                 "Packets by XDP verdict",
                 StatKind::Verdict,
+                packets,
             ),
             (
                 "lb_reason_packets",
                 "Packets by the reason for their verdict",
                 StatKind::Reason,
+                packets,
             ),
             (
                 "lb_protocol_packets",
                 "Packets by protocol seen",
                 StatKind::Protocol,
+                packets,
             ),
-        ] {
-            let rows = self
-                .counters
-                .iter()
-                .filter(|(_, k, _)| *k == kind)
-                .map(|(n, _, c)| ([("name", (*n).to_owned())], c.packets));
-            family(e, name, help, Counter, rows)?;
-        }
-        for (name, help, kind) in [
             (
                 "lb_verdict_bytes",
                 "Bytes by XDP verdict",
                 StatKind::Verdict,
+                bytes,
             ),
             (
                 "lb_reason_bytes",
                 "Bytes by the reason for their verdict",
                 StatKind::Reason,
+                bytes,
             ),
-        ] {
+        ];
+        for (name, help, kind, value) in by_kind {
             let rows = self
                 .counters
                 .iter()
                 .filter(|(_, k, _)| *k == kind)
-                .map(|(n, _, c)| ([("name", (*n).to_owned())], c.bytes));
+                .map(|(n, _, c)| ([("name", (*n).to_owned())], value(c)));
             family(e, name, help, Counter, rows)?;
         }
         family(

@@ -33,6 +33,22 @@ pub struct FibLab {
     to_backends: String,
 }
 
+/// A permanent neighbour entry, so `bpf_fib_lookup` resolves `addr` without ARP/ND.
+fn pin_neighbour(ns: &NetNs, addr: &str, mac: [u8; 6], dev: &str) {
+    let mac = mac.map(|b| format!("{b:02x}")).join(":");
+    ns.ip(&[
+        "neigh",
+        "replace",
+        addr,
+        "lladdr",
+        &mac,
+        "dev",
+        dev,
+        "nud",
+        "permanent",
+    ]);
+}
+
 impl Default for FibLab {
     fn default() -> Self {
         Self::new()
@@ -49,7 +65,6 @@ impl FibLab {
         lb.ip(&["-6", "addr", "add", "fd00::2/64", "dev", &front.b, "nodad"]);
         lb.ip(&["-6", "addr", "add", "fd00:2::1/64", "dev", &back.a, "nodad"]);
         lb.enable_forwarding();
-        let mac = |m: [u8; 6]| m.map(|b| format!("{b:02x}")).join(":");
         let neighbours = [
             ("198.18.0.1", CLIENT_MAC, &front.b),
             ("fd00::1", CLIENT_MAC, &front.b),
@@ -59,17 +74,7 @@ impl FibLab {
             ("fd00:2::3", BACKEND_MACS[1], &back.a),
         ];
         for (addr, lladdr, dev) in neighbours {
-            lb.ip(&[
-                "neigh",
-                "replace",
-                addr,
-                "lladdr",
-                &mac(lladdr),
-                "dev",
-                dev,
-                "nud",
-                "permanent",
-            ]);
+            pin_neighbour(&lb, addr, lladdr, dev);
         }
         // More clients behind the client's address (the benchmark's many flows).
         lb.ip(&["route", "add", "198.18.100.0/24", "via", "198.18.0.1"]);
@@ -85,18 +90,7 @@ impl FibLab {
 
     /// Points the lb's (permanent) neighbour entry for a backend at another MAC.
     pub fn set_backend_neighbour(&self, addr: &str, mac: [u8; 6]) {
-        let mac = mac.map(|b| format!("{b:02x}")).join(":");
-        self.lb.ip(&[
-            "neigh",
-            "replace",
-            addr,
-            "lladdr",
-            &mac,
-            "dev",
-            &self.to_backends,
-            "nud",
-            "permanent",
-        ]);
+        pin_neighbour(&self.lb, addr, mac, &self.to_backends);
     }
 
     /// Loads the datapath inside the lb namespace with the test services configured.
