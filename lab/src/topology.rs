@@ -21,6 +21,8 @@ pub struct Backend {
     /// `backend-<n>`, what its servers answer with.
     pub name: String,
     pub ns: NetNs,
+    /// Its end of the link to the lb.
+    pub dev: String,
     pub v4: Ipv4Addr,
     pub v6: Ipv6Addr,
 }
@@ -100,6 +102,7 @@ impl Lab {
             list.push(Backend {
                 name: format!("backend-{n}"),
                 ns,
+                dev: link.b,
                 v4: Ipv4Addr::new(198, 18, net as u8, 2),
                 v6: format!("fd00:{net}::2").parse().expect("valid IPv6"),
             });

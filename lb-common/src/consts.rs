@@ -37,8 +37,8 @@ pub const PINNED_MAPS: [&str; 10] = [
 ];
 
 /// Version of the map layout (key/value types and indexing). Bump it with any change to a
-/// `#[repr(C)]` type in a pinned map: a controller refuses to adopt maps of another version.
-pub const LAYOUT_VERSION: u32 = 1;
+/// `#[repr(C)]` type in a pinned map or to the counter indices: a controller refuses to adopt maps of another version.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Global set at load time: the Maglev table size M (a prime).
 pub const GLOBAL_MAGLEV_SIZE: &str = "MAGLEV_SIZE";

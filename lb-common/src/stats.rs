@@ -1,5 +1,6 @@
 //! Global counters: what the datapath saw (protocols), what it decided (verdicts) and why
-//! (reasons). Every packet bumps exactly one verdict and exactly one reason.
+//! (reasons), and what happened to the conntrack table. Every packet bumps exactly one
+//! verdict and exactly one reason.
 
 use crate::consts::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
 
@@ -48,6 +49,8 @@ pub enum StatKind {
     Protocol,
     Verdict,
     Reason,
+    /// Conntrack table events; `packets` counts events, `bytes` stays 0.
+    Conntrack,
 }
 
 macro_rules! stats {
@@ -119,7 +122,12 @@ stats! {
     DropFragment = 29, "drop_fragment", Reason;
     DropIpv6ExtensionHeader = 30, "drop_ipv6_ext_header", Reason;
     DropFibFailure = 31, "drop_fib_failure", Reason;
-    DropConntrackFull = 32, "drop_conntrack_full", Reason;
+    // Conntrack events. LRU evictions are silent in the kernel: userspace derives them as
+    // entries created minus entries present (nothing else deletes an entry).
+    CtCreated = 32, "ct_created", Conntrack;
+    CtReplaced = 33, "ct_replaced", Conntrack;
+    CtInsertFailed = 34, "ct_insert_failed", Conntrack;
+    CtMissMidFlow = 35, "ct_miss_mid_flow", Conntrack;
 }
 
 /// Number of slots in the stats map.

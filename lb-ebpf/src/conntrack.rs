@@ -1,10 +1,21 @@
 //! Connection tracking: forward entries (client → VIP) pin a flow to its backend; reverse
 //! entries (backend → client) let replies get the VIP back as their source.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
-use lb_common::flow::{Conn, FlowKey, ReverseNat};
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_ktime_get_ns,
+};
+use lb_common::{
+    flow::{Conn, FlowKey, ReverseNat},
+    stats::Stat,
+};
 
-use crate::maps::{CONNTRACK, REVERSE_NAT};
+use crate::{
+    maps::{CONNTRACK, REVERSE_NAT},
+    stats,
+};
+
+const EEXIST: i32 = 17;
 
 /// `last_seen_ns` is refreshed at most this often, to keep writes off the fast path.
 const REFRESH_NS: u64 = 1_000_000_000;
@@ -45,6 +56,8 @@ pub fn lookup_reply(reply: &FlowKey) -> Option<ReverseNat> {
 
 /// Tracks a new flow in both directions. An LRU map evicts the stalest flows when full; if
 /// an insert still fails the flow is forwarded anyway, since Maglev picks the same backend.
+/// Creations are counted apart from replacements (a SYN reusing a tracked 5-tuple) so that
+/// userspace can derive evictions as created minus present.
 #[inline(always)]
 pub fn insert(flow: &FlowKey, reply: &FlowKey, vip_id: u32, backend_id: u32) {
     let now = now();
@@ -53,7 +66,14 @@ pub fn insert(flow: &FlowKey, reply: &FlowKey, vip_id: u32, backend_id: u32) {
         vip_id,
         last_seen_ns: now,
     };
-    let _ = CONNTRACK.insert(flow, &conn, 0);
+    let event = match CONNTRACK.insert(flow, &conn, u64::from(BPF_NOEXIST)) {
+        Ok(()) => Stat::CtCreated,
+        Err(e) if e == -EEXIST && CONNTRACK.insert(flow, &conn, u64::from(BPF_ANY)).is_ok() => {
+            Stat::CtReplaced
+        }
+        Err(_) => Stat::CtInsertFailed,
+    };
+    stats::count_event(event);
     let reverse = ReverseNat {
         vip_addr: flow.dst,
         vip_port: flow.dst_port,
@@ -63,5 +83,5 @@ pub fn insert(flow: &FlowKey, reply: &FlowKey, vip_id: u32, backend_id: u32) {
         _pad2: [0; 4],
         last_seen_ns: now,
     };
-    let _ = REVERSE_NAT.insert(reply, &reverse, 0);
+    let _ = REVERSE_NAT.insert(reply, &reverse, u64::from(BPF_ANY));
 }

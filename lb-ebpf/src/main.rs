@@ -107,8 +107,13 @@ fn to_backend(
     let tracked = if opening {
         None
     } else {
-        conntrack::lookup(&packet.flow)
-            .and_then(|id| select::tracked(id, vip).map(|backend| (id, backend)))
+        let pinned = conntrack::lookup(&packet.flow);
+        // A TCP segment of an open connection that is not tracked: its entry was evicted, or
+        // the connection began before this lb saw it (a restart, another lb node).
+        if pinned.is_none() && matches!(packet.l4, L4::Tcp { .. }) {
+            stats::count_event(Stat::CtMissMidFlow);
+        }
+        pinned.and_then(|id| select::tracked(id, vip).map(|backend| (id, backend)))
     };
     let (backend_id, backend, reason) = match tracked {
         Some((id, backend)) => (id, backend, Stat::ForwardEstablished),

@@ -14,6 +14,12 @@ pub fn count(stat: Stat, bytes: usize) {
     }
 }
 
+/// Conntrack events count occurrences only.
+#[inline(always)]
+pub fn count_event(stat: Stat) {
+    count(stat, 0);
+}
+
 /// Protocol counters track packets only; bytes are in the verdict and reason counters.
 #[inline(always)]
 pub fn count_protocol(stat: Stat) {

@@ -170,6 +170,28 @@ pub struct StatsReport {
     pub counters: BTreeMap<String, CounterEntry>,
     pub vips: Vec<VipEntry>,
     pub backends: Vec<BackendEntry>,
+    #[serde(default)]
+    pub conntrack: ConntrackReport,
+}
+
+/// How full the conntrack table is and what it had to evict. Entries are counted at most
+/// every few seconds (one syscall per entry); `evicted` is as of that count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConntrackReport {
+    pub entries: u64,
+    pub capacity: u64,
+    /// Flows the table dropped to make room for new ones since the maps were created.
+    pub evicted: u64,
+    /// TCP segments of open connections that found no entry (evicted, or older than this lb).
+    pub missed_mid_flow: u64,
+}
+
+impl ConntrackReport {
+    /// Nothing but the LRU deletes an entry, so whatever was created and is not there any
+    /// more was evicted.
+    pub fn evictions(created: u64, entries: u64) -> u64 {
+        created.saturating_sub(entries)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

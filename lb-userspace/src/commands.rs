@@ -237,8 +237,13 @@ pub fn stats(socket: &Path, args: StatsArgs) -> anyhow::Result<()> {
             c.bytes.to_string(),
         ]);
     }
+    let ct = report.conntrack;
     println!(
-        "{t}\n\n{}\n\n{}",
+        "{t}\n\nconntrack: {} of {} entries; {} flows evicted, {} TCP segments found untracked\n\n{}\n\n{}",
+        ct.entries,
+        ct.capacity,
+        ct.evicted,
+        ct.missed_mid_flow,
         vip_table(&report.vips),
         backend_table(&report.backends)
     );

@@ -13,8 +13,8 @@ use tracing::{error, info, warn};
 
 use crate::{
     api::{
-        BackendEntry, CounterEntry, DownReport, InterfaceEntry, Request, Response, StatsReport,
-        StatusReport, VipEntry,
+        BackendEntry, ConntrackReport, CounterEntry, DownReport, InterfaceEntry, Request, Response,
+        StatsReport, StatusReport, VipEntry,
     },
     attach::{PinnedAttachment, error_chain},
     balancer::{Balancer, BalancerError, VipView},
@@ -24,8 +24,9 @@ use crate::{
     metrics,
     pins::PinDir,
     state::{Change, Proto, Service},
-    stats::StatsMap,
+    stats::{self, StatsMap},
 };
+use lb_common::stats::Stat;
 
 /// The daemon's datapath and everything needed to report on it.
 pub struct Controller {
@@ -40,14 +41,22 @@ pub struct Controller {
     pub started: Instant,
     pub health: HealthBook,
     pub checker: Checker,
-    /// The last count of conntrack entries and when it was taken (counting is costly).
-    pub conntrack_count: Option<(Instant, u64)>,
+    /// The last count of conntrack entries, the creations counted by then, and when it was
+    /// taken (counting is costly).
+    pub conntrack_count: Option<ConntrackCount>,
     /// Kept so the loaded program lives as long as the daemon.
     pub ebpf: Ebpf,
 }
 
-/// How long a conntrack count is reused by metrics scrapes.
+/// How long a conntrack count is reused by metrics scrapes and `lb stats`.
 const CONNTRACK_COUNT_TTL: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Copy, Debug)]
+pub struct ConntrackCount {
+    at: Instant,
+    entries: u64,
+    created: u64,
+}
 
 fn service(vip: SocketAddr, proto: Proto) -> Service {
     Service { addr: vip, proto }
@@ -302,9 +311,9 @@ impl Controller {
         Ok(entries)
     }
 
-    fn stats(&self) -> Result<StatsReport, String> {
+    fn stats(&mut self) -> Result<StatsReport, String> {
         let snapshot = self.stats.read().map_err(|e| error_chain(&e))?;
-        let counters = lb_common::stats::Stat::ALL
+        let counters = Stat::ALL
             .iter()
             .map(|&stat| {
                 let c = snapshot.get(stat);
@@ -321,7 +330,32 @@ impl Controller {
             counters,
             vips: self.vips()?,
             backends: self.backends(None)?,
+            conntrack: self.conntrack(&snapshot),
         })
+    }
+
+    /// Conntrack fill and evictions, recounted when the last count is older than the TTL.
+    fn conntrack(&mut self, snapshot: &stats::Snapshot) -> ConntrackReport {
+        let count = match self.conntrack_count {
+            Some(count) if count.at.elapsed() < CONNTRACK_COUNT_TTL => count,
+            _ => {
+                // Creations read first: flows created during the walk are not taken as evicted.
+                let created = snapshot.get(Stat::CtCreated).packets;
+                let count = ConntrackCount {
+                    created,
+                    entries: self.balancer.maps().conntrack_entries(),
+                    at: Instant::now(),
+                };
+                self.conntrack_count = Some(count);
+                count
+            }
+        };
+        ConntrackReport {
+            entries: count.entries,
+            capacity: u64::from(self.balancer.limits().conntrack_capacity),
+            evicted: ConntrackReport::evictions(count.created, count.entries),
+            missed_mid_flow: snapshot.get(Stat::CtMissMidFlow).packets,
+        }
     }
 
     /// What a metrics scrape reports.
@@ -334,20 +368,11 @@ impl Controller {
                 bytes: c.bytes,
             }
         });
-        let conntrack_entries = match self.conntrack_count {
-            Some((at, count)) if at.elapsed() < CONNTRACK_COUNT_TTL => count,
-            _ => {
-                let count = self.balancer.maps().conntrack_entries();
-                self.conntrack_count = Some((Instant::now(), count));
-                count
-            }
-        };
         Ok(metrics::Snapshot {
             counters,
             vips: self.vips()?,
             backends: self.backends(None)?,
-            conntrack_entries,
-            conntrack_capacity: u64::from(self.balancer.limits().conntrack_capacity),
+            conntrack: self.conntrack(&snapshot),
         })
     }
 

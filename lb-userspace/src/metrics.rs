@@ -25,7 +25,7 @@ use prometheus_client::{
 use tokio::net::TcpListener;
 
 use crate::{
-    api::{BackendEntry, CounterEntry, VipEntry},
+    api::{BackendEntry, ConntrackReport, CounterEntry, VipEntry},
     controller::Controller,
     health::Health,
 };
@@ -39,8 +39,7 @@ pub struct Snapshot {
     pub counters: Vec<(&'static str, StatKind, CounterEntry)>,
     pub vips: Vec<VipEntry>,
     pub backends: Vec<BackendEntry>,
-    pub conntrack_entries: u64,
-    pub conntrack_capacity: u64,
+    pub conntrack: ConntrackReport,
 }
 
 impl Snapshot {
@@ -155,7 +154,7 @@ impl Collector for Snapshot {
         fn bytes(c: &CounterEntry) -> u64 {
             c.bytes
         }
-        let by_kind: [(&str, &str, StatKind, CounterField); 5] = [
+        let by_kind: [(&str, &str, StatKind, CounterField); 6] = [
             (
                 "lb_verdict_packets",
                 "Packets by XDP verdict",
@@ -186,6 +185,12 @@ impl Collector for Snapshot {
                 StatKind::Reason,
                 bytes,
             ),
+            (
+                "lb_conntrack_events",
+                "Conntrack entries created, replaced and failed; TCP segments found untracked",
+                StatKind::Conntrack,
+                packets,
+            ),
         ];
         for (name, help, kind, value) in by_kind {
             let rows = self
@@ -200,14 +205,21 @@ impl Collector for Snapshot {
             "lb_conntrack_entries",
             "Tracked flows (client to VIP direction)",
             Gauge,
-            std::iter::once(([("map", "CONNTRACK".to_owned())], self.conntrack_entries)),
+            std::iter::once(([("map", "CONNTRACK".to_owned())], self.conntrack.entries)),
         )?;
         family(
             e,
             "lb_conntrack_capacity",
             "Flows the conntrack map holds before evicting",
             Gauge,
-            std::iter::once(([("map", "CONNTRACK".to_owned())], self.conntrack_capacity)),
+            std::iter::once(([("map", "CONNTRACK".to_owned())], self.conntrack.capacity)),
+        )?;
+        family(
+            e,
+            "lb_conntrack_evictions",
+            "Flows evicted to make room for new ones (created minus present, as of the last count)",
+            Counter,
+            std::iter::once(([("map", "CONNTRACK".to_owned())], self.conntrack.evicted)),
         )?;
         Ok(())
     }

@@ -176,6 +176,7 @@ mod tests {
         let vip: SocketAddr = "198.18.1.1:53".parse().expect("addr");
         StatsReport {
             counters: Default::default(),
+            conntrack: Default::default(),
             vips: vec![VipEntry {
                 vip,
                 proto: Proto::Udp,

@@ -233,6 +233,39 @@ impl Instance {
         String::from_utf8_lossy(&output.stderr).into_owned()
     }
 
+    /// A backend's `health` (`up`, `down`, `unchecked`) and its whole `backend list` entry.
+    pub fn backend_health(&self, backend: &str) -> (String, serde_json::Value) {
+        let list: serde_json::Value =
+            serde_json::from_str(&self.ok(&["backend", "list", "--json"])).expect("JSON");
+        let entry = list
+            .as_array()
+            .expect("array")
+            .iter()
+            .find(|b| b["backend"] == backend)
+            .cloned()
+            .unwrap_or_else(|| panic!("{backend} is not listed: {list}"));
+        (
+            entry["health"].as_str().unwrap_or_default().to_owned(),
+            entry,
+        )
+    }
+
+    /// Polls until `backend` has `health`; how long it took.
+    pub fn wait_for_health(&self, backend: &str, health: &str, limit: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let (now, entry) = self.backend_health(backend);
+            if now == health {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < limit,
+                "{backend} not {health} within {limit:?}: {entry}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// `lb down` for this instance's pin directory (through the daemon if one runs).
     pub fn down(&self) -> String {
         let pin_dir = self.pin_dir.to_string_lossy().into_owned();

@@ -23,38 +23,6 @@ fn endpoint(lab: &Lab, n: usize, port: u16) -> String {
     SocketAddr::new(lab.backends[n].v4.into(), port).to_string()
 }
 
-fn backend_health(instance: &Instance, backend: &str) -> (String, serde_json::Value) {
-    let list: serde_json::Value =
-        serde_json::from_str(&instance.ok(&["backend", "list", "--json"])).expect("JSON");
-    let entry = list
-        .as_array()
-        .expect("array")
-        .iter()
-        .find(|b| b["backend"] == backend)
-        .cloned()
-        .expect("backend listed");
-    (
-        entry["health"].as_str().unwrap_or_default().to_owned(),
-        entry,
-    )
-}
-
-/// Polls until `backend` has `health`; how long it took.
-fn wait_for_health(instance: &Instance, backend: &str, health: &str, limit: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        let (now, entry) = backend_health(instance, backend);
-        if now == health {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < limit,
-            "{backend} not {health} within {limit:?}: {entry}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn a_failing_backend_leaves_within_fall_checks_and_returns_after_rise() {
     // fall × interval + timeout = 2 × 0.3 + 0.2 = 0.8 s; rise × interval + timeout = 0.8 s.
@@ -90,7 +58,7 @@ fn a_failing_backend_leaves_within_fall_checks_and_returns_after_rise() {
         instance.ok(&["backend", "add", &vip_arg, &endpoint(&lab, n, HTTP_PORT)]);
     }
     let first = endpoint(&lab, 0, HTTP_PORT);
-    wait_for_health(&instance, &first, "up", Duration::from_secs(3));
+    instance.wait_for_health(&first, "up", Duration::from_secs(3));
 
     // Stop backend-1's servers; keep sending new connections meanwhile.
     servers[0] = None;
@@ -98,7 +66,7 @@ fn a_failing_backend_leaves_within_fall_checks_and_returns_after_rise() {
     let limit = Duration::from_secs_f64(2.0 * INTERVAL + TIMEOUT);
     let (mut sent, mut failed) = (0, 0);
     let took = loop {
-        let (health, entry) = backend_health(&instance, &first);
+        let (health, entry) = instance.backend_health(&first);
         if health == "down" {
             assert!(
                 entry["last_check_error"]
@@ -133,7 +101,7 @@ fn a_failing_backend_leaves_within_fall_checks_and_returns_after_rise() {
     );
 
     servers[0] = Some(Servers::start(&lab.backends[..1]));
-    let back = wait_for_health(&instance, &first, "up", Duration::from_secs(3));
+    let back = instance.wait_for_health(&first, "up", Duration::from_secs(3));
     eprintln!("backend-1 back up {back:?} after its server returned");
     let answers: Vec<String> = lab
         .client
@@ -142,7 +110,7 @@ fn a_failing_backend_leaves_within_fall_checks_and_returns_after_rise() {
         answers.iter().any(|a| a == "backend-1"),
         "it takes flows again"
     );
-    let (_, entry) = backend_health(&instance, &first);
+    let (_, entry) = instance.backend_health(&first);
     let history: Vec<&str> = entry["health_history"]
         .as_array()
         .expect("history")
@@ -261,6 +229,16 @@ fn metrics_count_exactly_what_was_sent_and_survive_a_restart() {
     }
     assert!(sample(&text, "lb_reason_packets_total", "name=\"fwd_reply\"") >= DATAGRAMS as u64);
     assert!(sample(&text, "lb_conntrack_entries", "map=\"CONNTRACK\"") >= 1);
+    assert_eq!(
+        sample(&text, "lb_conntrack_events_total", "name=\"ct_created\""),
+        ports.len() as u64,
+        "one conntrack entry per new flow"
+    );
+    assert_eq!(
+        sample(&text, "lb_conntrack_evictions_total", "map=\"CONNTRACK\""),
+        0,
+        "nothing evicted from a table far from full"
+    );
     assert_eq!(
         sample(&text, "lb_conntrack_capacity", "map=\"CONNTRACK\""),
         1 << 20

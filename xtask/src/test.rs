@@ -46,7 +46,7 @@ pub fn run() -> anyhow::Result<()> {
         cmd::cargo()?
             .args([
                 "test", "-p", "lb-tests", "--test", "run", "--test", "e2e", "--test", "control",
-                "--test", "observe",
+                "--test", "observe", "--test", "faults",
             ])
             .env("LB_BIN", lb),
     )?;
