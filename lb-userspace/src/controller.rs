@@ -411,11 +411,12 @@ impl Controller {
     /// pins cannot all be removed the daemon keeps running (the datapath still forwards
     /// through what is left) and says why.
     pub fn down(&mut self) -> Result<DownReport, String> {
-        let Some(pins) = self.pins.as_ref() else {
+        let Some(pins) = self.pins.as_mut() else {
             return Err("already down".to_owned());
         };
         let pin_dir = pins.path().to_owned();
         // Our own link handles go first, so unpinning really detaches.
+        pins.release();
         let detached = self
             .attachments
             .drain(..)

@@ -19,7 +19,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     api,
-    attach::{self, Interface, PinnedAttachment},
+    attach::{self, Interface, PinnedAttachment, error_chain},
     balancer::Balancer,
     checker::Checker,
     cli::RunArgs,
@@ -62,7 +62,7 @@ pub async fn run(args: RunArgs, api_flag: Option<&Path>) -> anyhow::Result<()> {
     };
     let api_path = api::socket_path(api_flag);
     let socket = server::bind(&api_path)?;
-    let pins = PinDir::open(&args.pin_dir)?;
+    let mut pins = PinDir::open(&args.pin_dir)?;
     let adopted_limits = pins.adoptable(args.table_size)?;
     raise_memlock_limit();
 
@@ -86,6 +86,9 @@ pub async fn run(args: RunArgs, api_flag: Option<&Path>) -> anyhow::Result<()> {
             return Err(error);
         }
     };
+    let attached: Vec<String> = attachments.iter().map(|a| a.iface.name.clone()).collect();
+    pins.keep(&attached)
+        .context("holding handles to the pinned maps and links")?;
     println!(
         "lb: forwarding on {} ({}{}); API on {}; Ctrl-C or SIGTERM stops the daemon, `lb down` the datapath",
         attachments
@@ -286,33 +289,38 @@ impl Signals {
 /// How often the daemon looks at its pins.
 const PIN_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Says clearly (once per loss) when someone removed pins under the running daemon: the
-/// datapath keeps forwarding through the daemon's own handles, but would detach, and lose
-/// its tracked flows, when the daemon stops.
+/// Puts back pins someone removed under the running daemon (the datapath kept forwarding
+/// through the daemon's own handles meanwhile). If that fails, says clearly, once per
+/// failure, what is missing and what it means.
 fn check_pins(controller: &Arc<Mutex<Controller>>, reported: &mut bool) {
-    let Ok(controller) = controller.lock() else {
+    let Ok(mut controller) = controller.lock() else {
         return;
     };
-    let Some(pins) = controller.pins.as_ref() else {
+    let Some(pins) = controller.pins.as_mut() else {
         return;
     };
-    let ifaces: Vec<String> = controller
-        .attachments
-        .iter()
-        .map(|a| a.iface.name.clone())
-        .collect();
-    let missing = pins.missing(&ifaces);
-    if missing.is_empty() {
-        *reported = false;
-    } else if !*reported {
-        *reported = true;
-        error!(
-            dir = %pins.path().display(),
-            missing = %missing.join(", "),
-            "pins were removed while lb runs: the datapath still forwards through this daemon, \
-             but stopping it now would detach the interfaces and forget every tracked flow; \
-             `lb down` then `lb run` re-creates them"
-        );
+    match pins.restore() {
+        Ok(restored) if restored.is_empty() => *reported = false,
+        Ok(restored) => {
+            *reported = false;
+            warn!(
+                dir = %pins.path().display(),
+                restored = %restored.join(", "),
+                "pins were removed while lb runs; re-pinned them from the daemon's own handles"
+            );
+        }
+        Err(error) if !*reported => {
+            *reported = true;
+            error!(
+                dir = %pins.path().display(),
+                missing = %pins.missing().join(", "),
+                error = %error_chain(&error),
+                "pins were removed while lb runs and cannot be put back: the datapath still \
+                 forwards through this daemon, but stopping it now would detach the interfaces \
+                 and forget every tracked flow; `lb down` then `lb run` re-creates them"
+            );
+        }
+        Err(_) => {}
     }
 }
 

@@ -4,6 +4,10 @@
 //! Layout (default `/sys/fs/bpf/lb`): one file per map in `PINNED_MAPS`, by map name, and
 //! one `link_<ifname>` per attached interface. META records the layout version and sizes;
 //! it is checked before anything pinned is used.
+//!
+//! A pin is only a name: a map or link lives while any file descriptor holds it. A running
+//! daemon keeps one handle to each of its pinned objects ([`PinDir::keep`]), so pins that
+//! someone removes under it can be put back ([`PinDir::restore`]).
 
 use std::{
     ffi::CString,
@@ -13,7 +17,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::maps::{Array, Map, MapData};
+use aya::{
+    maps::{Array, Map, MapData},
+    programs::links::{FdLink, PinnedLink},
+};
 use lb_common::{
     consts::{LAYOUT_VERSION, MAP_META, PINNED_MAPS},
     service::Layout,
@@ -65,12 +72,41 @@ pub enum PinError {
     Incomplete(PathBuf),
     #[error("reading the pinned META map failed")]
     Meta(#[source] aya::maps::MapError),
+    #[error("holding the pinned {name}: {reason}")]
+    Keep { name: String, reason: String },
+    #[error("re-pinning {name}: {reason}")]
+    Repin { name: String, reason: String },
 }
 
 /// An open pin directory, locked against other controllers for as long as it lives.
 pub struct PinDir {
     path: PathBuf,
-    _lock: File,
+    lock: File,
+    kept: Kept,
+}
+
+/// The running daemon's own handles to what it pinned (see [`PinDir::keep`]).
+#[derive(Default)]
+struct Kept {
+    maps: Vec<(&'static str, MapData)>,
+    /// `None` once a failed re-pin consumed the handle (the daemon's attachment still
+    /// holds the link; only the spare for re-pinning is gone).
+    links: Vec<(String, Option<FdLink>)>,
+}
+
+/// Takes the directory's lock: one controller per pin directory.
+fn lock(path: &Path) -> Result<File, PinError> {
+    let lock = File::open(path).map_err(io_error(path))?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let error = io::Error::last_os_error();
+        return Err(if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            PinError::Busy(path.to_owned())
+        } else {
+            io_error(path)(error)
+        });
+    }
+    Ok(lock)
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> PinError + '_ {
@@ -128,20 +164,94 @@ impl PinDir {
     pub fn open(path: &Path) -> Result<Self, PinError> {
         ensure_bpffs(path)?;
         std::fs::create_dir_all(path).map_err(io_error(path))?;
-        let lock = File::open(path).map_err(io_error(path))?;
-        // SAFETY: flock on a file descriptor we own.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let error = io::Error::last_os_error();
-            return Err(if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                PinError::Busy(path.to_owned())
-            } else {
-                io_error(path)(error)
-            });
-        }
         Ok(Self {
             path: path.to_owned(),
-            _lock: lock,
+            lock: lock(path)?,
+            kept: Kept::default(),
         })
+    }
+
+    /// Opens one handle to every pinned map and to the links of `ifaces`, held for as long
+    /// as this `PinDir` lives, so that [`PinDir::restore`] can re-pin them.
+    pub fn keep(&mut self, ifaces: &[String]) -> Result<(), PinError> {
+        let keep_error = |name: &str, e: &dyn std::error::Error| PinError::Keep {
+            name: name.to_owned(),
+            reason: crate::attach::error_chain(e),
+        };
+        let mut kept = Kept::default();
+        for name in PINNED_MAPS {
+            let map = MapData::from_pin(self.map_path(name)).map_err(|e| keep_error(name, &e))?;
+            kept.maps.push((name, map));
+        }
+        for ifname in ifaces {
+            let link_name = format!("{LINK_PREFIX}{ifname}");
+            let link = PinnedLink::from_pin(self.link_path(ifname))
+                .map_err(|e| keep_error(&link_name, &e))?;
+            kept.links.push((ifname.clone(), Some(link.into())));
+        }
+        self.kept = kept;
+        Ok(())
+    }
+
+    /// Drops the handles [`PinDir::keep`] took, so that unpinning really detaches.
+    pub fn release(&mut self) {
+        self.kept = Kept::default();
+    }
+
+    /// What is missing of the pins [`PinDir::keep`] holds: maps by name, links as
+    /// `link_<ifname>`.
+    pub fn missing(&self) -> Vec<String> {
+        let maps = self
+            .kept
+            .maps
+            .iter()
+            .filter(|(name, _)| !self.map_path(name).exists())
+            .map(|(name, _)| (*name).to_owned());
+        let links = self
+            .kept
+            .links
+            .iter()
+            .filter(|(ifname, _)| !self.link_path(ifname).exists())
+            .map(|(ifname, _)| format!("{LINK_PREFIX}{ifname}"));
+        maps.chain(links).collect()
+    }
+
+    /// Re-pins whatever [`PinDir::missing`] lists, re-creating (and re-locking) the
+    /// directory if it was removed too. Returns what was re-pinned.
+    pub fn restore(&mut self) -> Result<Vec<String>, PinError> {
+        let missing = self.missing();
+        if missing.is_empty() {
+            return Ok(missing);
+        }
+        if !self.path.is_dir() {
+            std::fs::create_dir_all(&self.path).map_err(io_error(&self.path))?;
+            // The old lock is on the removed directory; a new controller could lock this one.
+            self.lock = lock(&self.path)?;
+        }
+        let repin_error = |name: &str, e: &dyn std::error::Error| PinError::Repin {
+            name: name.to_owned(),
+            reason: crate::attach::error_chain(e),
+        };
+        for (name, map) in &self.kept.maps {
+            let path = self.path.join(name);
+            if !path.exists() {
+                map.pin(&path).map_err(|e| repin_error(name, &e))?;
+            }
+        }
+        for (ifname, spare) in &mut self.kept.links {
+            let path = self.path.join(format!("{LINK_PREFIX}{ifname}"));
+            if path.exists() {
+                continue;
+            }
+            let name = format!("{LINK_PREFIX}{ifname}");
+            let link = spare.take().ok_or_else(|| PinError::Repin {
+                name: name.clone(),
+                reason: "an earlier re-pin of it failed and used up the spare handle".to_owned(),
+            })?;
+            let pinned = link.pin(&path).map_err(|e| repin_error(&name, &e))?;
+            *spare = Some(pinned.into());
+        }
+        Ok(missing)
     }
 
     pub fn path(&self) -> &Path {
@@ -154,19 +264,6 @@ impl PinDir {
 
     pub fn link_path(&self, ifname: &str) -> PathBuf {
         self.path.join(format!("{LINK_PREFIX}{ifname}"))
-    }
-
-    /// What is missing of a running datapath's pins: maps by name, links by interface.
-    pub fn missing(&self, ifaces: &[String]) -> Vec<String> {
-        let maps = PINNED_MAPS
-            .iter()
-            .filter(|name| !self.map_path(name).exists())
-            .map(|name| (*name).to_owned());
-        let links = ifaces
-            .iter()
-            .filter(|ifname| !self.link_path(ifname).exists())
-            .map(|ifname| format!("{LINK_PREFIX}{ifname}"));
-        maps.chain(links).collect()
     }
 
     /// Interface names with a pinned XDP link.

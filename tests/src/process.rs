@@ -28,6 +28,22 @@ pub fn lb_binary() -> PathBuf {
     lb
 }
 
+/// Health-check timing for tests: a backend is marked down within fall × interval +
+/// timeout = 2 × 0.3 + 0.2 = 0.8 s, and up again as fast.
+pub const FAST_CHECK: [&str; 8] = [
+    "--interval",
+    "0.3",
+    "--timeout",
+    "0.2",
+    "--rise",
+    "2",
+    "--fall",
+    "2",
+];
+
+/// How long a [`FAST_CHECK`] takes at most to mark a backend down.
+pub const FAST_CHECK_FALL: std::time::Duration = std::time::Duration::from_millis(800);
+
 /// A running `lb`; its stdout lines arrive on a channel so reads can time out.
 pub struct Daemon {
     child: Child,

@@ -9,7 +9,7 @@ use std::{
 
 use lb_tests::{
     client::WhoConnection,
-    process::{Daemon, Instance},
+    process::{Daemon, FAST_CHECK, FAST_CHECK_FALL, Instance},
     servers::{Servers, WHO_PORT},
     topology::Lab,
 };
@@ -32,10 +32,21 @@ fn ask_all(held: &mut [(WhoConnection, String)], when: &str) -> usize {
     held.len()
 }
 
+/// Opens [`NEW_CONNECTIONS`] connections from the client, each asked once; who answered.
+fn new_connections(lab: &Lab, vip: SocketAddr) -> Vec<String> {
+    lab.client.enter(|| {
+        (0..NEW_CONNECTIONS)
+            .map(|_| {
+                let mut connection = WhoConnection::open(vip).expect("a new connection");
+                connection.ask().expect("a new connection answers")
+            })
+            .collect()
+    })
+}
+
 #[test]
 fn a_backend_link_going_down_mid_stream_leaves_the_other_flows_alone() {
-    // fall × interval + timeout = 2 × 0.3 + 0.2 = 0.8 s.
-    let limit = Duration::from_secs_f64(2.0 * 0.3 + 0.2);
+    let limit = FAST_CHECK_FALL;
     let lab = Lab::new("lbf", 3);
     let instance = Instance::new();
     let mut daemon = Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, &[]));
@@ -43,19 +54,7 @@ fn a_backend_link_going_down_mid_stream_leaves_the_other_flows_alone() {
     let _servers = Servers::start(&lab.backends);
     let vip = SocketAddr::new(lab.vip(false), WHO_PORT);
     let vip_arg = vip.to_string();
-    let check = [
-        "--check",
-        "tcp",
-        "--interval",
-        "0.3",
-        "--timeout",
-        "0.2",
-        "--rise",
-        "2",
-        "--fall",
-        "2",
-    ];
-    instance.ok(&[&["vip", "add", &vip_arg][..], &check].concat());
+    instance.ok(&[&["vip", "add", &vip_arg, "--check", "tcp"][..], &FAST_CHECK].concat());
     let endpoints: Vec<String> = lab
         .backends
         .iter()
@@ -121,14 +120,7 @@ fn a_backend_link_going_down_mid_stream_leaves_the_other_flows_alone() {
         "took {marked_down:?}"
     );
 
-    let fresh: Vec<String> = lab.client.enter(|| {
-        (0..NEW_CONNECTIONS)
-            .map(|_| {
-                let mut connection = WhoConnection::open(vip).expect("a new connection");
-                connection.ask().expect("a new connection answers")
-            })
-            .collect()
-    });
+    let fresh = new_connections(&lab, vip);
     assert!(
         fresh.iter().all(|b| *b != victim_name),
         "a new flow went to the dead backend: {fresh:?}"
@@ -141,14 +133,7 @@ fn a_backend_link_going_down_mid_stream_leaves_the_other_flows_alone() {
     dead.ns
         .ip(&["route", "replace", "default", "via", &gateway]);
     let back = instance.wait_for_health(&endpoints[victim], "up", Duration::from_secs(5));
-    let after: Vec<String> = lab.client.enter(|| {
-        (0..NEW_CONNECTIONS)
-            .map(|_| {
-                let mut connection = WhoConnection::open(vip).expect("a new connection");
-                connection.ask().expect("a new connection answers")
-            })
-            .collect()
-    });
+    let after = new_connections(&lab, vip);
     assert!(
         after.contains(&victim_name),
         "the recovered backend takes new flows again: {after:?}"

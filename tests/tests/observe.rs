@@ -11,7 +11,7 @@ use std::{
 
 use lb_tests::{
     client::http_get,
-    process::{Daemon, Instance, lb_binary},
+    process::{Daemon, FAST_CHECK, FAST_CHECK_FALL, Instance, lb_binary},
     servers::{HTTP_PORT, Servers, UDP_PORT},
     topology::Lab,
 };
@@ -25,9 +25,6 @@ fn endpoint(lab: &Lab, n: usize, port: u16) -> String {
 
 #[test]
 fn a_failing_backend_leaves_within_fall_checks_and_returns_after_rise() {
-    // fall × interval + timeout = 2 × 0.3 + 0.2 = 0.8 s; rise × interval + timeout = 0.8 s.
-    const INTERVAL: f64 = 0.3;
-    const TIMEOUT: f64 = 0.2;
     let lab = Lab::new("lbt", 3);
     let instance = Instance::new();
     let mut daemon = Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, &["--log-datapath"]));
@@ -40,20 +37,10 @@ fn a_failing_backend_leaves_within_fall_checks_and_returns_after_rise() {
     let vip = SocketAddr::new(lab.vip(false), 80);
     let vip_arg = vip.to_string();
     instance.ok(&[
-        "vip",
-        "add",
-        &vip_arg,
-        "--check",
-        "http:/",
-        "--interval",
-        "0.3",
-        "--timeout",
-        "0.2",
-        "--rise",
-        "2",
-        "--fall",
-        "2",
-    ]);
+        &["vip", "add", &vip_arg, "--check", "http:/"][..],
+        &FAST_CHECK,
+    ]
+    .concat());
     for n in 0..3 {
         instance.ok(&["backend", "add", &vip_arg, &endpoint(&lab, n, HTTP_PORT)]);
     }
@@ -63,7 +50,7 @@ fn a_failing_backend_leaves_within_fall_checks_and_returns_after_rise() {
     // Stop backend-1's servers; keep sending new connections meanwhile.
     servers[0] = None;
     let stopped = Instant::now();
-    let limit = Duration::from_secs_f64(2.0 * INTERVAL + TIMEOUT);
+    let limit = FAST_CHECK_FALL;
     let (mut sent, mut failed) = (0, 0);
     let took = loop {
         let (health, entry) = instance.backend_health(&first);

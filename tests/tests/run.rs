@@ -325,34 +325,83 @@ fn a_pinned_datapath_of_another_layout_or_size_is_refused_not_adopted() {
 }
 
 #[test]
-fn pins_removed_under_a_running_daemon_are_reported() {
+fn pins_removed_under_a_running_daemon_are_put_back() {
     let lab = Lab::new();
     let mut daemon = Daemon::spawn(lab.lb_run(&[]));
     daemon.wait_for_line(READY, STARTUP);
-    for entry in std::fs::read_dir(&lab.instance.pin_dir)
-        .expect("pin dir")
-        .flatten()
-    {
-        std::fs::remove_file(entry.path()).expect("unpin");
+    let pinned = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&lab.instance.pin_dir)
+            .map(|dir| {
+                dir.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    };
+    let before = pinned();
+    assert!(before.iter().any(|n| n.starts_with("link_")), "{before:?}");
+    // Past the daemon's first pin check, which runs as it starts.
+    std::thread::sleep(Duration::from_millis(500));
+    // Everything goes, the directory too (as `rm -r` would).
+    for name in &before {
+        std::fs::remove_file(lab.instance.pin_dir.join(name)).expect("unpin");
     }
+    std::fs::remove_dir(&lab.instance.pin_dir).expect("remove the pin directory");
+    let removed = std::time::Instant::now();
     assert!(
         lab.lb.has_xdp(),
         "the daemon's own handles keep the datapath attached"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !daemon.stderr().contains("pins were removed while lb runs") {
+    while pinned() != before {
         assert!(
-            std::time::Instant::now() < deadline,
-            "no report: {}",
+            removed.elapsed() < Duration::from_secs(10),
+            "not put back: {:?}; {}",
+            pinned(),
             daemon.stderr()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(daemon.stderr().contains("link_"), "names what is missing");
+    let took = removed.elapsed();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        daemon.stderr().contains("re-pinned them") && daemon.stderr().contains("link_"),
+        "says what it re-pinned: {}",
+        daemon.stderr()
+    );
+    // The re-created directory is locked again: a second daemon is refused.
+    let second = Instance::new();
+    let output = lab
+        .lb
+        .command(lb_binary())
+        .arg("--api")
+        .arg(&second.api)
+        .arg("run")
+        .arg("--pin-dir")
+        .arg(&lab.instance.pin_dir)
+        .arg("--state")
+        .arg(&second.state)
+        .arg("--iface")
+        .arg(&lab.lb_if)
+        .output()
+        .expect("run a second lb");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("another lb daemon is using"),
+        "{stderr}"
+    );
     let (status, _) = daemon.terminate();
     assert!(status.success());
     assert!(
-        !lab.lb.has_xdp(),
-        "with its pins gone, the datapath stops with the daemon, as reported"
+        lab.lb.has_xdp(),
+        "the re-pinned datapath keeps forwarding after the daemon stops"
     );
+    let mut daemon = Daemon::spawn(lab.lb_run(&[]));
+    let ready = daemon.wait_for_line(READY, STARTUP);
+    assert!(ready.contains("adopted the pinned datapath"), "{ready}");
+    eprintln!("pins and their directory removed under a running daemon: put back in {took:?}");
+    drop(daemon);
+    lab.instance.down();
+    assert!(!lab.lb.has_xdp());
 }
