@@ -28,21 +28,47 @@ pub struct ApiSocket {
     inode: u64,
 }
 
+/// Refuses a directory in which someone else could replace the socket: one owned by another
+/// user (root excepted), or writable by group or others without the sticky bit.
+fn check_directory(dir: &Path, euid: u32) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(dir).with_context(|| format!("inspecting {}", dir.display()))?;
+    if meta.uid() != euid && meta.uid() != 0 {
+        bail!(
+            "{} is owned by uid {}, not by this daemon (uid {euid}) or root: refusing to put the \
+             API socket there",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    let mode = meta.mode();
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        bail!(
+            "{} is writable by other users (mode {:o}) without the sticky bit: refusing to put \
+             the API socket there",
+            dir.display(),
+            mode & 0o7777
+        );
+    }
+    Ok(())
+}
+
 /// Binds `path` with mode 0600. An existing path is replaced only if it is a stale socket
-/// owned by us; a live daemon, a foreign owner or a non-socket file is refused.
+/// owned by us; a live daemon, a foreign owner or a non-socket file is refused, and so is a
+/// directory where others could swap the socket.
 pub fn bind(path: &Path) -> anyhow::Result<ApiSocket> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("creating the API directory {}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("restricting {}", dir.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the API directory {}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("restricting {}", dir.display()))?;
+        }
+        check_directory(dir, euid)?;
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
-            // SAFETY: geteuid has no preconditions.
-            let euid = unsafe { libc::geteuid() };
             if !meta.file_type().is_socket() {
                 bail!(
                     "{} exists and is not a socket: refusing to replace it (choose another --api)",

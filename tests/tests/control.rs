@@ -15,6 +15,7 @@ use std::{
 
 use lb_tests::{
     client::{WhoConnection, http_get},
+    netns::NetNs,
     process::{Daemon, Instance},
     servers::{ECHO_PORT, HTTP_PORT, Servers, WHO_PORT},
     topology::Lab,
@@ -549,4 +550,74 @@ fn a_daemon_killed_during_changes_leaves_a_whole_state_file() {
         );
     }
     instance.down();
+}
+
+#[test]
+fn the_api_socket_is_private_and_paths_others_control_are_refused() {
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _, chown};
+    const NOBODY: u32 = 65_534;
+    let ns = NetNs::new("sock");
+    let instance = Instance::new();
+    let ifaces = ["lo".to_owned()];
+    let mut daemon = Daemon::spawn(instance.run(&ns, &ifaces, &[]));
+    daemon.wait_for_line(READY, STARTUP);
+    let meta = std::fs::symlink_metadata(&instance.api).expect("the socket exists");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(
+        (meta.mode() & 0o777, meta.uid()),
+        (0o600, 0),
+        "0600, owned by root"
+    );
+    drop(daemon);
+    instance.down();
+
+    // Each path below is refused before anything is loaded, and left as it was.
+    let try_run = |api: &std::path::Path| -> String {
+        let mut refused = Instance::new();
+        refused.api = api.to_owned();
+        let output = refused.run(&ns, &ifaces, &[]).output().expect("run lb");
+        assert!(
+            !output.status.success(),
+            "lb run accepted {}",
+            api.display()
+        );
+        assert!(!refused.pin_dir.exists(), "nothing was loaded or pinned");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let dir = |name: &str, mode: u32, owner: u32| {
+        let dir = instance.state.with_file_name(name);
+        std::fs::create_dir(&dir).expect("create a directory");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        chown(&dir, Some(owner), Some(owner)).expect("chown");
+        dir
+    };
+
+    let file = dir("file", 0o700, 0).join("lb.sock");
+    std::fs::write(&file, b"not a socket").expect("write");
+    let stderr = try_run(&file);
+    assert!(stderr.contains("is not a socket"), "{stderr}");
+    assert_eq!(std::fs::read(&file).expect("still there"), b"not a socket");
+
+    let foreign = dir("foreign", 0o700, 0).join("lb.sock");
+    drop(std::os::unix::net::UnixListener::bind(&foreign).expect("a stale socket"));
+    chown(&foreign, Some(NOBODY), Some(NOBODY)).expect("chown the socket");
+    let stderr = try_run(&foreign);
+    assert!(
+        stderr.contains(&format!("owned by uid {NOBODY}")),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::symlink_metadata(&foreign).expect("kept").uid(),
+        NOBODY
+    );
+
+    let open_dir = dir("open", 0o777, 0);
+    let stderr = try_run(&open_dir.join("lb.sock"));
+    assert!(stderr.contains("writable by other users"), "{stderr}");
+    let their_dir = dir("theirs", 0o700, NOBODY);
+    let stderr = try_run(&their_dir.join("lb.sock"));
+    assert!(stderr.contains("is owned by uid 65534"), "{stderr}");
+    for refused in [&open_dir, &their_dir] {
+        assert_eq!(std::fs::read_dir(refused).expect("list").count(), 0);
+    }
 }

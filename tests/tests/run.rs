@@ -371,21 +371,14 @@ fn pins_removed_under_a_running_daemon_are_put_back() {
         daemon.stderr()
     );
     // The re-created directory is locked again: a second daemon is refused.
-    let second = Instance::new();
-    let output = lab
-        .lb
-        .command(lb_binary())
-        .arg("--api")
-        .arg(&second.api)
-        .arg("run")
-        .arg("--pin-dir")
-        .arg(&lab.instance.pin_dir)
-        .arg("--state")
-        .arg(&second.state)
-        .arg("--iface")
-        .arg(&lab.lb_if)
+    let mut second = Instance::new();
+    let own_pins = std::mem::replace(&mut second.pin_dir, lab.instance.pin_dir.clone());
+    let output = second
+        .run(&lab.lb, std::slice::from_ref(&lab.lb_if), &[])
         .output()
         .expect("run a second lb");
+    // Its own again, so that dropping it cannot remove the first daemon's pins.
+    second.pin_dir = own_pins;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         !output.status.success() && stderr.contains("another lb daemon is using"),
