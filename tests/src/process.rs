@@ -52,7 +52,34 @@ pub struct Daemon {
     stderr: Arc<Mutex<String>>,
 }
 
+/// What the kernel says a process holds: resident memory and open file descriptors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Footprint {
+    pub rss_kib: u64,
+    pub fds: usize,
+}
+
 impl Daemon {
+    /// The daemon's pid (`nsenter` execs `lb` in place, so it is lb's own).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The daemon's resident memory and open descriptors, from /proc.
+    pub fn footprint(&self) -> Footprint {
+        let proc = PathBuf::from(format!("/proc/{}", self.pid()));
+        let status = std::fs::read_to_string(proc.join("status")).expect("read /proc/<pid>/status");
+        let rss_kib = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS in /proc/<pid>/status");
+        let fds = std::fs::read_dir(proc.join("fd"))
+            .expect("list /proc/<pid>/fd")
+            .count();
+        Footprint { rss_kib, fds }
+    }
+
     pub fn spawn(mut command: Command) -> Self {
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("spawn lb");

@@ -42,6 +42,14 @@ pub fn cargo() -> anyhow::Result<Command> {
     Ok(cmd)
 }
 
+/// One integration test of lb-tests on the release build, its output shown as it runs.
+pub fn release_test(test: &str) -> anyhow::Result<Command> {
+    let mut cmd = cargo()?;
+    cmd.args(["test", "--release", "-p", "lb-tests", "--test", test])
+        .args(["--", "--nocapture"]);
+    Ok(cmd)
+}
+
 /// Runs `cmd` to completion, echoing it first; fails on a non-zero exit.
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("+ {}", describe(cmd));

@@ -32,17 +32,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         options.count
     );
     cmd::run(
-        cmd::cargo()?
-            .args([
-                "test",
-                "--release",
-                "-p",
-                "lb-tests",
-                "--test",
-                "fuzz",
-                "--",
-                "--nocapture",
-            ])
+        cmd::release_test("fuzz")?
             .env("LB_FUZZ_COUNT", options.count.to_string())
             .env("LB_FUZZ_SEED", seed.to_string()),
     )

@@ -7,6 +7,7 @@ mod demo;
 mod fuzz;
 mod run;
 mod setup;
+mod soak;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,8 @@ enum Task {
     Bench(bench::Options),
     /// Fuzz the datapath with mutated packets (10^6 by default).
     Fuzz(fuzz::Options),
+    /// Soak lb with traffic while backends change (10 minutes by default).
+    Soak(soak::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,6 +51,10 @@ fn main() -> anyhow::Result<()> {
         Task::Fuzz(options) => {
             setup::run()?;
             fuzz::run(&options)
+        }
+        Task::Soak(options) => {
+            setup::run()?;
+            soak::run(&options)
         }
         Task::Bench(options) => {
             setup::run()?;

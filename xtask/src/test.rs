@@ -42,11 +42,11 @@ pub fn run() -> anyhow::Result<()> {
         ]),
     )?;
     step(
-        "integration tests (network namespaces)",
+        "integration tests (network namespaces; a 20 s soak)",
         cmd::cargo()?
             .args([
                 "test", "-p", "lb-tests", "--test", "run", "--test", "e2e", "--test", "control",
-                "--test", "observe", "--test", "faults",
+                "--test", "observe", "--test", "faults", "--test", "soak",
             ])
             .env("LB_BIN", lb),
     )?;
