@@ -41,6 +41,9 @@ impl Shared {
     fn spawn(&self, f: impl FnOnce() + Send + 'static) {
         let handle = std::thread::spawn(f);
         if let Ok(mut threads) = self.threads.lock() {
+            // A finished thread keeps its stack until joined or detached: dropping its
+            // handle detaches it, so long runs (the soak) do not run out of memory.
+            threads.retain(|thread| !thread.is_finished());
             threads.push(handle);
         }
     }

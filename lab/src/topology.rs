@@ -23,6 +23,8 @@ pub struct Backend {
     pub ns: NetNs,
     /// Its end of the link to the lb.
     pub dev: String,
+    /// The lb's address on that link: the backend's IPv4 default route.
+    pub gateway_v4: Ipv4Addr,
     pub v4: Ipv4Addr,
     pub v6: Ipv6Addr,
 }
@@ -103,6 +105,7 @@ impl Lab {
                 name: format!("backend-{n}"),
                 ns,
                 dev: link.b,
+                gateway_v4: Ipv4Addr::new(198, 18, net as u8, 1),
                 v4: Ipv4Addr::new(198, 18, net as u8, 2),
                 v6: format!("fd00:{net}::2").parse().expect("valid IPv6"),
             });

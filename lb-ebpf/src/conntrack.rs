@@ -56,8 +56,10 @@ pub fn lookup_reply(reply: &FlowKey) -> Option<ReverseNat> {
 
 /// Tracks a new flow in both directions. An LRU map evicts the stalest flows when full; if
 /// an insert still fails the flow is forwarded anyway, since Maglev picks the same backend.
-/// Creations are counted apart from replacements (a SYN reusing a tracked 5-tuple) so that
-/// userspace can derive evictions as created minus present.
+/// A tracked 5-tuple (a SYN reusing a client port, or a flow whose backend was retired) is
+/// overwritten in place: an LRU insert takes a free node first and may evict another flow
+/// to get it, even when the key exists. Creations are counted apart from replacements so
+/// that userspace can derive evictions as created minus present.
 #[inline(always)]
 pub fn insert(flow: &FlowKey, reply: &FlowKey, vip_id: u32, backend_id: u32) {
     let now = now();
@@ -66,12 +68,20 @@ pub fn insert(flow: &FlowKey, reply: &FlowKey, vip_id: u32, backend_id: u32) {
         vip_id,
         last_seen_ns: now,
     };
-    let event = match CONNTRACK.insert(flow, &conn, u64::from(BPF_NOEXIST)) {
-        Ok(()) => Stat::CtCreated,
-        Err(e) if e == -EEXIST && CONNTRACK.insert(flow, &conn, u64::from(BPF_ANY)).is_ok() => {
-            Stat::CtReplaced
+    let event = if let Some(tracked) = CONNTRACK.get_ptr_mut(flow) {
+        // SAFETY: the entry stays valid for this program run (RCU); a racing reader sees
+        // the old or the new backend, both usable.
+        unsafe { *tracked = conn };
+        Stat::CtReplaced
+    } else {
+        match CONNTRACK.insert(flow, &conn, u64::from(BPF_NOEXIST)) {
+            Ok(()) => Stat::CtCreated,
+            // Another CPU tracked it meanwhile.
+            Err(e) if e == -EEXIST && CONNTRACK.insert(flow, &conn, u64::from(BPF_ANY)).is_ok() => {
+                Stat::CtReplaced
+            }
+            Err(_) => Stat::CtInsertFailed,
         }
-        Err(_) => Stat::CtInsertFailed,
     };
     stats::count_event(event);
     let reverse = ReverseNat {

@@ -55,7 +55,8 @@ const CONNTRACK_COUNT_TTL: Duration = Duration::from_secs(5);
 pub struct ConntrackCount {
     at: Instant,
     entries: u64,
-    created: u64,
+    /// Never lower than an earlier count's: a counter that dropped would read as a reset.
+    evicted: u64,
 }
 
 fn service(vip: SocketAddr, proto: Proto) -> Service {
@@ -330,32 +331,41 @@ impl Controller {
             counters,
             vips: self.vips()?,
             backends: self.backends(None)?,
-            conntrack: self.conntrack(&snapshot),
+            conntrack: self.conntrack(&snapshot)?,
         })
     }
 
     /// Conntrack fill and evictions, recounted when the last count is older than the TTL.
-    fn conntrack(&mut self, snapshot: &stats::Snapshot) -> ConntrackReport {
+    fn conntrack(&mut self, snapshot: &stats::Snapshot) -> Result<ConntrackReport, String> {
+        let capacity = u64::from(self.balancer.limits().conntrack_capacity);
         let count = match self.conntrack_count {
             Some(count) if count.at.elapsed() < CONNTRACK_COUNT_TTL => count,
-            _ => {
-                // Creations read first: flows created during the walk are not taken as evicted.
+            last => {
+                // Creations read first: flows created during the count are not taken as evicted.
                 let created = snapshot.get(Stat::CtCreated).packets;
+                let entries = self
+                    .balancer
+                    .maps()
+                    .conntrack_entries()
+                    .map_err(|e| error_chain(&e))?
+                    .min(capacity);
+                let evicted = ConntrackReport::evictions(created, entries)
+                    .max(last.map_or(0, |last| last.evicted));
                 let count = ConntrackCount {
-                    created,
-                    entries: self.balancer.maps().conntrack_entries(),
                     at: Instant::now(),
+                    entries,
+                    evicted,
                 };
                 self.conntrack_count = Some(count);
                 count
             }
         };
-        ConntrackReport {
+        Ok(ConntrackReport {
             entries: count.entries,
-            capacity: u64::from(self.balancer.limits().conntrack_capacity),
-            evicted: ConntrackReport::evictions(count.created, count.entries),
+            capacity,
+            evicted: count.evicted,
             missed_mid_flow: snapshot.get(Stat::CtMissMidFlow).packets,
-        }
+        })
     }
 
     /// What a metrics scrape reports.
@@ -372,7 +382,7 @@ impl Controller {
             counters,
             vips: self.vips()?,
             backends: self.backends(None)?,
-            conntrack: self.conntrack(&snapshot),
+            conntrack: self.conntrack(&snapshot)?,
         })
     }
 
@@ -415,14 +425,15 @@ impl Controller {
             return Err("already down".to_owned());
         };
         let pin_dir = pins.path().to_owned();
-        // Our own link handles go first, so unpinning really detaches.
+        // Unpinned first while our handles still hold everything, so a failure midway leaves
+        // a datapath the pin check can put back; then our handles go, which detaches.
+        pins.clear().map_err(|e| error_chain(&e))?;
         pins.release();
         let detached = self
             .attachments
             .drain(..)
             .map(|a| a.iface.name.clone())
             .collect();
-        pins.clear().map_err(|e| error_chain(&e))?;
         if let Some(pins) = self.pins.take() {
             pins.remove().map_err(|e| error_chain(&e))?;
         }

@@ -75,7 +75,13 @@ pub async fn run(args: RunArgs, api_flag: Option<&Path>) -> anyhow::Result<()> {
         &ifaces,
         declared,
         saved,
-    );
+    )
+    .and_then(|(ebpf, balancer, stats, attachments)| {
+        let attached: Vec<String> = attachments.iter().map(|a| a.iface.name.clone()).collect();
+        pins.keep(&attached)
+            .context("holding handles to the pinned maps and links")?;
+        Ok((ebpf, balancer, stats, attachments))
+    });
     let (ebpf, balancer, stats, attachments) = match started {
         Ok(parts) => parts,
         Err(error) => {
@@ -86,9 +92,6 @@ pub async fn run(args: RunArgs, api_flag: Option<&Path>) -> anyhow::Result<()> {
             return Err(error);
         }
     };
-    let attached: Vec<String> = attachments.iter().map(|a| a.iface.name.clone()).collect();
-    pins.keep(&attached)
-        .context("holding handles to the pinned maps and links")?;
     println!(
         "lb: forwarding on {} ({}{}); API on {}; Ctrl-C or SIGTERM stops the daemon, `lb down` the datapath",
         attachments

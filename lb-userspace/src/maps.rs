@@ -28,7 +28,8 @@ pub struct ServiceMaps {
     tx_ports: DevMapHash<MapData>,
     vip_stats: PerCpuArray<MapData, VipCounter>,
     backend_stats: PerCpuArray<MapData, Counter>,
-    conntrack: HashMap<MapData, FlowKey, Conn>,
+    /// Only counted (see `conntrack_entries`), so kept untyped.
+    conntrack: aya::maps::Map,
     maglev_size: u32,
 }
 
@@ -52,7 +53,51 @@ struct BatchAttr {
     flags: u64,
 }
 
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// Counts a hash map's entries with `BPF_MAP_LOOKUP_BATCH`, bucket by bucket.
+fn count_batch(map_fd: i32, key_size: usize, value_size: usize) -> std::io::Result<u64> {
+    const CHUNK: usize = 4096;
+    let mut keys = vec![0u8; CHUNK * key_size];
+    let mut values = vec![0u8; CHUNK * value_size];
+    // The kernel's resume token for hash maps: a bucket index.
+    let mut resume_at: Option<u32> = None;
+    let mut next = 0u32;
+    let mut total = 0u64;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: resume_at.as_ref().map_or(0, |at| at as *const u32 as u64),
+            out_batch: &mut next as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: CHUNK as u32,
+            map_fd: map_fd as u32,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` is a valid bpf_attr prefix for this command; `keys` and `values`
+        // have room for `count` entries, the tokens are u32s; all outlive the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>() as u32,
+            )
+        };
+        total += u64::from(attr.count);
+        if rc != 0 {
+            let error = std::io::Error::last_os_error();
+            // ENOENT: the last bucket was read.
+            return if error.raw_os_error() == Some(libc::ENOENT) {
+                Ok(total)
+            } else {
+                Err(error)
+            };
+        }
+        resume_at = Some(next);
+    }
+}
 
 /// Updates `keys[i]` to `values[i]` for every i in one syscall.
 fn update_batch(map_fd: i32, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
@@ -104,7 +149,7 @@ impl ServiceMaps {
             tx_ports: DevMapHash::try_from(take(ebpf, MAP_TX_PORTS)?)?,
             vip_stats: PerCpuArray::try_from(take(ebpf, MAP_VIP_STATS)?)?,
             backend_stats: PerCpuArray::try_from(take(ebpf, MAP_BACKEND_STATS)?)?,
-            conntrack: HashMap::try_from(take(ebpf, MAP_CONNTRACK)?)?,
+            conntrack: take(ebpf, MAP_CONNTRACK)?,
             maglev_size: limits.maglev_size,
         })
     }
@@ -171,9 +216,19 @@ impl ServiceMaps {
         Ok(())
     }
 
-    /// Flows in the conntrack map (one syscall per entry: call it sparingly).
-    pub fn conntrack_entries(&self) -> u64 {
-        self.conntrack.keys().filter(Result::is_ok).count() as u64
+    /// Flows in the conntrack map: a batch lookup, 4,096 entries per syscall; kernels
+    /// without it get a key walk (one syscall per entry, and entries evicted under the walk
+    /// make it start over and count some twice).
+    pub fn conntrack_entries(&self) -> Result<u64, MapError> {
+        if let aya::maps::Map::LruHashMap(data) = &self.conntrack {
+            let fd = data.fd().as_fd().as_raw_fd();
+            match count_batch(fd, size_of::<FlowKey>(), size_of::<Conn>()) {
+                Ok(count) => return Ok(count),
+                Err(error) => tracing::debug!(%error, "batch lookup refused, walking the keys"),
+            }
+        }
+        let map = HashMap::<&MapData, FlowKey, Conn>::try_from(&self.conntrack)?;
+        Ok(map.keys().filter(Result::is_ok).count() as u64)
     }
 
     /// A VIP's counters summed over CPUs.

@@ -193,6 +193,15 @@ impl PinDir {
         Ok(())
     }
 
+    /// Whether the lock taken is on the directory now at `path` (same device and inode).
+    fn holds_lock_on_path(&self) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        match (self.lock.metadata(), std::fs::metadata(&self.path)) {
+            (Ok(locked), Ok(now)) => locked.dev() == now.dev() && locked.ino() == now.ino(),
+            _ => false,
+        }
+    }
+
     /// Drops the handles [`PinDir::keep`] took, so that unpinning really detaches.
     pub fn release(&mut self) {
         self.kept = Kept::default();
@@ -225,7 +234,10 @@ impl PinDir {
         }
         if !self.path.is_dir() {
             std::fs::create_dir_all(&self.path).map_err(io_error(&self.path))?;
-            // The old lock is on the removed directory; a new controller could lock this one.
+        }
+        if !self.holds_lock_on_path() {
+            // The directory was removed (and maybe re-created by someone else): the old lock
+            // is on the removed one. Lock this one, or leave it to whoever holds it.
             self.lock = lock(&self.path)?;
         }
         let repin_error = |name: &str, e: &dyn std::error::Error| PinError::Repin {

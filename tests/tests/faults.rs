@@ -129,7 +129,7 @@ fn a_backend_link_going_down_mid_stream_leaves_the_other_flows_alone() {
 
     // The link returns (its routes with it): the backend is taken back and gets new flows.
     dead.ns.ip(&["link", "set", &dead.dev, "up"]);
-    let gateway = format!("198.18.{}.1", 11 + victim);
+    let gateway = dead.gateway_v4.to_string();
     dead.ns
         .ip(&["route", "replace", "default", "via", &gateway]);
     let back = instance.wait_for_health(&endpoints[victim], "up", Duration::from_secs(5));

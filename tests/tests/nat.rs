@@ -272,7 +272,7 @@ fn a_full_conntrack_table_evicts_the_stalest_flows_and_keeps_balancing() {
             assert_eq!(delta.packets(Stat::CtCreated), 1, "flow {n} got an entry");
             first.push(verify(&verdict.packet).dst);
         }
-        let entries = datapath.balancer.maps().conntrack_entries();
+        let entries = datapath.balancer.maps().conntrack_entries().expect("count");
         assert!(
             entries <= u64::from(CAPACITY),
             "{entries} entries in a {CAPACITY}-entry table"
