@@ -56,6 +56,29 @@ struct BatchAttr {
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
+/// One `bpf(2)` batch command. `attr.count` says how many entries it did, even on error.
+///
+/// # Safety
+/// `attr`'s pointers must be valid for the command: `keys` and `values` with room for
+/// `count` entries (written by lookups, read by updates), the batch tokens u32s, all living
+/// until this returns.
+unsafe fn batch(command: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
+    // SAFETY: `attr` is a valid bpf_attr prefix; its pointers are the caller's promise.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            command,
+            attr as *mut BatchAttr,
+            std::mem::size_of::<BatchAttr>() as u32,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Counts a hash map's entries with `BPF_MAP_LOOKUP_BATCH`, bucket by bucket.
 fn count_batch(map_fd: i32, key_size: usize, value_size: usize) -> std::io::Result<u64> {
     const CHUNK: usize = 4096;
@@ -75,27 +98,16 @@ fn count_batch(map_fd: i32, key_size: usize, value_size: usize) -> std::io::Resu
             map_fd: map_fd as u32,
             ..BatchAttr::default()
         };
-        // SAFETY: `attr` is a valid bpf_attr prefix for this command; `keys` and `values`
-        // have room for `count` entries, the tokens are u32s; all outlive the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>() as u32,
-            )
-        };
+        // SAFETY: `keys` and `values` have room for `count` entries, the tokens are u32s;
+        // all outlive the call.
+        let done = unsafe { batch(BPF_MAP_LOOKUP_BATCH, &mut attr) };
         total += u64::from(attr.count);
-        if rc != 0 {
-            let error = std::io::Error::last_os_error();
+        match done {
+            Ok(()) => resume_at = Some(next),
             // ENOENT: the last bucket was read.
-            return if error.raw_os_error() == Some(libc::ENOENT) {
-                Ok(total)
-            } else {
-                Err(error)
-            };
+            Err(error) if error.raw_os_error() == Some(libc::ENOENT) => return Ok(total),
+            Err(error) => return Err(error),
         }
-        resume_at = Some(next);
     }
 }
 
@@ -109,19 +121,9 @@ fn update_batch(map_fd: i32, keys: &[u32], values: &[u32]) -> std::io::Result<()
         ..BatchAttr::default()
     };
     let wanted = attr.count;
-    // SAFETY: `attr` is a valid bpf_attr prefix for this command; `keys` and `values` hold
-    // `count` u32s each and outlive the call; the kernel only reads them.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &mut attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>() as u32,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    // SAFETY: `keys` and `values` hold `count` u32s each and outlive the call; the kernel
+    // only reads them.
+    unsafe { batch(BPF_MAP_UPDATE_BATCH, &mut attr) }?;
     if attr.count != wanted {
         return Err(std::io::Error::other(format!(
             "batch update wrote {} of {wanted} entries",

@@ -39,9 +39,11 @@ const PERIOD: Duration = Duration::from_secs(1);
 const CYCLE: u64 = 9;
 const DRAIN_AT: u64 = 3;
 const REMOVE_AT: u64 = 6;
-/// Long-lived connections held open (asked every `HELD_ROUND`).
+/// Long-lived connections held open (asked every `HELD_ROUND`), each closed and replaced
+/// after `HELD_FOR`, so that held connections keep landing on the churned backends too.
 const HELD: usize = 12;
 const HELD_ROUND: Duration = Duration::from_millis(50);
+const HELD_FOR: Duration = Duration::from_secs(8);
 /// Pause between one worker's requests.
 const PACE: Duration = Duration::from_millis(2);
 /// Caps on top of the time bound.
@@ -183,6 +185,10 @@ fn holder(
                     *slot = open(&mut tally);
                     continue;
                 };
+                if opened.elapsed() >= HELD_FOR {
+                    *slot = open(&mut tally);
+                    continue;
+                }
                 match connection.ask() {
                     Ok(answer) if answer == *backend => {
                         *tally.answered.entry(answer).or_default() += 1;
