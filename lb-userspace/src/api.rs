@@ -175,7 +175,7 @@ pub struct StatsReport {
 }
 
 /// How full the conntrack table is and what it had to evict. Entries are counted at most
-/// every few seconds (one syscall per entry); `evicted` is as of that count.
+/// every few seconds (a batch walk of the map); `evicted` is as of that count.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConntrackReport {
     pub entries: u64,

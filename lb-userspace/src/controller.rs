@@ -41,8 +41,8 @@ pub struct Controller {
     pub started: Instant,
     pub health: HealthBook,
     pub checker: Checker,
-    /// The last count of conntrack entries, the creations counted by then, and when it was
-    /// taken (counting is costly).
+    /// The last count of conntrack entries, the evictions it gave, and when it was taken
+    /// (counting walks the whole map).
     pub conntrack_count: Option<ConntrackCount>,
     /// Kept so the loaded program lives as long as the daemon.
     pub ebpf: Ebpf,

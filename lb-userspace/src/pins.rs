@@ -109,6 +109,11 @@ fn lock(path: &Path) -> Result<File, PinError> {
     Ok(lock)
 }
 
+/// Where the link of `ifname` is pinned in `dir`.
+fn link_file(dir: &Path, ifname: &str) -> PathBuf {
+    dir.join(format!("{LINK_PREFIX}{ifname}"))
+}
+
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> PinError + '_ {
     move |source| PinError::Io {
         path: path.to_owned(),
@@ -245,13 +250,13 @@ impl PinDir {
             reason: crate::attach::error_chain(e),
         };
         for (name, map) in &self.kept.maps {
-            let path = self.path.join(name);
+            let path = self.map_path(name);
             if !path.exists() {
                 map.pin(&path).map_err(|e| repin_error(name, &e))?;
             }
         }
         for (ifname, spare) in &mut self.kept.links {
-            let path = self.path.join(format!("{LINK_PREFIX}{ifname}"));
+            let path = link_file(&self.path, ifname);
             if path.exists() {
                 continue;
             }
@@ -275,7 +280,7 @@ impl PinDir {
     }
 
     pub fn link_path(&self, ifname: &str) -> PathBuf {
-        self.path.join(format!("{LINK_PREFIX}{ifname}"))
+        link_file(&self.path, ifname)
     }
 
     /// Interface names with a pinned XDP link.
