@@ -9,7 +9,12 @@ pub const MAP_VIPS: &str = "VIPS";
 pub const MAP_BACKENDS: &str = "BACKENDS";
 pub const MAP_MAGLEV: &str = "MAGLEV";
 pub const MAP_CONNTRACK: &str = "CONNTRACK";
-pub const MAP_REVERSE: &str = "REVERSE_NAT";
+/// Backend endpoint → the VIP it serves (the reply direction of every flow).
+pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
+/// Egress interfaces the datapath found it cannot send to (not attached), by ifindex;
+/// the daemon warns once per interface. Not pinned.
+pub const MAP_UNATTACHED: &str = "UNATTACHED_EGRESS";
+
 pub const MAP_VIP_STATS: &str = "VIP_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_TX_PORTS: &str = "TX_PORTS";
@@ -29,7 +34,7 @@ pub const PINNED_MAPS: [&str; 10] = [
     MAP_BACKENDS,
     MAP_MAGLEV,
     MAP_CONNTRACK,
-    MAP_REVERSE,
+    MAP_ENDPOINTS,
     MAP_VIP_STATS,
     MAP_BACKEND_STATS,
     MAP_TX_PORTS,
@@ -38,10 +43,12 @@ pub const PINNED_MAPS: [&str; 10] = [
 
 /// Version of the map layout (key/value types and indexing). Bump it with any change to a
 /// `#[repr(C)]` type in a pinned map or to the counter indices: a controller refuses to adopt maps of another version.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Global set at load time: the Maglev table size M (a prime).
 pub const GLOBAL_MAGLEV_SIZE: &str = "MAGLEV_SIZE";
+/// Global set at load time: conntrack idle timeouts in ns, by state (`flow::Timeouts`).
+pub const GLOBAL_CT_TIMEOUTS: &str = "CT_TIMEOUTS_NS";
 
 pub const MAX_VIPS: u32 = 64;
 pub const MAX_BACKENDS: u32 = 4096;
@@ -49,8 +56,10 @@ pub const MAX_BACKENDS: u32 = 4096;
 pub const MAX_TX_PORTS: u32 = 64;
 /// Default and largest Maglev table size; the MAGLEV map holds 2 tables per VIP of this size.
 pub const DEFAULT_MAGLEV_SIZE: u32 = 65_537;
-/// Flows tracked (each has a forward and a reverse entry).
+/// Flows tracked (one entry per flow serves both directions).
 pub const CONNTRACK_CAPACITY: u32 = 1 << 20;
+/// Backend endpoints (one per backend) plus one address entry per backend address.
+pub const ENDPOINTS_CAPACITY: u32 = MAX_BACKENDS * 2;
 
 /// A Maglev slot with no backend (the VIP has none usable).
 pub const NO_BACKEND: u32 = u32::MAX;
@@ -66,8 +75,11 @@ pub const IPPROTO_UDP: u8 = 17;
 pub const BACKEND_UNUSED: u8 = 0;
 /// Takes new flows and keeps its established ones.
 pub const BACKEND_ACTIVE: u8 = 1;
-/// Keeps its established flows, takes no new ones.
+/// Keeps its established flows, takes no new ones (an operator's drain).
 pub const BACKEND_DRAINING: u8 = 2;
+/// Failed its health check: takes no new flows and loses its tracked ones, which are
+/// balanced again to a live backend.
+pub const BACKEND_DOWN: u8 = 3;
 
 /// XDP action values (kernel ABI, `enum xdp_action`), for userspace and tests; the datapath
 /// uses aya-ebpf's bindings.

@@ -2,8 +2,9 @@
 
 use crate::service::Addr;
 
-/// A flow's 5-tuple as seen on the wire (ports in host order).
-#[repr(C)]
+/// A flow's 5-tuple as seen on the wire (ports in host order). Aligned to 8 (no size
+/// change) so the datapath copies it in words, not bytes.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub src: Addr,
@@ -18,37 +19,124 @@ pub struct FlowKey {
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FlowKey {}
 
-/// Forward conntrack value: client → VIP flows pinned to a backend.
+/// A tracked flow, keyed by its client → VIP 5-tuple. One entry per flow serves both
+/// directions: replies find it through the backend's [`crate::service::Endpoint`], so the
+/// two directions can never be evicted apart.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Conn {
     pub backend_id: u32,
     pub vip_id: u32,
-    /// `bpf_ktime_get_ns` of the last packet, refreshed at most once a second.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC, coarse) of the last packet in either
+    /// direction, refreshed at most once a second.
     pub last_seen_ns: u64,
+    /// `Backend::generation` when the flow was pinned: an id given to another backend
+    /// since then does not match, so the entry cannot follow it.
+    pub generation: u32,
+    /// `CT_*` state.
+    pub state: u8,
+    /// `CT_FLAG_*` bits.
+    pub flags: u8,
+    pub _pad: [u8; 2],
 }
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Conn {}
 
-/// Reverse NAT value: backend → client replies get the VIP back as their source.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ReverseNat {
-    pub vip_addr: Addr,
-    pub vip_port: u16,
-    pub _pad: [u8; 2],
-    pub vip_id: u32,
-    pub backend_id: u32,
-    pub _pad2: [u8; 4],
-    pub last_seen_ns: u64,
+/// Lifecycle states of a tracked flow; each has its own idle timeout ([`Timeout`]).
+pub const CT_OPENING: u8 = 0;
+pub const CT_ESTABLISHED: u8 = 1;
+/// A FIN was seen in one direction.
+pub const CT_CLOSING: u8 = 2;
+/// FINs seen in both directions, or a RST.
+pub const CT_CLOSED: u8 = 3;
+/// UDP (and any other datagram protocol): one state, one idle timeout.
+pub const CT_DATAGRAM: u8 = 4;
+
+/// The client sent a FIN.
+pub const CT_FLAG_FIN_CLIENT: u8 = 1;
+/// The backend sent a FIN.
+pub const CT_FLAG_FIN_BACKEND: u8 = 2;
+
+/// Idle timeouts, one per lifecycle state, indexing the datapath's timeout table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Timeout {
+    TcpOpening = 0,
+    TcpEstablished = 1,
+    TcpClosing = 2,
+    TcpClosed = 3,
+    Udp = 4,
 }
 
-#[cfg(feature = "user")]
-unsafe impl aya::Pod for ReverseNat {}
+impl Timeout {
+    pub const ALL: [Timeout; 5] = [
+        Timeout::TcpOpening,
+        Timeout::TcpEstablished,
+        Timeout::TcpClosing,
+        Timeout::TcpClosed,
+        Timeout::Udp,
+    ];
+
+    /// The timeout of a flow in `state` (a `CT_*` value; the state numbers index the table).
+    pub const fn index_of_state(state: u8) -> usize {
+        if state as usize >= TIMEOUT_COUNT {
+            Timeout::Udp as usize
+        } else {
+            state as usize
+        }
+    }
+
+    /// Name used by `--timeout <name>=<secs>`, `lb status` and the docs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Timeout::TcpOpening => "tcp_opening",
+            Timeout::TcpEstablished => "tcp_established",
+            Timeout::TcpClosing => "tcp_closing",
+            Timeout::TcpClosed => "tcp_closed",
+            Timeout::Udp => "udp",
+        }
+    }
+
+    /// Default idle timeout in seconds (see docs/ARCHITECTURE.md for the reasons).
+    pub const fn default_secs(self) -> u64 {
+        match self {
+            Timeout::TcpOpening => 60,
+            Timeout::TcpEstablished => 10_800,
+            Timeout::TcpClosing => 120,
+            Timeout::TcpClosed => 10,
+            Timeout::Udp => 120,
+        }
+    }
+}
+
+pub const TIMEOUT_COUNT: usize = 5;
+
+/// The datapath's timeout table in nanoseconds, indexed by `CT_*` state.
+pub type Timeouts = [u64; TIMEOUT_COUNT];
+
+pub const DEFAULT_TIMEOUTS_NS: Timeouts = [
+    Timeout::TcpOpening.default_secs() * 1_000_000_000,
+    Timeout::TcpEstablished.default_secs() * 1_000_000_000,
+    Timeout::TcpClosing.default_secs() * 1_000_000_000,
+    Timeout::TcpClosed.default_secs() * 1_000_000_000,
+    Timeout::Udp.default_secs() * 1_000_000_000,
+];
+
+impl Conn {
+    /// Whether the entry has been idle longer than its state allows at `now_ns`. The
+    /// datapath treats an expired entry as absent; userspace's sweep deletes it.
+    pub const fn expired(&self, now_ns: u64, timeouts: &Timeouts) -> bool {
+        now_ns.saturating_sub(self.last_seen_ns) > timeouts[Timeout::index_of_state(self.state)]
+    }
+
+    /// Counted as active (ipvsadm's ActiveConn) rather than closing (InActConn).
+    pub const fn is_active(&self) -> bool {
+        matches!(self.state, CT_OPENING | CT_ESTABLISHED | CT_DATAGRAM)
+    }
+}
 
 /// Key of the next-hop cache: where a rewritten packet is going, and where it came in.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NextHopKey {
     pub dst: Addr,
@@ -60,16 +148,23 @@ pub struct NextHopKey {
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for NextHopKey {}
 
-/// A cached `bpf_fib_lookup` answer: egress interface and MACs, valid until `expires_ns`.
+/// A cached `bpf_fib_lookup` answer: egress interface, MACs and MTU, valid until `expires_ns`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NextHop {
     pub ifindex: u32,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
-    pub _pad: [u8; 4],
+    /// The route's MTU (0: unknown, not checked).
+    pub mtu: u16,
+    /// `NEXTHOP_FLAG_*` bits.
+    pub flags: u8,
+    pub _pad: u8,
     pub expires_ns: u64,
 }
+
+/// The egress interface is one lb can send to (the ingress one, or in TX_PORTS).
+pub const NEXTHOP_FLAG_ATTACHED: u8 = 1;
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for NextHop {}

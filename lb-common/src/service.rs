@@ -81,10 +81,43 @@ pub struct Backend {
     pub weight: u32,
     /// The VIP this backend belongs to.
     pub vip_id: u32,
+    /// Changes every time the id is given to a backend: a tracked flow pinned under an
+    /// older generation is balanced again instead of following the id.
+    pub generation: u32,
 }
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Backend {}
+
+/// Key of the ENDPOINTS map: a backend's address, port (host order) and protocol, as the
+/// source of its replies. `port == 0 && proto == 0` marks an address entry, present once
+/// per backend address (fragments and IPv6 extension headers carry no ports).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    pub addr: Addr,
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for EndpointKey {}
+
+/// Value of the ENDPOINTS map: the one VIP a backend endpoint serves, so that its replies
+/// get the VIP back as their source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    pub vip_addr: Addr,
+    pub vip_port: u16,
+    pub _pad: [u8; 2],
+    pub vip_id: u32,
+    pub backend_id: u32,
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for Endpoint {}
 
 /// The single entry of the META map: what layout and sizes the pinned maps were created
 /// with. A controller adopts pinned maps only if it would have created the same ones.

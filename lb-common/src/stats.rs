@@ -122,12 +122,26 @@ stats! {
     DropFragment = 29, "drop_fragment", Reason;
     DropIpv6ExtensionHeader = 30, "drop_ipv6_ext_header", Reason;
     DropFibFailure = 31, "drop_fib_failure", Reason;
+    DropForwardingDisabled = 32, "drop_forwarding_disabled", Reason;
+    PassToLocal = 33, "pass_to_local", Reason;
+    DropBackendFragment = 34, "drop_backend_fragment", Reason;
+    DropBackendIpv6ExtensionHeader = 35, "drop_backend_ipv6_ext_header", Reason;
+    IcmpEchoReply = 36, "icmp_echo_reply", Reason;
+    DropTooBig = 37, "drop_too_big", Reason;
+    PassFragmentationNeeded = 38, "pass_fragmentation_needed", Reason;
     // Conntrack events. LRU evictions are silent in the kernel: userspace derives them as
-    // entries created minus entries present (nothing else deletes an entry).
-    CtCreated = 32, "ct_created", Conntrack;
-    CtReplaced = 33, "ct_replaced", Conntrack;
-    CtInsertFailed = 34, "ct_insert_failed", Conntrack;
-    CtMissMidFlow = 35, "ct_miss_mid_flow", Conntrack;
+    // entries created minus entries present minus entries it deleted.
+    CtCreated = 39, "ct_created", Conntrack;
+    CtReplaced = 40, "ct_replaced", Conntrack;
+    CtInsertFailed = 41, "ct_insert_failed", Conntrack;
+    CtMissMidFlow = 42, "ct_miss_mid_flow", Conntrack;
+    // An entry found idle past its timeout (treated as absent, then replaced).
+    CtExpired = 43, "ct_expired", Conntrack;
+    // A tracked flow whose backend went down, was deleted or changed generation,
+    // balanced again to a live backend.
+    CtRebalanced = 44, "ct_rebalanced", Conntrack;
+    // A RST that matched no entry: forwarded, never tracked.
+    CtRstUntracked = 45, "ct_rst_untracked", Conntrack;
 }
 
 /// Number of slots in the stats map.

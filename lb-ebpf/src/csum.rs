@@ -12,16 +12,26 @@ impl Delta {
         self.0 += u32::from(!old) + u32::from(new);
     }
 
+    /// Writes `new` over `field` one 16-bit word at a time, adding each change. Word by
+    /// word, so only one old and one new word are live at once: reading every byte first
+    /// would keep 32 values in 8-byte stack slots.
     #[inline(always)]
-    pub fn bytes<const N: usize>(&mut self, old: &[u8; N], new: &[u8; N]) {
+    pub fn replace<const N: usize>(&mut self, field: &mut [u8; N], new: &[u8; N]) {
         let mut i = 0;
         while i + 1 < N {
-            self.word(
-                u16::from_be_bytes([old[i], old[i + 1]]),
-                u16::from_be_bytes([new[i], new[i + 1]]),
-            );
+            let old = u16::from_be_bytes([field[i], field[i + 1]]);
+            let word = [new[i], new[i + 1]];
+            self.word(old, u16::from_be_bytes(word));
+            field[i] = word[0];
+            field[i + 1] = word[1];
             i += 2;
         }
+    }
+
+    /// Adds another delta's changes to this one.
+    #[inline(always)]
+    pub fn add(&mut self, other: Delta) {
+        self.0 += fold(other.0) as u32;
     }
 
     /// The updated value of a checksum field (as read big-endian).

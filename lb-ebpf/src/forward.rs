@@ -1,20 +1,21 @@
-//! Forwarding a rewritten packet without the kernel stack: route and neighbour from
-//! `bpf_fib_lookup`, then new MACs, TTL / hop limit down by one, and XDP_TX out of the
-//! ingress interface or XDP_REDIRECT through the TX_PORTS devmap.
+//! Forwarding without the kernel stack: where a packet goes is decided before anything in
+//! it is rewritten (route, neighbour, egress interface and MTU, from the per-CPU next-hop
+//! cache or `bpf_fib_lookup`); then new MACs, TTL / hop limit down by one, and XDP_TX out
+//! of the ingress interface or XDP_REDIRECT through the TX_PORTS devmap.
 
 use core::mem;
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
-        xdp_action,
+        BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
+        BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action,
     },
-    helpers::{bpf_ktime_get_ns, generated::bpf_fib_lookup},
+    helpers::generated::bpf_fib_lookup,
     programs::XdpContext,
 };
 use lb_common::{
     consts::NEXTHOP_TTL_NS,
-    flow::{NextHop, NextHopKey},
+    flow::{FlowKey, NEXTHOP_FLAG_ATTACHED, NextHop, NextHopKey},
     stats::Stat,
 };
 use network_types::{
@@ -25,77 +26,107 @@ use network_types::{
 use crate::{
     Outcome,
     csum::Delta,
-    maps::{NEXTHOP, TX_PORTS},
+    maps::{NEXTHOP, TX_PORTS, UNATTACHED_EGRESS},
     parse::{Packet, ptr_at},
 };
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
-/// Sends the (already rewritten) packet toward its new destination. `forwarded` is the
-/// reason to count when the packet leaves through XDP. The route and neighbour come from
-/// the per-CPU next-hop cache while its answer is fresh, else from `bpf_fib_lookup`. The
-/// cache is keyed by destination and ingress interface only: source-based policy routes
-/// are not honoured for the cache's lifetime.
-#[inline(always)]
-pub fn forward(ctx: &XdpContext, packet: &Packet, forwarded: Stat) -> Outcome {
-    let key = NextHopKey {
-        // The rewritten destination: one answer serves every flow to that backend/client.
-        dst: packet.flow.dst,
-        ingress_ifindex: ctx.ingress_ifindex() as u32,
-        family: packet.flow.family,
-        _pad: [0; 3],
-    };
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let hop = match NEXTHOP.get_ptr(&key) {
-        // SAFETY: the entry is valid for this run (RCU); a racing update only costs a lookup.
-        Some(hop) if unsafe { (*hop).expires_ns } > now => unsafe { *hop },
-        _ => match lookup(ctx, packet) {
-            Ok(mut hop) => {
-                hop.expires_ns = now + NEXTHOP_TTL_NS;
-                let _ = NEXTHOP.insert(&key, &hop, 0);
-                hop
-            }
-            Err(outcome) => return outcome,
-        },
-    };
-    send(ctx, packet, &hop, forwarded)
+/// Where the kernel's FIB sends a packet, when it is not straight out through XDP.
+pub enum Route {
+    /// Out through XDP: MACs, egress and MTU known (the cache entry, valid for this run).
+    Hop(&'static NextHop),
+    /// The route's neighbour is not resolved: the kernel must forward this packet (and
+    /// resolve it), so the packet is rewritten and passed.
+    NoNeighbour,
+    /// Everything else is decided before any rewrite: the verdict to return as it is.
+    Done(Outcome),
 }
 
-/// Route and neighbour for the packet from the kernel's FIB.
+/// The next hop toward `out.dst` for a packet that will leave as `out` (its 5-tuple after
+/// the rewrite). Fresh cached answers are used; otherwise the FIB is asked and a success
+/// cached. The cache is keyed by destination and ingress interface only: source-based
+/// policy routes are not honoured for the cache's lifetime.
 #[inline(always)]
-fn lookup(ctx: &XdpContext, packet: &Packet) -> Result<NextHop, Outcome> {
+pub fn route(ctx: &XdpContext, packet: &Packet, out: &FlowKey, now: u64) -> Route {
+    let key = NextHopKey {
+        dst: out.dst,
+        ingress_ifindex: ctx.ingress_ifindex() as u32,
+        family: out.family,
+        _pad: [0; 3],
+    };
+    let cached = match NEXTHOP.get_ptr(&key) {
+        // SAFETY: the entry is valid for this run (RCU); a racing update only costs a lookup.
+        Some(hop) if unsafe { (*hop).expires_ns } > now => hop,
+        _ => {
+            let mut hop = match lookup(ctx, packet, out) {
+                Ok(hop) => hop,
+                Err(route) => return route,
+            };
+            hop.expires_ns = now + NEXTHOP_TTL_NS;
+            let ingress = ctx.ingress_ifindex() as u32;
+            if hop.ifindex == ingress || TX_PORTS.get(hop.ifindex).is_some() {
+                hop.flags |= NEXTHOP_FLAG_ATTACHED;
+            } else {
+                // Seen at most once a second per destination (the answer is cached).
+                let _ = UNATTACHED_EGRESS.insert(&hop.ifindex, &1, 0);
+            }
+            // Used from the cache, not from the stack: the stack has no room to spare.
+            if NEXTHOP.insert(&key, &hop, 0).is_err() {
+                return Route::Done(Outcome::pass(Stat::PassNoNeighbour));
+            }
+            match NEXTHOP.get_ptr(&key) {
+                Some(hop) => hop,
+                None => return Route::Done(Outcome::pass(Stat::PassNoNeighbour)),
+            }
+        }
+    };
+    // SAFETY: a per-CPU entry, valid for this run.
+    let hop = unsafe { &*cached };
+    if hop.flags & NEXTHOP_FLAG_ATTACHED == 0 {
+        // Left as it is: rewritten, the kernel would drop it as addressed to another host.
+        return Route::Done(Outcome::pass(Stat::PassEgressNotAttached));
+    }
+    Route::Hop(hop)
+}
+
+/// Route, neighbour and MTU from the kernel's FIB. A BPF subprogram: its 64-byte
+/// parameter block lives in its own stack frame, only while the cache misses.
+#[inline(never)]
+fn lookup(ctx: &XdpContext, packet: &Packet, out: &FlowKey) -> Result<NextHop, Route> {
     // SAFETY: an all-zero bpf_fib_lookup is a valid input (plain integers and unions).
     let mut fib: FibParams = unsafe { mem::zeroed() };
-    fib.l4_protocol = packet.flow.proto;
-    fib.sport = packet.flow.src_port.to_be();
-    fib.dport = packet.flow.dst_port.to_be();
+    fib.l4_protocol = out.proto;
+    fib.sport = out.src_port.to_be();
+    fib.dport = out.dst_port.to_be();
     fib.ifindex = ctx.ingress_ifindex() as u32;
+    // tot_len stays 0: the route's MTU comes back in mtu_result, compared by the caller
+    // (a too-big packet is answered, not failed).
     if packet.is_v4() {
         let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, packet.l3_offset) else {
-            return Err(Outcome::drop(Stat::DropFibFailure));
+            return Err(Route::Done(Outcome::drop(Stat::DropFibFailure)));
         };
         // SAFETY: bounds checked; byte-aligned header.
         let ip = unsafe { &*ip };
         fib.family = AF_INET;
-        fib.__bindgen_anon_1.tot_len = ip.tot_len();
         fib.__bindgen_anon_2.tos = ip.tos;
-        fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src_addr);
-        fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst_addr);
+        fib.__bindgen_anon_3.ipv4_src =
+            u32::from_ne_bytes([out.src[0], out.src[1], out.src[2], out.src[3]]);
+        fib.__bindgen_anon_4.ipv4_dst =
+            u32::from_ne_bytes([out.dst[0], out.dst[1], out.dst[2], out.dst[3]]);
     } else {
         let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, packet.l3_offset) else {
-            return Err(Outcome::drop(Stat::DropFibFailure));
+            return Err(Route::Done(Outcome::drop(Stat::DropFibFailure)));
         };
         // SAFETY: as above.
         let ip = unsafe { &*ip };
         fib.family = AF_INET6;
-        fib.__bindgen_anon_1.tot_len = ip.payload_len() + Ipv6Hdr::LEN as u16;
         // Traffic class and flow label, network order, without the version nibble.
         fib.__bindgen_anon_2.flowinfo =
             u32::from_ne_bytes([ip.vcf[0] & 0x0f, ip.vcf[1], ip.vcf[2], ip.vcf[3]]);
-        fib.__bindgen_anon_3.ipv6_src = words(&ip.src_addr);
-        fib.__bindgen_anon_4.ipv6_dst = words(&ip.dst_addr);
+        fib.__bindgen_anon_3.ipv6_src = words(&out.src);
+        fib.__bindgen_anon_4.ipv6_dst = words(&out.dst);
     }
     // SAFETY: ctx and fib are valid for the helper; the size is that of the struct.
     let rc = unsafe {
@@ -111,19 +142,46 @@ fn lookup(ctx: &XdpContext, packet: &Packet) -> Result<NextHop, Outcome> {
             ifindex: fib.ifindex,
             smac: fib.smac,
             dmac: fib.dmac,
-            _pad: [0; 4],
+            // SAFETY: on success the kernel writes the route's MTU in this union member.
+            mtu: unsafe { fib.__bindgen_anon_1.mtu_result },
+            flags: 0,
+            _pad: 0,
             expires_ns: 0,
         }),
         // The kernel resolves the neighbour (ARP/ND) and forwards this packet itself.
-        BPF_FIB_LKUP_RET_NO_NEIGH => Err(Outcome::pass(Stat::PassNoNeighbour)),
-        _ => Err(Outcome::drop(Stat::DropFibFailure)),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Err(Route::NoNeighbour),
+        // Addressed to this host (the lb's own health checks, say), or not routable here.
+        BPF_FIB_LKUP_RET_NOT_FWDED => Err(Route::Done(Outcome::pass(Stat::PassToLocal))),
+        // `lb run` refuses to start like this; counted apart in case it was changed since.
+        BPF_FIB_LKUP_RET_FWD_DISABLED => {
+            Err(Route::Done(Outcome::drop(Stat::DropForwardingDisabled)))
+        }
+        _ => Err(Route::Done(Outcome::drop(Stat::DropFibFailure))),
     }
+}
+
+/// Whether the IP packet is larger than the route's MTU (0: not known, not checked).
+#[inline(always)]
+pub const fn too_big(packet: &Packet, hop: &NextHop) -> bool {
+    hop.mtu != 0 && packet.ip_len > hop.mtu as usize
+}
+
+/// Whether the packet may not be fragmented on the way: IPv6 never is by routers, IPv4
+/// when its DF bit is set.
+#[inline(always)]
+pub fn dont_fragment(ctx: &XdpContext, packet: &Packet) -> bool {
+    if !packet.is_v4() {
+        return true;
+    }
+    ptr_at::<Ipv4Hdr>(ctx, packet.l3_offset)
+        // SAFETY: bounds checked.
+        .is_some_and(|ip| unsafe { (*ip).frags[0] } & 0x40 != 0)
 }
 
 /// New MACs, one hop off the TTL, and out: XDP_TX back through the ingress interface,
 /// else XDP_REDIRECT through TX_PORTS.
 #[inline(always)]
-fn send(ctx: &XdpContext, packet: &Packet, hop: &NextHop, forwarded: Stat) -> Outcome {
+pub fn send(ctx: &XdpContext, packet: &Packet, hop: &NextHop, forwarded: Stat) -> Outcome {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Outcome::drop(Stat::DropFibFailure);
     };
@@ -139,8 +197,8 @@ fn send(ctx: &XdpContext, packet: &Packet, hop: &NextHop, forwarded: Stat) -> Ou
     }
     match TX_PORTS.redirect(hop.ifindex, 0) {
         Ok(action) => Outcome::new(action, forwarded),
-        // The egress interface is not one lb is attached to: let the kernel send it.
-        Err(_) => Outcome::pass(Stat::PassEgressNotAttached),
+        // Detached since the next hop was cached (at most a second ago).
+        Err(_) => Outcome::drop(Stat::DropFibFailure),
     }
 }
 

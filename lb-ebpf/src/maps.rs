@@ -6,11 +6,11 @@ use aya_ebpf::{
 };
 use lb_common::{
     consts::{
-        CONNTRACK_CAPACITY, DEFAULT_MAGLEV_SIZE, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS,
-        NEXTHOP_CAPACITY,
+        CONNTRACK_CAPACITY, DEFAULT_MAGLEV_SIZE, ENDPOINTS_CAPACITY, MAX_BACKENDS, MAX_TX_PORTS,
+        MAX_VIPS, NEXTHOP_CAPACITY,
     },
-    flow::{Conn, FlowKey, NextHop, NextHopKey, ReverseNat},
-    service::{Backend, Layout, VipInfo, VipKey},
+    flow::{Conn, DEFAULT_TIMEOUTS_NS, FlowKey, NextHop, NextHopKey, Timeouts},
+    service::{Backend, Endpoint, EndpointKey, Layout, VipInfo, VipKey},
     stats::{Counter, STAT_COUNT, VipCounter},
 };
 
@@ -31,15 +31,17 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map(name = "MAGLEV")]
 pub static MAGLEV: Array<u32> = Array::with_max_entries(MAX_VIPS * 2 * DEFAULT_MAGLEV_SIZE, 0);
 
-/// Client → VIP flows and the backend they are pinned to.
+/// Client → VIP flows: the backend each is pinned to and its lifecycle state. One entry
+/// per flow; replies reach it through ENDPOINTS.
 #[map(name = "CONNTRACK")]
 pub static CONNTRACK: LruHashMap<FlowKey, Conn> =
     LruHashMap::with_max_entries(CONNTRACK_CAPACITY, 0);
 
-/// Backend → client replies and the VIP to put back as their source.
-#[map(name = "REVERSE_NAT")]
-pub static REVERSE_NAT: LruHashMap<FlowKey, ReverseNat> =
-    LruHashMap::with_max_entries(CONNTRACK_CAPACITY, 0);
+/// Backend endpoint (address, port, protocol) → the VIP it serves; address entries mark
+/// backend addresses.
+#[map(name = "ENDPOINTS")]
+pub static ENDPOINTS: HashMap<EndpointKey, Endpoint> =
+    HashMap::with_max_entries(ENDPOINTS_CAPACITY, 0);
 
 #[map(name = "VIP_STATS")]
 pub static VIP_STATS: PerCpuArray<VipCounter> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
@@ -57,6 +59,11 @@ pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
 pub static NEXTHOP: LruPerCpuHashMap<NextHopKey, NextHop> =
     LruPerCpuHashMap::with_max_entries(NEXTHOP_CAPACITY, 0);
 
+/// Egress interfaces a route pointed at that lb is not attached to (ifindex → 1), for
+/// the daemon to name in a warning.
+#[map(name = "UNATTACHED_EGRESS")]
+pub static UNATTACHED_EGRESS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TX_PORTS, 0);
+
 /// One entry, written by userspace: the layout the pinned maps were created with. The
 /// datapath never reads it.
 #[map(name = "META")]
@@ -66,9 +73,29 @@ pub static META: Array<Layout> = Array::with_max_entries(1, 0);
 #[unsafe(no_mangle)]
 static MAGLEV_SIZE: u32 = DEFAULT_MAGLEV_SIZE;
 
+/// Conntrack idle timeouts in ns by `CT_*` state, set by userspace at load time.
+#[unsafe(no_mangle)]
+static CT_TIMEOUTS_NS: Timeouts = DEFAULT_TIMEOUTS_NS;
+
 #[inline(always)]
 pub fn maglev_size() -> u32 {
     // SAFETY: a plain read of a load-time constant; volatile so the compiler keeps the load
     // the loader patches instead of folding the default in.
     unsafe { core::ptr::read_volatile(&MAGLEV_SIZE) }
+}
+
+/// The idle timeout of a flow in `state` (a `CT_*` value).
+#[inline(always)]
+pub fn timeout_ns(state: u8) -> u64 {
+    let table = &raw const CT_TIMEOUTS_NS;
+    // SAFETY: as in `maglev_size`; every index is in bounds of the five-entry table.
+    unsafe {
+        match state {
+            0 => core::ptr::read_volatile(&(*table)[0]),
+            1 => core::ptr::read_volatile(&(*table)[1]),
+            2 => core::ptr::read_volatile(&(*table)[2]),
+            3 => core::ptr::read_volatile(&(*table)[3]),
+            _ => core::ptr::read_volatile(&(*table)[4]),
+        }
+    }
 }

@@ -10,7 +10,7 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{
     consts::{FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP},
     flow::FlowKey,
-    service::addr_from_v4,
+    service::Addr,
     stats::Stat,
 };
 use network_types::{
@@ -42,11 +42,16 @@ impl Malformed {
     }
 }
 
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum L4 {
-    /// `opening`: SYN without ACK, the first packet of a new connection.
+    /// `flags`: the TCP flags byte (`TCP_*` bits).
     Tcp {
-        opening: bool,
+        flags: u8,
     },
     Udp,
     Icmp,
@@ -62,6 +67,8 @@ pub struct Packet {
     pub l3_offset: usize,
     pub l4_offset: usize,
     pub l4: L4,
+    /// Length of the IP packet (header included), as its header says.
+    pub ip_len: usize,
     /// Addresses, protocol and, for TCP and UDP, ports (host order).
     pub flow: FlowKey,
 }
@@ -70,6 +77,19 @@ impl Packet {
     pub const fn is_v4(&self) -> bool {
         self.flow.family == FAMILY_V4
     }
+
+    /// The TCP flags, or 0 for anything else.
+    pub const fn tcp_flags(&self) -> u8 {
+        match self.l4 {
+            L4::Tcp { flags } => flags,
+            _ => 0,
+        }
+    }
+
+    /// A SYN without ACK: the first packet of a new connection.
+    pub const fn is_opening(&self) -> bool {
+        self.tcp_flags() & (TCP_SYN | TCP_ACK) == TCP_SYN
+    }
 }
 
 pub enum Parsed {
@@ -77,11 +97,46 @@ pub enum Parsed {
     Ip(Packet),
 }
 
+/// An IPv4 address from a header, as an [`Addr`]. Addresses are moved as whole words:
+/// built byte by byte, LLVM keeps each of the 16 bytes in its own 8-byte stack slot, and
+/// the program outgrows the 512-byte BPF stack.
+#[inline(always)]
+pub fn addr_v4(octets: &[u8; 4]) -> Addr {
+    let word = u32::from_ne_bytes(*octets);
+    // SAFETY: [u32; 4] and [u8; 16] have the same size and every bit pattern is valid.
+    unsafe { core::mem::transmute::<[u32; 4], Addr>([word, 0, 0, 0]) }
+}
+
+/// An IPv6 address from a header, as an [`Addr`], moved as words (see [`addr_v4`]).
+#[inline(always)]
+pub fn addr_v6(bytes: &[u8; 16]) -> Addr {
+    // SAFETY: reads 16 bytes from a valid reference; unaligned reads are allowed.
+    let words = unsafe { core::ptr::read_unaligned(bytes as *const Addr as *const [u32; 4]) };
+    // SAFETY: as in `addr_v4`.
+    unsafe { core::mem::transmute::<[u32; 4], Addr>(words) }
+}
+
+/// Start of the packet. The context is read with a volatile load so that LLVM never turns
+/// `ctx` arguments of BPF subprograms into packet-pointer arguments (argument promotion),
+/// which the verifier refuses to do arithmetic on.
+#[inline(always)]
+pub fn data(ctx: &XdpContext) -> usize {
+    // SAFETY: `ctx.ctx` is the program's context pointer, valid for the whole run.
+    unsafe { core::ptr::read_volatile(&(*ctx.ctx).data) as usize }
+}
+
+/// End of the packet, read as [`data`].
+#[inline(always)]
+pub fn data_end(ctx: &XdpContext) -> usize {
+    // SAFETY: as in `data`.
+    unsafe { core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize }
+}
+
 /// Returns a pointer to a `T` at `offset`, or `None` when the packet is too short for it.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
+    let start = data(ctx);
+    let end = data_end(ctx);
     if start + offset + mem::size_of::<T>() > end {
         return None;
     }
@@ -139,8 +194,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Malformed> {
         L4::Udp => UdpHdr::LEN,
         _ => 0,
     };
-    if ctx.data() + l3_offset + ip_len > ctx.data_end()
-        || l4_offset + l4_header > l3_offset + ip_len
+    if data(ctx) + l3_offset + ip_len > data_end(ctx) || l4_offset + l4_header > l3_offset + ip_len
     {
         return Err(Malformed(if flow.family == FAMILY_V4 {
             Stat::MalformedIpv4
@@ -152,6 +206,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Malformed> {
         l3_offset,
         l4_offset,
         l4,
+        ip_len,
         flow,
     }))
 }
@@ -172,7 +227,7 @@ fn parse_ipv4(
         return Err(Malformed(Stat::MalformedIpv4));
     }
     // Options must be present in full before anything reads past them.
-    if ctx.data() + offset + header_len > ctx.data_end() {
+    if data(ctx) + offset + header_len > data_end(ctx) {
         return Err(Malformed(Stat::MalformedIpv4));
     }
     if !header_checksum_ok(ctx, offset, header_len) {
@@ -180,8 +235,8 @@ fn parse_ipv4(
     }
     flow.family = FAMILY_V4;
     flow.proto = ip.proto;
-    flow.src = addr_from_v4(ip.src_addr);
-    flow.dst = addr_from_v4(ip.dst_addr);
+    flow.src = addr_v4(&ip.src_addr);
+    flow.dst = addr_v4(&ip.dst_addr);
     let fragment = u16::from_be_bytes(ip.frags) & IPV4_MF_AND_OFFSET != 0;
     Ok((offset + header_len, fragment, usize::from(ip.tot_len())))
 }
@@ -217,8 +272,8 @@ fn parse_ipv6(
     }
     flow.family = FAMILY_V6;
     flow.proto = ip.next_hdr;
-    flow.src = ip.src_addr;
-    flow.dst = ip.dst_addr;
+    flow.src = addr_v6(&ip.src_addr);
+    flow.dst = addr_v6(&ip.dst_addr);
     Ok((
         offset + Ipv6Hdr::LEN,
         Ipv6Hdr::LEN + usize::from(ip.payload_len()),
@@ -232,14 +287,15 @@ fn parse_l4(ctx: &XdpContext, offset: usize, flow: &mut FlowKey) -> Result<L4, M
             stats::count_protocol(Stat::Tcp);
             let tcp: &TcpHdr = header(ctx, offset, Stat::MalformedTcp)?;
             let header_len = usize::from(tcp.doff()) * 4;
-            if header_len < TcpHdr::LEN || ctx.data() + offset + header_len > ctx.data_end() {
+            if header_len < TcpHdr::LEN || data(ctx) + offset + header_len > data_end(ctx) {
                 return Err(Malformed(Stat::MalformedTcp));
             }
             flow.src_port = u16::from_be_bytes(tcp.source);
             flow.dst_port = u16::from_be_bytes(tcp.dest);
-            Ok(L4::Tcp {
-                opening: tcp.syn() != 0 && tcp.ack() == 0,
-            })
+            // Byte 13 of the header: CWR ECE URG ACK PSH RST SYN FIN.
+            // SAFETY: inside the 20-byte header that `header` bounds-checked.
+            let flags = unsafe { *(tcp as *const TcpHdr as *const u8).add(13) };
+            Ok(L4::Tcp { flags })
         }
         IPPROTO_UDP => {
             stats::count_protocol(Stat::Udp);

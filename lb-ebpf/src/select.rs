@@ -2,7 +2,7 @@
 
 use lb_common::{
     consts::{BACKEND_ACTIVE, BACKEND_DRAINING, NO_BACKEND},
-    flow::FlowKey,
+    flow::{Conn, FlowKey},
     hash::flow_hash,
     service::{Backend, VipInfo},
 };
@@ -11,7 +11,7 @@ use crate::maps::{BACKENDS, MAGLEV, maglev_size};
 
 /// The backend Maglev assigns to `flow`, if it is active.
 #[inline(always)]
-pub fn maglev(vip: &VipInfo, flow: &FlowKey) -> Option<(u32, Backend)> {
+pub fn maglev(vip: &VipInfo, flow: &FlowKey) -> Option<(u32, &'static Backend)> {
     let size = maglev_size();
     if size == 0 {
         return None;
@@ -22,15 +22,18 @@ pub fn maglev(vip: &VipInfo, flow: &FlowKey) -> Option<(u32, Backend)> {
     if id == NO_BACKEND {
         return None;
     }
-    let backend = *BACKENDS.get(id)?;
+    // Referenced, not copied: a copy would live in stack slots across every helper call.
+    let backend = BACKENDS.get(id)?;
     (backend.state == BACKEND_ACTIVE).then_some((id, backend))
 }
 
-/// A tracked flow's backend, if it still exists and still serves this VIP (draining
-/// backends keep their flows; an id freed and given to another VIP does not).
+/// A tracked flow's backend, if it is still the one the flow was pinned to and still
+/// serves this VIP. Draining backends keep their flows; a backend marked down loses them,
+/// and an id retired and given to another backend (another generation) never takes them.
 #[inline(always)]
-pub fn tracked(id: u32, vip: &VipInfo) -> Option<Backend> {
-    let backend = *BACKENDS.get(id)?;
+pub fn tracked(conn: &Conn, vip: &VipInfo) -> Option<&'static Backend> {
+    let backend = BACKENDS.get(conn.backend_id)?;
     let serving = backend.state == BACKEND_ACTIVE || backend.state == BACKEND_DRAINING;
-    (serving && backend.vip_id == vip.id).then_some(backend)
+    (serving && backend.vip_id == vip.id && backend.generation == conn.generation)
+        .then_some(backend)
 }

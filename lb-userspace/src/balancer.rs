@@ -13,9 +13,10 @@ use std::{
 
 use lb_common::{
     consts::{
-        BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_UNUSED, FAMILY_V4, FAMILY_V6, MAX_BACKENDS,
+        BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNUSED, FAMILY_V4, FAMILY_V6,
+        MAX_BACKENDS,
     },
-    service::{Addr, Backend, VipInfo, VipKey, addr_from_v4},
+    service::{Addr, Backend, Endpoint, EndpointKey, VipInfo, VipKey, addr_from_v4},
 };
 use thiserror::Error;
 use tracing::warn;
@@ -61,6 +62,11 @@ pub struct Balancer {
     /// Backend ids are handed out round-robin from here, so a freed id is reused as late as
     /// possible: conntrack entries of a deleted backend age out before its id returns.
     next_backend_id: u32,
+    /// The generation each used backend id was given (see `Backend::generation`).
+    generations: BTreeMap<u32, u32>,
+    /// The next generation to give: every allocation of an id gets a new one, so tracked
+    /// flows of a deleted backend never follow its id to the next backend.
+    next_generation: u32,
     /// Set by [`Balancer::adopt`]: the next sync rewrites every VIP's entries and table,
     /// repairing whatever an interrupted predecessor left half done.
     rewrite_all: bool,
@@ -91,6 +97,16 @@ fn ip_from_wire(addr: &Addr, family: u8) -> Option<IpAddr> {
         FAMILY_V4 => Some(IpAddr::from([addr[0], addr[1], addr[2], addr[3]])),
         FAMILY_V6 => Some(IpAddr::from(*addr)),
         _ => None,
+    }
+}
+
+fn endpoint_key(addr: &SocketAddr, proto: u8) -> EndpointKey {
+    let (wire, family) = wire_addr(addr.ip());
+    EndpointKey {
+        addr: wire,
+        port: addr.port(),
+        proto,
+        family,
     }
 }
 
@@ -132,6 +148,8 @@ impl Balancer {
             slots: BTreeMap::new(),
             free_backend_ids: (0..MAX_BACKENDS).collect(),
             next_backend_id: 0,
+            generations: BTreeMap::new(),
+            next_generation: 1,
             rewrite_all: false,
         }
     }
@@ -180,8 +198,12 @@ impl Balancer {
             let addr = SocketAddr::new(ip, backend.port);
             let spec = BackendSpec {
                 weight: backend.weight.clamp(MIN_WEIGHT, MAX_WEIGHT),
-                draining: backend.state == BACKEND_DRAINING,
+                draining: backend.state == BACKEND_DRAINING || backend.state == BACKEND_DOWN,
             };
+            balancer.generations.insert(id, backend.generation);
+            balancer.next_generation = balancer
+                .next_generation
+                .max(backend.generation.wrapping_add(1));
             if let (Some(vip), Some(slot)) = (
                 balancer.applied.vips.get_mut(&service),
                 balancer.slots.get_mut(&service),
@@ -205,6 +227,35 @@ impl Balancer {
         balancer.rewrite_all = true;
         balancer.desired = balancer.applied.clone();
         Ok(balancer)
+    }
+
+    /// Removes ENDPOINTS entries that no backend in the maps has (left by a predecessor
+    /// that stopped midway); run after a sync that rewrote every VIP.
+    pub fn prune_endpoints(&mut self) -> Result<(), BalancerError> {
+        let wanted: std::collections::HashSet<EndpointKey> = self
+            .slots
+            .iter()
+            .flat_map(|(service, slot)| {
+                slot.backend_ids.keys().flat_map(|addr| {
+                    let (wire, family) = wire_addr(addr.ip());
+                    [
+                        endpoint_key(addr, service.proto.number()),
+                        EndpointKey {
+                            addr: wire,
+                            port: 0,
+                            proto: 0,
+                            family,
+                        },
+                    ]
+                })
+            })
+            .collect();
+        for key in self.maps.endpoint_keys()? {
+            if !wanted.contains(&key) {
+                ignore_missing(self.maps.remove_endpoint(&key))?;
+            }
+        }
+        Ok(())
     }
 
     /// The desired state (what the maps hold, but for health).
@@ -232,9 +283,28 @@ impl Balancer {
         if down == self.down {
             return Ok(());
         }
+        let changed: Vec<HealthKey> = self.down.symmetric_difference(&down).copied().collect();
         self.down = down;
         let target = self.desired.clone();
-        self.sync(&target)
+        self.sync(&target)?;
+        // A backend that was already out of its table (an operator's drain) and now
+        // changes health only changes state in BACKENDS: draining keeps its flows, down
+        // does not.
+        for (service, addr) in changed {
+            let spec = self
+                .applied
+                .vips
+                .get(&service)
+                .and_then(|vip| vip.backends.get(&addr))
+                .copied();
+            let ids = self.slots.get(&service).map(|slot| slot.id);
+            if let (Some(spec), Some(vip_id), Some(id)) = (spec, ids, self.slot_id(&service, &addr))
+                && spec.draining
+            {
+                self.write_backend(&service, vip_id, id, &addr, &spec)?;
+            }
+        }
+        Ok(())
     }
 
     /// `target` with the down backends draining, except where that would leave a VIP with
@@ -309,6 +379,9 @@ impl Balancer {
                 vip.check = spec.check.clone();
             }
         }
+        if self.rewrite_all {
+            self.prune_endpoints()?;
+        }
         self.rewrite_all = false;
         Ok(())
     }
@@ -381,7 +454,7 @@ impl Balancer {
             let (addr, family) = wire_addr(ip);
             ignore_missing(self.maps.remove_vip(&VipKey::address_entry(addr, family)))?;
         }
-        for (addr, id) in &slot.backend_ids {
+        for (addr, id) in &slot.backend_ids.clone() {
             self.retire_backend(service, addr, *id)?;
         }
         self.slots.remove(service);
@@ -418,7 +491,10 @@ impl Balancer {
                 ..*backend
             };
             if self.rewrite_all || before != Some(&in_map) {
-                self.write_backend(vip_id, id, addr, &in_map)?;
+                self.write_backend(service, vip_id, id, addr, &in_map)?;
+            }
+            if known.is_none() || self.rewrite_all {
+                self.write_endpoint(service, vip_id, id, addr)?;
             }
         }
         // 2. The new table goes live.
@@ -455,7 +531,7 @@ impl Balancer {
                 && was_active
                 && let Some(id) = self.slot_id(service, addr)
             {
-                self.write_backend(vip_id, id, addr, backend)?;
+                self.write_backend(service, vip_id, id, addr, backend)?;
             }
         }
         let leavers: Vec<(SocketAddr, u32)> = self
@@ -490,11 +566,15 @@ impl Balancer {
             .ok_or(BalancerError::TooManyBackends)?;
         self.free_backend_ids.remove(&id);
         self.next_backend_id = id + 1;
+        self.generations.insert(id, self.next_generation);
+        // 0 is never given, so a zeroed (unused) slot matches no tracked flow.
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
         Ok(id)
     }
 
     /// Marks a backend unused and forgets it; tracked flows that point at it find it
-    /// unused and are balanced again.
+    /// unused and are balanced again. Its endpoint entry goes last (its replies in flight
+    /// still get the VIP's address), and its address entry with the last backend there.
     fn retire_backend(
         &mut self,
         service: &Service,
@@ -505,6 +585,24 @@ impl Balancer {
         if let Some(slot) = self.slots.get_mut(service) {
             slot.backend_ids.remove(addr);
         }
+        ignore_missing(
+            self.maps
+                .remove_endpoint(&endpoint_key(addr, service.proto.number())),
+        )?;
+        let address_used = self
+            .slots
+            .values()
+            .any(|slot| slot.backend_ids.keys().any(|other| other.ip() == addr.ip()));
+        if !address_used {
+            let (wire, family) = wire_addr(addr.ip());
+            ignore_missing(self.maps.remove_endpoint(&EndpointKey {
+                addr: wire,
+                port: 0,
+                proto: 0,
+                family,
+            }))?;
+        }
+        self.generations.remove(&id);
         if let Some(vip) = self.applied.vips.get_mut(service) {
             vip.backends.remove(addr);
         }
@@ -512,27 +610,64 @@ impl Balancer {
         Ok(())
     }
 
+    /// Writes a backend's BACKENDS slot. Draining in the applied state is an operator's
+    /// drain (flows kept) unless the health check has it down (flows move).
     fn write_backend(
         &mut self,
+        service: &Service,
         vip_id: u32,
         id: u32,
         addr: &SocketAddr,
         spec: &BackendSpec,
     ) -> Result<(), BalancerError> {
         let (wire, family) = wire_addr(addr.ip());
+        let state = match (spec.draining, self.down.contains(&(*service, *addr))) {
+            (false, _) => BACKEND_ACTIVE,
+            (true, false) => BACKEND_DRAINING,
+            (true, true) => BACKEND_DOWN,
+        };
         self.maps.set_backend(
             id,
             &Backend {
                 addr: wire,
                 port: addr.port(),
                 family,
-                state: if spec.draining {
-                    BACKEND_DRAINING
-                } else {
-                    BACKEND_ACTIVE
-                },
+                state,
                 weight: spec.weight,
                 vip_id,
+                generation: self.generations.get(&id).copied().unwrap_or(0),
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Makes the backend's endpoint (and address) known to the datapath as the VIP's.
+    fn write_endpoint(
+        &mut self,
+        service: &Service,
+        vip_id: u32,
+        id: u32,
+        addr: &SocketAddr,
+    ) -> Result<(), BalancerError> {
+        let (vip_addr, _) = wire_addr(service.addr.ip());
+        let (wire, family) = wire_addr(addr.ip());
+        self.maps.set_endpoint(
+            &EndpointKey {
+                addr: wire,
+                port: 0,
+                proto: 0,
+                family,
+            },
+            &Endpoint::default(),
+        )?;
+        self.maps.set_endpoint(
+            &endpoint_key(addr, service.proto.number()),
+            &Endpoint {
+                vip_addr,
+                vip_port: service.addr.port(),
+                _pad: [0; 2],
+                vip_id,
+                backend_id: id,
             },
         )?;
         Ok(())
@@ -580,5 +715,10 @@ impl Balancer {
 
     pub fn maps(&self) -> &ServiceMaps {
         &self.maps
+    }
+
+    /// For conntrack edits (tests, flushes); the service maps are written by `sync` only.
+    pub fn maps_mut(&mut self) -> &mut ServiceMaps {
+        &mut self.maps
     }
 }

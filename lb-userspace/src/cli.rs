@@ -5,6 +5,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use lb_common::flow::Timeout;
+
 use crate::{
     pins::DEFAULT_PIN_DIR,
     state::{DEFAULT_WEIGHT, MAX_WEIGHT, MIN_WEIGHT, Proto},
@@ -88,6 +90,16 @@ pub struct RunArgs {
     #[arg(long)]
     pub log_datapath: bool,
 
+    /// Flows tracked, one entry each (about 100 bytes of kernel memory per entry)
+    /// [default: 1048576, or what the pinned datapath uses].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1024..=1 << 26))]
+    pub conntrack_size: Option<u32>,
+
+    /// Idle timeout of a flow state, in seconds: tcp_opening, tcp_established, tcp_closing,
+    /// tcp_closed or udp (repeat the flag: --timeout udp=30 --timeout tcp_closing=60).
+    #[arg(long = "timeout", value_name = "STATE=SECS", value_parser = parse_timeout, action = clap::ArgAction::Append)]
+    pub timeouts: Vec<(Timeout, u64)>,
+
     /// Seconds between counter reports on stdout (0 prints only at exit).
     #[arg(long, value_name = "SECS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub stats_interval: u64,
@@ -97,14 +109,57 @@ pub struct RunArgs {
     pub bpf_object: Option<PathBuf>,
 }
 
+/// Longest idle timeout accepted: a week.
+const MAX_TIMEOUT_SECS: u64 = 7 * 86_400;
+
+/// `STATE=SECS` for `--timeout`.
+fn parse_timeout(text: &str) -> Result<(Timeout, u64), String> {
+    let names = || {
+        Timeout::ALL
+            .iter()
+            .map(|t| t.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (name, secs) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not STATE=SECS (states: {})", names()))?;
+    let timeout = Timeout::ALL
+        .into_iter()
+        .find(|t| t.name() == name)
+        .ok_or_else(|| format!("unknown state `{name}` (states: {})", names()))?;
+    let secs: u64 = secs
+        .parse()
+        .map_err(|_| format!("`{secs}` is not a whole number of seconds"))?;
+    if !(1..=MAX_TIMEOUT_SECS).contains(&secs) {
+        return Err(format!(
+            "{name} timeout must be between 1 and {MAX_TIMEOUT_SECS} seconds"
+        ));
+    }
+    Ok((timeout, secs))
+}
+
 impl RunArgs {
     /// The sizes to create maps with when nothing is pinned yet.
     pub fn limits(&self) -> crate::datapath::Limits {
         let defaults = crate::datapath::Limits::default();
         crate::datapath::Limits {
             maglev_size: self.table_size.unwrap_or(defaults.maglev_size),
+            conntrack_capacity: self.conntrack_size.unwrap_or(defaults.conntrack_capacity),
             ..defaults
         }
+    }
+
+    /// How the program is loaded: logging and the conntrack timeouts.
+    pub fn load_options(&self) -> crate::datapath::Options {
+        let mut options = crate::datapath::Options {
+            log: self.log_datapath,
+            ..crate::datapath::Options::default()
+        };
+        for (timeout, secs) in &self.timeouts {
+            options.timeouts_ns[*timeout as usize] = secs * 1_000_000_000;
+        }
+        options
     }
 
     pub fn stats_interval(&self) -> Option<Duration> {

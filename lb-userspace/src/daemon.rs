@@ -63,7 +63,7 @@ pub async fn run(args: RunArgs, api_flag: Option<&Path>) -> anyhow::Result<()> {
     let api_path = api::socket_path(api_flag);
     let socket = server::bind(&api_path)?;
     let mut pins = PinDir::open(&args.pin_dir)?;
-    let adopted_limits = pins.adoptable(args.table_size)?;
+    let adopted_limits = pins.adoptable(args.table_size, args.conntrack_size)?;
     raise_memlock_limit();
 
     let object = custom_object.as_deref().unwrap_or(datapath::OBJECT);
@@ -193,7 +193,7 @@ fn start(
     saved: Option<State>,
 ) -> anyhow::Result<Started> {
     let limits = adopted.unwrap_or_else(|| args.limits());
-    let mut ebpf = datapath::open(object, &limits, Some(pins), args.log_datapath)
+    let mut ebpf = datapath::open(object, &limits, Some(pins), &args.load_options())
         .context("opening the eBPF object")?;
     let program = datapath::program(&mut ebpf).context("the eBPF object has no XDP program")?;
     program.load().map_err(describe_load_error)?;

@@ -1,9 +1,12 @@
 //! The embedded XDP object: sizing its maps and loading it.
 
 use aya::{Ebpf, EbpfLoader, programs::Xdp};
-use lb_common::consts::{
-    CONNTRACK_CAPACITY, DEFAULT_MAGLEV_SIZE, GLOBAL_MAGLEV_SIZE, MAP_CONNTRACK, MAP_MAGLEV,
-    MAP_REVERSE, MAP_VIP_STATS, MAP_VIPS, MAX_VIPS, PINNED_MAPS, PROGRAM_NAME,
+use lb_common::{
+    consts::{
+        CONNTRACK_CAPACITY, DEFAULT_MAGLEV_SIZE, GLOBAL_CT_TIMEOUTS, GLOBAL_MAGLEV_SIZE,
+        MAP_CONNTRACK, MAP_MAGLEV, MAP_VIP_STATS, MAP_VIPS, MAX_VIPS, PINNED_MAPS, PROGRAM_NAME,
+    },
+    flow::{DEFAULT_TIMEOUTS_NS, Timeouts},
 };
 use thiserror::Error;
 
@@ -18,8 +21,26 @@ pub struct Limits {
     pub max_vips: u32,
     /// Maglev table size M: a prime, so every backend's permutation visits every slot.
     pub maglev_size: u32,
-    /// Flows tracked; the forward and reverse maps each hold this many entries.
+    /// Flows tracked (one entry per flow).
     pub conntrack_capacity: u32,
+}
+
+/// How a loaded program behaves; free to change at every load (unlike [`Limits`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Enables the datapath's aya-log statements (info level and above).
+    pub log: bool,
+    /// Conntrack idle timeouts in ns, by state.
+    pub timeouts_ns: Timeouts,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            log: false,
+            timeouts_ns: DEFAULT_TIMEOUTS_NS,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -71,14 +92,17 @@ pub fn is_prime(n: u32) -> bool {
 
 /// Parses `object` and creates its maps sized by `limits`; the program is not loaded yet.
 /// With `pins`, maps already pinned there are reused as they are and new ones are pinned.
-/// With `log`, the datapath's aya-log statements are enabled (info level and above).
 pub fn open(
     object: &[u8],
     limits: &Limits,
     pins: Option<&PinDir>,
-    log: bool,
+    options: &Options,
 ) -> Result<Ebpf, aya::EbpfError> {
-    let level = if log { aya_log::Level::Info as u8 } else { 0 };
+    let level = if options.log {
+        aya_log::Level::Info as u8
+    } else {
+        0
+    };
     let mut loader = EbpfLoader::new();
     loader.override_global(aya_log::LEVEL, &level, false);
     if let Some(pins) = pins {
@@ -88,11 +112,11 @@ pub fn open(
     }
     loader
         .override_global(GLOBAL_MAGLEV_SIZE, &limits.maglev_size, true)
+        .override_global(GLOBAL_CT_TIMEOUTS, &options.timeouts_ns, true)
         .map_max_entries(MAP_VIPS, limits.max_vips * 2)
         .map_max_entries(MAP_VIP_STATS, limits.max_vips)
         .map_max_entries(MAP_MAGLEV, limits.max_vips * 2 * limits.maglev_size)
         .map_max_entries(MAP_CONNTRACK, limits.conntrack_capacity)
-        .map_max_entries(MAP_REVERSE, limits.conntrack_capacity)
         .load(object)
 }
 

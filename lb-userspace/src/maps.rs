@@ -1,5 +1,5 @@
 //! Typed access to the service maps of a loaded datapath. The only writer of VIPS,
-//! BACKENDS, MAGLEV, TX_PORTS and the per-service counters.
+//! BACKENDS, MAGLEV, ENDPOINTS, TX_PORTS and the per-service counters.
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
@@ -10,11 +10,11 @@ use aya::{
 };
 use lb_common::{
     consts::{
-        MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_MAGLEV, MAP_TX_PORTS, MAP_VIP_STATS,
-        MAP_VIPS, MAX_BACKENDS,
+        MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_ENDPOINTS, MAP_MAGLEV, MAP_TX_PORTS,
+        MAP_VIP_STATS, MAP_VIPS, MAX_BACKENDS,
     },
     flow::{Conn, FlowKey},
-    service::{Backend, VipInfo, VipKey},
+    service::{Backend, Endpoint, EndpointKey, VipInfo, VipKey},
     stats::{Counter, VipCounter},
 };
 
@@ -23,6 +23,7 @@ use crate::datapath::Limits;
 pub struct ServiceMaps {
     vips: HashMap<MapData, VipKey, VipInfo>,
     backends: Array<MapData, Backend>,
+    endpoints: HashMap<MapData, EndpointKey, Endpoint>,
     /// Written in batches (see `write_table`), so kept untyped.
     maglev: aya::maps::Map,
     tx_ports: DevMapHash<MapData>,
@@ -147,6 +148,7 @@ impl ServiceMaps {
         Ok(Self {
             vips: HashMap::try_from(take(ebpf, MAP_VIPS)?)?,
             backends: Array::try_from(take(ebpf, MAP_BACKENDS)?)?,
+            endpoints: HashMap::try_from(take(ebpf, MAP_ENDPOINTS)?)?,
             maglev: take(ebpf, MAP_MAGLEV)?,
             tx_ports: DevMapHash::try_from(take(ebpf, MAP_TX_PORTS)?)?,
             vip_stats: PerCpuArray::try_from(take(ebpf, MAP_VIP_STATS)?)?,
@@ -171,6 +173,19 @@ impl ServiceMaps {
 
     pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapError> {
         self.backends.set(id, backend, 0)
+    }
+
+    pub fn set_endpoint(&mut self, key: &EndpointKey, value: &Endpoint) -> Result<(), MapError> {
+        self.endpoints.insert(key, value, 0)
+    }
+
+    pub fn remove_endpoint(&mut self, key: &EndpointKey) -> Result<(), MapError> {
+        self.endpoints.remove(key)
+    }
+
+    /// Every ENDPOINTS key.
+    pub fn endpoint_keys(&self) -> Result<Vec<EndpointKey>, MapError> {
+        self.endpoints.keys().collect()
     }
 
     /// Every BACKENDS slot, used or not, by id.
@@ -231,6 +246,27 @@ impl ServiceMaps {
         }
         let map = HashMap::<&MapData, FlowKey, Conn>::try_from(&self.conntrack)?;
         Ok(map.keys().filter(Result::is_ok).count() as u64)
+    }
+
+    /// The conntrack entry of a client → VIP flow.
+    pub fn conntrack_entry(&self, flow: &FlowKey) -> Result<Option<Conn>, MapError> {
+        let map = HashMap::<&MapData, FlowKey, Conn>::try_from(&self.conntrack)?;
+        match map.get(flow, 0) {
+            Ok(conn) => Ok(Some(conn)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Writes a conntrack entry (tests age entries with it; flushes use `remove`).
+    pub fn set_conntrack_entry(&mut self, flow: &FlowKey, conn: &Conn) -> Result<(), MapError> {
+        let mut map = HashMap::<&mut MapData, FlowKey, Conn>::try_from(&mut self.conntrack)?;
+        map.insert(flow, conn, 0)
+    }
+
+    pub fn remove_conntrack_entry(&mut self, flow: &FlowKey) -> Result<(), MapError> {
+        let mut map = HashMap::<&mut MapData, FlowKey, Conn>::try_from(&mut self.conntrack)?;
+        map.remove(flow)
     }
 
     /// A VIP's counters summed over CPUs.

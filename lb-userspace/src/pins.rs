@@ -301,7 +301,11 @@ impl PinDir {
     /// The limits of a complete pinned datapath, checked against this controller's layout
     /// and the operator's explicit wishes; `None` when there is nothing (complete) to adopt.
     /// A half-made set of pins (META never written) is removed.
-    pub fn adoptable(&self, wanted_table_size: Option<u32>) -> Result<Option<Limits>, PinError> {
+    pub fn adoptable(
+        &self,
+        wanted_table_size: Option<u32>,
+        wanted_conntrack_size: Option<u32>,
+    ) -> Result<Option<Limits>, PinError> {
         let meta_path = self.map_path(MAP_META);
         if !meta_path.exists() {
             // Maps without META are an interrupted first start; links would mean a live
@@ -335,6 +339,16 @@ impl PinDir {
                 dir: self.path.clone(),
                 what: "--table-size",
                 found: layout.maglev_size,
+                wanted,
+            });
+        }
+        if let Some(wanted) = wanted_conntrack_size
+            && wanted != layout.conntrack_capacity
+        {
+            return Err(PinError::Limits {
+                dir: self.path.clone(),
+                what: "--conntrack-size",
+                found: layout.conntrack_capacity,
                 wanted,
             });
         }

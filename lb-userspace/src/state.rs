@@ -164,6 +164,14 @@ pub enum ChangeError {
     UnusableAddress(IpAddr),
     #[error("nothing to change: give --weight or --undrain")]
     EmptySet,
+    #[error(
+        "backend {backend}/{proto} already serves VIP {owner}: an endpoint serves one VIP, since its replies must get that VIP's address back (use another port on the backend)"
+    )]
+    EndpointInUse {
+        backend: SocketAddr,
+        proto: Proto,
+        owner: Service,
+    },
 }
 
 const fn family_name(addr: &SocketAddr) -> &'static str {
@@ -215,7 +223,7 @@ impl State {
                 check_weight(weight)?;
                 let vip = self
                     .vips
-                    .get_mut(&service)
+                    .get(&service)
                     .ok_or(ChangeError::UnknownVip(service))?;
                 if backend.is_ipv4() != service.addr.is_ipv4() {
                     return Err(ChangeError::FamilyMismatch {
@@ -228,6 +236,17 @@ impl State {
                 if vip.backends.contains_key(&backend) {
                     return Err(ChangeError::DuplicateBackend { service, backend });
                 }
+                if let Some(owner) = self.endpoint_owner(backend, service.proto) {
+                    return Err(ChangeError::EndpointInUse {
+                        backend,
+                        proto: service.proto,
+                        owner,
+                    });
+                }
+                let vip = self
+                    .vips
+                    .get_mut(&service)
+                    .ok_or(ChangeError::UnknownVip(service))?;
                 vip.backends.insert(
                     backend,
                     BackendSpec {
@@ -290,6 +309,14 @@ impl State {
             .backends
             .get_mut(&backend)
             .ok_or(ChangeError::UnknownBackend { service, backend })
+    }
+
+    /// The VIP whose backend `endpoint` (with `proto`) is, if any.
+    pub fn endpoint_owner(&self, endpoint: SocketAddr, proto: Proto) -> Option<Service> {
+        self.vips
+            .iter()
+            .find(|(service, vip)| service.proto == proto && vip.backends.contains_key(&endpoint))
+            .map(|(service, _)| *service)
     }
 
     pub fn backend_count(&self) -> usize {
@@ -364,6 +391,8 @@ mod tests {
         let mut state = State::default();
         state.apply(&Change::AddVip(v4)).expect("VIP");
         state.apply(&Change::AddVip(v6)).expect("VIP");
+        let other = service("198.18.1.2:80");
+        state.apply(&Change::AddVip(other)).expect("VIP");
         state
             .apply(&add_backend(v4, "198.18.2.1:80", 1))
             .expect("backend");
@@ -373,12 +402,13 @@ mod tests {
             (Change::AddVip(v4), "already exists"),
             (Change::AddVip(service("0.0.0.0:80")), "usable"),
             (Change::AddVip(service("198.18.1.1:0")), "port 0"),
-            (Change::DelVip(service("198.18.1.2:80")), "no VIP"),
+            (Change::DelVip(service("198.18.1.3:80")), "no VIP"),
             (add_backend(v4, "198.18.2.1:80", 1), "already exists"),
             (add_backend(v6, "198.18.2.2:80", 1), "IPv4 but VIP"),
             (add_backend(v4, "198.18.2.2:80", 0), "out of range"),
             (add_backend(v4, "198.18.2.2:80", 65_536), "out of range"),
             (add_backend(v4, "127.0.0.1:80", 1), "usable"),
+            (add_backend(other, "198.18.2.1:80", 1), "already serves VIP"),
             (
                 Change::DrainBackend {
                     service: v4,

@@ -38,6 +38,10 @@ pub struct Spec {
     pub ttl: u8,
     /// TCP: SYN (a new connection) rather than a bare ACK.
     pub syn: bool,
+    /// TCP, with ACK: FIN set too.
+    pub fin: bool,
+    /// TCP, with ACK: RST set too.
+    pub rst: bool,
 }
 
 impl Spec {
@@ -51,7 +55,23 @@ impl Spec {
             addrs: None,
             ttl: 64,
             syn: true,
+            fin: false,
+            rst: false,
         }
+    }
+
+    /// An ACK with FIN.
+    pub const fn fin(mut self) -> Self {
+        self.syn = false;
+        self.fin = true;
+        self
+    }
+
+    /// An ACK with RST.
+    pub const fn rst(mut self) -> Self {
+        self.syn = false;
+        self.rst = true;
+        self
     }
 
     pub const fn between(mut self, src: IpAddr, dst: IpAddr) -> Self {
@@ -105,10 +125,12 @@ impl Spec {
                         .tcp(self.src_port, self.dst_port, 1, 64_000)
                         .syn()
                         .write(&mut out, payload),
-                    Transport::Tcp => $ip
-                        .tcp(self.src_port, self.dst_port, 1, 64_000)
-                        .ack(7)
-                        .write(&mut out, payload),
+                    Transport::Tcp => {
+                        let tcp = $ip.tcp(self.src_port, self.dst_port, 1, 64_000).ack(7);
+                        let tcp = if self.fin { tcp.fin() } else { tcp };
+                        let tcp = if self.rst { tcp.rst() } else { tcp };
+                        tcp.write(&mut out, payload)
+                    }
                     Transport::Udp => $ip
                         .udp(self.src_port, self.dst_port)
                         .write(&mut out, payload),

@@ -48,8 +48,13 @@ impl Datapath {
 
     /// Loads the object with maps of the given sizes.
     pub fn load_with(limits: Limits) -> Self {
-        let mut ebpf = datapath::open(datapath::OBJECT, &limits, None, false)
-            .expect("open the embedded eBPF object");
+        let mut ebpf = datapath::open(
+            datapath::OBJECT,
+            &limits,
+            None,
+            &datapath::Options::default(),
+        )
+        .expect("open the embedded eBPF object");
         datapath::program(&mut ebpf)
             .expect("the object has the lb XDP program")
             .load()

@@ -38,7 +38,17 @@ pub fn run() -> anyhow::Result<()> {
     step(
         "eBPF tests (BPF_PROG_TEST_RUN: golden packets, 10^4 fuzzed packets)",
         cmd::cargo()?.args([
-            "test", "-p", "lb-tests", "--test", "golden", "--test", "nat", "--test", "fuzz",
+            "test",
+            "-p",
+            "lb-tests",
+            "--test",
+            "golden",
+            "--test",
+            "nat",
+            "--test",
+            "lifecycle",
+            "--test",
+            "fuzz",
         ]),
     )?;
     step(
