@@ -2,6 +2,15 @@
 
 /// Name of the XDP program inside the eBPF object.
 pub const PROGRAM_NAME: &str = "lb";
+/// Programs `lb` tail-calls through the JUMPS map, by index: each has a 512-byte stack
+/// of its own, which the paths they hold would not find left in `lb`'s.
+pub const PROGRAM_ICMP: &str = "lb_icmp";
+pub const PROGRAM_TOO_BIG: &str = "lb_too_big";
+pub const JUMP_ICMP: u32 = 0;
+pub const JUMP_TOO_BIG: u32 = 1;
+/// The tail-called programs with their JUMPS index.
+pub const TAIL_PROGRAMS: [(&str, u32); 2] =
+    [(PROGRAM_ICMP, JUMP_ICMP), (PROGRAM_TOO_BIG, JUMP_TOO_BIG)];
 
 /// Map names (the `#[map(name = ...)]` of each static in `lb-ebpf/src/maps.rs`).
 pub const MAP_STATS: &str = "STATS";
@@ -11,6 +20,13 @@ pub const MAP_MAGLEV: &str = "MAGLEV";
 pub const MAP_CONNTRACK: &str = "CONNTRACK";
 /// Backend endpoint → the VIP it serves (the reply direction of every flow).
 pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
+/// Program array of the tail-called programs. Pinned: a program array is emptied when
+/// no user-space reference holds it, and the datapath outlives the daemon.
+pub const MAP_JUMPS: &str = "JUMPS";
+/// Per-CPU `TooBigArgs` handed from `lb` to `lb_too_big`. Not pinned.
+pub const MAP_TOO_BIG_ARGS: &str = "TOO_BIG_ARGS";
+/// Per-CPU token bucket for ICMP errors the datapath sends. Not pinned.
+pub const MAP_ICMP_RATE: &str = "ICMP_RATE";
 /// Egress interfaces the datapath found it cannot send to (not attached), by ifindex;
 /// the daemon warns once per interface. Not pinned.
 pub const MAP_UNATTACHED: &str = "UNATTACHED_EGRESS";
@@ -28,7 +44,7 @@ pub const NEXTHOP_CAPACITY: u32 = 16_384;
 pub const NEXTHOP_TTL_NS: u64 = 1_000_000_000;
 
 /// Every map that outlives a controller: pinned under the pin directory by these names.
-pub const PINNED_MAPS: [&str; 10] = [
+pub const PINNED_MAPS: [&str; 11] = [
     MAP_STATS,
     MAP_VIPS,
     MAP_BACKENDS,
@@ -39,6 +55,7 @@ pub const PINNED_MAPS: [&str; 10] = [
     MAP_BACKEND_STATS,
     MAP_TX_PORTS,
     MAP_META,
+    MAP_JUMPS,
 ];
 
 /// Version of the map layout (key/value types and indexing). Bump it with any change to a
@@ -49,6 +66,11 @@ pub const LAYOUT_VERSION: u32 = 3;
 pub const GLOBAL_MAGLEV_SIZE: &str = "MAGLEV_SIZE";
 /// Global set at load time: conntrack idle timeouts in ns, by state (`flow::Timeouts`).
 pub const GLOBAL_CT_TIMEOUTS: &str = "CT_TIMEOUTS_NS";
+
+/// ICMP errors (too big) the datapath may send per CPU: a bucket of this many, refilled
+/// at one per `ICMP_RATE_INTERVAL_NS` (as Linux's icmp_msgs_burst / icmp_msgs_per_sec).
+pub const ICMP_RATE_BURST: u64 = 50;
+pub const ICMP_RATE_INTERVAL_NS: u64 = 1_000_000;
 
 pub const MAX_VIPS: u32 = 64;
 pub const MAX_BACKENDS: u32 = 4096;

@@ -7,5 +7,6 @@
 pub mod consts;
 pub mod flow;
 pub mod hash;
+pub mod icmp;
 pub mod service;
 pub mod stats;

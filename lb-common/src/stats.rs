@@ -127,21 +127,26 @@ stats! {
     DropBackendFragment = 34, "drop_backend_fragment", Reason;
     DropBackendIpv6ExtensionHeader = 35, "drop_backend_ipv6_ext_header", Reason;
     IcmpEchoReply = 36, "icmp_echo_reply", Reason;
+    // The too-big program could not be reached (not loaded): dropped, counted.
     DropTooBig = 37, "drop_too_big", Reason;
     PassFragmentationNeeded = 38, "pass_fragmentation_needed", Reason;
+    ForwardIcmpToBackend = 39, "fwd_icmp_to_backend", Reason;
+    ForwardIcmpToClient = 40, "fwd_icmp_to_client", Reason;
+    IcmpTooBigSent = 41, "icmp_too_big_sent", Reason;
+    DropTooBigRateLimited = 42, "drop_too_big_rate_limited", Reason;
     // Conntrack events. LRU evictions are silent in the kernel: userspace derives them as
     // entries created minus entries present minus entries it deleted.
-    CtCreated = 39, "ct_created", Conntrack;
-    CtReplaced = 40, "ct_replaced", Conntrack;
-    CtInsertFailed = 41, "ct_insert_failed", Conntrack;
-    CtMissMidFlow = 42, "ct_miss_mid_flow", Conntrack;
+    CtCreated = 43, "ct_created", Conntrack;
+    CtReplaced = 44, "ct_replaced", Conntrack;
+    CtInsertFailed = 45, "ct_insert_failed", Conntrack;
+    CtMissMidFlow = 46, "ct_miss_mid_flow", Conntrack;
     // An entry found idle past its timeout (treated as absent, then replaced).
-    CtExpired = 43, "ct_expired", Conntrack;
+    CtExpired = 47, "ct_expired", Conntrack;
     // A tracked flow whose backend went down, was deleted or changed generation,
     // balanced again to a live backend.
-    CtRebalanced = 44, "ct_rebalanced", Conntrack;
+    CtRebalanced = 48, "ct_rebalanced", Conntrack;
     // A RST that matched no entry: forwarded, never tracked.
-    CtRstUntracked = 45, "ct_rst_untracked", Conntrack;
+    CtRstUntracked = 49, "ct_rst_untracked", Conntrack;
 }
 
 /// Number of slots in the stats map.

@@ -17,6 +17,7 @@ mod nat;
 mod parse;
 mod select;
 mod stats;
+mod too_big;
 
 use aya_ebpf::{
     bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp,
@@ -24,15 +25,16 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{info, warn};
 use lb_common::{
-    consts::IPPROTO_TCP,
+    consts::{IPPROTO_TCP, JUMP_ICMP, JUMP_TOO_BIG},
     flow::{CT_DATAGRAM, Conn, FlowKey},
-    service::{Backend, Endpoint, VipInfo},
+    service::{Addr, Backend, Endpoint, VipInfo},
     stats::Stat,
 };
 
 use crate::{
     conntrack::{Direction, Lookup},
     forward::Route,
+    maps::{JUMPS, TOO_BIG_ARGS},
     nat::Side,
     parse::{L4, Packet, Parsed, TCP_FIN, TCP_RST, TCP_SYN},
 };
@@ -61,9 +63,48 @@ impl Outcome {
 pub fn lb(ctx: XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
     let outcome = process(&ctx);
+    counted(outcome, len)
+}
+
+/// ICMP, tail-called from `lb` (which counted the packet's protocols, not its verdict).
+#[xdp]
+pub fn lb_icmp(ctx: XdpContext) -> u32 {
+    let len = ctx.data_end() - ctx.data();
+    let outcome = match parse::parse(&ctx, false) {
+        Ok(Parsed::Ip(packet)) if matches!(packet.l4, L4::Icmp) => {
+            icmp::handle(&ctx, &packet, now())
+        }
+        _ => Outcome::pass(Stat::PassNotVip),
+    };
+    counted(outcome, len)
+}
+
+/// A packet too big for its next hop, tail-called from `lb` with `TOO_BIG_ARGS` set.
+#[xdp]
+pub fn lb_too_big(ctx: XdpContext) -> u32 {
+    let len = ctx.data_end() - ctx.data();
+    let args = TOO_BIG_ARGS.get(0).copied();
+    let outcome = match (parse::parse(&ctx, false), args) {
+        (Ok(Parsed::Ip(packet)), Some(args)) => too_big::answer(&ctx, &packet, &args, len, now()),
+        _ => Outcome::drop(Stat::DropTooBig),
+    };
+    counted(outcome, len)
+}
+
+/// Counts the verdict and the reason of a packet; returns the verdict.
+#[inline(always)]
+fn counted(outcome: Outcome, len: usize) -> u32 {
     stats::count(Stat::for_action(outcome.action), len);
     stats::count(outcome.reason, len);
     outcome.action
+}
+
+/// The coarse clock (CLOCK_MONOTONIC at tick resolution), read once per packet: it serves
+/// the conntrack timeouts, the next-hop cache and the ICMP rate limit.
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// IPv6 next-header values that are extension headers (RFC 8200, RFC 7045).
@@ -73,20 +114,21 @@ const fn is_ipv6_extension(next_header: u8) -> bool {
 
 #[inline(always)]
 fn process(ctx: &XdpContext) -> Outcome {
-    let packet = match parse::parse(ctx) {
+    let packet = match parse::parse(ctx, true) {
         Ok(Parsed::NotIp) => return Outcome::pass(Stat::PassNotIp),
         Ok(Parsed::Ip(packet)) => packet,
         // Malformed packets are not ours to judge: the kernel stack drops or answers them.
         Err(malformed) => return Outcome::pass(malformed.reason()),
     };
-    // One coarse clock read per packet (CLOCK_MONOTONIC at tick resolution) serves the
-    // conntrack timeouts, the next-hop cache and the ICMP rate limit.
-    // SAFETY: no preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = now();
     let flow = &packet.flow;
     match packet.l4 {
         L4::Tcp { .. } | L4::Udp => {}
-        L4::Icmp => return icmp::handle(ctx, &packet),
+        L4::Icmp => {
+            // SAFETY: the context is this program's; a tail call that returns failed.
+            unsafe { JUMPS.tail_call(ctx, JUMP_ICMP) };
+            return Outcome::pass(Stat::PassNotVip);
+        }
         // Policies for what carries no ports: to a VIP address it cannot be balanced; from
         // a backend address it could be a reply that would leak the backend's address.
         L4::Fragment if lookup::is_vip_address(&flow.dst, flow.family) => {
@@ -131,39 +173,22 @@ fn to_backend(ctx: &XdpContext, packet: &Packet, vip: &VipInfo, now: u64) -> Out
     let Some((backend_id, backend, reason)) = pick_backend(ctx, packet, vip, now) else {
         return Outcome::drop(Stat::DropNoBackend);
     };
+    stats::count_service(vip.id, backend_id, len);
     let out = FlowKey {
         dst: backend.addr,
         dst_port: backend.port,
         ..packet.flow
     };
-    let hop = match forward::route(ctx, packet, &out, now) {
-        Route::Hop(hop) => Some(hop),
-        Route::NoNeighbour => None,
-        Route::Done(outcome) => return outcome,
-    };
-    if let Some(hop) = hop
-        && forward::too_big(packet, hop)
-    {
-        if forward::dont_fragment(ctx, packet) {
-            // Counted, not silent; answering with frag-needed / packet-too-big is to come
-            // (see docs/ARCHITECTURE.md, "ICMP").
-            return Outcome::drop(Stat::DropTooBig);
-        }
-        // IPv4 that may be fragmented: the kernel does it, after the rewrite.
-        if nat::rewrite(ctx, packet, Side::Destination, &backend.addr, backend.port).is_err() {
-            return Outcome::drop(Stat::DropFibFailure);
-        }
-        return Outcome::pass(Stat::PassFragmentationNeeded);
-    }
-    if nat::rewrite(ctx, packet, Side::Destination, &backend.addr, backend.port).is_err() {
-        return Outcome::drop(Stat::DropFibFailure);
-    }
-    stats::count_service(vip.id, backend_id, len);
-    match hop {
-        Some(hop) => forward::send(ctx, packet, hop, reason),
-        // The kernel forwards it (and resolves the neighbour meanwhile).
-        None => Outcome::pass(Stat::PassNoNeighbour),
-    }
+    // A too-big packet is answered from the VIP it was sent to.
+    deliver(
+        ctx,
+        packet,
+        &out,
+        Side::Destination,
+        &packet.flow.dst,
+        reason,
+        now,
+    )
 }
 
 /// The backend for a client → VIP packet: its tracked one while the entry is live and the
@@ -257,56 +282,81 @@ fn to_client(ctx: &XdpContext, packet: &Packet, endpoint: &Endpoint, now: u64) -
     if forward::ttl(ctx, packet).is_none_or(|ttl| ttl <= 1) {
         return Outcome::pass(Stat::PassTtlExceeded);
     }
-    let out = FlowKey {
-        src: endpoint.vip_addr,
-        src_port: endpoint.vip_port,
-        ..packet.flow
-    };
-    let hop = match forward::route(ctx, packet, &out, now) {
-        Route::Hop(hop) => Some(hop),
-        Route::NoNeighbour => None,
-        Route::Done(outcome) => return outcome,
-    };
-    if let Some(hop) = hop
-        && forward::too_big(packet, hop)
-    {
-        if forward::dont_fragment(ctx, packet) {
-            return Outcome::drop(Stat::DropTooBig);
-        }
-        if nat::rewrite(
-            ctx,
-            packet,
-            Side::Source,
-            &endpoint.vip_addr,
-            endpoint.vip_port,
-        )
-        .is_err()
-        {
-            return Outcome::drop(Stat::DropFibFailure);
-        }
-        return Outcome::pass(Stat::PassFragmentationNeeded);
-    }
     // The backend's FIN or RST moves the flow's lifecycle; other replies leave the entry
     // alone (the client's packets keep it fresh), so the reply path stays one lookup.
     let flags = packet.tcp_flags();
     if flags & (TCP_FIN | TCP_RST | TCP_SYN) != 0 {
         track_reply(packet, endpoint, flags, now);
     }
-    if nat::rewrite(
+    let out = FlowKey {
+        src: endpoint.vip_addr,
+        src_port: endpoint.vip_port,
+        ..packet.flow
+    };
+    // A reply too big for the client's side is answered to the backend, from the VIP.
+    deliver(
         ctx,
         packet,
+        &out,
         Side::Source,
         &endpoint.vip_addr,
-        endpoint.vip_port,
+        Stat::ForwardReply,
+        now,
     )
-    .is_err()
+}
+
+/// The common end of both directions: route the packet as it will leave (`out`), answer
+/// it if it is too big for the next hop, rewrite its `side` to `out`'s, and send it.
+#[inline(always)]
+fn deliver(
+    ctx: &XdpContext,
+    packet: &Packet,
+    out: &FlowKey,
+    side: Side,
+    too_big_from: &Addr,
+    forwarded: Stat,
+    now: u64,
+) -> Outcome {
+    let hop = match forward::route(ctx, packet, out, now) {
+        Route::Hop(hop) => Some(hop),
+        Route::NoNeighbour => None,
+        Route::Done(outcome) => return outcome,
+    };
+    let (addr, port) = match side {
+        Side::Source => (&out.src, out.src_port),
+        Side::Destination => (&out.dst, out.dst_port),
+    };
+    let too_big = hop.filter(|hop| forward::too_big(packet, hop));
+    if let Some(hop) = too_big
+        && forward::dont_fragment(ctx, packet)
     {
+        return answer_too_big(ctx, hop.mtu, too_big_from);
+    }
+    if nat::rewrite(ctx, packet, side, addr, port).is_err() {
         return Outcome::drop(Stat::DropFibFailure);
     }
     match hop {
-        Some(hop) => forward::send(ctx, packet, hop, Stat::ForwardReply),
+        // IPv4 that may be fragmented: the kernel does it, after the rewrite.
+        _ if too_big.is_some() => Outcome::pass(Stat::PassFragmentationNeeded),
+        Some(hop) => forward::send(ctx, packet, hop, forwarded),
+        // The kernel forwards it (and resolves the neighbour meanwhile).
         None => Outcome::pass(Stat::PassNoNeighbour),
     }
+}
+
+/// Hands a too-big packet to `lb_too_big` (its own program: building the answer needs
+/// more stack than `lb` has left). Dropped and counted if that program is not there.
+#[inline(always)]
+fn answer_too_big(ctx: &XdpContext, mtu: u16, from: &Addr) -> Outcome {
+    if let Some(args) = TOO_BIG_ARGS.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, read by the tail-called program right after.
+        unsafe {
+            (*args).from = *from;
+            (*args).mtu = mtu;
+            JUMPS.tail_call(ctx, JUMP_TOO_BIG);
+        }
+    }
+    Outcome::drop(Stat::DropTooBig)
 }
 
 /// Applies a backend's TCP flags to its flow's entry, if the flow is tracked to it.

@@ -2,14 +2,15 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
     consts::{
         CONNTRACK_CAPACITY, DEFAULT_MAGLEV_SIZE, ENDPOINTS_CAPACITY, MAX_BACKENDS, MAX_TX_PORTS,
-        MAX_VIPS, NEXTHOP_CAPACITY,
+        MAX_VIPS, NEXTHOP_CAPACITY, TAIL_PROGRAMS,
     },
     flow::{Conn, DEFAULT_TIMEOUTS_NS, FlowKey, NextHop, NextHopKey, Timeouts},
+    icmp::{RateBucket, TooBigArgs},
     service::{Backend, Endpoint, EndpointKey, Layout, VipInfo, VipKey},
     stats::{Counter, STAT_COUNT, VipCounter},
 };
@@ -63,6 +64,18 @@ pub static NEXTHOP: LruPerCpuHashMap<NextHopKey, NextHop> =
 /// the daemon to name in a warning.
 #[map(name = "UNATTACHED_EGRESS")]
 pub static UNATTACHED_EGRESS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TX_PORTS, 0);
+
+/// The tail-called programs (`JUMP_*` indices), filled by userspace after loading them.
+#[map(name = "JUMPS")]
+pub static JUMPS: ProgramArray = ProgramArray::with_max_entries(TAIL_PROGRAMS.len() as u32, 0);
+
+/// What `lb` hands to `lb_too_big`, in this CPU's slot.
+#[map(name = "TOO_BIG_ARGS")]
+pub static TOO_BIG_ARGS: PerCpuArray<TooBigArgs> = PerCpuArray::with_max_entries(1, 0);
+
+/// Token bucket for the ICMP errors this CPU sends.
+#[map(name = "ICMP_RATE")]
+pub static ICMP_RATE: PerCpuArray<RateBucket> = PerCpuArray::with_max_entries(1, 0);
 
 /// One entry, written by userspace: the layout the pinned maps were created with. The
 /// datapath never reads it.

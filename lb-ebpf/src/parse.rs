@@ -153,7 +153,9 @@ fn header<T>(ctx: &XdpContext, offset: usize, malformed: Stat) -> Result<&T, Mal
 }
 
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Parsed, Malformed> {
+/// Parses the packet. `counted`: bump the protocol counters (the first program to see a
+/// packet does; a tail-called one parsing it again does not).
+pub fn parse(ctx: &XdpContext, counted: bool) -> Result<Parsed, Malformed> {
     let eth: &EthHdr = header(ctx, 0, Stat::MalformedEthernet)?;
     let mut ether_type = u16::from_be(eth.ether_type);
     let mut l3_offset = EthHdr::LEN;
@@ -165,24 +167,24 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Malformed> {
     let mut flow = FlowKey::default();
     let (l4_offset, fragment, ip_len) = match ether_type {
         ETH_P_IPV4 => {
-            stats::count_protocol(Stat::Ipv4);
+            count_protocol(counted, Stat::Ipv4);
             parse_ipv4(ctx, l3_offset, &mut flow)?
         }
         ETH_P_IPV6 => {
-            stats::count_protocol(Stat::Ipv6);
+            count_protocol(counted, Stat::Ipv6);
             let (l4_offset, ip_len) = parse_ipv6(ctx, l3_offset, &mut flow)?;
             (l4_offset, false, ip_len)
         }
         _ => {
-            stats::count_protocol(Stat::OtherL3);
+            count_protocol(counted, Stat::OtherL3);
             return Ok(Parsed::NotIp);
         }
     };
     let l4 = if fragment {
-        stats::count_protocol(Stat::OtherL4);
+        count_protocol(counted, Stat::OtherL4);
         L4::Fragment
     } else {
-        parse_l4(ctx, l4_offset, &mut flow)?
+        parse_l4(ctx, l4_offset, &mut flow, counted)?
     };
     // A frame shorter than its IP length lost bytes on the way, and an IP length that ends
     // inside the TCP/UDP header describes no valid packet: the kernel would drop either,
@@ -209,6 +211,13 @@ pub fn parse(ctx: &XdpContext) -> Result<Parsed, Malformed> {
         ip_len,
         flow,
     }))
+}
+
+#[inline(always)]
+fn count_protocol(counted: bool, stat: Stat) {
+    if counted {
+        stats::count_protocol(stat);
+    }
 }
 
 /// Fills addresses and protocol; returns the L4 offset (after options), whether the packet
@@ -281,10 +290,15 @@ fn parse_ipv6(
 }
 
 #[inline(always)]
-fn parse_l4(ctx: &XdpContext, offset: usize, flow: &mut FlowKey) -> Result<L4, Malformed> {
+fn parse_l4(
+    ctx: &XdpContext,
+    offset: usize,
+    flow: &mut FlowKey,
+    counted: bool,
+) -> Result<L4, Malformed> {
     match flow.proto {
         IPPROTO_TCP => {
-            stats::count_protocol(Stat::Tcp);
+            count_protocol(counted, Stat::Tcp);
             let tcp: &TcpHdr = header(ctx, offset, Stat::MalformedTcp)?;
             let header_len = usize::from(tcp.doff()) * 4;
             if header_len < TcpHdr::LEN || data(ctx) + offset + header_len > data_end(ctx) {
@@ -298,7 +312,7 @@ fn parse_l4(ctx: &XdpContext, offset: usize, flow: &mut FlowKey) -> Result<L4, M
             Ok(L4::Tcp { flags })
         }
         IPPROTO_UDP => {
-            stats::count_protocol(Stat::Udp);
+            count_protocol(counted, Stat::Udp);
             let udp: &UdpHdr = header(ctx, offset, Stat::MalformedUdp)?;
             if usize::from(udp.len()) < UdpHdr::LEN {
                 return Err(Malformed(Stat::MalformedUdp));
@@ -308,11 +322,11 @@ fn parse_l4(ctx: &XdpContext, offset: usize, flow: &mut FlowKey) -> Result<L4, M
             Ok(L4::Udp)
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            stats::count_protocol(Stat::Icmp);
+            count_protocol(counted, Stat::Icmp);
             Ok(L4::Icmp)
         }
         _ => {
-            stats::count_protocol(Stat::OtherL4);
+            count_protocol(counted, Stat::OtherL4);
             Ok(L4::Other)
         }
     }

@@ -197,6 +197,7 @@ fn start(
         .context("opening the eBPF object")?;
     let program = datapath::program(&mut ebpf).context("the eBPF object has no XDP program")?;
     program.load().map_err(describe_load_error)?;
+    datapath::install_tail_calls(&mut ebpf).context("loading the ICMP programs")?;
     let meta = maps::take(&mut ebpf, MAP_META)?;
     if adopted.is_none() {
         pins.write_layout(meta, &limits)?;

@@ -1,10 +1,11 @@
 //! The embedded XDP object: sizing its maps and loading it.
 
-use aya::{Ebpf, EbpfLoader, programs::Xdp};
+use aya::{Ebpf, EbpfLoader, maps::ProgramArray, programs::Xdp};
 use lb_common::{
     consts::{
         CONNTRACK_CAPACITY, DEFAULT_MAGLEV_SIZE, GLOBAL_CT_TIMEOUTS, GLOBAL_MAGLEV_SIZE,
-        MAP_CONNTRACK, MAP_MAGLEV, MAP_VIP_STATS, MAP_VIPS, MAX_VIPS, PINNED_MAPS, PROGRAM_NAME,
+        MAP_CONNTRACK, MAP_JUMPS, MAP_MAGLEV, MAP_VIP_STATS, MAP_VIPS, MAX_VIPS, PINNED_MAPS,
+        PROGRAM_NAME, TAIL_PROGRAMS,
     },
     flow::{DEFAULT_TIMEOUTS_NS, Timeouts},
 };
@@ -123,6 +124,60 @@ pub fn open(
 /// The XDP program of an opened object.
 pub fn program(ebpf: &mut Ebpf) -> Option<&mut Xdp> {
     ebpf.program_mut(PROGRAM_NAME)?.try_into().ok()
+}
+
+#[derive(Debug, Error)]
+pub enum TailCallError {
+    #[error("the eBPF object has no XDP program {0}")]
+    Missing(&'static str),
+    #[error("loading {name}")]
+    Load {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("the eBPF object has no {MAP_JUMPS} map")]
+    NoJumps,
+    #[error("registering {name} in {MAP_JUMPS}")]
+    Register {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// Loads the programs `lb` tail-calls (ICMP, too-big answers) and registers them in the
+/// JUMPS map, replacing whatever a previous daemon registered in a pinned one. Until this
+/// runs, `lb` passes ICMP to the kernel and drops too-big packets (counted).
+pub fn install_tail_calls(ebpf: &mut Ebpf) -> Result<(), TailCallError> {
+    let mut fds = Vec::with_capacity(TAIL_PROGRAMS.len());
+    for (name, index) in TAIL_PROGRAMS {
+        let program: &mut Xdp = ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(TailCallError::Missing(name))?;
+        if program.fd().is_err() {
+            program
+                .load()
+                .map_err(|source| TailCallError::Load { name, source })?;
+        }
+        let fd = program
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(Into::into))
+            .map_err(|source| TailCallError::Load { name, source })?;
+        fds.push((name, index, fd));
+    }
+    let map = ebpf.map_mut(MAP_JUMPS).ok_or(TailCallError::NoJumps)?;
+    let mut jumps = ProgramArray::try_from(map).map_err(|source| TailCallError::Register {
+        name: MAP_JUMPS,
+        source,
+    })?;
+    for (name, index, fd) in fds {
+        jumps
+            .set(index, &fd, 0)
+            .map_err(|source| TailCallError::Register { name, source })?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -88,6 +88,41 @@ impl FibLab {
         }
     }
 
+    /// Routes to both backends (IPv4 and IPv6) with a smaller MTU on the lb. IPv4 forwarding
+    /// uses a route's MTU only when it is locked (else the device's).
+    pub fn set_backend_mtu(&self, v4_mtu: u32, v6_mtu: u32) {
+        for (family, addr, mtu) in [
+            ("-4", "198.18.2.2/32", v4_mtu),
+            ("-4", "198.18.2.3/32", v4_mtu),
+            ("-6", "fd00:2::2/128", v6_mtu),
+            ("-6", "fd00:2::3/128", v6_mtu),
+        ] {
+            self.lb.ip(&[
+                family,
+                "route",
+                "replace",
+                addr,
+                "dev",
+                &self.to_backends,
+                "mtu",
+                "lock",
+                &mtu.to_string(),
+            ]);
+        }
+    }
+
+    /// A link from the lb that the datapath is not attached to, with 198.18.3.2 (a
+    /// neighbour with a permanent entry) behind it.
+    pub fn add_unattached_link(&self) {
+        self.lb
+            .ip(&["link", "add", "ua0", "type", "veth", "peer", "name", "ua1"]);
+        for dev in ["ua0", "ua1"] {
+            self.lb.ip(&["link", "set", dev, "up"]);
+        }
+        self.lb.ip(&["addr", "add", "198.18.3.1/24", "dev", "ua0"]);
+        pin_neighbour(&self.lb, "198.18.3.2", BACKEND_MACS[0], "ua0");
+    }
+
     /// Points the lb's (permanent) neighbour entry for a backend at another MAC.
     pub fn set_backend_neighbour(&self, addr: &str, mac: [u8; 6]) {
         pin_neighbour(&self.lb, addr, mac, &self.to_backends);

@@ -59,6 +59,7 @@ impl Datapath {
             .expect("the object has the lb XDP program")
             .load()
             .expect("the verifier accepts the program (run as root)");
+        datapath::install_tail_calls(&mut ebpf).expect("the tail-called programs load");
         let stats = StatsMap::take(&mut ebpf).expect("the object has the stats map");
         let maps = ServiceMaps::take(&mut ebpf, &limits).expect("the object has its service maps");
         Self {

@@ -90,3 +90,63 @@ pub fn verify(bytes: &[u8]) -> Wire {
         payload: payload.to_vec(),
     }
 }
+
+/// An ICMP message the datapath produced or translated.
+#[derive(Debug, PartialEq, Eq)]
+pub struct IcmpWire {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// Type, code and the four bytes after the checksum (MTU for too-big messages).
+    pub header: [u8; 8],
+    /// What the message quotes (the packet it is about), as carried.
+    pub quoted: Vec<u8>,
+}
+
+/// Parses an ICMP or ICMPv6 packet and recomputes the IPv4 header checksum and the ICMP
+/// checksum (over the pseudo-header for ICMPv6) from scratch; panics when one is wrong.
+pub fn verify_icmp(bytes: &[u8]) -> IcmpWire {
+    let headers = PacketHeaders::from_ethernet_slice(bytes)
+        .unwrap_or_else(|e| panic!("output does not parse: {e}"));
+    let Some(LinkHeader::Ethernet2(eth)) = headers.link else {
+        panic!("no Ethernet header");
+    };
+    let quoted = headers.payload.slice().to_vec();
+    let (src, dst, header) = match (headers.net, headers.transport) {
+        (Some(NetHeaders::Ipv4(ip, _)), Some(TransportHeader::Icmpv4(icmp))) => {
+            assert_eq!(
+                ip.header_checksum,
+                ip.calc_header_checksum(),
+                "IPv4 header checksum"
+            );
+            assert_eq!(
+                icmp.checksum,
+                icmp.icmp_type.calc_checksum(&quoted),
+                "ICMP checksum"
+            );
+            let bytes = icmp.to_bytes().to_vec();
+            (IpAddr::from(ip.source), IpAddr::from(ip.destination), bytes)
+        }
+        (Some(NetHeaders::Ipv6(ip, _)), Some(TransportHeader::Icmpv6(icmp))) => {
+            let computed = icmp
+                .icmp_type
+                .calc_checksum(ip.source, ip.destination, &quoted)
+                .expect("ICMPv6 checksum computable");
+            assert_eq!(icmp.checksum, computed, "ICMPv6 checksum");
+            let bytes = icmp.to_bytes().to_vec();
+            (IpAddr::from(ip.source), IpAddr::from(ip.destination), bytes)
+        }
+        other => panic!("not ICMP: {other:?}"),
+    };
+    let mut fixed = [0u8; 8];
+    fixed.copy_from_slice(&header[..8]);
+    IcmpWire {
+        src_mac: eth.source,
+        dst_mac: eth.destination,
+        src,
+        dst,
+        header: fixed,
+        quoted,
+    }
+}

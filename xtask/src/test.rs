@@ -48,6 +48,8 @@ pub fn run() -> anyhow::Result<()> {
             "--test",
             "lifecycle",
             "--test",
+            "icmp",
+            "--test",
             "fuzz",
         ]),
     )?;
