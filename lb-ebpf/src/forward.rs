@@ -202,6 +202,17 @@ pub fn send(ctx: &XdpContext, packet: &Packet, hop: &NextHop, forwarded: Stat) -
     }
 }
 
+/// Sends what the datapath wrote itself (an ICMP answer) back out of the interface the
+/// packet came in on: through the devmap, which wakes the receiving side on every driver
+/// (veth's XDP_TX wakes its peer only when the peer runs XDP too), else XDP_TX.
+#[inline(always)]
+pub fn bounce(ctx: &XdpContext, reason: Stat) -> Outcome {
+    match TX_PORTS.redirect(ctx.ingress_ifindex() as u32, 0) {
+        Ok(action) => Outcome::new(action, reason),
+        Err(_) => Outcome::new(xdp_action::XDP_TX, reason),
+    }
+}
+
 #[inline(always)]
 fn words(addr: &[u8; 16]) -> [u32; 4] {
     [

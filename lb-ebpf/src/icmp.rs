@@ -5,7 +5,7 @@
 //! headers and every checksum are patched, then the kernel forwards the error. Everything
 //! else goes to the kernel as it is.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use lb_common::{
     consts::{FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP},
     flow::FlowKey,
@@ -21,7 +21,7 @@ use crate::{
     Outcome,
     conntrack::{self, Lookup},
     csum::Delta,
-    lookup,
+    forward, lookup,
     nat::{self, Headers, Side},
     parse::{self, Packet, ptr_at},
     select,
@@ -320,7 +320,7 @@ fn echo_reply(ctx: &XdpContext, packet: &Packet) -> Outcome {
     if !swap_macs(ctx, 0) {
         return Outcome::drop(Stat::DropFibFailure);
     }
-    Outcome::new(xdp_action::XDP_TX, Stat::IcmpEchoReply)
+    forward::bounce(ctx, Stat::IcmpEchoReply)
 }
 
 /// Swaps the destination and source MACs of the Ethernet header at `offset`.

@@ -3,7 +3,6 @@
 //! its start, and sent back out of the interface it came in on; rate-limited per CPU.
 
 use aya_ebpf::{
-    bindings::xdp_action,
     helpers::generated::{bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::XdpContext,
 };
@@ -19,7 +18,7 @@ use network_types::{
 };
 
 use crate::{
-    Outcome,
+    Outcome, forward,
     icmp::{ICMP_HEADER, OWN_TTL, swap_macs},
     maps::ICMP_RATE,
     parse::{self, Packet, ptr_at},
@@ -88,7 +87,7 @@ pub fn answer(
     if written.is_none() {
         return Outcome::drop(Stat::DropFibFailure);
     }
-    Outcome::new(xdp_action::XDP_TX, Stat::IcmpTooBigSent)
+    forward::bounce(ctx, Stat::IcmpTooBigSent)
 }
 
 /// Copies the Ethernet header (and its VLAN tag) from `from` bytes in to the front.

@@ -58,7 +58,7 @@ pub fn run() -> anyhow::Result<()> {
         cmd::cargo()?
             .args([
                 "test", "-p", "lb-tests", "--test", "run", "--test", "e2e", "--test", "control",
-                "--test", "observe", "--test", "faults", "--test", "soak",
+                "--test", "observe", "--test", "faults", "--test", "flows", "--test", "soak",
             ])
             .env("LB_BIN", lb),
     )?;
