@@ -139,7 +139,7 @@ fn too_big_errors_for_the_vip_reach_the_flows_backend() {
 }
 
 #[test]
-fn a_backends_port_unreachable_reaches_the_client_from_the_vip() {
+fn errors_about_a_flow_from_the_backend_side_reach_the_client_about_the_vip() {
     let lab = FibLab::new();
     lab.with_datapath(|datapath, ids| {
         for (family, port) in [(Family::V4, 42_002), (Family::V6, 42_012)] {
@@ -168,6 +168,26 @@ fn a_backends_port_unreachable_reaches_the_client_from_the_vip() {
                 (inner.src, inner.src_port, inner.dst, inner.dst_port),
                 (client, port, vip, 53),
                 "{family:?}: quotes what the client sent"
+            );
+
+            // A router behind the backend says the client's packet was too big: the client
+            // hears it about the VIP (the router keeps its own address).
+            let router = if matches!(family, Family::V6) {
+                ip("fd00:2::fe")
+            } else {
+                ip("198.18.2.254")
+            };
+            let error = icmp_error(family, router, client, &ip_packet(&delivered.packet), 1280);
+            let (out, delta) = datapath.run_counted(&error);
+            assert_eq!(out.action, XDP_PASS, "{family:?}: {:?}", delta.moved());
+            assert_eq!(delta.packets(Stat::ForwardIcmpToClient), 1, "{family:?}");
+            let icmp = verify_icmp(&out.packet);
+            assert_eq!((icmp.src, icmp.dst), (router, client), "{family:?}");
+            let inner = quoted(family, &icmp.quoted);
+            assert_eq!(
+                (inner.dst, inner.dst_port),
+                (vip, 53),
+                "{family:?}: about the VIP"
             );
 
             // The same error about a port no VIP uses stays as it is.
