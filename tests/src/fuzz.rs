@@ -159,8 +159,9 @@ pub fn check(
             verdict.action
         ));
     }
+    // The kernel sends these on after the rewrite: it resolves the neighbour, or fragments.
     let rewritten_then_passed =
-        matches!(reason, Stat::PassNoNeighbour | Stat::PassEgressNotAttached);
+        matches!(reason, Stat::PassNoNeighbour | Stat::PassFragmentationNeeded);
     match verdict.action {
         XDP_PASS if !rewritten_then_passed => {
             if verdict.packet != packet {
