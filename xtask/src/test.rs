@@ -55,8 +55,23 @@ pub fn run() -> anyhow::Result<()> {
         "integration tests (network namespaces; a 20 s soak)",
         cmd::cargo()?
             .args([
-                "test", "-p", "lb-tests", "--test", "run", "--test", "e2e", "--test", "control",
-                "--test", "observe", "--test", "faults", "--test", "soak",
+                "test",
+                "-p",
+                "lb-tests",
+                "--test",
+                "run",
+                "--test",
+                "e2e",
+                "--test",
+                "control",
+                "--test",
+                "observe",
+                "--test",
+                "conntrack",
+                "--test",
+                "faults",
+                "--test",
+                "soak",
             ])
             .env("LB_BIN", lb),
     )?;
