@@ -552,3 +552,43 @@ fn bad_timeouts_and_sweep_intervals_are_refused_with_a_reason() {
         );
     }
 }
+
+#[test]
+fn a_route_through_an_interface_lb_is_not_attached_to_is_warned_once() {
+    let lab = Lab::new("lbct", 2);
+    let instance = Instance::new();
+    // Attached toward the client and backend-1 only: backend-2's link is not lb's.
+    let attached = lab.lb_ifaces[..2].to_vec();
+    let unattached = lab.lb_ifaces[2].clone();
+    let mut daemon = Daemon::spawn(instance.run(&lab.lb, &attached, &[]));
+    daemon.wait_for_line(READY, STARTUP);
+    let _servers = Servers::start(&lab.backends);
+    let vip = SocketAddr::new(lab.vip(false), 80);
+    let vip_arg = vip.to_string();
+    instance.ok(&["vip", "add", &vip_arg]);
+    instance.ok(&["backend", "add", &vip_arg, &endpoint(&lab, 1, HTTP_PORT)]);
+    // Passed to the kernel unchanged, these never reach backend-2 through the VIP.
+    let _ = lab
+        .client
+        .enter(|| (0..3).map(|_| http_get(vip)).collect::<Vec<_>>());
+    let needle = format!("leaves through {unattached}, which lb is not attached to");
+    let warned = wait_for(
+        Duration::from_secs(5),
+        "the unattached-egress warning",
+        || {
+            let stderr = daemon.stderr();
+            (stderr.contains(&needle).then_some(stderr.clone()), stderr)
+        },
+    );
+    assert!(
+        warned.contains(&format!("attach lb to {unattached} too")),
+        "{warned}"
+    );
+    let passed = counter(&stats(&instance), "pass_egress_not_attached");
+    assert!(passed > 0, "the datapath counted what it passed");
+    // More traffic, two more polls: still one warning.
+    let _ = lab.client.enter(|| http_get(vip));
+    std::thread::sleep(Duration::from_millis(4500));
+    assert_eq!(daemon.stderr().matches(&needle).count(), 1, "warned once");
+    instance.down();
+}
