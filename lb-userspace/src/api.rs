@@ -29,6 +29,15 @@ const fn default_weight() -> u32 {
     DEFAULT_WEIGHT
 }
 
+/// Flows `conntrack-list` shows unless told otherwise.
+pub const DEFAULT_FLOW_LIMIT: u64 = 100;
+/// Most flows one `conntrack-list` answer carries.
+pub const MAX_FLOW_LIMIT: u64 = 100_000;
+
+const fn default_flow_limit() -> u64 {
+    DEFAULT_FLOW_LIMIT
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
 /// Unit-like requests are written `{}` so unknown fields are refused for them too.
@@ -89,6 +98,26 @@ pub enum Request {
         vip: Option<SocketAddr>,
         #[serde(default)]
         proto: Proto,
+    },
+    /// Tracked flows, filtered; at most `limit` are listed, `matched` says how many match.
+    ConntrackList {
+        #[serde(default)]
+        vip: Option<SocketAddr>,
+        #[serde(default)]
+        proto: Option<Proto>,
+        #[serde(default)]
+        backend: Option<SocketAddr>,
+        #[serde(default = "default_flow_limit")]
+        limit: u64,
+    },
+    /// Deletes the tracked flows the filter picks (all of them without one).
+    ConntrackFlush {
+        #[serde(default)]
+        vip: Option<SocketAddr>,
+        #[serde(default)]
+        proto: Option<Proto>,
+        #[serde(default)]
+        backend: Option<SocketAddr>,
     },
     Stats {},
     Status {},
@@ -156,6 +185,13 @@ pub struct BackendEntry {
     pub health_history: Vec<Transition>,
     pub packets: u64,
     pub bytes: u64,
+    /// Tracked flows opening, established or UDP (ipvsadm's ActiveConn), as of the last
+    /// conntrack sweep.
+    #[serde(default)]
+    pub active_conns: u64,
+    /// Tracked TCP flows closing or closed (ipvsadm's InActConn), as of the last sweep.
+    #[serde(default)]
+    pub closing_conns: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,24 +210,55 @@ pub struct StatsReport {
     pub conntrack: ConntrackReport,
 }
 
-/// How full the conntrack table is and what it had to evict. Entries are counted at most
-/// every few seconds (a batch walk of the map); `evicted` is as of that count.
+/// How full the conntrack table is and what it had to evict, as of the last sweep (a
+/// batch walk of the map every `--conntrack-sweep`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConntrackReport {
     pub entries: u64,
     pub capacity: u64,
-    /// Flows the table dropped to make room for new ones since the maps were created.
+    /// Flows the table dropped to make room for new ones since this daemon started.
     pub evicted: u64,
+    /// Entries deleted by this daemon: expired ones by its sweeps, and flushes.
+    #[serde(default)]
+    pub deleted: u64,
     /// TCP segments of open connections that found no entry (evicted, or older than this lb).
     pub missed_mid_flow: u64,
 }
 
-impl ConntrackReport {
-    /// Nothing but the LRU deletes an entry, so whatever was created and is not there any
-    /// more was evicted.
-    pub fn evictions(created: u64, entries: u64) -> u64 {
-        created.saturating_sub(entries)
-    }
+/// One tracked flow (`conntrack-list`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowEntry {
+    pub client: SocketAddr,
+    pub vip: SocketAddr,
+    pub proto: Proto,
+    /// `null` when the backend the flow is pinned to is gone (deleted, or its id reused).
+    pub backend: Option<SocketAddr>,
+    /// `opening`, `established`, `closing`, `closed` or `udp`.
+    pub state: String,
+    pub idle_secs: u64,
+    /// Seconds of idleness left before the entry expires.
+    pub expires_in_secs: u64,
+}
+
+/// `conntrack-list`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowList {
+    pub flows: Vec<FlowEntry>,
+    /// Flows that matched the filter, listed or not.
+    pub matched: u64,
+}
+
+/// `conntrack-flush`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlushReport {
+    pub flushed: u64,
+}
+
+/// One conntrack idle timeout (`status`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeoutEntry {
+    pub state: String,
+    pub secs: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,7 +270,7 @@ pub struct InterfaceEntry {
 }
 
 /// `lb status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
     pub version: String,
     pub pid: u32,
@@ -217,6 +284,15 @@ pub struct StatusReport {
     pub table_size: u32,
     pub max_vips: u32,
     pub conntrack_capacity: u32,
+    /// Entries as of the last sweep.
+    #[serde(default)]
+    pub conntrack_entries: u64,
+    /// Idle timeout of each flow state, in lifecycle order.
+    #[serde(default)]
+    pub conntrack_timeouts: Vec<TimeoutEntry>,
+    /// Seconds between conntrack sweeps.
+    #[serde(default)]
+    pub conntrack_sweep_secs: f64,
     pub vips: usize,
     pub backends: usize,
 }

@@ -126,6 +126,9 @@ pub struct BackendView {
     pub addr: SocketAddr,
     pub spec: BackendSpec,
     pub id: u32,
+    /// The id's generation: tracked flows carry it, so they are told from flows of an
+    /// earlier backend under the same id.
+    pub generation: u32,
 }
 
 /// A VIP as listed to operators.
@@ -687,10 +690,12 @@ impl Balancer {
                         .backends
                         .iter()
                         .filter_map(|(addr, spec)| {
+                            let id = *slot.backend_ids.get(addr)?;
                             Some(BackendView {
                                 addr: *addr,
                                 spec: *spec,
-                                id: *slot.backend_ids.get(addr)?,
+                                id,
+                                generation: self.generations.get(&id).copied().unwrap_or(0),
                             })
                         })
                         .collect(),

@@ -41,6 +41,9 @@ pub enum Command {
     /// Add, change, drain, remove and list a VIP's backends.
     #[command(subcommand)]
     Backend(BackendCommand),
+    /// List and flush tracked flows (the conntrack table).
+    #[command(subcommand)]
+    Conntrack(ConntrackCommand),
     /// Datapath counters: totals, per VIP, per backend; `--watch` for live rates.
     Stats(StatsArgs),
     /// What the daemon runs on: interfaces, pins, state file, sizes.
@@ -100,6 +103,11 @@ pub struct RunArgs {
     #[arg(long = "timeout", value_name = "STATE=SECS", value_parser = parse_timeout, action = clap::ArgAction::Append)]
     pub timeouts: Vec<(Timeout, u64)>,
 
+    /// Seconds between conntrack sweeps, which delete expired flows and count the others
+    /// per backend (0.1 to 3600).
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_SWEEP_SECS, value_parser = parse_sweep)]
+    pub conntrack_sweep: f64,
+
     /// Seconds between counter reports on stdout (0 prints only at exit).
     #[arg(long, value_name = "SECS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub stats_interval: u64,
@@ -107,6 +115,27 @@ pub struct RunArgs {
     /// Load this eBPF object instead of the one built into `lb` (for datapath development).
     #[arg(long, value_name = "FILE", hide = true)]
     pub bpf_object: Option<PathBuf>,
+}
+
+/// Default seconds between conntrack sweeps: an expired flow is gone from the table and
+/// from the per-backend counts within this much of its timeout.
+pub const DEFAULT_SWEEP_SECS: f64 = 5.0;
+const SWEEP_RANGE: std::ops::RangeInclusive<f64> = 0.1..=3600.0;
+
+/// `--conntrack-sweep`: seconds, fractions allowed.
+fn parse_sweep(text: &str) -> Result<f64, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds (e.g. 5 or 0.5)"))?;
+    if !SWEEP_RANGE.contains(&secs) {
+        return Err(format!(
+            "the conntrack sweep interval must be between {} and {} seconds, not {text}",
+            SWEEP_RANGE.start(),
+            SWEEP_RANGE.end()
+        ));
+    }
+    Ok(secs)
 }
 
 /// Longest idle timeout accepted: a week.
@@ -160,6 +189,10 @@ impl RunArgs {
             options.timeouts_ns[*timeout as usize] = secs * 1_000_000_000;
         }
         options
+    }
+
+    pub fn sweep_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.conntrack_sweep)
     }
 
     pub fn stats_interval(&self) -> Option<Duration> {
@@ -297,6 +330,41 @@ pub enum BackendCommand {
     },
 }
 
+/// Which tracked flows a conntrack subcommand is about.
+#[derive(Debug, Args)]
+pub struct FlowFilterArgs {
+    /// Only flows to this VIP, as ADDRESS:PORT ([IPv6]:PORT).
+    #[arg(value_name = "VIP:PORT", value_parser = parse_endpoint)]
+    pub vip: Option<SocketAddr>,
+    /// Only flows of this protocol.
+    #[arg(long, value_enum)]
+    pub proto: Option<Proto>,
+    /// Only flows pinned to this backend, as ADDRESS:PORT.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_endpoint)]
+    pub backend: Option<SocketAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConntrackCommand {
+    /// List tracked flows: client, VIP, backend, state, idle time and time left.
+    List {
+        #[command(flatten)]
+        filter: FlowFilterArgs,
+        /// Show at most this many flows (a line says how many more matched).
+        #[arg(long, value_name = "N", default_value_t = crate::api::DEFAULT_FLOW_LIMIT,
+              value_parser = clap::value_parser!(u64).range(1..=crate::api::MAX_FLOW_LIMIT))]
+        limit: u64,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Forget tracked flows (all, or those matching): their next packets are balanced
+    /// afresh by Maglev.
+    Flush {
+        #[command(flatten)]
+        filter: FlowFilterArgs,
+    },
+}
+
 #[derive(Debug, Args)]
 pub struct StatsArgs {
     /// Refresh a live table of rates until interrupted.
@@ -401,5 +469,64 @@ mod tests {
         let set = Cli::try_parse_from(["lb", "backend", "set", "198.18.0.10:80", "198.18.1.1:80"])
             .expect_err("set needs --weight or --undrain");
         assert_eq!(set.kind(), ErrorKind::MissingRequiredArgument);
+    }
+
+    #[test]
+    fn run_timing_flags_are_validated() {
+        let run = |extra: &[&str]| {
+            let mut args = vec!["lb", "run", "--iface", "a"];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args)
+        };
+        let Ok(Cli {
+            command: Command::Run(parsed),
+            ..
+        }) = run(&["--conntrack-sweep", "0.5", "--timeout", "udp=30"])
+        else {
+            panic!("valid run flags refused");
+        };
+        assert_eq!(parsed.sweep_interval(), Duration::from_millis(500));
+        assert_eq!(
+            parsed.load_options().timeouts_ns[Timeout::Udp as usize],
+            30_000_000_000
+        );
+        for (flag, value, reason) in [
+            ("--conntrack-sweep", "0", "between 0.1 and 3600"),
+            ("--conntrack-sweep", "3601", "between 0.1 and 3600"),
+            ("--conntrack-sweep", "soon", "not a number of seconds"),
+            ("--timeout", "tcp_fin=5", "unknown state `tcp_fin`"),
+            ("--timeout", "udp=0", "between 1 and"),
+            ("--timeout", "udp=abc", "not a whole number"),
+            ("--timeout", "udp", "not STATE=SECS"),
+        ] {
+            let error = run(&[flag, value]).expect_err(value).to_string();
+            assert!(error.contains(reason), "{flag} {value}: {error}");
+        }
+    }
+
+    #[test]
+    fn conntrack_commands_parse_filters() {
+        let cli = Cli::try_parse_from([
+            "lb",
+            "conntrack",
+            "list",
+            "198.18.1.1:80",
+            "--proto",
+            "udp",
+            "--backend",
+            "198.18.11.2:80",
+            "--limit",
+            "5",
+        ])
+        .expect("valid");
+        let Command::Conntrack(ConntrackCommand::List { filter, limit, .. }) = cli.command else {
+            panic!("not conntrack list");
+        };
+        assert_eq!(limit, 5);
+        assert_eq!(filter.proto, Some(Proto::Udp));
+        assert!(filter.backend.is_some() && filter.vip.is_some());
+        let zero =
+            Cli::try_parse_from(["lb", "conntrack", "list", "--limit", "0"]).expect_err("limit 0");
+        assert_eq!(zero.kind(), ErrorKind::ValueValidation);
     }
 }

@@ -10,8 +10,14 @@ use comfy_table::{Table, presets::NOTHING};
 use serde::Serialize;
 
 use crate::{
-    api::{self, BackendEntry, DownReport, Request, StatsReport, StatusReport, VipEntry},
-    cli::{BackendArgs, BackendCommand, DownArgs, OutputArgs, StatsArgs, VipCommand},
+    api::{
+        self, BackendEntry, DownReport, FlowList, FlushReport, Request, StatsReport, StatusReport,
+        VipEntry,
+    },
+    cli::{
+        BackendArgs, BackendCommand, ConntrackCommand, DownArgs, FlowFilterArgs, OutputArgs,
+        StatsArgs, VipCommand,
+    },
     health::unix_seconds,
     pins::{DEFAULT_PIN_DIR, PinDir},
 };
@@ -134,7 +140,7 @@ fn short_duration(seconds: u64) -> String {
 
 fn backend_table(backends: &[BackendEntry]) -> Table {
     let mut t = table(&[
-        "VIP", "PROTO", "BACKEND", "WEIGHT", "HEALTH", "PACKETS", "BYTES",
+        "VIP", "PROTO", "BACKEND", "WEIGHT", "HEALTH", "ACTIVE", "CLOSING", "PACKETS", "BYTES",
     ]);
     for b in backends {
         t.add_row(vec![
@@ -143,8 +149,89 @@ fn backend_table(backends: &[BackendEntry]) -> Table {
             b.backend.to_string(),
             b.weight.to_string(),
             health_cell(b),
+            b.active_conns.to_string(),
+            b.closing_conns.to_string(),
             b.packets.to_string(),
             b.bytes.to_string(),
+        ]);
+    }
+    t
+}
+
+/// `lb conntrack list|flush`.
+pub fn conntrack(socket: &Path, command: ConntrackCommand) -> anyhow::Result<()> {
+    match command {
+        ConntrackCommand::List {
+            filter:
+                FlowFilterArgs {
+                    vip,
+                    proto,
+                    backend,
+                },
+            limit,
+            output,
+        } => {
+            let list: FlowList = api::call_as(
+                socket,
+                &Request::ConntrackList {
+                    vip,
+                    proto,
+                    backend,
+                    limit,
+                },
+            )?;
+            if output.json {
+                return print_json(&list);
+            }
+            println!("{}", flow_table(&list));
+            let more = list.matched.saturating_sub(list.flows.len() as u64);
+            if more > 0 {
+                println!("... and {more} more matched (--limit {limit} shown)");
+            }
+            Ok(())
+        }
+        ConntrackCommand::Flush {
+            filter:
+                FlowFilterArgs {
+                    vip,
+                    proto,
+                    backend,
+                },
+        } => {
+            let report: FlushReport = api::call_as(
+                socket,
+                &Request::ConntrackFlush {
+                    vip,
+                    proto,
+                    backend,
+                },
+            )?;
+            println!("flushed {} tracked flows", report.flushed);
+            Ok(())
+        }
+    }
+}
+
+fn flow_table(list: &FlowList) -> Table {
+    let mut t = table(&[
+        "CLIENT",
+        "VIP",
+        "PROTO",
+        "BACKEND",
+        "STATE",
+        "IDLE",
+        "EXPIRES IN",
+    ]);
+    for f in &list.flows {
+        t.add_row(vec![
+            f.client.to_string(),
+            f.vip.to_string(),
+            f.proto.to_string(),
+            f.backend
+                .map_or_else(|| "(gone)".to_owned(), |b| b.to_string()),
+            f.state.clone(),
+            format!("{}s", f.idle_secs),
+            format!("{}s", f.expires_in_secs),
         ]);
     }
     t
@@ -239,9 +326,10 @@ pub fn stats(socket: &Path, args: StatsArgs) -> anyhow::Result<()> {
     }
     let ct = report.conntrack;
     println!(
-        "{t}\n\nconntrack: {} of {} entries; {} flows evicted, {} TCP segments found untracked\n\n{}\n\n{}",
+        "{t}\n\nconntrack: {} of {} entries; {} expired or flushed, {} evicted, {} TCP segments found untracked\n\n{}\n\n{}",
         ct.entries,
         ct.capacity,
+        ct.deleted,
         ct.evicted,
         ct.missed_mid_flow,
         vip_table(&report.vips),
@@ -267,7 +355,9 @@ pub fn status(socket: &Path, output: OutputArgs) -> anyhow::Result<()> {
          pins:        {}\n\
          state file:  {}\n\
          API socket:  {}\n\
-         sizes:       Maglev table {}, {} VIPs max, {} tracked flows",
+         sizes:       Maglev table {}, {} VIPs max, {} tracked flows\n\
+         conntrack:   {} entries, swept every {} s\n\
+         timeouts:    {}",
         s.version,
         s.pid,
         s.uptime_secs,
@@ -285,6 +375,13 @@ pub fn status(socket: &Path, output: OutputArgs) -> anyhow::Result<()> {
         s.table_size,
         s.max_vips,
         s.conntrack_capacity,
+        s.conntrack_entries,
+        s.conntrack_sweep_secs,
+        s.conntrack_timeouts
+            .iter()
+            .map(|t| format!("{} {} s", t.state, t.secs))
+            .collect::<Vec<_>>()
+            .join(", "),
     );
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! file; queries read the maps. One request at a time (the server holds the lock).
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     path::PathBuf,
     time::{Duration, Instant},
@@ -13,20 +14,27 @@ use tracing::{error, info, warn};
 
 use crate::{
     api::{
-        BackendEntry, ConntrackReport, CounterEntry, DownReport, InterfaceEntry, Request, Response,
-        StatsReport, StatusReport, VipEntry,
+        BackendEntry, ConntrackReport, CounterEntry, DownReport, FlowList, FlushReport,
+        InterfaceEntry, MAX_FLOW_LIMIT, Request, Response, StatsReport, StatusReport, TimeoutEntry,
+        VipEntry,
     },
     attach::{PinnedAttachment, error_chain},
     balancer::{Balancer, BalancerError, VipView},
     checker::Checker,
     config,
+    conntrack::{ConntrackBook, ConntrackTable, monotonic_coarse_ns},
+    flows::{self, Filter},
+    forwarding::{self, Family},
     health::{CheckConfig, Health, HealthBook, HealthKey, unix_seconds},
     metrics,
     pins::PinDir,
     state::{Change, Proto, Service},
     stats::{self, StatsMap},
 };
-use lb_common::stats::Stat;
+use lb_common::{
+    flow::{Timeout, Timeouts},
+    stats::Stat,
+};
 
 /// The daemon's datapath and everything needed to report on it.
 pub struct Controller {
@@ -41,22 +49,15 @@ pub struct Controller {
     pub started: Instant,
     pub health: HealthBook,
     pub checker: Checker,
-    /// The last count of conntrack entries, the evictions it gave, and when it was taken
-    /// (counting walks the whole map).
-    pub conntrack_count: Option<ConntrackCount>,
+    /// The last sweep's census and the deletion and eviction totals.
+    pub conntrack: ConntrackBook,
+    /// For listing and flushing flows (the sweep has a handle of its own).
+    pub conntrack_table: ConntrackTable,
+    /// The idle timeouts the datapath was loaded with.
+    pub timeouts: Timeouts,
+    pub sweep_interval: Duration,
     /// Kept so the loaded program lives as long as the daemon.
     pub ebpf: Ebpf,
-}
-
-/// How long a conntrack count is reused by metrics scrapes and `lb stats`.
-const CONNTRACK_COUNT_TTL: Duration = Duration::from_secs(5);
-
-#[derive(Clone, Copy, Debug)]
-pub struct ConntrackCount {
-    at: Instant,
-    entries: u64,
-    /// Never lower than an earlier count's: a counter that dropped would read as a reset.
-    evicted: u64,
 }
 
 fn service(vip: SocketAddr, proto: Proto) -> Service {
@@ -75,8 +76,14 @@ impl Controller {
         let result = match request {
             Request::VipAdd { vip, proto, check } => {
                 let service = service(vip, proto);
-                match check.as_ref().map(CheckConfig::validate).transpose() {
-                    Err(reason) => Err(format!("check: {reason}")),
+                let checked = check
+                    .as_ref()
+                    .map(CheckConfig::validate)
+                    .transpose()
+                    .map_err(|reason| format!("check: {reason}"))
+                    .and_then(|check| self.forwarding_for(vip).map(|()| check));
+                match checked {
+                    Err(reason) => Err(reason),
                     Ok(None) => self.change(vec![Change::AddVip(service)]),
                     Ok(check) => self.change(vec![
                         Change::AddVip(service),
@@ -139,6 +146,19 @@ impl Controller {
                 let filter = vip.map(|vip| service(vip, proto));
                 self.backends(filter).and_then(json)
             }
+            Request::ConntrackList {
+                vip,
+                proto,
+                backend,
+                limit,
+            } => self
+                .conntrack_list(vip, proto, backend, limit)
+                .and_then(json),
+            Request::ConntrackFlush {
+                vip,
+                proto,
+                backend,
+            } => self.conntrack_flush(vip, proto, backend).and_then(json),
             Request::Stats {} => self.stats().and_then(json),
             Request::Status {} => json(self.status()),
             Request::Down {} => self.down().and_then(json),
@@ -280,6 +300,7 @@ impl Controller {
         {
             for backend in &vip.backends {
                 let health = self.health.get(&(vip.service, backend.addr));
+                let conns = self.conntrack.conns(backend.id, backend.generation);
                 let counter = self
                     .balancer
                     .maps()
@@ -306,13 +327,15 @@ impl Controller {
                         .unwrap_or_default(),
                     packets: counter.packets,
                     bytes: counter.bytes,
+                    active_conns: conns.active,
+                    closing_conns: conns.closing,
                 });
             }
         }
         Ok(entries)
     }
 
-    fn stats(&mut self) -> Result<StatsReport, String> {
+    fn stats(&self) -> Result<StatsReport, String> {
         let snapshot = self.stats.read().map_err(|e| error_chain(&e))?;
         let counters = Stat::ALL
             .iter()
@@ -331,45 +354,106 @@ impl Controller {
             counters,
             vips: self.vips()?,
             backends: self.backends(None)?,
-            conntrack: self.conntrack(&snapshot)?,
+            conntrack: self.conntrack(&snapshot),
         })
     }
 
-    /// Conntrack fill and evictions, recounted when the last count is older than the TTL.
-    fn conntrack(&mut self, snapshot: &stats::Snapshot) -> Result<ConntrackReport, String> {
-        let capacity = u64::from(self.balancer.limits().conntrack_capacity);
-        let count = match self.conntrack_count {
-            Some(count) if count.at.elapsed() < CONNTRACK_COUNT_TTL => count,
-            last => {
-                // Creations read first: flows created during the count are not taken as evicted.
-                let created = snapshot.get(Stat::CtCreated).packets;
-                let entries = self
-                    .balancer
-                    .maps()
-                    .conntrack_entries()
-                    .map_err(|e| error_chain(&e))?
-                    .min(capacity);
-                let evicted = ConntrackReport::evictions(created, entries)
-                    .max(last.map_or(0, |last| last.evicted));
-                let count = ConntrackCount {
-                    at: Instant::now(),
-                    entries,
-                    evicted,
-                };
-                self.conntrack_count = Some(count);
-                count
-            }
-        };
-        Ok(ConntrackReport {
-            entries: count.entries,
-            capacity,
-            evicted: count.evicted,
+    /// Conntrack fill and evictions as of the last sweep.
+    fn conntrack(&self, snapshot: &stats::Snapshot) -> ConntrackReport {
+        ConntrackReport {
+            entries: self.conntrack.census().entries,
+            capacity: u64::from(self.balancer.limits().conntrack_capacity),
+            evicted: self.conntrack.evicted(),
+            deleted: self.conntrack.deleted(),
             missed_mid_flow: snapshot.get(Stat::CtMissMidFlow).packets,
+        }
+    }
+
+    /// Refuses an IPv6 VIP while an attached interface has IPv6 forwarding off: the
+    /// datapath would drop its packets. (IPv4 forwarding was checked at start.)
+    fn forwarding_for(&self, vip: SocketAddr) -> Result<(), String> {
+        if vip.is_ipv4() {
+            return Ok(());
+        }
+        let names = self.attachments.iter().map(|a| a.iface.name.as_str());
+        forwarding::check(names, Family::V6).map_err(|e| e.to_string())
+    }
+
+    /// The filter of a list or flush, checked against the VIPs and backends there are.
+    fn flow_filter(
+        &self,
+        vip: Option<SocketAddr>,
+        proto: Option<Proto>,
+        backend: Option<SocketAddr>,
+    ) -> Result<Filter, String> {
+        Filter::resolve(&self.balancer.view(), vip, proto, backend)
+    }
+
+    /// Live (not expired) flows the filter picks: the first `limit`, and how many matched.
+    fn conntrack_list(
+        &self,
+        vip: Option<SocketAddr>,
+        proto: Option<Proto>,
+        backend: Option<SocketAddr>,
+        limit: u64,
+    ) -> Result<FlowList, String> {
+        if !(1..=MAX_FLOW_LIMIT).contains(&limit) {
+            return Err(format!("limit must be between 1 and {MAX_FLOW_LIMIT}"));
+        }
+        let filter = self.flow_filter(vip, proto, backend)?;
+        let backends: HashMap<(u32, u32), SocketAddr> = self
+            .balancer
+            .view()
+            .iter()
+            .flat_map(|v| &v.backends)
+            .map(|b| ((b.id, b.generation), b.addr))
+            .collect();
+        let now = monotonic_coarse_ns().map_err(|e| error_chain(&e))?;
+        let mut list = FlowList::default();
+        self.conntrack_table
+            .walk(|key, conn| {
+                if !conn.expired(now, &self.timeouts) && filter.matches(key, conn) {
+                    list.matched += 1;
+                    if (list.flows.len() as u64) < limit
+                        && let Some(entry) = flows::entry(key, conn, now, &self.timeouts, &backends)
+                    {
+                        list.flows.push(entry);
+                    }
+                }
+                false
+            })
+            .map_err(|e| error_chain(&e))?;
+        list.flows.sort_by_key(|flow| (flow.vip, flow.client));
+        Ok(list)
+    }
+
+    /// Deletes the flows the filter picks; their next packets are balanced afresh.
+    fn conntrack_flush(
+        &mut self,
+        vip: Option<SocketAddr>,
+        proto: Option<Proto>,
+        backend: Option<SocketAddr>,
+    ) -> Result<FlushReport, String> {
+        let filter = self.flow_filter(vip, proto, backend)?;
+        let pass = self
+            .conntrack_table
+            .walk(|key, conn| filter.matches(key, conn))
+            .map_err(|e| error_chain(&e))?;
+        self.conntrack.record_flush(pass.deleted);
+        info!(
+            ?vip,
+            ?proto,
+            ?backend,
+            flushed = pass.deleted,
+            "flushed tracked flows"
+        );
+        Ok(FlushReport {
+            flushed: pass.deleted,
         })
     }
 
     /// What a metrics scrape reports.
-    pub fn metrics(&mut self) -> Result<metrics::Snapshot, String> {
+    pub fn metrics(&self) -> Result<metrics::Snapshot, String> {
         let snapshot = self.stats.read().map_err(|e| error_chain(&e))?;
         let counters = metrics::Snapshot::counters_from(|stat| {
             let c = snapshot.get(stat);
@@ -382,7 +466,7 @@ impl Controller {
             counters,
             vips: self.vips()?,
             backends: self.backends(None)?,
-            conntrack: self.conntrack(&snapshot)?,
+            conntrack: self.conntrack(&snapshot),
         })
     }
 
@@ -412,6 +496,15 @@ impl Controller {
             table_size: limits.maglev_size,
             max_vips: limits.max_vips,
             conntrack_capacity: limits.conntrack_capacity,
+            conntrack_entries: self.conntrack.census().entries,
+            conntrack_timeouts: Timeout::ALL
+                .iter()
+                .map(|&t| TimeoutEntry {
+                    state: t.name().to_owned(),
+                    secs: self.timeouts[t as usize] / 1_000_000_000,
+                })
+                .collect(),
+            conntrack_sweep_secs: self.sweep_interval.as_secs_f64(),
             vips: self.balancer.state().vips.len(),
             backends: self.balancer.state().backend_count(),
         }

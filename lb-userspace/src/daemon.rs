@@ -15,7 +15,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, watch},
 };
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     api,
@@ -24,8 +24,11 @@ use crate::{
     checker::Checker,
     cli::RunArgs,
     config,
+    conntrack::{ConntrackBook, Sweeper},
     controller::Controller,
     datapath::{self, Limits},
+    egress::EgressWatch,
+    forwarding::{self, Family},
     health::HealthBook,
     maps::{self, ServiceMaps},
     metrics,
@@ -49,6 +52,7 @@ pub async fn run(args: RunArgs, api_flag: Option<&Path>) -> anyhow::Result<()> {
     let declared = args.config.as_deref().map(config::load).transpose()?;
     let saved = config::load_if_present(&args.state)
         .context("the saved state is unreadable; it is left as it is (fix or move it)")?;
+    check_forwarding(&ifaces, declared.as_ref().or(saved.as_ref()))?;
     let custom_object = args
         .bpf_object
         .as_ref()
@@ -76,13 +80,38 @@ pub async fn run(args: RunArgs, api_flag: Option<&Path>) -> anyhow::Result<()> {
         declared,
         saved,
     )
-    .and_then(|(ebpf, balancer, stats, attachments)| {
-        let attached: Vec<String> = attachments.iter().map(|a| a.iface.name.clone()).collect();
+    .and_then(|started| {
+        let attached: Vec<String> = started
+            .attachments
+            .iter()
+            .map(|a| a.iface.name.clone())
+            .collect();
         pins.keep(&attached)
             .context("holding handles to the pinned maps and links")?;
-        Ok((ebpf, balancer, stats, attachments))
+        // The first sweep runs before serving, so there is always a census to report.
+        let sweeper = sweeper(&started, &args)?;
+        let first = sweeper
+            .sweep()
+            .context("the first conntrack sweep failed")?;
+        info!(
+            entries = first.entries,
+            expired = first.pass.deleted,
+            took_ms = first.took.as_millis() as u64,
+            "conntrack swept"
+        );
+        Ok((started, sweeper, first))
     });
-    let (ebpf, balancer, stats, attachments) = match started {
+    let (
+        Started {
+            ebpf,
+            balancer,
+            stats,
+            attachments,
+            mut egress,
+        },
+        sweeper,
+        first_census,
+    ) = match started {
         Ok(parts) => parts,
         Err(error) => {
             if adopted_limits.is_none() {
@@ -109,6 +138,10 @@ pub async fn run(args: RunArgs, api_flag: Option<&Path>) -> anyhow::Result<()> {
     );
     let pin_dir = pins.path().to_owned();
     let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
+    let conntrack_table = balancer
+        .maps()
+        .conntrack_table()
+        .context("opening the conntrack map")?;
     let controller = Arc::new(Mutex::new(Controller {
         balancer,
         stats,
@@ -119,7 +152,10 @@ pub async fn run(args: RunArgs, api_flag: Option<&Path>) -> anyhow::Result<()> {
         adopted: adopted_limits.is_some(),
         started: Instant::now(),
         health: HealthBook::default(),
-        conntrack_count: None,
+        conntrack: ConntrackBook::new(first_census),
+        conntrack_table,
+        timeouts: args.load_options().timeouts_ns,
+        sweep_interval: args.sweep_interval(),
         checker: Checker::new(tokio::runtime::Handle::current(), probe_tx),
         ebpf,
     }));
@@ -142,6 +178,12 @@ pub async fn run(args: RunArgs, api_flag: Option<&Path>) -> anyhow::Result<()> {
         })
     };
 
+    let sweep_task = tokio::spawn(sweep_forever(
+        Arc::new(sweeper),
+        Arc::clone(&controller),
+        args.sweep_interval(),
+    ));
+
     let metrics_task = metrics_listener.map(|listener| {
         info!(addr = ?args.metrics, "serving Prometheus metrics at /metrics");
         tokio::spawn(metrics::serve(listener, Arc::clone(&controller)))
@@ -153,12 +195,13 @@ pub async fn run(args: RunArgs, api_flag: Option<&Path>) -> anyhow::Result<()> {
         async move { server::serve(&socket, controller, down_tx, stop_rx).await }
     };
     let waiting = async {
-        let reason = wait_for_stop(signals, &controller, &args, &mut down_rx).await;
+        let reason = wait_for_stop(signals, &controller, &args, &mut down_rx, &mut egress).await;
         let _ = stop_tx.send(true);
         reason
     };
     let (_, reason) = tokio::join!(serving, waiting);
     health_task.abort();
+    sweep_task.abort();
     if let Some(task) = metrics_task {
         task.abort();
     }
@@ -180,7 +223,103 @@ pub async fn run(args: RunArgs, api_flag: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-type Started = (Ebpf, Balancer, StatsMap, Vec<PinnedAttachment>);
+/// What a successful start leaves running.
+struct Started {
+    ebpf: Ebpf,
+    balancer: Balancer,
+    stats: StatsMap,
+    attachments: Vec<PinnedAttachment>,
+    egress: EgressWatch,
+}
+
+/// Refuses interfaces whose forwarding is off for a family lb will balance: IPv4 always,
+/// IPv6 when the state to apply has an IPv6 VIP.
+fn check_forwarding(ifaces: &[Interface], desired: Option<&State>) -> anyhow::Result<()> {
+    let names = || ifaces.iter().map(|i| i.name.as_str());
+    forwarding::check(names(), Family::V4)?;
+    let has_v6 = desired.is_some_and(|s| s.vips.keys().any(|service| service.addr.is_ipv6()));
+    if has_v6 {
+        forwarding::check(names(), Family::V6).context("the configured state has IPv6 VIPs")?;
+    }
+    Ok(())
+}
+
+/// The conntrack sweep, with its own handles on CONNTRACK and STATS.
+fn sweeper(started: &Started, args: &RunArgs) -> anyhow::Result<Sweeper> {
+    let table = started
+        .balancer
+        .maps()
+        .conntrack_table()
+        .context("opening the conntrack map for the sweep")?;
+    let stats = started
+        .stats
+        .try_clone()
+        .context("opening the stats map for the sweep")?;
+    Ok(Sweeper::new(table, stats, args.load_options().timeouts_ns))
+}
+
+/// Sweeps every `interval` outside the controller's lock, which is taken only to store
+/// the census. A failed sweep is logged and retried at the next tick.
+async fn sweep_forever(
+    sweeper: Arc<Sweeper>,
+    controller: Arc<Mutex<Controller>>,
+    interval: std::time::Duration,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    // A sweep slower than the interval delays the next one rather than queueing a burst.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    let mut failing = false;
+    loop {
+        ticker.tick().await;
+        let sweeper = Arc::clone(&sweeper);
+        let swept = tokio::task::spawn_blocking(move || sweeper.sweep()).await;
+        match swept {
+            Ok(Ok(census)) => {
+                failing = false;
+                debug!(
+                    entries = census.entries,
+                    seen = census.pass.seen,
+                    expired = census.pass.deleted,
+                    gone = census.pass.missing,
+                    syscalls = census.pass.syscalls,
+                    took_us = census.took.as_micros() as u64,
+                    "conntrack swept"
+                );
+                match controller.lock() {
+                    Ok(mut controller) => controller.conntrack.record_sweep(census),
+                    Err(_) => return,
+                }
+            }
+            Ok(Err(error)) if !failing => {
+                failing = true;
+                warn!(error = %error_chain(&error), "conntrack sweep failed; retrying every interval");
+            }
+            Ok(Err(_)) => {}
+            Err(error) => {
+                error!(%error, "the conntrack sweep panicked; sweeps stop");
+                return;
+            }
+        }
+    }
+}
+
+/// Warns once per interface the datapath wanted to send to but could not.
+fn report_unattached(egress: &mut EgressWatch) {
+    match egress.poll() {
+        Ok(fresh) => {
+            for iface in fresh {
+                warn!(
+                    ifindex = iface.ifindex,
+                    "route to a backend or client leaves through {0}, which lb is not attached \
+                     to: packets are passed to the kernel unchanged; attach lb to {0} too",
+                    iface.name
+                );
+            }
+        }
+        Err(error) => debug!(%error, "reading UNATTACHED_EGRESS failed"),
+    }
+}
 
 /// Loads the program over the pinned (or new) maps, syncs the state, attaches.
 fn start(
@@ -204,6 +343,7 @@ fn start(
     }
     let maps = ServiceMaps::take(&mut ebpf, &limits).context("opening the service maps")?;
     let stats = StatsMap::take(&mut ebpf).context("opening the stats map")?;
+    let egress = EgressWatch::take(&mut ebpf).context("opening the unattached-egress map")?;
     if args.log_datapath {
         forward_datapath_log(&mut ebpf)?;
     }
@@ -249,7 +389,13 @@ fn start(
             info!(iface = %stale, "detached: not in --iface any more");
         }
     }
-    Ok((ebpf, balancer, stats, attachments))
+    Ok(Started {
+        ebpf,
+        balancer,
+        stats,
+        attachments,
+        egress,
+    })
 }
 
 /// Copies the datapath's aya-log records into this process's log (target `lb_ebpf`).
@@ -290,7 +436,7 @@ impl Signals {
     }
 }
 
-/// How often the daemon looks at its pins.
+/// How often the daemon looks at its pins and at the unattached egress interfaces.
 const PIN_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Puts back pins someone removed under the running daemon (the datapath kept forwarding
@@ -334,6 +480,7 @@ async fn wait_for_stop(
     controller: &Arc<Mutex<Controller>>,
     args: &RunArgs,
     down: &mut watch::Receiver<bool>,
+    egress: &mut EgressWatch,
 ) -> anyhow::Result<Stop> {
     let Signals {
         term: mut sigterm,
@@ -352,7 +499,10 @@ async fn wait_for_stop(
             _ = sigterm.recv() => { info!("SIGTERM received, stopping the daemon"); return Ok(Stop::Signal); }
             _ = sigint.recv() => { info!("interrupt received, stopping the daemon"); return Ok(Stop::Signal); }
             _ = down.changed() => return Ok(Stop::Down),
-            _ = pin_check.tick() => check_pins(controller, &mut pins_reported),
+            _ = pin_check.tick() => {
+                check_pins(controller, &mut pins_reported);
+                report_unattached(egress);
+            }
             _ = ticker.tick(), if args.stats_interval().is_some() => {
                 let read = match controller.lock() {
                     Ok(c) => c.stats.read(),

@@ -20,6 +20,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => daemon::run(args, cli.api.as_deref()).await,
         Command::Vip(command) => commands::vip(&socket, command),
         Command::Backend(command) => commands::backend(&socket, command),
+        Command::Conntrack(command) => commands::conntrack(&socket, command),
         Command::Stats(args) => commands::stats(&socket, args),
         Command::Status(output) => commands::status(&socket, output),
         Command::Down(args) => commands::down(&socket, args),

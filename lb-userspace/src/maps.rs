@@ -1,7 +1,7 @@
 //! Typed access to the service maps of a loaded datapath. The only writer of VIPS,
 //! BACKENDS, MAGLEV, ENDPOINTS, TX_PORTS and the per-service counters.
 
-use std::os::fd::{AsFd as _, AsRawFd as _};
+use std::os::fd::AsFd as _;
 
 use aya::{
     Ebpf,
@@ -18,7 +18,7 @@ use lb_common::{
     stats::{Counter, VipCounter},
 };
 
-use crate::datapath::Limits;
+use crate::{batch, conntrack::ConntrackTable, datapath::Limits};
 
 pub struct ServiceMaps {
     vips: HashMap<MapData, VipKey, VipInfo>,
@@ -29,8 +29,9 @@ pub struct ServiceMaps {
     tx_ports: DevMapHash<MapData>,
     vip_stats: PerCpuArray<MapData, VipCounter>,
     backend_stats: PerCpuArray<MapData, Counter>,
-    /// Only counted (see `conntrack_entries`), so kept untyped.
+    /// Walked in batches (see `conntrack_entries`, `conntrack_table`), so kept untyped.
     conntrack: aya::maps::Map,
+    conntrack_capacity: u32,
     maglev_size: u32,
 }
 
@@ -38,100 +39,6 @@ pub fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, MapError> {
     ebpf.take_map(name).ok_or_else(|| MapError::InvalidName {
         name: name.to_owned(),
     })
-}
-
-/// `union bpf_attr` for the `BPF_MAP_*_BATCH` commands.
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-
-/// One `bpf(2)` batch command. `attr.count` says how many entries it did, even on error.
-///
-/// # Safety
-/// `attr`'s pointers must be valid for the command: `keys` and `values` with room for
-/// `count` entries (written by lookups, read by updates), the batch tokens u32s, all living
-/// until this returns.
-unsafe fn batch(command: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()> {
-    // SAFETY: `attr` is a valid bpf_attr prefix; its pointers are the caller's promise.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            command,
-            attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>() as u32,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// Counts a hash map's entries with `BPF_MAP_LOOKUP_BATCH`, bucket by bucket.
-fn count_batch(map_fd: i32, key_size: usize, value_size: usize) -> std::io::Result<u64> {
-    const CHUNK: usize = 4096;
-    let mut keys = vec![0u8; CHUNK * key_size];
-    let mut values = vec![0u8; CHUNK * value_size];
-    // The kernel's resume token for hash maps: a bucket index.
-    let mut resume_at: Option<u32> = None;
-    let mut next = 0u32;
-    let mut total = 0u64;
-    loop {
-        let mut attr = BatchAttr {
-            in_batch: resume_at.as_ref().map_or(0, |at| at as *const u32 as u64),
-            out_batch: &mut next as *mut u32 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: CHUNK as u32,
-            map_fd: map_fd as u32,
-            ..BatchAttr::default()
-        };
-        // SAFETY: `keys` and `values` have room for `count` entries, the tokens are u32s;
-        // all outlive the call.
-        let done = unsafe { batch(BPF_MAP_LOOKUP_BATCH, &mut attr) };
-        total += u64::from(attr.count);
-        match done {
-            Ok(()) => resume_at = Some(next),
-            // ENOENT: the last bucket was read.
-            Err(error) if error.raw_os_error() == Some(libc::ENOENT) => return Ok(total),
-            Err(error) => return Err(error),
-        }
-    }
-}
-
-/// Updates `keys[i]` to `values[i]` for every i in one syscall.
-fn update_batch(map_fd: i32, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
-    let mut attr = BatchAttr {
-        keys: keys.as_ptr() as u64,
-        values: values.as_ptr() as u64,
-        count: keys.len().min(values.len()) as u32,
-        map_fd: map_fd as u32,
-        ..BatchAttr::default()
-    };
-    let wanted = attr.count;
-    // SAFETY: `keys` and `values` hold `count` u32s each and outlive the call; the kernel
-    // only reads them.
-    unsafe { batch(BPF_MAP_UPDATE_BATCH, &mut attr) }?;
-    if attr.count != wanted {
-        return Err(std::io::Error::other(format!(
-            "batch update wrote {} of {wanted} entries",
-            attr.count
-        )));
-    }
-    Ok(())
 }
 
 fn cpus() -> Result<usize, MapError> {
@@ -154,6 +61,7 @@ impl ServiceMaps {
             vip_stats: PerCpuArray::try_from(take(ebpf, MAP_VIP_STATS)?)?,
             backend_stats: PerCpuArray::try_from(take(ebpf, MAP_BACKEND_STATS)?)?,
             conntrack: take(ebpf, MAP_CONNTRACK)?,
+            conntrack_capacity: limits.conntrack_capacity,
             maglev_size: limits.maglev_size,
         })
     }
@@ -202,7 +110,7 @@ impl ServiceMaps {
         let base = (vip_id * 2 + u32::from(table & 1)) * self.maglev_size;
         let keys: Vec<u32> = (base..base + slots.len() as u32).collect();
         if let aya::maps::Map::Array(data) = &self.maglev {
-            match update_batch(data.fd().as_fd().as_raw_fd(), &keys, slots) {
+            match batch::update(data.fd().as_fd(), &keys, slots) {
                 Ok(()) => return Ok(()),
                 Err(error) => tracing::debug!(%error, "batch update refused, writing slot by slot"),
             }
@@ -238,14 +146,36 @@ impl ServiceMaps {
     /// make it start over and count some twice).
     pub fn conntrack_entries(&self) -> Result<u64, MapError> {
         if let aya::maps::Map::LruHashMap(data) = &self.conntrack {
-            let fd = data.fd().as_fd().as_raw_fd();
-            match count_batch(fd, size_of::<FlowKey>(), size_of::<Conn>()) {
-                Ok(count) => return Ok(count),
+            let mut count = 0u64;
+            let walked =
+                batch::walk_hash::<FlowKey, Conn>(data.fd().as_fd(), u64::MAX, |keys, _| {
+                    count += keys.len() as u64;
+                    true
+                });
+            match walked {
+                Ok(_) => return Ok(count),
                 Err(error) => tracing::debug!(%error, "batch lookup refused, walking the keys"),
             }
         }
         let map = HashMap::<&MapData, FlowKey, Conn>::try_from(&self.conntrack)?;
         Ok(map.keys().filter(Result::is_ok).count() as u64)
+    }
+
+    /// A handle of its own on the conntrack map (a dup'd descriptor), so that walks and
+    /// deletes can run without borrowing these maps.
+    pub fn conntrack_table(&self) -> Result<ConntrackTable, MapError> {
+        let aya::maps::Map::LruHashMap(data) = &self.conntrack else {
+            return Err(MapError::InvalidName {
+                name: MAP_CONNTRACK.to_owned(),
+            });
+        };
+        let fd = data.fd().as_fd().try_clone_to_owned().map_err(|io_error| {
+            MapError::SyscallError(aya::sys::SyscallError {
+                call: "dup",
+                io_error,
+            })
+        })?;
+        Ok(ConntrackTable::new(fd, self.conntrack_capacity))
     }
 
     /// The conntrack entry of a client → VIP flow.

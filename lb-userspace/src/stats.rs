@@ -1,10 +1,10 @@
 //! Reading the per-CPU counters and showing them to operators.
 
-use std::{fmt::Write as _, time::Duration};
+use std::{fmt::Write as _, os::fd::AsFd as _, time::Duration};
 
 use aya::{
     Ebpf,
-    maps::{MapData, MapError, PerCpuArray},
+    maps::{IterableMap as _, MapData, MapError, PerCpuArray},
 };
 use lb_common::{
     consts::MAP_STATS,
@@ -44,15 +44,39 @@ impl StatsMap {
         })
     }
 
+    /// Another handle on the same map (a dup'd descriptor), for a reader that must not
+    /// wait for whoever holds this one.
+    pub fn try_clone(&self) -> Result<Self, MapError> {
+        let fd = self
+            .map
+            .map()
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|io_error| {
+                MapError::SyscallError(aya::sys::SyscallError {
+                    call: "dup",
+                    io_error,
+                })
+            })?;
+        let data = MapData::from_fd(fd)?;
+        Ok(Self {
+            map: PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))?,
+        })
+    }
+
+    /// One counter summed over CPUs.
+    pub fn get(&self, stat: Stat) -> Result<Counter, MapError> {
+        let per_cpu = self.map.get(&stat.index(), 0)?;
+        let mut total = Counter::default();
+        per_cpu.iter().for_each(|slot| total.merge(slot));
+        Ok(total)
+    }
+
     pub fn read(&self) -> Result<Snapshot, MapError> {
         let counters = Stat::ALL
             .iter()
-            .map(|stat| {
-                let per_cpu = self.map.get(&stat.index(), 0)?;
-                let mut total = Counter::default();
-                per_cpu.iter().for_each(|slot| total.merge(slot));
-                Ok(total)
-            })
+            .map(|&stat| self.get(stat))
             .collect::<Result<_, MapError>>()?;
         Ok(Snapshot { counters })
     }

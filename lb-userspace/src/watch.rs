@@ -199,6 +199,8 @@ mod tests {
                 health_history: vec![],
                 packets,
                 bytes,
+                active_conns: 0,
+                closing_conns: 0,
             }],
         }
     }

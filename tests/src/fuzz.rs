@@ -160,8 +160,10 @@ pub fn check(
         ));
     }
     // The kernel sends these on after the rewrite: it resolves the neighbour, or fragments.
-    let rewritten_then_passed =
-        matches!(reason, Stat::PassNoNeighbour | Stat::PassFragmentationNeeded);
+    let rewritten_then_passed = matches!(
+        reason,
+        Stat::PassNoNeighbour | Stat::PassFragmentationNeeded
+    );
     match verdict.action {
         XDP_PASS if !rewritten_then_passed => {
             if verdict.packet != packet {

@@ -557,6 +557,8 @@ fn the_api_socket_is_private_and_paths_others_control_are_refused() {
     use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _, chown};
     const NOBODY: u32 = 65_534;
     let ns = NetNs::new("sock");
+    // lb refuses interfaces that would not forward.
+    ns.sysctl("net/ipv4/ip_forward", "1");
     let instance = Instance::new();
     let ifaces = ["lo".to_owned()];
     let mut daemon = Daemon::spawn(instance.run(&ns, &ifaces, &[]));

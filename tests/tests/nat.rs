@@ -15,8 +15,8 @@ use lb_tests::{
     verify::verify,
 };
 use lb_userspace::{
-    api::ConntrackReport,
     balancer::{Proto, Service},
+    conntrack,
 };
 
 fn ip(text: &str) -> IpAddr {
@@ -280,7 +280,7 @@ fn a_full_conntrack_table_evicts_the_stalest_flows_and_keeps_balancing() {
         // The eviction figure `lb stats` and /metrics report, from the datapath's counter.
         let created = datapath.stats().get(Stat::CtCreated).packets;
         assert_eq!(created, u64::from(FLOWS));
-        let evicted = ConntrackReport::evictions(created, entries);
+        let evicted = conntrack::evictions(created, entries, 0, 0);
         assert!(
             evicted >= u64::from(FLOWS - CAPACITY as u16),
             "{evicted} evicted"

@@ -162,7 +162,12 @@ fn metrics_count_exactly_what_was_sent_and_survive_a_restart() {
     let instance = Instance::new();
     let metrics: SocketAddr = "127.0.0.1:9464".parse().expect("addr");
     let metrics_arg = metrics.to_string();
-    let daemon = Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, &["--metrics", &metrics_arg]));
+    // Sweeps every 0.2 s, so the conntrack census is fresh when scraped.
+    let daemon = Daemon::spawn(instance.run(
+        &lab.lb,
+        &lab.lb_ifaces,
+        &["--metrics", &metrics_arg, "--conntrack-sweep", "0.2"],
+    ));
     let mut daemon = daemon;
     daemon.wait_for_line(READY, STARTUP);
     let servers = Servers::start(&lab.backends);
@@ -191,6 +196,8 @@ fn metrics_count_exactly_what_was_sent_and_survive_a_restart() {
         .map(|(name, peers)| (name, peers.len()))
         .collect();
 
+    // Two sweep periods: the census counts every flow sent.
+    std::thread::sleep(Duration::from_millis(500));
     let text = scrape(&lab, metrics);
     let vip_labels = format!("vip=\"{vip}\",proto=\"udp\"");
     assert_eq!(
@@ -215,7 +222,11 @@ fn metrics_count_exactly_what_was_sent_and_survive_a_restart() {
         assert_eq!(sample(&text, "lb_backend_up", &labels), 1);
     }
     assert!(sample(&text, "lb_reason_packets_total", "name=\"fwd_reply\"") >= DATAGRAMS as u64);
-    assert!(sample(&text, "lb_conntrack_entries", "map=\"CONNTRACK\"") >= 1);
+    assert_eq!(
+        sample(&text, "lb_conntrack_entries", "map=\"CONNTRACK\""),
+        ports.len() as u64,
+        "one entry per flow, none expired (udp: 120 s)"
+    );
     assert_eq!(
         sample(&text, "lb_conntrack_events_total", "name=\"ct_created\""),
         ports.len() as u64,
@@ -263,6 +274,16 @@ fn metrics_count_exactly_what_was_sent_and_survive_a_restart() {
         sample(&after, "lb_vip_packets_total", &vip_labels),
         DATAGRAMS as u64,
         "counters carried over the restart"
+    );
+    // The restarted daemon's first sweep (before serving) finds every tracked flow, and
+    // does not take the previous run's flows for evictions.
+    assert_eq!(
+        sample(&after, "lb_conntrack_entries", "map=\"CONNTRACK\""),
+        ports.len() as u64
+    );
+    assert_eq!(
+        sample(&after, "lb_conntrack_evictions_total", "map=\"CONNTRACK\""),
+        0
     );
     instance.down();
 }

@@ -30,6 +30,8 @@ impl Lab {
         let client = NetNs::new("client");
         let lb = NetNs::new("lb");
         let link = Link::veth(&client, "198.18.0.1/24", &lb, "198.18.0.2/24");
+        // lb refuses interfaces where the FIB would not forward (see tests/conntrack.rs).
+        lb.sysctl("net/ipv4/ip_forward", "1");
         Self {
             client,
             lb,

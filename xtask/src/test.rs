@@ -57,8 +57,25 @@ pub fn run() -> anyhow::Result<()> {
         "integration tests (network namespaces; a 20 s soak)",
         cmd::cargo()?
             .args([
-                "test", "-p", "lb-tests", "--test", "run", "--test", "e2e", "--test", "control",
-                "--test", "observe", "--test", "faults", "--test", "flows", "--test", "soak",
+                "test",
+                "-p",
+                "lb-tests",
+                "--test",
+                "run",
+                "--test",
+                "e2e",
+                "--test",
+                "control",
+                "--test",
+                "observe",
+                "--test",
+                "conntrack",
+                "--test",
+                "faults",
+                "--test",
+                "flows",
+                "--test",
+                "soak",
             ])
             .env("LB_BIN", lb),
     )?;

@@ -1,0 +1,389 @@
+//! Userspace's side of the CONNTRACK map: walking and deleting it in batches, the periodic
+//! sweep that deletes expired entries (the datapath only ignores them), and the census a
+//! sweep leaves behind (entries, flows per backend, deletions, evictions).
+
+use std::{
+    collections::HashMap,
+    io,
+    os::fd::{AsFd as _, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use lb_common::{
+    flow::{Conn, FlowKey, Timeouts},
+    stats::Stat,
+};
+use thiserror::Error;
+
+use crate::{
+    batch::{self, Deleted},
+    stats::StatsMap,
+};
+
+#[derive(Debug, Error)]
+pub enum ConntrackError {
+    #[error(
+        "walking the conntrack map failed (BPF_MAP_LOOKUP_BATCH on LRU hash maps needs Linux 5.6 or later)"
+    )]
+    Walk(#[source] io::Error),
+    #[error("deleting conntrack entries failed")]
+    Delete(#[source] io::Error),
+    #[error("reading CLOCK_MONOTONIC_COARSE failed")]
+    Clock(#[source] io::Error),
+    #[error("reading the ct_created counter failed")]
+    Counter(#[source] aya::maps::MapError),
+}
+
+/// The datapath's clock: `bpf_ktime_get_coarse_ns` is CLOCK_MONOTONIC_COARSE.
+pub fn monotonic_coarse_ns() -> Result<u64, ConntrackError> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) } != 0 {
+        return Err(ConntrackError::Clock(io::Error::last_os_error()));
+    }
+    Ok((now.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec as u64))
+}
+
+/// What one walk of the table did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pass {
+    /// Entries the walk saw.
+    pub seen: u64,
+    pub deleted: u64,
+    /// Entries chosen for deletion that were gone already (evicted meanwhile).
+    pub missing: u64,
+    pub syscalls: u64,
+}
+
+/// A descriptor of its own on CONNTRACK: walks and deletes need no other lock.
+pub struct ConntrackTable {
+    fd: OwnedFd,
+    capacity: u32,
+}
+
+impl ConntrackTable {
+    pub fn new(fd: OwnedFd, capacity: u32) -> Self {
+        Self { fd, capacity }
+    }
+
+    /// Another handle on the same map.
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            fd: self.fd.try_clone()?,
+            capacity: self.capacity,
+        })
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// A hash map has `capacity` rounded up to a power of two buckets and a lookup call
+    /// advances at least one bucket, so this many calls always finish a walk.
+    fn max_lookups(&self) -> u64 {
+        u64::from(self.capacity).next_power_of_two() + 1
+    }
+
+    /// Walks every entry; those `doomed` picks are deleted chunk by chunk as the walk goes
+    /// (4,096 entries per lookup, one delete call per chunk), so memory stays bounded
+    /// whatever the table's size.
+    pub fn walk(
+        &self,
+        mut doomed: impl FnMut(&FlowKey, &Conn) -> bool,
+    ) -> Result<Pass, ConntrackError> {
+        let mut pass = Pass::default();
+        let mut failed = None;
+        let mut victims = Vec::new();
+        let fd = self.fd.as_fd();
+        let lookups = batch::walk_hash::<FlowKey, Conn>(fd, self.max_lookups(), |keys, conns| {
+            pass.seen += keys.len() as u64;
+            victims.clear();
+            victims.extend(
+                keys.iter()
+                    .zip(conns)
+                    .filter(|(key, conn)| doomed(key, conn))
+                    .map(|(key, _)| *key),
+            );
+            if victims.is_empty() {
+                return true;
+            }
+            match batch::delete(fd, &victims) {
+                Ok(Deleted {
+                    deleted,
+                    missing,
+                    syscalls,
+                }) => {
+                    pass.deleted += deleted;
+                    pass.missing += missing;
+                    pass.syscalls += syscalls;
+                    true
+                }
+                Err(error) => {
+                    failed = Some(error);
+                    false
+                }
+            }
+        })
+        .map_err(ConntrackError::Walk)?;
+        pass.syscalls += lookups;
+        match failed {
+            Some(error) => Err(ConntrackError::Delete(error)),
+            None => Ok(pass),
+        }
+    }
+}
+
+/// Tracked flows of one backend, as ipvsadm counts them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Conns {
+    /// Opening, established and UDP flows (ipvsadm's ActiveConn).
+    pub active: u64,
+    /// Closing and closed TCP flows (InActConn).
+    pub closing: u64,
+}
+
+/// What one sweep found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Entries left in the table after the sweep.
+    pub entries: u64,
+    /// Flows by the (backend id, generation) they are pinned to.
+    pub by_backend: HashMap<(u32, u32), Conns>,
+    /// Entries walked, deleted and found gone by this sweep.
+    pub pass: Pass,
+    /// The `ct_created` counter read just before the walk.
+    pub created_before: u64,
+    pub took: Duration,
+}
+
+impl Census {
+    /// Counts one entry that stays.
+    pub fn count(&mut self, conn: &Conn) {
+        let conns = self
+            .by_backend
+            .entry((conn.backend_id, conn.generation))
+            .or_default();
+        if conn.is_active() {
+            conns.active += 1;
+        } else {
+            conns.closing += 1;
+        }
+    }
+}
+
+/// The periodic sweep, with handles of its own on CONNTRACK and STATS so it runs without
+/// the controller's lock.
+pub struct Sweeper {
+    table: ConntrackTable,
+    stats: StatsMap,
+    timeouts: Timeouts,
+}
+
+impl Sweeper {
+    pub fn new(table: ConntrackTable, stats: StatsMap, timeouts: Timeouts) -> Self {
+        Self {
+            table,
+            stats,
+            timeouts,
+        }
+    }
+
+    /// Deletes every expired entry and counts the others.
+    pub fn sweep(&self) -> Result<Census, ConntrackError> {
+        let started = Instant::now();
+        // Creations first: flows created during the walk are then never taken as evicted.
+        let created_before = self
+            .stats
+            .get(Stat::CtCreated)
+            .map_err(ConntrackError::Counter)?
+            .packets;
+        let now = monotonic_coarse_ns()?;
+        let mut census = Census {
+            created_before,
+            ..Census::default()
+        };
+        let pass = self.table.walk(|_, conn| {
+            let expired = conn.expired(now, &self.timeouts);
+            if !expired {
+                census.count(conn);
+            }
+            expired
+        })?;
+        census.entries = pass.seen.saturating_sub(pass.deleted + pass.missing);
+        census.pass = pass;
+        census.took = started.elapsed();
+        Ok(census)
+    }
+}
+
+/// The latest census and the running totals the controller reports.
+#[derive(Clone, Debug)]
+pub struct ConntrackBook {
+    census: Census,
+    /// Entries deleted by userspace (sweeps and flushes) since this daemon started.
+    deleted: u64,
+    /// Never lower than an earlier figure: a counter that dropped would read as a reset.
+    evicted: u64,
+    /// Creations the first census could not account for: entries an earlier daemon
+    /// deleted (its total died with it), or evicted before this daemon started.
+    baseline: u64,
+}
+
+impl ConntrackBook {
+    /// Starts from the first sweep.
+    pub fn new(first: Census) -> Self {
+        let baseline = first.created_before.saturating_sub(first.pass.seen);
+        let mut book = Self {
+            census: Census::default(),
+            deleted: 0,
+            evicted: 0,
+            baseline,
+        };
+        book.record_sweep(first);
+        book
+    }
+
+    pub fn record_sweep(&mut self, census: Census) {
+        self.deleted = self.deleted.saturating_add(census.pass.deleted);
+        let evicted = evictions(
+            census.created_before,
+            census.entries,
+            self.deleted,
+            self.baseline,
+        );
+        self.evicted = self.evicted.max(evicted);
+        self.census = census;
+    }
+
+    pub fn record_flush(&mut self, deleted: u64) {
+        self.deleted = self.deleted.saturating_add(deleted);
+    }
+
+    pub fn census(&self) -> &Census {
+        &self.census
+    }
+
+    pub fn deleted(&self) -> u64 {
+        self.deleted
+    }
+
+    pub fn evicted(&self) -> u64 {
+        self.evicted
+    }
+
+    /// The flows pinned to this backend id under this generation.
+    pub fn conns(&self, backend_id: u32, generation: u32) -> Conns {
+        self.census
+            .by_backend
+            .get(&(backend_id, generation))
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// The kernel's LRU evicts silently: whatever was created and is neither in the table nor
+/// deleted by userspace was evicted.
+pub fn evictions(created: u64, present: u64, deleted: u64, baseline: u64) -> u64 {
+    created
+        .saturating_sub(present)
+        .saturating_sub(deleted)
+        .saturating_sub(baseline)
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::flow::{CT_CLOSED, CT_CLOSING, CT_DATAGRAM, CT_ESTABLISHED, CT_OPENING};
+
+    use super::*;
+
+    fn conn(backend_id: u32, generation: u32, state: u8) -> Conn {
+        Conn {
+            backend_id,
+            generation,
+            state,
+            ..Conn::default()
+        }
+    }
+
+    fn census(created_before: u64, seen: u64, deleted: u64) -> Census {
+        Census {
+            entries: seen - deleted,
+            created_before,
+            pass: Pass {
+                seen,
+                deleted,
+                ..Pass::default()
+            },
+            ..Census::default()
+        }
+    }
+
+    #[test]
+    fn flows_are_counted_by_backend_and_generation() {
+        let mut c = Census::default();
+        for state in [
+            CT_OPENING,
+            CT_ESTABLISHED,
+            CT_DATAGRAM,
+            CT_CLOSING,
+            CT_CLOSED,
+        ] {
+            c.count(&conn(7, 1, state));
+        }
+        c.count(&conn(7, 2, CT_ESTABLISHED));
+        let book = ConntrackBook::new(c);
+        assert_eq!(
+            book.conns(7, 1),
+            Conns {
+                active: 3,
+                closing: 2
+            }
+        );
+        assert_eq!(
+            book.conns(7, 2),
+            Conns {
+                active: 1,
+                closing: 0
+            }
+        );
+        assert_eq!(book.conns(8, 1), Conns::default());
+    }
+
+    #[test]
+    fn evictions_are_what_neither_the_table_nor_userspace_accounts_for() {
+        // A fresh table: 100 created, 60 there, 30 swept: 10 evicted.
+        let mut book = ConntrackBook::new(census(0, 0, 0));
+        book.record_sweep(census(100, 90, 30));
+        assert_eq!((book.deleted(), book.evicted()), (30, 10));
+        // A flush of 20 then a sweep that finds 40 left of 100: nothing new evicted.
+        book.record_flush(20);
+        book.record_sweep(census(100, 40, 0));
+        assert_eq!((book.deleted(), book.evicted()), (50, 10));
+        // The figure never goes down, even when creations are read low.
+        book.record_sweep(census(90, 40, 0));
+        assert_eq!(book.evicted(), 10);
+    }
+
+    #[test]
+    fn a_restarted_daemon_does_not_count_its_predecessors_deletions_as_evictions() {
+        // 1,000 created before this daemon, 200 left: the 800 are the baseline.
+        let mut book = ConntrackBook::new(census(1000, 200, 50));
+        assert_eq!(book.evicted(), 0);
+        book.record_sweep(census(1100, 250, 0));
+        assert_eq!(book.evicted(), 0);
+        book.record_sweep(census(1300, 250, 0));
+        assert_eq!(book.evicted(), 200);
+    }
+
+    #[test]
+    fn the_clock_is_monotonic() {
+        let a = monotonic_coarse_ns().expect("clock");
+        let b = monotonic_coarse_ns().expect("clock");
+        assert!(a > 0 && b >= a);
+    }
+}
