@@ -21,7 +21,7 @@ use crate::{
     Outcome, forward,
     icmp::{ICMP_HEADER, OWN_TTL, swap_macs},
     maps::ICMP_RATE,
-    parse::{self, Packet, ptr_at},
+    parse::{Packet, ptr_at},
 };
 
 const ICMP_DEST_UNREACH: u8 = 3;

@@ -257,6 +257,27 @@ fn plot(path: &str, rows: &[Row], floor: f64) -> Result<(), Box<dyn std::error::
     Ok(())
 }
 
+/// Two sweeps of the filled table: one that deletes nothing (default timeouts), one that
+/// deletes everything (every timeout zero).
+fn sweep_costs(datapath: &Datapath) -> Vec<(&'static str, lb_userspace::conntrack::Census)> {
+    let keep = datapath
+        .sweeper(lb_common::flow::DEFAULT_TIMEOUTS_NS)
+        .sweep()
+        .expect("sweep");
+    // Entries refreshed in this very tick are not past a zero timeout: wait one out.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let drop_all = datapath.sweeper([0; 5]).sweep().expect("sweep");
+    assert!(
+        drop_all.pass.deleted > 0,
+        "a zero timeout expires the table: {:?}",
+        drop_all.pass
+    );
+    vec![
+        ("nothing expired (walk only)", keep),
+        ("everything expired (walk and delete)", drop_all),
+    ]
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let calls = if quick { 2_000 } else { 200_000 };
@@ -311,6 +332,7 @@ fn main() {
             Family::V4,
             Transport::Tcp,
         );
+        let sweeps = sweep_costs(bench.datapath);
         let repeat = if quick { 10_000 } else { 1_000_000 };
         let amortized_rows = [
             ("baseline: XDP_PASS", "baseline_pass"),
@@ -324,8 +346,9 @@ fn main() {
                 repeat,
             )
         });
-        (bench.rows, amortized_rows, filled)
+        (bench.rows, amortized_rows, (filled, sweeps))
     });
+    let (filled, sweeps) = filled;
     let floor = rows
         .iter()
         .find(|r| r.name.starts_with("floor"))
@@ -377,6 +400,23 @@ fn main() {
         (established - fixed) / (floor - fixed).max(1.0),
         started.elapsed().as_secs_f64()
     );
+    println!(
+        "\n### Conntrack sweep (userspace garbage collection)\n\nThe daemon's sweep \
+         (`BPF_MAP_LOOKUP_BATCH` walk, `BPF_MAP_DELETE_BATCH` of expired entries) over the \
+         table above; it runs every `--conntrack-sweep` (5 s by default) outside the \
+         controller's lock.\n"
+    );
+    println!("| sweep | entries walked | deleted | syscalls | ms |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, census) in &sweeps {
+        println!(
+            "| {name} | {} | {} | {} | {:.1} |",
+            census.pass.seen,
+            census.pass.deleted,
+            census.pass.syscalls,
+            census.took.as_secs_f64() * 1e3
+        );
+    }
     if let Ok(path) = std::env::var("LB_BENCH_PLOT") {
         match plot(&path, &rows, floor) {
             Ok(()) => eprintln!("bench: plot written to {path}"),

@@ -130,6 +130,17 @@ impl Datapath {
         program
     }
 
+    /// The daemon's conntrack sweep over this datapath's table, with `timeouts`.
+    pub fn sweeper(&self, timeouts: lb_common::flow::Timeouts) -> lb_userspace::conntrack::Sweeper {
+        let table = self
+            .balancer
+            .maps()
+            .conntrack_table()
+            .expect("a handle on the conntrack map");
+        let stats = self.stats.try_clone().expect("a handle on the stats map");
+        lb_userspace::conntrack::Sweeper::new(table, stats, timeouts)
+    }
+
     pub fn stats(&self) -> Snapshot {
         self.stats.read().expect("read the stats map")
     }
