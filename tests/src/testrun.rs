@@ -76,6 +76,23 @@ impl Datapath {
         self.ifindex = ifindex;
     }
 
+    /// Keeps the calling thread on one CPU, so per-CPU maps (the next-hop cache) answer
+    /// the same way from one run to the next.
+    pub fn stay_on_one_cpu() {
+        // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        // SAFETY: CPU 0 is inside the set.
+        unsafe { libc::CPU_SET(0, &mut set) };
+        // SAFETY: pid 0 is this thread; `set` is a valid cpu_set_t of the size given.
+        let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
     /// Runs the program once on `packet`.
     pub fn run(&mut self, packet: &[u8]) -> Verdict {
         let (verdict, _) = self.run_program(PROGRAM_NAME, packet, 1);

@@ -221,6 +221,8 @@ fn next_hops_are_cached_for_a_second_then_looked_up_again() {
     const MOVED: [u8; 6] = [0x02, 0x18, 0, 0, 9, 9];
     let lab = FibLab::new();
     lab.with_datapath(|datapath, ids| {
+        // The cache is per CPU: every run on the same one.
+        Datapath::stay_on_one_cpu();
         datapath.set_ingress(ids.from_client);
         let flow = Spec::new(Family::V4, Transport::Tcp)
             .between(ip("198.18.0.1"), ip("198.18.1.1"))
