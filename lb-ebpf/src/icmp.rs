@@ -135,7 +135,6 @@ fn quoted(ctx: &XdpContext, packet: &Packet) -> Option<Quoted> {
 
 /// An error sent to the VIP about a reply it sent (a router on the client's side says the
 /// reply was too big, say): it goes to the flow's backend, quoting what the backend sent.
-/// Each ICMP path is a BPF subprogram, so their stack frames do not add up.
 #[inline(always)]
 fn error_to_backend(ctx: &XdpContext, packet: &Packet, now: u64) -> Outcome {
     let Some(inner) = quoted(ctx, packet) else {
@@ -236,13 +235,13 @@ fn error_from_backend(ctx: &XdpContext, packet: &Packet) -> Outcome {
     )
 }
 
-/// `nat::rewrite_headers` as a BPF subprogram, for the same reason.
+/// `nat::rewrite_headers` with the new side, address and port as one value.
 #[inline(always)]
 fn rewrite(ctx: &XdpContext, at: &Headers, to: &End) -> Result<nat::Changes, nat::OutOfBounds> {
     nat::rewrite_headers(ctx, *at, to.side, &to.addr, to.port)
 }
 
-/// One side of a packet as it should become (a BPF call takes five arguments at most).
+/// One side of a packet as it should become.
 struct End {
     side: Side,
     addr: Addr,

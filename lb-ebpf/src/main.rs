@@ -162,7 +162,7 @@ fn process(ctx: &XdpContext) -> Outcome {
 }
 
 /// Client → VIP: pick (or keep) the backend, track the flow, route, destination NAT,
-/// forward. A BPF subprogram (as `to_client`): each path's stack frame is its own.
+/// forward.
 #[inline(always)]
 fn to_backend(ctx: &XdpContext, packet: &Packet, vip: &VipInfo, now: u64) -> Outcome {
     let len = parse::data_end(ctx) - parse::data(ctx);
