@@ -70,8 +70,16 @@ fn ip(text: &str) -> IpAddr {
 }
 
 /// Golden packets: client → VIP (SYN, ACK with data), client → lb host, backend → client,
-/// over IPv4, IPv4 with options and IPv6, TCP and UDP, with and without a VLAN tag.
+/// over IPv4, IPv4 with options and IPv6, TCP and UDP, with and without a VLAN tag; and
+/// ICMP: echo requests to a VIP, errors sent to a VIP about its replies, a backend's port
+/// unreachable about a client's datagram.
 pub fn seeds() -> Vec<(Side, Vec<u8>)> {
+    let mut seeds = transport_seeds();
+    seeds.extend(icmp_seeds());
+    seeds
+}
+
+fn transport_seeds() -> Vec<(Side, Vec<u8>)> {
     let mut seeds = Vec::new();
     for family in [Family::V4, Family::V4Options, Family::V6] {
         let v6 = family == Family::V6;
@@ -97,6 +105,98 @@ pub fn seeds() -> Vec<(Side, Vec<u8>)> {
                 seeds.push((Side::Backends, reply.build(b"200 OK")));
             }
         }
+    }
+    seeds
+}
+
+/// ICMP seeds, both families: an echo request to the VIP, frag-needed / packet-too-big
+/// sent to the VIP about its reply, and a backend's port unreachable about a datagram.
+fn icmp_seeds() -> Vec<(Side, Vec<u8>)> {
+    use etherparse::{
+        Icmpv4Type, Icmpv6Type, PacketBuilder, icmpv4::DestUnreachableHeader,
+        icmpv6::DestUnreachableCode,
+    };
+    let mut seeds = Vec::new();
+    for v6 in [false, true] {
+        let (family, client, vip, backend, router) = if v6 {
+            (
+                Family::V6,
+                ip("fd00::1"),
+                ip("fd00:1::1"),
+                ip("fd00:2::2"),
+                ip("fd00::fe"),
+            )
+        } else {
+            (
+                Family::V4,
+                ip("198.18.0.1"),
+                ip("198.18.1.1"),
+                ip("198.18.2.2"),
+                ip("198.18.0.254"),
+            )
+        };
+        let ip_packet = |frame: Vec<u8>| frame[14..].to_vec();
+        let reply = ip_packet(
+            Spec::new(family, Transport::Tcp)
+                .between(vip, client)
+                .ports(80, 40_000)
+                .ack()
+                .build(&[7; 32]),
+        );
+        let delivered = ip_packet(
+            Spec::new(family, Transport::Udp)
+                .between(client, backend)
+                .ports(40_000, 8080)
+                .build(b"query"),
+        );
+        let eth = || PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        let (mut echo, mut too_big, mut unreachable) = (Vec::new(), Vec::new(), Vec::new());
+        let built = match (client, vip, backend, router) {
+            (IpAddr::V4(c), IpAddr::V4(v), IpAddr::V4(b), IpAddr::V4(r)) => {
+                let (c, v, b, r) = (c.octets(), v.octets(), b.octets(), r.octets());
+                let unreach = Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port);
+                let frag = Icmpv4Type::DestinationUnreachable(
+                    DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1280 },
+                );
+                eth()
+                    .ipv4(c, v, 64)
+                    .icmpv4_echo_request(1, 1)
+                    .write(&mut echo, b"ping")
+                    .and(
+                        eth()
+                            .ipv4(r, v, 64)
+                            .icmpv4(frag)
+                            .write(&mut too_big, &reply),
+                    )
+                    .and(
+                        eth()
+                            .ipv4(b, c, 64)
+                            .icmpv4(unreach)
+                            .write(&mut unreachable, &delivered),
+                    )
+            }
+            (IpAddr::V6(c), IpAddr::V6(v), IpAddr::V6(b), IpAddr::V6(r)) => {
+                let (c, v, b, r) = (c.octets(), v.octets(), b.octets(), r.octets());
+                let unreach = Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port);
+                let big = Icmpv6Type::PacketTooBig { mtu: 1280 };
+                eth()
+                    .ipv6(c, v, 64)
+                    .icmpv6_echo_request(1, 1)
+                    .write(&mut echo, b"ping")
+                    .and(eth().ipv6(r, v, 64).icmpv6(big).write(&mut too_big, &reply))
+                    .and(
+                        eth()
+                            .ipv6(b, c, 64)
+                            .icmpv6(unreach)
+                            .write(&mut unreachable, &delivered),
+                    )
+            }
+            _ => panic!("one family per seed"),
+        };
+        built.expect("build the ICMP seeds");
+        seeds.push((Side::Client, echo));
+        seeds.push((Side::Client, too_big));
+        seeds.push((Side::Backends, unreachable));
     }
     seeds
 }
@@ -164,6 +264,28 @@ pub fn check(
         reason,
         Stat::PassNoNeighbour | Stat::PassFragmentationNeeded
     );
+    let icmp_out = matches!(
+        reason,
+        Stat::IcmpEchoReply
+            | Stat::IcmpTooBigSent
+            | Stat::ForwardIcmpToBackend
+            | Stat::ForwardIcmpToClient
+    );
+    if icmp_out {
+        // ICMP checksums are updated, not verified, like TCP/UDP ones: a wrong one in stays
+        // wrong out. Anything else must come out right.
+        return match checked_icmp(&verdict.packet) {
+            Ok(()) => Ok(reason),
+            Err(why)
+                if why.contains("IPv4 header checksum")
+                    && ipv4_header_sums_to_zero(&verdict.packet) =>
+            {
+                Ok(reason)
+            }
+            Err(why) if why.contains("ICMP") && checked_icmp(packet).is_err() => Ok(reason),
+            Err(why) => Err(format!("answered ({}) but malformed: {why}", reason.name())),
+        };
+    }
     match verdict.action {
         XDP_PASS if !rewritten_then_passed => {
             if verdict.packet != packet {
@@ -250,6 +372,22 @@ fn checked(bytes: &[u8]) -> Result<crate::verify::Wire, String> {
             .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
             .unwrap_or_default()
     });
+    std::panic::set_hook(hook);
+    result
+}
+
+fn checked_icmp(bytes: &[u8]) -> Result<(), String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = catch_unwind(AssertUnwindSafe(|| crate::verify::verify_icmp(bytes)))
+        .map(drop)
+        .map_err(|panic| {
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default()
+        });
     std::panic::set_hook(hook);
     result
 }
