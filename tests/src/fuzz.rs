@@ -363,31 +363,24 @@ fn ipv4_header_sums_to_zero(frame: &[u8]) -> bool {
 
 /// [`verify`], with its complaint as an error instead of a panic.
 fn checked(bytes: &[u8]) -> Result<crate::verify::Wire, String> {
+    quietly(|| verify(bytes))
+}
+
+fn checked_icmp(bytes: &[u8]) -> Result<(), String> {
+    quietly(|| crate::verify::verify_icmp(bytes)).map(drop)
+}
+
+/// Runs a verifier that panics on a bad packet; its panic message as the error, unprinted.
+fn quietly<T>(verify: impl FnOnce() -> T) -> Result<T, String> {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let result = catch_unwind(AssertUnwindSafe(|| verify(bytes))).map_err(|panic| {
+    let result = catch_unwind(AssertUnwindSafe(verify)).map_err(|panic| {
         panic
             .downcast_ref::<String>()
             .cloned()
             .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
             .unwrap_or_default()
     });
-    std::panic::set_hook(hook);
-    result
-}
-
-fn checked_icmp(bytes: &[u8]) -> Result<(), String> {
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let result = catch_unwind(AssertUnwindSafe(|| crate::verify::verify_icmp(bytes)))
-        .map(drop)
-        .map_err(|panic| {
-            panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_default()
-        });
     std::panic::set_hook(hook);
     result
 }

@@ -194,6 +194,11 @@ pub fn counter(lines: &[String], name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// What `lb run` prints once it forwards.
+pub const READY: &str = "lb: forwarding on";
+/// How long a daemon may take to start (a cold start loads and verifies the program).
+pub const STARTUP: Duration = Duration::from_secs(20);
+
 /// One `lb` installation for one test: its own pin directory, state file and API socket,
 /// so tests never share a datapath. Drop removes all three (which detaches anything
 /// still pinned).
@@ -240,6 +245,13 @@ impl Instance {
             .args(ifaces)
             .args(extra);
         cmd
+    }
+
+    /// Starts `lb run` on the lab's lb interfaces and waits until it forwards.
+    pub fn start(&self, lab: &crate::topology::Lab, extra: &[&str]) -> Daemon {
+        let mut daemon = Daemon::spawn(self.run(&lab.lb, &lab.lb_ifaces, extra));
+        daemon.wait_for_line(READY, STARTUP);
+        daemon
     }
 
     /// Runs a client subcommand against this instance's daemon.

@@ -11,22 +11,14 @@ use std::{
 use lb_tests::{
     client::{WhoConnection, http_get},
     netns::{Link, NetNs},
-    process::{Daemon, Instance},
+    process::{Daemon, Instance, READY, STARTUP},
     servers::{HTTP_PORT, Servers, UDP_PORT, WHO_PORT},
     topology::Lab,
 };
 use serde_json::Value;
 
-const READY: &str = "lb: forwarding on";
-const STARTUP: Duration = Duration::from_secs(20);
 /// Longest any traffic loop here may run.
 const BUDGET: Duration = Duration::from_secs(300);
-
-fn start(lab: &Lab, instance: &Instance, extra: &[&str]) -> Daemon {
-    let mut daemon = Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, extra));
-    daemon.wait_for_line(READY, STARTUP);
-    daemon
-}
 
 fn endpoint(lab: &Lab, n: usize, port: u16) -> String {
     SocketAddr::new(lab.backends[n].v4.into(), port).to_string()
@@ -84,9 +76,8 @@ fn ten_thousand_short_connections_are_swept_from_the_table() {
     const EMPTY_WITHIN: Duration = Duration::from_secs(4 + 1 + 4);
     let lab = Lab::new("lbct", 2);
     let instance = Instance::new();
-    let _daemon = start(
+    let _daemon = instance.start(
         &lab,
-        &instance,
         &[
             "--timeout",
             "tcp_closed=2",
@@ -167,9 +158,8 @@ fn a_drained_backend_counts_its_connections_until_they_close() {
     const HELD: usize = 24;
     let lab = Lab::new("lbct", 2);
     let instance = Instance::new();
-    let _daemon = start(
+    let _daemon = instance.start(
         &lab,
-        &instance,
         &["--conntrack-sweep", "0.5", "--timeout", "tcp_closed=60"],
     );
     let _servers = Servers::start(&lab.backends);
@@ -240,7 +230,7 @@ fn flows_are_listed_and_flushed_by_vip_protocol_and_backend() {
     const DATAGRAMS: usize = 10;
     let lab = Lab::new("lbct", 2);
     let instance = Instance::new();
-    let _daemon = start(&lab, &instance, &["--conntrack-sweep", "0.5"]);
+    let _daemon = instance.start(&lab, &["--conntrack-sweep", "0.5"]);
     let _servers = Servers::start(&lab.backends);
     let tcp_vip = SocketAddr::new(lab.vip(false), WHO_PORT);
     let udp_vip = SocketAddr::new(lab.vip(false), UDP_PORT);
@@ -389,7 +379,7 @@ fn flows_are_listed_and_flushed_by_vip_protocol_and_backend() {
 fn an_endpoint_cannot_serve_a_second_vip() {
     let lab = Lab::new("lbct", 1);
     let instance = Instance::new();
-    let _daemon = start(&lab, &instance, &[]);
+    let _daemon = instance.start(&lab, &[]);
     let backend = endpoint(&lab, 0, HTTP_PORT);
     instance.ok(&["vip", "add", "198.18.1.1:80"]);
     instance.ok(&["vip", "add", "198.18.1.2:80"]);

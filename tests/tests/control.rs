@@ -16,20 +16,12 @@ use std::{
 use lb_tests::{
     client::{WhoConnection, http_get},
     netns::NetNs,
-    process::{Daemon, Instance},
+    process::{Daemon, Instance, READY, STARTUP},
     servers::{ECHO_PORT, HTTP_PORT, Servers, WHO_PORT},
     topology::Lab,
 };
 
-const READY: &str = "lb: forwarding on";
-const STARTUP: Duration = Duration::from_secs(20);
 const BUDGET: Duration = Duration::from_secs(120);
-
-fn start(lab: &Lab, instance: &Instance, extra: &[&str]) -> Daemon {
-    let mut daemon = Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, extra));
-    daemon.wait_for_line(READY, STARTUP);
-    daemon
-}
 
 fn endpoint(lab: &Lab, n: usize, port: u16) -> String {
     SocketAddr::new(lab.backends[n].v4.into(), port).to_string()
@@ -78,7 +70,7 @@ fn raise_fd_limit() {
 fn weights_drain_and_delete_steer_new_connections() {
     let lab = Lab::new("lbt", 3);
     let instance = Instance::new();
-    let _daemon = start(&lab, &instance, &[]);
+    let _daemon = instance.start(&lab, &[]);
     let _servers = Servers::start(&lab.backends);
     let vip: SocketAddr = SocketAddr::new(lab.vip(false), 80);
     let vip_arg = vip.to_string();
@@ -178,7 +170,7 @@ fn deleting_one_of_five_backends_keeps_the_others_flows() {
     raise_fd_limit();
     let lab = Lab::new("lbt", 5);
     let instance = Instance::new();
-    let _daemon = start(&lab, &instance, &[]);
+    let _daemon = instance.start(&lab, &[]);
     let _servers = Servers::start(&lab.backends);
     let vip = SocketAddr::new(lab.vip(false), WHO_PORT);
     let vip_arg = vip.to_string();
@@ -286,7 +278,7 @@ fn stream_through(vip: SocketAddr, stop: &AtomicBool) -> (u64, u64, Option<Strin
 fn a_stream_survives_kill_9_and_restart_and_new_connections_work_meanwhile() {
     let lab = Lab::new("lbt", 3);
     let instance = Instance::new();
-    let daemon = start(&lab, &instance, &[]);
+    let daemon = instance.start(&lab, &[]);
     let _servers = Servers::start(&lab.backends);
     let stream_vip = SocketAddr::new(lab.vip(false), ECHO_PORT);
     let http_vip = SocketAddr::new(lab.vip(false), 80);
@@ -362,7 +354,7 @@ fn raw_request(instance: &Instance, payload: &[u8]) -> String {
 fn bad_input_is_refused_with_a_reason_and_changes_nothing() {
     let lab = Lab::new("lbt", 1);
     let instance = Instance::new();
-    let daemon = start(&lab, &instance, &[]);
+    let daemon = instance.start(&lab, &[]);
     instance.ok(&["vip", "add", "198.18.1.1:80"]);
     instance.ok(&["vip", "add", "[fd00:1::1]:80"]);
     instance.ok(&["backend", "add", "198.18.1.1:80", "198.18.11.2:8080"]);
@@ -499,7 +491,7 @@ fn a_corrupt_state_file_is_refused_and_left_untouched() {
 fn a_daemon_killed_during_changes_leaves_a_whole_state_file() {
     let lab = Lab::new("lbt", 3);
     let instance = Instance::new();
-    let mut daemon = start(&lab, &instance, &[]);
+    let mut daemon = instance.start(&lab, &[]);
     let vip = "198.18.1.1:80";
     instance.ok(&["vip", "add", vip]);
     for round in 0..5u64 {

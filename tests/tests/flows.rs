@@ -20,13 +20,9 @@ use lb_tests::{
     topology::Lab,
 };
 
-const READY: &str = "lb: forwarding on";
-const STARTUP: Duration = Duration::from_secs(20);
-
 fn started(lab: &Lab, extra: &[&str]) -> (Instance, Daemon) {
     let instance = Instance::new();
-    let mut daemon = Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, extra));
-    daemon.wait_for_line(READY, STARTUP);
+    let daemon = instance.start(lab, extra);
     (instance, daemon)
 }
 
