@@ -2,7 +2,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
     time::Duration,
 };
 
@@ -34,6 +34,17 @@ pub fn http_get(vip: SocketAddr) -> Result<String, String> {
 
 /// One UDP request from `bind` to `vip`; returns the answering backend's name.
 pub fn udp_request(bind: SocketAddr, vip: SocketAddr) -> Result<String, String> {
+    ask_udp(bind, vip).map(|(answer, _)| answer)
+}
+
+/// One UDP request to `vip` from a fresh socket on `client` (a new source port, so a new
+/// flow); returns the source port it used.
+pub fn udp_request_from_new_port(client: IpAddr, vip: SocketAddr) -> Result<u16, String> {
+    ask_udp(SocketAddr::new(client, 0), vip).map(|(_, port)| port)
+}
+
+/// The answer from the VIP and the local port it was asked from.
+fn ask_udp(bind: SocketAddr, vip: SocketAddr) -> Result<(String, u16), String> {
     let socket = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
     socket
         .set_read_timeout(Some(IO_TIMEOUT))
@@ -48,7 +59,8 @@ pub fn udp_request(bind: SocketAddr, vip: SocketAddr) -> Result<String, String> 
     if from != vip {
         return Err(format!("answer came from {from}, not the VIP {vip}"));
     }
-    Ok(String::from_utf8_lossy(&buffer[..n]).into_owned())
+    let port = socket.local_addr().map_err(|e| e.to_string())?.port();
+    Ok((String::from_utf8_lossy(&buffer[..n]).into_owned(), port))
 }
 
 /// A long-lived connection to the `who` server behind a VIP.

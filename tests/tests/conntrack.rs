@@ -4,12 +4,12 @@
 
 use std::{
     collections::HashSet,
-    net::{SocketAddr, UdpSocket},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use lb_tests::{
-    client::{WhoConnection, http_get},
+    client::{WhoConnection, http_get, udp_request_from_new_port},
     netns::{Link, NetNs},
     process::{Daemon, Instance, READY, STARTUP},
     servers::{HTTP_PORT, Servers, UDP_PORT, WHO_PORT},
@@ -258,21 +258,10 @@ fn flows_are_listed_and_flushed_by_vip_protocol_and_backend() {
             })
             .unzip()
     });
-    let bind = SocketAddr::new(lab.client_addr(false), 0);
+    let client = lab.client_addr(false);
     let udp_ports: HashSet<u16> = lab.client.enter(|| {
         (0..DATAGRAMS)
-            .map(|_| {
-                let socket = UdpSocket::bind(bind).expect("bind");
-                socket
-                    .set_read_timeout(Some(Duration::from_secs(3)))
-                    .expect("timeout");
-                socket.send_to(b"ping", udp_vip).expect("send");
-                let mut answer = [0u8; 64];
-                socket
-                    .recv_from(&mut answer)
-                    .expect("an answer through the VIP");
-                socket.local_addr().expect("local address").port()
-            })
+            .map(|_| udp_request_from_new_port(client, udp_vip).expect("an answer through the VIP"))
             .collect()
     });
     let udp_flows = udp_ports.len() as u64;

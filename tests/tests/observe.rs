@@ -10,7 +10,7 @@ use std::{
 };
 
 use lb_tests::{
-    client::http_get,
+    client::{http_get, udp_request_from_new_port},
     process::{Daemon, FAST_CHECK, FAST_CHECK_FALL, Instance, lb_binary},
     servers::{HTTP_PORT, Servers, UDP_PORT},
     topology::Lab,
@@ -173,21 +173,10 @@ fn metrics_count_exactly_what_was_sent_and_survive_a_restart() {
     let servers = Servers::start(&lab.backends);
     let vip = udp_vip(&lab, &instance, "7");
     // Each request from a fresh socket; a reused source port is the same flow again.
-    let bind = SocketAddr::new(lab.client_addr(false), 0);
+    let client = lab.client_addr(false);
     let ports: std::collections::HashSet<u16> = lab.client.enter(|| {
         (0..DATAGRAMS)
-            .map(|_| {
-                let socket = UdpSocket::bind(bind).expect("bind");
-                socket
-                    .set_read_timeout(Some(Duration::from_secs(3)))
-                    .expect("timeout");
-                socket.send_to(b"ping", vip).expect("send");
-                let mut answer = [0u8; 64];
-                socket
-                    .recv_from(&mut answer)
-                    .expect("an answer through the VIP");
-                socket.local_addr().expect("local address").port()
-            })
+            .map(|_| udp_request_from_new_port(client, vip).expect("an answer through the VIP"))
             .collect()
     });
     let seen: HashMap<String, usize> = servers
