@@ -35,16 +35,29 @@ pub const MAP_VIP_STATS: &str = "VIP_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_TX_PORTS: &str = "TX_PORTS";
 pub const MAP_META: &str = "META";
-/// Per-CPU cache of FIB answers; not pinned (a new program starts with an empty cache).
-pub const MAP_NEXTHOP: &str = "NEXTHOP";
-/// Entries in each CPU's next-hop cache.
-pub const NEXTHOP_CAPACITY: u32 = 16_384;
-/// How long a cached FIB answer is used before the route and neighbour are looked up
-/// again: route or neighbour changes reach established flows within this time.
+/// Per-CPU next hop of each backend (by backend id), the FIB answer toward it; not pinned
+/// (a new program starts with empty slots).
+pub const MAP_BACKEND_HOPS: &str = "BACKEND_HOPS";
+/// Per-CPU direct-mapped cache of FIB answers toward every other destination (clients);
+/// not pinned.
+pub const MAP_HOPS: &str = "HOPS";
+/// Slots of each CPU's `HOPS` cache (a power of two).
+pub const HOP_SLOTS: u32 = 1 << 14;
+/// How long a FIB answer is used before the route and neighbour are looked up again:
+/// route or neighbour changes reach established flows within this time.
 pub const NEXTHOP_TTL_NS: u64 = 1_000_000_000;
+/// Address classes (`ADDRESS_*` bits) by `hash::address_bucket`: which buckets hold a VIP
+/// or a backend address, so that a packet for neither costs no hash lookup.
+pub const MAP_ADDRESSES: &str = "ADDRESSES";
+/// Buckets of the ADDRESSES map (a power of two).
+pub const ADDRESS_BUCKETS: u32 = 1 << 14;
+/// Some VIP address falls in this bucket.
+pub const ADDRESS_VIP: u32 = 1;
+/// Some backend address falls in this bucket.
+pub const ADDRESS_BACKEND: u32 = 2;
 
 /// Every map that outlives a controller: pinned under the pin directory by these names.
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 12] = [
     MAP_STATS,
     MAP_VIPS,
     MAP_BACKENDS,
@@ -56,16 +69,46 @@ pub const PINNED_MAPS: [&str; 11] = [
     MAP_TX_PORTS,
     MAP_META,
     MAP_JUMPS,
+    MAP_ADDRESSES,
 ];
 
 /// Version of the map layout (key/value types and indexing). Bump it with any change to a
 /// `#[repr(C)]` type in a pinned map or to the counter indices: a controller refuses to adopt maps of another version.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Global set at load time: the Maglev table size M (a prime).
 pub const GLOBAL_MAGLEV_SIZE: &str = "MAGLEV_SIZE";
 /// Global set at load time: conntrack idle timeouts in ns, by state (`flow::Timeouts`).
 pub const GLOBAL_CT_TIMEOUTS: &str = "CT_TIMEOUTS_NS";
+
+/// Global set at load time: `ABLATE_*` stages the datapath skips. Always 0 outside
+/// `cargo xtask bench`, which times the program with each stage left out to show what it
+/// costs; the verifier removes the checks of a constant 0.
+pub const GLOBAL_ABLATE: &str = "ABLATE";
+/// No counters at all.
+pub const ABLATE_COUNTERS: u32 = 1 << 0;
+/// No clock read: a constant stands in for the time (nothing expires).
+pub const ABLATE_CLOCK: u32 = 1 << 1;
+/// No IPv4 header checksum check.
+pub const ABLATE_IPV4_CHECKSUM: u32 = 1 << 2;
+/// No ADDRESSES buckets: every packet takes the VIPS / ENDPOINTS lookups.
+pub const ABLATE_ADDRESS_FILTER: u32 = 1 << 3;
+/// No conntrack: every client packet is balanced by Maglev, nothing is tracked.
+pub const ABLATE_CONNTRACK: u32 = 1 << 4;
+/// No next-hop slots: `bpf_fib_lookup` for every packet.
+pub const ABLATE_HOP_CACHE: u32 = 1 << 5;
+/// No address and port rewrite (the packet leaves with its own addresses).
+pub const ABLATE_NAT: u32 = 1 << 6;
+/// Every stage above, by name, for the benchmark's table.
+pub const ABLATE_STAGES: [(&str, u32); 7] = [
+    ("counters", ABLATE_COUNTERS),
+    ("clock read", ABLATE_CLOCK),
+    ("IPv4 header checksum check", ABLATE_IPV4_CHECKSUM),
+    ("address buckets", ABLATE_ADDRESS_FILTER),
+    ("conntrack", ABLATE_CONNTRACK),
+    ("next-hop slots", ABLATE_HOP_CACHE),
+    ("NAT rewrite", ABLATE_NAT),
+];
 
 /// ICMP errors (too big) the datapath may send per CPU: a bucket of this many, refilled
 /// at one per `ICMP_RATE_INTERVAL_NS` (as Linux's icmp_msgs_burst / icmp_msgs_per_sec).

@@ -135,23 +135,14 @@ impl Conn {
     }
 }
 
-/// Key of the next-hop cache: where a rewritten packet is going, and where it came in.
-#[repr(C, align(8))]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct NextHopKey {
-    pub dst: Addr,
-    pub ingress_ifindex: u32,
-    pub family: u8,
-    pub _pad: [u8; 3],
-}
-
-#[cfg(feature = "user")]
-unsafe impl aya::Pod for NextHopKey {}
-
-/// A cached `bpf_fib_lookup` answer: egress interface, MACs and MTU, valid until `expires_ns`.
+/// A cached `bpf_fib_lookup` answer for packets to `dst` that came in on
+/// `ingress_ifindex`: egress interface, MACs and MTU, valid until `expires_ns`. One per
+/// slot of the per-CPU next-hop arrays; a slot answers only for the destination it holds.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NextHop {
+    pub dst: Addr,
+    pub ingress_ifindex: u32,
     pub ifindex: u32,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
@@ -159,7 +150,7 @@ pub struct NextHop {
     pub mtu: u16,
     /// `NEXTHOP_FLAG_*` bits.
     pub flags: u8,
-    pub _pad: u8,
+    pub family: u8,
     pub expires_ns: u64,
 }
 

@@ -1,6 +1,6 @@
 //! Forwarding without the kernel stack: where a packet goes is decided before anything in
-//! it is rewritten (route, neighbour, egress interface and MTU, from the per-CPU next-hop
-//! cache or `bpf_fib_lookup`); then new MACs, TTL / hop limit down by one, and XDP_TX out
+//! it is rewritten (route, neighbour, egress interface and MTU, from a per-CPU next-hop
+//! slot or `bpf_fib_lookup`); then new MACs, TTL / hop limit down by one, and XDP_TX out
 //! of the ingress interface or XDP_REDIRECT through the TX_PORTS devmap.
 
 use core::mem;
@@ -14,8 +14,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    consts::NEXTHOP_TTL_NS,
-    flow::{FlowKey, NEXTHOP_FLAG_ATTACHED, NextHop, NextHopKey},
+    consts::{ABLATE_HOP_CACHE, HOP_SLOTS, NEXTHOP_TTL_NS},
+    flow::{FlowKey, NEXTHOP_FLAG_ATTACHED, NextHop},
+    service::Addr,
     stats::Stat,
 };
 use network_types::{
@@ -26,7 +27,7 @@ use network_types::{
 use crate::{
     Outcome,
     csum::Delta,
-    maps::{NEXTHOP, TX_PORTS, UNATTACHED_EGRESS},
+    maps::{BACKEND_HOPS, HOPS, TX_PORTS, UNATTACHED_EGRESS, ablated},
     parse::{Packet, ptr_at},
 };
 
@@ -35,7 +36,7 @@ const AF_INET6: u8 = 10;
 
 /// Where the kernel's FIB sends a packet, when it is not straight out through XDP.
 pub enum Route {
-    /// Out through XDP: MACs, egress and MTU known (the cache entry, valid for this run).
+    /// Out through XDP: MACs, egress and MTU known (this CPU's slot, valid for this run).
     Hop(&'static NextHop),
     /// The route's neighbour is not resolved: the kernel must forward this packet (and
     /// resolve it), so the packet is rewritten and passed.
@@ -44,46 +45,64 @@ pub enum Route {
     Done(Outcome),
 }
 
+/// Where a next hop is cached: the backend's own slot, or the slot its destination hashes
+/// to in the shared per-CPU cache.
+#[derive(Clone, Copy)]
+pub enum HopSlot {
+    Backend(u32),
+    Destination,
+}
+
 /// The next hop toward `out.dst` for a packet that will leave as `out` (its 5-tuple after
-/// the rewrite). Fresh cached answers are used; otherwise the FIB is asked and a success
-/// cached. The cache is keyed by destination and ingress interface only: source-based
-/// policy routes are not honoured for the cache's lifetime.
+/// the rewrite). A slot's answer is used while it is fresh and for the same destination
+/// and ingress interface; otherwise the FIB is asked and the slot overwritten in place
+/// (per-CPU array slots: no hash, no insert, no lock). Source-based policy routes are not
+/// honoured for a slot's lifetime.
 #[inline(always)]
-pub fn route(ctx: &XdpContext, packet: &Packet, out: &FlowKey, now: u64) -> Route {
-    let key = NextHopKey {
-        dst: out.dst,
-        ingress_ifindex: ctx.ingress_ifindex() as u32,
-        family: out.family,
-        _pad: [0; 3],
+pub fn route(ctx: &XdpContext, packet: &Packet, out: &FlowKey, slot: HopSlot, now: u64) -> Route {
+    let ingress = ctx.ingress_ifindex() as u32;
+    let cached = match slot {
+        HopSlot::Backend(id) => BACKEND_HOPS.get_ptr_mut(id),
+        HopSlot::Destination => HOPS.get_ptr_mut(hop_index(&out.dst, ingress)),
     };
-    let cached = match NEXTHOP.get_ptr(&key) {
-        // SAFETY: the entry is valid for this run (RCU); a racing update only costs a lookup.
-        Some(hop) if unsafe { (*hop).expires_ns } > now => hop,
-        _ => {
-            let mut hop = match lookup(ctx, packet, out) {
-                Ok(hop) => hop,
-                Err(route) => return route,
-            };
-            hop.expires_ns = now + NEXTHOP_TTL_NS;
-            let ingress = ctx.ingress_ifindex() as u32;
-            if hop.ifindex == ingress || TX_PORTS.get(hop.ifindex).is_some() {
-                hop.flags |= NEXTHOP_FLAG_ATTACHED;
-            } else {
-                // Seen at most once a second per destination (the answer is cached).
-                let _ = UNATTACHED_EGRESS.insert(&hop.ifindex, &1, 0);
+    let Some(hop) = cached else {
+        return Route::Done(Outcome::pass(Stat::PassNoNeighbour));
+    };
+    // SAFETY: this CPU's slot, valid for the run; the program is not re-entered on a CPU.
+    let hop = unsafe { &mut *hop };
+    if ablated(ABLATE_HOP_CACHE)
+        || !(hop.expires_ns > now
+            && hop.ingress_ifindex == ingress
+            && hop.family == out.family
+            && same_addr(&hop.dst, &out.dst))
+    {
+        // Written straight into the slot: the stack has no room for a copy.
+        match lookup(ctx, packet, out, hop) {
+            BPF_FIB_LKUP_RET_SUCCESS => {}
+            // The kernel resolves the neighbour (ARP/ND) and forwards this packet itself.
+            BPF_FIB_LKUP_RET_NO_NEIGH => return Route::NoNeighbour,
+            // Addressed to this host (the lb's own health checks, say), or not routable.
+            BPF_FIB_LKUP_RET_NOT_FWDED => {
+                return Route::Done(Outcome::pass(Stat::PassToLocal));
             }
-            // Used from the cache, not from the stack: the stack has no room to spare.
-            if NEXTHOP.insert(&key, &hop, 0).is_err() {
-                return Route::Done(Outcome::pass(Stat::PassNoNeighbour));
+            // `lb run` refuses to start like this; counted apart in case it changed since.
+            BPF_FIB_LKUP_RET_FWD_DISABLED => {
+                return Route::Done(Outcome::drop(Stat::DropForwardingDisabled));
             }
-            match NEXTHOP.get_ptr(&key) {
-                Some(hop) => hop,
-                None => return Route::Done(Outcome::pass(Stat::PassNoNeighbour)),
-            }
+            _ => return Route::Done(Outcome::drop(Stat::DropFibFailure)),
         }
-    };
-    // SAFETY: a per-CPU entry, valid for this run.
-    let hop = unsafe { &*cached };
+        hop.dst = out.dst;
+        hop.family = out.family;
+        hop.ingress_ifindex = ingress;
+        hop.expires_ns = now + NEXTHOP_TTL_NS;
+        hop.flags = 0;
+        if hop.ifindex == ingress || TX_PORTS.get(hop.ifindex).is_some() {
+            hop.flags |= NEXTHOP_FLAG_ATTACHED;
+        } else {
+            // Seen at most once a second per destination (the answer is cached).
+            let _ = UNATTACHED_EGRESS.insert(&hop.ifindex, &1, 0);
+        }
+    }
     if hop.flags & NEXTHOP_FLAG_ATTACHED == 0 {
         // Left as it is: rewritten, the kernel would drop it as addressed to another host.
         return Route::Done(Outcome::pass(Stat::PassEgressNotAttached));
@@ -91,10 +110,32 @@ pub fn route(ctx: &XdpContext, packet: &Packet, out: &FlowKey, now: u64) -> Rout
     Route::Hop(hop)
 }
 
-/// Route, neighbour and MTU from the kernel's FIB. A BPF subprogram: its 64-byte
+/// The `HOPS` slot of a destination (and ingress interface): multiply-shift of its words.
+#[inline(always)]
+fn hop_index(dst: &Addr, ingress: u32) -> u32 {
+    let folded = word(dst, 0) ^ word(dst, 4) ^ word(dst, 8) ^ word(dst, 12) ^ ingress;
+    folded.wrapping_mul(0x9e37_79b1) >> (32 - HOP_SLOTS.trailing_zeros())
+}
+
+#[inline(always)]
+fn word(addr: &Addr, at: usize) -> u32 {
+    u32::from_ne_bytes([addr[at], addr[at + 1], addr[at + 2], addr[at + 3]])
+}
+
+/// Compares two addresses a word at a time.
+#[inline(always)]
+fn same_addr(a: &Addr, b: &Addr) -> bool {
+    word(a, 0) == word(b, 0)
+        && word(a, 4) == word(b, 4)
+        && word(a, 8) == word(b, 8)
+        && word(a, 12) == word(b, 12)
+}
+
+/// Route, neighbour and MTU from the kernel's FIB, written into `hop` (egress interface,
+/// MACs, MTU) on success; returns the FIB's answer code. A BPF subprogram: its 64-byte
 /// parameter block lives in its own stack frame, only while the cache misses.
 #[inline(never)]
-fn lookup(ctx: &XdpContext, packet: &Packet, out: &FlowKey) -> Result<NextHop, Route> {
+fn lookup(ctx: &XdpContext, packet: &Packet, out: &FlowKey, hop: &mut NextHop) -> u32 {
     // SAFETY: an all-zero bpf_fib_lookup is a valid input (plain integers and unions).
     let mut fib: FibParams = unsafe { mem::zeroed() };
     fib.l4_protocol = out.proto;
@@ -105,7 +146,7 @@ fn lookup(ctx: &XdpContext, packet: &Packet, out: &FlowKey) -> Result<NextHop, R
     // (a too-big packet is answered, not failed).
     if packet.is_v4() {
         let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, packet.l3_offset) else {
-            return Err(Route::Done(Outcome::drop(Stat::DropFibFailure)));
+            return FIB_NOT_ASKED;
         };
         // SAFETY: bounds checked; byte-aligned header.
         let ip = unsafe { &*ip };
@@ -117,7 +158,7 @@ fn lookup(ctx: &XdpContext, packet: &Packet, out: &FlowKey) -> Result<NextHop, R
             u32::from_ne_bytes([out.dst[0], out.dst[1], out.dst[2], out.dst[3]]);
     } else {
         let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, packet.l3_offset) else {
-            return Err(Route::Done(Outcome::drop(Stat::DropFibFailure)));
+            return FIB_NOT_ASKED;
         };
         // SAFETY: as above.
         let ip = unsafe { &*ip };
@@ -136,29 +177,19 @@ fn lookup(ctx: &XdpContext, packet: &Packet, out: &FlowKey) -> Result<NextHop, R
             mem::size_of::<FibParams>() as i32,
             0,
         )
-    };
-    match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => Ok(NextHop {
-            ifindex: fib.ifindex,
-            smac: fib.smac,
-            dmac: fib.dmac,
-            // SAFETY: on success the kernel writes the route's MTU in this union member.
-            mtu: unsafe { fib.__bindgen_anon_1.mtu_result },
-            flags: 0,
-            _pad: 0,
-            expires_ns: 0,
-        }),
-        // The kernel resolves the neighbour (ARP/ND) and forwards this packet itself.
-        BPF_FIB_LKUP_RET_NO_NEIGH => Err(Route::NoNeighbour),
-        // Addressed to this host (the lb's own health checks, say), or not routable here.
-        BPF_FIB_LKUP_RET_NOT_FWDED => Err(Route::Done(Outcome::pass(Stat::PassToLocal))),
-        // `lb run` refuses to start like this; counted apart in case it was changed since.
-        BPF_FIB_LKUP_RET_FWD_DISABLED => {
-            Err(Route::Done(Outcome::drop(Stat::DropForwardingDisabled)))
-        }
-        _ => Err(Route::Done(Outcome::drop(Stat::DropFibFailure))),
+    } as u32;
+    if rc == BPF_FIB_LKUP_RET_SUCCESS {
+        hop.ifindex = fib.ifindex;
+        hop.smac = fib.smac;
+        hop.dmac = fib.dmac;
+        // SAFETY: on success the kernel writes the route's MTU in this union member.
+        hop.mtu = unsafe { fib.__bindgen_anon_1.mtu_result };
     }
+    rc
 }
+
+/// Not a FIB answer: the packet's header was out of reach (never, past the parser).
+const FIB_NOT_ASKED: u32 = u32::MAX;
 
 /// Whether the IP packet is larger than the route's MTU (0: not known, not checked).
 #[inline(always)]

@@ -187,7 +187,7 @@ fn error_to_backend(ctx: &XdpContext, packet: &Packet, now: u64) -> Outcome {
 fn flow_backend(flow: &FlowKey, vip: &VipInfo, now: u64) -> Option<&'static Backend> {
     let tracked = match conntrack::lookup(flow, now) {
         // SAFETY: a live entry is valid for this run (RCU).
-        Lookup::Live(conn) => select::tracked(unsafe { &*conn }, vip),
+        Lookup::Live(conn) => select::tracked(unsafe { &*conn }),
         _ => None,
     };
     tracked.or_else(|| select::maglev(vip, flow).map(|(_, backend)| backend))

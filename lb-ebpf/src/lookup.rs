@@ -1,12 +1,38 @@
 //! Map lookups that classify a packet: is it for a cluster IP (VIPS), or from a backend
-//! endpoint (ENDPOINTS)?
+//! endpoint (ENDPOINTS)? The ADDRESSES buckets answer "certainly neither" first, for the
+//! price of an array read instead of a hash lookup.
 
 use lb_common::{
+    consts::{ABLATE_ADDRESS_FILTER, ADDRESS_BACKEND, ADDRESS_VIP},
     flow::FlowKey,
+    hash::address_bucket,
     service::{Addr, Endpoint, EndpointKey, VipInfo, VipKey},
 };
 
-use crate::maps::{ENDPOINTS, VIPS};
+use crate::maps::{ADDRESSES, ENDPOINTS, VIPS, ablated};
+
+/// The `ADDRESS_*` bits of `addr`'s bucket: a bit clear means no VIP (or backend) has
+/// this address; a bit set means one may.
+#[inline(always)]
+pub fn address_class(addr: &Addr, family: u8) -> u32 {
+    if ablated(ABLATE_ADDRESS_FILTER) {
+        return ADDRESS_VIP | ADDRESS_BACKEND;
+    }
+    ADDRESSES
+        .get(address_bucket(addr, family))
+        .copied()
+        .unwrap_or(0)
+}
+
+#[inline(always)]
+pub const fn may_be_vip(class: u32) -> bool {
+    class & ADDRESS_VIP != 0
+}
+
+#[inline(always)]
+pub const fn may_be_backend(class: u32) -> bool {
+    class & ADDRESS_BACKEND != 0
+}
 
 /// The VIP serving the packet's destination address, port and protocol.
 #[inline(always)]
@@ -30,6 +56,9 @@ pub fn vip(addr: &Addr, port: u16, proto: u8, family: u8) -> Option<VipInfo> {
 /// Whether `addr` belongs to any VIP (any port or protocol).
 #[inline(always)]
 pub fn is_vip_address(addr: &Addr, family: u8) -> bool {
+    if !may_be_vip(address_class(addr, family)) {
+        return false;
+    }
     let key = VipKey::address_entry(*addr, family);
     // SAFETY: only presence is read.
     unsafe { VIPS.get(&key) }.is_some()
@@ -52,5 +81,5 @@ pub fn endpoint(addr: &Addr, port: u16, proto: u8, family: u8) -> Option<&'stati
 /// Whether `addr` is the address of any backend.
 #[inline(always)]
 pub fn is_backend_address(addr: &Addr, family: u8) -> bool {
-    endpoint(addr, 0, 0, family).is_some()
+    may_be_backend(address_class(addr, family)) && endpoint(addr, 0, 0, family).is_some()
 }

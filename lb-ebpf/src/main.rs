@@ -25,7 +25,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{info, warn};
 use lb_common::{
-    consts::{IPPROTO_TCP, JUMP_ICMP, JUMP_TOO_BIG},
+    consts::{ABLATE_CLOCK, ABLATE_CONNTRACK, ABLATE_NAT, IPPROTO_TCP, JUMP_ICMP, JUMP_TOO_BIG},
     flow::{CT_DATAGRAM, Conn, FlowKey},
     service::{Addr, Backend, Endpoint, VipInfo},
     stats::Stat,
@@ -33,7 +33,7 @@ use lb_common::{
 
 use crate::{
     conntrack::{Direction, Lookup},
-    forward::Route,
+    forward::{HopSlot, Route},
     maps::{JUMPS, TOO_BIG_ARGS},
     nat::Side,
     parse::{L4, Packet, Parsed, TCP_FIN, TCP_RST, TCP_SYN},
@@ -99,10 +99,14 @@ fn counted(outcome: Outcome, len: usize) -> u32 {
     outcome.action
 }
 
-/// The coarse clock (CLOCK_MONOTONIC at tick resolution), read once per packet: it serves
-/// the conntrack timeouts, the next-hop cache and the ICMP rate limit.
+/// The coarse clock (CLOCK_MONOTONIC at tick resolution), read once per packet that needs
+/// it (not for traffic of no VIP): it serves the conntrack timeouts, the next-hop slots and
+/// the ICMP rate limit.
 #[inline(always)]
 fn now() -> u64 {
+    if maps::ablated(ABLATE_CLOCK) {
+        return 1 << 62;
+    }
     // SAFETY: no preconditions.
     unsafe { bpf_ktime_get_coarse_ns() }
 }
@@ -120,10 +124,20 @@ fn process(ctx: &XdpContext) -> Outcome {
         // Malformed packets are not ours to judge: the kernel stack drops or answers them.
         Err(malformed) => return Outcome::pass(malformed.reason()),
     };
-    let now = now();
     let flow = &packet.flow;
+    // Which addresses may be a VIP's or a backend's: one array read each, so traffic for
+    // neither (and a reply's VIP lookup) costs no hash lookup.
+    let dst_class = lookup::address_class(&flow.dst, flow.family);
+    let src_class = lookup::address_class(&flow.src, flow.family);
+    let to_vip_address = |packet: &Packet| {
+        lookup::may_be_vip(dst_class) && lookup::is_vip_address(&packet.flow.dst, flow.family)
+    };
+    let from_backend_address = |packet: &Packet| {
+        lookup::may_be_backend(src_class)
+            && lookup::is_backend_address(&packet.flow.src, flow.family)
+    };
     match packet.l4 {
-        L4::Tcp { .. } | L4::Udp => {}
+        L4::Tcp | L4::Udp => {}
         L4::Icmp => {
             // SAFETY: the context is this program's; a tail call that returns failed.
             unsafe { JUMPS.tail_call(ctx, JUMP_ICMP) };
@@ -131,49 +145,112 @@ fn process(ctx: &XdpContext) -> Outcome {
         }
         // Policies for what carries no ports: to a VIP address it cannot be balanced; from
         // a backend address it could be a reply that would leak the backend's address.
-        L4::Fragment if lookup::is_vip_address(&flow.dst, flow.family) => {
+        L4::Fragment if to_vip_address(&packet) => {
             return Outcome::drop(Stat::DropFragment);
         }
-        L4::Fragment if lookup::is_backend_address(&flow.src, flow.family) => {
+        L4::Fragment if from_backend_address(&packet) => {
             return Outcome::drop(Stat::DropBackendFragment);
         }
-        L4::Other if !packet.is_v4() && lookup::is_vip_address(&flow.dst, flow.family) => {
+        L4::Other if !packet.is_v4() && to_vip_address(&packet) => {
             return Outcome::drop(Stat::DropIpv6ExtensionHeader);
         }
         L4::Other
             if !packet.is_v4()
                 && is_ipv6_extension(flow.proto)
-                && lookup::is_backend_address(&flow.src, flow.family) =>
+                && from_backend_address(&packet) =>
         {
             return Outcome::drop(Stat::DropBackendIpv6ExtensionHeader);
         }
         _ => return Outcome::pass(Stat::PassNotVip),
     }
-    if let Some(vip) = lookup::service(flow) {
-        return to_backend(ctx, &packet, &vip, now);
+    if lookup::may_be_vip(dst_class)
+        && let Some(outcome) = to_backend(ctx, &packet, now())
+    {
+        return outcome;
     }
-    if let Some(endpoint) = lookup::endpoint(&flow.src, flow.src_port, flow.proto, flow.family) {
-        return to_client(ctx, &packet, &endpoint, now);
+    if lookup::may_be_backend(src_class)
+        && let Some(endpoint) = lookup::endpoint(&flow.src, flow.src_port, flow.proto, flow.family)
+    {
+        return to_client(ctx, &packet, endpoint, now());
     }
-    if lookup::is_vip_address(&flow.dst, flow.family) {
+    if to_vip_address(&packet) {
         return Outcome::pass(Stat::PassVipOtherPort);
     }
     Outcome::pass(Stat::PassNotVip)
 }
 
-/// Client → VIP: pick (or keep) the backend, track the flow, route, destination NAT,
-/// forward.
+/// Client → VIP: keep the tracked backend (established traffic: one conntrack lookup, no
+/// VIP lookup), or pick one and track the flow; then route, destination NAT, forward.
+/// `None`: the packet is for no VIP.
 #[inline(always)]
-fn to_backend(ctx: &XdpContext, packet: &Packet, vip: &VipInfo, now: u64) -> Outcome {
+fn to_backend(ctx: &XdpContext, packet: &Packet, now: u64) -> Option<Outcome> {
     let len = parse::data_end(ctx) - parse::data(ctx);
-    // The kernel answers with ICMP time exceeded; nothing is rewritten.
-    if forward::ttl(ctx, packet).is_none_or(|ttl| ttl <= 1) {
-        return Outcome::pass(Stat::PassTtlExceeded);
+    let flags = packet.tcp_flags();
+    // A SYN opens a new connection even if its 5-tuple is still tracked (a client reusing
+    // a port): it is balanced afresh, so drained and deleted backends get no new
+    // connections, and the entry is replaced.
+    let found = if packet.is_opening() || maps::ablated(ABLATE_CONNTRACK) {
+        Lookup::Missing
+    } else {
+        conntrack::lookup(&packet.flow, now)
+    };
+    if let Lookup::Live(slot) = found {
+        // SAFETY: a live entry is valid for this run (RCU).
+        let conn = unsafe { &mut *slot };
+        // The entry's key is the VIP's address, port and protocol, and its backend still
+        // serving the entry's VIP says the VIP is still there.
+        if let Some(backend) = select::tracked(conn) {
+            if ttl_expires(ctx, packet) {
+                return Some(Outcome::pass(Stat::PassTtlExceeded));
+            }
+            conntrack::on_packet(conn, flags, Direction::FromClient, now);
+            let (vip_id, backend_id) = (conn.vip_id, conn.backend_id);
+            stats::count_service(vip_id, backend_id, len);
+            return Some(to_backend_address(
+                ctx,
+                packet,
+                backend_id,
+                backend,
+                Stat::ForwardEstablished,
+                now,
+            ));
+        }
     }
-    let Some((backend_id, backend, reason)) = pick_backend(ctx, packet, vip, now) else {
-        return Outcome::drop(Stat::DropNoBackend);
+    let vip = lookup::service(&packet.flow)?;
+    // The kernel answers with ICMP time exceeded; nothing is rewritten.
+    if ttl_expires(ctx, packet) {
+        return Some(Outcome::pass(Stat::PassTtlExceeded));
+    }
+    let Some((backend_id, backend)) = pick_backend(ctx, packet, &vip, found, now) else {
+        return Some(Outcome::drop(Stat::DropNoBackend));
     };
     stats::count_service(vip.id, backend_id, len);
+    Some(to_backend_address(
+        ctx,
+        packet,
+        backend_id,
+        backend,
+        Stat::ForwardNew,
+        now,
+    ))
+}
+
+/// Whether the packet's TTL / hop limit ends here (checked before any rewrite).
+#[inline(always)]
+fn ttl_expires(ctx: &XdpContext, packet: &Packet) -> bool {
+    forward::ttl(ctx, packet).is_none_or(|ttl| ttl <= 1)
+}
+
+/// Destination NAT to the backend, through the backend's own next-hop slot.
+#[inline(always)]
+fn to_backend_address(
+    ctx: &XdpContext,
+    packet: &Packet,
+    backend_id: u32,
+    backend: &Backend,
+    reason: Stat,
+    now: u64,
+) -> Outcome {
     let out = FlowKey {
         dst: backend.addr,
         dst_port: backend.port,
@@ -185,41 +262,29 @@ fn to_backend(ctx: &XdpContext, packet: &Packet, vip: &VipInfo, now: u64) -> Out
         packet,
         &out,
         Side::Destination,
+        HopSlot::Backend(backend_id),
         &packet.flow.dst,
         reason,
         now,
     )
 }
 
-/// The backend for a client → VIP packet: its tracked one while the entry is live and the
-/// backend still serves it, else Maglev's choice, tracked from here on (a RST is never
-/// tracked). The reason says which.
+/// The backend for a client → VIP packet that has no live entry pinned to a serving
+/// backend (`found`: what conntrack held): Maglev's choice, tracked from here on (a RST
+/// is never tracked).
 #[inline(always)]
 fn pick_backend(
     ctx: &XdpContext,
     packet: &Packet,
     vip: &VipInfo,
+    found: Lookup,
     now: u64,
-) -> Option<(u32, &'static Backend, Stat)> {
+) -> Option<(u32, &'static Backend)> {
     let flags = packet.tcp_flags();
     let tcp = packet.flow.proto == IPPROTO_TCP;
-    // A SYN opens a new connection even if its 5-tuple is still tracked (a client reusing
-    // a port): it is balanced afresh, so drained and deleted backends get no new
-    // connections, and the entry is replaced.
-    let found = if packet.is_opening() {
-        Lookup::Missing
-    } else {
-        conntrack::lookup(&packet.flow, now)
-    };
     let stale = match found {
+        // Its backend went down, was deleted, or the id went to another backend.
         Lookup::Live(slot) => {
-            // SAFETY: a live entry is valid for this run (RCU).
-            let conn = unsafe { &mut *slot };
-            if let Some(backend) = select::tracked(conn, vip) {
-                conntrack::on_packet(conn, flags, Direction::FromClient, now);
-                return Some((conn.backend_id, backend, Stat::ForwardEstablished));
-            }
-            // Its backend went down, was deleted, or the id went to another backend.
             stats::count_event(Stat::CtRebalanced);
             Some(slot)
         }
@@ -256,6 +321,7 @@ fn pick_backend(
         _pad: [0; 2],
     };
     match stale {
+        _ if maps::ablated(ABLATE_CONNTRACK) => {}
         Some(slot) => conntrack::replace(slot, &conn),
         // A RST ends a connection: it never creates an entry (a flood of them would
         // otherwise fill the table).
@@ -269,7 +335,7 @@ fn pick_backend(
             );
         }
     }
-    Some((id, backend, Stat::ForwardNew))
+    Some((id, backend))
 }
 
 /// Backend endpoint → anyone: a reply of the VIP the endpoint serves. It gets the VIP back
@@ -279,7 +345,7 @@ fn pick_backend(
 /// health checks) are passed untouched.
 #[inline(always)]
 fn to_client(ctx: &XdpContext, packet: &Packet, endpoint: &Endpoint, now: u64) -> Outcome {
-    if forward::ttl(ctx, packet).is_none_or(|ttl| ttl <= 1) {
+    if ttl_expires(ctx, packet) {
         return Outcome::pass(Stat::PassTtlExceeded);
     }
     // The backend's FIN or RST moves the flow's lifecycle; other replies leave the entry
@@ -299,6 +365,7 @@ fn to_client(ctx: &XdpContext, packet: &Packet, endpoint: &Endpoint, now: u64) -
         packet,
         &out,
         Side::Source,
+        HopSlot::Destination,
         &endpoint.vip_addr,
         Stat::ForwardReply,
         now,
@@ -313,11 +380,12 @@ fn deliver(
     packet: &Packet,
     out: &FlowKey,
     side: Side,
+    slot: HopSlot,
     too_big_from: &Addr,
     forwarded: Stat,
     now: u64,
 ) -> Outcome {
-    let hop = match forward::route(ctx, packet, out, now) {
+    let hop = match forward::route(ctx, packet, out, slot, now) {
         Route::Hop(hop) => Some(hop),
         Route::NoNeighbour => None,
         Route::Done(outcome) => return outcome,
@@ -332,7 +400,7 @@ fn deliver(
     {
         return answer_too_big(ctx, hop.mtu, too_big_from);
     }
-    if nat::rewrite(ctx, packet, side, addr, port).is_err() {
+    if !maps::ablated(ABLATE_NAT) && nat::rewrite(ctx, packet, side, addr, port).is_err() {
         return Outcome::drop(Stat::DropFibFailure);
     }
     match hop {

@@ -2,14 +2,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
     consts::{
-        CONNTRACK_CAPACITY, DEFAULT_MAGLEV_SIZE, ENDPOINTS_CAPACITY, MAX_BACKENDS, MAX_TX_PORTS,
-        MAX_VIPS, NEXTHOP_CAPACITY, TAIL_PROGRAMS,
+        ADDRESS_BUCKETS, CONNTRACK_CAPACITY, DEFAULT_MAGLEV_SIZE, ENDPOINTS_CAPACITY, HOP_SLOTS,
+        MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS, TAIL_PROGRAMS,
     },
-    flow::{Conn, DEFAULT_TIMEOUTS_NS, FlowKey, NextHop, NextHopKey, Timeouts},
+    flow::{Conn, DEFAULT_TIMEOUTS_NS, FlowKey, NextHop, Timeouts},
     icmp::{RateBucket, TooBigArgs},
     service::{Backend, Endpoint, EndpointKey, Layout, VipInfo, VipKey},
     stats::{Counter, STAT_COUNT, VipCounter},
@@ -54,11 +54,21 @@ pub static BACKEND_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(M
 #[map(name = "TX_PORTS")]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
 
-/// Recent `bpf_fib_lookup` answers, per CPU: a route and neighbour lookup costs more than
-/// the rest of the datapath together, and every packet of a flow goes the same way.
-#[map(name = "NEXTHOP")]
-pub static NEXTHOP: LruPerCpuHashMap<NextHopKey, NextHop> =
-    LruPerCpuHashMap::with_max_entries(NEXTHOP_CAPACITY, 0);
+/// Each backend's next hop (by backend id), per CPU: a route and neighbour lookup costs
+/// more than the rest of the datapath together, and every packet to a backend goes the
+/// same way. An array slot costs no hash and no call, where a hash map costs both.
+#[map(name = "BACKEND_HOPS")]
+pub static BACKEND_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Next hops toward every other destination (clients), per CPU, direct-mapped by
+/// destination: a collision costs one FIB lookup, never an insert or an eviction.
+#[map(name = "HOPS")]
+pub static HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(HOP_SLOTS, 0);
+
+/// Address classes by `address_bucket` (userspace sets a bucket's bits before it adds a
+/// VIP or backend address there, clears them after the last one goes).
+#[map(name = "ADDRESSES")]
+pub static ADDRESSES: Array<u32> = Array::with_max_entries(ADDRESS_BUCKETS, 0);
 
 /// Egress interfaces a route pointed at that lb is not attached to (ifindex → 1), for
 /// the daemon to name in a warning.
@@ -89,6 +99,17 @@ static MAGLEV_SIZE: u32 = DEFAULT_MAGLEV_SIZE;
 /// Conntrack idle timeouts in ns by `CT_*` state, set by userspace at load time.
 #[unsafe(no_mangle)]
 static CT_TIMEOUTS_NS: Timeouts = DEFAULT_TIMEOUTS_NS;
+
+/// `ABLATE_*` stages to skip, set by userspace at load time (0 but in benchmarks).
+#[unsafe(no_mangle)]
+static ABLATE: u32 = 0;
+
+/// Whether the benchmark left `stage` (an `ABLATE_*` bit) out of this load.
+#[inline(always)]
+pub fn ablated(stage: u32) -> bool {
+    // SAFETY: as in `maglev_size`.
+    unsafe { core::ptr::read_volatile(&ABLATE) & stage != 0 }
+}
 
 #[inline(always)]
 pub fn maglev_size() -> u32 {

@@ -8,7 +8,7 @@ use core::mem;
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    consts::{FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP},
+    consts::{ABLATE_IPV4_CHECKSUM, FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP},
     flow::FlowKey,
     service::Addr,
     stats::Stat,
@@ -21,7 +21,7 @@ use network_types::{
     vlan::VlanHdr,
 };
 
-use crate::stats;
+use crate::{maps::ablated, stats};
 
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -49,10 +49,7 @@ pub const TCP_ACK: u8 = 0x10;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum L4 {
-    /// `flags`: the TCP flags byte (`TCP_*` bits).
-    Tcp {
-        flags: u8,
-    },
+    Tcp,
     Udp,
     Icmp,
     /// An IPv4 fragment: ports are not (reliably) there.
@@ -67,6 +64,11 @@ pub struct Packet {
     pub l3_offset: usize,
     pub l4_offset: usize,
     pub l4: L4,
+    /// The TCP flags byte (`TCP_*` bits), 0 for anything else. Beside `l4`, not inside it:
+    /// a variant without the field would leave an undefined byte in every copy, which LLVM
+    /// may fill from any register, a pointer included, and the verifier refuses a pointer
+    /// spilled one byte wide.
+    pub tcp_flags: u8,
     /// Length of the IP packet (header included), as its header says.
     pub ip_len: usize,
     /// Addresses, protocol and, for TCP and UDP, ports (host order).
@@ -80,10 +82,7 @@ impl Packet {
 
     /// The TCP flags, or 0 for anything else.
     pub const fn tcp_flags(&self) -> u8 {
-        match self.l4 {
-            L4::Tcp { flags } => flags,
-            _ => 0,
-        }
+        self.tcp_flags
     }
 
     /// A SYN without ACK: the first packet of a new connection.
@@ -180,9 +179,9 @@ pub fn parse(ctx: &XdpContext, counted: bool) -> Result<Parsed, Malformed> {
             return Ok(Parsed::NotIp);
         }
     };
-    let l4 = if fragment {
+    let (l4, tcp_flags) = if fragment {
         count_protocol(counted, Stat::OtherL4);
-        L4::Fragment
+        (L4::Fragment, 0)
     } else {
         parse_l4(ctx, l4_offset, &mut flow, counted)?
     };
@@ -190,7 +189,7 @@ pub fn parse(ctx: &XdpContext, counted: bool) -> Result<Parsed, Malformed> {
     // inside the TCP/UDP header describes no valid packet: the kernel would drop either,
     // and forwarding would send a broken packet on.
     let l4_header = match l4 {
-        L4::Tcp { .. } => ptr_at::<TcpHdr>(ctx, l4_offset)
+        L4::Tcp => ptr_at::<TcpHdr>(ctx, l4_offset)
             // SAFETY: bounds checked by ptr_at.
             .map_or(TcpHdr::LEN, |tcp| usize::from(unsafe { (*tcp).doff() }) * 4),
         L4::Udp => UdpHdr::LEN,
@@ -208,6 +207,7 @@ pub fn parse(ctx: &XdpContext, counted: bool) -> Result<Parsed, Malformed> {
         l3_offset,
         l4_offset,
         l4,
+        tcp_flags,
         ip_len,
         flow,
     }))
@@ -239,7 +239,7 @@ fn parse_ipv4(
     if data(ctx) + offset + header_len > data_end(ctx) {
         return Err(Malformed(Stat::MalformedIpv4));
     }
-    if !header_checksum_ok(ctx, offset, header_len) {
+    if !ablated(ABLATE_IPV4_CHECKSUM) && !header_checksum_ok(ctx, offset, header_len) {
         return Err(Malformed(Stat::MalformedIpv4));
     }
     flow.family = FAMILY_V4;
@@ -295,7 +295,7 @@ fn parse_l4(
     offset: usize,
     flow: &mut FlowKey,
     counted: bool,
-) -> Result<L4, Malformed> {
+) -> Result<(L4, u8), Malformed> {
     match flow.proto {
         IPPROTO_TCP => {
             count_protocol(counted, Stat::Tcp);
@@ -309,7 +309,7 @@ fn parse_l4(
             // Byte 13 of the header: CWR ECE URG ACK PSH RST SYN FIN.
             // SAFETY: inside the 20-byte header that `header` bounds-checked.
             let flags = unsafe { *(tcp as *const TcpHdr as *const u8).add(13) };
-            Ok(L4::Tcp { flags })
+            Ok((L4::Tcp, flags))
         }
         IPPROTO_UDP => {
             count_protocol(counted, Stat::Udp);
@@ -319,15 +319,15 @@ fn parse_l4(
             }
             flow.src_port = udp.src_port();
             flow.dst_port = udp.dst_port();
-            Ok(L4::Udp)
+            Ok((L4::Udp, 0))
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             count_protocol(counted, Stat::Icmp);
-            Ok(L4::Icmp)
+            Ok((L4::Icmp, 0))
         }
         _ => {
             count_protocol(counted, Stat::OtherL4);
-            Ok(L4::Other)
+            Ok((L4::Other, 0))
         }
     }
 }

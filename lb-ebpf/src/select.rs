@@ -28,12 +28,13 @@ pub fn maglev(vip: &VipInfo, flow: &FlowKey) -> Option<(u32, &'static Backend)> 
 }
 
 /// A tracked flow's backend, if it is still the one the flow was pinned to and still
-/// serves this VIP. Draining backends keep their flows; a backend marked down loses them,
+/// serves the flow's VIP (a deleted VIP's backends are retired, so this also says the VIP
+/// is still there). Draining backends keep their flows; a backend marked down loses them,
 /// and an id retired and given to another backend (another generation) never takes them.
 #[inline(always)]
-pub fn tracked(conn: &Conn, vip: &VipInfo) -> Option<&'static Backend> {
+pub fn tracked(conn: &Conn) -> Option<&'static Backend> {
     let backend = BACKENDS.get(conn.backend_id)?;
     let serving = backend.state == BACKEND_ACTIVE || backend.state == BACKEND_DRAINING;
-    (serving && backend.vip_id == vip.id && backend.generation == conn.generation)
+    (serving && backend.vip_id == conn.vip_id && backend.generation == conn.generation)
         .then_some(backend)
 }

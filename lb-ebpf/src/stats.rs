@@ -2,10 +2,15 @@
 
 use lb_common::stats::Stat;
 
-use crate::maps::{BACKEND_STATS, STATS, VIP_STATS};
+use lb_common::consts::ABLATE_COUNTERS;
+
+use crate::maps::{BACKEND_STATS, STATS, VIP_STATS, ablated};
 
 #[inline(always)]
 pub fn count(stat: Stat, bytes: usize) {
+    if ablated(ABLATE_COUNTERS) {
+        return;
+    }
     if let Some(counter) = STATS.get_ptr_mut(stat.index()) {
         // SAFETY: the slot belongs to this CPU and the program is not re-entered on it.
         let counter = unsafe { &mut *counter };
@@ -29,6 +34,9 @@ pub fn count_protocol(stat: Stat) {
 /// Client → VIP traffic, on the VIP and on the backend that got it.
 #[inline(always)]
 pub fn count_service(vip_id: u32, backend_id: u32, bytes: usize) {
+    if ablated(ABLATE_COUNTERS) {
+        return;
+    }
     if let Some(counter) = VIP_STATS.get_ptr_mut(vip_id) {
         // SAFETY: per-CPU slot, as in `count`.
         let counter = unsafe { &mut *counter };
@@ -45,6 +53,9 @@ pub fn count_service(vip_id: u32, backend_id: u32, bytes: usize) {
 
 #[inline(always)]
 pub fn count_new_flow(vip_id: u32) {
+    if ablated(ABLATE_COUNTERS) {
+        return;
+    }
     if let Some(counter) = VIP_STATS.get_ptr_mut(vip_id) {
         // SAFETY: per-CPU slot, as in `count`.
         unsafe { (*counter).new_flows += 1 };

@@ -75,12 +75,7 @@ pub struct Balancer {
 /// A delete of something already gone is done.
 fn ignore_missing(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
     match result {
-        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-        Err(aya::maps::MapError::SyscallError(e))
-            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-        {
-            Ok(())
-        }
+        Err(error) if crate::maps::missing(&error) => Ok(()),
         other => other,
     }
 }

@@ -3,9 +3,9 @@
 use aya::{Ebpf, EbpfLoader, maps::ProgramArray, programs::Xdp};
 use lb_common::{
     consts::{
-        CONNTRACK_CAPACITY, DEFAULT_MAGLEV_SIZE, GLOBAL_CT_TIMEOUTS, GLOBAL_MAGLEV_SIZE,
-        MAP_CONNTRACK, MAP_JUMPS, MAP_MAGLEV, MAP_VIP_STATS, MAP_VIPS, MAX_VIPS, PINNED_MAPS,
-        PROGRAM_NAME, TAIL_PROGRAMS,
+        CONNTRACK_CAPACITY, DEFAULT_MAGLEV_SIZE, GLOBAL_ABLATE, GLOBAL_CT_TIMEOUTS,
+        GLOBAL_MAGLEV_SIZE, MAP_CONNTRACK, MAP_JUMPS, MAP_MAGLEV, MAP_VIP_STATS, MAP_VIPS,
+        MAX_VIPS, PINNED_MAPS, PROGRAM_NAME, TAIL_PROGRAMS,
     },
     flow::{DEFAULT_TIMEOUTS_NS, Timeouts},
 };
@@ -33,6 +33,8 @@ pub struct Options {
     pub log: bool,
     /// Conntrack idle timeouts in ns, by state.
     pub timeouts_ns: Timeouts,
+    /// `ABLATE_*` stages left out: only `cargo xtask bench` sets any.
+    pub ablate: u32,
 }
 
 impl Default for Options {
@@ -40,6 +42,7 @@ impl Default for Options {
         Self {
             log: false,
             timeouts_ns: DEFAULT_TIMEOUTS_NS,
+            ablate: 0,
         }
     }
 }
@@ -114,6 +117,7 @@ pub fn open(
     loader
         .override_global(GLOBAL_MAGLEV_SIZE, &limits.maglev_size, true)
         .override_global(GLOBAL_CT_TIMEOUTS, &options.timeouts_ns, true)
+        .override_global(GLOBAL_ABLATE, &options.ablate, true)
         .map_max_entries(MAP_VIPS, limits.max_vips * 2)
         .map_max_entries(MAP_VIP_STATS, limits.max_vips)
         .map_max_entries(MAP_MAGLEV, limits.max_vips * 2 * limits.maglev_size)

@@ -1,6 +1,7 @@
 //! The lb controller as a library: the embedded datapath and the pieces the `lb` binary and
 //! the integration tests share.
 
+pub mod addresses;
 pub mod api;
 pub mod attach;
 pub mod balancer;

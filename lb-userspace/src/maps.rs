@@ -10,15 +10,20 @@ use aya::{
 };
 use lb_common::{
     consts::{
-        MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_ENDPOINTS, MAP_MAGLEV, MAP_TX_PORTS,
-        MAP_VIP_STATS, MAP_VIPS, MAX_BACKENDS,
+        MAP_ADDRESSES, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_ENDPOINTS, MAP_MAGLEV,
+        MAP_TX_PORTS, MAP_VIP_STATS, MAP_VIPS, MAX_BACKENDS,
     },
     flow::{Conn, FlowKey},
     service::{Backend, Endpoint, EndpointKey, VipInfo, VipKey},
     stats::{Counter, VipCounter},
 };
 
-use crate::{batch, conntrack::ConntrackTable, datapath::Limits};
+use crate::{
+    addresses::{AddressClasses, Kind},
+    batch,
+    conntrack::ConntrackTable,
+    datapath::Limits,
+};
 
 pub struct ServiceMaps {
     vips: HashMap<MapData, VipKey, VipInfo>,
@@ -33,12 +38,28 @@ pub struct ServiceMaps {
     conntrack: aya::maps::Map,
     conntrack_capacity: u32,
     maglev_size: u32,
+    /// Follows the address entries of VIPS and ENDPOINTS.
+    addresses: AddressClasses,
 }
 
 pub fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, MapError> {
     ebpf.take_map(name).ok_or_else(|| MapError::InvalidName {
         name: name.to_owned(),
     })
+}
+
+/// Whether an error says the key was not in the map.
+pub fn missing(error: &MapError) -> bool {
+    match error {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(error) => error.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
+
+/// Whether a removal left the key absent (removed now, or not there to begin with).
+fn absent(removed: &Result<(), MapError>) -> bool {
+    removed.as_ref().err().is_none_or(missing)
 }
 
 fn cpus() -> Result<usize, MapError> {
@@ -51,8 +72,10 @@ fn cpus() -> Result<usize, MapError> {
 }
 
 impl ServiceMaps {
+    /// Takes the maps; the ADDRESSES buckets are set for the address entries already there
+    /// (pinned maps adopted from an earlier controller).
     pub fn take(ebpf: &mut Ebpf, limits: &Limits) -> Result<Self, MapError> {
-        Ok(Self {
+        let mut maps = Self {
             vips: HashMap::try_from(take(ebpf, MAP_VIPS)?)?,
             backends: Array::try_from(take(ebpf, MAP_BACKENDS)?)?,
             endpoints: HashMap::try_from(take(ebpf, MAP_ENDPOINTS)?)?,
@@ -63,15 +86,34 @@ impl ServiceMaps {
             conntrack: take(ebpf, MAP_CONNTRACK)?,
             conntrack_capacity: limits.conntrack_capacity,
             maglev_size: limits.maglev_size,
-        })
+            addresses: AddressClasses::new(Array::try_from(take(ebpf, MAP_ADDRESSES)?)?),
+        };
+        for (key, _) in maps.vips()? {
+            if key.port == 0 && key.proto == 0 {
+                maps.addresses.add(Kind::Vip, &key.addr, key.family)?;
+            }
+        }
+        for key in maps.endpoint_keys()? {
+            if key.port == 0 && key.proto == 0 {
+                maps.addresses.add(Kind::Backend, &key.addr, key.family)?;
+            }
+        }
+        Ok(maps)
     }
 
     pub fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), MapError> {
+        if key.port == 0 && key.proto == 0 {
+            self.addresses.add(Kind::Vip, &key.addr, key.family)?;
+        }
         self.vips.insert(key, info, 0)
     }
 
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), MapError> {
-        self.vips.remove(key)
+        let removed = self.vips.remove(key);
+        if key.port == 0 && key.proto == 0 && absent(&removed) {
+            self.addresses.remove(Kind::Vip, &key.addr, key.family)?;
+        }
+        removed
     }
 
     /// Every VIPS entry (service entries and per-address entries).
@@ -84,11 +126,19 @@ impl ServiceMaps {
     }
 
     pub fn set_endpoint(&mut self, key: &EndpointKey, value: &Endpoint) -> Result<(), MapError> {
+        if key.port == 0 && key.proto == 0 {
+            self.addresses.add(Kind::Backend, &key.addr, key.family)?;
+        }
         self.endpoints.insert(key, value, 0)
     }
 
     pub fn remove_endpoint(&mut self, key: &EndpointKey) -> Result<(), MapError> {
-        self.endpoints.remove(key)
+        let removed = self.endpoints.remove(key);
+        if key.port == 0 && key.proto == 0 && absent(&removed) {
+            self.addresses
+                .remove(Kind::Backend, &key.addr, key.family)?;
+        }
+        removed
     }
 
     /// Every ENDPOINTS key.

@@ -16,13 +16,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb_common::consts::ABLATE_STAGES;
 use lb_common::stats::Stat;
 use lb_tests::{
     fiblab::{FibLab, Ids},
     packets::{Family, Spec, Transport},
     testrun::Datapath,
 };
-use lb_userspace::datapath::Limits;
+use lb_userspace::datapath::{Limits, Options};
 
 const RUNS: usize = 5;
 
@@ -90,6 +91,31 @@ fn vip_port(transport: Transport) -> u16 {
     }
 }
 
+/// Asserts that one run of `packet` is forwarded (where the counters that would name its
+/// path are ablated).
+fn check_forwarded(datapath: &mut Datapath, packet: &[u8], case: &str) {
+    let (verdict, delta) = datapath.run_counted(packet);
+    let action = verdict.action;
+    assert!(
+        action == lb_common::consts::XDP_TX || action == lb_common::consts::XDP_REDIRECT,
+        "{case} must be forwarded, got action {action}: {:?}",
+        delta.moved()
+    );
+}
+
+/// A deterministic pseudo-random sequence (xorshift64), for access orders.
+fn shuffled(len: usize, count: usize) -> Vec<usize> {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..count)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % len as u64) as usize
+        })
+        .collect()
+}
+
 /// Asserts that one run of `packet` moves `stat`: the case measures the path it names.
 fn check_path(datapath: &mut Datapath, packet: &[u8], stat: Stat, case: &str) {
     let (_, delta) = datapath.run_counted(packet);
@@ -106,6 +132,9 @@ struct Bench<'a> {
     datapath: &'a mut Datapath,
     ids: &'a Ids,
     calls: usize,
+    /// Whether each case first proves its path with the counters (not when the counters,
+    /// or the stage a path is named after, are ablated).
+    verify: bool,
     /// Next unused client endpoint for new flows.
     next_client: usize,
     rows: Vec<Row>,
@@ -169,10 +198,22 @@ impl Bench<'_> {
             .ports(port, vip_port(transport));
         self.datapath.set_ingress(self.ids.from_client);
         let opened = self.datapath.run(&request.build(&[]));
-        let backend = lb_tests::verify::verify(&opened.packet).dst;
+        // Unrewritten when the NAT stage is ablated: then any backend of the VIP serves for
+        // the reply (the reply rule translates it, tracked or not).
+        let backend = match lb_tests::verify::verify(&opened.packet).dst {
+            dst if dst == vip => match family {
+                Family::V6 => ip("fd00:2::2"),
+                _ => ip("198.18.2.2"),
+            },
+            dst => dst,
+        };
         let established = request.ack().build(b"0123456789");
         let name = format!("{label} established");
-        check_path(self.datapath, &established, Stat::ForwardEstablished, &name);
+        if self.verify {
+            check_path(self.datapath, &established, Stat::ForwardEstablished, &name);
+        } else {
+            check_forwarded(self.datapath, &established, &name);
+        }
         self.fixed(&name, "lb", &established, self.ids.from_client);
 
         let reply = Spec::new(family, transport)
@@ -182,8 +223,69 @@ impl Bench<'_> {
             .build(b"0123456789");
         let name = format!("{label} reply");
         self.datapath.set_ingress(self.ids.from_backends);
-        check_path(self.datapath, &reply, Stat::ForwardReply, &name);
+        if self.verify {
+            check_path(self.datapath, &reply, Stat::ForwardReply, &name);
+        } else {
+            check_forwarded(self.datapath, &reply, &name);
+        }
         self.fixed(&name, "lb", &reply, self.ids.from_backends);
+    }
+
+    /// Established packets of the flows `first..end` (IPv4 TCP, filled by
+    /// [`Self::fill_conntrack`]), touched in random order: the table as it is in
+    /// production, its buckets far out of the CPU's caches.
+    fn established_random(&mut self, name: &str, first: usize, end: usize) {
+        let (_, vip) = client_and_vip(Family::V4);
+        let calls = self.calls;
+        let packets: Vec<Vec<u8>> = shuffled(end - first, RUNS * calls)
+            .into_iter()
+            .map(|n| {
+                let (client, port) = nth_client(Family::V4, first + n);
+                Spec::new(Family::V4, Transport::Tcp)
+                    .between(client, vip)
+                    .ports(port, 80)
+                    .ack()
+                    .build(b"0123456789")
+            })
+            .collect();
+        self.distinct(
+            name,
+            &packets,
+            self.ids.from_client,
+            Stat::ForwardEstablished,
+        );
+    }
+
+    /// A backend's replies toward `clients` distinct IPv6 client addresses, in random
+    /// order: every reply needs the next hop of another destination.
+    fn replies_to_many(&mut self, name: &str, clients: usize) {
+        let backend = ip("fd00:2::2");
+        let calls = self.calls;
+        let packets: Vec<Vec<u8>> = shuffled(clients, RUNS * calls)
+            .into_iter()
+            .map(|n| {
+                let client = IpAddr::from([0xfd00, 0, 0, 1, 0, 0, (n >> 16) as u16, n as u16]);
+                Spec::new(Family::V6, Transport::Tcp)
+                    .between(backend, client)
+                    .ports(8080, 40_000)
+                    .ack()
+                    .build(b"0123456789")
+            })
+            .collect();
+        self.distinct(name, &packets, self.ids.from_backends, Stat::ForwardReply);
+    }
+
+    /// Times `RUNS` × `calls` distinct packets, one per call, after the first proved its
+    /// path.
+    fn distinct(&mut self, name: &str, packets: &[Vec<u8>], ingress: u32, path: Stat) {
+        self.datapath.set_ingress(ingress);
+        check_path(self.datapath, &packets[0], path, name);
+        let calls = self.calls;
+        let datapath = &mut *self.datapath;
+        let ns = per_call(calls, |run, i| {
+            datapath.run_program("lb", &packets[run * calls + i], 1).1
+        });
+        self.record(name, ns);
     }
 
     /// Fills conntrack to `share` of `capacity` with distinct flows, untimed, counting the
@@ -278,6 +380,61 @@ fn sweep_costs(datapath: &Datapath) -> Vec<(&'static str, lb_userspace::conntrac
     ]
 }
 
+/// The probe for the baselines and the non-VIP case: 198.18.0.1 → 198.18.9.9, TCP.
+fn probe() -> Vec<u8> {
+    Spec::new(Family::V4, Transport::Tcp)
+        .between(ip("198.18.0.1"), ip("198.18.9.9"))
+        .build(b"0123456789")
+}
+
+/// One load of the program with `ablate`'s stages left out: the floor, a non-VIP packet,
+/// an established IPv4 TCP flow and its reply, per call.
+fn ablated_load(lab: &FibLab, limits: Limits, calls: usize, ablate: u32) -> Vec<Row> {
+    let options = Options {
+        ablate,
+        ..Options::default()
+    };
+    lab.with_datapath_loaded(limits, &options, |datapath, ids| {
+        let mut bench = Bench {
+            datapath,
+            ids,
+            calls,
+            verify: ablate == 0,
+            next_client: 0,
+            rows: Vec::new(),
+        };
+        let probe = probe();
+        bench.fixed("floor", "baseline_floor", &probe, ids.from_client);
+        bench.fixed("non-VIP", "lb", &probe, ids.from_client);
+        bench.established_and_reply("IPv4 TCP", Family::V4, Transport::Tcp);
+        bench.rows
+    })
+}
+
+/// The ablation table: every stage left out in turn (each its own load, floor included),
+/// interleaved over `RUNS` rounds; medians of the ratios to each load's floor.
+fn ablation(lab: &FibLab, limits: Limits, calls: usize) -> Vec<(&'static str, [f64; 3])> {
+    let configs: Vec<(&'static str, u32)> = std::iter::once(("none (the program as shipped)", 0))
+        .chain(ABLATE_STAGES)
+        .collect();
+    let mut ratios: Vec<Vec<[f64; 3]>> = vec![Vec::new(); configs.len()];
+    for _ in 0..3 {
+        for (i, (_, ablate)) in configs.iter().enumerate() {
+            let rows = ablated_load(lab, limits, calls / 4, *ablate);
+            let floor = rows[0].ns;
+            ratios[i].push([rows[1].ns / floor, rows[2].ns / floor, rows[3].ns / floor]);
+        }
+    }
+    configs
+        .iter()
+        .zip(ratios)
+        .map(|((name, _), runs)| {
+            let column = |c: usize| median(runs.iter().map(|r| r[c]).collect());
+            (*name, [column(0), column(1), column(2)])
+        })
+        .collect()
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let calls = if quick { 2_000 } else { 200_000 };
@@ -294,12 +451,11 @@ fn main() {
             datapath,
             ids,
             calls,
+            verify: true,
             next_client: 0,
             rows: Vec::new(),
         };
-        let probe = Spec::new(Family::V4, Transport::Tcp)
-            .between(ip("198.18.0.1"), ip("198.18.9.9"))
-            .build(b"0123456789");
+        let probe = probe();
         bench.fixed(
             "baseline: XDP_PASS",
             "baseline_pass",
@@ -325,7 +481,14 @@ fn main() {
             bench.new_flows(&format!("{label} new flow"), family, transport);
             bench.established_and_reply(label, family, transport);
         }
+        bench.replies_to_many("IPv6 TCP reply, 100000 distinct clients", 100_000);
+        let fill_start = bench.next_client;
         let filled = bench.fill_conntrack(capacity, 0.9);
+        bench.established_random(
+            "IPv4 TCP, conntrack 90 % full: established, random flows",
+            fill_start,
+            filled,
+        );
         bench.established_and_reply("IPv4 TCP, conntrack 90 % full:", Family::V4, Transport::Tcp);
         bench.new_flows(
             "IPv4 TCP, conntrack 90 % full: new flow",
@@ -349,6 +512,7 @@ fn main() {
         (bench.rows, amortized_rows, (filled, sweeps))
     });
     let (filled, sweeps) = filled;
+    let ablations = ablation(&lab, limits, calls);
     let floor = rows
         .iter()
         .find(|r| r.name.starts_with("floor"))
@@ -400,6 +564,20 @@ fn main() {
         (established - fixed) / (floor - fixed).max(1.0),
         started.elapsed().as_secs_f64()
     );
+    println!(
+        "\n### Ablation: what each stage costs\n\nThe program loaded again with one stage \
+         left out (a load-time constant the verifier folds, `ABLATE` in lb-common), timed as \
+         above ({} calls per case), each load against its own floor; 3 interleaved rounds, \
+         median ratios. A stage's cost is the first row's ratio minus its own; stages left \
+         out change what the packet gets (no NAT: it leaves unrewritten), so only the first \
+         row is a working balancer.\n",
+        calls / 4
+    );
+    println!("| left out | non-VIP × floor | established × floor | reply × floor |");
+    println!("|---|---:|---:|---:|");
+    for (name, [non_vip, established, reply]) in &ablations {
+        println!("| {name} | {non_vip:.2} | {established:.2} | {reply:.2} |");
+    }
     println!(
         "\n### Conntrack sweep (userspace garbage collection)\n\nThe daemon's sweep \
          (`BPF_MAP_LOOKUP_BATCH` walk, `BPF_MAP_DELETE_BATCH` of expired entries) over the \

@@ -89,6 +89,33 @@ struct Load {
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
+    /// Whole-machine busy CPU time per request, µs (every CPU, every namespace: the
+    /// client, the backends, the softirqs and the lb's datapath or NAT).
+    cpu_us: f64,
+}
+
+/// Busy and total CPU time of the whole machine so far, in clock ticks (/proc/stat).
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").expect("read /proc/stat");
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().take(8).sum();
+    // idle and iowait are the 4th and 5th fields.
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`).
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
 fn parse_ms(text: &str) -> Option<f64> {
@@ -122,7 +149,9 @@ fn wrk(client: &NetNs, url: &str, seconds: u64, new_connections: bool) -> Load {
     if new_connections {
         command.args(["-H", "Connection: close"]);
     }
+    let (busy_before, _) = cpu_ticks();
     let output = command.arg(url).output().expect("run wrk");
+    let (busy_after, _) = cpu_ticks();
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "wrk failed: {text}");
     let mut load = Load::default();
@@ -142,7 +171,100 @@ fn wrk(client: &NetNs, url: &str, seconds: u64, new_connections: bool) -> Load {
             _ => {}
         }
     }
+    let requests = load.requests_per_sec * seconds as f64;
+    load.cpu_us = (busy_after - busy_before) as f64 / ticks_per_second() * 1e6 / requests.max(1.0);
     load
+}
+
+/// Where the whole machine's CPU went during a new-connection run: the share of
+/// `perf record -a -e cpu-clock` samples by part, and the hottest symbols.
+struct Profile {
+    parts: Vec<(&'static str, f64)>,
+    top: Vec<(f64, String)>,
+}
+
+/// Which part of the system a sampled symbol belongs to.
+fn part_of(symbol: &str, user: bool) -> &'static str {
+    const DATAPATH: [&str; 10] = [
+        "bpf_prog_",
+        "htab_",
+        "__htab_",
+        "bpf_lru",
+        "bpf_fib",
+        "bpf_xdp",
+        "dev_map",
+        "xdp_do_",
+        "bpf_redirect",
+        "jhash",
+    ];
+    const VETH_XDP: [&str; 6] = [
+        "veth_",
+        "xdp_",
+        "__xdp",
+        "page_pool",
+        "skb_pp",
+        "bpf_prog_run_xdp",
+    ];
+    const STACK: [&str; 18] = [
+        "tcp", "__tcp", "ip_", "ip6_", "__ip", "inet", "__inet", "nf_", "nft_", "sk_", "__sk",
+        "sock", "__sys_", "__dev", "netif", "__netif", "napi", "net_rx",
+    ];
+    if user {
+        "userspace (wrk, nginx)"
+    } else if DATAPATH.iter().any(|p| symbol.starts_with(p)) {
+        "lb datapath (BPF programs, their map and FIB helpers)"
+    } else if VETH_XDP.iter().any(|p| symbol.starts_with(p)) {
+        "veth XDP (skb → XDP buffer, NAPI)"
+    } else if STACK.iter().any(|p| symbol.starts_with(p)) {
+        "kernel network stack (TCP/IP, netfilter, sockets)"
+    } else {
+        "rest of the kernel (scheduler, syscalls, memory, idle)"
+    }
+}
+
+/// Runs one new-connection wrk under `perf record -a` and sorts the samples.
+fn profile(lab: &Lab, url: &str, seconds: u64) -> Option<Profile> {
+    let data = std::env::temp_dir().join(format!("lb-bench-perf-{}.data", std::process::id()));
+    let mut perf = std::process::Command::new("perf")
+        .args(["record", "-a", "-e", "cpu-clock", "-q", "-o"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    wrk(&lab.client, url, seconds, true);
+    // SAFETY: signalling our own child; SIGINT makes perf write its data and exit.
+    unsafe { libc::kill(perf.id() as i32, libc::SIGINT) };
+    perf.wait().ok()?;
+    let report = std::process::Command::new("perf")
+        .args(["report", "--stdio", "--sort", "sym", "-i"])
+        .arg(&data)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let _ = std::fs::remove_file(&data);
+    let text = String::from_utf8_lossy(&report.stdout);
+    let mut parts: Vec<(&'static str, f64)> = Vec::new();
+    let mut top = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [share, kind, symbol, ..] = fields.as_slice() else {
+            continue;
+        };
+        let Ok(share) = share.trim_end_matches('%').parse::<f64>() else {
+            continue;
+        };
+        let part = part_of(symbol, *kind == "[.]");
+        match parts.iter_mut().find(|(name, _)| *name == part) {
+            Some((_, total)) => *total += share,
+            None => parts.push((part, share)),
+        }
+        if top.len() < 12 {
+            top.push((share, format!("{kind} {symbol}")));
+        }
+    }
+    parts.sort_by(|a, b| b.1.total_cmp(&a.1));
+    (!parts.is_empty()).then_some(Profile { parts, top })
 }
 
 struct Mode {
@@ -337,6 +459,7 @@ fn main() {
     // the table shows each mode's median round.
     let mut samples: Vec<Vec<Mode>> = (0..NAMES.len()).map(|_| Vec::new()).collect();
     let (mut add_ms, mut first_ms, mut memory) = (0.0, 0.0, Vec::new());
+    let mut profiles = Vec::new();
     for round in 0..rounds {
         samples[0].push(measure(&lab, NAMES[0], &direct, seconds));
 
@@ -351,6 +474,7 @@ fn main() {
         }
         samples[1].push(measure(&lab, NAMES[1], &vip, seconds));
         if round == 0 {
+            profiles.push((NAMES[1], profile(&lab, &vip, seconds)));
             (add_ms, first_ms) = add_to_first_packet(&lab, &instance, if quick { 3 } else { 11 });
             memory = map_memory(daemon_pid(&instance));
         }
@@ -359,6 +483,9 @@ fn main() {
 
         nft(&lab.lb, &dnat);
         samples[2].push(measure(&lab, NAMES[2], &vip, seconds));
+        if round == 0 {
+            profiles.push((NAMES[2], profile(&lab, &vip, seconds)));
+        }
         nft(&lab.lb, "delete table ip lbbench\n");
 
         let vip_on_lo = format!("{}/32", lab.vip(false));
@@ -375,6 +502,7 @@ fn main() {
 
     let ceiling = &modes[0];
     let nft_new = modes[2].new_connection.requests_per_sec.max(1e-9);
+    let nft_keep_alive = modes[2].keep_alive.requests_per_sec.max(1e-9);
     let mut out = String::new();
     let _ = writeln!(out, "## End to end: HTTP through the VIP\n");
     let _ = writeln!(
@@ -385,33 +513,64 @@ fn main() {
          pairs in one machine. XDP runs in the softirq of the CPU that sends into the veth \
          (CPU {CLIENT_CPU} for requests, {SERVER_CPU} for replies). The same backends and \
          client serve every row, in one run. \"new conn\" sends `Connection: close`: one TCP \
-         connection per request.\n"
+         connection per request. CPU µs/req: busy time of the whole machine (/proc/stat, \
+         both CPUs) during the run over the requests served. Native XDP on veth converts \
+         every skb to an XDP buffer (a copy when the skb's headroom is short), a cost a \
+         real NIC's driver does not have; nftables pays none of it.\n"
     );
     let _ = writeln!(
         out,
-        "| path | keep-alive req/s | p50 ms | p99 ms | × ceiling | new conn req/s | p50 ms | p99 ms | × ceiling | × nftables (new conn) | errors |"
+        "| path | keep-alive req/s | p50 ms | p99 ms | CPU µs/req | × ceiling | × nftables | new conn req/s | p50 ms | p99 ms | CPU µs/req | × ceiling | × nftables | errors |"
     );
     let _ = writeln!(
         out,
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for mode in &modes {
         let (k, n) = (&mode.keep_alive, &mode.new_connection);
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+            "| {} | {:.0} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {} |",
             mode.name,
             k.requests_per_sec,
             k.p50_ms,
             k.p99_ms,
+            k.cpu_us,
             k.requests_per_sec / ceiling.keep_alive.requests_per_sec.max(1e-9),
+            k.requests_per_sec / nft_keep_alive,
             n.requests_per_sec,
             n.p50_ms,
             n.p99_ms,
+            n.cpu_us,
             n.requests_per_sec / ceiling.new_connection.requests_per_sec.max(1e-9),
             n.requests_per_sec / nft_new,
             k.errors + n.errors,
         );
+    }
+    let _ = writeln!(
+        out,
+        "\n### Where the CPU goes per new connection (perf)\n\n`perf record -a -e cpu-clock` \
+         over one more new-connection run of each ({seconds} s), every CPU; samples by part \
+         (symbol prefixes, see `part_of` in tests/benches/e2e.rs), then the hottest symbols.\n"
+    );
+    for (name, found) in &profiles {
+        match found {
+            Some(profile) => {
+                let _ = writeln!(out, "**{name}**\n\n| part | share of samples |\n|---|---:|");
+                for (part, share) in &profile.parts {
+                    let _ = writeln!(out, "| {part} | {share:.1} % |");
+                }
+                let hottest: Vec<String> = profile
+                    .top
+                    .iter()
+                    .map(|(share, symbol)| format!("`{symbol}` {share:.1} %"))
+                    .collect();
+                let _ = writeln!(out, "\nHottest: {}.\n", hottest.join(", "));
+            }
+            None => {
+                let _ = writeln!(out, "**{name}**: not profiled (perf did not run).\n");
+            }
+        }
     }
     let _ = writeln!(out, "\n## Control plane\n");
     let _ = writeln!(

@@ -79,6 +79,8 @@ impl FibLab {
         // More clients behind the client's address (the benchmark's many flows).
         lb.ip(&["route", "add", "198.18.100.0/24", "via", "198.18.0.1"]);
         lb.ip(&["-6", "route", "add", "fd00::100:0/112", "via", "fd00::1"]);
+        // And a /64 of them, for replies toward 100,000 distinct client addresses.
+        lb.ip(&["-6", "route", "add", "fd00:0:0:1::/64", "via", "fd00::1"]);
         Self {
             _client: client,
             lb,
@@ -128,6 +130,12 @@ impl FibLab {
         pin_neighbour(&self.lb, addr, mac, &self.to_backends);
     }
 
+    /// Points the lb's (permanent) neighbour entry for the client (and the clients routed
+    /// through it) at another MAC.
+    pub fn set_client_neighbour(&self, addr: &str, mac: [u8; 6]) {
+        pin_neighbour(&self.lb, addr, mac, &self.to_client);
+    }
+
     /// Loads the datapath inside the lb namespace with the test services configured.
     pub fn with_datapath<T: Send>(&self, test: impl FnOnce(&mut Datapath, &Ids) -> T + Send) -> T {
         self.with_datapath_sized(Datapath::TEST_LIMITS, test)
@@ -139,6 +147,16 @@ impl FibLab {
         limits: Limits,
         test: impl FnOnce(&mut Datapath, &Ids) -> T + Send,
     ) -> T {
+        self.with_datapath_loaded(limits, &lb_userspace::datapath::Options::default(), test)
+    }
+
+    /// As [`Self::with_datapath_sized`], loaded with `options`.
+    pub fn with_datapath_loaded<T: Send>(
+        &self,
+        limits: Limits,
+        options: &lb_userspace::datapath::Options,
+        test: impl FnOnce(&mut Datapath, &Ids) -> T + Send,
+    ) -> T {
         let ids = Ids {
             from_client: self.lb.ifindex(&self.to_client),
             from_backends: self.lb.ifindex(&self.to_backends),
@@ -146,7 +164,7 @@ impl FibLab {
             client_side_mac: self.lb.mac(&self.to_client),
         };
         self.lb.enter(|| {
-            let mut datapath = Datapath::load_with(limits);
+            let mut datapath = Datapath::load_with_options(limits, options);
             configure(&mut datapath, &ids);
             test(&mut datapath, &ids)
         })

@@ -48,13 +48,13 @@ impl Datapath {
 
     /// Loads the object with maps of the given sizes.
     pub fn load_with(limits: Limits) -> Self {
-        let mut ebpf = datapath::open(
-            datapath::OBJECT,
-            &limits,
-            None,
-            &datapath::Options::default(),
-        )
-        .expect("open the embedded eBPF object");
+        Self::load_with_options(limits, &datapath::Options::default())
+    }
+
+    /// Loads the object with maps of the given sizes and load-time options.
+    pub fn load_with_options(limits: Limits, options: &datapath::Options) -> Self {
+        let mut ebpf = datapath::open(datapath::OBJECT, &limits, None, options)
+            .expect("open the embedded eBPF object");
         datapath::program(&mut ebpf)
             .expect("the object has the lb XDP program")
             .load()

@@ -216,31 +216,57 @@ fn drained_backends_keep_tracked_flows_but_a_syn_on_a_reused_tuple_is_balanced_a
     });
 }
 
+/// The staleness bound of the next-hop slots (docs/ARCHITECTURE.md): a neighbour change
+/// reaches established flows within `NEXTHOP_TTL_NS` (1 s), toward the backend (its own
+/// slot) and toward the client (the destination-hashed slots).
 #[test]
 fn next_hops_are_cached_for_a_second_then_looked_up_again() {
     const MOVED: [u8; 6] = [0x02, 0x18, 0, 0, 9, 9];
+    const CLIENT_MOVED: [u8; 6] = [0x02, 0x18, 0, 0, 9, 8];
     let lab = FibLab::new();
     lab.with_datapath(|datapath, ids| {
-        // The cache is per CPU: every run on the same one.
+        // The slots are per CPU: every run on the same one.
         Datapath::stay_on_one_cpu();
         datapath.set_ingress(ids.from_client);
         let flow = Spec::new(Family::V4, Transport::Tcp)
             .between(ip("198.18.0.1"), ip("198.18.1.1"))
             .ports(42_000, 80);
         let first = verify(&datapath.run(&flow.build(&[])).packet);
-        let backend = first.dst.to_string();
+        let backend = first.dst;
         assert!(BACKEND_MACS.contains(&first.dst_mac));
-        lab.set_backend_neighbour(&backend, MOVED);
+        let reply = Spec::new(Family::V4, Transport::Tcp)
+            .between(backend, ip("198.18.0.1"))
+            .ports(8080, 42_000)
+            .ack();
+        let reply_at = |datapath: &mut Datapath, payload: &[u8]| {
+            datapath.set_ingress(ids.from_backends);
+            let sent = verify(&datapath.run(&reply.build(payload)).packet);
+            datapath.set_ingress(ids.from_client);
+            sent
+        };
+        assert_eq!(reply_at(datapath, b"a").dst_mac, CLIENT_MAC);
+        lab.set_backend_neighbour(&backend.to_string(), MOVED);
+        lab.set_client_neighbour("198.18.0.1", CLIENT_MOVED);
         let cached = verify(&datapath.run(&flow.ack().build(b"x")).packet);
         assert_eq!(
             cached.dst_mac, first.dst_mac,
-            "within a second: the cached answer"
+            "within a second: the backend's slot"
+        );
+        assert_eq!(
+            reply_at(datapath, b"b").dst_mac,
+            CLIENT_MAC,
+            "within a second: the client's slot"
         );
         std::thread::sleep(std::time::Duration::from_millis(1_100));
         let fresh = verify(&datapath.run(&flow.ack().build(b"y")).packet);
         assert_eq!(
             fresh.dst_mac, MOVED,
-            "after a second: the neighbour's new MAC"
+            "after a second: the backend's new MAC"
+        );
+        assert_eq!(
+            reply_at(datapath, b"c").dst_mac,
+            CLIENT_MOVED,
+            "after a second: the client's new MAC"
         );
     });
 }

@@ -242,7 +242,25 @@ fn object_with_unreadable_register() -> Vec<u8> {
         .section_by_index(symbol.section_index().expect("symbol has a section"))
         .expect("program section");
     let (section_offset, _) = section.file_range().expect("section has file bytes");
-    let at = (section_offset + symbol.address()) as usize;
+    let mut at = (section_offset + symbol.address()) as usize;
+    // The program may be one call to its body, a subprogram elsewhere (a BPF_PSEUDO_CALL
+    // that the loader relocates, so it must stay): patch the body's first instruction.
+    if bytes[at] == 0x85 && bytes[at + 1] >> 4 == 1 {
+        let imm = i32::from_le_bytes([bytes[at + 4], bytes[at + 5], bytes[at + 6], bytes[at + 7]]);
+        let (_, relocation) = section
+            .relocations()
+            .find(|(offset, _)| *offset == symbol.address())
+            .expect("the call is relocated");
+        let object::RelocationTarget::Symbol(index) = relocation.target() else {
+            panic!("the call's relocation names a symbol");
+        };
+        let target = file.symbol_by_index(index).expect("relocation symbol");
+        let body = file
+            .section_by_index(target.section_index().expect("target has a section"))
+            .expect("target section");
+        let (body_offset, _) = body.file_range().expect("target section has file bytes");
+        at = (body_offset as i64 + target.address() as i64 + (i64::from(imm) + 1) * 8) as usize;
+    }
     drop(file);
     // BPF_LDX | BPF_MEM | BPF_DW, dst r0, src r9, offset 0: r0 = *(u64 *)(r9 + 0)
     bytes[at..at + 8].copy_from_slice(&[0x79, 0x90, 0, 0, 0, 0, 0, 0]);

@@ -27,6 +27,8 @@ pub const BENCH_TOOLS: &[(&str, &str)] = &[
     ("wrk", "wrk"),
     ("nft", "nftables"),
     ("taskset", "util-linux"),
+    // `perf record` of where the CPU goes per new connection (the e2e benchmark).
+    ("perf", "linux-perf"),
     (
         "/usr/lib/nginx/modules/ngx_stream_module.so",
         "libnginx-mod-stream",

@@ -1,0 +1,165 @@
+//! The ADDRESSES buckets: which hash buckets hold a VIP or a backend address, so that the
+//! datapath skips the VIPS and ENDPOINTS lookups for packets of neither. A bucket's bit is
+//! set before the first address in it is added to its map and cleared after the last one
+//! is removed, so a packet never finds the bit clear while an address in it is live (a
+//! bit set too early only costs the datapath a hash lookup).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aya::maps::{Array, MapData, MapError};
+use lb_common::{
+    consts::{ADDRESS_BACKEND, ADDRESS_VIP},
+    hash::address_bucket,
+    service::Addr,
+};
+
+/// What an address is, for its bucket's bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Vip,
+    Backend,
+}
+
+impl Kind {
+    const fn bit(self) -> u32 {
+        match self {
+            Self::Vip => ADDRESS_VIP,
+            Self::Backend => ADDRESS_BACKEND,
+        }
+    }
+}
+
+/// Which addresses are present, and the bits of each bucket they fall in (pure: the map
+/// writes are the caller's).
+#[derive(Default)]
+pub struct Buckets {
+    present: BTreeSet<(Kind, u8, Addr)>,
+    /// Per bucket, how many present addresses of each kind fall in it.
+    counts: BTreeMap<u32, [u32; 2]>,
+}
+
+impl Buckets {
+    /// Records `addr`; returns the bucket and its new bits if they changed.
+    pub fn add(&mut self, kind: Kind, addr: &Addr, family: u8) -> Option<(u32, u32)> {
+        if !self.present.insert((kind, family, *addr)) {
+            return None;
+        }
+        let bucket = address_bucket(addr, family);
+        let count = self.counts.entry(bucket).or_default();
+        count[kind as usize] += 1;
+        (count[kind as usize] == 1).then(|| (bucket, self.bits(bucket)))
+    }
+
+    /// Forgets `addr`; returns the bucket and its new bits if they changed.
+    pub fn remove(&mut self, kind: Kind, addr: &Addr, family: u8) -> Option<(u32, u32)> {
+        if !self.present.remove(&(kind, family, *addr)) {
+            return None;
+        }
+        let bucket = address_bucket(addr, family);
+        let count = self.counts.entry(bucket).or_default();
+        count[kind as usize] -= 1;
+        let changed = count[kind as usize] == 0;
+        if *count == [0, 0] {
+            self.counts.remove(&bucket);
+        }
+        changed.then(|| (bucket, self.bits(bucket)))
+    }
+
+    /// The `ADDRESS_*` bits of `bucket`.
+    pub fn bits(&self, bucket: u32) -> u32 {
+        let count = self.counts.get(&bucket).copied().unwrap_or_default();
+        [Kind::Vip, Kind::Backend]
+            .into_iter()
+            .filter(|kind| count[*kind as usize] > 0)
+            .fold(0, |bits, kind| bits | kind.bit())
+    }
+}
+
+/// The ADDRESSES map and what is in it.
+pub struct AddressClasses {
+    map: Array<MapData, u32>,
+    buckets: Buckets,
+}
+
+impl AddressClasses {
+    pub fn new(map: Array<MapData, u32>) -> Self {
+        Self {
+            map,
+            buckets: Buckets::default(),
+        }
+    }
+
+    /// Call before the address's entry is added to its map.
+    pub fn add(&mut self, kind: Kind, addr: &Addr, family: u8) -> Result<(), MapError> {
+        let Some((bucket, bits)) = self.buckets.add(kind, addr, family) else {
+            return Ok(());
+        };
+        let written = self.map.set(bucket, bits, 0);
+        if written.is_err() {
+            // Not recorded, so that a retry writes the bit again.
+            self.buckets.remove(kind, addr, family);
+        }
+        written
+    }
+
+    /// Call after the address's entry is removed from its map.
+    pub fn remove(&mut self, kind: Kind, addr: &Addr, family: u8) -> Result<(), MapError> {
+        match self.buckets.remove(kind, addr, family) {
+            Some((bucket, bits)) => self.map.set(bucket, bits, 0),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(last: u8) -> Addr {
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&[198, 18, 1, last]);
+        addr
+    }
+
+    #[test]
+    fn a_bucket_keeps_its_bit_until_its_last_address_goes() {
+        let mut buckets = Buckets::default();
+        let a = v4(1);
+        let bucket = address_bucket(&a, 4);
+        assert_eq!(buckets.add(Kind::Vip, &a, 4), Some((bucket, ADDRESS_VIP)));
+        // Twice the same address: no change, and one removal clears it.
+        assert_eq!(buckets.add(Kind::Vip, &a, 4), None);
+        assert_eq!(
+            buckets.add(Kind::Backend, &a, 4),
+            Some((bucket, ADDRESS_VIP | ADDRESS_BACKEND))
+        );
+        assert_eq!(
+            buckets.remove(Kind::Vip, &a, 4),
+            Some((bucket, ADDRESS_BACKEND))
+        );
+        assert_eq!(buckets.remove(Kind::Vip, &a, 4), None);
+        assert_eq!(buckets.remove(Kind::Backend, &a, 4), Some((bucket, 0)));
+        assert_eq!(buckets.bits(bucket), 0);
+    }
+
+    #[test]
+    fn colliding_addresses_share_a_bit() {
+        let mut buckets = Buckets::default();
+        let first = v4(1);
+        let bucket = address_bucket(&first, 4);
+        let other = (2..=255)
+            .map(v4)
+            .chain((0..=65_535u32).map(|n| {
+                let mut addr = [0; 16];
+                addr[..4].copy_from_slice(&(0xc612_0000 | n).to_be_bytes());
+                addr
+            }))
+            .find(|addr| *addr != first && address_bucket(addr, 4) == bucket)
+            .expect("some address shares the bucket");
+        buckets.add(Kind::Vip, &first, 4);
+        assert_eq!(buckets.add(Kind::Vip, &other, 4), None);
+        assert_eq!(buckets.remove(Kind::Vip, &first, 4), None);
+        assert_eq!(buckets.bits(bucket), ADDRESS_VIP);
+        assert_eq!(buckets.remove(Kind::Vip, &other, 4), Some((bucket, 0)));
+    }
+}
