@@ -37,6 +37,8 @@ impl Backend {
 
 pub struct Lab {
     pub client: NetNs,
+    /// The client's interface toward the lb.
+    pub client_dev: String,
     pub lb: NetNs,
     pub backends: Vec<Backend>,
     /// The lb's interfaces: toward the client first, then one per backend.
@@ -112,6 +114,7 @@ impl Lab {
         }
         Self {
             client,
+            client_dev: front.a,
             lb,
             backends: list,
             lb_ifaces,

@@ -4,6 +4,7 @@
 pub use lb_lab::{client, netns, servers, topology};
 pub mod fiblab;
 pub mod fuzz;
+pub mod generator;
 pub mod packets;
 pub mod process;
 pub mod testrun;

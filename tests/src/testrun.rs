@@ -163,6 +163,38 @@ impl Datapath {
     }
 
     /// Runs `packet` and returns the verdict with the packet counts each counter gained.
+    /// Runs program `name` on `repeat` live frames of `packet` (BPF_F_TEST_XDP_LIVE_FRAMES,
+    /// `batch` frames at a time): XDP_TX and XDP_REDIRECT really transmit, XDP_PASS hands
+    /// the frame to this namespace's stack. Returns the wall time of the call and the
+    /// counters that moved.
+    pub fn run_live(
+        &mut self,
+        name: &str,
+        packet: &[u8],
+        repeat: u32,
+        batch: u32,
+    ) -> (Duration, CounterDelta) {
+        let xdp_md: Vec<u8> = [0, packet.len() as u32, 0, self.ifindex, 0, 0]
+            .iter()
+            .flat_map(|field| field.to_ne_bytes())
+            .collect();
+        let before = self.stats();
+        let program = self.program_named(name);
+        let started = std::time::Instant::now();
+        program
+            .test_run(TestRunOptions {
+                data_in: Some(packet),
+                ctx_in: Some(&xdp_md[..]),
+                repeat,
+                attrs: aya::programs::TestRunAttrs::new().xdp_live_frames(batch),
+                ..TestRunOptions::new()
+            })
+            .unwrap_or_else(|e| panic!("live BPF_PROG_TEST_RUN of {name} failed: {e}"));
+        let took = started.elapsed();
+        let after = self.stats();
+        (took, CounterDelta { before, after })
+    }
+
     pub fn run_counted(&mut self, packet: &[u8]) -> (Verdict, CounterDelta) {
         let before = self.stats();
         let verdict = self.run(packet);
