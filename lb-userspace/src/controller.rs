@@ -362,7 +362,8 @@ impl Controller {
     fn conntrack(&self, snapshot: &stats::Snapshot) -> ConntrackReport {
         ConntrackReport {
             entries: self.conntrack.census().entries,
-            capacity: u64::from(self.balancer.limits().conntrack_capacity),
+            // One map per address family, each of this size.
+            capacity: 2 * u64::from(self.balancer.limits().conntrack_capacity),
             evicted: self.conntrack.evicted(),
             deleted: self.conntrack.deleted(),
             missed_mid_flow: snapshot.get(Stat::CtMissMidFlow).packets,

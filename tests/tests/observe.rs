@@ -228,7 +228,8 @@ fn metrics_count_exactly_what_was_sent_and_survive_a_restart() {
     );
     assert_eq!(
         sample(&text, "lb_conntrack_capacity", "map=\"CONNTRACK\""),
-        1 << 20
+        2 << 20,
+        "one map per family, 2^20 entries each"
     );
     assert_eq!(
         sample(
