@@ -31,10 +31,17 @@ fn ip(text: &str) -> IpAddr {
     text.parse().expect("address")
 }
 
-/// A measured case.
+/// A measured case, and the floor timed interleaved with it.
 struct Row {
     name: String,
     ns: f64,
+    floor: f64,
+}
+
+impl Row {
+    fn ratio(&self) -> f64 {
+        self.ns / self.floor.max(1e-9)
+    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -42,16 +49,34 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// Median over `RUNS` of the mean kernel time per call, `calls` calls per run.
-fn per_call(calls: usize, mut call: impl FnMut(usize, usize) -> Duration) -> f64 {
-    median(
-        (0..RUNS)
-            .map(|run| {
-                let total: Duration = (0..calls).map(|i| call(run, i)).sum();
-                total.as_nanos() as f64 / calls as f64
-            })
-            .collect(),
-    )
+/// Calls of the case, then as many of the floor, in turn.
+const CHUNK: usize = 500;
+
+/// Median over `RUNS` of the mean kernel time per call, `calls` calls per run, and the same
+/// for the floor program, timed in chunks that alternate with the case's: drift on a shared
+/// machine then moves both alike.
+fn per_call(
+    datapath: &mut Datapath,
+    calls: usize,
+    mut call: impl FnMut(&mut Datapath, usize, usize) -> Duration,
+) -> (f64, f64) {
+    let probe = probe();
+    let mut case_runs = Vec::new();
+    let mut floor_runs = Vec::new();
+    for run in 0..RUNS {
+        let (mut case, mut floor) = (Duration::ZERO, Duration::ZERO);
+        for start in (0..calls).step_by(CHUNK) {
+            for i in start..(start + CHUNK).min(calls) {
+                case += call(datapath, run, i);
+            }
+            for _ in start..(start + CHUNK).min(calls) {
+                floor += datapath.run_program("baseline_floor", &probe, 1).1;
+            }
+        }
+        case_runs.push(case.as_nanos() as f64 / calls as f64);
+        floor_runs.push(floor.as_nanos() as f64 / calls as f64);
+    }
+    (median(case_runs), median(floor_runs))
 }
 
 /// Median over `RUNS` of the kernel's time per repeat.
@@ -141,21 +166,21 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
-    fn record(&mut self, name: impl Into<String>, ns: f64) {
+    fn record(&mut self, name: impl Into<String>, (ns, floor): (f64, f64)) {
         self.rows.push(Row {
             name: name.into(),
             ns,
+            floor,
         });
     }
 
     /// Times one fixed packet per call.
     fn fixed(&mut self, name: &str, program: &str, packet: &[u8], ingress: u32) {
         self.datapath.set_ingress(ingress);
-        let datapath = &mut *self.datapath;
-        let ns = per_call(self.calls, |_, _| {
+        let timed = per_call(self.datapath, self.calls, |datapath, _, _| {
             datapath.run_program(program, packet, 1).1
         });
-        self.record(name, ns);
+        self.record(name, timed);
     }
 
     /// SYNs (or first datagrams) of never-seen flows: conntrack miss, Maglev, insert. A
@@ -173,19 +198,12 @@ impl Bench<'_> {
                 .build(&[])
         };
         self.datapath.set_ingress(self.ids.from_client);
-        check_path(
-            self.datapath,
-            &build(RUNS * self.calls),
-            Stat::ForwardNew,
-            name,
-        );
-        let calls = self.calls;
+        check_path(self.datapath, &build(RUNS * calls), Stat::ForwardNew, name);
         let packets: Vec<Vec<u8>> = (0..RUNS * calls).map(build).collect();
-        let datapath = &mut *self.datapath;
-        let ns = per_call(calls, |run, i| {
+        let timed = per_call(self.datapath, calls, |datapath, run, i| {
             datapath.run_program("lb", &packets[run * calls + i], 1).1
         });
-        self.record(name, ns);
+        self.record(name, timed);
     }
 
     /// An established flow's packets, and its backend's replies.
@@ -281,11 +299,10 @@ impl Bench<'_> {
         self.datapath.set_ingress(ingress);
         check_path(self.datapath, &packets[0], path, name);
         let calls = self.calls;
-        let datapath = &mut *self.datapath;
-        let ns = per_call(calls, |run, i| {
+        let timed = per_call(self.datapath, calls, |datapath, run, i| {
             datapath.run_program("lb", &packets[run * calls + i], 1).1
         });
-        self.record(name, ns);
+        self.record(name, timed);
     }
 
     /// Fills conntrack to `share` of `capacity` with distinct flows, untimed, counting the
@@ -387,8 +404,8 @@ fn probe() -> Vec<u8> {
         .build(b"0123456789")
 }
 
-/// One load of the program with `ablate`'s stages left out: the floor, a non-VIP packet,
-/// an established IPv4 TCP flow and its reply, per call.
+/// One load of the program with `ablate`'s stages left out: a non-VIP packet, an
+/// established IPv4 TCP flow and its reply, per call, each beside its interleaved floor.
 fn ablated_load(lab: &FibLab, limits: Limits, calls: usize, ablate: u32) -> Vec<Row> {
     let options = Options {
         ablate,
@@ -403,16 +420,14 @@ fn ablated_load(lab: &FibLab, limits: Limits, calls: usize, ablate: u32) -> Vec<
             next_client: 0,
             rows: Vec::new(),
         };
-        let probe = probe();
-        bench.fixed("floor", "baseline_floor", &probe, ids.from_client);
-        bench.fixed("non-VIP", "lb", &probe, ids.from_client);
+        bench.fixed("non-VIP", "lb", &probe(), ids.from_client);
         bench.established_and_reply("IPv4 TCP", Family::V4, Transport::Tcp);
         bench.rows
     })
 }
 
-/// The ablation table: every stage left out in turn (each its own load, floor included),
-/// interleaved over `RUNS` rounds; medians of the ratios to each load's floor.
+/// The ablation table: every stage left out in turn (each its own load), the loads taken
+/// in turn over 3 rounds; medians of each case's ratio to its interleaved floor.
 fn ablation(lab: &FibLab, limits: Limits, calls: usize) -> Vec<(&'static str, [f64; 3])> {
     let configs: Vec<(&'static str, u32)> = std::iter::once(("none (the program as shipped)", 0))
         .chain(ABLATE_STAGES)
@@ -421,8 +436,7 @@ fn ablation(lab: &FibLab, limits: Limits, calls: usize) -> Vec<(&'static str, [f
     for _ in 0..3 {
         for (i, (_, ablate)) in configs.iter().enumerate() {
             let rows = ablated_load(lab, limits, calls / 4, *ablate);
-            let floor = rows[0].ns;
-            ratios[i].push([rows[1].ns / floor, rows[2].ns / floor, rows[3].ns / floor]);
+            ratios[i].push([rows[0].ratio(), rows[1].ratio(), rows[2].ratio()]);
         }
     }
     configs
@@ -513,26 +527,31 @@ fn main() {
     });
     let (filled, sweeps) = filled;
     let ablations = ablation(&lab, limits, calls);
-    let floor = rows
-        .iter()
-        .find(|r| r.name.starts_with("floor"))
-        .map_or(1.0, |r| r.ns);
+    let floor = median(rows.iter().map(|r| r.floor).collect());
     println!("## Datapath: cost per packet (BPF_PROG_TEST_RUN)\n");
     println!(
         "The real `lb` XDP program, run inside a lab namespace (real routes and neighbours for \
          `bpf_fib_lookup`), one packet per call, kernel-timed; {calls} calls per run ({} for \
          new flows, each a never-seen 5-tuple), median of {RUNS} runs. The per-call time \
          includes the kernel's fixed test-run cost, in every row alike: compare `XDP_PASS` \
-         with its `repeat` figure below. Baselines from the same object in the same run: `XDP_PASS`, and the floor \
-         (swap MACs, `XDP_TX`). Before timing, each case's counters show it took the path it \
+         with its `repeat` figure below. Baselines from the same object in the same run: \
+         `XDP_PASS`, and the floor (swap MACs, `XDP_TX`), which every row times in turn with \
+         itself, {CHUNK} calls each, so that each ratio is to a floor measured over the same \
+         seconds (this machine's speed drifts by tens of percent over a run). Before timing, each case's counters show it took the path it \
          is named after. Conntrack: {capacity} entries; the last rows after filling it to \
          90 % ({filled} flows).\n",
         (calls / 10).max(100)
     );
-    println!("| path | ns/packet | × floor |");
-    println!("|---|---:|---:|");
+    println!("| path | ns/packet | floor, interleaved (ns) | × floor |");
+    println!("|---|---:|---:|---:|");
     for row in &rows {
-        println!("| {} | {:.1} | {:.2} |", row.name, row.ns, row.ns / floor);
+        println!(
+            "| {} | {:.1} | {:.1} | {:.2} |",
+            row.name,
+            row.ns,
+            row.floor,
+            row.ratio()
+        );
     }
     println!(
         "\nWith `repeat` (one buffer reused, so only for programs that leave the packet as they \
@@ -544,10 +563,10 @@ fn main() {
     for (name, ns, repeat) in &amortized_rows {
         println!("| {name} | {repeat} | {ns:.1} | {:.2} |", ns / floor_repeat);
     }
-    let established = rows
+    let (established, established_floor) = rows
         .iter()
         .find(|r| r.name == "IPv4 TCP established")
-        .map_or(0.0, |r| r.ns);
+        .map_or((0.0, 1.0), |r| (r.ns, r.floor));
     let pass = rows
         .iter()
         .find(|r| r.name.starts_with("baseline"))
@@ -558,16 +577,16 @@ fn main() {
         "\nEstablished IPv4 TCP flow: {:.2} × the floor per call. Without the fixed per-call \
          test-run cost ({fixed:.0} ns: `XDP_PASS` per call minus per repeat), the program \
          itself takes ~{:.0} ns against the floor's ~{:.0} ns ({:.1} ×). ({:.0} s)",
-        established / floor,
+        established / established_floor,
         established - fixed,
-        floor - fixed,
-        (established - fixed) / (floor - fixed).max(1.0),
+        established_floor - fixed,
+        (established - fixed) / (established_floor - fixed).max(1.0),
         started.elapsed().as_secs_f64()
     );
     println!(
         "\n### Ablation: what each stage costs\n\nThe program loaded again with one stage \
          left out (a load-time constant the verifier folds, `ABLATE` in lb-common), timed as \
-         above ({} calls per case), each load against its own floor; 3 interleaved rounds, \
+         above ({} calls per case), each case against its interleaved floor; the loads in turn over 3 rounds, \
          median ratios. A stage's cost is the first row's ratio minus its own; stages left \
          out change what the packet gets (no NAT: it leaves unrewritten), so only the first \
          row is a working balancer.\n",
