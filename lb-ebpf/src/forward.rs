@@ -77,7 +77,7 @@ pub fn route(ctx: &XdpContext, packet: &Packet, out: &FlowKey, slot: HopSlot, no
             && same_addr(&hop.dst, &out.dst))
     {
         // Written straight into the slot: the stack has no room for a copy.
-        match lookup(ctx, packet, out, hop) {
+        match fib_lookup(ctx, packet, out, hop) {
             BPF_FIB_LKUP_RET_SUCCESS => {}
             // The kernel resolves the neighbour (ARP/ND) and forwards this packet itself.
             BPF_FIB_LKUP_RET_NO_NEIGH => return Route::NoNeighbour,
@@ -135,7 +135,7 @@ fn same_addr(a: &Addr, b: &Addr) -> bool {
 /// MACs, MTU) on success; returns the FIB's answer code. A BPF subprogram: its 64-byte
 /// parameter block lives in its own stack frame, only while the cache misses.
 #[inline(never)]
-fn lookup(ctx: &XdpContext, packet: &Packet, out: &FlowKey, hop: &mut NextHop) -> u32 {
+pub fn fib_lookup(ctx: &XdpContext, packet: &Packet, out: &FlowKey, hop: &mut NextHop) -> u32 {
     // SAFETY: an all-zero bpf_fib_lookup is a valid input (plain integers and unions).
     let mut fib: FibParams = unsafe { mem::zeroed() };
     fib.l4_protocol = out.proto;

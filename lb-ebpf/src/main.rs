@@ -8,6 +8,7 @@
 
 mod baseline;
 mod conntrack;
+mod costs;
 mod csum;
 mod forward;
 mod icmp;

@@ -207,7 +207,13 @@ impl Bench<'_> {
     }
 
     /// An established flow's packets, and its backend's replies.
-    fn established_and_reply(&mut self, label: &str, family: Family, transport: Transport) {
+    /// Returns the two packets.
+    fn established_and_reply(
+        &mut self,
+        label: &str,
+        family: Family,
+        transport: Transport,
+    ) -> (Vec<u8>, Vec<u8>) {
         let (_, vip) = client_and_vip(family);
         let (client, port) = nth_client(family, self.next_client);
         self.next_client += 1;
@@ -247,6 +253,7 @@ impl Bench<'_> {
             check_forwarded(self.datapath, &reply, &name);
         }
         self.fixed(&name, "lb", &reply, self.ids.from_backends);
+        (established, reply)
     }
 
     /// Established packets of the flows `first..end` (IPv4 TCP, filled by
@@ -397,6 +404,48 @@ fn sweep_costs(datapath: &Datapath) -> Vec<(&'static str, lb_userspace::conntrac
     ]
 }
 
+/// What the parts of the datapath cost: the `cost_*` programs with `repeat` (hot caches),
+/// each minus parsing. `tcp`: the IPv4 and the IPv6 TCP (established, reply) packets.
+fn part_costs(
+    datapath: &mut Datapath,
+    ids: &Ids,
+    tcp: &[(Vec<u8>, Vec<u8>)],
+    quick: bool,
+) -> Vec<(&'static str, f64)> {
+    let repeat = if quick { 10_000 } else { 200_000 };
+    let [(v4, v4_reply), (v6, _)] = tcp else {
+        panic!("an IPv4 and an IPv6 TCP case");
+    };
+    // The sweeps emptied the table: track both flows again.
+    datapath.set_ingress(ids.from_client);
+    for packet in [v4, v6] {
+        datapath.run(packet);
+    }
+    let mut time = |program: &str, packet: &[u8], ingress: u32| {
+        datapath.set_ingress(ingress);
+        amortized(datapath, program, packet, repeat)
+    };
+    let pass = time("baseline_pass", v4, ids.from_client);
+    let parse = time("cost_parse", v4, ids.from_client);
+    let parts: [(&'static str, &str, &[u8], u32); 10] = [
+        ("clock read (bpf_ktime_get_coarse_ns)", "cost_clock", v4, ids.from_client),
+        ("counters: 4 global, the VIP's, the backend's (per-CPU arrays)", "cost_counters", v4, ids.from_client),
+        ("address buckets: 2 array reads", "cost_address_buckets", v4, ids.from_client),
+        ("VIP lookup (hash, 20-byte key)", "cost_vip_lookup", v4, ids.from_client),
+        ("endpoint lookup (hash, 20-byte key)", "cost_endpoint_lookup", v4_reply, ids.from_backends),
+        ("conntrack lookup, IPv4 (LRU hash, 16-byte key)", "cost_conntrack_lookup", v4, ids.from_client),
+        ("conntrack lookup, IPv6 (LRU hash, 40-byte key)", "cost_conntrack_lookup", v6, ids.from_client),
+        ("conntrack insert, IPv4 (lookup + LRU insert)", "cost_conntrack_insert", v4, ids.from_client),
+        ("FIB lookup (bpf_fib_lookup), a next-hop slot's miss", "cost_fib_lookup", v4_reply, ids.from_backends),
+        ("redirect (bpf_redirect_map, devmap hash)", "cost_redirect", v4, ids.from_client),
+    ];
+    let mut costs = vec![("parse: Ethernet, IPv4 (header checksum), TCP", parse - pass)];
+    for (name, program, packet, ingress) in parts {
+        costs.push((name, time(program, packet, ingress) - parse));
+    }
+    costs
+}
+
 /// The probe for the baselines and the non-VIP case: 198.18.0.1 → 198.18.9.9, TCP.
 fn probe() -> Vec<u8> {
     Spec::new(Family::V4, Transport::Tcp)
@@ -421,7 +470,7 @@ fn ablated_load(lab: &FibLab, limits: Limits, calls: usize, ablate: u32) -> Vec<
             rows: Vec::new(),
         };
         bench.fixed("non-VIP", "lb", &probe(), ids.from_client);
-        bench.established_and_reply("IPv4 TCP", Family::V4, Transport::Tcp);
+        let _ = bench.established_and_reply("IPv4 TCP", Family::V4, Transport::Tcp);
         bench.rows
     })
 }
@@ -461,6 +510,7 @@ fn main() {
         ..Limits::default()
     };
     let (rows, amortized_rows, filled) = lab.with_datapath_sized(limits, |datapath, ids| {
+        let mut tcp_packets = Vec::new();
         let mut bench = Bench {
             datapath,
             ids,
@@ -493,7 +543,10 @@ fn main() {
         ] {
             let label = family_label(family, transport);
             bench.new_flows(&format!("{label} new flow"), family, transport);
-            bench.established_and_reply(label, family, transport);
+            let packets = bench.established_and_reply(label, family, transport);
+            if transport == Transport::Tcp {
+                tcp_packets.push(packets);
+            }
         }
         bench.replies_to_many("IPv6 TCP reply, 100000 distinct clients", 100_000);
         let fill_start = bench.next_client;
@@ -503,13 +556,18 @@ fn main() {
             fill_start,
             filled,
         );
-        bench.established_and_reply("IPv4 TCP, conntrack 90 % full:", Family::V4, Transport::Tcp);
+        let _ = bench.established_and_reply(
+            "IPv4 TCP, conntrack 90 % full:",
+            Family::V4,
+            Transport::Tcp,
+        );
         bench.new_flows(
             "IPv4 TCP, conntrack 90 % full: new flow",
             Family::V4,
             Transport::Tcp,
         );
         let sweeps = sweep_costs(bench.datapath);
+        let parts = part_costs(bench.datapath, ids, &tcp_packets, quick);
         let repeat = if quick { 10_000 } else { 1_000_000 };
         let amortized_rows = [
             ("baseline: XDP_PASS", "baseline_pass"),
@@ -523,9 +581,9 @@ fn main() {
                 repeat,
             )
         });
-        (bench.rows, amortized_rows, (filled, sweeps))
+        (bench.rows, amortized_rows, (filled, sweeps, parts))
     });
-    let (filled, sweeps) = filled;
+    let (filled, sweeps, parts) = filled;
     let ablations = ablation(&lab, limits, calls);
     let floor = median(rows.iter().map(|r| r.floor).collect());
     println!("## Datapath: cost per packet (BPF_PROG_TEST_RUN)\n");
@@ -583,6 +641,19 @@ fn main() {
         (established - fixed) / (established_floor - fixed).max(1.0),
         started.elapsed().as_secs_f64()
     );
+    println!(
+        "\n### What the parts cost (hot caches)\n\nOne program per part (`cost_*` in \
+         lb-ebpf/src/costs.rs: parse, then that part with the real maps and helpers, the \
+         packet left as it was), timed with `repeat` like the rows just above, so every map \
+         line is in the CPU's caches; each figure is its program's time minus parsing's \
+         (parsing: minus `XDP_PASS`'s). A per-call row costs more than the sum of its parts: \
+         each call comes in through a syscall that leaves the caches colder.\n"
+    );
+    println!("| part | ns per packet |");
+    println!("|---|---:|");
+    for (name, ns) in &parts {
+        println!("| {name} | {ns:.0} |");
+    }
     println!(
         "\n### Ablation: what each stage costs\n\nThe program loaded again with one stage \
          left out (a load-time constant the verifier folds, `ABLATE` in lb-common), timed as \
