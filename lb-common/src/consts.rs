@@ -17,10 +17,7 @@ pub const MAP_STATS: &str = "STATS";
 pub const MAP_VIPS: &str = "VIPS";
 pub const MAP_BACKENDS: &str = "BACKENDS";
 pub const MAP_MAGLEV: &str = "MAGLEV";
-/// Tracked IPv4 flows (`FlowKey4` keys) and IPv6 flows (`FlowKey` keys): two maps, so
-/// that IPv4 lookups hash a 16-byte key instead of a 40-byte one.
-pub const MAP_CONNTRACK_V4: &str = "CONNTRACK_V4";
-pub const MAP_CONNTRACK_V6: &str = "CONNTRACK_V6";
+pub const MAP_CONNTRACK: &str = "CONNTRACK";
 /// Backend endpoint → the VIP it serves (the reply direction of every flow).
 pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
 /// Program array of the tail-called programs. Pinned: a program array is emptied when
@@ -60,13 +57,12 @@ pub const ADDRESS_VIP: u32 = 1;
 pub const ADDRESS_BACKEND: u32 = 2;
 
 /// Every map that outlives a controller: pinned under the pin directory by these names.
-pub const PINNED_MAPS: [&str; 13] = [
+pub const PINNED_MAPS: [&str; 12] = [
     MAP_STATS,
     MAP_VIPS,
     MAP_BACKENDS,
     MAP_MAGLEV,
-    MAP_CONNTRACK_V4,
-    MAP_CONNTRACK_V6,
+    MAP_CONNTRACK,
     MAP_ENDPOINTS,
     MAP_VIP_STATS,
     MAP_BACKEND_STATS,
@@ -125,7 +121,7 @@ pub const MAX_BACKENDS: u32 = 4096;
 pub const MAX_TX_PORTS: u32 = 64;
 /// Default and largest Maglev table size; the MAGLEV map holds 2 tables per VIP of this size.
 pub const DEFAULT_MAGLEV_SIZE: u32 = 65_537;
-/// Flows tracked per address family (one entry per flow serves both directions).
+/// Flows tracked (one entry per flow serves both directions).
 pub const CONNTRACK_CAPACITY: u32 = 1 << 20;
 /// Backend endpoints (one per backend) plus one address entry per backend address.
 pub const ENDPOINTS_CAPACITY: u32 = MAX_BACKENDS * 2;

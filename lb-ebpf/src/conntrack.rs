@@ -3,21 +3,17 @@
 //! one state for datagrams). An entry idle past its state's timeout counts as absent here
 //! and is deleted by userspace's sweep.
 
-use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST},
-    maps::LruHashMap,
-};
+use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
-    consts::FAMILY_V4,
     flow::{
         CT_CLOSED, CT_CLOSING, CT_ESTABLISHED, CT_FLAG_FIN_BACKEND, CT_FLAG_FIN_CLIENT, CT_OPENING,
-        Conn, FlowKey, FlowKey4,
+        Conn, FlowKey,
     },
     stats::Stat,
 };
 
 use crate::{
-    maps::{CONNTRACK_V4, CONNTRACK_V6, timeout_ns},
+    maps::{CONNTRACK, timeout_ns},
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats,
 };
@@ -43,19 +39,9 @@ pub enum Lookup {
     Missing,
 }
 
-/// The flow's entry, in the map of its family.
-#[inline(always)]
-fn entry(flow: &FlowKey) -> Option<*mut Conn> {
-    if flow.family == FAMILY_V4 {
-        CONNTRACK_V4.get_ptr_mut(&FlowKey4::of(flow))
-    } else {
-        CONNTRACK_V6.get_ptr_mut(flow)
-    }
-}
-
 #[inline(always)]
 pub fn lookup(flow: &FlowKey, now: u64) -> Lookup {
-    let Some(conn) = entry(flow) else {
+    let Some(conn) = CONNTRACK.get_ptr_mut(flow) else {
         return Lookup::Missing;
     };
     // SAFETY: the entry stays valid for this program run (RCU); a racing writer only
@@ -144,27 +130,17 @@ pub fn replace(slot: *mut Conn, conn: &Conn) {
 /// replacements so that userspace can derive evictions.
 #[inline(always)]
 pub fn insert(flow: &FlowKey, conn: &Conn) {
-    if let Some(tracked) = entry(flow) {
+    if let Some(tracked) = CONNTRACK.get_ptr_mut(flow) {
         replace(tracked, conn);
         return;
     }
-    let event = if flow.family == FAMILY_V4 {
-        insert_new(&CONNTRACK_V4, &FlowKey4::of(flow), conn)
-    } else {
-        insert_new(&CONNTRACK_V6, flow, conn)
-    };
-    stats::count_event(event);
-}
-
-/// Inserts an entry known absent a moment ago; the event to count.
-#[inline(always)]
-fn insert_new<K>(map: &LruHashMap<K, Conn>, key: &K, conn: &Conn) -> Stat {
-    match map.insert(key, conn, u64::from(BPF_NOEXIST)) {
+    let event = match CONNTRACK.insert(flow, conn, u64::from(BPF_NOEXIST)) {
         Ok(()) => Stat::CtCreated,
         // Another CPU tracked it meanwhile.
-        Err(e) if e == -EEXIST && map.insert(key, conn, u64::from(BPF_ANY)).is_ok() => {
+        Err(e) if e == -EEXIST && CONNTRACK.insert(flow, conn, u64::from(BPF_ANY)).is_ok() => {
             Stat::CtReplaced
         }
         Err(_) => Stat::CtInsertFailed,
-    }
+    };
+    stats::count_event(event);
 }

@@ -46,7 +46,12 @@ pub fn cost_clock(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn cost_counters(ctx: XdpContext) -> u32 {
     with_packet(&ctx, |_, packet| {
-        for stat in [Stat::Ipv4, Stat::Tcp, Stat::Redirect, Stat::ForwardEstablished] {
+        for stat in [
+            Stat::Ipv4,
+            Stat::Tcp,
+            Stat::Redirect,
+            Stat::ForwardEstablished,
+        ] {
             stats::count(stat, packet.ip_len);
         }
         stats::count_service(0, 0, packet.ip_len);
@@ -58,7 +63,8 @@ pub fn cost_counters(ctx: XdpContext) -> u32 {
 pub fn cost_address_buckets(ctx: XdpContext) -> u32 {
     with_packet(&ctx, |_, packet| {
         let flow = &packet.flow;
-        lookup::address_class(&flow.dst, flow.family) | lookup::address_class(&flow.src, flow.family)
+        lookup::address_class(&flow.dst, flow.family)
+            | lookup::address_class(&flow.src, flow.family)
             != 0
     })
 }

@@ -9,7 +9,7 @@ use lb_common::{
         ADDRESS_BUCKETS, CONNTRACK_CAPACITY, DEFAULT_MAGLEV_SIZE, ENDPOINTS_CAPACITY, HOP_SLOTS,
         MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS, TAIL_PROGRAMS,
     },
-    flow::{Conn, DEFAULT_TIMEOUTS_NS, FlowKey, FlowKey4, NextHop, Timeouts},
+    flow::{Conn, DEFAULT_TIMEOUTS_NS, FlowKey, NextHop, Timeouts},
     icmp::{RateBucket, TooBigArgs},
     service::{Backend, Endpoint, EndpointKey, Layout, VipInfo, VipKey},
     stats::{Counter, STAT_COUNT, VipCounter},
@@ -33,14 +33,9 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 pub static MAGLEV: Array<u32> = Array::with_max_entries(MAX_VIPS * 2 * DEFAULT_MAGLEV_SIZE, 0);
 
 /// Client → VIP flows: the backend each is pinned to and its lifecycle state. One entry
-/// per flow; replies reach it through ENDPOINTS. IPv4 flows with a 16-byte key (a third
-/// of the hashing and comparing), IPv6 flows with the full one.
-#[map(name = "CONNTRACK_V4")]
-pub static CONNTRACK_V4: LruHashMap<FlowKey4, Conn> =
-    LruHashMap::with_max_entries(CONNTRACK_CAPACITY, 0);
-
-#[map(name = "CONNTRACK_V6")]
-pub static CONNTRACK_V6: LruHashMap<FlowKey, Conn> =
+/// per flow; replies reach it through ENDPOINTS.
+#[map(name = "CONNTRACK")]
+pub static CONNTRACK: LruHashMap<FlowKey, Conn> =
     LruHashMap::with_max_entries(CONNTRACK_CAPACITY, 0);
 
 /// Backend endpoint (address, port, protocol) → the VIP it serves; address entries mark

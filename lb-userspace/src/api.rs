@@ -283,7 +283,6 @@ pub struct StatusReport {
     pub adopted: bool,
     pub table_size: u32,
     pub max_vips: u32,
-    /// Of each family's map (IPv4 and IPv6 flows are tracked apart).
     pub conntrack_capacity: u32,
     /// Entries as of the last sweep.
     #[serde(default)]

@@ -93,9 +93,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub log_datapath: bool,
 
-    /// Flows tracked per address family, one entry each (IPv4 about 90, IPv6 about 130
-    /// bytes of kernel memory per entry) [default: 1048576, or what the pinned datapath
-    /// uses].
+    /// Flows tracked, one entry each (about 100 bytes of kernel memory per entry)
+    /// [default: 1048576, or what the pinned datapath uses].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1024..=1 << 26))]
     pub conntrack_size: Option<u32>,
 

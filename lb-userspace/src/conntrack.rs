@@ -1,17 +1,16 @@
-//! Userspace's side of the conntrack maps (`CONNTRACK_V4`, `CONNTRACK_V6`): walking and
-//! deleting them in batches, the periodic
+//! Userspace's side of the CONNTRACK map: walking and deleting it in batches, the periodic
 //! sweep that deletes expired entries (the datapath only ignores them), and the census a
 //! sweep leaves behind (entries, flows per backend, deletions, evictions).
 
 use std::{
     collections::HashMap,
     io,
-    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
+    os::fd::{AsFd as _, OwnedFd},
     time::{Duration, Instant},
 };
 
 use lb_common::{
-    flow::{Conn, FlowKey, FlowKey4, Timeouts},
+    flow::{Conn, FlowKey, Timeouts},
     stats::Stat,
 };
 use thiserror::Error;
@@ -61,68 +60,53 @@ pub struct Pass {
     pub syscalls: u64,
 }
 
-/// Descriptors of its own on the conntrack maps (`CONNTRACK_V4`, `CONNTRACK_V6`): walks
-/// and deletes need no other lock.
+/// A descriptor of its own on CONNTRACK: walks and deletes need no other lock.
 pub struct ConntrackTable {
-    v4: OwnedFd,
-    v6: OwnedFd,
-    /// Of each map.
+    fd: OwnedFd,
     capacity: u32,
 }
 
 impl ConntrackTable {
-    pub fn new(v4: OwnedFd, v6: OwnedFd, capacity: u32) -> Self {
-        Self { v4, v6, capacity }
+    pub fn new(fd: OwnedFd, capacity: u32) -> Self {
+        Self { fd, capacity }
     }
 
-    /// Another handle on the same maps.
+    /// Another handle on the same map.
     pub fn try_clone(&self) -> io::Result<Self> {
         Ok(Self {
-            v4: self.v4.try_clone()?,
-            v6: self.v6.try_clone()?,
+            fd: self.fd.try_clone()?,
             capacity: self.capacity,
         })
     }
 
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
     /// A hash map has `capacity` rounded up to a power of two buckets and a lookup call
-    /// advances at least one bucket, so this many calls always finish a walk of one map.
+    /// advances at least one bucket, so this many calls always finish a walk.
     fn max_lookups(&self) -> u64 {
         u64::from(self.capacity).next_power_of_two() + 1
     }
 
-    /// Walks every entry of both maps; those `doomed` picks are deleted chunk by chunk as
-    /// the walk goes (4,096 entries per lookup, one delete call per chunk), so memory
-    /// stays bounded whatever the table's size.
+    /// Walks every entry; those `doomed` picks are deleted chunk by chunk as the walk goes
+    /// (4,096 entries per lookup, one delete call per chunk), so memory stays bounded
+    /// whatever the table's size.
     pub fn walk(
         &self,
         mut doomed: impl FnMut(&FlowKey, &Conn) -> bool,
     ) -> Result<Pass, ConntrackError> {
-        let v4 = self.walk_map::<FlowKey4>(self.v4.as_fd(), &mut doomed)?;
-        let v6 = self.walk_map::<FlowKey>(self.v6.as_fd(), &mut doomed)?;
-        Ok(Pass {
-            seen: v4.seen + v6.seen,
-            deleted: v4.deleted + v6.deleted,
-            missing: v4.missing + v6.missing,
-            syscalls: v4.syscalls + v6.syscalls,
-        })
-    }
-
-    /// One map's walk, its keys shown to `doomed` as [`FlowKey`]s.
-    fn walk_map<K: aya::Pod + Default + Into<FlowKey>>(
-        &self,
-        fd: BorrowedFd<'_>,
-        doomed: &mut impl FnMut(&FlowKey, &Conn) -> bool,
-    ) -> Result<Pass, ConntrackError> {
         let mut pass = Pass::default();
         let mut failed = None;
         let mut victims = Vec::new();
-        let lookups = batch::walk_hash::<K, Conn>(fd, self.max_lookups(), |keys, conns| {
+        let fd = self.fd.as_fd();
+        let lookups = batch::walk_hash::<FlowKey, Conn>(fd, self.max_lookups(), |keys, conns| {
             pass.seen += keys.len() as u64;
             victims.clear();
             victims.extend(
                 keys.iter()
                     .zip(conns)
-                    .filter(|(key, conn)| doomed(&(**key).into(), conn))
+                    .filter(|(key, conn)| doomed(key, conn))
                     .map(|(key, _)| *key),
             );
             if victims.is_empty() {

@@ -362,8 +362,7 @@ impl Controller {
     fn conntrack(&self, snapshot: &stats::Snapshot) -> ConntrackReport {
         ConntrackReport {
             entries: self.conntrack.census().entries,
-            // One map per address family, each of this size.
-            capacity: 2 * u64::from(self.balancer.limits().conntrack_capacity),
+            capacity: u64::from(self.balancer.limits().conntrack_capacity),
             evicted: self.conntrack.evicted(),
             deleted: self.conntrack.deleted(),
             missed_mid_flow: snapshot.get(Stat::CtMissMidFlow).packets,

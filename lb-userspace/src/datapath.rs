@@ -4,8 +4,8 @@ use aya::{Ebpf, EbpfLoader, maps::ProgramArray, programs::Xdp};
 use lb_common::{
     consts::{
         CONNTRACK_CAPACITY, DEFAULT_MAGLEV_SIZE, GLOBAL_ABLATE, GLOBAL_CT_TIMEOUTS,
-        GLOBAL_MAGLEV_SIZE, MAP_CONNTRACK_V4, MAP_CONNTRACK_V6, MAP_JUMPS, MAP_MAGLEV,
-        MAP_VIP_STATS, MAP_VIPS, MAX_VIPS, PINNED_MAPS, PROGRAM_NAME, TAIL_PROGRAMS,
+        GLOBAL_MAGLEV_SIZE, MAP_CONNTRACK, MAP_JUMPS, MAP_MAGLEV, MAP_VIP_STATS, MAP_VIPS,
+        MAX_VIPS, PINNED_MAPS, PROGRAM_NAME, TAIL_PROGRAMS,
     },
     flow::{DEFAULT_TIMEOUTS_NS, Timeouts},
 };
@@ -121,8 +121,7 @@ pub fn open(
         .map_max_entries(MAP_VIPS, limits.max_vips * 2)
         .map_max_entries(MAP_VIP_STATS, limits.max_vips)
         .map_max_entries(MAP_MAGLEV, limits.max_vips * 2 * limits.maglev_size)
-        .map_max_entries(MAP_CONNTRACK_V4, limits.conntrack_capacity)
-        .map_max_entries(MAP_CONNTRACK_V6, limits.conntrack_capacity)
+        .map_max_entries(MAP_CONNTRACK, limits.conntrack_capacity)
         .load(object)
 }
 

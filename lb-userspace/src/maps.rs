@@ -10,11 +10,10 @@ use aya::{
 };
 use lb_common::{
     consts::{
-        FAMILY_V4, MAP_ADDRESSES, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK_V4,
-        MAP_CONNTRACK_V6, MAP_ENDPOINTS, MAP_MAGLEV, MAP_TX_PORTS, MAP_VIP_STATS, MAP_VIPS,
-        MAX_BACKENDS,
+        MAP_ADDRESSES, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_ENDPOINTS, MAP_MAGLEV,
+        MAP_TX_PORTS, MAP_VIP_STATS, MAP_VIPS, MAX_BACKENDS,
     },
-    flow::{Conn, FlowKey, FlowKey4},
+    flow::{Conn, FlowKey},
     service::{Backend, Endpoint, EndpointKey, VipInfo, VipKey},
     stats::{Counter, VipCounter},
 };
@@ -35,10 +34,8 @@ pub struct ServiceMaps {
     tx_ports: DevMapHash<MapData>,
     vip_stats: PerCpuArray<MapData, VipCounter>,
     backend_stats: PerCpuArray<MapData, Counter>,
-    /// IPv4 and IPv6 flows. Walked in batches (see `conntrack_entries`,
-    /// `conntrack_table`), so kept untyped.
-    conntrack_v4: aya::maps::Map,
-    conntrack_v6: aya::maps::Map,
+    /// Walked in batches (see `conntrack_entries`, `conntrack_table`), so kept untyped.
+    conntrack: aya::maps::Map,
     conntrack_capacity: u32,
     maglev_size: u32,
     /// Follows the address entries of VIPS and ENDPOINTS.
@@ -48,38 +45,6 @@ pub struct ServiceMaps {
 pub fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, MapError> {
     ebpf.take_map(name).ok_or_else(|| MapError::InvalidName {
         name: name.to_owned(),
-    })
-}
-
-/// Entries of one conntrack map (see `ServiceMaps::conntrack_entries`).
-fn count_entries<K: aya::Pod + Default>(map: &aya::maps::Map) -> Result<u64, MapError> {
-    if let aya::maps::Map::LruHashMap(data) = map {
-        let mut count = 0u64;
-        let walked = batch::walk_hash::<K, Conn>(data.fd().as_fd(), u64::MAX, |keys, _| {
-            count += keys.len() as u64;
-            true
-        });
-        match walked {
-            Ok(_) => return Ok(count),
-            Err(error) => tracing::debug!(%error, "batch lookup refused, walking the keys"),
-        }
-    }
-    let map = HashMap::<&MapData, K, Conn>::try_from(map)?;
-    Ok(map.keys().filter(Result::is_ok).count() as u64)
-}
-
-/// A descriptor of its own on an LRU hash map.
-fn dup_fd(map: &aya::maps::Map, name: &str) -> Result<std::os::fd::OwnedFd, MapError> {
-    let aya::maps::Map::LruHashMap(data) = map else {
-        return Err(MapError::InvalidName {
-            name: name.to_owned(),
-        });
-    };
-    data.fd().as_fd().try_clone_to_owned().map_err(|io_error| {
-        MapError::SyscallError(aya::sys::SyscallError {
-            call: "dup",
-            io_error,
-        })
     })
 }
 
@@ -118,8 +83,7 @@ impl ServiceMaps {
             tx_ports: DevMapHash::try_from(take(ebpf, MAP_TX_PORTS)?)?,
             vip_stats: PerCpuArray::try_from(take(ebpf, MAP_VIP_STATS)?)?,
             backend_stats: PerCpuArray::try_from(take(ebpf, MAP_BACKEND_STATS)?)?,
-            conntrack_v4: take(ebpf, MAP_CONNTRACK_V4)?,
-            conntrack_v6: take(ebpf, MAP_CONNTRACK_V6)?,
+            conntrack: take(ebpf, MAP_CONNTRACK)?,
             conntrack_capacity: limits.conntrack_capacity,
             maglev_size: limits.maglev_size,
             addresses: AddressClasses::new(Array::try_from(take(ebpf, MAP_ADDRESSES)?)?),
@@ -227,33 +191,47 @@ impl ServiceMaps {
         Ok(())
     }
 
-    /// Flows in the conntrack maps (both families): a batch lookup, 4,096 entries per
-    /// syscall; kernels without it get a key walk (one syscall per entry, and entries
-    /// evicted under the walk make it start over and count some twice).
+    /// Flows in the conntrack map: a batch lookup, 4,096 entries per syscall; kernels
+    /// without it get a key walk (one syscall per entry, and entries evicted under the walk
+    /// make it start over and count some twice).
     pub fn conntrack_entries(&self) -> Result<u64, MapError> {
-        Ok(count_entries::<FlowKey4>(&self.conntrack_v4)?
-            + count_entries::<FlowKey>(&self.conntrack_v6)?)
+        if let aya::maps::Map::LruHashMap(data) = &self.conntrack {
+            let mut count = 0u64;
+            let walked =
+                batch::walk_hash::<FlowKey, Conn>(data.fd().as_fd(), u64::MAX, |keys, _| {
+                    count += keys.len() as u64;
+                    true
+                });
+            match walked {
+                Ok(_) => return Ok(count),
+                Err(error) => tracing::debug!(%error, "batch lookup refused, walking the keys"),
+            }
+        }
+        let map = HashMap::<&MapData, FlowKey, Conn>::try_from(&self.conntrack)?;
+        Ok(map.keys().filter(Result::is_ok).count() as u64)
     }
 
-    /// A handle of its own on the conntrack maps (dup'd descriptors), so that walks and
+    /// A handle of its own on the conntrack map (a dup'd descriptor), so that walks and
     /// deletes can run without borrowing these maps.
     pub fn conntrack_table(&self) -> Result<ConntrackTable, MapError> {
-        Ok(ConntrackTable::new(
-            dup_fd(&self.conntrack_v4, MAP_CONNTRACK_V4)?,
-            dup_fd(&self.conntrack_v6, MAP_CONNTRACK_V6)?,
-            self.conntrack_capacity,
-        ))
+        let aya::maps::Map::LruHashMap(data) = &self.conntrack else {
+            return Err(MapError::InvalidName {
+                name: MAP_CONNTRACK.to_owned(),
+            });
+        };
+        let fd = data.fd().as_fd().try_clone_to_owned().map_err(|io_error| {
+            MapError::SyscallError(aya::sys::SyscallError {
+                call: "dup",
+                io_error,
+            })
+        })?;
+        Ok(ConntrackTable::new(fd, self.conntrack_capacity))
     }
 
     /// The conntrack entry of a client → VIP flow.
     pub fn conntrack_entry(&self, flow: &FlowKey) -> Result<Option<Conn>, MapError> {
-        let found = if flow.family == FAMILY_V4 {
-            HashMap::<&MapData, FlowKey4, Conn>::try_from(&self.conntrack_v4)?
-                .get(&FlowKey4::of(flow), 0)
-        } else {
-            HashMap::<&MapData, FlowKey, Conn>::try_from(&self.conntrack_v6)?.get(flow, 0)
-        };
-        match found {
+        let map = HashMap::<&MapData, FlowKey, Conn>::try_from(&self.conntrack)?;
+        match map.get(flow, 0) {
             Ok(conn) => Ok(Some(conn)),
             Err(MapError::KeyNotFound) => Ok(None),
             Err(error) => Err(error),
@@ -262,25 +240,13 @@ impl ServiceMaps {
 
     /// Writes a conntrack entry (tests age entries with it; flushes use `remove`).
     pub fn set_conntrack_entry(&mut self, flow: &FlowKey, conn: &Conn) -> Result<(), MapError> {
-        if flow.family == FAMILY_V4 {
-            HashMap::<&mut MapData, FlowKey4, Conn>::try_from(&mut self.conntrack_v4)?.insert(
-                FlowKey4::of(flow),
-                conn,
-                0,
-            )
-        } else {
-            HashMap::<&mut MapData, FlowKey, Conn>::try_from(&mut self.conntrack_v6)?
-                .insert(flow, conn, 0)
-        }
+        let mut map = HashMap::<&mut MapData, FlowKey, Conn>::try_from(&mut self.conntrack)?;
+        map.insert(flow, conn, 0)
     }
 
     pub fn remove_conntrack_entry(&mut self, flow: &FlowKey) -> Result<(), MapError> {
-        if flow.family == FAMILY_V4 {
-            HashMap::<&mut MapData, FlowKey4, Conn>::try_from(&mut self.conntrack_v4)?
-                .remove(&FlowKey4::of(flow))
-        } else {
-            HashMap::<&mut MapData, FlowKey, Conn>::try_from(&mut self.conntrack_v6)?.remove(flow)
-        }
+        let mut map = HashMap::<&mut MapData, FlowKey, Conn>::try_from(&mut self.conntrack)?;
+        map.remove(flow)
     }
 
     /// A VIP's counters summed over CPUs.

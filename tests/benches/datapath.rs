@@ -428,16 +428,66 @@ fn part_costs(
     let pass = time("baseline_pass", v4, ids.from_client);
     let parse = time("cost_parse", v4, ids.from_client);
     let parts: [(&'static str, &str, &[u8], u32); 10] = [
-        ("clock read (bpf_ktime_get_coarse_ns)", "cost_clock", v4, ids.from_client),
-        ("counters: 4 global, the VIP's, the backend's (per-CPU arrays)", "cost_counters", v4, ids.from_client),
-        ("address buckets: 2 array reads", "cost_address_buckets", v4, ids.from_client),
-        ("VIP lookup (hash, 20-byte key)", "cost_vip_lookup", v4, ids.from_client),
-        ("endpoint lookup (hash, 20-byte key)", "cost_endpoint_lookup", v4_reply, ids.from_backends),
-        ("conntrack lookup, IPv4 (LRU hash, 16-byte key)", "cost_conntrack_lookup", v4, ids.from_client),
-        ("conntrack lookup, IPv6 (LRU hash, 40-byte key)", "cost_conntrack_lookup", v6, ids.from_client),
-        ("conntrack insert, IPv4 (lookup + LRU insert)", "cost_conntrack_insert", v4, ids.from_client),
-        ("FIB lookup (bpf_fib_lookup), a next-hop slot's miss", "cost_fib_lookup", v4_reply, ids.from_backends),
-        ("redirect (bpf_redirect_map, devmap hash)", "cost_redirect", v4, ids.from_client),
+        (
+            "clock read (bpf_ktime_get_coarse_ns)",
+            "cost_clock",
+            v4,
+            ids.from_client,
+        ),
+        (
+            "counters: 4 global, the VIP's, the backend's (per-CPU arrays)",
+            "cost_counters",
+            v4,
+            ids.from_client,
+        ),
+        (
+            "address buckets: 2 array reads",
+            "cost_address_buckets",
+            v4,
+            ids.from_client,
+        ),
+        (
+            "VIP lookup (hash, 20-byte key)",
+            "cost_vip_lookup",
+            v4,
+            ids.from_client,
+        ),
+        (
+            "endpoint lookup (hash, 20-byte key)",
+            "cost_endpoint_lookup",
+            v4_reply,
+            ids.from_backends,
+        ),
+        (
+            "conntrack lookup, IPv4 (LRU hash, 16-byte key)",
+            "cost_conntrack_lookup",
+            v4,
+            ids.from_client,
+        ),
+        (
+            "conntrack lookup, IPv6 (LRU hash, 40-byte key)",
+            "cost_conntrack_lookup",
+            v6,
+            ids.from_client,
+        ),
+        (
+            "conntrack insert, IPv4 (lookup + LRU insert)",
+            "cost_conntrack_insert",
+            v4,
+            ids.from_client,
+        ),
+        (
+            "FIB lookup (bpf_fib_lookup), a next-hop slot's miss",
+            "cost_fib_lookup",
+            v4_reply,
+            ids.from_backends,
+        ),
+        (
+            "redirect (bpf_redirect_map, devmap hash)",
+            "cost_redirect",
+            v4,
+            ids.from_client,
+        ),
     ];
     let mut costs = vec![("parse: Ethernet, IPv4 (header checksum), TCP", parse - pass)];
     for (name, program, packet, ingress) in parts {
