@@ -237,6 +237,80 @@ fn a_down_backend_loses_its_flows_and_a_stale_generation_is_not_followed() {
     });
 }
 
+/// Established traffic is matched by its conntrack entry before any VIP lookup: a flow of
+/// a deleted VIP must stop there (its backends are retired with it), and once no VIP is
+/// left on the address its bucket is cleared, so the packet costs no lookup at all.
+#[test]
+fn a_tracked_flow_of_a_deleted_vip_is_no_longer_forwarded() {
+    use lb_userspace::balancer::Change;
+    let lab = FibLab::new();
+    lab.with_datapath(|datapath, ids| {
+        datapath.set_ingress(ids.from_client);
+        let flow = Spec::new(Family::V4, Transport::Tcp)
+            .between(ip(CLIENT), ip(VIP))
+            .ports(41_007, 80);
+        datapath.run(&flow.build(&[]));
+        let (_, delta) = datapath.run_counted(&flow.ack().build(b"x"));
+        assert_eq!(
+            delta.packets(Stat::ForwardEstablished),
+            1,
+            "{:?}",
+            delta.moved()
+        );
+        let tcp = Service {
+            addr: SocketAddr::new(ip(VIP), 80),
+            proto: Proto::Tcp,
+        };
+        datapath
+            .balancer
+            .apply(&Change::DelVip(tcp))
+            .expect("delete the TCP VIP");
+        let flow_key = key(ip(CLIENT), 41_007, ip(VIP), 80, IPPROTO_TCP);
+        assert!(
+            entry(datapath, &flow_key).is_some(),
+            "the entry outlives its VIP"
+        );
+        // The UDP VIP still has the address: the entry is found, its backend is retired,
+        // the VIP lookup misses.
+        let (out, delta) = datapath.run_counted(&flow.ack().build(b"y"));
+        assert_eq!(out.action, XDP_PASS);
+        assert_eq!(
+            delta.packets(Stat::PassVipOtherPort),
+            1,
+            "{:?}",
+            delta.moved()
+        );
+        // No VIP left on the address: its bucket is clear.
+        let udp = Service {
+            addr: SocketAddr::new(ip(VIP), 53),
+            proto: Proto::Udp,
+        };
+        datapath
+            .balancer
+            .apply(&Change::DelVip(udp))
+            .expect("delete the UDP VIP");
+        let (out, delta) = datapath.run_counted(&flow.ack().build(b"z"));
+        assert_eq!(out.action, XDP_PASS);
+        assert_eq!(delta.packets(Stat::PassNotVip), 1, "{:?}", delta.moved());
+        // Added back: balanced again (its bucket is set before the VIP entry is written).
+        datapath
+            .balancer
+            .apply(&Change::AddVip(tcp))
+            .expect("add the TCP VIP back");
+        datapath
+            .balancer
+            .apply(&Change::AddBackend {
+                service: tcp,
+                backend: SocketAddr::new(ip("198.18.2.2"), 8080),
+                weight: 1,
+            })
+            .expect("add a backend");
+        let (out, delta) = datapath.run_counted(&flow.ack().build(b"w"));
+        assert_eq!(out.action, XDP_REDIRECT, "{:?}", delta.moved());
+        assert_eq!(verify(&out.packet).dst, ip("198.18.2.2"));
+    });
+}
+
 #[test]
 fn a_fragment_from_a_backend_never_leaves_with_its_address() {
     let lab = FibLab::new();
