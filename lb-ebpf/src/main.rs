@@ -126,17 +126,6 @@ fn process(ctx: &XdpContext) -> Outcome {
         Err(malformed) => return Outcome::pass(malformed.reason()),
     };
     let flow = &packet.flow;
-    // Which addresses may be a VIP's or a backend's: one array read each, so traffic for
-    // neither (and a reply's VIP lookup) costs no hash lookup.
-    let dst_class = lookup::address_class(&flow.dst, flow.family);
-    let src_class = lookup::address_class(&flow.src, flow.family);
-    let to_vip_address = |packet: &Packet| {
-        lookup::may_be_vip(dst_class) && lookup::is_vip_address(&packet.flow.dst, flow.family)
-    };
-    let from_backend_address = |packet: &Packet| {
-        lookup::may_be_backend(src_class)
-            && lookup::is_backend_address(&packet.flow.src, flow.family)
-    };
     match packet.l4 {
         L4::Tcp | L4::Udp => {}
         L4::Icmp => {
@@ -146,24 +135,28 @@ fn process(ctx: &XdpContext) -> Outcome {
         }
         // Policies for what carries no ports: to a VIP address it cannot be balanced; from
         // a backend address it could be a reply that would leak the backend's address.
-        L4::Fragment if to_vip_address(&packet) => {
+        L4::Fragment if lookup::is_vip_address(&flow.dst, flow.family) => {
             return Outcome::drop(Stat::DropFragment);
         }
-        L4::Fragment if from_backend_address(&packet) => {
+        L4::Fragment if lookup::is_backend_address(&flow.src, flow.family) => {
             return Outcome::drop(Stat::DropBackendFragment);
         }
-        L4::Other if !packet.is_v4() && to_vip_address(&packet) => {
+        L4::Other if !packet.is_v4() && lookup::is_vip_address(&flow.dst, flow.family) => {
             return Outcome::drop(Stat::DropIpv6ExtensionHeader);
         }
         L4::Other
             if !packet.is_v4()
                 && is_ipv6_extension(flow.proto)
-                && from_backend_address(&packet) =>
+                && lookup::is_backend_address(&flow.src, flow.family) =>
         {
             return Outcome::drop(Stat::DropBackendIpv6ExtensionHeader);
         }
         _ => return Outcome::pass(Stat::PassNotVip),
     }
+    // Which addresses may be a VIP's or a backend's: one array read each, so traffic for
+    // neither (and a reply's VIP lookup) costs no hash lookup.
+    let dst_class = lookup::address_class(&flow.dst, flow.family);
+    let src_class = lookup::address_class(&flow.src, flow.family);
     if lookup::may_be_vip(dst_class)
         && let Some(outcome) = to_backend(ctx, &packet, now())
     {
@@ -174,7 +167,7 @@ fn process(ctx: &XdpContext) -> Outcome {
     {
         return to_client(ctx, &packet, endpoint, now());
     }
-    if to_vip_address(&packet) {
+    if lookup::is_vip_address(&flow.dst, flow.family) {
         return Outcome::pass(Stat::PassVipOtherPort);
     }
     Outcome::pass(Stat::PassNotVip)
