@@ -4,6 +4,7 @@
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::{Path, PathBuf},
     process::Command,
     time::Duration,
 };
@@ -163,14 +164,46 @@ fn unknown_interface_is_named() {
     assert!(!lab.lb.has_xdp(), "nothing was attached, not even to lo");
 }
 
+/// A copy of `lb` that any user may run, removed on drop: the checkout may sit in a
+/// folder only root can enter (a 0700 home, say), where nobody could run the built binary.
+struct WorldExecutable {
+    dir: PathBuf,
+}
+
+impl WorldExecutable {
+    fn of(binary: &Path) -> Self {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = std::env::temp_dir().join(format!("lb-any-user-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the copy's folder");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .expect("open the folder to everyone");
+        let copy = dir.join("lb");
+        std::fs::copy(binary, &copy).expect("copy lb");
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
+            .expect("make the copy executable by everyone");
+        Self { dir }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join("lb")
+    }
+}
+
+impl Drop for WorldExecutable {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[test]
 fn not_root_is_refused_with_advice() {
     let lab = Lab::new();
+    let lb = WorldExecutable::of(&lb_binary());
     // nsenter drops to nobody after joining the namespace.
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net={}", lab.lb.path().display()))
         .args(["--setuid", "65534", "--setgid", "65534", "--"])
-        .arg(lb_binary())
+        .arg(lb.path())
         .args(["run", "--iface", &lab.lb_if]);
     let stderr = run_to_failure(cmd);
     assert!(stderr.contains("needs root"), "{stderr}");
