@@ -29,6 +29,12 @@ pub fn run() -> anyhow::Result<()> {
             .arg("test")
             .args(["-p", "lb-common", "-p", "lb-userspace", "-p", "xtask"]),
     )?;
+    // The test crate's own unit tests (its fuzzer's mutations); its integration tests
+    // need root and run below.
+    step(
+        "test-helper unit tests",
+        cmd::cargo()?.args(["test", "-p", "lb-tests", "--lib"]),
+    )?;
     if !cmd::is_root() {
         bail!(
             "the eBPF and integration tests load XDP programs and create namespaces: run `cargo xtask test` as root"
