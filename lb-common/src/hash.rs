@@ -46,12 +46,19 @@ pub const fn flow_hash(key: &FlowKey) -> u32 {
     finish(h)
 }
 
-/// The ADDRESSES bucket of an address: its words folded, then Fibonacci hashing. Cheap
-/// (the datapath computes it for every packet, twice); a collision costs one hash lookup.
+/// The slot of an address (with `salt`) in a table of `slots` (a power of two): its words
+/// folded, then Fibonacci hashing. Cheap enough for every packet; not collision-proof.
+#[inline(always)]
+pub const fn address_slot(addr: &[u8; 16], salt: u32, slots: u32) -> u32 {
+    let folded = word(addr, 0) ^ word(addr, 4) ^ word(addr, 8) ^ word(addr, 12) ^ salt;
+    folded.wrapping_mul(0x9e37_79b1) >> (32 - slots.trailing_zeros())
+}
+
+/// The ADDRESSES bucket of an address (the datapath computes it for every packet, twice);
+/// a collision costs one hash lookup.
 #[inline(always)]
 pub const fn address_bucket(addr: &[u8; 16], family: u8) -> u32 {
-    let folded = word(addr, 0) ^ word(addr, 4) ^ word(addr, 8) ^ word(addr, 12) ^ family as u32;
-    folded.wrapping_mul(0x9e37_79b1) >> (32 - crate::consts::ADDRESS_BUCKETS.trailing_zeros())
+    address_slot(addr, family as u32, crate::consts::ADDRESS_BUCKETS)
 }
 
 /// Hash of arbitrary bytes with a seed (userspace: Maglev permutations of backends).

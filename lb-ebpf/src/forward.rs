@@ -16,6 +16,7 @@ use aya_ebpf::{
 use lb_common::{
     consts::{ABLATE_HOP_CACHE, HOP_SLOTS, NEXTHOP_TTL_NS},
     flow::{FlowKey, NEXTHOP_FLAG_ATTACHED, NextHop},
+    hash::address_slot,
     service::Addr,
     stats::Stat,
 };
@@ -63,7 +64,7 @@ pub fn route(ctx: &XdpContext, packet: &Packet, out: &FlowKey, slot: HopSlot, no
     let ingress = ctx.ingress_ifindex() as u32;
     let cached = match slot {
         HopSlot::Backend(id) => BACKEND_HOPS.get_ptr_mut(id),
-        HopSlot::Destination => HOPS.get_ptr_mut(hop_index(&out.dst, ingress)),
+        HopSlot::Destination => HOPS.get_ptr_mut(address_slot(&out.dst, ingress, HOP_SLOTS)),
     };
     let Some(hop) = cached else {
         return Route::Done(Outcome::pass(Stat::PassNoNeighbour));
@@ -110,25 +111,10 @@ pub fn route(ctx: &XdpContext, packet: &Packet, out: &FlowKey, slot: HopSlot, no
     Route::Hop(hop)
 }
 
-/// The `HOPS` slot of a destination (and ingress interface): multiply-shift of its words.
-#[inline(always)]
-fn hop_index(dst: &Addr, ingress: u32) -> u32 {
-    let folded = word(dst, 0) ^ word(dst, 4) ^ word(dst, 8) ^ word(dst, 12) ^ ingress;
-    folded.wrapping_mul(0x9e37_79b1) >> (32 - HOP_SLOTS.trailing_zeros())
-}
-
-#[inline(always)]
-fn word(addr: &Addr, at: usize) -> u32 {
-    u32::from_ne_bytes([addr[at], addr[at + 1], addr[at + 2], addr[at + 3]])
-}
-
 /// Compares two addresses a word at a time.
 #[inline(always)]
 fn same_addr(a: &Addr, b: &Addr) -> bool {
-    word(a, 0) == word(b, 0)
-        && word(a, 4) == word(b, 4)
-        && word(a, 8) == word(b, 8)
-        && word(a, 12) == word(b, 12)
+    words(a) == words(b)
 }
 
 /// Route, neighbour and MTU from the kernel's FIB, written into `hop` (egress interface,
