@@ -6,7 +6,7 @@
 use std::{hint::black_box, time::Instant};
 
 use lb_common::{consts::DEFAULT_MAGLEV_SIZE, hash::bytes_hash};
-use lb_userspace::maglev::{self, Entry};
+use lb_userspace::model::maglev::{self, Entry};
 
 fn median_ns(rounds: usize, mut f: impl FnMut()) -> f64 {
     let mut samples: Vec<f64> = (0..rounds)

@@ -1,30 +1,21 @@
-//! The lb controller as a library: the embedded datapath and the pieces the `lb` binary and
-//! the integration tests share.
+//! The lb controller as a library, in layers that each import only from the layers below
+//! (docs/ARCHITECTURE.md draws them; `cargo xtask test` checks the rule):
+//!
+//! - [`model`]: the desired state, its validation, Maglev, check specs. Pure.
+//! - [`datapath`]: everything that calls bpf(2), bpffs, netlink or sysctl. All `unsafe`.
+//! - [`control`]: makes the maps match the state, in a packet-safe order; health probes.
+//! - [`api`]: the wire types and the client of the control socket.
+//! - [`daemon`]: `lb run`: start-up, the controller, the socket server, metrics.
+//! - [`cli`]: clap definitions, the commands, rendering.
 
-pub mod addresses;
+#[deny(unsafe_code)]
 pub mod api;
-pub mod attach;
-pub mod balancer;
-pub mod batch;
-pub mod checker;
+#[deny(unsafe_code)]
 pub mod cli;
-pub mod commands;
-pub mod config;
-pub mod conntrack;
-pub mod controller;
+#[deny(unsafe_code)]
+pub mod control;
+#[deny(unsafe_code)]
 pub mod daemon;
 pub mod datapath;
-pub mod egress;
-pub mod flows;
-pub mod forwarding;
-pub mod health;
-pub mod maglev;
-pub mod maps;
-pub mod metrics;
-pub mod pins;
-pub mod privileges;
-pub mod probe;
-pub mod server;
-pub mod state;
-pub mod stats;
-pub mod watch;
+#[deny(unsafe_code)]
+pub mod model;

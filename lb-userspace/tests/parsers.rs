@@ -5,7 +5,11 @@
 use std::path::Path;
 
 use clap::Parser as _;
-use lb_userspace::{api, cli::Cli, config};
+use lb_userspace::{
+    api::{error::ErrorCode, wire as api},
+    cli::args::Cli,
+    model::config,
+};
 use proptest::prelude::*;
 
 /// Text that is mostly made of the parsers' own vocabulary, so inputs get deep.
@@ -36,6 +40,8 @@ fn vocabulary() -> impl Strategy<Value = String> {
         ",\"vip\":",
         ",\"backend\":",
         ",\"weight\":",
+        ",\"version\":",
+        "1",
         "\"",
         "{",
         ":",
@@ -64,7 +70,11 @@ proptest! {
     #[test]
     fn api_requests_never_panic(text in prop_oneof![vocabulary(), any::<String>()]) {
         if let Err(error) = api::parse_request(&text) {
-            prop_assert!(error.starts_with("bad request: "), "{error}");
+            // Every refusal is coded; only a version mismatch is not a plain bad request.
+            match error.code {
+                ErrorCode::BadRequest => prop_assert!(error.message.starts_with("bad request: "), "{error}"),
+                code => prop_assert_eq!(code, ErrorCode::VersionMismatch, "{}", error),
+            }
         }
     }
 

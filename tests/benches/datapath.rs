@@ -23,7 +23,7 @@ use lb_tests::{
     packets::{Family, Spec, Transport},
     testrun::Datapath,
 };
-use lb_userspace::datapath::{Limits, Options};
+use lb_userspace::model::limits::{Limits, Options};
 
 const RUNS: usize = 5;
 
@@ -385,7 +385,9 @@ fn plot(path: &str, rows: &[Row], floor: f64) -> Result<(), Box<dyn std::error::
 
 /// Two sweeps of the filled table: one that deletes nothing (default timeouts), one that
 /// deletes everything (every timeout zero).
-fn sweep_costs(datapath: &Datapath) -> Vec<(&'static str, lb_userspace::conntrack::Census)> {
+fn sweep_costs(
+    datapath: &Datapath,
+) -> Vec<(&'static str, lb_userspace::datapath::conntrack::Census)> {
     let keep = datapath
         .sweeper(lb_common::flow::DEFAULT_TIMEOUTS_NS)
         .sweep()

@@ -246,11 +246,11 @@ fn attach_floor(lab: &Lab) -> aya::Ebpf {
             .attach(dev, aya::programs::XdpMode::Driver)
             .expect("attach a baseline program natively");
     }
-    let mut ebpf = lb_userspace::datapath::open(
-        lb_userspace::datapath::OBJECT,
-        &lb_userspace::datapath::Limits::default(),
+    let mut ebpf = lb_userspace::datapath::load::open(
+        lb_userspace::datapath::load::OBJECT,
+        &lb_userspace::model::limits::Limits::default(),
         None,
-        &lb_userspace::datapath::Options::default(),
+        &lb_userspace::model::limits::Options::default(),
     )
     .expect("open the eBPF object");
     let object = &mut ebpf;

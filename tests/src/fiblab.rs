@@ -3,9 +3,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use lb_userspace::{
-    balancer::{Proto, Service},
-    datapath::Limits,
+use lb_userspace::model::{
+    limits::Limits,
+    state::{Proto, Service},
 };
 
 use crate::{
@@ -147,14 +147,18 @@ impl FibLab {
         limits: Limits,
         test: impl FnOnce(&mut Datapath, &Ids) -> T + Send,
     ) -> T {
-        self.with_datapath_loaded(limits, &lb_userspace::datapath::Options::default(), test)
+        self.with_datapath_loaded(
+            limits,
+            &lb_userspace::model::limits::Options::default(),
+            test,
+        )
     }
 
     /// As [`Self::with_datapath_sized`], loaded with `options`.
     pub fn with_datapath_loaded<T: Send>(
         &self,
         limits: Limits,
-        options: &lb_userspace::datapath::Options,
+        options: &lb_userspace::model::limits::Options,
         test: impl FnOnce(&mut Datapath, &Ids) -> T + Send,
     ) -> T {
         let ids = Ids {

@@ -8,10 +8,13 @@ use std::time::Duration;
 
 use lb_common::{consts::PROGRAM_NAME, stats::Stat};
 use lb_userspace::{
-    balancer::Balancer,
-    datapath::{self, Limits},
-    maps::ServiceMaps,
-    stats::{Snapshot, StatsMap},
+    control::balancer::Balancer,
+    datapath::{
+        load,
+        maps::ServiceMaps,
+        stats::{Snapshot, StatsMap},
+    },
+    model::limits::{Limits, Options},
 };
 
 /// Room for the program to grow a packet (encapsulation, later) without truncation.
@@ -48,18 +51,18 @@ impl Datapath {
 
     /// Loads the object with maps of the given sizes.
     pub fn load_with(limits: Limits) -> Self {
-        Self::load_with_options(limits, &datapath::Options::default())
+        Self::load_with_options(limits, &Options::default())
     }
 
     /// Loads the object with maps of the given sizes and load-time options.
-    pub fn load_with_options(limits: Limits, options: &datapath::Options) -> Self {
-        let mut ebpf = datapath::open(datapath::OBJECT, &limits, None, options)
+    pub fn load_with_options(limits: Limits, options: &Options) -> Self {
+        let mut ebpf = load::open(load::OBJECT, &limits, None, options)
             .expect("open the embedded eBPF object");
-        datapath::program(&mut ebpf)
+        load::program(&mut ebpf)
             .expect("the object has the lb XDP program")
             .load()
             .expect("the verifier accepts the program (run as root)");
-        datapath::install_tail_calls(&mut ebpf).expect("the tail-called programs load");
+        load::install_tail_calls(&mut ebpf).expect("the tail-called programs load");
         let stats = StatsMap::take(&mut ebpf).expect("the object has the stats map");
         let maps = ServiceMaps::take(&mut ebpf, &limits).expect("the object has its service maps");
         Self {
@@ -148,14 +151,17 @@ impl Datapath {
     }
 
     /// The daemon's conntrack sweep over this datapath's table, with `timeouts`.
-    pub fn sweeper(&self, timeouts: lb_common::flow::Timeouts) -> lb_userspace::conntrack::Sweeper {
+    pub fn sweeper(
+        &self,
+        timeouts: lb_common::flow::Timeouts,
+    ) -> lb_userspace::datapath::conntrack::Sweeper {
         let table = self
             .balancer
             .maps()
             .conntrack_table()
             .expect("a handle on the conntrack map");
         let stats = self.stats.try_clone().expect("a handle on the stats map");
-        lb_userspace::conntrack::Sweeper::new(table, stats, timeouts)
+        lb_userspace::datapath::conntrack::Sweeper::new(table, stats, timeouts)
     }
 
     pub fn stats(&self) -> Snapshot {

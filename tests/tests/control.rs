@@ -522,7 +522,7 @@ fn a_daemon_killed_during_changes_leaves_a_whole_state_file() {
         let _ = churn.join();
         assert!(!status.success());
         let text = std::fs::read_to_string(&instance.state).expect("state file exists");
-        let state = lb_userspace::config::parse(&text, &instance.state)
+        let state = lb_userspace::model::config::parse(&text, &instance.state)
             .unwrap_or_else(|e| panic!("round {round}: the state file is not whole: {e}\n{text}"));
         assert_eq!(state.vips.len(), 1, "round {round}: {text}");
         let leftovers: Vec<_> = std::fs::read_dir(instance.state.parent().expect("dir"))

@@ -19,7 +19,7 @@ use lb_tests::{
     packets::{Family, Spec, Transport},
     verify::{verify, verify_icmp},
 };
-use lb_userspace::balancer::{Proto, Service};
+use lb_userspace::model::state::{Proto, Service};
 
 fn ip(text: &str) -> IpAddr {
     text.parse().expect("address")

@@ -19,7 +19,10 @@ use lb_tests::{
     testrun::Datapath,
     verify::verify,
 };
-use lb_userspace::balancer::{Proto, Service, wire_addr};
+use lb_userspace::{
+    control::balancer::wire_addr,
+    model::state::{Proto, Service},
+};
 
 fn ip(text: &str) -> IpAddr {
     text.parse().expect("address")
@@ -242,7 +245,7 @@ fn a_down_backend_loses_its_flows_and_a_stale_generation_is_not_followed() {
 /// left on the address its bucket is cleared, so the packet costs no lookup at all.
 #[test]
 fn a_tracked_flow_of_a_deleted_vip_is_no_longer_forwarded() {
-    use lb_userspace::balancer::Change;
+    use lb_userspace::model::state::Change;
     let lab = FibLab::new();
     lab.with_datapath(|datapath, ids| {
         datapath.set_ingress(ids.from_client);

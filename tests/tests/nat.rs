@@ -15,8 +15,8 @@ use lb_tests::{
     verify::verify,
 };
 use lb_userspace::{
-    balancer::{Proto, Service},
-    conntrack,
+    datapath::conntrack,
+    model::state::{Proto, Service},
 };
 
 fn ip(text: &str) -> IpAddr {
@@ -177,7 +177,7 @@ fn flows_spread_over_backends_and_a_conntrack_miss_lands_where_maglev_says() {
 
 #[test]
 fn drained_backends_keep_tracked_flows_but_a_syn_on_a_reused_tuple_is_balanced_afresh() {
-    use lb_userspace::balancer::Change;
+    use lb_userspace::model::state::Change;
     let lab = FibLab::new();
     lab.with_datapath(|datapath, ids| {
         datapath.set_ingress(ids.from_client);
@@ -273,7 +273,7 @@ fn next_hops_are_cached_for_a_second_then_looked_up_again() {
 
 #[test]
 fn a_full_conntrack_table_evicts_the_stalest_flows_and_keeps_balancing() {
-    use lb_userspace::datapath::Limits;
+    use lb_userspace::model::limits::Limits;
     const CAPACITY: u32 = 1024;
     const FLOWS: u16 = 4_000;
     let lab = FibLab::new();
@@ -485,7 +485,7 @@ fn policies_for_what_cannot_be_balanced() {
 
 #[test]
 fn invalid_services_are_refused_before_any_map_changes() {
-    use lb_userspace::balancer::{BalancerError::Invalid, ChangeError as E};
+    use lb_userspace::{control::balancer::BalancerError::Invalid, model::state::ChangeError as E};
     let mut datapath = Datapath::load();
     let balancer = &mut datapath.balancer;
     let vip = Service {

@@ -265,7 +265,7 @@ fn verifier_rejection_shows_the_verifier_log() {
 /// initialised at program entry: the verifier must refuse it.
 fn object_with_unreadable_register() -> Vec<u8> {
     use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
-    let mut bytes = lb_userspace::datapath::OBJECT.to_vec();
+    let mut bytes = lb_userspace::datapath::load::OBJECT.to_vec();
     let file = object::File::parse(&*bytes).expect("parse the embedded ELF");
     let symbol = file
         .symbols()

@@ -5,6 +5,7 @@ mod build;
 mod cmd;
 mod demo;
 mod fuzz;
+mod layers;
 mod run;
 mod setup;
 mod soak;
@@ -29,6 +30,8 @@ enum Task {
     Run(run::Options),
     /// Run every check CI runs: fmt, clippy, unit, eBPF and integration tests.
     Test,
+    /// Check that lb-userspace's layers import only downward, with no cycles.
+    Layers,
     /// Run the benchmarks and write docs/BENCHMARKS.md.
     Bench(bench::Options),
     /// Fuzz the datapath with mutated packets (10^6 by default).
@@ -59,6 +62,11 @@ fn main() -> anyhow::Result<()> {
         Task::Bench(options) => {
             setup::run()?;
             bench::run(&options)
+        }
+        Task::Layers => {
+            let files = layers::check(&cmd::workspace_root().join("lb-userspace/src"))?;
+            eprintln!("{files} files: every import goes downward, no cycles");
+            Ok(())
         }
         Task::Test => {
             setup::run()?;

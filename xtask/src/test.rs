@@ -4,7 +4,7 @@ use std::process::Command;
 
 use anyhow::bail;
 
-use crate::{build, cmd};
+use crate::{build, cmd, layers};
 
 /// Crates that run on the host (lb-ebpf is checked by its own nightly build).
 const HOST_PACKAGES: &[&str] = &["lb-lab", "lb-common", "lb-userspace", "lb-tests", "xtask"];
@@ -14,6 +14,9 @@ pub fn run() -> anyhow::Result<()> {
         "format",
         cmd::cargo()?.args(["fmt", "--all", "--", "--check"]),
     )?;
+    let root = cmd::workspace_root();
+    let checked = layers::check(&root.join("lb-userspace/src"))?;
+    eprintln!("\n==> layers: {checked} files of lb-userspace import only downward, no cycles");
     step(
         "lint",
         cmd::cargo()?.arg("clippy").args(package_args()).args([

@@ -3,8 +3,10 @@
 //! keep forwarding until `lb down`.
 
 use std::{
-    path::Path,
+    net::SocketAddr,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
+    time::Duration,
     time::Instant,
 };
 
@@ -18,27 +20,63 @@ use tokio::{
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    api,
-    attach::{self, Interface, PinnedAttachment, error_chain},
-    balancer::Balancer,
-    checker::Checker,
-    cli::RunArgs,
-    config,
-    conntrack::{ConntrackBook, Sweeper},
-    controller::Controller,
-    datapath::{self, Limits},
-    egress::EgressWatch,
-    forwarding::{self, Family},
-    health::HealthBook,
-    maps::{self, ServiceMaps},
-    metrics,
-    pins::PinDir,
-    privileges, server,
-    state::State,
-    stats::{self, Snapshot, StatsMap},
+    api::client,
+    control::balancer::Balancer,
+    control::checker::Checker,
+    daemon::controller::Controller,
+    daemon::metrics_http,
+    daemon::server,
+    datapath::attach::{self, AttachMode, Interface, PinnedAttachment},
+    datapath::conntrack::{ConntrackBook, Sweeper},
+    datapath::egress::EgressWatch,
+    datapath::forwarding::{self, Family},
+    datapath::load,
+    datapath::log,
+    datapath::maps::{self, ServiceMaps},
+    datapath::pins::PinDir,
+    datapath::privileges,
+    datapath::stats::{self, Snapshot, StatsMap},
+    model::config,
+    model::error_chain::error_chain,
+    model::health::HealthBook,
+    model::limits::{Limits, Options},
+    model::state::State,
 };
 
-pub async fn run(args: RunArgs, api_flag: Option<&Path>) -> anyhow::Result<()> {
+/// What `lb run` was asked to do; the CLI builds it from its flags.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub ifaces: Vec<String>,
+    pub xdp_mode: AttachMode,
+    /// Declared state that replaces the saved one.
+    pub config: Option<PathBuf>,
+    pub state: PathBuf,
+    pub pin_dir: PathBuf,
+    /// Sizes asked for; `None` takes the pinned datapath's, else the default.
+    pub table_size: Option<u32>,
+    pub conntrack_size: Option<u32>,
+    pub metrics: Option<SocketAddr>,
+    pub log_datapath: bool,
+    pub options: Options,
+    pub sweep_interval: Duration,
+    /// Counter reports on stdout; `None` prints only at exit.
+    pub stats_interval: Option<Duration>,
+    pub bpf_object: Option<PathBuf>,
+}
+
+impl RunConfig {
+    /// The sizes to create maps with when nothing is pinned yet.
+    pub fn limits(&self) -> Limits {
+        let defaults = Limits::default();
+        Limits {
+            maglev_size: self.table_size.unwrap_or(defaults.maglev_size),
+            conntrack_capacity: self.conntrack_size.unwrap_or(defaults.conntrack_capacity),
+            ..defaults
+        }
+    }
+}
+
+pub async fn run(args: RunConfig, api_flag: Option<&Path>) -> anyhow::Result<()> {
     privileges::check()?;
     // Handlers first: a signal that arrives while starting must not kill the daemon midway.
     let signals = Signals::install()?;
@@ -61,16 +99,18 @@ pub async fn run(args: RunArgs, api_flag: Option<&Path>) -> anyhow::Result<()> {
         })
         .transpose()?;
     let metrics_listener = match args.metrics {
-        Some(addr) => Some(metrics::bind(addr).await?),
+        Some(addr) => Some(metrics_http::bind(addr).await?),
         None => None,
     };
-    let api_path = api::socket_path(api_flag);
+    let api_path = client::socket_path(api_flag);
     let socket = server::bind(&api_path)?;
     let mut pins = PinDir::open(&args.pin_dir)?;
     let adopted_limits = pins.adoptable(args.table_size, args.conntrack_size)?;
-    raise_memlock_limit();
+    if load::raise_memlock_limit().is_err() {
+        warn!("could not raise RLIMIT_MEMLOCK; old kernels may refuse to create maps");
+    }
 
-    let object = custom_object.as_deref().unwrap_or(datapath::OBJECT);
+    let object = custom_object.as_deref().unwrap_or(load::OBJECT);
     let started = start(
         &args,
         &pins,
@@ -154,8 +194,8 @@ pub async fn run(args: RunArgs, api_flag: Option<&Path>) -> anyhow::Result<()> {
         health: HealthBook::default(),
         conntrack: ConntrackBook::new(first_census),
         conntrack_table,
-        timeouts: args.load_options().timeouts_ns,
-        sweep_interval: args.sweep_interval(),
+        timeouts: args.options.timeouts_ns,
+        sweep_interval: args.sweep_interval,
         checker: Checker::new(tokio::runtime::Handle::current(), probe_tx),
         ebpf,
     }));
@@ -181,12 +221,12 @@ pub async fn run(args: RunArgs, api_flag: Option<&Path>) -> anyhow::Result<()> {
     let sweep_task = tokio::spawn(sweep_forever(
         Arc::new(sweeper),
         Arc::clone(&controller),
-        args.sweep_interval(),
+        args.sweep_interval,
     ));
 
     let metrics_task = metrics_listener.map(|listener| {
         info!(addr = ?args.metrics, "serving Prometheus metrics at /metrics");
-        tokio::spawn(metrics::serve(listener, Arc::clone(&controller)))
+        tokio::spawn(metrics_http::serve(listener, Arc::clone(&controller)))
     });
     let (down_tx, mut down_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -245,7 +285,7 @@ fn check_forwarding(ifaces: &[Interface], desired: Option<&State>) -> anyhow::Re
 }
 
 /// The conntrack sweep, with its own handles on CONNTRACK and STATS.
-fn sweeper(started: &Started, args: &RunArgs) -> anyhow::Result<Sweeper> {
+fn sweeper(started: &Started, args: &RunConfig) -> anyhow::Result<Sweeper> {
     let table = started
         .balancer
         .maps()
@@ -255,7 +295,7 @@ fn sweeper(started: &Started, args: &RunArgs) -> anyhow::Result<Sweeper> {
         .stats
         .try_clone()
         .context("opening the stats map for the sweep")?;
-    Ok(Sweeper::new(table, stats, args.load_options().timeouts_ns))
+    Ok(Sweeper::new(table, stats, args.options.timeouts_ns))
 }
 
 /// Sweeps every `interval` outside the controller's lock, which is taken only to store
@@ -323,7 +363,7 @@ fn report_unattached(egress: &mut EgressWatch) {
 
 /// Loads the program over the pinned (or new) maps, syncs the state, attaches.
 fn start(
-    args: &RunArgs,
+    args: &RunConfig,
     pins: &PinDir,
     adopted: Option<Limits>,
     object: &[u8],
@@ -332,11 +372,11 @@ fn start(
     saved: Option<State>,
 ) -> anyhow::Result<Started> {
     let limits = adopted.unwrap_or_else(|| args.limits());
-    let mut ebpf = datapath::open(object, &limits, Some(pins), &args.load_options())
+    let mut ebpf = load::open(object, &limits, Some(pins), &args.options)
         .context("opening the eBPF object")?;
-    let program = datapath::program(&mut ebpf).context("the eBPF object has no XDP program")?;
+    let program = load::program(&mut ebpf).context("the eBPF object has no XDP program")?;
     program.load().map_err(describe_load_error)?;
-    datapath::install_tail_calls(&mut ebpf).context("loading the ICMP programs")?;
+    load::install_tail_calls(&mut ebpf).context("loading the ICMP programs")?;
     let meta = maps::take(&mut ebpf, MAP_META)?;
     if adopted.is_none() {
         pins.write_layout(meta, &limits)?;
@@ -375,7 +415,7 @@ fn start(
     balancer
         .retain_tx_ports(&ifindexes)
         .context("pruning the redirect map")?;
-    let program = datapath::program(&mut ebpf).context("the eBPF object has no XDP program")?;
+    let program = load::program(&mut ebpf).context("the eBPF object has no XDP program")?;
     let mut attachments = Vec::with_capacity(ifaces.len());
     for iface in ifaces {
         let attachment = attach::attach_pinned(program, iface, args.xdp_mode, pins)?;
@@ -400,13 +440,7 @@ fn start(
 
 /// Copies the datapath's aya-log records into this process's log (target `lb_ebpf`).
 fn forward_datapath_log(ebpf: &mut Ebpf) -> anyhow::Result<()> {
-    let logger = aya_log::EbpfLogger::init(ebpf).context("opening the datapath log")?;
-    // SAFETY: the logger owns its ring buffer's fd, which stays open and the same for as
-    // long as the AsyncFd (which owns the logger) lives.
-    let mut ready = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
-    }
-    .map_err(|e| anyhow::anyhow!("watching the datapath log: {e}"))?;
+    let mut ready = log::watch(ebpf)?;
     tokio::spawn(async move {
         while let Ok(mut guard) = ready.readable_mut().await {
             guard.get_inner_mut().flush();
@@ -478,7 +512,7 @@ fn check_pins(controller: &Arc<Mutex<Controller>>, reported: &mut bool) {
 async fn wait_for_stop(
     signals: Signals,
     controller: &Arc<Mutex<Controller>>,
-    args: &RunArgs,
+    args: &RunConfig,
     down: &mut watch::Receiver<bool>,
     egress: &mut EgressWatch,
 ) -> anyhow::Result<Stop> {
@@ -487,7 +521,7 @@ async fn wait_for_stop(
         int: mut sigint,
     } = signals;
     let interval = args
-        .stats_interval()
+        .stats_interval
         .unwrap_or(std::time::Duration::from_secs(86_400));
     let mut ticker = tokio::time::interval(interval);
     ticker.tick().await;
@@ -503,7 +537,7 @@ async fn wait_for_stop(
                 check_pins(controller, &mut pins_reported);
                 report_unattached(egress);
             }
-            _ = ticker.tick(), if args.stats_interval().is_some() => {
+            _ = ticker.tick(), if args.stats_interval.is_some() => {
                 let read = match controller.lock() {
                     Ok(c) => c.stats.read(),
                     Err(_) => anyhow::bail!("the daemon's state is poisoned"),
@@ -534,17 +568,5 @@ fn describe_load_error(error: ProgramError) -> anyhow::Error {
             "the kernel verifier rejected the XDP program ({io_error}); verifier log:\n{verifier_log}"
         ),
         other => anyhow::Error::new(other).context("loading the XDP program into the kernel"),
-    }
-}
-
-/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones ignore it.
-fn raise_memlock_limit() {
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: setrlimit reads a valid rlimit struct.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
-        warn!("could not raise RLIMIT_MEMLOCK; old kernels may refuse to create maps");
     }
 }

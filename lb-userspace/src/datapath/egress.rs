@@ -10,7 +10,7 @@ use aya::{
 };
 use lb_common::consts::MAP_UNATTACHED;
 
-use crate::maps;
+use crate::datapath::maps;
 
 pub struct EgressWatch {
     map: HashMap<MapData, u32, u32>,

@@ -1,19 +1,10 @@
-//! Health checks: what a check is (`CheckSpec`, set per VIP), what each backend's health
-//! is (`HealthBook`: rise/fall counting, state with the time it began, recent changes).
-//! Probes themselves live in [`crate::probe`]; the tasks that run them in
-//! [`crate::checker`].
+//! Health checks: what a check is (`CheckSpec`, set per VIP), as operators write it
+//! (`CheckConfig`) and validated. Each backend's health is in [`super::health`]; the probes
+//! run in [`crate::control`].
 
-use std::{
-    collections::{BTreeMap, VecDeque},
-    fmt,
-    net::SocketAddr,
-    str::FromStr,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{fmt, str::FromStr, time::Duration};
 
 use serde::{Deserialize, Serialize};
-
-use crate::state::Service;
 
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -23,8 +14,6 @@ const MIN_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 const MAX_COUNT: u32 = 100;
 const MAX_UDP_PAYLOAD: usize = 512;
-/// State changes remembered per backend.
-const HISTORY: usize = 16;
 
 /// What a probe does.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -197,149 +186,9 @@ impl From<&CheckSpec> for CheckConfig {
     }
 }
 
-/// A backend's health.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Health {
-    /// Its VIP has no check.
-    Unchecked,
-    Up,
-    Down,
-}
-
-impl fmt::Display for Health {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Health::Unchecked => "unchecked",
-            Health::Up => "up",
-            Health::Down => "down",
-        })
-    }
-}
-
-/// One state change, kept for operators.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Transition {
-    pub to: Health,
-    /// Seconds since the Unix epoch.
-    pub at: u64,
-    pub reason: String,
-}
-
-#[derive(Clone, Debug)]
-pub struct BackendHealth {
-    pub health: Health,
-    pub since: SystemTime,
-    successes: u32,
-    failures: u32,
-    pub last_error: Option<String>,
-    pub history: VecDeque<Transition>,
-}
-
-pub type HealthKey = (Service, SocketAddr);
-
-pub fn unix_seconds(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// Every backend's health. New backends of a checked VIP start up (they take traffic at
-/// once, as an unchecked one would) and need `fall` failures to go down.
-#[derive(Debug, Default)]
-pub struct HealthBook {
-    entries: BTreeMap<HealthKey, BackendHealth>,
-}
-
-impl HealthBook {
-    pub fn get(&self, key: &HealthKey) -> Option<&BackendHealth> {
-        self.entries.get(key)
-    }
-
-    /// Makes the book cover exactly `checked` (backends of VIPs with a check) and
-    /// `unchecked`; entries of backends that stay keep their state.
-    pub fn reconcile(&mut self, checked: &[HealthKey], unchecked: &[HealthKey]) {
-        let now = SystemTime::now();
-        self.entries
-            .retain(|key, _| checked.contains(key) || unchecked.contains(key));
-        for (keys, initial) in [(checked, Health::Up), (unchecked, Health::Unchecked)] {
-            for key in keys {
-                let entry = self.entries.entry(*key).or_insert_with(|| BackendHealth {
-                    health: initial,
-                    since: now,
-                    successes: 0,
-                    failures: 0,
-                    last_error: None,
-                    history: VecDeque::new(),
-                });
-                // A check added to (or removed from) a VIP changes what the state means.
-                if (initial == Health::Unchecked) != (entry.health == Health::Unchecked) {
-                    entry.health = initial;
-                    entry.since = now;
-                    entry.successes = 0;
-                    entry.failures = 0;
-                }
-            }
-        }
-    }
-
-    /// Counts one probe result; returns the new health if it changed.
-    pub fn record(
-        &mut self,
-        key: &HealthKey,
-        result: &Result<(), String>,
-        rise: u32,
-        fall: u32,
-    ) -> Option<Health> {
-        let entry = self.entries.get_mut(key)?;
-        if entry.health == Health::Unchecked {
-            return None;
-        }
-        match result {
-            Ok(()) => {
-                entry.successes += 1;
-                entry.failures = 0;
-            }
-            Err(error) => {
-                entry.failures += 1;
-                entry.successes = 0;
-                entry.last_error = Some(error.clone());
-            }
-        }
-        let next = match entry.health {
-            Health::Up if entry.failures >= fall => Health::Down,
-            Health::Down if entry.successes >= rise => Health::Up,
-            _ => return None,
-        };
-        let now = SystemTime::now();
-        let reason = match (next, result) {
-            (Health::Down, Err(error)) => format!("{fall} failed checks in a row, last: {error}"),
-            _ => format!("{rise} successful checks in a row"),
-        };
-        entry.health = next;
-        entry.since = now;
-        entry.history.push_back(Transition {
-            to: next,
-            at: unix_seconds(now),
-            reason,
-        });
-        if entry.history.len() > HISTORY {
-            entry.history.pop_front();
-        }
-        Some(next)
-    }
-
-    /// Backends that are down.
-    pub fn down(&self) -> impl Iterator<Item = &HealthKey> {
-        self.entries
-            .iter()
-            .filter(|(_, h)| h.health == Health::Down)
-            .map(|(key, _)| key)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Proto;
 
     fn config(probe: &str) -> CheckConfig {
         CheckConfig {
@@ -436,34 +285,5 @@ mod tests {
         assert_eq!(status_range("200-299"), Ok((200, 299)));
         assert_eq!(status_range("204"), Ok((204, 204)));
         assert!(status_range("300-200").is_err());
-    }
-
-    #[test]
-    fn fall_and_rise_count_in_a_row() {
-        let key = (
-            Service {
-                addr: "198.18.1.1:80".parse().expect("addr"),
-                proto: Proto::Tcp,
-            },
-            "198.18.11.2:80".parse().expect("addr"),
-        );
-        let mut book = HealthBook::default();
-        book.reconcile(&[key], &[]);
-        let fail = Err("refused".to_owned());
-        assert_eq!(book.record(&key, &fail, 2, 3), None);
-        assert_eq!(book.record(&key, &fail, 2, 3), None);
-        assert_eq!(book.record(&key, &Ok(()), 2, 3), None, "the run is broken");
-        assert_eq!(book.record(&key, &fail, 2, 3), None);
-        assert_eq!(book.record(&key, &fail, 2, 3), None);
-        assert_eq!(book.record(&key, &fail, 2, 3), Some(Health::Down));
-        assert_eq!(book.down().count(), 1);
-        assert_eq!(book.record(&key, &Ok(()), 2, 3), None);
-        assert_eq!(book.record(&key, &Ok(()), 2, 3), Some(Health::Up));
-        let history = &book.get(&key).expect("entry").history;
-        assert_eq!(history.len(), 2);
-        assert!(history[0].reason.contains("refused"), "{history:?}");
-        book.reconcile(&[], &[key]);
-        assert_eq!(book.get(&key).map(|h| h.health), Some(Health::Unchecked));
-        assert_eq!(book.record(&key, &fail, 2, 3), None);
     }
 }

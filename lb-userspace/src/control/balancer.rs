@@ -21,11 +21,12 @@ use lb_common::{
 use thiserror::Error;
 use tracing::warn;
 
-pub use crate::state::{
-    BackendSpec, Change, ChangeError, DEFAULT_WEIGHT, MAX_WEIGHT, MIN_WEIGHT, Proto, Service,
-    State, VipSpec,
+use crate::model::state::{
+    BackendSpec, Change, ChangeError, MAX_WEIGHT, MIN_WEIGHT, Proto, Service, State, VipSpec,
 };
-use crate::{datapath::Limits, health::HealthKey, maglev, maps::ServiceMaps};
+use crate::{
+    datapath::maps::ServiceMaps, model::health::HealthKey, model::limits::Limits, model::maglev,
+};
 
 #[derive(Debug, Error)]
 pub enum BalancerError {
@@ -75,7 +76,7 @@ pub struct Balancer {
 /// A delete of something already gone is done.
 fn ignore_missing(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
     match result {
-        Err(error) if crate::maps::missing(&error) => Ok(()),
+        Err(error) if crate::datapath::maps::missing(&error) => Ok(()),
         other => other,
     }
 }

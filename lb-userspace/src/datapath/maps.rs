@@ -19,10 +19,10 @@ use lb_common::{
 };
 
 use crate::{
-    addresses::{AddressClasses, Kind},
-    batch,
-    conntrack::ConntrackTable,
-    datapath::Limits,
+    datapath::addresses::{AddressClasses, Kind},
+    datapath::batch,
+    datapath::conntrack::ConntrackTable,
+    model::limits::Limits,
 };
 
 pub struct ServiceMaps {

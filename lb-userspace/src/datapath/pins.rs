@@ -28,7 +28,7 @@ use lb_common::{
 use thiserror::Error;
 use tracing::info;
 
-use crate::datapath::Limits;
+use crate::model::limits::Limits;
 
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -181,7 +181,7 @@ impl PinDir {
     pub fn keep(&mut self, ifaces: &[String]) -> Result<(), PinError> {
         let keep_error = |name: &str, e: &dyn std::error::Error| PinError::Keep {
             name: name.to_owned(),
-            reason: crate::attach::error_chain(e),
+            reason: crate::model::error_chain::error_chain(e),
         };
         let mut kept = Kept::default();
         for name in PINNED_MAPS {
@@ -247,7 +247,7 @@ impl PinDir {
         }
         let repin_error = |name: &str, e: &dyn std::error::Error| PinError::Repin {
             name: name.to_owned(),
-            reason: crate::attach::error_chain(e),
+            reason: crate::model::error_chain::error_chain(e),
         };
         for (name, map) in &self.kept.maps {
             let path = self.map_path(name);

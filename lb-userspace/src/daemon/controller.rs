@@ -13,23 +13,26 @@ use serde::Serialize;
 use tracing::{error, info, warn};
 
 use crate::{
-    api::{
+    api::error::{ApiError, ErrorCode},
+    api::wire::{
         BackendEntry, ConntrackReport, CounterEntry, DownReport, FlowList, FlushReport,
         InterfaceEntry, MAX_FLOW_LIMIT, Request, Response, StatsReport, StatusReport, TimeoutEntry,
         VipEntry,
     },
-    attach::{PinnedAttachment, error_chain},
-    balancer::{Balancer, BalancerError, VipView},
-    checker::Checker,
-    config,
-    conntrack::{ConntrackBook, ConntrackTable, monotonic_coarse_ns},
-    flows::{self, Filter},
-    forwarding::{self, Family},
-    health::{CheckConfig, Health, HealthBook, HealthKey, unix_seconds},
-    metrics,
-    pins::PinDir,
-    state::{Change, Proto, Service},
-    stats::{self, StatsMap},
+    control::balancer::{Balancer, BalancerError, VipView},
+    control::checker::Checker,
+    daemon::flows::{self, Filter},
+    daemon::metrics,
+    datapath::attach::PinnedAttachment,
+    datapath::conntrack::{ConntrackBook, ConntrackTable, monotonic_coarse_ns},
+    datapath::forwarding::{self, Family, ForwardingError},
+    datapath::pins::PinDir,
+    datapath::stats::{self, StatsMap},
+    model::check::CheckConfig,
+    model::config,
+    model::error_chain::error_chain,
+    model::health::{Health, HealthBook, HealthKey, unix_seconds},
+    model::state::{Change, ChangeError, Proto, Service},
 };
 use lb_common::{
     flow::{Timeout, Timeouts},
@@ -64,14 +67,43 @@ fn service(vip: SocketAddr, proto: Proto) -> Service {
     Service { addr: vip, proto }
 }
 
-fn json(value: impl Serialize) -> Result<serde_json::Value, String> {
-    serde_json::to_value(value).map_err(|e| e.to_string())
+fn json(value: impl Serialize) -> Result<serde_json::Value, ApiError> {
+    serde_json::to_value(value).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
+}
+
+/// A map or syscall failure: the datapath, not the request, is at fault.
+fn datapath_error(error: impl std::error::Error) -> ApiError {
+    ApiError::new(ErrorCode::DatapathError, error_chain(&error))
+}
+
+fn invalid_check(reason: String) -> ApiError {
+    ApiError::new(ErrorCode::InvalidCheck, format!("check: {reason}"))
+}
+
+impl From<BalancerError> for ApiError {
+    fn from(error: BalancerError) -> Self {
+        match error {
+            BalancerError::Invalid(invalid) => invalid.into(),
+            BalancerError::TooManyVips(_) => {
+                ApiError::new(ErrorCode::TooManyVips, error.to_string())
+            }
+            BalancerError::TooManyBackends => {
+                ApiError::new(ErrorCode::TooManyBackends, error.to_string())
+            }
+            // The maps may hold part of the change; the desired state is unchanged and the
+            // next change completes the sync.
+            BalancerError::Map(_) => datapath_error(error),
+        }
+    }
 }
 
 impl Controller {
     pub fn handle(&mut self, request: Request) -> Response {
         if self.pins.is_none() {
-            return Response::failure("the daemon is shutting down (`lb down`)");
+            return Response::failure(ApiError::new(
+                ErrorCode::ShuttingDown,
+                "the daemon is shutting down (`lb down`)",
+            ));
         }
         let result = match request {
             Request::VipAdd { vip, proto, check } => {
@@ -80,7 +112,7 @@ impl Controller {
                     .as_ref()
                     .map(CheckConfig::validate)
                     .transpose()
-                    .map_err(|reason| format!("check: {reason}"))
+                    .map_err(invalid_check)
                     .and_then(|check| self.forwarding_for(vip).map(|()| check));
                 match checked {
                     Err(reason) => Err(reason),
@@ -93,7 +125,7 @@ impl Controller {
             }
             Request::VipSetCheck { vip, proto, check } => {
                 match check.as_ref().map(CheckConfig::validate).transpose() {
-                    Err(reason) => Err(format!("check: {reason}")),
+                    Err(reason) => Err(invalid_check(reason)),
                     Ok(check) => self.change(vec![Change::SetCheck {
                         service: service(vip, proto),
                         check,
@@ -171,22 +203,12 @@ impl Controller {
 
     /// Applies changes to the maps, then saves the state. If saving fails the maps go back
     /// to the saved state, so the file and the datapath never disagree.
-    fn change(&mut self, changes: Vec<Change>) -> Result<serde_json::Value, String> {
+    fn change(&mut self, changes: Vec<Change>) -> Result<serde_json::Value, ApiError> {
         let before = self.balancer.state().clone();
-        match self.balancer.apply_all(&changes) {
-            Ok(()) => {}
-            Err(invalid @ (BalancerError::Invalid(_) | BalancerError::TooManyVips(_))) => {
-                return Err(invalid.to_string());
-            }
-            Err(other) => {
-                // The maps may hold part of the change; the desired state is unchanged
-                // and the next change completes the sync.
-                return Err(error_chain(&other));
-            }
-        }
+        self.balancer.apply_all(&changes)?;
         if let Err(save_error) = config::save(&self.state_file, self.balancer.state()) {
             let reason = error_chain(&save_error);
-            return Err(match self.balancer.sync(&before) {
+            let message = match self.balancer.sync(&before) {
                 Ok(()) => format!("{reason}; the change was rolled back"),
                 Err(rollback) => {
                     error!(error = %error_chain(&rollback), "rolling back after a failed save");
@@ -195,7 +217,8 @@ impl Controller {
                         error_chain(&rollback)
                     )
                 }
-            });
+            };
+            return Err(ApiError::new(ErrorCode::StateNotSaved, message));
         }
         info!(?changes, "applied");
         self.refresh_health();
@@ -253,12 +276,12 @@ impl Controller {
         self.apply_health();
     }
 
-    fn vip_entry(&self, vip: &VipView) -> Result<VipEntry, String> {
+    fn vip_entry(&self, vip: &VipView) -> Result<VipEntry, ApiError> {
         let counter = self
             .balancer
             .maps()
             .vip_counter(vip.id)
-            .map_err(|e| error_chain(&e))?;
+            .map_err(datapath_error)?;
         let check = self
             .balancer
             .state()
@@ -278,7 +301,7 @@ impl Controller {
         })
     }
 
-    fn vips(&self) -> Result<Vec<VipEntry>, String> {
+    fn vips(&self) -> Result<Vec<VipEntry>, ApiError> {
         self.balancer
             .view()
             .iter()
@@ -286,12 +309,12 @@ impl Controller {
             .collect()
     }
 
-    fn backends(&self, filter: Option<Service>) -> Result<Vec<BackendEntry>, String> {
+    fn backends(&self, filter: Option<Service>) -> Result<Vec<BackendEntry>, ApiError> {
         let view = self.balancer.view();
         if let Some(wanted) = filter
             && !view.iter().any(|v| v.service == wanted)
         {
-            return Err(format!("no VIP {wanted} (list them with `lb vip list`)"));
+            return Err(ChangeError::UnknownVip(wanted).into());
         }
         let mut entries = Vec::new();
         for vip in view
@@ -305,7 +328,7 @@ impl Controller {
                     .balancer
                     .maps()
                     .backend_counter(backend.id)
-                    .map_err(|e| error_chain(&e))?;
+                    .map_err(datapath_error)?;
                 entries.push(BackendEntry {
                     vip: vip.service.addr,
                     proto: vip.service.proto,
@@ -335,8 +358,8 @@ impl Controller {
         Ok(entries)
     }
 
-    fn stats(&self) -> Result<StatsReport, String> {
-        let snapshot = self.stats.read().map_err(|e| error_chain(&e))?;
+    fn stats(&self) -> Result<StatsReport, ApiError> {
+        let snapshot = self.stats.read().map_err(datapath_error)?;
         let counters = Stat::ALL
             .iter()
             .map(|&stat| {
@@ -371,12 +394,17 @@ impl Controller {
 
     /// Refuses an IPv6 VIP while an attached interface has IPv6 forwarding off: the
     /// datapath would drop its packets. (IPv4 forwarding was checked at start.)
-    fn forwarding_for(&self, vip: SocketAddr) -> Result<(), String> {
+    fn forwarding_for(&self, vip: SocketAddr) -> Result<(), ApiError> {
         if vip.is_ipv4() {
             return Ok(());
         }
         let names = self.attachments.iter().map(|a| a.iface.name.as_str());
-        forwarding::check(names, Family::V6).map_err(|e| e.to_string())
+        forwarding::check(names, Family::V6).map_err(|error| match error {
+            ForwardingError::Off { .. } => {
+                ApiError::new(ErrorCode::ForwardingDisabled, error.to_string())
+            }
+            ForwardingError::Unreadable { .. } => datapath_error(error),
+        })
     }
 
     /// The filter of a list or flush, checked against the VIPs and backends there are.
@@ -385,7 +413,7 @@ impl Controller {
         vip: Option<SocketAddr>,
         proto: Option<Proto>,
         backend: Option<SocketAddr>,
-    ) -> Result<Filter, String> {
+    ) -> Result<Filter, ApiError> {
         Filter::resolve(&self.balancer.view(), vip, proto, backend)
     }
 
@@ -396,9 +424,12 @@ impl Controller {
         proto: Option<Proto>,
         backend: Option<SocketAddr>,
         limit: u64,
-    ) -> Result<FlowList, String> {
+    ) -> Result<FlowList, ApiError> {
         if !(1..=MAX_FLOW_LIMIT).contains(&limit) {
-            return Err(format!("limit must be between 1 and {MAX_FLOW_LIMIT}"));
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("limit must be between 1 and {MAX_FLOW_LIMIT}"),
+            ));
         }
         let filter = self.flow_filter(vip, proto, backend)?;
         let backends: HashMap<(u32, u32), SocketAddr> = self
@@ -408,7 +439,7 @@ impl Controller {
             .flat_map(|v| &v.backends)
             .map(|b| ((b.id, b.generation), b.addr))
             .collect();
-        let now = monotonic_coarse_ns().map_err(|e| error_chain(&e))?;
+        let now = monotonic_coarse_ns().map_err(datapath_error)?;
         let mut list = FlowList::default();
         self.conntrack_table
             .walk(|key, conn| {
@@ -422,7 +453,7 @@ impl Controller {
                 }
                 false
             })
-            .map_err(|e| error_chain(&e))?;
+            .map_err(datapath_error)?;
         list.flows.sort_by_key(|flow| (flow.vip, flow.client));
         Ok(list)
     }
@@ -433,12 +464,12 @@ impl Controller {
         vip: Option<SocketAddr>,
         proto: Option<Proto>,
         backend: Option<SocketAddr>,
-    ) -> Result<FlushReport, String> {
+    ) -> Result<FlushReport, ApiError> {
         let filter = self.flow_filter(vip, proto, backend)?;
         let pass = self
             .conntrack_table
             .walk(|key, conn| filter.matches(key, conn))
-            .map_err(|e| error_chain(&e))?;
+            .map_err(datapath_error)?;
         self.conntrack.record_flush(pass.deleted);
         info!(
             ?vip,
@@ -453,8 +484,8 @@ impl Controller {
     }
 
     /// What a metrics scrape reports.
-    pub fn metrics(&self) -> Result<metrics::Snapshot, String> {
-        let snapshot = self.stats.read().map_err(|e| error_chain(&e))?;
+    pub fn metrics(&self) -> Result<metrics::Snapshot, ApiError> {
+        let snapshot = self.stats.read().map_err(datapath_error)?;
         let counters = metrics::Snapshot::counters_from(|stat| {
             let c = snapshot.get(stat);
             CounterEntry {
@@ -513,14 +544,14 @@ impl Controller {
     /// Detaches from every interface and removes the pins; the daemon exits next. If the
     /// pins cannot all be removed the daemon keeps running (the datapath still forwards
     /// through what is left) and says why.
-    pub fn down(&mut self) -> Result<DownReport, String> {
+    pub fn down(&mut self) -> Result<DownReport, ApiError> {
         let Some(pins) = self.pins.as_mut() else {
-            return Err("already down".to_owned());
+            return Err(ApiError::new(ErrorCode::ShuttingDown, "already down"));
         };
         let pin_dir = pins.path().to_owned();
         // Unpinned first while our handles still hold everything, so a failure midway leaves
         // a datapath the pin check can put back; then our handles go, which detaches.
-        pins.clear().map_err(|e| error_chain(&e))?;
+        pins.clear().map_err(datapath_error)?;
         pins.release();
         let detached = self
             .attachments
@@ -528,7 +559,7 @@ impl Controller {
             .map(|a| a.iface.name.clone())
             .collect();
         if let Some(pins) = self.pins.take() {
-            pins.remove().map_err(|e| error_chain(&e))?;
+            pins.remove().map_err(datapath_error)?;
         }
         info!(dir = %pin_dir.display(), "detached and removed the pins");
         Ok(DownReport { detached, pin_dir })

@@ -9,16 +9,20 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use futures_util::{SinkExt as _, StreamExt as _};
+use rustix::fs::Mode;
 use tokio::{
-    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
     net::{UnixListener, UnixStream},
     sync::watch,
 };
+use tokio_util::codec::{Framed, LinesCodec, LinesCodecError};
 use tracing::{debug, warn};
 
+use crate::api::client;
 use crate::{
-    api::{self, MAX_REQUEST_BYTES, Request, Response},
-    controller::Controller,
+    api::error::{ApiError, ErrorCode},
+    api::wire::{self, MAX_REQUEST_BYTES, Request, Response},
+    daemon::controller::Controller,
 };
 
 /// The bound API socket; removed again on drop (if it is still ours).
@@ -56,8 +60,7 @@ fn check_directory(dir: &Path, euid: u32) -> anyhow::Result<()> {
 /// owned by us; a live daemon, a foreign owner or a non-socket file is refused, and so is a
 /// directory where others could swap the socket.
 pub fn bind(path: &Path) -> anyhow::Result<ApiSocket> {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
+    let euid = rustix::process::geteuid().as_raw();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
             std::fs::create_dir_all(dir)
@@ -82,7 +85,7 @@ pub fn bind(path: &Path) -> anyhow::Result<ApiSocket> {
                     meta.uid()
                 );
             }
-            if api::is_listening(path) {
+            if client::is_listening(path) {
                 bail!(
                     "another lb daemon is already listening on {} (`lb status` shows it)",
                     path.display()
@@ -97,11 +100,9 @@ pub fn bind(path: &Path) -> anyhow::Result<ApiSocket> {
         }
     }
     // Created 0600 from the start: no window in which others could connect.
-    // SAFETY: umask only changes this process's file creation mask.
-    let old_mask = unsafe { libc::umask(0o177) };
+    let old_mask = rustix::process::umask(Mode::from_raw_mode(0o177));
     let listener = UnixListener::bind(path);
-    // SAFETY: as above.
-    unsafe { libc::umask(old_mask) };
+    rustix::process::umask(old_mask);
     let listener =
         listener.with_context(|| format!("binding the API socket {}", path.display()))?;
     let inode = std::fs::metadata(path)
@@ -164,59 +165,65 @@ async fn connection(
     controller: Arc<Mutex<Controller>>,
     down: watch::Sender<bool>,
 ) -> io::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    loop {
-        let mut bytes = Vec::new();
-        // The limit is on the request; its newline comes on top.
-        let limit = MAX_REQUEST_BYTES as u64 + 2;
-        let n = (&mut reader)
-            .take(limit)
-            .read_until(b'\n', &mut bytes)
-            .await?;
-        if n == 0 {
-            return Ok(());
-        }
-        if bytes.ends_with(b"\n") {
-            bytes.pop();
-        }
-        if bytes.len() > MAX_REQUEST_BYTES {
-            let refusal = Response::failure(format!(
-                "request larger than {MAX_REQUEST_BYTES} bytes: refused, connection closed"
-            ));
-            send(&mut write, &refusal).await?;
-            return Ok(());
-        }
-        let Ok(line) = String::from_utf8(bytes) else {
-            send(&mut write, &Response::failure("bad request: not UTF-8")).await?;
-            continue;
+    let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_REQUEST_BYTES));
+    while let Some(line) = lines.next().await {
+        let line = match line {
+            Ok(line) => line,
+            // The codec stops at the limit without buffering the rest of the line.
+            Err(LinesCodecError::MaxLineLengthExceeded) => {
+                let refusal = ApiError::new(
+                    ErrorCode::RequestTooLarge,
+                    format!(
+                        "request larger than {MAX_REQUEST_BYTES} bytes: refused, connection closed"
+                    ),
+                );
+                return send(&mut lines, &Response::failure(refusal)).await;
+            }
+            // A line that is not UTF-8 ends the framing: answer, then close.
+            Err(LinesCodecError::Io(error)) if error.kind() == io::ErrorKind::InvalidData => {
+                let refusal = ApiError::new(ErrorCode::BadRequest, "bad request: not UTF-8");
+                return send(&mut lines, &Response::failure(refusal)).await;
+            }
+            Err(LinesCodecError::Io(error)) => return Err(error),
         };
-        let (response, is_down) = match api::parse_request(line.trim_end()) {
-            Err(reason) => (Response::failure(reason), false),
+        let (response, is_down) = match wire::parse_request(line.trim_end()) {
+            Err(refusal) => (Response::failure(refusal), false),
             Ok(request) => {
                 let is_down = request == Request::Down {};
                 let controller = Arc::clone(&controller);
                 let response = tokio::task::spawn_blocking(move || match controller.lock() {
                     Ok(mut controller) => controller.handle(request),
-                    Err(_) => Response::failure("the daemon's state is poisoned; restart it"),
+                    Err(_) => Response::failure(ApiError::new(
+                        ErrorCode::Internal,
+                        "the daemon's state is poisoned; restart it",
+                    )),
                 })
                 .await
-                .unwrap_or_else(|_| Response::failure("the request handler failed"));
-                (response.clone(), is_down && response.ok)
+                .unwrap_or_else(|_| {
+                    Response::failure(ApiError::new(
+                        ErrorCode::Internal,
+                        "the request handler failed",
+                    ))
+                });
+                let ok = response.ok;
+                (response, is_down && ok)
             }
         };
         if is_down {
             // Stop even if the client is gone before it reads the answer.
             let _ = down.send(true);
-            let _ = send(&mut write, &response).await;
+            let _ = send(&mut lines, &response).await;
             return Ok(());
         }
-        send(&mut write, &response).await?;
+        send(&mut lines, &response).await?;
     }
+    Ok(())
 }
 
-async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, response: &Response) -> io::Result<()> {
-    let mut text = serde_json::to_string(response).map_err(io::Error::other)?;
-    text.push('\n');
-    write.write_all(text.as_bytes()).await
+async fn send(lines: &mut Framed<UnixStream, LinesCodec>, response: &Response) -> io::Result<()> {
+    let text = serde_json::to_string(response).map_err(io::Error::other)?;
+    lines.send(text).await.map_err(|error| match error {
+        LinesCodecError::Io(error) => error,
+        LinesCodecError::MaxLineLengthExceeded => io::Error::other(error),
+    })
 }

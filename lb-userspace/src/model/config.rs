@@ -28,8 +28,8 @@ use thiserror::Error;
 use toml::Spanned;
 
 use crate::{
-    health::CheckConfig,
-    state::{BackendSpec, Change, DEFAULT_WEIGHT, Proto, Service, State},
+    model::check::CheckConfig,
+    model::state::{BackendSpec, Change, DEFAULT_WEIGHT, Proto, Service, State},
 };
 
 /// Files larger than this are refused unread: no real state comes near it.

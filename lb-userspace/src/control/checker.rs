@@ -10,10 +10,7 @@ use tokio::{
     time::{MissedTickBehavior, interval},
 };
 
-use crate::{
-    health::{CheckSpec, HealthKey},
-    probe::probe,
-};
+use crate::{control::probe::probe, model::check::CheckSpec, model::health::HealthKey};
 
 pub type ProbeResult = (HealthKey, Result<(), String>);
 

@@ -13,10 +13,11 @@ use anyhow::bail;
 use comfy_table::{Table, presets::NOTHING};
 use serde::Serialize;
 
+use crate::api::client;
 use crate::{
-    api::{self, Request, StatsReport},
-    cli::StatsArgs,
-    state::Proto,
+    api::wire::{Request, StatsReport},
+    cli::args::StatsArgs,
+    model::state::Proto,
 };
 
 #[derive(Clone, Debug, Serialize)]
@@ -142,12 +143,12 @@ pub fn run(socket: &Path, args: &StatsArgs) -> anyhow::Result<()> {
         bail!("--interval must be between 0.1 and 3600 seconds");
     }
     let interval = Duration::from_secs_f64(args.interval);
-    let mut before: StatsReport = api::call_as(socket, &Request::Stats {})?;
+    let mut before: StatsReport = client::call_as(socket, &Request::Stats {})?;
     let mut taken = Instant::now();
     let mut shown = 0u64;
     while args.count.is_none_or(|n| shown < n) {
         std::thread::sleep(interval.saturating_sub(taken.elapsed()));
-        let now: StatsReport = api::call_as(socket, &Request::Stats {})?;
+        let now: StatsReport = client::call_as(socket, &Request::Stats {})?;
         let at = Instant::now();
         let rates = rates(&now, &before, at - taken);
         let mut out = std::io::stdout().lock();
@@ -168,8 +169,8 @@ pub fn run(socket: &Path, args: &StatsArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use crate::{
-        api::{BackendEntry, VipEntry},
-        health::Health,
+        api::wire::{BackendEntry, VipEntry},
+        model::health::Health,
     };
 
     fn report(packets: u64, bytes: u64, new_flows: u64) -> StatsReport {

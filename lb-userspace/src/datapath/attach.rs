@@ -10,7 +10,16 @@ use aya::programs::{
 use thiserror::Error;
 use tracing::{info, warn};
 
-use crate::{cli::XdpModeArg, pins::PinDir};
+use crate::datapath::pins::PinDir;
+use crate::model::error_chain::error_chain;
+
+/// How to attach: native (driver), skb (generic), or native else skb with a warning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    Auto,
+    Native,
+    Skb,
+}
 
 #[derive(Debug, Error)]
 pub enum AttachError {
@@ -72,7 +81,7 @@ pub struct Attachment {
 pub fn attach(
     program: &mut Xdp,
     iface: &Interface,
-    mode: XdpModeArg,
+    mode: AttachMode,
 ) -> Result<Attachment, AttachError> {
     let attempt = |program: &mut Xdp, xdp_mode: XdpMode, mode_name: &'static str| {
         program
@@ -85,9 +94,9 @@ pub fn attach(
             .map_err(|source| classify(iface, mode_name, source))
     };
     match mode {
-        XdpModeArg::Native => attempt(program, XdpMode::Driver, "native"),
-        XdpModeArg::Skb => attempt(program, XdpMode::Skb, "skb"),
-        XdpModeArg::Auto => match attempt(program, XdpMode::Driver, "native") {
+        AttachMode::Native => attempt(program, XdpMode::Driver, "native"),
+        AttachMode::Skb => attempt(program, XdpMode::Skb, "skb"),
+        AttachMode::Auto => match attempt(program, XdpMode::Driver, "native") {
             Err(error @ AttachError::Failed { .. }) => {
                 warn!(
                     iface = %iface.name,
@@ -117,7 +126,7 @@ pub struct PinnedAttachment {
 pub fn attach_pinned(
     program: &mut Xdp,
     iface: &Interface,
-    mode: XdpModeArg,
+    mode: AttachMode,
     pins: &PinDir,
 ) -> Result<PinnedAttachment, AttachError> {
     let path = pins.link_path(&iface.name);
@@ -210,18 +219,6 @@ fn classify(iface: &Interface, mode: &'static str, source: ProgramError) -> Atta
             source,
         },
     }
-}
-
-/// "outer: inner: innermost", for one-line logs.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 #[cfg(test)]

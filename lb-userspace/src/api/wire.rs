@@ -1,29 +1,19 @@
 //! The control API: JSON lines over a Unix socket (see docs/API.md). One request object per
 //! line, one response object per line. The CLI subcommands are thin clients of it.
 
-use std::{
-    collections::BTreeMap,
-    io::{BufRead as _, BufReader, Write as _},
-    net::SocketAddr,
-    os::unix::net::UnixStream,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
-use anyhow::{Context as _, anyhow, bail};
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize};
 
+use super::error::{ApiError, ErrorCode};
 use crate::{
-    health::{CheckConfig, Health, Transition},
-    state::{DEFAULT_WEIGHT, Proto},
+    model::check::CheckConfig,
+    model::health::{Health, Transition},
+    model::state::{DEFAULT_WEIGHT, Proto},
 };
 
-pub const DEFAULT_SOCKET: &str = "/run/lb/lb.sock";
-pub const SOCKET_ENV: &str = "LB_API";
 /// Longest request line accepted; anything longer is refused and the connection closed.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
-/// How long a client waits for an answer (a change rewrites whole Maglev tables).
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 const fn default_weight() -> u32 {
     DEFAULT_WEIGHT
@@ -124,11 +114,25 @@ pub enum Request {
     Down {},
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// The protocol version this build speaks. Every request carries it and every response
+/// echoes the daemon's; a request with another version is refused (`version_mismatch`).
+/// Bump it when a request or a result changes shape.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The field that carries [`PROTOCOL_VERSION`] in a request line, beside `op`.
+pub const VERSION_FIELD: &str = "version";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Response {
     pub ok: bool,
+    /// The daemon's [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// What went wrong, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What went wrong, for programs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub result: serde_json::Value,
 }
@@ -137,15 +141,19 @@ impl Response {
     pub fn success(result: serde_json::Value) -> Self {
         Self {
             ok: true,
+            version: PROTOCOL_VERSION,
             error: None,
+            code: None,
             result,
         }
     }
 
-    pub fn failure(error: impl Into<String>) -> Self {
+    pub fn failure(error: ApiError) -> Self {
         Self {
             ok: false,
-            error: Some(error.into()),
+            version: PROTOCOL_VERSION,
+            error: Some(error.message),
+            code: Some(error.code),
             result: serde_json::Value::Null,
         }
     }
@@ -304,69 +312,37 @@ pub struct DownReport {
     pub pin_dir: PathBuf,
 }
 
-/// The socket the CLI talks to: `--api`, else `$LB_API`, else the default.
-pub fn socket_path(flag: Option<&Path>) -> PathBuf {
-    flag.map(Path::to_owned)
-        .or_else(|| std::env::var_os(SOCKET_ENV).map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
+/// Parses one request line. A `version` other than ours is refused before anything else is
+/// read; a line without one is taken as ours (hand-written requests, `socat`).
+pub fn parse_request(line: &str) -> Result<Request, ApiError> {
+    let bad =
+        |reason: String| ApiError::new(ErrorCode::BadRequest, format!("bad request: {reason}"));
+    let mut value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+    if let Some(fields) = value.as_object_mut()
+        && let Some(version) = fields.remove(VERSION_FIELD)
+        && version.as_u64() != Some(u64::from(PROTOCOL_VERSION))
+    {
+        return Err(ApiError::new(
+            ErrorCode::VersionMismatch,
+            format!(
+                "the client speaks lb API version {version} and this daemon speaks version \
+                 {PROTOCOL_VERSION}: use an lb binary of the same release as the daemon"
+            ),
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| bad(e.to_string()))
 }
 
-/// Whether a daemon answers on `socket`.
-pub fn is_listening(socket: &Path) -> bool {
-    UnixStream::connect(socket).is_ok()
-}
-
-/// Sends one request and returns its result, or the daemon's error.
-pub fn call(socket: &Path, request: &Request) -> anyhow::Result<serde_json::Value> {
-    let stream = UnixStream::connect(socket).map_err(|error| {
-        let hint = match error.kind() {
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => format!(
-                "no lb daemon is listening on {}: start one with `lb run --iface <IF>` \
-                 (or point --api / ${SOCKET_ENV} at its socket)",
-                socket.display()
-            ),
-            std::io::ErrorKind::PermissionDenied => format!(
-                "permission denied on {}: the API socket is root-only, run as root",
-                socket.display()
-            ),
-            _ => format!("cannot connect to the lb daemon at {}", socket.display()),
-        };
-        anyhow!(error).context(hint)
-    })?;
-    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-    let mut line = serde_json::to_string(request)?;
+/// A request line as the client sends it: the request with our version beside `op`.
+pub fn request_line(request: &Request) -> serde_json::Result<String> {
+    let mut value = serde_json::to_value(request)?;
+    if let Some(fields) = value.as_object_mut() {
+        fields.insert(VERSION_FIELD.to_owned(), PROTOCOL_VERSION.into());
+    }
+    let mut line = serde_json::to_string(&value)?;
     line.push('\n');
-    (&stream)
-        .write_all(line.as_bytes())
-        .context("sending the request")?;
-    let mut answer = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut answer)
-        .context("reading the daemon's answer")?;
-    if answer.is_empty() {
-        bail!("the lb daemon closed the connection without answering");
-    }
-    let response: Response =
-        serde_json::from_str(&answer).context("the daemon's answer is not valid JSON")?;
-    if response.ok {
-        Ok(response.result)
-    } else {
-        Err(anyhow!(response.error.unwrap_or_else(|| {
-            "the daemon refused the request".to_owned()
-        })))
-    }
-}
-
-/// [`call`], decoding the result.
-pub fn call_as<T: DeserializeOwned>(socket: &Path, request: &Request) -> anyhow::Result<T> {
-    let value = call(socket, request)?;
-    serde_json::from_value(value).context("unexpected answer from the daemon (version mismatch?)")
-}
-
-/// Parses one request line; the error text is what the client gets back.
-pub fn parse_request(line: &str) -> Result<Request, String> {
-    serde_json::from_str(line).map_err(|e| format!("bad request: {e}"))
+    Ok(line)
 }
 
 #[cfg(test)]
@@ -412,16 +388,24 @@ mod tests {
             ),
         ] {
             let error = parse_request(line).expect_err(line);
-            assert!(error.starts_with("bad request: "), "{error}");
-            assert!(error.contains(reason), "{line}: {error}");
+            assert_eq!(error.code, ErrorCode::BadRequest, "{line}");
+            assert!(error.message.starts_with("bad request: "), "{error}");
+            assert!(error.message.contains(reason), "{line}: {error}");
         }
     }
 
     #[test]
-    fn the_socket_flag_beats_the_environment() {
+    fn the_version_is_sent_and_a_different_one_is_refused() {
+        let line = request_line(&Request::Status {}).expect("serialize");
         assert_eq!(
-            socket_path(Some(Path::new("/tmp/x.sock"))),
-            PathBuf::from("/tmp/x.sock")
+            line,
+            format!("{{\"op\":\"status\",\"version\":{PROTOCOL_VERSION}}}\n")
         );
+        assert_eq!(parse_request(line.trim_end()), Ok(Request::Status {}));
+        let error = parse_request(r#"{"op":"status","version":999}"#).expect_err("refused");
+        assert_eq!(error.code, ErrorCode::VersionMismatch);
+        assert!(error.message.contains("version 999"), "{error}");
+        let error = parse_request(r#"{"op":"status","version":"1"}"#).expect_err("refused");
+        assert_eq!(error.code, ErrorCode::VersionMismatch);
     }
 }

@@ -1,5 +1,5 @@
 //! The desired state: which VIPs exist and which backends serve them, with weights and drain
-//! flags. Pure data and validation; [`crate::balancer`] makes the maps match it.
+//! flags. Pure data and validation; [`crate::control::balancer`] makes the maps match it.
 //!
 //! Every change is checked here first, on a copy, so a refused change touches nothing.
 
@@ -12,7 +12,7 @@ use std::{
 use lb_common::consts::{IPPROTO_TCP, IPPROTO_UDP};
 use serde::{Deserialize, Serialize};
 
-use crate::health::CheckSpec;
+use crate::model::check::CheckSpec;
 use thiserror::Error;
 
 pub const MIN_WEIGHT: u32 = 1;
@@ -20,18 +20,7 @@ pub const MAX_WEIGHT: u32 = 65_535;
 pub const DEFAULT_WEIGHT: u32 = 100;
 
 #[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    clap::ValueEnum,
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
@@ -55,6 +44,10 @@ impl Proto {
             _ => None,
         }
     }
+}
+
+impl Proto {
+    pub const ALL: [Proto; 2] = [Proto::Tcp, Proto::Udp];
 }
 
 impl fmt::Display for Proto {

@@ -8,8 +8,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use lb_common::flow::Timeout;
 
 use crate::{
-    pins::DEFAULT_PIN_DIR,
-    state::{DEFAULT_WEIGHT, MAX_WEIGHT, MIN_WEIGHT, Proto},
+    daemon::run::RunConfig,
+    datapath::{attach::AttachMode, pins::DEFAULT_PIN_DIR},
+    model::limits::Options,
+    model::state::{DEFAULT_WEIGHT, MAX_WEIGHT, MIN_WEIGHT, Proto},
 };
 
 pub const DEFAULT_STATE_FILE: &str = "/var/lib/lb/state.toml";
@@ -168,35 +170,41 @@ fn parse_timeout(text: &str) -> Result<(Timeout, u64), String> {
     Ok((timeout, secs))
 }
 
-impl RunArgs {
-    /// The sizes to create maps with when nothing is pinned yet.
-    pub fn limits(&self) -> crate::datapath::Limits {
-        let defaults = crate::datapath::Limits::default();
-        crate::datapath::Limits {
-            maglev_size: self.table_size.unwrap_or(defaults.maglev_size),
-            conntrack_capacity: self.conntrack_size.unwrap_or(defaults.conntrack_capacity),
-            ..defaults
-        }
-    }
-
-    /// How the program is loaded: logging and the conntrack timeouts.
-    pub fn load_options(&self) -> crate::datapath::Options {
-        let mut options = crate::datapath::Options {
-            log: self.log_datapath,
-            ..crate::datapath::Options::default()
+impl From<RunArgs> for RunConfig {
+    fn from(args: RunArgs) -> Self {
+        let mut options = Options {
+            log: args.log_datapath,
+            ..Options::default()
         };
-        for (timeout, secs) in &self.timeouts {
+        for (timeout, secs) in &args.timeouts {
             options.timeouts_ns[*timeout as usize] = secs * 1_000_000_000;
         }
-        options
+        RunConfig {
+            ifaces: args.ifaces,
+            xdp_mode: args.xdp_mode.into(),
+            config: args.config,
+            state: args.state,
+            pin_dir: args.pin_dir,
+            table_size: args.table_size,
+            conntrack_size: args.conntrack_size,
+            metrics: args.metrics,
+            log_datapath: args.log_datapath,
+            options,
+            sweep_interval: Duration::from_secs_f64(args.conntrack_sweep),
+            stats_interval: (args.stats_interval > 0)
+                .then(|| Duration::from_secs(args.stats_interval)),
+            bpf_object: args.bpf_object,
+        }
     }
+}
 
-    pub fn sweep_interval(&self) -> Duration {
-        Duration::from_secs_f64(self.conntrack_sweep)
-    }
-
-    pub fn stats_interval(&self) -> Option<Duration> {
-        (self.stats_interval > 0).then(|| Duration::from_secs(self.stats_interval))
+impl From<XdpModeArg> for AttachMode {
+    fn from(mode: XdpModeArg) -> Self {
+        match mode {
+            XdpModeArg::Auto => AttachMode::Auto,
+            XdpModeArg::Native => AttachMode::Native,
+            XdpModeArg::Skb => AttachMode::Skb,
+        }
     }
 }
 
@@ -247,15 +255,17 @@ pub struct CheckArgs {
 }
 
 impl CheckArgs {
-    pub fn config(&self) -> Option<crate::health::CheckConfig> {
-        self.check.as_ref().map(|probe| crate::health::CheckConfig {
-            probe: probe.clone(),
-            interval: self.interval,
-            timeout: self.timeout,
-            rise: self.rise,
-            fall: self.fall,
-            expect: self.expect.clone(),
-        })
+    pub fn config(&self) -> Option<crate::model::check::CheckConfig> {
+        self.check
+            .as_ref()
+            .map(|probe| crate::model::check::CheckConfig {
+                probe: probe.clone(),
+                interval: self.interval,
+                timeout: self.timeout,
+                rise: self.rise,
+                fall: self.fall,
+                expect: self.expect.clone(),
+            })
     }
 }
 
@@ -351,8 +361,8 @@ pub enum ConntrackCommand {
         #[command(flatten)]
         filter: FlowFilterArgs,
         /// Show at most this many flows (a line says how many more matched).
-        #[arg(long, value_name = "N", default_value_t = crate::api::DEFAULT_FLOW_LIMIT,
-              value_parser = clap::value_parser!(u64).range(1..=crate::api::MAX_FLOW_LIMIT))]
+        #[arg(long, value_name = "N", default_value_t = crate::api::wire::DEFAULT_FLOW_LIMIT,
+              value_parser = clap::value_parser!(u64).range(1..=crate::api::wire::MAX_FLOW_LIMIT))]
         limit: u64,
         #[command(flatten)]
         output: OutputArgs,
@@ -385,6 +395,20 @@ pub struct DownArgs {
     /// The pin directory to take down [default: the daemon's, else /sys/fs/bpf/lb].
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
+}
+
+/// `--proto tcp|udp`: the model stays free of clap, the flag parser lives here.
+impl ValueEnum for Proto {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Proto::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -485,9 +509,10 @@ mod tests {
         else {
             panic!("valid run flags refused");
         };
-        assert_eq!(parsed.sweep_interval(), Duration::from_millis(500));
+        let config = RunConfig::from(parsed);
+        assert_eq!(config.sweep_interval, Duration::from_millis(500));
         assert_eq!(
-            parsed.load_options().timeouts_ns[Timeout::Udp as usize],
+            config.options.timeouts_ns[Timeout::Udp as usize],
             30_000_000_000
         );
         for (flag, value, reason) in [
@@ -530,3 +555,4 @@ mod tests {
         assert_eq!(zero.kind(), ErrorKind::ValueValidation);
     }
 }
+

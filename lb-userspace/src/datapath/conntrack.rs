@@ -16,8 +16,8 @@ use lb_common::{
 use thiserror::Error;
 
 use crate::{
-    batch::{self, Deleted},
-    stats::StatsMap,
+    datapath::batch::{self, Deleted},
+    datapath::stats::StatsMap,
 };
 
 #[derive(Debug, Error)]

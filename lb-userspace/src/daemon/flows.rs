@@ -1,5 +1,5 @@
 //! `lb conntrack list|flush`: which tracked flows an operator's filter picks, and how one
-//! flow is shown. Pure: the walk itself is [`crate::conntrack::ConntrackTable::walk`].
+//! flow is shown. Pure: the walk itself is [`crate::datapath::conntrack::ConntrackTable::walk`].
 
 use std::{
     collections::HashMap,
@@ -16,9 +16,10 @@ use lb_common::{
 };
 
 use crate::{
-    api::FlowEntry,
-    balancer::{VipView, wire_addr},
-    state::Proto,
+    api::error::{ApiError, ErrorCode},
+    api::wire::FlowEntry,
+    control::balancer::{VipView, wire_addr},
+    model::state::Proto,
 };
 
 /// Flows picked by VIP, protocol and backend; each part is optional.
@@ -39,7 +40,7 @@ impl Filter {
         vip: Option<SocketAddr>,
         proto: Option<Proto>,
         backend: Option<SocketAddr>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ApiError> {
         let proto_text = proto.map(|p| format!("/{p}")).unwrap_or_default();
         let services: Vec<&VipView> = view
             .iter()
@@ -49,8 +50,9 @@ impl Filter {
         if let Some(addr) = vip
             && services.is_empty()
         {
-            return Err(format!(
-                "no VIP {addr}{proto_text} (list them with `lb vip list`)"
+            return Err(ApiError::new(
+                ErrorCode::UnknownVip,
+                format!("no VIP {addr}{proto_text} (list them with `lb vip list`)"),
             ));
         }
         let backends = match backend {
@@ -66,8 +68,9 @@ impl Filter {
                     let scope = vip
                         .map(|v| format!(" in VIP {v}{proto_text}"))
                         .unwrap_or_default();
-                    return Err(format!(
-                        "no backend {addr}{scope} (list them with `lb backend list`)"
+                    return Err(ApiError::new(
+                        ErrorCode::UnknownBackend,
+                        format!("no backend {addr}{scope} (list them with `lb backend list`)"),
                     ));
                 }
                 Some(ids)
@@ -145,8 +148,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        balancer::BackendView,
-        state::{BackendSpec, Service},
+        control::balancer::BackendView,
+        model::state::{BackendSpec, Service},
     };
 
     fn sock(text: &str) -> SocketAddr {
@@ -244,13 +247,21 @@ mod tests {
         let view = view();
         let error = Filter::resolve(&view, Some(sock("198.18.1.9:80")), None, None)
             .expect_err("unknown VIP");
-        assert!(error.contains("no VIP 198.18.1.9:80"), "{error}");
+        assert!(error.message.contains("no VIP 198.18.1.9:80"), "{error}");
+        assert_eq!(error.code, ErrorCode::UnknownVip);
         let error = Filter::resolve(&view, Some(sock("198.18.1.1:80")), Some(Proto::Udp), None)
             .expect_err("wrong protocol");
-        assert!(error.contains("no VIP 198.18.1.1:80/udp"), "{error}");
+        assert!(
+            error.message.contains("no VIP 198.18.1.1:80/udp"),
+            "{error}"
+        );
         let error = Filter::resolve(&view, None, None, Some(sock("198.18.11.2:81")))
             .expect_err("unknown backend");
-        assert!(error.contains("no backend 198.18.11.2:81"), "{error}");
+        assert!(
+            error.message.contains("no backend 198.18.11.2:81"),
+            "{error}"
+        );
+        assert_eq!(error.code, ErrorCode::UnknownBackend);
         let error = Filter::resolve(
             &view,
             Some(sock("198.18.1.1:53")),
@@ -258,7 +269,7 @@ mod tests {
             Some(sock("198.18.11.2:80")),
         )
         .expect_err("a backend of another VIP");
-        assert!(error.contains("in VIP 198.18.1.1:53"), "{error}");
+        assert!(error.message.contains("in VIP 198.18.1.1:53"), "{error}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use tokio::{
     time::timeout,
 };
 
-use crate::health::{CheckSpec, Probe, status_range};
+use crate::model::check::{CheckSpec, Probe, status_range};
 
 /// Answers longer than this are not read further.
 const MAX_ANSWER: usize = 4096;
@@ -110,7 +110,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::health::CheckConfig;
+    use crate::model::check::CheckConfig;
 
     fn spec(probe: &str, expect: Option<&str>) -> CheckSpec {
         CheckConfig {

@@ -9,17 +9,18 @@ use anyhow::Context as _;
 use comfy_table::{Table, presets::NOTHING};
 use serde::Serialize;
 
+use crate::api::client;
 use crate::{
-    api::{
-        self, BackendEntry, DownReport, FlowList, FlushReport, Request, StatsReport, StatusReport,
+    api::wire::{
+        BackendEntry, DownReport, FlowList, FlushReport, Request, StatsReport, StatusReport,
         VipEntry,
     },
-    cli::{
+    cli::args::{
         BackendArgs, BackendCommand, ConntrackCommand, DownArgs, FlowFilterArgs, OutputArgs,
         StatsArgs, VipCommand,
     },
-    health::unix_seconds,
-    pins::{DEFAULT_PIN_DIR, PinDir},
+    datapath::pins::{DEFAULT_PIN_DIR, PinDir},
+    model::health::unix_seconds,
 };
 
 fn table(header: &[&str]) -> Table {
@@ -34,7 +35,7 @@ fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
 }
 
 fn done(socket: &Path, request: &Request, what: String) -> anyhow::Result<()> {
-    api::call(socket, request)?;
+    client::call(socket, request)?;
     println!("{what}");
     Ok(())
 }
@@ -81,7 +82,7 @@ pub fn vip(socket: &Path, command: VipCommand) -> anyhow::Result<()> {
             format!("removed VIP {}/{}", s.vip, s.proto),
         ),
         VipCommand::List(OutputArgs { json }) => {
-            let vips: Vec<VipEntry> = api::call_as(socket, &Request::VipList {})?;
+            let vips: Vec<VipEntry> = client::call_as(socket, &Request::VipList {})?;
             if json {
                 return print_json(&vips);
             }
@@ -171,7 +172,7 @@ pub fn conntrack(socket: &Path, command: ConntrackCommand) -> anyhow::Result<()>
             limit,
             output,
         } => {
-            let list: FlowList = api::call_as(
+            let list: FlowList = client::call_as(
                 socket,
                 &Request::ConntrackList {
                     vip,
@@ -198,7 +199,7 @@ pub fn conntrack(socket: &Path, command: ConntrackCommand) -> anyhow::Result<()>
                     backend,
                 },
         } => {
-            let report: FlushReport = api::call_as(
+            let report: FlushReport = client::call_as(
                 socket,
                 &Request::ConntrackFlush {
                     vip,
@@ -297,7 +298,7 @@ pub fn backend(socket: &Path, command: BackendCommand) -> anyhow::Result<()> {
         }
         BackendCommand::List { vip, proto, output } => {
             let backends: Vec<BackendEntry> =
-                api::call_as(socket, &Request::BackendList { vip, proto })?;
+                client::call_as(socket, &Request::BackendList { vip, proto })?;
             if output.json {
                 return print_json(&backends);
             }
@@ -309,10 +310,10 @@ pub fn backend(socket: &Path, command: BackendCommand) -> anyhow::Result<()> {
 
 pub fn stats(socket: &Path, args: StatsArgs) -> anyhow::Result<()> {
     if args.watch {
-        return crate::watch::run(socket, &args);
+        return crate::cli::watch::run(socket, &args);
     }
     let output = args.output;
-    let report: StatsReport = api::call_as(socket, &Request::Stats {})?;
+    let report: StatsReport = client::call_as(socket, &Request::Stats {})?;
     if output.json {
         return print_json(&report);
     }
@@ -339,7 +340,7 @@ pub fn stats(socket: &Path, args: StatsArgs) -> anyhow::Result<()> {
 }
 
 pub fn status(socket: &Path, output: OutputArgs) -> anyhow::Result<()> {
-    let s: StatusReport = api::call_as(socket, &Request::Status {})?;
+    let s: StatusReport = client::call_as(socket, &Request::Status {})?;
     if output.json {
         return print_json(&s);
     }
@@ -389,15 +390,15 @@ pub fn status(socket: &Path, output: OutputArgs) -> anyhow::Result<()> {
 /// Through the daemon when one answers on the socket and owns the pin directory asked for;
 /// otherwise straight on the pin directory (refused if another daemon holds it).
 pub fn down(socket: &Path, args: DownArgs) -> anyhow::Result<()> {
-    let daemon_pins = if api::is_listening(socket) {
-        let status: StatusReport = api::call_as(socket, &Request::Status {})?;
+    let daemon_pins = if client::is_listening(socket) {
+        let status: StatusReport = client::call_as(socket, &Request::Status {})?;
         Some(status.pin_dir)
     } else {
         None
     };
     let report = match (daemon_pins, args.pin_dir) {
         (Some(theirs), wanted) if wanted.as_ref().is_none_or(|w| *w == theirs) => {
-            api::call_as::<DownReport>(socket, &Request::Down {})?
+            client::call_as::<DownReport>(socket, &Request::Down {})?
         }
         (_, wanted) => {
             let dir = wanted.unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));

@@ -1,0 +1,9 @@
+//! `lb run`: start-up, the controller that serves each API request, the socket server,
+//! the metrics endpoint and the conntrack sweep.
+
+pub mod controller;
+pub mod flows;
+pub mod metrics;
+pub mod metrics_http;
+pub mod run;
+pub mod server;

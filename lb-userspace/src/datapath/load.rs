@@ -1,0 +1,118 @@
+//! The embedded XDP object: sizing its maps and loading it.
+
+use aya::{Ebpf, EbpfLoader, maps::ProgramArray, programs::Xdp};
+use lb_common::consts::{
+    GLOBAL_ABLATE, GLOBAL_CT_TIMEOUTS, GLOBAL_MAGLEV_SIZE, MAP_CONNTRACK, MAP_JUMPS, MAP_MAGLEV,
+    MAP_VIP_STATS, MAP_VIPS, PINNED_MAPS, PROGRAM_NAME, TAIL_PROGRAMS,
+};
+use thiserror::Error;
+
+use crate::{
+    datapath::pins::PinDir,
+    model::limits::{Limits, Options},
+};
+
+/// The eBPF object built by build.rs from `lb-ebpf`.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
+
+/// Parses `object` and creates its maps sized by `limits`; the program is not loaded yet.
+/// With `pins`, maps already pinned there are reused as they are and new ones are pinned.
+pub fn open(
+    object: &[u8],
+    limits: &Limits,
+    pins: Option<&PinDir>,
+    options: &Options,
+) -> Result<Ebpf, aya::EbpfError> {
+    let level = if options.log {
+        aya_log::Level::Info as u8
+    } else {
+        0
+    };
+    let mut loader = EbpfLoader::new();
+    loader.override_global(aya_log::LEVEL, &level, false);
+    if let Some(pins) = pins {
+        for name in PINNED_MAPS {
+            loader.map_pin_path(name, pins.map_path(name));
+        }
+    }
+    loader
+        .override_global(GLOBAL_MAGLEV_SIZE, &limits.maglev_size, true)
+        .override_global(GLOBAL_CT_TIMEOUTS, &options.timeouts_ns, true)
+        .override_global(GLOBAL_ABLATE, &options.ablate, true)
+        .map_max_entries(MAP_VIPS, limits.max_vips * 2)
+        .map_max_entries(MAP_VIP_STATS, limits.max_vips)
+        .map_max_entries(MAP_MAGLEV, limits.max_vips * 2 * limits.maglev_size)
+        .map_max_entries(MAP_CONNTRACK, limits.conntrack_capacity)
+        .load(object)
+}
+
+/// The XDP program of an opened object.
+pub fn program(ebpf: &mut Ebpf) -> Option<&mut Xdp> {
+    ebpf.program_mut(PROGRAM_NAME)?.try_into().ok()
+}
+
+#[derive(Debug, Error)]
+pub enum TailCallError {
+    #[error("the eBPF object has no XDP program {0}")]
+    Missing(&'static str),
+    #[error("loading {name}")]
+    Load {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("the eBPF object has no {MAP_JUMPS} map")]
+    NoJumps,
+    #[error("registering {name} in {MAP_JUMPS}")]
+    Register {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// Loads the programs `lb` tail-calls (ICMP, too-big answers) and registers them in the
+/// JUMPS map, replacing whatever a previous daemon registered in a pinned one. Until this
+/// runs, `lb` passes ICMP to the kernel and drops too-big packets (counted).
+pub fn install_tail_calls(ebpf: &mut Ebpf) -> Result<(), TailCallError> {
+    let mut fds = Vec::with_capacity(TAIL_PROGRAMS.len());
+    for (name, index) in TAIL_PROGRAMS {
+        let program: &mut Xdp = ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(TailCallError::Missing(name))?;
+        if program.fd().is_err() {
+            program
+                .load()
+                .map_err(|source| TailCallError::Load { name, source })?;
+        }
+        let fd = program
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(Into::into))
+            .map_err(|source| TailCallError::Load { name, source })?;
+        fds.push((name, index, fd));
+    }
+    let map = ebpf.map_mut(MAP_JUMPS).ok_or(TailCallError::NoJumps)?;
+    let mut jumps = ProgramArray::try_from(map).map_err(|source| TailCallError::Register {
+        name: MAP_JUMPS,
+        source,
+    })?;
+    for (name, index, fd) in fds {
+        jumps
+            .set(index, &fd, 0)
+            .map_err(|source| TailCallError::Register { name, source })?;
+    }
+    Ok(())
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones ignore it.
+pub fn raise_memlock_limit() -> rustix::io::Result<()> {
+    use rustix::process::{Resource, Rlimit, setrlimit};
+    setrlimit(
+        Resource::Memlock,
+        Rlimit {
+            current: None,
+            maximum: None,
+        },
+    )
+}

@@ -1,0 +1,16 @@
+//! Everything that talks to the kernel: loading the XDP object, its maps and their batch
+//! calls, pins on bpffs, attachments, counters, and the sysctls the datapath depends on.
+//! The only layer with `unsafe`.
+
+pub mod addresses;
+pub mod attach;
+pub mod batch;
+pub mod conntrack;
+pub mod egress;
+pub mod forwarding;
+pub mod load;
+pub mod log;
+pub mod maps;
+pub mod pins;
+pub mod privileges;
+pub mod stats;

@@ -1,0 +1,10 @@
+//! What the operator wants: VIPs, backends, weights, checks, and the Maglev tables they
+//! imply. Pure: no aya, tokio, clap or libc, so all of it is tested without root.
+
+pub mod check;
+pub mod config;
+pub mod error_chain;
+pub mod health;
+pub mod limits;
+pub mod maglev;
+pub mod state;
