@@ -555,4 +555,3 @@ mod tests {
         assert_eq!(zero.kind(), ErrorKind::ValueValidation);
     }
 }
-

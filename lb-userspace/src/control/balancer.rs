@@ -25,7 +25,8 @@ use crate::model::state::{
     BackendSpec, Change, ChangeError, MAX_WEIGHT, MIN_WEIGHT, Proto, Service, State, VipSpec,
 };
 use crate::{
-    datapath::maps::ServiceMaps, model::health::HealthKey, model::limits::Limits, model::maglev,
+    control::map_writer::MapWriter, datapath::maps::ServiceMaps, model::health::HealthKey,
+    model::limits::Limits, model::maglev,
 };
 
 #[derive(Debug, Error)]
@@ -48,8 +49,9 @@ struct VipSlot {
     backend_ids: BTreeMap<SocketAddr, u32>,
 }
 
-pub struct Balancer {
-    maps: ServiceMaps,
+/// Generic over the maps so the order of its writes can be tested with a recording fake.
+pub struct Balancer<M = ServiceMaps> {
+    maps: M,
     limits: Limits,
     /// What the operator asked for (saved to the state file).
     desired: State,
@@ -135,9 +137,9 @@ pub struct VipView {
     pub backends: Vec<BackendView>,
 }
 
-impl Balancer {
+impl<M: MapWriter> Balancer<M> {
     /// A balancer over freshly created (empty) maps.
-    pub fn new(maps: ServiceMaps, limits: Limits) -> Self {
+    pub fn new(maps: M, limits: Limits) -> Self {
         Self {
             maps,
             limits,
@@ -156,7 +158,7 @@ impl Balancer {
     /// A balancer over maps a previous controller filled: reads VIPS and BACKENDS back into
     /// state and ids, so tracked flows keep the backend ids they are pinned to. Entries that
     /// do not fit together (a backend of a VIP that no longer exists) are retired.
-    pub fn adopt(maps: ServiceMaps, limits: Limits) -> Result<Self, BalancerError> {
+    pub fn adopt(maps: M, limits: Limits) -> Result<Self, BalancerError> {
         let mut balancer = Self::new(maps, limits);
         let mut by_id: BTreeMap<u32, Service> = BTreeMap::new();
         let mut address_entries = Vec::new();
@@ -700,6 +702,21 @@ impl Balancer {
             .collect()
     }
 
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn maps(&self) -> &M {
+        &self.maps
+    }
+
+    /// For conntrack edits (tests, flushes); the service maps are written by `sync` only.
+    pub fn maps_mut(&mut self) -> &mut M {
+        &mut self.maps
+    }
+}
+
+impl Balancer<ServiceMaps> {
     /// Lets the datapath redirect out of this interface.
     pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), aya::maps::xdp::XdpMapError> {
         self.maps.add_tx_port(ifindex)
@@ -709,17 +726,350 @@ impl Balancer {
     pub fn retain_tx_ports(&mut self, keep: &[u32]) -> Result<(), aya::maps::MapError> {
         self.maps.retain_tx_ports(keep)
     }
+}
 
-    pub fn limits(&self) -> &Limits {
-        &self.limits
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use aya::maps::MapError;
+    use lb_common::consts::NO_BACKEND;
+
+    use super::*;
+
+    /// One map write, as the fake saw it.
+    #[derive(Clone, Debug, PartialEq)]
+    enum Write {
+        Vip {
+            port: u16,
+            active_table: u8,
+        },
+        VipGone {
+            port: u16,
+        },
+        Backend {
+            id: u32,
+            state: u8,
+        },
+        Endpoint {
+            port: u16,
+        },
+        EndpointGone {
+            port: u16,
+        },
+        Table {
+            vip_id: u32,
+            table: u8,
+            ids: BTreeSet<u32>,
+        },
+        Counters,
     }
 
-    pub fn maps(&self) -> &ServiceMaps {
-        &self.maps
+    /// Service maps in memory that log every write in order.
+    #[derive(Default)]
+    struct Recording {
+        vips: HashMap<VipKey, VipInfo>,
+        backends: BTreeMap<u32, Backend>,
+        endpoints: HashMap<EndpointKey, Endpoint>,
+        log: Vec<Write>,
     }
 
-    /// For conntrack edits (tests, flushes); the service maps are written by `sync` only.
-    pub fn maps_mut(&mut self) -> &mut ServiceMaps {
-        &mut self.maps
+    impl MapWriter for Recording {
+        fn vips(&self) -> Result<Vec<(VipKey, VipInfo)>, MapError> {
+            Ok(self.vips.iter().map(|(k, v)| (*k, *v)).collect())
+        }
+        fn backends(&self) -> Result<Vec<(u32, Backend)>, MapError> {
+            Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
+        }
+        fn endpoint_keys(&self) -> Result<Vec<EndpointKey>, MapError> {
+            Ok(self.endpoints.keys().copied().collect())
+        }
+        fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), MapError> {
+            self.vips.insert(*key, *info);
+            self.log.push(Write::Vip {
+                port: key.port,
+                active_table: info.active_table,
+            });
+            Ok(())
+        }
+        fn remove_vip(&mut self, key: &VipKey) -> Result<(), MapError> {
+            self.vips.remove(key);
+            self.log.push(Write::VipGone { port: key.port });
+            Ok(())
+        }
+        fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapError> {
+            self.backends.insert(id, *backend);
+            self.log.push(Write::Backend {
+                id,
+                state: backend.state,
+            });
+            Ok(())
+        }
+        fn set_endpoint(&mut self, key: &EndpointKey, value: &Endpoint) -> Result<(), MapError> {
+            self.endpoints.insert(*key, *value);
+            self.log.push(Write::Endpoint { port: key.port });
+            Ok(())
+        }
+        fn remove_endpoint(&mut self, key: &EndpointKey) -> Result<(), MapError> {
+            self.endpoints.remove(key);
+            self.log.push(Write::EndpointGone { port: key.port });
+            Ok(())
+        }
+        fn write_table(&mut self, vip_id: u32, table: u8, slots: &[u32]) -> Result<(), MapError> {
+            self.log.push(Write::Table {
+                vip_id,
+                table,
+                ids: slots
+                    .iter()
+                    .copied()
+                    .filter(|&id| id != NO_BACKEND)
+                    .collect(),
+            });
+            Ok(())
+        }
+        fn reset_vip_counters(&mut self, _: u32) -> Result<(), MapError> {
+            self.log.push(Write::Counters);
+            Ok(())
+        }
+        fn reset_backend_counters(&mut self, _: u32) -> Result<(), MapError> {
+            self.log.push(Write::Counters);
+            Ok(())
+        }
+    }
+
+    const VIP: &str = "198.18.1.1:80";
+
+    fn service() -> Service {
+        Service {
+            addr: VIP.parse().expect("addr"),
+            proto: Proto::Tcp,
+        }
+    }
+
+    fn backend(last: u8) -> SocketAddr {
+        SocketAddr::new(IpAddr::from([198, 18, 11, last]), 8000 + u16::from(last))
+    }
+
+    /// A balancer with one VIP and backends 1 and 2, its log cleared.
+    fn two_backends() -> Balancer<Recording> {
+        let limits = Limits {
+            maglev_size: 13,
+            ..Limits::default()
+        };
+        let mut balancer = Balancer::new(Recording::default(), limits);
+        let mut changes = vec![Change::AddVip(service())];
+        for last in [1, 2] {
+            changes.push(Change::AddBackend {
+                service: service(),
+                backend: backend(last),
+                weight: 1,
+            });
+        }
+        balancer.apply_all(&changes).expect("valid");
+        balancer.maps_mut().log.clear();
+        balancer
+    }
+
+    fn id_of(balancer: &Balancer<Recording>, last: u8) -> u32 {
+        balancer.slot_id(&service(), &backend(last)).expect("known")
+    }
+
+    /// Where the first write matching `what` sits in the log.
+    fn position(log: &[Write], what: impl Fn(&Write) -> bool) -> usize {
+        log.iter()
+            .position(what)
+            .unwrap_or_else(|| panic!("not written; log: {log:?}"))
+    }
+
+    #[test]
+    fn a_new_vip_points_at_an_empty_table_written_first() {
+        let mut balancer = Balancer::new(Recording::default(), Limits::default());
+        balancer.apply(&Change::AddVip(service())).expect("valid");
+        let log = &balancer.maps().log;
+        let table = position(
+            log,
+            |w| matches!(w, Write::Table { ids, .. } if ids.is_empty()),
+        );
+        let vip = position(log, |w| matches!(w, Write::Vip { port: 80, .. }));
+        assert!(table < vip, "{log:?}");
+    }
+
+    #[test]
+    fn a_joining_backend_is_in_backends_before_a_table_names_it() {
+        let mut balancer = two_backends();
+        balancer
+            .apply(&Change::AddBackend {
+                service: service(),
+                backend: backend(3),
+                weight: 1,
+            })
+            .expect("valid");
+        let id = id_of(&balancer, 3);
+        let log = &balancer.maps().log;
+        let entry = position(log, |w| {
+            *w == Write::Backend {
+                id,
+                state: BACKEND_ACTIVE,
+            }
+        });
+        let endpoint = position(log, |w| *w == Write::Endpoint { port: 8003 });
+        let table = position(
+            log,
+            |w| matches!(w, Write::Table { ids, .. } if ids.contains(&id)),
+        );
+        let Write::Table { table: half, .. } = log[table].clone() else {
+            unreachable!()
+        };
+        let flip = position(log, |w| {
+            *w == Write::Vip {
+                port: 80,
+                active_table: half,
+            }
+        });
+        assert!(entry < table && endpoint < table && table < flip, "{log:?}");
+    }
+
+    #[test]
+    fn a_draining_backend_leaves_the_table_before_it_is_marked_draining() {
+        let mut balancer = two_backends();
+        let id = id_of(&balancer, 2);
+        balancer
+            .apply(&Change::DrainBackend {
+                service: service(),
+                backend: backend(2),
+            })
+            .expect("valid");
+        let log = &balancer.maps().log;
+        let table = position(
+            log,
+            |w| matches!(w, Write::Table { ids, .. } if !ids.contains(&id)),
+        );
+        let flip = position(log, |w| matches!(w, Write::Vip { port: 80, .. }));
+        let drain = position(log, |w| {
+            *w == Write::Backend {
+                id,
+                state: BACKEND_DRAINING,
+            }
+        });
+        assert!(table < flip && flip < drain, "{log:?}");
+    }
+
+    #[test]
+    fn a_deleted_backend_leaves_the_table_then_backends_then_endpoints() {
+        let mut balancer = two_backends();
+        let id = id_of(&balancer, 2);
+        balancer
+            .apply(&Change::DelBackend {
+                service: service(),
+                backend: backend(2),
+            })
+            .expect("valid");
+        let log = &balancer.maps().log;
+        let flip = position(log, |w| matches!(w, Write::Vip { port: 80, .. }));
+        let table = position(log, |w| matches!(w, Write::Table { .. }));
+        let retired = position(log, |w| {
+            *w == Write::Backend {
+                id,
+                state: BACKEND_UNUSED,
+            }
+        });
+        let endpoint = position(log, |w| *w == Write::EndpointGone { port: 8002 });
+        assert!(
+            table < flip && flip < retired && retired < endpoint,
+            "{log:?}"
+        );
+        let Write::Table { ids, .. } = &log[table] else {
+            unreachable!()
+        };
+        assert!(
+            !ids.contains(&id) && ids.contains(&id_of(&balancer, 1)),
+            "{log:?}"
+        );
+    }
+
+    #[test]
+    fn a_deleted_vip_stops_matching_before_its_backends_are_retired() {
+        let mut balancer = two_backends();
+        let ids = [id_of(&balancer, 1), id_of(&balancer, 2)];
+        balancer.apply(&Change::DelVip(service())).expect("valid");
+        let log = &balancer.maps().log;
+        let gone = position(log, |w| *w == Write::VipGone { port: 80 });
+        for id in ids {
+            let retired = position(log, |w| {
+                *w == Write::Backend {
+                    id,
+                    state: BACKEND_UNUSED,
+                }
+            });
+            assert!(gone < retired, "{log:?}");
+        }
+        assert!(
+            balancer.maps().vips.is_empty(),
+            "address entry left: {log:?}"
+        );
+        assert!(balancer.maps().endpoints.is_empty(), "{log:?}");
+    }
+
+    #[test]
+    fn a_refused_change_writes_nothing() {
+        let mut balancer = two_backends();
+        let error = balancer
+            .apply(&Change::AddBackend {
+                service: service(),
+                backend: backend(1),
+                weight: 1,
+            })
+            .expect_err("duplicate");
+        assert!(matches!(
+            error,
+            BalancerError::Invalid(ChangeError::DuplicateBackend { .. })
+        ));
+        assert_eq!(balancer.maps().log, Vec::new());
+    }
+
+    #[test]
+    fn when_every_backend_fails_its_check_all_stay_in_the_table() {
+        let mut balancer = two_backends();
+        let (one, two) = (id_of(&balancer, 1), id_of(&balancer, 2));
+        balancer
+            .set_down([(service(), backend(1))].into())
+            .expect("one down");
+        let tables: Vec<&BTreeSet<u32>> = balancer
+            .maps()
+            .log
+            .iter()
+            .filter_map(|w| match w {
+                Write::Table { ids, .. } => Some(ids),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(tables.last().map(|ids| ids.contains(&one)), Some(false));
+        balancer.maps_mut().log.clear();
+        balancer
+            .set_down([(service(), backend(1)), (service(), backend(2))].into())
+            .expect("all down");
+        let last_table = balancer.maps().log.iter().rev().find_map(|w| match w {
+            Write::Table { ids, .. } => Some(ids.clone()),
+            _ => None,
+        });
+        // Fail open: a check that fails everywhere is more likely wrong than every backend.
+        assert_eq!(
+            last_table,
+            Some([one, two].into()),
+            "{:?}",
+            balancer.maps().log
+        );
+    }
+
+    #[test]
+    fn adopting_maps_reads_back_the_same_state() {
+        let balancer = two_backends();
+        let state = balancer.state().clone();
+        let maps = Recording {
+            log: Vec::new(),
+            ..balancer.maps
+        };
+        let adopted = Balancer::adopt(maps, balancer.limits).expect("adopt");
+        assert_eq!(adopted.state(), &state);
     }
 }

@@ -3,4 +3,5 @@
 
 pub mod balancer;
 pub mod checker;
+pub mod map_writer;
 pub mod probe;

@@ -439,7 +439,7 @@ impl Controller {
             .flat_map(|v| &v.backends)
             .map(|b| ((b.id, b.generation), b.addr))
             .collect();
-        let now = monotonic_coarse_ns().map_err(datapath_error)?;
+        let now = monotonic_coarse_ns();
         let mut list = FlowList::default();
         self.conntrack_table
             .walk(|key, conn| {

@@ -1,12 +1,13 @@
 //! Attaching the loaded program to interfaces, with clear errors for the usual mistakes.
 
-use std::{ffi::CString, io};
+use std::io;
 
 use aya::programs::{
     ProgramError, Xdp, XdpMode,
     links::{FdLink, PinnedLink},
     xdp::{XdpLink, XdpLinkId},
 };
+use rustix::net::{AddressFamily, SocketType, netdevice::name_to_index, socket};
 use thiserror::Error;
 use tracing::{info, warn};
 
@@ -57,12 +58,9 @@ pub struct Interface {
 impl Interface {
     pub fn resolve(name: &str) -> Result<Self, AttachError> {
         let unknown = || AttachError::UnknownInterface(name.to_owned());
-        let c_name = CString::new(name).map_err(|_| unknown())?;
-        // SAFETY: c_name is a valid NUL-terminated string for the duration of the call.
-        let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-        if index == 0 {
-            return Err(unknown());
-        }
+        // SIOCGIFINDEX needs a socket, any socket.
+        let socket = socket(AddressFamily::INET, SocketType::DGRAM, None).map_err(|_| unknown())?;
+        let index = name_to_index(&socket, name).map_err(|_| unknown())?;
         Ok(Self {
             name: name.to_owned(),
             index,

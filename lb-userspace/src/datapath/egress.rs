@@ -2,7 +2,7 @@
 //! attached to, so those packets went to the kernel unchanged (`pass_egress_not_attached`).
 //! The datapath records their ifindex in UNATTACHED_EGRESS; the daemon warns once each.
 
-use std::{collections::BTreeSet, ffi::CStr};
+use std::collections::BTreeSet;
 
 use aya::{
     Ebpf,
@@ -51,15 +51,10 @@ impl EgressWatch {
 
 /// The name of interface `ifindex`, if it exists.
 pub fn interface_name(ifindex: u32) -> Option<String> {
-    let mut buffer = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: if_indextoname writes at most IF_NAMESIZE bytes, NUL included, into buffer.
-    let name = unsafe { libc::if_indextoname(ifindex, buffer.as_mut_ptr()) };
-    if name.is_null() {
-        return None;
-    }
-    // SAFETY: on success buffer holds a NUL-terminated name.
-    let name = unsafe { CStr::from_ptr(buffer.as_ptr()) };
-    Some(name.to_string_lossy().into_owned())
+    use rustix::net::{AddressFamily, SocketType, netdevice::index_to_name, socket};
+    // SIOCGIFNAME needs a socket, any socket.
+    let socket = socket(AddressFamily::INET, SocketType::DGRAM, None).ok()?;
+    index_to_name(&socket, ifindex).ok()
 }
 
 #[cfg(test)]

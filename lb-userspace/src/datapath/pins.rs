@@ -10,10 +10,8 @@
 //! someone removes under it can be put back ([`PinDir::restore`]).
 
 use std::{
-    ffi::CString,
     fs::File,
     io,
-    os::{fd::AsRawFd as _, unix::ffi::OsStrExt as _},
     path::{Path, PathBuf},
 };
 
@@ -24,6 +22,11 @@ use aya::{
 use lb_common::{
     consts::{LAYOUT_VERSION, MAP_META, PINNED_MAPS},
     service::Layout,
+};
+use rustix::{
+    fs::{FlockOperation, flock, statfs},
+    io::Errno,
+    mount::{MountFlags, mount},
 };
 use thiserror::Error;
 use tracing::info;
@@ -97,16 +100,11 @@ struct Kept {
 /// Takes the directory's lock: one controller per pin directory.
 fn lock(path: &Path) -> Result<File, PinError> {
     let lock = File::open(path).map_err(io_error(path))?;
-    // SAFETY: flock on a file descriptor we own.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let error = io::Error::last_os_error();
-        return Err(if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            PinError::Busy(path.to_owned())
-        } else {
-            io_error(path)(error)
-        });
+    match flock(&lock, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(lock),
+        Err(Errno::WOULDBLOCK) => Err(PinError::Busy(path.to_owned())),
+        Err(error) => Err(io_error(path)(error.into())),
     }
-    Ok(lock)
 }
 
 /// Where the link of `ifname` is pinned in `dir`.
@@ -122,14 +120,7 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> PinError + '_ {
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs writes into a zeroed struct we own; c_path is NUL-terminated.
-    unsafe {
-        let mut stat: libc::statfs = std::mem::zeroed();
-        libc::statfs(c_path.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == BPF_FS_MAGIC
-    }
+    statfs(path).is_ok_and(|stat| stat.f_type == BPF_FS_MAGIC)
 }
 
 /// Mounts bpffs on /sys/fs/bpf when the pin directory lives there and nothing is mounted.
@@ -143,19 +134,8 @@ fn ensure_bpffs(dir: &Path) -> Result<(), PinError> {
         return Err(PinError::NotBpffs(dir.to_owned()));
     }
     std::fs::create_dir_all(root).map_err(io_error(root))?;
-    // SAFETY: constant NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            c"/sys/fs/bpf".as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(PinError::Mount(io::Error::last_os_error()));
-    }
+    mount("bpf", root, "bpf", MountFlags::empty(), None)
+        .map_err(|error| PinError::Mount(error.into()))?;
     info!("mounted bpffs on /sys/fs/bpf");
     if is_bpffs(parent) || parent == root {
         Ok(())

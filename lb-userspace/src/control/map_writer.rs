@@ -1,0 +1,60 @@
+//! What the balancer needs from the service maps, as a trait: the real maps implement it,
+//! and the balancer's tests use a recording fake to check the order of the writes without
+//! root.
+
+use aya::maps::MapError;
+use lb_common::service::{Backend, Endpoint, EndpointKey, VipInfo, VipKey};
+
+use crate::datapath::maps::ServiceMaps;
+
+/// The reads and writes that make the service maps match a state.
+pub trait MapWriter {
+    fn vips(&self) -> Result<Vec<(VipKey, VipInfo)>, MapError>;
+    fn backends(&self) -> Result<Vec<(u32, Backend)>, MapError>;
+    fn endpoint_keys(&self) -> Result<Vec<EndpointKey>, MapError>;
+    fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), MapError>;
+    fn remove_vip(&mut self, key: &VipKey) -> Result<(), MapError>;
+    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapError>;
+    fn set_endpoint(&mut self, key: &EndpointKey, value: &Endpoint) -> Result<(), MapError>;
+    fn remove_endpoint(&mut self, key: &EndpointKey) -> Result<(), MapError>;
+    /// Writes one of a VIP's two Maglev tables (`table` is 0 or 1).
+    fn write_table(&mut self, vip_id: u32, table: u8, slots: &[u32]) -> Result<(), MapError>;
+    fn reset_vip_counters(&mut self, vip_id: u32) -> Result<(), MapError>;
+    fn reset_backend_counters(&mut self, id: u32) -> Result<(), MapError>;
+}
+
+impl MapWriter for ServiceMaps {
+    fn vips(&self) -> Result<Vec<(VipKey, VipInfo)>, MapError> {
+        ServiceMaps::vips(self)
+    }
+    fn backends(&self) -> Result<Vec<(u32, Backend)>, MapError> {
+        ServiceMaps::backends(self)
+    }
+    fn endpoint_keys(&self) -> Result<Vec<EndpointKey>, MapError> {
+        ServiceMaps::endpoint_keys(self)
+    }
+    fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), MapError> {
+        ServiceMaps::set_vip(self, key, info)
+    }
+    fn remove_vip(&mut self, key: &VipKey) -> Result<(), MapError> {
+        ServiceMaps::remove_vip(self, key)
+    }
+    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapError> {
+        ServiceMaps::set_backend(self, id, backend)
+    }
+    fn set_endpoint(&mut self, key: &EndpointKey, value: &Endpoint) -> Result<(), MapError> {
+        ServiceMaps::set_endpoint(self, key, value)
+    }
+    fn remove_endpoint(&mut self, key: &EndpointKey) -> Result<(), MapError> {
+        ServiceMaps::remove_endpoint(self, key)
+    }
+    fn write_table(&mut self, vip_id: u32, table: u8, slots: &[u32]) -> Result<(), MapError> {
+        ServiceMaps::write_table(self, vip_id, table, slots)
+    }
+    fn reset_vip_counters(&mut self, vip_id: u32) -> Result<(), MapError> {
+        ServiceMaps::reset_vip_counters(self, vip_id)
+    }
+    fn reset_backend_counters(&mut self, id: u32) -> Result<(), MapError> {
+        ServiceMaps::reset_backend_counters(self, id)
+    }
+}
