@@ -3,4 +3,6 @@
 
 pub mod client;
 pub mod error;
+#[cfg(test)]
+pub mod fixtures;
 pub mod wire;

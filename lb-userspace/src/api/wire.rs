@@ -408,4 +408,22 @@ mod tests {
         let error = parse_request(r#"{"op":"status","version":"1"}"#).expect_err("refused");
         assert_eq!(error.code, ErrorCode::VersionMismatch);
     }
+
+    /// The JSON every `--json` output and API answer carries: docs/API.md documents it and
+    /// scripts parse it, so a change here must be deliberate (review the snapshot).
+    #[test]
+    fn answers_keep_their_json_shape() {
+        use crate::api::fixtures;
+        insta::assert_json_snapshot!("stats", fixtures::stats());
+        insta::assert_json_snapshot!("status", fixtures::status());
+        insta::assert_json_snapshot!("flows", fixtures::flows());
+        insta::assert_json_snapshot!(
+            "refusal",
+            Response::failure(ApiError::new(
+                ErrorCode::UnknownVip,
+                "no VIP 198.18.1.9:80/tcp"
+            ))
+        );
+        insta::assert_json_snapshot!("success", Response::success(serde_json::Value::Null));
+    }
 }

@@ -6,7 +6,6 @@ use std::{
 };
 
 use anyhow::Context as _;
-use comfy_table::{Table, presets::NOTHING};
 use serde::Serialize;
 
 use crate::api::client;
@@ -15,18 +14,20 @@ use crate::{
         BackendEntry, DownReport, FlowList, FlushReport, Request, StatsReport, StatusReport,
         VipEntry,
     },
-    cli::args::{
-        BackendArgs, BackendCommand, ConntrackCommand, DownArgs, FlowFilterArgs, OutputArgs,
-        StatsArgs, VipCommand,
+    cli::{
+        args::{
+            BackendArgs, BackendCommand, ConntrackCommand, DownArgs, FlowFilterArgs, OutputArgs,
+            StatsArgs, VipCommand,
+        },
+        render,
     },
     datapath::pins::{DEFAULT_PIN_DIR, PinDir},
     model::health::unix_seconds,
 };
 
-fn table(header: &[&str]) -> Table {
-    let mut table = Table::new();
-    table.load_preset(NOTHING).set_header(header.to_vec());
-    table
+/// Seconds since the Unix epoch, for "how long ago" cells.
+fn now() -> u64 {
+    unix_seconds(SystemTime::now())
 }
 
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
@@ -86,77 +87,10 @@ pub fn vip(socket: &Path, command: VipCommand) -> anyhow::Result<()> {
             if json {
                 return print_json(&vips);
             }
-            println!("{}", vip_table(&vips));
+            println!("{}", render::vip_table(&vips));
             Ok(())
         }
     }
-}
-
-fn vip_table(vips: &[VipEntry]) -> Table {
-    let mut t = table(&[
-        "VIP",
-        "PROTO",
-        "BACKENDS",
-        "ACTIVE",
-        "PACKETS",
-        "BYTES",
-        "NEW FLOWS",
-    ]);
-    for v in vips {
-        t.add_row(vec![
-            v.vip.to_string(),
-            v.proto.to_string(),
-            v.backends.to_string(),
-            v.active.to_string(),
-            v.packets.to_string(),
-            v.bytes.to_string(),
-            v.new_flows.to_string(),
-        ]);
-    }
-    t
-}
-
-/// `up`, `down`, `draining` or `unchecked`, with how long it has been so.
-fn health_cell(b: &BackendEntry) -> String {
-    let label = if b.state == "draining" {
-        "draining".to_owned()
-    } else {
-        b.health.to_string()
-    };
-    let Some(since) = b.health_since else {
-        return label;
-    };
-    let age = unix_seconds(SystemTime::now()).saturating_sub(since);
-    format!("{label} {}", short_duration(age))
-}
-
-fn short_duration(seconds: u64) -> String {
-    match seconds {
-        0..60 => format!("{seconds}s"),
-        60..3600 => format!("{}m", seconds / 60),
-        3600..86_400 => format!("{}h", seconds / 3600),
-        _ => format!("{}d", seconds / 86_400),
-    }
-}
-
-fn backend_table(backends: &[BackendEntry]) -> Table {
-    let mut t = table(&[
-        "VIP", "PROTO", "BACKEND", "WEIGHT", "HEALTH", "ACTIVE", "CLOSING", "PACKETS", "BYTES",
-    ]);
-    for b in backends {
-        t.add_row(vec![
-            b.vip.to_string(),
-            b.proto.to_string(),
-            b.backend.to_string(),
-            b.weight.to_string(),
-            health_cell(b),
-            b.active_conns.to_string(),
-            b.closing_conns.to_string(),
-            b.packets.to_string(),
-            b.bytes.to_string(),
-        ]);
-    }
-    t
 }
 
 /// `lb conntrack list|flush`.
@@ -184,7 +118,7 @@ pub fn conntrack(socket: &Path, command: ConntrackCommand) -> anyhow::Result<()>
             if output.json {
                 return print_json(&list);
             }
-            println!("{}", flow_table(&list));
+            println!("{}", render::flow_table(&list));
             let more = list.matched.saturating_sub(list.flows.len() as u64);
             if more > 0 {
                 println!("... and {more} more matched (--limit {limit} shown)");
@@ -211,31 +145,6 @@ pub fn conntrack(socket: &Path, command: ConntrackCommand) -> anyhow::Result<()>
             Ok(())
         }
     }
-}
-
-fn flow_table(list: &FlowList) -> Table {
-    let mut t = table(&[
-        "CLIENT",
-        "VIP",
-        "PROTO",
-        "BACKEND",
-        "STATE",
-        "IDLE",
-        "EXPIRES IN",
-    ]);
-    for f in &list.flows {
-        t.add_row(vec![
-            f.client.to_string(),
-            f.vip.to_string(),
-            f.proto.to_string(),
-            f.backend
-                .map_or_else(|| "(gone)".to_owned(), |b| b.to_string()),
-            f.state.clone(),
-            format!("{}s", f.idle_secs),
-            format!("{}s", f.expires_in_secs),
-        ]);
-    }
-    t
 }
 
 pub fn backend(socket: &Path, command: BackendCommand) -> anyhow::Result<()> {
@@ -302,7 +211,7 @@ pub fn backend(socket: &Path, command: BackendCommand) -> anyhow::Result<()> {
             if output.json {
                 return print_json(&backends);
             }
-            println!("{}", backend_table(&backends));
+            println!("{}", render::backend_table(&backends, now()));
             Ok(())
         }
     }
@@ -317,25 +226,7 @@ pub fn stats(socket: &Path, args: StatsArgs) -> anyhow::Result<()> {
     if output.json {
         return print_json(&report);
     }
-    let mut t = table(&["COUNTER", "PACKETS", "BYTES"]);
-    for (name, c) in report.counters.iter().filter(|(_, c)| c.packets > 0) {
-        t.add_row(vec![
-            name.clone(),
-            c.packets.to_string(),
-            c.bytes.to_string(),
-        ]);
-    }
-    let ct = report.conntrack;
-    println!(
-        "{t}\n\nconntrack: {} of {} entries; {} expired or flushed, {} evicted, {} TCP segments found untracked\n\n{}\n\n{}",
-        ct.entries,
-        ct.capacity,
-        ct.deleted,
-        ct.evicted,
-        ct.missed_mid_flow,
-        vip_table(&report.vips),
-        backend_table(&report.backends)
-    );
+    println!("{}", render::stats(&report, now()));
     Ok(())
 }
 
@@ -344,46 +235,7 @@ pub fn status(socket: &Path, output: OutputArgs) -> anyhow::Result<()> {
     if output.json {
         return print_json(&s);
     }
-    let interfaces: Vec<String> = s
-        .interfaces
-        .iter()
-        .map(|i| format!("{} [{}]", i.name, i.mode))
-        .collect();
-    println!(
-        "lb {} running (pid {}, up {} s{})\n\
-         interfaces:  {}\n\
-         VIPs:        {} with {} backends\n\
-         pins:        {}\n\
-         state file:  {}\n\
-         API socket:  {}\n\
-         sizes:       Maglev table {}, {} VIPs max, {} tracked flows\n\
-         conntrack:   {} entries, swept every {} s\n\
-         timeouts:    {}",
-        s.version,
-        s.pid,
-        s.uptime_secs,
-        if s.adopted {
-            ", adopted a pinned datapath"
-        } else {
-            ""
-        },
-        interfaces.join(", "),
-        s.vips,
-        s.backends,
-        s.pin_dir.display(),
-        s.state_file.display(),
-        s.api.display(),
-        s.table_size,
-        s.max_vips,
-        s.conntrack_capacity,
-        s.conntrack_entries,
-        s.conntrack_sweep_secs,
-        s.conntrack_timeouts
-            .iter()
-            .map(|t| format!("{} {} s", t.state, t.secs))
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
+    println!("{}", render::status(&s));
     Ok(())
 }
 

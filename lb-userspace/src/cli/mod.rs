@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod commands;
+pub mod render;
 pub mod watch;
 
 use clap::Parser as _;

@@ -214,3 +214,27 @@ pub fn render(snapshot: Snapshot) -> Result<String, std::fmt::Error> {
     prometheus_client::encoding::text::encode(&mut text, &registry)?;
     Ok(text)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::fixtures;
+
+    /// The exposition text dashboards and alerts are written against.
+    #[test]
+    fn the_exposition_text_keeps_its_names_and_labels() {
+        let counters = fixtures::counters();
+        let snapshot = Snapshot {
+            counters: Snapshot::counters_from(|stat| {
+                counters.get(stat.name()).copied().unwrap_or_default()
+            }),
+            vips: fixtures::vips(),
+            backends: fixtures::backends(),
+            conntrack: fixtures::conntrack(),
+        };
+        let text = render(snapshot).expect("renders");
+        // The build's version changes with every release; the rest must not.
+        let text = text.replace(env!("CARGO_PKG_VERSION"), "VERSION");
+        insta::assert_snapshot!("metrics", text);
+    }
+}

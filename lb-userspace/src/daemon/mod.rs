@@ -2,8 +2,10 @@
 //! the metrics endpoint and the conntrack sweep.
 
 pub mod controller;
+pub mod counters;
 pub mod flows;
 pub mod metrics;
 pub mod metrics_http;
+pub mod reports;
 pub mod run;
 pub mod server;

@@ -23,9 +23,9 @@ use crate::{
     api::client,
     control::balancer::Balancer,
     control::checker::Checker,
-    daemon::controller::Controller,
     daemon::metrics_http,
     daemon::server,
+    daemon::{controller::Controller, counters},
     datapath::attach::{self, AttachMode, Interface, PinnedAttachment},
     datapath::conntrack::{ConntrackBook, Sweeper},
     datapath::egress::EgressWatch,
@@ -35,7 +35,7 @@ use crate::{
     datapath::maps::{self, ServiceMaps},
     datapath::pins::PinDir,
     datapath::privileges,
-    datapath::stats::{self, Snapshot, StatsMap},
+    datapath::stats::{Snapshot, StatsMap},
     model::config,
     model::error_chain::error_chain,
     model::health::HealthBook,
@@ -197,7 +197,7 @@ pub async fn run(args: RunConfig, api_flag: Option<&Path>) -> anyhow::Result<()>
         timeouts: args.options.timeouts_ns,
         sweep_interval: args.sweep_interval,
         checker: Checker::new(tokio::runtime::Handle::current(), probe_tx),
-        ebpf,
+        _ebpf: ebpf,
     }));
     if let Ok(mut controller) = controller.lock() {
         controller.refresh_health();
@@ -251,7 +251,7 @@ pub async fn run(args: RunConfig, api_flag: Option<&Path>) -> anyhow::Result<()>
         .lock()
         .map_err(|_| anyhow::anyhow!("the daemon's state is poisoned"))?;
     if let Ok(now) = controller.stats.read() {
-        println!("counters at exit:\n{}", stats::render(&now, None));
+        println!("counters at exit:\n{}", counters::render(&now, None));
     }
     match reason {
         Stop::Down => println!("lb: down; detached and removed {}", pin_dir.display()),
@@ -551,7 +551,7 @@ async fn wait_for_stop(
                 };
                 let taken = Instant::now();
                 let previous = last.as_ref().map(|(s, at)| (s, taken.duration_since(*at)));
-                println!("{}", stats::render(&now, previous));
+                println!("{}", counters::render(&now, previous));
                 last = Some((now, taken));
             }
         }

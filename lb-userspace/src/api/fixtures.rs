@@ -1,0 +1,209 @@
+//! Answers as a daemon would give them, for the snapshot tests of their JSON, their tables
+//! and the metrics text. Fixed values: a snapshot must not depend on the clock or the host.
+
+use std::collections::BTreeMap;
+
+use super::wire::{
+    BackendEntry, ConntrackReport, CounterEntry, FlowEntry, FlowList, InterfaceEntry, StatsReport,
+    StatusReport, TimeoutEntry, VipEntry,
+};
+use crate::model::{
+    check::CheckConfig,
+    health::{Health, Transition},
+    state::Proto,
+};
+
+/// "Now" for the fixtures, in Unix seconds.
+pub const NOW: u64 = 1_800_000_000;
+
+fn sock(text: &str) -> std::net::SocketAddr {
+    text.parse().expect("fixture address")
+}
+
+pub fn vips() -> Vec<VipEntry> {
+    vec![
+        VipEntry {
+            vip: sock("198.18.1.1:80"),
+            proto: Proto::Tcp,
+            check: Some(CheckConfig {
+                probe: "http:/healthz".to_owned(),
+                interval: Some(2.0),
+                timeout: Some(1.0),
+                rise: Some(2),
+                fall: Some(3),
+                expect: None,
+            }),
+            backends: 2,
+            active: 1,
+            packets: 123_456,
+            bytes: 98_765_432,
+            new_flows: 4_321,
+        },
+        VipEntry {
+            vip: sock("[fd00::1]:53"),
+            proto: Proto::Udp,
+            check: None,
+            backends: 1,
+            active: 1,
+            packets: 7,
+            bytes: 560,
+            new_flows: 7,
+        },
+    ]
+}
+
+pub fn backends() -> Vec<BackendEntry> {
+    vec![
+        BackendEntry {
+            vip: sock("198.18.1.1:80"),
+            proto: Proto::Tcp,
+            backend: sock("198.18.11.2:8080"),
+            weight: 100,
+            state: "active".to_owned(),
+            health: Health::Up,
+            health_since: Some(NOW - 90),
+            last_check_error: None,
+            health_history: vec![Transition {
+                to: Health::Up,
+                at: NOW - 90,
+                reason: "2 checks passed".to_owned(),
+            }],
+            packets: 100_000,
+            bytes: 80_000_000,
+            active_conns: 12,
+            closing_conns: 3,
+        },
+        BackendEntry {
+            vip: sock("198.18.1.1:80"),
+            proto: Proto::Tcp,
+            backend: sock("198.18.11.3:8080"),
+            weight: 50,
+            state: "draining".to_owned(),
+            health: Health::Down,
+            health_since: Some(NOW - 7_200),
+            last_check_error: Some("connection refused".to_owned()),
+            health_history: Vec::new(),
+            packets: 23_456,
+            bytes: 18_765_432,
+            active_conns: 0,
+            closing_conns: 1,
+        },
+        BackendEntry {
+            vip: sock("[fd00::1]:53"),
+            proto: Proto::Udp,
+            backend: sock("[fd00::11:2]:5353"),
+            weight: 100,
+            state: "active".to_owned(),
+            health: Health::Unchecked,
+            health_since: None,
+            last_check_error: None,
+            health_history: Vec::new(),
+            packets: 7,
+            bytes: 560,
+            active_conns: 7,
+            closing_conns: 0,
+        },
+    ]
+}
+
+pub fn counters() -> BTreeMap<String, CounterEntry> {
+    [
+        ("tcp", 123_456, 98_765_432),
+        ("udp", 7, 560),
+        ("xdp_tx", 123_463, 98_765_992),
+        ("xdp_pass", 10, 1_000),
+        ("drop_forwarding_disabled", 0, 0),
+    ]
+    .into_iter()
+    .map(|(name, packets, bytes)| (name.to_owned(), CounterEntry { packets, bytes }))
+    .collect()
+}
+
+pub fn conntrack() -> ConntrackReport {
+    ConntrackReport {
+        entries: 23,
+        capacity: 1_048_576,
+        evicted: 0,
+        deleted: 4_298,
+        missed_mid_flow: 2,
+    }
+}
+
+pub fn stats() -> StatsReport {
+    StatsReport {
+        counters: counters(),
+        vips: vips(),
+        backends: backends(),
+        conntrack: conntrack(),
+    }
+}
+
+pub fn flows() -> FlowList {
+    FlowList {
+        flows: vec![
+            FlowEntry {
+                client: sock("198.18.0.2:40000"),
+                vip: sock("198.18.1.1:80"),
+                proto: Proto::Tcp,
+                backend: Some(sock("198.18.11.2:8080")),
+                state: "established".to_owned(),
+                idle_secs: 3,
+                expires_in_secs: 10_797,
+            },
+            FlowEntry {
+                client: sock("[fd00::2]:5000"),
+                vip: sock("[fd00::1]:53"),
+                proto: Proto::Udp,
+                backend: None,
+                state: "udp".to_owned(),
+                idle_secs: 100,
+                expires_in_secs: 20,
+            },
+        ],
+        matched: 5,
+    }
+}
+
+pub fn status() -> StatusReport {
+    StatusReport {
+        version: "0.0.0-fixture".to_owned(),
+        pid: 4242,
+        uptime_secs: 3_600,
+        interfaces: vec![
+            InterfaceEntry {
+                name: "eth0".to_owned(),
+                ifindex: 2,
+                mode: "native".to_owned(),
+            },
+            InterfaceEntry {
+                name: "eth1".to_owned(),
+                ifindex: 3,
+                mode: "pinned".to_owned(),
+            },
+        ],
+        pin_dir: "/sys/fs/bpf/lb".into(),
+        state_file: "/var/lib/lb/state.toml".into(),
+        api: "/run/lb/lb.sock".into(),
+        adopted: true,
+        table_size: 65_537,
+        max_vips: 256,
+        conntrack_capacity: 1_048_576,
+        conntrack_entries: 23,
+        conntrack_timeouts: [
+            ("tcp_opening", 60),
+            ("tcp_established", 10_800),
+            ("tcp_closing", 120),
+            ("tcp_closed", 10),
+            ("udp", 120),
+        ]
+        .into_iter()
+        .map(|(state, secs)| TimeoutEntry {
+            state: state.to_owned(),
+            secs,
+        })
+        .collect(),
+        conntrack_sweep_secs: 5.0,
+        vips: 2,
+        backends: 3,
+    }
+}

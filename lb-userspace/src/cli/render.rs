@@ -1,0 +1,206 @@
+//! How answers look in a terminal: tables and summaries, from the API's types. Pure, so
+//! each is pinned by a snapshot test.
+
+use comfy_table::{Table, presets::NOTHING};
+
+use crate::api::wire::{BackendEntry, FlowList, StatsReport, StatusReport, VipEntry};
+
+fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(NOTHING).set_header(header.to_vec());
+    table
+}
+
+pub fn vip_table(vips: &[VipEntry]) -> Table {
+    let mut t = table(&[
+        "VIP",
+        "PROTO",
+        "BACKENDS",
+        "ACTIVE",
+        "PACKETS",
+        "BYTES",
+        "NEW FLOWS",
+    ]);
+    for v in vips {
+        t.add_row(vec![
+            v.vip.to_string(),
+            v.proto.to_string(),
+            v.backends.to_string(),
+            v.active.to_string(),
+            v.packets.to_string(),
+            v.bytes.to_string(),
+            v.new_flows.to_string(),
+        ]);
+    }
+    t
+}
+
+/// `up`, `down`, `draining` or `unchecked`, with how long it has been so.
+fn health_cell(b: &BackendEntry, now: u64) -> String {
+    let label = if b.state == "draining" {
+        "draining".to_owned()
+    } else {
+        b.health.to_string()
+    };
+    let Some(since) = b.health_since else {
+        return label;
+    };
+    let age = now.saturating_sub(since);
+    format!("{label} {}", short_duration(age))
+}
+
+fn short_duration(seconds: u64) -> String {
+    match seconds {
+        0..60 => format!("{seconds}s"),
+        60..3600 => format!("{}m", seconds / 60),
+        3600..86_400 => format!("{}h", seconds / 3600),
+        _ => format!("{}d", seconds / 86_400),
+    }
+}
+
+pub fn backend_table(backends: &[BackendEntry], now: u64) -> Table {
+    let mut t = table(&[
+        "VIP", "PROTO", "BACKEND", "WEIGHT", "HEALTH", "ACTIVE", "CLOSING", "PACKETS", "BYTES",
+    ]);
+    for b in backends {
+        t.add_row(vec![
+            b.vip.to_string(),
+            b.proto.to_string(),
+            b.backend.to_string(),
+            b.weight.to_string(),
+            health_cell(b, now),
+            b.active_conns.to_string(),
+            b.closing_conns.to_string(),
+            b.packets.to_string(),
+            b.bytes.to_string(),
+        ]);
+    }
+    t
+}
+
+pub fn flow_table(list: &FlowList) -> Table {
+    let mut t = table(&[
+        "CLIENT",
+        "VIP",
+        "PROTO",
+        "BACKEND",
+        "STATE",
+        "IDLE",
+        "EXPIRES IN",
+    ]);
+    for f in &list.flows {
+        t.add_row(vec![
+            f.client.to_string(),
+            f.vip.to_string(),
+            f.proto.to_string(),
+            f.backend
+                .map_or_else(|| "(gone)".to_owned(), |b| b.to_string()),
+            f.state.clone(),
+            format!("{}s", f.idle_secs),
+            format!("{}s", f.expires_in_secs),
+        ]);
+    }
+    t
+}
+
+/// `lb stats`: the non-zero counters, the conntrack summary, the VIPs and the backends.
+pub fn stats(report: &StatsReport, now: u64) -> String {
+    let mut t = table(&["COUNTER", "PACKETS", "BYTES"]);
+    for (name, c) in report.counters.iter().filter(|(_, c)| c.packets > 0) {
+        t.add_row(vec![
+            name.clone(),
+            c.packets.to_string(),
+            c.bytes.to_string(),
+        ]);
+    }
+    let ct = report.conntrack;
+    format!(
+        "{t}\n\nconntrack: {} of {} entries; {} expired or flushed, {} evicted, {} TCP segments found untracked\n\n{}\n\n{}",
+        ct.entries,
+        ct.capacity,
+        ct.deleted,
+        ct.evicted,
+        ct.missed_mid_flow,
+        vip_table(&report.vips),
+        backend_table(&report.backends, now)
+    )
+}
+
+pub fn status(s: &StatusReport) -> String {
+    let interfaces: Vec<String> = s
+        .interfaces
+        .iter()
+        .map(|i| format!("{} [{}]", i.name, i.mode))
+        .collect();
+    format!(
+        "lb {} running (pid {}, up {} s{})\n\
+         interfaces:  {}\n\
+         VIPs:        {} with {} backends\n\
+         pins:        {}\n\
+         state file:  {}\n\
+         API socket:  {}\n\
+         sizes:       Maglev table {}, {} VIPs max, {} tracked flows\n\
+         conntrack:   {} entries, swept every {} s\n\
+         timeouts:    {}",
+        s.version,
+        s.pid,
+        s.uptime_secs,
+        if s.adopted {
+            ", adopted a pinned datapath"
+        } else {
+            ""
+        },
+        interfaces.join(", "),
+        s.vips,
+        s.backends,
+        s.pin_dir.display(),
+        s.state_file.display(),
+        s.api.display(),
+        s.table_size,
+        s.max_vips,
+        s.conntrack_capacity,
+        s.conntrack_entries,
+        s.conntrack_sweep_secs,
+        s.conntrack_timeouts
+            .iter()
+            .map(|t| format!("{} {} s", t.state, t.secs))
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::fixtures;
+
+    #[test]
+    fn tables_keep_their_columns() {
+        insta::assert_snapshot!("vips", vip_table(&fixtures::vips()).to_string());
+        insta::assert_snapshot!(
+            "backends",
+            backend_table(&fixtures::backends(), fixtures::NOW).to_string()
+        );
+        insta::assert_snapshot!("flows", flow_table(&fixtures::flows()).to_string());
+    }
+
+    #[test]
+    fn stats_and_status_read_as_documented() {
+        insta::assert_snapshot!("stats", stats(&fixtures::stats(), fixtures::NOW));
+        insta::assert_snapshot!("status", status(&fixtures::status()));
+    }
+
+    #[test]
+    fn health_ages_are_short() {
+        let mut backend = fixtures::backends().remove(0);
+        for (age, shown) in [
+            (5, "up 5s"),
+            (90, "up 1m"),
+            (7_200, "up 2h"),
+            (200_000, "up 2d"),
+        ] {
+            backend.health_since = Some(fixtures::NOW - age);
+            assert_eq!(health_cell(&backend, fixtures::NOW), shown);
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! What the controller reports: VIP and backend listings with their counters, the stats and
+//! status answers, tracked flows, and each metrics scrape. Reads only.
+
+use std::{collections::HashMap, net::SocketAddr};
+
+use lb_common::{flow::Timeout, stats::Stat};
+
+use super::controller::{Controller, datapath_error};
+use crate::{
+    api::{
+        error::{ApiError, ErrorCode},
+        wire::{
+            BackendEntry, ConntrackReport, CounterEntry, FlowList, InterfaceEntry, MAX_FLOW_LIMIT,
+            StatsReport, StatusReport, TimeoutEntry, VipEntry,
+        },
+    },
+    control::balancer::VipView,
+    daemon::{flows, metrics},
+    datapath::{conntrack::monotonic_coarse_ns, stats},
+    model::{
+        check::CheckConfig,
+        health::{Health, unix_seconds},
+        state::{ChangeError, Proto, Service},
+    },
+};
+
+impl Controller {
+    pub(super) fn vip_entry(&self, vip: &VipView) -> Result<VipEntry, ApiError> {
+        let counter = self
+            .balancer
+            .maps()
+            .vip_counter(vip.id)
+            .map_err(datapath_error)?;
+        let check = self
+            .balancer
+            .state()
+            .vips
+            .get(&vip.service)
+            .and_then(|v| v.check.as_ref())
+            .map(CheckConfig::from);
+        Ok(VipEntry {
+            vip: vip.service.addr,
+            proto: vip.service.proto,
+            check,
+            backends: vip.backends.len(),
+            active: vip.backends.iter().filter(|b| !b.spec.draining).count(),
+            packets: counter.packets,
+            bytes: counter.bytes,
+            new_flows: counter.new_flows,
+        })
+    }
+
+    pub(super) fn vips(&self) -> Result<Vec<VipEntry>, ApiError> {
+        self.balancer
+            .view()
+            .iter()
+            .map(|vip| self.vip_entry(vip))
+            .collect()
+    }
+
+    pub(super) fn backends(&self, filter: Option<Service>) -> Result<Vec<BackendEntry>, ApiError> {
+        let view = self.balancer.view();
+        if let Some(wanted) = filter
+            && !view.iter().any(|v| v.service == wanted)
+        {
+            return Err(ChangeError::UnknownVip(wanted).into());
+        }
+        let mut entries = Vec::new();
+        for vip in view
+            .iter()
+            .filter(|v| filter.is_none_or(|f| f == v.service))
+        {
+            for backend in &vip.backends {
+                let health = self.health.get(&(vip.service, backend.addr));
+                let conns = self.conntrack.conns(backend.id, backend.generation);
+                let counter = self
+                    .balancer
+                    .maps()
+                    .backend_counter(backend.id)
+                    .map_err(datapath_error)?;
+                entries.push(BackendEntry {
+                    vip: vip.service.addr,
+                    proto: vip.service.proto,
+                    backend: backend.addr,
+                    weight: backend.spec.weight,
+                    state: if backend.spec.draining {
+                        "draining"
+                    } else {
+                        "active"
+                    }
+                    .to_owned(),
+                    health: health.map_or(Health::Unchecked, |h| h.health),
+                    health_since: health
+                        .filter(|h| h.health != Health::Unchecked)
+                        .map(|h| unix_seconds(h.since)),
+                    last_check_error: health.and_then(|h| h.last_error.clone()),
+                    health_history: health
+                        .map(|h| h.history.iter().cloned().collect())
+                        .unwrap_or_default(),
+                    packets: counter.packets,
+                    bytes: counter.bytes,
+                    active_conns: conns.active,
+                    closing_conns: conns.closing,
+                });
+            }
+        }
+        Ok(entries)
+    }
+
+    pub(super) fn stats(&self) -> Result<StatsReport, ApiError> {
+        let snapshot = self.stats.read().map_err(datapath_error)?;
+        let counters = Stat::ALL
+            .iter()
+            .map(|&stat| {
+                let c = snapshot.get(stat);
+                (
+                    stat.name().to_owned(),
+                    CounterEntry {
+                        packets: c.packets,
+                        bytes: c.bytes,
+                    },
+                )
+            })
+            .collect();
+        Ok(StatsReport {
+            counters,
+            vips: self.vips()?,
+            backends: self.backends(None)?,
+            conntrack: self.conntrack(&snapshot),
+        })
+    }
+
+    /// Conntrack fill and evictions as of the last sweep.
+    pub(super) fn conntrack(&self, snapshot: &stats::Snapshot) -> ConntrackReport {
+        ConntrackReport {
+            entries: self.conntrack.census().entries,
+            capacity: u64::from(self.balancer.limits().conntrack_capacity),
+            evicted: self.conntrack.evicted(),
+            deleted: self.conntrack.deleted(),
+            missed_mid_flow: snapshot.get(Stat::CtMissMidFlow).packets,
+        }
+    }
+
+    /// Live (not expired) flows the filter picks: the first `limit`, and how many matched.
+    pub(super) fn conntrack_list(
+        &self,
+        vip: Option<SocketAddr>,
+        proto: Option<Proto>,
+        backend: Option<SocketAddr>,
+        limit: u64,
+    ) -> Result<FlowList, ApiError> {
+        if !(1..=MAX_FLOW_LIMIT).contains(&limit) {
+            return Err(ApiError::new(
+                ErrorCode::BadRequest,
+                format!("limit must be between 1 and {MAX_FLOW_LIMIT}"),
+            ));
+        }
+        let filter = self.flow_filter(vip, proto, backend)?;
+        let backends: HashMap<(u32, u32), SocketAddr> = self
+            .balancer
+            .view()
+            .iter()
+            .flat_map(|v| &v.backends)
+            .map(|b| ((b.id, b.generation), b.addr))
+            .collect();
+        let now = monotonic_coarse_ns();
+        let mut list = FlowList::default();
+        self.conntrack_table
+            .walk(|key, conn| {
+                if !conn.expired(now, &self.timeouts) && filter.matches(key, conn) {
+                    list.matched += 1;
+                    if (list.flows.len() as u64) < limit
+                        && let Some(entry) = flows::entry(key, conn, now, &self.timeouts, &backends)
+                    {
+                        list.flows.push(entry);
+                    }
+                }
+                false
+            })
+            .map_err(datapath_error)?;
+        list.flows.sort_by_key(|flow| (flow.vip, flow.client));
+        Ok(list)
+    }
+
+    /// What a metrics scrape reports.
+    pub fn metrics(&self) -> Result<metrics::Snapshot, ApiError> {
+        let snapshot = self.stats.read().map_err(datapath_error)?;
+        let counters = metrics::Snapshot::counters_from(|stat| {
+            let c = snapshot.get(stat);
+            CounterEntry {
+                packets: c.packets,
+                bytes: c.bytes,
+            }
+        });
+        Ok(metrics::Snapshot {
+            counters,
+            vips: self.vips()?,
+            backends: self.backends(None)?,
+            conntrack: self.conntrack(&snapshot),
+        })
+    }
+
+    pub(super) fn status(&self) -> StatusReport {
+        let limits = self.balancer.limits();
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            interfaces: self
+                .attachments
+                .iter()
+                .map(|a| InterfaceEntry {
+                    name: a.iface.name.clone(),
+                    ifindex: a.iface.index,
+                    mode: a.mode.to_owned(),
+                })
+                .collect(),
+            pin_dir: self
+                .pins
+                .as_ref()
+                .map(|p| p.path().to_owned())
+                .unwrap_or_default(),
+            state_file: self.state_file.clone(),
+            api: self.api.clone(),
+            adopted: self.adopted,
+            table_size: limits.maglev_size,
+            max_vips: limits.max_vips,
+            conntrack_capacity: limits.conntrack_capacity,
+            conntrack_entries: self.conntrack.census().entries,
+            conntrack_timeouts: Timeout::ALL
+                .iter()
+                .map(|&t| TimeoutEntry {
+                    state: t.name().to_owned(),
+                    secs: self.timeouts[t as usize] / 1_000_000_000,
+                })
+                .collect(),
+            conntrack_sweep_secs: self.sweep_interval.as_secs_f64(),
+            vips: self.balancer.state().vips.len(),
+            backends: self.balancer.state().backend_count(),
+        }
+    }
+}
