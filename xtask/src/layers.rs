@@ -67,6 +67,9 @@ impl fmt::Display for Module {
 #[derive(Default)]
 struct Names {
     modules: BTreeSet<Module>,
+    /// Named only by `#[cfg(test)]` code: held to the layer rule, but not an edge of the
+    /// module graph (a test module may share fixtures with the module it tests).
+    test_modules: BTreeSet<Module>,
     crates: BTreeSet<String>,
 }
 
@@ -75,6 +78,8 @@ struct Names {
 struct Collector {
     /// The module of the item being visited.
     here: Vec<String>,
+    /// Inside a `#[cfg(test)]` item.
+    in_test: bool,
     names: Names,
 }
 
@@ -108,7 +113,12 @@ impl Collector {
             _ => return,
         };
         if !resolved.is_empty() {
-            self.names.modules.insert(Module(resolved).file_level());
+            let module = Module(resolved).file_level();
+            if self.in_test {
+                self.names.test_modules.insert(module);
+            } else {
+                self.names.modules.insert(module);
+            }
         }
     }
 
@@ -148,9 +158,12 @@ impl<'ast> Visit<'ast> for Collector {
     }
 
     fn visit_item_mod(&mut self, item: &'ast syn::ItemMod) {
+        let was_test = self.in_test;
+        self.in_test |= item.attrs.iter().any(is_cfg_test);
         self.here.push(item.ident.to_string());
         syn::visit::visit_item_mod(self, item);
         self.here.pop();
+        self.in_test = was_test;
     }
 
     /// Derive lists are tokens to syn; their paths (`clap::ValueEnum`) count too.
@@ -177,6 +190,13 @@ impl<'ast> Visit<'ast> for Collector {
     }
 }
 
+fn is_cfg_test(attr: &syn::Attribute) -> bool {
+    attr.path().is_ident("cfg")
+        && attr
+            .parse_args::<syn::Ident>()
+            .is_ok_and(|ident| ident == "test")
+}
+
 /// The module a source file defines, from its path below `src`.
 fn module_of(relative: &Path) -> Option<Module> {
     let mut parts: Vec<String> = relative
@@ -195,6 +215,7 @@ fn names_in(source: &str, module: &Module) -> anyhow::Result<Names> {
     let file = syn::parse_file(source)?;
     let mut collector = Collector {
         here: module.0.clone(),
+        in_test: false,
         names: Names::default(),
     };
     collector.visit_file(&file);
@@ -217,7 +238,7 @@ fn violations(module: &Module, names: &Names) -> Vec<String> {
                 .join(", ")
         )];
     };
-    for target in &names.modules {
+    for target in names.modules.iter().chain(&names.test_modules) {
         let Some(target_layer) = target.layer() else {
             continue;
         };
@@ -410,6 +431,18 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].contains("`clap`"), "{found:?}");
         assert!(problems("datapath::maps", "use aya::maps::HashMap;").is_empty());
+    }
+
+    #[test]
+    fn test_modules_obey_the_layers_but_make_no_edges() {
+        let module = module("api::wire");
+        let names = names_in(
+            "#[cfg(test)] mod tests { use crate::api::fixtures; use crate::daemon::run; }",
+            &module,
+        )
+        .expect("parses");
+        assert!(names.modules.is_empty());
+        assert_eq!(violations(&module, &names).len(), 1);
     }
 
     #[test]
