@@ -105,6 +105,10 @@ pub async fn run(args: RunConfig, api_flag: Option<&Path>) -> anyhow::Result<()>
     let api_path = client::socket_path(api_flag);
     let socket = server::bind(&api_path)?;
     let mut pins = PinDir::open(&args.pin_dir)?;
+    // A daemon killed mid-save leaves its temporary file; the pin lock makes us the writer.
+    for stale in config::remove_stale_temps(&args.state)? {
+        info!(file = %stale.display(), "removed a temporary state file left by an earlier run");
+    }
     let adopted_limits = pins.adoptable(args.table_size, args.conntrack_size)?;
     if load::raise_memlock_limit().is_err() {
         warn!("could not raise RLIMIT_MEMLOCK; old kernels may refuse to create maps");

@@ -241,7 +241,7 @@ pub fn save(path: &Path, state: &State) -> Result<(), ConfigError> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "state.toml".to_owned());
     let text = render(state)?;
-    let temp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    let temp = dir.join(temp_name(&file_name, std::process::id()));
     let result = (|| {
         let mut file = File::create(&temp)?;
         file.write_all(text.as_bytes())?;
@@ -257,6 +257,57 @@ pub fn save(path: &Path, state: &State) -> Result<(), ConfigError> {
         tracing::warn!(dir = %dir.display(), %error, "syncing the state directory failed");
     }
     Ok(())
+}
+
+/// The temporary name [`save`] writes `path`'s next version under, for process `pid`.
+fn temp_name(file_name: &str, pid: u32) -> String {
+    format!(".{file_name}.{pid}.tmp")
+}
+
+/// Removes temporary files a [`save`] left next to `path` when its process died between
+/// writing and renaming. A file whose process still runs is left alone; so is anything
+/// else in the directory. Returns what was removed.
+pub fn remove_stale_temps(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let (Some(dir), Some(file_name)) = (path.parent(), path.file_name()) else {
+        return Ok(Vec::new());
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let prefix = format!(".{}.", file_name.to_string_lossy());
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(ConfigError::Write {
+                path: dir.to_owned(),
+                source,
+            });
+        }
+    };
+    let mut removed = Vec::new();
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.strip_suffix(".tmp"))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
+        if alive || !entry.file_type().is_ok_and(|t| t.is_file()) {
+            continue;
+        }
+        std::fs::remove_file(entry.path()).map_err(|source| ConfigError::Write {
+            path: entry.path(),
+            source,
+        })?;
+        removed.push(entry.path());
+    }
+    Ok(removed)
 }
 
 #[cfg(test)]
@@ -353,23 +404,54 @@ mod tests {
 
     #[test]
     fn save_replaces_the_file_atomically() {
-        let dir = std::env::temp_dir().join(format!("lb-config-test-{}", std::process::id()));
-        let path = dir.join("state.toml");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.toml");
         let state = parse_ok("[[vip]]\naddress = \"198.18.1.1:80\"\n");
         save(&path, &State::default()).expect("first save");
         save(&path, &state).expect("second save");
         assert_eq!(load(&path).expect("load"), state);
-        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .expect("dir")
             .filter_map(Result::ok)
             .filter(|e| e.file_name() != "state.toml")
             .collect();
         assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
         assert!(
-            load_if_present(&dir.join("missing.toml"))
+            load_if_present(&dir.path().join("missing.toml"))
                 .expect("absent is fine")
                 .is_none()
         );
-        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn stale_temporary_files_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("state.toml");
+        // A pid no process has (above the kernel's pid_max limit of 2^22).
+        let dead = dir.path().join(temp_name("state.toml", 4_194_305));
+        // This test's own process is alive, but it is us: a leftover of an earlier save.
+        let ours = dir.path().join(temp_name("state.toml", std::process::id()));
+        // pid 1 is alive and not us: its save may be under way.
+        let live = dir.path().join(temp_name("state.toml", 1));
+        let unrelated = [
+            dir.path().join(".other.toml.7.tmp"),
+            dir.path().join("state.toml.bak"),
+            dir.path().join(".state.toml.notapid.tmp"),
+        ];
+        for file in [&path, &dead, &ours, &live].into_iter().chain(&unrelated) {
+            std::fs::write(file, "x").expect("write");
+        }
+        let mut removed = remove_stale_temps(&path).expect("clean");
+        removed.sort();
+        let mut expected = vec![dead, ours];
+        expected.sort();
+        assert_eq!(removed, expected);
+        for kept in [&path, &live].into_iter().chain(&unrelated) {
+            assert!(kept.exists(), "{} was removed", kept.display());
+        }
+        assert_eq!(
+            remove_stale_temps(&dir.path().join("absent/state.toml")).expect("no dir"),
+            Vec::<PathBuf>::new()
+        );
     }
 }
