@@ -372,14 +372,25 @@ fn a_soak_with_backends_changing_every_second() {
             backend.name
         );
     }
+    if length < WARM_UP * 2 {
+        lb_tests::loud(&format!(
+            "soak: SKIPPED the memory and descriptor leak bounds (RSS +{RSS_GROWTH_KIB} KiB, \
+             fds +{FD_GROWTH} after a {} s warm-up): this run is {} s, they need at least {} \
+             s; run them with `sudo cargo xtask soak` (10 minutes, or --secs 120 and up). \
+             Checked instead: RSS +{SHORT_RSS_GROWTH_KIB} KiB at most and no descriptor \
+             growth by the end, from the first sample after traffic started",
+            WARM_UP.as_secs(),
+            length.as_secs(),
+            (WARM_UP * 2).as_secs()
+        ));
+    }
     check_footprint(&samples, length);
     drop(daemon);
     instance.down();
 }
 
 /// Judges the daemon's footprint samples: the stated bounds after [`WARM_UP`] on runs at
-/// least twice that long; otherwise a weaker check, and a line on stderr saying which
-/// checks were skipped and how to run them.
+/// least twice that long; otherwise a weaker check (the caller says so on stderr).
 fn check_footprint(samples: &[(Duration, Footprint)], length: Duration) {
     let long = length >= WARM_UP * 2;
     let after_warm_up: Vec<Footprint> = if long {
@@ -392,18 +403,6 @@ fn check_footprint(samples: &[(Duration, Footprint)], length: Duration) {
         // Skip the sample taken before any traffic.
         samples.iter().skip(1).map(|(_, f)| *f).collect()
     };
-    if !long {
-        lb_tests::loud(&format!(
-            "soak: SKIPPED the memory and descriptor leak bounds (RSS +{RSS_GROWTH_KIB} KiB, \
-             fds +{FD_GROWTH} after a {} s warm-up): this run is {} s, they need at least {} \
-             s; run them with `sudo cargo xtask soak` (10 minutes, or --secs 120 and up). \
-             Checked instead: RSS +{SHORT_RSS_GROWTH_KIB} KiB at most and no descriptor \
-             growth by the end, from the first sample after traffic started",
-            WARM_UP.as_secs(),
-            length.as_secs(),
-            (WARM_UP * 2).as_secs()
-        ));
-    }
     let [base, .., last] = after_warm_up[..] else {
         lb_tests::loud(&format!(
             "soak: SKIPPED every footprint check: {} samples after warm-up, too few to see \
