@@ -509,24 +509,33 @@ fn a_daemon_killed_during_changes_leaves_a_whole_state_file() {
         let churn = {
             let stop = Arc::clone(&stop);
             std::thread::spawn(move || {
-                let mut n = 0u32;
+                let (mut n, mut applied) = (0u32, 0u32);
                 while !stop.load(Ordering::Relaxed) && n < 500 {
-                    let backend = format!("198.18.11.{}:8080", 2 + n % 50);
+                    // Each backend added, then deleted again (deletes of backends never
+                    // added would all fail, and change nothing).
+                    let backend = format!("198.18.11.{}:8080", 2 + (n / 2) % 50);
                     let op = if n.is_multiple_of(2) { "add" } else { "del" };
-                    let _ = std::process::Command::new(lb_tests::process::lb_binary())
+                    let output = std::process::Command::new(lb_tests::process::lb_binary())
                         .arg("--api")
                         .arg(&api)
                         .args(["backend", op, vip, &backend])
                         .output();
+                    applied += u32::from(output.is_ok_and(|o| o.status.success()));
                     n += 1;
                 }
+                applied
             })
         };
         std::thread::sleep(Duration::from_millis(150 + 70 * round));
         let status = daemon.kill_hard();
         stop.store(true, Ordering::Relaxed);
-        let _ = churn.join();
+        let applied = churn.join().expect("the churn thread");
         assert!(!status.success());
+        // Else the kill interrupted nothing, and a whole state file proves nothing.
+        assert!(
+            applied > 0,
+            "round {round}: no change was applied before the kill"
+        );
         let text = std::fs::read_to_string(&instance.state).expect("state file exists");
         let state = lb_userspace::config::parse(&text, &instance.state)
             .unwrap_or_else(|e| panic!("round {round}: the state file is not whole: {e}\n{text}"));
