@@ -81,6 +81,10 @@ pub fn bytes_hash(seed: u32, bytes: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        consts::{FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP},
+        service::Addr,
+    };
 
     fn key(src_port: u16) -> FlowKey {
         FlowKey {
@@ -95,9 +99,128 @@ mod tests {
     }
 
     #[test]
-    fn flow_hash_is_deterministic_and_port_sensitive() {
-        assert_eq!(flow_hash(&key(1000)), flow_hash(&key(1000)));
+    fn flow_hash_is_port_sensitive() {
         assert_ne!(flow_hash(&key(1000)), flow_hash(&key(1001)));
+    }
+
+    /// A 5-tuple as the datapath builds it (IPv4 addresses in the first 4 bytes).
+    fn tuple(src: &str, dst: &str, ports: (u16, u16), proto: u8) -> FlowKey {
+        let (src, family) = addr(src);
+        let (dst, _) = addr(dst);
+        FlowKey {
+            src,
+            dst,
+            src_port: ports.0,
+            dst_port: ports.1,
+            proto,
+            family,
+            _pad: [0; 2],
+        }
+    }
+
+    fn addr(text: &str) -> (Addr, u8) {
+        match text.parse::<std::net::IpAddr>().expect("address") {
+            std::net::IpAddr::V4(v4) => (crate::service::addr_from_v4(v4.octets()), FAMILY_V4),
+            std::net::IpAddr::V6(v6) => (v6.octets(), FAMILY_V6),
+        }
+    }
+
+    // Known answers. These values are a contract between lb nodes and between versions:
+    // every node, old or new, must map a packet's 5-tuple to the same Maglev slot (and an
+    // address to the same bucket/slot), or flows move when a cluster is upgraded one node
+    // at a time. A change to any of these numbers is a breaking change: do not "fix" the
+    // expected values to make this test pass, unless every node is replaced at once and
+    // the release notes say so.
+    #[test]
+    fn flow_hash_known_answers() {
+        let cases: [(FlowKey, u32); 6] = [
+            (
+                tuple("198.18.0.1", "198.18.1.1", (40_000, 80), IPPROTO_TCP),
+                0x2211_1b8a,
+            ),
+            (
+                tuple("198.18.0.1", "198.18.1.1", (40_000, 53), IPPROTO_UDP),
+                0x0a23_e178,
+            ),
+            (
+                tuple("10.0.0.7", "192.0.2.10", (1, 443), IPPROTO_TCP),
+                0x21a9_916a,
+            ),
+            (
+                tuple("fd00::1", "fd00:1::1", (40_000, 80), IPPROTO_TCP),
+                0x7e8e_914c,
+            ),
+            (
+                tuple("fd00::1", "fd00:1::1", (40_000, 53), IPPROTO_UDP),
+                0xf261_6360,
+            ),
+            (
+                tuple(
+                    "2001:db8:ffff::abcd",
+                    "2001:db8::80",
+                    (65_535, 8080),
+                    IPPROTO_UDP,
+                ),
+                0x554a_b3e5,
+            ),
+        ];
+        for (key, expected) in cases {
+            assert_eq!(
+                flow_hash(&key),
+                expected,
+                "flow_hash changed for {key:?}: a breaking change between lb nodes"
+            );
+        }
+    }
+
+    #[test]
+    fn address_slot_and_bucket_known_answers() {
+        let cases: [(&str, u32, u32, u32); 4] = [
+            ("198.18.2.2", 0, 1 << 10, 619),
+            ("198.18.2.2", 7, 1 << 16, 33_731),
+            ("fd00:2::2", 0, 1 << 10, 371),
+            ("2001:db8::1", 0xdead_beef, 1 << 14, 9_745),
+        ];
+        for (text, salt, slots, expected) in cases {
+            let (a, _) = addr(text);
+            assert_eq!(
+                address_slot(&a, salt, slots),
+                expected,
+                "address_slot changed for {text} (salt {salt}, {slots} slots)"
+            );
+        }
+        let buckets: [(&str, u32); 3] = [
+            ("198.18.1.1", 15_826),
+            ("fd00:1::1", 2_073),
+            ("203.0.113.200", 15_231),
+        ];
+        for (text, expected) in buckets {
+            let (a, family) = addr(text);
+            assert_eq!(
+                address_bucket(&a, family),
+                expected,
+                "address_bucket changed for {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn bytes_hash_known_answers() {
+        // The Maglev permutations of backends hang on these (identity = "addr:port").
+        let cases: [(u32, &[u8], u32); 4] = [
+            (0, b"", 0xff19_274a),
+            (0x6d61_676c, b"198.18.2.2:8080", 0x7ea6_340f),
+            (0x6576_3031, b"198.18.2.2:8080", 0xb3b6_2389),
+            (0x6d61_676c, b"[fd00:2::2]:8080", 0x3b4b_8c7d),
+        ];
+        for (seed, bytes, expected) in cases {
+            assert_eq!(
+                bytes_hash(seed, bytes),
+                expected,
+                "bytes_hash changed for seed {seed:#x}, {:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
     }
 
     #[test]

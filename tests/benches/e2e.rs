@@ -8,7 +8,7 @@
 use std::{
     fmt::Write as _,
     net::{SocketAddr, UdpSocket},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Stdio},
     time::{Duration, Instant},
 };
@@ -324,10 +324,15 @@ fn part_of(symbol: &str, user: bool) -> &'static str {
 
 /// Runs one new-connection wrk under `perf record -a` and sorts the samples.
 fn profile(lab: &Lab, url: &str, seconds: u64) -> Option<Profile> {
-    let data = std::env::temp_dir().join(format!("lb-bench-perf-{}.data", std::process::id()));
+    let data = tempfile::Builder::new()
+        .prefix("lb-bench-perf-")
+        .suffix(".data")
+        .tempfile()
+        .ok()?
+        .into_temp_path();
     let mut perf = std::process::Command::new("perf")
         .args(["record", "-a", "-e", "cpu-clock", "-q", "-o"])
-        .arg(&data)
+        .arg(&*data)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -338,11 +343,11 @@ fn profile(lab: &Lab, url: &str, seconds: u64) -> Option<Profile> {
     perf.wait().ok()?;
     let report = std::process::Command::new("perf")
         .args(["report", "--stdio", "--sort", "sym", "-i"])
-        .arg(&data)
+        .arg(&*data)
         .stderr(Stdio::null())
         .output()
         .ok()?;
-    let _ = std::fs::remove_file(&data);
+    drop(data);
     let text = String::from_utf8_lossy(&report.stdout);
     let mut parts: Vec<(&'static str, f64)> = Vec::new();
     let mut top = Vec::new();
@@ -524,7 +529,15 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (seconds, rounds) = if quick { (1, 1) } else { (5, 3) };
     let started = Instant::now();
-    let dir = PathBuf::from(format!("/tmp/lb-bench-{}", std::process::id()));
+    // Removed on drop, even when the bench panics; open to nginx's unprivileged workers.
+    use std::os::unix::fs::PermissionsExt as _;
+    let temp = tempfile::Builder::new()
+        .prefix("lb-bench-")
+        .tempdir()
+        .expect("a temporary directory");
+    std::fs::set_permissions(temp.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("open the directory to nginx's workers");
+    let dir = temp.path().to_owned();
     let lab = Lab::new("lbb", 3);
     let backends: Vec<Nginx> = lab
         .backends
@@ -640,7 +653,7 @@ fn main() {
         lab.lb.ip(&["addr", "del", &vip_on_lo, "dev", "lo"]);
     }
     drop(backends);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(temp);
     let modes: Vec<Mode> = samples.into_iter().map(median_mode).collect();
 
     let ceiling = &modes[0];

@@ -18,7 +18,7 @@ use crate::{
     fiblab::Ids,
     packets::{Family, Spec, Transport},
     testrun::{CounterDelta, Datapath},
-    verify::verify,
+    verify::{BadChecksum, describe, inspect, inspect_icmp},
 };
 
 /// xorshift64*: small, deterministic, good enough to pick mutations.
@@ -271,71 +271,129 @@ pub fn check(
             | Stat::ForwardIcmpToBackend
             | Stat::ForwardIcmpToClient
     );
+    let name = reason.name();
     if icmp_out {
-        // ICMP checksums are updated, not verified, like TCP/UDP ones: a wrong one in stays
-        // wrong out. Anything else must come out right.
-        return match checked_icmp(&verdict.packet) {
-            Ok(()) => Ok(reason),
-            Err(why)
-                if why.contains("IPv4 header checksum")
-                    && ipv4_header_sums_to_zero(&verdict.packet) =>
-            {
-                Ok(reason)
-            }
-            Err(why) if why.contains("ICMP") && checked_icmp(packet).is_err() => Ok(reason),
-            Err(why) => Err(format!("answered ({}) but malformed: {why}", reason.name())),
-        };
+        // Parsed whatever its checksums: where it goes is checked below in every case.
+        let (wire, bad) = quietly(|| inspect_icmp(&verdict.packet))
+            .map_err(|why| format!("answered ({name}) but malformed: {why}"))?;
+        excuse_checksums(&bad, &verdict.packet, || {
+            quietly(|| inspect_icmp(packet)).map(|(_, bad)| bad)
+        })
+        .map_err(|why| format!("answered ({name}) with a {why}"))?;
+        icmp_destination(reason, packet, wire.src, wire.dst)
+            .map_err(|why| format!("answered ({name}) {why}"))?;
+        return Ok(reason);
     }
     match verdict.action {
         XDP_PASS if !rewritten_then_passed => {
             if verdict.packet != packet {
-                return Err(format!("passed ({}) but changed", reason.name()));
+                return Err(format!("passed ({name}) but changed"));
             }
             Ok(reason)
         }
         XDP_PASS | XDP_TX | XDP_REDIRECT => {
-            // TCP/UDP checksums are updated, not verified (as in every NAT): a wrong one in
-            // stays wrong out, and the receiver drops it. Anything else must come out right.
-            let wire = match checked(&verdict.packet) {
-                Ok(wire) => wire,
-                // 0x0000 and 0xffff are the same one's complement zero; etherparse wants one.
-                Err(why)
-                    if why.contains("IPv4 header checksum")
-                        && ipv4_header_sums_to_zero(&verdict.packet) =>
-                {
-                    return Ok(reason);
-                }
-                Err(why)
-                    if why.contains("L4 checksum")
-                        && checked(packet).is_err_and(|w| w.contains("L4 checksum")) =>
-                {
-                    return Ok(reason);
-                }
-                Err(why) => {
-                    return Err(format!(
-                        "forwarded ({}) but malformed: {why}",
-                        reason.name()
-                    ));
-                }
-            };
+            // Parsed whatever its checksums: where it goes is checked below in every case.
+            let (wire, bad) = quietly(|| inspect(&verdict.packet))
+                .map_err(|why| format!("forwarded ({name}) but malformed: {why}"))?;
+            excuse_checksums(&bad, &verdict.packet, || {
+                quietly(|| inspect(packet)).map(|(_, bad)| bad)
+            })
+            .map_err(|why| format!("forwarded ({name}) with a {why}"))?;
             let to_backend = BACKENDS.iter().any(|b| ip(b) == wire.dst) && wire.dst_port == 8080;
             let from_vip = VIPS
                 .iter()
                 .any(|(v, p)| ip(v) == wire.src && *p == wire.src_port);
             if !(to_backend || from_vip) {
                 return Err(format!(
-                    "forwarded ({}) to {}:{} from {}:{}: neither a backend nor a VIP reply",
-                    reason.name(),
-                    wire.dst,
-                    wire.dst_port,
-                    wire.src,
-                    wire.src_port
+                    "forwarded ({name}) to {}:{} from {}:{}: neither a backend nor a VIP reply",
+                    wire.dst, wire.dst_port, wire.src, wire.src_port
                 ));
             }
             Ok(reason)
         }
-        XDP_DROP if reason.name().starts_with("drop_") => Ok(reason),
-        other => Err(format!("verdict {other} with reason {}", reason.name())),
+        XDP_DROP if name.starts_with("drop_") => Ok(reason),
+        other => Err(format!("verdict {other} with reason {name}")),
+    }
+}
+
+/// Whether each wrong checksum of an output frame is excused; the first that is not.
+///
+/// Checksums are updated, not verified (as in every NAT): a wrong TCP/UDP or ICMP checksum
+/// in stays wrong out, and the receiver drops it; so one is excused when `input_bad` (the
+/// input's own wrong checksums, or why it does not parse) says the input's was wrong too.
+/// An IPv4 header checksum of 0xffff where etherparse computes 0x0000 (the same one's
+/// complement zero) is excused. Anything else must come out right.
+fn excuse_checksums(
+    bad: &[BadChecksum],
+    frame: &[u8],
+    input_bad: impl FnOnce() -> Result<Vec<BadChecksum>, String>,
+) -> Result<(), String> {
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let input_bad = input_bad();
+    for &checksum in bad {
+        let excused = match checksum {
+            BadChecksum::Ipv4Header => ipv4_header_sums_to_zero(frame),
+            BadChecksum::L4 => input_bad.as_ref().is_ok_and(|b| b.contains(&checksum)),
+            // An ICMP input etherparse cannot parse cannot be told right: its checksum
+            // covers everything it quotes, and an update keeps whatever it was.
+            BadChecksum::Icmp => input_bad.as_ref().map_or(true, |b| b.contains(&checksum)),
+        };
+        if !excused {
+            return Err(format!(
+                "{} that the input did not have ({input_bad:?})",
+                describe(&[checksum])
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Where an ICMP message the datapath sent may go, given the packet that caused it: an
+/// answer (echo reply, too-big) goes back to the sender; an error about a flow goes to the
+/// flow's backend, or to its client; no backend address ever leaves toward a client.
+fn icmp_destination(reason: Stat, input: &[u8], src: IpAddr, dst: IpAddr) -> Result<(), String> {
+    let (in_src, in_dst) = outer_addresses(input).ok_or("about an input with no IP header")?;
+    let is_backend = |a: IpAddr| BACKENDS.iter().any(|b| ip(b) == a);
+    let is_vip = |a: IpAddr| VIPS.iter().any(|(v, _)| ip(v) == a);
+    let fine = match reason {
+        Stat::IcmpEchoReply => is_vip(in_dst) && (src, dst) == (in_dst, in_src),
+        Stat::IcmpTooBigSent => dst == in_src && !is_backend(src),
+        Stat::ForwardIcmpToBackend => is_backend(dst) && src == in_src,
+        Stat::ForwardIcmpToClient => {
+            dst == in_dst && !is_backend(src) && (!is_backend(in_src) || is_vip(src))
+        }
+        _ => false,
+    };
+    if fine {
+        Ok(())
+    } else {
+        Err(format!(
+            "from {src} to {dst}, about a packet from {in_src} to {in_dst}"
+        ))
+    }
+}
+
+/// The outer IP source and destination of an Ethernet frame (with or without one VLAN tag),
+/// read at their fixed offsets.
+fn outer_addresses(frame: &[u8]) -> Option<(IpAddr, IpAddr)> {
+    let (ethertype, l3) = match frame.get(12..14)? {
+        [0x81, 0x00] | [0x88, 0xa8] => (frame.get(16..18)?, 18),
+        ethertype => (ethertype, 14),
+    };
+    match ethertype {
+        [0x08, 0x00] => {
+            let src: [u8; 4] = frame.get(l3 + 12..l3 + 16)?.try_into().ok()?;
+            let dst: [u8; 4] = frame.get(l3 + 16..l3 + 20)?.try_into().ok()?;
+            Some((src.into(), dst.into()))
+        }
+        [0x86, 0xdd] => {
+            let src: [u8; 16] = frame.get(l3 + 8..l3 + 24)?.try_into().ok()?;
+            let dst: [u8; 16] = frame.get(l3 + 24..l3 + 40)?.try_into().ok()?;
+            Some((src.into(), dst.into()))
+        }
+        _ => None,
     }
 }
 
@@ -361,15 +419,6 @@ fn ipv4_header_sums_to_zero(frame: &[u8]) -> bool {
     sum == 0xffff
 }
 
-/// [`verify`], with its complaint as an error instead of a panic.
-fn checked(bytes: &[u8]) -> Result<crate::verify::Wire, String> {
-    quietly(|| verify(bytes))
-}
-
-fn checked_icmp(bytes: &[u8]) -> Result<(), String> {
-    quietly(|| crate::verify::verify_icmp(bytes)).map(drop)
-}
-
 /// Runs a verifier that panics on a bad packet; its panic message as the error, unprinted.
 fn quietly<T>(verify: impl FnOnce() -> T) -> Result<T, String> {
     let hook = std::panic::take_hook();
@@ -385,30 +434,30 @@ fn quietly<T>(verify: impl FnOnce() -> T) -> Result<T, String> {
     result
 }
 
-/// Replays saved failing inputs: `<side byte><packet>` files in `dir`.
-pub fn regressions(dir: &Path) -> Vec<(String, Side, Vec<u8>)> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut saved: Vec<_> = entries
-        .flatten()
-        .filter_map(|e| {
-            let bytes = std::fs::read(e.path()).ok()?;
-            let (&side, packet) = bytes.split_first()?;
-            let side = if side == 0 {
-                Side::Client
-            } else {
-                Side::Backends
-            };
-            Some((
-                e.file_name().to_string_lossy().into_owned(),
-                side,
-                packet.to_vec(),
-            ))
-        })
-        .collect();
+/// Saved failing inputs to replay: `<side byte><packet>` files in `dir`, by name. An error
+/// when `dir` cannot be read (a missing folder would otherwise replay nothing and pass) or
+/// when a file in it cannot be read or is empty.
+pub fn regressions(dir: &Path) -> Result<Vec<(String, Side, Vec<u8>)>, String> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read the regressions folder {}: {e}", dir.display()))?;
+    let mut saved = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("listing {}: {e}", dir.display()))?;
+        let path = entry.path();
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let Some((&side, packet)) = bytes.split_first() else {
+            return Err(format!("{}: empty, not a saved input", path.display()));
+        };
+        let side = match side {
+            0 => Side::Client,
+            1 => Side::Backends,
+            other => return Err(format!("{}: side byte {other}, not 0 or 1", path.display())),
+        };
+        let name = entry.file_name().to_string_lossy().into_owned();
+        saved.push((name, side, packet.to_vec()));
+    }
     saved.sort_by(|a, b| a.0.cmp(&b.0));
-    saved
+    Ok(saved)
 }
 
 /// Keeps a failing input as a regression golden packet.
@@ -432,5 +481,63 @@ mod tests {
             assert_eq!(x, y);
             assert!(x.len() >= 14 && x.len() <= seed.len());
         }
+    }
+
+    #[test]
+    fn the_checked_in_regressions_are_all_read() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("regressions");
+        let saved = regressions(&dir).expect("tests/regressions is in the repository");
+        let files = std::fs::read_dir(&dir).expect("list").count();
+        assert!(files > 0, "tests/regressions is empty");
+        assert_eq!(saved.len(), files, "every file is replayed");
+    }
+
+    #[test]
+    fn a_missing_or_bad_regressions_folder_is_an_error() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let missing = dir.path().join("missing");
+        assert!(regressions(&missing).is_err(), "a missing folder passes");
+        std::fs::write(dir.path().join("empty.bin"), b"").expect("write");
+        assert!(regressions(dir.path()).is_err(), "an empty file passes");
+    }
+
+    #[test]
+    fn a_failed_save_is_an_error_and_a_saved_input_replays() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"").expect("write");
+        assert!(save(&file, "x.bin", Side::Client, &[1, 2, 3]).is_err());
+        save(dir.path(), "y.bin", Side::Backends, &[4, 5]).expect("save");
+        std::fs::remove_file(&file).expect("remove");
+        let saved = regressions(dir.path()).expect("replay");
+        assert_eq!(
+            saved,
+            vec![("y.bin".to_owned(), Side::Backends, vec![4, 5])]
+        );
+    }
+
+    #[test]
+    fn icmp_answers_must_go_back_and_errors_never_show_a_backend() {
+        let echo = |src: &str, dst: &str| {
+            let mut frame = vec![0u8; 14 + 20];
+            frame[12..14].copy_from_slice(&[0x08, 0x00]);
+            let (IpAddr::V4(s), IpAddr::V4(d)) = (ip(src), ip(dst)) else {
+                panic!("IPv4");
+            };
+            frame[26..30].copy_from_slice(&s.octets());
+            frame[30..34].copy_from_slice(&d.octets());
+            frame
+        };
+        let request = echo("198.18.0.1", "198.18.1.1");
+        let (client, vip) = (ip("198.18.0.1"), ip("198.18.1.1"));
+        let ok = |reason, src, dst| icmp_destination(reason, &request, src, dst).is_ok();
+        assert!(ok(Stat::IcmpEchoReply, vip, client));
+        assert!(!ok(Stat::IcmpEchoReply, vip, ip("198.18.2.2")));
+        assert!(!ok(Stat::IcmpEchoReply, client, vip));
+        let from_backend = echo("198.18.2.2", "198.18.0.1");
+        let to_client =
+            |src| icmp_destination(Stat::ForwardIcmpToClient, &from_backend, src, client);
+        assert!(to_client(vip).is_ok());
+        assert!(to_client(ip("198.18.2.2")).is_err(), "the backend leaked");
     }
 }

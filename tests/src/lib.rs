@@ -7,5 +7,13 @@ pub mod fuzz;
 pub mod generator;
 pub mod packets;
 pub mod process;
+pub mod root;
 pub mod testrun;
 pub mod verify;
+
+/// A line on stderr that the test harness does not capture: shown even for a passing test
+/// (libtest captures only `print!`/`eprint!`), for skips and weaker checks a reader must see.
+pub fn loud(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}

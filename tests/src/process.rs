@@ -182,16 +182,20 @@ impl Drop for Daemon {
     }
 }
 
-/// Packet count of counter `name` in the last counter table of `lines`.
-pub fn counter(lines: &[String], name: &str) -> u64 {
-    lines
-        .iter()
-        .rev()
-        .find_map(|line| {
-            let mut fields = line.split_whitespace();
-            (fields.next() == Some(name)).then(|| fields.next()?.parse().ok())?
-        })
-        .unwrap_or(0)
+/// Packet count of global counter `name` in `lb stats --json` output. Panics when the
+/// daemon reports no such counter: a renamed or misspelt counter must fail the test, not
+/// read as 0.
+pub fn stat_packets(stats: &serde_json::Value, name: &str) -> u64 {
+    let counters = stats["counters"]
+        .as_object()
+        .unwrap_or_else(|| panic!("`lb stats --json` has no \"counters\" object: {stats}"));
+    let Some(counter) = counters.get(name) else {
+        let known: Vec<&String> = counters.keys().collect();
+        panic!("`lb stats --json` has no counter `{name}`; it has: {known:?}");
+    };
+    counter["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("counter `{name}` has no packet count: {counter}"))
 }
 
 /// What `lb run` prints once it forwards.
@@ -206,7 +210,8 @@ pub struct Instance {
     pub pin_dir: PathBuf,
     pub state: PathBuf,
     pub api: PathBuf,
-    dir: PathBuf,
+    /// Holds the state file and the socket; kept only to be removed on drop.
+    _dir: tempfile::TempDir,
 }
 
 static NEXT_INSTANCE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -221,13 +226,15 @@ impl Instance {
     pub fn new() -> Self {
         let id = NEXT_INSTANCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tag = format!("lbt-{}-{id}", std::process::id());
-        let dir = std::env::temp_dir().join(&tag);
-        std::fs::create_dir_all(&dir).expect("create the instance directory");
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{tag}-"))
+            .tempdir()
+            .expect("create the instance directory");
         Self {
             pin_dir: PathBuf::from("/sys/fs/bpf").join(&tag),
-            state: dir.join("state.toml"),
-            api: dir.join("lb.sock"),
-            dir,
+            state: dir.path().join("state.toml"),
+            api: dir.path().join("lb.sock"),
+            _dir: dir,
         }
     }
 
@@ -274,6 +281,13 @@ impl Instance {
             String::from_utf8_lossy(&output.stderr)
         );
         String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// `lb stats --json`, parsed (read counters with [`stat_packets`]).
+    pub fn stats(&self) -> serde_json::Value {
+        let text = self.ok(&["stats", "--json"]);
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("`lb stats --json` is not JSON ({e}): {text}"))
     }
 
     /// A client subcommand that must fail; its stderr.
@@ -331,6 +345,21 @@ impl Instance {
 impl Drop for Instance {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.pin_dir);
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // `self._dir` (a TempDir) removes itself.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stat_packets;
+
+    #[test]
+    fn a_counter_is_read_by_name_and_an_unknown_name_panics() {
+        let stats = serde_json::json!({
+            "counters": { "udp": { "packets": 7, "bytes": 700 } }
+        });
+        assert_eq!(stat_packets(&stats, "udp"), 7);
+        let missing = std::panic::catch_unwind(|| stat_packets(&stats, "upd"));
+        assert!(missing.is_err(), "a misspelt counter read as a number");
     }
 }

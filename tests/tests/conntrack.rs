@@ -29,11 +29,11 @@ fn json(text: &str) -> Value {
 }
 
 fn stats(instance: &Instance) -> Value {
-    json(&instance.ok(&["stats", "--json"]))
+    instance.stats()
 }
 
 fn counter(stats: &Value, name: &str) -> u64 {
-    stats["counters"][name]["packets"].as_u64().unwrap_or(0)
+    lb_tests::process::stat_packets(stats, name)
 }
 
 /// Polls `probe` every 100 ms until it returns `Some`, at most `limit`; panics with
@@ -71,6 +71,7 @@ fn backend_entry(instance: &Instance, vip: &str, backend: &str) -> Value {
 
 #[test]
 fn ten_thousand_short_connections_are_swept_from_the_table() {
+    lb_tests::require_root!();
     const CONNECTIONS: usize = 10_000;
     // Closing flows expire after 4 s at most; one sweep period more, and margin.
     const EMPTY_WITHIN: Duration = Duration::from_secs(4 + 1 + 4);
@@ -155,6 +156,7 @@ fn ten_thousand_short_connections_are_swept_from_the_table() {
 
 #[test]
 fn a_drained_backend_counts_its_connections_until_they_close() {
+    lb_tests::require_root!();
     const HELD: usize = 24;
     let lab = Lab::new("lbct", 2);
     let instance = Instance::new();
@@ -226,6 +228,7 @@ fn a_drained_backend_counts_its_connections_until_they_close() {
 
 #[test]
 fn flows_are_listed_and_flushed_by_vip_protocol_and_backend() {
+    lb_tests::require_root!();
     const HELD: usize = 30;
     const DATAGRAMS: usize = 10;
     let lab = Lab::new("lbct", 2);
@@ -366,6 +369,7 @@ fn flows_are_listed_and_flushed_by_vip_protocol_and_backend() {
 
 #[test]
 fn an_endpoint_cannot_serve_a_second_vip() {
+    lb_tests::require_root!();
     let lab = Lab::new("lbct", 1);
     let instance = Instance::new();
     let _daemon = instance.start(&lab, &[]);
@@ -413,6 +417,7 @@ impl Pair {
 
 #[test]
 fn forwarding_off_is_refused_before_anything_is_loaded() {
+    lb_tests::require_root!();
     let pair = Pair::new("0");
     let instance = Instance::new();
     let output = pair.run(&instance, &[]);
@@ -431,11 +436,15 @@ fn forwarding_off_is_refused_before_anything_is_loaded() {
 
     // IPv4 on, IPv6 off: an IPv6 VIP in the config is refused the same way.
     let pair = Pair::new("1");
-    let config = std::env::temp_dir().join(format!("lbct-{}-v6.toml", std::process::id()));
-    std::fs::write(&config, "[[vip]]\naddress = \"[fd00:1::1]:80\"\n").expect("write config");
-    let config_arg = config.to_string_lossy().into_owned();
+    let config = tempfile::Builder::new()
+        .prefix("lbct-v6-")
+        .suffix(".toml")
+        .tempfile()
+        .expect("create a config file");
+    std::fs::write(config.path(), "[[vip]]\naddress = \"[fd00:1::1]:80\"\n").expect("write config");
+    let config_arg = config.path().to_string_lossy().into_owned();
     let output = pair.run(&instance, &["--config", &config_arg]);
-    let _ = std::fs::remove_file(&config);
+    drop(config);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         !output.status.success(),
@@ -505,6 +514,7 @@ fn forwarding_off_is_refused_before_anything_is_loaded() {
 
 #[test]
 fn bad_timeouts_and_sweep_intervals_are_refused_with_a_reason() {
+    lb_tests::require_root!();
     // An interface that does not exist: should a bad value slip through, lb still stops
     // before touching anything.
     let ns = NetNs::new("ctflags");
@@ -534,6 +544,7 @@ fn bad_timeouts_and_sweep_intervals_are_refused_with_a_reason() {
 
 #[test]
 fn a_route_through_an_interface_lb_is_not_attached_to_is_warned_once() {
+    lb_tests::require_root!();
     let lab = Lab::new("lbct", 2);
     let instance = Instance::new();
     // Attached toward the client and backend-1 only: backend-2's link is not lb's.

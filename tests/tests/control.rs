@@ -68,6 +68,7 @@ fn raise_fd_limit() {
 
 #[test]
 fn weights_drain_and_delete_steer_new_connections() {
+    lb_tests::require_root!();
     let lab = Lab::new("lbt", 3);
     let instance = Instance::new();
     let _daemon = instance.start(&lab, &[]);
@@ -166,6 +167,7 @@ fn weights_drain_and_delete_steer_new_connections() {
 
 #[test]
 fn deleting_one_of_five_backends_keeps_the_others_flows() {
+    lb_tests::require_root!();
     const CONNECTIONS: usize = 400;
     raise_fd_limit();
     let lab = Lab::new("lbt", 5);
@@ -277,6 +279,7 @@ fn stream_through(vip: SocketAddr, stop: &AtomicBool) -> (u64, u64, Option<Strin
 
 #[test]
 fn a_stream_survives_kill_9_and_restart_and_new_connections_work_meanwhile() {
+    lb_tests::require_root!();
     let lab = Lab::new("lbt", 3);
     let instance = Instance::new();
     let daemon = instance.start(&lab, &[]);
@@ -353,6 +356,7 @@ fn raw_request(instance: &Instance, payload: &[u8]) -> String {
 
 #[test]
 fn bad_input_is_refused_with_a_reason_and_changes_nothing() {
+    lb_tests::require_root!();
     let lab = Lab::new("lbt", 1);
     let instance = Instance::new();
     let daemon = instance.start(&lab, &[]);
@@ -463,6 +467,7 @@ fn bad_input_is_refused_with_a_reason_and_changes_nothing() {
 
 #[test]
 fn a_corrupt_state_file_is_refused_and_left_untouched() {
+    lb_tests::require_root!();
     let lab = Lab::new("lbt", 1);
     let instance = Instance::new();
     let corrupt = "[[vip]]\naddress = \"198.18.1.1:80\"\nbackends = [\n  { address = \"198.18.11.2:80\", weight = \"heavy\" },\n]\n";
@@ -490,6 +495,7 @@ fn a_corrupt_state_file_is_refused_and_left_untouched() {
 
 #[test]
 fn a_daemon_killed_during_changes_leaves_a_whole_state_file() {
+    lb_tests::require_root!();
     let lab = Lab::new("lbt", 3);
     let instance = Instance::new();
     let mut daemon = instance.start(&lab, &[]);
@@ -503,24 +509,33 @@ fn a_daemon_killed_during_changes_leaves_a_whole_state_file() {
         let churn = {
             let stop = Arc::clone(&stop);
             std::thread::spawn(move || {
-                let mut n = 0u32;
+                let (mut n, mut applied) = (0u32, 0u32);
                 while !stop.load(Ordering::Relaxed) && n < 500 {
-                    let backend = format!("198.18.11.{}:8080", 2 + n % 50);
+                    // Each backend added, then deleted again (deletes of backends never
+                    // added would all fail, and change nothing).
+                    let backend = format!("198.18.11.{}:8080", 2 + (n / 2) % 50);
                     let op = if n.is_multiple_of(2) { "add" } else { "del" };
-                    let _ = std::process::Command::new(lb_tests::process::lb_binary())
+                    let output = std::process::Command::new(lb_tests::process::lb_binary())
                         .arg("--api")
                         .arg(&api)
                         .args(["backend", op, vip, &backend])
                         .output();
+                    applied += u32::from(output.is_ok_and(|o| o.status.success()));
                     n += 1;
                 }
+                applied
             })
         };
         std::thread::sleep(Duration::from_millis(150 + 70 * round));
         let status = daemon.kill_hard();
         stop.store(true, Ordering::Relaxed);
-        let _ = churn.join();
+        let applied = churn.join().expect("the churn thread");
         assert!(!status.success());
+        // Else the kill interrupted nothing, and a whole state file proves nothing.
+        assert!(
+            applied > 0,
+            "round {round}: no change was applied before the kill"
+        );
         let text = std::fs::read_to_string(&instance.state).expect("state file exists");
         let state = lb_userspace::model::config::parse(&text, &instance.state)
             .unwrap_or_else(|e| panic!("round {round}: the state file is not whole: {e}\n{text}"));
@@ -547,6 +562,7 @@ fn a_daemon_killed_during_changes_leaves_a_whole_state_file() {
 
 #[test]
 fn the_api_socket_is_private_and_paths_others_control_are_refused() {
+    lb_tests::require_root!();
     use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _, chown};
     const NOBODY: u32 = 65_534;
     let ns = NetNs::new("sock");

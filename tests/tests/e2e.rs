@@ -10,7 +10,7 @@ use std::{
 
 use lb_tests::{
     client::{IO_TIMEOUT, http_get, udp_request},
-    process::{Daemon, Instance},
+    process::{Daemon, Instance, stat_packets},
     servers::{HTTP_PORT, Servers, UDP_PORT},
     topology::Lab,
 };
@@ -64,6 +64,7 @@ fn assert_spread(seen: &HashMap<String, Vec<IpAddr>>, client: IpAddr, what: &str
 
 #[test]
 fn tcp_and_udp_through_the_vip_reach_all_backends_over_ipv4_and_ipv6() {
+    lb_tests::require_root!();
     let started = Instant::now();
     let lab = Lab::new("lbt", 3);
     let instance = Instance::new();
@@ -129,12 +130,11 @@ fn tcp_and_udp_through_the_vip_reach_all_backends_over_ipv4_and_ipv6() {
         assert_spread(&servers.take_seen(), client, &format!("{family} UDP"));
     }
     drop(servers);
-    let (status, stdout) = daemon.terminate();
-    assert!(status.success(), "lb stops cleanly");
     // Every request and every answer crossed XDP: forwarded, or rewritten and handed to the
     // kernel while a neighbour resolved. (A reused ephemeral port makes an established flow,
     // not a new one, so only the sum is an exact lower bound.)
-    let count = |name| lb_tests::process::counter(&stdout, name);
+    let stats = instance.stats();
+    let count = |name| stat_packets(&stats, name);
     let translated = count("fwd_new_flow")
         + count("fwd_established")
         + count("fwd_reply")
@@ -144,6 +144,8 @@ fn tcp_and_udp_through_the_vip_reach_all_backends_over_ipv4_and_ipv6() {
         "packets translated: {translated}"
     );
     assert!(count("fwd_reply") > 0 && count("fwd_new_flow") > 0);
+    let (status, _) = daemon.terminate();
+    assert!(status.success(), "lb stops cleanly");
     instance.down();
     assert!(!lab.lb.has_xdp(), "`lb down` detached every interface");
 }

@@ -46,6 +46,7 @@ fn new_connections(lab: &Lab, vip: SocketAddr) -> Vec<String> {
 
 #[test]
 fn a_backend_link_going_down_mid_stream_leaves_the_other_flows_alone() {
+    lb_tests::require_root!();
     let limit = FAST_CHECK_FALL;
     let lab = Lab::new("lbf", 3);
     let instance = Instance::new();

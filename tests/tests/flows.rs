@@ -32,6 +32,7 @@ fn endpoint(ip: IpAddr, port: u16) -> String {
 
 #[test]
 fn a_fixed_port_udp_client_moves_to_a_live_backend_when_its_backend_dies() {
+    lb_tests::require_root!();
     let lab = Lab::new("lbu", 2);
     let (instance, _daemon) = started(&lab, &[]);
     let _servers = Servers::start(&lab.backends);
@@ -102,6 +103,7 @@ fn a_fixed_port_udp_client_moves_to_a_live_backend_when_its_backend_dies() {
 
 #[test]
 fn a_backends_port_unreachable_reaches_a_connected_udp_client() {
+    lb_tests::require_root!();
     let lab = Lab::new("lbr", 1);
     let (instance, _daemon) = started(&lab, &[]);
     let vip = SocketAddr::new(lab.vip(false), 6000);
@@ -170,6 +172,7 @@ impl Drop for Downloads {
 
 #[test]
 fn path_mtu_discovery_works_through_the_vip() {
+    lb_tests::require_root!();
     const SIZE: usize = 1 << 20;
     let lab = Lab::new("lbm", 1);
     let (instance, _daemon) = started(&lab, &[]);
@@ -202,16 +205,9 @@ fn path_mtu_discovery_works_through_the_vip() {
             if v6 { "IPv6" } else { "IPv4" },
             started.elapsed()
         );
-        let stats: serde_json::Value =
-            serde_json::from_str(&instance.ok(&["stats", "--json"])).expect("JSON");
-        let sent = stats["counters"]["icmp_too_big_sent"]["packets"]
-            .as_u64()
-            .unwrap_or_default();
-        let count = |name: &str| {
-            stats["counters"][name]["packets"]
-                .as_u64()
-                .unwrap_or_default()
-        };
+        let stats = instance.stats();
+        let count = |name: &str| lb_tests::process::stat_packets(&stats, name);
+        let sent = count("icmp_too_big_sent");
         eprintln!(
             "MTU {mtu}: too-big answered {sent}, rate-limited {}, fragmented by the kernel {}, icmp to client {}, to backend {}",
             count("drop_too_big_rate_limited"),
@@ -226,6 +222,7 @@ fn path_mtu_discovery_works_through_the_vip() {
 
 #[test]
 fn long_lived_flows_keep_the_vip_while_the_table_is_oversubscribed() {
+    lb_tests::require_root!();
     const HELD: usize = 40;
     const CAPACITY: usize = 1024;
     let lab = Lab::new("lbo", 2);
@@ -283,9 +280,10 @@ fn long_lived_flows_keep_the_vip_while_the_table_is_oversubscribed() {
     std::thread::sleep(Duration::from_millis(500));
     let started_at = Instant::now();
     let evicted = loop {
-        let stats: serde_json::Value =
-            serde_json::from_str(&instance.ok(&["stats", "--json"])).expect("JSON");
-        let evicted = stats["conntrack"]["evicted"].as_u64().unwrap_or_default();
+        let stats = instance.stats();
+        let evicted = stats["conntrack"]["evicted"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no conntrack.evicted in `lb stats --json`: {stats}"));
         if evicted > 0 || started_at.elapsed() > Duration::from_secs(3) {
             break evicted;
         }

@@ -20,15 +20,19 @@ fn env_number(name: &str, default: u64) -> u64 {
 
 #[test]
 fn mutated_packets_get_only_allowed_verdicts() {
+    lb_tests::require_root!();
     let count = env_number("LB_FUZZ_COUNT", 10_000);
     let seed = env_number("LB_FUZZ_SEED", 0x6c62_2d66_757a_7a31);
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("regressions");
+    // Read before anything is loaded: a missing or unreadable folder fails the test.
+    let saved = fuzz::regressions(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let replayed = saved.len();
     let started = Instant::now();
     let lab = FibLab::new();
     let (failures, reasons) = lab.with_datapath(|datapath, ids| {
         let mut failures = Vec::new();
         let mut reasons: BTreeMap<&'static str, u64> = BTreeMap::new();
-        for (name, side, packet) in fuzz::regressions(&dir) {
+        for (name, side, packet) in saved {
             if let Err(error) = fuzz::check(datapath, ids, side, &packet) {
                 failures.push(format!("regression {name}: {error}"));
             }
@@ -42,8 +46,10 @@ fn mutated_packets_get_only_allowed_verdicts() {
                 Ok(reason) => *reasons.entry(reason.name()).or_default() += 1,
                 Err(error) => {
                     let name = format!("{seed:016x}-{n}.bin");
-                    let _ = fuzz::save(&dir, &name, *side, &packet);
-                    failures.push(format!("{name}: {error}"));
+                    failures.push(match fuzz::save(&dir, &name, *side, &packet) {
+                        Ok(()) => format!("{name}: {error}"),
+                        Err(e) => format!("{name} (NOT SAVED: {e}): {error}"),
+                    });
                     if failures.len() >= 20 {
                         break;
                     }
@@ -53,7 +59,8 @@ fn mutated_packets_get_only_allowed_verdicts() {
         (failures, reasons)
     });
     eprintln!(
-        "fuzz: {count} packets from seed {seed:#x} in {:.1} s; reasons: {reasons:?}",
+        "fuzz: {replayed} regressions and {count} packets from seed {seed:#x} in {:.1} s; \
+         reasons: {reasons:?}",
         started.elapsed().as_secs_f64()
     );
     assert!(

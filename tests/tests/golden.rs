@@ -19,6 +19,7 @@ fn malformed_reason(layer: Layer) -> Stat {
 
 #[test]
 fn non_vip_traffic_passes_byte_for_byte() {
+    lb_tests::require_root!();
     let mut datapath = Datapath::load();
     for spec in all_specs() {
         let packet = spec.build(b"hello, not a VIP");
@@ -55,6 +56,7 @@ fn non_vip_traffic_passes_byte_for_byte() {
 /// Ethernet header (14 bytes), so shorter frames are not reachable here.
 #[test]
 fn truncated_headers_are_counted_as_malformed_and_passed() {
+    lb_tests::require_root!();
     let mut datapath = Datapath::load();
     let mut cases = 0;
     for spec in all_specs() {
@@ -88,6 +90,7 @@ fn truncated_headers_are_counted_as_malformed_and_passed() {
 /// Each case is a well-sized packet whose header fields contradict themselves.
 #[test]
 fn inconsistent_headers_are_counted_as_malformed_and_passed() {
+    lb_tests::require_root!();
     let v4_tcp = Spec::new(Family::V4, Transport::Tcp).build(b"payload");
     let v4_udp = Spec::new(Family::V4, Transport::Udp).build(b"payload");
     let v6_tcp = Spec::new(Family::V6, Transport::Tcp).build(b"payload");
@@ -140,6 +143,7 @@ fn inconsistent_headers_are_counted_as_malformed_and_passed() {
 
 #[test]
 fn non_ip_frames_pass_untouched() {
+    lb_tests::require_root!();
     let mut arp = Spec::new(Family::V4, Transport::Udp).build(&[0; 28]);
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
     let mut datapath = Datapath::load();

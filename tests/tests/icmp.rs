@@ -101,6 +101,7 @@ fn addresses(family: Family) -> (IpAddr, IpAddr, IpAddr) {
 
 #[test]
 fn too_big_errors_for_the_vip_reach_the_flows_backend() {
+    lb_tests::require_root!();
     let lab = FibLab::new();
     lab.with_datapath(|datapath, ids| {
         for (family, port) in [(Family::V4, 42_001), (Family::V6, 42_011)] {
@@ -140,6 +141,7 @@ fn too_big_errors_for_the_vip_reach_the_flows_backend() {
 
 #[test]
 fn errors_about_a_flow_from_the_backend_side_reach_the_client_about_the_vip() {
+    lb_tests::require_root!();
     let lab = FibLab::new();
     lab.with_datapath(|datapath, ids| {
         for (family, port) in [(Family::V4, 42_002), (Family::V6, 42_012)] {
@@ -206,6 +208,7 @@ fn errors_about_a_flow_from_the_backend_side_reach_the_client_about_the_vip() {
 
 #[test]
 fn packets_too_big_for_the_next_hop_are_answered() {
+    lb_tests::require_root!();
     let lab = FibLab::new();
     lab.set_backend_mtu(1400, 1280);
     lab.with_datapath(|datapath, ids| {
@@ -251,6 +254,7 @@ const CLIENT_MAC_OF_SPEC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
 #[test]
 fn echo_requests_to_a_vip_are_answered_from_it() {
+    lb_tests::require_root!();
     let lab = FibLab::new();
     lab.with_datapath(|datapath, ids| {
         datapath.set_ingress(ids.from_client);
@@ -285,6 +289,7 @@ fn echo_requests_to_a_vip_are_answered_from_it() {
 
 #[test]
 fn an_egress_lb_is_not_attached_to_gets_the_packet_untouched() {
+    lb_tests::require_root!();
     let lab = FibLab::new();
     lab.add_unattached_link();
     lab.with_datapath(|datapath, ids| {

@@ -56,6 +56,7 @@ fn entry(datapath: &Datapath, flow: &FlowKey) -> Option<Conn> {
 
 #[test]
 fn a_reply_is_translated_after_its_entry_is_gone_but_another_port_is_not() {
+    lb_tests::require_root!();
     let lab = FibLab::new();
     lab.with_datapath(|datapath, ids| {
         for (family, client, vip) in [
@@ -110,6 +111,7 @@ fn a_reply_is_translated_after_its_entry_is_gone_but_another_port_is_not() {
 
 #[test]
 fn a_rst_creates_no_entry() {
+    lb_tests::require_root!();
     let lab = FibLab::new();
     lab.with_datapath(|datapath, ids| {
         datapath.set_ingress(ids.from_client);
@@ -129,6 +131,7 @@ fn a_rst_creates_no_entry() {
 
 #[test]
 fn a_connection_opens_and_fins_in_both_directions_close_it() {
+    lb_tests::require_root!();
     let lab = FibLab::new();
     lab.with_datapath(|datapath, ids| {
         let request = Spec::new(Family::V4, Transport::Tcp)
@@ -168,6 +171,7 @@ fn a_connection_opens_and_fins_in_both_directions_close_it() {
 
 #[test]
 fn an_idle_udp_entry_expires_and_is_replaced() {
+    lb_tests::require_root!();
     let lab = FibLab::new();
     lab.with_datapath(|datapath, ids| {
         datapath.set_ingress(ids.from_client);
@@ -202,6 +206,7 @@ fn an_idle_udp_entry_expires_and_is_replaced() {
 
 #[test]
 fn a_down_backend_loses_its_flows_and_a_stale_generation_is_not_followed() {
+    lb_tests::require_root!();
     let lab = FibLab::new();
     lab.with_datapath(|datapath, ids| {
         datapath.set_ingress(ids.from_client);
@@ -245,6 +250,7 @@ fn a_down_backend_loses_its_flows_and_a_stale_generation_is_not_followed() {
 /// left on the address its bucket is cleared, so the packet costs no lookup at all.
 #[test]
 fn a_tracked_flow_of_a_deleted_vip_is_no_longer_forwarded() {
+    lb_tests::require_root!();
     use lb_userspace::model::state::Change;
     let lab = FibLab::new();
     lab.with_datapath(|datapath, ids| {
@@ -316,6 +322,7 @@ fn a_tracked_flow_of_a_deleted_vip_is_no_longer_forwarded() {
 
 #[test]
 fn a_fragment_from_a_backend_never_leaves_with_its_address() {
+    lb_tests::require_root!();
     let lab = FibLab::new();
     lab.with_datapath(|datapath, ids| {
         datapath.set_ingress(ids.from_backends);

@@ -43,6 +43,7 @@ fn vip_port(transport: Transport) -> u16 {
 
 #[test]
 fn new_established_and_reply_packets_are_translated_with_valid_checksums() {
+    lb_tests::require_root!();
     let lab = FibLab::new();
     lab.with_datapath(|datapath, ids| {
         for (family, client_port) in [
@@ -120,6 +121,7 @@ fn new_established_and_reply_packets_are_translated_with_valid_checksums() {
 
 #[test]
 fn ipv4_udp_without_checksum_stays_without_checksum() {
+    lb_tests::require_root!();
     let lab = FibLab::new();
     lab.with_datapath(|datapath, ids| {
         datapath.set_ingress(ids.from_client);
@@ -138,6 +140,7 @@ fn ipv4_udp_without_checksum_stays_without_checksum() {
 
 #[test]
 fn flows_spread_over_backends_and_a_conntrack_miss_lands_where_maglev_says() {
+    lb_tests::require_root!();
     let lab = FibLab::new();
     let first_choice: Vec<IpAddr> = lab.with_datapath(|datapath, ids| {
         datapath.set_ingress(ids.from_client);
@@ -177,6 +180,7 @@ fn flows_spread_over_backends_and_a_conntrack_miss_lands_where_maglev_says() {
 
 #[test]
 fn drained_backends_keep_tracked_flows_but_a_syn_on_a_reused_tuple_is_balanced_afresh() {
+    lb_tests::require_root!();
     use lb_userspace::model::state::Change;
     let lab = FibLab::new();
     lab.with_datapath(|datapath, ids| {
@@ -221,6 +225,7 @@ fn drained_backends_keep_tracked_flows_but_a_syn_on_a_reused_tuple_is_balanced_a
 /// slot) and toward the client (the destination-hashed slots).
 #[test]
 fn next_hops_are_cached_for_a_second_then_looked_up_again() {
+    lb_tests::require_root!();
     const MOVED: [u8; 6] = [0x02, 0x18, 0, 0, 9, 9];
     const CLIENT_MOVED: [u8; 6] = [0x02, 0x18, 0, 0, 9, 8];
     let lab = FibLab::new();
@@ -273,6 +278,7 @@ fn next_hops_are_cached_for_a_second_then_looked_up_again() {
 
 #[test]
 fn a_full_conntrack_table_evicts_the_stalest_flows_and_keeps_balancing() {
+    lb_tests::require_root!();
     use lb_userspace::model::limits::Limits;
     const CAPACITY: u32 = 1024;
     const FLOWS: u16 = 4_000;
@@ -368,6 +374,7 @@ fn a_full_conntrack_table_evicts_the_stalest_flows_and_keeps_balancing() {
 
 #[test]
 fn policies_for_what_cannot_be_balanced() {
+    lb_tests::require_root!();
     let lab = FibLab::new();
     lab.with_datapath(|datapath, ids| {
         datapath.set_ingress(ids.from_client);
@@ -485,6 +492,7 @@ fn policies_for_what_cannot_be_balanced() {
 
 #[test]
 fn invalid_services_are_refused_before_any_map_changes() {
+    lb_tests::require_root!();
     use lb_userspace::{control::balancer::BalancerError::Invalid, model::state::ChangeError as E};
     let mut datapath = Datapath::load();
     let balancer = &mut datapath.balancer;

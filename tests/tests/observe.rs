@@ -25,6 +25,7 @@ fn endpoint(lab: &Lab, n: usize, port: u16) -> String {
 
 #[test]
 fn a_failing_backend_leaves_within_fall_checks_and_returns_after_rise() {
+    lb_tests::require_root!();
     let lab = Lab::new("lbt", 3);
     let instance = Instance::new();
     let mut daemon = Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, &["--log-datapath"]));
@@ -157,6 +158,7 @@ fn sample(text: &str, name: &str, labels: &str) -> u64 {
 
 #[test]
 fn metrics_count_exactly_what_was_sent_and_survive_a_restart() {
+    lb_tests::require_root!();
     const DATAGRAMS: usize = 400;
     let lab = Lab::new("lbt", 2);
     let instance = Instance::new();
@@ -279,6 +281,7 @@ fn metrics_count_exactly_what_was_sent_and_survive_a_restart() {
 
 #[test]
 fn stats_watch_on_a_terminal_shows_the_rate_sent() {
+    lb_tests::require_root!();
     const RATE: f64 = 200.0;
     let lab = Lab::new("lbt", 2);
     let instance = Instance::new();
@@ -337,6 +340,7 @@ fn stats_watch_on_a_terminal_shows_the_rate_sent() {
 
 #[test]
 fn bad_check_definitions_are_refused_with_a_reason() {
+    lb_tests::require_root!();
     let lab = Lab::new("lbt", 1);
     let instance = Instance::new();
     let mut daemon = Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, &[]));

@@ -11,7 +11,7 @@ use std::{
 
 use lb_tests::{
     netns::{Link, NetNs},
-    process::{Daemon, Instance, counter, lb_binary},
+    process::{Daemon, Instance, lb_binary, stat_packets},
 };
 
 const READY: &str = "lb: forwarding on";
@@ -49,6 +49,7 @@ impl Lab {
 
 #[test]
 fn counts_real_traffic_keeps_forwarding_after_sigterm_and_lb_down_detaches() {
+    lb_tests::require_root!();
     const UDP_DATAGRAMS: u64 = 200;
     const TCP_CONNECTIONS: u64 = 50;
     let lab = Lab::new();
@@ -104,22 +105,16 @@ fn counts_real_traffic_keeps_forwarding_after_sigterm_and_lb_down_detaches() {
     };
     assert_eq!(received, UDP_DATAGRAMS, "XDP_PASS delivered every datagram");
 
-    let (status, stdout) = daemon.terminate();
-    assert!(status.success(), "lb exits 0 on SIGTERM: {status}");
-    let at_exit = stdout
-        .iter()
-        .position(|l| l.starts_with("counters at exit"))
-        .map(|i| stdout[i..].to_vec())
-        .expect("lb prints its counters at exit");
     // Each TCP connection sends at least SYN, ACK with data, and FIN toward the lb.
-    let udp = counter(&at_exit, "udp");
-    let tcp = counter(&at_exit, "tcp");
-    let ipv4 = counter(&at_exit, "ipv4");
-    let passed = counter(&at_exit, "xdp_pass");
+    let stats = lab.instance.stats();
+    let udp = stat_packets(&stats, "udp");
+    let tcp = stat_packets(&stats, "tcp");
+    let ipv4 = stat_packets(&stats, "ipv4");
+    let passed = stat_packets(&stats, "xdp_pass");
     assert!(
         udp >= UDP_DATAGRAMS,
         "udp {udp} < {UDP_DATAGRAMS}\n{}",
-        at_exit.join("\n")
+        stats["counters"]
     );
     assert!(
         tcp >= 3 * TCP_CONNECTIONS,
@@ -128,6 +123,20 @@ fn counts_real_traffic_keeps_forwarding_after_sigterm_and_lb_down_detaches() {
     );
     assert!(ipv4 >= udp + tcp, "every UDP and TCP packet was IPv4");
     assert!(passed >= ipv4, "everything was passed");
+
+    let (status, stdout) = daemon.terminate();
+    assert!(status.success(), "lb exits 0 on SIGTERM: {status}");
+    let at_exit = stdout
+        .iter()
+        .position(|l| l.starts_with("counters at exit"))
+        .map(|i| stdout[i..].to_vec())
+        .expect("lb prints its counters at exit");
+    assert!(
+        at_exit
+            .iter()
+            .any(|l| l.split_whitespace().next() == Some("udp")),
+        "the table at exit lists the udp counter: {at_exit:?}"
+    );
     assert!(
         stdout.iter().any(|l| l.starts_with("udp ")) && stdout.len() > at_exit.len(),
         "periodic reports were printed while running"
@@ -154,6 +163,7 @@ fn run_to_failure(mut command: Command) -> String {
 
 #[test]
 fn unknown_interface_is_named() {
+    lb_tests::require_root!();
     let lab = Lab::new();
     let ifaces = ["lo".to_owned(), "no-such-if0".to_owned()];
     let stderr = run_to_failure(lab.instance.run(&lab.lb, &ifaces, &[]));
@@ -167,17 +177,19 @@ fn unknown_interface_is_named() {
 /// A copy of `lb` that any user may run, removed on drop: the checkout may sit in a
 /// folder only root can enter (a 0700 home, say), where nobody could run the built binary.
 struct WorldExecutable {
-    dir: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl WorldExecutable {
     fn of(binary: &Path) -> Self {
         use std::os::unix::fs::PermissionsExt as _;
-        let dir = std::env::temp_dir().join(format!("lb-any-user-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("create the copy's folder");
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+        let dir = tempfile::Builder::new()
+            .prefix("lb-any-user-")
+            .tempdir()
+            .expect("create the copy's folder");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
             .expect("open the folder to everyone");
-        let copy = dir.join("lb");
+        let copy = dir.path().join("lb");
         std::fs::copy(binary, &copy).expect("copy lb");
         std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
             .expect("make the copy executable by everyone");
@@ -185,18 +197,13 @@ impl WorldExecutable {
     }
 
     fn path(&self) -> PathBuf {
-        self.dir.join("lb")
-    }
-}
-
-impl Drop for WorldExecutable {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.dir.path().join("lb")
     }
 }
 
 #[test]
 fn not_root_is_refused_with_advice() {
+    lb_tests::require_root!();
     let lab = Lab::new();
     let lb = WorldExecutable::of(&lb_binary());
     // nsenter drops to nobody after joining the namespace.
@@ -212,6 +219,7 @@ fn not_root_is_refused_with_advice() {
 
 #[test]
 fn an_interface_with_an_xdp_program_is_not_taken_over() {
+    lb_tests::require_root!();
     let lab = Lab::new();
     let mut first = Daemon::spawn(lab.lb_run(&["--stats-interval", "0"]));
     first.wait_for_line(READY, STARTUP);
@@ -248,11 +256,17 @@ fn an_interface_with_an_xdp_program_is_not_taken_over() {
 
 #[test]
 fn verifier_rejection_shows_the_verifier_log() {
-    let broken = std::env::temp_dir().join(format!("lb-broken-{}.o", std::process::id()));
-    std::fs::write(&broken, object_with_unreadable_register()).expect("write object");
+    lb_tests::require_root!();
+    let broken = tempfile::Builder::new()
+        .prefix("lb-broken-")
+        .suffix(".o")
+        .tempfile()
+        .expect("create the object file");
+    std::fs::write(broken.path(), object_with_unreadable_register()).expect("write object");
     let lab = Lab::new();
-    let stderr = run_to_failure(lab.lb_run(&["--bpf-object", broken.to_str().expect("utf-8")]));
-    let _ = std::fs::remove_file(&broken);
+    let path = broken.path().to_str().expect("utf-8");
+    let stderr = run_to_failure(lab.lb_run(&["--bpf-object", path]));
+    drop(broken);
     assert!(stderr.contains("verifier rejected"), "{stderr}");
     assert!(
         stderr.contains("R9 !read_ok"),
@@ -302,8 +316,14 @@ fn object_with_unreadable_register() -> Vec<u8> {
 
 #[test]
 fn an_invalid_config_file_is_refused_with_its_line_and_nothing_attached() {
+    lb_tests::require_root!();
     let lab = Lab::new();
-    let path = std::env::temp_dir().join(format!("lb-bad-config-{}.toml", std::process::id()));
+    let file = tempfile::Builder::new()
+        .prefix("lb-bad-config-")
+        .suffix(".toml")
+        .tempfile()
+        .expect("create the config file");
+    let path = file.path().to_owned();
     std::fs::write(
         &path,
         "[[vip]]\naddress = \"198.18.1.1:80\"\nproto = \"sctp\"\n",
@@ -311,7 +331,7 @@ fn an_invalid_config_file_is_refused_with_its_line_and_nothing_attached() {
     .expect("write config");
     let stderr = run_to_failure(lab.lb_run(&["--config", path.to_str().expect("utf-8")]));
     let untouched = std::fs::read_to_string(&path).expect("config still there");
-    let _ = std::fs::remove_file(&path);
+    drop(file);
     assert!(
         stderr.contains(&path.display().to_string()),
         "names the file: {stderr}"
@@ -329,6 +349,7 @@ fn an_invalid_config_file_is_refused_with_its_line_and_nothing_attached() {
 
 #[test]
 fn a_pinned_datapath_of_another_layout_or_size_is_refused_not_adopted() {
+    lb_tests::require_root!();
     use aya::maps::{Array, Map, MapData};
     use lb_common::{consts::MAP_META, service::Layout};
 
@@ -379,6 +400,7 @@ fn a_pinned_datapath_of_another_layout_or_size_is_refused_not_adopted() {
 
 #[test]
 fn pins_removed_under_a_running_daemon_are_put_back() {
+    lb_tests::require_root!();
     let lab = Lab::new();
     let mut daemon = Daemon::spawn(lab.lb_run(&[]));
     daemon.wait_for_line(READY, STARTUP);

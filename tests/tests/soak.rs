@@ -5,8 +5,9 @@
 //! 20 s. `LB_SOAK_SECS` sets the length. Backends 1 and 2 stay throughout; 3, 4 and 5 each
 //! cycle through active, draining and removed, staggered so that one changes every second.
 //! Checked: no request fails and no held connection breaks unless its backend was removed;
-//! and, on runs long enough to tell a leak from warm-up, the daemon's resident memory and
-//! open descriptors stay within the bounds below.
+//! and the daemon's resident memory and open descriptors stay within the bounds below: the
+//! stated bounds on runs long enough to tell a leak from warm-up (`cargo xtask soak`), a
+//! weaker check on short runs (`cargo xtask test`), which says on stderr what it skipped.
 
 use std::{
     collections::BTreeMap,
@@ -48,11 +49,17 @@ const HELD_FOR: Duration = Duration::from_secs(8);
 const PACE: Duration = Duration::from_millis(2);
 /// Caps on top of the time bound.
 const MAX_REQUESTS: u64 = 2_000_000;
-/// The footprint is judged from this point on, and only on runs at least twice as long.
+/// The footprint is judged against the stated bounds from this point on, and only on runs
+/// at least twice as long.
 const WARM_UP: Duration = Duration::from_secs(60);
 /// Bounds on growth after warm-up (docs/RELIABILITY.md states them).
 const RSS_GROWTH_KIB: u64 = 8 * 1024;
 const FD_GROWTH: usize = 8;
+/// Shorter runs judge from the first periodic sample (about 5 s in) with a generous memory
+/// bound: a 20 s run sees RSS grow by about 1 MiB after it; a leak of 1 KiB per request
+/// (some 25,000 requests) would pass 16 MiB. Descriptors must be back to where they were
+/// at that sample by the end (transient health-check sockets may show in between).
+const SHORT_RSS_GROWTH_KIB: u64 = 16 * 1024;
 /// Footprint and `lb stats` every this many periods.
 const SAMPLE_EVERY: u64 = 5;
 
@@ -226,6 +233,7 @@ fn holder(
 
 #[test]
 fn a_soak_with_backends_changing_every_second() {
+    lb_tests::require_root!();
     let length = soak_length();
     let lab = Lab::new("lbk", BACKENDS);
     let instance = Instance::new();
@@ -324,7 +332,7 @@ fn a_soak_with_backends_changing_every_second() {
         by_kind.push((kind, tally.requests()));
         total.merge(tally);
     }
-    samples.push((started.elapsed(), daemon.footprint()));
+    samples.push((started.elapsed(), settled_footprint(&daemon)));
 
     let stats: serde_json::Value =
         serde_json::from_str(&instance.ok(&["stats", "--json"])).expect("stats JSON");
@@ -364,26 +372,115 @@ fn a_soak_with_backends_changing_every_second() {
             backend.name
         );
     }
-    if length >= WARM_UP * 2 {
-        let after_warm_up: Vec<Footprint> = samples
+    if length < WARM_UP * 2 {
+        lb_tests::loud(&format!(
+            "soak: SKIPPED the memory and descriptor leak bounds (RSS +{RSS_GROWTH_KIB} KiB, \
+             fds +{FD_GROWTH} after a {} s warm-up): this run is {} s, they need at least {} \
+             s; run them with `sudo cargo xtask soak` (10 minutes, or --secs 120 and up). \
+             Checked instead: RSS +{SHORT_RSS_GROWTH_KIB} KiB at most and no descriptor \
+             growth by the end, from the first sample after traffic started",
+            WARM_UP.as_secs(),
+            length.as_secs(),
+            (WARM_UP * 2).as_secs()
+        ));
+    }
+    check_footprint(&samples, length);
+    drop(daemon);
+    instance.down();
+}
+
+/// Judges the daemon's footprint samples: the stated bounds after [`WARM_UP`] on runs at
+/// least twice that long; otherwise a weaker check (the caller says so on stderr).
+fn check_footprint(samples: &[(Duration, Footprint)], length: Duration) {
+    let long = length >= WARM_UP * 2;
+    let after_warm_up: Vec<Footprint> = if long {
+        samples
             .iter()
             .filter(|(at, _)| *at >= WARM_UP)
             .map(|(_, f)| *f)
-            .collect();
-        let base = after_warm_up[0];
-        let peak_rss = after_warm_up.iter().map(|f| f.rss_kib).max().unwrap_or(0);
-        let peak_fds = after_warm_up.iter().map(|f| f.fds).max().unwrap_or(0);
-        eprintln!(
-            "soak: after warm-up, RSS {} → peak {} KiB (bound +{RSS_GROWTH_KIB}), fds {} → \
-             peak {} (bound +{FD_GROWTH})",
-            base.rss_kib, peak_rss, base.fds, peak_fds
-        );
+            .collect()
+    } else {
+        // Skip the sample taken before any traffic.
+        samples.iter().skip(1).map(|(_, f)| *f).collect()
+    };
+    let [base, .., last] = after_warm_up[..] else {
+        lb_tests::loud(&format!(
+            "soak: SKIPPED every footprint check: {} samples after warm-up, too few to see \
+             growth; run `sudo cargo xtask soak`",
+            after_warm_up.len()
+        ));
+        return;
+    };
+    let peak_rss = after_warm_up.iter().map(|f| f.rss_kib).max().unwrap_or(0);
+    let peak_fds = after_warm_up.iter().map(|f| f.fds).max().unwrap_or(0);
+    let rss_bound = if long {
+        RSS_GROWTH_KIB
+    } else {
+        SHORT_RSS_GROWTH_KIB
+    };
+    eprintln!(
+        "soak: after warm-up, RSS {} → peak {} KiB (bound +{rss_bound}), fds {} → peak {} \
+         (bound +{FD_GROWTH}) → {} at the end",
+        base.rss_kib, peak_rss, base.fds, peak_fds, last.fds
+    );
+    assert!(
+        peak_rss <= base.rss_kib + rss_bound,
+        "daemon memory grew by {} KiB (bound {rss_bound}): {samples:?}",
+        peak_rss - base.rss_kib
+    );
+    assert!(
+        peak_fds <= base.fds + FD_GROWTH,
+        "daemon descriptors grew: {samples:?}"
+    );
+    if !long {
         assert!(
-            peak_rss <= base.rss_kib + RSS_GROWTH_KIB,
-            "daemon memory grew"
+            last.fds <= base.fds,
+            "daemon descriptors grew from {} to {} by the end of the run: {samples:?}",
+            base.fds,
+            last.fds
         );
-        assert!(peak_fds <= base.fds + FD_GROWTH, "daemon descriptors grew");
     }
-    drop(daemon);
-    instance.down();
+}
+
+/// The footprint with the fewest descriptors of five reads 100 ms apart: a health check's
+/// socket open at one read does not count as growth.
+fn settled_footprint(daemon: &Daemon) -> Footprint {
+    (0..5)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            daemon.footprint()
+        })
+        .min_by_key(|f| f.fds)
+        .expect("five reads")
+}
+
+/// The footprint checks themselves (no root): they catch growth on short and long runs.
+#[test]
+fn footprint_checks_catch_leaks() {
+    let at = |secs, rss_kib, fds| (Duration::from_secs(secs), Footprint { rss_kib, fds });
+    let short = Duration::from_secs(20);
+    let steady = [
+        at(0, 20_000, 60),
+        at(5, 21_000, 63),
+        at(10, 21_500, 64),
+        at(20, 22_000, 63),
+    ];
+    check_footprint(&steady, short);
+    let leaking_fds = [
+        at(0, 20_000, 60),
+        at(5, 21_000, 63),
+        at(10, 21_000, 64),
+        at(20, 21_000, 65),
+    ];
+    let leaking_rss = [at(0, 20_000, 60), at(5, 21_000, 63), at(20, 40_000, 63)];
+    let long = Duration::from_secs(600);
+    let leaking_long = [at(0, 20_000, 60), at(60, 21_000, 63), at(600, 21_000, 72)];
+    for (samples, length) in [
+        (&leaking_fds[..], short),
+        (&leaking_rss[..], short),
+        (&leaking_long[..], long),
+    ] {
+        let caught = std::panic::catch_unwind(|| check_footprint(samples, length)).is_err();
+        assert!(caught, "growth not caught: {samples:?}");
+    }
 }

@@ -42,9 +42,21 @@ pub fn cargo() -> anyhow::Result<Command> {
     Ok(cmd)
 }
 
+/// Read by lb-tests' `require_root!`: set, a privileged test that finds itself not root
+/// fails instead of skipping, so that a run of xtask can never pass by skipping.
+pub const REQUIRE_ROOT_ENV: &str = "LB_REQUIRE_ROOT";
+
+/// `cargo` for tests that need root (lb-tests' integration tests): with
+/// [`REQUIRE_ROOT_ENV`] set, so that they fail rather than skip without it.
+pub fn privileged_cargo() -> anyhow::Result<Command> {
+    let mut cmd = cargo()?;
+    cmd.env(REQUIRE_ROOT_ENV, "1");
+    Ok(cmd)
+}
+
 /// One integration test of lb-tests on the release build, its output shown as it runs.
 pub fn release_test(test: &str) -> anyhow::Result<Command> {
-    let mut cmd = cargo()?;
+    let mut cmd = privileged_cargo()?;
     cmd.args(["test", "--release", "-p", "lb-tests", "--test", test])
         .args(["--", "--nocapture"]);
     Ok(cmd)

@@ -32,11 +32,12 @@ pub fn run() -> anyhow::Result<()> {
             .arg("test")
             .args(["-p", "lb-common", "-p", "lb-userspace", "-p", "xtask"]),
     )?;
-    // The test crate's own unit tests (its fuzzer's mutations); its integration tests
-    // need root and run below.
+    // The test crate's own unit tests (its fuzzer's mutations, the root check) and its
+    // unprivileged contract tests (known answers of the hash and Maglev table); its other
+    // integration tests need root and run below.
     step(
-        "test-helper unit tests",
-        cmd::cargo()?.args(["test", "-p", "lb-tests", "--lib"]),
+        "test-helper unit tests and contract tests",
+        cmd::cargo()?.args(["test", "-p", "lb-tests", "--lib", "--test", "contract"]),
     )?;
     if !cmd::is_root() {
         bail!(
@@ -46,7 +47,7 @@ pub fn run() -> anyhow::Result<()> {
     let lb = build::run(&build::Options::default())?;
     step(
         "eBPF tests (BPF_PROG_TEST_RUN: golden packets, 10^4 fuzzed packets)",
-        cmd::cargo()?.args([
+        cmd::privileged_cargo()?.args([
             "test",
             "-p",
             "lb-tests",
@@ -64,7 +65,7 @@ pub fn run() -> anyhow::Result<()> {
     )?;
     step(
         "integration tests (network namespaces; a 20 s soak)",
-        cmd::cargo()?
+        cmd::privileged_cargo()?
             .args([
                 "test",
                 "-p",
