@@ -431,19 +431,27 @@ fn bad_input_is_refused_with_a_reason_and_changes_nothing() {
         );
     }
 
-    let api_cases: &[(&[u8], &str)] = &[
-        (b"{\"op\":\"backend-add\",\"vip\":\"198.18.1.1:80\",\"backend\":\"198.18.11.3:80\",\"weight\":0}\n", "out of range"),
-        (b"{\"op\":\"backend-add\",\"vip\":\"198.18.1.1:80\",\"backend\":\"198.18.11.3:80\",\"weight\":65536}\n", "out of range"),
-        (b"{\"op\":\"vip-add\",\"vip\":\"0.0.0.0:80\"}\n", "not a usable address"),
-        (b"{\"op\":\"vip-add\",\"vip\":\"198.18.1.1\"}\n", "bad request"),
-        (b"not json\n", "bad request"),
-        (b"\xff\xfe{}\n", "not UTF-8"),
-        (b"{\"op\":\"vip-list\",\"admin\":true}\n", "unknown field"),
+    // Each refusal carries its stable code beside the message (docs/API.md).
+    let api_cases: &[(&[u8], &str, &str)] = &[
+        (b"{\"op\":\"backend-add\",\"vip\":\"198.18.1.1:80\",\"backend\":\"198.18.11.3:80\",\"weight\":0}\n", "out of range", "invalid_weight"),
+        (b"{\"op\":\"backend-add\",\"vip\":\"198.18.1.1:80\",\"backend\":\"198.18.11.3:80\",\"weight\":65536}\n", "out of range", "invalid_weight"),
+        (b"{\"op\":\"backend-add\",\"vip\":\"198.18.1.1:80\",\"backend\":\"198.18.11.2:8080\"}\n", "already exists", "duplicate_backend"),
+        (b"{\"op\":\"backend-del\",\"vip\":\"198.18.1.9:80\",\"backend\":\"198.18.11.2:8080\"}\n", "no VIP", "unknown_vip"),
+        (b"{\"op\":\"vip-add\",\"vip\":\"0.0.0.0:80\"}\n", "not a usable address", "invalid_address"),
+        (b"{\"op\":\"vip-add\",\"vip\":\"198.18.1.1\"}\n", "bad request", "bad_request"),
+        (b"{\"op\":\"vip-add\",\"vip\":\"198.18.1.7:80\",\"check\":{\"probe\":\"ftp\"}}\n", "check:", "invalid_check"),
+        (b"not json\n", "bad request", "bad_request"),
+        (b"{\"op\":\"vip-list\",\"admin\":true}\n", "unknown field", "bad_request"),
+        (b"{\"op\":\"vip-add\",\"vip\":\"198.18.1.7:80\",\"version\":99}\n", "version 99", "version_mismatch"),
+        // Not UTF-8: answered, then the connection is closed.
+        (b"\xff\xfe{}\n", "not UTF-8", "bad_request"),
     ];
-    for (payload, reason) in api_cases {
+    for (payload, reason, code) in api_cases {
         let answer = raw_request(&instance, payload);
         assert!(
-            answer.contains("\"ok\":false") && answer.contains(reason),
+            answer.contains("\"ok\":false")
+                && answer.contains(reason)
+                && answer.contains(&format!("\"code\":\"{code}\"")),
             "{answer}"
         );
         assert_eq!(snapshot(), before);
@@ -452,8 +460,15 @@ fn bad_input_is_refused_with_a_reason_and_changes_nothing() {
     oversized.extend(std::iter::repeat_n(b'x', 100 * 1024));
     oversized.extend_from_slice(b"\"}\n");
     let answer = raw_request(&instance, &oversized);
-    assert!(answer.contains("larger than 65536 bytes"), "{answer}");
+    assert!(
+        answer.contains("larger than 65536 bytes")
+            && answer.contains("\"code\":\"request_too_large\""),
+        "{answer}"
+    );
     assert_eq!(snapshot(), before);
+    // The CLI shows the code beside the message.
+    let stderr = instance.fails(&["backend", "list", "198.18.1.1:81"]);
+    assert!(stderr.contains("[unknown_vip]"), "{stderr}");
 
     drop(daemon);
     let stopped = Instance::new();
@@ -540,15 +555,17 @@ fn a_daemon_killed_during_changes_leaves_a_whole_state_file() {
         let state = lb_userspace::model::config::parse(&text, &instance.state)
             .unwrap_or_else(|e| panic!("round {round}: the state file is not whole: {e}\n{text}"));
         assert_eq!(state.vips.len(), 1, "round {round}: {text}");
-        let leftovers: Vec<_> = std::fs::read_dir(instance.state.parent().expect("dir"))
-            .expect("dir")
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
-            .collect();
         // A temporary file may be left by the kill; it is never the state.
+        let leftovers = temporary_files(&instance.state);
         assert!(leftovers.len() <= 1, "{leftovers:?}");
         daemon = Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, &[]));
         daemon.wait_for_line(READY, STARTUP);
+        // The restarted daemon removes what the killed one left half written.
+        let left = temporary_files(&instance.state);
+        assert!(
+            left.is_empty(),
+            "round {round}: left after the restart: {left:?}"
+        );
         let listed = backend_identities(&instance.ok(&["backend", "list", "--json"]));
         let saved: usize = state.vips.values().map(|v| v.backends.len()).sum();
         assert_eq!(
@@ -631,4 +648,14 @@ fn the_api_socket_is_private_and_paths_others_control_are_refused() {
     for refused in [&open_dir, &their_dir] {
         assert_eq!(std::fs::read_dir(refused).expect("list").count(), 0);
     }
+}
+
+/// The temporary files beside a state file.
+fn temporary_files(state: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(state.parent().expect("dir"))
+        .expect("dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".tmp"))
+        .collect()
 }
