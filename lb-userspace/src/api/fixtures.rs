@@ -14,13 +14,13 @@ use crate::model::{
 };
 
 /// "Now" for the fixtures, in Unix seconds.
-pub const NOW: u64 = 1_800_000_000;
+pub(crate) const NOW: u64 = 1_800_000_000;
 
 fn sock(text: &str) -> std::net::SocketAddr {
     text.parse().expect("fixture address")
 }
 
-pub fn vips() -> Vec<VipEntry> {
+pub(crate) fn vips() -> Vec<VipEntry> {
     vec![
         VipEntry {
             vip: sock("198.18.1.1:80"),
@@ -52,7 +52,7 @@ pub fn vips() -> Vec<VipEntry> {
     ]
 }
 
-pub fn backends() -> Vec<BackendEntry> {
+pub(crate) fn backends() -> Vec<BackendEntry> {
     vec![
         BackendEntry {
             vip: sock("198.18.1.1:80"),
@@ -106,7 +106,7 @@ pub fn backends() -> Vec<BackendEntry> {
     ]
 }
 
-pub fn counters() -> BTreeMap<String, CounterEntry> {
+pub(crate) fn counters() -> BTreeMap<String, CounterEntry> {
     [
         ("tcp", 123_456, 98_765_432),
         ("udp", 7, 560),
@@ -119,7 +119,7 @@ pub fn counters() -> BTreeMap<String, CounterEntry> {
     .collect()
 }
 
-pub fn conntrack() -> ConntrackReport {
+pub(crate) fn conntrack() -> ConntrackReport {
     ConntrackReport {
         entries: 23,
         capacity: 1_048_576,
@@ -129,7 +129,7 @@ pub fn conntrack() -> ConntrackReport {
     }
 }
 
-pub fn stats() -> StatsReport {
+pub(crate) fn stats() -> StatsReport {
     StatsReport {
         counters: counters(),
         vips: vips(),
@@ -138,7 +138,7 @@ pub fn stats() -> StatsReport {
     }
 }
 
-pub fn flows() -> FlowList {
+pub(crate) fn flows() -> FlowList {
     FlowList {
         flows: vec![
             FlowEntry {
@@ -164,7 +164,7 @@ pub fn flows() -> FlowList {
     }
 }
 
-pub fn status() -> StatusReport {
+pub(crate) fn status() -> StatusReport {
     StatusReport {
         version: "0.0.0-fixture".to_owned(),
         pid: 4242,

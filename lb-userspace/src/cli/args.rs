@@ -14,7 +14,7 @@ use crate::{
     model::state::{DEFAULT_WEIGHT, MAX_WEIGHT, MIN_WEIGHT, Proto},
 };
 
-pub const DEFAULT_STATE_FILE: &str = "/var/lib/lb/state.toml";
+pub(crate) const DEFAULT_STATE_FILE: &str = "/var/lib/lb/state.toml";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,14 +27,14 @@ pub const DEFAULT_STATE_FILE: &str = "/var/lib/lb/state.toml";
 pub struct Cli {
     /// The daemon's API socket [default: $LB_API, else /run/lb/lb.sock].
     #[arg(long, global = true, value_name = "SOCKET")]
-    pub api: Option<PathBuf>,
+    pub(crate) api: Option<PathBuf>,
 
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the daemon: load the XDP datapath, attach it, serve the API until stopped.
     Run(RunArgs),
     /// Add, remove and list VIPs (cluster IPs).
@@ -62,66 +62,66 @@ fn parse_endpoint(text: &str) -> Result<SocketAddr, String> {
 }
 
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Interfaces to attach to (repeat the flag or list several names).
     #[arg(long = "iface", value_name = "IF", required = true, num_args = 1.., action = clap::ArgAction::Append)]
-    pub ifaces: Vec<String>,
+    pub(crate) ifaces: Vec<String>,
 
     /// XDP attach mode: native (driver), skb (generic), or auto (native, else skb with a warning).
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
-    pub xdp_mode: XdpModeArg,
+    pub(crate) xdp_mode: XdpModeArg,
 
     /// Declared VIPs and backends to start with (TOML; replaces the saved state).
     #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
 
     /// Where the live state is saved on every change and read at start.
     #[arg(long, value_name = "FILE", default_value = DEFAULT_STATE_FILE)]
-    pub state: PathBuf,
+    pub(crate) state: PathBuf,
 
     /// bpffs directory for the pinned maps and links that keep forwarding across restarts.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR)]
-    pub pin_dir: PathBuf,
+    pub(crate) pin_dir: PathBuf,
 
     /// Maglev table size per VIP, a prime [default: 65537, or what the pinned datapath uses].
     #[arg(long, value_name = "PRIME")]
-    pub table_size: Option<u32>,
+    pub(crate) table_size: Option<u32>,
 
     /// Serve Prometheus metrics at http://<ADDR:PORT>/metrics.
     #[arg(long, value_name = "ADDR:PORT", value_parser = parse_endpoint)]
-    pub metrics: Option<SocketAddr>,
+    pub(crate) metrics: Option<SocketAddr>,
 
     /// Print the datapath's own log (new flows, drops) through aya-log; off by default.
     #[arg(long)]
-    pub log_datapath: bool,
+    pub(crate) log_datapath: bool,
 
     /// Flows tracked, one entry each (about 100 bytes of kernel memory per entry)
     /// [default: 1048576, or what the pinned datapath uses].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1024..=1 << 26))]
-    pub conntrack_size: Option<u32>,
+    pub(crate) conntrack_size: Option<u32>,
 
     /// Idle timeout of a flow state, in seconds: tcp_opening, tcp_established, tcp_closing,
     /// tcp_closed or udp (repeat the flag: --timeout udp=30 --timeout tcp_closing=60).
     #[arg(long = "timeout", value_name = "STATE=SECS", value_parser = parse_timeout, action = clap::ArgAction::Append)]
-    pub timeouts: Vec<(Timeout, u64)>,
+    pub(crate) timeouts: Vec<(Timeout, u64)>,
 
     /// Seconds between conntrack sweeps, which delete expired flows and count the others
     /// per backend (0.1 to 3600).
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_SWEEP_SECS, value_parser = parse_sweep)]
-    pub conntrack_sweep: f64,
+    pub(crate) conntrack_sweep: f64,
 
     /// Seconds between counter reports on stdout (0 prints only at exit).
     #[arg(long, value_name = "SECS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=86_400))]
-    pub stats_interval: u64,
+    pub(crate) stats_interval: u64,
 
     /// Load this eBPF object instead of the one built into `lb` (for datapath development).
     #[arg(long, value_name = "FILE", hide = true)]
-    pub bpf_object: Option<PathBuf>,
+    pub(crate) bpf_object: Option<PathBuf>,
 }
 
 /// Default seconds between conntrack sweeps: an expired flow is gone from the table and
 /// from the per-backend counts within this much of its timeout.
-pub const DEFAULT_SWEEP_SECS: f64 = 5.0;
+pub(crate) const DEFAULT_SWEEP_SECS: f64 = 5.0;
 const SWEEP_RANGE: std::ops::RangeInclusive<f64> = 0.1..=3600.0;
 
 /// `--conntrack-sweep`: seconds, fractions allowed.
@@ -209,53 +209,53 @@ impl From<XdpModeArg> for AttachMode {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum XdpModeArg {
+pub(crate) enum XdpModeArg {
     Auto,
     Native,
     Skb,
 }
 
 #[derive(Debug, Args)]
-pub struct OutputArgs {
+pub(crate) struct OutputArgs {
     /// Print JSON (stable, documented in docs/API.md) instead of a table.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
-pub struct ServiceArgs {
+pub(crate) struct ServiceArgs {
     /// The VIP, as ADDRESS:PORT ([IPv6]:PORT).
     #[arg(value_name = "VIP:PORT", value_parser = parse_endpoint)]
-    pub vip: SocketAddr,
+    pub(crate) vip: SocketAddr,
     #[arg(long, value_enum, default_value_t = Proto::Tcp)]
-    pub proto: Proto,
+    pub(crate) proto: Proto,
 }
 
 /// A health check, as flags.
 #[derive(Debug, Args)]
-pub struct CheckArgs {
+pub(crate) struct CheckArgs {
     /// Health check for the VIP's backends: tcp, http:/<path> or udp:<payload>.
     #[arg(long, value_name = "PROBE")]
-    pub check: Option<String>,
+    pub(crate) check: Option<String>,
     /// Seconds between checks [default: 2].
     #[arg(long, value_name = "SECS", requires = "check")]
-    pub interval: Option<f64>,
+    pub(crate) interval: Option<f64>,
     /// Seconds a check may take [default: 1].
     #[arg(long, value_name = "SECS", requires = "check")]
-    pub timeout: Option<f64>,
+    pub(crate) timeout: Option<f64>,
     /// Successes in a row that bring a backend back [default: 2].
     #[arg(long, value_name = "N", requires = "check")]
-    pub rise: Option<u32>,
+    pub(crate) rise: Option<u32>,
     /// Failures in a row that take a backend out [default: 3].
     #[arg(long, value_name = "N", requires = "check")]
-    pub fall: Option<u32>,
+    pub(crate) fall: Option<u32>,
     /// HTTP: status or range that passes [default: 200-399]; UDP: text the reply must contain.
     #[arg(long, value_name = "TEXT", requires = "check")]
-    pub expect: Option<String>,
+    pub(crate) expect: Option<String>,
 }
 
 impl CheckArgs {
-    pub fn config(&self) -> Option<crate::model::check::CheckConfig> {
+    pub(crate) fn config(&self) -> Option<crate::model::check::CheckConfig> {
         self.check
             .as_ref()
             .map(|probe| crate::model::check::CheckConfig {
@@ -270,7 +270,7 @@ impl CheckArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum VipCommand {
+pub(crate) enum VipCommand {
     /// Add a VIP (it drops traffic until it has a backend), optionally health-checked.
     Add {
         #[command(flatten)]
@@ -296,16 +296,16 @@ pub enum VipCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct BackendArgs {
+pub(crate) struct BackendArgs {
     #[command(flatten)]
-    pub service: ServiceArgs,
+    pub(crate) service: ServiceArgs,
     /// The backend, as ADDRESS:PORT (same address family as the VIP).
     #[arg(value_name = "ADDR:PORT", value_parser = parse_endpoint)]
-    pub backend: SocketAddr,
+    pub(crate) backend: SocketAddr,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum BackendCommand {
+pub(crate) enum BackendCommand {
     /// Add a backend; new flows start reaching it at once.
     Add {
         #[command(flatten)]
@@ -342,20 +342,20 @@ pub enum BackendCommand {
 
 /// Which tracked flows a conntrack subcommand is about.
 #[derive(Debug, Args)]
-pub struct FlowFilterArgs {
+pub(crate) struct FlowFilterArgs {
     /// Only flows to this VIP, as ADDRESS:PORT ([IPv6]:PORT).
     #[arg(value_name = "VIP:PORT", value_parser = parse_endpoint)]
-    pub vip: Option<SocketAddr>,
+    pub(crate) vip: Option<SocketAddr>,
     /// Only flows of this protocol.
     #[arg(long, value_enum)]
-    pub proto: Option<Proto>,
+    pub(crate) proto: Option<Proto>,
     /// Only flows pinned to this backend, as ADDRESS:PORT.
     #[arg(long, value_name = "ADDR:PORT", value_parser = parse_endpoint)]
-    pub backend: Option<SocketAddr>,
+    pub(crate) backend: Option<SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum ConntrackCommand {
+pub(crate) enum ConntrackCommand {
     /// List tracked flows: client, VIP, backend, state, idle time and time left.
     List {
         #[command(flatten)]
@@ -376,25 +376,25 @@ pub enum ConntrackCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct StatsArgs {
+pub(crate) struct StatsArgs {
     /// Refresh a live table of rates until interrupted.
     #[arg(long)]
-    pub watch: bool,
+    pub(crate) watch: bool,
     /// Seconds between refreshes with --watch.
     #[arg(long, value_name = "SECS", default_value_t = 1.0, requires = "watch")]
-    pub interval: f64,
+    pub(crate) interval: f64,
     /// Stop after this many refreshes (for scripts).
     #[arg(long, value_name = "N", requires = "watch")]
-    pub count: Option<u64>,
+    pub(crate) count: Option<u64>,
     #[command(flatten)]
-    pub output: OutputArgs,
+    pub(crate) output: OutputArgs,
 }
 
 #[derive(Debug, Args)]
-pub struct DownArgs {
+pub(crate) struct DownArgs {
     /// The pin directory to take down [default: the daemon's, else /sys/fs/bpf/lb].
     #[arg(long, value_name = "DIR")]
-    pub pin_dir: Option<PathBuf>,
+    pub(crate) pin_dir: Option<PathBuf>,
 }
 
 /// `--proto tcp|udp`: the model stays free of clap, the flag parser lives here.

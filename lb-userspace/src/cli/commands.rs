@@ -41,7 +41,7 @@ fn done(socket: &Path, request: &Request, what: String) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn vip(socket: &Path, command: VipCommand) -> anyhow::Result<()> {
+pub(crate) fn vip(socket: &Path, command: VipCommand) -> anyhow::Result<()> {
     match command {
         VipCommand::Add { service: s, check } => done(
             socket,
@@ -94,7 +94,7 @@ pub fn vip(socket: &Path, command: VipCommand) -> anyhow::Result<()> {
 }
 
 /// `lb conntrack list|flush`.
-pub fn conntrack(socket: &Path, command: ConntrackCommand) -> anyhow::Result<()> {
+pub(crate) fn conntrack(socket: &Path, command: ConntrackCommand) -> anyhow::Result<()> {
     match command {
         ConntrackCommand::List {
             filter:
@@ -147,7 +147,7 @@ pub fn conntrack(socket: &Path, command: ConntrackCommand) -> anyhow::Result<()>
     }
 }
 
-pub fn backend(socket: &Path, command: BackendCommand) -> anyhow::Result<()> {
+pub(crate) fn backend(socket: &Path, command: BackendCommand) -> anyhow::Result<()> {
     let names = |t: &BackendArgs| (t.service.vip, t.service.proto, t.backend);
     match command {
         BackendCommand::Add { target, weight } => {
@@ -217,7 +217,7 @@ pub fn backend(socket: &Path, command: BackendCommand) -> anyhow::Result<()> {
     }
 }
 
-pub fn stats(socket: &Path, args: StatsArgs) -> anyhow::Result<()> {
+pub(crate) fn stats(socket: &Path, args: StatsArgs) -> anyhow::Result<()> {
     if args.watch {
         return crate::cli::watch::run(socket, &args);
     }
@@ -230,7 +230,7 @@ pub fn stats(socket: &Path, args: StatsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn status(socket: &Path, output: OutputArgs) -> anyhow::Result<()> {
+pub(crate) fn status(socket: &Path, output: OutputArgs) -> anyhow::Result<()> {
     let s: StatusReport = client::call_as(socket, &Request::Status {})?;
     if output.json {
         return print_json(&s);
@@ -241,7 +241,7 @@ pub fn status(socket: &Path, output: OutputArgs) -> anyhow::Result<()> {
 
 /// Through the daemon when one answers on the socket and owns the pin directory asked for;
 /// otherwise straight on the pin directory (refused if another daemon holds it).
-pub fn down(socket: &Path, args: DownArgs) -> anyhow::Result<()> {
+pub(crate) fn down(socket: &Path, args: DownArgs) -> anyhow::Result<()> {
     let daemon_pins = if client::is_listening(socket) {
         let status: StatusReport = client::call_as(socket, &Request::Status {})?;
         Some(status.pin_dir)

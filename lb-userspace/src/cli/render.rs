@@ -11,7 +11,7 @@ fn table(header: &[&str]) -> Table {
     table
 }
 
-pub fn vip_table(vips: &[VipEntry]) -> Table {
+pub(crate) fn vip_table(vips: &[VipEntry]) -> Table {
     let mut t = table(&[
         "VIP",
         "PROTO",
@@ -58,7 +58,7 @@ fn short_duration(seconds: u64) -> String {
     }
 }
 
-pub fn backend_table(backends: &[BackendEntry], now: u64) -> Table {
+pub(crate) fn backend_table(backends: &[BackendEntry], now: u64) -> Table {
     let mut t = table(&[
         "VIP", "PROTO", "BACKEND", "WEIGHT", "HEALTH", "ACTIVE", "CLOSING", "PACKETS", "BYTES",
     ]);
@@ -78,7 +78,7 @@ pub fn backend_table(backends: &[BackendEntry], now: u64) -> Table {
     t
 }
 
-pub fn flow_table(list: &FlowList) -> Table {
+pub(crate) fn flow_table(list: &FlowList) -> Table {
     let mut t = table(&[
         "CLIENT",
         "VIP",
@@ -104,7 +104,7 @@ pub fn flow_table(list: &FlowList) -> Table {
 }
 
 /// `lb stats`: the non-zero counters, the conntrack summary, the VIPs and the backends.
-pub fn stats(report: &StatsReport, now: u64) -> String {
+pub(crate) fn stats(report: &StatsReport, now: u64) -> String {
     let mut t = table(&["COUNTER", "PACKETS", "BYTES"]);
     for (name, c) in report.counters.iter().filter(|(_, c)| c.packets > 0) {
         t.add_row(vec![
@@ -126,7 +126,7 @@ pub fn stats(report: &StatsReport, now: u64) -> String {
     )
 }
 
-pub fn status(s: &StatusReport) -> String {
+pub(crate) fn status(s: &StatusReport) -> String {
     let interfaces: Vec<String> = s
         .interfaces
         .iter()

@@ -138,7 +138,7 @@ fn render(rates: &Rates) -> String {
     )
 }
 
-pub fn run(socket: &Path, args: &StatsArgs) -> anyhow::Result<()> {
+pub(crate) fn run(socket: &Path, args: &StatsArgs) -> anyhow::Result<()> {
     if !args.interval.is_finite() || !(0.1..=3600.0).contains(&args.interval) {
         bail!("--interval must be between 0.1 and 3600 seconds");
     }

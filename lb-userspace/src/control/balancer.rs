@@ -120,21 +120,21 @@ fn vip_key(service: &Service) -> VipKey {
 
 /// A backend's place in the maps, as listed to operators.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BackendView {
-    pub addr: SocketAddr,
-    pub spec: BackendSpec,
-    pub id: u32,
+pub(crate) struct BackendView {
+    pub(crate) addr: SocketAddr,
+    pub(crate) spec: BackendSpec,
+    pub(crate) id: u32,
     /// The id's generation: tracked flows carry it, so they are told from flows of an
     /// earlier backend under the same id.
-    pub generation: u32,
+    pub(crate) generation: u32,
 }
 
 /// A VIP as listed to operators.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VipView {
-    pub service: Service,
-    pub id: u32,
-    pub backends: Vec<BackendView>,
+pub(crate) struct VipView {
+    pub(crate) service: Service,
+    pub(crate) id: u32,
+    pub(crate) backends: Vec<BackendView>,
 }
 
 impl<M: MapWriter> Balancer<M> {
@@ -158,7 +158,7 @@ impl<M: MapWriter> Balancer<M> {
     /// A balancer over maps a previous controller filled: reads VIPS and BACKENDS back into
     /// state and ids, so tracked flows keep the backend ids they are pinned to. Entries that
     /// do not fit together (a backend of a VIP that no longer exists) are retired.
-    pub fn adopt(maps: M, limits: Limits) -> Result<Self, BalancerError> {
+    pub(crate) fn adopt(maps: M, limits: Limits) -> Result<Self, BalancerError> {
         let mut balancer = Self::new(maps, limits);
         let mut by_id: BTreeMap<u32, Service> = BTreeMap::new();
         let mut address_entries = Vec::new();
@@ -232,7 +232,7 @@ impl<M: MapWriter> Balancer<M> {
 
     /// Removes ENDPOINTS entries that no backend in the maps has (left by a predecessor
     /// that stopped midway); run after a sync that rewrote every VIP.
-    pub fn prune_endpoints(&mut self) -> Result<(), BalancerError> {
+    pub(crate) fn prune_endpoints(&mut self) -> Result<(), BalancerError> {
         let wanted: std::collections::HashSet<EndpointKey> = self
             .slots
             .iter()
@@ -270,7 +270,7 @@ impl<M: MapWriter> Balancer<M> {
     }
 
     /// Applies several changes as one: all are validated before any map is touched.
-    pub fn apply_all(&mut self, changes: &[Change]) -> Result<(), BalancerError> {
+    pub(crate) fn apply_all(&mut self, changes: &[Change]) -> Result<(), BalancerError> {
         let mut next = self.desired.clone();
         for change in changes {
             next.apply(change)?;
@@ -350,7 +350,7 @@ impl<M: MapWriter> Balancer<M> {
     /// Makes `target` the desired state and the maps hold it (with health applied). On a
     /// map error the maps hold a mix of the two states, each step consistent on its own,
     /// and the desired state stays as it was; the next sync completes the rest.
-    pub fn sync(&mut self, target: &State) -> Result<(), BalancerError> {
+    pub(crate) fn sync(&mut self, target: &State) -> Result<(), BalancerError> {
         self.check_capacity(target)?;
         let effective = self.effective(target);
         self.sync_applied(&effective)?;
@@ -675,7 +675,7 @@ impl<M: MapWriter> Balancer<M> {
     }
 
     /// Every VIP with its map ids, for listing.
-    pub fn view(&self) -> Vec<VipView> {
+    pub(crate) fn view(&self) -> Vec<VipView> {
         self.desired
             .vips
             .iter()
@@ -702,7 +702,7 @@ impl<M: MapWriter> Balancer<M> {
             .collect()
     }
 
-    pub fn limits(&self) -> &Limits {
+    pub(crate) fn limits(&self) -> &Limits {
         &self.limits
     }
 
@@ -723,7 +723,7 @@ impl Balancer<ServiceMaps> {
     }
 
     /// Stops redirects to interfaces not in `keep` (left over from an earlier run).
-    pub fn retain_tx_ports(&mut self, keep: &[u32]) -> Result<(), aya::maps::MapError> {
+    pub(crate) fn retain_tx_ports(&mut self, keep: &[u32]) -> Result<(), aya::maps::MapError> {
         self.maps.retain_tx_ports(keep)
     }
 }

@@ -12,16 +12,16 @@ use tokio::{
 
 use crate::{control::probe::probe, model::check::CheckSpec, model::health::HealthKey};
 
-pub type ProbeResult = (HealthKey, Result<(), String>);
+pub(crate) type ProbeResult = (HealthKey, Result<(), String>);
 
-pub struct Checker {
+pub(crate) struct Checker {
     runtime: Handle,
     results: UnboundedSender<ProbeResult>,
     tasks: BTreeMap<HealthKey, (CheckSpec, JoinHandle<()>)>,
 }
 
 impl Checker {
-    pub fn new(runtime: Handle, results: UnboundedSender<ProbeResult>) -> Self {
+    pub(crate) fn new(runtime: Handle, results: UnboundedSender<ProbeResult>) -> Self {
         Self {
             runtime,
             results,
@@ -30,7 +30,7 @@ impl Checker {
     }
 
     /// Runs exactly the `wanted` probes: stops the others, restarts changed ones.
-    pub fn reconcile(&mut self, wanted: &[(HealthKey, CheckSpec)]) {
+    pub(crate) fn reconcile(&mut self, wanted: &[(HealthKey, CheckSpec)]) {
         self.tasks.retain(|key, (spec, task)| {
             let keep = wanted.iter().any(|(k, s)| k == key && s == spec);
             if !keep {

@@ -15,7 +15,7 @@ use crate::model::check::{CheckSpec, Probe, status_range};
 const MAX_ANSWER: usize = 4096;
 
 /// `Ok` if the backend passed; otherwise why not, in a few words.
-pub async fn probe(spec: &CheckSpec, backend: SocketAddr) -> Result<(), String> {
+pub(crate) async fn probe(spec: &CheckSpec, backend: SocketAddr) -> Result<(), String> {
     match timeout(spec.timeout, run(spec, backend)).await {
         Ok(result) => result,
         Err(_) => Err(format!("no answer within {:?}", spec.timeout)),

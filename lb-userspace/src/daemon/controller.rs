@@ -31,7 +31,7 @@ use crate::{
 use lb_common::flow::Timeouts;
 
 /// The daemon's datapath and everything needed to report on it.
-pub struct Controller {
+pub(crate) struct Controller {
     pub(super) balancer: Balancer,
     pub(super) stats: StatsMap,
     pub(super) state_file: PathBuf,
@@ -89,7 +89,7 @@ impl From<BalancerError> for ApiError {
 }
 
 impl Controller {
-    pub fn handle(&mut self, request: Request) -> Response {
+    pub(crate) fn handle(&mut self, request: Request) -> Response {
         if self.pins.is_none() {
             return Response::failure(ApiError::new(
                 ErrorCode::ShuttingDown,
@@ -217,7 +217,7 @@ impl Controller {
     }
 
     /// Makes the health book and the probes match the VIPs' checks.
-    pub fn refresh_health(&mut self) {
+    pub(crate) fn refresh_health(&mut self) {
         let mut checked = Vec::new();
         let mut unchecked = Vec::new();
         let mut probes = Vec::new();
@@ -246,7 +246,7 @@ impl Controller {
     }
 
     /// Counts one probe result; a backend that rises or falls enters or leaves its table.
-    pub fn on_probe(&mut self, key: HealthKey, result: Result<(), String>) {
+    pub(crate) fn on_probe(&mut self, key: HealthKey, result: Result<(), String>) {
         let Some(check) = self
             .balancer
             .state()
@@ -320,7 +320,7 @@ impl Controller {
     /// Detaches from every interface and removes the pins; the daemon exits next. If the
     /// pins cannot all be removed the daemon keeps running (the datapath still forwards
     /// through what is left) and says why.
-    pub fn down(&mut self) -> Result<DownReport, ApiError> {
+    pub(crate) fn down(&mut self) -> Result<DownReport, ApiError> {
         let Some(pins) = self.pins.as_mut() else {
             return Err(ApiError::new(ErrorCode::ShuttingDown, "already down"));
         };

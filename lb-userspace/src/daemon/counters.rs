@@ -9,7 +9,7 @@ use crate::datapath::stats::Snapshot;
 
 /// A table of the non-zero counters, with rates over `elapsed` when a previous snapshot is
 /// given. Columns: name, packets, bytes, packets per second; as wide as the longest cell.
-pub fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) -> String {
+pub(crate) fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) -> String {
     let mut table = Table::new();
     table
         .load_preset(NOTHING)

@@ -24,7 +24,7 @@ use crate::{
 
 /// Flows picked by VIP, protocol and backend; each part is optional.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Filter {
+pub(crate) struct Filter {
     vip: Option<(Addr, u8, u16)>,
     proto: Option<u8>,
     /// (backend id, generation) of every backend the operator named.
@@ -35,7 +35,7 @@ impl Filter {
     /// Resolves the operator's arguments against the VIPs and backends there are. A VIP or
     /// backend that does not exist is refused, so a typo never lists or flushes nothing
     /// silently (or, worse, something else).
-    pub fn resolve(
+    pub(crate) fn resolve(
         view: &[VipView],
         vip: Option<SocketAddr>,
         proto: Option<Proto>,
@@ -86,7 +86,7 @@ impl Filter {
         })
     }
 
-    pub fn matches(&self, key: &FlowKey, conn: &Conn) -> bool {
+    pub(crate) fn matches(&self, key: &FlowKey, conn: &Conn) -> bool {
         self.vip.is_none_or(|(addr, family, port)| {
             key.dst == addr && key.family == family && key.dst_port == port
         }) && self.proto.is_none_or(|p| key.proto == p)
@@ -98,7 +98,7 @@ impl Filter {
 }
 
 /// The name a `CT_*` state is shown with.
-pub fn state_name(state: u8) -> &'static str {
+pub(crate) fn state_name(state: u8) -> &'static str {
     match state {
         CT_OPENING => "opening",
         CT_ESTABLISHED => "established",
@@ -121,7 +121,7 @@ fn socket(addr: &Addr, family: u8, port: u16) -> Option<SocketAddr> {
 /// One flow as listed at `now_ns`; `backends` maps (id, generation) to the backend's
 /// address (a flow whose backend is gone shows none). `None` for an entry the datapath
 /// cannot have written (unknown family or protocol).
-pub fn entry(
+pub(crate) fn entry(
     key: &FlowKey,
     conn: &Conn,
     now_ns: u64,

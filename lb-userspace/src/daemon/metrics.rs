@@ -15,16 +15,16 @@ use prometheus_client::{
 
 /// Everything one scrape reports, read under the controller's lock.
 #[derive(Debug, Default)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Global counters by name, with their kind.
-    pub counters: Vec<(&'static str, StatKind, CounterEntry)>,
-    pub vips: Vec<VipEntry>,
-    pub backends: Vec<BackendEntry>,
-    pub conntrack: ConntrackReport,
+    pub(crate) counters: Vec<(&'static str, StatKind, CounterEntry)>,
+    pub(crate) vips: Vec<VipEntry>,
+    pub(crate) backends: Vec<BackendEntry>,
+    pub(crate) conntrack: ConntrackReport,
 }
 
 impl Snapshot {
-    pub fn counters_from(
+    pub(crate) fn counters_from(
         read: impl Fn(Stat) -> CounterEntry,
     ) -> Vec<(&'static str, StatKind, CounterEntry)> {
         Stat::ALL
@@ -207,7 +207,7 @@ impl Collector for Snapshot {
 }
 
 /// The exposition text for one snapshot.
-pub fn render(snapshot: Snapshot) -> Result<String, std::fmt::Error> {
+pub(crate) fn render(snapshot: Snapshot) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(snapshot));
     let mut text = String::new();

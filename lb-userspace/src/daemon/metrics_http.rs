@@ -22,13 +22,13 @@ use crate::daemon::{controller::Controller, metrics::render};
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Binds early, so a taken address fails before anything is loaded.
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+pub(crate) async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot serve metrics on {addr} (--metrics)"))
 }
 
-pub async fn serve(listener: TcpListener, controller: Arc<Mutex<Controller>>) {
+pub(crate) async fn serve(listener: TcpListener, controller: Arc<Mutex<Controller>>) {
     let app = Router::new()
         .route("/metrics", get(scrape))
         .with_state(controller);

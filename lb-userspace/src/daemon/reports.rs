@@ -183,7 +183,7 @@ impl Controller {
     }
 
     /// What a metrics scrape reports.
-    pub fn metrics(&self) -> Result<metrics::Snapshot, ApiError> {
+    pub(crate) fn metrics(&self) -> Result<metrics::Snapshot, ApiError> {
         let snapshot = self.stats.read().map_err(datapath_error)?;
         let counters = metrics::Snapshot::counters_from(|stat| {
             let c = snapshot.get(stat);

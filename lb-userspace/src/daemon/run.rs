@@ -45,28 +45,28 @@ use crate::{
 
 /// What `lb run` was asked to do; the CLI builds it from its flags.
 #[derive(Clone, Debug)]
-pub struct RunConfig {
-    pub ifaces: Vec<String>,
-    pub xdp_mode: AttachMode,
+pub(crate) struct RunConfig {
+    pub(crate) ifaces: Vec<String>,
+    pub(crate) xdp_mode: AttachMode,
     /// Declared state that replaces the saved one.
-    pub config: Option<PathBuf>,
-    pub state: PathBuf,
-    pub pin_dir: PathBuf,
+    pub(crate) config: Option<PathBuf>,
+    pub(crate) state: PathBuf,
+    pub(crate) pin_dir: PathBuf,
     /// Sizes asked for; `None` takes the pinned datapath's, else the default.
-    pub table_size: Option<u32>,
-    pub conntrack_size: Option<u32>,
-    pub metrics: Option<SocketAddr>,
-    pub log_datapath: bool,
-    pub options: Options,
-    pub sweep_interval: Duration,
+    pub(crate) table_size: Option<u32>,
+    pub(crate) conntrack_size: Option<u32>,
+    pub(crate) metrics: Option<SocketAddr>,
+    pub(crate) log_datapath: bool,
+    pub(crate) options: Options,
+    pub(crate) sweep_interval: Duration,
     /// Counter reports on stdout; `None` prints only at exit.
-    pub stats_interval: Option<Duration>,
-    pub bpf_object: Option<PathBuf>,
+    pub(crate) stats_interval: Option<Duration>,
+    pub(crate) bpf_object: Option<PathBuf>,
 }
 
 impl RunConfig {
     /// The sizes to create maps with when nothing is pinned yet.
-    pub fn limits(&self) -> Limits {
+    pub(crate) fn limits(&self) -> Limits {
         let defaults = Limits::default();
         Limits {
             maglev_size: self.table_size.unwrap_or(defaults.maglev_size),
@@ -76,7 +76,7 @@ impl RunConfig {
     }
 }
 
-pub async fn run(args: RunConfig, api_flag: Option<&Path>) -> anyhow::Result<()> {
+pub(crate) async fn run(args: RunConfig, api_flag: Option<&Path>) -> anyhow::Result<()> {
     privileges::check()?;
     // Handlers first: a signal that arrives while starting must not kill the daemon midway.
     let signals = Signals::install()?;

@@ -26,8 +26,8 @@ use crate::{
 };
 
 /// The bound API socket; removed again on drop (if it is still ours).
-pub struct ApiSocket {
-    pub listener: UnixListener,
+pub(crate) struct ApiSocket {
+    pub(crate) listener: UnixListener,
     path: PathBuf,
     inode: u64,
 }
@@ -59,7 +59,7 @@ fn check_directory(dir: &Path, euid: u32) -> anyhow::Result<()> {
 /// Binds `path` with mode 0600. An existing path is replaced only if it is a stale socket
 /// owned by us; a live daemon, a foreign owner or a non-socket file is refused, and so is a
 /// directory where others could swap the socket.
-pub fn bind(path: &Path) -> anyhow::Result<ApiSocket> {
+pub(crate) fn bind(path: &Path) -> anyhow::Result<ApiSocket> {
     let euid = rustix::process::geteuid().as_raw();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
@@ -116,7 +116,7 @@ pub fn bind(path: &Path) -> anyhow::Result<ApiSocket> {
 }
 
 impl ApiSocket {
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 }
@@ -131,7 +131,7 @@ impl Drop for ApiSocket {
 
 /// Accepts connections until `stop` turns true. A `down` request sets `down` after it is
 /// answered.
-pub async fn serve(
+pub(crate) async fn serve(
     socket: &ApiSocket,
     controller: Arc<Mutex<Controller>>,
     down: watch::Sender<bool>,

@@ -15,7 +15,7 @@ use lb_common::{
 
 /// What an address is, for its bucket's bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Kind {
+pub(crate) enum Kind {
     Vip,
     Backend,
 }
@@ -32,7 +32,7 @@ impl Kind {
 /// Which addresses are present, and the bits of each bucket they fall in (pure: the map
 /// writes are the caller's).
 #[derive(Default)]
-pub struct Buckets {
+pub(crate) struct Buckets {
     present: BTreeSet<(Kind, u8, Addr)>,
     /// Per bucket, how many present addresses of each kind fall in it.
     counts: BTreeMap<u32, [u32; 2]>,
@@ -40,7 +40,7 @@ pub struct Buckets {
 
 impl Buckets {
     /// Records `addr`; returns the bucket and its new bits if they changed.
-    pub fn add(&mut self, kind: Kind, addr: &Addr, family: u8) -> Option<(u32, u32)> {
+    pub(crate) fn add(&mut self, kind: Kind, addr: &Addr, family: u8) -> Option<(u32, u32)> {
         if !self.present.insert((kind, family, *addr)) {
             return None;
         }
@@ -51,7 +51,7 @@ impl Buckets {
     }
 
     /// Forgets `addr`; returns the bucket and its new bits if they changed.
-    pub fn remove(&mut self, kind: Kind, addr: &Addr, family: u8) -> Option<(u32, u32)> {
+    pub(crate) fn remove(&mut self, kind: Kind, addr: &Addr, family: u8) -> Option<(u32, u32)> {
         if !self.present.remove(&(kind, family, *addr)) {
             return None;
         }
@@ -66,7 +66,7 @@ impl Buckets {
     }
 
     /// The `ADDRESS_*` bits of `bucket`.
-    pub fn bits(&self, bucket: u32) -> u32 {
+    pub(crate) fn bits(&self, bucket: u32) -> u32 {
         let count = self.counts.get(&bucket).copied().unwrap_or_default();
         [Kind::Vip, Kind::Backend]
             .into_iter()
@@ -76,13 +76,13 @@ impl Buckets {
 }
 
 /// The ADDRESSES map and what is in it.
-pub struct AddressClasses {
+pub(crate) struct AddressClasses {
     map: Array<MapData, u32>,
     buckets: Buckets,
 }
 
 impl AddressClasses {
-    pub fn new(map: Array<MapData, u32>) -> Self {
+    pub(crate) fn new(map: Array<MapData, u32>) -> Self {
         Self {
             map,
             buckets: Buckets::default(),
@@ -90,7 +90,7 @@ impl AddressClasses {
     }
 
     /// Call before the address's entry is added to its map.
-    pub fn add(&mut self, kind: Kind, addr: &Addr, family: u8) -> Result<(), MapError> {
+    pub(crate) fn add(&mut self, kind: Kind, addr: &Addr, family: u8) -> Result<(), MapError> {
         let Some((bucket, bits)) = self.buckets.add(kind, addr, family) else {
             return Ok(());
         };
@@ -103,7 +103,7 @@ impl AddressClasses {
     }
 
     /// Call after the address's entry is removed from its map.
-    pub fn remove(&mut self, kind: Kind, addr: &Addr, family: u8) -> Result<(), MapError> {
+    pub(crate) fn remove(&mut self, kind: Kind, addr: &Addr, family: u8) -> Result<(), MapError> {
         match self.buckets.remove(kind, addr, family) {
             Some((bucket, bits)) => self.map.set(bucket, bits, 0),
             None => Ok(()),

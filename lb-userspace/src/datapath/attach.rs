@@ -16,14 +16,14 @@ use crate::model::error_chain::error_chain;
 
 /// How to attach: native (driver), skb (generic), or native else skb with a warning.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttachMode {
+pub(crate) enum AttachMode {
     Auto,
     Native,
     Skb,
 }
 
 #[derive(Debug, Error)]
-pub enum AttachError {
+pub(crate) enum AttachError {
     #[error("unknown interface `{0}` (list interfaces with `ip link`)")]
     UnknownInterface(String),
     #[error(
@@ -50,13 +50,13 @@ pub enum AttachError {
 
 /// An interface resolved to its index, as named by the operator.
 #[derive(Clone, Debug)]
-pub struct Interface {
-    pub name: String,
-    pub index: u32,
+pub(crate) struct Interface {
+    pub(crate) name: String,
+    pub(crate) index: u32,
 }
 
 impl Interface {
-    pub fn resolve(name: &str) -> Result<Self, AttachError> {
+    pub(crate) fn resolve(name: &str) -> Result<Self, AttachError> {
         let unknown = || AttachError::UnknownInterface(name.to_owned());
         // SIOCGIFINDEX needs a socket, any socket.
         let socket = socket(AddressFamily::INET, SocketType::DGRAM, None).map_err(|_| unknown())?;
@@ -70,13 +70,12 @@ impl Interface {
 
 /// Where the program ended up attached, for logs and detaching.
 #[derive(Debug)]
-pub struct Attachment {
-    pub iface: Interface,
-    pub mode: &'static str,
-    pub link: XdpLinkId,
+pub(crate) struct Attachment {
+    pub(crate) mode: &'static str,
+    pub(crate) link: XdpLinkId,
 }
 
-pub fn attach(
+pub(crate) fn attach(
     program: &mut Xdp,
     iface: &Interface,
     mode: AttachMode,
@@ -85,7 +84,6 @@ pub fn attach(
         program
             .attach_to_if_index(iface.index, xdp_mode)
             .map(|link| Attachment {
-                iface: iface.clone(),
                 mode: mode_name,
                 link,
             })
@@ -111,17 +109,17 @@ pub fn attach(
 /// An interface the datapath runs on, and the pinned link that keeps it there after the
 /// daemon exits. Dropping this closes the daemon's handle only; the pin keeps forwarding.
 #[derive(Debug)]
-pub struct PinnedAttachment {
-    pub iface: Interface,
+pub(crate) struct PinnedAttachment {
+    pub(crate) iface: Interface,
     /// `native`, `skb`, or `adopted` for a link an earlier run pinned (its mode unchanged).
-    pub mode: &'static str,
+    pub(crate) mode: &'static str,
     _link: FdLink,
 }
 
 /// Runs `program` on `iface` through a link pinned in `pins`. A link an earlier run pinned
 /// is adopted: the new program replaces the old one in a single atomic update, so no packet
 /// misses the datapath. Otherwise the program is attached and the new link pinned.
-pub fn attach_pinned(
+pub(crate) fn attach_pinned(
     program: &mut Xdp,
     iface: &Interface,
     mode: AttachMode,

@@ -40,7 +40,7 @@ const ENOTSUPP: i32 = 524;
 
 /// Entries asked for per lookup call: 4,096 keys and values stay well inside a few pages
 /// of memory each, and a million-entry map takes ~256 calls.
-pub const LOOKUP_CHUNK: usize = 4096;
+pub(crate) const LOOKUP_CHUNK: usize = 4096;
 
 /// One `bpf(2)` call with `attr`.
 ///
@@ -65,7 +65,7 @@ unsafe fn bpf<A>(command: libc::c_long, attr: &mut A) -> io::Result<()> {
 }
 
 /// Whether an error means the kernel lacks the command (not that it failed).
-pub fn unsupported(error: &io::Error) -> bool {
+pub(crate) fn unsupported(error: &io::Error) -> bool {
     matches!(
         error.raw_os_error(),
         Some(libc::EINVAL | libc::EOPNOTSUPP | ENOTSUPP)
@@ -76,7 +76,7 @@ pub fn unsupported(error: &io::Error) -> bool {
 /// (which may stop the walk by returning false). At most `max_calls` calls; returns how
 /// many were made. Entries deleted from buckets already walked do not disturb the walk
 /// (the resume token is a bucket index).
-pub fn walk_hash<K: Pod + Default, V: Pod + Default>(
+pub(crate) fn walk_hash<K: Pod + Default, V: Pod + Default>(
     map: BorrowedFd<'_>,
     max_calls: u64,
     mut visit: impl FnMut(&[K], &[V]) -> bool,
@@ -114,7 +114,11 @@ pub fn walk_hash<K: Pod + Default, V: Pod + Default>(
 }
 
 /// Updates `keys[i]` to `values[i]` for every i in one syscall.
-pub fn update<K: Pod, V: Pod>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<()> {
+pub(crate) fn update<K: Pod, V: Pod>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> io::Result<()> {
     let mut attr = BatchAttr {
         keys: keys.as_ptr() as u64,
         values: values.as_ptr() as u64,
@@ -137,18 +141,18 @@ pub fn update<K: Pod, V: Pod>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> 
 
 /// What a batch delete did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Deleted {
-    pub deleted: u64,
+pub(crate) struct Deleted {
+    pub(crate) deleted: u64,
     /// Keys that were gone already (the LRU or another deleter took them meanwhile).
-    pub missing: u64,
-    pub syscalls: u64,
+    pub(crate) missing: u64,
+    pub(crate) syscalls: u64,
 }
 
 /// Deletes `keys` with `BPF_MAP_DELETE_BATCH`. The kernel stops at the first key it cannot
 /// delete and says how many it did: a key that vanished meanwhile (ENOENT) is skipped and
 /// the rest retried, so at most `keys.len() + 1` calls. Kernels without batch deletes get
 /// one `BPF_MAP_DELETE_ELEM` per key.
-pub fn delete<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<Deleted> {
+pub(crate) fn delete<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<Deleted> {
     let mut outcome = Deleted::default();
     let mut rest = keys;
     while !rest.is_empty() {

@@ -33,7 +33,7 @@ pub enum ConntrackError {
 }
 
 /// The datapath's clock: `bpf_ktime_get_coarse_ns` is CLOCK_MONOTONIC_COARSE.
-pub fn monotonic_coarse_ns() -> u64 {
+pub(crate) fn monotonic_coarse_ns() -> u64 {
     let now = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
     (now.tv_sec as u64)
         .saturating_mul(1_000_000_000)
@@ -47,7 +47,7 @@ pub struct Pass {
     pub seen: u64,
     pub deleted: u64,
     /// Entries chosen for deletion that were gone already (evicted meanwhile).
-    pub missing: u64,
+    pub(crate) missing: u64,
     pub syscalls: u64,
 }
 
@@ -58,20 +58,8 @@ pub struct ConntrackTable {
 }
 
 impl ConntrackTable {
-    pub fn new(fd: OwnedFd, capacity: u32) -> Self {
+    pub(crate) fn new(fd: OwnedFd, capacity: u32) -> Self {
         Self { fd, capacity }
-    }
-
-    /// Another handle on the same map.
-    pub fn try_clone(&self) -> io::Result<Self> {
-        Ok(Self {
-            fd: self.fd.try_clone()?,
-            capacity: self.capacity,
-        })
-    }
-
-    pub fn capacity(&self) -> u32 {
-        self.capacity
     }
 
     /// A hash map has `capacity` rounded up to a power of two buckets and a lookup call
@@ -83,7 +71,7 @@ impl ConntrackTable {
     /// Walks every entry; those `doomed` picks are deleted chunk by chunk as the walk goes
     /// (4,096 entries per lookup, one delete call per chunk), so memory stays bounded
     /// whatever the table's size.
-    pub fn walk(
+    pub(crate) fn walk(
         &self,
         mut doomed: impl FnMut(&FlowKey, &Conn) -> bool,
     ) -> Result<Pass, ConntrackError> {
@@ -131,30 +119,30 @@ impl ConntrackTable {
 
 /// Tracked flows of one backend, as ipvsadm counts them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Conns {
+pub(crate) struct Conns {
     /// Opening, established and UDP flows (ipvsadm's ActiveConn).
-    pub active: u64,
+    pub(crate) active: u64,
     /// Closing and closed TCP flows (InActConn).
-    pub closing: u64,
+    pub(crate) closing: u64,
 }
 
 /// What one sweep found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Census {
     /// Entries left in the table after the sweep.
-    pub entries: u64,
+    pub(crate) entries: u64,
     /// Flows by the (backend id, generation) they are pinned to.
-    pub by_backend: HashMap<(u32, u32), Conns>,
+    pub(crate) by_backend: HashMap<(u32, u32), Conns>,
     /// Entries walked, deleted and found gone by this sweep.
     pub pass: Pass,
     /// The `ct_created` counter read just before the walk.
-    pub created_before: u64,
+    pub(crate) created_before: u64,
     pub took: Duration,
 }
 
 impl Census {
     /// Counts one entry that stays.
-    pub fn count(&mut self, conn: &Conn) {
+    pub(crate) fn count(&mut self, conn: &Conn) {
         let conns = self
             .by_backend
             .entry((conn.backend_id, conn.generation))
@@ -214,7 +202,7 @@ impl Sweeper {
 
 /// The latest census and the running totals the controller reports.
 #[derive(Clone, Debug)]
-pub struct ConntrackBook {
+pub(crate) struct ConntrackBook {
     census: Census,
     /// Entries deleted by userspace (sweeps and flushes) since this daemon started.
     deleted: u64,
@@ -227,7 +215,7 @@ pub struct ConntrackBook {
 
 impl ConntrackBook {
     /// Starts from the first sweep.
-    pub fn new(first: Census) -> Self {
+    pub(crate) fn new(first: Census) -> Self {
         let baseline = first.created_before.saturating_sub(first.pass.seen);
         let mut book = Self {
             census: Census::default(),
@@ -239,7 +227,7 @@ impl ConntrackBook {
         book
     }
 
-    pub fn record_sweep(&mut self, census: Census) {
+    pub(crate) fn record_sweep(&mut self, census: Census) {
         self.deleted = self.deleted.saturating_add(census.pass.deleted);
         let evicted = evictions(
             census.created_before,
@@ -251,24 +239,24 @@ impl ConntrackBook {
         self.census = census;
     }
 
-    pub fn record_flush(&mut self, deleted: u64) {
+    pub(crate) fn record_flush(&mut self, deleted: u64) {
         self.deleted = self.deleted.saturating_add(deleted);
     }
 
-    pub fn census(&self) -> &Census {
+    pub(crate) fn census(&self) -> &Census {
         &self.census
     }
 
-    pub fn deleted(&self) -> u64 {
+    pub(crate) fn deleted(&self) -> u64 {
         self.deleted
     }
 
-    pub fn evicted(&self) -> u64 {
+    pub(crate) fn evicted(&self) -> u64 {
         self.evicted
     }
 
     /// The flows pinned to this backend id under this generation.
-    pub fn conns(&self, backend_id: u32, generation: u32) -> Conns {
+    pub(crate) fn conns(&self, backend_id: u32, generation: u32) -> Conns {
         self.census
             .by_backend
             .get(&(backend_id, generation))

@@ -12,20 +12,20 @@ use lb_common::consts::MAP_UNATTACHED;
 
 use crate::datapath::maps;
 
-pub struct EgressWatch {
+pub(crate) struct EgressWatch {
     map: HashMap<MapData, u32, u32>,
     warned: BTreeSet<u32>,
 }
 
 /// An unattached egress interface, by index and (if it still exists) name.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Unattached {
-    pub ifindex: u32,
-    pub name: String,
+pub(crate) struct Unattached {
+    pub(crate) ifindex: u32,
+    pub(crate) name: String,
 }
 
 impl EgressWatch {
-    pub fn take(ebpf: &mut Ebpf) -> Result<Self, MapError> {
+    pub(crate) fn take(ebpf: &mut Ebpf) -> Result<Self, MapError> {
         Ok(Self {
             map: HashMap::try_from(maps::take(ebpf, MAP_UNATTACHED)?)?,
             warned: BTreeSet::new(),
@@ -33,7 +33,7 @@ impl EgressWatch {
     }
 
     /// Interfaces recorded since the last call that were not reported yet.
-    pub fn poll(&mut self) -> Result<Vec<Unattached>, MapError> {
+    pub(crate) fn poll(&mut self) -> Result<Vec<Unattached>, MapError> {
         let mut fresh = Vec::new();
         // The map holds at most 64 entries: a plain key walk is cheap.
         for ifindex in self.map.keys() {
@@ -50,7 +50,7 @@ impl EgressWatch {
 }
 
 /// The name of interface `ifindex`, if it exists.
-pub fn interface_name(ifindex: u32) -> Option<String> {
+pub(crate) fn interface_name(ifindex: u32) -> Option<String> {
     use rustix::net::{AddressFamily, SocketType, netdevice::index_to_name, socket};
     // SIOCGIFNAME needs a socket, any socket.
     let socket = socket(AddressFamily::INET, SocketType::DGRAM, None).ok()?;

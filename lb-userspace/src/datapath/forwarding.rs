@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
+pub(crate) enum Family {
     V4,
     V6,
 }
@@ -22,7 +22,7 @@ impl Family {
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum ForwardingError {
+pub(crate) enum ForwardingError {
     #[error(
         "{family} forwarding is off on {iface}: bpf_fib_lookup refuses to forward packets that \
          arrive there, so lb would drop them; turn it on with `sysctl -w {sysctl}=1`"
@@ -38,7 +38,7 @@ pub enum ForwardingError {
 
 /// The sysctl name of an interface's forwarding switch. A dot in an interface name (a VLAN,
 /// `eth0.100`) is written `/` in sysctl names.
-pub fn sysctl_name(iface: &str, family: Family) -> String {
+pub(crate) fn sysctl_name(iface: &str, family: Family) -> String {
     format!(
         "net.{}.conf.{}.forwarding",
         family.sysctl_dir(),
@@ -47,7 +47,7 @@ pub fn sysctl_name(iface: &str, family: Family) -> String {
 }
 
 /// Refuses the first interface on which `family` forwarding is off.
-pub fn check<'a>(
+pub(crate) fn check<'a>(
     ifaces: impl IntoIterator<Item = &'a str>,
     family: Family,
 ) -> Result<(), ForwardingError> {

@@ -106,7 +106,7 @@ pub fn install_tail_calls(ebpf: &mut Ebpf) -> Result<(), TailCallError> {
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones ignore it.
-pub fn raise_memlock_limit() -> rustix::io::Result<()> {
+pub(crate) fn raise_memlock_limit() -> rustix::io::Result<()> {
     use rustix::process::{Resource, Rlimit, setrlimit};
     setrlimit(
         Resource::Memlock,

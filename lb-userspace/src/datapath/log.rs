@@ -6,7 +6,7 @@ use thiserror::Error;
 use tokio::io::{Interest, unix::AsyncFd};
 
 #[derive(Debug, Error)]
-pub enum LogError {
+pub(crate) enum LogError {
     #[error("opening the datapath log")]
     Open(#[from] aya_log::Error),
     #[error("watching the datapath log")]
@@ -15,7 +15,9 @@ pub enum LogError {
 
 /// Opens the datapath's log ring and registers it with the running tokio reactor; flush
 /// the logger each time it is readable.
-pub fn watch(ebpf: &mut Ebpf) -> Result<AsyncFd<EbpfLogger<&'static dyn log::Log>>, LogError> {
+pub(crate) fn watch(
+    ebpf: &mut Ebpf,
+) -> Result<AsyncFd<EbpfLogger<&'static dyn log::Log>>, LogError> {
     let logger = EbpfLogger::init(ebpf)?;
     // SAFETY: the logger owns its ring buffer's fd, which stays open and the same for as
     // long as the AsyncFd (which owns the logger) lives.

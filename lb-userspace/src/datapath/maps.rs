@@ -42,14 +42,14 @@ pub struct ServiceMaps {
     addresses: AddressClasses,
 }
 
-pub fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, MapError> {
+pub(crate) fn take(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, MapError> {
     ebpf.take_map(name).ok_or_else(|| MapError::InvalidName {
         name: name.to_owned(),
     })
 }
 
 /// Whether an error says the key was not in the map.
-pub fn missing(error: &MapError) -> bool {
+pub(crate) fn missing(error: &MapError) -> bool {
     match error {
         MapError::KeyNotFound => true,
         MapError::SyscallError(error) => error.io_error.raw_os_error() == Some(libc::ENOENT),
@@ -101,14 +101,14 @@ impl ServiceMaps {
         Ok(maps)
     }
 
-    pub fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), MapError> {
+    pub(crate) fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), MapError> {
         if key.port == 0 && key.proto == 0 {
             self.addresses.add(Kind::Vip, &key.addr, key.family)?;
         }
         self.vips.insert(key, info, 0)
     }
 
-    pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), MapError> {
+    pub(crate) fn remove_vip(&mut self, key: &VipKey) -> Result<(), MapError> {
         let removed = self.vips.remove(key);
         if key.port == 0 && key.proto == 0 && absent(&removed) {
             self.addresses.remove(Kind::Vip, &key.addr, key.family)?;
@@ -117,22 +117,26 @@ impl ServiceMaps {
     }
 
     /// Every VIPS entry (service entries and per-address entries).
-    pub fn vips(&self) -> Result<Vec<(VipKey, VipInfo)>, MapError> {
+    pub(crate) fn vips(&self) -> Result<Vec<(VipKey, VipInfo)>, MapError> {
         self.vips.iter().collect()
     }
 
-    pub fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapError> {
+    pub(crate) fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), MapError> {
         self.backends.set(id, backend, 0)
     }
 
-    pub fn set_endpoint(&mut self, key: &EndpointKey, value: &Endpoint) -> Result<(), MapError> {
+    pub(crate) fn set_endpoint(
+        &mut self,
+        key: &EndpointKey,
+        value: &Endpoint,
+    ) -> Result<(), MapError> {
         if key.port == 0 && key.proto == 0 {
             self.addresses.add(Kind::Backend, &key.addr, key.family)?;
         }
         self.endpoints.insert(key, value, 0)
     }
 
-    pub fn remove_endpoint(&mut self, key: &EndpointKey) -> Result<(), MapError> {
+    pub(crate) fn remove_endpoint(&mut self, key: &EndpointKey) -> Result<(), MapError> {
         let removed = self.endpoints.remove(key);
         if key.port == 0 && key.proto == 0 && absent(&removed) {
             self.addresses
@@ -142,12 +146,12 @@ impl ServiceMaps {
     }
 
     /// Every ENDPOINTS key.
-    pub fn endpoint_keys(&self) -> Result<Vec<EndpointKey>, MapError> {
+    pub(crate) fn endpoint_keys(&self) -> Result<Vec<EndpointKey>, MapError> {
         self.endpoints.keys().collect()
     }
 
     /// Every BACKENDS slot, used or not, by id.
-    pub fn backends(&self) -> Result<Vec<(u32, Backend)>, MapError> {
+    pub(crate) fn backends(&self) -> Result<Vec<(u32, Backend)>, MapError> {
         (0..MAX_BACKENDS)
             .map(|id| Ok((id, self.backends.get(&id, 0)?)))
             .collect()
@@ -156,7 +160,12 @@ impl ServiceMaps {
     /// Writes one of a VIP's two tables; it is live only after the VIP entry points to it.
     /// One `BPF_MAP_UPDATE_BATCH` call for the whole table (65,537 single updates took
     /// ~70 ms); kernels without batch updates for arrays get one update per slot.
-    pub fn write_table(&mut self, vip_id: u32, table: u8, slots: &[u32]) -> Result<(), MapError> {
+    pub(crate) fn write_table(
+        &mut self,
+        vip_id: u32,
+        table: u8,
+        slots: &[u32],
+    ) -> Result<(), MapError> {
         let base = (vip_id * 2 + u32::from(table & 1)) * self.maglev_size;
         let keys: Vec<u32> = (base..base + slots.len() as u32).collect();
         if let aya::maps::Map::Array(data) = &self.maglev {
@@ -173,12 +182,12 @@ impl ServiceMaps {
     }
 
     /// Lets XDP_REDIRECT send packets out of `ifindex`.
-    pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), aya::maps::xdp::XdpMapError> {
+    pub(crate) fn add_tx_port(&mut self, ifindex: u32) -> Result<(), aya::maps::xdp::XdpMapError> {
         self.tx_ports.insert(ifindex, ifindex, None, 0)
     }
 
     /// Removes every redirect target not in `keep`.
-    pub fn retain_tx_ports(&mut self, keep: &[u32]) -> Result<(), MapError> {
+    pub(crate) fn retain_tx_ports(&mut self, keep: &[u32]) -> Result<(), MapError> {
         let stale: Vec<u32> = self
             .tx_ports
             .keys()
@@ -250,7 +259,7 @@ impl ServiceMaps {
     }
 
     /// A VIP's counters summed over CPUs.
-    pub fn vip_counter(&self, vip_id: u32) -> Result<VipCounter, MapError> {
+    pub(crate) fn vip_counter(&self, vip_id: u32) -> Result<VipCounter, MapError> {
         let per_cpu = self.vip_stats.get(&vip_id, 0)?;
         Ok(per_cpu.iter().fold(VipCounter::default(), |mut sum, c| {
             sum.packets += c.packets;
@@ -261,7 +270,7 @@ impl ServiceMaps {
     }
 
     /// A backend's counters summed over CPUs.
-    pub fn backend_counter(&self, id: u32) -> Result<Counter, MapError> {
+    pub(crate) fn backend_counter(&self, id: u32) -> Result<Counter, MapError> {
         let per_cpu = self.backend_stats.get(&id, 0)?;
         let mut total = Counter::default();
         per_cpu.iter().for_each(|c| total.merge(c));
@@ -269,13 +278,13 @@ impl ServiceMaps {
     }
 
     /// Zeroes a VIP id's counters when the id is given to a new VIP.
-    pub fn reset_vip_counters(&mut self, vip_id: u32) -> Result<(), MapError> {
+    pub(crate) fn reset_vip_counters(&mut self, vip_id: u32) -> Result<(), MapError> {
         let zero = PerCpuValues::try_from(vec![VipCounter::default(); cpus()?])?;
         self.vip_stats.set(vip_id, zero, 0)
     }
 
     /// Zeroes a backend id's counters when the id is given to a new backend.
-    pub fn reset_backend_counters(&mut self, id: u32) -> Result<(), MapError> {
+    pub(crate) fn reset_backend_counters(&mut self, id: u32) -> Result<(), MapError> {
         let zero = PerCpuValues::try_from(vec![Counter::default(); cpus()?])?;
         self.backend_stats.set(id, zero, 0)
     }

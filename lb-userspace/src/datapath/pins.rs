@@ -33,12 +33,12 @@ use tracing::info;
 
 use crate::model::limits::Limits;
 
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
+pub(crate) const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const LINK_PREFIX: &str = "link_";
 
 #[derive(Debug, Error)]
-pub enum PinError {
+pub(crate) enum PinError {
     #[error("{0} is not on a BPF filesystem (bpffs); pin directories belong under /sys/fs/bpf")]
     NotBpffs(PathBuf),
     #[error("mounting bpffs on /sys/fs/bpf failed")]
@@ -146,7 +146,7 @@ fn ensure_bpffs(dir: &Path) -> Result<(), PinError> {
 
 impl PinDir {
     /// Creates (if needed) and locks `path`, mounting bpffs first if it is missing.
-    pub fn open(path: &Path) -> Result<Self, PinError> {
+    pub(crate) fn open(path: &Path) -> Result<Self, PinError> {
         ensure_bpffs(path)?;
         std::fs::create_dir_all(path).map_err(io_error(path))?;
         Ok(Self {
@@ -158,7 +158,7 @@ impl PinDir {
 
     /// Opens one handle to every pinned map and to the links of `ifaces`, held for as long
     /// as this `PinDir` lives, so that [`PinDir::restore`] can re-pin them.
-    pub fn keep(&mut self, ifaces: &[String]) -> Result<(), PinError> {
+    pub(crate) fn keep(&mut self, ifaces: &[String]) -> Result<(), PinError> {
         let keep_error = |name: &str, e: &dyn std::error::Error| PinError::Keep {
             name: name.to_owned(),
             reason: crate::model::error_chain::error_chain(e),
@@ -188,13 +188,13 @@ impl PinDir {
     }
 
     /// Drops the handles [`PinDir::keep`] took, so that unpinning really detaches.
-    pub fn release(&mut self) {
+    pub(crate) fn release(&mut self) {
         self.kept = Kept::default();
     }
 
     /// What is missing of the pins [`PinDir::keep`] holds: maps by name, links as
     /// `link_<ifname>`.
-    pub fn missing(&self) -> Vec<String> {
+    pub(crate) fn missing(&self) -> Vec<String> {
         let maps = self
             .kept
             .maps
@@ -212,7 +212,7 @@ impl PinDir {
 
     /// Re-pins whatever [`PinDir::missing`] lists, re-creating (and re-locking) the
     /// directory if it was removed too. Returns what was re-pinned.
-    pub fn restore(&mut self) -> Result<Vec<String>, PinError> {
+    pub(crate) fn restore(&mut self) -> Result<Vec<String>, PinError> {
         let missing = self.missing();
         if missing.is_empty() {
             return Ok(missing);
@@ -251,20 +251,20 @@ impl PinDir {
         Ok(missing)
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
-    pub fn map_path(&self, name: &str) -> PathBuf {
+    pub(crate) fn map_path(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
 
-    pub fn link_path(&self, ifname: &str) -> PathBuf {
+    pub(crate) fn link_path(&self, ifname: &str) -> PathBuf {
         link_file(&self.path, ifname)
     }
 
     /// Interface names with a pinned XDP link.
-    pub fn pinned_links(&self) -> Result<Vec<String>, PinError> {
+    pub(crate) fn pinned_links(&self) -> Result<Vec<String>, PinError> {
         let mut names = Vec::new();
         for entry in std::fs::read_dir(&self.path).map_err(io_error(&self.path))? {
             let entry = entry.map_err(io_error(&self.path))?;
@@ -281,7 +281,7 @@ impl PinDir {
     /// The limits of a complete pinned datapath, checked against this controller's layout
     /// and the operator's explicit wishes; `None` when there is nothing (complete) to adopt.
     /// A half-made set of pins (META never written) is removed.
-    pub fn adoptable(
+    pub(crate) fn adoptable(
         &self,
         wanted_table_size: Option<u32>,
         wanted_conntrack_size: Option<u32>,
@@ -340,7 +340,7 @@ impl PinDir {
     }
 
     /// Records that the pinned maps are complete and what they were created with.
-    pub fn write_layout(&self, meta: Map, limits: &Limits) -> Result<(), PinError> {
+    pub(crate) fn write_layout(&self, meta: Map, limits: &Limits) -> Result<(), PinError> {
         let mut map = Array::<MapData, Layout>::try_from(meta).map_err(PinError::Meta)?;
         let layout = Layout {
             version: LAYOUT_VERSION,
@@ -354,7 +354,7 @@ impl PinDir {
     /// Removes every pin: links first (detaching XDP unless a live process still holds the
     /// link), then everything else, whatever layout version named it. The directory itself
     /// stays until [`PinDir::remove`].
-    pub fn clear(&self) -> Result<(), PinError> {
+    pub(crate) fn clear(&self) -> Result<(), PinError> {
         for ifname in self.pinned_links()? {
             let path = self.link_path(&ifname);
             std::fs::remove_file(&path).map_err(io_error(&path))?;
@@ -373,7 +373,7 @@ impl PinDir {
     }
 
     /// Clears the pins and removes the directory.
-    pub fn remove(self) -> Result<(), PinError> {
+    pub(crate) fn remove(self) -> Result<(), PinError> {
         self.clear()?;
         std::fs::remove_dir(&self.path).map_err(io_error(&self.path))
     }

@@ -13,10 +13,10 @@ const CAP_BPF: u32 = 39;
     "lb run needs root (or CAP_BPF and CAP_NET_ADMIN) to load and attach XDP programs; \
      try again with sudo"
 )]
-pub struct NotPrivileged;
+pub(crate) struct NotPrivileged;
 
 /// Succeeds when the effective capability set allows loading BPF and changing interfaces.
-pub fn check() -> Result<(), NotPrivileged> {
+pub(crate) fn check() -> Result<(), NotPrivileged> {
     let effective = fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| effective_capabilities(&status));

@@ -66,7 +66,7 @@ impl StatsMap {
     }
 
     /// One counter summed over CPUs.
-    pub fn get(&self, stat: Stat) -> Result<Counter, MapError> {
+    pub(crate) fn get(&self, stat: Stat) -> Result<Counter, MapError> {
         let per_cpu = self.map.get(&stat.index(), 0)?;
         let mut total = Counter::default();
         per_cpu.iter().for_each(|slot| total.merge(slot));

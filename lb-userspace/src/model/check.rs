@@ -6,10 +6,10 @@ use std::{fmt, str::FromStr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
-pub const DEFAULT_RISE: u32 = 2;
-pub const DEFAULT_FALL: u32 = 3;
+pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_RISE: u32 = 2;
+pub(crate) const DEFAULT_FALL: u32 = 3;
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 const MAX_COUNT: u32 = 100;
@@ -77,14 +77,14 @@ impl fmt::Display for Probe {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckSpec {
     pub probe: Probe,
-    pub interval: Duration,
-    pub timeout: Duration,
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
     /// Successes in a row that bring a down backend back.
-    pub rise: u32,
+    pub(crate) rise: u32,
     /// Failures in a row that take an up backend out.
-    pub fall: u32,
+    pub(crate) fall: u32,
     /// HTTP: a status or range (`200-299`); UDP: text the reply must contain.
-    pub expect: Option<String>,
+    pub(crate) expect: Option<String>,
 }
 
 /// A check as operators write it (CLI flags, API, TOML): seconds as numbers.
@@ -93,15 +93,15 @@ pub struct CheckSpec {
 pub struct CheckConfig {
     pub probe: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interval: Option<f64>,
+    pub(crate) interval: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<f64>,
+    pub(crate) timeout: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rise: Option<u32>,
+    pub(crate) rise: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fall: Option<u32>,
+    pub(crate) fall: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expect: Option<String>,
+    pub(crate) expect: Option<String>,
 }
 
 fn seconds(value: Option<f64>, default: Duration, what: &str) -> Result<Duration, String> {
@@ -118,7 +118,7 @@ fn seconds(value: Option<f64>, default: Duration, what: &str) -> Result<Duration
 }
 
 /// Parses `200`, or `200-299`.
-pub fn status_range(text: &str) -> Result<(u16, u16), String> {
+pub(crate) fn status_range(text: &str) -> Result<(u16, u16), String> {
     let bad = || format!("expected HTTP status `{text}` is not a status or a range like 200-299");
     let (low, high) = text.split_once('-').unwrap_or((text, text));
     let low: u16 = low.trim().parse().map_err(|_| bad())?;
@@ -130,7 +130,7 @@ pub fn status_range(text: &str) -> Result<(u16, u16), String> {
 }
 
 impl CheckConfig {
-    pub fn validate(&self) -> Result<CheckSpec, String> {
+    pub(crate) fn validate(&self) -> Result<CheckSpec, String> {
         let probe: Probe = self.probe.parse()?;
         let interval = seconds(self.interval, DEFAULT_INTERVAL, "interval")?;
         let timeout = seconds(self.timeout, DEFAULT_TIMEOUT.min(interval), "timeout")?;

@@ -174,7 +174,7 @@ pub fn parse(text: &str, path: &Path) -> Result<State, ConfigError> {
 }
 
 /// Reads and validates a file.
-pub fn load(path: &Path) -> Result<State, ConfigError> {
+pub(crate) fn load(path: &Path) -> Result<State, ConfigError> {
     let read = |source| ConfigError::Read {
         path: path.to_owned(),
         source,
@@ -189,7 +189,7 @@ pub fn load(path: &Path) -> Result<State, ConfigError> {
 }
 
 /// Reads `path` if it exists.
-pub fn load_if_present(path: &Path) -> Result<Option<State>, ConfigError> {
+pub(crate) fn load_if_present(path: &Path) -> Result<Option<State>, ConfigError> {
     match std::fs::symlink_metadata(path) {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
         _ => load(path).map(Some),
@@ -197,7 +197,7 @@ pub fn load_if_present(path: &Path) -> Result<Option<State>, ConfigError> {
 }
 
 /// The file text for `state`.
-pub fn render(state: &State) -> Result<String, ConfigError> {
+pub(crate) fn render(state: &State) -> Result<String, ConfigError> {
     let file = FileOut {
         vip: state
             .vips
@@ -226,7 +226,7 @@ pub fn render(state: &State) -> Result<String, ConfigError> {
 
 /// Writes `state` so that `path` always holds either the old or the new file: a temporary
 /// file in the same directory, synced, renamed over `path`, and the directory synced.
-pub fn save(path: &Path, state: &State) -> Result<(), ConfigError> {
+pub(crate) fn save(path: &Path, state: &State) -> Result<(), ConfigError> {
     let write = |source| ConfigError::Write {
         path: path.to_owned(),
         source,
@@ -267,7 +267,7 @@ fn temp_name(file_name: &str, pid: u32) -> String {
 /// Removes temporary files a [`save`] left next to `path` when its process died between
 /// writing and renaming. A file whose process still runs is left alone; so is anything
 /// else in the directory. Returns what was removed.
-pub fn remove_stale_temps(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+pub(crate) fn remove_stale_temps(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     let (Some(dir), Some(file_name)) = (path.parent(), path.file_name()) else {
         return Ok(Vec::new());
     };

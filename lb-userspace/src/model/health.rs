@@ -40,41 +40,41 @@ impl fmt::Display for Health {
 pub struct Transition {
     pub to: Health,
     /// Seconds since the Unix epoch.
-    pub at: u64,
-    pub reason: String,
+    pub(crate) at: u64,
+    pub(crate) reason: String,
 }
 
 #[derive(Clone, Debug)]
-pub struct BackendHealth {
-    pub health: Health,
-    pub since: SystemTime,
+pub(crate) struct BackendHealth {
+    pub(crate) health: Health,
+    pub(crate) since: SystemTime,
     successes: u32,
     failures: u32,
-    pub last_error: Option<String>,
-    pub history: VecDeque<Transition>,
+    pub(crate) last_error: Option<String>,
+    pub(crate) history: VecDeque<Transition>,
 }
 
-pub type HealthKey = (Service, SocketAddr);
+pub(crate) type HealthKey = (Service, SocketAddr);
 
-pub fn unix_seconds(time: SystemTime) -> u64 {
+pub(crate) fn unix_seconds(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Every backend's health. New backends of a checked VIP start up (they take traffic at
 /// once, as an unchecked one would) and need `fall` failures to go down.
 #[derive(Debug, Default)]
-pub struct HealthBook {
+pub(crate) struct HealthBook {
     entries: BTreeMap<HealthKey, BackendHealth>,
 }
 
 impl HealthBook {
-    pub fn get(&self, key: &HealthKey) -> Option<&BackendHealth> {
+    pub(crate) fn get(&self, key: &HealthKey) -> Option<&BackendHealth> {
         self.entries.get(key)
     }
 
     /// Makes the book cover exactly `checked` (backends of VIPs with a check) and
     /// `unchecked`; entries of backends that stay keep their state.
-    pub fn reconcile(&mut self, checked: &[HealthKey], unchecked: &[HealthKey]) {
+    pub(crate) fn reconcile(&mut self, checked: &[HealthKey], unchecked: &[HealthKey]) {
         let now = SystemTime::now();
         self.entries
             .retain(|key, _| checked.contains(key) || unchecked.contains(key));
@@ -100,7 +100,7 @@ impl HealthBook {
     }
 
     /// Counts one probe result; returns the new health if it changed.
-    pub fn record(
+    pub(crate) fn record(
         &mut self,
         key: &HealthKey,
         result: &Result<(), String>,
@@ -146,7 +146,7 @@ impl HealthBook {
     }
 
     /// Backends that are down.
-    pub fn down(&self) -> impl Iterator<Item = &HealthKey> {
+    pub(crate) fn down(&self) -> impl Iterator<Item = &HealthKey> {
         self.entries
             .iter()
             .filter(|(_, h)| h.health == Health::Down)

@@ -49,7 +49,7 @@ impl Default for Limits {
 }
 
 #[derive(Debug, Error)]
-pub enum LimitsError {
+pub(crate) enum LimitsError {
     #[error("Maglev table size {0} is not a prime (try 65537, 131071 or 16381)")]
     NotPrime(u32),
     #[error("Maglev table size {0} is out of range (must be between 7 and 1048573)")]
@@ -61,7 +61,7 @@ pub enum LimitsError {
 }
 
 impl Limits {
-    pub fn validate(&self) -> Result<(), LimitsError> {
+    pub(crate) fn validate(&self) -> Result<(), LimitsError> {
         if !(7..=1_048_573).contains(&self.maglev_size) {
             return Err(LimitsError::TableSizeOutOfRange(self.maglev_size));
         }
@@ -78,7 +78,7 @@ impl Limits {
     }
 }
 
-pub fn is_prime(n: u32) -> bool {
+pub(crate) fn is_prime(n: u32) -> bool {
     n >= 2
         && (2..)
             .take_while(|d| d * d <= n)

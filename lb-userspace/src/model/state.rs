@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::model::check::CheckSpec;
 use thiserror::Error;
 
-pub const MIN_WEIGHT: u32 = 1;
-pub const MAX_WEIGHT: u32 = 65_535;
-pub const DEFAULT_WEIGHT: u32 = 100;
+pub(crate) const MIN_WEIGHT: u32 = 1;
+pub(crate) const MAX_WEIGHT: u32 = 65_535;
+pub(crate) const DEFAULT_WEIGHT: u32 = 100;
 
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
@@ -30,14 +30,14 @@ pub enum Proto {
 }
 
 impl Proto {
-    pub const fn number(self) -> u8 {
+    pub(crate) const fn number(self) -> u8 {
         match self {
             Proto::Tcp => IPPROTO_TCP,
             Proto::Udp => IPPROTO_UDP,
         }
     }
 
-    pub const fn from_number(number: u8) -> Option<Self> {
+    pub(crate) const fn from_number(number: u8) -> Option<Self> {
         match number {
             IPPROTO_TCP => Some(Proto::Tcp),
             IPPROTO_UDP => Some(Proto::Udp),
@@ -47,7 +47,7 @@ impl Proto {
 }
 
 impl Proto {
-    pub const ALL: [Proto; 2] = [Proto::Tcp, Proto::Udp];
+    pub(crate) const ALL: [Proto; 2] = [Proto::Tcp, Proto::Udp];
 }
 
 impl fmt::Display for Proto {
@@ -74,16 +74,16 @@ impl fmt::Display for Service {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackendSpec {
-    pub weight: u32,
+    pub(crate) weight: u32,
     /// No new flows; established ones continue.
-    pub draining: bool,
+    pub(crate) draining: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct VipSpec {
     pub backends: BTreeMap<SocketAddr, BackendSpec>,
     /// How its backends' health is checked; `None`: not checked (always eligible).
-    pub check: Option<CheckSpec>,
+    pub(crate) check: Option<CheckSpec>,
 }
 
 /// The whole desired state.
@@ -193,7 +193,7 @@ fn check_weight(weight: u32) -> Result<(), ChangeError> {
 
 impl State {
     /// Applies `change` if it is valid; on error `self` is unchanged.
-    pub fn apply(&mut self, change: &Change) -> Result<(), ChangeError> {
+    pub(crate) fn apply(&mut self, change: &Change) -> Result<(), ChangeError> {
         match *change {
             Change::AddVip(service) => {
                 check_address(&service.addr, "VIP")?;
@@ -305,14 +305,14 @@ impl State {
     }
 
     /// The VIP whose backend `endpoint` (with `proto`) is, if any.
-    pub fn endpoint_owner(&self, endpoint: SocketAddr, proto: Proto) -> Option<Service> {
+    pub(crate) fn endpoint_owner(&self, endpoint: SocketAddr, proto: Proto) -> Option<Service> {
         self.vips
             .iter()
             .find(|(service, vip)| service.proto == proto && vip.backends.contains_key(&endpoint))
             .map(|(service, _)| *service)
     }
 
-    pub fn backend_count(&self) -> usize {
+    pub(crate) fn backend_count(&self) -> usize {
         self.vips.values().map(|v| v.backends.len()).sum()
     }
 }
