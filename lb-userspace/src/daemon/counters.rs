@@ -33,6 +33,10 @@ pub(crate) fn render(now: &Snapshot, previous: Option<(&Snapshot, Duration)>) ->
             rate,
         ]);
     }
+    // No margin left of the names, so a line starts with its counter's name.
+    if let Some(names) = table.column_mut(0) {
+        names.set_padding((0, 1));
+    }
     for column in 1..4 {
         if let Some(column) = table.column_mut(column) {
             column.set_cell_alignment(CellAlignment::Right);
@@ -94,6 +98,7 @@ mod tests {
     fn long_counter_names_keep_their_columns() {
         let table = render(&snapshot(&[(Stat::DropForwardingDisabled, 7)]), None);
         let row = table.lines().nth(1).expect("a row");
+        assert!(row.starts_with("drop_forwarding_disabled "), "{table}");
         assert_eq!(
             row.split_whitespace().collect::<Vec<_>>(),
             ["drop_forwarding_disabled", "7", "700", "-"],
