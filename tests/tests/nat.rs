@@ -288,6 +288,9 @@ fn a_full_conntrack_table_evicts_the_stalest_flows_and_keeps_balancing() {
         ..Datapath::TEST_LIMITS
     };
     lab.with_datapath_sized(limits, |datapath, ids| {
+        // The LRU hands out free entries from per-CPU lists in batches of 128: a thread
+        // that moves between CPUs mid-fill leaves older entries in another CPU's batch.
+        Datapath::stay_on_one_cpu();
         datapath.set_ingress(ids.from_client);
         let flow = |port: u16| {
             Spec::new(Family::V4, Transport::Tcp)

@@ -188,7 +188,6 @@ impl From<RunArgs> for RunConfig {
             table_size: args.table_size,
             conntrack_size: args.conntrack_size,
             metrics: args.metrics,
-            log_datapath: args.log_datapath,
             options,
             sweep_interval: Duration::from_secs_f64(args.conntrack_sweep),
             stats_interval: (args.stats_interval > 0)

@@ -56,7 +56,6 @@ pub(crate) struct RunConfig {
     pub(crate) table_size: Option<u32>,
     pub(crate) conntrack_size: Option<u32>,
     pub(crate) metrics: Option<SocketAddr>,
-    pub(crate) log_datapath: bool,
     pub(crate) options: Options,
     pub(crate) sweep_interval: Duration,
     /// Counter reports on stdout; `None` prints only at exit.
@@ -388,7 +387,7 @@ fn start(
     let maps = ServiceMaps::take(&mut ebpf, &limits).context("opening the service maps")?;
     let stats = StatsMap::take(&mut ebpf).context("opening the stats map")?;
     let egress = EgressWatch::take(&mut ebpf).context("opening the unattached-egress map")?;
-    if args.log_datapath {
+    if args.options.log {
         forward_datapath_log(&mut ebpf)?;
     }
     let mut balancer = match adopted {
