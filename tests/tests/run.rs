@@ -124,6 +124,8 @@ fn counts_real_traffic_keeps_forwarding_after_sigterm_and_lb_down_detaches() {
     assert!(ipv4 >= udp + tcp, "every UDP and TCP packet was IPv4");
     assert!(passed >= ipv4, "everything was passed");
 
+    // A periodic report (every second) that has seen the UDP traffic, before SIGTERM.
+    daemon.wait_for_line("udp ", Duration::from_secs(5));
     let (status, stdout) = daemon.terminate();
     assert!(status.success(), "lb exits 0 on SIGTERM: {status}");
     let at_exit = stdout

@@ -31,6 +31,26 @@ struct ElemAttr {
     flags: u64,
 }
 
+// The kernel reads these by offset (include/uapi/linux/bpf.h); a field out of place would
+// send a pointer where a count belongs. Checked when this file compiles.
+const _: () = {
+    use std::mem::{offset_of, size_of};
+    assert!(offset_of!(BatchAttr, in_batch) == 0);
+    assert!(offset_of!(BatchAttr, out_batch) == 8);
+    assert!(offset_of!(BatchAttr, keys) == 16);
+    assert!(offset_of!(BatchAttr, values) == 24);
+    assert!(offset_of!(BatchAttr, count) == 32);
+    assert!(offset_of!(BatchAttr, map_fd) == 36);
+    assert!(offset_of!(BatchAttr, elem_flags) == 40);
+    assert!(offset_of!(BatchAttr, flags) == 48);
+    assert!(size_of::<BatchAttr>() == 56);
+    assert!(offset_of!(ElemAttr, map_fd) == 0);
+    assert!(offset_of!(ElemAttr, key) == 8);
+    assert!(offset_of!(ElemAttr, value) == 16);
+    assert!(offset_of!(ElemAttr, flags) == 24);
+    assert!(size_of::<ElemAttr>() == 32);
+};
+
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
