@@ -205,7 +205,10 @@ fn error_from_backend(ctx: &XdpContext, packet: &Packet) -> Outcome {
     let Some(endpoint) = lookup::endpoint(&q.dst, q.dst_port, q.proto, q.family) else {
         return Outcome::pass(Stat::PassNotVip);
     };
-    let from_backend = packet.flow.src == q.dst;
+    // Any backend's address is the lb's secret, not only the one the packet went to (a
+    // backend may route for another): the client sees such an error come from the VIP.
+    let from_backend =
+        packet.flow.src == q.dst || lookup::is_backend_address(&packet.flow.src, q.family);
     let to_vip = End {
         side: Side::Destination,
         addr: endpoint.vip_addr,

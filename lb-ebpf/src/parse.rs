@@ -30,6 +30,8 @@ const ETH_P_8021AD: u16 = 0x88a8;
 
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
+/// The fixed part of an ICMP or ICMPv6 message.
+const ICMP_HEADER_LEN: usize = 8;
 /// IPv4 "more fragments" flag and fragment offset, in the host-order `frags` word.
 const IPV4_MF_AND_OFFSET: u16 = 0x3fff;
 
@@ -186,13 +188,16 @@ pub fn parse(ctx: &XdpContext, counted: bool) -> Result<Parsed, Malformed> {
         parse_l4(ctx, l4_offset, &mut flow, counted)?
     };
     // A frame shorter than its IP length lost bytes on the way, and an IP length that ends
-    // inside the TCP/UDP header describes no valid packet: the kernel would drop either,
+    // inside the TCP/UDP/ICMP header describes no valid packet: the kernel would drop either,
     // and forwarding would send a broken packet on.
     let l4_header = match l4 {
         L4::Tcp => ptr_at::<TcpHdr>(ctx, l4_offset)
             // SAFETY: bounds checked by ptr_at.
             .map_or(TcpHdr::LEN, |tcp| usize::from(unsafe { (*tcp).doff() }) * 4),
         L4::Udp => UdpHdr::LEN,
+        // Type, code, checksum and the 4-byte rest every ICMP and ICMPv6 message has; the
+        // kernel drops a shorter one too.
+        L4::Icmp => ICMP_HEADER_LEN,
         _ => 0,
     };
     if data(ctx) + l3_offset + ip_len > data_end(ctx) || l4_offset + l4_header > l3_offset + ip_len

@@ -7,7 +7,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use etherparse::{
-    Icmpv4Type, Icmpv6Type, PacketBuilder, icmpv4::DestUnreachableHeader,
+    Icmpv4Type, Icmpv6Type, Ipv4Header, PacketBuilder, icmpv4::DestUnreachableHeader,
     icmpv6::DestUnreachableCode,
 };
 use lb_common::{
@@ -192,6 +192,31 @@ fn errors_about_a_flow_from_the_backend_side_reach_the_client_about_the_vip() {
                 "{family:?}: about the VIP"
             );
 
+            // Another backend's address is as secret as this one's: an error it sends about
+            // this flow (it may route for the backend) also reaches the client from the VIP.
+            datapath.set_ingress(ids.from_client);
+            let other_backend = (1..64u16)
+                .map(|n| {
+                    let probe = Spec::new(family, Transport::Udp)
+                        .between(client, vip)
+                        .ports(port + n, 53)
+                        .build(b"query");
+                    verify(&datapath.run(&probe).packet).dst
+                })
+                .find(|dst| *dst != backend)
+                .expect("a flow on another backend");
+            datapath.set_ingress(ids.from_backends);
+            let error =
+                port_unreachable(family, other_backend, client, &ip_packet(&delivered.packet));
+            let (out, delta) = datapath.run_counted(&error);
+            assert_eq!(delta.packets(Stat::ForwardIcmpToClient), 1, "{family:?}");
+            let icmp = verify_icmp(&out.packet);
+            assert_eq!(
+                (icmp.src, icmp.dst),
+                (vip, client),
+                "{family:?}: another backend's error comes from the VIP"
+            );
+
             // The same error about a port no VIP uses stays as it is.
             let other = Spec::new(family, Transport::Udp)
                 .between(client, backend)
@@ -283,6 +308,36 @@ fn echo_requests_to_a_vip_are_answered_from_it() {
             let echo_reply = if matches!(family, Family::V6) { 129 } else { 0 };
             assert_eq!(reply.header[0], echo_reply, "{family:?}");
             assert_eq!(reply.quoted, b"ping");
+
+            // An IP length that ends inside the 8-byte ICMP header: no message at all, as
+            // the kernel also judges; dropped and counted, never answered.
+            let mut short = request.clone();
+            let l3 = 14;
+            match family {
+                Family::V6 => short[l3 + 4..l3 + 6].copy_from_slice(&4u16.to_be_bytes()),
+                _ => {
+                    // A valid header but for the length: its checksum is recomputed, so
+                    // only the length can be what is refused.
+                    let mut header = Ipv4Header::from_slice(&short[l3..]).expect("IPv4 header").0;
+                    header.total_len = 24;
+                    header.header_checksum = header.calc_header_checksum();
+                    short[l3..l3 + 20].copy_from_slice(&header.to_bytes());
+                }
+            }
+            let (out, delta) = datapath.run_counted(&short);
+            let malformed = if matches!(family, Family::V6) {
+                Stat::MalformedIpv6
+            } else {
+                Stat::MalformedIpv4
+            };
+            assert_eq!(
+                delta.packets(malformed),
+                1,
+                "{family:?}: {:?}",
+                delta.moved()
+            );
+            assert_eq!(delta.packets(Stat::IcmpEchoReply), 0, "{family:?}");
+            assert_ne!(out.action, XDP_REDIRECT, "{family:?}: not answered");
         }
     });
 }
