@@ -81,8 +81,9 @@ decap_stats! {
     DecapV4InV4 = 0, "decap_ipv4_in_ipv4";
     DecapV6InV6 = 1, "decap_ipv6_in_ipv6";
     DecapV4InV6 = 2, "decap_ipv4_in_ipv6";
-    // Not IP, VLAN-tagged, or IP that is not IPIP / IPv6-in-IPv6 / IPv4-in-IPv6 (IPv6
-    // extension headers before the inner packet included): passed untouched.
+    // Not IP (after at most one VLAN tag), or IP that is not IPIP / IPv6-in-IPv6 /
+    // IPv4-in-IPv6 (IPv6 extension headers before the inner packet included): passed
+    // untouched.
     PassNotEncapsulated = 3, "pass_not_encapsulated";
     // Encapsulated, but the outer destination is not in DECAP_LOCAL.
     PassNotLocal = 4, "pass_not_local";

@@ -184,13 +184,50 @@ fn traffic_that_is_not_a_tunnel_is_passed_untouched() {
     backend.assert_untouched(&arp, DecapStat::PassNotEncapsulated);
 }
 
+/// `frame` with VLAN tags (TPID, VLAN 100) inserted after the MAC addresses.
+fn tagged(frame: &[u8], tpids: &[[u8; 2]]) -> Vec<u8> {
+    let tags: Vec<u8> = tpids
+        .iter()
+        .flat_map(|tpid| [tpid[0], tpid[1], 0x00, 0x64])
+        .collect();
+    [&frame[..12], &tags[..], &frame[12..]].concat()
+}
+
 #[test]
-fn vlan_tagged_tunnels_are_passed_untouched() {
+fn one_vlan_tag_is_kept_in_front_of_the_inner_packet() {
+    lb_tests::require_root!();
+    let mut backend = Backend::new();
+    for tpid in [[0x81, 0x00], [0x88, 0xa8]] {
+        for (family, outer, stat) in [
+            (Family::V4, Outer::V4_OPTIONS, DecapStat::DecapV4InV4),
+            (Family::V6, Outer::V6, DecapStat::DecapV6InV6),
+            (Family::V4, Outer::V6, DecapStat::DecapV4InV6),
+        ] {
+            let inner = client_packet(family, Transport::Tcp);
+            let frame = tagged(&encapsulate(outer, &inner), &[tpid]);
+            let (action, out, moved) = backend.run(&frame);
+            assert_eq!((action, moved), (XDP_PASS, stat), "{tpid:x?} {outer:?}");
+            assert_eq!(out[..16], frame[..16], "MACs and the tag kept");
+            let ether_type: [u8; 2] = if matches!(family, Family::V6) {
+                [0x86, 0xdd]
+            } else {
+                [0x08, 0x00]
+            };
+            assert_eq!(out[16..18], ether_type, "inner ethertype after the tag");
+            assert_eq!(&out[18..], &inner[..], "inner packet byte for byte");
+            let wire = verify(&out);
+            assert_eq!((wire.src_port, wire.dst_port), (40_000, 80));
+        }
+    }
+}
+
+#[test]
+fn two_vlan_tags_are_passed_untouched() {
     lb_tests::require_root!();
     let mut backend = Backend::new();
     let frame = encapsulate(Outer::V4, &client_packet(Family::V4, Transport::Tcp));
-    let tagged = [&frame[..12], &[0x81, 0x00, 0x00, 0x64], &frame[12..]].concat();
-    backend.assert_untouched(&tagged, DecapStat::PassNotEncapsulated);
+    let qinq = tagged(&frame, &[[0x88, 0xa8], [0x81, 0x00]]);
+    backend.assert_untouched(&qinq, DecapStat::PassNotEncapsulated);
 }
 
 #[test]

@@ -25,7 +25,7 @@ use lb_common::{
     stats::Counter,
 };
 
-use crate::tunnel::{Tunnel, data, data_end};
+use crate::tunnel::{ETH_HEADER_LEN, ETH_VLAN_HEADER_LEN, Tunnel, data, data_end};
 
 /// Outer destinations to decapsulate for (IPv4 mapped, see `lb_common::decap`).
 #[map(name = "DECAP_LOCAL")]
@@ -40,9 +40,6 @@ static DECAP_CONFIG: Array<DecapConfig> = Array::with_max_entries(1, 0);
 
 #[map(name = "DECAP_STATS")]
 static DECAP_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DECAP_STATS_LEN, 0);
-
-const ETH_HEADER_LEN: usize = 14;
-const ETH_MACS_LEN: usize = 12;
 
 #[xdp]
 pub fn lb_decap(ctx: XdpContext) -> u32 {
@@ -76,32 +73,48 @@ fn source_allowed(tunnel: &Tunnel) -> bool {
     !filtered || DECAP_SOURCES.get(Key::new(128, tunnel.src)).is_some()
 }
 
-/// Removes the outer IP header: the Ethernet addresses move forward over it and the
-/// ethertype becomes the inner packet's.
+/// Removes the outer IP header: the Ethernet header before it (addresses and any VLAN
+/// tag) moves forward over it, and its ethertype becomes the inner packet's.
 #[inline(always)]
 fn strip(ctx: &XdpContext, tunnel: &Tunnel) -> (u32, DecapStat) {
-    let start = data(ctx);
-    if start + ETH_HEADER_LEN > data_end(ctx) {
-        return (xdp_action::XDP_PASS, DecapStat::Malformed);
+    let moved = if tunnel.l2_len == ETH_VLAN_HEADER_LEN {
+        move_l2::<{ ETH_VLAN_HEADER_LEN - 2 }>(ctx, tunnel)
+    } else {
+        move_l2::<{ ETH_HEADER_LEN - 2 }>(ctx, tunnel)
+    };
+    match moved {
+        Ok(()) => (xdp_action::XDP_PASS, tunnel.decapsulated),
+        Err(action) => (action, DecapStat::Malformed),
     }
-    // SAFETY: the Ethernet header is in bounds (checked above); byte arrays align to 1.
-    let macs = unsafe { *(start as *const [u8; ETH_MACS_LEN]) };
-    // SAFETY: the context is the program's own; `outer_len` bytes of outer header are in
-    // the packet (checked by `tunnel::parse`), so the new start stays inside it.
+}
+
+/// Moves the first `N` bytes (the Ethernet header up to its last ethertype) forward by
+/// the outer header's length and writes the inner ethertype after them.
+#[inline(always)]
+fn move_l2<const N: usize>(ctx: &XdpContext, tunnel: &Tunnel) -> Result<(), u32> {
+    let start = data(ctx);
+    if start + N > data_end(ctx) {
+        return Err(xdp_action::XDP_PASS);
+    }
+    // SAFETY: N bytes are in bounds (checked above); byte arrays align to 1.
+    let l2 = unsafe { *(start as *const [u8; N]) };
+    // SAFETY: the context is the program's own; `outer_len` bytes of outer header follow
+    // the Ethernet header (checked by `tunnel::parse`), so the new start stays inside.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, tunnel.outer_len as i32) } != 0 {
-        return (xdp_action::XDP_PASS, DecapStat::Malformed);
+        return Err(xdp_action::XDP_PASS);
     }
     // Every packet pointer is stale after the move: read the bounds again.
     let start = data(ctx);
-    if start + ETH_HEADER_LEN > data_end(ctx) {
+    if start + N + 2 > data_end(ctx) {
         // Cannot happen (the inner header follows); dropped rather than passed headless.
-        return (xdp_action::XDP_DROP, DecapStat::Malformed);
+        return Err(xdp_action::XDP_DROP);
     }
-    // SAFETY: the new Ethernet header is in bounds (checked above).
-    let eth = unsafe { &mut *(start as *mut [u8; ETH_HEADER_LEN]) };
-    eth[..ETH_MACS_LEN].copy_from_slice(&macs);
-    eth[ETH_MACS_LEN..].copy_from_slice(&tunnel.inner_ether_type.to_be_bytes());
-    (xdp_action::XDP_PASS, tunnel.decapsulated)
+    // SAFETY: N + 2 bytes are in bounds (checked above).
+    unsafe {
+        *(start as *mut [u8; N]) = l2;
+        *((start + N) as *mut [u8; 2]) = tunnel.inner_ether_type.to_be_bytes();
+    }
+    Ok(())
 }
 
 #[inline(always)]

@@ -1,13 +1,13 @@
 //! Recognises a tunnelled packet and checks its outer and inner headers before anything
 //! is removed.
 //!
-//! Accepted: untagged Ethernet, then IPv4 with protocol 4 (options allowed, IHL > 5) or
-//! IPv6 whose next header is directly 41 or 4. IPv6 extension headers before the inner
-//! packet, VLAN-tagged frames and everything else are "not encapsulated": passed
-//! untouched. A tunnel packet is malformed when a header is cut short, a version or
-//! length contradicts another, the outer IPv4 header checksum is wrong, or the outer IPv4
-//! packet is a fragment (XDP sees one fragment; the stack would reassemble it, but
-//! nothing above it decapsulates).
+//! Accepted: Ethernet with at most one 802.1Q / 802.1ad tag (kept), then IPv4 with
+//! protocol 4 (options allowed, IHL > 5) or IPv6 whose next header is directly 41 or 4.
+//! IPv6 extension headers before the inner packet, a second VLAN tag and everything else
+//! are "not encapsulated": passed untouched. A tunnel packet is malformed when a header is
+//! cut short, a version or length contradicts another, the outer IPv4 header checksum is
+//! wrong, or the outer IPv4 packet is a fragment (XDP sees one fragment; the stack would
+//! reassemble it, but nothing above it decapsulates).
 
 use core::mem;
 
@@ -15,11 +15,15 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::decap::{DecapStat, mapped_v4};
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
-const ETH_HEADER_LEN: usize = 14;
 /// Offset of the ethertype in an untagged Ethernet header.
 const ETHER_TYPE_AT: usize = 12;
+pub const ETH_HEADER_LEN: usize = 14;
+/// Ethernet with one VLAN tag.
+pub const ETH_VLAN_HEADER_LEN: usize = 18;
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
 
 /// IPv4 in IP (RFC 2003), and IPv4 in IPv6 (RFC 2473).
 const IPPROTO_IPIP: u8 = 4;
@@ -30,6 +34,9 @@ const IPV4_MF_AND_OFFSET: u16 = 0x3fff;
 
 /// A tunnel packet whose headers all check out.
 pub struct Tunnel {
+    /// Ethernet header length, VLAN tag included: [`ETH_HEADER_LEN`] or
+    /// [`ETH_VLAN_HEADER_LEN`]. The outer IP header starts here.
+    pub l2_len: usize,
     /// Outer source and destination, IPv4 mapped (`lb_common::decap::mapped_v4`).
     pub src: [u8; 16],
     pub dst: [u8; 16],
@@ -69,17 +76,28 @@ fn header<'a, T>(ctx: &XdpContext, offset: usize) -> Option<&'a T> {
 /// The tunnel in this frame, or the counter that says why it is not one.
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Tunnel, DecapStat> {
-    let ether_type: &[u8; 2] = header(ctx, ETHER_TYPE_AT).ok_or(DecapStat::PassNotEncapsulated)?;
-    match u16::from_be_bytes(*ether_type) {
-        ETH_P_IPV4 => parse_ipv4(ctx),
-        ETH_P_IPV6 => parse_ipv6(ctx),
+    let mut ether_type = ether_type_at(ctx, ETHER_TYPE_AT)?;
+    let mut l2_len = ETH_HEADER_LEN;
+    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+        ether_type = ether_type_at(ctx, ETH_HEADER_LEN + 2)?;
+        l2_len = ETH_VLAN_HEADER_LEN;
+    }
+    match ether_type {
+        ETH_P_IPV4 => parse_ipv4(ctx, l2_len),
+        ETH_P_IPV6 => parse_ipv6(ctx, l2_len),
         _ => Err(DecapStat::PassNotEncapsulated),
     }
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext) -> Result<Tunnel, DecapStat> {
-    let ip: &Ipv4Hdr = header(ctx, ETH_HEADER_LEN).ok_or(DecapStat::Malformed)?;
+fn ether_type_at(ctx: &XdpContext, offset: usize) -> Result<u16, DecapStat> {
+    let bytes: &[u8; 2] = header(ctx, offset).ok_or(DecapStat::PassNotEncapsulated)?;
+    Ok(u16::from_be_bytes(*bytes))
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, l2_len: usize) -> Result<Tunnel, DecapStat> {
+    let ip: &Ipv4Hdr = header(ctx, l2_len).ok_or(DecapStat::Malformed)?;
     if ip.proto != IPPROTO_IPIP {
         return Err(DecapStat::PassNotEncapsulated);
     }
@@ -88,15 +106,16 @@ fn parse_ipv4(ctx: &XdpContext) -> Result<Tunnel, DecapStat> {
     if ip.version() != 4
         || header_len < Ipv4Hdr::LEN
         || total_len < header_len
-        || data(ctx) + ETH_HEADER_LEN + header_len > data_end(ctx)
+        || data(ctx) + l2_len + header_len > data_end(ctx)
         || u16::from_be_bytes(ip.frags) & IPV4_MF_AND_OFFSET != 0
-        || !header_checksum_ok(ctx, ETH_HEADER_LEN, header_len)
+        || !header_checksum_ok(ctx, l2_len, header_len)
     {
         return Err(DecapStat::Malformed);
     }
-    let outer_end = ETH_HEADER_LEN + total_len;
-    check_inner_ipv4(ctx, ETH_HEADER_LEN + header_len, outer_end)?;
+    let outer_end = l2_len + total_len;
+    check_inner_ipv4(ctx, l2_len + header_len, outer_end)?;
     Ok(Tunnel {
+        l2_len,
         src: mapped_v4(ip.src_addr),
         dst: mapped_v4(ip.dst_addr),
         outer_len: header_len,
@@ -106,8 +125,8 @@ fn parse_ipv4(ctx: &XdpContext) -> Result<Tunnel, DecapStat> {
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext) -> Result<Tunnel, DecapStat> {
-    let ip: &Ipv6Hdr = header(ctx, ETH_HEADER_LEN).ok_or(DecapStat::Malformed)?;
+fn parse_ipv6(ctx: &XdpContext, l2_len: usize) -> Result<Tunnel, DecapStat> {
+    let ip: &Ipv6Hdr = header(ctx, l2_len).ok_or(DecapStat::Malformed)?;
     let (inner_ether_type, decapsulated) = match ip.next_hdr {
         IPPROTO_IPV6 => (ETH_P_IPV6, DecapStat::DecapV6InV6),
         IPPROTO_IPIP => (ETH_P_IPV4, DecapStat::DecapV4InV6),
@@ -116,7 +135,7 @@ fn parse_ipv6(ctx: &XdpContext) -> Result<Tunnel, DecapStat> {
     if ip.version() != 6 {
         return Err(DecapStat::Malformed);
     }
-    let inner_at = ETH_HEADER_LEN + Ipv6Hdr::LEN;
+    let inner_at = l2_len + Ipv6Hdr::LEN;
     let outer_end = inner_at + usize::from(ip.payload_len());
     if inner_ether_type == ETH_P_IPV6 {
         check_inner_ipv6(ctx, inner_at, outer_end)?;
@@ -124,6 +143,7 @@ fn parse_ipv6(ctx: &XdpContext) -> Result<Tunnel, DecapStat> {
         check_inner_ipv4(ctx, inner_at, outer_end)?;
     }
     Ok(Tunnel {
+        l2_len,
         src: ip.src_addr,
         dst: ip.dst_addr,
         outer_len: Ipv6Hdr::LEN,
