@@ -87,6 +87,8 @@ pub fn run() -> anyhow::Result<()> {
                 "--test",
                 "flows",
                 "--test",
+                "decap_lab",
+                "--test",
                 "soak",
             ])
             .env("LB_BIN", lb),
