@@ -92,6 +92,9 @@ decap_stats! {
     // Encapsulated, but cut short or inconsistent (lengths, versions, the outer IPv4
     // header checksum): passed untouched, the stack drops it as it would without us.
     Malformed = 6, "malformed";
+    // The outer header carries a congestion mark (CE) and the inner packet is not
+    // ECN-capable: the mark cannot be carried in, so the packet is dropped (RFC 6040).
+    DropCeNotEct = 7, "drop_ce_not_ect";
 }
 
 /// Entries of `DECAP_STATS`.
@@ -106,7 +109,7 @@ mod tests {
         for (i, stat) in DecapStat::ALL.iter().enumerate() {
             assert_eq!(stat.index() as usize, i, "{}", stat.name());
         }
-        assert_eq!(DECAP_STATS_LEN, 7);
+        assert_eq!(DECAP_STATS_LEN, 8);
     }
 
     #[test]

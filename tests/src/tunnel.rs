@@ -111,3 +111,23 @@ pub fn encapsulate(outer: Outer, inner: &[u8]) -> Vec<u8> {
     out.extend_from_slice(inner);
     out
 }
+
+/// Sets the ECN field of the IP packet that starts `ip` (IPv4: recomputing its header
+/// checksum; IPv6: in the traffic class).
+pub fn set_ecn(ip: &mut [u8], ecn: u8) {
+    assert!(ecn <= 3, "ECN is two bits");
+    if ip[0] >> 4 == 4 {
+        ip[1] = (ip[1] & !0b11) | ecn;
+        let header_len = usize::from(ip[0] & 0x0f) * 4;
+        ip[10..12].copy_from_slice(&[0, 0]);
+        let sum: u32 = ip[..header_len]
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum();
+        let sum = (sum & 0xffff) + (sum >> 16);
+        let sum = (sum & 0xffff) + (sum >> 16);
+        ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    } else {
+        ip[1] = (ip[1] & !0x30) | (ecn << 4);
+    }
+}

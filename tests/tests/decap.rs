@@ -7,12 +7,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{
-    consts::XDP_PASS,
+    consts::{XDP_DROP, XDP_PASS},
     decap::{DecapStat, MAP_DECAP_CONFIG, MAP_DECAP_LOCAL, MAP_DECAP_SOURCES, MAP_DECAP_STATS},
 };
 use lb_tests::{
     packets::{Family, LB_V4, LB_V6, Spec, Transport},
-    tunnel::{BACKEND_MAC, BACKEND_V4, BACKEND_V6, Outer, encapsulate, inner},
+    tunnel::{BACKEND_MAC, BACKEND_V4, BACKEND_V6, Outer, encapsulate, inner, set_ecn},
     verify::verify,
 };
 use lb_userspace::datapath::decap::{DECAP_OBJECT, Decap, DecapSnapshot, SourcePrefix};
@@ -438,6 +438,90 @@ fn a_bad_outer_ipv4_checksum_is_malformed() {
         let mut frame = encapsulate(outer, &client_packet(Family::V4, Transport::Tcp));
         frame[24] ^= 0x01;
         backend.assert_untouched(&frame, DecapStat::Malformed);
+    }
+}
+
+const NOT_ECT: u8 = 0;
+const ECT_0: u8 = 2;
+const ECT_1: u8 = 1;
+const CE: u8 = 3;
+
+/// A tunnel whose outer and inner headers carry the given ECN fields.
+fn with_ecn(outer: Outer, family: Family, outer_ecn: u8, inner_ecn: u8) -> Vec<u8> {
+    let mut inner = client_packet(family, Transport::Tcp);
+    set_ecn(&mut inner, inner_ecn);
+    let mut frame = encapsulate(outer, &inner);
+    set_ecn(&mut frame[14..], outer_ecn);
+    frame
+}
+
+fn ecn_of(ip: &[u8]) -> u8 {
+    if ip[0] >> 4 == 4 {
+        ip[1] & 0b11
+    } else {
+        (ip[1] >> 4) & 0b11
+    }
+}
+
+#[test]
+fn a_congestion_mark_on_the_outer_header_is_carried_into_the_inner_one() {
+    lb_tests::require_root!();
+    let mut backend = Backend::new();
+    for (family, outer, stat) in [
+        (Family::V4, Outer::V4, DecapStat::DecapV4InV4),
+        (Family::V4Options, Outer::V4_OPTIONS, DecapStat::DecapV4InV4),
+        (Family::V6, Outer::V6, DecapStat::DecapV6InV6),
+        (Family::V4, Outer::V6, DecapStat::DecapV4InV6),
+    ] {
+        for inner_ecn in [ECT_0, ECT_1, CE] {
+            let frame = with_ecn(outer, family, CE, inner_ecn);
+            let (action, out, moved) = backend.run(&frame);
+            assert_eq!(
+                (action, moved),
+                (XDP_PASS, stat),
+                "{outer:?} inner {inner_ecn}"
+            );
+            assert_eq!(
+                ecn_of(&out[14..]),
+                CE,
+                "CE carried in: {outer:?} inner {inner_ecn}"
+            );
+            // Re-parsed with the IPv4 header checksum recomputed from scratch.
+            verify(&out);
+            // Nothing else changed: the inner packet as sent, with CE set.
+            let mut expected = frame[14 + outer.len()..].to_vec();
+            set_ecn(&mut expected, CE);
+            assert_eq!(&out[14..], &expected[..], "only the ECN field changes");
+        }
+        // No mark outside: the inner ECN field stays as it was, whatever the outer one.
+        for (outer_ecn, inner_ecn) in [
+            (ECT_1, ECT_0),
+            (ECT_0, ECT_1),
+            (NOT_ECT, ECT_0),
+            (ECT_0, NOT_ECT),
+        ] {
+            let frame = with_ecn(outer, family, outer_ecn, inner_ecn);
+            backend.assert_decapsulated(&frame, outer, stat);
+        }
+    }
+}
+
+#[test]
+fn a_congestion_mark_over_a_packet_that_is_not_ecn_capable_is_dropped() {
+    lb_tests::require_root!();
+    let mut backend = Backend::new();
+    for (family, outer) in [
+        (Family::V4, Outer::V4),
+        (Family::V6, Outer::V6),
+        (Family::V4, Outer::V6),
+    ] {
+        let frame = with_ecn(outer, family, CE, NOT_ECT);
+        let (action, _, stat) = backend.run(&frame);
+        assert_eq!(
+            (action, stat),
+            (XDP_DROP, DecapStat::DropCeNotEct),
+            "{outer:?}"
+        );
     }
 }
 

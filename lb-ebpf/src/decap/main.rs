@@ -6,10 +6,12 @@
 //! Its own object with four small maps (`lb-common/src/decap.rs`): a backend never
 //! creates the balancer's tables. Every packet bumps exactly one counter. Anything not
 //! decapsulated leaves exactly as it came (`XDP_PASS`): the result is what the stack
-//! would have seen with no program attached.
+//! would have seen with no program attached. The one drop: a congestion mark that cannot
+//! be carried into the inner packet (`ecn.rs`).
 #![no_std]
 #![no_main]
 
+mod ecn;
 mod tunnel;
 
 use aya_ebpf::{
@@ -61,6 +63,9 @@ fn process(ctx: &XdpContext) -> (u32, DecapStat) {
     }
     if !source_allowed(&tunnel) {
         return (xdp_action::XDP_PASS, DecapStat::PassNotAllowedSource);
+    }
+    if !ecn::carry(ctx, &tunnel) {
+        return (xdp_action::XDP_DROP, DecapStat::DropCeNotEct);
     }
     strip(ctx, &tunnel)
 }

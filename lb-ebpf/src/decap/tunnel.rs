@@ -32,6 +32,15 @@ const IPPROTO_IPV6: u8 = 41;
 /// IPv4 "more fragments" flag and fragment offset, in the host-order `frags` word.
 const IPV4_MF_AND_OFFSET: u16 = 0x3fff;
 
+/// The ECN field: the low two bits of the IPv4 TOS byte or the IPv6 traffic class.
+pub const ECN_MASK: u8 = 0b11;
+
+/// The ECN field of an IPv6 header, from its second byte (traffic class low nibble first).
+#[inline(always)]
+pub const fn ipv6_ecn(second_byte: u8) -> u8 {
+    (second_byte >> 4) & ECN_MASK
+}
+
 /// A tunnel packet whose headers all check out.
 pub struct Tunnel {
     /// Ethernet header length, VLAN tag included: [`ETH_HEADER_LEN`] or
@@ -42,6 +51,10 @@ pub struct Tunnel {
     pub dst: [u8; 16],
     /// Bytes of outer IP header to remove (after the Ethernet header).
     pub outer_len: usize,
+    /// Offset of the inner IP header in the frame.
+    pub inner_at: usize,
+    /// The outer header's ECN field (two bits).
+    pub outer_ecn: u8,
     pub inner_ether_type: u16,
     /// The counter a successful strip bumps.
     pub decapsulated: DecapStat,
@@ -62,15 +75,21 @@ pub fn data_end(ctx: &XdpContext) -> usize {
     unsafe { core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize }
 }
 
-/// A `T` at `offset`, or `None` when the frame is too short for it.
+/// A pointer to a `T` at `offset`, or `None` when the frame is too short for it.
 #[inline(always)]
-fn header<'a, T>(ctx: &XdpContext, offset: usize) -> Option<&'a T> {
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     let start = data(ctx);
     if start + offset + mem::size_of::<T>() > data_end(ctx) {
         return None;
     }
-    // SAFETY: in bounds (checked above); the header types are byte layouts, alignment 1.
-    Some(unsafe { &*((start + offset) as *const T) })
+    Some((start + offset) as *mut T)
+}
+
+/// A `T` at `offset`, or `None` when the frame is too short for it.
+#[inline(always)]
+fn header<'a, T>(ctx: &XdpContext, offset: usize) -> Option<&'a T> {
+    // SAFETY: in bounds (checked by ptr_at); the header types are byte layouts, alignment 1.
+    ptr_at::<T>(ctx, offset).map(|ptr| unsafe { &*ptr })
 }
 
 /// The tunnel in this frame, or the counter that says why it is not one.
@@ -119,6 +138,8 @@ fn parse_ipv4(ctx: &XdpContext, l2_len: usize) -> Result<Tunnel, DecapStat> {
         src: mapped_v4(ip.src_addr),
         dst: mapped_v4(ip.dst_addr),
         outer_len: header_len,
+        inner_at: l2_len + header_len,
+        outer_ecn: ip.tos & ECN_MASK,
         inner_ether_type: ETH_P_IPV4,
         decapsulated: DecapStat::DecapV4InV4,
     })
@@ -147,6 +168,8 @@ fn parse_ipv6(ctx: &XdpContext, l2_len: usize) -> Result<Tunnel, DecapStat> {
         src: ip.src_addr,
         dst: ip.dst_addr,
         outer_len: Ipv6Hdr::LEN,
+        inner_at,
+        outer_ecn: ipv6_ecn(ip.vcf[1]),
         inner_ether_type,
         decapsulated,
     })
