@@ -18,6 +18,14 @@ pub const MAP_DECAP_CONFIG: &str = "DECAP_CONFIG";
 /// Per-CPU array of [`crate::stats::Counter`], indexed by [`DecapStat`].
 pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
 
+/// Every map of the decap object, each pinned by its name when the program is pinned.
+pub const DECAP_PINNED_MAPS: [&str; 4] = [
+    MAP_DECAP_LOCAL,
+    MAP_DECAP_SOURCES,
+    MAP_DECAP_CONFIG,
+    MAP_DECAP_STATS,
+];
+
 /// Entries of `DECAP_LOCAL`: the host's addresses that tunnels may be sent to.
 pub const DECAP_MAX_LOCAL: u32 = 256;
 /// Entries of `DECAP_SOURCES`.

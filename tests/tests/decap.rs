@@ -8,14 +8,19 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{
     consts::{XDP_DROP, XDP_PASS},
-    decap::{DecapStat, MAP_DECAP_CONFIG, MAP_DECAP_LOCAL, MAP_DECAP_SOURCES, MAP_DECAP_STATS},
+    decap::{
+        DECAP_PINNED_MAPS, DecapStat, MAP_DECAP_CONFIG, MAP_DECAP_LOCAL, MAP_DECAP_SOURCES,
+        MAP_DECAP_STATS,
+    },
 };
 use lb_tests::{
     packets::{Family, LB_V4, LB_V6, Spec, Transport},
     tunnel::{BACKEND_MAC, BACKEND_V4, BACKEND_V6, Outer, encapsulate, inner, set_ecn},
     verify::verify,
 };
-use lb_userspace::datapath::decap::{DECAP_OBJECT, Decap, DecapSnapshot, SourcePrefix};
+use lb_userspace::datapath::decap::{
+    DECAP_OBJECT, Decap, DecapSnapshot, SourcePrefix, read_pinned_counters,
+};
 
 const LB_MAC: [u8; 6] = lb_tests::packets::LB_MAC;
 
@@ -40,18 +45,7 @@ impl Backend {
     /// moved (a panic if none or several did).
     fn run(&mut self, packet: &[u8]) -> (u32, Vec<u8>, DecapStat) {
         let before = self.counters();
-        let mut out = vec![0u8; packet.len() + 64];
-        let result = self
-            .decap
-            .program()
-            .test_run(TestRunOptions {
-                data_in: Some(packet),
-                data_out: Some(&mut out),
-                repeat: 1,
-                ..TestRunOptions::new()
-            })
-            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on {} bytes: {e}", packet.len()));
-        out.truncate(result.data_size_out as usize);
+        let (action, out) = test_run(&mut self.decap, packet);
         let after = self.counters();
         let moved: Vec<(DecapStat, u64, u64)> = DecapStat::ALL
             .iter()
@@ -74,7 +68,7 @@ impl Backend {
             packet.len() as u64,
             "{stat:?} counts the frame's bytes"
         );
-        (result.return_value, out, stat)
+        (action, out, stat)
     }
 
     fn counters(&self) -> DecapSnapshot {
@@ -111,6 +105,22 @@ impl Backend {
         assert_eq!(&out[14..], inner, "inner packet byte for byte");
         out
     }
+}
+
+/// Runs `decap`'s program once on `packet`: its verdict and the packet it left.
+fn test_run(decap: &mut Decap, packet: &[u8]) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; packet.len() + 64];
+    let result = decap
+        .program()
+        .test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            repeat: 1,
+            ..TestRunOptions::new()
+        })
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on {} bytes: {e}", packet.len()));
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
 }
 
 fn v4(octets: [u8; 4]) -> IpAddr {
@@ -542,4 +552,48 @@ fn the_decap_object_loads_through_the_verifier_with_only_its_own_maps() {
         ],
         "no balancer maps in the backends' object"
     );
+}
+
+/// A pin directory on bpffs for one test, removed on drop.
+struct Pins(std::path::PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn pinned_maps_outlive_the_loader_and_their_counters_read_from_the_pins() {
+    lb_tests::require_root!();
+    let pins = Pins(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/lbt-decap-{}",
+        std::process::id()
+    )));
+    let frame = encapsulate(Outer::V4, &client_packet(Family::V4, Transport::Udp));
+    {
+        let mut decap = Decap::load_pinned(DECAP_OBJECT, &pins.0).expect("load, pinned");
+        decap.add_local(v4(BACKEND_V4)).expect("add an address");
+        let (action, out) = test_run(&mut decap, &frame);
+        assert_eq!(
+            (action, out.len()),
+            (XDP_PASS, frame.len() - 20),
+            "decapsulated"
+        );
+    }
+    for name in DECAP_PINNED_MAPS {
+        assert!(pins.0.join(name).exists(), "{name} pinned");
+    }
+    let counters = read_pinned_counters(&pins.0).expect("counters from the pins");
+    assert_eq!(counters.get(DecapStat::DecapV4InV4).packets, 1);
+    // A second load adopts the pinned maps: the address is still there, the counter goes on.
+    let mut decap = Decap::load_pinned(DECAP_OBJECT, &pins.0).expect("load again, pinned");
+    let (action, out) = test_run(&mut decap, &frame);
+    assert_eq!(
+        (action, out.len()),
+        (XDP_PASS, frame.len() - 20),
+        "still decapsulated"
+    );
+    let counters = read_pinned_counters(&pins.0).expect("counters from the pins");
+    assert_eq!(counters.get(DecapStat::DecapV4InV4).packets, 2);
 }

@@ -2,10 +2,14 @@
 //! balancer's maps): loading it through the verifier, the outer destinations it accepts,
 //! the outer source prefixes it allows, and its counters.
 //!
-//! Not pinned or attached here yet: `lb decap attach` (issue 17) will pin these maps and
-//! attach [`Decap::program`] the way the balancer's are.
+//! Maps can be pinned ([`Decap::load_pinned`]) and counters read from the pins alone
+//! ([`read_pinned_counters`]); attaching and pinning the link is left to `lb decap attach`
+//! (issue 17), which will do it the way the balancer's are.
 
-use std::net::IpAddr;
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -17,8 +21,9 @@ use aya::{
 };
 use lb_common::{
     decap::{
-        DECAP_FILTER_SOURCES, DECAP_PROGRAM_NAME, DecapConfig, DecapStat, MAP_DECAP_CONFIG,
-        MAP_DECAP_LOCAL, MAP_DECAP_SOURCES, MAP_DECAP_STATS, mapped_v4, mapped_v4_prefix_len,
+        DECAP_FILTER_SOURCES, DECAP_PINNED_MAPS, DECAP_PROGRAM_NAME, DecapConfig, DecapStat,
+        MAP_DECAP_CONFIG, MAP_DECAP_LOCAL, MAP_DECAP_SOURCES, MAP_DECAP_STATS, mapped_v4,
+        mapped_v4_prefix_len,
     },
     stats::Counter,
 };
@@ -42,6 +47,12 @@ pub enum DecapError {
         name: &'static str,
         #[source]
         source: MapError,
+    },
+    #[error("creating the pin directory {path}")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("{addr}/{len} is not a prefix (at most {max} bits)")]
     InvalidPrefix { addr: IpAddr, len: u8, max: u8 },
@@ -119,7 +130,26 @@ impl Decap {
     /// Parses `object` (normally [`DECAP_OBJECT`]), creates its maps and loads the program
     /// through the verifier. Accepts nothing until [`Decap::add_local`].
     pub fn load(object: &[u8]) -> Result<Self, DecapError> {
-        let mut ebpf = EbpfLoader::new().load(object).map_err(DecapError::Open)?;
+        Self::load_with(object, &mut EbpfLoader::new())
+    }
+
+    /// As [`Decap::load`], with every map pinned in `dir` by its name (the directory is
+    /// created on bpffs if missing). Maps an earlier load pinned there are reused as they
+    /// are, addresses, prefixes and counters included; missing ones are created and pinned.
+    pub fn load_pinned(object: &[u8], dir: &Path) -> Result<Self, DecapError> {
+        std::fs::create_dir_all(dir).map_err(|source| DecapError::PinDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mut loader = EbpfLoader::new();
+        for name in DECAP_PINNED_MAPS {
+            loader.map_pin_path(name, dir.join(name));
+        }
+        Self::load_with(object, &mut loader)
+    }
+
+    fn load_with(object: &[u8], loader: &mut EbpfLoader<'_>) -> Result<Self, DecapError> {
+        let mut ebpf = loader.load(object).map_err(DecapError::Open)?;
         let program: &mut Xdp = ebpf
             .program_mut(DECAP_PROGRAM_NAME)
             .and_then(|p| p.try_into().ok())
@@ -209,23 +239,38 @@ impl Decap {
 
     /// Every counter, summed over CPUs.
     pub fn counters(&self) -> Result<DecapSnapshot, DecapError> {
-        let counters = DecapStat::ALL
-            .iter()
-            .map(|stat| {
-                let per_cpu =
-                    self.stats
-                        .get(&stat.index(), 0)
-                        .map_err(|source| DecapError::Map {
-                            name: MAP_DECAP_STATS,
-                            source,
-                        })?;
-                let mut total = Counter::default();
-                per_cpu.iter().for_each(|slot| total.merge(slot));
-                Ok(total)
-            })
-            .collect::<Result<_, DecapError>>()?;
-        Ok(DecapSnapshot { counters })
+        sum_counters(&self.stats)
     }
+}
+
+/// The counters of a decap program whose maps are pinned in `dir`, without loading
+/// anything (what a status command needs while the program runs on).
+pub fn read_pinned_counters(dir: &Path) -> Result<DecapSnapshot, DecapError> {
+    let map_error = |source| DecapError::Map {
+        name: MAP_DECAP_STATS,
+        source,
+    };
+    let data = MapData::from_pin(dir.join(MAP_DECAP_STATS)).map_err(map_error)?;
+    let stats = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).map_err(map_error)?;
+    sum_counters(&stats)
+}
+
+fn sum_counters(stats: &PerCpuArray<MapData, Counter>) -> Result<DecapSnapshot, DecapError> {
+    let counters = DecapStat::ALL
+        .iter()
+        .map(|stat| {
+            let per_cpu = stats
+                .get(&stat.index(), 0)
+                .map_err(|source| DecapError::Map {
+                    name: MAP_DECAP_STATS,
+                    source,
+                })?;
+            let mut total = Counter::default();
+            per_cpu.iter().for_each(|slot| total.merge(slot));
+            Ok(total)
+        })
+        .collect::<Result<_, DecapError>>()?;
+    Ok(DecapSnapshot { counters })
 }
 
 #[cfg(test)]
