@@ -5,6 +5,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod consts;
+pub mod decap;
 pub mod flow;
 pub mod hash;
 pub mod icmp;

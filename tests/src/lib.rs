@@ -9,6 +9,7 @@ pub mod packets;
 pub mod process;
 pub mod root;
 pub mod testrun;
+pub mod tunnel;
 pub mod verify;
 
 /// A line on stderr that the test harness does not capture: shown even for a passing test

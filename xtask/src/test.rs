@@ -46,7 +46,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     let lb = build::run(&build::Options::default())?;
     step(
-        "eBPF tests (BPF_PROG_TEST_RUN: golden packets, 10^4 fuzzed packets)",
+        "eBPF tests (BPF_PROG_TEST_RUN: golden packets, the backends' decap program, 10^4 fuzzed packets)",
         cmd::privileged_cargo()?.args([
             "test",
             "-p",
@@ -59,6 +59,8 @@ pub fn run() -> anyhow::Result<()> {
             "lifecycle",
             "--test",
             "icmp",
+            "--test",
+            "decap",
             "--test",
             "fuzz",
         ]),
@@ -84,6 +86,8 @@ pub fn run() -> anyhow::Result<()> {
                 "faults",
                 "--test",
                 "flows",
+                "--test",
+                "decap_lab",
                 "--test",
                 "soak",
             ])

@@ -6,6 +6,7 @@ pub mod addresses;
 pub mod attach;
 pub mod batch;
 pub mod conntrack;
+pub mod decap;
 pub mod egress;
 pub mod forwarding;
 pub mod load;

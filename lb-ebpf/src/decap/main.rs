@@ -1,0 +1,143 @@
+//! `lb_decap`, the backends' XDP program: strips the outer header of IPIP,
+//! IPv6-in-IPv6 and IPv4-in-IPv6 packets sent to this host, so the stack receives the
+//! client's packet as the lb got it. A kernel without the ipip / ip6_tunnel modules can
+//! then be a DSR backend.
+//!
+//! Its own object with four small maps (`lb-common/src/decap.rs`): a backend never
+//! creates the balancer's tables. Every packet bumps exactly one counter. Anything not
+//! decapsulated leaves exactly as it came (`XDP_PASS`): the result is what the stack
+//! would have seen with no program attached. The one drop: a congestion mark that cannot
+//! be carried into the inner packet (`ecn.rs`).
+#![no_std]
+#![no_main]
+
+mod ecn;
+mod tunnel;
+
+use aya_ebpf::{
+    bindings::xdp_action, helpers::generated::bpf_xdp_adjust_head, macros::map, macros::xdp,
+    maps::Array, maps::HashMap, maps::LpmTrie, maps::PerCpuArray, maps::lpm_trie::Key,
+    programs::XdpContext,
+};
+use lb_common::{
+    decap::{
+        DECAP_FILTER_SOURCES, DECAP_MAX_LOCAL, DECAP_MAX_SOURCES, DECAP_STATS_LEN, DecapConfig,
+        DecapStat,
+    },
+    stats::Counter,
+};
+
+use crate::tunnel::{ETH_HEADER_LEN, ETH_VLAN_HEADER_LEN, Tunnel, data, data_end};
+
+/// Outer destinations to decapsulate for (IPv4 mapped, see `lb_common::decap`).
+#[map(name = "DECAP_LOCAL")]
+static DECAP_LOCAL: HashMap<[u8; 16], u32> = HashMap::with_max_entries(DECAP_MAX_LOCAL, 0);
+
+/// Allowed outer source prefixes, consulted when `DECAP_FILTER_SOURCES` is set.
+#[map(name = "DECAP_SOURCES")]
+static DECAP_SOURCES: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(DECAP_MAX_SOURCES, 0);
+
+#[map(name = "DECAP_CONFIG")]
+static DECAP_CONFIG: Array<DecapConfig> = Array::with_max_entries(1, 0);
+
+#[map(name = "DECAP_STATS")]
+static DECAP_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DECAP_STATS_LEN, 0);
+
+#[xdp]
+pub fn lb_decap(ctx: XdpContext) -> u32 {
+    let len = data_end(&ctx) - data(&ctx);
+    let (action, stat) = process(&ctx);
+    count(stat, len);
+    action
+}
+
+#[inline(always)]
+fn process(ctx: &XdpContext) -> (u32, DecapStat) {
+    let tunnel = match tunnel::parse(ctx) {
+        Ok(tunnel) => tunnel,
+        Err(stat) => return (xdp_action::XDP_PASS, stat),
+    };
+    // SAFETY: a hash lookup; the value is not kept.
+    if unsafe { DECAP_LOCAL.get(tunnel.dst) }.is_none() {
+        return (xdp_action::XDP_PASS, DecapStat::PassNotLocal);
+    }
+    if !source_allowed(&tunnel) {
+        return (xdp_action::XDP_PASS, DecapStat::PassNotAllowedSource);
+    }
+    if !ecn::carry(ctx, &tunnel) {
+        return (xdp_action::XDP_DROP, DecapStat::DropCeNotEct);
+    }
+    strip(ctx, &tunnel)
+}
+
+#[inline(always)]
+fn source_allowed(tunnel: &Tunnel) -> bool {
+    let filtered = DECAP_CONFIG
+        .get(0)
+        .is_some_and(|config| config.flags & DECAP_FILTER_SOURCES != 0);
+    !filtered || DECAP_SOURCES.get(Key::new(128, tunnel.src)).is_some()
+}
+
+/// Removes the outer IP header: the Ethernet header before it (addresses and any VLAN
+/// tag) moves forward over it, and its ethertype becomes the inner packet's.
+#[inline(always)]
+fn strip(ctx: &XdpContext, tunnel: &Tunnel) -> (u32, DecapStat) {
+    let moved = if tunnel.l2_len == ETH_VLAN_HEADER_LEN {
+        move_l2::<{ ETH_VLAN_HEADER_LEN - 2 }>(ctx, tunnel)
+    } else {
+        move_l2::<{ ETH_HEADER_LEN - 2 }>(ctx, tunnel)
+    };
+    match moved {
+        Ok(()) => (xdp_action::XDP_PASS, tunnel.decapsulated),
+        Err(action) => (action, DecapStat::Malformed),
+    }
+}
+
+/// Moves the first `N` bytes (the Ethernet header up to its last ethertype) forward by
+/// the outer header's length and writes the inner ethertype after them.
+#[inline(always)]
+fn move_l2<const N: usize>(ctx: &XdpContext, tunnel: &Tunnel) -> Result<(), u32> {
+    let start = data(ctx);
+    if start + N > data_end(ctx) {
+        return Err(xdp_action::XDP_PASS);
+    }
+    // SAFETY: N bytes are in bounds (checked above); byte arrays align to 1.
+    let l2 = unsafe { *(start as *const [u8; N]) };
+    // SAFETY: the context is the program's own; `outer_len` bytes of outer header follow
+    // the Ethernet header (checked by `tunnel::parse`), so the new start stays inside.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, tunnel.outer_len as i32) } != 0 {
+        return Err(xdp_action::XDP_PASS);
+    }
+    // Every packet pointer is stale after the move: read the bounds again.
+    let start = data(ctx);
+    if start + N + 2 > data_end(ctx) {
+        // Cannot happen (the inner header follows); dropped rather than passed headless.
+        return Err(xdp_action::XDP_DROP);
+    }
+    // SAFETY: N + 2 bytes are in bounds (checked above).
+    unsafe {
+        *(start as *mut [u8; N]) = l2;
+        *((start + N) as *mut [u8; 2]) = tunnel.inner_ether_type.to_be_bytes();
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn count(stat: DecapStat, bytes: usize) {
+    if let Some(counter) = DECAP_STATS.get_ptr_mut(stat.index()) {
+        // SAFETY: the slot belongs to this CPU and the program is not re-entered on it.
+        let counter = unsafe { &mut *counter };
+        counter.packets += 1;
+        counter.bytes += bytes as u64;
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,314 @@
+//! The backends' decapsulation program (`lb_decap`, its own object: none of the
+//! balancer's maps): loading it through the verifier, the outer destinations it accepts,
+//! the outer source prefixes it allows, and its counters.
+//!
+//! Maps can be pinned ([`Decap::load_pinned`]) and counters read from the pins alone
+//! ([`read_pinned_counters`]); attaching and pinning the link is left to `lb decap attach`
+//! (issue 17), which will do it the way the balancer's are.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{
+        Array, HashMap, MapData, MapError, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
+    programs::{ProgramError, Xdp},
+};
+use lb_common::{
+    decap::{
+        DECAP_FILTER_SOURCES, DECAP_PINNED_MAPS, DECAP_PROGRAM_NAME, DecapConfig, DecapStat,
+        MAP_DECAP_CONFIG, MAP_DECAP_LOCAL, MAP_DECAP_SOURCES, MAP_DECAP_STATS, mapped_v4,
+        mapped_v4_prefix_len,
+    },
+    stats::Counter,
+};
+use thiserror::Error;
+
+/// The decap object built by build.rs from `lb-ebpf` (its `decap` binary).
+pub static DECAP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/decap"));
+
+#[derive(Debug, Error)]
+pub enum DecapError {
+    #[error("parsing the decap object")]
+    Open(#[source] aya::EbpfError),
+    #[error("the decap object has no XDP program {DECAP_PROGRAM_NAME}")]
+    NoProgram,
+    #[error("loading {DECAP_PROGRAM_NAME}")]
+    Load(#[source] ProgramError),
+    #[error("the decap object has no map {0}")]
+    NoMap(&'static str),
+    #[error("decap map {name}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("creating the pin directory {path}")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{addr}/{len} is not a prefix (at most {max} bits)")]
+    InvalidPrefix { addr: IpAddr, len: u8, max: u8 },
+}
+
+/// A source prefix the decap program accepts tunnels from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourcePrefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl SourcePrefix {
+    /// The prefix as an LPM key: IPv4 mapped into `::ffff:0:0/96`, host bits cleared.
+    fn key(self) -> Result<Key<[u8; 16]>, DecapError> {
+        let max = if self.addr.is_ipv4() { 32 } else { 128 };
+        if self.len > max {
+            return Err(DecapError::InvalidPrefix {
+                addr: self.addr,
+                len: self.len,
+                max,
+            });
+        }
+        let bits = match self.addr {
+            IpAddr::V4(_) => mapped_v4_prefix_len(self.len),
+            IpAddr::V6(_) => u32::from(self.len),
+        };
+        let full = u128::from_be_bytes(map_key(self.addr));
+        let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+        Ok(Key::new(bits, (full & mask).to_be_bytes()))
+    }
+}
+
+/// An address as the decap maps hold it (IPv4 mapped).
+pub fn map_key(addr: IpAddr) -> [u8; 16] {
+    match addr {
+        IpAddr::V4(v4) => mapped_v4(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// Counter totals over all CPUs, indexed like [`DecapStat::ALL`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DecapSnapshot {
+    pub counters: Vec<Counter>,
+}
+
+impl DecapSnapshot {
+    pub fn get(&self, stat: DecapStat) -> Counter {
+        self.counters
+            .get(stat.index() as usize)
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// The decap program loaded into the kernel (not attached), with its maps.
+pub struct Decap {
+    ebpf: Ebpf,
+    local: HashMap<MapData, [u8; 16], u32>,
+    sources: LpmTrie<MapData, [u8; 16], u32>,
+    config: Array<MapData, DecapConfig>,
+    stats: PerCpuArray<MapData, Counter>,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DecapError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(DecapError::NoMap(name))?;
+    T::try_from(map).map_err(|source| DecapError::Map { name, source })
+}
+
+impl Decap {
+    /// Parses `object` (normally [`DECAP_OBJECT`]), creates its maps and loads the program
+    /// through the verifier. Accepts nothing until [`Decap::add_local`].
+    pub fn load(object: &[u8]) -> Result<Self, DecapError> {
+        Self::load_with(object, &mut EbpfLoader::new())
+    }
+
+    /// As [`Decap::load`], with every map pinned in `dir` by its name (the directory is
+    /// created on bpffs if missing). Maps an earlier load pinned there are reused as they
+    /// are, addresses, prefixes and counters included; missing ones are created and pinned.
+    pub fn load_pinned(object: &[u8], dir: &Path) -> Result<Self, DecapError> {
+        std::fs::create_dir_all(dir).map_err(|source| DecapError::PinDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mut loader = EbpfLoader::new();
+        for name in DECAP_PINNED_MAPS {
+            loader.map_pin_path(name, dir.join(name));
+        }
+        Self::load_with(object, &mut loader)
+    }
+
+    fn load_with(object: &[u8], loader: &mut EbpfLoader<'_>) -> Result<Self, DecapError> {
+        let mut ebpf = loader.load(object).map_err(DecapError::Open)?;
+        let program: &mut Xdp = ebpf
+            .program_mut(DECAP_PROGRAM_NAME)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DecapError::NoProgram)?;
+        program.load().map_err(DecapError::Load)?;
+        Ok(Self {
+            local: take(&mut ebpf, MAP_DECAP_LOCAL)?,
+            sources: take(&mut ebpf, MAP_DECAP_SOURCES)?,
+            config: take(&mut ebpf, MAP_DECAP_CONFIG)?,
+            stats: take(&mut ebpf, MAP_DECAP_STATS)?,
+            ebpf,
+        })
+    }
+
+    /// The loaded XDP program, to attach or test-run.
+    pub fn program(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(DECAP_PROGRAM_NAME)
+            .and_then(|p| p.try_into().ok())
+            .expect("checked at load")
+    }
+
+    /// Accepts tunnels whose outer destination is `addr`.
+    pub fn add_local(&mut self, addr: IpAddr) -> Result<(), DecapError> {
+        self.local
+            .insert(map_key(addr), 1, 0)
+            .map_err(|source| DecapError::Map {
+                name: MAP_DECAP_LOCAL,
+                source,
+            })
+    }
+
+    /// Stops accepting tunnels to `addr`; absent is not an error.
+    pub fn remove_local(&mut self, addr: IpAddr) -> Result<(), DecapError> {
+        match self.local.remove(&map_key(addr)) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(DecapError::Map {
+                name: MAP_DECAP_LOCAL,
+                source,
+            }),
+        }
+    }
+
+    /// Replaces the allowed outer source prefixes; empty allows any source. In a
+    /// packet-safe order: new prefixes go in before the filter is switched on, and the
+    /// filter goes off before the last prefix leaves, so no moment refuses a source both
+    /// the old and the new setting allow.
+    pub fn set_sources(&mut self, prefixes: &[SourcePrefix]) -> Result<(), DecapError> {
+        let keys = prefixes
+            .iter()
+            .map(|p| p.key())
+            .collect::<Result<Vec<_>, _>>()?;
+        let map_error = |name| move |source| DecapError::Map { name, source };
+        for key in &keys {
+            self.sources
+                .insert(key, 1, 0)
+                .map_err(map_error(MAP_DECAP_SOURCES))?;
+        }
+        let flags = if keys.is_empty() {
+            0
+        } else {
+            DECAP_FILTER_SOURCES
+        };
+        self.config
+            .set(0, DecapConfig { flags }, 0)
+            .map_err(map_error(MAP_DECAP_CONFIG))?;
+        let stale: Vec<Key<[u8; 16]>> = self
+            .sources
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_error(MAP_DECAP_SOURCES))?
+            .into_iter()
+            .filter(|old| {
+                !keys
+                    .iter()
+                    .any(|new| new.prefix_len() == old.prefix_len() && new.data() == old.data())
+            })
+            .collect();
+        for key in &stale {
+            match self.sources.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(map_error(MAP_DECAP_SOURCES)(source)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Every counter, summed over CPUs.
+    pub fn counters(&self) -> Result<DecapSnapshot, DecapError> {
+        sum_counters(&self.stats)
+    }
+}
+
+/// The counters of a decap program whose maps are pinned in `dir`, without loading
+/// anything (what a status command needs while the program runs on).
+pub fn read_pinned_counters(dir: &Path) -> Result<DecapSnapshot, DecapError> {
+    let map_error = |source| DecapError::Map {
+        name: MAP_DECAP_STATS,
+        source,
+    };
+    let data = MapData::from_pin(dir.join(MAP_DECAP_STATS)).map_err(map_error)?;
+    let stats = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data)).map_err(map_error)?;
+    sum_counters(&stats)
+}
+
+fn sum_counters(stats: &PerCpuArray<MapData, Counter>) -> Result<DecapSnapshot, DecapError> {
+    let counters = DecapStat::ALL
+        .iter()
+        .map(|stat| {
+            let per_cpu = stats
+                .get(&stat.index(), 0)
+                .map_err(|source| DecapError::Map {
+                    name: MAP_DECAP_STATS,
+                    source,
+                })?;
+            let mut total = Counter::default();
+            per_cpu.iter().for_each(|slot| total.merge(slot));
+            Ok(total)
+        })
+        .collect::<Result<_, DecapError>>()?;
+    Ok(DecapSnapshot { counters })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_become_masked_lpm_keys() {
+        let v4 = SourcePrefix {
+            addr: "198.18.7.9".parse().unwrap(),
+            len: 24,
+        }
+        .key()
+        .unwrap();
+        assert_eq!(v4.prefix_len(), 120);
+        assert_eq!(v4.data(), map_key("198.18.7.0".parse().unwrap()));
+        let v6 = SourcePrefix {
+            addr: "fd00::1:2".parse().unwrap(),
+            len: 112,
+        }
+        .key()
+        .unwrap();
+        assert_eq!(v6.prefix_len(), 112);
+        assert_eq!(v6.data(), map_key("fd00::1:0".parse().unwrap()));
+        let any = SourcePrefix {
+            addr: "::".parse().unwrap(),
+            len: 0,
+        }
+        .key()
+        .unwrap();
+        assert_eq!(any.prefix_len(), 0);
+        assert!(
+            SourcePrefix {
+                addr: "198.18.0.0".parse().unwrap(),
+                len: 33
+            }
+            .key()
+            .is_err()
+        );
+    }
+}
