@@ -23,7 +23,7 @@ use crate::{
     csum::Delta,
     forward, lookup,
     nat::{self, Headers, Side},
-    parse::{self, Packet, ptr_at},
+    parse::{self, ICMP_HEADER, Packet, ptr_at},
     select,
 };
 
@@ -36,7 +36,6 @@ const ICMPV6_PACKET_TOO_BIG: u8 = 2;
 const ICMPV6_TIME_EXCEEDED: u8 = 3;
 const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ICMPV6_ECHO_REPLY: u8 = 129;
-pub const ICMP_HEADER: usize = 8;
 /// TTL / hop limit of what the datapath sends itself.
 pub const OWN_TTL: u8 = 64;
 

@@ -30,8 +30,8 @@ const ETH_P_8021AD: u16 = 0x88a8;
 
 const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_ICMPV6: u8 = 58;
-/// The fixed part of an ICMP or ICMPv6 message.
-const ICMP_HEADER_LEN: usize = 8;
+/// The fixed part of an ICMP or ICMPv6 message: type, code, checksum and 4 more bytes.
+pub const ICMP_HEADER: usize = 8;
 /// IPv4 "more fragments" flag and fragment offset, in the host-order `frags` word.
 const IPV4_MF_AND_OFFSET: u16 = 0x3fff;
 
@@ -197,7 +197,7 @@ pub fn parse(ctx: &XdpContext, counted: bool) -> Result<Parsed, Malformed> {
         L4::Udp => UdpHdr::LEN,
         // Type, code, checksum and the 4-byte rest every ICMP and ICMPv6 message has; the
         // kernel drops a shorter one too.
-        L4::Icmp => ICMP_HEADER_LEN,
+        L4::Icmp => ICMP_HEADER,
         _ => 0,
     };
     if data(ctx) + l3_offset + ip_len > data_end(ctx) || l4_offset + l4_header > l3_offset + ip_len

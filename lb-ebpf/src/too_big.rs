@@ -19,9 +19,9 @@ use network_types::{
 
 use crate::{
     Outcome, forward,
-    icmp::{ICMP_HEADER, OWN_TTL, swap_macs},
+    icmp::{OWN_TTL, swap_macs},
     maps::ICMP_RATE,
-    parse::{Packet, ptr_at},
+    parse::{ICMP_HEADER, Packet, ptr_at},
 };
 
 const ICMP_DEST_UNREACH: u8 = 3;
