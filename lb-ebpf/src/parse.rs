@@ -326,7 +326,13 @@ fn parse_l4(
             flow.dst_port = udp.dst_port();
             Ok((L4::Udp, 0))
         }
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+        // ICMP in IPv4, ICMPv6 in IPv6; the other pairing is no ICMP the stack would read
+        // (found by the fuzzer: an IPv6 packet with next header 1 was answered as echo).
+        IPPROTO_ICMP if flow.family == FAMILY_V4 => {
+            count_protocol(counted, Stat::Icmp);
+            Ok((L4::Icmp, 0))
+        }
+        IPPROTO_ICMPV6 if flow.family != FAMILY_V4 => {
             count_protocol(counted, Stat::Icmp);
             Ok((L4::Icmp, 0))
         }
