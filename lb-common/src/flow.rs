@@ -156,6 +156,9 @@ pub struct NextHop {
 
 /// The egress interface is one lb can send to (the ingress one, or in TX_PORTS).
 pub const NEXTHOP_FLAG_ATTACHED: u8 = 1;
+/// The destination itself is the next hop (on this host's link, no gateway): where
+/// dsr-l2 may send.
+pub const NEXTHOP_FLAG_DIRECT: u8 = 2;
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for NextHop {}

@@ -44,7 +44,9 @@ impl RateBucket {
 pub struct TooBigArgs {
     pub from: Addr,
     pub mtu: u16,
-    pub _pad: [u8; 6],
+    /// 1 when the packet would have fitted but for a DSR outer header (counted apart).
+    pub dsr: u8,
+    pub _pad: [u8; 5],
 }
 
 #[cfg(feature = "user")]

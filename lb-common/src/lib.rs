@@ -6,6 +6,7 @@
 
 pub mod consts;
 pub mod decap;
+pub mod encap;
 pub mod flow;
 pub mod hash;
 pub mod icmp;

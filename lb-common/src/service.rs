@@ -58,8 +58,9 @@ pub struct VipInfo {
     /// Which of the VIP's two Maglev tables is live (0 or 1). Userspace fills the other one,
     /// then flips this in a single map update, so no packet sees a half-written table.
     pub active_table: u8,
-    /// `VIP_FLAG_*` bits.
-    pub flags: u8,
+    /// `encap::MODE_*`: how the VIP's packets reach its backends (read back on adoption;
+    /// the datapath follows each backend's copy).
+    pub mode: u8,
     pub _pad: [u8; 2],
 }
 
@@ -84,6 +85,9 @@ pub struct Backend {
     /// Changes every time the id is given to a backend: a tracked flow pinned under an
     /// older generation is balanced again instead of following the id.
     pub generation: u32,
+    /// Its VIP's `encap::MODE_*`, here so that a tracked flow's packet needs no VIP lookup.
+    pub mode: u8,
+    pub _pad: [u8; 3],
 }
 
 #[cfg(feature = "user")]

@@ -51,6 +51,8 @@ pub enum StatKind {
     Reason,
     /// Conntrack table events; `packets` counts events, `bytes` stays 0.
     Conntrack,
+    /// Direct server return: packets and bytes sent in each DSR mode, and too big for it.
+    Dsr,
 }
 
 macro_rules! stats {
@@ -147,6 +149,19 @@ stats! {
     CtRebalanced = 48, "ct_rebalanced", Conntrack;
     // A RST that matched no entry: forwarded, never tracked.
     CtRstUntracked = 49, "ct_rst_untracked", Conntrack;
+    // Direct server return, beside the packet's reason (fwd_new_flow, fwd_established).
+    DsrIpipEncapsulated = 50, "dsr_ipip_encapsulated", Dsr;
+    DsrL2Forwarded = 51, "dsr_l2_forwarded", Dsr;
+    // A DSR packet that would not fit its next hop with the outer header: answered with
+    // frag-needed / packet-too-big (or rate-limited), see icmp_too_big_sent.
+    DsrTooBig = 52, "dsr_too_big", Dsr;
+    // The backend's neighbour is not resolved: the kernel cannot forward a DSR packet for
+    // us (the VIP is not its to route), so it is dropped.
+    DropDsrNoNeighbour = 53, "drop_dsr_no_neighbour", Reason;
+    // A dsr-l2 backend that is not on the lb's link (its route has a gateway).
+    DropDsrNotOnLink = 54, "drop_dsr_not_on_link", Reason;
+    // An IPv6 packet for an IPv4 backend (refused by the controller; never expected).
+    DropDsrUnsupported = 55, "drop_dsr_unsupported", Reason;
 }
 
 /// Number of slots in the stats map.

@@ -47,3 +47,15 @@ fn fold(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum as u16
 }
+
+/// The checksum of an IPv4 header without options whose checksum field is 0.
+#[inline(always)]
+pub fn ipv4_header(header: &[u8; 20]) -> u16 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < 20 {
+        sum += u32::from(u16::from_be_bytes([header[i], header[i + 1]]));
+        i += 2;
+    }
+    !fold(sum)
+}

@@ -14,8 +14,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    consts::{ABLATE_HOP_CACHE, HOP_SLOTS, NEXTHOP_TTL_NS},
-    flow::{FlowKey, NEXTHOP_FLAG_ATTACHED, NextHop},
+    consts::{ABLATE_HOP_CACHE, FAMILY_V4, HOP_SLOTS, NEXTHOP_TTL_NS},
+    flow::{FlowKey, NEXTHOP_FLAG_ATTACHED, NEXTHOP_FLAG_DIRECT, NextHop},
     hash::address_slot,
     service::Addr,
     stats::Stat,
@@ -96,7 +96,8 @@ pub fn route(ctx: &XdpContext, packet: &Packet, out: &FlowKey, slot: HopSlot, no
         hop.family = out.family;
         hop.ingress_ifindex = ingress;
         hop.expires_ns = now + NEXTHOP_TTL_NS;
-        hop.flags = 0;
+        // The FIB lookup set the direct flag; the others are decided here.
+        hop.flags &= NEXTHOP_FLAG_DIRECT;
         if hop.ifindex == ingress || TX_PORTS.get(hop.ifindex).is_some() {
             hop.flags |= NEXTHOP_FLAG_ATTACHED;
         } else {
@@ -129,29 +130,33 @@ pub fn fib_lookup(ctx: &XdpContext, packet: &Packet, out: &FlowKey, hop: &mut Ne
     fib.dport = out.dst_port.to_be();
     fib.ifindex = ctx.ingress_ifindex() as u32;
     // tot_len stays 0: the route's MTU comes back in mtu_result, compared by the caller
-    // (a too-big packet is answered, not failed).
-    if packet.is_v4() {
-        let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, packet.l3_offset) else {
-            return FIB_NOT_ASKED;
-        };
-        // SAFETY: bounds checked; byte-aligned header.
-        let ip = unsafe { &*ip };
+    // (a too-big packet is answered, not failed). The packet's own TOS / flow info is
+    // used when it leaves in its own family (a DSR outer header of another family gets 0).
+    if out.family == FAMILY_V4 {
         fib.family = AF_INET;
-        fib.__bindgen_anon_2.tos = ip.tos;
+        if packet.is_v4() {
+            let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, packet.l3_offset) else {
+                return FIB_NOT_ASKED;
+            };
+            // SAFETY: bounds checked; byte-aligned header.
+            fib.__bindgen_anon_2.tos = unsafe { (*ip).tos };
+        }
         fib.__bindgen_anon_3.ipv4_src =
             u32::from_ne_bytes([out.src[0], out.src[1], out.src[2], out.src[3]]);
         fib.__bindgen_anon_4.ipv4_dst =
             u32::from_ne_bytes([out.dst[0], out.dst[1], out.dst[2], out.dst[3]]);
     } else {
-        let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, packet.l3_offset) else {
-            return FIB_NOT_ASKED;
-        };
-        // SAFETY: as above.
-        let ip = unsafe { &*ip };
         fib.family = AF_INET6;
-        // Traffic class and flow label, network order, without the version nibble.
-        fib.__bindgen_anon_2.flowinfo =
-            u32::from_ne_bytes([ip.vcf[0] & 0x0f, ip.vcf[1], ip.vcf[2], ip.vcf[3]]);
+        if !packet.is_v4() {
+            let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, packet.l3_offset) else {
+                return FIB_NOT_ASKED;
+            };
+            // SAFETY: as above.
+            let vcf = unsafe { (*ip).vcf };
+            // Traffic class and flow label, network order, without the version nibble.
+            fib.__bindgen_anon_2.flowinfo =
+                u32::from_ne_bytes([vcf[0] & 0x0f, vcf[1], vcf[2], vcf[3]]);
+        }
         fib.__bindgen_anon_3.ipv6_src = words(&out.src);
         fib.__bindgen_anon_4.ipv6_dst = words(&out.dst);
     }
@@ -170,6 +175,17 @@ pub fn fib_lookup(ctx: &XdpContext, packet: &Packet, out: &FlowKey, hop: &mut Ne
         hop.dmac = fib.dmac;
         // SAFETY: on success the kernel writes the route's MTU in this union member.
         hop.mtu = unsafe { fib.__bindgen_anon_1.mtu_result };
+        // On success the destination field holds the next hop: the gateway, if any.
+        // SAFETY: plain integers, written by the kernel for the family asked.
+        let direct = unsafe {
+            if out.family == FAMILY_V4 {
+                fib.__bindgen_anon_4.ipv4_dst
+                    == u32::from_ne_bytes([out.dst[0], out.dst[1], out.dst[2], out.dst[3]])
+            } else {
+                fib.__bindgen_anon_4.ipv6_dst == words(&out.dst)
+            }
+        };
+        hop.flags = if direct { NEXTHOP_FLAG_DIRECT } else { 0 };
     }
     rc
 }
@@ -199,6 +215,15 @@ pub fn dont_fragment(ctx: &XdpContext, packet: &Packet) -> bool {
 /// else XDP_REDIRECT through TX_PORTS.
 #[inline(always)]
 pub fn send(ctx: &XdpContext, packet: &Packet, hop: &NextHop, forwarded: Stat) -> Outcome {
+    if decrement_ttl(ctx, packet).is_none() {
+        return Outcome::drop(Stat::DropFibFailure);
+    }
+    transmit(ctx, hop, forwarded)
+}
+
+/// New MACs and out, the IP packet as it is (DSR: the lb is no router hop for it).
+#[inline(always)]
+pub fn transmit(ctx: &XdpContext, hop: &NextHop, forwarded: Stat) -> Outcome {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
         return Outcome::drop(Stat::DropFibFailure);
     };
@@ -206,9 +231,6 @@ pub fn send(ctx: &XdpContext, packet: &Packet, hop: &NextHop, forwarded: Stat) -
     let eth = unsafe { &mut *eth };
     eth.dst_addr = hop.dmac;
     eth.src_addr = hop.smac;
-    if decrement_ttl(ctx, packet).is_none() {
-        return Outcome::drop(Stat::DropFibFailure);
-    }
     if hop.ifindex == ctx.ingress_ifindex() as u32 {
         return Outcome::new(xdp_action::XDP_TX, forwarded);
     }

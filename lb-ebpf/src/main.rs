@@ -10,6 +10,7 @@ mod baseline;
 mod conntrack;
 mod costs;
 mod csum;
+mod encap;
 mod forward;
 mod icmp;
 mod lookup;
@@ -27,6 +28,7 @@ use aya_ebpf::{
 use aya_log_ebpf::{info, warn};
 use lb_common::{
     consts::{ABLATE_CLOCK, ABLATE_CONNTRACK, ABLATE_NAT, IPPROTO_TCP, JUMP_ICMP, JUMP_TOO_BIG},
+    encap::MODE_NAT,
     flow::{CT_DATAGRAM, Conn, FlowKey},
     service::{Addr, Backend, Endpoint, VipInfo},
     stats::Stat,
@@ -235,7 +237,8 @@ fn ttl_expires(ctx: &XdpContext, packet: &Packet) -> bool {
     forward::ttl(ctx, packet).is_none_or(|ttl| ttl <= 1)
 }
 
-/// Destination NAT to the backend, through the backend's own next-hop slot.
+/// Destination NAT to the backend, through the backend's own next-hop slot (or, for a DSR
+/// VIP, the packet untouched: `encap`).
 #[inline(always)]
 fn to_backend_address(
     ctx: &XdpContext,
@@ -245,6 +248,9 @@ fn to_backend_address(
     reason: Stat,
     now: u64,
 ) -> Outcome {
+    if backend.mode != MODE_NAT {
+        return encap::to_backend(ctx, packet, backend_id, backend, reason, now);
+    }
     let out = FlowKey {
         dst: backend.addr,
         dst_port: backend.port,
@@ -392,7 +398,7 @@ fn deliver(
     if let Some(hop) = too_big
         && forward::dont_fragment(ctx, packet)
     {
-        return answer_too_big(ctx, hop.mtu, too_big_from);
+        return answer_too_big(ctx, hop.mtu, too_big_from, false);
     }
     if !maps::ablated(ABLATE_NAT) && nat::rewrite(ctx, packet, side, addr, port).is_err() {
         return Outcome::drop(Stat::DropFibFailure);
@@ -408,13 +414,15 @@ fn deliver(
 
 /// Hands a too-big packet to `lb_too_big` (its own program: building the answer needs
 /// more stack than `lb` has left). Dropped and counted if that program is not there.
+/// `dsr`: too big only with a DSR outer header.
 #[inline(always)]
-fn answer_too_big(ctx: &XdpContext, mtu: u16, from: &Addr) -> Outcome {
+pub fn answer_too_big(ctx: &XdpContext, mtu: u16, from: &Addr, dsr: bool) -> Outcome {
     if let Some(args) = TOO_BIG_ARGS.get_ptr_mut(0) {
         // SAFETY: this CPU's slot, read by the tail-called program right after.
         unsafe {
             (*args).from = *from;
             (*args).mtu = mtu;
+            (*args).dsr = u8::from(dsr);
             JUMPS.tail_call(ctx, JUMP_TOO_BIG);
         }
     }

@@ -6,9 +6,10 @@ use aya_ebpf::{
 };
 use lb_common::{
     consts::{
-        ADDRESS_BUCKETS, CONNTRACK_CAPACITY, DEFAULT_MAGLEV_SIZE, ENDPOINTS_CAPACITY, HOP_SLOTS,
-        MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS, TAIL_PROGRAMS,
+        ADDRESS_BUCKETS, CONNTRACK_CAPACITY, DEFAULT_MAGLEV_SIZE, ENDPOINTS_CAPACITY, FAMILY_V4,
+        HOP_SLOTS, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS, TAIL_PROGRAMS,
     },
+    encap::EncapSource,
     flow::{Conn, DEFAULT_TIMEOUTS_NS, FlowKey, NextHop, Timeouts},
     icmp::{RateBucket, TooBigArgs},
     service::{Backend, Endpoint, EndpointKey, Layout, VipInfo, VipKey},
@@ -99,6 +100,33 @@ static MAGLEV_SIZE: u32 = DEFAULT_MAGLEV_SIZE;
 /// Conntrack idle timeouts in ns by `CT_*` state, set by userspace at load time.
 #[unsafe(no_mangle)]
 static CT_TIMEOUTS_NS: Timeouts = DEFAULT_TIMEOUTS_NS;
+
+/// Outer sources of dsr-ipip by backend family, set by userspace at load time.
+#[unsafe(no_mangle)]
+static ENCAP_SOURCE_V4: EncapSource = EncapSource {
+    addr: [0; 16],
+    host_bits: 0,
+    _pad: [0; 7],
+};
+#[unsafe(no_mangle)]
+static ENCAP_SOURCE_V6: EncapSource = EncapSource {
+    addr: [0; 16],
+    host_bits: 0,
+    _pad: [0; 7],
+};
+
+/// The outer source prefix for a backend of `family`.
+#[inline(always)]
+pub fn encap_source(family: u8) -> EncapSource {
+    // SAFETY: as in `maglev_size`.
+    unsafe {
+        if family == FAMILY_V4 {
+            core::ptr::read_volatile(&raw const ENCAP_SOURCE_V4)
+        } else {
+            core::ptr::read_volatile(&raw const ENCAP_SOURCE_V6)
+        }
+    }
+}
 
 /// `ABLATE_*` stages to skip, set by userspace at load time (0 but in benchmarks).
 #[unsafe(no_mangle)]

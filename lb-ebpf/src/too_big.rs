@@ -22,6 +22,7 @@ use crate::{
     icmp::{OWN_TTL, swap_macs},
     maps::ICMP_RATE,
     parse::{ICMP_HEADER, Packet, ptr_at},
+    stats,
 };
 
 const ICMP_DEST_UNREACH: u8 = 3;
@@ -47,6 +48,9 @@ pub fn answer(
     now: u64,
 ) -> Outcome {
     let (mtu, from) = (args.mtu, args.from);
+    if args.dsr != 0 {
+        stats::count(Stat::DsrTooBig, frame);
+    }
     let Some(bucket) = ICMP_RATE.get_ptr_mut(0) else {
         return Outcome::drop(Stat::DropTooBigRateLimited);
     };
@@ -92,7 +96,7 @@ pub fn answer(
 
 /// Copies the Ethernet header (and its VLAN tag) from `from` bytes in to the front.
 #[inline(always)]
-fn move_l2_header(ctx: &XdpContext, from: usize, vlan: bool) -> bool {
+pub fn move_l2_header(ctx: &XdpContext, from: usize, vlan: bool) -> bool {
     let (Some(old), Some(new)) = (ptr_at::<[u8; 14]>(ctx, from), ptr_at::<[u8; 14]>(ctx, 0)) else {
         return false;
     };

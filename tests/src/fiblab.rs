@@ -126,6 +126,11 @@ impl FibLab {
     }
 
     /// Points the lb's (permanent) neighbour entry for a backend at another MAC.
+    /// A route in the lb's namespace to `prefix` through `gateway` on the backend link.
+    pub fn route_via_backend(&self, prefix: &str, gateway: &str) {
+        self.lb.ip(&["route", "add", prefix, "via", gateway]);
+    }
+
     pub fn set_backend_neighbour(&self, addr: &str, mac: [u8; 6]) {
         pin_neighbour(&self.lb, addr, mac, &self.to_backends);
     }

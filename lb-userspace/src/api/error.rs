@@ -29,6 +29,14 @@ pub enum ErrorCode {
     FamilyMismatch,
     /// The backend endpoint already serves another VIP.
     EndpointInUse,
+    /// A VIP's mode changes only while it has no backends.
+    ModeChangeWithBackends,
+    /// A DSR backend must listen on the VIP's port.
+    DsrPortMismatch,
+    /// A DSR mode cannot carry the VIP to a backend of this family.
+    DsrFamily,
+    /// A dsr-l2 backend not on a link the lb is attached to.
+    NotOnLink,
     /// A change that changes nothing (`backend set` without a field).
     NothingToChange,
     InvalidCheck,
@@ -85,6 +93,9 @@ impl From<&ChangeError> for ErrorCode {
             ChangeError::PortZero(_) | ChangeError::UnusableAddress(_) => ErrorCode::InvalidAddress,
             ChangeError::EmptySet => ErrorCode::NothingToChange,
             ChangeError::EndpointInUse { .. } => ErrorCode::EndpointInUse,
+            ChangeError::ModeChangeWithBackends { .. } => ErrorCode::ModeChangeWithBackends,
+            ChangeError::DsrPortMismatch { .. } => ErrorCode::DsrPortMismatch,
+            ChangeError::DsrFamily { .. } => ErrorCode::DsrFamily,
         }
     }
 }

@@ -10,6 +10,7 @@ use super::wire::{
 use crate::model::{
     check::CheckConfig,
     health::{Health, Transition},
+    mode::Mode,
     state::Proto,
 };
 
@@ -25,6 +26,7 @@ pub(crate) fn vips() -> Vec<VipEntry> {
         VipEntry {
             vip: sock("198.18.1.1:80"),
             proto: Proto::Tcp,
+            mode: Mode::Nat,
             check: Some(CheckConfig {
                 probe: "http:/healthz".to_owned(),
                 interval: Some(2.0),
@@ -42,6 +44,7 @@ pub(crate) fn vips() -> Vec<VipEntry> {
         VipEntry {
             vip: sock("[fd00::1]:53"),
             proto: Proto::Udp,
+            mode: Mode::DsrIpip,
             check: None,
             backends: 1,
             active: 1,

@@ -9,6 +9,7 @@ use super::error::{ApiError, ErrorCode};
 use crate::{
     model::check::CheckConfig,
     model::health::{Health, Transition},
+    model::mode::Mode,
     model::state::{DEFAULT_WEIGHT, Proto},
 };
 
@@ -38,6 +39,16 @@ pub enum Request {
         proto: Proto,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         check: Option<CheckConfig>,
+        /// Forwarding mode; `nat` when absent.
+        #[serde(default)]
+        mode: Mode,
+    },
+    /// Changes a VIP's forwarding mode (refused while it has backends).
+    VipSetMode {
+        vip: SocketAddr,
+        #[serde(default)]
+        proto: Proto,
+        mode: Mode,
     },
     /// Sets a VIP's health check; `check` absent or null removes it.
     VipSetCheck {
@@ -164,6 +175,7 @@ impl Response {
 pub struct VipEntry {
     pub vip: SocketAddr,
     pub proto: Proto,
+    pub mode: Mode,
     /// The health check, as given (`null` when unchecked).
     pub check: Option<CheckConfig>,
     pub backends: usize,

@@ -11,6 +11,7 @@ use crate::{
     daemon::run::RunConfig,
     datapath::{attach::AttachMode, pins::DEFAULT_PIN_DIR},
     model::limits::Options,
+    model::mode::{Mode, Prefix},
     model::state::{DEFAULT_WEIGHT, MAX_WEIGHT, MIN_WEIGHT, Proto},
 };
 
@@ -114,6 +115,17 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "SECS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub(crate) stats_interval: u64,
 
+    /// Outer source addresses of dsr-ipip toward IPv4 backends: each flow gets one address
+    /// of this prefix (so backends' receive-side scaling spreads flows); route the prefix
+    /// back to the lb or allow it on the backends (`lb decap attach --allow-source`)
+    /// [default: an IPv4 address of the first attached interface that has one].
+    #[arg(long, value_name = "PREFIX", value_parser = parse_prefix_v4)]
+    pub(crate) encap_source_v4: Option<Prefix>,
+
+    /// The same for IPv6 backends (at most the last 32 bits vary per flow).
+    #[arg(long, value_name = "PREFIX", value_parser = parse_prefix_v6)]
+    pub(crate) encap_source_v6: Option<Prefix>,
+
     /// Load this eBPF object instead of the one built into `lb` (for datapath development).
     #[arg(long, value_name = "FILE", hide = true)]
     pub(crate) bpf_object: Option<PathBuf>,
@@ -174,6 +186,8 @@ impl From<RunArgs> for RunConfig {
     fn from(args: RunArgs) -> Self {
         let mut options = Options {
             log: args.log_datapath,
+            encap_v4: args.encap_source_v4.map(Prefix::encap_source),
+            encap_v6: args.encap_source_v6.map(Prefix::encap_source),
             ..Options::default()
         };
         for (timeout, secs) in &args.timeouts {
@@ -276,6 +290,18 @@ pub(crate) enum VipCommand {
         service: ServiceArgs,
         #[command(flatten)]
         check: CheckArgs,
+        /// How packets reach the backends: nat (replies cross the lb), dsr-ipip (encapsulated;
+        /// backends run `lb decap attach`) or dsr-l2 (backends on the lb's link). See the
+        /// README's "Forwarding modes".
+        #[arg(long, default_value = "nat")]
+        mode: Mode,
+    },
+    /// Change a VIP's forwarding mode (only while it has no backends).
+    SetMode {
+        #[command(flatten)]
+        service: ServiceArgs,
+        #[arg(long)]
+        mode: Mode,
     },
     /// Set or replace a VIP's health check (`--no-check` removes it).
     #[command(group(clap::ArgGroup::new("what").required(true).args(["check", "no_check"])))]
@@ -397,6 +423,32 @@ pub(crate) struct DownArgs {
 }
 
 /// `--proto tcp|udp`: the model stays free of clap, the flag parser lives here.
+fn parse_prefix_v4(text: &str) -> Result<Prefix, String> {
+    let prefix: Prefix = text.parse()?;
+    if !prefix.addr.is_ipv4() {
+        return Err(format!("{prefix} is not an IPv4 prefix"));
+    }
+    Ok(prefix)
+}
+
+fn parse_prefix_v6(text: &str) -> Result<Prefix, String> {
+    let prefix: Prefix = text.parse()?;
+    if !prefix.addr.is_ipv6() {
+        return Err(format!("{prefix} is not an IPv6 prefix"));
+    }
+    Ok(prefix)
+}
+
+impl ValueEnum for Mode {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Mode::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
+    }
+}
+
 impl ValueEnum for Proto {
     fn value_variants<'a>() -> &'a [Self] {
         &Proto::ALL

@@ -43,15 +43,20 @@ fn done(socket: &Path, request: &Request, what: String) -> anyhow::Result<()> {
 
 pub(crate) fn vip(socket: &Path, command: VipCommand) -> anyhow::Result<()> {
     match command {
-        VipCommand::Add { service: s, check } => done(
+        VipCommand::Add {
+            service: s,
+            check,
+            mode,
+        } => done(
             socket,
             &Request::VipAdd {
                 vip: s.vip,
                 proto: s.proto,
                 check: check.config(),
+                mode,
             },
             format!(
-                "added VIP {}/{}{}",
+                "added VIP {}/{} ({mode}){}",
                 s.vip,
                 s.proto,
                 check
@@ -73,6 +78,15 @@ pub(crate) fn vip(socket: &Path, command: VipCommand) -> anyhow::Result<()> {
                 check: check.config(),
             },
             format!("updated the health check of VIP {}/{}", s.vip, s.proto),
+        ),
+        VipCommand::SetMode { service: s, mode } => done(
+            socket,
+            &Request::VipSetMode {
+                vip: s.vip,
+                proto: s.proto,
+                mode,
+            },
+            format!("VIP {}/{} now forwards in {mode} mode", s.vip, s.proto),
         ),
         VipCommand::Del(s) => done(
             socket,

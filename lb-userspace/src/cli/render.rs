@@ -15,6 +15,7 @@ pub(crate) fn vip_table(vips: &[VipEntry]) -> Table {
     let mut t = table(&[
         "VIP",
         "PROTO",
+        "MODE",
         "BACKENDS",
         "ACTIVE",
         "PACKETS",
@@ -25,6 +26,7 @@ pub(crate) fn vip_table(vips: &[VipEntry]) -> Table {
         t.add_row(vec![
             v.vip.to_string(),
             v.proto.to_string(),
+            v.mode.to_string(),
             v.backends.to_string(),
             v.active.to_string(),
             v.packets.to_string(),

@@ -181,6 +181,7 @@ mod tests {
             vips: vec![VipEntry {
                 vip,
                 proto: Proto::Udp,
+                mode: Default::default(),
                 check: None,
                 backends: 1,
                 active: 1,

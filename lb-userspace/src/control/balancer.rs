@@ -26,7 +26,7 @@ use crate::model::state::{
 };
 use crate::{
     control::map_writer::MapWriter, datapath::maps::ServiceMaps, model::health::HealthKey,
-    model::limits::Limits, model::maglev,
+    model::limits::Limits, model::maglev, model::mode::Mode,
 };
 
 #[derive(Debug, Error)]
@@ -46,6 +46,8 @@ pub enum BalancerError {
 struct VipSlot {
     id: u32,
     active_table: u8,
+    /// The mode the maps hold for the VIP and its backends.
+    mode: Mode,
     backend_ids: BTreeMap<SocketAddr, u32>,
 }
 
@@ -175,12 +177,20 @@ impl<M: MapWriter> Balancer<M> {
                 proto,
             };
             by_id.insert(info.id, service);
-            balancer.applied.vips.insert(service, VipSpec::default());
+            let mode = Mode::from_number(info.mode).unwrap_or_default();
+            balancer.applied.vips.insert(
+                service,
+                VipSpec {
+                    mode,
+                    ..VipSpec::default()
+                },
+            );
             balancer.slots.insert(
                 service,
                 VipSlot {
                     id: info.id,
                     active_table: info.active_table & 1,
+                    mode,
                     backend_ids: BTreeMap::new(),
                 },
             );
@@ -236,6 +246,7 @@ impl<M: MapWriter> Balancer<M> {
         let wanted: std::collections::HashSet<EndpointKey> = self
             .slots
             .iter()
+            .filter(|(_, slot)| slot.mode == Mode::Nat)
             .flat_map(|(service, slot)| {
                 slot.backend_ids.keys().flat_map(|addr| {
                     let (wire, family) = wire_addr(addr.ip());
@@ -371,10 +382,12 @@ impl<M: MapWriter> Balancer<M> {
         }
         for (service, spec) in &target.vips {
             if !self.slots.contains_key(service) {
-                self.create_vip(service)?;
+                self.create_vip(service, spec.mode)?;
             }
-            let backends = self.applied.vips.get(service).map(|v| &v.backends);
-            if self.rewrite_all || backends != Some(&spec.backends) {
+            let applied = self.applied.vips.get(service);
+            let backends = applied.map(|v| &v.backends);
+            let mode_changed = applied.is_some_and(|v| v.mode != spec.mode);
+            if self.rewrite_all || mode_changed || backends != Some(&spec.backends) {
                 self.sync_backends(service, spec)?;
             } else if let Some(vip) = self.applied.vips.get_mut(service) {
                 vip.check = spec.check.clone();
@@ -410,7 +423,7 @@ impl<M: MapWriter> Balancer<M> {
         Ok(())
     }
 
-    fn create_vip(&mut self, service: &Service) -> Result<(), BalancerError> {
+    fn create_vip(&mut self, service: &Service, mode: Mode) -> Result<(), BalancerError> {
         let used: BTreeSet<u32> = self.slots.values().map(|v| v.id).collect();
         let id = (0..self.limits.max_vips)
             .find(|id| !used.contains(id))
@@ -427,6 +440,7 @@ impl<M: MapWriter> Balancer<M> {
             &vip_key(service),
             &VipInfo {
                 id,
+                mode: mode.number(),
                 ..VipInfo::default()
             },
         )?;
@@ -435,10 +449,17 @@ impl<M: MapWriter> Balancer<M> {
             VipSlot {
                 id,
                 active_table: 0,
+                mode,
                 backend_ids: BTreeMap::new(),
             },
         );
-        self.applied.vips.insert(*service, VipSpec::default());
+        self.applied.vips.insert(
+            *service,
+            VipSpec {
+                mode,
+                ..VipSpec::default()
+            },
+        );
         Ok(())
     }
 
@@ -469,6 +490,11 @@ impl<M: MapWriter> Balancer<M> {
         let Some(vip_id) = self.slots.get(service).map(|s| s.id) else {
             return Ok(());
         };
+        // A mode changes only without backends (the model refuses it otherwise), so every
+        // backend written below is written in the VIP's mode.
+        if let Some(slot) = self.slots.get_mut(service) {
+            slot.mode = spec.mode;
+        }
         let current = self.applied.vips.get(service).cloned().unwrap_or_default();
         // 1. Joiners and changed backends enter BACKENDS. One that becomes active is marked
         //    so before any slot points at it; one that starts draining stays active until
@@ -494,7 +520,8 @@ impl<M: MapWriter> Balancer<M> {
             if self.rewrite_all || before != Some(&in_map) {
                 self.write_backend(service, vip_id, id, addr, &in_map)?;
             }
-            if known.is_none() || self.rewrite_all {
+            // DSR backends reply for themselves: nothing to translate.
+            if (known.is_none() || self.rewrite_all) && spec.mode == Mode::Nat {
                 self.write_endpoint(service, vip_id, id, addr)?;
             }
         }
@@ -519,6 +546,7 @@ impl<M: MapWriter> Balancer<M> {
             &VipInfo {
                 id: vip_id,
                 active_table: next,
+                mode: spec.mode.number(),
                 ..VipInfo::default()
             },
         )?;
@@ -590,10 +618,9 @@ impl<M: MapWriter> Balancer<M> {
             self.maps
                 .remove_endpoint(&endpoint_key(addr, service.proto.number())),
         )?;
-        let address_used = self
-            .slots
-            .values()
-            .any(|slot| slot.backend_ids.keys().any(|other| other.ip() == addr.ip()));
+        let address_used = self.slots.values().any(|slot| {
+            slot.mode == Mode::Nat && slot.backend_ids.keys().any(|other| other.ip() == addr.ip())
+        });
         if !address_used {
             let (wire, family) = wire_addr(addr.ip());
             ignore_missing(self.maps.remove_endpoint(&EndpointKey {
@@ -622,6 +649,7 @@ impl<M: MapWriter> Balancer<M> {
         spec: &BackendSpec,
     ) -> Result<(), BalancerError> {
         let (wire, family) = wire_addr(addr.ip());
+        let mode = self.slots.get(service).map_or(Mode::Nat, |slot| slot.mode);
         let state = match (spec.draining, self.down.contains(&(*service, *addr))) {
             (false, _) => BACKEND_ACTIVE,
             (true, false) => BACKEND_DRAINING,
@@ -637,6 +665,8 @@ impl<M: MapWriter> Balancer<M> {
                 weight: spec.weight,
                 vip_id,
                 generation: self.generations.get(&id).copied().unwrap_or(0),
+                mode: mode.number(),
+                _pad: [0; 3],
             },
         )?;
         Ok(())

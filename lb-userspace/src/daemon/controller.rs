@@ -26,6 +26,7 @@ use crate::{
     model::config,
     model::error_chain::error_chain,
     model::health::{Health, HealthBook, HealthKey},
+    model::mode::Mode,
     model::state::{Change, Proto, Service},
 };
 use lb_common::flow::Timeouts;
@@ -97,7 +98,12 @@ impl Controller {
             ));
         }
         let result = match request {
-            Request::VipAdd { vip, proto, check } => {
+            Request::VipAdd {
+                vip,
+                proto,
+                check,
+                mode,
+            } => {
                 let service = service(vip, proto);
                 let checked = check
                     .as_ref()
@@ -107,13 +113,22 @@ impl Controller {
                     .and_then(|check| self.forwarding_for(vip).map(|()| check));
                 match checked {
                     Err(reason) => Err(reason),
-                    Ok(None) => self.change(vec![Change::AddVip(service)]),
-                    Ok(check) => self.change(vec![
-                        Change::AddVip(service),
-                        Change::SetCheck { service, check },
-                    ]),
+                    Ok(check) => {
+                        let mut changes = vec![Change::AddVip(service)];
+                        if mode != Mode::Nat {
+                            changes.push(Change::SetMode { service, mode });
+                        }
+                        if check.is_some() {
+                            changes.push(Change::SetCheck { service, check });
+                        }
+                        self.change(changes)
+                    }
                 }
             }
+            Request::VipSetMode { vip, proto, mode } => self.change(vec![Change::SetMode {
+                service: service(vip, proto),
+                mode,
+            }]),
             Request::VipSetCheck { vip, proto, check } => {
                 match check.as_ref().map(CheckConfig::validate).transpose() {
                     Err(reason) => Err(invalid_check(reason)),

@@ -135,7 +135,7 @@ impl Collector for Snapshot {
         fn bytes(c: &CounterEntry) -> u64 {
             c.bytes
         }
-        let by_kind: [(&str, &str, StatKind, CounterField); 6] = [
+        let by_kind: [(&str, &str, StatKind, CounterField); 8] = [
             (
                 "lb_verdict_packets",
                 "Packets by XDP verdict",
@@ -171,6 +171,18 @@ impl Collector for Snapshot {
                 "Conntrack entries created, replaced and failed; TCP segments found untracked",
                 StatKind::Conntrack,
                 packets,
+            ),
+            (
+                "lb_dsr_packets",
+                "Packets sent by direct server return, by mode; and too big for it",
+                StatKind::Dsr,
+                packets,
+            ),
+            (
+                "lb_dsr_bytes",
+                "Bytes sent by direct server return (outer headers included), by mode",
+                StatKind::Dsr,
+                bytes,
             ),
         ];
         for (name, help, kind, value) in by_kind {

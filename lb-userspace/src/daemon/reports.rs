@@ -31,16 +31,12 @@ impl Controller {
             .maps()
             .vip_counter(vip.id)
             .map_err(datapath_error)?;
-        let check = self
-            .balancer
-            .state()
-            .vips
-            .get(&vip.service)
-            .and_then(|v| v.check.as_ref())
-            .map(CheckConfig::from);
+        let spec = self.balancer.state().vips.get(&vip.service);
+        let check = spec.and_then(|v| v.check.as_ref()).map(CheckConfig::from);
         Ok(VipEntry {
             vip: vip.service.addr,
             proto: vip.service.proto,
+            mode: spec.map(|v| v.mode).unwrap_or_default(),
             check,
             backends: vip.backends.len(),
             active: vip.backends.iter().filter(|b| !b.spec.draining).count(),

@@ -3,7 +3,7 @@
 //! keep forwarding until `lb down`.
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::{Ebpf, programs::ProgramError};
-use lb_common::consts::MAP_META;
+use lb_common::{consts::MAP_META, encap::EncapSource};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, watch},
@@ -31,6 +31,7 @@ use crate::{
     datapath::egress::EgressWatch,
     datapath::forwarding::{self, Family},
     datapath::load,
+    datapath::local_addresses,
     datapath::log,
     datapath::maps::{self, ServiceMaps},
     datapath::pins::PinDir,
@@ -40,6 +41,7 @@ use crate::{
     model::error_chain::error_chain,
     model::health::HealthBook,
     model::limits::{Limits, Options},
+    model::mode::Prefix,
     model::state::State,
 };
 
@@ -364,6 +366,44 @@ fn report_unattached(egress: &mut EgressWatch) {
     }
 }
 
+/// The options with an outer source for dsr-ipip in each family that has none given: an
+/// address of the first attached interface that has one (link-local addresses cannot be
+/// routed to a backend elsewhere).
+fn with_encap_sources(options: &Options, ifaces: &[Interface]) -> Options {
+    let addresses: Vec<IpAddr> = ifaces
+        .iter()
+        .flat_map(|iface| local_addresses::of_interface(&iface.name))
+        .filter(|addr| match addr {
+            IpAddr::V4(v4) => !v4.is_link_local() && !v4.is_loopback(),
+            IpAddr::V6(v6) => !v6.is_unicast_link_local() && !v6.is_loopback(),
+        })
+        .collect();
+    let own = |v4: bool, given: Option<EncapSource>| {
+        given.or_else(|| {
+            let addr = addresses.iter().find(|a| a.is_ipv4() == v4)?;
+            let source = Prefix {
+                addr: *addr,
+                len: if v4 { 32 } else { 128 },
+            }
+            .encap_source();
+            info!(source = %addr, "dsr-ipip outer source (no --encap-source for this family)");
+            Some(source)
+        })
+    };
+    let mut options = *options;
+    options.encap_v4 = own(true, options.encap_v4);
+    options.encap_v6 = own(false, options.encap_v6);
+    for (given, family) in [(options.encap_v4, "IPv4"), (options.encap_v6, "IPv6")] {
+        if given.is_none() {
+            warn!(
+                "no {family} address on the attached interfaces and no --encap-source-{}: dsr-ipip cannot reach {family} backends (drop_dsr_unsupported)",
+                family.to_lowercase().replace("ip", "")
+            );
+        }
+    }
+    options
+}
+
 /// Loads the program over the pinned (or new) maps, syncs the state, attaches.
 fn start(
     args: &RunConfig,
@@ -375,8 +415,9 @@ fn start(
     saved: Option<State>,
 ) -> anyhow::Result<Started> {
     let limits = adopted.unwrap_or_else(|| args.limits());
-    let mut ebpf = load::open(object, &limits, Some(pins), &args.options)
-        .context("opening the eBPF object")?;
+    let options = with_encap_sources(&args.options, ifaces);
+    let mut ebpf =
+        load::open(object, &limits, Some(pins), &options).context("opening the eBPF object")?;
     let program = load::program(&mut ebpf).context("the eBPF object has no XDP program")?;
     program.load().map_err(describe_load_error)?;
     load::install_tail_calls(&mut ebpf).context("loading the ICMP programs")?;

@@ -5,6 +5,7 @@ use lb_common::consts::{
     GLOBAL_ABLATE, GLOBAL_CT_TIMEOUTS, GLOBAL_MAGLEV_SIZE, MAP_CONNTRACK, MAP_JUMPS, MAP_MAGLEV,
     MAP_VIP_STATS, MAP_VIPS, PINNED_MAPS, PROGRAM_NAME, TAIL_PROGRAMS,
 };
+use lb_common::encap::{GLOBAL_ENCAP_SOURCE_V4, GLOBAL_ENCAP_SOURCE_V6};
 use thiserror::Error;
 
 use crate::{
@@ -39,6 +40,16 @@ pub fn open(
         .override_global(GLOBAL_MAGLEV_SIZE, &limits.maglev_size, true)
         .override_global(GLOBAL_CT_TIMEOUTS, &options.timeouts_ns, true)
         .override_global(GLOBAL_ABLATE, &options.ablate, true)
+        .override_global(
+            GLOBAL_ENCAP_SOURCE_V4,
+            &options.encap_v4.unwrap_or_default(),
+            true,
+        )
+        .override_global(
+            GLOBAL_ENCAP_SOURCE_V6,
+            &options.encap_v6.unwrap_or_default(),
+            true,
+        )
         .map_max_entries(MAP_VIPS, limits.max_vips * 2)
         .map_max_entries(MAP_VIP_STATS, limits.max_vips)
         .map_max_entries(MAP_MAGLEV, limits.max_vips * 2 * limits.maglev_size)

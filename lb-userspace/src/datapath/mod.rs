@@ -10,6 +10,7 @@ pub mod decap;
 pub mod egress;
 pub mod forwarding;
 pub mod load;
+pub mod local_addresses;
 pub mod log;
 pub mod maps;
 pub mod pins;

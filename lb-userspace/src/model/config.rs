@@ -5,6 +5,7 @@
 //! [[vip]]
 //! address = "198.18.1.1:80"      # IPv6: "[fd00::1]:80"
 //! proto = "tcp"                  # default tcp
+//! mode = "nat"                   # nat (default), dsr-ipip or dsr-l2
 //! check = { probe = "http:/healthz", interval = 2.0, timeout = 1.0, rise = 2, fall = 3 }
 //! backends = [
 //!   { address = "198.18.2.2:8080", weight = 100 },   # weight 1..=65535, default 100
@@ -29,6 +30,7 @@ use toml::Spanned;
 
 use crate::{
     model::check::CheckConfig,
+    model::mode::Mode,
     model::state::{BackendSpec, Change, DEFAULT_WEIGHT, Proto, Service, State},
 };
 
@@ -75,6 +77,8 @@ struct VipIn {
     #[serde(default)]
     proto: Proto,
     #[serde(default)]
+    mode: Option<Spanned<Mode>>,
+    #[serde(default)]
     backends: Vec<BackendIn>,
     #[serde(default)]
     check: Option<Spanned<CheckConfig>>,
@@ -103,6 +107,7 @@ struct FileOut {
 struct VipOut {
     address: SocketAddr,
     proto: Proto,
+    mode: Mode,
     #[serde(skip_serializing_if = "Option::is_none")]
     check: Option<CheckConfig>,
     backends: Vec<BackendOut>,
@@ -139,6 +144,14 @@ pub fn parse(text: &str, path: &Path) -> Result<State, ConfigError> {
         state
             .apply(&Change::AddVip(service))
             .map_err(|e| invalid(Some(vip.address.span()), e.to_string()))?;
+        if let Some(mode) = &vip.mode {
+            state
+                .apply(&Change::SetMode {
+                    service,
+                    mode: *mode.get_ref(),
+                })
+                .map_err(|e| invalid(Some(mode.span()), e.to_string()))?;
+        }
         if let Some(check) = &vip.check {
             let spec = check
                 .get_ref()
@@ -205,6 +218,7 @@ pub(crate) fn render(state: &State) -> Result<String, ConfigError> {
             .map(|(service, spec)| VipOut {
                 address: service.addr,
                 proto: service.proto,
+                mode: spec.mode,
                 check: spec.check.as_ref().map(CheckConfig::from),
                 backends: spec
                     .backends

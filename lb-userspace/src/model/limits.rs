@@ -3,6 +3,7 @@
 
 use lb_common::{
     consts::{CONNTRACK_CAPACITY, DEFAULT_MAGLEV_SIZE, MAX_VIPS},
+    encap::EncapSource,
     flow::{DEFAULT_TIMEOUTS_NS, Timeouts},
 };
 use thiserror::Error;
@@ -26,6 +27,10 @@ pub struct Options {
     pub timeouts_ns: Timeouts,
     /// `ABLATE_*` stages left out: only `cargo xtask bench` sets any.
     pub ablate: u32,
+    /// Outer sources of dsr-ipip for IPv4 and IPv6 backends (`--encap-source`); where
+    /// `None`, the daemon takes an address of the attached interfaces.
+    pub encap_v4: Option<EncapSource>,
+    pub encap_v6: Option<EncapSource>,
 }
 
 impl Default for Options {
@@ -34,6 +39,8 @@ impl Default for Options {
             log: false,
             timeouts_ns: DEFAULT_TIMEOUTS_NS,
             ablate: 0,
+            encap_v4: None,
+            encap_v6: None,
         }
     }
 }

@@ -7,4 +7,5 @@ pub mod error_chain;
 pub mod health;
 pub mod limits;
 pub mod maglev;
+pub mod mode;
 pub mod state;

@@ -12,7 +12,7 @@ use std::{
 use lb_common::consts::{IPPROTO_TCP, IPPROTO_UDP};
 use serde::{Deserialize, Serialize};
 
-use crate::model::check::CheckSpec;
+use crate::model::{check::CheckSpec, mode::Mode};
 use thiserror::Error;
 
 pub(crate) const MIN_WEIGHT: u32 = 1;
@@ -84,6 +84,8 @@ pub struct VipSpec {
     pub backends: BTreeMap<SocketAddr, BackendSpec>,
     /// How its backends' health is checked; `None`: not checked (always eligible).
     pub(crate) check: Option<CheckSpec>,
+    /// How its packets reach the backends.
+    pub mode: Mode,
 }
 
 /// The whole desired state.
@@ -117,6 +119,11 @@ pub enum Change {
         service: Service,
         backend: SocketAddr,
     },
+    /// Sets a VIP's forwarding mode; refused while it has backends.
+    SetMode {
+        service: Service,
+        mode: Mode,
+    },
     /// Sets (or with `None` removes) a VIP's health check.
     SetCheck {
         service: Service,
@@ -148,6 +155,28 @@ pub enum ChangeError {
         backend: SocketAddr,
         backend_family: &'static str,
         vip_family: &'static str,
+    },
+    #[error(
+        "VIP {service} has {backends} backend(s): its mode changes only without backends, since their tracked flows would break (delete them, change the mode, add them again)"
+    )]
+    ModeChangeWithBackends { service: Service, backends: usize },
+    #[error(
+        "backend {backend} listens on another port than VIP {service} ({mode}): in DSR the packet reaches the backend unchanged, so it must listen on port {}",
+        service.addr.port()
+    )]
+    DsrPortMismatch {
+        service: Service,
+        backend: SocketAddr,
+        mode: Mode,
+    },
+    #[error(
+        "backend {backend} is IPv4 but VIP {service} is IPv6: {mode} carries an IPv4 VIP to IPv6 backends, not the reverse{}",
+        if matches!(mode, Mode::DsrL2) { " (and dsr-l2 keeps the family)" } else { "" }
+    )]
+    DsrFamily {
+        service: Service,
+        backend: SocketAddr,
+        mode: Mode,
     },
     #[error("weight {0} is out of range ({MIN_WEIGHT}..={MAX_WEIGHT})")]
     WeightOutOfRange(u32),
@@ -218,7 +247,25 @@ impl State {
                     .vips
                     .get(&service)
                     .ok_or(ChangeError::UnknownVip(service))?;
-                if backend.is_ipv4() != service.addr.is_ipv4() {
+                let mode = vip.mode;
+                if mode.is_dsr() && backend.port() != service.addr.port() {
+                    return Err(ChangeError::DsrPortMismatch {
+                        service,
+                        backend,
+                        mode,
+                    });
+                }
+                // dsr-ipip may carry an IPv4 VIP over IPv6 (IPv4-in-IPv6); nothing else
+                // crosses families.
+                let v4_over_v6 = mode == Mode::DsrIpip && service.addr.is_ipv4();
+                if mode.is_dsr() && backend.is_ipv4() != service.addr.is_ipv4() && !v4_over_v6 {
+                    return Err(ChangeError::DsrFamily {
+                        service,
+                        backend,
+                        mode,
+                    });
+                }
+                if !mode.is_dsr() && backend.is_ipv4() != service.addr.is_ipv4() {
                     return Err(ChangeError::FamilyMismatch {
                         service,
                         backend,
@@ -229,7 +276,9 @@ impl State {
                 if vip.backends.contains_key(&backend) {
                     return Err(ChangeError::DuplicateBackend { service, backend });
                 }
-                if let Some(owner) = self.endpoint_owner(backend, service.proto) {
+                if mode == Mode::Nat
+                    && let Some(owner) = self.endpoint_owner(backend, service.proto)
+                {
                     return Err(ChangeError::EndpointInUse {
                         backend,
                         proto: service.proto,
@@ -271,6 +320,16 @@ impl State {
             Change::DrainBackend { service, backend } => {
                 self.backend_mut(service, backend)?.draining = true;
             }
+            Change::SetMode { service, mode } => {
+                let vip = self.vip_mut(service)?;
+                if vip.mode != mode && !vip.backends.is_empty() {
+                    return Err(ChangeError::ModeChangeWithBackends {
+                        service,
+                        backends: vip.backends.len(),
+                    });
+                }
+                vip.mode = mode;
+            }
             Change::SetCheck {
                 ref service,
                 ref check,
@@ -304,11 +363,16 @@ impl State {
             .ok_or(ChangeError::UnknownBackend { service, backend })
     }
 
-    /// The VIP whose backend `endpoint` (with `proto`) is, if any.
+    /// The NAT VIP whose backend `endpoint` (with `proto`) is, if any: its replies get
+    /// that VIP's address. (DSR backends reply for themselves and may serve several.)
     pub(crate) fn endpoint_owner(&self, endpoint: SocketAddr, proto: Proto) -> Option<Service> {
         self.vips
             .iter()
-            .find(|(service, vip)| service.proto == proto && vip.backends.contains_key(&endpoint))
+            .find(|(service, vip)| {
+                vip.mode == Mode::Nat
+                    && service.proto == proto
+                    && vip.backends.contains_key(&endpoint)
+            })
             .map(|(service, _)| *service)
     }
 
@@ -424,5 +488,61 @@ mod tests {
             assert!(error.to_string().contains(message), "{change:?}: {error}");
             assert_eq!(state, before, "{change:?} changed the state");
         }
+    }
+
+    #[test]
+    fn dsr_backends_keep_the_port_and_cross_families_one_way_only() {
+        let ipip = service("198.18.1.1:80");
+        let l2 = service("198.18.1.2:80");
+        let ipip6 = service("[fd00::1]:80");
+        let mut state = State::default();
+        for (vip, mode) in [
+            (ipip, Mode::DsrIpip),
+            (l2, Mode::DsrL2),
+            (ipip6, Mode::DsrIpip),
+        ] {
+            state.apply(&Change::AddVip(vip)).expect("VIP");
+            state
+                .apply(&Change::SetMode { service: vip, mode })
+                .expect("an empty VIP changes mode");
+        }
+        state
+            .apply(&add_backend(ipip, "198.18.2.1:80", 1))
+            .expect("same port, same family");
+        state
+            .apply(&add_backend(ipip, "[fd00::2:1]:80", 1))
+            .expect("IPv4 in IPv6");
+        // DSR backends may serve several VIPs: they answer for each VIP on their own.
+        state
+            .apply(&add_backend(l2, "198.18.2.1:80", 1))
+            .expect("shared endpoint");
+        let before = state.clone();
+        let cases = [
+            (add_backend(ipip, "198.18.2.2:8080", 1), "port 80"),
+            (add_backend(ipip6, "198.18.2.2:80", 1), "not the reverse"),
+            (
+                add_backend(l2, "[fd00::2:2]:80", 1),
+                "dsr-l2 keeps the family",
+            ),
+            (
+                Change::SetMode {
+                    service: ipip,
+                    mode: Mode::Nat,
+                },
+                "2 backend(s)",
+            ),
+        ];
+        for (change, message) in cases {
+            let error = state.apply(&change).expect_err("must be refused");
+            assert!(error.to_string().contains(message), "{change:?}: {error}");
+            assert_eq!(state, before, "{change:?} changed the state");
+        }
+        state
+            .apply(&Change::SetMode {
+                service: ipip,
+                mode: Mode::DsrIpip,
+            })
+            .expect("the same mode again changes nothing");
+        assert_eq!(state, before);
     }
 }

@@ -1,0 +1,198 @@
+//! Direct server return: the client's packet goes to its backend untouched, inside an
+//! outer IPv4 / IPv6 header (dsr-ipip: IPIP, IPv6-in-IPv6, IPv4-in-IPv6) or with only its
+//! MACs changed (dsr-l2). The backend holds the VIP and replies to the client directly, so
+//! the lb sees one direction of the flow.
+
+use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
+use lb_common::{
+    consts::{FAMILY_V4, FAMILY_V6},
+    encap::{
+        EncapSource, IPPROTO_IPIP, IPPROTO_IPV6, MODE_DSR_L2, OUTER_TTL, flow_bits, outer_source,
+        overhead,
+    },
+    flow::{FlowKey, NEXTHOP_FLAG_DIRECT},
+    service::Backend,
+    stats::Stat,
+};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+};
+
+use crate::{
+    Outcome, answer_too_big, csum,
+    forward::{self, HopSlot, Route},
+    maps::encap_source,
+    parse::{self, Packet, ptr_at},
+    stats, too_big,
+};
+
+const ETH_P_IPV4: [u8; 2] = 0x0800u16.to_be_bytes();
+const ETH_P_IPV6: [u8; 2] = 0x86ddu16.to_be_bytes();
+/// IPv4 "don't fragment", in the first byte of the flags / offset word.
+const IPV4_DF: u8 = 0x40;
+
+/// Sends a client's packet to `backend` of a DSR VIP: route toward the backend's address,
+/// answer it if it no longer fits, then encapsulate (dsr-ipip) or not (dsr-l2), new MACs,
+/// out. The inner packet is not rewritten, not even its TTL.
+#[inline(always)]
+pub fn to_backend(
+    ctx: &XdpContext,
+    packet: &Packet,
+    backend_id: u32,
+    backend: &Backend,
+    forwarded: Stat,
+    now: u64,
+) -> Outcome {
+    let l2 = backend.mode == MODE_DSR_L2;
+    if backend.family == FAMILY_V4 && !packet.is_v4() {
+        return Outcome::drop(Stat::DropDsrUnsupported);
+    }
+    let toward = FlowKey {
+        dst: backend.addr,
+        family: backend.family,
+        ..packet.flow
+    };
+    let hop = match forward::route(ctx, packet, &toward, HopSlot::Backend(backend_id), now) {
+        Route::Hop(hop) => hop,
+        // The kernel cannot forward it in our place (it would route it to the VIP); the
+        // neighbour gets resolved by the lb's own traffic to the backend (health checks).
+        Route::NoNeighbour => return Outcome::drop(Stat::DropDsrNoNeighbour),
+        Route::Done(outcome) => return outcome,
+    };
+    let len = parse::data_end(ctx) - parse::data(ctx);
+    let added = if l2 { 0 } else { overhead(backend.family) };
+    if hop.mtu != 0 && packet.ip_len + added > hop.mtu as usize {
+        // Answered whatever the DF bit: the lb cannot fragment, and a backend would have
+        // to reassemble the outer fragments before it could decapsulate.
+        return answer_too_big(ctx, hop.mtu - added as u16, &packet.flow.dst, true);
+    }
+    if l2 {
+        if hop.flags & NEXTHOP_FLAG_DIRECT == 0 {
+            return Outcome::drop(Stat::DropDsrNotOnLink);
+        }
+        stats::count(Stat::DsrL2Forwarded, len);
+        return forward::transmit(ctx, hop, forwarded);
+    }
+    let source = encap_source(backend.family);
+    if encapsulate(ctx, packet, backend, &source).is_none() {
+        return Outcome::drop(Stat::DropFibFailure);
+    }
+    stats::count(Stat::DsrIpipEncapsulated, len + added);
+    forward::transmit(ctx, hop, forwarded)
+}
+
+/// What the outer header copies from the inner one.
+struct Inner {
+    /// TOS / traffic class, ECN included (RFC 6040's normal mode).
+    tos: u8,
+    /// IPv4 with DF set (RFC 2003: the outer IPv4 header gets it too).
+    dont_fragment: bool,
+}
+
+#[inline(always)]
+fn inner(ctx: &XdpContext, packet: &Packet) -> Option<Inner> {
+    if packet.is_v4() {
+        let ip = ptr_at::<Ipv4Hdr>(ctx, packet.l3_offset)?;
+        // SAFETY: bounds checked.
+        let ip = unsafe { &*ip };
+        Some(Inner {
+            tos: ip.tos,
+            dont_fragment: ip.frags[0] & IPV4_DF != 0,
+        })
+    } else {
+        let ip = ptr_at::<Ipv6Hdr>(ctx, packet.l3_offset)?;
+        // SAFETY: bounds checked.
+        let vcf = unsafe { (*ip).vcf };
+        Some(Inner {
+            tos: (vcf[0] << 4) | (vcf[1] >> 4),
+            dont_fragment: true,
+        })
+    }
+}
+
+/// Puts an outer header for `backend` in front of the IP packet: the frame grows at its
+/// head, the Ethernet header (and VLAN tag) moves to the new front, the EtherType becomes
+/// the outer family's.
+#[inline(always)]
+fn encapsulate(
+    ctx: &XdpContext,
+    packet: &Packet,
+    backend: &Backend,
+    source: &EncapSource,
+) -> Option<()> {
+    let inner = inner(ctx, packet)?;
+    let l3 = packet.l3_offset;
+    let bits = flow_bits(&packet.flow);
+    let src = outer_source(source, backend.family, bits);
+    let added = overhead(backend.family);
+    let inner_len = packet.ip_len;
+    let protocol = if packet.is_v4() {
+        IPPROTO_IPIP
+    } else {
+        IPPROTO_IPV6
+    };
+    // SAFETY: the helper checks its argument; every pointer is derived again after it.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(added as i32)) } != 0 {
+        return None;
+    }
+    if !too_big::move_l2_header(ctx, added, l3 > EthHdr::LEN) {
+        return None;
+    }
+    let ethertype = ptr_at::<[u8; 2]>(ctx, l3 - 2)?;
+    let dst = &backend.addr;
+    if backend.family == FAMILY_V6 {
+        // SAFETY: bounds checked.
+        unsafe { *ethertype = ETH_P_IPV6 };
+        let ip = ptr_at::<Ipv6Hdr>(ctx, l3)?;
+        // SAFETY: bounds checked.
+        let ip = unsafe { &mut *ip };
+        // The flow label from the same per-flow bits: routers and NICs that hash it
+        // spread flows too.
+        let label = bits & 0x000f_ffff;
+        ip.vcf = [
+            0x60 | (inner.tos >> 4),
+            (inner.tos << 4) | (label >> 16) as u8,
+            (label >> 8) as u8,
+            label as u8,
+        ];
+        ip.payload_len = (inner_len as u16).to_be_bytes();
+        ip.next_hdr = protocol;
+        ip.hop_limit = OUTER_TTL;
+        ip.src_addr = src;
+        ip.dst_addr = *dst;
+    } else {
+        // SAFETY: bounds checked.
+        unsafe { *ethertype = ETH_P_IPV4 };
+        let ip = ptr_at::<[u8; 20]>(ctx, l3)?;
+        // SAFETY: bounds checked.
+        let ip = unsafe { &mut *ip };
+        let [len_high, len_low] = ((inner_len + added) as u16).to_be_bytes();
+        *ip = [
+            0x45,
+            inner.tos,
+            len_high,
+            len_low,
+            0,
+            0,
+            if inner.dont_fragment { IPV4_DF } else { 0 },
+            0,
+            OUTER_TTL,
+            protocol,
+            0,
+            0,
+            src[0],
+            src[1],
+            src[2],
+            src[3],
+            dst[0],
+            dst[1],
+            dst[2],
+            dst[3],
+        ];
+        let [high, low] = csum::ipv4_header(ip).to_be_bytes();
+        ip[10] = high;
+        ip[11] = low;
+    }
+    Some(())
+}
