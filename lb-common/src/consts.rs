@@ -6,11 +6,16 @@ pub const PROGRAM_NAME: &str = "lb";
 /// of its own, which the paths they hold would not find left in `lb`'s.
 pub const PROGRAM_ICMP: &str = "lb_icmp";
 pub const PROGRAM_TOO_BIG: &str = "lb_too_big";
+pub const PROGRAM_ENCAP: &str = "lb_encap";
 pub const JUMP_ICMP: u32 = 0;
 pub const JUMP_TOO_BIG: u32 = 1;
+pub const JUMP_ENCAP: u32 = 2;
 /// The tail-called programs with their JUMPS index.
-pub const TAIL_PROGRAMS: [(&str, u32); 2] =
-    [(PROGRAM_ICMP, JUMP_ICMP), (PROGRAM_TOO_BIG, JUMP_TOO_BIG)];
+pub const TAIL_PROGRAMS: [(&str, u32); 3] = [
+    (PROGRAM_ICMP, JUMP_ICMP),
+    (PROGRAM_TOO_BIG, JUMP_TOO_BIG),
+    (PROGRAM_ENCAP, JUMP_ENCAP),
+];
 
 /// Map names (the `#[map(name = ...)]` of each static in `lb-ebpf/src/maps.rs`).
 pub const MAP_STATS: &str = "STATS";
@@ -25,6 +30,8 @@ pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
 pub const MAP_JUMPS: &str = "JUMPS";
 /// Per-CPU `TooBigArgs` handed from `lb` to `lb_too_big`. Not pinned.
 pub const MAP_TOO_BIG_ARGS: &str = "TOO_BIG_ARGS";
+/// Per-CPU `EncapArgs` handed from `lb_icmp` to `lb_encap`. Not pinned.
+pub const MAP_ENCAP_ARGS: &str = "ENCAP_ARGS";
 /// Per-CPU token bucket for ICMP errors the datapath sends. Not pinned.
 pub const MAP_ICMP_RATE: &str = "ICMP_RATE";
 /// Egress interfaces the datapath found it cannot send to (not attached), by ifindex;

@@ -46,6 +46,17 @@ pub struct EncapSource {
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for EncapSource {}
 
+/// What `lb_icmp` hands to `lb_encap` across the tail call (an ICMP error about a DSR
+/// flow, to send to the flow's backend).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EncapArgs {
+    pub backend_id: u32,
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for EncapArgs {}
+
 /// Per-flow bits of the outer header: from the client's address and port only, so every
 /// packet of a flow (and every lb node) uses the same outer source and flow label.
 #[inline(always)]

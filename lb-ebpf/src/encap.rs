@@ -22,8 +22,8 @@ use network_types::{
 use crate::{
     Outcome, answer_too_big, csum,
     forward::{self, HopSlot, Route},
-    maps::encap_source,
-    parse::{self, Packet, ptr_at},
+    maps::{BACKENDS, encap_source},
+    parse::{self, L4, Packet, ptr_at},
     stats, too_big,
 };
 
@@ -37,6 +37,21 @@ const IPV4_DF: u8 = 0x40;
 /// out. The inner packet is not rewritten, not even its TTL.
 #[inline(always)]
 pub fn to_backend(
+    ctx: &XdpContext,
+    packet: &Packet,
+    backend_id: u32,
+    backend: &Backend,
+    forwarded: Stat,
+    now: u64,
+) -> Outcome {
+    send::<true>(ctx, packet, backend_id, backend, forwarded, now)
+}
+
+/// [`to_backend`]; `ANSWER_TOO_BIG`: whether a packet too big for the tunnel is answered
+/// (a tail call) or dropped (ICMP errors are never answered, and a tail call from a
+/// subprogram with a deep stack is refused).
+#[inline(always)]
+fn send<const ANSWER_TOO_BIG: bool>(
     ctx: &XdpContext,
     packet: &Packet,
     backend_id: u32,
@@ -63,6 +78,10 @@ pub fn to_backend(
     let len = parse::data_end(ctx) - parse::data(ctx);
     let added = if l2 { 0 } else { overhead(backend.family) };
     if hop.mtu != 0 && packet.ip_len + added > hop.mtu as usize {
+        // An ICMP error is never answered with one (RFC 1122, RFC 4443).
+        if !ANSWER_TOO_BIG || matches!(packet.l4, L4::Icmp) {
+            return Outcome::drop(Stat::DropTooBig);
+        }
         // Answered whatever the DF bit: the lb cannot fragment, and a backend would have
         // to reassemble the outer fragments before it could decapsulate.
         return answer_too_big(ctx, hop.mtu - added as u16, &packet.flow.dst, true);
@@ -88,6 +107,24 @@ struct Inner {
     tos: u8,
     /// IPv4 with DF set (RFC 2003: the outer IPv4 header gets it too).
     dont_fragment: bool,
+}
+
+/// [`to_backend`] for an ICMP error about a DSR flow, in the tail-called `lb_encap` (the
+/// ICMP program's stack has no room for it): a packet too big for the tunnel is dropped,
+/// never answered (no ICMP error about an ICMP error).
+#[inline(always)]
+pub fn icmp_to_backend(ctx: &XdpContext, packet: &Packet, backend_id: u32, now: u64) -> Outcome {
+    match BACKENDS.get(backend_id) {
+        Some(backend) => send::<false>(
+            ctx,
+            packet,
+            backend_id,
+            backend,
+            Stat::ForwardIcmpToBackend,
+            now,
+        ),
+        None => Outcome::pass(Stat::PassIcmpToVip),
+    }
 }
 
 #[inline(always)]

@@ -7,7 +7,9 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
+    consts::JUMP_ENCAP,
     consts::{FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP},
+    encap::MODE_NAT,
     flow::FlowKey,
     service::{Addr, Backend, VipInfo},
     stats::Stat,
@@ -22,6 +24,7 @@ use crate::{
     conntrack::{self, Lookup},
     csum::Delta,
     forward, lookup,
+    maps::{ENCAP_ARGS, JUMPS},
     nat::{self, Headers, Side},
     parse::{self, ICMP_HEADER, Packet, ptr_at},
     select,
@@ -153,9 +156,14 @@ fn error_to_backend(ctx: &XdpContext, packet: &Packet, now: u64) -> Outcome {
         family: q.family,
         _pad: [0; 2],
     };
-    let Some(backend) = flow_backend(&flow, &vip, now) else {
+    let Some((id, backend)) = flow_backend(&flow, &vip, now) else {
         return Outcome::pass(Stat::PassIcmpToVip);
     };
+    // A DSR backend sent the quoted packet from the VIP itself: the error reaches it as
+    // the flow's packets do, untouched (its kernel matches it to the socket).
+    if backend.mode != MODE_NAT {
+        return dsr_backend(ctx, id);
+    }
     let to_backend = End {
         side: Side::Source,
         addr: backend.addr,
@@ -181,15 +189,32 @@ fn error_to_backend(ctx: &XdpContext, packet: &Packet, now: u64) -> Outcome {
     )
 }
 
-/// The backend of a client → VIP flow: its tracked one, else Maglev's choice.
+/// Hands the error to `lb_encap` (its own program: encapsulating needs more stack than
+/// this one has left). Dropped and counted if that program is not there.
 #[inline(always)]
-fn flow_backend(flow: &FlowKey, vip: &VipInfo, now: u64) -> Option<&'static Backend> {
+fn dsr_backend(ctx: &XdpContext, backend_id: u32) -> Outcome {
+    if let Some(args) = ENCAP_ARGS.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, read by the tail-called program right after.
+        unsafe {
+            (*args).backend_id = backend_id;
+            JUMPS.tail_call(ctx, JUMP_ENCAP);
+        }
+    }
+    Outcome::drop(Stat::DropFibFailure)
+}
+
+/// The backend (and its id) of a client → VIP flow: its tracked one, else Maglev's choice.
+#[inline(always)]
+fn flow_backend(flow: &FlowKey, vip: &VipInfo, now: u64) -> Option<(u32, &'static Backend)> {
     let tracked = match conntrack::lookup(flow, now) {
-        // SAFETY: a live entry is valid for this run (RCU).
-        Lookup::Live(conn) => select::tracked(unsafe { &*conn }),
+        Lookup::Live(conn) => {
+            // SAFETY: a live entry is valid for this run (RCU).
+            let conn = unsafe { &*conn };
+            select::tracked(conn).map(|backend| (conn.backend_id, backend))
+        }
         _ => None,
     };
-    tracked.or_else(|| select::maglev(vip, flow).map(|(_, backend)| backend))
+    tracked.or_else(|| select::maglev(vip, flow))
 }
 
 /// An error a backend (or a router between it and the lb) sent about a reply of a VIP

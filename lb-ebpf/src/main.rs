@@ -37,7 +37,7 @@ use lb_common::{
 use crate::{
     conntrack::{Direction, Lookup},
     forward::{HopSlot, Route},
-    maps::{JUMPS, TOO_BIG_ARGS},
+    maps::{ENCAP_ARGS, JUMPS, TOO_BIG_ARGS},
     nat::Side,
     parse::{L4, Packet, Parsed, TCP_FIN, TCP_RST, TCP_SYN},
 };
@@ -90,6 +90,21 @@ pub fn lb_too_big(ctx: XdpContext) -> u32 {
     let outcome = match (parse::parse(&ctx, false), args) {
         (Ok(Parsed::Ip(packet)), Some(args)) => too_big::answer(&ctx, &packet, &args, len, now()),
         _ => Outcome::drop(Stat::DropTooBig),
+    };
+    counted(outcome, len)
+}
+
+/// An ICMP error about a DSR flow, tail-called from `lb_icmp` with `ENCAP_ARGS` set: sent
+/// to the flow's backend as the flow's packets are.
+#[xdp]
+pub fn lb_encap(ctx: XdpContext) -> u32 {
+    let len = ctx.data_end() - ctx.data();
+    let args = ENCAP_ARGS.get(0).copied();
+    let outcome = match (parse::parse(&ctx, false), args) {
+        (Ok(Parsed::Ip(packet)), Some(args)) => {
+            encap::icmp_to_backend(&ctx, &packet, args.backend_id, now())
+        }
+        _ => Outcome::drop(Stat::DropFibFailure),
     };
     counted(outcome, len)
 }

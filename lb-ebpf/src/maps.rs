@@ -9,7 +9,7 @@ use lb_common::{
         ADDRESS_BUCKETS, CONNTRACK_CAPACITY, DEFAULT_MAGLEV_SIZE, ENDPOINTS_CAPACITY, FAMILY_V4,
         HOP_SLOTS, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS, TAIL_PROGRAMS,
     },
-    encap::EncapSource,
+    encap::{EncapArgs, EncapSource},
     flow::{Conn, DEFAULT_TIMEOUTS_NS, FlowKey, NextHop, Timeouts},
     icmp::{RateBucket, TooBigArgs},
     service::{Backend, Endpoint, EndpointKey, Layout, VipInfo, VipKey},
@@ -83,6 +83,10 @@ pub static JUMPS: ProgramArray = ProgramArray::with_max_entries(TAIL_PROGRAMS.le
 /// What `lb` hands to `lb_too_big`, in this CPU's slot.
 #[map(name = "TOO_BIG_ARGS")]
 pub static TOO_BIG_ARGS: PerCpuArray<TooBigArgs> = PerCpuArray::with_max_entries(1, 0);
+
+/// What `lb_icmp` hands to `lb_encap`, in this CPU's slot.
+#[map(name = "ENCAP_ARGS")]
+pub static ENCAP_ARGS: PerCpuArray<EncapArgs> = PerCpuArray::with_max_entries(1, 0);
 
 /// Token bucket for the ICMP errors this CPU sends.
 #[map(name = "ICMP_RATE")]

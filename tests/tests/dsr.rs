@@ -6,7 +6,10 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use etherparse::{Ipv4HeaderSlice, Ipv6HeaderSlice};
+use etherparse::{
+    Icmpv4Type, Icmpv6Type, Ipv4HeaderSlice, Ipv6HeaderSlice, PacketBuilder,
+    icmpv4::DestUnreachableHeader,
+};
 use lb_common::{
     consts::{XDP_DROP, XDP_REDIRECT},
     stats::Stat,
@@ -439,5 +442,59 @@ fn dsr_backends_take_no_reply_translation() {
             [198, 18, 1, 22],
             "source not set to {vip}"
         );
+    });
+}
+
+/// An ICMP error from a router on the clients' side to `vip`, about a reply the backend
+/// sent from the VIP: frag-needed (IPv4) or packet-too-big (IPv6) quoting `quoted`.
+fn error_about_reply(vip: IpAddr, router: IpAddr, quoted: &[u8]) -> Vec<u8> {
+    let eth = PacketBuilder::ethernet2([0x02, 0, 0, 0, 0, 0x0e], [0x02, 0, 0, 0, 0, 0x02]);
+    let mut out = Vec::new();
+    match (router, vip) {
+        (IpAddr::V4(r), IpAddr::V4(v)) => eth
+            .ipv4(r.octets(), v.octets(), 64)
+            .icmpv4(Icmpv4Type::DestinationUnreachable(
+                DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+            ))
+            .write(&mut out, quoted),
+        (IpAddr::V6(r), IpAddr::V6(v)) => eth
+            .ipv6(r.octets(), v.octets(), 64)
+            .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1400 })
+            .write(&mut out, quoted),
+        _ => panic!("mixed families"),
+    }
+    .expect("build the ICMP error");
+    out
+}
+
+#[test]
+fn icmp_errors_about_replies_reach_the_flows_dsr_backend_untouched() {
+    lb_tests::require_root!();
+    let lab = FibLab::new();
+    with_dsr(&lab, |datapath, _| {
+        for (vip, router) in [("198.18.1.20", "198.18.0.254"), ("fd00:1::20", "fd00::fe")] {
+            let vip = ip(vip);
+            let client = client_of(vip);
+            let request = Spec::new(family_of(vip), Transport::Tcp)
+                .between(client, vip)
+                .ports(41_600, 80);
+            let first = datapath.run(&request.build(&[]));
+            let backend = outer(&first.packet).dst;
+            // What the backend sent the client, from the VIP (its first 8 bytes of TCP).
+            let reply = Spec::new(family_of(vip), Transport::Tcp)
+                .between(vip, client)
+                .ports(80, 41_600)
+                .ack()
+                .build(&[7u8; 100]);
+            let header = if vip.is_ipv4() { 20 } else { 40 };
+            let error = error_about_reply(vip, ip(router), &reply[14..14 + header + 8]);
+            let (out, delta) = datapath.run_counted(&error);
+            assert_eq!(out.action, XDP_REDIRECT, "{vip}: {:?}", delta.moved());
+            assert_eq!(delta.packets(Stat::ForwardIcmpToBackend), 1, "{vip}");
+            assert_eq!(delta.packets(Stat::DsrIpipEncapsulated), 1, "{vip}");
+            let wire = outer(&out.packet);
+            assert_eq!(wire.dst, backend, "{vip}: the flow's backend");
+            assert_eq!(wire.inner, error[14..], "{vip}: the error untouched");
+        }
     });
 }
