@@ -32,6 +32,39 @@ pub fn http_get(vip: SocketAddr) -> Result<String, String> {
     Ok(body.trim().to_owned())
 }
 
+/// One HTTP/1.0 POST of `size` bytes through `vip`, within `limit`; returns the answer
+/// (`<backend> <bytes received>`).
+pub fn http_upload(vip: SocketAddr, size: usize, limit: Duration) -> Result<String, String> {
+    let mut stream =
+        TcpStream::connect_timeout(&vip, IO_TIMEOUT).map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(limit))
+        .and_then(|()| stream.set_write_timeout(Some(limit)))
+        .map_err(|e| e.to_string())?;
+    let header = format!("POST /upload HTTP/1.0\r\nHost: vip\r\nContent-Length: {size}\r\n\r\n");
+    stream
+        .write_all(header.as_bytes())
+        .map_err(|e| format!("send: {e}"))?;
+    let chunk = [b'x'; 16 * 1024];
+    let mut sent = 0;
+    while sent < size {
+        let n = chunk.len().min(size - sent);
+        stream
+            .write_all(&chunk[..n])
+            .map_err(|e| format!("send after {sent} bytes: {e}"))?;
+        sent += n;
+    }
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("read: {e}"))?;
+    if !response.starts_with("HTTP/1.0 200 OK") {
+        return Err(format!("bad response {response:?}"));
+    }
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    Ok(body.trim().to_owned())
+}
+
 /// One UDP request from `bind` to `vip`; returns the answering backend's name.
 pub fn udp_request(bind: SocketAddr, vip: SocketAddr) -> Result<String, String> {
     ask_udp(bind, vip).map(|(answer, _)| answer)

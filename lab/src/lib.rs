@@ -4,6 +4,7 @@
 //! only inside namespaces this process creates; everything is removed on drop.
 
 pub mod client;
+pub mod dsr;
 pub mod netns;
 pub mod servers;
 pub mod topology;

@@ -128,6 +128,16 @@ pub struct Link {
 impl Link {
     /// Joins `a_ns` (address `a_addr`, a CIDR) and `b_ns` (`b_addr`).
     pub fn veth(a_ns: &NetNs, a_addr: &str, b_ns: &NetNs, b_addr: &str) -> Self {
+        let link = Self::veth_bare(a_ns, b_ns);
+        for (ns, dev, addr) in [(a_ns, &link.a, a_addr), (b_ns, &link.b, b_addr)] {
+            let family = if addr.contains(':') { "-6" } else { "-4" };
+            ns.ip(&[family, "addr", "add", addr, "dev", dev, "nodad"]);
+        }
+        link
+    }
+
+    /// Joins `a_ns` and `b_ns` with both ends up and no address (a bridge port, say).
+    pub fn veth_bare(a_ns: &NetNs, b_ns: &NetNs) -> Self {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let a = format!("va{id}");
         let b = format!("vb{id}");
@@ -148,9 +158,7 @@ impl Link {
                 b_ns.name(),
             ],
         );
-        for (ns, dev, addr) in [(a_ns, &a, a_addr), (b_ns, &b, b_addr)] {
-            let family = if addr.contains(':') { "-6" } else { "-4" };
-            ns.ip(&[family, "addr", "add", addr, "dev", dev, "nodad"]);
+        for (ns, dev) in [(a_ns, &a), (b_ns, &b)] {
             ns.ip(&["link", "set", dev, "up"]);
         }
         Self { a, b }

@@ -97,6 +97,37 @@ impl Servers {
         Self { shared }
     }
 
+    /// HTTP and UDP servers on each of `vips` (port [`HTTP_PORT`], [`UDP_PORT`]) in every
+    /// backend, as direct server return needs: the backend holds the VIPs, and its answers
+    /// leave from them (a UDP socket bound to a wildcard would answer from the backend's
+    /// own address). The VIPs must be on the backends already (`lb decap attach`).
+    pub fn start_on_vips(backends: &[Backend], vips: &[IpAddr]) -> Self {
+        let shared = Shared {
+            stop: Arc::new(AtomicBool::new(false)),
+            seen: Arc::default(),
+            threads: Arc::default(),
+        };
+        for backend in backends {
+            let sockets = backend.ns.enter(|| {
+                vips.iter()
+                    .map(|vip| {
+                        (
+                            TcpListener::bind((*vip, HTTP_PORT)).expect("bind tcp on the VIP"),
+                            UdpSocket::bind((*vip, UDP_PORT)).expect("bind udp on the VIP"),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            });
+            for (http, udp) in sockets {
+                accept_loop(&shared, http, &backend.name, serve_http);
+                let (s, name) = (shared.clone(), backend.name.clone());
+                udp.set_read_timeout(Some(POLL)).expect("timeout");
+                shared.spawn(move || serve_udp(&udp, &name, &s));
+            }
+        }
+        Self { shared }
+    }
+
     /// Takes what the backends saw since the last call.
     pub fn take_seen(&self) -> HashMap<String, Vec<IpAddr>> {
         self.shared
@@ -172,17 +203,45 @@ fn is_timeout(error: &std::io::Error) -> bool {
     )
 }
 
+/// Uploads larger than this are cut off (the lab sends at most a few MB).
+const MAX_UPLOAD: usize = 16 << 20;
+
 fn serve_http(mut stream: TcpStream, name: &str, shared: &Shared) {
     let mut request = Vec::new();
-    let complete = |b: &[u8]| b.windows(4).any(|w| w == b"\r\n\r\n") || b.len() > 8192;
-    if read_until(&mut stream, &mut request, shared, complete) {
-        let body = format!("{name}\n");
-        let _ = write!(
-            stream,
-            "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
+    let complete = |b: &[u8]| header_end(b).is_some() || b.len() > 8192;
+    if !read_until(&mut stream, &mut request, shared, complete) {
+        return;
     }
+    // A body (an upload) is read in full, and its size said in the answer.
+    let end = header_end(&request).unwrap_or(request.len());
+    let length = content_length(&request[..end]).min(MAX_UPLOAD);
+    if length > 0 && !read_until(&mut stream, &mut request, shared, |b| b.len() >= end + length) {
+        return;
+    }
+    let body = if length > 0 {
+        format!("{name} {length}\n")
+    } else {
+        format!("{name}\n")
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// Where the headers end (after the blank line).
+fn header_end(request: &[u8]) -> Option<usize> {
+    request.windows(4).position(|w| w == b"\r\n\r\n").map(|at| at + 4)
+}
+
+fn content_length(headers: &[u8]) -> usize {
+    String::from_utf8_lossy(headers)
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn serve_who(stream: TcpStream, name: &str, shared: &Shared) {

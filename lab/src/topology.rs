@@ -47,7 +47,7 @@ pub struct Lab {
 
 /// veth leaves checksums partial (XDP cannot finish them) and needs NAPI to receive
 /// redirected frames.
-fn offload_off_and_napi_on(ns: &NetNs, dev: &str) {
+pub(crate) fn offload_off_and_napi_on(ns: &NetNs, dev: &str) {
     let output = ns
         .command("ethtool")
         .args(["-K", dev, "tx", "off", "gro", "on"])
@@ -61,7 +61,7 @@ fn offload_off_and_napi_on(ns: &NetNs, dev: &str) {
     );
 }
 
-fn add_v6(ns: &NetNs, addr: &str, dev: &str) {
+pub(crate) fn add_v6(ns: &NetNs, addr: &str, dev: &str) {
     ns.ip(&["-6", "addr", "add", addr, "dev", dev, "nodad"]);
 }
 

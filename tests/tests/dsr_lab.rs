@@ -1,0 +1,324 @@
+//! Direct server return through the real CLI, in namespaces: a client and backends behind
+//! a router, the lb on its own link, backends whose default route is the router (never
+//! the lb), set up only with `lb decap attach`. HTTP and UDP through IPv4, IPv6 and
+//! IPv4-over-IPv6 VIPs (dsr-ipip) and through IPv4 and IPv6 VIPs with the backends on the
+//! lb's link (dsr-l2): every request answered from the VIP, every backend sees the
+//! client's own address, the lb forwards no reply, a 1 MB upload crosses 1500-byte links
+//! (PMTU discovery through the lb's frag-needed / packet-too-big), and `lb decap detach`
+//! leaves each backend as it was.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::Output,
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    client::{http_get, http_upload, udp_request},
+    dsr::{self, DsrLab, Wiring},
+    netns::NetNs,
+    process::{Daemon, Instance, READY, STARTUP, lb_binary, stat_packets},
+    servers::{HTTP_PORT, Servers, UDP_PORT},
+    topology::Backend,
+};
+
+const REQUESTS: usize = 300;
+const UPLOAD: usize = 1 << 20;
+const UPLOAD_LIMIT: Duration = Duration::from_secs(30);
+const TEST_BUDGET: Duration = Duration::from_secs(240);
+
+static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// `lb decap`'s own pin directory and record for one backend (each backend stands for a
+/// host of its own). Drop detaches whatever is left and removes both.
+struct DecapPaths {
+    ns_path: PathBuf,
+    pin_dir: PathBuf,
+    record: tempfile::TempDir,
+}
+
+impl DecapPaths {
+    fn new(ns: &NetNs) -> Self {
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self {
+            ns_path: ns.path(),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/lbt-{}-{id}-dsr", std::process::id())),
+            record: tempfile::Builder::new()
+                .prefix("lbt-dsr-decap-")
+                .tempdir()
+                .expect("record directory"),
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--pin-dir".to_owned(),
+            self.pin_dir.display().to_string(),
+            "--record".to_owned(),
+            self.record.path().join("record.json").display().to_string(),
+        ]
+    }
+
+    /// `lb decap <args>` inside the backend's namespace.
+    fn run(&self, args: &[&str]) -> Output {
+        std::process::Command::new("nsenter")
+            .arg(format!("--net={}", self.ns_path.display()))
+            .arg("--")
+            .arg(lb_binary())
+            .arg("decap")
+            .args(args)
+            .args(self.args())
+            .output()
+            .expect("run lb decap")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "`lb decap {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for DecapPaths {
+    fn drop(&mut self) {
+        if self.pin_dir.exists() {
+            let _ = self.run(&["detach", "--all"]);
+            let _ = std::fs::remove_dir_all(&self.pin_dir);
+        }
+    }
+}
+
+/// What a backend looks like from outside: its addresses, its links (XDP included) and
+/// the sysctls a DSR setup touches.
+fn snapshot(backend: &Backend) -> String {
+    let mut text = backend.ns.ip(&["-j", "addr", "show"]);
+    text.push_str(&backend.ns.ip(&["-d", "-j", "link", "show"]));
+    for dev in ["all", "default", "lo", backend.dev.as_str()] {
+        for name in ["arp_ignore", "arp_announce", "rp_filter"] {
+            let key = format!("/proc/sys/net/ipv4/conf/{dev}/{name}");
+            let output = backend
+                .ns
+                .command("cat")
+                .arg(&key)
+                .output()
+                .expect("read a sysctl");
+            text.push_str(&format!(
+                "{key}={}",
+                String::from_utf8_lossy(&output.stdout)
+            ));
+        }
+    }
+    text
+}
+
+/// One DSR service under test: its VIP address and the backend address family.
+#[derive(Clone, Copy)]
+struct Service {
+    vip: IpAddr,
+    backends_v6: bool,
+}
+
+fn backend_addr(backend: &Backend, v6: bool) -> IpAddr {
+    if v6 {
+        backend.v6.into()
+    } else {
+        backend.v4.into()
+    }
+}
+
+/// Starts `lb run` on the lab's lb and adds each service (HTTP and UDP) in `mode`, all
+/// through the CLI.
+fn start_lb(lab: &DsrLab, instance: &Instance, mode: &str, services: &[Service]) -> Daemon {
+    let mut daemon = Daemon::spawn(instance.run(&lab.lb, std::slice::from_ref(&lab.lb_iface), &[]));
+    daemon.wait_for_line(READY, STARTUP);
+    for service in services {
+        for (port, proto) in [(HTTP_PORT, "tcp"), (UDP_PORT, "udp")] {
+            let vip = SocketAddr::new(service.vip, port).to_string();
+            instance.ok(&["vip", "add", &vip, "--proto", proto, "--mode", mode]);
+            for backend in &lab.backends {
+                let addr = SocketAddr::new(backend_addr(backend, service.backends_v6), port);
+                instance.ok(&["backend", "add", &vip, &addr.to_string(), "--proto", proto]);
+            }
+        }
+    }
+    daemon
+}
+
+/// Sets every backend up with `lb decap attach` only (VIPs on lo, sysctls, the program),
+/// accepting tunnels from the lb's addresses alone; returns what each looked like before.
+fn attach_backends(lab: &DsrLab, vips: &[IpAddr]) -> (Vec<DecapPaths>, Vec<String>) {
+    let mut paths = Vec::new();
+    let mut before = Vec::new();
+    for backend in &lab.backends {
+        before.push(snapshot(backend));
+        let decap = DecapPaths::new(&backend.ns);
+        let mut args = vec!["attach", "--iface", backend.dev.as_str()];
+        let vips: Vec<String> = vips.iter().map(IpAddr::to_string).collect();
+        for vip in &vips {
+            args.extend(["--vip", vip.as_str()]);
+        }
+        let lb_v4 = format!("{}/32", dsr::LB_V4);
+        let lb_v6 = format!("{}/128", dsr::LB_V6);
+        args.extend(["--allow-source", &lb_v4, "--allow-source", &lb_v6]);
+        let printed = decap.ok(&args);
+        assert!(
+            printed.contains(&vips[0]),
+            "attach says what it changed: {printed}"
+        );
+        paths.push(decap);
+    }
+    (paths, before)
+}
+
+/// 300 HTTP requests and 300 UDP request/response pairs to `vip` from the client, each
+/// a new flow; every one answered from the VIP. Returns the answers per backend.
+fn traffic(lab: &DsrLab, vip: IpAddr, deadline: Instant) -> HashMap<String, usize> {
+    let client = DsrLab::client_addr(vip);
+    let mut answers: HashMap<String, usize> = HashMap::new();
+    for i in 0..REQUESTS {
+        assert!(Instant::now() < deadline, "{vip}: out of time at request {i}");
+        let (http, udp) = lab.client.enter(|| {
+            (
+                http_get(SocketAddr::new(vip, HTTP_PORT)),
+                udp_request(SocketAddr::new(client, 0), SocketAddr::new(vip, UDP_PORT)),
+            )
+        });
+        let http = http.unwrap_or_else(|e| panic!("{vip}: HTTP request {i}: {e}"));
+        let udp = udp.unwrap_or_else(|e| panic!("{vip}: UDP request {i}: {e}"));
+        *answers.entry(http).or_default() += 1;
+        *answers.entry(udp).or_default() += 1;
+    }
+    answers
+}
+
+fn run_lab(wiring: Wiring, mode: &str, services: &[Service]) {
+    lb_tests::require_root!();
+    let deadline = Instant::now() + TEST_BUDGET;
+    let lab = DsrLab::new("dsr", wiring, 2);
+    let instance = Instance::new();
+    let vips: Vec<IpAddr> = services.iter().map(|s| s.vip).collect();
+    let (decaps, before) = attach_backends(&lab, &vips);
+    let _daemon = start_lb(&lab, &instance, mode, services);
+    let servers = Servers::start_on_vips(&lab.backends, &vips);
+
+    for service in services {
+        let vip = service.vip;
+        let answers = traffic(&lab, vip, deadline);
+        assert_eq!(
+            answers.values().sum::<usize>(),
+            2 * REQUESTS,
+            "{vip}: every request answered once: {answers:?}"
+        );
+        assert!(
+            lab.backends.iter().all(|b| answers.get(&b.name).is_some_and(|n| *n > REQUESTS / 4)),
+            "{vip}: both backends serve: {answers:?}"
+        );
+        let client = DsrLab::client_addr(vip);
+        let seen = servers.take_seen();
+        for (backend, peers) in &seen {
+            assert!(
+                peers.iter().all(|peer| *peer == client),
+                "{vip}: {backend} saw a source other than the client {client}: {peers:?}"
+            );
+        }
+        let upload = lab
+            .client
+            .enter(|| http_upload(SocketAddr::new(vip, HTTP_PORT), UPLOAD, UPLOAD_LIMIT))
+            .unwrap_or_else(|e| panic!("{vip}: 1 MB upload: {e}"));
+        assert!(
+            upload.ends_with(&format!(" {UPLOAD}")),
+            "{vip}: the backend got all of it: {upload}"
+        );
+        servers.take_seen();
+    }
+
+    let stats = instance.stats();
+    assert_eq!(
+        stat_packets(&stats, "fwd_reply"),
+        0,
+        "no reply crosses the lb in DSR"
+    );
+    let sent = if mode == "dsr-l2" {
+        "dsr_l2_forwarded"
+    } else {
+        "dsr_ipip_encapsulated"
+    };
+    let forwarded = stat_packets(&stats, sent);
+    assert!(
+        forwarded >= (2 * REQUESTS * services.len()) as u64,
+        "{sent} = {forwarded}"
+    );
+    if mode == "dsr-ipip" {
+        // 1500-byte segments do not fit 1500-byte links with an outer header: the client
+        // learnt the tunnel's MTU from the lb.
+        assert!(stat_packets(&stats, "dsr_too_big") > 0, "no PMTU message");
+        assert!(stat_packets(&stats, "icmp_too_big_sent") > 0);
+    }
+    for decap in &decaps {
+        let status: serde_json::Value =
+            serde_json::from_str(&decap.ok(&["status", "--json"])).expect("status JSON");
+        assert!(
+            status.to_string().contains("decapsulated"),
+            "status shows counters: {status}"
+        );
+    }
+
+    drop(servers);
+    for ((decap, backend), before) in decaps.iter().zip(&lab.backends).zip(&before) {
+        decap.ok(&["detach", "--all"]);
+        assert_eq!(
+            &snapshot(backend),
+            before,
+            "{}: detach leaves it as it was",
+            backend.name
+        );
+        assert!(!backend.ns.has_xdp(), "{}: no XDP left", backend.name);
+    }
+}
+
+#[test]
+fn dsr_ipip_serves_ipv4_ipv6_and_ipv4_over_ipv6_backends_with_replies_bypassing_the_lb() {
+    run_lab(
+        Wiring::Routed,
+        "dsr-ipip",
+        &[
+            Service {
+                vip: dsr::VIP_V4.into(),
+                backends_v6: false,
+            },
+            Service {
+                vip: dsr::VIP_V6.into(),
+                backends_v6: true,
+            },
+            Service {
+                vip: dsr::VIP_V4_OVER_V6.into(),
+                backends_v6: true,
+            },
+        ],
+    );
+}
+
+#[test]
+fn dsr_l2_serves_backends_on_the_lbs_link_with_replies_bypassing_the_lb() {
+    run_lab(
+        Wiring::SharedLink,
+        "dsr-l2",
+        &[
+            Service {
+                vip: dsr::VIP_V4.into(),
+                backends_v6: false,
+            },
+            Service {
+                vip: dsr::VIP_V6.into(),
+                backends_v6: true,
+            },
+        ],
+    );
+}
