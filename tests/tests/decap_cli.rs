@@ -30,7 +30,6 @@ const VIP_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 8, 0x80);
 /// Added by the second attach, removed by the third.
 const VIP_EXTRA: Ipv4Addr = Ipv4Addr::new(198, 18, 8, 81);
 const SERVICE_PORT: u16 = 7;
-const CLIENT_PORT: u16 = 40_001;
 
 /// The sysctls compared before and after (`net.ipv4.conf.<dev>.<name>`).
 const SYSCTL_NAMES: [&str; 3] = ["arp_ignore", "arp_announce", "rp_filter"];
@@ -201,36 +200,36 @@ impl Lab {
     }
 
     /// Sends a UDP request to `vip` inside a tunnel to `outer_dst` and returns the echo, if
-    /// one came back within half a second.
+    /// one came back within half a second. The client port is the receiving socket's own
+    /// ephemeral one, so no two requests ever compete for a port.
     fn request(&self, outer_dst: IpAddr, vip: IpAddr, payload: &[u8]) -> Option<Vec<u8>> {
-        let (inner, reply_to) = match vip {
-            IpAddr::V4(vip) => {
-                let mut out = Vec::new();
-                PacketBuilder::ipv4(SENDER_V4.octets(), vip.octets(), 64)
-                    .udp(CLIENT_PORT, SERVICE_PORT)
-                    .write(&mut out, payload)
-                    .expect("build");
-                (out, SocketAddr::new(IpAddr::V4(SENDER_V4), CLIENT_PORT))
-            }
-            IpAddr::V6(vip) => {
-                let mut out = Vec::new();
-                PacketBuilder::ipv6(SENDER_V6.octets(), vip.octets(), 64)
-                    .udp(CLIENT_PORT, SERVICE_PORT)
-                    .write(&mut out, payload)
-                    .expect("build");
-                (out, SocketAddr::new(IpAddr::V6(SENDER_V6), CLIENT_PORT))
-            }
+        let sender = match vip {
+            IpAddr::V4(_) => IpAddr::V4(SENDER_V4),
+            IpAddr::V6(_) => IpAddr::V6(SENDER_V6),
         };
         self.sender.enter(|| {
-            let receiver = UdpSocket::bind(reply_to).expect("bind the client socket");
+            let receiver =
+                UdpSocket::bind(SocketAddr::new(sender, 0)).expect("bind the client socket");
+            let client_port = receiver.local_addr().expect("local address").port();
             receiver
                 .set_read_timeout(Some(Duration::from_millis(500)))
                 .expect("timeout");
-            let protocol = if vip.is_ipv4() {
-                libc::IPPROTO_IPIP
-            } else {
-                libc::IPPROTO_IPV6
+            let mut inner = Vec::new();
+            let (builder, protocol) = match (sender, vip) {
+                (IpAddr::V4(src), IpAddr::V4(dst)) => (
+                    PacketBuilder::ipv4(src.octets(), dst.octets(), 64),
+                    libc::IPPROTO_IPIP,
+                ),
+                (IpAddr::V6(src), IpAddr::V6(dst)) => (
+                    PacketBuilder::ipv6(src.octets(), dst.octets(), 64),
+                    libc::IPPROTO_IPV6,
+                ),
+                _ => unreachable!("same family"),
             };
+            builder
+                .udp(client_port, SERVICE_PORT)
+                .write(&mut inner, payload)
+                .expect("build");
             send_raw(outer_dst, protocol, &inner);
             let mut buf = [0u8; 2048];
             let (n, from) = receiver.recv_from(&mut buf).ok()?;
@@ -585,4 +584,139 @@ fn bad_input_is_refused_and_changes_nothing() {
         assert_eq!(pins, 0, "{class} left pins");
         lb_tests::loud(&format!("decap_cli: refused, nothing changed: {class}"));
     }
+}
+
+#[test]
+fn two_attaches_at_once_share_what_they_change_until_the_last_detach() {
+    lb_tests::require_root!();
+    let lab = Lab::new();
+    lab.customize();
+    let second = Link::veth(
+        &lab.sender,
+        "198.18.10.1/24",
+        &lab.backend,
+        "198.18.10.2/24",
+    );
+    let ifaces = [lab.iface.clone(), second.b.clone()];
+    let before = lab.snapshot();
+    // Both at once: the pin directory's lock orders them, and whichever comes second finds
+    // the shared settings (all.arp_announce, the VIP on lo) made by the first.
+    let children: Vec<_> = ifaces
+        .iter()
+        .map(|iface| {
+            lab.backend
+                .command(lb_binary())
+                .args(["decap", "attach", "--iface", iface, "--vip"])
+                .arg(VIP_V4.to_string())
+                .arg("--pin-dir")
+                .arg(&lab.pin_dir)
+                .arg("--record")
+                .arg(lab.record())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("start lb")
+        })
+        .collect();
+    for (iface, child) in ifaces.iter().zip(children) {
+        let output = child.wait_with_output().expect("run lb");
+        assert!(
+            output.status.success(),
+            "attach {iface}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.record()).expect("record"))
+            .expect("JSON record");
+    assert_eq!(record["interfaces"].as_object().map(|i| i.len()), Some(2));
+    let mut both = ifaces.to_vec();
+    both.sort();
+    let announce = record["sysctls"]
+        .as_array()
+        .expect("sysctls")
+        .iter()
+        .find(|c| c["key"] == "net.ipv4.conf.all.arp_announce")
+        .expect("all.arp_announce recorded");
+    assert_eq!(announce["old"], "1");
+    assert_eq!(announce["needed_by"], serde_json::json!(both));
+    assert_eq!(record["addresses"][0]["needed_by"], serde_json::json!(both));
+    let status = lab.status();
+    assert_eq!(status["interfaces"].as_array().map(Vec::len), Some(2));
+    assert!(
+        status["interfaces"]
+            .as_array()
+            .expect("interfaces")
+            .iter()
+            .all(|i| i["attached"] == true),
+        "{status}"
+    );
+
+    // The first detach keeps what the other interface still needs.
+    let out = lab.ok(&["detach", "--iface", &ifaces[0]]);
+    assert!(
+        out.contains(&format!(
+            "sysctl net.ipv4.conf.all.arp_announce = 2: kept, still needed by {}",
+            ifaces[1]
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "VIP {VIP_V4} on lo: kept, still needed by {}",
+            ifaces[1]
+        )),
+        "{out}"
+    );
+    let middle = lab.snapshot();
+    assert!(has_address(&middle, IpAddr::V4(VIP_V4)));
+    assert_eq!(sysctl_of(&middle, "all.arp_announce"), "2");
+    // --all takes the rest.
+    let out = lab.ok(&["detach", "--all"]);
+    assert!(
+        out.contains("sysctl net.ipv4.conf.all.arp_announce: 2 -> 1"),
+        "{out}"
+    );
+    assert_eq!(lab.snapshot(), before);
+    assert!(!lab.record().exists());
+}
+
+#[test]
+fn an_attach_that_fails_half_way_rolls_back_what_it_changed() {
+    lb_tests::require_root!();
+    let lab = Lab::new();
+    lab.customize();
+    // IPv6 off on lo: adding the IPv6 VIP fails after the sysctls and the IPv4 VIP are set.
+    lab.backend.sysctl("net/ipv6/conf/lo/disable_ipv6", "1");
+    let before = lab.snapshot();
+    let output = lab.lb(&[
+        "attach",
+        "--iface",
+        &lab.iface,
+        "--vip",
+        &VIP_V4.to_string(),
+        "--vip",
+        "fd00::8:99",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "attach must fail: {stdout}");
+    assert!(stderr.contains("fd00::8:99/128 on lo"), "{stderr}");
+    for line in [
+        format!("address {VIP_V4}/32 on lo: absent -> added"),
+        format!("rolled back: address {VIP_V4}/32 on lo: present -> removed"),
+        "rolled back: sysctl net.ipv4.conf.all.arp_announce: 2 -> 1".to_owned(),
+    ] {
+        assert!(stdout.contains(&line), "missing `{line}` in:\n{stdout}");
+    }
+    assert_eq!(lab.snapshot(), before, "rolled back to the start");
+    assert!(!lab.backend.has_xdp());
+    assert!(!lab.record().exists(), "no record of a rolled-back attach");
+    assert_eq!(
+        std::fs::read_dir(&lab.pin_dir)
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0,
+        "no pins left"
+    );
 }
