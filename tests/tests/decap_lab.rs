@@ -5,14 +5,16 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     time::Duration,
 };
 
 use aya::programs::xdp::XdpMode;
 use etherparse::PacketBuilder;
 use lb_common::decap::DecapStat;
-use lb_tests::netns::{Link, NetNs};
+use lb_tests::{
+    netns::{Link, NetNs},
+    tunnel::send_raw,
+};
 use lb_userspace::datapath::decap::{DECAP_OBJECT, Decap};
 
 const SENDER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 5, 1);
@@ -88,66 +90,6 @@ impl Lab {
             Some(buf[..n].to_vec())
         })
     }
-}
-
-/// Sends `payload` through a raw socket of `protocol`: the kernel adds the outer header.
-fn send_raw(dst: IpAddr, protocol: libc::c_int, payload: &[u8]) {
-    let family = if dst.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: plain socket(2); the result is checked before use.
-    let fd = unsafe { libc::socket(family, libc::SOCK_RAW, protocol) };
-    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-    // SAFETY: fd is a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let sent = match dst {
-        IpAddr::V4(v4) => {
-            let addr = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: 0,
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(v4.octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: payload and addr are valid for the lengths given.
-            unsafe {
-                libc::sendto(
-                    fd.as_raw_fd(),
-                    payload.as_ptr().cast(),
-                    payload.len(),
-                    0,
-                    (&raw const addr).cast(),
-                    std::mem::size_of_val(&addr) as libc::socklen_t,
-                )
-            }
-        }
-        IpAddr::V6(v6) => {
-            // SAFETY: all-zero is a valid sockaddr_in6.
-            let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-            addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            addr.sin6_addr.s6_addr = v6.octets();
-            // SAFETY: payload and addr are valid for the lengths given.
-            unsafe {
-                libc::sendto(
-                    fd.as_raw_fd(),
-                    payload.as_ptr().cast(),
-                    payload.len(),
-                    0,
-                    (&raw const addr).cast(),
-                    std::mem::size_of_val(&addr) as libc::socklen_t,
-                )
-            }
-        }
-    };
-    assert_eq!(
-        sent,
-        payload.len() as isize,
-        "sendto {dst}: {}",
-        std::io::Error::last_os_error()
-    );
 }
 
 fn udp_v4(payload: &[u8]) -> Vec<u8> {

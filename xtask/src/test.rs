@@ -89,6 +89,8 @@ pub fn run() -> anyhow::Result<()> {
                 "--test",
                 "decap_lab",
                 "--test",
+                "decap_cli",
+                "--test",
                 "soak",
             ])
             .env("LB_BIN", lb),

@@ -1,7 +1,11 @@
 //! Command-line definitions. `run` is the daemon; every other subcommand is a client of its
 //! API socket. Scripts depend on these names: change them only with the docs.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -9,7 +13,12 @@ use lb_common::flow::Timeout;
 
 use crate::{
     daemon::run::RunConfig,
-    datapath::{attach::AttachMode, pins::DEFAULT_PIN_DIR},
+    datapath::{
+        attach::AttachMode,
+        backend_setup::{DEFAULT_DECAP_PIN_DIR, DEFAULT_DECAP_RECORD},
+        pins::DEFAULT_PIN_DIR,
+    },
+    model::decap::Prefix,
     model::limits::Options,
     model::mode::{Mode, Prefix},
     model::state::{DEFAULT_WEIGHT, MAX_WEIGHT, MIN_WEIGHT, Proto},
@@ -22,8 +31,8 @@ pub(crate) const DEFAULT_STATE_FILE: &str = "/var/lib/lb/state.toml";
     name = "lb",
     version,
     about = "An XDP layer-4 load balancer: one cluster IP in front of a server cluster",
-    after_help = "The daemon (`lb run`) serves the other subcommands on a Unix socket: \
-                  --api, else $LB_API, else /run/lb/lb.sock."
+    after_help = "The daemon (`lb run`) serves the other subcommands but `lb decap` on a Unix \
+                  socket: --api, else $LB_API, else /run/lb/lb.sock."
 )]
 pub struct Cli {
     /// The daemon's API socket [default: $LB_API, else /run/lb/lb.sock].
@@ -53,6 +62,9 @@ pub(crate) enum Command {
     Status(OutputArgs),
     /// Detach the datapath from every interface and remove its pins (stops forwarding).
     Down(DownArgs),
+    /// On a DSR backend (no daemon): take the lb's tunnels apart in XDP, VIPs on lo, sysctls.
+    #[command(subcommand)]
+    Decap(DecapCommand),
 }
 
 /// A socket address, with a hint for the usual mistakes.
@@ -420,6 +432,85 @@ pub(crate) struct DownArgs {
     /// The pin directory to take down [default: the daemon's, else /sys/fs/bpf/lb].
     #[arg(long, value_name = "DIR")]
     pub(crate) pin_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DecapCommand {
+    /// Attach lb_decap to an interface (pinned: it stays after the command exits), put the
+    /// VIPs on lo and set the sysctls a DSR backend needs, printing each change. Again on
+    /// an attached interface: updates its VIPs and source prefixes in place.
+    Attach(AttachArgs),
+    /// Show each attached interface: its program, what it accepts, its counters and what
+    /// attach changed.
+    Status(StatusArgs),
+    /// Undo exactly what attach did: detach the program, remove its pins, restore each
+    /// sysctl it changed and remove each address it added.
+    Detach(DetachArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DecapPathArgs {
+    /// bpffs directory for lb decap's pins: one directory per interface with its maps and link.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_DECAP_PIN_DIR)]
+    pub(crate) pin_dir: PathBuf,
+    /// Where attach records what it changed (JSON; bpffs holds only BPF objects).
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_DECAP_RECORD)]
+    pub(crate) record: PathBuf,
+}
+
+fn parse_vip(text: &str) -> Result<IpAddr, String> {
+    text.parse().map_err(|_| {
+        format!("`{text}` is not an IP address (a VIP here is an address alone, e.g. 198.18.1.1 or fd00::1, no port)")
+    })
+}
+
+fn parse_prefix(text: &str) -> Result<Prefix, String> {
+    text.parse()
+        .map_err(|e: crate::model::decap::DecapInputError| e.to_string())
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AttachArgs {
+    /// The interface tunnels from the lb arrive on; tunnels to its addresses are taken apart.
+    #[arg(long, value_name = "IF")]
+    pub(crate) iface: String,
+    /// A VIP this backend serves: added to lo as /32 or /128 (repeat the flag).
+    #[arg(long = "vip", value_name = "ADDR", value_parser = parse_vip, action = clap::ArgAction::Append)]
+    pub(crate) vips: Vec<IpAddr>,
+    /// Only decapsulate tunnels from this prefix, the lb's source prefix (repeat the flag;
+    /// default: any source).
+    #[arg(long = "allow-source", value_name = "PREFIX", value_parser = parse_prefix, action = clap::ArgAction::Append)]
+    pub(crate) allow_sources: Vec<Prefix>,
+    /// XDP attach mode: native (driver), skb (generic), or auto (native, else skb with a warning).
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+    pub(crate) xdp_mode: XdpModeArg,
+    #[command(flatten)]
+    pub(crate) paths: DecapPathArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// Only this interface.
+    #[arg(long, value_name = "IF")]
+    pub(crate) iface: Option<String>,
+    /// Print JSON (stable, documented in docs/API.md).
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(flatten)]
+    pub(crate) paths: DecapPathArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["iface", "all"])))]
+pub(crate) struct DetachArgs {
+    /// The interface to detach from.
+    #[arg(long, value_name = "IF")]
+    pub(crate) iface: Option<String>,
+    /// Every interface attach was run on.
+    #[arg(long)]
+    pub(crate) all: bool,
+    #[command(flatten)]
+    pub(crate) paths: DecapPathArgs,
 }
 
 /// `--proto tcp|udp`: the model stays free of clap, the flag parser lives here.

@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod commands;
+pub mod decap;
 pub mod render;
 pub mod watch;
 
@@ -14,7 +15,7 @@ use args::{Cli, Command};
 
 /// Parses the command line and runs it. Only `lb run` starts a tokio runtime (multi-threaded:
 /// probes, the sweep and the servers run beside the controller); the client commands are
-/// one blocking request each.
+/// one blocking request each, and `lb decap` blocking netlink, bpf and sysctl calls.
 pub fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -33,5 +34,6 @@ pub fn main() -> anyhow::Result<()> {
         Command::Stats(args) => commands::stats(&socket, args),
         Command::Status(output) => commands::status(&socket, output),
         Command::Down(args) => commands::down(&socket, args),
+        Command::Decap(command) => decap::run(command),
     }
 }

@@ -125,7 +125,17 @@ pub(crate) fn attach_pinned(
     mode: AttachMode,
     pins: &PinDir,
 ) -> Result<PinnedAttachment, AttachError> {
-    let path = pins.link_path(&iface.name);
+    attach_pinned_at(program, iface, mode, &pins.link_path(&iface.name))
+}
+
+/// [`attach_pinned`] with the link pinned at `path` (`lb decap` keeps its own layout).
+pub(crate) fn attach_pinned_at(
+    program: &mut Xdp,
+    iface: &Interface,
+    mode: AttachMode,
+    path: &std::path::Path,
+) -> Result<PinnedAttachment, AttachError> {
+    let path = path.to_owned();
     if path.exists() {
         match replace_program(program, &path) {
             Ok(link) => {

@@ -2,9 +2,9 @@
 //! balancer's maps): loading it through the verifier, the outer destinations it accepts,
 //! the outer source prefixes it allows, and its counters.
 //!
-//! Maps can be pinned ([`Decap::load_pinned`]) and counters read from the pins alone
-//! ([`read_pinned_counters`]); attaching and pinning the link is left to `lb decap attach`
-//! (issue 17), which will do it the way the balancer's are.
+//! Maps can be pinned ([`Decap::load_pinned`]), and what they accept and count read from
+//! the pins alone ([`read_pinned_filters`], [`read_pinned_counters`]); attaching, the
+//! pinned link and the host's settings are `lb decap`'s ([`crate::datapath::backend_setup`]).
 
 use std::{
     net::IpAddr,
@@ -92,6 +92,64 @@ pub fn map_key(addr: IpAddr) -> [u8; 16] {
         IpAddr::V4(v4) => mapped_v4(v4.octets()),
         IpAddr::V6(v6) => v6.octets(),
     }
+}
+
+/// The address a decap map key holds (IPv4 when mapped).
+pub fn from_map_key(key: [u8; 16]) -> IpAddr {
+    let v6 = std::net::Ipv6Addr::from(key);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// The prefix an LPM key of `DECAP_SOURCES` holds.
+fn from_lpm_key(key: &Key<[u8; 16]>) -> SourcePrefix {
+    let addr = from_map_key(key.data());
+    let len = key.prefix_len();
+    match addr {
+        IpAddr::V4(_) if len >= 96 => SourcePrefix {
+            addr,
+            len: (len - 96) as u8,
+        },
+        // A short prefix that covers ::ffff:0:0/96 is an IPv6 prefix.
+        IpAddr::V4(v4) => SourcePrefix {
+            addr: IpAddr::V6(v4.to_ipv6_mapped()),
+            len: len as u8,
+        },
+        IpAddr::V6(_) => SourcePrefix {
+            addr,
+            len: len as u8,
+        },
+    }
+}
+
+impl From<crate::model::decap::Prefix> for SourcePrefix {
+    fn from(prefix: crate::model::decap::Prefix) -> Self {
+        Self {
+            addr: prefix.addr,
+            len: prefix.len,
+        }
+    }
+}
+
+impl From<SourcePrefix> for crate::model::decap::Prefix {
+    fn from(prefix: SourcePrefix) -> Self {
+        Self {
+            addr: prefix.addr,
+            len: prefix.len,
+        }
+    }
+}
+
+/// What a decap program accepts, as its maps say.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DecapFilters {
+    /// Outer destinations (`DECAP_LOCAL`), sorted.
+    pub local: Vec<IpAddr>,
+    /// Outer source prefixes (`DECAP_SOURCES`), sorted; empty when the filter is off (any
+    /// source).
+    pub sources: Vec<SourcePrefix>,
 }
 
 /// Counter totals over all CPUs, indexed like [`DecapStat::ALL`].
@@ -182,6 +240,29 @@ impl Decap {
             })
     }
 
+    /// Accepts tunnels to exactly `addrs`: the new ones go in before the old ones leave, so
+    /// an address in both is never refused.
+    pub fn set_local(&mut self, addrs: &[IpAddr]) -> Result<(), DecapError> {
+        for addr in addrs {
+            self.add_local(*addr)?;
+        }
+        let keys: Vec<IpAddr> = self
+            .local
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| DecapError::Map {
+                name: MAP_DECAP_LOCAL,
+                source,
+            })?
+            .into_iter()
+            .map(from_map_key)
+            .collect();
+        for stale in keys.into_iter().filter(|k| !addrs.contains(k)) {
+            self.remove_local(stale)?;
+        }
+        Ok(())
+    }
+
     /// Stops accepting tunnels to `addr`; absent is not an error.
     pub fn remove_local(&mut self, addr: IpAddr) -> Result<(), DecapError> {
         match self.local.remove(&map_key(addr)) {
@@ -241,6 +322,46 @@ impl Decap {
     pub fn counters(&self) -> Result<DecapSnapshot, DecapError> {
         sum_counters(&self.stats)
     }
+}
+
+/// The addresses and prefixes a decap program whose maps are pinned in `dir` accepts,
+/// without loading anything.
+pub fn read_pinned_filters(dir: &Path) -> Result<DecapFilters, DecapError> {
+    let open = |name: &'static str| {
+        MapData::from_pin(dir.join(name)).map_err(|source| DecapError::Map { name, source })
+    };
+    let map_error = |name: &'static str| move |source| DecapError::Map { name, source };
+    let local: HashMap<MapData, [u8; 16], u32> =
+        HashMap::try_from(aya::maps::Map::HashMap(open(MAP_DECAP_LOCAL)?))
+            .map_err(map_error(MAP_DECAP_LOCAL))?;
+    let mut local: Vec<IpAddr> = local
+        .keys()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(map_error(MAP_DECAP_LOCAL))?
+        .into_iter()
+        .map(from_map_key)
+        .collect();
+    local.sort();
+    let config: Array<MapData, DecapConfig> =
+        Array::try_from(aya::maps::Map::Array(open(MAP_DECAP_CONFIG)?))
+            .map_err(map_error(MAP_DECAP_CONFIG))?;
+    let filtering = config
+        .get(&0, 0)
+        .map_err(map_error(MAP_DECAP_CONFIG))?
+        .flags
+        & DECAP_FILTER_SOURCES
+        != 0;
+    let mut sources = Vec::new();
+    if filtering {
+        let trie: LpmTrie<MapData, [u8; 16], u32> =
+            LpmTrie::try_from(aya::maps::Map::LpmTrie(open(MAP_DECAP_SOURCES)?))
+                .map_err(map_error(MAP_DECAP_SOURCES))?;
+        for key in trie.keys() {
+            sources.push(from_lpm_key(&key.map_err(map_error(MAP_DECAP_SOURCES))?));
+        }
+        sources.sort_by_key(|p| (p.addr, p.len));
+    }
+    Ok(DecapFilters { local, sources })
 }
 
 /// The counters of a decap program whose maps are pinned in `dir`, without loading
@@ -309,6 +430,27 @@ mod tests {
             }
             .key()
             .is_err()
+        );
+    }
+
+    #[test]
+    fn lpm_keys_read_back_as_the_prefixes_written() {
+        for (addr, len) in [
+            ("198.18.7.0", 24),
+            ("0.0.0.0", 0),
+            ("fd00::", 64),
+            ("::", 0),
+            ("::", 80),
+        ] {
+            let prefix = SourcePrefix {
+                addr: addr.parse().unwrap(),
+                len,
+            };
+            assert_eq!(from_lpm_key(&prefix.key().unwrap()), prefix, "{addr}/{len}");
+        }
+        assert_eq!(
+            from_map_key(map_key("198.18.7.2".parse().unwrap())),
+            "198.18.7.2".parse::<IpAddr>().unwrap()
         );
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod addresses;
 pub mod attach;
+pub mod backend_setup;
 pub mod batch;
 pub mod conntrack;
 pub mod decap;
@@ -13,6 +14,8 @@ pub mod load;
 pub mod local_addresses;
 pub mod log;
 pub mod maps;
+pub mod netlink;
 pub mod pins;
 pub mod privileges;
 pub mod stats;
+pub mod sysctl;

@@ -124,7 +124,7 @@ fn is_bpffs(path: &Path) -> bool {
 }
 
 /// Mounts bpffs on /sys/fs/bpf when the pin directory lives there and nothing is mounted.
-fn ensure_bpffs(dir: &Path) -> Result<(), PinError> {
+pub(crate) fn ensure_bpffs(dir: &Path) -> Result<(), PinError> {
     let root = Path::new("/sys/fs/bpf");
     let parent = dir.parent().unwrap_or(root);
     if is_bpffs(parent) || is_bpffs(dir) {

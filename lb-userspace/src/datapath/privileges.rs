@@ -10,7 +10,7 @@ const CAP_BPF: u32 = 39;
 
 #[derive(Debug, Error)]
 #[error(
-    "lb run needs root (or CAP_BPF and CAP_NET_ADMIN) to load and attach XDP programs; \
+    "lb needs root (or CAP_BPF and CAP_NET_ADMIN) to load and attach XDP programs; \
      try again with sudo"
 )]
 pub(crate) struct NotPrivileged;

@@ -241,20 +241,26 @@ pub(crate) fn render(state: &State) -> Result<String, ConfigError> {
 /// Writes `state` so that `path` always holds either the old or the new file: a temporary
 /// file in the same directory, synced, renamed over `path`, and the directory synced.
 pub(crate) fn save(path: &Path, state: &State) -> Result<(), ConfigError> {
-    let write = |source| ConfigError::Write {
+    let text = render(state)?;
+    write_atomically(path, &text).map_err(|source| ConfigError::Write {
         path: path.to_owned(),
         source,
-    };
+    })
+}
+
+/// Writes `text` so that `path` always holds either the old or the new file (creating its
+/// directory if needed): a temporary file in the same directory, synced, renamed over
+/// `path`, and the directory synced. Also used for `lb decap`'s record.
+pub(crate) fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(write)?;
+    std::fs::create_dir_all(dir)?;
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "state.toml".to_owned());
-    let text = render(state)?;
     let temp = dir.join(temp_name(&file_name, std::process::id()));
     let result = (|| {
         let mut file = File::create(&temp)?;
@@ -264,11 +270,11 @@ pub(crate) fn save(path: &Path, state: &State) -> Result<(), ConfigError> {
     })();
     if let Err(error) = result {
         let _ = std::fs::remove_file(&temp);
-        return Err(write(error));
+        return Err(error);
     }
     // The new file is in place; syncing the directory only makes the rename durable sooner.
     if let Err(error) = File::open(dir).and_then(|d| d.sync_all()) {
-        tracing::warn!(dir = %dir.display(), %error, "syncing the state directory failed");
+        tracing::warn!(dir = %dir.display(), %error, "syncing the directory failed");
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod config;
+pub mod decap;
 pub mod error_chain;
 pub mod health;
 pub mod limits;

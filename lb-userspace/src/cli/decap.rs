@@ -1,0 +1,321 @@
+//! `lb decap attach|status|detach`: a DSR backend's side, run on the backend itself with no
+//! daemon and no async runtime. One printed line per change (the flags are in `args`).
+
+use anyhow::Context as _;
+
+use crate::{
+    cli::args::{DecapCommand, DecapPathArgs},
+    datapath::backend_setup::{self, DecapPaths, Event},
+    model::decap::{DecapStatus, InterfaceStatus},
+};
+
+impl DecapPathArgs {
+    fn paths(&self) -> DecapPaths {
+        DecapPaths {
+            pin_dir: self.pin_dir.clone(),
+            record: self.record.clone(),
+        }
+    }
+}
+
+pub(crate) fn run(command: DecapCommand) -> anyhow::Result<()> {
+    match command {
+        DecapCommand::Attach(args) => {
+            let paths = args.paths.paths();
+            backend_setup::attach(
+                &paths,
+                &args.iface,
+                &args.vips,
+                &args.allow_sources,
+                args.xdp_mode.into(),
+                &mut print_event,
+            )
+            .with_context(|| format!("lb decap attach --iface {}", args.iface))
+        }
+        DecapCommand::Status(args) => {
+            let status = backend_setup::status(&args.paths.paths(), args.iface.as_deref())
+                .context("lb decap status")?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", render_status(&status));
+            }
+            Ok(())
+        }
+        DecapCommand::Detach(args) => {
+            let paths = args.paths.paths();
+            match args.iface {
+                Some(iface) => backend_setup::detach(&paths, &iface, &mut print_event)
+                    .with_context(|| format!("lb decap detach --iface {iface}")),
+                None => {
+                    let count = backend_setup::detach_all(&paths, &mut print_event)
+                        .context("lb decap detach --all")?;
+                    if count == 0 {
+                        println!("lb decap: nothing was attached");
+                    }
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
+fn list<T: ToString>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One line per event, on stdout (failures on stderr).
+fn print_event(event: Event) {
+    match render_event(&event) {
+        Line::Out(line) => println!("{line}"),
+        Line::Err(line) => eprintln!("{line}"),
+    }
+}
+
+enum Line {
+    Out(String),
+    Err(String),
+}
+
+fn render_event(event: &Event) -> Line {
+    Line::Out(match event {
+        Event::Attached {
+            iface,
+            mode,
+            link,
+            replaced: false,
+        } => format!(
+            "lb_decap attached to {iface} ({mode}); link pinned at {}",
+            link.display()
+        ),
+        Event::Attached {
+            iface,
+            mode,
+            link,
+            replaced: true,
+        } => format!(
+            "lb_decap on {iface} ({mode}) replaced in place through its pinned link {}",
+            link.display()
+        ),
+        Event::Accepting {
+            iface,
+            local,
+            sources,
+        } => format!(
+            "{iface}: decapsulating tunnels to {} from {}",
+            list(local),
+            if sources.is_empty() {
+                "any source".to_owned()
+            } else {
+                list(sources)
+            }
+        ),
+        Event::Applied(step) => step.to_string(),
+        Event::Failed { step, reason } => return Line::Err(format!("failed: {step}: {reason}")),
+        Event::RolledBack(step) => format!("rolled back: {step}"),
+        Event::Detached { iface, link } => format!(
+            "lb_decap detached from {iface}; removed its pins in {}",
+            link.parent().unwrap_or(link).display()
+        ),
+        Event::Recorded(path) => format!("recorded what changed in {}", path.display()),
+    })
+}
+
+fn render_interface(out: &mut String, i: &InterfaceStatus) {
+    use std::fmt::Write as _;
+    let state = if i.attached {
+        format!(
+            "attached ({}, program {}, link {})",
+            i.mode.as_deref().unwrap_or("?"),
+            i.program_id.unwrap_or_default(),
+            i.link_id.unwrap_or_default()
+        )
+    } else {
+        format!(
+            "not attached: {}",
+            i.problem.as_deref().unwrap_or("unknown")
+        )
+    };
+    let _ = writeln!(out, "{}: {state}", i.iface);
+    let none = |s: String| if s.is_empty() { "-".to_owned() } else { s };
+    let _ = writeln!(out, "  decapsulates tunnels to: {}", none(list(&i.local)));
+    let _ = writeln!(
+        out,
+        "  from: {}",
+        if i.allow_sources.is_empty() {
+            "any source".to_owned()
+        } else {
+            list(&i.allow_sources)
+        }
+    );
+    let _ = writeln!(out, "  VIPs: {}", none(list(&i.vips)));
+    if !i.counters.is_empty() {
+        let _ = writeln!(out, "  counters (packets / bytes):");
+        for (name, value) in &i.counters {
+            let _ = writeln!(
+                out,
+                "    {name:<24} {:>12} {:>14}",
+                value.packets, value.bytes
+            );
+        }
+    }
+    if i.sysctls.is_empty() && i.addresses.is_empty() {
+        let _ = writeln!(out, "  attach changed nothing on the host");
+    } else {
+        let _ = writeln!(out, "  attach changed:");
+        for change in &i.sysctls {
+            let _ = writeln!(
+                out,
+                "    sysctl {}: {} -> {} (needed by {})",
+                change.key,
+                change.old,
+                change.new,
+                change.needed_by.join(", ")
+            );
+        }
+        for added in &i.addresses {
+            let _ = writeln!(
+                out,
+                "    added {}/{} on {} (needed by {})",
+                added.address,
+                added.prefix_len,
+                added.dev,
+                added.needed_by.join(", ")
+            );
+        }
+    }
+}
+
+fn render_status(status: &DecapStatus) -> String {
+    let mut out = String::new();
+    if status.interfaces.is_empty() {
+        out.push_str(&format!(
+            "lb decap: nothing attached (pins {}, record {})\n",
+            status.pin_dir.display(),
+            status.record.display()
+        ));
+    }
+    for interface in &status.interfaces {
+        render_interface(&mut out, interface);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, path::PathBuf};
+
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::{
+        cli::args::{Cli, Command, XdpModeArg},
+        datapath::backend_setup::{DEFAULT_DECAP_PIN_DIR, DEFAULT_DECAP_RECORD},
+        model::decap::{AddedAddress, CounterValue, SysctlChange},
+    };
+
+    fn parse(args: &[&str]) -> Result<DecapCommand, clap::Error> {
+        let mut full = vec!["lb", "decap"];
+        full.extend_from_slice(args);
+        match Cli::try_parse_from(full)?.command {
+            Command::Decap(command) => Ok(command),
+            other => panic!("not decap: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn attach_flags_parse_and_bad_values_are_refused_with_reasons() {
+        let DecapCommand::Attach(args) = parse(&[
+            "attach",
+            "--iface",
+            "eth0",
+            "--vip",
+            "198.18.6.80",
+            "--vip",
+            "fd00::6:80",
+            "--allow-source",
+            "198.18.0.0/24",
+            "--xdp-mode",
+            "skb",
+        ])
+        .expect("valid") else {
+            panic!("not attach");
+        };
+        assert_eq!(args.vips.len(), 2);
+        assert_eq!(args.allow_sources[0].to_string(), "198.18.0.0/24");
+        assert_eq!(args.xdp_mode, XdpModeArg::Skb);
+        assert_eq!(args.paths.pin_dir, PathBuf::from(DEFAULT_DECAP_PIN_DIR));
+        for (flag, value, reason) in [
+            ("--vip", "198.18.6.80:80", "is not an IP address"),
+            ("--vip", "vip", "is not an IP address"),
+            ("--allow-source", "198.18.0.1/24", "host bits are set"),
+            (
+                "--allow-source",
+                "198.18.0.0/40",
+                "the length must be 0 to 32",
+            ),
+        ] {
+            let error = parse(&["attach", "--iface", "eth0", flag, value])
+                .expect_err(value)
+                .to_string();
+            assert!(error.contains(reason), "{flag} {value}: {error}");
+        }
+        assert!(parse(&["attach"]).is_err(), "--iface is required");
+        assert!(parse(&["detach"]).is_err(), "--iface or --all");
+        assert!(parse(&["detach", "--iface", "eth0", "--all"]).is_err());
+    }
+
+    fn sample() -> DecapStatus {
+        let mut counters = BTreeMap::new();
+        counters.insert(
+            "decap_ipv4_in_ipv4".to_owned(),
+            CounterValue {
+                packets: 3,
+                bytes: 252,
+            },
+        );
+        DecapStatus {
+            pin_dir: DEFAULT_DECAP_PIN_DIR.into(),
+            record: DEFAULT_DECAP_RECORD.into(),
+            interfaces: vec![InterfaceStatus {
+                iface: "eth0".into(),
+                attached: true,
+                problem: None,
+                ifindex: Some(2),
+                mode: Some("native".into()),
+                link_id: Some(7),
+                program_id: Some(42),
+                local: vec!["198.18.5.2".parse().unwrap(), "fd00::5:2".parse().unwrap()],
+                allow_sources: vec!["198.18.0.0/24".parse().unwrap()],
+                vips: vec!["198.18.6.80".parse().unwrap()],
+                counters,
+                sysctls: vec![SysctlChange {
+                    key: "net.ipv4.conf.all.arp_announce".into(),
+                    old: "0".into(),
+                    new: "2".into(),
+                    needed_by: vec!["eth0".into()],
+                }],
+                addresses: vec![AddedAddress {
+                    address: "198.18.6.80".parse().unwrap(),
+                    prefix_len: 32,
+                    dev: "lo".into(),
+                    needed_by: vec!["eth0".into()],
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn status_json_is_stable() {
+        insta::assert_json_snapshot!("decap_status", sample());
+    }
+
+    #[test]
+    fn status_text() {
+        insta::assert_snapshot!("decap_status_text", render_status(&sample()));
+    }
+}
