@@ -118,7 +118,13 @@ impl DsrLab {
                     let host = 10 + n;
                     let link = Link::veth_bare(&router, &ns);
                     router.ip(&["link", "set", &link.a, "master", "br0"]);
-                    ns.ip(&["addr", "add", &format!("198.18.41.{host}/24"), "dev", &link.b]);
+                    ns.ip(&[
+                        "addr",
+                        "add",
+                        &format!("198.18.41.{host}/24"),
+                        "dev",
+                        &link.b,
+                    ]);
                     add_v6(&ns, &format!("fd00:41::{host}/64"), &link.b);
                     offload_off_and_napi_on(&router, &link.a);
                     (

@@ -215,7 +215,11 @@ fn serve_http(mut stream: TcpStream, name: &str, shared: &Shared) {
     // A body (an upload) is read in full, and its size said in the answer.
     let end = header_end(&request).unwrap_or(request.len());
     let length = content_length(&request[..end]).min(MAX_UPLOAD);
-    if length > 0 && !read_until(&mut stream, &mut request, shared, |b| b.len() >= end + length) {
+    if length > 0
+        && !read_until(&mut stream, &mut request, shared, |b| {
+            b.len() >= end + length
+        })
+    {
         return;
     }
     let body = if length > 0 {
@@ -232,7 +236,10 @@ fn serve_http(mut stream: TcpStream, name: &str, shared: &Shared) {
 
 /// Where the headers end (after the blank line).
 fn header_end(request: &[u8]) -> Option<usize> {
-    request.windows(4).position(|w| w == b"\r\n\r\n").map(|at| at + 4)
+    request
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + 4)
 }
 
 fn content_length(headers: &[u8]) -> usize {

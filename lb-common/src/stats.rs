@@ -162,6 +162,9 @@ stats! {
     DropDsrNotOnLink = 54, "drop_dsr_not_on_link", Reason;
     // An IPv6 packet for an IPv4 backend (refused by the controller; never expected).
     DropDsrUnsupported = 55, "drop_dsr_unsupported", Reason;
+    // The route toward a DSR backend ends on this host or leaves through an interface lb
+    // is not attached to: the kernel would send the untouched packet to the VIP again.
+    DropDsrUnroutable = 56, "drop_dsr_unroutable", Reason;
 }
 
 /// Number of slots in the stats map.

@@ -3,7 +3,9 @@
 //! MACs changed (dsr-l2). The backend holds the VIP and replies to the client directly, so
 //! the lb sees one direction of the flow.
 
-use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action, helpers::generated::bpf_xdp_adjust_head, programs::XdpContext,
+};
 use lb_common::{
     consts::{FAMILY_V4, FAMILY_V6},
     encap::{
@@ -73,6 +75,10 @@ fn send<const ANSWER_TOO_BIG: bool>(
         // The kernel cannot forward it in our place (it would route it to the VIP); the
         // neighbour gets resolved by the lb's own traffic to the backend (health checks).
         Route::NoNeighbour => return Outcome::drop(Stat::DropDsrNoNeighbour),
+        // Handed to the kernel, the untouched packet would be routed to the VIP again.
+        Route::Done(outcome) if outcome.action == xdp_action::XDP_PASS => {
+            return Outcome::drop(Stat::DropDsrUnroutable);
+        }
         Route::Done(outcome) => return outcome,
     };
     let len = parse::data_end(ctx) - parse::data(ctx);

@@ -221,7 +221,11 @@ pub fn send(ctx: &XdpContext, packet: &Packet, hop: &NextHop, forwarded: Stat) -
     transmit(ctx, hop, forwarded)
 }
 
-/// New MACs and out, the IP packet as it is (DSR: the lb is no router hop for it).
+/// New MACs and out, the IP packet as it is (DSR: the lb is no router hop for it): through
+/// the TX_PORTS devmap, the ingress interface included, which wakes the receiving side on
+/// every driver (veth's XDP_TX reaches its peer only when the peer runs XDP too, and a
+/// one-armed lb sends most packets back where they came from); XDP_TX if the devmap
+/// lacks the ingress interface.
 #[inline(always)]
 pub fn transmit(ctx: &XdpContext, hop: &NextHop, forwarded: Stat) -> Outcome {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
@@ -231,11 +235,11 @@ pub fn transmit(ctx: &XdpContext, hop: &NextHop, forwarded: Stat) -> Outcome {
     let eth = unsafe { &mut *eth };
     eth.dst_addr = hop.dmac;
     eth.src_addr = hop.smac;
-    if hop.ifindex == ctx.ingress_ifindex() as u32 {
-        return Outcome::new(xdp_action::XDP_TX, forwarded);
-    }
     match TX_PORTS.redirect(hop.ifindex, 0) {
         Ok(action) => Outcome::new(action, forwarded),
+        Err(_) if hop.ifindex == ctx.ingress_ifindex() as u32 => {
+            Outcome::new(xdp_action::XDP_TX, forwarded)
+        }
         // Detached since the next hop was cached (at most a second ago).
         Err(_) => Outcome::drop(Stat::DropFibFailure),
     }

@@ -21,8 +21,9 @@ use lb_tests::{
     verify::verify_icmp,
 };
 use lb_userspace::model::{
+    decap::Prefix,
     limits::{Limits, Options},
-    mode::{Mode, Prefix},
+    mode::{self, Mode},
     state::{Change, Proto, Service},
 };
 
@@ -48,7 +49,7 @@ const VIPS: [(&str, Mode, [&str; 2]); 5] = [
 ];
 
 fn options() -> Options {
-    let prefix = |text: &str| text.parse::<Prefix>().expect("prefix").encap_source();
+    let prefix = |text: &str| mode::encap_source(text.parse::<Prefix>().expect("prefix"));
     Options {
         encap_v4: Some(prefix(SOURCE_V4)),
         encap_v6: Some(prefix(SOURCE_V6)),

@@ -98,7 +98,12 @@ impl Drop for DecapPaths {
 /// What a backend looks like from outside: its addresses, its links (XDP included) and
 /// the sysctls a DSR setup touches.
 fn snapshot(backend: &Backend) -> String {
-    let mut text = backend.ns.ip(&["-j", "addr", "show"]);
+    // A link-local address may still be in duplicate detection at the first look: that
+    // flag is the kernel's clock, not a change.
+    let mut text = backend
+        .ns
+        .ip(&["-j", "addr", "show"])
+        .replace("\"tentative\":true,", "");
     text.push_str(&backend.ns.ip(&["-d", "-j", "link", "show"]));
     for dev in ["all", "default", "lo", backend.dev.as_str()] {
         for name in ["arp_ignore", "arp_announce", "rp_filter"] {
@@ -179,19 +184,27 @@ fn attach_backends(lab: &DsrLab, vips: &[IpAddr]) -> (Vec<DecapPaths>, Vec<Strin
 
 /// 300 HTTP requests and 300 UDP request/response pairs to `vip` from the client, each
 /// a new flow; every one answered from the VIP. Returns the answers per backend.
-fn traffic(lab: &DsrLab, vip: IpAddr, deadline: Instant) -> HashMap<String, usize> {
+fn traffic(
+    lab: &DsrLab,
+    vip: IpAddr,
+    deadline: Instant,
+    diagnose: impl Fn() -> String,
+) -> HashMap<String, usize> {
     let client = DsrLab::client_addr(vip);
     let mut answers: HashMap<String, usize> = HashMap::new();
     for i in 0..REQUESTS {
-        assert!(Instant::now() < deadline, "{vip}: out of time at request {i}");
+        assert!(
+            Instant::now() < deadline,
+            "{vip}: out of time at request {i}"
+        );
         let (http, udp) = lab.client.enter(|| {
             (
                 http_get(SocketAddr::new(vip, HTTP_PORT)),
                 udp_request(SocketAddr::new(client, 0), SocketAddr::new(vip, UDP_PORT)),
             )
         });
-        let http = http.unwrap_or_else(|e| panic!("{vip}: HTTP request {i}: {e}"));
-        let udp = udp.unwrap_or_else(|e| panic!("{vip}: UDP request {i}: {e}"));
+        let http = http.unwrap_or_else(|e| panic!("{vip}: HTTP request {i}: {e}\n{}", diagnose()));
+        let udp = udp.unwrap_or_else(|e| panic!("{vip}: UDP request {i}: {e}\n{}", diagnose()));
         *answers.entry(http).or_default() += 1;
         *answers.entry(udp).or_default() += 1;
     }
@@ -210,14 +223,28 @@ fn run_lab(wiring: Wiring, mode: &str, services: &[Service]) {
 
     for service in services {
         let vip = service.vip;
-        let answers = traffic(&lab, vip, deadline);
+        let diagnose = || {
+            let stats = instance.stats();
+            let moved: Vec<String> = stats["counters"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(_, c)| c["packets"].as_u64().unwrap_or(0) > 0)
+                .map(|(name, c)| format!("{name}={}", c["packets"]))
+                .collect();
+            let decap: Vec<String> = decaps.iter().map(|d| d.ok(&["status", "--json"])).collect();
+            format!("lb counters: {moved:?}\ndecap: {decap:?}")
+        };
+        let answers = traffic(&lab, vip, deadline, diagnose);
         assert_eq!(
             answers.values().sum::<usize>(),
             2 * REQUESTS,
             "{vip}: every request answered once: {answers:?}"
         );
         assert!(
-            lab.backends.iter().all(|b| answers.get(&b.name).is_some_and(|n| *n > REQUESTS / 4)),
+            lab.backends
+                .iter()
+                .all(|b| answers.get(&b.name).is_some_and(|n| *n > REQUESTS / 4)),
             "{vip}: both backends serve: {answers:?}"
         );
         let client = DsrLab::client_addr(vip);
@@ -264,20 +291,39 @@ fn run_lab(wiring: Wiring, mode: &str, services: &[Service]) {
     for decap in &decaps {
         let status: serde_json::Value =
             serde_json::from_str(&decap.ok(&["status", "--json"])).expect("status JSON");
-        assert!(
-            status.to_string().contains("decapsulated"),
-            "status shows counters: {status}"
-        );
+        let iface = &status["interfaces"][0];
+        assert_eq!(iface["attached"], true, "{status}");
+        let packets = |name: &str| iface["counters"][name]["packets"].as_u64().unwrap_or(0);
+        let decapsulated = packets("decap_ipv4_in_ipv4")
+            + packets("decap_ipv6_in_ipv6")
+            + packets("decap_ipv4_in_ipv6");
+        if mode == "dsr-ipip" {
+            assert!(
+                decapsulated > 0,
+                "status counts tunnels taken apart: {status}"
+            );
+        } else {
+            assert_eq!(decapsulated, 0, "dsr-l2 sends no tunnel: {status}");
+        }
     }
 
     drop(servers);
     for ((decap, backend), before) in decaps.iter().zip(&lab.backends).zip(&before) {
         decap.ok(&["detach", "--all"]);
-        assert_eq!(
-            &snapshot(backend),
-            before,
-            "{}: detach leaves it as it was",
-            backend.name
+        let after = snapshot(backend);
+        let at = after
+            .bytes()
+            .zip(before.bytes())
+            .position(|(a, b)| a != b)
+            .unwrap_or(after.len().min(before.len()));
+        let around =
+            |text: &str| text[at.saturating_sub(300)..(at + 300).min(text.len())].to_owned();
+        assert!(
+            &after == before,
+            "{}: detach leaves it as it was; first difference:\nbefore: {}\nafter:  {}",
+            backend.name,
+            around(before),
+            around(&after)
         );
         assert!(!backend.ns.has_xdp(), "{}: no XDP left", backend.name);
     }
@@ -321,4 +367,56 @@ fn dsr_l2_serves_backends_on_the_lbs_link_with_replies_bypassing_the_lb() {
             },
         ],
     );
+}
+
+#[test]
+fn dsr_changes_the_lb_cannot_carry_out_are_refused_with_the_reason_and_change_nothing() {
+    lb_tests::require_root!();
+    let lab = DsrLab::new("dsrno", Wiring::Routed, 1);
+    let instance = Instance::new();
+    let _daemon = start_lb(&lab, &instance, "dsr-ipip", &[]);
+    let routed = SocketAddr::new(lab.backends[0].v4.into(), HTTP_PORT).to_string();
+    instance.ok(&["vip", "add", "198.18.48.1:8080", "--mode", "dsr-l2"]);
+    instance.ok(&["vip", "add", "198.18.48.2:8080", "--mode", "dsr-ipip"]);
+    instance.ok(&["backend", "add", "198.18.48.2:8080", &routed]);
+    let before = instance.ok(&["vip", "list", "--json"]);
+    let other_port = SocketAddr::new(lab.backends[0].v4.into(), 9090).to_string();
+    let v6_backend = SocketAddr::new(lab.backends[0].v6.into(), HTTP_PORT).to_string();
+    for (args, expected) in [
+        (
+            vec!["backend", "add", "198.18.48.1:8080", routed.as_str()],
+            "[not_on_link]",
+        ),
+        (
+            vec!["backend", "add", "198.18.48.2:8080", other_port.as_str()],
+            "[dsr_port_mismatch]",
+        ),
+        (
+            vec!["vip", "set-mode", "198.18.48.2:8080", "--mode", "nat"],
+            "[mode_change_with_backends]",
+        ),
+        (
+            vec!["backend", "add", "198.18.48.1:8080", v6_backend.as_str()],
+            "[dsr_family]",
+        ),
+    ] {
+        let error = instance.fails(&args);
+        assert!(error.contains(expected), "`lb {}`: {error}", args.join(" "));
+    }
+    assert_eq!(
+        instance.ok(&["vip", "list", "--json"]),
+        before,
+        "nothing changed"
+    );
+    let vips: serde_json::Value = serde_json::from_str(&before).expect("JSON");
+    let modes: Vec<&str> = vips
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["mode"].as_str())
+        .collect();
+    assert_eq!(modes, ["dsr-l2", "dsr-ipip"], "vip list shows the modes");
+    // Without backends, a mode changes.
+    instance.ok(&["vip", "set-mode", "198.18.48.1:8080", "--mode", "dsr-ipip"]);
+    instance.ok(&["backend", "add", "198.18.48.1:8080", &routed]);
 }

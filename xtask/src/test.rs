@@ -46,7 +46,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     let lb = build::run(&build::Options::default())?;
     step(
-        "eBPF tests (BPF_PROG_TEST_RUN: golden packets, the backends' decap program, 10^4 fuzzed packets)",
+        "eBPF tests (BPF_PROG_TEST_RUN: golden packets, DSR encapsulation, the backends' decap program, 10^4 fuzzed packets)",
         cmd::privileged_cargo()?.args([
             "test",
             "-p",
@@ -61,6 +61,8 @@ pub fn run() -> anyhow::Result<()> {
             "icmp",
             "--test",
             "decap",
+            "--test",
+            "dsr",
             "--test",
             "fuzz",
         ]),
@@ -90,6 +92,8 @@ pub fn run() -> anyhow::Result<()> {
                 "decap_lab",
                 "--test",
                 "decap_cli",
+                "--test",
+                "dsr_lab",
                 "--test",
                 "soak",
             ])

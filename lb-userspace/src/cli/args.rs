@@ -20,7 +20,7 @@ use crate::{
     },
     model::decap::Prefix,
     model::limits::Options,
-    model::mode::{Mode, Prefix},
+    model::mode::{self, Mode},
     model::state::{DEFAULT_WEIGHT, MAX_WEIGHT, MIN_WEIGHT, Proto},
 };
 
@@ -198,8 +198,8 @@ impl From<RunArgs> for RunConfig {
     fn from(args: RunArgs) -> Self {
         let mut options = Options {
             log: args.log_datapath,
-            encap_v4: args.encap_source_v4.map(Prefix::encap_source),
-            encap_v6: args.encap_source_v6.map(Prefix::encap_source),
+            encap_v4: args.encap_source_v4.map(mode::encap_source),
+            encap_v6: args.encap_source_v6.map(mode::encap_source),
             ..Options::default()
         };
         for (timeout, secs) in &args.timeouts {
@@ -466,7 +466,7 @@ fn parse_vip(text: &str) -> Result<IpAddr, String> {
 
 fn parse_prefix(text: &str) -> Result<Prefix, String> {
     text.parse()
-        .map_err(|e: crate::model::decap::DecapInputError| e.to_string())
+        .map_err(|e: crate::model::prefix::PrefixError| e.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -515,7 +515,7 @@ pub(crate) struct DetachArgs {
 
 /// `--proto tcp|udp`: the model stays free of clap, the flag parser lives here.
 fn parse_prefix_v4(text: &str) -> Result<Prefix, String> {
-    let prefix: Prefix = text.parse()?;
+    let prefix = parse_prefix(text)?;
     if !prefix.addr.is_ipv4() {
         return Err(format!("{prefix} is not an IPv4 prefix"));
     }
@@ -523,7 +523,7 @@ fn parse_prefix_v4(text: &str) -> Result<Prefix, String> {
 }
 
 fn parse_prefix_v6(text: &str) -> Result<Prefix, String> {
-    let prefix: Prefix = text.parse()?;
+    let prefix = parse_prefix(text)?;
     if !prefix.addr.is_ipv6() {
         return Err(format!("{prefix} is not an IPv6 prefix"));
     }

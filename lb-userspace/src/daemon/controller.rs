@@ -20,6 +20,7 @@ use crate::{
     datapath::attach::PinnedAttachment,
     datapath::conntrack::{ConntrackBook, ConntrackTable},
     datapath::forwarding::{self, Family, ForwardingError},
+    datapath::neighbours,
     datapath::pins::PinDir,
     datapath::stats::StatsMap,
     model::check::CheckConfig,
@@ -50,6 +51,8 @@ pub(crate) struct Controller {
     pub(super) conntrack_table: ConntrackTable,
     /// The idle timeouts the datapath was loaded with.
     pub(super) timeouts: Timeouts,
+    /// DSR backends whose next hop could not be kept resolved (warned about once).
+    pub(super) unresolved: std::collections::BTreeSet<std::net::IpAddr>,
     pub(super) sweep_interval: Duration,
     /// Kept so the loaded program lives as long as the daemon.
     pub(super) _ebpf: Ebpf,
@@ -211,6 +214,7 @@ impl Controller {
     /// to the saved state, so the file and the datapath never disagree.
     fn change(&mut self, changes: Vec<Change>) -> Result<serde_json::Value, ApiError> {
         let before = self.balancer.state().clone();
+        self.check_dsr_paths(&changes)?;
         self.balancer.apply_all(&changes)?;
         if let Err(save_error) = config::save(&self.state_file, self.balancer.state()) {
             let reason = error_chain(&save_error);
@@ -228,7 +232,102 @@ impl Controller {
         }
         info!(?changes, "applied");
         self.refresh_health();
+        self.keep_dsr_next_hops();
         Ok(serde_json::Value::Null)
+    }
+
+    /// Refuses a dsr-l2 backend the kernel does not reach directly through an interface
+    /// lb is attached to: only the MACs change in dsr-l2, so the backend must be on the
+    /// lb's link (a backend behind a router needs dsr-ipip).
+    fn check_dsr_paths(&self, changes: &[Change]) -> Result<(), ApiError> {
+        let mut next = self.balancer.state().clone();
+        for change in changes {
+            // Invalid changes are refused by the balancer with their own reasons.
+            if next.apply(change).is_err() {
+                return Ok(());
+            }
+        }
+        for change in changes {
+            let Change::AddBackend {
+                service, backend, ..
+            } = change
+            else {
+                continue;
+            };
+            if next.vips.get(service).map(|v| v.mode) != Some(Mode::DsrL2) {
+                continue;
+            }
+            let path = neighbours::path_to(backend.ip()).map_err(|error| {
+                ApiError::new(
+                    ErrorCode::NotOnLink,
+                    format!(
+                        "backend {backend}: no route ({}); dsr-l2 needs it on the lb's link",
+                        error_chain(&error)
+                    ),
+                )
+            })?;
+            let attached = self
+                .attachments
+                .iter()
+                .any(|a| a.iface.index == path.ifindex);
+            let reason = match (path.gateway, attached, path.is_unicast()) {
+                (_, _, false) => {
+                    Some("its route is not a unicast route to another host".to_owned())
+                }
+                (Some(gateway), _, _) => {
+                    Some(format!("it is reached through the gateway {gateway}"))
+                }
+                (None, false, _) => Some(format!(
+                    "its link (ifindex {}) is not one lb is attached to",
+                    path.ifindex
+                )),
+                (None, true, true) => None,
+            };
+            if let Some(reason) = reason {
+                return Err(ApiError::new(
+                    ErrorCode::NotOnLink,
+                    format!(
+                        "backend {backend} of dsr-l2 VIP {service}: {reason}; dsr-l2 changes only the MAC, so the backend must share a link with the lb (use dsr-ipip for routed backends)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks the kernel to keep the next hop toward every DSR backend resolved (the
+    /// datapath drops DSR packets whose neighbour is unresolved: the kernel cannot
+    /// forward them in its place). Called after every change and every sweep.
+    pub(crate) fn keep_dsr_next_hops(&mut self) {
+        let backends: Vec<std::net::IpAddr> = self
+            .balancer
+            .state()
+            .vips
+            .values()
+            .filter(|vip| vip.mode.is_dsr())
+            .flat_map(|vip| vip.backends.keys().map(SocketAddr::ip))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for backend in backends {
+            let kept = neighbours::path_to(backend).and_then(|path| {
+                if path.is_unicast() {
+                    neighbours::keep_resolved(path.next_hop(backend), path.ifindex)
+                } else {
+                    Ok(())
+                }
+            });
+            match kept {
+                Ok(()) => {
+                    self.unresolved.remove(&backend);
+                }
+                Err(error) => {
+                    if self.unresolved.insert(backend) {
+                        warn!(%backend, error = %error_chain(&error), "cannot keep the next hop toward a DSR backend resolved; its packets drop while unresolved (drop_dsr_no_neighbour)");
+                    }
+                }
+            }
+        }
     }
 
     /// Makes the health book and the probes match the VIPs' checks.

@@ -38,10 +38,11 @@ use crate::{
     datapath::privileges,
     datapath::stats::{Snapshot, StatsMap},
     model::config,
+    model::decap::Prefix,
     model::error_chain::error_chain,
     model::health::HealthBook,
     model::limits::{Limits, Options},
-    model::mode::Prefix,
+    model::mode,
     model::state::State,
 };
 
@@ -200,12 +201,14 @@ pub(crate) async fn run(args: RunConfig, api_flag: Option<&Path>) -> anyhow::Res
         conntrack: ConntrackBook::new(first_census),
         conntrack_table,
         timeouts: args.options.timeouts_ns,
+        unresolved: Default::default(),
         sweep_interval: args.sweep_interval,
         checker: Checker::new(tokio::runtime::Handle::current(), probe_tx),
         _ebpf: ebpf,
     }));
     if let Ok(mut controller) = controller.lock() {
         controller.refresh_health();
+        controller.keep_dsr_next_hops();
     }
     // Probe results change tables; handled one at a time, like API requests.
     let health_task = {
@@ -331,9 +334,20 @@ async fn sweep_forever(
                     took_us = census.took.as_micros() as u64,
                     "conntrack swept"
                 );
-                match controller.lock() {
-                    Ok(mut controller) => controller.conntrack.record_sweep(census),
-                    Err(_) => return,
+                let controller = Arc::clone(&controller);
+                let recorded = tokio::task::spawn_blocking(move || match controller.lock() {
+                    Ok(mut controller) => {
+                        controller.conntrack.record_sweep(census);
+                        // Managed neighbour entries lost since (a flushed table, a
+                        // changed route) come back within a sweep interval.
+                        controller.keep_dsr_next_hops();
+                        true
+                    }
+                    Err(_) => false,
+                })
+                .await;
+                if !matches!(recorded, Ok(true)) {
+                    return;
                 }
             }
             Ok(Err(error)) if !failing => {
@@ -381,11 +395,10 @@ fn with_encap_sources(options: &Options, ifaces: &[Interface]) -> Options {
     let own = |v4: bool, given: Option<EncapSource>| {
         given.or_else(|| {
             let addr = addresses.iter().find(|a| a.is_ipv4() == v4)?;
-            let source = Prefix {
+            let source = mode::encap_source(Prefix {
                 addr: *addr,
                 len: if v4 { 32 } else { 128 },
-            }
-            .encap_source();
+            });
             info!(source = %addr, "dsr-ipip outer source (no --encap-source for this family)");
             Some(source)
         })

@@ -14,6 +14,7 @@ pub mod load;
 pub mod local_addresses;
 pub mod log;
 pub mod maps;
+pub mod neighbours;
 pub mod netlink;
 pub mod pins;
 pub mod privileges;

@@ -1,5 +1,6 @@
 //! Route netlink, blocking: an interface's addresses, adding and removing one, and which
-//! XDP program an interface runs. Only `lb decap` uses it (the balancer needs none).
+//! XDP program an interface runs (for `lb decap`); the route and managed neighbour of a DSR
+//! backend are in [`super::neighbours`].
 //!
 //! Messages are rust-netlink's (`netlink-packet-route`, what `rtnetlink` builds on) over its
 //! plain socket (`netlink-sys`), one request and its answer at a time: no async runtime.
@@ -178,7 +179,7 @@ pub fn xdp_program(ifindex: u32) -> Result<Option<InterfaceXdp>, NetlinkError> {
 /// Sends one request and collects the answers: a dump's messages up to `NLMSG_DONE`, or
 /// the single answer (or acknowledgement) of anything else. A negative acknowledgement is
 /// the request's error.
-fn request(
+pub(crate) fn request(
     message: RouteNetlinkMessage,
     flags: u16,
     what: &str,

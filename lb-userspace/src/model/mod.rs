@@ -9,4 +9,5 @@ pub mod health;
 pub mod limits;
 pub mod maglev;
 pub mod mode;
+pub mod prefix;
 pub mod state;
