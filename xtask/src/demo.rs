@@ -22,11 +22,14 @@ use std::{
 use anyhow::{Context as _, bail};
 use lb_lab::{
     client::http_get,
+    netns::NetNs,
     servers::{HTTP_PORT, Servers},
-    topology::Lab,
+    topology::{Backend, Lab},
 };
 
 use crate::cmd;
+
+mod dsr;
 
 const REQUESTS: usize = 300;
 const STARTUP: Duration = Duration::from_secs(30);
@@ -45,16 +48,18 @@ fn interrupted() -> anyhow::Result<()> {
 }
 
 /// The demo's own daemon: pins, state and socket under names with our pid.
-struct Demo {
+pub(crate) struct Demo {
     lb: PathBuf,
     dir: PathBuf,
     pin_dir: PathBuf,
     api: PathBuf,
     daemon: Option<Child>,
+    /// One round, then exit (instead of waiting for Ctrl-C).
+    once: bool,
 }
 
 impl Demo {
-    fn lb(&self, args: &[&str]) -> anyhow::Result<String> {
+    pub(crate) fn lb(&self, args: &[&str]) -> anyhow::Result<String> {
         println!("$ lb {}", args.join(" "));
         let output = Command::new(&self.lb)
             .args(args)
@@ -73,10 +78,9 @@ impl Demo {
         Ok(stdout)
     }
 
-    fn start_daemon(&mut self, lab: &Lab) -> anyhow::Result<()> {
+    fn start_daemon(&mut self, lb: &NetNs, ifaces: &[String]) -> anyhow::Result<()> {
         let log = std::fs::File::create(self.dir.join("lb.log")).context("creating lb.log")?;
-        let mut child = lab
-            .lb
+        let mut child = lb
             .command(&self.lb)
             .arg("--api")
             .arg(&self.api)
@@ -86,7 +90,7 @@ impl Demo {
             .arg("--state")
             .arg(self.dir.join("state.toml"))
             .arg("--iface")
-            .args(&lab.lb_ifaces)
+            .args(ifaces)
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -139,15 +143,14 @@ impl Drop for Demo {
     }
 }
 
-/// Sends `REQUESTS` requests through `vip` and prints how they spread.
-fn round(lab: &Lab, vip: SocketAddr, title: &str) -> anyhow::Result<()> {
+/// Sends `REQUESTS` requests from `client` through `vip` and prints how they spread.
+fn round(client: &NetNs, backends: &[Backend], vip: SocketAddr, title: &str) -> anyhow::Result<()> {
     interrupted()?;
     println!("\n{title}: {REQUESTS} HTTP requests from the client to http://{vip}/");
-    let answers: Vec<Result<String, String>> = lab
-        .client
-        .enter(|| (0..REQUESTS).map(|_| http_get(vip)).collect());
+    let answers: Vec<Result<String, String>> =
+        client.enter(|| (0..REQUESTS).map(|_| http_get(vip)).collect());
     let mut spread: BTreeMap<String, usize> =
-        lab.backends.iter().map(|b| (b.name.clone(), 0)).collect();
+        backends.iter().map(|b| (b.name.clone(), 0)).collect();
     let mut failed = 0;
     for answer in answers {
         match answer {
@@ -166,7 +169,15 @@ fn round(lab: &Lab, vip: SocketAddr, title: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(lb: &Path, once: bool) -> anyhow::Result<()> {
+/// Which demo: the lb in NAT mode between client and backends, or a DSR lab behind a router.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoMode {
+    Nat,
+    DsrIpip,
+    DsrL2,
+}
+
+pub fn run(lb: &Path, once: bool, mode: DemoMode) -> anyhow::Result<()> {
     if !cmd::is_root() {
         bail!(
             "the demo creates network namespaces and attaches XDP: run it as root (sudo -E cargo xtask run)"
@@ -192,15 +203,22 @@ pub fn run(lb: &Path, once: bool) -> anyhow::Result<()> {
         api: dir.join("lb.sock"),
         dir,
         daemon: None,
+        once,
     };
     println!(
         "lb demo: a client, the lb and three backends in network namespaces (lbdemo-{}-*).\n\
          Addresses are from 198.18.0.0/15; nothing leaves this machine.\n",
         std::process::id()
     );
+    if mode != DemoMode::Nat {
+        let done = dsr::run(&mut demo, mode);
+        println!("\ncleaning up: lb decap detach on the backends, lb down, namespaces removed");
+        drop(demo);
+        return done;
+    }
     let lab = Lab::new("lbdemo", 3);
     let servers = Servers::start(&lab.backends);
-    demo.start_daemon(&lab)?;
+    demo.start_daemon(&lab.lb, &lab.lb_ifaces)?;
     println!(
         "\nThe CLI talks to the daemon over its socket; in another shell:  export LB_API={}\n",
         demo.api.display()
@@ -212,19 +230,29 @@ pub fn run(lb: &Path, once: bool) -> anyhow::Result<()> {
     for n in 0..lab.backends.len() {
         demo.lb(&["backend", "add", &vip_arg, &backend(n)])?;
     }
-    round(&lab, vip, "Three equal backends")?;
+    round(&lab.client, &lab.backends, vip, "Three equal backends")?;
 
     println!();
     demo.lb(&["backend", "set", &vip_arg, &backend(0), "--weight", "300"])?;
-    round(&lab, vip, "backend-1 at weight 300, the others at 100")?;
+    round(
+        &lab.client,
+        &lab.backends,
+        vip,
+        "backend-1 at weight 300, the others at 100",
+    )?;
 
     println!();
     demo.lb(&["backend", "drain", &vip_arg, &backend(0)])?;
-    round(&lab, vip, "backend-1 draining (no new flows)")?;
+    round(
+        &lab.client,
+        &lab.backends,
+        vip,
+        "backend-1 draining (no new flows)",
+    )?;
 
     println!();
     demo.lb(&["backend", "del", &vip_arg, &backend(2)])?;
-    round(&lab, vip, "backend-3 deleted")?;
+    round(&lab.client, &lab.backends, vip, "backend-3 deleted")?;
 
     println!();
     demo.lb(&["backend", "list"])?;

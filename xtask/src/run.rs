@@ -14,6 +14,10 @@ pub struct Options {
     /// Demo only: run one round, then clean up and exit (instead of waiting for Ctrl-C).
     #[arg(long)]
     once: bool,
+    /// Demo only: nat (the lb between client and backends), or dsr-ipip / dsr-l2 (a router
+    /// in front; replies go straight from the backends to the client).
+    #[arg(long, value_enum, default_value = "nat")]
+    mode: demo::DemoMode,
     /// Arguments for `lb` (after `--`), e.g. `-- run --iface eth0`. Without them, the demo.
     #[arg(last = true)]
     lb_args: Vec<String>,
@@ -24,7 +28,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         release: options.release,
     })?;
     if options.lb_args.is_empty() {
-        return demo::run(&lb, options.once);
+        return demo::run(&lb, options.once, options.mode);
     }
     let mut command = if cmd::is_root() {
         Command::new(&lb)

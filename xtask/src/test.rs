@@ -104,6 +104,10 @@ pub fn run() -> anyhow::Result<()> {
         cmd::cargo()?.args(["xtask", "run", "--once"]),
     )?;
     step(
+        "demo lab in direct server return (cargo xtask run --once --mode dsr-ipip)",
+        cmd::cargo()?.args(["xtask", "run", "--once", "--mode", "dsr-ipip"]),
+    )?;
+    step(
         "benchmarks, quick (cargo xtask bench --quick; the report goes to target/)",
         cmd::cargo()?.args(["xtask", "bench", "--quick"]),
     )?;
