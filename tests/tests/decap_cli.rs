@@ -706,6 +706,7 @@ fn an_attach_that_fails_half_way_rolls_back_what_it_changed() {
         format!("address {VIP_V4}/32 on lo: absent -> added"),
         format!("rolled back: address {VIP_V4}/32 on lo: present -> removed"),
         "rolled back: sysctl net.ipv4.conf.all.arp_announce: 2 -> 1".to_owned(),
+        format!("lb_decap detached from {}", lab.iface),
     ] {
         assert!(stdout.contains(&line), "missing `{line}` in:\n{stdout}");
     }

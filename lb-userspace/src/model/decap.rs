@@ -435,7 +435,7 @@ impl Step {
                 key: key.clone(),
                 from: to.clone(),
                 to: from.clone(),
-                why: "rolled back".to_owned(),
+                why: "as before this attach".to_owned(),
             }),
             Step::AddAddress {
                 dev,
