@@ -525,7 +525,8 @@ fn bad_input_is_refused_and_changes_nothing() {
     ]);
     let before = lab.snapshot();
     let vip = VIP_V4.to_string();
-    let cases: [(&str, Vec<&str>, &str); 8] = [
+    let own = BACKEND_V4.to_string();
+    let cases: [(&str, Vec<&str>, &str); 9] = [
         (
             "unknown interface",
             vec!["attach", "--iface", "lbt-no-such-if", "--vip", &vip],
@@ -540,6 +541,11 @@ fn bad_input_is_refused_and_changes_nothing() {
             "VIP that cannot live on lo",
             vec!["attach", "--iface", &iface, "--vip", "127.0.0.9"],
             "it is a loopback address",
+        ),
+        (
+            "VIP that is the interface's own address",
+            vec!["attach", "--iface", &iface, "--vip", &own],
+            "an address of the interface itself",
         ),
         (
             "prefix with host bits",

@@ -347,6 +347,7 @@ pub(crate) fn attach(
             iface: iface.name.clone(),
         });
     }
+    request.check_local(&local)?;
     let _lock = lock(&paths.pin_dir, true)?;
     let record = Record::load(&paths.record)?;
     let dir = paths.iface_dir(&iface.name);
