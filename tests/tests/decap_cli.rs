@@ -525,7 +525,8 @@ fn bad_input_is_refused_and_changes_nothing() {
     ]);
     let before = lab.snapshot();
     let vip = VIP_V4.to_string();
-    let cases: [(&str, Vec<&str>, &str); 8] = [
+    let own = BACKEND_V4.to_string();
+    let cases: [(&str, Vec<&str>, &str); 9] = [
         (
             "unknown interface",
             vec!["attach", "--iface", "lbt-no-such-if", "--vip", &vip],
@@ -540,6 +541,11 @@ fn bad_input_is_refused_and_changes_nothing() {
             "VIP that cannot live on lo",
             vec!["attach", "--iface", &iface, "--vip", "127.0.0.9"],
             "it is a loopback address",
+        ),
+        (
+            "VIP that is the interface's own address",
+            vec!["attach", "--iface", &iface, "--vip", &own],
+            "an address of the interface itself",
         ),
         (
             "prefix with host bits",
@@ -706,6 +712,7 @@ fn an_attach_that_fails_half_way_rolls_back_what_it_changed() {
         format!("address {VIP_V4}/32 on lo: absent -> added"),
         format!("rolled back: address {VIP_V4}/32 on lo: present -> removed"),
         "rolled back: sysctl net.ipv4.conf.all.arp_announce: 2 -> 1".to_owned(),
+        format!("lb_decap detached from {}", lab.iface),
     ] {
         assert!(stdout.contains(&line), "missing `{line}` in:\n{stdout}");
     }

@@ -102,7 +102,9 @@ pub(crate) enum SetupError {
         pin_dir: PathBuf,
         record: PathBuf,
     },
-    #[error("{step} failed: {reason}; what this attach had changed was rolled back")]
+    #[error(
+        "could not make this change: {step} ({reason}); what this attach had changed was rolled back"
+    )]
     Applying { step: String, reason: String },
     #[error(
         "detaching {iface}: {failed} undo step(s) failed (listed above); they stay in the \
@@ -345,6 +347,7 @@ pub(crate) fn attach(
             iface: iface.name.clone(),
         });
     }
+    request.check_local(&local)?;
     let _lock = lock(&paths.pin_dir, true)?;
     let record = Record::load(&paths.record)?;
     let dir = paths.iface_dir(&iface.name);
@@ -452,6 +455,12 @@ pub(crate) fn attach(
             }
             let _ = record.save(&paths.record);
             detach_fresh(paths);
+            if fresh {
+                report(Event::Detached {
+                    iface: iface.name.clone(),
+                    link: link.clone(),
+                });
+            }
             return Err(SetupError::Applying {
                 step: step.to_string(),
                 reason,
@@ -594,6 +603,8 @@ fn detach_locked(
 /// `lb decap status`: every interface with pins or a record (or only `only`), as the
 /// kernel, the pinned maps and the record show it. Reads only; takes no lock.
 pub(crate) fn status(paths: &DecapPaths, only: Option<&str>) -> Result<DecapStatus, SetupError> {
+    // Reading pinned maps and links needs the same privileges as making them.
+    privileges::check()?;
     let record = Record::load(&paths.record)?;
     let names = match only {
         Some(name) => vec![name.to_owned()],

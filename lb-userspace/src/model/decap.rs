@@ -96,6 +96,21 @@ impl AttachRequest {
     }
 }
 
+impl AttachRequest {
+    /// Refuses a VIP that is one of the interface's own addresses (`local`): that is the
+    /// address tunnels are sent to, not a service address, and a second copy on `lo` would
+    /// only confuse which interface owns it.
+    pub fn check_local(&self, local: &[IpAddr]) -> Result<(), DecapInputError> {
+        match self.vips.iter().find(|vip| local.contains(vip)) {
+            Some(vip) => Err(DecapInputError::Vip {
+                addr: *vip,
+                reason: "it is an address of the interface itself (where tunnels are sent)",
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The prefix length a VIP gets on `lo`: the whole address.
 pub const fn host_len(addr: IpAddr) -> u8 {
     Prefix::max_len(addr)
@@ -349,7 +364,7 @@ impl Step {
                 key: key.clone(),
                 from: to.clone(),
                 to: from.clone(),
-                why: "rolled back".to_owned(),
+                why: "as before this attach".to_owned(),
             }),
             Step::AddAddress {
                 dev,
@@ -800,6 +815,18 @@ mod tests {
         .unwrap();
         assert_eq!(request.vips.len(), 1);
         assert_eq!(request.allow_sources.len(), 1);
+        assert!(
+            request
+                .check_local(&["198.18.6.80".parse().unwrap()])
+                .unwrap_err()
+                .to_string()
+                .contains("an address of the interface itself")
+        );
+        assert!(
+            request
+                .check_local(&["198.18.5.2".parse().unwrap()])
+                .is_ok()
+        );
         let too_many: Vec<Prefix> = (0..3)
             .map(|i| format!("198.18.{i}.0/24").parse().unwrap())
             .collect();
