@@ -14,6 +14,13 @@ use lb_common::{
     stats::{Stat, StatKind},
 };
 
+use lb_userspace::model::{
+    limits::{Limits, Options},
+    mode::{self, Mode},
+    prefix::Prefix,
+    state::{Change, Proto, Service},
+};
+
 use crate::{
     fiblab::Ids,
     packets::{Family, Spec, Transport},
@@ -48,15 +55,76 @@ pub enum Side {
     Backends,
 }
 
-/// The services [`crate::fiblab::configure`] sets up.
-const VIPS: [(&str, u16); 6] = [
+/// The services [`crate::fiblab::configure`] and [`configure_dsr`] set up.
+const VIPS: [(&str, u16); 14] = [
     ("198.18.1.1", 80),
     ("198.18.1.1", 53),
     ("fd00:1::1", 80),
     ("fd00:1::1", 53),
     ("198.18.1.2", 80),
     ("198.18.1.3", 80),
+    ("198.18.1.20", 80),
+    ("198.18.1.20", 53),
+    ("fd00:1::20", 80),
+    ("fd00:1::20", 53),
+    ("198.18.1.21", 80),
+    ("198.18.1.21", 53),
+    ("198.18.1.22", 80),
+    ("198.18.1.22", 53),
 ];
+
+/// DSR VIPs of the fuzz lab (on top of the NAT ones): (VIP, mode, backends).
+const DSR_VIPS: [(&str, Mode, [&str; 2]); 4] = [
+    ("198.18.1.20", Mode::DsrIpip, ["198.18.2.2", "198.18.2.3"]),
+    ("fd00:1::20", Mode::DsrIpip, ["fd00:2::2", "fd00:2::3"]),
+    ("198.18.1.21", Mode::DsrIpip, ["fd00:2::2", "fd00:2::3"]),
+    ("198.18.1.22", Mode::DsrL2, ["198.18.2.2", "198.18.2.3"]),
+];
+
+/// Outer sources of dsr-ipip in the fuzz lab.
+pub const ENCAP_SOURCE_V4: &str = "198.19.7.0/24";
+pub const ENCAP_SOURCE_V6: &str = "fd00:99::/64";
+
+/// Limits and options the fuzz lab loads the datapath with: room for the NAT and DSR
+/// VIPs, and dsr-ipip's outer sources.
+pub fn lab_setup() -> (Limits, Options) {
+    let source = |text: &str| mode::encap_source(text.parse::<Prefix>().expect("prefix"));
+    (
+        Limits {
+            max_vips: 32,
+            ..Datapath::TEST_LIMITS
+        },
+        Options {
+            encap_v4: Some(source(ENCAP_SOURCE_V4)),
+            encap_v6: Some(source(ENCAP_SOURCE_V6)),
+            ..Options::default()
+        },
+    )
+}
+
+/// Adds the DSR VIPs (TCP 80 and UDP 53, each with its two backends on the same port).
+pub fn configure_dsr(datapath: &mut Datapath) {
+    for (vip, mode, backends) in DSR_VIPS {
+        for (port, proto) in [(80, Proto::Tcp), (53, Proto::Udp)] {
+            let service = Service {
+                addr: std::net::SocketAddr::new(ip(vip), port),
+                proto,
+            };
+            let mut changes = vec![Change::AddVip(service), Change::SetMode { service, mode }];
+            changes.extend(backends.iter().map(|backend| Change::AddBackend {
+                service,
+                backend: std::net::SocketAddr::new(ip(backend), port),
+                weight: 100,
+            }));
+            for change in &changes {
+                datapath
+                    .balancer
+                    .apply(change)
+                    .expect("DSR VIP of the fuzz lab");
+            }
+        }
+    }
+}
 const BACKENDS: [&str; 5] = [
     "198.18.2.2",
     "198.18.2.3",
@@ -76,6 +144,33 @@ fn ip(text: &str) -> IpAddr {
 pub fn seeds() -> Vec<(Side, Vec<u8>)> {
     let mut seeds = transport_seeds();
     seeds.extend(icmp_seeds());
+    seeds.extend(dsr_seeds());
+    seeds
+}
+
+/// Client → DSR VIP packets (SYN, ACK with data; TCP and UDP; with and without a VLAN
+/// tag), and frag-needed / packet-too-big sent to a DSR VIP about its backend's reply.
+fn dsr_seeds() -> Vec<(Side, Vec<u8>)> {
+    let mut seeds = Vec::new();
+    for (vip, _, _) in DSR_VIPS {
+        let vip = ip(vip);
+        let (family, client) = if vip.is_ipv4() {
+            (Family::V4, ip("198.18.0.1"))
+        } else {
+            (Family::V6, ip("fd00::1"))
+        };
+        for transport in [Transport::Tcp, Transport::Udp] {
+            let port = if transport == Transport::Tcp { 80 } else { 53 };
+            for vlan in [false, true] {
+                let tag = |s: Spec| if vlan { s.with_vlan() } else { s };
+                let request = tag(Spec::new(family, transport))
+                    .between(client, vip)
+                    .ports(40_100, port);
+                seeds.push((Side::Client, request.build(&[])));
+                seeds.push((Side::Client, request.ack().build(b"GET / HTTP/1.0\r\n\r\n")));
+            }
+        }
+    }
     seeds
 }
 
@@ -272,6 +367,23 @@ pub fn check(
             | Stat::ForwardIcmpToClient
     );
     let name = reason.name();
+    let encapsulated = delta.packets(Stat::DsrIpipEncapsulated);
+    let l2 = delta.packets(Stat::DsrL2Forwarded);
+    if encapsulated + l2 > 0 {
+        if encapsulated + l2 != 1 || !matches!(verdict.action, XDP_TX | XDP_REDIRECT) {
+            return Err(format!(
+                "DSR counters {encapsulated} + {l2} with verdict {} ({name})",
+                verdict.action
+            ));
+        }
+        let checked = if encapsulated == 1 {
+            check_encapsulated(packet, &verdict.packet)
+        } else {
+            check_macs_only(packet, &verdict.packet)
+        };
+        checked.map_err(|why| format!("sent by DSR ({name}) {why}"))?;
+        return Ok(reason);
+    }
     if icmp_out {
         // Parsed whatever its checksums: where it goes is checked below in every case.
         let (wire, bad) = quietly(|| inspect_icmp(&verdict.packet))
@@ -314,6 +426,131 @@ pub fn check(
         XDP_DROP if name.starts_with("drop_") => Ok(reason),
         other => Err(format!("verdict {other} with reason {name}")),
     }
+}
+
+/// Where the IP header of a frame starts (after one optional VLAN tag), and the EtherType
+/// offset.
+fn l3_offset(frame: &[u8]) -> Option<(usize, usize)> {
+    match frame.get(12..14)? {
+        [0x81, 0x00] | [0x88, 0xa8] => Some((18, 16)),
+        _ => Some((14, 12)),
+    }
+}
+
+fn dsr_backends() -> Vec<IpAddr> {
+    DSR_VIPS
+        .iter()
+        .flat_map(|(_, _, backends)| backends.map(ip))
+        .collect()
+}
+
+/// A dsr-ipip output: the input's L2 header (tag included) with the outer family's
+/// EtherType, a well-formed outer header toward a DSR backend from the outer source prefix,
+/// and behind it the input's IP packet byte for byte.
+fn check_encapsulated(input: &[u8], output: &[u8]) -> Result<(), String> {
+    let (l3_in, _) = l3_offset(input).ok_or("from an input with no Ethernet header")?;
+    let (l3, ethertype_at) = l3_offset(output).ok_or("with no Ethernet header")?;
+    if l3 != l3_in || output.get(12..ethertype_at) != input.get(12..ethertype_at) {
+        return Err("with another VLAN tag than the input's".to_owned());
+    }
+    let inner_in = input.get(l3_in..).ok_or("from an input cut short")?;
+    let version = inner_in.first().map(|b| b >> 4);
+    let (outer_len, src, dst, protocol, total) = match output.get(ethertype_at..ethertype_at + 2) {
+        Some([0x08, 0x00]) => {
+            let header: [u8; 20] = output
+                .get(l3..l3 + 20)
+                .and_then(|h| h.try_into().ok())
+                .ok_or("with its outer IPv4 header cut short")?;
+            if header[0] != 0x45 || header[8] != 64 {
+                return Err(format!(
+                    "with outer IPv4 version/IHL {:#x}, TTL {}",
+                    header[0], header[8]
+                ));
+            }
+            let mut sum: u32 = header
+                .chunks(2)
+                .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+                .sum();
+            while sum > 0xffff {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            if sum != 0xffff {
+                return Err("with a wrong outer IPv4 header checksum".to_owned());
+            }
+            let src: [u8; 4] = header[12..16].try_into().map_err(|_| "source")?;
+            let dst: [u8; 4] = header[16..20].try_into().map_err(|_| "destination")?;
+            let total = usize::from(u16::from_be_bytes([header[2], header[3]]));
+            (20, IpAddr::from(src), IpAddr::from(dst), header[9], total)
+        }
+        Some([0x86, 0xdd]) => {
+            let header = output
+                .get(l3..l3 + 40)
+                .ok_or("with its outer IPv6 header cut short")?;
+            if header[0] >> 4 != 6 || header[7] != 64 {
+                return Err("with a bad outer IPv6 version or hop limit".to_owned());
+            }
+            let src: [u8; 16] = header[8..24].try_into().map_err(|_| "source")?;
+            let dst: [u8; 16] = header[24..40].try_into().map_err(|_| "destination")?;
+            let payload = usize::from(u16::from_be_bytes([header[4], header[5]]));
+            (
+                40,
+                IpAddr::from(src),
+                IpAddr::from(dst),
+                header[6],
+                payload + 40,
+            )
+        }
+        other => return Err(format!("with EtherType {other:02x?}")),
+    };
+    let expected_protocol = if version == Some(4) { 4 } else { 41 };
+    if protocol != expected_protocol {
+        return Err(format!(
+            "with outer protocol {protocol} around IP version {version:?}"
+        ));
+    }
+    if !dsr_backends().contains(&dst) {
+        return Err(format!("to {dst}, not a DSR backend"));
+    }
+    let source_prefix = if dst.is_ipv4() {
+        ENCAP_SOURCE_V4
+    } else {
+        ENCAP_SOURCE_V6
+    };
+    let prefix: Prefix = source_prefix.parse().map_err(|_| "prefix")?;
+    let inside = match (src, prefix.addr) {
+        (IpAddr::V4(a), IpAddr::V4(p)) => (u32::from(a) ^ u32::from(p)) >> (32 - prefix.len) == 0,
+        (IpAddr::V6(a), IpAddr::V6(p)) => {
+            (u128::from(a) ^ u128::from(p)) >> (128 - prefix.len) == 0
+        }
+        _ => false,
+    };
+    if !inside {
+        return Err(format!("from {src}, outside {source_prefix}"));
+    }
+    let inner_out = output.get(l3 + outer_len..).ok_or("with no inner packet")?;
+    if inner_out != inner_in {
+        return Err("with an inner packet that is not the input's".to_owned());
+    }
+    // The outer length covers the inner packet as its own header says (the frame may
+    // carry trailing bytes after it).
+    let inner_len = total
+        .checked_sub(outer_len)
+        .ok_or("with an outer length too short")?;
+    if inner_len > inner_in.len() || inner_len < 20 {
+        return Err(format!(
+            "with an outer length {total} for {} inner bytes",
+            inner_in.len()
+        ));
+    }
+    Ok(())
+}
+
+/// A dsr-l2 output: the input with new MACs, nothing else.
+fn check_macs_only(input: &[u8], output: &[u8]) -> Result<(), String> {
+    if output.len() != input.len() || output.get(12..) != input.get(12..) {
+        return Err("changed more than the MACs".to_owned());
+    }
+    Ok(())
 }
 
 /// Whether each wrong checksum of an output frame is excused; the first that is not.
@@ -471,6 +708,63 @@ pub fn save(dir: &Path, name: &str, side: Side, packet: &[u8]) -> std::io::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The DSR output checks accept an encapsulation done right and refuse each way of
+    /// getting it wrong (a checker that accepted anything would prove nothing).
+    #[test]
+    fn dsr_output_checks_refuse_what_is_wrong() {
+        use crate::tunnel::{Outer, encapsulate};
+        let input = Spec::new(Family::V4, Transport::Tcp)
+            .between(ip("198.18.0.1"), ip("198.18.1.20"))
+            .ports(40_100, 80)
+            .build(b"data");
+        let good = encapsulate(
+            Outer::V4 {
+                src: [198, 19, 7, 9],
+                dst: [198, 18, 2, 2],
+                options: false,
+            },
+            &input[14..],
+        );
+        assert_eq!(check_encapsulated(&input, &good), Ok(()));
+        let outside = encapsulate(
+            Outer::V4 {
+                src: [198, 19, 8, 9],
+                dst: [198, 18, 2, 2],
+                options: false,
+            },
+            &input[14..],
+        );
+        let not_a_backend = encapsulate(
+            Outer::V4 {
+                src: [198, 19, 7, 9],
+                dst: [198, 18, 2, 9],
+                options: false,
+            },
+            &input[14..],
+        );
+        let mut changed_inner = good.clone();
+        *changed_inner.last_mut().expect("payload") ^= 1;
+        let mut bad_checksum = good.clone();
+        bad_checksum[14 + 10] ^= 1;
+        for (name, wrong) in [
+            ("source outside the prefix", outside),
+            ("not a DSR backend", not_a_backend),
+            ("inner packet changed", changed_inner),
+            ("outer checksum", bad_checksum),
+        ] {
+            assert!(
+                check_encapsulated(&input, &wrong).is_err(),
+                "{name} accepted"
+            );
+        }
+        let mut macs = input.clone();
+        macs[..12].fill(7);
+        assert_eq!(check_macs_only(&input, &macs), Ok(()));
+        let mut more = macs.clone();
+        *more.last_mut().expect("payload") ^= 1;
+        assert!(check_macs_only(&input, &more).is_err());
+    }
 
     #[test]
     fn mutations_are_deterministic_and_stay_testable() {

@@ -6,6 +6,7 @@
 
 use std::{collections::BTreeMap, path::PathBuf, time::Instant};
 
+use lb_common::stats::Stat;
 use lb_tests::{
     fiblab::FibLab,
     fuzz::{self, Rng},
@@ -29,7 +30,9 @@ fn mutated_packets_get_only_allowed_verdicts() {
     let replayed = saved.len();
     let started = Instant::now();
     let lab = FibLab::new();
-    let (failures, reasons) = lab.with_datapath(|datapath, ids| {
+    let (limits, options) = fuzz::lab_setup();
+    let (failures, reasons, dsr) = lab.with_datapath_loaded(limits, &options, |datapath, ids| {
+        fuzz::configure_dsr(datapath);
         let mut failures = Vec::new();
         let mut reasons: BTreeMap<&'static str, u64> = BTreeMap::new();
         for (name, side, packet) in saved {
@@ -56,13 +59,27 @@ fn mutated_packets_get_only_allowed_verdicts() {
                 }
             }
         }
-        (failures, reasons)
+        let stats = datapath.stats();
+        let dsr = [
+            Stat::DsrIpipEncapsulated,
+            Stat::DsrL2Forwarded,
+            Stat::DsrTooBig,
+        ]
+        .map(|stat| (stat.name(), stats.get(stat).packets));
+        (failures, reasons, dsr)
     });
     eprintln!(
         "fuzz: {replayed} regressions and {count} packets from seed {seed:#x} in {:.1} s; \
-         reasons: {reasons:?}",
+         reasons: {reasons:?}; DSR outputs checked: {dsr:?}",
         started.elapsed().as_secs_f64()
     );
+    // The DSR paths are among the seeds: a run of any size sends some of them.
+    if count >= 1_000 {
+        assert!(
+            dsr[0].1 > 0 && dsr[1].1 > 0,
+            "no DSR output was checked: {dsr:?}"
+        );
+    }
     assert!(
         failures.is_empty(),
         "{} inputs broke a property (kept in {}):\n{}",
