@@ -30,7 +30,7 @@ pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
 pub const MAP_JUMPS: &str = "JUMPS";
 /// Per-CPU `TooBigArgs` handed from `lb` to `lb_too_big`. Not pinned.
 pub const MAP_TOO_BIG_ARGS: &str = "TOO_BIG_ARGS";
-/// Per-CPU `EncapArgs` handed from `lb_icmp` to `lb_encap`. Not pinned.
+/// Per-CPU `EncapArgs` handed from `lb` and `lb_icmp` to `lb_encap`. Not pinned.
 pub const MAP_ENCAP_ARGS: &str = "ENCAP_ARGS";
 /// Per-CPU token bucket for ICMP errors the datapath sends. Not pinned.
 pub const MAP_ICMP_RATE: &str = "ICMP_RATE";

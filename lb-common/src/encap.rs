@@ -46,16 +46,25 @@ pub struct EncapSource {
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for EncapSource {}
 
-/// What `lb_icmp` hands to `lb_encap` across the tail call (an ICMP error about a DSR
-/// flow, to send to the flow's backend).
+/// What `lb` (a client's packet) or `lb_icmp` (an ICMP error about a DSR flow) hands to
+/// `lb_encap` across the tail call: the backend and why the packet is sent.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EncapArgs {
     pub backend_id: u32,
+    /// `SENT_*`.
+    pub sent: u32,
 }
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for EncapArgs {}
+
+/// `EncapArgs::sent`: the packet opened a flow (`fwd_new_flow`).
+pub const SENT_NEW_FLOW: u32 = 0;
+/// The packet belongs to a tracked flow (`fwd_established`).
+pub const SENT_ESTABLISHED: u32 = 1;
+/// An ICMP error about a flow's reply (`fwd_icmp_to_backend`).
+pub const SENT_ICMP: u32 = 2;
 
 /// Per-flow bits of the outer header: from the client's address and port only, so every
 /// packet of a flow (and every lb node) uses the same outer source and flow label.

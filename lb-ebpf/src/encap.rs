@@ -1,7 +1,8 @@
 //! Direct server return: the client's packet goes to its backend untouched, inside an
 //! outer IPv4 / IPv6 header (dsr-ipip: IPIP, IPv6-in-IPv6, IPv4-in-IPv6) or with only its
 //! MACs changed (dsr-l2). The backend holds the VIP and replies to the client directly, so
-//! the lb sees one direction of the flow.
+//! the lb sees one direction of the flow. Runs in the tail-called `lb_encap`: inlined in
+//! `lb` it made the program more than the verifier takes with the datapath log on.
 
 use aya_ebpf::{
     bindings::xdp_action, helpers::generated::bpf_xdp_adjust_head, programs::XdpContext,
@@ -24,7 +25,7 @@ use network_types::{
 use crate::{
     Outcome, answer_too_big, csum,
     forward::{self, HopSlot, Route},
-    maps::{BACKENDS, encap_source},
+    maps::encap_source,
     parse::{self, L4, Packet, ptr_at},
     stats, too_big,
 };
@@ -39,21 +40,6 @@ const IPV4_DF: u8 = 0x40;
 /// out. The inner packet is not rewritten, not even its TTL.
 #[inline(always)]
 pub fn to_backend(
-    ctx: &XdpContext,
-    packet: &Packet,
-    backend_id: u32,
-    backend: &Backend,
-    forwarded: Stat,
-    now: u64,
-) -> Outcome {
-    send::<true>(ctx, packet, backend_id, backend, forwarded, now)
-}
-
-/// [`to_backend`]; `ANSWER_TOO_BIG`: whether a packet too big for the tunnel is answered
-/// (a tail call) or dropped (ICMP errors are never answered, and a tail call from a
-/// subprogram with a deep stack is refused).
-#[inline(always)]
-fn send<const ANSWER_TOO_BIG: bool>(
     ctx: &XdpContext,
     packet: &Packet,
     backend_id: u32,
@@ -85,7 +71,7 @@ fn send<const ANSWER_TOO_BIG: bool>(
     let added = if l2 { 0 } else { overhead(backend.family) };
     if hop.mtu != 0 && packet.ip_len + added > hop.mtu as usize {
         // An ICMP error is never answered with one (RFC 1122, RFC 4443).
-        if !ANSWER_TOO_BIG || matches!(packet.l4, L4::Icmp) {
+        if matches!(packet.l4, L4::Icmp) {
             return Outcome::drop(Stat::DropTooBig);
         }
         // Answered whatever the DF bit: the lb cannot fragment, and a backend would have
@@ -113,24 +99,6 @@ struct Inner {
     tos: u8,
     /// IPv4 with DF set (RFC 2003: the outer IPv4 header gets it too).
     dont_fragment: bool,
-}
-
-/// [`to_backend`] for an ICMP error about a DSR flow, in the tail-called `lb_encap` (the
-/// ICMP program's stack has no room for it): a packet too big for the tunnel is dropped,
-/// never answered (no ICMP error about an ICMP error).
-#[inline(always)]
-pub fn icmp_to_backend(ctx: &XdpContext, packet: &Packet, backend_id: u32, now: u64) -> Outcome {
-    match BACKENDS.get(backend_id) {
-        Some(backend) => send::<false>(
-            ctx,
-            packet,
-            backend_id,
-            backend,
-            Stat::ForwardIcmpToBackend,
-            now,
-        ),
-        None => Outcome::pass(Stat::PassIcmpToVip),
-    }
 }
 
 #[inline(always)]

@@ -7,9 +7,8 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    consts::JUMP_ENCAP,
     consts::{FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP},
-    encap::MODE_NAT,
+    encap::{MODE_NAT, SENT_ICMP},
     flow::FlowKey,
     service::{Addr, Backend, VipInfo},
     stats::Stat,
@@ -24,7 +23,6 @@ use crate::{
     conntrack::{self, Lookup},
     csum::Delta,
     forward, lookup,
-    maps::{ENCAP_ARGS, JUMPS},
     nat::{self, Headers, Side},
     parse::{self, ICMP_HEADER, Packet, ptr_at},
     select,
@@ -162,7 +160,7 @@ fn error_to_backend(ctx: &XdpContext, packet: &Packet, now: u64) -> Outcome {
     // A DSR backend sent the quoted packet from the VIP itself: the error reaches it as
     // the flow's packets do, untouched (its kernel matches it to the socket).
     if backend.mode != MODE_NAT {
-        return dsr_backend(ctx, id);
+        return crate::send_dsr(ctx, id, SENT_ICMP);
     }
     let to_backend = End {
         side: Side::Source,
@@ -187,20 +185,6 @@ fn error_to_backend(ctx: &XdpContext, packet: &Packet, now: u64) -> Outcome {
         outer_changes.address,
         Stat::ForwardIcmpToBackend,
     )
-}
-
-/// Hands the error to `lb_encap` (its own program: encapsulating needs more stack than
-/// this one has left). Dropped and counted if that program is not there.
-#[inline(always)]
-fn dsr_backend(ctx: &XdpContext, backend_id: u32) -> Outcome {
-    if let Some(args) = ENCAP_ARGS.get_ptr_mut(0) {
-        // SAFETY: this CPU's slot, read by the tail-called program right after.
-        unsafe {
-            (*args).backend_id = backend_id;
-            JUMPS.tail_call(ctx, JUMP_ENCAP);
-        }
-    }
-    Outcome::drop(Stat::DropFibFailure)
 }
 
 /// The backend (and its id) of a client → VIP flow: its tracked one, else Maglev's choice.

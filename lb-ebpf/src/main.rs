@@ -27,8 +27,11 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{info, warn};
 use lb_common::{
-    consts::{ABLATE_CLOCK, ABLATE_CONNTRACK, ABLATE_NAT, IPPROTO_TCP, JUMP_ICMP, JUMP_TOO_BIG},
-    encap::MODE_NAT,
+    consts::{
+        ABLATE_CLOCK, ABLATE_CONNTRACK, ABLATE_NAT, IPPROTO_TCP, JUMP_ENCAP, JUMP_ICMP,
+        JUMP_TOO_BIG,
+    },
+    encap::{MODE_NAT, SENT_ESTABLISHED, SENT_NEW_FLOW},
     flow::{CT_DATAGRAM, Conn, FlowKey},
     service::{Addr, Backend, Endpoint, VipInfo},
     stats::Stat,
@@ -37,7 +40,7 @@ use lb_common::{
 use crate::{
     conntrack::{Direction, Lookup},
     forward::{HopSlot, Route},
-    maps::{ENCAP_ARGS, JUMPS, TOO_BIG_ARGS},
+    maps::{BACKENDS, ENCAP_ARGS, JUMPS, TOO_BIG_ARGS},
     nat::Side,
     parse::{L4, Packet, Parsed, TCP_FIN, TCP_RST, TCP_SYN},
 };
@@ -94,16 +97,25 @@ pub fn lb_too_big(ctx: XdpContext) -> u32 {
     counted(outcome, len)
 }
 
-/// An ICMP error about a DSR flow, tail-called from `lb_icmp` with `ENCAP_ARGS` set: sent
-/// to the flow's backend as the flow's packets are.
+/// A packet for a DSR backend, tail-called from `lb` (a client's packet, its flow tracked
+/// and counted there) or `lb_icmp` (an error about a DSR flow's reply) with `ENCAP_ARGS`
+/// set: sent to the backend untouched (`encap`).
 #[xdp]
 pub fn lb_encap(ctx: XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
     let args = ENCAP_ARGS.get(0).copied();
     let outcome = match (parse::parse(&ctx, false), args) {
-        (Ok(Parsed::Ip(packet)), Some(args)) => {
-            encap::icmp_to_backend(&ctx, &packet, args.backend_id, now())
-        }
+        (Ok(Parsed::Ip(packet)), Some(args)) => match BACKENDS.get(args.backend_id) {
+            Some(backend) => {
+                let reason = match args.sent {
+                    SENT_NEW_FLOW => Stat::ForwardNew,
+                    SENT_ESTABLISHED => Stat::ForwardEstablished,
+                    _ => Stat::ForwardIcmpToBackend,
+                };
+                encap::to_backend(&ctx, &packet, args.backend_id, backend, reason, now())
+            }
+            None => Outcome::drop(Stat::DropFibFailure),
+        },
         _ => Outcome::drop(Stat::DropFibFailure),
     };
     counted(outcome, len)
@@ -191,8 +203,8 @@ fn process(ctx: &XdpContext) -> Outcome {
 }
 
 /// Client → VIP: keep the tracked backend (established traffic: one conntrack lookup, no
-/// VIP lookup), or pick one and track the flow; then route, destination NAT, forward.
-/// `None`: the packet is for no VIP.
+/// VIP lookup), or pick one and track the flow; then route, destination NAT (or DSR),
+/// forward. `None`: the packet is for no VIP.
 #[inline(always)]
 fn to_backend(ctx: &XdpContext, packet: &Packet, now: u64) -> Option<Outcome> {
     let len = parse::data_end(ctx) - parse::data(ctx);
@@ -205,6 +217,29 @@ fn to_backend(ctx: &XdpContext, packet: &Packet, now: u64) -> Option<Outcome> {
     } else {
         conntrack::lookup(&packet.flow, now)
     };
+    // Both ways of finding the backend end in one call of the forwarding path: it is
+    // inlined, and the verifier walks every copy (two copies with the DSR paths, and the
+    // datapath log on, were more than it takes).
+    let (backend_id, backend, reason) = match chosen_backend(ctx, packet, found, flags, len, now)? {
+        Ok(chosen) => chosen,
+        Err(outcome) => return Some(outcome),
+    };
+    Some(to_backend_address(
+        ctx, packet, backend_id, backend, reason, now,
+    ))
+}
+
+/// The backend of a client → VIP packet and why (`fwd_established` or `fwd_new_flow`),
+/// or the outcome that ends it here; `None`: the packet is for no VIP.
+#[inline(always)]
+fn chosen_backend(
+    ctx: &XdpContext,
+    packet: &Packet,
+    found: Lookup,
+    flags: u8,
+    len: usize,
+    now: u64,
+) -> Option<Result<(u32, &'static Backend, Stat), Outcome>> {
     if let Lookup::Live(slot) = found {
         // SAFETY: a live entry is valid for this run (RCU).
         let conn = unsafe { &mut *slot };
@@ -212,38 +247,24 @@ fn to_backend(ctx: &XdpContext, packet: &Packet, now: u64) -> Option<Outcome> {
         // serving the entry's VIP says the VIP is still there.
         if let Some(backend) = select::tracked(conn) {
             if ttl_expires(ctx, packet) {
-                return Some(Outcome::pass(Stat::PassTtlExceeded));
+                return Some(Err(Outcome::pass(Stat::PassTtlExceeded)));
             }
             conntrack::on_packet(conn, flags, Direction::FromClient, now);
             let (vip_id, backend_id) = (conn.vip_id, conn.backend_id);
             stats::count_service(vip_id, backend_id, len);
-            return Some(to_backend_address(
-                ctx,
-                packet,
-                backend_id,
-                backend,
-                Stat::ForwardEstablished,
-                now,
-            ));
+            return Some(Ok((backend_id, backend, Stat::ForwardEstablished)));
         }
     }
     let vip = lookup::service(&packet.flow)?;
     // The kernel answers with ICMP time exceeded; nothing is rewritten.
     if ttl_expires(ctx, packet) {
-        return Some(Outcome::pass(Stat::PassTtlExceeded));
+        return Some(Err(Outcome::pass(Stat::PassTtlExceeded)));
     }
     let Some((backend_id, backend)) = pick_backend(ctx, packet, &vip, found, now) else {
-        return Some(Outcome::drop(Stat::DropNoBackend));
+        return Some(Err(Outcome::drop(Stat::DropNoBackend)));
     };
     stats::count_service(vip.id, backend_id, len);
-    Some(to_backend_address(
-        ctx,
-        packet,
-        backend_id,
-        backend,
-        Stat::ForwardNew,
-        now,
-    ))
+    Some(Ok((backend_id, backend, Stat::ForwardNew)))
 }
 
 /// Whether the packet's TTL / hop limit ends here (checked before any rewrite).
@@ -264,7 +285,12 @@ fn to_backend_address(
     now: u64,
 ) -> Outcome {
     if backend.mode != MODE_NAT {
-        return encap::to_backend(ctx, packet, backend_id, backend, reason, now);
+        let sent = if reason == Stat::ForwardEstablished {
+            SENT_ESTABLISHED
+        } else {
+            SENT_NEW_FLOW
+        };
+        return send_dsr(ctx, backend_id, sent);
     }
     let out = FlowKey {
         dst: backend.addr,
@@ -442,6 +468,21 @@ pub fn answer_too_big(ctx: &XdpContext, mtu: u16, from: &Addr, dsr: bool) -> Out
         }
     }
     Outcome::drop(Stat::DropTooBig)
+}
+
+/// Hands a packet for a DSR backend to `lb_encap` (its own program: see `encap`). Dropped
+/// and counted if that program is not there.
+#[inline(always)]
+pub fn send_dsr(ctx: &XdpContext, backend_id: u32, sent: u32) -> Outcome {
+    if let Some(args) = ENCAP_ARGS.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, read by the tail-called program right after.
+        unsafe {
+            (*args).backend_id = backend_id;
+            (*args).sent = sent;
+            JUMPS.tail_call(ctx, JUMP_ENCAP);
+        }
+    }
+    Outcome::drop(Stat::DropFibFailure)
 }
 
 /// Applies a backend's TCP flags to its flow's entry, if the flow is tracked to it.
