@@ -218,7 +218,7 @@ fn run_lab(wiring: Wiring, mode: &str, services: &[Service]) {
     let instance = Instance::new();
     let vips: Vec<IpAddr> = services.iter().map(|s| s.vip).collect();
     let (decaps, before) = attach_backends(&lab, &vips);
-    let _daemon = start_lb(&lab, &instance, mode, services);
+    let daemon = start_lb(&lab, &instance, mode, services);
     let servers = Servers::start_on_vips(&lab.backends, &vips);
 
     for service in services {
@@ -306,6 +306,45 @@ fn run_lab(wiring: Wiring, mode: &str, services: &[Service]) {
             assert_eq!(decapsulated, 0, "dsr-l2 sends no tunnel: {status}");
         }
     }
+
+    // A restarted daemon adopts the pinned DSR datapath: the modes are read back, and
+    // traffic keeps flowing through the restart.
+    let modes_before = instance.ok(&["vip", "list", "--json"]);
+    let (status, _) = daemon.terminate();
+    assert!(
+        status.success(),
+        "lb run exits cleanly on SIGTERM: {status}"
+    );
+    let during = lab
+        .client
+        .enter(|| http_get(SocketAddr::new(services[0].vip, HTTP_PORT)));
+    assert!(
+        during.is_ok(),
+        "the pinned datapath serves without its daemon: {during:?}"
+    );
+    let mut daemon = Daemon::spawn(instance.run(&lab.lb, std::slice::from_ref(&lab.lb_iface), &[]));
+    daemon.wait_for_line(READY, STARTUP);
+    let modes = |text: &str| -> Vec<String> {
+        let vips: serde_json::Value = serde_json::from_str(text).expect("vip list JSON");
+        vips.as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| format!("{} {} {}", v["vip"], v["proto"], v["mode"]))
+            .collect()
+    };
+    assert_eq!(
+        modes(&instance.ok(&["vip", "list", "--json"])),
+        modes(&modes_before),
+        "the restarted daemon keeps every VIP's mode"
+    );
+    for service in services {
+        for i in 0..30 {
+            lab.client
+                .enter(|| http_get(SocketAddr::new(service.vip, HTTP_PORT)))
+                .unwrap_or_else(|e| panic!("{}: request {i} after the restart: {e}", service.vip));
+        }
+    }
+    drop(daemon);
 
     drop(servers);
     for ((decap, backend), before) in decaps.iter().zip(&lab.backends).zip(&before) {
