@@ -8,7 +8,9 @@
 //! excluded), the baselines the same way; each call gets a fresh copy of the packet, and
 //! a new-flow case gets a new 5-tuple per call. Before timing, each case's counters prove
 //! it takes the path it is named after. The idempotent programs are also timed with
-//! `repeat` for reference. Needs root. Prints a Markdown section; `LB_BENCH_PLOT=<file>`
+//! `repeat` for reference. The DSR rows (dsr-ipip's encapsulations, dsr-l2) come from a
+//! second load with outer-source prefixes and DSR VIPs, appended after the NAT rows.
+//! Needs root. Prints a Markdown section; `LB_BENCH_PLOT=<file>`
 //! also draws an SVG. `--quick` runs fewer packets and a smaller conntrack table.
 
 use std::{
@@ -23,7 +25,12 @@ use lb_tests::{
     packets::{Family, Spec, Transport},
     testrun::Datapath,
 };
-use lb_userspace::model::limits::{Limits, Options};
+use lb_userspace::model::{
+    limits::{Limits, Options},
+    mode::{self, Mode},
+    prefix::Prefix,
+    state::{Change, Proto, Service},
+};
 
 const RUNS: usize = 5;
 
@@ -153,6 +160,28 @@ fn check_path(datapath: &mut Datapath, packet: &[u8], stat: Stat, case: &str) {
     );
 }
 
+/// Asserts that one run of `packet` is redirected and moves each of `stats` once: a DSR
+/// case takes its path (new or established) and its mode's own (encapsulated, or MACs
+/// only).
+fn check_dsr(datapath: &mut Datapath, packet: &[u8], stats: [Stat; 2], case: &str) {
+    let (verdict, delta) = datapath.run_counted(packet);
+    assert_eq!(
+        verdict.action,
+        lb_common::consts::XDP_REDIRECT,
+        "{case} must be redirected: {:?}",
+        delta.moved()
+    );
+    for stat in stats {
+        assert_eq!(
+            delta.packets(stat),
+            1,
+            "{case} must take the {} path: {:?}",
+            stat.name(),
+            delta.moved()
+        );
+    }
+}
+
 struct Bench<'a> {
     datapath: &'a mut Datapath,
     ids: &'a Ids,
@@ -187,6 +216,20 @@ impl Bench<'_> {
     /// tenth of the calls of the other cases, so the table stays far from full.
     fn new_flows(&mut self, name: &str, family: Family, transport: Transport) {
         let (_, vip) = client_and_vip(family);
+        self.new_flows_to(name, family, transport, vip, |datapath, packet| {
+            check_path(datapath, packet, Stat::ForwardNew, name);
+        });
+    }
+
+    /// As [`Self::new_flows`], to `vip`; `check` proves the path on one more new flow.
+    fn new_flows_to(
+        &mut self,
+        name: &str,
+        family: Family,
+        transport: Transport,
+        vip: IpAddr,
+        check: impl FnOnce(&mut Datapath, &[u8]),
+    ) {
         let calls = (self.calls / 10).max(100);
         let first = self.next_client;
         self.next_client += RUNS * calls + 1;
@@ -198,12 +241,44 @@ impl Bench<'_> {
                 .build(&[])
         };
         self.datapath.set_ingress(self.ids.from_client);
-        check_path(self.datapath, &build(RUNS * calls), Stat::ForwardNew, name);
+        check(self.datapath, &build(RUNS * calls));
         let packets: Vec<Vec<u8>> = (0..RUNS * calls).map(build).collect();
         let timed = per_call(self.datapath, calls, |datapath, run, i| {
             datapath.run_program("lb", &packets[run * calls + i], 1).1
         });
         self.record(name, timed);
+    }
+
+    /// An established flow to the DSR `vip`, opened untimed; `via` is its mode's counter
+    /// (encapsulated, or MACs only), which the opening packet and the timed one both move.
+    fn dsr_established(
+        &mut self,
+        name: &str,
+        family: Family,
+        transport: Transport,
+        vip: IpAddr,
+        via: Stat,
+    ) {
+        let (client, port) = nth_client(family, self.next_client);
+        self.next_client += 1;
+        let request = Spec::new(family, transport)
+            .between(client, vip)
+            .ports(port, vip_port(transport));
+        self.datapath.set_ingress(self.ids.from_client);
+        check_dsr(
+            self.datapath,
+            &request.build(&[]),
+            [Stat::ForwardNew, via],
+            name,
+        );
+        let established = request.ack().build(b"0123456789");
+        check_dsr(
+            self.datapath,
+            &established,
+            [Stat::ForwardEstablished, via],
+            name,
+        );
+        self.fixed(name, "lb", &established, self.ids.from_client);
     }
 
     /// An established flow's packets, and its backend's replies.
@@ -525,6 +600,147 @@ fn probe() -> Vec<u8> {
         .build(b"0123456789")
 }
 
+/// The DSR load's outer sources (`--encap-source-v4/-v6`): one per flow from each prefix.
+const DSR_SOURCE_V4: &str = "198.19.7.0/24";
+const DSR_SOURCE_V6: &str = "fd00:99::/64";
+const BACKENDS_V4: [&str; 2] = ["198.18.2.2", "198.18.2.3"];
+const BACKENDS_V6: [&str; 2] = ["fd00:2::2", "fd00:2::3"];
+
+/// One DSR VIP of the DSR load (tcp/80 and udp/53, its backends on the same ports, on the
+/// lab's backend link with pinned neighbours).
+struct DsrVip {
+    label: &'static str,
+    /// The clients' family (the VIP's).
+    family: Family,
+    vip: &'static str,
+    mode: Mode,
+    backends: [&'static str; 2],
+    /// The counter its mode moves for every packet it sends.
+    via: Stat,
+}
+
+const DSR_VIPS: [DsrVip; 4] = [
+    DsrVip {
+        label: "dsr-ipip IPv4-in-IPv4",
+        family: Family::V4,
+        vip: "198.18.1.20",
+        mode: Mode::DsrIpip,
+        backends: BACKENDS_V4,
+        via: Stat::DsrIpipEncapsulated,
+    },
+    DsrVip {
+        label: "dsr-ipip IPv6-in-IPv6",
+        family: Family::V6,
+        vip: "fd00:1::20",
+        mode: Mode::DsrIpip,
+        backends: BACKENDS_V6,
+        via: Stat::DsrIpipEncapsulated,
+    },
+    DsrVip {
+        label: "dsr-ipip IPv4-in-IPv6",
+        family: Family::V4,
+        vip: "198.18.1.21",
+        mode: Mode::DsrIpip,
+        backends: BACKENDS_V6,
+        via: Stat::DsrIpipEncapsulated,
+    },
+    DsrVip {
+        label: "dsr-l2 IPv4",
+        family: Family::V4,
+        vip: "198.18.1.22",
+        mode: Mode::DsrL2,
+        backends: BACKENDS_V4,
+        via: Stat::DsrL2Forwarded,
+    },
+];
+
+/// The NAT row timed in the DSR load, the DSR rows' own comparison.
+const DSR_CONTROL: &str = "nat IPv4 TCP established, in the DSR load";
+
+/// The DSR rows: the program loaded again with outer-source prefixes and [`DSR_VIPS`]
+/// added (conntrack empty again): a NAT established flow ([`DSR_CONTROL`]), then per VIP
+/// a TCP new flow and TCP and UDP established flows, each against its interleaved floor.
+fn dsr_rows(lab: &FibLab, limits: Limits, calls: usize) -> Vec<Row> {
+    let prefix = |text: &str| mode::encap_source(text.parse::<Prefix>().expect("prefix"));
+    let options = Options {
+        encap_v4: Some(prefix(DSR_SOURCE_V4)),
+        encap_v6: Some(prefix(DSR_SOURCE_V6)),
+        ..Options::default()
+    };
+    // The lab's NAT VIPs and these.
+    let limits = Limits {
+        max_vips: 32,
+        ..limits
+    };
+    lab.with_datapath_loaded(limits, &options, |datapath, ids| {
+        for dsr in &DSR_VIPS {
+            for (port, proto) in [(80, Proto::Tcp), (53, Proto::Udp)] {
+                let service = Service {
+                    addr: std::net::SocketAddr::new(ip(dsr.vip), port),
+                    proto,
+                };
+                let mut changes = vec![
+                    Change::AddVip(service),
+                    Change::SetMode {
+                        service,
+                        mode: dsr.mode,
+                    },
+                ];
+                changes.extend(dsr.backends.map(|backend| Change::AddBackend {
+                    service,
+                    backend: std::net::SocketAddr::new(ip(backend), port),
+                    weight: 100,
+                }));
+                for change in &changes {
+                    datapath.balancer.apply(change).expect("a DSR VIP");
+                }
+            }
+        }
+        let mut bench = Bench {
+            datapath,
+            ids,
+            calls,
+            verify: true,
+            next_client: 0,
+            rows: Vec::new(),
+        };
+        // The control: a NAT flow timed in this load, beside the DSR rows.
+        let (client, port) = nth_client(Family::V4, bench.next_client);
+        bench.next_client += 1;
+        let request = Spec::new(Family::V4, Transport::Tcp)
+            .between(client, client_and_vip(Family::V4).1)
+            .ports(port, 80);
+        bench.datapath.set_ingress(ids.from_client);
+        bench.datapath.run(&request.build(&[]));
+        let established = request.ack().build(b"0123456789");
+        check_path(
+            bench.datapath,
+            &established,
+            Stat::ForwardEstablished,
+            DSR_CONTROL,
+        );
+        bench.fixed(DSR_CONTROL, "lb", &established, ids.from_client);
+        for dsr in &DSR_VIPS {
+            let (label, vip, via) = (dsr.label, ip(dsr.vip), dsr.via);
+            let name = format!("{label} TCP new flow");
+            bench.new_flows_to(
+                &name,
+                dsr.family,
+                Transport::Tcp,
+                vip,
+                |datapath, packet| {
+                    check_dsr(datapath, packet, [Stat::ForwardNew, via], &name);
+                },
+            );
+            for (transport, proto) in [(Transport::Tcp, "TCP"), (Transport::Udp, "UDP")] {
+                let name = format!("{label} {proto} established");
+                bench.dsr_established(&name, dsr.family, transport, vip, via);
+            }
+        }
+        bench.rows
+    })
+}
+
 /// One load of the program with `ablate`'s stages left out: a non-VIP packet, an
 /// established IPv4 TCP flow and its reply, per call, each beside its interleaved floor.
 fn ablated_load(lab: &FibLab, limits: Limits, calls: usize, ablate: u32) -> Vec<Row> {
@@ -656,6 +872,9 @@ fn main() {
         (bench.rows, amortized_rows, (filled, sweeps, parts))
     });
     let (filled, sweeps, parts) = filled;
+    let mut rows = rows;
+    let first_load_rows = rows.len();
+    rows.extend(dsr_rows(&lab, limits, calls));
     let ablations = ablation(&lab, limits, calls);
     let floor = median(rows.iter().map(|r| r.floor).collect());
     println!("## Datapath: cost per packet (BPF_PROG_TEST_RUN)\n");
@@ -668,9 +887,18 @@ fn main() {
          `XDP_PASS`, and the floor (swap MACs, `XDP_TX`), which every row times in turn with \
          itself, {CHUNK} calls each, so that each ratio is to a floor measured over the same \
          seconds (this machine's speed drifts by tens of percent over a run). Before timing, each case's counters show it took the path it \
-         is named after. Conntrack: {capacity} entries; the last rows after filling it to \
-         90 % ({filled} flows).\n",
-        (calls / 10).max(100)
+         is named after. Conntrack: {capacity} entries; the \"90 % full\" rows after filling \
+         it to 90 % ({filled} flows). The last {} rows come from a second load of the same \
+         object (direct server return; the first of them a NAT flow again, for comparison \
+         within that load), conntrack empty again, with outer-source prefixes \
+         `--encap-source-v4 {DSR_SOURCE_V4} --encap-source-v6 {DSR_SOURCE_V6}` (a source \
+         per flow) and one VIP per kind: dsr-ipip encapsulates the client's packet untouched \
+         toward an IPv4 or IPv6 backend, dsr-l2 rewrites only the MACs; each was checked to \
+         be redirected and to move `fwd_new_flow` or `fwd_established` and its mode's \
+         counter (`dsr_ipip_encapsulated`, `dsr_l2_forwarded`). A DSR VIP has no reply \
+         rows: its backends answer the clients directly.\n",
+        (calls / 10).max(100),
+        rows.len() - first_load_rows,
     );
     println!("| path | ns/packet | floor, interleaved (ns) | × floor |");
     println!("|---|---:|---:|---:|");
@@ -703,14 +931,32 @@ fn main() {
         .map_or(0.0, |r| r.ns);
     // The kernel's fixed cost per test-run call, the same in every per-call row.
     let fixed = (pass - amortized_rows[0].1).max(0.0);
+    let in_dsr_load = |name: &str| {
+        rows[first_load_rows..]
+            .iter()
+            .find(|r| r.name == name)
+            .map_or(1.0, Row::ratio)
+    };
+    let dsr = in_dsr_load("dsr-ipip IPv4-in-IPv4 TCP established");
+    let control = in_dsr_load(DSR_CONTROL);
+    let l2 = in_dsr_load("dsr-l2 IPv4 TCP established");
     println!(
         "\nEstablished IPv4 TCP flow: {:.2} × the floor per call. Without the fixed per-call \
          test-run cost ({fixed:.0} ns: `XDP_PASS` per call minus per repeat), the program \
-         itself takes ~{:.0} ns against the floor's ~{:.0} ns ({:.1} ×). ({:.0} s)",
+         itself takes ~{:.0} ns against the floor's ~{:.0} ns ({:.1} ×). In the DSR load, an \
+         established IPv4 TCP flow takes {dsr:.2} × the floor encapsulated (dsr-ipip, \
+         IPv4-in-IPv4) and {l2:.2} × with new MACs only (dsr-l2), against {control:.2} × \
+         translated (NAT) in the same load: {:.2} × and {:.2} × NAT's cost. Katran \
+         publishes ~101 ns per packet for its IPIP encapsulation through test-run (its \
+         tester's perf mode, `repeat` over one buffer, so without a per-call cost; another \
+         machine and kernel): compare ratios to a floor measured in the same run, not \
+         nanoseconds across machines. ({:.0} s)",
         established / established_floor,
         established - fixed,
         established_floor - fixed,
         (established - fixed) / (established_floor - fixed).max(1.0),
+        dsr / control,
+        l2 / control,
         started.elapsed().as_secs_f64()
     );
     println!(

@@ -1,9 +1,11 @@
 //! End to end in namespaces: wrk on the client → VIP → three nginx backends serving a tiny
 //! page, through `lb` (XDP), nftables DNAT (numgen, the kube-proxy way) and nginx `stream`
 //! in the lb namespace, and straight to one backend (the ceiling); keep-alive and one new
-//! connection per request. Then the control plane: time from `lb backend add` returning to
-//! the first packet at the new backend, and the maps' memory. Needs root, nginx, wrk, nft.
-//! Prints a Markdown section. `--quick` runs each load for 1 s instead of 10 s.
+//! connection per request. Then direct server return (dsr-ipip, dsr-l2) against the lb's
+//! NAT and nftables DNAT in a router lab where the lb and the backends share one link.
+//! Then the control plane: time from `lb backend add` returning to the first packet at
+//! the new backend, and the maps' memory. Needs root, nginx, wrk, nft. Prints a Markdown
+//! section. `--quick` runs each load for 1 s instead of 5 s.
 
 use std::{
     fmt::Write as _,
@@ -14,8 +16,9 @@ use std::{
 };
 
 use lb_tests::{
+    dsr::{self, DsrLab, Wiring},
     netns::NetNs,
-    process::{Daemon, Instance},
+    process::{Daemon, DecapPaths, Instance, READY, STARTUP, stat_packets},
     topology::Lab,
 };
 
@@ -409,11 +412,11 @@ fn daemon_pid(instance: &Instance) -> u32 {
     status["pid"].as_u64().unwrap_or(0) as u32
 }
 
-fn measure(lab: &Lab, name: &'static str, url: &str, seconds: u64) -> Mode {
+fn measure(client: &NetNs, name: &'static str, url: &str, seconds: u64) -> Mode {
     Mode {
         name,
-        keep_alive: wrk(&lab.client, url, seconds, false),
-        new_connection: wrk(&lab.client, url, seconds, true),
+        keep_alive: wrk(client, url, seconds, false),
+        new_connection: wrk(client, url, seconds, true),
     }
 }
 
@@ -430,6 +433,222 @@ fn nft(ns: &NetNs, ruleset: &str) {
         child.wait().expect("nft").success(),
         "nft refused:\n{ruleset}"
     );
+}
+
+/// The DSR comparison's VIPs, one per mode of the lb (the router sends 198.18.48.0/24 to
+/// the lb); nftables DNAT serves the NAT VIP with the lb stopped.
+const NAT_VIP: &str = "198.18.48.10";
+const IPIP_VIP: std::net::Ipv4Addr = dsr::VIP_V4;
+const L2_VIP: &str = "198.18.48.11";
+
+const DSR_NAMES: [&str; 4] = [
+    "lb nat",
+    "lb dsr-ipip (IPIP, on-link backends)",
+    "lb dsr-l2",
+    "nftables DNAT (numgen random)",
+];
+
+/// Whether the backends send the client's subnet (IPv4 and IPv6) back through the lb, as
+/// NAT and nftables DNAT need, or leave it to their default route, the router (DSR).
+fn replies_via_lb(lab: &DsrLab, via_lb: bool) {
+    for backend in &lab.backends {
+        for (family, subnet, lb) in [
+            ("-4", "198.18.40.0/24", dsr::LB_V4.to_string()),
+            ("-6", "fd00:40::/64", dsr::LB_V6.to_string()),
+        ] {
+            if via_lb {
+                backend
+                    .ns
+                    .ip(&[family, "route", "replace", subnet, "via", &lb]);
+            } else {
+                backend.ns.ip(&[family, "route", "del", subnet]);
+            }
+        }
+    }
+}
+
+/// The lb's counters that tell the modes' paths apart: (replies it translated, packets it
+/// encapsulated, packets it sent with new MACs only).
+fn path_counters(instance: &Instance) -> [u64; 3] {
+    let stats = instance.stats();
+    ["fwd_reply", "dsr_ipip_encapsulated", "dsr_l2_forwarded"]
+        .map(|name| stat_packets(&stats, name))
+}
+
+/// Direct server return against NAT and nftables DNAT, on one topology: the client behind
+/// a router; the router, the lb and three nginx backends on one bridge
+/// ([`Wiring::SharedLink`]). Rounds of the four modes in turn; each mode's median round.
+fn dsr_against_nat(dir: &Path, seconds: u64, rounds: usize) -> Vec<Mode> {
+    let lab = DsrLab::new("lbd", Wiring::SharedLink, 3);
+    let dir = dir.join("dsr");
+    std::fs::create_dir_all(&dir).expect("nginx dir");
+    // Every address: the backend's own for NAT and nftables, the VIP on lo for DSR.
+    let servers: Vec<Nginx> = lab
+        .backends
+        .iter()
+        .map(|b| start_nginx(&b.ns, &dir, &b.name, &http_server(&dir, "0.0.0.0", &b.name)))
+        .collect();
+    for b in &lab.backends {
+        wait_for_listener(&lab.router, SocketAddr::new(b.v4.into(), 80));
+    }
+    // nftables forwards the replies out of the interface they came in on: no ICMP
+    // redirects that would send the backends around the lb's conntrack.
+    for key in ["all", "default", lab.lb_iface.as_str()] {
+        lab.lb
+            .sysctl(&format!("net/ipv4/conf/{key}/send_redirects"), "0");
+    }
+    let instance = Instance::new();
+    // Declared after the lab: dropped (detached) while the namespaces still exist.
+    let decaps: Vec<DecapPaths> = lab
+        .backends
+        .iter()
+        .map(|b| DecapPaths::new(&b.ns))
+        .collect();
+    let members = lab
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("{i} : {}", b.v4))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let dnat = format!(
+        "table ip lbdsr {{\n chain prerouting {{\n  type nat hook prerouting priority dstnat; policy accept;\n  \
+         ip daddr {NAT_VIP} tcp dport 80 dnat to numgen random mod {n} map {{ {members} }}\n }}\n}}\n",
+        n = lab.backends.len()
+    );
+    let ipip_vip = IPIP_VIP.to_string();
+    let url = |vip: &str| format!("http://{vip}/");
+    let mut samples: Vec<Vec<Mode>> = (0..DSR_NAMES.len()).map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        replies_via_lb(&lab, true);
+        let mut daemon = Daemon::spawn(instance.run(
+            &lab.lb,
+            std::slice::from_ref(&lab.lb_iface),
+            &["--xdp-mode", "native"],
+        ));
+        daemon.wait_for_line(READY, STARTUP);
+        if round == 0 {
+            for (vip, mode) in [
+                (NAT_VIP, "nat"),
+                (ipip_vip.as_str(), "dsr-ipip"),
+                (L2_VIP, "dsr-l2"),
+            ] {
+                let vip = format!("{vip}:80");
+                instance.ok(&["vip", "add", &vip, "--mode", mode]);
+                for b in &lab.backends {
+                    instance.ok(&["backend", "add", &vip, &format!("{}:80", b.v4)]);
+                }
+            }
+        }
+        let before = path_counters(&instance);
+        samples[0].push(measure(&lab.client, DSR_NAMES[0], &url(NAT_VIP), seconds));
+        let after = path_counters(&instance);
+        assert!(after[0] > before[0], "NAT: the replies cross the lb");
+
+        replies_via_lb(&lab, false);
+        let lb_v4 = format!("{}/32", dsr::LB_V4);
+        let lb_v6 = format!("{}/128", dsr::LB_V6);
+        for (decap, b) in decaps.iter().zip(&lab.backends) {
+            decap.ok(&[
+                "attach",
+                "--iface",
+                &b.dev,
+                "--vip",
+                &ipip_vip,
+                "--vip",
+                L2_VIP,
+                "--allow-source",
+                &lb_v4,
+                "--allow-source",
+                &lb_v6,
+            ]);
+        }
+        for (mode, vip, counter) in [(1, ipip_vip.as_str(), 1), (2, L2_VIP, 2)] {
+            let before = path_counters(&instance);
+            samples[mode].push(measure(&lab.client, DSR_NAMES[mode], &url(vip), seconds));
+            let after = path_counters(&instance);
+            assert!(
+                after[counter] > before[counter] && after[0] == before[0],
+                "{}: requests through the lb, no reply: {before:?} -> {after:?}",
+                DSR_NAMES[mode]
+            );
+        }
+        for decap in &decaps {
+            decap.ok(&["detach", "--all"]);
+        }
+        instance.down();
+        drop(daemon);
+
+        replies_via_lb(&lab, true);
+        nft(&lab.lb, &dnat);
+        samples[3].push(measure(&lab.client, DSR_NAMES[3], &url(NAT_VIP), seconds));
+        nft(&lab.lb, "delete table ip lbdsr\n");
+    }
+    drop(servers);
+    samples.into_iter().map(median_mode).collect()
+}
+
+/// The DSR section: [`dsr_against_nat`]'s medians, each against NAT.
+fn dsr_section(out: &mut String, modes: &[Mode], seconds: u64, rounds: usize) {
+    let _ = writeln!(
+        out,
+        "\n### Direct server return against NAT and nftables DNAT\n\n\
+         wrk as above ({CONNECTIONS} connections, {seconds} s per run, {rounds} rounds of \
+         the four modes in turn, the median round shown), on one topology for all of them \
+         (lab/src/dsr.rs, `Wiring::SharedLink`): the client behind a router; the router, the \
+         lb and three nginx backends (1 worker each, on CPU {SERVER_CPU}, listening on every \
+         address, the same 10-byte body) on one bridge. The router sends the VIPs to the lb. \
+         NAT and nftables DNAT need the replies back through the lb: in their rounds the \
+         backends route the client's subnet via the lb. In the DSR rounds that route is \
+         gone and the backends, set up by `lb decap attach` (the VIPs on lo, the sysctls, the \
+         decap XDP program on their interface; detached again for the other rounds), answer \
+         from the VIP straight to the router. The lb's counters, read around every run, \
+         show each mode took its path (NAT translated replies; dsr-ipip encapsulated and \
+         dsr-l2 re-addressed the requests and translated no reply). dsr-ipip sends IPIP to the \
+         backends on the link (outer source: the lb's own address), dsr-l2 changes only the \
+         MACs; nftables DNAT runs in the lb's namespace with the lb stopped. Ratios are to \
+         NAT in the same run; CPU µs/req is the whole machine's, as above.\n\n\
+         On veth every packet the lb's XDP program sees is first converted from an skb to \
+         an XDP buffer (copied when its headroom is short): every XDP mode pays this on the \
+         lb, nftables does not (it works on the skb in the stack), and a real NIC's driver \
+         would not. What DSR saves the lb is the reply packets, and that is where its win is \
+         here; the replies are small (a 10-byte body: one short segment per request, plus \
+         the handshake and teardown for a new connection), about as many packets as the \
+         requests but few bytes, so the saving is far smaller than with large responses, \
+         where the replies are most of the traffic. The DSR rounds also pay the backends' \
+         decap program (another skb → XDP conversion on their veth) in their CPU figure.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| mode | keep-alive req/s | p50 ms | p99 ms | CPU µs/req | req/s × NAT | CPU × NAT | new conn req/s | p50 ms | p99 ms | CPU µs/req | req/s × NAT | CPU × NAT | errors |"
+    );
+    let _ = writeln!(
+        out,
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    let nat = &modes[0];
+    for mode in modes {
+        let (k, n) = (&mode.keep_alive, &mode.new_connection);
+        let ratio = |a: f64, b: f64| a / b.max(1e-9);
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {} |",
+            mode.name,
+            k.requests_per_sec,
+            k.p50_ms,
+            k.p99_ms,
+            k.cpu_us,
+            ratio(k.requests_per_sec, nat.keep_alive.requests_per_sec),
+            ratio(k.cpu_us, nat.keep_alive.cpu_us),
+            n.requests_per_sec,
+            n.p50_ms,
+            n.p99_ms,
+            n.cpu_us,
+            ratio(n.requests_per_sec, nat.new_connection.requests_per_sec),
+            ratio(n.cpu_us, nat.new_connection.cpu_us),
+            k.errors + n.errors,
+        );
+    }
 }
 
 /// `lb backend add` while the client opens a new UDP flow every 100 µs: (the command's
@@ -598,7 +817,7 @@ fn main() {
     let live_seconds = if quick { 1 } else { 3 };
     let mut live: [Vec<f64>; 3] = Default::default();
     for round in 0..rounds {
-        samples[0].push(measure(&lab, NAMES[0], &direct, seconds));
+        samples[0].push(measure(&lab.client, NAMES[0], &direct, seconds));
         let floor = attach_floor(&lab);
         live[0].push(live_pps(
             &lab,
@@ -626,7 +845,7 @@ fn main() {
                 ]);
             }
         }
-        samples[1].push(measure(&lab, NAMES[1], &vip, seconds));
+        samples[1].push(measure(&lab.client, NAMES[1], &vip, seconds));
         live[1].push(live_pps(&lab, &frames, &backend_devs, live_seconds));
         if round == 0 {
             profiles.push((NAMES[1], profile(&lab, &vip, seconds)));
@@ -637,7 +856,7 @@ fn main() {
         drop(daemon);
 
         nft(&lab.lb, &dnat);
-        samples[2].push(measure(&lab, NAMES[2], &vip, seconds));
+        samples[2].push(measure(&lab.client, NAMES[2], &vip, seconds));
         live[2].push(live_pps(&lab, &frames, &backend_devs, live_seconds));
         if round == 0 {
             profiles.push((NAMES[2], profile(&lab, &vip, seconds)));
@@ -648,11 +867,12 @@ fn main() {
         lab.lb.ip(&["addr", "add", &vip_on_lo, "dev", "lo"]);
         let proxy = start_nginx(&lab.lb, &dir, "stream-proxy", &stream);
         wait_for_listener(&lab.client, SocketAddr::new(lab.vip(false), 80));
-        samples[3].push(measure(&lab, NAMES[3], &vip, seconds));
+        samples[3].push(measure(&lab.client, NAMES[3], &vip, seconds));
         drop(proxy);
         lab.lb.ip(&["addr", "del", &vip_on_lo, "dev", "lo"]);
     }
     drop(backends);
+    let dsr_modes = dsr_against_nat(&dir, seconds, rounds);
     drop(temp);
     let modes: Vec<Mode> = samples.into_iter().map(median_mode).collect();
 
@@ -758,6 +978,7 @@ fn main() {
             }
         }
     }
+    dsr_section(&mut out, &dsr_modes, seconds, rounds);
     let _ = writeln!(out, "\n## Control plane\n");
     let _ = writeln!(
         out,

@@ -349,6 +349,73 @@ impl Drop for Instance {
     }
 }
 
+static NEXT_DECAP: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// `lb decap`'s own pin directory and record for one backend (each backend stands for a
+/// host of its own), for `lb decap` run inside its namespace. Drop detaches whatever is left and removes both.
+pub struct DecapPaths {
+    ns_path: PathBuf,
+    pin_dir: PathBuf,
+    record: tempfile::TempDir,
+}
+
+impl DecapPaths {
+    pub fn new(ns: &crate::netns::NetNs) -> Self {
+        let id = NEXT_DECAP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self {
+            ns_path: ns.path(),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/lbt-{}-{id}-dsr", std::process::id())),
+            record: tempfile::Builder::new()
+                .prefix("lbt-dsr-decap-")
+                .tempdir()
+                .expect("record directory"),
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--pin-dir".to_owned(),
+            self.pin_dir.display().to_string(),
+            "--record".to_owned(),
+            self.record.path().join("record.json").display().to_string(),
+        ]
+    }
+
+    /// `lb decap <args>` inside the backend's namespace.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("nsenter")
+            .arg(format!("--net={}", self.ns_path.display()))
+            .arg("--")
+            .arg(lb_binary())
+            .arg("decap")
+            .args(args)
+            .args(self.args())
+            .output()
+            .expect("run lb decap")
+    }
+
+    /// A `lb decap` command that must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "`lb decap {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for DecapPaths {
+    fn drop(&mut self) {
+        if self.pin_dir.exists() {
+            let _ = self.run(&["detach", "--all"]);
+            let _ = std::fs::remove_dir_all(&self.pin_dir);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::stat_packets;

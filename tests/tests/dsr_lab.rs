@@ -10,16 +10,13 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
-    process::Output,
     time::{Duration, Instant},
 };
 
 use lb_tests::{
     client::{http_get, http_upload, udp_request},
     dsr::{self, DsrLab, Wiring},
-    netns::NetNs,
-    process::{Daemon, Instance, READY, STARTUP, lb_binary, stat_packets},
+    process::{Daemon, DecapPaths, Instance, READY, STARTUP, stat_packets},
     servers::{HTTP_PORT, Servers, UDP_PORT},
     topology::Backend,
 };
@@ -28,72 +25,6 @@ const REQUESTS: usize = 300;
 const UPLOAD: usize = 1 << 20;
 const UPLOAD_LIMIT: Duration = Duration::from_secs(30);
 const TEST_BUDGET: Duration = Duration::from_secs(240);
-
-static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
-/// `lb decap`'s own pin directory and record for one backend (each backend stands for a
-/// host of its own). Drop detaches whatever is left and removes both.
-struct DecapPaths {
-    ns_path: PathBuf,
-    pin_dir: PathBuf,
-    record: tempfile::TempDir,
-}
-
-impl DecapPaths {
-    fn new(ns: &NetNs) -> Self {
-        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Self {
-            ns_path: ns.path(),
-            pin_dir: PathBuf::from(format!("/sys/fs/bpf/lbt-{}-{id}-dsr", std::process::id())),
-            record: tempfile::Builder::new()
-                .prefix("lbt-dsr-decap-")
-                .tempdir()
-                .expect("record directory"),
-        }
-    }
-
-    fn args(&self) -> Vec<String> {
-        vec![
-            "--pin-dir".to_owned(),
-            self.pin_dir.display().to_string(),
-            "--record".to_owned(),
-            self.record.path().join("record.json").display().to_string(),
-        ]
-    }
-
-    /// `lb decap <args>` inside the backend's namespace.
-    fn run(&self, args: &[&str]) -> Output {
-        std::process::Command::new("nsenter")
-            .arg(format!("--net={}", self.ns_path.display()))
-            .arg("--")
-            .arg(lb_binary())
-            .arg("decap")
-            .args(args)
-            .args(self.args())
-            .output()
-            .expect("run lb decap")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let output = self.run(args);
-        assert!(
-            output.status.success(),
-            "`lb decap {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-}
-
-impl Drop for DecapPaths {
-    fn drop(&mut self) {
-        if self.pin_dir.exists() {
-            let _ = self.run(&["detach", "--all"]);
-            let _ = std::fs::remove_dir_all(&self.pin_dir);
-        }
-    }
-}
 
 /// What a backend looks like from outside: its addresses, its links (XDP included) and
 /// the sysctls a DSR setup touches.
