@@ -21,6 +21,11 @@ pub fn http_get(vip: SocketAddr) -> Result<String, String> {
     stream
         .write_all(b"GET / HTTP/1.0\r\nHost: vip\r\n\r\n")
         .map_err(|e| format!("send: {e}"))?;
+    answer_body(&mut stream)
+}
+
+/// The body of a `200 OK` answer read to the end of the connection, trimmed.
+fn answer_body(stream: &mut TcpStream) -> Result<String, String> {
     let mut response = String::new();
     stream
         .read_to_string(&mut response)
@@ -54,15 +59,7 @@ pub fn http_upload(vip: SocketAddr, size: usize, limit: Duration) -> Result<Stri
             .map_err(|e| format!("send after {sent} bytes: {e}"))?;
         sent += n;
     }
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| format!("read: {e}"))?;
-    if !response.starts_with("HTTP/1.0 200 OK") {
-        return Err(format!("bad response {response:?}"));
-    }
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
-    Ok(body.trim().to_owned())
+    answer_body(&mut stream)
 }
 
 /// One UDP request from `bind` to `vip`; returns the answering backend's name.

@@ -160,18 +160,35 @@ fn dsr_seeds() -> Vec<(Side, Vec<u8>)> {
             (Family::V6, ip("fd00::1"))
         };
         for transport in [Transport::Tcp, Transport::Udp] {
-            let port = if transport == Transport::Tcp { 80 } else { 53 };
             for vlan in [false, true] {
-                let tag = |s: Spec| if vlan { s.with_vlan() } else { s };
-                let request = tag(Spec::new(family, transport))
-                    .between(client, vip)
-                    .ports(40_100, port);
-                seeds.push((Side::Client, request.build(&[])));
-                seeds.push((Side::Client, request.ack().build(b"GET / HTTP/1.0\r\n\r\n")));
+                seeds.extend(opening_and_data(
+                    family, transport, vlan, client, vip, 40_100,
+                ));
             }
         }
     }
     seeds
+}
+
+/// A client's opening packet (empty) and a data packet of the same flow to `vip`'s port
+/// for `transport` (TCP 80, UDP 53), tagged or not.
+fn opening_and_data(
+    family: Family,
+    transport: Transport,
+    vlan: bool,
+    client: IpAddr,
+    vip: IpAddr,
+    client_port: u16,
+) -> [(Side, Vec<u8>); 2] {
+    let port = if transport == Transport::Tcp { 80 } else { 53 };
+    let spec = Spec::new(family, transport);
+    let request = if vlan { spec.with_vlan() } else { spec }
+        .between(client, vip)
+        .ports(client_port, port);
+    [
+        (Side::Client, request.build(&[])),
+        (Side::Client, request.ack().build(b"GET / HTTP/1.0\r\n\r\n")),
+    ]
 }
 
 fn transport_seeds() -> Vec<(Side, Vec<u8>)> {
@@ -184,14 +201,11 @@ fn transport_seeds() -> Vec<(Side, Vec<u8>)> {
             (ip("198.18.0.1"), ip("198.18.1.1"), ip("198.18.2.2"))
         };
         for transport in [Transport::Tcp, Transport::Udp] {
-            let port = if transport == Transport::Tcp { 80 } else { 53 };
             for vlan in [false, true] {
                 let tag = |s: Spec| if vlan { s.with_vlan() } else { s };
-                let request = tag(Spec::new(family, transport))
-                    .between(client, vip)
-                    .ports(40_000, port);
-                seeds.push((Side::Client, request.build(&[])));
-                seeds.push((Side::Client, request.ack().build(b"GET / HTTP/1.0\r\n\r\n")));
+                seeds.extend(opening_and_data(
+                    family, transport, vlan, client, vip, 40_000,
+                ));
                 seeds.push((Side::Client, tag(Spec::new(family, transport)).build(b"x")));
                 let reply = tag(Spec::new(family, transport))
                     .between(backend, client)

@@ -40,6 +40,13 @@ extern "C" fn on_interrupt(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::Relaxed);
 }
 
+/// Keeps the lab up until Ctrl-C or SIGTERM.
+fn wait_for_interrupt() {
+    while !INTERRUPTED.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn interrupted() -> anyhow::Result<()> {
     if INTERRUPTED.load(Ordering::Relaxed) {
         bail!("interrupted");
@@ -267,9 +274,7 @@ pub fn run(lb: &Path, once: bool, mode: DemoMode) -> anyhow::Result<()> {
             demo.api.display(),
             backend(2)
         );
-        while !INTERRUPTED.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_for_interrupt();
     }
     println!("\ncleaning up: lb down, namespaces removed");
     drop(demo);

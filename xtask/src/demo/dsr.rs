@@ -7,8 +7,6 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
-    sync::atomic::Ordering,
-    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
@@ -18,7 +16,7 @@ use lb_lab::{
     servers::{HTTP_PORT, Servers},
 };
 
-use super::{Demo, DemoMode, INTERRUPTED, round};
+use super::{Demo, DemoMode, round, wait_for_interrupt};
 
 /// `lb decap` on one backend, with pins and record of its own (each backend stands for a
 /// host); dropping it detaches, so the backend is left as it was.
@@ -154,9 +152,7 @@ pub(super) fn run(demo: &mut Demo, mode: DemoMode) -> anyhow::Result<()> {
             "\nThe lab stays up: try `LB_API={} lb backend list`. Ctrl-C removes everything.",
             demo.api.display()
         );
-        while !INTERRUPTED.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_for_interrupt();
     }
     drop(servers);
     drop(decaps);
