@@ -160,7 +160,9 @@ stats! {
     DropDsrNoNeighbour = 53, "drop_dsr_no_neighbour", Reason;
     // A dsr-l2 backend that is not on the lb's link (its route has a gateway).
     DropDsrNotOnLink = 54, "drop_dsr_not_on_link", Reason;
-    // An IPv6 packet for an IPv4 backend (refused by the controller; never expected).
+    // No outer header possible: an IPv6 packet for an IPv4 backend (refused by the
+    // controller), or no outer source of the backend's family (no address on the lb's
+    // interfaces and no --encap-source for it).
     DropDsrUnsupported = 55, "drop_dsr_unsupported", Reason;
     // The route toward a DSR backend ends on this host or leaves through an interface lb
     // is not attached to: the kernel would send the untouched packet to the VIP again.

@@ -59,7 +59,7 @@ pub fn to_backend(
     let hop = match forward::route(ctx, packet, &toward, HopSlot::Backend(backend_id), now) {
         Route::Hop(hop) => hop,
         // The kernel cannot forward it in our place (it would route it to the VIP); the
-        // neighbour gets resolved by the lb's own traffic to the backend (health checks).
+        // daemon keeps the next hop of every DSR backend resolved (a managed neighbour).
         Route::NoNeighbour => return Outcome::drop(Stat::DropDsrNoNeighbour),
         // Handed to the kernel, the untouched packet would be routed to the VIP again.
         Route::Done(outcome) if outcome.action == xdp_action::XDP_PASS => {
@@ -86,6 +86,10 @@ pub fn to_backend(
         return forward::transmit(ctx, hop, forwarded);
     }
     let source = encap_source(backend.family);
+    // No address of the backend's family on the lb and no --encap-source for it.
+    if source.addr == [0; 16] {
+        return Outcome::drop(Stat::DropDsrUnsupported);
+    }
     if encapsulate(ctx, packet, backend, &source).is_none() {
         return Outcome::drop(Stat::DropFibFailure);
     }

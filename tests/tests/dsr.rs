@@ -499,3 +499,38 @@ fn icmp_errors_about_replies_reach_the_flows_dsr_backend_untouched() {
         }
     });
 }
+
+#[test]
+fn dsr_ipip_without_an_outer_source_of_the_backends_family_drops_and_says_why() {
+    lb_tests::require_root!();
+    let lab = FibLab::new();
+    let limits = Limits {
+        max_vips: 32,
+        ..Datapath::TEST_LIMITS
+    };
+    // An IPv4 source only: the lb has no IPv6 address to send IPv6 tunnels from.
+    let options = Options {
+        encap_v6: None,
+        ..options()
+    };
+    lab.with_datapath_loaded(limits, &options, |datapath, ids| {
+        add_dsr_vips(datapath);
+        datapath.set_ingress(ids.from_client);
+        for (vip, expected) in [
+            ("fd00:1::20", Stat::DropDsrUnsupported),
+            ("198.18.1.21", Stat::DropDsrUnsupported),
+            ("198.18.1.20", Stat::DsrIpipEncapsulated),
+        ] {
+            let vip = ip(vip);
+            let packet = Spec::new(family_of(vip), Transport::Tcp)
+                .between(client_of(vip), vip)
+                .ports(41_700, 80)
+                .build(&[]);
+            let (out, delta) = datapath.run_counted(&packet);
+            assert_eq!(delta.packets(expected), 1, "{vip}: {:?}", delta.moved());
+            if expected == Stat::DropDsrUnsupported {
+                assert_eq!(out.action, XDP_DROP, "{vip}");
+            }
+        }
+    });
+}
