@@ -19,7 +19,7 @@ use lb_tests::{
     dsr::{self, DsrLab, Wiring},
     netns::NetNs,
     process::{Daemon, DecapPaths, Instance, READY, STARTUP, stat_packets},
-    topology::Lab,
+    topology::{Backend, Lab},
 };
 
 /// wrk and the client on CPU 0; the backends' nginx on CPU 1. XDP runs in the softirq of
@@ -420,6 +420,16 @@ fn measure(client: &NetNs, name: &'static str, url: &str, seconds: u64) -> Mode 
     }
 }
 
+/// The `numgen` map of an nftables DNAT rule over `backends` (`0 : addr, 1 : addr, ...`).
+fn numgen_members(backends: &[Backend]) -> String {
+    backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("{i} : {}", b.v4))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn nft(ns: &NetNs, ruleset: &str) {
     let mut child = ns
         .command("nft")
@@ -504,13 +514,7 @@ fn dsr_against_nat(dir: &Path, seconds: u64, rounds: usize) -> Vec<Mode> {
         .iter()
         .map(|b| DecapPaths::new(&b.ns))
         .collect();
-    let members = lab
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(i, b)| format!("{i} : {}", b.v4))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let members = numgen_members(&lab.backends);
     let dnat = format!(
         "table ip lbdsr {{\n chain prerouting {{\n  type nat hook prerouting priority dstnat; policy accept;\n  \
          ip daddr {NAT_VIP} tcp dport 80 dnat to numgen random mod {n} map {{ {members} }}\n }}\n}}\n",
@@ -774,13 +778,7 @@ fn main() {
     let instance = Instance::new();
     let vip_arg = format!("{}:80", lab.vip(false));
     let udp_vip_arg = format!("{}:53", lab.vip(false));
-    let members = lab
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(i, b)| format!("{i} : {}", b.v4))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let members = numgen_members(&lab.backends);
     let dnat = format!(
         "table ip lbbench {{\n chain prerouting {{\n  type nat hook prerouting priority dstnat; policy accept;\n  \
          ip daddr {vip} tcp dport 80 dnat to numgen random mod {n} map {{ {members} }}\n  \
