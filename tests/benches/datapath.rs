@@ -21,15 +21,13 @@ use std::{
 use lb_common::consts::ABLATE_STAGES;
 use lb_common::stats::Stat;
 use lb_tests::{
-    fiblab::{FibLab, Ids},
+    fiblab::{DSR_SOURCE_V4, DSR_SOURCE_V6, FibLab, Ids, add_dsr_vip, dsr_options},
     packets::{Family, Spec, Transport},
     testrun::Datapath,
 };
 use lb_userspace::model::{
     limits::{Limits, Options},
-    mode::{self, Mode},
-    prefix::Prefix,
-    state::{Change, Proto, Service},
+    mode::Mode,
 };
 
 const RUNS: usize = 5;
@@ -600,9 +598,7 @@ fn probe() -> Vec<u8> {
         .build(b"0123456789")
 }
 
-/// The DSR load's outer sources (`--encap-source-v4/-v6`): one per flow from each prefix.
-const DSR_SOURCE_V4: &str = "198.19.7.0/24";
-const DSR_SOURCE_V6: &str = "fd00:99::/64";
+/// The lab's backends, on its backend link with pinned neighbours.
 const BACKENDS_V4: [&str; 2] = ["198.18.2.2", "198.18.2.3"];
 const BACKENDS_V6: [&str; 2] = ["fd00:2::2", "fd00:2::3"];
 
@@ -661,12 +657,7 @@ const DSR_CONTROL: &str = "nat IPv4 TCP established, in the DSR load";
 /// added (conntrack empty again): a NAT established flow ([`DSR_CONTROL`]), then per VIP
 /// a TCP new flow and TCP and UDP established flows, each against its interleaved floor.
 fn dsr_rows(lab: &FibLab, limits: Limits, calls: usize) -> Vec<Row> {
-    let prefix = |text: &str| mode::encap_source(text.parse::<Prefix>().expect("prefix"));
-    let options = Options {
-        encap_v4: Some(prefix(DSR_SOURCE_V4)),
-        encap_v6: Some(prefix(DSR_SOURCE_V6)),
-        ..Options::default()
-    };
+    let options = dsr_options();
     // The lab's NAT VIPs and these.
     let limits = Limits {
         max_vips: 32,
@@ -674,27 +665,7 @@ fn dsr_rows(lab: &FibLab, limits: Limits, calls: usize) -> Vec<Row> {
     };
     lab.with_datapath_loaded(limits, &options, |datapath, ids| {
         for dsr in &DSR_VIPS {
-            for (port, proto) in [(80, Proto::Tcp), (53, Proto::Udp)] {
-                let service = Service {
-                    addr: std::net::SocketAddr::new(ip(dsr.vip), port),
-                    proto,
-                };
-                let mut changes = vec![
-                    Change::AddVip(service),
-                    Change::SetMode {
-                        service,
-                        mode: dsr.mode,
-                    },
-                ];
-                changes.extend(dsr.backends.map(|backend| Change::AddBackend {
-                    service,
-                    backend: std::net::SocketAddr::new(ip(backend), port),
-                    weight: 100,
-                }));
-                for change in &changes {
-                    datapath.balancer.apply(change).expect("a DSR VIP");
-                }
-            }
+            add_dsr_vip(datapath, ip(dsr.vip), dsr.mode, &dsr.backends.map(ip));
         }
         let mut bench = Bench {
             datapath,

@@ -4,8 +4,10 @@
 use std::net::{IpAddr, SocketAddr};
 
 use lb_userspace::model::{
-    limits::Limits,
-    state::{Proto, Service},
+    limits::{Limits, Options},
+    mode::{self, Mode},
+    prefix::Prefix,
+    state::{Change, Proto, Service},
 };
 
 use crate::{
@@ -223,5 +225,39 @@ pub fn configure(datapath: &mut Datapath, ids: &Ids) {
         .expect("backend without a neighbour entry");
     for ifindex in [ids.from_client, ids.from_backends] {
         balancer.add_tx_port(ifindex).expect("tx port");
+    }
+}
+
+/// Outer sources of dsr-ipip in the test-run labs (a source per flow from each).
+pub const DSR_SOURCE_V4: &str = "198.19.7.0/24";
+pub const DSR_SOURCE_V6: &str = "fd00:99::/64";
+
+/// Load options with [`DSR_SOURCE_V4`] and [`DSR_SOURCE_V6`] as dsr-ipip's outer sources.
+pub fn dsr_options() -> Options {
+    let source = |text: &str| mode::encap_source(text.parse::<Prefix>().expect("prefix"));
+    Options {
+        encap_v4: Some(source(DSR_SOURCE_V4)),
+        encap_v6: Some(source(DSR_SOURCE_V6)),
+        ..Options::default()
+    }
+}
+
+/// Adds a DSR VIP in `mode` on TCP 80 and UDP 53, each with `backends` on the same port
+/// (DSR does not rewrite ports), the way the daemon would.
+pub fn add_dsr_vip(datapath: &mut Datapath, vip: IpAddr, mode: Mode, backends: &[IpAddr]) {
+    for (port, proto) in [(80, Proto::Tcp), (53, Proto::Udp)] {
+        let service = Service {
+            addr: SocketAddr::new(vip, port),
+            proto,
+        };
+        let mut changes = vec![Change::AddVip(service), Change::SetMode { service, mode }];
+        changes.extend(backends.iter().map(|backend| Change::AddBackend {
+            service,
+            backend: SocketAddr::new(*backend, port),
+            weight: 100,
+        }));
+        for change in &changes {
+            datapath.balancer.apply(change).expect("a DSR VIP");
+        }
     }
 }

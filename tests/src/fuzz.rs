@@ -16,13 +16,12 @@ use lb_common::{
 
 use lb_userspace::model::{
     limits::{Limits, Options},
-    mode::{self, Mode},
+    mode::Mode,
     prefix::Prefix,
-    state::{Change, Proto, Service},
 };
 
 use crate::{
-    fiblab::Ids,
+    fiblab::{self, DSR_SOURCE_V4, DSR_SOURCE_V6, Ids},
     packets::{Family, Spec, Transport},
     testrun::{CounterDelta, Datapath},
     verify::{BadChecksum, describe, inspect, inspect_icmp},
@@ -81,50 +80,25 @@ const DSR_VIPS: [(&str, Mode, [&str; 2]); 4] = [
     ("198.18.1.22", Mode::DsrL2, ["198.18.2.2", "198.18.2.3"]),
 ];
 
-/// Outer sources of dsr-ipip in the fuzz lab.
-pub const ENCAP_SOURCE_V4: &str = "198.19.7.0/24";
-pub const ENCAP_SOURCE_V6: &str = "fd00:99::/64";
-
 /// Limits and options the fuzz lab loads the datapath with: room for the NAT and DSR
 /// VIPs, and dsr-ipip's outer sources.
 pub fn lab_setup() -> (Limits, Options) {
-    let source = |text: &str| mode::encap_source(text.parse::<Prefix>().expect("prefix"));
     (
         Limits {
             max_vips: 32,
             ..Datapath::TEST_LIMITS
         },
-        Options {
-            encap_v4: Some(source(ENCAP_SOURCE_V4)),
-            encap_v6: Some(source(ENCAP_SOURCE_V6)),
-            ..Options::default()
-        },
+        fiblab::dsr_options(),
     )
 }
 
 /// Adds the DSR VIPs (TCP 80 and UDP 53, each with its two backends on the same port).
 pub fn configure_dsr(datapath: &mut Datapath) {
     for (vip, mode, backends) in DSR_VIPS {
-        for (port, proto) in [(80, Proto::Tcp), (53, Proto::Udp)] {
-            let service = Service {
-                addr: std::net::SocketAddr::new(ip(vip), port),
-                proto,
-            };
-            let mut changes = vec![Change::AddVip(service), Change::SetMode { service, mode }];
-            changes.extend(backends.iter().map(|backend| Change::AddBackend {
-                service,
-                backend: std::net::SocketAddr::new(ip(backend), port),
-                weight: 100,
-            }));
-            for change in &changes {
-                datapath
-                    .balancer
-                    .apply(change)
-                    .expect("DSR VIP of the fuzz lab");
-            }
-        }
+        fiblab::add_dsr_vip(datapath, ip(vip), mode, &backends.map(ip));
     }
 }
+
 const BACKENDS: [&str; 5] = [
     "198.18.2.2",
     "198.18.2.3",
@@ -526,9 +500,9 @@ fn check_encapsulated(input: &[u8], output: &[u8]) -> Result<(), String> {
         return Err(format!("to {dst}, not a DSR backend"));
     }
     let source_prefix = if dst.is_ipv4() {
-        ENCAP_SOURCE_V4
+        DSR_SOURCE_V4
     } else {
-        ENCAP_SOURCE_V6
+        DSR_SOURCE_V6
     };
     let prefix: Prefix = source_prefix.parse().map_err(|_| "prefix")?;
     let inside = match (src, prefix.addr) {

@@ -4,7 +4,7 @@
 //! client's; dsr-l2 output differs from the input in its MACs only. Packets that no longer
 //! fit with the outer header are answered with frag-needed / packet-too-big.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use etherparse::{
     Icmpv4Type, Icmpv6Type, Ipv4HeaderSlice, Ipv6HeaderSlice, PacketBuilder,
@@ -15,7 +15,7 @@ use lb_common::{
     stats::Stat,
 };
 use lb_tests::{
-    fiblab::{BACKEND_MACS, FibLab, Ids},
+    fiblab::{BACKEND_MACS, DSR_SOURCE_V4, DSR_SOURCE_V6, FibLab, Ids, add_dsr_vip, dsr_options},
     packets::{Family, Spec, Transport},
     testrun::Datapath,
     verify::verify_icmp,
@@ -23,7 +23,7 @@ use lb_tests::{
 use lb_userspace::model::{
     decap::Prefix,
     limits::{Limits, Options},
-    mode::{self, Mode},
+    mode::Mode,
     state::{Change, Proto, Service},
 };
 
@@ -31,8 +31,6 @@ fn ip(text: &str) -> IpAddr {
     text.parse().expect("address")
 }
 
-const SOURCE_V4: &str = "198.19.7.0/24";
-const SOURCE_V6: &str = "fd00:99::/64";
 const CLIENT_V4: &str = "198.18.0.1";
 const CLIENT_V6: &str = "fd00::1";
 /// Backends of the FibLab, on the lb's backend link (neighbours pinned).
@@ -48,34 +46,9 @@ const VIPS: [(&str, Mode, [&str; 2]); 5] = [
     ("fd00:1::22", Mode::DsrL2, BACKENDS_V6),
 ];
 
-fn options() -> Options {
-    let prefix = |text: &str| mode::encap_source(text.parse::<Prefix>().expect("prefix"));
-    Options {
-        encap_v4: Some(prefix(SOURCE_V4)),
-        encap_v6: Some(prefix(SOURCE_V6)),
-        ..Options::default()
-    }
-}
-
 fn add_dsr_vips(datapath: &mut Datapath) {
     for (vip, mode, backends) in VIPS {
-        for (port, proto) in [(80, Proto::Tcp), (53, Proto::Udp)] {
-            let service = Service {
-                addr: SocketAddr::new(ip(vip), port),
-                proto,
-            };
-            let mut changes = vec![Change::AddVip(service), Change::SetMode { service, mode }];
-            for backend in backends {
-                changes.push(Change::AddBackend {
-                    service,
-                    backend: SocketAddr::new(ip(backend), port),
-                    weight: 100,
-                });
-            }
-            for change in &changes {
-                datapath.balancer.apply(change).expect("DSR VIP");
-            }
-        }
+        add_dsr_vip(datapath, ip(vip), mode, &backends.map(ip));
     }
 }
 
@@ -85,7 +58,7 @@ fn with_dsr<T: Send>(lab: &FibLab, test: impl FnOnce(&mut Datapath, &Ids) -> T +
         max_vips: 32,
         ..Datapath::TEST_LIMITS
     };
-    lab.with_datapath_loaded(limits, &options(), |datapath, ids| {
+    lab.with_datapath_loaded(limits, &dsr_options(), |datapath, ids| {
         add_dsr_vips(datapath);
         datapath.set_ingress(ids.from_client);
         test(datapath, ids)
@@ -215,9 +188,9 @@ fn dsr_ipip_encapsulates_the_packet_untouched_toward_its_backend() {
                     let wire = outer(&out.packet);
                     assert!(backends.contains(&wire.dst), "{case}: went to {}", wire.dst);
                     let source_prefix = if wire.dst.is_ipv4() {
-                        SOURCE_V4
+                        DSR_SOURCE_V4
                     } else {
-                        SOURCE_V6
+                        DSR_SOURCE_V6
                     };
                     assert!(
                         in_prefix(wire.src, source_prefix),
@@ -511,7 +484,7 @@ fn dsr_ipip_without_an_outer_source_of_the_backends_family_drops_and_says_why() 
     // An IPv4 source only: the lb has no IPv6 address to send IPv6 tunnels from.
     let options = Options {
         encap_v6: None,
-        ..options()
+        ..dsr_options()
     };
     lab.with_datapath_loaded(limits, &options, |datapath, ids| {
         add_dsr_vips(datapath);
