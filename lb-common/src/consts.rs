@@ -88,6 +88,8 @@ pub const GLOBAL_MAGLEV_SIZE: &str = "MAGLEV_SIZE";
 /// Global set at load time: conntrack idle timeouts in ns, by state (`flow::Timeouts`).
 pub const GLOBAL_CT_TIMEOUTS: &str = "CT_TIMEOUTS_NS";
 
+/// Global set at load time: the cluster's [`crate::hash::HashSeed`] (`lb run --hash-seed`).
+pub const GLOBAL_HASH_SEED: &str = "HASH_SEED";
 /// Global set at load time: `ABLATE_*` stages the datapath skips. Always 0 outside
 /// `cargo xtask bench`, which times the program with each stage left out to show what it
 /// costs; the verifier removes the checks of a constant 0.

@@ -29,10 +29,17 @@ const fn word(bytes: &[u8; 16], at: usize) -> u32 {
     u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
-/// Hash of a flow's 5-tuple.
+/// The cluster-wide secret that keys the flow hash and the Maglev permutations, as two
+/// words. Every lb node of a cluster must use the same one; the default (zero) keeps the
+/// hashes of releases before seeds existed.
+pub type HashSeed = [u32; 2];
+
+/// Hash of a flow's 5-tuple, keyed by the cluster's `seed`: without the seed nobody can
+/// tell which 5-tuples share a slot (murmur is not a cryptographic PRF, but it takes the
+/// seed through every round).
 #[inline(always)]
-pub const fn flow_hash(key: &FlowKey) -> u32 {
-    let mut h = SEED;
+pub const fn flow_hash(key: &FlowKey, seed: &HashSeed) -> u32 {
+    let mut h = SEED ^ seed[0];
     h = mix(h, word(&key.src, 0));
     h = mix(h, word(&key.src, 4));
     h = mix(h, word(&key.src, 8));
@@ -43,7 +50,7 @@ pub const fn flow_hash(key: &FlowKey) -> u32 {
     h = mix(h, word(&key.dst, 12));
     h = mix(h, (key.src_port as u32) << 16 | key.dst_port as u32);
     h = mix(h, key.proto as u32);
-    finish(h)
+    finish(h ^ seed[1])
 }
 
 /// The slot of an address (with `salt`) in a table of `slots` (a power of two): its words
@@ -99,8 +106,29 @@ mod tests {
     }
 
     #[test]
+    fn each_seed_word_moves_flows() {
+        let slots = |seed: HashSeed| -> Vec<u32> {
+            (0..64)
+                .map(|port| flow_hash(&key(port), &seed) % 97)
+                .collect()
+        };
+        let base = slots([0; 2]);
+        for seed in [[1, 0], [0, 1], [0x5eed, 0xcafe]] {
+            let moved = slots(seed)
+                .iter()
+                .zip(&base)
+                .filter(|(a, b)| a != b)
+                .count();
+            assert!(moved > 48, "seed {seed:?} moved only {moved} of 64 flows");
+        }
+    }
+
+    #[test]
     fn flow_hash_is_port_sensitive() {
-        assert_ne!(flow_hash(&key(1000)), flow_hash(&key(1001)));
+        assert_ne!(
+            flow_hash(&key(1000), &[0; 2]),
+            flow_hash(&key(1001), &[0; 2])
+        );
     }
 
     /// A 5-tuple as the datapath builds it (IPv4 addresses in the first 4 bytes).
@@ -166,7 +194,7 @@ mod tests {
         ];
         for (key, expected) in cases {
             assert_eq!(
-                flow_hash(&key),
+                flow_hash(&key, &[0; 2]),
                 expected,
                 "flow_hash changed for {key:?}: a breaking change between lb nodes"
             );
@@ -228,7 +256,7 @@ mod tests {
         const BUCKETS: usize = 7;
         let mut counts = [0u32; BUCKETS];
         for port in 0..14_000u16 {
-            counts[flow_hash(&key(port)) as usize % BUCKETS] += 1;
+            counts[flow_hash(&key(port), &[0; 2]) as usize % BUCKETS] += 1;
         }
         for count in counts {
             assert!((1800..2200).contains(&count), "{counts:?}");

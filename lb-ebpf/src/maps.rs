@@ -11,6 +11,7 @@ use lb_common::{
     },
     encap::{EncapArgs, EncapSource},
     flow::{Conn, DEFAULT_TIMEOUTS_NS, FlowKey, NextHop, Timeouts},
+    hash::HashSeed,
     icmp::{RateBucket, TooBigArgs},
     service::{Backend, Endpoint, EndpointKey, Layout, VipInfo, VipKey},
     stats::{Counter, STAT_COUNT, VipCounter},
@@ -130,6 +131,17 @@ pub fn encap_source(family: u8) -> EncapSource {
             core::ptr::read_volatile(&raw const ENCAP_SOURCE_V6)
         }
     }
+}
+
+/// The cluster's hash seed, set by userspace at load time (the same on every lb node).
+#[unsafe(no_mangle)]
+static HASH_SEED: HashSeed = [0; 2];
+
+/// The seed that keys the flow hash.
+#[inline(always)]
+pub fn hash_seed() -> HashSeed {
+    // SAFETY: as in `maglev_size`.
+    unsafe { core::ptr::read_volatile(&raw const HASH_SEED) }
 }
 
 /// `ABLATE_*` stages to skip, set by userspace at load time (0 but in benchmarks).

@@ -7,7 +7,7 @@ use lb_common::{
     service::{Backend, VipInfo},
 };
 
-use crate::maps::{BACKENDS, MAGLEV, maglev_size};
+use crate::maps::{BACKENDS, MAGLEV, hash_seed, maglev_size};
 
 /// The backend Maglev assigns to `flow`, if it is active.
 #[inline(always)]
@@ -16,7 +16,7 @@ pub fn maglev(vip: &VipInfo, flow: &FlowKey) -> Option<(u32, &'static Backend)> 
     if size == 0 {
         return None;
     }
-    let slot = flow_hash(flow) % size;
+    let slot = flow_hash(flow, &hash_seed()) % size;
     let table = vip.id * 2 + u32::from(vip.active_table & 1);
     let id = *MAGLEV.get(table * size + slot)?;
     if id == NO_BACKEND {

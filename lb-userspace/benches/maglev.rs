@@ -52,7 +52,7 @@ fn main() {
     for count in [10, 100, 1000] {
         let entries = backends(count);
         let build = median_ns(rounds, || {
-            black_box(maglev::build(black_box(&entries), size));
+            black_box(maglev::build(black_box(&entries), size, [0; 2]));
         });
         println!(
             "| {count} | {:.2} | {:.2} | {:.1} |",

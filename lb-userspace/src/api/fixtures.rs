@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 
 use super::wire::{
-    BackendEntry, ConntrackReport, CounterEntry, FlowEntry, FlowList, InterfaceEntry, StatsReport,
-    StatusReport, TimeoutEntry, VipEntry,
+    AnnounceEntry, BackendEntry, ConntrackReport, CounterEntry, FlowEntry, FlowList,
+    InterfaceEntry, NodeReport, StatsReport, StatusReport, TimeoutEntry, VipEntry,
 };
 use crate::model::{
+    announce::Reason,
     check::CheckConfig,
     health::{Health, Transition},
     mode::Mode,
@@ -40,6 +41,7 @@ pub(crate) fn vips() -> Vec<VipEntry> {
             packets: 123_456,
             bytes: 98_765_432,
             new_flows: 4_321,
+            table_fingerprint: "5d1f0a7c93e2b468".to_owned(),
         },
         VipEntry {
             vip: sock("[fd00::1]:53"),
@@ -51,6 +53,7 @@ pub(crate) fn vips() -> Vec<VipEntry> {
             packets: 7,
             bytes: 560,
             new_flows: 7,
+            table_fingerprint: "0c4e8a21f6b7d390".to_owned(),
         },
     ]
 }
@@ -208,5 +211,33 @@ pub(crate) fn status() -> StatusReport {
         conntrack_sweep_secs: 5.0,
         vips: 2,
         backends: 3,
+        node: node(),
+    }
+}
+
+/// A node announcing one VIP of two.
+pub(crate) fn node() -> NodeReport {
+    NodeReport {
+        drained: false,
+        announce_table: Some(4242),
+        hash_seed: "set".to_owned(),
+        announced: vec!["198.18.1.1".parse().expect("fixture address")],
+        route_error: None,
+        vips: vec![
+            AnnounceEntry {
+                vip: sock("198.18.1.1:80"),
+                proto: Proto::Tcp,
+                announced: true,
+                reason: Reason::Serving,
+                detail: Reason::Serving.to_string(),
+            },
+            AnnounceEntry {
+                vip: sock("[fd00::1]:53"),
+                proto: Proto::Udp,
+                announced: false,
+                reason: Reason::NoBackend,
+                detail: Reason::NoBackend.to_string(),
+            },
+        ],
     }
 }

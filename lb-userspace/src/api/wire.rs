@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ErrorCode};
 use crate::{
+    model::announce::Reason,
     model::check::CheckConfig,
     model::health::{Health, Transition},
     model::mode::Mode,
@@ -122,6 +123,10 @@ pub enum Request {
     },
     Stats {},
     Status {},
+    /// Withdraws every VIP of this node from the routers; flows that still arrive are served.
+    NodeDrain {},
+    /// Announces the VIPs again (those that can be served).
+    NodeResume {},
     Down {},
 }
 
@@ -184,6 +189,9 @@ pub struct VipEntry {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// Fingerprint of the live Maglev table (16 hex digits): equal on two nodes exactly
+    /// when they send every flow of the VIP to the same backend.
+    pub table_fingerprint: String,
 }
 
 /// `lb backend list` entry.
@@ -315,6 +323,36 @@ pub struct StatusReport {
     pub conntrack_sweep_secs: f64,
     pub vips: usize,
     pub backends: usize,
+    /// This node in its cluster: announcements, drain, hash seed.
+    pub node: NodeReport,
+}
+
+/// Whether one VIP is announced, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnounceEntry {
+    pub vip: SocketAddr,
+    pub proto: Proto,
+    /// Its address is in the announce table (for this VIP or another of that address).
+    pub announced: bool,
+    pub reason: Reason,
+    /// The reason, for people.
+    pub detail: String,
+}
+
+/// The node's part in a cluster (`status`, `node-drain`, `node-resume`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// `lb node drain` is in force.
+    pub drained: bool,
+    /// The kernel table lb announces through; `null`: announcing is off.
+    pub announce_table: Option<u32>,
+    /// `set` or `default` (the seed itself is secret).
+    pub hash_seed: String,
+    /// Addresses whose route is in the announce table now.
+    pub announced: Vec<std::net::IpAddr>,
+    /// The last failure to write a route, if the last attempt failed.
+    pub route_error: Option<String>,
+    pub vips: Vec<AnnounceEntry>,
 }
 
 /// `lb down`.
@@ -322,6 +360,9 @@ pub struct StatusReport {
 pub struct DownReport {
     pub detached: Vec<String>,
     pub pin_dir: PathBuf,
+    /// VIP addresses withdrawn from the announce table first.
+    #[serde(default)]
+    pub withdrawn: Vec<std::net::IpAddr>,
 }
 
 /// Parses one request line. A `version` other than ours is refused before anything else is

@@ -18,6 +18,7 @@ use crate::{
         backend_setup::{DEFAULT_DECAP_PIN_DIR, DEFAULT_DECAP_RECORD},
         pins::DEFAULT_PIN_DIR,
     },
+    model::cluster::{ClusterError, ClusterSettings, Seed, check_announce_table},
     model::decap::Prefix,
     model::limits::Options,
     model::mode::{self, Mode},
@@ -60,7 +61,12 @@ pub(crate) enum Command {
     Stats(StatsArgs),
     /// What the daemon runs on: interfaces, pins, state file, sizes.
     Status(OutputArgs),
-    /// Detach the datapath from every interface and remove its pins (stops forwarding).
+    /// This node in a cluster of lb nodes: withdraw its VIPs from the routers, or announce
+    /// them again (`lb status` shows each VIP's announcement and why).
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Withdraw the VIPs, then detach the datapath from every interface and remove its pins
+    /// (stops forwarding).
     Down(DownArgs),
     /// On a DSR backend (no daemon): take the lb's tunnels apart in XDP, VIPs on lo, sysctls.
     #[command(subcommand)]
@@ -138,6 +144,24 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "PREFIX", value_parser = parse_prefix_v6)]
     pub(crate) encap_source_v6: Option<Prefix>,
 
+    /// The cluster's hash seed, 16 hex digits (e.g. `openssl rand -hex 8`): the same on
+    /// every lb node, so each picks the same backend for a flow; secret, so nobody can aim
+    /// flows at one backend. Prefer --hash-seed-file or the config's `[cluster]`: a flag
+    /// shows in the process list [default: the public default seed].
+    #[arg(long, value_name = "HEX", value_parser = parse_seed, conflicts_with = "hash_seed_file")]
+    pub(crate) hash_seed: Option<Seed>,
+
+    /// Read the hash seed from this file (16 hex digits, surrounding whitespace ignored).
+    #[arg(long, value_name = "FILE", value_parser = parse_seed_file)]
+    pub(crate) hash_seed_file: Option<Seed>,
+
+    /// Announce each VIP that this node can serve as a `blackhole <VIP>/32` (or /128) route,
+    /// protocol 248, in this kernel routing table, for a routing daemon (BIRD, FRR) to export
+    /// over BGP; withdrawn on `lb node drain`, when no backend takes new flows, and by
+    /// `lb down` [default: off].
+    #[arg(long, value_name = "TABLE", value_parser = parse_announce_table)]
+    pub(crate) announce_table: Option<u32>,
+
     /// Load this eBPF object instead of the one built into `lb` (for datapath development).
     #[arg(long, value_name = "FILE", hide = true)]
     pub(crate) bpf_object: Option<PathBuf>,
@@ -166,6 +190,24 @@ fn parse_sweep(text: &str) -> Result<f64, String> {
 
 /// Longest idle timeout accepted: a week.
 const MAX_TIMEOUT_SECS: u64 = 7 * 86_400;
+
+fn parse_seed(text: &str) -> Result<Seed, String> {
+    text.parse().map_err(|e: ClusterError| e.to_string())
+}
+
+fn parse_seed_file(path: &str) -> Result<Seed, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    text.trim()
+        .parse()
+        .map_err(|e: ClusterError| format!("{path}: {e}"))
+}
+
+fn parse_announce_table(text: &str) -> Result<u32, String> {
+    let table: u32 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a table number (1 to 4294967295)"))?;
+    check_announce_table(table).map_err(|e| e.to_string())
+}
 
 /// `STATE=SECS` for `--timeout`.
 fn parse_timeout(text: &str) -> Result<(Timeout, u64), String> {
@@ -219,6 +261,10 @@ impl From<RunArgs> for RunConfig {
             stats_interval: (args.stats_interval > 0)
                 .then(|| Duration::from_secs(args.stats_interval)),
             bpf_object: args.bpf_object,
+            cluster: ClusterSettings {
+                hash_seed: args.hash_seed.or(args.hash_seed_file),
+                announce_table: args.announce_table,
+            },
         }
     }
 }
@@ -425,6 +471,15 @@ pub(crate) struct StatsArgs {
     pub(crate) count: Option<u64>,
     #[command(flatten)]
     pub(crate) output: OutputArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum NodeCommand {
+    /// Withdraw every VIP from the routers (the announce table); flows that still arrive
+    /// are served, so connections end on their own. Kept across restarts.
+    Drain(OutputArgs),
+    /// Announce the VIPs again (those with a backend that takes new flows).
+    Resume(OutputArgs),
 }
 
 #[derive(Debug, Args)]

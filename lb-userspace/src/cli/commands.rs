@@ -11,16 +11,17 @@ use serde::Serialize;
 use crate::api::client;
 use crate::{
     api::wire::{
-        BackendEntry, DownReport, FlowList, FlushReport, Request, StatsReport, StatusReport,
-        VipEntry,
+        BackendEntry, DownReport, FlowList, FlushReport, NodeReport, Request, StatsReport,
+        StatusReport, VipEntry,
     },
     cli::{
         args::{
-            BackendArgs, BackendCommand, ConntrackCommand, DownArgs, FlowFilterArgs, OutputArgs,
-            StatsArgs, VipCommand,
+            BackendArgs, BackendCommand, ConntrackCommand, DownArgs, FlowFilterArgs, NodeCommand,
+            OutputArgs, StatsArgs, VipCommand,
         },
         render,
     },
+    datapath::announce,
     datapath::pins::{DEFAULT_PIN_DIR, PinDir},
     model::health::unix_seconds,
 };
@@ -244,6 +245,25 @@ pub(crate) fn stats(socket: &Path, args: StatsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `lb node drain` / `lb node resume`: prints what the node announces afterwards.
+pub(crate) fn node(socket: &Path, command: NodeCommand) -> anyhow::Result<()> {
+    let (request, output) = match command {
+        NodeCommand::Drain(output) => (Request::NodeDrain {}, output),
+        NodeCommand::Resume(output) => (Request::NodeResume {}, output),
+    };
+    let report: NodeReport = client::call_as(socket, &request)?;
+    if output.json {
+        return print_json(&report);
+    }
+    let verb = if report.drained {
+        "drained: every VIP withdrawn; flows that still arrive are served"
+    } else {
+        "resumed: VIPs with a backend that takes new flows are announced"
+    };
+    println!("lb node {verb}\n{}", render::node(&report));
+    Ok(())
+}
+
 pub(crate) fn status(socket: &Path, output: OutputArgs) -> anyhow::Result<()> {
     let s: StatusReport = client::call_as(socket, &Request::Status {})?;
     if output.json {
@@ -269,15 +289,22 @@ pub(crate) fn down(socket: &Path, args: DownArgs) -> anyhow::Result<()> {
         (_, wanted) => {
             let dir = wanted.unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
             let pins = PinDir::open(&dir)?;
+            // No daemon to ask which table it announced through: every route of lb's
+            // protocol goes, before the datapath does.
+            let withdrawn = announce::withdraw_all().context("withdrawing the VIPs")?;
             let detached = pins.pinned_links()?;
             pins.remove()
                 .with_context(|| format!("removing {}", dir.display()))?;
             DownReport {
                 detached,
                 pin_dir: dir,
+                withdrawn: withdrawn.into_iter().map(|(_, vip)| vip).collect(),
             }
         }
     };
+    for vip in &report.withdrawn {
+        println!("lb down: withdrew {vip}");
+    }
     println!(
         "lb down: detached from {}; removed the pins in {}",
         if report.detached.is_empty() {

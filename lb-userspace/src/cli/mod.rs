@@ -33,6 +33,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Conntrack(command) => commands::conntrack(&socket, command),
         Command::Stats(args) => commands::stats(&socket, args),
         Command::Status(output) => commands::status(&socket, output),
+        Command::Node(command) => commands::node(&socket, command),
         Command::Down(args) => commands::down(&socket, args),
         Command::Decap(command) => decap::run(command),
     }

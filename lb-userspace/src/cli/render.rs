@@ -3,7 +3,7 @@
 
 use comfy_table::{Table, presets::NOTHING};
 
-use crate::api::wire::{BackendEntry, FlowList, StatsReport, StatusReport, VipEntry};
+use crate::api::wire::{BackendEntry, FlowList, NodeReport, StatsReport, StatusReport, VipEntry};
 
 fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
@@ -21,6 +21,7 @@ pub(crate) fn vip_table(vips: &[VipEntry]) -> Table {
         "PACKETS",
         "BYTES",
         "NEW FLOWS",
+        "TABLE",
     ]);
     for v in vips {
         t.add_row(vec![
@@ -32,9 +33,40 @@ pub(crate) fn vip_table(vips: &[VipEntry]) -> Table {
             v.packets.to_string(),
             v.bytes.to_string(),
             v.new_flows.to_string(),
+            v.table_fingerprint.clone(),
         ]);
     }
     t
+}
+
+/// The node's announcements: one line per VIP.
+pub(crate) fn node(n: &NodeReport) -> String {
+    let mut text = match n.announce_table {
+        None => "announce:    off (no --announce-table)".to_owned(),
+        Some(table) => format!(
+            "announce:    table {table}{}, {} address(es) announced",
+            if n.drained { ", node drained" } else { "" },
+            n.announced.len()
+        ),
+    };
+    text.push_str(&format!("\nhash seed:   {}", n.hash_seed));
+    if let Some(error) = &n.route_error {
+        text.push_str(&format!("\nroute error: {error}"));
+    }
+    for v in &n.vips {
+        text.push_str(&format!(
+            "\n  {}/{}: {} ({})",
+            v.vip,
+            v.proto,
+            if v.announced {
+                "announced"
+            } else {
+                "not announced"
+            },
+            v.detail
+        ));
+    }
+    text
 }
 
 /// `up`, `down`, `draining` or `unchecked`, with how long it has been so.
@@ -143,7 +175,8 @@ pub(crate) fn status(s: &StatusReport) -> String {
          API socket:  {}\n\
          sizes:       Maglev table {}, {} VIPs max, {} tracked flows\n\
          conntrack:   {} entries, swept every {} s\n\
-         timeouts:    {}",
+         timeouts:    {}\n\
+         {}",
         s.version,
         s.pid,
         s.uptime_secs,
@@ -168,6 +201,7 @@ pub(crate) fn status(s: &StatusReport) -> String {
             .map(|t| format!("{} {} s", t.state, t.secs))
             .collect::<Vec<_>>()
             .join(", "),
+        node(&s.node),
     )
 }
 

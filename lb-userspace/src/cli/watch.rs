@@ -188,6 +188,7 @@ mod tests {
                 packets,
                 bytes,
                 new_flows,
+                table_fingerprint: String::new(),
             }],
             backends: vec![BackendEntry {
                 vip,

@@ -16,6 +16,7 @@ use lb_common::{
         BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNUSED, FAMILY_V4, FAMILY_V6,
         MAX_BACKENDS,
     },
+    hash::HashSeed,
     service::{Addr, Backend, Endpoint, EndpointKey, VipInfo, VipKey, addr_from_v4},
 };
 use thiserror::Error;
@@ -49,6 +50,8 @@ struct VipSlot {
     /// The mode the maps hold for the VIP and its backends.
     mode: Mode,
     backend_ids: BTreeMap<SocketAddr, u32>,
+    /// [`maglev::fingerprint`] of the live table.
+    fingerprint: u64,
 }
 
 /// Generic over the maps so the order of its writes can be tested with a recording fake.
@@ -75,6 +78,8 @@ pub struct Balancer<M = ServiceMaps> {
     /// Set by [`Balancer::adopt`]: the next sync rewrites every VIP's entries and table,
     /// repairing whatever an interrupted predecessor left half done.
     rewrite_all: bool,
+    /// Keys the Maglev permutations (the cluster's `--hash-seed`).
+    hash_seed: HashSeed,
 }
 
 /// A delete of something already gone is done.
@@ -137,6 +142,12 @@ pub(crate) struct VipView {
     pub(crate) service: Service,
     pub(crate) id: u32,
     pub(crate) backends: Vec<BackendView>,
+    /// [`maglev::fingerprint`] of the live table.
+    pub(crate) fingerprint: u64,
+    /// Backends the operator has not drained.
+    pub(crate) live: usize,
+    /// Of those, the ones not failing their health check.
+    pub(crate) healthy: usize,
 }
 
 impl<M: MapWriter> Balancer<M> {
@@ -154,7 +165,14 @@ impl<M: MapWriter> Balancer<M> {
             generations: BTreeMap::new(),
             next_generation: 1,
             rewrite_all: false,
+            hash_seed: [0; 2],
         }
+    }
+
+    /// Builds every table with the cluster's `seed` (before the first sync).
+    pub fn with_hash_seed(mut self, seed: HashSeed) -> Self {
+        self.hash_seed = seed;
+        self
     }
 
     /// A balancer over maps a previous controller filled: reads VIPS and BACKENDS back into
@@ -192,6 +210,7 @@ impl<M: MapWriter> Balancer<M> {
                     active_table: info.active_table & 1,
                     mode,
                     backend_ids: BTreeMap::new(),
+                    fingerprint: 0,
                 },
             );
         }
@@ -431,7 +450,7 @@ impl<M: MapWriter> Balancer<M> {
         // The table the VIP entry will point at is empty: a VIP without backends drops
         // (counted) rather than reading a previous VIP's slots.
         self.maps
-            .write_table(id, 0, &maglev::build(&[], self.limits.maglev_size))?;
+            .write_table(id, 0, &maglev::build(&[], self.limits.maglev_size, [0; 2]))?;
         self.maps.reset_vip_counters(id)?;
         let (addr, family) = wire_addr(service.addr.ip());
         self.maps
@@ -451,6 +470,7 @@ impl<M: MapWriter> Balancer<M> {
                 active_table: 0,
                 mode,
                 backend_ids: BTreeMap::new(),
+                fingerprint: maglev::fingerprint(&[], &[]),
             },
         );
         self.applied.vips.insert(
@@ -538,7 +558,8 @@ impl<M: MapWriter> Balancer<M> {
                 })
             })
             .collect();
-        let table = maglev::build(&entries, self.limits.maglev_size);
+        let table = maglev::build(&entries, self.limits.maglev_size, self.hash_seed);
+        let fingerprint = maglev::fingerprint(&table, &entries);
         let next = self.slots.get(service).map_or(0, |s| s.active_table ^ 1);
         self.maps.write_table(vip_id, next, &table)?;
         self.maps.set_vip(
@@ -552,6 +573,7 @@ impl<M: MapWriter> Balancer<M> {
         )?;
         if let Some(slot) = self.slots.get_mut(service) {
             slot.active_table = next;
+            slot.fingerprint = fingerprint;
         }
         // 3. Drains take effect in BACKENDS; leavers are retired.
         for (addr, backend) in &spec.backends {
@@ -711,9 +733,16 @@ impl<M: MapWriter> Balancer<M> {
             .iter()
             .filter_map(|(service, spec)| {
                 let slot = self.slots.get(service)?;
+                let live = || spec.backends.iter().filter(|(_, b)| !b.draining);
+                let healthy = live()
+                    .filter(|(addr, _)| !self.down.contains(&(*service, **addr)))
+                    .count();
                 Some(VipView {
                     service: *service,
                     id: slot.id,
+                    fingerprint: slot.fingerprint,
+                    live: live().count(),
+                    healthy,
                     backends: spec
                         .backends
                         .iter()

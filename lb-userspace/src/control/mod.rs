@@ -1,6 +1,7 @@
 //! Makes the datapath match the model: the balancer writes the maps in an order no packet
 //! can see half-done, and the checker runs the health probes.
 
+pub mod announcer;
 pub mod balancer;
 pub mod checker;
 pub mod map_writer;

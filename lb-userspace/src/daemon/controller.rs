@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 use crate::{
     api::error::{ApiError, ErrorCode},
     api::wire::{DownReport, FlushReport, Request, Response},
+    control::announcer::Announcer,
     control::balancer::{Balancer, BalancerError},
     control::checker::Checker,
     daemon::flows::Filter,
@@ -23,6 +24,7 @@ use crate::{
     datapath::neighbours,
     datapath::pins::PinDir,
     datapath::stats::StatsMap,
+    model::announce::{NodeState, VipLoad},
     model::check::CheckConfig,
     model::config,
     model::error_chain::error_chain,
@@ -54,6 +56,10 @@ pub(crate) struct Controller {
     /// DSR backends whose next hop could not be kept resolved (warned about once).
     pub(super) unresolved: std::collections::BTreeSet<std::net::IpAddr>,
     pub(super) sweep_interval: Duration,
+    /// The routes that announce this node's VIPs.
+    pub(super) announcer: Announcer,
+    /// Whether `--hash-seed` (or the config) set the cluster's seed.
+    pub(super) seeded: bool,
     /// Kept so the loaded program lives as long as the daemon.
     pub(super) _ebpf: Ebpf,
 }
@@ -202,6 +208,12 @@ impl Controller {
             } => self.conntrack_flush(vip, proto, backend).and_then(json),
             Request::Stats {} => self.stats().and_then(json),
             Request::Status {} => json(self.status()),
+            Request::NodeDrain {} => self
+                .change(vec![Change::DrainNode(true)])
+                .and_then(|_| json(self.node_report())),
+            Request::NodeResume {} => self
+                .change(vec![Change::DrainNode(false)])
+                .and_then(|_| json(self.node_report())),
             Request::Down {} => self.down().and_then(json),
         };
         match result {
@@ -233,7 +245,29 @@ impl Controller {
         info!(?changes, "applied");
         self.refresh_health();
         self.keep_dsr_next_hops();
+        self.announce();
         Ok(serde_json::Value::Null)
+    }
+
+    /// Makes the announce table match what this node can serve now. Called after every
+    /// change, health change and sweep, and by `lb down` before it detaches.
+    pub(crate) fn announce(&mut self) {
+        let vips: Vec<VipLoad> = self
+            .balancer
+            .view()
+            .iter()
+            .map(|vip| VipLoad {
+                service: vip.service,
+                live: vip.live,
+                healthy: vip.healthy,
+            })
+            .collect();
+        let node = NodeState {
+            announcing: true,
+            drained: self.balancer.state().node.drained,
+            shutting_down: self.pins.is_none(),
+        };
+        self.announcer.reconcile(node, &vips);
     }
 
     /// Refuses a dsr-l2 backend the kernel does not reach directly through an interface
@@ -357,6 +391,7 @@ impl Controller {
         if let Err(error) = self.balancer.set_down(down) {
             error!(error = %error_chain(&error), "updating the tables for health changes failed");
         }
+        self.announce();
     }
 
     /// Counts one probe result; a backend that rises or falls enters or leaves its table.
@@ -435,10 +470,30 @@ impl Controller {
     /// pins cannot all be removed the daemon keeps running (the datapath still forwards
     /// through what is left) and says why.
     pub(crate) fn down(&mut self) -> Result<DownReport, ApiError> {
+        let Some(pin_dir) = self.pins.as_ref().map(|p| p.path().to_owned()) else {
+            return Err(ApiError::new(ErrorCode::ShuttingDown, "already down"));
+        };
+        // Routers stop sending before the datapath goes: withdrawn first.
+        let node = NodeState {
+            announcing: true,
+            drained: self.balancer.state().node.drained,
+            shutting_down: true,
+        };
+        let before = self.announcer.announced().clone();
+        self.announcer.reconcile(node, &[]);
+        let withdrawn = before
+            .difference(self.announcer.announced())
+            .copied()
+            .collect();
+        if let Some(error) = self.announcer.error() {
+            return Err(ApiError::new(
+                ErrorCode::DatapathError,
+                format!("withdrawing the VIPs failed, so the datapath stays: {error}"),
+            ));
+        }
         let Some(pins) = self.pins.as_mut() else {
             return Err(ApiError::new(ErrorCode::ShuttingDown, "already down"));
         };
-        let pin_dir = pins.path().to_owned();
         // Unpinned first while our handles still hold everything, so a failure midway leaves
         // a datapath the pin check can put back; then our handles go, which detaches.
         pins.clear().map_err(datapath_error)?;
@@ -452,6 +507,10 @@ impl Controller {
             pins.remove().map_err(datapath_error)?;
         }
         info!(dir = %pin_dir.display(), "detached and removed the pins");
-        Ok(DownReport { detached, pin_dir })
+        Ok(DownReport {
+            detached,
+            pin_dir,
+            withdrawn,
+        })
     }
 }

@@ -177,6 +177,9 @@ mod tests {
                     backend("198.18.11.2:80", 0, 1),
                     backend("198.18.12.2:80", 1, 2),
                 ],
+                fingerprint: 0,
+                live: 2,
+                healthy: 2,
             },
             VipView {
                 service: Service {
@@ -185,6 +188,9 @@ mod tests {
                 },
                 id: 1,
                 backends: vec![backend("198.18.11.2:53", 2, 3)],
+                fingerprint: 0,
+                live: 1,
+                healthy: 1,
             },
         ]
     }

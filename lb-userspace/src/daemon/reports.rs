@@ -10,8 +10,8 @@ use crate::{
     api::{
         error::{ApiError, ErrorCode},
         wire::{
-            BackendEntry, ConntrackReport, CounterEntry, FlowList, InterfaceEntry, MAX_FLOW_LIMIT,
-            StatsReport, StatusReport, TimeoutEntry, VipEntry,
+            AnnounceEntry, BackendEntry, ConntrackReport, CounterEntry, FlowList, InterfaceEntry,
+            MAX_FLOW_LIMIT, NodeReport, StatsReport, StatusReport, TimeoutEntry, VipEntry,
         },
     },
     control::balancer::VipView,
@@ -43,7 +43,31 @@ impl Controller {
             packets: counter.packets,
             bytes: counter.bytes,
             new_flows: counter.new_flows,
+            table_fingerprint: format!("{:016x}", vip.fingerprint),
         })
+    }
+
+    /// Announcements, drain and seed (`status`, `node-drain`, `node-resume`).
+    pub(super) fn node_report(&self) -> NodeReport {
+        NodeReport {
+            drained: self.balancer.state().node.drained,
+            announce_table: self.announcer.table(),
+            hash_seed: if self.seeded { "set" } else { "default" }.to_owned(),
+            announced: self.announcer.announced().iter().copied().collect(),
+            route_error: self.announcer.error().map(str::to_owned),
+            vips: self
+                .announcer
+                .verdicts()
+                .iter()
+                .map(|v| AnnounceEntry {
+                    vip: v.service.addr,
+                    proto: v.service.proto,
+                    announced: v.announced,
+                    reason: v.reason,
+                    detail: v.reason.to_string(),
+                })
+                .collect(),
+        }
     }
 
     pub(super) fn vips(&self) -> Result<Vec<VipEntry>, ApiError> {
@@ -233,6 +257,7 @@ impl Controller {
             conntrack_sweep_secs: self.sweep_interval.as_secs_f64(),
             vips: self.balancer.state().vips.len(),
             backends: self.balancer.state().backend_count(),
+            node: self.node_report(),
         }
     }
 }

@@ -21,6 +21,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     api::client,
+    control::announcer::Announcer,
     control::balancer::Balancer,
     control::checker::Checker,
     daemon::metrics_http,
@@ -37,6 +38,7 @@ use crate::{
     datapath::pins::PinDir,
     datapath::privileges,
     datapath::stats::{Snapshot, StatsMap},
+    model::cluster::ClusterSettings,
     model::config,
     model::decap::Prefix,
     model::error_chain::error_chain,
@@ -64,6 +66,8 @@ pub(crate) struct RunConfig {
     /// Counter reports on stdout; `None` prints only at exit.
     pub(crate) stats_interval: Option<Duration>,
     pub(crate) bpf_object: Option<PathBuf>,
+    /// `--hash-seed` and `--announce-table`; the `[cluster]` of `--config` fills the rest.
+    pub(crate) cluster: ClusterSettings,
 }
 
 impl RunConfig {
@@ -78,7 +82,7 @@ impl RunConfig {
     }
 }
 
-pub(crate) async fn run(args: RunConfig, api_flag: Option<&Path>) -> anyhow::Result<()> {
+pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow::Result<()> {
     privileges::check()?;
     // Handlers first: a signal that arrives while starting must not kill the daemon midway.
     let signals = Signals::install()?;
@@ -89,7 +93,20 @@ pub(crate) async fn run(args: RunConfig, api_flag: Option<&Path>) -> anyhow::Res
         .map(|name| Interface::resolve(name))
         .collect::<Result<Vec<_>, _>>()?;
     args.limits().validate()?;
-    let declared = args.config.as_deref().map(config::load).transpose()?;
+    let (declared, file_cluster) = match args.config.as_deref() {
+        Some(path) => {
+            let (state, cluster) = config::load_with_cluster(path)?;
+            (Some(state), cluster)
+        }
+        None => (None, ClusterSettings::default()),
+    };
+    args.cluster = args.cluster.or(file_cluster);
+    args.options.hash_seed = args.cluster.hash_seed.unwrap_or_default().words();
+    if args.cluster.announce_table.is_some() && args.cluster.hash_seed.is_none() {
+        warn!(
+            "announcing with the public default hash seed: give every node the same --hash-seed, or anyone can compute which backend a flow lands on"
+        );
+    }
     let saved = config::load_if_present(&args.state)
         .context("the saved state is unreadable; it is left as it is (fix or move it)")?;
     check_forwarding(&ifaces, declared.as_ref().or(saved.as_ref()))?;
@@ -202,6 +219,8 @@ pub(crate) async fn run(args: RunConfig, api_flag: Option<&Path>) -> anyhow::Res
         conntrack_table,
         timeouts: args.options.timeouts_ns,
         unresolved: Default::default(),
+        announcer: Announcer::new(args.cluster.announce_table),
+        seeded: args.cluster.hash_seed.is_some(),
         sweep_interval: args.sweep_interval,
         checker: Checker::new(tokio::runtime::Handle::current(), probe_tx),
         _ebpf: ebpf,
@@ -209,6 +228,7 @@ pub(crate) async fn run(args: RunConfig, api_flag: Option<&Path>) -> anyhow::Res
     if let Ok(mut controller) = controller.lock() {
         controller.refresh_health();
         controller.keep_dsr_next_hops();
+        controller.announce();
     }
     // Probe results change tables; handled one at a time, like API requests.
     let health_task = {
@@ -341,6 +361,8 @@ async fn sweep_forever(
                         // Managed neighbour entries lost since (a flushed table, a
                         // changed route) come back within a sweep interval.
                         controller.keep_dsr_next_hops();
+                        // A route deleted by hand comes back, a failed write is retried.
+                        controller.announce();
                         true
                     }
                     Err(_) => false,
@@ -447,11 +469,14 @@ fn start(
     let mut balancer = match adopted {
         Some(_) => Balancer::adopt(maps, limits).context("reading the pinned maps back")?,
         None => Balancer::new(maps, limits),
-    };
+    }
+    .with_hash_seed(options.hash_seed);
     let desired = match (declared, saved) {
-        (Some(declared), saved) => {
-            if saved.is_some() {
+        (Some(mut declared), saved) => {
+            if let Some(saved) = saved {
                 info!(config = ?args.config, "--config replaces the saved state");
+                // A drained node stays drained across restarts, whatever the file says.
+                declared.node.drained |= saved.node.drained;
             }
             declared
         }

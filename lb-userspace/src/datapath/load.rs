@@ -2,8 +2,8 @@
 
 use aya::{Ebpf, EbpfLoader, maps::ProgramArray, programs::Xdp};
 use lb_common::consts::{
-    GLOBAL_ABLATE, GLOBAL_CT_TIMEOUTS, GLOBAL_MAGLEV_SIZE, MAP_CONNTRACK, MAP_JUMPS, MAP_MAGLEV,
-    MAP_VIP_STATS, MAP_VIPS, PINNED_MAPS, PROGRAM_NAME, TAIL_PROGRAMS,
+    GLOBAL_ABLATE, GLOBAL_CT_TIMEOUTS, GLOBAL_HASH_SEED, GLOBAL_MAGLEV_SIZE, MAP_CONNTRACK,
+    MAP_JUMPS, MAP_MAGLEV, MAP_VIP_STATS, MAP_VIPS, PINNED_MAPS, PROGRAM_NAME, TAIL_PROGRAMS,
 };
 use lb_common::encap::{GLOBAL_ENCAP_SOURCE_V4, GLOBAL_ENCAP_SOURCE_V6};
 use thiserror::Error;
@@ -40,6 +40,7 @@ pub fn open(
         .override_global(GLOBAL_MAGLEV_SIZE, &limits.maglev_size, true)
         .override_global(GLOBAL_CT_TIMEOUTS, &options.timeouts_ns, true)
         .override_global(GLOBAL_ABLATE, &options.ablate, true)
+        .override_global(GLOBAL_HASH_SEED, &options.hash_seed, true)
         .override_global(
             GLOBAL_ENCAP_SOURCE_V4,
             &options.encap_v4.unwrap_or_default(),

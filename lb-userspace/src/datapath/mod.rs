@@ -3,6 +3,7 @@
 //! The only layer with `unsafe`.
 
 pub mod addresses;
+pub mod announce;
 pub mod attach;
 pub mod backend_setup;
 pub mod batch;

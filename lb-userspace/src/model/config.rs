@@ -30,6 +30,7 @@ use toml::Spanned;
 
 use crate::{
     model::check::CheckConfig,
+    model::cluster::{ClusterSettings, Seed, check_announce_table},
     model::mode::Mode,
     model::state::{BackendSpec, Change, DEFAULT_WEIGHT, Proto, Service, State},
 };
@@ -68,6 +69,28 @@ pub enum ConfigError {
 struct FileIn {
     #[serde(default, rename = "vip")]
     vips: Vec<VipIn>,
+    #[serde(default)]
+    node: Option<NodeIn>,
+    #[serde(default)]
+    cluster: Option<ClusterIn>,
+}
+
+/// `[node]`: this node's own state (the daemon writes it).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeIn {
+    #[serde(default)]
+    drained: bool,
+}
+
+/// `[cluster]`: what every node of the cluster sets alike (read from `--config` only).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterIn {
+    #[serde(default)]
+    hash_seed: Option<Spanned<String>>,
+    #[serde(default)]
+    announce_table: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,7 +123,14 @@ const fn default_weight() -> u32 {
 
 #[derive(Serialize)]
 struct FileOut {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<NodeOut>,
     vip: Vec<VipOut>,
+}
+
+#[derive(Serialize)]
+struct NodeOut {
+    drained: bool,
 }
 
 #[derive(Serialize)]
@@ -128,6 +158,14 @@ fn line_of(text: &str, span: Option<Range<usize>>) -> usize {
 
 /// Parses and validates file contents; `path` only names the file in errors.
 pub fn parse(text: &str, path: &Path) -> Result<State, ConfigError> {
+    parse_with_cluster(text, path).map(|(state, _)| state)
+}
+
+/// [`parse`], with the `[cluster]` settings.
+pub fn parse_with_cluster(
+    text: &str,
+    path: &Path,
+) -> Result<(State, ClusterSettings), ConfigError> {
     let invalid = |span: Option<Range<usize>>, reason: String| ConfigError::Invalid {
         path: path.to_owned(),
         line: line_of(text, span),
@@ -136,6 +174,23 @@ pub fn parse(text: &str, path: &Path) -> Result<State, ConfigError> {
     let file: FileIn =
         toml::from_str(text).map_err(|e| invalid(e.span(), e.message().trim().to_owned()))?;
     let mut state = State::default();
+    state.node.drained = file.node.as_ref().is_some_and(|node| node.drained);
+    let mut cluster = ClusterSettings::default();
+    if let Some(given) = &file.cluster {
+        if let Some(seed) = &given.hash_seed {
+            cluster.hash_seed = Some(
+                seed.get_ref()
+                    .parse::<Seed>()
+                    .map_err(|e| invalid(Some(seed.span()), e.to_string()))?,
+            );
+        }
+        if let Some(table) = &given.announce_table {
+            cluster.announce_table = Some(
+                check_announce_table(*table.get_ref())
+                    .map_err(|e| invalid(Some(table.span()), e.to_string()))?,
+            );
+        }
+    }
     for vip in &file.vips {
         let service = Service {
             addr: *vip.address.get_ref(),
@@ -183,11 +238,16 @@ pub fn parse(text: &str, path: &Path) -> Result<State, ConfigError> {
             }
         }
     }
-    Ok(state)
+    Ok((state, cluster))
 }
 
 /// Reads and validates a file.
 pub(crate) fn load(path: &Path) -> Result<State, ConfigError> {
+    load_with_cluster(path).map(|(state, _)| state)
+}
+
+/// [`load`], with the `[cluster]` settings (`--config`).
+pub(crate) fn load_with_cluster(path: &Path) -> Result<(State, ClusterSettings), ConfigError> {
     let read = |source| ConfigError::Read {
         path: path.to_owned(),
         source,
@@ -198,7 +258,7 @@ pub(crate) fn load(path: &Path) -> Result<State, ConfigError> {
         });
     }
     let text = std::fs::read_to_string(path).map_err(read)?;
-    parse(&text, path)
+    parse_with_cluster(&text, path)
 }
 
 /// Reads `path` if it exists.
@@ -212,6 +272,7 @@ pub(crate) fn load_if_present(path: &Path) -> Result<Option<State>, ConfigError>
 /// The file text for `state`.
 pub(crate) fn render(state: &State) -> Result<String, ConfigError> {
     let file = FileOut {
+        node: state.node.drained.then_some(NodeOut { drained: true }),
         vip: state
             .vips
             .iter()

@@ -5,6 +5,7 @@ use lb_common::{
     consts::{CONNTRACK_CAPACITY, DEFAULT_MAGLEV_SIZE, MAX_VIPS},
     encap::EncapSource,
     flow::{DEFAULT_TIMEOUTS_NS, Timeouts},
+    hash::HashSeed,
 };
 use thiserror::Error;
 
@@ -31,6 +32,8 @@ pub struct Options {
     /// `None`, the daemon takes an address of the attached interfaces.
     pub encap_v4: Option<EncapSource>,
     pub encap_v6: Option<EncapSource>,
+    /// The cluster's hash seed (the same on every lb node).
+    pub hash_seed: HashSeed,
 }
 
 impl Default for Options {
@@ -41,6 +44,7 @@ impl Default for Options {
             ablate: 0,
             encap_v4: None,
             encap_v6: None,
+            hash_seed: [0; 2],
         }
     }
 }

@@ -1,7 +1,9 @@
 //! What the operator wants: VIPs, backends, weights, checks, and the Maglev tables they
 //! imply. Pure: no aya, tokio, clap or libc, so all of it is tested without root.
 
+pub mod announce;
 pub mod check;
+pub mod cluster;
 pub mod config;
 pub mod decap;
 pub mod error_chain;

@@ -88,10 +88,19 @@ pub struct VipSpec {
     pub mode: Mode,
 }
 
+/// This node's place in its cluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeSpec {
+    /// Every VIP withdrawn from the routers (`lb node drain`); flows that still arrive
+    /// are served.
+    pub drained: bool,
+}
+
 /// The whole desired state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct State {
     pub vips: BTreeMap<Service, VipSpec>,
+    pub node: NodeSpec,
 }
 
 /// One operator change, as the CLI and the API express it.
@@ -129,6 +138,8 @@ pub enum Change {
         service: Service,
         check: Option<CheckSpec>,
     },
+    /// Withdraws (`true`) or announces again (`false`) every VIP of this node.
+    DrainNode(bool),
 }
 
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
@@ -320,6 +331,7 @@ impl State {
             Change::DrainBackend { service, backend } => {
                 self.backend_mut(service, backend)?.draining = true;
             }
+            Change::DrainNode(drained) => self.node.drained = drained,
             Change::SetMode { service, mode } => {
                 let vip = self.vip_mut(service)?;
                 if vip.mode != mode && !vip.backends.is_empty() {

@@ -1,0 +1,138 @@
+//! The kernel routing table lb announces through: one `blackhole <VIP>/32` (or `/128`)
+//! route per announced VIP address, protocol [`ANNOUNCE_PROTOCOL`], in a table of lb's own.
+//!
+//! A routing daemon (BIRD's `kernel` protocol with `learn`, FRR's `redistribute table`,
+//! GoBGP's zebra) picks the routes up and exports them over BGP. The table is not in any
+//! `ip rule`, so the blackhole never forwards anything: packets to the VIP reach the XDP
+//! program before the kernel routes them. Kernel routes outlive the daemon, which is the
+//! point: a pinned datapath keeps forwarding, and keeps being announced, while the daemon
+//! restarts.
+
+use std::{collections::BTreeSet, net::IpAddr};
+
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST};
+use netlink_packet_route::{
+    AddressFamily, RouteNetlinkMessage,
+    route::{
+        RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+        RouteType,
+    },
+};
+
+use crate::{
+    datapath::netlink::{NetlinkError, request},
+    model::cluster::ANNOUNCE_PROTOCOL,
+};
+
+const ESRCH: i32 = 3;
+
+fn message(table: u32, vip: IpAddr) -> RouteMessage {
+    let mut message = RouteMessage::default();
+    let (family, bits) = match vip {
+        IpAddr::V4(_) => (AddressFamily::Inet, 32),
+        IpAddr::V6(_) => (AddressFamily::Inet6, 128),
+    };
+    message.header.address_family = family;
+    message.header.destination_prefix_length = bits;
+    // Tables past 255 exist only as the attribute; the header says "see the attribute".
+    message.header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+    message.header.protocol = RouteProtocol::Other(ANNOUNCE_PROTOCOL);
+    message.header.scope = RouteScope::Universe;
+    message.header.kind = RouteType::BlackHole;
+    message
+        .attributes
+        .push(RouteAttribute::Destination(match vip {
+            IpAddr::V4(v4) => RouteAddress::Inet(v4),
+            IpAddr::V6(v6) => RouteAddress::Inet6(v6),
+        }));
+    message.attributes.push(RouteAttribute::Table(table));
+    message
+}
+
+/// Announces `vip` (idempotent).
+pub fn announce(table: u32, vip: IpAddr) -> Result<(), NetlinkError> {
+    request(
+        RouteNetlinkMessage::NewRoute(message(table, vip)),
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        &format!("announce {vip} in table {table}"),
+    )
+    .map(drop)
+}
+
+/// Withdraws `vip`; one already gone is withdrawn.
+pub fn withdraw(table: u32, vip: IpAddr) -> Result<(), NetlinkError> {
+    match request(
+        RouteNetlinkMessage::DelRoute(message(table, vip)),
+        NLM_F_REQUEST | NLM_F_ACK,
+        &format!("withdraw {vip} from table {table}"),
+    ) {
+        Err(error) if error.errno() == Some(ESRCH) => Ok(()),
+        other => other.map(drop),
+    }
+}
+
+/// The VIP addresses lb's routes announce in `table` now (routes of other protocols in the
+/// table are someone else's and left alone).
+pub fn announced(table: u32) -> Result<BTreeSet<IpAddr>, NetlinkError> {
+    Ok(lb_routes()?
+        .into_iter()
+        .filter(|(t, _)| *t == table)
+        .map(|(_, vip)| vip)
+        .collect())
+}
+
+/// Withdraws lb's routes from every table (`lb down` without a daemon, which knows no
+/// table); returns what it withdrew.
+pub fn withdraw_all() -> Result<Vec<(u32, IpAddr)>, NetlinkError> {
+    let routes = lb_routes()?;
+    for (table, vip) in &routes {
+        withdraw(*table, *vip)?;
+    }
+    Ok(routes.into_iter().collect())
+}
+
+/// Every (table, VIP) route of lb's protocol.
+fn lb_routes() -> Result<BTreeSet<(u32, IpAddr)>, NetlinkError> {
+    let mut found = BTreeSet::new();
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut query = RouteMessage::default();
+        query.header.address_family = family;
+        let answers = request(
+            RouteNetlinkMessage::GetRoute(query),
+            NLM_F_REQUEST | NLM_F_DUMP,
+            "route dump",
+        )?;
+        for answer in answers {
+            let RouteNetlinkMessage::NewRoute(route) = answer else {
+                continue;
+            };
+            if route.header.protocol != RouteProtocol::Other(ANNOUNCE_PROTOCOL) {
+                continue;
+            }
+            let mut in_table = u32::from(route.header.table);
+            let mut destination = None;
+            for attribute in &route.attributes {
+                match attribute {
+                    RouteAttribute::Table(id) => in_table = *id,
+                    RouteAttribute::Destination(RouteAddress::Inet(v4)) => {
+                        destination = Some(IpAddr::V4(*v4));
+                    }
+                    RouteAttribute::Destination(RouteAddress::Inet6(v6)) => {
+                        destination = Some(IpAddr::V6(*v6));
+                    }
+                    _ => {}
+                }
+            }
+            let host = route.header.destination_prefix_length
+                == if family == AddressFamily::Inet {
+                    32
+                } else {
+                    128
+                };
+            if let (true, Some(vip)) = (host, destination) {
+                found.insert((in_table, vip));
+            }
+        }
+    }
+    Ok(found)
+}
