@@ -97,8 +97,8 @@ impl Servers {
         Self { shared }
     }
 
-    /// HTTP and UDP servers on each of `vips` (port [`HTTP_PORT`], [`UDP_PORT`]) in every
-    /// backend, as direct server return needs: the backend holds the VIPs, and its answers
+    /// HTTP, UDP and who servers on each of `vips` (ports [`HTTP_PORT`], [`UDP_PORT`],
+    /// [`WHO_PORT`]) in every backend, as direct server return needs: the backend holds the VIPs, and its answers
     /// leave from them (a UDP socket bound to a wildcard would answer from the backend's
     /// own address). The VIPs must be on the backends already (`lb decap attach`).
     pub fn start_on_vips(backends: &[Backend], vips: &[IpAddr]) -> Self {
@@ -114,12 +114,14 @@ impl Servers {
                         (
                             TcpListener::bind((*vip, HTTP_PORT)).expect("bind tcp on the VIP"),
                             UdpSocket::bind((*vip, UDP_PORT)).expect("bind udp on the VIP"),
+                            TcpListener::bind((*vip, WHO_PORT)).expect("bind who on the VIP"),
                         )
                     })
                     .collect::<Vec<_>>()
             });
-            for (http, udp) in sockets {
+            for (http, udp, who) in sockets {
                 accept_loop(&shared, http, &backend.name, serve_http);
+                accept_loop(&shared, who, &backend.name, serve_who);
                 let (s, name) = (shared.clone(), backend.name.clone());
                 udp.set_read_timeout(Some(POLL)).expect("timeout");
                 shared.spawn(move || serve_udp(&udp, &name, &s));

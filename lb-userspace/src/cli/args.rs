@@ -727,6 +727,59 @@ mod tests {
     }
 
     #[test]
+    fn cluster_flags_are_validated() {
+        let run = |extra: &[&str]| {
+            let mut args = vec!["lb", "run", "--iface", "a"];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args)
+        };
+        let Ok(Cli {
+            command: Command::Run(parsed),
+            ..
+        }) = run(&[
+            "--hash-seed",
+            "00000000000000ff",
+            "--announce-table",
+            "4242",
+        ])
+        else {
+            panic!("valid cluster flags refused");
+        };
+        let config = RunConfig::from(parsed);
+        assert_eq!(config.cluster.announce_table, Some(4242));
+        assert_eq!(config.cluster.hash_seed.map(Seed::words), Some([0xff, 0]));
+        let seed_file = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(seed_file.path(), "  0000000100000000\n").expect("write");
+        let path = seed_file.path().to_str().expect("utf-8 path");
+        let Ok(Cli {
+            command: Command::Run(parsed),
+            ..
+        }) = run(&["--hash-seed-file", path])
+        else {
+            panic!("a seed file refused");
+        };
+        assert_eq!(
+            RunConfig::from(parsed).cluster.hash_seed.map(Seed::words),
+            Some([0, 1])
+        );
+        for (args, reason) in [
+            (vec!["--hash-seed", "1234"], "16 hex digits"),
+            (vec!["--hash-seed", "0000000000000000"], "public default"),
+            (vec!["--hash-seed-file", "/nonexistent/seed"], "cannot read"),
+            (
+                vec!["--hash-seed", "00000000000000ff", "--hash-seed-file", path],
+                "cannot be used with",
+            ),
+            (vec!["--announce-table", "254"], "main table"),
+            (vec!["--announce-table", "0"], "unspec table"),
+            (vec!["--announce-table", "main"], "not a table number"),
+        ] {
+            let error = run(&args).expect_err("refused").to_string();
+            assert!(error.contains(reason), "{args:?}: {error}");
+        }
+    }
+
+    #[test]
     fn conntrack_commands_parse_filters() {
         let cli = Cli::try_parse_from([
             "lb",

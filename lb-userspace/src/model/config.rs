@@ -450,6 +450,39 @@ mod tests {
     }
 
     #[test]
+    fn cluster_settings_and_the_node_drain_are_read_and_checked() {
+        let text = "[cluster]\nhash_seed = \"00000000deadbeef\"\nannounce_table = 4242\n\n[node]\ndrained = true\n\n[[vip]]\naddress = \"198.18.1.1:80\"\n";
+        let (state, cluster) =
+            parse_with_cluster(text, Path::new("test.toml")).expect("valid file");
+        assert!(state.node.drained);
+        assert_eq!(cluster.announce_table, Some(4242));
+        assert_eq!(cluster.hash_seed.map(Seed::words), Some([0xdead_beef, 0]));
+        // The daemon keeps the drain, never the cluster's secret, in its state file.
+        let rendered = render(&state).expect("render");
+        assert!(rendered.contains("[node]\ndrained = true"), "{rendered}");
+        assert!(!rendered.contains("hash_seed"), "{rendered}");
+        assert_eq!(parse_ok(&rendered), state);
+        for (text, line, reason) in [
+            ("[cluster]\nhash_seed = \"abc\"\n", 2, "16 hex digits"),
+            (
+                "[cluster]\nhash_seed = \"000000000000000z\"\n",
+                2,
+                "not a hex digit",
+            ),
+            ("[cluster]\nannounce_table = 254\n", 2, "main table"),
+            ("[cluster]\nannounce_table = -1\n", 2, ""),
+            ("[cluster]\nseed = \"x\"\n", 2, "unknown field"),
+            ("[node]\ndrained = \"yes\"\n", 2, ""),
+        ] {
+            let error = parse_err(text);
+            assert!(
+                error.starts_with(&format!("test.toml:{line}: ")) && error.contains(reason),
+                "{text:?}: {error}"
+            );
+        }
+    }
+
+    #[test]
     fn errors_name_the_file_and_line() {
         let syntax = parse_err("[[vip]]\naddress = \"198.18.1.1\"\n");
         assert!(syntax.starts_with("test.toml:2: "), "{syntax}");
