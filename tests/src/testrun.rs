@@ -68,7 +68,7 @@ impl Datapath {
         Self {
             ebpf,
             stats,
-            balancer: Balancer::new(maps, limits),
+            balancer: Balancer::new(maps, limits).with_hash_seed(options.hash_seed),
             ifindex: 0,
         }
     }

@@ -46,7 +46,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     let lb = build::run(&build::Options::default())?;
     step(
-        "eBPF tests (BPF_PROG_TEST_RUN: golden packets, DSR encapsulation, the backends' decap program, 10^4 fuzzed packets)",
+        "eBPF tests (BPF_PROG_TEST_RUN: golden packets, DSR encapsulation, the backends' decap program, one choice per flow across nodes, 10^4 fuzzed packets)",
         cmd::privileged_cargo()?.args([
             "test",
             "-p",
@@ -63,6 +63,8 @@ pub fn run() -> anyhow::Result<()> {
             "decap",
             "--test",
             "dsr",
+            "--test",
+            "cluster_hash",
             "--test",
             "fuzz",
         ]),

@@ -761,6 +761,11 @@ impl<M: MapWriter> Balancer<M> {
             .collect()
     }
 
+    /// The fingerprint of `service`'s live table ([`maglev::fingerprint`]).
+    pub fn fingerprint(&self, service: &Service) -> Option<u64> {
+        self.slots.get(service).map(|slot| slot.fingerprint)
+    }
+
     pub(crate) fn limits(&self) -> &Limits {
         &self.limits
     }
