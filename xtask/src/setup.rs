@@ -3,7 +3,8 @@
 //! - `rust-src` for nightly (the eBPF crate is built with `-Z build-std=core`);
 //! - bpf-linker, built against nightly's own libLLVM so both agree on the LLVM version. Its
 //!   LLVM prefix lives under `$CARGO_HOME` because the binary keeps an rpath to it;
-//! - the Debian packages the tests drive (iproute2, ethtool, util-linux's nsenter).
+//! - the Debian packages the tests drive (iproute2, ethtool, util-linux's nsenter, and
+//!   bird2 for the multi-node lab's BGP: its service is never started on the host).
 
 use std::{fs, os::unix::fs::symlink, path::Path, process::Command, time::Instant};
 
@@ -19,6 +20,10 @@ const TOOLS: &[(&str, &str)] = &[
     ("ethtool", "ethtool"),
     ("nsenter", "util-linux"),
     ("script", "bsdutils"),
+    // BIRD 2 announces the VIPs of the multi-node lab (lab::cluster) over BGP; the lab
+    // starts its own instances inside namespaces, never the host's bird.service.
+    ("bird", "bird2"),
+    ("birdc", "bird2"),
 ];
 
 /// What the end-to-end benchmark compares lb with, and drives it with.
@@ -154,9 +159,9 @@ fn llvm_major(file_name: &str) -> anyhow::Result<u32> {
 }
 
 /// Installs the Debian packages of the `tools` that are missing, without starting any
-/// service they bring (nginx must not start on the host).
+/// service they bring (neither nginx nor bird may start on the host).
 pub fn ensure_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = tools
+    let mut missing: Vec<&str> = tools
         .iter()
         .filter(|(tool, _)| {
             if tool.starts_with('/') {
@@ -166,6 +171,9 @@ pub fn ensure_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
         })
         .map(|&(_, package)| package)
         .collect();
+    // One package can bring several of the tools (bird2: bird and birdc).
+    missing.sort_unstable();
+    missing.dedup();
     if missing.is_empty() {
         return Ok(());
     }

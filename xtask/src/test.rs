@@ -28,9 +28,16 @@ pub fn run() -> anyhow::Result<()> {
     )?;
     step(
         "unit tests",
-        cmd::cargo()?
-            .arg("test")
-            .args(["-p", "lb-common", "-p", "lb-userspace", "-p", "xtask"]),
+        cmd::cargo()?.arg("test").args([
+            "-p",
+            "lb-common",
+            "-p",
+            "lb-userspace",
+            "-p",
+            "lb-lab",
+            "-p",
+            "xtask",
+        ]),
     )?;
     // The test crate's own unit tests (its fuzzer's mutations, the root check) and its
     // unprivileged contract tests (known answers of the hash and Maglev table); its other
@@ -70,7 +77,7 @@ pub fn run() -> anyhow::Result<()> {
         ]),
     )?;
     step(
-        "integration tests (network namespaces; a 20 s soak)",
+        "integration tests (network namespaces, a BGP/ECMP cluster of lb nodes; a 20 s soak)",
         cmd::privileged_cargo()?
             .args([
                 "test",
@@ -96,6 +103,8 @@ pub fn run() -> anyhow::Result<()> {
                 "decap_cli",
                 "--test",
                 "dsr_lab",
+                "--test",
+                "cluster_lab",
                 "--test",
                 "soak",
             ])
