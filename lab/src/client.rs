@@ -110,6 +110,14 @@ impl WhoConnection {
         })
     }
 
+    /// The client's port: which flow this is.
+    pub fn local_port(&self) -> u16 {
+        self.reader
+            .get_ref()
+            .local_addr()
+            .map_or(0, |addr| addr.port())
+    }
+
     /// Asks which backend holds this connection.
     pub fn ask(&mut self) -> Result<String, String> {
         self.reader

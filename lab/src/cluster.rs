@@ -314,7 +314,7 @@ impl ClusterLab {
             let ns = NetNs::with_prefix(prefix, &format!("node{i}"));
             ns.enable_forwarding();
             let link = Link::veth_bare(&router, &ns);
-            router.ip(&["link", "set", &link.a, "master", "fabric"]);
+            enslave(&router, &link.a);
             // The router's end receives lb's XDP_TX frames: it needs NAPI.
             offload_off_and_napi_on(&router, &link.a);
             offload_off_and_napi_on(&ns, &link.b);
@@ -334,7 +334,7 @@ impl ClusterLab {
             let host = 101 + j;
             let ns = NetNs::with_prefix(prefix, &format!("b{}", j + 1));
             let link = Link::veth_bare(&router, &ns);
-            router.ip(&["link", "set", &link.a, "master", "fabric"]);
+            enslave(&router, &link.a);
             ns.ip(&[
                 "addr",
                 "add",
@@ -613,6 +613,24 @@ impl Drop for ClusterLab {
         self.node_birds.clear();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Makes `port` a port of the router's bridge that never gets unknown unicast: a real NIC
+/// drops frames for other MACs before XDP sees them, a veth does not, so a flooded frame
+/// (the bridge forgets a MAC when its port goes down) would reach every node's XDP program
+/// and be forwarded once per node.
+fn enslave(router: &NetNs, port: &str) {
+    router.ip(&["link", "set", port, "master", "fabric"]);
+    let output = router
+        .command("bridge")
+        .args(["link", "set", "dev", port, "flood", "off"])
+        .output()
+        .expect("run bridge");
+    assert!(
+        output.status.success(),
+        "bridge link set dev {port} flood off: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// Node addresses and default routes on its fabric interface; `replace`, so that it also

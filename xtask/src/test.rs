@@ -106,6 +106,8 @@ pub fn run() -> anyhow::Result<()> {
                 "--test",
                 "cluster_lab",
                 "--test",
+                "cluster",
+                "--test",
                 "soak",
             ])
             .env("LB_BIN", lb),
