@@ -201,6 +201,29 @@ mod tests {
         }
     }
 
+    /// The seeded hash is as much a contract: nodes of one cluster (and versions) share it.
+    #[test]
+    fn seeded_flow_hash_known_answers() {
+        let seed = [0x5eed_0001, 0x00c1_a55e];
+        let cases: [(FlowKey, u32); 2] = [
+            (
+                tuple("198.18.0.1", "198.18.1.1", (40_000, 80), IPPROTO_TCP),
+                0x006d_e86e,
+            ),
+            (
+                tuple("fd00::1", "fd00:1::1", (40_000, 53), IPPROTO_UDP),
+                0x75f5_d56d,
+            ),
+        ];
+        for (key, expected) in cases {
+            assert_eq!(
+                flow_hash(&key, &seed),
+                expected,
+                "seeded flow_hash changed for {key:?}: a breaking change between lb nodes"
+            );
+        }
+    }
+
     #[test]
     fn address_slot_and_bucket_known_answers() {
         let cases: [(&str, u32, u32, u32); 4] = [

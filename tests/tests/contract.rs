@@ -60,7 +60,7 @@ fn maglev_table_known_answers() {
         ),
     ];
     for (size, first, digest) in cases {
-        let table = build(&backends(), size);
+        let table = build(&backends(), size, [0; 2]);
         assert_eq!(table.len(), size as usize);
         assert_eq!(
             table[..32],
@@ -80,11 +80,11 @@ fn maglev_table_known_answers() {
 #[test]
 fn maglev_table_ignores_order_and_follows_weights() {
     let size = lb_common::consts::DEFAULT_MAGLEV_SIZE;
-    let table = build(&backends(), size);
+    let table = build(&backends(), size, [0; 2]);
     let mut reversed = backends();
     reversed.reverse();
     assert_eq!(
-        build(&reversed, size),
+        build(&reversed, size, [0; 2]),
         table,
         "the order of backends matters"
     );
@@ -95,4 +95,22 @@ fn maglev_table_ignores_order_and_follows_weights() {
             "backend {id} owns {owned:.3} of the table, not {share}"
         );
     }
+}
+
+/// With a cluster's `--hash-seed`, the table is still a contract: every node (and every
+/// version) given the same backends and seed builds this table.
+#[test]
+fn seeded_maglev_table_known_answer() {
+    let size = lb_common::consts::DEFAULT_MAGLEV_SIZE;
+    let seeded = build(&backends(), size, [0x5eed_0001, 0x00c1_a55e]);
+    assert_eq!(
+        fnv1a(&seeded),
+        0x39d5_f2c9_fe24_a997,
+        "the seeded Maglev table changed: a breaking change between lb nodes"
+    );
+    assert_ne!(
+        seeded,
+        build(&backends(), size, [0; 2]),
+        "the seed did nothing"
+    );
 }
