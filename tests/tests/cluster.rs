@@ -8,7 +8,9 @@
 //!   whose connections continue on the survivors, and its return;
 //! - NAT, with the backends' replies spread over the nodes by their own ECMP route: every
 //!   reply is translated by whichever node it reaches, none leaves with a backend's
-//!   address (a counter on the router says so), and a drain breaks nothing.
+//!   address (a counter on the router says so), and neither a drain nor the loss of a
+//!   node (taken out of the backends' route too, as their routing daemon would) breaks a
+//!   flow.
 //!
 //! The times (announce, withdraw, BFD detection) and the connections that failed while
 //! the router still sent flows to a lost node are printed for docs/BENCHMARKS.md.
@@ -497,7 +499,7 @@ fn dsr_nodes_spread_drain_lose_and_regain_flows_without_breaking_one() {
 #[test]
 fn nat_nodes_translate_every_reply_whichever_node_it_reaches() {
     lb_tests::require_root!();
-    let lab = ClusterLab::new("lbn", NODES, BACKENDS, Replies::ThroughNodes);
+    let mut lab = ClusterLab::new("lbn", NODES, BACKENDS, Replies::ThroughNodes);
     let vip = IpAddr::from(VIP_V4);
     let vip6 = IpAddr::from(VIP_V6);
     let who = SocketAddr::new(vip, WHO_PORT);
@@ -593,6 +595,18 @@ fn nat_nodes_translate_every_reply_whichever_node_it_reaches() {
     nodes[1].instance.ok(&["node", "resume"]);
     converge(&lab, vip, NODES, Instant::now(), "NAT node1 resumed");
     flows.check("a NAT node's return");
+
+    // Lose node2: the router stops sending it requests (BFD), the backends stop sending it
+    // replies (the lab takes it out of their route, as a routing daemon on the backends
+    // would); every flow continues, its requests and replies on the survivors.
+    let mut nodes = nodes;
+    let lost_at = Instant::now();
+    lab.lose_node(2);
+    if let Some(daemon) = nodes[2].daemon.take() {
+        daemon.kill_hard();
+    }
+    converge(&lab, vip, NODES - 1, lost_at, "NAT node2 lost");
+    flows.check("a NAT node's loss");
 
     // The counter can see a leak: one datagram from a backend's port that is no VIP's
     // endpoint is forwarded by a node as it is, with the backend's address.
