@@ -21,6 +21,7 @@ pub struct Options {
 const BENCHES: &[(&str, &str)] = &[
     ("lb-tests", "datapath"),
     ("lb-tests", "e2e"),
+    ("lb-tests", "cluster"),
     ("lb-userspace", "maglev"),
 ];
 

@@ -1,0 +1,86 @@
+//! `cargo xtask bench`'s cluster section: the scenarios of `tests/tests/cluster.rs`
+//! (`lb_tests::cluster`) run again, a few rounds each, for how long each event takes to
+//! reach the router and what it costs in connections. Prints one markdown section.
+//! `--quick` runs one round of each.
+
+use std::time::Duration;
+
+use lb_tests::cluster::{CONNECTIONS, FLOWS, NODES, PROBE_CONNECT, dsr_events, nat_events};
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// `median (min–max)` of some milliseconds.
+fn summary(mut values: Vec<f64>) -> String {
+    values.sort_by(f64::total_cmp);
+    let median = values[values.len() / 2];
+    let (min, max) = (values[0], values[values.len() - 1]);
+    if values.len() == 1 {
+        format!("{median:.0}")
+    } else {
+        format!("{median:.0} ({min:.0}–{max:.0})")
+    }
+}
+
+fn main() {
+    if !lb_tests::root::is_root() {
+        eprintln!("cluster bench: needs root (namespaces, XDP, BIRD); skipped");
+        return;
+    }
+    let quick = std::env::args().any(|a| a == "--quick");
+    let rounds = if quick { 1 } else { 3 };
+    let dsr: Vec<_> = (0..rounds)
+        .map(|round| dsr_events(&format!("lbbc{round}")))
+        .collect();
+    let nat: Vec<_> = (0..rounds)
+        .map(|round| nat_events(&format!("lbbn{round}")))
+        .collect();
+    let each = |f: &dyn Fn(&lb_tests::cluster::DsrEvents) -> Duration| -> String {
+        summary(dsr.iter().map(|e| ms(f(e))).collect())
+    };
+    let attempts: usize = dsr.iter().map(|e| e.attempts).sum();
+    let failed: usize = dsr.iter().map(|e| e.failed).sum();
+    let lost_tcp: usize = dsr.iter().map(|e| e.lost_tcp).sum();
+    let lost_udp: usize = dsr.iter().map(|e| e.lost_udp).sum();
+    let nat_loss = summary(nat.iter().map(|e| ms(e.detection)).collect());
+    println!(
+        "## Several lb nodes: convergence and broken connections per event\n\n\
+         {NODES} lb nodes in namespaces, each with its own BIRD 2 announcing its VIPs (learned \
+         from `--announce-table 4242`) over eBGP with BFD (100 ms × 3) to a router that \
+         installs one multipath route and hashes flows by layer 4; {CONNECTIONS} long-lived \
+         TCP connections and {FLOWS} UDP flows, opened once and asked again after every event \
+         (`tests/tests/cluster.rs`, the same scenarios). Times in ms from the event to the \
+         router's route changing, median (min–max) of {rounds} round(s); a lost node has its \
+         link taken down and its daemon and BIRD killed, so only BFD can tell.\n"
+    );
+    println!("| event (dsr-ipip) | router converged (ms) | connections and flows broken |");
+    println!("|---|---:|---|");
+    println!(
+        "| `lb node drain` (withdraw) | {} | 0 of {CONNECTIONS} + {FLOWS} (the drained node serves what still arrives) |",
+        each(&|e| e.withdraw)
+    );
+    println!(
+        "| `lb node resume` (announce) | {} | 0 |",
+        each(&|e| e.announce)
+    );
+    println!(
+        "| node lost (BFD) | {} | 0: the {lost_tcp} connections and {lost_udp} UDP flows it carried (all rounds) continued on the survivors, same backends |",
+        each(&|e| e.detection)
+    );
+    println!(
+        "| node back (link and BIRD; its pinned datapath never stopped, `lb run` restarts after) | {} | 0 |",
+        each(&|e| e.back)
+    );
+    println!(
+        "| node lost, NAT (replies through the nodes) | {nat_loss} | 0 (the backends' route drops the node too) |"
+    );
+    println!(
+        "\nWhile the router still sent flows to a lost node, {failed} of {attempts} new \
+         connections (one every 20 ms, all rounds) failed to connect within \
+         {PROBE_CONNECT:?}: those ECMP sent to the lost node before the router dropped it. \
+         Without BFD that window is the BGP hold time (3 s here, 90–240 s at common \
+         defaults). A node's return is gated by BIRD's connect delay (1 s) and the BGP \
+         session's setup."
+    );
+}
