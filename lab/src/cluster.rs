@@ -14,8 +14,8 @@
 //!
 //! The router knows the VIPs ([`VIP_V4`], [`VIP_V6`]) only from BGP: one session per node
 //! and family, router AS [`ROUTER_AS`], node i AS 65001 + i. A node announces what lb (or
-//! a test) writes into its kernel table [`ANNOUNCE_TABLE`]: `blackhole <VIP>/32` (or
-//! `/128`) with protocol [`ANNOUNCE_PROTO`], see [`announce_route_args`]. The router
+//! a test) writes into its kernel table [`ANNOUNCE_TABLE`]: `<VIP>/32` (or `/128`)
+//! through its fabric interface, protocol [`ANNOUNCE_PROTO`], see [`announce_route_args`]. The router
 //! installs one multipath route per VIP with a next hop per announcing node and hashes
 //! flows over them by layer 4 (`fib_multipath_hash_policy=1`).
 //!
@@ -138,9 +138,10 @@ pub struct ClusterLab {
 }
 
 /// The arguments of `ip` that add (`"add"`) or delete (`"del"`) the route that makes a
-/// node announce `vip`: `[-6] route <op> blackhole <vip>/<32|128> table 4242 proto 248`.
-/// This is the route form lb writes.
-pub fn announce_route_args(op: &str, vip: IpAddr) -> Vec<String> {
+/// node announce `vip`: `[-6] route <op> <vip>/<32|128> dev <dev> scope link table 4242
+/// proto 248`. This is the route form lb writes (through the interface it serves on, so
+/// that the kernel deletes it when that link goes down).
+pub fn announce_route_args(op: &str, vip: IpAddr, dev: &str) -> Vec<String> {
     let (family, len) = if vip.is_ipv4() {
         ("-4", 32)
     } else {
@@ -150,8 +151,11 @@ pub fn announce_route_args(op: &str, vip: IpAddr) -> Vec<String> {
         family,
         "route",
         op,
-        "blackhole",
         &format!("{vip}/{len}"),
+        "dev",
+        dev,
+        "scope",
+        "link",
         "table",
         &ANNOUNCE_TABLE.to_string(),
         "proto",
@@ -553,7 +557,8 @@ impl ClusterLab {
     }
 
     /// Brings a lost node back: its link up and addressed again, its BIRD started with the
-    /// same configuration (its announce table kept what it had). Does not wait for BGP:
+    /// same configuration (its announce routes went with its link: whoever announces puts
+    /// them back). Does not wait for BGP:
     /// see [`ClusterLab::wait_for_sessions`] and [`ClusterLab::wait_for_next_hops`].
     pub fn restore_node(&mut self, i: usize) {
         assert!(!self.is_up(i), "node{i} is not lost");
@@ -733,14 +738,14 @@ mod tests {
     }
 
     #[test]
-    fn the_announce_route_is_a_blackhole_in_the_announce_table() {
+    fn the_announce_route_goes_through_the_interface_in_the_announce_table() {
         assert_eq!(
-            announce_route_args("add", VIP_V4.into()).join(" "),
-            "-4 route add blackhole 198.18.78.1/32 table 4242 proto 248"
+            announce_route_args("add", VIP_V4.into(), "eth0").join(" "),
+            "-4 route add 198.18.78.1/32 dev eth0 scope link table 4242 proto 248"
         );
         assert_eq!(
-            announce_route_args("del", VIP_V6.into()).join(" "),
-            "-6 route del blackhole fd00:78::1/128 table 4242 proto 248"
+            announce_route_args("del", VIP_V6.into(), "eth0").join(" "),
+            "-6 route del fd00:78::1/128 dev eth0 scope link table 4242 proto 248"
         );
     }
 }

@@ -69,7 +69,7 @@ fn main() {
         each(&|e| e.detection)
     );
     println!(
-        "| node back (link and BIRD; its pinned datapath never stopped, `lb run` restarts after) | {} | 0 |",
+        "| node back (link, BIRD, then `lb run` adopting its pins; announced only once the daemon is back) | {} | 0 |",
         each(&|e| e.back)
     );
     println!(
@@ -80,7 +80,7 @@ fn main() {
          connections (one every 20 ms, all rounds) failed to connect within \
          {PROBE_CONNECT:?}: those ECMP sent to the lost node before the router dropped it. \
          Without BFD that window is the BGP hold time (3 s here, 90–240 s at common \
-         defaults). A node's return is gated by BIRD's connect delay (1 s) and the BGP \
-         session's setup."
+         defaults). A returning node's time is mostly its daemon's start (loading and \
+         verifying the program, ~3.5 s)."
     );
 }

@@ -280,8 +280,8 @@ pub struct DsrEvents {
     /// Connections and UDP flows the lost node carried (they continued on the survivors).
     pub lost_tcp: usize,
     pub lost_udp: usize,
-    /// From the lost node's return (link and BIRD; its daemon restarts after) to the route
-    /// with every node.
+    /// From the lost node's return (link, BIRD, then its daemon adopting its pins) to the
+    /// route with every node.
     pub back: Duration,
 }
 
@@ -492,18 +492,21 @@ pub fn dsr_events(prefix: &str) -> DsrEvents {
         "cluster: the {lost_carried} connections and {lost_carried_udp} UDP flows node2 carried continue on the survivors with their backends"
     ));
 
-    // node2 returns: its link and its BIRD. Its announce route outlived its daemon and
-    // its pinned datapath still forwards, so it is announced before lb even restarts.
+    // node2 returns: its link and its BIRD, not yet its daemon. Its link going down took
+    // its announce route with it (a route through an interface that goes down is
+    // deleted), and with it the backends' next hops that only a daemon resolves again: it
+    // must stay out of the router's route until its daemon is back.
     let back_at = Instant::now();
     lab.restore_node(2);
-    let back = converge(
-        &lab,
-        vip,
-        NODES,
-        back_at,
-        "node2 back (daemon not restarted yet)",
+    lab.wait_for_sessions(CONVERGE)
+        .expect("node2's BGP sessions come back");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        lab.router_next_hops(vip).len(),
+        NODES - 1,
+        "node2 is announced again without a daemon to resolve its next hops"
     );
-    flows.check("node2's return, served by its pinned datapath");
+    flows.check("node2's link back without its daemon (not announced)");
     let mut daemon = Daemon::spawn(nodes[2].instance.run(
         &lab.nodes[2].ns,
         std::slice::from_ref(&lab.nodes[2].iface),
@@ -511,6 +514,7 @@ pub fn dsr_events(prefix: &str) -> DsrEvents {
     ));
     daemon.wait_for_line(READY, STARTUP);
     nodes[2].daemon = Some(daemon);
+    let back = converge(&lab, vip, NODES, back_at, "node2 back (link, BIRD, daemon)");
     let report = nodes[2].node_report();
     assert_eq!(report["announced"], serde_json::json!([vip]), "{report}");
     flows.check("node2's daemon restarted (adopting its pins)");
@@ -526,6 +530,42 @@ pub fn dsr_events(prefix: &str) -> DsrEvents {
     let down = nodes[1].instance.down();
     assert!(down.contains(&format!("withdrew {vip}")), "{down}");
     converge(&lab, vip, NODES - 1, Instant::now(), "node1 down");
+    flows.check("node1's `lb down`");
+
+    // A daemon that stops (SIGTERM) leaves its datapath forwarding and its VIPs announced;
+    // `lb down` without a daemon still withdraws them before it removes the pins.
+    if let Some(daemon) = nodes[0].daemon.take() {
+        let (status, _) = daemon.terminate();
+        assert!(status.success(), "SIGTERM: {status}");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        lab.router_next_hops(vip).len(),
+        NODES - 1,
+        "a stopped daemon's VIPs must stay announced while its datapath forwards"
+    );
+    flows.check("node0's daemon stopped (its datapath forwards on)");
+    // Without a daemon, `lb down` works on the node's own routes: run it in its namespace.
+    let output = lab.nodes[0]
+        .ns
+        .command(crate::process::lb_binary())
+        .arg("--api")
+        .arg(&nodes[0].instance.api)
+        .args(["down", "--pin-dir"])
+        .arg(&nodes[0].instance.pin_dir)
+        .output()
+        .expect("run lb down");
+    assert!(output.status.success(), "lb down: {output:?}");
+    let down = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(down.contains(&format!("withdrew {vip}")), "{down}");
+    converge(
+        &lab,
+        vip,
+        NODES - 2,
+        Instant::now(),
+        "node0 down without a daemon",
+    );
+    flows.check("node0's `lb down` without a daemon");
     drop(decaps);
     DsrEvents {
         tcp_spread,

@@ -1,5 +1,5 @@
 //! The multi-node lab itself (`lb_lab::cluster`), without lb: three nodes whose BIRD learns
-//! the VIP routes lb will write (`blackhole <VIP> table 4242 proto 248`) and announces them,
+//! the VIP routes lb writes (`<VIP> dev <IF> table 4242 proto 248`) and announces them,
 //! a router that installs one ECMP route per VIP over the nodes, plain kernel forwarding
 //! that spreads TCP connections over them by layer-4 hash, a withdrawn route that takes
 //! one next hop away, a lost node (link down, BIRD killed) that BFD takes away well within
@@ -162,7 +162,7 @@ fn cluster_lab() {
     time_to(&mut lab, NODES, "every node announces", |lab| {
         for node in &lab.nodes {
             for v6 in VIPS {
-                let args = announce_route_args("add", vip(v6));
+                let args = announce_route_args("add", vip(v6), &node.iface);
                 node.ns
                     .ip(&args.iter().map(String::as_str).collect::<Vec<_>>());
             }
@@ -203,7 +203,7 @@ fn cluster_lab() {
 
     time_to(&mut lab, NODES - 1, "node0 withdraws", |lab| {
         for v6 in VIPS {
-            let args = announce_route_args("del", vip(v6));
+            let args = announce_route_args("del", vip(v6), &lab.nodes[0].iface);
             lab.nodes[0]
                 .ns
                 .ip(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -249,8 +249,16 @@ fn cluster_lab() {
         }
     }
 
+    // The link going down took node1's routes (they go through it); lb's daemon puts them
+    // back once the link is up, as this does.
     time_to(&mut lab, NODES - 1, "node1 restored", |lab| {
         lab.restore_node(1);
+        let node = &lab.nodes[1];
+        for v6 in VIPS {
+            let args = announce_route_args("add", vip(v6), &node.iface);
+            node.ns
+                .ip(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        }
     });
     for v6 in VIPS {
         assert_eq!(

@@ -155,10 +155,10 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "FILE", value_parser = parse_seed_file)]
     pub(crate) hash_seed_file: Option<Seed>,
 
-    /// Announce each VIP that this node can serve as a `blackhole <VIP>/32` (or /128) route,
-    /// protocol 248, in this kernel routing table, for a routing daemon (BIRD, FRR) to export
-    /// over BGP; withdrawn on `lb node drain`, when no backend takes new flows, and by
-    /// `lb down` [default: off].
+    /// Announce each VIP that this node can serve as a `<VIP>/32` (or /128) route through
+    /// the first --iface, protocol 248, in this kernel routing table, for a routing daemon
+    /// (BIRD, FRR) to export over BGP; withdrawn on `lb node drain`, when no backend takes
+    /// new flows, by `lb down`, and by the kernel when the interface goes down [default: off].
     #[arg(long, value_name = "TABLE", value_parser = parse_announce_table)]
     pub(crate) announce_table: Option<u32>,
 

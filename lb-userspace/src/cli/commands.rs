@@ -22,6 +22,7 @@ use crate::{
         render,
     },
     datapath::announce,
+    datapath::attach::Interface,
     datapath::pins::{DEFAULT_PIN_DIR, PinDir},
     model::health::unix_seconds,
 };
@@ -290,9 +291,16 @@ pub(crate) fn down(socket: &Path, args: DownArgs) -> anyhow::Result<()> {
             let dir = wanted.unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_DIR));
             let pins = PinDir::open(&dir)?;
             // No daemon to ask which table it announced through: every route of lb's
-            // protocol goes, before the datapath does.
-            let withdrawn = announce::withdraw_all().context("withdrawing the VIPs")?;
+            // protocol through the interfaces this datapath is attached to goes, before
+            // the datapath does (run it in the datapath's network namespace).
             let detached = pins.pinned_links()?;
+            let ifindexes: Vec<u32> = detached
+                .iter()
+                .filter_map(|name| Interface::resolve(name).ok())
+                .map(|iface| iface.index)
+                .collect();
+            let withdrawn =
+                announce::withdraw_through(&ifindexes).context("withdrawing the VIPs")?;
             pins.remove()
                 .with_context(|| format!("removing {}", dir.display()))?;
             DownReport {

@@ -18,6 +18,9 @@ use crate::{
 pub(crate) struct Announcer {
     /// `None`: announcing is off.
     table: Option<u32>,
+    /// The interface the routes go through (the first lb is attached to): when it goes
+    /// down, the kernel deletes them.
+    ifindex: u32,
     /// What the table held after the last pass.
     announced: BTreeSet<IpAddr>,
     verdicts: Vec<Verdict>,
@@ -26,9 +29,10 @@ pub(crate) struct Announcer {
 }
 
 impl Announcer {
-    pub(crate) fn new(table: Option<u32>) -> Self {
+    pub(crate) fn new(table: Option<u32>, ifindex: u32) -> Self {
         Self {
             table,
+            ifindex,
             announced: BTreeSet::new(),
             verdicts: Vec::new(),
             error: None,
@@ -83,7 +87,7 @@ impl Announcer {
             info!(%vip, table, "withdrawn");
         }
         for vip in wanted.difference(&current) {
-            announce::announce(table, *vip).map_err(|e| error_chain(&e))?;
+            announce::announce(table, *vip, self.ifindex).map_err(|e| error_chain(&e))?;
             self.announced.insert(*vip);
             info!(%vip, table, "announced");
         }

@@ -205,6 +205,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
         .maps()
         .conntrack_table()
         .context("opening the conntrack map")?;
+    let first_ifindex = attachments.first().map_or(0, |a| a.iface.index);
     let controller = Arc::new(Mutex::new(Controller {
         balancer,
         stats,
@@ -219,7 +220,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
         conntrack_table,
         timeouts: args.options.timeouts_ns,
         unresolved: Default::default(),
-        announcer: Announcer::new(args.cluster.announce_table),
+        announcer: Announcer::new(args.cluster.announce_table, first_ifindex),
         seeded: args.cluster.hash_seed.is_some(),
         sweep_interval: args.sweep_interval,
         checker: Checker::new(tokio::runtime::Handle::current(), probe_tx),
