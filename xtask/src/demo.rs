@@ -4,7 +4,8 @@
 //! `lb run` starts in the lb namespace; the VIP and backends are added with the CLI, each
 //! command printed; requests go through the VIP and their spread is shown; then a backend
 //! is drained and another deleted, live. Everything is removed on exit (Ctrl-C, or after
-//! one round with `--once`).
+//! one round with `--once`). `--mode dsr-ipip|dsr-l2` runs it in direct server return
+//! (`dsr`), `--nodes 2..=5` as a cluster of lb nodes behind an ECMP router (`cluster`).
 
 use std::{
     collections::BTreeMap,
@@ -14,7 +15,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
-        mpsc,
+        mpsc::{self, Receiver, RecvTimeoutError},
     },
     time::{Duration, Instant},
 };
@@ -29,6 +30,7 @@ use lb_lab::{
 
 use crate::cmd;
 
+mod cluster;
 mod dsr;
 
 const REQUESTS: usize = 300;
@@ -86,9 +88,9 @@ impl Demo {
     }
 
     fn start_daemon(&mut self, lb: &NetNs, ifaces: &[String]) -> anyhow::Result<()> {
-        let log = std::fs::File::create(self.dir.join("lb.log")).context("creating lb.log")?;
-        let mut child = lb
-            .command(&self.lb)
+        let log = self.dir.join("lb.log");
+        let mut command = lb.command(&self.lb);
+        command
             .arg("--api")
             .arg(&self.api)
             .arg("run")
@@ -97,34 +99,50 @@ impl Demo {
             .arg("--state")
             .arg(self.dir.join("state.toml"))
             .arg("--iface")
-            .args(ifaces)
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .context("starting lb run")?;
-        let stdout = child.stdout.take().context("lb stdout")?;
+            .args(ifaces);
+        let (child, lines) = spawn_daemon(&mut command, &log)?;
         self.daemon = Some(child);
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + STARTUP;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.starts_with("lb: forwarding on") => {
-                    println!("{line}");
-                    return Ok(());
-                }
-                Ok(_) => {}
-                Err(_) => bail!(
-                    "lb run did not come up within {STARTUP:?}; its log: {}",
-                    self.dir.join("lb.log").display()
-                ),
+        println!("{}", wait_until_forwarding(&lines, &log)?);
+        Ok(())
+    }
+}
+
+/// Starts `lb run` (`command`) with its stderr into `log`; its stdout comes line by line
+/// from the receiver (read by a thread until the daemon exits, so it never blocks on a
+/// full pipe).
+fn spawn_daemon(command: &mut Command, log: &Path) -> anyhow::Result<(Child, Receiver<String>)> {
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .spawn()
+        .context("starting lb run")?;
+    let stdout = child.stdout.take().context("lb stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            // Nobody listens once the daemon is up: the line is dropped, the pipe drained.
+            let _ = tx.send(line);
+        }
+    });
+    Ok((child, rx))
+}
+
+/// Waits for the daemon's "lb: forwarding on ..." line (at most `STARTUP`) and returns it.
+fn wait_until_forwarding(lines: &Receiver<String>, log: &Path) -> anyhow::Result<String> {
+    let deadline = Instant::now() + STARTUP;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.starts_with("lb: forwarding on") => return Ok(line),
+            Ok(_) => {}
+            Err(RecvTimeoutError::Timeout) => bail!(
+                "lb run did not come up within {STARTUP:?}; its log: {}",
+                log.display()
+            ),
+            Err(RecvTimeoutError::Disconnected) => {
+                bail!("lb run exited while starting; its log: {}", log.display())
             }
         }
     }
@@ -184,7 +202,12 @@ pub enum DemoMode {
     DsrL2,
 }
 
-pub fn run(lb: &Path, once: bool, mode: DemoMode) -> anyhow::Result<()> {
+/// How many lb nodes the demo may have: one (the single-node demos) to this many.
+pub const MAX_NODES: usize = 5;
+
+/// The demo of `mode` with `nodes` lb nodes: 1 for the single-node demos, 2 to
+/// [`MAX_NODES`] for the scale-out demo.
+pub fn run(lb: &Path, once: bool, mode: DemoMode, nodes: usize) -> anyhow::Result<()> {
     if !cmd::is_root() {
         bail!(
             "the demo creates network namespaces and attaches XDP: run it as root (sudo -E cargo xtask run)"
@@ -200,6 +223,9 @@ pub fn run(lb: &Path, once: bool, mode: DemoMode) -> anyhow::Result<()> {
             libc::SIGTERM,
             on_interrupt as *const () as libc::sighandler_t,
         );
+    }
+    if nodes > 1 {
+        return cluster::run(lb, once, nodes, mode);
     }
     let tag = format!("lb-demo-{}", std::process::id());
     let dir = PathBuf::from("/run").join(&tag);
