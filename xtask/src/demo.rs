@@ -63,6 +63,8 @@ pub(crate) struct Demo {
     pin_dir: PathBuf,
     api: PathBuf,
     daemon: Option<Child>,
+    /// The namespace the daemon was started in (where `lb down` must run).
+    netns: Option<PathBuf>,
     /// One round, then exit (instead of waiting for Ctrl-C).
     once: bool,
 }
@@ -100,6 +102,7 @@ impl Demo {
             .arg(self.dir.join("state.toml"))
             .arg("--iface")
             .args(ifaces);
+        self.netns = Some(lb.path());
         let (child, lines) = spawn_daemon(&mut command, &log)?;
         self.daemon = Some(child);
         println!("{}", wait_until_forwarding(&lines, &log)?);
@@ -150,15 +153,37 @@ fn wait_until_forwarding(lines: &Receiver<String>, log: &Path) -> anyhow::Result
 
 impl Drop for Demo {
     fn drop(&mut self) {
-        // `lb down` through the daemon if it still runs, else straight on the pins.
-        let _ = Command::new(&self.lb)
-            .arg("down")
-            .arg("--pin-dir")
-            .arg(&self.pin_dir)
-            .env("LB_API", &self.api)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        // `lb down` through the daemon if it still runs, else straight on the pins. In the
+        // daemon's namespace while it exists: without a daemon, `lb down` withdraws every
+        // announce route of lb in the namespace it runs in, and the host's are none of the
+        // demo's business. Once the lab is gone (the DSR demo drops it first), only through
+        // a daemon that still runs.
+        let daemon_runs = self
+            .daemon
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)));
+        let down = match &self.netns {
+            Some(netns) if netns.exists() => {
+                let mut command = Command::new("nsenter");
+                command
+                    .arg(format!("--net={}", netns.display()))
+                    .arg("--")
+                    .arg(&self.lb);
+                Some(command)
+            }
+            Some(_) if daemon_runs => Some(Command::new(&self.lb)),
+            _ => None,
+        };
+        if let Some(mut down) = down {
+            let _ = down
+                .arg("down")
+                .arg("--pin-dir")
+                .arg(&self.pin_dir)
+                .env("LB_API", &self.api)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         if let Some(mut child) = self.daemon.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -236,6 +261,7 @@ pub fn run(lb: &Path, once: bool, mode: DemoMode, nodes: usize) -> anyhow::Resul
         api: dir.join("lb.sock"),
         dir,
         daemon: None,
+        netns: None,
         once,
     };
     println!(

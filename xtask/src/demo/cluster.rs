@@ -856,8 +856,8 @@ pub(super) fn run(lb: &Path, once: bool, count: usize, mode: DemoMode) -> anyhow
         );
     }
     println!(
-        "=> BFD brought the router's sessions with node{lost} down (it detects a lost peer \
-         within {} ms; the BGP hold time, {} s, is only the fallback)",
+        "=> BFD brought the router's sessions with node{lost} down (a peer is lost \
+         after {} ms without its BFD packets; the BGP hold time, {} s, is only the fallback)",
         BFD_DETECTION.as_millis(),
         HOLD_TIME.as_secs()
     );
