@@ -4,7 +4,8 @@
 //! `lb run` starts in the lb namespace; the VIP and backends are added with the CLI, each
 //! command printed; requests go through the VIP and their spread is shown; then a backend
 //! is drained and another deleted, live. Everything is removed on exit (Ctrl-C, or after
-//! one round with `--once`).
+//! one round with `--once`). `--mode dsr-ipip|dsr-l2` runs it in direct server return
+//! (`dsr`), `--nodes 2..=5` as a cluster of lb nodes behind an ECMP router (`cluster`).
 
 use std::{
     collections::BTreeMap,
@@ -14,7 +15,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
-        mpsc,
+        mpsc::{self, Receiver, RecvTimeoutError},
     },
     time::{Duration, Instant},
 };
@@ -29,6 +30,7 @@ use lb_lab::{
 
 use crate::cmd;
 
+mod cluster;
 mod dsr;
 
 const REQUESTS: usize = 300;
@@ -61,6 +63,8 @@ pub(crate) struct Demo {
     pin_dir: PathBuf,
     api: PathBuf,
     daemon: Option<Child>,
+    /// The namespace the daemon was started in (where `lb down` must run).
+    netns: Option<PathBuf>,
     /// One round, then exit (instead of waiting for Ctrl-C).
     once: bool,
 }
@@ -86,9 +90,9 @@ impl Demo {
     }
 
     fn start_daemon(&mut self, lb: &NetNs, ifaces: &[String]) -> anyhow::Result<()> {
-        let log = std::fs::File::create(self.dir.join("lb.log")).context("creating lb.log")?;
-        let mut child = lb
-            .command(&self.lb)
+        let log = self.dir.join("lb.log");
+        let mut command = lb.command(&self.lb);
+        command
             .arg("--api")
             .arg(&self.api)
             .arg("run")
@@ -97,34 +101,51 @@ impl Demo {
             .arg("--state")
             .arg(self.dir.join("state.toml"))
             .arg("--iface")
-            .args(ifaces)
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .context("starting lb run")?;
-        let stdout = child.stdout.take().context("lb stdout")?;
+            .args(ifaces);
+        self.netns = Some(lb.path());
+        let (child, lines) = spawn_daemon(&mut command, &log)?;
         self.daemon = Some(child);
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + STARTUP;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.starts_with("lb: forwarding on") => {
-                    println!("{line}");
-                    return Ok(());
-                }
-                Ok(_) => {}
-                Err(_) => bail!(
-                    "lb run did not come up within {STARTUP:?}; its log: {}",
-                    self.dir.join("lb.log").display()
-                ),
+        println!("{}", wait_until_forwarding(&lines, &log)?);
+        Ok(())
+    }
+}
+
+/// Starts `lb run` (`command`) with its stderr into `log`; its stdout comes line by line
+/// from the receiver (read by a thread until the daemon exits, so it never blocks on a
+/// full pipe).
+fn spawn_daemon(command: &mut Command, log: &Path) -> anyhow::Result<(Child, Receiver<String>)> {
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .spawn()
+        .context("starting lb run")?;
+    let stdout = child.stdout.take().context("lb stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            // Nobody listens once the daemon is up: the line is dropped, the pipe drained.
+            let _ = tx.send(line);
+        }
+    });
+    Ok((child, rx))
+}
+
+/// Waits for the daemon's "lb: forwarding on ..." line (at most `STARTUP`) and returns it.
+fn wait_until_forwarding(lines: &Receiver<String>, log: &Path) -> anyhow::Result<String> {
+    let deadline = Instant::now() + STARTUP;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.starts_with("lb: forwarding on") => return Ok(line),
+            Ok(_) => {}
+            Err(RecvTimeoutError::Timeout) => bail!(
+                "lb run did not come up within {STARTUP:?}; its log: {}",
+                log.display()
+            ),
+            Err(RecvTimeoutError::Disconnected) => {
+                bail!("lb run exited while starting; its log: {}", log.display())
             }
         }
     }
@@ -132,15 +153,37 @@ impl Demo {
 
 impl Drop for Demo {
     fn drop(&mut self) {
-        // `lb down` through the daemon if it still runs, else straight on the pins.
-        let _ = Command::new(&self.lb)
-            .arg("down")
-            .arg("--pin-dir")
-            .arg(&self.pin_dir)
-            .env("LB_API", &self.api)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        // `lb down` through the daemon if it still runs, else straight on the pins. In the
+        // daemon's namespace while it exists: without a daemon, `lb down` withdraws every
+        // announce route of lb in the namespace it runs in, and the host's are none of the
+        // demo's business. Once the lab is gone (the DSR demo drops it first), only through
+        // a daemon that still runs.
+        let daemon_runs = self
+            .daemon
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)));
+        let down = match &self.netns {
+            Some(netns) if netns.exists() => {
+                let mut command = Command::new("nsenter");
+                command
+                    .arg(format!("--net={}", netns.display()))
+                    .arg("--")
+                    .arg(&self.lb);
+                Some(command)
+            }
+            Some(_) if daemon_runs => Some(Command::new(&self.lb)),
+            _ => None,
+        };
+        if let Some(mut down) = down {
+            let _ = down
+                .arg("down")
+                .arg("--pin-dir")
+                .arg(&self.pin_dir)
+                .env("LB_API", &self.api)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         if let Some(mut child) = self.daemon.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -184,7 +227,12 @@ pub enum DemoMode {
     DsrL2,
 }
 
-pub fn run(lb: &Path, once: bool, mode: DemoMode) -> anyhow::Result<()> {
+/// How many lb nodes the demo may have: one (the single-node demos) to this many.
+pub const MAX_NODES: usize = 5;
+
+/// The demo of `mode` with `nodes` lb nodes: 1 for the single-node demos, 2 to
+/// [`MAX_NODES`] for the scale-out demo.
+pub fn run(lb: &Path, once: bool, mode: DemoMode, nodes: usize) -> anyhow::Result<()> {
     if !cmd::is_root() {
         bail!(
             "the demo creates network namespaces and attaches XDP: run it as root (sudo -E cargo xtask run)"
@@ -201,6 +249,9 @@ pub fn run(lb: &Path, once: bool, mode: DemoMode) -> anyhow::Result<()> {
             on_interrupt as *const () as libc::sighandler_t,
         );
     }
+    if nodes > 1 {
+        return cluster::run(lb, once, nodes, mode);
+    }
     let tag = format!("lb-demo-{}", std::process::id());
     let dir = PathBuf::from("/run").join(&tag);
     std::fs::create_dir_all(&dir).context("creating the demo directory")?;
@@ -210,6 +261,7 @@ pub fn run(lb: &Path, once: bool, mode: DemoMode) -> anyhow::Result<()> {
         api: dir.join("lb.sock"),
         dir,
         daemon: None,
+        netns: None,
         once,
     };
     println!(

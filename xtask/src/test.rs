@@ -121,6 +121,16 @@ pub fn run() -> anyhow::Result<()> {
         cmd::cargo()?.args(["xtask", "run", "--once", "--mode", "dsr-ipip"]),
     )?;
     step(
+        "demo lab, scale-out: 3 lb nodes behind an ECMP router, drained and lost live (cargo xtask run --once --nodes 3 --mode dsr-ipip)",
+        cmd::cargo()?.args([
+            "xtask", "run", "--once", "--nodes", "3", "--mode", "dsr-ipip",
+        ]),
+    )?;
+    step(
+        "demo lab, scale-out in NAT: replies back through any node (cargo xtask run --once --nodes 3 --mode nat)",
+        cmd::cargo()?.args(["xtask", "run", "--once", "--nodes", "3", "--mode", "nat"]),
+    )?;
+    step(
         "benchmarks, quick (cargo xtask bench --quick; the report goes to target/)",
         cmd::cargo()?.args(["xtask", "bench", "--quick"]),
     )?;

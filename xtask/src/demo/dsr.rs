@@ -12,29 +12,48 @@ use std::{
 use anyhow::{Context as _, bail};
 use lb_lab::{
     dsr::{DsrLab, LB_V4, VIP_V4, Wiring},
-    netns::NetNs,
     servers::{HTTP_PORT, Servers},
+    topology::Backend,
 };
 
 use super::{Demo, DemoMode, round, wait_for_interrupt};
 
 /// `lb decap` on one backend, with pins and record of its own (each backend stands for a
-/// host); dropping it detaches, so the backend is left as it was.
-struct BackendDecap<'a> {
-    lb: &'a Path,
-    ns: &'a NetNs,
+/// host); dropping it detaches, so the backend is left as it was. It keeps the path of the
+/// backend's namespace, not the namespace, so that the lab stays free to change.
+pub(super) struct BackendDecap {
+    lb: PathBuf,
+    netns: PathBuf,
     name: String,
     pin_dir: PathBuf,
     record: PathBuf,
 }
 
-impl BackendDecap<'_> {
-    fn run(&self, args: &[&str]) -> anyhow::Result<String> {
-        println!("$ [{}] lb decap {}", self.name, args.join(" "));
+impl BackendDecap {
+    /// For `backend`, with pins under `<pin_prefix>-<backend name>` and the record in `dir`.
+    pub(super) fn new(lb: &Path, backend: &Backend, pin_prefix: &Path, dir: &Path) -> Self {
+        Self {
+            lb: lb.to_owned(),
+            netns: backend.ns.path(),
+            name: backend.name.clone(),
+            // bpffs refuses dots in names.
+            pin_dir: PathBuf::from(format!("{}-{}", pin_prefix.display(), backend.name)),
+            record: dir.join(format!("{}-decap.json", backend.name)),
+        }
+    }
+
+    /// `lb decap <args>` in the backend's namespace, printed with its output.
+    pub(super) fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.call(args, true)
+    }
+
+    /// `lb decap <args>` in the backend's namespace, printed with its output when `loud`.
+    pub(super) fn call(&self, args: &[&str], loud: bool) -> anyhow::Result<String> {
+        if loud {
+            println!("$ [{}] lb decap {}", self.name, args.join(" "));
+        }
         let output = self
-            .ns
-            .command(self.lb)
-            .arg("decap")
+            .command()
             .args(args)
             .arg("--pin-dir")
             .arg(&self.pin_dir)
@@ -51,18 +70,29 @@ impl BackendDecap<'_> {
             );
         }
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        print!("{stdout}");
+        if loud {
+            print!("{stdout}");
+        }
         Ok(stdout)
+    }
+
+    /// `lb decap` inside the backend's namespace (`nsenter`, which keeps the host's bpffs).
+    fn command(&self) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net={}", self.netns.display()))
+            .arg("--")
+            .arg(&self.lb)
+            .arg("decap");
+        command
     }
 }
 
-impl Drop for BackendDecap<'_> {
+impl Drop for BackendDecap {
     fn drop(&mut self) {
-        let _ = Command::new("nsenter")
-            .arg(format!("--net={}", self.ns.path().display()))
-            .arg("--")
-            .arg(self.lb)
-            .args(["decap", "detach", "--all", "--pin-dir"])
+        let _ = self
+            .command()
+            .args(["detach", "--all", "--pin-dir"])
             .arg(&self.pin_dir)
             .arg("--record")
             .arg(&self.record)
@@ -92,17 +122,9 @@ pub(super) fn run(demo: &mut Demo, mode: DemoMode) -> anyhow::Result<()> {
     let vip = SocketAddr::new(VIP_V4.into(), HTTP_PORT);
     let vip_arg = vip.to_string();
     let lb_source = format!("{LB_V4}/32");
-    let lb = demo.lb.clone();
     let mut decaps = Vec::new();
     for backend in &lab.backends {
-        let decap = BackendDecap {
-            lb: &lb,
-            ns: &backend.ns,
-            name: backend.name.clone(),
-            // bpffs refuses dots in names.
-            pin_dir: PathBuf::from(format!("{}-{}", demo.pin_dir.display(), backend.name)),
-            record: demo.dir.join(format!("{}-decap.json", backend.name)),
-        };
+        let decap = BackendDecap::new(&demo.lb, backend, &demo.pin_dir, &demo.dir);
         decap.run(&[
             "attach",
             "--iface",
