@@ -69,7 +69,7 @@ fn main() {
         each(&|e| e.detection)
     );
     println!(
-        "| node back (link, BIRD, then `lb run` adopting its pins; announced only once the daemon is back) | {} | 0 |",
+        "| node back (link, BIRD, then `lb run --drained` adopting its pins, fingerprints compared, `lb node resume`) | {} | 0 |",
         each(&|e| e.back)
     );
     println!(

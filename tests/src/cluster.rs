@@ -280,8 +280,8 @@ pub struct DsrEvents {
     /// Connections and UDP flows the lost node carried (they continued on the survivors).
     pub lost_tcp: usize,
     pub lost_udp: usize,
-    /// From the lost node's return (link, BIRD, then its daemon adopting its pins) to the
-    /// route with every node.
+    /// From the lost node's return (link, BIRD, then its daemon adopting its pins with
+    /// `--drained`, then `lb node resume`) to the route with every node.
     pub back: Duration,
 }
 
@@ -507,14 +507,35 @@ pub fn dsr_events(prefix: &str) -> DsrEvents {
         "node2 is announced again without a daemon to resolve its next hops"
     );
     flows.check("node2's link back without its daemon (not announced)");
+    // Its daemon starts drained (`--drained`), so the node joins only once its tables
+    // match the others' (same fingerprints), then `lb node resume`.
     let mut daemon = Daemon::spawn(nodes[2].instance.run(
         &lab.nodes[2].ns,
         std::slice::from_ref(&lab.nodes[2].iface),
-        &["--config", &config.to_string_lossy()],
+        &["--config", &config.to_string_lossy(), "--drained"],
     ));
     daemon.wait_for_line(READY, STARTUP);
     nodes[2].daemon = Some(daemon);
-    let back = converge(&lab, vip, NODES, back_at, "node2 back (link, BIRD, daemon)");
+    let report = nodes[2].node_report();
+    assert_eq!(report["drained"], true, "--drained: {report}");
+    assert_eq!(
+        nodes[2].fingerprint(who, "tcp"),
+        nodes[0].fingerprint(who, "tcp"),
+        "the returning node's table differs"
+    );
+    assert_eq!(
+        lab.router_next_hops(vip).len(),
+        NODES - 1,
+        "announced while drained"
+    );
+    nodes[2].instance.ok(&["node", "resume"]);
+    let back = converge(
+        &lab,
+        vip,
+        NODES,
+        back_at,
+        "node2 back (link, BIRD, daemon, resume)",
+    );
     let report = nodes[2].node_report();
     assert_eq!(report["announced"], serde_json::json!([vip]), "{report}");
     flows.check("node2's daemon restarted (adopting its pins)");

@@ -162,6 +162,11 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "TABLE", value_parser = parse_announce_table)]
     pub(crate) announce_table: Option<u32>,
 
+    /// Start drained: announce nothing until `lb node resume` (bring a node into a cluster
+    /// only once its VIPs and backends, and so its table fingerprints, match the others').
+    #[arg(long)]
+    pub(crate) drained: bool,
+
     /// Load this eBPF object instead of the one built into `lb` (for datapath development).
     #[arg(long, value_name = "FILE", hide = true)]
     pub(crate) bpf_object: Option<PathBuf>,
@@ -265,6 +270,7 @@ impl From<RunArgs> for RunConfig {
                 hash_seed: args.hash_seed.or(args.hash_seed_file),
                 announce_table: args.announce_table,
             },
+            start_drained: args.drained,
         }
     }
 }

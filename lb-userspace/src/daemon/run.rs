@@ -68,6 +68,8 @@ pub(crate) struct RunConfig {
     pub(crate) bpf_object: Option<PathBuf>,
     /// `--hash-seed` and `--announce-table`; the `[cluster]` of `--config` fills the rest.
     pub(crate) cluster: ClusterSettings,
+    /// `--drained`: the node starts withdrawn.
+    pub(crate) start_drained: bool,
 }
 
 impl RunConfig {
@@ -484,6 +486,8 @@ fn start(
         (None, Some(saved)) => saved,
         (None, None) => balancer.state().clone(),
     };
+    let mut desired = desired;
+    desired.node.drained |= args.start_drained;
     balancer
         .sync(&desired)
         .context("applying the VIPs and backends")?;
