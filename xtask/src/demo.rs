@@ -56,6 +56,17 @@ fn interrupted() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `program` in the network namespace at `netns` (`nsenter`, which keeps the host's
+/// bpffs, where `ip netns exec` would remount /sys and hide the pins).
+pub(crate) fn in_netns(netns: &Path, program: &Path) -> Command {
+    let mut command = Command::new("nsenter");
+    command
+        .arg(format!("--net={}", netns.display()))
+        .arg("--")
+        .arg(program);
+    command
+}
+
 /// The demo's own daemon: pins, state and socket under names with our pid.
 pub(crate) struct Demo {
     lb: PathBuf,
@@ -154,23 +165,16 @@ fn wait_until_forwarding(lines: &Receiver<String>, log: &Path) -> anyhow::Result
 impl Drop for Demo {
     fn drop(&mut self) {
         // `lb down` through the daemon if it still runs, else straight on the pins. In the
-        // daemon's namespace while it exists: without a daemon, `lb down` withdraws every
-        // announce route of lb in the namespace it runs in, and the host's are none of the
-        // demo's business. Once the lab is gone (the DSR demo drops it first), only through
-        // a daemon that still runs.
+        // daemon's namespace while it exists: without a daemon, `lb down` withdraws the
+        // announce routes through the datapath's interfaces, which only that namespace
+        // has. Once the lab is gone (the DSR demo drops it first), only through a daemon
+        // that still runs.
         let daemon_runs = self
             .daemon
             .as_mut()
             .is_some_and(|child| matches!(child.try_wait(), Ok(None)));
         let down = match &self.netns {
-            Some(netns) if netns.exists() => {
-                let mut command = Command::new("nsenter");
-                command
-                    .arg(format!("--net={}", netns.display()))
-                    .arg("--")
-                    .arg(&self.lb);
-                Some(command)
-            }
+            Some(netns) if netns.exists() => Some(in_netns(netns, &self.lb)),
             Some(_) if daemon_runs => Some(Command::new(&self.lb)),
             _ => None,
         };

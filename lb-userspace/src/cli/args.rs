@@ -698,13 +698,15 @@ mod tests {
         assert_eq!(set.kind(), ErrorKind::MissingRequiredArgument);
     }
 
+    /// `lb run --iface a <extra>`, parsed.
+    fn run(extra: &[&str]) -> Result<Cli, clap::Error> {
+        let mut args = vec!["lb", "run", "--iface", "a"];
+        args.extend_from_slice(extra);
+        Cli::try_parse_from(args)
+    }
+
     #[test]
     fn run_timing_flags_are_validated() {
-        let run = |extra: &[&str]| {
-            let mut args = vec!["lb", "run", "--iface", "a"];
-            args.extend_from_slice(extra);
-            Cli::try_parse_from(args)
-        };
         let Ok(Cli {
             command: Command::Run(parsed),
             ..
@@ -734,11 +736,6 @@ mod tests {
 
     #[test]
     fn cluster_flags_are_validated() {
-        let run = |extra: &[&str]| {
-            let mut args = vec!["lb", "run", "--iface", "a"];
-            args.extend_from_slice(extra);
-            Cli::try_parse_from(args)
-        };
         let Ok(Cli {
             command: Command::Run(parsed),
             ..

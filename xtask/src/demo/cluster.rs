@@ -88,12 +88,8 @@ impl Node {
     /// `lb` in the node's namespace (`nsenter`, which keeps the host's bpffs), talking to
     /// the node's daemon.
     fn command(&self) -> Command {
-        let mut command = Command::new("nsenter");
-        command
-            .arg(format!("--net={}", self.netns.display()))
-            .arg("--")
-            .arg(&self.lb)
-            .env("LB_API", &self.api);
+        let mut command = super::in_netns(&self.netns, &self.lb);
+        command.env("LB_API", &self.api);
         command
     }
 
@@ -192,8 +188,8 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         // Through the daemon if it still runs, else straight on the pins. In the node's
-        // namespace either way: without a daemon, `lb down` withdraws every route of lb's
-        // protocol in the namespace it runs in.
+        // namespace either way: without a daemon, `lb down` withdraws the routes through
+        // the datapath's interfaces, which only that namespace has.
         let _ = self
             .command()
             .arg("down")

@@ -78,12 +78,8 @@ impl BackendDecap {
 
     /// `lb decap` inside the backend's namespace (`nsenter`, which keeps the host's bpffs).
     fn command(&self) -> Command {
-        let mut command = Command::new("nsenter");
-        command
-            .arg(format!("--net={}", self.netns.display()))
-            .arg("--")
-            .arg(&self.lb)
-            .arg("decap");
+        let mut command = super::in_netns(&self.netns, &self.lb);
+        command.arg("decap");
         command
     }
 }
