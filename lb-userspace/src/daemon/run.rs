@@ -474,7 +474,7 @@ fn start(
         None => Balancer::new(maps, limits),
     }
     .with_hash_seed(options.hash_seed);
-    let desired = match (declared, saved) {
+    let mut desired = match (declared, saved) {
         (Some(mut declared), saved) => {
             if let Some(saved) = saved {
                 info!(config = ?args.config, "--config replaces the saved state");
@@ -486,7 +486,6 @@ fn start(
         (None, Some(saved)) => saved,
         (None, None) => balancer.state().clone(),
     };
-    let mut desired = desired;
     desired.node.drained |= args.start_drained;
     balancer
         .sync(&desired)

@@ -13,7 +13,7 @@
 
 use std::{collections::BTreeSet, net::IpAddr};
 
-use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     route::{
@@ -23,7 +23,7 @@ use netlink_packet_route::{
 };
 
 use crate::{
-    datapath::netlink::{NetlinkError, request},
+    datapath::netlink::{NetlinkError, filtered_dump, request},
     model::cluster::ANNOUNCE_PROTOCOL,
 };
 
@@ -80,7 +80,7 @@ pub fn withdraw(table: u32, vip: IpAddr) -> Result<(), NetlinkError> {
 /// The VIP addresses lb's routes announce in `table` now (routes of other protocols in the
 /// table are someone else's and left alone).
 pub fn announced(table: u32) -> Result<BTreeSet<IpAddr>, NetlinkError> {
-    Ok(lb_routes()?
+    Ok(lb_routes(Some(table))?
         .into_iter()
         .filter(|(t, _, _)| *t == table)
         .map(|(_, vip, _)| vip)
@@ -92,7 +92,7 @@ pub fn announced(table: u32) -> Result<BTreeSet<IpAddr>, NetlinkError> {
 /// routes (through other interfaces) stay. Returns what it withdrew.
 pub fn withdraw_through(ifindexes: &[u32]) -> Result<Vec<(u32, IpAddr)>, NetlinkError> {
     let mut withdrawn = Vec::new();
-    for (table, vip, oif) in lb_routes()? {
+    for (table, vip, oif) in lb_routes(None)? {
         if ifindexes.contains(&oif) {
             withdraw(table, vip)?;
             withdrawn.push((table, vip));
@@ -101,17 +101,18 @@ pub fn withdraw_through(ifindexes: &[u32]) -> Result<Vec<(u32, IpAddr)>, Netlink
     Ok(withdrawn)
 }
 
-/// Every route of lb's protocol: (table, VIP, interface).
-fn lb_routes() -> Result<BTreeSet<(u32, IpAddr, u32)>, NetlinkError> {
+/// Every route of lb's protocol, in `table` or in any: (table, VIP, interface). The kernel
+/// filters the dump, so a node with a full routing table is not read whole every sweep.
+fn lb_routes(table: Option<u32>) -> Result<BTreeSet<(u32, IpAddr, u32)>, NetlinkError> {
     let mut found = BTreeSet::new();
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
         let mut query = RouteMessage::default();
         query.header.address_family = family;
-        let answers = request(
-            RouteNetlinkMessage::GetRoute(query),
-            NLM_F_REQUEST | NLM_F_DUMP,
-            "route dump",
-        )?;
+        query.header.protocol = RouteProtocol::Other(ANNOUNCE_PROTOCOL);
+        if let Some(table) = table {
+            query.attributes.push(RouteAttribute::Table(table));
+        }
+        let answers = filtered_dump(RouteNetlinkMessage::GetRoute(query), "route dump")?;
         for answer in answers {
             let RouteNetlinkMessage::NewRoute(route) = answer else {
                 continue;

@@ -184,11 +184,34 @@ pub(crate) fn request(
     flags: u16,
     what: &str,
 ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+    exchange(message, flags, what, false)
+}
+
+/// A dump the kernel filters by the request's fields (`NETLINK_GET_STRICT_CHK`): a route
+/// dump of one protocol and table answers with those routes only, not the whole FIB.
+pub(crate) fn filtered_dump(
+    message: RouteNetlinkMessage,
+    what: &str,
+) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+    exchange(message, NLM_F_REQUEST | NLM_F_DUMP, what, true)
+}
+
+fn exchange(
+    message: RouteNetlinkMessage,
+    flags: u16,
+    what: &str,
+    strict: bool,
+) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
     let failed = |source| NetlinkError::Request {
         what: what.to_owned(),
         source,
     };
     let mut socket = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Socket)?;
+    if strict {
+        socket
+            .set_netlink_get_strict_chk(true)
+            .map_err(NetlinkError::Socket)?;
+    }
     socket.bind_auto().map_err(NetlinkError::Socket)?;
     socket
         .connect(&SocketAddr::new(0, 0))
