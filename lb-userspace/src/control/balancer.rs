@@ -9,6 +9,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
 };
 
 use lb_common::{
@@ -80,7 +81,14 @@ pub struct Balancer<M = ServiceMaps> {
     rewrite_all: bool,
     /// Keys the Maglev permutations (the cluster's `--hash-seed`).
     hash_seed: HashSeed,
+    /// ENDPOINTS entries of retired backends and when they may go: a reply already on its
+    /// way when its backend is deleted must still leave with the VIP's address.
+    lingering: Vec<(EndpointKey, Instant)>,
 }
+
+/// How long a deleted backend's ENDPOINTS entries outlive it (at least; they go at the
+/// first [`Balancer::expire_endpoints`] after).
+pub const ENDPOINT_GRACE: Duration = Duration::from_secs(2);
 
 /// A delete of something already gone is done.
 fn ignore_missing(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
@@ -166,6 +174,7 @@ impl<M: MapWriter> Balancer<M> {
             next_generation: 1,
             rewrite_all: false,
             hash_seed: [0; 2],
+            lingering: Vec::new(),
         }
     }
 
@@ -262,8 +271,38 @@ impl<M: MapWriter> Balancer<M> {
     /// Removes ENDPOINTS entries that no backend in the maps has (left by a predecessor
     /// that stopped midway); run after a sync that rewrote every VIP.
     pub(crate) fn prune_endpoints(&mut self) -> Result<(), BalancerError> {
-        let wanted: std::collections::HashSet<EndpointKey> = self
-            .slots
+        let wanted = self.wanted_endpoints();
+        for key in self.maps.endpoint_keys()? {
+            if !wanted.contains(&key) {
+                ignore_missing(self.maps.remove_endpoint(&key))?;
+            }
+        }
+        self.lingering.clear();
+        Ok(())
+    }
+
+    /// Removes the entries of retired backends whose grace has passed at `now`, unless a
+    /// backend serves that endpoint again. The daemon calls it every sweep.
+    pub fn expire_endpoints(&mut self, now: Instant) -> Result<(), BalancerError> {
+        if !self.lingering.iter().any(|(_, until)| *until <= now) {
+            return Ok(());
+        }
+        let wanted = self.wanted_endpoints();
+        let mut kept = Vec::new();
+        for (key, until) in std::mem::take(&mut self.lingering) {
+            if until > now {
+                kept.push((key, until));
+            } else if !wanted.contains(&key) {
+                ignore_missing(self.maps.remove_endpoint(&key))?;
+            }
+        }
+        self.lingering = kept;
+        Ok(())
+    }
+
+    /// The ENDPOINTS keys the NAT backends of the current state need.
+    fn wanted_endpoints(&self) -> std::collections::HashSet<EndpointKey> {
+        self.slots
             .iter()
             .filter(|(_, slot)| slot.mode == Mode::Nat)
             .flat_map(|(service, slot)| {
@@ -280,13 +319,7 @@ impl<M: MapWriter> Balancer<M> {
                     ]
                 })
             })
-            .collect();
-        for key in self.maps.endpoint_keys()? {
-            if !wanted.contains(&key) {
-                ignore_missing(self.maps.remove_endpoint(&key))?;
-            }
-        }
-        Ok(())
+            .collect()
     }
 
     /// The desired state (what the maps hold, but for health).
@@ -636,21 +669,18 @@ impl<M: MapWriter> Balancer<M> {
         if let Some(slot) = self.slots.get_mut(service) {
             slot.backend_ids.remove(addr);
         }
-        ignore_missing(
-            self.maps
-                .remove_endpoint(&endpoint_key(addr, service.proto.number())),
-        )?;
-        let address_used = self.slots.values().any(|slot| {
-            slot.mode == Mode::Nat && slot.backend_ids.keys().any(|other| other.ip() == addr.ip())
-        });
-        if !address_used {
-            let (wire, family) = wire_addr(addr.ip());
-            ignore_missing(self.maps.remove_endpoint(&EndpointKey {
-                addr: wire,
-                port: 0,
-                proto: 0,
-                family,
-            }))?;
+        // Its endpoint (and its address entry) linger: replies already sent still get the
+        // VIP's address. `expire_endpoints` removes what no backend uses by then.
+        let until = Instant::now() + ENDPOINT_GRACE;
+        let (wire, family) = wire_addr(addr.ip());
+        let address = EndpointKey {
+            addr: wire,
+            port: 0,
+            proto: 0,
+            family,
+        };
+        for key in [endpoint_key(addr, service.proto.number()), address] {
+            self.lingering.push((key, until));
         }
         self.generations.remove(&id);
         if let Some(vip) = self.applied.vips.get_mut(service) {
@@ -1019,7 +1049,7 @@ mod tests {
     }
 
     #[test]
-    fn a_deleted_backend_leaves_the_table_then_backends_then_endpoints() {
+    fn a_deleted_backend_leaves_the_table_then_backends_then_its_endpoint_after_a_grace() {
         let mut balancer = two_backends();
         let id = id_of(&balancer, 2);
         balancer
@@ -1037,10 +1067,27 @@ mod tests {
                 state: BACKEND_UNUSED,
             }
         });
-        let endpoint = position(log, |w| *w == Write::EndpointGone { port: 8002 });
+        assert!(table < flip && flip < retired, "{log:?}");
         assert!(
-            table < flip && flip < retired && retired < endpoint,
-            "{log:?}"
+            !log.contains(&Write::EndpointGone { port: 8002 }),
+            "replies on their way would leave untranslated: {log:?}"
+        );
+        balancer
+            .expire_endpoints(Instant::now())
+            .expect("nothing due yet");
+        assert!(
+            !balancer
+                .maps()
+                .log
+                .contains(&Write::EndpointGone { port: 8002 })
+        );
+        balancer
+            .expire_endpoints(Instant::now() + ENDPOINT_GRACE)
+            .expect("expire");
+        let log = &balancer.maps().log;
+        assert!(
+            log.contains(&Write::EndpointGone { port: 8002 }),
+            "the grace is over: {log:?}"
         );
         let Write::Table { ids, .. } = &log[table] else {
             unreachable!()
@@ -1048,6 +1095,32 @@ mod tests {
         assert!(
             !ids.contains(&id) && ids.contains(&id_of(&balancer, 1)),
             "{log:?}"
+        );
+    }
+
+    /// A backend deleted and added again within the grace keeps its entry: the expiry
+    /// removes only what no backend uses.
+    #[test]
+    fn an_endpoint_back_within_the_grace_is_not_removed() {
+        let mut balancer = two_backends();
+        let (service, backend) = (service(), backend(2));
+        balancer
+            .apply(&Change::DelBackend { service, backend })
+            .expect("delete");
+        balancer
+            .apply(&Change::AddBackend {
+                service,
+                backend,
+                weight: 100,
+            })
+            .expect("add again");
+        balancer
+            .expire_endpoints(Instant::now() + ENDPOINT_GRACE)
+            .expect("expire");
+        let log = &balancer.maps().log;
+        assert!(
+            !log.contains(&Write::EndpointGone { port: 8002 }),
+            "a live endpoint was removed: {log:?}"
         );
     }
 
@@ -1071,7 +1144,16 @@ mod tests {
             balancer.maps().vips.is_empty(),
             "address entry left: {log:?}"
         );
-        assert!(balancer.maps().endpoints.is_empty(), "{log:?}");
+        // The backends' endpoints outlive them by the grace, no longer.
+        assert!(!balancer.maps().endpoints.is_empty(), "{log:?}");
+        balancer
+            .expire_endpoints(Instant::now() + ENDPOINT_GRACE)
+            .expect("expire");
+        assert!(
+            balancer.maps().endpoints.is_empty(),
+            "{:?}",
+            balancer.maps().log
+        );
     }
 
     #[test]

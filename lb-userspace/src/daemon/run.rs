@@ -366,6 +366,12 @@ async fn sweep_forever(
                         controller.keep_dsr_next_hops();
                         // A route deleted by hand comes back, a failed write is retried.
                         controller.announce();
+                        // Deleted backends' endpoints go once their replies are done.
+                        if let Err(error) =
+                            controller.balancer.expire_endpoints(std::time::Instant::now())
+                        {
+                            warn!(error = %error_chain(&error), "removing deleted backends' endpoints failed; retrying at the next sweep");
+                        }
                         true
                     }
                     Err(_) => false,
