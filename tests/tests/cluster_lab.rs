@@ -65,6 +65,20 @@ fn up_nodes(lab: &ClusterLab, v6: bool) -> Vec<IpAddr> {
         .collect()
 }
 
+/// Every backend's default route (both families) has exactly the nodes that are up.
+fn assert_backends_route_over_up_nodes(lab: &ClusterLab, why: &str) {
+    for backend in &lab.backends {
+        for v6 in VIPS {
+            assert_eq!(
+                sorted(next_hops(&backend.ns, "default", v6)),
+                up_nodes(lab, v6),
+                "{}: {why}",
+                backend.name
+            );
+        }
+    }
+}
+
 fn sorted(mut hops: Vec<IpAddr>) -> Vec<IpAddr> {
     hops.sort();
     hops
@@ -142,16 +156,7 @@ fn cluster_lab() {
         2 * NODES,
         started.elapsed().as_secs_f64()
     ));
-    for backend in &lab.backends {
-        for v6 in VIPS {
-            assert_eq!(
-                sorted(next_hops(&backend.ns, "default", v6)),
-                up_nodes(&lab, v6),
-                "{}: NAT replies go back over every node",
-                backend.name
-            );
-        }
-    }
+    assert_backends_route_over_up_nodes(&lab, "NAT replies go back over every node");
     for v6 in VIPS {
         assert!(
             lab.router_next_hops(vip(v6)).is_empty(),
@@ -238,16 +243,7 @@ fn cluster_lab() {
         );
     }
     assert!(!lab.bgp_established(1));
-    for backend in &lab.backends {
-        for v6 in VIPS {
-            assert_eq!(
-                sorted(next_hops(&backend.ns, "default", v6)),
-                up_nodes(&lab, v6),
-                "{}: replies avoid the lost node",
-                backend.name
-            );
-        }
-    }
+    assert_backends_route_over_up_nodes(&lab, "replies avoid the lost node");
 
     // The link going down took node1's routes (they go through it); lb's daemon puts them
     // back once the link is up, as this does.

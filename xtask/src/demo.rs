@@ -67,6 +67,20 @@ pub(crate) fn in_netns(netns: &Path, program: &Path) -> Command {
     command
 }
 
+/// Runs `command` to its end; its stdout, or an error naming `what` with its stderr.
+pub(crate) fn stdout_of(command: &mut Command, what: &str) -> anyhow::Result<String> {
+    let output = command
+        .output()
+        .with_context(|| format!("running {what}"))?;
+    if !output.status.success() {
+        bail!(
+            "`{what}` failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 /// The demo's own daemon: pins, state and socket under names with our pid.
 pub(crate) struct Demo {
     lb: PathBuf,
@@ -83,19 +97,9 @@ pub(crate) struct Demo {
 impl Demo {
     pub(crate) fn lb(&self, args: &[&str]) -> anyhow::Result<String> {
         println!("$ lb {}", args.join(" "));
-        let output = Command::new(&self.lb)
-            .args(args)
-            .env("LB_API", &self.api)
-            .output()
-            .context("running lb")?;
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        if !output.status.success() {
-            bail!(
-                "`lb {}` failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
+        let mut command = Command::new(&self.lb);
+        command.args(args).env("LB_API", &self.api);
+        let stdout = stdout_of(&mut command, &format!("lb {}", args.join(" ")))?;
         print!("{stdout}");
         Ok(stdout)
     }

@@ -250,7 +250,8 @@ impl Controller {
     }
 
     /// Makes the announce table match what this node can serve now. Called after every
-    /// change, health change and sweep, and by `lb down` before it detaches.
+    /// change (once its next hops are kept resolved), health change and sweep, and by
+    /// `lb down` before it detaches.
     pub(crate) fn announce(&mut self) {
         let vips: Vec<VipLoad> = self
             .balancer
@@ -391,7 +392,6 @@ impl Controller {
         if let Err(error) = self.balancer.set_down(down) {
             error!(error = %error_chain(&error), "updating the tables for health changes failed");
         }
-        self.announce();
     }
 
     /// Counts one probe result; a backend that rises or falls enters or leaves its table.
@@ -414,6 +414,8 @@ impl Controller {
             None => return,
         }
         self.apply_health();
+        // A VIP whose last healthy backend fell (or rose) changes its announcement.
+        self.announce();
     }
 
     /// Refuses an IPv6 VIP while an attached interface has IPv6 forwarding off: the

@@ -119,16 +119,8 @@ impl Node {
         if loud {
             println!("$ [{}] lb {}", self.name, args.join(" "));
         }
-        let output = self.command().args(args).output().context("running lb")?;
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        if !output.status.success() {
-            bail!(
-                "`lb {}` on {} failed: {}",
-                args.join(" "),
-                self.name,
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
+        let what = format!("lb {} on {}", args.join(" "), self.name);
+        let stdout = super::stdout_of(self.command().args(args), &what)?;
         if loud {
             print!("{stdout}");
         }

@@ -9,7 +9,6 @@ use std::{
     process::Command,
 };
 
-use anyhow::{Context as _, bail};
 use lb_lab::{
     dsr::{DsrLab, LB_V4, VIP_V4, Wiring},
     servers::{HTTP_PORT, Servers},
@@ -52,24 +51,15 @@ impl BackendDecap {
         if loud {
             println!("$ [{}] lb decap {}", self.name, args.join(" "));
         }
-        let output = self
-            .command()
+        let mut command = self.command();
+        command
             .args(args)
             .arg("--pin-dir")
             .arg(&self.pin_dir)
             .arg("--record")
-            .arg(&self.record)
-            .output()
-            .context("running lb decap")?;
-        if !output.status.success() {
-            bail!(
-                "`lb decap {}` on {} failed: {}",
-                args.join(" "),
-                self.name,
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            .arg(&self.record);
+        let what = format!("lb decap {} on {}", args.join(" "), self.name);
+        let stdout = super::stdout_of(&mut command, &what)?;
         if loud {
             print!("{stdout}");
         }
