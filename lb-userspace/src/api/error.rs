@@ -48,6 +48,11 @@ pub enum ErrorCode {
     DatapathError,
     /// The state file could not be saved; the change was rolled back.
     StateNotSaved,
+    /// `lb reload` of a daemon started without `--config`.
+    NoConfig,
+    /// `lb reload`: the file is unreadable or invalid, or asks for what a reload cannot do;
+    /// nothing changed.
+    InvalidConfig,
     /// Anything else the daemon could not do.
     Internal,
     #[serde(other)]

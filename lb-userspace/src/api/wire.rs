@@ -11,6 +11,7 @@ use crate::{
     model::check::CheckConfig,
     model::health::{Health, Transition},
     model::mode::Mode,
+    model::reload::Difference,
     model::state::{DEFAULT_WEIGHT, Proto},
 };
 
@@ -128,6 +129,8 @@ pub enum Request {
     /// Announces the VIPs again (those that can be served).
     NodeResume {},
     Down {},
+    /// Re-reads the daemon's `--config` and makes the live state equal to it.
+    Reload {},
 }
 
 /// The protocol version this build speaks. Every request carries it and every response
@@ -363,6 +366,13 @@ pub struct DownReport {
     /// VIP addresses withdrawn from the announce table first.
     #[serde(default)]
     pub withdrawn: Vec<std::net::IpAddr>,
+}
+
+/// `lb reload`: the file read and what changed (nothing when `changes` is empty).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    pub config: PathBuf,
+    pub changes: Vec<Difference>,
 }
 
 /// Parses one request line. A `version` other than ours is refused before anything else is

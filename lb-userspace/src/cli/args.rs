@@ -71,6 +71,10 @@ pub(crate) enum Command {
     /// On a DSR backend (no daemon): take the lb's tunnels apart in XDP, VIPs on lo, sysctls.
     #[command(subcommand)]
     Decap(DecapCommand),
+    /// Re-read the daemon's --config and make the live state equal to it (as SIGHUP does):
+    /// checked in full first, then applied like `lb backend` changes, tracked flows kept;
+    /// prints what changed. A refused file changes nothing.
+    Reload(OutputArgs),
 }
 
 /// A socket address, with a hint for the usual mistakes.

@@ -11,8 +11,8 @@ use serde::Serialize;
 use crate::api::client;
 use crate::{
     api::wire::{
-        BackendEntry, DownReport, FlowList, FlushReport, NodeReport, Request, StatsReport,
-        StatusReport, VipEntry,
+        BackendEntry, DownReport, FlowList, FlushReport, NodeReport, ReloadReport, Request,
+        StatsReport, StatusReport, VipEntry,
     },
     cli::{
         args::{
@@ -262,6 +262,15 @@ pub(crate) fn node(socket: &Path, command: NodeCommand) -> anyhow::Result<()> {
         "resumed: VIPs with a backend that takes new flows are announced"
     };
     println!("lb node {verb}\n{}", render::node(&report));
+    Ok(())
+}
+
+pub(crate) fn reload(socket: &Path, output: OutputArgs) -> anyhow::Result<()> {
+    let report: ReloadReport = client::call_as(socket, &Request::Reload {})?;
+    if output.json {
+        return print_json(&report);
+    }
+    println!("{}", render::reload(&report));
     Ok(())
 }
 

@@ -36,5 +36,6 @@ pub fn main() -> anyhow::Result<()> {
         Command::Node(command) => commands::node(&socket, command),
         Command::Down(args) => commands::down(&socket, args),
         Command::Decap(command) => decap::run(command),
+        Command::Reload(output) => commands::reload(&socket, output),
     }
 }

@@ -3,7 +3,9 @@
 
 use comfy_table::{Table, presets::NOTHING};
 
-use crate::api::wire::{BackendEntry, FlowList, NodeReport, StatsReport, StatusReport, VipEntry};
+use crate::api::wire::{
+    BackendEntry, FlowList, NodeReport, ReloadReport, StatsReport, StatusReport, VipEntry,
+};
 
 fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
@@ -40,6 +42,19 @@ pub(crate) fn vip_table(vips: &[VipEntry]) -> Table {
 }
 
 /// The node's announcements: one line per VIP.
+/// `lb reload`: the file, then one line per change.
+pub(crate) fn reload(r: &ReloadReport) -> String {
+    let file = r.config.display();
+    if r.changes.is_empty() {
+        return format!("reloaded {file}: no changes");
+    }
+    let mut text = format!("reloaded {file}: {} change(s)", r.changes.len());
+    for change in &r.changes {
+        text.push_str(&format!("\n  {change}"));
+    }
+    text
+}
+
 pub(crate) fn node(n: &NodeReport) -> String {
     let mut text = match n.announce_table {
         None => "announce:    off (no --announce-table)".to_owned(),

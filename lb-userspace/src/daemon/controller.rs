@@ -30,7 +30,7 @@ use crate::{
     model::error_chain::error_chain,
     model::health::{Health, HealthBook, HealthKey},
     model::mode::Mode,
-    model::state::{Change, Proto, Service},
+    model::state::{Change, Proto, Service, State},
 };
 use lb_common::flow::Timeouts;
 
@@ -60,6 +60,8 @@ pub(crate) struct Controller {
     pub(super) announcer: Announcer,
     /// Whether `--hash-seed` (or the config) set the cluster's seed.
     pub(super) seeded: bool,
+    /// `--config`, for `lb reload` and SIGHUP.
+    pub(super) declared: crate::daemon::reload::Declared,
     /// Kept so the loaded program lives as long as the daemon.
     pub(super) _ebpf: Ebpf,
 }
@@ -215,6 +217,7 @@ impl Controller {
                 .change(vec![Change::DrainNode(false)])
                 .and_then(|_| json(self.node_report())),
             Request::Down {} => self.down().and_then(json),
+            Request::Reload {} => self.reload().and_then(json),
         };
         match result {
             Ok(value) => Response::success(value),
@@ -228,25 +231,37 @@ impl Controller {
         let before = self.balancer.state().clone();
         self.check_dsr_paths(&changes)?;
         self.balancer.apply_all(&changes)?;
-        if let Err(save_error) = config::save(&self.state_file, self.balancer.state()) {
-            let reason = error_chain(&save_error);
-            let message = match self.balancer.sync(&before) {
-                Ok(()) => format!("{reason}; the change was rolled back"),
-                Err(rollback) => {
-                    error!(error = %error_chain(&rollback), "rolling back after a failed save");
-                    format!(
-                        "{reason}; rolling back failed too: {}",
-                        error_chain(&rollback)
-                    )
-                }
-            };
-            return Err(ApiError::new(ErrorCode::StateNotSaved, message));
-        }
+        self.save_or_roll_back(&before)?;
         info!(?changes, "applied");
+        self.after_change();
+        Ok(serde_json::Value::Null)
+    }
+
+    /// Saves the state the maps now hold; if that fails, puts `before` back in the maps.
+    pub(super) fn save_or_roll_back(&mut self, before: &State) -> Result<(), ApiError> {
+        let Err(save_error) = config::save(&self.state_file, self.balancer.state()) else {
+            return Ok(());
+        };
+        let reason = error_chain(&save_error);
+        let message = match self.balancer.sync(before) {
+            Ok(()) => format!("{reason}; the change was rolled back"),
+            Err(rollback) => {
+                error!(error = %error_chain(&rollback), "rolling back after a failed save");
+                format!(
+                    "{reason}; rolling back failed too: {}",
+                    error_chain(&rollback)
+                )
+            }
+        };
+        Err(ApiError::new(ErrorCode::StateNotSaved, message))
+    }
+
+    /// What follows every applied change: probes for the new backends, next hops for the
+    /// new DSR backends (kept before announcing), then the announcement.
+    pub(super) fn after_change(&mut self) {
         self.refresh_health();
         self.keep_dsr_next_hops();
         self.announce();
-        Ok(serde_json::Value::Null)
     }
 
     /// Makes the announce table match what this node can serve now. Called after every
@@ -282,14 +297,23 @@ impl Controller {
                 return Ok(());
             }
         }
-        for change in changes {
-            let Change::AddBackend {
+        let added = changes.iter().filter_map(|change| match change {
+            Change::AddBackend {
                 service, backend, ..
-            } = change
-            else {
-                continue;
-            };
-            if next.vips.get(service).map(|v| v.mode) != Some(Mode::DsrL2) {
+            } => Some((*service, *backend)),
+            _ => None,
+        });
+        self.check_dsr_backends(&next, added)
+    }
+
+    /// [`Self::check_dsr_paths`] for the `added` backends of `next`.
+    pub(super) fn check_dsr_backends(
+        &self,
+        next: &State,
+        added: impl Iterator<Item = (Service, SocketAddr)>,
+    ) -> Result<(), ApiError> {
+        for (service, backend) in added {
+            if next.vips.get(&service).map(|v| v.mode) != Some(Mode::DsrL2) {
                 continue;
             }
             let path = neighbours::path_to(backend.ip()).map_err(|error| {
@@ -420,7 +444,7 @@ impl Controller {
 
     /// Refuses an IPv6 VIP while an attached interface has IPv6 forwarding off: the
     /// datapath would drop its packets. (IPv4 forwarding was checked at start.)
-    fn forwarding_for(&self, vip: SocketAddr) -> Result<(), ApiError> {
+    pub(super) fn forwarding_for(&self, vip: SocketAddr) -> Result<(), ApiError> {
         if vip.is_ipv4() {
             return Ok(());
         }

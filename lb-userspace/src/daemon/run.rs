@@ -25,6 +25,7 @@ use crate::{
     control::balancer::Balancer,
     control::checker::Checker,
     daemon::metrics_http,
+    daemon::reload::{self, Declared},
     daemon::server,
     daemon::{controller::Controller, counters},
     datapath::attach::{self, AttachMode, Interface, PinnedAttachment},
@@ -102,6 +103,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
         }
         None => (None, ClusterSettings::default()),
     };
+    let cluster_flags = args.cluster;
     args.cluster = args.cluster.or(file_cluster);
     args.options.hash_seed = args.cluster.hash_seed.unwrap_or_default().words();
     if args.cluster.announce_table.is_some() && args.cluster.hash_seed.is_none() {
@@ -224,6 +226,11 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
         unresolved: Default::default(),
         announcer: Announcer::new(args.cluster.announce_table, first_ifindex),
         seeded: args.cluster.hash_seed.is_some(),
+        declared: Declared {
+            config: args.config.clone(),
+            flags: cluster_flags,
+            running: args.cluster,
+        },
         sweep_interval: args.sweep_interval,
         checker: Checker::new(tokio::runtime::Handle::current(), probe_tx),
         _ebpf: ebpf,
@@ -551,6 +558,8 @@ enum Stop {
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    /// Reloads `--config` (systemd's ExecReload sends it through `lb reload` instead).
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -558,6 +567,7 @@ impl Signals {
         Ok(Self {
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
         })
     }
 }
@@ -611,6 +621,7 @@ async fn wait_for_stop(
     let Signals {
         term: mut sigterm,
         int: mut sigint,
+        hup: mut sighup,
     } = signals;
     let interval = args
         .stats_interval
@@ -625,6 +636,16 @@ async fn wait_for_stop(
             _ = sigterm.recv() => { info!("SIGTERM received, stopping the daemon"); return Ok(Stop::Signal); }
             _ = sigint.recv() => { info!("interrupt received, stopping the daemon"); return Ok(Stop::Signal); }
             _ = down.changed() => return Ok(Stop::Down),
+            _ = sighup.recv() => {
+                let controller = Arc::clone(controller);
+                // Off the async workers: a reload rebuilds tables and writes maps.
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Ok(mut controller) = controller.lock() {
+                        reload::on_hangup(&mut controller);
+                    }
+                })
+                .await;
+            }
             _ = pin_check.tick() => {
                 check_pins(controller, &mut pins_reported);
                 report_unattached(egress);

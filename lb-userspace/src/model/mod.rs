@@ -12,4 +12,5 @@ pub mod limits;
 pub mod maglev;
 pub mod mode;
 pub mod prefix;
+pub mod reload;
 pub mod state;

@@ -1,0 +1,115 @@
+//! `lb reload` and SIGHUP: re-read `--config` and make the live state equal to it, with
+//! the checks and the packet-safe map order of an API change (each VIP's table flips
+//! whole, tracked flows stay). A file that fails any check changes nothing.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use tracing::{info, warn};
+
+use crate::{
+    api::error::{ApiError, ErrorCode},
+    api::wire::ReloadReport,
+    daemon::controller::Controller,
+    model::cluster::ClusterSettings,
+    model::config,
+    model::error_chain::error_chain,
+    model::reload::{self, Difference},
+    model::state::{Service, State},
+};
+
+/// Where the declared state comes from, and the `[cluster]` the daemon runs with.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Declared {
+    /// `--config`; `None`: nothing to reload.
+    pub(crate) config: Option<PathBuf>,
+    /// `--hash-seed` and `--announce-table`, which win over the file.
+    pub(crate) flags: ClusterSettings,
+    /// What the datapath was loaded with (flags over the file at start).
+    pub(crate) running: ClusterSettings,
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::InvalidConfig, message)
+}
+
+impl Controller {
+    /// Re-reads `--config`, checks everything, applies the difference and saves it.
+    pub(crate) fn reload(&mut self) -> Result<ReloadReport, ApiError> {
+        let Some(path) = self.declared.config.clone() else {
+            return Err(ApiError::new(
+                ErrorCode::NoConfig,
+                "the daemon was started without --config: there is no file to reload (change it with `lb vip` and `lb backend`, or restart it with --config)",
+            ));
+        };
+        let refused = |reason: String| invalid(format!("{reason}; nothing was changed"));
+        let (declared, cluster) =
+            config::load_with_cluster(&path).map_err(|e| refused(error_chain(&e)))?;
+        let reloaded = self.declared.flags.or(cluster);
+        reload::check_cluster(&self.declared.running, &reloaded)
+            .map_err(|e| refused(format!("{}: {e}", path.display())))?;
+        let before = self.balancer.state().clone();
+        let target = reload::target(&before, declared);
+        let changes = reload::differences(&before, &target)
+            .map_err(|e| refused(format!("{}: {e}", path.display())))?;
+        if changes.is_empty() {
+            info!(config = %path.display(), "reloaded: no changes");
+            return Ok(ReloadReport {
+                config: path,
+                changes,
+            });
+        }
+        self.check_reload(&target, &changes)
+            .map_err(|e| ApiError::new(e.code, format!("{}; nothing was changed", e.message)))?;
+        self.balancer.sync(&target).map_err(ApiError::from)?;
+        self.save_or_roll_back(&before)?;
+        for change in &changes {
+            info!(config = %path.display(), "reload: {change}");
+        }
+        info!(config = %path.display(), changes = changes.len(), "reloaded");
+        self.after_change();
+        Ok(ReloadReport {
+            config: path,
+            changes,
+        })
+    }
+
+    /// The checks an API change gets that need the kernel: IPv6 forwarding for new IPv6
+    /// VIPs, a direct link for new dsr-l2 backends. (The balancer checks capacity before
+    /// it writes anything.)
+    fn check_reload(&self, target: &State, changes: &[Difference]) -> Result<(), ApiError> {
+        let mut added: Vec<(Service, SocketAddr)> = Vec::new();
+        for change in changes {
+            match *change {
+                Difference::VipAdded { vip, proto, .. } => {
+                    self.forwarding_for(vip)?;
+                    let service = Service { addr: vip, proto };
+                    if let Some(spec) = target.vips.get(&service) {
+                        added.extend(spec.backends.keys().map(|b| (service, *b)));
+                    }
+                }
+                Difference::ModeChanged { vip, proto, .. } => {
+                    let service = Service { addr: vip, proto };
+                    if let Some(spec) = target.vips.get(&service) {
+                        added.extend(spec.backends.keys().map(|b| (service, *b)));
+                    }
+                }
+                Difference::BackendAdded {
+                    vip,
+                    proto,
+                    backend,
+                    ..
+                } => added.push((Service { addr: vip, proto }, backend)),
+                _ => {}
+            }
+        }
+        self.check_dsr_backends(target, added.into_iter())
+    }
+}
+
+/// SIGHUP: a reload whose outcome goes to the log (there is no one to answer).
+pub(crate) fn on_hangup(controller: &mut Controller) {
+    info!("SIGHUP received, reloading --config");
+    if let Err(error) = controller.reload() {
+        warn!(code = %error.code.as_str(), "reload refused: {}", error.message);
+    }
+}
