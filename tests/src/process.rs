@@ -156,6 +156,29 @@ impl Daemon {
         (status, std::mem::take(&mut self.seen))
     }
 
+    /// SIGHUP: the daemon reloads its --config.
+    pub fn hangup(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) };
+    }
+
+    /// Waits up to `timeout` until the daemon's log holds `needle` at least `count` times;
+    /// the log so far.
+    pub fn wait_for_log(&self, needle: &str, count: usize, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.stderr();
+            if log.matches(needle).count() >= count {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lb did not log `{needle}` {count} time(s) within {timeout:?}; its log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL: the daemon gets no chance to clean up, as in a crash.
     pub fn kill_hard(mut self) -> ExitStatus {
         let _ = self.child.kill();

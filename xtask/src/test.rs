@@ -108,6 +108,8 @@ pub fn run() -> anyhow::Result<()> {
                 "--test",
                 "cluster",
                 "--test",
+                "reload",
+                "--test",
                 "soak",
             ])
             .env("LB_BIN", lb),
