@@ -61,7 +61,7 @@ pub(crate) struct Controller {
     /// Whether `--hash-seed` (or the config) set the cluster's seed.
     pub(super) seeded: bool,
     /// `--config`, for `lb reload` and SIGHUP.
-    pub(super) declared: crate::daemon::reload::Declared,
+    pub(super) declared: crate::model::reload::Declared,
     /// Kept so the loaded program lives as long as the daemon.
     pub(super) _ebpf: Ebpf,
 }

@@ -2,7 +2,7 @@
 //! the checks and the packet-safe map order of an API change (each VIP's table flips
 //! whole, tracked flows stay). A file that fails any check changes nothing.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::net::SocketAddr;
 
 use tracing::{info, warn};
 
@@ -10,23 +10,11 @@ use crate::{
     api::error::{ApiError, ErrorCode},
     api::wire::ReloadReport,
     daemon::controller::Controller,
-    model::cluster::ClusterSettings,
     model::config,
     model::error_chain::error_chain,
     model::reload::{self, Difference},
     model::state::{Service, State},
 };
-
-/// Where the declared state comes from, and the `[cluster]` the daemon runs with.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Declared {
-    /// `--config`; `None`: nothing to reload.
-    pub(crate) config: Option<PathBuf>,
-    /// `--hash-seed` and `--announce-table`, which win over the file.
-    pub(crate) flags: ClusterSettings,
-    /// What the datapath was loaded with (flags over the file at start).
-    pub(crate) running: ClusterSettings,
-}
 
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidConfig, message)

@@ -25,7 +25,7 @@ use crate::{
     control::balancer::Balancer,
     control::checker::Checker,
     daemon::metrics_http,
-    daemon::reload::{self, Declared},
+    daemon::reload,
     daemon::server,
     daemon::{controller::Controller, counters},
     datapath::attach::{self, AttachMode, Interface, PinnedAttachment},
@@ -46,6 +46,7 @@ use crate::{
     model::health::HealthBook,
     model::limits::{Limits, Options},
     model::mode,
+    model::reload::Declared,
     model::state::State,
 };
 

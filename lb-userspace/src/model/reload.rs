@@ -2,7 +2,7 @@
 //! file's. Pure: it lists the differences and refuses what a reload cannot do; the daemon
 //! validates the rest against the kernel and applies it like an API change.
 
-use std::{fmt, net::SocketAddr};
+use std::{fmt, net::SocketAddr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -13,6 +13,17 @@ use crate::model::{
     mode::Mode,
     state::{Proto, Service, State},
 };
+
+/// Where the declared state comes from, and the `[cluster]` the daemon runs with.
+#[derive(Clone, Debug, Default)]
+pub struct Declared {
+    /// `--config`; `None`: nothing to reload.
+    pub config: Option<PathBuf>,
+    /// `--hash-seed` and `--announce-table`, which win over the file.
+    pub flags: ClusterSettings,
+    /// What the datapath was loaded with (flags over the file at start).
+    pub running: ClusterSettings,
+}
 
 /// One difference between the live state and the file, as reported to the operator.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
