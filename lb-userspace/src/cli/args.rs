@@ -71,6 +71,11 @@ pub(crate) enum Command {
     /// On a DSR backend (no daemon): take the lb's tunnels apart in XDP, VIPs on lo, sysctls.
     #[command(subcommand)]
     Decap(DecapCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(crate::cli::completions::CompletionsArgs),
+    /// Write one man page per command into a directory (run by `cargo xtask install`).
+    #[command(hide = true)]
+    Manpages(crate::cli::manpages::ManpagesArgs),
 }
 
 /// A socket address, with a hint for the usual mistakes.
