@@ -483,3 +483,86 @@ fn pins_removed_under_a_running_daemon_are_put_back() {
     lab.instance.down();
     assert!(!lab.lb.has_xdp());
 }
+
+/// The datagrams a stand-in for systemd received on its notify socket, one per message.
+fn notification(socket: &std::os::unix::net::UnixDatagram) -> String {
+    let mut buffer = [0u8; 4096];
+    let n = socket
+        .recv(&mut buffer)
+        .expect("a notification from lb within the timeout");
+    String::from_utf8_lossy(&buffer[..n]).into_owned()
+}
+
+/// Waits (bounded) until `pid` is stopped by SIGSTOP.
+fn wait_until_stopped(pid: u32) {
+    for _ in 0..400 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        if status.lines().any(|l| l.starts_with("State:\tT")) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("lb (pid {pid}) did not stop on SIGSTOP");
+}
+
+#[test]
+fn tells_systemd_ready_once_attached_and_serving_and_stopping_on_sigterm() {
+    use std::os::{linux::net::SocketAddrExt as _, unix::net};
+    lb_tests::require_root!();
+    let lab = Lab::new();
+    // An abstract socket, as systemd sometimes hands out; those live in a network
+    // namespace, so it is bound in the daemon's.
+    let name = format!("lbt-notify-{}", std::process::id());
+    let socket = lab.lb.enter(|| {
+        let address = net::SocketAddr::from_abstract_name(name.as_bytes()).expect("name");
+        net::UnixDatagram::bind_addr(&address).expect("bind the notify socket")
+    });
+    socket
+        .set_read_timeout(Some(STARTUP))
+        .expect("read timeout");
+    let mut command = lab.lb_run(&[]);
+    command.env("NOTIFY_SOCKET", format!("@{name}"));
+    let daemon = Daemon::spawn(command);
+
+    let first = notification(&socket);
+    // Frozen on the spot, so what follows is what held when READY=1 was sent.
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(daemon.pid() as i32, libc::SIGSTOP) };
+    wait_until_stopped(daemon.pid());
+    let lines: Vec<&str> = first.lines().collect();
+    assert!(
+        lines.contains(&"READY=1"),
+        "the first notification is READY=1 (nothing before it): {first:?}"
+    );
+    assert!(
+        lines.contains(&format!("STATUS=forwarding on {}", lab.lb_if).as_str()),
+        "READY comes with a status naming the interface: {first:?}"
+    );
+    assert!(lab.lb.has_xdp(), "the datapath is attached at READY=1");
+    let socket_file = std::fs::symlink_metadata(&lab.instance.api).expect("the API socket");
+    assert!(
+        std::os::unix::fs::FileTypeExt::is_socket(&socket_file.file_type()),
+        "the API socket is bound at READY=1"
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(daemon.pid() as i32, libc::SIGCONT) };
+    let status = lab.instance.ok(&["status"]);
+    assert!(status.contains(&lab.lb_if), "`lb status` answers: {status}");
+
+    let (exit, _) = daemon.terminate();
+    assert!(exit.success(), "lb exits 0 on SIGTERM: {exit}");
+    let last = notification(&socket);
+    assert!(
+        last.lines().any(|l| l == "STOPPING=1"),
+        "SIGTERM is announced with STOPPING=1: {last:?}"
+    );
+    socket.set_nonblocking(true).expect("nonblocking");
+    let mut buffer = [0u8; 512];
+    assert!(
+        socket.recv(&mut buffer).is_err(),
+        "nothing but READY=1 and STOPPING=1 was sent: also {:?}",
+        String::from_utf8_lossy(&buffer)
+    );
+    assert!(lab.lb.has_xdp(), "stopping the daemon keeps the datapath");
+    lab.instance.down();
+}

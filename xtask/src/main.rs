@@ -5,7 +5,9 @@ mod build;
 mod cmd;
 mod demo;
 mod fuzz;
+mod install;
 mod layers;
+mod package;
 mod run;
 mod setup;
 mod soak;
@@ -38,6 +40,11 @@ enum Task {
     Fuzz(fuzz::Options),
     /// Soak lb with traffic while backends change (10 minutes by default).
     Soak(soak::Options),
+    /// Build the release `lb` and install it with its systemd unit, man pages and shell
+    /// completions (as root for the default prefix).
+    Install(install::Options),
+    /// Build a Debian package of the same files (prefix /usr) under target/; prints its path.
+    Package,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +69,16 @@ fn main() -> anyhow::Result<()> {
         Task::Bench(options) => {
             setup::run()?;
             bench::run(&options)
+        }
+        Task::Install(options) => {
+            setup::run()?;
+            install::run(&options).map(drop)
+        }
+        Task::Package => {
+            setup::run()?;
+            let deb = package::run()?;
+            println!("{}", deb.display());
+            Ok(())
         }
         Task::Layers => {
             let files = layers::check(&cmd::workspace_root().join("lb-userspace/src"))?;

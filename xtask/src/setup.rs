@@ -4,7 +4,8 @@
 //! - bpf-linker, built against nightly's own libLLVM so both agree on the LLVM version. Its
 //!   LLVM prefix lives under `$CARGO_HOME` because the binary keeps an rpath to it;
 //! - the Debian packages the tests drive (iproute2, ethtool, util-linux's nsenter, and
-//!   bird2 for the multi-node lab's BGP: its service is never started on the host).
+//!   bird2 for the multi-node lab's BGP: its service is never started on the host, and
+//!   systemd for `systemd-analyze verify` of the unit).
 
 use std::{fs, os::unix::fs::symlink, path::Path, process::Command, time::Instant};
 
@@ -24,6 +25,9 @@ const TOOLS: &[(&str, &str)] = &[
     // starts its own instances inside namespaces, never the host's bird.service.
     ("bird", "bird2"),
     ("birdc", "bird2"),
+    // `systemd-analyze verify` checks the installed unit (tests/install.rs); systemd need
+    // not run.
+    ("systemd-analyze", "systemd"),
 ];
 
 /// What the end-to-end benchmark compares lb with, and drives it with.

@@ -114,6 +114,11 @@ pub fn run() -> anyhow::Result<()> {
             ])
             .env("LB_BIN", lb),
     )?;
+    // Unprivileged, but it builds the release `lb` (once, through `cargo xtask install`).
+    step(
+        "install and package (cargo xtask install into a temporary prefix, systemd-analyze verify, cargo xtask package)",
+        cmd::cargo()?.args(["test", "-p", "lb-tests", "--test", "install"]),
+    )?;
     step(
         "demo lab (cargo xtask run --once)",
         cmd::cargo()?.args(["xtask", "run", "--once"]),

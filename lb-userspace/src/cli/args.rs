@@ -75,6 +75,11 @@ pub(crate) enum Command {
     /// checked in full first, then applied like `lb backend` changes, tracked flows kept;
     /// prints what changed. A refused file changes nothing.
     Reload(OutputArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(crate::cli::completions::CompletionsArgs),
+    /// Write one man page per command into a directory (run by `cargo xtask install`).
+    #[command(hide = true)]
+    Manpages(crate::cli::manpages::ManpagesArgs),
 }
 
 /// A socket address, with a hint for the usual mistakes.

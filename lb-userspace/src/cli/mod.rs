@@ -3,15 +3,22 @@
 
 pub mod args;
 pub mod commands;
+pub mod completions;
 pub mod decap;
+pub mod manpages;
 pub mod render;
 pub mod watch;
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, Parser as _};
 use tracing_subscriber::EnvFilter;
 
 use crate::{api::client, daemon};
 use args::{Cli, Command};
+
+/// `lb`'s whole command-line definition (for completions and man pages).
+pub fn command() -> clap::Command {
+    Cli::command()
+}
 
 /// Parses the command line and runs it. Only `lb run` starts a tokio runtime (multi-threaded:
 /// probes, the sweep and the servers run beside the controller); the client commands are
@@ -37,5 +44,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Down(args) => commands::down(&socket, args),
         Command::Decap(command) => decap::run(command),
         Command::Reload(output) => commands::reload(&socket, output),
+        Command::Completions(args) => completions::run(&args, command()),
+        Command::Manpages(args) => manpages::run(&args, command()),
     }
 }

@@ -6,6 +6,7 @@ pub mod counters;
 pub mod flows;
 pub mod metrics;
 pub mod metrics_http;
+pub mod notify;
 pub mod reload;
 pub mod reports;
 pub mod run;

@@ -25,6 +25,7 @@ use crate::{
     control::balancer::Balancer,
     control::checker::Checker,
     daemon::metrics_http,
+    daemon::notify,
     daemon::reload,
     daemon::server,
     daemon::{controller::Controller, counters},
@@ -275,9 +276,12 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
     };
     let waiting = async {
         let reason = wait_for_stop(signals, &controller, &args, &mut down_rx, &mut egress).await;
+        notify::stopping();
         let _ = stop_tx.send(true);
         reason
     };
+    // Attached, API bound: systemd may start what depends on lb (`Type=notify`).
+    notify::ready(&format!("forwarding on {}", args.ifaces.join(", ")));
     let (_, reason) = tokio::join!(serving, waiting);
     health_task.abort();
     sweep_task.abort();

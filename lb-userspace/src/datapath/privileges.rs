@@ -6,16 +6,19 @@ use thiserror::Error;
 
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 #[derive(Debug, Error)]
 #[error(
-    "lb needs root (or CAP_BPF and CAP_NET_ADMIN) to load and attach XDP programs; \
-     try again with sudo"
+    "lb needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN) to load and attach XDP \
+     programs; try again with sudo"
 )]
 pub(crate) struct NotPrivileged;
 
 /// Succeeds when the effective capability set allows loading BPF and changing interfaces.
+/// CAP_PERFMON too: without it the verifier refuses the program's pointer arithmetic on
+/// packet pointers ("pointer -= pointer prohibited"); CAP_SYS_ADMIN stands for both.
 pub(crate) fn check() -> Result<(), NotPrivileged> {
     let effective = fs::read_to_string("/proc/self/status")
         .ok()
@@ -37,7 +40,7 @@ fn effective_capabilities(status: &str) -> Option<u64> {
 
 fn allows_xdp(caps: u64) -> bool {
     let has = |cap: u32| caps & (1 << cap) != 0;
-    has(CAP_NET_ADMIN) && (has(CAP_BPF) || has(CAP_SYS_ADMIN))
+    has(CAP_NET_ADMIN) && (has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)))
 }
 
 #[cfg(test)]
@@ -52,9 +55,12 @@ mod tests {
     }
 
     #[test]
-    fn needs_net_admin_and_bpf_or_sys_admin() {
+    fn needs_net_admin_and_bpf_with_perfmon_or_sys_admin() {
         assert!(allows_xdp(u64::MAX));
-        assert!(allows_xdp(1 << CAP_NET_ADMIN | 1 << CAP_BPF));
+        assert!(allows_xdp(
+            1 << CAP_NET_ADMIN | 1 << CAP_BPF | 1 << CAP_PERFMON
+        ));
+        assert!(!allows_xdp(1 << CAP_NET_ADMIN | 1 << CAP_BPF));
         assert!(allows_xdp(1 << CAP_NET_ADMIN | 1 << CAP_SYS_ADMIN));
         assert!(!allows_xdp(1 << CAP_BPF));
         assert!(!allows_xdp(0));

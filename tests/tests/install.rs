@@ -1,0 +1,355 @@
+//! `cargo xtask install` and `cargo xtask package` as a newcomer runs them: the installed
+//! tree file by file, the binary, man pages and completions working, the unit as systemd
+//! reads it, and the package's files and fields. Needs cargo and builds the release `lb`
+//! once (every test here shares it); needs no root.
+
+use std::{
+    collections::BTreeSet,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::OnceLock,
+};
+
+/// The workspace root (this package lives one level below it).
+fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+}
+
+/// `cargo xtask <args>` from the workspace root; panics with its stderr when it fails.
+fn xtask(args: &[&str]) -> Output {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .current_dir(workspace_root())
+        .arg("xtask")
+        .args(args)
+        .output()
+        .expect("run cargo xtask");
+    assert!(
+        output.status.success(),
+        "`cargo xtask {}` failed ({}):\n{}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// One `cargo xtask install --prefix <tmp>` for the whole file.
+fn installed() -> &'static Path {
+    static PREFIX: OnceLock<tempfile::TempDir> = OnceLock::new();
+    PREFIX
+        .get_or_init(|| {
+            let prefix = tempfile::tempdir().expect("tempdir");
+            let text = prefix.path().to_str().expect("UTF-8 temporary path");
+            xtask(&["install", "--prefix", text]);
+            prefix
+        })
+        .path()
+}
+
+/// Every file under `dir` (no directories), relative to it; a symlink or other special
+/// file fails the test.
+fn files_under(dir: &Path) -> BTreeSet<String> {
+    fn walk(root: &Path, dir: &Path, files: &mut BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).expect("read_dir") {
+            let entry = entry.expect("entry");
+            let kind = entry.file_type().expect("file type");
+            if kind.is_dir() {
+                walk(root, &entry.path(), files);
+            } else {
+                assert!(kind.is_file(), "{} is not a file", entry.path().display());
+                let relative = entry
+                    .path()
+                    .strip_prefix(root)
+                    .expect("under root")
+                    .to_owned();
+                files.insert(relative.to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut files = BTreeSet::new();
+    walk(dir, dir, &mut files);
+    files
+}
+
+/// What an install puts under `prefix` (`lib/`, `share/`, `bin/`) and `etc` (relative).
+fn expected_tree(prefix: &str, etc: &str) -> BTreeSet<String> {
+    let mut files: BTreeSet<String> = [
+        format!("{prefix}bin/lb"),
+        format!("{prefix}lib/systemd/system/lb.service"),
+        format!("{prefix}share/bash-completion/completions/lb"),
+        format!("{prefix}share/zsh/site-functions/_lb"),
+        format!("{prefix}share/fish/vendor_completions.d/lb.fish"),
+        format!("{etc}default/lb"),
+        format!("{etc}lb/lb.toml"),
+    ]
+    .into();
+    for page in lb_userspace::cli::manpages::page_names(&lb_userspace::cli::command()) {
+        files.insert(format!("{prefix}share/man/man1/{page}.1.gz"));
+    }
+    files
+}
+
+fn run_ok(command: &mut Command) -> String {
+    let output = command.output().expect("start the command");
+    assert!(
+        output.status.success(),
+        "{command:?} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn install_puts_every_file_in_place_and_nothing_else() {
+    let prefix = installed();
+    assert_eq!(files_under(prefix), expected_tree("", "etc/"));
+    let lb = prefix.join("bin/lb");
+    let mode = std::fs::metadata(&lb).expect("bin/lb").permissions().mode();
+    assert_eq!(mode & 0o777, 0o755, "bin/lb is executable: {mode:o}");
+    let version = run_ok(Command::new(&lb).arg("--version"));
+    assert!(version.starts_with("lb "), "lb --version: {version}");
+    for file in ["lib/systemd/system/lb.service", "etc/default/lb"] {
+        let text = std::fs::read_to_string(prefix.join(file)).expect("read");
+        assert!(
+            !text.contains("@BINDIR@") && !text.contains("@SYSCONFDIR@"),
+            "{file}:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn the_unit_runs_the_installed_binary_with_the_installed_files() {
+    let prefix = installed();
+    let unit = std::fs::read_to_string(prefix.join("lib/systemd/system/lb.service")).expect("unit");
+    let (bin, etc) = (prefix.join("bin"), prefix.join("etc"));
+    let lines: Vec<&str> = unit.lines().collect();
+    let exec_start = format!(
+        "ExecStart={}/lb run --config {}/lb/lb.toml --state /var/lib/lb/state.toml $LB_OPTS --iface $LB_IFACES",
+        bin.display(),
+        etc.display()
+    );
+    for expected in [
+        exec_start.as_str(),
+        &format!("ExecReload={}/lb reload", bin.display()),
+        &format!("EnvironmentFile=-{}/default/lb", etc.display()),
+        "Type=notify",
+        "NotifyAccess=main",
+        "KillMode=mixed",
+        "LimitMEMLOCK=infinity",
+        "CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN",
+    ] {
+        assert!(lines.contains(&expected), "no `{expected}` in:\n{unit}");
+    }
+}
+
+#[test]
+fn systemd_analyze_accepts_the_installed_unit() {
+    let prefix = installed();
+    let unit = prefix.join("lib/systemd/system/lb.service");
+    // Documentation=man:lb(1) is checked too: against the installed pages.
+    let output = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&unit)
+        .env("MANPATH", prefix.join("share/man"))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run systemd-analyze ({e}): `cargo xtask setup` installs it (Debian package systemd)")
+        });
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "systemd-analyze verify refused the unit:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("lb.service"),
+        "systemd-analyze verify warns about the unit:\n{stderr}"
+    );
+}
+
+#[test]
+fn every_man_page_parses_and_completions_name_the_subcommands() {
+    let prefix = installed();
+    for page in lb_userspace::cli::manpages::page_names(&lb_userspace::cli::command()) {
+        let file = prefix.join(format!("share/man/man1/{page}.1.gz"));
+        let roff = run_ok(Command::new("gzip").arg("-dc").arg(&file));
+        assert!(
+            roff.lines()
+                .any(|l| l.starts_with(&format!(".TH {page} 1"))),
+            "{page}: no .TH header:\n{roff}"
+        );
+        // groff's warnings (-ww) on stderr mean a page man would render wrong.
+        let output = Command::new("sh")
+            .arg("-c")
+            .arg("gzip -dc \"$1\" | groff -man -Tutf8 -ww -z")
+            .arg("sh")
+            .arg(&file)
+            .output()
+            .expect("run groff");
+        assert!(
+            output.status.success() && output.stderr.is_empty(),
+            "groff on {page}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let top_level = ["run", "vip", "backend", "status", "down", "completions"];
+    for (file, marker) in [
+        ("share/bash-completion/completions/lb", "complete -F _lb"),
+        ("share/zsh/site-functions/_lb", "#compdef lb"),
+        ("share/fish/vendor_completions.d/lb.fish", "complete -c lb"),
+    ] {
+        let script = std::fs::read_to_string(prefix.join(file)).expect("completion script");
+        assert!(script.contains(marker), "{file} has no `{marker}`");
+        for command in top_level {
+            assert!(
+                script.contains(command),
+                "{file} does not complete `{command}`"
+            );
+        }
+    }
+}
+
+#[test]
+fn lb_completions_prints_each_shell_and_refuses_an_unknown_one() {
+    let lb = installed().join("bin/lb");
+    for shell in ["bash", "zsh", "fish"] {
+        let script = run_ok(Command::new(&lb).args(["completions", shell]));
+        assert!(script.contains("vip"), "{shell}: {script}");
+    }
+    let refused = Command::new(&lb)
+        .args(["completions", "tcsh"])
+        .output()
+        .expect("run lb");
+    assert_eq!(refused.status.code(), Some(2), "clap's usage error");
+    assert!(refused.stdout.is_empty(), "no script for an unknown shell");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("invalid value 'tcsh'") && stderr.contains("bash"),
+        "the error names the value and the shells: {stderr}"
+    );
+}
+
+#[test]
+fn a_second_install_keeps_the_operators_files() {
+    let prefix = tempfile::tempdir().expect("tempdir");
+    let config = prefix.path().join("etc/lb/lb.toml");
+    let environment = prefix.path().join("etc/default/lb");
+    for (file, text) in [(&config, "# mine\n"), (&environment, "LB_IFACES=eth7\n")] {
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
+        std::fs::write(file, text).expect("write");
+    }
+    let output = xtask(&[
+        "install",
+        "--prefix",
+        prefix.path().to_str().expect("UTF-8"),
+    ]);
+    assert_eq!(std::fs::read_to_string(&config).expect("read"), "# mine\n");
+    assert_eq!(
+        std::fs::read_to_string(&environment).expect("read"),
+        "LB_IFACES=eth7\n"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("kept {}", config.display())),
+        "{stderr}"
+    );
+    assert_eq!(files_under(prefix.path()), expected_tree("", "etc/"));
+}
+
+#[test]
+fn the_package_holds_the_install_tree_under_usr_with_its_conffiles() {
+    let output = xtask(&["package"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let deb = PathBuf::from(stdout.lines().last().expect("the .deb's path").trim());
+    assert!(deb.is_file(), "{} is not a file", deb.display());
+    assert_eq!(deb.extension().and_then(|e| e.to_str()), Some("deb"));
+
+    let arch = run_ok(Command::new("dpkg").arg("--print-architecture"));
+    let field = |name: &str| {
+        run_ok(
+            Command::new("dpkg-deb")
+                .args(["--field"])
+                .arg(&deb)
+                .arg(name),
+        )
+    };
+    assert_eq!(field("Package").trim(), "lb");
+    assert_eq!(field("Version").trim(), env!("CARGO_PKG_VERSION"));
+    assert_eq!(field("Architecture").trim(), arch.trim());
+    assert!(!field("Installed-Size").trim().is_empty());
+
+    let listing = run_ok(Command::new("dpkg-deb").arg("--contents").arg(&deb));
+    let mut files = BTreeSet::new();
+    for line in listing.lines() {
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        let (Some(mode), Some(owner), Some(path)) =
+            (columns.first(), columns.get(1), columns.last())
+        else {
+            panic!("unexpected dpkg-deb line: {line}");
+        };
+        assert_eq!(*owner, "root/root", "{line}");
+        if mode.starts_with('-') {
+            files.insert(path.trim_start_matches("./").to_owned());
+        }
+        if path.ends_with("/bin/lb") {
+            assert_eq!(*mode, "-rwxr-xr-x", "{line}");
+        }
+    }
+    assert_eq!(files, expected_tree("usr/", "etc/"));
+
+    let info = |file: &str| run_ok(Command::new("dpkg-deb").arg("--info").arg(&deb).arg(file));
+    assert_eq!(info("conffiles"), "/etc/default/lb\n/etc/lb/lb.toml\n");
+    let postinst = info("postinst");
+    assert!(
+        postinst.contains("[ -d /run/systemd/system ]")
+            && postinst.contains("systemctl daemon-reload"),
+        "postinst reloads systemd only where it runs:\n{postinst}"
+    );
+    for script in ["postinst", "prerm", "postrm"] {
+        run_ok(Command::new("sh").arg("-n").arg("-c").arg(info(script)));
+    }
+    let unit = run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg("dpkg-deb --fsys-tarfile \"$1\" | tar -xO ./usr/lib/systemd/system/lb.service")
+            .arg("sh")
+            .arg(&deb),
+    );
+    assert!(
+        unit.lines().any(|l| l == "ExecReload=/usr/bin/lb reload"),
+        "{unit}"
+    );
+    assert!(
+        unit.lines()
+            .any(|l| l.starts_with("ExecStart=/usr/bin/lb run --config /etc/lb/lb.toml ")),
+        "{unit}"
+    );
+}
+
+#[test]
+fn the_shipped_config_is_valid_as_shipped_and_with_its_examples_uncommented() {
+    let path = workspace_root().join("dist/lb.toml");
+    let shipped = std::fs::read_to_string(&path).expect("dist/lb.toml");
+    let state = lb_userspace::model::config::parse(&shipped, &path).expect("valid as shipped");
+    assert!(state.vips.is_empty(), "the shipped file declares nothing");
+    // Examples are `#key = ...` and indented `#  { ... }`; prose is `# text`, `## text`.
+    let examples: String = shipped
+        .lines()
+        .map(|line| match line.strip_prefix('#') {
+            Some(rest) if rest.starts_with("  ") => rest,
+            Some(rest) if !rest.is_empty() && !rest.starts_with([' ', '#']) => rest,
+            _ => line,
+        })
+        .flat_map(|line| [line, "\n"])
+        .collect();
+    let (state, cluster) = lb_userspace::model::config::parse_with_cluster(&examples, &path)
+        .unwrap_or_else(|e| panic!("the examples do not validate: {e}\n{examples}"));
+    assert!(cluster.hash_seed.is_some() && cluster.announce_table == Some(4242));
+    assert_eq!(state.vips.len(), 1, "{examples}");
+    let backends: usize = state.vips.values().map(|v| v.backends.len()).sum();
+    assert_eq!(backends, 3, "{examples}");
+}
