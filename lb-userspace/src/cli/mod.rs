@@ -4,24 +4,39 @@
 pub mod args;
 pub mod commands;
 pub mod decap;
+pub mod logging;
+pub mod output;
 pub mod render;
+pub mod version;
 pub mod watch;
 
+use std::process::ExitCode;
+
 use clap::Parser as _;
-use tracing_subscriber::EnvFilter;
 
 use crate::{api::client, daemon};
 use args::{Cli, Command};
 
-/// Parses the command line and runs it. Only `lb run` starts a tokio runtime (multi-threaded:
-/// probes, the sweep and the servers run beside the controller); the client commands are
-/// one blocking request each, and `lb decap` blocking netlink, bpf and sysctl calls.
-pub fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+/// Parses the command line and runs it; a reader that closed stdout early ends it quietly
+/// and successfully (`lb backend list | head -1`).
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let format = cli.log_format;
+    logging::init(format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if output::is_stdout_closed(&error) => ExitCode::SUCCESS,
+        Err(error) => {
+            logging::report_failure(format, &error);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Only `lb run` starts a tokio runtime (multi-threaded: probes, the sweep and the servers
+/// run beside the controller); the client commands are one blocking request each, and
+/// `lb decap` blocking netlink, bpf and sysctl calls.
+fn run(cli: Cli) -> anyhow::Result<()> {
     let socket = client::socket_path(cli.api.as_deref());
     match cli.command {
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
@@ -36,5 +51,6 @@ pub fn main() -> anyhow::Result<()> {
         Command::Node(command) => commands::node(&socket, command),
         Command::Down(args) => commands::down(&socket, args),
         Command::Decap(command) => decap::run(command),
+        Command::CheckConfig(args) => commands::check_config(args),
     }
 }

@@ -60,8 +60,11 @@ pub(crate) struct Controller {
     pub(super) announcer: Announcer,
     /// Whether `--hash-seed` (or the config) set the cluster's seed.
     pub(super) seeded: bool,
-    /// Kept so the loaded program lives as long as the daemon.
-    pub(super) _ebpf: Ebpf,
+    /// The build id of the loaded eBPF object (`lb status`).
+    pub(super) datapath_build: String,
+    /// Kept so the loaded program lives as long as the daemon; `lb status` reads its maps'
+    /// memory.
+    pub(super) ebpf: Ebpf,
 }
 
 fn service(vip: SocketAddr, proto: Proto) -> Service {
@@ -88,7 +91,7 @@ impl From<BalancerError> for ApiError {
             BalancerError::TooManyVips(_) => {
                 ApiError::new(ErrorCode::TooManyVips, error.to_string())
             }
-            BalancerError::TooManyBackends => {
+            BalancerError::TooManyBackends(_) => {
                 ApiError::new(ErrorCode::TooManyBackends, error.to_string())
             }
             // The maps may hold part of the change; the desired state is unchanged and the

@@ -43,7 +43,7 @@ use crate::{
     model::decap::Prefix,
     model::error_chain::error_chain,
     model::health::HealthBook,
-    model::limits::{Limits, Options},
+    model::limits::{Limits, Options, Requested},
     model::mode,
     model::state::State,
 };
@@ -60,6 +60,8 @@ pub(crate) struct RunConfig {
     /// Sizes asked for; `None` takes the pinned datapath's, else the default.
     pub(crate) table_size: Option<u32>,
     pub(crate) conntrack_size: Option<u32>,
+    pub(crate) max_vips: Option<u32>,
+    pub(crate) max_backends: Option<u32>,
     pub(crate) metrics: Option<SocketAddr>,
     pub(crate) options: Options,
     pub(crate) sweep_interval: Duration,
@@ -75,11 +77,16 @@ pub(crate) struct RunConfig {
 impl RunConfig {
     /// The sizes to create maps with when nothing is pinned yet.
     pub(crate) fn limits(&self) -> Limits {
-        let defaults = Limits::default();
-        Limits {
-            maglev_size: self.table_size.unwrap_or(defaults.maglev_size),
-            conntrack_capacity: self.conntrack_size.unwrap_or(defaults.conntrack_capacity),
-            ..defaults
+        self.requested().limits()
+    }
+
+    /// The sizes given on the command line.
+    pub(crate) fn requested(&self) -> Requested {
+        Requested {
+            table_size: self.table_size,
+            conntrack_size: self.conntrack_size,
+            max_vips: self.max_vips,
+            max_backends: self.max_backends,
         }
     }
 }
@@ -130,7 +137,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
     for stale in config::remove_stale_temps(&args.state)? {
         info!(file = %stale.display(), "removed a temporary state file left by an earlier run");
     }
-    let adopted_limits = pins.adoptable(args.table_size, args.conntrack_size)?;
+    let adopted_limits = pins.adoptable(&args.requested())?;
     if load::raise_memlock_limit().is_err() {
         warn!("could not raise RLIMIT_MEMLOCK; old kernels may refuse to create maps");
     }
@@ -201,6 +208,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
         },
         socket.path().display(),
     );
+    crate::daemon::reports::log_map_memory(&ebpf);
     let pin_dir = pins.path().to_owned();
     let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
     let conntrack_table = balancer
@@ -226,7 +234,8 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
         seeded: args.cluster.hash_seed.is_some(),
         sweep_interval: args.sweep_interval,
         checker: Checker::new(tokio::runtime::Handle::current(), probe_tx),
-        _ebpf: ebpf,
+        datapath_build: load::build_id(custom_object.as_deref()),
+        ebpf,
     }));
     if let Ok(mut controller) = controller.lock() {
         controller.refresh_health();
