@@ -24,6 +24,8 @@ const TOOLS: &[(&str, &str)] = &[
     // starts its own instances inside namespaces, never the host's bird.service.
     ("bird", "bird2"),
     ("birdc", "bird2"),
+    // The maps' own memlock, against which `lb status` is checked (tests/ops.rs).
+    ("bpftool", "bpftool"),
 ];
 
 /// What the end-to-end benchmark compares lb with, and drives it with.

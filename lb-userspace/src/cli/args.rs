@@ -842,4 +842,38 @@ mod tests {
             Cli::try_parse_from(["lb", "conntrack", "list", "--limit", "0"]).expect_err("limit 0");
         assert_eq!(zero.kind(), ErrorKind::ValueValidation);
     }
+
+    #[test]
+    fn size_flags_reach_the_config_and_bad_ones_are_refused() {
+        let Ok(Cli {
+            command: Command::Run(parsed),
+            ..
+        }) = run(&["--max-vips", "4", "--max-backends", "64"])
+        else {
+            panic!("valid size flags refused");
+        };
+        let limits = RunConfig::from(parsed).limits();
+        assert_eq!((limits.max_vips, limits.max_backends), (4, 64));
+        for (flag, value) in [
+            ("--max-vips", "0"),
+            ("--max-vips", "1025"),
+            ("--max-vips", "some"),
+            ("--max-backends", "0"),
+            ("--max-backends", "65537"),
+            ("--max-backends", "4k"),
+        ] {
+            let error = run(&[flag, value]).expect_err(value).to_string();
+            assert!(error.contains(flag), "{flag} {value}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_log_format_is_a_global_flag() {
+        let cli = Cli::try_parse_from(["lb", "status", "--log-format", "json"]).expect("valid");
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let cli = Cli::try_parse_from(["lb", "status"]).expect("valid");
+        assert_eq!(cli.log_format, LogFormat::Text);
+        let bad = Cli::try_parse_from(["lb", "--log-format", "xml", "status"]).expect_err("xml");
+        assert_eq!(bad.kind(), ErrorKind::InvalidValue);
+    }
 }
