@@ -138,7 +138,7 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     pub(crate) log_datapath: bool,
 
-    /// Flows tracked, one entry each (about 100 bytes of kernel memory per entry)
+    /// Flows tracked, one entry each (128 bytes of kernel memory per entry)
     /// [default: 1048576, or what the pinned datapath uses].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1024..=1 << 26))]
     pub(crate) conntrack_size: Option<u32>,
