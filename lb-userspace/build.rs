@@ -28,7 +28,27 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         }],
         Toolchain::default(),
-    )
+    )?;
+    datapath_build_id()
+}
+
+/// `LB_DATAPATH_BUILD`: the first 12 hex digits of the SHA-256 of the embedded `lb` object,
+/// so `lb --version` and `lb status` tell datapath builds apart whatever the package version.
+fn datapath_build_id() -> anyhow::Result<()> {
+    use sha2::Digest as _;
+    let out_dir = std::env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?;
+    let object = std::path::Path::new(&out_dir).join("lb");
+    let id = match std::fs::read(&object) {
+        Ok(bytes) => sha2::Sha256::digest(&bytes)
+            .iter()
+            .take(6)
+            .map(|byte| format!("{byte:02x}"))
+            .collect::<String>(),
+        // AYA_BUILD_SKIP without an object: nothing is embedded to identify.
+        Err(_) => "unknown".to_owned(),
+    };
+    println!("cargo:rustc-env=LB_DATAPATH_BUILD={id}");
+    Ok(())
 }
 
 /// Fails early with instructions instead of a cryptic linker error deep in the nested build.

@@ -81,7 +81,7 @@ pub const PINNED_MAPS: [&str; 12] = [
 
 /// Version of the map layout (key/value types and indexing). Bump it with any change to a
 /// `#[repr(C)]` type in a pinned map or to the counter indices: a controller refuses to adopt maps of another version.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Global set at load time: the Maglev table size M (a prime).
 pub const GLOBAL_MAGLEV_SIZE: &str = "MAGLEV_SIZE";
@@ -124,7 +124,10 @@ pub const ABLATE_STAGES: [(&str, u32); 7] = [
 pub const ICMP_RATE_BURST: u64 = 50;
 pub const ICMP_RATE_INTERVAL_NS: u64 = 1_000_000;
 
+/// Default VIP slots (`lb run --max-vips`); the maps' declared sizes, which userspace
+/// replaces at load time.
 pub const MAX_VIPS: u32 = 64;
+/// Default backend slots (`lb run --max-backends`), as [`MAX_VIPS`].
 pub const MAX_BACKENDS: u32 = 4096;
 /// Interfaces the datapath can redirect to.
 pub const MAX_TX_PORTS: u32 = 64;
@@ -132,8 +135,10 @@ pub const MAX_TX_PORTS: u32 = 64;
 pub const DEFAULT_MAGLEV_SIZE: u32 = 65_537;
 /// Flows tracked (one entry per flow serves both directions).
 pub const CONNTRACK_CAPACITY: u32 = 1 << 20;
-/// Backend endpoints (one per backend) plus one address entry per backend address.
-pub const ENDPOINTS_CAPACITY: u32 = MAX_BACKENDS * 2;
+/// Backend endpoints (one per backend) plus one address entry per backend address: ENDPOINTS
+/// holds this many entries per backend slot.
+pub const ENDPOINTS_PER_BACKEND: u32 = 2;
+pub const ENDPOINTS_CAPACITY: u32 = MAX_BACKENDS * ENDPOINTS_PER_BACKEND;
 
 /// A Maglev slot with no backend (the VIP has none usable).
 pub const NO_BACKEND: u32 = u32::MAX;

@@ -53,7 +53,8 @@ impl VipKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipInfo {
-    /// Index into the per-VIP counters and the Maglev tables, `< MAX_VIPS`.
+    /// Index into the per-VIP counters and the Maglev tables, below the `--max-vips` the
+    /// maps were created with.
     pub id: u32,
     /// Which of the VIP's two Maglev tables is live (0 or 1). Userspace fills the other one,
     /// then flips this in a single map update, so no packet sees a half-written table.
@@ -134,6 +135,8 @@ pub struct Layout {
     pub maglev_size: u32,
     pub max_vips: u32,
     pub conntrack_capacity: u32,
+    /// Backend slots: sizes BACKENDS, BACKEND_STATS, BACKEND_HOPS and ENDPOINTS.
+    pub max_backends: u32,
 }
 
 #[cfg(feature = "user")]

@@ -1,5 +1,5 @@
 //! `lb`: parse the command line and dispatch.
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     lb_userspace::cli::main()
 }

@@ -42,6 +42,7 @@ impl Datapath {
         max_vips: 8,
         maglev_size: lb_common::consts::DEFAULT_MAGLEV_SIZE,
         conntrack_capacity: 65_536,
+        max_backends: lb_common::consts::MAX_BACKENDS,
     };
 
     /// Loads the object embedded in `lb`. Needs root.

@@ -28,6 +28,8 @@ const TOOLS: &[(&str, &str)] = &[
     // `systemd-analyze verify` checks the installed unit (tests/install.rs); systemd need
     // not run.
     ("systemd-analyze", "systemd"),
+    // The maps' own memlock, against which `lb status` is checked (tests/ops.rs).
+    ("bpftool", "bpftool"),
 ];
 
 /// What the end-to-end benchmark compares lb with, and drives it with.

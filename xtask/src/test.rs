@@ -92,6 +92,8 @@ pub fn run() -> anyhow::Result<()> {
                 "--test",
                 "observe",
                 "--test",
+                "ops",
+                "--test",
                 "conntrack",
                 "--test",
                 "faults",

@@ -11,6 +11,7 @@ use crate::model::{
     announce::Reason,
     check::CheckConfig,
     health::{Health, Transition},
+    memory::{MapMemory, MemoryReport},
     mode::Mode,
     state::Proto,
 };
@@ -173,6 +174,7 @@ pub(crate) fn flows() -> FlowList {
 pub(crate) fn status() -> StatusReport {
     StatusReport {
         version: "0.0.0-fixture".to_owned(),
+        datapath_build: "3f2a9c1b7d4e".to_owned(),
         pid: 4242,
         uptime_secs: 3_600,
         interfaces: vec![
@@ -193,6 +195,7 @@ pub(crate) fn status() -> StatusReport {
         adopted: true,
         table_size: 65_537,
         max_vips: 256,
+        max_backends: 4096,
         conntrack_capacity: 1_048_576,
         conntrack_entries: 23,
         conntrack_timeouts: [
@@ -212,6 +215,22 @@ pub(crate) fn status() -> StatusReport {
         vips: 2,
         backends: 3,
         node: node(),
+        map_memory: Some(MemoryReport::new(
+            [
+                ("CONNTRACK", 268_435_456),
+                ("MAGLEV", 134_217_728),
+                ("HOPS", 1_048_576),
+                ("BACKEND_HOPS", 262_144),
+                ("ENDPOINTS", 65_536),
+                ("STATS", 4_096),
+            ]
+            .into_iter()
+            .map(|(name, bytes)| MapMemory {
+                name: name.to_owned(),
+                bytes,
+            })
+            .collect(),
+        )),
     }
 }
 

@@ -10,6 +10,7 @@ use crate::{
     model::announce::Reason,
     model::check::CheckConfig,
     model::health::{Health, Transition},
+    model::memory::MemoryReport,
     model::mode::Mode,
     model::reload::Difference,
     model::state::{DEFAULT_WEIGHT, Proto},
@@ -303,7 +304,12 @@ pub struct InterfaceEntry {
 /// `lb status`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
+    /// The daemon's package version.
     pub version: String,
+    /// The build of the eBPF object it loaded (as in `lb --version`); empty from daemons
+    /// that predate it.
+    #[serde(default)]
+    pub datapath_build: String,
     pub pid: u32,
     pub uptime_secs: u64,
     pub interfaces: Vec<InterfaceEntry>,
@@ -314,6 +320,9 @@ pub struct StatusReport {
     pub adopted: bool,
     pub table_size: u32,
     pub max_vips: u32,
+    /// Backend slots (`--max-backends`); 0 from daemons that predate the flag.
+    #[serde(default)]
+    pub max_backends: u32,
     pub conntrack_capacity: u32,
     /// Entries as of the last sweep.
     #[serde(default)]
@@ -328,6 +337,10 @@ pub struct StatusReport {
     pub backends: usize,
     /// This node in its cluster: announcements, drain, hash seed.
     pub node: NodeReport,
+    /// The kernel memory of every map the datapath uses, as the kernel accounts it;
+    /// `null` when it cannot be read.
+    #[serde(default)]
+    pub map_memory: Option<MemoryReport>,
 }
 
 /// Whether one VIP is announced, and why.

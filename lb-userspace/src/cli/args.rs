@@ -20,7 +20,7 @@ use crate::{
     },
     model::cluster::{ClusterError, ClusterSettings, Seed, check_announce_table},
     model::decap::Prefix,
-    model::limits::Options,
+    model::limits::{BACKENDS_CEILING, Options, VIPS_CEILING},
     model::mode::{self, Mode},
     model::state::{DEFAULT_WEIGHT, MAX_WEIGHT, MIN_WEIGHT, Proto},
 };
@@ -30,7 +30,7 @@ pub(crate) const DEFAULT_STATE_FILE: &str = "/var/lib/lb/state.toml";
 #[derive(Debug, Parser)]
 #[command(
     name = "lb",
-    version,
+    version = crate::cli::version::LONG_VERSION,
     about = "An XDP layer-4 load balancer: one cluster IP in front of a server cluster",
     after_help = "The daemon (`lb run`) serves the other subcommands but `lb decap` on a Unix \
                   socket: --api, else $LB_API, else /run/lb/lb.sock."
@@ -39,6 +39,10 @@ pub struct Cli {
     /// The daemon's API socket [default: $LB_API, else /run/lb/lb.sock].
     #[arg(long, global = true, value_name = "SOCKET")]
     pub(crate) api: Option<PathBuf>,
+
+    /// Log lines on stderr as text or as JSON objects.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub(crate) log_format: LogFormat,
 
     #[command(subcommand)]
     pub(crate) command: Command,
@@ -80,6 +84,26 @@ pub(crate) enum Command {
     /// Write one man page per command into a directory (run by `cargo xtask install`).
     #[command(hide = true)]
     Manpages(crate::cli::manpages::ManpagesArgs),
+    /// Check a config file as `lb run --config` would, without a daemon: a summary and exit
+    /// 0, or the error with its file and line and exit 1.
+    CheckConfig(CheckConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CheckConfigArgs {
+    /// The TOML file (the format of `--config` and the state file).
+    #[arg(value_name = "FILE")]
+    pub(crate) file: PathBuf,
+}
+
+/// How `lb` logs on stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Lines for people; coloured only on a terminal and without NO_COLOR.
+    #[default]
+    Text,
+    /// One JSON object a line: timestamp, level, target, fields (the message among them).
+    Json,
 }
 
 /// A socket address, with a hint for the usual mistakes.
@@ -123,10 +147,19 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     pub(crate) log_datapath: bool,
 
-    /// Flows tracked, one entry each (about 100 bytes of kernel memory per entry)
+    /// Flows tracked, one entry each (128 bytes of kernel memory per entry)
     /// [default: 1048576, or what the pinned datapath uses].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1024..=1 << 26))]
     pub(crate) conntrack_size: Option<u32>,
+
+    /// VIP slots; each takes two Maglev tables (8 bytes a slot: 1 MiB per VIP at the default
+    /// --table-size) [default: 64, or what the pinned datapath uses].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(VIPS_CEILING)))]
+    pub(crate) max_vips: Option<u32>,
+
+    /// Backend slots over all VIPs [default: 4096, or what the pinned datapath uses].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(BACKENDS_CEILING)))]
+    pub(crate) max_backends: Option<u32>,
 
     /// Idle timeout of a flow state, in seconds: tcp_opening, tcp_established, tcp_closing,
     /// tcp_closed or udp (repeat the flag: --timeout udp=30 --timeout tcp_closing=60).
@@ -269,6 +302,8 @@ impl From<RunArgs> for RunConfig {
             pin_dir: args.pin_dir,
             table_size: args.table_size,
             conntrack_size: args.conntrack_size,
+            max_vips: args.max_vips,
+            max_backends: args.max_backends,
             metrics: args.metrics,
             options,
             sweep_interval: Duration::from_secs_f64(args.conntrack_sweep),
@@ -815,5 +850,39 @@ mod tests {
         let zero =
             Cli::try_parse_from(["lb", "conntrack", "list", "--limit", "0"]).expect_err("limit 0");
         assert_eq!(zero.kind(), ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn size_flags_reach_the_config_and_bad_ones_are_refused() {
+        let Ok(Cli {
+            command: Command::Run(parsed),
+            ..
+        }) = run(&["--max-vips", "4", "--max-backends", "64"])
+        else {
+            panic!("valid size flags refused");
+        };
+        let limits = RunConfig::from(parsed).limits();
+        assert_eq!((limits.max_vips, limits.max_backends), (4, 64));
+        for (flag, value) in [
+            ("--max-vips", "0"),
+            ("--max-vips", "1025"),
+            ("--max-vips", "some"),
+            ("--max-backends", "0"),
+            ("--max-backends", "65537"),
+            ("--max-backends", "4k"),
+        ] {
+            let error = run(&[flag, value]).expect_err(value).to_string();
+            assert!(error.contains(flag), "{flag} {value}: {error}");
+        }
+    }
+
+    #[test]
+    fn the_log_format_is_a_global_flag() {
+        let cli = Cli::try_parse_from(["lb", "status", "--log-format", "json"]).expect("valid");
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let cli = Cli::try_parse_from(["lb", "status"]).expect("valid");
+        assert_eq!(cli.log_format, LogFormat::Text);
+        let bad = Cli::try_parse_from(["lb", "--log-format", "xml", "status"]).expect_err("xml");
+        assert_eq!(bad.kind(), ErrorKind::InvalidValue);
     }
 }

@@ -1,6 +1,7 @@
 //! The client subcommands: one API request each, printed as a table or as JSON.
 
 use std::{
+    io::Write as _,
     path::{Path, PathBuf},
     time::SystemTime,
 };
@@ -16,14 +17,15 @@ use crate::{
     },
     cli::{
         args::{
-            BackendArgs, BackendCommand, ConntrackCommand, DownArgs, FlowFilterArgs, NodeCommand,
-            OutputArgs, StatsArgs, VipCommand,
+            BackendArgs, BackendCommand, CheckConfigArgs, ConntrackCommand, DownArgs,
+            FlowFilterArgs, NodeCommand, OutputArgs, StatsArgs, VipCommand,
         },
-        render,
+        output, render, version,
     },
     datapath::announce,
     datapath::attach::Interface,
     datapath::pins::{DEFAULT_PIN_DIR, PinDir},
+    model::config,
     model::health::unix_seconds,
 };
 
@@ -33,14 +35,12 @@ fn now() -> u64 {
 }
 
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
+    output::line(serde_json::to_string_pretty(value)?)
 }
 
 fn done(socket: &Path, request: &Request, what: String) -> anyhow::Result<()> {
     client::call(socket, request)?;
-    println!("{what}");
-    Ok(())
+    output::line(what)
 }
 
 pub(crate) fn vip(socket: &Path, command: VipCommand) -> anyhow::Result<()> {
@@ -103,8 +103,7 @@ pub(crate) fn vip(socket: &Path, command: VipCommand) -> anyhow::Result<()> {
             if json {
                 return print_json(&vips);
             }
-            println!("{}", render::vip_table(&vips));
-            Ok(())
+            output::line(render::vip_table(&vips))
         }
     }
 }
@@ -134,12 +133,14 @@ pub(crate) fn conntrack(socket: &Path, command: ConntrackCommand) -> anyhow::Res
             if output.json {
                 return print_json(&list);
             }
-            println!("{}", render::flow_table(&list));
             let more = list.matched.saturating_sub(list.flows.len() as u64);
-            if more > 0 {
-                println!("... and {more} more matched (--limit {limit} shown)");
-            }
-            Ok(())
+            output::with_stdout(|out| {
+                writeln!(out, "{}", render::flow_table(&list))?;
+                if more > 0 {
+                    writeln!(out, "... and {more} more matched (--limit {limit} shown)")?;
+                }
+                Ok(())
+            })
         }
         ConntrackCommand::Flush {
             filter:
@@ -157,8 +158,7 @@ pub(crate) fn conntrack(socket: &Path, command: ConntrackCommand) -> anyhow::Res
                     backend,
                 },
             )?;
-            println!("flushed {} tracked flows", report.flushed);
-            Ok(())
+            output::line(format_args!("flushed {} tracked flows", report.flushed))
         }
     }
 }
@@ -227,8 +227,7 @@ pub(crate) fn backend(socket: &Path, command: BackendCommand) -> anyhow::Result<
             if output.json {
                 return print_json(&backends);
             }
-            println!("{}", render::backend_table(&backends, now()));
-            Ok(())
+            output::line(render::backend_table(&backends, now()))
         }
     }
 }
@@ -242,8 +241,7 @@ pub(crate) fn stats(socket: &Path, args: StatsArgs) -> anyhow::Result<()> {
     if output.json {
         return print_json(&report);
     }
-    println!("{}", render::stats(&report, now()));
-    Ok(())
+    output::line(render::stats(&report, now()))
 }
 
 /// `lb node drain` / `lb node resume`: prints what the node announces afterwards.
@@ -261,8 +259,7 @@ pub(crate) fn node(socket: &Path, command: NodeCommand) -> anyhow::Result<()> {
     } else {
         "resumed: VIPs with a backend that takes new flows are announced"
     };
-    println!("lb node {verb}\n{}", render::node(&report));
-    Ok(())
+    output::line(format_args!("lb node {verb}\n{}", render::node(&report)))
 }
 
 pub(crate) fn reload(socket: &Path, output: OutputArgs) -> anyhow::Result<()> {
@@ -270,17 +267,25 @@ pub(crate) fn reload(socket: &Path, output: OutputArgs) -> anyhow::Result<()> {
     if output.json {
         return print_json(&report);
     }
-    println!("{}", render::reload(&report));
-    Ok(())
+    output::line(render::reload(&report))
 }
 
-pub(crate) fn status(socket: &Path, output: OutputArgs) -> anyhow::Result<()> {
+pub(crate) fn status(socket: &Path, args: OutputArgs) -> anyhow::Result<()> {
     let s: StatusReport = client::call_as(socket, &Request::Status {})?;
-    if output.json {
+    if let Some(warning) = version::mismatch(&version::Build::daemon(&s)) {
+        tracing::warn!("{warning}");
+    }
+    if args.json {
         return print_json(&s);
     }
-    println!("{}", render::status(&s));
-    Ok(())
+    output::line(render::status(&s))
+}
+
+/// `lb check-config`: the daemon's own reading of `--config` (the same function, so the
+/// same checks and the same error with file and line), without a daemon.
+pub(crate) fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
+    let (state, cluster) = config::load_with_cluster(&args.file)?;
+    output::line(render::config_summary(&args.file, &state, &cluster))
 }
 
 /// Through the daemon when one answers on the socket and owns the pin directory asked for;
@@ -319,17 +324,19 @@ pub(crate) fn down(socket: &Path, args: DownArgs) -> anyhow::Result<()> {
             }
         }
     };
-    for vip in &report.withdrawn {
-        println!("lb down: withdrew {vip}");
-    }
-    println!(
-        "lb down: detached from {}; removed the pins in {}",
-        if report.detached.is_empty() {
-            "no interface".to_owned()
-        } else {
-            report.detached.join(", ")
-        },
-        report.pin_dir.display()
-    );
-    Ok(())
+    output::with_stdout(|out| {
+        for vip in &report.withdrawn {
+            writeln!(out, "lb down: withdrew {vip}")?;
+        }
+        writeln!(
+            out,
+            "lb down: detached from {}; removed the pins in {}",
+            if report.detached.is_empty() {
+                "no interface".to_owned()
+            } else {
+                report.detached.join(", ")
+            },
+            report.pin_dir.display()
+        )
+    })
 }

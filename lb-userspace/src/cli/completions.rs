@@ -3,7 +3,6 @@
 
 use std::io::Write as _;
 
-use anyhow::Context as _;
 use clap::Args;
 use clap_complete::Shell;
 
@@ -17,11 +16,7 @@ pub(crate) struct CompletionsArgs {
 /// Prints the script for `lb`'s whole `command`.
 pub(crate) fn run(args: &CompletionsArgs, command: clap::Command) -> anyhow::Result<()> {
     let script = script(args.shell, command);
-    let mut stdout = std::io::stdout().lock();
-    stdout
-        .write_all(&script)
-        .and_then(|()| stdout.flush())
-        .context("writing the completion script to stdout")
+    crate::cli::output::with_stdout(|out| out.write_all(&script))
 }
 
 /// The completion script of `shell` for `command`.

@@ -1,10 +1,13 @@
 //! `lb decap attach|status|detach`: a DSR backend's side, run on the backend itself with no
 //! daemon and no async runtime. One printed line per change (the flags are in `args`).
 
+use std::io::Write as _;
+
 use anyhow::Context as _;
 
 use crate::{
     cli::args::{DecapCommand, DecapPathArgs},
+    cli::output,
     datapath::backend_setup::{self, DecapPaths, Event},
     model::decap::{DecapStatus, InterfaceStatus},
 };
@@ -36,11 +39,10 @@ pub(crate) fn run(command: DecapCommand) -> anyhow::Result<()> {
             let status = backend_setup::status(&args.paths.paths(), args.iface.as_deref())
                 .context("lb decap status")?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                output::line(serde_json::to_string_pretty(&status)?)
             } else {
-                print!("{}", render_status(&status));
+                output::with_stdout(|out| out.write_all(render_status(&status).as_bytes()))
             }
-            Ok(())
         }
         DecapCommand::Detach(args) => {
             let paths = args.paths.paths();
@@ -51,7 +53,7 @@ pub(crate) fn run(command: DecapCommand) -> anyhow::Result<()> {
                     let count = backend_setup::detach_all(&paths, &mut print_event)
                         .context("lb decap detach --all")?;
                     if count == 0 {
-                        println!("lb decap: nothing was attached");
+                        output::line("lb decap: nothing was attached")?;
                     }
                     Ok(())
                 }
@@ -68,12 +70,13 @@ fn list<T: ToString>(items: &[T]) -> String {
         .join(", ")
 }
 
-/// One line per event, on stdout (failures on stderr).
+/// One line per event, on stdout (failures on stderr). A change is carried through
+/// whether or not anyone still reads its report: a write that fails is dropped.
 fn print_event(event: Event) {
-    match render_event(&event) {
-        Line::Out(line) => println!("{line}"),
-        Line::Err(line) => eprintln!("{line}"),
-    }
+    let _ = match render_event(&event) {
+        Line::Out(line) => writeln!(std::io::stdout().lock(), "{line}"),
+        Line::Err(line) => writeln!(std::io::stderr().lock(), "{line}"),
+    };
 }
 
 enum Line {

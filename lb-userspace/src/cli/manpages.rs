@@ -17,8 +17,7 @@ pub(crate) struct ManpagesArgs {
 /// Writes the pages of `lb`'s whole `command`.
 pub(crate) fn run(args: &ManpagesArgs, command: clap::Command) -> anyhow::Result<()> {
     let pages = write(&args.dir, command)?;
-    println!("{pages} man pages in {}", args.dir.display());
-    Ok(())
+    crate::cli::output::line(format_args!("{pages} man pages in {}", args.dir.display()))
 }
 
 /// Writes the pages into `dir`; how many.

@@ -5,12 +5,16 @@ pub mod args;
 pub mod commands;
 pub mod completions;
 pub mod decap;
+pub mod logging;
 pub mod manpages;
+pub mod output;
 pub mod render;
+pub mod version;
 pub mod watch;
 
+use std::process::ExitCode;
+
 use clap::{CommandFactory as _, Parser as _};
-use tracing_subscriber::EnvFilter;
 
 use crate::{api::client, daemon};
 use args::{Cli, Command};
@@ -20,15 +24,26 @@ pub fn command() -> clap::Command {
     Cli::command()
 }
 
-/// Parses the command line and runs it. Only `lb run` starts a tokio runtime (multi-threaded:
-/// probes, the sweep and the servers run beside the controller); the client commands are
-/// one blocking request each, and `lb decap` blocking netlink, bpf and sysctl calls.
-pub fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+/// Parses the command line and runs it; a reader that closed stdout early ends it quietly
+/// and successfully (`lb backend list | head -1`).
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    let format = cli.log_format;
+    logging::init(format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) if output::is_stdout_closed(&error) => ExitCode::SUCCESS,
+        Err(error) => {
+            logging::report_failure(format, &error);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Only `lb run` starts a tokio runtime (multi-threaded: probes, the sweep and the servers
+/// run beside the controller); the client commands are one blocking request each, and
+/// `lb decap` blocking netlink, bpf and sysctl calls.
+fn run(cli: Cli) -> anyhow::Result<()> {
     let socket = client::socket_path(cli.api.as_deref());
     match cli.command {
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
@@ -46,5 +61,6 @@ pub fn main() -> anyhow::Result<()> {
         Command::Reload(output) => commands::reload(&socket, output),
         Command::Completions(args) => completions::run(&args, command()),
         Command::Manpages(args) => manpages::run(&args, command()),
+        Command::CheckConfig(args) => commands::check_config(args),
     }
 }

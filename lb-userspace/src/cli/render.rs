@@ -6,6 +6,7 @@ use comfy_table::{Table, presets::NOTHING};
 use crate::api::wire::{
     BackendEntry, FlowList, NodeReport, ReloadReport, StatsReport, StatusReport, VipEntry,
 };
+use crate::model::memory::MemoryReport;
 
 fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
@@ -182,17 +183,23 @@ pub(crate) fn status(s: &StatusReport) -> String {
         .map(|i| format!("{} [{}]", i.name, i.mode))
         .collect();
     format!(
-        "lb {} running (pid {}, up {} s{})\n\
+        "lb {} (datapath {}) running (pid {}, up {} s{})\n\
          interfaces:  {}\n\
          VIPs:        {} with {} backends\n\
          pins:        {}\n\
          state file:  {}\n\
          API socket:  {}\n\
-         sizes:       Maglev table {}, {} VIPs max, {} tracked flows\n\
+         sizes:       Maglev table {}, {} VIPs max, {} backends max, {} tracked flows\n\
+         maps:        {}\n\
          conntrack:   {} entries, swept every {} s\n\
          timeouts:    {}\n\
          {}",
         s.version,
+        if s.datapath_build.is_empty() {
+            "unknown"
+        } else {
+            &s.datapath_build
+        },
         s.pid,
         s.uptime_secs,
         if s.adopted {
@@ -208,7 +215,11 @@ pub(crate) fn status(s: &StatusReport) -> String {
         s.api.display(),
         s.table_size,
         s.max_vips,
+        s.max_backends,
         s.conntrack_capacity,
+        s.map_memory
+            .as_ref()
+            .map_or_else(|| "kernel memory unknown".to_owned(), MemoryReport::summary),
         s.conntrack_entries,
         s.conntrack_sweep_secs,
         s.conntrack_timeouts
@@ -220,10 +231,75 @@ pub(crate) fn status(s: &StatusReport) -> String {
     )
 }
 
+/// `lb check-config`: what a valid file declares, one VIP a line.
+pub(crate) fn config_summary(
+    path: &std::path::Path,
+    state: &crate::model::state::State,
+    cluster: &crate::model::cluster::ClusterSettings,
+) -> String {
+    let backends = state.backend_count();
+    let mut lines = vec![format!(
+        "{} is valid: {} VIP{}, {backends} backend{}",
+        path.display(),
+        state.vips.len(),
+        if state.vips.len() == 1 { "" } else { "s" },
+        if backends == 1 { "" } else { "s" },
+    )];
+    let mut vips = table(&["VIP", "MODE", "BACKENDS", "CHECK"]);
+    for (service, spec) in &state.vips {
+        let draining = spec.backends.values().filter(|b| b.draining).count();
+        vips.add_row(vec![
+            service.to_string(),
+            spec.mode.to_string(),
+            if draining > 0 {
+                format!("{} ({draining} draining)", spec.backends.len())
+            } else {
+                spec.backends.len().to_string()
+            },
+            spec.check
+                .as_ref()
+                .map(|check| crate::model::check::CheckConfig::from(check).probe)
+                .unwrap_or_else(|| "-".to_owned()),
+        ]);
+    }
+    if !state.vips.is_empty() {
+        lines.push(vips.to_string());
+    }
+    lines.push(format!(
+        "cluster: hash seed {}, announce table {}{}",
+        if cluster.hash_seed.is_some() {
+            "set"
+        } else {
+            "default"
+        },
+        cluster
+            .announce_table
+            .map_or_else(|| "off".to_owned(), |table| table.to_string()),
+        if state.node.drained {
+            "; node drained"
+        } else {
+            ""
+        },
+    ));
+    lines.join("\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::fixtures;
+
+    #[test]
+    fn a_config_summary_counts_vips_backends_and_modes() {
+        let text = "[cluster]\nannounce_table = 4242\n\n[[vip]]\naddress = \"198.18.1.1:80\"\n\
+                    check = { probe = \"http:/healthz\" }\nbackends = [{ address = \"198.18.2.2:80\" }, \
+                    { address = \"198.18.2.3:80\", drain = true }]\n\n[[vip]]\n\
+                    address = \"[fd00::1]:53\"\nproto = \"udp\"\nmode = \"dsr-ipip\"\n";
+        let path = std::path::Path::new("lb.toml");
+        let (state, cluster) =
+            crate::model::config::parse_with_cluster(text, path).expect("a valid file");
+        insta::assert_snapshot!("config_summary", config_summary(path, &state, &cluster));
+    }
 
     #[test]
     fn tables_keep_their_columns() {

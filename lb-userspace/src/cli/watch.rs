@@ -1,9 +1,11 @@
 //! `lb stats --watch`: a live table of rates per VIP and per backend, redrawn in place
-//! every interval (or one JSON object per interval with `--json`).
+//! every interval on a terminal, printed one frame after another under a timestamp line
+//! anywhere else (a pipe, a file: no screen codes), or one JSON object per interval with
+//! `--json`.
 
 use std::{
     collections::HashMap,
-    io::Write as _,
+    io::{IsTerminal as _, Write as _},
     net::SocketAddr,
     path::Path,
     time::{Duration, Instant},
@@ -16,9 +18,49 @@ use serde::Serialize;
 use crate::api::client;
 use crate::{
     api::wire::{Request, StatsReport},
-    cli::args::StatsArgs,
+    cli::{args::StatsArgs, output},
     model::state::Proto,
 };
+
+/// How each frame reaches the reader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Frames {
+    /// One JSON object a line.
+    Json,
+    /// Home and clear, then the frame: redrawn in place on a terminal.
+    Screen,
+    /// A timestamp line, then the frame, one after another.
+    Plain,
+}
+
+impl Frames {
+    fn choose(json: bool, terminal: bool) -> Self {
+        match (json, terminal) {
+            (true, _) => Frames::Json,
+            (false, true) => Frames::Screen,
+            (false, false) => Frames::Plain,
+        }
+    }
+
+    fn write(
+        self,
+        out: &mut impl std::io::Write,
+        rates: &Rates,
+        at: std::time::SystemTime,
+    ) -> anyhow::Result<()> {
+        match self {
+            Frames::Json => writeln!(out, "{}", serde_json::to_string(rates)?)?,
+            Frames::Screen => write!(out, "\x1b[H\x1b[2J{}", render(rates))?,
+            Frames::Plain => write!(
+                out,
+                "--- {} ---\n{}\n",
+                humantime::format_rfc3339_seconds(at),
+                render(rates)
+            )?,
+        }
+        Ok(())
+    }
+}
 
 #[derive(Clone, Debug, Serialize)]
 struct VipRate {
@@ -146,19 +188,15 @@ pub(crate) fn run(socket: &Path, args: &StatsArgs) -> anyhow::Result<()> {
     let mut before: StatsReport = client::call_as(socket, &Request::Stats {})?;
     let mut taken = Instant::now();
     let mut shown = 0u64;
+    let frames = Frames::choose(args.output.json, std::io::stdout().is_terminal());
     while args.count.is_none_or(|n| shown < n) {
         std::thread::sleep(interval.saturating_sub(taken.elapsed()));
         let now: StatsReport = client::call_as(socket, &Request::Stats {})?;
         let at = Instant::now();
         let rates = rates(&now, &before, at - taken);
-        let mut out = std::io::stdout().lock();
-        if args.output.json {
-            writeln!(out, "{}", serde_json::to_string(&rates)?)?;
-        } else {
-            // Home and clear, then the frame: redrawn in place on a terminal.
-            write!(out, "\x1b[H\x1b[2J{}", render(&rates))?;
-        }
-        out.flush()?;
+        let mut frame = Vec::new();
+        frames.write(&mut frame, &rates, std::time::SystemTime::now())?;
+        output::with_stdout(|out| out.write_all(&frame))?;
         (before, taken) = (now, at);
         shown += 1;
     }
@@ -225,5 +263,34 @@ mod tests {
             "{frame}"
         );
         assert_eq!(human(1_234_567.0), "1.23M");
+    }
+
+    #[test]
+    fn frames_carry_screen_codes_only_on_a_terminal() {
+        let r = rates(
+            &report(300, 30_000, 30),
+            &report(100, 10_000, 10),
+            Duration::from_secs(2),
+        );
+        let at = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let frame = |frames: Frames| {
+            let mut out = Vec::new();
+            frames.write(&mut out, &r, at).expect("write a frame");
+            String::from_utf8(out).expect("utf-8")
+        };
+        assert_eq!(Frames::choose(false, false), Frames::Plain);
+        assert_eq!(Frames::choose(false, true), Frames::Screen);
+        assert_eq!(Frames::choose(true, true), Frames::Json);
+        let plain = frame(Frames::Plain);
+        assert!(!plain.contains('\x1b'), "{plain:?}");
+        assert!(
+            plain.starts_with("--- 2027-01-15T08:00:00Z ---\n"),
+            "{plain}"
+        );
+        assert!(plain.contains("198.18.1.1:53"), "{plain}");
+        assert!(frame(Frames::Screen).starts_with("\x1b[H\x1b[2J"));
+        let json: serde_json::Value =
+            serde_json::from_str(frame(Frames::Json).trim()).expect("one JSON line");
+        assert_eq!(json["vips"][0]["packets_per_sec"], 100.0);
     }
 }

@@ -15,7 +15,6 @@ use std::{
 use lb_common::{
     consts::{
         BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNUSED, FAMILY_V4, FAMILY_V6,
-        MAX_BACKENDS,
     },
     hash::HashSeed,
     service::{Addr, Backend, Endpoint, EndpointKey, VipInfo, VipKey, addr_from_v4},
@@ -35,10 +34,10 @@ use crate::{
 pub enum BalancerError {
     #[error(transparent)]
     Invalid(#[from] ChangeError),
-    #[error("all {0} VIP slots are in use")]
+    #[error("all {0} VIP slots are in use (lb run --max-vips)")]
     TooManyVips(u32),
-    #[error("all {MAX_BACKENDS} backend slots are in use")]
-    TooManyBackends,
+    #[error("all {0} backend slots are in use (lb run --max-backends)")]
+    TooManyBackends(u32),
     #[error("updating the datapath maps failed")]
     Map(#[from] aya::maps::MapError),
 }
@@ -168,7 +167,7 @@ impl<M: MapWriter> Balancer<M> {
             applied: State::default(),
             down: BTreeSet::new(),
             slots: BTreeMap::new(),
-            free_backend_ids: (0..MAX_BACKENDS).collect(),
+            free_backend_ids: (0..limits.max_backends).collect(),
             next_backend_id: 0,
             generations: BTreeMap::new(),
             next_generation: 1,
@@ -470,7 +469,7 @@ impl<M: MapWriter> Balancer<M> {
             })
             .sum();
         if added > self.free_backend_ids.len() {
-            return Err(BalancerError::TooManyBackends);
+            return Err(BalancerError::TooManyBackends(self.limits.max_backends));
         }
         Ok(())
     }
@@ -647,7 +646,7 @@ impl<M: MapWriter> Balancer<M> {
             .next()
             .or_else(|| self.free_backend_ids.first())
             .copied()
-            .ok_or(BalancerError::TooManyBackends)?;
+            .ok_or(BalancerError::TooManyBackends(self.limits.max_backends))?;
         self.free_backend_ids.remove(&id);
         self.next_backend_id = id + 1;
         self.generations.insert(id, self.next_generation);

@@ -62,8 +62,11 @@ pub(crate) struct Controller {
     pub(super) seeded: bool,
     /// `--config`, for `lb reload` and SIGHUP.
     pub(super) declared: crate::model::reload::Declared,
-    /// Kept so the loaded program lives as long as the daemon.
-    pub(super) _ebpf: Ebpf,
+    /// The build id of the loaded eBPF object (`lb status`).
+    pub(super) datapath_build: String,
+    /// Kept so the loaded program lives as long as the daemon; `lb status` reads its maps'
+    /// memory.
+    pub(super) ebpf: Ebpf,
 }
 
 fn service(vip: SocketAddr, proto: Proto) -> Service {
@@ -90,7 +93,7 @@ impl From<BalancerError> for ApiError {
             BalancerError::TooManyVips(_) => {
                 ApiError::new(ErrorCode::TooManyVips, error.to_string())
             }
-            BalancerError::TooManyBackends => {
+            BalancerError::TooManyBackends(_) => {
                 ApiError::new(ErrorCode::TooManyBackends, error.to_string())
             }
             // The maps may hold part of the change; the desired state is unchanged and the

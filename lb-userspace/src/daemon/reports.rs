@@ -16,13 +16,28 @@ use crate::{
     },
     control::balancer::VipView,
     daemon::{flows, metrics},
-    datapath::{conntrack::monotonic_coarse_ns, stats},
+    datapath::{conntrack::monotonic_coarse_ns, memory, stats},
     model::{
         check::CheckConfig,
+        error_chain::error_chain,
         health::{Health, unix_seconds},
         state::{ChangeError, Proto, Service},
     },
 };
+
+/// The start-up line on what the maps cost ("maps: 331 MiB of kernel memory (...)").
+pub(super) fn log_map_memory(ebpf: &aya::Ebpf) {
+    match memory::of_datapath(ebpf) {
+        Ok(report) => tracing::info!(
+            total_bytes = report.total_bytes,
+            "maps: {}; --conntrack-size, --max-vips, --table-size and --max-backends size them",
+            report.summary()
+        ),
+        Err(error) => {
+            tracing::warn!(error = %error_chain(&error), "cannot read the maps' kernel memory")
+        }
+    }
+}
 
 impl Controller {
     pub(super) fn vip_entry(&self, vip: &VipView) -> Result<VipEntry, ApiError> {
@@ -224,6 +239,7 @@ impl Controller {
         let limits = self.balancer.limits();
         StatusReport {
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            datapath_build: self.datapath_build.clone(),
             pid: std::process::id(),
             uptime_secs: self.started.elapsed().as_secs(),
             interfaces: self
@@ -245,6 +261,7 @@ impl Controller {
             adopted: self.adopted,
             table_size: limits.maglev_size,
             max_vips: limits.max_vips,
+            max_backends: limits.max_backends,
             conntrack_capacity: limits.conntrack_capacity,
             conntrack_entries: self.conntrack.census().entries,
             conntrack_timeouts: Timeout::ALL
@@ -258,6 +275,11 @@ impl Controller {
             vips: self.balancer.state().vips.len(),
             backends: self.balancer.state().backend_count(),
             node: self.node_report(),
+            map_memory: memory::of_datapath(&self.ebpf)
+                .inspect_err(|error| {
+                    tracing::warn!(error = %error_chain(error), "cannot read the maps' kernel memory");
+                })
+                .ok(),
         }
     }
 }

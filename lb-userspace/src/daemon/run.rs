@@ -45,11 +45,20 @@ use crate::{
     model::decap::Prefix,
     model::error_chain::error_chain,
     model::health::HealthBook,
-    model::limits::{Limits, Options},
+    model::limits::{Limits, Options, Requested},
     model::mode,
     model::reload::Declared,
     model::state::State,
 };
+
+/// `println!` that never panics: the daemon's stdout (a terminal, a pipe, the journal)
+/// may go away, and a report it cannot print must not stop the datapath's daemon.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 
 /// What `lb run` was asked to do; the CLI builds it from its flags.
 #[derive(Clone, Debug)]
@@ -63,6 +72,8 @@ pub(crate) struct RunConfig {
     /// Sizes asked for; `None` takes the pinned datapath's, else the default.
     pub(crate) table_size: Option<u32>,
     pub(crate) conntrack_size: Option<u32>,
+    pub(crate) max_vips: Option<u32>,
+    pub(crate) max_backends: Option<u32>,
     pub(crate) metrics: Option<SocketAddr>,
     pub(crate) options: Options,
     pub(crate) sweep_interval: Duration,
@@ -78,11 +89,16 @@ pub(crate) struct RunConfig {
 impl RunConfig {
     /// The sizes to create maps with when nothing is pinned yet.
     pub(crate) fn limits(&self) -> Limits {
-        let defaults = Limits::default();
-        Limits {
-            maglev_size: self.table_size.unwrap_or(defaults.maglev_size),
-            conntrack_capacity: self.conntrack_size.unwrap_or(defaults.conntrack_capacity),
-            ..defaults
+        self.requested().limits()
+    }
+
+    /// The sizes given on the command line.
+    pub(crate) fn requested(&self) -> Requested {
+        Requested {
+            table_size: self.table_size,
+            conntrack_size: self.conntrack_size,
+            max_vips: self.max_vips,
+            max_backends: self.max_backends,
         }
     }
 }
@@ -134,7 +150,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
     for stale in config::remove_stale_temps(&args.state)? {
         info!(file = %stale.display(), "removed a temporary state file left by an earlier run");
     }
-    let adopted_limits = pins.adoptable(args.table_size, args.conntrack_size)?;
+    let adopted_limits = pins.adoptable(&args.requested())?;
     if load::raise_memlock_limit().is_err() {
         warn!("could not raise RLIMIT_MEMLOCK; old kernels may refuse to create maps");
     }
@@ -190,7 +206,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
             return Err(error);
         }
     };
-    println!(
+    say!(
         "lb: forwarding on {} ({}{}); API on {}; Ctrl-C or SIGTERM stops the daemon, `lb down` the datapath",
         attachments
             .iter()
@@ -205,6 +221,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
         },
         socket.path().display(),
     );
+    crate::daemon::reports::log_map_memory(&ebpf);
     let pin_dir = pins.path().to_owned();
     let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
     let conntrack_table = balancer
@@ -235,7 +252,8 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
         },
         sweep_interval: args.sweep_interval,
         checker: Checker::new(tokio::runtime::Handle::current(), probe_tx),
-        _ebpf: ebpf,
+        datapath_build: load::build_id(custom_object.as_deref()),
+        ebpf,
     }));
     if let Ok(mut controller) = controller.lock() {
         controller.refresh_health();
@@ -294,11 +312,11 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
         .lock()
         .map_err(|_| anyhow::anyhow!("the daemon's state is poisoned"))?;
     if let Ok(now) = controller.stats.read() {
-        println!("counters at exit:\n{}", counters::render(&now, None));
+        say!("counters at exit:\n{}", counters::render(&now, None));
     }
     match reason {
-        Stop::Down => println!("lb: down; detached and removed {}", pin_dir.display()),
-        Stop::Signal => println!(
+        Stop::Down => say!("lb: down; detached and removed {}", pin_dir.display()),
+        Stop::Signal => say!(
             "lb: daemon stopped; the datapath keeps forwarding (pinned in {}); `lb down` detaches it",
             pin_dir.display()
         ),
@@ -669,7 +687,7 @@ async fn wait_for_stop(
                 };
                 let taken = Instant::now();
                 let previous = last.as_ref().map(|(s, at)| (s, taken.duration_since(*at)));
-                println!("{}", counters::render(&now, previous));
+                say!("{}", counters::render(&now, previous));
                 last = Some((now, taken));
             }
         }

@@ -2,8 +2,9 @@
 
 use aya::{Ebpf, EbpfLoader, maps::ProgramArray, programs::Xdp};
 use lb_common::consts::{
-    GLOBAL_ABLATE, GLOBAL_CT_TIMEOUTS, GLOBAL_HASH_SEED, GLOBAL_MAGLEV_SIZE, MAP_CONNTRACK,
-    MAP_JUMPS, MAP_MAGLEV, MAP_VIP_STATS, MAP_VIPS, PINNED_MAPS, PROGRAM_NAME, TAIL_PROGRAMS,
+    GLOBAL_ABLATE, GLOBAL_CT_TIMEOUTS, GLOBAL_HASH_SEED, GLOBAL_MAGLEV_SIZE, MAP_BACKEND_HOPS,
+    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_ENDPOINTS, MAP_JUMPS, MAP_MAGLEV,
+    MAP_VIP_STATS, MAP_VIPS, PINNED_MAPS, PROGRAM_NAME, TAIL_PROGRAMS,
 };
 use lb_common::encap::{GLOBAL_ENCAP_SOURCE_V4, GLOBAL_ENCAP_SOURCE_V6};
 use thiserror::Error;
@@ -15,6 +16,24 @@ use crate::{
 
 /// The eBPF object built by build.rs from `lb-ebpf`.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
+
+/// The build of [`OBJECT`]: the first 12 hex digits of its SHA-256, computed by build.rs
+/// (hashing it at every start of the CLI would cost more than the rest of a command).
+pub const DATAPATH_BUILD: &str = env!("LB_DATAPATH_BUILD");
+
+/// The build id of an eBPF object: [`DATAPATH_BUILD`] for the embedded one, the same hash
+/// of the bytes of another (`lb run --bpf-object`).
+pub fn build_id(custom: Option<&[u8]>) -> String {
+    use sha2::Digest as _;
+    match custom {
+        None => DATAPATH_BUILD.to_owned(),
+        Some(object) => sha2::Sha256::digest(object)
+            .iter()
+            .take(6)
+            .map(|byte| format!("{byte:02x}"))
+            .collect(),
+    }
+}
 
 /// Parses `object` and creates its maps sized by `limits`; the program is not loaded yet.
 /// With `pins`, maps already pinned there are reused as they are and new ones are pinned.
@@ -53,8 +72,12 @@ pub fn open(
         )
         .map_max_entries(MAP_VIPS, limits.max_vips * 2)
         .map_max_entries(MAP_VIP_STATS, limits.max_vips)
-        .map_max_entries(MAP_MAGLEV, limits.max_vips * 2 * limits.maglev_size)
+        .map_max_entries(MAP_MAGLEV, limits.maglev_slots())
         .map_max_entries(MAP_CONNTRACK, limits.conntrack_capacity)
+        .map_max_entries(MAP_BACKENDS, limits.max_backends)
+        .map_max_entries(MAP_BACKEND_STATS, limits.max_backends)
+        .map_max_entries(MAP_BACKEND_HOPS, limits.max_backends)
+        .map_max_entries(MAP_ENDPOINTS, limits.endpoints_capacity())
         .load(object)
 }
 
@@ -127,4 +150,16 @@ pub(crate) fn raise_memlock_limit() -> rustix::io::Result<()> {
             maximum: None,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_build_id_is_the_hash_build_rs_computed() {
+        assert_eq!(build_id(Some(OBJECT)), DATAPATH_BUILD);
+        assert_eq!(DATAPATH_BUILD.len(), 12);
+        assert_ne!(build_id(Some(b"another object")), DATAPATH_BUILD);
+    }
 }

@@ -11,7 +11,7 @@ use aya::{
 use lb_common::{
     consts::{
         MAP_ADDRESSES, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_ENDPOINTS, MAP_MAGLEV,
-        MAP_TX_PORTS, MAP_VIP_STATS, MAP_VIPS, MAX_BACKENDS,
+        MAP_TX_PORTS, MAP_VIP_STATS, MAP_VIPS,
     },
     flow::{Conn, FlowKey},
     service::{Backend, Endpoint, EndpointKey, VipInfo, VipKey},
@@ -152,7 +152,7 @@ impl ServiceMaps {
 
     /// Every BACKENDS slot, used or not, by id.
     pub(crate) fn backends(&self) -> Result<Vec<(u32, Backend)>, MapError> {
-        (0..MAX_BACKENDS)
+        (0..self.backends.len())
             .map(|id| Ok((id, self.backends.get(&id, 0)?)))
             .collect()
     }

@@ -15,6 +15,7 @@ pub mod load;
 pub mod local_addresses;
 pub mod log;
 pub mod maps;
+pub mod memory;
 pub mod neighbours;
 pub mod netlink;
 pub mod pins;

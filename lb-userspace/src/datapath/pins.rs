@@ -31,7 +31,7 @@ use rustix::{
 use thiserror::Error;
 use tracing::info;
 
-use crate::model::limits::Limits;
+use crate::model::limits::{Limits, Requested, SizeMismatch};
 
 pub(crate) const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -281,11 +281,7 @@ impl PinDir {
     /// The limits of a complete pinned datapath, checked against this controller's layout
     /// and the operator's explicit wishes; `None` when there is nothing (complete) to adopt.
     /// A half-made set of pins (META never written) is removed.
-    pub(crate) fn adoptable(
-        &self,
-        wanted_table_size: Option<u32>,
-        wanted_conntrack_size: Option<u32>,
-    ) -> Result<Option<Limits>, PinError> {
+    pub(crate) fn adoptable(&self, wanted: &Requested) -> Result<Option<Limits>, PinError> {
         let meta_path = self.map_path(MAP_META);
         if !meta_path.exists() {
             // Maps without META are an interrupted first start; links would mean a live
@@ -296,9 +292,17 @@ impl PinDir {
             self.clear()?;
             return Ok(None);
         }
-        let map = MapData::from_pin(&meta_path)
-            .and_then(|data| Array::<MapData, Layout>::try_from(Map::Array(data)))
-            .map_err(PinError::Meta)?;
+        let data = MapData::from_pin(&meta_path).map_err(PinError::Meta)?;
+        let map = match Array::<MapData, Layout>::try_from(Map::Array(data)) {
+            Ok(map) => map,
+            Err(aya::maps::MapError::InvalidValueSize { .. }) => {
+                return Err(PinError::Version {
+                    dir: self.path.clone(),
+                    found: self.older_layout_version()?,
+                });
+            }
+            Err(error) => return Err(PinError::Meta(error)),
+        };
         let layout = map.get(&0, 0).map_err(PinError::Meta)?;
         if layout.version == 0 {
             info!(dir = %self.path.display(), "removing pins left by an interrupted start");
@@ -312,31 +316,34 @@ impl PinDir {
                 found: layout.version,
             });
         }
-        if let Some(wanted) = wanted_table_size
-            && wanted != layout.maglev_size
-        {
-            return Err(PinError::Limits {
-                dir: self.path.clone(),
-                what: "--table-size",
-                found: layout.maglev_size,
-                wanted,
-            });
-        }
-        if let Some(wanted) = wanted_conntrack_size
-            && wanted != layout.conntrack_capacity
-        {
-            return Err(PinError::Limits {
-                dir: self.path.clone(),
-                what: "--conntrack-size",
-                found: layout.conntrack_capacity,
-                wanted,
-            });
-        }
-        Ok(Some(Limits {
+        let pinned = Limits {
             max_vips: layout.max_vips,
             maglev_size: layout.maglev_size,
             conntrack_capacity: layout.conntrack_capacity,
-        }))
+            max_backends: layout.max_backends,
+        };
+        if let Some(SizeMismatch {
+            flag,
+            pinned,
+            wanted,
+        }) = wanted.mismatch(&pinned)
+        {
+            return Err(PinError::Limits {
+                dir: self.path.clone(),
+                what: flag,
+                found: pinned,
+                wanted,
+            });
+        }
+        Ok(Some(pinned))
+    }
+
+    /// The version in a META written by an lb whose layout record had another size (up to
+    /// version 5 it was four `u32`s, the version first).
+    fn older_layout_version(&self) -> Result<u32, PinError> {
+        let data = MapData::from_pin(self.map_path(MAP_META)).map_err(PinError::Meta)?;
+        let map = Array::<MapData, [u32; 4]>::try_from(Map::Array(data)).map_err(PinError::Meta)?;
+        map.get(&0, 0).map(|words| words[0]).map_err(PinError::Meta)
     }
 
     /// Records that the pinned maps are complete and what they were created with.
@@ -347,6 +354,7 @@ impl PinDir {
             maglev_size: limits.maglev_size,
             max_vips: limits.max_vips,
             conntrack_capacity: limits.conntrack_capacity,
+            max_backends: limits.max_backends,
         };
         map.set(0, layout, 0).map_err(PinError::Meta)
     }

@@ -2,7 +2,7 @@
 //! ([`Limits`]) or free to change at every load ([`Options`]). Pure data and validation.
 
 use lb_common::{
-    consts::{CONNTRACK_CAPACITY, DEFAULT_MAGLEV_SIZE, MAX_VIPS},
+    consts::{CONNTRACK_CAPACITY, DEFAULT_MAGLEV_SIZE, MAX_BACKENDS, MAX_VIPS},
     encap::EncapSource,
     flow::{DEFAULT_TIMEOUTS_NS, Timeouts},
     hash::HashSeed,
@@ -17,6 +17,73 @@ pub struct Limits {
     pub maglev_size: u32,
     /// Flows tracked (one entry per flow).
     pub conntrack_capacity: u32,
+    /// Backend slots, over all VIPs.
+    pub max_backends: u32,
+}
+
+/// Most VIP slots `--max-vips` may ask for.
+pub const VIPS_CEILING: u32 = 1024;
+/// Most backend slots `--max-backends` may ask for.
+pub const BACKENDS_CEILING: u32 = 1 << 16;
+/// Fewest flows `--conntrack-size` may ask for.
+pub const CONNTRACK_FLOOR: u32 = 1024;
+/// Most entries of the MAGLEV map (the kernel takes 8 bytes an entry: 4 GiB).
+pub const MAGLEV_SLOTS_CEILING: u64 = 1 << 29;
+
+/// The sizes an operator asked for (`lb run --table-size` and the others); `None` takes
+/// the pinned datapath's, else the default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Requested {
+    pub table_size: Option<u32>,
+    pub conntrack_size: Option<u32>,
+    pub max_vips: Option<u32>,
+    pub max_backends: Option<u32>,
+}
+
+/// A size asked for that differs from what the pinned maps were created with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SizeMismatch {
+    pub flag: &'static str,
+    pub pinned: u32,
+    pub wanted: u32,
+}
+
+impl Requested {
+    /// The sizes to create maps with when nothing is pinned yet.
+    pub fn limits(&self) -> Limits {
+        let defaults = Limits::default();
+        Limits {
+            maglev_size: self.table_size.unwrap_or(defaults.maglev_size),
+            conntrack_capacity: self.conntrack_size.unwrap_or(defaults.conntrack_capacity),
+            max_vips: self.max_vips.unwrap_or(defaults.max_vips),
+            max_backends: self.max_backends.unwrap_or(defaults.max_backends),
+        }
+    }
+
+    /// The first size asked for explicitly that the pinned maps do not have: maps cannot
+    /// be resized in place, so such a start is refused rather than silently adopting.
+    pub fn mismatch(&self, pinned: &Limits) -> Option<SizeMismatch> {
+        [
+            ("--table-size", self.table_size, pinned.maglev_size),
+            (
+                "--conntrack-size",
+                self.conntrack_size,
+                pinned.conntrack_capacity,
+            ),
+            ("--max-vips", self.max_vips, pinned.max_vips),
+            ("--max-backends", self.max_backends, pinned.max_backends),
+        ]
+        .into_iter()
+        .find_map(|(flag, wanted, pinned)| {
+            wanted
+                .filter(|&wanted| wanted != pinned)
+                .map(|wanted| SizeMismatch {
+                    flag,
+                    pinned,
+                    wanted,
+                })
+        })
+    }
 }
 
 /// How a loaded program behaves; free to change at every load (unlike [`Limits`]).
@@ -55,6 +122,7 @@ impl Default for Limits {
             max_vips: MAX_VIPS,
             maglev_size: DEFAULT_MAGLEV_SIZE,
             conntrack_capacity: CONNTRACK_CAPACITY,
+            max_backends: MAX_BACKENDS,
         }
     }
 }
@@ -65,10 +133,18 @@ pub(crate) enum LimitsError {
     NotPrime(u32),
     #[error("Maglev table size {0} is out of range (must be between 7 and 1048573)")]
     TableSizeOutOfRange(u32),
-    #[error("max VIPs must be between 1 and {MAX_VIPS}")]
-    VipsOutOfRange,
-    #[error("conntrack capacity must be at least 1024")]
-    ConntrackTooSmall,
+    #[error("--max-vips must be between 1 and {VIPS_CEILING}, not {0}")]
+    VipsOutOfRange(u32),
+    #[error("--max-backends must be between 1 and {BACKENDS_CEILING}, not {0}")]
+    BackendsOutOfRange(u32),
+    #[error("--conntrack-size must be at least {CONNTRACK_FLOOR}, not {0}")]
+    ConntrackTooSmall(u32),
+    #[error(
+        "--max-vips {max_vips} × 2 tables × --table-size {table_size} is {} Maglev slots, \
+         more than {MAGLEV_SLOTS_CEILING} (4 GiB of kernel memory): lower either",
+        u64::from(*max_vips) * 2 * u64::from(*table_size)
+    )]
+    MaglevTooLarge { max_vips: u32, table_size: u32 },
 }
 
 impl Limits {
@@ -79,13 +155,38 @@ impl Limits {
         if !is_prime(self.maglev_size) {
             return Err(LimitsError::NotPrime(self.maglev_size));
         }
-        if !(1..=MAX_VIPS).contains(&self.max_vips) {
-            return Err(LimitsError::VipsOutOfRange);
+        if !(1..=VIPS_CEILING).contains(&self.max_vips) {
+            return Err(LimitsError::VipsOutOfRange(self.max_vips));
         }
-        if self.conntrack_capacity < 1024 {
-            return Err(LimitsError::ConntrackTooSmall);
+        if !(1..=BACKENDS_CEILING).contains(&self.max_backends) {
+            return Err(LimitsError::BackendsOutOfRange(self.max_backends));
+        }
+        if self.conntrack_capacity < CONNTRACK_FLOOR {
+            return Err(LimitsError::ConntrackTooSmall(self.conntrack_capacity));
+        }
+        if u64::from(self.maglev_slots()) > MAGLEV_SLOTS_CEILING {
+            return Err(LimitsError::MaglevTooLarge {
+                max_vips: self.max_vips,
+                table_size: self.maglev_size,
+            });
         }
         Ok(())
+    }
+}
+
+impl Limits {
+    /// Entries of the MAGLEV map: two tables per VIP slot (saturating: [`Limits::validate`]
+    /// refuses anything past [`MAGLEV_SLOTS_CEILING`]).
+    pub fn maglev_slots(&self) -> u32 {
+        self.max_vips
+            .saturating_mul(2)
+            .saturating_mul(self.maglev_size)
+    }
+
+    /// Entries of the ENDPOINTS map.
+    pub fn endpoints_capacity(&self) -> u32 {
+        self.max_backends
+            .saturating_mul(lb_common::consts::ENDPOINTS_PER_BACKEND)
     }
 }
 
@@ -123,10 +224,87 @@ mod tests {
             table(5).validate(),
             Err(LimitsError::TableSizeOutOfRange(5))
         ));
-        let vips = Limits {
-            max_vips: 0,
+        let vips = |max_vips| Limits {
+            max_vips,
             ..Limits::default()
         };
-        assert!(matches!(vips.validate(), Err(LimitsError::VipsOutOfRange)));
+        assert!(matches!(
+            vips(0).validate(),
+            Err(LimitsError::VipsOutOfRange(0))
+        ));
+        assert!(matches!(
+            vips(VIPS_CEILING + 1).validate(),
+            Err(LimitsError::VipsOutOfRange(_))
+        ));
+        assert!(vips(VIPS_CEILING).validate().is_ok());
+        let backends = |max_backends| Limits {
+            max_backends,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            backends(0).validate(),
+            Err(LimitsError::BackendsOutOfRange(0))
+        ));
+        assert!(matches!(
+            backends(BACKENDS_CEILING + 1).validate(),
+            Err(LimitsError::BackendsOutOfRange(_))
+        ));
+        assert!(backends(1).validate().is_ok());
+        let conntrack = Limits {
+            conntrack_capacity: 1023,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            conntrack.validate(),
+            Err(LimitsError::ConntrackTooSmall(1023))
+        ));
+        // 1024 VIPs × 2 × 1048573 slots would take 16 GiB.
+        let huge = Limits {
+            max_vips: VIPS_CEILING,
+            maglev_size: 1_048_573,
+            ..Limits::default()
+        };
+        let error = huge.validate().expect_err("too large").to_string();
+        assert!(
+            error.contains("is 2147477504 Maglev slots, more than 536870912"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn requested_sizes_fill_in_defaults_and_name_the_first_mismatch() {
+        let none = Requested::default();
+        assert_eq!(none.limits(), Limits::default());
+        assert_eq!(none.mismatch(&Limits::default()), None);
+        let asked = Requested {
+            max_vips: Some(4),
+            max_backends: Some(64),
+            ..Requested::default()
+        };
+        let limits = asked.limits();
+        assert_eq!((limits.max_vips, limits.max_backends), (4, 64));
+        assert_eq!(limits.endpoints_capacity(), 128);
+        assert_eq!(limits.maglev_slots(), 4 * 2 * 65_537);
+        assert_eq!(asked.mismatch(&limits), None);
+        assert_eq!(
+            asked.mismatch(&Limits::default()),
+            Some(SizeMismatch {
+                flag: "--max-vips",
+                pinned: MAX_VIPS,
+                wanted: 4
+            })
+        );
+        let backends_only = Requested {
+            max_backends: Some(64),
+            ..Requested::default()
+        };
+        assert_eq!(
+            backends_only.mismatch(&Limits::default()),
+            Some(SizeMismatch {
+                flag: "--max-backends",
+                pinned: MAX_BACKENDS,
+                wanted: 64
+            })
+        );
     }
 }

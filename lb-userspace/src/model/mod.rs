@@ -10,6 +10,7 @@ pub mod error_chain;
 pub mod health;
 pub mod limits;
 pub mod maglev;
+pub mod memory;
 pub mod mode;
 pub mod prefix;
 pub mod reload;

@@ -1,0 +1,54 @@
+//! The log on stderr: text for people (coloured only on a terminal, and never with
+//! NO_COLOR set), or JSON lines for collectors (`--log-format json`). `RUST_LOG` filters.
+
+use std::{ffi::OsString, io::IsTerminal as _};
+
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::args::LogFormat;
+
+pub(crate) fn init(format: LogFormat) {
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(colour(
+                std::io::stderr().is_terminal(),
+                std::env::var_os("NO_COLOR"),
+            ))
+            .init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+}
+
+/// Colour codes only for a person at a terminal who did not ask for none
+/// (<https://no-color.org>: any non-empty NO_COLOR).
+fn colour(stderr_is_terminal: bool, no_color: Option<OsString>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|value| value.is_empty())
+}
+
+/// How a command's failure reaches stderr: as anyhow prints it (`Error: ...` and its
+/// causes), or as one JSON log line.
+pub(crate) fn report_failure(format: LogFormat, error: &anyhow::Error) {
+    match format {
+        LogFormat::Text => {
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "Error: {error:?}");
+        }
+        LogFormat::Json => tracing::error!("{error:#}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_needs_a_terminal_and_no_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some(OsString::new())));
+        assert!(!colour(true, Some(OsString::from("1"))));
+        assert!(!colour(false, None));
+    }
+}
