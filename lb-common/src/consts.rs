@@ -81,7 +81,7 @@ pub const PINNED_MAPS: [&str; 12] = [
 
 /// Version of the map layout (key/value types and indexing). Bump it with any change to a
 /// `#[repr(C)]` type in a pinned map or to the counter indices: a controller refuses to adopt maps of another version.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Global set at load time: the Maglev table size M (a prime).
 pub const GLOBAL_MAGLEV_SIZE: &str = "MAGLEV_SIZE";

@@ -135,8 +135,8 @@ pub struct Layout {
     pub maglev_size: u32,
     pub max_vips: u32,
     pub conntrack_capacity: u32,
-    /// Backend slots: sizes BACKENDS, BACKEND_STATS, BACKEND_HOPS and ENDPOINTS.
-    pub max_backends: u32,
+    // The backend slots (`--max-backends`) are not recorded here: the pinned BACKENDS map's
+    // own size says it, so pins made before the flag existed are adopted as they are.
 }
 
 #[cfg(feature = "user")]

@@ -714,37 +714,3 @@ fn status_warns_when_the_daemon_is_another_build_and_not_when_it_is_the_same() {
     );
     lab.instance.down();
 }
-
-#[test]
-fn a_datapath_pinned_by_an_older_layout_is_refused_by_its_version() {
-    lb_tests::require_root!();
-    let lab = Lab::new();
-    // What an lb of layout 5 left: a META of four u32s (no max_backends), version 5.
-    std::fs::create_dir_all(&lab.instance.pin_dir).expect("pin directory");
-    let meta = lab.instance.pin_dir.join("META");
-    let meta_arg = meta.to_string_lossy().into_owned();
-    bpftool(&[
-        "map", "create", &meta_arg, "type", "array", "key", "4", "value", "16", "entries", "1",
-        "name", "META",
-    ]);
-    let mut update = vec![
-        "map", "update", "pinned", &meta_arg, "key", "0", "0", "0", "0",
-    ];
-    update.extend(["value", "5", "0", "0", "0"]);
-    update.extend(["1", "0", "1", "0"].repeat(3));
-    bpftool(&update);
-    let output = lab.lb_run(&[]).output().expect("run lb");
-    let stderr = text(&output.stderr);
-    assert!(
-        !output.status.success() && stderr.contains("has map layout version 5, this lb uses"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("lb down --pin-dir"),
-        "says what to do: {stderr}"
-    );
-    assert!(meta.exists(), "the older pins are left as they were");
-    assert!(!lab.lb.has_xdp());
-    lab.instance.down();
-    assert!(!lab.instance.pin_dir.exists(), "`lb down` removes them");
-}

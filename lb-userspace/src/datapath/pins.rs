@@ -20,7 +20,7 @@ use aya::{
     programs::links::{FdLink, PinnedLink},
 };
 use lb_common::{
-    consts::{LAYOUT_VERSION, MAP_META, PINNED_MAPS},
+    consts::{LAYOUT_VERSION, MAP_BACKENDS, MAP_META, PINNED_MAPS},
     service::Layout,
 };
 use rustix::{
@@ -293,16 +293,7 @@ impl PinDir {
             return Ok(None);
         }
         let data = MapData::from_pin(&meta_path).map_err(PinError::Meta)?;
-        let map = match Array::<MapData, Layout>::try_from(Map::Array(data)) {
-            Ok(map) => map,
-            Err(aya::maps::MapError::InvalidValueSize { .. }) => {
-                return Err(PinError::Version {
-                    dir: self.path.clone(),
-                    found: self.older_layout_version()?,
-                });
-            }
-            Err(error) => return Err(PinError::Meta(error)),
-        };
+        let map = Array::<MapData, Layout>::try_from(Map::Array(data)).map_err(PinError::Meta)?;
         let layout = map.get(&0, 0).map_err(PinError::Meta)?;
         if layout.version == 0 {
             info!(dir = %self.path.display(), "removing pins left by an interrupted start");
@@ -320,7 +311,7 @@ impl PinDir {
             max_vips: layout.max_vips,
             maglev_size: layout.maglev_size,
             conntrack_capacity: layout.conntrack_capacity,
-            max_backends: layout.max_backends,
+            max_backends: self.pinned_size(MAP_BACKENDS)?,
         };
         if let Some(SizeMismatch {
             flag,
@@ -338,12 +329,11 @@ impl PinDir {
         Ok(Some(pinned))
     }
 
-    /// The version in a META written by an lb whose layout record had another size (up to
-    /// version 5 it was four `u32`s, the version first).
-    fn older_layout_version(&self) -> Result<u32, PinError> {
-        let data = MapData::from_pin(self.map_path(MAP_META)).map_err(PinError::Meta)?;
-        let map = Array::<MapData, [u32; 4]>::try_from(Map::Array(data)).map_err(PinError::Meta)?;
-        map.get(&0, 0).map(|words| words[0]).map_err(PinError::Meta)
+    /// The `max_entries` a pinned map was created with.
+    fn pinned_size(&self, name: &str) -> Result<u32, PinError> {
+        let data = MapData::from_pin(self.map_path(name)).map_err(PinError::Meta)?;
+        let info = data.info().map_err(PinError::Meta)?;
+        Ok(info.max_entries())
     }
 
     /// Records that the pinned maps are complete and what they were created with.
@@ -354,7 +344,6 @@ impl PinDir {
             maglev_size: limits.maglev_size,
             max_vips: limits.max_vips,
             conntrack_capacity: limits.conntrack_capacity,
-            max_backends: limits.max_backends,
         };
         map.set(0, layout, 0).map_err(PinError::Meta)
     }
