@@ -92,6 +92,8 @@ pub fn run() -> anyhow::Result<()> {
                 "--test",
                 "observe",
                 "--test",
+                "explain",
+                "--test",
                 "conntrack",
                 "--test",
                 "faults",

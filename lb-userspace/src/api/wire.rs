@@ -128,6 +128,13 @@ pub enum Request {
     /// Announces the VIPs again (those that can be served).
     NodeResume {},
     Down {},
+    /// What the datapath does with the next packet of one client → VIP flow, and why.
+    Explain {
+        client: SocketAddr,
+        vip: SocketAddr,
+        #[serde(default)]
+        proto: Proto,
+    },
 }
 
 /// The protocol version this build speaks. Every request carries it and every response

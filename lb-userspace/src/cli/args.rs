@@ -71,6 +71,9 @@ pub(crate) enum Command {
     /// On a DSR backend (no daemon): take the lb's tunnels apart in XDP, VIPs on lo, sysctls.
     #[command(subcommand)]
     Decap(DecapCommand),
+    /// What the datapath does with the next packet of one flow, and why: its VIP, its
+    /// tracked entry, the backend Maglev would pick.
+    Explain(crate::cli::explain::ExplainArgs),
 }
 
 /// A socket address, with a hint for the usual mistakes.

@@ -4,6 +4,7 @@
 pub mod args;
 pub mod commands;
 pub mod decap;
+pub mod explain;
 pub mod render;
 pub mod watch;
 
@@ -36,5 +37,6 @@ pub fn main() -> anyhow::Result<()> {
         Command::Node(command) => commands::node(&socket, command),
         Command::Down(args) => commands::down(&socket, args),
         Command::Decap(command) => decap::run(command),
+        Command::Explain(args) => explain::run(&socket, args),
     }
 }
