@@ -245,6 +245,21 @@ fn tracked_untracked_and_non_vip_flows_are_explained_as_forwarded() {
     });
     assert_eq!(counted(), before + 1, "{other}");
 
+    // A VIP without backends: its slot is empty, the packet dropped, and counted so.
+    let empty = SocketAddr::new(lab.vip(false), 9_999);
+    instance.ok(&["vip", "add", &empty.to_string(), "--proto", "udp"]);
+    let none = explain(&instance, client, empty, "udp");
+    assert_eq!(none["verdict"], "drop-no-backend", "{none}");
+    assert_eq!(none["action"], "drop", "{none}");
+    assert_eq!(none["maglev"]["backend"], Value::Null, "{none}");
+    let dropped = || stat_packets(&instance.stats(), "drop_no_backend");
+    let before = dropped();
+    lab.client.enter(|| {
+        let socket = UdpSocket::bind(client).expect("bind");
+        socket.send_to(b"x", empty).expect("send");
+    });
+    assert_eq!(dropped(), before + 1, "{none}");
+
     // The first connection is still there, still tracked.
     assert_eq!(connection.ask().expect("still answered"), answered);
     instance.down();

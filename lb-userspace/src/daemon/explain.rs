@@ -5,6 +5,7 @@
 use std::{collections::HashMap, net::SocketAddr};
 
 use lb_common::{
+    consts::NO_BACKEND,
     encap::{MODE_DSR_L2, MODE_NAT},
     flow::{FlowKey, Timeout},
     service::{Backend, EndpointKey, VipKey},
@@ -21,7 +22,7 @@ use crate::{
     datapath::conntrack::monotonic_coarse_ns,
     model::{
         check::CheckConfig,
-        explain::{self, Entry, Facts, FlowError, Verdict},
+        explain::{self, Entry, Facts, FlowError, MaglevSlot, Verdict},
         health::Health,
         state::{Proto, Service},
     },
@@ -66,8 +67,8 @@ impl Controller {
         proto: Proto,
     ) -> Result<Explanation, ApiError> {
         explain::check_flow(client, vip)?;
-        let maps = self.balancer.maps();
         let key = flow_key(client, vip, proto);
+        let (facts, place) = self.facts(&key)?;
         let service = Service { addr: vip, proto };
         let view = self.balancer.view();
         let known: Known = view
@@ -78,61 +79,11 @@ impl Controller {
                     .map(|b| ((b.id, b.generation), (v.service, b)))
             })
             .collect();
-
-        // lookup.rs `service` and `is_vip_address`.
-        let vip_key = VipKey {
-            addr: key.dst,
-            port: key.dst_port,
-            proto: key.proto,
-            family: key.family,
-        };
-        let vip_info = maps.vip(&vip_key).map_err(datapath_error)?;
-        let vip_address = maps
-            .vip(&VipKey::address_entry(key.dst, key.family))
-            .map_err(datapath_error)?
-            .is_some();
-        // lookup.rs `endpoint`, with the client as the source.
-        let client_is_endpoint = maps
-            .endpoint(&EndpointKey {
-                addr: key.src,
-                port: key.src_port,
-                proto: key.proto,
-                family: key.family,
-            })
-            .map_err(datapath_error)?
-            .is_some();
-        // conntrack.rs `lookup` and select.rs `tracked` (BACKENDS[conn.backend_id]).
-        let tracked = match maps.conntrack_entry(&key).map_err(datapath_error)? {
-            Some(conn) => Some((conn, maps.backend(conn.backend_id).map_err(datapath_error)?)),
-            None => None,
-        };
-        // select.rs `maglev`.
         let size = self.balancer.limits().maglev_size;
-        let seed = self.balancer.hash_seed();
-        let place = vip_info.and_then(|info| explain::maglev_slot(&key, &seed, size, &info));
-        let slot = match place {
-            Some(place) => {
-                let id = maps.maglev_slot(place.index).map_err(datapath_error)?;
-                match id {
-                    lb_common::consts::NO_BACKEND => None,
-                    id => Some((id, maps.backend(id).map_err(datapath_error)?)),
-                }
-            }
-            None => None,
-        };
-        let facts = Facts {
-            tracked,
-            vip: vip_info,
-            vip_address,
-            slot,
-            client_is_endpoint,
-            now_ns: monotonic_coarse_ns(),
-            timeouts: self.timeouts,
-        };
         let verdict = explain::decide(&facts);
 
         let vip_view = view.iter().find(|v| v.service == service);
-        let matched = vip_info.map(|_| self.service_match(service, vip_view));
+        let matched = facts.vip.map(|_| self.service_match(service, vip_view));
         let tracked = facts.tracked.map(|(conn, backend)| {
             let idle_ns = facts.now_ns.saturating_sub(conn.last_seen_ns);
             let timeout_ns = facts.timeouts[Timeout::index_of_state(conn.state)];
@@ -167,7 +118,7 @@ impl Controller {
             vip,
             proto,
             service: matched,
-            vip_address,
+            vip_address: facts.vip_address,
             tracked,
             maglev,
             verdict,
@@ -182,6 +133,60 @@ impl Controller {
             .or(facts.slot.map(|(_, backend)| backend.mode));
         answer.explanation = sentence(&answer, explain::entry(&facts), mode);
         Ok(answer)
+    }
+
+    /// What the maps hold for the flow `key`, read as the datapath reads them, and where
+    /// the flow falls in the VIP's table.
+    fn facts(&self, key: &FlowKey) -> Result<(Facts, Option<MaglevSlot>), ApiError> {
+        let maps = self.balancer.maps();
+        // lookup.rs `service` and `is_vip_address`.
+        let vip_key = VipKey {
+            addr: key.dst,
+            port: key.dst_port,
+            proto: key.proto,
+            family: key.family,
+        };
+        let vip = maps.vip(&vip_key).map_err(datapath_error)?;
+        let vip_address = maps
+            .vip(&VipKey::address_entry(key.dst, key.family))
+            .map_err(datapath_error)?
+            .is_some();
+        // lookup.rs `endpoint`, with the client as the source.
+        let client_is_endpoint = maps
+            .endpoint(&EndpointKey {
+                addr: key.src,
+                port: key.src_port,
+                proto: key.proto,
+                family: key.family,
+            })
+            .map_err(datapath_error)?
+            .is_some();
+        // conntrack.rs `lookup` and select.rs `tracked` (BACKENDS[conn.backend_id]).
+        let tracked = match maps.conntrack_entry(key).map_err(datapath_error)? {
+            Some(conn) => Some((conn, maps.backend(conn.backend_id).map_err(datapath_error)?)),
+            None => None,
+        };
+        // select.rs `maglev`.
+        let size = self.balancer.limits().maglev_size;
+        let seed = self.balancer.hash_seed();
+        let place = vip.and_then(|info| explain::maglev_slot(key, &seed, size, &info));
+        let slot = match place {
+            Some(place) => match maps.maglev_slot(place.index).map_err(datapath_error)? {
+                NO_BACKEND => None,
+                id => Some((id, maps.backend(id).map_err(datapath_error)?)),
+            },
+            None => None,
+        };
+        let facts = Facts {
+            tracked,
+            vip,
+            vip_address,
+            slot,
+            client_is_endpoint,
+            now_ns: monotonic_coarse_ns(),
+            timeouts: self.timeouts,
+        };
+        Ok((facts, place))
     }
 
     fn service_match(&self, service: Service, view: Option<&VipView>) -> ServiceMatch {

@@ -297,9 +297,13 @@ impl ServiceMaps {
         present(self.vips.get(key, 0))
     }
 
-    /// BACKENDS[id] (zeroed when unused).
+    /// BACKENDS[id] (zeroed when unused). An id past the array reads as unused, as the
+    /// datapath's `BACKENDS.get` finds nothing there.
     pub(crate) fn backend(&self, id: u32) -> Result<Backend, MapError> {
-        self.backends.get(&id, 0)
+        match self.backends.get(&id, 0) {
+            Err(MapError::OutOfBounds { .. }) => Ok(Backend::default()),
+            other => other,
+        }
     }
 
     /// ENDPOINTS[key].
