@@ -380,6 +380,30 @@ fn a_draining_backend_keeps_its_flow_and_a_failing_one_loses_it() {
     assert_eq!(tracked_backend(&after), Some(new_home), "{after}");
     assert_eq!(rebalanced(), before + 1);
     drop(old);
+
+    // The last live backend fails too: all of them stay in the table (fail open), and
+    // explain says so.
+    let last = lab
+        .backends
+        .iter()
+        .position(|b| named(&lab, &b.name, WHO_PORT, false) == new_home)
+        .expect("the pick is a backend");
+    servers[last] = None;
+    instance.wait_for_health(&new_home.to_string(), "down", Duration::from_secs(5));
+    let fresh = SocketAddr::new(lab.client_addr(false), 44_002);
+    let open = explain(&instance, fresh, drained_vip, "tcp");
+    assert_eq!(open["service"]["fail_open"], true, "{open}");
+    assert_eq!(open["service"]["healthy"], 0, "{open}");
+    assert_eq!(open["verdict"], "new-flow", "{open}");
+    let chosen = &open["maglev"]["backend"];
+    assert_eq!(
+        (&chosen["state"], &chosen["health"]),
+        (&"active".into(), &"down".into()),
+        "a failing backend back in the table: {open}"
+    );
+    assert_ne!(pick(&open), draining, "the drained one stays out: {open}");
+    let why = open["explanation"].as_str().unwrap_or_default();
+    assert!(why.contains("fail open"), "{why}");
     drop(servers);
     instance.down();
 }

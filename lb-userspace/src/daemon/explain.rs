@@ -199,8 +199,7 @@ impl Controller {
             backends,
             live,
             healthy,
-            // control/balancer.rs `effective`: all live backends down keeps them all.
-            fail_open: spec.is_some_and(|s| s.check.is_some()) && live > 0 && healthy == 0,
+            fail_open: explain::fail_open(spec.is_some_and(|s| s.check.is_some()), live, healthy),
         }
     }
 

@@ -166,6 +166,12 @@ pub const fn backend_state(backend: &Backend, vip_id: u32, generation: u32) -> &
     }
 }
 
+/// control/balancer.rs `effective`: when every backend the operator has not drained fails
+/// its check, they all stay in the table (fail open) rather than the VIP dropping.
+pub const fn fail_open(checked: bool, live: usize, healthy: usize) -> bool {
+    checked && live > 0 && healthy == 0
+}
+
 /// How the tracked entry stands with the datapath.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Entry {
@@ -380,6 +386,14 @@ mod tests {
             ..elsewhere
         };
         assert_eq!(decide(&endpoint), Verdict::BackendReply);
+    }
+
+    #[test]
+    fn only_a_checked_vip_whose_live_backends_all_fail_is_open() {
+        assert!(fail_open(true, 2, 0));
+        assert!(!fail_open(true, 2, 1));
+        assert!(!fail_open(true, 0, 0), "no live backend: nothing to keep");
+        assert!(!fail_open(false, 2, 0));
     }
 
     #[test]
