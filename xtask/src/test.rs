@@ -94,6 +94,8 @@ pub fn run() -> anyhow::Result<()> {
                 "--test",
                 "ops",
                 "--test",
+                "explain",
+                "--test",
                 "conntrack",
                 "--test",
                 "faults",

@@ -260,3 +260,123 @@ pub(crate) fn node() -> NodeReport {
         ],
     }
 }
+
+/// `explain` answers, one per kind of verdict the snapshots pin.
+pub(crate) fn explanations() -> Vec<(&'static str, super::explain::Explanation)> {
+    use super::explain::{BackendStatus, Explanation, MaglevPick, ServiceMatch, TrackedFlow};
+    use crate::model::explain::Verdict;
+    let backend = |addr: &str, state: &str, health, drained| BackendStatus {
+        backend: Some(sock(addr)),
+        state: state.to_owned(),
+        weight: Some(100),
+        health,
+        drained,
+    };
+    let service = |mode, checked: bool| ServiceMatch {
+        mode,
+        check: checked.then(|| vips()[0].check.clone()).flatten(),
+        backends: 3,
+        live: 2,
+        healthy: 2,
+        fail_open: false,
+    };
+    let maglev = |to: BackendStatus| MaglevPick {
+        hash: 0x5d1f_0a7c,
+        slot: 24_576,
+        table_size: 65_537,
+        table_fingerprint: "5d1f0a7c93e2b468".to_owned(),
+        backend: Some(to),
+    };
+    let v4 = |verdict: Verdict, explanation: &str| Explanation {
+        client: sock("198.18.0.1:40000"),
+        vip: sock("198.18.1.1:80"),
+        proto: Proto::Tcp,
+        service: Some(service(Mode::Nat, true)),
+        vip_address: true,
+        tracked: None,
+        maglev: Some(maglev(backend(
+            "198.18.12.2:8080",
+            "active",
+            Health::Up,
+            false,
+        ))),
+        verdict,
+        action: verdict.action().to_owned(),
+        counter: verdict.counter().to_owned(),
+        explanation: explanation.to_owned(),
+    };
+    let tracked = |state: &str, to: BackendStatus| TrackedFlow {
+        state: state.to_owned(),
+        idle_secs: 3,
+        timeout_secs: 10_800,
+        expires_in_secs: 10_797,
+        expired: false,
+        backend: to,
+    };
+    vec![
+        (
+            "tracked_draining",
+            Explanation {
+                tracked: Some(tracked(
+                    "established",
+                    backend("198.18.11.2:8080", "draining", Health::Up, true),
+                )),
+                ..v4(
+                    Verdict::ForwardTracked,
+                    "Forwarded to 198.18.11.2:8080 (destination NAT), the backend its conntrack entry pins it to (established, 10797 s of idleness left); 198.18.11.2:8080 is draining: it keeps its tracked flows but gets no new ones. A SYN on this 5-tuple (a reused client port) would open a new connection instead, balanced to 198.18.12.2:8080 (slot 24576).",
+                )
+            },
+        ),
+        (
+            "rebalanced",
+            Explanation {
+                tracked: Some(tracked(
+                    "established",
+                    BackendStatus {
+                        backend: None,
+                        state: "removed".to_owned(),
+                        weight: None,
+                        health: Health::Unchecked,
+                        drained: false,
+                    },
+                )),
+                ..v4(
+                    Verdict::Rebalance,
+                    "The backend its conntrack entry pins it to was removed (ct_rebalanced): Maglev sends it to 198.18.12.2:8080 (slot 24576, destination NAT) and tracks it.",
+                )
+            },
+        ),
+        (
+            "new_flow_v6_dsr",
+            Explanation {
+                client: sock("[fd00::1]:53000"),
+                vip: sock("[fd00:1::1]:53"),
+                proto: Proto::Udp,
+                service: Some(service(Mode::DsrIpip, false)),
+                maglev: Some(maglev(backend(
+                    "[fd00:11::2]:53",
+                    "active",
+                    Health::Unchecked,
+                    false,
+                ))),
+                ..v4(
+                    Verdict::NewFlow,
+                    "The flow is not tracked: Maglev sends it to [fd00:11::2]:53 (slot 24576, dsr-ipip: the packet encapsulated untouched) and tracks it.",
+                )
+            },
+        ),
+        (
+            "not_a_vip",
+            Explanation {
+                vip: sock("198.18.9.9:80"),
+                service: None,
+                vip_address: false,
+                maglev: None,
+                ..v4(
+                    Verdict::PassNotVip,
+                    "198.18.9.9 is no VIP's address: passed untouched to the kernel's stack (XDP_PASS).",
+                )
+            },
+        ),
+    ]
+}

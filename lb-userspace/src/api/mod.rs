@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod error;
+pub mod explain;
 #[cfg(test)]
 pub mod fixtures;
 pub mod wire;

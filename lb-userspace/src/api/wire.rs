@@ -132,6 +132,13 @@ pub enum Request {
     Down {},
     /// Re-reads the daemon's `--config` and makes the live state equal to it.
     Reload {},
+    /// What the datapath does with the next packet of one client → VIP flow, and why.
+    Explain {
+        client: SocketAddr,
+        vip: SocketAddr,
+        #[serde(default)]
+        proto: Proto,
+    },
 }
 
 /// The protocol version this build speaks. Every request carries it and every response

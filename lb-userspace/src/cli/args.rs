@@ -87,6 +87,9 @@ pub(crate) enum Command {
     /// Check a config file as `lb run --config` would, without a daemon: a summary and exit
     /// 0, or the error with its file and line and exit 1.
     CheckConfig(CheckConfigArgs),
+    /// What the datapath does with the next packet of one flow, and why: its VIP, its
+    /// tracked entry, the backend Maglev would pick.
+    Explain(crate::cli::explain::ExplainArgs),
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@ pub mod args;
 pub mod commands;
 pub mod completions;
 pub mod decap;
+pub mod explain;
 pub mod logging;
 pub mod manpages;
 pub mod output;
@@ -62,5 +63,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Completions(args) => completions::run(&args, command()),
         Command::Manpages(args) => manpages::run(&args, command()),
         Command::CheckConfig(args) => commands::check_config(args),
+        Command::Explain(args) => explain::run(&socket, args),
     }
 }

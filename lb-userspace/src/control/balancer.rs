@@ -799,6 +799,11 @@ impl<M: MapWriter> Balancer<M> {
         &self.limits
     }
 
+    /// The seed the flow hash and the tables are keyed with.
+    pub(crate) fn hash_seed(&self) -> HashSeed {
+        self.hash_seed
+    }
+
     pub fn maps(&self) -> &M {
         &self.maps
     }

@@ -221,6 +221,9 @@ impl Controller {
                 .and_then(|_| json(self.node_report())),
             Request::Down {} => self.down().and_then(json),
             Request::Reload {} => self.reload().and_then(json),
+            Request::Explain { client, vip, proto } => {
+                self.explain(client, vip, proto).and_then(json)
+            }
         };
         match result {
             Ok(value) => Response::success(value),

@@ -3,6 +3,7 @@
 
 pub mod controller;
 pub mod counters;
+pub mod explain;
 pub mod flows;
 pub mod metrics;
 pub mod metrics_http;

@@ -289,3 +289,39 @@ impl ServiceMaps {
         self.backend_stats.set(id, zero, 0)
     }
 }
+
+/// Single reads with the datapath's own keys, for `lb explain`.
+impl ServiceMaps {
+    /// VIPS[key] (a service entry, or an address entry).
+    pub(crate) fn vip(&self, key: &VipKey) -> Result<Option<VipInfo>, MapError> {
+        present(self.vips.get(key, 0))
+    }
+
+    /// BACKENDS[id] (zeroed when unused). An id past the array reads as unused, as the
+    /// datapath's `BACKENDS.get` finds nothing there.
+    pub(crate) fn backend(&self, id: u32) -> Result<Backend, MapError> {
+        match self.backends.get(&id, 0) {
+            Err(MapError::OutOfBounds { .. }) => Ok(Backend::default()),
+            other => other,
+        }
+    }
+
+    /// ENDPOINTS[key].
+    pub(crate) fn endpoint(&self, key: &EndpointKey) -> Result<Option<Endpoint>, MapError> {
+        present(self.endpoints.get(key, 0))
+    }
+
+    /// MAGLEV[index]: the backend id in one slot of one table.
+    pub(crate) fn maglev_slot(&self, index: u32) -> Result<u32, MapError> {
+        Array::<&MapData, u32>::try_from(&self.maglev)?.get(&index, 0)
+    }
+}
+
+/// A lookup's value, `None` if the key is not there.
+fn present<V>(found: Result<V, MapError>) -> Result<Option<V>, MapError> {
+    match found {
+        Ok(value) => Ok(Some(value)),
+        Err(error) if missing(&error) => Ok(None),
+        Err(error) => Err(error),
+    }
+}

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod config;
 pub mod decap;
 pub mod error_chain;
+pub mod explain;
 pub mod health;
 pub mod limits;
 pub mod maglev;

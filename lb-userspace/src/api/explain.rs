@@ -1,0 +1,138 @@
+//! The `explain` answer (docs/API.md): one flow's VIP, tracked entry, Maglev pick and what
+//! its next packet gets. Apart from wire.rs, which carries the request.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{
+    check::CheckConfig, explain::Verdict, health::Health, mode::Mode, state::Proto,
+};
+
+/// `lb explain`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Explanation {
+    pub client: SocketAddr,
+    pub vip: SocketAddr,
+    pub proto: Proto,
+    /// The VIP entry the flow matches; `null`: none (address, port and protocol).
+    pub service: Option<ServiceMatch>,
+    /// Some VIP has this address (on another port or protocol, if `service` is null).
+    pub vip_address: bool,
+    /// The flow's CONNTRACK entry; `null`: not tracked.
+    pub tracked: Option<TrackedFlow>,
+    /// The backend Maglev would give a new flow now; `null` without a VIP.
+    pub maglev: Option<MaglevPick>,
+    pub verdict: Verdict,
+    /// `forward`, `pass` (to the kernel's stack) or `drop`.
+    pub action: String,
+    /// The reason counter of `lb stats` the packet is counted under.
+    pub counter: String,
+    /// The verdict and why, for people.
+    pub explanation: String,
+}
+
+/// The VIP a flow matches.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceMatch {
+    pub mode: Mode,
+    /// The health check (`null` when unchecked).
+    pub check: Option<CheckConfig>,
+    pub backends: usize,
+    /// Backends not drained by the operator.
+    pub live: usize,
+    /// Of those, the ones not failing their check.
+    pub healthy: usize,
+    /// Every live backend fails its check, so all stay in the table (fail open).
+    pub fail_open: bool,
+}
+
+/// A backend as a flow sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    /// `null` when the backend was removed (its address is no longer known).
+    pub backend: Option<SocketAddr>,
+    /// The datapath's BACKENDS state: `active` (takes new flows), `draining` (keeps its
+    /// flows), `down` (failing its check: loses its flows) or `removed`.
+    pub state: String,
+    pub weight: Option<u32>,
+    /// `up`, `down` or `unchecked`.
+    pub health: Health,
+    /// Drained by the operator (`lb backend drain`).
+    pub drained: bool,
+}
+
+/// A flow's CONNTRACK entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackedFlow {
+    /// `opening`, `established`, `closing`, `closed` or `udp`.
+    pub state: String,
+    pub idle_secs: u64,
+    /// The idle timeout of that state the datapath was loaded with.
+    pub timeout_secs: u64,
+    /// Seconds of idleness left; 0 once expired.
+    pub expires_in_secs: u64,
+    /// Idle past its timeout: the datapath treats it as absent (the sweep deletes it).
+    pub expired: bool,
+    pub backend: BackendStatus,
+}
+
+/// Where Maglev puts a new flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaglevPick {
+    /// The flow hash (lb-common `flow_hash` with the cluster's seed).
+    pub hash: u32,
+    /// `hash % table_size`.
+    pub slot: u32,
+    pub table_size: u32,
+    /// Fingerprint of the VIP's live table (as `lb vip list`).
+    pub table_fingerprint: String,
+    /// The slot's backend; `null`: the slot is empty.
+    pub backend: Option<BackendStatus>,
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::api::fixtures;
+
+    /// docs/API.md documents this JSON and scripts parse it: a change must be deliberate.
+    #[test]
+    fn explanations_keep_their_json_shape() {
+        for (name, answer) in fixtures::explanations() {
+            insta::assert_json_snapshot!(format!("explain_{name}"), answer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod request_tests {
+    use crate::api::{
+        error::ErrorCode,
+        wire::{Request, parse_request},
+    };
+    use crate::model::state::Proto;
+
+    #[test]
+    fn the_request_defaults_to_tcp_and_refuses_what_is_not_a_flow() {
+        let request =
+            parse_request(r#"{"op":"explain","client":"[fd00::1]:4000","vip":"[fd00:1::1]:80"}"#)
+                .expect("valid");
+        assert_eq!(
+            request,
+            Request::Explain {
+                client: "[fd00::1]:4000".parse().expect("addr"),
+                vip: "[fd00:1::1]:80".parse().expect("addr"),
+                proto: Proto::Tcp,
+            }
+        );
+        for line in [
+            r#"{"op":"explain","client":"198.18.0.1","vip":"198.18.1.1:80"}"#,
+            r#"{"op":"explain","client":"198.18.0.1:1"}"#,
+            r#"{"op":"explain","client":"198.18.0.1:1","vip":"198.18.1.1:80","proto":"icmp"}"#,
+            r#"{"op":"explain","client":"198.18.0.1:1","vip":"198.18.1.1:80","port":1}"#,
+        ] {
+            let error = parse_request(line).expect_err(line);
+            assert_eq!(error.code, ErrorCode::BadRequest, "{line}: {error}");
+        }
+    }
+}
