@@ -132,3 +132,24 @@ impl WhoConnection {
         }
     }
 }
+
+/// `count` long-lived connections through `vip` (run it inside the client's namespace),
+/// each with the backend that answered its first question; panics past `budget`.
+pub fn open_who_connections(
+    vip: SocketAddr,
+    count: usize,
+    budget: Duration,
+) -> (Vec<WhoConnection>, Vec<String>) {
+    let started = std::time::Instant::now();
+    (0..count)
+        .map(|_| {
+            assert!(
+                started.elapsed() < budget,
+                "connecting took over {budget:?}"
+            );
+            let mut connection = WhoConnection::open(vip).expect("connect through the VIP");
+            let name = connection.ask().expect("a first answer");
+            (connection, name)
+        })
+        .unzip()
+}

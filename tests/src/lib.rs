@@ -7,6 +7,7 @@ pub mod fiblab;
 pub mod fuzz;
 pub mod generator;
 pub mod packets;
+pub mod pair;
 pub mod process;
 pub mod root;
 pub mod testrun;

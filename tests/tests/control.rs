@@ -14,7 +14,7 @@ use std::{
 };
 
 use lb_tests::{
-    client::{WhoConnection, http_get},
+    client::{WhoConnection, http_get, open_who_connections},
     netns::NetNs,
     process::{Daemon, Instance, READY, STARTUP},
     servers::{ECHO_PORT, HTTP_PORT, Servers, WHO_PORT},
@@ -180,17 +180,9 @@ fn deleting_one_of_five_backends_keeps_the_others_flows() {
     for n in 0..5 {
         instance.ok(&["backend", "add", &vip_arg, &endpoint(&lab, n, WHO_PORT)]);
     }
-    let started = Instant::now();
-    let (mut connections, before): (Vec<WhoConnection>, Vec<String>) = lab.client.enter(|| {
-        (0..CONNECTIONS)
-            .map(|_| {
-                assert!(started.elapsed() < BUDGET, "budget exceeded");
-                let mut c = WhoConnection::open(vip).expect("connect through the VIP");
-                let name = c.ask().expect("first answer");
-                (c, name)
-            })
-            .unzip()
-    });
+    let (mut connections, before) = lab
+        .client
+        .enter(|| open_who_connections(vip, CONNECTIONS, BUDGET));
     assert!(
         before.iter().filter(|n| *n == "backend-5").count() > 0,
         "backend-5 had flows to lose"

@@ -11,50 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_tests::{
-    netns::{Link, NetNs},
-    process::{Daemon, Instance, READY, STARTUP, lb_binary},
-};
+use lb_tests::process::{Instance, lb_binary};
 use serde_json::Value;
 
-/// A client namespace and an lb namespace joined by a veth, with the lb's own instance.
-struct Lab {
-    _client: NetNs,
-    lb: NetNs,
-    lb_if: String,
-    instance: Instance,
-}
-
-impl Lab {
-    fn new() -> Self {
-        let client = NetNs::new("client");
-        let lb = NetNs::new("lb");
-        let link = Link::veth(&client, "198.18.0.1/24", &lb, "198.18.0.2/24");
-        lb.sysctl("net/ipv4/ip_forward", "1");
-        Self {
-            _client: client,
-            lb,
-            lb_if: link.b,
-            instance: Instance::new(),
-        }
-    }
-
-    fn lb_run(&self, extra: &[&str]) -> Command {
-        self.instance
-            .run(&self.lb, std::slice::from_ref(&self.lb_if), extra)
-    }
-
-    fn start(&self, extra: &[&str]) -> Daemon {
-        let mut daemon = Daemon::spawn(self.lb_run(extra));
-        daemon.wait_for_line(READY, STARTUP);
-        daemon
-    }
-
-    fn status(&self) -> Value {
-        let text = self.instance.ok(&["status", "--json"]);
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("status is not JSON ({e}): {text}"))
-    }
-}
+use lb_tests::pair::PairLab as Lab;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

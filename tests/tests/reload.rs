@@ -8,7 +8,7 @@ use std::{
 };
 
 use lb_tests::{
-    client::WhoConnection,
+    client::{WhoConnection, open_who_connections},
     process::{Daemon, Instance},
     servers::{Servers, WHO_PORT},
     topology::Lab,
@@ -107,17 +107,9 @@ fn sighup_and_lb_reload_apply_the_file_and_keep_flows() {
     write(&path, &config(&lab, vip, &[(0, 100), (1, 100)]));
     let daemon = instance.start(&lab, &["--config", path_arg]);
 
-    let started = Instant::now();
-    let (mut connections, before): (Vec<WhoConnection>, Vec<String>) = lab.client.enter(|| {
-        (0..CONNECTIONS)
-            .map(|_| {
-                assert!(started.elapsed() < BUDGET, "budget exceeded");
-                let mut c = WhoConnection::open(vip).expect("connect through the VIP");
-                let name = c.ask().expect("first answer");
-                (c, name)
-            })
-            .unzip()
-    });
+    let (mut connections, before) = lab
+        .client
+        .enter(|| open_who_connections(vip, CONNECTIONS, BUDGET));
     let on = |name: &str| before.iter().filter(|n| *n == name).count();
     assert!(
         on("backend-1") > 0 && on("backend-2") > 0,

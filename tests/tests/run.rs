@@ -9,43 +9,13 @@ use std::{
     time::Duration,
 };
 
-use lb_tests::{
-    netns::{Link, NetNs},
-    process::{Daemon, Instance, lb_binary, stat_packets},
-};
+use lb_tests::process::{Daemon, Instance, lb_binary, stat_packets};
 
 const READY: &str = "lb: forwarding on";
 const STARTUP: Duration = Duration::from_secs(20);
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A client namespace and an lb namespace joined by a veth; the lb's own pins and socket.
-struct Lab {
-    client: NetNs,
-    lb: NetNs,
-    lb_if: String,
-    instance: Instance,
-}
-
-impl Lab {
-    fn new() -> Self {
-        let client = NetNs::new("client");
-        let lb = NetNs::new("lb");
-        let link = Link::veth(&client, "198.18.0.1/24", &lb, "198.18.0.2/24");
-        // lb refuses interfaces where the FIB would not forward (see tests/conntrack.rs).
-        lb.sysctl("net/ipv4/ip_forward", "1");
-        Self {
-            client,
-            lb,
-            lb_if: link.b,
-            instance: Instance::new(),
-        }
-    }
-
-    fn lb_run(&self, extra: &[&str]) -> Command {
-        self.instance
-            .run(&self.lb, std::slice::from_ref(&self.lb_if), extra)
-    }
-}
+use lb_tests::pair::PairLab as Lab;
 
 #[test]
 fn counts_real_traffic_keeps_forwarding_after_sigterm_and_lb_down_detaches() {
