@@ -22,7 +22,26 @@ pub const MAP_STATS: &str = "STATS";
 pub const MAP_VIPS: &str = "VIPS";
 pub const MAP_BACKENDS: &str = "BACKENDS";
 pub const MAP_MAGLEV: &str = "MAGLEV";
+/// Proven flows (see [`MAP_CT_UNPROVEN`]): only a promotion inserts here, so a flood of
+/// new or mid-flow packets can never evict them.
 pub const MAP_CONNTRACK: &str = "CONNTRACK";
+/// Flows not proven yet (no reply and handshake, or too few packets): new flows start here
+/// and move to CONNTRACK once proven, so a flood churns only this table.
+pub const MAP_CT_UNPROVEN: &str = "CT_UNPROVEN";
+/// The unproven table's size: this fraction of `--conntrack-size`, at least the floor.
+pub const CT_UNPROVEN_DIVISOR: u32 = 4;
+pub const CT_UNPROVEN_FLOOR: u32 = 1024;
+/// Interface MACs by ifindex, for the interfaces lb is attached to: a frame addressed to
+/// another MAC (a switch flooding unknown unicast, a bridge port, promiscuous mode) is
+/// the kernel's to drop (PACKET_OTHERHOST), never forwarded.
+pub const MAP_LOCAL_MACS: &str = "LOCAL_MACS";
+/// Per-CPU window of new flows tracked (the rate guard). Not pinned.
+pub const MAP_NEW_FLOW_RATE: &str = "NEW_FLOW_RATE";
+/// Global set at load time: new flows each CPU may track per second (0: no limit). Past
+/// it, new flows are balanced by Maglev without an entry (`ct_flood_untracked`).
+pub const GLOBAL_NEW_FLOW_LIMIT: &str = "NEW_FLOW_LIMIT";
+/// Default of `lb run --new-flow-limit`.
+pub const DEFAULT_NEW_FLOW_LIMIT: u32 = 100_000;
 /// Backend endpoint → the VIP it serves (the reply direction of every flow).
 pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
 /// Program array of the tail-called programs. Pinned: a program array is emptied when
@@ -64,7 +83,7 @@ pub const ADDRESS_VIP: u32 = 1;
 pub const ADDRESS_BACKEND: u32 = 2;
 
 /// Every map that outlives a controller: pinned under the pin directory by these names.
-pub const PINNED_MAPS: [&str; 12] = [
+pub const PINNED_MAPS: [&str; 14] = [
     MAP_STATS,
     MAP_VIPS,
     MAP_BACKENDS,
@@ -77,6 +96,10 @@ pub const PINNED_MAPS: [&str; 12] = [
     MAP_META,
     MAP_JUMPS,
     MAP_ADDRESSES,
+    // Added after layout 5 was released: a pin directory of that release lacks them, and
+    // the loader creates and pins them at adoption (the layout version stays 5).
+    MAP_CT_UNPROVEN,
+    MAP_LOCAL_MACS,
 ];
 
 /// Version of the map layout (key/value types and indexing). Bump it with any change to a
@@ -131,6 +154,28 @@ pub const MAX_VIPS: u32 = 64;
 pub const MAX_BACKENDS: u32 = 4096;
 /// Interfaces the datapath can redirect to.
 pub const MAX_TX_PORTS: u32 = 64;
+
+/// One interface's MAC, the value of LOCAL_MACS.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalMac {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for LocalMac {}
+
+/// The rate guard's per-CPU window: new flows tracked since `start_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateWindow {
+    pub start_ns: u64,
+    pub count: u64,
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for RateWindow {}
 /// Default and largest Maglev table size; the MAGLEV map holds 2 tables per VIP of this size.
 pub const DEFAULT_MAGLEV_SIZE: u32 = 65_537;
 /// Flows tracked (one entry per flow serves both directions).

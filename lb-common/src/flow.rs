@@ -37,7 +37,10 @@ pub struct Conn {
     pub state: u8,
     /// `CT_FLAG_*` bits.
     pub flags: u8,
-    pub _pad: [u8; 2],
+    /// Packets the client sent while the entry was unproven (saturating; see
+    /// [`PROVEN_AFTER_PACKETS`]). Unused once proven.
+    pub packets: u8,
+    pub _pad: u8,
 }
 
 #[cfg(feature = "user")]
@@ -57,6 +60,16 @@ pub const CT_DATAGRAM: u8 = 4;
 pub const CT_FLAG_FIN_CLIENT: u8 = 1;
 /// The backend sent a FIN.
 pub const CT_FLAG_FIN_BACKEND: u8 = 2;
+/// The entry was created by the client's SYN (not by a packet of a connection already
+/// under way).
+pub const CT_FLAG_SYN_SEEN: u8 = 4;
+/// A reply from the backend was seen (NAT: replies pass through lb).
+pub const CT_FLAG_REPLY_SEEN: u8 = 8;
+
+/// An unproven flow whose client sent this many packets is proven: a random-source flood
+/// sends one packet per source, a real client keeps talking (datagram flows, DSR flows
+/// whose replies lb never sees, connections that began before lb saw them).
+pub const PROVEN_AFTER_PACKETS: u8 = 4;
 
 /// Idle timeouts, one per lifecycle state, indexing the datapath's timeout table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -129,10 +142,28 @@ impl Conn {
         now_ns.saturating_sub(self.last_seen_ns) > timeouts[Timeout::index_of_state(self.state)]
     }
 
+    /// As [`Conn::expired`] for an entry of the unproven table: an unproven TCP flow lives
+    /// no longer than an opening one, so a flood of mid-flow segments (an ACK scan) leaves
+    /// no long-lived entries behind.
+    pub const fn expired_unproven(&self, now_ns: u64, timeouts: &Timeouts) -> bool {
+        now_ns.saturating_sub(self.last_seen_ns) > unproven_timeout_ns(self.state, timeouts)
+    }
+
     /// Counted as active (ipvsadm's ActiveConn) rather than closing (InActConn).
     pub const fn is_active(&self) -> bool {
         matches!(self.state, CT_OPENING | CT_ESTABLISHED | CT_DATAGRAM)
     }
+}
+
+/// The idle timeout of an unproven entry in `state`: its state's, but at most the
+/// opening timeout for TCP.
+pub const fn unproven_timeout_ns(state: u8, timeouts: &Timeouts) -> u64 {
+    let own = timeouts[Timeout::index_of_state(state)];
+    if state == CT_DATAGRAM {
+        return own;
+    }
+    let opening = timeouts[Timeout::TcpOpening as usize];
+    if own < opening { own } else { opening }
 }
 
 /// A cached `bpf_fib_lookup` answer for packets to `dst` that came in on

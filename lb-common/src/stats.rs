@@ -138,6 +138,7 @@ stats! {
     DropTooBigRateLimited = 42, "drop_too_big_rate_limited", Reason;
     // Conntrack events. LRU evictions are silent in the kernel: userspace derives them as
     // entries created minus entries present minus entries it deleted.
+    // A new flow tracked (in the unproven table; see ct_promoted).
     CtCreated = 43, "ct_created", Conntrack;
     CtReplaced = 44, "ct_replaced", Conntrack;
     CtInsertFailed = 45, "ct_insert_failed", Conntrack;
@@ -167,6 +168,16 @@ stats! {
     // The route toward a DSR backend ends on this host or leaves through an interface lb
     // is not attached to: the kernel would send the untouched packet to the VIP again.
     DropDsrUnroutable = 56, "drop_dsr_unroutable", Reason;
+    // A frame to a VIP or from a backend addressed to a MAC that is not the interface's:
+    // the kernel drops it (PACKET_OTHERHOST); forwarding it would duplicate the flow on
+    // every lb node that sees it.
+    PassOtherHost = 57, "pass_other_host", Reason;
+    // Admission (docs/ARCHITECTURE.md, "Admission"): a flow tracked as unproven
+    // (ct_created) moved to the proven table: reply and handshake, or enough packets ...
+    CtPromoted = 58, "ct_promoted", Conntrack;
+    // ... and a new flow not tracked at all: this CPU tracked its --new-flow-limit this
+    // second (the flow still goes where Maglev says).
+    CtFloodUntracked = 59, "ct_flood_untracked", Conntrack;
 }
 
 /// Number of slots in the stats map.

@@ -85,7 +85,7 @@ pub fn cost_endpoint_lookup(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn cost_conntrack_lookup(ctx: XdpContext) -> u32 {
     with_packet(&ctx, |_, packet| {
-        matches!(conntrack::lookup(&packet.flow, 0), Lookup::Live(_))
+        matches!(conntrack::lookup(&packet.flow, 0), Lookup::Live(..))
     })
 }
 
@@ -100,7 +100,7 @@ pub fn cost_conntrack_insert(ctx: XdpContext) -> u32 {
         flow.src_port = random as u16;
         flow.src[3] ^= (random >> 16) as u8;
         flow.src[2] ^= (random >> 24) as u8;
-        conntrack::insert(&flow, &Conn::default());
+        conntrack::track_unproven(&flow, &Conn::default());
         true
     })
 }

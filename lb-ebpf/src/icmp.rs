@@ -191,7 +191,7 @@ fn error_to_backend(ctx: &XdpContext, packet: &Packet, now: u64) -> Outcome {
 #[inline(always)]
 fn flow_backend(flow: &FlowKey, vip: &VipInfo, now: u64) -> Option<(u32, &'static Backend)> {
     let tracked = match conntrack::lookup(flow, now) {
-        Lookup::Live(conn) => {
+        Lookup::Live(conn, _) => {
             // SAFETY: a live entry is valid for this run (RCU).
             let conn = unsafe { &*conn };
             select::tracked(conn).map(|backend| (conn.backend_id, backend))

@@ -9,7 +9,13 @@ use lb_common::{
     service::{Addr, Endpoint, EndpointKey, VipInfo, VipKey},
 };
 
-use crate::maps::{ADDRESSES, ENDPOINTS, VIPS, ablated};
+use aya_ebpf::programs::XdpContext;
+use network_types::eth::EthHdr;
+
+use crate::{
+    maps::{ADDRESSES, ENDPOINTS, LOCAL_MACS, VIPS, ablated},
+    parse::ptr_at,
+};
 
 /// The `ADDRESS_*` bits of `addr`'s bucket: a bit clear means no VIP (or backend) has
 /// this address; a bit set means one may.
@@ -82,4 +88,23 @@ pub fn endpoint(addr: &Addr, port: u16, proto: u8, family: u8) -> Option<&'stati
 #[inline(always)]
 pub fn is_backend_address(addr: &Addr, family: u8) -> bool {
     may_be_backend(address_class(addr, family)) && endpoint(addr, 0, 0, family).is_some()
+}
+
+/// Whether the frame is addressed to the MAC of the interface it came in on (or that MAC
+/// is not known: an interface userspace has not registered). A frame for another MAC, or
+/// a multicast or broadcast one, is not for this host to forward: the kernel does not
+/// forward such frames either.
+#[inline(always)]
+pub fn addressed_here(ctx: &XdpContext) -> bool {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: the value is copied out before the map can change it.
+    let Some(local) = (unsafe { LOCAL_MACS.get(&ifindex) }).copied() else {
+        return true;
+    };
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return false;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    let dst = unsafe { (*eth).dst_addr };
+    dst == local.mac
 }

@@ -186,6 +186,14 @@ fn process(ctx: &XdpContext) -> Outcome {
     // neither (and a reply's VIP lookup) costs no hash lookup.
     let dst_class = lookup::address_class(&flow.dst, flow.family);
     let src_class = lookup::address_class(&flow.src, flow.family);
+    // Only frames the kernel would take as its own are forwarded: one that reached this
+    // interface for another MAC (flooded unknown unicast, a bridge port, promiscuous
+    // mode) reaches every lb node alike, and each would forward a copy.
+    if (lookup::may_be_vip(dst_class) || lookup::may_be_backend(src_class))
+        && !lookup::addressed_here(ctx)
+    {
+        return Outcome::pass(Stat::PassOtherHost);
+    }
     if lookup::may_be_vip(dst_class)
         && let Some(outcome) = to_backend(ctx, &packet, now())
     {
@@ -240,7 +248,7 @@ fn chosen_backend(
     len: usize,
     now: u64,
 ) -> Option<Result<(u32, &'static Backend, Stat), Outcome>> {
-    if let Lookup::Live(slot) = found {
+    if let Lookup::Live(slot, proven) = found {
         // SAFETY: a live entry is valid for this run (RCU).
         let conn = unsafe { &mut *slot };
         // The entry's key is the VIP's address, port and protocol, and its backend still
@@ -251,6 +259,9 @@ fn chosen_backend(
             }
             conntrack::on_packet(conn, flags, Direction::FromClient, now);
             let (vip_id, backend_id) = (conn.vip_id, conn.backend_id);
+            if !proven {
+                conntrack::on_unproven_packet(&packet.flow, slot, backend.mode == MODE_NAT);
+            }
             stats::count_service(vip_id, backend_id, len);
             return Some(Ok((backend_id, backend, Stat::ForwardEstablished)));
         }
@@ -325,7 +336,7 @@ fn pick_backend(
     let tcp = packet.flow.proto == IPPROTO_TCP;
     let stale = match found {
         // Its backend went down, was deleted, or the id went to another backend.
-        Lookup::Live(slot) => {
+        Lookup::Live(slot, _) => {
             stats::count_event(Stat::CtRebalanced);
             Some(slot)
         }
@@ -359,7 +370,9 @@ fn pick_backend(
         generation: backend.generation,
         state,
         flags: fins,
-        _pad: [0; 2],
+        // This packet is the flow's first.
+        packets: 1,
+        _pad: 0,
     };
     match stale {
         _ if maps::ablated(ABLATE_CONNTRACK) => {}
@@ -368,7 +381,7 @@ fn pick_backend(
         // otherwise fill the table).
         None if flags & TCP_RST != 0 => stats::count_event(Stat::CtRstUntracked),
         None => {
-            conntrack::insert(&packet.flow, &conn);
+            conntrack::insert(&packet.flow, &conn, now);
             stats::count_new_flow(vip.id);
             info!(
                 ctx,
@@ -389,10 +402,12 @@ fn to_client(ctx: &XdpContext, packet: &Packet, endpoint: &Endpoint, now: u64) -
     if ttl_expires(ctx, packet) {
         return Outcome::pass(Stat::PassTtlExceeded);
     }
-    // The backend's FIN or RST moves the flow's lifecycle; other replies leave the entry
-    // alone (the client's packets keep it fresh), so the reply path stays one lookup.
+    // The backend's SYN-ACK, FIN or RST moves the flow's lifecycle, and every datagram
+    // reply keeps its flow fresh (a flow in which only the backend talks must not expire)
+    // and proves it; other TCP replies leave the entry alone (the client's ACKs keep it
+    // fresh), so the TCP reply path stays one lookup.
     let flags = packet.tcp_flags();
-    if flags & (TCP_FIN | TCP_RST | TCP_SYN) != 0 {
+    if flags & (TCP_FIN | TCP_RST | TCP_SYN) != 0 || packet.flow.proto != IPPROTO_TCP {
         track_reply(packet, endpoint, flags, now);
     }
     let out = FlowKey {
@@ -497,11 +512,12 @@ fn track_reply(packet: &Packet, endpoint: &Endpoint, flags: u8, now: u64) {
         family: packet.flow.family,
         _pad: [0; 2],
     };
-    if let Lookup::Live(slot) = conntrack::lookup(&flow, now) {
+    if let Lookup::Live(slot, _) = conntrack::lookup(&flow, now) {
         // SAFETY: a live entry is valid for this run (RCU).
         let conn = unsafe { &mut *slot };
         if conn.backend_id == endpoint.backend_id {
             conntrack::on_packet(conn, flags, Direction::FromBackend, now);
+            conntrack::on_reply(conn);
         }
     }
 }

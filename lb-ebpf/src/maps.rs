@@ -6,8 +6,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     consts::{
-        ADDRESS_BUCKETS, CONNTRACK_CAPACITY, DEFAULT_MAGLEV_SIZE, ENDPOINTS_CAPACITY, FAMILY_V4,
-        HOP_SLOTS, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS, TAIL_PROGRAMS,
+        ADDRESS_BUCKETS, CONNTRACK_CAPACITY, CT_UNPROVEN_DIVISOR, DEFAULT_MAGLEV_SIZE,
+        DEFAULT_NEW_FLOW_LIMIT, ENDPOINTS_CAPACITY, FAMILY_V4, HOP_SLOTS, LocalMac, MAX_BACKENDS,
+        MAX_TX_PORTS, MAX_VIPS, RateWindow, TAIL_PROGRAMS,
     },
     encap::{EncapArgs, EncapSource},
     flow::{Conn, DEFAULT_TIMEOUTS_NS, FlowKey, NextHop, Timeouts},
@@ -34,11 +35,25 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map(name = "MAGLEV")]
 pub static MAGLEV: Array<u32> = Array::with_max_entries(MAX_VIPS * 2 * DEFAULT_MAGLEV_SIZE, 0);
 
-/// Client → VIP flows: the backend each is pinned to and its lifecycle state. One entry
-/// per flow; replies reach it through ENDPOINTS.
+/// Proven client → VIP flows: the backend each is pinned to and its lifecycle state. One
+/// entry per flow, in this table or in CT_UNPROVEN; replies reach it through ENDPOINTS.
+/// Only a promotion inserts here, so a flood never evicts a proven flow.
 #[map(name = "CONNTRACK")]
 pub static CONNTRACK: LruHashMap<FlowKey, Conn> =
     LruHashMap::with_max_entries(CONNTRACK_CAPACITY, 0);
+
+/// Flows not proven yet; a flood churns this table only. Userspace sizes it at load time.
+#[map(name = "CT_UNPROVEN")]
+pub static CT_UNPROVEN: LruHashMap<FlowKey, Conn> =
+    LruHashMap::with_max_entries(CONNTRACK_CAPACITY / CT_UNPROVEN_DIVISOR, 0);
+
+/// This CPU's count of new flows tracked in the current second (the rate guard).
+#[map(name = "NEW_FLOW_RATE")]
+pub static NEW_FLOW_RATE: PerCpuArray<RateWindow> = PerCpuArray::with_max_entries(1, 0);
+
+/// MAC of each interface lb is attached to, by ifindex (filled by userspace).
+#[map(name = "LOCAL_MACS")]
+pub static LOCAL_MACS: HashMap<u32, LocalMac> = HashMap::with_max_entries(MAX_TX_PORTS, 0);
 
 /// Backend endpoint (address, port, protocol) → the VIP it serves; address entries mark
 /// backend addresses.
@@ -144,6 +159,16 @@ pub fn hash_seed() -> HashSeed {
     unsafe { core::ptr::read_volatile(&raw const HASH_SEED) }
 }
 
+/// New flows each CPU may track per second (0: no limit), set by userspace at load time.
+#[unsafe(no_mangle)]
+static NEW_FLOW_LIMIT: u32 = DEFAULT_NEW_FLOW_LIMIT;
+
+#[inline(always)]
+pub fn new_flow_limit() -> u32 {
+    // SAFETY: as in `maglev_size`.
+    unsafe { core::ptr::read_volatile(&NEW_FLOW_LIMIT) }
+}
+
 /// `ABLATE_*` stages to skip, set by userspace at load time (0 but in benchmarks).
 #[unsafe(no_mangle)]
 static ABLATE: u32 = 0;
@@ -160,6 +185,17 @@ pub fn maglev_size() -> u32 {
     // SAFETY: a plain read of a load-time constant; volatile so the compiler keeps the load
     // the loader patches instead of folding the default in.
     unsafe { core::ptr::read_volatile(&MAGLEV_SIZE) }
+}
+
+/// The idle timeout of an unproven flow in `state`: at most the opening timeout for TCP
+/// (as `Conn::expired_unproven`).
+#[inline(always)]
+pub fn unproven_timeout_ns(state: u8) -> u64 {
+    let own = timeout_ns(state);
+    if state == lb_common::flow::CT_DATAGRAM {
+        return own;
+    }
+    own.min(timeout_ns(lb_common::flow::CT_OPENING))
 }
 
 /// The idle timeout of a flow in `state` (a `CT_*` value).

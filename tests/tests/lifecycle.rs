@@ -10,7 +10,10 @@ use std::{
 
 use lb_common::{
     consts::{IPPROTO_TCP, IPPROTO_UDP, XDP_DROP, XDP_PASS, XDP_REDIRECT},
-    flow::{CT_CLOSED, CT_CLOSING, CT_DATAGRAM, CT_ESTABLISHED, CT_OPENING, Conn, FlowKey},
+    flow::{
+        CT_CLOSED, CT_CLOSING, CT_DATAGRAM, CT_ESTABLISHED, CT_FLAG_FIN_BACKEND,
+        CT_FLAG_FIN_CLIENT, CT_OPENING, Conn, FlowKey,
+    },
     stats::Stat,
 };
 use lb_tests::{
@@ -138,7 +141,15 @@ fn a_connection_opens_and_fins_in_both_directions_close_it() {
             .between(ip(CLIENT), ip(VIP))
             .ports(41_003, 80);
         let flow = key(ip(CLIENT), 41_003, ip(VIP), 80, IPPROTO_TCP);
-        let state = |datapath: &Datapath| entry(datapath, &flow).map(|c| (c.state, c.flags));
+        // The state and the FIN bits (admission's bits are tests/admission.rs's).
+        let state = |datapath: &Datapath| {
+            entry(datapath, &flow).map(|c| {
+                (
+                    c.state,
+                    c.flags & (CT_FLAG_FIN_CLIENT | CT_FLAG_FIN_BACKEND),
+                )
+            })
+        };
 
         datapath.set_ingress(ids.from_client);
         let backend = verify(&datapath.run(&request.build(&[])).packet).dst;

@@ -61,6 +61,8 @@ pub fn run() -> anyhow::Result<()> {
             "--test",
             "golden",
             "--test",
+            "admission",
+            "--test",
             "nat",
             "--test",
             "lifecycle",

@@ -30,6 +30,10 @@ pub struct Explanation {
     pub counter: String,
     /// The verdict and why, for people.
     pub explanation: String,
+    /// How a new flow would be tracked (the unproven table, the rate guard); empty when the
+    /// flow is tracked.
+    #[serde(default)]
+    pub admission: String,
 }
 
 /// The VIP a flow matches.
@@ -75,6 +79,18 @@ pub struct TrackedFlow {
     /// Idle past its timeout: the datapath treats it as absent (the sweep deletes it).
     pub expired: bool,
     pub backend: BackendStatus,
+    /// In the proven table (CONNTRACK), which a flood never evicts; `false`: unproven
+    /// (CT_UNPROVEN).
+    #[serde(default = "proven_by_default")]
+    pub proven: bool,
+    /// Why the entry is proven, or what would prove it.
+    #[serde(default)]
+    pub admission: String,
+}
+
+/// Daemons that predate admission had one table.
+fn proven_by_default() -> bool {
+    true
 }
 
 /// Where Maglev puts a new flow.

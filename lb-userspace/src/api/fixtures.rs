@@ -133,6 +133,12 @@ pub(crate) fn conntrack() -> ConntrackReport {
         evicted: 0,
         deleted: 4_298,
         missed_mid_flow: 2,
+        proven_entries: 20,
+        unproven_capacity: 262_144,
+        evicted_proven: 0,
+        promoted: 311,
+        flood_untracked: 0,
+        new_flow_limit: 100_000,
     }
 }
 
@@ -156,6 +162,7 @@ pub(crate) fn flows() -> FlowList {
                 state: "established".to_owned(),
                 idle_secs: 3,
                 expires_in_secs: 10_797,
+                proven: true,
             },
             FlowEntry {
                 client: sock("[fd00::2]:5000"),
@@ -165,6 +172,7 @@ pub(crate) fn flows() -> FlowList {
                 state: "udp".to_owned(),
                 idle_secs: 100,
                 expires_in_secs: 20,
+                proven: false,
             },
         ],
         matched: 5,
@@ -198,6 +206,9 @@ pub(crate) fn status() -> StatusReport {
         max_backends: 4096,
         conntrack_capacity: 1_048_576,
         conntrack_entries: 23,
+        conntrack_proven_entries: 20,
+        conntrack_unproven_capacity: 262_144,
+        new_flow_limit: 100_000,
         conntrack_timeouts: [
             ("tcp_opening", 60),
             ("tcp_established", 10_800),
@@ -304,6 +315,7 @@ pub(crate) fn explanations() -> Vec<(&'static str, super::explain::Explanation)>
         action: verdict.action().to_owned(),
         counter: verdict.counter().to_owned(),
         explanation: explanation.to_owned(),
+        admission: String::new(),
     };
     let tracked = |state: &str, to: BackendStatus| TrackedFlow {
         state: state.to_owned(),
@@ -312,6 +324,8 @@ pub(crate) fn explanations() -> Vec<(&'static str, super::explain::Explanation)>
         expires_in_secs: 10_797,
         expired: false,
         backend: to,
+        proven: true,
+        admission: "proven: only other proven flows can evict it, never a flood".to_owned(),
     };
     vec![
         (
@@ -362,6 +376,16 @@ pub(crate) fn explanations() -> Vec<(&'static str, super::explain::Explanation)>
                 ..v4(
                     Verdict::NewFlow,
                     "The flow is not tracked: Maglev sends it to [fd00:11::2]:53 (slot 24576, dsr-ipip: the packet encapsulated untouched) and tracks it.",
+                )
+            },
+        ),
+        (
+            "new_flow_admission",
+            Explanation {
+                admission: "a new flow is tracked as unproven, unless its CPU already tracked 100000 new flows this second (then it goes where Maglev says, untracked: ct_flood_untracked)".to_owned(),
+                ..v4(
+                    Verdict::NewFlow,
+                    "The flow is not tracked: Maglev sends it to 198.18.12.2:8080 (slot 24576, destination NAT) and tracks it. A SYN is tracked as opening; any other segment but a RST goes there too and is tracked as established, unproven for at most the opening timeout (ct_miss_mid_flow); a RST goes there untracked (ct_rst_untracked).",
                 )
             },
         ),

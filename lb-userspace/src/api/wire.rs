@@ -262,6 +262,25 @@ pub struct ConntrackReport {
     pub deleted: u64,
     /// TCP segments of open connections that found no entry (evicted, or older than this lb).
     pub missed_mid_flow: u64,
+    /// Of `entries`, the proven flows (the rest are unproven: docs/ARCHITECTURE.md,
+    /// "Admission").
+    #[serde(default)]
+    pub proven_entries: u64,
+    /// Size of the unproven table.
+    #[serde(default)]
+    pub unproven_capacity: u64,
+    /// Proven flows evicted to make room for other proven flows (a flood cannot).
+    #[serde(default)]
+    pub evicted_proven: u64,
+    /// Flows moved from the unproven table to the proven one.
+    #[serde(default)]
+    pub promoted: u64,
+    /// New flows not tracked because their CPU had tracked `new_flow_limit` that second.
+    #[serde(default)]
+    pub flood_untracked: u64,
+    /// New flows each CPU tracks per second (0: no limit).
+    #[serde(default)]
+    pub new_flow_limit: u32,
 }
 
 /// One tracked flow (`conntrack-list`).
@@ -277,6 +296,14 @@ pub struct FlowEntry {
     pub idle_secs: u64,
     /// Seconds of idleness left before the entry expires.
     pub expires_in_secs: u64,
+    /// In the proven table (a flood never evicts it); `false`: unproven.
+    #[serde(default = "proven_by_default")]
+    pub proven: bool,
+}
+
+/// Daemons that predate admission had one table, whose flows no flood evicted first.
+fn proven_by_default() -> bool {
+    true
 }
 
 /// `conntrack-list`.
@@ -331,9 +358,18 @@ pub struct StatusReport {
     #[serde(default)]
     pub max_backends: u32,
     pub conntrack_capacity: u32,
-    /// Entries as of the last sweep.
+    /// Entries as of the last sweep (proven and unproven).
     #[serde(default)]
     pub conntrack_entries: u64,
+    /// Of which proven.
+    #[serde(default)]
+    pub conntrack_proven_entries: u64,
+    /// Size of the unproven table, where new flows wait until proven.
+    #[serde(default)]
+    pub conntrack_unproven_capacity: u32,
+    /// New flows each CPU tracks per second (0: no limit).
+    #[serde(default)]
+    pub new_flow_limit: u32,
     /// Idle timeout of each flow state, in lifecycle order.
     #[serde(default)]
     pub conntrack_timeouts: Vec<TimeoutEntry>,

@@ -9,7 +9,7 @@ use std::{
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use lb_common::flow::Timeout;
+use lb_common::{consts::DEFAULT_NEW_FLOW_LIMIT, flow::Timeout};
 
 use crate::{
     daemon::run::RunConfig,
@@ -150,7 +150,9 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     pub(crate) log_datapath: bool,
 
-    /// Flows tracked, one entry each (128 bytes of kernel memory per entry)
+    /// Proven flows tracked, one entry each (128 bytes of kernel memory per entry); new
+    /// flows wait in an unproven table of a quarter this size until a reply and handshake
+    /// (or a few packets) prove them, so floods never evict proven flows
     /// [default: 1048576, or what the pinned datapath uses].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1024..=1 << 26))]
     pub(crate) conntrack_size: Option<u32>,
@@ -163,6 +165,11 @@ pub(crate) struct RunArgs {
     /// Backend slots over all VIPs [default: 4096, or what the pinned datapath uses].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(BACKENDS_CEILING)))]
     pub(crate) max_backends: Option<u32>,
+
+    /// New flows each CPU tracks per second; past it, a flood's new flows are balanced by
+    /// Maglev without an entry (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_NEW_FLOW_LIMIT)]
+    pub(crate) new_flow_limit: u32,
 
     /// Idle timeout of a flow state, in seconds: tcp_opening, tcp_established, tcp_closing,
     /// tcp_closed or udp (repeat the flag: --timeout udp=30 --timeout tcp_closing=60).
@@ -292,6 +299,7 @@ impl From<RunArgs> for RunConfig {
             log: args.log_datapath,
             encap_v4: args.encap_source_v4.map(mode::encap_source),
             encap_v6: args.encap_source_v6.map(mode::encap_source),
+            new_flow_limit: args.new_flow_limit,
             ..Options::default()
         };
         for (timeout, secs) in &args.timeouts {

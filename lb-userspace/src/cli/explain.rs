@@ -115,6 +115,13 @@ pub(crate) fn text(a: &Explanation) -> String {
         ),
         None => "tracked:  no".to_owned(),
     });
+    let admission = match &a.tracked {
+        Some(t) => &t.admission,
+        None => &a.admission,
+    };
+    if !admission.is_empty() {
+        lines.push(format!("admitted: {admission}"));
+    }
     if let Some(m) = &a.maglev {
         lines.push(format!(
             "maglev:   hash {:08x}, slot {} of {}, table {} -> {}",

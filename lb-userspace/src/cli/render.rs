@@ -145,7 +145,11 @@ pub(crate) fn flow_table(list: &FlowList) -> Table {
             f.proto.to_string(),
             f.backend
                 .map_or_else(|| "(gone)".to_owned(), |b| b.to_string()),
-            f.state.clone(),
+            if f.proven {
+                f.state.clone()
+            } else {
+                format!("{} (unproven)", f.state)
+            },
             format!("{}s", f.idle_secs),
             format!("{}s", f.expires_in_secs),
         ]);
@@ -165,15 +169,30 @@ pub(crate) fn stats(report: &StatsReport, now: u64) -> String {
     }
     let ct = report.conntrack;
     format!(
-        "{t}\n\nconntrack: {} of {} entries; {} expired or flushed, {} evicted, {} TCP segments found untracked\n\n{}\n\n{}",
+        "{t}\n\nconntrack: {} of {} entries; {} expired or flushed, {} evicted, {} TCP segments found untracked\n\
+         admission: {} proven ({} evicted), {} promoted, {} new flows not tracked past {}\n\n{}\n\n{}",
         ct.entries,
         ct.capacity,
         ct.deleted,
         ct.evicted,
         ct.missed_mid_flow,
+        ct.proven_entries,
+        ct.evicted_proven,
+        ct.promoted,
+        ct.flood_untracked,
+        new_flow_limit(ct.new_flow_limit),
         vip_table(&report.vips),
         backend_table(&report.backends, now)
     )
+}
+
+/// The rate guard's setting in words.
+fn new_flow_limit(limit: u32) -> String {
+    if limit == 0 {
+        "no new-flow limit".to_owned()
+    } else {
+        format!("{limit} new flows per CPU per second")
+    }
 }
 
 pub(crate) fn status(s: &StatusReport) -> String {
@@ -191,7 +210,8 @@ pub(crate) fn status(s: &StatusReport) -> String {
          API socket:  {}\n\
          sizes:       Maglev table {}, {} VIPs max, {} backends max, {} tracked flows\n\
          maps:        {}\n\
-         conntrack:   {} entries, swept every {} s\n\
+         conntrack:   {} entries ({} proven), swept every {} s\n\
+         admission:   new flows wait in an unproven table of {} until proven; {}\n\
          timeouts:    {}\n\
          {}",
         s.version,
@@ -221,7 +241,10 @@ pub(crate) fn status(s: &StatusReport) -> String {
             .as_ref()
             .map_or_else(|| "kernel memory unknown".to_owned(), MemoryReport::summary),
         s.conntrack_entries,
+        s.conntrack_proven_entries,
         s.conntrack_sweep_secs,
+        s.conntrack_unproven_capacity,
+        new_flow_limit(s.new_flow_limit),
         s.conntrack_timeouts
             .iter()
             .map(|t| format!("{} {} s", t.state, t.secs))

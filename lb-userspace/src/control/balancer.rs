@@ -824,6 +824,16 @@ impl Balancer<ServiceMaps> {
     pub(crate) fn retain_tx_ports(&mut self, keep: &[u32]) -> Result<(), aya::maps::MapError> {
         self.maps.retain_tx_ports(keep)
     }
+
+    /// Records the MACs of the attached interfaces (ifindex, MAC) and forgets the others':
+    /// the datapath forwards only frames addressed to them.
+    pub fn set_local_macs(&mut self, macs: &[(u32, [u8; 6])]) -> Result<(), aya::maps::MapError> {
+        for &(ifindex, mac) in macs {
+            self.maps.set_local_mac(ifindex, mac)?;
+        }
+        let keep: Vec<u32> = macs.iter().map(|&(ifindex, _)| ifindex).collect();
+        self.maps.retain_local_macs(&keep)
+    }
 }
 
 #[cfg(test)]

@@ -53,6 +53,8 @@ pub(crate) struct Controller {
     pub(super) conntrack_table: ConntrackTable,
     /// The idle timeouts the datapath was loaded with.
     pub(super) timeouts: Timeouts,
+    /// The rate guard's new flows per CPU per second (`--new-flow-limit`).
+    pub(super) new_flow_limit: u32,
     /// DSR backends whose next hop could not be kept resolved (warned about once).
     pub(super) unresolved: std::collections::BTreeSet<std::net::IpAddr>,
     pub(super) sweep_interval: Duration,
@@ -360,6 +362,15 @@ impl Controller {
         Ok(())
     }
 
+    /// Re-reads the attached interfaces' MACs into the datapath.
+    pub(crate) fn follow_local_macs(&mut self) {
+        let ifaces: Vec<_> = self.attachments.iter().map(|a| a.iface.clone()).collect();
+        let macs = super::run::local_macs(&ifaces);
+        if let Err(error) = self.balancer.set_local_macs(&macs) {
+            tracing::warn!(error = %error_chain(&error), "cannot record the interfaces' MACs");
+        }
+    }
+
     /// Asks the kernel to keep the next hop toward every DSR backend resolved (the
     /// datapath drops DSR packets whose neighbour is unresolved: the kernel cannot
     /// forward them in its place). Called after every change and every sweep.
@@ -481,21 +492,20 @@ impl Controller {
         backend: Option<SocketAddr>,
     ) -> Result<FlushReport, ApiError> {
         let filter = self.flow_filter(vip, proto, backend)?;
-        let pass = self
+        let (proven, unproven) = self
             .conntrack_table
-            .walk(|key, conn| filter.matches(key, conn))
+            .walk_both(|_, key, conn| filter.matches(key, conn))
             .map_err(datapath_error)?;
-        self.conntrack.record_flush(pass.deleted);
+        let deleted = proven.deleted + unproven.deleted;
+        self.conntrack.record_flush(deleted, proven.deleted);
         info!(
             ?vip,
             ?proto,
             ?backend,
-            flushed = pass.deleted,
+            flushed = deleted,
             "flushed tracked flows"
         );
-        Ok(FlushReport {
-            flushed: pass.deleted,
-        })
+        Ok(FlushReport { flushed: deleted })
     }
 
     /// Detaches from every interface and removes the pins; the daemon exits next. If the

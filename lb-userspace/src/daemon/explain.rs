@@ -7,7 +7,7 @@ use std::{collections::HashMap, net::SocketAddr};
 use lb_common::{
     consts::NO_BACKEND,
     encap::{MODE_DSR_L2, MODE_NAT},
-    flow::{FlowKey, Timeout},
+    flow::{FlowKey, Timeout, unproven_timeout_ns},
     service::{Backend, EndpointKey, VipKey},
 };
 
@@ -86,13 +86,19 @@ impl Controller {
         let matched = facts.vip.map(|_| self.service_match(service, vip_view));
         let tracked = facts.tracked.map(|(conn, backend)| {
             let idle_ns = facts.now_ns.saturating_sub(conn.last_seen_ns);
-            let timeout_ns = facts.timeouts[Timeout::index_of_state(conn.state)];
+            let timeout_ns = if facts.proven {
+                facts.timeouts[Timeout::index_of_state(conn.state)]
+            } else {
+                unproven_timeout_ns(conn.state, &facts.timeouts)
+            };
             TrackedFlow {
                 state: state_name(conn.state).to_owned(),
                 idle_secs: idle_ns / NS,
                 timeout_secs: timeout_ns / NS,
                 expires_in_secs: timeout_ns.saturating_sub(idle_ns) / NS,
-                expired: conn.expired(facts.now_ns, &facts.timeouts),
+                expired: explain::entry(&facts) == explain::Entry::Expired,
+                proven: facts.proven,
+                admission: explain::admission_of(&conn, facts.proven, backend.mode == MODE_NAT),
                 backend: self.backend_status(
                     &known,
                     conn.backend_id,
@@ -125,6 +131,11 @@ impl Controller {
             action: verdict.action().to_owned(),
             counter: verdict.counter().to_owned(),
             explanation: String::new(),
+            admission: if facts.tracked.is_some() {
+                String::new()
+            } else {
+                explain::admission_of_new_flow(self.new_flow_limit)
+            },
         };
         let mode = facts
             .tracked
@@ -162,9 +173,12 @@ impl Controller {
             .map_err(datapath_error)?
             .is_some();
         // conntrack.rs `lookup` and select.rs `tracked` (BACKENDS[conn.backend_id]).
-        let tracked = match maps.conntrack_entry(key).map_err(datapath_error)? {
-            Some(conn) => Some((conn, maps.backend(conn.backend_id).map_err(datapath_error)?)),
-            None => None,
+        let (tracked, proven) = match maps.tracked_entry(key).map_err(datapath_error)? {
+            Some((conn, proven)) => (
+                Some((conn, maps.backend(conn.backend_id).map_err(datapath_error)?)),
+                proven,
+            ),
+            None => (None, false),
         };
         // select.rs `maglev`.
         let size = self.balancer.limits().maglev_size;
@@ -179,6 +193,7 @@ impl Controller {
         };
         let facts = Facts {
             tracked,
+            proven,
             vip,
             vip_address,
             slot,
@@ -309,7 +324,7 @@ pub(crate) fn sentence(a: &Explanation, entry: Entry, mode: Option<u8>) -> Strin
             );
             // main.rs `pick_backend` and conntrack.rs `first_state`.
             if tcp && entry == Entry::Missing {
-                s.push_str(" A SYN is tracked as opening; any other segment but a RST goes there too and is tracked as established (ct_miss_mid_flow); a RST goes there untracked (ct_rst_untracked).");
+                s.push_str(" A SYN is tracked as opening; any other segment but a RST goes there too and is tracked as established, unproven for at most the opening timeout (ct_miss_mid_flow); a RST goes there untracked (ct_rst_untracked).");
             }
             s
         }
@@ -350,6 +365,7 @@ mod tests {
                 "tracked_draining" => (Entry::Serving, Some(MODE_NAT)),
                 "rebalanced" => (Entry::Stale, Some(MODE_NAT)),
                 "new_flow_v6_dsr" => (Entry::Missing, Some(MODE_DSR_IPIP)),
+                "new_flow_admission" => (Entry::Missing, Some(MODE_NAT)),
                 _ => (Entry::Missing, None),
             };
             assert_eq!(sentence(&answer, entry, mode), answer.explanation, "{name}");

@@ -10,7 +10,7 @@ use lb_common::{
     consts::{FAMILY_V4, FAMILY_V6},
     flow::{
         CT_CLOSED, CT_CLOSING, CT_DATAGRAM, CT_ESTABLISHED, CT_OPENING, Conn, FlowKey, Timeout,
-        Timeouts,
+        Timeouts, unproven_timeout_ns,
     },
     service::Addr,
 };
@@ -124,13 +124,18 @@ fn socket(addr: &Addr, family: u8, port: u16) -> Option<SocketAddr> {
 pub(crate) fn entry(
     key: &FlowKey,
     conn: &Conn,
+    proven: bool,
     now_ns: u64,
     timeouts: &Timeouts,
     backends: &HashMap<(u32, u32), SocketAddr>,
 ) -> Option<FlowEntry> {
     const NS: u64 = 1_000_000_000;
     let idle_ns = now_ns.saturating_sub(conn.last_seen_ns);
-    let timeout_ns = timeouts[Timeout::index_of_state(conn.state)];
+    let timeout_ns = if proven {
+        timeouts[Timeout::index_of_state(conn.state)]
+    } else {
+        unproven_timeout_ns(conn.state, timeouts)
+    };
     Some(FlowEntry {
         client: socket(&key.src, key.family, key.src_port)?,
         vip: socket(&key.dst, key.family, key.dst_port)?,
@@ -139,6 +144,7 @@ pub(crate) fn entry(
         state: state_name(conn.state).to_owned(),
         idle_secs: idle_ns / NS,
         expires_in_secs: timeout_ns.saturating_sub(idle_ns) / NS,
+        proven,
     })
 }
 
@@ -283,16 +289,42 @@ mod tests {
         let (key, mut conn) = flow("198.18.1.1:80", Proto::Tcp, 0, 1);
         conn.last_seen_ns = 5_000_000_000;
         let backends = HashMap::from([((0, 1), sock("198.18.11.2:80"))]);
-        let shown = entry(&key, &conn, 65_000_000_000, &DEFAULT_TIMEOUTS_NS, &backends)
-            .expect("a valid entry");
+        let shown = entry(
+            &key,
+            &conn,
+            true,
+            65_000_000_000,
+            &DEFAULT_TIMEOUTS_NS,
+            &backends,
+        )
+        .expect("a valid entry");
         assert_eq!(shown.client, sock("198.18.0.1:40000"));
         assert_eq!(shown.vip, sock("198.18.1.1:80"));
         assert_eq!(shown.backend, Some(sock("198.18.11.2:80")));
         assert_eq!(shown.state, "established");
         assert_eq!((shown.idle_secs, shown.expires_in_secs), (60, 10_740));
         conn.generation = 2;
-        let gone = entry(&key, &conn, 65_000_000_000, &DEFAULT_TIMEOUTS_NS, &backends)
-            .expect("a valid entry");
+        let gone = entry(
+            &key,
+            &conn,
+            true,
+            65_000_000_000,
+            &DEFAULT_TIMEOUTS_NS,
+            &backends,
+        )
+        .expect("a valid entry");
         assert_eq!(gone.backend, None);
+        // Unproven, the same established entry lives no longer than an opening one.
+        conn.last_seen_ns = 35_000_000_000;
+        let unproven = entry(
+            &key,
+            &conn,
+            false,
+            65_000_000_000,
+            &DEFAULT_TIMEOUTS_NS,
+            &backends,
+        )
+        .expect("a valid entry");
+        assert_eq!((unproven.proven, unproven.expires_in_secs), (false, 30));
     }
 }

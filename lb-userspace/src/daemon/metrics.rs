@@ -193,26 +193,50 @@ impl Collector for Snapshot {
                 .map(|(n, _, c)| ([("name", (*n).to_owned())], value(c)));
             family(e, name, help, Counter, rows)?;
         }
+        let ct = &self.conntrack;
+        let by_map = |proven: u64, unproven: u64| {
+            [
+                ([("map", "CONNTRACK".to_owned())], proven),
+                ([("map", "CT_UNPROVEN".to_owned())], unproven),
+            ]
+            .into_iter()
+        };
         family(
             e,
             "lb_conntrack_entries",
-            "Tracked flows (client to VIP direction)",
+            "Tracked flows (client to VIP direction): proven (CONNTRACK) and unproven (CT_UNPROVEN)",
             Gauge,
-            std::iter::once(([("map", "CONNTRACK".to_owned())], self.conntrack.entries)),
+            by_map(
+                ct.proven_entries,
+                ct.entries.saturating_sub(ct.proven_entries),
+            ),
         )?;
         family(
             e,
             "lb_conntrack_capacity",
-            "Flows the conntrack map holds before evicting",
+            "Flows each conntrack map holds before evicting",
             Gauge,
-            std::iter::once(([("map", "CONNTRACK".to_owned())], self.conntrack.capacity)),
+            by_map(ct.capacity, ct.unproven_capacity),
         )?;
         family(
             e,
             "lb_conntrack_evictions",
-            "Flows evicted to make room for new ones (created minus present, as of the last count)",
+            "Flows evicted to make room for others (created minus present, as of the last count); a flood can evict only unproven ones",
             Counter,
-            std::iter::once(([("map", "CONNTRACK".to_owned())], self.conntrack.evicted)),
+            by_map(
+                ct.evicted_proven,
+                ct.evicted.saturating_sub(ct.evicted_proven),
+            ),
+        )?;
+        family(
+            e,
+            "lb_new_flow_limit",
+            "New flows each CPU tracks per second before the rate guard stops tracking (0: no limit)",
+            Gauge,
+            std::iter::once((
+                [("map", "CT_UNPROVEN".to_owned())],
+                u64::from(ct.new_flow_limit),
+            )),
         )?;
         Ok(())
     }

@@ -173,6 +173,12 @@ impl Controller {
             evicted: self.conntrack.evicted(),
             deleted: self.conntrack.deleted(),
             missed_mid_flow: snapshot.get(Stat::CtMissMidFlow).packets,
+            proven_entries: self.conntrack.census().proven_entries,
+            unproven_capacity: u64::from(self.balancer.limits().unproven_capacity()),
+            evicted_proven: self.conntrack.evicted_proven(),
+            promoted: snapshot.get(Stat::CtPromoted).packets,
+            flood_untracked: snapshot.get(Stat::CtFloodUntracked).packets,
+            new_flow_limit: self.new_flow_limit,
         }
     }
 
@@ -201,11 +207,17 @@ impl Controller {
         let now = monotonic_coarse_ns();
         let mut list = FlowList::default();
         self.conntrack_table
-            .walk(|key, conn| {
-                if !conn.expired(now, &self.timeouts) && filter.matches(key, conn) {
+            .walk_both(|proven, key, conn| {
+                let expired = if proven {
+                    conn.expired(now, &self.timeouts)
+                } else {
+                    conn.expired_unproven(now, &self.timeouts)
+                };
+                if !expired && filter.matches(key, conn) {
                     list.matched += 1;
                     if (list.flows.len() as u64) < limit
-                        && let Some(entry) = flows::entry(key, conn, now, &self.timeouts, &backends)
+                        && let Some(entry) =
+                            flows::entry(key, conn, proven, now, &self.timeouts, &backends)
                     {
                         list.flows.push(entry);
                     }
@@ -264,6 +276,9 @@ impl Controller {
             max_backends: limits.max_backends,
             conntrack_capacity: limits.conntrack_capacity,
             conntrack_entries: self.conntrack.census().entries,
+            conntrack_proven_entries: self.conntrack.census().proven_entries,
+            conntrack_unproven_capacity: limits.unproven_capacity(),
+            new_flow_limit: self.new_flow_limit,
             conntrack_timeouts: Timeout::ALL
                 .iter()
                 .map(|&t| TimeoutEntry {

@@ -242,6 +242,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
         conntrack: ConntrackBook::new(first_census),
         conntrack_table,
         timeouts: args.options.timeouts_ns,
+        new_flow_limit: args.options.new_flow_limit,
         unresolved: Default::default(),
         announcer: Announcer::new(args.cluster.announce_table, first_ifindex),
         seeded: args.cluster.hash_seed.is_some(),
@@ -333,6 +334,21 @@ struct Started {
     egress: EgressWatch,
 }
 
+/// (ifindex, MAC) of each interface whose MAC can be read; one that cannot is left out
+/// (the datapath then forwards whatever reaches it there) with a warning.
+pub(crate) fn local_macs(ifaces: &[Interface]) -> Vec<(u32, [u8; 6])> {
+    ifaces
+        .iter()
+        .filter_map(|iface| match attach::hardware_address(&iface.name) {
+            Ok(mac) => Some((iface.index, mac)),
+            Err(error) => {
+                tracing::warn!(iface = %iface.name, %error, "cannot read the interface's MAC: frames for other hosts arriving there are forwarded");
+                None
+            }
+        })
+        .collect()
+}
+
 /// Refuses interfaces whose forwarding is off for a family lb will balance: IPv4 always,
 /// IPv6 when the state to apply has an IPv6 VIP.
 fn check_forwarding(ifaces: &[Interface], desired: Option<&State>) -> anyhow::Result<()> {
@@ -394,6 +410,8 @@ async fn sweep_forever(
                         // Managed neighbour entries lost since (a flushed table, a
                         // changed route) come back within a sweep interval.
                         controller.keep_dsr_next_hops();
+                        // An interface whose MAC changed keeps forwarding frames to it.
+                        controller.follow_local_macs();
                         // A route deleted by hand comes back, a failed write is retried.
                         controller.announce();
                         // Deleted backends' endpoints go once their replies are done.
@@ -537,6 +555,9 @@ fn start(
     balancer
         .retain_tx_ports(&ifindexes)
         .context("pruning the redirect map")?;
+    balancer
+        .set_local_macs(&local_macs(ifaces))
+        .context("recording the interfaces' MACs")?;
     let program = load::program(&mut ebpf).context("the eBPF object has no XDP program")?;
     let mut attachments = Vec::with_capacity(ifaces.len());
     for iface in ifaces {

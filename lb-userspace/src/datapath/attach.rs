@@ -68,6 +68,37 @@ impl Interface {
     }
 }
 
+/// The hardware (MAC) address of interface `name` (SIOCGIFHWADDR): the datapath forwards
+/// only frames addressed to it. Read again at every sweep, so a changed MAC is followed.
+pub(crate) fn hardware_address(name: &str) -> io::Result<[u8; 6]> {
+    let socket = socket(AddressFamily::INET, SocketType::DGRAM, None)?;
+    // SAFETY: a zeroed ifreq is valid; the name is copied in bounds (at most IFNAMSIZ - 1
+    // bytes, NUL-terminated by the zeroing).
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= request.ifr_name.len() {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    for (slot, &byte) in request.ifr_name.iter_mut().zip(bytes) {
+        *slot = byte as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR reads the name and writes the address inside `request`, which
+    // lives across the call; the descriptor is valid.
+    let rc = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SIOCGIFHWADDR,
+            &mut request,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFHWADDR filled the hardware-address member of the union.
+    let data = unsafe { request.ifr_ifru.ifru_hwaddr.sa_data };
+    Ok(std::array::from_fn(|i| data[i] as u8))
+}
+
 /// Where the program ended up attached, for logs and detaching.
 #[derive(Debug)]
 pub(crate) struct Attachment {

@@ -51,69 +51,114 @@ pub struct Pass {
     pub syscalls: u64,
 }
 
-/// A descriptor of its own on CONNTRACK: walks and deletes need no other lock.
-pub struct ConntrackTable {
+/// One LRU table of flows: a descriptor of its own and its size.
+struct Table {
     fd: OwnedFd,
     capacity: u32,
 }
 
-impl ConntrackTable {
-    pub(crate) fn new(fd: OwnedFd, capacity: u32) -> Self {
-        Self { fd, capacity }
-    }
-
+impl Table {
     /// A hash map has `capacity` rounded up to a power of two buckets and a lookup call
     /// advances at least one bucket, so this many calls always finish a walk.
     fn max_lookups(&self) -> u64 {
         u64::from(self.capacity).next_power_of_two() + 1
     }
+}
 
-    /// Walks every entry; those `doomed` picks are deleted chunk by chunk as the walk goes
-    /// (4,096 entries per lookup, one delete call per chunk), so memory stays bounded
-    /// whatever the table's size.
-    pub(crate) fn walk(
-        &self,
-        mut doomed: impl FnMut(&FlowKey, &Conn) -> bool,
-    ) -> Result<Pass, ConntrackError> {
-        let mut pass = Pass::default();
-        let mut failed = None;
-        let mut victims = Vec::new();
-        let fd = self.fd.as_fd();
-        let lookups = batch::walk_hash::<FlowKey, Conn>(fd, self.max_lookups(), |keys, conns| {
-            pass.seen += keys.len() as u64;
-            victims.clear();
-            victims.extend(
-                keys.iter()
-                    .zip(conns)
-                    .filter(|(key, conn)| doomed(key, conn))
-                    .map(|(key, _)| *key),
-            );
-            if victims.is_empty() {
-                return true;
-            }
-            match batch::delete(fd, &victims) {
-                Ok(Deleted {
-                    deleted,
-                    missing,
-                    syscalls,
-                }) => {
-                    pass.deleted += deleted;
-                    pass.missing += missing;
-                    pass.syscalls += syscalls;
-                    true
-                }
-                Err(error) => {
-                    failed = Some(error);
-                    false
-                }
-            }
-        })
-        .map_err(ConntrackError::Walk)?;
-        pass.syscalls += lookups;
-        match failed {
-            Some(error) => Err(ConntrackError::Delete(error)),
-            None => Ok(pass),
+/// Descriptors of its own on CONNTRACK (proven flows) and CT_UNPROVEN: walks and deletes
+/// need no other lock.
+pub struct ConntrackTable {
+    proven: Table,
+    unproven: Table,
+}
+
+impl ConntrackTable {
+    pub(crate) fn new(
+        proven: OwnedFd,
+        proven_capacity: u32,
+        unproven: OwnedFd,
+        unproven_capacity: u32,
+    ) -> Self {
+        Self {
+            proven: Table {
+                fd: proven,
+                capacity: proven_capacity,
+            },
+            unproven: Table {
+                fd: unproven,
+                capacity: unproven_capacity,
+            },
         }
+    }
+
+    /// Walks the proven table, then the unproven one (`doomed` is told which); what each
+    /// walk did.
+    pub(crate) fn walk_both(
+        &self,
+        mut doomed: impl FnMut(bool, &FlowKey, &Conn) -> bool,
+    ) -> Result<(Pass, Pass), ConntrackError> {
+        let proven = walk_table(&self.proven, |key, conn| doomed(true, key, conn))?;
+        let unproven = walk_table(&self.unproven, |key, conn| doomed(false, key, conn))?;
+        Ok((proven, unproven))
+    }
+}
+
+impl Pass {
+    fn plus(&self, other: &Pass) -> Pass {
+        Pass {
+            seen: self.seen + other.seen,
+            deleted: self.deleted + other.deleted,
+            missing: self.missing + other.missing,
+            syscalls: self.syscalls + other.syscalls,
+        }
+    }
+}
+
+/// Walks every entry of one table; those `doomed` picks are deleted chunk by chunk as the
+/// walk goes (4,096 entries per lookup, one delete call per chunk), so memory stays
+/// bounded whatever the table's size.
+fn walk_table(
+    table: &Table,
+    mut doomed: impl FnMut(&FlowKey, &Conn) -> bool,
+) -> Result<Pass, ConntrackError> {
+    let mut pass = Pass::default();
+    let mut failed = None;
+    let mut victims = Vec::new();
+    let fd = table.fd.as_fd();
+    let lookups = batch::walk_hash::<FlowKey, Conn>(fd, table.max_lookups(), |keys, conns| {
+        pass.seen += keys.len() as u64;
+        victims.clear();
+        victims.extend(
+            keys.iter()
+                .zip(conns)
+                .filter(|(key, conn)| doomed(key, conn))
+                .map(|(key, _)| *key),
+        );
+        if victims.is_empty() {
+            return true;
+        }
+        match batch::delete(fd, &victims) {
+            Ok(Deleted {
+                deleted,
+                missing,
+                syscalls,
+            }) => {
+                pass.deleted += deleted;
+                pass.missing += missing;
+                pass.syscalls += syscalls;
+                true
+            }
+            Err(error) => {
+                failed = Some(error);
+                false
+            }
+        }
+    })
+    .map_err(ConntrackError::Walk)?;
+    pass.syscalls += lookups;
+    match failed {
+        Some(error) => Err(ConntrackError::Delete(error)),
+        None => Ok(pass),
     }
 }
 
@@ -129,8 +174,14 @@ pub(crate) struct Conns {
 /// What one sweep found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Census {
-    /// Entries left in the table after the sweep.
+    /// Entries left in both tables after the sweep.
     pub(crate) entries: u64,
+    /// Of which proven (in CONNTRACK).
+    pub(crate) proven_entries: u64,
+    /// What the walk of the proven table alone did.
+    pub proven_pass: Pass,
+    /// The `ct_promoted` counter read just before the walk.
+    pub(crate) promoted_before: u64,
     /// Flows by the (backend id, generation) they are pinned to.
     pub(crate) by_backend: HashMap<(u32, u32), Conns>,
     /// Entries walked, deleted and found gone by this sweep.
@@ -175,26 +226,38 @@ impl Sweeper {
     /// Deletes every expired entry and counts the others.
     pub fn sweep(&self) -> Result<Census, ConntrackError> {
         let started = Instant::now();
-        // Creations first: flows created during the walk are then never taken as evicted.
-        let created_before = self
-            .stats
-            .get(Stat::CtCreated)
-            .map_err(ConntrackError::Counter)?
-            .packets;
+        // Creations and promotions first: flows created or promoted during the walk are
+        // then never taken as evicted.
+        let counter = |stat| {
+            self.stats
+                .get(stat)
+                .map(|counter| counter.packets)
+                .map_err(ConntrackError::Counter)
+        };
+        let created_before = counter(Stat::CtCreated)?;
+        let promoted_before = counter(Stat::CtPromoted)?;
         let now = monotonic_coarse_ns();
         let mut census = Census {
             created_before,
+            promoted_before,
             ..Census::default()
         };
-        let pass = self.table.walk(|_, conn| {
-            let expired = conn.expired(now, &self.timeouts);
+        let (proven, unproven) = self.table.walk_both(|proven, _, conn| {
+            let expired = if proven {
+                conn.expired(now, &self.timeouts)
+            } else {
+                conn.expired_unproven(now, &self.timeouts)
+            };
             if !expired {
                 census.count(conn);
             }
             expired
         })?;
-        census.entries = pass.seen.saturating_sub(pass.deleted + pass.missing);
-        census.pass = pass;
+        let left = |pass: &Pass| pass.seen.saturating_sub(pass.deleted + pass.missing);
+        census.proven_entries = left(&proven);
+        census.entries = left(&proven) + left(&unproven);
+        census.proven_pass = proven;
+        census.pass = proven.plus(&unproven);
         census.took = started.elapsed();
         Ok(census)
     }
@@ -206,22 +269,33 @@ pub(crate) struct ConntrackBook {
     census: Census,
     /// Entries deleted by userspace (sweeps and flushes) since this daemon started.
     deleted: u64,
+    /// Of which proven ones (expired or flushed).
+    deleted_proven: u64,
     /// Never lower than an earlier figure: a counter that dropped would read as a reset.
     evicted: u64,
+    /// Proven flows the kernel evicted to make room for other proven flows (a flood
+    /// cannot: only promotions insert into the proven table).
+    evicted_proven: u64,
     /// Creations the first census could not account for: entries an earlier daemon
     /// deleted (its total died with it), or evicted before this daemon started.
     baseline: u64,
+    /// The same for promotions and the proven table.
+    baseline_proven: u64,
 }
 
 impl ConntrackBook {
     /// Starts from the first sweep.
     pub(crate) fn new(first: Census) -> Self {
         let baseline = first.created_before.saturating_sub(first.pass.seen);
+        let baseline_proven = first.promoted_before.saturating_sub(first.proven_pass.seen);
         let mut book = Self {
             census: Census::default(),
             deleted: 0,
+            deleted_proven: 0,
             evicted: 0,
+            evicted_proven: 0,
             baseline,
+            baseline_proven,
         };
         book.record_sweep(first);
         book
@@ -229,6 +303,9 @@ impl ConntrackBook {
 
     pub(crate) fn record_sweep(&mut self, census: Census) {
         self.deleted = self.deleted.saturating_add(census.pass.deleted);
+        self.deleted_proven = self
+            .deleted_proven
+            .saturating_add(census.proven_pass.deleted);
         let evicted = evictions(
             census.created_before,
             census.entries,
@@ -236,11 +313,25 @@ impl ConntrackBook {
             self.baseline,
         );
         self.evicted = self.evicted.max(evicted);
+        // A flow enters the proven table only by promotion.
+        let evicted_proven = evictions(
+            census.promoted_before,
+            census.proven_entries,
+            self.deleted_proven,
+            self.baseline_proven,
+        );
+        self.evicted_proven = self.evicted_proven.max(evicted_proven);
         self.census = census;
     }
 
-    pub(crate) fn record_flush(&mut self, deleted: u64) {
+    /// Records a flush; `proven`: how many of the deleted entries were proven.
+    pub(crate) fn record_flush(&mut self, deleted: u64, proven: u64) {
         self.deleted = self.deleted.saturating_add(deleted);
+        self.deleted_proven = self.deleted_proven.saturating_add(proven);
+    }
+
+    pub(crate) fn evicted_proven(&self) -> u64 {
+        self.evicted_proven
     }
 
     pub(crate) fn census(&self) -> &Census {
@@ -340,7 +431,7 @@ mod tests {
         book.record_sweep(census(100, 90, 30));
         assert_eq!((book.deleted(), book.evicted()), (30, 10));
         // A flush of 20 then a sweep that finds 40 left of 100: nothing new evicted.
-        book.record_flush(20);
+        book.record_flush(20, 0);
         book.record_sweep(census(100, 40, 0));
         assert_eq!((book.deleted(), book.evicted()), (50, 10));
         // The figure never goes down, even when creations are read low.

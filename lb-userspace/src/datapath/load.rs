@@ -2,9 +2,10 @@
 
 use aya::{Ebpf, EbpfLoader, maps::ProgramArray, programs::Xdp};
 use lb_common::consts::{
-    GLOBAL_ABLATE, GLOBAL_CT_TIMEOUTS, GLOBAL_HASH_SEED, GLOBAL_MAGLEV_SIZE, MAP_BACKEND_HOPS,
-    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_ENDPOINTS, MAP_JUMPS, MAP_MAGLEV,
-    MAP_VIP_STATS, MAP_VIPS, PINNED_MAPS, PROGRAM_NAME, TAIL_PROGRAMS,
+    GLOBAL_ABLATE, GLOBAL_CT_TIMEOUTS, GLOBAL_HASH_SEED, GLOBAL_MAGLEV_SIZE, GLOBAL_NEW_FLOW_LIMIT,
+    MAP_BACKEND_HOPS, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_CT_UNPROVEN,
+    MAP_ENDPOINTS, MAP_JUMPS, MAP_MAGLEV, MAP_VIP_STATS, MAP_VIPS, PINNED_MAPS, PROGRAM_NAME,
+    TAIL_PROGRAMS,
 };
 use lb_common::encap::{GLOBAL_ENCAP_SOURCE_V4, GLOBAL_ENCAP_SOURCE_V6};
 use thiserror::Error;
@@ -60,6 +61,7 @@ pub fn open(
         .override_global(GLOBAL_CT_TIMEOUTS, &options.timeouts_ns, true)
         .override_global(GLOBAL_ABLATE, &options.ablate, true)
         .override_global(GLOBAL_HASH_SEED, &options.hash_seed, true)
+        .override_global(GLOBAL_NEW_FLOW_LIMIT, &options.new_flow_limit, true)
         .override_global(
             GLOBAL_ENCAP_SOURCE_V4,
             &options.encap_v4.unwrap_or_default(),
@@ -74,6 +76,7 @@ pub fn open(
         .map_max_entries(MAP_VIP_STATS, limits.max_vips)
         .map_max_entries(MAP_MAGLEV, limits.maglev_slots())
         .map_max_entries(MAP_CONNTRACK, limits.conntrack_capacity)
+        .map_max_entries(MAP_CT_UNPROVEN, limits.unproven_capacity())
         .map_max_entries(MAP_BACKENDS, limits.max_backends)
         .map_max_entries(MAP_BACKEND_STATS, limits.max_backends)
         .map_max_entries(MAP_BACKEND_HOPS, limits.max_backends)

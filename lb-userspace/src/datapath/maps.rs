@@ -10,8 +10,8 @@ use aya::{
 };
 use lb_common::{
     consts::{
-        MAP_ADDRESSES, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_ENDPOINTS, MAP_MAGLEV,
-        MAP_TX_PORTS, MAP_VIP_STATS, MAP_VIPS,
+        LocalMac, MAP_ADDRESSES, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_CT_UNPROVEN,
+        MAP_ENDPOINTS, MAP_LOCAL_MACS, MAP_MAGLEV, MAP_TX_PORTS, MAP_VIP_STATS, MAP_VIPS,
     },
     flow::{Conn, FlowKey},
     service::{Backend, Endpoint, EndpointKey, VipInfo, VipKey},
@@ -34,9 +34,14 @@ pub struct ServiceMaps {
     tx_ports: DevMapHash<MapData>,
     vip_stats: PerCpuArray<MapData, VipCounter>,
     backend_stats: PerCpuArray<MapData, Counter>,
-    /// Walked in batches (see `conntrack_entries`, `conntrack_table`), so kept untyped.
+    /// Walked in batches (see `conntrack_entries`, `conntrack_table`), so kept untyped:
+    /// the proven flows, then the unproven ones.
     conntrack: aya::maps::Map,
+    unproven: aya::maps::Map,
     conntrack_capacity: u32,
+    unproven_capacity: u32,
+    /// The MAC of each attached interface, by ifindex.
+    local_macs: HashMap<MapData, u32, LocalMac>,
     maglev_size: u32,
     /// Follows the address entries of VIPS and ENDPOINTS.
     addresses: AddressClasses,
@@ -71,6 +76,38 @@ fn cpus() -> Result<usize, MapError> {
     })
 }
 
+/// Entries of an LRU hash map (see `ServiceMaps::conntrack_entries`).
+fn count_entries(map: &aya::maps::Map) -> Result<u64, MapError> {
+    if let aya::maps::Map::LruHashMap(data) = map {
+        let mut count = 0u64;
+        let walked = batch::walk_hash::<FlowKey, Conn>(data.fd().as_fd(), u64::MAX, |keys, _| {
+            count += keys.len() as u64;
+            true
+        });
+        match walked {
+            Ok(_) => return Ok(count),
+            Err(error) => tracing::debug!(%error, "batch lookup refused, walking the keys"),
+        }
+    }
+    let map = HashMap::<&MapData, FlowKey, Conn>::try_from(map)?;
+    Ok(map.keys().filter(Result::is_ok).count() as u64)
+}
+
+/// A descriptor of its own on an LRU hash map.
+fn dup_lru(map: &aya::maps::Map, name: &str) -> Result<std::os::fd::OwnedFd, MapError> {
+    let aya::maps::Map::LruHashMap(data) = map else {
+        return Err(MapError::InvalidName {
+            name: name.to_owned(),
+        });
+    };
+    data.fd().as_fd().try_clone_to_owned().map_err(|io_error| {
+        MapError::SyscallError(aya::sys::SyscallError {
+            call: "dup",
+            io_error,
+        })
+    })
+}
+
 impl ServiceMaps {
     /// Takes the maps; the ADDRESSES buckets are set for the address entries already there
     /// (pinned maps adopted from an earlier controller).
@@ -84,7 +121,10 @@ impl ServiceMaps {
             vip_stats: PerCpuArray::try_from(take(ebpf, MAP_VIP_STATS)?)?,
             backend_stats: PerCpuArray::try_from(take(ebpf, MAP_BACKEND_STATS)?)?,
             conntrack: take(ebpf, MAP_CONNTRACK)?,
+            unproven: take(ebpf, MAP_CT_UNPROVEN)?,
             conntrack_capacity: limits.conntrack_capacity,
+            unproven_capacity: limits.unproven_capacity(),
+            local_macs: HashMap::try_from(take(ebpf, MAP_LOCAL_MACS)?)?,
             maglev_size: limits.maglev_size,
             addresses: AddressClasses::new(Array::try_from(take(ebpf, MAP_ADDRESSES)?)?),
         };
@@ -200,62 +240,90 @@ impl ServiceMaps {
         Ok(())
     }
 
-    /// Flows in the conntrack map: a batch lookup, 4,096 entries per syscall; kernels
-    /// without it get a key walk (one syscall per entry, and entries evicted under the walk
-    /// make it start over and count some twice).
+    /// Flows in the conntrack maps (proven and unproven): a batch lookup, 4,096 entries
+    /// per syscall; kernels without it get a key walk (one syscall per entry, and entries
+    /// evicted under the walk make it start over and count some twice).
     pub fn conntrack_entries(&self) -> Result<u64, MapError> {
-        if let aya::maps::Map::LruHashMap(data) = &self.conntrack {
-            let mut count = 0u64;
-            let walked =
-                batch::walk_hash::<FlowKey, Conn>(data.fd().as_fd(), u64::MAX, |keys, _| {
-                    count += keys.len() as u64;
-                    true
-                });
-            match walked {
-                Ok(_) => return Ok(count),
-                Err(error) => tracing::debug!(%error, "batch lookup refused, walking the keys"),
-            }
-        }
-        let map = HashMap::<&MapData, FlowKey, Conn>::try_from(&self.conntrack)?;
-        Ok(map.keys().filter(Result::is_ok).count() as u64)
+        Ok(count_entries(&self.conntrack)? + count_entries(&self.unproven)?)
     }
 
-    /// A handle of its own on the conntrack map (a dup'd descriptor), so that walks and
+    /// Handles of its own on the conntrack maps (dup'd descriptors), so that walks and
     /// deletes can run without borrowing these maps.
     pub fn conntrack_table(&self) -> Result<ConntrackTable, MapError> {
-        let aya::maps::Map::LruHashMap(data) = &self.conntrack else {
-            return Err(MapError::InvalidName {
-                name: MAP_CONNTRACK.to_owned(),
-            });
-        };
-        let fd = data.fd().as_fd().try_clone_to_owned().map_err(|io_error| {
-            MapError::SyscallError(aya::sys::SyscallError {
-                call: "dup",
-                io_error,
-            })
-        })?;
-        Ok(ConntrackTable::new(fd, self.conntrack_capacity))
+        Ok(ConntrackTable::new(
+            dup_lru(&self.conntrack, MAP_CONNTRACK)?,
+            self.conntrack_capacity,
+            dup_lru(&self.unproven, MAP_CT_UNPROVEN)?,
+            self.unproven_capacity,
+        ))
     }
 
-    /// The conntrack entry of a client → VIP flow.
-    pub fn conntrack_entry(&self, flow: &FlowKey) -> Result<Option<Conn>, MapError> {
-        let map = HashMap::<&MapData, FlowKey, Conn>::try_from(&self.conntrack)?;
-        match map.get(flow, 0) {
-            Ok(conn) => Ok(Some(conn)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(error) => Err(error),
+    /// The conntrack entry of a client → VIP flow, and whether it is proven.
+    pub fn tracked_entry(&self, flow: &FlowKey) -> Result<Option<(Conn, bool)>, MapError> {
+        for (map, proven) in [(&self.conntrack, true), (&self.unproven, false)] {
+            let map = HashMap::<&MapData, FlowKey, Conn>::try_from(map)?;
+            match map.get(flow, 0) {
+                Ok(conn) => return Ok(Some((conn, proven))),
+                Err(MapError::KeyNotFound) => {}
+                Err(error) => return Err(error),
+            }
         }
+        Ok(None)
     }
 
-    /// Writes a conntrack entry (tests age entries with it; flushes use `remove`).
+    /// The conntrack entry of a client → VIP flow, in either table.
+    pub fn conntrack_entry(&self, flow: &FlowKey) -> Result<Option<Conn>, MapError> {
+        Ok(self.tracked_entry(flow)?.map(|(conn, _)| conn))
+    }
+
+    /// Writes a conntrack entry where the flow is tracked (proven if it is nowhere yet):
+    /// tests age entries with it; flushes use `remove`.
     pub fn set_conntrack_entry(&mut self, flow: &FlowKey, conn: &Conn) -> Result<(), MapError> {
-        let mut map = HashMap::<&mut MapData, FlowKey, Conn>::try_from(&mut self.conntrack)?;
+        let proven = !matches!(self.tracked_entry(flow)?, Some((_, false)));
+        let table = if proven {
+            &mut self.conntrack
+        } else {
+            &mut self.unproven
+        };
+        let mut map = HashMap::<&mut MapData, FlowKey, Conn>::try_from(table)?;
         map.insert(flow, conn, 0)
     }
 
+    /// Removes a flow from both tables (absent from both: `KeyNotFound`).
     pub fn remove_conntrack_entry(&mut self, flow: &FlowKey) -> Result<(), MapError> {
-        let mut map = HashMap::<&mut MapData, FlowKey, Conn>::try_from(&mut self.conntrack)?;
-        map.remove(flow)
+        let mut removed = Err(MapError::KeyNotFound);
+        for table in [&mut self.conntrack, &mut self.unproven] {
+            let mut map = HashMap::<&mut MapData, FlowKey, Conn>::try_from(table)?;
+            match map.remove(flow) {
+                Ok(()) => removed = Ok(()),
+                Err(error) if missing(&error) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        removed
+    }
+
+    /// Records the MAC of an attached interface: frames to other MACs are not forwarded.
+    pub(crate) fn set_local_mac(&mut self, ifindex: u32, mac: [u8; 6]) -> Result<(), MapError> {
+        let value = LocalMac { mac, _pad: [0; 2] };
+        if self.local_macs.get(&ifindex, 0).ok() == Some(value) {
+            return Ok(());
+        }
+        self.local_macs.insert(ifindex, value, 0)
+    }
+
+    /// Forgets the MACs of interfaces no longer attached.
+    pub(crate) fn retain_local_macs(&mut self, keep: &[u32]) -> Result<(), MapError> {
+        let stale: Vec<u32> = self
+            .local_macs
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|ifindex| !keep.contains(ifindex))
+            .collect();
+        for ifindex in stale {
+            self.local_macs.remove(&ifindex)?;
+        }
+        Ok(())
     }
 
     /// A VIP's counters summed over CPUs.

@@ -20,8 +20,9 @@ use aya::{
     programs::links::{FdLink, PinnedLink},
 };
 use lb_common::{
-    consts::{LAYOUT_VERSION, MAP_BACKENDS, MAP_META, PINNED_MAPS},
+    consts::{LAYOUT_VERSION, MAP_BACKENDS, MAP_META, MAP_STATS, PINNED_MAPS},
     service::Layout,
+    stats::STAT_COUNT,
 };
 use rustix::{
     fs::{FlockOperation, flock, statfs},
@@ -307,6 +308,7 @@ impl PinDir {
                 found: layout.version,
             });
         }
+        self.renew_short_stats()?;
         let pinned = Limits {
             max_vips: layout.max_vips,
             maglev_size: layout.maglev_size,
@@ -327,6 +329,24 @@ impl PinDir {
             });
         }
         Ok(Some(pinned))
+    }
+
+    /// A release that counts more reasons than the one that pinned STATS cannot count them
+    /// in the old map: its pin is removed so the loader creates a larger one. The counters
+    /// start again from zero (the daemon's figures are rates and deltas); the flows, in
+    /// the other maps, are kept.
+    fn renew_short_stats(&self) -> Result<(), PinError> {
+        let path = self.map_path(MAP_STATS);
+        if !path.exists() || self.pinned_size(MAP_STATS)? >= STAT_COUNT {
+            return Ok(());
+        }
+        std::fs::remove_file(&path).map_err(io_error(&path))?;
+        info!(
+            dir = %self.path.display(),
+            counters = STAT_COUNT,
+            "the pinned STATS map predates this release's counters: counting starts again from zero"
+        );
+        Ok(())
     }
 
     /// The `max_entries` a pinned map was created with.

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use lb_common::{
     consts::{BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, NO_BACKEND},
-    flow::{Conn, Timeouts},
+    flow::{CT_FLAG_REPLY_SEEN, CT_FLAG_SYN_SEEN, Conn, PROVEN_AFTER_PACKETS, Timeouts},
     hash::{HashSeed, flow_hash},
     service::{Backend, VipInfo},
 };
@@ -89,8 +89,10 @@ impl Verdict {
 /// What the maps hold for one client → VIP flow, read with the keys the datapath builds.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Facts {
-    /// CONNTRACK[flow], and BACKENDS[its backend_id].
+    /// CONNTRACK[flow] (else CT_UNPROVEN[flow]), and BACKENDS[its backend_id].
     pub tracked: Option<(Conn, Backend)>,
+    /// The entry is in CONNTRACK (proven), not CT_UNPROVEN.
+    pub proven: bool,
     /// VIPS[destination address, port, protocol].
     pub vip: Option<VipInfo>,
     /// VIPS holds the address entry of the destination (a VIP on another port or protocol).
@@ -102,6 +104,46 @@ pub struct Facts {
     pub client_is_endpoint: bool,
     pub now_ns: u64,
     pub timeouts: Timeouts,
+}
+
+/// Why a tracked entry is proven, or what would prove it: conntrack.rs `proven`.
+pub fn admission_of(conn: &Conn, proven: bool, nat: bool) -> String {
+    if proven {
+        return "proven: only other proven flows can evict it, never a flood".to_owned();
+    }
+    let answered = conn.flags & CT_FLAG_REPLY_SEEN != 0;
+    let needs = if nat {
+        if answered {
+            "the client's next packet"
+        } else {
+            "a reply from the backend, then the client's next packet"
+        }
+    } else if conn.flags & CT_FLAG_SYN_SEEN != 0 {
+        "the client's ACK that completes the handshake"
+    } else {
+        "more packets from the client"
+    };
+    format!(
+        "unproven ({} of {PROVEN_AFTER_PACKETS} client packets{}): proven by {needs}, or at {PROVEN_AFTER_PACKETS} packets; until then a flood of new flows may evict it",
+        conn.packets,
+        if answered {
+            ", the backend answered"
+        } else {
+            ""
+        },
+    )
+}
+
+/// How a new flow would be tracked: conntrack.rs `insert` and `admit`.
+pub fn admission_of_new_flow(new_flow_limit: u32) -> String {
+    let guard = if new_flow_limit == 0 {
+        String::new()
+    } else {
+        format!(
+            ", unless its CPU already tracked {new_flow_limit} new flows this second (then it goes where Maglev says, untracked: ct_flood_untracked)"
+        )
+    };
+    format!("a new flow is tracked as unproven{guard}")
 }
 
 /// Where a flow falls in a VIP's Maglev tables: lb-ebpf select.rs `maglev`.
@@ -189,7 +231,15 @@ pub fn entry(facts: &Facts) -> Entry {
         None => Entry::Missing,
         // conntrack.rs `lookup`: expired when idle longer than `timeout_ns(state)`; the
         // same formula as `Conn::expired`, with the timeouts the program was loaded with.
-        Some((conn, _)) if conn.expired(facts.now_ns, &facts.timeouts) => Entry::Expired,
+        Some((conn, _)) if facts.proven && conn.expired(facts.now_ns, &facts.timeouts) => {
+            Entry::Expired
+        }
+        // The unproven table's timeout (`unproven_timeout_ns`).
+        Some((conn, _))
+            if !facts.proven && conn.expired_unproven(facts.now_ns, &facts.timeouts) =>
+        {
+            Entry::Expired
+        }
         Some((conn, backend)) if still_serves(conn, backend) => Entry::Serving,
         Some(_) => Entry::Stale,
     }
@@ -268,8 +318,36 @@ mod tests {
             slot: Some((2, backend(BACKEND_ACTIVE))),
             now_ns: 100 * NS,
             timeouts: DEFAULT_TIMEOUTS_NS,
+            proven: true,
             ..Facts::default()
         }
+    }
+
+    #[test]
+    fn an_unproven_entry_lives_no_longer_than_an_opening_one() {
+        let opening = DEFAULT_TIMEOUTS_NS[0];
+        let now = facts().now_ns;
+        let idle = |ns: u64, proven: bool| Facts {
+            tracked: Some((conn(now - ns), backend(BACKEND_ACTIVE))),
+            proven,
+            ..facts()
+        };
+        assert_eq!(entry(&idle(opening, false)), Entry::Serving);
+        assert_eq!(entry(&idle(opening + NS, false)), Entry::Expired);
+        assert_eq!(entry(&idle(opening + NS, true)), Entry::Serving);
+    }
+
+    #[test]
+    fn admission_says_what_proves_a_flow() {
+        let mut c = conn(0);
+        assert!(admission_of(&c, true, true).starts_with("proven"));
+        assert!(admission_of(&c, false, true).contains("a reply from the backend"));
+        c.flags = CT_FLAG_REPLY_SEEN;
+        assert!(admission_of(&c, false, true).contains("the client's next packet"));
+        c.flags = CT_FLAG_SYN_SEEN;
+        assert!(admission_of(&c, false, false).contains("handshake"));
+        assert!(admission_of_new_flow(0).ends_with("unproven"));
+        assert!(admission_of_new_flow(5).contains("5 new flows"));
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! ([`Limits`]) or free to change at every load ([`Options`]). Pure data and validation.
 
 use lb_common::{
-    consts::{CONNTRACK_CAPACITY, DEFAULT_MAGLEV_SIZE, MAX_BACKENDS, MAX_VIPS},
+    consts::{
+        CONNTRACK_CAPACITY, CT_UNPROVEN_DIVISOR, CT_UNPROVEN_FLOOR, DEFAULT_MAGLEV_SIZE,
+        DEFAULT_NEW_FLOW_LIMIT, MAX_BACKENDS, MAX_VIPS,
+    },
     encap::EncapSource,
     flow::{DEFAULT_TIMEOUTS_NS, Timeouts},
     hash::HashSeed,
@@ -101,6 +104,9 @@ pub struct Options {
     pub encap_v6: Option<EncapSource>,
     /// The cluster's hash seed (the same on every lb node).
     pub hash_seed: HashSeed,
+    /// New flows each CPU tracks per second before the rate guard stops tracking more
+    /// (`--new-flow-limit`; 0: no limit).
+    pub new_flow_limit: u32,
 }
 
 impl Default for Options {
@@ -112,6 +118,7 @@ impl Default for Options {
             encap_v4: None,
             encap_v6: None,
             hash_seed: [0; 2],
+            new_flow_limit: DEFAULT_NEW_FLOW_LIMIT,
         }
     }
 }
@@ -181,6 +188,12 @@ impl Limits {
         self.max_vips
             .saturating_mul(2)
             .saturating_mul(self.maglev_size)
+    }
+
+    /// Entries of the CT_UNPROVEN map: a fraction of CONNTRACK's, enough for the flows
+    /// that open within a few round trips (they are proven after one).
+    pub fn unproven_capacity(&self) -> u32 {
+        (self.conntrack_capacity / CT_UNPROVEN_DIVISOR).max(CT_UNPROVEN_FLOOR)
     }
 
     /// Entries of the ENDPOINTS map.

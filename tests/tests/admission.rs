@@ -1,0 +1,391 @@
+//! Golden packets for admission: new flows wait in CT_UNPROVEN until proven, a flood never
+//! evicts a proven flow, the rate guard stops tracking (never forwarding), replies keep
+//! datagram flows fresh, and frames for another MAC are the kernel's. The real program
+//! under BPF_PROG_TEST_RUN in a FibLab; forwarded packets are re-parsed and checked.
+
+use std::net::IpAddr;
+
+use lb_common::{
+    consts::{IPPROTO_TCP, IPPROTO_UDP, XDP_PASS, XDP_REDIRECT},
+    flow::{CT_ESTABLISHED, Conn, FlowKey, PROVEN_AFTER_PACKETS, Timeout},
+    stats::Stat,
+};
+use lb_tests::{
+    fiblab::{FibLab, add_dsr_vip, dsr_options},
+    packets::{Family, LB_MAC, Spec, Transport},
+    testrun::Datapath,
+    verify::verify,
+};
+use lb_userspace::{
+    control::balancer::wire_addr,
+    model::{
+        limits::{Limits, Options},
+        mode::Mode,
+    },
+};
+
+const CLIENT: &str = "198.18.0.1";
+const VIP: &str = "198.18.1.1";
+const DSR_VIP: &str = "198.18.1.20";
+const BACKENDS: [&str; 2] = ["198.18.2.2", "198.18.2.3"];
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("address")
+}
+
+fn key(client: IpAddr, port: u16, vip: IpAddr, vip_port: u16, proto: u8) -> FlowKey {
+    let (src, family) = wire_addr(client);
+    let (dst, _) = wire_addr(vip);
+    FlowKey {
+        src,
+        dst,
+        src_port: port,
+        dst_port: vip_port,
+        proto,
+        family,
+        _pad: [0; 2],
+    }
+}
+
+/// The flow's entry and whether it is in the proven table.
+fn tracked(datapath: &Datapath, flow: &FlowKey) -> Option<(Conn, bool)> {
+    datapath
+        .balancer
+        .maps()
+        .tracked_entry(flow)
+        .expect("read conntrack")
+}
+
+fn proven(datapath: &Datapath, flow: &FlowKey) -> Option<bool> {
+    tracked(datapath, flow).map(|(_, proven)| proven)
+}
+
+fn tcp(port: u16) -> Spec {
+    Spec::new(Family::V4, Transport::Tcp)
+        .between(ip(CLIENT), ip(VIP))
+        .ports(port, 80)
+}
+
+/// The backend's answer to `client_port`, from `backend` (a SYN: what moves the entry).
+fn reply_from(backend: IpAddr, client_port: u16, transport: Transport) -> Spec {
+    Spec::new(Family::V4, transport)
+        .between(backend, ip(CLIENT))
+        .ports(8080, client_port)
+}
+
+#[test]
+fn nat_tcp_is_proven_by_the_backends_answer_and_the_clients_ack() {
+    lb_tests::require_root!();
+    let lab = FibLab::new();
+    lab.with_datapath(|datapath, ids| {
+        let flow = key(ip(CLIENT), 42_000, ip(VIP), 80, IPPROTO_TCP);
+        datapath.set_ingress(ids.from_client);
+        let (out, delta) = datapath.run_counted(&tcp(42_000).build(&[]));
+        assert_eq!(out.action, XDP_REDIRECT, "{:?}", delta.moved());
+        assert_eq!(delta.packets(Stat::CtCreated), 1);
+        assert_eq!(proven(datapath, &flow), Some(false), "a SYN is unproven");
+        let backend = verify(&out.packet).dst;
+
+        // A blind ACK (no answer seen): still unproven.
+        datapath.run(&tcp(42_000).ack().build(&[]));
+        assert_eq!(
+            proven(datapath, &flow),
+            Some(false),
+            "an ACK without answer"
+        );
+
+        datapath.set_ingress(ids.from_backends);
+        let out = datapath.run(&reply_from(backend, 42_000, Transport::Tcp).build(&[]));
+        assert_eq!(out.action, XDP_REDIRECT);
+        assert_eq!(verify(&out.packet).src, ip(VIP));
+        assert_eq!(
+            proven(datapath, &flow),
+            Some(false),
+            "answered, not yet acked"
+        );
+
+        datapath.set_ingress(ids.from_client);
+        let (out, delta) = datapath.run_counted(&tcp(42_000).ack().build(b"GET"));
+        assert_eq!(out.action, XDP_REDIRECT);
+        assert_eq!(verify(&out.packet).dst, backend, "the same backend");
+        assert_eq!(delta.packets(Stat::CtPromoted), 1, "{:?}", delta.moved());
+        let (conn, in_proven) = tracked(datapath, &flow).expect("tracked");
+        assert!(in_proven, "moved to the proven table");
+        assert_eq!(conn.state, CT_ESTABLISHED);
+    });
+}
+
+#[test]
+fn a_mid_flow_miss_is_unproven_until_the_client_keeps_sending() {
+    lb_tests::require_root!();
+    let lab = FibLab::new();
+    lab.with_datapath(|datapath, ids| {
+        datapath.set_ingress(ids.from_client);
+        let flow = key(ip(CLIENT), 42_001, ip(VIP), 80, IPPROTO_TCP);
+        let ack = tcp(42_001).ack().build(b"data");
+        let mut backends = Vec::new();
+        for n in 1..=PROVEN_AFTER_PACKETS {
+            let (out, delta) = datapath.run_counted(&ack);
+            assert_eq!(out.action, XDP_REDIRECT, "{:?}", delta.moved());
+            backends.push(verify(&out.packet).dst);
+            let expected = n >= PROVEN_AFTER_PACKETS;
+            assert_eq!(proven(datapath, &flow), Some(expected), "after {n} packets");
+            if n == 1 {
+                assert_eq!(delta.packets(Stat::CtMissMidFlow), 1);
+                // Unproven, it lives no longer than an opening flow, not 3 hours.
+                let now = datapath.balancer.maps().tracked_entry(&flow).ok().flatten();
+                let (conn, _) = now.expect("tracked");
+                let opening = Timeout::TcpOpening.default_secs() * 1_000_000_000;
+                let aged = Conn {
+                    last_seen_ns: conn.last_seen_ns - opening - 1_000_000_000,
+                    ..conn
+                };
+                assert!(
+                    aged.expired_unproven(conn.last_seen_ns, &lb_common::flow::DEFAULT_TIMEOUTS_NS)
+                );
+                assert!(!aged.expired(conn.last_seen_ns, &lb_common::flow::DEFAULT_TIMEOUTS_NS));
+            }
+        }
+        backends.dedup();
+        assert_eq!(backends.len(), 1, "one backend throughout");
+    });
+}
+
+#[test]
+fn an_expired_unproven_mid_flow_entry_counts_as_absent() {
+    lb_tests::require_root!();
+    let lab = FibLab::new();
+    lab.with_datapath(|datapath, ids| {
+        datapath.set_ingress(ids.from_client);
+        let flow = key(ip(CLIENT), 42_002, ip(VIP), 80, IPPROTO_TCP);
+        let ack = tcp(42_002).ack().build(b"data");
+        datapath.run(&ack);
+        let (conn, _) = tracked(datapath, &flow).expect("tracked");
+        // Idle past the opening timeout: an established proven flow would still be live.
+        let idle = (Timeout::TcpOpening.default_secs() + 1) * 1_000_000_000;
+        let aged = Conn {
+            last_seen_ns: conn.last_seen_ns.saturating_sub(idle),
+            ..conn
+        };
+        datapath
+            .balancer
+            .maps_mut()
+            .set_conntrack_entry(&flow, &aged)
+            .expect("age the entry");
+        let (_, delta) = datapath.run_counted(&ack);
+        assert_eq!(delta.packets(Stat::CtExpired), 1, "{:?}", delta.moved());
+    });
+}
+
+#[test]
+fn dsr_tcp_is_proven_by_the_handshake_and_udp_by_packets() {
+    lb_tests::require_root!();
+    let lab = FibLab::new();
+    lab.with_datapath_loaded(Datapath::TEST_LIMITS, &dsr_options(), |datapath, ids| {
+        add_dsr_vip(datapath, ip(DSR_VIP), Mode::DsrIpip, &BACKENDS.map(ip));
+        datapath.set_ingress(ids.from_client);
+        let syn = Spec::new(Family::V4, Transport::Tcp)
+            .between(ip(CLIENT), ip(DSR_VIP))
+            .ports(42_010, 80);
+        let flow = key(ip(CLIENT), 42_010, ip(DSR_VIP), 80, IPPROTO_TCP);
+        let (out, delta) = datapath.run_counted(&syn.build(&[]));
+        assert_eq!(out.action, XDP_REDIRECT, "{:?}", delta.moved());
+        assert_eq!(proven(datapath, &flow), Some(false));
+        let (_, delta) = datapath.run_counted(&syn.ack().build(&[]));
+        assert_eq!(delta.packets(Stat::CtPromoted), 1, "{:?}", delta.moved());
+        assert_eq!(proven(datapath, &flow), Some(true), "handshake completed");
+
+        let udp = Spec::new(Family::V4, Transport::Udp)
+            .between(ip(CLIENT), ip(DSR_VIP))
+            .ports(42_011, 53);
+        let flow = key(ip(CLIENT), 42_011, ip(DSR_VIP), 53, IPPROTO_UDP);
+        for n in 1..=PROVEN_AFTER_PACKETS {
+            datapath.run(&udp.build(b"q"));
+            assert_eq!(
+                proven(datapath, &flow),
+                Some(n >= PROVEN_AFTER_PACKETS),
+                "after {n} datagrams"
+            );
+        }
+    });
+}
+
+#[test]
+fn nat_udp_replies_prove_and_refresh_their_flow() {
+    lb_tests::require_root!();
+    let lab = FibLab::new();
+    lab.with_datapath(|datapath, ids| {
+        datapath.set_ingress(ids.from_client);
+        let request = Spec::new(Family::V4, Transport::Udp)
+            .between(ip(CLIENT), ip(VIP))
+            .ports(42_020, 53);
+        let flow = key(ip(CLIENT), 42_020, ip(VIP), 53, IPPROTO_UDP);
+        let backend = verify(&datapath.run(&request.build(b"q")).packet).dst;
+        assert_eq!(proven(datapath, &flow), Some(false));
+
+        // Only the backend talks for a while: its replies keep the entry fresh.
+        let (conn, _) = tracked(datapath, &flow).expect("tracked");
+        let idle = (Timeout::Udp.default_secs() - 1) * 1_000_000_000;
+        let aged = Conn {
+            last_seen_ns: conn.last_seen_ns.saturating_sub(idle),
+            ..conn
+        };
+        datapath
+            .balancer
+            .maps_mut()
+            .set_conntrack_entry(&flow, &aged)
+            .expect("age the entry");
+        datapath.set_ingress(ids.from_backends);
+        let out = datapath.run(&reply_from(backend, 42_020, Transport::Udp).build(b"a"));
+        assert_eq!(out.action, XDP_REDIRECT);
+        let (after, _) = tracked(datapath, &flow).expect("tracked");
+        assert!(
+            after.last_seen_ns > aged.last_seen_ns,
+            "a reply refreshes its flow"
+        );
+
+        datapath.set_ingress(ids.from_client);
+        let (_, delta) = datapath.run_counted(&request.build(b"q"));
+        assert_eq!(delta.packets(Stat::CtPromoted), 1, "{:?}", delta.moved());
+        assert_eq!(
+            proven(datapath, &flow),
+            Some(true),
+            "answered, then asked again"
+        );
+    });
+}
+
+#[test]
+fn a_flood_never_evicts_proven_flows() {
+    lb_tests::require_root!();
+    const PROVEN: u16 = 50;
+    const FLOOD: u32 = 20_000;
+    let limits = Limits {
+        conntrack_capacity: 1024,
+        ..Datapath::TEST_LIMITS
+    };
+    let options = Options {
+        new_flow_limit: 0,
+        ..Options::default()
+    };
+    let lab = FibLab::new();
+    lab.with_datapath_loaded(limits, &options, |datapath, ids| {
+        datapath.set_ingress(ids.from_client);
+        // Proven flows: a datagram exchange each.
+        let mut pinned = Vec::new();
+        for port in 0..PROVEN {
+            let request = Spec::new(Family::V4, Transport::Udp)
+                .between(ip(CLIENT), ip(VIP))
+                .ports(30_000 + port, 53);
+            datapath.set_ingress(ids.from_client);
+            let backend = verify(&datapath.run(&request.build(b"q")).packet).dst;
+            datapath.set_ingress(ids.from_backends);
+            datapath.run(&reply_from(backend, 30_000 + port, Transport::Udp).build(b"a"));
+            datapath.set_ingress(ids.from_client);
+            datapath.run(&request.build(b"q"));
+            let flow = key(ip(CLIENT), 30_000 + port, ip(VIP), 53, IPPROTO_UDP);
+            assert_eq!(proven(datapath, &flow), Some(true), "port {port}");
+            pinned.push((flow, backend));
+        }
+        // A flood of new flows from random sources, twenty times the unproven table: a
+        // SYN then a blind ACK on each 5-tuple (the ACK finds the SYN's entry, which the
+        // kernel's LRU then takes for a used one, as it takes the proven flows).
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut flooded = 0;
+        for _ in 0..FLOOD / 2 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let src = std::net::Ipv4Addr::new(198, 18, 100 + (state >> 8) as u8 % 50, state as u8);
+            let spec = Spec::new(Family::V4, Transport::Tcp)
+                .between(IpAddr::V4(src), ip(VIP))
+                .ports(1024 + (state >> 16) as u16 % 60_000, 80);
+            for packet in [spec, spec.ack()] {
+                if datapath.run(&packet.build(&[])).action == XDP_REDIRECT {
+                    flooded += 1;
+                }
+            }
+        }
+        assert_eq!(
+            flooded, FLOOD,
+            "every flood packet still goes where Maglev says"
+        );
+        for (flow, backend) in &pinned {
+            let (_, in_proven) = tracked(datapath, flow).expect("a proven flow survives");
+            assert!(in_proven);
+            let again = Spec::new(Family::V4, Transport::Udp)
+                .between(ip(CLIENT), ip(VIP))
+                .ports(flow.src_port, 53);
+            let out = datapath.run(&again.build(b"q"));
+            assert_eq!(verify(&out.packet).dst, *backend);
+        }
+    });
+}
+
+#[test]
+fn past_the_new_flow_limit_flows_are_forwarded_untracked() {
+    lb_tests::require_root!();
+    const LIMIT: u32 = 5;
+    let options = Options {
+        new_flow_limit: LIMIT,
+        ..Options::default()
+    };
+    let lab = FibLab::new();
+    Datapath::stay_on_one_cpu();
+    lab.with_datapath_loaded(Datapath::TEST_LIMITS, &options, |datapath, ids| {
+        Datapath::stay_on_one_cpu();
+        datapath.set_ingress(ids.from_client);
+        let mut untracked = 0;
+        for port in 0..(LIMIT as u16 + 3) {
+            let (out, delta) = datapath.run_counted(&tcp(43_000 + port).build(&[]));
+            assert_eq!(out.action, XDP_REDIRECT, "forwarded: {:?}", delta.moved());
+            untracked += delta.packets(Stat::CtFloodUntracked);
+        }
+        // Test runs of one second's window: exactly LIMIT tracked unless the second
+        // turned over during the loop (then up to twice as many).
+        assert!((1..=3).contains(&untracked), "{untracked} untracked");
+        let flow = key(ip(CLIENT), 43_000, ip(VIP), 80, IPPROTO_TCP);
+        assert_eq!(proven(datapath, &flow), Some(false), "the first is tracked");
+    });
+}
+
+#[test]
+fn frames_for_another_mac_are_passed_untouched() {
+    lb_tests::require_root!();
+    let lab = FibLab::new();
+    lab.with_datapath(|datapath, ids| {
+        datapath.set_ingress(ids.from_client);
+        datapath
+            .balancer
+            .set_local_macs(&[(ids.from_client, LB_MAC)])
+            .expect("record the MAC");
+        let to_us = tcp(44_000).build(&[]);
+        let (out, delta) = datapath.run_counted(&to_us);
+        assert_eq!(out.action, XDP_REDIRECT, "{:?}", delta.moved());
+
+        for mac in [
+            [0x02, 0, 0, 0, 0, 0x99],
+            [0xff; 6],
+            [0x01, 0, 0x5e, 0, 0, 1],
+        ] {
+            let mut other = tcp(44_001).build(&[]);
+            other[..6].copy_from_slice(&mac);
+            let (out, delta) = datapath.run_counted(&other);
+            assert_eq!(out.action, XDP_PASS, "{mac:02x?}");
+            assert_eq!(out.packet, other, "untouched");
+            assert_eq!(delta.packets(Stat::PassOtherHost), 1, "{:?}", delta.moved());
+            assert_eq!(delta.packets(Stat::CtCreated), 0, "no flow");
+        }
+        // A backend's reply to another MAC is not translated either.
+        datapath.set_ingress(ids.from_backends);
+        datapath
+            .balancer
+            .set_local_macs(&[(ids.from_backends, LB_MAC)])
+            .expect("record the MAC");
+        let mut reply = reply_from(ip(BACKENDS[0]), 44_000, Transport::Tcp).build(&[]);
+        reply[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x98]);
+        let (out, delta) = datapath.run_counted(&reply);
+        assert_eq!(out.action, XDP_PASS);
+        assert_eq!(delta.packets(Stat::PassOtherHost), 1, "{:?}", delta.moved());
+    });
+}
