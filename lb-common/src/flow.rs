@@ -57,6 +57,9 @@ pub const CT_DATAGRAM: u8 = 4;
 pub const CT_FLAG_FIN_CLIENT: u8 = 1;
 /// The backend sent a FIN.
 pub const CT_FLAG_FIN_BACKEND: u8 = 2;
+/// The flow was kept on its backend while that backend was down (`ct_kept_on_down`
+/// counts it once, when this is set).
+pub const CT_FLAG_KEPT_ON_DOWN: u8 = 4;
 
 /// Idle timeouts, one per lifecycle state, indexing the datapath's timeout table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -167,6 +167,11 @@ stats! {
     // The route toward a DSR backend ends on this host or leaves through an interface lb
     // is not attached to: the kernel would send the untouched packet to the VIP again.
     DropDsrUnroutable = 56, "drop_dsr_unroutable", Reason;
+    // A tracked TCP flow kept on its backend while that backend is down (its VIP's
+    // --on-down keep-tcp): counted once per flow, when it is first kept.
+    CtKeptOnDown = 57, "ct_kept_on_down", Conntrack;
+    // A new flow from a client outside every --allow-source prefix of its VIP.
+    DropSourceNotAllowed = 58, "drop_source_not_allowed", Reason;
 }
 
 /// Number of slots in the stats map.

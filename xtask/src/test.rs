@@ -65,6 +65,8 @@ pub fn run() -> anyhow::Result<()> {
             "--test",
             "lifecycle",
             "--test",
+            "policy",
+            "--test",
             "icmp",
             "--test",
             "decap",
@@ -113,6 +115,8 @@ pub fn run() -> anyhow::Result<()> {
                 "cluster",
                 "--test",
                 "reload",
+                "--test",
+                "policy_lab",
                 "--test",
                 "soak",
             ])

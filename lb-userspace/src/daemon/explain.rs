@@ -5,7 +5,7 @@
 use std::{collections::HashMap, net::SocketAddr};
 
 use lb_common::{
-    consts::NO_BACKEND,
+    consts::{NO_BACKEND, VIP_FLAG_SOURCE_RANGES},
     encap::{MODE_DSR_L2, MODE_NAT},
     flow::{FlowKey, Timeout},
     service::{Backend, EndpointKey, VipKey},
@@ -166,6 +166,13 @@ impl Controller {
             Some(conn) => Some((conn, maps.backend(conn.backend_id).map_err(datapath_error)?)),
             None => None,
         };
+        // policy.rs `source_allowed`: asked only of a VIP with source prefixes.
+        let source_refused = match vip {
+            Some(info) if info.flags & VIP_FLAG_SOURCE_RANGES != 0 => !maps
+                .source_allowed(info.id, &key.src)
+                .map_err(datapath_error)?,
+            _ => false,
+        };
         // select.rs `maglev`.
         let size = self.balancer.limits().maglev_size;
         let seed = self.balancer.hash_seed();
@@ -183,6 +190,8 @@ impl Controller {
             vip_address,
             slot,
             client_is_endpoint,
+            proto: key.proto,
+            source_refused,
             now_ns: monotonic_coarse_ns(),
             timeouts: self.timeouts,
         };
@@ -271,6 +280,7 @@ pub(crate) fn sentence(a: &Explanation, entry: Entry, mode: Option<u8>) -> Strin
             let t = a.tracked.as_ref();
             let backend = t.map_or_else(String::new, |t| shown(&t.backend));
             let draining = t.is_some_and(|t| t.backend.state == "draining");
+            let down = t.is_some_and(|t| t.backend.state == "down");
             let mut s = format!(
                 "forwarded to {backend} ({}), the backend its conntrack entry pins it to ({}, {} s of idleness left)",
                 how(mode),
@@ -280,6 +290,12 @@ pub(crate) fn sentence(a: &Explanation, entry: Entry, mode: Option<u8>) -> Strin
             if draining {
                 s.push_str(&format!(
                     "; {backend} is draining: it keeps its tracked flows but gets no new ones"
+                ));
+            }
+            // select.rs `tracked`: only a TCP flow of a keep-tcp VIP stays on a down backend.
+            if down {
+                s.push_str(&format!(
+                    "; {backend} is down, and the flow is kept on it because its VIP keeps TCP flows on a down backend (--on-down keep-tcp, ct_kept_on_down)"
                 ));
             }
             s.push('.');
@@ -313,6 +329,10 @@ pub(crate) fn sentence(a: &Explanation, entry: Entry, mode: Option<u8>) -> Strin
             }
             s
         }
+        Verdict::DropSourceNotAllowed => format!(
+            "{} is outside every --allow-source prefix of {flow}: a flow it opens is dropped (drop_source_not_allowed); flows tracked before are not checked.",
+            a.client.ip()
+        ),
         Verdict::DropNoBackend => format!(
             "{flow} has no active backend in this slot of its live table (it has none, or every one is drained): dropped (drop_no_backend)."
         ),
@@ -347,7 +367,7 @@ mod tests {
     fn the_fixtures_say_what_the_daemon_says() {
         for (name, answer) in fixtures::explanations() {
             let (entry, mode) = match name {
-                "tracked_draining" => (Entry::Serving, Some(MODE_NAT)),
+                "tracked_draining" | "kept_on_down" => (Entry::Serving, Some(MODE_NAT)),
                 "rebalanced" => (Entry::Stale, Some(MODE_NAT)),
                 "new_flow_v6_dsr" => (Entry::Missing, Some(MODE_DSR_IPIP)),
                 _ => (Entry::Missing, None),

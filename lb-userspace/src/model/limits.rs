@@ -183,6 +183,14 @@ impl Limits {
             .saturating_mul(self.maglev_size)
     }
 
+    /// Entries of the SOURCE_RANGES trie: every VIP slot's most prefixes, and room for one
+    /// VIP's whole replacement (a change writes the new prefixes before the old ones go).
+    pub fn source_ranges_capacity(&self) -> u32 {
+        self.max_vips
+            .saturating_add(1)
+            .saturating_mul(lb_common::consts::MAX_SOURCE_RANGES_PER_VIP)
+    }
+
     /// Entries of the ENDPOINTS map.
     pub fn endpoints_capacity(&self) -> u32 {
         self.max_backends
