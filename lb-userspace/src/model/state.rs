@@ -211,7 +211,7 @@ pub enum ChangeError {
     #[error("VIP {service}: {error}")]
     Sources {
         service: Service,
-        error: SourcesError,
+        error: Box<SourcesError>,
     },
     #[error("weight {0} is out of range ({MIN_WEIGHT}..={MAX_WEIGHT})")]
     WeightOutOfRange(u32),
@@ -379,8 +379,11 @@ impl State {
                 service,
                 ref sources,
             } => {
-                let checked = check_sources(service.addr, sources)
-                    .map_err(|error| ChangeError::Sources { service, error })?;
+                let checked =
+                    check_sources(service.addr, sources).map_err(|error| ChangeError::Sources {
+                        service,
+                        error: Box::new(error),
+                    })?;
                 self.vip_mut(service)?.sources = checked;
             }
             Change::DelBackend { service, backend } => {
