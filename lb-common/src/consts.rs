@@ -75,6 +75,12 @@ pub const NEXTHOP_TTL_NS: u64 = 1_000_000_000;
 /// Address classes (`ADDRESS_*` bits) by `hash::address_bucket`: which buckets hold a VIP
 /// or a backend address, so that a packet for neither costs no hash lookup.
 pub const MAP_ADDRESSES: &str = "ADDRESSES";
+/// LPM trie of the client source prefixes each VIP accepts new flows from
+/// (`lb vip add --allow-source`), keyed by [`crate::service::SourceRange`]. Consulted only
+/// on a conntrack miss, and only for VIPs with [`VIP_FLAG_SOURCE_RANGES`] set.
+pub const MAP_SOURCE_RANGES: &str = "SOURCE_RANGES";
+/// Most source prefixes one VIP may have; the trie holds this many per VIP slot.
+pub const MAX_SOURCE_RANGES_PER_VIP: u32 = 64;
 /// Buckets of the ADDRESSES map (a power of two).
 pub const ADDRESS_BUCKETS: u32 = 1 << 14;
 /// Some VIP address falls in this bucket.
@@ -83,7 +89,7 @@ pub const ADDRESS_VIP: u32 = 1;
 pub const ADDRESS_BACKEND: u32 = 2;
 
 /// Every map that outlives a controller: pinned under the pin directory by these names.
-pub const PINNED_MAPS: [&str; 14] = [
+pub const PINNED_MAPS: [&str; 15] = [
     MAP_STATS,
     MAP_VIPS,
     MAP_BACKENDS,
@@ -97,9 +103,11 @@ pub const PINNED_MAPS: [&str; 14] = [
     MAP_JUMPS,
     MAP_ADDRESSES,
     // Added after layout 5 was released: a pin directory of that release lacks them, and
-    // the loader creates and pins them at adoption (the layout version stays 5).
+    // the loader creates and pins them at adoption (the layout version stays 5;
+    // SOURCE_RANGES starts empty, as a VIP without ranges needs it).
     MAP_CT_UNPROVEN,
     MAP_LOCAL_MACS,
+    MAP_SOURCE_RANGES,
 ];
 
 /// Version of the map layout (key/value types and indexing). Bump it with any change to a
@@ -201,9 +209,17 @@ pub const BACKEND_UNUSED: u8 = 0;
 pub const BACKEND_ACTIVE: u8 = 1;
 /// Keeps its established flows, takes no new ones (an operator's drain).
 pub const BACKEND_DRAINING: u8 = 2;
-/// Failed its health check: takes no new flows and loses its tracked ones, which are
-/// balanced again to a live backend.
+/// Failed its health check: takes no new flows; its tracked flows are balanced again to a
+/// live backend, except TCP flows when [`BACKEND_FLAG_KEEP_TCP_ON_DOWN`] is set.
 pub const BACKEND_DOWN: u8 = 3;
+
+/// `Backend::flags`: its VIP's `--on-down keep-tcp`. A tracked TCP flow stays on this
+/// backend while it is down; UDP flows and new flows still move.
+pub const BACKEND_FLAG_KEEP_TCP_ON_DOWN: u8 = 1;
+
+/// `VipInfo::flags`: the VIP has source ranges in `SOURCE_RANGES`; a new flow from a
+/// client outside all of them is dropped. Clear: any client (no trie lookup).
+pub const VIP_FLAG_SOURCE_RANGES: u8 = 1;
 
 /// XDP action values (kernel ABI, `enum xdp_action`), for userspace and tests; the datapath
 /// uses aya-ebpf's bindings.

@@ -70,6 +70,9 @@ pub const CT_FLAG_REPLY_SEEN: u8 = 8;
 /// sends one packet per source, a real client keeps talking (datagram flows, DSR flows
 /// whose replies lb never sees, connections that began before lb saw them).
 pub const PROVEN_AFTER_PACKETS: u8 = 4;
+/// The flow was kept on its backend while that backend was down (`ct_kept_on_down`
+/// counts it once, when this is set).
+pub const CT_FLAG_KEPT_ON_DOWN: u8 = 16;
 
 /// Idle timeouts, one per lifecycle state, indexing the datapath's timeout table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -62,7 +62,9 @@ pub struct VipInfo {
     /// `encap::MODE_*`: how the VIP's packets reach its backends (read back on adoption;
     /// the datapath follows each backend's copy).
     pub mode: u8,
-    pub _pad: [u8; 2],
+    /// `VIP_FLAG_*` bits (one of the two bytes that were padding: the layout is unchanged).
+    pub flags: u8,
+    pub _pad: [u8; 1],
 }
 
 #[cfg(feature = "user")]
@@ -88,11 +90,42 @@ pub struct Backend {
     pub generation: u32,
     /// Its VIP's `encap::MODE_*`, here so that a tracked flow's packet needs no VIP lookup.
     pub mode: u8,
-    pub _pad: [u8; 3],
+    /// `BACKEND_FLAG_*` bits: its VIP's policies a tracked flow needs, copied here as
+    /// `mode` is (one of the three bytes that were padding: the layout is unchanged).
+    pub flags: u8,
+    pub _pad: [u8; 2],
 }
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Backend {}
+
+/// The data of a SOURCE_RANGES key (the LPM trie's key is its prefix length, then this):
+/// the VIP's id, matched in full, then the client address as [`Addr`] stores it (IPv4 in
+/// the first four bytes). A prefix of `len` bits is stored with prefix length
+/// [`source_prefix_len`]`(len)`, so it only ever matches clients of its own VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceRange {
+    /// Host byte order; every bit is inside the matched prefix, so the order is never
+    /// compared against anything but itself.
+    pub vip_id: u32,
+    pub addr: Addr,
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SourceRange {}
+
+/// Bits of [`SourceRange`] before the address: the VIP id, always matched.
+pub const SOURCE_RANGE_VIP_BITS: u32 = 32;
+
+/// The LPM prefix length of a source prefix of `len` address bits.
+pub const fn source_prefix_len(len: u8) -> u32 {
+    SOURCE_RANGE_VIP_BITS + len as u32
+}
+
+/// The LPM prefix length a client address is looked up with (every bit of the key: the
+/// longest stored prefix that contains it answers).
+pub const SOURCE_LOOKUP_LEN: u32 = SOURCE_RANGE_VIP_BITS + 128;
 
 /// Key of the ENDPOINTS map: a backend's address, port (host order) and protocol, as the
 /// source of its replies. `port == 0 && proto == 0` marks an address entry, present once
@@ -141,3 +174,23 @@ pub struct Layout {
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for Layout {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_new_flag_bytes_keep_the_pinned_layouts() {
+        // Pinned maps of the previous release hold these types: their sizes must not move.
+        assert_eq!(core::mem::size_of::<VipInfo>(), 8);
+        assert_eq!(core::mem::size_of::<Backend>(), 36);
+        assert_eq!(core::mem::size_of::<SourceRange>(), 20);
+    }
+
+    #[test]
+    fn a_source_prefix_always_matches_its_vip_id_in_full() {
+        assert_eq!(source_prefix_len(0), 32);
+        assert_eq!(source_prefix_len(24), 56);
+        assert_eq!(source_prefix_len(128), SOURCE_LOOKUP_LEN);
+    }
+}

@@ -178,6 +178,11 @@ stats! {
     // ... and a new flow not tracked at all: this CPU tracked its --new-flow-limit this
     // second (the flow still goes where Maglev says).
     CtFloodUntracked = 59, "ct_flood_untracked", Conntrack;
+    // A tracked TCP flow kept on its backend while that backend is down (its VIP's
+    // --on-down keep-tcp): counted once per flow, when it is first kept.
+    CtKeptOnDown = 60, "ct_kept_on_down", Conntrack;
+    // A new flow from a client outside every --allow-source prefix of its VIP.
+    DropSourceNotAllowed = 61, "drop_source_not_allowed", Reason;
 }
 
 /// Number of slots in the stats map.

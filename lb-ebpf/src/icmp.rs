@@ -193,8 +193,8 @@ fn flow_backend(flow: &FlowKey, vip: &VipInfo, now: u64) -> Option<(u32, &'stati
     let tracked = match conntrack::lookup(flow, now) {
         Lookup::Live(conn, _) => {
             // SAFETY: a live entry is valid for this run (RCU).
-            let conn = unsafe { &*conn };
-            select::tracked(conn).map(|backend| (conn.backend_id, backend))
+            let conn = unsafe { &mut *conn };
+            select::tracked(conn, flow.proto).map(|backend| (conn.backend_id, backend))
         }
         _ => None,
     };

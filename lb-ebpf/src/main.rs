@@ -17,6 +17,7 @@ mod lookup;
 mod maps;
 mod nat;
 mod parse;
+mod policy;
 mod select;
 mod stats;
 mod too_big;
@@ -253,7 +254,7 @@ fn chosen_backend(
         let conn = unsafe { &mut *slot };
         // The entry's key is the VIP's address, port and protocol, and its backend still
         // serving the entry's VIP says the VIP is still there.
-        if let Some(backend) = select::tracked(conn) {
+        if let Some(backend) = select::tracked(conn, packet.flow.proto) {
             if ttl_expires(ctx, packet) {
                 return Some(Err(Outcome::pass(Stat::PassTtlExceeded)));
             }
@@ -267,6 +268,9 @@ fn chosen_backend(
         }
     }
     let vip = lookup::service(&packet.flow)?;
+    if !policy::source_allowed(&vip, &packet.flow) {
+        return Some(Err(Outcome::drop(Stat::DropSourceNotAllowed)));
+    }
     // The kernel answers with ICMP time exceeded; nothing is rewritten.
     if ttl_expires(ctx, packet) {
         return Some(Err(Outcome::pass(Stat::PassTtlExceeded)));

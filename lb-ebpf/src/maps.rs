@@ -2,19 +2,19 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
     consts::{
         ADDRESS_BUCKETS, CONNTRACK_CAPACITY, CT_UNPROVEN_DIVISOR, DEFAULT_MAGLEV_SIZE,
         DEFAULT_NEW_FLOW_LIMIT, ENDPOINTS_CAPACITY, FAMILY_V4, HOP_SLOTS, LocalMac, MAX_BACKENDS,
-        MAX_TX_PORTS, MAX_VIPS, RateWindow, TAIL_PROGRAMS,
+        MAX_SOURCE_RANGES_PER_VIP, MAX_TX_PORTS, MAX_VIPS, RateWindow, TAIL_PROGRAMS,
     },
     encap::{EncapArgs, EncapSource},
     flow::{Conn, DEFAULT_TIMEOUTS_NS, FlowKey, NextHop, Timeouts},
     hash::HashSeed,
     icmp::{RateBucket, TooBigArgs},
-    service::{Backend, Endpoint, EndpointKey, Layout, VipInfo, VipKey},
+    service::{Backend, Endpoint, EndpointKey, Layout, SourceRange, VipInfo, VipKey},
     stats::{Counter, STAT_COUNT, VipCounter},
 };
 
@@ -86,6 +86,12 @@ pub static HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(HOP_SLOTS,
 /// VIP or backend address there, clears them after the last one goes).
 #[map(name = "ADDRESSES")]
 pub static ADDRESSES: Array<u32> = Array::with_max_entries(ADDRESS_BUCKETS, 0);
+
+/// (VIP id, client prefix) → 1: the clients a VIP with `VIP_FLAG_SOURCE_RANGES` accepts new
+/// flows from. Userspace sizes it from `--max-vips` at load time.
+#[map(name = "SOURCE_RANGES")]
+pub static SOURCE_RANGES: LpmTrie<SourceRange, u32> =
+    LpmTrie::with_max_entries(MAX_VIPS * MAX_SOURCE_RANGES_PER_VIP, 0);
 
 /// Egress interfaces a route pointed at that lb is not attached to (ifindex → 1), for
 /// the daemon to name in a warning.

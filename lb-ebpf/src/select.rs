@@ -1,13 +1,21 @@
 //! Backend selection: flow hash → slot of the VIP's live Maglev table → backend.
 
 use lb_common::{
-    consts::{BACKEND_ACTIVE, BACKEND_DRAINING, NO_BACKEND},
-    flow::{Conn, FlowKey},
+    consts::{
+        BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_FLAG_KEEP_TCP_ON_DOWN, IPPROTO_TCP,
+        NO_BACKEND,
+    },
+    flow::{CT_FLAG_KEPT_ON_DOWN, Conn, FlowKey},
     hash::flow_hash,
     service::{Backend, VipInfo},
 };
 
-use crate::maps::{BACKENDS, MAGLEV, hash_seed, maglev_size};
+use lb_common::stats::Stat;
+
+use crate::{
+    maps::{BACKENDS, MAGLEV, hash_seed, maglev_size},
+    stats,
+};
 
 /// The backend Maglev assigns to `flow`, if it is active.
 #[inline(always)]
@@ -30,11 +38,30 @@ pub fn maglev(vip: &VipInfo, flow: &FlowKey) -> Option<(u32, &'static Backend)> 
 /// A tracked flow's backend, if it is still the one the flow was pinned to and still
 /// serves the flow's VIP (a deleted VIP's backends are retired, so this also says the VIP
 /// is still there). Draining backends keep their flows; a backend marked down loses them,
-/// and an id retired and given to another backend (another generation) never takes them.
+/// but for TCP flows (`proto`) when its VIP says `--on-down keep-tcp` (the flow is marked
+/// and counted the first time); an id retired and given to another backend (another
+/// generation) never takes them.
 #[inline(always)]
-pub fn tracked(conn: &Conn) -> Option<&'static Backend> {
+pub fn tracked(conn: &mut Conn, proto: u8) -> Option<&'static Backend> {
     let backend = BACKENDS.get(conn.backend_id)?;
-    let serving = backend.state == BACKEND_ACTIVE || backend.state == BACKEND_DRAINING;
-    (serving && backend.vip_id == conn.vip_id && backend.generation == conn.generation)
-        .then_some(backend)
+    if backend.vip_id != conn.vip_id || backend.generation != conn.generation {
+        return None;
+    }
+    match backend.state {
+        BACKEND_ACTIVE | BACKEND_DRAINING => Some(backend),
+        BACKEND_DOWN if keeps_on_down(backend, proto) => {
+            if conn.flags & CT_FLAG_KEPT_ON_DOWN == 0 {
+                conn.flags |= CT_FLAG_KEPT_ON_DOWN;
+                stats::count_event(Stat::CtKeptOnDown);
+            }
+            Some(backend)
+        }
+        _ => None,
+    }
+}
+
+/// Whether a down backend keeps a tracked flow of `proto` (its VIP's `--on-down`).
+#[inline(always)]
+const fn keeps_on_down(backend: &Backend, proto: u8) -> bool {
+    proto == IPPROTO_TCP && backend.flags & BACKEND_FLAG_KEEP_TCP_ON_DOWN != 0
 }

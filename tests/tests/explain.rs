@@ -278,7 +278,14 @@ fn a_draining_backend_keeps_its_flow_and_a_failing_one_loses_it() {
         .map(|b| Some(Servers::start(std::slice::from_ref(b))))
         .collect();
     let drained_vip = SocketAddr::new(lab.vip(false), WHO_PORT);
-    add_vip(&instance, &lab, drained_vip, WHO_PORT, &[]);
+    // Step 4 fails a backend under a live connection and expects it to move.
+    add_vip(
+        &instance,
+        &lab,
+        drained_vip,
+        WHO_PORT,
+        &["--on-down", "move"],
+    );
 
     // 3. Drain the backend of a live connection.
     let mut connection = lab

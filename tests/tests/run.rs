@@ -536,3 +536,39 @@ fn tells_systemd_ready_once_attached_and_serving_and_stopping_on_sigterm() {
     assert!(lab.lb.has_xdp(), "stopping the daemon keeps the datapath");
     lab.instance.down();
 }
+
+/// The release before source ranges pinned no SOURCE_RANGES: its pins are adopted as they
+/// are (same layout version), the missing map is created and pinned at load, and the state
+/// file's prefixes are written into it.
+#[test]
+fn pins_of_the_release_before_source_ranges_are_adopted() {
+    lb_tests::require_root!();
+    use lb_common::consts::MAP_SOURCE_RANGES;
+    let lab = Lab::new();
+    let daemon = lab.start(&[]);
+    let vip = "198.18.1.1:80";
+    lab.instance
+        .ok(&["vip", "add", vip, "--allow-source", "198.18.0.0/24"]);
+    lab.instance.ok(&["backend", "add", vip, "198.18.0.9:8080"]);
+    let (status, _) = daemon.terminate();
+    assert!(status.success());
+    let pin = lab.instance.pin_dir.join(MAP_SOURCE_RANGES);
+    std::fs::remove_file(&pin).expect("SOURCE_RANGES was pinned");
+
+    let daemon = lab.start(&[]);
+    assert!(
+        pin.exists(),
+        "created and pinned when the pins were adopted"
+    );
+    let listed = lab.instance.ok(&["vip", "list", "--json"]);
+    assert!(listed.contains("198.18.0.0/24"), "{listed}");
+    let verdict = |client: &str| -> String {
+        let answer = lab.instance.ok(&["explain", client, vip, "--json"]);
+        let answer: serde_json::Value = serde_json::from_str(&answer).expect("JSON");
+        answer["verdict"].as_str().unwrap_or_default().to_owned()
+    };
+    assert_eq!(verdict("198.18.0.1:4000"), "new-flow");
+    assert_eq!(verdict("198.18.5.1:4000"), "drop-source-not-allowed");
+    lab.instance.down();
+    drop(daemon);
+}

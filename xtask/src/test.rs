@@ -67,6 +67,8 @@ pub fn run() -> anyhow::Result<()> {
             "--test",
             "lifecycle",
             "--test",
+            "policy",
+            "--test",
             "icmp",
             "--test",
             "decap",
@@ -115,6 +117,8 @@ pub fn run() -> anyhow::Result<()> {
                 "cluster",
                 "--test",
                 "reload",
+                "--test",
+                "policy_lab",
                 "--test",
                 "soak",
             ])

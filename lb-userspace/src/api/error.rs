@@ -40,6 +40,8 @@ pub enum ErrorCode {
     /// A change that changes nothing (`backend set` without a field).
     NothingToChange,
     InvalidCheck,
+    /// A VIP's source prefixes: of the other family, given twice, or too many.
+    InvalidSources,
     TooManyVips,
     TooManyBackends,
     /// Forwarding is off for the VIP's family on an attached interface.
@@ -101,6 +103,7 @@ impl From<&ChangeError> for ErrorCode {
             ChangeError::ModeChangeWithBackends { .. } => ErrorCode::ModeChangeWithBackends,
             ChangeError::DsrPortMismatch { .. } => ErrorCode::DsrPortMismatch,
             ChangeError::DsrFamily { .. } => ErrorCode::DsrFamily,
+            ChangeError::Sources { .. } => ErrorCode::InvalidSources,
         }
     }
 }

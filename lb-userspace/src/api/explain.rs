@@ -57,7 +57,8 @@ pub struct BackendStatus {
     /// `null` when the backend was removed (its address is no longer known).
     pub backend: Option<SocketAddr>,
     /// The datapath's BACKENDS state: `active` (takes new flows), `draining` (keeps its
-    /// flows), `down` (failing its check: loses its flows) or `removed`.
+    /// flows), `down` (failing its check: loses its flows, but TCP ones under its VIP's
+    /// `--on-down keep-tcp`) or `removed`.
     pub state: String,
     pub weight: Option<u32>,
     /// `up`, `down` or `unchecked`.

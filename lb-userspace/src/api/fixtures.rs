@@ -13,6 +13,7 @@ use crate::model::{
     health::{Health, Transition},
     memory::{MapMemory, MemoryReport},
     mode::Mode,
+    policy::OnDown,
     state::Proto,
 };
 
@@ -29,6 +30,11 @@ pub(crate) fn vips() -> Vec<VipEntry> {
             vip: sock("198.18.1.1:80"),
             proto: Proto::Tcp,
             mode: Mode::Nat,
+            on_down: OnDown::KeepTcp,
+            allow_sources: vec![
+                "198.18.0.0/24".parse().expect("fixture prefix"),
+                "198.19.0.0/16".parse().expect("fixture prefix"),
+            ],
             check: Some(CheckConfig {
                 probe: "http:/healthz".to_owned(),
                 interval: Some(2.0),
@@ -48,6 +54,8 @@ pub(crate) fn vips() -> Vec<VipEntry> {
             vip: sock("[fd00::1]:53"),
             proto: Proto::Udp,
             mode: Mode::DsrIpip,
+            on_down: OnDown::Move,
+            allow_sources: Vec::new(),
             check: None,
             backends: 1,
             active: 1,
@@ -386,6 +394,29 @@ pub(crate) fn explanations() -> Vec<(&'static str, super::explain::Explanation)>
                 ..v4(
                     Verdict::NewFlow,
                     "The flow is not tracked: Maglev sends it to 198.18.12.2:8080 (slot 24576, destination NAT) and tracks it. A SYN is tracked as opening; any other segment but a RST goes there too and is tracked as established, unproven for at most the opening timeout (ct_miss_mid_flow); a RST goes there untracked (ct_rst_untracked).",
+                )
+            },
+        ),
+        (
+            "kept_on_down",
+            Explanation {
+                tracked: Some(tracked(
+                    "established",
+                    backend("198.18.11.2:8080", "down", Health::Down, false),
+                )),
+                ..v4(
+                    Verdict::ForwardTracked,
+                    "Forwarded to 198.18.11.2:8080 (destination NAT), the backend its conntrack entry pins it to (established, 10797 s of idleness left); 198.18.11.2:8080 is down, and the flow is kept on it because its VIP keeps TCP flows on a down backend (--on-down keep-tcp, ct_kept_on_down). A SYN on this 5-tuple (a reused client port) would open a new connection instead, balanced to 198.18.12.2:8080 (slot 24576).",
+                )
+            },
+        ),
+        (
+            "source_not_allowed",
+            Explanation {
+                client: sock("198.18.100.5:40000"),
+                ..v4(
+                    Verdict::DropSourceNotAllowed,
+                    "198.18.100.5 is outside every --allow-source prefix of 198.18.1.1:80/tcp: a flow it opens is dropped (drop_source_not_allowed); flows tracked before are not checked.",
                 )
             },
         ),

@@ -12,6 +12,8 @@ use crate::{
     model::health::{Health, Transition},
     model::memory::MemoryReport,
     model::mode::Mode,
+    model::policy::OnDown,
+    model::prefix::Prefix,
     model::reload::Difference,
     model::state::{DEFAULT_WEIGHT, Proto},
 };
@@ -45,6 +47,13 @@ pub enum Request {
         /// Forwarding mode; `nat` when absent.
         #[serde(default)]
         mode: Mode,
+        /// What a down backend's tracked flows do; `keep-tcp` when absent.
+        #[serde(default)]
+        on_down: OnDown,
+        /// Clients that may open flows (prefixes of the VIP's family); empty or absent:
+        /// any client.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        allow_sources: Vec<Prefix>,
     },
     /// Changes a VIP's forwarding mode (refused while it has backends).
     VipSetMode {
@@ -192,6 +201,12 @@ pub struct VipEntry {
     pub vip: SocketAddr,
     pub proto: Proto,
     pub mode: Mode,
+    /// What a down backend's tracked flows do: `keep-tcp` or `move`.
+    #[serde(default)]
+    pub on_down: OnDown,
+    /// Clients that may open flows; empty: any client.
+    #[serde(default)]
+    pub allow_sources: Vec<Prefix>,
     /// The health check, as given (`null` when unchecked).
     pub check: Option<CheckConfig>,
     pub backends: usize,

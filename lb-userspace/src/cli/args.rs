@@ -22,6 +22,7 @@ use crate::{
     model::decap::Prefix,
     model::limits::{BACKENDS_CEILING, Options, VIPS_CEILING},
     model::mode::{self, Mode},
+    model::policy::OnDown,
     model::state::{DEFAULT_WEIGHT, MAX_WEIGHT, MIN_WEIGHT, Proto},
 };
 
@@ -414,6 +415,17 @@ pub(crate) enum VipCommand {
         /// README's "Forwarding modes".
         #[arg(long, default_value = "nat")]
         mode: Mode,
+        /// What the tracked flows of a backend its health check marks down do: keep-tcp
+        /// (TCP flows stay on it, UDP flows and new flows move) or move (every flow moves;
+        /// a moved TCP connection is reset by its new backend).
+        #[arg(long, value_name = "POLICY", default_value = "keep-tcp")]
+        on_down: OnDown,
+        /// Only clients inside this prefix may open flows to the VIP (repeat the flag, at
+        /// most 64; the VIP's family; host bits must be zero). Default: any client.
+        /// Checked for new flows only. XDP bypasses the host firewall: nftables/iptables
+        /// on the lb never see VIP traffic.
+        #[arg(long = "allow-source", value_name = "PREFIX", value_parser = parse_prefix, action = clap::ArgAction::Append)]
+        allow_sources: Vec<Prefix>,
     },
     /// Change a VIP's forwarding mode (only while it has no backends).
     SetMode {
@@ -646,6 +658,16 @@ fn parse_prefix_v6(text: &str) -> Result<Prefix, String> {
     Ok(prefix)
 }
 
+impl ValueEnum for OnDown {
+    fn value_variants<'a>() -> &'a [Self] {
+        &OnDown::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.name()))
+    }
+}
+
 impl ValueEnum for Mode {
     fn value_variants<'a>() -> &'a [Self] {
         &Mode::ALL
@@ -678,6 +700,64 @@ mod tests {
     #[test]
     fn definitions_are_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn vip_add_takes_policies_and_refuses_bad_ones_by_name() {
+        let cli = Cli::try_parse_from([
+            "lb",
+            "vip",
+            "add",
+            "198.18.1.1:80",
+            "--allow-source",
+            "198.18.0.0/24",
+            "--allow-source",
+            "198.19.0.7",
+            "--on-down",
+            "move",
+        ])
+        .expect("valid arguments");
+        let Command::Vip(VipCommand::Add {
+            on_down,
+            allow_sources,
+            ..
+        }) = cli.command
+        else {
+            panic!("not vip add");
+        };
+        assert_eq!(on_down, OnDown::Move);
+        let shown: Vec<String> = allow_sources.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["198.18.0.0/24", "198.19.0.7/32"]);
+        let Command::Vip(VipCommand::Add { on_down, .. }) =
+            Cli::try_parse_from(["lb", "vip", "add", "198.18.1.1:80"])
+                .expect("valid")
+                .command
+        else {
+            panic!("not vip add");
+        };
+        assert_eq!(on_down, OnDown::KeepTcp, "the default");
+        for (flag, value, reason) in [
+            (
+                "--allow-source",
+                "198.18.0.1/24",
+                "host bits are set (the prefix is 198.18.0.0/24)",
+            ),
+            ("--allow-source", "fd00::/129", "0 to 128"),
+            ("--allow-source", "10/8", "not an IP address"),
+            ("--on-down", "keep", "keep-tcp"),
+        ] {
+            let error = Cli::try_parse_from(["lb", "vip", "add", "198.18.1.1:80", flag, value])
+                .expect_err(value);
+            assert!(
+                matches!(
+                    error.kind(),
+                    ErrorKind::InvalidValue | ErrorKind::ValueValidation
+                ),
+                "{value}: {:?}",
+                error.kind()
+            );
+            assert!(error.to_string().contains(reason), "{value}: {error}");
+        }
     }
 
     #[test]

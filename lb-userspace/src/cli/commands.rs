@@ -49,6 +49,8 @@ pub(crate) fn vip(socket: &Path, command: VipCommand) -> anyhow::Result<()> {
             service: s,
             check,
             mode,
+            on_down,
+            allow_sources,
         } => done(
             socket,
             &Request::VipAdd {
@@ -56,6 +58,8 @@ pub(crate) fn vip(socket: &Path, command: VipCommand) -> anyhow::Result<()> {
                 proto: s.proto,
                 check: check.config(),
                 mode,
+                on_down,
+                allow_sources: allow_sources.clone(),
             },
             format!(
                 "added VIP {}/{} ({mode}){}",

@@ -19,6 +19,8 @@ pub(crate) fn vip_table(vips: &[VipEntry]) -> Table {
         "VIP",
         "PROTO",
         "MODE",
+        "ON DOWN",
+        "SOURCES",
         "BACKENDS",
         "ACTIVE",
         "PACKETS",
@@ -31,6 +33,16 @@ pub(crate) fn vip_table(vips: &[VipEntry]) -> Table {
             v.vip.to_string(),
             v.proto.to_string(),
             v.mode.to_string(),
+            v.on_down.to_string(),
+            if v.allow_sources.is_empty() {
+                "any".to_owned()
+            } else {
+                v.allow_sources
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
             v.backends.to_string(),
             v.active.to_string(),
             v.packets.to_string(),

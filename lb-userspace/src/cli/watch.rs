@@ -220,6 +220,8 @@ mod tests {
                 vip,
                 proto: Proto::Udp,
                 mode: Default::default(),
+                on_down: Default::default(),
+                allow_sources: Vec::new(),
                 check: None,
                 backends: 1,
                 active: 1,

@@ -15,9 +15,13 @@ use std::{
 use lb_common::{
     consts::{
         BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNUSED, FAMILY_V4, FAMILY_V6,
+        VIP_FLAG_SOURCE_RANGES,
     },
     hash::HashSeed,
-    service::{Addr, Backend, Endpoint, EndpointKey, VipInfo, VipKey, addr_from_v4},
+    service::{
+        Addr, Backend, Endpoint, EndpointKey, SOURCE_RANGE_VIP_BITS, SourceRange, VipInfo, VipKey,
+        addr_from_v4, source_prefix_len,
+    },
 };
 use thiserror::Error;
 use tracing::warn;
@@ -27,7 +31,8 @@ use crate::model::state::{
 };
 use crate::{
     control::map_writer::MapWriter, datapath::maps::ServiceMaps, model::health::HealthKey,
-    model::limits::Limits, model::maglev, model::mode::Mode,
+    model::limits::Limits, model::maglev, model::mode::Mode, model::policy::OnDown,
+    model::prefix::Prefix,
 };
 
 #[derive(Debug, Error)]
@@ -49,6 +54,10 @@ struct VipSlot {
     active_table: u8,
     /// The mode the maps hold for the VIP and its backends.
     mode: Mode,
+    /// The on-down policy its BACKENDS entries carry.
+    on_down: OnDown,
+    /// Whether its VIPS entry has `VIP_FLAG_SOURCE_RANGES` set.
+    filtered: bool,
     backend_ids: BTreeMap<SocketAddr, u32>,
     /// [`maglev::fingerprint`] of the live table.
     fingerprint: u64,
@@ -120,6 +129,19 @@ fn endpoint_key(addr: &SocketAddr, proto: u8) -> EndpointKey {
         proto,
         family,
     }
+}
+
+/// The SOURCE_RANGES key of one of a VIP's source prefixes: (LPM prefix length, data).
+pub fn source_range(vip_id: u32, prefix: &Prefix) -> (u32, SourceRange) {
+    let (addr, _) = wire_addr(prefix.addr);
+    (source_prefix_len(prefix.len), SourceRange { vip_id, addr })
+}
+
+/// The prefix a SOURCE_RANGES key holds, read as one of a VIP of `family`.
+fn prefix_of(prefix_len: u32, range: &SourceRange, family: u8) -> Option<Prefix> {
+    let len = u8::try_from(prefix_len.checked_sub(SOURCE_RANGE_VIP_BITS)?).ok()?;
+    let addr = ip_from_wire(&range.addr, family)?;
+    (len <= Prefix::max_len(addr)).then_some(Prefix { addr, len })
 }
 
 fn vip_key(service: &Service) -> VipKey {
@@ -204,6 +226,7 @@ impl<M: MapWriter> Balancer<M> {
             };
             by_id.insert(info.id, service);
             let mode = Mode::from_number(info.mode).unwrap_or_default();
+            let filtered = info.flags & VIP_FLAG_SOURCE_RANGES != 0;
             balancer.applied.vips.insert(
                 service,
                 VipSpec {
@@ -217,6 +240,8 @@ impl<M: MapWriter> Balancer<M> {
                     id: info.id,
                     active_table: info.active_table & 1,
                     mode,
+                    on_down: OnDown::default(),
+                    filtered,
                     backend_ids: BTreeMap::new(),
                     fingerprint: 0,
                 },
@@ -246,11 +271,37 @@ impl<M: MapWriter> Balancer<M> {
                 balancer.applied.vips.get_mut(&service),
                 balancer.slots.get_mut(&service),
             ) {
+                // Every backend of a VIP carries its policy; the last one read says it.
+                let on_down = OnDown::from_backend_flags(backend.flags);
+                vip.on_down = on_down;
+                slot.on_down = on_down;
                 vip.backends.insert(addr, spec);
                 slot.backend_ids.insert(addr, id);
             }
             balancer.free_backend_ids.remove(&id);
             balancer.next_backend_id = id + 1;
+        }
+        // Source prefixes back into their VIPs; those of no VIP (left by a predecessor that
+        // stopped midway) go.
+        for (prefix_len, range) in balancer.maps.source_ranges()? {
+            let found = by_id.get(&range.vip_id).and_then(|service| {
+                let (_, family) = wire_addr(service.addr.ip());
+                Some((*service, prefix_of(prefix_len, &range, family)?))
+            });
+            match found.and_then(|(service, prefix)| {
+                Some((balancer.applied.vips.get_mut(&service)?, prefix))
+            }) {
+                Some((vip, prefix)) => {
+                    vip.sources.insert(prefix);
+                }
+                None => {
+                    warn!(
+                        vip_id = range.vip_id,
+                        "removing a pinned source prefix of no VIP"
+                    );
+                    ignore_missing(balancer.maps.remove_source_range(prefix_len, &range))?;
+                }
+            }
         }
         for key in address_entries {
             let used = balancer
@@ -435,13 +486,35 @@ impl<M: MapWriter> Balancer<M> {
             if !self.slots.contains_key(service) {
                 self.create_vip(service, spec.mode)?;
             }
+            let applied_sources = self
+                .applied
+                .vips
+                .get(service)
+                .map(|v| v.sources.clone())
+                .unwrap_or_default();
+            if self.rewrite_all || applied_sources != spec.sources {
+                self.sync_sources(service, &applied_sources, &spec.sources)?;
+            }
+            // A new policy reaches tracked flows through every BACKENDS entry of the VIP.
+            let on_down_changed = self
+                .slots
+                .get(service)
+                .is_some_and(|slot| slot.on_down != spec.on_down);
+            if let Some(slot) = self.slots.get_mut(service) {
+                slot.on_down = spec.on_down;
+            }
             let applied = self.applied.vips.get(service);
             let backends = applied.map(|v| &v.backends);
             let mode_changed = applied.is_some_and(|v| v.mode != spec.mode);
-            if self.rewrite_all || mode_changed || backends != Some(&spec.backends) {
-                self.sync_backends(service, spec)?;
+            if self.rewrite_all
+                || mode_changed
+                || on_down_changed
+                || backends != Some(&spec.backends)
+            {
+                self.sync_backends(service, spec, on_down_changed)?;
             } else if let Some(vip) = self.applied.vips.get_mut(service) {
                 vip.check = spec.check.clone();
+                vip.on_down = spec.on_down;
             }
         }
         if self.rewrite_all {
@@ -474,6 +547,64 @@ impl<M: MapWriter> Balancer<M> {
         Ok(())
     }
 
+    /// Brings a VIP's SOURCE_RANGES entries from `from` to `to` without refusing a client
+    /// both allow: new prefixes first, then the VIP flag (set when the first prefix comes,
+    /// cleared before the last one goes), then the old prefixes go. Tracked flows are
+    /// never looked at again, so they continue whatever the change.
+    fn sync_sources(
+        &mut self,
+        service: &Service,
+        from: &BTreeSet<Prefix>,
+        to: &BTreeSet<Prefix>,
+    ) -> Result<(), BalancerError> {
+        let Some(vip_id) = self.slots.get(service).map(|s| s.id) else {
+            return Ok(());
+        };
+        for prefix in to {
+            if self.rewrite_all || !from.contains(prefix) {
+                let (len, range) = source_range(vip_id, prefix);
+                self.maps.set_source_range(len, &range)?;
+            }
+        }
+        let filtered = !to.is_empty();
+        let flag_differs = self
+            .slots
+            .get(service)
+            .is_some_and(|s| s.filtered != filtered);
+        if flag_differs || self.rewrite_all {
+            if let Some(slot) = self.slots.get_mut(service) {
+                slot.filtered = filtered;
+            }
+            if let Some(info) = self.vip_info(service) {
+                self.maps.set_vip(&vip_key(service), &info)?;
+            }
+        }
+        for prefix in from.difference(to) {
+            let (len, range) = source_range(vip_id, prefix);
+            ignore_missing(self.maps.remove_source_range(len, &range))?;
+        }
+        if let Some(vip) = self.applied.vips.get_mut(service) {
+            vip.sources = to.clone();
+        }
+        Ok(())
+    }
+
+    /// The VIPS value of `service` as its slot stands.
+    fn vip_info(&self, service: &Service) -> Option<VipInfo> {
+        let slot = self.slots.get(service)?;
+        Some(VipInfo {
+            id: slot.id,
+            active_table: slot.active_table,
+            mode: slot.mode.number(),
+            flags: if slot.filtered {
+                VIP_FLAG_SOURCE_RANGES
+            } else {
+                0
+            },
+            _pad: [0; 1],
+        })
+    }
+
     fn create_vip(&mut self, service: &Service, mode: Mode) -> Result<(), BalancerError> {
         let used: BTreeSet<u32> = self.slots.values().map(|v| v.id).collect();
         let id = (0..self.limits.max_vips)
@@ -501,6 +632,8 @@ impl<M: MapWriter> Balancer<M> {
                 id,
                 active_table: 0,
                 mode,
+                on_down: OnDown::default(),
+                filtered: false,
                 backend_ids: BTreeMap::new(),
                 fingerprint: maglev::fingerprint(&[], &[]),
             },
@@ -531,6 +664,18 @@ impl<M: MapWriter> Balancer<M> {
         for (addr, id) in &slot.backend_ids.clone() {
             self.retire_backend(service, addr, *id)?;
         }
+        // No packet reaches the VIP's prefixes now: they go, so that the id's next VIP
+        // starts without any.
+        let sources = self
+            .applied
+            .vips
+            .get(service)
+            .map(|v| v.sources.clone())
+            .unwrap_or_default();
+        for prefix in &sources {
+            let (len, range) = source_range(slot.id, prefix);
+            ignore_missing(self.maps.remove_source_range(len, &range))?;
+        }
         self.slots.remove(service);
         self.applied.vips.remove(service);
         Ok(())
@@ -538,7 +683,13 @@ impl<M: MapWriter> Balancer<M> {
 
     /// Brings one VIP's backends to `spec`, keeping the ids of backends that stay. Every
     /// map write is recorded in `slots` as soon as it succeeds; `state` changes at the end.
-    fn sync_backends(&mut self, service: &Service, spec: &VipSpec) -> Result<(), BalancerError> {
+    /// `rewrite`: every backend entry is written again (a new on-down policy).
+    fn sync_backends(
+        &mut self,
+        service: &Service,
+        spec: &VipSpec,
+        rewrite: bool,
+    ) -> Result<(), BalancerError> {
         let Some(vip_id) = self.slots.get(service).map(|s| s.id) else {
             return Ok(());
         };
@@ -569,7 +720,7 @@ impl<M: MapWriter> Balancer<M> {
                 draining: backend.draining && before.is_none_or(|b| b.draining),
                 ..*backend
             };
-            if self.rewrite_all || before != Some(&in_map) {
+            if self.rewrite_all || rewrite || before != Some(&in_map) {
                 self.write_backend(service, vip_id, id, addr, &in_map)?;
             }
             // DSR backends reply for themselves: nothing to translate.
@@ -594,15 +745,15 @@ impl<M: MapWriter> Balancer<M> {
         let fingerprint = maglev::fingerprint(&table, &entries);
         let next = self.slots.get(service).map_or(0, |s| s.active_table ^ 1);
         self.maps.write_table(vip_id, next, &table)?;
-        self.maps.set_vip(
-            &vip_key(service),
-            &VipInfo {
-                id: vip_id,
-                active_table: next,
-                mode: spec.mode.number(),
-                ..VipInfo::default()
-            },
-        )?;
+        if let Some(info) = self.vip_info(service) {
+            self.maps.set_vip(
+                &vip_key(service),
+                &VipInfo {
+                    active_table: next,
+                    ..info
+                },
+            )?;
+        }
         if let Some(slot) = self.slots.get_mut(service) {
             slot.active_table = next;
             slot.fingerprint = fingerprint;
@@ -700,7 +851,12 @@ impl<M: MapWriter> Balancer<M> {
         spec: &BackendSpec,
     ) -> Result<(), BalancerError> {
         let (wire, family) = wire_addr(addr.ip());
-        let mode = self.slots.get(service).map_or(Mode::Nat, |slot| slot.mode);
+        let (mode, on_down) = self
+            .slots
+            .get(service)
+            .map_or((Mode::Nat, OnDown::default()), |slot| {
+                (slot.mode, slot.on_down)
+            });
         let state = match (spec.draining, self.down.contains(&(*service, *addr))) {
             (false, _) => BACKEND_ACTIVE,
             (true, false) => BACKEND_DRAINING,
@@ -717,7 +873,8 @@ impl<M: MapWriter> Balancer<M> {
                 vip_id,
                 generation: self.generations.get(&id).copied().unwrap_or(0),
                 mode: mode.number(),
-                _pad: [0; 3],
+                flags: on_down.backend_flags(),
+                _pad: [0; 2],
             },
         )?;
         Ok(())
@@ -851,6 +1008,7 @@ mod tests {
         Vip {
             port: u16,
             active_table: u8,
+            flags: u8,
         },
         VipGone {
             port: u16,
@@ -871,6 +1029,14 @@ mod tests {
             ids: BTreeSet<u32>,
         },
         Counters,
+        Source {
+            vip_id: u32,
+            prefix_len: u32,
+        },
+        SourceGone {
+            vip_id: u32,
+            prefix_len: u32,
+        },
     }
 
     /// Service maps in memory that log every write in order.
@@ -879,6 +1045,7 @@ mod tests {
         vips: HashMap<VipKey, VipInfo>,
         backends: BTreeMap<u32, Backend>,
         endpoints: HashMap<EndpointKey, Endpoint>,
+        sources: Vec<(u32, SourceRange)>,
         log: Vec<Write>,
     }
 
@@ -897,6 +1064,7 @@ mod tests {
             self.log.push(Write::Vip {
                 port: key.port,
                 active_table: info.active_table,
+                flags: info.flags,
             });
             Ok(())
         }
@@ -941,6 +1109,36 @@ mod tests {
         }
         fn reset_backend_counters(&mut self, _: u32) -> Result<(), MapError> {
             self.log.push(Write::Counters);
+            Ok(())
+        }
+        fn source_ranges(&self) -> Result<Vec<(u32, SourceRange)>, MapError> {
+            Ok(self.sources.clone())
+        }
+        fn set_source_range(
+            &mut self,
+            prefix_len: u32,
+            range: &SourceRange,
+        ) -> Result<(), MapError> {
+            let key = (prefix_len, *range);
+            if !self.sources.contains(&key) {
+                self.sources.push(key);
+            }
+            self.log.push(Write::Source {
+                vip_id: range.vip_id,
+                prefix_len,
+            });
+            Ok(())
+        }
+        fn remove_source_range(
+            &mut self,
+            prefix_len: u32,
+            range: &SourceRange,
+        ) -> Result<(), MapError> {
+            self.sources.retain(|key| *key != (prefix_len, *range));
+            self.log.push(Write::SourceGone {
+                vip_id: range.vip_id,
+                prefix_len,
+            });
             Ok(())
         }
     }
@@ -1032,6 +1230,7 @@ mod tests {
             *w == Write::Vip {
                 port: 80,
                 active_table: half,
+                flags: 0,
             }
         });
         assert!(entry < table && endpoint < table && table < flip, "{log:?}");
@@ -1219,6 +1418,154 @@ mod tests {
             "{:?}",
             balancer.maps().log
         );
+    }
+
+    fn prefixes(texts: &[&str]) -> Vec<Prefix> {
+        texts.iter().map(|t| t.parse().expect("prefix")).collect()
+    }
+
+    fn set_sources(balancer: &mut Balancer<Recording>, texts: &[&str]) {
+        balancer.maps_mut().log.clear();
+        balancer
+            .apply(&Change::SetSources {
+                service: service(),
+                sources: prefixes(texts),
+            })
+            .expect("valid");
+    }
+
+    #[test]
+    fn source_prefixes_never_refuse_a_client_both_sides_of_a_change_allow() {
+        let mut balancer = two_backends();
+        let vip_id = balancer.slots[&service()].id;
+        let (old, new) = (source_prefix_len(24), source_prefix_len(16));
+        // The first prefix is in the trie before the VIP entry asks for it.
+        set_sources(&mut balancer, &["198.18.0.0/24"]);
+        let log = &balancer.maps().log;
+        let written = position(log, |w| {
+            *w == Write::Source {
+                vip_id,
+                prefix_len: old,
+            }
+        });
+        let flagged = position(
+            log,
+            |w| matches!(w, Write::Vip { port: 80, flags, .. } if *flags == VIP_FLAG_SOURCE_RANGES),
+        );
+        assert!(written < flagged, "{log:?}");
+        // Another prefix: the new one comes before the old one goes; the flag stays.
+        set_sources(&mut balancer, &["198.19.0.0/16"]);
+        let log = &balancer.maps().log;
+        let added = position(log, |w| {
+            *w == Write::Source {
+                vip_id,
+                prefix_len: new,
+            }
+        });
+        let gone = position(log, |w| {
+            *w == Write::SourceGone {
+                vip_id,
+                prefix_len: old,
+            }
+        });
+        assert!(added < gone, "{log:?}");
+        assert!(
+            !log.iter().any(|w| matches!(w, Write::Vip { .. })),
+            "{log:?}"
+        );
+        assert!(
+            !log.iter().any(|w| matches!(w, Write::Table { .. })),
+            "{log:?}"
+        );
+        // None left: the VIP stops asking before the last prefix goes.
+        set_sources(&mut balancer, &[]);
+        let log = &balancer.maps().log;
+        let cleared = position(log, |w| {
+            matches!(
+                w,
+                Write::Vip {
+                    port: 80,
+                    flags: 0,
+                    ..
+                }
+            )
+        });
+        let gone = position(log, |w| {
+            *w == Write::SourceGone {
+                vip_id,
+                prefix_len: new,
+            }
+        });
+        assert!(cleared < gone, "{log:?}");
+        assert!(balancer.maps().sources.is_empty());
+    }
+
+    #[test]
+    fn a_deleted_vip_takes_its_source_prefixes_along() {
+        let mut balancer = two_backends();
+        set_sources(&mut balancer, &["198.18.0.0/24", "198.19.0.0/16"]);
+        assert_eq!(balancer.maps().sources.len(), 2);
+        balancer.apply(&Change::DelVip(service())).expect("valid");
+        assert!(
+            balancer.maps().sources.is_empty(),
+            "{:?}",
+            balancer.maps().log
+        );
+    }
+
+    #[test]
+    fn a_new_on_down_policy_is_written_into_every_backend_entry() {
+        use lb_common::consts::BACKEND_FLAG_KEEP_TCP_ON_DOWN;
+        let mut balancer = two_backends();
+        let flags = |b: &Balancer<Recording>| -> Vec<u8> {
+            b.maps().backends.values().map(|b| b.flags).collect()
+        };
+        assert_eq!(
+            flags(&balancer),
+            [BACKEND_FLAG_KEEP_TCP_ON_DOWN; 2],
+            "the default"
+        );
+        balancer
+            .apply(&Change::SetOnDown {
+                service: service(),
+                on_down: OnDown::Move,
+            })
+            .expect("valid");
+        assert_eq!(flags(&balancer), [0; 2]);
+        // A backend marked down later carries the VIP's policy too.
+        balancer
+            .set_down([(service(), backend(1))].into())
+            .expect("down");
+        let down = balancer.maps().backends[&id_of(&balancer, 1)];
+        assert_eq!((down.state, down.flags), (BACKEND_DOWN, 0));
+    }
+
+    #[test]
+    fn adopting_maps_reads_back_policies_and_drops_prefixes_of_no_vip() {
+        let mut balancer = two_backends();
+        balancer
+            .apply_all(&[
+                Change::SetOnDown {
+                    service: service(),
+                    on_down: OnDown::Move,
+                },
+                Change::SetSources {
+                    service: service(),
+                    sources: prefixes(&["198.18.0.0/24"]),
+                },
+            ])
+            .expect("valid");
+        let state = balancer.state().clone();
+        let mut maps = Recording {
+            log: Vec::new(),
+            ..balancer.maps
+        };
+        let stray = source_range(7, &"198.20.0.0/16".parse().expect("prefix"));
+        maps.sources.push(stray);
+        let adopted = Balancer::adopt(maps, balancer.limits).expect("adopt");
+        assert_eq!(adopted.state(), &state);
+        assert!(adopted.slots[&service()].filtered);
+        assert_eq!(adopted.maps().sources.len(), 1, "{:?}", adopted.maps().log);
     }
 
     #[test]

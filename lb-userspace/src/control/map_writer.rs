@@ -3,7 +3,7 @@
 //! root.
 
 use aya::maps::MapError;
-use lb_common::service::{Backend, Endpoint, EndpointKey, VipInfo, VipKey};
+use lb_common::service::{Backend, Endpoint, EndpointKey, SourceRange, VipInfo, VipKey};
 
 use crate::datapath::maps::ServiceMaps;
 
@@ -21,6 +21,11 @@ pub trait MapWriter {
     fn write_table(&mut self, vip_id: u32, table: u8, slots: &[u32]) -> Result<(), MapError>;
     fn reset_vip_counters(&mut self, vip_id: u32) -> Result<(), MapError>;
     fn reset_backend_counters(&mut self, id: u32) -> Result<(), MapError>;
+    /// Every SOURCE_RANGES key, as (LPM prefix length, data).
+    fn source_ranges(&self) -> Result<Vec<(u32, SourceRange)>, MapError>;
+    fn set_source_range(&mut self, prefix_len: u32, range: &SourceRange) -> Result<(), MapError>;
+    fn remove_source_range(&mut self, prefix_len: u32, range: &SourceRange)
+    -> Result<(), MapError>;
 }
 
 impl MapWriter for ServiceMaps {
@@ -56,5 +61,18 @@ impl MapWriter for ServiceMaps {
     }
     fn reset_backend_counters(&mut self, id: u32) -> Result<(), MapError> {
         ServiceMaps::reset_backend_counters(self, id)
+    }
+    fn source_ranges(&self) -> Result<Vec<(u32, SourceRange)>, MapError> {
+        ServiceMaps::source_ranges(self)
+    }
+    fn set_source_range(&mut self, prefix_len: u32, range: &SourceRange) -> Result<(), MapError> {
+        ServiceMaps::set_source_range(self, prefix_len, range)
+    }
+    fn remove_source_range(
+        &mut self,
+        prefix_len: u32,
+        range: &SourceRange,
+    ) -> Result<(), MapError> {
+        ServiceMaps::remove_source_range(self, prefix_len, range)
     }
 }

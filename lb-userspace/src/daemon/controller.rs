@@ -119,6 +119,8 @@ impl Controller {
                 proto,
                 check,
                 mode,
+                on_down,
+                allow_sources,
             } => {
                 let service = service(vip, proto);
                 let checked = check
@@ -136,6 +138,13 @@ impl Controller {
                         }
                         if check.is_some() {
                             changes.push(Change::SetCheck { service, check });
+                        }
+                        changes.push(Change::SetOnDown { service, on_down });
+                        if !allow_sources.is_empty() {
+                            changes.push(Change::SetSources {
+                                service,
+                                sources: allow_sources,
+                            });
                         }
                         self.change(changes)
                     }

@@ -5,7 +5,7 @@
 use std::{collections::HashMap, net::SocketAddr};
 
 use lb_common::{
-    consts::NO_BACKEND,
+    consts::{NO_BACKEND, VIP_FLAG_SOURCE_RANGES},
     encap::{MODE_DSR_L2, MODE_NAT},
     flow::{FlowKey, Timeout, unproven_timeout_ns},
     service::{Backend, EndpointKey, VipKey},
@@ -180,6 +180,13 @@ impl Controller {
             ),
             None => (None, false),
         };
+        // policy.rs `source_allowed`: asked only of a VIP with source prefixes.
+        let source_refused = match vip {
+            Some(info) if info.flags & VIP_FLAG_SOURCE_RANGES != 0 => !maps
+                .source_allowed(info.id, &key.src)
+                .map_err(datapath_error)?,
+            _ => false,
+        };
         // select.rs `maglev`.
         let size = self.balancer.limits().maglev_size;
         let seed = self.balancer.hash_seed();
@@ -198,6 +205,8 @@ impl Controller {
             vip_address,
             slot,
             client_is_endpoint,
+            proto: key.proto,
+            source_refused,
             now_ns: monotonic_coarse_ns(),
             timeouts: self.timeouts,
         };
@@ -286,6 +295,7 @@ pub(crate) fn sentence(a: &Explanation, entry: Entry, mode: Option<u8>) -> Strin
             let t = a.tracked.as_ref();
             let backend = t.map_or_else(String::new, |t| shown(&t.backend));
             let draining = t.is_some_and(|t| t.backend.state == "draining");
+            let down = t.is_some_and(|t| t.backend.state == "down");
             let mut s = format!(
                 "forwarded to {backend} ({}), the backend its conntrack entry pins it to ({}, {} s of idleness left)",
                 how(mode),
@@ -295,6 +305,12 @@ pub(crate) fn sentence(a: &Explanation, entry: Entry, mode: Option<u8>) -> Strin
             if draining {
                 s.push_str(&format!(
                     "; {backend} is draining: it keeps its tracked flows but gets no new ones"
+                ));
+            }
+            // select.rs `tracked`: only a TCP flow of a keep-tcp VIP stays on a down backend.
+            if down {
+                s.push_str(&format!(
+                    "; {backend} is down, and the flow is kept on it because its VIP keeps TCP flows on a down backend (--on-down keep-tcp, ct_kept_on_down)"
                 ));
             }
             s.push('.');
@@ -328,6 +344,10 @@ pub(crate) fn sentence(a: &Explanation, entry: Entry, mode: Option<u8>) -> Strin
             }
             s
         }
+        Verdict::DropSourceNotAllowed => format!(
+            "{} is outside every --allow-source prefix of {flow}: a flow it opens is dropped (drop_source_not_allowed); flows tracked before are not checked.",
+            a.client.ip()
+        ),
         Verdict::DropNoBackend => format!(
             "{flow} has no active backend in this slot of its live table (it has none, or every one is drained): dropped (drop_no_backend)."
         ),
@@ -362,7 +382,7 @@ mod tests {
     fn the_fixtures_say_what_the_daemon_says() {
         for (name, answer) in fixtures::explanations() {
             let (entry, mode) = match name {
-                "tracked_draining" => (Entry::Serving, Some(MODE_NAT)),
+                "tracked_draining" | "kept_on_down" => (Entry::Serving, Some(MODE_NAT)),
                 "rebalanced" => (Entry::Stale, Some(MODE_NAT)),
                 "new_flow_v6_dsr" => (Entry::Missing, Some(MODE_DSR_IPIP)),
                 "new_flow_admission" => (Entry::Missing, Some(MODE_NAT)),

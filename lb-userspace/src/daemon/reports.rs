@@ -52,6 +52,10 @@ impl Controller {
             vip: vip.service.addr,
             proto: vip.service.proto,
             mode: spec.map(|v| v.mode).unwrap_or_default(),
+            on_down: spec.map(|v| v.on_down).unwrap_or_default(),
+            allow_sources: spec
+                .map(|v| v.sources.iter().copied().collect())
+                .unwrap_or_default(),
             check,
             backends: vip.backends.len(),
             active: vip.backends.iter().filter(|b| !b.spec.draining).count(),

@@ -4,8 +4,8 @@ use aya::{Ebpf, EbpfLoader, maps::ProgramArray, programs::Xdp};
 use lb_common::consts::{
     GLOBAL_ABLATE, GLOBAL_CT_TIMEOUTS, GLOBAL_HASH_SEED, GLOBAL_MAGLEV_SIZE, GLOBAL_NEW_FLOW_LIMIT,
     MAP_BACKEND_HOPS, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_CT_UNPROVEN,
-    MAP_ENDPOINTS, MAP_JUMPS, MAP_MAGLEV, MAP_VIP_STATS, MAP_VIPS, PINNED_MAPS, PROGRAM_NAME,
-    TAIL_PROGRAMS,
+    MAP_ENDPOINTS, MAP_JUMPS, MAP_MAGLEV, MAP_SOURCE_RANGES, MAP_VIP_STATS, MAP_VIPS, PINNED_MAPS,
+    PROGRAM_NAME, TAIL_PROGRAMS,
 };
 use lb_common::encap::{GLOBAL_ENCAP_SOURCE_V4, GLOBAL_ENCAP_SOURCE_V6};
 use thiserror::Error;
@@ -81,6 +81,7 @@ pub fn open(
         .map_max_entries(MAP_BACKEND_STATS, limits.max_backends)
         .map_max_entries(MAP_BACKEND_HOPS, limits.max_backends)
         .map_max_entries(MAP_ENDPOINTS, limits.endpoints_capacity())
+        .map_max_entries(MAP_SOURCE_RANGES, limits.source_ranges_capacity())
         .load(object)
 }
 

@@ -1,20 +1,25 @@
 //! Typed access to the service maps of a loaded datapath. The only writer of VIPS,
-//! BACKENDS, MAGLEV, ENDPOINTS, TX_PORTS and the per-service counters.
+//! BACKENDS, MAGLEV, ENDPOINTS, SOURCE_RANGES, TX_PORTS and the per-service counters.
 
 use std::os::fd::AsFd as _;
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues, xdp::DevMapHash},
+    maps::{
+        Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues,
+        lpm_trie::{Key, LpmTrie},
+        xdp::DevMapHash,
+    },
     util::nr_cpus,
 };
 use lb_common::{
     consts::{
         LocalMac, MAP_ADDRESSES, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_CT_UNPROVEN,
-        MAP_ENDPOINTS, MAP_LOCAL_MACS, MAP_MAGLEV, MAP_TX_PORTS, MAP_VIP_STATS, MAP_VIPS,
+        MAP_ENDPOINTS, MAP_LOCAL_MACS, MAP_MAGLEV, MAP_SOURCE_RANGES, MAP_TX_PORTS, MAP_VIP_STATS,
+        MAP_VIPS,
     },
     flow::{Conn, FlowKey},
-    service::{Backend, Endpoint, EndpointKey, VipInfo, VipKey},
+    service::{Backend, Endpoint, EndpointKey, SourceRange, VipInfo, VipKey},
     stats::{Counter, VipCounter},
 };
 
@@ -29,6 +34,7 @@ pub struct ServiceMaps {
     vips: HashMap<MapData, VipKey, VipInfo>,
     backends: Array<MapData, Backend>,
     endpoints: HashMap<MapData, EndpointKey, Endpoint>,
+    source_ranges: LpmTrie<MapData, SourceRange, u32>,
     /// Written in batches (see `write_table`), so kept untyped.
     maglev: aya::maps::Map,
     tx_ports: DevMapHash<MapData>,
@@ -116,6 +122,7 @@ impl ServiceMaps {
             vips: HashMap::try_from(take(ebpf, MAP_VIPS)?)?,
             backends: Array::try_from(take(ebpf, MAP_BACKENDS)?)?,
             endpoints: HashMap::try_from(take(ebpf, MAP_ENDPOINTS)?)?,
+            source_ranges: LpmTrie::try_from(take(ebpf, MAP_SOURCE_RANGES)?)?,
             maglev: take(ebpf, MAP_MAGLEV)?,
             tx_ports: DevMapHash::try_from(take(ebpf, MAP_TX_PORTS)?)?,
             vip_stats: PerCpuArray::try_from(take(ebpf, MAP_VIP_STATS)?)?,
@@ -188,6 +195,48 @@ impl ServiceMaps {
     /// Every ENDPOINTS key.
     pub(crate) fn endpoint_keys(&self) -> Result<Vec<EndpointKey>, MapError> {
         self.endpoints.keys().collect()
+    }
+
+    /// Every SOURCE_RANGES key, as (prefix length, data).
+    pub(crate) fn source_ranges(&self) -> Result<Vec<(u32, SourceRange)>, MapError> {
+        self.source_ranges
+            .keys()
+            .map(|key| key.map(|key| (key.prefix_len(), key.data())))
+            .collect()
+    }
+
+    pub(crate) fn set_source_range(
+        &mut self,
+        prefix_len: u32,
+        range: &SourceRange,
+    ) -> Result<(), MapError> {
+        self.source_ranges
+            .insert(&Key::new(prefix_len, *range), 1, 0)
+    }
+
+    pub(crate) fn remove_source_range(
+        &mut self,
+        prefix_len: u32,
+        range: &SourceRange,
+    ) -> Result<(), MapError> {
+        self.source_ranges.remove(&Key::new(prefix_len, *range))
+    }
+
+    /// Whether a client address (`addr`, as the datapath stores it) is inside one of the
+    /// source prefixes of VIP `vip_id` (policy.rs `source_allowed`'s lookup).
+    pub(crate) fn source_allowed(
+        &self,
+        vip_id: u32,
+        addr: &lb_common::service::Addr,
+    ) -> Result<bool, MapError> {
+        let key = Key::new(
+            lb_common::service::SOURCE_LOOKUP_LEN,
+            SourceRange {
+                vip_id,
+                addr: *addr,
+            },
+        );
+        present(self.source_ranges.get(&key, 0)).map(|found| found.is_some())
     }
 
     /// Every BACKENDS slot, used or not, by id.

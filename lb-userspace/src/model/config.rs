@@ -6,6 +6,8 @@
 //! address = "198.18.1.1:80"      # IPv6: "[fd00::1]:80"
 //! proto = "tcp"                  # default tcp
 //! mode = "nat"                   # nat (default), dsr-ipip or dsr-l2
+//! on_down = "keep-tcp"           # keep-tcp (default) or move: a down backend's tracked flows
+//! allow_sources = ["198.18.0.0/24"]   # clients that may open flows; absent: any
 //! check = { probe = "http:/healthz", interval = 2.0, timeout = 1.0, rise = 2, fall = 3 }
 //! backends = [
 //!   { address = "198.18.2.2:8080", weight = 100 },   # weight 1..=65535, default 100
@@ -32,6 +34,8 @@ use crate::{
     model::check::CheckConfig,
     model::cluster::{ClusterSettings, Seed, check_announce_table},
     model::mode::Mode,
+    model::policy::OnDown,
+    model::prefix::Prefix,
     model::state::{BackendSpec, Change, DEFAULT_WEIGHT, Proto, Service, State},
 };
 
@@ -102,6 +106,10 @@ struct VipIn {
     #[serde(default)]
     mode: Option<Spanned<Mode>>,
     #[serde(default)]
+    on_down: Option<Spanned<OnDown>>,
+    #[serde(default)]
+    allow_sources: Option<Spanned<Vec<Prefix>>>,
+    #[serde(default)]
     backends: Vec<BackendIn>,
     #[serde(default)]
     check: Option<Spanned<CheckConfig>>,
@@ -138,6 +146,9 @@ struct VipOut {
     address: SocketAddr,
     proto: Proto,
     mode: Mode,
+    on_down: OnDown,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    allow_sources: Vec<Prefix>,
     #[serde(skip_serializing_if = "Option::is_none")]
     check: Option<CheckConfig>,
     backends: Vec<BackendOut>,
@@ -206,6 +217,22 @@ pub fn parse_with_cluster(
                     mode: *mode.get_ref(),
                 })
                 .map_err(|e| invalid(Some(mode.span()), e.to_string()))?;
+        }
+        if let Some(on_down) = &vip.on_down {
+            state
+                .apply(&Change::SetOnDown {
+                    service,
+                    on_down: *on_down.get_ref(),
+                })
+                .map_err(|e| invalid(Some(on_down.span()), e.to_string()))?;
+        }
+        if let Some(sources) = &vip.allow_sources {
+            state
+                .apply(&Change::SetSources {
+                    service,
+                    sources: sources.get_ref().clone(),
+                })
+                .map_err(|e| invalid(Some(sources.span()), e.to_string()))?;
         }
         if let Some(check) = &vip.check {
             let spec = check
@@ -280,6 +307,8 @@ pub(crate) fn render(state: &State) -> Result<String, ConfigError> {
                 address: service.addr,
                 proto: service.proto,
                 mode: spec.mode,
+                on_down: spec.on_down,
+                allow_sources: spec.sources.iter().copied().collect(),
                 check: spec.check.as_ref().map(CheckConfig::from),
                 backends: spec
                     .backends
@@ -394,6 +423,7 @@ pub(crate) fn remove_stale_temps(path: &Path) -> Result<Vec<PathBuf>, ConfigErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::state::VipSpec;
 
     fn parse_ok(text: &str) -> State {
         parse(text, Path::new("test.toml")).expect("valid file")
@@ -514,6 +544,51 @@ mod tests {
             "[[vip]]\naddress = \"198.18.1.1:80\"\nbackends = [{ address = \"198.18.2.2:80\", weight = 0 }]\n",
         );
         assert!(weight.contains("out of range"), "{weight}");
+    }
+
+    #[test]
+    fn vip_policies_round_trip_and_default_to_keep_tcp_and_any_source() {
+        let state = parse_ok(
+            "[[vip]]\naddress = \"198.18.1.1:80\"\non_down = \"move\"\nallow_sources = [\"198.18.0.0/24\", \"198.19.0.7\"]\n[[vip]]\naddress = \"[fd00:1::1]:53\"\nproto = \"udp\"\nallow_sources = [\"fd00::/64\"]\n[[vip]]\naddress = \"198.18.1.2:80\"\n",
+        );
+        let specs: Vec<&VipSpec> = state.vips.values().collect();
+        assert_eq!(specs[0].on_down, OnDown::Move);
+        assert_eq!(specs[0].sources.len(), 2);
+        assert_eq!(specs[1].on_down, OnDown::KeepTcp, "the default");
+        assert!(specs[1].sources.is_empty(), "any source");
+        assert_eq!(specs[2].sources.len(), 1);
+        let rendered = render(&state).expect("render");
+        assert!(rendered.contains("on_down = \"move\""), "{rendered}");
+        assert!(
+            rendered.contains("allow_sources = [\"198.18.0.0/24\", \"198.19.0.7/32\"]"),
+            "{rendered}"
+        );
+        assert_eq!(parse_ok(&rendered), state);
+    }
+
+    #[test]
+    fn bad_vip_policies_name_the_line() {
+        let head = "[[vip]]\naddress = \"198.18.1.1:80\"\n";
+        for (text, reason) in [
+            ("on_down = \"drop\"\n", "expected `keep-tcp` or `move`"),
+            ("allow_sources = [\"198.18.0.1/24\"]\n", "host bits are set"),
+            ("allow_sources = [\"198.18.0.0/33\"]\n", "0 to 32"),
+            ("allow_sources = [\"fd00::/64\"]\n", "is IPv6 but VIP"),
+            (
+                "allow_sources = [\"198.18.0.0/24\", \"198.18.0.0/24\"]\n",
+                "given twice",
+            ),
+            ("allow_sources = \"198.18.0.0/24\"\n", ""),
+        ] {
+            let error = parse_err(&format!("{head}{text}"));
+            assert!(
+                error.starts_with("test.toml:3: ") && error.contains(reason),
+                "{text:?}: {error}"
+            );
+        }
+        let many: Vec<String> = (0..65).map(|i| format!("\"198.18.{i}.0/24\"")).collect();
+        let error = parse_err(&format!("{head}allow_sources = [{}]\n", many.join(", ")));
+        assert!(error.contains("at most 64"), "{error}");
     }
 
     #[test]

@@ -7,7 +7,10 @@
 use std::net::SocketAddr;
 
 use lb_common::{
-    consts::{BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, NO_BACKEND},
+    consts::{
+        BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_FLAG_KEEP_TCP_ON_DOWN, IPPROTO_TCP,
+        NO_BACKEND,
+    },
     flow::{CT_FLAG_REPLY_SEEN, CT_FLAG_SYN_SEEN, Conn, PROVEN_AFTER_PACKETS, Timeouts},
     hash::{HashSeed, flow_hash},
     service::{Backend, VipInfo},
@@ -50,6 +53,9 @@ pub enum Verdict {
     Rebalance,
     /// For a VIP whose table slot has no active backend: dropped (`drop_no_backend`).
     DropNoBackend,
+    /// A flow to open (no entry serving it) from a client outside every source prefix of
+    /// its VIP: dropped (`drop_source_not_allowed`).
+    DropSourceNotAllowed,
     /// The address is a VIP's, but not this port and protocol: to the kernel (`pass_vip_other_port`).
     PassVipOtherPort,
     /// No VIP: to the kernel's own stack untouched (`pass_not_vip`).
@@ -68,7 +74,7 @@ impl Verdict {
             | Verdict::NewFlow
             | Verdict::Rebalance
             | Verdict::BackendReply => "forward",
-            Verdict::DropNoBackend => "drop",
+            Verdict::DropNoBackend | Verdict::DropSourceNotAllowed => "drop",
             Verdict::PassVipOtherPort | Verdict::PassNotVip => "pass",
         }
     }
@@ -79,6 +85,7 @@ impl Verdict {
             Verdict::ForwardTracked => "fwd_established",
             Verdict::NewFlow | Verdict::Rebalance => "fwd_new_flow",
             Verdict::DropNoBackend => "drop_no_backend",
+            Verdict::DropSourceNotAllowed => "drop_source_not_allowed",
             Verdict::PassVipOtherPort => "pass_vip_other_port",
             Verdict::PassNotVip => "pass_not_vip",
             Verdict::BackendReply => "fwd_reply",
@@ -102,6 +109,11 @@ pub struct Facts {
     pub slot: Option<(u32, Backend)>,
     /// ENDPOINTS[client address, port, protocol]: the client is a NAT backend endpoint.
     pub client_is_endpoint: bool,
+    /// The flow's protocol (`IPPROTO_*`): a down backend may keep TCP flows only.
+    pub proto: u8,
+    /// The VIP has source prefixes (`VIP_FLAG_SOURCE_RANGES`) and SOURCE_RANGES holds
+    /// none of its own that contains the client.
+    pub source_refused: bool,
     pub now_ns: u64,
     pub timeouts: Timeouts,
 }
@@ -186,11 +198,23 @@ pub const fn maglev_takes(id: u32, backend: &Backend) -> bool {
 }
 
 /// select.rs `tracked`: a tracked flow keeps its backend while that backend is active or
-/// draining, still of the entry's VIP and of the entry's generation.
-pub const fn still_serves(conn: &Conn, backend: &Backend) -> bool {
-    (backend.state == BACKEND_ACTIVE || backend.state == BACKEND_DRAINING)
-        && backend.vip_id == conn.vip_id
-        && backend.generation == conn.generation
+/// draining, or down with its VIP's `--on-down keep-tcp` for a TCP flow (`proto`), and
+/// still of the entry's VIP and of the entry's generation.
+pub const fn still_serves(conn: &Conn, backend: &Backend, proto: u8) -> bool {
+    if backend.vip_id != conn.vip_id || backend.generation != conn.generation {
+        return false;
+    }
+    match backend.state {
+        BACKEND_ACTIVE | BACKEND_DRAINING => true,
+        BACKEND_DOWN => kept_on_down(backend, proto),
+        _ => false,
+    }
+}
+
+/// select.rs `keeps_on_down`: a down backend keeps a tracked TCP flow when its VIP says
+/// `--on-down keep-tcp` (the flag copied into its BACKENDS entry).
+pub const fn kept_on_down(backend: &Backend, proto: u8) -> bool {
+    proto == IPPROTO_TCP && backend.flags & BACKEND_FLAG_KEEP_TCP_ON_DOWN != 0
 }
 
 /// What a BACKENDS entry says of the backend an id names for a flow pinned under
@@ -240,7 +264,7 @@ pub fn entry(facts: &Facts) -> Entry {
         {
             Entry::Expired
         }
-        Some((conn, backend)) if still_serves(conn, backend) => Entry::Serving,
+        Some((conn, backend)) if still_serves(conn, backend, facts.proto) => Entry::Serving,
         Some(_) => Entry::Stale,
     }
 }
@@ -266,6 +290,10 @@ pub fn decide(facts: &Facts) -> Verdict {
         } else {
             Verdict::PassNotVip
         };
+    }
+    // chosen_backend: policy.rs `source_allowed`, right after the VIP lookup.
+    if facts.source_refused {
+        return Verdict::DropSourceNotAllowed;
     }
     // pick_backend: select::maglev or drop_no_backend.
     match facts.slot {
@@ -408,6 +436,59 @@ mod tests {
         assert_eq!(backend_state(&backend(BACKEND_DOWN), 3, 7), "down");
         assert_eq!(backend_state(&reused, 3, 7), "removed");
         assert_eq!(backend_state(&Backend::default(), 3, 7), "removed");
+    }
+
+    #[test]
+    fn a_down_backend_keeps_tcp_flows_only_under_keep_tcp() {
+        use lb_common::consts::IPPROTO_UDP;
+        let keep = Backend {
+            flags: BACKEND_FLAG_KEEP_TCP_ON_DOWN,
+            ..backend(BACKEND_DOWN)
+        };
+        let tracked = |backend: Backend, proto: u8| Facts {
+            tracked: Some((conn(99 * NS), backend)),
+            proto,
+            ..facts()
+        };
+        assert_eq!(decide(&tracked(keep, IPPROTO_TCP)), Verdict::ForwardTracked);
+        assert_eq!(decide(&tracked(keep, IPPROTO_UDP)), Verdict::Rebalance);
+        assert_eq!(
+            decide(&tracked(backend(BACKEND_DOWN), IPPROTO_TCP)),
+            Verdict::Rebalance,
+            "--on-down move"
+        );
+        // Kept only while the entry is its backend's: not once the id is reused.
+        let reused = Backend {
+            generation: 8,
+            ..keep
+        };
+        assert_eq!(decide(&tracked(reused, IPPROTO_TCP)), Verdict::Rebalance);
+    }
+
+    #[test]
+    fn a_client_outside_the_source_prefixes_opens_nothing_but_keeps_its_flow() {
+        let refused = Facts {
+            source_refused: true,
+            ..facts()
+        };
+        let verdict = decide(&refused);
+        assert_eq!(verdict, Verdict::DropSourceNotAllowed);
+        assert_eq!(
+            (verdict.action(), verdict.counter()),
+            ("drop", "drop_source_not_allowed")
+        );
+        // A stale entry is balanced afresh, so it is refused too.
+        let stale = Facts {
+            tracked: Some((conn(99 * NS), Backend::default())),
+            ..refused
+        };
+        assert_eq!(decide(&stale), Verdict::DropSourceNotAllowed);
+        // A flow tracked before the prefixes changed is never asked.
+        let serving = Facts {
+            tracked: Some((conn(99 * NS), backend(BACKEND_ACTIVE))),
+            ..refused
+        };
+        assert_eq!(decide(&serving), Verdict::ForwardTracked);
     }
 
     #[test]

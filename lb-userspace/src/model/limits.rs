@@ -196,6 +196,14 @@ impl Limits {
         (self.conntrack_capacity / CT_UNPROVEN_DIVISOR).max(CT_UNPROVEN_FLOOR)
     }
 
+    /// Entries of the SOURCE_RANGES trie: every VIP slot's most prefixes, and room for one
+    /// VIP's whole replacement (a change writes the new prefixes before the old ones go).
+    pub fn source_ranges_capacity(&self) -> u32 {
+        self.max_vips
+            .saturating_add(1)
+            .saturating_mul(lb_common::consts::MAX_SOURCE_RANGES_PER_VIP)
+    }
+
     /// Entries of the ENDPOINTS map.
     pub fn endpoints_capacity(&self) -> u32 {
         self.max_backends

@@ -13,6 +13,7 @@ pub mod limits;
 pub mod maglev;
 pub mod memory;
 pub mod mode;
+pub mod policy;
 pub mod prefix;
 pub mod reload;
 pub mod state;

@@ -11,6 +11,8 @@ use crate::model::{
     check::CheckConfig,
     cluster::ClusterSettings,
     mode::Mode,
+    policy::OnDown,
+    prefix::Prefix,
     state::{Proto, Service, State},
 };
 
@@ -52,6 +54,20 @@ pub enum Difference {
         proto: Proto,
         from: Option<CheckConfig>,
         to: Option<CheckConfig>,
+    },
+    /// Applies to tracked flows at once (every backend entry of the VIP is rewritten).
+    OnDownChanged {
+        vip: SocketAddr,
+        proto: Proto,
+        from: OnDown,
+        to: OnDown,
+    },
+    /// New flows are admitted by the new prefixes; tracked flows stay.
+    SourcesChanged {
+        vip: SocketAddr,
+        proto: Proto,
+        from: Vec<Prefix>,
+        to: Vec<Prefix>,
     },
     BackendAdded {
         vip: SocketAddr,
@@ -169,6 +185,22 @@ pub fn differences(current: &State, target: &State) -> Result<Vec<Difference>, R
                 to: wanted.mode,
             });
         }
+        if live.on_down != wanted.on_down {
+            out.push(Difference::OnDownChanged {
+                vip,
+                proto,
+                from: live.on_down,
+                to: wanted.on_down,
+            });
+        }
+        if live.sources != wanted.sources {
+            out.push(Difference::SourcesChanged {
+                vip,
+                proto,
+                from: live.sources.iter().copied().collect(),
+                to: wanted.sources.iter().copied().collect(),
+            });
+        }
         if live.check != wanted.check {
             out.push(Difference::CheckChanged {
                 vip,
@@ -276,6 +308,37 @@ impl fmt::Display for Difference {
                 write!(
                     f,
                     "~ VIP {} check: {} -> {}",
+                    service(vip, proto),
+                    describe(from),
+                    describe(to)
+                )
+            }
+            Difference::OnDownChanged {
+                vip,
+                proto,
+                from,
+                to,
+            } => write!(f, "~ VIP {} on-down: {from} -> {to}", service(vip, proto)),
+            Difference::SourcesChanged {
+                vip,
+                proto,
+                from,
+                to,
+            } => {
+                let describe = |sources: &[Prefix]| {
+                    if sources.is_empty() {
+                        "any".to_owned()
+                    } else {
+                        sources
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    }
+                };
+                write!(
+                    f,
+                    "~ VIP {} allowed sources: {} -> {}",
                     service(vip, proto),
                     describe(from),
                     describe(to)
@@ -449,6 +512,41 @@ proto = "udp"
                 from: Mode::Nat,
                 to: Mode::DsrIpip,
             }])
+        );
+    }
+
+    #[test]
+    fn on_down_and_source_changes_are_listed() {
+        let next = BASE.replace(
+            "[[vip]]",
+            "[[vip]]\non_down = \"move\"\nallow_sources = [\"198.18.0.0/24\"]",
+        );
+        let vip: SocketAddr = "198.18.1.1:80".parse().expect("addr");
+        let found = differences(&state(BASE), &state(&next)).expect("allowed");
+        assert_eq!(
+            found,
+            vec![
+                Difference::OnDownChanged {
+                    vip,
+                    proto: Proto::Tcp,
+                    from: OnDown::KeepTcp,
+                    to: OnDown::Move,
+                },
+                Difference::SourcesChanged {
+                    vip,
+                    proto: Proto::Tcp,
+                    from: vec![],
+                    to: vec!["198.18.0.0/24".parse().expect("prefix")],
+                },
+            ]
+        );
+        let text: Vec<String> = found.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "~ VIP 198.18.1.1:80/tcp on-down: keep-tcp -> move",
+                "~ VIP 198.18.1.1:80/tcp allowed sources: any -> 198.18.0.0/24",
+            ]
         );
     }
 

@@ -4,7 +4,7 @@
 //! Every change is checked here first, on a copy, so a refused change touches nothing.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     net::{IpAddr, SocketAddr},
 };
@@ -12,7 +12,12 @@ use std::{
 use lb_common::consts::{IPPROTO_TCP, IPPROTO_UDP};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{check::CheckSpec, mode::Mode};
+use crate::model::{
+    check::CheckSpec,
+    mode::Mode,
+    policy::{OnDown, SourcesError, check_sources},
+    prefix::Prefix,
+};
 use thiserror::Error;
 
 pub(crate) const MIN_WEIGHT: u32 = 1;
@@ -86,6 +91,10 @@ pub struct VipSpec {
     pub(crate) check: Option<CheckSpec>,
     /// How its packets reach the backends.
     pub mode: Mode,
+    /// What the tracked flows of a backend marked down do.
+    pub on_down: OnDown,
+    /// The clients that may open flows to it; empty: any client.
+    pub sources: BTreeSet<Prefix>,
 }
 
 /// This node's place in its cluster.
@@ -138,6 +147,16 @@ pub enum Change {
         service: Service,
         check: Option<CheckSpec>,
     },
+    /// Sets what the tracked flows of a VIP's down backends do.
+    SetOnDown {
+        service: Service,
+        on_down: OnDown,
+    },
+    /// Replaces a VIP's source prefixes (empty: any client).
+    SetSources {
+        service: Service,
+        sources: Vec<Prefix>,
+    },
     /// Withdraws (`true`) or announces again (`false`) every VIP of this node.
     DrainNode(bool),
 }
@@ -188,6 +207,11 @@ pub enum ChangeError {
         service: Service,
         backend: SocketAddr,
         mode: Mode,
+    },
+    #[error("VIP {service}: {error}")]
+    Sources {
+        service: Service,
+        error: Box<SourcesError>,
     },
     #[error("weight {0} is out of range ({MIN_WEIGHT}..={MAX_WEIGHT})")]
     WeightOutOfRange(u32),
@@ -348,6 +372,20 @@ impl State {
             } => {
                 self.vip_mut(*service)?.check = check.clone();
             }
+            Change::SetOnDown { service, on_down } => {
+                self.vip_mut(service)?.on_down = on_down;
+            }
+            Change::SetSources {
+                service,
+                ref sources,
+            } => {
+                let checked =
+                    check_sources(service.addr, sources).map_err(|error| ChangeError::Sources {
+                        service,
+                        error: Box::new(error),
+                    })?;
+                self.vip_mut(service)?.sources = checked;
+            }
             Change::DelBackend { service, backend } => {
                 self.vip_mut(service)?
                     .backends
@@ -493,6 +531,27 @@ mod tests {
                     undrain: false,
                 },
                 "nothing to change",
+            ),
+            (
+                Change::SetSources {
+                    service: v4,
+                    sources: vec!["fd00::/64".parse().expect("prefix")],
+                },
+                "source prefix fd00::/64 is IPv6 but VIP 198.18.1.1:80 is IPv4",
+            ),
+            (
+                Change::SetSources {
+                    service: v6,
+                    sources: vec!["fd00::/64".parse().expect("prefix"); 2],
+                },
+                "given twice",
+            ),
+            (
+                Change::SetOnDown {
+                    service: service("198.18.1.9:80"),
+                    on_down: OnDown::Move,
+                },
+                "no VIP",
             ),
         ];
         for (change, message) in cases {
