@@ -28,9 +28,12 @@ pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
 /// Program array of the tail-called programs. Pinned: a program array is emptied when
 /// no user-space reference holds it, and the datapath outlives the daemon.
 pub const MAP_JUMPS: &str = "JUMPS";
-/// Per-CPU `TooBigArgs` handed from `lb` to `lb_too_big`. Not pinned.
+/// Per-CPU `TooBigArgs` handed from `lb` to `lb_too_big`. Pinned, as ENCAP_ARGS.
 pub const MAP_TOO_BIG_ARGS: &str = "TOO_BIG_ARGS";
-/// Per-CPU `EncapArgs` handed from `lb` and `lb_icmp` to `lb_encap`. Not pinned.
+/// Per-CPU `EncapArgs` handed from `lb` and `lb_icmp` to `lb_encap`. Pinned: during a
+/// restart JUMPS (pinned, shared) holds the new load's `lb_encap` before the links switch
+/// to the new `lb`, so the old `lb` tail-calls the new `lb_encap`; both must read and
+/// write one slot, not one map per load.
 pub const MAP_ENCAP_ARGS: &str = "ENCAP_ARGS";
 /// Per-CPU token bucket for ICMP errors the datapath sends. Not pinned.
 pub const MAP_ICMP_RATE: &str = "ICMP_RATE";
@@ -64,7 +67,10 @@ pub const ADDRESS_VIP: u32 = 1;
 pub const ADDRESS_BACKEND: u32 = 2;
 
 /// Every map that outlives a controller: pinned under the pin directory by these names.
-pub const PINNED_MAPS: [&str; 12] = [
+/// The last two were added after layout version 5 shipped without them: a controller
+/// adopting such a pin directory creates and pins them (the loader does, for any pin
+/// path that does not exist yet), and nothing else in the layout changes.
+pub const PINNED_MAPS: [&str; 14] = [
     MAP_STATS,
     MAP_VIPS,
     MAP_BACKENDS,
@@ -77,6 +83,8 @@ pub const PINNED_MAPS: [&str; 12] = [
     MAP_META,
     MAP_JUMPS,
     MAP_ADDRESSES,
+    MAP_ENCAP_ARGS,
+    MAP_TOO_BIG_ARGS,
 ];
 
 /// Version of the map layout (key/value types and indexing). Bump it with any change to a
