@@ -167,6 +167,9 @@ stats! {
     // The route toward a DSR backend ends on this host or leaves through an interface lb
     // is not attached to: the kernel would send the untouched packet to the VIP again.
     DropDsrUnroutable = 56, "drop_dsr_unroutable", Reason;
+    // A frame with an 802.1Q / 802.1ad tag: passed untouched to the kernel, whose VLAN
+    // interface owns it (lb does not forward tagged frames).
+    PassVlanTagged = 57, "pass_vlan_tagged", Reason;
 }
 
 /// Number of slots in the stats map.
