@@ -316,7 +316,10 @@ fn a_restart_keeps_the_tail_calls_argument_maps_shared_by_old_and_new_programs()
     }
     let daemon = lab.start(&[]);
     let recreated = ids("adopting a pin directory without them");
-    assert!(recreated.iter().all(|id| !first.contains(id)), "created anew");
+    assert!(
+        recreated.iter().all(|id| !first.contains(id)),
+        "created anew"
+    );
     lab.instance.down();
     drop(daemon);
     let left: Vec<_> = std::fs::read_dir(&pin_dir)
