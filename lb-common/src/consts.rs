@@ -47,9 +47,12 @@ pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
 /// Program array of the tail-called programs. Pinned: a program array is emptied when
 /// no user-space reference holds it, and the datapath outlives the daemon.
 pub const MAP_JUMPS: &str = "JUMPS";
-/// Per-CPU `TooBigArgs` handed from `lb` to `lb_too_big`. Not pinned.
+/// Per-CPU `TooBigArgs` handed from `lb` to `lb_too_big`. Pinned, as ENCAP_ARGS.
 pub const MAP_TOO_BIG_ARGS: &str = "TOO_BIG_ARGS";
-/// Per-CPU `EncapArgs` handed from `lb` and `lb_icmp` to `lb_encap`. Not pinned.
+/// Per-CPU `EncapArgs` handed from `lb` and `lb_icmp` to `lb_encap`. Pinned: during a
+/// restart JUMPS (pinned, shared) holds the new load's `lb_encap` before the links switch
+/// to the new `lb`, so the old `lb` tail-calls the new `lb_encap`; both must read and
+/// write one slot, not one map per load.
 pub const MAP_ENCAP_ARGS: &str = "ENCAP_ARGS";
 /// Per-CPU token bucket for ICMP errors the datapath sends. Not pinned.
 pub const MAP_ICMP_RATE: &str = "ICMP_RATE";
@@ -89,7 +92,7 @@ pub const ADDRESS_VIP: u32 = 1;
 pub const ADDRESS_BACKEND: u32 = 2;
 
 /// Every map that outlives a controller: pinned under the pin directory by these names.
-pub const PINNED_MAPS: [&str; 15] = [
+pub const PINNED_MAPS: [&str; 17] = [
     MAP_STATS,
     MAP_VIPS,
     MAP_BACKENDS,
@@ -104,10 +107,13 @@ pub const PINNED_MAPS: [&str; 15] = [
     MAP_ADDRESSES,
     // Added after layout 5 was released: a pin directory of that release lacks them, and
     // the loader creates and pins them at adoption (the layout version stays 5;
-    // SOURCE_RANGES starts empty, as a VIP without ranges needs it).
+    // SOURCE_RANGES starts empty, as a VIP without ranges needs it). The tail calls'
+    // argument maps are shared by the old and the new load across a restart.
     MAP_CT_UNPROVEN,
     MAP_LOCAL_MACS,
     MAP_SOURCE_RANGES,
+    MAP_ENCAP_ARGS,
+    MAP_TOO_BIG_ARGS,
 ];
 
 /// Version of the map layout (key/value types and indexing). Bump it with any change to a

@@ -183,6 +183,9 @@ stats! {
     CtKeptOnDown = 60, "ct_kept_on_down", Conntrack;
     // A new flow from a client outside every --allow-source prefix of its VIP.
     DropSourceNotAllowed = 61, "drop_source_not_allowed", Reason;
+    // A frame with an 802.1Q / 802.1ad tag: passed untouched to the kernel, whose VLAN
+    // interface owns it (lb does not forward tagged frames).
+    PassVlanTagged = 62, "pass_vlan_tagged", Reason;
 }
 
 /// Number of slots in the stats map.

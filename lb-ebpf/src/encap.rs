@@ -61,6 +61,9 @@ pub fn to_backend(
         // The kernel cannot forward it in our place (it would route it to the VIP); the
         // daemon keeps the next hop of every DSR backend resolved (a managed neighbour).
         Route::NoNeighbour => return Outcome::drop(Stat::DropDsrNoNeighbour),
+        // Out through an interface lb is not attached to: XDP cannot send it there, and
+        // the kernel would route the untouched packet to the VIP again.
+        Route::NotAttached(_) => return Outcome::drop(Stat::DropDsrUnroutable),
         // Handed to the kernel, the untouched packet would be routed to the VIP again.
         Route::Done(outcome) if outcome.action == xdp_action::XDP_PASS => {
             return Outcome::drop(Stat::DropDsrUnroutable);

@@ -42,6 +42,11 @@ pub enum Route {
     /// The route's neighbour is not resolved: the kernel must forward this packet (and
     /// resolve it), so the packet is rewritten and passed.
     NoNeighbour,
+    /// The route leaves through an interface lb is not attached to (XDP cannot send
+    /// there): the packet is rewritten like any other and passed for the kernel to
+    /// forward, so a reply still leaves from its VIP, never with the backend's address.
+    /// The answer (MTU included) is that slot's, for the too-big check.
+    NotAttached(&'static NextHop),
     /// Everything else is decided before any rewrite: the verdict to return as it is.
     Done(Outcome),
 }
@@ -106,8 +111,7 @@ pub fn route(ctx: &XdpContext, packet: &Packet, out: &FlowKey, slot: HopSlot, no
         }
     }
     if hop.flags & NEXTHOP_FLAG_ATTACHED == 0 {
-        // Left as it is: rewritten, the kernel would drop it as addressed to another host.
-        return Route::Done(Outcome::pass(Stat::PassEgressNotAttached));
+        return Route::NotAttached(hop);
     }
     Route::Hop(hop)
 }

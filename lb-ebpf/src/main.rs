@@ -155,6 +155,12 @@ fn process(ctx: &XdpContext) -> Outcome {
         // Malformed packets are not ours to judge: the kernel stack drops or answers them.
         Err(malformed) => return Outcome::pass(malformed.reason()),
     };
+    // A tagged frame belongs to a VLAN interface on top of this one: the FIB would be
+    // asked about the wrong interface and the frame would leave with the ingress tag, so
+    // the kernel gets it untouched (docs/ARCHITECTURE.md, "VLAN tags").
+    if packet.l3_offset != parse::UNTAGGED_L3_OFFSET {
+        return Outcome::pass(Stat::PassVlanTagged);
+    }
     let flow = &packet.flow;
     match packet.l4 {
         L4::Tcp | L4::Udp => {}
@@ -445,9 +451,12 @@ fn deliver(
     forwarded: Stat,
     now: u64,
 ) -> Outcome {
-    let hop = match forward::route(ctx, packet, out, slot, now) {
-        Route::Hop(hop) => Some(hop),
-        Route::NoNeighbour => None,
+    // `attached`: XDP sends it; otherwise the kernel forwards it after the rewrite (its
+    // neighbour unresolved, or an egress lb is not attached to).
+    let (hop, attached) = match forward::route(ctx, packet, out, slot, now) {
+        Route::Hop(hop) => (Some(hop), true),
+        Route::NotAttached(hop) => (Some(hop), false),
+        Route::NoNeighbour => (None, false),
         Route::Done(outcome) => return outcome,
     };
     let (addr, port) = match side {
@@ -466,7 +475,9 @@ fn deliver(
     match hop {
         // IPv4 that may be fragmented: the kernel does it, after the rewrite.
         _ if too_big.is_some() => Outcome::pass(Stat::PassFragmentationNeeded),
-        Some(hop) => forward::send(ctx, packet, hop, forwarded),
+        Some(hop) if attached => forward::send(ctx, packet, hop, forwarded),
+        // The kernel forwards it out of the interface lb is not attached to, rewritten.
+        Some(_) => Outcome::pass(Stat::PassEgressNotAttached),
         // The kernel forwards it (and resolves the neighbour meanwhile).
         None => Outcome::pass(Stat::PassNoNeighbour),
     }

@@ -102,11 +102,12 @@ pub static UNATTACHED_EGRESS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_
 #[map(name = "JUMPS")]
 pub static JUMPS: ProgramArray = ProgramArray::with_max_entries(TAIL_PROGRAMS.len() as u32, 0);
 
-/// What `lb` hands to `lb_too_big`, in this CPU's slot.
+/// What `lb` hands to `lb_too_big`, in this CPU's slot. Pinned, so that an old `lb`
+/// tail-calling a new `lb_too_big` during a restart hands it over in the same map.
 #[map(name = "TOO_BIG_ARGS")]
 pub static TOO_BIG_ARGS: PerCpuArray<TooBigArgs> = PerCpuArray::with_max_entries(1, 0);
 
-/// What `lb_icmp` hands to `lb_encap`, in this CPU's slot.
+/// What `lb` and `lb_icmp` hand to `lb_encap`, in this CPU's slot. Pinned, as TOO_BIG_ARGS.
 #[map(name = "ENCAP_ARGS")]
 pub static ENCAP_ARGS: PerCpuArray<EncapArgs> = PerCpuArray::with_max_entries(1, 0);
 

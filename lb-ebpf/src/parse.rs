@@ -23,6 +23,9 @@ use network_types::{
 
 use crate::{maps::ablated, stats};
 
+/// Where the IP header of a frame without a VLAN tag starts.
+pub const UNTAGGED_L3_OFFSET: usize = EthHdr::LEN;
+
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;

@@ -127,6 +127,12 @@ impl FibLab {
         pin_neighbour(&self.lb, "198.18.3.2", BACKEND_MACS[0], "ua0");
     }
 
+    /// A route to `prefix` through 198.18.3.2, behind the link of
+    /// [`FibLab::add_unattached_link`].
+    pub fn route_via_unattached(&self, prefix: &str) {
+        self.lb.ip(&["route", "add", prefix, "via", "198.18.3.2"]);
+    }
+
     /// Points the lb's (permanent) neighbour entry for a backend at another MAC.
     /// A route in the lb's namespace to `prefix` through `gateway` on the backend link.
     pub fn route_via_backend(&self, prefix: &str, gateway: &str) {

@@ -342,10 +342,11 @@ pub fn check(
             verdict.action
         ));
     }
-    // The kernel sends these on after the rewrite: it resolves the neighbour, or fragments.
+    // The kernel sends these on after the rewrite: it resolves the neighbour, fragments,
+    // or sends them out of an interface lb is not attached to.
     let rewritten_then_passed = matches!(
         reason,
-        Stat::PassNoNeighbour | Stat::PassFragmentationNeeded
+        Stat::PassNoNeighbour | Stat::PassFragmentationNeeded | Stat::PassEgressNotAttached
     );
     let icmp_out = matches!(
         reason,

@@ -557,7 +557,7 @@ fn a_route_through_an_interface_lb_is_not_attached_to_is_warned_once() {
     let vip_arg = vip.to_string();
     instance.ok(&["vip", "add", &vip_arg]);
     instance.ok(&["backend", "add", &vip_arg, &endpoint(&lab, 1, HTTP_PORT)]);
-    // Passed to the kernel unchanged, these never reach backend-2 through the VIP.
+    // Passed to the kernel (rewritten), these leave through a link lb does not see.
     let _ = lab
         .client
         .enter(|| (0..3).map(|_| http_get(vip)).collect::<Vec<_>>());

@@ -199,68 +199,84 @@ impl Lab {
         }
     }
 
-    /// Sends a UDP request to `vip` inside a tunnel to `outer_dst` and returns the echo, if
-    /// one came back within half a second. The client port is the receiving socket's own
-    /// ephemeral one, so no two requests ever compete for a port.
+    /// Sends a UDP request to `vip` inside a tunnel to `outer_dst` (see [`request`]).
     fn request(&self, outer_dst: IpAddr, vip: IpAddr, payload: &[u8]) -> Option<Vec<u8>> {
         let sender = match vip {
             IpAddr::V4(_) => IpAddr::V4(SENDER_V4),
             IpAddr::V6(_) => IpAddr::V6(SENDER_V6),
         };
-        self.sender.enter(|| {
-            let receiver =
-                UdpSocket::bind(SocketAddr::new(sender, 0)).expect("bind the client socket");
-            let client_port = receiver.local_addr().expect("local address").port();
-            receiver
-                .set_read_timeout(Some(Duration::from_millis(500)))
-                .expect("timeout");
-            let mut inner = Vec::new();
-            let (builder, protocol) = match (sender, vip) {
-                (IpAddr::V4(src), IpAddr::V4(dst)) => (
-                    PacketBuilder::ipv4(src.octets(), dst.octets(), 64),
-                    libc::IPPROTO_IPIP,
-                ),
-                (IpAddr::V6(src), IpAddr::V6(dst)) => (
-                    PacketBuilder::ipv6(src.octets(), dst.octets(), 64),
-                    libc::IPPROTO_IPV6,
-                ),
-                _ => unreachable!("same family"),
-            };
-            builder
-                .udp(client_port, SERVICE_PORT)
-                .write(&mut inner, payload)
-                .expect("build");
-            send_raw(outer_dst, protocol, &inner);
-            let mut buf = [0u8; 2048];
-            let (n, from) = receiver.recv_from(&mut buf).ok()?;
-            assert_eq!(
-                from,
-                SocketAddr::new(vip, SERVICE_PORT),
-                "answered by the VIP"
-            );
-            Some(buf[..n].to_vec())
-        })
+        request(&self.sender, sender, outer_dst, vip, payload)
     }
 
-    /// An echo server on `vip` (which must be on lo by now), for the rest of the test.
+    /// An echo server on `vip` (see [`serve`]).
     fn serve(&self, vip: IpAddr) {
-        let socket = self.backend.enter(|| {
-            UdpSocket::bind(SocketAddr::new(vip, SERVICE_PORT)).expect("bind the echo server")
-        });
-        socket
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 2048];
-            // Bounded: at most 1000 echoes, and it ends 30 s after the last request.
-            for _ in 0..1000 {
-                let Ok((n, from)) = socket.recv_from(&mut buf) else {
-                    break;
-                };
-                let _ = socket.send_to(&buf[..n], from);
-            }
-        });
+        serve(&self.backend, vip);
     }
+}
+
+/// Sends a UDP request from `sender` (an address in `ns`) to `vip` inside a tunnel to
+/// `outer_dst` and returns the echo, if one came back within half a second. The client
+/// port is the receiving socket's own ephemeral one, so no two requests ever compete for
+/// a port.
+fn request(
+    ns: &NetNs,
+    sender: IpAddr,
+    outer_dst: IpAddr,
+    vip: IpAddr,
+    payload: &[u8],
+) -> Option<Vec<u8>> {
+    ns.enter(|| {
+        let receiver = UdpSocket::bind(SocketAddr::new(sender, 0)).expect("bind the client socket");
+        let client_port = receiver.local_addr().expect("local address").port();
+        receiver
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        let mut inner = Vec::new();
+        let (builder, protocol) = match (sender, vip) {
+            (IpAddr::V4(src), IpAddr::V4(dst)) => (
+                PacketBuilder::ipv4(src.octets(), dst.octets(), 64),
+                libc::IPPROTO_IPIP,
+            ),
+            (IpAddr::V6(src), IpAddr::V6(dst)) => (
+                PacketBuilder::ipv6(src.octets(), dst.octets(), 64),
+                libc::IPPROTO_IPV6,
+            ),
+            _ => unreachable!("same family"),
+        };
+        builder
+            .udp(client_port, SERVICE_PORT)
+            .write(&mut inner, payload)
+            .expect("build");
+        send_raw(outer_dst, protocol, &inner);
+        let mut buf = [0u8; 2048];
+        let (n, from) = receiver.recv_from(&mut buf).ok()?;
+        assert_eq!(
+            from,
+            SocketAddr::new(vip, SERVICE_PORT),
+            "answered by the VIP"
+        );
+        Some(buf[..n].to_vec())
+    })
+}
+
+/// An echo server on `vip` in `ns` (which must be on lo by now), for the rest of the test.
+fn serve(ns: &NetNs, vip: IpAddr) {
+    let socket = ns.enter(|| {
+        UdpSocket::bind(SocketAddr::new(vip, SERVICE_PORT)).expect("bind the echo server")
+    });
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        // Bounded: at most 1000 echoes, and it ends 30 s after the last request.
+        for _ in 0..1000 {
+            let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                break;
+            };
+            let _ = socket.send_to(&buf[..n], from);
+        }
+    });
 }
 
 impl Drop for Lab {
@@ -725,5 +741,202 @@ fn an_attach_that_fails_half_way_rolls_back_what_it_changed() {
             .unwrap_or(0),
         0,
         "no pins left"
+    );
+}
+
+/// A backend namespace whose interface toward the sender has the name every backend of
+/// the test uses, and `lb decap` run there with the default paths.
+struct NamedBackend {
+    ns: NetNs,
+    own: Ipv4Addr,
+    vip: Ipv4Addr,
+}
+
+/// The name every backend namespace gives its interface (as containers all have `eth0`).
+const SHARED_IFACE: &str = "lbtdc0";
+
+impl NamedBackend {
+    /// A backend on its own veth from `sender`: sender `198.18.<net>.1`, backend `.2`.
+    fn new(sender: &NetNs, net: u8, vip: Ipv4Addr) -> Self {
+        let ns = NetNs::new("dcnsb");
+        let link = Link::veth(
+            sender,
+            &format!("198.18.{net}.1/24"),
+            &ns,
+            &format!("198.18.{net}.2/24"),
+        );
+        ns.ip(&["link", "set", &link.b, "down"]);
+        ns.ip(&["link", "set", &link.b, "name", SHARED_IFACE]);
+        ns.ip(&["link", "set", SHARED_IFACE, "up"]);
+        Self {
+            ns,
+            own: Ipv4Addr::new(198, 18, net, 2),
+            vip,
+        }
+    }
+
+    /// `lb decap <args>` in this namespace, default paths.
+    fn lb(&self, args: &[&str]) -> Output {
+        self.ns
+            .command(lb_binary())
+            .arg("decap")
+            .args(args)
+            .output()
+            .expect("run lb")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.lb(args);
+        assert!(
+            output.status.success(),
+            "`lb decap {}` in {} failed:\n{}\n{}",
+            args.join(" "),
+            self.ns.name(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let text = self.ok(&["status", "--json"]);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+    }
+
+    /// This namespace's defaults, named by its inode.
+    fn default_paths(&self) -> (PathBuf, PathBuf) {
+        use std::os::unix::fs::MetadataExt as _;
+        let inode = std::fs::metadata(self.ns.path())
+            .expect("the namespace file")
+            .ino();
+        (
+            PathBuf::from(format!("/sys/fs/bpf/lb-decap/netns-{inode}")),
+            PathBuf::from(format!("/run/lb-decap/netns-{inode}.json")),
+        )
+    }
+}
+
+impl Drop for NamedBackend {
+    fn drop(&mut self) {
+        let _ = self.lb(&["detach", "--all"]);
+        let (pin_dir, record) = self.default_paths();
+        let _ = std::fs::remove_dir_all(pin_dir);
+        let _ = std::fs::remove_file(record);
+    }
+}
+
+/// bpffs and /run are shared by every network namespace of a host and interface names
+/// repeat (containers as backends): `lb decap attach --iface <same name>` with the default
+/// paths in two namespaces keeps two datapaths apart. Each status shows only its own
+/// addresses and VIP, each decapsulates for its own VIP, and detaching one leaves the
+/// other working. An explicit path of the other namespace is refused, not overwritten.
+#[test]
+fn namespaces_with_the_same_interface_name_keep_their_own_decap() {
+    lb_tests::require_root!();
+    let sender = NetNs::new("dcnss");
+    let backends = [
+        NamedBackend::new(&sender, 11, Ipv4Addr::new(198, 18, 13, 1)),
+        NamedBackend::new(&sender, 12, Ipv4Addr::new(198, 18, 13, 2)),
+    ];
+    for backend in &backends {
+        let out = backend.ok(&[
+            "attach",
+            "--iface",
+            SHARED_IFACE,
+            "--vip",
+            &backend.vip.to_string(),
+        ]);
+        assert!(
+            out.contains(&format!("lb_decap attached to {SHARED_IFACE}")),
+            "{}: {out}",
+            backend.ns.name()
+        );
+        assert!(backend.ns.has_xdp(), "{}", backend.ns.name());
+        serve(&backend.ns, IpAddr::V4(backend.vip));
+    }
+    let ask = |backend: &NamedBackend, payload: &str| {
+        let sender_addr = IpAddr::V4(Ipv4Addr::new(198, 18, backend.own.octets()[2], 1));
+        request(
+            &sender,
+            sender_addr,
+            IpAddr::V4(backend.own),
+            IpAddr::V4(backend.vip),
+            payload.as_bytes(),
+        )
+    };
+    for backend in &backends {
+        let status = backend.status();
+        let (pin_dir, record) = backend.default_paths();
+        assert_eq!(status["pin_dir"], pin_dir.display().to_string(), "{status}");
+        assert_eq!(status["record"], record.display().to_string(), "{status}");
+        let interfaces = status["interfaces"].as_array().expect("interfaces");
+        assert_eq!(interfaces.len(), 1, "only its own: {status}");
+        let entry = &interfaces[0];
+        assert_eq!(entry["iface"], SHARED_IFACE);
+        assert_eq!(entry["attached"], true, "{status}");
+        assert_eq!(
+            entry["local"],
+            serde_json::json!([backend.own.to_string()]),
+            "{status}"
+        );
+        assert_eq!(
+            entry["vips"],
+            serde_json::json!([backend.vip.to_string()]),
+            "{status}"
+        );
+        let payload = format!("to {}", backend.vip);
+        assert_eq!(
+            ask(backend, &payload).as_deref(),
+            Some(payload.as_bytes()),
+            "{} decapsulates for its own VIP",
+            backend.ns.name()
+        );
+    }
+
+    // The first namespace's paths given explicitly in the second: refused, nothing changed.
+    let (first_pins, first_record) = backends[0].default_paths();
+    let output = backends[1].lb(&[
+        "attach",
+        "--iface",
+        SHARED_IFACE,
+        "--pin-dir",
+        &first_pins.display().to_string(),
+        "--record",
+        &first_record.display().to_string(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "attach over another namespace's paths"
+    );
+    assert!(
+        stderr.contains("another network namespace")
+            || stderr.contains("belongs to network namespace"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--pin-dir"), "names the flags: {stderr}");
+    assert_eq!(backends[0].status()["interfaces"][0]["attached"], true);
+
+    // Detaching one leaves the other working.
+    backends[0].ok(&["detach", "--all"]);
+    assert!(!backends[0].ns.has_xdp());
+    assert_eq!(
+        backends[0].status()["interfaces"],
+        serde_json::json!([]),
+        "nothing left in the first"
+    );
+    assert_eq!(ask(&backends[0], "gone"), None);
+    let status = backends[1].status();
+    assert_eq!(status["interfaces"][0]["attached"], true, "{status}");
+    assert!(backends[1].ns.has_xdp());
+    assert_eq!(
+        ask(&backends[1], "still").as_deref(),
+        Some(&b"still"[..]),
+        "the second still decapsulates"
+    );
+    backends[1].ok(&["detach", "--all"]);
+    assert!(!backends[1].ns.has_xdp());
+    lb_tests::loud(
+        "decap_cli: two namespaces, one interface name, default paths: each its own datapath",
     );
 }

@@ -1,7 +1,13 @@
 //! Golden packets through the real XDP program with BPF_PROG_TEST_RUN (needs root).
 
-use lb_common::{consts::XDP_PASS as PASS, stats::Stat};
+use std::net::IpAddr;
+
+use lb_common::{
+    consts::{XDP_PASS as PASS, XDP_REDIRECT},
+    stats::Stat,
+};
 use lb_tests::{
+    fiblab::FibLab,
     packets::{Family, Layer, Spec, Transport, all_specs},
     testrun::Datapath,
 };
@@ -35,12 +41,13 @@ fn non_vip_traffic_passes_byte_for_byte() {
             "{spec:?}: {:?}",
             delta.moved()
         );
-        assert_eq!(
-            delta.packets(Stat::PassNotVip),
-            1,
-            "{spec:?}: {:?}",
-            delta.moved()
-        );
+        // A tagged frame is the kernel's (its VLAN interface's) before any VIP lookup.
+        let reason = if spec.vlan {
+            Stat::PassVlanTagged
+        } else {
+            Stat::PassNotVip
+        };
+        assert_eq!(delta.packets(reason), 1, "{spec:?}: {:?}", delta.moved());
         let (l3, l4) = match (spec.family, spec.transport) {
             (Family::V6, Transport::Tcp) => (Stat::Ipv6, Stat::Tcp),
             (Family::V6, Transport::Udp) => (Stat::Ipv6, Stat::Udp),
@@ -152,4 +159,59 @@ fn non_ip_frames_pass_untouched() {
     assert_eq!(verdict.packet, arp);
     assert_eq!(delta.packets(Stat::PassNotIp), 1, "{:?}", delta.moved());
     assert_eq!(delta.packets(Stat::OtherL3), 1, "{:?}", delta.moved());
+}
+
+/// lb does not forward VLAN-tagged frames (the FIB would be asked about the physical
+/// interface and the frame would leave with the ingress tag): a tagged packet to a VIP,
+/// or a backend's tagged reply, is passed untouched to the kernel's VLAN interface and
+/// counted as `pass_vlan_tagged`; the same packets untagged are forwarded.
+#[test]
+fn vlan_tagged_frames_to_a_vip_pass_untouched() {
+    lb_tests::require_root!();
+    let ip = |text: &str| text.parse::<IpAddr>().expect("address");
+    let lab = FibLab::new();
+    lab.with_datapath(|datapath, ids| {
+        let cases = [
+            (
+                "SYN to a VIP",
+                ids.from_client,
+                Spec::new(Family::V4, Transport::Tcp)
+                    .between(ip("198.18.0.1"), ip("198.18.1.1"))
+                    .ports(41_000, 80),
+            ),
+            (
+                "IPv6 datagram to a VIP",
+                ids.from_client,
+                Spec::new(Family::V6, Transport::Udp)
+                    .between(ip("fd00::1"), ip("fd00:1::1"))
+                    .ports(41_001, 53),
+            ),
+            (
+                "reply of a backend",
+                ids.from_backends,
+                Spec::new(Family::V4, Transport::Tcp)
+                    .between(ip("198.18.2.2"), ip("198.18.0.1"))
+                    .ports(8080, 41_002)
+                    .ack(),
+            ),
+        ];
+        for (name, ingress, spec) in cases {
+            datapath.set_ingress(ingress);
+            let untagged = spec.build(&[]);
+            let (verdict, _) = datapath.run_counted(&untagged);
+            assert_eq!(verdict.action, XDP_REDIRECT, "{name}: forwarded untagged");
+            let tagged = spec.with_vlan().build(&[]);
+            let (verdict, delta) = datapath.run_counted(&tagged);
+            assert_eq!(verdict.action, PASS, "{name}: {:?}", delta.moved());
+            assert_eq!(verdict.packet, tagged, "{name}: passed byte for byte");
+            assert_eq!(
+                delta.packets(Stat::PassVlanTagged),
+                1,
+                "{name}: {:?}",
+                delta.moved()
+            );
+            assert_eq!(delta.packets(Stat::Pass), 1, "{name}");
+            assert_eq!(delta.packets(Stat::ForwardNew), 0, "{name}");
+        }
+    });
 }

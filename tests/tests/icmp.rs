@@ -342,11 +342,17 @@ fn echo_requests_to_a_vip_are_answered_from_it() {
     });
 }
 
+/// A route out through an interface lb is not attached to: XDP cannot send there, so the
+/// packet is passed to the kernel to forward, but rewritten first (checksums patched,
+/// MACs and TTL left for the kernel): a client's packet reaches its backend, and a reply
+/// leaves from its VIP, never with the backend's address.
 #[test]
-fn an_egress_lb_is_not_attached_to_gets_the_packet_untouched() {
+fn an_egress_lb_is_not_attached_to_gets_the_packet_rewritten_then_passed() {
     lb_tests::require_root!();
     let lab = FibLab::new();
     lab.add_unattached_link();
+    // A client behind the unattached link too (198.18.3.2 is its neighbour there).
+    lab.route_via_unattached("198.18.103.0/24");
     lab.with_datapath(|datapath, ids| {
         let service = Service {
             addr: "198.18.1.5:80".parse().expect("address"),
@@ -365,6 +371,42 @@ fn an_egress_lb_is_not_attached_to_gets_the_packet_untouched() {
         let (out, delta) = datapath.run_counted(&syn);
         assert_eq!(out.action, XDP_PASS, "{:?}", delta.moved());
         assert_eq!(delta.packets(Stat::PassEgressNotAttached), 1);
-        assert_eq!(out.packet, syn, "MACs, TTL and addresses untouched");
+        let sent = verify(&out.packet);
+        let came = verify(&syn);
+        assert_eq!(
+            (sent.src, sent.src_port, sent.dst, sent.dst_port),
+            (ip("198.18.0.1"), 42_004, ip("198.18.3.2"), 8080),
+            "destination NAT to the backend before the kernel forwards it"
+        );
+        assert_eq!(
+            (sent.src_mac, sent.dst_mac, sent.ttl),
+            (came.src_mac, came.dst_mac, came.ttl),
+            "MACs and TTL are the kernel's to set"
+        );
+
+        // A reply of a backend (198.18.2.2:8080 serves 198.18.1.1:80) to a client whose
+        // route leaves through the unattached link.
+        datapath.set_ingress(ids.from_backends);
+        let reply = Spec::new(Family::V4, Transport::Tcp)
+            .between(ip("198.18.2.2"), ip("198.18.103.7"))
+            .ports(8080, 40_000)
+            .ack()
+            .build(b"200 OK");
+        let (out, delta) = datapath.run_counted(&reply);
+        assert_eq!(out.action, XDP_PASS, "{:?}", delta.moved());
+        assert_eq!(
+            delta.packets(Stat::PassEgressNotAttached),
+            1,
+            "{:?}",
+            delta.moved()
+        );
+        let sent = verify(&out.packet);
+        assert_eq!(
+            (sent.src, sent.src_port),
+            (ip("198.18.1.1"), 80),
+            "the reply leaves from its VIP, not the backend's address"
+        );
+        assert_eq!((sent.dst, sent.dst_port), (ip("198.18.103.7"), 40_000));
+        assert_eq!(sent.payload, b"200 OK");
     });
 }

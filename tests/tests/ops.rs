@@ -239,6 +239,99 @@ fn datapath_programs(pin_dir: &Path, iface: &str) -> Vec<u64> {
     programs
 }
 
+/// The ids of the maps called `name` that the datapath's programs use (the attached `lb`
+/// and the tail-called ones in JUMPS).
+fn map_ids_named(pin_dir: &Path, iface: &str, name: &str) -> Vec<u64> {
+    let mut ids: Vec<u64> = datapath_programs(pin_dir, iface)
+        .into_iter()
+        .flat_map(|program| {
+            bpftool(&["prog", "show", "id", &program.to_string()])["map_ids"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|id| id.as_u64())
+        })
+        .filter(|id| bpftool(&["map", "show", "id", &id.to_string()])["name"] == name)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// The id of the map pinned at `pin_dir/name`.
+fn pinned_map_id(pin_dir: &Path, name: &str) -> u64 {
+    let path = pin_dir.join(name).to_string_lossy().into_owned();
+    bpftool(&["map", "show", "pinned", &path])["id"]
+        .as_u64()
+        .expect("a map id")
+}
+
+/// During a restart the pinned JUMPS map holds the new load's `lb_encap` and `lb_too_big`
+/// while the interface still runs the old `lb`: the old `lb` hands them their arguments
+/// through ENCAP_ARGS and TOO_BIG_ARGS, so every load must use the one pinned map of each.
+/// Also: a pin directory of the previous release (without these two pins) is adopted, the
+/// two maps created and pinned, and `lb down` removes them with the rest.
+#[test]
+fn a_restart_keeps_the_tail_calls_argument_maps_shared_by_old_and_new_programs() {
+    lb_tests::require_root!();
+    let lab = Lab::new();
+    let pin_dir = lab.instance.pin_dir.clone();
+    let args = ["ENCAP_ARGS", "TOO_BIG_ARGS"];
+    let ids = |when: &str| {
+        args.map(|name| {
+            let used = map_ids_named(&pin_dir, &lab.lb_if, name);
+            let pinned = pinned_map_id(&pin_dir, name);
+            assert_eq!(
+                used,
+                [pinned],
+                "{when}: every program uses the pinned {name} (id {pinned})"
+            );
+            pinned
+        })
+    };
+    let daemon = lab.start(&[]);
+    let programs = datapath_programs(&pin_dir, &lab.lb_if);
+    let first = ids("first start");
+    let (status, _) = daemon.terminate();
+    assert!(status.success());
+
+    let daemon = lab.start(&[]);
+    let restarted = datapath_programs(&pin_dir, &lab.lb_if);
+    assert!(
+        restarted.iter().all(|p| !programs.contains(p)),
+        "a new load: {programs:?} then {restarted:?}"
+    );
+    assert_eq!(
+        ids("after a restart"),
+        first,
+        "the old programs' maps are the new programs' maps"
+    );
+    let (status, _) = daemon.terminate();
+    assert!(status.success());
+
+    // The previous release pinned neither: its pin directory is adopted as it is.
+    for name in args {
+        std::fs::remove_file(pin_dir.join(name)).expect("remove the pin");
+    }
+    let daemon = lab.start(&[]);
+    let recreated = ids("adopting a pin directory without them");
+    assert!(
+        recreated.iter().all(|id| !first.contains(id)),
+        "created anew"
+    );
+    lab.instance.down();
+    drop(daemon);
+    let left: Vec<_> = std::fs::read_dir(&pin_dir)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "lb down left pins: {left:?}");
+    lb_tests::loud(&format!(
+        "ops: ENCAP_ARGS and TOO_BIG_ARGS ids {first:?} shared across a restart; \
+         recreated as {recreated:?} when missing"
+    ));
+}
+
 /// The kernel's memlock of every map the datapath's programs use, by map name, as
 /// bpftool reports them.
 fn memlock_by_bpftool(pin_dir: &Path, iface: &str) -> Vec<(String, u64)> {

@@ -13,11 +13,7 @@ use lb_common::{consts::DEFAULT_NEW_FLOW_LIMIT, flow::Timeout};
 
 use crate::{
     daemon::run::RunConfig,
-    datapath::{
-        attach::AttachMode,
-        backend_setup::{DEFAULT_DECAP_PIN_DIR, DEFAULT_DECAP_RECORD},
-        pins::DEFAULT_PIN_DIR,
-    },
+    datapath::{attach::AttachMode, pins::DEFAULT_PIN_DIR},
     model::cluster::{ClusterError, ClusterSettings, Seed, check_announce_table},
     model::decap::Prefix,
     model::limits::{BACKENDS_CEILING, Options, VIPS_CEILING},
@@ -578,12 +574,15 @@ pub(crate) enum DecapCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct DecapPathArgs {
-    /// bpffs directory for lb decap's pins: one directory per interface with its maps and link.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_DECAP_PIN_DIR)]
-    pub(crate) pin_dir: PathBuf,
-    /// Where attach records what it changed (JSON; bpffs holds only BPF objects).
-    #[arg(long, value_name = "FILE", default_value = DEFAULT_DECAP_RECORD)]
-    pub(crate) record: PathBuf,
+    /// bpffs directory for lb decap's pins: one directory per interface with its maps and
+    /// link [default: /sys/fs/bpf/lb-decap/netns-<inode>, the inode of this network
+    /// namespace (/proc/self/ns/net), so namespaces of one host never share it].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) pin_dir: Option<PathBuf>,
+    /// Where attach records what it changed (JSON; bpffs holds only BPF objects)
+    /// [default: /run/lb-decap/netns-<inode>.json, as --pin-dir].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) record: Option<PathBuf>,
 }
 
 fn parse_vip(text: &str) -> Result<IpAddr, String> {

@@ -13,18 +13,26 @@ use crate::{
 };
 
 impl DecapPathArgs {
-    fn paths(&self) -> DecapPaths {
-        DecapPaths {
-            pin_dir: self.pin_dir.clone(),
-            record: self.record.clone(),
+    /// The paths given, this network namespace's defaults for those left out. With both
+    /// left out, a note on stderr if an earlier release's shared pins are still there.
+    fn paths(&self) -> anyhow::Result<DecapPaths> {
+        if self.pin_dir.is_none()
+            && self.record.is_none()
+            && let Some(note) = backend_setup::legacy_note()
+        {
+            let _ = writeln!(std::io::stderr().lock(), "{note}");
         }
+        Ok(DecapPaths::resolve(
+            self.pin_dir.clone(),
+            self.record.clone(),
+        )?)
     }
 }
 
 pub(crate) fn run(command: DecapCommand) -> anyhow::Result<()> {
     match command {
         DecapCommand::Attach(args) => {
-            let paths = args.paths.paths();
+            let paths = args.paths.paths()?;
             backend_setup::attach(
                 &paths,
                 &args.iface,
@@ -36,7 +44,7 @@ pub(crate) fn run(command: DecapCommand) -> anyhow::Result<()> {
             .with_context(|| format!("lb decap attach --iface {}", args.iface))
         }
         DecapCommand::Status(args) => {
-            let status = backend_setup::status(&args.paths.paths(), args.iface.as_deref())
+            let status = backend_setup::status(&args.paths.paths()?, args.iface.as_deref())
                 .context("lb decap status")?;
             if args.json {
                 output::line(serde_json::to_string_pretty(&status)?)
@@ -45,7 +53,7 @@ pub(crate) fn run(command: DecapCommand) -> anyhow::Result<()> {
             }
         }
         DecapCommand::Detach(args) => {
-            let paths = args.paths.paths();
+            let paths = args.paths.paths()?;
             match args.iface {
                 Some(iface) => backend_setup::detach(&paths, &iface, &mut print_event)
                     .with_context(|| format!("lb decap detach --iface {iface}")),
@@ -217,7 +225,7 @@ mod tests {
     use super::*;
     use crate::{
         cli::args::{Cli, Command, XdpModeArg},
-        datapath::backend_setup::{DEFAULT_DECAP_PIN_DIR, DEFAULT_DECAP_RECORD},
+        datapath::backend_setup::DecapPaths,
         model::decap::{AddedAddress, CounterValue, SysctlChange},
     };
 
@@ -251,7 +259,32 @@ mod tests {
         assert_eq!(args.vips.len(), 2);
         assert_eq!(args.allow_sources[0].to_string(), "198.18.0.0/24");
         assert_eq!(args.xdp_mode, XdpModeArg::Skb);
-        assert_eq!(args.paths.pin_dir, PathBuf::from(DEFAULT_DECAP_PIN_DIR));
+        assert_eq!(
+            args.paths.pin_dir, None,
+            "this namespace's default, found at run time"
+        );
+        assert_eq!(args.paths.record, None);
+        let DecapCommand::Status(args) = parse(&[
+            "status",
+            "--pin-dir",
+            "/sys/fs/bpf/mine",
+            "--record",
+            "/run/mine.json",
+        ])
+        .expect("valid") else {
+            panic!("not status");
+        };
+        assert_eq!(args.paths.pin_dir, Some(PathBuf::from("/sys/fs/bpf/mine")));
+        assert_eq!(args.paths.record, Some(PathBuf::from("/run/mine.json")));
+        let defaults = DecapPaths::for_netns(4_026_531_840);
+        assert_eq!(
+            defaults.pin_dir,
+            PathBuf::from("/sys/fs/bpf/lb-decap/netns-4026531840")
+        );
+        assert_eq!(
+            defaults.record,
+            PathBuf::from("/run/lb-decap/netns-4026531840.json")
+        );
         for (flag, value, reason) in [
             ("--vip", "198.18.6.80:80", "is not an IP address"),
             ("--vip", "vip", "is not an IP address"),
@@ -281,9 +314,10 @@ mod tests {
                 bytes: 252,
             },
         );
+        let paths = DecapPaths::for_netns(4_026_531_840);
         DecapStatus {
-            pin_dir: DEFAULT_DECAP_PIN_DIR.into(),
-            record: DEFAULT_DECAP_RECORD.into(),
+            pin_dir: paths.pin_dir,
+            record: paths.record,
             interfaces: vec![InterfaceStatus {
                 iface: "eth0".into(),
                 attached: true,

@@ -3,12 +3,20 @@
 //! changed, and undoing exactly that. The plans come from [`crate::model::decap`]; this
 //! module observes the host, applies them, and rolls back a failed attach.
 //!
-//! Layout: the pin directory (default `/sys/fs/bpf/lb-decap`, locked by every command that
-//! changes something) holds one directory per interface with the four maps by name and the
-//! XDP link as `link`. The record is a JSON file beside it (default
-//! `/run/lb-decap/record.json`): bpffs holds only BPF objects, and /run, like bpffs, the
-//! sysctls and the addresses, is gone after a reboot, so the record never outlives what it
-//! describes.
+//! Layout: the pin directory (default `/sys/fs/bpf/lb-decap/netns-<inode>`, locked by every
+//! command that changes something) holds one directory per interface with the four maps by
+//! name and the XDP link as `link`. The record is a JSON file (default
+//! `/run/lb-decap/netns-<inode>.json`): bpffs holds only BPF objects, and /run, like bpffs,
+//! the sysctls and the addresses, is gone after a reboot, so the record never outlives what
+//! it describes.
+//!
+//! Network namespaces: bpffs and /run are shared by every network namespace of a host, and
+//! interface names repeat in each (containers as backends), so the defaults name the
+//! namespace by the inode of `/proc/self/ns/net`. Paths given explicitly are checked: a
+//! record written in another namespace, or an interface whose pinned link runs in
+//! another namespace, is refused, never rewritten. Releases before this one used
+//! `/sys/fs/bpf/lb-decap` and `/run/lb-decap/record.json` for every namespace: commands
+//! with the default paths say so when those are still there ([`legacy_note`]).
 
 use std::{
     fs::File,
@@ -32,6 +40,7 @@ use crate::datapath::{
         DECAP_OBJECT, Decap, DecapError, SourcePrefix, read_pinned_counters, read_pinned_filters,
     },
     netlink::{self, NetlinkError},
+    netns::{self, LinkPlace},
     pins::{PinError, ensure_bpffs},
     privileges::{self, NotPrivileged},
     sysctl::{self, SysctlError},
@@ -44,8 +53,15 @@ use crate::model::{
     error_chain::error_chain,
 };
 
-pub(crate) const DEFAULT_DECAP_PIN_DIR: &str = "/sys/fs/bpf/lb-decap";
-pub(crate) const DEFAULT_DECAP_RECORD: &str = "/run/lb-decap/record.json";
+/// Where each network namespace's pin directory goes: `netns-<inode>` under it.
+pub(crate) const DECAP_PIN_ROOT: &str = "/sys/fs/bpf/lb-decap";
+/// Where each network namespace's record goes: `netns-<inode>.json` in it.
+pub(crate) const DECAP_RECORD_DIR: &str = "/run/lb-decap";
+/// The record of releases that kept one for the whole host (the pins were directly in
+/// [`DECAP_PIN_ROOT`]).
+pub(crate) const LEGACY_DECAP_RECORD: &str = "/run/lb-decap/record.json";
+/// The name of a namespace's own directory (and record) in the defaults.
+const NETNS_PREFIX: &str = "netns-";
 /// The link's pin in an interface's directory.
 const LINK_PIN: &str = "link";
 /// How long a command waits for another `lb decap` command to finish.
@@ -116,6 +132,50 @@ pub(crate) enum SetupError {
          another process holds the link"
     )]
     StillAttached { iface: String, program_id: u32 },
+    #[error("cannot tell which network namespace this is (/proc/self/ns/net)")]
+    Netns(#[source] io::Error),
+    #[error(
+        "the decap record {} belongs to network namespace net:[{found}], and this is \
+         net:[{ours}]: refusing to read or rewrite another namespace's record. Each network \
+         namespace needs its own --pin-dir and --record; leave both out to use this \
+         namespace's defaults ({})",
+        record.display(), defaults_text(*ours)
+    )]
+    ForeignRecord {
+        record: PathBuf,
+        found: u64,
+        ours: u64,
+    },
+    #[error(
+        "{} is the link of lb_decap on interface index {ifindex} of another network \
+         namespace (this namespace's {iface} does not run its program): refusing to replace \
+         or remove it. Each network namespace needs its own --pin-dir and --record; leave \
+         both out to use this namespace's defaults ({})",
+        link.display(), defaults_text(*ours)
+    )]
+    ForeignLink {
+        iface: String,
+        link: PathBuf,
+        ifindex: u32,
+        ours: u64,
+    },
+}
+
+/// This namespace's default paths, for messages.
+fn defaults_text(netns: u64) -> String {
+    let paths = DecapPaths::for_netns(netns);
+    format!(
+        "--pin-dir {} --record {}",
+        paths.pin_dir.display(),
+        paths.record.display()
+    )
+}
+
+/// Whether a directory name in a pin directory is a namespace's (`netns-<inode>`), not an
+/// interface's: the defaults keep one per namespace under [`DECAP_PIN_ROOT`].
+fn is_netns_dir(name: &str) -> bool {
+    name.strip_prefix(NETNS_PREFIX)
+        .is_some_and(|ino| !ino.is_empty() && ino.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Where `lb decap` keeps its pins and its record.
@@ -126,6 +186,26 @@ pub(crate) struct DecapPaths {
 }
 
 impl DecapPaths {
+    /// The defaults of network namespace `netns` (its inode).
+    pub(crate) fn for_netns(netns: u64) -> Self {
+        Self {
+            pin_dir: Path::new(DECAP_PIN_ROOT).join(format!("{NETNS_PREFIX}{netns}")),
+            record: Path::new(DECAP_RECORD_DIR).join(format!("{NETNS_PREFIX}{netns}.json")),
+        }
+    }
+
+    /// The paths given, each missing one this namespace's default.
+    pub(crate) fn resolve(
+        pin_dir: Option<PathBuf>,
+        record: Option<PathBuf>,
+    ) -> Result<Self, SetupError> {
+        let defaults = Self::for_netns(netns::current().map_err(SetupError::Netns)?);
+        Ok(Self {
+            pin_dir: pin_dir.unwrap_or(defaults.pin_dir),
+            record: record.unwrap_or(defaults.record),
+        })
+    }
+
     fn iface_dir(&self, iface: &str) -> PathBuf {
         self.pin_dir.join(iface)
     }
@@ -146,6 +226,7 @@ impl DecapPaths {
             let entry = entry.map_err(io_error(&self.pin_dir))?;
             if entry.path().is_dir()
                 && let Some(name) = entry.file_name().to_str()
+                && !is_netns_dir(name)
             {
                 names.push(name.to_owned());
             }
@@ -221,6 +302,66 @@ fn lock(dir: &Path, create: bool) -> Result<Option<Lock>, SetupError> {
             Err(error) => return Err(io_error(dir)(error.into())),
         }
     }
+}
+
+/// Refuses a record written in another network namespace; the record (stamped with this
+/// namespace) and this namespace's inode otherwise.
+fn load_own_record(paths: &DecapPaths) -> Result<(Record, u64), SetupError> {
+    let ours = netns::current().map_err(SetupError::Netns)?;
+    let record = Record::load(&paths.record)?;
+    match record.netns {
+        Some(found) if found != ours => Err(SetupError::ForeignRecord {
+            record: paths.record.clone(),
+            found,
+            ours,
+        }),
+        _ => Ok((record, ours)),
+    }
+}
+
+/// Refuses an interface whose pinned link runs in another network namespace.
+fn check_own_link(paths: &DecapPaths, iface: &str, ours: u64) -> Result<(), SetupError> {
+    let link = paths.link_pin(iface);
+    match netns::pinned_link_place(&link) {
+        LinkPlace::Elsewhere { ifindex } => Err(SetupError::ForeignLink {
+            iface: iface.to_owned(),
+            link,
+            ifindex,
+            ours,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// With the default paths: a note when an earlier release's `lb decap` (one pin directory
+/// and record for every namespace of the host) left pins or a record, which the
+/// namespace-named defaults no longer find.
+pub(crate) fn legacy_note() -> Option<String> {
+    let root = Path::new(DECAP_PIN_ROOT);
+    let mut ifaces: Vec<String> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|name| !is_netns_dir(name))
+        .collect();
+    ifaces.sort();
+    let record = Path::new(LEGACY_DECAP_RECORD);
+    if ifaces.is_empty() && !record.exists() {
+        return None;
+    }
+    Some(format!(
+        "note: an earlier lb decap kept its pins in {DECAP_PIN_ROOT} (interfaces: {}) and its \
+         record in {LEGACY_DECAP_RECORD}, shared by every network namespace; the defaults are \
+         now per namespace. In the namespace that attached them, run `lb decap detach --all \
+         --pin-dir {DECAP_PIN_ROOT} --record {LEGACY_DECAP_RECORD}`, then attach again",
+        if ifaces.is_empty() {
+            "none".to_owned()
+        } else {
+            ifaces.join(", ")
+        }
+    ))
 }
 
 /// The addresses tunnels may be sent to on `ifindex`: all of global (or site) scope, both
@@ -349,7 +490,8 @@ pub(crate) fn attach(
     }
     request.check_local(&local)?;
     let _lock = lock(&paths.pin_dir, true)?;
-    let record = Record::load(&paths.record)?;
+    let (record, ours) = load_own_record(paths)?;
+    check_own_link(paths, &iface.name, ours)?;
     let dir = paths.iface_dir(&iface.name);
     let link = paths.link_pin(&iface.name);
     let fresh = !link.exists();
@@ -420,7 +562,8 @@ pub(crate) fn attach(
         sources: request.allow_sources.clone(),
     });
 
-    let (steps, next) = plan_attach(&record, &observed, &request, &mode_now);
+    let (steps, mut next) = plan_attach(&record, &observed, &request, &mode_now);
+    next.netns = Some(ours);
     let detach_fresh = |paths: &DecapPaths| {
         if fresh {
             let _ = std::fs::remove_file(paths.link_pin(&iface.name));
@@ -490,7 +633,8 @@ pub(crate) fn detach(
 ) -> Result<(), SetupError> {
     privileges::check()?;
     let _lock = lock(&paths.pin_dir, false)?;
-    let record = Record::load(&paths.record)?;
+    let (record, ours) = load_own_record(paths)?;
+    check_own_link(paths, iface, ours)?;
     detach_locked(paths, &record, iface, report).map(drop)
 }
 
@@ -501,11 +645,15 @@ pub(crate) fn detach_all(
 ) -> Result<usize, SetupError> {
     privileges::check()?;
     let _lock = lock(&paths.pin_dir, false)?;
-    let mut record = Record::load(&paths.record)?;
+    let (mut record, ours) = load_own_record(paths)?;
     let mut names: Vec<String> = record.interfaces.keys().cloned().collect();
     names.extend(paths.pinned_interfaces()?);
     names.sort();
     names.dedup();
+    // All or nothing: another namespace's interface is refused before anything changes.
+    for name in &names {
+        check_own_link(paths, name, ours)?;
+    }
     for name in &names {
         record = detach_locked(paths, &record, name, report)?;
     }
@@ -605,7 +753,7 @@ fn detach_locked(
 pub(crate) fn status(paths: &DecapPaths, only: Option<&str>) -> Result<DecapStatus, SetupError> {
     // Reading pinned maps and links needs the same privileges as making them.
     privileges::check()?;
-    let record = Record::load(&paths.record)?;
+    let (record, _) = load_own_record(paths)?;
     let names = match only {
         Some(name) => vec![name.to_owned()],
         None => {
@@ -635,8 +783,15 @@ fn interface_status(paths: &DecapPaths, record: &Record, iface: String) -> Inter
     let xdp = ifindex.and_then(|i| netlink::xdp_program(i).ok().flatten());
     let program_id = ids.map(|(_, program)| program);
     let attached = program_id.is_some() && xdp.map(|x| x.program_id) == program_id;
+    let elsewhere =
+        !attached && matches!(netns::pinned_link_place(&link), LinkPlace::Elsewhere { .. });
     let problem = match (ids, ifindex, xdp) {
         _ if attached => None,
+        _ if elsewhere => Some(
+            "its pinned link runs in another network namespace: give each namespace its own \
+             --pin-dir and --record"
+                .to_owned(),
+        ),
         (None, _, _) if link.exists() => Some("the link pin cannot be read".to_owned()),
         (None, _, _) => Some(format!("no link pinned in {}", dir.display())),
         (Some(_), None, _) => Some("the interface is gone (the pinned link is defunct)".into()),

@@ -1,5 +1,6 @@
 //! Egress interfaces the datapath could not send to: the FIB chose an interface lb is not
-//! attached to, so those packets went to the kernel unchanged (`pass_egress_not_attached`).
+//! attached to, so those packets went to the kernel to forward, rewritten
+//! (`pass_egress_not_attached`).
 //! The datapath records their ifindex in UNATTACHED_EGRESS; the daemon warns once each.
 
 use std::collections::BTreeSet;

@@ -135,16 +135,20 @@ impl ServiceMaps {
             maglev_size: limits.maglev_size,
             addresses: AddressClasses::new(Array::try_from(take(ebpf, MAP_ADDRESSES)?)?),
         };
-        for (key, _) in maps.vips()? {
-            if key.port == 0 && key.proto == 0 {
-                maps.addresses.add(Kind::Vip, &key.addr, key.family)?;
-            }
-        }
-        for key in maps.endpoint_keys()? {
-            if key.port == 0 && key.proto == 0 {
-                maps.addresses.add(Kind::Backend, &key.addr, key.family)?;
-            }
-        }
+        // Every address first, then each bucket written once with all its bits: a bucket
+        // shared by a VIP and a backend address never loses the backend's bit meanwhile.
+        let vips = maps
+            .vips()?
+            .into_iter()
+            .filter(|(key, _)| key.port == 0 && key.proto == 0)
+            .map(|(key, _)| (Kind::Vip, key.addr, key.family));
+        let endpoints = maps
+            .endpoint_keys()?
+            .into_iter()
+            .filter(|key| key.port == 0 && key.proto == 0)
+            .map(|key| (Kind::Backend, key.addr, key.family));
+        let entries: Vec<_> = vips.chain(endpoints).collect();
+        maps.addresses.adopt(entries)?;
         Ok(maps)
     }
 

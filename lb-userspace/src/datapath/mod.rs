@@ -18,6 +18,7 @@ pub mod maps;
 pub mod memory;
 pub mod neighbours;
 pub mod netlink;
+pub mod netns;
 pub mod pins;
 pub mod privileges;
 pub mod stats;

@@ -125,9 +125,12 @@ fn is_bpffs(path: &Path) -> bool {
 }
 
 /// Mounts bpffs on /sys/fs/bpf when the pin directory lives there and nothing is mounted.
+/// The directory's nearest existing ancestor decides (a nested default such as
+/// `/sys/fs/bpf/lb-decap/netns-<inode>` may not exist yet, parent included): bpffs there
+/// is enough, and mounting again would hide every pin already on it.
 pub(crate) fn ensure_bpffs(dir: &Path) -> Result<(), PinError> {
     let root = Path::new("/sys/fs/bpf");
-    let parent = dir.parent().unwrap_or(root);
+    let parent = dir.ancestors().skip(1).find(|p| p.exists()).unwrap_or(root);
     if is_bpffs(parent) || is_bpffs(dir) {
         return Ok(());
     }

@@ -227,6 +227,10 @@ pub struct AddedAddress {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub version: u32,
+    /// The network namespace (inode of `/proc/self/ns/net`) the record was written in;
+    /// absent in records of earlier releases. Another namespace's record is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
     pub interfaces: BTreeMap<String, AttachedInterface>,
     pub sysctls: Vec<SysctlChange>,
     pub addresses: Vec<AddedAddress>,
@@ -236,6 +240,7 @@ impl Default for Record {
     fn default() -> Self {
         Self {
             version: RECORD_VERSION,
+            netns: None,
             interfaces: BTreeMap::new(),
             sysctls: Vec::new(),
             addresses: Vec::new(),
