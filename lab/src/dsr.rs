@@ -45,6 +45,8 @@ pub struct DsrLab {
     pub lb: NetNs,
     /// The lb's one interface (toward the router).
     pub lb_iface: String,
+    /// The router's interface toward the lb (a bridge port with the shared-link wiring).
+    pub router_to_lb: String,
     pub backends: Vec<Backend>,
 }
 
@@ -153,6 +155,7 @@ impl DsrLab {
             router,
             lb,
             lb_iface: to_lb.b,
+            router_to_lb: to_lb.a,
             backends: list,
         }
     }

@@ -70,6 +70,13 @@ pub fn blast(ifname: &str, frames: &[Vec<u8>], total: u64, limit: Duration) -> i
     let started = Instant::now();
     let mut sent = 0u64;
     while sent < total && started.elapsed() < limit {
+        // The next BATCH frames, round-robin from where the last call stopped (every frame
+        // in turn, not only the first BATCH).
+        for (i, iov) in iovecs.iter_mut().enumerate() {
+            let frame = &frames[(sent as usize + i) % frames.len()];
+            iov.iov_base = frame.as_ptr() as *mut _;
+            iov.iov_len = frame.len();
+        }
         // SAFETY: every message points at a live frame; the vector outlives the call.
         let n = unsafe { libc::sendmmsg(socket.0, messages.as_mut_ptr(), BATCH as u32, 0) };
         if n < 0 {

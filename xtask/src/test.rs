@@ -102,6 +102,8 @@ pub fn run() -> anyhow::Result<()> {
                 "--test",
                 "conntrack",
                 "--test",
+                "flood",
+                "--test",
                 "faults",
                 "--test",
                 "flows",
