@@ -37,10 +37,11 @@ pub struct Conn {
     pub state: u8,
     /// `CT_FLAG_*` bits.
     pub flags: u8,
-    /// Packets the client sent while the entry was unproven (saturating; see
-    /// [`PROVEN_AFTER_PACKETS`]). Unused once proven.
-    pub packets: u8,
-    pub _pad: u8,
+    /// What proves an unproven entry (unused once proven): for a NAT TCP flow opened by a
+    /// SYN, the low 16 bits of the ACK number that completes its handshake (the backend's
+    /// SYN-ACK sequence + 1, stored when the SYN-ACK passes); for every other flow, the
+    /// client's packets so far (saturating; see [`PROVEN_AFTER_PACKETS`]). Was padding.
+    pub proof: u16,
 }
 
 #[cfg(feature = "user")]
@@ -66,10 +67,10 @@ pub const CT_FLAG_SYN_SEEN: u8 = 4;
 /// A reply from the backend was seen (NAT: replies pass through lb).
 pub const CT_FLAG_REPLY_SEEN: u8 = 8;
 
-/// An unproven flow whose client sent this many packets is proven: a random-source flood
-/// sends one packet per source, a real client keeps talking (datagram flows, DSR flows
-/// whose replies lb never sees, connections that began before lb saw them).
-pub const PROVEN_AFTER_PACKETS: u8 = 4;
+/// An unproven flow that no handshake proves (datagrams, DSR flows whose replies lb never
+/// sees, connections that began before lb saw them) is proven once its client sent this
+/// many packets: a random-source flood sends one packet per forged 5-tuple.
+pub const PROVEN_AFTER_PACKETS: u16 = 4;
 /// The flow was kept on its backend while that backend was down (`ct_kept_on_down`
 /// counts it once, when this is set).
 pub const CT_FLAG_KEPT_ON_DOWN: u8 = 16;

@@ -10,7 +10,7 @@
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
-    consts::RateWindow,
+    consts::{ABLATE_CLOCK, RateWindow},
     flow::{
         CT_CLOSED, CT_CLOSING, CT_DATAGRAM, CT_ESTABLISHED, CT_FLAG_FIN_BACKEND,
         CT_FLAG_FIN_CLIENT, CT_FLAG_REPLY_SEEN, CT_FLAG_SYN_SEEN, CT_OPENING, Conn, FlowKey,
@@ -21,7 +21,8 @@ use lb_common::{
 
 use crate::{
     maps::{
-        CONNTRACK, CT_UNPROVEN, NEW_FLOW_RATE, new_flow_limit, timeout_ns, unproven_timeout_ns,
+        CONNTRACK, CT_UNPROVEN, NEW_FLOW_RATE, ablated, new_flow_limit, timeout_ns,
+        unproven_timeout_ns,
     },
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats,
@@ -64,7 +65,12 @@ pub fn lookup(flow: &FlowKey, now: u64) -> Lookup {
         };
     }
     let Some(conn) = CT_UNPROVEN.get_ptr_mut(flow) else {
-        return Lookup::Missing;
+        // Promoted by another CPU between the two lookups (insert into CONNTRACK, then
+        // remove from CT_UNPROVEN): found on a second look, not taken for a new flow.
+        return match CONNTRACK.get_ptr_mut(flow) {
+            Some(conn) => Lookup::Live(conn, true),
+            None => Lookup::Missing,
+        };
     };
     // SAFETY: as above.
     let (last_seen, state) = unsafe { ((*conn).last_seen_ns, (*conn).state) };
@@ -75,47 +81,77 @@ pub fn lookup(flow: &FlowKey, now: u64) -> Lookup {
     }
 }
 
-/// Whether an unproven flow has shown it is real, after its client's latest packet: its
-/// backend answered and the client spoke again (a handshake the backend took part in, or
-/// a datagram exchange: NAT, where replies pass through lb), the client completed the
-/// handshake it began with a SYN (DSR, where lb never sees replies), or the client kept
-/// sending. A random-source flood sends one packet per source and never sees a reply.
+/// Whether an unproven flow has shown it is real, after its client's latest packet
+/// (`ack`: that packet's TCP acknowledgment number, 0 for anything else):
+/// - NAT, a TCP flow opened by a SYN: the client acknowledged the backend's SYN-ACK
+///   (its ACK number is the SYN-ACK's sequence + 1, which lb saw pass); a forger that
+///   cannot see the SYN-ACK sent to the address it forged guesses 16 bits;
+/// - NAT, datagrams: the backend answered and the client sent again;
+/// - DSR (lb never sees replies), a TCP flow opened by a SYN: the client's ACK completed
+///   the handshake;
+/// - any other flow (datagrams in DSR, connections older than this lb): the client sent
+///   `PROVEN_AFTER_PACKETS` packets.
+///
+/// A random-source flood sends one packet per forged 5-tuple, and proves nothing.
 #[inline(always)]
-pub fn proven(conn: &Conn, nat: bool) -> bool {
-    let answered = conn.state == CT_ESTABLISHED || conn.state == CT_DATAGRAM;
-    if answered && conn.flags & CT_FLAG_REPLY_SEEN != 0 {
-        return true;
+pub fn proven(conn: &Conn, nat: bool, ack: u32) -> bool {
+    let opened = conn.flags & CT_FLAG_SYN_SEEN != 0;
+    let answered = conn.flags & CT_FLAG_REPLY_SEEN != 0;
+    match conn.state {
+        CT_DATAGRAM if nat => answered,
+        CT_ESTABLISHED if opened && nat => answered && ack as u16 == conn.proof,
+        CT_ESTABLISHED if opened => true,
+        // A handshake not completed yet, or a closing or closed flow, proves nothing.
+        CT_OPENING | CT_CLOSING | CT_CLOSED => false,
+        _ if opened && nat => false,
+        _ => conn.proof >= PROVEN_AFTER_PACKETS,
     }
-    if !nat && conn.state == CT_ESTABLISHED && conn.flags & CT_FLAG_SYN_SEEN != 0 {
-        return true;
-    }
-    conn.packets >= PROVEN_AFTER_PACKETS
+}
+
+/// Whether `proof` counts the client's packets for this entry (see `Conn::proof`).
+#[inline(always)]
+const fn counts_packets(conn: &Conn, nat: bool) -> bool {
+    !(nat && conn.state != CT_DATAGRAM && conn.flags & CT_FLAG_SYN_SEEN != 0)
 }
 
 /// Counts a client packet of an unproven flow and moves the flow to the proven table once
-/// it is proven. If the insert fails the flow stays unproven (and keeps working).
+/// it is proven. If the insert fails the flow stays unproven (and keeps working). Another
+/// CPU promoting the same flow meanwhile finds it there (`BPF_NOEXIST`), so a promotion
+/// is counted once and never takes a second LRU node.
 #[inline(always)]
-pub fn on_unproven_packet(flow: &FlowKey, slot: *mut Conn, nat: bool) {
+pub fn on_unproven_packet(flow: &FlowKey, slot: *mut Conn, nat: bool, ack: u32) {
     // SAFETY: the entry stays valid for this program run (RCU).
     let conn = unsafe { &mut *slot };
-    if conn.packets < u8::MAX {
-        conn.packets += 1;
+    if counts_packets(conn, nat) && conn.proof < u16::MAX {
+        conn.proof += 1;
     }
-    if !proven(conn, nat) {
+    if !proven(conn, nat, ack) {
         return;
     }
     let moved = *conn;
-    if CONNTRACK.insert(flow, &moved, u64::from(BPF_ANY)).is_ok() {
-        let _ = CT_UNPROVEN.remove(flow);
-        stats::count_event(Stat::CtPromoted);
+    match CONNTRACK.insert(flow, &moved, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {
+            let _ = CT_UNPROVEN.remove(flow);
+            stats::count_event(Stat::CtPromoted);
+        }
+        Err(e) if e == -EEXIST => {
+            let _ = CT_UNPROVEN.remove(flow);
+        }
+        Err(_) => {}
     }
 }
 
-/// Marks that the backend answered (the reply path's half of [`proven`]).
+/// Marks that the backend answered (the reply path's half of [`proven`]); `syn_ack`: the
+/// sequence number of the backend's SYN-ACK, whose successor the client's ACK must carry.
 #[inline(always)]
-pub fn on_reply(conn: &mut Conn) {
+pub fn on_reply(conn: &mut Conn, syn_ack: Option<u32>) {
     if conn.flags & CT_FLAG_REPLY_SEEN == 0 {
         conn.flags |= CT_FLAG_REPLY_SEEN;
+    }
+    if let Some(seq) = syn_ack
+        && conn.flags & CT_FLAG_SYN_SEEN != 0
+    {
+        conn.proof = seq.wrapping_add(1) as u16;
     }
 }
 
@@ -124,7 +160,8 @@ pub fn on_reply(conn: &mut Conn) {
 #[inline(always)]
 fn admit(now: u64) -> bool {
     let limit = u64::from(new_flow_limit());
-    if limit == 0 {
+    // Without a clock (a benchmark's ablation) no window would ever close.
+    if limit == 0 || ablated(ABLATE_CLOCK) {
         return true;
     }
     let Some(window) = NEW_FLOW_RATE.get_ptr_mut(0) else {

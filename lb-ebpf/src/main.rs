@@ -43,7 +43,7 @@ use crate::{
     forward::{HopSlot, Route},
     maps::{BACKENDS, ENCAP_ARGS, JUMPS, TOO_BIG_ARGS},
     nat::Side,
-    parse::{L4, Packet, Parsed, TCP_FIN, TCP_RST, TCP_SYN},
+    parse::{L4, Packet, Parsed, TCP_ACK_SEQ, TCP_FIN, TCP_RST, TCP_SEQ, TCP_SYN},
 };
 
 /// What the datapath decided for one packet, and why.
@@ -164,6 +164,9 @@ fn process(ctx: &XdpContext) -> Outcome {
     let flow = &packet.flow;
     match packet.l4 {
         L4::Tcp | L4::Udp => {}
+        // An ICMP error for a flow is forwarded like the flow: not from a frame for
+        // another host (see below).
+        L4::Icmp if !lookup::addressed_here(ctx) => return Outcome::pass(Stat::PassOtherHost),
         L4::Icmp => {
             // SAFETY: the context is this program's; a tail call that returns failed.
             unsafe { JUMPS.tail_call(ctx, JUMP_ICMP) };
@@ -267,7 +270,13 @@ fn chosen_backend(
             conntrack::on_packet(conn, flags, Direction::FromClient, now);
             let (vip_id, backend_id) = (conn.vip_id, conn.backend_id);
             if !proven {
-                conntrack::on_unproven_packet(&packet.flow, slot, backend.mode == MODE_NAT);
+                let nat = backend.mode == MODE_NAT;
+                let ack = if nat {
+                    parse::tcp_word(ctx, packet, TCP_ACK_SEQ)
+                } else {
+                    0
+                };
+                conntrack::on_unproven_packet(&packet.flow, slot, nat, ack);
             }
             stats::count_service(vip_id, backend_id, len);
             return Some(Ok((backend_id, backend, Stat::ForwardEstablished)));
@@ -380,9 +389,8 @@ fn pick_backend(
         generation: backend.generation,
         state,
         flags: fins,
-        // This packet is the flow's first.
-        packets: 1,
-        _pad: 0,
+        // This packet is the flow's first (see `Conn::proof`).
+        proof: 1,
     };
     match stale {
         _ if maps::ablated(ABLATE_CONNTRACK) => {}
@@ -418,7 +426,8 @@ fn to_client(ctx: &XdpContext, packet: &Packet, endpoint: &Endpoint, now: u64) -
     // fresh), so the TCP reply path stays one lookup.
     let flags = packet.tcp_flags();
     if flags & (TCP_FIN | TCP_RST | TCP_SYN) != 0 || packet.flow.proto != IPPROTO_TCP {
-        track_reply(packet, endpoint, flags, now);
+        let syn_ack = (flags & TCP_SYN != 0).then(|| parse::tcp_word(ctx, packet, TCP_SEQ));
+        track_reply(packet, endpoint, flags, syn_ack, now);
     }
     let out = FlowKey {
         src: endpoint.vip_addr,
@@ -517,7 +526,7 @@ pub fn send_dsr(ctx: &XdpContext, backend_id: u32, sent: u32) -> Outcome {
 
 /// Applies a backend's TCP flags to its flow's entry, if the flow is tracked to it.
 #[inline(always)]
-fn track_reply(packet: &Packet, endpoint: &Endpoint, flags: u8, now: u64) {
+fn track_reply(packet: &Packet, endpoint: &Endpoint, flags: u8, syn_ack: Option<u32>, now: u64) {
     let flow = FlowKey {
         src: packet.flow.dst,
         dst: endpoint.vip_addr,
@@ -532,7 +541,7 @@ fn track_reply(packet: &Packet, endpoint: &Endpoint, flags: u8, now: u64) {
         let conn = unsafe { &mut *slot };
         if conn.backend_id == endpoint.backend_id {
             conntrack::on_packet(conn, flags, Direction::FromBackend, now);
-            conntrack::on_reply(conn);
+            conntrack::on_reply(conn, syn_ack);
         }
     }
 }

@@ -96,6 +96,22 @@ impl Packet {
     }
 }
 
+/// Offsets of the TCP header's sequence and acknowledgment numbers.
+pub const TCP_SEQ: usize = 4;
+pub const TCP_ACK_SEQ: usize = 8;
+
+/// The 32-bit word at `offset` of a TCP packet's header (`TCP_SEQ`, `TCP_ACK_SEQ`), host
+/// order; 0 for a packet that is not TCP.
+#[inline(always)]
+pub fn tcp_word(ctx: &XdpContext, packet: &Packet, offset: usize) -> u32 {
+    if packet.l4 != L4::Tcp {
+        return 0;
+    }
+    // SAFETY: bounds checked by ptr_at; a byte array has alignment 1.
+    ptr_at::<[u8; 4]>(ctx, packet.l4_offset + offset)
+        .map_or(0, |word| u32::from_be_bytes(unsafe { *word }))
+}
+
 pub enum Parsed {
     NotIp,
     Ip(Packet),

@@ -18,6 +18,28 @@ pub struct Sent {
 /// Sends `frames` round-robin out of `ifname` (of the calling thread's namespace) until
 /// `total` frames are out or `limit` has passed.
 pub fn blast(ifname: &str, frames: &[Vec<u8>], total: u64, limit: Duration) -> io::Result<Sent> {
+    send(ifname, frames, total, limit, None)
+}
+
+/// As [`blast`], at most `per_second` frames a second (a batch at a time, each batch on
+/// its own schedule, so a late one is caught up and the mean rate holds).
+pub fn paced(
+    ifname: &str,
+    frames: &[Vec<u8>],
+    total: u64,
+    per_second: u64,
+    limit: Duration,
+) -> io::Result<Sent> {
+    send(ifname, frames, total, limit, Some(per_second.max(1)))
+}
+
+fn send(
+    ifname: &str,
+    frames: &[Vec<u8>],
+    total: u64,
+    limit: Duration,
+    per_second: Option<u64>,
+) -> io::Result<Sent> {
     let name = std::ffi::CString::new(ifname).map_err(io::Error::other)?;
     // SAFETY: a NUL-terminated name.
     let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
@@ -70,6 +92,12 @@ pub fn blast(ifname: &str, frames: &[Vec<u8>], total: u64, limit: Duration) -> i
     let started = Instant::now();
     let mut sent = 0u64;
     while sent < total && started.elapsed() < limit {
+        if let Some(rate) = per_second {
+            let due = started + Duration::from_secs_f64(sent as f64 / rate as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
         // The next BATCH frames, round-robin from where the last call stopped (every frame
         // in turn, not only the first BATCH).
         for (i, iov) in iovecs.iter_mut().enumerate() {
@@ -77,8 +105,10 @@ pub fn blast(ifname: &str, frames: &[Vec<u8>], total: u64, limit: Duration) -> i
             iov.iov_base = frame.as_ptr() as *mut _;
             iov.iov_len = frame.len();
         }
+        // The last batch stops at `total`.
+        let batch = (total - sent).min(BATCH as u64) as u32;
         // SAFETY: every message points at a live frame; the vector outlives the call.
-        let n = unsafe { libc::sendmmsg(socket.0, messages.as_mut_ptr(), BATCH as u32, 0) };
+        let n = unsafe { libc::sendmmsg(socket.0, messages.as_mut_ptr(), batch, 0) };
         if n < 0 {
             let error = io::Error::last_os_error();
             // A full transmit queue: try again.

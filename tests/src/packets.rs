@@ -42,6 +42,8 @@ pub struct Spec {
     pub fin: bool,
     /// TCP, with ACK: RST set too.
     pub rst: bool,
+    /// TCP, with ACK: the acknowledgment number.
+    pub ack_number: u32,
 }
 
 impl Spec {
@@ -57,7 +59,15 @@ impl Spec {
             syn: true,
             fin: false,
             rst: false,
+            ack_number: 7,
         }
+    }
+
+    /// A bare ACK acknowledging `number`.
+    pub const fn acking(mut self, number: u32) -> Self {
+        self.syn = false;
+        self.ack_number = number;
+        self
     }
 
     /// An ACK with FIN.
@@ -126,7 +136,9 @@ impl Spec {
                         .syn()
                         .write(&mut out, payload),
                     Transport::Tcp => {
-                        let tcp = $ip.tcp(self.src_port, self.dst_port, 1, 64_000).ack(7);
+                        let tcp = $ip
+                            .tcp(self.src_port, self.dst_port, 1, 64_000)
+                            .ack(self.ack_number);
                         let tcp = if self.fin { tcp.fin() } else { tcp };
                         let tcp = if self.rst { tcp.rst() } else { tcp };
                         tcp.write(&mut out, payload)

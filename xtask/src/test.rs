@@ -104,6 +104,8 @@ pub fn run() -> anyhow::Result<()> {
                 "--test",
                 "flood",
                 "--test",
+                "restart_load",
+                "--test",
                 "faults",
                 "--test",
                 "flows",

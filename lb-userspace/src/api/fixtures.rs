@@ -144,6 +144,7 @@ pub(crate) fn conntrack() -> ConntrackReport {
         proven_entries: 20,
         unproven_capacity: 262_144,
         evicted_proven: 0,
+        evicted_unproven: 0,
         promoted: 311,
         flood_untracked: 0,
         new_flow_limit: 100_000,

@@ -284,9 +284,12 @@ pub struct ConntrackReport {
     /// Size of the unproven table.
     #[serde(default)]
     pub unproven_capacity: u64,
-    /// Proven flows evicted to make room for other proven flows (a flood cannot).
+    /// Of `evicted`, proven flows: evicted to make room for other proven flows.
     #[serde(default)]
     pub evicted_proven: u64,
+    /// Of `evicted`, unproven flows (what a flood churns).
+    #[serde(default)]
+    pub evicted_unproven: u64,
     /// Flows moved from the unproven table to the proven one.
     #[serde(default)]
     pub promoted: u64,

@@ -211,6 +211,13 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "TABLE", value_parser = parse_announce_table)]
     pub(crate) announce_table: Option<u32>,
 
+    /// Forward VIP traffic whatever the frame's destination MAC: for an interface that also
+    /// receives for a virtual MAC (VRRP/keepalived's, a macvlan's on top of it). By default
+    /// a frame for another MAC is passed to the kernel, which drops it as it would without
+    /// lb (a switch flooding unknown unicast, a bridge port, promiscuous mode).
+    #[arg(long)]
+    pub(crate) forward_any_mac: bool,
+
     /// Start drained: announce nothing until `lb node resume` (bring a node into a cluster
     /// only once its VIPs and backends, and so its table fingerprints, match the others').
     #[arg(long)]
@@ -323,6 +330,7 @@ impl From<RunArgs> for RunConfig {
                 announce_table: args.announce_table,
             },
             start_drained: args.drained,
+            forward_any_mac: args.forward_any_mac,
         }
     }
 }

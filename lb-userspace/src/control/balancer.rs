@@ -982,14 +982,17 @@ impl Balancer<ServiceMaps> {
         self.maps.retain_tx_ports(keep)
     }
 
-    /// Records the MACs of the attached interfaces (ifindex, MAC) and forgets the others':
-    /// the datapath forwards only frames addressed to them.
-    pub fn set_local_macs(&mut self, macs: &[(u32, [u8; 6])]) -> Result<(), aya::maps::MapError> {
+    /// Records the MACs of attached interfaces (ifindex, MAC) and forgets those of
+    /// interfaces not in `keep`: the datapath forwards only frames addressed to them.
+    pub fn set_local_macs(
+        &mut self,
+        macs: &[(u32, [u8; 6])],
+        keep: &[u32],
+    ) -> Result<(), aya::maps::MapError> {
         for &(ifindex, mac) in macs {
             self.maps.set_local_mac(ifindex, mac)?;
         }
-        let keep: Vec<u32> = macs.iter().map(|&(ifindex, _)| ifindex).collect();
-        self.maps.retain_local_macs(&keep)
+        self.maps.retain_local_macs(keep)
     }
 }
 

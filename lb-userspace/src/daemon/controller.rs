@@ -55,6 +55,8 @@ pub(crate) struct Controller {
     pub(super) timeouts: Timeouts,
     /// The rate guard's new flows per CPU per second (`--new-flow-limit`).
     pub(super) new_flow_limit: u32,
+    /// `--forward-any-mac`: no destination-MAC check.
+    pub(super) forward_any_mac: bool,
     /// DSR backends whose next hop could not be kept resolved (warned about once).
     pub(super) unresolved: std::collections::BTreeSet<std::net::IpAddr>,
     pub(super) sweep_interval: Duration,
@@ -374,8 +376,9 @@ impl Controller {
     /// Re-reads the attached interfaces' MACs into the datapath.
     pub(crate) fn follow_local_macs(&mut self) {
         let ifaces: Vec<_> = self.attachments.iter().map(|a| a.iface.clone()).collect();
-        let macs = super::run::local_macs(&ifaces);
-        if let Err(error) = self.balancer.set_local_macs(&macs) {
+        let recorded =
+            super::run::record_local_macs(&mut self.balancer, &ifaces, self.forward_any_mac, false);
+        if let Err(error) = recorded {
             tracing::warn!(error = %error_chain(&error), "cannot record the interfaces' MACs");
         }
     }

@@ -223,10 +223,7 @@ impl Collector for Snapshot {
             "lb_conntrack_evictions",
             "Flows evicted to make room for others (created minus present, as of the last count); a flood can evict only unproven ones",
             Counter,
-            by_map(
-                ct.evicted_proven,
-                ct.evicted.saturating_sub(ct.evicted_proven),
-            ),
+            by_map(ct.evicted_proven, ct.evicted_unproven),
         )?;
         family(
             e,

@@ -180,6 +180,7 @@ impl Controller {
             proven_entries: self.conntrack.census().proven_entries,
             unproven_capacity: u64::from(self.balancer.limits().unproven_capacity()),
             evicted_proven: self.conntrack.evicted_proven(),
+            evicted_unproven: self.conntrack.evicted_unproven(),
             promoted: snapshot.get(Stat::CtPromoted).packets,
             flood_untracked: snapshot.get(Stat::CtFloodUntracked).packets,
             new_flow_limit: self.new_flow_limit,

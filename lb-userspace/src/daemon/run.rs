@@ -84,6 +84,8 @@ pub(crate) struct RunConfig {
     pub(crate) cluster: ClusterSettings,
     /// `--drained`: the node starts withdrawn.
     pub(crate) start_drained: bool,
+    /// `--forward-any-mac`: no destination-MAC check.
+    pub(crate) forward_any_mac: bool,
 }
 
 impl RunConfig {
@@ -243,6 +245,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
         conntrack_table,
         timeouts: args.options.timeouts_ns,
         new_flow_limit: args.options.new_flow_limit,
+        forward_any_mac: args.forward_any_mac,
         unresolved: Default::default(),
         announcer: Announcer::new(args.cluster.announce_table, first_ifindex),
         seeded: args.cluster.hash_seed.is_some(),
@@ -334,19 +337,33 @@ struct Started {
     egress: EgressWatch,
 }
 
-/// (ifindex, MAC) of each interface whose MAC can be read; one that cannot is left out
-/// (the datapath then forwards whatever reaches it there) with a warning.
-pub(crate) fn local_macs(ifaces: &[Interface]) -> Vec<(u32, [u8; 6])> {
-    ifaces
-        .iter()
-        .filter_map(|iface| match attach::hardware_address(&iface.name) {
-            Ok(mac) => Some((iface.index, mac)),
-            Err(error) => {
-                tracing::warn!(iface = %iface.name, %error, "cannot read the interface's MAC: frames for other hosts arriving there are forwarded");
-                None
-            }
-        })
-        .collect()
+/// Records the attached interfaces' MACs in the datapath (none with `--forward-any-mac`):
+/// frames for other MACs are then passed to the kernel. An interface whose MAC cannot be
+/// read keeps what was recorded for it (nothing at the first start: frames for other
+/// hosts arriving there are forwarded); `warn` says so in the log, else at debug level.
+pub(crate) fn record_local_macs(
+    balancer: &mut crate::control::balancer::Balancer,
+    ifaces: &[Interface],
+    any_mac: bool,
+    warn: bool,
+) -> Result<(), aya::maps::MapError> {
+    if any_mac {
+        return balancer.set_local_macs(&[], &[]);
+    }
+    let mut macs = Vec::with_capacity(ifaces.len());
+    for iface in ifaces {
+        match attach::hardware_address(&iface.name) {
+            Ok(mac) => macs.push((iface.index, mac)),
+            Err(error) if warn => tracing::warn!(
+                iface = %iface.name,
+                %error,
+                "cannot read the interface's MAC: frames for other hosts arriving there are forwarded"
+            ),
+            Err(error) => debug!(iface = %iface.name, %error, "cannot read the interface's MAC"),
+        }
+    }
+    let attached: Vec<u32> = ifaces.iter().map(|iface| iface.index).collect();
+    balancer.set_local_macs(&macs, &attached)
 }
 
 /// Refuses interfaces whose forwarding is off for a family lb will balance: IPv4 always,
@@ -555,8 +572,7 @@ fn start(
     balancer
         .retain_tx_ports(&ifindexes)
         .context("pruning the redirect map")?;
-    balancer
-        .set_local_macs(&local_macs(ifaces))
+    record_local_macs(&mut balancer, ifaces, args.forward_any_mac, true)
         .context("recording the interfaces' MACs")?;
     let program = load::program(&mut ebpf).context("the eBPF object has no XDP program")?;
     let mut attachments = Vec::with_capacity(ifaces.len());

@@ -95,7 +95,18 @@ pub(crate) fn hardware_address(name: &str) -> io::Result<[u8; 6]> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: SIOCGIFHWADDR filled the hardware-address member of the union.
-    let data = unsafe { request.ifr_ifru.ifru_hwaddr.sa_data };
+    let address = unsafe { request.ifr_ifru.ifru_hwaddr };
+    // Only an Ethernet address is what the datapath compares frames with.
+    if address.sa_family != libc::ARPHRD_ETHER {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "not an Ethernet interface (hardware type {})",
+                address.sa_family
+            ),
+        ));
+    }
+    let data = address.sa_data;
     Ok(std::array::from_fn(|i| data[i] as u8))
 }
 

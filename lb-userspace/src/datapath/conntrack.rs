@@ -91,14 +91,16 @@ impl ConntrackTable {
         }
     }
 
-    /// Walks the proven table, then the unproven one (`doomed` is told which); what each
-    /// walk did.
+    /// Walks the unproven table, then the proven one (`doomed` is told which); what each
+    /// walk did (proven, unproven).
     pub(crate) fn walk_both(
         &self,
         mut doomed: impl FnMut(bool, &FlowKey, &Conn) -> bool,
     ) -> Result<(Pass, Pass), ConntrackError> {
-        let proven = walk_table(&self.proven, |key, conn| doomed(true, key, conn))?;
+        // Unproven first: flows move only from there to the proven table, so a flow
+        // promoted during the walk is seen once or twice, never missed.
         let unproven = walk_table(&self.unproven, |key, conn| doomed(false, key, conn))?;
+        let proven = walk_table(&self.proven, |key, conn| doomed(true, key, conn))?;
         Ok((proven, unproven))
     }
 }
@@ -277,17 +279,23 @@ pub(crate) struct ConntrackBook {
     /// cannot: only promotions insert into the proven table).
     evicted_proven: u64,
     /// Creations the first census could not account for: entries an earlier daemon
-    /// deleted (its total died with it), or evicted before this daemon started.
-    baseline: u64,
-    /// The same for promotions and the proven table.
-    baseline_proven: u64,
+    /// deleted (its total died with it), or evicted before this daemon started. Negative
+    /// when the table holds more than the counter says was created: flows of a release
+    /// whose counters were reset at the upgrade (`PinDir::renew_short_stats`).
+    baseline: i64,
+    /// The same for promotions and the proven table (which a release without admission
+    /// filled without promotions).
+    baseline_proven: i64,
+    /// Unproven flows evicted (never lower than before: it is a counter).
+    evicted_unproven: u64,
 }
 
 impl ConntrackBook {
     /// Starts from the first sweep.
     pub(crate) fn new(first: Census) -> Self {
-        let baseline = first.created_before.saturating_sub(first.pass.seen);
-        let baseline_proven = first.promoted_before.saturating_sub(first.proven_pass.seen);
+        let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        let baseline = signed(first.created_before) - signed(first.pass.seen);
+        let baseline_proven = signed(first.promoted_before) - signed(first.proven_pass.seen);
         let mut book = Self {
             census: Census::default(),
             deleted: 0,
@@ -296,6 +304,7 @@ impl ConntrackBook {
             evicted_proven: 0,
             baseline,
             baseline_proven,
+            evicted_unproven: 0,
         };
         book.record_sweep(first);
         book
@@ -321,6 +330,9 @@ impl ConntrackBook {
             self.baseline_proven,
         );
         self.evicted_proven = self.evicted_proven.max(evicted_proven);
+        self.evicted_unproven = self
+            .evicted_unproven
+            .max(evicted.saturating_sub(evicted_proven));
         self.census = census;
     }
 
@@ -332,6 +344,10 @@ impl ConntrackBook {
 
     pub(crate) fn evicted_proven(&self) -> u64 {
         self.evicted_proven
+    }
+
+    pub(crate) fn evicted_unproven(&self) -> u64 {
+        self.evicted_unproven
     }
 
     pub(crate) fn census(&self) -> &Census {
@@ -358,11 +374,10 @@ impl ConntrackBook {
 
 /// The kernel's LRU evicts silently: whatever was created and is neither in the table nor
 /// deleted by userspace was evicted.
-pub fn evictions(created: u64, present: u64, deleted: u64, baseline: u64) -> u64 {
-    created
-        .saturating_sub(present)
-        .saturating_sub(deleted)
-        .saturating_sub(baseline)
+pub fn evictions(created: u64, present: u64, deleted: u64, baseline: i64) -> u64 {
+    let evicted =
+        i128::from(created) - i128::from(present) - i128::from(deleted) - i128::from(baseline);
+    u64::try_from(evicted.max(0)).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -448,6 +463,61 @@ mod tests {
         assert_eq!(book.evicted(), 0);
         book.record_sweep(census(1300, 250, 0));
         assert_eq!(book.evicted(), 200);
+    }
+
+    #[test]
+    fn proven_evictions_count_promotions_not_creations() {
+        let proven = |created, promoted, seen, proven_seen, deleted, proven_deleted| Census {
+            entries: seen - deleted,
+            proven_entries: proven_seen - proven_deleted,
+            created_before: created,
+            promoted_before: promoted,
+            pass: Pass {
+                seen,
+                deleted,
+                ..Pass::default()
+            },
+            proven_pass: Pass {
+                seen: proven_seen,
+                deleted: proven_deleted,
+                ..Pass::default()
+            },
+            ..Census::default()
+        };
+        let mut book = ConntrackBook::new(proven(0, 0, 0, 0, 0, 0));
+        // A flood: 10,000 created, 100 promoted; 1,100 left of which the 100 proven.
+        book.record_sweep(proven(10_000, 100, 1_100, 100, 0, 0));
+        assert_eq!((book.evicted(), book.evicted_proven()), (8_900, 0));
+        assert_eq!(book.evicted_unproven(), 8_900);
+        // Then 10 proven ones gone without a deletion: evicted.
+        book.record_sweep(proven(10_000, 100, 1_090, 90, 0, 0));
+        assert_eq!(book.evicted_proven(), 10);
+    }
+
+    #[test]
+    fn an_upgrade_that_resets_the_counters_keeps_counting_evictions() {
+        // The previous release left 500 flows, all in the proven table, and the counters
+        // start again from zero: the baselines are negative, not zero.
+        let first = Census {
+            entries: 500,
+            proven_entries: 500,
+            pass: Pass {
+                seen: 500,
+                ..Pass::default()
+            },
+            proven_pass: Pass {
+                seen: 500,
+                ..Pass::default()
+            },
+            ..Census::default()
+        };
+        let mut book = ConntrackBook::new(first);
+        // 300 of them expire and are swept; 50 new flows are created and stay.
+        book.record_sweep(census(50, 550, 300));
+        assert_eq!(book.evicted(), 0);
+        // 20 more vanish without a deletion: evicted, not hidden by the 300 swept.
+        book.record_sweep(census(50, 230, 0));
+        assert_eq!(book.evicted(), 20);
     }
 
     #[test]

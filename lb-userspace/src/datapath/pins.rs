@@ -311,7 +311,6 @@ impl PinDir {
                 found: layout.version,
             });
         }
-        self.renew_short_stats()?;
         let pinned = Limits {
             max_vips: layout.max_vips,
             maglev_size: layout.maglev_size,
@@ -331,6 +330,8 @@ impl PinDir {
                 wanted,
             });
         }
+        // Only once the pins are known to be adopted.
+        self.renew_short_stats()?;
         Ok(Some(pinned))
     }
 

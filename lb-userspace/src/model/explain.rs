@@ -11,7 +11,10 @@ use lb_common::{
         BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_FLAG_KEEP_TCP_ON_DOWN, IPPROTO_TCP,
         NO_BACKEND,
     },
-    flow::{CT_FLAG_REPLY_SEEN, CT_FLAG_SYN_SEEN, Conn, PROVEN_AFTER_PACKETS, Timeouts},
+    flow::{
+        CT_CLOSED, CT_CLOSING, CT_DATAGRAM, CT_FLAG_REPLY_SEEN, CT_FLAG_SYN_SEEN, Conn,
+        PROVEN_AFTER_PACKETS, Timeouts,
+    },
     hash::{HashSeed, flow_hash},
     service::{Backend, VipInfo},
 };
@@ -121,29 +124,29 @@ pub struct Facts {
 /// Why a tracked entry is proven, or what would prove it: conntrack.rs `proven`.
 pub fn admission_of(conn: &Conn, proven: bool, nat: bool) -> String {
     if proven {
-        return "proven: only other proven flows can evict it, never a flood".to_owned();
+        return "proven: a flood of new flows never evicts it".to_owned();
     }
+    let opened = conn.flags & CT_FLAG_SYN_SEEN != 0;
     let answered = conn.flags & CT_FLAG_REPLY_SEEN != 0;
-    let needs = if nat {
-        if answered {
-            "the client's next packet"
-        } else {
-            "a reply from the backend, then the client's next packet"
+    let closing = matches!(conn.state, CT_CLOSING | CT_CLOSED);
+    let needs = match conn.state {
+        _ if closing => "nothing: a closing flow stays unproven".to_owned(),
+        CT_DATAGRAM if nat && answered => "the client's next datagram".to_owned(),
+        CT_DATAGRAM if nat => {
+            "a reply from the backend, then the client's next datagram".to_owned()
         }
-    } else if conn.flags & CT_FLAG_SYN_SEEN != 0 {
-        "the client's ACK that completes the handshake"
-    } else {
-        "more packets from the client"
+        _ if opened && nat && answered => format!(
+            "the client's ACK of the backend's SYN-ACK (acknowledgment number ending in {:#06x})",
+            conn.proof
+        ),
+        _ if opened && nat => "the backend's SYN-ACK, then the client's ACK of it".to_owned(),
+        _ if opened => "the client's ACK that completes the handshake".to_owned(),
+        _ => format!(
+            "{PROVEN_AFTER_PACKETS} packets from the client ({} so far)",
+            conn.proof
+        ),
     };
-    format!(
-        "unproven ({} of {PROVEN_AFTER_PACKETS} client packets{}): proven by {needs}, or at {PROVEN_AFTER_PACKETS} packets; until then a flood of new flows may evict it",
-        conn.packets,
-        if answered {
-            ", the backend answered"
-        } else {
-            ""
-        },
-    )
+    format!("unproven: proven by {needs}; until then a flood of new flows may evict it")
 }
 
 /// How a new flow would be tracked: conntrack.rs `insert` and `admit`.
@@ -369,11 +372,20 @@ mod tests {
     fn admission_says_what_proves_a_flow() {
         let mut c = conn(0);
         assert!(admission_of(&c, true, true).starts_with("proven"));
-        assert!(admission_of(&c, false, true).contains("a reply from the backend"));
-        c.flags = CT_FLAG_REPLY_SEEN;
-        assert!(admission_of(&c, false, true).contains("the client's next packet"));
+        // An established flow lb did not see open: its client's packets.
+        c.proof = 2;
+        assert!(admission_of(&c, false, true).contains("4 packets from the client (2 so far)"));
         c.flags = CT_FLAG_SYN_SEEN;
+        assert!(admission_of(&c, false, true).contains("the backend's SYN-ACK"));
+        c.flags = CT_FLAG_SYN_SEEN | CT_FLAG_REPLY_SEEN;
+        c.proof = 0x1235;
+        assert!(admission_of(&c, false, true).contains("0x1235"));
         assert!(admission_of(&c, false, false).contains("handshake"));
+        c.state = CT_DATAGRAM;
+        c.flags = 0;
+        assert!(admission_of(&c, false, true).contains("a reply from the backend"));
+        c.state = CT_CLOSED;
+        assert!(admission_of(&c, false, true).contains("closing"));
         assert!(admission_of_new_flow(0).ends_with("unproven"));
         assert!(admission_of_new_flow(5).contains("5 new flows"));
     }
