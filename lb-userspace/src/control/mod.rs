@@ -4,5 +4,6 @@
 pub mod announcer;
 pub mod balancer;
 pub mod checker;
+pub mod local_macs;
 pub mod map_writer;
 pub mod probe;

@@ -376,8 +376,12 @@ impl Controller {
     /// Re-reads the attached interfaces' MACs into the datapath.
     pub(crate) fn follow_local_macs(&mut self) {
         let ifaces: Vec<_> = self.attachments.iter().map(|a| a.iface.clone()).collect();
-        let recorded =
-            super::run::record_local_macs(&mut self.balancer, &ifaces, self.forward_any_mac, false);
+        let recorded = crate::control::local_macs::record(
+            &mut self.balancer,
+            &ifaces,
+            self.forward_any_mac,
+            false,
+        );
         if let Err(error) = recorded {
             tracing::warn!(error = %error_chain(&error), "cannot record the interfaces' MACs");
         }

@@ -24,6 +24,7 @@ use crate::{
     control::announcer::Announcer,
     control::balancer::Balancer,
     control::checker::Checker,
+    control::local_macs,
     daemon::metrics_http,
     daemon::notify,
     daemon::reload,
@@ -337,35 +338,6 @@ struct Started {
     egress: EgressWatch,
 }
 
-/// Records the attached interfaces' MACs in the datapath (none with `--forward-any-mac`):
-/// frames for other MACs are then passed to the kernel. An interface whose MAC cannot be
-/// read keeps what was recorded for it (nothing at the first start: frames for other
-/// hosts arriving there are forwarded); `warn` says so in the log, else at debug level.
-pub(crate) fn record_local_macs(
-    balancer: &mut crate::control::balancer::Balancer,
-    ifaces: &[Interface],
-    any_mac: bool,
-    warn: bool,
-) -> Result<(), aya::maps::MapError> {
-    if any_mac {
-        return balancer.set_local_macs(&[], &[]);
-    }
-    let mut macs = Vec::with_capacity(ifaces.len());
-    for iface in ifaces {
-        match attach::hardware_address(&iface.name) {
-            Ok(mac) => macs.push((iface.index, mac)),
-            Err(error) if warn => tracing::warn!(
-                iface = %iface.name,
-                %error,
-                "cannot read the interface's MAC: frames for other hosts arriving there are forwarded"
-            ),
-            Err(error) => debug!(iface = %iface.name, %error, "cannot read the interface's MAC"),
-        }
-    }
-    let attached: Vec<u32> = ifaces.iter().map(|iface| iface.index).collect();
-    balancer.set_local_macs(&macs, &attached)
-}
-
 /// Refuses interfaces whose forwarding is off for a family lb will balance: IPv4 always,
 /// IPv6 when the state to apply has an IPv6 VIP.
 fn check_forwarding(ifaces: &[Interface], desired: Option<&State>) -> anyhow::Result<()> {
@@ -572,7 +544,7 @@ fn start(
     balancer
         .retain_tx_ports(&ifindexes)
         .context("pruning the redirect map")?;
-    record_local_macs(&mut balancer, ifaces, args.forward_any_mac, true)
+    local_macs::record(&mut balancer, ifaces, args.forward_any_mac, true)
         .context("recording the interfaces' MACs")?;
     let program = load::program(&mut ebpf).context("the eBPF object has no XDP program")?;
     let mut attachments = Vec::with_capacity(ifaces.len());
