@@ -34,6 +34,10 @@ pub const MAP_TOO_BIG_ARGS: &str = "TOO_BIG_ARGS";
 pub const MAP_ENCAP_ARGS: &str = "ENCAP_ARGS";
 /// Per-CPU token bucket for ICMP errors the datapath sends. Not pinned.
 pub const MAP_ICMP_RATE: &str = "ICMP_RATE";
+/// Datagrams whose first fragment was balanced or translated, by (src, dst, IP id,
+/// protocol, family): the later fragments, which carry no ports, follow it. Not pinned: a
+/// restart loses only the datagrams in flight at that moment.
+pub const MAP_FRAGMENTS: &str = "FRAGMENTS";
 /// Egress interfaces the datapath found it cannot send to (not attached), by ifindex;
 /// the daemon warns once per interface. Not pinned.
 pub const MAP_UNATTACHED: &str = "UNATTACHED_EGRESS";

@@ -12,6 +12,7 @@ mod costs;
 mod csum;
 mod encap;
 mod forward;
+mod fragment;
 mod icmp;
 mod lookup;
 mod maps;
@@ -31,7 +32,7 @@ use lb_common::{
         ABLATE_CLOCK, ABLATE_CONNTRACK, ABLATE_NAT, IPPROTO_TCP, JUMP_ENCAP, JUMP_ICMP,
         JUMP_TOO_BIG,
     },
-    encap::{MODE_NAT, SENT_ESTABLISHED, SENT_NEW_FLOW},
+    encap::{MODE_NAT, SENT_ESTABLISHED, SENT_FRAGMENT, SENT_NEW_FLOW},
     flow::{CT_DATAGRAM, Conn, FlowKey},
     service::{Addr, Backend, Endpoint, VipInfo},
     stats::Stat,
@@ -110,6 +111,7 @@ pub fn lb_encap(ctx: XdpContext) -> u32 {
                 let reason = match args.sent {
                     SENT_NEW_FLOW => Stat::ForwardNew,
                     SENT_ESTABLISHED => Stat::ForwardEstablished,
+                    SENT_FRAGMENT => Stat::ForwardFragment,
                     _ => Stat::ForwardIcmpToBackend,
                 };
                 encap::to_backend(&ctx, &packet, args.backend_id, backend, reason, now())
@@ -162,14 +164,8 @@ fn process(ctx: &XdpContext) -> Outcome {
             unsafe { JUMPS.tail_call(ctx, JUMP_ICMP) };
             return Outcome::pass(Stat::PassNotVip);
         }
-        // Policies for what carries no ports: to a VIP address it cannot be balanced; from
-        // a backend address it could be a reply that would leak the backend's address.
-        L4::Fragment if lookup::is_vip_address(&flow.dst, flow.family) => {
-            return Outcome::drop(Stat::DropFragment);
-        }
-        L4::Fragment if lookup::is_backend_address(&flow.src, flow.family) => {
-            return Outcome::drop(Stat::DropBackendFragment);
-        }
+        // No ports: a later fragment follows its first one (`fragment`), or is dropped.
+        L4::Fragment => return fragment::later(ctx, &packet, now()),
         L4::Other if !packet.is_v4() && lookup::is_vip_address(&flow.dst, flow.family) => {
             return Outcome::drop(Stat::DropIpv6ExtensionHeader);
         }
@@ -195,6 +191,9 @@ fn process(ctx: &XdpContext) -> Outcome {
         && let Some(endpoint) = lookup::endpoint(&flow.src, flow.src_port, flow.proto, flow.family)
     {
         return to_client(ctx, &packet, endpoint, now());
+    }
+    if packet.is_first_fragment() {
+        fragment::first_passed(ctx, &packet, now());
     }
     if lookup::is_vip_address(&flow.dst, flow.family) {
         return Outcome::pass(Stat::PassVipOtherPort);
@@ -284,6 +283,7 @@ fn to_backend_address(
     reason: Stat,
     now: u64,
 ) -> Outcome {
+    fragment::first_to_backend(ctx, packet, backend_id, backend, now);
     if backend.mode != MODE_NAT {
         let sent = if reason == Stat::ForwardEstablished {
             SENT_ESTABLISHED
@@ -395,6 +395,7 @@ fn to_client(ctx: &XdpContext, packet: &Packet, endpoint: &Endpoint, now: u64) -
     if flags & (TCP_FIN | TCP_RST | TCP_SYN) != 0 {
         track_reply(packet, endpoint, flags, now);
     }
+    fragment::first_reply(ctx, packet, endpoint, now);
     let out = FlowKey {
         src: endpoint.vip_addr,
         src_port: endpoint.vip_port,
