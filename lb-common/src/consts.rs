@@ -7,14 +7,19 @@ pub const PROGRAM_NAME: &str = "lb";
 pub const PROGRAM_ICMP: &str = "lb_icmp";
 pub const PROGRAM_TOO_BIG: &str = "lb_too_big";
 pub const PROGRAM_ENCAP: &str = "lb_encap";
+pub const PROGRAM_FRAGMENT: &str = "lb_fragment";
 pub const JUMP_ICMP: u32 = 0;
 pub const JUMP_TOO_BIG: u32 = 1;
 pub const JUMP_ENCAP: u32 = 2;
+/// Later fragments (no ports) of VIP traffic. Last, so a pinned JUMPS map of an earlier
+/// release (three slots) keeps every other program: it lacks only this one.
+pub const JUMP_FRAGMENT: u32 = 3;
 /// The tail-called programs with their JUMPS index.
-pub const TAIL_PROGRAMS: [(&str, u32); 3] = [
+pub const TAIL_PROGRAMS: [(&str, u32); 4] = [
     (PROGRAM_ICMP, JUMP_ICMP),
     (PROGRAM_TOO_BIG, JUMP_TOO_BIG),
     (PROGRAM_ENCAP, JUMP_ENCAP),
+    (PROGRAM_FRAGMENT, JUMP_FRAGMENT),
 ];
 
 /// Map names (the `#[map(name = ...)]` of each static in `lb-ebpf/src/maps.rs`).

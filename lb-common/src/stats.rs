@@ -122,15 +122,17 @@ stats! {
     PassIcmpToVip = 27, "pass_icmp_to_vip", Reason;
     DropNoBackend = 28, "drop_no_backend", Reason;
     // A fragment to a VIP address that cannot follow a balanced first fragment: of a
-    // protocol other than TCP/UDP (ICMP included), or an IPv6 fragment header behind other
-    // extension headers is counted as drop_ipv6_ext_header.
+    // protocol other than TCP/UDP (ICMP included), or any later fragment while lb_fragment
+    // has no JUMPS slot (a JUMPS map pinned by an earlier release). An IPv6 Fragment
+    // header behind other extension headers is drop_ipv6_ext_header.
     DropFragment = 29, "drop_fragment", Reason;
     DropIpv6ExtensionHeader = 30, "drop_ipv6_ext_header", Reason;
     DropFibFailure = 31, "drop_fib_failure", Reason;
     DropForwardingDisabled = 32, "drop_forwarding_disabled", Reason;
     PassToLocal = 33, "pass_to_local", Reason;
     // A fragment from a backend address that cannot be translated: of a protocol other
-    // than TCP/UDP, or an ICMP error quoting a later fragment sent to a backend.
+    // than TCP/UDP, any later fragment while lb_fragment has no JUMPS slot, or an ICMP
+    // error quoting a later fragment sent to a backend.
     DropBackendFragment = 34, "drop_backend_fragment", Reason;
     DropBackendIpv6ExtensionHeader = 35, "drop_backend_ipv6_ext_header", Reason;
     IcmpEchoReply = 36, "icmp_echo_reply", Reason;

@@ -149,70 +149,59 @@ pub fn later(ctx: &XdpContext, packet: &Packet, now: u64) -> Outcome {
     let Some(first) = first else {
         return Outcome::drop(Stat::DropFragmentNoFirst);
     };
-    let mut packet = *packet;
-    packet.flow.src_port = first.src_port;
-    packet.flow.dst_port = first.dst_port;
-    match first.kind {
-        FRAGMENT_PASS if to_vip => Outcome::pass(Stat::PassVipOtherPort),
-        FRAGMENT_PASS => Outcome::pass(Stat::PassNotVip),
-        FRAGMENT_TO_BACKEND if to_vip => to_backend(ctx, &packet, &first, now),
-        FRAGMENT_REPLY if !to_vip => to_client(ctx, &packet, &first, now),
-        _ => Outcome::drop(Stat::DropFragmentNoFirst),
-    }
-}
-
-/// A later fragment of a client's datagram: to its first fragment's backend, unless that
-/// backend id has since been given to another backend (generation) or freed.
-#[inline(always)]
-fn to_backend(ctx: &XdpContext, packet: &Packet, first: &Fragment, now: u64) -> Outcome {
-    let Some(backend) = BACKENDS
-        .get(first.backend_id)
-        .filter(|b| b.generation == first.generation && b.state != BACKEND_UNUSED)
-    else {
-        return Outcome::drop(Stat::DropFragmentNoFirst);
-    };
-    if ttl_expires(ctx, packet) {
-        return Outcome::pass(Stat::PassTtlExceeded);
-    }
-    let len = parse::data_end(ctx) - parse::data(ctx);
-    stats::count_service(first.vip_id, first.backend_id, len);
-    if backend.mode != MODE_NAT {
-        return send_dsr(ctx, first.backend_id, SENT_FRAGMENT);
-    }
-    let out = FlowKey {
-        dst: backend.addr,
-        dst_port: backend.port,
+    // The datagram's 5-tuple as it will leave: the ports from its first fragment, then
+    // the backend's or the VIP's address. One call of the forwarding path for both
+    // directions, with nothing but `out` built for it: each inlined copy of it costs
+    // verifier budget, and each value kept across it stack.
+    let mut out = FlowKey {
+        src_port: first.src_port,
+        dst_port: first.dst_port,
         ..packet.flow
+    };
+    let (side, slot) = match first.kind {
+        FRAGMENT_PASS if to_vip => return Outcome::pass(Stat::PassVipOtherPort),
+        FRAGMENT_PASS => return Outcome::pass(Stat::PassNotVip),
+        FRAGMENT_TO_BACKEND if to_vip => {
+            let Some(backend) = BACKENDS
+                .get(first.backend_id)
+                .filter(|b| b.generation == first.generation && b.state != BACKEND_UNUSED)
+            else {
+                return Outcome::drop(Stat::DropFragmentNoFirst);
+            };
+            if ttl_expires(ctx, packet) {
+                return Outcome::pass(Stat::PassTtlExceeded);
+            }
+            let len = parse::data_end(ctx) - parse::data(ctx);
+            stats::count_service(first.vip_id, first.backend_id, len);
+            if backend.mode != MODE_NAT {
+                return send_dsr(ctx, first.backend_id, SENT_FRAGMENT);
+            }
+            out.dst = backend.addr;
+            out.dst_port = backend.port;
+            (Side::Destination, HopSlot::Backend(first.backend_id))
+        }
+        FRAGMENT_REPLY if !to_vip => {
+            if ttl_expires(ctx, packet) {
+                return Outcome::pass(Stat::PassTtlExceeded);
+            }
+            out.src = first.addr;
+            (Side::Source, HopSlot::Destination)
+        }
+        _ => return Outcome::drop(Stat::DropFragmentNoFirst),
+    };
+    // Too big for the next hop: answered from the VIP (to the client, or to the backend).
+    let too_big_from = if side == Side::Source {
+        &first.addr
+    } else {
+        &packet.flow.dst
     };
     deliver(
         ctx,
         packet,
         &out,
-        Side::Destination,
-        HopSlot::Backend(first.backend_id),
-        &packet.flow.dst,
-        Stat::ForwardFragment,
-        now,
-    )
-}
-
-/// A later fragment of a backend's reply: to the client, from the VIP.
-#[inline(always)]
-fn to_client(ctx: &XdpContext, packet: &Packet, first: &Fragment, now: u64) -> Outcome {
-    if ttl_expires(ctx, packet) {
-        return Outcome::pass(Stat::PassTtlExceeded);
-    }
-    let out = FlowKey {
-        src: first.addr,
-        ..packet.flow
-    };
-    deliver(
-        ctx,
-        packet,
-        &out,
-        Side::Source,
-        HopSlot::Destination,
-        &first.addr,
+        side,
+        slot,
+        too_big_from,
         Stat::ForwardFragment,
         now,
     )

@@ -29,8 +29,8 @@ use aya_ebpf::{
 use aya_log_ebpf::{info, warn};
 use lb_common::{
     consts::{
-        ABLATE_CLOCK, ABLATE_CONNTRACK, ABLATE_NAT, IPPROTO_TCP, JUMP_ENCAP, JUMP_ICMP,
-        JUMP_TOO_BIG,
+        ABLATE_CLOCK, ABLATE_CONNTRACK, ABLATE_NAT, IPPROTO_TCP, JUMP_ENCAP, JUMP_FRAGMENT,
+        JUMP_ICMP, JUMP_TOO_BIG,
     },
     encap::{MODE_NAT, SENT_ESTABLISHED, SENT_FRAGMENT, SENT_NEW_FLOW},
     flow::{CT_DATAGRAM, Conn, FlowKey},
@@ -80,6 +80,22 @@ pub fn lb_icmp(ctx: XdpContext) -> u32 {
     let outcome = match parse::parse(&ctx, false) {
         Ok(Parsed::Ip(packet)) if matches!(packet.l4, L4::Icmp) => {
             icmp::handle(&ctx, &packet, now())
+        }
+        _ => Outcome::pass(Stat::PassNotVip),
+    };
+    counted(outcome, len)
+}
+
+/// A fragment without ports to a VIP address or from a backend address, tail-called from
+/// `lb` (which counted its protocols): it follows its datagram's first fragment
+/// (`fragment`). Its own program: a third forwarding path made `lb` more than the
+/// verifier takes.
+#[xdp]
+pub fn lb_fragment(ctx: XdpContext) -> u32 {
+    let len = ctx.data_end() - ctx.data();
+    let outcome = match parse::parse(&ctx, false) {
+        Ok(Parsed::Ip(packet)) if matches!(packet.l4, L4::Fragment) => {
+            fragment::later(&ctx, &packet, now())
         }
         _ => Outcome::pass(Stat::PassNotVip),
     };
@@ -164,8 +180,22 @@ fn process(ctx: &XdpContext) -> Outcome {
             unsafe { JUMPS.tail_call(ctx, JUMP_ICMP) };
             return Outcome::pass(Stat::PassNotVip);
         }
-        // No ports: a later fragment follows its first one (`fragment`), or is dropped.
-        L4::Fragment => return fragment::later(ctx, &packet, now()),
+        // No ports: to a VIP address or from a backend address, a later fragment follows
+        // its first one (`lb_fragment`). Should the tail call fail (a JUMPS map pinned by
+        // an earlier release has no slot for it), the policy from before: dropped.
+        L4::Fragment => {
+            let to_vip = lookup::is_vip_address(&flow.dst, flow.family);
+            if !to_vip && !lookup::is_backend_address(&flow.src, flow.family) {
+                return Outcome::pass(Stat::PassNotVip);
+            }
+            // SAFETY: the context is this program's; a tail call that returns failed.
+            unsafe { JUMPS.tail_call(ctx, JUMP_FRAGMENT) };
+            return Outcome::drop(if to_vip {
+                Stat::DropFragment
+            } else {
+                Stat::DropBackendFragment
+            });
+        }
         L4::Other if !packet.is_v4() && lookup::is_vip_address(&flow.dst, flow.family) => {
             return Outcome::drop(Stat::DropIpv6ExtensionHeader);
         }

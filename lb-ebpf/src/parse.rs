@@ -157,6 +157,18 @@ pub fn data_end(ctx: &XdpContext) -> usize {
     unsafe { core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize }
 }
 
+/// The interface the packet arrived on, read as [`data`] from a freshly loaded context
+/// pointer: LLVM otherwise may keep `ctx + offset` in a register and load through it,
+/// which the verifier refuses ("dereference of modified ctx ptr").
+#[inline(always)]
+pub fn ingress_ifindex(ctx: &XdpContext) -> u32 {
+    // SAFETY: as in `data`.
+    unsafe {
+        let md = core::ptr::read_volatile(&ctx.ctx);
+        core::ptr::read_volatile(&(*md).ingress_ifindex)
+    }
+}
+
 /// Returns a pointer to a `T` at `offset`, or `None` when the packet is too short for it.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {

@@ -367,5 +367,16 @@ fn the_program_with_fragments_loads_with_the_datapath_log_on() {
         log: true,
         ..dsr_options()
     };
-    let _ = Datapath::load_with_options(Datapath::TEST_LIMITS, &options);
+    for options in [options, dsr_options()] {
+        let mut datapath = Datapath::load_with_options(Datapath::TEST_LIMITS, &options);
+        let counts: Vec<String> = ["lb", "lb_fragment", "lb_icmp", "lb_encap", "lb_too_big"]
+            .iter()
+            .map(|name| format!("{name} {:?}", datapath.verified_instructions(name)))
+            .collect();
+        lb_tests::loud(&format!(
+            "verifier, datapath log {}: instructions processed: {}",
+            if options.log { "on" } else { "off" },
+            counts.join(", ")
+        ));
+    }
 }
