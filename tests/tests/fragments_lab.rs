@@ -3,6 +3,7 @@
 //! fragmented by its kernel, crosses the lb in two fragments that must reach one backend,
 //! and the backend's 3,000-byte answer comes back in two fragments that must both leave
 //! from the VIP; likewise a small request whose answer is 3,000 bytes. Over IPv4 and IPv6.
+//! And through dsr-ipip VIPs: the fragments reach one backend, which answers directly.
 
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
@@ -15,7 +16,9 @@ use std::{
 };
 
 use lb_tests::{
-    process::{Daemon, Instance, stat_packets},
+    dsr::{self, DsrLab, Wiring},
+    netns::NetNs,
+    process::{Daemon, DecapPaths, Instance, READY, STARTUP, stat_packets},
     topology::Lab,
 };
 
@@ -38,15 +41,21 @@ fn big_answer() -> Vec<u8> {
 }
 
 impl Echo {
+    /// On every backend address of the NAT lab.
     fn start(lab: &Lab) -> Self {
+        let sockets = lab
+            .backends
+            .iter()
+            .flat_map(|b| [false, true].map(|v6| (&b.ns, SocketAddr::new(b.addr(v6), ECHO_PORT))));
+        Self::start_on(sockets)
+    }
+
+    fn start_on<'a>(sockets: impl Iterator<Item = (&'a NetNs, SocketAddr)>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
-        for backend in &lab.backends {
-            for v6 in [false, true] {
-                let addr = SocketAddr::new(backend.addr(v6), ECHO_PORT);
-                let socket = backend
-                    .ns
-                    .enter(|| UdpSocket::bind(addr).expect("bind the echo socket"));
+        for (ns, addr) in sockets {
+            {
+                let socket = ns.enter(|| UdpSocket::bind(addr).expect("bind the echo socket"));
                 socket
                     .set_read_timeout(Some(Duration::from_millis(100)))
                     .expect("timeout");
@@ -96,7 +105,8 @@ fn config(lab: &Lab) -> String {
 }
 
 /// Sends `request` from a new port to `vip` and waits for an answer from the VIP, up to 3
-/// tries of 2 s (the first packet toward a new neighbour may wait for ARP/ND).
+/// tries of 2 s (the first packet toward a new neighbour may wait for ARP/ND; in DSR the
+/// first datagram may be answered with frag-needed / packet-too-big instead).
 fn ask(client: IpAddr, vip: SocketAddr, request: &[u8]) -> Result<Vec<u8>, String> {
     let socket = UdpSocket::bind(SocketAddr::new(client, 0)).map_err(|e| e.to_string())?;
     socket
@@ -172,6 +182,94 @@ fn a_3000_byte_udp_datagram_crosses_a_nat_vip_both_ways_in_fragments() {
         0,
         "no fragment lost its first"
     );
+    let (status, _) = daemon.terminate();
+    assert!(status.success(), "lb stops cleanly");
+    instance.down();
+}
+
+/// The same datagrams through dsr-ipip VIPs (IPv4 and IPv6 backends, `lb decap attach` on
+/// each): both fragments of every client datagram reach one backend, whose whole answer
+/// goes to the client directly. A 1,500-byte first fragment does not fit with the outer
+/// header: the client's first datagram to a VIP is answered with frag-needed /
+/// packet-too-big, and its kernel fragments the next ones smaller.
+#[test]
+fn a_3000_byte_udp_datagram_reaches_a_dsr_ipip_backend_in_fragments() {
+    lb_tests::require_root!();
+    let started = Instant::now();
+    let lab = DsrLab::new("dsrfr", Wiring::Routed, 2);
+    let instance = Instance::new();
+    let vips = [IpAddr::from(dsr::VIP_V4), IpAddr::from(dsr::VIP_V6)];
+    let vip_args: Vec<String> = vips.iter().map(IpAddr::to_string).collect();
+    let _decaps: Vec<DecapPaths> = lab
+        .backends
+        .iter()
+        .map(|backend| {
+            let decap = DecapPaths::new(&backend.ns);
+            let (lb_v4, lb_v6) = (format!("{}/32", dsr::LB_V4), format!("{}/128", dsr::LB_V6));
+            let mut args = vec!["attach", "--iface", backend.dev.as_str()];
+            for vip in &vip_args {
+                args.extend(["--vip", vip.as_str()]);
+            }
+            args.extend(["--allow-source", &lb_v4, "--allow-source", &lb_v6]);
+            decap.ok(&args);
+            decap
+        })
+        .collect();
+    let mut daemon = Daemon::spawn(instance.run(&lab.lb, std::slice::from_ref(&lab.lb_iface), &[]));
+    daemon.wait_for_line(READY, STARTUP);
+    for vip in vips {
+        let service = SocketAddr::new(vip, ECHO_PORT).to_string();
+        instance.ok(&[
+            "vip", "add", &service, "--proto", "udp", "--mode", "dsr-ipip",
+        ]);
+        for backend in &lab.backends {
+            let addr = SocketAddr::new(backend.addr(vip.is_ipv6()), ECHO_PORT).to_string();
+            instance.ok(&["backend", "add", &service, &addr, "--proto", "udp"]);
+        }
+    }
+    // DSR backends answer from the VIP itself.
+    let echo = Echo::start_on(
+        lab.backends
+            .iter()
+            .flat_map(|b| vips.map(|vip| (&b.ns, SocketAddr::new(vip, ECHO_PORT)))),
+    );
+    let before = instance.stats();
+    let big_request: Vec<u8> = (0..BIG).map(|i| (i % 239) as u8).collect();
+    for vip in vips {
+        let service = SocketAddr::new(vip, ECHO_PORT);
+        let client = DsrLab::client_addr(vip);
+        lab.client.enter(|| {
+            for round in 0..ROUNDS {
+                assert!(started.elapsed() < TEST_BUDGET, "test budget exceeded");
+                let echoed = ask(client, service, &big_request)
+                    .unwrap_or_else(|e| panic!("{vip} round {round}: 3,000 bytes up: {e}"));
+                assert!(
+                    echoed == big_request,
+                    "{vip} round {round}: {} bytes came back, not the 3,000 sent",
+                    echoed.len()
+                );
+                let answer = ask(client, service, b"big please")
+                    .unwrap_or_else(|e| panic!("{vip} round {round}: small up, big down: {e}"));
+                assert!(
+                    answer == big_answer(),
+                    "{vip} round {round}: {} bytes",
+                    answer.len()
+                );
+            }
+        });
+    }
+    drop(echo);
+    let after = instance.stats();
+    let count = |name| stat_packets(&after, name) - stat_packets(&before, name);
+    // One fragmented datagram up per round and family.
+    let later = 2 * ROUNDS as u64;
+    assert!(
+        count("fwd_fragment") >= later,
+        "later fragments encapsulated: {} (at least {later})",
+        count("fwd_fragment")
+    );
+    assert!(count("dsr_ipip_encapsulated") >= 2 * later);
+    assert_eq!(count("fwd_reply"), 0, "answers bypass the lb");
     let (status, _) = daemon.terminate();
     assert!(status.success(), "lb stops cleanly");
     instance.down();
