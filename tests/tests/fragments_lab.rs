@@ -274,3 +274,87 @@ fn a_3000_byte_udp_datagram_reaches_a_dsr_ipip_backend_in_fragments() {
     assert!(status.success(), "lb stops cleanly");
     instance.down();
 }
+
+/// Replaces a pinned map by an empty one of another size, as `bpftool` makes it.
+fn pin_map_of_size(pin_dir: &std::path::Path, name: &str, kind: &str, value: u32, entries: u32) {
+    let path = pin_dir.join(name);
+    std::fs::remove_file(&path).unwrap_or_else(|e| panic!("unpin {name}: {e}"));
+    let output = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&path)
+        .args(["type", kind, "key", "4", "value", &value.to_string()])
+        .args(["entries", &entries.to_string(), "name", name])
+        .output()
+        .expect("run bpftool (cargo xtask setup installs it)");
+    assert!(
+        output.status.success(),
+        "bpftool map create {name}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A pin directory of the release before fragments (a JUMPS map of 3 slots, no room for
+/// `lb_fragment`; a STATS map of 57 counters) is adopted: the daemon warns, serves, reads
+/// its counters, and later fragments are dropped as before (`drop_fragment`) until
+/// `lb down` lets the next start create the maps anew, after which they are followed.
+#[test]
+fn a_pin_dir_of_the_release_before_is_adopted_and_drops_later_fragments_until_lb_down() {
+    lb_tests::require_root!();
+    let lab = Lab::new("lbfp", 2);
+    let instance = Instance::new();
+    let config_path = instance.state.with_file_name("config.toml");
+    std::fs::write(&config_path, config(&lab)).expect("write config");
+    let config_arg = config_path.to_string_lossy().into_owned();
+    let run = || {
+        let mut daemon = Daemon::spawn(instance.run(
+            &lab.lb,
+            &lab.lb_ifaces,
+            &["--xdp-mode", "native", "--config", &config_arg],
+        ));
+        daemon.wait_for_line("lb: forwarding on", Duration::from_secs(20));
+        daemon
+    };
+    let (status, _) = run().terminate();
+    assert!(status.success());
+    pin_map_of_size(&instance.pin_dir, "JUMPS", "prog_array", 4, 3);
+    pin_map_of_size(&instance.pin_dir, "STATS", "percpu_array", 16, 57);
+
+    let daemon = run();
+    assert!(
+        daemon.stderr().contains("no slot for these programs"),
+        "the daemon says what it cannot do: {}",
+        daemon.stderr()
+    );
+    let echo = Echo::start(&lab);
+    let vip = SocketAddr::new(lab.vip(false), VIP_PORT);
+    let client = lab.client_addr(false);
+    let before = instance.stats();
+    lab.client.enter(|| {
+        let small = ask(client, vip, b"small").expect("whole datagrams are balanced");
+        assert_eq!(small, b"small");
+        let big: Vec<u8> = vec![7; BIG];
+        assert!(
+            ask(client, vip, &big).is_err(),
+            "later fragments have no lb_fragment to follow them"
+        );
+    });
+    let after = instance.stats();
+    let count = |name| stat_packets(&after, name) - stat_packets(&before, name);
+    assert!(count("drop_fragment") >= 3, "dropped as before: {after}");
+    assert_eq!(count("fwd_fragment"), 0, "no slot in the old STATS map");
+    let (status, _) = daemon.terminate();
+    assert!(status.success());
+
+    instance.down();
+    let daemon = run();
+    assert!(!daemon.stderr().contains("no slot"), "{}", daemon.stderr());
+    lab.client.enter(|| {
+        let big: Vec<u8> = vec![7; BIG];
+        let echoed = ask(client, vip, &big).expect("followed after lb down");
+        assert!(echoed == big, "{} bytes", echoed.len());
+    });
+    drop(echo);
+    let (status, _) = daemon.terminate();
+    assert!(status.success());
+    instance.down();
+}

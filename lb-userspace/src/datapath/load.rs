@@ -139,6 +139,13 @@ pub fn install_tail_calls(ebpf: &mut Ebpf) -> Result<Vec<&'static str>, TailCall
     for (name, index, fd) in fds {
         match jumps.set(index, &fd, 0) {
             Ok(()) => {}
+            // The kernel's answer for an index past a program array's end.
+            Err(aya::maps::MapError::SyscallError(error))
+                if error.io_error.raw_os_error()
+                    == Some(rustix::io::Errno::TOOBIG.raw_os_error()) =>
+            {
+                without_slot.push(name);
+            }
             Err(aya::maps::MapError::OutOfBounds { .. }) => without_slot.push(name),
             Err(source) => return Err(TailCallError::Register { name, source }),
         }

@@ -71,7 +71,11 @@ impl StatsMap {
     /// nothing until `lb down` re-creates the map).
     pub(crate) fn get(&self, stat: Stat) -> Result<Counter, MapError> {
         let per_cpu = match self.map.get(&stat.index(), 0) {
-            Err(MapError::OutOfBounds { .. }) => return Ok(Counter::default()),
+            // aya checks the index against the object's size, the kernel against the
+            // pinned map's: past the latter the lookup finds no key.
+            Err(MapError::OutOfBounds { .. } | MapError::KeyNotFound) => {
+                return Ok(Counter::default());
+            }
             other => other?,
         };
         let mut total = Counter::default();
