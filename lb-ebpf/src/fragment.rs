@@ -5,7 +5,8 @@
 //! follow it: to the same backend, with only the address rewritten (the datagram's
 //! checksum lives in the first fragment, patched there incrementally), encapsulated to it
 //! in DSR, or back to the client from the VIP. A later fragment with no first fragment
-//! seen is dropped (`drop_fragment_no_first`).
+//! seen is dropped (`drop_fragment_no_first`). The first fragment's hooks run in `lb`;
+//! later fragments are handled in the tail-called `lb_fragment` (verifier budget).
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
@@ -122,9 +123,9 @@ pub fn first_passed(ctx: &XdpContext, packet: &Packet, now: u64) {
     }
 }
 
-/// A fragment the parser left without ports (`L4::Fragment`): a later fragment, or the
-/// first of a protocol other than TCP/UDP. Traffic of no VIP and no backend passes as
-/// before; to a VIP address or from a backend address it follows its first fragment, or
+/// A fragment the parser left without ports (`L4::Fragment`), in `lb_fragment` (which
+/// `lb` tail-calls for these): a later fragment, or the first of a protocol other than
+/// TCP/UDP. Traffic of no VIP and no backend passes as before (`lb` checks it already); to a VIP address or from a backend address it follows its first fragment, or
 /// is dropped (ports decide where such a packet goes, and a reply must never leave with a
 /// backend's address).
 #[inline(always)]
