@@ -7,14 +7,19 @@ pub const PROGRAM_NAME: &str = "lb";
 pub const PROGRAM_ICMP: &str = "lb_icmp";
 pub const PROGRAM_TOO_BIG: &str = "lb_too_big";
 pub const PROGRAM_ENCAP: &str = "lb_encap";
+pub const PROGRAM_FRAGMENT: &str = "lb_fragment";
 pub const JUMP_ICMP: u32 = 0;
 pub const JUMP_TOO_BIG: u32 = 1;
 pub const JUMP_ENCAP: u32 = 2;
+/// Later fragments (no ports) of VIP traffic. Last, so a pinned JUMPS map of an earlier
+/// release (three slots) keeps every other program: it lacks only this one.
+pub const JUMP_FRAGMENT: u32 = 3;
 /// The tail-called programs with their JUMPS index.
-pub const TAIL_PROGRAMS: [(&str, u32); 3] = [
+pub const TAIL_PROGRAMS: [(&str, u32); 4] = [
     (PROGRAM_ICMP, JUMP_ICMP),
     (PROGRAM_TOO_BIG, JUMP_TOO_BIG),
     (PROGRAM_ENCAP, JUMP_ENCAP),
+    (PROGRAM_FRAGMENT, JUMP_FRAGMENT),
 ];
 
 /// Map names (the `#[map(name = ...)]` of each static in `lb-ebpf/src/maps.rs`).
@@ -56,6 +61,10 @@ pub const MAP_TOO_BIG_ARGS: &str = "TOO_BIG_ARGS";
 pub const MAP_ENCAP_ARGS: &str = "ENCAP_ARGS";
 /// Per-CPU token bucket for ICMP errors the datapath sends. Not pinned.
 pub const MAP_ICMP_RATE: &str = "ICMP_RATE";
+/// Datagrams whose first fragment was balanced or translated, by (src, dst, IP id,
+/// protocol, family): the later fragments, which carry no ports, follow it. Not pinned: a
+/// restart loses only the datagrams in flight at that moment.
+pub const MAP_FRAGMENTS: &str = "FRAGMENTS";
 /// Egress interfaces the datapath found it cannot send to (not attached), by ifindex;
 /// the daemon warns once per interface. Not pinned.
 pub const MAP_UNATTACHED: &str = "UNATTACHED_EGRESS";

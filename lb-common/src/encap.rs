@@ -65,6 +65,8 @@ pub const SENT_NEW_FLOW: u32 = 0;
 pub const SENT_ESTABLISHED: u32 = 1;
 /// An ICMP error about a flow's reply (`fwd_icmp_to_backend`).
 pub const SENT_ICMP: u32 = 2;
+/// A later fragment of a datagram whose first fragment went to the backend (`fwd_fragment`).
+pub const SENT_FRAGMENT: u32 = 3;
 
 /// Per-flow bits of the outer header: from the client's address and port only, so every
 /// packet of a flow (and every lb node) uses the same outer source and flow label.

@@ -8,6 +8,7 @@ pub mod consts;
 pub mod decap;
 pub mod encap;
 pub mod flow;
+pub mod fragment;
 pub mod hash;
 pub mod icmp;
 pub mod service;

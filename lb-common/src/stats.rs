@@ -121,11 +121,18 @@ stats! {
     PassVipOtherPort = 26, "pass_vip_other_port", Reason;
     PassIcmpToVip = 27, "pass_icmp_to_vip", Reason;
     DropNoBackend = 28, "drop_no_backend", Reason;
+    // A fragment to a VIP address that cannot follow a balanced first fragment: of a
+    // protocol other than TCP/UDP (ICMP included), or any later fragment while lb_fragment
+    // has no JUMPS slot (a JUMPS map pinned by an earlier release). An IPv6 Fragment
+    // header behind other extension headers is drop_ipv6_ext_header.
     DropFragment = 29, "drop_fragment", Reason;
     DropIpv6ExtensionHeader = 30, "drop_ipv6_ext_header", Reason;
     DropFibFailure = 31, "drop_fib_failure", Reason;
     DropForwardingDisabled = 32, "drop_forwarding_disabled", Reason;
     PassToLocal = 33, "pass_to_local", Reason;
+    // A fragment from a backend address that cannot be translated: of a protocol other
+    // than TCP/UDP, any later fragment while lb_fragment has no JUMPS slot, or an ICMP
+    // error quoting a later fragment sent to a backend.
     DropBackendFragment = 34, "drop_backend_fragment", Reason;
     DropBackendIpv6ExtensionHeader = 35, "drop_backend_ipv6_ext_header", Reason;
     IcmpEchoReply = 36, "icmp_echo_reply", Reason;
@@ -186,6 +193,14 @@ stats! {
     // A frame with an 802.1Q / 802.1ad tag: passed untouched to the kernel, whose VLAN
     // interface owns it (lb does not forward tagged frames).
     PassVlanTagged = 62, "pass_vlan_tagged", Reason;
+    // A later fragment (offset > 0) of a TCP/UDP datagram to a VIP address or from a
+    // backend address whose first fragment was not seen (yet, or within 30 s, or its
+    // entry was evicted): it carries no ports, so nothing says where it goes.
+    DropFragmentNoFirst = 63, "drop_fragment_no_first", Reason;
+    // A later fragment sent where its first fragment went: to the same backend (NAT:
+    // destination address rewritten; DSR: encapsulated) or, from a backend, to the client
+    // with the VIP as source.
+    ForwardFragment = 64, "fwd_fragment", Reason;
 }
 
 /// Number of slots in the stats map.

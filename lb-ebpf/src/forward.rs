@@ -241,7 +241,7 @@ pub fn transmit(ctx: &XdpContext, hop: &NextHop, forwarded: Stat) -> Outcome {
     eth.src_addr = hop.smac;
     match TX_PORTS.redirect(hop.ifindex, 0) {
         Ok(action) => Outcome::new(action, forwarded),
-        Err(_) if hop.ifindex == ctx.ingress_ifindex() as u32 => {
+        Err(_) if hop.ifindex == crate::parse::ingress_ifindex(ctx) => {
             Outcome::new(xdp_action::XDP_TX, forwarded)
         }
         // Detached since the next hop was cached (at most a second ago).
@@ -254,7 +254,7 @@ pub fn transmit(ctx: &XdpContext, hop: &NextHop, forwarded: Stat) -> Outcome {
 /// (veth's XDP_TX wakes its peer only when the peer runs XDP too), else XDP_TX.
 #[inline(always)]
 pub fn bounce(ctx: &XdpContext, reason: Stat) -> Outcome {
-    match TX_PORTS.redirect(ctx.ingress_ifindex() as u32, 0) {
+    match TX_PORTS.redirect(crate::parse::ingress_ifindex(ctx), 0) {
         Ok(action) => Outcome::new(action, reason),
         Err(_) => Outcome::new(xdp_action::XDP_TX, reason),
     }

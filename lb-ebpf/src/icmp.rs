@@ -3,7 +3,11 @@
 //! for the VIP (a router on the client's side says a reply was too big), toward the
 //! client with the VIP as source when a backend (or a router behind it) sends them. Inner
 //! headers and every checksum are patched, then the kernel forwards the error. Everything
-//! else goes to the kernel as it is.
+//! else goes to the kernel as it is. An error quoting a first fragment is translated as
+//! any other (the ports are in the quote); one quoting a later fragment has no ports to
+//! find its flow by: passed when sent to a VIP (the kernel has no socket for it), dropped
+//! (`drop_backend_fragment`) when it quotes a packet sent to a backend address, which the
+//! client must never see.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
@@ -24,7 +28,10 @@ use crate::{
     csum::Delta,
     forward, lookup,
     nat::{self, Headers, Side},
-    parse::{self, ICMP_HEADER, Packet, ptr_at},
+    parse::{
+        self, ICMP_HEADER, IPV4_OFFSET, IPV6_FRAGMENT_HEADER, IPV6_FRAGMENT_LEN, IPV6_OFFSET,
+        Packet, ptr_at,
+    },
     select,
 };
 
@@ -86,10 +93,29 @@ struct Quoted {
     flow: FlowKey,
 }
 
+/// What an error quotes: a TCP/UDP packet (whole or a first fragment) with its ports, a
+/// later fragment of one (addresses only: its destination), or anything else.
+enum Quote {
+    Flow(Quoted),
+    LaterFragment(Addr),
+    Other,
+}
+
 #[inline(always)]
-fn quoted(ctx: &XdpContext, packet: &Packet) -> Option<Quoted> {
+fn quoted(ctx: &XdpContext, packet: &Packet) -> Quote {
+    match quoted_headers(ctx, packet) {
+        Some(Ok(quoted)) => Quote::Flow(quoted),
+        Some(Err(dst)) => Quote::LaterFragment(dst),
+        None => Quote::Other,
+    }
+}
+
+/// The quoted headers; `Err(destination)` for a later fragment.
+#[inline(always)]
+fn quoted_headers(ctx: &XdpContext, packet: &Packet) -> Option<Result<Quoted, Addr>> {
     let l3_offset = packet.l4_offset + ICMP_HEADER;
     let mut flow = FlowKey::default();
+    let mut later = false;
     let l4_offset = if packet.is_v4() {
         let ip = ptr_at::<Ipv4Hdr>(ctx, l3_offset)?;
         // SAFETY: bounds checked.
@@ -102,6 +128,7 @@ fn quoted(ctx: &XdpContext, packet: &Packet) -> Option<Quoted> {
         flow.proto = ip.proto;
         flow.src = parse::addr_v4(&ip.src_addr);
         flow.dst = parse::addr_v4(&ip.dst_addr);
+        later = u16::from_be_bytes(ip.frags) & IPV4_OFFSET != 0;
         l3_offset + header_len
     } else {
         let ip = ptr_at::<Ipv6Hdr>(ctx, l3_offset)?;
@@ -111,17 +138,30 @@ fn quoted(ctx: &XdpContext, packet: &Packet) -> Option<Quoted> {
         flow.proto = ip.next_hdr;
         flow.src = parse::addr_v6(&ip.src_addr);
         flow.dst = parse::addr_v6(&ip.dst_addr);
-        l3_offset + Ipv6Hdr::LEN
+        let mut l4_offset = l3_offset + Ipv6Hdr::LEN;
+        // A Fragment header right after the fixed header, as the parser reads it.
+        if flow.proto == IPV6_FRAGMENT_HEADER {
+            let fragment = ptr_at::<[u8; IPV6_FRAGMENT_LEN]>(ctx, l4_offset)?;
+            // SAFETY: bounds checked.
+            let fragment = unsafe { &*fragment };
+            flow.proto = fragment[0];
+            later = u16::from_be_bytes([fragment[2], fragment[3]]) & IPV6_OFFSET != 0;
+            l4_offset += IPV6_FRAGMENT_LEN;
+        }
+        l4_offset
     };
     if flow.proto != IPPROTO_TCP && flow.proto != IPPROTO_UDP {
         return None;
+    }
+    if later {
+        return Some(Err(flow.dst));
     }
     let ports = ptr_at::<[u8; 4]>(ctx, l4_offset)?;
     // SAFETY: bounds checked.
     let ports = unsafe { *ports };
     flow.src_port = u16::from_be_bytes([ports[0], ports[1]]);
     flow.dst_port = u16::from_be_bytes([ports[2], ports[3]]);
-    Some(Quoted {
+    Some(Ok(Quoted {
         at: Headers {
             l3_offset,
             l4_offset,
@@ -130,14 +170,14 @@ fn quoted(ctx: &XdpContext, packet: &Packet) -> Option<Quoted> {
             quoted: true,
         },
         flow,
-    })
+    }))
 }
 
 /// An error sent to the VIP about a reply it sent (a router on the client's side says the
 /// reply was too big, say): it goes to the flow's backend, quoting what the backend sent.
 #[inline(always)]
 fn error_to_backend(ctx: &XdpContext, packet: &Packet, now: u64) -> Outcome {
-    let Some(inner) = quoted(ctx, packet) else {
+    let Quote::Flow(inner) = quoted(ctx, packet) else {
         return Outcome::pass(Stat::PassIcmpToVip);
     };
     // The quoted packet left the lb as VIP → client.
@@ -205,8 +245,14 @@ fn flow_backend(flow: &FlowKey, vip: &VipInfo, now: u64) -> Option<(u32, &'stati
 /// flow: the client must see it about the VIP, and from the VIP when the backend sent it.
 #[inline(always)]
 fn error_from_backend(ctx: &XdpContext, packet: &Packet) -> Outcome {
-    let Some(inner) = quoted(ctx, packet) else {
-        return Outcome::pass(Stat::PassNotVip);
+    let inner = match quoted(ctx, packet) {
+        Quote::Flow(inner) => inner,
+        // A later fragment the lb sent to a backend: no ports to find the VIP by, and
+        // passed on it would show the client a backend's address.
+        Quote::LaterFragment(dst) if lookup::is_backend_address(&dst, packet.flow.family) => {
+            return Outcome::drop(Stat::DropBackendFragment);
+        }
+        _ => return Outcome::pass(Stat::PassNotVip),
     };
     // The quoted packet reached the backend as client → backend endpoint.
     let q = &inner.flow;

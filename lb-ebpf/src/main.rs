@@ -12,6 +12,7 @@ mod costs;
 mod csum;
 mod encap;
 mod forward;
+mod fragment;
 mod icmp;
 mod lookup;
 mod maps;
@@ -29,10 +30,10 @@ use aya_ebpf::{
 use aya_log_ebpf::{info, warn};
 use lb_common::{
     consts::{
-        ABLATE_CLOCK, ABLATE_CONNTRACK, ABLATE_NAT, IPPROTO_TCP, JUMP_ENCAP, JUMP_ICMP,
-        JUMP_TOO_BIG,
+        ABLATE_CLOCK, ABLATE_CONNTRACK, ABLATE_NAT, IPPROTO_TCP, JUMP_ENCAP, JUMP_FRAGMENT,
+        JUMP_ICMP, JUMP_TOO_BIG,
     },
-    encap::{MODE_NAT, SENT_ESTABLISHED, SENT_NEW_FLOW},
+    encap::{MODE_NAT, SENT_ESTABLISHED, SENT_FRAGMENT, SENT_NEW_FLOW},
     flow::{CT_DATAGRAM, Conn, FlowKey},
     service::{Addr, Backend, Endpoint, VipInfo},
     stats::Stat,
@@ -86,6 +87,22 @@ pub fn lb_icmp(ctx: XdpContext) -> u32 {
     counted(outcome, len)
 }
 
+/// A fragment without ports to a VIP address or from a backend address, tail-called from
+/// `lb` (which counted its protocols): it follows its datagram's first fragment
+/// (`fragment`). Its own program: a third forwarding path made `lb` more than the
+/// verifier takes.
+#[xdp]
+pub fn lb_fragment(ctx: XdpContext) -> u32 {
+    let len = ctx.data_end() - ctx.data();
+    let outcome = match parse::parse(&ctx, false) {
+        Ok(Parsed::Ip(packet)) if matches!(packet.l4, L4::Fragment) => {
+            fragment::later(&ctx, &packet, now())
+        }
+        _ => Outcome::pass(Stat::PassNotVip),
+    };
+    counted(outcome, len)
+}
+
 /// A packet too big for its next hop, tail-called from `lb` with `TOO_BIG_ARGS` set.
 #[xdp]
 pub fn lb_too_big(ctx: XdpContext) -> u32 {
@@ -111,6 +128,7 @@ pub fn lb_encap(ctx: XdpContext) -> u32 {
                 let reason = match args.sent {
                     SENT_NEW_FLOW => Stat::ForwardNew,
                     SENT_ESTABLISHED => Stat::ForwardEstablished,
+                    SENT_FRAGMENT => Stat::ForwardFragment,
                     _ => Stat::ForwardIcmpToBackend,
                 };
                 encap::to_backend(&ctx, &packet, args.backend_id, backend, reason, now())
@@ -172,13 +190,21 @@ fn process(ctx: &XdpContext) -> Outcome {
             unsafe { JUMPS.tail_call(ctx, JUMP_ICMP) };
             return Outcome::pass(Stat::PassNotVip);
         }
-        // Policies for what carries no ports: to a VIP address it cannot be balanced; from
-        // a backend address it could be a reply that would leak the backend's address.
-        L4::Fragment if lookup::is_vip_address(&flow.dst, flow.family) => {
-            return Outcome::drop(Stat::DropFragment);
-        }
-        L4::Fragment if lookup::is_backend_address(&flow.src, flow.family) => {
-            return Outcome::drop(Stat::DropBackendFragment);
+        // No ports: to a VIP address or from a backend address, a later fragment follows
+        // its first one (`lb_fragment`). Should the tail call fail (a JUMPS map pinned by
+        // an earlier release has no slot for it), the policy from before: dropped.
+        L4::Fragment => {
+            let to_vip = lookup::is_vip_address(&flow.dst, flow.family);
+            if !to_vip && !lookup::is_backend_address(&flow.src, flow.family) {
+                return Outcome::pass(Stat::PassNotVip);
+            }
+            // SAFETY: the context is this program's; a tail call that returns failed.
+            unsafe { JUMPS.tail_call(ctx, JUMP_FRAGMENT) };
+            return Outcome::drop(if to_vip {
+                Stat::DropFragment
+            } else {
+                Stat::DropBackendFragment
+            });
         }
         L4::Other if !packet.is_v4() && lookup::is_vip_address(&flow.dst, flow.family) => {
             return Outcome::drop(Stat::DropIpv6ExtensionHeader);
@@ -213,6 +239,9 @@ fn process(ctx: &XdpContext) -> Outcome {
         && let Some(endpoint) = lookup::endpoint(&flow.src, flow.src_port, flow.proto, flow.family)
     {
         return to_client(ctx, &packet, endpoint, now());
+    }
+    if packet.is_first_fragment() {
+        fragment::first_passed(ctx, &packet, now());
     }
     if lookup::is_vip_address(&flow.dst, flow.family) {
         return Outcome::pass(Stat::PassVipOtherPort);
@@ -314,6 +343,7 @@ fn to_backend_address(
     reason: Stat,
     now: u64,
 ) -> Outcome {
+    fragment::first_to_backend(ctx, packet, backend_id, backend, now);
     if backend.mode != MODE_NAT {
         let sent = if reason == Stat::ForwardEstablished {
             SENT_ESTABLISHED
@@ -429,6 +459,7 @@ fn to_client(ctx: &XdpContext, packet: &Packet, endpoint: &Endpoint, now: u64) -
         let syn_ack = (flags & TCP_SYN != 0).then(|| parse::tcp_word(ctx, packet, TCP_SEQ));
         track_reply(packet, endpoint, flags, syn_ack, now);
     }
+    fragment::first_reply(ctx, packet, endpoint, now);
     let out = FlowKey {
         src: endpoint.vip_addr,
         src_port: endpoint.vip_port,

@@ -12,6 +12,7 @@ use lb_common::{
     },
     encap::{EncapArgs, EncapSource},
     flow::{Conn, DEFAULT_TIMEOUTS_NS, FlowKey, NextHop, Timeouts},
+    fragment::{FRAGMENTS_CAPACITY, Fragment, FragmentKey},
     hash::HashSeed,
     icmp::{RateBucket, TooBigArgs},
     service::{Backend, Endpoint, EndpointKey, Layout, SourceRange, VipInfo, VipKey},
@@ -81,6 +82,12 @@ pub static BACKEND_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MA
 /// destination: a collision costs one FIB lookup, never an insert or an eviction.
 #[map(name = "HOPS")]
 pub static HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(HOP_SLOTS, 0);
+
+/// Fragmented datagrams whose first fragment was balanced, translated or passed: where
+/// their later fragments (no ports) go. Not pinned.
+#[map(name = "FRAGMENTS")]
+pub static FRAGMENTS: LruHashMap<FragmentKey, Fragment> =
+    LruHashMap::with_max_entries(FRAGMENTS_CAPACITY, 0);
 
 /// Address classes by `address_bucket` (userspace sets a bucket's bits before it adds a
 /// VIP or backend address there, clears them after the last one goes).

@@ -12,7 +12,7 @@ use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::{
     csum::Delta,
-    parse::{Packet, ptr_at},
+    parse::{L4, Packet, ptr_at},
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -38,12 +38,18 @@ pub struct Headers {
 }
 
 impl Headers {
+    /// A packet's own headers. A later fragment has no TCP/UDP header: only its address is
+    /// rewritten (the datagram's checksum, in the first fragment, was patched there).
     pub const fn of(packet: &Packet) -> Self {
         Self {
             l3_offset: packet.l3_offset,
             l4_offset: packet.l4_offset,
             v4: packet.is_v4(),
-            proto: packet.flow.proto,
+            proto: if matches!(packet.l4, L4::Fragment) {
+                0
+            } else {
+                packet.flow.proto
+            },
             quoted: false,
         }
     }

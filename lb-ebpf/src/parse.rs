@@ -1,7 +1,8 @@
 //! Header parsing with bounds checks the verifier can follow.
 //!
-//! Accepts Ethernet with at most one 802.1Q/802.1ad tag, IPv4 with options, IPv6, and TCP or
-//! UDP above them. Anything cut short or inconsistent is reported as [`Malformed`] with the
+//! Accepts Ethernet with at most one 802.1Q/802.1ad tag, IPv4 with options, IPv6 (with a
+//! Fragment header directly after the fixed header, or none), and TCP or UDP above them:
+//! in the first fragment of a datagram too, which carries the ports. Anything cut short or inconsistent is reported as [`Malformed`] with the
 //! layer that failed, so it is counted under its own reason.
 
 use core::mem;
@@ -36,7 +37,22 @@ const IPPROTO_ICMPV6: u8 = 58;
 /// The fixed part of an ICMP or ICMPv6 message: type, code, checksum and 4 more bytes.
 pub const ICMP_HEADER: usize = 8;
 /// IPv4 "more fragments" flag and fragment offset, in the host-order `frags` word.
-const IPV4_MF_AND_OFFSET: u16 = 0x3fff;
+const IPV4_MF: u16 = 0x2000;
+pub const IPV4_OFFSET: u16 = 0x1fff;
+/// IPv6 Fragment header (RFC 8200 4.5): its next-header value and length.
+pub const IPV6_FRAGMENT_HEADER: u8 = 44;
+pub const IPV6_FRAGMENT_LEN: usize = 8;
+/// In the Fragment header's host-order offset word: the offset (in 8-byte units, << 3)
+/// and the M ("more fragments") flag.
+pub const IPV6_OFFSET: u16 = 0xfff8;
+const IPV6_MF: u16 = 1;
+
+/// `Packet::fragment`: a whole datagram (an IPv6 atomic fragment is one too).
+pub const FRAGMENT_NONE: u8 = 0;
+/// The first fragment (offset 0, more fragments): its L4 header is there.
+pub const FRAGMENT_FIRST: u8 = 1;
+/// A later fragment (offset > 0): payload only, no ports.
+pub const FRAGMENT_LATER: u8 = 2;
 
 /// A packet whose headers were cut short or contradict themselves; the reason names the layer.
 pub struct Malformed(Stat);
@@ -57,7 +73,7 @@ pub enum L4 {
     Tcp,
     Udp,
     Icmp,
-    /// An IPv4 fragment: ports are not (reliably) there.
+    /// A later fragment (no ports), or a first fragment of anything but TCP/UDP.
     Fragment,
     /// IPv6 extension headers and every other protocol: not parsed further.
     Other,
@@ -76,6 +92,9 @@ pub struct Packet {
     pub tcp_flags: u8,
     /// Length of the IP packet (header included), as its header says.
     pub ip_len: usize,
+    /// `FRAGMENT_*`: whole, first or later fragment. A first TCP/UDP fragment has its
+    /// `l4` and ports like a whole packet.
+    pub fragment: u8,
     /// Addresses, protocol and, for TCP and UDP, ports (host order).
     pub flow: FlowKey,
 }
@@ -88,6 +107,11 @@ impl Packet {
     /// The TCP flags, or 0 for anything else.
     pub const fn tcp_flags(&self) -> u8 {
         self.tcp_flags
+    }
+
+    /// The first fragment of a fragmented datagram (its later fragments follow it).
+    pub const fn is_first_fragment(&self) -> bool {
+        self.fragment == FRAGMENT_FIRST
     }
 
     /// A SYN without ACK: the first packet of a new connection.
@@ -152,6 +176,18 @@ pub fn data_end(ctx: &XdpContext) -> usize {
     unsafe { core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize }
 }
 
+/// The interface the packet arrived on, read as [`data`] from a freshly loaded context
+/// pointer: LLVM otherwise may keep `ctx + offset` in a register and load through it,
+/// which the verifier refuses ("dereference of modified ctx ptr").
+#[inline(always)]
+pub fn ingress_ifindex(ctx: &XdpContext) -> u32 {
+    // SAFETY: as in `data`.
+    unsafe {
+        let md = core::ptr::read_volatile(&ctx.ctx);
+        core::ptr::read_volatile(&(*md).ingress_ifindex)
+    }
+}
+
 /// Returns a pointer to a `T` at `offset`, or `None` when the packet is too short for it.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
@@ -192,19 +228,25 @@ pub fn parse(ctx: &XdpContext, counted: bool) -> Result<Parsed, Malformed> {
         }
         ETH_P_IPV6 => {
             count_protocol(counted, Stat::Ipv6);
-            let (l4_offset, ip_len) = parse_ipv6(ctx, l3_offset, &mut flow)?;
-            (l4_offset, false, ip_len)
+            parse_ipv6(ctx, l3_offset, &mut flow)?
         }
         _ => {
             count_protocol(counted, Stat::OtherL3);
             return Ok(Parsed::NotIp);
         }
     };
-    let (l4, tcp_flags) = if fragment {
+    let (l4, tcp_flags) = if fragment == FRAGMENT_LATER {
         count_protocol(counted, Stat::OtherL4);
         (L4::Fragment, 0)
     } else {
         parse_l4(ctx, l4_offset, &mut flow, counted)?
+    };
+    // Only TCP and UDP are balanced by their first fragment; part of an ICMP message is
+    // nothing `lb_icmp` could answer or translate.
+    let l4 = if fragment == FRAGMENT_FIRST && !matches!(l4, L4::Tcp | L4::Udp) {
+        L4::Fragment
+    } else {
+        l4
     };
     // A frame shorter than its IP length lost bytes on the way, and an IP length that ends
     // inside the TCP/UDP/ICMP header describes no valid packet: the kernel would drop either,
@@ -233,6 +275,7 @@ pub fn parse(ctx: &XdpContext, counted: bool) -> Result<Parsed, Malformed> {
         l4,
         tcp_flags,
         ip_len,
+        fragment,
         flow,
     }))
 }
@@ -244,8 +287,8 @@ fn count_protocol(counted: bool, stat: Stat) {
     }
 }
 
-/// Fills addresses and protocol; returns the L4 offset (after options), whether the packet
-/// is a fragment, and its total length. A wrong header checksum makes it malformed, as it
+/// Fills addresses and protocol; returns the L4 offset (after options), which fragment the
+/// packet is (`FRAGMENT_*`), and its total length. A wrong header checksum makes it malformed, as it
 /// would for any router (RFC 1812): forwarding rewrites the checksum incrementally, which
 /// would carry the error on.
 #[inline(always)]
@@ -253,7 +296,7 @@ fn parse_ipv4(
     ctx: &XdpContext,
     offset: usize,
     flow: &mut FlowKey,
-) -> Result<(usize, bool, usize), Malformed> {
+) -> Result<(usize, u8, usize), Malformed> {
     let ip: &Ipv4Hdr = header(ctx, offset, Stat::MalformedIpv4)?;
     let header_len = usize::from(ip.ihl());
     if ip.version() != 4 || header_len < Ipv4Hdr::LEN || usize::from(ip.tot_len()) < header_len {
@@ -270,7 +313,14 @@ fn parse_ipv4(
     flow.proto = ip.proto;
     flow.src = addr_v4(&ip.src_addr);
     flow.dst = addr_v4(&ip.dst_addr);
-    let fragment = u16::from_be_bytes(ip.frags) & IPV4_MF_AND_OFFSET != 0;
+    let frags = u16::from_be_bytes(ip.frags);
+    let fragment = if frags & IPV4_OFFSET != 0 {
+        FRAGMENT_LATER
+    } else if frags & IPV4_MF != 0 {
+        FRAGMENT_FIRST
+    } else {
+        FRAGMENT_NONE
+    };
     Ok((offset + header_len, fragment, usize::from(ip.tot_len())))
 }
 
@@ -293,12 +343,15 @@ fn header_checksum_ok(ctx: &XdpContext, offset: usize, header_len: usize) -> boo
     sum == 0xffff
 }
 
+/// As [`parse_ipv4`]. A Fragment header right after the fixed header is read (its next
+/// header becomes the protocol); any other extension header ends parsing, with its type
+/// as the protocol.
 #[inline(always)]
 fn parse_ipv6(
     ctx: &XdpContext,
     offset: usize,
     flow: &mut FlowKey,
-) -> Result<(usize, usize), Malformed> {
+) -> Result<(usize, u8, usize), Malformed> {
     let ip: &Ipv6Hdr = header(ctx, offset, Stat::MalformedIpv6)?;
     if ip.version() != 6 {
         return Err(Malformed(Stat::MalformedIpv6));
@@ -307,10 +360,23 @@ fn parse_ipv6(
     flow.proto = ip.next_hdr;
     flow.src = addr_v6(&ip.src_addr);
     flow.dst = addr_v6(&ip.dst_addr);
-    Ok((
-        offset + Ipv6Hdr::LEN,
-        Ipv6Hdr::LEN + usize::from(ip.payload_len()),
-    ))
+    let ip_len = Ipv6Hdr::LEN + usize::from(ip.payload_len());
+    let l4_offset = offset + Ipv6Hdr::LEN;
+    if flow.proto != IPV6_FRAGMENT_HEADER {
+        return Ok((l4_offset, FRAGMENT_NONE, ip_len));
+    }
+    // Next header, reserved, offset and M flag, identification.
+    let header: &[u8; IPV6_FRAGMENT_LEN] = header(ctx, l4_offset, Stat::MalformedIpv6)?;
+    flow.proto = header[0];
+    let word = u16::from_be_bytes([header[2], header[3]]);
+    let fragment = if word & IPV6_OFFSET != 0 {
+        FRAGMENT_LATER
+    } else if word & IPV6_MF != 0 {
+        FRAGMENT_FIRST
+    } else {
+        FRAGMENT_NONE
+    };
+    Ok((l4_offset + IPV6_FRAGMENT_LEN, fragment, ip_len))
 }
 
 #[inline(always)]

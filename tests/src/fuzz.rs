@@ -22,6 +22,7 @@ use lb_userspace::model::{
 
 use crate::{
     fiblab::{self, DSR_SOURCE_V4, DSR_SOURCE_V6, Ids},
+    fragments::{self, split},
     packets::{Family, Spec, Transport},
     testrun::{CounterDelta, Datapath},
     verify::{BadChecksum, describe, inspect, inspect_icmp},
@@ -119,6 +120,46 @@ pub fn seeds() -> Vec<(Side, Vec<u8>)> {
     let mut seeds = transport_seeds();
     seeds.extend(icmp_seeds());
     seeds.extend(dsr_seeds());
+    seeds.extend(fragment_seeds());
+    seeds
+}
+
+/// Fragmented UDP datagrams, IPv4 and IPv6, each first fragment before its second (so
+/// mutations of a second fragment meet a recorded first, or do not): client → NAT VIP,
+/// client → dsr-ipip VIP, and a backend's reply.
+fn fragment_seeds() -> Vec<(Side, Vec<u8>)> {
+    let mut seeds = Vec::new();
+    let cases = [
+        (
+            Family::V4,
+            "198.18.0.1",
+            "198.18.1.1",
+            "198.18.1.20",
+            "198.18.2.2",
+        ),
+        (
+            Family::V6,
+            "fd00::1",
+            "fd00:1::1",
+            "fd00:1::20",
+            "fd00:2::2",
+        ),
+    ];
+    for (id, (family, client, nat_vip, dsr_vip, backend)) in (0x2000..).zip(cases) {
+        let udp = |src: &str, dst: &str, ports: (u16, u16)| {
+            Spec::new(family, Transport::Udp)
+                .between(ip(src), ip(dst))
+                .ports(ports.0, ports.1)
+                .build(&[0x5a; 300])
+        };
+        for (side, frame) in [
+            (Side::Client, udp(client, nat_vip, (40_200, 53))),
+            (Side::Client, udp(client, dsr_vip, (40_201, 53))),
+            (Side::Backends, udp(backend, client, (8080, 40_200))),
+        ] {
+            seeds.extend(split(&frame, 160, id).map(|f| (side, f)));
+        }
+    }
     seeds
 }
 
@@ -385,6 +426,15 @@ pub fn check(
             .map_err(|why| format!("answered ({name}) {why}"))?;
         return Ok(reason);
     }
+    if matches!(verdict.action, XDP_TX | XDP_REDIRECT)
+        || (verdict.action == XDP_PASS && rewritten_then_passed)
+    {
+        if let Some(wire) = fragments::inspect(&verdict.packet) {
+            return check_fragment(&wire, &verdict.packet)
+                .map(|()| reason)
+                .map_err(|why| format!("forwarded a fragment ({name}) {why}"));
+        }
+    }
     match verdict.action {
         XDP_PASS if !rewritten_then_passed => {
             if verdict.packet != packet {
@@ -415,6 +465,41 @@ pub fn check(
         XDP_DROP if name.starts_with("drop_") => Ok(reason),
         other => Err(format!("verdict {other} with reason {name}")),
     }
+}
+
+/// A forwarded fragment: a right IPv4 header checksum (or 0xffff for zero), and toward a
+/// backend address or from a VIP address; a first fragment's ports (when its UDP/TCP
+/// header is there) say a backend's port 8080 or the VIP's.
+fn check_fragment(wire: &fragments::FragmentWire, frame: &[u8]) -> Result<(), String> {
+    if !wire.header_checksum_ok && !ipv4_header_sums_to_zero(frame) {
+        return Err("with a wrong IPv4 header checksum".to_owned());
+    }
+    let to_backend = BACKENDS.iter().any(|b| ip(b) == wire.dst);
+    let from_vip = VIPS.iter().any(|(v, _)| ip(v) == wire.src);
+    if !(to_backend || from_vip) {
+        return Err(format!(
+            "to {} from {}: neither a backend nor a VIP reply",
+            wire.dst, wire.src
+        ));
+    }
+    if wire.offset == 0
+        && let Some(ports) = wire.payload.get(..4)
+    {
+        let (src_port, dst_port) = (
+            u16::from_be_bytes([ports[0], ports[1]]),
+            u16::from_be_bytes([ports[2], ports[3]]),
+        );
+        let from_vip_port = VIPS
+            .iter()
+            .any(|(v, p)| ip(v) == wire.src && *p == src_port);
+        if !((to_backend && dst_port == 8080) || from_vip_port) {
+            return Err(format!(
+                "to {}:{dst_port} from {}:{src_port}: neither a backend nor a VIP reply",
+                wire.dst, wire.src
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Where the IP header of a frame starts (after one optional VLAN tag), and the EtherType

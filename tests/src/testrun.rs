@@ -63,7 +63,12 @@ impl Datapath {
             .expect("the object has the lb XDP program")
             .load()
             .expect("the verifier accepts the program (run as root)");
-        load::install_tail_calls(&mut ebpf).expect("the tail-called programs load");
+        let without_slot =
+            load::install_tail_calls(&mut ebpf).expect("the tail-called programs load");
+        assert!(
+            without_slot.is_empty(),
+            "no JUMPS slot for {without_slot:?}"
+        );
         let stats = StatsMap::take(&mut ebpf).expect("the object has the stats map");
         let maps = ServiceMaps::take(&mut ebpf, &limits).expect("the object has its service maps");
         Self {
@@ -134,6 +139,13 @@ impl Datapath {
             },
             result.duration,
         )
+    }
+
+    /// How many instructions the verifier processed to accept program `name` (the
+    /// budget is 10^6), loading it if needed; `None` on kernels before 5.16.
+    pub fn verified_instructions(&mut self, name: &str) -> Option<u32> {
+        let info = self.program_named(name).info().expect("program info");
+        info.verified_instruction_count()
     }
 
     /// Program `name`, loaded on first use.

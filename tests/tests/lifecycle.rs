@@ -332,7 +332,7 @@ fn a_tracked_flow_of_a_deleted_vip_is_no_longer_forwarded() {
 }
 
 #[test]
-fn a_fragment_from_a_backend_never_leaves_with_its_address() {
+fn a_later_fragment_from_a_backend_without_its_first_never_leaves_with_its_address() {
     lb_tests::require_root!();
     let lab = FibLab::new();
     lab.with_datapath(|datapath, ids| {
@@ -341,9 +341,12 @@ fn a_fragment_from_a_backend_never_leaves_with_its_address() {
             .between(ip("198.18.2.2"), ip(CLIENT))
             .ports(8080, 41_006)
             .build(&[0u8; 64]);
-        // More fragments, offset 0, and the IPv4 header checksum made right again.
+        // More fragments, offset 64 bytes (a later fragment whose first was never seen:
+        // no ports, so no way to tell which VIP it would leave from), and the IPv4 header
+        // checksum made right again.
         let ip_at = 14;
         fragment[ip_at + 6] = 0x20;
+        fragment[ip_at + 7] = 8;
         fragment[ip_at + 10] = 0;
         fragment[ip_at + 11] = 0;
         let sum = (0..20)
@@ -360,6 +363,6 @@ fn a_fragment_from_a_backend_never_leaves_with_its_address() {
         fragment[ip_at + 10..ip_at + 12].copy_from_slice(&check.to_be_bytes());
         let (out, delta) = datapath.run_counted(&fragment);
         assert_eq!(out.action, XDP_DROP, "{:?}", delta.moved());
-        assert_eq!(delta.packets(Stat::DropBackendFragment), 1);
+        assert_eq!(delta.packets(Stat::DropFragmentNoFirst), 1);
     });
 }

@@ -386,8 +386,10 @@ fn policies_for_what_cannot_be_balanced() {
                 .between(ip("198.18.0.1"), ip(dst))
                 .ports(40_000, port)
         };
+        // A later fragment (offset 128 bytes) whose first fragment was never seen.
         let mut fragment = to("198.18.1.1", Transport::Tcp, 80).build(b"part");
         fragment[14 + 6] |= 0x20; // more fragments
+        fragment[14 + 7] = 0x10; // offset 16 × 8
         let fix_ip_checksum = |p: &mut Vec<u8>| {
             p[24..26].copy_from_slice(&[0, 0]);
             let sum = p[14..34]
@@ -410,8 +412,12 @@ fn policies_for_what_cannot_be_balanced() {
         let mut icmp_to_vip = to("198.18.1.1", Transport::Udp, 53).build(&[8, 0, 0, 0, 0, 0, 0, 0]);
         icmp_to_vip[14 + 9] = 1; // protocol: ICMP
         fix_ip_checksum(&mut icmp_to_vip);
+        // ICMP fragments are not balanced: only TCP/UDP datagrams follow their first.
+        let mut icmp_fragment = icmp_to_vip.clone();
+        icmp_fragment[14 + 6] |= 0x20;
+        fix_ip_checksum(&mut icmp_fragment);
 
-        let untouched: [(&str, Vec<u8>, u32, Stat); 9] = [
+        let untouched: [(&str, Vec<u8>, u32, Stat); 10] = [
             (
                 "IPv6 extension header to a VIP address",
                 v6_extension,
@@ -431,8 +437,14 @@ fn policies_for_what_cannot_be_balanced() {
                 Stat::PassTtlExceeded,
             ),
             (
-                "fragment to a VIP address",
+                "later fragment to a VIP address, its first never seen",
                 fragment,
+                XDP_DROP,
+                Stat::DropFragmentNoFirst,
+            ),
+            (
+                "ICMP fragment to a VIP address",
+                icmp_fragment,
                 XDP_DROP,
                 Stat::DropFragment,
             ),

@@ -53,7 +53,7 @@ pub fn run() -> anyhow::Result<()> {
     }
     let lb = build::run(&build::Options::default())?;
     step(
-        "eBPF tests (BPF_PROG_TEST_RUN: golden packets, DSR encapsulation, the backends' decap program, one choice per flow across nodes, 10^4 fuzzed packets)",
+        "eBPF tests (BPF_PROG_TEST_RUN: golden packets, fragments, DSR encapsulation, the backends' decap program, one choice per flow across nodes, 10^4 fuzzed packets)",
         cmd::privileged_cargo()?.args([
             "test",
             "-p",
@@ -62,6 +62,8 @@ pub fn run() -> anyhow::Result<()> {
             "golden",
             "--test",
             "admission",
+            "--test",
+            "fragments",
             "--test",
             "nat",
             "--test",
@@ -91,6 +93,8 @@ pub fn run() -> anyhow::Result<()> {
                 "run",
                 "--test",
                 "e2e",
+                "--test",
+                "fragments_lab",
                 "--test",
                 "control",
                 "--test",

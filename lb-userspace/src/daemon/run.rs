@@ -501,7 +501,14 @@ fn start(
         load::open(object, &limits, Some(pins), &options).context("opening the eBPF object")?;
     let program = load::program(&mut ebpf).context("the eBPF object has no XDP program")?;
     program.load().map_err(describe_load_error)?;
-    load::install_tail_calls(&mut ebpf).context("loading the ICMP programs")?;
+    let without_slot =
+        load::install_tail_calls(&mut ebpf).context("loading the tail-called programs")?;
+    if !without_slot.is_empty() {
+        warn!(
+            programs = ?without_slot,
+            "the pinned JUMPS map (an earlier release's) has no slot for these programs: later IP fragments to VIPs are dropped (drop_fragment, drop_backend_fragment) until `lb down` and a new start"
+        );
+    }
     let meta = maps::take(&mut ebpf, MAP_META)?;
     if adopted.is_none() {
         pins.write_layout(meta, &limits)?;

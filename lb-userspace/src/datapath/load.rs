@@ -110,10 +110,13 @@ pub enum TailCallError {
     },
 }
 
-/// Loads the programs `lb` tail-calls (ICMP, too-big answers) and registers them in the
-/// JUMPS map, replacing whatever a previous daemon registered in a pinned one. Until this
-/// runs, `lb` passes ICMP to the kernel and drops too-big packets (counted).
-pub fn install_tail_calls(ebpf: &mut Ebpf) -> Result<(), TailCallError> {
+/// Loads the programs `lb` tail-calls (ICMP, too-big answers, DSR, later fragments) and
+/// registers them in the JUMPS map, replacing whatever a previous daemon registered in a
+/// pinned one. Until this runs, `lb` passes ICMP to the kernel and drops too-big packets
+/// and later fragments (counted). Returns the programs that found no slot: a JUMPS map
+/// pinned by an earlier release is adopted as it is, with fewer slots (its later
+/// fragments stay dropped until `lb down` lets the next start create the map anew).
+pub fn install_tail_calls(ebpf: &mut Ebpf) -> Result<Vec<&'static str>, TailCallError> {
     let mut fds = Vec::with_capacity(TAIL_PROGRAMS.len());
     for (name, index) in TAIL_PROGRAMS {
         let program: &mut Xdp = ebpf
@@ -136,12 +139,22 @@ pub fn install_tail_calls(ebpf: &mut Ebpf) -> Result<(), TailCallError> {
         name: MAP_JUMPS,
         source,
     })?;
+    let mut without_slot = Vec::new();
     for (name, index, fd) in fds {
-        jumps
-            .set(index, &fd, 0)
-            .map_err(|source| TailCallError::Register { name, source })?;
+        match jumps.set(index, &fd, 0) {
+            Ok(()) => {}
+            // The kernel's answer for an index past a program array's end.
+            Err(aya::maps::MapError::SyscallError(error))
+                if error.io_error.raw_os_error()
+                    == Some(rustix::io::Errno::TOOBIG.raw_os_error()) =>
+            {
+                without_slot.push(name);
+            }
+            Err(aya::maps::MapError::OutOfBounds { .. }) => without_slot.push(name),
+            Err(source) => return Err(TailCallError::Register { name, source }),
+        }
     }
-    Ok(())
+    Ok(without_slot)
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones ignore it.

@@ -65,9 +65,19 @@ impl StatsMap {
         })
     }
 
-    /// One counter summed over CPUs.
+    /// One counter summed over CPUs. A counter past the map's end reads as zero: a
+    /// pinned STATS map of an earlier release is adopted as it is, with room only for the
+    /// counters that release had (the datapath's newer ones find no slot and count
+    /// nothing until `lb down` re-creates the map).
     pub(crate) fn get(&self, stat: Stat) -> Result<Counter, MapError> {
-        let per_cpu = self.map.get(&stat.index(), 0)?;
+        let per_cpu = match self.map.get(&stat.index(), 0) {
+            // aya checks the index against the object's size, the kernel against the
+            // pinned map's: past the latter the lookup finds no key.
+            Err(MapError::OutOfBounds { .. } | MapError::KeyNotFound) => {
+                return Ok(Counter::default());
+            }
+            other => other?,
+        };
         let mut total = Counter::default();
         per_cpu.iter().for_each(|slot| total.merge(slot));
         Ok(total)
