@@ -198,6 +198,9 @@ fn process(ctx: &XdpContext) -> Outcome {
             if !to_vip && !lookup::is_backend_address(&flow.src, flow.family) {
                 return Outcome::pass(Stat::PassNotVip);
             }
+            if !lookup::addressed_here(ctx) {
+                return Outcome::pass(Stat::PassOtherHost);
+            }
             // SAFETY: the context is this program's; a tail call that returns failed.
             unsafe { JUMPS.tail_call(ctx, JUMP_FRAGMENT) };
             return Outcome::drop(if to_vip {

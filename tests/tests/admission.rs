@@ -12,6 +12,7 @@ use lb_common::{
 };
 use lb_tests::{
     fiblab::{FibLab, add_dsr_vip, dsr_options},
+    fragments::split,
     packets::{Family, LB_MAC, Spec, Transport},
     testrun::Datapath,
     verify::verify,
@@ -454,6 +455,17 @@ fn frames_for_another_mac_are_passed_untouched() {
             assert_eq!(delta.packets(Stat::PassOtherHost), 1, "{:?}", delta.moved());
             assert_eq!(delta.packets(Stat::CtCreated), 0, "no flow");
         }
+        // Nor is a later fragment to the VIP.
+        let datagram = Spec::new(Family::V4, Transport::Udp)
+            .between(ip(CLIENT), ip(VIP))
+            .ports(44_002, 53)
+            .build(&[0x55; 1200]);
+        let [_, mut later] = split(&datagram, 600, 0x4242);
+        later[..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x97]);
+        let (out, delta) = datapath.run_counted(&later);
+        assert_eq!(out.action, XDP_PASS);
+        assert_eq!(out.packet, later, "untouched");
+        assert_eq!(delta.packets(Stat::PassOtherHost), 1, "{:?}", delta.moved());
         // A backend's reply to another MAC is not translated either.
         datapath.set_ingress(ids.from_backends);
         datapath
