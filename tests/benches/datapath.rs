@@ -316,7 +316,7 @@ impl Bench<'_> {
         } else {
             check_forwarded(self.datapath, &established, &name);
         }
-        prove(self.datapath, &established);
+        prove_nat(self.datapath, self.ids, request, backend);
         self.fixed(&name, "lb", &established, self.ids.from_client);
 
         let reply = Spec::new(family, transport)
@@ -404,16 +404,35 @@ impl Bench<'_> {
             let request = Spec::new(Family::V4, Transport::Tcp)
                 .between(client, vip)
                 .ports(port, 80);
-            self.datapath.run(&request.build(&[]));
-            prove(self.datapath, &request.ack().build(&[]));
+            let opened = self.datapath.run(&request.build(&[]));
+            let backend = lb_tests::verify::verify(&opened.packet).dst;
+            prove_nat(self.datapath, self.ids, request, backend);
         }
         self.next_client += count;
         self.next_client
     }
 }
 
-/// Sends a flow's packet until the flow is proven (as a client that keeps sending does), so
-/// the timed established path is the proven one: one conntrack lookup.
+/// Proves a NAT flow whose first packet went to `backend` as a real one is proven, so the
+/// timed established path is the proven one (one conntrack lookup): the backend answers
+/// (a SYN-ACK with sequence 1, or a datagram), and the client acknowledges it (ACK number
+/// 2) or sends again.
+fn prove_nat(datapath: &mut Datapath, ids: &Ids, request: Spec, backend: IpAddr) {
+    let answer = Spec::new(request.family, request.transport)
+        .between(backend, request.addrs.map_or(backend, |(client, _)| client))
+        .ports(8080, request.src_port);
+    datapath.set_ingress(ids.from_backends);
+    datapath.run(&answer.build(&[]));
+    datapath.set_ingress(ids.from_client);
+    let again = match request.transport {
+        Transport::Tcp => request.acking(2),
+        Transport::Udp => request,
+    };
+    datapath.run(&again.build(&[]));
+}
+
+/// Sends a DSR flow's packet until the flow is proven (as a client that keeps sending
+/// does), so the timed established path is the proven one: one conntrack lookup.
 fn prove(datapath: &mut Datapath, packet: &[u8]) {
     for _ in 0..PROVEN_AFTER_PACKETS {
         datapath.run(packet);
@@ -478,8 +497,9 @@ fn floods(lab: &FibLab, packets: usize) -> Vec<Flood> {
                     let request = Spec::new(Family::V4, Transport::Tcp)
                         .between(client, vip)
                         .ports(port, 80);
-                    datapath.run(&request.build(&[]));
-                    prove(datapath, &request.ack().build(&[]));
+                    let opened = datapath.run(&request.build(&[]));
+                    let backend = lb_tests::verify::verify(&opened.packet).dst;
+                    prove_nat(datapath, ids, request, backend);
                     let (src, family) = wire_addr(client);
                     let (dst, _) = wire_addr(vip);
                     keys.push(FlowKey {
@@ -503,6 +523,7 @@ fn floods(lab: &FibLab, packets: usize) -> Vec<Flood> {
                         .count()
                 };
                 let before = proven(datapath);
+                assert_eq!(before, PROVEN, "every flow proven before the flood");
                 let counted = datapath.stats();
                 let calls = packets / RUNS;
                 let started = Instant::now();
@@ -815,7 +836,8 @@ fn dsr_rows(lab: &FibLab, limits: Limits, calls: usize) -> Vec<Row> {
             .between(client, client_and_vip(Family::V4).1)
             .ports(port, 80);
         bench.datapath.set_ingress(ids.from_client);
-        bench.datapath.run(&request.build(&[]));
+        let opened = bench.datapath.run(&request.build(&[]));
+        let backend = lb_tests::verify::verify(&opened.packet).dst;
         let established = request.ack().build(b"0123456789");
         check_path(
             bench.datapath,
@@ -823,7 +845,7 @@ fn dsr_rows(lab: &FibLab, limits: Limits, calls: usize) -> Vec<Row> {
             Stat::ForwardEstablished,
             DSR_CONTROL,
         );
-        prove(bench.datapath, &established);
+        prove_nat(bench.datapath, ids, request, backend);
         bench.fixed(DSR_CONTROL, "lb", &established, ids.from_client);
         for dsr in &DSR_VIPS {
             let (label, vip, via) = (dsr.label, ip(dsr.vip), dsr.via);

@@ -542,6 +542,47 @@ fn bad_timeouts_and_sweep_intervals_are_refused_with_a_reason() {
     }
 }
 
+/// The reply half of the unattached-egress case: the client's requests come in on an
+/// attached link, but lb's route back to the client leaves through a second link lb is
+/// not attached to. A reply must leave with the VIP as its source (rewritten in XDP, then
+/// forwarded by the kernel), or the client's stack resets the connection.
+#[test]
+fn a_reply_routed_out_of_an_unattached_interface_leaves_from_the_vip() {
+    lb_tests::require_root!();
+    let lab = Lab::new("lbue", 1);
+    let back = Link::veth(&lab.client, "198.18.9.1/24", &lab.lb, "198.18.9.2/24");
+    lab.lb.ip(&[
+        "route",
+        "add",
+        "198.18.0.1/32",
+        "via",
+        "198.18.9.1",
+        "dev",
+        &back.b,
+    ]);
+    let instance = Instance::new();
+    let _daemon = instance.start(&lab, &[]);
+    let _servers = Servers::start(&lab.backends);
+    let vip = SocketAddr::new(lab.vip(false), HTTP_PORT);
+    let vip_arg = vip.to_string();
+    instance.ok(&["vip", "add", &vip_arg]);
+    instance.ok(&["backend", "add", &vip_arg, &endpoint(&lab, 0, HTTP_PORT)]);
+    let answers = lab
+        .client
+        .enter(|| (0..5).map(|_| http_get(vip)).collect::<Vec<_>>());
+    for answer in &answers {
+        assert!(
+            answer.as_ref().is_ok_and(|a| a.contains("backend-1")),
+            "every request answered through the VIP: {answers:?}"
+        );
+    }
+    let passed = counter(&stats(&instance), "pass_egress_not_attached");
+    assert!(
+        passed >= 5,
+        "the replies were rewritten and passed: {passed}"
+    );
+}
+
 #[test]
 fn a_route_through_an_interface_lb_is_not_attached_to_is_warned_once() {
     lb_tests::require_root!();
