@@ -4,6 +4,7 @@
 pub use lb_lab::{client, dsr, netns, servers, topology};
 pub mod cluster;
 pub mod fiblab;
+pub mod flood;
 pub mod fragments;
 pub mod fuzz;
 pub mod generator;

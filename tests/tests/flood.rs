@@ -6,11 +6,10 @@
 //! root.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     time::{Duration, Instant},
 };
 
-use etherparse::PacketBuilder;
 use lb_tests::{
     client::{WhoConnection, open_who_connections},
     dsr::{self, DsrLab, Wiring},
@@ -27,31 +26,6 @@ const TABLE: u32 = 4096;
 /// Ten times the table's size.
 const FLOOD: u64 = 10 * TABLE as u64;
 const BUDGET: Duration = Duration::from_secs(120);
-
-/// One frame a flooder would send from a random source: a SYN or a bare ACK to the VIP.
-fn flood_frames(src_mac: [u8; 6], dst_mac: [u8; 6], vip: Ipv4Addr) -> Vec<Vec<u8>> {
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    (0..FLOOD)
-        .map(|n| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            // 198.19.0.0/16: inside the lab's range, outside every lab subnet.
-            let src = [198, 19, (state >> 8) as u8, state as u8];
-            let port = 1024 + (state >> 16) as u16 % 60_000;
-            let ip = PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src, vip.octets(), 64);
-            let tcp = ip.tcp(port, WHO_PORT, (state >> 32) as u32, 64_000);
-            let mut frame = Vec::new();
-            let written = if n % 2 == 0 {
-                tcp.syn().write(&mut frame, &[])
-            } else {
-                tcp.ack((state >> 40) as u32).write(&mut frame, &[])
-            };
-            written.expect("build a flood frame");
-            frame
-        })
-        .collect()
-}
 
 /// Sends the flood out of `dev` in `ns`; how many frames left.
 fn flood(ns: &NetNs, dev: &str, frames: &[Vec<u8>]) -> u64 {
@@ -111,7 +85,7 @@ fn scenario(
         panic!("an IPv4 VIP")
     };
     let (ns, dev, src_mac, dst_mac) = flooder;
-    let frames = flood_frames(src_mac, dst_mac, vip_v4);
+    let frames = lb_tests::flood::frames(FLOOD as usize, src_mac, dst_mac, vip_v4, WHO_PORT);
     let sent = flood(ns, dev, &frames);
     assert_eq!(sent, FLOOD, "the whole flood left");
     let before = conntrack(instance);

@@ -22,6 +22,7 @@ const BENCHES: &[(&str, &str)] = &[
     ("lb-tests", "datapath"),
     ("lb-tests", "e2e"),
     ("lb-tests", "cluster"),
+    ("lb-tests", "flood"),
     ("lb-userspace", "maglev"),
 ];
 
