@@ -198,14 +198,19 @@ impl Drop for Node {
     }
 }
 
-/// The rows of `lb vip list`: VIP PROTO MODE BACKENDS ACTIVE PACKETS BYTES NEW-FLOWS TABLE.
+/// The rows of `lb vip list`: VIP PROTO ... PACKETS BYTES NEW-FLOWS TABLE, read from both
+/// ends, so the columns between (mode, on-down policy, sources, backends) may change.
 fn parse_vip_list(text: &str) -> anyhow::Result<Vec<VipRow>> {
     let mut rows = Vec::new();
     for line in text.lines().skip(1).filter(|l| !l.trim().is_empty()) {
         let cells: Vec<&str> = line.split_whitespace().collect();
-        let [vip, proto, _, _, _, packets, _, new_flows, table] = cells[..] else {
+        let ([vip, proto, ..], [.., packets, _, new_flows, table]) = (&cells[..], &cells[..])
+        else {
             bail!("unexpected row in `lb vip list`: {line:?}");
         };
+        if cells.len() < 6 {
+            bail!("unexpected row in `lb vip list`: {line:?}");
+        }
         rows.push(VipRow {
             service: format!("{vip}/{proto}"),
             packets: packets
@@ -214,7 +219,7 @@ fn parse_vip_list(text: &str) -> anyhow::Result<Vec<VipRow>> {
             new_flows: new_flows
                 .parse()
                 .with_context(|| format!("NEW FLOWS in {line:?}"))?,
-            table: table.to_owned(),
+            table: (*table).to_owned(),
         });
     }
     Ok(rows)
@@ -910,13 +915,13 @@ mod tests {
 
     #[test]
     fn vip_list_rows_are_read_by_position() {
-        let text = " VIP            PROTO  MODE      BACKENDS  ACTIVE  PACKETS  BYTES     NEW FLOWS  TABLE            \n \
-                     198.18.1.1:80  tcp    nat       2         1       123456   98765432  4321       5d1f0a7c93e2b468 \n \
-                     [fd00::1]:53   udp    dsr-ipip  1         1       7        560       7          0c4e8a21f6b7d390\n";
+        let text = " VIP            PROTO  MODE      ON DOWN   SOURCES                      BACKENDS  ACTIVE  PACKETS  BYTES     NEW FLOWS  TABLE            \n \
+                     198.18.1.1:80  tcp    nat       keep-tcp  198.18.0.0/24, 198.19.0.0/16 2         1       123456   98765432  4321       5d1f0a7c93e2b468 \n \
+                     [fd00::1]:53   udp    dsr-ipip  move      any                          1         1       7        560       7          0c4e8a21f6b7d390\n";
         let rows = parse_vip_list(text).expect("parsed");
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].service, "198.18.1.1:80/tcp");
-        assert_eq!(rows[0].new_flows, 4321);
+        assert_eq!((rows[0].packets, rows[0].new_flows), (123_456, 4321));
         assert_eq!(rows[1].table, "0c4e8a21f6b7d390");
         assert!(parse_vip_list("VIP\n 1 2 3\n").is_err());
     }
