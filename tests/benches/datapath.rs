@@ -19,19 +19,16 @@ use std::{
 };
 
 use lb_common::consts::{ABLATE_STAGES, IPPROTO_TCP};
-use lb_common::flow::{FlowKey, PROVEN_AFTER_PACKETS};
+use lb_common::flow::PROVEN_AFTER_PACKETS;
 use lb_common::stats::Stat;
 use lb_tests::{
     fiblab::{DSR_SOURCE_V4, DSR_SOURCE_V6, FibLab, Ids, add_dsr_vip, dsr_options},
     packets::{Family, Spec, Transport},
-    testrun::Datapath,
+    testrun::{Datapath, flow_key},
 };
-use lb_userspace::{
-    control::balancer::wire_addr,
-    model::{
-        limits::{Limits, Options},
-        mode::Mode,
-    },
+use lb_userspace::model::{
+    limits::{Limits, Options},
+    mode::Mode,
 };
 
 const RUNS: usize = 5;
@@ -500,17 +497,7 @@ fn floods(lab: &FibLab, packets: usize) -> Vec<Flood> {
                     let opened = datapath.run(&request.build(&[]));
                     let backend = lb_tests::verify::verify(&opened.packet).dst;
                     prove_nat(datapath, ids, request, backend);
-                    let (src, family) = wire_addr(client);
-                    let (dst, _) = wire_addr(vip);
-                    keys.push(FlowKey {
-                        src,
-                        dst,
-                        src_port: port,
-                        dst_port: 80,
-                        proto: IPPROTO_TCP,
-                        family,
-                        _pad: [0; 2],
-                    });
+                    keys.push(flow_key(client, port, vip, 80, IPPROTO_TCP));
                 }
                 let proven = |datapath: &Datapath| {
                     keys.iter()

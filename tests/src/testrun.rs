@@ -242,3 +242,25 @@ impl CounterDelta {
             .collect()
     }
 }
+
+/// The conntrack key of `client`:`port` → `vip`:`vip_port` for `proto`, as the datapath
+/// builds it.
+pub fn flow_key(
+    client: std::net::IpAddr,
+    port: u16,
+    vip: std::net::IpAddr,
+    vip_port: u16,
+    proto: u8,
+) -> lb_common::flow::FlowKey {
+    let (src, family) = lb_userspace::control::balancer::wire_addr(client);
+    let (dst, _) = lb_userspace::control::balancer::wire_addr(vip);
+    lb_common::flow::FlowKey {
+        src,
+        dst,
+        src_port: port,
+        dst_port: vip_port,
+        proto,
+        family,
+        _pad: [0; 2],
+    }
+}

@@ -15,14 +15,12 @@ use lb_tests::{
     fragments::split,
     packets::{Family, LB_MAC, Spec, Transport},
     testrun::Datapath,
+    testrun::flow_key as key,
     verify::verify,
 };
-use lb_userspace::{
-    control::balancer::wire_addr,
-    model::{
-        limits::{Limits, Options},
-        mode::Mode,
-    },
+use lb_userspace::model::{
+    limits::{Limits, Options},
+    mode::Mode,
 };
 
 const CLIENT: &str = "198.18.0.1";
@@ -32,20 +30,6 @@ const BACKENDS: [&str; 2] = ["198.18.2.2", "198.18.2.3"];
 
 fn ip(text: &str) -> IpAddr {
     text.parse().expect("address")
-}
-
-fn key(client: IpAddr, port: u16, vip: IpAddr, vip_port: u16, proto: u8) -> FlowKey {
-    let (src, family) = wire_addr(client);
-    let (dst, _) = wire_addr(vip);
-    FlowKey {
-        src,
-        dst,
-        src_port: port,
-        dst_port: vip_port,
-        proto,
-        family,
-        _pad: [0; 2],
-    }
 }
 
 /// The flow's entry and whether it is in the proven table.

@@ -20,12 +20,10 @@ use lb_tests::{
     fiblab::FibLab,
     packets::{Family, Spec, Transport},
     testrun::Datapath,
+    testrun::flow_key as key,
     verify::verify,
 };
-use lb_userspace::{
-    control::balancer::wire_addr,
-    model::state::{Proto, Service},
-};
+use lb_userspace::model::state::{Proto, Service};
 
 fn ip(text: &str) -> IpAddr {
     text.parse().expect("address")
@@ -33,21 +31,6 @@ fn ip(text: &str) -> IpAddr {
 
 const CLIENT: &str = "198.18.0.1";
 const VIP: &str = "198.18.1.1";
-
-/// The conntrack key of client:port → VIP:vip_port.
-fn key(client: IpAddr, port: u16, vip: IpAddr, vip_port: u16, proto: u8) -> FlowKey {
-    let (src, family) = wire_addr(client);
-    let (dst, _) = wire_addr(vip);
-    FlowKey {
-        src,
-        dst,
-        src_port: port,
-        dst_port: vip_port,
-        proto,
-        family,
-        _pad: [0; 2],
-    }
-}
 
 fn entry(datapath: &Datapath, flow: &FlowKey) -> Option<Conn> {
     datapath

@@ -10,22 +10,19 @@ use std::{
 
 use lb_common::{
     consts::{IPPROTO_TCP, XDP_DROP, XDP_REDIRECT},
-    flow::FlowKey,
     stats::Stat,
 };
 use lb_tests::{
     fiblab::FibLab,
     packets::{Family, Spec, Transport},
     testrun::Datapath,
+    testrun::flow_key as key,
     verify::verify,
 };
-use lb_userspace::{
-    control::balancer::wire_addr,
-    model::{
-        policy::OnDown,
-        prefix::Prefix,
-        state::{Change, Proto, Service},
-    },
+use lb_userspace::model::{
+    policy::OnDown,
+    prefix::Prefix,
+    state::{Change, Proto, Service},
 };
 
 fn ip(text: &str) -> IpAddr {
@@ -36,20 +33,6 @@ fn service(vip: &str, port: u16, proto: Proto) -> Service {
     Service {
         addr: SocketAddr::new(ip(vip), port),
         proto,
-    }
-}
-
-fn key(client: IpAddr, port: u16, vip: IpAddr, vip_port: u16, proto: u8) -> FlowKey {
-    let (src, family) = wire_addr(client);
-    let (dst, _) = wire_addr(vip);
-    FlowKey {
-        src,
-        dst,
-        src_port: port,
-        dst_port: vip_port,
-        proto,
-        family,
-        _pad: [0; 2],
     }
 }
 
