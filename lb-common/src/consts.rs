@@ -136,6 +136,10 @@ pub const GLOBAL_CT_TIMEOUTS: &str = "CT_TIMEOUTS_NS";
 
 /// Global set at load time: the cluster's [`crate::hash::HashSeed`] (`lb run --hash-seed`).
 pub const GLOBAL_HASH_SEED: &str = "HASH_SEED";
+/// Global set at load time: how long a flow-cache slot answers after it was filled (ns;
+/// 0: the cache is off). Shorter than every timeout of a state the cache serves, so a
+/// cached flow's conntrack entry is refreshed before it could expire.
+pub const GLOBAL_FLOW_CACHE_NS: &str = "FLOW_CACHE_NS";
 /// Global set at load time: `ABLATE_*` stages the datapath skips. Always 0 outside
 /// `cargo xtask bench`, which times the program with each stage left out to show what it
 /// costs; the verifier removes the checks of a constant 0.
@@ -154,8 +158,11 @@ pub const ABLATE_CONNTRACK: u32 = 1 << 4;
 pub const ABLATE_HOP_CACHE: u32 = 1 << 5;
 /// No address and port rewrite (the packet leaves with its own addresses).
 pub const ABLATE_NAT: u32 = 1 << 6;
+/// No flow cache: established packets take the conntrack lookup (the slow path).
+pub const ABLATE_FLOW_CACHE: u32 = 1 << 7;
 /// Every stage above, by name, for the benchmark's table.
-pub const ABLATE_STAGES: [(&str, u32); 7] = [
+pub const ABLATE_STAGES: [(&str, u32); 8] = [
+    ("flow cache", ABLATE_FLOW_CACHE),
     ("counters", ABLATE_COUNTERS),
     ("clock read", ABLATE_CLOCK),
     ("IPv4 header checksum check", ABLATE_IPV4_CHECKSUM),

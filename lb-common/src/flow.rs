@@ -170,6 +170,53 @@ pub const fn unproven_timeout_ns(state: u8, timeouts: &Timeouts) -> u64 {
     if own < opening { own } else { opening }
 }
 
+/// A proven flow's forwarding decision, cached per CPU in a direct-mapped slot (see
+/// [`flow_cache_slot`]): the established fast path reads this one array slot instead of the
+/// conntrack hash, the next-hop slot and the MAC table. It answers only for its `key` and
+/// ingress interface, until `valid_until_ns`, and only while its backend (re-read every
+/// packet) still serves the flow; the slow path fills it and refreshes conntrack at least
+/// that often. Not pinned: a new program starts with an empty cache.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CachedFlow {
+    pub key: FlowKey,
+    pub backend_id: u32,
+    /// `Backend::generation` and `vip_id` when filled: a retired or reused id does not match.
+    pub generation: u32,
+    pub vip_id: u32,
+    pub ingress_ifindex: u32,
+    /// The route to the backend (egress interface, MACs, MTU), as the slow path used it.
+    pub hop: NextHop,
+    /// The ingress interface's MAC: only frames addressed to it take the fast path.
+    pub local_mac: [u8; 6],
+    /// `FLOW_CACHE_*` bits.
+    pub flags: u8,
+    pub _pad: u8,
+    pub valid_until_ns: u64,
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for CachedFlow {}
+
+/// `CachedFlow::local_mac` holds no MAC (the interface's is not recorded): any MAC passes,
+/// as on the slow path.
+pub const FLOW_CACHE_ANY_MAC: u8 = 1;
+
+/// Slots of the per-CPU flow cache (a power of two).
+pub const FLOW_CACHE_SLOTS: u32 = 1 << 13;
+
+/// The flow cache's slot for `flow`: a multiplicative hash of its words. Not the Maglev
+/// hash: it only spreads flows over slots, and a collision costs one slow-path packet.
+#[inline(always)]
+pub fn flow_cache_slot(flow: &FlowKey) -> u32 {
+    // SAFETY: FlowKey is 40 bytes of plain integers, 8-aligned.
+    let words = unsafe { &*(flow as *const FlowKey as *const [u64; 5]) };
+    let mut h = words[0] ^ words[1].rotate_left(17);
+    h ^= words[2].rotate_left(31) ^ words[3].rotate_left(47) ^ words[4];
+    h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    ((h >> 40) as u32) & (FLOW_CACHE_SLOTS - 1)
+}
+
 /// A cached `bpf_fib_lookup` answer for packets to `dst` that came in on
 /// `ingress_ifindex`: egress interface, MACs and MTU, valid until `expires_ns`. One per
 /// slot of the per-CPU next-hop arrays; a slot answers only for the destination it holds.

@@ -201,6 +201,9 @@ stats! {
     // destination address rewritten; DSR: encapsulated) or, from a backend, to the client
     // with the VIP as source.
     ForwardFragment = 64, "fwd_fragment", Reason;
+    // A client → VIP packet of a proven NAT flow sent from the per-CPU flow cache (the
+    // fast path: no conntrack lookup), also counted under `fwd_established`.
+    FlowCacheHit = 65, "flow_cache_hit", Conntrack;
 }
 
 /// Number of slots in the stats map.

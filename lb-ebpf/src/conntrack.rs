@@ -8,7 +8,7 @@
 //! scan) churns the unproven table and never evicts a proven flow; past the per-CPU
 //! new-flow limit a flood is not tracked at all ([`admit`]).
 
-use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
+use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
     consts::{ABLATE_CLOCK, RateWindow},
     flow::{
@@ -251,18 +251,15 @@ pub fn replace(slot: *mut Conn, conn: &Conn) {
 }
 
 /// Tracks a new flow, unproven. A tracked 5-tuple (a SYN reusing a client port) is
-/// overwritten in place, in whichever table holds it: an LRU insert takes a free node
-/// first and may evict another flow to get it, even when the key exists. If the insert
-/// fails, or the rate guard says no, the flow is forwarded anyway, since Maglev picks the
-/// same backend for its next packet. Creations are counted apart from replacements so
-/// that userspace can derive evictions.
+/// overwritten in place: in the proven table here, in the unproven one when the insert
+/// finds it there. `looked_up`: both tables were just searched and missed (a packet that
+/// is not a SYN), so the proven one is not searched again. If the insert fails, or the
+/// rate guard says no, the flow is forwarded anyway, since Maglev picks the same backend
+/// for its next packet. Creations are counted apart from replacements so that userspace
+/// can derive evictions.
 #[inline(always)]
-pub fn insert(flow: &FlowKey, conn: &Conn, now: u64) {
-    if let Some(tracked) = CONNTRACK.get_ptr_mut(flow) {
-        replace(tracked, conn);
-        return;
-    }
-    if let Some(tracked) = CT_UNPROVEN.get_ptr_mut(flow) {
+pub fn insert(flow: &FlowKey, conn: &Conn, now: u64, looked_up: bool) {
+    if !looked_up && let Some(tracked) = CONNTRACK.get_ptr_mut(flow) {
         replace(tracked, conn);
         return;
     }
@@ -273,15 +270,21 @@ pub fn insert(flow: &FlowKey, conn: &Conn, now: u64) {
     track_unproven(flow, conn);
 }
 
-/// Inserts a flow that no table holds into the unproven table (the rate guard passed).
+/// Inserts a flow into the unproven table (the rate guard passed); one already there (a
+/// retransmitted SYN, or another CPU's insert meanwhile) is overwritten in place. An LRU
+/// insert takes a free node before it finds the key, so with the table full a retransmitted
+/// SYN may evict one other unproven flow: never a proven one.
 #[inline(always)]
 pub fn track_unproven(flow: &FlowKey, conn: &Conn) {
     let event = match CT_UNPROVEN.insert(flow, conn, u64::from(BPF_NOEXIST)) {
         Ok(()) => Stat::CtCreated,
-        // Another CPU tracked it meanwhile.
-        Err(e) if e == -EEXIST && CT_UNPROVEN.insert(flow, conn, u64::from(BPF_ANY)).is_ok() => {
-            Stat::CtReplaced
-        }
+        Err(e) if e == -EEXIST => match CT_UNPROVEN.get_ptr_mut(flow) {
+            Some(tracked) => {
+                replace(tracked, conn);
+                return;
+            }
+            None => Stat::CtInsertFailed,
+        },
         Err(_) => Stat::CtInsertFailed,
     };
     stats::count_event(event);

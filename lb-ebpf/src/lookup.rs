@@ -96,9 +96,7 @@ pub fn is_backend_address(addr: &Addr, family: u8) -> bool {
 /// forward such frames either.
 #[inline(always)]
 pub fn addressed_here(ctx: &XdpContext) -> bool {
-    let ifindex = ctx.ingress_ifindex() as u32;
-    // SAFETY: the value is copied out before the map can change it.
-    let Some(local) = (unsafe { LOCAL_MACS.get(&ifindex) }).copied() else {
+    let Some(local) = local_mac(ctx) else {
         return true;
     };
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
@@ -106,5 +104,13 @@ pub fn addressed_here(ctx: &XdpContext) -> bool {
     };
     // SAFETY: bounds checked by ptr_at.
     let dst = unsafe { (*eth).dst_addr };
-    dst == local.mac
+    dst == local
+}
+
+/// The MAC of the interface the packet came in on, if userspace recorded it.
+#[inline(always)]
+pub fn local_mac(ctx: &XdpContext) -> Option<[u8; 6]> {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: the value is copied out before the map can change it.
+    (unsafe { LOCAL_MACS.get(&ifindex) }).map(|local| local.mac)
 }

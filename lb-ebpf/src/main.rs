@@ -11,6 +11,7 @@ mod conntrack;
 mod costs;
 mod csum;
 mod encap;
+mod flow_cache;
 mod forward;
 mod fragment;
 mod icmp;
@@ -34,7 +35,7 @@ use lb_common::{
         JUMP_ICMP, JUMP_TOO_BIG,
     },
     encap::{MODE_NAT, SENT_ESTABLISHED, SENT_FRAGMENT, SENT_NEW_FLOW},
-    flow::{CT_DATAGRAM, Conn, FlowKey},
+    flow::{CT_DATAGRAM, CT_ESTABLISHED, CT_FLAG_KEPT_ON_DOWN, Conn, FlowKey},
     service::{Addr, Backend, Endpoint, VipInfo},
     stats::Stat,
 };
@@ -42,7 +43,7 @@ use lb_common::{
 use crate::{
     conntrack::{Direction, Lookup},
     forward::{HopSlot, Route},
-    maps::{BACKENDS, ENCAP_ARGS, JUMPS, TOO_BIG_ARGS},
+    maps::{BACKENDS, ENCAP_ARGS, JUMPS, PARSED, TOO_BIG_ARGS},
     nat::Side,
     parse::{L4, Packet, Parsed, TCP_ACK_SEQ, TCP_FIN, TCP_RST, TCP_SEQ, TCP_SYN},
 };
@@ -65,13 +66,75 @@ impl Outcome {
     const fn drop(reason: Stat) -> Self {
         Self::new(xdp_action::XDP_DROP, reason)
     }
+
+    /// One word, for a BPF subprogram to return (aggregates are returned through memory),
+    /// marked by [`PACKED`]: a subprogram that tail-calls another program returns that
+    /// program's bare XDP action instead, its verdict already counted.
+    const fn pack(self) -> u64 {
+        PACKED | ((self.action as u64) << 32) | self.reason as u64
+    }
+
+    /// The inverse of [`Outcome::pack`], for words it made.
+    const fn unpack(word: u64) -> Self {
+        // SAFETY: the low half is a `Stat` that `pack` stored (`Stat` is `repr(u32)`).
+        let reason = unsafe { core::mem::transmute::<u32, Stat>(word as u32) };
+        Self::new(((word >> 32) as u32) & 0xff, reason)
+    }
 }
 
 #[xdp]
 pub fn lb(ctx: XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
-    let outcome = process(&ctx);
-    counted(outcome, len)
+    let parsed = parse_into_slot(&ctx);
+    let outcome = if parsed != IN_SLOT {
+        parsed
+    } else {
+        // A client → VIP packet that moves nothing in a flow's lifecycle: if its flow is
+        // cached, one array slot decides (`flow_cache`); anything else takes the slow
+        // path (one call site: the verifier walks it once).
+        match flow_cache::forward(&ctx) {
+            flow_cache::MISS => process(&ctx),
+            fast => fast,
+        }
+    };
+    // Hidden from LLVM, which would otherwise fold the check away: it sees every word the
+    // subprograms build carry the bit, not what a tail call returns through them.
+    let outcome = core::hint::black_box(outcome);
+    if outcome & PACKED == 0 {
+        return outcome as u32;
+    }
+    counted(Outcome::unpack(outcome), len)
+}
+
+/// What [`parse_into_slot`] returns for an IP packet it wrote to PARSED.
+const IN_SLOT: u64 = u64::MAX;
+
+/// Set in every word [`Outcome::pack`] makes. A tail call made inside a BPF subprogram
+/// returns to that subprogram's caller with the called program's XDP action: a word
+/// without this bit is such an action, and that program counted its verdict.
+const PACKED: u64 = 1 << 63;
+
+/// Parses the packet into this CPU's PARSED slot (and returns [`IN_SLOT`]), or returns the
+/// outcome
+/// of a packet that is not IP or is malformed, packed. `lb`'s three parts (this, the flow
+/// cache and the slow path) are BPF subprograms, each in its own stack frame: together
+/// they are more than the 512-byte stack holds.
+#[inline(never)]
+fn parse_into_slot(ctx: &XdpContext) -> u64 {
+    let outcome = match parse::parse(ctx, true) {
+        Ok(Parsed::NotIp) => Outcome::pass(Stat::PassNotIp),
+        Ok(Parsed::Ip(packet)) => match PARSED.get_ptr_mut(0) {
+            Some(slot) => {
+                // SAFETY: this CPU's slot; the program is not re-entered on a CPU.
+                unsafe { *slot = packet };
+                return IN_SLOT;
+            }
+            None => Outcome::pass(Stat::PassNotVip),
+        },
+        // Malformed packets are not ours to judge: the kernel stack drops or answers them.
+        Err(malformed) => Outcome::pass(malformed.reason()),
+    };
+    outcome.pack()
 }
 
 /// ICMP, tail-called from `lb` (which counted the packet's protocols, not its verdict).
@@ -165,14 +228,22 @@ const fn is_ipv6_extension(next_header: u8) -> bool {
     matches!(next_header, 0 | 43 | 44 | 51 | 60 | 135 | 139 | 140)
 }
 
-#[inline(always)]
-fn process(ctx: &XdpContext) -> Outcome {
-    let packet = match parse::parse(ctx, true) {
-        Ok(Parsed::NotIp) => return Outcome::pass(Stat::PassNotIp),
-        Ok(Parsed::Ip(packet)) => packet,
-        // Malformed packets are not ours to judge: the kernel stack drops or answers them.
-        Err(malformed) => return Outcome::pass(malformed.reason()),
+/// Everything but the flow cache's hits: the slow path, on the packet `lb` parsed into
+/// PARSED; its outcome, packed. A BPF subprogram, as `flow_cache::forward` is: neither
+/// frame adds to the other's (the slow path leaves little of the 512 bytes).
+#[inline(never)]
+fn process(ctx: &XdpContext) -> u64 {
+    let Some(packet) = PARSED.get_ptr(0) else {
+        return Outcome::pass(Stat::PassNotVip).pack();
     };
+    // SAFETY: this CPU's slot, written by `lb` before this call. Copied: LLVM keeps a
+    // local's fields in registers.
+    let packet = unsafe { *packet }.bounded();
+    slow_path(ctx, &packet).pack()
+}
+
+#[inline(always)]
+fn slow_path(ctx: &XdpContext, packet: &Packet) -> Outcome {
     // A tagged frame belongs to a VLAN interface on top of this one: the FIB would be
     // asked about the wrong interface and the frame would leave with the ingress tag, so
     // the kernel gets it untouched (docs/ARCHITECTURE.md, "VLAN tags").
@@ -234,17 +305,17 @@ fn process(ctx: &XdpContext) -> Outcome {
         return Outcome::pass(Stat::PassOtherHost);
     }
     if lookup::may_be_vip(dst_class)
-        && let Some(outcome) = to_backend(ctx, &packet, now())
+        && let Some(outcome) = to_backend(ctx, packet, now())
     {
         return outcome;
     }
     if lookup::may_be_backend(src_class)
         && let Some(endpoint) = lookup::endpoint(&flow.src, flow.src_port, flow.proto, flow.family)
     {
-        return to_client(ctx, &packet, endpoint, now());
+        return to_client(ctx, packet, endpoint, now());
     }
     if packet.is_first_fragment() {
-        fragment::first_passed(ctx, &packet, now());
+        fragment::first_passed(ctx, packet, now());
     }
     if lookup::is_vip_address(&flow.dst, flow.family) {
         return Outcome::pass(Stat::PassVipOtherPort);
@@ -270,17 +341,25 @@ fn to_backend(ctx: &XdpContext, packet: &Packet, now: u64) -> Option<Outcome> {
     // Both ways of finding the backend end in one call of the forwarding path: it is
     // inlined, and the verifier walks every copy (two copies with the DSR paths, and the
     // datapath log on, were more than it takes).
-    let (backend_id, backend, reason) = match chosen_backend(ctx, packet, found, flags, len, now)? {
+    let chosen = match chosen_backend(ctx, packet, found, flags, len, now)? {
         Ok(chosen) => chosen,
         Err(outcome) => return Some(outcome),
     };
-    Some(to_backend_address(
-        ctx, packet, backend_id, backend, reason, now,
-    ))
+    Some(to_backend_address(ctx, packet, &chosen, now))
 }
 
-/// The backend of a client → VIP packet and why (`fwd_established` or `fwd_new_flow`),
-/// or the outcome that ends it here; `None`: the packet is for no VIP.
+/// The backend a client → VIP packet goes to, and why.
+struct Chosen {
+    backend_id: u32,
+    backend: &'static Backend,
+    /// `fwd_established` or `fwd_new_flow`.
+    reason: Stat,
+    /// A proven flow in a state the flow cache serves, on a backend that keeps it.
+    cacheable: bool,
+}
+
+/// The backend of a client → VIP packet, or the outcome that ends it here; `None`: the
+/// packet is for no VIP.
 #[inline(always)]
 fn chosen_backend(
     ctx: &XdpContext,
@@ -289,7 +368,7 @@ fn chosen_backend(
     flags: u8,
     len: usize,
     now: u64,
-) -> Option<Result<(u32, &'static Backend, Stat), Outcome>> {
+) -> Option<Result<Chosen, Outcome>> {
     if let Lookup::Live(slot, proven) = found {
         // SAFETY: a live entry is valid for this run (RCU).
         let conn = unsafe { &mut *slot };
@@ -301,6 +380,10 @@ fn chosen_backend(
             }
             conntrack::on_packet(conn, flags, Direction::FromClient, now);
             let (vip_id, backend_id) = (conn.vip_id, conn.backend_id);
+            let cacheable = proven
+                && matches!(conn.state, CT_ESTABLISHED | CT_DATAGRAM)
+                && conn.flags & CT_FLAG_KEPT_ON_DOWN == 0
+                && flow_cache::cacheable(packet);
             if !proven {
                 let nat = backend.mode == MODE_NAT;
                 let ack = if nat {
@@ -311,7 +394,12 @@ fn chosen_backend(
                 conntrack::on_unproven_packet(&packet.flow, slot, nat, ack);
             }
             stats::count_service(vip_id, backend_id, len);
-            return Some(Ok((backend_id, backend, Stat::ForwardEstablished)));
+            return Some(Ok(Chosen {
+                backend_id,
+                backend,
+                reason: Stat::ForwardEstablished,
+                cacheable,
+            }));
         }
     }
     let vip = lookup::service(&packet.flow)?;
@@ -326,7 +414,12 @@ fn chosen_backend(
         return Some(Err(Outcome::drop(Stat::DropNoBackend)));
     };
     stats::count_service(vip.id, backend_id, len);
-    Some(Ok((backend_id, backend, Stat::ForwardNew)))
+    Some(Ok(Chosen {
+        backend_id,
+        backend,
+        reason: Stat::ForwardNew,
+        cacheable: false,
+    }))
 }
 
 /// Whether the packet's TTL / hop limit ends here (checked before any rewrite).
@@ -338,14 +431,8 @@ fn ttl_expires(ctx: &XdpContext, packet: &Packet) -> bool {
 /// Destination NAT to the backend, through the backend's own next-hop slot (or, for a DSR
 /// VIP, the packet untouched: `encap`).
 #[inline(always)]
-fn to_backend_address(
-    ctx: &XdpContext,
-    packet: &Packet,
-    backend_id: u32,
-    backend: &Backend,
-    reason: Stat,
-    now: u64,
-) -> Outcome {
+fn to_backend_address(ctx: &XdpContext, packet: &Packet, chosen: &Chosen, now: u64) -> Outcome {
+    let (backend_id, backend, reason) = (chosen.backend_id, chosen.backend, chosen.reason);
     fragment::first_to_backend(ctx, packet, backend_id, backend, now);
     if backend.mode != MODE_NAT {
         let sent = if reason == Stat::ForwardEstablished {
@@ -369,6 +456,7 @@ fn to_backend_address(
         HopSlot::Backend(backend_id),
         &packet.flow.dst,
         reason,
+        chosen.cacheable,
         now,
     )
 }
@@ -432,7 +520,8 @@ fn pick_backend(
         // otherwise fill the table).
         None if flags & TCP_RST != 0 => stats::count_event(Stat::CtRstUntracked),
         None => {
-            conntrack::insert(&packet.flow, &conn, now);
+            // Both tables were searched for anything but a SYN.
+            conntrack::insert(&packet.flow, &conn, now, !packet.is_opening());
             stats::count_new_flow(vip.id);
             info!(
                 ctx,
@@ -477,12 +566,14 @@ fn to_client(ctx: &XdpContext, packet: &Packet, endpoint: &Endpoint, now: u64) -
         HopSlot::Destination,
         &endpoint.vip_addr,
         Stat::ForwardReply,
+        false,
         now,
     )
 }
 
 /// The common end of both directions: route the packet as it will leave (`out`), answer
 /// it if it is too big for the next hop, rewrite its `side` to `out`'s, and send it.
+/// `cache`: a proven flow to a backend that the flow cache may serve from here on.
 #[inline(always)]
 fn deliver(
     ctx: &XdpContext,
@@ -492,6 +583,7 @@ fn deliver(
     slot: HopSlot,
     too_big_from: &Addr,
     forwarded: Stat,
+    cache: bool,
     now: u64,
 ) -> Outcome {
     // `attached`: XDP sends it; otherwise the kernel forwards it after the rewrite (its
@@ -511,6 +603,12 @@ fn deliver(
         && forward::dont_fragment(ctx, packet)
     {
         return answer_too_big(ctx, hop.mtu, too_big_from, false);
+    }
+    // Filled before the rewrite: the slot is keyed by the client's 5-tuple, as it came in.
+    if let (true, Some(hop), HopSlot::Backend(id), true, None) =
+        (cache, hop, slot, attached, too_big)
+    {
+        flow_cache::fill(ctx, packet, id, hop, now);
     }
     if !maps::ablated(ABLATE_NAT) && nat::rewrite(ctx, packet, side, addr, port).is_err() {
         return Outcome::drop(Stat::DropFibFailure);

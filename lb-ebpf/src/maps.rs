@@ -1,5 +1,6 @@
 //! Every map of the datapath. Types, names and sizes come from `lb-common`.
 
+use crate::parse::Packet;
 use aya_ebpf::{
     macros::map,
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
@@ -11,7 +12,7 @@ use lb_common::{
         MAX_SOURCE_RANGES_PER_VIP, MAX_TX_PORTS, MAX_VIPS, RateWindow, TAIL_PROGRAMS,
     },
     encap::{EncapArgs, EncapSource},
-    flow::{Conn, DEFAULT_TIMEOUTS_NS, FlowKey, NextHop, Timeouts},
+    flow::{CachedFlow, Conn, DEFAULT_TIMEOUTS_NS, FLOW_CACHE_SLOTS, FlowKey, NextHop, Timeouts},
     fragment::{FRAGMENTS_CAPACITY, Fragment, FragmentKey},
     hash::HashSeed,
     icmp::{RateBucket, TooBigArgs},
@@ -77,6 +78,17 @@ pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
 /// same way. An array slot costs no hash and no call, where a hash map costs both.
 #[map(name = "BACKEND_HOPS")]
 pub static BACKEND_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Proven flows' forwarding decisions, per CPU, direct-mapped by 5-tuple: the established
+/// fast path (`flow_cache`). Not pinned.
+#[map(name = "FLOW_CACHE")]
+pub static FLOW_CACHE: PerCpuArray<CachedFlow> = PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
+
+/// The packet `lb` parsed, in this CPU's slot, for its two halves (the flow cache and the
+/// slow path, each a BPF subprogram with its own stack frame). Datapath-internal:
+/// userspace never reads it.
+#[map(name = "PARSED")]
+pub static PARSED: PerCpuArray<Packet> = PerCpuArray::with_max_entries(1, 0);
 
 /// Next hops toward every other destination (clients), per CPU, direct-mapped by
 /// destination: a collision costs one FIB lookup, never an insert or an eviction.
@@ -160,6 +172,17 @@ pub fn encap_source(family: u8) -> EncapSource {
             core::ptr::read_volatile(&raw const ENCAP_SOURCE_V6)
         }
     }
+}
+
+/// How long a flow-cache slot answers after it was filled (ns; 0: the cache is off), set
+/// by userspace at load time.
+#[unsafe(no_mangle)]
+static FLOW_CACHE_NS: u64 = 0;
+
+#[inline(always)]
+pub fn flow_cache_ns() -> u64 {
+    // SAFETY: as in `maglev_size`.
+    unsafe { core::ptr::read_volatile(&FLOW_CACHE_NS) }
 }
 
 /// The cluster's hash seed, set by userspace at load time (the same on every lb node).

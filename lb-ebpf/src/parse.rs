@@ -114,6 +114,17 @@ impl Packet {
         self.fragment == FRAGMENT_FIRST
     }
 
+    /// The packet as read back from memory the verifier knows nothing about (the PARSED
+    /// map): its offsets masked to their ranges (a VLAN tag, IPv4 options at most; an IP
+    /// length fits 16 bits), so that packet pointers built from them pass its checks.
+    #[inline(always)]
+    pub const fn bounded(mut self) -> Self {
+        self.l3_offset &= 0x3f;
+        self.l4_offset &= 0xff;
+        self.ip_len &= 0xffff;
+        self
+    }
+
     /// A SYN without ACK: the first packet of a new connection.
     pub const fn is_opening(&self) -> bool {
         self.tcp_flags() & (TCP_SYN | TCP_ACK) == TCP_SYN

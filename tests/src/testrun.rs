@@ -148,6 +148,14 @@ impl Datapath {
         info.verified_instruction_count()
     }
 
+    /// Pins program `name` (loaded if needed) at `path` in bpffs, so that another process
+    /// (the shared Katran harness) can test-run it with this datapath's maps.
+    pub fn pin_program(&mut self, name: &str, path: &std::path::Path) {
+        self.program_named(name)
+            .pin(path)
+            .unwrap_or_else(|e| panic!("pinning {name} at {}: {e}", path.display()));
+    }
+
     /// Program `name`, loaded on first use.
     fn program_named(&mut self, name: &str) -> &mut Xdp {
         let program: &mut Xdp = self

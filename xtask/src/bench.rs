@@ -19,6 +19,7 @@ pub struct Options {
 
 /// Benchmark targets (package, bench), in report order.
 const BENCHES: &[(&str, &str)] = &[
+    ("lb-tests", "katran"),
     ("lb-tests", "datapath"),
     ("lb-tests", "e2e"),
     ("lb-tests", "cluster"),
@@ -89,7 +90,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         sections.push(section);
     }
     sections.insert(
-        1,
+        2,
         "![ns per packet by path; the red line is the floor](benchmarks-datapath.svg)".to_owned(),
     );
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());

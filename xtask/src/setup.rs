@@ -44,6 +44,13 @@ pub const BENCH_TOOLS: &[(&str, &str)] = &[
         "/usr/lib/nginx/modules/ngx_stream_module.so",
         "libnginx-mod-stream",
     ),
+    // What the shared katran-bench harness builds Katran and its timer with (the
+    // benchmark beside Katran).
+    ("clang", "clang"),
+    ("llc", "llvm"),
+    ("gcc", "gcc"),
+    ("python3", "python3"),
+    ("/usr/include/bpf/libbpf.h", "libbpf-dev"),
 ];
 
 pub fn run() -> anyhow::Result<()> {

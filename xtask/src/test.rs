@@ -80,6 +80,8 @@ pub fn run() -> anyhow::Result<()> {
             "cluster_hash",
             "--test",
             "fuzz",
+            "--test",
+            "flow_cache",
         ]),
     )?;
     step(

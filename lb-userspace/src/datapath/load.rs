@@ -2,10 +2,10 @@
 
 use aya::{Ebpf, EbpfLoader, maps::ProgramArray, programs::Xdp};
 use lb_common::consts::{
-    GLOBAL_ABLATE, GLOBAL_CT_TIMEOUTS, GLOBAL_HASH_SEED, GLOBAL_MAGLEV_SIZE, GLOBAL_NEW_FLOW_LIMIT,
-    MAP_BACKEND_HOPS, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_CT_UNPROVEN,
-    MAP_ENDPOINTS, MAP_JUMPS, MAP_MAGLEV, MAP_SOURCE_RANGES, MAP_VIP_STATS, MAP_VIPS, PINNED_MAPS,
-    PROGRAM_NAME, TAIL_PROGRAMS,
+    GLOBAL_ABLATE, GLOBAL_CT_TIMEOUTS, GLOBAL_FLOW_CACHE_NS, GLOBAL_HASH_SEED, GLOBAL_MAGLEV_SIZE,
+    GLOBAL_NEW_FLOW_LIMIT, MAP_BACKEND_HOPS, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK,
+    MAP_CT_UNPROVEN, MAP_ENDPOINTS, MAP_JUMPS, MAP_MAGLEV, MAP_SOURCE_RANGES, MAP_VIP_STATS,
+    MAP_VIPS, PINNED_MAPS, PROGRAM_NAME, TAIL_PROGRAMS,
 };
 use lb_common::encap::{GLOBAL_ENCAP_SOURCE_V4, GLOBAL_ENCAP_SOURCE_V6};
 use thiserror::Error;
@@ -56,8 +56,10 @@ pub fn open(
             loader.map_pin_path(name, pins.map_path(name));
         }
     }
+    let flow_cache_ns = options.flow_cache_ns();
     loader
         .override_global(GLOBAL_MAGLEV_SIZE, &limits.maglev_size, true)
+        .override_global(GLOBAL_FLOW_CACHE_NS, &flow_cache_ns, true)
         .override_global(GLOBAL_CT_TIMEOUTS, &options.timeouts_ns, true)
         .override_global(GLOBAL_ABLATE, &options.ablate, true)
         .override_global(GLOBAL_HASH_SEED, &options.hash_seed, true)

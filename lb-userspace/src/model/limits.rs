@@ -109,6 +109,16 @@ pub struct Options {
     pub new_flow_limit: u32,
 }
 
+impl Options {
+    /// How long a flow-cache slot answers after the slow path filled it: a second (as a
+    /// next hop's), or a quarter of the shortest conntrack timeout if that is less, so that
+    /// a cached flow's entry is refreshed long before it could expire.
+    pub fn flow_cache_ns(&self) -> u64 {
+        let shortest = self.timeouts_ns.iter().copied().min().unwrap_or(0);
+        (shortest / 4).min(lb_common::consts::NEXTHOP_TTL_NS)
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Self {

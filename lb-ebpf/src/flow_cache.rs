@@ -1,0 +1,171 @@
+//! The established fast path: a per-CPU, direct-mapped cache of proven NAT flows'
+//! forwarding decisions (`FLOW_CACHE`). A client → VIP packet without SYN, FIN or RST
+//! whose 5-tuple and ingress interface match its slot goes out with one array read in
+//! place of the conntrack hash lookup, the next-hop slot and the MAC table; everything
+//! else takes the slow path, which fills the slot when it forwards a proven NAT flow
+//! (DSR flows go on through `lb_encap`: filling from there made it more than the
+//! verifier takes). The slot answers until
+//! `valid_until_ns` (at most `FLOW_CACHE_NS`, shorter than any timeout of a state it
+//! serves), so the slow path still refreshes the flow's conntrack entry and next hop that
+//! often; the backend is read again for every packet, so a backend marked down, deleted
+//! or given to another backend (its generation) stops the cache at once.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    consts::{ABLATE_FLOW_CACHE, BACKEND_ACTIVE, BACKEND_DRAINING},
+    encap::MODE_NAT,
+    flow::{CachedFlow, FLOW_CACHE_ANY_MAC, FlowKey, NextHop, flow_cache_slot},
+    stats::Stat,
+};
+use network_types::eth::EthHdr;
+
+use crate::{
+    Outcome, forward, lookup,
+    maps::{BACKENDS, FLOW_CACHE, PARSED, ablated, flow_cache_ns},
+    nat::{self, Side},
+    parse::{self, L4, Packet, ptr_at},
+    stats,
+};
+
+/// What [`forward`] returns when the slow path decides.
+pub const MISS: u64 = u64::MAX - 1;
+
+/// Forwards the packet `lb` parsed into PARSED (a [`cacheable`] one, to a VIP address) if
+/// its flow is cached: its outcome, packed ([`Outcome::pack`]), or [`MISS`]. A BPF subprogram: its
+/// frame is its own, not the slow path's (which has little of its 512 bytes left).
+#[inline(never)]
+pub fn forward(ctx: &XdpContext) -> u64 {
+    let Some(packet) = PARSED.get_ptr(0) else {
+        return MISS;
+    };
+    // SAFETY: this CPU's slot, written by `lb` before this call.
+    let parsed = unsafe { &*packet };
+    if !cacheable(parsed)
+        || !lookup::may_be_vip(lookup::address_class(&parsed.flow.dst, parsed.flow.family))
+    {
+        return MISS;
+    }
+    // Untagged (`cacheable`): a constant offset for the verifier.
+    let packet = &Packet {
+        l3_offset: parse::UNTAGGED_L3_OFFSET,
+        ..parsed.bounded()
+    };
+    hit(ctx, packet, crate::now()).map_or(MISS, Outcome::pack)
+}
+
+#[inline(always)]
+fn hit(ctx: &XdpContext, packet: &Packet, now: u64) -> Option<Outcome> {
+    if ablated(ABLATE_FLOW_CACHE) {
+        return None;
+    }
+    let entry = FLOW_CACHE.get_ptr(flow_cache_slot(&packet.flow))?;
+    // SAFETY: this CPU's slot, valid for the run; the program is not re-entered on a CPU.
+    let entry = unsafe { &*entry };
+    if now >= entry.valid_until_ns
+        || entry.ingress_ifindex != parse::ingress_ifindex(ctx)
+        || !same_flow(&entry.key, &packet.flow)
+    {
+        return None;
+    }
+    if entry.flags & FLOW_CACHE_ANY_MAC == 0 && !addressed_to(ctx, &entry.local_mac) {
+        return None;
+    }
+    let backend = BACKENDS.get(entry.backend_id)?;
+    if backend.generation != entry.generation
+        || backend.vip_id != entry.vip_id
+        || backend.mode != MODE_NAT
+        || !(backend.state == BACKEND_ACTIVE || backend.state == BACKEND_DRAINING)
+    {
+        return None;
+    }
+    // Expiring TTLs and packets grown too big for the route are the slow path's to answer.
+    if forward::ttl(ctx, packet).is_none_or(|ttl| ttl <= 1) {
+        return None;
+    }
+    if entry.hop.mtu != 0 && packet.ip_len > entry.hop.mtu as usize {
+        return None;
+    }
+    let len = parse::data_end(ctx) - parse::data(ctx);
+    stats::count_service(entry.vip_id, entry.backend_id, len);
+    stats::count_event(Stat::FlowCacheHit);
+    if nat::rewrite(ctx, packet, Side::Destination, &backend.addr, backend.port).is_err() {
+        return Some(Outcome::drop(Stat::DropFibFailure));
+    }
+    Some(forward::send(
+        ctx,
+        packet,
+        &entry.hop,
+        Stat::ForwardEstablished,
+    ))
+}
+
+/// Whether a packet may take the fast path: TCP without SYN, FIN or RST (they move the
+/// flow's lifecycle), or UDP; never a fragment or a VLAN-tagged frame.
+#[inline(always)]
+pub fn cacheable(packet: &Packet) -> bool {
+    packet.fragment == parse::FRAGMENT_NONE
+        && packet.l3_offset == parse::UNTAGGED_L3_OFFSET
+        && match packet.l4 {
+            L4::Tcp => packet.tcp_flags & (parse::TCP_SYN | parse::TCP_FIN | parse::TCP_RST) == 0,
+            L4::Udp => true,
+            _ => false,
+        }
+}
+
+/// Fills the packet's slot after the slow path sent it to `backend_id` through `hop`: a
+/// proven flow, in a state the cache serves, on a backend that is active or draining.
+#[inline(always)]
+pub fn fill(ctx: &XdpContext, packet: &Packet, backend_id: u32, hop: &NextHop, now: u64) {
+    let valid_for = flow_cache_ns();
+    if ablated(ABLATE_FLOW_CACHE) || valid_for == 0 || !cacheable(packet) {
+        return;
+    }
+    let Some(backend) = BACKENDS.get(backend_id) else {
+        return;
+    };
+    let Some(entry) = FLOW_CACHE.get_ptr_mut(flow_cache_slot(&packet.flow)) else {
+        return;
+    };
+    let local_mac = crate::lookup::local_mac(ctx);
+    // SAFETY: this CPU's slot, as in `forward`.
+    unsafe {
+        let entry: &mut CachedFlow = &mut *entry;
+        entry.key = packet.flow;
+        entry.backend_id = backend_id;
+        entry.generation = backend.generation;
+        entry.vip_id = backend.vip_id;
+        entry.ingress_ifindex = parse::ingress_ifindex(ctx);
+        entry.hop = *hop;
+        match local_mac {
+            Some(mac) => {
+                entry.local_mac = mac;
+                entry.flags = 0;
+            }
+            None => entry.flags = FLOW_CACHE_ANY_MAC,
+        }
+        entry.valid_until_ns = now + valid_for;
+    }
+}
+
+/// Compares two 5-tuples as five words.
+#[inline(always)]
+fn same_flow(a: &FlowKey, b: &FlowKey) -> bool {
+    // SAFETY: FlowKey is 40 bytes of plain integers, aligned to 8.
+    let (a, b) = unsafe {
+        (
+            &*(a as *const FlowKey as *const [u64; 5]),
+            &*(b as *const FlowKey as *const [u64; 5]),
+        )
+    };
+    (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) == 0
+}
+
+/// Whether the frame's destination MAC is `mac`.
+#[inline(always)]
+fn addressed_to(ctx: &XdpContext, mac: &[u8; 6]) -> bool {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return false;
+    };
+    // SAFETY: bounds checked by ptr_at.
+    unsafe { (*eth).dst_addr == *mac }
+}
