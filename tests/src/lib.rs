@@ -8,6 +8,7 @@ pub mod flood;
 pub mod fragments;
 pub mod fuzz;
 pub mod generator;
+pub mod katran;
 pub mod packets;
 pub mod pair;
 pub mod process;

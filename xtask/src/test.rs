@@ -4,10 +4,19 @@ use std::process::Command;
 
 use anyhow::bail;
 
-use crate::{build, cmd, layers};
+use crate::{build, cmd, layers, setup};
 
 /// Crates that run on the host (lb-ebpf is checked by its own nightly build).
 const HOST_PACKAGES: &[&str] = &["lb-lab", "lb-common", "lb-userspace", "lb-tests", "xtask"];
+
+/// What `../shared/katran-bench` builds Katran and kbench with (tests/katran.rs).
+const KATRAN_TOOLS: &[(&str, &str)] = &[
+    ("clang", "clang"),
+    ("llc", "llvm"),
+    ("gcc", "gcc"),
+    ("python3", "python3"),
+    ("/usr/include/bpf/libbpf.h", "libbpf-dev"),
+];
 
 pub fn run() -> anyhow::Result<()> {
     step(
@@ -52,8 +61,10 @@ pub fn run() -> anyhow::Result<()> {
         );
     }
     let lb = build::run(&build::Options::default())?;
+    // tests/katran.rs builds Katran with the shared katran-bench harness.
+    setup::ensure_tools(KATRAN_TOOLS)?;
     step(
-        "eBPF tests (BPF_PROG_TEST_RUN: golden packets, fragments, DSR encapsulation, the backends' decap program, one choice per flow across nodes, 10^4 fuzzed packets)",
+        "eBPF tests (BPF_PROG_TEST_RUN: golden packets, fragments, DSR encapsulation, the backends' decap program, one choice per flow across nodes, 10^4 fuzzed packets, Katran's IPv6 paths in katran-bench)",
         cmd::privileged_cargo()?.args([
             "test",
             "-p",
@@ -82,6 +93,8 @@ pub fn run() -> anyhow::Result<()> {
             "fuzz",
             "--test",
             "flow_cache",
+            "--test",
+            "katran",
         ]),
     )?;
     step(
