@@ -114,6 +114,17 @@ const IN_SLOT: u64 = u64::MAX;
 /// without this bit is such an action, and that program counted its verdict.
 const PACKED: u64 = 1 << 63;
 
+/// A whole, untagged TCP or UDP packet whose addresses no VIP and no backend can have.
+#[inline(always)]
+fn not_ours(packet: &Packet) -> bool {
+    let flow = &packet.flow;
+    matches!(packet.l4, L4::Tcp | L4::Udp)
+        && packet.fragment == parse::FRAGMENT_NONE
+        && packet.l3_offset == parse::UNTAGGED_L3_OFFSET
+        && !lookup::may_be_vip(lookup::address_class(&flow.dst, flow.family))
+        && !lookup::may_be_backend(lookup::address_class(&flow.src, flow.family))
+}
+
 /// Parses the packet into this CPU's PARSED slot (and returns [`IN_SLOT`]), or returns the
 /// outcome
 /// of a packet that is not IP or is malformed, packed. `lb`'s three parts (this, the flow
@@ -123,6 +134,9 @@ const PACKED: u64 = 1 << 63;
 fn parse_into_slot(ctx: &XdpContext) -> u64 {
     let outcome = match parse::parse(ctx, true) {
         Ok(Parsed::NotIp) => Outcome::pass(Stat::PassNotIp),
+        // TCP or UDP for no VIP and from no backend (their address buckets say so): the
+        // kernel's, with no further call.
+        Ok(Parsed::Ip(packet)) if not_ours(&packet) => Outcome::pass(Stat::PassNotVip),
         Ok(Parsed::Ip(packet)) => match PARSED.get_ptr_mut(0) {
             Some(slot) => {
                 // SAFETY: this CPU's slot; the program is not re-entered on a CPU.

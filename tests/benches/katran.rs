@@ -4,7 +4,8 @@
 //! rounds, each against the floor of the same round. lb runs in a lab namespace (real
 //! routes and neighbours for `bpf_fib_lookup`, called with the ingress ifindex of its
 //! client-facing veth) with a NAT VIP and a dsr-ipip VIP of three backends each, in IPv4
-//! and IPv6, its maps at the daemon's default sizes, admission and the MAC check on.
+//! and IPv6, its maps at the daemon's default sizes but conntrack (its unproven table as large as
+//! Katran's LRU), admission and the MAC check on.
 //! lb's counters over the run prove that every row took the path it is named after.
 //!
 //! Needs root, clang, llc, gcc, libbpf-dev (installed by `cargo xtask setup --bench`) and
@@ -20,6 +21,7 @@ use std::{
 use lb_common::stats::Stat;
 use lb_tests::{
     fiblab::{FibLab, Ids, add_dsr_vip, dsr_options},
+    katran::{self, PinnedKatran},
     packets::{Family, LB_MAC, Spec, Transport},
     testrun::Datapath,
 };
@@ -31,6 +33,10 @@ use lb_userspace::model::{
 
 fn ip(text: &str) -> IpAddr {
     text.parse().expect("address")
+}
+
+fn v6(text: &str) -> std::net::Ipv6Addr {
+    text.parse().expect("IPv6 address")
 }
 
 /// Entries of the harness's Katran LRU (its default), rounded to a power of two.
@@ -187,27 +193,6 @@ fn prove(datapath: &mut Datapath, rows: &[LbRow]) {
     );
 }
 
-/// The harness directory, or why it is not there.
-fn harness() -> Result<PathBuf, String> {
-    let dir = std::env::var_os("LB_KATRAN_BENCH").map_or_else(
-        || {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../shared/katran-bench")
-                .canonicalize()
-                .unwrap_or_default()
-        },
-        PathBuf::from,
-    );
-    if dir.join("run.sh").is_file() {
-        Ok(dir)
-    } else {
-        Err(format!(
-            "no katran-bench harness at {} (set LB_KATRAN_BENCH)",
-            dir.display()
-        ))
-    }
-}
-
 /// One row of the harness's table.
 struct Measured {
     name: String,
@@ -237,13 +222,40 @@ fn parse_table(text: &str) -> Vec<Measured> {
         .collect()
 }
 
-/// Which Katran row an lb row is held against.
+/// Which Katran row an lb row is held against: the IPv6 ones for IPv6.
 fn katran_peer(row: &LbRow) -> &'static str {
-    match row.path {
-        Kind::Established => "katran established (LRU hit)",
-        Kind::NewFlow => "katran new flow (SYN, new sport)",
-        Kind::NotVip => "katran non-VIP (XDP_PASS)",
+    match (row.path, row.v6) {
+        (Kind::Established, false) => "katran established (LRU hit)",
+        (Kind::NewFlow, false) => "katran new flow (SYN, new sport)",
+        (Kind::NotVip, false) => "katran non-VIP (XDP_PASS)",
+        (Kind::Established, true) => KATRAN6_ESTABLISHED,
+        (Kind::NewFlow, true) => KATRAN6_NEW,
+        (Kind::NotVip, true) => KATRAN6_NOT_VIP,
     }
+}
+
+/// Katran's IPv6 VIP (in the pinned Katran) and its rows' names.
+const KATRAN_VIP6: &str = "fd00:1::100";
+const KATRAN6_ESTABLISHED: &str = "katran IPv6 established";
+const KATRAN6_NEW: &str = "katran IPv6 new flow";
+const KATRAN6_NOT_VIP: &str = "katran IPv6 non-VIP";
+
+/// The pinned Katran's own counters over the run: its IPv6 established flow hit its LRU
+/// on every call, every new flow missed it and was inserted (none skipped by its flood
+/// guard), nothing fell back to the shared LRU.
+fn check_katran6(katran: &PinnedKatran, before: &katran::KatranCounters, per_row: u64) {
+    let moved = katran.counters().since(before);
+    assert_eq!(moved.vip_packets, 2 * per_row, "Katran IPv6: VIP packets");
+    assert_eq!(
+        moved.lru_misses, per_row,
+        "Katran IPv6: only new flows miss its LRU"
+    );
+    assert_eq!(moved.fallback_lru, 0, "Katran IPv6: its CPU's own LRU");
+    assert_eq!(
+        katran.lru_entries() as u64,
+        1 + per_row,
+        "Katran IPv6: every new flow inserted (none skipped by its flood guard)"
+    );
 }
 
 /// lb's counters over the harness's run must show every call took its row's path.
@@ -299,14 +311,10 @@ fn main() {
     } else {
         (5, 20_000, 1_000)
     };
-    let harness = match harness() {
-        Ok(dir) => dir,
-        Err(why) if quick => {
-            println!("## Beside Katran\n\nNot run: {why}.");
-            return;
-        }
-        Err(why) => panic!("{why}"),
-    };
+    let harness = katran::harness_dir();
+    if let Err(why) = katran::check_harness(&harness) {
+        panic!("{why}");
+    }
     let build = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/katran-bench");
     let frames = build.join("lb-frames");
     std::fs::create_dir_all(&frames).expect("frames directory");
@@ -315,6 +323,43 @@ fn main() {
         std::process::id()
     ));
     let rows = lb_rows();
+    // Katran's own rows are IPv4; an IPv6 VIP goes into a second Katran, pinned by the
+    // harness and completed here, and timed as extra rows in the same run.
+    let cpu = katran::default_cpu();
+    let katran6 = PinnedKatran::new(
+        &harness,
+        &build,
+        &katran::unique_pin_dir("bench"),
+        cpu,
+        v6(KATRAN_VIP6),
+        80,
+        &[v6("fd00:2::11"), v6("fd00:2::12"), v6("fd00:2::13")],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let vip6 = v6(KATRAN_VIP6);
+    let katran6_rows = [
+        (
+            KATRAN6_ESTABLISHED,
+            katran::frame6(v6("fd00::1"), 31337, vip6, 80, false),
+            false,
+        ),
+        (
+            KATRAN6_NEW,
+            katran::frame6(v6("fd00::100:1"), 1024, vip6, 80, true),
+            true,
+        ),
+        (
+            KATRAN6_NOT_VIP,
+            katran::frame6(v6("fd00::1"), 31337, v6("fd00:9::9"), 80, false),
+            false,
+        ),
+    ];
+    // The established flow's first packet, before timing: the harness sends none of its
+    // own for extra rows.
+    katran6
+        .run(&katran6_rows[0].1)
+        .unwrap_or_else(|e| panic!("Katran's IPv6 flow: {e}"));
+    let katran6_before = katran6.counters();
     let lab = FibLab::new();
     // The rate guard stays in the path, set above the harness's rate of new flows (its
     // rows are not paced), as the harness keeps Katran below Katran's own limit.
@@ -322,49 +367,70 @@ fn main() {
         new_flow_limit: 10_000_000,
         ..dsr_options()
     };
-    let (output, before, after) =
-        lab.with_datapath_loaded(Limits::default(), &options, |datapath, ids| {
-            configure(&lab, datapath, ids);
-            datapath.set_ingress(ids.from_client);
-            prove(datapath, &rows);
-            std::fs::create_dir_all(&pin_dir).expect("pin directory");
-            let _cleanup = RemoveOnDrop(pin_dir.clone());
-            let pin = pin_dir.join("lb");
-            datapath.pin_program("lb", &pin);
-            let mut command = Command::new(harness.join("run.sh"));
+    // The unproven table, where new flows go, as large as Katran's LRU here (10^6): a
+    // full table evicts on every insert, which Katran's never does in this harness.
+    let limits = Limits {
+        conntrack_capacity: KATRAN_LRU * lb_common::consts::CT_UNPROVEN_DIVISOR,
+        ..Limits::default()
+    };
+    let (output, before, after) = lab.with_datapath_loaded(limits, &options, |datapath, ids| {
+        configure(&lab, datapath, ids);
+        datapath.set_ingress(ids.from_client);
+        prove(datapath, &rows);
+        std::fs::create_dir_all(&pin_dir).expect("pin directory");
+        let _cleanup = RemoveOnDrop(pin_dir.clone());
+        let pin = pin_dir.join("lb");
+        datapath.pin_program("lb", &pin);
+        let mut command = Command::new(harness.join("run.sh"));
+        command
+            .arg("--build")
+            .arg(&build)
+            .args(["--cpu", &cpu.to_string()])
+            .args(["--rounds", &rounds.to_string()])
+            .args(["--calls", &calls.to_string()])
+            .args(["--warmup", &warmup.to_string()]);
+        for (i, row) in rows.iter().enumerate() {
+            let file = frames.join(format!("row{i}.bin"));
+            std::fs::write(&file, &row.frame).expect("write a frame");
             command
-                .arg("--build")
-                .arg(&build)
-                .args(["--rounds", &rounds.to_string()])
-                .args(["--calls", &calls.to_string()])
-                .args(["--warmup", &warmup.to_string()]);
-            for (i, row) in rows.iter().enumerate() {
-                let file = frames.join(format!("row{i}.bin"));
-                std::fs::write(&file, &row.frame).expect("write a frame");
-                command
-                    .arg("--extra-prog")
-                    .arg(&pin)
-                    .arg("--extra-pkt")
-                    .arg(&file)
-                    .args(["--extra-name", &row.name])
-                    .args(["--extra-ifindex", &ids.from_client.to_string()]);
-                if row.path == Kind::NewFlow {
-                    command.arg("--extra-new-flow");
-                }
+                .arg("--extra-prog")
+                .arg(&pin)
+                .arg("--extra-pkt")
+                .arg(&file)
+                .args(["--extra-name", &row.name])
+                .args(["--extra-ifindex", &ids.from_client.to_string()]);
+            if row.path == Kind::NewFlow {
+                command.arg("--extra-new-flow");
             }
-            let before = datapath.stats();
-            let output = command.output().expect("run the katran-bench harness");
-            let after = datapath.stats();
-            let text = String::from_utf8_lossy(&output.stdout).into_owned();
-            assert!(
-                output.status.success(),
-                "katran-bench failed: {}\n{text}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            (text, before, after)
-        });
+        }
+        for (i, (name, frame, new_flow)) in katran6_rows.iter().enumerate() {
+            let file = frames.join(format!("katran6-{i}.bin"));
+            std::fs::write(&file, frame).expect("write a frame");
+            command
+                .arg("--extra-prog")
+                .arg(&katran6.prog_pin)
+                .arg("--extra-pkt")
+                .arg(&file)
+                .args(["--extra-name", name]);
+            if *new_flow {
+                command.arg("--extra-new-flow");
+            }
+        }
+        let before = datapath.stats();
+        let output = command.output().expect("run the katran-bench harness");
+        let after = datapath.stats();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "katran-bench failed: {}\n{text}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (text, before, after)
+    });
     eprintln!("{output}");
-    check_paths(&before, &after, &rows, (warmup + rounds * calls) as u64);
+    let per_row = (warmup + rounds * calls) as u64;
+    check_paths(&before, &after, &rows, per_row);
+    check_katran6(&katran6, &katran6_before, per_row);
     let table = parse_table(&output);
     for row in &rows {
         let measured = table
@@ -399,8 +465,10 @@ fn main() {
          established flow is proven before timing; new-flow rows send a never-seen 5-tuple per \
          call. lb's counters over the run showed every call took its row's path (checked: \
          `fwd_established`, `fwd_new_flow`, `ct_created`, `pass_not_vip`, \
-         `dsr_ipip_encapsulated`, nothing untracked). Katran's rows are checked by the harness \
-         (its own counters and LRU). Katran forwards IPIP with XDP_TX; lb's NAT rewrites and \
+         `dsr_ipip_encapsulated`, nothing untracked). Katran's IPv4 rows are checked by the \
+         harness (its own counters and LRU); its IPv6 rows come from a second Katran (the \
+         harness's, pinned, with an IPv6 VIP of three IPv6 reals added as Katran's userspace \
+         adds one), checked here by its counters and LRU the same way. Katran forwards IPIP with XDP_TX; lb's NAT rewrites and \
          redirects, dsr-ipip encapsulates and redirects.\n\n",
         std::fs::read_to_string(harness.join("src/KATRAN_COMMIT"))
             .map(|c| format!("Katran {}", &c.trim()[..c.trim().len().min(12)]))

@@ -63,13 +63,22 @@ type RealPosLru = [u8; 16];
 type LbStats = [u64; 2];
 type Lru = HashMap<MapData, FlowKey, RealPosLru>;
 
+/// Where the machine keeps the shared harness, wherever the checkout sits.
+const SHARED_HARNESS: &str = "/work/shared/katran-bench";
+
 /// Where the shared harness is: `LB_KATRAN_BENCH`, else `../shared/katran-bench` beside the
-/// checkout. Not checked for existence: [`PinnedKatran::new`] says what is missing.
+/// checkout if there is one, else the machine's [`SHARED_HARNESS`]. Not checked further:
+/// [`check_harness`] says what is missing.
 pub fn harness_dir() -> PathBuf {
-    std::env::var_os("LB_KATRAN_BENCH").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/katran-bench"),
-        PathBuf::from,
-    )
+    if let Some(dir) = std::env::var_os("LB_KATRAN_BENCH") {
+        return PathBuf::from(dir);
+    }
+    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/katran-bench");
+    if beside.join("run.sh").is_file() {
+        beside
+    } else {
+        PathBuf::from(SHARED_HARNESS)
+    }
 }
 
 /// What `run.sh` needs on this host; `Err` names what is missing (the harness, root's
