@@ -66,14 +66,28 @@ fn a_proven_nat_flow_is_sent_from_the_cache_as_the_slow_path_sends_it() {
                 "the same bytes as the slow path's"
             );
         }
-        // The same flow as UDP: cached too (its own 5-tuple).
+        // A NAT datagram flow, proven once its backend answered and its client sent
+        // again: the packet that proves it fills its slot's way, the next one hits.
         let udp = Spec::new(Family::V4, Transport::Udp)
             .between(ip(CLIENT), ip(VIP))
             .ports(43_001, 53)
             .build(b"datagram");
-        prove_and_fill(datapath, &udp);
-        let (_, delta) = datapath.run_counted(&udp);
+        let (out, _) = datapath.run_counted(&udp);
+        let backend = verify(&out.packet).dst;
+        datapath.set_ingress(ids.from_backends);
+        let answer = Spec::new(Family::V4, Transport::Udp)
+            .between(backend, ip(CLIENT))
+            .ports(8080, 43_001)
+            .build(b"answer");
+        assert_eq!(datapath.run(&answer).action, XDP_REDIRECT, "the answer");
+        datapath.set_ingress(ids.from_client);
+        for _ in 0..2 {
+            let (_, delta) = datapath.run_counted(&udp);
+            assert_eq!(delta.packets(Stat::FlowCacheHit), 0, "{:?}", delta.moved());
+        }
+        let (out, delta) = datapath.run_counted(&udp);
         assert_eq!(delta.packets(Stat::FlowCacheHit), 1, "{:?}", delta.moved());
+        assert_eq!(verify(&out.packet).dst, backend, "the flow's backend");
     });
 }
 
