@@ -48,15 +48,14 @@ fn fold(mut sum: u32) -> u16 {
     sum as u16
 }
 
-/// The checksum of an IPv4 header without options given as five host-order words (the
-/// checksum field, in the low half of the third, 0).
+/// The checksum of an IPv4 header without options whose checksum field is 0.
 #[inline(always)]
-pub fn ipv4_words(words: &[u32; 5]) -> u16 {
+pub fn ipv4_header(header: &[u8; 20]) -> u16 {
     let mut sum = 0u32;
     let mut i = 0;
-    while i < 5 {
-        sum += (words[i] >> 16) + (words[i] & 0xffff);
-        i += 1;
+    while i < 20 {
+        sum += u32::from(u16::from_be_bytes([header[i], header[i + 1]]));
+        i += 2;
     }
     !fold(sum)
 }

@@ -81,17 +81,17 @@ pub fn to_backend(
         // to reassemble the outer fragments before it could decapsulate.
         return answer_too_big(ctx, hop.mtu - added as u16, &packet.flow.dst, true);
     }
-    if l2 && hop.flags & NEXTHOP_FLAG_DIRECT == 0 {
-        return Outcome::drop(Stat::DropDsrNotOnLink);
+    if l2 {
+        if hop.flags & NEXTHOP_FLAG_DIRECT == 0 {
+            return Outcome::drop(Stat::DropDsrNotOnLink);
+        }
+        stats::count(Stat::DsrL2Forwarded, len);
+        return forward::transmit(ctx, hop, forwarded);
     }
     let source = encap_source(backend.family);
     // No address of the backend's family on the lb and no --encap-source for it.
-    if !l2 && source.addr == [0; 16] {
+    if source.addr == [0; 16] {
         return Outcome::drop(Stat::DropDsrUnsupported);
-    }
-    if l2 {
-        stats::count(Stat::DsrL2Forwarded, len);
-        return forward::transmit(ctx, hop, forwarded);
     }
     if encapsulate(ctx, packet, backend, &source).is_none() {
         return Outcome::drop(Stat::DropFibFailure);
@@ -182,27 +182,35 @@ fn encapsulate(
     } else {
         // SAFETY: bounds checked.
         unsafe { *ethertype = ETH_P_IPV4 };
-        let ip = ptr_at::<[u32; 5]>(ctx, l3)?;
-        // Five big-endian words, written whole: a 20-byte array literal costs LLVM a stack
-        // slot per byte.
-        let words = [
-            0x4500_0000 | u32::from(inner.tos) << 16 | (inner_len + added) as u32,
-            if inner.dont_fragment { 0x4000 } else { 0 },
-            u32::from(OUTER_TTL) << 24 | u32::from(protocol) << 16,
-            u32::from_be_bytes([src[0], src[1], src[2], src[3]]),
-            u32::from_be_bytes([dst[0], dst[1], dst[2], dst[3]]),
+        let ip = ptr_at::<[u8; 20]>(ctx, l3)?;
+        // SAFETY: bounds checked.
+        let ip = unsafe { &mut *ip };
+        let [len_high, len_low] = ((inner_len + added) as u16).to_be_bytes();
+        *ip = [
+            0x45,
+            inner.tos,
+            len_high,
+            len_low,
+            0,
+            0,
+            if inner.dont_fragment { IPV4_DF } else { 0 },
+            0,
+            OUTER_TTL,
+            protocol,
+            0,
+            0,
+            src[0],
+            src[1],
+            src[2],
+            src[3],
+            dst[0],
+            dst[1],
+            dst[2],
+            dst[3],
         ];
-        let check = csum::ipv4_words(&words);
-        // SAFETY: bounds checked; the header is byte-aligned, hence unaligned writes.
-        unsafe {
-            let ip = ip as *mut u32;
-            ip.write_unaligned(words[0].to_be());
-            ip.add(1).write_unaligned(words[1].to_be());
-            ip.add(2)
-                .write_unaligned((words[2] | u32::from(check)).to_be());
-            ip.add(3).write_unaligned(words[3].to_be());
-            ip.add(4).write_unaligned(words[4].to_be());
-        }
+        let [high, low] = csum::ipv4_header(ip).to_be_bytes();
+        ip[10] = high;
+        ip[11] = low;
     }
     Some(())
 }
