@@ -13,7 +13,7 @@ use lb_common::{
         EncapSource, IPPROTO_IPIP, IPPROTO_IPV6, MODE_DSR_L2, OUTER_TTL, flow_bits, outer_source,
         overhead,
     },
-    flow::{FlowKey, NEXTHOP_FLAG_DIRECT},
+    flow::{FlowKey, NEXTHOP_FLAG_DIRECT, NextHop},
     service::Backend,
     stats::Stat,
 };
@@ -70,7 +70,6 @@ pub fn to_backend(
         }
         Route::Done(outcome) => return outcome,
     };
-    let len = parse::data_end(ctx) - parse::data(ctx);
     let added = if l2 { 0 } else { overhead(backend.family) };
     if hop.mtu != 0 && packet.ip_len + added > hop.mtu as usize {
         // An ICMP error is never answered with one (RFC 1122, RFC 4443).
@@ -81,7 +80,22 @@ pub fn to_backend(
         // to reassemble the outer fragments before it could decapsulate.
         return answer_too_big(ctx, hop.mtu - added as u16, &packet.flow.dst, true);
     }
-    if l2 {
+    send(ctx, packet, backend, hop, forwarded)
+}
+
+/// Sends a packet that fits `hop` (route and MTU checked by the caller: `to_backend`, or
+/// the flow cache for an established flow) to its DSR `backend`: encapsulated (dsr-ipip)
+/// or with new MACs only (dsr-l2).
+#[inline(always)]
+pub fn send(
+    ctx: &XdpContext,
+    packet: &Packet,
+    backend: &Backend,
+    hop: &NextHop,
+    forwarded: Stat,
+) -> Outcome {
+    let len = parse::data_end(ctx) - parse::data(ctx);
+    if backend.mode == MODE_DSR_L2 {
         if hop.flags & NEXTHOP_FLAG_DIRECT == 0 {
             return Outcome::drop(Stat::DropDsrNotOnLink);
         }
@@ -96,7 +110,7 @@ pub fn to_backend(
     if encapsulate(ctx, packet, backend, &source).is_none() {
         return Outcome::drop(Stat::DropFibFailure);
     }
-    stats::count(Stat::DsrIpipEncapsulated, len + added);
+    stats::count(Stat::DsrIpipEncapsulated, len + overhead(backend.family));
     forward::transmit(ctx, hop, forwarded)
 }
 

@@ -1,27 +1,30 @@
-//! The established fast path: a per-CPU, direct-mapped cache of proven NAT flows'
-//! forwarding decisions (`FLOW_CACHE`). A client → VIP packet without SYN, FIN or RST
-//! whose 5-tuple and ingress interface match its slot goes out with one array read in
-//! place of the conntrack hash lookup, the next-hop slot and the MAC table; everything
-//! else takes the slow path, which fills the slot when it forwards a proven NAT flow
-//! (DSR flows go on through `lb_encap`: filling from there made it more than the
-//! verifier takes). The slot answers until
-//! `valid_until_ns` (at most `FLOW_CACHE_NS`, shorter than any timeout of a state it
-//! serves), so the slow path still refreshes the flow's conntrack entry and next hop that
-//! often; the backend is read again for every packet, so a backend marked down, deleted
-//! or given to another backend (its generation) stops the cache at once.
+//! The established fast path: a per-CPU, direct-mapped cache of proven flows' forwarding
+//! decisions (`FLOW_CACHE`). A client → VIP packet without SYN, FIN or RST whose 5-tuple
+//! and ingress interface match its slot goes out with one array read in place of the
+//! conntrack hash lookup and the MAC table: NAT through the next hop the slow path used,
+//! DSR through its backend's next-hop slot, inline (no tail call to `lb_encap`, no second
+//! parse). Everything else takes the slow path, which fills the slot when it forwards a
+//! proven flow. The slot answers until `valid_until_ns` (at most `FLOW_CACHE_NS`, shorter
+//! than any timeout of a state it serves), so the slow path still refreshes the flow's
+//! conntrack entry and next hop that often; the backend is read again for every packet,
+//! so a backend marked down, deleted or given to another backend (its generation) stops
+//! the cache at once.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    consts::{ABLATE_FLOW_CACHE, BACKEND_ACTIVE, BACKEND_DRAINING},
-    encap::MODE_NAT,
-    flow::{CachedFlow, FLOW_CACHE_ANY_MAC, FlowKey, NextHop, flow_cache_slot},
+    consts::{ABLATE_FLOW_CACHE, BACKEND_ACTIVE, BACKEND_DRAINING, FAMILY_V4},
+    encap::{MODE_DSR_L2, MODE_NAT, overhead},
+    flow::{
+        CachedFlow, FLOW_CACHE_ANY_MAC, FlowKey, NEXTHOP_FLAG_ATTACHED, NextHop, flow_cache_slot,
+    },
+    service::Backend,
     stats::Stat,
 };
 use network_types::eth::EthHdr;
 
 use crate::{
-    Outcome, forward, lookup,
-    maps::{BACKENDS, FLOW_CACHE, PARSED, ablated, flow_cache_ns},
+    Outcome, encap, forward, lookup,
+    maps::{BACKEND_HOPS, BACKENDS, FLOW_CACHE, PARSED, ablated, flow_cache_ns},
     nat::{self, Side},
     parse::{self, L4, Packet, ptr_at},
     stats,
@@ -73,21 +76,34 @@ fn hit(ctx: &XdpContext, packet: &Packet, now: u64) -> Option<Outcome> {
     let backend = BACKENDS.get(entry.backend_id)?;
     if backend.generation != entry.generation
         || backend.vip_id != entry.vip_id
-        || backend.mode != MODE_NAT
         || !(backend.state == BACKEND_ACTIVE || backend.state == BACKEND_DRAINING)
     {
         return None;
     }
-    // Expiring TTLs and packets grown too big for the route are the slow path's to answer.
+    // Expiring TTLs are the slow path's to answer.
     if forward::ttl(ctx, packet).is_none_or(|ttl| ttl <= 1) {
         return None;
     }
+    if backend.mode == MODE_NAT {
+        nat_hit(ctx, packet, entry, backend)
+    } else {
+        dsr_hit(ctx, packet, entry, backend, now)
+    }
+}
+
+/// Destination NAT through the next hop the slow path used.
+#[inline(always)]
+fn nat_hit(
+    ctx: &XdpContext,
+    packet: &Packet,
+    entry: &CachedFlow,
+    backend: &Backend,
+) -> Option<Outcome> {
+    // Packets grown too big for the route are the slow path's to answer.
     if entry.hop.mtu != 0 && packet.ip_len > entry.hop.mtu as usize {
         return None;
     }
-    let len = parse::data_end(ctx) - parse::data(ctx);
-    stats::count_service(entry.vip_id, entry.backend_id, len);
-    stats::count_event(Stat::FlowCacheHit);
+    counted_hit(ctx, entry);
     if nat::rewrite(ctx, packet, Side::Destination, &backend.addr, backend.port).is_err() {
         return Some(Outcome::drop(Stat::DropFibFailure));
     }
@@ -97,6 +113,59 @@ fn hit(ctx: &XdpContext, packet: &Packet, now: u64) -> Option<Outcome> {
         &entry.hop,
         Stat::ForwardEstablished,
     ))
+}
+
+/// Direct server return through the backend's next-hop slot, as `lb_encap` left it: a
+/// slot gone stale, a route lb cannot send on, or a packet that no longer fits leaves the
+/// decision to the slow path (which answers too-big packets and drops what it must).
+#[inline(always)]
+fn dsr_hit(
+    ctx: &XdpContext,
+    packet: &Packet,
+    entry: &CachedFlow,
+    backend: &Backend,
+    now: u64,
+) -> Option<Outcome> {
+    if backend.family == FAMILY_V4 && !packet.is_v4() {
+        return None;
+    }
+    let hop = BACKEND_HOPS.get_ptr(entry.backend_id)?;
+    // SAFETY: this CPU's slot, valid for the run.
+    let hop = unsafe { &*hop };
+    if !forward::fresh(
+        hop,
+        now,
+        entry.ingress_ifindex,
+        backend.family,
+        &backend.addr,
+    ) || hop.flags & NEXTHOP_FLAG_ATTACHED == 0
+    {
+        return None;
+    }
+    let added = if backend.mode == MODE_DSR_L2 {
+        0
+    } else {
+        overhead(backend.family)
+    };
+    if hop.mtu != 0 && packet.ip_len + added > hop.mtu as usize {
+        return None;
+    }
+    counted_hit(ctx, entry);
+    Some(encap::send(
+        ctx,
+        packet,
+        backend,
+        hop,
+        Stat::ForwardEstablished,
+    ))
+}
+
+/// Counts a hit as the slow path counts an established packet, and as a hit.
+#[inline(always)]
+fn counted_hit(ctx: &XdpContext, entry: &CachedFlow) {
+    let len = parse::data_end(ctx) - parse::data(ctx);
+    stats::count_service(entry.vip_id, entry.backend_id, len);
+    stats::count_event(Stat::FlowCacheHit);
 }
 
 /// Whether a packet may take the fast path: TCP without SYN, FIN or RST (they move the
@@ -112,17 +181,22 @@ pub fn cacheable(packet: &Packet) -> bool {
         }
 }
 
-/// Fills the packet's slot after the slow path sent it to `backend_id` through `hop`: a
-/// proven flow, in a state the cache serves, on a backend that is active or draining.
+/// Fills the packet's slot as the slow path sends it to `backend` (`backend_id`): a
+/// proven flow, in a state the cache serves. `hop`: the route a NAT packet took (a DSR hit
+/// reads the backend's next-hop slot, which `lb_encap` keeps).
 #[inline(always)]
-pub fn fill(ctx: &XdpContext, packet: &Packet, backend_id: u32, hop: &NextHop, now: u64) {
+pub fn fill(
+    ctx: &XdpContext,
+    packet: &Packet,
+    backend_id: u32,
+    backend: &Backend,
+    hop: Option<&NextHop>,
+    now: u64,
+) {
     let valid_for = flow_cache_ns();
     if ablated(ABLATE_FLOW_CACHE) || valid_for == 0 || !cacheable(packet) {
         return;
     }
-    let Some(backend) = BACKENDS.get(backend_id) else {
-        return;
-    };
     let Some(entry) = FLOW_CACHE.get_ptr_mut(flow_cache_slot(&packet.flow)) else {
         return;
     };
@@ -135,7 +209,9 @@ pub fn fill(ctx: &XdpContext, packet: &Packet, backend_id: u32, hop: &NextHop, n
         entry.generation = backend.generation;
         entry.vip_id = backend.vip_id;
         entry.ingress_ifindex = parse::ingress_ifindex(ctx);
-        entry.hop = *hop;
+        if let Some(hop) = hop {
+            entry.hop = *hop;
+        }
         match local_mac {
             Some(mac) => {
                 entry.local_mac = mac;

@@ -76,12 +76,7 @@ pub fn route(ctx: &XdpContext, packet: &Packet, out: &FlowKey, slot: HopSlot, no
     };
     // SAFETY: this CPU's slot, valid for the run; the program is not re-entered on a CPU.
     let hop = unsafe { &mut *hop };
-    if ablated(ABLATE_HOP_CACHE)
-        || !(hop.expires_ns > now
-            && hop.ingress_ifindex == ingress
-            && hop.family == out.family
-            && same_addr(&hop.dst, &out.dst))
-    {
+    if ablated(ABLATE_HOP_CACHE) || !fresh(hop, now, ingress, out.family, &out.dst) {
         // Written straight into the slot: the stack has no room for a copy.
         match fib_lookup(ctx, packet, out, hop) {
             BPF_FIB_LKUP_RET_SUCCESS => {}
@@ -114,6 +109,15 @@ pub fn route(ctx: &XdpContext, packet: &Packet, out: &FlowKey, slot: HopSlot, no
         return Route::NotAttached(hop);
     }
     Route::Hop(hop)
+}
+
+/// Whether a next-hop slot still answers for `dst` (of `family`) from `ingress`.
+#[inline(always)]
+pub fn fresh(hop: &NextHop, now: u64, ingress: u32, family: u8, dst: &Addr) -> bool {
+    hop.expires_ns > now
+        && hop.ingress_ifindex == ingress
+        && hop.family == family
+        && same_addr(&hop.dst, dst)
 }
 
 /// Compares two addresses a word at a time.

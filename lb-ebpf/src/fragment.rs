@@ -204,7 +204,7 @@ pub fn later(ctx: &XdpContext, packet: &Packet, now: u64) -> Outcome {
         slot,
         too_big_from,
         Stat::ForwardFragment,
-        false,
+        None,
         now,
     )
 }

@@ -454,6 +454,11 @@ fn to_backend_address(ctx: &XdpContext, packet: &Packet, chosen: &Chosen, now: u
         } else {
             SENT_NEW_FLOW
         };
+        // Filled before `lb_encap` has routed it: a hit checks the backend's next-hop
+        // slot that `lb_encap` keeps, and leaves to the slow path what it would refuse.
+        if chosen.cacheable {
+            flow_cache::fill(ctx, packet, backend_id, backend, None, now);
+        }
         return send_dsr(ctx, backend_id, sent);
     }
     let out = FlowKey {
@@ -470,7 +475,7 @@ fn to_backend_address(ctx: &XdpContext, packet: &Packet, chosen: &Chosen, now: u
         HopSlot::Backend(backend_id),
         &packet.flow.dst,
         reason,
-        chosen.cacheable,
+        chosen.cacheable.then_some(backend),
         now,
     )
 }
@@ -580,14 +585,14 @@ fn to_client(ctx: &XdpContext, packet: &Packet, endpoint: &Endpoint, now: u64) -
         HopSlot::Destination,
         &endpoint.vip_addr,
         Stat::ForwardReply,
-        false,
+        None,
         now,
     )
 }
 
 /// The common end of both directions: route the packet as it will leave (`out`), answer
 /// it if it is too big for the next hop, rewrite its `side` to `out`'s, and send it.
-/// `cache`: a proven flow to a backend that the flow cache may serve from here on.
+/// `cache`: the backend of a proven flow that the flow cache may serve from here on.
 #[inline(always)]
 fn deliver(
     ctx: &XdpContext,
@@ -597,7 +602,7 @@ fn deliver(
     slot: HopSlot,
     too_big_from: &Addr,
     forwarded: Stat,
-    cache: bool,
+    cache: Option<&Backend>,
     now: u64,
 ) -> Outcome {
     // `attached`: XDP sends it; otherwise the kernel forwards it after the rewrite (its
@@ -619,10 +624,10 @@ fn deliver(
         return answer_too_big(ctx, hop.mtu, too_big_from, false);
     }
     // Filled before the rewrite: the slot is keyed by the client's 5-tuple, as it came in.
-    if let (true, Some(hop), HopSlot::Backend(id), true, None) =
+    if let (Some(backend), Some(hop), HopSlot::Backend(id), true, None) =
         (cache, hop, slot, attached, too_big)
     {
-        flow_cache::fill(ctx, packet, id, hop, now);
+        flow_cache::fill(ctx, packet, id, backend, Some(hop), now);
     }
     if !maps::ablated(ABLATE_NAT) && nat::rewrite(ctx, packet, side, addr, port).is_err() {
         return Outcome::drop(Stat::DropFibFailure);

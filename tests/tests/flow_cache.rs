@@ -1,5 +1,6 @@
-//! Golden packets for the flow cache (the established fast path): a proven NAT flow's
-//! packets are sent from the per-CPU cache exactly as the slow path sends them, and
+//! Golden packets for the flow cache (the established fast path): a proven flow's packets
+//! (NAT, dsr-ipip, dsr-l2) are sent from the per-CPU cache exactly as the slow path sends
+//! them, and
 //! nothing the slow path would decide otherwise takes it: lifecycle flags, frames for
 //! another MAC or with a VLAN tag, a deleted backend, unproven flows. The real program
 //! under BPF_PROG_TEST_RUN in a FibLab; forwarded packets are re-parsed and checked.
@@ -12,12 +13,16 @@ use lb_common::{
     stats::Stat,
 };
 use lb_tests::{
-    fiblab::FibLab,
+    fiblab::{FibLab, add_dsr_vip, dsr_options},
     packets::{Family, LB_MAC, Spec, Transport},
     testrun::Datapath,
     verify::verify,
 };
-use lb_userspace::model::state::{Change, Proto, Service};
+use lb_userspace::model::{
+    limits::Limits,
+    mode::Mode,
+    state::{Change, Proto, Service},
+};
 
 const CLIENT: &str = "198.18.0.1";
 const VIP: &str = "198.18.1.1";
@@ -164,5 +169,72 @@ fn a_deleted_backend_stops_the_cache_at_once() {
         assert_eq!(delta.packets(Stat::FlowCacheHit), 0, "{:?}", delta.moved());
         assert_eq!(delta.packets(Stat::CtRebalanced), 1, "{:?}", delta.moved());
         assert_ne!(verify(&out.packet).dst, backend, "another backend");
+    });
+}
+
+#[test]
+fn a_proven_dsr_flow_is_sent_from_the_cache_as_lb_encap_sends_it() {
+    lb_tests::require_root!();
+    let lab = FibLab::new();
+    let options = dsr_options();
+    // Room for two DSR VIPs (TCP and UDP each) beside the lab's.
+    let limits = Limits {
+        max_vips: 16,
+        ..Datapath::TEST_LIMITS
+    };
+    lab.with_datapath_loaded(limits, &options, |datapath, ids| {
+        datapath.set_ingress(ids.from_client);
+        let backends = [ip("198.18.2.2")];
+        let cases = [
+            ("198.18.1.21", Mode::DsrIpip, Stat::DsrIpipEncapsulated),
+            ("198.18.1.22", Mode::DsrL2, Stat::DsrL2Forwarded),
+        ];
+        for (vip, mode, sent) in cases {
+            add_dsr_vip(datapath, ip(vip), mode, &backends);
+            let flow = |payload: &[u8]| {
+                Spec::new(Family::V4, Transport::Tcp)
+                    .between(ip(CLIENT), ip(vip))
+                    .ports(43_300, 80)
+                    .ack()
+                    .build(payload)
+            };
+            let frame = flow(b"dsr");
+            prove_and_fill(datapath, &frame);
+            let (slow, _) = datapath.run_counted(&frame);
+            for _ in 0..3 {
+                let (fast, delta) = datapath.run_counted(&frame);
+                assert_eq!(fast.action, XDP_REDIRECT, "{mode:?}: {:?}", delta.moved());
+                assert_eq!(
+                    delta.packets(Stat::FlowCacheHit),
+                    1,
+                    "{mode:?}: {:?}",
+                    delta.moved()
+                );
+                assert_eq!(delta.packets(Stat::ForwardEstablished), 1);
+                assert_eq!(delta.packets(sent), 1, "{mode:?}: {:?}", delta.moved());
+                assert_eq!(
+                    fast.packet, slow.packet,
+                    "{mode:?}: the same bytes as lb_encap's"
+                );
+            }
+            // Too big once encapsulated (the link's MTU is 1500): the slow path answers it,
+            // as it would without the cache.
+            let big = flow(&[0u8; 1450]);
+            let (out, delta) = datapath.run_counted(&big);
+            if mode == Mode::DsrIpip {
+                assert_eq!(delta.packets(Stat::FlowCacheHit), 0, "{:?}", delta.moved());
+                assert_eq!(
+                    delta.packets(Stat::IcmpTooBigSent),
+                    1,
+                    "{:?}",
+                    delta.moved()
+                );
+            } else {
+                // Unencapsulated it fits: still the cache's.
+                assert_eq!(out.action, XDP_REDIRECT, "{:?}", delta.moved());
+                assert_eq!(delta.packets(Stat::FlowCacheHit), 1, "{:?}", delta.moved());
+                assert_eq!(delta.packets(sent), 1, "{:?}", delta.moved());
+            }
+        }
     });
 }
