@@ -19,6 +19,25 @@ pub struct FlowKey {
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FlowKey {}
 
+impl FlowKey {
+    /// The source address as the little-endian words the address hashes take, read in
+    /// place: one load per word (the key is 8-aligned), where bytes cost four.
+    #[inline(always)]
+    pub fn src_words(&self) -> [u32; 4] {
+        // SAFETY: `src` is 16 bytes at offset 0 of an 8-aligned struct.
+        let words = unsafe { *(&raw const self.src).cast::<[u32; 4]>() };
+        words.map(u32::from_le)
+    }
+
+    /// As [`FlowKey::src_words`], for the destination.
+    #[inline(always)]
+    pub fn dst_words(&self) -> [u32; 4] {
+        // SAFETY: `dst` is 16 bytes at offset 16 of an 8-aligned struct.
+        let words = unsafe { *(&raw const self.dst).cast::<[u32; 4]>() };
+        words.map(u32::from_le)
+    }
+}
+
 /// A tracked flow, keyed by its client → VIP 5-tuple. One entry per flow serves both
 /// directions: replies find it through the backend's [`crate::service::Endpoint`], so the
 /// two directions can never be evicted apart.

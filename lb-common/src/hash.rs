@@ -59,21 +59,40 @@ pub const fn flow_hash(key: &FlowKey, seed: &HashSeed) -> u32 {
 /// addresses collide (fd00:a::b with fd00:b::a, and fd00::1 with fd00:2::3).
 #[inline(always)]
 pub const fn address_slot(addr: &[u8; 16], salt: u32, slots: u32) -> u32 {
+    address_slot_words(&address_words(addr), salt, slots)
+}
+
+/// [`address_slot`] of an address given as its four little-endian words (the datapath
+/// reads them in place from an aligned [`FlowKey`]).
+#[inline(always)]
+pub const fn address_slot_words(words: &[u32; 4], salt: u32, slots: u32) -> u32 {
     const K: u32 = 0x9e37_79b1;
-    let mut h = (word(addr, 0) ^ salt).wrapping_mul(K);
-    h = (h ^ (h >> 15) ^ word(addr, 4)).wrapping_mul(K);
-    h = (h ^ (h >> 15) ^ word(addr, 8)).wrapping_mul(K);
-    h = (h ^ (h >> 15) ^ word(addr, 12)).wrapping_mul(K);
+    let mut h = (words[0] ^ salt).wrapping_mul(K);
+    h = (h ^ (h >> 15) ^ words[1]).wrapping_mul(K);
+    h = (h ^ (h >> 15) ^ words[2]).wrapping_mul(K);
+    h = (h ^ (h >> 15) ^ words[3]).wrapping_mul(K);
     // The last word's high bits reach the slot's bits too.
     h = (h ^ (h >> 16)).wrapping_mul(0x85eb_ca6b);
     h >> (32 - slots.trailing_zeros())
 }
 
-/// The ADDRESSES bucket of an address (the datapath computes it for every packet, twice);
-/// a collision costs one hash lookup.
+/// An address as the four little-endian words the slot hashes take.
+#[inline(always)]
+pub const fn address_words(addr: &[u8; 16]) -> [u32; 4] {
+    [word(addr, 0), word(addr, 4), word(addr, 8), word(addr, 12)]
+}
+
+/// The ADDRESSES bucket of an address (the datapath computes it once or twice per
+/// packet); a collision costs one hash lookup.
 #[inline(always)]
 pub const fn address_bucket(addr: &[u8; 16], family: u8) -> u32 {
-    address_slot(addr, family as u32, crate::consts::ADDRESS_BUCKETS)
+    address_bucket_words(&address_words(addr), family)
+}
+
+/// [`address_bucket`] of an address given as its words ([`address_slot_words`]).
+#[inline(always)]
+pub const fn address_bucket_words(words: &[u32; 4], family: u8) -> u32 {
+    address_slot_words(words, family as u32, crate::consts::ADDRESS_BUCKETS)
 }
 
 /// Hash of arbitrary bytes with a seed (userspace: Maglev permutations of backends).
@@ -262,6 +281,22 @@ mod tests {
                 address_bucket(&a, family),
                 expected,
                 "address_bucket changed for {text}"
+            );
+        }
+    }
+
+    /// The datapath hashes a flow's addresses from words it reads in place; userspace
+    /// from the bytes. Both must land in the same bucket.
+    #[test]
+    fn flow_key_words_hash_as_the_address_bytes() {
+        for (src, dst) in [("198.18.0.1", "198.18.1.1"), ("fd00::1", "fd00:1::20")] {
+            let key = tuple(src, dst, (40_000, 80), IPPROTO_TCP);
+            assert_eq!(key.src_words(), address_words(&key.src));
+            assert_eq!(key.dst_words(), address_words(&key.dst));
+            assert_eq!(
+                address_bucket_words(&key.dst_words(), key.family),
+                address_bucket(&key.dst, key.family),
+                "{dst}"
             );
         }
     }

@@ -62,10 +62,7 @@ pub fn cost_counters(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn cost_address_buckets(ctx: XdpContext) -> u32 {
     with_packet(&ctx, |_, packet| {
-        let flow = &packet.flow;
-        lookup::address_class(&flow.dst, flow.family)
-            | lookup::address_class(&flow.src, flow.family)
-            != 0
+        lookup::dst_class(&packet.flow) | lookup::src_class(&packet.flow) != 0
     })
 }
 

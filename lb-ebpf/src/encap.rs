@@ -23,7 +23,7 @@ use network_types::{
 };
 
 use crate::{
-    Outcome, answer_too_big, csum,
+    Outcome, answer_too_big, copy, csum,
     forward::{self, HopSlot, Route},
     maps::encap_source,
     parse::{self, L4, Packet, ptr_at},
@@ -191,16 +191,22 @@ fn encapsulate(
         ip.payload_len = (inner_len as u16).to_be_bytes();
         ip.next_hdr = protocol;
         ip.hop_limit = OUTER_TTL;
-        ip.src_addr = src;
-        ip.dst_addr = *dst;
+        // SAFETY: the header is bounds checked and 2-aligned, as is a Backend's address
+        // (offset 0 of its map value).
+        unsafe {
+            copy::write_halves(ip.src_addr.as_mut_ptr(), &copy::halves_of::<16, 8>(src));
+            copy::write_halves(
+                ip.dst_addr.as_mut_ptr(),
+                &copy::read_halves::<8>(dst.as_ptr()),
+            );
+        }
     } else {
         // SAFETY: bounds checked.
         unsafe { *ethertype = ETH_P_IPV4 };
         let ip = ptr_at::<[u8; 20]>(ctx, l3)?;
-        // SAFETY: bounds checked.
-        let ip = unsafe { &mut *ip };
         let [len_high, len_low] = ((inner_len + added) as u16).to_be_bytes();
-        *ip = [
+        // Built in registers, its checksum computed there, then stored as words.
+        let mut header = [
             0x45,
             inner.tos,
             len_high,
@@ -222,9 +228,11 @@ fn encapsulate(
             dst[2],
             dst[3],
         ];
-        let [high, low] = csum::ipv4_header(ip).to_be_bytes();
-        ip[10] = high;
-        ip[11] = low;
+        let [high, low] = csum::ipv4_header(&header).to_be_bytes();
+        header[10] = high;
+        header[11] = low;
+        // SAFETY: bounds checked; 2-aligned (see `copy`).
+        unsafe { copy::write_halves(ip.cast(), &copy::halves_of::<20, 10>(header)) };
     }
     Some(())
 }

@@ -23,7 +23,7 @@ use lb_common::{
 use network_types::eth::EthHdr;
 
 use crate::{
-    Outcome, encap, forward, lookup,
+    Outcome, copy, encap, forward, lookup,
     maps::{BACKEND_HOPS, BACKENDS, FLOW_CACHE, PARSED, ablated, flow_cache_ns},
     nat::{self, Side},
     parse::{self, L4, Packet, ptr_at},
@@ -43,9 +43,7 @@ pub fn forward(ctx: &XdpContext) -> u64 {
     };
     // SAFETY: this CPU's slot, written by `lb` before this call.
     let parsed = unsafe { &*packet };
-    if !cacheable(parsed)
-        || !lookup::may_be_vip(lookup::address_class(&parsed.flow.dst, parsed.flow.family))
-    {
+    if !cacheable(parsed) || !lookup::may_be_vip(u32::from(parsed.dst_class)) {
         return MISS;
     }
     // Untagged (`cacheable`): a constant offset for the verifier.
@@ -204,13 +202,13 @@ pub fn fill(
     // SAFETY: this CPU's slot, as in `forward`.
     unsafe {
         let entry: &mut CachedFlow = &mut *entry;
-        entry.key = packet.flow;
+        copy::words(&mut entry.key, &packet.flow);
         entry.backend_id = backend_id;
         entry.generation = backend.generation;
         entry.vip_id = backend.vip_id;
         entry.ingress_ifindex = parse::ingress_ifindex(ctx);
         if let Some(hop) = hop {
-            entry.hop = *hop;
+            copy::words(&mut entry.hop, hop);
         }
         match local_mac {
             Some(mac) => {

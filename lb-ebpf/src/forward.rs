@@ -20,13 +20,10 @@ use lb_common::{
     service::Addr,
     stats::Stat,
 };
-use network_types::{
-    eth::EthHdr,
-    ip::{Ipv4Hdr, Ipv6Hdr},
-};
+use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::{
-    Outcome,
+    Outcome, copy,
     csum::Delta,
     maps::{BACKEND_HOPS, HOPS, TX_PORTS, UNATTACHED_EGRESS, ablated},
     parse::{Packet, ptr_at},
@@ -236,13 +233,16 @@ pub fn send(ctx: &XdpContext, packet: &Packet, hop: &NextHop, forwarded: Stat) -
 /// lacks the ingress interface.
 #[inline(always)]
 pub fn transmit(ctx: &XdpContext, hop: &NextHop, forwarded: Stat) -> Outcome {
-    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+    let Some(macs) = ptr_at::<[u8; 12]>(ctx, 0) else {
         return Outcome::drop(Stat::DropFibFailure);
     };
-    // SAFETY: bounds checked.
-    let eth = unsafe { &mut *eth };
-    eth.dst_addr = hop.dmac;
-    eth.src_addr = hop.smac;
+    // SAFETY: bounds checked; the frame and both MACs of a NextHop (offsets 24 and 30 of
+    // an 8-aligned struct) are 2-aligned.
+    unsafe {
+        let [d0, d1, d2] = copy::read_halves::<3>(hop.dmac.as_ptr());
+        let [s0, s1, s2] = copy::read_halves::<3>(hop.smac.as_ptr());
+        copy::write_halves(macs.cast(), &[d0, d1, d2, s0, s1, s2]);
+    }
     match TX_PORTS.redirect(hop.ifindex, 0) {
         Ok(action) => Outcome::new(action, forwarded),
         Err(_) if hop.ifindex == crate::parse::ingress_ifindex(ctx) => {

@@ -5,7 +5,7 @@
 use lb_common::{
     consts::{ABLATE_ADDRESS_FILTER, ADDRESS_BACKEND, ADDRESS_VIP},
     flow::FlowKey,
-    hash::address_bucket,
+    hash::{address_bucket, address_bucket_words},
     service::{Addr, Endpoint, EndpointKey, VipInfo, VipKey},
 };
 
@@ -21,13 +21,27 @@ use crate::{
 /// this address; a bit set means one may.
 #[inline(always)]
 pub fn address_class(addr: &Addr, family: u8) -> u32 {
+    class_of_bucket(address_bucket(addr, family))
+}
+
+/// [`address_class`] of a flow's destination, its words read in place.
+#[inline(always)]
+pub fn dst_class(flow: &FlowKey) -> u32 {
+    class_of_bucket(address_bucket_words(&flow.dst_words(), flow.family))
+}
+
+/// [`address_class`] of a flow's source, its words read in place.
+#[inline(always)]
+pub fn src_class(flow: &FlowKey) -> u32 {
+    class_of_bucket(address_bucket_words(&flow.src_words(), flow.family))
+}
+
+#[inline(always)]
+fn class_of_bucket(bucket: u32) -> u32 {
     if ablated(ABLATE_ADDRESS_FILTER) {
         return ADDRESS_VIP | ADDRESS_BACKEND;
     }
-    ADDRESSES
-        .get(address_bucket(addr, family))
-        .copied()
-        .unwrap_or(0)
+    ADDRESSES.get(bucket).copied().unwrap_or(0)
 }
 
 #[inline(always)]

@@ -8,6 +8,7 @@
 
 mod baseline;
 mod conntrack;
+mod copy;
 mod costs;
 mod csum;
 mod encap;
@@ -23,6 +24,8 @@ mod policy;
 mod select;
 mod stats;
 mod too_big;
+
+use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp,
@@ -114,15 +117,15 @@ const IN_SLOT: u64 = u64::MAX;
 /// without this bit is such an action, and that program counted its verdict.
 const PACKED: u64 = 1 << 63;
 
-/// A whole, untagged TCP or UDP packet whose addresses no VIP and no backend can have.
+/// A whole, untagged TCP or UDP packet whose addresses no VIP and no backend can have
+/// (its destination's class already read into `dst_class`).
 #[inline(always)]
 fn not_ours(packet: &Packet) -> bool {
-    let flow = &packet.flow;
     matches!(packet.l4, L4::Tcp | L4::Udp)
         && packet.fragment == parse::FRAGMENT_NONE
         && packet.l3_offset == parse::UNTAGGED_L3_OFFSET
-        && !lookup::may_be_vip(lookup::address_class(&flow.dst, flow.family))
-        && !lookup::may_be_backend(lookup::address_class(&flow.src, flow.family))
+        && !lookup::may_be_vip(u32::from(packet.dst_class))
+        && !lookup::may_be_backend(lookup::src_class(&packet.flow))
 }
 
 /// Parses the packet into this CPU's PARSED slot (and returns [`IN_SLOT`]), or returns the
@@ -134,17 +137,20 @@ fn not_ours(packet: &Packet) -> bool {
 fn parse_into_slot(ctx: &XdpContext) -> u64 {
     let outcome = match parse::parse(ctx, true) {
         Ok(Parsed::NotIp) => Outcome::pass(Stat::PassNotIp),
-        // TCP or UDP for no VIP and from no backend (their address buckets say so): the
-        // kernel's, with no further call.
-        Ok(Parsed::Ip(packet)) if not_ours(&packet) => Outcome::pass(Stat::PassNotVip),
-        Ok(Parsed::Ip(packet)) => match PARSED.get_ptr_mut(0) {
-            Some(slot) => {
-                // SAFETY: this CPU's slot; the program is not re-entered on a CPU.
-                unsafe { *slot = packet };
-                return IN_SLOT;
+        Ok(Parsed::Ip(mut packet)) => {
+            packet.dst_class = lookup::dst_class(&packet.flow) as u8;
+            match PARSED.get_ptr_mut(0) {
+                // TCP or UDP for no VIP and from no backend (their address buckets say
+                // so): the kernel's, with no further call.
+                _ if not_ours(&packet) => Outcome::pass(Stat::PassNotVip),
+                Some(slot) => {
+                    // SAFETY: this CPU's slot; the program is not re-entered on a CPU.
+                    unsafe { *slot = packet };
+                    return IN_SLOT;
+                }
+                None => Outcome::pass(Stat::PassNotVip),
             }
-            None => Outcome::pass(Stat::PassNotVip),
-        },
+        }
         // Malformed packets are not ours to judge: the kernel stack drops or answers them.
         Err(malformed) => Outcome::pass(malformed.reason()),
     };
@@ -250,10 +256,16 @@ fn process(ctx: &XdpContext) -> u64 {
     let Some(packet) = PARSED.get_ptr(0) else {
         return Outcome::pass(Stat::PassNotVip).pack();
     };
-    // SAFETY: this CPU's slot, written by `lb` before this call. Copied: LLVM keeps a
-    // local's fields in registers.
-    let packet = unsafe { *packet }.bounded();
-    slow_path(ctx, &packet).pack()
+    // Copied (LLVM keeps a local's fields in registers) a word at a time: a plain copy
+    // is a call to a byte-wise memmove.
+    let mut copied = MaybeUninit::<Packet>::uninit();
+    // SAFETY: this CPU's slot, written by `lb` before this call; the copy is whole.
+    let packet = unsafe {
+        copy::words(copied.as_mut_ptr(), packet);
+        copied.assume_init_mut()
+    };
+    packet.bound();
+    slow_path(ctx, packet).pack()
 }
 
 #[inline(always)]
@@ -308,8 +320,8 @@ fn slow_path(ctx: &XdpContext, packet: &Packet) -> Outcome {
     }
     // Which addresses may be a VIP's or a backend's: one array read each, so traffic for
     // neither (and a reply's VIP lookup) costs no hash lookup.
-    let dst_class = lookup::address_class(&flow.dst, flow.family);
-    let src_class = lookup::address_class(&flow.src, flow.family);
+    let dst_class = u32::from(packet.dst_class);
+    let src_class = lookup::src_class(flow);
     // Only frames the kernel would take as its own are forwarded: one that reached this
     // interface for another MAC (flooded unknown unicast, a bridge port, promiscuous
     // mode) reaches every lb node alike, and each would forward a copy.

@@ -9,7 +9,10 @@ use core::mem;
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    consts::{ABLATE_IPV4_CHECKSUM, FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP},
+    consts::{
+        ABLATE_IPV4_CHECKSUM, ADDRESS_BACKEND, ADDRESS_VIP, FAMILY_V4, FAMILY_V6, IPPROTO_TCP,
+        IPPROTO_UDP,
+    },
     flow::FlowKey,
     service::Addr,
     stats::Stat,
@@ -95,6 +98,9 @@ pub struct Packet {
     /// `FRAGMENT_*`: whole, first or later fragment. A first TCP/UDP fragment has its
     /// `l4` and ports like a whole packet.
     pub fragment: u8,
+    /// The `ADDRESS_*` bits of the destination's bucket, read once by `lb` for the flow
+    /// cache and the slow path; both bits ("may be either") until then.
+    pub dst_class: u8,
     /// Addresses, protocol and, for TCP and UDP, ports (host order).
     pub flow: FlowKey,
 }
@@ -119,10 +125,16 @@ impl Packet {
     /// length fits 16 bits), so that packet pointers built from them pass its checks.
     #[inline(always)]
     pub const fn bounded(mut self) -> Self {
+        self.bound();
+        self
+    }
+
+    /// [`Packet::bounded`], in place.
+    #[inline(always)]
+    pub const fn bound(&mut self) {
         self.l3_offset &= 0x3f;
         self.l4_offset &= 0xff;
         self.ip_len &= 0xffff;
-        self
     }
 
     /// A SYN without ACK: the first packet of a new connection.
@@ -154,10 +166,15 @@ pub enum Parsed {
 
 /// An IPv4 address from a header, as an [`Addr`]. Addresses are moved as whole words:
 /// built byte by byte, LLVM keeps each of the 16 bytes in its own 8-byte stack slot, and
-/// the program outgrows the 512-byte BPF stack.
+/// the program outgrows the 512-byte BPF stack. Read as 16-bit words: every address in an
+/// IP header lies at an even offset (after 14 or 18 bytes of Ethernet and VLAN), and
+/// LLVM turns unaligned reads into one load per byte.
 #[inline(always)]
 pub fn addr_v4(octets: &[u8; 4]) -> Addr {
-    let word = u32::from_ne_bytes(*octets);
+    // SAFETY: 4 bytes from a valid reference, 2-aligned (see above).
+    let halves = unsafe { *(octets as *const [u8; 4] as *const [u16; 2]) };
+    // SAFETY: same size, and every bit pattern is valid.
+    let word = unsafe { core::mem::transmute::<[u16; 2], u32>(halves) };
     // SAFETY: [u32; 4] and [u8; 16] have the same size and every bit pattern is valid.
     unsafe { core::mem::transmute::<[u32; 4], Addr>([word, 0, 0, 0]) }
 }
@@ -165,10 +182,10 @@ pub fn addr_v4(octets: &[u8; 4]) -> Addr {
 /// An IPv6 address from a header, as an [`Addr`], moved as words (see [`addr_v4`]).
 #[inline(always)]
 pub fn addr_v6(bytes: &[u8; 16]) -> Addr {
-    // SAFETY: reads 16 bytes from a valid reference; unaligned reads are allowed.
-    let words = unsafe { core::ptr::read_unaligned(bytes as *const Addr as *const [u32; 4]) };
+    // SAFETY: 16 bytes from a valid reference, 2-aligned (see `addr_v4`).
+    let halves = unsafe { *(bytes as *const Addr as *const [u16; 8]) };
     // SAFETY: as in `addr_v4`.
-    unsafe { core::mem::transmute::<[u32; 4], Addr>(words) }
+    unsafe { core::mem::transmute::<[u16; 8], Addr>(halves) }
 }
 
 /// Start of the packet. The context is read with a volatile load so that LLVM never turns
@@ -287,6 +304,7 @@ pub fn parse(ctx: &XdpContext, counted: bool) -> Result<Parsed, Malformed> {
         tcp_flags,
         ip_len,
         fragment,
+        dst_class: (ADDRESS_VIP | ADDRESS_BACKEND) as u8,
         flow,
     }))
 }
@@ -338,6 +356,26 @@ fn parse_ipv4(
 /// The one's complement sum of the IPv4 header (at most 60 bytes) is all ones.
 #[inline(always)]
 fn header_checksum_ok(ctx: &XdpContext, offset: usize, header_len: usize) -> bool {
+    // Without options (nearly every packet): ten 16-bit loads, one bounds check. A one's
+    // complement sum is the same in either byte order, so the words are summed as they
+    // lie in memory.
+    if header_len == Ipv4Hdr::LEN {
+        let Some(header) = ptr_at::<[u16; 10]>(ctx, offset) else {
+            return false;
+        };
+        // SAFETY: bounds checked by ptr_at; the header starts at an even offset (after
+        // 14 or 18 bytes of Ethernet and VLAN) of a frame the driver aligns.
+        let w = unsafe { *header };
+        let mut sum = 0u32;
+        let mut i = 0;
+        while i < 10 {
+            sum += u32::from(w[i]);
+            i += 1;
+        }
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        return sum == 0xffff;
+    }
     let mut sum = 0u32;
     for word in 0..30 {
         if word * 2 >= header_len {

@@ -18,7 +18,7 @@ use network_types::{
 };
 
 use crate::{
-    Outcome, forward,
+    Outcome, copy, forward,
     icmp::{OWN_TTL, swap_macs},
     maps::ICMP_RATE,
     parse::{ICMP_HEADER, Packet, ptr_at},
@@ -100,8 +100,9 @@ pub fn move_l2_header(ctx: &XdpContext, from: usize, vlan: bool) -> bool {
     let (Some(old), Some(new)) = (ptr_at::<[u8; 14]>(ctx, from), ptr_at::<[u8; 14]>(ctx, 0)) else {
         return false;
     };
-    // SAFETY: both bounds checked; `from` ≥ 28, so the two do not overlap.
-    unsafe { *new = *old };
+    // SAFETY: both bounds checked and 2-aligned (`from` is even); `from` ≥ 20, so the two
+    // do not overlap.
+    unsafe { copy::write_halves(new.cast(), &copy::read_halves::<7>(old.cast())) };
     if vlan {
         let (Some(old), Some(new)) = (
             ptr_at::<[u8; 4]>(ctx, from + 14),
@@ -110,7 +111,7 @@ pub fn move_l2_header(ctx: &XdpContext, from: usize, vlan: bool) -> bool {
             return false;
         };
         // SAFETY: as above.
-        unsafe { *new = *old };
+        unsafe { copy::write_halves(new.cast(), &copy::read_halves::<2>(old.cast())) };
     }
     true
 }
