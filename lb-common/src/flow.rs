@@ -192,9 +192,9 @@ pub const fn unproven_timeout_ns(state: u8, timeouts: &Timeouts) -> u64 {
 /// A proven flow's forwarding decision, cached per CPU in a direct-mapped slot (see
 /// [`flow_cache_slot`]): the established fast path reads this one array slot instead of the
 /// conntrack hash, the next-hop slot and the MAC table. It answers only for its `key` and
-/// ingress interface, until `valid_until_ns`, and only while its backend (re-read every
-/// packet) still serves the flow; the slow path fills it and refreshes conntrack at least
-/// that often. Not pinned: a new program starts with an empty cache.
+/// ingress interface, until `valid_until_jiffies`, and only while its backend (re-read
+/// every packet) still serves the flow; the slow path fills it and refreshes conntrack at
+/// least that often. Not pinned: a new program starts with an empty cache.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CachedFlow {
@@ -211,8 +211,15 @@ pub struct CachedFlow {
     /// `FLOW_CACHE_*` bits.
     pub flags: u8,
     pub _pad: u8,
-    pub valid_until_ns: u64,
+    /// In jiffies (`bpf_jiffies64`, which the verifier inlines into one load, where the
+    /// nanosecond clock is a helper call): at most `FLOW_CACHE_NS` after the fill.
+    pub valid_until_jiffies: u64,
 }
+
+/// The longest a jiffy lasts, in ns: Linux's HZ is at least 100. A slot filled for
+/// `FLOW_CACHE_NS / JIFFY_NS_MAX` jiffies answers for at most `FLOW_CACHE_NS`, whatever
+/// the kernel's HZ (a tenth of it at HZ=1000).
+pub const JIFFY_NS_MAX: u64 = 10_000_000;
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for CachedFlow {}

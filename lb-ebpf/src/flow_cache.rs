@@ -4,7 +4,7 @@
 //! conntrack hash lookup and the MAC table: NAT through the next hop the slow path used,
 //! DSR through its backend's next-hop slot, inline (no tail call to `lb_encap`, no second
 //! parse). Everything else takes the slow path, which fills the slot when it forwards a
-//! proven flow. The slot answers until `valid_until_ns` (at most `FLOW_CACHE_NS`, shorter
+//! proven flow. The slot answers until `valid_until_jiffies` (at most `FLOW_CACHE_NS`, shorter
 //! than any timeout of a state it serves), so the slow path still refreshes the flow's
 //! conntrack entry and next hop that often; the backend is read again for every packet,
 //! so a backend marked down, deleted or given to another backend (its generation) stops
@@ -15,7 +15,8 @@ use lb_common::{
     consts::{ABLATE_FLOW_CACHE, BACKEND_ACTIVE, BACKEND_DRAINING, FAMILY_V4},
     encap::{MODE_DSR_L2, MODE_NAT, overhead},
     flow::{
-        CachedFlow, FLOW_CACHE_ANY_MAC, FlowKey, NEXTHOP_FLAG_ATTACHED, NextHop, flow_cache_slot,
+        CachedFlow, FLOW_CACHE_ANY_MAC, FlowKey, JIFFY_NS_MAX, NEXTHOP_FLAG_ATTACHED, NextHop,
+        flow_cache_slot,
     },
     service::Backend,
     stats::Stat,
@@ -51,18 +52,18 @@ pub fn forward(ctx: &XdpContext) -> u64 {
         l3_offset: parse::UNTAGGED_L3_OFFSET,
         ..parsed.bounded()
     };
-    hit(ctx, packet, crate::now()).map_or(MISS, Outcome::pack)
+    hit(ctx, packet).map_or(MISS, Outcome::pack)
 }
 
 #[inline(always)]
-fn hit(ctx: &XdpContext, packet: &Packet, now: u64) -> Option<Outcome> {
+fn hit(ctx: &XdpContext, packet: &Packet) -> Option<Outcome> {
     if ablated(ABLATE_FLOW_CACHE) {
         return None;
     }
     let entry = FLOW_CACHE.get_ptr(flow_cache_slot(&packet.flow))?;
     // SAFETY: this CPU's slot, valid for the run; the program is not re-entered on a CPU.
     let entry = unsafe { &*entry };
-    if now >= entry.valid_until_ns
+    if crate::jiffies() >= entry.valid_until_jiffies
         || entry.ingress_ifindex != parse::ingress_ifindex(ctx)
         || !same_flow(&entry.key, &packet.flow)
     {
@@ -85,7 +86,7 @@ fn hit(ctx: &XdpContext, packet: &Packet, now: u64) -> Option<Outcome> {
     if backend.mode == MODE_NAT {
         nat_hit(ctx, packet, entry, backend)
     } else {
-        dsr_hit(ctx, packet, entry, backend, now)
+        dsr_hit(ctx, packet, entry, backend)
     }
 }
 
@@ -114,15 +115,16 @@ fn nat_hit(
 }
 
 /// Direct server return through the backend's next-hop slot, as `lb_encap` left it: a
-/// slot gone stale, a route lb cannot send on, or a packet that no longer fits leaves the
-/// decision to the slow path (which answers too-big packets and drops what it must).
+/// slot for another route, a route lb cannot send on, or a packet that no longer fits
+/// leaves the decision to the slow path (which answers too-big packets and drops what it
+/// must). The slot's age is not checked (that needs the nanosecond clock): as with a NAT
+/// slot's copy of its hop, the route is at most `NEXTHOP_TTL_NS` older than the fill.
 #[inline(always)]
 fn dsr_hit(
     ctx: &XdpContext,
     packet: &Packet,
     entry: &CachedFlow,
     backend: &Backend,
-    now: u64,
 ) -> Option<Outcome> {
     if backend.family == FAMILY_V4 && !packet.is_v4() {
         return None;
@@ -130,13 +132,8 @@ fn dsr_hit(
     let hop = BACKEND_HOPS.get_ptr(entry.backend_id)?;
     // SAFETY: this CPU's slot, valid for the run.
     let hop = unsafe { &*hop };
-    if !forward::fresh(
-        hop,
-        now,
-        entry.ingress_ifindex,
-        backend.family,
-        &backend.addr,
-    ) || hop.flags & NEXTHOP_FLAG_ATTACHED == 0
+    if !forward::same_route(hop, entry.ingress_ifindex, backend.family, &backend.addr)
+        || hop.flags & NEXTHOP_FLAG_ATTACHED == 0
     {
         return None;
     }
@@ -189,9 +186,8 @@ pub fn fill(
     backend_id: u32,
     backend: &Backend,
     hop: Option<&NextHop>,
-    now: u64,
 ) {
-    let valid_for = flow_cache_ns();
+    let valid_for = flow_cache_ns() / JIFFY_NS_MAX;
     if ablated(ABLATE_FLOW_CACHE) || valid_for == 0 || !cacheable(packet) {
         return;
     }
@@ -217,7 +213,23 @@ pub fn fill(
             }
             None => entry.flags = FLOW_CACHE_ANY_MAC,
         }
-        entry.valid_until_ns = now + valid_for;
+        entry.valid_until_jiffies = crate::jiffies() + valid_for;
+    }
+}
+
+/// Forgets this CPU's slot for `flow` if it holds it: a SYN reusing the 5-tuple of a
+/// cached flow opens a new connection, balanced afresh, whose next packets must not go
+/// to the old one's backend. (A 5-tuple's packets arrive on one CPU, by receive-side
+/// scaling.)
+#[inline(always)]
+pub fn forget(flow: &FlowKey) {
+    if let Some(entry) = FLOW_CACHE.get_ptr_mut(flow_cache_slot(flow)) {
+        // SAFETY: this CPU's slot, as in `forward`.
+        unsafe {
+            if same_flow(&(*entry).key, flow) {
+                (*entry).valid_until_jiffies = 0;
+            }
+        }
     }
 }
 

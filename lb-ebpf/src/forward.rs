@@ -110,11 +110,15 @@ pub fn route(ctx: &XdpContext, packet: &Packet, out: &FlowKey, slot: HopSlot, no
 
 /// Whether a next-hop slot still answers for `dst` (of `family`) from `ingress`.
 #[inline(always)]
-pub fn fresh(hop: &NextHop, now: u64, ingress: u32, family: u8, dst: &Addr) -> bool {
-    hop.expires_ns > now
-        && hop.ingress_ifindex == ingress
-        && hop.family == family
-        && same_addr(&hop.dst, dst)
+fn fresh(hop: &NextHop, now: u64, ingress: u32, family: u8, dst: &Addr) -> bool {
+    hop.expires_ns > now && same_route(hop, ingress, family, dst)
+}
+
+/// Whether a next-hop slot holds the route to `dst` (of `family`) from `ingress`, however
+/// old.
+#[inline(always)]
+pub fn same_route(hop: &NextHop, ingress: u32, family: u8, dst: &Addr) -> bool {
+    hop.ingress_ifindex == ingress && hop.family == family && same_addr(&hop.dst, dst)
 }
 
 /// Compares two addresses a word at a time.

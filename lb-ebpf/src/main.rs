@@ -28,7 +28,9 @@ mod too_big;
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{
-    bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp,
+    bindings::xdp_action,
+    helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
+    macros::xdp,
     programs::XdpContext,
 };
 use aya_log_ebpf::{info, warn};
@@ -243,6 +245,17 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
+/// The jiffies counter (`bpf_jiffies64`, one load once the verifier inlines it): the flow
+/// cache's clock, so that its hits make no helper call.
+#[inline(always)]
+fn jiffies() -> u64 {
+    if maps::ablated(ABLATE_CLOCK) {
+        return 0;
+    }
+    // SAFETY: no preconditions.
+    unsafe { bpf_jiffies64() }
+}
+
 /// IPv6 next-header values that are extension headers (RFC 8200, RFC 7045).
 const fn is_ipv6_extension(next_header: u8) -> bool {
     matches!(next_header, 0 | 43 | 44 | 51 | 60 | 135 | 139 | 140)
@@ -358,8 +371,12 @@ fn to_backend(ctx: &XdpContext, packet: &Packet, now: u64) -> Option<Outcome> {
     let flags = packet.tcp_flags();
     // A SYN opens a new connection even if its 5-tuple is still tracked (a client reusing
     // a port): it is balanced afresh, so drained and deleted backends get no new
-    // connections, and the entry is replaced.
-    let found = if packet.is_opening() || maps::ablated(ABLATE_CONNTRACK) {
+    // connections; its unproven entry shadows the old one (`conntrack::lookup`), and the
+    // old one's flow-cache slot is forgotten.
+    let found = if packet.is_opening() {
+        flow_cache::forget(&packet.flow);
+        Lookup::Missing
+    } else if maps::ablated(ABLATE_CONNTRACK) {
         Lookup::Missing
     } else {
         conntrack::lookup(&packet.flow, now)
@@ -469,7 +486,7 @@ fn to_backend_address(ctx: &XdpContext, packet: &Packet, chosen: &Chosen, now: u
         // Filled before `lb_encap` has routed it: a hit checks the backend's next-hop
         // slot that `lb_encap` keeps, and leaves to the slow path what it would refuse.
         if chosen.cacheable {
-            flow_cache::fill(ctx, packet, backend_id, backend, None, now);
+            flow_cache::fill(ctx, packet, backend_id, backend, None);
         }
         return send_dsr(ctx, backend_id, sent);
     }
@@ -551,8 +568,7 @@ fn pick_backend(
         // otherwise fill the table).
         None if flags & TCP_RST != 0 => stats::count_event(Stat::CtRstUntracked),
         None => {
-            // Both tables were searched for anything but a SYN.
-            conntrack::insert(&packet.flow, &conn, now, !packet.is_opening());
+            conntrack::insert(&packet.flow, &conn, now);
             stats::count_new_flow(vip.id);
             info!(
                 ctx,
@@ -639,7 +655,7 @@ fn deliver(
     if let (Some(backend), Some(hop), HopSlot::Backend(id), true, None) =
         (cache, hop, slot, attached, too_big)
     {
-        flow_cache::fill(ctx, packet, id, backend, Some(hop), now);
+        flow_cache::fill(ctx, packet, id, backend, Some(hop));
     }
     if !maps::ablated(ABLATE_NAT) && nat::rewrite(ctx, packet, side, addr, port).is_err() {
         return Outcome::drop(Stat::DropFibFailure);
@@ -699,7 +715,13 @@ fn track_reply(packet: &Packet, endpoint: &Endpoint, flags: u8, syn_ack: Option<
         family: packet.flow.family,
         _pad: [0; 2],
     };
-    if let Lookup::Live(slot, _) = conntrack::lookup(&flow, now) {
+    // A SYN-ACK answers a flow still unproven (looked up as the client's packets are).
+    let found = if syn_ack.is_some() {
+        conntrack::lookup(&flow, now)
+    } else {
+        conntrack::lookup_reply(&flow, now)
+    };
+    if let Lookup::Live(slot, _) = found {
         // SAFETY: a live entry is valid for this run (RCU).
         let conn = unsafe { &mut *slot };
         if conn.backend_id == endpoint.backend_id {

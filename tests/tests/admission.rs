@@ -3,7 +3,7 @@
 //! datagram flows fresh, and frames for another MAC are the kernel's. The real program
 //! under BPF_PROG_TEST_RUN in a FibLab; forwarded packets are re-parsed and checked.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use lb_common::{
     consts::{IPPROTO_TCP, IPPROTO_UDP, XDP_PASS, XDP_REDIRECT},
@@ -21,6 +21,7 @@ use lb_tests::{
 use lb_userspace::model::{
     limits::{Limits, Options},
     mode::Mode,
+    state::{Change, Proto, Service},
 };
 
 const CLIENT: &str = "198.18.0.1";
@@ -104,6 +105,75 @@ fn nat_tcp_is_proven_by_the_backends_answer_and_the_clients_ack() {
         let (conn, in_proven) = tracked(datapath, &flow).expect("tracked");
         assert!(in_proven, "moved to the proven table");
         assert_eq!(conn.state, CT_ESTABLISHED);
+    });
+}
+
+/// A client reusing the 5-tuple of a proven, cached connection after that connection's
+/// backend stopped taking new ones: the SYN is balanced afresh, the new connection's
+/// later packets follow it (neither the old entry nor the old flow-cache slot decides),
+/// and once proven its entry replaces the old one in the proven table.
+#[test]
+fn a_syn_reusing_a_proven_flows_port_opens_a_new_connection() {
+    lb_tests::require_root!();
+    let lab = FibLab::new();
+    lab.with_datapath(|datapath, ids| {
+        let port = 42_100;
+        let flow = key(ip(CLIENT), port, ip(VIP), 80, IPPROTO_TCP);
+        // Opened, answered, acknowledged: proven; then cached.
+        let open = |datapath: &mut Datapath| {
+            datapath.set_ingress(ids.from_client);
+            let (out, _) = datapath.run_counted(&tcp(port).build(&[]));
+            let backend = verify(&out.packet).dst;
+            datapath.set_ingress(ids.from_backends);
+            datapath.run(&reply_from(backend, port, Transport::Tcp).build(&[]));
+            datapath.set_ingress(ids.from_client);
+            let (_, delta) = datapath.run_counted(&tcp(port).acking(2).build(b"GET"));
+            assert_eq!(delta.packets(Stat::CtPromoted), 1, "{:?}", delta.moved());
+            backend
+        };
+        let old = open(datapath);
+        datapath.run(&tcp(port).acking(2).build(&[]));
+        let (_, delta) = datapath.run_counted(&tcp(port).acking(2).build(&[]));
+        assert_eq!(delta.packets(Stat::FlowCacheHit), 1, "{:?}", delta.moved());
+
+        datapath
+            .balancer
+            .apply(&Change::DrainBackend {
+                service: Service {
+                    addr: SocketAddr::new(ip(VIP), 80),
+                    proto: Proto::Tcp,
+                },
+                backend: SocketAddr::new(old, 8080),
+            })
+            .expect("drain the connection's backend");
+        let (out, delta) = datapath.run_counted(&tcp(port).build(&[]));
+        let new = verify(&out.packet).dst;
+        assert_ne!(new, old, "balanced afresh: {:?}", delta.moved());
+        assert_eq!(delta.packets(Stat::ForwardNew), 1, "{:?}", delta.moved());
+        assert_eq!(proven(datapath, &flow), Some(false), "tracked unproven");
+        for _ in 0..3 {
+            let (out, delta) = datapath.run_counted(&tcp(port).acking(7).build(b"x"));
+            assert_eq!(verify(&out.packet).dst, new, "{:?}", delta.moved());
+            assert_eq!(delta.packets(Stat::FlowCacheHit), 0, "{:?}", delta.moved());
+        }
+
+        datapath.set_ingress(ids.from_backends);
+        datapath.run(&reply_from(new, port, Transport::Tcp).build(&[]));
+        datapath.set_ingress(ids.from_client);
+        let (out, delta) = datapath.run_counted(&tcp(port).acking(2).build(b"GET"));
+        assert_eq!(verify(&out.packet).dst, new);
+        assert_eq!(delta.packets(Stat::CtPromoted), 1, "{:?}", delta.moved());
+        let (unproven, proven) = datapath
+            .balancer
+            .maps()
+            .tracked_entries(&flow)
+            .expect("read conntrack");
+        assert!(unproven.is_none(), "moved out of the unproven table");
+        let old_entry = proven.expect("in the proven table");
+        for _ in 0..3 {
+            let (out, _) = datapath.run_counted(&tcp(port).acking(2).build(&[]));
+            assert_eq!(verify(&out.packet).dst, new, "{old_entry:?}");
+        }
     });
 }
 

@@ -173,7 +173,10 @@ impl Controller {
             .map_err(datapath_error)?
             .is_some();
         // conntrack.rs `lookup` and select.rs `tracked` (BACKENDS[conn.backend_id]).
-        let (tracked, proven) = match maps.tracked_entry(key).map_err(datapath_error)? {
+        let (unproven, proven) = maps.tracked_entries(key).map_err(datapath_error)?;
+        let now_ns = monotonic_coarse_ns();
+        let entry = explain::looked_up(unproven, proven, now_ns, &self.timeouts);
+        let (tracked, proven) = match entry {
             Some((conn, proven)) => (
                 Some((conn, maps.backend(conn.backend_id).map_err(datapath_error)?)),
                 proven,
@@ -207,7 +210,7 @@ impl Controller {
             client_is_endpoint,
             proto: key.proto,
             source_refused,
-            now_ns: monotonic_coarse_ns(),
+            now_ns,
             timeouts: self.timeouts,
         };
         Ok((facts, place))

@@ -311,17 +311,28 @@ impl ServiceMaps {
         ))
     }
 
-    /// The conntrack entry of a client → VIP flow, and whether it is proven.
+    /// The conntrack entry of a client → VIP flow, and whether it is proven (unproven
+    /// first, where the datapath looks first).
     pub fn tracked_entry(&self, flow: &FlowKey) -> Result<Option<(Conn, bool)>, MapError> {
-        for (map, proven) in [(&self.conntrack, true), (&self.unproven, false)] {
-            let map = HashMap::<&MapData, FlowKey, Conn>::try_from(map)?;
-            match map.get(flow, 0) {
-                Ok(conn) => return Ok(Some((conn, proven))),
-                Err(MapError::KeyNotFound) => {}
-                Err(error) => return Err(error),
+        let (unproven, proven) = self.tracked_entries(flow)?;
+        Ok(unproven
+            .map(|conn| (conn, false))
+            .or(proven.map(|conn| (conn, true))))
+    }
+
+    /// A client → VIP flow's entries in CT_UNPROVEN and CONNTRACK.
+    pub fn tracked_entries(
+        &self,
+        flow: &FlowKey,
+    ) -> Result<(Option<Conn>, Option<Conn>), MapError> {
+        let entry = |map| -> Result<Option<Conn>, MapError> {
+            match HashMap::<&MapData, FlowKey, Conn>::try_from(map)?.get(flow, 0) {
+                Ok(conn) => Ok(Some(conn)),
+                Err(MapError::KeyNotFound) => Ok(None),
+                Err(error) => Err(error),
             }
-        }
-        Ok(None)
+        };
+        Ok((entry(&self.unproven)?, entry(&self.conntrack)?))
     }
 
     /// The conntrack entry of a client → VIP flow, in either table.

@@ -99,7 +99,7 @@ impl Verdict {
 /// What the maps hold for one client → VIP flow, read with the keys the datapath builds.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Facts {
-    /// CONNTRACK[flow] (else CT_UNPROVEN[flow]), and BACKENDS[its backend_id].
+    /// The entry [`looked_up`] finds, and BACKENDS[its backend_id].
     pub tracked: Option<(Conn, Backend)>,
     /// The entry is in CONNTRACK (proven), not CT_UNPROVEN.
     pub proven: bool,
@@ -253,6 +253,21 @@ pub enum Entry {
     Stale,
 }
 
+/// The entry conntrack.rs `lookup` takes for a client → VIP packet: a live unproven one,
+/// else the proven one (live or expired), else an expired unproven one; `true`: proven.
+pub fn looked_up(
+    unproven: Option<Conn>,
+    proven: Option<Conn>,
+    now_ns: u64,
+    timeouts: &Timeouts,
+) -> Option<(Conn, bool)> {
+    match (unproven, proven) {
+        (Some(conn), _) if !conn.expired_unproven(now_ns, timeouts) => Some((conn, false)),
+        (_, Some(conn)) => Some((conn, true)),
+        (unproven, None) => unproven.map(|conn| (conn, false)),
+    }
+}
+
 pub fn entry(facts: &Facts) -> Entry {
     match &facts.tracked {
         None => Entry::Missing,
@@ -366,6 +381,36 @@ mod tests {
         assert_eq!(entry(&idle(opening, false)), Entry::Serving);
         assert_eq!(entry(&idle(opening + NS, false)), Entry::Expired);
         assert_eq!(entry(&idle(opening + NS, true)), Entry::Serving);
+    }
+
+    /// A client reusing its port: the new flow's unproven entry shadows the old proven
+    /// one while it lives, and no longer once it expired.
+    #[test]
+    fn a_live_unproven_entry_is_looked_up_before_a_proven_one() {
+        let opening = DEFAULT_TIMEOUTS_NS[0];
+        let now = facts().now_ns;
+        let timeouts = facts().timeouts;
+        let mut new = conn(now);
+        new.backend_id = 2;
+        let old = conn(now - NS);
+        assert_eq!(
+            looked_up(Some(new), Some(old), now, &timeouts),
+            Some((new, false))
+        );
+        let gone = conn(now - opening - NS);
+        assert_eq!(
+            looked_up(Some(gone), Some(old), now, &timeouts),
+            Some((old, true))
+        );
+        assert_eq!(
+            looked_up(Some(gone), None, now, &timeouts),
+            Some((gone, false))
+        );
+        assert_eq!(
+            looked_up(None, Some(old), now, &timeouts),
+            Some((old, true))
+        );
+        assert_eq!(looked_up(None, None, now, &timeouts), None);
     }
 
     #[test]
