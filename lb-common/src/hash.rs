@@ -38,16 +38,19 @@ pub type HashSeed = [u32; 2];
 /// tell which 5-tuples share a slot (murmur is not a cryptographic PRF, but it takes the
 /// seed through every round).
 #[inline(always)]
-pub const fn flow_hash(key: &FlowKey, seed: &HashSeed) -> u32 {
+pub fn flow_hash(key: &FlowKey, seed: &HashSeed) -> u32 {
+    // The addresses' words read in place (`FlowKey::src_words`): the same words as
+    // `address_words` of their bytes, in a load each.
+    let (src, dst) = (key.src_words(), key.dst_words());
     let mut h = SEED ^ seed[0];
-    h = mix(h, word(&key.src, 0));
-    h = mix(h, word(&key.src, 4));
-    h = mix(h, word(&key.src, 8));
-    h = mix(h, word(&key.src, 12));
-    h = mix(h, word(&key.dst, 0));
-    h = mix(h, word(&key.dst, 4));
-    h = mix(h, word(&key.dst, 8));
-    h = mix(h, word(&key.dst, 12));
+    h = mix(h, src[0]);
+    h = mix(h, src[1]);
+    h = mix(h, src[2]);
+    h = mix(h, src[3]);
+    h = mix(h, dst[0]);
+    h = mix(h, dst[1]);
+    h = mix(h, dst[2]);
+    h = mix(h, dst[3]);
     h = mix(h, (key.src_port as u32) << 16 | key.dst_port as u32);
     h = mix(h, key.proto as u32);
     finish(h ^ seed[1])
