@@ -10,8 +10,8 @@ use aya_ebpf::{
 use lb_common::{
     consts::{FAMILY_V4, FAMILY_V6},
     encap::{
-        EncapSource, IPPROTO_IPIP, IPPROTO_IPV6, MODE_DSR_L2, OUTER_TTL, flow_bits, outer_source,
-        overhead,
+        EncapSource, IPPROTO_IPIP, IPPROTO_IPV6, MODE_DSR_L2, OUTER_TTL, SENT_ESTABLISHED,
+        SENT_FRAGMENT, SENT_NEW_FLOW, flow_bits, outer_source, overhead,
     },
     flow::{FlowKey, NEXTHOP_FLAG_DIRECT, NextHop},
     service::Backend,
@@ -112,6 +112,17 @@ pub fn send(
     }
     stats::count(Stat::DsrIpipEncapsulated, len + overhead(backend.family));
     forward::transmit(ctx, hop, forwarded)
+}
+
+/// The reason counted for a packet sent to its DSR backend (`EncapArgs::sent`).
+#[inline(always)]
+pub const fn reason(sent: u32) -> Stat {
+    match sent {
+        SENT_NEW_FLOW => Stat::ForwardNew,
+        SENT_ESTABLISHED => Stat::ForwardEstablished,
+        SENT_FRAGMENT => Stat::ForwardFragment,
+        _ => Stat::ForwardIcmpToBackend,
+    }
 }
 
 /// What the outer header copies from the inner one.

@@ -39,7 +39,7 @@ use lb_common::{
         ABLATE_CLOCK, ABLATE_CONNTRACK, ABLATE_NAT, IPPROTO_TCP, JUMP_ENCAP, JUMP_FRAGMENT,
         JUMP_ICMP, JUMP_TOO_BIG,
     },
-    encap::{MODE_NAT, SENT_ESTABLISHED, SENT_FRAGMENT, SENT_NEW_FLOW},
+    encap::{MODE_NAT, SENT_ESTABLISHED, SENT_NEW_FLOW},
     flow::{CT_DATAGRAM, CT_ESTABLISHED, CT_FLAG_KEPT_ON_DOWN, Conn, FlowKey},
     service::{Addr, Backend, Endpoint, VipInfo},
     stats::Stat,
@@ -98,7 +98,10 @@ pub fn lb(ctx: XdpContext) -> u32 {
         // cached, one array slot decides (`flow_cache`); anything else takes the slow
         // path (one call site: the verifier walks it once).
         match flow_cache::forward(&ctx) {
-            flow_cache::MISS => process(&ctx),
+            flow_cache::MISS => match process(&ctx) {
+                DSR_PENDING => dsr(&ctx),
+                slow => slow,
+            },
             fast => fast,
         }
     };
@@ -113,6 +116,13 @@ pub fn lb(ctx: XdpContext) -> u32 {
 
 /// What [`parse_into_slot`] returns for an IP packet it wrote to PARSED.
 const IN_SLOT: u64 = u64::MAX;
+
+/// The slow path's outcome for a client's packet to a DSR backend, with `ENCAP_ARGS` set:
+/// [`dsr`] sends it once `process` returns. Not an XDP action (those end at 4), never
+/// counted.
+const TO_DSR: Outcome = Outcome::new(0xff, Stat::PassNotVip);
+/// [`TO_DSR`], as `process` returns it.
+const DSR_PENDING: u64 = TO_DSR.pack();
 
 /// Set in every word [`Outcome::pack`] makes. A tail call made inside a BPF subprogram
 /// returns to that subprogram's caller with the called program's XDP action: a word
@@ -209,15 +219,14 @@ pub fn lb_encap(ctx: XdpContext) -> u32 {
     let args = ENCAP_ARGS.get(0).copied();
     let outcome = match (parse::parse(&ctx, false), args) {
         (Ok(Parsed::Ip(packet)), Some(args)) => match BACKENDS.get(args.backend_id) {
-            Some(backend) => {
-                let reason = match args.sent {
-                    SENT_NEW_FLOW => Stat::ForwardNew,
-                    SENT_ESTABLISHED => Stat::ForwardEstablished,
-                    SENT_FRAGMENT => Stat::ForwardFragment,
-                    _ => Stat::ForwardIcmpToBackend,
-                };
-                encap::to_backend(&ctx, &packet, args.backend_id, backend, reason, now())
-            }
+            Some(backend) => encap::to_backend(
+                &ctx,
+                &packet,
+                args.backend_id,
+                backend,
+                encap::reason(args.sent),
+                now(),
+            ),
             None => Outcome::drop(Stat::DropFibFailure),
         },
         _ => Outcome::drop(Stat::DropFibFailure),
@@ -488,7 +497,7 @@ fn to_backend_address(ctx: &XdpContext, packet: &Packet, chosen: &Chosen, now: u
         if chosen.cacheable {
             flow_cache::fill(ctx, packet, backend_id, backend, None);
         }
-        return send_dsr(ctx, backend_id, sent);
+        return to_dsr_backend(backend_id, sent);
     }
     let out = FlowKey {
         dst: backend.addr,
@@ -688,8 +697,53 @@ pub fn answer_too_big(ctx: &XdpContext, mtu: u16, from: &Addr, dsr: bool) -> Out
     Outcome::drop(Stat::DropTooBig)
 }
 
-/// Hands a packet for a DSR backend to `lb_encap` (its own program: see `encap`). Dropped
-/// and counted if that program is not there.
+/// A client's packet for a DSR backend, sent on from `lb` itself (no tail call, no second
+/// parse): the packet in PARSED, the backend and why in `ENCAP_ARGS`, set by
+/// [`to_dsr_backend`]. A BPF subprogram, as `process` is: the verifier walks it once.
+#[inline(never)]
+fn dsr(ctx: &XdpContext) -> u64 {
+    let (Some(slot), Some(args)) = (PARSED.get_ptr(0), ENCAP_ARGS.get(0).copied()) else {
+        return Outcome::drop(Stat::DropFibFailure).pack();
+    };
+    let mut copied = MaybeUninit::<Packet>::uninit();
+    // SAFETY: this CPU's slot, written by `lb` before `process`; the copy is whole.
+    let packet = unsafe {
+        copy::words(copied.as_mut_ptr(), slot);
+        copied.assume_init_mut()
+    };
+    packet.bound();
+    // Untagged: the slow path passed tagged frames to the kernel before choosing.
+    packet.l3_offset = parse::UNTAGGED_L3_OFFSET;
+    let outcome = match BACKENDS.get(args.backend_id) {
+        Some(backend) => encap::to_backend(
+            ctx,
+            packet,
+            args.backend_id,
+            backend,
+            encap::reason(args.sent),
+            now(),
+        ),
+        None => Outcome::drop(Stat::DropFibFailure),
+    };
+    outcome.pack()
+}
+
+/// Leaves a client's packet for a DSR backend to [`dsr`], once `process` returns.
+#[inline(always)]
+fn to_dsr_backend(backend_id: u32, sent: u32) -> Outcome {
+    if let Some(args) = ENCAP_ARGS.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot, read by `dsr` right after.
+        unsafe {
+            (*args).backend_id = backend_id;
+            (*args).sent = sent;
+        }
+    }
+    TO_DSR
+}
+
+/// Hands a packet for a DSR backend to `lb_encap` (its own program: see `encap`), from
+/// `lb_icmp` and `lb_fragment`, which parsed it themselves. Dropped and counted if that
+/// program is not there.
 #[inline(always)]
 pub fn send_dsr(ctx: &XdpContext, backend_id: u32, sent: u32) -> Outcome {
     if let Some(args) = ENCAP_ARGS.get_ptr_mut(0) {
