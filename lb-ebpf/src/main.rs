@@ -275,19 +275,27 @@ const fn is_ipv6_extension(next_header: u8) -> bool {
 /// frame adds to the other's (the slow path leaves little of the 512 bytes).
 #[inline(never)]
 fn process(ctx: &XdpContext) -> u64 {
-    let Some(packet) = PARSED.get_ptr(0) else {
-        return Outcome::pass(Stat::PassNotVip).pack();
-    };
-    // Copied (LLVM keeps a local's fields in registers) a word at a time: a plain copy
-    // is a call to a byte-wise memmove.
-    let mut copied = MaybeUninit::<Packet>::uninit();
-    // SAFETY: this CPU's slot, written by `lb` before this call; the copy is whole.
+    let mut copied = MaybeUninit::uninit();
+    match parsed(&mut copied) {
+        Some(packet) => slow_path(ctx, packet).pack(),
+        None => Outcome::pass(Stat::PassNotVip).pack(),
+    }
+}
+
+/// The packet `lb` parsed into this CPU's PARSED slot, copied into `copied` (LLVM keeps a
+/// local's fields in registers) a word at a time (a plain copy is a call to a byte-wise
+/// memmove), its offsets bounded.
+#[inline(always)]
+fn parsed(copied: &mut MaybeUninit<Packet>) -> Option<&mut Packet> {
+    let slot = PARSED.get_ptr(0)?;
+    // SAFETY: this CPU's slot, written by `lb` before the subprograms run; the copy is
+    // whole.
     let packet = unsafe {
-        copy::words(copied.as_mut_ptr(), packet);
+        copy::words(copied.as_mut_ptr(), slot);
         copied.assume_init_mut()
     };
     packet.bound();
-    slow_path(ctx, packet).pack()
+    Some(packet)
 }
 
 #[inline(always)]
@@ -702,16 +710,10 @@ pub fn answer_too_big(ctx: &XdpContext, mtu: u16, from: &Addr, dsr: bool) -> Out
 /// [`to_dsr_backend`]. A BPF subprogram, as `process` is: the verifier walks it once.
 #[inline(never)]
 fn dsr(ctx: &XdpContext) -> u64 {
-    let (Some(slot), Some(args)) = (PARSED.get_ptr(0), ENCAP_ARGS.get(0).copied()) else {
+    let mut copied = MaybeUninit::uninit();
+    let (Some(packet), Some(args)) = (parsed(&mut copied), ENCAP_ARGS.get(0).copied()) else {
         return Outcome::drop(Stat::DropFibFailure).pack();
     };
-    let mut copied = MaybeUninit::<Packet>::uninit();
-    // SAFETY: this CPU's slot, written by `lb` before `process`; the copy is whole.
-    let packet = unsafe {
-        copy::words(copied.as_mut_ptr(), slot);
-        copied.assume_init_mut()
-    };
-    packet.bound();
     // Untagged: the slow path passed tagged frames to the kernel before choosing.
     packet.l3_offset = parse::UNTAGGED_L3_OFFSET;
     let outcome = match BACKENDS.get(args.backend_id) {
