@@ -4,11 +4,11 @@
 //! conntrack hash lookup and the MAC table: NAT through the next hop the slow path used,
 //! DSR through its backend's next-hop slot, inline (no tail call to `lb_encap`, no second
 //! parse). Everything else takes the slow path, which fills the slot when it forwards a
-//! proven flow. The slot answers until `valid_until_jiffies` (at most `FLOW_CACHE_NS`, shorter
-//! than any timeout of a state it serves), so the slow path still refreshes the flow's
-//! conntrack entry and next hop that often; the backend is read again for every packet,
-//! so a backend marked down, deleted or given to another backend (its generation) stops
-//! the cache at once.
+//! proven flow. The slot answers until `valid_until_jiffies` (at most `FLOW_CACHE_NS`,
+//! shorter than any timeout of a state it serves), so the slow path still refreshes the
+//! flow's conntrack entry and next hop that often; the backend is read again for every
+//! packet, so a backend marked down, deleted or given to another backend (its
+//! generation) stops the cache at once.
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
@@ -114,11 +114,12 @@ fn nat_hit(
     ))
 }
 
-/// Direct server return through the backend's next-hop slot, as `lb_encap` left it: a
-/// slot for another route, a route lb cannot send on, or a packet that no longer fits
-/// leaves the decision to the slow path (which answers too-big packets and drops what it
-/// must). The slot's age is not checked (that needs the nanosecond clock): as with a NAT
-/// slot's copy of its hop, the route is at most `NEXTHOP_TTL_NS` older than the fill.
+/// Direct server return through the backend's next-hop slot, as the slow path's `dsr`
+/// (or `lb_encap`) left it: a slot for another route, a route lb cannot send on, or a
+/// packet that no longer fits leaves the decision to the slow path (which answers
+/// too-big packets and drops what it must). The slot's age is not checked (that needs the
+/// nanosecond clock): as with a NAT slot's copy of its hop, the route is at most
+/// `NEXTHOP_TTL_NS` older than the fill.
 #[inline(always)]
 fn dsr_hit(
     ctx: &XdpContext,

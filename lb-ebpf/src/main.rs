@@ -500,8 +500,8 @@ fn to_backend_address(ctx: &XdpContext, packet: &Packet, chosen: &Chosen, now: u
         } else {
             SENT_NEW_FLOW
         };
-        // Filled before `lb_encap` has routed it: a hit checks the backend's next-hop
-        // slot that `lb_encap` keeps, and leaves to the slow path what it would refuse.
+        // Filled before `dsr` has routed it: a hit checks the backend's next-hop slot
+        // that `dsr` keeps, and leaves to the slow path what it would refuse.
         if chosen.cacheable {
             flow_cache::fill(ctx, packet, backend_id, backend, None);
         }

@@ -76,7 +76,9 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
             .args(options.quick.then_some("--quick"))
             .env("LB_BENCH_PLOT", &plot)
             .env("LB_BIN", &lb)
-            .stdout(Stdio::piped());
+            .stdout(Stdio::piped())
+            // Progress and, should it fail, the reason: on the terminal.
+            .stderr(Stdio::inherit());
         eprintln!("+ {}", cmd::describe(&command));
         let output = command.output().context("running cargo bench")?;
         if !output.status.success() {
