@@ -51,61 +51,34 @@ pub enum Lookup {
     Missing,
 }
 
-/// A client → VIP packet's entry: unproven first, then proven (the established packets
-/// that reach here are few: the flow cache forwards the rest). In that order a SYN needs
-/// no lookup at all: the new flow it opens goes into the unproven table, and from there
-/// it shadows a proven entry of the same 5-tuple (a client reusing its port) until it is
-/// promoted over it. An expired unproven entry does not shadow a live proven one.
+/// The flow's entry: proven first (the established fast path is one lookup), then unproven.
 #[inline(always)]
 pub fn lookup(flow: &FlowKey, now: u64) -> Lookup {
-    let unproven = match CT_UNPROVEN.get_ptr_mut(flow) {
-        Some(conn) if !idle(conn, now, false) => return Lookup::Live(conn, false),
-        found => found,
-    };
-    proven_then(flow, now, unproven)
-}
-
-/// A reply's entry (backend → client): proven first, as a reply mostly belongs to a
-/// flow proven long ago, then unproven. A SYN-ACK answers a new flow: [`lookup`].
-#[inline(always)]
-pub fn lookup_reply(flow: &FlowKey, now: u64) -> Lookup {
     if let Some(conn) = CONNTRACK.get_ptr_mut(flow) {
-        return if idle(conn, now, true) {
+        // SAFETY: the entry stays valid for this program run (RCU); a racing writer only
+        // changes which of two valid values is read.
+        let (last_seen, state) = unsafe { ((*conn).last_seen_ns, (*conn).state) };
+        return if now.saturating_sub(last_seen) > timeout_ns(state) {
             Lookup::Expired(conn)
         } else {
             Lookup::Live(conn, true)
         };
     }
-    match CT_UNPROVEN.get_ptr_mut(flow) {
-        Some(conn) if idle(conn, now, false) => Lookup::Expired(conn),
-        Some(conn) => Lookup::Live(conn, false),
-        None => Lookup::Missing,
-    }
-}
-
-/// The proven table's entry for `flow`, or else the unproven one already found (expired).
-#[inline(always)]
-fn proven_then(flow: &FlowKey, now: u64, unproven: Option<*mut Conn>) -> Lookup {
-    match (CONNTRACK.get_ptr_mut(flow), unproven) {
-        (Some(conn), _) if idle(conn, now, true) => Lookup::Expired(conn),
-        (Some(conn), _) => Lookup::Live(conn, true),
-        (None, Some(expired)) => Lookup::Expired(expired),
-        (None, None) => Lookup::Missing,
-    }
-}
-
-/// Whether the entry has been idle past its state's timeout in its table.
-#[inline(always)]
-fn idle(conn: *mut Conn, now: u64, proven: bool) -> bool {
-    // SAFETY: the entry stays valid for this program run (RCU); a racing writer only
-    // changes which of two valid values is read.
-    let (last_seen, state) = unsafe { ((*conn).last_seen_ns, (*conn).state) };
-    let timeout = if proven {
-        timeout_ns(state)
-    } else {
-        unproven_timeout_ns(state)
+    let Some(conn) = CT_UNPROVEN.get_ptr_mut(flow) else {
+        // Promoted by another CPU between the two lookups (insert into CONNTRACK, then
+        // remove from CT_UNPROVEN): found on a second look, not taken for a new flow.
+        return match CONNTRACK.get_ptr_mut(flow) {
+            Some(conn) => Lookup::Live(conn, true),
+            None => Lookup::Missing,
+        };
     };
-    now.saturating_sub(last_seen) > timeout
+    // SAFETY: as above.
+    let (last_seen, state) = unsafe { ((*conn).last_seen_ns, (*conn).state) };
+    if now.saturating_sub(last_seen) > unproven_timeout_ns(state) {
+        Lookup::Expired(conn)
+    } else {
+        Lookup::Live(conn, false)
+    }
 }
 
 /// Whether an unproven flow has shown it is real, after its client's latest packet
@@ -142,10 +115,9 @@ const fn counts_packets(conn: &Conn, nat: bool) -> bool {
 }
 
 /// Counts a client packet of an unproven flow and moves the flow to the proven table once
-/// it is proven. If the insert fails the flow stays unproven (and keeps working). An entry
-/// already there (`BPF_NOEXIST` fails: an earlier connection on the same 5-tuple, which
-/// the unproven one shadowed, or in a rare race another CPU's promotion of this one) is
-/// overwritten in place: a promotion never takes a second LRU node.
+/// it is proven. If the insert fails the flow stays unproven (and keeps working). Another
+/// CPU promoting the same flow meanwhile finds it there (`BPF_NOEXIST`), so a promotion
+/// is counted once and never takes a second LRU node.
 #[inline(always)]
 pub fn on_unproven_packet(flow: &FlowKey, slot: *mut Conn, nat: bool, ack: u32) {
     // SAFETY: the entry stays valid for this program run (RCU).
@@ -163,12 +135,7 @@ pub fn on_unproven_packet(flow: &FlowKey, slot: *mut Conn, nat: bool, ack: u32) 
             stats::count_event(Stat::CtPromoted);
         }
         Err(e) if e == -EEXIST => {
-            if let Some(tracked) = CONNTRACK.get_ptr_mut(flow) {
-                // SAFETY: the entry stays valid for this program run (RCU).
-                unsafe { *tracked = moved };
-            }
             let _ = CT_UNPROVEN.remove(flow);
-            stats::count_event(Stat::CtPromoted);
         }
         Err(_) => {}
     }
@@ -283,13 +250,19 @@ pub fn replace(slot: *mut Conn, conn: &Conn) {
     stats::count_event(Stat::CtReplaced);
 }
 
-/// Tracks a new flow, unproven: a SYN without any lookup (it shadows a proven entry of
-/// its 5-tuple, see [`lookup`]), anything else after both tables missed. If the insert
-/// fails, or the rate guard says no, the flow is forwarded anyway, since Maglev picks the
-/// same backend for its next packet. Creations are counted apart from replacements so
-/// that userspace can derive evictions.
+/// Tracks a new flow, unproven. A tracked 5-tuple (a SYN reusing a client port) is
+/// overwritten in place: in the proven table here, in the unproven one when the insert
+/// finds it there. `looked_up`: both tables were just searched and missed (a packet that
+/// is not a SYN), so the proven one is not searched again. If the insert fails, or the
+/// rate guard says no, the flow is forwarded anyway, since Maglev picks the same backend
+/// for its next packet. Creations are counted apart from replacements so that userspace
+/// can derive evictions.
 #[inline(always)]
-pub fn insert(flow: &FlowKey, conn: &Conn, now: u64) {
+pub fn insert(flow: &FlowKey, conn: &Conn, now: u64, looked_up: bool) {
+    if !looked_up && let Some(tracked) = CONNTRACK.get_ptr_mut(flow) {
+        replace(tracked, conn);
+        return;
+    }
     if !admit(now) {
         stats::count_event(Stat::CtFloodUntracked);
         return;

@@ -388,8 +388,8 @@ fn to_backend(ctx: &XdpContext, packet: &Packet, now: u64) -> Option<Outcome> {
     let flags = packet.tcp_flags();
     // A SYN opens a new connection even if its 5-tuple is still tracked (a client reusing
     // a port): it is balanced afresh, so drained and deleted backends get no new
-    // connections; its unproven entry shadows the old one (`conntrack::lookup`), and the
-    // old one's flow-cache slot is forgotten.
+    // connections, the entry is replaced, and the old connection's flow-cache slot is
+    // forgotten.
     let found = if packet.is_opening() {
         flow_cache::forget(&packet.flow);
         Lookup::Missing
@@ -585,7 +585,8 @@ fn pick_backend(
         // otherwise fill the table).
         None if flags & TCP_RST != 0 => stats::count_event(Stat::CtRstUntracked),
         None => {
-            conntrack::insert(&packet.flow, &conn, now);
+            // Both tables were searched for anything but a SYN.
+            conntrack::insert(&packet.flow, &conn, now, !packet.is_opening());
             stats::count_new_flow(vip.id);
             info!(
                 ctx,
@@ -771,13 +772,7 @@ fn track_reply(packet: &Packet, endpoint: &Endpoint, flags: u8, syn_ack: Option<
         family: packet.flow.family,
         _pad: [0; 2],
     };
-    // A SYN-ACK answers a flow still unproven (looked up as the client's packets are).
-    let found = if syn_ack.is_some() {
-        conntrack::lookup(&flow, now)
-    } else {
-        conntrack::lookup_reply(&flow, now)
-    };
-    if let Lookup::Live(slot, _) = found {
+    if let Lookup::Live(slot, _) = conntrack::lookup(&flow, now) {
         // SAFETY: a live entry is valid for this run (RCU).
         let conn = unsafe { &mut *slot };
         if conn.backend_id == endpoint.backend_id {

@@ -175,7 +175,7 @@ impl Controller {
         // conntrack.rs `lookup` and select.rs `tracked` (BACKENDS[conn.backend_id]).
         let (unproven, proven) = maps.tracked_entries(key).map_err(datapath_error)?;
         let now_ns = monotonic_coarse_ns();
-        let entry = explain::looked_up(unproven, proven, now_ns, &self.timeouts);
+        let entry = explain::looked_up(unproven, proven);
         let (tracked, proven) = match entry {
             Some((conn, proven)) => (
                 Some((conn, maps.backend(conn.backend_id).map_err(datapath_error)?)),

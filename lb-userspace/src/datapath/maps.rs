@@ -311,13 +311,13 @@ impl ServiceMaps {
         ))
     }
 
-    /// The conntrack entry of a client → VIP flow, and whether it is proven (unproven
+    /// The conntrack entry of a client → VIP flow, and whether it is proven (proven
     /// first, where the datapath looks first).
     pub fn tracked_entry(&self, flow: &FlowKey) -> Result<Option<(Conn, bool)>, MapError> {
         let (unproven, proven) = self.tracked_entries(flow)?;
-        Ok(unproven
-            .map(|conn| (conn, false))
-            .or(proven.map(|conn| (conn, true))))
+        Ok(proven
+            .map(|conn| (conn, true))
+            .or(unproven.map(|conn| (conn, false))))
     }
 
     /// A client → VIP flow's entries in CT_UNPROVEN and CONNTRACK.
