@@ -1,10 +1,17 @@
 //! Builds the XDP datapath (`lb-ebpf`) with nightly and bpf-linker, into OUT_DIR, so the
 //! `lb` binary can embed it. `cargo xtask setup` installs both; without them the build stops
 //! here with a message that says so.
+use std::{
+    env,
+    path::{Path, PathBuf},
+};
+
 use anyhow::{Context as _, anyhow, bail};
 use aya_build::Toolchain;
 
 const EBPF_PACKAGE: &str = "lb-ebpf";
+/// The binaries of lb-ebpf that the `lb` binary embeds: the datapath and the backends' decap.
+const EBPF_OBJECTS: [&str; 2] = ["lb", "decap"];
 
 fn main() -> anyhow::Result<()> {
     check_toolchain()?;
@@ -21,15 +28,66 @@ fn main() -> anyhow::Result<()> {
         .manifest_path
         .parent()
         .ok_or_else(|| anyhow!("no parent for {}", package.manifest_path))?;
-    aya_build::build_ebpf(
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?);
+    let shared = shared_ebpf_dir(&out_dir);
+    // aya-build builds into `$OUT_DIR/aya-build/target`: pointed at one directory for every
+    // profile (check, dev, release, clippy), the datapath is built once, not once each.
+    // Always `--release`; the nested cargo's lock serialises concurrent builds.
+    std::fs::create_dir_all(&shared).with_context(|| format!("creating {}", shared.display()))?;
+    // Held until the objects are copied out: another profile's build script must not
+    // rewrite them while this one reads them.
+    let lock = lock_exclusive(&shared.join(".lock"))?;
+    // SAFETY: a build script is single-threaded; nothing else reads the environment now.
+    unsafe { env::set_var("OUT_DIR", &shared) };
+    let built = aya_build::build_ebpf(
         [aya_build::Package {
             name: EBPF_PACKAGE,
             root_dir: root_dir.as_str(),
             ..Default::default()
         }],
         Toolchain::default(),
-    )?;
+    );
+    // SAFETY: as above.
+    unsafe { env::set_var("OUT_DIR", &out_dir) };
+    built?;
+    for object in EBPF_OBJECTS {
+        let built = shared.join(object);
+        // Absent only with AYA_BUILD_SKIP, which datapath_build_id reports.
+        if built.exists() {
+            std::fs::copy(&built, out_dir.join(object))
+                .with_context(|| format!("copying {} into OUT_DIR", built.display()))?;
+        }
+    }
+    drop(lock);
     datapath_build_id()
+}
+
+/// Opens and locks `path`; the lock goes with the file when it is dropped.
+fn lock_exclusive(path: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd as _;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    // SAFETY: flock on a descriptor this function owns; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("locking {}", path.display()));
+    }
+    Ok(file)
+}
+
+/// `<target>/lb-ebpf`, beside the profiles' directories: OUT_DIR is
+/// `<target>/[<triple>/]<profile>/build/<crate>-<hash>/out`, so the directory above the
+/// profile's is found by looking for `build` among its ancestors.
+fn shared_ebpf_dir(out_dir: &Path) -> PathBuf {
+    let profile_dir = out_dir
+        .ancestors()
+        .find(|dir| dir.file_name().is_some_and(|name| name == "build"))
+        .and_then(Path::parent);
+    match profile_dir.and_then(Path::parent) {
+        Some(target) => target.join("lb-ebpf"),
+        // An unusual layout: keep the build per profile rather than guess.
+        None => out_dir.to_owned(),
+    }
 }
 
 /// `LB_DATAPATH_BUILD`: the first 12 hex digits of the SHA-256 of the embedded `lb` object,

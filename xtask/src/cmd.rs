@@ -54,11 +54,12 @@ pub fn privileged_cargo() -> anyhow::Result<Command> {
     Ok(cmd)
 }
 
-/// One integration test of lb-tests on the release build, its output shown as it runs.
-pub fn release_test(test: &str) -> anyhow::Result<Command> {
+/// The tests of one module (`fuzz`, `soak`) of an lb-tests harness (`ebpf`, `lab`) on the
+/// release build, their output shown as they run.
+pub fn release_test(harness: &str, module: &str) -> anyhow::Result<Command> {
     let mut cmd = privileged_cargo()?;
-    cmd.args(["test", "--release", "-p", "lb-tests", "--test", test])
-        .args(["--", "--nocapture"]);
+    cmd.args(["test", "--release", "-p", "lb-tests", "--test", harness])
+        .args(["--", &format!("{module}::"), "--nocapture"]);
     Ok(cmd)
 }
 

@@ -32,7 +32,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         options.count
     );
     cmd::run(
-        cmd::release_test("fuzz")?
+        cmd::release_test("ebpf", "fuzz")?
             .env("LB_FUZZ_COUNT", options.count.to_string())
             .env("LB_FUZZ_SEED", seed.to_string()),
     )

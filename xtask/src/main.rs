@@ -85,9 +85,6 @@ fn main() -> anyhow::Result<()> {
             eprintln!("{files} files: every import goes downward, no cycles");
             Ok(())
         }
-        Task::Test => {
-            setup::run()?;
-            test::run()
-        }
+        Task::Test => test::run(),
     }
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask setup`: idempotently installs what a fresh host lacks for building and testing.
 //!
 //! - `rust-src` for nightly (the eBPF crate is built with `-Z build-std=core`);
+//! - cargo-nextest, which runs the tests of `cargo xtask test`;
 //! - bpf-linker, built against nightly's own libLLVM so both agree on the LLVM version. Its
 //!   LLVM prefix lives under `$CARGO_HOME` because the binary keeps an rpath to it;
 //! - the Debian packages the tests drive (iproute2, ethtool, util-linux's nsenter, and
@@ -15,6 +16,8 @@ use crate::cmd::{self, cargo_home, succeeds};
 
 const NIGHTLY: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The release `.config/nextest.toml` is written for (test groups, `--no-tests`).
+const NEXTEST_VERSION: &str = "0.9.143";
 /// Commands (or, when absolute, files) the tests need, and the Debian package of each.
 const TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
@@ -58,6 +61,7 @@ pub fn run() -> anyhow::Result<()> {
     ensure_nightly()?;
     ensure_rust_src()?;
     ensure_bpf_linker()?;
+    ensure_nextest()?;
     ensure_tools(TOOLS)?;
     eprintln!("setup: ready ({:.1}s)", started.elapsed().as_secs_f64());
     Ok(())
@@ -138,6 +142,21 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// cargo-nextest runs `cargo xtask test`'s tests: in groups, with a timeout per test.
+fn ensure_nextest() -> anyhow::Result<()> {
+    if succeeds(cmd::cargo()?.args(["nextest", "--version"])) {
+        return Ok(());
+    }
+    eprintln!("setup: building cargo-nextest {NEXTEST_VERSION} (a few minutes)");
+    cmd::run(Command::new("cargo").args([
+        "install",
+        "cargo-nextest",
+        "--version",
+        NEXTEST_VERSION,
+        "--locked",
+    ]))
 }
 
 /// The real shared library in nightly's sysroot (the other libLLVM file is a linker script).

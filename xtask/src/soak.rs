@@ -23,7 +23,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
     let lb = build::run(&build::Options { release: true })?;
     eprintln!("soak: {} s against {}", options.secs, lb.display());
     cmd::run(
-        cmd::release_test("soak")?
+        cmd::release_test("lab", "soak")?
             .env("LB_SOAK_SECS", options.secs.to_string())
             .env("LB_BIN", lb),
     )

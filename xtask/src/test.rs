@@ -1,6 +1,16 @@
 //! `cargo xtask test`: everything CI checks, cheapest first, stopping at the first failure.
+//!
+//! Each profile is built once and shared by the steps after it: the dev build is compiled
+//! by clippy-driver (the lint step is the build), the release `lb` once for the install and
+//! package tests. The tests run under cargo-nextest (`.config/nextest.toml`: the groups that
+//! must not overlap and a timeout per test); the benchmarks are compiled, not timed. Every
+//! step prints how long it took, and the end a table of all of them.
 
-use std::process::Command;
+use std::{
+    ffi::OsString,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use anyhow::bail;
 
@@ -9,7 +19,7 @@ use crate::{build, cmd, layers, setup};
 /// Crates that run on the host (lb-ebpf is checked by its own nightly build).
 const HOST_PACKAGES: &[&str] = &["lb-lab", "lb-common", "lb-userspace", "lb-tests", "xtask"];
 
-/// What `../shared/katran-bench` builds Katran and kbench with (tests/katran.rs).
+/// What `../shared/katran-bench` builds Katran and kbench with (the `katran` eBPF tests).
 const KATRAN_TOOLS: &[(&str, &str)] = &[
     ("clang", "clang"),
     ("llc", "llvm"),
@@ -18,171 +28,178 @@ const KATRAN_TOOLS: &[(&str, &str)] = &[
     ("/usr/include/bpf/libbpf.h", "libbpf-dev"),
 ];
 
+/// The lb-tests harnesses that need root: the eBPF objects under test-run and the
+/// namespace labs. One nextest run schedules both, so CPU-bound eBPF tests fill the time
+/// lab tests spend waiting on the network.
+const PRIVILEGED_HARNESSES: &[&str] = &["ebpf", "lab"];
+
 pub fn run() -> anyhow::Result<()> {
-    step(
-        "format",
-        cmd::cargo()?.args(["fmt", "--all", "--", "--check"]),
+    lint_as_you_build()?;
+    let mut steps = Steps::default();
+    steps.run(
+        "setup (toolchains, bpf-linker, cargo-nextest, Debian packages)",
+        setup::run,
     )?;
-    let root = cmd::workspace_root();
-    let checked = layers::check(&root.join("lb-userspace/src"))?;
-    eprintln!("\n==> layers: {checked} files of lb-userspace import only downward, no cycles");
-    step(
-        "lint",
-        cmd::cargo()?.arg("clippy").args(package_args()).args([
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]),
+    steps.run("format", || {
+        cmd::run(cmd::cargo()?.args(["fmt", "--all", "--", "--check"]))
+    })?;
+    steps.run("layers", || {
+        let root = cmd::workspace_root();
+        let checked = layers::check(&root.join("lb-userspace/src"))?;
+        eprintln!("{checked} files of lb-userspace import only downward, no cycles");
+        Ok(())
+    })?;
+    steps.run(
+        "build and lint (dev profile: every target of the host crates, benchmarks included, compiled by clippy-driver with -D warnings)",
+        || {
+            cmd::run(
+                cmd::cargo()?
+                    .args(["test", "--no-run", "--all-targets"])
+                    .args(package_args()),
+            )?;
+            cmd::run(cmd::cargo()?.args(["build", "--bins"]).args(package_args()))
+        },
     )?;
-    step(
-        "unit tests",
-        cmd::cargo()?.arg("test").args([
-            "-p",
-            "lb-common",
-            "-p",
-            "lb-userspace",
-            "-p",
-            "lb-lab",
-            "-p",
-            "xtask",
-        ]),
-    )?;
-    // The test crate's own unit tests (its fuzzer's mutations, the root check) and its
-    // unprivileged contract tests (known answers of the hash and Maglev table); its other
-    // integration tests need root and run below.
-    step(
-        "test-helper unit tests and contract tests",
-        cmd::cargo()?.args(["test", "-p", "lb-tests", "--lib", "--test", "contract"]),
+    steps.run(
+        "unit and contract tests (unprivileged: lb-common, lb-userspace, lb-lab, xtask, lb-tests' own)",
+        || {
+            cmd::run(nextest()?.args(package_args()).args([
+                "-E",
+                "not (binary(=ebpf) | binary(=lab) | binary(=install))",
+            ]))
+        },
     )?;
     if !cmd::is_root() {
         bail!(
-            "the eBPF and integration tests load XDP programs and create namespaces: run `cargo xtask test` as root"
+            "the eBPF and lab tests load XDP programs and create namespaces: run `cargo xtask test` as root"
         );
     }
-    let lb = build::run(&build::Options::default())?;
-    // tests/katran.rs builds Katran with the shared katran-bench harness.
-    setup::ensure_tools(KATRAN_TOOLS)?;
-    step(
-        "eBPF tests (BPF_PROG_TEST_RUN: golden packets, fragments, DSR encapsulation, the backends' decap program, one choice per flow across nodes, 10^4 fuzzed packets, Katran's IPv6 paths in katran-bench)",
-        cmd::privileged_cargo()?.args([
-            "test",
-            "-p",
-            "lb-tests",
-            "--test",
-            "golden",
-            "--test",
-            "admission",
-            "--test",
-            "fragments",
-            "--test",
-            "nat",
-            "--test",
-            "lifecycle",
-            "--test",
-            "policy",
-            "--test",
-            "icmp",
-            "--test",
-            "decap",
-            "--test",
-            "dsr",
-            "--test",
-            "cluster_hash",
-            "--test",
-            "fuzz",
-            "--test",
-            "flow_cache",
-            "--test",
-            "katran",
-        ]),
+    let lb = steps.run("dev lb binary", || build::run(&build::Options::default()))?;
+    // The `katran` eBPF tests build Katran with the shared katran-bench harness.
+    steps.run("tools for the Katran tests", || {
+        setup::ensure_tools(KATRAN_TOOLS)
+    })?;
+    steps.run(
+        "eBPF and lab tests (root: golden packets under BPF_PROG_TEST_RUN, fuzzed packets, Katran's IPv6 paths; the real binary in network namespaces, a BGP/ECMP cluster, a 20 s soak)",
+        || {
+            let mut nextest = nextest()?;
+            nextest.args(["-p", "lb-tests"]);
+            for harness in PRIVILEGED_HARNESSES {
+                nextest.args(["--test", harness]);
+            }
+            cmd::run(nextest.env(cmd::REQUIRE_ROOT_ENV, "1").env("LB_BIN", &lb))
+        },
     )?;
-    step(
-        "integration tests (network namespaces, a BGP/ECMP cluster of lb nodes; a 20 s soak)",
-        cmd::privileged_cargo()?
-            .args([
-                "test",
-                "-p",
-                "lb-tests",
-                "--test",
-                "run",
-                "--test",
-                "e2e",
-                "--test",
-                "fragments_lab",
-                "--test",
-                "control",
-                "--test",
-                "observe",
-                "--test",
-                "ops",
-                "--test",
-                "explain",
-                "--test",
-                "conntrack",
-                "--test",
-                "flood",
-                "--test",
-                "restart_load",
-                "--test",
-                "faults",
-                "--test",
-                "flows",
-                "--test",
-                "decap_lab",
-                "--test",
-                "decap_cli",
-                "--test",
-                "dsr_lab",
-                "--test",
-                "cluster_lab",
-                "--test",
-                "cluster",
-                "--test",
-                "reload",
-                "--test",
-                "policy_lab",
-                "--test",
-                "soak",
-            ])
-            .env("LB_BIN", lb),
-    )?;
-    // Unprivileged, but it builds the release `lb` (once, through `cargo xtask install`).
-    step(
+    steps.run("release lb binary (the one release build)", || {
+        build::run(&build::Options { release: true }).map(drop)
+    })?;
+    steps.run(
         "install and package (cargo xtask install into a temporary prefix, systemd-analyze verify, cargo xtask package)",
-        cmd::cargo()?.args(["test", "-p", "lb-tests", "--test", "install"]),
+        || cmd::run(nextest()?.args(["-p", "lb-tests", "--test", "install"])),
     )?;
-    step(
-        "demo lab (cargo xtask run --once)",
-        cmd::cargo()?.args(["xtask", "run", "--once"]),
+    steps.run("demo lab (cargo xtask run --once)", || {
+        cmd::run(cmd::cargo()?.args(["xtask", "run", "--once"]))
+    })?;
+    steps.run(
+        "demo lab, scale-out: 3 lb nodes behind an ECMP router in dsr-ipip, drained and lost live (cargo xtask run --once --nodes 3 --mode dsr-ipip)",
+        || {
+            cmd::run(cmd::cargo()?.args([
+                "xtask", "run", "--once", "--nodes", "3", "--mode", "dsr-ipip",
+            ]))
+        },
     )?;
-    step(
+    steps.run(
         "demo lab in direct server return (cargo xtask run --once --mode dsr-ipip)",
-        cmd::cargo()?.args(["xtask", "run", "--once", "--mode", "dsr-ipip"]),
+        || cmd::run(cmd::cargo()?.args(["xtask", "run", "--once", "--mode", "dsr-ipip"])),
     )?;
-    step(
-        "demo lab, scale-out: 3 lb nodes behind an ECMP router, drained and lost live (cargo xtask run --once --nodes 3 --mode dsr-ipip)",
-        cmd::cargo()?.args([
-            "xtask", "run", "--once", "--nodes", "3", "--mode", "dsr-ipip",
-        ]),
-    )?;
-    step(
+    steps.run(
         "demo lab, scale-out in NAT: replies back through any node (cargo xtask run --once --nodes 3 --mode nat)",
-        cmd::cargo()?.args(["xtask", "run", "--once", "--nodes", "3", "--mode", "nat"]),
+        || {
+            cmd::run(
+                cmd::cargo()?.args(["xtask", "run", "--once", "--nodes", "3", "--mode", "nat"]),
+            )
+        },
     )?;
-    step(
-        "benchmarks, quick (cargo xtask bench --quick; the report goes to target/)",
-        cmd::cargo()?.args(["xtask", "bench", "--quick"]),
-    )?;
+    steps.report();
     eprintln!("xtask test: all checks passed");
     Ok(())
+}
+
+/// Makes every cargo that this run starts (its children's too: the install test runs
+/// `cargo xtask install`) compile the workspace's crates with clippy-driver and
+/// `-D warnings`, as `cargo clippy` does, but with code generation: the lint and the dev
+/// build are one compilation instead of two. The same environment for every step keeps
+/// cargo's fingerprints equal, so no step rebuilds what an earlier one built.
+fn lint_as_you_build() -> anyhow::Result<()> {
+    let driver = cmd::cargo_home()?.join("bin/clippy-driver");
+    if !cmd::succeeds(Command::new(&driver).arg("--version")) {
+        bail!(
+            "{} does not run: `rustup component add clippy` installs it",
+            driver.display()
+        );
+    }
+    let settings: [(&str, OsString); 2] = [
+        ("RUSTC_WORKSPACE_WRAPPER", driver.into_os_string()),
+        // cargo-clippy's own encoding of the arguments it passes to clippy-driver.
+        (
+            "CLIPPY_ARGS",
+            "-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__".into(),
+        ),
+    ];
+    for (key, value) in settings {
+        // SAFETY: set before this process starts any thread or child.
+        unsafe { std::env::set_var(key, value) };
+    }
+    Ok(())
+}
+
+/// `cargo nextest run` with the CI profile of `.config/nextest.toml`.
+fn nextest() -> anyhow::Result<Command> {
+    let mut cargo = cmd::cargo()?;
+    cargo.args(["nextest", "run", "--profile", "ci", "--no-tests", "fail"]);
+    Ok(cargo)
 }
 
 fn package_args() -> Vec<&'static str> {
     HOST_PACKAGES.iter().flat_map(|p| ["-p", *p]).collect()
 }
 
-fn step(name: &str, command: &mut Command) -> anyhow::Result<()> {
-    eprintln!("\n==> {name}");
-    cmd::run(command)
+/// The steps run so far and how long each took.
+#[derive(Default)]
+struct Steps {
+    done: Vec<(String, Duration)>,
+    started: Option<Instant>,
+}
+
+impl Steps {
+    fn run<T>(
+        &mut self,
+        name: &str,
+        step: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let started = Instant::now();
+        self.started.get_or_insert(started);
+        eprintln!("\n==> {name}");
+        let result = step();
+        let took = started.elapsed();
+        let outcome = if result.is_ok() { "done" } else { "FAILED" };
+        eprintln!("==> {outcome} in {:.1} s: {name}", took.as_secs_f64());
+        self.done.push((name.to_owned(), took));
+        if result.is_err() {
+            self.report();
+        }
+        result
+    }
+
+    /// Each step's time, for the CI log.
+    fn report(&self) {
+        eprintln!("\nxtask test: time per step");
+        for (name, took) in &self.done {
+            let short = name.split(" (").next().unwrap_or(name);
+            eprintln!("{:>8.1} s  {short}", took.as_secs_f64());
+        }
+        if let Some(started) = self.started {
+            eprintln!("{:>8.1} s  total", started.elapsed().as_secs_f64());
+        }
+    }
 }
