@@ -68,3 +68,21 @@ pub unsafe fn words<T: Copy>(dst: *mut T, src: *const T) {
         i += 1;
     }
 }
+
+/// Zeroes a `T` at `dst` a 64-bit word at a time.
+///
+/// # Safety
+/// `dst` must be valid for a `T` and 8-aligned (a map value is); `T` a multiple of 8 bytes
+/// of plain data for which all-zero is valid.
+#[inline(always)]
+pub unsafe fn zero_words<T>(dst: *mut T) {
+    const { assert!(size_of::<T>() % 8 == 0) };
+    let dst = dst.cast::<u64>();
+    let mut i = 0;
+    while i < size_of::<T>() / 8 {
+        // SAFETY: in bounds and aligned (the caller's promise); volatile, so that LLVM
+        // does not turn the stores back into a call to memset.
+        unsafe { dst.add(i).write_volatile(0) };
+        i += 1;
+    }
+}

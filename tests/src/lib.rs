@@ -2,6 +2,7 @@
 //! namespaces that clean up after themselves.
 
 pub use lb_lab::{client, dsr, netns, servers, topology};
+pub mod budget;
 pub mod cluster;
 pub mod fiblab;
 pub mod flood;

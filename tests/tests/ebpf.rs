@@ -2,6 +2,7 @@
 //! (root). One module per file; `cargo xtask test` runs them with cargo-nextest.
 
 mod admission;
+mod budgets;
 mod cluster_hash;
 mod decap;
 mod dsr;
