@@ -1,7 +1,8 @@
 //! `cargo xtask install` and `cargo xtask package` as a newcomer runs them: the installed
 //! tree file by file, the binary, man pages and completions working, the unit as systemd
-//! reads it, and the package's files and fields. Needs cargo and builds the release `lb`
-//! once (every test here shares it); needs no root.
+//! reads it, and the package's files and fields. Needs cargo and no root. With `--debug`:
+//! the tree, the unit and the package's fields do not depend on the profile, and
+//! `cargo xtask test` builds the dev profile only.
 
 use std::{
     collections::BTreeSet,
@@ -44,7 +45,7 @@ fn installed() -> &'static Path {
         .get_or_init(|| {
             let prefix = tempfile::tempdir().expect("tempdir");
             let text = prefix.path().to_str().expect("UTF-8 temporary path");
-            xtask(&["install", "--prefix", text]);
+            xtask(&["install", "--debug", "--prefix", text]);
             prefix
         })
         .path()
@@ -244,6 +245,7 @@ fn a_second_install_keeps_the_operators_files() {
     }
     let output = xtask(&[
         "install",
+        "--debug",
         "--prefix",
         prefix.path().to_str().expect("UTF-8"),
     ]);
@@ -262,7 +264,7 @@ fn a_second_install_keeps_the_operators_files() {
 
 #[test]
 fn the_package_holds_the_install_tree_under_usr_with_its_conffiles() {
-    let output = xtask(&["package"]);
+    let output = xtask(&["package", "--debug"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let deb = PathBuf::from(stdout.lines().last().expect("the .deb's path").trim());
     assert!(deb.is_file(), "{} is not a file", deb.display());

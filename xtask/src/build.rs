@@ -15,18 +15,13 @@ pub struct Options {
 
 /// Builds `lb` and returns the path of the binary.
 pub fn run(options: &Options) -> anyhow::Result<PathBuf> {
-    cmd::run(&mut command(options)?)?;
-    Ok(lb_binary(options.release))
-}
-
-/// The cargo command that builds `lb`.
-pub fn command(options: &Options) -> anyhow::Result<std::process::Command> {
     let mut cargo = cmd::cargo()?;
     cargo.args(["build", "--package", "lb-userspace", "--bin", "lb"]);
     if options.release {
         cargo.arg("--release");
     }
-    Ok(cargo)
+    cmd::run(&mut cargo)?;
+    Ok(lb_binary(options.release))
 }
 
 pub fn lb_binary(release: bool) -> PathBuf {

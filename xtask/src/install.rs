@@ -37,6 +37,10 @@ pub struct Options {
     /// paths without it.
     #[arg(long, value_name = "DIR")]
     pub destdir: Option<PathBuf>,
+    /// Install the unoptimized dev build instead of the release one, as `cargo install
+    /// --debug` does: for checking the install itself (`cargo xtask test`), not for hosts.
+    #[arg(long)]
+    pub debug: bool,
 }
 
 /// The shipped files, relative to the workspace root.
@@ -96,10 +100,13 @@ impl Layout {
     }
 }
 
-/// Builds the release `lb` and installs everything; returns the layout used.
+/// Builds the release `lb` (the dev one with `--debug`) and installs everything; returns
+/// the layout used.
 pub fn run(options: &Options) -> anyhow::Result<Layout> {
     let layout = Layout::new(options)?;
-    let lb = build::run(&build::Options { release: true })?;
+    let lb = build::run(&build::Options {
+        release: !options.debug,
+    })?;
     let root = cmd::workspace_root();
     let staged = |path: &Path| match &options.destdir {
         Some(destdir) => destdir.join(path.strip_prefix("/").unwrap_or(path)),
@@ -158,8 +165,7 @@ fn fill_in(text: &str, layout: &Layout) -> String {
 /// so the same tree gives the same package) into `man1`.
 fn install_man_pages(lb: &Path, man1: &Path) -> anyhow::Result<()> {
     // Per process: installs may run side by side (the tests do).
-    let scratch =
-        build::lb_binary(true).with_file_name(format!("man-pages.{}", std::process::id()));
+    let scratch = lb.with_file_name(format!("man-pages.{}", std::process::id()));
     let _ = fs::remove_dir_all(&scratch);
     cmd::run(Command::new(lb).arg("manpages").arg(&scratch))?;
     fs::create_dir_all(man1).with_context(|| format!("creating {}", man1.display()))?;
@@ -222,6 +228,7 @@ mod tests {
             prefix: prefix.into(),
             sysconfdir: None,
             destdir: None,
+            debug: false,
         })
         .expect("valid")
     }
@@ -239,6 +246,7 @@ mod tests {
             prefix: "usr".into(),
             sysconfdir: None,
             destdir: None,
+            debug: false,
         };
         assert!(Layout::new(&options).is_err());
     }

@@ -44,7 +44,7 @@ enum Task {
     /// completions (as root for the default prefix).
     Install(install::Options),
     /// Build a Debian package of the same files (prefix /usr) under target/; prints its path.
-    Package,
+    Package(package::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -74,9 +74,9 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             install::run(&options).map(drop)
         }
-        Task::Package => {
+        Task::Package(options) => {
             setup::run()?;
-            let deb = package::run()?;
+            let deb = package::run(&options)?;
             println!("{}", deb.display());
             Ok(())
         }

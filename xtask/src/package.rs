@@ -49,8 +49,16 @@ if [ \"$1\" = purge ]; then
 fi
 ";
 
+/// `cargo xtask package`'s flags.
+#[derive(clap::Args, Debug, Default)]
+pub struct Options {
+    /// Package the unoptimized dev build (see `cargo xtask install --debug`).
+    #[arg(long)]
+    pub debug: bool,
+}
+
 /// Builds `target/lb_<version>_<arch>.deb`; returns its path.
-pub fn run() -> anyhow::Result<PathBuf> {
+pub fn run(options: &Options) -> anyhow::Result<PathBuf> {
     let arch = dpkg_architecture()?;
     let target = build::lb_binary(true)
         .parent()
@@ -65,6 +73,7 @@ pub fn run() -> anyhow::Result<PathBuf> {
         prefix: PathBuf::from("/usr"),
         sysconfdir: Some(PathBuf::from("/etc")),
         destdir: Some(staging.clone()),
+        debug: options.debug,
     })?;
 
     let debian = staging.join("DEBIAN");

@@ -1,8 +1,9 @@
 //! `cargo xtask test`: everything CI checks, cheapest first, stopping at the first failure.
 //!
-//! Each profile is built once and shared by the steps after it: the dev build is compiled
-//! by clippy-driver (the lint step is the build), the release `lb` once for the install and
-//! package tests. The tests run under cargo-nextest (`.config/nextest.toml`: the groups that
+//! One profile is built, once, and shared by every step: the dev build, compiled by
+//! clippy-driver (the lint step is the build). The install and package tests take the dev
+//! `lb` (`--debug`): what they check does not depend on the profile, and a second, release
+//! build of every dependency would be a third of the run. The tests run under cargo-nextest (`.config/nextest.toml`: the groups that
 //! must not overlap and a timeout per test); the benchmarks are compiled, not timed. Every
 //! step prints how long it took, and the end a table of all of them.
 
@@ -82,14 +83,8 @@ pub fn run() -> anyhow::Result<()> {
     steps.run("tools for the Katran tests", || {
         setup::ensure_tools(KATRAN_TOOLS)
     })?;
-    // The one release build runs beside the tests at the lowest priority: the lab tests
-    // mostly wait on their namespaces, and the build takes the CPU they leave.
-    let release = Background::start(
-        "the release lb binary",
-        nice(build::command(&build::Options { release: true })?),
-    )?;
     steps.run(
-        "eBPF and lab tests (root: golden packets under BPF_PROG_TEST_RUN, fuzzed packets, Katran's IPv6 paths; the real binary in network namespaces, a BGP/ECMP cluster, a 20 s soak; the release build beside them at nice 19)",
+        "eBPF and lab tests (root: golden packets under BPF_PROG_TEST_RUN, fuzzed packets, Katran's IPv6 paths, verifier budgets; the real binary in network namespaces, a BGP/ECMP cluster, a 20 s soak)",
         || {
             let mut nextest = nextest()?;
             nextest.args(["-p", "lb-tests"]);
@@ -100,11 +95,7 @@ pub fn run() -> anyhow::Result<()> {
         },
     )?;
     steps.run(
-        "release lb binary (the rest of the build begun beside the tests)",
-        || release.finish(),
-    )?;
-    steps.run(
-        "install and package (cargo xtask install into a temporary prefix, systemd-analyze verify, cargo xtask package)",
+        "install and package (cargo xtask install --debug into a temporary prefix, systemd-analyze verify, cargo xtask package --debug)",
         || cmd::run(nextest()?.args(["-p", "lb-tests", "--test", "install"])),
     )?;
     steps.run("demo lab (cargo xtask run --once)", || {
@@ -166,83 +157,6 @@ fn lint_as_you_build() -> anyhow::Result<()> {
         unsafe { std::env::set_var("CARGO_INCREMENTAL", "0") };
     }
     Ok(())
-}
-
-/// `command` at the lowest CPU priority.
-fn nice(command: Command) -> Command {
-    let mut nice = Command::new("nice");
-    nice.args(["-n", "19"])
-        .arg(command.get_program())
-        .args(command.get_args())
-        .envs(
-            command
-                .get_envs()
-                .filter_map(|(key, value)| Some((key, value?))),
-        );
-    if let Some(dir) = command.get_current_dir() {
-        nice.current_dir(dir);
-    }
-    nice
-}
-
-/// A command run beside the steps, its output kept in a file and shown if it fails;
-/// killed if the run stops before it is waited for.
-struct Background {
-    what: &'static str,
-    child: std::process::Child,
-    log: std::path::PathBuf,
-}
-
-impl Background {
-    fn start(what: &'static str, mut command: Command) -> anyhow::Result<Self> {
-        let log = cmd::workspace_root()
-            .join("target")
-            .join(format!("xtask-test-{}.log", std::process::id()));
-        if let Some(dir) = log.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let file = std::fs::File::create(&log)?;
-        eprintln!(
-            "+ {} (beside the next steps; output in {})",
-            cmd::describe(&command),
-            log.display()
-        );
-        let child = command
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("starting {what}: {e}"))?;
-        Ok(Self { what, child, log })
-    }
-
-    /// Waits for the command; on failure shows its output.
-    fn finish(mut self) -> anyhow::Result<()> {
-        let status = self.child.wait()?;
-        let output = std::fs::read_to_string(&self.log).unwrap_or_default();
-        if let Err(error) = std::fs::remove_file(&self.log) {
-            eprintln!("could not remove {}: {error}", self.log.display());
-        }
-        if !status.success() {
-            eprintln!("{output}");
-            bail!("{} failed ({status})", self.what);
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        // Already reaped by `finish`, or still running because a step failed first.
-        if let Ok(None) = self.child.try_wait() {
-            eprintln!("stopping {} (a step before it failed)", self.what);
-            if let Err(error) = self.child.kill() {
-                eprintln!("could not stop {}: {error}", self.what);
-            }
-            if let Err(error) = self.child.wait() {
-                eprintln!("could not reap {}: {error}", self.what);
-            }
-        }
-    }
 }
 
 /// `cargo nextest run` with the CI profile of `.config/nextest.toml`.
