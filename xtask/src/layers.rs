@@ -409,7 +409,7 @@ mod tests {
         assert!(upward[0].contains("crate::cli::args"), "{upward:?}");
         // Inline paths and `super` climbing out of a layer count too.
         assert_eq!(
-            problems("model::state", "fn f() { crate::control::balancer::go(); }").len(),
+            problems("model::state", "fn f() { crate::control::map_sync::go(); }").len(),
             1
         );
         assert_eq!(
@@ -448,7 +448,7 @@ mod tests {
     #[test]
     fn circles_are_found() {
         let mut edges = BTreeMap::new();
-        edges.insert(module("control::balancer"), [module("model::state")].into());
+        edges.insert(module("control::map_sync"), [module("model::state")].into());
         edges.insert(module("model::state"), [module("model::health")].into());
         assert!(cycles(&edges).is_empty());
         edges.insert(module("model::health"), [module("model::state")].into());

@@ -15,8 +15,8 @@ use crate::{
     api::error::{ApiError, ErrorCode},
     api::wire::{DownReport, FlushReport, Request, Response},
     control::announcer::Announcer,
-    control::balancer::{Balancer, BalancerError},
     control::checker::Checker,
+    control::map_sync::{MapSync, MapSyncError},
     daemon::flows::Filter,
     datapath::attach::PinnedAttachment,
     datapath::conntrack::{ConntrackBook, ConntrackTable},
@@ -36,7 +36,7 @@ use lb_common::flow::Timeouts;
 
 /// The daemon's datapath and everything needed to report on it.
 pub(crate) struct Controller {
-    pub(super) balancer: Balancer,
+    pub(super) map_sync: MapSync,
     pub(super) stats: StatsMap,
     pub(super) state_file: PathBuf,
     pub(super) api: PathBuf,
@@ -90,19 +90,19 @@ fn invalid_check(reason: String) -> ApiError {
     ApiError::new(ErrorCode::InvalidCheck, format!("check: {reason}"))
 }
 
-impl From<BalancerError> for ApiError {
-    fn from(error: BalancerError) -> Self {
+impl From<MapSyncError> for ApiError {
+    fn from(error: MapSyncError) -> Self {
         match error {
-            BalancerError::Invalid(invalid) => invalid.into(),
-            BalancerError::TooManyVips(_) => {
+            MapSyncError::Invalid(invalid) => invalid.into(),
+            MapSyncError::TooManyVips(_) => {
                 ApiError::new(ErrorCode::TooManyVips, error.to_string())
             }
-            BalancerError::TooManyBackends(_) => {
+            MapSyncError::TooManyBackends(_) => {
                 ApiError::new(ErrorCode::TooManyBackends, error.to_string())
             }
             // The maps may hold part of the change; the desired state is unchanged and the
             // next change completes the sync.
-            BalancerError::Map(_) => datapath_error(error),
+            MapSyncError::Map(_) => datapath_error(error),
         }
     }
 }
@@ -247,9 +247,9 @@ impl Controller {
     /// Applies changes to the maps, then saves the state. If saving fails the maps go back
     /// to the saved state, so the file and the datapath never disagree.
     fn change(&mut self, changes: Vec<Change>) -> Result<serde_json::Value, ApiError> {
-        let before = self.balancer.state().clone();
+        let before = self.map_sync.state().clone();
         self.check_dsr_paths(&changes)?;
-        self.balancer.apply_all(&changes)?;
+        self.map_sync.apply_all(&changes)?;
         self.save_or_roll_back(&before)?;
         info!(?changes, "applied");
         self.after_change();
@@ -258,11 +258,11 @@ impl Controller {
 
     /// Saves the state the maps now hold; if that fails, puts `before` back in the maps.
     pub(super) fn save_or_roll_back(&mut self, before: &State) -> Result<(), ApiError> {
-        let Err(save_error) = config::save(&self.state_file, self.balancer.state()) else {
+        let Err(save_error) = config::save(&self.state_file, self.map_sync.state()) else {
             return Ok(());
         };
         let reason = error_chain(&save_error);
-        let message = match self.balancer.sync(before) {
+        let message = match self.map_sync.sync(before) {
             Ok(()) => format!("{reason}; the change was rolled back"),
             Err(rollback) => {
                 error!(error = %error_chain(&rollback), "rolling back after a failed save");
@@ -288,7 +288,7 @@ impl Controller {
     /// `lb down` before it detaches.
     pub(crate) fn announce(&mut self) {
         let vips: Vec<VipLoad> = self
-            .balancer
+            .map_sync
             .view()
             .iter()
             .map(|vip| VipLoad {
@@ -299,7 +299,7 @@ impl Controller {
             .collect();
         let node = NodeState {
             announcing: true,
-            drained: self.balancer.state().node.drained,
+            drained: self.map_sync.state().node.drained,
             shutting_down: self.pins.is_none(),
         };
         self.announcer.reconcile(node, &vips);
@@ -309,9 +309,9 @@ impl Controller {
     /// lb is attached to: only the MACs change in dsr-l2, so the backend must be on the
     /// lb's link (a backend behind a router needs dsr-ipip).
     fn check_dsr_paths(&self, changes: &[Change]) -> Result<(), ApiError> {
-        let mut next = self.balancer.state().clone();
+        let mut next = self.map_sync.state().clone();
         for change in changes {
-            // Invalid changes are refused by the balancer with their own reasons.
+            // Invalid changes are refused by `MapSync` with their own reasons.
             if next.apply(change).is_err() {
                 return Ok(());
             }
@@ -377,7 +377,7 @@ impl Controller {
     pub(crate) fn follow_local_macs(&mut self) {
         let ifaces: Vec<_> = self.attachments.iter().map(|a| a.iface.clone()).collect();
         let recorded = crate::control::local_macs::record(
-            &mut self.balancer,
+            &mut self.map_sync,
             &ifaces,
             self.forward_any_mac,
             false,
@@ -392,7 +392,7 @@ impl Controller {
     /// forward them in its place). Called after every change and every sweep.
     pub(crate) fn keep_dsr_next_hops(&mut self) {
         let backends: Vec<std::net::IpAddr> = self
-            .balancer
+            .map_sync
             .state()
             .vips
             .values()
@@ -427,7 +427,7 @@ impl Controller {
         let mut checked = Vec::new();
         let mut unchecked = Vec::new();
         let mut probes = Vec::new();
-        for (service, vip) in &self.balancer.state().vips {
+        for (service, vip) in &self.map_sync.state().vips {
             for addr in vip.backends.keys() {
                 let key = (*service, *addr);
                 match &vip.check {
@@ -446,7 +446,7 @@ impl Controller {
 
     fn apply_health(&mut self) {
         let down = self.health.down().copied().collect();
-        if let Err(error) = self.balancer.set_down(down) {
+        if let Err(error) = self.map_sync.set_down(down) {
             error!(error = %error_chain(&error), "updating the tables for health changes failed");
         }
     }
@@ -454,7 +454,7 @@ impl Controller {
     /// Counts one probe result; a backend that rises or falls enters or leaves its table.
     pub(crate) fn on_probe(&mut self, key: HealthKey, result: Result<(), String>) {
         let Some(check) = self
-            .balancer
+            .map_sync
             .state()
             .vips
             .get(&key.0)
@@ -497,7 +497,7 @@ impl Controller {
         proto: Option<Proto>,
         backend: Option<SocketAddr>,
     ) -> Result<Filter, ApiError> {
-        Filter::resolve(&self.balancer.view(), vip, proto, backend)
+        Filter::resolve(&self.map_sync.view(), vip, proto, backend)
     }
 
     /// Deletes the flows the filter picks; their next packets are balanced afresh.
@@ -534,7 +534,7 @@ impl Controller {
         // Routers stop sending before the datapath goes: withdrawn first.
         let node = NodeState {
             announcing: true,
-            drained: self.balancer.state().node.drained,
+            drained: self.map_sync.state().node.drained,
             shutting_down: true,
         };
         let before = self.announcer.announced().clone();

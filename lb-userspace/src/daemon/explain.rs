@@ -17,7 +17,7 @@ use crate::{
         error::{ApiError, ErrorCode},
         explain::{BackendStatus, Explanation, MaglevPick, ServiceMatch, TrackedFlow},
     },
-    control::balancer::{BackendView, VipView, wire_addr},
+    control::map_sync::{BackendView, VipView, wire_addr},
     daemon::flows::state_name,
     datapath::conntrack::monotonic_coarse_ns,
     model::{
@@ -70,7 +70,7 @@ impl Controller {
         let key = flow_key(client, vip, proto);
         let (facts, place) = self.facts(&key)?;
         let service = Service { addr: vip, proto };
-        let view = self.balancer.view();
+        let view = self.map_sync.view();
         let known: Known = view
             .iter()
             .flat_map(|v| {
@@ -79,7 +79,7 @@ impl Controller {
                     .map(|b| ((b.id, b.generation), (v.service, b)))
             })
             .collect();
-        let size = self.balancer.limits().maglev_size;
+        let size = self.map_sync.limits().maglev_size;
         let verdict = explain::decide(&facts);
 
         let vip_view = view.iter().find(|v| v.service == service);
@@ -149,7 +149,7 @@ impl Controller {
     /// What the maps hold for the flow `key`, read as the datapath reads them, and where
     /// the flow falls in the VIP's table.
     fn facts(&self, key: &FlowKey) -> Result<(Facts, Option<MaglevSlot>), ApiError> {
-        let maps = self.balancer.maps();
+        let maps = self.map_sync.maps();
         // lookup.rs `service` and `is_vip_address`.
         let vip_key = VipKey {
             addr: key.dst,
@@ -191,8 +191,8 @@ impl Controller {
             _ => false,
         };
         // select.rs `maglev`.
-        let size = self.balancer.limits().maglev_size;
-        let seed = self.balancer.hash_seed();
+        let size = self.map_sync.limits().maglev_size;
+        let seed = self.map_sync.hash_seed();
         let place = vip.and_then(|info| explain::maglev_slot(key, &seed, size, &info));
         let slot = match place {
             Some(place) => match maps.maglev_slot(place.index).map_err(datapath_error)? {
@@ -217,7 +217,7 @@ impl Controller {
     }
 
     fn service_match(&self, service: Service, view: Option<&VipView>) -> ServiceMatch {
-        let spec = self.balancer.state().vips.get(&service);
+        let spec = self.map_sync.state().vips.get(&service);
         let (backends, live, healthy) =
             view.map_or((0, 0, 0), |v| (v.backends.len(), v.live, v.healthy));
         ServiceMatch {

@@ -35,7 +35,7 @@ impl Controller {
         let reloaded = self.declared.flags.or(cluster);
         reload::check_cluster(&self.declared.running, &reloaded)
             .map_err(|e| refused(format!("{}: {e}", path.display())))?;
-        let before = self.balancer.state().clone();
+        let before = self.map_sync.state().clone();
         let target = reload::target(&before, declared);
         let changes = reload::differences(&before, &target)
             .map_err(|e| refused(format!("{}: {e}", path.display())))?;
@@ -48,7 +48,7 @@ impl Controller {
         }
         self.check_reload(&target, &changes)
             .map_err(|e| ApiError::new(e.code, format!("{}; nothing was changed", e.message)))?;
-        self.balancer.sync(&target).map_err(ApiError::from)?;
+        self.map_sync.sync(&target).map_err(ApiError::from)?;
         self.save_or_roll_back(&before)?;
         for change in &changes {
             info!(config = %path.display(), "reload: {change}");
@@ -62,7 +62,7 @@ impl Controller {
     }
 
     /// The checks an API change gets that need the kernel: IPv6 forwarding for new IPv6
-    /// VIPs, a direct link for new dsr-l2 backends. (The balancer checks capacity before
+    /// VIPs, a direct link for new dsr-l2 backends. (`MapSync` checks capacity before
     /// it writes anything.)
     fn check_reload(&self, target: &State, changes: &[Difference]) -> Result<(), ApiError> {
         let mut added: Vec<(Service, SocketAddr)> = Vec::new();

@@ -14,7 +14,7 @@ use crate::{
             MAX_FLOW_LIMIT, NodeReport, StatsReport, StatusReport, TimeoutEntry, VipEntry,
         },
     },
-    control::balancer::VipView,
+    control::map_sync::VipView,
     daemon::{flows, metrics},
     datapath::{conntrack::monotonic_coarse_ns, memory, stats},
     model::{
@@ -42,11 +42,11 @@ pub(super) fn log_map_memory(ebpf: &aya::Ebpf) {
 impl Controller {
     pub(super) fn vip_entry(&self, vip: &VipView) -> Result<VipEntry, ApiError> {
         let counter = self
-            .balancer
+            .map_sync
             .maps()
             .vip_counter(vip.id)
             .map_err(datapath_error)?;
-        let spec = self.balancer.state().vips.get(&vip.service);
+        let spec = self.map_sync.state().vips.get(&vip.service);
         let check = spec.and_then(|v| v.check.as_ref()).map(CheckConfig::from);
         Ok(VipEntry {
             vip: vip.service.addr,
@@ -69,7 +69,7 @@ impl Controller {
     /// Announcements, drain and seed (`status`, `node-drain`, `node-resume`).
     pub(super) fn node_report(&self) -> NodeReport {
         NodeReport {
-            drained: self.balancer.state().node.drained,
+            drained: self.map_sync.state().node.drained,
             announce_table: self.announcer.table(),
             hash_seed: if self.seeded { "set" } else { "default" }.to_owned(),
             announced: self.announcer.announced().iter().copied().collect(),
@@ -90,7 +90,7 @@ impl Controller {
     }
 
     pub(super) fn vips(&self) -> Result<Vec<VipEntry>, ApiError> {
-        self.balancer
+        self.map_sync
             .view()
             .iter()
             .map(|vip| self.vip_entry(vip))
@@ -98,7 +98,7 @@ impl Controller {
     }
 
     pub(super) fn backends(&self, filter: Option<Service>) -> Result<Vec<BackendEntry>, ApiError> {
-        let view = self.balancer.view();
+        let view = self.map_sync.view();
         if let Some(wanted) = filter
             && !view.iter().any(|v| v.service == wanted)
         {
@@ -113,7 +113,7 @@ impl Controller {
                 let health = self.health.get(&(vip.service, backend.addr));
                 let conns = self.conntrack.conns(backend.id, backend.generation);
                 let counter = self
-                    .balancer
+                    .map_sync
                     .maps()
                     .backend_counter(backend.id)
                     .map_err(datapath_error)?;
@@ -173,12 +173,12 @@ impl Controller {
     pub(super) fn conntrack(&self, snapshot: &stats::Snapshot) -> ConntrackReport {
         ConntrackReport {
             entries: self.conntrack.census().entries,
-            capacity: u64::from(self.balancer.limits().conntrack_capacity),
+            capacity: u64::from(self.map_sync.limits().conntrack_capacity),
             evicted: self.conntrack.evicted(),
             deleted: self.conntrack.deleted(),
             missed_mid_flow: snapshot.get(Stat::CtMissMidFlow).packets,
             proven_entries: self.conntrack.census().proven_entries,
-            unproven_capacity: u64::from(self.balancer.limits().unproven_capacity()),
+            unproven_capacity: u64::from(self.map_sync.limits().unproven_capacity()),
             evicted_proven: self.conntrack.evicted_proven(),
             evicted_unproven: self.conntrack.evicted_unproven(),
             promoted: snapshot.get(Stat::CtPromoted).packets,
@@ -203,7 +203,7 @@ impl Controller {
         }
         let filter = self.flow_filter(vip, proto, backend)?;
         let backends: HashMap<(u32, u32), SocketAddr> = self
-            .balancer
+            .map_sync
             .view()
             .iter()
             .flat_map(|v| &v.backends)
@@ -253,7 +253,7 @@ impl Controller {
     }
 
     pub(super) fn status(&self) -> StatusReport {
-        let limits = self.balancer.limits();
+        let limits = self.map_sync.limits();
         StatusReport {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             datapath_build: self.datapath_build.clone(),
@@ -292,8 +292,8 @@ impl Controller {
                 })
                 .collect(),
             conntrack_sweep_secs: self.sweep_interval.as_secs_f64(),
-            vips: self.balancer.state().vips.len(),
-            backends: self.balancer.state().backend_count(),
+            vips: self.map_sync.state().vips.len(),
+            backends: self.map_sync.state().backend_count(),
             node: self.node_report(),
             map_memory: memory::of_datapath(&self.ebpf)
                 .inspect_err(|error| {

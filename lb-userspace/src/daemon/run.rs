@@ -22,9 +22,9 @@ use tracing::{debug, error, info, warn};
 use crate::{
     api::client,
     control::announcer::Announcer,
-    control::balancer::Balancer,
     control::checker::Checker,
     control::local_macs,
+    control::map_sync::MapSync,
     daemon::metrics_http,
     daemon::notify,
     daemon::reload,
@@ -192,7 +192,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
     let (
         Started {
             ebpf,
-            balancer,
+            map_sync,
             stats,
             attachments,
             mut egress,
@@ -227,13 +227,13 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
     crate::daemon::reports::log_map_memory(&ebpf);
     let pin_dir = pins.path().to_owned();
     let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
-    let conntrack_table = balancer
+    let conntrack_table = map_sync
         .maps()
         .conntrack_table()
         .context("opening the conntrack map")?;
     let first_ifindex = attachments.first().map_or(0, |a| a.iface.index);
     let controller = Arc::new(Mutex::new(Controller {
-        balancer,
+        map_sync,
         stats,
         state_file: args.state.clone(),
         api: api_path,
@@ -332,7 +332,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
 /// What a successful start leaves running.
 struct Started {
     ebpf: Ebpf,
-    balancer: Balancer,
+    map_sync: MapSync,
     stats: StatsMap,
     attachments: Vec<PinnedAttachment>,
     egress: EgressWatch,
@@ -353,7 +353,7 @@ fn check_forwarding(ifaces: &[Interface], desired: Option<&State>) -> anyhow::Re
 /// The conntrack sweep, with its own handles on CONNTRACK and STATS.
 fn sweeper(started: &Started, args: &RunConfig) -> anyhow::Result<Sweeper> {
     let table = started
-        .balancer
+        .map_sync
         .maps()
         .conntrack_table()
         .context("opening the conntrack map for the sweep")?;
@@ -405,7 +405,7 @@ async fn sweep_forever(
                         controller.announce();
                         // Deleted backends' endpoints go once their replies are done.
                         if let Err(error) =
-                            controller.balancer.expire_endpoints(std::time::Instant::now())
+                            controller.map_sync.expire_endpoints(std::time::Instant::now())
                         {
                             warn!(error = %error_chain(&error), "removing deleted backends' endpoints failed; retrying at the next sweep");
                         }
@@ -519,9 +519,9 @@ fn start(
     if args.options.log {
         forward_datapath_log(&mut ebpf)?;
     }
-    let mut balancer = match adopted {
-        Some(_) => Balancer::adopt(maps, limits).context("reading the pinned maps back")?,
-        None => Balancer::new(maps, limits),
+    let mut map_sync = match adopted {
+        Some(_) => MapSync::adopt(maps, limits).context("reading the pinned maps back")?,
+        None => MapSync::new(maps, limits),
     }
     .with_hash_seed(options.hash_seed);
     let mut desired = match (declared, saved) {
@@ -534,24 +534,24 @@ fn start(
             declared
         }
         (None, Some(saved)) => saved,
-        (None, None) => balancer.state().clone(),
+        (None, None) => map_sync.state().clone(),
     };
     desired.node.drained |= args.start_drained;
-    balancer
+    map_sync
         .sync(&desired)
         .context("applying the VIPs and backends")?;
-    config::save(&args.state, balancer.state())?;
+    config::save(&args.state, map_sync.state())?;
 
     let ifindexes: Vec<u32> = ifaces.iter().map(|i| i.index).collect();
     for iface in ifaces {
-        balancer
+        map_sync
             .add_tx_port(iface.index)
             .with_context(|| format!("adding {} to the redirect map", iface.name))?;
     }
-    balancer
+    map_sync
         .retain_tx_ports(&ifindexes)
         .context("pruning the redirect map")?;
-    local_macs::record(&mut balancer, ifaces, args.forward_any_mac, true)
+    local_macs::record(&mut map_sync, ifaces, args.forward_any_mac, true)
         .context("recording the interfaces' MACs")?;
     let program = load::program(&mut ebpf).context("the eBPF object has no XDP program")?;
     let mut attachments = Vec::with_capacity(ifaces.len());
@@ -569,7 +569,7 @@ fn start(
     }
     Ok(Started {
         ebpf,
-        balancer,
+        map_sync,
         stats,
         attachments,
         egress,
