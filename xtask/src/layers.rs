@@ -15,11 +15,15 @@ use syn::visit::Visit;
 /// model types and the daemon's configuration, so it may name any layer.
 const LAYERS: &[(&str, &[&str])] = &[
     ("model", &[]),
-    ("datapath", &["model"]),
-    ("control", &["model", "datapath"]),
+    ("store", &["model"]),
+    ("datapath", &["model", "store"]),
+    ("control", &["model", "store", "datapath"]),
     ("api", &["model"]),
-    ("daemon", &["model", "datapath", "control", "api"]),
-    ("cli", &["model", "datapath", "control", "api", "daemon"]),
+    ("daemon", &["model", "store", "datapath", "control", "api"]),
+    (
+        "cli",
+        &["model", "store", "datapath", "control", "api", "daemon"],
+    ),
 ];
 
 /// Crates a layer must not use: the model is pure, the API could be its own crate.
@@ -36,6 +40,10 @@ const FORBIDDEN_CRATES: &[(&str, &[&str])] = &[
             "rustix",
             "axum",
         ],
+    ),
+    (
+        "store",
+        &["aya", "aya_log", "tokio", "tokio_util", "clap", "axum"],
     ),
     ("api", &["aya", "aya_log", "clap", "libc", "tokio", "axum"]),
     ("control", &["clap", "axum"]),

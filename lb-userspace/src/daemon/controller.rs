@@ -26,11 +26,11 @@ use crate::{
     datapath::stats::StatsMap,
     model::announce::{NodeState, VipLoad},
     model::check::CheckConfig,
-    model::config,
     model::error_chain::error_chain,
     model::health::{Health, HealthBook, HealthKey},
     model::mode::Mode,
     model::state::{Change, Proto, Service, State},
+    store::state_file,
 };
 use lb_common::flow::Timeouts;
 
@@ -258,7 +258,7 @@ impl Controller {
 
     /// Saves the state the maps now hold; if that fails, puts `before` back in the maps.
     pub(super) fn save_or_roll_back(&mut self, before: &State) -> Result<(), ApiError> {
-        let Err(save_error) = config::save(&self.state_file, self.map_sync.state()) else {
+        let Err(save_error) = state_file::save(&self.state_file, self.map_sync.state()) else {
             return Ok(());
         };
         let reason = error_chain(&save_error);

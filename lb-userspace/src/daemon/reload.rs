@@ -10,10 +10,10 @@ use crate::{
     api::error::{ApiError, ErrorCode},
     api::wire::ReloadReport,
     daemon::controller::Controller,
-    model::config,
     model::error_chain::error_chain,
     model::reload::{self, Difference},
     model::state::{Service, State},
+    store::state_file,
 };
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -31,7 +31,7 @@ impl Controller {
         };
         let refused = |reason: String| invalid(format!("{reason}; nothing was changed"));
         let (declared, cluster) =
-            config::load_with_cluster(&path).map_err(|e| refused(error_chain(&e)))?;
+            state_file::load_with_cluster(&path).map_err(|e| refused(error_chain(&e)))?;
         let reloaded = self.declared.flags.or(cluster);
         reload::check_cluster(&self.declared.running, &reloaded)
             .map_err(|e| refused(format!("{}: {e}", path.display())))?;

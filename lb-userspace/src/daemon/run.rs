@@ -42,7 +42,6 @@ use crate::{
     datapath::privileges,
     datapath::stats::{Snapshot, StatsMap},
     model::cluster::ClusterSettings,
-    model::config,
     model::decap::Prefix,
     model::error_chain::error_chain,
     model::health::HealthBook,
@@ -50,6 +49,7 @@ use crate::{
     model::mode,
     model::reload::Declared,
     model::state::State,
+    store::state_file,
 };
 
 /// `println!` that never panics: the daemon's stdout (a terminal, a pipe, the journal)
@@ -119,7 +119,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
     args.limits().validate()?;
     let (declared, file_cluster) = match args.config.as_deref() {
         Some(path) => {
-            let (state, cluster) = config::load_with_cluster(path)?;
+            let (state, cluster) = state_file::load_with_cluster(path)?;
             (Some(state), cluster)
         }
         None => (None, ClusterSettings::default()),
@@ -132,7 +132,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
             "announcing with the public default hash seed: give every node the same --hash-seed, or anyone can compute which backend a flow lands on"
         );
     }
-    let saved = config::load_if_present(&args.state)
+    let saved = state_file::load_if_present(&args.state)
         .context("the saved state is unreadable; it is left as it is (fix or move it)")?;
     check_forwarding(&ifaces, declared.as_ref().or(saved.as_ref()))?;
     let custom_object = args
@@ -150,7 +150,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
     let socket = server::bind(&api_path)?;
     let mut pins = PinDir::open(&args.pin_dir)?;
     // A daemon killed mid-save leaves its temporary file; the pin lock makes us the writer.
-    for stale in config::remove_stale_temps(&args.state)? {
+    for stale in state_file::remove_stale_temps(&args.state)? {
         info!(file = %stale.display(), "removed a temporary state file left by an earlier run");
     }
     let adopted_limits = pins.adoptable(&args.requested())?;
@@ -540,7 +540,7 @@ fn start(
     map_sync
         .sync(&desired)
         .context("applying the VIPs and backends")?;
-    config::save(&args.state, map_sync.state())?;
+    state_file::save(&args.state, map_sync.state())?;
 
     let ifindexes: Vec<u32> = ifaces.iter().map(|i| i.index).collect();
     for iface in ifaces {
