@@ -35,7 +35,7 @@ impl Controller {
         let reloaded = self.declared.flags.or(cluster);
         reload::check_cluster(&self.declared.running, &reloaded)
             .map_err(|e| refused(format!("{}: {e}", path.display())))?;
-        let before = self.map_sync.state().clone();
+        let before = self.datapath.map_sync.state().clone();
         let target = reload::target(&before, declared);
         let changes = reload::differences(&before, &target)
             .map_err(|e| refused(format!("{}: {e}", path.display())))?;
@@ -48,7 +48,10 @@ impl Controller {
         }
         self.check_reload(&target, &changes)
             .map_err(|e| ApiError::new(e.code, format!("{}; nothing was changed", e.message)))?;
-        self.map_sync.sync(&target).map_err(ApiError::from)?;
+        self.datapath
+            .map_sync
+            .sync(&target)
+            .map_err(ApiError::from)?;
         self.save_or_roll_back(&before)?;
         for change in &changes {
             info!(config = %path.display(), "reload: {change}");
@@ -96,7 +99,6 @@ impl Controller {
 
 /// SIGHUP: a reload whose outcome goes to the log (there is no one to answer).
 pub(crate) fn on_hangup(controller: &mut Controller) {
-    info!("SIGHUP received, reloading --config");
     if let Err(error) = controller.reload() {
         warn!(code = %error.code.as_str(), "reload refused: {}", error.message);
     }
