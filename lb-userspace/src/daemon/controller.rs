@@ -83,7 +83,8 @@ fn service(vip: SocketAddr, proto: Proto) -> Service {
     Service { addr: vip, proto }
 }
 
-fn json(value: impl Serialize) -> Result<serde_json::Value, ApiError> {
+/// An answer as JSON.
+pub(super) fn json(value: impl Serialize) -> Result<serde_json::Value, ApiError> {
     serde_json::to_value(value).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
 }
 

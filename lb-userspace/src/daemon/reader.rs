@@ -8,7 +8,7 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use lb_common::{flow::Timeout, stats::Stat};
 
-use super::controller::datapath_error;
+use super::controller::{datapath_error, json};
 use crate::{
     api::{
         error::{ApiError, ErrorCode},
@@ -50,10 +50,6 @@ pub(crate) fn only_reads(request: &Request) -> bool {
             | Request::Status {}
             | Request::Explain { .. }
     )
-}
-
-fn json(value: impl serde::Serialize) -> Result<serde_json::Value, ApiError> {
-    serde_json::to_value(value).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
 }
 
 /// Answers queries: the published snapshot, and handles of its own on the maps.

@@ -99,6 +99,9 @@ impl Controller {
 
 /// SIGHUP: a reload whose outcome goes to the log (there is no one to answer).
 pub(crate) fn on_hangup(controller: &mut Controller) {
+    // Logged here, on the controller's thread, right before the outcome: the two lines
+    // stay together in the log.
+    info!("SIGHUP received, reloading --config");
     if let Err(error) = controller.reload() {
         warn!(code = %error.code.as_str(), "reload refused: {}", error.message);
     }

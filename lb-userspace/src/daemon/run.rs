@@ -665,10 +665,7 @@ async fn wait_for_stop(signals: Signals, watch: &mut Watch<'_>) -> anyhow::Resul
             _ = sigterm.recv() => { info!("SIGTERM received, stopping the daemon"); return Ok(Stop::Signal); }
             _ = sigint.recv() => { info!("interrupt received, stopping the daemon"); return Ok(Stop::Signal); }
             _ = watch.down.changed() => return Ok(Stop::Down),
-            _ = sighup.recv() => {
-                info!("SIGHUP received, reloading --config");
-                watch.commands.run(Command::Hangup).await
-            }
+            _ = sighup.recv() => watch.commands.run(Command::Hangup).await,
             _ = pin_check.tick() => {
                 report_unattached(watch.egress);
                 watch.commands.run(Command::CheckPins).await
