@@ -41,6 +41,7 @@ use crate::{
     datapath::conntrack::{ConntrackBook, Sweeper},
     datapath::egress::EgressWatch,
     datapath::forwarding::{self, Family},
+    datapath::kernel,
     datapath::load,
     datapath::local_addresses,
     datapath::log,
@@ -115,6 +116,9 @@ impl RunConfig {
 
 pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow::Result<()> {
     privileges::check()?;
+    if let Some(version) = kernel::check()? {
+        debug!(%version, "the kernel has every feature lb uses");
+    }
     // Handlers first: a signal that arrives while starting must not kill the daemon midway.
     let signals = Signals::install()?;
     // Everything that can be checked without touching the kernel is checked first.
