@@ -2,6 +2,7 @@
 //! (docs/ARCHITECTURE.md draws them; `cargo xtask test` checks the rule):
 //!
 //! - [`model`]: the desired state, its validation, Maglev, check specs. Pure.
+//! - [`store`]: the files lb keeps: the state file, `lb decap`'s record. Atomic writes.
 //! - [`datapath`]: everything that calls bpf(2), bpffs, netlink or sysctl. All `unsafe`.
 //! - [`control`]: makes the maps match the state, in a packet-safe order; health probes.
 //! - [`api`]: the wire types and the client of the control socket.
@@ -19,3 +20,5 @@ pub mod daemon;
 pub mod datapath;
 #[deny(unsafe_code)]
 pub mod model;
+#[deny(unsafe_code)]
+pub mod store;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use lb_common::{consts::PROGRAM_NAME, stats::Stat};
 use lb_userspace::{
-    control::balancer::Balancer,
+    control::map_sync::MapSync,
     datapath::{
         load,
         maps::ServiceMaps,
@@ -25,7 +25,7 @@ pub struct Datapath {
     ebpf: Ebpf,
     stats: StatsMap,
     /// Fills VIPS, BACKENDS and MAGLEV the way the daemon does.
-    pub balancer: Balancer,
+    pub balancer: MapSync,
     ifindex: u32,
 }
 
@@ -74,7 +74,7 @@ impl Datapath {
         Self {
             ebpf,
             stats,
-            balancer: Balancer::new(maps, limits).with_hash_seed(options.hash_seed),
+            balancer: MapSync::new(maps, limits).with_hash_seed(options.hash_seed),
             ifindex: 0,
         }
     }
@@ -260,8 +260,8 @@ pub fn flow_key(
     vip_port: u16,
     proto: u8,
 ) -> lb_common::flow::FlowKey {
-    let (src, family) = lb_userspace::control::balancer::wire_addr(client);
-    let (dst, _) = lb_userspace::control::balancer::wire_addr(vip);
+    let (src, family) = lb_userspace::control::map_sync::wire_addr(client);
+    let (dst, _) = lb_userspace::control::map_sync::wire_addr(vip);
     lb_common::flow::FlowKey {
         src,
         dst,

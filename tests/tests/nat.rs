@@ -508,7 +508,7 @@ fn policies_for_what_cannot_be_balanced() {
 #[test]
 fn invalid_services_are_refused_before_any_map_changes() {
     lb_tests::require_root!();
-    use lb_userspace::{control::balancer::BalancerError::Invalid, model::state::ChangeError as E};
+    use lb_userspace::{control::map_sync::MapSyncError::Invalid, model::state::ChangeError as E};
     let mut datapath = Datapath::load();
     let balancer = &mut datapath.balancer;
     let vip = Service {

@@ -15,11 +15,15 @@ use syn::visit::Visit;
 /// model types and the daemon's configuration, so it may name any layer.
 const LAYERS: &[(&str, &[&str])] = &[
     ("model", &[]),
-    ("datapath", &["model"]),
-    ("control", &["model", "datapath"]),
+    ("store", &["model"]),
+    ("datapath", &["model", "store"]),
+    ("control", &["model", "store", "datapath"]),
     ("api", &["model"]),
-    ("daemon", &["model", "datapath", "control", "api"]),
-    ("cli", &["model", "datapath", "control", "api", "daemon"]),
+    ("daemon", &["model", "store", "datapath", "control", "api"]),
+    (
+        "cli",
+        &["model", "store", "datapath", "control", "api", "daemon"],
+    ),
 ];
 
 /// Crates a layer must not use: the model is pure, the API could be its own crate.
@@ -36,6 +40,10 @@ const FORBIDDEN_CRATES: &[(&str, &[&str])] = &[
             "rustix",
             "axum",
         ],
+    ),
+    (
+        "store",
+        &["aya", "aya_log", "tokio", "tokio_util", "clap", "axum"],
     ),
     ("api", &["aya", "aya_log", "clap", "libc", "tokio", "axum"]),
     ("control", &["clap", "axum"]),
@@ -409,7 +417,7 @@ mod tests {
         assert!(upward[0].contains("crate::cli::args"), "{upward:?}");
         // Inline paths and `super` climbing out of a layer count too.
         assert_eq!(
-            problems("model::state", "fn f() { crate::control::balancer::go(); }").len(),
+            problems("model::state", "fn f() { crate::control::map_sync::go(); }").len(),
             1
         );
         assert_eq!(
@@ -448,7 +456,7 @@ mod tests {
     #[test]
     fn circles_are_found() {
         let mut edges = BTreeMap::new();
-        edges.insert(module("control::balancer"), [module("model::state")].into());
+        edges.insert(module("control::map_sync"), [module("model::state")].into());
         edges.insert(module("model::state"), [module("model::health")].into());
         assert!(cycles(&edges).is_empty());
         edges.insert(module("model::health"), [module("model::state")].into());

@@ -25,8 +25,8 @@ use crate::{
     datapath::announce,
     datapath::attach::Interface,
     datapath::pins::{DEFAULT_PIN_DIR, PinDir},
-    model::config,
     model::health::unix_seconds,
+    store::state_file,
 };
 
 /// Seconds since the Unix epoch, for "how long ago" cells.
@@ -288,7 +288,7 @@ pub(crate) fn status(socket: &Path, args: OutputArgs) -> anyhow::Result<()> {
 /// `lb check-config`: the daemon's own reading of `--config` (the same function, so the
 /// same checks and the same error with file and line), without a daemon.
 pub(crate) fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
-    let (state, cluster) = config::load_with_cluster(&args.file)?;
+    let (state, cluster) = state_file::load_with_cluster(&args.file)?;
     output::line(render::config_summary(&args.file, &state, &cluster))
 }
 

@@ -2,7 +2,7 @@
 //! MACs are the kernel's (docs/ARCHITECTURE.md, "Frames for other hosts").
 
 use crate::{
-    control::balancer::Balancer,
+    control::map_sync::MapSync,
     datapath::attach::{self, Interface},
 };
 
@@ -11,13 +11,13 @@ use crate::{
 /// read keeps what was recorded for it (nothing at the first start: frames for other
 /// hosts arriving there are forwarded); `warn` says so in the log, else at debug level.
 pub(crate) fn record(
-    balancer: &mut Balancer,
+    map_sync: &mut MapSync,
     ifaces: &[Interface],
     any_mac: bool,
     warn: bool,
 ) -> Result<(), aya::maps::MapError> {
     if any_mac {
-        return balancer.set_local_macs(&[], &[]);
+        return map_sync.set_local_macs(&[], &[]);
     }
     let mut macs = Vec::with_capacity(ifaces.len());
     for iface in ifaces {
@@ -34,5 +34,5 @@ pub(crate) fn record(
         }
     }
     let attached: Vec<u32> = ifaces.iter().map(|iface| iface.index).collect();
-    balancer.set_local_macs(&macs, &attached)
+    map_sync.set_local_macs(&macs, &attached)
 }

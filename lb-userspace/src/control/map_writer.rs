@@ -1,5 +1,5 @@
-//! What the balancer needs from the service maps, as a trait: the real maps implement it,
-//! and the balancer's tests use a recording fake to check the order of the writes without
+//! What `MapSync` needs from the service maps, as a trait: the real maps implement it,
+//! and `MapSync`'s tests use a recording fake to check the order of the writes without
 //! root.
 
 use aya::maps::MapError;

@@ -1,11 +1,8 @@
-//! What the daemon does for each API request: changes go to the maps, then to the state
-//! file; queries read the maps. One request at a time (the server holds the lock).
+//! The controller: what the daemon changes, split by job (the datapath, health, routes,
+//! next hops, conntrack), and how each change request goes to the maps, then to the state
+//! file. Only its task touches it (`daemon::owner`); queries read what it publishes.
 
-use std::{
-    net::SocketAddr,
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use aya::Ebpf;
 use serde::Serialize;
@@ -13,71 +10,81 @@ use tracing::{error, info, warn};
 
 use crate::{
     api::error::{ApiError, ErrorCode},
-    api::wire::{DownReport, FlushReport, Request, Response},
+    api::wire::{
+        AnnounceEntry, DownReport, FlushReport, InterfaceEntry, NodeReport, Request, Response,
+    },
     control::announcer::Announcer,
-    control::balancer::{Balancer, BalancerError},
     control::checker::Checker,
+    control::map_sync::{MapSync, MapSyncError},
     daemon::flows::Filter,
+    daemon::next_hops::NextHops,
+    daemon::published::{DaemonFacts, Published},
     datapath::attach::PinnedAttachment,
-    datapath::conntrack::{ConntrackBook, ConntrackTable},
+    datapath::conntrack::{Census, ConntrackBook, ConntrackTable},
     datapath::forwarding::{self, Family, ForwardingError},
     datapath::neighbours,
     datapath::pins::PinDir,
-    datapath::stats::StatsMap,
     model::announce::{NodeState, VipLoad},
     model::check::CheckConfig,
-    model::config,
     model::error_chain::error_chain,
     model::health::{Health, HealthBook, HealthKey},
     model::mode::Mode,
+    model::reload::Declared,
     model::state::{Change, Proto, Service, State},
+    store::state_file,
 };
-use lb_common::flow::Timeouts;
 
-/// The daemon's datapath and everything needed to report on it.
+/// Everything the daemon changes, owned by one task ([`crate::daemon::owner`]): commands
+/// are applied one at a time, and readers see what [`Controller::publish`] hands them.
 pub(crate) struct Controller {
-    pub(super) balancer: Balancer,
-    pub(super) stats: StatsMap,
-    pub(super) state_file: PathBuf,
-    pub(super) api: PathBuf,
-    pub(super) attachments: Vec<PinnedAttachment>,
-    /// `None` once `lb down` removed the pins.
-    pub(super) pins: Option<PinDir>,
-    pub(super) adopted: bool,
-    pub(super) started: Instant,
-    pub(super) health: HealthBook,
-    pub(super) checker: Checker,
-    /// The last sweep's census and the deletion and eviction totals.
-    pub(super) conntrack: ConntrackBook,
-    /// For listing and flushing flows (the sweep has a handle of its own).
-    pub(super) conntrack_table: ConntrackTable,
-    /// The idle timeouts the datapath was loaded with.
-    pub(super) timeouts: Timeouts,
-    /// The rate guard's new flows per CPU per second (`--new-flow-limit`).
-    pub(super) new_flow_limit: u32,
-    /// `--forward-any-mac`: no destination-MAC check.
-    pub(super) forward_any_mac: bool,
-    /// DSR backends whose next hop could not be kept resolved (warned about once).
-    pub(super) unresolved: std::collections::BTreeSet<std::net::IpAddr>,
-    pub(super) sweep_interval: Duration,
+    pub(super) datapath: Datapath,
+    pub(super) health: HealthWatch,
     /// The routes that announce this node's VIPs.
     pub(super) announcer: Announcer,
-    /// Whether `--hash-seed` (or the config) set the cluster's seed.
-    pub(super) seeded: bool,
+    pub(super) next_hops: NextHops,
+    pub(super) conntrack: Conntrack,
     /// `--config`, for `lb reload` and SIGHUP.
-    pub(super) declared: crate::model::reload::Declared,
-    /// The build id of the loaded eBPF object (`lb status`).
-    pub(super) datapath_build: String,
-    /// Kept so the loaded program lives as long as the daemon; `lb status` reads its maps'
-    /// memory.
-    pub(super) ebpf: Ebpf,
+    pub(super) declared: Declared,
+    /// What the daemon was started with; shared with the readers.
+    pub(super) facts: Arc<DaemonFacts>,
+}
+
+/// The loaded datapath: its maps, where it is attached, and the pins that keep it.
+pub(crate) struct Datapath {
+    /// Writes the service maps so they match the desired state.
+    pub(crate) map_sync: MapSync,
+    pub(crate) attachments: Vec<PinnedAttachment>,
+    /// `None` once `lb down` removed the pins.
+    pub(crate) pins: Option<PinDir>,
+    /// `--forward-any-mac`: no destination-MAC check.
+    pub(crate) forward_any_mac: bool,
+    /// Kept so the loaded program lives as long as the daemon.
+    #[expect(
+        dead_code,
+        reason = "held, never read: dropping it would unload the program"
+    )]
+    pub(crate) ebpf: Ebpf,
+}
+
+/// Each backend's health, and the probes that feed it.
+pub(crate) struct HealthWatch {
+    pub(crate) book: HealthBook,
+    pub(crate) checker: Checker,
+}
+
+/// What the sweeps found, and a handle of its own on the conntrack maps for flushes.
+pub(crate) struct Conntrack {
+    /// The last sweep's census and the deletion and eviction totals.
+    pub(crate) book: ConntrackBook,
+    pub(crate) table: ConntrackTable,
 }
 
 fn service(vip: SocketAddr, proto: Proto) -> Service {
     Service { addr: vip, proto }
 }
 
-fn json(value: impl Serialize) -> Result<serde_json::Value, ApiError> {
+/// An answer as JSON.
+pub(super) fn json(value: impl Serialize) -> Result<serde_json::Value, ApiError> {
     serde_json::to_value(value).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
 }
 
@@ -90,26 +97,26 @@ fn invalid_check(reason: String) -> ApiError {
     ApiError::new(ErrorCode::InvalidCheck, format!("check: {reason}"))
 }
 
-impl From<BalancerError> for ApiError {
-    fn from(error: BalancerError) -> Self {
+impl From<MapSyncError> for ApiError {
+    fn from(error: MapSyncError) -> Self {
         match error {
-            BalancerError::Invalid(invalid) => invalid.into(),
-            BalancerError::TooManyVips(_) => {
+            MapSyncError::Invalid(invalid) => invalid.into(),
+            MapSyncError::TooManyVips(_) => {
                 ApiError::new(ErrorCode::TooManyVips, error.to_string())
             }
-            BalancerError::TooManyBackends(_) => {
+            MapSyncError::TooManyBackends(_) => {
                 ApiError::new(ErrorCode::TooManyBackends, error.to_string())
             }
             // The maps may hold part of the change; the desired state is unchanged and the
             // next change completes the sync.
-            BalancerError::Map(_) => datapath_error(error),
+            MapSyncError::Map(_) => datapath_error(error),
         }
     }
 }
 
 impl Controller {
     pub(crate) fn handle(&mut self, request: Request) -> Response {
-        if self.pins.is_none() {
+        if self.datapath.pins.is_none() {
             return Response::failure(ApiError::new(
                 ErrorCode::ShuttingDown,
                 "the daemon is shutting down (`lb down`)",
@@ -206,26 +213,11 @@ impl Controller {
                 service: service(vip, proto),
                 backend,
             }]),
-            Request::VipList {} => self.vips().and_then(json),
-            Request::BackendList { vip, proto } => {
-                let filter = vip.map(|vip| service(vip, proto));
-                self.backends(filter).and_then(json)
-            }
-            Request::ConntrackList {
-                vip,
-                proto,
-                backend,
-                limit,
-            } => self
-                .conntrack_list(vip, proto, backend, limit)
-                .and_then(json),
             Request::ConntrackFlush {
                 vip,
                 proto,
                 backend,
             } => self.conntrack_flush(vip, proto, backend).and_then(json),
-            Request::Stats {} => self.stats().and_then(json),
-            Request::Status {} => json(self.status()),
             Request::NodeDrain {} => self
                 .change(vec![Change::DrainNode(true)])
                 .and_then(|_| json(self.node_report())),
@@ -234,9 +226,16 @@ impl Controller {
                 .and_then(|_| json(self.node_report())),
             Request::Down {} => self.down().and_then(json),
             Request::Reload {} => self.reload().and_then(json),
-            Request::Explain { client, vip, proto } => {
-                self.explain(client, vip, proto).and_then(json)
-            }
+            // The server sends these to the readers (`daemon::reader`).
+            Request::VipList {}
+            | Request::BackendList { .. }
+            | Request::ConntrackList { .. }
+            | Request::Stats {}
+            | Request::Status {}
+            | Request::Explain { .. } => Err(ApiError::new(
+                ErrorCode::Internal,
+                "a query reached the controller instead of a reader",
+            )),
         };
         match result {
             Ok(value) => Response::success(value),
@@ -247,9 +246,9 @@ impl Controller {
     /// Applies changes to the maps, then saves the state. If saving fails the maps go back
     /// to the saved state, so the file and the datapath never disagree.
     fn change(&mut self, changes: Vec<Change>) -> Result<serde_json::Value, ApiError> {
-        let before = self.balancer.state().clone();
+        let before = self.datapath.map_sync.state().clone();
         self.check_dsr_paths(&changes)?;
-        self.balancer.apply_all(&changes)?;
+        self.datapath.map_sync.apply_all(&changes)?;
         self.save_or_roll_back(&before)?;
         info!(?changes, "applied");
         self.after_change();
@@ -258,11 +257,13 @@ impl Controller {
 
     /// Saves the state the maps now hold; if that fails, puts `before` back in the maps.
     pub(super) fn save_or_roll_back(&mut self, before: &State) -> Result<(), ApiError> {
-        let Err(save_error) = config::save(&self.state_file, self.balancer.state()) else {
+        let Err(save_error) =
+            state_file::save(&self.facts.state_file, self.datapath.map_sync.state())
+        else {
             return Ok(());
         };
         let reason = error_chain(&save_error);
-        let message = match self.balancer.sync(before) {
+        let message = match self.datapath.map_sync.sync(before) {
             Ok(()) => format!("{reason}; the change was rolled back"),
             Err(rollback) => {
                 error!(error = %error_chain(&rollback), "rolling back after a failed save");
@@ -288,7 +289,8 @@ impl Controller {
     /// `lb down` before it detaches.
     pub(crate) fn announce(&mut self) {
         let vips: Vec<VipLoad> = self
-            .balancer
+            .datapath
+            .map_sync
             .view()
             .iter()
             .map(|vip| VipLoad {
@@ -299,8 +301,8 @@ impl Controller {
             .collect();
         let node = NodeState {
             announcing: true,
-            drained: self.balancer.state().node.drained,
-            shutting_down: self.pins.is_none(),
+            drained: self.datapath.map_sync.state().node.drained,
+            shutting_down: self.datapath.pins.is_none(),
         };
         self.announcer.reconcile(node, &vips);
     }
@@ -309,9 +311,9 @@ impl Controller {
     /// lb is attached to: only the MACs change in dsr-l2, so the backend must be on the
     /// lb's link (a backend behind a router needs dsr-ipip).
     fn check_dsr_paths(&self, changes: &[Change]) -> Result<(), ApiError> {
-        let mut next = self.balancer.state().clone();
+        let mut next = self.datapath.map_sync.state().clone();
         for change in changes {
-            // Invalid changes are refused by the balancer with their own reasons.
+            // Invalid changes are refused by `MapSync` with their own reasons.
             if next.apply(change).is_err() {
                 return Ok(());
             }
@@ -345,6 +347,7 @@ impl Controller {
                 )
             })?;
             let attached = self
+                .datapath
                 .attachments
                 .iter()
                 .any(|a| a.iface.index == path.ifindex);
@@ -375,11 +378,16 @@ impl Controller {
 
     /// Re-reads the attached interfaces' MACs into the datapath.
     pub(crate) fn follow_local_macs(&mut self) {
-        let ifaces: Vec<_> = self.attachments.iter().map(|a| a.iface.clone()).collect();
+        let ifaces: Vec<_> = self
+            .datapath
+            .attachments
+            .iter()
+            .map(|a| a.iface.clone())
+            .collect();
         let recorded = crate::control::local_macs::record(
-            &mut self.balancer,
+            &mut self.datapath.map_sync,
             &ifaces,
-            self.forward_any_mac,
+            self.datapath.forward_any_mac,
             false,
         );
         if let Err(error) = recorded {
@@ -387,39 +395,9 @@ impl Controller {
         }
     }
 
-    /// Asks the kernel to keep the next hop toward every DSR backend resolved (the
-    /// datapath drops DSR packets whose neighbour is unresolved: the kernel cannot
-    /// forward them in its place). Called after every change and every sweep.
+    /// Keeps the next hop toward every DSR backend resolved.
     pub(crate) fn keep_dsr_next_hops(&mut self) {
-        let backends: Vec<std::net::IpAddr> = self
-            .balancer
-            .state()
-            .vips
-            .values()
-            .filter(|vip| vip.mode.is_dsr())
-            .flat_map(|vip| vip.backends.keys().map(SocketAddr::ip))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        for backend in backends {
-            let kept = neighbours::path_to(backend).and_then(|path| {
-                if path.is_unicast() {
-                    neighbours::keep_resolved(path.next_hop(backend), path.ifindex)
-                } else {
-                    Ok(())
-                }
-            });
-            match kept {
-                Ok(()) => {
-                    self.unresolved.remove(&backend);
-                }
-                Err(error) => {
-                    if self.unresolved.insert(backend) {
-                        warn!(%backend, error = %error_chain(&error), "cannot keep the next hop toward a DSR backend resolved; its packets drop while unresolved (drop_dsr_no_neighbour)");
-                    }
-                }
-            }
-        }
+        self.next_hops.keep_resolved(self.datapath.map_sync.state());
     }
 
     /// Makes the health book and the probes match the VIPs' checks.
@@ -427,7 +405,7 @@ impl Controller {
         let mut checked = Vec::new();
         let mut unchecked = Vec::new();
         let mut probes = Vec::new();
-        for (service, vip) in &self.balancer.state().vips {
+        for (service, vip) in &self.datapath.map_sync.state().vips {
             for addr in vip.backends.keys() {
                 let key = (*service, *addr);
                 match &vip.check {
@@ -439,14 +417,14 @@ impl Controller {
                 }
             }
         }
-        self.health.reconcile(&checked, &unchecked);
-        self.checker.reconcile(&probes);
+        self.health.book.reconcile(&checked, &unchecked);
+        self.health.checker.reconcile(&probes);
         self.apply_health();
     }
 
     fn apply_health(&mut self) {
-        let down = self.health.down().copied().collect();
-        if let Err(error) = self.balancer.set_down(down) {
+        let down = self.health.book.down().copied().collect();
+        if let Err(error) = self.datapath.map_sync.set_down(down) {
             error!(error = %error_chain(&error), "updating the tables for health changes failed");
         }
     }
@@ -454,7 +432,8 @@ impl Controller {
     /// Counts one probe result; a backend that rises or falls enters or leaves its table.
     pub(crate) fn on_probe(&mut self, key: HealthKey, result: Result<(), String>) {
         let Some(check) = self
-            .balancer
+            .datapath
+            .map_sync
             .state()
             .vips
             .get(&key.0)
@@ -463,7 +442,7 @@ impl Controller {
             return;
         };
         let (rise, fall) = (check.rise, check.fall);
-        match self.health.record(&key, &result, rise, fall) {
+        match self.health.book.record(&key, &result, rise, fall) {
             Some(Health::Down) => {
                 warn!(vip = %key.0, backend = %key.1, error = ?result.err(), "backend down: no new flows");
             }
@@ -475,13 +454,92 @@ impl Controller {
         self.announce();
     }
 
+    /// Announcements, drain and seed (`status`, `node-drain`, `node-resume`).
+    pub(super) fn node_report(&self) -> NodeReport {
+        NodeReport {
+            drained: self.datapath.map_sync.state().node.drained,
+            announce_table: self.announcer.table(),
+            hash_seed: if self.facts.seeded { "set" } else { "default" }.to_owned(),
+            announced: self.announcer.announced().iter().copied().collect(),
+            route_error: self.announcer.error().map(str::to_owned),
+            vips: self
+                .announcer
+                .verdicts()
+                .iter()
+                .map(|v| AnnounceEntry {
+                    vip: v.service.addr,
+                    proto: v.service.proto,
+                    announced: v.announced,
+                    reason: v.reason,
+                    detail: v.reason.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Records a sweep's census, then the upkeep that runs once per sweep interval.
+    pub(crate) fn after_sweep(&mut self, census: Census) {
+        self.conntrack.book.record_sweep(census);
+        // Managed neighbour entries lost since (a flushed table, a changed route) come
+        // back within a sweep interval.
+        self.keep_dsr_next_hops();
+        // An interface whose MAC changed keeps forwarding frames to it.
+        self.follow_local_macs();
+        // A route deleted by hand comes back, a failed write is retried.
+        self.announce();
+        // Deleted backends' endpoints go once their replies are done.
+        if let Err(error) = self
+            .datapath
+            .map_sync
+            .expire_endpoints(std::time::Instant::now())
+        {
+            warn!(error = %error_chain(&error), "removing deleted backends' endpoints failed; retrying at the next sweep");
+        }
+    }
+
+    /// Puts back pins someone removed under the running daemon (the datapath kept
+    /// forwarding through the daemon's own handles meanwhile). If that fails, says
+    /// clearly, once per failure (`reported`), what is missing and what it means.
+    pub(crate) fn check_pins(&mut self, reported: &mut bool) {
+        let Some(pins) = self.datapath.pins.as_mut() else {
+            return;
+        };
+        match pins.restore() {
+            Ok(restored) if restored.is_empty() => *reported = false,
+            Ok(restored) => {
+                *reported = false;
+                warn!(
+                    dir = %pins.path().display(),
+                    restored = %restored.join(", "),
+                    "pins were removed while lb runs; re-pinned them from the daemon's own handles"
+                );
+            }
+            Err(error) if !*reported => {
+                *reported = true;
+                error!(
+                    dir = %pins.path().display(),
+                    missing = %pins.missing().join(", "),
+                    error = %error_chain(&error),
+                    "pins were removed while lb runs and cannot be put back: the datapath still \
+                     forwards through this daemon, but stopping it now would detach the interfaces \
+                     and forget every tracked flow; `lb down` then `lb run` re-creates them"
+                );
+            }
+            Err(_) => {}
+        }
+    }
+
     /// Refuses an IPv6 VIP while an attached interface has IPv6 forwarding off: the
     /// datapath would drop its packets. (IPv4 forwarding was checked at start.)
     pub(super) fn forwarding_for(&self, vip: SocketAddr) -> Result<(), ApiError> {
         if vip.is_ipv4() {
             return Ok(());
         }
-        let names = self.attachments.iter().map(|a| a.iface.name.as_str());
+        let names = self
+            .datapath
+            .attachments
+            .iter()
+            .map(|a| a.iface.name.as_str());
         forwarding::check(names, Family::V6).map_err(|error| match error {
             ForwardingError::Off { .. } => {
                 ApiError::new(ErrorCode::ForwardingDisabled, error.to_string())
@@ -497,7 +555,7 @@ impl Controller {
         proto: Option<Proto>,
         backend: Option<SocketAddr>,
     ) -> Result<Filter, ApiError> {
-        Filter::resolve(&self.balancer.view(), vip, proto, backend)
+        Filter::resolve(&self.datapath.map_sync.view(), vip, proto, backend)
     }
 
     /// Deletes the flows the filter picks; their next packets are balanced afresh.
@@ -509,11 +567,12 @@ impl Controller {
     ) -> Result<FlushReport, ApiError> {
         let filter = self.flow_filter(vip, proto, backend)?;
         let (proven, unproven) = self
-            .conntrack_table
+            .conntrack
+            .table
             .walk_both(|_, key, conn| filter.matches(key, conn))
             .map_err(datapath_error)?;
         let deleted = proven.deleted + unproven.deleted;
-        self.conntrack.record_flush(deleted, proven.deleted);
+        self.conntrack.book.record_flush(deleted, proven.deleted);
         info!(
             ?vip,
             ?proto,
@@ -528,13 +587,13 @@ impl Controller {
     /// pins cannot all be removed the daemon keeps running (the datapath still forwards
     /// through what is left) and says why.
     pub(crate) fn down(&mut self) -> Result<DownReport, ApiError> {
-        let Some(pin_dir) = self.pins.as_ref().map(|p| p.path().to_owned()) else {
+        let Some(pin_dir) = self.datapath.pins.as_ref().map(|p| p.path().to_owned()) else {
             return Err(ApiError::new(ErrorCode::ShuttingDown, "already down"));
         };
         // Routers stop sending before the datapath goes: withdrawn first.
         let node = NodeState {
             announcing: true,
-            drained: self.balancer.state().node.drained,
+            drained: self.datapath.map_sync.state().node.drained,
             shutting_down: true,
         };
         let before = self.announcer.announced().clone();
@@ -549,7 +608,7 @@ impl Controller {
                 format!("withdrawing the VIPs failed, so the datapath stays: {error}"),
             ));
         }
-        let Some(pins) = self.pins.as_mut() else {
+        let Some(pins) = self.datapath.pins.as_mut() else {
             return Err(ApiError::new(ErrorCode::ShuttingDown, "already down"));
         };
         // Unpinned first while our handles still hold everything, so a failure midway leaves
@@ -557,11 +616,12 @@ impl Controller {
         pins.clear().map_err(datapath_error)?;
         pins.release();
         let detached = self
+            .datapath
             .attachments
             .drain(..)
             .map(|a| a.iface.name.clone())
             .collect();
-        if let Some(pins) = self.pins.take() {
+        if let Some(pins) = self.datapath.pins.take() {
             pins.remove().map_err(datapath_error)?;
         }
         info!(dir = %pin_dir.display(), "detached and removed the pins");
@@ -570,5 +630,39 @@ impl Controller {
             pin_dir,
             withdrawn,
         })
+    }
+}
+
+impl Controller {
+    /// A snapshot of what the controller holds now. Costs a copy of the state, the view
+    /// and the health book: small next to the map writes of the command before it.
+    pub(crate) fn publish(&self) -> Published {
+        let map_sync = &self.datapath.map_sync;
+        Published {
+            shutting_down: self.datapath.pins.is_none(),
+            state: map_sync.state().clone(),
+            view: map_sync.view(),
+            limits: *map_sync.limits(),
+            hash_seed: map_sync.hash_seed(),
+            health: self.health.book.clone(),
+            conntrack: self.conntrack.book.clone(),
+            node: self.node_report(),
+            interfaces: self
+                .datapath
+                .attachments
+                .iter()
+                .map(|a| InterfaceEntry {
+                    name: a.iface.name.clone(),
+                    ifindex: a.iface.index,
+                    mode: a.mode.to_owned(),
+                })
+                .collect(),
+            pin_dir: self
+                .datapath
+                .pins
+                .as_ref()
+                .map(|p| p.path().to_owned())
+                .unwrap_or_default(),
+        }
     }
 }

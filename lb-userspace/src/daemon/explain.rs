@@ -11,13 +11,13 @@ use lb_common::{
     service::{Backend, EndpointKey, VipKey},
 };
 
-use super::controller::{Controller, datapath_error};
+use super::{controller::datapath_error, published::Published, reader::Reader};
 use crate::{
     api::{
         error::{ApiError, ErrorCode},
         explain::{BackendStatus, Explanation, MaglevPick, ServiceMatch, TrackedFlow},
     },
-    control::balancer::{BackendView, VipView, wire_addr},
+    control::map_sync::{BackendView, VipView, wire_addr},
     daemon::flows::state_name,
     datapath::conntrack::monotonic_coarse_ns,
     model::{
@@ -59,18 +59,19 @@ pub(crate) fn flow_key(client: SocketAddr, vip: SocketAddr, proto: Proto) -> Flo
 /// Every listed backend by (id, generation), with its VIP.
 type Known<'a> = HashMap<(u32, u32), (Service, &'a BackendView)>;
 
-impl Controller {
+impl Reader {
     pub(super) fn explain(
         &self,
+        snap: &Published,
         client: SocketAddr,
         vip: SocketAddr,
         proto: Proto,
     ) -> Result<Explanation, ApiError> {
         explain::check_flow(client, vip)?;
         let key = flow_key(client, vip, proto);
-        let (facts, place) = self.facts(&key)?;
+        let (facts, place) = self.facts(snap, &key)?;
         let service = Service { addr: vip, proto };
-        let view = self.balancer.view();
+        let view = &snap.view;
         let known: Known = view
             .iter()
             .flat_map(|v| {
@@ -79,11 +80,13 @@ impl Controller {
                     .map(|b| ((b.id, b.generation), (v.service, b)))
             })
             .collect();
-        let size = self.balancer.limits().maglev_size;
+        let size = snap.limits.maglev_size;
         let verdict = explain::decide(&facts);
 
         let vip_view = view.iter().find(|v| v.service == service);
-        let matched = facts.vip.map(|_| self.service_match(service, vip_view));
+        let matched = facts
+            .vip
+            .map(|_| Self::service_match(snap, service, vip_view));
         let tracked = facts.tracked.map(|(conn, backend)| {
             let idle_ns = facts.now_ns.saturating_sub(conn.last_seen_ns);
             let timeout_ns = if facts.proven {
@@ -99,7 +102,8 @@ impl Controller {
                 expired: explain::entry(&facts) == explain::Entry::Expired,
                 proven: facts.proven,
                 admission: explain::admission_of(&conn, facts.proven, backend.mode == MODE_NAT),
-                backend: self.backend_status(
+                backend: Self::backend_status(
+                    snap,
                     &known,
                     conn.backend_id,
                     &backend,
@@ -114,7 +118,13 @@ impl Controller {
                 table_size: size,
                 table_fingerprint: format!("{:016x}", v.fingerprint),
                 backend: facts.slot.map(|(id, backend)| {
-                    self.backend_status(&known, id, &backend, (backend.vip_id, backend.generation))
+                    Self::backend_status(
+                        snap,
+                        &known,
+                        id,
+                        &backend,
+                        (backend.vip_id, backend.generation),
+                    )
                 }),
             }),
             _ => None,
@@ -134,7 +144,7 @@ impl Controller {
             admission: if facts.tracked.is_some() {
                 String::new()
             } else {
-                explain::admission_of_new_flow(self.new_flow_limit)
+                explain::admission_of_new_flow(self.facts.new_flow_limit)
             },
         };
         let mode = facts
@@ -148,8 +158,12 @@ impl Controller {
 
     /// What the maps hold for the flow `key`, read as the datapath reads them, and where
     /// the flow falls in the VIP's table.
-    fn facts(&self, key: &FlowKey) -> Result<(Facts, Option<MaglevSlot>), ApiError> {
-        let maps = self.balancer.maps();
+    fn facts(
+        &self,
+        snap: &Published,
+        key: &FlowKey,
+    ) -> Result<(Facts, Option<MaglevSlot>), ApiError> {
+        let maps = &self.maps;
         // lookup.rs `service` and `is_vip_address`.
         let vip_key = VipKey {
             addr: key.dst,
@@ -191,8 +205,8 @@ impl Controller {
             _ => false,
         };
         // select.rs `maglev`.
-        let size = self.balancer.limits().maglev_size;
-        let seed = self.balancer.hash_seed();
+        let size = snap.limits.maglev_size;
+        let seed = snap.hash_seed;
         let place = vip.and_then(|info| explain::maglev_slot(key, &seed, size, &info));
         let slot = match place {
             Some(place) => match maps.maglev_slot(place.index).map_err(datapath_error)? {
@@ -211,13 +225,13 @@ impl Controller {
             proto: key.proto,
             source_refused,
             now_ns,
-            timeouts: self.timeouts,
+            timeouts: self.facts.timeouts,
         };
         Ok((facts, place))
     }
 
-    fn service_match(&self, service: Service, view: Option<&VipView>) -> ServiceMatch {
-        let spec = self.balancer.state().vips.get(&service);
+    fn service_match(snap: &Published, service: Service, view: Option<&VipView>) -> ServiceMatch {
+        let spec = snap.state.vips.get(&service);
         let (backends, live, healthy) =
             view.map_or((0, 0, 0), |v| (v.backends.len(), v.live, v.healthy));
         ServiceMatch {
@@ -232,7 +246,7 @@ impl Controller {
 
     /// BACKENDS[`id`] as seen by a flow pinned under (`vip_id`, `generation`).
     fn backend_status(
-        &self,
+        snap: &Published,
         known: &Known,
         id: u32,
         backend: &Backend,
@@ -244,7 +258,7 @@ impl Controller {
                 backend: Some(b.addr),
                 state: state.to_owned(),
                 weight: Some(b.spec.weight),
-                health: self
+                health: snap
                     .health
                     .get(&(*service, b.addr))
                     .map_or(Health::Unchecked, |h| h.health),

@@ -18,7 +18,7 @@ use lb_common::{
 use crate::{
     api::error::{ApiError, ErrorCode},
     api::wire::FlowEntry,
-    control::balancer::{VipView, wire_addr},
+    control::map_sync::{VipView, wire_addr},
     model::state::Proto,
 };
 
@@ -154,7 +154,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        control::balancer::BackendView,
+        control::map_sync::BackendView,
         model::state::{BackendSpec, Service},
     };
 

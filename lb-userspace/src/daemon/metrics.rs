@@ -13,7 +13,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-/// Everything one scrape reports, read under the controller's lock.
+/// Everything one scrape reports, read by a reader (`daemon::reader`).
 #[derive(Debug, Default)]
 pub(crate) struct Snapshot {
     /// Global counters by name, with their kind.

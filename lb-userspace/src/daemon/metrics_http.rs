@@ -1,11 +1,9 @@
 //! `lb run --metrics <ADDR:PORT>` serves the OpenMetrics text at `/metrics`. Every scrape
 //! reads the datapath's counters (summed over CPUs) afresh; they live in pinned maps, so
-//! they never go backwards across a daemon restart.
+//! they never go backwards across a daemon restart. Scrapes are answered by a reader
+//! (`daemon::reader`), so one never waits behind a change or a reload.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context as _;
 use axum::{
@@ -17,7 +15,11 @@ use axum::{
 };
 use tokio::net::TcpListener;
 
-use crate::daemon::{controller::Controller, metrics::render};
+use crate::daemon::{
+    metrics::render,
+    reader::Reader,
+    tasks::{self, Fatal},
+};
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -28,26 +30,26 @@ pub(crate) async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot serve metrics on {addr} (--metrics)"))
 }
 
-pub(crate) async fn serve(listener: TcpListener, controller: Arc<Mutex<Controller>>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    reader: Arc<Reader>,
+    fatal: Fatal,
+) -> anyhow::Result<()> {
     let app = Router::new()
         .route("/metrics", get(scrape))
-        .with_state(controller);
-    if let Err(error) = axum::serve(listener, app).await {
-        tracing::error!(%error, "the metrics server stopped");
-    }
+        .with_state((reader, fatal));
+    axum::serve(listener, app)
+        .await
+        .context("the metrics server stopped")
 }
 
-async fn scrape(State(controller): State<Arc<Mutex<Controller>>>) -> impl IntoResponse {
-    let text = tokio::task::spawn_blocking(move || {
-        let snapshot = controller
-            .lock()
-            .map_err(|_| "the daemon's state is poisoned".to_owned())?
-            .metrics()
-            .map_err(|e| e.message)?;
+async fn scrape(State((reader, fatal)): State<(Arc<Reader>, Fatal)>) -> impl IntoResponse {
+    let text = tasks::blocking(&fatal, "metrics scrape", move || {
+        let snapshot = reader.metrics().map_err(|e| e.message)?;
         render(snapshot).map_err(|e| e.to_string())
     })
     .await
-    .unwrap_or_else(|e| Err(e.to_string()));
+    .unwrap_or_else(|| Err("the scrape failed (the daemon logged why and is ending)".to_owned()));
     match text {
         Ok(text) => (StatusCode::OK, [(header::CONTENT_TYPE, CONTENT_TYPE)], text),
         Err(error) => (

@@ -1,5 +1,6 @@
-//! `lb run`: start-up, the controller that serves each API request, the socket server,
-//! the metrics endpoint and the conntrack sweep.
+//! `lb run`: start-up, the controller and the task that owns it, the readers that answer
+//! queries from its published snapshot, the socket server, the metrics endpoint and the
+//! conntrack sweep.
 
 pub mod controller;
 pub mod counters;
@@ -7,8 +8,13 @@ pub mod explain;
 pub mod flows;
 pub mod metrics;
 pub mod metrics_http;
+pub mod next_hops;
 pub mod notify;
+pub mod owner;
+pub mod published;
+pub mod reader;
 pub mod reload;
-pub mod reports;
 pub mod run;
 pub mod server;
+pub mod sweep;
+pub mod tasks;

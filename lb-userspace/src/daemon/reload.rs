@@ -10,10 +10,10 @@ use crate::{
     api::error::{ApiError, ErrorCode},
     api::wire::ReloadReport,
     daemon::controller::Controller,
-    model::config,
     model::error_chain::error_chain,
     model::reload::{self, Difference},
     model::state::{Service, State},
+    store::state_file,
 };
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -31,11 +31,11 @@ impl Controller {
         };
         let refused = |reason: String| invalid(format!("{reason}; nothing was changed"));
         let (declared, cluster) =
-            config::load_with_cluster(&path).map_err(|e| refused(error_chain(&e)))?;
+            state_file::load_with_cluster(&path).map_err(|e| refused(error_chain(&e)))?;
         let reloaded = self.declared.flags.or(cluster);
         reload::check_cluster(&self.declared.running, &reloaded)
             .map_err(|e| refused(format!("{}: {e}", path.display())))?;
-        let before = self.balancer.state().clone();
+        let before = self.datapath.map_sync.state().clone();
         let target = reload::target(&before, declared);
         let changes = reload::differences(&before, &target)
             .map_err(|e| refused(format!("{}: {e}", path.display())))?;
@@ -48,7 +48,10 @@ impl Controller {
         }
         self.check_reload(&target, &changes)
             .map_err(|e| ApiError::new(e.code, format!("{}; nothing was changed", e.message)))?;
-        self.balancer.sync(&target).map_err(ApiError::from)?;
+        self.datapath
+            .map_sync
+            .sync(&target)
+            .map_err(ApiError::from)?;
         self.save_or_roll_back(&before)?;
         for change in &changes {
             info!(config = %path.display(), "reload: {change}");
@@ -62,7 +65,7 @@ impl Controller {
     }
 
     /// The checks an API change gets that need the kernel: IPv6 forwarding for new IPv6
-    /// VIPs, a direct link for new dsr-l2 backends. (The balancer checks capacity before
+    /// VIPs, a direct link for new dsr-l2 backends. (`MapSync` checks capacity before
     /// it writes anything.)
     fn check_reload(&self, target: &State, changes: &[Difference]) -> Result<(), ApiError> {
         let mut added: Vec<(Service, SocketAddr)> = Vec::new();
@@ -96,6 +99,8 @@ impl Controller {
 
 /// SIGHUP: a reload whose outcome goes to the log (there is no one to answer).
 pub(crate) fn on_hangup(controller: &mut Controller) {
+    // Logged here, on the controller's thread, right before the outcome: the two lines
+    // stay together in the log.
     info!("SIGHUP received, reloading --config");
     if let Err(error) = controller.reload() {
         warn!(code = %error.code.as_str(), "reload refused: {}", error.message);

@@ -5,35 +5,43 @@
 use std::{
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
     time::Instant,
 };
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use aya::{Ebpf, programs::ProgramError};
 use lb_common::{consts::MAP_META, encap::EncapSource};
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::{mpsc, watch},
+    sync::watch,
 };
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     api::client,
     control::announcer::Announcer,
-    control::balancer::Balancer,
     control::checker::Checker,
     control::local_macs,
+    control::map_sync::MapSync,
+    daemon::controller::{Conntrack, Controller, Datapath, HealthWatch},
+    daemon::counters,
     daemon::metrics_http,
+    daemon::next_hops::NextHops,
     daemon::notify,
-    daemon::reload,
-    daemon::server,
-    daemon::{controller::Controller, counters},
+    daemon::owner::{self, Command, Commands},
+    daemon::published::{DaemonFacts, SnapshotCell},
+    daemon::reader::Reader,
+    daemon::server::{self, Handlers},
+    daemon::sweep,
+    daemon::tasks::Tasks,
     datapath::attach::{self, AttachMode, Interface, PinnedAttachment},
     datapath::conntrack::{ConntrackBook, Sweeper},
     datapath::egress::EgressWatch,
     datapath::forwarding::{self, Family},
+    datapath::kernel,
     datapath::load,
     datapath::local_addresses,
     datapath::log,
@@ -42,7 +50,6 @@ use crate::{
     datapath::privileges,
     datapath::stats::{Snapshot, StatsMap},
     model::cluster::ClusterSettings,
-    model::config,
     model::decap::Prefix,
     model::error_chain::error_chain,
     model::health::HealthBook,
@@ -50,6 +57,7 @@ use crate::{
     model::mode,
     model::reload::Declared,
     model::state::State,
+    store::state_file,
 };
 
 /// `println!` that never panics: the daemon's stdout (a terminal, a pipe, the journal)
@@ -108,6 +116,9 @@ impl RunConfig {
 
 pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow::Result<()> {
     privileges::check()?;
+    if let Some(version) = kernel::check()? {
+        debug!(%version, "the kernel has every feature lb uses");
+    }
     // Handlers first: a signal that arrives while starting must not kill the daemon midway.
     let signals = Signals::install()?;
     // Everything that can be checked without touching the kernel is checked first.
@@ -119,7 +130,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
     args.limits().validate()?;
     let (declared, file_cluster) = match args.config.as_deref() {
         Some(path) => {
-            let (state, cluster) = config::load_with_cluster(path)?;
+            let (state, cluster) = state_file::load_with_cluster(path)?;
             (Some(state), cluster)
         }
         None => (None, ClusterSettings::default()),
@@ -132,7 +143,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
             "announcing with the public default hash seed: give every node the same --hash-seed, or anyone can compute which backend a flow lands on"
         );
     }
-    let saved = config::load_if_present(&args.state)
+    let saved = state_file::load_if_present(&args.state)
         .context("the saved state is unreadable; it is left as it is (fix or move it)")?;
     check_forwarding(&ifaces, declared.as_ref().or(saved.as_ref()))?;
     let custom_object = args
@@ -150,7 +161,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
     let socket = server::bind(&api_path)?;
     let mut pins = PinDir::open(&args.pin_dir)?;
     // A daemon killed mid-save leaves its temporary file; the pin lock makes us the writer.
-    for stale in config::remove_stale_temps(&args.state)? {
+    for stale in state_file::remove_stale_temps(&args.state)? {
         info!(file = %stale.display(), "removed a temporary state file left by an earlier run");
     }
     let adopted_limits = pins.adoptable(&args.requested())?;
@@ -192,7 +203,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
     let (
         Started {
             ebpf,
-            balancer,
+            map_sync,
             stats,
             attachments,
             mut egress,
@@ -204,7 +215,9 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
         Err(error) => {
             if adopted_limits.is_none() {
                 // Nothing was forwarding before: leave nothing behind.
-                let _ = pins.clear();
+                if let Err(clear) = pins.clear() {
+                    warn!(error = %error_chain(&clear), "removing the pins of the failed start");
+                }
             }
             return Err(error);
         }
@@ -224,99 +237,126 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
         },
         socket.path().display(),
     );
-    crate::daemon::reports::log_map_memory(&ebpf);
+    let map_memory = crate::daemon::reader::read_map_memory(&ebpf);
     let pin_dir = pins.path().to_owned();
-    let (probe_tx, mut probe_rx) = mpsc::unbounded_channel();
-    let conntrack_table = balancer
+    let open = |what: &str| format!("opening {what}");
+    let reader_maps = map_sync
+        .maps()
+        .reader()
+        .with_context(|| open("the maps for queries"))?;
+    let reader_flows = map_sync
         .maps()
         .conntrack_table()
-        .context("opening the conntrack map")?;
+        .with_context(|| open("the conntrack map for queries"))?;
+    let flush_table = map_sync
+        .maps()
+        .conntrack_table()
+        .with_context(|| open("the conntrack map for flushes"))?;
     let first_ifindex = attachments.first().map_or(0, |a| a.iface.index);
-    let controller = Arc::new(Mutex::new(Controller {
-        balancer,
-        stats,
+    let facts = Arc::new(DaemonFacts {
         state_file: args.state.clone(),
         api: api_path,
-        attachments,
-        pins: Some(pins),
         adopted: adopted_limits.is_some(),
         started: Instant::now(),
-        health: HealthBook::default(),
-        conntrack: ConntrackBook::new(first_census),
-        conntrack_table,
         timeouts: args.options.timeouts_ns,
         new_flow_limit: args.options.new_flow_limit,
-        forward_any_mac: args.forward_any_mac,
-        unresolved: Default::default(),
-        announcer: Announcer::new(args.cluster.announce_table, first_ifindex),
+        sweep_interval: args.sweep_interval,
         seeded: args.cluster.hash_seed.is_some(),
+        datapath_build: load::build_id(custom_object.as_deref()),
+        map_memory,
+    });
+    let (commands, command_queue) = Commands::channel();
+    let probe_results = {
+        let commands = commands.clone();
+        Arc::new(move |result| commands.probe(result))
+    };
+    let mut controller = Controller {
+        datapath: Datapath {
+            map_sync,
+            attachments,
+            pins: Some(pins),
+            forward_any_mac: args.forward_any_mac,
+            ebpf,
+        },
+        health: HealthWatch {
+            book: HealthBook::default(),
+            checker: Checker::new(tokio::runtime::Handle::current(), probe_results),
+        },
+        announcer: Announcer::new(args.cluster.announce_table, first_ifindex),
+        next_hops: NextHops::default(),
+        conntrack: Conntrack {
+            book: ConntrackBook::new(first_census),
+            table: flush_table,
+        },
         declared: Declared {
             config: args.config.clone(),
             flags: cluster_flags,
             running: args.cluster,
         },
-        sweep_interval: args.sweep_interval,
-        checker: Checker::new(tokio::runtime::Handle::current(), probe_tx),
-        datapath_build: load::build_id(custom_object.as_deref()),
-        ebpf,
-    }));
-    if let Ok(mut controller) = controller.lock() {
-        controller.refresh_health();
-        controller.keep_dsr_next_hops();
-        controller.announce();
-    }
-    // Probe results change tables; handled one at a time, like API requests.
-    let health_task = {
-        let controller = Arc::clone(&controller);
-        tokio::spawn(async move {
-            while let Some((key, result)) = probe_rx.recv().await {
-                let controller = Arc::clone(&controller);
-                let _ = tokio::task::spawn_blocking(move || {
-                    if let Ok(mut controller) = controller.lock() {
-                        controller.on_probe(key, result);
-                    }
-                })
-                .await;
-            }
-        })
+        facts: Arc::clone(&facts),
     };
-
-    let sweep_task = tokio::spawn(sweep_forever(
-        Arc::new(sweeper),
-        Arc::clone(&controller),
-        args.sweep_interval,
-    ));
-
-    let metrics_task = metrics_listener.map(|listener| {
-        info!(addr = ?args.metrics, "serving Prometheus metrics at /metrics");
-        tokio::spawn(metrics_http::serve(listener, Arc::clone(&controller)))
+    controller.refresh_health();
+    controller.keep_dsr_next_hops();
+    controller.announce();
+    let published: SnapshotCell = Arc::new(ArcSwap::from_pointee(controller.publish()));
+    let reader = Arc::new(Reader {
+        published: Arc::clone(&published),
+        facts,
+        maps: reader_maps,
+        stats,
+        flows: reader_flows,
     });
+
+    let mut tasks = Tasks::new();
+    tasks.spawn_blocking("controller", move || {
+        owner::run(controller, command_queue, published)
+    });
+    tasks.spawn(
+        "conntrack sweep",
+        sweep_forever(sweeper, commands.clone(), args.sweep_interval),
+    );
+    if let Some(listener) = metrics_listener {
+        info!(addr = ?args.metrics, "serving Prometheus metrics at /metrics");
+        tasks.spawn(
+            "metrics server",
+            metrics_http::serve(listener, Arc::clone(&reader), tasks.fatal()),
+        );
+    }
     let (down_tx, mut down_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let serving = {
-        let controller = Arc::clone(&controller);
-        async move { server::serve(&socket, controller, down_tx, stop_rx).await }
+    let handlers = Handlers {
+        commands: commands.clone(),
+        reader: Arc::clone(&reader),
+        fatal: tasks.fatal(),
     };
-    let waiting = async {
-        let reason = wait_for_stop(signals, &controller, &args, &mut down_rx, &mut egress).await;
-        notify::stopping();
-        let _ = stop_tx.send(true);
-        reason
-    };
+    tasks.spawn(
+        "API server",
+        server::serve(socket, handlers, down_tx, stop_rx),
+    );
     // Attached, API bound: systemd may start what depends on lb (`Type=notify`).
     notify::ready(&format!("forwarding on {}", args.ifaces.join(", ")));
-    let (_, reason) = tokio::join!(serving, waiting);
-    health_task.abort();
-    sweep_task.abort();
-    if let Some(task) = metrics_task {
-        task.abort();
+    let mut watch = Watch {
+        tasks: &mut tasks,
+        commands: &commands,
+        reader: &reader,
+        args: &args,
+        down: &mut down_rx,
+        egress: &mut egress,
+    };
+    let reason = wait_for_stop(signals, &mut watch).await;
+    notify::stopping();
+    if stop_tx.send(true).is_err() {
+        debug!("the API server had already stopped");
     }
+    // Commands queued before this one are still applied; then the controller is dropped
+    // on its own thread.
+    if let Err(error) = commands.stop() {
+        debug!(%error, "stopping the controller");
+    }
+    tasks.shut_down().await;
     let reason = reason?;
 
-    let controller = controller
-        .lock()
-        .map_err(|_| anyhow::anyhow!("the daemon's state is poisoned"))?;
-    if let Ok(now) = controller.stats.read() {
+    if let Ok(now) = reader.stats.read() {
         say!("counters at exit:\n{}", counters::render(&now, None));
     }
     match reason {
@@ -332,7 +372,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
 /// What a successful start leaves running.
 struct Started {
     ebpf: Ebpf,
-    balancer: Balancer,
+    map_sync: MapSync,
     stats: StatsMap,
     attachments: Vec<PinnedAttachment>,
     egress: EgressWatch,
@@ -353,7 +393,7 @@ fn check_forwarding(ifaces: &[Interface], desired: Option<&State>) -> anyhow::Re
 /// The conntrack sweep, with its own handles on CONNTRACK and STATS.
 fn sweeper(started: &Started, args: &RunConfig) -> anyhow::Result<Sweeper> {
     let table = started
-        .balancer
+        .map_sync
         .maps()
         .conntrack_table()
         .context("opening the conntrack map for the sweep")?;
@@ -364,71 +404,55 @@ fn sweeper(started: &Started, args: &RunConfig) -> anyhow::Result<Sweeper> {
     Ok(Sweeper::new(table, stats, args.options.timeouts_ns))
 }
 
-/// Sweeps every `interval` outside the controller's lock, which is taken only to store
-/// the census. A failed sweep is logged and retried at the next tick.
-async fn sweep_forever(
+/// The conntrack sweep on the blocking pool, outside the controller's task, which gets
+/// only the census (and runs the per-sweep upkeep). A failed sweep is logged once and
+/// retried at each tick; a panicking one ends this task, and so the daemon.
+struct SweepJob {
     sweeper: Arc<Sweeper>,
-    controller: Arc<Mutex<Controller>>,
-    interval: std::time::Duration,
-) {
-    let mut ticker = tokio::time::interval(interval);
-    // A sweep slower than the interval delays the next one rather than queueing a burst.
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    let mut failing = false;
-    loop {
-        ticker.tick().await;
-        let sweeper = Arc::clone(&sweeper);
-        let swept = tokio::task::spawn_blocking(move || sweeper.sweep()).await;
-        match swept {
-            Ok(Ok(census)) => {
-                failing = false;
-                debug!(
-                    entries = census.entries,
-                    seen = census.pass.seen,
-                    expired = census.pass.deleted,
-                    gone = census.pass.missing,
-                    syscalls = census.pass.syscalls,
-                    took_us = census.took.as_micros() as u64,
-                    "conntrack swept"
-                );
-                let controller = Arc::clone(&controller);
-                let recorded = tokio::task::spawn_blocking(move || match controller.lock() {
-                    Ok(mut controller) => {
-                        controller.conntrack.record_sweep(census);
-                        // Managed neighbour entries lost since (a flushed table, a
-                        // changed route) come back within a sweep interval.
-                        controller.keep_dsr_next_hops();
-                        // An interface whose MAC changed keeps forwarding frames to it.
-                        controller.follow_local_macs();
-                        // A route deleted by hand comes back, a failed write is retried.
-                        controller.announce();
-                        // Deleted backends' endpoints go once their replies are done.
-                        if let Err(error) =
-                            controller.balancer.expire_endpoints(std::time::Instant::now())
-                        {
-                            warn!(error = %error_chain(&error), "removing deleted backends' endpoints failed; retrying at the next sweep");
-                        }
-                        true
-                    }
-                    Err(_) => false,
-                })
-                .await;
-                if !matches!(recorded, Ok(true)) {
-                    return;
+    commands: Commands,
+    /// The last sweep failed (warned about once).
+    failing: bool,
+}
+
+impl sweep::Pass for SweepJob {
+    async fn pass(&mut self) -> anyhow::Result<()> {
+        let sweeper = Arc::clone(&self.sweeper);
+        let census = match tokio::task::spawn_blocking(move || sweeper.sweep()).await {
+            Ok(Ok(census)) => census,
+            Ok(Err(error)) => {
+                if !self.failing {
+                    warn!(error = %error_chain(&error), "conntrack sweep failed; retrying every interval");
                 }
+                self.failing = true;
+                return Ok(());
             }
-            Ok(Err(error)) if !failing => {
-                failing = true;
-                warn!(error = %error_chain(&error), "conntrack sweep failed; retrying every interval");
-            }
-            Ok(Err(_)) => {}
-            Err(error) => {
-                error!(%error, "the conntrack sweep panicked; sweeps stop");
-                return;
-            }
-        }
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        };
+        self.failing = false;
+        debug!(
+            entries = census.entries,
+            seen = census.pass.seen,
+            expired = census.pass.deleted,
+            gone = census.pass.missing,
+            syscalls = census.pass.syscalls,
+            took_us = census.took.as_micros() as u64,
+            "conntrack swept"
+        );
+        self.commands.run(|done| Command::Swept(census, done)).await
     }
+}
+
+async fn sweep_forever(
+    sweeper: Sweeper,
+    commands: Commands,
+    interval: std::time::Duration,
+) -> anyhow::Result<()> {
+    let mut job = SweepJob {
+        sweeper: Arc::new(sweeper),
+        commands,
+        failing: false,
+    };
+    sweep::every(interval, &mut job).await
 }
 
 /// Warns once per interface the datapath wanted to send to but could not.
@@ -519,9 +543,9 @@ fn start(
     if args.options.log {
         forward_datapath_log(&mut ebpf)?;
     }
-    let mut balancer = match adopted {
-        Some(_) => Balancer::adopt(maps, limits).context("reading the pinned maps back")?,
-        None => Balancer::new(maps, limits),
+    let mut map_sync = match adopted {
+        Some(_) => MapSync::adopt(maps, limits).context("reading the pinned maps back")?,
+        None => MapSync::new(maps, limits),
     }
     .with_hash_seed(options.hash_seed);
     let mut desired = match (declared, saved) {
@@ -534,24 +558,24 @@ fn start(
             declared
         }
         (None, Some(saved)) => saved,
-        (None, None) => balancer.state().clone(),
+        (None, None) => map_sync.state().clone(),
     };
     desired.node.drained |= args.start_drained;
-    balancer
+    map_sync
         .sync(&desired)
         .context("applying the VIPs and backends")?;
-    config::save(&args.state, balancer.state())?;
+    state_file::save(&args.state, map_sync.state())?;
 
     let ifindexes: Vec<u32> = ifaces.iter().map(|i| i.index).collect();
     for iface in ifaces {
-        balancer
+        map_sync
             .add_tx_port(iface.index)
             .with_context(|| format!("adding {} to the redirect map", iface.name))?;
     }
-    balancer
+    map_sync
         .retain_tx_ports(&ifindexes)
         .context("pruning the redirect map")?;
-    local_macs::record(&mut balancer, ifaces, args.forward_any_mac, true)
+    local_macs::record(&mut map_sync, ifaces, args.forward_any_mac, true)
         .context("recording the interfaces' MACs")?;
     let program = load::program(&mut ebpf).context("the eBPF object has no XDP program")?;
     let mut attachments = Vec::with_capacity(ifaces.len());
@@ -569,7 +593,7 @@ fn start(
     }
     Ok(Started {
         ebpf,
-        balancer,
+        map_sync,
         stats,
         attachments,
         egress,
@@ -614,98 +638,58 @@ impl Signals {
 /// How often the daemon looks at its pins and at the unattached egress interfaces.
 const PIN_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Puts back pins someone removed under the running daemon (the datapath kept forwarding
-/// through the daemon's own handles meanwhile). If that fails, says clearly, once per
-/// failure, what is missing and what it means.
-fn check_pins(controller: &Arc<Mutex<Controller>>, reported: &mut bool) {
-    let Ok(mut controller) = controller.lock() else {
-        return;
-    };
-    let Some(pins) = controller.pins.as_mut() else {
-        return;
-    };
-    match pins.restore() {
-        Ok(restored) if restored.is_empty() => *reported = false,
-        Ok(restored) => {
-            *reported = false;
-            warn!(
-                dir = %pins.path().display(),
-                restored = %restored.join(", "),
-                "pins were removed while lb runs; re-pinned them from the daemon's own handles"
-            );
-        }
-        Err(error) if !*reported => {
-            *reported = true;
-            error!(
-                dir = %pins.path().display(),
-                missing = %pins.missing().join(", "),
-                error = %error_chain(&error),
-                "pins were removed while lb runs and cannot be put back: the datapath still \
-                 forwards through this daemon, but stopping it now would detach the interfaces \
-                 and forget every tracked flow; `lb down` then `lb run` re-creates them"
-            );
-        }
-        Err(_) => {}
-    }
+/// What the main task watches while the daemon runs.
+struct Watch<'a> {
+    tasks: &'a mut Tasks,
+    commands: &'a Commands,
+    reader: &'a Reader,
+    args: &'a RunConfig,
+    down: &'a mut watch::Receiver<bool>,
+    egress: &'a mut EgressWatch,
 }
 
 /// Prints counters every interval until a signal or `lb down`.
-async fn wait_for_stop(
-    signals: Signals,
-    controller: &Arc<Mutex<Controller>>,
-    args: &RunConfig,
-    down: &mut watch::Receiver<bool>,
-    egress: &mut EgressWatch,
-) -> anyhow::Result<Stop> {
+async fn wait_for_stop(signals: Signals, watch: &mut Watch<'_>) -> anyhow::Result<Stop> {
     let Signals {
         term: mut sigterm,
         int: mut sigint,
         hup: mut sighup,
     } = signals;
-    let interval = args
+    let interval = watch
+        .args
         .stats_interval
         .unwrap_or(std::time::Duration::from_secs(86_400));
     let mut ticker = tokio::time::interval(interval);
     ticker.tick().await;
     let mut last: Option<(Snapshot, Instant)> = None;
     let mut pin_check = tokio::time::interval(PIN_CHECK);
-    let mut pins_reported = false;
     loop {
-        tokio::select! {
+        let done = tokio::select! {
+            failure = watch.tasks.failure() => return Err(failure),
             _ = sigterm.recv() => { info!("SIGTERM received, stopping the daemon"); return Ok(Stop::Signal); }
             _ = sigint.recv() => { info!("interrupt received, stopping the daemon"); return Ok(Stop::Signal); }
-            _ = down.changed() => return Ok(Stop::Down),
-            _ = sighup.recv() => {
-                let controller = Arc::clone(controller);
-                // Off the async workers: a reload rebuilds tables and writes maps.
-                let _ = tokio::task::spawn_blocking(move || {
-                    if let Ok(mut controller) = controller.lock() {
-                        reload::on_hangup(&mut controller);
-                    }
-                })
-                .await;
-            }
+            _ = watch.down.changed() => return Ok(Stop::Down),
+            _ = sighup.recv() => watch.commands.run(Command::Hangup).await,
             _ = pin_check.tick() => {
-                check_pins(controller, &mut pins_reported);
-                report_unattached(egress);
+                report_unattached(watch.egress);
+                watch.commands.run(Command::CheckPins).await
             }
-            _ = ticker.tick(), if args.stats_interval.is_some() => {
-                let read = match controller.lock() {
-                    Ok(c) => c.stats.read(),
-                    Err(_) => anyhow::bail!("the daemon's state is poisoned"),
-                };
-                let now = match read {
-                    Ok(now) => now,
-                    Err(error) => {
-                        warn!(%error, "reading counters failed");
-                        continue;
+            _ = ticker.tick(), if watch.args.stats_interval.is_some() => {
+                match watch.reader.stats.read() {
+                    Ok(now) => {
+                        let taken = Instant::now();
+                        let previous = last.as_ref().map(|(s, at)| (s, taken.duration_since(*at)));
+                        say!("{}", counters::render(&now, previous));
+                        last = Some((now, taken));
                     }
-                };
-                let taken = Instant::now();
-                let previous = last.as_ref().map(|(s, at)| (s, taken.duration_since(*at)));
-                say!("{}", counters::render(&now, previous));
-                last = Some((now, taken));
+                    Err(error) => warn!(%error, "reading counters failed"),
+                }
+                Ok(())
             }
+        };
+        if done.is_err() {
+            // The controller's task ended: its task's end says why.
+            return Err(watch.tasks.failure().await);
         }
     }
 }

@@ -1,11 +1,12 @@
 //! Serving the control API on its Unix socket: root-only, one JSON request per line, bounded
-//! in size. Requests are handled one at a time, in arrival order.
+//! in size. Changes go to the controller's task, applied one at a time in arrival order;
+//! queries are answered by the readers, beside it.
 
 use std::{
     io,
     os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use anyhow::{Context as _, bail};
@@ -14,6 +15,7 @@ use rustix::fs::Mode;
 use tokio::{
     net::{UnixListener, UnixStream},
     sync::watch,
+    task::JoinSet,
 };
 use tokio_util::codec::{Framed, LinesCodec, LinesCodecError};
 use tracing::{debug, warn};
@@ -22,7 +24,9 @@ use crate::api::client;
 use crate::{
     api::error::{ApiError, ErrorCode},
     api::wire::{self, MAX_REQUEST_BYTES, Request, Response},
-    daemon::controller::Controller,
+    daemon::owner::Commands,
+    daemon::reader::{Reader, only_reads},
+    daemon::tasks::{self, Fatal},
 };
 
 /// The bound API socket; removed again on drop (if it is still ours).
@@ -129,23 +133,42 @@ impl Drop for ApiSocket {
     }
 }
 
+/// Where a connection's requests go.
+#[derive(Clone)]
+pub(crate) struct Handlers {
+    pub(crate) commands: Commands,
+    pub(crate) reader: Arc<Reader>,
+    pub(crate) fatal: Fatal,
+}
+
 /// Accepts connections until `stop` turns true. A `down` request sets `down` after it is
 /// answered.
 pub(crate) async fn serve(
-    socket: &ApiSocket,
-    controller: Arc<Mutex<Controller>>,
+    socket: ApiSocket,
+    handlers: Handlers,
     down: watch::Sender<bool>,
     mut stop: watch::Receiver<bool>,
-) {
+) -> anyhow::Result<()> {
+    // Kept, so a connection that panics ends the server (and the daemon) instead of
+    // vanishing.
+    let mut connections = JoinSet::new();
     loop {
         tokio::select! {
-            _ = stop.changed() => return,
+            _ = stop.changed() => return Ok(()),
+            Some(ended) = connections.join_next() => {
+                if let Err(error) = ended
+                    && error.is_panic()
+                {
+                    let reason = tasks::panic_message(error.into_panic().as_ref());
+                    bail!("an API connection panicked: {reason}");
+                }
+            }
             accepted = socket.listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let controller = Arc::clone(&controller);
+                    let handlers = handlers.clone();
                     let down = down.clone();
-                    tokio::spawn(async move {
-                        if let Err(error) = connection(stream, controller, down).await {
+                    connections.spawn(async move {
+                        if let Err(error) = connection(stream, handlers, down).await {
                             debug!(%error, "API connection ended");
                         }
                     });
@@ -160,9 +183,28 @@ pub(crate) async fn serve(
     }
 }
 
+/// The answer to one parsed request: a query from a reader (on the blocking pool: it
+/// reads maps), a change from the controller's task.
+async fn answer(handlers: &Handlers, request: Request) -> Response {
+    if !only_reads(&request) {
+        return handlers.commands.request(request).await;
+    }
+    let reader = Arc::clone(&handlers.reader);
+    tasks::blocking(&handlers.fatal, "API reader", move || {
+        reader.answer(request)
+    })
+    .await
+    .unwrap_or_else(|| {
+        Response::failure(ApiError::new(
+            ErrorCode::Internal,
+            "the query failed (the daemon logged why and is ending)",
+        ))
+    })
+}
+
 async fn connection(
     stream: UnixStream,
-    controller: Arc<Mutex<Controller>>,
+    handlers: Handlers,
     down: watch::Sender<bool>,
 ) -> io::Result<()> {
     let mut lines = Framed::new(stream, LinesCodec::new_with_max_length(MAX_REQUEST_BYTES));
@@ -190,30 +232,18 @@ async fn connection(
             Err(refusal) => (Response::failure(refusal), false),
             Ok(request) => {
                 let is_down = request == Request::Down {};
-                let controller = Arc::clone(&controller);
-                let response = tokio::task::spawn_blocking(move || match controller.lock() {
-                    Ok(mut controller) => controller.handle(request),
-                    Err(_) => Response::failure(ApiError::new(
-                        ErrorCode::Internal,
-                        "the daemon's state is poisoned; restart it",
-                    )),
-                })
-                .await
-                .unwrap_or_else(|_| {
-                    Response::failure(ApiError::new(
-                        ErrorCode::Internal,
-                        "the request handler failed",
-                    ))
-                });
+                let response = answer(&handlers, request).await;
                 let ok = response.ok;
                 (response, is_down && ok)
             }
         };
         if is_down {
-            // Stop even if the client is gone before it reads the answer.
-            let _ = down.send(true);
-            let _ = send(&mut lines, &response).await;
-            return Ok(());
+            // Stop even if the client is gone before it reads the answer: the watch has
+            // a receiver for as long as the daemon waits for it.
+            if down.send(true).is_err() {
+                debug!("`lb down` answered while the daemon was already stopping");
+            }
+            return send(&mut lines, &response).await;
         }
         send(&mut lines, &response).await?;
     }

@@ -111,6 +111,11 @@ impl AddressClasses {
         }
     }
 
+    /// The ADDRESSES map itself, for a second handle on it.
+    pub(crate) fn map_data(&self) -> &MapData {
+        aya::maps::IterableMap::map(&self.map)
+    }
+
     /// Call before the address's entry is added to its map.
     pub(crate) fn add(&mut self, kind: Kind, addr: &Addr, family: u8) -> Result<(), MapError> {
         let Some((bucket, bits)) = self.buckets.add(kind, addr, family) else {

@@ -52,6 +52,7 @@ use crate::model::{
     },
     error_chain::error_chain,
 };
+use crate::store::decap_record;
 
 /// Where each network namespace's pin directory goes: `netns-<inode>` under it.
 pub(crate) const DECAP_PIN_ROOT: &str = "/sys/fs/bpf/lb-decap";
@@ -308,7 +309,7 @@ fn lock(dir: &Path, create: bool) -> Result<Option<Lock>, SetupError> {
 /// namespace) and this namespace's inode otherwise.
 fn load_own_record(paths: &DecapPaths) -> Result<(Record, u64), SetupError> {
     let ours = netns::current().map_err(SetupError::Netns)?;
-    let record = Record::load(&paths.record)?;
+    let record = decap_record::load(&paths.record)?;
     match record.netns {
         Some(found) if found != ours => Err(SetupError::ForeignRecord {
             record: paths.record.clone(),
@@ -573,7 +574,7 @@ pub(crate) fn attach(
     // Recorded before the changes are made, so a crash half-way leaves a record that
     // covers every change made (undoing one not made yet is harmless: detach restores
     // only what still shows the value attach set).
-    if let Err(error) = next.save(&paths.record) {
+    if let Err(error) = decap_record::save(&next, &paths.record) {
         detach_fresh(paths);
         return Err(error.into());
     }
@@ -596,7 +597,7 @@ pub(crate) fn attach(
                     }
                 }
             }
-            let _ = record.save(&paths.record);
+            let _ = decap_record::save(&record, &paths.record);
             detach_fresh(paths);
             if fresh {
                 report(Event::Detached {
@@ -738,7 +739,7 @@ fn detach_locked(
             }
         }
     }
-    next.save(&paths.record)?;
+    decap_record::save(&next, &paths.record)?;
     if failed > 0 {
         return Err(SetupError::Incomplete {
             iface: iface.to_owned(),

@@ -6,7 +6,7 @@ use std::os::fd::AsFd as _;
 use aya::{
     Ebpf,
     maps::{
-        Array, HashMap, MapData, MapError, PerCpuArray, PerCpuValues,
+        Array, HashMap, IterableMap as _, MapData, MapError, PerCpuArray, PerCpuValues,
         lpm_trie::{Key, LpmTrie},
         xdp::DevMapHash,
     },
@@ -114,6 +114,42 @@ fn dup_lru(map: &aya::maps::Map, name: &str) -> Result<std::os::fd::OwnedFd, Map
     })
 }
 
+/// A second descriptor on a map, typed as the kernel reports it.
+fn dup(data: &MapData) -> Result<aya::maps::Map, MapError> {
+    let fd = data.fd().as_fd().try_clone_to_owned().map_err(|io_error| {
+        MapError::SyscallError(aya::sys::SyscallError {
+            call: "dup",
+            io_error,
+        })
+    })?;
+    aya::maps::Map::from_map_data(MapData::from_fd(fd)?)
+}
+
+/// The map behind an untyped handle (MAGLEV, CONNTRACK, CT_UNPROVEN).
+fn data_of<'a>(map: &'a aya::maps::Map, name: &str) -> Result<&'a MapData, MapError> {
+    match map {
+        aya::maps::Map::Array(data)
+        | aya::maps::Map::HashMap(data)
+        | aya::maps::Map::LruHashMap(data) => Ok(data),
+        _ => Err(MapError::InvalidName {
+            name: name.to_owned(),
+        }),
+    }
+}
+
+/// Handles of their own on the service maps (dup'd descriptors), for readers that look
+/// up entries and counters while the writer works: only `&ServiceMaps` is reachable
+/// through it, so it cannot write.
+pub struct MapReader(ServiceMaps);
+
+impl std::ops::Deref for MapReader {
+    type Target = ServiceMaps;
+
+    fn deref(&self) -> &ServiceMaps {
+        &self.0
+    }
+}
+
 impl ServiceMaps {
     /// Takes the maps; the ADDRESSES buckets are set for the address entries already there
     /// (pinned maps adopted from an earlier controller).
@@ -150,6 +186,28 @@ impl ServiceMaps {
         let entries: Vec<_> = vips.chain(endpoints).collect();
         maps.addresses.adopt(entries)?;
         Ok(maps)
+    }
+
+    /// A [`MapReader`] on the same maps.
+    pub fn reader(&self) -> Result<MapReader, MapError> {
+        Ok(MapReader(Self {
+            vips: HashMap::try_from(dup(self.vips.map())?)?,
+            backends: Array::try_from(dup(self.backends.map())?)?,
+            endpoints: HashMap::try_from(dup(self.endpoints.map())?)?,
+            source_ranges: LpmTrie::try_from(dup(self.source_ranges.map())?)?,
+            maglev: dup(data_of(&self.maglev, MAP_MAGLEV)?)?,
+            tx_ports: DevMapHash::try_from(dup(self.tx_ports.map())?)?,
+            vip_stats: PerCpuArray::try_from(dup(self.vip_stats.map())?)?,
+            backend_stats: PerCpuArray::try_from(dup(self.backend_stats.map())?)?,
+            conntrack: dup(data_of(&self.conntrack, MAP_CONNTRACK)?)?,
+            unproven: dup(data_of(&self.unproven, MAP_CT_UNPROVEN)?)?,
+            conntrack_capacity: self.conntrack_capacity,
+            unproven_capacity: self.unproven_capacity,
+            local_macs: HashMap::try_from(dup(self.local_macs.map())?)?,
+            maglev_size: self.maglev_size,
+            // A reader never adds an address, so the bucket counts stay empty.
+            addresses: AddressClasses::new(Array::try_from(dup(self.addresses.map_data())?)?),
+        }))
     }
 
     pub(crate) fn set_vip(&mut self, key: &VipKey, info: &VipInfo) -> Result<(), MapError> {

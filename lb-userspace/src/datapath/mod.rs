@@ -11,6 +11,7 @@ pub mod conntrack;
 pub mod decap;
 pub mod egress;
 pub mod forwarding;
+pub mod kernel;
 pub mod load;
 pub mod local_addresses;
 pub mod log;

@@ -17,10 +17,10 @@
 //!
 //! A file is read in full and checked like a series of `lb vip add` / `lb backend add`
 //! commands before anything uses it; an error names the file, the line and the reason.
+//!
+//! Text in, text out: reading and writing the file is `crate::store::state_file`'s job.
 
 use std::{
-    fs::File,
-    io::Write as _,
     net::SocketAddr,
     ops::Range,
     path::{Path, PathBuf},
@@ -40,7 +40,7 @@ use crate::{
 };
 
 /// Files larger than this are refused unread: no real state comes near it.
-const MAX_FILE_BYTES: u64 = 16 << 20;
+pub(crate) const MAX_FILE_BYTES: u64 = 16 << 20;
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -268,34 +268,6 @@ pub fn parse_with_cluster(
     Ok((state, cluster))
 }
 
-/// Reads and validates a file.
-pub(crate) fn load(path: &Path) -> Result<State, ConfigError> {
-    load_with_cluster(path).map(|(state, _)| state)
-}
-
-/// [`load`], with the `[cluster]` settings (`--config`).
-pub(crate) fn load_with_cluster(path: &Path) -> Result<(State, ClusterSettings), ConfigError> {
-    let read = |source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    };
-    if std::fs::metadata(path).map_err(read)?.len() > MAX_FILE_BYTES {
-        return Err(ConfigError::TooLarge {
-            path: path.to_owned(),
-        });
-    }
-    let text = std::fs::read_to_string(path).map_err(read)?;
-    parse_with_cluster(&text, path)
-}
-
-/// Reads `path` if it exists.
-pub(crate) fn load_if_present(path: &Path) -> Result<Option<State>, ConfigError> {
-    match std::fs::symlink_metadata(path) {
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        _ => load(path).map(Some),
-    }
-}
-
 /// The file text for `state`.
 pub(crate) fn render(state: &State) -> Result<String, ConfigError> {
     let file = FileOut {
@@ -326,98 +298,6 @@ pub(crate) fn render(state: &State) -> Result<String, ConfigError> {
     Ok(format!(
         "# lb state: written by `lb run` on every change; same format as --config.\n{body}"
     ))
-}
-
-/// Writes `state` so that `path` always holds either the old or the new file: a temporary
-/// file in the same directory, synced, renamed over `path`, and the directory synced.
-pub(crate) fn save(path: &Path, state: &State) -> Result<(), ConfigError> {
-    let text = render(state)?;
-    write_atomically(path, &text).map_err(|source| ConfigError::Write {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-/// Writes `text` so that `path` always holds either the old or the new file (creating its
-/// directory if needed): a temporary file in the same directory, synced, renamed over
-/// `path`, and the directory synced. Also used for `lb decap`'s record.
-pub(crate) fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "state.toml".to_owned());
-    let temp = dir.join(temp_name(&file_name, std::process::id()));
-    let result = (|| {
-        let mut file = File::create(&temp)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)
-    })();
-    if let Err(error) = result {
-        let _ = std::fs::remove_file(&temp);
-        return Err(error);
-    }
-    // The new file is in place; syncing the directory only makes the rename durable sooner.
-    if let Err(error) = File::open(dir).and_then(|d| d.sync_all()) {
-        tracing::warn!(dir = %dir.display(), %error, "syncing the directory failed");
-    }
-    Ok(())
-}
-
-/// The temporary name [`save`] writes `path`'s next version under, for process `pid`.
-fn temp_name(file_name: &str, pid: u32) -> String {
-    format!(".{file_name}.{pid}.tmp")
-}
-
-/// Removes temporary files a [`save`] left next to `path` when its process died between
-/// writing and renaming. A file whose process still runs is left alone; so is anything
-/// else in the directory. Returns what was removed.
-pub(crate) fn remove_stale_temps(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
-    let (Some(dir), Some(file_name)) = (path.parent(), path.file_name()) else {
-        return Ok(Vec::new());
-    };
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
-    let prefix = format!(".{}.", file_name.to_string_lossy());
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(ConfigError::Write {
-                path: dir.to_owned(),
-                source,
-            });
-        }
-    };
-    let mut removed = Vec::new();
-    for entry in entries.filter_map(Result::ok) {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(&prefix)
-            .and_then(|rest| rest.strip_suffix(".tmp"))
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let alive = pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists();
-        if alive || !entry.file_type().is_ok_and(|t| t.is_file()) {
-            continue;
-        }
-        std::fs::remove_file(entry.path()).map_err(|source| ConfigError::Write {
-            path: entry.path(),
-            source,
-        })?;
-        removed.push(entry.path());
-    }
-    Ok(removed)
 }
 
 #[cfg(test)]
@@ -589,58 +469,5 @@ mod tests {
         let many: Vec<String> = (0..65).map(|i| format!("\"198.18.{i}.0/24\"")).collect();
         let error = parse_err(&format!("{head}allow_sources = [{}]\n", many.join(", ")));
         assert!(error.contains("at most 64"), "{error}");
-    }
-
-    #[test]
-    fn save_replaces_the_file_atomically() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("state.toml");
-        let state = parse_ok("[[vip]]\naddress = \"198.18.1.1:80\"\n");
-        save(&path, &State::default()).expect("first save");
-        save(&path, &state).expect("second save");
-        assert_eq!(load(&path).expect("load"), state);
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-            .expect("dir")
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name() != "state.toml")
-            .collect();
-        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
-        assert!(
-            load_if_present(&dir.path().join("missing.toml"))
-                .expect("absent is fine")
-                .is_none()
-        );
-    }
-
-    #[test]
-    fn stale_temporary_files_are_removed_and_nothing_else() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("state.toml");
-        // A pid no process has (above the kernel's pid_max limit of 2^22).
-        let dead = dir.path().join(temp_name("state.toml", 4_194_305));
-        // This test's own process is alive, but it is us: a leftover of an earlier save.
-        let ours = dir.path().join(temp_name("state.toml", std::process::id()));
-        // pid 1 is alive and not us: its save may be under way.
-        let live = dir.path().join(temp_name("state.toml", 1));
-        let unrelated = [
-            dir.path().join(".other.toml.7.tmp"),
-            dir.path().join("state.toml.bak"),
-            dir.path().join(".state.toml.notapid.tmp"),
-        ];
-        for file in [&path, &dead, &ours, &live].into_iter().chain(&unrelated) {
-            std::fs::write(file, "x").expect("write");
-        }
-        let mut removed = remove_stale_temps(&path).expect("clean");
-        removed.sort();
-        let mut expected = vec![dead, ours];
-        expected.sort();
-        assert_eq!(removed, expected);
-        for kept in [&path, &live].into_iter().chain(&unrelated) {
-            assert!(kept.exists(), "{} was removed", kept.display());
-        }
-        assert_eq!(
-            remove_stale_temps(&dir.path().join("absent/state.toml")).expect("no dir"),
-            Vec::<PathBuf>::new()
-        );
     }
 }

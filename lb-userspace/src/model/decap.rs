@@ -1,7 +1,8 @@
 //! `lb decap` on a DSR backend, the pure part: the VIPs and source prefixes it is given,
 //! the sysctls a backend needs (and the rule for each), and the record of what `attach`
 //! changed, with the plans that extend it (`attach`) and undo it (`detach`). No kernel
-//! calls: the caller observes the host, applies the steps, and saves the record.
+//! calls and no files: the caller observes the host, applies the steps, and saves the
+//! record (`crate::store::decap_record`).
 //!
 //! Several interfaces may be attached at once and share `all` sysctls and VIPs on `lo`, so
 //! every change in the record lists the interfaces that need it (`needed_by`): detaching one
@@ -272,21 +273,10 @@ pub enum RecordError {
 }
 
 impl Record {
-    /// The record at `path`; an empty one when there is no file.
-    pub fn load(path: &Path) -> Result<Self, RecordError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Self::default());
-            }
-            Err(source) => {
-                return Err(RecordError::Read {
-                    path: path.to_owned(),
-                    source,
-                });
-            }
-        };
-        let record: Self = serde_json::from_str(&text).map_err(|e| RecordError::Invalid {
+    /// Reads a record's text (from `path`, named in errors); a record of another version
+    /// is refused.
+    pub fn from_json(text: &str, path: &Path) -> Result<Self, RecordError> {
+        let record: Self = serde_json::from_str(text).map_err(|e| RecordError::Invalid {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
@@ -299,22 +289,9 @@ impl Record {
         Ok(record)
     }
 
-    /// Writes the record atomically (see [`crate::model::config::write_atomically`]); an
-    /// empty record removes the file.
-    pub fn save(&self, path: &Path) -> Result<(), RecordError> {
-        let write = |source| RecordError::Write {
-            path: path.to_owned(),
-            source,
-        };
-        if self.is_empty() {
-            return match std::fs::remove_file(path) {
-                Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(write(error)),
-                _ => Ok(()),
-            };
-        }
-        let text = serde_json::to_string_pretty(self)
-            .map_err(|e| write(std::io::Error::other(e.to_string())))?;
-        crate::model::config::write_atomically(path, &format!("{text}\n")).map_err(write)
+    /// The record's text, as `crate::store::decap_record` saves it.
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string_pretty(self).map(|text| format!("{text}\n"))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -1027,31 +1004,5 @@ mod tests {
                 .iter()
                 .any(|s| matches!(s, Step::Note(n) if n.contains("changed since")))
         );
-    }
-
-    #[test]
-    fn the_record_round_trips_and_refuses_other_versions() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sub/record.json");
-        assert_eq!(Record::load(&path).unwrap(), Record::default());
-        let (_, record) = plan_attach(
-            &Record::default(),
-            &defaults(&[]),
-            &request("eth0", &["198.18.6.80"]),
-            "native",
-        );
-        record.save(&path).unwrap();
-        assert_eq!(Record::load(&path).unwrap(), record);
-        std::fs::write(
-            &path,
-            r#"{"version":9,"interfaces":{},"sysctls":[],"addresses":[]}"#,
-        )
-        .unwrap();
-        assert!(matches!(
-            Record::load(&path),
-            Err(RecordError::Version { found: 9, .. })
-        ));
-        Record::default().save(&path).unwrap();
-        assert!(!path.exists(), "an empty record is no file");
     }
 }

@@ -222,7 +222,7 @@ pub const fn kept_on_down(backend: &Backend, proto: u8) -> bool {
 
 /// What a BACKENDS entry says of the backend an id names for a flow pinned under
 /// (`vip_id`, `generation`): `active`, `draining`, `down`, or `removed` (retired, or the
-/// id given to another backend since; see control/balancer.rs `write_backend`).
+/// id given to another backend since; see control/map_sync.rs `write_backend`).
 pub const fn backend_state(backend: &Backend, vip_id: u32, generation: u32) -> &'static str {
     if backend.vip_id != vip_id || backend.generation != generation {
         return "removed";
@@ -235,7 +235,7 @@ pub const fn backend_state(backend: &Backend, vip_id: u32, generation: u32) -> &
     }
 }
 
-/// control/balancer.rs `effective`: when every backend the operator has not drained fails
+/// control/map_sync.rs `effective`: when every backend the operator has not drained fails
 /// its check, they all stay in the table (fail open) rather than the VIP dropping.
 pub const fn fail_open(checked: bool, live: usize, healthy: usize) -> bool {
     checked && live > 0 && healthy == 0

@@ -62,7 +62,7 @@ pub(crate) fn unix_seconds(time: SystemTime) -> u64 {
 
 /// Every backend's health. New backends of a checked VIP start up (they take traffic at
 /// once, as an unchecked one would) and need `fall` failures to go down.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct HealthBook {
     entries: BTreeMap<HealthKey, BackendHealth>,
 }

@@ -9,6 +9,7 @@ pub mod decap;
 pub mod error_chain;
 pub mod explain;
 pub mod health;
+pub mod kernel;
 pub mod limits;
 pub mod maglev;
 pub mod memory;

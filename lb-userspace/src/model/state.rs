@@ -1,5 +1,5 @@
 //! The desired state: which VIPs exist and which backends serve them, with weights and drain
-//! flags. Pure data and validation; [`crate::control::balancer`] makes the maps match it.
+//! flags. Pure data and validation; [`crate::control::map_sync`] makes the maps match it.
 //!
 //! Every change is checked here first, on a copy, so a refused change touches nothing.
 

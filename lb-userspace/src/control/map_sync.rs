@@ -1,7 +1,7 @@
 //! Making the datapath's maps match a desired [`State`].
 //!
 //! A change is validated on a copy of the state first, so a refused change touches no map.
-//! Then [`Balancer::sync`] walks the difference in an order that never lets a packet see a
+//! Then [`MapSync::sync`] walks the difference in an order that never lets a packet see a
 //! half-made change: a VIP's backends go live by building the weighted Maglev table into its
 //! inactive table and flipping `active_table` in one VIPS update; a backend leaves the table
 //! before its BACKENDS entry is retired, and joins BACKENDS before it enters the table.
@@ -36,7 +36,7 @@ use crate::{
 };
 
 #[derive(Debug, Error)]
-pub enum BalancerError {
+pub enum MapSyncError {
     #[error(transparent)]
     Invalid(#[from] ChangeError),
     #[error("all {0} VIP slots are in use (lb run --max-vips)")]
@@ -64,7 +64,7 @@ struct VipSlot {
 }
 
 /// Generic over the maps so the order of its writes can be tested with a recording fake.
-pub struct Balancer<M = ServiceMaps> {
+pub struct MapSync<M = ServiceMaps> {
     maps: M,
     limits: Limits,
     /// What the operator asked for (saved to the state file).
@@ -84,7 +84,7 @@ pub struct Balancer<M = ServiceMaps> {
     /// The next generation to give: every allocation of an id gets a new one, so tracked
     /// flows of a deleted backend never follow its id to the next backend.
     next_generation: u32,
-    /// Set by [`Balancer::adopt`]: the next sync rewrites every VIP's entries and table,
+    /// Set by [`MapSync::adopt`]: the next sync rewrites every VIP's entries and table,
     /// repairing whatever an interrupted predecessor left half done.
     rewrite_all: bool,
     /// Keys the Maglev permutations (the cluster's `--hash-seed`).
@@ -95,7 +95,7 @@ pub struct Balancer<M = ServiceMaps> {
 }
 
 /// How long a deleted backend's ENDPOINTS entries outlive it (at least; they go at the
-/// first [`Balancer::expire_endpoints`] after).
+/// first [`MapSync::expire_endpoints`] after).
 pub const ENDPOINT_GRACE: Duration = Duration::from_secs(2);
 
 /// A delete of something already gone is done.
@@ -179,8 +179,8 @@ pub(crate) struct VipView {
     pub(crate) healthy: usize,
 }
 
-impl<M: MapWriter> Balancer<M> {
-    /// A balancer over freshly created (empty) maps.
+impl<M: MapWriter> MapSync<M> {
+    /// A `MapSync` over freshly created (empty) maps.
     pub fn new(maps: M, limits: Limits) -> Self {
         Self {
             maps,
@@ -205,14 +205,14 @@ impl<M: MapWriter> Balancer<M> {
         self
     }
 
-    /// A balancer over maps a previous controller filled: reads VIPS and BACKENDS back into
+    /// A `MapSync` over maps a previous controller filled: reads VIPS and BACKENDS back into
     /// state and ids, so tracked flows keep the backend ids they are pinned to. Entries that
     /// do not fit together (a backend of a VIP that no longer exists) are retired.
-    pub(crate) fn adopt(maps: M, limits: Limits) -> Result<Self, BalancerError> {
-        let mut balancer = Self::new(maps, limits);
+    pub(crate) fn adopt(maps: M, limits: Limits) -> Result<Self, MapSyncError> {
+        let mut map_sync = Self::new(maps, limits);
         let mut by_id: BTreeMap<u32, Service> = BTreeMap::new();
         let mut address_entries = Vec::new();
-        for (key, info) in balancer.maps.vips()? {
+        for (key, info) in map_sync.maps.vips()? {
             let Some(proto) = Proto::from_number(key.proto) else {
                 address_entries.push(key);
                 continue;
@@ -227,14 +227,14 @@ impl<M: MapWriter> Balancer<M> {
             by_id.insert(info.id, service);
             let mode = Mode::from_number(info.mode).unwrap_or_default();
             let filtered = info.flags & VIP_FLAG_SOURCE_RANGES != 0;
-            balancer.applied.vips.insert(
+            map_sync.applied.vips.insert(
                 service,
                 VipSpec {
                     mode,
                     ..VipSpec::default()
                 },
             );
-            balancer.slots.insert(
+            map_sync.slots.insert(
                 service,
                 VipSlot {
                     id: info.id,
@@ -247,7 +247,7 @@ impl<M: MapWriter> Balancer<M> {
                 },
             );
         }
-        for (id, backend) in balancer.maps.backends()? {
+        for (id, backend) in map_sync.maps.backends()? {
             if backend.state == BACKEND_UNUSED {
                 continue;
             }
@@ -255,7 +255,7 @@ impl<M: MapWriter> Balancer<M> {
             let ip = ip_from_wire(&backend.addr, backend.family);
             let (Some(service), Some(ip)) = (service, ip) else {
                 warn!(id, "retiring a pinned backend that belongs to no VIP");
-                balancer.maps.set_backend(id, &Backend::default())?;
+                map_sync.maps.set_backend(id, &Backend::default())?;
                 continue;
             };
             let addr = SocketAddr::new(ip, backend.port);
@@ -263,13 +263,13 @@ impl<M: MapWriter> Balancer<M> {
                 weight: backend.weight.clamp(MIN_WEIGHT, MAX_WEIGHT),
                 draining: backend.state == BACKEND_DRAINING || backend.state == BACKEND_DOWN,
             };
-            balancer.generations.insert(id, backend.generation);
-            balancer.next_generation = balancer
+            map_sync.generations.insert(id, backend.generation);
+            map_sync.next_generation = map_sync
                 .next_generation
                 .max(backend.generation.wrapping_add(1));
             if let (Some(vip), Some(slot)) = (
-                balancer.applied.vips.get_mut(&service),
-                balancer.slots.get_mut(&service),
+                map_sync.applied.vips.get_mut(&service),
+                map_sync.slots.get_mut(&service),
             ) {
                 // Every backend of a VIP carries its policy; the last one read says it.
                 let on_down = OnDown::from_backend_flags(backend.flags);
@@ -278,18 +278,18 @@ impl<M: MapWriter> Balancer<M> {
                 vip.backends.insert(addr, spec);
                 slot.backend_ids.insert(addr, id);
             }
-            balancer.free_backend_ids.remove(&id);
-            balancer.next_backend_id = id + 1;
+            map_sync.free_backend_ids.remove(&id);
+            map_sync.next_backend_id = id + 1;
         }
         // Source prefixes back into their VIPs; those of no VIP (left by a predecessor that
         // stopped midway) go.
-        for (prefix_len, range) in balancer.maps.source_ranges()? {
+        for (prefix_len, range) in map_sync.maps.source_ranges()? {
             let found = by_id.get(&range.vip_id).and_then(|service| {
                 let (_, family) = wire_addr(service.addr.ip());
                 Some((*service, prefix_of(prefix_len, &range, family)?))
             });
             match found.and_then(|(service, prefix)| {
-                Some((balancer.applied.vips.get_mut(&service)?, prefix))
+                Some((map_sync.applied.vips.get_mut(&service)?, prefix))
             }) {
                 Some((vip, prefix)) => {
                     vip.sources.insert(prefix);
@@ -299,28 +299,28 @@ impl<M: MapWriter> Balancer<M> {
                         vip_id = range.vip_id,
                         "removing a pinned source prefix of no VIP"
                     );
-                    ignore_missing(balancer.maps.remove_source_range(prefix_len, &range))?;
+                    ignore_missing(map_sync.maps.remove_source_range(prefix_len, &range))?;
                 }
             }
         }
         for key in address_entries {
-            let used = balancer
+            let used = map_sync
                 .applied
                 .vips
                 .keys()
                 .any(|s| wire_addr(s.addr.ip()) == (key.addr, key.family));
             if !used {
-                ignore_missing(balancer.maps.remove_vip(&key))?;
+                ignore_missing(map_sync.maps.remove_vip(&key))?;
             }
         }
-        balancer.rewrite_all = true;
-        balancer.desired = balancer.applied.clone();
-        Ok(balancer)
+        map_sync.rewrite_all = true;
+        map_sync.desired = map_sync.applied.clone();
+        Ok(map_sync)
     }
 
     /// Removes ENDPOINTS entries that no backend in the maps has (left by a predecessor
     /// that stopped midway); run after a sync that rewrote every VIP.
-    pub(crate) fn prune_endpoints(&mut self) -> Result<(), BalancerError> {
+    pub(crate) fn prune_endpoints(&mut self) -> Result<(), MapSyncError> {
         let wanted = self.wanted_endpoints();
         for key in self.maps.endpoint_keys()? {
             if !wanted.contains(&key) {
@@ -333,7 +333,7 @@ impl<M: MapWriter> Balancer<M> {
 
     /// Removes the entries of retired backends whose grace has passed at `now`, unless a
     /// backend serves that endpoint again. The daemon calls it every sweep.
-    pub fn expire_endpoints(&mut self, now: Instant) -> Result<(), BalancerError> {
+    pub fn expire_endpoints(&mut self, now: Instant) -> Result<(), MapSyncError> {
         if !self.lingering.iter().any(|(_, until)| *until <= now) {
             return Ok(());
         }
@@ -378,12 +378,12 @@ impl<M: MapWriter> Balancer<M> {
     }
 
     /// Applies one operator change: validated in full, then synced to the maps.
-    pub fn apply(&mut self, change: &Change) -> Result<(), BalancerError> {
+    pub fn apply(&mut self, change: &Change) -> Result<(), MapSyncError> {
         self.apply_all(std::slice::from_ref(change))
     }
 
     /// Applies several changes as one: all are validated before any map is touched.
-    pub(crate) fn apply_all(&mut self, changes: &[Change]) -> Result<(), BalancerError> {
+    pub(crate) fn apply_all(&mut self, changes: &[Change]) -> Result<(), MapSyncError> {
         let mut next = self.desired.clone();
         for change in changes {
             next.apply(change)?;
@@ -393,7 +393,7 @@ impl<M: MapWriter> Balancer<M> {
 
     /// Takes backends whose health check failed out of their tables, and brings back
     /// those that recovered.
-    pub fn set_down(&mut self, down: BTreeSet<HealthKey>) -> Result<(), BalancerError> {
+    pub fn set_down(&mut self, down: BTreeSet<HealthKey>) -> Result<(), MapSyncError> {
         if down == self.down {
             return Ok(());
         }
@@ -443,7 +443,7 @@ impl<M: MapWriter> Balancer<M> {
         effective
     }
 
-    pub fn add_vip(&mut self, service: Service) -> Result<(), BalancerError> {
+    pub fn add_vip(&mut self, service: Service) -> Result<(), MapSyncError> {
         self.apply(&Change::AddVip(service))
     }
 
@@ -452,7 +452,7 @@ impl<M: MapWriter> Balancer<M> {
         service: Service,
         backend: SocketAddr,
         weight: u32,
-    ) -> Result<(), BalancerError> {
+    ) -> Result<(), MapSyncError> {
         self.apply(&Change::AddBackend {
             service,
             backend,
@@ -463,7 +463,7 @@ impl<M: MapWriter> Balancer<M> {
     /// Makes `target` the desired state and the maps hold it (with health applied). On a
     /// map error the maps hold a mix of the two states, each step consistent on its own,
     /// and the desired state stays as it was; the next sync completes the rest.
-    pub(crate) fn sync(&mut self, target: &State) -> Result<(), BalancerError> {
+    pub(crate) fn sync(&mut self, target: &State) -> Result<(), MapSyncError> {
         self.check_capacity(target)?;
         let effective = self.effective(target);
         self.sync_applied(&effective)?;
@@ -471,7 +471,7 @@ impl<M: MapWriter> Balancer<M> {
         Ok(())
     }
 
-    fn sync_applied(&mut self, target: &State) -> Result<(), BalancerError> {
+    fn sync_applied(&mut self, target: &State) -> Result<(), MapSyncError> {
         let gone: Vec<Service> = self
             .applied
             .vips
@@ -526,9 +526,9 @@ impl<M: MapWriter> Balancer<M> {
 
     /// Refuses a target that would not fit, before anything is written. Joiners get ids
     /// before leavers give theirs back, so only free ids count.
-    fn check_capacity(&self, target: &State) -> Result<(), BalancerError> {
+    fn check_capacity(&self, target: &State) -> Result<(), MapSyncError> {
         if target.vips.len() > self.limits.max_vips as usize {
-            return Err(BalancerError::TooManyVips(self.limits.max_vips));
+            return Err(MapSyncError::TooManyVips(self.limits.max_vips));
         }
         let added: usize = target
             .vips
@@ -542,7 +542,7 @@ impl<M: MapWriter> Balancer<M> {
             })
             .sum();
         if added > self.free_backend_ids.len() {
-            return Err(BalancerError::TooManyBackends(self.limits.max_backends));
+            return Err(MapSyncError::TooManyBackends(self.limits.max_backends));
         }
         Ok(())
     }
@@ -556,7 +556,7 @@ impl<M: MapWriter> Balancer<M> {
         service: &Service,
         from: &BTreeSet<Prefix>,
         to: &BTreeSet<Prefix>,
-    ) -> Result<(), BalancerError> {
+    ) -> Result<(), MapSyncError> {
         let Some(vip_id) = self.slots.get(service).map(|s| s.id) else {
             return Ok(());
         };
@@ -605,11 +605,11 @@ impl<M: MapWriter> Balancer<M> {
         })
     }
 
-    fn create_vip(&mut self, service: &Service, mode: Mode) -> Result<(), BalancerError> {
+    fn create_vip(&mut self, service: &Service, mode: Mode) -> Result<(), MapSyncError> {
         let used: BTreeSet<u32> = self.slots.values().map(|v| v.id).collect();
         let id = (0..self.limits.max_vips)
             .find(|id| !used.contains(id))
-            .ok_or(BalancerError::TooManyVips(self.limits.max_vips))?;
+            .ok_or(MapSyncError::TooManyVips(self.limits.max_vips))?;
         // The table the VIP entry will point at is empty: a VIP without backends drops
         // (counted) rather than reading a previous VIP's slots.
         self.maps
@@ -648,7 +648,7 @@ impl<M: MapWriter> Balancer<M> {
         Ok(())
     }
 
-    fn remove_vip(&mut self, service: &Service, target: &State) -> Result<(), BalancerError> {
+    fn remove_vip(&mut self, service: &Service, target: &State) -> Result<(), MapSyncError> {
         let Some(slot) = self.slots.get(service).cloned() else {
             return Ok(());
         };
@@ -689,7 +689,7 @@ impl<M: MapWriter> Balancer<M> {
         service: &Service,
         spec: &VipSpec,
         rewrite: bool,
-    ) -> Result<(), BalancerError> {
+    ) -> Result<(), MapSyncError> {
         let Some(vip_id) = self.slots.get(service).map(|s| s.id) else {
             return Ok(());
         };
@@ -790,14 +790,14 @@ impl<M: MapWriter> Balancer<M> {
         self.slots.get(service)?.backend_ids.get(addr).copied()
     }
 
-    fn allocate_backend_id(&mut self) -> Result<u32, BalancerError> {
+    fn allocate_backend_id(&mut self) -> Result<u32, MapSyncError> {
         let id = self
             .free_backend_ids
             .range(self.next_backend_id..)
             .next()
             .or_else(|| self.free_backend_ids.first())
             .copied()
-            .ok_or(BalancerError::TooManyBackends(self.limits.max_backends))?;
+            .ok_or(MapSyncError::TooManyBackends(self.limits.max_backends))?;
         self.free_backend_ids.remove(&id);
         self.next_backend_id = id + 1;
         self.generations.insert(id, self.next_generation);
@@ -814,7 +814,7 @@ impl<M: MapWriter> Balancer<M> {
         service: &Service,
         addr: &SocketAddr,
         id: u32,
-    ) -> Result<(), BalancerError> {
+    ) -> Result<(), MapSyncError> {
         self.maps.set_backend(id, &Backend::default())?;
         if let Some(slot) = self.slots.get_mut(service) {
             slot.backend_ids.remove(addr);
@@ -849,7 +849,7 @@ impl<M: MapWriter> Balancer<M> {
         id: u32,
         addr: &SocketAddr,
         spec: &BackendSpec,
-    ) -> Result<(), BalancerError> {
+    ) -> Result<(), MapSyncError> {
         let (wire, family) = wire_addr(addr.ip());
         let (mode, on_down) = self
             .slots
@@ -887,7 +887,7 @@ impl<M: MapWriter> Balancer<M> {
         vip_id: u32,
         id: u32,
         addr: &SocketAddr,
-    ) -> Result<(), BalancerError> {
+    ) -> Result<(), MapSyncError> {
         let (vip_addr, _) = wire_addr(service.addr.ip());
         let (wire, family) = wire_addr(addr.ip());
         self.maps.set_endpoint(
@@ -971,7 +971,7 @@ impl<M: MapWriter> Balancer<M> {
     }
 }
 
-impl Balancer<ServiceMaps> {
+impl MapSync<ServiceMaps> {
     /// Lets the datapath redirect out of this interface.
     pub fn add_tx_port(&mut self, ifindex: u32) -> Result<(), aya::maps::xdp::XdpMapError> {
         self.maps.add_tx_port(ifindex)
@@ -1159,13 +1159,13 @@ mod tests {
         SocketAddr::new(IpAddr::from([198, 18, 11, last]), 8000 + u16::from(last))
     }
 
-    /// A balancer with one VIP and backends 1 and 2, its log cleared.
-    fn two_backends() -> Balancer<Recording> {
+    /// A `MapSync` with one VIP and backends 1 and 2, its log cleared.
+    fn two_backends() -> MapSync<Recording> {
         let limits = Limits {
             maglev_size: 13,
             ..Limits::default()
         };
-        let mut balancer = Balancer::new(Recording::default(), limits);
+        let mut map_sync = MapSync::new(Recording::default(), limits);
         let mut changes = vec![Change::AddVip(service())];
         for last in [1, 2] {
             changes.push(Change::AddBackend {
@@ -1174,13 +1174,13 @@ mod tests {
                 weight: 1,
             });
         }
-        balancer.apply_all(&changes).expect("valid");
-        balancer.maps_mut().log.clear();
-        balancer
+        map_sync.apply_all(&changes).expect("valid");
+        map_sync.maps_mut().log.clear();
+        map_sync
     }
 
-    fn id_of(balancer: &Balancer<Recording>, last: u8) -> u32 {
-        balancer.slot_id(&service(), &backend(last)).expect("known")
+    fn id_of(map_sync: &MapSync<Recording>, last: u8) -> u32 {
+        map_sync.slot_id(&service(), &backend(last)).expect("known")
     }
 
     /// Where the first write matching `what` sits in the log.
@@ -1192,9 +1192,9 @@ mod tests {
 
     #[test]
     fn a_new_vip_points_at_an_empty_table_written_first() {
-        let mut balancer = Balancer::new(Recording::default(), Limits::default());
-        balancer.apply(&Change::AddVip(service())).expect("valid");
-        let log = &balancer.maps().log;
+        let mut map_sync = MapSync::new(Recording::default(), Limits::default());
+        map_sync.apply(&Change::AddVip(service())).expect("valid");
+        let log = &map_sync.maps().log;
         let table = position(
             log,
             |w| matches!(w, Write::Table { ids, .. } if ids.is_empty()),
@@ -1205,16 +1205,16 @@ mod tests {
 
     #[test]
     fn a_joining_backend_is_in_backends_before_a_table_names_it() {
-        let mut balancer = two_backends();
-        balancer
+        let mut map_sync = two_backends();
+        map_sync
             .apply(&Change::AddBackend {
                 service: service(),
                 backend: backend(3),
                 weight: 1,
             })
             .expect("valid");
-        let id = id_of(&balancer, 3);
-        let log = &balancer.maps().log;
+        let id = id_of(&map_sync, 3);
+        let log = &map_sync.maps().log;
         let entry = position(log, |w| {
             *w == Write::Backend {
                 id,
@@ -1241,15 +1241,15 @@ mod tests {
 
     #[test]
     fn a_draining_backend_leaves_the_table_before_it_is_marked_draining() {
-        let mut balancer = two_backends();
-        let id = id_of(&balancer, 2);
-        balancer
+        let mut map_sync = two_backends();
+        let id = id_of(&map_sync, 2);
+        map_sync
             .apply(&Change::DrainBackend {
                 service: service(),
                 backend: backend(2),
             })
             .expect("valid");
-        let log = &balancer.maps().log;
+        let log = &map_sync.maps().log;
         let table = position(
             log,
             |w| matches!(w, Write::Table { ids, .. } if !ids.contains(&id)),
@@ -1266,15 +1266,15 @@ mod tests {
 
     #[test]
     fn a_deleted_backend_leaves_the_table_then_backends_then_its_endpoint_after_a_grace() {
-        let mut balancer = two_backends();
-        let id = id_of(&balancer, 2);
-        balancer
+        let mut map_sync = two_backends();
+        let id = id_of(&map_sync, 2);
+        map_sync
             .apply(&Change::DelBackend {
                 service: service(),
                 backend: backend(2),
             })
             .expect("valid");
-        let log = &balancer.maps().log;
+        let log = &map_sync.maps().log;
         let flip = position(log, |w| matches!(w, Write::Vip { port: 80, .. }));
         let table = position(log, |w| matches!(w, Write::Table { .. }));
         let retired = position(log, |w| {
@@ -1288,19 +1288,19 @@ mod tests {
             !log.contains(&Write::EndpointGone { port: 8002 }),
             "replies on their way would leave untranslated: {log:?}"
         );
-        balancer
+        map_sync
             .expire_endpoints(Instant::now())
             .expect("nothing due yet");
         assert!(
-            !balancer
+            !map_sync
                 .maps()
                 .log
                 .contains(&Write::EndpointGone { port: 8002 })
         );
-        balancer
+        map_sync
             .expire_endpoints(Instant::now() + ENDPOINT_GRACE)
             .expect("expire");
-        let log = &balancer.maps().log;
+        let log = &map_sync.maps().log;
         assert!(
             log.contains(&Write::EndpointGone { port: 8002 }),
             "the grace is over: {log:?}"
@@ -1309,7 +1309,7 @@ mod tests {
             unreachable!()
         };
         assert!(
-            !ids.contains(&id) && ids.contains(&id_of(&balancer, 1)),
+            !ids.contains(&id) && ids.contains(&id_of(&map_sync, 1)),
             "{log:?}"
         );
     }
@@ -1318,22 +1318,22 @@ mod tests {
     /// removes only what no backend uses.
     #[test]
     fn an_endpoint_back_within_the_grace_is_not_removed() {
-        let mut balancer = two_backends();
+        let mut map_sync = two_backends();
         let (service, backend) = (service(), backend(2));
-        balancer
+        map_sync
             .apply(&Change::DelBackend { service, backend })
             .expect("delete");
-        balancer
+        map_sync
             .apply(&Change::AddBackend {
                 service,
                 backend,
                 weight: 100,
             })
             .expect("add again");
-        balancer
+        map_sync
             .expire_endpoints(Instant::now() + ENDPOINT_GRACE)
             .expect("expire");
-        let log = &balancer.maps().log;
+        let log = &map_sync.maps().log;
         assert!(
             !log.contains(&Write::EndpointGone { port: 8002 }),
             "a live endpoint was removed: {log:?}"
@@ -1342,10 +1342,10 @@ mod tests {
 
     #[test]
     fn a_deleted_vip_stops_matching_before_its_backends_are_retired() {
-        let mut balancer = two_backends();
-        let ids = [id_of(&balancer, 1), id_of(&balancer, 2)];
-        balancer.apply(&Change::DelVip(service())).expect("valid");
-        let log = &balancer.maps().log;
+        let mut map_sync = two_backends();
+        let ids = [id_of(&map_sync, 1), id_of(&map_sync, 2)];
+        map_sync.apply(&Change::DelVip(service())).expect("valid");
+        let log = &map_sync.maps().log;
         let gone = position(log, |w| *w == Write::VipGone { port: 80 });
         for id in ids {
             let retired = position(log, |w| {
@@ -1357,25 +1357,25 @@ mod tests {
             assert!(gone < retired, "{log:?}");
         }
         assert!(
-            balancer.maps().vips.is_empty(),
+            map_sync.maps().vips.is_empty(),
             "address entry left: {log:?}"
         );
         // The backends' endpoints outlive them by the grace, no longer.
-        assert!(!balancer.maps().endpoints.is_empty(), "{log:?}");
-        balancer
+        assert!(!map_sync.maps().endpoints.is_empty(), "{log:?}");
+        map_sync
             .expire_endpoints(Instant::now() + ENDPOINT_GRACE)
             .expect("expire");
         assert!(
-            balancer.maps().endpoints.is_empty(),
+            map_sync.maps().endpoints.is_empty(),
             "{:?}",
-            balancer.maps().log
+            map_sync.maps().log
         );
     }
 
     #[test]
     fn a_refused_change_writes_nothing() {
-        let mut balancer = two_backends();
-        let error = balancer
+        let mut map_sync = two_backends();
+        let error = map_sync
             .apply(&Change::AddBackend {
                 service: service(),
                 backend: backend(1),
@@ -1384,19 +1384,19 @@ mod tests {
             .expect_err("duplicate");
         assert!(matches!(
             error,
-            BalancerError::Invalid(ChangeError::DuplicateBackend { .. })
+            MapSyncError::Invalid(ChangeError::DuplicateBackend { .. })
         ));
-        assert_eq!(balancer.maps().log, Vec::new());
+        assert_eq!(map_sync.maps().log, Vec::new());
     }
 
     #[test]
     fn when_every_backend_fails_its_check_all_stay_in_the_table() {
-        let mut balancer = two_backends();
-        let (one, two) = (id_of(&balancer, 1), id_of(&balancer, 2));
-        balancer
+        let mut map_sync = two_backends();
+        let (one, two) = (id_of(&map_sync, 1), id_of(&map_sync, 2));
+        map_sync
             .set_down([(service(), backend(1))].into())
             .expect("one down");
-        let tables: Vec<&BTreeSet<u32>> = balancer
+        let tables: Vec<&BTreeSet<u32>> = map_sync
             .maps()
             .log
             .iter()
@@ -1406,11 +1406,11 @@ mod tests {
             })
             .collect();
         assert_eq!(tables.last().map(|ids| ids.contains(&one)), Some(false));
-        balancer.maps_mut().log.clear();
-        balancer
+        map_sync.maps_mut().log.clear();
+        map_sync
             .set_down([(service(), backend(1)), (service(), backend(2))].into())
             .expect("all down");
-        let last_table = balancer.maps().log.iter().rev().find_map(|w| match w {
+        let last_table = map_sync.maps().log.iter().rev().find_map(|w| match w {
             Write::Table { ids, .. } => Some(ids.clone()),
             _ => None,
         });
@@ -1419,7 +1419,7 @@ mod tests {
             last_table,
             Some([one, two].into()),
             "{:?}",
-            balancer.maps().log
+            map_sync.maps().log
         );
     }
 
@@ -1427,9 +1427,9 @@ mod tests {
         texts.iter().map(|t| t.parse().expect("prefix")).collect()
     }
 
-    fn set_sources(balancer: &mut Balancer<Recording>, texts: &[&str]) {
-        balancer.maps_mut().log.clear();
-        balancer
+    fn set_sources(map_sync: &mut MapSync<Recording>, texts: &[&str]) {
+        map_sync.maps_mut().log.clear();
+        map_sync
             .apply(&Change::SetSources {
                 service: service(),
                 sources: prefixes(texts),
@@ -1439,12 +1439,12 @@ mod tests {
 
     #[test]
     fn source_prefixes_never_refuse_a_client_both_sides_of_a_change_allow() {
-        let mut balancer = two_backends();
-        let vip_id = balancer.slots[&service()].id;
+        let mut map_sync = two_backends();
+        let vip_id = map_sync.slots[&service()].id;
         let (old, new) = (source_prefix_len(24), source_prefix_len(16));
         // The first prefix is in the trie before the VIP entry asks for it.
-        set_sources(&mut balancer, &["198.18.0.0/24"]);
-        let log = &balancer.maps().log;
+        set_sources(&mut map_sync, &["198.18.0.0/24"]);
+        let log = &map_sync.maps().log;
         let written = position(log, |w| {
             *w == Write::Source {
                 vip_id,
@@ -1457,8 +1457,8 @@ mod tests {
         );
         assert!(written < flagged, "{log:?}");
         // Another prefix: the new one comes before the old one goes; the flag stays.
-        set_sources(&mut balancer, &["198.19.0.0/16"]);
-        let log = &balancer.maps().log;
+        set_sources(&mut map_sync, &["198.19.0.0/16"]);
+        let log = &map_sync.maps().log;
         let added = position(log, |w| {
             *w == Write::Source {
                 vip_id,
@@ -1481,8 +1481,8 @@ mod tests {
             "{log:?}"
         );
         // None left: the VIP stops asking before the last prefix goes.
-        set_sources(&mut balancer, &[]);
-        let log = &balancer.maps().log;
+        set_sources(&mut map_sync, &[]);
+        let log = &map_sync.maps().log;
         let cleared = position(log, |w| {
             matches!(
                 w,
@@ -1500,53 +1500,53 @@ mod tests {
             }
         });
         assert!(cleared < gone, "{log:?}");
-        assert!(balancer.maps().sources.is_empty());
+        assert!(map_sync.maps().sources.is_empty());
     }
 
     #[test]
     fn a_deleted_vip_takes_its_source_prefixes_along() {
-        let mut balancer = two_backends();
-        set_sources(&mut balancer, &["198.18.0.0/24", "198.19.0.0/16"]);
-        assert_eq!(balancer.maps().sources.len(), 2);
-        balancer.apply(&Change::DelVip(service())).expect("valid");
+        let mut map_sync = two_backends();
+        set_sources(&mut map_sync, &["198.18.0.0/24", "198.19.0.0/16"]);
+        assert_eq!(map_sync.maps().sources.len(), 2);
+        map_sync.apply(&Change::DelVip(service())).expect("valid");
         assert!(
-            balancer.maps().sources.is_empty(),
+            map_sync.maps().sources.is_empty(),
             "{:?}",
-            balancer.maps().log
+            map_sync.maps().log
         );
     }
 
     #[test]
     fn a_new_on_down_policy_is_written_into_every_backend_entry() {
         use lb_common::consts::BACKEND_FLAG_KEEP_TCP_ON_DOWN;
-        let mut balancer = two_backends();
-        let flags = |b: &Balancer<Recording>| -> Vec<u8> {
+        let mut map_sync = two_backends();
+        let flags = |b: &MapSync<Recording>| -> Vec<u8> {
             b.maps().backends.values().map(|b| b.flags).collect()
         };
         assert_eq!(
-            flags(&balancer),
+            flags(&map_sync),
             [BACKEND_FLAG_KEEP_TCP_ON_DOWN; 2],
             "the default"
         );
-        balancer
+        map_sync
             .apply(&Change::SetOnDown {
                 service: service(),
                 on_down: OnDown::Move,
             })
             .expect("valid");
-        assert_eq!(flags(&balancer), [0; 2]);
+        assert_eq!(flags(&map_sync), [0; 2]);
         // A backend marked down later carries the VIP's policy too.
-        balancer
+        map_sync
             .set_down([(service(), backend(1))].into())
             .expect("down");
-        let down = balancer.maps().backends[&id_of(&balancer, 1)];
+        let down = map_sync.maps().backends[&id_of(&map_sync, 1)];
         assert_eq!((down.state, down.flags), (BACKEND_DOWN, 0));
     }
 
     #[test]
     fn adopting_maps_reads_back_policies_and_drops_prefixes_of_no_vip() {
-        let mut balancer = two_backends();
-        balancer
+        let mut map_sync = two_backends();
+        map_sync
             .apply_all(&[
                 Change::SetOnDown {
                     service: service(),
@@ -1558,14 +1558,14 @@ mod tests {
                 },
             ])
             .expect("valid");
-        let state = balancer.state().clone();
+        let state = map_sync.state().clone();
         let mut maps = Recording {
             log: Vec::new(),
-            ..balancer.maps
+            ..map_sync.maps
         };
         let stray = source_range(7, &"198.20.0.0/16".parse().expect("prefix"));
         maps.sources.push(stray);
-        let adopted = Balancer::adopt(maps, balancer.limits).expect("adopt");
+        let adopted = MapSync::adopt(maps, map_sync.limits).expect("adopt");
         assert_eq!(adopted.state(), &state);
         assert!(adopted.slots[&service()].filtered);
         assert_eq!(adopted.maps().sources.len(), 1, "{:?}", adopted.maps().log);
@@ -1573,13 +1573,13 @@ mod tests {
 
     #[test]
     fn adopting_maps_reads_back_the_same_state() {
-        let balancer = two_backends();
-        let state = balancer.state().clone();
+        let map_sync = two_backends();
+        let state = map_sync.state().clone();
         let maps = Recording {
             log: Vec::new(),
-            ..balancer.maps
+            ..map_sync.maps
         };
-        let adopted = Balancer::adopt(maps, balancer.limits).expect("adopt");
+        let adopted = MapSync::adopt(maps, map_sync.limits).expect("adopt");
         assert_eq!(adopted.state(), &state);
     }
 }
