@@ -106,7 +106,8 @@ fn with_ipv4_checksum(mut packet: Vec<u8>) -> Vec<u8> {
     let sum = etherparse::checksum::Sum16BitWords::new()
         .add_slice(&packet[L3..end])
         .ones_complement();
-    packet[L3 + 10..L3 + 12].copy_from_slice(&sum.to_be_bytes());
+    // The sum is of words as they lie in memory (as etherparse's own header does it).
+    packet[L3 + 10..L3 + 12].copy_from_slice(&sum.to_be().to_be_bytes());
     packet
 }
 
@@ -135,6 +136,9 @@ fn inconsistent_headers_are_counted_as_malformed_and_passed() {
         p[at] = byte;
         p
     };
+    // The checksum helper gives a well-formed header back its own checksum.
+    assert_eq!(with_ipv4_checksum(v4_tcp.clone()), v4_tcp);
+    assert_eq!(with_ipv4_checksum(v4_udp.clone()), v4_udp);
     // The TCP header's data offset (4 words: below its minimum of 5).
     let tcp_doff_4 = |packet: &[u8]| patch(packet, 14 + 20 + 12, 0x40);
     let cases: [(&str, Vec<u8>, Stat); 7] = [
