@@ -23,7 +23,7 @@ use std::{
 
 use crate::{
     loud,
-    process::{Daemon, DecapPaths, Instance, READY, STARTUP},
+    process::{Daemon, DecapPaths, Instance, STARTUP},
 };
 use lb_lab::{
     client::WhoConnection,
@@ -122,7 +122,7 @@ pub fn start_nodes(lab: &ClusterLab, config: &std::path::Path) -> Vec<LbNode> {
         .iter()
         .map(|node| {
             let instance = Instance::new();
-            let daemon = Daemon::spawn(instance.run(
+            let daemon = Daemon::spawn_notified(instance.run(
                 &node.ns,
                 std::slice::from_ref(&node.iface),
                 &["--config", &config],
@@ -135,7 +135,7 @@ pub fn start_nodes(lab: &ClusterLab, config: &std::path::Path) -> Vec<LbNode> {
         .collect();
     for node in &mut nodes {
         if let Some(daemon) = node.daemon.as_mut() {
-            daemon.wait_for_line(READY, STARTUP);
+            daemon.wait_ready(STARTUP);
         }
     }
     nodes
@@ -509,12 +509,11 @@ pub fn dsr_events(prefix: &str) -> DsrEvents {
     flows.check("node2's link back without its daemon (not announced)");
     // Its daemon starts drained (`--drained`), so the node joins only once its tables
     // match the others' (same fingerprints), then `lb node resume`.
-    let mut daemon = Daemon::spawn(nodes[2].instance.run(
+    let daemon = Daemon::start(nodes[2].instance.run(
         &lab.nodes[2].ns,
         std::slice::from_ref(&lab.nodes[2].iface),
         &["--config", &config.to_string_lossy(), "--drained"],
     ));
-    daemon.wait_for_line(READY, STARTUP);
     nodes[2].daemon = Some(daemon);
     let report = nodes[2].node_report();
     assert_eq!(report["drained"], true, "--drained: {report}");

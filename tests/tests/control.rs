@@ -579,8 +579,7 @@ fn the_api_socket_is_private_and_paths_others_control_are_refused() {
     ns.sysctl("net/ipv4/ip_forward", "1");
     let instance = Instance::new();
     let ifaces = ["lo".to_owned()];
-    let mut daemon = Daemon::spawn(instance.run(&ns, &ifaces, &[]));
-    daemon.wait_for_line(READY, STARTUP);
+    let daemon = Daemon::start(instance.run(&ns, &ifaces, &[]));
     let meta = std::fs::symlink_metadata(&instance.api).expect("the socket exists");
     assert!(meta.file_type().is_socket());
     assert_eq!(

@@ -71,12 +71,11 @@ fn tcp_and_udp_through_the_vip_reach_all_backends_over_ipv4_and_ipv6() {
     let config_path = instance.state.with_file_name("config.toml");
     std::fs::write(&config_path, config(&lab)).expect("write config");
     let config_arg = config_path.to_string_lossy().into_owned();
-    let mut daemon = Daemon::spawn(instance.run(
+    let daemon = Daemon::start(instance.run(
         &lab.lb,
         &lab.lb_ifaces,
         &["--xdp-mode", "native", "--config", &config_arg],
     ));
-    daemon.wait_for_line("lb: forwarding on", Duration::from_secs(20));
     let servers = Servers::start(&lab.backends);
 
     // The lb host itself stays reachable on its own address.
