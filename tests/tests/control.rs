@@ -500,6 +500,72 @@ fn a_corrupt_state_file_is_refused_and_left_untouched() {
     assert!(!instance.api.exists(), "no socket was left behind");
 }
 
+/// `strace` attached to a running daemon that kills it (SIGKILL, on entry, before the call
+/// runs) at the first of `syscalls` that touches one of `paths`. Killed on drop.
+struct KillOnSyscall {
+    strace: std::process::Child,
+}
+
+impl KillOnSyscall {
+    fn attach(pid: u32, paths: &[&std::path::Path], syscalls: &str) -> Self {
+        let mut command = std::process::Command::new("strace");
+        command.args(["-f", "-qq", "-o", "/dev/null", "-p", &pid.to_string()]);
+        for path in paths {
+            command.arg("-P").arg(path);
+        }
+        command
+            .arg("-e")
+            .arg(format!("trace={syscalls}"))
+            .arg("-e")
+            .arg(format!("inject={syscalls}:signal=SIGKILL"))
+            .stdin(std::process::Stdio::null());
+        let strace = command.spawn().expect("run strace");
+        let tracer = strace.id();
+        // Attached once every thread of the daemon has strace as its tracer.
+        lb_tests::eventually(
+            Duration::from_secs(10),
+            &format!("strace attached to every thread of lb (pid {pid})"),
+            || {
+                let tracers: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+                    .expect("list the daemon's threads")
+                    .flatten()
+                    .map(|task| {
+                        let status =
+                            std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+                        let tracer = status
+                            .lines()
+                            .find_map(|l| l.strip_prefix("TracerPid:"))
+                            .unwrap_or_default()
+                            .trim()
+                            .to_owned();
+                        (task.file_name().to_string_lossy().into_owned(), tracer)
+                    })
+                    .collect();
+                if tracers.iter().all(|(_, t)| *t == tracer.to_string()) {
+                    Ok(())
+                } else {
+                    Err(tracers)
+                }
+            },
+        );
+        Self { strace }
+    }
+}
+
+impl Drop for KillOnSyscall {
+    fn drop(&mut self) {
+        let _ = self.strace.kill();
+        let _ = self.strace.wait();
+    }
+}
+
+/// A kill at the worst moment of a save must leave the state file whole. Deterministic:
+/// strace kills the daemon on entry to the first write(2) into the state file or its
+/// temporary file (where a plain `fs::write`, having truncated the state file, would leave
+/// it empty), and in a second round on entry to the rename(2) that puts the new file in
+/// place (which a save that writes in place never reaches). Either way the state file must
+/// be exactly the one before the change, and a restart serves it and removes the
+/// temporary file the kill left.
 #[test]
 fn a_daemon_killed_during_changes_leaves_a_whole_state_file() {
     lb_tests::require_root!();
@@ -508,50 +574,47 @@ fn a_daemon_killed_during_changes_leaves_a_whole_state_file() {
     let mut daemon = instance.start(&lab, &[]);
     let vip = "198.18.1.1:80";
     instance.ok(&["vip", "add", vip]);
-    for round in 0..5u64 {
-        // Changes in flight from another thread; the daemon dies at a different moment
-        // each round.
-        let api = instance.api.clone();
-        let stop = Arc::new(AtomicBool::new(false));
-        let churn = {
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                let (mut n, mut applied) = (0u32, 0u32);
-                while !stop.load(Ordering::Relaxed) && n < 500 {
-                    // Each backend added, then deleted again (deletes of backends never
-                    // added would all fail, and change nothing).
-                    let backend = format!("198.18.11.{}:8080", 2 + (n / 2) % 50);
-                    let op = if n.is_multiple_of(2) { "add" } else { "del" };
-                    let output = std::process::Command::new(lb_tests::process::lb_binary())
-                        .arg("--api")
-                        .arg(&api)
-                        .args(["backend", op, vip, &backend])
-                        .output();
-                    applied += u32::from(output.is_ok_and(|o| o.status.success()));
-                    n += 1;
-                }
-                applied
-            })
-        };
-        std::thread::sleep(Duration::from_millis(150 + 70 * round));
-        let status = daemon.kill_hard();
-        stop.store(true, Ordering::Relaxed);
-        let applied = churn.join().expect("the churn thread");
-        assert!(!status.success());
-        // Else the kill interrupted nothing, and a whole state file proves nothing.
+    instance.ok(&["backend", "add", vip, "198.18.11.2:8080"]);
+    let state = std::fs::canonicalize(&instance.state).expect("the state file exists");
+    let rounds = [
+        (
+            "the first write to the state file or its temporary file",
+            "write,pwrite64,writev,pwritev,pwritev2",
+        ),
+        (
+            "the rename over the state file",
+            "rename,renameat,renameat2",
+        ),
+    ];
+    for (round, (moment, syscalls)) in rounds.into_iter().enumerate() {
+        let before = std::fs::read_to_string(&state).expect("state file exists");
+        let temp = state.with_file_name(format!(
+            ".{}.{}.tmp",
+            state.file_name().expect("a file name").to_string_lossy(),
+            daemon.pid()
+        ));
+        let strace = KillOnSyscall::attach(daemon.pid(), &[&state, &temp], syscalls);
+        let backend = format!("198.18.11.{}:8080", 3 + round);
+        let output = instance.cli(&["backend", "add", vip, &backend]);
         assert!(
-            applied > 0,
-            "round {round}: no change was applied before the kill"
+            !output.status.success(),
+            "round {round}: the change was answered, so the daemon was not killed at {moment}"
         );
-        let text = std::fs::read_to_string(&instance.state).expect("state file exists");
-        let state = lb_userspace::model::config::parse(&text, &instance.state)
-            .unwrap_or_else(|e| panic!("round {round}: the state file is not whole: {e}\n{text}"));
-        assert_eq!(state.vips.len(), 1, "round {round}: {text}");
-        // A temporary file may be left by the kill; it is never the state.
-        let leftovers = temporary_files(&instance.state);
-        assert!(leftovers.len() <= 1, "{leftovers:?}");
-        daemon = Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, &[]));
-        daemon.wait_for_line(READY, STARTUP);
+        let status = daemon.wait_exit(Duration::from_secs(10));
+        drop(strace);
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "round {round}: killed at {moment}"
+        );
+        let after = std::fs::read_to_string(&state).expect("state file exists");
+        assert_eq!(
+            after, before,
+            "round {round}: killed at {moment}, the state file is not the whole one from before the change"
+        );
+        let saved = lb_userspace::model::config::parse(&after, &state)
+            .unwrap_or_else(|e| panic!("round {round}: the state file is not whole: {e}\n{after}"));
+        daemon = Daemon::start(instance.run(&lab.lb, &lab.lb_ifaces, &[]));
         // The restarted daemon removes what the killed one left half written.
         let left = temporary_files(&instance.state);
         assert!(
@@ -559,14 +622,15 @@ fn a_daemon_killed_during_changes_leaves_a_whole_state_file() {
             "round {round}: left after the restart: {left:?}"
         );
         let listed = backend_identities(&instance.ok(&["backend", "list", "--json"]));
-        let saved: usize = state.vips.values().map(|v| v.backends.len()).sum();
+        let served: usize = saved.vips.values().map(|v| v.backends.len()).sum();
         assert_eq!(
-            listed.len(),
-            saved,
-            "round {round}: the restart serves the saved state"
+            (listed.len(), served),
+            (1, 1),
+            "round {round}: the restart serves the saved state, without the change"
         );
     }
     instance.down();
+    drop(daemon);
 }
 
 #[test]
