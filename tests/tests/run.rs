@@ -14,6 +14,11 @@ use lb_tests::process::{Daemon, Instance, lb_binary, stat_packets};
 const READY: &str = "lb: forwarding on";
 const STARTUP: Duration = Duration::from_secs(20);
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How soon pins removed under a running daemon are back, as README and
+/// docs/RELIABILITY.md promise (its pin check runs every 2 s).
+const REPIN_PROMISED: Duration = Duration::from_secs(2);
+/// On top of the promise: the check's own work and a busy 2-CPU test machine.
+const REPIN_MARGIN: Duration = Duration::from_millis(1_000);
 
 use lb_tests::pair::PairLab as Lab;
 
@@ -402,22 +407,20 @@ fn pins_removed_under_a_running_daemon_are_put_back() {
         lab.lb.has_xdp(),
         "the daemon's own handles keep the datapath attached"
     );
-    while pinned() != before {
-        assert!(
-            removed.elapsed() < Duration::from_secs(10),
-            "not put back: {:?}; {}",
-            pinned(),
-            daemon.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let took = removed.elapsed();
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        daemon.stderr().contains("re-pinned them") && daemon.stderr().contains("link_"),
-        "says what it re-pinned: {}",
-        daemon.stderr()
+    // README and docs/RELIABILITY.md promise "within 2 s" (the daemon checks its pins every
+    // 2 s); the margin is for the check's own work and this poll on a busy 2-CPU machine.
+    lb_tests::eventually(
+        REPIN_PROMISED + REPIN_MARGIN,
+        "the removed pins put back",
+        || {
+            let now = pinned();
+            if now == before { Ok(()) } else { Err(now) }
+        },
     );
+    let took = removed.elapsed();
+    // The warning is written in the same check; it reaches us through a pipe.
+    let log = daemon.wait_for_log("re-pinned them", 1, Duration::from_secs(5));
+    assert!(log.contains("link_"), "says what it re-pinned: {log}");
     // The re-created directory is locked again: a second daemon is refused.
     let mut second = Instance::new();
     let own_pins = std::mem::replace(&mut second.pin_dir, lab.instance.pin_dir.clone());
