@@ -28,27 +28,43 @@ fn summary(mut values: Vec<f64>) -> String {
 /// Connections and UDP flows broken or moved at the checks after `events` (by the names
 /// the scenario gives them), summed over every round. Panics if a round did not check
 /// after one of them: the report must count, not assume.
-fn broken(rounds: &[&[Checked]], events: &[&str]) -> (usize, usize) {
-    let mut sum = (0, 0);
+fn broken(rounds: &[&[Checked]], events: &[&str]) -> Broken {
+    let mut sum = Broken {
+        tcp: 0,
+        udp: 0,
+        checks: 0,
+    };
     for (round, checks) in rounds.iter().enumerate() {
         for event in events {
             let check = checks
                 .iter()
                 .find(|c| c.after == *event)
                 .unwrap_or_else(|| panic!("round {round}: no check after {event:?}: {checks:?}"));
-            sum.0 += check.tcp_broken;
-            sum.1 += check.udp_broken;
+            sum.tcp += check.tcp_broken;
+            sum.udp += check.udp_broken;
+            sum.checks += 1;
         }
     }
     sum
 }
 
-/// `broken` as the table shows it: `tcp + udp of CONNECTIONS + FLOWS` per round.
-fn shown((tcp, udp): (usize, usize), rounds: usize) -> String {
+/// Connections and UDP flows found broken or moved, over how many checks of all of them.
+#[derive(Clone, Copy)]
+struct Broken {
+    tcp: usize,
+    udp: usize,
+    checks: usize,
+}
+
+/// A [`Broken`] as the table shows it: `tcp + udp of CONNECTIONS + FLOWS`, times the checks.
+fn shown(b: Broken) -> String {
     format!(
-        "{tcp} + {udp} of {} + {} ({rounds} round(s))",
-        CONNECTIONS * rounds,
-        FLOWS * rounds
+        "{} + {} of {} + {} ({} check(s))",
+        b.tcp,
+        b.udp,
+        CONNECTIONS * b.checks,
+        FLOWS * b.checks,
+        b.checks
     )
 }
 
@@ -91,7 +107,7 @@ fn main() {
     let nat_lost = broken(&nat_checks, &["a NAT node's loss"]);
     let every: usize = [drain, resume, loss, back, nat_lost]
         .iter()
-        .map(|(tcp, udp)| tcp + udp)
+        .map(|b| b.tcp + b.udp)
         .sum();
     println!(
         "## Several lb nodes: convergence and broken connections per event\n\n\
@@ -110,26 +126,26 @@ fn main() {
     println!(
         "| `lb node drain` (withdraw) | {} | {} (the drained node serves what still arrives) |",
         each(&|e| e.withdraw),
-        shown(drain, rounds)
+        shown(drain)
     );
     println!(
         "| `lb node resume` (announce) | {} | {} |",
         each(&|e| e.announce),
-        shown(resume, rounds)
+        shown(resume)
     );
     println!(
         "| node lost (BFD) | {} | {}: the {lost_tcp} connections and {lost_udp} UDP flows it carried (all rounds) continued on the survivors, same backends |",
         each(&|e| e.detection),
-        shown(loss, rounds)
+        shown(loss)
     );
     println!(
         "| node back (link, BIRD, then `lb run --drained` adopting its pins, fingerprints compared, `lb node resume`) | {} | {} |",
         each(&|e| e.back),
-        shown(back, rounds)
+        shown(back)
     );
     println!(
         "| node lost, NAT (replies through the nodes) | {nat_loss} | {} (the backends' route drops the node too) |",
-        shown(nat_lost, rounds)
+        shown(nat_lost)
     );
     println!(
         "\nWhile the router still sent flows to a lost node, {failed} of {attempts} new \
