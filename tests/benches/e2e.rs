@@ -18,7 +18,7 @@ use std::{
 use lb_tests::{
     dsr::{self, DsrLab, Wiring},
     netns::NetNs,
-    process::{Daemon, DecapPaths, Instance, READY, STARTUP, stat_packets},
+    process::{Daemon, DecapPaths, Instance, stat_packets},
     topology::{Backend, Lab},
 };
 
@@ -631,12 +631,11 @@ fn dsr_against_nat(dir: &Path, seconds: u64, rounds: usize) -> Vec<Mode> {
     let mut samples: Vec<Vec<Mode>> = (0..DSR_NAMES.len()).map(|_| Vec::new()).collect();
     for round in 0..rounds {
         replies_via_lb(&lab, true);
-        let mut daemon = Daemon::spawn(instance.run(
+        let daemon = Daemon::start(instance.run(
             &lab.lb,
             std::slice::from_ref(&lab.lb_iface),
             &["--xdp-mode", "native"],
         ));
-        daemon.wait_for_line(READY, STARTUP);
         if round == 0 {
             for (vip, mode) in [
                 (NAT_VIP, "nat"),
@@ -922,9 +921,8 @@ fn main() {
         ));
         drop(floor);
 
-        let mut daemon =
-            Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, &["--xdp-mode", "native"]));
-        daemon.wait_for_line("lb: forwarding on", Duration::from_secs(30));
+        let daemon =
+            Daemon::start(instance.run(&lab.lb, &lab.lb_ifaces, &["--xdp-mode", "native"]));
         if round == 0 {
             instance.ok(&["vip", "add", &vip_arg]);
             instance.ok(&["vip", "add", &udp_vip_arg, "--proto", "udp"]);
@@ -977,9 +975,8 @@ fn main() {
             seconds,
             Placement::Unpinned,
         ));
-        let mut daemon =
-            Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, &["--xdp-mode", "native"]));
-        daemon.wait_for_line("lb: forwarding on", Duration::from_secs(30));
+        let daemon =
+            Daemon::start(instance.run(&lab.lb, &lab.lb_ifaces, &["--xdp-mode", "native"]));
         unpinned_samples[1].push(placed(NAMES[1]));
         instance.down();
         drop(daemon);

@@ -23,7 +23,7 @@ use std::{
 
 use crate::{
     loud,
-    process::{Daemon, DecapPaths, Instance, READY, STARTUP},
+    process::{Daemon, DecapPaths, Instance, STARTUP},
 };
 use lb_lab::{
     client::WhoConnection,
@@ -122,7 +122,7 @@ pub fn start_nodes(lab: &ClusterLab, config: &std::path::Path) -> Vec<LbNode> {
         .iter()
         .map(|node| {
             let instance = Instance::new();
-            let daemon = Daemon::spawn(instance.run(
+            let daemon = Daemon::spawn_notified(instance.run(
                 &node.ns,
                 std::slice::from_ref(&node.iface),
                 &["--config", &config],
@@ -135,7 +135,7 @@ pub fn start_nodes(lab: &ClusterLab, config: &std::path::Path) -> Vec<LbNode> {
         .collect();
     for node in &mut nodes {
         if let Some(daemon) = node.daemon.as_mut() {
-            daemon.wait_for_line(READY, STARTUP);
+            daemon.wait_ready(STARTUP);
         }
     }
     nodes
@@ -150,6 +150,18 @@ pub struct Flows {
     pub udp_backends: Vec<String>,
     pub udp_ports: Vec<u16>,
     pub tcp_ports: Vec<u16>,
+    /// What each [`Flows::check`] found, in order.
+    pub checks: Vec<Checked>,
+}
+
+/// What one [`Flows::check`] found: how many of the connections and UDP flows broke or
+/// moved to another backend (the check fails the scenario unless both are 0).
+#[derive(Clone, Debug)]
+pub struct Checked {
+    /// The event the flows were asked again after.
+    pub after: String,
+    pub tcp_broken: usize,
+    pub udp_broken: usize,
 }
 
 /// The backend that answered, or why none did.
@@ -192,6 +204,7 @@ impl Flows {
             udp,
             tcp_backends: Vec::new(),
             udp_backends: Vec::new(),
+            checks: Vec::new(),
         };
         let (tcp_backends, udp_backends) = flows.ask_all();
         flows.tcp_backends = tcp_backends
@@ -233,6 +246,11 @@ impl Flows {
             tcp_broken.len(),
             udp_broken.len()
         ));
+        self.checks.push(Checked {
+            after: after.to_owned(),
+            tcp_broken: tcp_broken.len(),
+            udp_broken: udp_broken.len(),
+        });
         assert!(
             tcp_broken.is_empty() && udp_broken.is_empty(),
             "after {after}: TCP {tcp_broken:?}; UDP {udp_broken:?}"
@@ -250,6 +268,58 @@ pub fn converge(lab: &ClusterLab, vip: IpAddr, n: usize, since: Instant, what: &
         took.as_secs_f64() * 1000.0
     ));
     took
+}
+
+/// What README promises for a lost node: BFD takes it out of the route "in about 300 ms"
+/// (100 ms × 3, docs/bird/lb-node.conf).
+pub const BFD_DETECTION: Duration = lb_lab::cluster::BFD_DETECTION;
+/// On top of [`BFD_DETECTION`]: the router's BIRD writing its kernel route, and this
+/// test's polling of it (a few tens of ms each) on a loaded 2-CPU machine.
+pub const BFD_MARGIN: Duration = Duration::from_millis(500);
+
+/// A prefix no VIP has, put in a node's announce table for a moment to see a scan happen.
+const SCAN_CANARY: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 78, 254));
+
+/// How long a node's BIRD takes at most to scan its announce table (every second,
+/// docs/bird/lb-node.conf) and the router to install what that scan found, with a margin.
+const SCAN_LIMIT: Duration = Duration::from_secs(5);
+
+/// Waits until node `i`'s BIRD has scanned its announce table (table 4242) since this
+/// call: a canary route written there now is learned and reaches the router. Whatever the
+/// table held at that scan is then what the node's BIRD announces. The canary goes again
+/// (and leaves the router) before this returns.
+pub fn after_a_scan(lab: &ClusterLab, i: usize) {
+    let node = &lab.nodes[i];
+    let route = |op: &str| {
+        let args = lb_lab::cluster::announce_route_args(op, SCAN_CANARY, &node.iface);
+        node.ns
+            .ip(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    };
+    route("add");
+    lab.wait_for_next_hops(SCAN_CANARY, 1, SCAN_LIMIT)
+        .unwrap_or_else(|e| panic!("node{i}'s BIRD did not scan its announce table: {e}"));
+    assert!(
+        announces(lab, i, SCAN_CANARY),
+        "node{i}'s BIRD sent a canary it does not have"
+    );
+    route("del");
+    lab.wait_for_next_hops(SCAN_CANARY, 0, SCAN_LIMIT)
+        .unwrap_or_else(|e| panic!("node{i}'s canary route was not withdrawn: {e}"));
+}
+
+/// Whether node `i`'s BIRD holds a route to `vip` learned from its announce table (what
+/// it exports to the router).
+pub fn announces(lab: &ClusterLab, i: usize, vip: IpAddr) -> bool {
+    let len = if vip.is_ipv4() { 32 } else { 128 };
+    match lab.bird_cli(
+        lb_lab::cluster::Bird::Node(i),
+        &["show", "route", &format!("{vip}/{len}")],
+    ) {
+        Ok(shown) => shown.contains("[lb_vips"),
+        // birdc exits non-zero for a route it does not have.
+        Err(e) if e.contains("Network not found") => false,
+        Err(e) => panic!("asking node{i}'s BIRD: {e}"),
+    }
 }
 
 /// New flows spread over every node: each node's share of `flows` new flows.
@@ -283,6 +353,8 @@ pub struct DsrEvents {
     /// From the lost node's return (link, BIRD, then its daemon adopting its pins with
     /// `--drained`, then `lb node resume`) to the route with every node.
     pub back: Duration,
+    /// What the flows' check after each event found.
+    pub checks: Vec<Checked>,
 }
 
 /// The dsr-ipip scenario; `prefix` names its namespaces.
@@ -481,8 +553,8 @@ pub fn dsr_events(prefix: &str) -> DsrEvents {
         detection.as_secs_f64() * 1000.0
     ));
     assert!(
-        detection < Duration::from_secs(3),
-        "the router took {detection:?}, longer than the BGP hold time: BFD did not act"
+        detection < BFD_DETECTION + BFD_MARGIN,
+        "the router took {detection:?} to drop the lost node; BFD promises about {BFD_DETECTION:?} (README), with a margin of {BFD_MARGIN:?}"
     );
     loud(&format!(
         "cluster: while the router still sent flows to node2: {failed} of {attempts} new connections failed to connect within {PROBE_CONNECT:?}"
@@ -500,7 +572,12 @@ pub fn dsr_events(prefix: &str) -> DsrEvents {
     lab.restore_node(2);
     lab.wait_for_sessions(CONVERGE)
         .expect("node2's BGP sessions come back");
-    std::thread::sleep(Duration::from_millis(500));
+    // Not announced: node2's BIRD has scanned its announce table since, and found no VIP.
+    after_a_scan(&lab, 2);
+    assert!(
+        !announces(&lab, 2, vip),
+        "node2's BIRD learned the VIP without a daemon to resolve its next hops"
+    );
     assert_eq!(
         lab.router_next_hops(vip).len(),
         NODES - 1,
@@ -509,12 +586,11 @@ pub fn dsr_events(prefix: &str) -> DsrEvents {
     flows.check("node2's link back without its daemon (not announced)");
     // Its daemon starts drained (`--drained`), so the node joins only once its tables
     // match the others' (same fingerprints), then `lb node resume`.
-    let mut daemon = Daemon::spawn(nodes[2].instance.run(
+    let daemon = Daemon::start(nodes[2].instance.run(
         &lab.nodes[2].ns,
         std::slice::from_ref(&lab.nodes[2].iface),
         &["--config", &config.to_string_lossy(), "--drained"],
     ));
-    daemon.wait_for_line(READY, STARTUP);
     nodes[2].daemon = Some(daemon);
     let report = nodes[2].node_report();
     assert_eq!(report["drained"], true, "--drained: {report}");
@@ -559,7 +635,13 @@ pub fn dsr_events(prefix: &str) -> DsrEvents {
         let (status, _) = daemon.terminate();
         assert!(status.success(), "SIGTERM: {status}");
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // Still announced: node0's BIRD has scanned its announce table since the daemon
+    // stopped, and found the VIP there.
+    after_a_scan(&lab, 0);
+    assert!(
+        announces(&lab, 0, vip),
+        "node0's BIRD lost the VIP when its daemon stopped"
+    );
     assert_eq!(
         lab.router_next_hops(vip).len(),
         NODES - 1,
@@ -599,6 +681,7 @@ pub fn dsr_events(prefix: &str) -> DsrEvents {
         lost_tcp: lost_carried,
         lost_udp: lost_carried_udp,
         back,
+        checks: flows.checks,
     }
 }
 
@@ -610,6 +693,8 @@ pub struct NatEvents {
     pub replies: Vec<u64>,
     /// From the node's loss to the router's route without it.
     pub detection: Duration,
+    /// What the flows' check after each event found.
+    pub checks: Vec<Checked>,
 }
 
 /// The NAT scenario; `prefix` names its namespaces.
@@ -731,21 +816,32 @@ pub fn nat_events(prefix: &str) -> NatEvents {
             .send_to(b"canary", (IpAddr::from(lb_lab::cluster::CLIENT_V4), 9))
             .expect("send the canary");
     });
-    std::thread::sleep(Duration::from_millis(200));
-    let listed = String::from_utf8_lossy(
-        &lab.router
-            .command("nft")
-            .args(["list", "table", "inet", "leak"])
-            .output()
-            .expect("nft list")
-            .stdout,
-    )
-    .into_owned();
-    let leaked: Vec<u64> = listed
-        .split("packets ")
-        .skip(1)
-        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
-        .collect();
+    // Counted once the canary has crossed the router.
+    let leak_counters = || {
+        let listed = String::from_utf8_lossy(
+            &lab.router
+                .command("nft")
+                .args(["list", "table", "inet", "leak"])
+                .output()
+                .expect("nft list")
+                .stdout,
+        )
+        .into_owned();
+        let leaked: Vec<u64> = listed
+            .split("packets ")
+            .skip(1)
+            .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+            .collect();
+        (leaked, listed)
+    };
+    let (leaked, listed) = crate::eventually(Duration::from_secs(5), "the canary counted", || {
+        let (leaked, listed) = leak_counters();
+        if leaked.iter().sum::<u64>() > 0 {
+            Ok((leaked, listed))
+        } else {
+            Err(listed)
+        }
+    });
     assert_eq!(
         leaked,
         [1, 0],
@@ -756,5 +852,6 @@ pub fn nat_events(prefix: &str) -> NatEvents {
         requests,
         replies,
         detection,
+        checks: flows.checks,
     }
 }

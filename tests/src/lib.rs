@@ -17,6 +17,9 @@ pub mod root;
 pub mod testrun;
 pub mod tunnel;
 pub mod verify;
+pub mod wait;
+
+pub use wait::eventually;
 
 /// A line on stderr that the test harness does not capture: shown even for a passing test
 /// (libtest captures only `print!`/`eprint!`), for skips and weaker checks a reader must see.

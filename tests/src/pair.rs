@@ -5,7 +5,7 @@ use std::process::Command;
 
 use crate::{
     netns::{Link, NetNs},
-    process::{Daemon, Instance, READY, STARTUP},
+    process::{Daemon, Instance},
 };
 
 pub struct PairLab {
@@ -45,9 +45,7 @@ impl PairLab {
 
     /// Starts `lb run` and waits until it forwards.
     pub fn start(&self, extra: &[&str]) -> Daemon {
-        let mut daemon = Daemon::spawn(self.lb_run(extra));
-        daemon.wait_for_line(READY, STARTUP);
-        daemon
+        Daemon::start(self.lb_run(extra))
     }
 
     /// `lb status --json`, parsed.

@@ -2,6 +2,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Read as _},
+    os::unix::net::UnixDatagram,
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Mutex, mpsc},
@@ -50,6 +51,72 @@ pub struct Daemon {
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
     stderr: Arc<Mutex<String>>,
+    /// The socket `$NOTIFY_SOCKET` names, when started by [`Daemon::start`].
+    notify: Option<Notify>,
+}
+
+/// A stand-in for systemd's notify socket (sd_notify(3)): a datagram socket in a directory
+/// of its own, given to the daemon as `$NOTIFY_SOCKET`.
+struct Notify {
+    socket: UnixDatagram,
+    /// The notifications received so far, one datagram each.
+    received: Vec<String>,
+    /// Holds the socket file; removed on drop.
+    _dir: tempfile::TempDir,
+}
+
+impl Notify {
+    fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("lbt-notify-")
+            .tempdir()
+            .expect("create the notify socket's directory");
+        let socket = UnixDatagram::bind(dir.path().join("notify")).expect("bind the notify socket");
+        socket
+            .set_nonblocking(true)
+            .expect("a non-blocking notify socket");
+        Self {
+            socket,
+            received: Vec::new(),
+            _dir: dir,
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        self._dir.path().join("notify")
+    }
+
+    /// Takes every datagram waiting on the socket; the first `READY=1` among all received.
+    fn ready(&mut self) -> Option<String> {
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = self.socket.recv(&mut buffer) {
+            self.received
+                .push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+        }
+        self.received
+            .iter()
+            .find(|message| message.lines().any(|line| line == "READY=1"))
+            .cloned()
+    }
+}
+
+/// What a daemon that is not ready yet has said, for a panic message.
+struct NotReady {
+    notifications: Vec<String>,
+    stdout: Vec<String>,
+    stderr: String,
+}
+
+impl std::fmt::Debug for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "notifications {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.notifications,
+            self.stdout.join("\n"),
+            self.stderr
+        )
+    }
 }
 
 /// What the kernel says a process holds: resident memory and open file descriptors.
@@ -109,6 +176,62 @@ impl Daemon {
             lines,
             seen: Vec::new(),
             stderr,
+            notify: None,
+        }
+    }
+
+    /// Starts `command` (an `lb run`) and waits, at most [`STARTUP`], until it is ready:
+    /// see [`Daemon::wait_ready`].
+    pub fn start(command: Command) -> Self {
+        let mut daemon = Self::spawn_notified(command);
+        daemon.wait_ready(STARTUP);
+        daemon
+    }
+
+    /// Spawns `command` with `$NOTIFY_SOCKET` naming a datagram socket of the test's own,
+    /// as systemd does for a `Type=notify` unit; [`Daemon::wait_ready`] then waits for the
+    /// daemon's `READY=1`. For starting several daemons at once.
+    pub fn spawn_notified(mut command: Command) -> Self {
+        let notify = Notify::new();
+        command.env("NOTIFY_SOCKET", notify.path());
+        let mut daemon = Self::spawn(command);
+        daemon.notify = Some(notify);
+        daemon
+    }
+
+    /// Waits up to `timeout` for the daemon's `READY=1` (sent once the datapath is attached
+    /// and the API socket bound); the whole notification. Panics with what the daemon
+    /// printed and logged if it exits first or the time runs out.
+    pub fn wait_ready(&mut self, timeout: Duration) -> String {
+        let pid = self.pid();
+        let ready = crate::eventually(timeout, &format!("lb (pid {pid}) READY=1"), || {
+            let notify = self
+                .notify
+                .as_mut()
+                .expect("wait_ready needs a daemon started by Daemon::start or spawn_notified");
+            if let Some(ready) = notify.ready() {
+                return Ok(Ok(ready));
+            }
+            let notifications = notify.received.clone();
+            while let Ok(line) = self.lines.try_recv() {
+                self.seen.push(line);
+            }
+            let exited = self.child.try_wait().expect("wait for lb");
+            let not_ready = NotReady {
+                notifications,
+                stdout: self.seen.clone(),
+                stderr: self.stderr(),
+            };
+            match exited {
+                Some(status) => Ok(Err((status, not_ready))),
+                None => Err(not_ready),
+            }
+        });
+        match ready {
+            Ok(ready) => ready,
+            Err((status, not_ready)) => {
+                panic!("lb exited ({status}) before READY=1: {not_ready:?}")
+            }
         }
     }
 
@@ -139,17 +262,13 @@ impl Daemon {
     pub fn terminate(mut self) -> (ExitStatus, Vec<String>) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("wait for lb") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "lb did not exit within 10 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let child = &mut self.child;
+        let status = crate::eventually(Duration::from_secs(10), "lb exits on SIGTERM", || {
+            child
+                .try_wait()
+                .expect("wait for lb")
+                .ok_or("still running")
+        });
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
             self.seen.push(line);
         }
@@ -165,18 +284,31 @@ impl Daemon {
     /// Waits up to `timeout` until the daemon's log holds `needle` at least `count` times;
     /// the log so far.
     pub fn wait_for_log(&self, needle: &str, count: usize, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let log = self.stderr();
-            if log.matches(needle).count() >= count {
-                return log;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "lb did not log `{needle}` {count} time(s) within {timeout:?}; its log:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::eventually(
+            timeout,
+            &format!("lb logs `{needle}` {count} time(s)"),
+            || {
+                let log = self.stderr();
+                if log.matches(needle).count() >= count {
+                    Ok(log)
+                } else {
+                    Err(Logged(log))
+                }
+            },
+        )
+    }
+
+    /// Waits up to `timeout` for the daemon to exit on its own (or by a signal someone
+    /// else sent); its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let pid = self.pid();
+        let child = &mut self.child;
+        crate::eventually(timeout, &format!("lb (pid {pid}) exits"), || {
+            child
+                .try_wait()
+                .expect("wait for lb")
+                .ok_or("still running")
+        })
     }
 
     /// SIGKILL: the daemon gets no chance to clean up, as in a crash.
@@ -195,6 +327,15 @@ impl Daemon {
     /// What the daemon logged so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+/// A daemon's log as a panic message shows it: its lines, not one escaped string.
+struct Logged(String);
+
+impl std::fmt::Debug for Logged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "its log:\n{}", self.0)
     }
 }
 
@@ -221,7 +362,8 @@ pub fn stat_packets(stats: &serde_json::Value, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("counter `{name}` has no packet count: {counter}"))
 }
 
-/// What `lb run` prints once it forwards.
+/// What `lb run` prints once it forwards (its first line: what it attached, adopted or
+/// loaded). Readiness is [`Daemon::wait_ready`]'s `READY=1`, not this line.
 pub const READY: &str = "lb: forwarding on";
 /// How long a daemon may take to start (a cold start loads and verifies the program: about
 /// 2.2 × 10^6 instructions over its five programs, several seconds each on a 2-CPU machine,
@@ -281,9 +423,7 @@ impl Instance {
 
     /// Starts `lb run` on the lab's lb interfaces and waits until it forwards.
     pub fn start(&self, lab: &crate::topology::Lab, extra: &[&str]) -> Daemon {
-        let mut daemon = Daemon::spawn(self.run(&lab.lb, &lab.lb_ifaces, extra));
-        daemon.wait_for_line(READY, STARTUP);
-        daemon
+        Daemon::start(self.run(&lab.lb, &lab.lb_ifaces, extra))
     }
 
     /// Runs a client subcommand against this instance's daemon.
@@ -347,17 +487,11 @@ impl Instance {
     /// Polls until `backend` has `health`; how long it took.
     pub fn wait_for_health(&self, backend: &str, health: &str, limit: Duration) -> Duration {
         let started = Instant::now();
-        loop {
+        crate::eventually(limit, &format!("{backend} {health}"), || {
             let (now, entry) = self.backend_health(backend);
-            if now == health {
-                return started.elapsed();
-            }
-            assert!(
-                started.elapsed() < limit,
-                "{backend} not {health} within {limit:?}: {entry}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            if now == health { Ok(()) } else { Err(entry) }
+        });
+        started.elapsed()
     }
 
     /// `lb down` for this instance's pin directory (through the daemon if one runs).

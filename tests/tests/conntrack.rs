@@ -10,8 +10,9 @@ use std::{
 
 use lb_tests::{
     client::{WhoConnection, http_get, udp_request_from_new_port},
+    eventually,
     netns::{Link, NetNs},
-    process::{Daemon, Instance, READY, STARTUP},
+    process::{Daemon, Instance},
     servers::{HTTP_PORT, Servers, UDP_PORT, WHO_PORT},
     topology::Lab,
 };
@@ -34,23 +35,6 @@ fn stats(instance: &Instance) -> Value {
 
 fn counter(stats: &Value, name: &str) -> u64 {
     lb_tests::process::stat_packets(stats, name)
-}
-
-/// Polls `probe` every 100 ms until it returns `Some`, at most `limit`; panics with
-/// `what` and the last value seen otherwise.
-fn wait_for<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> (Option<T>, String)) -> T {
-    let started = Instant::now();
-    loop {
-        let (done, last) = probe();
-        if let Some(value) = done {
-            return value;
-        }
-        assert!(
-            started.elapsed() < limit,
-            "{what} not within {limit:?}; last: {last}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// `lb conntrack list <args> --json`: (flows shown, flows matched).
@@ -126,13 +110,14 @@ fn ten_thousand_short_connections_are_swept_from_the_table() {
         "the last connections are still tracked right after the loop"
     );
     let emptied = Instant::now();
-    let after = wait_for(EMPTY_WITHIN, "an empty conntrack table", || {
+    let after = eventually(EMPTY_WITHIN, "an empty conntrack table", || {
         let now = stats(&instance);
         let entries = now["conntrack"]["entries"].as_u64().unwrap_or(u64::MAX);
-        (
-            (entries == 0).then_some(now.clone()),
-            now["conntrack"].to_string(),
-        )
+        if entries == 0 {
+            Ok(now)
+        } else {
+            Err(now["conntrack"].to_string())
+        }
     });
     let created = counter(&after, "ct_created");
     let replaced = counter(&after, "ct_replaced");
@@ -188,13 +173,14 @@ fn a_drained_backend_counts_its_connections_until_they_close() {
     let drained = endpoint(&lab, 0, WHO_PORT);
     instance.ok(&["backend", "drain", &vip_arg, &drained]);
 
-    let counted = wait_for(Duration::from_secs(5), "backend-1's active count", || {
+    let counted = eventually(Duration::from_secs(5), "backend-1's active count", || {
         let entry = backend_entry(&instance, &vip_arg, &drained);
         let active = entry["active_conns"].as_u64().unwrap_or(0);
-        (
-            (active == on_first).then_some(entry.clone()),
-            entry.to_string(),
-        )
+        if active == on_first {
+            Ok(entry)
+        } else {
+            Err(entry.to_string())
+        }
     });
     assert_eq!(counted["state"], "draining");
     assert_eq!(counted["closing_conns"], 0);
@@ -206,13 +192,17 @@ fn a_drained_backend_counts_its_connections_until_they_close() {
 
     drop(connections);
     let closed_in = Instant::now();
-    let after = wait_for(
+    let after = eventually(
         Duration::from_secs(5),
         "backend-1's active count at 0",
         || {
             let entry = backend_entry(&instance, &vip_arg, &drained);
             let active = entry["active_conns"].as_u64().unwrap_or(u64::MAX);
-            ((active == 0).then_some(entry.clone()), entry.to_string())
+            if active == 0 {
+                Ok(entry)
+            } else {
+                Err(entry.to_string())
+            }
         },
     );
     eprintln!(
@@ -460,8 +450,7 @@ fn forwarding_off_is_refused_before_anything_is_loaded() {
     assert!(!pair.lb.has_xdp(), "nothing attached");
 
     // Running IPv4 only: adding an IPv6 VIP is refused and changes nothing.
-    let mut daemon = Daemon::spawn(instance.run(&pair.lb, std::slice::from_ref(&pair.lb_if), &[]));
-    daemon.wait_for_line(READY, STARTUP);
+    let _daemon = Daemon::start(instance.run(&pair.lb, std::slice::from_ref(&pair.lb_if), &[]));
     instance.ok(&["vip", "add", "198.18.1.1:80"]);
     let before = (
         instance.ok(&["vip", "list", "--json"]),
@@ -594,8 +583,7 @@ fn a_route_through_an_interface_lb_is_not_attached_to_is_warned_once() {
     // Attached toward the client and backend-1 only: backend-2's link is not lb's.
     let attached = lab.lb_ifaces[..2].to_vec();
     let unattached = lab.lb_ifaces[2].clone();
-    let mut daemon = Daemon::spawn(instance.run(&lab.lb, &attached, &[]));
-    daemon.wait_for_line(READY, STARTUP);
+    let daemon = Daemon::start(instance.run(&lab.lb, &attached, &[]));
     let _servers = Servers::start(&lab.backends);
     let vip = SocketAddr::new(lab.vip(false), 80);
     let vip_arg = vip.to_string();
@@ -606,12 +594,16 @@ fn a_route_through_an_interface_lb_is_not_attached_to_is_warned_once() {
         .client
         .enter(|| (0..3).map(|_| http_get(vip)).collect::<Vec<_>>());
     let needle = format!("leaves through {unattached}, which lb is not attached to");
-    let warned = wait_for(
+    let warned = eventually(
         Duration::from_secs(5),
         "the unattached-egress warning",
         || {
             let stderr = daemon.stderr();
-            (stderr.contains(&needle).then_some(stderr.clone()), stderr)
+            if stderr.contains(&needle) {
+                Ok(stderr)
+            } else {
+                Err(stderr)
+            }
         },
     );
     assert!(

@@ -8,7 +8,7 @@ use std::{
     os::unix::net::UnixStream,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -16,7 +16,7 @@ use std::{
 use lb_tests::{
     client::{WhoConnection, http_get, open_who_connections},
     netns::NetNs,
-    process::{Daemon, Instance, READY, STARTUP},
+    process::{Daemon, Instance, READY},
     servers::{ECHO_PORT, HTTP_PORT, Servers, WHO_PORT},
     topology::Lab,
 };
@@ -236,23 +236,41 @@ fn backend_identities(json: &str) -> Vec<(String, String, u64, String)> {
         .collect()
 }
 
+/// Bytes of one stream so far, shared with the thread that streams them.
+#[derive(Default)]
+struct Progress {
+    /// Bytes written to the stream (counted once written).
+    sent: AtomicU64,
+    /// Bytes that came back, in order.
+    verified: AtomicU64,
+}
+
+/// The size of one write (and echo) of [`stream_through`].
+const CHUNK: u64 = 1024;
+
 /// Streams numbered bytes through `vip` to an echo server and checks every byte comes back
-/// in order, until `stop`. Returns (bytes sent, bytes verified, first error).
-fn stream_through(vip: SocketAddr, stop: &AtomicBool) -> (u64, u64, Option<String>) {
+/// in order, until `stop`; `progress` counts as it goes. Returns (bytes sent, bytes verified,
+/// first error).
+fn stream_through(
+    vip: SocketAddr,
+    stop: &AtomicBool,
+    progress: &Progress,
+) -> (u64, u64, Option<String>) {
     let mut stream = match std::net::TcpStream::connect_timeout(&vip, Duration::from_secs(3)) {
         Ok(s) => s,
         Err(e) => return (0, 0, Some(format!("connect: {e}"))),
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let (mut sent, mut verified) = (0u64, 0u64);
-    let mut reply = vec![0u8; 1024];
+    let mut reply = vec![0u8; CHUNK as usize];
     let started = Instant::now();
     while !stop.load(Ordering::Relaxed) && started.elapsed() < BUDGET {
-        let chunk: Vec<u8> = (sent..sent + 1024).map(|i| (i % 251) as u8).collect();
+        let chunk: Vec<u8> = (sent..sent + CHUNK).map(|i| (i % 251) as u8).collect();
         if let Err(e) = stream.write_all(&chunk) {
             return (sent, verified, Some(format!("send: {e}")));
         }
         sent += chunk.len() as u64;
+        progress.sent.store(sent, Ordering::SeqCst);
         if let Err(e) = stream.read_exact(&mut reply) {
             return (sent, verified, Some(format!("read: {e}")));
         }
@@ -264,14 +282,35 @@ fn stream_through(vip: SocketAddr, stop: &AtomicBool) -> (u64, u64, Option<Strin
             );
         }
         verified += reply.len() as u64;
+        progress.verified.store(verified, Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(5));
     }
     (sent, verified, None)
 }
 
+/// Waits until at least `bytes` more than `from` came back through the stream.
+fn stream_reaches(progress: &Progress, from: u64, bytes: u64, what: &str) -> u64 {
+    lb_tests::eventually(Duration::from_secs(10), what, || {
+        let verified = progress.verified.load(Ordering::SeqCst);
+        if verified >= from + bytes {
+            Ok(verified)
+        } else {
+            Err(format!(
+                "{} bytes verified, {} sent; waiting for {}",
+                verified,
+                progress.sent.load(Ordering::SeqCst),
+                from + bytes
+            ))
+        }
+    })
+}
+
 #[test]
 fn a_stream_survives_kill_9_and_restart_and_new_connections_work_meanwhile() {
     lb_tests::require_root!();
+    /// Bytes that must come back in each phase: the pinned datapath alone, then with the
+    /// restarted daemon.
+    const PHASE: u64 = 32 * CHUNK;
     let lab = Lab::new("lbt", 3);
     let instance = Instance::new();
     let daemon = instance.start(&lab, &[]);
@@ -288,14 +327,20 @@ fn a_stream_survives_kill_9_and_restart_and_new_connections_work_meanwhile() {
     let listed_before = instance.ok(&["backend", "list", "--json"]);
 
     let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(Progress::default());
     let client = {
-        let stop = Arc::clone(&stop);
-        lab.client.spawn(move || stream_through(stream_vip, &stop))
+        let (stop, progress) = (Arc::clone(&stop), Arc::clone(&progress));
+        lab.client
+            .spawn(move || stream_through(stream_vip, &stop, &progress))
     };
-    std::thread::sleep(Duration::from_millis(500));
+    stream_reaches(&progress, 0, CHUNK, "the stream flowing before the kill");
 
     let status = daemon.kill_hard();
     assert!(!status.success(), "lb was killed");
+    // Bytes written up to here may have been forwarded by the daemon's datapath before it
+    // died; one more chunk may be on its way (written, not yet counted). Only bytes past
+    // both count as flowed after the kill.
+    let sent_at_kill = progress.sent.load(Ordering::SeqCst) + CHUNK;
     assert!(lab.lb.has_xdp(), "the pinned datapath outlives the daemon");
     let during = spread(&lab, http_vip, 50);
     assert_eq!(
@@ -303,12 +348,24 @@ fn a_stream_survives_kill_9_and_restart_and_new_connections_work_meanwhile() {
         50,
         "new connections during the downtime: {during:?}"
     );
-    std::thread::sleep(Duration::from_millis(300));
+    stream_reaches(
+        &progress,
+        sent_at_kill,
+        PHASE,
+        "stream bytes through the pinned datapath with no daemon",
+    );
 
-    let mut restarted = Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, &[]));
-    let ready = restarted.wait_for_line(READY, STARTUP);
+    let mut restarted = Daemon::start(instance.run(&lab.lb, &lab.lb_ifaces, &[]));
+    // Ready; its first line says how it started.
+    let ready = restarted.wait_for_line(READY, Duration::from_secs(5));
     assert!(ready.contains("adopted"), "{ready}");
-    std::thread::sleep(Duration::from_millis(500));
+    let sent_at_restart = progress.sent.load(Ordering::SeqCst) + CHUNK;
+    stream_reaches(
+        &progress,
+        sent_at_restart,
+        PHASE,
+        "stream bytes through the restarted daemon's datapath",
+    );
     stop.store(true, Ordering::Relaxed);
     let (sent, verified, error) = client.join().expect("stream thread");
     assert_eq!(
@@ -316,7 +373,11 @@ fn a_stream_survives_kill_9_and_restart_and_new_connections_work_meanwhile() {
         "the stream broke after {verified} of {sent} bytes"
     );
     assert_eq!(sent, verified, "no byte lost");
-    assert!(sent > 100 * 1024, "the stream ran throughout: {sent} bytes");
+    let after_kill = verified.saturating_sub(sent_at_kill);
+    assert!(
+        after_kill >= 2 * PHASE,
+        "the stream ran on after the kill: {after_kill} bytes sent after it came back"
+    );
 
     assert_eq!(
         backend_identities(&instance.ok(&["backend", "list", "--json"])),
@@ -326,7 +387,9 @@ fn a_stream_survives_kill_9_and_restart_and_new_connections_work_meanwhile() {
     let status: serde_json::Value =
         serde_json::from_str(&instance.ok(&["status", "--json"])).expect("JSON");
     assert_eq!(status["adopted"], true, "{status}");
-    eprintln!("streamed {sent} bytes across kill -9 and restart, all echoed in order");
+    eprintln!(
+        "streamed {sent} bytes across kill -9 and restart, {after_kill} of them written after the kill, all echoed in order"
+    );
     instance.down();
     assert!(!lab.lb.has_xdp());
 }
@@ -500,6 +563,72 @@ fn a_corrupt_state_file_is_refused_and_left_untouched() {
     assert!(!instance.api.exists(), "no socket was left behind");
 }
 
+/// `strace` attached to a running daemon that kills it (SIGKILL, on entry, before the call
+/// runs) at the first of `syscalls` that touches one of `paths`. Killed on drop.
+struct KillOnSyscall {
+    strace: std::process::Child,
+}
+
+impl KillOnSyscall {
+    fn attach(pid: u32, paths: &[&std::path::Path], syscalls: &str) -> Self {
+        let mut command = std::process::Command::new("strace");
+        command.args(["-f", "-qq", "-o", "/dev/null", "-p", &pid.to_string()]);
+        for path in paths {
+            command.arg("-P").arg(path);
+        }
+        command
+            .arg("-e")
+            .arg(format!("trace={syscalls}"))
+            .arg("-e")
+            .arg(format!("inject={syscalls}:signal=SIGKILL"))
+            .stdin(std::process::Stdio::null());
+        let strace = command.spawn().expect("run strace");
+        let tracer = strace.id();
+        // Attached once every thread of the daemon has strace as its tracer.
+        lb_tests::eventually(
+            Duration::from_secs(10),
+            &format!("strace attached to every thread of lb (pid {pid})"),
+            || {
+                let tracers: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+                    .expect("list the daemon's threads")
+                    .flatten()
+                    .map(|task| {
+                        let status =
+                            std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+                        let tracer = status
+                            .lines()
+                            .find_map(|l| l.strip_prefix("TracerPid:"))
+                            .unwrap_or_default()
+                            .trim()
+                            .to_owned();
+                        (task.file_name().to_string_lossy().into_owned(), tracer)
+                    })
+                    .collect();
+                if tracers.iter().all(|(_, t)| *t == tracer.to_string()) {
+                    Ok(())
+                } else {
+                    Err(tracers)
+                }
+            },
+        );
+        Self { strace }
+    }
+}
+
+impl Drop for KillOnSyscall {
+    fn drop(&mut self) {
+        let _ = self.strace.kill();
+        let _ = self.strace.wait();
+    }
+}
+
+/// A kill at the worst moment of a save must leave the state file whole. Deterministic:
+/// strace kills the daemon on entry to the first write(2) into the state file or its
+/// temporary file (where a plain `fs::write`, having truncated the state file, would leave
+/// it empty), and in a second round on entry to the rename(2) that puts the new file in
+/// place (which a save that writes in place never reaches). Either way the state file must
+/// be exactly the one before the change, and a restart serves it and removes the
+/// temporary file the kill left.
 #[test]
 fn a_daemon_killed_during_changes_leaves_a_whole_state_file() {
     lb_tests::require_root!();
@@ -508,50 +637,47 @@ fn a_daemon_killed_during_changes_leaves_a_whole_state_file() {
     let mut daemon = instance.start(&lab, &[]);
     let vip = "198.18.1.1:80";
     instance.ok(&["vip", "add", vip]);
-    for round in 0..5u64 {
-        // Changes in flight from another thread; the daemon dies at a different moment
-        // each round.
-        let api = instance.api.clone();
-        let stop = Arc::new(AtomicBool::new(false));
-        let churn = {
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                let (mut n, mut applied) = (0u32, 0u32);
-                while !stop.load(Ordering::Relaxed) && n < 500 {
-                    // Each backend added, then deleted again (deletes of backends never
-                    // added would all fail, and change nothing).
-                    let backend = format!("198.18.11.{}:8080", 2 + (n / 2) % 50);
-                    let op = if n.is_multiple_of(2) { "add" } else { "del" };
-                    let output = std::process::Command::new(lb_tests::process::lb_binary())
-                        .arg("--api")
-                        .arg(&api)
-                        .args(["backend", op, vip, &backend])
-                        .output();
-                    applied += u32::from(output.is_ok_and(|o| o.status.success()));
-                    n += 1;
-                }
-                applied
-            })
-        };
-        std::thread::sleep(Duration::from_millis(150 + 70 * round));
-        let status = daemon.kill_hard();
-        stop.store(true, Ordering::Relaxed);
-        let applied = churn.join().expect("the churn thread");
-        assert!(!status.success());
-        // Else the kill interrupted nothing, and a whole state file proves nothing.
+    instance.ok(&["backend", "add", vip, "198.18.11.2:8080"]);
+    let state = std::fs::canonicalize(&instance.state).expect("the state file exists");
+    let rounds = [
+        (
+            "the first write to the state file or its temporary file",
+            "write,pwrite64,writev,pwritev,pwritev2",
+        ),
+        (
+            "the rename over the state file",
+            "rename,renameat,renameat2",
+        ),
+    ];
+    for (round, (moment, syscalls)) in rounds.into_iter().enumerate() {
+        let before = std::fs::read_to_string(&state).expect("state file exists");
+        let temp = state.with_file_name(format!(
+            ".{}.{}.tmp",
+            state.file_name().expect("a file name").to_string_lossy(),
+            daemon.pid()
+        ));
+        let strace = KillOnSyscall::attach(daemon.pid(), &[&state, &temp], syscalls);
+        let backend = format!("198.18.11.{}:8080", 3 + round);
+        let output = instance.cli(&["backend", "add", vip, &backend]);
         assert!(
-            applied > 0,
-            "round {round}: no change was applied before the kill"
+            !output.status.success(),
+            "round {round}: the change was answered, so the daemon was not killed at {moment}"
         );
-        let text = std::fs::read_to_string(&instance.state).expect("state file exists");
-        let state = lb_userspace::model::config::parse(&text, &instance.state)
-            .unwrap_or_else(|e| panic!("round {round}: the state file is not whole: {e}\n{text}"));
-        assert_eq!(state.vips.len(), 1, "round {round}: {text}");
-        // A temporary file may be left by the kill; it is never the state.
-        let leftovers = temporary_files(&instance.state);
-        assert!(leftovers.len() <= 1, "{leftovers:?}");
-        daemon = Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, &[]));
-        daemon.wait_for_line(READY, STARTUP);
+        let status = daemon.wait_exit(Duration::from_secs(10));
+        drop(strace);
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "round {round}: killed at {moment}"
+        );
+        let after = std::fs::read_to_string(&state).expect("state file exists");
+        assert_eq!(
+            after, before,
+            "round {round}: killed at {moment}, the state file is not the whole one from before the change"
+        );
+        let saved = lb_userspace::model::config::parse(&after, &state)
+            .unwrap_or_else(|e| panic!("round {round}: the state file is not whole: {e}\n{after}"));
+        daemon = Daemon::start(instance.run(&lab.lb, &lab.lb_ifaces, &[]));
         // The restarted daemon removes what the killed one left half written.
         let left = temporary_files(&instance.state);
         assert!(
@@ -559,14 +685,15 @@ fn a_daemon_killed_during_changes_leaves_a_whole_state_file() {
             "round {round}: left after the restart: {left:?}"
         );
         let listed = backend_identities(&instance.ok(&["backend", "list", "--json"]));
-        let saved: usize = state.vips.values().map(|v| v.backends.len()).sum();
+        let served: usize = saved.vips.values().map(|v| v.backends.len()).sum();
         assert_eq!(
-            listed.len(),
-            saved,
-            "round {round}: the restart serves the saved state"
+            (listed.len(), served),
+            (1, 1),
+            "round {round}: the restart serves the saved state, without the change"
         );
     }
     instance.down();
+    drop(daemon);
 }
 
 #[test]
@@ -579,8 +706,7 @@ fn the_api_socket_is_private_and_paths_others_control_are_refused() {
     ns.sysctl("net/ipv4/ip_forward", "1");
     let instance = Instance::new();
     let ifaces = ["lo".to_owned()];
-    let mut daemon = Daemon::spawn(instance.run(&ns, &ifaces, &[]));
-    daemon.wait_for_line(READY, STARTUP);
+    let daemon = Daemon::start(instance.run(&ns, &ifaces, &[]));
     let meta = std::fs::symlink_metadata(&instance.api).expect("the socket exists");
     assert!(meta.file_type().is_socket());
     assert_eq!(

@@ -16,7 +16,7 @@ use std::{
 use lb_tests::{
     client::{http_get, http_upload, udp_request},
     dsr::{self, DsrLab, Wiring},
-    process::{Daemon, DecapPaths, Instance, READY, STARTUP, stat_packets},
+    process::{Daemon, DecapPaths, Instance, stat_packets},
     servers::{HTTP_PORT, Servers, UDP_PORT},
     topology::Backend,
 };
@@ -72,8 +72,7 @@ fn backend_addr(backend: &Backend, v6: bool) -> IpAddr {
 /// Starts `lb run` on the lab's lb and adds each service (HTTP and UDP) in `mode`, all
 /// through the CLI.
 fn start_lb(lab: &DsrLab, instance: &Instance, mode: &str, services: &[Service]) -> Daemon {
-    let mut daemon = Daemon::spawn(instance.run(&lab.lb, std::slice::from_ref(&lab.lb_iface), &[]));
-    daemon.wait_for_line(READY, STARTUP);
+    let daemon = Daemon::start(instance.run(&lab.lb, std::slice::from_ref(&lab.lb_iface), &[]));
     for service in services {
         for (port, proto) in [(HTTP_PORT, "tcp"), (UDP_PORT, "udp")] {
             let vip = SocketAddr::new(service.vip, port).to_string();
@@ -253,8 +252,7 @@ fn run_lab(wiring: Wiring, mode: &str, services: &[Service]) {
         during.is_ok(),
         "the pinned datapath serves without its daemon: {during:?}"
     );
-    let mut daemon = Daemon::spawn(instance.run(&lab.lb, std::slice::from_ref(&lab.lb_iface), &[]));
-    daemon.wait_for_line(READY, STARTUP);
+    let daemon = Daemon::start(instance.run(&lab.lb, std::slice::from_ref(&lab.lb_iface), &[]));
     let modes = |text: &str| -> Vec<String> {
         let vips: serde_json::Value = serde_json::from_str(text).expect("vip list JSON");
         vips.as_array()

@@ -9,7 +9,7 @@ use std::{
 };
 
 use lb_tests::{
-    client::{IO_TIMEOUT, http_get, udp_request},
+    client::{IO_TIMEOUT, http_get, udp_request_from_new_port},
     process::{Daemon, Instance, stat_packets},
     servers::{HTTP_PORT, Servers, UDP_PORT},
     topology::Lab,
@@ -71,12 +71,11 @@ fn tcp_and_udp_through_the_vip_reach_all_backends_over_ipv4_and_ipv6() {
     let config_path = instance.state.with_file_name("config.toml");
     std::fs::write(&config_path, config(&lab)).expect("write config");
     let config_arg = config_path.to_string_lossy().into_owned();
-    let mut daemon = Daemon::spawn(instance.run(
+    let daemon = Daemon::start(instance.run(
         &lab.lb,
         &lab.lb_ifaces,
         &["--xdp-mode", "native", "--config", &config_arg],
     ));
-    daemon.wait_for_line("lb: forwarding on", Duration::from_secs(20));
     let servers = Servers::start(&lab.backends);
 
     // The lb host itself stays reachable on its own address.
@@ -90,6 +89,46 @@ fn tcp_and_udp_through_the_vip_reach_all_backends_over_ipv4_and_ipv6() {
         s.write_all(b"hi").expect("write");
     });
     drop(own);
+
+    // Every neighbour the lb host forwards to is known before any traffic (permanent
+    // entries, as ARP/ND would resolve them), so that XDP forwards every packet below
+    // itself: none is handed to the kernel as pass_no_neighbour.
+    let mac = |ns: &lb_tests::netns::NetNs, dev: &str| {
+        ns.mac(dev)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    let mut neighbours = vec![(
+        lab.lb_ifaces[0].clone(),
+        mac(&lab.client, &lab.client_dev),
+        [lab.client_addr(false), lab.client_addr(true)],
+    )];
+    for (backend, lb_if) in lab.backends.iter().zip(&lab.lb_ifaces[1..]) {
+        neighbours.push((
+            lb_if.clone(),
+            mac(&backend.ns, &backend.dev),
+            [backend.addr(false), backend.addr(true)],
+        ));
+    }
+    for (dev, lladdr, addresses) in &neighbours {
+        for address in addresses {
+            lab.lb.ip(&[
+                "neigh",
+                "replace",
+                &address.to_string(),
+                "lladdr",
+                lladdr,
+                "dev",
+                dev,
+                "nud",
+                "permanent",
+            ]);
+        }
+    }
+    // Per VIP, the packets and new flows of its UDP service (the test knows those exactly).
+    let mut udp_sent = Vec::new();
 
     for (family, v6) in [("IPv4", false), ("IPv6", true)] {
         let client = lab.client_addr(v6);
@@ -112,14 +151,13 @@ fn tcp_and_udp_through_the_vip_reach_all_backends_over_ipv4_and_ipv6() {
         assert_spread(&servers.take_seen(), client, &format!("{family} TCP"));
 
         let dns = SocketAddr::new(vip_ip, 53);
-        let bind = SocketAddr::new(client, 0);
-        let failures: Vec<String> = lab.client.enter(|| {
+        let (ports, failures): (Vec<_>, Vec<_>) = lab.client.enter(|| {
             (0..REQUESTS)
-                .filter_map(|_| {
+                .map(|_| {
                     assert!(started.elapsed() < TEST_BUDGET, "test budget exceeded");
-                    udp_request(bind, dns).err()
+                    udp_request_from_new_port(client, dns)
                 })
-                .collect()
+                .partition(Result::is_ok)
         });
         assert!(
             failures.is_empty(),
@@ -127,23 +165,107 @@ fn tcp_and_udp_through_the_vip_reach_all_backends_over_ipv4_and_ipv6() {
             failures.len(),
             &failures[..failures.len().min(5)]
         );
-        assert_spread(&servers.take_seen(), client, &format!("{family} UDP"));
+        let seen = servers.take_seen();
+        assert_spread(&seen, client, &format!("{family} UDP"));
+        // One datagram per request, from a fresh socket: a new flow unless the kernel
+        // handed out a source port again (then the flow is the earlier one's).
+        let ports: std::collections::HashSet<u16> = ports.into_iter().flatten().collect();
+        let per_backend: Vec<(SocketAddr, u64)> = lab
+            .backends
+            .iter()
+            .map(|b| {
+                let got = seen.get(&b.name).map_or(0, Vec::len) as u64;
+                (SocketAddr::new(b.addr(v6), UDP_PORT), got)
+            })
+            .collect();
+        udp_sent.push((dns, ports.len() as u64, per_backend));
     }
     drop(servers);
-    // Every request and every answer crossed XDP: forwarded, or rewritten and handed to the
-    // kernel while a neighbour resolved. (A reused ephemeral port makes an established flow,
-    // not a new one, so only the sum is an exact lower bound.)
     let stats = instance.stats();
     let count = |name| stat_packets(&stats, name);
-    let translated = count("fwd_new_flow")
-        + count("fwd_established")
-        + count("fwd_reply")
-        + count("pass_no_neighbour");
-    assert!(
-        translated >= 8 * REQUESTS as u64,
-        "packets translated: {translated}"
+    let vip_entry = |vip: SocketAddr, proto: &str| {
+        stats["vips"]
+            .as_array()
+            .and_then(|vips| {
+                vips.iter()
+                    .find(|v| v["vip"] == vip.to_string().as_str() && v["proto"] == proto)
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no {proto} VIP {vip} in `lb stats --json`: {stats}"))
+    };
+    let backend_packets = |vip: SocketAddr, backend: SocketAddr| {
+        stats["backends"]
+            .as_array()
+            .and_then(|backends| {
+                backends.iter().find(|b| {
+                    b["vip"] == vip.to_string().as_str()
+                        && b["backend"] == backend.to_string().as_str()
+                })
+            })
+            .and_then(|b| b["packets"].as_u64())
+            .unwrap_or_else(|| {
+                panic!("no backend {backend} of {vip} in `lb stats --json`: {stats}")
+            })
+    };
+    for (dns, new_flows, per_backend) in &udp_sent {
+        let entry = vip_entry(*dns, "udp");
+        assert_eq!(
+            entry["packets"], REQUESTS,
+            "{dns}: one datagram per request"
+        );
+        assert_eq!(
+            entry["new_flows"], *new_flows,
+            "{dns}: one flow per source port"
+        );
+        for (backend, received) in per_backend {
+            assert_eq!(
+                backend_packets(*dns, *backend),
+                *received,
+                "{dns} → {backend}: what lb sent it is what its server received"
+            );
+        }
+    }
+    let (mut balanced, mut new_flows) = (0, 0);
+    for v6 in [false, true] {
+        for (port, proto, backend_port) in [(80, "tcp", HTTP_PORT), (53, "udp", UDP_PORT)] {
+            let vip = SocketAddr::new(lab.vip(v6), port);
+            let entry = vip_entry(vip, proto);
+            let packets = entry["packets"].as_u64().expect("packets");
+            let to_backends: u64 = lab
+                .backends
+                .iter()
+                .map(|b| backend_packets(vip, SocketAddr::new(b.addr(v6), backend_port)))
+                .sum();
+            assert_eq!(
+                packets, to_backends,
+                "{vip}: each packet went to one backend"
+            );
+            balanced += packets;
+            new_flows += entry["new_flows"].as_u64().expect("new_flows");
+        }
+    }
+    // With every neighbour resolved, XDP forwarded each client packet itself: a new flow's
+    // first packet or an established one; none was handed to the kernel.
+    assert_eq!(count("pass_no_neighbour"), 0, "neighbours resolved first");
+    assert_eq!(
+        count("fwd_new_flow"),
+        new_flows,
+        "one fwd_new_flow per new flow"
     );
-    assert!(count("fwd_reply") > 0 && count("fwd_new_flow") > 0);
+    assert_eq!(
+        count("fwd_new_flow") + count("fwd_established"),
+        balanced,
+        "every client packet to a VIP forwarded by XDP"
+    );
+    // Replies: one per UDP request; a TCP exchange's reply packets vary (at least the SYN-ACK
+    // and the answer each), so they give only a lower bound.
+    let udp_replies = 2 * REQUESTS as u64;
+    let tcp_replies_at_least = 2 * 2 * REQUESTS as u64;
+    assert!(
+        count("fwd_reply") >= udp_replies + tcp_replies_at_least,
+        "fwd_reply {} below the {udp_replies} UDP answers and {tcp_replies_at_least} TCP replies sent",
+        count("fwd_reply")
+    );
     let (status, _) = daemon.terminate();
     assert!(status.success(), "lb stops cleanly");
     instance.down();

@@ -348,15 +348,18 @@ fn a_draining_backend_keeps_its_flow_and_a_failing_one_loses_it() {
         .expect("a backend");
     servers[n] = None;
     let health_of = |answer: &Value| answer["tracked"]["backend"]["health"].clone();
-    let mut answer = Value::Null;
-    for _ in 0..100 {
-        answer = explain(&instance, from, drained_vip, "tcp");
-        if health_of(&answer) == "down" {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert_eq!(health_of(&answer), "down", "{answer}");
+    let answer = lb_tests::eventually(
+        Duration::from_secs(5),
+        "explain shows the backend down",
+        || {
+            let answer = explain(&instance, from, drained_vip, "tcp");
+            if health_of(&answer) == "down" {
+                Ok(answer)
+            } else {
+                Err(answer)
+            }
+        },
+    );
     assert_eq!(tracked_backend(&answer), Some(failing_addr), "{answer}");
     assert_eq!(answer["tracked"]["backend"]["state"], "down", "{answer}");
     assert_eq!(
@@ -376,14 +379,18 @@ fn a_draining_backend_keeps_its_flow_and_a_failing_one_loses_it() {
     let rebalanced = || stat_packets(&instance.stats(), "ct_rebalanced");
     let before = rebalanced();
     let _ = old.get_mut().write_all(b"who\n");
-    let mut after = Value::Null;
-    for _ in 0..100 {
-        after = explain(&instance, from, drained_vip, "tcp");
-        if tracked_backend(&after) != Some(failing_addr) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let after = lb_tests::eventually(
+        Duration::from_secs(2),
+        "the flow tracked away from the failed backend",
+        || {
+            let after = explain(&instance, from, drained_vip, "tcp");
+            if tracked_backend(&after) != Some(failing_addr) {
+                Ok(after)
+            } else {
+                Err(after)
+            }
+        },
+    );
     assert_eq!(tracked_backend(&after), Some(new_home), "{after}");
     assert_eq!(rebalanced(), before + 1);
     drop(old);
@@ -509,12 +516,11 @@ fn a_dsr_flow_is_explained_with_its_mode_and_backend() {
     lb_tests::require_root!();
     let lab = DsrLab::new("lbx", Wiring::Routed, 2);
     let instance = Instance::new();
-    let mut daemon = lb_tests::process::Daemon::spawn(instance.run(
+    let _daemon = lb_tests::process::Daemon::start(instance.run(
         &lab.lb,
         std::slice::from_ref(&lab.lb_iface),
         &[],
     ));
-    daemon.wait_for_line(lb_tests::process::READY, lb_tests::process::STARTUP);
     let vip = SocketAddr::new(IpAddr::from(dsr::VIP_V6), UDP_PORT);
     let vip_arg = vip.to_string();
     instance.ok(&[

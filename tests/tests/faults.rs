@@ -14,8 +14,6 @@ use lb_tests::{
     topology::Lab,
 };
 
-const READY: &str = "lb: forwarding on";
-const STARTUP: Duration = Duration::from_secs(20);
 /// Long-lived connections held through the fault.
 const CONNECTIONS: usize = 30;
 /// New connections opened once the dead backend is out.
@@ -50,8 +48,7 @@ fn a_backend_link_going_down_mid_stream_leaves_the_other_flows_alone() {
     let limit = FAST_CHECK_FALL;
     let lab = Lab::new("lbf", 3);
     let instance = Instance::new();
-    let mut daemon = Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, &[]));
-    daemon.wait_for_line(READY, STARTUP);
+    let _daemon = Daemon::start(instance.run(&lab.lb, &lab.lb_ifaces, &[]));
     let _servers = Servers::start(&lab.backends);
     let vip = SocketAddr::new(lab.vip(false), WHO_PORT);
     let vip_arg = vip.to_string();
@@ -105,17 +102,18 @@ fn a_backend_link_going_down_mid_stream_leaves_the_other_flows_alone() {
     dead.ns.ip(&["link", "set", &dead.dev, "down"]);
     let failed_at = Instant::now();
     let mut asked = 0;
-    let marked_down = loop {
-        let (health, entry) = instance.backend_health(&endpoints[victim]);
-        if health == "down" {
-            break failed_at.elapsed();
-        }
-        assert!(
-            failed_at.elapsed() < limit + Duration::from_millis(500),
-            "not marked down in time: {entry}"
-        );
-        asked += ask_all(&mut survivors, "while the link was down");
-    };
+    let marked_down = lb_tests::eventually(
+        limit + Duration::from_millis(500),
+        "the dead backend marked down",
+        || {
+            let (health, entry) = instance.backend_health(&endpoints[victim]);
+            if health == "down" {
+                return Ok(failed_at.elapsed());
+            }
+            asked += ask_all(&mut survivors, "while the link was down");
+            Err(entry)
+        },
+    );
     assert!(
         marked_down <= limit + Duration::from_millis(250),
         "took {marked_down:?}"

@@ -15,7 +15,7 @@ use lb_tests::{
     dsr::{self, DsrLab, Wiring},
     generator,
     netns::NetNs,
-    process::{Daemon, DecapPaths, Instance, READY, STARTUP, stat_packets},
+    process::{Daemon, DecapPaths, Instance, stat_packets},
     servers::{Servers, WHO_PORT},
     topology::{Backend, Lab},
 };
@@ -176,12 +176,11 @@ fn a_flood_ten_times_the_table_breaks_no_dsr_connection() {
     }
     let instance = Instance::new();
     let size = TABLE.to_string();
-    let mut daemon = Daemon::spawn(instance.run(
+    let _daemon = Daemon::start(instance.run(
         &lab.lb,
         std::slice::from_ref(&lab.lb_iface),
         &["--conntrack-size", &size],
     ));
-    daemon.wait_for_line(READY, STARTUP);
     let _servers = Servers::start_on_vips(&lab.backends, &[vip_ip]);
     let vip = SocketAddr::new(vip_ip, WHO_PORT);
     let vip_arg = vip.to_string();

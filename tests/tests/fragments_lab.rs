@@ -18,7 +18,7 @@ use std::{
 use lb_tests::{
     dsr::{self, DsrLab, Wiring},
     netns::NetNs,
-    process::{Daemon, DecapPaths, Instance, READY, STARTUP, stat_packets},
+    process::{Daemon, DecapPaths, Instance, stat_packets},
     topology::Lab,
 };
 
@@ -134,12 +134,11 @@ fn a_3000_byte_udp_datagram_crosses_a_nat_vip_both_ways_in_fragments() {
     let config_path = instance.state.with_file_name("config.toml");
     std::fs::write(&config_path, config(&lab)).expect("write config");
     let config_arg = config_path.to_string_lossy().into_owned();
-    let mut daemon = Daemon::spawn(instance.run(
+    let daemon = Daemon::start(instance.run(
         &lab.lb,
         &lab.lb_ifaces,
         &["--xdp-mode", "native", "--config", &config_arg],
     ));
-    daemon.wait_for_line("lb: forwarding on", Duration::from_secs(20));
     let echo = Echo::start(&lab);
     let before = instance.stats();
     let big_request: Vec<u8> = (0..BIG).map(|i| (i % 239) as u8).collect();
@@ -215,8 +214,7 @@ fn a_3000_byte_udp_datagram_reaches_a_dsr_ipip_backend_in_fragments() {
             decap
         })
         .collect();
-    let mut daemon = Daemon::spawn(instance.run(&lab.lb, std::slice::from_ref(&lab.lb_iface), &[]));
-    daemon.wait_for_line(READY, STARTUP);
+    let daemon = Daemon::start(instance.run(&lab.lb, std::slice::from_ref(&lab.lb_iface), &[]));
     for vip in vips {
         let service = SocketAddr::new(vip, ECHO_PORT).to_string();
         instance.ok(&[
@@ -306,13 +304,11 @@ fn a_pin_dir_of_the_release_before_is_adopted_and_drops_later_fragments_until_lb
     std::fs::write(&config_path, config(&lab)).expect("write config");
     let config_arg = config_path.to_string_lossy().into_owned();
     let run = || {
-        let mut daemon = Daemon::spawn(instance.run(
+        Daemon::start(instance.run(
             &lab.lb,
             &lab.lb_ifaces,
             &["--xdp-mode", "native", "--config", &config_arg],
-        ));
-        daemon.wait_for_line("lb: forwarding on", Duration::from_secs(20));
-        daemon
+        ))
     };
     let (status, _) = run().terminate();
     assert!(status.success());

@@ -3,14 +3,15 @@
 use std::net::IpAddr;
 
 use lb_common::{
-    consts::{XDP_PASS as PASS, XDP_REDIRECT},
-    stats::Stat,
+    consts::{ABLATE_IPV4_CHECKSUM, XDP_PASS as PASS, XDP_REDIRECT},
+    stats::{Stat, StatKind},
 };
 use lb_tests::{
     fiblab::FibLab,
     packets::{Family, Layer, Spec, Transport, all_specs},
-    testrun::Datapath,
+    testrun::{CounterDelta, Datapath},
 };
+use lb_userspace::model::limits::Options;
 
 fn malformed_reason(layer: Layer) -> Stat {
     match layer {
@@ -94,7 +95,36 @@ fn truncated_headers_are_counted_as_malformed_and_passed() {
     assert!(cases >= 60, "only {cases} truncation cases ran");
 }
 
-/// Each case is a well-sized packet whose header fields contradict themselves.
+/// Sets the IPv4 header checksum of a frame (untagged, IPv4 at byte 14) to the one its own
+/// IHL covers, as far as the frame holds the header: a patched case must be refused by the
+/// field check it names, not by the checksum check that runs after the field checks.
+fn with_ipv4_checksum(mut packet: Vec<u8>) -> Vec<u8> {
+    const L3: usize = 14;
+    let header_len = usize::from(packet[L3] & 0x0f) * 4;
+    let end = (L3 + header_len).min(packet.len());
+    packet[L3 + 10..L3 + 12].fill(0);
+    let sum = etherparse::checksum::Sum16BitWords::new()
+        .add_slice(&packet[L3..end])
+        .ones_complement();
+    // The sum is of words as they lie in memory (as etherparse's own header does it).
+    packet[L3 + 10..L3 + 12].copy_from_slice(&sum.to_be().to_be_bytes());
+    packet
+}
+
+/// The reason counters (`StatKind::Reason`) that moved: exactly one per packet.
+fn reasons_moved(delta: &CounterDelta) -> Vec<&'static str> {
+    Stat::ALL
+        .iter()
+        .filter(|s| s.kind() == StatKind::Reason && delta.packets(**s) > 0)
+        .map(|s| s.name())
+        .collect()
+}
+
+/// Each case is a well-sized packet whose header fields contradict themselves. The IPv4
+/// cases carry a header checksum that is right for the header as patched, and each case
+/// runs twice: through the datapath as loaded by the daemon, and through one loaded without
+/// its IPv4 checksum check (`ABLATE_IPV4_CHECKSUM`). The second run refuses the packet only
+/// if the field check the case names does: a case that only the checksum caught fails here.
 #[test]
 fn inconsistent_headers_are_counted_as_malformed_and_passed() {
     lb_tests::require_root!();
@@ -106,28 +136,36 @@ fn inconsistent_headers_are_counted_as_malformed_and_passed() {
         p[at] = byte;
         p
     };
+    // The checksum helper gives a well-formed header back its own checksum.
+    assert_eq!(with_ipv4_checksum(v4_tcp.clone()), v4_tcp);
+    assert_eq!(with_ipv4_checksum(v4_udp.clone()), v4_udp);
+    // The TCP header's data offset (4 words: below its minimum of 5).
+    let tcp_doff_4 = |packet: &[u8]| patch(packet, 14 + 20 + 12, 0x40);
     let cases: [(&str, Vec<u8>, Stat); 7] = [
-        ("IPv4 IHL 4", patch(&v4_tcp, 14, 0x44), Stat::MalformedIpv4),
         (
-            "IPv4 version 6",
-            patch(&v4_tcp, 14, 0x65),
+            "IPv4 IHL 4",
+            with_ipv4_checksum(patch(&v4_tcp, 14, 0x44)),
             Stat::MalformedIpv4,
         ),
         (
+            "IPv4 version 6",
+            with_ipv4_checksum(patch(&v4_tcp, 14, 0x65)),
+            Stat::MalformedIpv4,
+        ),
+        // The TCP header behind is broken too: the later check that the IP length holds
+        // the TCP header would refuse the packet as well, and parsing TCP would count it
+        // malformed_tcp, so only the total-length check counts it malformed_ipv4.
+        (
             "IPv4 total length below header",
-            patch(&patch(&v4_tcp, 16, 0), 17, 10),
+            with_ipv4_checksum(tcp_doff_4(&patch(&patch(&v4_tcp, 16, 0), 17, 10))),
             Stat::MalformedIpv4,
         ),
         (
             "IPv4 IHL past the end",
-            patch(&v4_udp[..14 + 20 + 8], 14, 0x4f),
+            with_ipv4_checksum(patch(&v4_udp[..14 + 20 + 8], 14, 0x4f)),
             Stat::MalformedIpv4,
         ),
-        (
-            "TCP data offset 4",
-            patch(&v4_tcp, 14 + 20 + 12, 0x40),
-            Stat::MalformedTcp,
-        ),
+        ("TCP data offset 4", tcp_doff_4(&v4_tcp), Stat::MalformedTcp),
         (
             "UDP length 7",
             patch(&patch(&v4_udp, 14 + 20 + 4, 0), 14 + 20 + 5, 7),
@@ -139,13 +177,58 @@ fn inconsistent_headers_are_counted_as_malformed_and_passed() {
             Stat::MalformedIpv6,
         ),
     ];
-    let mut datapath = Datapath::load();
-    for (name, packet, reason) in cases {
-        let (verdict, delta) = datapath.run_counted(&packet);
-        assert_eq!(verdict.action, PASS, "{name}");
-        assert_eq!(verdict.packet, packet, "{name}");
-        assert_eq!(delta.packets(reason), 1, "{name}: {:?}", delta.moved());
+    let without_checksum = Options {
+        ablate: ABLATE_IPV4_CHECKSUM,
+        ..Options::default()
+    };
+    let mut datapaths = [
+        ("as loaded", Datapath::load()),
+        (
+            "without the IPv4 checksum check",
+            Datapath::load_with_options(Datapath::TEST_LIMITS, &without_checksum),
+        ),
+    ];
+    // The second datapath really skips the checksum: a packet wrong only in its checksum
+    // is refused by the first and passed as not for a VIP by the second.
+    let bad_checksum = patch(&v4_tcp, 14 + 10, v4_tcp[14 + 10] ^ 0xff);
+    for ((loaded, datapath), reason) in datapaths
+        .iter_mut()
+        .zip([Stat::MalformedIpv4, Stat::PassNotVip])
+    {
+        let (_, delta) = datapath.run_counted(&bad_checksum);
+        assert_eq!(
+            reasons_moved(&delta),
+            [reason.name()],
+            "a bad checksum, {loaded}"
+        );
     }
+    // Every case runs before any assertion, so one run names all cases that fail.
+    let mut failures = Vec::new();
+    for (name, packet, reason) in &cases {
+        for (loaded, datapath) in &mut datapaths {
+            let (verdict, delta) = datapath.run_counted(packet);
+            let reasons = reasons_moved(&delta);
+            if verdict.action != PASS
+                || verdict.packet != *packet
+                || delta.packets(Stat::Pass) != 1
+                || reasons != [reason.name()]
+            {
+                failures.push(format!(
+                    "{name} ({loaded}): expected xdp_pass untouched and {}, got action {} \
+                     (packet {}), reasons {reasons:?}, counters {:?}",
+                    reason.name(),
+                    verdict.action,
+                    if verdict.packet == *packet {
+                        "untouched"
+                    } else {
+                        "changed"
+                    },
+                    delta.moved()
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]

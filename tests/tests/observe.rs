@@ -16,9 +16,6 @@ use lb_tests::{
     topology::Lab,
 };
 
-const READY: &str = "lb: forwarding on";
-const STARTUP: Duration = Duration::from_secs(20);
-
 fn endpoint(lab: &Lab, n: usize, port: u16) -> String {
     SocketAddr::new(lab.backends[n].v4.into(), port).to_string()
 }
@@ -28,8 +25,7 @@ fn a_failing_backend_leaves_within_fall_checks_and_returns_after_rise() {
     lb_tests::require_root!();
     let lab = Lab::new("lbt", 3);
     let instance = Instance::new();
-    let mut daemon = Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, &["--log-datapath"]));
-    daemon.wait_for_line(READY, STARTUP);
+    let daemon = Daemon::start(instance.run(&lab.lb, &lab.lb_ifaces, &["--log-datapath"]));
     let mut servers: Vec<Option<Servers>> = lab
         .backends
         .iter()
@@ -53,26 +49,27 @@ fn a_failing_backend_leaves_within_fall_checks_and_returns_after_rise() {
     let stopped = Instant::now();
     let limit = FAST_CHECK_FALL;
     let (mut sent, mut failed) = (0, 0);
-    let took = loop {
-        let (health, entry) = instance.backend_health(&first);
-        if health == "down" {
-            assert!(
-                entry["last_check_error"]
-                    .as_str()
-                    .is_some_and(|e| e.contains("connect")),
-                "{entry}"
-            );
-            break stopped.elapsed();
-        }
-        assert!(
-            stopped.elapsed() < limit + Duration::from_millis(500),
-            "not marked down in time: {entry}"
-        );
-        sent += 1;
-        if lab.client.enter(|| http_get(vip)).is_err() {
-            failed += 1;
-        }
-    };
+    let took = lb_tests::eventually(
+        limit + Duration::from_millis(500),
+        "backend-1 marked down",
+        || {
+            let (health, entry) = instance.backend_health(&first);
+            if health == "down" {
+                assert!(
+                    entry["last_check_error"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("connect")),
+                    "{entry}"
+                );
+                return Ok(stopped.elapsed());
+            }
+            sent += 1;
+            if lab.client.enter(|| http_get(vip)).is_err() {
+                failed += 1;
+            }
+            Err(entry)
+        },
+    );
     eprintln!(
         "backend-1 marked down {took:?} after its server stopped (bound {limit:?}); \
          {failed} of {sent} new connections failed meanwhile"
@@ -165,13 +162,11 @@ fn metrics_count_exactly_what_was_sent_and_survive_a_restart() {
     let metrics: SocketAddr = "127.0.0.1:9464".parse().expect("addr");
     let metrics_arg = metrics.to_string();
     // Sweeps every 0.2 s, so the conntrack census is fresh when scraped.
-    let daemon = Daemon::spawn(instance.run(
+    let daemon = Daemon::start(instance.run(
         &lab.lb,
         &lab.lb_ifaces,
         &["--metrics", &metrics_arg, "--conntrack-sweep", "0.2"],
     ));
-    let mut daemon = daemon;
-    daemon.wait_for_line(READY, STARTUP);
     let servers = Servers::start(&lab.backends);
     let vip = udp_vip(&lab, &instance, "7");
     // Each request from a fresh socket; a reused source port is the same flow again.
@@ -187,9 +182,25 @@ fn metrics_count_exactly_what_was_sent_and_survive_a_restart() {
         .map(|(name, peers)| (name, peers.len()))
         .collect();
 
-    // Two sweep periods: the census counts every flow sent.
-    std::thread::sleep(Duration::from_millis(500));
-    let text = scrape(&lab, metrics);
+    // The conntrack figures are the last sweep's census (every 0.2 s here): wait for one
+    // that ran after the last flow, so the exact counts below are all of the traffic's.
+    let tracked = |text: &str| {
+        sample(text, "lb_conntrack_entries", "map=\"CONNTRACK\"")
+            + sample(text, "lb_conntrack_entries", "map=\"CT_UNPROVEN\"")
+    };
+    let text = lb_tests::eventually(
+        Duration::from_secs(5),
+        "a conntrack census counting every flow sent",
+        || {
+            let text = scrape(&lab, metrics);
+            let entries = tracked(&text);
+            if entries >= ports.len() as u64 {
+                Ok(text)
+            } else {
+                Err(entries)
+            }
+        },
+    );
     let vip_labels = format!("vip=\"{vip}\",proto=\"udp\"");
     assert_eq!(
         sample(&text, "lb_vip_packets_total", &vip_labels),
@@ -215,8 +226,7 @@ fn metrics_count_exactly_what_was_sent_and_survive_a_restart() {
     assert!(sample(&text, "lb_reason_packets_total", "name=\"fwd_reply\"") >= DATAGRAMS as u64);
     // Proven or not (a datagram answered once is not proven until its client sends again).
     assert_eq!(
-        sample(&text, "lb_conntrack_entries", "map=\"CONNTRACK\"")
-            + sample(&text, "lb_conntrack_entries", "map=\"CT_UNPROVEN\""),
+        tracked(&text),
         ports.len() as u64,
         "one entry per flow, none expired (udp: 120 s)"
     );
@@ -265,9 +275,8 @@ fn metrics_count_exactly_what_was_sent_and_survive_a_restart() {
     // Counters live in pinned maps: a restart does not reset them.
     let (status, _) = daemon.terminate();
     assert!(status.success());
-    let mut restarted =
-        Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, &["--metrics", &metrics_arg]));
-    restarted.wait_for_line(READY, STARTUP);
+    let _restarted =
+        Daemon::start(instance.run(&lab.lb, &lab.lb_ifaces, &["--metrics", &metrics_arg]));
     let after = scrape(&lab, metrics);
     assert_eq!(
         sample(&after, "lb_vip_packets_total", &vip_labels),
@@ -301,8 +310,7 @@ fn stats_watch_on_a_terminal_shows_the_rate_sent() {
     const RATE: f64 = 200.0;
     let lab = Lab::new("lbt", 2);
     let instance = Instance::new();
-    let mut daemon = Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, &[]));
-    daemon.wait_for_line(READY, STARTUP);
+    let _daemon = Daemon::start(instance.run(&lab.lb, &lab.lb_ifaces, &[]));
     let _servers = Servers::start(&lab.backends);
     let vip = udp_vip(&lab, &instance, "100");
     let vip_arg = vip.to_string();
@@ -319,7 +327,21 @@ fn stats_watch_on_a_terminal_shows_the_rate_sent() {
         }
         sent
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // The watch starts once the sender is on schedule: a tenth of a second of its traffic
+    // has reached the VIP.
+    lb_tests::eventually(Duration::from_secs(5), "the paced traffic counted", || {
+        let stats = instance.stats();
+        let packets = stats["vips"]
+            .as_array()
+            .and_then(|vips| vips.iter().find(|v| v["vip"] == vip_arg.as_str()))
+            .and_then(|v| v["packets"].as_u64())
+            .unwrap_or(0);
+        if packets >= (RATE / 10.0) as u64 {
+            Ok(())
+        } else {
+            Err(stats["vips"].clone())
+        }
+    });
     // `script` gives lb a pseudo-terminal, as an operator's shell would.
     let command = format!(
         "{} --api {} stats --watch --interval 1 --count 4",
@@ -359,8 +381,7 @@ fn bad_check_definitions_are_refused_with_a_reason() {
     lb_tests::require_root!();
     let lab = Lab::new("lbt", 1);
     let instance = Instance::new();
-    let mut daemon = Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, &[]));
-    daemon.wait_for_line(READY, STARTUP);
+    let _daemon = Daemon::start(instance.run(&lab.lb, &lab.lb_ifaces, &[]));
     instance.ok(&["vip", "add", "198.18.1.1:80"]);
     let before = instance.ok(&["vip", "list", "--json"]);
     let cases: &[(&[&str], &str)] = &[

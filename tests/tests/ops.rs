@@ -38,8 +38,8 @@ fn the_log_has_no_colour_codes_off_a_terminal_and_json_lines_parse() {
     lab.instance.ok(&["vip", "add", "198.18.1.1:80"]);
     // A refused request and the sweeps log too.
     lab.instance.fails(&["vip", "add", "198.18.1.1:80"]);
-    std::thread::sleep(Duration::from_millis(300));
-    let log = daemon.stderr();
+    // The change is logged before the daemon answers; its line reaches us through a pipe.
+    let log = daemon.wait_for_log(" applied", 1, Duration::from_secs(5));
     let (status, _) = daemon.terminate();
     assert!(status.success());
     let lines = complete_lines(&log);
@@ -58,8 +58,7 @@ fn the_log_has_no_colour_codes_off_a_terminal_and_json_lines_parse() {
     // Restarted with JSON logs (it adopts the pinned datapath): every line is an object.
     let daemon = lab.start(&["--log-format", "json"]);
     lab.instance.ok(&["vip", "add", "198.18.1.2:80"]);
-    std::thread::sleep(Duration::from_millis(300));
-    let log = daemon.stderr();
+    let log = daemon.wait_for_log("\"message\":\"applied\"", 1, Duration::from_secs(5));
     let lines = complete_lines(&log);
     assert!(lines.len() >= 3, "the daemon logged its start: {log}");
     for line in &lines {

@@ -1,11 +1,7 @@
 //! Reloading `--config` (SIGHUP and `lb reload`) under real traffic: the real `lb` binary
 //! in namespaces, long-lived TCP connections held across every reload. Needs root.
 
-use std::{
-    net::SocketAddr,
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 use lb_tests::{
     client::{WhoConnection, open_who_connections},
@@ -66,19 +62,19 @@ fn write(path: &Path, text: &str) {
 /// Sends SIGHUP and waits for the daemon to log the `n`th outcome of a reload.
 fn hangup(daemon: &Daemon, n: usize) -> String {
     daemon.hangup();
-    let log = daemon.wait_for_log("SIGHUP received", n, RELOADED);
-    let deadline = Instant::now() + RELOADED;
-    loop {
-        let outcomes = log_outcomes(&daemon.stderr());
-        if outcomes >= n {
-            return daemon.stderr();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no reload outcome logged after SIGHUP {n}:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    daemon.wait_for_log("SIGHUP received", n, RELOADED);
+    lb_tests::eventually(
+        RELOADED,
+        &format!("a reload outcome logged after SIGHUP {n}"),
+        || {
+            let log = daemon.stderr();
+            if log_outcomes(&log) >= n {
+                Ok(log)
+            } else {
+                Err(log)
+            }
+        },
+    )
 }
 
 /// Reload outcomes in the log: applied, unchanged or refused.

@@ -14,7 +14,7 @@ use etherparse::PacketBuilder;
 use lb_tests::{
     dsr::{self, DsrLab, Wiring},
     generator,
-    process::{Daemon, DecapPaths, Instance, READY, STARTUP, stat_packets},
+    process::{Daemon, DecapPaths, Instance, stat_packets},
     servers::UDP_PORT,
 };
 use serde_json::Value;
@@ -105,12 +105,7 @@ fn a_restart_at_60000_packets_a_second_loses_none() {
         })
         .collect();
     let instance = Instance::new();
-    let run = || {
-        let mut daemon =
-            Daemon::spawn(instance.run(&lab.lb, std::slice::from_ref(&lab.lb_iface), &[]));
-        daemon.wait_for_line(READY, STARTUP);
-        daemon
-    };
+    let run = || Daemon::start(instance.run(&lab.lb, std::slice::from_ref(&lab.lb_iface), &[]));
     let daemon = run();
     let vip_arg = SocketAddr::new(vip, UDP_PORT).to_string();
     instance.ok(&[
@@ -151,14 +146,14 @@ fn a_restart_at_60000_packets_a_second_loses_none() {
     let base = decapsulated(&decaps);
     let counters_before = instance.stats();
     let sender = send(ACROSS);
-    let flowing = Instant::now();
-    while decapsulated(&decaps) - base < RATE / 2 {
-        assert!(
-            flowing.elapsed() < Duration::from_secs(10),
-            "traffic never started"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    lb_tests::eventually(Duration::from_secs(10), "traffic flowing", || {
+        let through = decapsulated(&decaps) - base;
+        if through >= RATE / 2 {
+            Ok(())
+        } else {
+            Err(through)
+        }
+    });
     let restarted = Instant::now();
     let (status, _) = daemon.terminate();
     assert!(status.success(), "the daemon stops cleanly: {status}");

@@ -14,6 +14,11 @@ use lb_tests::process::{Daemon, Instance, lb_binary, stat_packets};
 const READY: &str = "lb: forwarding on";
 const STARTUP: Duration = Duration::from_secs(20);
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How soon pins removed under a running daemon are back, as README and
+/// docs/RELIABILITY.md promise (its pin check runs every 2 s).
+const REPIN_PROMISED: Duration = Duration::from_secs(2);
+/// On top of the promise: the check's own work and a busy 2-CPU test machine.
+const REPIN_MARGIN: Duration = Duration::from_millis(1_000);
 
 use lb_tests::pair::PairLab as Lab;
 
@@ -23,8 +28,7 @@ fn counts_real_traffic_keeps_forwarding_after_sigterm_and_lb_down_detaches() {
     const UDP_DATAGRAMS: u64 = 200;
     const TCP_CONNECTIONS: u64 = 50;
     let lab = Lab::new();
-    let mut daemon = Daemon::spawn(lab.lb_run(&["--xdp-mode", "native", "--stats-interval", "1"]));
-    daemon.wait_for_line(READY, STARTUP);
+    let mut daemon = Daemon::start(lab.lb_run(&["--xdp-mode", "native", "--stats-interval", "1"]));
     assert!(lab.lb.has_xdp(), "the program is attached while lb runs");
 
     let (udp_server, tcp_server) = lab.lb.enter(|| {
@@ -195,8 +199,7 @@ fn not_root_is_refused_with_advice() {
 fn an_interface_with_an_xdp_program_is_not_taken_over() {
     lb_tests::require_root!();
     let lab = Lab::new();
-    let mut first = Daemon::spawn(lab.lb_run(&["--stats-interval", "0"]));
-    first.wait_for_line(READY, STARTUP);
+    let first = Daemon::start(lab.lb_run(&["--stats-interval", "0"]));
     for mode in ["auto", "native", "skb"] {
         // A second lb with its own pins and socket still cannot take the interface.
         let other = Instance::new();
@@ -328,9 +331,7 @@ fn a_pinned_datapath_of_another_layout_or_size_is_refused_not_adopted() {
     use lb_common::{consts::MAP_META, service::Layout};
 
     let lab = Lab::new();
-    let daemon = Daemon::spawn(lab.lb_run(&[]));
-    let mut daemon = daemon;
-    daemon.wait_for_line(READY, STARTUP);
+    let daemon = Daemon::start(lab.lb_run(&[]));
     let (status, _) = daemon.terminate();
     assert!(status.success());
     assert!(lab.lb.has_xdp(), "pinned and still attached");
@@ -376,8 +377,7 @@ fn a_pinned_datapath_of_another_layout_or_size_is_refused_not_adopted() {
 fn pins_removed_under_a_running_daemon_are_put_back() {
     lb_tests::require_root!();
     let lab = Lab::new();
-    let mut daemon = Daemon::spawn(lab.lb_run(&[]));
-    daemon.wait_for_line(READY, STARTUP);
+    let daemon = Daemon::start(lab.lb_run(&[]));
     let pinned = || -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(&lab.instance.pin_dir)
             .map(|dir| {
@@ -391,10 +391,8 @@ fn pins_removed_under_a_running_daemon_are_put_back() {
     };
     let before = pinned();
     assert!(before.iter().any(|n| n.starts_with("link_")), "{before:?}");
-    // Past the daemon's first pin check, which runs as it starts.
-    std::thread::sleep(Duration::from_millis(500));
-    // Everything goes, the directory too (as `rm -r` would; again if a pin check put
-    // something back in between).
+    // Everything goes, the directory too (as `rm -r` would; again if a pin check, the
+    // first of which runs as the daemon starts, put something back in between).
     for attempt in 1..=3 {
         for name in pinned() {
             let _ = std::fs::remove_file(lab.instance.pin_dir.join(name));
@@ -409,22 +407,20 @@ fn pins_removed_under_a_running_daemon_are_put_back() {
         lab.lb.has_xdp(),
         "the daemon's own handles keep the datapath attached"
     );
-    while pinned() != before {
-        assert!(
-            removed.elapsed() < Duration::from_secs(10),
-            "not put back: {:?}; {}",
-            pinned(),
-            daemon.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let took = removed.elapsed();
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        daemon.stderr().contains("re-pinned them") && daemon.stderr().contains("link_"),
-        "says what it re-pinned: {}",
-        daemon.stderr()
+    // README and docs/RELIABILITY.md promise "within 2 s" (the daemon checks its pins every
+    // 2 s); the margin is for the check's own work and this poll on a busy 2-CPU machine.
+    lb_tests::eventually(
+        REPIN_PROMISED + REPIN_MARGIN,
+        "the removed pins put back",
+        || {
+            let now = pinned();
+            if now == before { Ok(()) } else { Err(now) }
+        },
     );
+    let took = removed.elapsed();
+    // The warning is written in the same check; it reaches us through a pipe.
+    let log = daemon.wait_for_log("re-pinned them", 1, Duration::from_secs(5));
+    assert!(log.contains("link_"), "says what it re-pinned: {log}");
     // The re-created directory is locked again: a second daemon is refused.
     let mut second = Instance::new();
     let own_pins = std::mem::replace(&mut second.pin_dir, lab.instance.pin_dir.clone());
@@ -445,8 +441,9 @@ fn pins_removed_under_a_running_daemon_are_put_back() {
         lab.lb.has_xdp(),
         "the re-pinned datapath keeps forwarding after the daemon stops"
     );
-    let mut daemon = Daemon::spawn(lab.lb_run(&[]));
-    let ready = daemon.wait_for_line(READY, STARTUP);
+    let mut daemon = Daemon::start(lab.lb_run(&[]));
+    // Ready; its first line says how it started.
+    let ready = daemon.wait_for_line(READY, Duration::from_secs(5));
     assert!(ready.contains("adopted the pinned datapath"), "{ready}");
     eprintln!("pins and their directory removed under a running daemon: put back in {took:?}");
     drop(daemon);
@@ -465,14 +462,22 @@ fn notification(socket: &std::os::unix::net::UnixDatagram) -> String {
 
 /// Waits (bounded) until `pid` is stopped by SIGSTOP.
 fn wait_until_stopped(pid: u32) {
-    for _ in 0..400 {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        if status.lines().any(|l| l.starts_with("State:\tT")) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    panic!("lb (pid {pid}) did not stop on SIGSTOP");
+    lb_tests::eventually(
+        Duration::from_secs(2),
+        &format!("lb (pid {pid}) stopped by SIGSTOP"),
+        || {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let state = status
+                .lines()
+                .find(|l| l.starts_with("State:"))
+                .map(str::to_owned);
+            if state.as_deref().is_some_and(|l| l.starts_with("State:\tT")) {
+                Ok(())
+            } else {
+                Err(state)
+            }
+        },
+    );
 }
 
 #[test]

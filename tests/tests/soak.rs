@@ -27,8 +27,6 @@ use lb_tests::{
     topology::Lab,
 };
 
-const READY: &str = "lb: forwarding on";
-const STARTUP: Duration = Duration::from_secs(20);
 const BACKENDS: usize = 5;
 /// Backends `0..STABLE` are never touched.
 const STABLE: usize = 2;
@@ -237,8 +235,7 @@ fn a_soak_with_backends_changing_every_second() {
     let length = soak_length();
     let lab = Lab::new("lbk", BACKENDS);
     let instance = Instance::new();
-    let mut daemon = Daemon::spawn(instance.run(&lab.lb, &lab.lb_ifaces, &[]));
-    daemon.wait_for_line(READY, STARTUP);
+    let daemon = Daemon::start(instance.run(&lab.lb, &lab.lb_ifaces, &[]));
     let comm = std::fs::read_to_string(format!("/proc/{}/comm", daemon.pid())).expect("comm");
     assert_eq!(comm.trim(), "lb", "the footprint is lb's own");
     let servers = Servers::start(&lab.backends);
