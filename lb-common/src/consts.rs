@@ -68,6 +68,8 @@ pub const MAP_FRAGMENTS: &str = "FRAGMENTS";
 /// Egress interfaces the datapath found it cannot send to (not attached), by ifindex;
 /// the daemon warns once per interface. Not pinned.
 pub const MAP_UNATTACHED: &str = "UNATTACHED_EGRESS";
+/// The per-CPU flow cache: userspace only clears it (`lb conntrack flush`).
+pub const MAP_FLOW_CACHE: &str = "FLOW_CACHE";
 
 pub const MAP_VIP_STATS: &str = "VIP_STATS";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";

@@ -33,6 +33,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("systemd-analyze", "systemd"),
     // The maps' own memlock, against which `lb status` is checked (tests/ops.rs).
     ("bpftool", "bpftool"),
+    // Stops the daemon at the first write of a state-file save (tests/control.rs).
+    ("strace", "strace"),
 ];
 
 /// What the end-to-end benchmark compares lb with, and drives it with.

@@ -21,6 +21,7 @@ use crate::{
     daemon::published::{DaemonFacts, Published},
     datapath::attach::PinnedAttachment,
     datapath::conntrack::{Census, ConntrackBook, ConntrackTable},
+    datapath::flow_cache::FlowCache,
     datapath::forwarding::{self, Family, ForwardingError},
     datapath::neighbours,
     datapath::pins::PinDir,
@@ -77,6 +78,8 @@ pub(crate) struct Conntrack {
     /// The last sweep's census and the deletion and eviction totals.
     pub(crate) book: ConntrackBook,
     pub(crate) table: ConntrackTable,
+    /// Cleared with every flush, so flushed flows are tracked anew at once.
+    pub(crate) flow_cache: FlowCache,
 }
 
 fn service(vip: SocketAddr, proto: Proto) -> Service {
@@ -573,6 +576,8 @@ impl Controller {
             .map_err(datapath_error)?;
         let deleted = proven.deleted + unproven.deleted;
         self.conntrack.book.record_flush(deleted, proven.deleted);
+        // A cached flow would go on without its entry for up to a second.
+        self.conntrack.flow_cache.clear().map_err(datapath_error)?;
         info!(
             ?vip,
             ?proto,

@@ -40,6 +40,7 @@ use crate::{
     datapath::attach::{self, AttachMode, Interface, PinnedAttachment},
     datapath::conntrack::{ConntrackBook, Sweeper},
     datapath::egress::EgressWatch,
+    datapath::flow_cache::FlowCache,
     datapath::forwarding::{self, Family},
     datapath::kernel,
     datapath::load,
@@ -207,6 +208,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
             stats,
             attachments,
             mut egress,
+            flow_cache,
         },
         sweeper,
         first_census,
@@ -287,6 +289,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
         conntrack: Conntrack {
             book: ConntrackBook::new(first_census),
             table: flush_table,
+            flow_cache,
         },
         declared: Declared {
             config: args.config.clone(),
@@ -376,6 +379,7 @@ struct Started {
     stats: StatsMap,
     attachments: Vec<PinnedAttachment>,
     egress: EgressWatch,
+    flow_cache: FlowCache,
 }
 
 /// Refuses interfaces whose forwarding is off for a family lb will balance: IPv4 always,
@@ -540,6 +544,7 @@ fn start(
     let maps = ServiceMaps::take(&mut ebpf, &limits).context("opening the service maps")?;
     let stats = StatsMap::take(&mut ebpf).context("opening the stats map")?;
     let egress = EgressWatch::take(&mut ebpf).context("opening the unattached-egress map")?;
+    let flow_cache = FlowCache::take(&mut ebpf).context("opening the flow cache map")?;
     if args.options.log {
         forward_datapath_log(&mut ebpf)?;
     }
@@ -597,6 +602,7 @@ fn start(
         stats,
         attachments,
         egress,
+        flow_cache,
     })
 }
 

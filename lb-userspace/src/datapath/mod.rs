@@ -10,6 +10,7 @@ pub mod batch;
 pub mod conntrack;
 pub mod decap;
 pub mod egress;
+pub mod flow_cache;
 pub mod forwarding;
 pub mod kernel;
 pub mod load;
