@@ -19,10 +19,17 @@ pub fn cargo_home() -> anyhow::Result<PathBuf> {
 }
 
 /// PATH with `$CARGO_HOME/bin` first, so a freshly installed bpf-linker is found.
+/// Idempotent: lb-userspace's build script reruns when PATH changes, so a `cargo xtask`
+/// started by one (the install test's) must pass on the same PATH, not one more entry.
 pub fn path_with_cargo_bin() -> anyhow::Result<OsString> {
-    let mut paths = vec![cargo_home()?.join("bin")];
-    if let Some(path) = env::var_os("PATH") {
-        paths.extend(env::split_paths(&path));
+    path_with_first(&cargo_home()?.join("bin"), env::var_os("PATH").as_deref())
+}
+
+/// `path` with `first` at its head and nowhere else.
+fn path_with_first(first: &Path, path: Option<&std::ffi::OsStr>) -> anyhow::Result<OsString> {
+    let mut paths = vec![first.to_path_buf()];
+    if let Some(path) = path {
+        paths.extend(env::split_paths(path).filter(|entry| entry != first));
     }
     env::join_paths(paths).context("joining PATH")
 }
@@ -95,4 +102,24 @@ pub fn describe(cmd: &Command) -> String {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cargo_bin_goes_first_once_however_often_it_is_added() {
+        let bin = Path::new("/home/u/.cargo/bin");
+        let once = path_with_first(bin, Some("/usr/bin:/bin".as_ref())).expect("join");
+        assert_eq!(once, "/home/u/.cargo/bin:/usr/bin:/bin");
+        let twice = path_with_first(bin, Some(&once)).expect("join");
+        assert_eq!(twice, once);
+        let moved = path_with_first(bin, Some("/usr/bin:/home/u/.cargo/bin".as_ref()));
+        assert_eq!(moved.expect("join"), "/home/u/.cargo/bin:/usr/bin");
+        assert_eq!(
+            path_with_first(bin, None).expect("join"),
+            "/home/u/.cargo/bin"
+        );
+    }
 }
