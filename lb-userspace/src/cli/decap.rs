@@ -133,6 +133,9 @@ fn render_event(event: &Event) -> Line {
             link.parent().unwrap_or(link).display()
         ),
         Event::Recorded(path) => format!("recorded what changed in {}", path.display()),
+        Event::LeftBehind { what, reason } => {
+            return Line::Err(format!("left behind: {what}: {reason}"));
+        }
     })
 }
 

@@ -190,7 +190,10 @@ pub(crate) fn attach_pinned_at(
             Err((error, Some(libc::ENOLINK))) => {
                 // The link's interface went away (it is defunct): start over on this one.
                 warn!(iface = %iface.name, %error, "pinned link is defunct, attaching anew");
-                let _ = std::fs::remove_file(&path);
+                if let Err(error) = std::fs::remove_file(&path) {
+                    // Attaching anew pins over it, or says why it cannot.
+                    warn!(pin = %path.display(), %error, "could not remove the defunct link's pin");
+                }
             }
             Err((reason, _)) => {
                 // Anything else leaves the pinned datapath running as it is.

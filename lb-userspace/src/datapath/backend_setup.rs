@@ -268,6 +268,11 @@ pub(crate) enum Event {
         link: PathBuf,
     },
     Recorded(PathBuf),
+    /// A cleanup after a failure that failed too: what is left behind, and why.
+    LeftBehind {
+        what: String,
+        reason: String,
+    },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> SetupError + '_ {
@@ -517,9 +522,12 @@ pub(crate) fn attach(
     // The program first: the step most likely to be refused (another XDP program, a driver
     // without XDP), before anything else is touched.
     let pins_existed = dir.exists();
-    let undo_pins = |paths: &DecapPaths| {
-        if !pins_existed {
-            let _ = remove_pins(paths, &iface.name);
+    let undo_pins = |paths: &DecapPaths, report: &mut dyn FnMut(Event)| {
+        if !pins_existed && let Err(error) = remove_pins(paths, &iface.name) {
+            report(Event::LeftBehind {
+                what: format!("the pins in {}", paths.iface_dir(&iface.name).display()),
+                reason: error_chain(&error),
+            });
         }
     };
     let attached = (|| {
@@ -536,7 +544,7 @@ pub(crate) fn attach(
     let attached = match attached {
         Ok(attached) => attached,
         Err(error) => {
-            undo_pins(paths);
+            undo_pins(paths, report);
             return Err(error);
         }
     };
@@ -565,17 +573,26 @@ pub(crate) fn attach(
 
     let (steps, mut next) = plan_attach(&record, &observed, &request, &mode_now);
     next.netns = Some(ours);
-    let detach_fresh = |paths: &DecapPaths| {
+    let detach_fresh = |paths: &DecapPaths, report: &mut dyn FnMut(Event)| {
         if fresh {
-            let _ = std::fs::remove_file(paths.link_pin(&iface.name));
-            undo_pins(paths);
+            let link = paths.link_pin(&iface.name);
+            if let Err(error) = std::fs::remove_file(&link) {
+                report(Event::LeftBehind {
+                    what: format!(
+                        "the link pin {} (the program stays attached)",
+                        link.display()
+                    ),
+                    reason: error.to_string(),
+                });
+            }
+            undo_pins(paths, report);
         }
     };
     // Recorded before the changes are made, so a crash half-way leaves a record that
     // covers every change made (undoing one not made yet is harmless: detach restores
     // only what still shows the value attach set).
     if let Err(error) = decap_record::save(&next, &paths.record) {
-        detach_fresh(paths);
+        detach_fresh(paths, report);
         return Err(error.into());
     }
     let mut done: Vec<&Step> = Vec::new();
@@ -597,8 +614,19 @@ pub(crate) fn attach(
                     }
                 }
             }
-            let _ = decap_record::save(&record, &paths.record);
-            detach_fresh(paths);
+            // The record was saved with the changes about to be made: put the one from
+            // before back, or say that it still lists changes that were rolled back.
+            if let Err(error) = decap_record::save(&record, &paths.record) {
+                report(Event::LeftBehind {
+                    what: format!(
+                        "{} listing the rolled-back changes (`lb decap detach` restores only \
+                         what still shows attach's values)",
+                        paths.record.display()
+                    ),
+                    reason: error_chain(&error),
+                });
+            }
+            detach_fresh(paths, report);
             if fresh {
                 report(Event::Detached {
                     iface: iface.name.clone(),
