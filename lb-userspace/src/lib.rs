@@ -8,6 +8,10 @@
 //! - [`api`]: the wire types and the client of the control socket.
 //! - [`daemon`]: `lb run`: start-up, the controller, the socket server, metrics.
 //! - [`cli`]: clap definitions, the commands, rendering.
+//!
+//! A result is handled or said to be ignorable, never dropped with `let _ =` or `.ok();`
+//! (the two lints below; the rest of the workspace is not there yet).
+#![warn(clippy::let_underscore_must_use, clippy::unused_result_ok)]
 
 #[deny(unsafe_code)]
 pub mod api;

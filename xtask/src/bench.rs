@@ -11,7 +11,7 @@ use clap::Args;
 use crate::{build, cmd, setup};
 
 #[derive(Args, Debug)]
-pub struct Options {
+pub(crate) struct Options {
     /// Fewer rounds; the report goes to target/BENCHMARKS.quick.md.
     #[arg(long)]
     quick: bool,
@@ -54,7 +54,7 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-pub fn run(options: &Options) -> anyhow::Result<()> {
+pub(crate) fn run(options: &Options) -> anyhow::Result<()> {
     if !cmd::is_root() {
         bail!(
             "the datapath benchmarks load XDP programs in namespaces: run `cargo xtask bench` as root"

@@ -7,14 +7,14 @@ use clap::Args;
 use crate::cmd;
 
 #[derive(Args, Debug, Default)]
-pub struct Options {
+pub(crate) struct Options {
     /// Build with optimizations.
     #[arg(long)]
     pub release: bool,
 }
 
 /// Builds `lb` and returns the path of the binary.
-pub fn run(options: &Options) -> anyhow::Result<PathBuf> {
+pub(crate) fn run(options: &Options) -> anyhow::Result<PathBuf> {
     let mut cargo = cmd::cargo()?;
     cargo.args(["build", "--package", "lb-userspace", "--bin", "lb"]);
     if options.release {
@@ -24,7 +24,7 @@ pub fn run(options: &Options) -> anyhow::Result<PathBuf> {
     Ok(lb_binary(options.release))
 }
 
-pub fn lb_binary(release: bool) -> PathBuf {
+pub(crate) fn lb_binary(release: bool) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| cmd::workspace_root().join("target"));

@@ -10,7 +10,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 /// `$CARGO_HOME`, defaulting like cargo does.
-pub fn cargo_home() -> anyhow::Result<PathBuf> {
+pub(crate) fn cargo_home() -> anyhow::Result<PathBuf> {
     if let Some(home) = env::var_os("CARGO_HOME") {
         return Ok(PathBuf::from(home));
     }
@@ -21,7 +21,7 @@ pub fn cargo_home() -> anyhow::Result<PathBuf> {
 /// PATH with `$CARGO_HOME/bin` first, so a freshly installed bpf-linker is found.
 /// Idempotent: lb-userspace's build script reruns when PATH changes, so a `cargo xtask`
 /// started by one (the install test's) must pass on the same PATH, not one more entry.
-pub fn path_with_cargo_bin() -> anyhow::Result<OsString> {
+pub(crate) fn path_with_cargo_bin() -> anyhow::Result<OsString> {
     path_with_first(&cargo_home()?.join("bin"), env::var_os("PATH").as_deref())
 }
 
@@ -35,14 +35,14 @@ fn path_with_first(first: &Path, path: Option<&std::ffi::OsStr>) -> anyhow::Resu
 }
 
 /// The workspace root (xtask lives one level below it).
-pub fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-pub fn cargo() -> anyhow::Result<Command> {
+pub(crate) fn cargo() -> anyhow::Result<Command> {
     let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(workspace_root())
         .env("PATH", path_with_cargo_bin()?);
@@ -51,11 +51,11 @@ pub fn cargo() -> anyhow::Result<Command> {
 
 /// Read by lb-tests' `require_root!`: set, a privileged test that finds itself not root
 /// fails instead of skipping, so that a run of xtask can never pass by skipping.
-pub const REQUIRE_ROOT_ENV: &str = "LB_REQUIRE_ROOT";
+pub(crate) const REQUIRE_ROOT_ENV: &str = "LB_REQUIRE_ROOT";
 
 /// `cargo` for tests that need root (lb-tests' integration tests): with
 /// [`REQUIRE_ROOT_ENV`] set, so that they fail rather than skip without it.
-pub fn privileged_cargo() -> anyhow::Result<Command> {
+pub(crate) fn privileged_cargo() -> anyhow::Result<Command> {
     let mut cmd = cargo()?;
     cmd.env(REQUIRE_ROOT_ENV, "1");
     Ok(cmd)
@@ -63,7 +63,7 @@ pub fn privileged_cargo() -> anyhow::Result<Command> {
 
 /// The tests of one module (`fuzz`, `soak`) of an lb-tests harness (`ebpf`, `lab`) on the
 /// release build, their output shown as they run.
-pub fn release_test(harness: &str, module: &str) -> anyhow::Result<Command> {
+pub(crate) fn release_test(harness: &str, module: &str) -> anyhow::Result<Command> {
     let mut cmd = privileged_cargo()?;
     cmd.args(["test", "--release", "-p", "lb-tests", "--test", harness])
         .args(["--", &format!("{module}::"), "--nocapture"]);
@@ -71,7 +71,7 @@ pub fn release_test(harness: &str, module: &str) -> anyhow::Result<Command> {
 }
 
 /// Runs `cmd` to completion, echoing it first; fails on a non-zero exit.
-pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("+ {}", describe(cmd));
     let status = cmd
         .status()
@@ -83,14 +83,14 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
 }
 
 /// Whether `cmd` exits 0, without echoing it or its output.
-pub fn succeeds(cmd: &mut Command) -> bool {
+pub(crate) fn succeeds(cmd: &mut Command) -> bool {
     cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|status| status.success())
 }
 
-pub fn describe(cmd: &Command) -> String {
+pub(crate) fn describe(cmd: &Command) -> String {
     let mut text = cmd.get_program().to_string_lossy().into_owned();
     for arg in cmd.get_args() {
         text.push(' ');
@@ -99,7 +99,7 @@ pub fn describe(cmd: &Command) -> String {
     text
 }
 
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }

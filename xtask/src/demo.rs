@@ -229,18 +229,18 @@ fn round(client: &NetNs, backends: &[Backend], vip: SocketAddr, title: &str) -> 
 
 /// Which demo: the lb in NAT mode between client and backends, or a DSR lab behind a router.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum DemoMode {
+pub(crate) enum DemoMode {
     Nat,
     DsrIpip,
     DsrL2,
 }
 
 /// How many lb nodes the demo may have: one (the single-node demos) to this many.
-pub const MAX_NODES: usize = 5;
+pub(crate) const MAX_NODES: usize = 5;
 
 /// The demo of `mode` with `nodes` lb nodes: 1 for the single-node demos, 2 to
 /// [`MAX_NODES`] for the scale-out demo.
-pub fn run(lb: &Path, once: bool, mode: DemoMode, nodes: usize) -> anyhow::Result<()> {
+pub(crate) fn run(lb: &Path, once: bool, mode: DemoMode, nodes: usize) -> anyhow::Result<()> {
     if !cmd::is_root() {
         bail!(
             "the demo creates network namespaces and attaches XDP: run it as root (sudo -E cargo xtask run)"

@@ -7,7 +7,7 @@ use clap::Args;
 use crate::cmd;
 
 #[derive(Args, Debug)]
-pub struct Options {
+pub(crate) struct Options {
     /// Packets to generate.
     #[arg(long, default_value_t = 1_000_000)]
     count: u64,
@@ -16,7 +16,7 @@ pub struct Options {
     seed: Option<u64>,
 }
 
-pub fn run(options: &Options) -> anyhow::Result<()> {
+pub(crate) fn run(options: &Options) -> anyhow::Result<()> {
     if !cmd::is_root() {
         anyhow::bail!(
             "fuzzing loads the XDP program in a namespace: run `cargo xtask fuzz` as root"

@@ -25,7 +25,7 @@ use clap::Args;
 use crate::{build, cmd};
 
 #[derive(Args, Debug)]
-pub struct Options {
+pub(crate) struct Options {
     /// Where `bin/`, `lib/` and `share/` go.
     #[arg(long, default_value = "/usr/local")]
     pub prefix: PathBuf,
@@ -56,13 +56,13 @@ const COMPLETIONS: &[(&str, &str)] = &[
 ];
 
 /// The install's paths as they will be on the host (no destdir).
-pub struct Layout {
+pub(crate) struct Layout {
     pub prefix: PathBuf,
     pub sysconfdir: PathBuf,
 }
 
 impl Layout {
-    pub fn new(options: &Options) -> anyhow::Result<Self> {
+    pub(crate) fn new(options: &Options) -> anyhow::Result<Self> {
         if !options.prefix.is_absolute() {
             bail!(
                 "--prefix {} is not an absolute path",
@@ -88,7 +88,7 @@ impl Layout {
     }
 
     /// The files the operator edits (Debian's conffiles), as on the host.
-    pub fn conffiles(&self) -> [PathBuf; 2] {
+    pub(crate) fn conffiles(&self) -> [PathBuf; 2] {
         [
             self.sysconfdir.join("default/lb"),
             self.sysconfdir.join("lb/lb.toml"),
@@ -102,7 +102,7 @@ impl Layout {
 
 /// Builds the release `lb` (the dev one with `--debug`) and installs everything; returns
 /// the layout used.
-pub fn run(options: &Options) -> anyhow::Result<Layout> {
+pub(crate) fn run(options: &Options) -> anyhow::Result<Layout> {
     let layout = Layout::new(options)?;
     let lb = build::run(&build::Options {
         release: !options.debug,

@@ -345,7 +345,7 @@ fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) -> anyhow::Result<()> {
 }
 
 /// Checks `src` (lb-userspace's); the error lists every violation and every circle.
-pub fn check(src: &Path) -> anyhow::Result<usize> {
+pub(crate) fn check(src: &Path) -> anyhow::Result<usize> {
     let mut files = Vec::new();
     rust_files(src, &mut files)?;
     let mut problems = Vec::new();

@@ -51,14 +51,14 @@ fi
 
 /// `cargo xtask package`'s flags.
 #[derive(clap::Args, Debug, Default)]
-pub struct Options {
+pub(crate) struct Options {
     /// Package the unoptimized dev build (see `cargo xtask install --debug`).
     #[arg(long)]
     pub debug: bool,
 }
 
 /// Builds `target/lb_<version>_<arch>.deb`; returns its path.
-pub fn run(options: &Options) -> anyhow::Result<PathBuf> {
+pub(crate) fn run(options: &Options) -> anyhow::Result<PathBuf> {
     let arch = dpkg_architecture()?;
     let target = build::lb_binary(true)
         .parent()

@@ -7,7 +7,7 @@ use clap::Args;
 use crate::{build, cmd, demo};
 
 #[derive(Args, Debug)]
-pub struct Options {
+pub(crate) struct Options {
     /// Build with optimizations.
     #[arg(long)]
     release: bool,
@@ -29,7 +29,7 @@ pub struct Options {
     lb_args: Vec<String>,
 }
 
-pub fn run(options: &Options) -> anyhow::Result<()> {
+pub(crate) fn run(options: &Options) -> anyhow::Result<()> {
     let lb = build::run(&build::Options {
         release: options.release,
     })?;

@@ -38,7 +38,7 @@ const TOOLS: &[(&str, &str)] = &[
 ];
 
 /// What the end-to-end benchmark compares lb with, and drives it with.
-pub const BENCH_TOOLS: &[(&str, &str)] = &[
+pub(crate) const BENCH_TOOLS: &[(&str, &str)] = &[
     ("nginx", "nginx"),
     ("wrk", "wrk"),
     ("nft", "nftables"),
@@ -58,7 +58,7 @@ pub const BENCH_TOOLS: &[(&str, &str)] = &[
     ("/usr/include/bpf/libbpf.h", "libbpf-dev"),
 ];
 
-pub fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<()> {
     let started = Instant::now();
     ensure_nightly()?;
     ensure_rust_src()?;
@@ -194,7 +194,7 @@ fn llvm_major(file_name: &str) -> anyhow::Result<u32> {
 
 /// Installs the Debian packages of the `tools` that are missing, without starting any
 /// service they bring (neither nginx nor bird may start on the host).
-pub fn ensure_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
+pub(crate) fn ensure_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
     let mut missing: Vec<&str> = tools
         .iter()
         .filter(|(tool, _)| {

@@ -10,13 +10,13 @@ use clap::Args;
 use crate::{build, cmd};
 
 #[derive(Args, Debug)]
-pub struct Options {
+pub(crate) struct Options {
     /// How long to soak, in seconds.
     #[arg(long, default_value_t = 600)]
     secs: u64,
 }
 
-pub fn run(options: &Options) -> anyhow::Result<()> {
+pub(crate) fn run(options: &Options) -> anyhow::Result<()> {
     if !cmd::is_root() {
         anyhow::bail!("the soak runs lb in network namespaces: run `cargo xtask soak` as root");
     }

@@ -34,7 +34,7 @@ const KATRAN_TOOLS: &[(&str, &str)] = &[
 /// lab tests spend waiting on the network.
 const PRIVILEGED_HARNESSES: &[&str] = &["ebpf", "lab"];
 
-pub fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<()> {
     lint_as_you_build()?;
     let mut steps = Steps::default();
     steps.run(

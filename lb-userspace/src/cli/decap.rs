@@ -3,6 +3,14 @@
 
 use std::io::Write as _;
 
+/// `writeln!` into a `String`, which cannot fail.
+macro_rules! push_line {
+    ($out:expr, $($arg:tt)*) => {{
+        $out.push_str(&format!($($arg)*));
+        $out.push('\n');
+    }};
+}
+
 use anyhow::Context as _;
 
 use crate::{
@@ -20,7 +28,8 @@ impl DecapPathArgs {
             && self.record.is_none()
             && let Some(note) = backend_setup::legacy_note()
         {
-            let _ = writeln!(std::io::stderr().lock(), "{note}");
+            // Best effort: a note nobody can read is no reason to stop.
+            writeln!(std::io::stderr().lock(), "{note}").unwrap_or_default();
         }
         Ok(DecapPaths::resolve(
             self.pin_dir.clone(),
@@ -81,10 +90,11 @@ fn list<T: ToString>(items: &[T]) -> String {
 /// One line per event, on stdout (failures on stderr). A change is carried through
 /// whether or not anyone still reads its report: a write that fails is dropped.
 fn print_event(event: Event) {
-    let _ = match render_event(&event) {
+    match render_event(&event) {
         Line::Out(line) => writeln!(std::io::stdout().lock(), "{line}"),
         Line::Err(line) => writeln!(std::io::stderr().lock(), "{line}"),
-    };
+    }
+    .unwrap_or_default();
 }
 
 enum Line {
@@ -140,7 +150,6 @@ fn render_event(event: &Event) -> Line {
 }
 
 fn render_interface(out: &mut String, i: &InterfaceStatus) {
-    use std::fmt::Write as _;
     let state = if i.attached {
         format!(
             "attached ({}, program {}, link {})",
@@ -154,10 +163,10 @@ fn render_interface(out: &mut String, i: &InterfaceStatus) {
             i.problem.as_deref().unwrap_or("unknown")
         )
     };
-    let _ = writeln!(out, "{}: {state}", i.iface);
+    push_line!(out, "{}: {state}", i.iface);
     let none = |s: String| if s.is_empty() { "-".to_owned() } else { s };
-    let _ = writeln!(out, "  decapsulates tunnels to: {}", none(list(&i.local)));
-    let _ = writeln!(
+    push_line!(out, "  decapsulates tunnels to: {}", none(list(&i.local)));
+    push_line!(
         out,
         "  from: {}",
         if i.allow_sources.is_empty() {
@@ -166,23 +175,24 @@ fn render_interface(out: &mut String, i: &InterfaceStatus) {
             list(&i.allow_sources)
         }
     );
-    let _ = writeln!(out, "  VIPs: {}", none(list(&i.vips)));
+    push_line!(out, "  VIPs: {}", none(list(&i.vips)));
     if !i.counters.is_empty() {
-        let _ = writeln!(out, "  counters (packets / bytes):");
+        push_line!(out, "  counters (packets / bytes):");
         for (name, value) in &i.counters {
-            let _ = writeln!(
+            push_line!(
                 out,
                 "    {name:<24} {:>12} {:>14}",
-                value.packets, value.bytes
+                value.packets,
+                value.bytes
             );
         }
     }
     if i.sysctls.is_empty() && i.addresses.is_empty() {
-        let _ = writeln!(out, "  attach changed nothing on the host");
+        push_line!(out, "  attach changed nothing on the host");
     } else {
-        let _ = writeln!(out, "  attach changed:");
+        push_line!(out, "  attach changed:");
         for change in &i.sysctls {
-            let _ = writeln!(
+            push_line!(
                 out,
                 "    sysctl {}: {} -> {} (needed by {})",
                 change.key,
@@ -192,7 +202,7 @@ fn render_interface(out: &mut String, i: &InterfaceStatus) {
             );
         }
         for added in &i.addresses {
-            let _ = writeln!(
+            push_line!(
                 out,
                 "    added {}/{} on {} (needed by {})",
                 added.address,

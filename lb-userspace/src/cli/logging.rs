@@ -34,7 +34,8 @@ pub(crate) fn report_failure(format: LogFormat, error: &anyhow::Error) {
     match format {
         LogFormat::Text => {
             use std::io::Write as _;
-            let _ = writeln!(std::io::stderr(), "Error: {error:?}");
+            // Best effort: stderr gone, the exit status still says it failed.
+            writeln!(std::io::stderr(), "Error: {error:?}").unwrap_or_default();
         }
         LogFormat::Json => tracing::error!("{error:#}"),
     }

@@ -66,7 +66,7 @@ use crate::{
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
+        writeln!(std::io::stdout(), $($arg)*).unwrap_or_default();
     }};
 }
 

@@ -128,7 +128,10 @@ impl ApiSocket {
 impl Drop for ApiSocket {
     fn drop(&mut self) {
         if std::fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.inode) {
-            let _ = std::fs::remove_file(&self.path);
+            if let Err(error) = std::fs::remove_file(&self.path) {
+                // The next daemon replaces a stale socket of ours; said in case it is not.
+                warn!(socket = %self.path.display(), %error, "could not remove the API socket");
+            }
         }
     }
 }

@@ -105,7 +105,7 @@ mod tests {
         );
         let missing = check_under(&root, ["eth0"], Family::V6).expect_err("no ipv6 dir");
         assert!(matches!(missing, ForwardingError::Unreadable { .. }));
-        let _ = std::fs::remove_dir_all(&root);
+        std::fs::remove_dir_all(&root).expect("remove the scratch tree");
     }
 
     #[test]

@@ -30,7 +30,9 @@ pub(crate) fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     if let Err(error) = result {
         // The write already failed; a temporary that cannot be removed is cleaned up by
         // the next start (`remove_stale_temps`).
-        let _ = std::fs::remove_file(&temp);
+        if let Err(cleanup) = std::fs::remove_file(&temp) {
+            tracing::debug!(temp = %temp.display(), %cleanup, "temporary state file left for the next start");
+        }
         return Err(error);
     }
     // The new file is in place; syncing the directory only makes the rename durable sooner.
