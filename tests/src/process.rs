@@ -49,6 +49,9 @@ pub const FAST_CHECK_FALL: std::time::Duration = std::time::Duration::from_milli
 pub struct Daemon {
     child: Child,
     lines: mpsc::Receiver<String>,
+    /// Lines taken off `lines` while waiting for READY=1, not yet looked at by
+    /// [`Daemon::wait_for_line`]: the line it waits for may come before the notification.
+    unread: std::collections::VecDeque<String>,
     seen: Vec<String>,
     stderr: Arc<Mutex<String>>,
     /// The socket `$NOTIFY_SOCKET` names, when started by [`Daemon::start`].
@@ -174,6 +177,7 @@ impl Daemon {
         Self {
             child,
             lines,
+            unread: std::collections::VecDeque::new(),
             seen: Vec::new(),
             stderr,
             notify: None,
@@ -214,12 +218,12 @@ impl Daemon {
             }
             let notifications = notify.received.clone();
             while let Ok(line) = self.lines.try_recv() {
-                self.seen.push(line);
+                self.unread.push_back(line);
             }
             let exited = self.child.try_wait().expect("wait for lb");
             let not_ready = NotReady {
                 notifications,
-                stdout: self.seen.clone(),
+                stdout: self.seen.iter().chain(&self.unread).cloned().collect(),
                 stderr: self.stderr(),
             };
             match exited {
@@ -237,6 +241,12 @@ impl Daemon {
 
     /// Waits up to `timeout` for a stdout line containing `needle`.
     pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
+        while let Some(line) = self.unread.pop_front() {
+            self.seen.push(line.clone());
+            if line.contains(needle) {
+                return line;
+            }
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -269,6 +279,7 @@ impl Daemon {
                 .expect("wait for lb")
                 .ok_or("still running")
         });
+        self.seen.extend(self.unread.drain(..));
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
             self.seen.push(line);
         }

@@ -59,8 +59,11 @@ fn write(path: &Path, text: &str) {
     std::fs::write(path, text).expect("write the config file");
 }
 
-/// Sends SIGHUP and waits for the daemon to log the `n`th outcome of a reload.
+/// Sends the `n`th SIGHUP and waits for the daemon to log its outcome; the log.
 fn hangup(daemon: &Daemon, n: usize) -> String {
+    // Outcomes of `lb reload` are logged too: wait for one more than before this SIGHUP,
+    // not for a total that earlier reloads may already have reached.
+    let outcomes_before = log_outcomes(&daemon.stderr());
     daemon.hangup();
     daemon.wait_for_log("SIGHUP received", n, RELOADED);
     lb_tests::eventually(
@@ -68,7 +71,7 @@ fn hangup(daemon: &Daemon, n: usize) -> String {
         &format!("a reload outcome logged after SIGHUP {n}"),
         || {
             let log = daemon.stderr();
-            if log_outcomes(&log) >= n {
+            if log_outcomes(&log) > outcomes_before {
                 Ok(log)
             } else {
                 Err(log)
