@@ -6,7 +6,10 @@
 
 use std::collections::BTreeMap;
 
-use lb_common::consts::{PROGRAM_NAME, TAIL_PROGRAMS};
+use lb_common::{
+    consts::{PROGRAM_NAME, TAIL_PROGRAMS},
+    decap::DECAP_PROGRAM_NAME as DECAP_PROGRAM,
+};
 use lb_tests::{
     budget::{self, Figures, Key},
     require_root,
@@ -16,8 +19,6 @@ use lb_userspace::{
     datapath::{decap::DECAP_OBJECT, decap::Decap, load::OBJECT},
     model::limits::Options,
 };
-
-const DECAP_PROGRAM: &str = "lb_decap";
 
 /// Every program that can be loaded into the kernel: `lb`, the programs it tail-calls,
 /// and the backends' decap program.
