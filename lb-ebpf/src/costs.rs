@@ -106,7 +106,8 @@ pub fn cost_conntrack_insert(ctx: XdpContext) -> u32 {
 pub fn cost_fib_lookup(ctx: XdpContext) -> u32 {
     with_packet(&ctx, |ctx, packet| {
         let mut hop = NextHop::default();
-        forward::fib_lookup(ctx, packet, &packet.flow, &mut hop) == 0
+        let class = forward::traffic_class(ctx, packet, &packet.flow);
+        forward::fib_lookup(ctx, &packet.flow, class, &mut hop) == 0
     })
 }
 

@@ -75,7 +75,7 @@ pub fn route(ctx: &XdpContext, packet: &Packet, out: &FlowKey, slot: HopSlot, no
     let hop = unsafe { &mut *hop };
     if ablated(ABLATE_HOP_CACHE) || !fresh(hop, now, ingress, out.family, &out.dst) {
         // Written straight into the slot: the stack has no room for a copy.
-        match fib_lookup(ctx, packet, out, hop) {
+        match fib_lookup(ctx, out, traffic_class(ctx, packet, out), hop) {
             BPF_FIB_LKUP_RET_SUCCESS => {}
             // The kernel resolves the neighbour (ARP/ND) and forwards this packet itself.
             BPF_FIB_LKUP_RET_NO_NEIGH => return Route::NoNeighbour,
@@ -127,55 +127,71 @@ fn same_addr(a: &Addr, b: &Addr) -> bool {
     words(a) == words(b)
 }
 
+/// The traffic class the FIB is asked with for a packet that leaves as `out`: its own
+/// TOS (IPv4) or traffic class and flow label (IPv6, network order, without the version
+/// nibble) when it leaves in its own family, 0 when a DSR outer header of another family
+/// carries it.
+#[inline(always)]
+pub fn traffic_class(ctx: &XdpContext, packet: &Packet, out: &FlowKey) -> u32 {
+    if packet.flow.family != out.family {
+        return 0;
+    }
+    if packet.is_v4() {
+        // SAFETY: bounds checked; byte-aligned header.
+        ptr_at::<Ipv4Hdr>(ctx, packet.l3_offset).map_or(0, |ip| u32::from(unsafe { (*ip).tos }))
+    } else {
+        ptr_at::<Ipv6Hdr>(ctx, packet.l3_offset).map_or(0, |ip| {
+            // SAFETY: as above.
+            let vcf = unsafe { (*ip).vcf };
+            u32::from_ne_bytes([vcf[0] & 0x0f, vcf[1], vcf[2], vcf[3]])
+        })
+    }
+}
+
 /// Route, neighbour and MTU from the kernel's FIB, written into `hop` (egress interface,
-/// MACs, MTU) on success; returns the FIB's answer code. A BPF subprogram, asked only
-/// while the next-hop cache misses. Its parameter block is this CPU's FIB_PARAMS slot:
-/// the function ends `lb`'s deepest call chain, and the 64 bytes on its stack took the
-/// chain to 464 of the verifier's 512 bytes (tests/verifier-budgets.txt).
+/// MACs, MTU) on success; returns the FIB's answer code. `class` is `traffic_class`'s
+/// answer. Asked only while the next-hop cache misses.
+#[inline(always)]
+pub fn fib_lookup(ctx: &XdpContext, out: &FlowKey, class: u32, hop: &mut NextHop) -> u32 {
+    match FIB_PARAMS.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot (8-aligned, as map values are), valid for the whole run;
+        // only `ask_fib` uses it, and a program runs to completion on its CPU.
+        Some(fib) => ask_fib(ctx, out, class, hop, unsafe { &mut *fib }),
+        None => FIB_NOT_ASKED,
+    }
+}
+
+/// `fib_lookup`'s work, with this CPU's FIB_PARAMS slot as the parameter block. A BPF
+/// subprogram that ends `lb`'s deepest call chain (tests/verifier-budgets.txt): the 64
+/// bytes of parameters on its stack took the chain to 464 of the verifier's 512 bytes,
+/// and with the slot looked up here, the values kept across that helper call spilled
+/// and took the chain 16 bytes deeper. It makes one helper call and needs no stack.
 #[inline(never)]
-pub fn fib_lookup(ctx: &XdpContext, packet: &Packet, out: &FlowKey, hop: &mut NextHop) -> u32 {
-    let Some(fib) = FIB_PARAMS.get_ptr_mut(0) else {
-        return FIB_NOT_ASKED;
-    };
-    // SAFETY: this CPU's slot (8-aligned, as map values are), valid for the whole run;
-    // only this function uses it, and a program runs to completion on its CPU. All-zero
-    // is a valid input (plain integers and unions), written in place, not on the stack.
-    let fib: &mut FibParams = unsafe {
-        copy::zero_words(fib);
-        &mut *fib
-    };
+fn ask_fib(
+    ctx: &XdpContext,
+    out: &FlowKey,
+    class: u32,
+    hop: &mut NextHop,
+    fib: &mut FibParams,
+) -> u32 {
+    // SAFETY: all-zero is a valid input (plain integers and unions), written in place.
+    unsafe { copy::zero_words(fib) };
     fib.l4_protocol = out.proto;
     fib.sport = out.src_port.to_be();
     fib.dport = out.dst_port.to_be();
     fib.ifindex = ctx.ingress_ifindex() as u32;
     // tot_len stays 0: the route's MTU comes back in mtu_result, compared by the caller
-    // (a too-big packet is answered, not failed). The packet's own TOS / flow info is
-    // used when it leaves in its own family (a DSR outer header of another family gets 0).
+    // (a too-big packet is answered, not failed).
     if out.family == FAMILY_V4 {
         fib.family = AF_INET;
-        if packet.is_v4() {
-            let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, packet.l3_offset) else {
-                return FIB_NOT_ASKED;
-            };
-            // SAFETY: bounds checked; byte-aligned header.
-            fib.__bindgen_anon_2.tos = unsafe { (*ip).tos };
-        }
+        fib.__bindgen_anon_2.tos = class as u8;
         fib.__bindgen_anon_3.ipv4_src =
             u32::from_ne_bytes([out.src[0], out.src[1], out.src[2], out.src[3]]);
         fib.__bindgen_anon_4.ipv4_dst =
             u32::from_ne_bytes([out.dst[0], out.dst[1], out.dst[2], out.dst[3]]);
     } else {
         fib.family = AF_INET6;
-        if !packet.is_v4() {
-            let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, packet.l3_offset) else {
-                return FIB_NOT_ASKED;
-            };
-            // SAFETY: as above.
-            let vcf = unsafe { (*ip).vcf };
-            // Traffic class and flow label, network order, without the version nibble.
-            fib.__bindgen_anon_2.flowinfo =
-                u32::from_ne_bytes([vcf[0] & 0x0f, vcf[1], vcf[2], vcf[3]]);
-        }
+        fib.__bindgen_anon_2.flowinfo = class;
         fib.__bindgen_anon_3.ipv6_src = words(&out.src);
         fib.__bindgen_anon_4.ipv6_dst = words(&out.dst);
     }
