@@ -181,6 +181,9 @@ impl FibLab {
             client_side_mac: self.lb.mac(&self.to_client),
         };
         self.lb.enter(|| {
+            // The caches are per CPU: a thread moved between runs would find them empty
+            // (seen on a loaded machine, as a flow-cache test's missing hit).
+            Datapath::stay_on_one_cpu();
             let mut datapath = Datapath::load_with_options(limits, options);
             configure(&mut datapath, &ids);
             test(&mut datapath, &ids)

@@ -85,13 +85,18 @@ impl Datapath {
         self.ifindex = ifindex;
     }
 
-    /// Keeps the calling thread on one CPU, so per-CPU maps (the next-hop cache) answer
-    /// the same way from one run to the next.
+    /// Keeps the calling thread on the CPU it runs on now, so per-CPU maps (the next-hop
+    /// and flow caches) answer the same way from one run to the next. The current CPU,
+    /// not a fixed one: two eBPF tests run at once, each on its own core.
     pub fn stay_on_one_cpu() {
+        // SAFETY: no arguments; returns the CPU of the calling thread or -1.
+        let cpu = unsafe { libc::sched_getcpu() };
+        let cpu = usize::try_from(cpu)
+            .unwrap_or_else(|_| panic!("sched_getcpu: {}", std::io::Error::last_os_error()));
         // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
         let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        // SAFETY: CPU 0 is inside the set.
-        unsafe { libc::CPU_SET(0, &mut set) };
+        // SAFETY: a CPU the kernel just ran this thread on is inside the set's range.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
         // SAFETY: pid 0 is this thread; `set` is a valid cpu_set_t of the size given.
         let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
         assert_eq!(

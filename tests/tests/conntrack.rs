@@ -607,10 +607,9 @@ fn a_route_through_an_interface_lb_is_not_attached_to_is_warned_once() {
     let vip_arg = vip.to_string();
     instance.ok(&["vip", "add", &vip_arg]);
     instance.ok(&["backend", "add", &vip_arg, &endpoint(&lab, 1, HTTP_PORT)]);
-    // Passed to the kernel (rewritten), these leave through a link lb does not see.
-    let _ = lab
-        .client
-        .enter(|| (0..3).map(|_| http_get(vip)).collect::<Vec<_>>());
+    // Passed to the kernel (rewritten), these SYNs leave through a link lb does not see;
+    // whether a connection completes does not matter, so no attempt waits long.
+    knock(&lab, vip, 3);
     let needle = format!("leaves through {unattached}, which lb is not attached to");
     let warned = eventually(
         Duration::from_secs(5),
@@ -630,9 +629,48 @@ fn a_route_through_an_interface_lb_is_not_attached_to_is_warned_once() {
     );
     let passed = counter(&stats(&instance), "pass_egress_not_attached");
     assert!(passed > 0, "the datapath counted what it passed");
-    // More traffic, two more polls: still one warning.
-    let _ = lab.client.enter(|| http_get(vip));
-    std::thread::sleep(Duration::from_millis(4500));
+    // More traffic, counted (so recorded for the daemon's poll), then a poll after it:
+    // still one warning.
+    knock(&lab, vip, 1);
+    eventually(Duration::from_secs(5), "the second knock counted", || {
+        let now = counter(&stats(&instance), "pass_egress_not_attached");
+        if now > passed { Ok(()) } else { Err(now) }
+    });
+    after_a_pin_check(&instance);
     assert_eq!(daemon.stderr().matches(&needle).count(), 1, "warned once");
     instance.down();
+}
+
+/// Opens `n` connections to `vip` from the client, each given 300 ms: the SYN is what
+/// the datapath sees.
+fn knock(lab: &Lab, vip: SocketAddr, n: usize) {
+    lab.client.enter(|| {
+        for _ in 0..n {
+            // Refused or timed out is as good as answered here.
+            drop(std::net::TcpStream::connect_timeout(
+                &vip,
+                Duration::from_millis(300),
+            ));
+        }
+    });
+}
+
+/// Returns once the daemon has run a pin check (which polls the unattached-egress map
+/// first, in the same tick) that began after this call: a pin removed now is put back
+/// only by such a check.
+fn after_a_pin_check(instance: &Instance) {
+    let pin = std::fs::read_dir(&instance.pin_dir)
+        .expect("the pin directory")
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.is_file())
+        .expect("a pin");
+    std::fs::remove_file(&pin).expect("removing a pin");
+    eventually(Duration::from_secs(5), "the removed pin put back", || {
+        if pin.exists() {
+            Ok(())
+        } else {
+            Err(pin.display().to_string())
+        }
+    });
 }

@@ -29,10 +29,10 @@ const KATRAN_TOOLS: &[(&str, &str)] = &[
     ("/usr/include/bpf/libbpf.h", "libbpf-dev"),
 ];
 
-/// The lb-tests harnesses that need root: the eBPF objects under test-run and the
-/// namespace labs. One nextest run schedules both, so CPU-bound eBPF tests fill the time
-/// lab tests spend waiting on the network.
-const PRIVILEGED_HARNESSES: &[&str] = &["ebpf", "lab"];
+/// The lb-tests harnesses that need root: the eBPF objects under test-run, the namespace
+/// labs, and the install tree and package. One nextest run schedules them all, so
+/// CPU-bound eBPF tests fill the time lab tests spend waiting on the network.
+const PRIVILEGED_HARNESSES: &[&str] = &["ebpf", "lab", "install"];
 
 pub(crate) fn run() -> anyhow::Result<()> {
     lint_as_you_build()?;
@@ -84,7 +84,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
         setup::ensure_tools(KATRAN_TOOLS)
     })?;
     steps.run(
-        "eBPF and lab tests (root: golden packets under BPF_PROG_TEST_RUN, fuzzed packets, Katran's IPv6 paths, verifier budgets; the real binary in network namespaces, a BGP/ECMP cluster, a 20 s soak)",
+        "eBPF, lab, install and package tests (root: golden packets under BPF_PROG_TEST_RUN, fuzzed packets, Katran's IPv6 paths, verifier budgets; the real binary in network namespaces, a BGP/ECMP cluster, a 20 s soak; cargo xtask install --debug into a temporary prefix, systemd-analyze verify, cargo xtask package --debug)",
         || {
             let mut nextest = nextest()?;
             nextest.args(["-p", "lb-tests"]);
@@ -93,10 +93,6 @@ pub(crate) fn run() -> anyhow::Result<()> {
             }
             cmd::run(nextest.env(cmd::REQUIRE_ROOT_ENV, "1").env("LB_BIN", &lb))
         },
-    )?;
-    steps.run(
-        "install and package (cargo xtask install --debug into a temporary prefix, systemd-analyze verify, cargo xtask package --debug)",
-        || cmd::run(nextest()?.args(["-p", "lb-tests", "--test", "install"])),
     )?;
     steps.run("demo lab (cargo xtask run --once)", || {
         cmd::run(cmd::cargo()?.args(["xtask", "run", "--once"]))

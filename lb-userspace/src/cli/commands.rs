@@ -25,6 +25,7 @@ use crate::{
     datapath::announce,
     datapath::attach::Interface,
     datapath::pins::{DEFAULT_PIN_DIR, PinDir},
+    datapath::release,
     model::health::unix_seconds,
     store::state_file,
 };
@@ -312,15 +313,17 @@ pub(crate) fn down(socket: &Path, args: DownArgs) -> anyhow::Result<()> {
             // protocol through the interfaces this datapath is attached to goes, before
             // the datapath does (run it in the datapath's network namespace).
             let detached = pins.pinned_links()?;
-            let ifindexes: Vec<u32> = detached
+            let ifaces: Vec<Interface> = detached
                 .iter()
                 .filter_map(|name| Interface::resolve(name).ok())
-                .map(|iface| iface.index)
                 .collect();
+            let ifindexes: Vec<u32> = ifaces.iter().map(|iface| iface.index).collect();
             let withdrawn =
                 announce::withdraw_through(&ifindexes).context("withdrawing the VIPs")?;
+            let running = release::running_on(&ifaces);
             pins.remove()
                 .with_context(|| format!("removing {}", dir.display()))?;
+            release::wait_released(&running)?;
             DownReport {
                 detached,
                 pin_dir: dir,

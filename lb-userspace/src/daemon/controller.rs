@@ -19,12 +19,13 @@ use crate::{
     daemon::flows::Filter,
     daemon::next_hops::NextHops,
     daemon::published::{DaemonFacts, Published},
-    datapath::attach::PinnedAttachment,
+    datapath::attach::{Interface, PinnedAttachment},
     datapath::conntrack::{Census, ConntrackBook, ConntrackTable},
     datapath::flow_cache::FlowCache,
     datapath::forwarding::{self, Family, ForwardingError},
     datapath::neighbours,
     datapath::pins::PinDir,
+    datapath::release,
     model::announce::{NodeState, VipLoad},
     model::check::CheckConfig,
     model::error_chain::error_chain,
@@ -618,17 +619,21 @@ impl Controller {
         };
         // Unpinned first while our handles still hold everything, so a failure midway leaves
         // a datapath the pin check can put back; then our handles go, which detaches.
-        pins.clear().map_err(datapath_error)?;
-        pins.release();
-        let detached = self
+        let ifaces: Vec<Interface> = self
             .datapath
             .attachments
-            .drain(..)
-            .map(|a| a.iface.name.clone())
+            .iter()
+            .map(|a| a.iface.clone())
             .collect();
+        let running = release::running_on(&ifaces);
+        pins.clear().map_err(datapath_error)?;
+        pins.release();
+        self.datapath.attachments.clear();
+        let detached = ifaces.into_iter().map(|iface| iface.name).collect();
         if let Some(pins) = self.datapath.pins.take() {
             pins.remove().map_err(datapath_error)?;
         }
+        release::wait_released(&running).map_err(datapath_error)?;
         info!(dir = %pin_dir.display(), "detached and removed the pins");
         Ok(DownReport {
             detached,

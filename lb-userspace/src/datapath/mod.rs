@@ -23,5 +23,6 @@ pub mod netlink;
 pub mod netns;
 pub mod pins;
 pub mod privileges;
+pub mod release;
 pub mod stats;
 pub mod sysctl;
