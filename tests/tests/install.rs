@@ -130,7 +130,7 @@ fn the_unit_runs_the_installed_binary_with_the_installed_files() {
     let (bin, etc) = (prefix.join("bin"), prefix.join("etc"));
     let lines: Vec<&str> = unit.lines().collect();
     let exec_start = format!(
-        "ExecStart={}/lb run --config {}/lb/lb.toml --state /var/lib/lb/state.toml $LB_OPTS --iface $LB_IFACES",
+        "ExecStart={}/lb run --config {}/lb/lb.toml --state /var/lib/lb/state.toml $LB_OPTS",
         bin.display(),
         etc.display()
     );

@@ -192,7 +192,20 @@ fn sighup_and_lb_reload_apply_the_file_and_keep_flows() {
     let unchanged = instance.ok(&["reload"]);
     assert!(unchanged.contains("no changes"), "{unchanged}");
     let drained = endpoint(&lab, 2).to_string();
-    instance.ok(&["backend", "drain", &vip.to_string(), &drained]);
+    let drain = instance.cli(&["backend", "drain", &vip.to_string(), &drained]);
+    assert!(drain.status.success(), "{drain:?}");
+    // Whoever changes a daemon run with --config is told that the file wins.
+    let note = String::from_utf8_lossy(&drain.stderr);
+    assert!(
+        note.contains(&format!("declares its state in {path_arg}"))
+            && note.contains("replaces this change"),
+        "{note}"
+    );
+    daemon.wait_for_log(
+        "changed through the API while --config declares the state",
+        1,
+        RELOADED,
+    );
     let report: serde_json::Value =
         serde_json::from_str(&instance.ok(&["reload", "--json"])).expect("reload --json");
     assert_eq!(report["config"].as_str(), Some(path_arg));
@@ -279,8 +292,12 @@ fn a_daemon_without_config_refuses_reload() {
     let daemon = instance.start(&lab, &[]);
     let refused = instance.fails(&["reload"]);
     assert!(refused.contains("without --config"), "{refused}");
-    daemon.hangup();
+    // Refused through the API, the daemon's log says so too, and who asked.
     let log = daemon.wait_for_log("reload refused", 1, RELOADED);
+    assert!(log.contains("asked_by=\"lb reload\""), "{log}");
+    daemon.hangup();
+    let log = daemon.wait_for_log("reload refused", 2, RELOADED);
+    assert!(log.contains("asked_by=\"SIGHUP\""), "{log}");
     assert!(log.contains("without --config"), "{log}");
     assert_eq!(instance.ok(&["vip", "list", "--json"]).trim(), "[]");
     instance.down();

@@ -152,6 +152,42 @@ fn unknown_interface_is_named() {
     assert!(!lab.lb.has_xdp(), "nothing was attached, not even to lo");
 }
 
+#[test]
+fn no_interface_names_the_file_that_gives_them() {
+    lb_tests::require_root!();
+    let lab = Lab::new();
+    // As the packaged unit starts it: no --iface, LB_IFACES from /etc/default/lb.
+    let without_iface = |ifaces: &str| {
+        let mut command = lab.lb.command(lb_binary());
+        command
+            .arg("--api")
+            .arg(&lab.instance.api)
+            .arg("run")
+            .arg("--pin-dir")
+            .arg(&lab.instance.pin_dir)
+            .arg("--state")
+            .arg(&lab.instance.state)
+            .env("LB_IFACES", ifaces);
+        run_to_failure(command)
+    };
+    for empty in ["", "  "] {
+        let stderr = without_iface(empty);
+        assert!(
+            stderr.contains("no interface to attach to")
+                && stderr.contains("/etc/default/lb")
+                && stderr.contains("--iface <IF>"),
+            "LB_IFACES={empty:?}: {stderr}"
+        );
+    }
+    // Names separated by spaces, each one read.
+    let stderr = without_iface("lo no-such-if0");
+    assert!(
+        stderr.contains("unknown interface `no-such-if0`"),
+        "{stderr}"
+    );
+    assert!(!lab.lb.has_xdp(), "nothing was attached");
+}
+
 /// A copy of `lb` that any user may run, removed on drop: the checkout may sit in a
 /// folder only root can enter (a 0700 home, say), where nobody could run the built binary.
 struct WorldExecutable {

@@ -23,6 +23,13 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Error)]
 pub enum ClientError {
+    /// Nothing listens on the socket: the CLI adds how to start the daemon.
+    #[error("no lb daemon is listening on {}", .socket.display())]
+    NoDaemon {
+        socket: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("{hint}")]
     Connect {
         hint: String,
@@ -82,11 +89,12 @@ pub fn is_listening(socket: &Path) -> bool {
 fn connect(socket: &Path) -> Result<UnixStream, ClientError> {
     UnixStream::connect(socket).map_err(|source| {
         let hint = match source.kind() {
-            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => format!(
-                "no lb daemon is listening on {}: start one with `lb run --iface <IF>` \
-                 (or point --api / ${SOCKET_ENV} at its socket)",
-                socket.display()
-            ),
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                return ClientError::NoDaemon {
+                    socket: socket.to_owned(),
+                    source,
+                };
+            }
             io::ErrorKind::PermissionDenied => format!(
                 "permission denied on {}: the API socket is root-only, run as root",
                 socket.display()

@@ -113,10 +113,22 @@ fn parse_endpoint(text: &str) -> Result<SocketAddr, String> {
     })
 }
 
+/// The interfaces of `lb run` when `--iface` is not given.
+pub(crate) const IFACES_ENV: &str = "LB_IFACES";
+
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// Interfaces to attach to (repeat the flag or list several names).
-    #[arg(long = "iface", value_name = "IF", required = true, num_args = 1.., action = clap::ArgAction::Append)]
+    /// Interfaces to attach to (repeat the flag or list several names). Without the flag,
+    /// `$LB_IFACES`, names separated by spaces (the packaged service sets it in
+    /// /etc/default/lb).
+    #[arg(
+        long = "iface",
+        value_name = "IF",
+        env = IFACES_ENV,
+        value_delimiter = ' ',
+        num_args = 1..,
+        action = clap::ArgAction::Append
+    )]
     pub(crate) ifaces: Vec<String>,
 
     /// XDP attach mode: native (driver), skb (generic), or auto (native, else skb with a warning).
@@ -310,7 +322,8 @@ impl From<RunArgs> for RunConfig {
             options.timeouts_ns[*timeout as usize] = secs * 1_000_000_000;
         }
         RunConfig {
-            ifaces: args.ifaces,
+            // `--iface ""` and the spaces of `LB_IFACES="eth0  eth1"` name nothing.
+            ifaces: args.ifaces.into_iter().filter(|i| !i.is_empty()).collect(),
             xdp_mode: args.xdp_mode.into(),
             config: args.config,
             state: args.state,
@@ -417,7 +430,7 @@ pub(crate) enum VipCommand {
         /// How packets reach the backends: nat (replies cross the lb), dsr-ipip (encapsulated;
         /// backends run `lb decap attach`) or dsr-l2 (backends on the lb's link). See the
         /// README's "Forwarding modes".
-        #[arg(long, default_value = "nat")]
+        #[arg(long, default_value = "nat", value_parser = parse_mode)]
         mode: Mode,
         /// What the tracked flows of a backend its health check marks down do: keep-tcp
         /// (TCP flows stay on it, UDP flows and new flows move) or move (every flow moves;
@@ -435,7 +448,7 @@ pub(crate) enum VipCommand {
     SetMode {
         #[command(flatten)]
         service: ServiceArgs,
-        #[arg(long)]
+        #[arg(long, value_parser = parse_mode)]
         mode: Mode,
     },
     /// Set or replace a VIP's health check (`--no-check` removes it).
@@ -450,6 +463,7 @@ pub(crate) enum VipCommand {
         no_check: bool,
     },
     /// Remove a VIP and its backends; its traffic goes to the kernel again.
+    #[command(visible_alias = "remove", alias = "rm")]
     Del(ServiceArgs),
     /// List VIPs with their backend counts and counters.
     List(OutputArgs),
@@ -487,6 +501,7 @@ pub(crate) enum BackendCommand {
     /// Stop sending new flows to a backend; its established flows continue.
     Drain(BackendArgs),
     /// Remove a backend; flows of the other backends stay where they are.
+    #[command(visible_alias = "remove", alias = "rm")]
     Del(BackendArgs),
     /// List backends with weight, state and counters.
     List {
@@ -675,6 +690,11 @@ impl ValueEnum for OnDown {
     }
 }
 
+/// `--mode`, with both DSR modes named for a bare `dsr` (clap's own suggestion picks one).
+fn parse_mode(text: &str) -> Result<Mode, String> {
+    text.parse()
+}
+
 impl ValueEnum for Mode {
     fn value_variants<'a>() -> &'a [Self] {
         &Mode::ALL
@@ -805,8 +825,30 @@ mod tests {
 
     #[test]
     fn bad_arguments_are_refused_with_a_reason() {
-        let missing = Cli::try_parse_from(["lb", "run"]).expect_err("--iface is required");
-        assert_eq!(missing.kind(), ErrorKind::MissingRequiredArgument);
+        // No --iface parses (LB_IFACES may give them); `lb run` refuses an empty list
+        // itself, naming /etc/default/lb (the lab test `run::no_interface_names_...`).
+        let empty =
+            Cli::try_parse_from(["lb", "run", "--iface", "", "--iface", "a  b"]).expect("parses");
+        let Command::Run(run) = empty.command else {
+            panic!("not run");
+        };
+        assert_eq!(
+            RunConfig::from(run).ifaces,
+            ["a", "b"],
+            "empty names dropped"
+        );
+        let dsr = Cli::try_parse_from(["lb", "vip", "add", "198.18.0.10:80", "--mode", "dsr"])
+            .expect_err("dsr is two modes")
+            .to_string();
+        assert!(
+            dsr.contains("dsr-ipip") && dsr.contains("dsr-l2") && !dsr.contains("similar value"),
+            "{dsr}"
+        );
+        for remove in ["del", "remove", "rm"] {
+            let parsed =
+                Cli::try_parse_from(["lb", "backend", remove, "198.18.0.10:80", "198.18.1.1:80"]);
+            assert!(parsed.is_ok(), "lb backend {remove}: {parsed:?}");
+        }
         let mode = Cli::try_parse_from(["lb", "run", "--iface", "a", "--xdp-mode", "fast"])
             .expect_err("unknown mode");
         assert_eq!(mode.kind(), ErrorKind::InvalidValue);

@@ -40,8 +40,15 @@ fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
 }
 
 fn done(socket: &Path, request: &Request, what: String) -> anyhow::Result<()> {
-    client::call(socket, request)?;
-    output::line(what)
+    let answer = client::call(socket, request)?;
+    output::line(what)?;
+    if let Some(config) = answer.get("config").and_then(|c| c.as_str()) {
+        output::note(&format!(
+            "the daemon declares its state in {config}: the next `lb reload` or restart \
+             replaces this change; edit the file to keep it"
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn vip(socket: &Path, command: VipCommand) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@ pub mod decap;
 pub mod explain;
 pub mod logging;
 pub mod manpages;
+mod no_daemon;
 pub mod output;
 pub mod render;
 pub mod version;
@@ -46,7 +47,7 @@ pub fn main() -> ExitCode {
 /// `lb decap` blocking netlink, bpf and sysctl calls.
 fn run(cli: Cli) -> anyhow::Result<()> {
     let socket = client::socket_path(cli.api.as_deref());
-    match cli.command {
+    let result = match cli.command {
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
@@ -64,5 +65,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Manpages(args) => manpages::run(&args, command()),
         Command::CheckConfig(args) => commands::check_config(args),
         Command::Explain(args) => explain::run(&socket, args),
-    }
+    };
+    result.map_err(|error| no_daemon::with_remedy(error, &socket))
 }

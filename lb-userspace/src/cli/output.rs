@@ -30,6 +30,12 @@ pub(crate) fn line(text: impl Display) -> anyhow::Result<()> {
     with_stdout(|out| writeln!(out, "{text}"))
 }
 
+/// A note for the person at the terminal, on stderr (stdout stays the command's answer,
+/// for scripts). Best effort: a closed stderr loses only the note.
+pub(crate) fn note(text: &str) {
+    writeln!(io::stderr(), "note: {text}").unwrap_or_default();
+}
+
 /// Whether an error only says that stdout's reader went away.
 pub(crate) fn is_stdout_closed(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| cause.is::<StdoutClosed>())

@@ -83,7 +83,7 @@ pub(crate) fn node(n: &NodeReport) -> String {
     }
     for v in &n.vips {
         text.push_str(&format!(
-            "\n  {}/{}: {} ({})",
+            "\n  {}/{}: {}, {}",
             v.vip,
             v.proto,
             if v.announced {
@@ -207,6 +207,19 @@ fn new_flow_limit(limit: u32) -> String {
     }
 }
 
+/// "1 VIP with 1 backend", "2 VIPs with 5 backends", "no VIPs".
+fn vips_and_backends(vips: usize, backends: usize) -> String {
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    if vips == 0 {
+        return "no VIPs".to_owned();
+    }
+    format!(
+        "{vips} VIP{} with {backends} backend{}",
+        plural(vips),
+        plural(backends)
+    )
+}
+
 pub(crate) fn status(s: &StatusReport) -> String {
     let interfaces: Vec<String> = s
         .interfaces
@@ -216,7 +229,7 @@ pub(crate) fn status(s: &StatusReport) -> String {
     format!(
         "lb {} (datapath {}) running (pid {}, up {} s{})\n\
          interfaces:  {}\n\
-         VIPs:        {} with {} backends\n\
+         VIPs:        {}\n\
          pins:        {}\n\
          state file:  {}\n\
          API socket:  {}\n\
@@ -240,8 +253,7 @@ pub(crate) fn status(s: &StatusReport) -> String {
             ""
         },
         interfaces.join(", "),
-        s.vips,
-        s.backends,
+        vips_and_backends(s.vips, s.backends),
         s.pin_dir.display(),
         s.state_file.display(),
         s.api.display(),

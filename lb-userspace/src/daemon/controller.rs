@@ -19,6 +19,7 @@ use crate::{
     daemon::flows::Filter,
     daemon::next_hops::NextHops,
     daemon::published::{DaemonFacts, Published},
+    daemon::reload,
     datapath::attach::{Interface, PinnedAttachment},
     datapath::conntrack::{Census, ConntrackBook, ConntrackTable},
     datapath::flow_cache::FlowCache,
@@ -32,7 +33,7 @@ use crate::{
     model::health::{Health, HealthBook, HealthKey},
     model::mode::Mode,
     model::reload::Declared,
-    model::state::{Change, Proto, Service, State},
+    model::state::{Change, Changes, Proto, Service, State},
     store::state_file,
 };
 
@@ -229,7 +230,7 @@ impl Controller {
                 .change(vec![Change::DrainNode(false)])
                 .and_then(|_| json(self.node_report())),
             Request::Down {} => self.down().and_then(json),
-            Request::Reload {} => self.reload().and_then(json),
+            Request::Reload {} => reload::reload_logged(self, "lb reload").and_then(json),
             // The server sends these to the readers (`daemon::reader`).
             Request::VipList {}
             | Request::BackendList { .. }
@@ -254,9 +255,16 @@ impl Controller {
         self.check_dsr_paths(&changes)?;
         self.datapath.map_sync.apply_all(&changes)?;
         self.save_or_roll_back(&before)?;
-        info!(?changes, "applied");
+        info!(changes = %Changes(&changes), "applied");
+        if let Some(config) = &self.declared.config {
+            warn!(
+                config = %config.display(),
+                "changed through the API while --config declares the state: the next reload or restart puts the file's VIPs and backends back; edit the file to keep the change"
+            );
+        }
         self.after_change();
-        Ok(serde_json::Value::Null)
+        // The CLI says the same to whoever made the change.
+        Ok(serde_json::json!({ "config": self.declared.config }))
     }
 
     /// Saves the state the maps now hold; if that fails, puts `before` back in the maps.
@@ -448,7 +456,8 @@ impl Controller {
         let (rise, fall) = (check.rise, check.fall);
         match self.health.book.record(&key, &result, rise, fall) {
             Some(Health::Down) => {
-                warn!(vip = %key.0, backend = %key.1, error = ?result.err(), "backend down: no new flows");
+                let reason = result.err().map_or_else(String::new, |e| e.to_string());
+                warn!(vip = %key.0, backend = %key.1, %reason, "backend down: no new flows");
             }
             Some(health) => info!(vip = %key.0, backend = %key.1, %health, "backend back up"),
             None => return,
@@ -579,10 +588,11 @@ impl Controller {
         self.conntrack.book.record_flush(deleted, proven.deleted);
         // A cached flow would go on without its entry for up to a second.
         self.conntrack.flow_cache.clear().map_err(datapath_error)?;
+        let any = || "any".to_owned();
         info!(
-            ?vip,
-            ?proto,
-            ?backend,
+            vip = vip.map_or_else(any, |v| v.to_string()),
+            proto = proto.map_or_else(any, |p| p.to_string()),
+            backend = backend.map_or_else(any, |b| b.to_string()),
             flushed = deleted,
             "flushed tracked flows"
         );

@@ -102,7 +102,22 @@ pub(crate) fn on_hangup(controller: &mut Controller) {
     // Logged here, on the controller's thread, right before the outcome: the two lines
     // stay together in the log.
     info!("SIGHUP received, reloading --config");
-    if let Err(error) = controller.reload() {
-        warn!(code = %error.code.as_str(), "reload refused: {}", error.message);
-    }
+    // The refusal is logged by `reload_logged`.
+    drop(reload_logged(controller, "SIGHUP"));
+}
+
+/// A reload asked by `how` (`SIGHUP`, `lb reload`), its refusal logged: the journal holds
+/// every reload's outcome, whoever asked.
+pub(crate) fn reload_logged(
+    controller: &mut Controller,
+    how: &str,
+) -> Result<ReloadReport, ApiError> {
+    controller.reload().inspect_err(|error| {
+        warn!(
+            code = %error.code.as_str(),
+            asked_by = how,
+            "reload refused: {}",
+            error.message
+        );
+    })
 }

@@ -10,7 +10,7 @@ use std::{
     time::Instant,
 };
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use arc_swap::ArcSwap;
 use aya::{Ebpf, programs::ProgramError};
 use lb_common::{consts::MAP_META, encap::EncapSource};
@@ -123,6 +123,13 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
     // Handlers first: a signal that arrives while starting must not kill the daemon midway.
     let signals = Signals::install()?;
     // Everything that can be checked without touching the kernel is checked first.
+    if args.ifaces.is_empty() {
+        bail!(
+            "no interface to attach to: give --iface <IF>, or set LB_IFACES (the packaged \
+             service reads it from /etc/default/lb: LB_IFACES=\"eth0\", then \
+             `systemctl restart lb`)"
+        );
+    }
     let ifaces = args
         .ifaces
         .iter()
@@ -319,7 +326,10 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
         sweep_forever(sweeper, commands.clone(), args.sweep_interval),
     );
     if let Some(listener) = metrics_listener {
-        info!(addr = ?args.metrics, "serving Prometheus metrics at /metrics");
+        let addr = listener
+            .local_addr()
+            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        info!(%addr, "serving Prometheus metrics at /metrics");
         tasks.spawn(
             "metrics server",
             metrics_http::serve(listener, Arc::clone(&reader), tasks.fatal()),
@@ -502,15 +512,38 @@ fn with_encap_sources(options: &Options, ifaces: &[Interface]) -> Options {
     let mut options = *options;
     options.encap_v4 = own(true, options.encap_v4);
     options.encap_v6 = own(false, options.encap_v6);
-    for (given, family) in [(options.encap_v4, "IPv4"), (options.encap_v6, "IPv6")] {
-        if given.is_none() {
+    options
+}
+
+/// Warns when a dsr-ipip VIP has backends of a family that no outer source was found for:
+/// their packets are dropped (`drop_dsr_unsupported`). Said at debug level when no such
+/// backend exists, so a NAT-only node does not warn at every start.
+fn warn_unreachable_dsr(options: &Options, state: &State) {
+    for (given, v4, family, flag) in [
+        (options.encap_v4, true, "IPv4", "--encap-source-v4"),
+        (options.encap_v6, false, "IPv6", "--encap-source-v6"),
+    ] {
+        if given.is_some() {
+            continue;
+        }
+        let vips: Vec<String> = state
+            .vips
+            .iter()
+            .filter(|(_, vip)| vip.mode == mode::Mode::DsrIpip)
+            .filter(|(_, vip)| vip.backends.keys().any(|b| b.is_ipv4() == v4))
+            .map(|(service, _)| service.to_string())
+            .collect();
+        if vips.is_empty() {
+            debug!(
+                "no {family} address on the attached interfaces and no {flag}: dsr-ipip cannot reach {family} backends"
+            );
+        } else {
             warn!(
-                "no {family} address on the attached interfaces and no --encap-source-{}: dsr-ipip cannot reach {family} backends (drop_dsr_unsupported)",
-                family.to_lowercase().replace("ip", "")
+                vips = vips.join(", "),
+                "no {family} address on the attached interfaces and no {flag}: these dsr-ipip VIPs cannot reach their {family} backends, whose packets are dropped (drop_dsr_unsupported); give {flag} <ADDR>"
             );
         }
     }
-    options
 }
 
 /// Loads the program over the pinned (or new) maps, syncs the state, attaches.
@@ -533,7 +566,7 @@ fn start(
         load::install_tail_calls(&mut ebpf).context("loading the tail-called programs")?;
     if !without_slot.is_empty() {
         warn!(
-            programs = ?without_slot,
+            programs = without_slot.join(", "),
             "the pinned JUMPS map (an earlier release's) has no slot for these programs: later IP fragments to VIPs are dropped (drop_fragment, drop_backend_fragment) until `lb down` and a new start"
         );
     }
@@ -556,7 +589,8 @@ fn start(
     let mut desired = match (declared, saved) {
         (Some(mut declared), saved) => {
             if let Some(saved) = saved {
-                info!(config = ?args.config, "--config replaces the saved state");
+                let config = args.config.as_deref().unwrap_or(Path::new("-"));
+                info!(config = %config.display(), "--config replaces the saved state");
                 // A drained node stays drained across restarts, whatever the file says.
                 declared.node.drained |= saved.node.drained;
             }
@@ -566,6 +600,7 @@ fn start(
         (None, None) => map_sync.state().clone(),
     };
     desired.node.drained |= args.start_drained;
+    warn_unreachable_dsr(&options, &desired);
     map_sync
         .sync(&desired)
         .context("applying the VIPs and backends")?;

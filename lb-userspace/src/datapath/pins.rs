@@ -148,6 +148,22 @@ pub(crate) fn ensure_bpffs(dir: &Path) -> Result<(), PinError> {
     }
 }
 
+/// The interfaces whose XDP links are pinned in `dir`, sorted; read without opening,
+/// locking or creating anything.
+pub(crate) fn pinned_links_in(dir: &Path) -> Result<Vec<String>, PinError> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
+        let entry = entry.map_err(io_error(dir))?;
+        if let Some(name) = entry.file_name().to_str()
+            && let Some(ifname) = name.strip_prefix(LINK_PREFIX)
+        {
+            names.push(ifname.to_owned());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
 impl PinDir {
     /// Creates (if needed) and locks `path`, mounting bpffs first if it is missing.
     pub(crate) fn open(path: &Path) -> Result<Self, PinError> {
@@ -269,17 +285,7 @@ impl PinDir {
 
     /// Interface names with a pinned XDP link.
     pub(crate) fn pinned_links(&self) -> Result<Vec<String>, PinError> {
-        let mut names = Vec::new();
-        for entry in std::fs::read_dir(&self.path).map_err(io_error(&self.path))? {
-            let entry = entry.map_err(io_error(&self.path))?;
-            if let Some(name) = entry.file_name().to_str()
-                && let Some(ifname) = name.strip_prefix(LINK_PREFIX)
-            {
-                names.push(ifname.to_owned());
-            }
-        }
-        names.sort();
-        Ok(names)
+        pinned_links_in(&self.path)
     }
 
     /// The limits of a complete pinned datapath, checked against this controller's layout

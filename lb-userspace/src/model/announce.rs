@@ -34,7 +34,7 @@ impl fmt::Display for Reason {
         f.write_str(match self {
             Reason::Serving => "backends take new flows",
             Reason::FailOpen => "every backend fails its check; kept (fail open)",
-            Reason::Off => "announcing is off (no --announce-table)",
+            Reason::Off => "announcing is off: no --announce-table",
             Reason::NodeDrained => "node drained; `lb node resume` announces again",
             Reason::NoBackend => "no backend takes new flows",
             Reason::ShuttingDown => "shutting down (`lb down`)",

@@ -167,6 +167,38 @@ fn line_of(text: &str, span: Option<Range<usize>>) -> usize {
     text[..offset].matches('\n').count() + 1
 }
 
+/// A TOML or field error on one line: the parser's message (its later lines, such as
+/// "expected `.`, `]]`", in parentheses), the value it is about, quoted from the file, and
+/// for an address the form expected.
+fn toml_reason(text: &str, error: &toml::de::Error) -> String {
+    let mut lines = error
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty());
+    let first = lines.next().unwrap_or("invalid TOML");
+    let rest: Vec<&str> = lines.collect();
+    let mut reason = first.to_owned();
+    // A value, not a whole table or the rest of the file.
+    if let Some(value) = error
+        .span()
+        .and_then(|span| text.get(span))
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= 80 && !v.contains('\n'))
+    {
+        reason.push_str(&format!(": {value}"));
+    }
+    if !rest.is_empty() {
+        reason.push_str(&format!(" ({})", rest.join("; ")));
+    }
+    if first == "invalid socket address syntax" {
+        reason.push_str(
+            " (an address and a port from 1 to 65535: \"198.18.1.1:80\", \"[fd00::1]:80\")",
+        );
+    }
+    reason
+}
+
 /// Parses and validates file contents; `path` only names the file in errors.
 pub fn parse(text: &str, path: &Path) -> Result<State, ConfigError> {
     parse_with_cluster(text, path).map(|(state, _)| state)
@@ -183,7 +215,7 @@ pub fn parse_with_cluster(
         reason,
     };
     let file: FileIn =
-        toml::from_str(text).map_err(|e| invalid(e.span(), e.message().trim().to_owned()))?;
+        toml::from_str(text).map_err(|e| invalid(e.span(), toml_reason(text, &e)))?;
     let mut state = State::default();
     state.node.drained = file.node.as_ref().is_some_and(|node| node.drained);
     let mut cluster = ClusterSettings::default();
@@ -390,6 +422,22 @@ mod tests {
                 "{text:?}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn a_toml_error_is_one_line_and_quotes_the_value() {
+        let port = parse_err("[[vip]]\naddress = \"198.18.1.1:99999\"\n");
+        assert_eq!(
+            port,
+            "test.toml:2: invalid socket address syntax: \"198.18.1.1:99999\" (an address and a \
+             port from 1 to 65535: \"198.18.1.1:80\", \"[fd00::1]:80\")"
+        );
+        let header = parse_err("[[vip]\naddress = \"198.18.1.1:80\"\n");
+        assert!(!header.contains('\n'), "{header}");
+        assert!(
+            header.starts_with("test.toml:1: invalid table header") && header.contains("(expected"),
+            "{header}"
+        );
     }
 
     #[test]

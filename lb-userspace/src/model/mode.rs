@@ -71,7 +71,17 @@ impl FromStr for Mode {
         Mode::ALL
             .into_iter()
             .find(|mode| mode.name() == s)
-            .ok_or_else(|| format!("unknown mode {s:?} (nat, dsr-ipip or dsr-l2)"))
+            .ok_or_else(|| {
+                if s.starts_with("dsr") {
+                    format!(
+                        "`{s}` is not a mode: direct server return is dsr-ipip (encapsulated, \
+                         backends anywhere routable, with `lb decap attach`) or dsr-l2 \
+                         (backends on the lb's own link)"
+                    )
+                } else {
+                    format!("`{s}` is not a mode: nat, dsr-ipip or dsr-l2")
+                }
+            })
     }
 }
 

@@ -161,6 +161,88 @@ pub enum Change {
     DrainNode(bool),
 }
 
+/// A change as a log line says it: the words of the `lb` command that makes it.
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::AddVip(service) => write!(f, "vip add {service}"),
+            Change::DelVip(service) => write!(f, "vip del {service}"),
+            Change::AddBackend {
+                service,
+                backend,
+                weight,
+            } => write!(f, "backend add {service} {backend} weight {weight}"),
+            Change::SetBackend {
+                service,
+                backend,
+                weight,
+                undrain,
+            } => {
+                write!(f, "backend set {service} {backend}")?;
+                if let Some(weight) = weight {
+                    write!(f, " weight {weight}")?;
+                }
+                if *undrain {
+                    f.write_str(" undrain")?;
+                }
+                Ok(())
+            }
+            Change::DrainBackend { service, backend } => {
+                write!(f, "backend drain {service} {backend}")
+            }
+            Change::DelBackend { service, backend } => {
+                write!(f, "backend del {service} {backend}")
+            }
+            Change::SetMode { service, mode } => write!(f, "vip set {service} mode {mode}"),
+            Change::SetCheck {
+                service,
+                check: Some(check),
+            } => write!(
+                f,
+                "vip set {service} check {} every {:?} timeout {:?} rise {} fall {}",
+                check.probe, check.interval, check.timeout, check.rise, check.fall
+            ),
+            Change::SetCheck {
+                service,
+                check: None,
+            } => write!(f, "vip set {service} no check"),
+            Change::SetOnDown { service, on_down } => {
+                write!(f, "vip set {service} on-down {on_down}")
+            }
+            Change::SetSources { service, sources } if sources.is_empty() => {
+                write!(f, "vip set {service} any source")
+            }
+            Change::SetSources { service, sources } => {
+                write!(f, "vip set {service} sources ")?;
+                for (i, prefix) in sources.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write!(f, "{prefix}")?;
+                }
+                Ok(())
+            }
+            Change::DrainNode(true) => f.write_str("node drain"),
+            Change::DrainNode(false) => f.write_str("node undrain"),
+        }
+    }
+}
+
+/// Changes as one log field: `; `-separated.
+pub struct Changes<'a>(pub &'a [Change]);
+
+impl fmt::Display for Changes<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, change) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{change}")?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum ChangeError {
     #[error("VIP {0} already exists")]
