@@ -95,8 +95,14 @@ pub(crate) fn run() -> anyhow::Result<()> {
         },
     )?;
     steps.run(
-        "install and package (cargo xtask install --debug into a temporary prefix, systemd-analyze verify, cargo xtask package --debug)",
-        || cmd::run(nextest()?.args(["-p", "lb-tests", "--test", "install"])),
+        "install and package (cargo xtask install --debug into a temporary prefix, systemd-analyze verify, cargo xtask package --debug and lintian; the package installed, upgraded and removed with dpkg, its daemon in namespaces)",
+        || {
+            cmd::run(
+                nextest()?
+                    .args(["-p", "lb-tests", "--test", "install"])
+                    .env(cmd::REQUIRE_ROOT_ENV, "1"),
+            )
+        },
     )?;
     steps.run("demo lab (cargo xtask run --once)", || {
         cmd::run(cmd::cargo()?.args(["xtask", "run", "--once"]))
