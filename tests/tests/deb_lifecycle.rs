@@ -76,14 +76,20 @@ impl Root {
         printed
     }
 
-    /// The package's dpkg status and version, e.g. ("install ok installed", "0.1.0").
+    /// The package's state and version as dpkg records them, e.g. ("installed", "0.1.0")
+    /// (a refused removal leaves it installed, only selected for removal).
     fn package(&self) -> (String, String) {
         let output = Command::new("dpkg-query")
             .arg(format!(
                 "--admindir={}",
                 self.path("var/lib/dpkg").display()
             ))
-            .args(["--showformat", "${Status}|${Version}", "--show", "lb"])
+            .args([
+                "--showformat",
+                "${db:Status-Status}|${Version}",
+                "--show",
+                "lb",
+            ])
             .output()
             .expect("run dpkg-query");
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -93,7 +99,7 @@ impl Root {
 
     fn installed_version(&self) -> Option<String> {
         let (status, version) = self.package();
-        (status == "install ok installed").then_some(version)
+        (status == "installed").then_some(version)
     }
 }
 
@@ -377,5 +383,5 @@ fn the_package_keeps_forwarding_across_an_upgrade_and_takes_the_datapath_with_it
         "the VIP stays on lo: {lo}"
     );
     assert!(!root.path("var/lib/lb").exists(), "purge keeps /var/lib/lb");
-    assert_eq!(root.package().0, "", "purged");
+    assert_eq!(root.package(), (String::new(), String::new()), "purged");
 }
