@@ -315,6 +315,8 @@ fn the_package_holds_the_install_tree_under_usr_and_passes_lintian() {
     let deb = PathBuf::from(stdout.lines().last().expect("the .deb's path").trim());
     assert!(deb.is_file(), "{} is not a file", deb.display());
     assert_eq!(deb.extension().and_then(|e| e.to_str()), Some("deb"));
+    // First: Debian's own verdict, before the checks of the parts it covers.
+    lintian_finds_no_error_and_only_accepted_warnings(&deb);
 
     let arch = run_ok(Command::new("dpkg").arg("--print-architecture"));
     let field = |name: &str| {
@@ -448,13 +450,27 @@ fn the_package_holds_the_install_tree_under_usr_and_passes_lintian() {
             .args(["--show-field", "Version"]),
     );
     assert_eq!(version.trim(), env!("CARGO_PKG_VERSION"));
-
-    lintian_finds_no_error_and_only_documented_warnings(&deb);
 }
 
-/// lintian (`cargo xtask setup` installs it): no error, and every warning named, with why
-/// it stays, in docs/ARCHITECTURE.md ("The Debian package").
-fn lintian_finds_no_error_and_only_documented_warnings(deb: &Path) {
+/// The warning tags docs/ARCHITECTURE.md accepts, in backquotes on its line
+/// "Accepted lintian warnings: ..." (with why each stays).
+fn accepted_lintian_warnings() -> Vec<String> {
+    let architecture =
+        std::fs::read_to_string(workspace_root().join("docs/ARCHITECTURE.md")).expect("read");
+    let line = architecture
+        .lines()
+        .find_map(|line| line.strip_prefix("Accepted lintian warnings:"))
+        .expect("docs/ARCHITECTURE.md has its line \"Accepted lintian warnings: ...\"");
+    line.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// lintian (`cargo xtask setup` installs it): no error, and no warning that
+/// docs/ARCHITECTURE.md does not accept.
+fn lintian_finds_no_error_and_only_accepted_warnings(deb: &Path) {
     let output = Command::new("lintian")
         .arg(deb)
         .output()
@@ -472,16 +488,16 @@ fn lintian_finds_no_error_and_only_documented_warnings(deb: &Path) {
     );
     let errors: Vec<&str> = report.lines().filter(|l| l.starts_with("E: ")).collect();
     assert!(errors.is_empty(), "lintian errors:\n{report}");
-    let architecture =
-        std::fs::read_to_string(workspace_root().join("docs/ARCHITECTURE.md")).expect("read");
+    let accepted = accepted_lintian_warnings();
     for warning in report.lines().filter(|l| l.starts_with("W: ")) {
         let tag = warning
             .split_whitespace()
             .nth(2)
             .unwrap_or_else(|| panic!("a lintian line without a tag: {warning}"));
         assert!(
-            architecture.contains(&format!("`{tag}`")),
-            "lintian warns `{warning}`: fix it, or say in docs/ARCHITECTURE.md why it stays"
+            accepted.iter().any(|a| a == tag),
+            "lintian warns `{warning}`: fix it, or accept it in docs/ARCHITECTURE.md \
+             (\"Accepted lintian warnings\") with why it stays"
         );
     }
 }
