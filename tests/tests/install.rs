@@ -1,8 +1,11 @@
 //! `cargo xtask install` and `cargo xtask package` as a newcomer runs them: the installed
 //! tree file by file, the binary, man pages and completions working, the unit as systemd
-//! reads it, and the package's files and fields. Needs cargo and no root. With `--debug`:
-//! the tree, the unit and the package's fields do not depend on the profile, and
-//! `cargo xtask test` builds the dev profile only.
+//! reads it, and the package's files and fields, as lintian checks them. Needs cargo and
+//! no root, but for `deb_lifecycle` (the package installed, upgraded and removed with
+//! dpkg, its daemon in namespaces). With `--debug`: the tree, the unit and the package's
+//! fields do not depend on the profile, and `cargo xtask test` builds the dev profile only.
+
+mod deb_lifecycle;
 
 use std::{
     collections::BTreeSet,
@@ -84,6 +87,7 @@ fn expected_tree(prefix: &str, etc: &str) -> BTreeSet<String> {
         format!("{prefix}share/bash-completion/completions/lb"),
         format!("{prefix}share/zsh/site-functions/_lb"),
         format!("{prefix}share/fish/vendor_completions.d/lb.fish"),
+        format!("{prefix}share/doc/lb/README.md.gz"),
         format!("{etc}default/lb"),
         format!("{etc}lb/lb.toml"),
     ]
@@ -114,13 +118,31 @@ fn install_puts_every_file_in_place_and_nothing_else() {
     assert_eq!(mode & 0o777, 0o755, "bin/lb is executable: {mode:o}");
     let version = run_ok(Command::new(&lb).arg("--version"));
     assert!(version.starts_with("lb "), "lb --version: {version}");
-    for file in ["lib/systemd/system/lb.service", "etc/default/lb"] {
+    for file in [
+        "lib/systemd/system/lb.service",
+        "etc/default/lb",
+        "etc/lb/lb.toml",
+    ] {
         let text = std::fs::read_to_string(prefix.join(file)).expect("read");
         assert!(
-            !text.contains("@BINDIR@") && !text.contains("@SYSCONFDIR@"),
-            "{file}:\n{text}"
+            !text.contains("@"),
+            "a placeholder is left in {file}:\n{text}"
         );
     }
+    // lb.toml and the man pages point to the README where it is installed.
+    let readme = prefix.join("share/doc/lb/README.md.gz");
+    let config = std::fs::read_to_string(prefix.join("etc/lb/lb.toml")).expect("lb.toml");
+    assert!(config.contains(&readme.display().to_string()), "{config}");
+    let page = run_ok(
+        Command::new("gzip")
+            .arg("-dc")
+            .arg(prefix.join("share/man/man1/lb.1.gz")),
+    );
+    // roff writes a hyphen as `\-`.
+    let in_roff = readme.display().to_string().replace('-', "\\-");
+    assert!(page.contains(&in_roff), "no {in_roff} in lb.1:\n{page}");
+    let text = run_ok(Command::new("gzip").arg("-dc").arg(&readme));
+    assert!(text.starts_with("# lb"), "{text}");
 }
 
 #[test]
@@ -262,13 +284,39 @@ fn a_second_install_keeps_the_operators_files() {
     assert_eq!(files_under(prefix.path()), expected_tree("", "etc/"));
 }
 
+/// The package's own files beyond the install tree: Debian's documents.
+const PACKAGE_DOCS: [&str; 2] = [
+    "usr/share/doc/lb/copyright",
+    "usr/share/doc/lb/changelog.gz",
+];
+
+/// One file of the package's data.
+fn packaged_file(deb: &Path, path: &str) -> Vec<u8> {
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg("dpkg-deb --fsys-tarfile \"$1\" | tar -xO \"$2\"")
+        .arg("sh")
+        .arg(deb)
+        .arg(format!("./{path}"))
+        .output()
+        .expect("run dpkg-deb and tar");
+    assert!(
+        output.status.success() && !output.stdout.is_empty(),
+        "no {path} in the package: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
 #[test]
-fn the_package_holds_the_install_tree_under_usr_with_its_conffiles() {
+fn the_package_holds_the_install_tree_under_usr_and_passes_lintian() {
     let output = xtask(&["package", "--debug"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let deb = PathBuf::from(stdout.lines().last().expect("the .deb's path").trim());
     assert!(deb.is_file(), "{} is not a file", deb.display());
     assert_eq!(deb.extension().and_then(|e| e.to_str()), Some("deb"));
+    // First: Debian's own verdict, before the checks of the parts it covers.
+    lintian_finds_no_error_and_only_accepted_warnings(&deb);
 
     let arch = run_ok(Command::new("dpkg").arg("--print-architecture"));
     let field = |name: &str| {
@@ -278,11 +326,24 @@ fn the_package_holds_the_install_tree_under_usr_with_its_conffiles() {
                 .arg(&deb)
                 .arg(name),
         )
+        .trim()
+        .to_owned()
     };
-    assert_eq!(field("Package").trim(), "lb");
-    assert_eq!(field("Version").trim(), env!("CARGO_PKG_VERSION"));
-    assert_eq!(field("Architecture").trim(), arch.trim());
-    assert!(!field("Installed-Size").trim().is_empty());
+    assert_eq!(field("Package"), "lb");
+    assert_eq!(field("Version"), env!("CARGO_PKG_VERSION"));
+    assert_eq!(field("Architecture"), arch.trim());
+    assert!(!field("Installed-Size").is_empty());
+    assert_eq!(
+        field("Maintainer"),
+        "lb developers <lb-dev@lists.example.org>"
+    );
+    // As dpkg-shlibdeps computes it: the C library and the unwinder.
+    let depends = field("Depends");
+    assert!(
+        depends.starts_with("libc6 (>= ") && depends.contains("libgcc-s1"),
+        "{depends}"
+    );
+    assert_eq!(field("Suggests"), "bash-completion");
 
     let listing = run_ok(Command::new("dpkg-deb").arg("--contents").arg(&deb));
     let mut files = BTreeSet::new();
@@ -301,26 +362,33 @@ fn the_package_holds_the_install_tree_under_usr_with_its_conffiles() {
             assert_eq!(*mode, "-rwxr-xr-x", "{line}");
         }
     }
-    assert_eq!(files, expected_tree("usr/", "etc/"));
+    let mut expected = expected_tree("usr/", "etc/");
+    expected.extend(PACKAGE_DOCS.map(str::to_owned));
+    assert_eq!(files, expected);
 
     let info = |file: &str| run_ok(Command::new("dpkg-deb").arg("--info").arg(&deb).arg(file));
     assert_eq!(info("conffiles"), "/etc/default/lb\n/etc/lb/lb.toml\n");
+    // Every file but the conffiles, as dh_md5sums lists them.
+    let summed: BTreeSet<String> = info("md5sums")
+        .lines()
+        .map(|line| line.split_once("  ").expect("md5sums line").1.to_owned())
+        .collect();
+    let not_conffiles: BTreeSet<String> = files
+        .iter()
+        .filter(|f| !f.starts_with("etc/"))
+        .cloned()
+        .collect();
+    assert_eq!(summed, not_conffiles);
     let postinst = info("postinst");
     assert!(
-        postinst.contains("[ -d /run/systemd/system ]")
-            && postinst.contains("systemctl daemon-reload"),
+        postinst.contains("[ -d /run/systemd/system ]") && postinst.contains("daemon-reload"),
         "postinst reloads systemd only where it runs:\n{postinst}"
     );
     for script in ["postinst", "prerm", "postrm"] {
         run_ok(Command::new("sh").arg("-n").arg("-c").arg(info(script)));
     }
-    let unit = run_ok(
-        Command::new("sh")
-            .arg("-c")
-            .arg("dpkg-deb --fsys-tarfile \"$1\" | tar -xO ./usr/lib/systemd/system/lb.service")
-            .arg("sh")
-            .arg(&deb),
-    );
+    let unit =
+        String::from_utf8(packaged_file(&deb, "usr/lib/systemd/system/lb.service")).expect("UTF-8");
     assert!(
         unit.lines().any(|l| l == "ExecReload=/usr/bin/lb reload"),
         "{unit}"
@@ -330,6 +398,108 @@ fn the_package_holds_the_install_tree_under_usr_with_its_conffiles() {
             .any(|l| l.starts_with("ExecStart=/usr/bin/lb run --config /etc/lb/lb.toml ")),
         "{unit}"
     );
+
+    // Stripped, as dh_strip leaves a binary: no symbol table, no DWARF (rustc's
+    // .debug_gdb_scripts is loaded data, not debug information: strip keeps it).
+    let bin = packaged_file(&deb, "usr/bin/lb");
+    let elf = object::File::parse(bin.as_slice()).expect("usr/bin/lb is ELF");
+    let kept: Vec<&str> = object::Object::sections(&elf)
+        .filter_map(|s| object::ObjectSection::name(&s).ok())
+        .filter(|name| {
+            *name == ".symtab" || (name.starts_with(".debug_") && *name != ".debug_gdb_scripts")
+        })
+        .collect();
+    assert!(kept.is_empty(), "usr/bin/lb is not stripped: {kept:?}");
+
+    // Debian's documents: a machine-readable copyright, a changelog of this version.
+    let copyright =
+        String::from_utf8(packaged_file(&deb, "usr/share/doc/lb/copyright")).expect("UTF-8");
+    assert!(
+        copyright.starts_with(
+            "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n"
+        ),
+        "{copyright}"
+    );
+    for expected in [
+        "License: Expat or Apache-2.0\n",
+        "\nLicense: Expat\n",
+        " aya 0.",
+    ] {
+        assert!(
+            copyright.contains(expected),
+            "no `{expected}`:\n{copyright}"
+        );
+    }
+    assert!(
+        !copyright.contains("@MAINTAINER@") && !copyright.contains("@CRATES@"),
+        "a placeholder is left:\n{copyright}"
+    );
+    let changelog = tempfile::NamedTempFile::new().expect("temp file");
+    let text = run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg("dpkg-deb --fsys-tarfile \"$1\" | tar -xO ./usr/share/doc/lb/changelog.gz | gzip -dc")
+            .arg("sh")
+            .arg(&deb),
+    );
+    std::fs::write(changelog.path(), text).expect("write");
+    let version = run_ok(
+        Command::new("dpkg-parsechangelog")
+            .arg("-l")
+            .arg(changelog.path())
+            .args(["--show-field", "Version"]),
+    );
+    assert_eq!(version.trim(), env!("CARGO_PKG_VERSION"));
+}
+
+/// The warning tags docs/ARCHITECTURE.md accepts, in backquotes on its line
+/// "Accepted lintian warnings: ..." (with why each stays).
+fn accepted_lintian_warnings() -> Vec<String> {
+    let architecture =
+        std::fs::read_to_string(workspace_root().join("docs/ARCHITECTURE.md")).expect("read");
+    let line = architecture
+        .lines()
+        .find_map(|line| line.strip_prefix("Accepted lintian warnings:"))
+        .expect("docs/ARCHITECTURE.md has its line \"Accepted lintian warnings: ...\"");
+    line.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// lintian (`cargo xtask setup` installs it): no error, and no warning that
+/// docs/ARCHITECTURE.md does not accept.
+fn lintian_finds_no_error_and_only_accepted_warnings(deb: &Path) {
+    let output = Command::new("lintian")
+        .arg(deb)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run lintian ({e}): `cargo xtask setup` installs it (Debian package lintian)"
+            )
+        });
+    let report = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.code().is_some_and(|code| code <= 2),
+        "lintian did not run ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let errors: Vec<&str> = report.lines().filter(|l| l.starts_with("E: ")).collect();
+    assert!(errors.is_empty(), "lintian errors:\n{report}");
+    let accepted = accepted_lintian_warnings();
+    for warning in report.lines().filter(|l| l.starts_with("W: ")) {
+        let tag = warning
+            .split_whitespace()
+            .nth(2)
+            .unwrap_or_else(|| panic!("a lintian line without a tag: {warning}"));
+        assert!(
+            accepted.iter().any(|a| a == tag),
+            "lintian warns `{warning}`: fix it, or accept it in docs/ARCHITECTURE.md \
+             (\"Accepted lintian warnings\") with why it stays"
+        );
+    }
 }
 
 #[test]

@@ -82,6 +82,23 @@ pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `command` to completion without echoing it; its stdout, or an error with its
+/// stderr when it fails.
+pub(crate) fn output(command: &mut Command) -> anyhow::Result<Vec<u8>> {
+    let out = command
+        .output()
+        .with_context(|| format!("starting {}", describe(command)))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed ({}): {}",
+            describe(command),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out.stdout)
+}
+
 /// Whether `cmd` exits 0, without echoing it or its output.
 pub(crate) fn succeeds(cmd: &mut Command) -> bool {
     cmd.stdout(std::process::Stdio::null())

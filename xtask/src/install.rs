@@ -5,7 +5,9 @@
 //! - `<prefix>/bin/lb`
 //! - `<prefix>/lib/systemd/system/lb.service`: systemd reads units from /usr/lib and
 //!   /usr/local/lib, so both usual prefixes work as they are; `systemctl link` one elsewhere
-//! - `<prefix>/share/man/man1/lb*.1.gz` (gzipped, as Debian's policy wants)
+//! - `<prefix>/share/man/man1/lb*.1.gz` (gzipped, as Debian's policy wants); their FILES
+//!   sections name this install's own paths
+//! - `<prefix>/share/doc/lb/README.md.gz`: the README the man pages and lb.toml point to
 //! - `<prefix>/share/{bash-completion/completions/lb, zsh/site-functions/_lb,
 //!   fish/vendor_completions.d/lb.fish}`
 //! - `<sysconfdir>/default/lb` and `<sysconfdir>/lb/lb.toml`, kept when they exist:
@@ -47,6 +49,7 @@ pub(crate) struct Options {
 const UNIT: &str = "dist/systemd/lb.service";
 const ENVIRONMENT: &str = "dist/default/lb";
 const CONFIG: &str = "dist/lb.toml";
+const README: &str = "README.md";
 
 /// Shells with a completion directory of their own, and where each looks.
 const COMPLETIONS: &[(&str, &str)] = &[
@@ -98,6 +101,11 @@ impl Layout {
     fn unit(&self) -> PathBuf {
         self.prefix.join("lib/systemd/system/lb.service")
     }
+
+    /// Where the README goes: Debian's place for a package's documents.
+    pub(crate) fn docdir(&self) -> PathBuf {
+        self.prefix.join("share/doc/lb")
+    }
 }
 
 /// Builds the release `lb` (the dev one with `--debug`) and installs everything; returns
@@ -120,10 +128,17 @@ pub(crate) fn run(options: &Options) -> anyhow::Result<Layout> {
     write(&staged(&layout.unit()), fill_in(&unit, &layout), 0o644)?;
 
     let man1 = staged(&layout.prefix.join("share/man/man1"));
-    install_man_pages(&lb, &man1)?;
+    install_man_pages(&lb, &man1, &layout)?;
+
+    let readme = fs::read(root.join(README)).context("reading the README")?;
+    write(
+        &staged(&layout.docdir().join("README.md.gz")),
+        gzip(&readme)?,
+        0o644,
+    )?;
 
     for (shell, path) in COMPLETIONS {
-        let script = output(Command::new(&lb).args(["completions", shell]))?;
+        let script = cmd::output(Command::new(&lb).args(["completions", shell]))?;
         write(&staged(&layout.prefix.join(path)), &script, 0o644)?;
     }
 
@@ -155,19 +170,54 @@ pub(crate) fn run(options: &Options) -> anyhow::Result<Layout> {
     Ok(layout)
 }
 
-/// The unit and the environment file name the install's own paths.
+/// The unit, the environment file and lb.toml name the install's own paths.
 fn fill_in(text: &str, layout: &Layout) -> String {
     text.replace("@BINDIR@", &layout.prefix.join("bin").to_string_lossy())
         .replace("@SYSCONFDIR@", &layout.sysconfdir.to_string_lossy())
+        .replace("@DOCDIR@", &layout.docdir().to_string_lossy())
+}
+
+/// `bytes` gzipped at -9 without a name or time (-n), so the same tree gives the same
+/// package, as Debian's dh_compress does.
+pub(crate) fn gzip(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write as _;
+    let mut child = Command::new("gzip")
+        .args(["-9", "-n", "-c"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting gzip")?;
+    let mut stdin = child.stdin.take().context("gzip's stdin")?;
+    let input = bytes.to_vec();
+    // Written from a thread: gzip's output fills its pipe while it still reads.
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().context("running gzip")?;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread feeding gzip panicked"))?
+        .context("feeding gzip")?;
+    if !out.status.success() {
+        bail!("gzip failed ({})", out.status);
+    }
+    Ok(out.stdout)
 }
 
 /// `lb manpages` into a scratch directory, then each page gzipped (-n: no name or time,
-/// so the same tree gives the same package) into `man1`.
-fn install_man_pages(lb: &Path, man1: &Path) -> anyhow::Result<()> {
+/// so the same tree gives the same package) into `man1`. The pages' FILES sections name
+/// the layout's configuration and documentation paths.
+fn install_man_pages(lb: &Path, man1: &Path, layout: &Layout) -> anyhow::Result<()> {
     // Per process: installs may run side by side (the tests do).
     let scratch = lb.with_file_name(format!("man-pages.{}", std::process::id()));
     let _ = fs::remove_dir_all(&scratch);
-    cmd::run(Command::new(lb).arg("manpages").arg(&scratch))?;
+    cmd::run(
+        Command::new(lb)
+            .arg("manpages")
+            .arg(&scratch)
+            .arg("--sysconfdir")
+            .arg(&layout.sysconfdir)
+            .arg("--docdir")
+            .arg(layout.docdir()),
+    )?;
     fs::create_dir_all(man1).with_context(|| format!("creating {}", man1.display()))?;
     let mut pages: Vec<PathBuf> = fs::read_dir(&scratch)?
         .map(|entry| entry.map(|e| e.path()))
@@ -175,7 +225,8 @@ fn install_man_pages(lb: &Path, man1: &Path) -> anyhow::Result<()> {
     pages.sort();
     for page in &pages {
         let name = page.file_name().context("a page has no name")?;
-        let gzipped = output(Command::new("gzip").args(["-9", "-n", "-c"]).arg(page))?;
+        let gzipped =
+            gzip(&fs::read(page).with_context(|| format!("reading {}", page.display()))?)?;
         let mut target = man1.join(name).into_os_string();
         target.push(".gz");
         write(Path::new(&target), &gzipped, 0o644)?;
@@ -185,21 +236,6 @@ fn install_man_pages(lb: &Path, man1: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn output(command: &mut Command) -> anyhow::Result<Vec<u8>> {
-    let out = command
-        .output()
-        .with_context(|| format!("starting {}", cmd::describe(command)))?;
-    if !out.status.success() {
-        bail!(
-            "`{}` failed ({}): {}",
-            cmd::describe(command),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(out.stdout)
-}
-
 fn copy(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
     let bytes = fs::read(from).with_context(|| format!("reading {}", from.display()))?;
     write(to, &bytes, mode)
@@ -207,7 +243,7 @@ fn copy(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
 
 /// Writes through a temporary file and a rename, so a running `lb` is replaced, not
 /// overwritten in place (which fails with ETXTBSY).
-fn write(path: &Path, bytes: impl AsRef<[u8]>, mode: u32) -> anyhow::Result<()> {
+pub(crate) fn write(path: &Path, bytes: impl AsRef<[u8]>, mode: u32) -> anyhow::Result<()> {
     let dir = path.parent().context("installing to /")?;
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut temporary = path.as_os_str().to_owned();

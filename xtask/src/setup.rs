@@ -6,7 +6,8 @@
 //!   LLVM prefix lives under `$CARGO_HOME` because the binary keeps an rpath to it;
 //! - the Debian packages the tests drive (iproute2, ethtool, util-linux's nsenter, and
 //!   bird2 for the multi-node lab's BGP: its service is never started on the host, and
-//!   systemd for `systemd-analyze verify` of the unit).
+//!   systemd for `systemd-analyze verify` of the unit), and what `cargo xtask package`
+//!   builds and checks the Debian package with (binutils, dpkg-dev, lintian).
 
 use std::{fs, os::unix::fs::symlink, path::Path, process::Command, time::Instant};
 
@@ -35,6 +36,11 @@ const TOOLS: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     // Stops the daemon at the first write of a state-file save (tests/control.rs).
     ("strace", "strace"),
+    // `cargo xtask package`: strips the binary (as dh_strip), computes Depends (as
+    // dh_shlibdeps); lintian checks the package as Debian does (tests/install.rs).
+    ("strip", "binutils"),
+    ("dpkg-shlibdeps", "dpkg-dev"),
+    ("lintian", "lintian"),
 ];
 
 /// What the end-to-end benchmark compares lb with, and drives it with.

@@ -7,6 +7,7 @@ pub mod completions;
 pub mod decap;
 pub mod explain;
 pub mod logging;
+mod manpage_sections;
 pub mod manpages;
 mod no_daemon;
 pub mod output;
