@@ -624,7 +624,7 @@ impl Controller {
             .datapath
             .attachments
             .drain(..)
-            .map(|a| a.iface.name.clone())
+            .map(|a| a.iface.name)
             .collect();
         if let Some(pins) = self.datapath.pins.take() {
             pins.remove().map_err(datapath_error)?;

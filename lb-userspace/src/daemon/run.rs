@@ -449,7 +449,7 @@ impl sweep::Pass for SweepJob {
 async fn sweep_forever(
     sweeper: Sweeper,
     commands: Commands,
-    interval: std::time::Duration,
+    interval: Duration,
 ) -> anyhow::Result<()> {
     let mut job = SweepJob {
         sweeper: Arc::new(sweeper),
@@ -539,7 +539,7 @@ fn start(
     }
     let meta = maps::take(&mut ebpf, MAP_META)?;
     if adopted.is_none() {
-        pins.write_layout(meta, &limits)?;
+        PinDir::write_layout(meta, &limits)?;
     }
     let maps = ServiceMaps::take(&mut ebpf, &limits).context("opening the service maps")?;
     let stats = StatsMap::take(&mut ebpf).context("opening the stats map")?;
@@ -642,7 +642,7 @@ impl Signals {
 }
 
 /// How often the daemon looks at its pins and at the unattached egress interfaces.
-const PIN_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+const PIN_CHECK: Duration = Duration::from_secs(2);
 
 /// What the main task watches while the daemon runs.
 struct Watch<'a> {
@@ -664,7 +664,7 @@ async fn wait_for_stop(signals: Signals, watch: &mut Watch<'_>) -> anyhow::Resul
     let interval = watch
         .args
         .stats_interval
-        .unwrap_or(std::time::Duration::from_secs(86_400));
+        .unwrap_or(Duration::from_secs(86_400));
     let mut ticker = tokio::time::interval(interval);
     ticker.tick().await;
     let mut last: Option<(Snapshot, Instant)> = None;
