@@ -93,7 +93,7 @@ impl Datapath {
         // SAFETY: CPU 0 is inside the set.
         unsafe { libc::CPU_SET(0, &mut set) };
         // SAFETY: pid 0 is this thread; `set` is a valid cpu_set_t of the size given.
-        let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+        let rc = unsafe { libc::sched_setaffinity(0, size_of_val(&set), &raw const set) };
         assert_eq!(
             rc,
             0,
