@@ -166,7 +166,12 @@ fn fill_in(text: &str, layout: &Layout) -> String {
 fn install_man_pages(lb: &Path, man1: &Path) -> anyhow::Result<()> {
     // Per process: installs may run side by side (the tests do).
     let scratch = lb.with_file_name(format!("man-pages.{}", std::process::id()));
-    let _ = fs::remove_dir_all(&scratch);
+    match fs::remove_dir_all(&scratch) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", scratch.display()));
+        }
+        _ => {}
+    }
     cmd::run(Command::new(lb).arg("manpages").arg(&scratch))?;
     fs::create_dir_all(man1).with_context(|| format!("creating {}", man1.display()))?;
     let mut pages: Vec<PathBuf> = fs::read_dir(&scratch)?
