@@ -3,8 +3,6 @@
 //! slot or `bpf_fib_lookup`); then new MACs, TTL / hop limit down by one, and XDP_TX out
 //! of the ingress interface or XDP_REDIRECT through the TX_PORTS devmap.
 
-use core::mem;
-
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
@@ -196,14 +194,8 @@ fn ask_fib(
         fib.__bindgen_anon_4.ipv6_dst = words(&out.dst);
     }
     // SAFETY: ctx and fib are valid for the helper; the size is that of the struct.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.ctx as *mut _,
-            fib,
-            mem::size_of::<FibParams>() as i32,
-            0,
-        )
-    } as u32;
+    let rc =
+        unsafe { bpf_fib_lookup(ctx.ctx as *mut _, fib, size_of::<FibParams>() as i32, 0) } as u32;
     if rc == BPF_FIB_LKUP_RET_SUCCESS {
         hop.ifindex = fib.ifindex;
         hop.smac = fib.smac;

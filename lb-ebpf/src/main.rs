@@ -5,6 +5,8 @@
 //! docs/ARCHITECTURE.md).
 #![no_std]
 #![no_main]
+// A binary: nothing is reachable from outside, so `pub` here means the crate.
+#![allow(unreachable_pub, reason = "a binary crate: pub means pub(crate)")]
 
 mod baseline;
 mod conntrack;
@@ -784,7 +786,7 @@ fn track_reply(packet: &Packet, endpoint: &Endpoint, flags: u8, syn_ack: Option<
 
 #[cfg(not(test))]
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     loop {}
 }
 

@@ -9,8 +9,6 @@
 //! wrong, or the outer IPv4 packet is a fragment (XDP sees one fragment; the stack would
 //! reassemble it, but nothing above it decapsulates).
 
-use core::mem;
-
 use aya_ebpf::programs::XdpContext;
 use lb_common::decap::{DecapStat, mapped_v4};
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
@@ -79,7 +77,7 @@ pub fn data_end(ctx: &XdpContext) -> usize {
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     let start = data(ctx);
-    if start + offset + mem::size_of::<T>() > data_end(ctx) {
+    if start + offset + size_of::<T>() > data_end(ctx) {
         return None;
     }
     Some((start + offset) as *mut T)
