@@ -199,13 +199,13 @@ pub fn fill(
     // SAFETY: this CPU's slot, as in `forward`.
     unsafe {
         let entry: &mut CachedFlow = &mut *entry;
-        copy::words(&mut entry.key, &packet.flow);
+        copy::words(&raw mut entry.key, &raw const packet.flow);
         entry.backend_id = backend_id;
         entry.generation = backend.generation;
         entry.vip_id = backend.vip_id;
         entry.ingress_ifindex = parse::ingress_ifindex(ctx);
         if let Some(hop) = hop {
-            copy::words(&mut entry.hop, hop);
+            copy::words(&raw mut entry.hop, hop);
         }
         match local_mac {
             Some(mac) => {

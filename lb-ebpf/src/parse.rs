@@ -170,6 +170,7 @@ pub enum Parsed {
 /// IP header lies at an even offset (after 14 or 18 bytes of Ethernet and VLAN), and
 /// LLVM turns unaligned reads into one load per byte.
 #[inline(always)]
+#[expect(clippy::cast_ptr_alignment, reason = "2-aligned: see above")]
 pub fn addr_v4(octets: &[u8; 4]) -> Addr {
     // SAFETY: 4 bytes from a valid reference, 2-aligned (see above).
     let halves = unsafe { *core::ptr::from_ref(octets).cast::<[u16; 2]>() };
@@ -181,6 +182,7 @@ pub fn addr_v4(octets: &[u8; 4]) -> Addr {
 
 /// An IPv6 address from a header, as an [`Addr`], moved as words (see [`addr_v4`]).
 #[inline(always)]
+#[expect(clippy::cast_ptr_alignment, reason = "2-aligned: see `addr_v4`")]
 pub fn addr_v6(bytes: &[u8; 16]) -> Addr {
     // SAFETY: 16 bytes from a valid reference, 2-aligned (see `addr_v4`).
     let halves = unsafe { *core::ptr::from_ref(bytes).cast::<[u16; 8]>() };
@@ -194,14 +196,14 @@ pub fn addr_v6(bytes: &[u8; 16]) -> Addr {
 #[inline(always)]
 pub fn data(ctx: &XdpContext) -> usize {
     // SAFETY: `ctx.ctx` is the program's context pointer, valid for the whole run.
-    unsafe { core::ptr::read_volatile(&(*ctx.ctx).data) as usize }
+    unsafe { core::ptr::read_volatile(&raw const (*ctx.ctx).data) as usize }
 }
 
 /// End of the packet, read as [`data`].
 #[inline(always)]
 pub fn data_end(ctx: &XdpContext) -> usize {
     // SAFETY: as in `data`.
-    unsafe { core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize }
+    unsafe { core::ptr::read_volatile(&raw const (*ctx.ctx).data_end) as usize }
 }
 
 /// The interface the packet arrived on, read as [`data`] from a freshly loaded context
@@ -211,8 +213,8 @@ pub fn data_end(ctx: &XdpContext) -> usize {
 pub fn ingress_ifindex(ctx: &XdpContext) -> u32 {
     // SAFETY: as in `data`.
     unsafe {
-        let md = core::ptr::read_volatile(&ctx.ctx);
-        core::ptr::read_volatile(&(*md).ingress_ifindex)
+        let md = core::ptr::read_volatile(&raw const ctx.ctx);
+        core::ptr::read_volatile(&raw const (*md).ingress_ifindex)
     }
 }
 

@@ -63,14 +63,14 @@ pub struct Tunnel {
 #[inline(always)]
 pub fn data(ctx: &XdpContext) -> usize {
     // SAFETY: `ctx.ctx` is the program's context pointer, valid for the whole run.
-    unsafe { core::ptr::read_volatile(&(*ctx.ctx).data) as usize }
+    unsafe { core::ptr::read_volatile(&raw const (*ctx.ctx).data) as usize }
 }
 
 /// End of the packet, read as [`data`].
 #[inline(always)]
 pub fn data_end(ctx: &XdpContext) -> usize {
     // SAFETY: as in `data`.
-    unsafe { core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize }
+    unsafe { core::ptr::read_volatile(&raw const (*ctx.ctx).data_end) as usize }
 }
 
 /// A pointer to a `T` at `offset`, or `None` when the frame is too short for it.
