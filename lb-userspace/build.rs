@@ -94,8 +94,8 @@ fn shared_ebpf_dir(out_dir: &Path) -> PathBuf {
 /// so `lb --version` and `lb status` tell datapath builds apart whatever the package version.
 fn datapath_build_id() -> anyhow::Result<()> {
     use sha2::Digest as _;
-    let out_dir = std::env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?;
-    let object = std::path::Path::new(&out_dir).join("lb");
+    let out_dir = env::var_os("OUT_DIR").ok_or_else(|| anyhow!("OUT_DIR not set"))?;
+    let object = Path::new(&out_dir).join("lb");
     let id = match std::fs::read(&object) {
         Ok(bytes) => sha2::Sha256::digest(&bytes)
             .iter()
@@ -112,7 +112,7 @@ fn datapath_build_id() -> anyhow::Result<()> {
 /// Fails early with instructions instead of a cryptic linker error deep in the nested build.
 fn check_toolchain() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=PATH");
-    if std::env::var_os("AYA_BUILD_SKIP").is_some() {
+    if env::var_os("AYA_BUILD_SKIP").is_some() {
         return Ok(());
     }
     match which::which("bpf-linker") {

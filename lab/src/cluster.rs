@@ -117,8 +117,7 @@ struct BirdProcess {
 
 impl Drop for BirdProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::cleanup::kill(&mut self.child, "bird");
     }
 }
 
@@ -371,7 +370,8 @@ impl ClusterLab {
             std::process::id(),
             NEXT_DIR.fetch_add(1, Ordering::Relaxed)
         ));
-        let _ = fs::remove_dir_all(&dir);
+        // A stale one from an earlier run of the same pid.
+        crate::cleanup::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         // From here on a panic drops `lab`, which kills what started.
         let mut lab = Self {
@@ -420,7 +420,7 @@ impl ClusterLab {
         let text = format!("log \"{}\" all;\n{config}", log.display());
         fs::write(&conf, text).unwrap_or_else(|e| panic!("write {}: {e}", conf.display()));
         let socket = self.socket(which);
-        let _ = fs::remove_file(&socket);
+        crate::cleanup::remove_file(&socket);
         let stderr_path = self.dir.join(format!("{name}.stderr"));
         let stderr = File::create(&stderr_path).expect("create the stderr file");
         let child = self
@@ -589,12 +589,14 @@ impl ClusterLab {
                         .collect(),
                 };
                 if hops.is_empty() {
-                    // Every node lost: no way back (there may be no route to delete).
-                    let _ = backend
+                    // Every node lost: no way back (there may be no route to delete, so
+                    // ip's verdict is not checked).
+                    backend
                         .ns
                         .command("ip")
                         .args([family, "route", "del", "default"])
-                        .output();
+                        .output()
+                        .expect("run ip");
                     continue;
                 }
                 if hops.len() == 1 {
@@ -616,7 +618,7 @@ impl Drop for ClusterLab {
         // this, with the fields.
         self.router_bird = None;
         self.node_birds.clear();
-        let _ = fs::remove_dir_all(&self.dir);
+        crate::cleanup::remove_dir_all(&self.dir);
     }
 }
 

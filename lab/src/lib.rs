@@ -4,6 +4,7 @@
 //! tests and by `cargo xtask run`'s demo. Only addresses from 198.18.0.0/15 and fd00::/8,
 //! only inside namespaces this process creates; everything is removed on drop.
 
+pub mod cleanup;
 pub mod client;
 pub mod cluster;
 pub mod dsr;

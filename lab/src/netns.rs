@@ -113,9 +113,12 @@ impl NetNs {
 impl Drop for NetNs {
     fn drop(&mut self) {
         // Deleting the namespace also removes its veths (and their peers elsewhere).
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        crate::cleanup::warn_on_failed(
+            format_args!("deleting netns {}", self.name),
+            Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .output(),
+        );
     }
 }
 

@@ -152,7 +152,7 @@ impl Drop for Servers {
                 return;
             }
             for thread in batch {
-                let _ = thread.join();
+                crate::cleanup::join(thread, "joining a lab server thread");
             }
         }
     }
@@ -168,8 +168,11 @@ fn accept_loop(shared: &Shared, listener: TcpListener, name: &str, handler: Hand
             match listener.accept() {
                 Ok((stream, peer)) => {
                     s.record(&name, peer.ip());
-                    let _ = stream.set_nonblocking(false);
-                    let _ = stream.set_read_timeout(Some(POLL));
+                    let blocking = stream.set_nonblocking(false);
+                    if let Err(err) = blocking.and_then(|()| stream.set_read_timeout(Some(POLL))) {
+                        eprintln!("lab server {name}: a connection from {peer}: {err}");
+                        continue;
+                    }
                     let (conn_shared, conn_name) = (s.clone(), name.clone());
                     s.spawn(move || handler(stream, &conn_name, &conn_shared));
                 }
@@ -229,11 +232,13 @@ fn serve_http(mut stream: TcpStream, name: &str, shared: &Shared) {
     } else {
         format!("{name}\n")
     };
-    let _ = write!(
+    // A client that left before the answer is its own test's failure, seen there.
+    write!(
         stream,
         "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
-    );
+    )
+    .unwrap_or_default();
 }
 
 /// Where the headers end (after the blank line).
@@ -296,7 +301,8 @@ fn serve_udp(socket: &UdpSocket, name: &str, shared: &Shared) {
     while !shared.stopped() {
         if let Ok((_, peer)) = socket.recv_from(&mut buffer) {
             shared.record(name, peer.ip());
-            let _ = socket.send_to(name.as_bytes(), peer);
+            // As for TCP: a lost answer is the client's test failure.
+            socket.send_to(name.as_bytes(), peer).unwrap_or_default();
         }
     }
 }

@@ -73,7 +73,8 @@ pub const SENT_FRAGMENT: u32 = 3;
 #[inline(always)]
 pub fn flow_bits(flow: &FlowKey) -> u32 {
     let s = flow.src_words();
-    let folded = s[0] ^ s[1] ^ s[2] ^ s[3] ^ ((flow.src_port as u32) << 16 | flow.src_port as u32);
+    let folded =
+        s[0] ^ s[1] ^ s[2] ^ s[3] ^ (u32::from(flow.src_port) << 16 | u32::from(flow.src_port));
     folded.wrapping_mul(0x9e37_79b1)
 }
 

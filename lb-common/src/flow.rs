@@ -23,6 +23,7 @@ impl FlowKey {
     /// The source address as the little-endian words the address hashes take, read in
     /// place: one load per word (the key is 8-aligned), where bytes cost four.
     #[inline(always)]
+    #[expect(clippy::cast_ptr_alignment, reason = "4-aligned: see SAFETY")]
     pub fn src_words(&self) -> [u32; 4] {
         // SAFETY: `src` is 16 bytes at offset 0 of an 8-aligned struct.
         let words = unsafe { *(&raw const self.src).cast::<[u32; 4]>() };
@@ -31,6 +32,7 @@ impl FlowKey {
 
     /// As [`FlowKey::src_words`], for the destination.
     #[inline(always)]
+    #[expect(clippy::cast_ptr_alignment, reason = "4-aligned: see SAFETY")]
     pub fn dst_words(&self) -> [u32; 4] {
         // SAFETY: `dst` is 16 bytes at offset 16 of an 8-aligned struct.
         let words = unsafe { *(&raw const self.dst).cast::<[u32; 4]>() };
@@ -236,7 +238,7 @@ pub const FLOW_CACHE_SLOTS: u32 = 1 << 13;
 #[inline(always)]
 pub fn flow_cache_slot(flow: &FlowKey) -> u32 {
     // SAFETY: FlowKey is 40 bytes of plain integers, 8-aligned.
-    let words = unsafe { &*(flow as *const FlowKey as *const [u64; 5]) };
+    let words = unsafe { &*core::ptr::from_ref(flow).cast::<[u64; 5]>() };
     let mut h = words[0] ^ words[1].rotate_left(17);
     h ^= words[2].rotate_left(31) ^ words[3].rotate_left(47) ^ words[4];
     h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);

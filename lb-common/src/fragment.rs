@@ -69,10 +69,7 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<FragmentKey>(), 16 + 16 + 4 + 1 + 1 + 2);
-        assert_eq!(
-            core::mem::size_of::<Fragment>(),
-            16 + 8 + 4 + 4 + 4 + 2 + 2 + 1 + 7
-        );
+        assert_eq!(size_of::<FragmentKey>(), 16 + 16 + 4 + 1 + 1 + 2);
+        assert_eq!(size_of::<Fragment>(), 16 + 8 + 4 + 4 + 4 + 2 + 2 + 1 + 7);
     }
 }

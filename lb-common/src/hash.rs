@@ -51,8 +51,8 @@ pub fn flow_hash(key: &FlowKey, seed: &HashSeed) -> u32 {
     h = mix(h, dst[1]);
     h = mix(h, dst[2]);
     h = mix(h, dst[3]);
-    h = mix(h, (key.src_port as u32) << 16 | key.dst_port as u32);
-    h = mix(h, key.proto as u32);
+    h = mix(h, u32::from(key.src_port) << 16 | u32::from(key.dst_port));
+    h = mix(h, u32::from(key.proto));
     finish(h ^ seed[1])
 }
 

@@ -182,9 +182,9 @@ mod tests {
     #[test]
     fn the_new_flag_bytes_keep_the_pinned_layouts() {
         // Pinned maps of the previous release hold these types: their sizes must not move.
-        assert_eq!(core::mem::size_of::<VipInfo>(), 8);
-        assert_eq!(core::mem::size_of::<Backend>(), 36);
-        assert_eq!(core::mem::size_of::<SourceRange>(), 20);
+        assert_eq!(size_of::<VipInfo>(), 8);
+        assert_eq!(size_of::<Backend>(), 36);
+        assert_eq!(size_of::<SourceRange>(), 20);
     }
 
     #[test]

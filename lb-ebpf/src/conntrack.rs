@@ -131,11 +131,13 @@ pub fn on_unproven_packet(flow: &FlowKey, slot: *mut Conn, nat: bool, ack: u32) 
     let moved = *conn;
     match CONNTRACK.insert(flow, &moved, u64::from(BPF_NOEXIST)) {
         Ok(()) => {
-            let _ = CT_UNPROVEN.remove(flow);
+            // Gone already (the LRU took it) is as good as removed.
+            CT_UNPROVEN.remove(flow).unwrap_or_default();
             stats::count_event(Stat::CtPromoted);
         }
         Err(e) if e == -EEXIST => {
-            let _ = CT_UNPROVEN.remove(flow);
+            // As above.
+            CT_UNPROVEN.remove(flow).unwrap_or_default();
         }
         Err(_) => {}
     }

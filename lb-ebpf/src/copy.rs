@@ -23,6 +23,7 @@ pub fn halves_of<const N: usize, const H: usize>(bytes: [u8; N]) -> [u16; H] {
 /// # Safety
 /// `dst` must be valid for `2 * H` bytes of writes and 2-aligned.
 #[inline(always)]
+#[expect(clippy::cast_ptr_alignment, reason = "2-aligned: the caller's promise")]
 pub unsafe fn write_halves<const H: usize>(dst: *mut u8, halves: &[u16; H]) {
     let dst = dst.cast::<u16>();
     let mut i = 0;
@@ -39,6 +40,7 @@ pub unsafe fn write_halves<const H: usize>(dst: *mut u8, halves: &[u16; H]) {
 /// # Safety
 /// `src` must be valid for `2 * H` bytes of reads and 2-aligned.
 #[inline(always)]
+#[expect(clippy::cast_ptr_alignment, reason = "2-aligned: the caller's promise")]
 pub unsafe fn read_halves<const H: usize>(src: *const u8) -> [u16; H] {
     let src = src.cast::<u16>();
     let mut halves = [0u16; H];
@@ -58,7 +60,7 @@ pub unsafe fn read_halves<const H: usize>(src: *const u8) -> [u16; H] {
 /// of plain data.
 #[inline(always)]
 pub unsafe fn words<T: Copy>(dst: *mut T, src: *const T) {
-    const { assert!(size_of::<T>() % 8 == 0 && align_of::<T>() >= 8) };
+    const { assert!(size_of::<T>().is_multiple_of(8) && align_of::<T>() >= 8) };
     let (dst, src) = (dst.cast::<u64>(), src.cast::<u64>());
     let mut i = 0;
     while i < size_of::<T>() / 8 {
@@ -76,7 +78,7 @@ pub unsafe fn words<T: Copy>(dst: *mut T, src: *const T) {
 /// of plain data for which all-zero is valid.
 #[inline(always)]
 pub unsafe fn zero_words<T>(dst: *mut T) {
-    const { assert!(size_of::<T>() % 8 == 0) };
+    const { assert!(size_of::<T>().is_multiple_of(8)) };
     let dst = dst.cast::<u64>();
     let mut i = 0;
     while i < size_of::<T>() / 8 {

@@ -31,13 +31,13 @@ impl Delta {
     /// Adds another delta's changes to this one.
     #[inline(always)]
     pub fn add(&mut self, other: Delta) {
-        self.0 += fold(other.0) as u32;
+        self.0 += u32::from(fold(other.0));
     }
 
     /// The updated value of a checksum field (as read big-endian).
     #[inline(always)]
     pub fn apply(self, check: u16) -> u16 {
-        !fold(u32::from(!check) + fold(self.0) as u32)
+        !fold(u32::from(!check) + u32::from(fold(self.0)))
     }
 }
 

@@ -195,17 +195,17 @@ pub fn fill(
     let Some(entry) = FLOW_CACHE.get_ptr_mut(flow_cache_slot(&packet.flow)) else {
         return;
     };
-    let local_mac = crate::lookup::local_mac(ctx);
+    let local_mac = lookup::local_mac(ctx);
     // SAFETY: this CPU's slot, as in `forward`.
     unsafe {
         let entry: &mut CachedFlow = &mut *entry;
-        copy::words(&mut entry.key, &packet.flow);
+        copy::words(&raw mut entry.key, &raw const packet.flow);
         entry.backend_id = backend_id;
         entry.generation = backend.generation;
         entry.vip_id = backend.vip_id;
         entry.ingress_ifindex = parse::ingress_ifindex(ctx);
         if let Some(hop) = hop {
-            copy::words(&mut entry.hop, hop);
+            copy::words(&raw mut entry.hop, hop);
         }
         match local_mac {
             Some(mac) => {
@@ -240,8 +240,8 @@ fn same_flow(a: &FlowKey, b: &FlowKey) -> bool {
     // SAFETY: FlowKey is 40 bytes of plain integers, aligned to 8.
     let (a, b) = unsafe {
         (
-            &*(a as *const FlowKey as *const [u64; 5]),
-            &*(b as *const FlowKey as *const [u64; 5]),
+            &*core::ptr::from_ref(a).cast::<[u64; 5]>(),
+            &*core::ptr::from_ref(b).cast::<[u64; 5]>(),
         )
     };
     (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) == 0

@@ -190,7 +190,7 @@ static FLOW_CACHE_NS: u64 = 0;
 #[inline(always)]
 pub fn flow_cache_ns() -> u64 {
     // SAFETY: as in `maglev_size`.
-    unsafe { core::ptr::read_volatile(&FLOW_CACHE_NS) }
+    unsafe { core::ptr::read_volatile(&raw const FLOW_CACHE_NS) }
 }
 
 /// The cluster's hash seed, set by userspace at load time (the same on every lb node).
@@ -211,7 +211,7 @@ static NEW_FLOW_LIMIT: u32 = DEFAULT_NEW_FLOW_LIMIT;
 #[inline(always)]
 pub fn new_flow_limit() -> u32 {
     // SAFETY: as in `maglev_size`.
-    unsafe { core::ptr::read_volatile(&NEW_FLOW_LIMIT) }
+    unsafe { core::ptr::read_volatile(&raw const NEW_FLOW_LIMIT) }
 }
 
 /// `ABLATE_*` stages to skip, set by userspace at load time (0 but in benchmarks).
@@ -222,14 +222,14 @@ static ABLATE: u32 = 0;
 #[inline(always)]
 pub fn ablated(stage: u32) -> bool {
     // SAFETY: as in `maglev_size`.
-    unsafe { core::ptr::read_volatile(&ABLATE) & stage != 0 }
+    unsafe { core::ptr::read_volatile(&raw const ABLATE) & stage != 0 }
 }
 
 #[inline(always)]
 pub fn maglev_size() -> u32 {
     // SAFETY: a plain read of a load-time constant; volatile so the compiler keeps the load
     // the loader patches instead of folding the default in.
-    unsafe { core::ptr::read_volatile(&MAGLEV_SIZE) }
+    unsafe { core::ptr::read_volatile(&raw const MAGLEV_SIZE) }
 }
 
 /// The idle timeout of an unproven flow in `state`: at most the opening timeout for TCP
@@ -250,11 +250,11 @@ pub fn timeout_ns(state: u8) -> u64 {
     // SAFETY: as in `maglev_size`; every index is in bounds of the five-entry table.
     unsafe {
         match state {
-            0 => core::ptr::read_volatile(&(*table)[0]),
-            1 => core::ptr::read_volatile(&(*table)[1]),
-            2 => core::ptr::read_volatile(&(*table)[2]),
-            3 => core::ptr::read_volatile(&(*table)[3]),
-            _ => core::ptr::read_volatile(&(*table)[4]),
+            0 => core::ptr::read_volatile(&raw const (*table)[0]),
+            1 => core::ptr::read_volatile(&raw const (*table)[1]),
+            2 => core::ptr::read_volatile(&raw const (*table)[2]),
+            3 => core::ptr::read_volatile(&raw const (*table)[3]),
+            _ => core::ptr::read_volatile(&raw const (*table)[4]),
         }
     }
 }

@@ -170,22 +170,24 @@ pub enum Parsed {
 /// IP header lies at an even offset (after 14 or 18 bytes of Ethernet and VLAN), and
 /// LLVM turns unaligned reads into one load per byte.
 #[inline(always)]
+#[expect(clippy::cast_ptr_alignment, reason = "2-aligned: see above")]
 pub fn addr_v4(octets: &[u8; 4]) -> Addr {
     // SAFETY: 4 bytes from a valid reference, 2-aligned (see above).
-    let halves = unsafe { *(octets as *const [u8; 4] as *const [u16; 2]) };
+    let halves = unsafe { *core::ptr::from_ref(octets).cast::<[u16; 2]>() };
     // SAFETY: same size, and every bit pattern is valid.
-    let word = unsafe { core::mem::transmute::<[u16; 2], u32>(halves) };
+    let word = unsafe { mem::transmute::<[u16; 2], u32>(halves) };
     // SAFETY: [u32; 4] and [u8; 16] have the same size and every bit pattern is valid.
-    unsafe { core::mem::transmute::<[u32; 4], Addr>([word, 0, 0, 0]) }
+    unsafe { mem::transmute::<[u32; 4], Addr>([word, 0, 0, 0]) }
 }
 
 /// An IPv6 address from a header, as an [`Addr`], moved as words (see [`addr_v4`]).
 #[inline(always)]
+#[expect(clippy::cast_ptr_alignment, reason = "2-aligned: see `addr_v4`")]
 pub fn addr_v6(bytes: &[u8; 16]) -> Addr {
     // SAFETY: 16 bytes from a valid reference, 2-aligned (see `addr_v4`).
-    let halves = unsafe { *(bytes as *const Addr as *const [u16; 8]) };
+    let halves = unsafe { *core::ptr::from_ref(bytes).cast::<[u16; 8]>() };
     // SAFETY: as in `addr_v4`.
-    unsafe { core::mem::transmute::<[u16; 8], Addr>(halves) }
+    unsafe { mem::transmute::<[u16; 8], Addr>(halves) }
 }
 
 /// Start of the packet. The context is read with a volatile load so that LLVM never turns
@@ -194,14 +196,14 @@ pub fn addr_v6(bytes: &[u8; 16]) -> Addr {
 #[inline(always)]
 pub fn data(ctx: &XdpContext) -> usize {
     // SAFETY: `ctx.ctx` is the program's context pointer, valid for the whole run.
-    unsafe { core::ptr::read_volatile(&(*ctx.ctx).data) as usize }
+    unsafe { core::ptr::read_volatile(&raw const (*ctx.ctx).data) as usize }
 }
 
 /// End of the packet, read as [`data`].
 #[inline(always)]
 pub fn data_end(ctx: &XdpContext) -> usize {
     // SAFETY: as in `data`.
-    unsafe { core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize }
+    unsafe { core::ptr::read_volatile(&raw const (*ctx.ctx).data_end) as usize }
 }
 
 /// The interface the packet arrived on, read as [`data`] from a freshly loaded context
@@ -211,8 +213,8 @@ pub fn data_end(ctx: &XdpContext) -> usize {
 pub fn ingress_ifindex(ctx: &XdpContext) -> u32 {
     // SAFETY: as in `data`.
     unsafe {
-        let md = core::ptr::read_volatile(&ctx.ctx);
-        core::ptr::read_volatile(&(*md).ingress_ifindex)
+        let md = core::ptr::read_volatile(&raw const ctx.ctx);
+        core::ptr::read_volatile(&raw const (*md).ingress_ifindex)
     }
 }
 
@@ -221,7 +223,7 @@ pub fn ingress_ifindex(ctx: &XdpContext) -> u32 {
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     let start = data(ctx);
     let end = data_end(ctx);
-    if start + offset + mem::size_of::<T>() > end {
+    if start + offset + size_of::<T>() > end {
         return None;
     }
     Some((start + offset) as *mut T)
@@ -447,7 +449,7 @@ fn parse_l4(
             flow.dst_port = u16::from_be_bytes(tcp.dest);
             // Byte 13 of the header: CWR ECE URG ACK PSH RST SYN FIN.
             // SAFETY: inside the 20-byte header that `header` bounds-checked.
-            let flags = unsafe { *(tcp as *const TcpHdr as *const u8).add(13) };
+            let flags = unsafe { *core::ptr::from_ref(tcp).cast::<u8>().add(13) };
             Ok((L4::Tcp, flags))
         }
         IPPROTO_UDP => {

@@ -119,6 +119,10 @@ pub fn move_l2_header(ctx: &XdpContext, from: usize, vlan: bool) -> bool {
 /// The one's complement sum of `bytes` at `ptr` plus `seed`, folded (RFC 1071), in the
 /// byte order of the machine, as the kernel's checksum helpers compute it.
 #[inline(always)]
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "bpf_csum_diff takes a u32 pointer but reads bytes"
+)]
 fn checksum(ptr: *const u8, bytes: usize, seed: u32) -> u16 {
     // SAFETY: the caller passes a bounds-checked pointer to `bytes` bytes.
     let sum = unsafe {
@@ -189,6 +193,10 @@ fn write_frag_needed(ctx: &XdpContext, l2: usize, mtu: u16, from: &Addr, to: &Ad
 }
 
 #[inline(always)]
+#[expect(
+    clippy::cast_ptr_alignment,
+    reason = "bpf_csum_diff takes a u32 pointer but reads bytes"
+)]
 fn write_packet_too_big(
     ctx: &XdpContext,
     l2: usize,
@@ -217,7 +225,7 @@ fn write_packet_too_big(
         bpf_csum_diff(
             core::ptr::null_mut(),
             0,
-            pseudo.as_mut_ptr() as *mut u32,
+            pseudo.as_mut_ptr().cast::<u32>(),
             40,
             0,
         )

@@ -10,8 +10,7 @@
 //! - [`cli`]: clap definitions, the commands, rendering.
 //!
 //! A result is handled or said to be ignorable, never dropped with `let _ =` or `.ok();`
-//! (the two lints below; the rest of the workspace is not there yet).
-#![warn(clippy::let_underscore_must_use, clippy::unused_result_ok)]
+//! (the workspace's lints in Cargo.toml).
 
 #[deny(unsafe_code)]
 pub mod api;

@@ -607,7 +607,7 @@ fn sweep_costs(
         .sweep()
         .expect("sweep");
     // Entries refreshed in this very tick are not past a zero timeout: wait one out.
-    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::thread::sleep(Duration::from_millis(20));
     let drop_all = datapath.sweeper([0; 5]).sweep().expect("sweep");
     assert!(
         drop_all.pass.deleted > 0,
@@ -872,7 +872,7 @@ fn ablated_load(lab: &FibLab, limits: Limits, calls: usize, ablate: u32) -> Vec<
             rows: Vec::new(),
         };
         bench.fixed("non-VIP", "lb", &probe(), ids.from_client);
-        let _ = bench.established_and_reply("IPv4 TCP", Family::V4, Transport::Tcp);
+        bench.established_and_reply("IPv4 TCP", Family::V4, Transport::Tcp);
         bench.rows
     })
 }
@@ -960,7 +960,7 @@ fn main() {
                 fill_start,
                 filled,
             );
-            let _ = bench.established_and_reply(
+            bench.established_and_reply(
                 "IPv4 TCP, conntrack 90 % full:",
                 Family::V4,
                 Transport::Tcp,

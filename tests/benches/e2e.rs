@@ -22,6 +22,13 @@ use lb_tests::{
     topology::{Backend, Lab},
 };
 
+/// `writeln!` into the report (a String: the write cannot fail).
+macro_rules! report {
+    ($out:expr, $($arg:tt)*) => {
+        writeln!($out, $($arg)*).expect("writing to a String")
+    };
+}
+
 /// wrk and the client on CPU 0; the backends' nginx on CPU 1. XDP runs in the softirq of
 /// whichever CPU sends into the veth: the client's for requests, the backends' for replies.
 const CLIENT_CPU: &str = "0";
@@ -59,7 +66,7 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         // SAFETY: kill(2) on our own child (nginx's master, exec'd by nsenter).
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
+        lb_tests::cleanup::warn_on_err("waiting for nginx", self.child.wait());
     }
 }
 
@@ -274,7 +281,7 @@ fn live_pps(lab: &Lab, frames: &[Vec<u8>], receivers: &[(&NetNs, &str)], seconds
         unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
             libc::CPU_SET(0, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
+            libc::sched_setaffinity(0, size_of_val(&set), &raw const set);
         }
         lb_tests::generator::blast(
             &lab.client_dev,
@@ -449,17 +456,17 @@ fn profile(lab: &Lab, url: &str, seconds: u64) -> Option<Profile> {
 fn http_table(out: &mut String, modes: &[Mode]) {
     let (ceiling, nft) = (&modes[0], &modes[2]);
     let ratio = |a: f64, b: f64| a / b.max(1e-9);
-    let _ = writeln!(
+    report!(
         out,
         "| path | keep-alive req/s | p50 ms | p99 ms | CPU µs/req | × ceiling | × nftables | CPU × nftables | new conn req/s | p50 ms | p99 ms | CPU µs/req | × ceiling | × nftables | CPU × nftables | errors |"
     );
-    let _ = writeln!(
+    report!(
         out,
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for mode in modes {
         let (k, n) = (&mode.keep_alive, &mode.new_connection);
-        let _ = writeln!(
+        report!(
             out,
             "| {} | {:.0} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {:.2} | {} |",
             mode.name,
@@ -699,7 +706,7 @@ fn dsr_against_nat(dir: &Path, seconds: u64, rounds: usize) -> Vec<Mode> {
 
 /// The DSR section: [`dsr_against_nat`]'s medians, each against NAT.
 fn dsr_section(out: &mut String, modes: &[Mode], seconds: u64, rounds: usize) {
-    let _ = writeln!(
+    report!(
         out,
         "\n### Direct server return against NAT and nftables DNAT\n\n\
          wrk as above ({CONNECTIONS} connections, {seconds} s per run, {rounds} rounds of \
@@ -727,11 +734,11 @@ fn dsr_section(out: &mut String, modes: &[Mode], seconds: u64, rounds: usize) {
          where the replies are most of the traffic. The DSR rounds also pay the backends' \
          decap program (another skb → XDP conversion on their veth) in their CPU figure.\n"
     );
-    let _ = writeln!(
+    report!(
         out,
         "| mode | keep-alive req/s | p50 ms | p99 ms | CPU µs/req | req/s × NAT | CPU × NAT | new conn req/s | p50 ms | p99 ms | CPU µs/req | req/s × NAT | CPU × NAT | errors |"
     );
-    let _ = writeln!(
+    report!(
         out,
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
@@ -739,7 +746,7 @@ fn dsr_section(out: &mut String, modes: &[Mode], seconds: u64, rounds: usize) {
     for mode in modes {
         let (k, n) = (&mode.keep_alive, &mode.new_connection);
         let ratio = |a: f64, b: f64| a / b.max(1e-9);
-        let _ = writeln!(
+        report!(
             out,
             "| {} | {:.0} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {} |",
             mode.name,
@@ -786,11 +793,12 @@ fn add_to_first_packet(lab: &Lab, instance: &Instance, rounds: usize) -> (f64, f
         });
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let sender = {
-            let stop = stop.clone();
+            let stop = std::sync::Arc::clone(&stop);
             lab.client.spawn(move || {
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     if let Ok(s) = UdpSocket::bind("198.18.0.1:0") {
-                        let _ = s.send_to(b"x", vip);
+                        // Until the backend is added, most go nowhere.
+                        s.send_to(b"x", vip).unwrap_or_default();
                     }
                     std::thread::sleep(Duration::from_micros(100));
                 }
@@ -807,7 +815,7 @@ fn add_to_first_packet(lab: &Lab, instance: &Instance, rounds: usize) -> (f64, f
         let returned = started.elapsed();
         let arrived = receiver.join().expect("receiver");
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let _ = sender.join();
+        sender.join().expect("sender");
         let arrived = arrived.unwrap_or_else(|e| panic!("round {round}: no packet: {e}"));
         returned_ms.push(returned.as_secs_f64() * 1000.0);
         arrived_ms.push(arrived.duration_since(started).as_secs_f64() * 1000.0);
@@ -993,8 +1001,8 @@ fn main() {
     let unpinned_modes: Vec<Mode> = unpinned_samples.into_iter().map(median_mode).collect();
 
     let mut out = String::new();
-    let _ = writeln!(out, "## End to end: HTTP through the VIP\n");
-    let _ = writeln!(
+    report!(out, "## End to end: HTTP through the VIP\n");
+    report!(
         out,
         "wrk (1 thread, {CONNECTIONS} connections, {seconds} s per run, {rounds} rounds of \
          every mode in turn, the median round shown; pinned to CPU {CLIENT_CPU} with taskset) in the client namespace → VIP → three nginx backends \
@@ -1008,7 +1016,7 @@ fn main() {
          real NIC's driver does not have; nftables pays none of it.\n"
     );
     http_table(&mut out, &modes);
-    let _ = writeln!(
+    report!(
         out,
         "\n### The same lab unpinned\n\nThe ceiling, lb and nftables rows again, in the same \
          rounds (after the pinned rows of each round), with nothing pinned: wrk and the three \
@@ -1016,9 +1024,9 @@ fn main() {
          issue's author ran them. Medians of {rounds} rounds as above.\n"
     );
     http_table(&mut out, &unpinned_modes);
-    let _ = writeln!(out, "\n{UNPINNED_FINDINGS}");
+    report!(out, "\n{UNPINNED_FINDINGS}");
     let live_floor = median(live[0].clone()).max(1.0);
-    let _ = writeln!(
+    report!(
         out,
         "\n### Live throughput: packets forwarded per second on one core\n\nReal frames: \
          64 UDP flows (64-byte frames) sent from the client namespace through an AF_PACKET \
@@ -1031,7 +1039,7 @@ fn main() {
          program gets each skb converted to an XDP buffer (copied when its headroom is \
          short), which nftables does not pay and a NIC driver does not either.\n"
     );
-    let _ = writeln!(out, "| path | packets/s | × floor |\n|---|---:|---:|");
+    report!(out, "| path | packets/s | × floor |\n|---|---:|---:|");
     for (name, rounds) in [
         "floor: swap MACs, XDP_TX (back to the client)",
         "lb (XDP, native): UDP VIP → 3 backends",
@@ -1041,9 +1049,9 @@ fn main() {
     .zip(&live)
     {
         let pps = median(rounds.clone());
-        let _ = writeln!(out, "| {name} | {pps:.0} | {:.2} |", pps / live_floor);
+        report!(out, "| {name} | {pps:.0} | {:.2} |", pps / live_floor);
     }
-    let _ = writeln!(
+    report!(
         out,
         "\n### Where the CPU goes per new connection (perf)\n\n`perf record -a -e cpu-clock` \
          over one more new-connection run of each ({seconds} s), every CPU; samples by part \
@@ -1052,29 +1060,29 @@ fn main() {
     for (name, found) in &profiles {
         match found {
             Some(profile) => {
-                let _ = writeln!(
+                report!(
                     out,
                     "**{name}** (idle {:.1} % of all samples)\n\n| part | share of busy samples |\n|---|---:|",
                     profile.idle
                 );
                 for (part, share) in &profile.parts {
-                    let _ = writeln!(out, "| {part} | {share:.1} % |");
+                    report!(out, "| {part} | {share:.1} % |");
                 }
                 let hottest: Vec<String> = profile
                     .top
                     .iter()
                     .map(|(share, symbol)| format!("`{symbol}` {share:.1} %"))
                     .collect();
-                let _ = writeln!(out, "\nHottest: {}.\n", hottest.join(", "));
+                report!(out, "\nHottest: {}.\n", hottest.join(", "));
             }
             None => {
-                let _ = writeln!(out, "**{name}**: not profiled (perf did not run).\n");
+                report!(out, "**{name}**: not profiled (perf did not run).\n");
             }
         }
     }
     dsr_section(&mut out, &dsr_modes, seconds, rounds);
-    let _ = writeln!(out, "\n## Control plane\n");
-    let _ = writeln!(
+    report!(out, "\n## Control plane\n");
+    report!(
         out,
         "- `lb backend add` (a new UDP flow every 100 µs from the client; medians of {} \
          rounds, from the moment the command starts): the command returns after \
@@ -1091,22 +1099,22 @@ fn main() {
         },
     );
     let total: u64 = memory.iter().map(|(_, _, bytes)| bytes).sum();
-    let _ = writeln!(
+    report!(
         out,
         "- Kernel memory of the daemon's maps (fdinfo `memlock`), default sizes: **{:.1} MiB** \
          in all. Hash maps are preallocated, so this is also their size at 10^6 conntrack \
          entries.\n",
-        total as f64 / (1 << 20) as f64
+        total as f64 / f64::from(1 << 20)
     );
-    let _ = writeln!(out, "| map | max entries | memory (MiB) |");
-    let _ = writeln!(out, "|---|---:|---:|");
+    report!(out, "| map | max entries | memory (MiB) |");
+    report!(out, "|---|---:|---:|");
     for (name, entries, bytes) in &memory {
-        let _ = writeln!(
+        report!(
             out,
             "| {name} | {entries} | {:.2} |",
-            *bytes as f64 / (1 << 20) as f64
+            *bytes as f64 / f64::from(1 << 20)
         );
     }
-    let _ = writeln!(out, "\n({:.0} s)", started.elapsed().as_secs_f64());
+    report!(out, "\n({:.0} s)", started.elapsed().as_secs_f64());
     print!("{out}");
 }

@@ -181,7 +181,7 @@ fn prove(datapath: &mut Datapath, rows: &[LbRow]) {
     let mut established = 0;
     for row in rows.iter().filter(|row| row.path == Kind::Established) {
         established += 1;
-        for _ in 0..lb_common::flow::PROVEN_AFTER_PACKETS + 1 {
+        for _ in 0..=lb_common::flow::PROVEN_AFTER_PACKETS {
             datapath.run(&row.frame);
         }
     }
@@ -478,9 +478,7 @@ fn main() {
          harness's, pinned, with an IPv6 VIP of three IPv6 reals added as Katran's userspace \
          adds one), checked here by its counters and LRU the same way. Katran forwards IPIP with XDP_TX; lb's NAT rewrites and \
          redirects, dsr-ipip encapsulates and redirects.\n\n",
-        std::fs::read_to_string(harness.join("src/KATRAN_COMMIT"))
-            .map(|c| format!("Katran {}", &c.trim()[..c.trim().len().min(12)]))
-            .unwrap_or_else(|_| "Katran".to_owned())
+        std::fs::read_to_string(harness.join("src/KATRAN_COMMIT")).map_or_else(|_| "Katran".to_owned(), |c| format!("Katran {}", &c.trim()[..c.trim().len().min(12)]))
     ));
     out.push_str(
         "| row | action | ns/call | × floor | ns above floor | × Katran (above floor) |\n",
@@ -527,6 +525,6 @@ struct RemoveOnDrop(PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        lb_tests::cleanup::remove_dir_all(&self.0);
     }
 }

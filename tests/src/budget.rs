@@ -502,8 +502,8 @@ mod tests {
         ]);
         let text = render(&measured, "6.18");
         assert_eq!(parse(&text, &["lb"]), Ok(measured));
-        assert!(parse("lb maybe 1 2", &["lb"]).is_err());
-        assert!(parse("nope off 1 2", &["lb"]).is_err());
+        parse("lb maybe 1 2", &["lb"]).unwrap_err();
+        parse("nope off 1 2", &["lb"]).unwrap_err();
     }
 
     #[test]

@@ -160,18 +160,14 @@ impl FibLab {
         limits: Limits,
         test: impl FnOnce(&mut Datapath, &Ids) -> T + Send,
     ) -> T {
-        self.with_datapath_loaded(
-            limits,
-            &lb_userspace::model::limits::Options::default(),
-            test,
-        )
+        self.with_datapath_loaded(limits, &Options::default(), test)
     }
 
     /// As [`Self::with_datapath_sized`], loaded with `options`.
     pub fn with_datapath_loaded<T: Send>(
         &self,
         limits: Limits,
-        options: &lb_userspace::model::limits::Options,
+        options: &Options,
         test: impl FnOnce(&mut Datapath, &Ids) -> T + Send,
     ) -> T {
         let ids = Ids {

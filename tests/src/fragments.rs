@@ -15,47 +15,44 @@ use etherparse::{
 pub fn split(frame: &[u8], first: usize, id: u32) -> [Vec<u8>; 2] {
     assert_eq!(first % 8, 0, "fragment offsets are in 8-byte units");
     let eth = &frame[..14];
-    match frame[14] >> 4 {
-        4 => {
-            let (header, payload) = Ipv4Header::from_slice(&frame[14..]).expect("IPv4");
-            let parts = [&payload[..first], &payload[first..]];
-            core::array::from_fn(|i| {
-                let mut h = header.clone();
-                h.identification = id as u16;
-                h.more_fragments = i == 0;
-                h.dont_fragment = false;
-                h.fragment_offset =
-                    etherparse::IpFragOffset::try_new(if i == 0 { 0 } else { (first / 8) as u16 })
-                        .expect("offset");
-                h.set_payload_len(parts[i].len()).expect("length");
-                h.header_checksum = h.calc_header_checksum();
-                let mut out = eth.to_vec();
-                h.write(&mut out).expect("write");
-                out.extend_from_slice(parts[i]);
-                out
-            })
-        }
-        _ => {
-            let (header, payload) = Ipv6Header::from_slice(&frame[14..]).expect("IPv6");
-            let parts = [&payload[..first], &payload[first..]];
-            core::array::from_fn(|i| {
-                let fragment = Ipv6FragmentHeader::new(
-                    header.next_header,
-                    etherparse::IpFragOffset::try_new(if i == 0 { 0 } else { (first / 8) as u16 })
-                        .expect("offset"),
-                    i == 0,
-                    id,
-                );
-                let mut h = header.clone();
-                h.next_header = IPV6_FRAG;
-                h.payload_length = (Ipv6FragmentHeader::LEN + parts[i].len()) as u16;
-                let mut out = eth.to_vec();
-                h.write(&mut out).expect("write");
-                fragment.write(&mut out).expect("write");
-                out.extend_from_slice(parts[i]);
-                out
-            })
-        }
+    if frame[14] >> 4 == 4 {
+        let (header, payload) = Ipv4Header::from_slice(&frame[14..]).expect("IPv4");
+        let parts = [&payload[..first], &payload[first..]];
+        core::array::from_fn(|i| {
+            let mut h = header.clone();
+            h.identification = id as u16;
+            h.more_fragments = i == 0;
+            h.dont_fragment = false;
+            h.fragment_offset =
+                etherparse::IpFragOffset::try_new(if i == 0 { 0 } else { (first / 8) as u16 })
+                    .expect("offset");
+            h.set_payload_len(parts[i].len()).expect("length");
+            h.header_checksum = h.calc_header_checksum();
+            let mut out = eth.to_vec();
+            h.write(&mut out).expect("write");
+            out.extend_from_slice(parts[i]);
+            out
+        })
+    } else {
+        let (header, payload) = Ipv6Header::from_slice(&frame[14..]).expect("IPv6");
+        let parts = [&payload[..first], &payload[first..]];
+        core::array::from_fn(|i| {
+            let fragment = Ipv6FragmentHeader::new(
+                header.next_header,
+                etherparse::IpFragOffset::try_new(if i == 0 { 0 } else { (first / 8) as u16 })
+                    .expect("offset"),
+                i == 0,
+                id,
+            );
+            let mut h = header.clone();
+            h.next_header = IPV6_FRAG;
+            h.payload_length = (Ipv6FragmentHeader::LEN + parts[i].len()) as u16;
+            let mut out = eth.to_vec();
+            h.write(&mut out).expect("write");
+            fragment.write(&mut out).expect("write");
+            out.extend_from_slice(parts[i]);
+            out
+        })
     }
 }
 

@@ -286,18 +286,18 @@ fn icmp_seeds() -> Vec<(Side, Vec<u8>)> {
                     .ipv4(c, v, 64)
                     .icmpv4_echo_request(1, 1)
                     .write(&mut echo, b"ping")
-                    .and(
+                    .and_then(|()| {
                         eth()
                             .ipv4(r, v, 64)
                             .icmpv4(frag)
-                            .write(&mut too_big, &reply),
-                    )
-                    .and(
+                            .write(&mut too_big, &reply)
+                    })
+                    .and_then(|()| {
                         eth()
                             .ipv4(b, c, 64)
                             .icmpv4(unreach)
-                            .write(&mut unreachable, &delivered),
-                    )
+                            .write(&mut unreachable, &delivered)
+                    })
             }
             (IpAddr::V6(c), IpAddr::V6(v), IpAddr::V6(b), IpAddr::V6(r)) => {
                 let (c, v, b, r) = (c.octets(), v.octets(), b.octets(), r.octets());
@@ -307,13 +307,13 @@ fn icmp_seeds() -> Vec<(Side, Vec<u8>)> {
                     .ipv6(c, v, 64)
                     .icmpv6_echo_request(1, 1)
                     .write(&mut echo, b"ping")
-                    .and(eth().ipv6(r, v, 64).icmpv6(big).write(&mut too_big, &reply))
-                    .and(
+                    .and_then(|()| eth().ipv6(r, v, 64).icmpv6(big).write(&mut too_big, &reply))
+                    .and_then(|()| {
                         eth()
                             .ipv6(b, c, 64)
                             .icmpv6(unreach)
-                            .write(&mut unreachable, &delivered),
-                    )
+                            .write(&mut unreachable, &delivered)
+                    })
             }
             _ => panic!("one family per seed"),
         };
@@ -819,7 +819,7 @@ mod tests {
         );
         let mut changed_inner = good.clone();
         *changed_inner.last_mut().expect("payload") ^= 1;
-        let mut bad_checksum = good.clone();
+        let mut bad_checksum = good;
         bad_checksum[14 + 10] ^= 1;
         for (name, wrong) in [
             ("source outside the prefix", outside),
@@ -905,7 +905,7 @@ mod tests {
         let from_backend = echo("198.18.2.2", "198.18.0.1");
         let to_client =
             |src| icmp_destination(Stat::ForwardIcmpToClient, &from_backend, src, client);
-        assert!(to_client(vip).is_ok());
+        to_client(vip).unwrap();
         assert!(to_client(ip("198.18.2.2")).is_err(), "the backend leaked");
     }
 }

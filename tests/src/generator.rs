@@ -61,7 +61,7 @@ fn send(
         libc::bind(
             socket.0,
             (&raw const addr).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            size_of::<libc::sockaddr_ll>() as u32,
         )
     };
     if rc != 0 {

@@ -1,7 +1,7 @@
 //! Helpers for lb's integration tests: the test-run harness, packet builders, and network
 //! namespaces that clean up after themselves.
 
-pub use lb_lab::{client, dsr, netns, servers, topology};
+pub use lb_lab::{cleanup, client, dsr, netns, servers, topology};
 pub mod budget;
 pub mod cluster;
 pub mod fiblab;
@@ -25,5 +25,6 @@ pub use wait::eventually;
 /// (libtest captures only `print!`/`eprint!`), for skips and weaker checks a reader must see.
 pub fn loud(line: &str) {
     use std::io::Write as _;
-    let _ = writeln!(std::io::stderr().lock(), "{line}");
+    // A failed write to stderr has nowhere else to be reported.
+    writeln!(std::io::stderr().lock(), "{line}").unwrap_or_default();
 }

@@ -64,6 +64,7 @@ impl Spec {
     }
 
     /// A bare ACK acknowledging `number`.
+    #[must_use]
     pub const fn acking(mut self, number: u32) -> Self {
         self.syn = false;
         self.ack_number = number;
@@ -71,6 +72,7 @@ impl Spec {
     }
 
     /// An ACK with FIN.
+    #[must_use]
     pub const fn fin(mut self) -> Self {
         self.syn = false;
         self.fin = true;
@@ -78,28 +80,33 @@ impl Spec {
     }
 
     /// An ACK with RST.
+    #[must_use]
     pub const fn rst(mut self) -> Self {
         self.syn = false;
         self.rst = true;
         self
     }
 
+    #[must_use]
     pub const fn between(mut self, src: IpAddr, dst: IpAddr) -> Self {
         self.addrs = Some((src, dst));
         self
     }
 
+    #[must_use]
     pub const fn ports(mut self, src: u16, dst: u16) -> Self {
         self.src_port = src;
         self.dst_port = dst;
         self
     }
 
+    #[must_use]
     pub const fn ttl(mut self, ttl: u8) -> Self {
         self.ttl = ttl;
         self
     }
 
+    #[must_use]
     pub const fn ack(mut self) -> Self {
         self.syn = false;
         self
@@ -119,6 +126,7 @@ impl Spec {
         }
     }
 
+    #[must_use]
     pub const fn with_vlan(mut self) -> Self {
         self.vlan = true;
         self

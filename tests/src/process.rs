@@ -43,7 +43,7 @@ pub const FAST_CHECK: [&str; 8] = [
 ];
 
 /// How long a [`FAST_CHECK`] takes at most to mark a backend down.
-pub const FAST_CHECK_FALL: std::time::Duration = std::time::Duration::from_millis(800);
+pub const FAST_CHECK_FALL: Duration = Duration::from_millis(800);
 
 /// A running `lb`; its stdout lines arrive on a channel so reads can time out.
 pub struct Daemon {
@@ -65,7 +65,7 @@ struct Notify {
     /// The notifications received so far, one datagram each.
     received: Vec<String>,
     /// Holds the socket file; removed on drop.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Notify {
@@ -81,12 +81,12 @@ impl Notify {
         Self {
             socket,
             received: Vec::new(),
-            _dir: dir,
+            dir,
         }
     }
 
     fn path(&self) -> PathBuf {
-        self._dir.path().join("notify")
+        self.dir.path().join("notify")
     }
 
     /// Takes every datagram waiting on the socket; the first `READY=1` among all received.
@@ -250,20 +250,17 @@ impl Daemon {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
+            if let Ok(line) = self.lines.recv_timeout(left) {
+                self.seen.push(line.clone());
+                if line.contains(needle) {
+                    return line;
                 }
-                Err(_) => {
-                    let stderr = self.kill_and_stderr();
-                    panic!(
-                        "lb did not print `{needle}` within {timeout:?}\nstdout:\n{}\nstderr:\n{stderr}",
-                        self.seen.join("\n")
-                    );
-                }
+            } else {
+                let stderr = self.kill_and_stderr();
+                panic!(
+                    "lb did not print `{needle}` within {timeout:?}\nstdout:\n{}\nstderr:\n{stderr}",
+                    self.seen.join("\n")
+                );
             }
         }
     }
@@ -324,13 +321,12 @@ impl Daemon {
 
     /// SIGKILL: the daemon gets no chance to clean up, as in a crash.
     pub fn kill_hard(mut self) -> ExitStatus {
-        let _ = self.child.kill();
+        self.child.kill().expect("SIGKILL lb");
         self.child.wait().expect("wait for lb")
     }
 
     fn kill_and_stderr(&mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::cleanup::kill(&mut self.child, "lb run");
         std::thread::sleep(Duration::from_millis(100));
         self.stderr()
     }
@@ -352,8 +348,7 @@ impl std::fmt::Debug for Logged {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::cleanup::kill(&mut self.child, "lb run");
     }
 }
 
@@ -514,7 +509,7 @@ impl Instance {
 
 impl Drop for Instance {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        crate::cleanup::remove_dir_all(&self.pin_dir);
         // `self._dir` (a TempDir) removes itself.
     }
 }
@@ -553,7 +548,7 @@ impl DecapPaths {
 
     /// `lb decap <args>` inside the backend's namespace.
     pub fn run(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new("nsenter")
+        Command::new("nsenter")
             .arg(format!("--net={}", self.ns_path.display()))
             .arg("--")
             .arg(lb_binary())
@@ -580,8 +575,8 @@ impl DecapPaths {
 impl Drop for DecapPaths {
     fn drop(&mut self) {
         if self.pin_dir.exists() {
-            let _ = self.run(&["detach", "--all"]);
-            let _ = std::fs::remove_dir_all(&self.pin_dir);
+            crate::cleanup::warn_on_exit("lb decap detach --all", &self.run(&["detach", "--all"]));
+            crate::cleanup::remove_dir_all(&self.pin_dir);
         }
     }
 }

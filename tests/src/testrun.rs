@@ -98,7 +98,7 @@ impl Datapath {
         // SAFETY: a CPU the kernel just ran this thread on is inside the set's range.
         unsafe { libc::CPU_SET(cpu, &mut set) };
         // SAFETY: pid 0 is this thread; `set` is a valid cpu_set_t of the size given.
-        let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+        let rc = unsafe { libc::sched_setaffinity(0, size_of_val(&set), &raw const set) };
         assert_eq!(
             rc,
             0,

@@ -169,7 +169,7 @@ pub fn send_raw(dst: IpAddr, protocol: libc::c_int, payload: &[u8]) {
                     payload.len(),
                     0,
                     (&raw const addr).cast(),
-                    std::mem::size_of_val(&addr) as libc::socklen_t,
+                    size_of_val(&addr) as libc::socklen_t,
                 )
             }
         }
@@ -186,7 +186,7 @@ pub fn send_raw(dst: IpAddr, protocol: libc::c_int, payload: &[u8]) {
                     payload.len(),
                     0,
                     (&raw const addr).cast(),
-                    std::mem::size_of_val(&addr) as libc::socklen_t,
+                    size_of_val(&addr) as libc::socklen_t,
                 )
             }
         }

@@ -26,12 +26,11 @@ pub fn eventually<T, O: Debug>(
             Err(observed) => observed,
         };
         let now = Instant::now();
-        if now >= deadline {
-            panic!(
-                "{what}: not within {timeout:?} ({polls} checks over {:?}); last observed: {observed:?}",
-                started.elapsed()
-            );
-        }
+        assert!(
+            now < deadline,
+            "{what}: not within {timeout:?} ({polls} checks over {:?}); last observed: {observed:?}",
+            started.elapsed()
+        );
         std::thread::sleep(POLL.min(deadline - now));
     }
 }

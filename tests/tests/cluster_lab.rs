@@ -105,7 +105,10 @@ impl NodeServers {
                     while !stop.load(Ordering::Relaxed) {
                         match listener.accept() {
                             Ok((mut stream, _)) => {
-                                let _ = stream.write_all(format!("node{i}").as_bytes());
+                                // A client that left is its own test's failure, seen there.
+                                stream
+                                    .write_all(format!("node{i}").as_bytes())
+                                    .unwrap_or_default();
                             }
                             Err(_) => std::thread::sleep(Duration::from_millis(2)),
                         }
@@ -121,7 +124,7 @@ impl Drop for NodeServers {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for thread in self.threads.drain(..) {
-            let _ = thread.join();
+            lb_tests::cleanup::join(thread, "joining a node's server thread");
         }
     }
 }

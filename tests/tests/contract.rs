@@ -89,7 +89,7 @@ fn maglev_table_ignores_order_and_follows_weights() {
         "the order of backends matters"
     );
     for (id, share) in [(1, 0.25), (2, 0.5), (3, 0.25)] {
-        let owned = table.iter().filter(|&&slot| slot == id).count() as f64 / size as f64;
+        let owned = table.iter().filter(|&&slot| slot == id).count() as f64 / f64::from(size);
         assert!(
             (owned - share).abs() < 0.01,
             "backend {id} owns {owned:.3} of the table, not {share}"

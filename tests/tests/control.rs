@@ -59,9 +59,9 @@ fn raise_fd_limit() {
     };
     // SAFETY: getrlimit/setrlimit on a valid struct we own.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) == 0 {
             limit.rlim_cur = limit.rlim_max.min(65_536);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit);
         }
     }
 }
@@ -73,7 +73,7 @@ fn weights_drain_and_delete_steer_new_connections() {
     let instance = Instance::new();
     let _daemon = instance.start(&lab, &[]);
     let _servers = Servers::start(&lab.backends);
-    let vip: SocketAddr = SocketAddr::new(lab.vip(false), 80);
+    let vip = SocketAddr::new(lab.vip(false), 80);
     let vip_arg = vip.to_string();
     instance.ok(&["vip", "add", &vip_arg]);
     for (n, weight) in [(0, "1"), (1, "2"), (2, "1")] {
@@ -138,20 +138,13 @@ fn weights_drain_and_delete_steer_new_connections() {
     );
     let list = instance.ok(&["backend", "list", &vip_arg, "--json"]);
     let entries: serde_json::Value = serde_json::from_str(&list).expect("JSON");
-    let states: Vec<(&str, &str, u64)> = entries
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|e| {
-            (
-                e["backend"].as_str().unwrap_or_default(),
-                e["state"].as_str().unwrap_or_default(),
-                e["weight"].as_u64().unwrap_or_default(),
-            )
-        })
-        .collect();
+    let drained = endpoint(&lab, 0, HTTP_PORT);
     assert!(
-        states.contains(&(endpoint(&lab, 0, HTTP_PORT).as_str(), "draining", 1)),
+        entries.as_array().expect("array").iter().any(|e| {
+            e["backend"].as_str() == Some(drained.as_str())
+                && e["state"].as_str() == Some("draining")
+                && e["weight"].as_u64() == Some(1)
+        }),
         "{list}"
     );
 
@@ -260,7 +253,9 @@ fn stream_through(
         Ok(s) => s,
         Err(e) => return (0, 0, Some(format!("connect: {e}"))),
     };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    if let Err(e) = stream.set_read_timeout(Some(Duration::from_secs(5))) {
+        return (0, 0, Some(format!("read timeout: {e}")));
+    }
     let (mut sent, mut verified) = (0u64, 0u64);
     let mut reply = vec![0u8; CHUNK as usize];
     let started = Instant::now();
@@ -401,7 +396,7 @@ fn raw_request(instance: &Instance, payload: &[u8]) -> String {
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     // The daemon may answer and close before reading everything of an oversized request.
-    let _ = stream.write_all(payload);
+    stream.write_all(payload).unwrap_or_default();
     let mut line = String::new();
     BufReader::new(stream)
         .read_line(&mut line)
@@ -617,8 +612,7 @@ impl KillOnSyscall {
 
 impl Drop for KillOnSyscall {
     fn drop(&mut self) {
-        let _ = self.strace.kill();
-        let _ = self.strace.wait();
+        lb_tests::cleanup::kill(&mut self.strace, "strace");
     }
 }
 

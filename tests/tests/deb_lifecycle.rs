@@ -220,7 +220,7 @@ impl<'a> Service<'a> {
 impl Drop for Service<'_> {
     fn drop(&mut self) {
         // After a failed test: the pins go, which detaches what they held.
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        lb_tests::cleanup::remove_dir_all(&self.pin_dir);
     }
 }
 
@@ -242,8 +242,8 @@ impl DecapPaths {
 
 impl Drop for DecapPaths {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
-        let _ = std::fs::remove_file(&self.record);
+        lb_tests::cleanup::remove_dir_all(&self.pin_dir);
+        lb_tests::cleanup::remove_file(&self.record);
     }
 }
 
@@ -294,7 +294,7 @@ fn the_package_keeps_forwarding_across_an_upgrade_and_takes_the_datapath_with_it
 
     // Upgrade: the old prerm leaves the datapath, the running daemon keeps serving.
     let printed = root.dpkg_ok(&lab.lb, &["--install", &upgrade_arg]);
-    assert_eq!(root.installed_version(), Some(next.clone()), "{printed}");
+    assert_eq!(root.installed_version().as_ref(), Some(&next), "{printed}");
     assert_eq!(service.datapath(), (true, true), "{printed}");
     assert_eq!(vip_answers(&lab).as_deref(), Ok(backend.name.as_str()));
     assert_eq!(held.ask().as_deref(), Ok(backend.name.as_str()));

@@ -425,7 +425,7 @@ fn inconsistent_lengths_and_versions_are_malformed() {
     wrong_version[34] = 0x65;
     cases.push(("inner version 6 under protocol 4", wrong_version));
     // An outer fragment.
-    let mut fragment = good.clone();
+    let mut fragment = good;
     fragment[20] = 0x20;
     cases.push(("outer more-fragments", with_checksum(fragment)));
     for (what, frame) in cases {
@@ -559,7 +559,7 @@ struct Pins(std::path::PathBuf);
 
 impl Drop for Pins {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        lb_tests::cleanup::remove_dir_all(&self.0);
     }
 }
 

@@ -274,7 +274,8 @@ fn serve(ns: &NetNs, vip: IpAddr) {
             let Ok((n, from)) = socket.recv_from(&mut buf) else {
                 break;
             };
-            let _ = socket.send_to(&buf[..n], from);
+            // A lost echo is the client's test failure, seen there.
+            socket.send_to(&buf[..n], from).unwrap_or_default();
         }
     });
 }
@@ -282,8 +283,11 @@ fn serve(ns: &NetNs, vip: IpAddr) {
 impl Drop for Lab {
     fn drop(&mut self) {
         if self.pin_dir.exists() {
-            let _ = self.lb(&["detach", "--all"]);
-            let _ = std::fs::remove_dir_all(&self.pin_dir);
+            lb_tests::cleanup::warn_on_exit(
+                "lb decap detach --all",
+                &self.lb(&["detach", "--all"]),
+            );
+            lb_tests::cleanup::remove_dir_all(&self.pin_dir);
         }
     }
 }
@@ -314,8 +318,7 @@ fn sysctl_of<'a>(snapshot: &'a Snapshot, key: &str) -> &'a str {
         .sysctls
         .iter()
         .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
-        .unwrap_or_else(|| panic!("no sysctl {key}"))
+        .map_or_else(|| panic!("no sysctl {key}"), |(_, v)| v.as_str())
 }
 
 #[test]
@@ -376,7 +379,7 @@ fn attach_serves_tunnels_status_counts_and_detach_restores_the_backend() {
         ("all.arp_ignore", "2"),
         ("all.arp_announce", "2"),
         ("all.rp_filter", "1"),
-        (&format!("{iface}.arp_ignore") as &str, "1"),
+        (format!("{iface}.arp_ignore").as_str(), "1"),
         (&format!("{iface}.arp_announce"), "2"),
         (&format!("{iface}.rp_filter"), "2"),
         ("lo.rp_filter", "0"),
@@ -508,7 +511,7 @@ fn attach_serves_tunnels_status_counts_and_detach_restores_the_backend() {
         "the record goes with the last interface"
     );
     assert_eq!(
-        std::fs::read_dir(&lab.pin_dir).map(|d| d.count()).ok(),
+        std::fs::read_dir(&lab.pin_dir).map(Iterator::count).ok(),
         Some(0),
         "no pins left"
     );
@@ -600,9 +603,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         assert!(error.contains(reason), "{class}: {error}");
         assert_eq!(lab.snapshot(), before, "{class} changed the backend");
         assert!(!lab.record().exists(), "{class} wrote a record");
-        let pins = std::fs::read_dir(&lab.pin_dir)
-            .map(|d| d.count())
-            .unwrap_or(0);
+        let pins = std::fs::read_dir(&lab.pin_dir).map_or(0, Iterator::count);
         assert_eq!(pins, 0, "{class} left pins");
         lb_tests::loud(&format!("decap_cli: refused, nothing changed: {class}"));
     }
@@ -619,7 +620,7 @@ fn two_attaches_at_once_share_what_they_change_until_the_last_detach() {
         &lab.backend,
         "198.18.10.2/24",
     );
-    let ifaces = [lab.iface.clone(), second.b.clone()];
+    let ifaces = [lab.iface.clone(), second.b];
     let before = lab.snapshot();
     // Both at once: the pin directory's lock orders them, and whichever comes second finds
     // the shared settings (all.arp_announce, the VIP on lo) made by the first.
@@ -651,7 +652,10 @@ fn two_attaches_at_once_share_what_they_change_until_the_last_detach() {
     let record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(lab.record()).expect("record"))
             .expect("JSON record");
-    assert_eq!(record["interfaces"].as_object().map(|i| i.len()), Some(2));
+    assert_eq!(
+        record["interfaces"].as_object().map(serde_json::Map::len),
+        Some(2)
+    );
     let mut both = ifaces.to_vec();
     both.sort();
     let announce = record["sysctls"]
@@ -736,9 +740,7 @@ fn an_attach_that_fails_half_way_rolls_back_what_it_changed() {
     assert!(!lab.backend.has_xdp());
     assert!(!lab.record().exists(), "no record of a rolled-back attach");
     assert_eq!(
-        std::fs::read_dir(&lab.pin_dir)
-            .map(|d| d.count())
-            .unwrap_or(0),
+        std::fs::read_dir(&lab.pin_dir).map_or(0, Iterator::count),
         0,
         "no pins left"
     );
@@ -818,10 +820,10 @@ impl NamedBackend {
 
 impl Drop for NamedBackend {
     fn drop(&mut self) {
-        let _ = self.lb(&["detach", "--all"]);
+        lb_tests::cleanup::warn_on_exit("lb decap detach --all", &self.lb(&["detach", "--all"]));
         let (pin_dir, record) = self.default_paths();
-        let _ = std::fs::remove_dir_all(pin_dir);
-        let _ = std::fs::remove_file(record);
+        lb_tests::cleanup::remove_dir_all(&pin_dir);
+        lb_tests::cleanup::remove_file(&record);
     }
 }
 

@@ -283,7 +283,7 @@ fn run_lab(wiring: Wiring, mode: &str, services: &[Service]) {
             .bytes()
             .zip(before.bytes())
             .position(|(a, b)| a != b)
-            .unwrap_or(after.len().min(before.len()));
+            .unwrap_or_else(|| after.len().min(before.len()));
         let around =
             |text: &str| text[at.saturating_sub(300)..(at + 300).min(text.len())].to_owned();
         assert!(

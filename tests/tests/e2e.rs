@@ -47,8 +47,7 @@ fn assert_spread(seen: &HashMap<String, Vec<IpAddr>>, client: IpAddr, what: &str
     for i in 1..=3 {
         let peers = seen
             .get(&format!("backend-{i}"))
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
+            .map_or(&[][..], Vec::as_slice);
         let share = peers.len() as f64 / total as f64;
         assert!(
             (0.20..=0.47).contains(&share),

@@ -378,16 +378,17 @@ fn a_draining_backend_keeps_its_flow_and_a_failing_one_loses_it() {
     // As the datapath does it: the flow's next packet is balanced again, to that pick.
     let rebalanced = || stat_packets(&instance.stats(), "ct_rebalanced");
     let before = rebalanced();
-    let _ = old.get_mut().write_all(b"who\n");
+    // The packet is what counts: the socket may already have heard of the failed backend.
+    old.get_mut().write_all(b"who\n").unwrap_or_default();
     let after = lb_tests::eventually(
         Duration::from_secs(2),
         "the flow tracked away from the failed backend",
         || {
             let after = explain(&instance, from, drained_vip, "tcp");
-            if tracked_backend(&after) != Some(failing_addr) {
-                Ok(after)
-            } else {
+            if tracked_backend(&after) == Some(failing_addr) {
                 Err(after)
+            } else {
+                Ok(after)
             }
         },
     );

@@ -57,7 +57,6 @@ fn broken(connections: &mut [WhoConnection], names: &[String]) -> Vec<String> {
 
 /// The scenario once the VIP serves `backends[..3]`: connect, check every connection is
 /// proven, flood, add `added` and drain `drained`, ask again.
-#[allow(clippy::too_many_arguments)]
 fn scenario(
     instance: &Instance,
     client: &NetNs,
@@ -158,6 +157,10 @@ fn a_flood_ten_times_the_table_breaks_no_dsr_connection() {
     lb_tests::require_root!();
     let lab = DsrLab::new("lbfd", Wiring::Routed, 4);
     let vip_ip = IpAddr::V4(dsr::VIP_V4);
+    #[expect(
+        clippy::collection_is_never_read,
+        reason = "held to the end: each detaches its backend on drop"
+    )]
     let mut decaps = Vec::new();
     for backend in &lab.backends {
         let decap = DecapPaths::new(&backend.ns);

@@ -205,15 +205,12 @@ fn a_backends_fragmented_reply_leaves_from_the_vip_in_every_fragment() {
 
 /// The outer destination of a dsr-ipip frame and what it carries.
 fn outer(frame: &[u8]) -> (IpAddr, Vec<u8>) {
-    match u16::from_be_bytes([frame[12], frame[13]]) {
-        0x0800 => {
-            let h = Ipv4HeaderSlice::from_slice(&frame[14..]).expect("outer IPv4");
-            (IpAddr::from(h.destination()), frame[34..].to_vec())
-        }
-        _ => {
-            let h = Ipv6HeaderSlice::from_slice(&frame[14..]).expect("outer IPv6");
-            (IpAddr::from(h.destination()), frame[54..].to_vec())
-        }
+    if u16::from_be_bytes([frame[12], frame[13]]) == 0x0800 {
+        let h = Ipv4HeaderSlice::from_slice(&frame[14..]).expect("outer IPv4");
+        (IpAddr::from(h.destination()), frame[34..].to_vec())
+    } else {
+        let h = Ipv6HeaderSlice::from_slice(&frame[14..]).expect("outer IPv6");
+        (IpAddr::from(h.destination()), frame[54..].to_vec())
     }
 }
 

@@ -69,7 +69,8 @@ impl Echo {
                             } else {
                                 buffer[..n].to_vec()
                             };
-                            let _ = socket.send_to(&answer, peer);
+                            // A lost answer is the client's test failure, seen there.
+                            socket.send_to(&answer, peer).unwrap_or_default();
                         }
                     }
                 }));
@@ -83,7 +84,7 @@ impl Drop for Echo {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for thread in self.threads.drain(..) {
-            let _ = thread.join();
+            lb_tests::cleanup::join(thread, "joining an echo server thread");
         }
     }
 }

@@ -313,16 +313,15 @@ fn echo_requests_to_a_vip_are_answered_from_it() {
             // the kernel also judges; dropped and counted, never answered.
             let mut short = request.clone();
             let l3 = 14;
-            match family {
-                Family::V6 => short[l3 + 4..l3 + 6].copy_from_slice(&4u16.to_be_bytes()),
-                _ => {
-                    // A valid header but for the length: its checksum is recomputed, so
-                    // only the length can be what is refused.
-                    let mut header = Ipv4Header::from_slice(&short[l3..]).expect("IPv4 header").0;
-                    header.total_len = 24;
-                    header.header_checksum = header.calc_header_checksum();
-                    short[l3..l3 + 20].copy_from_slice(&header.to_bytes());
-                }
+            if family == Family::V6 {
+                short[l3 + 4..l3 + 6].copy_from_slice(&4u16.to_be_bytes())
+            } else {
+                // A valid header but for the length: its checksum is recomputed, so
+                // only the length can be what is refused.
+                let mut header = Ipv4Header::from_slice(&short[l3..]).expect("IPv4 header").0;
+                header.total_len = 24;
+                header.header_checksum = header.calc_header_checksum();
+                short[l3..l3 + 20].copy_from_slice(&header.to_bytes());
             }
             let (out, delta) = datapath.run_counted(&short);
             let malformed = if matches!(family, Family::V6) {

@@ -125,7 +125,7 @@ fn install_puts_every_file_in_place_and_nothing_else() {
     ] {
         let text = std::fs::read_to_string(prefix.join(file)).expect("read");
         assert!(
-            !text.contains("@"),
+            !text.contains('@'),
             "a placeholder is left in {file}:\n{text}"
         );
     }
@@ -486,8 +486,10 @@ fn lintian_finds_no_error_and_only_accepted_warnings(deb: &Path) {
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    let errors: Vec<&str> = report.lines().filter(|l| l.starts_with("E: ")).collect();
-    assert!(errors.is_empty(), "lintian errors:\n{report}");
+    assert!(
+        !report.lines().any(|l| l.starts_with("E: ")),
+        "lintian errors:\n{report}"
+    );
     let accepted = accepted_lintian_warnings();
     for warning in report.lines().filter(|l| l.starts_with("W: ")) {
         let tag = warning

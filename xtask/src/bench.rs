@@ -95,7 +95,7 @@ pub(crate) fn run(options: &Options) -> anyhow::Result<()> {
         2,
         "![ns per packet by path; the red line is the floor](benchmarks-datapath.svg)".to_owned(),
     );
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let report = format!(
         "# Benchmarks\n\n\
          Written by `cargo xtask bench{}` (as root) on {}; do not edit by hand. \

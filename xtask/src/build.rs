@@ -26,8 +26,7 @@ pub(crate) fn run(options: &Options) -> anyhow::Result<PathBuf> {
 
 pub(crate) fn lb_binary(release: bool) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| cmd::workspace_root().join("target"));
+        .map_or_else(|| cmd::workspace_root().join("target"), PathBuf::from);
     target
         .join(if release { "release" } else { "debug" })
         .join("lb")

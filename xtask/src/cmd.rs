@@ -38,8 +38,7 @@ fn path_with_first(first: &Path, path: Option<&std::ffi::OsStr>) -> anyhow::Resu
 pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 pub(crate) fn cargo() -> anyhow::Result<Command> {

@@ -22,6 +22,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use lb_lab::{
+    cleanup,
     client::http_get,
     netns::NetNs,
     servers::{HTTP_PORT, Servers},
@@ -141,7 +142,7 @@ fn spawn_daemon(command: &mut Command, log: &Path) -> anyhow::Result<(Child, Rec
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             // Nobody listens once the daemon is up: the line is dropped, the pipe drained.
-            let _ = tx.send(line);
+            tx.send(line).unwrap_or_default();
         }
     });
     Ok((child, rx))
@@ -183,21 +184,21 @@ impl Drop for Demo {
             _ => None,
         };
         if let Some(mut down) = down {
-            let _ = down
+            // Its stderr is shown only if it fails.
+            let output = down
                 .arg("down")
                 .arg("--pin-dir")
                 .arg(&self.pin_dir)
                 .env("LB_API", &self.api)
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+                .output();
+            cleanup::warn_on_failed("lb down", output);
         }
         if let Some(mut child) = self.daemon.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            cleanup::kill(&mut child, "lb run");
         }
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
-        let _ = std::fs::remove_dir_all(&self.dir);
+        cleanup::remove_dir_all(&self.pin_dir);
+        cleanup::remove_dir_all(&self.dir);
     }
 }
 

@@ -208,7 +208,12 @@ pub(crate) fn gzip(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
 fn install_man_pages(lb: &Path, man1: &Path, layout: &Layout) -> anyhow::Result<()> {
     // Per process: installs may run side by side (the tests do).
     let scratch = lb.with_file_name(format!("man-pages.{}", std::process::id()));
-    let _ = fs::remove_dir_all(&scratch);
+    match fs::remove_dir_all(&scratch) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", scratch.display()));
+        }
+        _ => {}
+    }
     cmd::run(
         Command::new(lb)
             .arg("manpages")

@@ -119,7 +119,12 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
         .to_owned();
     for name in [Path::new("libLLVM.so").as_os_str(), file_name.as_os_str()] {
         let link = lib.join(name);
-        let _ = fs::remove_file(&link);
+        match fs::remove_file(&link) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", link.display()));
+            }
+            _ => {}
+        }
         symlink(&llvm, &link)
             .with_context(|| format!("linking {} to {}", link.display(), llvm.display()))?;
     }
@@ -205,7 +210,7 @@ pub(crate) fn ensure_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
         .iter()
         .filter(|(tool, _)| {
             if tool.starts_with('/') {
-                return !std::path::Path::new(tool).exists();
+                return !Path::new(tool).exists();
             }
             !succeeds(Command::new("sh").args(["-c", &format!("command -v {tool}")]))
         })
@@ -225,14 +230,14 @@ pub(crate) fn ensure_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
         );
     }
     eprintln!("setup: installing {}", missing.join(" "));
-    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let policy = Path::new("/usr/sbin/policy-rc.d");
     let own_policy = !policy.exists();
     if own_policy {
-        std::fs::write(
+        fs::write(
             policy,
             "#!/bin/sh\n# lb setup: install, do not start services\nexit 101\n",
         )?;
-        std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     }
     let result = cmd::run(Command::new("apt-get").arg("update").arg("-qq")).and_then(|()| {
         cmd::run(
@@ -243,7 +248,7 @@ pub(crate) fn ensure_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
         )
     });
     if own_policy {
-        let _ = std::fs::remove_file(policy);
+        lb_lab::cleanup::remove_file(policy);
     }
     result
 }
@@ -258,6 +263,6 @@ mod tests {
             llvm_major("libLLVM.so.22.1-rust-1.97.0-nightly").ok(),
             Some(22)
         );
-        assert!(llvm_major("libLLVM-22-rust-1.97.0-nightly.so").is_err());
+        llvm_major("libLLVM-22-rust-1.97.0-nightly.so").unwrap_err();
     }
 }

@@ -46,12 +46,11 @@ pub fn carry(ctx: &XdpContext, tunnel: &Tunnel) -> bool {
         };
         // SAFETY: as above.
         let ip = unsafe { &mut *ip };
-        match ipv6_ecn(ip.vcf[1]) {
-            ECN_NOT_ECT => false,
-            _ => {
-                ip.vcf[1] |= ECN_CE << 4;
-                true
-            }
+        if ipv6_ecn(ip.vcf[1]) == ECN_NOT_ECT {
+            false
+        } else {
+            ip.vcf[1] |= ECN_CE << 4;
+            true
         }
     }
 }

@@ -10,6 +10,8 @@
 //! be carried into the inner packet (`ecn.rs`).
 #![no_std]
 #![no_main]
+// A binary: nothing is reachable from outside, so `pub` here means the crate.
+#![allow(unreachable_pub, reason = "a binary crate: pub means pub(crate)")]
 
 mod ecn;
 mod tunnel;
@@ -134,7 +136,7 @@ fn count(stat: DecapStat, bytes: usize) {
 
 #[cfg(not(test))]
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
     loop {}
 }
 

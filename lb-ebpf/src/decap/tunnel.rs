@@ -9,8 +9,6 @@
 //! wrong, or the outer IPv4 packet is a fragment (XDP sees one fragment; the stack would
 //! reassemble it, but nothing above it decapsulates).
 
-use core::mem;
-
 use aya_ebpf::programs::XdpContext;
 use lb_common::decap::{DecapStat, mapped_v4};
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
@@ -65,21 +63,21 @@ pub struct Tunnel {
 #[inline(always)]
 pub fn data(ctx: &XdpContext) -> usize {
     // SAFETY: `ctx.ctx` is the program's context pointer, valid for the whole run.
-    unsafe { core::ptr::read_volatile(&(*ctx.ctx).data) as usize }
+    unsafe { core::ptr::read_volatile(&raw const (*ctx.ctx).data) as usize }
 }
 
 /// End of the packet, read as [`data`].
 #[inline(always)]
 pub fn data_end(ctx: &XdpContext) -> usize {
     // SAFETY: as in `data`.
-    unsafe { core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize }
+    unsafe { core::ptr::read_volatile(&raw const (*ctx.ctx).data_end) as usize }
 }
 
 /// A pointer to a `T` at `offset`, or `None` when the frame is too short for it.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     let start = data(ctx);
-    if start + offset + mem::size_of::<T>() > data_end(ctx) {
+    if start + offset + size_of::<T>() > data_end(ctx) {
         return None;
     }
     Some((start + offset) as *mut T)

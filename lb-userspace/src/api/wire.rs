@@ -158,7 +158,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The field that carries [`PROTOCOL_VERSION`] in a request line, beside `op`.
 pub const VERSION_FIELD: &str = "version";
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
     pub ok: bool,
     /// The daemon's [`PROTOCOL_VERSION`].

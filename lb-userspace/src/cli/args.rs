@@ -720,7 +720,7 @@ impl ValueEnum for Proto {
 
 #[cfg(test)]
 mod tests {
-    use clap::{CommandFactory, error::ErrorKind};
+    use clap::{CommandFactory as _, error::ErrorKind};
 
     use super::*;
 

@@ -67,7 +67,7 @@ pub(crate) fn vip(socket: &Path, command: VipCommand) -> anyhow::Result<()> {
                 check: check.config(),
                 mode,
                 on_down,
-                allow_sources: allow_sources.clone(),
+                allow_sources,
             },
             format!(
                 "added VIP {}/{} ({mode}){}",

@@ -176,7 +176,7 @@ mod tests {
     fn bad_flows_are_refused_by_the_parser() {
         let ok = parse(&["198.18.0.1:40000", "198.18.1.1:80", "--proto", "udp"]).expect("valid");
         assert_eq!(ok.proto, Proto::Udp);
-        assert!(checked(&ok).is_ok());
+        checked(&ok).unwrap();
         for (args, reason) in [
             (vec!["198.18.0.1", "198.18.1.1:80"], "is not ADDRESS:PORT"),
             (vec!["198.18.0.1:1", "vip:80"], "is not ADDRESS:PORT"),

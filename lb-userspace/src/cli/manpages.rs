@@ -87,9 +87,7 @@ fn render(man: &Man, paths: &InstallPaths) -> anyhow::Result<Vec<u8>> {
         render_section(&mut ours, section);
     }
     let ours = ours.render().into_bytes();
-    let at = find(&page, b"\n.SH VERSION")
-        .map(|at| at + 1)
-        .unwrap_or(page.len());
+    let at = find(&page, b"\n.SH VERSION").map_or(page.len(), |at| at + 1);
     page.splice(at..at, ours);
     Ok(page)
 }

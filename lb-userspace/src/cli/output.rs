@@ -38,7 +38,9 @@ pub(crate) fn note(text: &str) {
 
 /// Whether an error only says that stdout's reader went away.
 pub(crate) fn is_stdout_closed(error: &anyhow::Error) -> bool {
-    error.chain().any(|cause| cause.is::<StdoutClosed>())
+    error
+        .chain()
+        .any(<dyn std::error::Error>::is::<StdoutClosed>)
 }
 
 #[cfg(test)]

@@ -303,10 +303,10 @@ pub(crate) fn config_summary(
             } else {
                 spec.backends.len().to_string()
             },
-            spec.check
-                .as_ref()
-                .map(|check| crate::model::check::CheckConfig::from(check).probe)
-                .unwrap_or_else(|| "-".to_owned()),
+            spec.check.as_ref().map_or_else(
+                || "-".to_owned(),
+                |check| crate::model::check::CheckConfig::from(check).probe,
+            ),
         ]);
     }
     if !state.vips.is_empty() {

@@ -249,6 +249,7 @@ mod tests {
     }
 
     #[test]
+    #[expect(clippy::float_cmp, reason = "whole counts over whole seconds: exact")]
     fn rates_are_deltas_over_time() {
         let r = rates(
             &report(300, 30_000, 30),

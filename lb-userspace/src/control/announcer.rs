@@ -80,7 +80,7 @@ impl Announcer {
 
     fn write(&mut self, table: u32, wanted: &BTreeSet<IpAddr>) -> Result<(), String> {
         let current = announce::announced(table).map_err(|e| error_chain(&e))?;
-        self.announced = current.clone();
+        self.announced.clone_from(&current);
         for vip in current.difference(wanted) {
             announce::withdraw(table, *vip).map_err(|e| error_chain(&e))?;
             self.announced.remove(vip);

@@ -200,6 +200,7 @@ impl<M: MapWriter> MapSync<M> {
     }
 
     /// Builds every table with the cluster's `seed` (before the first sync).
+    #[must_use]
     pub fn with_hash_seed(mut self, seed: HashSeed) -> Self {
         self.hash_seed = seed;
         self
@@ -288,19 +289,16 @@ impl<M: MapWriter> MapSync<M> {
                 let (_, family) = wire_addr(service.addr.ip());
                 Some((*service, prefix_of(prefix_len, &range, family)?))
             });
-            match found.and_then(|(service, prefix)| {
+            if let Some((vip, prefix)) = found.and_then(|(service, prefix)| {
                 Some((map_sync.applied.vips.get_mut(&service)?, prefix))
             }) {
-                Some((vip, prefix)) => {
-                    vip.sources.insert(prefix);
-                }
-                None => {
-                    warn!(
-                        vip_id = range.vip_id,
-                        "removing a pinned source prefix of no VIP"
-                    );
-                    ignore_missing(map_sync.maps.remove_source_range(prefix_len, &range))?;
-                }
+                vip.sources.insert(prefix);
+            } else {
+                warn!(
+                    vip_id = range.vip_id,
+                    "removing a pinned source prefix of no VIP"
+                );
+                ignore_missing(map_sync.maps.remove_source_range(prefix_len, &range))?;
             }
         }
         for key in address_entries {
@@ -513,7 +511,7 @@ impl<M: MapWriter> MapSync<M> {
             {
                 self.sync_backends(service, spec, on_down_changed)?;
             } else if let Some(vip) = self.applied.vips.get_mut(service) {
-                vip.check = spec.check.clone();
+                vip.check.clone_from(&spec.check);
                 vip.on_down = spec.on_down;
             }
         }
@@ -584,7 +582,7 @@ impl<M: MapWriter> MapSync<M> {
             ignore_missing(self.maps.remove_source_range(len, &range))?;
         }
         if let Some(vip) = self.applied.vips.get_mut(service) {
-            vip.sources = to.clone();
+            vip.sources.clone_from(to);
         }
         Ok(())
     }
@@ -661,7 +659,7 @@ impl<M: MapWriter> MapSync<M> {
             let (addr, family) = wire_addr(ip);
             ignore_missing(self.maps.remove_vip(&VipKey::address_entry(addr, family)))?;
         }
-        for (addr, id) in &slot.backend_ids.clone() {
+        for (addr, id) in &slot.backend_ids {
             self.retire_backend(service, addr, *id)?;
         }
         // No packet reaches the VIP's prefixes now: they go, so that the id's next VIP
@@ -704,16 +702,15 @@ impl<M: MapWriter> MapSync<M> {
         //    the table without it is live.
         for (addr, backend) in &spec.backends {
             let known = self.slot_id(service, addr);
-            let id = match known {
-                Some(id) => id,
-                None => {
-                    let id = self.allocate_backend_id()?;
-                    if let Some(slot) = self.slots.get_mut(service) {
-                        slot.backend_ids.insert(*addr, id);
-                    }
-                    self.maps.reset_backend_counters(id)?;
-                    id
+            let id = if let Some(id) = known {
+                id
+            } else {
+                let id = self.allocate_backend_id()?;
+                if let Some(slot) = self.slots.get_mut(service) {
+                    slot.backend_ids.insert(*addr, id);
                 }
+                self.maps.reset_backend_counters(id)?;
+                id
             };
             let before = current.backends.get(addr).filter(|_| known.is_some());
             let in_map = BackendSpec {
@@ -851,12 +848,10 @@ impl<M: MapWriter> MapSync<M> {
         spec: &BackendSpec,
     ) -> Result<(), MapSyncError> {
         let (wire, family) = wire_addr(addr.ip());
-        let (mode, on_down) = self
-            .slots
-            .get(service)
-            .map_or((Mode::Nat, OnDown::default()), |slot| {
-                (slot.mode, slot.on_down)
-            });
+        let (mode, on_down) = self.slots.get(service).map_or_else(
+            || (Mode::Nat, OnDown::default()),
+            |slot| (slot.mode, slot.on_down),
+        );
         let state = match (spec.draining, self.down.contains(&(*service, *addr))) {
             (false, _) => BACKEND_ACTIVE,
             (true, false) => BACKEND_DRAINING,

@@ -456,7 +456,7 @@ impl Controller {
         let (rise, fall) = (check.rise, check.fall);
         match self.health.book.record(&key, &result, rise, fall) {
             Some(Health::Down) => {
-                let reason = result.err().map_or_else(String::new, |e| e.to_string());
+                let reason = result.err().unwrap_or_default();
                 warn!(vip = %key.0, backend = %key.1, %reason, "backend down: no new flows");
             }
             Some(health) => info!(vip = %key.0, backend = %key.1, %health, "backend back up"),

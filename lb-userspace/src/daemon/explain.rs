@@ -72,7 +72,7 @@ impl Reader {
         let (facts, place) = self.facts(snap, &key)?;
         let service = Service { addr: vip, proto };
         let view = &snap.view;
-        let known: Known = view
+        let known: Known<'_> = view
             .iter()
             .flat_map(|v| {
                 v.backends
@@ -99,7 +99,7 @@ impl Reader {
                 idle_secs: idle_ns / NS,
                 timeout_secs: timeout_ns / NS,
                 expires_in_secs: timeout_ns.saturating_sub(idle_ns) / NS,
-                expired: explain::entry(&facts) == explain::Entry::Expired,
+                expired: explain::entry(&facts) == Entry::Expired,
                 proven: facts.proven,
                 admission: explain::admission_of(&conn, facts.proven, backend.mode == MODE_NAT),
                 backend: Self::backend_status(
@@ -151,7 +151,7 @@ impl Reader {
             .tracked
             .map(|(_, backend)| backend.mode)
             .filter(|_| verdict == Verdict::ForwardTracked)
-            .or(facts.slot.map(|(_, backend)| backend.mode));
+            .or_else(|| facts.slot.map(|(_, backend)| backend.mode));
         answer.explanation = sentence(&answer, explain::entry(&facts), mode);
         Ok(answer)
     }
@@ -247,7 +247,7 @@ impl Reader {
     /// BACKENDS[`id`] as seen by a flow pinned under (`vip_id`, `generation`).
     fn backend_status(
         snap: &Published,
-        known: &Known,
+        known: &Known<'_>,
         id: u32,
         backend: &Backend,
         (vip_id, generation): (u32, u32),
@@ -382,7 +382,7 @@ pub(crate) fn sentence(a: &Explanation, entry: Entry, mode: Option<u8>) -> Strin
         ),
     };
     if let Some(first) = text.get(..1) {
-        text = first.to_uppercase() + &text[1..];
+        text = format!("{}{}", first.to_uppercase(), &text[1..]);
     }
     text
 }

@@ -40,7 +40,7 @@ type CounterField = fn(&CounterEntry) -> u64;
 type Labels<const N: usize> = [(&'static str, String); N];
 
 fn family<const N: usize>(
-    encoder: &mut DescriptorEncoder,
+    encoder: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
     kind: MetricType,
@@ -58,7 +58,7 @@ fn family<const N: usize>(
 }
 
 impl Collector for Snapshot {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         use MetricType::{Counter, Gauge};
         let vip = |v: &VipEntry| [("vip", v.vip.to_string()), ("proto", v.proto.to_string())];
         let backend = |b: &BackendEntry| {

@@ -459,7 +459,7 @@ impl sweep::Pass for SweepJob {
 async fn sweep_forever(
     sweeper: Sweeper,
     commands: Commands,
-    interval: std::time::Duration,
+    interval: Duration,
 ) -> anyhow::Result<()> {
     let mut job = SweepJob {
         sweeper: Arc::new(sweeper),
@@ -572,7 +572,7 @@ fn start(
     }
     let meta = maps::take(&mut ebpf, MAP_META)?;
     if adopted.is_none() {
-        pins.write_layout(meta, &limits)?;
+        PinDir::write_layout(meta, &limits)?;
     }
     let maps = ServiceMaps::take(&mut ebpf, &limits).context("opening the service maps")?;
     let stats = StatsMap::take(&mut ebpf).context("opening the stats map")?;
@@ -589,7 +589,7 @@ fn start(
     let mut desired = match (declared, saved) {
         (Some(mut declared), saved) => {
             if let Some(saved) = saved {
-                let config = args.config.as_deref().unwrap_or(Path::new("-"));
+                let config = args.config.as_deref().unwrap_or_else(|| Path::new("-"));
                 info!(config = %config.display(), "--config replaces the saved state");
                 // A drained node stays drained across restarts, whatever the file says.
                 declared.node.drained |= saved.node.drained;
@@ -677,7 +677,7 @@ impl Signals {
 }
 
 /// How often the daemon looks at its pins and at the unattached egress interfaces.
-const PIN_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+const PIN_CHECK: Duration = Duration::from_secs(2);
 
 /// What the main task watches while the daemon runs.
 struct Watch<'a> {
@@ -699,7 +699,7 @@ async fn wait_for_stop(signals: Signals, watch: &mut Watch<'_>) -> anyhow::Resul
     let interval = watch
         .args
         .stats_interval
-        .unwrap_or(std::time::Duration::from_secs(86_400));
+        .unwrap_or(Duration::from_secs(86_400));
     let mut ticker = tokio::time::interval(interval);
     ticker.tick().await;
     let mut last: Option<(Snapshot, Instant)> = None;

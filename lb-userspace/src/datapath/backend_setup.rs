@@ -490,9 +490,7 @@ pub(crate) fn attach(
     let lo = Interface::resolve(LOOPBACK)?;
     let local = local_addresses(iface.index)?;
     if local.is_empty() {
-        return Err(SetupError::NoAddresses {
-            iface: iface.name.clone(),
-        });
+        return Err(SetupError::NoAddresses { iface: iface.name });
     }
     request.check_local(&local)?;
     let _lock = lock(&paths.pin_dir, true)?;
@@ -554,8 +552,7 @@ pub(crate) fn attach(
         _ if replaced => netlink::xdp_program(iface.index)
             .ok()
             .flatten()
-            .map(|x| x.mode.to_owned())
-            .unwrap_or_else(|| "unknown".to_owned()),
+            .map_or_else(|| "unknown".to_owned(), |x| x.mode.to_owned()),
         _ => attached.mode.to_owned(),
     };
     drop(attached);
@@ -630,7 +627,7 @@ pub(crate) fn attach(
             if fresh {
                 report(Event::Detached {
                     iface: iface.name.clone(),
-                    link: link.clone(),
+                    link,
                 });
             }
             return Err(SetupError::Applying {
@@ -783,15 +780,14 @@ pub(crate) fn status(paths: &DecapPaths, only: Option<&str>) -> Result<DecapStat
     // Reading pinned maps and links needs the same privileges as making them.
     privileges::check()?;
     let (record, _) = load_own_record(paths)?;
-    let names = match only {
-        Some(name) => vec![name.to_owned()],
-        None => {
-            let mut names: Vec<String> = record.interfaces.keys().cloned().collect();
-            names.extend(paths.pinned_interfaces()?);
-            names.sort();
-            names.dedup();
-            names
-        }
+    let names = if let Some(name) = only {
+        vec![name.to_owned()]
+    } else {
+        let mut names: Vec<String> = record.interfaces.keys().cloned().collect();
+        names.extend(paths.pinned_interfaces()?);
+        names.sort();
+        names.dedup();
+        names
     };
     let interfaces = names
         .into_iter()

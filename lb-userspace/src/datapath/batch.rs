@@ -73,8 +73,8 @@ unsafe fn bpf<A>(command: libc::c_long, attr: &mut A) -> io::Result<()> {
         libc::syscall(
             libc::SYS_bpf,
             command,
-            attr as *mut A,
-            std::mem::size_of::<A>() as u32,
+            std::ptr::from_mut::<A>(attr),
+            size_of::<A>() as u32,
         )
     };
     if rc == 0 {
@@ -107,8 +107,10 @@ pub(crate) fn walk_hash<K: Pod + Default, V: Pod + Default>(
     let mut next = 0u32;
     for call in 1..=max_calls {
         let mut attr = BatchAttr {
-            in_batch: resume_at.as_ref().map_or(0, |at| at as *const u32 as u64),
-            out_batch: &mut next as *mut u32 as u64,
+            in_batch: resume_at
+                .as_ref()
+                .map_or(0, |at| std::ptr::from_ref::<u32>(at) as u64),
+            out_batch: &raw mut next as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
             count: LOOKUP_CHUNK as u32,
@@ -161,6 +163,10 @@ pub(crate) fn update<K: Pod, V: Pod>(
 
 /// What a batch delete did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[expect(
+    clippy::struct_field_names,
+    reason = "deleted, missing, syscalls: what the delete did"
+)]
 pub(crate) struct Deleted {
     pub(crate) deleted: u64,
     /// Keys that were gone already (the LRU or another deleter took them meanwhile).
@@ -212,7 +218,7 @@ fn delete_each<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<Deleted> {
     for key in keys {
         let mut attr = ElemAttr {
             map_fd: map.as_raw_fd() as u32,
-            key: key as *const K as u64,
+            key: std::ptr::from_ref::<K>(key) as u64,
             ..ElemAttr::default()
         };
         // SAFETY: `key` is one key of the map's key type, alive during the call.

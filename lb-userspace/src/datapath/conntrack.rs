@@ -240,8 +240,8 @@ impl Sweeper {
         let promoted_before = counter(Stat::CtPromoted)?;
         let now = monotonic_coarse_ns();
         let mut census = Census {
-            created_before,
             promoted_before,
+            created_before,
             ..Census::default()
         };
         let (proven, unproven) = self.table.walk_both(|proven, _, conn| {

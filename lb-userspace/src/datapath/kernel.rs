@@ -37,24 +37,23 @@ pub fn check() -> Result<Option<KernelVersion>, KernelError> {
         source,
     })?;
     let running = kernel::parse_release(&release);
-    match running {
-        Some(running) => {
-            let missing = kernel::missing(running);
-            if !missing.is_empty() {
-                let names: Vec<String> = missing
-                    .iter()
-                    .map(|f| format!("{} (Linux {})", f.name, f.since))
-                    .collect();
-                return Err(KernelError::TooOld {
-                    running,
-                    missing: names.join(", "),
-                });
-            }
+    if let Some(running) = running {
+        let missing = kernel::missing(running);
+        if !missing.is_empty() {
+            let names: Vec<String> = missing
+                .iter()
+                .map(|f| format!("{} (Linux {})", f.name, f.since))
+                .collect();
+            return Err(KernelError::TooOld {
+                running,
+                missing: names.join(", "),
+            });
         }
-        None => tracing::warn!(
+    } else {
+        tracing::warn!(
             release = release.trim(),
             "cannot tell the kernel's version from its release; lb needs Linux {MINIMUM} or later"
-        ),
+        )
     }
     if !Path::new(VMLINUX_BTF).exists() {
         return Err(KernelError::NoBtf);

@@ -8,7 +8,7 @@ pub(crate) fn of_interface(name: &str) -> Vec<IpAddr> {
     let mut found = Vec::new();
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `list` with a linked list we free below.
-    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+    if unsafe { libc::getifaddrs(&raw mut list) } != 0 {
         return found;
     }
     let mut entry = list;
@@ -28,13 +28,13 @@ pub(crate) fn of_interface(name: &str) -> Vec<IpAddr> {
         let addr = unsafe {
             match i32::from((*node.ifa_addr).sa_family) {
                 libc::AF_INET => {
-                    let sin = &*(node.ifa_addr as *const libc::sockaddr_in);
+                    let sin = node.ifa_addr.cast::<libc::sockaddr_in>().read_unaligned();
                     Some(IpAddr::from(
                         u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
                     ))
                 }
                 libc::AF_INET6 => {
-                    let sin6 = &*(node.ifa_addr as *const libc::sockaddr_in6);
+                    let sin6 = node.ifa_addr.cast::<libc::sockaddr_in6>().read_unaligned();
                     Some(IpAddr::from(sin6.sin6_addr.s6_addr))
                 }
                 _ => None,

@@ -96,7 +96,7 @@ fn count_entries(map: &aya::maps::Map) -> Result<u64, MapError> {
         }
     }
     let map = HashMap::<&MapData, FlowKey, Conn>::try_from(map)?;
-    Ok(map.keys().filter(Result::is_ok).count() as u64)
+    Ok(map.keys().flatten().count() as u64)
 }
 
 /// A descriptor of its own on an LRU hash map.
@@ -375,7 +375,7 @@ impl ServiceMaps {
         let (unproven, proven) = self.tracked_entries(flow)?;
         Ok(proven
             .map(|conn| (conn, true))
-            .or(unproven.map(|conn| (conn, false))))
+            .or_else(|| unproven.map(|conn| (conn, false))))
     }
 
     /// A client → VIP flow's entries in CT_UNPROVEN and CONNTRACK.

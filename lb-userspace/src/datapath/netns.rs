@@ -101,8 +101,8 @@ fn pinned_xdp_link(path: &Path) -> Option<(u32, u32)> {
         libc::syscall(
             libc::SYS_bpf,
             BPF_OBJ_GET,
-            &mut get as *mut ObjGet,
-            std::mem::size_of::<ObjGet>() as u32,
+            &raw mut get,
+            size_of::<ObjGet>() as u32,
         )
     };
     if fd < 0 {
@@ -113,8 +113,8 @@ fn pinned_xdp_link(path: &Path) -> Option<(u32, u32)> {
     let mut info = LinkInfo::default();
     let mut attr = GetInfo {
         bpf_fd: fd.as_raw_fd() as u32,
-        info_len: std::mem::size_of::<LinkInfo>() as u32,
-        info: &mut info as *mut LinkInfo as u64,
+        info_len: size_of::<LinkInfo>() as u32,
+        info: &raw mut info as u64,
     };
     // SAFETY: a valid BPF_OBJ_GET_INFO_BY_FD attr; `info` has room for `info_len` bytes
     // and lives until the call returns.
@@ -122,8 +122,8 @@ fn pinned_xdp_link(path: &Path) -> Option<(u32, u32)> {
         libc::syscall(
             libc::SYS_bpf,
             BPF_OBJ_GET_INFO_BY_FD,
-            &mut attr as *mut GetInfo,
-            std::mem::size_of::<GetInfo>() as u32,
+            &raw mut attr,
+            size_of::<GetInfo>() as u32,
         )
     };
     (rc == 0 && info.link_type == BPF_LINK_TYPE_XDP).then_some((info.union[0], info.prog_id))

@@ -367,7 +367,7 @@ impl PinDir {
     }
 
     /// Records that the pinned maps are complete and what they were created with.
-    pub(crate) fn write_layout(&self, meta: Map, limits: &Limits) -> Result<(), PinError> {
+    pub(crate) fn write_layout(meta: Map, limits: &Limits) -> Result<(), PinError> {
         let mut map = Array::<MapData, Layout>::try_from(meta).map_err(PinError::Meta)?;
         let layout = Layout {
             version: LAYOUT_VERSION,

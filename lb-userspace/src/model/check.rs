@@ -284,6 +284,6 @@ mod tests {
         }
         assert_eq!(status_range("200-299"), Ok((200, 299)));
         assert_eq!(status_range("204"), Ok((204, 204)));
-        assert!(status_range("300-200").is_err());
+        status_range("300-200").unwrap_err();
     }
 }

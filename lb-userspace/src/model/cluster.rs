@@ -98,6 +98,7 @@ pub struct ClusterSettings {
 
 impl ClusterSettings {
     /// Flags win over the file, field by field.
+    #[must_use]
     pub fn or(self, file: ClusterSettings) -> ClusterSettings {
         ClusterSettings {
             hash_seed: self.hash_seed.or(file.hash_seed),

@@ -483,7 +483,7 @@ pub fn plan_attach(
         match next.sysctls.iter_mut().find(|c| c.key == need_.key) {
             Some(change) => {
                 // Ours, but changed since: set it again, keep what the first attach found.
-                change.new = need_.wanted.to_owned();
+                need_.wanted.clone_into(&mut change.new);
                 need(&mut change.needed_by, iface);
             }
             None => next.sysctls.push(SysctlChange {
@@ -573,8 +573,7 @@ pub fn plan_attach(
     let mode = record
         .interfaces
         .get(iface)
-        .map(|a| a.mode.clone())
-        .unwrap_or_else(|| mode.to_owned());
+        .map_or_else(|| mode.to_owned(), |a| a.mode.clone());
     next.interfaces.insert(
         iface.to_owned(),
         AttachedInterface {
@@ -783,7 +782,7 @@ mod tests {
         ] {
             assert!(check_vip(bad.parse().unwrap()).is_err(), "{bad}");
         }
-        assert!(check_vip("198.18.6.80".parse().unwrap()).is_ok());
+        check_vip("198.18.6.80".parse().unwrap()).unwrap();
         let request = AttachRequest::new(
             "eth0".into(),
             2,
@@ -804,11 +803,9 @@ mod tests {
                 .to_string()
                 .contains("an address of the interface itself")
         );
-        assert!(
-            request
-                .check_local(&["198.18.5.2".parse().unwrap()])
-                .is_ok()
-        );
+        request
+            .check_local(&["198.18.5.2".parse().unwrap()])
+            .unwrap();
         let too_many: Vec<Prefix> = (0..3)
             .map(|i| format!("198.18.{i}.0/24").parse().unwrap())
             .collect();

@@ -36,7 +36,7 @@ fn keyed(identity: &[u8], seed: HashSeed) -> Vec<u8> {
 /// every slot is [`NO_BACKEND`]. Nodes with the same backends, weights and `seed` build
 /// the same table, whatever ids they gave the backends.
 pub fn build(entries: &[Entry], size: u32, seed: HashSeed) -> Vec<u32> {
-    let m = size as u64;
+    let m = u64::from(size);
     let mut table = vec![NO_BACKEND; size as usize];
     let mut live: Vec<&Entry> = entries.iter().filter(|e| e.weight > 0).collect();
     // The order of turns must not depend on insertion order.
@@ -44,13 +44,13 @@ pub fn build(entries: &[Entry], size: u32, seed: HashSeed) -> Vec<u32> {
     if live.is_empty() || size < 2 {
         return table;
     }
-    let max_weight = live.iter().map(|e| e.weight).max().unwrap_or(1) as u64;
+    let max_weight = u64::from(live.iter().map(|e| e.weight).max().unwrap_or(1));
     let walks: Vec<(u64, u64)> = live
         .iter()
         .map(|e| {
             let key = keyed(&e.identity, seed);
-            let offset = bytes_hash(OFFSET_SEED, &key) as u64 % m;
-            let skip = bytes_hash(SKIP_SEED, &key) as u64 % (m - 1) + 1;
+            let offset = u64::from(bytes_hash(OFFSET_SEED, &key)) % m;
+            let skip = u64::from(bytes_hash(SKIP_SEED, &key)) % (m - 1) + 1;
             (offset, skip)
         })
         .collect();
@@ -59,7 +59,7 @@ pub fn build(entries: &[Entry], size: u32, seed: HashSeed) -> Vec<u32> {
     let mut filled = 0u64;
     while filled < m {
         for (i, entry) in live.iter().enumerate() {
-            credit[i] += entry.weight as u64;
+            credit[i] += u64::from(entry.weight);
             while credit[i] >= max_weight && filled < m {
                 credit[i] -= max_weight;
                 let (offset, skip) = walks[i];

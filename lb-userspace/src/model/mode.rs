@@ -120,7 +120,7 @@ mod tests {
             assert_eq!(mode.name().parse::<Mode>(), Ok(mode));
             assert_eq!(Mode::from_number(mode.number()), Some(mode));
         }
-        assert!("dsr".parse::<Mode>().is_err());
+        "dsr".parse::<Mode>().unwrap_err();
         assert_eq!(Mode::from_number(9), None);
     }
 }

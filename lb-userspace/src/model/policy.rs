@@ -131,7 +131,7 @@ mod tests {
             assert_eq!(OnDown::from_backend_flags(on_down.backend_flags()), on_down);
         }
         assert_eq!(OnDown::default(), OnDown::KeepTcp);
-        assert!("keep".parse::<OnDown>().is_err());
+        "keep".parse::<OnDown>().unwrap_err();
     }
 
     #[test]
@@ -156,6 +156,6 @@ mod tests {
             .collect();
         let error = check_sources(v4, &many).expect_err("too many");
         assert!(error.to_string().contains("at most 64"), "{error}");
-        assert!(check_sources(v4, &many[..MAX_SOURCES]).is_ok());
+        check_sources(v4, &many[..MAX_SOURCES]).unwrap();
     }
 }

@@ -452,7 +452,7 @@ impl State {
                 ref service,
                 ref check,
             } => {
-                self.vip_mut(*service)?.check = check.clone();
+                self.vip_mut(*service)?.check.clone_from(check);
             }
             Change::SetOnDown { service, on_down } => {
                 self.vip_mut(service)?.on_down = on_down;

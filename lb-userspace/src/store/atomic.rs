@@ -14,12 +14,12 @@ pub(crate) fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+        .unwrap_or_else(|| Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "state.toml".to_owned());
+    let file_name = path.file_name().map_or_else(
+        || "state.toml".to_owned(),
+        |n| n.to_string_lossy().into_owned(),
+    );
     let temp = dir.join(temp_name(&file_name, std::process::id()));
     let result = (|| {
         let mut file = File::create(&temp)?;

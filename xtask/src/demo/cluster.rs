@@ -55,7 +55,7 @@ struct WorkDir(PathBuf);
 
 impl Drop for WorkDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        lb_lab::cleanup::remove_dir_all(&self.0);
     }
 }
 
@@ -171,8 +171,7 @@ impl Node {
     fn crash(&mut self) -> Option<u32> {
         let mut child = self.daemon.take()?;
         let pid = child.id();
-        let _ = child.kill();
-        let _ = child.wait();
+        lb_lab::cleanup::kill(&mut child, format_args!("node daemon {pid}"));
         Some(pid)
     }
 }
@@ -182,19 +181,20 @@ impl Drop for Node {
         // Through the daemon if it still runs, else straight on the pins. In the node's
         // namespace either way: without a daemon, `lb down` withdraws the routes through
         // the datapath's interfaces, which only that namespace has.
-        let _ = self
-            .command()
-            .arg("down")
-            .arg("--pin-dir")
-            .arg(&self.pin_dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        // A node already down (the demo's own `lb down`) fails this one: nothing to say.
+        drop(
+            self.command()
+                .arg("down")
+                .arg("--pin-dir")
+                .arg(&self.pin_dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status(),
+        );
         if let Some(mut child) = self.daemon.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            lb_lab::cleanup::kill(&mut child, "a node daemon");
         }
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        lb_lab::cleanup::remove_dir_all(&self.pin_dir);
     }
 }
 
@@ -814,8 +814,7 @@ pub(super) fn run(lb: &Path, once: bool, count: usize, mode: DemoMode) -> anyhow
         println!("$ [node{lost}] kill -KILL {pid}    # lb run");
     }
     let bird_pid = std::fs::read_to_string(lab.dir().join(format!("node{lost}.pid")))
-        .map(|pid| pid.trim().to_owned())
-        .unwrap_or_else(|_| "<its bird>".to_owned());
+        .map_or_else(|_| "<its bird>".to_owned(), |pid| pid.trim().to_owned());
     println!(
         "$ [node{lost}] ip link set {} down; kill -KILL {bird_pid}    # its BIRD",
         nodes[lost].iface

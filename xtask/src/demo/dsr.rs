@@ -76,14 +76,15 @@ impl BackendDecap {
 
 impl Drop for BackendDecap {
     fn drop(&mut self) {
-        let _ = self
+        let detached = self
             .command()
             .args(["detach", "--all", "--pin-dir"])
             .arg(&self.pin_dir)
             .arg("--record")
             .arg(&self.record)
             .output();
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        lb_lab::cleanup::warn_on_failed("lb decap detach --all", detached);
+        lb_lab::cleanup::remove_dir_all(&self.pin_dir);
     }
 }
 
