@@ -3,7 +3,7 @@
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 pub const IO_TIMEOUT: Duration = Duration::from_secs(3);
@@ -120,10 +120,28 @@ impl WhoConnection {
 
     /// Asks which backend holds this connection.
     pub fn ask(&mut self) -> Result<String, String> {
+        self.send_question()?;
+        self.answer_by(Instant::now() + IO_TIMEOUT)
+    }
+
+    /// Asks without waiting for the answer ([`WhoConnection::answer_by`] reads it): many
+    /// connections asked at once wait for their answers together.
+    pub fn send_question(&mut self) -> Result<(), String> {
         self.reader
             .get_mut()
             .write_all(b"who\n")
-            .map_err(|e| format!("send: {e}"))?;
+            .map_err(|e| format!("send: {e}"))
+    }
+
+    /// The answer to the question sent last, waited for until `deadline` at most.
+    pub fn answer_by(&mut self, deadline: Instant) -> Result<String, String> {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(left))
+            .map_err(|e| e.to_string())?;
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
             Ok(0) => Err("closed".to_owned()),
@@ -140,7 +158,7 @@ pub fn open_who_connections(
     count: usize,
     budget: Duration,
 ) -> (Vec<WhoConnection>, Vec<String>) {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     (0..count)
         .map(|_| {
             assert!(

@@ -70,6 +70,12 @@ const ESTABLISH_LIMIT: Duration = Duration::from_secs(15);
 const BIRD_START_LIMIT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(20);
 
+/// A prefix no VIP has, put in a node's announce table for a moment to see a scan happen.
+const SCAN_CANARY: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 78, 254));
+/// How long a node's BIRD takes at most to scan its announce table (every second,
+/// docs/bird/lb-node.conf) and the router to install what that scan found, with a margin.
+const SCAN_LIMIT: Duration = Duration::from_secs(5);
+
 static NEXT_DIR: AtomicU32 = AtomicU32::new(0);
 
 /// Where the backends send their replies.
@@ -493,13 +499,54 @@ impl ClusterLab {
 
     /// Whether the router has both sessions (IPv4 and IPv6) with node i established.
     pub fn bgp_established(&self, i: usize) -> bool {
-        ["4", "6"].iter().all(|family| {
-            self.bird_cli(
-                Bird::Router,
-                &["show", "protocols", &format!("node{i}_v{family}")],
-            )
-            .is_ok_and(|out| out.contains("Established"))
-        })
+        [false, true]
+            .into_iter()
+            .all(|v6| self.session_established(i, v6))
+    }
+
+    /// Whether the router's session with node i in one family is established.
+    pub fn session_established(&self, i: usize, v6: bool) -> bool {
+        let family = if v6 { "6" } else { "4" };
+        self.bird_cli(
+            Bird::Router,
+            &["show", "protocols", &format!("node{i}_v{family}")],
+        )
+        .is_ok_and(|out| out.contains("Established"))
+    }
+
+    /// Whether node i's BIRD holds a route to `vip` learned from its announce table: what
+    /// it exports to the router.
+    pub fn announces(&self, i: usize, vip: IpAddr) -> Result<bool, String> {
+        let len = if vip.is_ipv4() { 32 } else { 128 };
+        match self.bird_cli(Bird::Node(i), &["show", "route", &format!("{vip}/{len}")]) {
+            Ok(shown) => Ok(shown.contains("[lb_vips")),
+            // birdc exits non-zero for a route it does not have.
+            Err(e) if e.contains("Network not found") => Ok(false),
+            Err(e) => Err(format!("asking node{i}'s BIRD: {e}")),
+        }
+    }
+
+    /// Waits until node i's BIRD has scanned its announce table since this call: a canary
+    /// route written there now is learned and reaches the router. Whatever the table held
+    /// at that scan is then what the node's BIRD announces. The canary goes again (and
+    /// leaves the router) before this returns.
+    pub fn after_a_scan(&self, i: usize) -> Result<(), String> {
+        let node = &self.nodes[i];
+        let route = |op: &str| {
+            let args = announce_route_args(op, SCAN_CANARY, &node.iface);
+            node.ns
+                .ip(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        };
+        route("add");
+        self.wait_for_next_hops(SCAN_CANARY, 1, SCAN_LIMIT)
+            .map_err(|e| format!("node{i}'s BIRD did not scan its announce table: {e}"))?;
+        if !self.announces(i, SCAN_CANARY)? {
+            return Err(format!("node{i}'s BIRD sent a canary it does not have"));
+        }
+        route("del");
+        self.wait_for_next_hops(SCAN_CANARY, 0, SCAN_LIMIT)
+            .map_err(|e| format!("node{i}'s canary route was not withdrawn: {e}"))?;
+        Ok(())
     }
 
     /// Waits until the router has every session with every node that is up established;
@@ -693,7 +740,7 @@ fn parse_next_hops(json: &str) -> Vec<IpAddr> {
 
 /// Polls `check` every 20 ms until it gives a value or `limit` passes; the value and how
 /// long it took.
-fn wait_until<T>(
+pub(crate) fn wait_until<T>(
     limit: Duration,
     mut check: impl FnMut() -> Option<T>,
 ) -> Result<(T, Duration), String> {

@@ -1,13 +1,25 @@
-//! `cargo xtask bench`'s cluster section: the scenarios of `tests/tests/cluster.rs`
-//! (`lb_tests::cluster`) run again, a few rounds each, for how long each event takes to
-//! reach the router and what it costs in connections. Prints one markdown section.
-//! `--quick` runs one round of each.
+//! `cargo xtask bench`'s cluster section: the multi-node scenario of `lb_lab::scenario`
+//! (the one `tests/tests/cluster.rs` checks and `cargo xtask run --nodes 3` tells) run
+//! again, a few rounds in each mode, for how long each event takes to reach the router and
+//! how many connections and flows it broke, as counted at the checks after it. Prints one
+//! markdown section. `--quick` runs one round of each.
 
 use std::time::Duration;
 
-use lb_tests::cluster::{
-    CONNECTIONS, Checked, FLOWS, NODES, PROBE_CONNECT, dsr_events, nat_events,
-};
+use lb_lab::scenario::{self, Event, Mode, Narrator, Options, PROBE_CONNECT, Report};
+
+const NODES: usize = 3;
+
+/// Progress on stderr: each run's summary line, not its whole story (the test tells that).
+struct Summaries;
+
+impl Narrator for Summaries {
+    fn say(&mut self, text: &str) {
+        for line in text.lines().filter(|line| line.starts_with("Summary")) {
+            eprintln!("cluster bench: {line}");
+        }
+    }
+}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -25,24 +37,30 @@ fn summary(mut values: Vec<f64>) -> String {
     }
 }
 
-/// Connections and UDP flows broken or moved at the checks after `events` (by the names
-/// the scenario gives them), summed over every round. Panics if a round did not check
-/// after one of them: the report must count, not assume.
-fn broken(rounds: &[&[Checked]], events: &[&str]) -> Broken {
+/// Connections and UDP flows broken or moved at the checks after `events`, summed over
+/// every round. Panics if a round did not check after one of them: the report must count,
+/// not assume.
+fn broken(rounds: &[Report], events: &[Event]) -> Broken {
     let mut sum = Broken {
         tcp: 0,
         udp: 0,
         checks: 0,
+        connections: 0,
+        flows: 0,
     };
-    for (round, checks) in rounds.iter().enumerate() {
+    for (round, report) in rounds.iter().enumerate() {
         for event in events {
-            let check = checks
-                .iter()
-                .find(|c| c.after == *event)
-                .unwrap_or_else(|| panic!("round {round}: no check after {event:?}: {checks:?}"));
+            let check = report.check_after(*event).unwrap_or_else(|| {
+                panic!(
+                    "round {round}: no check after {event:?}: {:?}",
+                    report.checks
+                )
+            });
             sum.tcp += check.tcp_broken;
             sum.udp += check.udp_broken;
             sum.checks += 1;
+            sum.connections += report.connections;
+            sum.flows += report.udp_flows;
         }
     }
     sum
@@ -54,18 +72,33 @@ struct Broken {
     tcp: usize,
     udp: usize,
     checks: usize,
+    /// Connections and UDP flows asked, over every check.
+    connections: usize,
+    flows: usize,
 }
 
-/// A [`Broken`] as the table shows it: `tcp + udp of CONNECTIONS + FLOWS`, times the checks.
+/// A [`Broken`] as the table shows it: `tcp + udp of connections + flows (checks)`.
 fn shown(b: Broken) -> String {
     format!(
         "{} + {} of {} + {} ({} check(s))",
-        b.tcp,
-        b.udp,
-        CONNECTIONS * b.checks,
-        FLOWS * b.checks,
-        b.checks
+        b.tcp, b.udp, b.connections, b.flows, b.checks
     )
+}
+
+/// `rounds` runs of the scenario in `mode`, each in namespaces of its own.
+fn runs(mode: Mode, rounds: usize, prefix: &str) -> Vec<Report> {
+    (0..rounds)
+        .map(|round| {
+            let options = Options::new(
+                &lb_tests::process::lb_binary(),
+                mode,
+                NODES,
+                &format!("{prefix}{round}"),
+            );
+            scenario::run(&options, &mut Summaries)
+                .unwrap_or_else(|e| panic!("{} round {round}: {e}", mode.name()))
+        })
+        .collect()
 }
 
 fn main() {
@@ -75,47 +108,34 @@ fn main() {
     }
     let quick = std::env::args().any(|a| a == "--quick");
     let rounds = if quick { 1 } else { 3 };
-    let dsr: Vec<_> = (0..rounds)
-        .map(|round| dsr_events(&format!("lbbc{round}")))
-        .collect();
-    let nat: Vec<_> = (0..rounds)
-        .map(|round| nat_events(&format!("lbbn{round}")))
-        .collect();
-    let each = |f: &dyn Fn(&lb_tests::cluster::DsrEvents) -> Duration| -> String {
+    let dsr = runs(Mode::DsrIpip, rounds, "lbbc");
+    let nat = runs(Mode::Nat, rounds, "lbbn");
+    let each = |f: &dyn Fn(&Report) -> Duration| -> String {
         summary(dsr.iter().map(|e| ms(f(e))).collect())
     };
-    let attempts: usize = dsr.iter().map(|e| e.attempts).sum();
-    let failed: usize = dsr.iter().map(|e| e.failed).sum();
-    let lost_tcp: usize = dsr.iter().map(|e| e.lost_tcp).sum();
-    let lost_udp: usize = dsr.iter().map(|e| e.lost_udp).sum();
-    let nat_loss = summary(nat.iter().map(|e| ms(e.detection)).collect());
-    let dsr_checks: Vec<&[Checked]> = dsr.iter().map(|e| e.checks.as_slice()).collect();
-    let nat_checks: Vec<&[Checked]> = nat.iter().map(|e| e.checks.as_slice()).collect();
-    let drain = broken(
-        &dsr_checks,
-        &["node0's drain", "new connections during the drain"],
-    );
-    let resume = broken(&dsr_checks, &["node0's return"]);
-    let loss = broken(&dsr_checks, &["node2's loss"]);
-    let back = broken(
-        &dsr_checks,
-        &[
-            "node2's link back without its daemon (not announced)",
-            "node2's daemon restarted (adopting its pins)",
-        ],
-    );
-    let nat_lost = broken(&nat_checks, &["a NAT node's loss"]);
+    let attempts: usize = dsr.iter().map(|e| e.loss.attempts).sum();
+    let failed: usize = dsr.iter().map(|e| e.loss.failed).sum();
+    let lost_tcp: usize = dsr.iter().map(|e| e.loss.tcp).sum();
+    let lost_udp: usize = dsr.iter().map(|e| e.loss.udp).sum();
+    let nat_loss = summary(nat.iter().map(|e| ms(e.loss.detection)).collect());
+    let drain = broken(&dsr, &[Event::Drain, Event::NewFlowsDuringDrain]);
+    let resume = broken(&dsr, &[Event::Resume]);
+    let loss = broken(&dsr, &[Event::Loss]);
+    let back = broken(&dsr, &[Event::BackWithoutDaemon, Event::Back]);
+    let nat_lost = broken(&nat, &[Event::Loss]);
     let every: usize = [drain, resume, loss, back, nat_lost]
         .iter()
         .map(|b| b.tcp + b.udp)
         .sum();
+    let (connections, flows) = (dsr[0].connections, dsr[0].udp_flows);
     println!(
         "## Several lb nodes: convergence and broken connections per event\n\n\
          {NODES} lb nodes in namespaces, each with its own BIRD 2 announcing its VIPs (learned \
-         from `--announce-table 4242`) over eBGP with BFD (100 ms × 3) to a router that \
-         installs one multipath route and hashes flows by layer 4; {CONNECTIONS} long-lived \
-         TCP connections and {FLOWS} UDP flows, opened once and asked again after every event \
-         (`tests/tests/cluster.rs`, the same scenarios). Times in ms from the event to the \
+         from kernel table 4242, `[cluster] announce_table`) over eBGP with BFD (100 ms × 3) to \
+         a router that installs one multipath route and hashes flows by layer 4; \
+         {connections} long-lived TCP connections and {flows} UDP flows, opened once and asked \
+         again after every event (`lb_lab::scenario`, the scenario `tests/tests/cluster.rs` \
+         checks). Times in ms from the event to the \
          router's route changing, median (min–max) of {rounds} round(s); a lost node has its \
          link taken down and its daemon and BIRD killed, so only BFD can tell.\n"
     );
@@ -135,12 +155,12 @@ fn main() {
     );
     println!(
         "| node lost (BFD) | {} | {}: the {lost_tcp} connections and {lost_udp} UDP flows it carried (all rounds) continued on the survivors, same backends |",
-        each(&|e| e.detection),
+        each(&|e| e.loss.detection),
         shown(loss)
     );
     println!(
         "| node back (link, BIRD, then `lb run --drained` adopting its pins, fingerprints compared, `lb node resume`) | {} | {} |",
-        each(&|e| e.back),
+        each(&|e| e.returned.as_ref().map_or(Duration::ZERO, |r| r.back)),
         shown(back)
     );
     println!(

@@ -3,7 +3,6 @@
 
 pub use lb_lab::{cleanup, client, dsr, netns, servers, topology};
 pub mod budget;
-pub mod cluster;
 pub mod fiblab;
 pub mod flood;
 pub mod fragments;

@@ -24,6 +24,7 @@ use anyhow::{Context as _, bail};
 use lb_lab::{
     cleanup,
     client::http_get,
+    lb::{in_netns, stdout_of},
     netns::NetNs,
     servers::{HTTP_PORT, Servers},
     topology::{Backend, Lab},
@@ -55,31 +56,6 @@ fn interrupted() -> anyhow::Result<()> {
         bail!("interrupted");
     }
     Ok(())
-}
-
-/// `program` in the network namespace at `netns` (`nsenter`, which keeps the host's
-/// bpffs, where `ip netns exec` would remount /sys and hide the pins).
-pub(crate) fn in_netns(netns: &Path, program: &Path) -> Command {
-    let mut command = Command::new("nsenter");
-    command
-        .arg(format!("--net={}", netns.display()))
-        .arg("--")
-        .arg(program);
-    command
-}
-
-/// Runs `command` to its end; its stdout, or an error naming `what` with its stderr.
-pub(crate) fn stdout_of(command: &mut Command, what: &str) -> anyhow::Result<String> {
-    let output = command
-        .output()
-        .with_context(|| format!("running {what}"))?;
-    if !output.status.success() {
-        bail!(
-            "`{what}` failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// The demo's own daemon: pins, state and socket under names with our pid.

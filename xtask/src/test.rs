@@ -6,6 +6,10 @@
 //! build of every dependency would be a third of the run. The tests run under cargo-nextest (`.config/nextest.toml`: the groups that
 //! must not overlap and a timeout per test); the benchmarks are compiled, not timed. Every
 //! step prints how long it took, and the end a table of all of them.
+//!
+//! Each scenario runs once: the multi-node one (`lb_lab::scenario`) in the cluster lab
+//! tests, which run the code `cargo xtask run --nodes N` runs, so the scale-out demo is not
+//! run again; the single-node demos run, as README's first commands.
 
 use std::{
     ffi::OsString,
@@ -84,7 +88,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
         setup::ensure_tools(KATRAN_TOOLS)
     })?;
     steps.run(
-        "eBPF, lab, install and package tests (root: golden packets under BPF_PROG_TEST_RUN, fuzzed packets, Katran's IPv6 paths, verifier budgets; the real binary in network namespaces, a BGP/ECMP cluster, a 20 s soak; cargo xtask install --debug into a temporary prefix, systemd-analyze verify, cargo xtask package --debug and lintian; the package installed, upgraded and removed with dpkg, its daemon in namespaces)",
+        "eBPF, lab, install and package tests (root: golden packets under BPF_PROG_TEST_RUN, fuzzed packets, Katran's IPv6 paths, verifier budgets; the real binary in network namespaces, a 20 s soak, and the BGP/ECMP cluster scenario that `cargo xtask run --nodes 3` tells, in dsr-ipip and NAT; cargo xtask install --debug into a temporary prefix, systemd-analyze verify, cargo xtask package --debug and lintian; the package installed, upgraded and removed with dpkg, its daemon in namespaces)",
         || {
             let mut nextest = nextest()?;
             nextest.args(["-p", "lb-tests"]);
@@ -98,24 +102,8 @@ pub(crate) fn run() -> anyhow::Result<()> {
         cmd::run(cmd::cargo()?.args(["xtask", "run", "--once"]))
     })?;
     steps.run(
-        "demo lab, scale-out: 3 lb nodes behind an ECMP router in dsr-ipip, drained and lost live (cargo xtask run --once --nodes 3 --mode dsr-ipip)",
-        || {
-            cmd::run(cmd::cargo()?.args([
-                "xtask", "run", "--once", "--nodes", "3", "--mode", "dsr-ipip",
-            ]))
-        },
-    )?;
-    steps.run(
         "demo lab in direct server return (cargo xtask run --once --mode dsr-ipip)",
         || cmd::run(cmd::cargo()?.args(["xtask", "run", "--once", "--mode", "dsr-ipip"])),
-    )?;
-    steps.run(
-        "demo lab, scale-out in NAT: replies back through any node (cargo xtask run --once --nodes 3 --mode nat)",
-        || {
-            cmd::run(
-                cmd::cargo()?.args(["xtask", "run", "--once", "--nodes", "3", "--mode", "nat"]),
-            )
-        },
     )?;
     steps.report();
     eprintln!("xtask test: all checks passed");

@@ -3,89 +3,22 @@
 //! link of its own, and the backends' default route is the router, so their replies never
 //! cross the lb. Each backend is set up with `lb decap attach` alone.
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{net::SocketAddr, path::PathBuf};
 
 use lb_lab::{
     dsr::{DsrLab, LB_V4, VIP_V4, Wiring},
+    lb::Decap,
     servers::{HTTP_PORT, Servers},
-    topology::Backend,
 };
 
 use super::{Demo, DemoMode, round, wait_for_interrupt};
 
-/// `lb decap` on one backend, with pins and record of its own (each backend stands for a
-/// host); dropping it detaches, so the backend is left as it was. It keeps the path of the
-/// backend's namespace, not the namespace, so that the lab stays free to change.
-pub(super) struct BackendDecap {
-    lb: PathBuf,
-    netns: PathBuf,
-    name: String,
-    pin_dir: PathBuf,
-    record: PathBuf,
-}
-
-impl BackendDecap {
-    /// For `backend`, with pins under `<pin_prefix>-<backend name>` and the record in `dir`.
-    pub(super) fn new(lb: &Path, backend: &Backend, pin_prefix: &Path, dir: &Path) -> Self {
-        Self {
-            lb: lb.to_owned(),
-            netns: backend.ns.path(),
-            name: backend.name.clone(),
-            // bpffs refuses dots in names.
-            pin_dir: PathBuf::from(format!("{}-{}", pin_prefix.display(), backend.name)),
-            record: dir.join(format!("{}-decap.json", backend.name)),
-        }
-    }
-
-    /// `lb decap <args>` in the backend's namespace, printed with its output.
-    pub(super) fn run(&self, args: &[&str]) -> anyhow::Result<String> {
-        self.call(args, true)
-    }
-
-    /// `lb decap <args>` in the backend's namespace, printed with its output when `loud`.
-    pub(super) fn call(&self, args: &[&str], loud: bool) -> anyhow::Result<String> {
-        if loud {
-            println!("$ [{}] lb decap {}", self.name, args.join(" "));
-        }
-        let mut command = self.command();
-        command
-            .args(args)
-            .arg("--pin-dir")
-            .arg(&self.pin_dir)
-            .arg("--record")
-            .arg(&self.record);
-        let what = format!("lb decap {} on {}", args.join(" "), self.name);
-        let stdout = super::stdout_of(&mut command, &what)?;
-        if loud {
-            print!("{stdout}");
-        }
-        Ok(stdout)
-    }
-
-    /// `lb decap` inside the backend's namespace (`nsenter`, which keeps the host's bpffs).
-    fn command(&self) -> Command {
-        let mut command = super::in_netns(&self.netns, &self.lb);
-        command.arg("decap");
-        command
-    }
-}
-
-impl Drop for BackendDecap {
-    fn drop(&mut self) {
-        let detached = self
-            .command()
-            .args(["detach", "--all", "--pin-dir"])
-            .arg(&self.pin_dir)
-            .arg("--record")
-            .arg(&self.record)
-            .output();
-        lb_lab::cleanup::warn_on_failed("lb decap detach --all", detached);
-        lb_lab::cleanup::remove_dir_all(&self.pin_dir);
-    }
+/// `lb decap <args>` on a backend (with its own pins and record), printed with its output.
+fn shown(decap: &Decap, args: &[&str]) -> anyhow::Result<String> {
+    println!("$ [{}] lb decap {}", decap.name, args.join(" "));
+    let stdout = decap.run(args)?;
+    print!("{stdout}");
+    Ok(stdout)
 }
 
 pub(super) fn run(demo: &mut Demo, mode: DemoMode) -> anyhow::Result<()> {
@@ -111,16 +44,21 @@ pub(super) fn run(demo: &mut Demo, mode: DemoMode) -> anyhow::Result<()> {
     let lb_source = format!("{LB_V4}/32");
     let mut decaps = Vec::new();
     for backend in &lab.backends {
-        let decap = BackendDecap::new(&demo.lb, backend, &demo.pin_dir, &demo.dir);
-        decap.run(&[
-            "attach",
-            "--iface",
-            &backend.dev,
-            "--vip",
-            &VIP_V4.to_string(),
-            "--allow-source",
-            &lb_source,
-        ])?;
+        // bpffs refuses dots in names.
+        let pins = PathBuf::from(format!("{}-{}", demo.pin_dir.display(), backend.name));
+        let decap = Decap::new(&demo.lb, backend, pins, &demo.dir);
+        shown(
+            &decap,
+            &[
+                "attach",
+                "--iface",
+                &backend.dev,
+                "--vip",
+                &VIP_V4.to_string(),
+                "--allow-source",
+                &lb_source,
+            ],
+        )?;
         decaps.push(decap);
     }
     let servers = Servers::start_on_vips(&lab.backends, &[vip.ip()]);
@@ -154,7 +92,7 @@ pub(super) fn run(demo: &mut Demo, mode: DemoMode) -> anyhow::Result<()> {
         println!("(unexpected: replies crossed the lb)");
     }
     println!();
-    decaps[1].run(&["status"])?;
+    shown(&decaps[1], &["status"])?;
 
     if !demo.once {
         println!(
