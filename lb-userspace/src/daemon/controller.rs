@@ -19,7 +19,6 @@ use crate::{
     daemon::flows::Filter,
     daemon::next_hops::NextHops,
     daemon::published::{DaemonFacts, Published},
-    daemon::reload,
     datapath::attach::{Interface, PinnedAttachment},
     datapath::conntrack::{Census, ConntrackBook, ConntrackTable},
     datapath::flow_cache::FlowCache,
@@ -230,7 +229,7 @@ impl Controller {
                 .change(vec![Change::DrainNode(false)])
                 .and_then(|_| json(self.node_report())),
             Request::Down {} => self.down().and_then(json),
-            Request::Reload {} => reload::reload_logged(self, "lb reload").and_then(json),
+            Request::Reload {} => self.reload_logged("lb reload").and_then(json),
             // The server sends these to the readers (`daemon::reader`).
             Request::VipList {}
             | Request::BackendList { .. }

@@ -21,6 +21,19 @@ fn invalid(message: impl Into<String>) -> ApiError {
 }
 
 impl Controller {
+    /// A reload asked by `how` (`SIGHUP`, `lb reload`), its refusal logged: the journal
+    /// holds every reload's outcome, whoever asked.
+    pub(crate) fn reload_logged(&mut self, how: &str) -> Result<ReloadReport, ApiError> {
+        self.reload().inspect_err(|error| {
+            warn!(
+                code = %error.code.as_str(),
+                asked_by = how,
+                "reload refused: {}",
+                error.message
+            );
+        })
+    }
+
     /// Re-reads `--config`, checks everything, applies the difference and saves it.
     pub(crate) fn reload(&mut self) -> Result<ReloadReport, ApiError> {
         let Some(path) = self.declared.config.clone() else {
@@ -103,21 +116,5 @@ pub(crate) fn on_hangup(controller: &mut Controller) {
     // stay together in the log.
     info!("SIGHUP received, reloading --config");
     // The refusal is logged by `reload_logged`.
-    drop(reload_logged(controller, "SIGHUP"));
-}
-
-/// A reload asked by `how` (`SIGHUP`, `lb reload`), its refusal logged: the journal holds
-/// every reload's outcome, whoever asked.
-pub(crate) fn reload_logged(
-    controller: &mut Controller,
-    how: &str,
-) -> Result<ReloadReport, ApiError> {
-    controller.reload().inspect_err(|error| {
-        warn!(
-            code = %error.code.as_str(),
-            asked_by = how,
-            "reload refused: {}",
-            error.message
-        );
-    })
+    drop(controller.reload_logged("SIGHUP"));
 }
