@@ -9,6 +9,7 @@ pub mod fragments;
 pub mod fuzz;
 pub mod generator;
 pub mod katran;
+pub mod metrics;
 pub mod packets;
 pub mod pair;
 pub mod process;

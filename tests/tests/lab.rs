@@ -15,6 +15,7 @@ mod faults;
 mod flood;
 mod flows;
 mod fragments_lab;
+mod notify;
 mod observe;
 mod ops;
 mod policy_lab;

@@ -3,14 +3,14 @@
 
 use std::{
     collections::HashMap,
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream, UdpSocket},
+    net::{SocketAddr, UdpSocket},
     process::Command,
     time::{Duration, Instant},
 };
 
 use lb_tests::{
     client::{http_get, udp_request_from_new_port},
+    metrics::{self, sample},
     process::{Daemon, FAST_CHECK, FAST_CHECK_FALL, Instance, lb_binary},
     servers::{HTTP_PORT, Servers, UDP_PORT},
     topology::Lab,
@@ -126,31 +126,7 @@ fn udp_vip(lab: &Lab, instance: &Instance, weight: &str) -> SocketAddr {
 
 /// One scrape of http://<addr>/metrics from inside the lb namespace.
 fn scrape(lab: &Lab, addr: SocketAddr) -> String {
-    lab.lb.enter(|| {
-        let mut stream =
-            TcpStream::connect_timeout(&addr, Duration::from_secs(3)).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        write!(
-            stream,
-            "GET /metrics HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n"
-        )
-        .expect("send");
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).expect("read");
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        answer
-    })
-}
-
-/// The value of the sample `name{labels}` in an exposition.
-fn sample(text: &str, name: &str, labels: &str) -> u64 {
-    let prefix = format!("{name}{{{labels}}} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
+    metrics::scrape(&lab.lb, addr)
 }
 
 #[test]

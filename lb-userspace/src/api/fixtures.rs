@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 
 use super::wire::{
-    AnnounceEntry, BackendEntry, ConntrackReport, CounterEntry, FlowEntry, FlowList,
-    InterfaceEntry, NodeReport, StatsReport, StatusReport, TimeoutEntry, VipEntry,
+    AnnounceEntry, BackendEntry, ConntrackReport, CounterEntry, FlowEntry, FlowList, HookRuns,
+    InterfaceEntry, NodeReport, NotifyStatus, StatsReport, StatusReport, TimeoutEntry, VipEntry,
 };
 use crate::model::{
     announce::Reason,
     check::CheckConfig,
-    health::{Health, Transition},
+    health::{ChangeCounts, Health, Transition},
     memory::{MapMemory, MemoryReport},
     mode::Mode,
     policy::OnDown,
@@ -83,6 +83,7 @@ pub(crate) fn backends() -> Vec<BackendEntry> {
                 at: NOW - 90,
                 reason: "2 checks passed".to_owned(),
             }],
+            health_changes: ChangeCounts { down: 1, up: 1 },
             packets: 100_000,
             bytes: 80_000_000,
             active_conns: 12,
@@ -98,6 +99,7 @@ pub(crate) fn backends() -> Vec<BackendEntry> {
             health_since: Some(NOW - 7_200),
             last_check_error: Some("connection refused".to_owned()),
             health_history: Vec::new(),
+            health_changes: ChangeCounts::default(),
             packets: 23_456,
             bytes: 18_765_432,
             active_conns: 0,
@@ -113,6 +115,7 @@ pub(crate) fn backends() -> Vec<BackendEntry> {
             health_since: None,
             last_check_error: None,
             health_history: Vec::new(),
+            health_changes: ChangeCounts::default(),
             packets: 7,
             bytes: 560,
             active_conns: 7,
@@ -251,6 +254,16 @@ pub(crate) fn status() -> StatusReport {
             })
             .collect(),
         )),
+        notify: Some(NotifyStatus {
+            command: "/usr/local/bin/lb-page --team 'net ops'".to_owned(),
+            timeout_secs: 10.0,
+            runs: HookRuns {
+                ok: 3,
+                failed: 1,
+                timed_out: 0,
+                dropped: 0,
+            },
+        }),
     }
 }
 

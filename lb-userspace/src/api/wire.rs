@@ -9,7 +9,7 @@ use super::error::{ApiError, ErrorCode};
 use crate::{
     model::announce::Reason,
     model::check::CheckConfig,
-    model::health::{Health, Transition},
+    model::health::{ChangeCounts, Health, Transition},
     model::memory::MemoryReport,
     model::mode::Mode,
     model::policy::OnDown,
@@ -237,6 +237,9 @@ pub struct BackendEntry {
     pub last_check_error: Option<String>,
     /// Recent health changes, oldest first.
     pub health_history: Vec<Transition>,
+    /// How many times its checks took it down and back up since the daemon started.
+    #[serde(default)]
+    pub health_changes: ChangeCounts,
     pub packets: u64,
     pub bytes: u64,
     /// Tracked flows opening, established or UDP (ipvsadm's ActiveConn), as of the last
@@ -402,6 +405,31 @@ pub struct StatusReport {
     /// `null` when it cannot be read.
     #[serde(default)]
     pub map_memory: Option<MemoryReport>,
+    /// The command run on backends' health changes; `null` without one.
+    #[serde(default)]
+    pub notify: Option<NotifyStatus>,
+}
+
+/// The notify hook (`status`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NotifyStatus {
+    /// As a shell would need it typed; each run appends VIP, backend, old and new state.
+    pub command: String,
+    pub timeout_secs: f64,
+    pub runs: HookRuns,
+}
+
+/// How the notify hook's runs went since the daemon started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookRuns {
+    /// Exited with status 0.
+    pub ok: u64,
+    /// Could not start, or exited otherwise.
+    pub failed: u64,
+    /// Killed at the timeout.
+    pub timed_out: u64,
+    /// Not run: too many changes were waiting for theirs.
+    pub dropped: u64,
 }
 
 /// Whether one VIP is announced, and why.

@@ -18,6 +18,7 @@ use crate::{
     model::decap::Prefix,
     model::limits::{BACKENDS_CEILING, Options, VIPS_CEILING},
     model::mode::{self, Mode},
+    model::notify::{self, NotifyHook},
     model::policy::OnDown,
     model::state::{DEFAULT_WEIGHT, MAX_WEIGHT, MIN_WEIGHT, Proto},
 };
@@ -48,7 +49,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run the daemon: load the XDP datapath, attach it, serve the API until stopped.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Add, remove and list VIPs (cluster IPs).
     #[command(subcommand)]
     Vip(VipCommand),
@@ -235,6 +236,18 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     pub(crate) drained: bool,
 
+    /// Run this program on every health change of a backend, without a shell, as
+    /// `<PROGRAM> <VIP:PORT> <BACKEND:PORT> <OLD> <NEW>` (states: up, down), with the same
+    /// in LB_VIP, LB_BACKEND, LB_OLD_STATE, LB_NEW_STATE, and LB_PROTO, LB_REASON, LB_TIME;
+    /// one run at a time, in order. Wins over the `[notify]` of --config (which can add
+    /// arguments) [default: none].
+    #[arg(long, value_name = "PROGRAM", value_parser = parse_notify)]
+    pub(crate) notify: Option<NotifyHook>,
+
+    /// Seconds a --notify run may take before it is killed (0.1 to 3600).
+    #[arg(long, value_name = "SECS", value_parser = parse_notify_timeout, requires = "notify", default_value = "10")]
+    pub(crate) notify_timeout: Duration,
+
     /// Load this eBPF object instead of the one built into `lb` (for datapath development).
     #[arg(long, value_name = "FILE", hide = true)]
     pub(crate) bpf_object: Option<PathBuf>,
@@ -263,6 +276,20 @@ fn parse_sweep(text: &str) -> Result<f64, String> {
 
 /// Longest idle timeout accepted: a week.
 const MAX_TIMEOUT_SECS: u64 = 7 * 86_400;
+
+fn parse_notify(program: &str) -> Result<NotifyHook, String> {
+    NotifyHook::new(vec![program.to_owned()], notify::DEFAULT_TIMEOUT)
+}
+
+fn parse_notify_timeout(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds (e.g. 10 or 0.5)"))?;
+    let timeout = Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("`{text}` is not a number of seconds (e.g. 10 or 0.5)"))?;
+    notify::check_timeout(timeout)
+}
 
 fn parse_seed(text: &str) -> Result<Seed, String> {
     text.parse().map_err(|e: ClusterError| e.to_string())
@@ -344,6 +371,9 @@ impl From<RunArgs> for RunConfig {
             },
             start_drained: args.drained,
             forward_any_mac: args.forward_any_mac,
+            notify: args
+                .notify
+                .map(|hook| hook.with_timeout(args.notify_timeout)),
         }
     }
 }
@@ -898,7 +928,7 @@ mod tests {
         else {
             panic!("valid run flags refused");
         };
-        let config = RunConfig::from(parsed);
+        let config = RunConfig::from(*parsed);
         assert_eq!(config.sweep_interval, Duration::from_millis(500));
         assert_eq!(
             config.options.timeouts_ns[Timeout::Udp as usize],
@@ -932,7 +962,7 @@ mod tests {
         else {
             panic!("valid cluster flags refused");
         };
-        let config = RunConfig::from(parsed);
+        let config = RunConfig::from(*parsed);
         assert_eq!(config.cluster.announce_table, Some(4242));
         assert_eq!(config.cluster.hash_seed.map(Seed::words), Some([0xff, 0]));
         let seed_file = tempfile::NamedTempFile::new().expect("temp file");
@@ -946,7 +976,7 @@ mod tests {
             panic!("a seed file refused");
         };
         assert_eq!(
-            RunConfig::from(parsed).cluster.hash_seed.map(Seed::words),
+            RunConfig::from(*parsed).cluster.hash_seed.map(Seed::words),
             Some([0, 1])
         );
         for (args, reason) in [
@@ -1001,7 +1031,7 @@ mod tests {
         else {
             panic!("valid size flags refused");
         };
-        let limits = RunConfig::from(parsed).limits();
+        let limits = RunConfig::from(*parsed).limits();
         assert_eq!((limits.max_vips, limits.max_backends), (4, 64));
         for (flag, value) in [
             ("--max-vips", "0"),

@@ -296,8 +296,8 @@ pub(crate) fn status(socket: &Path, args: OutputArgs) -> anyhow::Result<()> {
 /// `lb check-config`: the daemon's own reading of `--config` (the same function, so the
 /// same checks and the same error with file and line), without a daemon.
 pub(crate) fn check_config(args: CheckConfigArgs) -> anyhow::Result<()> {
-    let (state, cluster) = state_file::load_with_cluster(&args.file)?;
-    output::line(render::config_summary(&args.file, &state, &cluster))
+    let file = state_file::load_declared(&args.file)?;
+    output::line(render::config_summary(&args.file, &file))
 }
 
 /// Through the daemon when one answers on the socket and owns the pin directory asked for;

@@ -52,7 +52,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()?
-            .block_on(daemon::run::run(args.into(), cli.api.as_deref())),
+            .block_on(daemon::run::run((*args).into(), cli.api.as_deref())),
         Command::Vip(command) => commands::vip(&socket, command),
         Command::Backend(command) => commands::backend(&socket, command),
         Command::Conntrack(command) => commands::conntrack(&socket, command),

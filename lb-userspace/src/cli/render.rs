@@ -4,7 +4,8 @@
 use comfy_table::{Table, presets::NOTHING};
 
 use crate::api::wire::{
-    BackendEntry, FlowList, NodeReport, ReloadReport, StatsReport, StatusReport, VipEntry,
+    BackendEntry, FlowList, NodeReport, NotifyStatus, ReloadReport, StatsReport, StatusReport,
+    VipEntry,
 };
 use crate::model::memory::MemoryReport;
 
@@ -238,6 +239,7 @@ pub(crate) fn status(s: &StatusReport) -> String {
          conntrack:   {} entries ({} proven), swept every {} s\n\
          admission:   new flows wait in an unproven table of {} until proven; {}\n\
          timeouts:    {}\n\
+         {}\n\
          {}",
         s.version,
         if s.datapath_build.is_empty() {
@@ -274,16 +276,29 @@ pub(crate) fn status(s: &StatusReport) -> String {
             .map(|t| format!("{} {} s", t.state, t.secs))
             .collect::<Vec<_>>()
             .join(", "),
+        notify(s.notify.as_ref()),
         node(&s.node),
+    )
+}
+
+/// The notify hook's line of `lb status`.
+fn notify(hook: Option<&NotifyStatus>) -> String {
+    let Some(hook) = hook else {
+        return "notify:      off (no --notify or [notify])".to_owned();
+    };
+    let runs = hook.runs;
+    format!(
+        "notify:      {} <VIP> <BACKEND> <OLD> <NEW> (timeout {} s); runs: {} ok, {} failed, {} timed out, {} dropped",
+        hook.command, hook.timeout_secs, runs.ok, runs.failed, runs.timed_out, runs.dropped
     )
 }
 
 /// `lb check-config`: what a valid file declares, one VIP a line.
 pub(crate) fn config_summary(
     path: &std::path::Path,
-    state: &crate::model::state::State,
-    cluster: &crate::model::cluster::ClusterSettings,
+    file: &crate::model::config::DeclaredFile,
 ) -> String {
+    let (state, cluster) = (&file.state, &file.cluster);
     let backends = state.backend_count();
     let mut lines = vec![format!(
         "{} is valid: {} VIP{}, {backends} backend{}",
@@ -328,6 +343,12 @@ pub(crate) fn config_summary(
             ""
         },
     ));
+    if let Some(hook) = &file.notify {
+        lines.push(format!(
+            "notify: {hook} <VIP> <BACKEND> <OLD> <NEW> (timeout {} s)",
+            hook.timeout().as_secs_f64()
+        ));
+    }
     lines.join("\n")
 }
 
@@ -338,14 +359,13 @@ mod tests {
 
     #[test]
     fn a_config_summary_counts_vips_backends_and_modes() {
-        let text = "[cluster]\nannounce_table = 4242\n\n[[vip]]\naddress = \"198.18.1.1:80\"\n\
+        let text = "[cluster]\nannounce_table = 4242\n\n[notify]\ncommand = [\"/usr/local/bin/page\", \"ops\"]\n\n[[vip]]\naddress = \"198.18.1.1:80\"\n\
                     check = { probe = \"http:/healthz\" }\nbackends = [{ address = \"198.18.2.2:80\" }, \
                     { address = \"198.18.2.3:80\", drain = true }]\n\n[[vip]]\n\
                     address = \"[fd00::1]:53\"\nproto = \"udp\"\nmode = \"dsr-ipip\"\n";
         let path = std::path::Path::new("lb.toml");
-        let (state, cluster) =
-            crate::model::config::parse_with_cluster(text, path).expect("a valid file");
-        insta::assert_snapshot!("config_summary", config_summary(path, &state, &cluster));
+        let file = crate::model::config::parse_declared(text, path).expect("a valid file");
+        insta::assert_snapshot!("config_summary", config_summary(path, &file));
     }
 
     #[test]

@@ -240,6 +240,7 @@ mod tests {
                 health_since: None,
                 last_check_error: None,
                 health_history: vec![],
+                health_changes: Default::default(),
                 packets,
                 bytes,
                 active_conns: 0,

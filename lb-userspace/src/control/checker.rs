@@ -154,8 +154,8 @@ mod tests {
     ) -> (Health, Instant) {
         loop {
             let (at, (key, result)) = results.recv().await.expect("the probe runs");
-            if let Some(health) = book.record(&key, &result, spec.rise, spec.fall) {
-                return (health, at);
+            if let Some(change) = book.record(&key, &result, spec.rise, spec.fall) {
+                return (change.transition.to, at);
             }
         }
     }

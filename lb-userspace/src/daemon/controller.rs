@@ -17,6 +17,7 @@ use crate::{
     control::checker::Checker,
     control::map_sync::{MapSync, MapSyncError},
     daemon::flows::Filter,
+    daemon::hook::HookQueue,
     daemon::next_hops::NextHops,
     daemon::published::{DaemonFacts, Published},
     datapath::attach::{Interface, PinnedAttachment},
@@ -31,6 +32,7 @@ use crate::{
     model::error_chain::error_chain,
     model::health::{Health, HealthBook, HealthKey},
     model::mode::Mode,
+    model::notify::{HealthEvent, NotifyHook},
     model::reload::Declared,
     model::state::{Change, Changes, Proto, Service, State},
     store::state_file,
@@ -41,6 +43,8 @@ use crate::{
 pub(crate) struct Controller {
     pub(super) datapath: Datapath,
     pub(super) health: HealthWatch,
+    /// The command run on each health change.
+    pub(super) notify: Notify,
     /// The routes that announce this node's VIPs.
     pub(super) announcer: Announcer,
     pub(super) next_hops: NextHops,
@@ -72,6 +76,15 @@ pub(crate) struct Datapath {
 pub(crate) struct HealthWatch {
     pub(crate) book: HealthBook,
     pub(crate) checker: Checker,
+}
+
+/// The notify hook, and the queue its runs wait in (`daemon::hook` runs them).
+pub(crate) struct Notify {
+    /// `--notify`: wins over the `[notify]` of `--config`, at start and at reloads.
+    pub(crate) flag: Option<NotifyHook>,
+    /// The hook in use; `None`: nothing runs.
+    pub(crate) hook: Option<Arc<NotifyHook>>,
+    pub(crate) queue: HookQueue,
 }
 
 /// What the sweeps found, and a handle of its own on the conntrack maps for flushes.
@@ -440,7 +453,8 @@ impl Controller {
         }
     }
 
-    /// Counts one probe result; a backend that rises or falls enters or leaves its table.
+    /// Counts one probe result; a backend that rises or falls enters or leaves its table,
+    /// and the change goes to the log and to the notify hook.
     pub(crate) fn on_probe(&mut self, key: HealthKey, result: Result<(), String>) {
         let Some(check) = self
             .datapath
@@ -453,17 +467,29 @@ impl Controller {
             return;
         };
         let (rise, fall) = (check.rise, check.fall);
-        match self.health.book.record(&key, &result, rise, fall) {
-            Some(Health::Down) => {
-                let reason = result.err().unwrap_or_default();
-                warn!(vip = %key.0, backend = %key.1, %reason, "backend down: no new flows");
-            }
-            Some(health) => info!(vip = %key.0, backend = %key.1, %health, "backend back up"),
-            None => return,
+        let Some(change) = self.health.book.record(&key, &result, rise, fall) else {
+            return;
+        };
+        let event = HealthEvent {
+            service: key.0,
+            backend: key.1,
+            from: change.from,
+            to: change.transition.to,
+            reason: change.transition.reason,
+            at: change.transition.at,
+        };
+        let (vip, backend, from, to) = (&event.service, &event.backend, event.from, event.to);
+        if to == Health::Down {
+            warn!(%vip, %backend, %from, %to, reason = %event.reason, "backend down: no new flows");
+        } else {
+            info!(%vip, %backend, %from, %to, reason = %event.reason, "backend up: takes new flows again");
         }
         self.apply_health();
         // A VIP whose last healthy backend fell (or rose) changes its announcement.
         self.announce();
+        if let Some(hook) = &self.notify.hook {
+            self.notify.queue.push(Arc::clone(hook), event);
+        }
     }
 
     /// Announcements, drain and seed (`status`, `node-drain`, `node-resume`).
@@ -666,6 +692,7 @@ impl Controller {
             health: self.health.book.clone(),
             conntrack: self.conntrack.book.clone(),
             node: self.node_report(),
+            notify: self.notify.hook.clone(),
             interfaces: self
                 .datapath
                 .attachments

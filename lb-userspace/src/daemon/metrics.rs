@@ -2,7 +2,7 @@
 //! Pure, so the text is tested without root; [`super::metrics_http`] serves it.
 
 use crate::{
-    api::wire::{BackendEntry, ConntrackReport, CounterEntry, VipEntry},
+    api::wire::{BackendEntry, ConntrackReport, CounterEntry, HookRuns, VipEntry},
     model::health::Health,
 };
 use lb_common::stats::{Stat, StatKind};
@@ -21,6 +21,8 @@ pub(crate) struct Snapshot {
     pub(crate) vips: Vec<VipEntry>,
     pub(crate) backends: Vec<BackendEntry>,
     pub(crate) conntrack: ConntrackReport,
+    /// How the notify hook's runs went; `None` without a hook.
+    pub(crate) hook_runs: Option<HookRuns>,
 }
 
 impl Snapshot {
@@ -119,6 +121,26 @@ impl Collector for Snapshot {
             self.backends
                 .iter()
                 .map(|b| (backend(b), u64::from(b.health != Health::Down))),
+        )?;
+        family(
+            e,
+            "lb_backend_health_changes",
+            "Times the backend's health check took it down, or back up",
+            Counter,
+            self.backends.iter().flat_map(|b| {
+                let [vip, proto, backend] = backend(b);
+                [("down", b.health_changes.down), ("up", b.health_changes.up)].map(|(to, n)| {
+                    (
+                        [
+                            vip.clone(),
+                            proto.clone(),
+                            backend.clone(),
+                            ("to", to.to_owned()),
+                        ],
+                        n,
+                    )
+                })
+            }),
         )?;
         family(
             e,
@@ -225,6 +247,22 @@ impl Collector for Snapshot {
             Counter,
             by_map(ct.evicted_proven, ct.evicted_unproven),
         )?;
+        if let Some(runs) = self.hook_runs {
+            family(
+                e,
+                "lb_notify_runs",
+                "Runs of the notify hook by outcome: ok, failed (or could not start), timed_out (killed), dropped (not run: too many waiting)",
+                Counter,
+                [
+                    ("ok", runs.ok),
+                    ("failed", runs.failed),
+                    ("timed_out", runs.timed_out),
+                    ("dropped", runs.dropped),
+                ]
+                .into_iter()
+                .map(|(result, n)| ([("result", result.to_owned())], n)),
+            )?;
+        }
         family(
             e,
             "lb_new_flow_limit",
@@ -264,6 +302,12 @@ mod tests {
             vips: fixtures::vips(),
             backends: fixtures::backends(),
             conntrack: fixtures::conntrack(),
+            hook_runs: Some(HookRuns {
+                ok: 3,
+                failed: 1,
+                timed_out: 0,
+                dropped: 0,
+            }),
         };
         let text = render(snapshot).expect("renders");
         // The build's version changes with every release; the rest must not.

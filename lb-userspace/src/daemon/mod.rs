@@ -6,6 +6,7 @@ pub mod controller;
 pub mod counters;
 pub mod explain;
 pub mod flows;
+pub mod hook;
 pub mod metrics;
 pub mod metrics_http;
 pub mod next_hops;

@@ -11,7 +11,9 @@ use crate::{
     api::wire::{InterfaceEntry, NodeReport},
     control::map_sync::VipView,
     datapath::conntrack::ConntrackBook,
-    model::{health::HealthBook, limits::Limits, memory::MemoryReport, state::State},
+    model::{
+        health::HealthBook, limits::Limits, memory::MemoryReport, notify::NotifyHook, state::State,
+    },
 };
 
 /// What `lb run` was started with: fixed for the daemon's life.
@@ -49,6 +51,8 @@ pub(crate) struct Published {
     pub(crate) health: HealthBook,
     pub(crate) conntrack: ConntrackBook,
     pub(crate) node: NodeReport,
+    /// The notify hook in use.
+    pub(crate) notify: Option<Arc<NotifyHook>>,
     pub(crate) interfaces: Vec<InterfaceEntry>,
     /// Empty once `lb down` removed the pins.
     pub(crate) pin_dir: PathBuf,

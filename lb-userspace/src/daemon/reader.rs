@@ -13,13 +13,14 @@ use crate::{
     api::{
         error::{ApiError, ErrorCode},
         wire::{
-            BackendEntry, ConntrackReport, CounterEntry, FlowList, MAX_FLOW_LIMIT, Request,
-            Response, StatsReport, StatusReport, TimeoutEntry, VipEntry,
+            BackendEntry, ConntrackReport, CounterEntry, FlowList, MAX_FLOW_LIMIT, NotifyStatus,
+            Request, Response, StatsReport, StatusReport, TimeoutEntry, VipEntry,
         },
     },
     control::map_sync::VipView,
     daemon::{
         flows::{self, Filter},
+        hook::HookCounters,
         metrics,
         published::{DaemonFacts, Published, SnapshotCell},
     },
@@ -61,6 +62,8 @@ pub(crate) struct Reader {
     pub(crate) stats: StatsMap,
     /// For listing flows (the sweep and the controller have handles of their own).
     pub(crate) flows: ConntrackTable,
+    /// How the notify hook's runs went.
+    pub(crate) hook_runs: Arc<HookCounters>,
 }
 
 /// What the maps cost, read once at start (their sizes are fixed at load), with the
@@ -193,6 +196,7 @@ impl Reader {
                     health_history: health
                         .map(|h| h.history.iter().cloned().collect())
                         .unwrap_or_default(),
+                    health_changes: health.map(|h| h.changes).unwrap_or_default(),
                     packets: counter.packets,
                     bytes: counter.bytes,
                     active_conns: conns.active,
@@ -307,6 +311,7 @@ impl Reader {
             vips: self.vips(&snap)?,
             backends: self.backends(&snap, None)?,
             conntrack: self.conntrack(&snap, &snapshot),
+            hook_runs: snap.notify.as_ref().map(|_| self.hook_runs.read()),
         })
     }
 
@@ -342,6 +347,11 @@ impl Reader {
             backends: snap.state.backend_count(),
             node: snap.node.clone(),
             map_memory: self.facts.map_memory.clone(),
+            notify: snap.notify.as_ref().map(|hook| NotifyStatus {
+                command: hook.to_string(),
+                timeout_secs: hook.timeout().as_secs_f64(),
+                runs: self.hook_runs.read(),
+            }),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! the checks and the packet-safe map order of an API change (each VIP's table flips
 //! whole, tracked flows stay). A file that fails any check changes nothing.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use tracing::{info, warn};
 
@@ -10,7 +10,9 @@ use crate::{
     api::error::{ApiError, ErrorCode},
     api::wire::ReloadReport,
     daemon::controller::Controller,
+    daemon::hook,
     model::error_chain::error_chain,
+    model::notify::NotifyHook,
     model::reload::{self, Difference},
     model::state::{Service, State},
     store::state_file,
@@ -43,15 +45,22 @@ impl Controller {
             ));
         };
         let refused = |reason: String| invalid(format!("{reason}; nothing was changed"));
-        let (declared, cluster) =
-            state_file::load_with_cluster(&path).map_err(|e| refused(error_chain(&e)))?;
+        let file = state_file::load_declared(&path).map_err(|e| refused(error_chain(&e)))?;
+        let (declared, cluster) = (file.state, file.cluster);
+        let hook = self.notify.flag.clone().or(file.notify);
+        if let Some(given) = &hook {
+            hook::check_program(given).map_err(|e| refused(format!("{}: {e}", path.display())))?;
+        }
+        let hook_change = self.notify_change(hook.as_ref());
         let reloaded = self.declared.flags.or(cluster);
         reload::check_cluster(&self.declared.running, &reloaded)
             .map_err(|e| refused(format!("{}: {e}", path.display())))?;
         let before = self.datapath.map_sync.state().clone();
         let target = reload::target(&before, declared);
-        let changes = reload::differences(&before, &target)
+        let mut changes = reload::differences(&before, &target)
             .map_err(|e| refused(format!("{}: {e}", path.display())))?;
+        // Reported with the file's other changes, and taken once they are applied.
+        changes.extend(hook_change);
         if changes.is_empty() {
             info!(config = %path.display(), "reloaded: no changes");
             return Ok(ReloadReport {
@@ -66,6 +75,7 @@ impl Controller {
             .sync(&target)
             .map_err(ApiError::from)?;
         self.save_or_roll_back(&before)?;
+        self.notify.hook = hook.map(Arc::new);
         for change in &changes {
             info!(config = %path.display(), "reload: {change}");
         }
@@ -74,6 +84,15 @@ impl Controller {
         Ok(ReloadReport {
             config: path,
             changes,
+        })
+    }
+
+    /// The reload's change of notify hook, if it has one.
+    fn notify_change(&self, hook: Option<&NotifyHook>) -> Option<Difference> {
+        let running = self.notify.hook.as_deref();
+        (running != hook).then(|| Difference::NotifyChanged {
+            from: running.map(ToString::to_string),
+            to: hook.map(ToString::to_string),
         })
     }
 

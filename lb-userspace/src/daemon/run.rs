@@ -26,8 +26,9 @@ use crate::{
     control::checker::Checker,
     control::local_macs,
     control::map_sync::MapSync,
-    daemon::controller::{Conntrack, Controller, Datapath, HealthWatch},
+    daemon::controller::{Conntrack, Controller, Datapath, HealthWatch, Notify},
     daemon::counters,
+    daemon::hook::{self, HookCounters},
     daemon::metrics_http,
     daemon::next_hops::NextHops,
     daemon::notify,
@@ -56,6 +57,7 @@ use crate::{
     model::health::HealthBook,
     model::limits::{Limits, Options, Requested},
     model::mode,
+    model::notify::NotifyHook,
     model::reload::Declared,
     model::state::State,
     store::state_file,
@@ -96,6 +98,8 @@ pub(crate) struct RunConfig {
     pub(crate) start_drained: bool,
     /// `--forward-any-mac`: no destination-MAC check.
     pub(crate) forward_any_mac: bool,
+    /// `--notify`: the command run on backends' health changes (over `[notify]`).
+    pub(crate) notify: Option<NotifyHook>,
 }
 
 impl RunConfig {
@@ -136,13 +140,17 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
         .map(|name| Interface::resolve(name))
         .collect::<Result<Vec<_>, _>>()?;
     args.limits().validate()?;
-    let (declared, file_cluster) = match args.config.as_deref() {
+    let (declared, file_cluster, file_notify) = match args.config.as_deref() {
         Some(path) => {
-            let (state, cluster) = state_file::load_with_cluster(path)?;
-            (Some(state), cluster)
+            let file = state_file::load_declared(path)?;
+            (Some(file.state), file.cluster, file.notify)
         }
-        None => (None, ClusterSettings::default()),
+        None => (None, ClusterSettings::default(), None),
     };
+    let notify_hook = args.notify.clone().or(file_notify);
+    if let Some(given) = &notify_hook {
+        hook::check_program(given).map_err(anyhow::Error::msg)?;
+    }
     let cluster_flags = args.cluster;
     args.cluster = args.cluster.or(file_cluster);
     args.options.hash_seed = args.cluster.hash_seed.unwrap_or_default().words();
@@ -275,6 +283,11 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
         map_memory,
     });
     let (commands, command_queue) = Commands::channel();
+    let hook_runs = Arc::new(HookCounters::default());
+    let (hook_queue, hook_jobs) = hook::channel(Arc::clone(&hook_runs));
+    if let Some(given) = &notify_hook {
+        info!(command = %given, "notify hook: runs on every backend health change");
+    }
     let probe_results = {
         let commands = commands.clone();
         Arc::new(move |result| commands.probe(result))
@@ -290,6 +303,11 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
         health: HealthWatch {
             book: HealthBook::default(),
             checker: Checker::new(tokio::runtime::Handle::current(), probe_results),
+        },
+        notify: Notify {
+            flag: args.notify.clone(),
+            hook: notify_hook.map(Arc::new),
+            queue: hook_queue,
         },
         announcer: Announcer::new(args.cluster.announce_table, first_ifindex),
         next_hops: NextHops::default(),
@@ -315,12 +333,14 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
         maps: reader_maps,
         stats,
         flows: reader_flows,
+        hook_runs: Arc::clone(&hook_runs),
     });
 
     let mut tasks = Tasks::new();
     tasks.spawn_blocking("controller", move || {
         owner::run(controller, command_queue, published)
     });
+    tasks.spawn("notify hook", hook::run(hook_jobs, hook_runs));
     tasks.spawn(
         "conntrack sweep",
         sweep_forever(sweeper, commands.clone(), args.sweep_interval),

@@ -15,6 +15,10 @@
 //! ]
 //! ```
 //!
+//! `--config` may also hold `[cluster]` (settings every node shares) and `[notify]` (the
+//! command run on backends' health changes: `command = ["/path", "arg"]`, `timeout = 10.0`);
+//! the daemon's own state file holds neither.
+//!
 //! A file is read in full and checked like a series of `lb vip add` / `lb backend add`
 //! commands before anything uses it; an error names the file, the line and the reason.
 //!
@@ -34,6 +38,7 @@ use crate::{
     model::check::CheckConfig,
     model::cluster::{ClusterSettings, Seed, check_announce_table},
     model::mode::Mode,
+    model::notify::{NotifyConfig, NotifyHook},
     model::policy::OnDown,
     model::prefix::Prefix,
     model::state::{BackendSpec, Change, DEFAULT_WEIGHT, Proto, Service, State},
@@ -77,6 +82,9 @@ struct FileIn {
     node: Option<NodeIn>,
     #[serde(default)]
     cluster: Option<ClusterIn>,
+    /// `[notify]`: the hook run on backends' health changes (read from `--config` only).
+    #[serde(default)]
+    notify: Option<Spanned<NotifyConfig>>,
 }
 
 /// `[node]`: this node's own state (the daemon writes it).
@@ -209,6 +217,20 @@ pub fn parse_with_cluster(
     text: &str,
     path: &Path,
 ) -> Result<(State, ClusterSettings), ConfigError> {
+    parse_declared(text, path).map(|file| (file.state, file.cluster))
+}
+
+/// Everything a `--config` file declares: the state, and the settings read from it alone.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeclaredFile {
+    pub state: State,
+    pub cluster: ClusterSettings,
+    /// `[notify]`, if the file has one.
+    pub notify: Option<NotifyHook>,
+}
+
+/// [`parse`], with the `[cluster]` and `[notify]` settings.
+pub fn parse_declared(text: &str, path: &Path) -> Result<DeclaredFile, ConfigError> {
     let invalid = |span: Option<Range<usize>>, reason: String| ConfigError::Invalid {
         path: path.to_owned(),
         line: line_of(text, span),
@@ -216,6 +238,15 @@ pub fn parse_with_cluster(
     };
     let file: FileIn =
         toml::from_str(text).map_err(|e| invalid(e.span(), toml_reason(text, &e)))?;
+    let notify = file
+        .notify
+        .as_ref()
+        .map(|hook| {
+            hook.get_ref()
+                .validate()
+                .map_err(|reason| invalid(Some(hook.span()), reason))
+        })
+        .transpose()?;
     let mut state = State::default();
     state.node.drained = file.node.as_ref().is_some_and(|node| node.drained);
     let mut cluster = ClusterSettings::default();
@@ -297,7 +328,11 @@ pub fn parse_with_cluster(
             }
         }
     }
-    Ok((state, cluster))
+    Ok(DeclaredFile {
+        state,
+        cluster,
+        notify,
+    })
 }
 
 /// The file text for `state`.
@@ -438,6 +473,37 @@ mod tests {
             header.starts_with("test.toml:1: invalid table header") && header.contains("(expected"),
             "{header}"
         );
+    }
+
+    #[test]
+    fn the_notify_hook_is_read_and_checked() {
+        let text =
+            "[notify]\ncommand = [\"/usr/local/bin/page\", \"--team\", \"ops\"]\ntimeout = 2.5\n";
+        let file = parse_declared(text, Path::new("test.toml")).expect("valid file");
+        let hook = file.notify.expect("a hook");
+        assert_eq!(hook.to_string(), "/usr/local/bin/page --team ops");
+        assert_eq!(hook.timeout(), std::time::Duration::from_millis(2500));
+        let without = parse_declared("", Path::new("test.toml")).expect("valid file");
+        assert_eq!(without.notify, None);
+        // The daemon never writes the hook into its state file.
+        assert!(!render(&file.state).expect("render").contains("notify"));
+        for (text, reason) in [
+            ("[notify]\ncommand = []\n", "the command is empty"),
+            (
+                "[notify]\ncommand = [\"/bin/true\"]\ntimeout = 0\n",
+                "between",
+            ),
+            ("[notify]\ncommand = \"/bin/true\"\n", ""),
+            ("[notify]\nprogram = [\"/bin/true\"]\n", "unknown field"),
+        ] {
+            let error = parse_declared(text, Path::new("test.toml"))
+                .expect_err("invalid")
+                .to_string();
+            assert!(
+                error.starts_with("test.toml:") && error.contains(reason),
+                "{text:?}: {error}"
+            );
+        }
     }
 
     #[test]

@@ -44,6 +44,21 @@ pub struct Transition {
     pub(crate) reason: String,
 }
 
+/// A backend's health changed: from what, and the change as its history keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct HealthChange {
+    pub(crate) from: Health,
+    pub(crate) transition: Transition,
+}
+
+/// How many times a backend's checks took it down and back up (the metric
+/// `lb_backend_health_changes_total`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeCounts {
+    pub down: u64,
+    pub up: u64,
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct BackendHealth {
     pub(crate) health: Health,
@@ -52,6 +67,7 @@ pub(crate) struct BackendHealth {
     failures: u32,
     pub(crate) last_error: Option<String>,
     pub(crate) history: VecDeque<Transition>,
+    pub(crate) changes: ChangeCounts,
 }
 
 pub(crate) type HealthKey = (Service, SocketAddr);
@@ -87,6 +103,7 @@ impl HealthBook {
                     failures: 0,
                     last_error: None,
                     history: VecDeque::new(),
+                    changes: ChangeCounts::default(),
                 });
                 // A check added to (or removed from) a VIP changes what the state means.
                 if (initial == Health::Unchecked) != (entry.health == Health::Unchecked) {
@@ -99,14 +116,14 @@ impl HealthBook {
         }
     }
 
-    /// Counts one probe result; returns the new health if it changed.
+    /// Counts one probe result; returns the change if the health changed.
     pub(crate) fn record(
         &mut self,
         key: &HealthKey,
         result: &Result<(), String>,
         rise: u32,
         fall: u32,
-    ) -> Option<Health> {
+    ) -> Option<HealthChange> {
         let entry = self.entries.get_mut(key)?;
         if entry.health == Health::Unchecked {
             return None;
@@ -132,17 +149,23 @@ impl HealthBook {
             (Health::Down, Err(error)) => format!("{fall} failed checks in a row, last: {error}"),
             _ => format!("{rise} successful checks in a row"),
         };
+        let from = entry.health;
         entry.health = next;
         entry.since = now;
-        entry.history.push_back(Transition {
+        match next {
+            Health::Down => entry.changes.down += 1,
+            _ => entry.changes.up += 1,
+        }
+        let transition = Transition {
             to: next,
             at: unix_seconds(now),
             reason,
-        });
+        };
+        entry.history.push_back(transition.clone());
         if entry.history.len() > HISTORY {
             entry.history.pop_front();
         }
-        Some(next)
+        Some(HealthChange { from, transition })
     }
 
     /// Backends that are down.
@@ -171,16 +194,24 @@ mod tests {
         let mut book = HealthBook::default();
         book.reconcile(&[key], &[]);
         let fail = Err("refused".to_owned());
-        assert_eq!(book.record(&key, &fail, 2, 3), None);
-        assert_eq!(book.record(&key, &fail, 2, 3), None);
-        assert_eq!(book.record(&key, &Ok(()), 2, 3), None, "the run is broken");
-        assert_eq!(book.record(&key, &fail, 2, 3), None);
-        assert_eq!(book.record(&key, &fail, 2, 3), None);
-        assert_eq!(book.record(&key, &fail, 2, 3), Some(Health::Down));
+        let record = |book: &mut HealthBook, result: &Result<(), String>| {
+            book.record(&key, result, 2, 3)
+                .map(|change| (change.from, change.transition.to))
+        };
+        assert_eq!(record(&mut book, &fail), None);
+        assert_eq!(record(&mut book, &fail), None);
+        assert_eq!(record(&mut book, &Ok(())), None, "the run is broken");
+        assert_eq!(record(&mut book, &fail), None);
+        assert_eq!(record(&mut book, &fail), None);
+        assert_eq!(record(&mut book, &fail), Some((Health::Up, Health::Down)));
         assert_eq!(book.down().count(), 1);
-        assert_eq!(book.record(&key, &Ok(()), 2, 3), None);
-        assert_eq!(book.record(&key, &Ok(()), 2, 3), Some(Health::Up));
-        let history = &book.get(&key).expect("entry").history;
+        assert_eq!(record(&mut book, &fail), None, "once per change");
+        assert_eq!(record(&mut book, &Ok(())), None);
+        assert_eq!(record(&mut book, &Ok(())), Some((Health::Down, Health::Up)));
+        assert_eq!(record(&mut book, &Ok(())), None, "once per change");
+        let entry = book.get(&key).expect("entry");
+        assert_eq!(entry.changes, ChangeCounts { down: 1, up: 1 });
+        let history = &entry.history;
         assert_eq!(history.len(), 2);
         assert!(history[0].reason.contains("refused"), "{history:?}");
         book.reconcile(&[], &[key]);

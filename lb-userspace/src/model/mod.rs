@@ -14,6 +14,7 @@ pub mod limits;
 pub mod maglev;
 pub mod memory;
 pub mod mode;
+pub mod notify;
 pub mod policy;
 pub mod prefix;
 pub mod reload;

@@ -99,6 +99,11 @@ pub enum Difference {
         backend: SocketAddr,
     },
     NodeDrained,
+    /// The notify hook (`[notify]`) changed; `None`: no hook. Its next run takes it.
+    NotifyChanged {
+        from: Option<String>,
+        to: Option<String>,
+    },
 }
 
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
@@ -270,6 +275,11 @@ fn service(vip: &SocketAddr, proto: &Proto) -> Service {
 impl fmt::Display for Difference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Difference::NotifyChanged { from, to } => {
+                let describe =
+                    |hook: &Option<String>| hook.clone().unwrap_or_else(|| "none".to_owned());
+                write!(f, "~ notify hook: {} -> {}", describe(from), describe(to))
+            }
             Difference::VipAdded {
                 vip,
                 proto,

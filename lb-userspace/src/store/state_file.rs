@@ -4,19 +4,18 @@
 use std::path::{Path, PathBuf};
 
 use crate::{
-    model::cluster::ClusterSettings,
-    model::config::{ConfigError, MAX_FILE_BYTES, parse_with_cluster, render},
+    model::config::{ConfigError, DeclaredFile, MAX_FILE_BYTES, parse_declared, render},
     model::state::State,
     store::atomic,
 };
 
 /// Reads and validates a file.
 pub(crate) fn load(path: &Path) -> Result<State, ConfigError> {
-    load_with_cluster(path).map(|(state, _)| state)
+    load_declared(path).map(|file| file.state)
 }
 
-/// [`load`], with the `[cluster]` settings (`--config`).
-pub(crate) fn load_with_cluster(path: &Path) -> Result<(State, ClusterSettings), ConfigError> {
+/// Everything a `--config` file declares: its state, `[cluster]` and `[notify]`.
+pub(crate) fn load_declared(path: &Path) -> Result<DeclaredFile, ConfigError> {
     let read = |source| ConfigError::Read {
         path: path.to_owned(),
         source,
@@ -27,7 +26,7 @@ pub(crate) fn load_with_cluster(path: &Path) -> Result<(State, ClusterSettings),
         });
     }
     let text = std::fs::read_to_string(path).map_err(read)?;
-    parse_with_cluster(&text, path)
+    parse_declared(&text, path)
 }
 
 /// Reads `path` if it exists.
