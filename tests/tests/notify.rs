@@ -13,7 +13,7 @@ use std::{
 use lb_tests::{
     metrics::{sample, scrape},
     pair::PairLab,
-    process::{Daemon, FAST_CHECK, FAST_CHECK_FALL},
+    process::{FAST_CHECK, FAST_CHECK_FALL},
 };
 
 const VIP: &str = "198.18.1.1:80";
@@ -198,7 +198,7 @@ fn the_config_files_hook_takes_arguments_is_reloaded_and_its_failures_are_counte
         "[notify]\ncommand = [\"{}\", \"--site\", \"east 1\"]\ntimeout = 5",
         hook.display()
     ));
-    let daemon: Daemon = lab.start(&["--config", &config_arg]);
+    let daemon = lab.start(&["--config", &config_arg]);
     lab.instance
         .wait_for_health(&backend, "up", Duration::from_secs(3));
     drop(listener);

@@ -863,7 +863,7 @@ mod tests {
             panic!("not run");
         };
         assert_eq!(
-            RunConfig::from(run).ifaces,
+            RunConfig::from(*run).ifaces,
             ["a", "b"],
             "empty names dropped"
         );

@@ -221,7 +221,7 @@ pub fn parse_with_cluster(
 }
 
 /// Everything a `--config` file declares: the state, and the settings read from it alone.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeclaredFile {
     pub state: State,
     pub cluster: ClusterSettings,

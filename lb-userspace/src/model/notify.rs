@@ -72,6 +72,7 @@ impl NotifyHook {
     }
 
     /// The same hook with another timeout, one [`check_timeout`] accepted.
+    #[must_use]
     pub fn with_timeout(self, timeout: Duration) -> Self {
         Self { timeout, ..self }
     }
