@@ -68,6 +68,21 @@ pub(crate) fn add_v6(ns: &NetNs, addr: &str, dev: &str) {
 impl Lab {
     /// Builds the lab with `backends` backends; namespace names start with `prefix`.
     pub fn new(prefix: &str, backends: usize) -> Self {
+        Self::build(prefix, backends, true)
+    }
+
+    /// The same lab on veth pairs as the kernel creates them: checksum offload on, GRO
+    /// (and so NAPI) off, as a VM's or a container's veth is unless someone tunes it.
+    pub fn untuned(prefix: &str, backends: usize) -> Self {
+        Self::build(prefix, backends, false)
+    }
+
+    fn build(prefix: &str, backends: usize, tuned: bool) -> Self {
+        let tune = |ns: &NetNs, dev: &str| {
+            if tuned {
+                offload_off_and_napi_on(ns, dev);
+            }
+        };
         let client = NetNs::with_prefix(prefix, "client");
         let lb = NetNs::with_prefix(prefix, "lb");
         let front = Link::veth(&client, "198.18.0.1/24", &lb, "198.18.0.2/24");
@@ -75,8 +90,8 @@ impl Lab {
         add_v6(&lb, "fd00::2/64", &front.b);
         client.ip(&["route", "add", "default", "via", "198.18.0.2"]);
         client.ip(&["-6", "route", "add", "default", "via", "fd00::2"]);
-        offload_off_and_napi_on(&client, &front.a);
-        offload_off_and_napi_on(&lb, &front.b);
+        tune(&client, &front.a);
+        tune(&lb, &front.b);
         lb.enable_forwarding();
         let mut lb_ifaces = vec![front.b.clone()];
         let mut list = Vec::new();
@@ -100,8 +115,8 @@ impl Lab {
                 "via",
                 &format!("fd00:{net}::1"),
             ]);
-            offload_off_and_napi_on(&ns, &link.b);
-            offload_off_and_napi_on(&lb, &link.a);
+            tune(&ns, &link.b);
+            tune(&lb, &link.a);
             lb_ifaces.push(link.a);
             list.push(Backend {
                 name: format!("backend-{n}"),

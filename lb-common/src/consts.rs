@@ -14,6 +14,19 @@ pub const JUMP_ENCAP: u32 = 2;
 /// Later fragments (no ports) of VIP traffic. Last, so a pinned JUMPS map of an earlier
 /// release (three slots) keeps every other program: it lacks only this one.
 pub const JUMP_FRAGMENT: u32 = 3;
+/// The tracing program that counts redirected frames the kernel drops
+/// (`Stat::RedirectLost`), attached to [`REDIRECT_ERR_TRACEPOINT`] by the daemon.
+pub const PROGRAM_REDIRECT_LOST: &str = "lb_redirect_lost";
+/// `(category, name)` of the tracepoint the kernel hits when it cannot send a frame an XDP
+/// program redirected (`trace_xdp_redirect_map_err`).
+pub const REDIRECT_ERR_TRACEPOINT: (&str, &str) = ("xdp", "xdp_redirect_err");
+/// Where `map_id` (u32) sits in that tracepoint's record (its `format` file, stable since
+/// Linux 4.x; the daemon checks it before attaching).
+pub const REDIRECT_ERR_MAP_ID_OFFSET: usize = 28;
+/// One entry, written by the daemon: the id of this datapath's TX_PORTS map, so the
+/// tracing program counts only redirects through it (not other XDP programs' on the host).
+pub const MAP_REDIRECT_WATCH: &str = "REDIRECT_WATCH";
+
 /// The tail-called programs with their JUMPS index.
 pub const TAIL_PROGRAMS: [(&str, u32); 4] = [
     (PROGRAM_ICMP, JUMP_ICMP),

@@ -53,6 +53,9 @@ pub enum StatKind {
     Conntrack,
     /// Direct server return: packets and bytes sent in each DSR mode, and too big for it.
     Dsr,
+    /// Frames the datapath sent on that the kernel dropped after it (`packets` only),
+    /// counted by a tracing program: such a frame also has its verdict and reason.
+    Lost,
 }
 
 macro_rules! stats {
@@ -204,6 +207,10 @@ stats! {
     // A client → VIP packet of a proven NAT flow sent from the per-CPU flow cache (the
     // fast path: no conntrack lookup), also counted under `fwd_established`.
     FlowCacheHit = 65, "flow_cache_hit", Conntrack;
+    // A frame redirected out of an attached interface that the kernel then refused to
+    // send (the tracepoint xdp:xdp_redirect_err for TX_PORTS): most often a veth whose
+    // peer has no NAPI (neither GRO nor an XDP program); the frame is lost.
+    RedirectLost = 66, "xdp_redirect_lost", Lost;
 }
 
 /// Number of slots in the stats map.

@@ -37,14 +37,14 @@ use core::mem::MaybeUninit;
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
-    macros::xdp,
-    programs::XdpContext,
+    macros::{tracepoint, xdp},
+    programs::{TracePointContext, XdpContext},
 };
 use aya_log_ebpf::{info, warn};
 use lb_common::{
     consts::{
         ABLATE_CLOCK, ABLATE_CONNTRACK, ABLATE_NAT, IPPROTO_TCP, JUMP_ENCAP, JUMP_FRAGMENT,
-        JUMP_ICMP, JUMP_TOO_BIG,
+        JUMP_ICMP, JUMP_TOO_BIG, REDIRECT_ERR_MAP_ID_OFFSET,
     },
     encap::{MODE_NAT, SENT_ESTABLISHED, SENT_NEW_FLOW},
     flow::{CT_DATAGRAM, CT_ESTABLISHED, CT_FLAG_KEPT_ON_DOWN, Conn, FlowKey},
@@ -239,6 +239,23 @@ pub fn lb_encap(ctx: XdpContext) -> u32 {
         _ => Outcome::drop(Stat::DropFibFailure),
     };
     counted(outcome, len)
+}
+
+/// The kernel could not send a frame some XDP program redirected (xdp:xdp_redirect_err):
+/// counted when it went through this datapath's TX_PORTS (the record's `map_id`), since
+/// the kernel then drops it. Most often a veth whose peer has no NAPI: Linux 6.3 and later
+/// refuse the frame at once (`-EOPNOTSUPP`) when the peer has neither GRO nor an XDP
+/// program. The daemon attaches it; the XDP programs do not call it.
+#[tracepoint]
+pub fn lb_redirect_lost(ctx: TracePointContext) -> u32 {
+    // SAFETY: the record of xdp_redirect_err holds a u32 at this offset (the daemon checks
+    // the tracepoint's format before attaching); a failed read counts nothing.
+    let map_id = unsafe { ctx.read_at::<u32>(REDIRECT_ERR_MAP_ID_OFFSET) }.unwrap_or(0);
+    let watched = maps::REDIRECT_WATCH.get(0).copied().unwrap_or(0);
+    if map_id != 0 && map_id == watched {
+        stats::count_event(Stat::RedirectLost);
+    }
+    0
 }
 
 /// Counts the verdict and the reason of a packet; returns the verdict.

@@ -103,6 +103,11 @@ pub static FIB_PARAMS: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> =
 #[map(name = "HOPS")]
 pub static HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(HOP_SLOTS, 0);
 
+/// One entry, written by the daemon: TX_PORTS's map id, for `lb_redirect_lost` to count
+/// only this datapath's failed redirects (0 until written: nothing counts). Not pinned.
+#[map(name = "REDIRECT_WATCH")]
+pub static REDIRECT_WATCH: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Fragmented datagrams whose first fragment was balanced, translated or passed: where
 /// their later fragments (no ports) go. Not pinned.
 #[map(name = "FRAGMENTS")]

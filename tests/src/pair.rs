@@ -50,7 +50,6 @@ impl PairLab {
 
     /// `lb status --json`, parsed.
     pub fn status(&self) -> serde_json::Value {
-        let text = self.instance.ok(&["status", "--json"]);
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("status is not JSON ({e}): {text}"))
+        self.instance.status()
     }
 }

@@ -461,6 +461,12 @@ impl Instance {
             .unwrap_or_else(|e| panic!("`lb stats --json` is not JSON ({e}): {text}"))
     }
 
+    /// `lb status --json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let text = self.ok(&["status", "--json"]);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("status is not JSON ({e}): {text}"))
+    }
+
     /// A client subcommand that must fail; its stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let output = self.cli(args);

@@ -2,7 +2,7 @@
 
 use aya::{
     Ebpf,
-    programs::{TestRun as _, TestRunOptions, Xdp},
+    programs::{Program, TestRun as _, TestRunOptions, Xdp},
 };
 use std::time::Duration;
 
@@ -147,10 +147,21 @@ impl Datapath {
     }
 
     /// How many instructions the verifier processed to accept program `name` (the
-    /// budget is 10^6), loading it if needed; `None` on kernels before 5.16.
+    /// budget is 10^6), loading it if needed; `None` on kernels before 5.16. An XDP
+    /// program or the tracing program that counts lost redirects.
     pub fn verified_instructions(&mut self, name: &str) -> Option<u32> {
-        let info = self.program_named(name).info().expect("program info");
-        info.verified_instruction_count()
+        let info = match self.ebpf.program_mut(name) {
+            Some(Program::TracePoint(program)) => {
+                if program.fd().is_err() {
+                    program
+                        .load()
+                        .unwrap_or_else(|e| panic!("loading {name}: {e}"));
+                }
+                program.info()
+            }
+            _ => self.program_named(name).info(),
+        };
+        info.expect("program info").verified_instruction_count()
     }
 
     /// Pins program `name` (loaded if needed) at `path` in bpffs, so that another process

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use lb_common::{
-    consts::{PROGRAM_NAME, TAIL_PROGRAMS},
+    consts::{PROGRAM_NAME, PROGRAM_REDIRECT_LOST, TAIL_PROGRAMS},
     decap::DECAP_PROGRAM_NAME as DECAP_PROGRAM,
 };
 use lb_tests::{
@@ -21,10 +21,11 @@ use lb_userspace::{
 };
 
 /// Every program that can be loaded into the kernel: `lb`, the programs it tail-calls,
-/// and the backends' decap program.
+/// the tracing program that counts lost redirects, and the backends' decap program.
 fn programs() -> Vec<&'static str> {
     let mut programs = vec![PROGRAM_NAME];
     programs.extend(TAIL_PROGRAMS.iter().map(|(name, _)| *name));
+    programs.push(PROGRAM_REDIRECT_LOST);
     programs.push(DECAP_PROGRAM);
     programs
 }

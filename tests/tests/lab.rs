@@ -23,3 +23,4 @@ mod reload;
 mod restart_load;
 mod run;
 mod soak;
+mod veth;

@@ -10,6 +10,7 @@ use super::wire::{
 use crate::model::{
     announce::Reason,
     check::CheckConfig,
+    egress,
     health::{ChangeCounts, Health, Transition},
     memory::{MapMemory, MemoryReport},
     mode::Mode,
@@ -202,11 +203,25 @@ pub(crate) fn status() -> StatusReport {
                 name: "eth0".to_owned(),
                 ifindex: 2,
                 mode: "native".to_owned(),
+                kind: None,
+                advice: None,
             },
             InterfaceEntry {
                 name: "eth1".to_owned(),
                 ifindex: 3,
                 mode: "pinned".to_owned(),
+                kind: Some("veth".to_owned()),
+                advice: egress::advise(&egress::EgressFacts {
+                    iface: "eth1",
+                    mode: "native",
+                    kind: Some("veth"),
+                    peer: Some(egress::PeerRef {
+                        ifindex: 7,
+                        name: Some("veth9f2"),
+                        elsewhere: true,
+                    }),
+                    takes_redirects: Some(false),
+                }),
             },
         ],
         pin_dir: "/sys/fs/bpf/lb".into(),
@@ -264,6 +279,7 @@ pub(crate) fn status() -> StatusReport {
                 dropped: 0,
             },
         }),
+        xdp_redirect_lost: Some(1_207),
     }
 }
 

@@ -9,6 +9,7 @@ use super::error::{ApiError, ErrorCode};
 use crate::{
     model::announce::Reason,
     model::check::CheckConfig,
+    model::egress::Advice,
     model::health::{ChangeCounts, Health, Transition},
     model::memory::MemoryReport,
     model::mode::Mode,
@@ -354,6 +355,12 @@ pub struct InterfaceEntry {
     pub ifindex: u32,
     /// `native` or `skb`; `pinned` for a link adopted from an earlier run.
     pub mode: String,
+    /// The link kind (`veth`...); `null` for a plain device.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// What lb advises about frames sent out of it (a veth's peer without NAPI...).
+    #[serde(default)]
+    pub advice: Option<Advice>,
 }
 
 /// `lb status`.
@@ -408,6 +415,10 @@ pub struct StatusReport {
     /// The command run on backends' health changes; `null` without one.
     #[serde(default)]
     pub notify: Option<NotifyStatus>,
+    /// Frames redirected out of an attached interface that the kernel then dropped (the
+    /// counter `xdp_redirect_lost`); `null` when they cannot be counted (no tracefs).
+    #[serde(default)]
+    pub xdp_redirect_lost: Option<u64>,
 }
 
 /// The notify hook (`status`).

@@ -225,11 +225,15 @@ pub(crate) fn status(s: &StatusReport) -> String {
     let interfaces: Vec<String> = s
         .interfaces
         .iter()
-        .map(|i| format!("{} [{}]", i.name, i.mode))
+        .map(|i| match &i.kind {
+            Some(kind) => format!("{} [{}, {kind}]", i.name, i.mode),
+            None => format!("{} [{}]", i.name, i.mode),
+        })
         .collect();
     format!(
         "lb {} (datapath {}) running (pid {}, up {} s{})\n\
          interfaces:  {}\n\
+         {}\
          VIPs:        {}\n\
          pins:        {}\n\
          state file:  {}\n\
@@ -255,6 +259,7 @@ pub(crate) fn status(s: &StatusReport) -> String {
             ""
         },
         interfaces.join(", "),
+        egress(s),
         vips_and_backends(s.vips, s.backends),
         s.pin_dir.display(),
         s.state_file.display(),
@@ -279,6 +284,26 @@ pub(crate) fn status(s: &StatusReport) -> String {
         notify(s.notify.as_ref()),
         node(&s.node),
     )
+}
+
+/// What the attached interfaces need to take redirected frames, and the frames the kernel
+/// dropped after a redirect; nothing when all is well.
+fn egress(s: &StatusReport) -> String {
+    let mut text = String::new();
+    for advice in s.interfaces.iter().filter_map(|i| i.advice.as_ref()) {
+        text.push_str(&format!("  {}: {}\n", advice.level, advice.text));
+    }
+    match s.xdp_redirect_lost {
+        Some(0) => {}
+        Some(lost) => text.push_str(&format!(
+            "  lost:     {lost} frames redirected out of an attached interface were dropped by the kernel (xdp_redirect_lost)\n"
+        )),
+        None if s.interfaces.iter().any(|i| i.kind.is_some()) => text.push_str(
+            "  lost:     not counted (the tracepoint xdp:xdp_redirect_err is not available)\n",
+        ),
+        None => {}
+    }
+    text
 }
 
 /// The notify hook's line of `lb status`.

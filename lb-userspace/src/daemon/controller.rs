@@ -16,6 +16,7 @@ use crate::{
     control::announcer::Announcer,
     control::checker::Checker,
     control::map_sync::{MapSync, MapSyncError},
+    daemon::egress::EgressAdvisor,
     daemon::flows::Filter,
     daemon::hook::HookQueue,
     daemon::next_hops::NextHops,
@@ -49,6 +50,8 @@ pub(crate) struct Controller {
     pub(super) announcer: Announcer,
     pub(super) next_hops: NextHops,
     pub(super) conntrack: Conntrack,
+    /// What the attached interfaces need to take redirected frames.
+    pub(super) egress: EgressAdvisor,
     /// `--config`, for `lb reload` and SIGHUP.
     pub(super) declared: Declared,
     /// What the daemon was started with; shared with the readers.
@@ -419,6 +422,12 @@ impl Controller {
         }
     }
 
+    /// Reads again what the attached interfaces need to take redirected frames, and logs
+    /// what changed.
+    pub(crate) fn check_egress(&mut self) {
+        self.egress.refresh(&self.datapath.attachments);
+    }
+
     /// Keeps the next hop toward every DSR backend resolved.
     pub(crate) fn keep_dsr_next_hops(&mut self) {
         self.next_hops.keep_resolved(self.datapath.map_sync.state());
@@ -523,6 +532,8 @@ impl Controller {
         self.keep_dsr_next_hops();
         // An interface whose MAC changed keeps forwarding frames to it.
         self.follow_local_macs();
+        // A veth's peer may have gained or lost NAPI.
+        self.check_egress();
         // A route deleted by hand comes back, a failed write is retried.
         self.announce();
         // Deleted backends' endpoints go once their replies are done.
@@ -697,10 +708,15 @@ impl Controller {
                 .datapath
                 .attachments
                 .iter()
-                .map(|a| InterfaceEntry {
-                    name: a.iface.name.clone(),
-                    ifindex: a.iface.index,
-                    mode: a.mode.to_owned(),
+                .map(|a| {
+                    let egress = self.egress.of(a.iface.index);
+                    InterfaceEntry {
+                        name: a.iface.name.clone(),
+                        ifindex: a.iface.index,
+                        mode: a.mode.to_owned(),
+                        kind: egress.kind,
+                        advice: egress.advice,
+                    }
                 })
                 .collect(),
             pin_dir: self

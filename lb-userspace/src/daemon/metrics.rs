@@ -157,7 +157,7 @@ impl Collector for Snapshot {
         fn bytes(c: &CounterEntry) -> u64 {
             c.bytes
         }
-        let by_kind: [(&str, &str, StatKind, CounterField); 8] = [
+        let by_kind: [(&str, &str, StatKind, CounterField); 9] = [
             (
                 "lb_verdict_packets",
                 "Packets by XDP verdict",
@@ -205,6 +205,12 @@ impl Collector for Snapshot {
                 "Bytes sent by direct server return (outer headers included), by mode",
                 StatKind::Dsr,
                 bytes,
+            ),
+            (
+                "lb_lost_packets",
+                "Frames the kernel dropped after the datapath sent them on: xdp_redirect_lost (a veth whose peer has no NAPI, a frame over the MTU)",
+                StatKind::Lost,
+                packets,
             ),
         ];
         for (name, help, kind, value) in by_kind {

@@ -4,6 +4,7 @@
 
 pub mod controller;
 pub mod counters;
+pub mod egress;
 pub mod explain;
 pub mod flows;
 pub mod hook;

@@ -35,6 +35,8 @@ pub(crate) struct DaemonFacts {
     pub(crate) datapath_build: String,
     /// The maps' kernel memory: their sizes are fixed at load, so it is read once.
     pub(crate) map_memory: Option<MemoryReport>,
+    /// Whether `lb_redirect_lost` counts frames the kernel drops after a redirect.
+    pub(crate) lost_counted: bool,
 }
 
 /// Everything the controller changes that a query reports, as of its last command.

@@ -347,6 +347,12 @@ impl Reader {
             backends: snap.state.backend_count(),
             node: snap.node.clone(),
             map_memory: self.facts.map_memory.clone(),
+            xdp_redirect_lost: self
+                .facts
+                .lost_counted
+                .then(|| self.stats.read().ok())
+                .flatten()
+                .map(|counters| counters.get(Stat::RedirectLost).packets),
             notify: snap.notify.as_ref().map(|hook| NotifyStatus {
                 command: hook.to_string(),
                 timeout_secs: hook.timeout().as_secs_f64(),

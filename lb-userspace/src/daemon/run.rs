@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use arc_swap::ArcSwap;
 use aya::{Ebpf, programs::ProgramError};
-use lb_common::{consts::MAP_META, encap::EncapSource};
+use lb_common::{consts::MAP_META, encap::EncapSource, stats::Stat};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::watch,
@@ -28,6 +28,7 @@ use crate::{
     control::map_sync::MapSync,
     daemon::controller::{Conntrack, Controller, Datapath, HealthWatch, Notify},
     daemon::counters,
+    daemon::egress::EgressAdvisor,
     daemon::hook::{self, HookCounters},
     daemon::metrics_http,
     daemon::next_hops::NextHops,
@@ -50,9 +51,11 @@ use crate::{
     datapath::maps::{self, ServiceMaps},
     datapath::pins::PinDir,
     datapath::privileges,
+    datapath::redirect_watch,
     datapath::stats::{Snapshot, StatsMap},
     model::cluster::ClusterSettings,
     model::decap::Prefix,
+    model::egress::Level,
     model::error_chain::error_chain,
     model::health::HealthBook,
     model::limits::{Limits, Options, Requested},
@@ -224,6 +227,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
             attachments,
             mut egress,
             flow_cache,
+            lost_counted,
         },
         sweeper,
         first_census,
@@ -281,6 +285,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
         seeded: args.cluster.hash_seed.is_some(),
         datapath_build: load::build_id(custom_object.as_deref()),
         map_memory,
+        lost_counted,
     });
     let (commands, command_queue) = Commands::channel();
     let hook_runs = Arc::new(HookCounters::default());
@@ -310,6 +315,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
             queue: hook_queue,
         },
         announcer: Announcer::new(args.cluster.announce_table, first_ifindex),
+        egress: EgressAdvisor::default(),
         next_hops: NextHops::default(),
         conntrack: Conntrack {
             book: ConntrackBook::new(first_census),
@@ -324,6 +330,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
         facts: Arc::clone(&facts),
     };
     controller.refresh_health();
+    controller.check_egress();
     controller.keep_dsr_next_hops();
     controller.announce();
     let published: SnapshotCell = Arc::new(ArcSwap::from_pointee(controller.publish()));
@@ -375,6 +382,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
         args: &args,
         down: &mut down_rx,
         egress: &mut egress,
+        lost: LostWatch::default(),
     };
     let reason = wait_for_stop(signals, &mut watch).await;
     notify::stopping();
@@ -410,6 +418,8 @@ struct Started {
     attachments: Vec<PinnedAttachment>,
     egress: EgressWatch,
     flow_cache: FlowCache,
+    /// Whether `lb_redirect_lost` is attached.
+    lost_counted: bool,
 }
 
 /// Refuses interfaces whose forwarding is off for a family lb will balance: IPv4 always,
@@ -506,6 +516,58 @@ fn report_unattached(egress: &mut EgressWatch) {
     }
 }
 
+/// How often a growing `xdp_redirect_lost` is logged again.
+const LOST_REPEAT: Duration = Duration::from_secs(60);
+
+/// The `xdp_redirect_lost` count the last warning reported (or the daemon found at start).
+#[derive(Default)]
+struct LostWatch {
+    reported: Option<u64>,
+    warned: Option<Instant>,
+}
+
+/// Warns when the kernel dropped frames after a redirect since the last warning: at once
+/// the first time, then at most once every [`LOST_REPEAT`] while it goes on, with the
+/// advice that explains it.
+fn report_lost(lost: &mut LostWatch, reader: &Reader) {
+    let total = match reader.stats.read() {
+        Ok(counters) => counters.get(Stat::RedirectLost).packets,
+        Err(error) => {
+            debug!(%error, "reading xdp_redirect_lost failed");
+            return;
+        }
+    };
+    let Some(reported) = lost.reported else {
+        // What an earlier run counted into the pinned map is not news.
+        lost.reported = Some(total);
+        return;
+    };
+    if total <= reported || lost.warned.is_some_and(|at| at.elapsed() < LOST_REPEAT) {
+        return;
+    }
+    lost.reported = Some(total);
+    lost.warned = Some(Instant::now());
+    let published = reader.published.load();
+    let why: Vec<&str> = published
+        .interfaces
+        .iter()
+        .filter_map(|i| i.advice.as_ref())
+        .filter(|advice| advice.level == Level::Warning)
+        .map(|advice| advice.text.as_str())
+        .collect();
+    warn!(
+        lost = total - reported,
+        xdp_redirect_lost = total,
+        "the kernel dropped {} frame(s) lb had redirected: {}",
+        total - reported,
+        if why.is_empty() {
+            "`lb status` says which interface needs what".to_owned()
+        } else {
+            why.join("; ")
+        }
+    );
+}
+
 /// The options with an outer source for dsr-ipip in each family that has none given: an
 /// address of the first attached interface that has one (link-local addresses cannot be
 /// routed to a backend elsewhere).
@@ -594,6 +656,17 @@ fn start(
     if adopted.is_none() {
         PinDir::write_layout(meta, &limits)?;
     }
+    // Before TX_PORTS is taken: the tracing program is told its id.
+    let lost_counted = match redirect_watch::attach(&mut ebpf) {
+        Ok(()) => true,
+        Err(error) => {
+            warn!(
+                error = %error_chain(&error),
+                "frames the kernel drops after lb redirected them cannot be counted (xdp_redirect_lost stays 0)"
+            );
+            false
+        }
+    };
     let maps = ServiceMaps::take(&mut ebpf, &limits).context("opening the service maps")?;
     let stats = StatsMap::take(&mut ebpf).context("opening the stats map")?;
     let egress = EgressWatch::take(&mut ebpf).context("opening the unattached-egress map")?;
@@ -658,6 +731,7 @@ fn start(
         attachments,
         egress,
         flow_cache,
+        lost_counted,
     })
 }
 
@@ -707,6 +781,7 @@ struct Watch<'a> {
     args: &'a RunConfig,
     down: &'a mut watch::Receiver<bool>,
     egress: &'a mut EgressWatch,
+    lost: LostWatch,
 }
 
 /// Prints counters every interval until a signal or `lb down`.
@@ -733,6 +808,7 @@ async fn wait_for_stop(signals: Signals, watch: &mut Watch<'_>) -> anyhow::Resul
             _ = sighup.recv() => watch.commands.run(Command::Hangup).await,
             _ = pin_check.tick() => {
                 report_unattached(watch.egress);
+                report_lost(&mut watch.lost, watch.reader);
                 watch.commands.run(Command::CheckPins).await
             }
             _ = ticker.tick(), if watch.args.stats_interval.is_some() => {

@@ -6,6 +6,7 @@ pub mod check;
 pub mod cluster;
 pub mod config;
 pub mod decap;
+pub mod egress;
 pub mod error_chain;
 pub mod explain;
 pub mod health;
