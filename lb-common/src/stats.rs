@@ -56,6 +56,9 @@ pub enum StatKind {
     /// Frames the datapath sent on that the kernel dropped after it (`packets` only),
     /// counted by a tracing program: such a frame also has its verdict and reason.
     Lost,
+    /// Packets whose sender left work to an offload XDP cannot finish (`packets` only);
+    /// they also have their verdict and reason.
+    Offload,
 }
 
 macro_rules! stats {
@@ -211,6 +214,11 @@ stats! {
     // send (the tracepoint xdp:xdp_redirect_err for TX_PORTS): most often a veth whose
     // peer has no NAPI (neither GRO nor an XDP program); the frame is lost.
     RedirectLost = 66, "xdp_redirect_lost", Lost;
+    // A client's SYN whose checksum is only the pseudo-header's sum (its sender left the
+    // rest to an offload: a socket behind a veth with tx checksumming on). XDP cannot
+    // finish it: forwarded in native mode, the receiver drops it (in skb mode the kernel
+    // keeps the offload's state and it arrives). Also counted as fwd_new_flow.
+    SynChecksumPartial = 67, "syn_checksum_partial", Offload;
 }
 
 /// Number of slots in the stats map.

@@ -497,6 +497,9 @@ fn chosen_backend(
     let Some((backend_id, backend)) = pick_backend(ctx, packet, &vip, found, now) else {
         return Some(Err(Outcome::drop(Stat::DropNoBackend)));
     };
+    if packet.is_opening() && checksum_left_partial(ctx, packet) {
+        stats::count_event(Stat::SynChecksumPartial);
+    }
     stats::count_service(vip.id, backend_id, len);
     Some(Ok(Chosen {
         backend_id,
@@ -504,6 +507,19 @@ fn chosen_backend(
         reason: Stat::ForwardNew,
         cacheable: false,
     }))
+}
+
+/// Whether a client's SYN carries a partial checksum: its sender left the sum to an
+/// offload (a socket behind a veth with tx checksumming on), and XDP cannot finish it.
+/// Sent on as an XDP frame, it reaches the receiver wrong and is dropped there; counted
+/// so the daemon can name the cause. A full checksum equals the pseudo-header sum by
+/// chance once in 65,536 SYNs.
+#[inline(always)]
+fn checksum_left_partial(ctx: &XdpContext, packet: &Packet) -> bool {
+    let l4_len = packet
+        .ip_len
+        .saturating_sub(packet.l4_offset.saturating_sub(packet.l3_offset));
+    parse::tcp_checksum(ctx, packet) == Some(csum::pseudo_header(&packet.flow, l4_len as u16))
 }
 
 /// Whether the packet's TTL / hop limit ends here (checked before any rewrite).

@@ -146,6 +146,19 @@ impl Packet {
 /// Offsets of the TCP header's sequence and acknowledgment numbers.
 pub const TCP_SEQ: usize = 4;
 pub const TCP_ACK_SEQ: usize = 8;
+/// Offset of the TCP header's checksum.
+const TCP_CHECKSUM: usize = 16;
+
+/// A TCP packet's checksum field as a native load reads it; `None` for anything else.
+#[inline(always)]
+pub fn tcp_checksum(ctx: &XdpContext, packet: &Packet) -> Option<u16> {
+    if packet.l4 != L4::Tcp {
+        return None;
+    }
+    // SAFETY: bounds checked by ptr_at; a byte array has alignment 1.
+    ptr_at::<[u8; 2]>(ctx, packet.l4_offset + TCP_CHECKSUM)
+        .map(|field| u16::from_ne_bytes(unsafe { *field }))
+}
 
 /// The 32-bit word at `offset` of a TCP packet's header (`TCP_SEQ`, `TCP_ACK_SEQ`), host
 /// order; 0 for a packet that is not TCP.

@@ -608,3 +608,62 @@ fn invalid_services_are_refused_before_any_map_changes() {
         delta.moved()
     );
 }
+
+/// What a sender that leaves its TCP checksum to the NIC (CHECKSUM_PARTIAL) writes in the
+/// field: the folded sum of the pseudo-header, not complemented.
+fn pseudo_header_sum(src: IpAddr, dst: IpAddr, tcp_len: usize) -> u16 {
+    let bytes = |addr: IpAddr| match addr {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
+    let mut words: Vec<u8> = bytes(src);
+    words.extend(bytes(dst));
+    let mut sum: u32 = words
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], pair[1]])))
+        .sum();
+    sum += 6 + tcp_len as u32;
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+#[test]
+fn a_syn_whose_checksum_was_left_to_an_offload_is_counted() {
+    lb_tests::require_root!();
+    let lab = FibLab::new();
+    lab.with_datapath(|datapath, ids| {
+        datapath.set_ingress(ids.from_client);
+        for (family, ip_header, client_port) in [(Family::V4, 20, 41_001), (Family::V6, 40, 41_002)]
+        {
+            let (client, vip) = client_and_vip(family);
+            let syn = Spec::new(family, Transport::Tcp)
+                .between(client, vip)
+                .ports(client_port, 80)
+                .build(b"");
+            let (full, delta) = datapath.run_counted(&syn);
+            assert_eq!(full.action, XDP_REDIRECT, "{family:?}");
+            assert_eq!(
+                delta.packets(Stat::SynChecksumPartial),
+                0,
+                "{family:?}: a full checksum"
+            );
+            let mut partial = syn.clone();
+            let tcp = 14 + ip_header;
+            let sum = pseudo_header_sum(client, vip, partial.len() - tcp);
+            partial[tcp + 16..tcp + 18].copy_from_slice(&sum.to_be_bytes());
+            let (forwarded, delta) = datapath.run_counted(&partial);
+            assert_eq!(
+                forwarded.action, XDP_REDIRECT,
+                "{family:?}: forwarded all the same"
+            );
+            assert_eq!(
+                delta.packets(Stat::SynChecksumPartial),
+                1,
+                "{family:?}: {:?}",
+                delta.moved()
+            );
+        }
+    });
+}

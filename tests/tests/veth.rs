@@ -129,3 +129,61 @@ fn untuned_veth_peers_are_named_with_their_command_and_lost_frames_are_counted()
     );
     instance.down();
 }
+
+#[test]
+fn partial_checksums_from_senders_behind_a_veth_are_counted_and_named() {
+    lb_tests::require_root!();
+    let lab = Lab::untuned("lbt", 1);
+    // NAPI on the peers (redirects arrive), checksum offload still on (the default).
+    let peers = [
+        (&lab.lb_ifaces[0], &lab.client_dev, &lab.client),
+        (&lab.lb_ifaces[1], &lab.backends[0].dev, &lab.backends[0].ns),
+    ];
+    for (_, peer, ns) in &peers {
+        let output = ns
+            .command("ethtool")
+            .args(["-K", peer, "gro", "on"])
+            .output()
+            .expect("run ethtool");
+        assert!(output.status.success(), "{output:?}");
+    }
+    let _servers = Servers::start(&lab.backends);
+    let instance = Instance::new();
+    let daemon = Daemon::start(instance.run(&lab.lb, &lab.lb_ifaces, &["--xdp-mode", "native"]));
+    let vip = SocketAddr::new(lab.vip(false), 80);
+    let vip_arg = vip.to_string();
+    let backend = SocketAddr::new(lab.backends[0].v4.into(), HTTP_PORT).to_string();
+    instance.ok(&["vip", "add", &vip_arg]);
+    instance.ok(&["backend", "add", &vip_arg, &backend]);
+
+    // Redirected, then dropped by the backend for its checksum: nothing lost on the way.
+    let failed = lab.client.enter(|| http_get(vip));
+    assert!(failed.is_err(), "a partial checksum arrived: {failed:?}");
+    let stats = instance.stats();
+    assert!(stat_packets(&stats, "syn_checksum_partial") > 0, "{stats}");
+    assert_eq!(stat_packets(&stats, "xdp_redirect_lost"), 0, "{stats}");
+    let log = daemon.wait_for_log(
+        "client SYN(s) arrived with a checksum",
+        1,
+        Duration::from_secs(5),
+    );
+    assert!(
+        log.contains(&format!("ethtool -K {} tx off gro on", lab.client_dev)),
+        "{log}"
+    );
+    let text = instance.ok(&["status"]);
+    assert!(text.contains("(syn_checksum_partial)"), "{text}");
+
+    // The advised command ends it: full checksums from the senders.
+    for (_, peer, ns) in &peers {
+        let output = ns
+            .command("ethtool")
+            .args(["-K", peer, "tx", "off", "gro", "on"])
+            .output()
+            .expect("run ethtool");
+        assert!(output.status.success(), "{output:?}");
+    }
+    let answer = lab.client.enter(|| http_get(vip));
+    assert_eq!(answer.as_deref(), Ok("backend-1"), "after tx off");
+    instance.down();
+}

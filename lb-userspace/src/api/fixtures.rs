@@ -280,6 +280,7 @@ pub(crate) fn status() -> StatusReport {
             },
         }),
         xdp_redirect_lost: Some(1_207),
+        syn_checksum_partial: 0,
     }
 }
 

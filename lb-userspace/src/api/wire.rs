@@ -419,6 +419,10 @@ pub struct StatusReport {
     /// counter `xdp_redirect_lost`); `null` when they cannot be counted (no tracefs).
     #[serde(default)]
     pub xdp_redirect_lost: Option<u64>,
+    /// Client SYNs that arrived with a checksum their sender left to an offload (the
+    /// counter `syn_checksum_partial`): lost at their receiver when forwarded natively.
+    #[serde(default)]
+    pub syn_checksum_partial: u64,
 }
 
 /// The notify hook (`status`).

@@ -303,6 +303,12 @@ fn egress(s: &StatusReport) -> String {
         ),
         None => {}
     }
+    if s.syn_checksum_partial > 0 {
+        text.push_str(&format!(
+            "  offload:  {} client SYNs arrived with a checksum left to their sender's tx offload (syn_checksum_partial)\n",
+            s.syn_checksum_partial
+        ));
+    }
     text
 }
 

@@ -157,7 +157,7 @@ impl Collector for Snapshot {
         fn bytes(c: &CounterEntry) -> u64 {
             c.bytes
         }
-        let by_kind: [(&str, &str, StatKind, CounterField); 9] = [
+        let by_kind: [(&str, &str, StatKind, CounterField); 10] = [
             (
                 "lb_verdict_packets",
                 "Packets by XDP verdict",
@@ -210,6 +210,12 @@ impl Collector for Snapshot {
                 "lb_lost_packets",
                 "Frames the kernel dropped after the datapath sent them on: xdp_redirect_lost (a veth whose peer has no NAPI, a frame over the MTU)",
                 StatKind::Lost,
+                packets,
+            ),
+            (
+                "lb_offload_packets",
+                "Packets whose sender left work to an offload XDP cannot finish: syn_checksum_partial (a client SYN with a partial checksum, dropped by its receiver when forwarded in native mode)",
+                StatKind::Offload,
                 packets,
             ),
         ];

@@ -317,6 +317,8 @@ impl Reader {
 
     fn status(&self, snap: &Published) -> StatusReport {
         let limits = &snap.limits;
+        // For the counters of frames lost on the way out; the rest is published.
+        let counters = self.stats.read().ok();
         StatusReport {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             datapath_build: self.facts.datapath_build.clone(),
@@ -347,12 +349,13 @@ impl Reader {
             backends: snap.state.backend_count(),
             node: snap.node.clone(),
             map_memory: self.facts.map_memory.clone(),
-            xdp_redirect_lost: self
-                .facts
-                .lost_counted
-                .then(|| self.stats.read().ok())
-                .flatten()
+            xdp_redirect_lost: counters
+                .as_ref()
+                .filter(|_| self.facts.lost_counted)
                 .map(|counters| counters.get(Stat::RedirectLost).packets),
+            syn_checksum_partial: counters
+                .as_ref()
+                .map_or(0, |counters| counters.get(Stat::SynChecksumPartial).packets),
             notify: snap.notify.as_ref().map(|hook| NotifyStatus {
                 command: hook.to_string(),
                 timeout_secs: hook.timeout().as_secs_f64(),

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use arc_swap::ArcSwap;
 use aya::{Ebpf, programs::ProgramError};
-use lb_common::{consts::MAP_META, encap::EncapSource, stats::Stat};
+use lb_common::{consts::MAP_META, encap::EncapSource};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::watch,
@@ -28,7 +28,7 @@ use crate::{
     control::map_sync::MapSync,
     daemon::controller::{Conntrack, Controller, Datapath, HealthWatch, Notify},
     daemon::counters,
-    daemon::egress::EgressAdvisor,
+    daemon::egress::{EgressAdvisor, LossWatch},
     daemon::hook::{self, HookCounters},
     daemon::metrics_http,
     daemon::next_hops::NextHops,
@@ -55,7 +55,6 @@ use crate::{
     datapath::stats::{Snapshot, StatsMap},
     model::cluster::ClusterSettings,
     model::decap::Prefix,
-    model::egress::Level,
     model::error_chain::error_chain,
     model::health::HealthBook,
     model::limits::{Limits, Options, Requested},
@@ -382,7 +381,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
         args: &args,
         down: &mut down_rx,
         egress: &mut egress,
-        lost: LostWatch::default(),
+        losses: LossWatch::default(),
     };
     let reason = wait_for_stop(signals, &mut watch).await;
     notify::stopping();
@@ -514,58 +513,6 @@ fn report_unattached(egress: &mut EgressWatch) {
         }
         Err(error) => debug!(%error, "reading UNATTACHED_EGRESS failed"),
     }
-}
-
-/// How often a growing `xdp_redirect_lost` is logged again.
-const LOST_REPEAT: Duration = Duration::from_secs(60);
-
-/// The `xdp_redirect_lost` count the last warning reported (or the daemon found at start).
-#[derive(Default)]
-struct LostWatch {
-    reported: Option<u64>,
-    warned: Option<Instant>,
-}
-
-/// Warns when the kernel dropped frames after a redirect since the last warning: at once
-/// the first time, then at most once every [`LOST_REPEAT`] while it goes on, with the
-/// advice that explains it.
-fn report_lost(lost: &mut LostWatch, reader: &Reader) {
-    let total = match reader.stats.read() {
-        Ok(counters) => counters.get(Stat::RedirectLost).packets,
-        Err(error) => {
-            debug!(%error, "reading xdp_redirect_lost failed");
-            return;
-        }
-    };
-    let Some(reported) = lost.reported else {
-        // What an earlier run counted into the pinned map is not news.
-        lost.reported = Some(total);
-        return;
-    };
-    if total <= reported || lost.warned.is_some_and(|at| at.elapsed() < LOST_REPEAT) {
-        return;
-    }
-    lost.reported = Some(total);
-    lost.warned = Some(Instant::now());
-    let published = reader.published.load();
-    let why: Vec<&str> = published
-        .interfaces
-        .iter()
-        .filter_map(|i| i.advice.as_ref())
-        .filter(|advice| advice.level == Level::Warning)
-        .map(|advice| advice.text.as_str())
-        .collect();
-    warn!(
-        lost = total - reported,
-        xdp_redirect_lost = total,
-        "the kernel dropped {} frame(s) lb had redirected: {}",
-        total - reported,
-        if why.is_empty() {
-            "`lb status` says which interface needs what".to_owned()
-        } else {
-            why.join("; ")
-        }
-    );
 }
 
 /// The options with an outer source for dsr-ipip in each family that has none given: an
@@ -781,7 +728,7 @@ struct Watch<'a> {
     args: &'a RunConfig,
     down: &'a mut watch::Receiver<bool>,
     egress: &'a mut EgressWatch,
-    lost: LostWatch,
+    losses: LossWatch,
 }
 
 /// Prints counters every interval until a signal or `lb down`.
@@ -808,7 +755,7 @@ async fn wait_for_stop(signals: Signals, watch: &mut Watch<'_>) -> anyhow::Resul
             _ = sighup.recv() => watch.commands.run(Command::Hangup).await,
             _ = pin_check.tick() => {
                 report_unattached(watch.egress);
-                report_lost(&mut watch.lost, watch.reader);
+                watch.losses.check(watch.reader);
                 watch.commands.run(Command::CheckPins).await
             }
             _ = ticker.tick(), if watch.args.stats_interval.is_some() => {

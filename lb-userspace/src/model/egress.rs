@@ -61,9 +61,11 @@ pub enum Problem {
     PeerNapiUnknown,
     /// Another device that takes no redirected frames, in native mode.
     TakesNoRedirects,
-    /// A veth that takes redirects (or in skb mode): senders behind it must not leave
-    /// checksums partial nor send TSO segments.
-    SenderOffloads,
+    /// A veth that takes redirects, in native mode: senders behind it must send full
+    /// checksums.
+    PartialChecksums,
+    /// A veth in skb mode: senders behind it must not send TSO segments.
+    TsoSegments,
 }
 
 /// One piece of advice: how bad, what, why, and the command that fixes it.
@@ -115,7 +117,7 @@ pub fn advise(facts: &EgressFacts<'_>) -> Option<Advice> {
         },
         _ if native => Advice {
             level: Level::Note,
-            problem: Problem::SenderOffloads,
+            problem: Problem::PartialChecksums,
             text: format!(
                 "{iface} is a veth: senders behind its peer {peer} must send full checksums (tx offload off): XDP cannot finish a partial checksum, so the receiver drops such a packet; if flows through {iface} stall, on the peer run `{command}`"
             ),
@@ -123,7 +125,7 @@ pub fn advise(facts: &EgressFacts<'_>) -> Option<Advice> {
         },
         _ => Advice {
             level: Level::Note,
-            problem: Problem::SenderOffloads,
+            problem: Problem::TsoSegments,
             text: format!(
                 "{iface} is a veth in skb mode: senders behind its peer {peer} must not send TSO segments (tx offload off): lb sees such a segment whole and answers it as too big, so large transfers stall; on the peer run `{command}`"
             ),
@@ -206,15 +208,15 @@ mod tests {
 
     #[test]
     fn a_veth_that_takes_redirects_or_runs_in_skb_mode_gets_a_note() {
-        for facts in [
-            veth("native", Some(true)),
-            veth("skb", Some(false)),
-            veth("skb", None),
+        for (facts, problem) in [
+            (veth("native", Some(true)), Problem::PartialChecksums),
+            (veth("skb", Some(false)), Problem::TsoSegments),
+            (veth("skb", None), Problem::TsoSegments),
         ] {
             let advice = advise(&facts).expect("advice");
             assert_eq!(
                 (advice.level, advice.problem),
-                (Level::Note, Problem::SenderOffloads),
+                (Level::Note, problem),
                 "{facts:?}"
             );
             assert!(advice.text.contains("tx off gro on"), "{}", advice.text);
