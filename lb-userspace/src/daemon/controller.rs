@@ -5,7 +5,6 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use aya::Ebpf;
-use serde::Serialize;
 use tracing::{error, info, warn};
 
 use crate::{
@@ -16,6 +15,7 @@ use crate::{
     control::announcer::Announcer,
     control::checker::Checker,
     control::map_sync::{MapSync, MapSyncError},
+    daemon::answer::{datapath_error, json},
     daemon::egress::EgressAdvisor,
     daemon::flows::Filter,
     daemon::hook::HookQueue,
@@ -101,16 +101,6 @@ pub(crate) struct Conntrack {
 
 fn service(vip: SocketAddr, proto: Proto) -> Service {
     Service { addr: vip, proto }
-}
-
-/// An answer as JSON.
-pub(super) fn json(value: impl Serialize) -> Result<serde_json::Value, ApiError> {
-    serde_json::to_value(value).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
-}
-
-/// A map or syscall failure: the datapath, not the request, is at fault.
-pub(super) fn datapath_error(error: impl std::error::Error) -> ApiError {
-    ApiError::new(ErrorCode::DatapathError, error_chain(&error))
 }
 
 fn invalid_check(reason: String) -> ApiError {

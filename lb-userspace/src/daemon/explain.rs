@@ -11,7 +11,7 @@ use lb_common::{
     service::{Backend, EndpointKey, VipKey},
 };
 
-use super::{controller::datapath_error, published::Published, reader::Reader};
+use super::{answer::datapath_error, published::Published, reader::Reader};
 use crate::{
     api::{
         error::{ApiError, ErrorCode},

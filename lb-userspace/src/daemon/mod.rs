@@ -2,6 +2,7 @@
 //! queries from its published snapshot, the socket server, the metrics endpoint and the
 //! conntrack sweep.
 
+pub mod answer;
 pub mod controller;
 pub mod counters;
 pub mod egress;

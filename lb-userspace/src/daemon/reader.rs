@@ -8,7 +8,7 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 
 use lb_common::{flow::Timeout, stats::Stat};
 
-use super::controller::{datapath_error, json};
+use super::answer::{datapath_error, json};
 use crate::{
     api::{
         error::{ApiError, ErrorCode},

@@ -111,7 +111,7 @@ fn get_link(ifindex: u32, netnsid: Option<i32>) -> Result<LinkMessage, NetlinkEr
             RouteNetlinkMessage::NewLink(link) => Some(link),
             _ => None,
         })
-        .ok_or(NetlinkError::Decode {
+        .ok_or_else(|| NetlinkError::Decode {
             what,
             reason: "no link in the answer".to_owned(),
         })

@@ -168,7 +168,7 @@ fn peer_and_command(peer: Option<PeerRef<'_>>, iface: &str) -> (String, String) 
 mod tests {
     use super::*;
 
-    fn veth<'a>(mode: &'a str, takes_redirects: Option<bool>) -> EgressFacts<'a> {
+    fn veth(mode: &str, takes_redirects: Option<bool>) -> EgressFacts<'_> {
         EgressFacts {
             iface: "eth1",
             mode,
