@@ -20,6 +20,7 @@ use lb_tests::{
     servers::{ECHO_PORT, HTTP_PORT, Servers, WHO_PORT},
     topology::Lab,
 };
+use lb_userspace::api::error::ErrorCode;
 
 const BUDGET: Duration = Duration::from_secs(120);
 
@@ -422,25 +423,46 @@ fn bad_input_is_refused_with_a_reason_and_changes_nothing() {
     };
     let before = snapshot();
 
-    let cli_cases: &[(&[&str], &str)] = &[
-        (&["vip", "add", "198.18.1.2"], "is not ADDRESS:PORT"),
-        (&["vip", "add", "198.18.1.300:80"], "is not ADDRESS:PORT"),
+    // Each refusal says what was wrong and what to do: clap's parse errors show the form
+    // or the values it takes, the daemon's refusals the remedy of their code.
+    let remedy = |code: ErrorCode| format!("to fix: {}", code.remedy());
+    let address_form = "e.g. 198.18.0.10:80, or [fd00::10]:80".to_owned();
+    let weight_range = "not in 1..=65535".to_owned();
+    let cli_cases: Vec<(&[&str], &str, String)> = vec![
+        (
+            &["vip", "add", "198.18.1.2"],
+            "is not ADDRESS:PORT",
+            address_form.clone(),
+        ),
+        (
+            &["vip", "add", "198.18.1.300:80"],
+            "is not ADDRESS:PORT",
+            address_form,
+        ),
         (
             &["backend", "add", "[fd00:1::1]:80", "198.18.11.2:80"],
             "IPv4 but VIP",
+            remedy(ErrorCode::FamilyMismatch),
         ),
         (
             &["backend", "add", "198.18.1.9:80", "198.18.11.2:80"],
             "no VIP 198.18.1.9:80/tcp",
+            remedy(ErrorCode::UnknownVip),
         ),
         (
             &["backend", "drain", "198.18.1.1:80", "198.18.11.9:80"],
             "has no backend",
+            remedy(ErrorCode::UnknownBackend),
         ),
-        (&["vip", "add", "198.18.1.1:80"], "already exists"),
+        (
+            &["vip", "add", "198.18.1.1:80"],
+            "already exists",
+            remedy(ErrorCode::DuplicateVip),
+        ),
         (
             &["backend", "add", "198.18.1.1:80", "198.18.11.2:8080"],
             "already exists",
+            remedy(ErrorCode::DuplicateBackend),
         ),
         (
             &[
@@ -451,7 +473,8 @@ fn bad_input_is_refused_with_a_reason_and_changes_nothing() {
                 "--weight",
                 "0",
             ],
-            "not in 1..=65535",
+            "invalid value '0'",
+            weight_range.clone(),
         ),
         (
             &[
@@ -462,17 +485,34 @@ fn bad_input_is_refused_with_a_reason_and_changes_nothing() {
                 "--weight",
                 "70000",
             ],
-            "not in 1..=65535",
+            "invalid value '70000'",
+            weight_range,
         ),
         (
             &["vip", "add", "198.18.1.1:80", "--proto", "sctp"],
             "invalid value 'sctp'",
+            "[possible values: tcp, udp]".to_owned(),
         ),
-        (&["backend", "list", "198.18.1.1:81"], "no VIP"),
+        (
+            &["backend", "list", "198.18.1.1:81"],
+            "no VIP",
+            remedy(ErrorCode::UnknownVip),
+        ),
+        (
+            &["vip", "add", "0.0.0.0:80"],
+            "not a usable address",
+            remedy(ErrorCode::InvalidAddress),
+        ),
+        (&["reload"], "without --config", remedy(ErrorCode::NoConfig)),
     ];
-    for (args, reason) in cli_cases {
+    for (args, reason, what_to_do) in &cli_cases {
         let stderr = instance.fails(args);
         assert!(stderr.contains(reason), "lb {}: {stderr}", args.join(" "));
+        assert!(
+            stderr.contains(what_to_do.as_str()),
+            "lb {} names no remedy ({what_to_do}): {stderr}",
+            args.join(" ")
+        );
         assert_eq!(
             snapshot(),
             before,

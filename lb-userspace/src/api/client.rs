@@ -53,7 +53,8 @@ pub enum ClientError {
     )]
     VersionMismatch { daemon: Option<u32> },
     /// The daemon refused the request; `code` says why.
-    #[error("{} [{}]", .0.message, .0.code.as_str())]
+    /// The daemon refused the request: its message and code, and under them what to do.
+    #[error("{} [{}]\n  to fix: {}", .0.message, .0.code.as_str(), .0.code.remedy())]
     Refused(ApiError),
     #[error("unexpected answer from the daemon")]
     Unexpected(#[source] serde_json::Error),
@@ -185,7 +186,10 @@ mod tests {
         assert_eq!(refused.code(), Some(ErrorCode::UnknownVip));
         assert_eq!(
             refused.to_string(),
-            "no VIP 198.18.1.1:80/tcp [unknown_vip]"
+            format!(
+                "no VIP 198.18.1.1:80/tcp [unknown_vip]\n  to fix: {}",
+                ErrorCode::UnknownVip.remedy()
+            )
         );
         // A daemon from before versions answers our `version` field with a refusal.
         let old = read_answer(r#"{"ok":false,"error":"bad request: unknown field `version`"}"#)

@@ -62,6 +62,118 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in the order docs/API.md lists them.
+    pub const ALL: [ErrorCode; 28] = [
+        ErrorCode::BadRequest,
+        ErrorCode::RequestTooLarge,
+        ErrorCode::VersionMismatch,
+        ErrorCode::ShuttingDown,
+        ErrorCode::UnknownVip,
+        ErrorCode::DuplicateVip,
+        ErrorCode::UnknownBackend,
+        ErrorCode::DuplicateBackend,
+        ErrorCode::InvalidWeight,
+        ErrorCode::InvalidAddress,
+        ErrorCode::FamilyMismatch,
+        ErrorCode::EndpointInUse,
+        ErrorCode::ModeChangeWithBackends,
+        ErrorCode::DsrPortMismatch,
+        ErrorCode::DsrFamily,
+        ErrorCode::NotOnLink,
+        ErrorCode::NothingToChange,
+        ErrorCode::InvalidSources,
+        ErrorCode::InvalidCheck,
+        ErrorCode::TooManyVips,
+        ErrorCode::TooManyBackends,
+        ErrorCode::ForwardingDisabled,
+        ErrorCode::DatapathError,
+        ErrorCode::StateNotSaved,
+        ErrorCode::NoConfig,
+        ErrorCode::InvalidConfig,
+        ErrorCode::Internal,
+        ErrorCode::Other,
+    ];
+
+    /// What the operator does about a refusal with this code. The message says what was
+    /// wrong with this request; the remedy holds for every refusal of the code, so a
+    /// client (the CLI prints it under the message) and docs/API.md can show it.
+    pub const fn remedy(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => {
+                "compare the request with docs/API.md (the CLI sends only valid ones: is it the daemon's release?)"
+            }
+            ErrorCode::RequestTooLarge => {
+                "send one change per request: a request line is at most 65,536 bytes"
+            }
+            ErrorCode::VersionMismatch | ErrorCode::Other => {
+                "use the lb binary of the daemon's release (`lb status` names the daemon's version)"
+            }
+            ErrorCode::ShuttingDown => {
+                "the datapath is being taken down: once the daemon has exited, start it again (`systemctl start lb`, or `lb run`)"
+            }
+            ErrorCode::UnknownVip => {
+                "`lb vip list` shows the VIPs; address, port and protocol (--proto) must all match"
+            }
+            ErrorCode::DuplicateVip => {
+                "keep it, change its mode with `lb vip set-mode`, or delete it first with `lb vip del`"
+            }
+            ErrorCode::UnknownBackend => "`lb backend list <VIP>` shows the VIP's backends",
+            ErrorCode::DuplicateBackend => {
+                "change its weight or end its drain with `lb backend set`, drain it with `lb backend drain`"
+            }
+            ErrorCode::InvalidWeight => "give a weight from 1 to 65535 (--weight)",
+            ErrorCode::InvalidAddress => {
+                "give a unicast address that is not loopback, unspecified or broadcast, and a port other than 0"
+            }
+            ErrorCode::FamilyMismatch => {
+                "give a backend of the VIP's address family; only dsr-ipip carries an IPv4 VIP to IPv6 backends"
+            }
+            ErrorCode::EndpointInUse => {
+                "serve this VIP on another port of the backend, or delete the backend from the VIP that has it"
+            }
+            ErrorCode::ModeChangeWithBackends => {
+                "delete the VIP's backends, change the mode, then add them again (their tracked flows end)"
+            }
+            ErrorCode::DsrPortMismatch => {
+                "give the backend the VIP's port: in DSR the packet reaches it with the VIP's port unchanged"
+            }
+            ErrorCode::DsrFamily => {
+                "give a backend of the VIP's family (dsr-ipip also carries an IPv4 VIP to IPv6 backends)"
+            }
+            ErrorCode::NotOnLink => {
+                "attach lb to the backend's link (--iface) or use dsr-ipip, which routes to the backend"
+            }
+            ErrorCode::NothingToChange => "give --weight, or --undrain to end a drain",
+            ErrorCode::InvalidSources => {
+                "give at most 64 distinct prefixes (--allow-source) of the VIP's address family"
+            }
+            ErrorCode::InvalidCheck => {
+                "fix the check as the message says; `lb vip add --help` lists the check options"
+            }
+            ErrorCode::TooManyVips | ErrorCode::TooManyBackends => {
+                "delete unused ones, or restart lb with a larger --max-vips or --max-backends (`lb status` shows the sizes)"
+            }
+            ErrorCode::ForwardingDisabled => {
+                "turn forwarding on for the family on the interface the message names (sysctl), then try again"
+            }
+            ErrorCode::DatapathError => {
+                "nothing changed; the daemon's log says more (`journalctl -u lb`), `lb status` shows the datapath"
+            }
+            ErrorCode::StateNotSaved => {
+                "make the state file's directory writable and not full (the message names the file), then try again"
+            }
+            ErrorCode::NoConfig => {
+                "make changes with `lb vip` and `lb backend`, or restart the daemon with --config (the package's unit does)"
+            }
+            ErrorCode::InvalidConfig => {
+                "fix the file where the message says, then `lb reload` again; the daemon keeps what it runs"
+            }
+            ErrorCode::Internal => {
+                "the daemon's log says more (`journalctl -u lb`); please report it with that log"
+            }
+        }
+    }
+
     /// The wire spelling, for messages.
     pub fn as_str(self) -> String {
         serde_json::to_value(self)
@@ -124,6 +236,82 @@ mod tests {
         assert_eq!(ErrorCode::StateNotSaved.as_str(), "state_not_saved");
         let code: ErrorCode = serde_json::from_str(r#""a_code_from_the_future""#).expect("other");
         assert_eq!(code, ErrorCode::Other);
+    }
+
+    /// Where a code stands in `ErrorCode::ALL`; a match without a wildcard, so a new code
+    /// does not compile until it has a place there.
+    fn place(code: ErrorCode) -> usize {
+        match code {
+            ErrorCode::BadRequest => 0,
+            ErrorCode::RequestTooLarge => 1,
+            ErrorCode::VersionMismatch => 2,
+            ErrorCode::ShuttingDown => 3,
+            ErrorCode::UnknownVip => 4,
+            ErrorCode::DuplicateVip => 5,
+            ErrorCode::UnknownBackend => 6,
+            ErrorCode::DuplicateBackend => 7,
+            ErrorCode::InvalidWeight => 8,
+            ErrorCode::InvalidAddress => 9,
+            ErrorCode::FamilyMismatch => 10,
+            ErrorCode::EndpointInUse => 11,
+            ErrorCode::ModeChangeWithBackends => 12,
+            ErrorCode::DsrPortMismatch => 13,
+            ErrorCode::DsrFamily => 14,
+            ErrorCode::NotOnLink => 15,
+            ErrorCode::NothingToChange => 16,
+            ErrorCode::InvalidSources => 17,
+            ErrorCode::InvalidCheck => 18,
+            ErrorCode::TooManyVips => 19,
+            ErrorCode::TooManyBackends => 20,
+            ErrorCode::ForwardingDisabled => 21,
+            ErrorCode::DatapathError => 22,
+            ErrorCode::StateNotSaved => 23,
+            ErrorCode::NoConfig => 24,
+            ErrorCode::InvalidConfig => 25,
+            ErrorCode::Internal => 26,
+            ErrorCode::Other => 27,
+        }
+    }
+
+    #[test]
+    fn every_code_is_listed_once() {
+        for (index, code) in ErrorCode::ALL.into_iter().enumerate() {
+            assert_eq!(place(code), index, "{code:?}");
+        }
+    }
+
+    /// Every refusal names its remedy: each code has one that says what to do (a command, a
+    /// flag, a file to fix), and docs/API.md shows the same words beside the code.
+    #[test]
+    fn every_code_has_a_remedy_and_docs_api_shows_it() {
+        let api = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/API.md"),
+        )
+        .expect("docs/API.md");
+        let acts = [
+            "give", "use", "delete", "change", "fix", "start", "make", "turn", "send", "compare",
+            "attach", "serve", "keep", "report", "`lb ",
+        ];
+        for code in ErrorCode::ALL {
+            let remedy = code.remedy();
+            assert!(
+                acts.iter().any(|act| remedy.contains(act)),
+                "{}: the remedy says what to do: {remedy}",
+                code.as_str()
+            );
+            if code == ErrorCode::Other {
+                continue; // never on the wire: a code this client does not know
+            }
+            let wire = code.as_str();
+            let row = api
+                .lines()
+                .find(|line| line.starts_with('|') && line.contains(&format!("`{wire}`")))
+                .unwrap_or_else(|| panic!("docs/API.md has no row for `{wire}`"));
+            assert!(
+                row.contains(remedy),
+                "docs/API.md's row for `{wire}` shows its remedy `{remedy}`: {row}"
+            );
+        }
     }
 
     #[test]

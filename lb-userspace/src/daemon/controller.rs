@@ -385,7 +385,7 @@ impl Controller {
                 return Err(ApiError::new(
                     ErrorCode::NotOnLink,
                     format!(
-                        "backend {backend} of dsr-l2 VIP {service}: {reason}; dsr-l2 changes only the MAC, so the backend must share a link with the lb (use dsr-ipip for routed backends)"
+                        "backend {backend} of dsr-l2 VIP {service}: {reason}; dsr-l2 changes only the MAC, so the backend must share a link with the lb"
                     ),
                 ));
             }

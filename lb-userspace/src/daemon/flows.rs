@@ -52,7 +52,7 @@ impl Filter {
         {
             return Err(ApiError::new(
                 ErrorCode::UnknownVip,
-                format!("no VIP {addr}{proto_text} (list them with `lb vip list`)"),
+                format!("no VIP {addr}{proto_text}"),
             ));
         }
         let backends = match backend {
@@ -70,7 +70,7 @@ impl Filter {
                         .unwrap_or_default();
                     return Err(ApiError::new(
                         ErrorCode::UnknownBackend,
-                        format!("no backend {addr}{scope} (list them with `lb backend list`)"),
+                        format!("no backend {addr}{scope}"),
                     ));
                 }
                 Some(ids)

@@ -41,7 +41,7 @@ impl Controller {
         let Some(path) = self.declared.config.clone() else {
             return Err(ApiError::new(
                 ErrorCode::NoConfig,
-                "the daemon was started without --config: there is no file to reload (change it with `lb vip` and `lb backend`, or restart it with --config)",
+                "the daemon was started without --config: there is no file to reload",
             ));
         };
         let refused = |reason: String| invalid(format!("{reason}; nothing was changed"));

@@ -247,7 +247,7 @@ impl fmt::Display for Changes<'_> {
 pub enum ChangeError {
     #[error("VIP {0} already exists")]
     DuplicateVip(Service),
-    #[error("no VIP {0} (list them with `lb vip list`)")]
+    #[error("no VIP {0}")]
     UnknownVip(Service),
     #[error("backend {backend} already exists on VIP {service}")]
     DuplicateBackend {
@@ -269,7 +269,7 @@ pub enum ChangeError {
         vip_family: &'static str,
     },
     #[error(
-        "VIP {service} has {backends} backend(s): its mode changes only without backends, since their tracked flows would break (delete them, change the mode, add them again)"
+        "VIP {service} has {backends} backend(s): its mode changes only without backends, since their tracked flows would break"
     )]
     ModeChangeWithBackends { service: Service, backends: usize },
     #[error(
@@ -301,10 +301,10 @@ pub enum ChangeError {
     PortZero(&'static str),
     #[error("{0} is not a usable address")]
     UnusableAddress(IpAddr),
-    #[error("nothing to change: give --weight or --undrain")]
+    #[error("nothing to change")]
     EmptySet,
     #[error(
-        "backend {backend}/{proto} already serves VIP {owner}: an endpoint serves one VIP, since its replies must get that VIP's address back (use another port on the backend)"
+        "backend {backend}/{proto} already serves VIP {owner}: an endpoint serves one VIP, since its replies must get that VIP's address back"
     )]
     EndpointInUse {
         backend: SocketAddr,
