@@ -197,7 +197,7 @@ pub fn later(ctx: &XdpContext, packet: &Packet, now: u64) -> Outcome {
     } else {
         &packet.flow.dst
     };
-    deliver(
+    deliver::<false>(
         ctx,
         packet,
         &out,

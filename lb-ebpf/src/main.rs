@@ -553,7 +553,7 @@ fn to_backend_address(ctx: &XdpContext, packet: &Packet, chosen: &Chosen, now: u
         ..packet.flow
     };
     // A too-big packet is answered from the VIP it was sent to.
-    deliver(
+    deliver::<true>(
         ctx,
         packet,
         &out,
@@ -663,7 +663,7 @@ fn to_client(ctx: &XdpContext, packet: &Packet, endpoint: &Endpoint, now: u64) -
         ..packet.flow
     };
     // A reply too big for the client's side is answered to the backend, from the VIP.
-    deliver(
+    deliver::<true>(
         ctx,
         packet,
         &out,
@@ -679,12 +679,14 @@ fn to_client(ctx: &XdpContext, packet: &Packet, endpoint: &Endpoint, now: u64) -
 /// The common end of both directions: route the packet as it will leave (`out`), answer
 /// it if it is too big for the next hop, rewrite its `side` to `out`'s, and send it.
 /// `cache`: the backend of a proven flow that the flow cache may serve from here on.
+/// `PORTS`: the packet carries its TCP/UDP header; false for a later fragment, whose
+/// address alone is rewritten.
 #[inline(always)]
 #[expect(
     clippy::too_many_arguments,
     reason = "inlined: a struct would carry the same values through one more stack copy"
 )]
-fn deliver(
+fn deliver<const PORTS: bool>(
     ctx: &XdpContext,
     packet: &Packet,
     out: &FlowKey,
@@ -719,8 +721,15 @@ fn deliver(
     {
         flow_cache::fill(ctx, packet, id, backend, Some(hop));
     }
-    if !maps::ablated(ABLATE_NAT) && nat::rewrite(ctx, packet, side, addr, port).is_err() {
-        return Outcome::drop(Stat::DropFibFailure);
+    if !maps::ablated(ABLATE_NAT) {
+        let rewritten = if PORTS {
+            nat::rewrite(ctx, packet, side, addr, port)
+        } else {
+            nat::rewrite_address(ctx, packet, side, addr)
+        };
+        if rewritten.is_err() {
+            return Outcome::drop(Stat::DropFibFailure);
+        }
     }
     match hop {
         // IPv4 that may be fragmented: the kernel does it, after the rewrite.

@@ -77,6 +77,23 @@ pub fn rewrite(
     rewrite_headers(ctx, Headers::of(packet), side, addr, port).map(drop)
 }
 
+/// Rewrites one side of a later fragment's IP header to `addr`: it has no TCP/UDP header.
+/// Apart from [`rewrite`] so that the verifier sees a constant protocol and walks no port
+/// or checksum rewrite for it (`lb_fragment` spent most of its budget there).
+#[inline(always)]
+pub fn rewrite_address(
+    ctx: &XdpContext,
+    packet: &Packet,
+    side: Side,
+    addr: &Addr,
+) -> Result<(), OutOfBounds> {
+    let at = Headers {
+        proto: 0,
+        ..Headers::of(packet)
+    };
+    rewrite_headers(ctx, at, side, addr, 0).map(drop)
+}
+
 /// Rewrites one side of the IP header at `at.l3_offset` (and, for TCP/UDP, of the header
 /// at `at.l4_offset`) to `addr`:`port`, fixing the checksums inside these headers.
 #[inline(always)]
