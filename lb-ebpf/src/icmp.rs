@@ -215,7 +215,7 @@ fn error_to_backend(ctx: &XdpContext, packet: &Packet, now: u64) -> Outcome {
         port: 0,
         ..to_backend
     };
-    let Ok(outer_changes) = rewrite(ctx, &Headers::of(packet), &to_backend) else {
+    let Ok(outer_changes) = rewrite(ctx, &Headers::ip_only(packet), &to_backend) else {
         return Outcome::drop(Stat::DropFibFailure);
     };
     finish(
@@ -278,7 +278,7 @@ fn error_from_backend(ctx: &XdpContext, packet: &Packet) -> Outcome {
             port: 0,
             ..to_vip
         };
-        let Ok(changes) = rewrite(ctx, &Headers::of(packet), &from_vip) else {
+        let Ok(changes) = rewrite(ctx, &Headers::ip_only(packet), &from_vip) else {
             return Outcome::drop(Stat::DropFibFailure);
         };
         outer = changes.address;
