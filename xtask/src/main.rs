@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod cmd;
+mod datapath;
 mod demo;
 mod fuzz;
 mod install;
