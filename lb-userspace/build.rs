@@ -15,8 +15,7 @@ const EBPF_OBJECTS: [&str; 2] = ["lb", "decap"];
 /// What the datapath is built from besides its own directory, which aya-build watches: the
 /// types it shares with the userspace, and the workspace's manifest (its profile) and lock
 /// (its dependencies' versions). Watched here rather than by making lb-ebpf a
-/// build-dependency, which compiled it and aya-ebpf for the host first and held this script
-/// back 85 s into a fresh build, then ran the 65 s datapath build alone at the end.
+/// build-dependency, which compiled it and aya-ebpf for the host for nothing else.
 const DATAPATH_INPUTS: [&str; 3] = ["../lb-common", "../Cargo.toml", "../Cargo.lock"];
 
 fn main() -> anyhow::Result<()> {

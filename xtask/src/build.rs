@@ -31,7 +31,7 @@ pub(crate) fn lb_binary(release: bool) -> PathBuf {
 }
 
 /// cargo's target directory: `$CARGO_TARGET_DIR`, else `target` in the workspace.
-pub(crate) fn target_dir() -> PathBuf {
+fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| cmd::workspace_root().join("target"), PathBuf::from)
 }

@@ -3,7 +3,6 @@
 mod bench;
 mod build;
 mod cmd;
-mod datapath;
 mod demo;
 mod fuzz;
 mod install;

@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::bail;
 
-use crate::{build, cmd, datapath, layers, setup};
+use crate::{build, cmd, layers, setup};
 
 /// Crates that run on the host (lb-ebpf is checked by its own nightly build).
 const HOST_PACKAGES: &[&str] = &["lb-lab", "lb-common", "lb-userspace", "lb-tests", "xtask"];
@@ -57,14 +57,11 @@ pub(crate) fn run() -> anyhow::Result<()> {
     steps.run(
         "build and lint (dev profile: every target of the host crates, benchmarks included, compiled by clippy-driver with -D warnings)",
         || {
-            // The datapath's nested build beside the host build (see `datapath`).
-            let ebpf = datapath::start(&build::target_dir())?;
             cmd::run(
                 cmd::cargo()?
                     .args(["test", "--no-run", "--all-targets"])
                     .args(package_args()),
             )?;
-            ebpf.finish()?;
             cmd::run(cmd::cargo()?.args(["build", "--bins"]).args(package_args()))?;
             // `cargo xtask` alone, as the install test and the demos run it: built with
             // only its own dependencies, their features differ from the workspace's.
