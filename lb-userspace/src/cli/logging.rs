@@ -35,15 +35,49 @@ pub(crate) fn report_failure(format: LogFormat, error: &anyhow::Error) {
         LogFormat::Text => {
             use std::io::Write as _;
             // Best effort: stderr gone, the exit status still says it failed.
-            writeln!(std::io::stderr(), "Error: {error:?}").unwrap_or_default();
+            writeln!(std::io::stderr(), "{}", failure_text(error)).unwrap_or_default();
         }
         LogFormat::Json => tracing::error!("{error:#}"),
     }
 }
 
+/// The error and its causes as anyhow's `{:?}` shows them, without the backtrace that it
+/// adds when `RUST_BACKTRACE` is set: an operator's mistake is not a bug, and symbolising
+/// the binary cost each failing command 0.13 s.
+fn failure_text(error: &anyhow::Error) -> String {
+    let mut text = format!("Error: {error}");
+    let causes: Vec<String> = error.chain().skip(1).map(ToString::to_string).collect();
+    match causes.as_slice() {
+        [] => {}
+        [cause] => text.push_str(&format!("\n\nCaused by:\n    {cause}")),
+        _ => {
+            text.push_str("\n\nCaused by:");
+            for (n, cause) in causes.iter().enumerate() {
+                text.push_str(&format!("\n    {n}: {cause}"));
+            }
+        }
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_read_as_anyhow_shows_them_without_a_backtrace() {
+        let one = anyhow::anyhow!("no such file").context("reading lb.toml");
+        assert_eq!(
+            failure_text(&one),
+            "Error: reading lb.toml\n\nCaused by:\n    no such file"
+        );
+        let two = one.context("loading the configuration");
+        assert_eq!(
+            failure_text(&two),
+            "Error: loading the configuration\n\nCaused by:\n    0: reading lb.toml\n    1: no such file"
+        );
+        assert_eq!(failure_text(&anyhow::anyhow!("refused")), "Error: refused");
+    }
 
     #[test]
     fn colour_needs_a_terminal_and_no_no_color() {
