@@ -3,7 +3,7 @@
 //! drained and removed every second; no failed request to a backend that stayed, and the
 //! daemon's memory and descriptors within their stated bounds (judged only on runs of
 //! 120 s or more; shorter ones check weaker bounds and say so). `cargo xtask test` runs it
-//! for 20 s.
+//! for 12 s.
 
 use clap::Args;
 

@@ -88,7 +88,7 @@ pub(crate) fn run() -> anyhow::Result<()> {
         setup::ensure_tools(KATRAN_TOOLS)
     })?;
     steps.run(
-        "eBPF, lab, install and package tests (root: golden packets under BPF_PROG_TEST_RUN, fuzzed packets, Katran's IPv6 paths, verifier budgets; the real binary in network namespaces, a 20 s soak, and the BGP/ECMP cluster scenario that `cargo xtask run --nodes 3` tells, in dsr-ipip and NAT; cargo xtask install --debug into a temporary prefix, systemd-analyze verify, cargo xtask package --debug and lintian; the package installed, upgraded and removed with dpkg, its daemon in namespaces)",
+        "eBPF, lab, install and package tests (root: golden packets under BPF_PROG_TEST_RUN, fuzzed packets, Katran's IPv6 paths, verifier budgets; the real binary in network namespaces, a 12 s soak, and the BGP/ECMP cluster scenario that `cargo xtask run --nodes 3` tells, in dsr-ipip and NAT; cargo xtask install --debug into a temporary prefix, systemd-analyze verify, cargo xtask package --debug and lintian; the package installed, upgraded and removed with dpkg, its daemon in namespaces)",
         || {
             let mut nextest = nextest()?;
             nextest.args(["-p", "lb-tests"]);
