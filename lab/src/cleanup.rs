@@ -65,6 +65,18 @@ pub fn remove_file(path: &Path) {
     );
 }
 
+/// Removes the directory that holds a test's own entry, if nothing else is in it: a
+/// shared parent such as `/sys/fs/bpf/lb-decap`, which another test may still be using.
+pub fn remove_dir_if_empty(path: &Path) {
+    match std::fs::remove_dir(path) {
+        Err(err) if err.kind() == io::ErrorKind::DirectoryNotEmpty => {}
+        result => warn_on_err(
+            format_args!("removing {}", path.display()),
+            absent_is_fine(result),
+        ),
+    }
+}
+
 fn absent_is_fine(result: io::Result<()>) -> io::Result<()> {
     match result {
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),

@@ -246,6 +246,12 @@ impl Drop for DecapPaths {
     fn drop(&mut self) {
         lb_tests::cleanup::remove_dir_all(&self.pin_dir);
         lb_tests::cleanup::remove_file(&self.record);
+        for parent in [self.pin_dir.parent(), self.record.parent()]
+            .into_iter()
+            .flatten()
+        {
+            lb_tests::cleanup::remove_dir_if_empty(parent);
+        }
     }
 }
 

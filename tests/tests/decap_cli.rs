@@ -824,6 +824,9 @@ impl Drop for NamedBackend {
         let (pin_dir, record) = self.default_paths();
         lb_tests::cleanup::remove_dir_all(&pin_dir);
         lb_tests::cleanup::remove_file(&record);
+        for parent in [pin_dir.parent(), record.parent()].into_iter().flatten() {
+            lb_tests::cleanup::remove_dir_if_empty(parent);
+        }
     }
 }
 
