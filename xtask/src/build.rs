@@ -25,13 +25,9 @@ pub(crate) fn run(options: &Options) -> anyhow::Result<PathBuf> {
 }
 
 pub(crate) fn lb_binary(release: bool) -> PathBuf {
-    target_dir()
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| cmd::workspace_root().join("target"), PathBuf::from);
+    target
         .join(if release { "release" } else { "debug" })
         .join("lb")
-}
-
-/// cargo's target directory: `$CARGO_TARGET_DIR`, else `target` in the workspace.
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| cmd::workspace_root().join("target"), PathBuf::from)
 }
