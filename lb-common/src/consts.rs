@@ -14,6 +14,11 @@ pub const JUMP_ENCAP: u32 = 2;
 /// Later fragments (no ports) of VIP traffic. Last, so a pinned JUMPS map of an earlier
 /// release (three slots) keeps every other program: it lacks only this one.
 pub const JUMP_FRAGMENT: u32 = 3;
+/// dsr-gue's encapsulation with the hop list (`lb_encap_gue`), tail-called by `lb` and
+/// `lb_encap` for a dsr-gue backend: its own program, as inlined it took `lb` to 480 of
+/// the 512 stack bytes. After the fragment slot, for the same reason.
+pub const PROGRAM_ENCAP_GUE: &str = "lb_encap_gue";
+pub const JUMP_ENCAP_GUE: u32 = 4;
 /// The tracing program that counts redirected frames the kernel drops
 /// (`Stat::RedirectLost`), attached to [`REDIRECT_ERR_TRACEPOINT`] by the daemon.
 pub const PROGRAM_REDIRECT_LOST: &str = "lb_redirect_lost";
@@ -28,11 +33,12 @@ pub const REDIRECT_ERR_MAP_ID_OFFSET: usize = 28;
 pub const MAP_REDIRECT_WATCH: &str = "REDIRECT_WATCH";
 
 /// The tail-called programs with their JUMPS index.
-pub const TAIL_PROGRAMS: [(&str, u32); 4] = [
+pub const TAIL_PROGRAMS: [(&str, u32); 5] = [
     (PROGRAM_ICMP, JUMP_ICMP),
     (PROGRAM_TOO_BIG, JUMP_TOO_BIG),
     (PROGRAM_ENCAP, JUMP_ENCAP),
     (PROGRAM_FRAGMENT, JUMP_FRAGMENT),
+    (PROGRAM_ENCAP_GUE, JUMP_ENCAP_GUE),
 ];
 
 /// Map names (the `#[map(name = ...)]` of each static in `lb-ebpf/src/maps.rs`).
@@ -40,6 +46,9 @@ pub const MAP_STATS: &str = "STATS";
 pub const MAP_VIPS: &str = "VIPS";
 pub const MAP_BACKENDS: &str = "BACKENDS";
 pub const MAP_MAGLEV: &str = "MAGLEV";
+/// dsr-gue's earlier hops by table slot (`gue::HopsKey` → `gue::EarlierHops`). Not pinned:
+/// a restarted daemon starts with no earlier table.
+pub const MAP_MAGLEV_HOPS: &str = "MAGLEV_HOPS";
 /// Proven flows (see [`MAP_CT_UNPROVEN`]): only a promotion inserts here, so a flood of
 /// new or mid-flow packets can never evict them.
 pub const MAP_CONNTRACK: &str = "CONNTRACK";

@@ -6,6 +6,12 @@
 
 /// The XDP program in the decap object.
 pub const DECAP_PROGRAM_NAME: &str = "lb_decap";
+/// dsr-gue's program, tail-called by `lb_decap` through `DECAP_JUMPS` at [`JUMP_DECAP_GUE`].
+pub const DECAP_GUE_PROGRAM_NAME: &str = "lb_decap_gue";
+pub const JUMP_DECAP_GUE: u32 = 0;
+/// Program array of `lb_decap_gue`. Pinned with the other maps: a program array is
+/// emptied when no user-space reference holds it, and the attach command exits.
+pub const MAP_DECAP_JUMPS: &str = "DECAP_JUMPS";
 
 /// Hash: outer destination address ([`mapped_v4`] or IPv6) → 1. Only packets addressed to
 /// one of these are decapsulated.
@@ -17,13 +23,25 @@ pub const MAP_DECAP_SOURCES: &str = "DECAP_SOURCES";
 pub const MAP_DECAP_CONFIG: &str = "DECAP_CONFIG";
 /// Per-CPU array of [`crate::stats::Counter`], indexed by [`DecapStat`].
 pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
+/// LRU hash: the inner 5-tuple of UDP flows this host took from dsr-gue
+/// ([`crate::gue::RecentKey`]) → when it last took one of their packets (ns, coarse
+/// monotonic clock). A UDP flow found here, and not older than [`DECAP_RECENT_NS`], stays
+/// here instead of going to its next hop.
+pub const MAP_DECAP_RECENT: &str = "DECAP_RECENT";
+/// Entries of `DECAP_RECENT`.
+pub const DECAP_MAX_RECENT: u32 = 65_536;
+/// How long a UDP flow counts as this host's after its last packet: the balancer's default
+/// UDP idle timeout, after which its conntrack entry would be gone too.
+pub const DECAP_RECENT_NS: u64 = crate::flow::Timeout::Udp.default_secs() * 1_000_000_000;
 
 /// Every map of the decap object, each pinned by its name when the program is pinned.
-pub const DECAP_PINNED_MAPS: [&str; 4] = [
+pub const DECAP_PINNED_MAPS: [&str; 6] = [
     MAP_DECAP_LOCAL,
     MAP_DECAP_SOURCES,
     MAP_DECAP_CONFIG,
     MAP_DECAP_STATS,
+    MAP_DECAP_RECENT,
+    MAP_DECAP_JUMPS,
 ];
 
 /// Entries of `DECAP_LOCAL`: the host's addresses that tunnels may be sent to.
@@ -41,6 +59,9 @@ pub const DECAP_FILTER_SOURCES: u32 = 1;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DecapConfig {
     pub flags: u32,
+    /// The UDP port of dsr-gue (host order; 0: GUE is not decapsulated).
+    pub gue_port: u16,
+    pub _pad: [u8; 2],
 }
 
 #[cfg(feature = "user")]
@@ -103,6 +124,26 @@ decap_stats! {
     // The outer header carries a congestion mark (CE) and the inner packet is not
     // ECN-capable: the mark cannot be carried in, so the packet is dropped (RFC 6040).
     DropCeNotEct = 7, "drop_ce_not_ect";
+    // dsr-gue (UDP to the GUE port with lb's hop list), each decapsulated here ...
+    // ... a TCP SYN: a new connection starts on its first hop;
+    GueTakenSyn = 8, "gue_taken_syn";
+    // ... a TCP segment of a connection this host has a socket for (bpf_skc_lookup_tcp);
+    GueTakenSocket = 9, "gue_taken_socket";
+    // ... a UDP datagram of a flow this host took within DECAP_RECENT_NS;
+    GueTakenRecentUdp = 10, "gue_taken_recent_udp";
+    // ... the last hop of its list (or the only one);
+    GueTakenLastHop = 11, "gue_taken_last_hop";
+    // ... neither TCP nor UDP, or its next hop unreachable from here: taken rather than lost.
+    GueTakenUnforwardable = 12, "gue_taken_unforwardable";
+    // Sent on to its next hop, the outer header rewritten, without the stack ...
+    GueForwarded = 13, "gue_forwarded";
+    // ... or handed to the stack to forward, rewritten: the next hop's neighbour is not
+    // resolved (the host must route: net.ipv4.ip_forward / net.ipv6.conf.all.forwarding).
+    GueForwardedToStack = 14, "gue_forwarded_to_stack";
+    // ... or sent back, rewritten, to the neighbour it came from (the lb node or a
+    // router), which routes it on: this host does not forward, so the FIB will not answer
+    // for it (bpf_fib_lookup needs forwarding on the receiving interface).
+    GueSentBackToRoute = 15, "gue_sent_back_to_route";
 }
 
 /// Entries of `DECAP_STATS`.
@@ -117,7 +158,7 @@ mod tests {
         for (i, stat) in DecapStat::ALL.iter().enumerate() {
             assert_eq!(stat.index() as usize, i, "{}", stat.name());
         }
-        assert_eq!(DECAP_STATS_LEN, 8);
+        assert_eq!(DECAP_STATS_LEN, 16);
     }
 
     #[test]

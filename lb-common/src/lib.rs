@@ -9,6 +9,7 @@ pub mod decap;
 pub mod encap;
 pub mod flow;
 pub mod fragment;
+pub mod gue;
 pub mod hash;
 pub mod icmp;
 pub mod service;

@@ -219,6 +219,12 @@ stats! {
     // finish it: forwarded in native mode, the receiver drops it (in skb mode the kernel
     // keeps the offload's state and it arrives). Also counted as fwd_new_flow.
     SynChecksumPartial = 67, "syn_checksum_partial", Offload;
+    // dsr-gue: sent inside UDP and GUE with the flow's hop list, beside its reason.
+    DsrGueEncapsulated = 68, "dsr_gue_encapsulated", Dsr;
+    // ... of which with more than one hop: the flow's slot had another backend in an
+    // earlier table (or its tracked backend is not the table's), so the first backend
+    // may hand it on (the second chance).
+    GueSecondHop = 69, "gue_sent_with_second_hop", Dsr;
 }
 
 /// Number of slots in the stats map.

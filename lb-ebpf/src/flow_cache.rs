@@ -18,6 +18,7 @@ use lb_common::{
         CachedFlow, FLOW_CACHE_ANY_MAC, FlowKey, JIFFY_NS_MAX, NEXTHOP_FLAG_ATTACHED, NextHop,
         flow_cache_slot,
     },
+    gue::MODE_DSR_GUE,
     service::Backend,
     stats::Stat,
 };
@@ -127,7 +128,8 @@ fn dsr_hit(
     entry: &CachedFlow,
     backend: &Backend,
 ) -> Option<Outcome> {
-    if backend.family == FAMILY_V4 && !packet.is_v4() {
+    // Filled for no dsr-gue flow; a backend's mode changes only when it is added again.
+    if (backend.family == FAMILY_V4 && !packet.is_v4()) || backend.mode == MODE_DSR_GUE {
         return None;
     }
     let hop = BACKEND_HOPS.get_ptr(entry.backend_id)?;

@@ -22,6 +22,7 @@ mod encap;
 mod flow_cache;
 mod forward;
 mod fragment;
+mod gue;
 mod icmp;
 mod lookup;
 mod maps;
@@ -48,6 +49,7 @@ use lb_common::{
     },
     encap::{MODE_NAT, SENT_ESTABLISHED, SENT_NEW_FLOW},
     flow::{CT_DATAGRAM, CT_ESTABLISHED, CT_FLAG_KEPT_ON_DOWN, Conn, FlowKey},
+    gue::MODE_DSR_GUE,
     service::{Addr, Backend, Endpoint, VipInfo},
     stats::Stat,
 };
@@ -222,12 +224,25 @@ pub fn lb_too_big(ctx: XdpContext) -> u32 {
 /// set: sent to the backend untouched (`encap`).
 #[xdp]
 pub fn lb_encap(ctx: XdpContext) -> u32 {
+    encap_program::<false>(&ctx)
+}
+
+/// A packet for a dsr-gue backend, tail-called from `lb` or `lb_encap` with `ENCAP_ARGS`
+/// set: sent in UDP and GUE with its flow's hop list (`gue`).
+#[xdp]
+pub fn lb_encap_gue(ctx: XdpContext) -> u32 {
+    encap_program::<true>(&ctx)
+}
+
+/// `lb_encap` and `lb_encap_gue`: the packet parsed again, to the backend in ENCAP_ARGS.
+#[inline(always)]
+fn encap_program<const GUE: bool>(ctx: &XdpContext) -> u32 {
     let len = ctx.data_end() - ctx.data();
     let args = ENCAP_ARGS.get(0).copied();
-    let outcome = match (parse::parse(&ctx, false), args) {
+    let outcome = match (parse::parse(ctx, false), args) {
         (Ok(Parsed::Ip(packet)), Some(args)) => match BACKENDS.get(args.backend_id) {
-            Some(backend) => encap::to_backend(
-                &ctx,
+            Some(backend) => encap::to_backend::<GUE>(
+                ctx,
                 &packet,
                 args.backend_id,
                 backend,
@@ -542,7 +557,8 @@ fn to_backend_address(ctx: &XdpContext, packet: &Packet, chosen: &Chosen, now: u
         };
         // Filled before `dsr` has routed it: a hit checks the backend's next-hop slot
         // that `dsr` keeps, and leaves to the slow path what it would refuse.
-        if chosen.cacheable {
+        // dsr-gue flows are not cached: each packet's hop list is built again.
+        if chosen.cacheable && backend.mode != MODE_DSR_GUE {
             flow_cache::fill(ctx, packet, backend_id, backend, None);
         }
         return to_dsr_backend(backend_id, sent);
@@ -771,7 +787,7 @@ fn dsr(ctx: &XdpContext) -> u64 {
     // Untagged: the slow path passed tagged frames to the kernel before choosing.
     packet.l3_offset = parse::UNTAGGED_L3_OFFSET;
     let outcome = match BACKENDS.get(args.backend_id) {
-        Some(backend) => encap::to_backend(
+        Some(backend) => encap::to_backend::<false>(
             ctx,
             packet,
             args.backend_id,

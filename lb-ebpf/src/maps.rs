@@ -14,6 +14,7 @@ use lb_common::{
     encap::{EncapArgs, EncapSource},
     flow::{CachedFlow, Conn, DEFAULT_TIMEOUTS_NS, FLOW_CACHE_SLOTS, FlowKey, NextHop, Timeouts},
     fragment::{FRAGMENTS_CAPACITY, Fragment, FragmentKey},
+    gue::{DEFAULT_GUE_PORT, EarlierHops, HopsKey},
     hash::HashSeed,
     icmp::{RateBucket, TooBigArgs},
     service::{Backend, Endpoint, EndpointKey, Layout, SourceRange, VipInfo, VipKey},
@@ -37,6 +38,14 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 #[map(name = "MAGLEV")]
 pub static MAGLEV: Array<u32> = Array::with_max_entries(MAX_VIPS * 2 * DEFAULT_MAGLEV_SIZE, 0);
 
+/// dsr-gue VIPs' second chance: the backends earlier tables gave a slot of a live or
+/// standby table (same `table` index as MAGLEV), for the slots that have any. Allocated
+/// per entry (no preallocation): only slots a change moved take memory. Not pinned.
+#[map(name = "MAGLEV_HOPS")]
+pub static MAGLEV_HOPS: HashMap<HopsKey, EarlierHops> =
+    HashMap::with_max_entries(MAX_VIPS * 2 * DEFAULT_MAGLEV_SIZE, BPF_F_NO_PREALLOC);
+/// `BPF_F_NO_PREALLOC`: a hash map that allocates entries as they are inserted.
+const BPF_F_NO_PREALLOC: u32 = 1;
 /// Proven client → VIP flows: the backend each is pinned to and its lifecycle state. One
 /// entry per flow, in this table or in CT_UNPROVEN; replies reach it through ENDPOINTS.
 /// Only a promotion inserts here, so a flood never evicts a proven flow.
@@ -187,6 +196,14 @@ pub fn encap_source(family: u8) -> EncapSource {
     }
 }
 
+/// The UDP destination port of dsr-gue (host order), set by userspace at load time.
+#[unsafe(no_mangle)]
+static GUE_PORT: u16 = DEFAULT_GUE_PORT;
+#[inline(always)]
+pub fn gue_port() -> u16 {
+    // SAFETY: as in `maglev_size`.
+    unsafe { core::ptr::read_volatile(&raw const GUE_PORT) }
+}
 /// How long a flow-cache slot answers after it was filled (ns; 0: the cache is off), set
 /// by userspace at load time.
 #[unsafe(no_mangle)]

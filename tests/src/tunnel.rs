@@ -79,6 +79,44 @@ pub fn encapsulate(outer: Outer, inner: &[u8]) -> Vec<u8> {
     } else {
         IpNumber::IPV6
     };
+    encapsulate_as(outer, protocol, inner)
+}
+
+/// `inner` (an IP packet) as dsr-gue sends it: behind `outer`, UDP from port 0xc123 to
+/// `port` (checksum 0), a GUE header and lb's hop list (`hops` of the outer family,
+/// `next`), in an Ethernet frame lb → backend.
+pub fn encapsulate_gue(
+    outer: Outer,
+    inner: &[u8],
+    port: u16,
+    hops: &[IpAddr],
+    next: u8,
+) -> Vec<u8> {
+    let mut list = Vec::new();
+    for hop in hops {
+        match hop {
+            IpAddr::V4(v4) => list.extend_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => list.extend_from_slice(&v6.octets()),
+        }
+    }
+    let hlen = (4 + list.len()) / 4;
+    let proto = if inner[0] >> 4 == 4 { 4 } else { 41 };
+    let udp_len = 8 + 4 + 4 + list.len() + inner.len();
+    let mut payload = Vec::with_capacity(udp_len);
+    payload.extend_from_slice(&0xc123u16.to_be_bytes());
+    payload.extend_from_slice(&port.to_be_bytes());
+    payload.extend_from_slice(&u16::try_from(udp_len).expect("fits").to_be_bytes());
+    payload.extend_from_slice(&[0, 0]);
+    payload.extend_from_slice(&[u8::try_from(hlen).expect("fits"), proto, 0, 0]);
+    let count = u8::try_from(hops.len()).expect("fits");
+    payload.extend_from_slice(&[b'l', b'b', count, next]);
+    payload.extend_from_slice(&list);
+    payload.extend_from_slice(inner);
+    encapsulate_as(outer, IpNumber::UDP, &payload)
+}
+
+/// `payload` behind `outer` with `protocol`, in an Ethernet frame lb → backend.
+fn encapsulate_as(outer: Outer, protocol: IpNumber, inner: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     let ether_type = match outer {
         Outer::V4 { .. } => EtherType::IPV4,

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use lb_common::{
     consts::{PROGRAM_NAME, PROGRAM_REDIRECT_LOST, TAIL_PROGRAMS},
-    decap::DECAP_PROGRAM_NAME as DECAP_PROGRAM,
+    decap::{DECAP_GUE_PROGRAM_NAME as DECAP_GUE_PROGRAM, DECAP_PROGRAM_NAME as DECAP_PROGRAM},
 };
 use lb_tests::{
     budget::{self, Figures, Key},
@@ -27,14 +27,18 @@ fn programs() -> Vec<&'static str> {
     programs.extend(TAIL_PROGRAMS.iter().map(|(name, _)| *name));
     programs.push(PROGRAM_REDIRECT_LOST);
     programs.push(DECAP_PROGRAM);
+    programs.push(DECAP_GUE_PROGRAM);
     programs
 }
 
 fn measure() -> BTreeMap<Key, Figures> {
     let programs = programs();
-    let datapath_programs = &programs[..programs.len() - 1];
+    let datapath_programs = &programs[..programs.len() - 2];
     let mut stacks = budget::stack_depths(OBJECT, datapath_programs).expect("read lb's object");
-    stacks.extend(budget::stack_depths(DECAP_OBJECT, &[DECAP_PROGRAM]).expect("read lb_decap"));
+    stacks.extend(
+        budget::stack_depths(DECAP_OBJECT, &[DECAP_PROGRAM, DECAP_GUE_PROGRAM])
+            .expect("read lb_decap"),
+    );
     let mut measured = BTreeMap::new();
     for log in [false, true] {
         let options = Options {
@@ -58,25 +62,31 @@ fn measure() -> BTreeMap<Key, Figures> {
             );
         }
     }
-    // The decap program has no log of its own: one line, under "off".
+    // The decap programs have no log of their own: one line each, under "off".
     let mut decap = Decap::load(DECAP_OBJECT).expect("the verifier accepts lb_decap");
-    let instructions = decap
-        .program()
-        .info()
-        .expect("lb_decap's program info")
-        .verified_instruction_count()
-        .expect("the kernel reports verified_insns (Linux 5.16 or later)");
-    measured.insert(
-        Key {
-            program: DECAP_PROGRAM,
-            log: false,
-        },
-        Figures {
-            instructions,
-            stack: stacks[DECAP_PROGRAM],
-            near_limit_accepted: false,
-        },
-    );
+    for program in [DECAP_PROGRAM, DECAP_GUE_PROGRAM] {
+        let loaded = if program == DECAP_PROGRAM {
+            decap.program()
+        } else {
+            decap.gue_program()
+        };
+        let instructions = loaded
+            .info()
+            .expect("the decap program's info")
+            .verified_instruction_count()
+            .expect("the kernel reports verified_insns (Linux 5.16 or later)");
+        measured.insert(
+            Key {
+                program,
+                log: false,
+            },
+            Figures {
+                instructions,
+                stack: stacks[program],
+                near_limit_accepted: false,
+            },
+        );
+    }
     measured
 }
 

@@ -9,8 +9,8 @@ use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::{
     consts::{XDP_DROP, XDP_PASS},
     decap::{
-        DECAP_PINNED_MAPS, DecapStat, MAP_DECAP_CONFIG, MAP_DECAP_LOCAL, MAP_DECAP_SOURCES,
-        MAP_DECAP_STATS,
+        DECAP_PINNED_MAPS, DecapStat, MAP_DECAP_CONFIG, MAP_DECAP_JUMPS, MAP_DECAP_LOCAL,
+        MAP_DECAP_RECENT, MAP_DECAP_SOURCES, MAP_DECAP_STATS,
     },
 };
 use lb_tests::{
@@ -546,7 +546,10 @@ fn the_decap_object_loads_through_the_verifier_with_only_its_own_maps() {
         names,
         [
             MAP_DECAP_CONFIG,
+            MAP_DECAP_JUMPS,
             MAP_DECAP_LOCAL,
+            MAP_DECAP_RECENT,
+            "DECAP_SCRATCH",
             MAP_DECAP_SOURCES,
             MAP_DECAP_STATS
         ],

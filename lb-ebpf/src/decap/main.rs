@@ -14,22 +14,28 @@
 #![allow(unreachable_pub, reason = "a binary crate: pub means pub(crate)")]
 
 mod ecn;
+mod gue;
+mod second_chance;
 mod tunnel;
 
 use aya_ebpf::{
     bindings::xdp_action, helpers::generated::bpf_xdp_adjust_head, macros::map, macros::xdp,
-    maps::Array, maps::HashMap, maps::LpmTrie, maps::PerCpuArray, maps::lpm_trie::Key,
-    programs::XdpContext,
+    maps::Array, maps::HashMap, maps::LpmTrie, maps::LruHashMap, maps::PerCpuArray,
+    maps::ProgramArray, maps::lpm_trie::Key, programs::XdpContext,
 };
 use lb_common::{
     decap::{
-        DECAP_FILTER_SOURCES, DECAP_MAX_LOCAL, DECAP_MAX_SOURCES, DECAP_STATS_LEN, DecapConfig,
-        DecapStat,
+        DECAP_FILTER_SOURCES, DECAP_MAX_LOCAL, DECAP_MAX_RECENT, DECAP_MAX_SOURCES,
+        DECAP_STATS_LEN, DecapConfig, DecapStat, JUMP_DECAP_GUE,
     },
+    gue::RecentKey,
     stats::Counter,
 };
 
-use crate::tunnel::{ETH_HEADER_LEN, ETH_VLAN_HEADER_LEN, Tunnel, data, data_end};
+use crate::{
+    second_chance::Choice,
+    tunnel::{ETH_HEADER_LEN, ETH_VLAN_HEADER_LEN, Tunnel, data, data_end},
+};
 
 /// Outer destinations to decapsulate for (IPv4 mapped, see `lb_common::decap`).
 #[map(name = "DECAP_LOCAL")]
@@ -42,8 +48,23 @@ static DECAP_SOURCES: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(DECAP_M
 #[map(name = "DECAP_CONFIG")]
 static DECAP_CONFIG: Array<DecapConfig> = Array::with_max_entries(1, 0);
 
+/// UDP flows taken from dsr-gue, by inner 5-tuple → when last taken (`second_chance`).
+#[map(name = "DECAP_RECENT")]
+static DECAP_RECENT: LruHashMap<RecentKey, u64> = LruHashMap::with_max_entries(DECAP_MAX_RECENT, 0);
+
+/// This CPU's parameter blocks for the second chance's helpers (the FIB's 64 bytes, a
+/// socket tuple): kept off the stack, which came within 32 bytes of the verifier's 512
+/// with them. The kernel's own structs; internal, never pinned.
+#[map(name = "DECAP_SCRATCH")]
+static DECAP_SCRATCH: PerCpuArray<second_chance::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
 #[map(name = "DECAP_STATS")]
 static DECAP_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DECAP_STATS_LEN, 0);
+
+/// `lb_decap_gue`, tail-called for dsr-gue (its own program: with the second chance
+/// inlined, `lb_decap` took the verifier 18 times the work and 480 bytes of stack).
+#[map(name = "DECAP_JUMPS")]
+static DECAP_JUMPS: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 #[xdp]
 pub fn lb_decap(ctx: XdpContext) -> u32 {
@@ -53,44 +74,92 @@ pub fn lb_decap(ctx: XdpContext) -> u32 {
     action
 }
 
-#[inline(always)]
-fn process(ctx: &XdpContext) -> (u32, DecapStat) {
-    let tunnel = match tunnel::parse(ctx) {
-        Ok(tunnel) => tunnel,
-        Err(stat) => return (xdp_action::XDP_PASS, stat),
-    };
-    // SAFETY: a hash lookup; the value is not kept.
-    if unsafe { DECAP_LOCAL.get(tunnel.dst) }.is_none() {
-        return (xdp_action::XDP_PASS, DecapStat::PassNotLocal);
-    }
-    if !source_allowed(&tunnel) {
-        return (xdp_action::XDP_PASS, DecapStat::PassNotAllowedSource);
-    }
-    if !ecn::carry(ctx, &tunnel) {
-        return (xdp_action::XDP_DROP, DecapStat::DropCeNotEct);
-    }
-    strip(ctx, &tunnel)
+/// dsr-gue, tail-called from `lb_decap` (which counted nothing for the packet).
+#[xdp]
+pub fn lb_decap_gue(ctx: XdpContext) -> u32 {
+    let len = data_end(&ctx) - data(&ctx);
+    let (action, stat) = process_gue(&ctx);
+    count(stat, len);
+    action
 }
 
 #[inline(always)]
-fn source_allowed(tunnel: &Tunnel) -> bool {
-    let filtered = DECAP_CONFIG
-        .get(0)
-        .is_some_and(|config| config.flags & DECAP_FILTER_SOURCES != 0);
-    !filtered || DECAP_SOURCES.get(Key::new(128, tunnel.src)).is_some()
+fn process(ctx: &XdpContext) -> (u32, DecapStat) {
+    let config = DECAP_CONFIG.get(0).copied().unwrap_or_default();
+    if config.gue_port != 0 && tunnel::is_gue(ctx, config.gue_port) {
+        // SAFETY: the context is the program's; a tail call that returns failed.
+        unsafe { DECAP_JUMPS.tail_call(ctx, JUMP_DECAP_GUE) };
+        // Not loaded (an object without it): the stack gets the packet as it came.
+        return (xdp_action::XDP_PASS, DecapStat::PassNotEncapsulated);
+    }
+    let tunnel = match accepted::<false>(ctx, &config) {
+        Ok(tunnel) => tunnel,
+        Err(stat) => return (xdp_action::XDP_PASS, stat),
+    };
+    if !ecn::carry(ctx, &tunnel) {
+        return (xdp_action::XDP_DROP, DecapStat::DropCeNotEct);
+    }
+    strip(ctx, &tunnel, tunnel.decapsulated)
+}
+
+/// As [`process`], for a dsr-gue packet: taken here (decapsulated) or sent on to its
+/// next hop (`second_chance`).
+#[inline(always)]
+fn process_gue(ctx: &XdpContext) -> (u32, DecapStat) {
+    let config = DECAP_CONFIG.get(0).copied().unwrap_or_default();
+    let tunnel = match accepted::<true>(ctx, &config) {
+        Ok(tunnel) => tunnel,
+        Err(stat) => return (xdp_action::XDP_PASS, stat),
+    };
+    let Some(gue) = &tunnel.gue else {
+        return (xdp_action::XDP_PASS, DecapStat::PassNotEncapsulated);
+    };
+    let taken = match second_chance::choose(ctx, &tunnel, gue) {
+        Choice::Take(stat) => stat,
+        Choice::Forward => match second_chance::forward(ctx, &tunnel, gue) {
+            Ok(sent) => return sent,
+            // Nothing was changed: taken here rather than lost.
+            Err(stat) => stat,
+        },
+    };
+    if !ecn::carry(ctx, &tunnel) {
+        return (xdp_action::XDP_DROP, DecapStat::DropCeNotEct);
+    }
+    strip(ctx, &tunnel, taken)
+}
+
+/// The frame's tunnel if it is one addressed here from an allowed source; otherwise the
+/// counter that says why not (the frame is passed untouched).
+#[inline(always)]
+fn accepted<const GUE: bool>(ctx: &XdpContext, config: &DecapConfig) -> Result<Tunnel, DecapStat> {
+    let tunnel = tunnel::parse::<GUE>(ctx, config.gue_port)?;
+    // SAFETY: a hash lookup; the value is not kept.
+    if unsafe { DECAP_LOCAL.get(tunnel.dst) }.is_none() {
+        return Err(DecapStat::PassNotLocal);
+    }
+    if !source_allowed(config, &tunnel) {
+        return Err(DecapStat::PassNotAllowedSource);
+    }
+    Ok(tunnel)
+}
+
+#[inline(always)]
+fn source_allowed(config: &DecapConfig, tunnel: &Tunnel) -> bool {
+    config.flags & DECAP_FILTER_SOURCES == 0
+        || DECAP_SOURCES.get(Key::new(128, tunnel.src)).is_some()
 }
 
 /// Removes the outer IP header: the Ethernet header before it (addresses and any VLAN
 /// tag) moves forward over it, and its ethertype becomes the inner packet's.
 #[inline(always)]
-fn strip(ctx: &XdpContext, tunnel: &Tunnel) -> (u32, DecapStat) {
+fn strip(ctx: &XdpContext, tunnel: &Tunnel, taken: DecapStat) -> (u32, DecapStat) {
     let moved = if tunnel.l2_len == ETH_VLAN_HEADER_LEN {
         move_l2::<{ ETH_VLAN_HEADER_LEN - 2 }>(ctx, tunnel)
     } else {
         move_l2::<{ ETH_HEADER_LEN - 2 }>(ctx, tunnel)
     };
     match moved {
-        Ok(()) => (xdp_action::XDP_PASS, tunnel.decapsulated),
+        Ok(()) => (xdp_action::XDP_PASS, taken),
         Err(action) => (action, DecapStat::Malformed),
     }
 }

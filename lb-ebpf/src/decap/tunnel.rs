@@ -2,7 +2,8 @@
 //! is removed.
 //!
 //! Accepted: Ethernet with at most one 802.1Q / 802.1ad tag (kept), then IPv4 with
-//! protocol 4 (options allowed, IHL > 5) or IPv6 whose next header is directly 41 or 4.
+//! protocol 4 (options allowed, IHL > 5) or IPv6 whose next header is directly 41 or 4,
+//! or either with UDP to the GUE port carrying lb's hop list (`gue.rs`).
 //! IPv6 extension headers before the inner packet, a second VLAN tag and everything else
 //! are "not encapsulated": passed untouched. A tunnel packet is malformed when a header is
 //! cut short, a version or length contradicts another, the outer IPv4 header checksum is
@@ -10,11 +11,43 @@
 //! reassemble it, but nothing above it decapsulates).
 
 use aya_ebpf::programs::XdpContext;
+use lb_common::consts::{FAMILY_V4, FAMILY_V6};
 use lb_common::decap::{DecapStat, mapped_v4};
+
+use crate::gue::{self, Gue};
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 /// Offset of the ethertype in an untagged Ethernet header.
 const ETHER_TYPE_AT: usize = 12;
+
+/// Whether the frame is UDP to `gue_port` (dsr-gue) in IPv4 or IPv6, after at most one
+/// VLAN tag: only the headers up to the UDP ports are read, nothing is checked.
+#[inline(always)]
+pub fn is_gue(ctx: &XdpContext, gue_port: u16) -> bool {
+    let Ok(mut ether_type) = ether_type_at(ctx, ETHER_TYPE_AT) else {
+        return false;
+    };
+    let mut l2_len = ETH_HEADER_LEN;
+    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+        let Ok(inner) = ether_type_at(ctx, ETH_HEADER_LEN + 2) else {
+            return false;
+        };
+        ether_type = inner;
+        l2_len = ETH_VLAN_HEADER_LEN;
+    }
+    let udp_at = match ether_type {
+        ETH_P_IPV4 => match header::<Ipv4Hdr>(ctx, l2_len) {
+            Some(ip) if ip.proto == IPPROTO_UDP => l2_len + usize::from(ip.ihl()),
+            _ => return false,
+        },
+        ETH_P_IPV6 => match header::<Ipv6Hdr>(ctx, l2_len) {
+            Some(ip) if ip.next_hdr == IPPROTO_UDP => l2_len + Ipv6Hdr::LEN,
+            _ => return false,
+        },
+        _ => return false,
+    };
+    gue::to_port(ctx, udp_at, gue_port)
+}
 pub const ETH_HEADER_LEN: usize = 14;
 /// Ethernet with one VLAN tag.
 pub const ETH_VLAN_HEADER_LEN: usize = 18;
@@ -27,6 +60,8 @@ const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_IPIP: u8 = 4;
 /// IPv6 in IPv6 (RFC 2473).
 const IPPROTO_IPV6: u8 = 41;
+/// UDP: dsr-gue when to the GUE port.
+const IPPROTO_UDP: u8 = 17;
 /// IPv4 "more fragments" flag and fragment offset, in the host-order `frags` word.
 const IPV4_MF_AND_OFFSET: u16 = 0x3fff;
 
@@ -56,6 +91,9 @@ pub struct Tunnel {
     pub inner_ether_type: u16,
     /// The counter a successful strip bumps.
     pub decapsulated: DecapStat,
+    /// dsr-gue: where its hop list is and what it says (`outer_len` covers UDP, GUE and
+    /// the list).
+    pub gue: Option<Gue>,
 }
 
 /// Start of the packet, read with a volatile load so LLVM keeps `ctx` a context pointer
@@ -85,14 +123,16 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
 
 /// A `T` at `offset`, or `None` when the frame is too short for it.
 #[inline(always)]
-fn header<'a, T>(ctx: &XdpContext, offset: usize) -> Option<&'a T> {
+pub fn header<'a, T>(ctx: &XdpContext, offset: usize) -> Option<&'a T> {
     // SAFETY: in bounds (checked by ptr_at); the header types are byte layouts, alignment 1.
     ptr_at::<T>(ctx, offset).map(|ptr| unsafe { &*ptr })
 }
 
 /// The tunnel in this frame, or the counter that says why it is not one.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext) -> Result<Tunnel, DecapStat> {
+/// `GUE`: dsr-gue packets to `gue_port` are parsed too (`lb_decap_gue`); without it, they
+/// are not tunnels (`lb_decap`, which hands them to `lb_decap_gue` before parsing).
+pub fn parse<const GUE: bool>(ctx: &XdpContext, gue_port: u16) -> Result<Tunnel, DecapStat> {
     let mut ether_type = ether_type_at(ctx, ETHER_TYPE_AT)?;
     let mut l2_len = ETH_HEADER_LEN;
     if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
@@ -100,8 +140,8 @@ pub fn parse(ctx: &XdpContext) -> Result<Tunnel, DecapStat> {
         l2_len = ETH_VLAN_HEADER_LEN;
     }
     match ether_type {
-        ETH_P_IPV4 => parse_ipv4(ctx, l2_len),
-        ETH_P_IPV6 => parse_ipv6(ctx, l2_len),
+        ETH_P_IPV4 => parse_ipv4::<GUE>(ctx, l2_len, gue_port),
+        ETH_P_IPV6 => parse_ipv6::<GUE>(ctx, l2_len, gue_port),
         _ => Err(DecapStat::PassNotEncapsulated),
     }
 }
@@ -113,9 +153,16 @@ fn ether_type_at(ctx: &XdpContext, offset: usize) -> Result<u16, DecapStat> {
 }
 
 #[inline(always)]
-fn parse_ipv4(ctx: &XdpContext, l2_len: usize) -> Result<Tunnel, DecapStat> {
+fn parse_ipv4<const GUE: bool>(
+    ctx: &XdpContext,
+    l2_len: usize,
+    gue_port: u16,
+) -> Result<Tunnel, DecapStat> {
     let ip: &Ipv4Hdr = header(ctx, l2_len).ok_or(DecapStat::Malformed)?;
-    if ip.proto != IPPROTO_IPIP {
+    let is_gue = GUE
+        && ip.proto == IPPROTO_UDP
+        && gue::to_port(ctx, l2_len + usize::from(ip.ihl()), gue_port);
+    if ip.proto != IPPROTO_IPIP && !is_gue {
         return Err(DecapStat::PassNotEncapsulated);
     }
     let header_len = usize::from(ip.ihl());
@@ -130,6 +177,17 @@ fn parse_ipv4(ctx: &XdpContext, l2_len: usize) -> Result<Tunnel, DecapStat> {
         return Err(DecapStat::Malformed);
     }
     let outer_end = l2_len + total_len;
+    let outer = Outer {
+        l2_len,
+        ip_len: header_len,
+        end: outer_end,
+        family: FAMILY_V4,
+    };
+    let ecn = ip.tos & ECN_MASK;
+    let (src, dst) = (mapped_v4(ip.src_addr), mapped_v4(ip.dst_addr));
+    if is_gue {
+        return gue_tunnel(ctx, &outer, src, dst, ecn);
+    }
     check_inner_ipv4(ctx, l2_len + header_len, outer_end)?;
     Ok(Tunnel {
         l2_len,
@@ -137,15 +195,34 @@ fn parse_ipv4(ctx: &XdpContext, l2_len: usize) -> Result<Tunnel, DecapStat> {
         dst: mapped_v4(ip.dst_addr),
         outer_len: header_len,
         inner_at: l2_len + header_len,
-        outer_ecn: ip.tos & ECN_MASK,
+        outer_ecn: ecn,
         inner_ether_type: ETH_P_IPV4,
         decapsulated: DecapStat::DecapV4InV4,
+        gue: None,
     })
 }
 
 #[inline(always)]
-fn parse_ipv6(ctx: &XdpContext, l2_len: usize) -> Result<Tunnel, DecapStat> {
+fn parse_ipv6<const GUE: bool>(
+    ctx: &XdpContext,
+    l2_len: usize,
+    gue_port: u16,
+) -> Result<Tunnel, DecapStat> {
     let ip: &Ipv6Hdr = header(ctx, l2_len).ok_or(DecapStat::Malformed)?;
+    let inner_at = l2_len + Ipv6Hdr::LEN;
+    let outer_end = inner_at + usize::from(ip.payload_len());
+    if GUE && ip.next_hdr == IPPROTO_UDP && gue::to_port(ctx, inner_at, gue_port) {
+        if ip.version() != 6 {
+            return Err(DecapStat::Malformed);
+        }
+        let outer = Outer {
+            l2_len,
+            ip_len: Ipv6Hdr::LEN,
+            end: outer_end,
+            family: FAMILY_V6,
+        };
+        return gue_tunnel(ctx, &outer, ip.src_addr, ip.dst_addr, ipv6_ecn(ip.vcf[1]));
+    }
     let (inner_ether_type, decapsulated) = match ip.next_hdr {
         IPPROTO_IPV6 => (ETH_P_IPV6, DecapStat::DecapV6InV6),
         IPPROTO_IPIP => (ETH_P_IPV4, DecapStat::DecapV4InV6),
@@ -154,8 +231,6 @@ fn parse_ipv6(ctx: &XdpContext, l2_len: usize) -> Result<Tunnel, DecapStat> {
     if ip.version() != 6 {
         return Err(DecapStat::Malformed);
     }
-    let inner_at = l2_len + Ipv6Hdr::LEN;
-    let outer_end = inner_at + usize::from(ip.payload_len());
     if inner_ether_type == ETH_P_IPV6 {
         check_inner_ipv6(ctx, inner_at, outer_end)?;
     } else {
@@ -170,6 +245,45 @@ fn parse_ipv6(ctx: &XdpContext, l2_len: usize) -> Result<Tunnel, DecapStat> {
         outer_ecn: ipv6_ecn(ip.vcf[1]),
         inner_ether_type,
         decapsulated,
+        gue: None,
+    })
+}
+
+/// Where an outer IP header sits and what it spans.
+pub struct Outer {
+    pub l2_len: usize,
+    pub ip_len: usize,
+    /// Offset of the outer packet's end (from its length field).
+    pub end: usize,
+    pub family: u8,
+}
+
+/// A UDP packet to the GUE port: its hop list and inner packet checked (`gue::parse`).
+#[inline(always)]
+fn gue_tunnel(
+    ctx: &XdpContext,
+    outer: &Outer,
+    src: [u8; 16],
+    dst: [u8; 16],
+    outer_ecn: u8,
+) -> Result<Tunnel, DecapStat> {
+    let gue = gue::parse(ctx, outer)?;
+    let (inner_ether_type, outer_len) = (gue.inner_ether_type, gue.inner_at - outer.l2_len);
+    if inner_ether_type == ETH_P_IPV6 {
+        check_inner_ipv6(ctx, gue.inner_at, outer.end)?;
+    } else {
+        check_inner_ipv4(ctx, gue.inner_at, outer.end)?;
+    }
+    Ok(Tunnel {
+        l2_len: outer.l2_len,
+        src,
+        dst,
+        outer_len,
+        inner_at: gue.inner_at,
+        outer_ecn,
+        inner_ether_type,
+        decapsulated: DecapStat::GueTakenLastHop,
+        gue: Some(gue),
     })
 }
 

@@ -34,6 +34,10 @@ pub struct Explanation {
     /// flow is tracked.
     #[serde(default)]
     pub admission: String,
+    /// dsr-gue: the backends the next packet is offered to, in order (the second chance);
+    /// absent for other modes and for a packet that is not forwarded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hops: Vec<SocketAddr>,
 }
 
 /// The VIP a flow matches.

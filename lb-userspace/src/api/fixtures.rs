@@ -355,6 +355,7 @@ pub(crate) fn explanations() -> Vec<(&'static str, super::explain::Explanation)>
         counter: verdict.counter().to_owned(),
         explanation: explanation.to_owned(),
         admission: String::new(),
+        hops: Vec::new(),
     };
     let tracked = |state: &str, to: BackendStatus| TrackedFlow {
         state: state.to_owned(),
@@ -415,6 +416,24 @@ pub(crate) fn explanations() -> Vec<(&'static str, super::explain::Explanation)>
                 ..v4(
                     Verdict::NewFlow,
                     "The flow is not tracked: Maglev sends it to [fd00:11::2]:53 (slot 24576, dsr-ipip: the packet encapsulated untouched) and tracks it.",
+                )
+            },
+        ),
+        (
+            "new_flow_gue_second_chance",
+            Explanation {
+                service: Some(service(Mode::DsrGue, false)),
+                maglev: Some(maglev(backend(
+                    "198.18.12.3:80",
+                    "active",
+                    Health::Unchecked,
+                    false,
+                ))),
+                vip: sock("198.18.1.1:80"),
+                hops: vec![sock("198.18.12.3:80"), sock("198.18.12.2:80")],
+                ..v4(
+                    Verdict::NewFlow,
+                    "The flow is not tracked: Maglev sends it to 198.18.12.3:80 (slot 24576, dsr-gue: the packet untouched inside UDP and GUE with its hop list) and tracks it. A SYN is tracked as opening; any other segment but a RST goes there too and is tracked as established, unproven for at most the opening timeout (ct_miss_mid_flow); a RST goes there untracked (ct_rst_untracked). Its hop list is 198.18.12.3:80 → 198.18.12.2:80: a backend without the connection (TCP: no SYN and no socket; UDP: not among its recent flows) hands the packet on to the next, and the last takes it (the second chance).",
                 )
             },
         ),

@@ -206,6 +206,11 @@ pub(crate) struct RunArgs {
     #[arg(long, value_name = "PREFIX", value_parser = parse_prefix_v6)]
     pub(crate) encap_source_v6: Option<Prefix>,
 
+    /// The UDP destination port of dsr-gue, the same on every lb node and on the backends
+    /// (`lb decap attach --gue-port`).
+    #[arg(long, value_name = "PORT", default_value_t = lb_common::gue::DEFAULT_GUE_PORT, value_parser = clap::value_parser!(u16).range(1..))]
+    pub(crate) gue_port: u16,
+
     /// The cluster's hash seed, 16 hex digits (e.g. `openssl rand -hex 8`): the same on
     /// every lb node, so each picks the same backend for a flow; secret, so nobody can aim
     /// flows at one backend. Prefer --hash-seed-file or the config's `[cluster]`: a flag
@@ -343,6 +348,7 @@ impl From<RunArgs> for RunConfig {
             encap_v4: args.encap_source_v4.map(mode::encap_source),
             encap_v6: args.encap_source_v6.map(mode::encap_source),
             new_flow_limit: args.new_flow_limit,
+            gue_port: args.gue_port,
             ..Options::default()
         };
         for (timeout, secs) in &args.timeouts {
@@ -661,6 +667,9 @@ pub(crate) struct AttachArgs {
     /// default: any source).
     #[arg(long = "allow-source", value_name = "PREFIX", value_parser = parse_prefix, action = clap::ArgAction::Append)]
     pub(crate) allow_sources: Vec<Prefix>,
+    /// The UDP port of dsr-gue, as the lbs' `lb run --gue-port` (0: take no GUE apart).
+    #[arg(long, value_name = "PORT", default_value_t = lb_common::gue::DEFAULT_GUE_PORT)]
+    pub(crate) gue_port: u16,
     /// XDP attach mode: native (driver), skb (generic), or auto (native, else skb with a warning).
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub(crate) xdp_mode: XdpModeArg,

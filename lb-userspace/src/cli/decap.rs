@@ -47,6 +47,7 @@ pub(crate) fn run(command: DecapCommand) -> anyhow::Result<()> {
                 &args.iface,
                 &args.vips,
                 &args.allow_sources,
+                args.gue_port,
                 args.xdp_mode.into(),
                 &mut print_event,
             )

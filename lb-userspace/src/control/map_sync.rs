@@ -30,9 +30,15 @@ use crate::model::state::{
     BackendSpec, Change, ChangeError, MAX_WEIGHT, MIN_WEIGHT, Proto, Service, State, VipSpec,
 };
 use crate::{
-    control::map_writer::MapWriter, datapath::maps::ServiceMaps, model::health::HealthKey,
-    model::limits::Limits, model::maglev, model::mode::Mode, model::policy::OnDown,
+    control::map_writer::MapWriter,
+    datapath::maps::ServiceMaps,
+    model::health::HealthKey,
+    model::limits::Limits,
+    model::maglev,
+    model::mode::Mode,
+    model::policy::OnDown,
     model::prefix::Prefix,
+    model::second_chance::{Snapshot, TableHistory},
 };
 
 #[derive(Debug, Error)]
@@ -61,6 +67,10 @@ struct VipSlot {
     backend_ids: BTreeMap<SocketAddr, u32>,
     /// [`maglev::fingerprint`] of the live table.
     fingerprint: u64,
+    /// dsr-gue: the live table and the ones before it (the second chance).
+    history: TableHistory,
+    /// The slots each of the two tables has MAGLEV_HOPS entries for.
+    hop_slots: [Vec<u32>; 2],
 }
 
 /// Generic over the maps so the order of its writes can be tested with a recording fake.
@@ -245,6 +255,8 @@ impl<M: MapWriter> MapSync<M> {
                     filtered,
                     backend_ids: BTreeMap::new(),
                     fingerprint: 0,
+                    history: TableHistory::default(),
+                    hop_slots: [Vec::new(), Vec::new()],
                 },
             );
         }
@@ -381,7 +393,7 @@ impl<M: MapWriter> MapSync<M> {
     }
 
     /// Applies several changes as one: all are validated before any map is touched.
-    pub(crate) fn apply_all(&mut self, changes: &[Change]) -> Result<(), MapSyncError> {
+    pub fn apply_all(&mut self, changes: &[Change]) -> Result<(), MapSyncError> {
         let mut next = self.desired.clone();
         for change in changes {
             next.apply(change)?;
@@ -634,6 +646,8 @@ impl<M: MapWriter> MapSync<M> {
                 filtered: false,
                 backend_ids: BTreeMap::new(),
                 fingerprint: maglev::fingerprint(&[], &[]),
+                history: TableHistory::default(),
+                hop_slots: [Vec::new(), Vec::new()],
             },
         );
         self.applied.vips.insert(
@@ -673,6 +687,11 @@ impl<M: MapWriter> MapSync<M> {
         for prefix in &sources {
             let (len, range) = source_range(slot.id, prefix);
             ignore_missing(self.maps.remove_source_range(len, &range))?;
+        }
+        // The id's next VIP starts with no earlier hops.
+        for table in 0..2 {
+            self.maps
+                .clear_hops(slot.id, table, &slot.hop_slots[usize::from(table)])?;
         }
         self.slots.remove(service);
         self.applied.vips.remove(service);
@@ -742,6 +761,7 @@ impl<M: MapWriter> MapSync<M> {
         let fingerprint = maglev::fingerprint(&table, &entries);
         let next = self.slots.get(service).map_or(0, |s| s.active_table ^ 1);
         self.maps.write_table(vip_id, next, &table)?;
+        self.write_earlier_hops(service, spec, vip_id, next, &table)?;
         if let Some(info) = self.vip_info(service) {
             self.maps.set_vip(
                 &vip_key(service),
@@ -754,6 +774,15 @@ impl<M: MapWriter> MapSync<M> {
         if let Some(slot) = self.slots.get_mut(service) {
             slot.active_table = next;
             slot.fingerprint = fingerprint;
+            if spec.mode == Mode::DsrGue {
+                let addrs = slot.backend_ids.iter().map(|(a, id)| (*id, *a)).collect();
+                slot.history.went_live(Snapshot {
+                    slots: table,
+                    addrs,
+                });
+            } else {
+                slot.history.clear();
+            }
         }
         // 3. Drains take effect in BACKENDS; leavers are retired.
         for (addr, backend) in &spec.backends {
@@ -780,6 +809,41 @@ impl<M: MapWriter> MapSync<M> {
             self.retire_backend(service, &addr, id)?;
         }
         self.applied.vips.insert(*service, spec.clone());
+        Ok(())
+    }
+
+    /// dsr-gue: the standby table `next` gets the earlier hops of its slots (the live table
+    /// and those before it, `TableHistory`), replacing what it held; other modes get none.
+    fn write_earlier_hops(
+        &mut self,
+        service: &Service,
+        spec: &VipSpec,
+        vip_id: u32,
+        next: u8,
+        table: &[u32],
+    ) -> Result<(), MapSyncError> {
+        let Some(slot) = self.slots.get_mut(service) else {
+            return Ok(());
+        };
+        let hops = if spec.mode == Mode::DsrGue {
+            let ids = &slot.backend_ids;
+            slot.history.earlier_hops(table, |addr| {
+                spec.backends
+                    .contains_key(addr)
+                    .then(|| ids.get(addr).copied())
+                    .flatten()
+            })
+        } else {
+            Vec::new()
+        };
+        let stale = std::mem::take(&mut slot.hop_slots[usize::from(next & 1)]);
+        let fresh: BTreeSet<u32> = hops.iter().map(|(s, _)| *s).collect();
+        let gone: Vec<u32> = stale.into_iter().filter(|s| !fresh.contains(s)).collect();
+        self.maps.clear_hops(vip_id, next, &gone)?;
+        self.maps.write_hops(vip_id, next, &hops)?;
+        if let Some(slot) = self.slots.get_mut(service) {
+            slot.hop_slots[usize::from(next & 1)] = fresh.into_iter().collect();
+        }
         Ok(())
     }
 
@@ -993,6 +1057,7 @@ impl MapSync<ServiceMaps> {
 
 #[cfg(test)]
 mod tests {
+    use lb_common::gue::EarlierHops;
     use std::collections::HashMap;
 
     use aya::maps::MapError;
@@ -1027,6 +1092,15 @@ mod tests {
             ids: BTreeSet<u32>,
         },
         Counters,
+        /// Earlier hops set for `slots` of a table.
+        Hops {
+            table: u8,
+            slots: Vec<u32>,
+        },
+        HopsGone {
+            table: u8,
+            slots: Vec<u32>,
+        },
         Source {
             vip_id: u32,
             prefix_len: u32,
@@ -1044,6 +1118,10 @@ mod tests {
         backends: BTreeMap<u32, Backend>,
         endpoints: HashMap<EndpointKey, Endpoint>,
         sources: Vec<(u32, SourceRange)>,
+        /// MAGLEV_HOPS by (table index, slot).
+        hops: BTreeMap<(u32, u32), EarlierHops>,
+        /// MAGLEV as written, by (table index, slot).
+        tables: BTreeMap<(u32, u32), u32>,
         log: Vec<Write>,
     }
 
@@ -1090,6 +1168,10 @@ mod tests {
             Ok(())
         }
         fn write_table(&mut self, vip_id: u32, table: u8, slots: &[u32]) -> Result<(), MapError> {
+            for (slot, id) in slots.iter().enumerate() {
+                self.tables
+                    .insert((vip_id * 2 + u32::from(table), slot as u32), *id);
+            }
             self.log.push(Write::Table {
                 vip_id,
                 table,
@@ -1099,6 +1181,33 @@ mod tests {
                     .filter(|&id| id != NO_BACKEND)
                     .collect(),
             });
+            Ok(())
+        }
+        fn write_hops(
+            &mut self,
+            vip_id: u32,
+            table: u8,
+            hops: &[(u32, EarlierHops)],
+        ) -> Result<(), MapError> {
+            for (slot, h) in hops {
+                self.hops.insert((vip_id * 2 + u32::from(table), *slot), *h);
+            }
+            self.log.push(Write::Hops {
+                table,
+                slots: hops.iter().map(|(s, _)| *s).collect(),
+            });
+            Ok(())
+        }
+        fn clear_hops(&mut self, vip_id: u32, table: u8, slots: &[u32]) -> Result<(), MapError> {
+            for slot in slots {
+                self.hops.remove(&(vip_id * 2 + u32::from(table), *slot));
+            }
+            if !slots.is_empty() {
+                self.log.push(Write::HopsGone {
+                    table,
+                    slots: slots.to_vec(),
+                });
+            }
             Ok(())
         }
         fn reset_vip_counters(&mut self, _: u32) -> Result<(), MapError> {
@@ -1183,6 +1292,88 @@ mod tests {
         log.iter()
             .position(what)
             .unwrap_or_else(|| panic!("not written; log: {log:?}"))
+    }
+
+    /// dsr-gue: a slot that moves to a joining backend gets the backend it had as its
+    /// earlier hop, in the standby table before the VIP flips to it; a slot that did not
+    /// move gets none; the next change replaces the standby table's hops.
+    #[test]
+    fn a_gue_table_carries_the_earlier_backend_of_each_moved_slot() {
+        let limits = Limits {
+            maglev_size: 13,
+            ..Limits::default()
+        };
+        let mut map_sync = MapSync::new(Recording::default(), limits);
+        let mut changes = vec![
+            Change::AddVip(service()),
+            Change::SetMode {
+                service: service(),
+                mode: Mode::DsrGue,
+            },
+        ];
+        for last in [1, 2] {
+            changes.push(Change::AddBackend {
+                service: service(),
+                backend: SocketAddr::new(IpAddr::from([198, 18, 11, last]), 80),
+                weight: 1,
+            });
+        }
+        map_sync.apply_all(&changes).expect("valid");
+        let live = |m: &MapSync<Recording>| {
+            let slot = &m.slots[&service()];
+            (
+                slot.id * 2 + u32::from(slot.active_table),
+                slot.active_table,
+            )
+        };
+        let (before, _) = live(&map_sync);
+        map_sync.maps_mut().log.clear();
+        map_sync
+            .apply(&Change::AddBackend {
+                service: service(),
+                backend: SocketAddr::new(IpAddr::from([198, 18, 11, 3]), 80),
+                weight: 1,
+            })
+            .expect("valid");
+        let (after, half) = live(&map_sync);
+        let maps = map_sync.maps();
+        let mut moved = 0;
+        for slot in 0..13 {
+            let (old, new) = (maps.tables[&(before, slot)], maps.tables[&(after, slot)]);
+            match maps.hops.get(&(after, slot)) {
+                Some(hops) => {
+                    assert_ne!(old, new, "slot {slot} did not move but has hops");
+                    assert_eq!(hops.ids, [old, NO_BACKEND, NO_BACKEND], "slot {slot}");
+                    moved += 1;
+                }
+                None => assert_eq!(old, new, "slot {slot} moved without a hop"),
+            }
+        }
+        assert!(moved > 0, "no slot moved to the third backend");
+        let log = &maps.log;
+        let hops = position(
+            log,
+            |w| matches!(w, Write::Hops { table, .. } if *table == half),
+        );
+        let flip = position(
+            log,
+            |w| matches!(w, Write::Vip { port: 80, active_table, .. } if *active_table == half),
+        );
+        assert!(hops < flip, "{log:?}");
+        // Back to NAT (it needs no backends): the VIP's hops go with its history.
+        let mut to_nat: Vec<Change> = (1..=3)
+            .map(|last| Change::DelBackend {
+                service: service(),
+                backend: SocketAddr::new(IpAddr::from([198, 18, 11, last]), 80),
+            })
+            .collect();
+        to_nat.push(Change::DelVip(service()));
+        map_sync.apply_all(&to_nat).expect("valid");
+        assert!(
+            map_sync.maps().hops.is_empty(),
+            "{:?}",
+            map_sync.maps().hops
+        );
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! root.
 
 use aya::maps::MapError;
-use lb_common::service::{Backend, Endpoint, EndpointKey, SourceRange, VipInfo, VipKey};
+use lb_common::{
+    gue::EarlierHops,
+    service::{Backend, Endpoint, EndpointKey, SourceRange, VipInfo, VipKey},
+};
 
 use crate::datapath::maps::ServiceMaps;
 
@@ -19,6 +22,15 @@ pub trait MapWriter {
     fn remove_endpoint(&mut self, key: &EndpointKey) -> Result<(), MapError>;
     /// Writes one of a VIP's two Maglev tables (`table` is 0 or 1).
     fn write_table(&mut self, vip_id: u32, table: u8, slots: &[u32]) -> Result<(), MapError>;
+    /// Sets the earlier hops (dsr-gue) of slots of one of a VIP's two tables.
+    fn write_hops(
+        &mut self,
+        vip_id: u32,
+        table: u8,
+        hops: &[(u32, EarlierHops)],
+    ) -> Result<(), MapError>;
+    /// Removes the earlier hops of `slots` of one of a VIP's two tables.
+    fn clear_hops(&mut self, vip_id: u32, table: u8, slots: &[u32]) -> Result<(), MapError>;
     fn reset_vip_counters(&mut self, vip_id: u32) -> Result<(), MapError>;
     fn reset_backend_counters(&mut self, id: u32) -> Result<(), MapError>;
     /// Every SOURCE_RANGES key, as (LPM prefix length, data).
@@ -55,6 +67,17 @@ impl MapWriter for ServiceMaps {
     }
     fn write_table(&mut self, vip_id: u32, table: u8, slots: &[u32]) -> Result<(), MapError> {
         ServiceMaps::write_table(self, vip_id, table, slots)
+    }
+    fn write_hops(
+        &mut self,
+        vip_id: u32,
+        table: u8,
+        hops: &[(u32, EarlierHops)],
+    ) -> Result<(), MapError> {
+        ServiceMaps::write_hops(self, vip_id, table, hops)
+    }
+    fn clear_hops(&mut self, vip_id: u32, table: u8, slots: &[u32]) -> Result<(), MapError> {
+        ServiceMaps::clear_hops(self, vip_id, table, slots)
     }
     fn reset_vip_counters(&mut self, vip_id: u32) -> Result<(), MapError> {
         ServiceMaps::reset_vip_counters(self, vip_id)

@@ -5,9 +5,10 @@
 use std::{collections::HashMap, net::SocketAddr};
 
 use lb_common::{
-    consts::{NO_BACKEND, VIP_FLAG_SOURCE_RANGES},
+    consts::{BACKEND_ACTIVE, BACKEND_DRAINING, NO_BACKEND, VIP_FLAG_SOURCE_RANGES},
     encap::{MODE_DSR_L2, MODE_NAT},
     flow::{FlowKey, Timeout, unproven_timeout_ns},
+    gue::{EARLIER_TABLES, MODE_DSR_GUE, hop_ids},
     service::{Backend, EndpointKey, VipKey},
 };
 
@@ -146,14 +147,59 @@ impl Reader {
             } else {
                 explain::admission_of_new_flow(self.facts.new_flow_limit)
             },
+            hops: Vec::new(),
         };
         let mode = facts
             .tracked
             .map(|(_, backend)| backend.mode)
             .filter(|_| verdict == Verdict::ForwardTracked)
             .or_else(|| facts.slot.map(|(_, backend)| backend.mode));
+        if mode == Some(MODE_DSR_GUE) {
+            answer.hops = self.hops(&known, &facts, place, verdict)?;
+        }
         answer.explanation = sentence(&answer, explain::entry(&facts), mode);
         Ok(answer)
+    }
+
+    /// gue.rs `of_flow`: the flow's backend, then the live table's choice, then the earlier
+    /// tables' (MAGLEV_HOPS), each once, as far as they still serve the VIP in the first
+    /// one's family.
+    fn hops(
+        &self,
+        known: &Known<'_>,
+        facts: &Facts,
+        place: Option<MaglevSlot>,
+        verdict: Verdict,
+    ) -> Result<Vec<SocketAddr>, ApiError> {
+        let first = match (verdict, facts.tracked, facts.slot) {
+            (Verdict::ForwardTracked, Some((conn, backend)), _) => (conn.backend_id, backend),
+            (Verdict::NewFlow | Verdict::Rebalance, _, Some(slot)) => slot,
+            _ => return Ok(Vec::new()),
+        };
+        let current = facts.slot.map_or(NO_BACKEND, |(id, _)| id);
+        let earlier = match (place, facts.vip) {
+            (Some(place), Some(vip)) => self
+                .maps
+                .earlier_hops(vip.id * 2 + u32::from(place.table), place.slot)
+                .map_err(datapath_error)?
+                .map_or([NO_BACKEND; EARLIER_TABLES], |e| e.ids),
+            _ => [NO_BACKEND; EARLIER_TABLES],
+        };
+        let (ids, count) = hop_ids(first.0, current, &earlier, NO_BACKEND);
+        let mut hops = Vec::new();
+        for (i, id) in ids.iter().take(count).enumerate() {
+            let backend = self.maps.backend(*id).map_err(datapath_error)?;
+            let serves = i == 0
+                || (backend.vip_id == first.1.vip_id
+                    && backend.family == first.1.family
+                    && matches!(backend.state, BACKEND_ACTIVE | BACKEND_DRAINING));
+            if let Some((_, view)) = known.get(&(*id, backend.generation))
+                && serves
+            {
+                hops.push(view.addr);
+            }
+        }
+        Ok(hops)
     }
 
     /// What the maps hold for the flow `key`, read as the datapath reads them, and where
@@ -287,6 +333,7 @@ fn how(mode: Option<u8>) -> &'static str {
     match mode {
         Some(MODE_NAT) => "destination NAT",
         Some(MODE_DSR_L2) => "dsr-l2: the packet untouched, new MACs",
+        Some(MODE_DSR_GUE) => "dsr-gue: the packet untouched inside UDP and GUE with its hop list",
         _ => "dsr-ipip: the packet encapsulated untouched",
     }
 }
@@ -381,6 +428,13 @@ pub(crate) fn sentence(a: &Explanation, entry: Entry, mode: Option<u8>) -> Strin
             a.client
         ),
     };
+    if a.hops.len() > 1 {
+        let list: Vec<String> = a.hops.iter().map(ToString::to_string).collect();
+        text.push_str(&format!(
+            " Its hop list is {}: a backend without the connection (TCP: no SYN and no socket; UDP: not among its recent flows) hands the packet on to the next, and the last takes it (the second chance).",
+            list.join(" → ")
+        ));
+    }
     if let Some(first) = text.get(..1) {
         text = format!("{}{}", first.to_uppercase(), &text[1..]);
     }
@@ -403,6 +457,7 @@ mod tests {
                 "rebalanced" => (Entry::Stale, Some(MODE_NAT)),
                 "new_flow_v6_dsr" => (Entry::Missing, Some(MODE_DSR_IPIP)),
                 "new_flow_admission" => (Entry::Missing, Some(MODE_NAT)),
+                "new_flow_gue_second_chance" => (Entry::Missing, Some(MODE_DSR_GUE)),
                 _ => (Entry::Missing, None),
             };
             assert_eq!(sentence(&answer, entry, mode), answer.explanation, "{name}");

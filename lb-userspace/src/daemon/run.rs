@@ -558,7 +558,7 @@ fn warn_unreachable_dsr(options: &Options, state: &State) {
         let vips: Vec<String> = state
             .vips
             .iter()
-            .filter(|(_, vip)| vip.mode == mode::Mode::DsrIpip)
+            .filter(|(_, vip)| vip.mode.encapsulates())
             .filter(|(_, vip)| vip.backends.keys().any(|b| b.is_ipv4() == v4))
             .map(|(service, _)| service.to_string())
             .collect();

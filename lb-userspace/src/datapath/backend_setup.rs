@@ -475,6 +475,7 @@ pub(crate) fn attach(
     iface: &str,
     vips: &[IpAddr],
     sources: &[Prefix],
+    gue_port: u16,
     mode: AttachMode,
     report: &mut dyn FnMut(Event),
 ) -> Result<(), SetupError> {
@@ -531,6 +532,7 @@ pub(crate) fn attach(
     let attached = (|| {
         let mut decap = Decap::load_pinned(DECAP_OBJECT, &dir)?;
         decap.set_local(&local)?;
+        decap.set_gue_port(gue_port)?;
         let prefixes: Vec<SourcePrefix> = request
             .allow_sources
             .iter()

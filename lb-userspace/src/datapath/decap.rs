@@ -14,17 +14,18 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        Array, HashMap, MapData, MapError, PerCpuArray,
+        Array, HashMap, MapData, MapError, PerCpuArray, ProgramArray,
         lpm_trie::{Key, LpmTrie},
     },
     programs::{ProgramError, Xdp},
 };
 use lb_common::{
     decap::{
-        DECAP_FILTER_SOURCES, DECAP_PINNED_MAPS, DECAP_PROGRAM_NAME, DecapConfig, DecapStat,
-        MAP_DECAP_CONFIG, MAP_DECAP_LOCAL, MAP_DECAP_SOURCES, MAP_DECAP_STATS, mapped_v4,
-        mapped_v4_prefix_len,
+        DECAP_FILTER_SOURCES, DECAP_GUE_PROGRAM_NAME, DECAP_PINNED_MAPS, DECAP_PROGRAM_NAME,
+        DECAP_STATS_LEN, DecapConfig, DecapStat, JUMP_DECAP_GUE, MAP_DECAP_CONFIG, MAP_DECAP_JUMPS,
+        MAP_DECAP_LOCAL, MAP_DECAP_SOURCES, MAP_DECAP_STATS, mapped_v4, mapped_v4_prefix_len,
     },
+    gue::DEFAULT_GUE_PORT,
     stats::Counter,
 };
 use thiserror::Error;
@@ -174,6 +175,41 @@ pub struct Decap {
     sources: LpmTrie<MapData, [u8; 16], u32>,
     config: Array<MapData, DecapConfig>,
     stats: PerCpuArray<MapData, Counter>,
+    /// What [`Decap::write_config`] writes as the GUE port.
+    gue_port: u16,
+    /// Held so the program array keeps `lb_decap_gue` while this handle lives (the pin
+    /// keeps it after).
+    _jumps: ProgramArray<MapData>,
+}
+
+/// Removes pins an earlier release made with another shape (a smaller DECAP_CONFIG value
+/// before dsr-gue, fewer counters): the program could not use them. Both are rewritten
+/// by the attach that follows (the counters start again from zero).
+fn drop_outdated_pins(dir: &Path) -> Result<(), DecapError> {
+    let shapes = [
+        (MAP_DECAP_CONFIG, size_of::<DecapConfig>() as u32, 1),
+        (
+            MAP_DECAP_STATS,
+            size_of::<Counter>() as u32,
+            DECAP_STATS_LEN,
+        ),
+    ];
+    for (name, value_size, entries) in shapes {
+        let path = dir.join(name);
+        let Ok(pinned) = MapData::from_pin(&path) else {
+            continue;
+        };
+        let info = pinned
+            .info()
+            .map_err(|source| DecapError::Map { name, source })?;
+        if info.value_size() != value_size || info.max_entries() < entries {
+            std::fs::remove_file(&path).map_err(|source| DecapError::PinDir {
+                path: path.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DecapError>
@@ -199,6 +235,7 @@ impl Decap {
             path: dir.to_owned(),
             source,
         })?;
+        drop_outdated_pins(dir)?;
         let mut loader = EbpfLoader::new();
         for name in DECAP_PINNED_MAPS {
             loader.map_pin_path(name, dir.join(name));
@@ -213,13 +250,47 @@ impl Decap {
             .and_then(|p| p.try_into().ok())
             .ok_or(DecapError::NoProgram)?;
         program.load().map_err(DecapError::Load)?;
+        // dsr-gue's program, reached by a tail call: loaded, then put in its slot.
+        let gue: &mut Xdp = ebpf
+            .program_mut(DECAP_GUE_PROGRAM_NAME)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DecapError::NoProgram)?;
+        gue.load().map_err(DecapError::Load)?;
+        let gue_fd = gue
+            .fd()
+            .map_err(DecapError::Load)?
+            .try_clone()
+            .map_err(|source| DecapError::Map {
+                name: MAP_DECAP_JUMPS,
+                source: MapError::SyscallError(aya::sys::SyscallError {
+                    call: "dup",
+                    io_error: source,
+                }),
+            })?;
+        let mut jumps: ProgramArray<MapData> = take(&mut ebpf, MAP_DECAP_JUMPS)?;
+        jumps
+            .set(JUMP_DECAP_GUE, &gue_fd, 0)
+            .map_err(|source| DecapError::Map {
+                name: MAP_DECAP_JUMPS,
+                source,
+            })?;
         Ok(Self {
             local: take(&mut ebpf, MAP_DECAP_LOCAL)?,
             sources: take(&mut ebpf, MAP_DECAP_SOURCES)?,
             config: take(&mut ebpf, MAP_DECAP_CONFIG)?,
             stats: take(&mut ebpf, MAP_DECAP_STATS)?,
+            gue_port: DEFAULT_GUE_PORT,
+            _jumps: jumps,
             ebpf,
         })
+    }
+
+    /// The tail-called dsr-gue program, loaded (to test-run or measure).
+    pub fn gue_program(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(DECAP_GUE_PROGRAM_NAME)
+            .and_then(|p| p.try_into().ok())
+            .expect("checked at load")
     }
 
     /// The loaded XDP program, to attach or test-run.
@@ -274,6 +345,34 @@ impl Decap {
         }
     }
 
+    /// Decapsulates dsr-gue sent to UDP `port` (0: none), keeping the source filter as it is.
+    pub fn set_gue_port(&mut self, port: u16) -> Result<(), DecapError> {
+        let flags = self
+            .config
+            .get(&0, 0)
+            .map_err(|source| DecapError::Map {
+                name: MAP_DECAP_CONFIG,
+                source,
+            })?
+            .flags;
+        self.gue_port = port;
+        self.write_config(flags)
+    }
+
+    fn write_config(&mut self, flags: u32) -> Result<(), DecapError> {
+        let config = DecapConfig {
+            flags,
+            gue_port: self.gue_port,
+            _pad: [0; 2],
+        };
+        self.config
+            .set(0, config, 0)
+            .map_err(|source| DecapError::Map {
+                name: MAP_DECAP_CONFIG,
+                source,
+            })
+    }
+
     /// Replaces the allowed outer source prefixes; empty allows any source. In a
     /// packet-safe order: new prefixes go in before the filter is switched on, and the
     /// filter goes off before the last prefix leaves, so no moment refuses a source both
@@ -294,9 +393,7 @@ impl Decap {
         } else {
             DECAP_FILTER_SOURCES
         };
-        self.config
-            .set(0, DecapConfig { flags }, 0)
-            .map_err(map_error(MAP_DECAP_CONFIG))?;
+        self.write_config(flags)?;
         let stale: Vec<Key<[u8; 16]>> = self
             .sources
             .keys()

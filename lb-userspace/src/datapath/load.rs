@@ -64,6 +64,7 @@ pub fn open(
         .override_global(GLOBAL_ABLATE, &options.ablate, true)
         .override_global(GLOBAL_HASH_SEED, &options.hash_seed, true)
         .override_global(GLOBAL_NEW_FLOW_LIMIT, &options.new_flow_limit, true)
+        .override_global(lb_common::gue::GLOBAL_GUE_PORT, &options.gue_port, true)
         .override_global(
             GLOBAL_ENCAP_SOURCE_V4,
             &options.encap_v4.unwrap_or_default(),
@@ -77,6 +78,7 @@ pub fn open(
         .map_max_entries(MAP_VIPS, limits.max_vips * 2)
         .map_max_entries(MAP_VIP_STATS, limits.max_vips)
         .map_max_entries(MAP_MAGLEV, limits.maglev_slots())
+        .map_max_entries(lb_common::consts::MAP_MAGLEV_HOPS, limits.maglev_slots())
         .map_max_entries(MAP_CONNTRACK, limits.conntrack_capacity)
         .map_max_entries(MAP_CT_UNPROVEN, limits.unproven_capacity())
         .map_max_entries(MAP_BACKENDS, limits.max_backends)

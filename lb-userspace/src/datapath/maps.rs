@@ -1,5 +1,5 @@
 //! Typed access to the service maps of a loaded datapath. The only writer of VIPS,
-//! BACKENDS, MAGLEV, ENDPOINTS, SOURCE_RANGES, TX_PORTS and the per-service counters.
+//! BACKENDS, MAGLEV, MAGLEV_HOPS, ENDPOINTS, SOURCE_RANGES, TX_PORTS and the per-service counters.
 
 use std::os::fd::AsFd as _;
 
@@ -15,10 +15,11 @@ use aya::{
 use lb_common::{
     consts::{
         LocalMac, MAP_ADDRESSES, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_CT_UNPROVEN,
-        MAP_ENDPOINTS, MAP_LOCAL_MACS, MAP_MAGLEV, MAP_SOURCE_RANGES, MAP_TX_PORTS, MAP_VIP_STATS,
-        MAP_VIPS,
+        MAP_ENDPOINTS, MAP_LOCAL_MACS, MAP_MAGLEV, MAP_MAGLEV_HOPS, MAP_SOURCE_RANGES,
+        MAP_TX_PORTS, MAP_VIP_STATS, MAP_VIPS,
     },
     flow::{Conn, FlowKey},
+    gue::{EarlierHops, HopsKey},
     service::{Backend, Endpoint, EndpointKey, SourceRange, VipInfo, VipKey},
     stats::{Counter, VipCounter},
 };
@@ -37,6 +38,8 @@ pub struct ServiceMaps {
     source_ranges: LpmTrie<MapData, SourceRange, u32>,
     /// Written in batches (see `write_table`), so kept untyped.
     maglev: aya::maps::Map,
+    /// MAGLEV_HOPS, written and cleared in batches as MAGLEV.
+    maglev_hops: aya::maps::Map,
     tx_ports: DevMapHash<MapData>,
     vip_stats: PerCpuArray<MapData, VipCounter>,
     backend_stats: PerCpuArray<MapData, Counter>,
@@ -160,6 +163,7 @@ impl ServiceMaps {
             endpoints: HashMap::try_from(take(ebpf, MAP_ENDPOINTS)?)?,
             source_ranges: LpmTrie::try_from(take(ebpf, MAP_SOURCE_RANGES)?)?,
             maglev: take(ebpf, MAP_MAGLEV)?,
+            maglev_hops: take(ebpf, MAP_MAGLEV_HOPS)?,
             tx_ports: DevMapHash::try_from(take(ebpf, MAP_TX_PORTS)?)?,
             vip_stats: PerCpuArray::try_from(take(ebpf, MAP_VIP_STATS)?)?,
             backend_stats: PerCpuArray::try_from(take(ebpf, MAP_BACKEND_STATS)?)?,
@@ -196,6 +200,7 @@ impl ServiceMaps {
             endpoints: HashMap::try_from(dup(self.endpoints.map())?)?,
             source_ranges: LpmTrie::try_from(dup(self.source_ranges.map())?)?,
             maglev: dup(data_of(&self.maglev, MAP_MAGLEV)?)?,
+            maglev_hops: dup(data_of(&self.maglev_hops, MAP_MAGLEV_HOPS)?)?,
             tx_ports: DevMapHash::try_from(dup(self.tx_ports.map())?)?,
             vip_stats: PerCpuArray::try_from(dup(self.vip_stats.map())?)?,
             backend_stats: PerCpuArray::try_from(dup(self.backend_stats.map())?)?,
@@ -329,6 +334,68 @@ impl ServiceMaps {
         for (key, id) in keys.iter().zip(slots) {
             array.set(*key, id, 0)?;
         }
+        Ok(())
+    }
+
+    /// Sets the earlier hops of slots of one of a VIP's two tables (`table` 0 or 1), in one
+    /// batch (a kernel without batch updates for hash maps gets one update per slot).
+    pub(crate) fn write_hops(
+        &mut self,
+        vip_id: u32,
+        table: u8,
+        hops: &[(u32, EarlierHops)],
+    ) -> Result<(), MapError> {
+        let index = vip_id * 2 + u32::from(table & 1);
+        let keys: Vec<HopsKey> = hops
+            .iter()
+            .map(|(slot, _)| HopsKey {
+                table: index,
+                slot: *slot,
+            })
+            .collect();
+        let values: Vec<EarlierHops> = hops.iter().map(|(_, h)| *h).collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        if let aya::maps::Map::HashMap(data) = &self.maglev_hops {
+            match batch::update(data.fd().as_fd(), &keys, &values) {
+                Ok(()) => return Ok(()),
+                Err(error) => tracing::debug!(%error, "batch update refused, writing slot by slot"),
+            }
+        }
+        let mut map =
+            HashMap::<&mut MapData, HopsKey, EarlierHops>::try_from(&mut self.maglev_hops)?;
+        for (key, value) in keys.iter().zip(&values) {
+            map.insert(key, value, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the earlier hops of `slots` of one of a VIP's two tables.
+    pub(crate) fn clear_hops(
+        &mut self,
+        vip_id: u32,
+        table: u8,
+        slots: &[u32],
+    ) -> Result<(), MapError> {
+        let index = vip_id * 2 + u32::from(table & 1);
+        let keys: Vec<HopsKey> = slots
+            .iter()
+            .map(|slot| HopsKey {
+                table: index,
+                slot: *slot,
+            })
+            .collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let data = data_of(&self.maglev_hops, MAP_MAGLEV_HOPS)?;
+        batch::delete(data.fd().as_fd(), &keys).map_err(|io_error| {
+            MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_delete_batch",
+                io_error,
+            })
+        })?;
         Ok(())
     }
 
@@ -499,6 +566,16 @@ impl ServiceMaps {
     /// ENDPOINTS[key].
     pub(crate) fn endpoint(&self, key: &EndpointKey) -> Result<Option<Endpoint>, MapError> {
         present(self.endpoints.get(key, 0))
+    }
+
+    /// MAGLEV_HOPS of one slot of one table (`table` = `vip_id * 2 + active_table`).
+    pub(crate) fn earlier_hops(
+        &self,
+        table: u32,
+        slot: u32,
+    ) -> Result<Option<EarlierHops>, MapError> {
+        let map = HashMap::<&MapData, HopsKey, EarlierHops>::try_from(&self.maglev_hops)?;
+        present(map.get(&HopsKey { table, slot }, 0))
     }
 
     /// MAGLEV[index]: the backend id in one slot of one table.

@@ -107,6 +107,8 @@ pub struct Options {
     /// New flows each CPU tracks per second before the rate guard stops tracking more
     /// (`--new-flow-limit`; 0: no limit).
     pub new_flow_limit: u32,
+    /// The UDP destination port of dsr-gue (`--gue-port`).
+    pub gue_port: u16,
 }
 
 impl Options {
@@ -129,6 +131,7 @@ impl Default for Options {
             encap_v6: None,
             hash_seed: [0; 2],
             new_flow_limit: DEFAULT_NEW_FLOW_LIMIT,
+            gue_port: lb_common::gue::DEFAULT_GUE_PORT,
         }
     }
 }

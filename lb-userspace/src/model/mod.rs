@@ -19,4 +19,5 @@ pub mod notify;
 pub mod policy;
 pub mod prefix;
 pub mod reload;
+pub mod second_chance;
 pub mod state;

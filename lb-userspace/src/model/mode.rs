@@ -3,7 +3,10 @@
 
 use std::{fmt, net::IpAddr, str::FromStr};
 
-use lb_common::encap::{EncapSource, MODE_DSR_IPIP, MODE_DSR_L2, MODE_NAT};
+use lb_common::{
+    encap::{EncapSource, MODE_DSR_IPIP, MODE_DSR_L2, MODE_NAT},
+    gue::MODE_DSR_GUE,
+};
 
 use crate::model::prefix::Prefix;
 use serde::{Deserialize, Serialize};
@@ -21,16 +24,22 @@ pub enum Mode {
     /// The packet sent untouched to the backend's MAC: the backend shares the lb's link
     /// and holds the VIP on `lo` without answering ARP / ND for it.
     DsrL2,
+    /// As dsr-ipip, inside UDP and GUE with the flow's hop list: a backend without the
+    /// flow's connection hands it on to the backend an earlier Maglev table chose (the
+    /// second chance), so a backend change does not break connections that ECMP moves
+    /// between lb nodes. Backends run `lb decap attach` (same GUE port).
+    DsrGue,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 3] = [Mode::Nat, Mode::DsrIpip, Mode::DsrL2];
+    pub const ALL: [Mode; 4] = [Mode::Nat, Mode::DsrIpip, Mode::DsrL2, Mode::DsrGue];
 
     pub const fn name(self) -> &'static str {
         match self {
             Mode::Nat => "nat",
             Mode::DsrIpip => "dsr-ipip",
             Mode::DsrL2 => "dsr-l2",
+            Mode::DsrGue => "dsr-gue",
         }
     }
 
@@ -40,6 +49,7 @@ impl Mode {
             Mode::Nat => MODE_NAT,
             Mode::DsrIpip => MODE_DSR_IPIP,
             Mode::DsrL2 => MODE_DSR_L2,
+            Mode::DsrGue => MODE_DSR_GUE,
         }
     }
 
@@ -48,6 +58,7 @@ impl Mode {
             MODE_NAT => Some(Mode::Nat),
             MODE_DSR_IPIP => Some(Mode::DsrIpip),
             MODE_DSR_L2 => Some(Mode::DsrL2),
+            MODE_DSR_GUE => Some(Mode::DsrGue),
             _ => None,
         }
     }
@@ -55,6 +66,12 @@ impl Mode {
     /// Whether the backends reply to clients directly (the lb sees one direction).
     pub const fn is_dsr(self) -> bool {
         !matches!(self, Mode::Nat)
+    }
+
+    /// Whether packets travel in an outer header from the lb's encap source (dsr-ipip,
+    /// dsr-gue), so a backend may be anywhere routable and of either family for an IPv4 VIP.
+    pub const fn encapsulates(self) -> bool {
+        matches!(self, Mode::DsrIpip | Mode::DsrGue)
     }
 }
 
@@ -75,11 +92,12 @@ impl FromStr for Mode {
                 if s.starts_with("dsr") {
                     format!(
                         "`{s}` is not a mode: direct server return is dsr-ipip (encapsulated, \
-                         backends anywhere routable, with `lb decap attach`) or dsr-l2 \
-                         (backends on the lb's own link)"
+                         backends anywhere routable, with `lb decap attach`), dsr-gue (as \
+                         dsr-ipip, with a second chance) or dsr-l2 (backends on the lb's \
+                         own link)"
                     )
                 } else {
-                    format!("`{s}` is not a mode: nat, dsr-ipip or dsr-l2")
+                    format!("`{s}` is not a mode: nat, dsr-ipip, dsr-gue or dsr-l2")
                 }
             })
     }

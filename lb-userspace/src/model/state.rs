@@ -372,9 +372,9 @@ impl State {
                         mode,
                     });
                 }
-                // dsr-ipip may carry an IPv4 VIP over IPv6 (IPv4-in-IPv6); nothing else
+                // dsr-ipip and dsr-gue may carry an IPv4 VIP over IPv6; nothing else
                 // crosses families.
-                let v4_over_v6 = mode == Mode::DsrIpip && service.addr.is_ipv4();
+                let v4_over_v6 = mode.encapsulates() && service.addr.is_ipv4();
                 if mode.is_dsr() && backend.is_ipv4() != service.addr.is_ipv4() && !v4_over_v6 {
                     return Err(ChangeError::DsrFamily {
                         service,
