@@ -6,6 +6,7 @@
 //! daemon killed; a cleanup that fails says so on stderr.
 
 use std::{
+    collections::HashSet,
     fmt,
     io::{BufRead as _, BufReader, ErrorKind},
     net::SocketAddr,
@@ -207,6 +208,13 @@ impl Daemon {
                 std::io::Error::last_os_error()
             )));
         }
+        self.wait_exit("SIGTERM")
+    }
+
+    /// Waits (at most [`STOP_LIMIT`]) for the daemon to exit after `what` told it to; its
+    /// status.
+    fn wait_exit(&mut self, what: &str) -> Result<ExitStatus, Failure> {
+        let pid = self.pid();
         let started = Instant::now();
         loop {
             let exited = self
@@ -218,7 +226,7 @@ impl Daemon {
             }
             if started.elapsed() >= STOP_LIMIT {
                 return Err(Failure::new(format!(
-                    "lb run (pid {pid}) still runs {STOP_LIMIT:?} after SIGTERM"
+                    "lb run (pid {pid}) still runs {STOP_LIMIT:?} after {what}"
                 )));
             }
             std::thread::sleep(POLL);
@@ -375,6 +383,16 @@ impl LbNode {
             .terminate()
     }
 
+    /// Waits for the daemon to exit after `lb down` through it (which stops it), so that
+    /// another can start; its exit status.
+    pub fn wait_stopped(&mut self) -> Result<ExitStatus, Failure> {
+        let name = self.name.clone();
+        self.daemon
+            .take()
+            .ok_or_else(|| Failure::new(format!("{name} has no daemon to wait for")))?
+            .wait_exit("`lb down`")
+    }
+
     /// `lb <args>` against this node's daemon, in its namespace: its stdout.
     pub fn cli(&self, args: &[&str]) -> Result<String, Failure> {
         let what = format!("lb {} on {}", args.join(" "), self.name);
@@ -458,20 +476,34 @@ impl LbNode {
 
     /// Of `ports` (clients' ports of flows to `vip`), how many this node tracks.
     pub fn tracks(&self, vip: SocketAddr, ports: &[u16]) -> Result<usize, Failure> {
-        let vip_arg = vip.to_string();
-        let list = self.json(&["conntrack", "list", &vip_arg, "--limit", "100000", "--json"])?;
+        let tracked = self.tracked(Some(vip))?;
+        Ok(ports
+            .iter()
+            .filter(|port| tracked.contains(&(vip, **port)))
+            .count())
+    }
+
+    /// Every flow this node tracks (of `vip` only, or of every VIP with `None`), as its VIP
+    /// and its client's port: one `lb conntrack list`.
+    pub fn tracked(&self, vip: Option<SocketAddr>) -> Result<HashSet<(SocketAddr, u16)>, Failure> {
+        let vip_arg = vip.map(|vip| vip.to_string());
+        let mut args = vec!["conntrack", "list"];
+        args.extend(vip_arg.as_deref());
+        args.extend(["--limit", "100000", "--json"]);
+        let list = self.json(&args)?;
         let flows = list["flows"].as_array().ok_or_else(|| {
             Failure::new(format!(
                 "{}: `lb conntrack list` has no flows: {list}",
                 self.name
             ))
         })?;
-        let clients: std::collections::HashSet<u16> = flows
+        let address = |flow: &serde_json::Value, field: &str| {
+            flow[field].as_str()?.parse::<SocketAddr>().ok()
+        };
+        Ok(flows
             .iter()
-            .filter_map(|f| f["client"].as_str()?.parse::<SocketAddr>().ok())
-            .map(|client| client.port())
-            .collect();
-        Ok(ports.iter().filter(|port| clients.contains(port)).count())
+            .filter_map(|flow| Some((address(flow, "vip")?, address(flow, "client")?.port())))
+            .collect())
     }
 }
 

@@ -38,7 +38,7 @@ fn summary(mut values: Vec<f64>) -> String {
 }
 
 /// Connections and UDP flows broken or moved at the checks after `events`, summed over
-/// every round. Panics if a round did not check after one of them: the report must count,
+/// every round, of those asked there. Panics if a round did not check after one of them: the report must count,
 /// not assume.
 fn broken(rounds: &[Report], events: &[Event]) -> Broken {
     let mut sum = Broken {
@@ -59,14 +59,14 @@ fn broken(rounds: &[Report], events: &[Event]) -> Broken {
             sum.tcp += check.tcp_broken;
             sum.udp += check.udp_broken;
             sum.checks += 1;
-            sum.connections += report.connections;
-            sum.flows += report.udp_flows;
+            sum.connections += check.tcp_asked;
+            sum.flows += check.udp_asked;
         }
     }
     sum
 }
 
-/// Connections and UDP flows found broken or moved, over how many checks of all of them.
+/// Connections and UDP flows found broken or moved, over how many checks of those open.
 #[derive(Clone, Copy)]
 struct Broken {
     tcp: usize,
@@ -123,6 +123,16 @@ fn main() {
     let loss = broken(&dsr, &[Event::Loss]);
     let back = broken(&dsr, &[Event::BackWithoutDaemon, Event::Back]);
     let nat_lost = broken(&nat, &[Event::Loss]);
+    // Measurements, not promises: lb has no second chance (issue 31).
+    let added_during_drain = broken(&dsr, &[Event::BackendAddedDuringDrain]);
+    let changed_during_restart = broken(&dsr, &[Event::BackendChangedDuringRestart]);
+    let moved = |event: Event| -> (usize, usize) {
+        dsr.iter()
+            .filter_map(|report| report.change_after(event))
+            .fold((0, 0), |(tcp, udp), c| {
+                (tcp + c.moved_tcp, udp + c.moved_udp)
+            })
+    };
     let every: usize = [drain, resume, loss, back, nat_lost]
         .iter()
         .map(|b| b.tcp + b.udp)
@@ -134,7 +144,8 @@ fn main() {
          from kernel table 4242, `[cluster] announce_table`) over eBGP with BFD (100 ms × 3) to \
          a router that installs one multipath route and hashes flows by layer 4; \
          {connections} long-lived TCP connections and {flows} UDP flows, opened once and asked \
-         again after every event (`lb_lab::scenario`, the scenario `tests/tests/cluster.rs` \
+         again after every event (a broken one is closed, and replaced before the next backend \
+         change) (`lb_lab::scenario`, the scenario `tests/tests/cluster.rs` \
          checks). Times in ms from the event to the \
          router's route changing, median (min–max) of {rounds} round(s); a lost node has its \
          link taken down and its daemon and BIRD killed, so only BFD can tell.\n"
@@ -166,6 +177,16 @@ fn main() {
     println!(
         "| node lost, NAT (replies through the nodes) | {nat_loss} | {} (the backends' route drops the node too) |",
         shown(nat_lost)
+    );
+    let (tcp, udp) = moved(Event::BackendAddedDuringDrain);
+    println!(
+        "| a fifth backend added on every node as a node is drained (no second chance) | — | {}: of the {tcp} connections and {udp} UDP flows that reached a node without their entry (all rounds) |",
+        shown(added_during_drain)
+    );
+    let (tcp, udp) = moved(Event::BackendChangedDuringRestart);
+    println!(
+        "| a node restarted after `lb down` (no flow table) while the fifth backend is added (no second chance) | — | {}: of the {tcp} connections and {udp} UDP flows it got back (all rounds) |",
+        shown(changed_during_restart)
     );
     println!(
         "\nWhile the router still sent flows to a lost node, {failed} of {attempts} new \

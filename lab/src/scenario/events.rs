@@ -1,6 +1,7 @@
 //! The events, each followed by a check of every long-lived flow: a drain and a resume, a
-//! node lost, and then in direct server return its return and nodes taken out of service,
-//! in NAT the router's count of untranslated replies.
+//! node lost, and then in direct server return its return and nodes taken out of service
+//! (after the backend changes of `changes.rs`), in NAT the router's count of untranslated
+//! replies.
 
 use std::{
     net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
@@ -63,8 +64,8 @@ impl Scenario<'_> {
         };
         let tcp_spread = minus(new_flows(&self.nodes, who, "tcp")?, &tcp_before);
         let udp_spread = minus(new_flows(&self.nodes, udp, "udp")?, &udp_before);
-        let carried_tcp = self.nodes[d].tracks(who, &flows.tcp_ports)?;
-        let carried_udp = self.nodes[d].tracks(udp, &flows.udp_ports)?;
+        let carried_tcp = self.nodes[d].tracks(who, &flows.tcp_ports())?;
+        let carried_udp = self.nodes[d].tracks(udp, &flows.udp_ports())?;
         self.say(&format!(
             "{} long-lived connections from the client to {who} (the who server: each line \
              sent is answered with the backend's name): {}; by node {tcp_spread:?}.\n{} UDP \
@@ -146,7 +147,7 @@ impl Scenario<'_> {
         self.show(l, &["conntrack", "flush"])?;
         self.check(Event::Flush, l)?;
         let (tcp_ports, udp_ports) = match &self.flows {
-            Some(flows) => (flows.tcp_ports.clone(), flows.udp_ports.clone()),
+            Some(flows) => (flows.tcp_ports(), flows.udp_ports()),
             None => return Err(Failure::new("no long-lived flows")),
         };
         let tcp = self.nodes[l].tracks(self.vips.who, &tcp_ports)?;
@@ -349,7 +350,7 @@ impl Scenario<'_> {
         let vip = IpAddr::from(VIP_V4);
         let withdrew_line = format!("withdrew {vip}");
         self.step(&format!(
-            "7. Taking nodes out of service: `lb down` withdraws the VIPs before it detaches \
+            "9. Taking nodes out of service: `lb down` withdraws the VIPs before it detaches \
              the datapath, so the router moves node{d}'s flows first:"
         ))?;
         let down = self.nodes[d].down()?;

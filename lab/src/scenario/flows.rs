@@ -1,6 +1,9 @@
 //! Long-lived flows through the VIPs: TCP connections to the who server and UDP flows,
 //! opened once from the client and asked again after every event. Each must answer, from
-//! the backend that answered it first.
+//! the backend that answered it first. A flow found broken (no answer, or another backend's)
+//! is counted at that check and then closed: it is never asked again, so no later check
+//! counts it a second time, and [`Flows::top_up`] opens new ones in its place when a
+//! measurement wants every flow again.
 
 use std::{
     collections::BTreeMap,
@@ -18,21 +21,38 @@ const NAMED: usize = 5;
 /// The backend that answered, or why none did.
 type Answer = Result<String, String>;
 
-pub(super) struct Flows {
-    tcp: Vec<WhoConnection>,
-    udp: Vec<UdpSocket>,
-    /// The backend each answered first.
-    tcp_backends: Vec<String>,
-    udp_backends: Vec<String>,
-    /// The client's port of each: which flow a node's conntrack entry is.
-    pub(super) tcp_ports: Vec<u16>,
-    pub(super) udp_ports: Vec<u16>,
+/// One long-lived connection and the backend that answered it first.
+struct Tcp {
+    connection: WhoConnection,
+    backend: String,
+    /// The client's port: which flow a node's conntrack entry is.
+    port: u16,
 }
 
-/// What one check found: the flows that broke or moved to another backend, by kind.
+/// One UDP flow (a connected socket) and the backend that answered it first.
+struct Udp {
+    socket: UdpSocket,
+    backend: String,
+    port: u16,
+}
+
+pub(super) struct Flows {
+    who: SocketAddr,
+    udp_vip: SocketAddr,
+    /// How many of each [`Flows::top_up`] keeps open.
+    wanted_tcp: usize,
+    wanted_udp: usize,
+    tcp: Vec<Tcp>,
+    udp: Vec<Udp>,
+}
+
+/// What one check found: the flows that broke or moved to another backend, by kind, out of
+/// those asked.
 pub(super) struct Broken {
     pub(super) tcp: usize,
     pub(super) udp: usize,
+    pub(super) tcp_asked: usize,
+    pub(super) udp_asked: usize,
     /// The first few of them, with what happened.
     pub(super) named: Vec<String>,
 }
@@ -47,47 +67,66 @@ impl Flows {
         connections: usize,
         flows: usize,
     ) -> Result<Self, Failure> {
-        let source = client_addr(who.ip());
-        let (tcp, sockets) = client.enter(|| {
-            let tcp = (0..connections)
+        let mut opened = Self {
+            who,
+            udp_vip: udp,
+            wanted_tcp: connections,
+            wanted_udp: flows,
+            tcp: Vec::new(),
+            udp: Vec::new(),
+        };
+        opened.top_up(client)?;
+        Ok(opened)
+    }
+
+    /// Opens new flows in place of those closed as broken, each asked once, until there are
+    /// as many as first opened; how many connections and UDP flows it opened.
+    pub(super) fn top_up(&mut self, client: &NetNs) -> Result<(usize, usize), Failure> {
+        let (who, vip) = (self.who, self.udp_vip);
+        let source = client_addr(vip.ip());
+        let (tcp, udp) = (
+            self.wanted_tcp.saturating_sub(self.tcp.len()),
+            self.wanted_udp.saturating_sub(self.udp.len()),
+        );
+        let (mut connections, sockets) = client.enter(|| {
+            let connections = (0..tcp)
                 .map(|i| {
                     WhoConnection::open(who).map_err(|e| format!("connection {i} to {who}: {e}"))
                 })
                 .collect::<Result<Vec<_>, String>>()?;
-            let sockets = (0..flows)
+            let sockets = (0..udp)
                 .map(|i| {
-                    let socket = UdpSocket::bind((source, 0))
-                        .and_then(|socket| socket.connect(udp).map(|()| socket))
-                        .map_err(|e| format!("UDP flow {i} to {udp}: {e}"))?;
-                    Ok(socket)
+                    UdpSocket::bind((source, 0))
+                        .and_then(|socket| socket.connect(vip).map(|()| socket))
+                        .map_err(|e| format!("UDP flow {i} to {vip}: {e}"))
                 })
                 .collect::<Result<Vec<_>, String>>()?;
-            Ok::<_, String>((tcp, sockets))
+            Ok::<_, String>((connections, sockets))
         })?;
-        let udp_ports = sockets
-            .iter()
-            .map(|s| s.local_addr().map(|a| a.port()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Failure::new(format!("a UDP flow's port: {e}")))?;
-        let mut opened = Self {
-            tcp_ports: tcp.iter().map(WhoConnection::local_port).collect(),
-            udp_ports,
-            tcp,
-            udp: sockets,
-            tcp_backends: Vec::new(),
-            udp_backends: Vec::new(),
-        };
-        let (tcp, udp) = opened.ask_all();
-        let first = |answers: Vec<Answer>, what: &str| {
-            answers
-                .into_iter()
-                .enumerate()
-                .map(|(i, answer)| answer.map_err(|e| format!("the first ask of {what} {i}: {e}")))
-                .collect::<Result<Vec<_>, String>>()
-        };
-        opened.tcp_backends = first(tcp, "connection")?;
-        opened.udp_backends = first(udp, "UDP flow")?;
-        Ok(opened)
+        let tcp_answers = ask_tcp(connections.iter_mut());
+        let udp_answers = ask_udp(sockets.iter());
+        for (connection, answer) in connections.into_iter().zip(tcp_answers) {
+            let port = connection.local_port();
+            let backend = answer.map_err(|e| format!("the first ask of connection {port}: {e}"))?;
+            self.tcp.push(Tcp {
+                connection,
+                backend,
+                port,
+            });
+        }
+        for (socket, answer) in sockets.into_iter().zip(udp_answers) {
+            let port = socket
+                .local_addr()
+                .map_err(|e| Failure::new(format!("a UDP flow's port: {e}")))?
+                .port();
+            let backend = answer.map_err(|e| format!("the first ask of UDP flow {port}: {e}"))?;
+            self.udp.push(Udp {
+                socket,
+                backend,
+                port,
+            });
+        }
+        Ok((tcp, udp))
     }
 
     pub(super) fn connections(&self) -> usize {
@@ -98,12 +137,21 @@ impl Flows {
         self.udp.len()
     }
 
+    /// The client's ports of the open connections and of the UDP flows.
+    pub(super) fn tcp_ports(&self) -> Vec<u16> {
+        self.tcp.iter().map(|flow| flow.port).collect()
+    }
+
+    pub(super) fn udp_ports(&self) -> Vec<u16> {
+        self.udp.iter().map(|flow| flow.port).collect()
+    }
+
     /// How the connections (or the UDP flows) spread over the backends: `5 on backend-1, ...`.
     pub(super) fn spread(&self, udp: bool) -> String {
-        let backends = if udp {
-            &self.udp_backends
+        let backends: Vec<&str> = if udp {
+            self.udp.iter().map(|flow| flow.backend.as_str()).collect()
         } else {
-            &self.tcp_backends
+            self.tcp.iter().map(|flow| flow.backend.as_str()).collect()
         };
         let mut by_backend = BTreeMap::<&str, usize>::new();
         for backend in backends {
@@ -116,63 +164,110 @@ impl Flows {
             .join(", ")
     }
 
-    /// Asks every flow at once, then reads the answers: a round of questions takes at most
-    /// [`ASK_TIMEOUT`], however many flows are broken.
-    fn ask_all(&mut self) -> (Vec<Answer>, Vec<Answer>) {
-        let sent_tcp: Vec<Result<(), String>> = self
-            .tcp
-            .iter_mut()
-            .map(WhoConnection::send_question)
-            .collect();
-        let sent_udp: Vec<Result<(), String>> = self
-            .udp
-            .iter()
-            .map(|socket| {
-                socket
-                    .send(b"who")
-                    .map(|_| ())
-                    .map_err(|e| format!("send: {e}"))
-            })
-            .collect();
-        let deadline = Instant::now() + ASK_TIMEOUT;
-        let tcp = self
-            .tcp
-            .iter_mut()
-            .zip(sent_tcp)
-            .map(|(connection, sent)| sent.and_then(|()| connection.answer_by(deadline)))
-            .collect();
-        let udp = self
-            .udp
-            .iter()
-            .zip(sent_udp)
-            .map(|(socket, sent)| sent.and_then(|()| answer_by(socket, deadline)))
-            .collect();
-        (tcp, udp)
-    }
-
-    /// Asks every flow again: each must answer, from the backend it had.
+    /// Asks every flow again: each must answer, from the backend it had. Those that do not
+    /// are counted, then closed.
     pub(super) fn check(&mut self) -> Broken {
-        let (tcp, udp) = self.ask_all();
+        let tcp_answers = ask_tcp(self.tcp.iter_mut().map(|flow| &mut flow.connection));
+        let udp_answers = ask_udp(self.udp.iter().map(|flow| &flow.socket));
+        let (tcp_asked, udp_asked) = (self.tcp.len(), self.udp.len());
         let mut named = Vec::new();
-        let mut broken = |answers: &[Answer], first: &[String], what: &str| -> usize {
-            let mut count = 0;
-            for (i, (now, then)) in answers.iter().zip(first).enumerate() {
-                let problem = match now {
-                    Ok(backend) if backend == then => continue,
-                    Ok(backend) => format!("{what} #{i} moved from {then} to {backend}"),
-                    Err(e) => format!("{what} #{i} (on {then}): {e}"),
-                };
-                count += 1;
-                if named.len() < NAMED {
-                    named.push(problem);
-                }
-            }
-            count
-        };
-        let tcp = broken(&tcp, &self.tcp_backends, "connection");
-        let udp = broken(&udp, &self.udp_backends, "UDP flow");
-        Broken { tcp, udp, named }
+        let tcp_kept = kept(
+            &tcp_answers,
+            &self.tcp,
+            |f| (&f.backend, f.port),
+            "connection",
+            &mut named,
+        );
+        let udp_kept = kept(
+            &udp_answers,
+            &self.udp,
+            |f| (&f.backend, f.port),
+            "UDP flow",
+            &mut named,
+        );
+        retain_by(&mut self.tcp, &tcp_kept);
+        retain_by(&mut self.udp, &udp_kept);
+        Broken {
+            tcp: tcp_asked - self.tcp.len(),
+            udp: udp_asked - self.udp.len(),
+            tcp_asked,
+            udp_asked,
+            named,
+        }
     }
+}
+
+/// Whether each flow answered from the backend it had; the first few that did not are
+/// named (`what` and the client's port) into `named`.
+fn kept<F>(
+    answers: &[Answer],
+    flows: &[F],
+    backend_and_port: impl Fn(&F) -> (&String, u16),
+    what: &str,
+    named: &mut Vec<String>,
+) -> Vec<bool> {
+    answers
+        .iter()
+        .zip(flows)
+        .map(|(now, flow)| {
+            let (then, port) = backend_and_port(flow);
+            let problem = match now {
+                Ok(backend) if backend == then => return true,
+                Ok(backend) => format!("{what} from port {port} moved from {then} to {backend}"),
+                Err(e) => format!("{what} from port {port} (on {then}): {e}"),
+            };
+            if named.len() < NAMED {
+                named.push(problem);
+            }
+            false
+        })
+        .collect()
+}
+
+/// Keeps the items whose `keep` is true (dropping the others closes their sockets).
+fn retain_by<T>(items: &mut Vec<T>, keep: &[bool]) {
+    let mut index = 0;
+    items.retain(|_| {
+        let kept = keep.get(index).copied().unwrap_or(false);
+        index += 1;
+        kept
+    });
+}
+
+/// Asks every connection at once, then reads the answers: a round of questions takes at
+/// most [`ASK_TIMEOUT`], however many are broken.
+fn ask_tcp<'a>(connections: impl Iterator<Item = &'a mut WhoConnection>) -> Vec<Answer> {
+    let mut connections: Vec<&mut WhoConnection> = connections.collect();
+    let sent: Vec<Result<(), String>> = connections
+        .iter_mut()
+        .map(|connection| connection.send_question())
+        .collect();
+    let deadline = Instant::now() + ASK_TIMEOUT;
+    connections
+        .into_iter()
+        .zip(sent)
+        .map(|(connection, sent)| sent.and_then(|()| connection.answer_by(deadline)))
+        .collect()
+}
+
+/// The same for UDP flows.
+fn ask_udp<'a>(sockets: impl Iterator<Item = &'a UdpSocket>) -> Vec<Answer> {
+    let sockets: Vec<&UdpSocket> = sockets.collect();
+    let sent: Vec<Result<(), String>> = sockets
+        .iter()
+        .map(|socket| {
+            socket
+                .send(b"who")
+                .map(|_| ())
+                .map_err(|e| format!("send: {e}"))
+        })
+        .collect();
+    let deadline = Instant::now() + ASK_TIMEOUT;
+    sockets
+        .into_iter()
+        .zip(sent)
+        .map(|(socket, sent)| sent.and_then(|()| answer_by(socket, deadline)))
+        .collect()
 }
 
 /// The answer on `socket` to the question sent last, waited for until `deadline` at most.

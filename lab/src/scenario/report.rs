@@ -28,6 +28,20 @@ pub enum Event {
     Stopped,
     /// `lb down` on the node without a daemon.
     DownWithoutDaemon,
+    /// Every node's flow table flushed and every flow asked again, so that each node tracks
+    /// only the flows it carries now (before a backend change is measured).
+    FlushEvery,
+    /// At the same moment, a fifth backend added on every node and the node drained: the
+    /// flows ECMP moves land on nodes that never tracked them, whose tables changed.
+    BackendAddedDuringDrain,
+    /// The backend added a moment ago removed again from every node.
+    BackendRemoved,
+    /// While the node is down (`lb down`: no datapath, no flow table), a fifth backend added
+    /// on the others, which track every flow they carry.
+    BackendAddedWhileDown,
+    /// The node back (its daemon started, the backend added to it too, `lb node resume`):
+    /// the flows ECMP brings back find a table that changed and no entry.
+    BackendChangedDuringRestart,
 }
 
 impl Event {
@@ -44,7 +58,28 @@ impl Event {
             Self::Down => format!("`lb down` on node{node}"),
             Self::Stopped => format!("node{node}'s daemon stopped"),
             Self::DownWithoutDaemon => format!("`lb down` on node{node} without a daemon"),
+            Self::FlushEvery => "flushing every node's flow table".to_owned(),
+            Self::BackendAddedDuringDrain => {
+                format!("a backend added on every node while node{node} is drained")
+            }
+            Self::BackendRemoved => "the added backend removed again".to_owned(),
+            Self::BackendAddedWhileDown => {
+                format!("a backend added on the other nodes while node{node} is down")
+            }
+            Self::BackendChangedDuringRestart => {
+                format!("node{node}'s restart with the backend added")
+            }
         }
+    }
+
+    /// Whether only a second chance keeps every flow across this event: a backend change
+    /// while flows reach nodes that do not track them. Without one, what breaks here is a
+    /// measurement, not a broken promise.
+    pub fn needs_second_chance(self) -> bool {
+        matches!(
+            self,
+            Self::BackendAddedDuringDrain | Self::BackendChangedDuringRestart
+        )
     }
 }
 
@@ -54,9 +89,31 @@ pub struct Checked {
     pub after: Event,
     /// The node the event happened to.
     pub node: usize,
-    /// Connections and UDP flows that did not answer, or answered from another backend.
+    /// Connections and UDP flows that did not answer, or answered from another backend:
+    /// closed then, and never asked again.
     pub tcp_broken: usize,
     pub udp_broken: usize,
+    /// Connections and UDP flows asked (those open: none found broken before).
+    pub tcp_asked: usize,
+    pub udp_asked: usize,
+}
+
+/// A backend change while flows moved between nodes ([`Event::needs_second_chance`]): the
+/// flows that reached a node that did not track them, the ones a second chance is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The event; its check is the one after it.
+    pub after: Event,
+    /// The node drained, or restarted.
+    pub node: usize,
+    /// Connections and UDP flows that node carried (tracked) just before.
+    pub carried_tcp: usize,
+    pub carried_udp: usize,
+    /// Connections and UDP flows that some node tracked after the event and not just
+    /// before it: the flows ECMP moved to a node without their entry. At most these can
+    /// break.
+    pub moved_tcp: usize,
+    pub moved_udp: usize,
 }
 
 /// A node's part in a round of requests.
@@ -186,6 +243,8 @@ pub struct Report {
     pub leaks: Option<Leaks>,
     /// Every check of the long-lived flows, in order.
     pub checks: Vec<Checked>,
+    /// The backend changes while flows moved (direct server return only).
+    pub changes: Vec<Change>,
 }
 
 impl Report {
@@ -194,23 +253,39 @@ impl Report {
         self.checks.iter().find(|c| c.after == event)
     }
 
-    /// Flows broken or moved, over every check.
-    pub fn broken(&self) -> usize {
-        self.checks
-            .iter()
-            .map(|c| c.tcp_broken + c.udp_broken)
-            .sum()
+    /// Flows broken or moved where the scenario promises none ([`Report::unmet`] names
+    /// them), over every check.
+    pub fn broken_against_promises(&self) -> usize {
+        self.checks.iter().map(|c| self.broken_promises(c)).sum()
+    }
+
+    /// The change measured at the check after `event`, if there was one.
+    pub fn change_after(&self, event: Event) -> Option<&Change> {
+        self.changes.iter().find(|c| c.after == event)
+    }
+
+    /// The flows broken at `check` that break a promise: every one, but at a backend
+    /// change while flows move, where a mode with a second chance promises its connections
+    /// (a UDP flow has no SYN to tell a new flow from a moved one) and a mode without one
+    /// promises nothing: there the counts are what is measured.
+    fn broken_promises(&self, check: &Checked) -> usize {
+        match (check.after.needs_second_chance(), self.mode.second_chance()) {
+            (false, _) => check.tcp_broken + check.udp_broken,
+            (true, true) => check.tcp_broken,
+            (true, false) => 0,
+        }
     }
 
     /// What the scenario promises and this run did not keep, one line each: no flow
-    /// broken or moved, no request failed, a drained node gets no new flow and no packet
+    /// broken or moved (at a backend change while flows move, only with a second chance),
+    /// no request failed, a drained node gets no new flow and no packet
     /// while every serving node gets new flows, no reply crosses a node in direct server
     /// return (and none leaves one untranslated in NAT), BFD notices a lost node, a node
     /// comes back only once its daemon does, `lb down` withdraws first.
     pub fn unmet(&self) -> Vec<String> {
         let mut unmet = Vec::new();
         for check in &self.checks {
-            if check.tcp_broken + check.udp_broken > 0 {
+            if self.broken_promises(check) > 0 {
                 unmet.push(format!(
                     "after {}: {} connections and {} UDP flows broken or moved",
                     check.after.describe(check.node),
@@ -316,8 +391,8 @@ mod tests {
         Report {
             mode: Mode::DsrIpip,
             nodes: 3,
-            connections: 300,
-            udp_flows: 300,
+            connections: 200,
+            udp_flows: 100,
             fingerprints: vec!["a".to_owned(); 3],
             fingerprint_with_one_more: "b".to_owned(),
             rounds: vec![Round {
@@ -368,8 +443,36 @@ mod tests {
                 node: 1,
                 tcp_broken: 0,
                 udp_broken: 0,
+                tcp_asked: 200,
+                udp_asked: 100,
             }],
+            changes: Vec::new(),
         }
+    }
+
+    #[test]
+    fn flows_broken_by_a_backend_change_break_no_promise_without_a_second_chance() {
+        let mut report = kept();
+        let broken = |after| Checked {
+            after,
+            node: 2,
+            tcp_broken: 20,
+            udp_broken: 10,
+            tcp_asked: 200,
+            udp_asked: 100,
+        };
+        report.checks = vec![
+            broken(Event::BackendAddedDuringDrain),
+            broken(Event::BackendChangedDuringRestart),
+        ];
+        assert!(!report.mode.second_chance());
+        assert_eq!(report.unmet(), Vec::<String>::new());
+        report.checks.push(broken(Event::BackendAddedWhileDown));
+        let unmet = report.unmet();
+        assert!(
+            unmet.len() == 1 && unmet[0].contains("20 connections and 10 UDP flows"),
+            "{unmet:?}"
+        );
     }
 
     #[test]

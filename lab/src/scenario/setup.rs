@@ -14,7 +14,8 @@ use std::{
 };
 
 use super::{
-    BACKENDS_V4, BACKENDS_V6, EXTRA_BACKEND, Mode, NODES_SUBNET, Scenario, node_args, random_seed,
+    BACKENDS, BACKENDS_V4, BACKENDS_V6, EXTRA_BACKEND, Mode, NODES_SUBNET, Scenario, node_args,
+    random_seed,
 };
 use crate::{
     cluster::{ANNOUNCE_TABLE, CLIENT_V4, ROUTER_AS, ROUTER_V4, VIP_V4},
@@ -30,8 +31,13 @@ impl Scenario<'_> {
         for (i, node) in self.lab.nodes.iter().enumerate() {
             lines.push(format!("  node{i}      {:<15} AS {}", node.v4, node.asn));
         }
-        for backend in &self.lab.backends {
-            lines.push(format!("  {:<10} {}", backend.name, backend.v4));
+        for (j, backend) in self.lab.backends.iter().enumerate() {
+            let spare = if j < BACKENDS {
+                ""
+            } else {
+                "  (in no config: added live in steps 7 and 8)"
+            };
+            lines.push(format!("  {:<10} {}{spare}", backend.name, backend.v4));
         }
         lines.push(format!(
             "{} BGP sessions (IPv4 and IPv6 per node) established in {:.1} s; nothing announced yet.\n",
@@ -96,7 +102,7 @@ impl Scenario<'_> {
                 format!("mode = \"{mode}\""),
                 "backends = [".to_owned(),
             ]);
-            for backend in &self.lab.backends {
+            for backend in &self.lab.backends[..BACKENDS] {
                 let address = SocketAddr::new(backend.addr(vip.is_ipv6()), port);
                 lines.push(format!("  {{ address = \"{address}\" }},"));
             }

@@ -2,15 +2,17 @@
 //! the multi-node scenario of `lb_lab::scenario` told on stdout: the one the cluster test
 //! (`tests/tests/cluster.rs`) checks and the benchmark times.
 //!
-//! A client behind a router, N lb nodes and three backends on one link (the "fabric")
-//! behind the same router. Each node runs lb with the same config and hash seed and its
-//! own BIRD, which announces the VIPs lb writes into table 4242 to the router over eBGP
-//! (with BFD); the router spreads flows over the nodes by ECMP. The demo shows the route
-//! with a next hop per node, the identical Maglev table fingerprints, how requests spread
-//! over nodes and backends, `lb node drain` and `lb node resume` live, a node lost as in a
-//! power cut (BFD takes it out of the route), and, in direct server return, its return and
-//! `lb down`. It fails when the scenario did not keep one of its promises
-//! (`Report::unmet`).
+//! A client behind a router, N lb nodes and four backends on one link (the "fabric")
+//! behind the same router (five in direct server return: the fifth is in no config, added
+//! live). Each node runs lb with the same config and hash seed and its own BIRD, which
+//! announces the VIPs lb writes into table 4242 to the router over eBGP (with BFD); the
+//! router spreads flows over the nodes by ECMP. The demo shows the route with a next hop
+//! per node, the identical Maglev table fingerprints, how requests spread over nodes and
+//! backends, `lb node drain` and `lb node resume` live, a node lost as in a power cut (BFD
+//! takes it out of the route), and, in direct server return, its return, the fifth backend
+//! added during a drain and during a restart with `lb down` (counting the flows that
+//! breaks: lb has no second chance), and `lb down`. It fails when the scenario did not keep
+//! one of its promises (`Report::unmet`).
 
 use std::{path::Path, sync::atomic::Ordering};
 
