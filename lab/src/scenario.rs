@@ -71,6 +71,8 @@ pub enum Mode {
     DsrIpip,
     /// Direct server return on the shared link: the node changes only the destination MAC.
     DsrL2,
+    /// As dsr-ipip, in UDP and GUE with each flow's hop list: the second chance.
+    DsrGue,
 }
 
 impl Mode {
@@ -80,22 +82,24 @@ impl Mode {
             Self::Nat => "nat",
             Self::DsrIpip => "dsr-ipip",
             Self::DsrL2 => "dsr-l2",
+            Self::DsrGue => "dsr-gue",
         }
     }
 
     /// Whether a flow that reaches a node without its entry, after a backend change, still
-    /// finds its backend (issue 31): in no mode yet, so such flows break wherever the
-    /// change moved their slot in the Maglev table.
+    /// finds its backend: only dsr-gue's hop list gives it a second chance; elsewhere such
+    /// flows break wherever the change moved their slot in the Maglev table.
     pub fn second_chance(self) -> bool {
         match self {
             Self::Nat | Self::DsrIpip | Self::DsrL2 => false,
+            Self::DsrGue => true,
         }
     }
 
     fn replies(self) -> Replies {
         match self {
             Self::Nat => Replies::ThroughNodes,
-            Self::DsrIpip | Self::DsrL2 => Replies::Direct,
+            Self::DsrIpip | Self::DsrL2 | Self::DsrGue => Replies::Direct,
         }
     }
 
@@ -115,6 +119,11 @@ impl Mode {
                 "dsr-l2: the nodes and the backends share the fabric, so a node changes only the \
                  destination MAC of the client's packet; the backend answers the client \
                  directly, through the router"
+            }
+            Self::DsrGue => {
+                "dsr-gue: as dsr-ipip, in UDP and GUE with the flow's hop list: the backend \
+                 the current table chooses, then those earlier tables chose; a backend without \
+                 the connection hands the packet on to the next (the second chance)"
             }
         }
     }

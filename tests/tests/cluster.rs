@@ -65,6 +65,7 @@ fn run(mode: Mode, prefix: &str) -> Report {
 fn second_chance_expected(mode: Mode) -> bool {
     match mode {
         Mode::Nat | Mode::DsrIpip | Mode::DsrL2 => false,
+        Mode::DsrGue => true,
     }
 }
 
@@ -214,6 +215,13 @@ fn assert_common(report: &Report) {
 fn dsr_nodes_spread_drain_lose_and_regain_flows_and_measure_backend_changes() {
     lb_tests::require_root!();
     assert_direct_server_return(Mode::DsrIpip, "lbc");
+}
+
+/// The same in dsr-gue: no TCP connection broken by either backend change.
+#[test]
+fn dsr_gue_nodes_keep_every_connection_across_backend_changes() {
+    lb_tests::require_root!();
+    assert_direct_server_return(Mode::DsrGue, "lbg");
 }
 
 /// The scenario in a direct server return `mode`, with namespaces named from `prefix`:

@@ -3,7 +3,7 @@
 //! link toward a peer backend, so the FIB and the socket lookup are real. Each choice of
 //! the rule is shown: a SYN, a packet of a local connection, a UDP flow taken recently
 //! and the last hop are taken apart and delivered; anything else goes on to the next hop
-//! (rewritten, XDP_TX), or to the stack when that hop's neighbour is unknown, or is taken
+//! (rewritten, redirected), or to the stack when that hop's neighbour is unknown, or is taken
 //! when no route leads there; malformed GUE passes untouched.
 
 use std::{
@@ -14,7 +14,7 @@ use std::{
 use aya::programs::{TestRun as _, TestRunOptions};
 use etherparse::{Ipv4HeaderSlice, Ipv6HeaderSlice};
 use lb_common::{
-    consts::{XDP_PASS, XDP_TX},
+    consts::{XDP_PASS, XDP_REDIRECT},
     decap::DecapStat,
     gue::DEFAULT_GUE_PORT,
 };
@@ -280,7 +280,11 @@ fn a_local_connection_keeps_its_packets_and_others_go_on() {
         let theirs = segment_from(client.ip(), client.port() ^ 1, false);
         let frame = to_backend(&theirs, &[HERE, PEER], 1);
         let (action, out, stat) = backend.run(&frame);
-        assert_eq!((action, stat), (XDP_TX, DecapStat::GueForwarded), "sent on");
+        assert_eq!(
+            (action, stat),
+            (XDP_REDIRECT, DecapStat::GueForwarded),
+            "sent on"
+        );
         assert_forwarded(&frame, &out, PEER, backend.mac, 2);
 
         let last = to_backend(&theirs, &[PEER, HERE], 2);
@@ -301,7 +305,7 @@ fn a_udp_flow_stays_where_it_was_last_taken() {
         let (action, _, stat) = backend.run(&frame);
         assert_eq!(
             (action, stat),
-            (XDP_TX, DecapStat::GueForwarded),
+            (XDP_REDIRECT, DecapStat::GueForwarded),
             "unknown: on"
         );
         backend.assert_taken(
@@ -330,7 +334,7 @@ fn ipv6_tunnels_go_on_to_an_ipv6_hop() {
         let hops = [IpAddr::from(BACKEND_V6), ip(PEER_V6)];
         let frame = encapsulate_gue(Outer::V6, &packet, DEFAULT_GUE_PORT, &hops, 1);
         let (action, out, stat) = backend.run(&frame);
-        assert_eq!((action, stat), (XDP_TX, DecapStat::GueForwarded));
+        assert_eq!((action, stat), (XDP_REDIRECT, DecapStat::GueForwarded));
         assert_forwarded(&frame, &out, PEER_V6, backend.mac, 2);
     });
 }
@@ -346,7 +350,10 @@ fn a_host_that_does_not_route_sends_it_back_to_route() {
         let packet = segment(50_001, false);
         let frame = to_backend(&packet, &[HERE, PEER], 1);
         let (action, out, stat) = backend.run(&frame);
-        assert_eq!((action, stat), (XDP_TX, DecapStat::GueSentBackToRoute));
+        assert_eq!(
+            (action, stat),
+            (XDP_REDIRECT, DecapStat::GueSentBackToRoute)
+        );
         assert_eq!(out[..6], frame[6..12], "to the sender's MAC");
         assert_eq!(out[6..12], frame[..6], "from the MAC it was sent to");
         // The rest as a forwarded frame's (`assert_forwarded` checks the MACs it is told).

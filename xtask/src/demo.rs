@@ -210,6 +210,7 @@ pub(crate) enum DemoMode {
     Nat,
     DsrIpip,
     DsrL2,
+    DsrGue,
 }
 
 /// How many lb nodes the demo may have: one (the single-node demos) to this many.

@@ -284,7 +284,9 @@ pub fn forward(
                 m[6], m[7], m[8], m[9], m[10], m[11], m[0], m[1], m[2], m[3], m[4], m[5],
             ];
         }
-        return Ok((xdp_action::XDP_TX, DecapStat::GueSentBackToRoute));
+        // SAFETY: no preconditions; an interface that cannot take it fails the redirect.
+        let action = unsafe { bpf_redirect(ingress, 0) } as u32;
+        return Ok((action, DecapStat::GueSentBackToRoute));
     }
     let (d, s) = (fib.dmac, fib.smac);
     // SAFETY: bounds checked; byte arrays align to 1.
@@ -293,9 +295,8 @@ pub fn forward(
             d[0], d[1], d[2], d[3], d[4], d[5], s[0], s[1], s[2], s[3], s[4], s[5],
         ];
     }
-    if fib.ifindex == ingress {
-        return Ok((xdp_action::XDP_TX, DecapStat::GueForwarded));
-    }
+    // A redirect even back out of the ingress interface: XDP_TX on a veth reaches its peer
+    // only when the peer runs XDP itself; second chances are rare enough not to need it.
     // SAFETY: no preconditions; an interface that cannot take it fails the redirect.
     let action = unsafe { bpf_redirect(fib.ifindex, 0) } as u32;
     Ok((action, DecapStat::GueForwarded))

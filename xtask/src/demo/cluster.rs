@@ -48,6 +48,7 @@ pub(super) fn run(lb: &Path, once: bool, count: usize, mode: DemoMode) -> anyhow
         DemoMode::Nat => Mode::Nat,
         DemoMode::DsrIpip => Mode::DsrIpip,
         DemoMode::DsrL2 => Mode::DsrL2,
+        DemoMode::DsrGue => Mode::DsrGue,
     };
     print!("lb demo. ");
     let options = Options::new(lb, mode, count, "lbdemo");

@@ -1,4 +1,4 @@
-//! `cargo xtask run --mode dsr-ipip|dsr-l2`: the demo in direct server return. The lab
+//! `cargo xtask run --mode dsr-ipip|dsr-gue|dsr-l2`: the demo in direct server return. The lab
 //! gains a router: the client and the backends are behind it, the lb hangs off it on a
 //! link of its own, and the backends' default route is the router, so their replies never
 //! cross the lb. Each backend is set up with `lb decap attach` alone.
@@ -27,6 +27,11 @@ pub(super) fn run(demo: &mut Demo, mode: DemoMode) -> anyhow::Result<()> {
             Wiring::SharedLink,
             "dsr-l2",
             "the router, the lb and the backends share one link (a bridge); the lb changes only the destination MAC",
+        ),
+        DemoMode::DsrGue => (
+            Wiring::Routed,
+            "dsr-gue",
+            "each backend sits behind the router; the lb sends it the client's packet inside UDP and GUE with the flow's hop list (the second chance)",
         ),
         _ => (
             Wiring::Routed,
