@@ -56,7 +56,7 @@ pub enum Side {
 }
 
 /// The services [`crate::fiblab::configure`] and [`configure_dsr`] set up.
-const VIPS: [(&str, u16); 14] = [
+const VIPS: [(&str, u16); 18] = [
     ("198.18.1.1", 80),
     ("198.18.1.1", 53),
     ("fd00:1::1", 80),
@@ -71,14 +71,20 @@ const VIPS: [(&str, u16); 14] = [
     ("198.18.1.21", 53),
     ("198.18.1.22", 80),
     ("198.18.1.22", 53),
+    ("198.18.1.23", 80),
+    ("198.18.1.23", 53),
+    ("fd00:1::23", 80),
+    ("fd00:1::23", 53),
 ];
 
 /// DSR VIPs of the fuzz lab (on top of the NAT ones): (VIP, mode, backends).
-const DSR_VIPS: [(&str, Mode, [&str; 2]); 4] = [
+const DSR_VIPS: [(&str, Mode, [&str; 2]); 6] = [
     ("198.18.1.20", Mode::DsrIpip, ["198.18.2.2", "198.18.2.3"]),
     ("fd00:1::20", Mode::DsrIpip, ["fd00:2::2", "fd00:2::3"]),
     ("198.18.1.21", Mode::DsrIpip, ["fd00:2::2", "fd00:2::3"]),
     ("198.18.1.22", Mode::DsrL2, ["198.18.2.2", "198.18.2.3"]),
+    ("198.18.1.23", Mode::DsrGue, ["198.18.2.2", "198.18.2.3"]),
+    ("fd00:1::23", Mode::DsrGue, ["fd00:2::2", "fd00:2::3"]),
 ];
 
 /// Limits and options the fuzz lab loads the datapath with: room for the NAT and DSR
@@ -398,16 +404,17 @@ pub fn check(
     );
     let name = reason.name();
     let encapsulated = delta.packets(Stat::DsrIpipEncapsulated);
+    let gue = delta.packets(Stat::DsrGueEncapsulated);
     let l2 = delta.packets(Stat::DsrL2Forwarded);
-    if encapsulated + l2 > 0 {
-        if encapsulated + l2 != 1 || !matches!(verdict.action, XDP_TX | XDP_REDIRECT) {
+    if encapsulated + gue + l2 > 0 {
+        if encapsulated + gue + l2 != 1 || !matches!(verdict.action, XDP_TX | XDP_REDIRECT) {
             return Err(format!(
-                "DSR counters {encapsulated} + {l2} with verdict {} ({name})",
+                "DSR counters {encapsulated} + {gue} + {l2} with verdict {} ({name})",
                 verdict.action
             ));
         }
-        let checked = if encapsulated == 1 {
-            check_encapsulated(packet, &verdict.packet)
+        let checked = if encapsulated + gue == 1 {
+            check_encapsulated(packet, &verdict.packet, gue == 1)
         } else {
             check_macs_only(packet, &verdict.packet)
         };
@@ -518,10 +525,11 @@ fn dsr_backends() -> Vec<IpAddr> {
         .collect()
 }
 
-/// A dsr-ipip output: the input's L2 header (tag included) with the outer family's
-/// EtherType, a well-formed outer header toward a DSR backend from the outer source prefix,
-/// and behind it the input's IP packet byte for byte.
-fn check_encapsulated(input: &[u8], output: &[u8]) -> Result<(), String> {
+/// A dsr-ipip (or, `gue`, dsr-gue) output: the input's L2 header (tag included) with the
+/// outer family's EtherType, a well-formed outer header toward a DSR backend from the outer
+/// source prefix (dsr-gue: then UDP to the GUE port, GUE and a hop list of DSR backends
+/// starting with the destination), and behind it the input's IP packet byte for byte.
+fn check_encapsulated(input: &[u8], output: &[u8], gue: bool) -> Result<(), String> {
     let (l3_in, _) = l3_offset(input).ok_or("from an input with no Ethernet header")?;
     let (l3, ethertype_at) = l3_offset(output).ok_or("with no Ethernet header")?;
     if l3 != l3_in || output.get(12..ethertype_at) != input.get(12..ethertype_at) {
@@ -576,7 +584,11 @@ fn check_encapsulated(input: &[u8], output: &[u8]) -> Result<(), String> {
         }
         other => return Err(format!("with EtherType {other:02x?}")),
     };
-    let expected_protocol = if version == Some(4) { 4 } else { 41 };
+    let expected_protocol = match version {
+        _ if gue => 17,
+        Some(4) => 4,
+        _ => 41,
+    };
     if protocol != expected_protocol {
         return Err(format!(
             "with outer protocol {protocol} around IP version {version:?}"
@@ -601,6 +613,16 @@ fn check_encapsulated(input: &[u8], output: &[u8]) -> Result<(), String> {
     if !inside {
         return Err(format!("from {src}, outside {source_prefix}"));
     }
+    let outer_len = if gue {
+        outer_len
+            + check_gue(
+                output.get(l3 + outer_len..).ok_or("with no UDP")?,
+                dst,
+                version,
+            )?
+    } else {
+        outer_len
+    };
     let inner_out = output.get(l3 + outer_len..).ok_or("with no inner packet")?;
     if inner_out != inner_in {
         return Err("with an inner packet that is not the input's".to_owned());
@@ -617,6 +639,45 @@ fn check_encapsulated(input: &[u8], output: &[u8]) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// dsr-gue's UDP, GUE header and hop list at the start of `udp`: to the GUE port, Hlen
+/// covering the list, every hop a DSR backend of the destination's family and the first
+/// the destination, `next` 1. Returns their length.
+fn check_gue(udp: &[u8], dst: IpAddr, version: Option<u8>) -> Result<usize, String> {
+    let fixed = udp.get(..16).ok_or("with UDP and GUE cut short")?;
+    if u16::from_be_bytes([fixed[2], fixed[3]]) != lb_common::gue::DEFAULT_GUE_PORT
+        || fixed[6..8] != [0, 0]
+    {
+        return Err("with UDP not to the GUE port or with a checksum".to_owned());
+    }
+    let hlen = usize::from(fixed[8] & 0x1f) * 4;
+    let proto = if version == Some(4) { 4 } else { 41 };
+    if fixed[8] & 0xe0 != 0 || fixed[9] != proto || fixed[10..12] != [0, 0] {
+        return Err(format!("with GUE header {:02x?}", &fixed[8..12]));
+    }
+    let hop_len = if dst.is_ipv4() { 4 } else { 16 };
+    let count = usize::from(fixed[14]);
+    if fixed[12..14] != *b"lb" || fixed[15] != 1 || count == 0 || hlen != 4 + count * hop_len {
+        return Err(format!(
+            "with hop list header {:02x?}, Hlen {hlen}",
+            &fixed[12..16]
+        ));
+    }
+    let list = udp
+        .get(16..12 + hlen)
+        .ok_or("with its hop list cut short")?;
+    let hops: Vec<IpAddr> = list
+        .chunks(hop_len)
+        .map(|a| match <[u8; 4]>::try_from(a) {
+            Ok(v4) => IpAddr::from(v4),
+            Err(_) => IpAddr::from(<[u8; 16]>::try_from(a).unwrap_or_default()),
+        })
+        .collect();
+    if hops.first() != Some(&dst) || !hops.iter().all(|h| dsr_backends().contains(h)) {
+        return Err(format!("with hops {hops:?} toward {dst}"));
+    }
+    Ok(8 + 4 + hlen)
 }
 
 /// A dsr-l2 output: the input with new MACs, nothing else.
@@ -800,7 +861,7 @@ mod tests {
             },
             &input[14..],
         );
-        assert_eq!(check_encapsulated(&input, &good), Ok(()));
+        assert_eq!(check_encapsulated(&input, &good, false), Ok(()));
         let outside = encapsulate(
             Outer::V4 {
                 src: [198, 19, 8, 9],
@@ -828,7 +889,7 @@ mod tests {
             ("outer checksum", bad_checksum),
         ] {
             assert!(
-                check_encapsulated(&input, &wrong).is_err(),
+                check_encapsulated(&input, &wrong, false).is_err(),
                 "{name} accepted"
             );
         }

@@ -2,10 +2,7 @@
 //! IPv6-in-IPv6, IPv4-in-IPv6), built and checksummed with etherparse. The decap
 //! program's golden input, and the shape the balancer's DSR output will have to match.
 
-use std::{
-    net::IpAddr,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-};
+use std::net::IpAddr;
 
 use etherparse::{EtherType, Ethernet2Header, IpNumber, Ipv4Header, Ipv4Options, Ipv6Header};
 
@@ -179,60 +176,10 @@ pub fn set_ecn(ip: &mut [u8], ecn: u8) {
 /// (`IPPROTO_IPIP` or `IPPROTO_IPV6`): the kernel adds the outer header, so the calling
 /// thread's namespace sends a real tunnel.
 pub fn send_raw(dst: IpAddr, protocol: libc::c_int, payload: &[u8]) {
-    let family = if dst.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: plain socket(2); the result is checked before use.
-    let fd = unsafe { libc::socket(family, libc::SOCK_RAW, protocol) };
-    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-    // SAFETY: fd is a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let sent = match dst {
-        IpAddr::V4(v4) => {
-            let addr = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: 0,
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(v4.octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: payload and addr are valid for the lengths given.
-            unsafe {
-                libc::sendto(
-                    fd.as_raw_fd(),
-                    payload.as_ptr().cast(),
-                    payload.len(),
-                    0,
-                    (&raw const addr).cast(),
-                    size_of_val(&addr) as libc::socklen_t,
-                )
-            }
-        }
-        IpAddr::V6(v6) => {
-            // SAFETY: all-zero is a valid sockaddr_in6.
-            let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-            addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            addr.sin6_addr.s6_addr = v6.octets();
-            // SAFETY: payload and addr are valid for the lengths given.
-            unsafe {
-                libc::sendto(
-                    fd.as_raw_fd(),
-                    payload.as_ptr().cast(),
-                    payload.len(),
-                    0,
-                    (&raw const addr).cast(),
-                    size_of_val(&addr) as libc::socklen_t,
-                )
-            }
-        }
-    };
-    assert_eq!(
-        sent,
-        payload.len() as isize,
-        "sendto {dst}: {}",
-        std::io::Error::last_os_error()
-    );
+    lb_userspace::datapath::tunnel_probe::send_raw(dst, protocol, payload).unwrap_or_else(|e| {
+        panic!(
+            "send {} bytes to {dst} through a raw socket: {e}",
+            payload.len()
+        )
+    });
 }

@@ -16,7 +16,7 @@ use std::{
 use lb_tests::{
     client::{http_get, http_upload, udp_request},
     dsr::{self, DsrLab, Wiring},
-    process::{Daemon, DecapPaths, Instance, stat_packets},
+    process::{Daemon, DecapPaths, FAST_CHECK, Instance, stat_packets},
     servers::{HTTP_PORT, Servers, UDP_PORT},
     topology::Backend,
 };
@@ -387,4 +387,67 @@ fn dsr_changes_the_lb_cannot_carry_out_are_refused_with_the_reason_and_change_no
     // Without backends, a mode changes.
     instance.ok(&["vip", "set-mode", "198.18.48.1:8080", "--mode", "dsr-ipip"]);
     instance.ok(&["backend", "add", "198.18.48.1:8080", &routed]);
+}
+
+/// A TCP check of a dsr-gue or dsr-ipip VIP probes through the tunnel: a SYN to the VIP
+/// inside the tunnel, answered by the service on the VIP. Both backends pass; when the VIP
+/// leaves one backend's `lo` (its service still listening there, and another service
+/// answering on the backend's own address, so a probe to the host would pass), that
+/// backend fails and goes down, and comes back when the VIP does.
+#[test]
+fn tcp_checks_of_tunnelled_vips_probe_through_the_tunnel() {
+    lb_tests::require_root!();
+    let lab = DsrLab::new("dsrhc", Wiring::Routed, 2);
+    let instance = Instance::new();
+    let vip = IpAddr::from(dsr::VIP_V4);
+    let (_decaps, _) = attach_backends(&lab, &[vip]);
+    let _daemon = Daemon::start(instance.run(&lab.lb, std::slice::from_ref(&lab.lb_iface), &[]));
+    let _servers = Servers::start_on_vips(&lab.backends, &[vip]);
+    // Something answers on the first backend's own address: a direct probe would pass.
+    let first = &lab.backends[0];
+    let host_listener = first.ns.enter(|| {
+        std::net::TcpListener::bind((first.v4, HTTP_PORT)).expect("listen on the backend")
+    });
+    for (mode, port) in [("dsr-gue", HTTP_PORT), ("dsr-ipip", HTTP_PORT + 1)] {
+        let service = SocketAddr::new(vip, port).to_string();
+        let add = [
+            &["vip", "add", &service, "--mode", mode, "--check", "tcp"][..],
+            &FAST_CHECK,
+        ];
+        instance.ok(&add.concat());
+        for backend in &lab.backends {
+            let addr = SocketAddr::new(backend.v4.into(), port).to_string();
+            instance.ok(&["backend", "add", &service, &addr]);
+        }
+    }
+    // The dsr-ipip VIP's port has its own services, on the VIP.
+    let extra: Vec<std::net::TcpListener> = lab
+        .backends
+        .iter()
+        .map(|b| {
+            b.ns.enter(|| std::net::TcpListener::bind((vip, HTTP_PORT + 1)).expect("bind"))
+        })
+        .collect();
+    let limit = Duration::from_secs(10);
+    let name = |backend: &Backend, port: u16| SocketAddr::new(backend.v4.into(), port).to_string();
+    for port in [HTTP_PORT, HTTP_PORT + 1] {
+        for backend in &lab.backends {
+            instance.wait_for_health(&name(backend, port), "up", limit);
+        }
+    }
+    first
+        .ns
+        .ip(&["addr", "del", &format!("{vip}/32"), "dev", "lo"]);
+    for port in [HTTP_PORT, HTTP_PORT + 1] {
+        instance.wait_for_health(&name(first, port), "down", limit);
+        let (other, entry) = instance.backend_health(&name(&lab.backends[1], port));
+        assert_eq!(other, "up", "the other backend stays up: {entry}");
+    }
+    first
+        .ns
+        .ip(&["addr", "add", &format!("{vip}/32"), "dev", "lo"]);
+    for port in [HTTP_PORT, HTTP_PORT + 1] {
+        instance.wait_for_health(&name(first, port), "up", limit);
+    }
+    drop((host_listener, extra));
 }

@@ -63,6 +63,8 @@ fn mutated_packets_get_only_allowed_verdicts() {
         let dsr = [
             Stat::DsrIpipEncapsulated,
             Stat::DsrL2Forwarded,
+            Stat::DsrGueEncapsulated,
+            Stat::GueSecondHop,
             Stat::DsrTooBig,
         ]
         .map(|stat| (stat.name(), stats.get(stat).packets));
@@ -76,7 +78,7 @@ fn mutated_packets_get_only_allowed_verdicts() {
     // The DSR paths are among the seeds: a run of any size sends some of them.
     if count >= 1_000 {
         assert!(
-            dsr[0].1 > 0 && dsr[1].1 > 0,
+            dsr[0].1 > 0 && dsr[1].1 > 0 && dsr[2].1 > 0 && dsr[3].1 > 0,
             "no DSR output was checked: {dsr:?}"
         );
     }

@@ -4,7 +4,7 @@
 //! `lb run` starts in the lb namespace; the VIP and backends are added with the CLI, each
 //! command printed; requests go through the VIP and their spread is shown; then a backend
 //! is drained and another deleted, live. Everything is removed on exit (Ctrl-C, or after
-//! one round with `--once`). `--mode dsr-ipip|dsr-l2` runs it in direct server return
+//! one round with `--once`). `--mode dsr-ipip|dsr-gue|dsr-l2` runs it in direct server return
 //! (`dsr`), `--nodes 2..=5` as a cluster of lb nodes behind an ECMP router (`cluster`).
 
 use std::{

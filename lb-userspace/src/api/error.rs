@@ -126,7 +126,7 @@ impl ErrorCode {
                 "give a unicast address that is not loopback, unspecified or broadcast, and a port other than 0"
             }
             ErrorCode::FamilyMismatch => {
-                "give a backend of the VIP's address family; only dsr-ipip carries an IPv4 VIP to IPv6 backends"
+                "give a backend of the VIP's address family; only dsr-ipip and dsr-gue carry an IPv4 VIP to IPv6 backends"
             }
             ErrorCode::EndpointInUse => {
                 "serve this VIP on another port of the backend, or delete the backend from the VIP that has it"
@@ -138,7 +138,7 @@ impl ErrorCode {
                 "give the backend the VIP's port: in DSR the packet reaches it with the VIP's port unchanged"
             }
             ErrorCode::DsrFamily => {
-                "give a backend of the VIP's family (dsr-ipip also carries an IPv4 VIP to IPv6 backends)"
+                "give a backend of the VIP's family (dsr-ipip and dsr-gue also carry an IPv4 VIP to IPv6 backends)"
             }
             ErrorCode::NotOnLink => {
                 "attach lb to the backend's link (--iface) or use dsr-ipip, which routes to the backend"

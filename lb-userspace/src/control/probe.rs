@@ -9,7 +9,10 @@ use tokio::{
     time::timeout,
 };
 
-use crate::model::check::{CheckSpec, Probe, status_range};
+use crate::{
+    datapath::tunnel_probe::{self, Tunnel},
+    model::check::{CheckSpec, Probe, ProbePath, status_range},
+};
 
 /// Answers longer than this are not read further.
 const MAX_ANSWER: usize = 4096;
@@ -24,6 +27,15 @@ pub(crate) async fn probe(spec: &CheckSpec, backend: SocketAddr) -> Result<(), S
 
 async fn run(spec: &CheckSpec, backend: SocketAddr) -> Result<(), String> {
     match &spec.probe {
+        Probe::Tcp if let ProbePath::Tunnel { vip, gue_port } = spec.path => {
+            let tunnel = gue_port.map_or(Tunnel::Ipip, |port| Tunnel::Gue { port });
+            let wait = spec.timeout;
+            tokio::task::spawn_blocking(move || {
+                tunnel_probe::probe(backend.ip(), vip, tunnel, wait)
+            })
+            .await
+            .map_err(|e| format!("the probe task: {e}"))?
+        }
         Probe::Tcp => TcpStream::connect(backend)
             .await
             .map(drop)

@@ -29,7 +29,7 @@ use crate::{
     datapath::pins::PinDir,
     datapath::release,
     model::announce::{NodeState, VipLoad},
-    model::check::CheckConfig,
+    model::check::{CheckConfig, CheckSpec, ProbePath},
     model::error_chain::error_chain,
     model::health::{Health, HealthBook, HealthKey},
     model::mode::Mode,
@@ -434,7 +434,14 @@ impl Controller {
                 match &vip.check {
                     Some(spec) => {
                         checked.push(key);
-                        probes.push((key, spec.clone()));
+                        let path = probe_path(vip.mode, service, addr, self.facts.gue_port);
+                        probes.push((
+                            key,
+                            CheckSpec {
+                                path,
+                                ..spec.clone()
+                            },
+                        ));
                     }
                     None => unchecked.push(key),
                 }
@@ -716,5 +723,19 @@ impl Controller {
                 .map(|p| p.path().to_owned())
                 .unwrap_or_default(),
         }
+    }
+}
+
+/// How `service`'s probes reach `backend`: a TCP check of a VIP that tunnels goes through
+/// its tunnel when the lb can receive the answer (the VIP's family is the backend's);
+/// everything else goes directly.
+fn probe_path(mode: Mode, service: &Service, backend: &SocketAddr, gue_port: u16) -> ProbePath {
+    let tunnels = mode.encapsulates() && service.addr.is_ipv4() == backend.is_ipv4();
+    if !tunnels {
+        return ProbePath::Direct;
+    }
+    ProbePath::Tunnel {
+        vip: service.addr,
+        gue_port: (mode == Mode::DsrGue).then_some(gue_port),
     }
 }

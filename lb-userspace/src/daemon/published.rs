@@ -37,6 +37,8 @@ pub(crate) struct DaemonFacts {
     pub(crate) map_memory: Option<MemoryReport>,
     /// Whether `lb_redirect_lost` counts frames the kernel drops after a redirect.
     pub(crate) lost_counted: bool,
+    /// dsr-gue's UDP port (`--gue-port`): the tunnel health probes use it too.
+    pub(crate) gue_port: u16,
 }
 
 /// Everything the controller changes that a query reports, as of its last command.

@@ -285,6 +285,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
         datapath_build: load::build_id(custom_object.as_deref()),
         map_memory,
         lost_counted,
+        gue_port: args.options.gue_port,
     });
     let (commands, command_queue) = Commands::channel();
     let hook_runs = Arc::new(HookCounters::default());

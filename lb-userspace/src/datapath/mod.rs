@@ -28,3 +28,4 @@ pub mod redirect_watch;
 pub mod release;
 pub mod stats;
 pub mod sysctl;
+pub mod tunnel_probe;

@@ -2,7 +2,7 @@
 //! (`CheckConfig`) and validated. Each backend's health is in [`super::health`]; the probes
 //! run in [`crate::control`].
 
-use std::{fmt, str::FromStr, time::Duration};
+use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +73,21 @@ impl fmt::Display for Probe {
     }
 }
 
+/// How a probe reaches a backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProbePath {
+    /// To the backend's own address and port.
+    #[default]
+    Direct,
+    /// A TCP check of a dsr-ipip or dsr-gue VIP: a SYN to the VIP inside the tunnel its
+    /// traffic takes (`gue_port`: dsr-gue's UDP port; `None`: dsr-ipip), so that passing
+    /// proves the backend's decapsulation, the VIP on its `lo` and the service on the VIP.
+    Tunnel {
+        vip: SocketAddr,
+        gue_port: Option<u16>,
+    },
+}
+
 /// A VIP's health check, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckSpec {
@@ -85,6 +100,8 @@ pub struct CheckSpec {
     pub(crate) fall: u32,
     /// HTTP: a status or range (`200-299`); UDP: text the reply must contain.
     pub(crate) expect: Option<String>,
+    /// How the probes travel: set by the daemon from the VIP's mode, never configured.
+    pub(crate) path: ProbePath,
 }
 
 /// A check as operators write it (CLI flags, API, TOML): seconds as numbers.
@@ -169,6 +186,7 @@ impl CheckConfig {
             rise,
             fall,
             expect: self.expect.clone(),
+            path: ProbePath::Direct,
         })
     }
 }

@@ -5,7 +5,7 @@
 //! [[vip]]
 //! address = "198.18.1.1:80"      # IPv6: "[fd00::1]:80"
 //! proto = "tcp"                  # default tcp
-//! mode = "nat"                   # nat (default), dsr-ipip or dsr-l2
+//! mode = "nat"                   # nat (default), dsr-ipip, dsr-gue or dsr-l2
 //! on_down = "keep-tcp"           # keep-tcp (default) or move: a down backend's tracked flows
 //! allow_sources = ["198.18.0.0/24"]   # clients that may open flows; absent: any
 //! check = { probe = "http:/healthz", interval = 2.0, timeout = 1.0, rise = 2, fall = 3 }

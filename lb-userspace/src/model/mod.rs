@@ -21,3 +21,4 @@ pub mod prefix;
 pub mod reload;
 pub mod second_chance;
 pub mod state;
+pub mod tunnel_probe;

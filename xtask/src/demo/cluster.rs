@@ -1,4 +1,4 @@
-//! `cargo xtask run --nodes N [--mode nat|dsr-ipip|dsr-l2]`: the scale-out demo (issue 18),
+//! `cargo xtask run --nodes N [--mode nat|dsr-ipip|dsr-gue|dsr-l2]`: the scale-out demo (issue 18),
 //! the multi-node scenario of `lb_lab::scenario` told on stdout: the one the cluster test
 //! (`tests/tests/cluster.rs`) checks and the benchmark times.
 //!
