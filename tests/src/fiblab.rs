@@ -266,3 +266,30 @@ pub fn add_dsr_vip(datapath: &mut Datapath, vip: IpAddr, mode: Mode, backends: &
         }
     }
 }
+
+/// A dsr-gue VIP on tcp/80 and udp/53 with `backends`, each service in one change (the
+/// way a config file or a restart applies them): one table, no earlier one.
+pub fn add_gue_vip(datapath: &mut Datapath, vip: IpAddr, backends: &[IpAddr]) {
+    for (port, proto) in [(80, Proto::Tcp), (53, Proto::Udp)] {
+        let service = Service {
+            addr: SocketAddr::new(vip, port),
+            proto,
+        };
+        let mut changes = vec![
+            Change::AddVip(service),
+            Change::SetMode {
+                service,
+                mode: Mode::DsrGue,
+            },
+        ];
+        changes.extend(backends.iter().map(|backend| Change::AddBackend {
+            service,
+            backend: SocketAddr::new(*backend, port),
+            weight: 100,
+        }));
+        datapath
+            .balancer
+            .apply_all(&changes)
+            .expect("a dsr-gue VIP");
+    }
+}

@@ -10,12 +10,18 @@
 //! aya checks each map's key and value sizes against these when it opens the map, so a
 //! Katran built with other layouts fails here rather than being written wrongly.
 //!
+//! A [`KatranBuild`] picks the build: Katran's own (IPIP, no defines) or its GUE build
+//! (`-DGUE_ENCAP`: outer IP and UDP to port [`GUE_DPORT`], the client's packet right behind
+//! the UDP header), whose outer source addresses go into `pckt_srcs` as Katran's
+//! `addSrcIpForPcktEncap` puts them there.
+//!
 //! Timing rows against the pinned Katran: `run.sh --extra-prog <prog_pin> ... --cpu <cpu>`
 //! with the same `cpu` as [`PinnedKatran::new`], since Katran picks its LRU by the CPU it
 //! runs on (another CPU falls back to `fallback_cache` and counts `FALLBACK_LRU_CNTR`).
 
 use std::{
-    net::{IpAddr, Ipv6Addr},
+    ffi::OsStr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::Command,
     sync::atomic::{AtomicU32, Ordering},
@@ -41,6 +47,12 @@ pub const F_IPV6: u8 = 1;
 /// The vip_num of the IPv6 VIP this module adds (kbench's IPv4 VIP is 0).
 pub const VIP6_NUM: u32 = 1;
 const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+/// The UDP port Katran's GUE build sends to (balancer_consts.h).
+pub const GUE_DPORT: u16 = 6080;
+/// `pckt_srcs` indexes: the outer IPv4 and IPv6 source of GUE (balancer_consts.h).
+const V4_SRC_INDEX: u32 = 0;
+const V6_SRC_INDEX: u32 = 1;
 
 // Offsets into `stats` of Katran's global counters: MAX_VIPS + these (balancer_consts.h).
 const LRU_CNTRS: u32 = 0;
@@ -163,7 +175,7 @@ pub fn unique_pin_dir(tag: &str) -> PathBuf {
 
 /// Runs `<harness>/run.sh args...`; its stdout, or an error with its exit status, stderr and
 /// stdout (exit 3: one of kbench's own Katran rows did not take its path).
-pub fn run_sh(harness: &Path, args: &[&std::ffi::OsStr]) -> Result<String, String> {
+pub fn run_sh(harness: &Path, args: &[&OsStr]) -> Result<String, String> {
     let output = Command::new(harness.join("run.sh"))
         .args(args)
         .output()
@@ -185,8 +197,22 @@ pub fn run_sh(harness: &Path, args: &[&std::ffi::OsStr]) -> Result<String, Strin
 /// with a 16-byte payload and a valid TCP checksum, for `--extra-pkt` (write it to a file).
 /// Katran ignores the Ethernet addresses of what it receives.
 pub fn frame6(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, syn: bool) -> Vec<u8> {
-    let spec = Spec::new(Family::V6, Transport::Tcp)
-        .between(IpAddr::V6(src), IpAddr::V6(dst))
+    frame(IpAddr::V6(src), sport, IpAddr::V6(dst), dport, syn)
+}
+
+/// [`frame6`] in IPv4 (with a valid header checksum).
+pub fn frame4(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, syn: bool) -> Vec<u8> {
+    frame(IpAddr::V4(src), sport, IpAddr::V4(dst), dport, syn)
+}
+
+fn frame(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, syn: bool) -> Vec<u8> {
+    let family = if src.is_ipv4() {
+        Family::V4
+    } else {
+        Family::V6
+    };
+    let spec = Spec::new(family, Transport::Tcp)
+        .between(src, dst)
         .ports(sport, dport);
     let spec = if syn { spec } else { spec.acking(2000) };
     spec.build(b"katran-bench pkt")
@@ -247,6 +273,37 @@ impl KatranCounters {
     }
 }
 
+/// How the pinned Katran encapsulates: a compile-time choice in Katran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encap {
+    /// Katran's own OSS build: IPIP and IPv6-in-IPv6 (no defines).
+    Ipip,
+    /// `-DGUE_ENCAP`: outer IP + UDP to [`GUE_DPORT`] from these sources (`pckt_srcs`).
+    Gue {
+        source4: Ipv4Addr,
+        source6: Ipv6Addr,
+    },
+}
+
+impl Encap {
+    /// run.sh's `--defines` for this build.
+    #[must_use]
+    pub fn defines(&self) -> &'static str {
+        match self {
+            Self::Ipip => "",
+            Self::Gue { .. } => "-DGUE_ENCAP",
+        }
+    }
+}
+
+/// Which Katran [`PinnedKatran::new`] builds, and where: run.sh rebuilds its objects in
+/// `dir` on every run, so builds with other defines need a directory of their own.
+#[derive(Clone, Copy, Debug)]
+pub struct KatranBuild<'a> {
+    pub dir: &'a Path,
+    pub encap: Encap,
+}
+
 /// Katran configured by kbench (IPv4 VIP 10.200.0.1:80, reals 10.0.0.1..4, an LRU for one
 /// CPU) and pinned, plus an IPv6 TCP VIP with IPv6 reals that [`PinnedKatran::new`] adds into
 /// its maps. Drop unpins it (the program and its maps, about 0.5 GB of kernel memory, go
@@ -272,13 +329,16 @@ pub struct PinnedKatran {
     pub reals6: Vec<Ipv6Addr>,
     /// ctl_array[0]: the router MAC that Katran sends every encapsulated frame to.
     pub router_mac: [u8; 6],
+    /// How this build encapsulates.
+    pub encap: Encap,
     stats: Option<PerCpuArray<MapData, LbStats>>,
     lru_mapping: Option<ArrayOfMaps<MapData, Lru>>,
 }
 
 impl PinnedKatran {
-    /// Runs `<harness>/run.sh --build <build> --pin-katran <pin_dir>/katran --setup-only --cpu
-    /// <cpu>`, then adds VIP `vip6`:`port` TCP as vip_num 1 (no flags) with `reals6` at the
+    /// Runs `<harness>/run.sh --build <build.dir> [--defines ...] --pin-katran
+    /// <pin_dir>/katran --setup-only --cpu <cpu>`, writes a GUE build's outer sources into
+    /// `pckt_srcs`, then adds VIP `vip6`:`port` TCP as vip_num 1 (no flags) with `reals6` at the
     /// indexes after kbench's IPv4 reals (flags F_IPV6), and fills the VIP's ring slots
     /// `1 * RING_SIZE + i` over them: the map writes KatranLb makes (`vip_map`, `reals`,
     /// `ch_rings`). The ring is spread with kbench's own stride (`(i * 7919) % n`, as for its
@@ -287,7 +347,7 @@ impl PinnedKatran {
     /// on bpffs (see [`unique_pin_dir`]); bpffs is mounted on /sys/fs/bpf if it is not.
     pub fn new(
         harness: &Path,
-        build: &Path,
+        build: &KatranBuild<'_>,
         pin_dir: &Path,
         cpu: usize,
         vip6: Ipv6Addr,
@@ -309,22 +369,24 @@ impl PinnedKatran {
             first_real6: 0,
             reals6: reals6.to_vec(),
             router_mac: [0; 6],
+            encap: build.encap,
             stats: None,
             lru_mapping: None,
         };
         let cpu_arg = cpu.to_string();
-        run_sh(
-            harness,
-            &[
-                "--build".as_ref(),
-                build.as_os_str(),
-                "--pin-katran".as_ref(),
-                katran.prog_pin.as_os_str(),
-                "--setup-only".as_ref(),
-                "--cpu".as_ref(),
-                cpu_arg.as_ref(),
-            ],
-        )?;
+        let mut args = vec![
+            "--build".as_ref(),
+            build.dir.as_os_str(),
+            "--pin-katran".as_ref(),
+            katran.prog_pin.as_os_str(),
+            "--setup-only".as_ref(),
+            "--cpu".as_ref(),
+            cpu_arg.as_ref(),
+        ];
+        if build.encap != Encap::Ipip {
+            args.extend([OsStr::new("--defines"), OsStr::new(build.encap.defines())]);
+        }
+        run_sh(harness, &args)?;
         katran.configure(vip6, port)?;
         Ok(katran)
     }
@@ -343,6 +405,21 @@ impl PinnedKatran {
         self.stats = Some(typed(take("stats")?, "stats")?);
         self.lru_mapping = Some(typed(take("lru_mapping")?, "lru_mapping")?);
 
+        if let Encap::Gue { source4, source6 } = self.encap {
+            let mut srcs: Array<MapData, RealDefinition> = typed(
+                take("pckt_srcs").map_err(|e| format!("{e} (not a GUE build?)"))?,
+                "pckt_srcs",
+            )?;
+            let mut v4: RealDefinition = [0; 20];
+            v4[..4].copy_from_slice(&source4.octets());
+            let mut v6: RealDefinition = [0; 20];
+            v6[..16].copy_from_slice(&source6.octets());
+            v6[16] = F_IPV6;
+            srcs.set(V4_SRC_INDEX, v4, 0)
+                .map_err(|e| format!("pckt_srcs[v4] = {source4}: {e}"))?;
+            srcs.set(V6_SRC_INDEX, v6, 0)
+                .map_err(|e| format!("pckt_srcs[v6] = {source6}: {e}"))?;
+        }
         let ctl0 = ctl.get(&0, 0).map_err(|e| format!("ctl_array[0]: {e}"))?;
         self.router_mac.copy_from_slice(&ctl0.to_ne_bytes()[..6]);
 
@@ -503,6 +580,51 @@ fn flow_key6(frame: &[u8]) -> Option<FlowKey> {
     key[32..36].copy_from_slice(&frame[54..58]);
     key[36] = frame[20];
     Some(key)
+}
+
+/// Checks a frame that Katran's GUE build sent: Ethernet, outer IPv4 (no options) or IPv6
+/// carrying UDP, UDP to [`GUE_DPORT`] whose length covers the rest, and behind it `inner`
+/// (the client's IP packet) byte for byte. Its outer source and destination, or what is off.
+pub fn check_gue_frame(out: &[u8], inner: &[u8]) -> Result<(IpAddr, IpAddr), String> {
+    let bytes16 = |at: usize| -> [u8; 16] { out[at..at + 16].try_into().expect("16 bytes") };
+    let bytes4 = |at: usize| -> [u8; 4] { out[at..at + 4].try_into().expect("4 bytes") };
+    let (src, dst, udp_at) = match out.get(12..14) {
+        Some([0x08, 0x00]) if out.len() >= 14 + 20 + 8 => {
+            if out[14] != 0x45 || out[23] != IPPROTO_UDP {
+                return Err(format!(
+                    "outer IPv4 {:#04x} proto {}, not UDP without options",
+                    out[14], out[23]
+                ));
+            }
+            (IpAddr::from(bytes4(26)), IpAddr::from(bytes4(30)), 14 + 20)
+        }
+        Some([0x86, 0xdd]) if out.len() >= 14 + 40 + 8 => {
+            if out[20] != IPPROTO_UDP {
+                return Err(format!("outer IPv6 next header {}, not UDP", out[20]));
+            }
+            (
+                IpAddr::from(bytes16(22)),
+                IpAddr::from(bytes16(38)),
+                14 + 40,
+            )
+        }
+        _ => return Err(format!("{} bytes: no outer IPv4/IPv6 + UDP", out.len())),
+    };
+    let dport = u16::from_be_bytes([out[udp_at + 2], out[udp_at + 3]]);
+    let udp_len = usize::from(u16::from_be_bytes([out[udp_at + 4], out[udp_at + 5]]));
+    if dport != GUE_DPORT {
+        return Err(format!("UDP to port {dport}, not {GUE_DPORT}"));
+    }
+    if udp_len != out.len() - udp_at {
+        return Err(format!(
+            "UDP length {udp_len}, the frame holds {}",
+            out.len() - udp_at
+        ));
+    }
+    if &out[udp_at + 8..] != inner {
+        return Err("the client's packet is not intact behind the UDP header".into());
+    }
+    Ok((src, dst))
 }
 
 /// The pinned program's maps by name.

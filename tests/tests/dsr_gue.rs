@@ -15,13 +15,12 @@ use lb_common::{
     stats::Stat,
 };
 use lb_tests::{
-    fiblab::{FibLab, dsr_options},
+    fiblab::{FibLab, add_gue_vip, dsr_options},
     packets::{Family, Spec, Transport},
     testrun::Datapath,
 };
 use lb_userspace::model::{
     limits::{Limits, Options},
-    mode::Mode,
     state::{Change, Proto, Service},
 };
 
@@ -125,33 +124,6 @@ fn gue(frame: &[u8]) -> GueFrame {
         hops,
         next,
         inner,
-    }
-}
-
-/// A dsr-gue VIP on tcp/80 and udp/53 with `backends`, each service in one change (the
-/// way a config file or a restart applies them): one table, no earlier one.
-fn add_gue_vip(datapath: &mut Datapath, vip: IpAddr, backends: &[IpAddr]) {
-    for (port, proto) in [(80, Proto::Tcp), (53, Proto::Udp)] {
-        let service = Service {
-            addr: std::net::SocketAddr::new(vip, port),
-            proto,
-        };
-        let mut changes = vec![
-            Change::AddVip(service),
-            Change::SetMode {
-                service,
-                mode: Mode::DsrGue,
-            },
-        ];
-        changes.extend(backends.iter().map(|backend| Change::AddBackend {
-            service,
-            backend: std::net::SocketAddr::new(*backend, port),
-            weight: 100,
-        }));
-        datapath
-            .balancer
-            .apply_all(&changes)
-            .expect("a dsr-gue VIP");
     }
 }
 

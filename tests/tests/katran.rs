@@ -2,15 +2,22 @@
 //! VIP with IPv6 reals added into its maps (`lb_tests::katran`), then kbench times it as
 //! extra rows (established, new flow, non-VIP). Katran's own counters and LRU, and kbench's
 //! decode of the output frames, prove that each row took the path it is named after.
+//! Katran's GUE build (`-DGUE_ENCAP`, which the bench times beside lb's dsr-gue) is
+//! checked here by its output: UDP to port 6080 from the sources written into `pckt_srcs`.
 //!
 //! Needs root, the harness (`LB_KATRAN_BENCH`, else `../shared/katran-bench` beside the
 //! checkout) and its tools (clang, llc, gcc, libbpf-dev): without them it fails, it never
 //! passes by skipping. Holds about 1 GB of kernel memory while it runs (two Katrans: the
 //! pinned one and kbench's own, for its IPv4 rows).
 
-use std::{ffi::OsStr, net::Ipv6Addr};
+use std::{
+    ffi::OsStr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
-use lb_tests::katran::{self, KbenchCheck, MAX_CONN_RATE, PinnedKatran, frame6};
+use lb_tests::katran::{
+    self, Encap, KatranBuild, KbenchCheck, MAX_CONN_RATE, PinnedKatran, frame4, frame6,
+};
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
@@ -75,7 +82,10 @@ fn katran_ipv6_rows_take_their_paths() {
     let reals = [v6("fd00:2::1"), v6("fd00:2::2"), v6("fd00:2::3")];
     let katran = PinnedKatran::new(
         &harness,
-        build.path(),
+        &KatranBuild {
+            dir: build.path(),
+            encap: Encap::Ipip,
+        },
         &katran::unique_pin_dir("test"),
         cpu,
         vip,
@@ -253,4 +263,69 @@ fn katran_ipv6_rows_take_their_paths() {
             row.ns_per_call, row.x_floor, row.minus_floor
         ));
     }
+}
+
+/// Katran's GUE build (`-DGUE_ENCAP`), as the bench times it: both families sent in UDP to
+/// port 6080 from the sources written into `pckt_srcs`, toward a real, the client's packet
+/// byte for byte behind the UDP header; the established flow stays on its real.
+#[test]
+fn katran_gue_build_sends_udp_from_its_configured_sources() {
+    lb_tests::require_root!();
+    let harness = katran::harness_dir();
+    katran::check_harness(&harness).unwrap_or_else(|e| panic!("{e}"));
+    let build = tempfile::Builder::new()
+        .prefix("katran-bench-gue-")
+        .tempdir()
+        .expect("a build directory");
+    let (source4, source6) = (Ipv4Addr::new(172, 16, 0, 1), v6("fd00:16::1"));
+    let vip6 = v6("fd00:1::100");
+    let reals6 = [v6("fd00:2::1"), v6("fd00:2::2"), v6("fd00:2::3")];
+    let katran = PinnedKatran::new(
+        &harness,
+        &KatranBuild {
+            dir: build.path(),
+            encap: Encap::Gue { source4, source6 },
+        },
+        &katran::unique_pin_dir("test-gue"),
+        katran::default_cpu(),
+        vip6,
+        80,
+        &reals6,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // kbench's IPv4 VIP and reals (10.0.0.1..4), and the IPv6 VIP added here.
+    let vip4 = Ipv4Addr::new(10, 200, 0, 1);
+    let reals4: Vec<IpAddr> = (1..=4).map(|i| IpAddr::from([10, 0, 0, i])).collect();
+    let cases = [
+        (
+            frame4(Ipv4Addr::new(192, 0, 2, 1), 31337, vip4, 80, false),
+            IpAddr::V4(source4),
+            reals4,
+        ),
+        (
+            frame6(v6("fd00::1"), 31337, vip6, 80, false),
+            IpAddr::V6(source6),
+            reals6.iter().copied().map(IpAddr::V6).collect(),
+        ),
+    ];
+    for (frame, source, reals) in cases {
+        let first = katran.run(&frame).expect("test-run Katran");
+        assert_eq!(first.0, XDP_TX, "Katran's action");
+        assert_eq!(first.1[..6], katran.router_mac, "to the router's MAC");
+        let (src, dst) =
+            katran::check_gue_frame(&first.1, &frame[14..]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(src, source, "the outer source from pckt_srcs");
+        assert!(reals.contains(&dst), "outer destination {dst} is no real");
+        assert_eq!(
+            katran.run(&frame).expect("test-run Katran"),
+            first,
+            "the same real and frame again (an LRU hit)"
+        );
+    }
+    let counters = katran.counters();
+    assert_eq!(
+        (counters.xdp_tx, counters.lru_misses, counters.encap_fails),
+        (4, 2, 0),
+        "{counters:?}"
+    );
 }
