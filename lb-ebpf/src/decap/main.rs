@@ -122,10 +122,16 @@ fn process_gue(ctx: &XdpContext) -> (u32, DecapStat) {
             Err(stat) => stat,
         },
     };
+    // Set aside until the packet is taken apart: carried in a register, each reason
+    // would be a state of its own for the verifier through the ECN and strip steps.
+    second_chance::set_aside(taken);
     if !ecn::carry(ctx, &tunnel) {
         return (xdp_action::XDP_DROP, DecapStat::DropCeNotEct);
     }
-    strip(ctx, &tunnel, taken)
+    match strip(ctx, &tunnel, DecapStat::GueTakenLastHop) {
+        (action, DecapStat::Malformed) => (action, DecapStat::Malformed),
+        (action, _) => (action, second_chance::set_aside_reason()),
+    }
 }
 
 /// The frame's tunnel if it is one addressed here from an allowed source; otherwise the

@@ -21,7 +21,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     consts::{FAMILY_V4, FAMILY_V6, IPPROTO_TCP, IPPROTO_UDP},
-    decap::{DECAP_RECENT_NS, DecapStat},
+    decap::{DECAP_RECENT_NS, DECAP_STATS_LEN, DecapStat},
     gue::{GUE_HEADER_LEN, RecentKey, UDP_LEN, hop_len},
 };
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
@@ -32,13 +32,84 @@ use crate::{
     tunnel::{ETH_P_IPV4, Tunnel, header, ptr_at},
 };
 
-/// The helpers' parameter blocks, in this CPU's `DECAP_SCRATCH` slot.
-#[repr(C)]
+/// The helpers' parameter blocks, in this CPU's `DECAP_SCRATCH` slot. Written a word at a
+/// time (`zero_words`, `set_v4`): a plain zeroing or a partial copy compiles to a byte
+/// loop that the verifier walks byte by byte on every path (it took this program to
+/// 440,000 instructions).
+#[repr(C, align(8))]
 pub struct Scratch {
-    fib: bpf_fib_lookup,
-    tuple: bpf_sock_tuple,
     /// The inner flow (`inner_flow`).
     key: RecentKey,
+    fib: bpf_fib_lookup,
+    tuple: bpf_sock_tuple,
+    /// Why a packet is taken, between `set_aside` and `set_aside_reason`.
+    taken: u32,
+}
+
+/// Keeps why this packet is taken in this CPU's scratch slot.
+#[inline(always)]
+pub fn set_aside(stat: DecapStat) {
+    if let Some(scratch) = DECAP_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; the program runs to completion on its CPU.
+        unsafe { (*scratch).taken = stat.index() };
+    }
+}
+
+/// What [`set_aside`] kept (the last hop's reason if the slot is unreadable).
+#[inline(always)]
+pub fn set_aside_reason() -> DecapStat {
+    let index = DECAP_SCRATCH
+        .get_ptr(0)
+        // SAFETY: this CPU's slot, written by `set_aside` in this run.
+        .map_or(DecapStat::GueTakenLastHop.index(), |s| unsafe {
+            (*s).taken
+        });
+    if index >= DECAP_STATS_LEN {
+        return DecapStat::GueTakenLastHop;
+    }
+    // SAFETY: `DecapStat` is `repr(u32)` with every value below DECAP_STATS_LEN (its
+    // indices are dense, a unit test in lb-common checks it); no table in .rodata.
+    unsafe { core::mem::transmute::<u32, DecapStat>(index) }
+}
+
+/// Zeroes a `T` that is a whole number of 8-byte words, 8-aligned, one store per word.
+///
+/// # Safety
+/// `dst` must be valid for writes of a `T`, 8-aligned; all-zero must be a valid `T`.
+#[inline(always)]
+unsafe fn zero_words<T>(dst: *mut T) {
+    let words = dst.cast::<u64>();
+    let mut i = 0;
+    while i < size_of::<T>() / 8 {
+        // SAFETY: inside `dst` (the caller's promise), 8-aligned.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+        i += 1;
+    }
+}
+
+/// An IPv6 address (in the packet) into a 16-byte field, as two 8-byte words.
+#[inline(always)]
+fn set_v6(field: &mut [u8; 16], addr: &[u8; 16]) {
+    let from = addr.as_ptr().cast::<u64>();
+    let words = field.as_mut_ptr().cast::<u64>();
+    // SAFETY: 16 bytes each; the packet's are read unaligned, the field is 8-aligned.
+    unsafe {
+        core::ptr::write_volatile(words, core::ptr::read_unaligned(from));
+        core::ptr::write_volatile(words.add(1), core::ptr::read_unaligned(from.add(1)));
+    }
+}
+
+/// An IPv4 address in a 16-byte field as the balancer stores it (the rest zero), in two
+/// 8-byte stores (the field is 8-aligned in `Scratch`).
+#[inline(always)]
+fn set_v4(field: &mut [u8; 16], v4: [u8; 4]) {
+    let low = u64::from_ne_bytes([v4[0], v4[1], v4[2], v4[3], 0, 0, 0, 0]);
+    let words = field.as_mut_ptr().cast::<u64>();
+    // SAFETY: 16 bytes, 8-aligned (offsets 0 and 16 of an 8-aligned struct).
+    unsafe {
+        core::ptr::write_volatile(words, low);
+        core::ptr::write_volatile(words.add(1), 0);
+    }
 }
 
 /// What to do with a dsr-gue packet.
@@ -135,16 +206,15 @@ fn inner_flow<'k>(
         }
         key.family = FAMILY_V4;
         key.proto = ip.proto;
-        let (s, d) = (ip.src_addr, ip.dst_addr);
-        key.src = [s[0], s[1], s[2], s[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        key.dst = [d[0], d[1], d[2], d[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        set_v4(&mut key.src, ip.src_addr);
+        set_v4(&mut key.dst, ip.dst_addr);
         (at + usize::from(ip.ihl()), ip.proto)
     } else {
         let ip: &Ipv6Hdr = header(ctx, at)?;
         key.family = FAMILY_V6;
         key.proto = ip.next_hdr;
-        key.src = ip.src_addr;
-        key.dst = ip.dst_addr;
+        set_v6(&mut key.src, &ip.src_addr);
+        set_v6(&mut key.dst, &ip.dst_addr);
         (at + Ipv6Hdr::LEN, ip.next_hdr)
     };
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
@@ -228,12 +298,12 @@ pub fn forward(
     let scratch = DECAP_SCRATCH
         .get_ptr_mut(0)
         .ok_or(DecapStat::GueTakenUnforwardable)?;
-    // SAFETY: this CPU's slot, valid for the run; all-zero is a valid parameter block
-    // (plain integers and unions).
+    // SAFETY: this CPU's slot, valid for the run, 8-aligned (64 bytes at offset 40 of an
+    // 8-aligned struct); all-zero is a valid parameter block (plain integers and unions).
     let fib = unsafe {
-        let fib = &mut (*scratch).fib;
-        *fib = core::mem::zeroed();
-        fib
+        let fib = &raw mut (*scratch).fib;
+        zero_words(fib);
+        &mut *fib
     };
     fib.ifindex = ingress;
     fib.l4_protocol = IPPROTO_UDP;

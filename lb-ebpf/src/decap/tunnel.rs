@@ -130,8 +130,9 @@ pub fn header<'a, T>(ctx: &XdpContext, offset: usize) -> Option<&'a T> {
 
 /// The tunnel in this frame, or the counter that says why it is not one.
 #[inline(always)]
-/// `GUE`: dsr-gue packets to `gue_port` are parsed too (`lb_decap_gue`); without it, they
-/// are not tunnels (`lb_decap`, which hands them to `lb_decap_gue` before parsing).
+/// `GUE`: only dsr-gue packets to `gue_port` are tunnels (`lb_decap_gue`); without it,
+/// only IPIP, IPv6-in-IPv6 and IPv4-in-IPv6 (`lb_decap`, which hands GUE to
+/// `lb_decap_gue` before parsing).
 pub fn parse<const GUE: bool>(ctx: &XdpContext, gue_port: u16) -> Result<Tunnel, DecapStat> {
     let mut ether_type = ether_type_at(ctx, ETHER_TYPE_AT)?;
     let mut l2_len = ETH_HEADER_LEN;
@@ -162,7 +163,8 @@ fn parse_ipv4<const GUE: bool>(
     let is_gue = GUE
         && ip.proto == IPPROTO_UDP
         && gue::to_port(ctx, l2_len + usize::from(ip.ihl()), gue_port);
-    if ip.proto != IPPROTO_IPIP && !is_gue {
+    // `lb_decap_gue` takes GUE alone, `lb_decap` IPIP alone: each verifier walk holds one.
+    if is_gue != GUE || (!GUE && ip.proto != IPPROTO_IPIP) {
         return Err(DecapStat::PassNotEncapsulated);
     }
     let header_len = usize::from(ip.ihl());
@@ -222,6 +224,9 @@ fn parse_ipv6<const GUE: bool>(
             family: FAMILY_V6,
         };
         return gue_tunnel(ctx, &outer, ip.src_addr, ip.dst_addr, ipv6_ecn(ip.vcf[1]));
+    }
+    if GUE {
+        return Err(DecapStat::PassNotEncapsulated);
     }
     let (inner_ether_type, decapsulated) = match ip.next_hdr {
         IPPROTO_IPV6 => (ETH_P_IPV6, DecapStat::DecapV6InV6),
