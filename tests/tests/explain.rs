@@ -579,3 +579,84 @@ fn a_dsr_flow_is_explained_with_its_mode_and_backend() {
     assert_eq!(seen.len(), 2, "six flows reach both backends: {seen:?}");
     instance.down();
 }
+
+/// dsr-gue: `lb explain` shows a flow's hop list, and the datapath and the backends follow
+/// it. With one backend a flow has one hop. After a second backend joins, a new UDP flow
+/// whose slot moved lists the joiner then the first backend: the joiner does not know the
+/// flow and hands it on (through the router: the backends do not forward), and the first
+/// backend, the last hop, answers it.
+#[test]
+fn a_dsr_gue_flow_is_explained_with_its_hop_list_and_follows_it() {
+    lb_tests::require_root!();
+    let lab = DsrLab::new("lbxg", Wiring::Routed, 2);
+    let instance = Instance::new();
+    let _daemon = lb_tests::process::Daemon::start(instance.run(
+        &lab.lb,
+        std::slice::from_ref(&lab.lb_iface),
+        &[],
+    ));
+    let vip = SocketAddr::new(IpAddr::from(dsr::VIP_V4), UDP_PORT);
+    let vip_arg = vip.to_string();
+    instance.ok(&[
+        "vip", "add", &vip_arg, "--proto", "udp", "--mode", "dsr-gue",
+    ]);
+    let addr = |i: usize| SocketAddr::new(lab.backends[i].v4.into(), UDP_PORT);
+    instance.ok(&[
+        "backend",
+        "add",
+        &vip_arg,
+        &addr(0).to_string(),
+        "--proto",
+        "udp",
+    ]);
+    let backends_v4 = "198.18.0.0/15".to_owned();
+    let _decap: Vec<DecapPaths> = lab
+        .backends
+        .iter()
+        .map(|backend| {
+            let decap = DecapPaths::new(&backend.ns);
+            decap.ok(&[
+                "attach",
+                "--iface",
+                &backend.dev,
+                "--vip",
+                &vip.ip().to_string(),
+                "--allow-source",
+                &backends_v4,
+            ]);
+            decap
+        })
+        .collect();
+    let _servers = Servers::start_on_vips(&lab.backends, &[vip.ip()]);
+    let client = |port: u16| SocketAddr::new(IpAddr::from(dsr::CLIENT_V4), port);
+    let hops = |answer: &Value| -> Vec<SocketAddr> {
+        answer["hops"]
+            .as_array()
+            .map(|h| h.iter().filter_map(addr_of).collect())
+            .unwrap_or_default()
+    };
+    let one = explain(&instance, client(47_000), vip, "udp");
+    assert_eq!(hops(&one), [addr(0)], "one backend, one hop: {one}");
+    instance.ok(&[
+        "backend",
+        "add",
+        &vip_arg,
+        &addr(1).to_string(),
+        "--proto",
+        "udp",
+    ]);
+    let moved = (47_001..47_101)
+        .find(|&port| hops(&explain(&instance, client(port), vip, "udp")) == [addr(1), addr(0)])
+        .expect("a flow among 100 whose slot moved to the joiner");
+    let answer = explain(&instance, client(moved), vip, "udp");
+    let why = answer["explanation"].as_str().unwrap_or_default();
+    assert!(why.contains("hop list"), "{why}");
+    let name = lab
+        .client
+        .enter(|| udp_request(client(moved), vip).expect("an answer from the VIP"));
+    assert_eq!(
+        name, lab.backends[0].name,
+        "the joiner hands the new flow on; the last hop answers it"
+    );
+    instance.down();
+}
