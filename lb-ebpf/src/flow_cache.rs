@@ -3,7 +3,7 @@
 //! and ingress interface match its slot goes out with one array read in place of the
 //! conntrack hash lookup and the MAC table: NAT through the next hop the slow path used,
 //! DSR through its backend's next-hop slot, inline (no tail call to `lb_encap`, no second
-//! parse). Everything else takes the slow path, which fills the slot when it forwards a
+//! parse); dsr-gue by a tail call to `lb_encap_gue`, which builds the hop list. Everything else takes the slow path, which fills the slot when it forwards a
 //! proven flow. The slot answers until `valid_until_jiffies` (at most `FLOW_CACHE_NS`,
 //! shorter than any timeout of a state it serves), so the slow path still refreshes the
 //! flow's conntrack entry and next hop that often; the backend is read again for every
@@ -12,8 +12,8 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    consts::{ABLATE_FLOW_CACHE, BACKEND_ACTIVE, BACKEND_DRAINING, FAMILY_V4},
-    encap::{MODE_DSR_L2, MODE_NAT, overhead},
+    consts::{ABLATE_FLOW_CACHE, BACKEND_ACTIVE, BACKEND_DRAINING, FAMILY_V4, JUMP_ENCAP_GUE},
+    encap::{MODE_DSR_L2, MODE_NAT, SENT_ESTABLISHED, overhead},
     flow::{
         CachedFlow, FLOW_CACHE_ANY_MAC, FlowKey, JIFFY_NS_MAX, NEXTHOP_FLAG_ATTACHED, NextHop,
         flow_cache_slot,
@@ -26,7 +26,7 @@ use network_types::eth::EthHdr;
 
 use crate::{
     Outcome, copy, encap, forward, lookup,
-    maps::{BACKEND_HOPS, BACKENDS, FLOW_CACHE, PARSED, ablated, flow_cache_ns},
+    maps::{BACKEND_HOPS, BACKENDS, ENCAP_ARGS, FLOW_CACHE, JUMPS, PARSED, ablated, flow_cache_ns},
     nat::{self, Side},
     parse::{self, L4, Packet, ptr_at},
     stats,
@@ -86,9 +86,30 @@ fn hit(ctx: &XdpContext, packet: &Packet) -> Option<Outcome> {
     }
     if backend.mode == MODE_NAT {
         nat_hit(ctx, packet, entry, backend)
+    } else if backend.mode == MODE_DSR_GUE {
+        Some(gue_hit(ctx, entry))
     } else {
         dsr_hit(ctx, packet, entry, backend)
     }
+}
+
+/// dsr-gue: the cache spares the conntrack lookup; the hop list, which the slot does not
+/// hold, is built for every packet by `lb_encap_gue` (route and size checked there too),
+/// tail-called with the cached backend first. Dropped and counted if that program is not
+/// there (a JUMPS map pinned by a release without dsr-gue).
+#[inline(always)]
+fn gue_hit(ctx: &XdpContext, entry: &CachedFlow) -> Outcome {
+    if let Some(args) = ENCAP_ARGS.get_ptr_mut(0) {
+        counted_hit(ctx, entry);
+        // SAFETY: this CPU's slot, read by the tail-called program right after; the
+        // context is the program's, and a tail call that returns failed.
+        unsafe {
+            (*args).backend_id = entry.backend_id;
+            (*args).sent = SENT_ESTABLISHED;
+            JUMPS.tail_call(ctx, JUMP_ENCAP_GUE);
+        }
+    }
+    Outcome::drop(Stat::DropDsrUnsupported)
 }
 
 /// Destination NAT through the next hop the slow path used.
@@ -128,8 +149,7 @@ fn dsr_hit(
     entry: &CachedFlow,
     backend: &Backend,
 ) -> Option<Outcome> {
-    // Filled for no dsr-gue flow; a backend's mode changes only when it is added again.
-    if (backend.family == FAMILY_V4 && !packet.is_v4()) || backend.mode == MODE_DSR_GUE {
+    if backend.family == FAMILY_V4 && !packet.is_v4() {
         return None;
     }
     let hop = BACKEND_HOPS.get_ptr(entry.backend_id)?;

@@ -94,8 +94,9 @@ pub const fn overhead(hops: &Hops, family: u8) -> usize {
 
 /// Puts outer IP, UDP, GUE and the hop list in front of the IP packet, toward `hops[0]`
 /// (`backend`): the frame grows at its head, the Ethernet header moves to the new front
-/// (`encap::push_outer_ip`). The inner packet is untouched. The UDP checksum is 0 (RFC 768 for IPv4; RFC 6935 for
-/// a tunnel over IPv6: the inner packet has its own, and only `lb_decap` reads this).
+/// (`encap::push_outer_ip`). The inner packet is untouched. The UDP checksum is 0
+/// (RFC 768 for IPv4; RFC 6935 for a tunnel over IPv6: the inner packet has its own, and
+/// only `lb_decap` reads this).
 #[inline(always)]
 pub fn encapsulate(
     ctx: &XdpContext,

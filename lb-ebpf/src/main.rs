@@ -49,7 +49,6 @@ use lb_common::{
     },
     encap::{MODE_NAT, SENT_ESTABLISHED, SENT_NEW_FLOW},
     flow::{CT_DATAGRAM, CT_ESTABLISHED, CT_FLAG_KEPT_ON_DOWN, Conn, FlowKey},
-    gue::MODE_DSR_GUE,
     service::{Addr, Backend, Endpoint, VipInfo},
     stats::Stat,
 };
@@ -557,8 +556,7 @@ fn to_backend_address(ctx: &XdpContext, packet: &Packet, chosen: &Chosen, now: u
         };
         // Filled before `dsr` has routed it: a hit checks the backend's next-hop slot
         // that `dsr` keeps, and leaves to the slow path what it would refuse.
-        // dsr-gue flows are not cached: each packet's hop list is built again.
-        if chosen.cacheable && backend.mode != MODE_DSR_GUE {
+        if chosen.cacheable {
             flow_cache::fill(ctx, packet, backend_id, backend, None);
         }
         return to_dsr_backend(backend_id, sent);
