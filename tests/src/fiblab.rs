@@ -24,6 +24,27 @@ fn sock(text: &str) -> SocketAddr {
 }
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0x18, 0, 0, 0, 0x01];
+/// The lab's client, on the lb's front link.
+pub const CLIENT_V4: &str = "198.18.0.1";
+pub const CLIENT_V6: &str = "fd00::1";
+
+/// The lab's client of `vip`'s family.
+pub fn client_of(vip: IpAddr) -> IpAddr {
+    if vip.is_ipv4() {
+        ip(CLIENT_V4)
+    } else {
+        ip(CLIENT_V6)
+    }
+}
+
+/// `vip`'s family, as the packet builder names it.
+pub fn family_of(vip: IpAddr) -> crate::packets::Family {
+    if vip.is_ipv4() {
+        crate::packets::Family::V4
+    } else {
+        crate::packets::Family::V6
+    }
+}
 pub const BACKEND_MACS: [[u8; 6]; 2] = [[0x02, 0x18, 0, 0, 2, 2], [0x02, 0x18, 0, 0, 2, 3]];
 
 /// client — lb — backends, with the lb's neighbours pinned so FIB lookups succeed.

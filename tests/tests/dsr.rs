@@ -15,7 +15,10 @@ use lb_common::{
     stats::Stat,
 };
 use lb_tests::{
-    fiblab::{BACKEND_MACS, DSR_SOURCE_V4, DSR_SOURCE_V6, FibLab, Ids, add_dsr_vip, dsr_options},
+    fiblab::{
+        BACKEND_MACS, CLIENT_V4, DSR_SOURCE_V4, DSR_SOURCE_V6, FibLab, Ids, add_dsr_vip, client_of,
+        dsr_options, family_of,
+    },
     packets::{Family, Spec, Transport},
     testrun::Datapath,
     verify::verify_icmp,
@@ -31,8 +34,6 @@ fn ip(text: &str) -> IpAddr {
     text.parse().expect("address")
 }
 
-const CLIENT_V4: &str = "198.18.0.1";
-const CLIENT_V6: &str = "fd00::1";
 /// Backends of the FibLab, on the lb's backend link (neighbours pinned).
 const BACKENDS_V4: [&str; 2] = ["198.18.2.2", "198.18.2.3"];
 const BACKENDS_V6: [&str; 2] = ["fd00:2::2", "fd00:2::3"];
@@ -63,22 +64,6 @@ fn with_dsr<T: Send>(lab: &FibLab, test: impl FnOnce(&mut Datapath, &Ids) -> T +
         datapath.set_ingress(ids.from_client);
         test(datapath, ids)
     })
-}
-
-fn client_of(vip: IpAddr) -> IpAddr {
-    if vip.is_ipv4() {
-        ip(CLIENT_V4)
-    } else {
-        ip(CLIENT_V6)
-    }
-}
-
-fn family_of(vip: IpAddr) -> Family {
-    if vip.is_ipv4() {
-        Family::V4
-    } else {
-        Family::V6
-    }
 }
 
 /// The outer header of a dsr-ipip frame, as parsed from the wire.

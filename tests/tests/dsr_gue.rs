@@ -15,7 +15,7 @@ use lb_common::{
     stats::Stat,
 };
 use lb_tests::{
-    fiblab::{FibLab, add_gue_vip, dsr_options},
+    fiblab::{FibLab, add_gue_vip, client_of, dsr_options, family_of},
     packets::{Family, Spec, Transport},
     testrun::Datapath,
 };
@@ -28,8 +28,6 @@ fn ip(text: &str) -> IpAddr {
     text.parse().expect("address")
 }
 
-const CLIENT_V4: &str = "198.18.0.1";
-const CLIENT_V6: &str = "fd00::1";
 const BACKENDS_V4: [&str; 2] = ["198.18.2.2", "198.18.2.3"];
 const BACKENDS_V6: [&str; 2] = ["fd00:2::2", "fd00:2::3"];
 /// Backends added by the tests' changes, on the same link (neighbours pinned here).
@@ -124,22 +122,6 @@ fn gue(frame: &[u8]) -> GueFrame {
         hops,
         next,
         inner,
-    }
-}
-
-fn client_of(vip: IpAddr) -> IpAddr {
-    if vip.is_ipv4() {
-        ip(CLIENT_V4)
-    } else {
-        ip(CLIENT_V6)
-    }
-}
-
-fn family_of(vip: IpAddr) -> Family {
-    if vip.is_ipv4() {
-        Family::V4
-    } else {
-        Family::V6
     }
 }
 
