@@ -49,6 +49,10 @@ pub const MAP_MAGLEV: &str = "MAGLEV";
 /// dsr-gue's earlier hops by table slot (`gue::HopsKey` → `gue::EarlierHops`). Not pinned:
 /// a restarted daemon starts with no earlier table.
 pub const MAP_MAGLEV_HOPS: &str = "MAGLEV_HOPS";
+/// QUIC VIPs' configs, indexed by VIP id (`quic::QuicConfigs`). Not pinned.
+pub const MAP_QUIC_CONFIGS: &str = "QUIC_CONFIGS";
+/// QUIC server ids → backend ids (`quic::QuicServerKey`). Not pinned.
+pub const MAP_QUIC_SERVERS: &str = "QUIC_SERVERS";
 /// Proven flows (see [`MAP_CT_UNPROVEN`]): only a promotion inserts here, so a flood of
 /// new or mid-flow packets can never evict them.
 pub const MAP_CONNTRACK: &str = "CONNTRACK";
@@ -266,6 +270,12 @@ pub const BACKEND_FLAG_KEEP_TCP_ON_DOWN: u8 = 1;
 /// `VipInfo::flags`: the VIP has source ranges in `SOURCE_RANGES`; a new flow from a
 /// client outside all of them is dropped. Clear: any client (no trie lookup).
 pub const VIP_FLAG_SOURCE_RANGES: u8 = 1;
+/// `VipInfo::flags`: a UDP VIP in QUIC mode (`--quic`): its packets go to the backend
+/// whose server id their connection ID carries (`QUIC_CONFIGS`, `QUIC_SERVERS`).
+pub const VIP_FLAG_QUIC: u8 = 2;
+/// `Backend::flags`: its VIP is in QUIC mode, so a tracked flow's packet still reads its
+/// connection ID (the 5-tuple may now carry another connection).
+pub const BACKEND_FLAG_QUIC: u8 = 2;
 
 /// XDP action values (kernel ABI, `enum xdp_action`), for userspace and tests; the datapath
 /// uses aya-ebpf's bindings.

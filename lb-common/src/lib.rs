@@ -12,5 +12,6 @@ pub mod fragment;
 pub mod gue;
 pub mod hash;
 pub mod icmp;
+pub mod quic;
 pub mod service;
 pub mod stats;

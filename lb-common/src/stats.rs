@@ -59,6 +59,9 @@ pub enum StatKind {
     /// Packets whose sender left work to an offload XDP cannot finish (`packets` only);
     /// they also have their verdict and reason.
     Offload,
+    /// How a packet to a QUIC VIP found its backend (`packets` only), beside its verdict
+    /// and reason: by the server id in its connection ID, or by Maglev and why.
+    Quic,
 }
 
 macro_rules! stats {
@@ -225,6 +228,23 @@ stats! {
     // earlier table (or its tracked backend is not the table's), so the first backend
     // may hand it on (the second chance).
     GueSecondHop = 69, "gue_sent_with_second_hop", Dsr;
+    // QUIC VIPs (`--quic`), one of these per client packet that looked for a backend (a
+    // conntrack miss, or a tracked flow of a QUIC VIP): a Handshake or short-header packet
+    // sent to the backend whose server id its connection ID carries ...
+    QuicByServerId = 70, "quic_by_server_id", Quic;
+    // ... a long header the client chose the ID of (Initial, 0-RTT) or of a version lb
+    // does not read: by Maglev ...
+    QuicLongHeader = 71, "quic_long_header", Quic;
+    // ... an ID of a config the VIP does not have (or the unroutable config 7): Maglev ...
+    QuicUnknownConfig = 72, "quic_unknown_config", Quic;
+    // ... a server id that names no backend serving the VIP (unknown, deleted, down):
+    // Maglev ...
+    QuicUnknownServerId = 73, "quic_unknown_server_id", Quic;
+    // ... a datagram too short for a QUIC header and its connection ID: Maglev.
+    QuicTruncated = 74, "quic_truncated", Quic;
+    // A tracked flow whose connection ID names another serving backend (its 5-tuple now
+    // carries another connection): pinned to that backend, also quic_by_server_id.
+    QuicRepinned = 75, "quic_repinned", Quic;
 }
 
 /// Number of slots in the stats map.

@@ -17,6 +17,7 @@ use lb_common::{
     gue::{DEFAULT_GUE_PORT, EarlierHops, HopsKey},
     hash::HashSeed,
     icmp::{RateBucket, TooBigArgs},
+    quic::{CONFIG_IDS, QuicConfigs, QuicServerKey},
     service::{Backend, Endpoint, EndpointKey, Layout, SourceRange, VipInfo, VipKey},
     stats::{Counter, STAT_COUNT, VipCounter},
 };
@@ -46,6 +47,14 @@ pub static MAGLEV_HOPS: HashMap<HopsKey, EarlierHops> =
     HashMap::with_max_entries(MAX_VIPS * 2 * DEFAULT_MAGLEV_SIZE, BPF_F_NO_PREALLOC);
 /// `BPF_F_NO_PREALLOC`: a hash map that allocates entries as they are inserted.
 const BPF_F_NO_PREALLOC: u32 = 1;
+/// QUIC VIPs: the server-id length of each config id a VIP accepts, by VIP id. Not pinned.
+#[map(name = "QUIC_CONFIGS")]
+pub static QUIC_CONFIGS: Array<QuicConfigs> = Array::with_max_entries(MAX_VIPS, 0);
+/// QUIC VIPs: (VIP, config id and server id of a connection ID) → backend id, one entry
+/// per config and backend. Allocated per entry. Not pinned.
+#[map(name = "QUIC_SERVERS")]
+pub static QUIC_SERVERS: HashMap<QuicServerKey, u32> =
+    HashMap::with_max_entries(MAX_BACKENDS * CONFIG_IDS as u32, BPF_F_NO_PREALLOC);
 /// Proven client → VIP flows: the backend each is pinned to and its lifecycle state. One
 /// entry per flow, in this table or in CT_UNPROVEN; replies reach it through ENDPOINTS.
 /// Only a promotion inserts here, so a flood never evicts a proven flow.

@@ -84,6 +84,11 @@ pub fn open(
         .map_max_entries(MAP_BACKENDS, limits.max_backends)
         .map_max_entries(MAP_BACKEND_STATS, limits.max_backends)
         .map_max_entries(MAP_BACKEND_HOPS, limits.max_backends)
+        .map_max_entries(lb_common::consts::MAP_QUIC_CONFIGS, limits.max_vips)
+        .map_max_entries(
+            lb_common::consts::MAP_QUIC_SERVERS,
+            limits.max_backends * lb_common::quic::CONFIG_IDS as u32,
+        )
         .map_max_entries(MAP_ENDPOINTS, limits.endpoints_capacity())
         .map_max_entries(MAP_SOURCE_RANGES, limits.source_ranges_capacity())
         .load(object)
