@@ -59,38 +59,42 @@ pub struct QuicConfigs {
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for QuicConfigs {}
 
-/// Key of QUIC_SERVERS (value: the backend id): a VIP and the first [`ID_READ_LEN`]
-/// bytes of a connection ID, masked by [`id_mask`] (its config id and server id kept,
-/// everything else zero).
+/// Key of QUIC_SERVERS (value: the backend id): the first [`ID_READ_LEN`] bytes of a
+/// connection ID, masked by [`id_mask`] (its config bits and server id kept, everything
+/// else zero), and the VIP. The ID comes first so that its words are 4-aligned.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct QuicServerKey {
-    pub vip_id: u32,
     pub id: [u8; ID_READ_LEN],
+    pub vip_id: u32,
 }
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for QuicServerKey {}
 
+/// Words of [`id_mask`]: the ID is masked 4 bytes at a time.
+pub const ID_MASK_WORDS: usize = ID_READ_LEN / 4;
+
 /// The mask that keeps a connection ID's config bits and its `server_id_len` bytes of
-/// server id, as two little-endian words over the first [`ID_READ_LEN`] bytes (the
-/// datapath reads the ID as two such words).
-pub const fn id_mask(server_id_len: u8) -> [u64; 2] {
+/// server id, as little-endian 32-bit words over the first [`ID_READ_LEN`] bytes.
+pub const fn id_mask(server_id_len: u8) -> [u32; ID_MASK_WORDS] {
     let kept = server_id_len as u32 + 1; // bytes, the first octet included
-    let low = if kept >= 8 {
-        u64::MAX
-    } else {
-        (1u64 << (kept * 8)) - 1
-    };
-    let high = if kept >= 16 {
-        u64::MAX
-    } else if kept <= 8 {
-        0
-    } else {
-        (1u64 << ((kept - 8) * 8)) - 1
-    };
+    let mut mask = [0u32; ID_MASK_WORDS];
+    let mut word = 0;
+    while word < ID_MASK_WORDS {
+        let start = word as u32 * 4;
+        mask[word] = if kept >= start + 4 {
+            u32::MAX
+        } else if kept <= start {
+            0
+        } else {
+            (1u32 << ((kept - start) * 8)) - 1
+        };
+        word += 1;
+    }
     // Of the first octet, only the config bits.
-    [(low & !0xff) | 0xe0, high]
+    mask[0] = (mask[0] & !0xff) | 0xe0;
+    mask
 }
 
 impl QuicServerKey {
@@ -100,23 +104,23 @@ impl QuicServerKey {
         id[0] = config_id << 5;
         let len = server_id.len().min(MAX_SERVER_ID_LEN);
         id[1..=len].copy_from_slice(&server_id[..len]);
-        Self { vip_id, id }
+        Self { id, vip_id }
     }
 
-    /// The key of the connection ID `id` (at least [`ID_READ_LEN`] bytes are read, zero
-    /// beyond its end) under a config with `server_id_len`.
+    /// The key of the connection ID `id` (its first [`ID_READ_LEN`] bytes, zero beyond
+    /// its end) under a config with `server_id_len`: what the datapath looks up.
     pub fn of_id(vip_id: u32, id: &[u8], server_id_len: u8) -> Self {
-        let mut bytes = [0u8; ID_READ_LEN];
+        let mut key = Self {
+            id: [0; ID_READ_LEN],
+            vip_id,
+        };
         let len = id.len().min(ID_READ_LEN);
-        bytes[..len].copy_from_slice(&id[..len]);
-        let [low, high] = id_mask(server_id_len);
-        let (a, b) = bytes.split_at(8);
-        let mut words = [0u8; ID_READ_LEN];
-        let low = u64::from_le_bytes(a.try_into().unwrap_or([0; 8])) & low;
-        let high = u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) & high;
-        words[..8].copy_from_slice(&low.to_le_bytes());
-        words[8..].copy_from_slice(&high.to_le_bytes());
-        Self { vip_id, id: words }
+        key.id[..len].copy_from_slice(&id[..len]);
+        for (word, mask) in key.id.chunks_exact_mut(4).zip(id_mask(server_id_len)) {
+            let masked = u32::from_le_bytes([word[0], word[1], word[2], word[3]]) & mask;
+            word.copy_from_slice(&masked.to_le_bytes());
+        }
+        key
     }
 }
 

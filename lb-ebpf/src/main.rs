@@ -29,6 +29,7 @@ mod maps;
 mod nat;
 mod parse;
 mod policy;
+mod quic;
 mod select;
 mod stats;
 mod too_big;
@@ -44,8 +45,9 @@ use aya_ebpf::{
 use aya_log_ebpf::{info, warn};
 use lb_common::{
     consts::{
-        ABLATE_CLOCK, ABLATE_CONNTRACK, ABLATE_NAT, IPPROTO_TCP, JUMP_ENCAP, JUMP_FRAGMENT,
-        JUMP_ICMP, JUMP_TOO_BIG, REDIRECT_ERR_MAP_ID_OFFSET,
+        ABLATE_CLOCK, ABLATE_CONNTRACK, ABLATE_NAT, BACKEND_FLAG_QUIC, IPPROTO_TCP, IPPROTO_UDP,
+        JUMP_ENCAP, JUMP_FRAGMENT, JUMP_ICMP, JUMP_TOO_BIG, REDIRECT_ERR_MAP_ID_OFFSET,
+        VIP_FLAG_QUIC,
     },
     encap::{MODE_NAT, SENT_ESTABLISHED, SENT_NEW_FLOW},
     flow::{CT_DATAGRAM, CT_ESTABLISHED, CT_FLAG_KEPT_ON_DOWN, Conn, FlowKey},
@@ -472,13 +474,26 @@ fn chosen_backend(
         let conn = unsafe { &mut *slot };
         // The entry's key is the VIP's address, port and protocol, and its backend still
         // serving the entry's VIP says the VIP is still there.
-        if let Some(backend) = select::tracked(conn, packet.flow.proto) {
+        if let Some(mut backend) = select::tracked(conn, packet.flow.proto) {
             if ttl_expires(ctx, packet) {
                 return Some(Err(Outcome::pass(Stat::PassTtlExceeded)));
+            }
+            // A QUIC VIP's 5-tuple may carry another connection now (a client's NAT gave
+            // the port to another): the connection ID decides, every packet.
+            let quic = backend.flags & BACKEND_FLAG_QUIC != 0;
+            if quic
+                && let Some((id, named)) = quic::server(ctx, packet, conn.vip_id)
+                && id != conn.backend_id
+            {
+                conn.backend_id = id;
+                conn.generation = named.generation;
+                backend = named;
+                stats::count_event(Stat::QuicRepinned);
             }
             conntrack::on_packet(conn, flags, Direction::FromClient, now);
             let (vip_id, backend_id) = (conn.vip_id, conn.backend_id);
             let cacheable = proven
+                && !quic
                 && matches!(conn.state, CT_ESTABLISHED | CT_DATAGRAM)
                 && conn.flags & CT_FLAG_KEPT_ON_DOWN == 0
                 && flow_cache::cacheable(packet);
@@ -613,9 +628,16 @@ fn pick_backend(
             None
         }
     };
-    // Maglev is deterministic: a miss on a non-SYN (after a restart, or on another lb
-    // node) lands on the same backend the SYN did, while the backends are the same.
-    let Some((id, backend)) = select::maglev(vip, &packet.flow) else {
+    // A QUIC VIP's packet goes to the backend its connection ID names, whatever its
+    // 5-tuple (a client that moved). Otherwise Maglev, which is deterministic: a miss on a
+    // non-SYN (after a restart, or on another lb node) lands on the same backend the SYN
+    // did, while the backends are the same.
+    let named = if vip.flags & VIP_FLAG_QUIC != 0 && packet.flow.proto == IPPROTO_UDP {
+        quic::server(ctx, packet, vip.id)
+    } else {
+        None
+    };
+    let Some((id, backend)) = named.or_else(|| select::maglev(vip, &packet.flow)) else {
         // Logs are compiled in but off unless `lb run --log-datapath` (the verifier
         // prunes them when the level global is 0).
         warn!(ctx, "vip {}: no usable backend, dropped", vip.id);
