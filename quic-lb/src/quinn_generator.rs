@@ -38,3 +38,32 @@ impl ConnectionIdGenerator for CidGenerator {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Config, ServerId};
+
+    #[test]
+    fn quinn_sees_this_servers_cids_and_no_others() {
+        let config: Config = "config=1,server-id-len=2,nonce-len=5".parse().unwrap();
+        let ours: ServerId = "0a01".parse().unwrap();
+        let mut generator = CidGenerator::new(config.clone(), ours, true).unwrap();
+        assert_eq!(ConnectionIdGenerator::cid_len(&generator), 8);
+        let cid = generator.generate_cid();
+        assert_eq!(cid.len(), 8);
+        assert_eq!(crate::decode(&config, &cid).unwrap(), ours);
+        generator.validate(&cid).unwrap();
+
+        let mut theirs = CidGenerator::new(config, "0a02".parse().unwrap(), true).unwrap();
+        assert!(generator.validate(&theirs.generate_cid()).is_err());
+        let mut other_config = cid.to_vec();
+        other_config[0] ^= 0b011 << 5;
+        assert!(
+            generator
+                .validate(&ConnectionId::new(&other_config))
+                .is_err()
+        );
+        assert!(generator.validate(&ConnectionId::new(&cid[..7])).is_err());
+    }
+}
