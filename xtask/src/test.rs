@@ -22,7 +22,14 @@ use anyhow::bail;
 use crate::{build, cmd, layers, setup};
 
 /// Crates that run on the host (lb-ebpf is checked by its own nightly build).
-const HOST_PACKAGES: &[&str] = &["lb-lab", "lb-common", "lb-userspace", "lb-tests", "xtask"];
+const HOST_PACKAGES: &[&str] = &[
+    "lb-lab",
+    "lb-common",
+    "lb-userspace",
+    "lb-tests",
+    "quic-lb",
+    "xtask",
+];
 
 /// What `../shared/katran-bench` builds Katran and kbench with (the `katran` eBPF tests).
 const KATRAN_TOOLS: &[(&str, &str)] = &[
