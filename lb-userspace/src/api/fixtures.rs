@@ -356,6 +356,7 @@ pub(crate) fn explanations() -> Vec<(&'static str, super::explain::Explanation)>
         explanation: explanation.to_owned(),
         admission: String::new(),
         hops: Vec::new(),
+        quic: None,
     };
     let tracked = |state: &str, to: BackendStatus| TrackedFlow {
         state: state.to_owned(),

@@ -55,6 +55,17 @@ pub enum Request {
         /// any client.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         allow_sources: Vec<Prefix>,
+        /// QUIC-LB configs (UDP VIPs), as `config=0,server-id-len=2,nonce-len=6`; the
+        /// first is the one servers issue IDs with. Empty or absent: not a QUIC VIP.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        quic: Vec<String>,
+    },
+    /// Replaces a VIP's QUIC-LB configs; empty: no longer a QUIC VIP.
+    VipSetQuic {
+        vip: SocketAddr,
+        #[serde(default)]
+        proto: Proto,
+        quic: Vec<String>,
     },
     /// Changes a VIP's forwarding mode (refused while it has backends).
     VipSetMode {
@@ -84,6 +95,9 @@ pub enum Request {
         backend: SocketAddr,
         #[serde(default = "default_weight")]
         weight: u32,
+        /// QUIC VIPs: the backend's server id in hex; absent: lb derives one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        server_id: Option<String>,
     },
     BackendSet {
         vip: SocketAddr,
@@ -94,6 +108,9 @@ pub enum Request {
         weight: Option<u32>,
         #[serde(default)]
         undrain: bool,
+        /// QUIC VIPs: a new server id in hex.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        server_id: Option<String>,
     },
     BackendDrain {
         vip: SocketAddr,
@@ -148,6 +165,10 @@ pub enum Request {
         vip: SocketAddr,
         #[serde(default)]
         proto: Proto,
+        /// QUIC VIPs: a destination connection ID in hex, to say which backend its
+        /// Handshake and short-header packets go to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        quic_id: Option<String>,
     },
 }
 
@@ -210,6 +231,10 @@ pub struct VipEntry {
     pub allow_sources: Vec<Prefix>,
     /// The health check, as given (`null` when unchecked).
     pub check: Option<CheckConfig>,
+    /// QUIC-LB configs (`config=0,server-id-len=2,nonce-len=6`), the one servers issue
+    /// IDs with first; empty: not a QUIC VIP.
+    #[serde(default)]
+    pub quic: Vec<String>,
     pub backends: usize,
     /// Backends taking new flows (not draining).
     pub active: usize,
@@ -228,6 +253,10 @@ pub struct BackendEntry {
     pub proto: Proto,
     pub backend: SocketAddr,
     pub weight: u32,
+    /// A QUIC VIP's backend: the server id (hex) its connection IDs must carry; `null`
+    /// for other VIPs.
+    #[serde(default)]
+    pub server_id: Option<String>,
     /// `active` or `draining`.
     pub state: String,
     /// `up`, `down` or `unchecked`.
@@ -542,6 +571,7 @@ mod tests {
                 proto: Proto::Tcp,
                 backend: "198.18.2.1:8080".parse().expect("addr"),
                 weight: DEFAULT_WEIGHT,
+                server_id: None,
             }
         );
         let text = serde_json::to_string(&request).expect("serialize");

@@ -10,6 +10,7 @@ use std::{
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use lb_common::{consts::DEFAULT_NEW_FLOW_LIMIT, flow::Timeout};
+use quic_lb::{Config as QuicConfig, ServerId};
 
 use crate::{
     daemon::run::RunConfig,
@@ -479,6 +480,26 @@ pub(crate) enum VipCommand {
         /// on the lb never see VIP traffic.
         #[arg(long = "allow-source", value_name = "PREFIX", value_parser = parse_prefix, action = clap::ArgAction::Append)]
         allow_sources: Vec<Prefix>,
+        /// A QUIC-LB config (UDP VIPs; repeat the flag, at most 7, one server-id-len):
+        /// config=N,server-id-len=L,nonce-len=M (plaintext; no key=). Handshake and
+        /// short-header packets go to the backend whose server id their connection ID
+        /// carries; the first config is the one servers issue IDs with.
+        #[arg(long = "quic", value_name = "CONFIG", value_parser = parse_quic_config, action = clap::ArgAction::Append)]
+        quic: Vec<QuicConfig>,
+    },
+    /// Set or replace a VIP's QUIC-LB configs (`--no-quic`: route by Maglev only). A new
+    /// server-id-len gives every backend a new server id (`lb backend list` shows them).
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["quic", "no_quic"])))]
+    SetQuic {
+        #[command(flatten)]
+        service: ServiceArgs,
+        /// A QUIC-LB config, config=N,server-id-len=L,nonce-len=M (repeat the flag; the
+        /// first is the one servers issue IDs with, the others are still routed).
+        #[arg(long = "quic", value_name = "CONFIG", value_parser = parse_quic_config, action = clap::ArgAction::Append)]
+        quic: Vec<QuicConfig>,
+        /// Remove the VIP's configs and its backends' server ids.
+        #[arg(long)]
+        no_quic: bool,
     },
     /// Change a VIP's forwarding mode (only while it has no backends).
     SetMode {
@@ -523,16 +544,23 @@ pub(crate) enum BackendCommand {
         /// Share of new flows relative to the VIP's other backends.
         #[arg(long, default_value_t = DEFAULT_WEIGHT, value_parser = clap::value_parser!(u32).range(MIN_WEIGHT as i64..=MAX_WEIGHT as i64))]
         weight: u32,
+        /// QUIC VIPs: the server id (hex, server-id-len bytes) the backend puts in its
+        /// connection IDs. Default: derived from ADDR:PORT (`lb backend list` shows it).
+        #[arg(long, value_name = "HEX", value_parser = parse_server_id)]
+        server_id: Option<ServerId>,
     },
-    /// Change a backend's weight, or end its drain.
+    /// Change a backend's weight or server id, or end its drain.
     Set {
         #[command(flatten)]
         target: BackendArgs,
-        #[arg(long, required_unless_present = "undrain", value_parser = clap::value_parser!(u32).range(MIN_WEIGHT as i64..=MAX_WEIGHT as i64))]
+        #[arg(long, required_unless_present_any = ["undrain", "server_id"], value_parser = clap::value_parser!(u32).range(MIN_WEIGHT as i64..=MAX_WEIGHT as i64))]
         weight: Option<u32>,
         /// Let a draining backend take new flows again.
         #[arg(long)]
         undrain: bool,
+        /// QUIC VIPs: a new server id (hex); its connections by the old one go by Maglev.
+        #[arg(long, value_name = "HEX", value_parser = parse_server_id)]
+        server_id: Option<ServerId>,
     },
     /// Stop sending new flows to a backend; its established flows continue.
     Drain(BackendArgs),
@@ -648,6 +676,17 @@ fn parse_vip(text: &str) -> Result<IpAddr, String> {
     text.parse().map_err(|_| {
         format!("`{text}` is not an IP address (a VIP here is an address alone, e.g. 198.18.1.1 or fd00::1, no port)")
     })
+}
+
+/// `config=N,server-id-len=L,nonce-len=M`, by the quic-lb crate's own parser.
+pub(crate) fn parse_quic_config(text: &str) -> Result<QuicConfig, String> {
+    text.parse()
+        .map_err(|e: quic_lb::ConfigError| e.to_string())
+}
+
+pub(crate) fn parse_server_id(text: &str) -> Result<ServerId, String> {
+    text.parse()
+        .map_err(|e: quic_lb::ServerIdError| e.to_string())
 }
 
 fn parse_prefix(text: &str) -> Result<Prefix, String> {

@@ -14,10 +14,11 @@ use std::{
 
 use lb_common::{
     consts::{
-        BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNUSED, FAMILY_V4, FAMILY_V6,
-        VIP_FLAG_SOURCE_RANGES,
+        BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_FLAG_QUIC, BACKEND_UNUSED,
+        FAMILY_V4, FAMILY_V6, VIP_FLAG_QUIC, VIP_FLAG_SOURCE_RANGES,
     },
     hash::HashSeed,
+    quic::{ID_READ_LEN, QuicConfigs, QuicServerKey},
     service::{
         Addr, Backend, Endpoint, EndpointKey, SOURCE_RANGE_VIP_BITS, SourceRange, VipInfo, VipKey,
         addr_from_v4, source_prefix_len,
@@ -71,6 +72,33 @@ struct VipSlot {
     history: TableHistory,
     /// The slots each of the two tables has MAGLEV_HOPS entries for.
     hop_slots: [Vec<u32>; 2],
+    /// What the QUIC maps and flags hold for it.
+    quic: QuicSlot,
+}
+
+/// A VIP's QUIC routing as the maps hold it. QUIC_CONFIGS and QUIC_SERVERS are not
+/// pinned: a daemon that adopts pinned maps starts with both empty, as a new program's are.
+#[derive(Clone, Debug, Default)]
+struct QuicSlot {
+    /// Its VIPS entry has `VIP_FLAG_QUIC`.
+    flag: bool,
+    /// Its BACKENDS entries have `BACKEND_FLAG_QUIC`.
+    backends_flagged: bool,
+    /// QUIC_CONFIGS at its id.
+    configs: QuicConfigs,
+    /// Its QUIC_SERVERS entries: masked connection ID (`QuicServerKey::id`) → backend id.
+    servers: BTreeMap<[u8; ID_READ_LEN], u32>,
+}
+
+/// QUIC_CONFIGS' value for a VIP's configs.
+fn quic_configs(configs: &[quic_lb::Config]) -> QuicConfigs {
+    let mut value = QuicConfigs::default();
+    for config in configs {
+        if let Some(len) = value.server_id_len.get_mut(usize::from(config.config_id())) {
+            *len = config.server_id_len() as u8;
+        }
+    }
+    value
 }
 
 /// Generic over the maps so the order of its writes can be tested with a recording fake.
@@ -238,6 +266,11 @@ impl<M: MapWriter> MapSync<M> {
             by_id.insert(info.id, service);
             let mode = Mode::from_number(info.mode).unwrap_or_default();
             let filtered = info.flags & VIP_FLAG_SOURCE_RANGES != 0;
+            // The flag is pinned, the QUIC maps are not: the sync writes them again.
+            let quic = QuicSlot {
+                flag: info.flags & VIP_FLAG_QUIC != 0,
+                ..QuicSlot::default()
+            };
             map_sync.applied.vips.insert(
                 service,
                 VipSpec {
@@ -257,6 +290,7 @@ impl<M: MapWriter> MapSync<M> {
                     fingerprint: 0,
                     history: TableHistory::default(),
                     hop_slots: [Vec::new(), Vec::new()],
+                    quic,
                 },
             );
         }
@@ -275,6 +309,8 @@ impl<M: MapWriter> MapSync<M> {
             let spec = BackendSpec {
                 weight: backend.weight.clamp(MIN_WEIGHT, MAX_WEIGHT),
                 draining: backend.state == BACKEND_DRAINING || backend.state == BACKEND_DOWN,
+                // Only the state file knows server ids.
+                server_id: None,
             };
             map_sync.generations.insert(id, backend.generation);
             map_sync.next_generation = map_sync
@@ -288,6 +324,7 @@ impl<M: MapWriter> MapSync<M> {
                 let on_down = OnDown::from_backend_flags(backend.flags);
                 vip.on_down = on_down;
                 slot.on_down = on_down;
+                slot.quic.backends_flagged = backend.flags & BACKEND_FLAG_QUIC != 0;
                 vip.backends.insert(addr, spec);
                 slot.backend_ids.insert(addr, id);
             }
@@ -467,6 +504,7 @@ impl<M: MapWriter> MapSync<M> {
             service,
             backend,
             weight,
+            server_id: None,
         })
     }
 
@@ -510,22 +548,36 @@ impl<M: MapWriter> MapSync<M> {
                 .slots
                 .get(service)
                 .is_some_and(|slot| slot.on_down != spec.on_down);
+            // So does a VIP becoming (or ceasing to be) a QUIC VIP.
+            let quic = !spec.quic.is_empty();
+            let quic_changed = self
+                .slots
+                .get(service)
+                .is_some_and(|slot| slot.quic.backends_flagged != quic);
             if let Some(slot) = self.slots.get_mut(service) {
                 slot.on_down = spec.on_down;
+                slot.quic.backends_flagged = quic;
             }
+            // Entries of leavers, of old server ids and of removed configs go before their
+            // backends are retired (a freed id may serve another backend soon).
+            self.unroute_quic(service, spec)?;
             let applied = self.applied.vips.get(service);
             let backends = applied.map(|v| &v.backends);
             let mode_changed = applied.is_some_and(|v| v.mode != spec.mode);
             if self.rewrite_all
                 || mode_changed
                 || on_down_changed
+                || quic_changed
                 || backends != Some(&spec.backends)
             {
-                self.sync_backends(service, spec, on_down_changed)?;
+                self.sync_backends(service, spec, on_down_changed || quic_changed)?;
             } else if let Some(vip) = self.applied.vips.get_mut(service) {
                 vip.check.clone_from(&spec.check);
                 vip.on_down = spec.on_down;
+                vip.quic.clone_from(&spec.quic);
             }
+            // Joiners' entries, once they are in BACKENDS; then the configs and the flag.
+            self.route_quic(service, spec)?;
         }
         if self.rewrite_all {
             self.prune_endpoints()?;
@@ -610,7 +662,7 @@ impl<M: MapWriter> MapSync<M> {
                 VIP_FLAG_SOURCE_RANGES
             } else {
                 0
-            },
+            } | if slot.quic.flag { VIP_FLAG_QUIC } else { 0 },
             _pad: [0; 1],
         })
     }
@@ -648,6 +700,7 @@ impl<M: MapWriter> MapSync<M> {
                 fingerprint: maglev::fingerprint(&[], &[]),
                 history: TableHistory::default(),
                 hop_slots: [Vec::new(), Vec::new()],
+                quic: QuicSlot::default(),
             },
         );
         self.applied.vips.insert(
@@ -673,6 +726,9 @@ impl<M: MapWriter> MapSync<M> {
             let (addr, family) = wire_addr(ip);
             ignore_missing(self.maps.remove_vip(&VipKey::address_entry(addr, family)))?;
         }
+        // No packet reaches the VIP now: its QUIC entries go, and the id's next VIP
+        // starts without configs.
+        self.clear_quic(service, slot.id)?;
         for (addr, id) in &slot.backend_ids {
             self.retire_backend(service, addr, *id)?;
         }
@@ -847,6 +903,147 @@ impl<M: MapWriter> MapSync<M> {
         Ok(())
     }
 
+    /// The QUIC_SERVERS entries `spec` needs: one per config and backend with a server id
+    /// and a backend id (a joiner has none before `sync_backends`).
+    fn quic_entries(&self, service: &Service, spec: &VipSpec) -> BTreeMap<[u8; ID_READ_LEN], u32> {
+        let Some(slot) = self.slots.get(service) else {
+            return BTreeMap::new();
+        };
+        spec.quic
+            .iter()
+            .flat_map(|config| {
+                spec.backends.iter().filter_map(move |(addr, backend)| {
+                    let server_id = backend.server_id?;
+                    let id = *slot.backend_ids.get(addr)?;
+                    let key = QuicServerKey::new(slot.id, config.config_id(), server_id.as_bytes());
+                    Some((key.id, id))
+                })
+            })
+            .collect()
+    }
+
+    /// What goes before a VIP's backends change: its QUIC flag if it stops being a QUIC VIP,
+    /// then the configs that go or change length, then the entries `spec` does not have
+    /// (leavers, old server ids, removed configs). A packet meanwhile goes by Maglev.
+    fn unroute_quic(&mut self, service: &Service, spec: &VipSpec) -> Result<(), MapSyncError> {
+        let wanted = self.quic_entries(service, spec);
+        let Some(slot) = self.slots.get_mut(service) else {
+            return Ok(());
+        };
+        let vip_id = slot.id;
+        if slot.quic.flag && spec.quic.is_empty() {
+            slot.quic.flag = false;
+            if let Some(info) = self.vip_info(service) {
+                self.maps.set_vip(&vip_key(service), &info)?;
+            }
+        }
+        let Some(slot) = self.slots.get_mut(service) else {
+            return Ok(());
+        };
+        let target = quic_configs(&spec.quic);
+        let mut kept = slot.quic.configs;
+        for (len, wanted_len) in kept.server_id_len.iter_mut().zip(target.server_id_len) {
+            if *len != wanted_len {
+                *len = 0;
+            }
+        }
+        if kept != slot.quic.configs {
+            self.maps.set_quic_configs(vip_id, &kept)?;
+            if let Some(slot) = self.slots.get_mut(service) {
+                slot.quic.configs = kept;
+            }
+        }
+        let stale: Vec<[u8; ID_READ_LEN]> = self
+            .slots
+            .get(service)
+            .map(|slot| {
+                slot.quic
+                    .servers
+                    .iter()
+                    .filter(|(key, id)| wanted.get(*key) != Some(*id))
+                    .map(|(key, _)| *key)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in stale {
+            ignore_missing(self.maps.remove_quic_server(&QuicServerKey { vip_id, id }))?;
+            if let Some(slot) = self.slots.get_mut(service) {
+                slot.quic.servers.remove(&id);
+            }
+        }
+        Ok(())
+    }
+
+    /// What comes once a VIP's backends are in BACKENDS: the QUIC_SERVERS entries it
+    /// lacks, then its configs, then (the first time) its QUIC flag.
+    fn route_quic(&mut self, service: &Service, spec: &VipSpec) -> Result<(), MapSyncError> {
+        let wanted = self.quic_entries(service, spec);
+        let Some(vip_id) = self.slots.get(service).map(|s| s.id) else {
+            return Ok(());
+        };
+        for (id, backend_id) in wanted {
+            let written = self
+                .slots
+                .get(service)
+                .and_then(|slot| slot.quic.servers.get(&id))
+                == Some(&backend_id);
+            if written && !self.rewrite_all {
+                continue;
+            }
+            self.maps
+                .set_quic_server(&QuicServerKey { vip_id, id }, backend_id)?;
+            if let Some(slot) = self.slots.get_mut(service) {
+                slot.quic.servers.insert(id, backend_id);
+            }
+        }
+        let configs = quic_configs(&spec.quic);
+        let differs = self
+            .slots
+            .get(service)
+            .is_some_and(|slot| slot.quic.configs != configs);
+        if differs || self.rewrite_all {
+            self.maps.set_quic_configs(vip_id, &configs)?;
+            if let Some(slot) = self.slots.get_mut(service) {
+                slot.quic.configs = configs;
+            }
+        }
+        let flag_missing = self.slots.get(service).is_some_and(|slot| !slot.quic.flag);
+        if !spec.quic.is_empty() && flag_missing {
+            if let Some(slot) = self.slots.get_mut(service) {
+                slot.quic.flag = true;
+            }
+            if let Some(info) = self.vip_info(service) {
+                self.maps.set_vip(&vip_key(service), &info)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every QUIC entry of a VIP that no packet reaches any more, and zeroes its
+    /// QUIC_CONFIGS slot.
+    fn clear_quic(&mut self, service: &Service, vip_id: u32) -> Result<(), MapSyncError> {
+        let Some(slot) = self.slots.get_mut(service) else {
+            return Ok(());
+        };
+        let servers: Vec<[u8; ID_READ_LEN]> = slot.quic.servers.keys().copied().collect();
+        let had_configs = slot.quic.configs != QuicConfigs::default();
+        slot.quic.flag = false;
+        for id in servers {
+            ignore_missing(self.maps.remove_quic_server(&QuicServerKey { vip_id, id }))?;
+            if let Some(slot) = self.slots.get_mut(service) {
+                slot.quic.servers.remove(&id);
+            }
+        }
+        if had_configs || self.rewrite_all {
+            self.maps
+                .set_quic_configs(vip_id, &QuicConfigs::default())?;
+            if let Some(slot) = self.slots.get_mut(service) {
+                slot.quic.configs = QuicConfigs::default();
+            }
+        }
+        Ok(())
+    }
+
     fn slot_id(&self, service: &Service, addr: &SocketAddr) -> Option<u32> {
         self.slots.get(service)?.backend_ids.get(addr).copied()
     }
@@ -912,9 +1109,9 @@ impl<M: MapWriter> MapSync<M> {
         spec: &BackendSpec,
     ) -> Result<(), MapSyncError> {
         let (wire, family) = wire_addr(addr.ip());
-        let (mode, on_down) = self.slots.get(service).map_or_else(
-            || (Mode::Nat, OnDown::default()),
-            |slot| (slot.mode, slot.on_down),
+        let (mode, on_down, quic) = self.slots.get(service).map_or_else(
+            || (Mode::Nat, OnDown::default(), false),
+            |slot| (slot.mode, slot.on_down, slot.quic.backends_flagged),
         );
         let state = match (spec.draining, self.down.contains(&(*service, *addr))) {
             (false, _) => BACKEND_ACTIVE,
@@ -932,7 +1129,7 @@ impl<M: MapWriter> MapSync<M> {
                 vip_id,
                 generation: self.generations.get(&id).copied().unwrap_or(0),
                 mode: mode.number(),
-                flags: on_down.backend_flags(),
+                flags: on_down.backend_flags() | if quic { BACKEND_FLAG_QUIC } else { 0 },
                 _pad: [0; 2],
             },
         )?;
@@ -1109,6 +1306,30 @@ mod tests {
             vip_id: u32,
             prefix_len: u32,
         },
+        /// QUIC_CONFIGS at a VIP id: the server-id length of each config id.
+        QuicConfigs {
+            vip_id: u32,
+            lens: [u8; 8],
+        },
+        /// A QUIC_SERVERS entry: (config id, server id) → backend id.
+        QuicServer {
+            config: u8,
+            server_id: Vec<u8>,
+            backend: u32,
+        },
+        QuicServerGone {
+            config: u8,
+            server_id: Vec<u8>,
+        },
+    }
+
+    /// The config id and server id (without trailing zeros) of a QUIC_SERVERS key.
+    fn quic_parts(key: &QuicServerKey) -> (u8, Vec<u8>) {
+        let mut server_id = key.id[1..].to_vec();
+        while server_id.last() == Some(&0) {
+            server_id.pop();
+        }
+        (key.id[0] >> 5, server_id)
     }
 
     /// Service maps in memory that log every write in order.
@@ -1122,6 +1343,8 @@ mod tests {
         hops: BTreeMap<(u32, u32), EarlierHops>,
         /// MAGLEV as written, by (table index, slot).
         tables: BTreeMap<(u32, u32), u32>,
+        quic_configs: BTreeMap<u32, QuicConfigs>,
+        quic_servers: HashMap<QuicServerKey, u32>,
         log: Vec<Write>,
     }
 
@@ -1246,6 +1469,34 @@ mod tests {
                 vip_id: range.vip_id,
                 prefix_len,
             });
+            Ok(())
+        }
+        fn set_quic_configs(&mut self, vip_id: u32, configs: &QuicConfigs) -> Result<(), MapError> {
+            self.quic_configs.insert(vip_id, *configs);
+            self.log.push(Write::QuicConfigs {
+                vip_id,
+                lens: configs.server_id_len,
+            });
+            Ok(())
+        }
+        fn set_quic_server(
+            &mut self,
+            key: &QuicServerKey,
+            backend_id: u32,
+        ) -> Result<(), MapError> {
+            self.quic_servers.insert(*key, backend_id);
+            let (config, server_id) = quic_parts(key);
+            self.log.push(Write::QuicServer {
+                config,
+                server_id,
+                backend: backend_id,
+            });
+            Ok(())
+        }
+        fn remove_quic_server(&mut self, key: &QuicServerKey) -> Result<(), MapError> {
+            self.quic_servers.remove(key);
+            let (config, server_id) = quic_parts(key);
+            self.log.push(Write::QuicServerGone { config, server_id });
             Ok(())
         }
     }
