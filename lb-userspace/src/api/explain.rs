@@ -175,6 +175,7 @@ mod request_tests {
         assert_eq!(
             request,
             Request::Explain {
+                quic_id: None,
                 client: "[fd00::1]:4000".parse().expect("addr"),
                 vip: "[fd00:1::1]:80".parse().expect("addr"),
                 proto: Proto::Tcp,

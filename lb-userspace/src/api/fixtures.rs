@@ -28,6 +28,7 @@ fn sock(text: &str) -> std::net::SocketAddr {
 pub(crate) fn vips() -> Vec<VipEntry> {
     vec![
         VipEntry {
+            quic: Vec::new(),
             vip: sock("198.18.1.1:80"),
             proto: Proto::Tcp,
             mode: Mode::Nat,
@@ -52,6 +53,7 @@ pub(crate) fn vips() -> Vec<VipEntry> {
             table_fingerprint: "5d1f0a7c93e2b468".to_owned(),
         },
         VipEntry {
+            quic: Vec::new(),
             vip: sock("[fd00::1]:53"),
             proto: Proto::Udp,
             mode: Mode::DsrIpip,
@@ -71,6 +73,7 @@ pub(crate) fn vips() -> Vec<VipEntry> {
 pub(crate) fn backends() -> Vec<BackendEntry> {
     vec![
         BackendEntry {
+            server_id: None,
             vip: sock("198.18.1.1:80"),
             proto: Proto::Tcp,
             backend: sock("198.18.11.2:8080"),
@@ -91,6 +94,7 @@ pub(crate) fn backends() -> Vec<BackendEntry> {
             closing_conns: 3,
         },
         BackendEntry {
+            server_id: None,
             vip: sock("198.18.1.1:80"),
             proto: Proto::Tcp,
             backend: sock("198.18.11.3:8080"),
@@ -107,6 +111,7 @@ pub(crate) fn backends() -> Vec<BackendEntry> {
             closing_conns: 1,
         },
         BackendEntry {
+            server_id: None,
             vip: sock("[fd00::1]:53"),
             proto: Proto::Udp,
             backend: sock("[fd00::11:2]:5353"),

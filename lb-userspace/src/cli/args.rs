@@ -893,10 +893,16 @@ mod tests {
         ])
         .expect("valid");
         assert_eq!(cli.api, Some(PathBuf::from("/tmp/s")));
-        let Command::Backend(BackendCommand::Add { target, weight }) = cli.command else {
+        let Command::Backend(BackendCommand::Add {
+            target,
+            weight,
+            server_id,
+        }) = cli.command
+        else {
             panic!("not backend add");
         };
         assert_eq!(weight, DEFAULT_WEIGHT);
+        assert_eq!(server_id, None, "derived by the daemon unless given");
         assert_eq!(target.service.proto, Proto::Udp);
         assert!(target.backend.is_ipv6());
     }

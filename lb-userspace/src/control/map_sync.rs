@@ -1524,6 +1524,7 @@ mod tests {
         let mut changes = vec![Change::AddVip(service())];
         for last in [1, 2] {
             changes.push(Change::AddBackend {
+                server_id: None,
                 service: service(),
                 backend: backend(last),
                 weight: 1,
@@ -1564,6 +1565,7 @@ mod tests {
         ];
         for last in [1, 2] {
             changes.push(Change::AddBackend {
+                server_id: None,
                 service: service(),
                 backend: SocketAddr::new(IpAddr::from([198, 18, 11, last]), 80),
                 weight: 1,
@@ -1581,6 +1583,7 @@ mod tests {
         map_sync.maps_mut().log.clear();
         map_sync
             .apply(&Change::AddBackend {
+                server_id: None,
                 service: service(),
                 backend: SocketAddr::new(IpAddr::from([198, 18, 11, 3]), 80),
                 weight: 1,
@@ -1645,6 +1648,7 @@ mod tests {
         let mut map_sync = two_backends();
         map_sync
             .apply(&Change::AddBackend {
+                server_id: None,
                 service: service(),
                 backend: backend(3),
                 weight: 1,
@@ -1762,6 +1766,7 @@ mod tests {
             .expect("delete");
         map_sync
             .apply(&Change::AddBackend {
+                server_id: None,
                 service,
                 backend,
                 weight: 100,
@@ -1814,6 +1819,7 @@ mod tests {
         let mut map_sync = two_backends();
         let error = map_sync
             .apply(&Change::AddBackend {
+                server_id: None,
                 service: service(),
                 backend: backend(1),
                 weight: 1,
@@ -2006,6 +2012,247 @@ mod tests {
         assert_eq!(adopted.state(), &state);
         assert!(adopted.slots[&service()].filtered);
         assert_eq!(adopted.maps().sources.len(), 1, "{:?}", adopted.maps().log);
+    }
+
+    fn quic_service() -> Service {
+        Service {
+            addr: "198.18.1.1:443".parse().expect("addr"),
+            proto: Proto::Udp,
+        }
+    }
+
+    fn quic_configs_of(texts: &[&str]) -> Vec<quic_lb::Config> {
+        texts.iter().map(|t| t.parse().expect("config")).collect()
+    }
+
+    fn server_id(hex: &str) -> quic_lb::ServerId {
+        hex.parse().expect("server id")
+    }
+
+    /// A QUIC VIP (config 0, 2-byte server ids) with backends 1 (0a01) and 2 (0a02).
+    fn quic_vip() -> MapSync<Recording> {
+        let mut map_sync = MapSync::new(
+            Recording::default(),
+            Limits {
+                maglev_size: 13,
+                ..Limits::default()
+            },
+        );
+        let service = quic_service();
+        let mut changes = vec![
+            Change::AddVip(service),
+            Change::SetQuic {
+                service,
+                configs: quic_configs_of(&["config=0,server-id-len=2,nonce-len=6"]),
+            },
+        ];
+        for (last, id) in [(1, "0a01"), (2, "0a02")] {
+            changes.push(Change::AddBackend {
+                service,
+                backend: backend(last),
+                weight: 1,
+                server_id: Some(server_id(id)),
+            });
+        }
+        map_sync.apply_all(&changes).expect("valid");
+        map_sync
+    }
+
+    fn quic_id_of(map_sync: &MapSync<Recording>, last: u8) -> u32 {
+        map_sync
+            .slot_id(&quic_service(), &backend(last))
+            .expect("known")
+    }
+
+    /// QUIC_SERVERS as (config id, server id) → backend id.
+    fn quic_routes(map_sync: &MapSync<Recording>) -> BTreeMap<(u8, Vec<u8>), u32> {
+        map_sync
+            .maps()
+            .quic_servers
+            .iter()
+            .map(|(key, id)| (quic_parts(key), *id))
+            .collect()
+    }
+
+    fn is_quic_flag(write: &Write, set: bool) -> bool {
+        matches!(write, Write::Vip { port: 443, flags, .. } if (flags & VIP_FLAG_QUIC != 0) == set)
+    }
+
+    #[test]
+    fn a_quic_vip_routes_its_server_ids_before_its_flag_is_set() {
+        let map_sync = quic_vip();
+        let log = &map_sync.maps().log;
+        let (one, two) = (quic_id_of(&map_sync, 1), quic_id_of(&map_sync, 2));
+        assert_eq!(
+            quic_routes(&map_sync),
+            BTreeMap::from([((0, vec![0x0a, 0x01]), one), ((0, vec![0x0a, 0x02]), two)])
+        );
+        let vip_id = map_sync.slots[&quic_service()].id;
+        assert_eq!(
+            map_sync.maps().quic_configs[&vip_id].server_id_len,
+            [2, 0, 0, 0, 0, 0, 0, 0]
+        );
+        let flag = position(log, |w| is_quic_flag(w, true));
+        for id in [one, two] {
+            let entry = position(
+                log,
+                |w| matches!(w, Write::QuicServer { backend, .. } if *backend == id),
+            );
+            let in_backends = position(
+                log,
+                |w| matches!(w, Write::Backend { id: b, .. } if *b == id),
+            );
+            assert!(in_backends < entry && entry < flag, "{log:?}");
+            let written = map_sync.maps().backends[&id];
+            assert_ne!(written.flags & BACKEND_FLAG_QUIC, 0, "backend {id}");
+        }
+        let configs = position(log, |w| matches!(w, Write::QuicConfigs { .. }));
+        assert!(configs < flag, "{log:?}");
+        let info = map_sync.maps().vips[&vip_key(&quic_service())];
+        assert_ne!(info.flags & VIP_FLAG_QUIC, 0);
+    }
+
+    #[test]
+    fn quic_entries_follow_configs_backends_and_server_ids() {
+        let mut map_sync = quic_vip();
+        let service = quic_service();
+        let (one, two) = (quic_id_of(&map_sync, 1), quic_id_of(&map_sync, 2));
+        // Rotation: a second config of the same length routes the same server ids.
+        map_sync
+            .apply(&Change::SetQuic {
+                service,
+                configs: quic_configs_of(&[
+                    "config=1,server-id-len=2,nonce-len=8",
+                    "config=0,server-id-len=2,nonce-len=6",
+                ]),
+            })
+            .expect("rotation");
+        assert_eq!(quic_routes(&map_sync).len(), 4);
+        assert_eq!(
+            quic_routes(&map_sync).get(&(1, vec![0x0a, 0x02])),
+            Some(&two)
+        );
+        // A deleted backend's entries go before its BACKENDS slot is retired.
+        map_sync.maps_mut().log.clear();
+        map_sync
+            .apply(&Change::DelBackend {
+                service,
+                backend: backend(1),
+            })
+            .expect("delete");
+        let log = &map_sync.maps().log;
+        let retired = position(log, |w| {
+            *w == Write::Backend {
+                id: one,
+                state: BACKEND_UNUSED,
+            }
+        });
+        for config in [0, 1] {
+            let gone = position(log, |w| {
+                *w == Write::QuicServerGone {
+                    config,
+                    server_id: vec![0x0a, 0x01],
+                }
+            });
+            assert!(gone < retired, "{log:?}");
+        }
+        // A new server id: the old entries go, new ones come.
+        map_sync
+            .apply(&Change::SetBackend {
+                service,
+                backend: backend(2),
+                weight: None,
+                undrain: false,
+                server_id: Some(server_id("0b02")),
+            })
+            .expect("new server id");
+        assert_eq!(
+            quic_routes(&map_sync),
+            BTreeMap::from([((0, vec![0x0b, 0x02]), two), ((1, vec![0x0b, 0x02]), two)])
+        );
+        // One config goes: its entries and its QUIC_CONFIGS length go.
+        map_sync
+            .apply(&Change::SetQuic {
+                service,
+                configs: quic_configs_of(&["config=1,server-id-len=2,nonce-len=8"]),
+            })
+            .expect("config 0 retired");
+        assert_eq!(
+            quic_routes(&map_sync),
+            BTreeMap::from([((1, vec![0x0b, 0x02]), two)])
+        );
+        let vip_id = map_sync.slots[&service].id;
+        assert_eq!(
+            map_sync.maps().quic_configs[&vip_id].server_id_len,
+            [0, 2, 0, 0, 0, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn no_quic_clears_the_flag_before_the_entries_go() {
+        let mut map_sync = quic_vip();
+        let service = quic_service();
+        map_sync.maps_mut().log.clear();
+        map_sync
+            .apply(&Change::SetQuic {
+                service,
+                configs: Vec::new(),
+            })
+            .expect("no quic");
+        let log = &map_sync.maps().log;
+        let cleared = position(log, |w| is_quic_flag(w, false));
+        let gone = position(log, |w| matches!(w, Write::QuicServerGone { .. }));
+        let configs = position(
+            log,
+            |w| matches!(w, Write::QuicConfigs { lens, .. } if *lens == [0; 8]),
+        );
+        assert!(cleared < gone && cleared < configs, "{log:?}");
+        assert!(quic_routes(&map_sync).is_empty());
+        assert!(!log.iter().any(|w| is_quic_flag(w, true)), "{log:?}");
+        for last in [1, 2] {
+            let id = quic_id_of(&map_sync, last);
+            assert_eq!(map_sync.maps().backends[&id].flags & BACKEND_FLAG_QUIC, 0);
+        }
+    }
+
+    #[test]
+    fn a_deleted_quic_vip_stops_matching_before_its_entries_go() {
+        let mut map_sync = quic_vip();
+        let vip_id = map_sync.slots[&quic_service()].id;
+        map_sync.maps_mut().log.clear();
+        map_sync
+            .apply(&Change::DelVip(quic_service()))
+            .expect("delete");
+        let log = &map_sync.maps().log;
+        let unmatched = position(log, |w| *w == Write::VipGone { port: 443 });
+        let gone = position(log, |w| matches!(w, Write::QuicServerGone { .. }));
+        assert!(unmatched < gone, "{log:?}");
+        assert!(quic_routes(&map_sync).is_empty());
+        assert_eq!(
+            map_sync.maps().quic_configs[&vip_id],
+            QuicConfigs::default()
+        );
+    }
+
+    #[test]
+    fn an_adopting_daemon_writes_the_unpinned_quic_maps_again() {
+        let map_sync = quic_vip();
+        let state = map_sync.state().clone();
+        // QUIC_CONFIGS and QUIC_SERVERS are not pinned: the new program's are empty.
+        let maps = Recording {
+            log: Vec::new(),
+            quic_servers: HashMap::new(),
+            quic_configs: BTreeMap::new(),
+            ..map_sync.maps
+        };
+        let mut adopted = MapSync::adopt(maps, map_sync.limits).expect("adopt");
+        adopted.sync(&state).expect("sync");
+        assert_eq!(adopted.state(), &state);
+        assert_eq!(quic_routes(&adopted).len(), 2);
+        let vip_id = adopted.slots[&quic_service()].id;
+        assert_eq!(adopted.maps().quic_configs[&vip_id].server_id_len[0], 2);
+        let info = adopted.maps().vips[&vip_key(&quic_service())];
+        assert_ne!(info.flags & VIP_FLAG_QUIC, 0);
     }
 
     #[test]

@@ -232,3 +232,322 @@ pub fn parse_connection_id(text: &str) -> Result<Vec<u8>, ConnectionIdError> {
     }
     Ok(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::state::Change;
+
+    fn udp(addr: &str) -> Service {
+        Service {
+            addr: addr.parse().expect("address"),
+            proto: Proto::Udp,
+        }
+    }
+
+    fn configs(texts: &[&str]) -> Vec<Config> {
+        texts
+            .iter()
+            .map(|t| t.parse().expect("a valid config"))
+            .collect()
+    }
+
+    fn id(hex: &str) -> ServerId {
+        hex.parse().expect("a valid server id")
+    }
+
+    fn add(service: Service, backend: &str, server_id: Option<ServerId>) -> Change {
+        Change::AddBackend {
+            service,
+            backend: backend.parse().expect("address"),
+            weight: 100,
+            server_id,
+        }
+    }
+
+    /// A UDP VIP with configs `quic` and no backends.
+    fn quic_vip(service: Service, quic: &[&str]) -> State {
+        let mut state = State::default();
+        state.apply(&Change::AddVip(service)).expect("VIP");
+        state
+            .apply(&Change::SetQuic {
+                service,
+                configs: configs(quic),
+            })
+            .expect("configs");
+        state
+    }
+
+    fn server_id_of(state: &State, service: Service, backend: &str) -> Option<ServerId> {
+        let addr: SocketAddr = backend.parse().expect("address");
+        state.vips[&service].backends[&addr].server_id
+    }
+
+    const TWO: &str = "config=0,server-id-len=2,nonce-len=6";
+
+    #[test]
+    fn a_derived_server_id_is_the_hash_of_the_address_on_every_node() {
+        let vip = udp("198.18.1.1:443");
+        let mut one = quic_vip(vip, &[TWO]);
+        let mut other = quic_vip(vip, &[TWO]);
+        for state in [&mut one, &mut other] {
+            state
+                .apply(&add(vip, "198.18.2.1:443", None))
+                .expect("backend");
+        }
+        let digest = Sha256::digest(b"198.18.2.1:443");
+        let expected = ServerId::new(&digest[..2]).expect("2 bytes");
+        assert_eq!(server_id_of(&one, vip, "198.18.2.1:443"), Some(expected));
+        assert_eq!(one, other, "two nodes derive the same");
+    }
+
+    #[test]
+    fn a_collision_takes_the_next_free_value() {
+        let vip = udp("198.18.1.1:443");
+        let mut state = quic_vip(vip, &[TWO]);
+        let digest = Sha256::digest(b"198.18.2.2:443");
+        let mut taken = [digest[0], digest[1]];
+        // The operator gave another backend the value 198.18.2.2:443 hashes to, and the
+        // one after it.
+        let first = ServerId::new(&taken).expect("2 bytes");
+        state
+            .apply(&add(vip, "198.18.2.1:443", Some(first)))
+            .expect("explicit");
+        increment(&mut taken);
+        let second = ServerId::new(&taken).expect("2 bytes");
+        state
+            .apply(&add(vip, "198.18.2.3:443", Some(second)))
+            .expect("explicit");
+        state
+            .apply(&add(vip, "198.18.2.2:443", None))
+            .expect("derived");
+        increment(&mut taken);
+        assert_eq!(
+            server_id_of(&state, vip, "198.18.2.2:443"),
+            Some(ServerId::new(&taken).expect("2 bytes"))
+        );
+    }
+
+    #[test]
+    fn increments_wrap_and_zero_is_never_given() {
+        let mut value = [0x00, 0xff];
+        increment(&mut value);
+        assert_eq!(value, [0x01, 0x00]);
+        let mut value = [0xff, 0xff];
+        increment(&mut value);
+        assert_eq!(value, [0, 0]);
+        // A one-byte server id: 255 values, then none left.
+        let vip = udp("198.18.1.1:443");
+        let mut state = quic_vip(vip, &["config=1,server-id-len=1,nonce-len=4"]);
+        for i in 0..255u32 {
+            let backend = format!("198.18.{}.{}:443", 2 + i / 200, 1 + i % 200);
+            state
+                .apply(&add(vip, &backend, None))
+                .expect("a free server id");
+        }
+        let ids: std::collections::HashSet<Vec<u8>> = state.vips[&vip]
+            .backends
+            .values()
+            .map(|b| b.server_id.expect("given").as_bytes().to_vec())
+            .collect();
+        assert_eq!(ids.len(), 255, "all distinct");
+        assert!(!ids.contains(&vec![0]), "zero is never given");
+        let before = state.clone();
+        let error = state
+            .apply(&add(vip, "198.18.9.9:443", None))
+            .expect_err("none left");
+        assert!(
+            error
+                .to_string()
+                .contains("every 1-byte server id is taken"),
+            "{error}"
+        );
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn explicit_server_ids_are_checked_and_refusals_change_nothing() {
+        let vip = udp("198.18.1.1:443");
+        let tcp = Service {
+            proto: Proto::Tcp,
+            ..vip
+        };
+        let plain = udp("198.18.1.2:443");
+        let mut state = quic_vip(vip, &[TWO]);
+        state.apply(&Change::AddVip(tcp)).expect("TCP VIP");
+        state.apply(&Change::AddVip(plain)).expect("plain VIP");
+        state
+            .apply(&add(vip, "198.18.2.1:443", Some(id("0a1b"))))
+            .expect("explicit");
+        state
+            .apply(&add(vip, "198.18.2.2:443", None))
+            .expect("derived");
+        assert_eq!(
+            server_id_of(&state, vip, "198.18.2.1:443"),
+            Some(id("0a1b"))
+        );
+        let before = state.clone();
+        let set = |backend: &str, server_id| Change::SetBackend {
+            service: vip,
+            backend: backend.parse().expect("address"),
+            weight: None,
+            undrain: false,
+            server_id: Some(server_id),
+        };
+        let cases = [
+            (
+                add(vip, "198.18.2.3:443", Some(id("0a1b"))),
+                "server id 0a1b is already backend 198.18.2.1:443's on VIP 198.18.1.1:443/udp",
+            ),
+            (
+                add(vip, "198.18.2.3:443", Some(id("0a1b2c"))),
+                "server id 0a1b2c has 3 byte(s) but VIP 198.18.1.1:443/udp's QUIC configs have server-id-len 2",
+            ),
+            (add(vip, "198.18.2.3:443", Some(id("0000"))), "all zeros"),
+            (
+                add(plain, "198.18.2.3:443", Some(id("0a1b"))),
+                "VIP 198.18.1.2:443/udp has no QUIC config",
+            ),
+            (
+                set("198.18.2.2:443", id("0a1b")),
+                "already backend 198.18.2.1:443's",
+            ),
+            (set("198.18.2.9:443", id("0c0d")), "has no backend"),
+            (
+                Change::SetQuic {
+                    service: tcp,
+                    configs: configs(&[TWO]),
+                },
+                "VIP 198.18.1.1:443/tcp is TCP: QUIC configs are for UDP VIPs",
+            ),
+            (
+                Change::SetQuic {
+                    service: vip,
+                    configs: configs(&[
+                        "config=0,server-id-len=2,nonce-len=6,key=8f95f09245765f80256934e50c66207f",
+                    ]),
+                },
+                "encrypted QUIC-LB configs are not supported by the datapath yet; use a plaintext config (no key)",
+            ),
+            (
+                Change::SetQuic {
+                    service: vip,
+                    configs: configs(&[TWO, "config=0,server-id-len=2,nonce-len=8"]),
+                },
+                "config id 0 is given twice",
+            ),
+            (
+                Change::SetQuic {
+                    service: vip,
+                    configs: configs(&[TWO, "config=1,server-id-len=3,nonce-len=6"]),
+                },
+                "config 0 has server-id-len 2 but config 1 has 3",
+            ),
+            (
+                Change::SetQuic {
+                    service: udp("198.18.1.9:443"),
+                    configs: configs(&[TWO]),
+                },
+                "no VIP",
+            ),
+        ];
+        for (change, message) in cases {
+            let error = state.apply(&change).expect_err("must be refused");
+            assert!(error.to_string().contains(message), "{change:?}: {error}");
+            assert_eq!(state, before, "{change:?} changed the state");
+        }
+        let eight: Vec<String> = (0..8)
+            .map(|i| format!("config={},server-id-len=2,nonce-len=6", i % 7))
+            .collect();
+        let eight: Vec<&str> = eight.iter().map(String::as_str).collect();
+        let error = state
+            .apply(&Change::SetQuic {
+                service: vip,
+                configs: configs(&eight),
+            })
+            .expect_err("8 configs");
+        assert!(error.to_string().contains("at most 7"), "{error}");
+        state
+            .apply(&set("198.18.2.2:443", id("0c0d")))
+            .expect("a free server id");
+        assert_eq!(
+            server_id_of(&state, vip, "198.18.2.2:443"),
+            Some(id("0c0d"))
+        );
+    }
+
+    #[test]
+    fn a_new_server_id_length_reassigns_and_no_quic_removes_them() {
+        let vip = udp("198.18.1.1:443");
+        let mut state = quic_vip(vip, &[TWO]);
+        state
+            .apply(&add(vip, "198.18.2.1:443", Some(id("0a1b"))))
+            .expect("explicit");
+        state
+            .apply(&add(vip, "198.18.2.2:443", None))
+            .expect("derived");
+        let before = state.clone();
+        // A second config of the same length: every server id stays.
+        state
+            .apply(&Change::SetQuic {
+                service: vip,
+                configs: configs(&["config=1,server-id-len=2,nonce-len=8", TWO]),
+            })
+            .expect("rotation");
+        assert_eq!(state.vips[&vip].backends, before.vips[&vip].backends);
+        // Another length: every backend gets a derived id of it, explicit ones too.
+        state
+            .apply(&Change::SetQuic {
+                service: vip,
+                configs: configs(&["config=2,server-id-len=3,nonce-len=6"]),
+            })
+            .expect("new length");
+        for backend in ["198.18.2.1:443", "198.18.2.2:443"] {
+            let addr: SocketAddr = backend.parse().expect("address");
+            let digest = Sha256::digest(backend.as_bytes());
+            assert_eq!(
+                server_id_of(&state, vip, backend),
+                Some(ServerId::new(&digest[..3]).expect("3 bytes")),
+                "{addr}"
+            );
+        }
+        let changes = server_id_changes(&before, &state);
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert_eq!(changes[0].from, Some(id("0a1b")));
+        state
+            .apply(&Change::SetQuic {
+                service: vip,
+                configs: Vec::new(),
+            })
+            .expect("no quic");
+        assert!(
+            state.vips[&vip]
+                .backends
+                .values()
+                .all(|b| b.server_id.is_none())
+        );
+        assert_eq!(
+            Change::SetQuic {
+                service: vip,
+                configs: configs(&[TWO])
+            }
+            .to_string(),
+            "vip set 198.18.1.1:443/udp quic config=0,server-id-len=2,nonce-len=6"
+        );
+    }
+
+    #[test]
+    fn connection_ids_are_hex_of_1_to_20_bytes() {
+        assert_eq!(parse_connection_id("0A1b"), Ok(vec![0x0a, 0x1b]));
+        for (text, reason) in [
+            ("", "0 bytes"),
+            ("abc", "not hex"),
+            ("0x0a", "not hex"),
+            ("é0", "not hex"),
+            (&"00".repeat(21), "21 bytes"),
+        ] {
+            let error = parse_connection_id(text).expect_err(text);
+            assert!(error.to_string().contains(reason), "{text}: {error}");
+        }
+    }
+}

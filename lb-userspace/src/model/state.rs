@@ -685,6 +685,7 @@ mod tests {
 
     fn add_backend(service: Service, backend: &str, weight: u32) -> Change {
         Change::AddBackend {
+            server_id: None,
             service,
             backend: backend.parse().expect("address"),
             weight,
@@ -709,6 +710,7 @@ mod tests {
         assert!(state.vips[&vip].backends[&backend].draining);
         state
             .apply(&Change::SetBackend {
+                server_id: None,
                 service: vip,
                 backend,
                 weight: Some(7),
@@ -718,6 +720,7 @@ mod tests {
         assert_eq!(
             state.vips[&vip].backends[&backend],
             BackendSpec {
+                server_id: None,
                 weight: 7,
                 draining: false
             }
@@ -766,6 +769,7 @@ mod tests {
             ),
             (
                 Change::SetBackend {
+                    server_id: None,
                     service: v4,
                     backend: "198.18.2.1:80".parse().expect("address"),
                     weight: None,
