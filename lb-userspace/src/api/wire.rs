@@ -580,6 +580,52 @@ mod tests {
     }
 
     #[test]
+    fn quic_fields_are_optional_and_parse() {
+        let add = parse_request(
+            r#"{"op":"vip-add","vip":"198.18.1.1:443","proto":"udp","quic":["config=0,server-id-len=2,nonce-len=6"]}"#,
+        )
+        .expect("valid");
+        let Request::VipAdd { quic, .. } = &add else {
+            panic!("not vip-add: {add:?}");
+        };
+        assert_eq!(quic, &["config=0,server-id-len=2,nonce-len=6"]);
+        let without = parse_request(r#"{"op":"vip-add","vip":"198.18.1.1:80"}"#).expect("valid");
+        assert!(matches!(without, Request::VipAdd { ref quic, .. } if quic.is_empty()));
+        // An answer of an older client's shape still goes out without the new fields.
+        let line = serde_json::to_string(&without).expect("serialize");
+        assert!(!line.contains("quic"), "{line}");
+        let set = parse_request(
+            r#"{"op":"vip-set-quic","vip":"198.18.1.1:443","proto":"udp","quic":[]}"#,
+        )
+        .expect("valid");
+        assert!(matches!(set, Request::VipSetQuic { ref quic, .. } if quic.is_empty()));
+        let backend = parse_request(
+            r#"{"op":"backend-set","vip":"198.18.1.1:443","backend":"198.18.2.1:443","server_id":"0a1b"}"#,
+        )
+        .expect("valid");
+        assert!(
+            matches!(backend, Request::BackendSet { ref server_id, .. } if server_id.as_deref() == Some("0a1b"))
+        );
+        for line in [
+            r#"{"op":"vip-set-quic","vip":"198.18.1.1:443"}"#,
+            r#"{"op":"vip-add","vip":"198.18.1.1:443","quic":"config=0,server-id-len=2,nonce-len=6"}"#,
+            r#"{"op":"backend-add","vip":"198.18.1.1:443","backend":"198.18.2.1:443","server_id":10}"#,
+            r#"{"op":"backend-add","vip":"198.18.1.1:443","backend":"198.18.2.1:443","serverid":"0a"}"#,
+        ] {
+            let error = parse_request(line).expect_err(line);
+            assert_eq!(error.code, ErrorCode::BadRequest, "{line}: {error}");
+        }
+        // Entries from a daemon that predates QUIC read with the defaults.
+        let entry: BackendEntry = serde_json::from_value(serde_json::json!({
+            "vip": "198.18.1.1:80", "proto": "tcp", "backend": "198.18.2.1:80", "weight": 1,
+            "state": "active", "health": "unchecked", "health_since": null,
+            "last_check_error": null, "health_history": [], "packets": 0, "bytes": 0
+        }))
+        .expect("an old entry");
+        assert_eq!(entry.server_id, None);
+    }
+
+    #[test]
     fn malformed_requests_are_refused_with_a_reason() {
         for (line, reason) in [
             ("", "EOF"),

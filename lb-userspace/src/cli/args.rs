@@ -866,6 +866,139 @@ mod tests {
     }
 
     #[test]
+    fn quic_flags_parse_with_the_quic_lb_parser_and_refuse_bad_values() {
+        let cli = Cli::try_parse_from([
+            "lb",
+            "vip",
+            "add",
+            "198.18.1.1:443",
+            "--proto",
+            "udp",
+            "--quic",
+            "config=0,server-id-len=2,nonce-len=6",
+            "--quic",
+            "config=1,server-id-len=2,nonce-len=8",
+        ])
+        .expect("valid");
+        let Command::Vip(VipCommand::Add { quic, .. }) = cli.command else {
+            panic!("not vip add");
+        };
+        assert_eq!(quic.len(), 2);
+        assert_eq!(quic[1].to_string(), "config=1,server-id-len=2,nonce-len=8");
+        let cli = Cli::try_parse_from([
+            "lb",
+            "backend",
+            "add",
+            "198.18.1.1:443",
+            "198.18.2.1:443",
+            "--proto",
+            "udp",
+            "--server-id",
+            "0A1B",
+        ])
+        .expect("valid");
+        let Command::Backend(BackendCommand::Add { server_id, .. }) = cli.command else {
+            panic!("not backend add");
+        };
+        assert_eq!(server_id.map(|id| id.to_string()).as_deref(), Some("0a1b"));
+        let set = Cli::try_parse_from([
+            "lb",
+            "backend",
+            "set",
+            "198.18.1.1:443",
+            "198.18.2.1:443",
+            "--server-id",
+            "0a1c",
+        ]);
+        assert!(set.is_ok(), "--server-id alone is a change: {set:?}");
+        for (args, reason) in [
+            (
+                vec![
+                    "vip",
+                    "add",
+                    "198.18.1.1:443",
+                    "--quic",
+                    "config=7,server-id-len=2,nonce-len=6",
+                ],
+                "config id 7 is out of range",
+            ),
+            (
+                vec![
+                    "vip",
+                    "add",
+                    "198.18.1.1:443",
+                    "--quic",
+                    "server-id-len=2,nonce-len=6",
+                ],
+                "config is missing",
+            ),
+            (
+                vec![
+                    "backend",
+                    "add",
+                    "198.18.1.1:443",
+                    "198.18.2.1:443",
+                    "--server-id",
+                    "0a1",
+                ],
+                "odd number of hex digits",
+            ),
+            (
+                vec![
+                    "backend",
+                    "add",
+                    "198.18.1.1:443",
+                    "198.18.2.1:443",
+                    "--server-id",
+                    "",
+                ],
+                "1 to 15 octets",
+            ),
+            (vec!["vip", "set-quic", "198.18.1.1:443"], "required"),
+            (
+                vec![
+                    "vip",
+                    "set-quic",
+                    "198.18.1.1:443",
+                    "--no-quic",
+                    "--quic",
+                    "config=0,server-id-len=2,nonce-len=6",
+                ],
+                "cannot be used with",
+            ),
+            (
+                vec![
+                    "explain",
+                    "198.18.0.1:1",
+                    "198.18.1.1:443",
+                    "--quic-id",
+                    "0g",
+                ],
+                "not hex",
+            ),
+        ] {
+            let mut argv = vec!["lb"];
+            argv.extend_from_slice(&args);
+            let error = Cli::try_parse_from(argv).expect_err("refused").to_string();
+            assert!(error.contains(reason), "{args:?}: {error}");
+        }
+        let no_quic = Cli::try_parse_from([
+            "lb",
+            "vip",
+            "set-quic",
+            "198.18.1.1:443",
+            "--proto",
+            "udp",
+            "--no-quic",
+        ])
+        .expect("valid");
+        assert!(matches!(
+            no_quic.command,
+            Command::Vip(VipCommand::SetQuic { ref quic, no_quic: true, .. }) if quic.is_empty()
+        ));
+    }
+
+    #[test]
     fn run_accepts_several_interfaces_both_ways() {
         let cli = Cli::try_parse_from(["lb", "run", "--iface", "a", "b", "--iface", "c"])
             .expect("valid arguments");

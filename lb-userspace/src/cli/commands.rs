@@ -272,7 +272,14 @@ pub(crate) fn backend(socket: &Path, command: BackendCommand) -> anyhow::Result<
             if output.json {
                 return print_json(&backends);
             }
-            output::line(render::backend_table(&backends, now()))
+            output::line(render::backend_table(&backends, now()))?;
+            if backends.iter().any(|b| b.server_id.is_some()) {
+                let vips: Vec<VipEntry> = client::call_as(socket, &Request::VipList {})?;
+                if let Some(servers) = render::quic_servers(&backends, &vips) {
+                    output::line(servers)?;
+                }
+            }
+            Ok(())
         }
     }
 }

@@ -573,7 +573,7 @@ mod tests {
                 "tracked_draining" | "kept_on_down" => (Entry::Serving, Some(MODE_NAT)),
                 "rebalanced" => (Entry::Stale, Some(MODE_NAT)),
                 "new_flow_v6_dsr" => (Entry::Missing, Some(MODE_DSR_IPIP)),
-                "new_flow_admission" => (Entry::Missing, Some(MODE_NAT)),
+                "new_flow_admission" | "new_flow_quic" => (Entry::Missing, Some(MODE_NAT)),
                 "new_flow_gue_second_chance" => (Entry::Missing, Some(MODE_DSR_GUE)),
                 _ => (Entry::Missing, None),
             };

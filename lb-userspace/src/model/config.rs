@@ -612,6 +612,101 @@ mod tests {
         assert_eq!(parse_ok(&rendered), state);
     }
 
+    const QUIC_VIP: &str = "[[vip]]\naddress = \"198.18.1.1:443\"\nproto = \"udp\"\nquic = [\"config=0,server-id-len=2,nonce-len=6\", \"config=1,server-id-len=2,nonce-len=8\"]\n";
+
+    #[test]
+    fn quic_configs_and_server_ids_round_trip() {
+        let text = format!(
+            "{QUIC_VIP}backends = [\n  {{ address = \"198.18.2.1:443\", server_id = \"0A1B\" }},\n  {{ address = \"198.18.2.2:443\" }},\n]\n"
+        );
+        let state = parse_ok(&text);
+        let vip = state.vips.values().next().expect("a VIP");
+        let shown: Vec<String> = vip.quic.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "config=0,server-id-len=2,nonce-len=6",
+                "config=1,server-id-len=2,nonce-len=8"
+            ]
+        );
+        let ids: Vec<String> = vip
+            .backends
+            .values()
+            .map(|b| b.server_id.expect("a server id").to_string())
+            .collect();
+        assert_eq!(ids[0], "0a1b");
+        let rendered = render(&state).expect("render");
+        assert!(
+            rendered.contains("quic = [\"config=0,server-id-len=2,nonce-len=6\", \"config=1,server-id-len=2,nonce-len=8\"]"),
+            "{rendered}"
+        );
+        // The derived id is saved, so a restart keeps it whatever else changes.
+        assert!(
+            rendered.contains(&format!("server_id = \"{}\"", ids[1])),
+            "{rendered}"
+        );
+        assert_eq!(parse_ok(&rendered), state);
+        // A file without QUIC (an older state file) has none.
+        let plain = parse_ok(
+            "[[vip]]\naddress = \"198.18.1.1:443\"\nproto = \"udp\"\nbackends = [{ address = \"198.18.2.1:443\" }]\n",
+        );
+        let vip = plain.vips.values().next().expect("a VIP");
+        assert!(vip.quic.is_empty() && vip.backends.values().all(|b| b.server_id.is_none()));
+        assert!(!render(&plain).expect("render").contains("quic"));
+    }
+
+    #[test]
+    fn bad_quic_configs_and_server_ids_name_the_line() {
+        for (text, line, reason) in [
+            (
+                "[[vip]]\naddress = \"198.18.1.1:443\"\nquic = [\"config=0,server-id-len=2,nonce-len=6\"]\n".to_owned(),
+                3,
+                "is TCP: QUIC configs are for UDP VIPs",
+            ),
+            (
+                "[[vip]]\naddress = \"198.18.1.1:443\"\nproto = \"udp\"\nquic = [\"config=7,server-id-len=2,nonce-len=6\"]\n".to_owned(),
+                4,
+                "quic \"config=7,server-id-len=2,nonce-len=6\": config id 7 is out of range",
+            ),
+            (
+                "[[vip]]\naddress = \"198.18.1.1:443\"\nproto = \"udp\"\nquic = [\"config=0,server-id-len=2,nonce-len=6,key=8f95f09245765f80256934e50c66207f\"]\n".to_owned(),
+                4,
+                "encrypted QUIC-LB configs are not supported",
+            ),
+            (
+                "[[vip]]\naddress = \"198.18.1.1:443\"\nproto = \"udp\"\nquic = \"config=0,server-id-len=2,nonce-len=6\"\n".to_owned(),
+                4,
+                "invalid type",
+            ),
+            (
+                format!("{QUIC_VIP}backends = [\n  {{ address = \"198.18.2.1:443\", server_id = \"0a1b2c\" }},\n]\n"),
+                6,
+                "has 3 byte(s) but VIP 198.18.1.1:443/udp's QUIC configs have server-id-len 2",
+            ),
+            (
+                format!("{QUIC_VIP}backends = [\n  {{ address = \"198.18.2.1:443\", server_id = \"0x1b\" }},\n]\n"),
+                6,
+                "not a hex digit",
+            ),
+            (
+                format!("{QUIC_VIP}backends = [\n  {{ address = \"198.18.2.1:443\", server_id = \"0a1b\" }},\n  {{ address = \"198.18.2.2:443\", server_id = \"0a1b\" }},\n]\n"),
+                7,
+                "server id 0a1b is already backend 198.18.2.1:443's",
+            ),
+            (
+                "[[vip]]\naddress = \"198.18.1.1:443\"\nproto = \"udp\"\nbackends = [\n  { address = \"198.18.2.1:443\", server_id = \"0a1b\" },\n]\n".to_owned(),
+                5,
+                "has no QUIC config",
+            ),
+        ] {
+            let error = parse_err(&text);
+            assert!(
+                error.starts_with(&format!("test.toml:{line}: ")) && error.contains(reason),
+                "{text:?}: {error}"
+            );
+        }
+    }
+
     #[test]
     fn bad_vip_policies_name_the_line() {
         let head = "[[vip]]\naddress = \"198.18.1.1:80\"\n";

@@ -633,6 +633,31 @@ proto = "udp"
     }
 
     #[test]
+    fn quic_config_and_server_id_changes_are_listed() {
+        let quic = "[[vip]]\naddress = \"198.18.1.1:443\"\nproto = \"udp\"\nquic = [\"config=0,server-id-len=2,nonce-len=6\"]\nbackends = [{ address = \"198.18.2.1:443\", server_id = \"0a1b\" }]\n";
+        let rotated = quic
+            .replace(
+                "quic = [",
+                "quic = [\"config=1,server-id-len=2,nonce-len=8\", ",
+            )
+            .replace("0a1b", "0c0d");
+        let vip: SocketAddr = "198.18.1.1:443".parse().expect("addr");
+        let found = differences(&state(quic), &state(&rotated)).expect("allowed");
+        let text: Vec<String> = found.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "~ VIP 198.18.1.1:443/udp QUIC configs: config=0,server-id-len=2,nonce-len=6 -> config=1,server-id-len=2,nonce-len=8; config=0,server-id-len=2,nonce-len=6",
+                "~ backend 198.18.2.1:443 of 198.18.1.1:443/udp: server id 0a1b -> 0c0d",
+            ]
+        );
+        assert!(matches!(
+            &found[1],
+            Difference::ServerIdChanged { vip: v, to: Some(to), .. } if *v == vip && to == "0c0d"
+        ));
+    }
+
+    #[test]
     fn a_drained_node_stays_drained() {
         let mut current = state(BASE);
         current.node.drained = true;
