@@ -184,6 +184,7 @@ fn configure(lab: &FibLab, datapath: &mut Datapath, ids: &Ids) {
             datapath
                 .balancer
                 .apply(&Change::AddBackend {
+                    server_id: None,
                     service,
                     backend: std::net::SocketAddr::new(backend, 8081),
                     weight: 100,

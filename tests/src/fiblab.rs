@@ -278,6 +278,7 @@ pub fn add_dsr_vip(datapath: &mut Datapath, vip: IpAddr, mode: Mode, backends: &
         };
         let mut changes = vec![Change::AddVip(service), Change::SetMode { service, mode }];
         changes.extend(backends.iter().map(|backend| Change::AddBackend {
+            server_id: None,
             service,
             backend: SocketAddr::new(*backend, port),
             weight: 100,
@@ -304,6 +305,7 @@ pub fn add_gue_vip(datapath: &mut Datapath, vip: IpAddr, backends: &[IpAddr]) {
             },
         ];
         changes.extend(backends.iter().map(|backend| Change::AddBackend {
+            server_id: None,
             service,
             backend: SocketAddr::new(*backend, port),
             weight: 100,

@@ -65,6 +65,7 @@ fn node(lab: &FibLab, seed: &str, order: &[SocketAddr]) -> (Vec<IpAddr>, u64) {
                 mode: Mode::DsrIpip,
             },
             Change::AddBackend {
+                server_id: None,
                 service,
                 backend: passing,
                 weight: 100,
@@ -75,6 +76,7 @@ fn node(lab: &FibLab, seed: &str, order: &[SocketAddr]) -> (Vec<IpAddr>, u64) {
             },
         ];
         changes.extend(order.iter().map(|backend| Change::AddBackend {
+            server_id: None,
             service,
             backend: *backend,
             weight: 100,

@@ -299,6 +299,7 @@ fn dsr_l2_does_not_send_to_a_backend_behind_a_gateway() {
                 mode: Mode::DsrL2,
             },
             Change::AddBackend {
+                server_id: None,
                 service,
                 backend: "198.18.50.5:80".parse().expect("backend"),
                 weight: 1,

@@ -222,6 +222,7 @@ fn add_backend(datapath: &mut Datapath, vip: IpAddr, backend: &str) {
     datapath
         .balancer
         .apply(&Change::AddBackend {
+            server_id: None,
             service,
             backend: std::net::SocketAddr::new(ip(backend), 80),
             weight: 100,

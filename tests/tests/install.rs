@@ -523,7 +523,11 @@ fn the_shipped_config_is_valid_as_shipped_and_with_its_examples_uncommented() {
     let (state, cluster) = lb_userspace::model::config::parse_with_cluster(&examples, &path)
         .unwrap_or_else(|e| panic!("the examples do not validate: {e}\n{examples}"));
     assert!(cluster.hash_seed.is_some() && cluster.announce_table == Some(4242));
-    assert_eq!(state.vips.len(), 1, "{examples}");
+    assert_eq!(state.vips.len(), 2, "{examples}");
     let backends: usize = state.vips.values().map(|v| v.backends.len()).sum();
-    assert_eq!(backends, 3, "{examples}");
+    assert_eq!(backends, 5, "{examples}");
+    assert!(
+        state.vips.values().any(|v| !v.quic.is_empty()),
+        "the QUIC example: {examples}"
+    );
 }

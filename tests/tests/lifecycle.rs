@@ -303,6 +303,7 @@ fn a_tracked_flow_of_a_deleted_vip_is_no_longer_forwarded() {
         datapath
             .balancer
             .apply(&Change::AddBackend {
+                server_id: None,
                 service: tcp,
                 backend: SocketAddr::new(ip("198.18.2.2"), 8080),
                 weight: 1,

@@ -42,6 +42,14 @@ pub enum ErrorCode {
     InvalidCheck,
     /// A VIP's source prefixes: of the other family, given twice, or too many.
     InvalidSources,
+    /// A VIP's QUIC-LB configs: not a config, on a TCP VIP, encrypted, a config id given
+    /// twice, server-id lengths that differ, or more than 7.
+    InvalidQuic,
+    /// A server id: not hex, of another length than the VIP's configs say, all zeros, for
+    /// a VIP without QUIC configs, or none left to derive.
+    InvalidServerId,
+    /// Another backend of the VIP has the server id.
+    ServerIdInUse,
     TooManyVips,
     TooManyBackends,
     /// Forwarding is off for the VIP's family on an attached interface.
@@ -63,7 +71,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order docs/API.md lists them.
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 31] = [
         ErrorCode::BadRequest,
         ErrorCode::RequestTooLarge,
         ErrorCode::VersionMismatch,
@@ -82,6 +90,9 @@ impl ErrorCode {
         ErrorCode::NotOnLink,
         ErrorCode::NothingToChange,
         ErrorCode::InvalidSources,
+        ErrorCode::InvalidQuic,
+        ErrorCode::InvalidServerId,
+        ErrorCode::ServerIdInUse,
         ErrorCode::InvalidCheck,
         ErrorCode::TooManyVips,
         ErrorCode::TooManyBackends,
@@ -143,9 +154,20 @@ impl ErrorCode {
             ErrorCode::NotOnLink => {
                 "attach lb to the backend's link (--iface) or use dsr-ipip, which routes to the backend"
             }
-            ErrorCode::NothingToChange => "give --weight, or --undrain to end a drain",
+            ErrorCode::NothingToChange => {
+                "give --weight, --undrain to end a drain, or --server-id (QUIC VIPs)"
+            }
             ErrorCode::InvalidSources => {
                 "give at most 64 distinct prefixes (--allow-source) of the VIP's address family"
+            }
+            ErrorCode::InvalidQuic => {
+                "give UDP VIPs 1 to 7 plaintext configs (--quic config=N,server-id-len=L,nonce-len=M) with distinct config ids and one server-id-len"
+            }
+            ErrorCode::InvalidServerId => {
+                "give the VIP QUIC configs first (`lb vip set-quic`), then a server id of server-id-len bytes in hex, not all zeros"
+            }
+            ErrorCode::ServerIdInUse => {
+                "give another server id, or change the other backend's first (`lb backend list <VIP>` shows them)"
             }
             ErrorCode::InvalidCheck => {
                 "fix the check as the message says; `lb vip add --help` lists the check options"
@@ -216,6 +238,16 @@ impl From<&ChangeError> for ErrorCode {
             ChangeError::DsrPortMismatch { .. } => ErrorCode::DsrPortMismatch,
             ChangeError::DsrFamily { .. } => ErrorCode::DsrFamily,
             ChangeError::Sources { .. } => ErrorCode::InvalidSources,
+            ChangeError::QuicOnTcp(_)
+            | ChangeError::TooManyQuicConfigs { .. }
+            | ChangeError::EncryptedQuicConfig(_)
+            | ChangeError::DuplicateQuicConfigId { .. }
+            | ChangeError::QuicServerIdLenDiffers { .. } => ErrorCode::InvalidQuic,
+            ChangeError::NotQuic(_)
+            | ChangeError::ServerIdLen { .. }
+            | ChangeError::ServerIdZero(_)
+            | ChangeError::ServerIdsExhausted { .. } => ErrorCode::InvalidServerId,
+            ChangeError::ServerIdInUse { .. } => ErrorCode::ServerIdInUse,
         }
     }
 }
@@ -260,16 +292,19 @@ mod tests {
             ErrorCode::NotOnLink => 15,
             ErrorCode::NothingToChange => 16,
             ErrorCode::InvalidSources => 17,
-            ErrorCode::InvalidCheck => 18,
-            ErrorCode::TooManyVips => 19,
-            ErrorCode::TooManyBackends => 20,
-            ErrorCode::ForwardingDisabled => 21,
-            ErrorCode::DatapathError => 22,
-            ErrorCode::StateNotSaved => 23,
-            ErrorCode::NoConfig => 24,
-            ErrorCode::InvalidConfig => 25,
-            ErrorCode::Internal => 26,
-            ErrorCode::Other => 27,
+            ErrorCode::InvalidQuic => 18,
+            ErrorCode::InvalidServerId => 19,
+            ErrorCode::ServerIdInUse => 20,
+            ErrorCode::InvalidCheck => 21,
+            ErrorCode::TooManyVips => 22,
+            ErrorCode::TooManyBackends => 23,
+            ErrorCode::ForwardingDisabled => 24,
+            ErrorCode::DatapathError => 25,
+            ErrorCode::StateNotSaved => 26,
+            ErrorCode::NoConfig => 27,
+            ErrorCode::InvalidConfig => 28,
+            ErrorCode::Internal => 29,
+            ErrorCode::Other => 30,
         }
     }
 

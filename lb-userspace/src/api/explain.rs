@@ -38,6 +38,40 @@ pub struct Explanation {
     /// absent for other modes and for a packet that is not forwarded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hops: Vec<SocketAddr>,
+    /// A QUIC VIP: how its packets find their backend; absent for other VIPs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quic: Option<QuicRoute>,
+}
+
+/// How the packets of a flow to a QUIC VIP find their backend: Initial and 0-RTT packets
+/// (the client chose their connection ID) by Maglev, as `maglev` says; Handshake and
+/// short-header packets by the server id their connection ID carries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuicRoute {
+    /// The VIP's QUIC-LB configs, the one servers issue IDs with first.
+    pub configs: Vec<String>,
+    /// Where a Handshake or short-header packet with the connection ID asked about
+    /// (`quic_id`) goes; absent when none was asked about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_id: Option<QuicIdRoute>,
+}
+
+/// One connection ID, read as the datapath reads it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuicIdRoute {
+    /// The connection ID, in hex.
+    pub id: String,
+    /// The config id in its first octet's top three bits.
+    pub config_id: u8,
+    /// The server id it carries under that config (hex); `null`: the VIP has no config
+    /// of that id.
+    pub server_id: Option<String>,
+    /// The backend that server id names, serving the VIP; `null`: none, so the packet
+    /// goes by Maglev.
+    pub backend: Option<BackendStatus>,
+    /// The counter of `lb stats` the packet is counted under: `quic_by_server_id`,
+    /// `quic_unknown_config` or `quic_unknown_server_id`.
+    pub counter: String,
 }
 
 /// The VIP a flow matches.
@@ -141,6 +175,7 @@ mod request_tests {
         assert_eq!(
             request,
             Request::Explain {
+                quic_id: None,
                 client: "[fd00::1]:4000".parse().expect("addr"),
                 vip: "[fd00:1::1]:80".parse().expect("addr"),
                 proto: Proto::Tcp,

@@ -28,6 +28,7 @@ fn sock(text: &str) -> std::net::SocketAddr {
 pub(crate) fn vips() -> Vec<VipEntry> {
     vec![
         VipEntry {
+            quic: Vec::new(),
             vip: sock("198.18.1.1:80"),
             proto: Proto::Tcp,
             mode: Mode::Nat,
@@ -52,6 +53,10 @@ pub(crate) fn vips() -> Vec<VipEntry> {
             table_fingerprint: "5d1f0a7c93e2b468".to_owned(),
         },
         VipEntry {
+            quic: vec![
+                "config=1,server-id-len=2,nonce-len=8".to_owned(),
+                "config=0,server-id-len=2,nonce-len=6".to_owned(),
+            ],
             vip: sock("[fd00::1]:53"),
             proto: Proto::Udp,
             mode: Mode::DsrIpip,
@@ -71,6 +76,7 @@ pub(crate) fn vips() -> Vec<VipEntry> {
 pub(crate) fn backends() -> Vec<BackendEntry> {
     vec![
         BackendEntry {
+            server_id: None,
             vip: sock("198.18.1.1:80"),
             proto: Proto::Tcp,
             backend: sock("198.18.11.2:8080"),
@@ -91,6 +97,7 @@ pub(crate) fn backends() -> Vec<BackendEntry> {
             closing_conns: 3,
         },
         BackendEntry {
+            server_id: None,
             vip: sock("198.18.1.1:80"),
             proto: Proto::Tcp,
             backend: sock("198.18.11.3:8080"),
@@ -107,6 +114,7 @@ pub(crate) fn backends() -> Vec<BackendEntry> {
             closing_conns: 1,
         },
         BackendEntry {
+            server_id: Some("0a1b".to_owned()),
             vip: sock("[fd00::1]:53"),
             proto: Proto::Udp,
             backend: sock("[fd00::11:2]:5353"),
@@ -356,6 +364,7 @@ pub(crate) fn explanations() -> Vec<(&'static str, super::explain::Explanation)>
         explanation: explanation.to_owned(),
         admission: String::new(),
         hops: Vec::new(),
+        quic: None,
     };
     let tracked = |state: &str, to: BackendStatus| TrackedFlow {
         state: state.to_owned(),
@@ -434,6 +443,40 @@ pub(crate) fn explanations() -> Vec<(&'static str, super::explain::Explanation)>
                 ..v4(
                     Verdict::NewFlow,
                     "The flow is not tracked: Maglev sends it to 198.18.12.3:80 (slot 24576, dsr-gue: the packet untouched inside UDP and GUE with its hop list) and tracks it. A SYN is tracked as opening; any other segment but a RST goes there too and is tracked as established, unproven for at most the opening timeout (ct_miss_mid_flow); a RST goes there untracked (ct_rst_untracked). Its hop list is 198.18.12.3:80 → 198.18.12.2:80: a backend without the connection (TCP: no SYN and no socket; UDP: not among its recent flows) hands the packet on to the next, and the last takes it (the second chance).",
+                )
+            },
+        ),
+        (
+            "new_flow_quic",
+            Explanation {
+                client: sock("198.18.0.1:40000"),
+                vip: sock("198.18.1.1:443"),
+                proto: Proto::Udp,
+                service: Some(service(Mode::Nat, false)),
+                maglev: Some(maglev(backend(
+                    "198.18.12.2:443",
+                    "active",
+                    Health::Unchecked,
+                    false,
+                ))),
+                quic: Some(super::explain::QuicRoute {
+                    configs: vec!["config=0,server-id-len=2,nonce-len=6".to_owned()],
+                    connection_id: Some(super::explain::QuicIdRoute {
+                        id: "0a1b2c3d4e5f6071".to_owned(),
+                        config_id: 0,
+                        server_id: Some("0a1b".to_owned()),
+                        backend: Some(backend(
+                            "198.18.12.3:443",
+                            "active",
+                            Health::Unchecked,
+                            false,
+                        )),
+                        counter: "quic_by_server_id".to_owned(),
+                    }),
+                }),
+                ..v4(
+                    Verdict::NewFlow,
+                    "The flow is not tracked: Maglev sends it to 198.18.12.2:443 (slot 24576, destination NAT) and tracks it. QUIC: Initial and 0-RTT packets carry the client's connection ID and go by Maglev as above; Handshake and short-header packets go to the backend whose server id their connection ID carries (configs: config=0,server-id-len=2,nonce-len=6), and a tracked flow's packet whose ID names another serving backend moves the flow there (quic_repinned). Connection ID 0a1b2c3d4e5f6071 carries server id 0a1b (config 0): its Handshake and short-header packets go to 198.18.12.3:443 (quic_by_server_id).",
                 )
             },
         ),

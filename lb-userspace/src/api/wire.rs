@@ -55,6 +55,17 @@ pub enum Request {
         /// any client.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         allow_sources: Vec<Prefix>,
+        /// QUIC-LB configs (UDP VIPs), as `config=0,server-id-len=2,nonce-len=6`; the
+        /// first is the one servers issue IDs with. Empty or absent: not a QUIC VIP.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        quic: Vec<String>,
+    },
+    /// Replaces a VIP's QUIC-LB configs; empty: no longer a QUIC VIP.
+    VipSetQuic {
+        vip: SocketAddr,
+        #[serde(default)]
+        proto: Proto,
+        quic: Vec<String>,
     },
     /// Changes a VIP's forwarding mode (refused while it has backends).
     VipSetMode {
@@ -84,6 +95,9 @@ pub enum Request {
         backend: SocketAddr,
         #[serde(default = "default_weight")]
         weight: u32,
+        /// QUIC VIPs: the backend's server id in hex; absent: lb derives one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        server_id: Option<String>,
     },
     BackendSet {
         vip: SocketAddr,
@@ -94,6 +108,9 @@ pub enum Request {
         weight: Option<u32>,
         #[serde(default)]
         undrain: bool,
+        /// QUIC VIPs: a new server id in hex.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        server_id: Option<String>,
     },
     BackendDrain {
         vip: SocketAddr,
@@ -148,6 +165,10 @@ pub enum Request {
         vip: SocketAddr,
         #[serde(default)]
         proto: Proto,
+        /// QUIC VIPs: a destination connection ID in hex, to say which backend its
+        /// Handshake and short-header packets go to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        quic_id: Option<String>,
     },
 }
 
@@ -210,6 +231,10 @@ pub struct VipEntry {
     pub allow_sources: Vec<Prefix>,
     /// The health check, as given (`null` when unchecked).
     pub check: Option<CheckConfig>,
+    /// QUIC-LB configs (`config=0,server-id-len=2,nonce-len=6`), the one servers issue
+    /// IDs with first; empty: not a QUIC VIP.
+    #[serde(default)]
+    pub quic: Vec<String>,
     pub backends: usize,
     /// Backends taking new flows (not draining).
     pub active: usize,
@@ -228,6 +253,10 @@ pub struct BackendEntry {
     pub proto: Proto,
     pub backend: SocketAddr,
     pub weight: u32,
+    /// A QUIC VIP's backend: the server id (hex) its connection IDs must carry; `null`
+    /// for other VIPs.
+    #[serde(default)]
+    pub server_id: Option<String>,
     /// `active` or `draining`.
     pub state: String,
     /// `up`, `down` or `unchecked`.
@@ -542,11 +571,58 @@ mod tests {
                 proto: Proto::Tcp,
                 backend: "198.18.2.1:8080".parse().expect("addr"),
                 weight: DEFAULT_WEIGHT,
+                server_id: None,
             }
         );
         let text = serde_json::to_string(&request).expect("serialize");
         assert_eq!(parse_request(&text), Ok(request));
         assert_eq!(parse_request(r#"{"op":"status"}"#), Ok(Request::Status {}));
+    }
+
+    #[test]
+    fn quic_fields_are_optional_and_parse() {
+        let add = parse_request(
+            r#"{"op":"vip-add","vip":"198.18.1.1:443","proto":"udp","quic":["config=0,server-id-len=2,nonce-len=6"]}"#,
+        )
+        .expect("valid");
+        let Request::VipAdd { quic, .. } = &add else {
+            panic!("not vip-add: {add:?}");
+        };
+        assert_eq!(quic, &["config=0,server-id-len=2,nonce-len=6"]);
+        let without = parse_request(r#"{"op":"vip-add","vip":"198.18.1.1:80"}"#).expect("valid");
+        assert!(matches!(without, Request::VipAdd { ref quic, .. } if quic.is_empty()));
+        // An answer of an older client's shape still goes out without the new fields.
+        let line = serde_json::to_string(&without).expect("serialize");
+        assert!(!line.contains("quic"), "{line}");
+        let set = parse_request(
+            r#"{"op":"vip-set-quic","vip":"198.18.1.1:443","proto":"udp","quic":[]}"#,
+        )
+        .expect("valid");
+        assert!(matches!(set, Request::VipSetQuic { ref quic, .. } if quic.is_empty()));
+        let backend = parse_request(
+            r#"{"op":"backend-set","vip":"198.18.1.1:443","backend":"198.18.2.1:443","server_id":"0a1b"}"#,
+        )
+        .expect("valid");
+        assert!(
+            matches!(backend, Request::BackendSet { ref server_id, .. } if server_id.as_deref() == Some("0a1b"))
+        );
+        for line in [
+            r#"{"op":"vip-set-quic","vip":"198.18.1.1:443"}"#,
+            r#"{"op":"vip-add","vip":"198.18.1.1:443","quic":"config=0,server-id-len=2,nonce-len=6"}"#,
+            r#"{"op":"backend-add","vip":"198.18.1.1:443","backend":"198.18.2.1:443","server_id":10}"#,
+            r#"{"op":"backend-add","vip":"198.18.1.1:443","backend":"198.18.2.1:443","serverid":"0a"}"#,
+        ] {
+            let error = parse_request(line).expect_err(line);
+            assert_eq!(error.code, ErrorCode::BadRequest, "{line}: {error}");
+        }
+        // Entries from a daemon that predates QUIC read with the defaults.
+        let entry: BackendEntry = serde_json::from_value(serde_json::json!({
+            "vip": "198.18.1.1:80", "proto": "tcp", "backend": "198.18.2.1:80", "weight": 1,
+            "state": "active", "health": "unchecked", "health_since": null,
+            "last_check_error": null, "health_history": [], "packets": 0, "bytes": 0
+        }))
+        .expect("an old entry");
+        assert_eq!(entry.server_id, None);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::{
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use lb_common::{consts::DEFAULT_NEW_FLOW_LIMIT, flow::Timeout};
+use quic_lb::{Config as QuicConfig, ServerId};
 
 use crate::{
     daemon::run::RunConfig,
@@ -479,6 +480,26 @@ pub(crate) enum VipCommand {
         /// on the lb never see VIP traffic.
         #[arg(long = "allow-source", value_name = "PREFIX", value_parser = parse_prefix, action = clap::ArgAction::Append)]
         allow_sources: Vec<Prefix>,
+        /// A QUIC-LB config (UDP VIPs; repeat the flag, at most 7, one server-id-len):
+        /// config=N,server-id-len=L,nonce-len=M (plaintext; no key=). Handshake and
+        /// short-header packets go to the backend whose server id their connection ID
+        /// carries; the first config is the one servers issue IDs with.
+        #[arg(long = "quic", value_name = "CONFIG", value_parser = parse_quic_config, action = clap::ArgAction::Append)]
+        quic: Vec<QuicConfig>,
+    },
+    /// Set or replace a VIP's QUIC-LB configs (`--no-quic`: route by Maglev only). A new
+    /// server-id-len gives every backend a new server id (`lb backend list` shows them).
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["quic", "no_quic"])))]
+    SetQuic {
+        #[command(flatten)]
+        service: ServiceArgs,
+        /// A QUIC-LB config, config=N,server-id-len=L,nonce-len=M (repeat the flag; the
+        /// first is the one servers issue IDs with, the others are still routed).
+        #[arg(long = "quic", value_name = "CONFIG", value_parser = parse_quic_config, action = clap::ArgAction::Append)]
+        quic: Vec<QuicConfig>,
+        /// Remove the VIP's configs and its backends' server ids.
+        #[arg(long)]
+        no_quic: bool,
     },
     /// Change a VIP's forwarding mode (only while it has no backends).
     SetMode {
@@ -523,16 +544,23 @@ pub(crate) enum BackendCommand {
         /// Share of new flows relative to the VIP's other backends.
         #[arg(long, default_value_t = DEFAULT_WEIGHT, value_parser = clap::value_parser!(u32).range(MIN_WEIGHT as i64..=MAX_WEIGHT as i64))]
         weight: u32,
+        /// QUIC VIPs: the server id (hex, server-id-len bytes) the backend puts in its
+        /// connection IDs. Default: derived from ADDR:PORT (`lb backend list` shows it).
+        #[arg(long, value_name = "HEX", value_parser = parse_server_id)]
+        server_id: Option<ServerId>,
     },
-    /// Change a backend's weight, or end its drain.
+    /// Change a backend's weight or server id, or end its drain.
     Set {
         #[command(flatten)]
         target: BackendArgs,
-        #[arg(long, required_unless_present = "undrain", value_parser = clap::value_parser!(u32).range(MIN_WEIGHT as i64..=MAX_WEIGHT as i64))]
+        #[arg(long, required_unless_present_any = ["undrain", "server_id"], value_parser = clap::value_parser!(u32).range(MIN_WEIGHT as i64..=MAX_WEIGHT as i64))]
         weight: Option<u32>,
         /// Let a draining backend take new flows again.
         #[arg(long)]
         undrain: bool,
+        /// QUIC VIPs: a new server id (hex); its connections by the old one go by Maglev.
+        #[arg(long, value_name = "HEX", value_parser = parse_server_id)]
+        server_id: Option<ServerId>,
     },
     /// Stop sending new flows to a backend; its established flows continue.
     Drain(BackendArgs),
@@ -648,6 +676,17 @@ fn parse_vip(text: &str) -> Result<IpAddr, String> {
     text.parse().map_err(|_| {
         format!("`{text}` is not an IP address (a VIP here is an address alone, e.g. 198.18.1.1 or fd00::1, no port)")
     })
+}
+
+/// `config=N,server-id-len=L,nonce-len=M`, by the quic-lb crate's own parser.
+pub(crate) fn parse_quic_config(text: &str) -> Result<QuicConfig, String> {
+    text.parse()
+        .map_err(|e: quic_lb::ConfigError| e.to_string())
+}
+
+pub(crate) fn parse_server_id(text: &str) -> Result<ServerId, String> {
+    text.parse()
+        .map_err(|e: quic_lb::ServerIdError| e.to_string())
 }
 
 fn parse_prefix(text: &str) -> Result<Prefix, String> {
@@ -827,6 +866,139 @@ mod tests {
     }
 
     #[test]
+    fn quic_flags_parse_with_the_quic_lb_parser_and_refuse_bad_values() {
+        let cli = Cli::try_parse_from([
+            "lb",
+            "vip",
+            "add",
+            "198.18.1.1:443",
+            "--proto",
+            "udp",
+            "--quic",
+            "config=0,server-id-len=2,nonce-len=6",
+            "--quic",
+            "config=1,server-id-len=2,nonce-len=8",
+        ])
+        .expect("valid");
+        let Command::Vip(VipCommand::Add { quic, .. }) = cli.command else {
+            panic!("not vip add");
+        };
+        assert_eq!(quic.len(), 2);
+        assert_eq!(quic[1].to_string(), "config=1,server-id-len=2,nonce-len=8");
+        let cli = Cli::try_parse_from([
+            "lb",
+            "backend",
+            "add",
+            "198.18.1.1:443",
+            "198.18.2.1:443",
+            "--proto",
+            "udp",
+            "--server-id",
+            "0A1B",
+        ])
+        .expect("valid");
+        let Command::Backend(BackendCommand::Add { server_id, .. }) = cli.command else {
+            panic!("not backend add");
+        };
+        assert_eq!(server_id.map(|id| id.to_string()).as_deref(), Some("0a1b"));
+        let set = Cli::try_parse_from([
+            "lb",
+            "backend",
+            "set",
+            "198.18.1.1:443",
+            "198.18.2.1:443",
+            "--server-id",
+            "0a1c",
+        ]);
+        assert!(set.is_ok(), "--server-id alone is a change: {set:?}");
+        for (args, reason) in [
+            (
+                vec![
+                    "vip",
+                    "add",
+                    "198.18.1.1:443",
+                    "--quic",
+                    "config=7,server-id-len=2,nonce-len=6",
+                ],
+                "config id 7 is out of range",
+            ),
+            (
+                vec![
+                    "vip",
+                    "add",
+                    "198.18.1.1:443",
+                    "--quic",
+                    "server-id-len=2,nonce-len=6",
+                ],
+                "config is missing",
+            ),
+            (
+                vec![
+                    "backend",
+                    "add",
+                    "198.18.1.1:443",
+                    "198.18.2.1:443",
+                    "--server-id",
+                    "0a1",
+                ],
+                "odd number of hex digits",
+            ),
+            (
+                vec![
+                    "backend",
+                    "add",
+                    "198.18.1.1:443",
+                    "198.18.2.1:443",
+                    "--server-id",
+                    "",
+                ],
+                "1 to 15 octets",
+            ),
+            (vec!["vip", "set-quic", "198.18.1.1:443"], "required"),
+            (
+                vec![
+                    "vip",
+                    "set-quic",
+                    "198.18.1.1:443",
+                    "--no-quic",
+                    "--quic",
+                    "config=0,server-id-len=2,nonce-len=6",
+                ],
+                "cannot be used with",
+            ),
+            (
+                vec![
+                    "explain",
+                    "198.18.0.1:1",
+                    "198.18.1.1:443",
+                    "--quic-id",
+                    "0g",
+                ],
+                "not hex",
+            ),
+        ] {
+            let mut argv = vec!["lb"];
+            argv.extend_from_slice(&args);
+            let error = Cli::try_parse_from(argv).expect_err("refused").to_string();
+            assert!(error.contains(reason), "{args:?}: {error}");
+        }
+        let no_quic = Cli::try_parse_from([
+            "lb",
+            "vip",
+            "set-quic",
+            "198.18.1.1:443",
+            "--proto",
+            "udp",
+            "--no-quic",
+        ])
+        .expect("valid");
+        assert!(matches!(
+            no_quic.command,
+            Command::Vip(VipCommand::SetQuic { ref quic, no_quic: true, .. }) if quic.is_empty()
+        ));
+    }
+
+    #[test]
     fn run_accepts_several_interfaces_both_ways() {
         let cli = Cli::try_parse_from(["lb", "run", "--iface", "a", "b", "--iface", "c"])
             .expect("valid arguments");
@@ -854,10 +1026,16 @@ mod tests {
         ])
         .expect("valid");
         assert_eq!(cli.api, Some(PathBuf::from("/tmp/s")));
-        let Command::Backend(BackendCommand::Add { target, weight }) = cli.command else {
+        let Command::Backend(BackendCommand::Add {
+            target,
+            weight,
+            server_id,
+        }) = cli.command
+        else {
             panic!("not backend add");
         };
         assert_eq!(weight, DEFAULT_WEIGHT);
+        assert_eq!(server_id, None, "derived by the daemon unless given");
         assert_eq!(target.service.proto, Proto::Udp);
         assert!(target.backend.is_ipv6());
     }

@@ -59,6 +59,7 @@ pub(crate) fn vip(socket: &Path, command: VipCommand) -> anyhow::Result<()> {
             mode,
             on_down,
             allow_sources,
+            quic,
         } => done(
             socket,
             &Request::VipAdd {
@@ -68,6 +69,7 @@ pub(crate) fn vip(socket: &Path, command: VipCommand) -> anyhow::Result<()> {
                 mode,
                 on_down,
                 allow_sources,
+                quic: quic.iter().map(ToString::to_string).collect(),
             },
             format!(
                 "added VIP {}/{} ({mode}){}",
@@ -101,6 +103,30 @@ pub(crate) fn vip(socket: &Path, command: VipCommand) -> anyhow::Result<()> {
                 mode,
             },
             format!("VIP {}/{} now forwards in {mode} mode", s.vip, s.proto),
+        ),
+        VipCommand::SetQuic {
+            service: s,
+            quic,
+            no_quic: _,
+        } => done(
+            socket,
+            &Request::VipSetQuic {
+                vip: s.vip,
+                proto: s.proto,
+                quic: quic.iter().map(ToString::to_string).collect(),
+            },
+            if quic.is_empty() {
+                format!("VIP {}/{} is no longer a QUIC VIP", s.vip, s.proto)
+            } else {
+                format!(
+                    "VIP {}/{} routes QUIC by {} config(s); `lb backend list {} --proto {}` shows the server ids",
+                    s.vip,
+                    s.proto,
+                    quic.len(),
+                    s.vip,
+                    s.proto
+                )
+            },
         ),
         VipCommand::Del(s) => done(
             socket,
@@ -178,7 +204,11 @@ pub(crate) fn conntrack(socket: &Path, command: ConntrackCommand) -> anyhow::Res
 pub(crate) fn backend(socket: &Path, command: BackendCommand) -> anyhow::Result<()> {
     let names = |t: &BackendArgs| (t.service.vip, t.service.proto, t.backend);
     match command {
-        BackendCommand::Add { target, weight } => {
+        BackendCommand::Add {
+            target,
+            weight,
+            server_id,
+        } => {
             let (vip, proto, backend) = names(&target);
             done(
                 socket,
@@ -187,6 +217,7 @@ pub(crate) fn backend(socket: &Path, command: BackendCommand) -> anyhow::Result<
                     proto,
                     backend,
                     weight,
+                    server_id: server_id.map(|id| id.to_string()),
                 },
                 format!("added backend {backend} to {vip}/{proto} (weight {weight})"),
             )
@@ -195,6 +226,7 @@ pub(crate) fn backend(socket: &Path, command: BackendCommand) -> anyhow::Result<
             target,
             weight,
             undrain,
+            server_id,
         } => {
             let (vip, proto, backend) = names(&target);
             done(
@@ -205,6 +237,7 @@ pub(crate) fn backend(socket: &Path, command: BackendCommand) -> anyhow::Result<
                     backend,
                     weight,
                     undrain,
+                    server_id: server_id.map(|id| id.to_string()),
                 },
                 format!("updated backend {backend} of {vip}/{proto}"),
             )
@@ -239,7 +272,14 @@ pub(crate) fn backend(socket: &Path, command: BackendCommand) -> anyhow::Result<
             if output.json {
                 return print_json(&backends);
             }
-            output::line(render::backend_table(&backends, now()))
+            output::line(render::backend_table(&backends, now()))?;
+            if backends.iter().any(|b| b.server_id.is_some()) {
+                let vips: Vec<VipEntry> = client::call_as(socket, &Request::VipList {})?;
+                if let Some(servers) = render::quic_servers(&backends, &vips) {
+                    output::line(servers)?;
+                }
+            }
+            Ok(())
         }
     }
 }

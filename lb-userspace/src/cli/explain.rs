@@ -24,6 +24,10 @@ pub(crate) struct ExplainArgs {
     pub(crate) vip: SocketAddr,
     #[arg(long, value_enum, default_value_t = Proto::Tcp)]
     pub(crate) proto: Proto,
+    /// QUIC VIPs: a destination connection ID (hex) of the flow's Handshake or
+    /// short-header packets, to say which backend its server id sends them to.
+    #[arg(long, value_name = "HEX", value_parser = parse_quic_id)]
+    pub(crate) quic_id: Option<String>,
     /// Print JSON (stable, documented in docs/API.md) instead of text.
     #[arg(long)]
     pub(crate) json: bool,
@@ -42,6 +46,13 @@ fn parse_flow_end(text: &str) -> Result<SocketAddr, String> {
     Ok(end)
 }
 
+/// A connection ID in hex: 1 to 20 bytes (RFC 9000), kept as the text sent.
+fn parse_quic_id(text: &str) -> Result<String, String> {
+    crate::model::quic::parse_connection_id(text)
+        .map(|_| text.to_ascii_lowercase())
+        .map_err(|e| e.to_string())
+}
+
 /// Refuses what clap cannot see one argument at a time: a mixed-family pair.
 fn checked(args: &ExplainArgs) -> Result<(), clap::Error> {
     check_flow(args.client, args.vip)
@@ -58,6 +69,7 @@ pub(crate) fn run(socket: &Path, args: ExplainArgs) -> anyhow::Result<()> {
             client: args.client,
             vip: args.vip,
             proto: args.proto,
+            quic_id: args.quic_id,
         },
     )?;
     if args.json {

@@ -410,13 +410,18 @@ fn configuration_file(paths: &InstallPaths) -> Section {
                  \"dsr-ipip\" or \"dsr-l2\"; on_down = \"keep-tcp\" (default) or \"move\"; \
                  allow_sources = [\"PREFIX\", ...] (clients that may open flows; absent: \
                  any); check = { probe = \"tcp\" | \"http:/PATH\" | \"udp:PAYLOAD\", \
-                 interval = SECS, timeout = SECS, rise = N, fall = N, expect = \"TEXT\" }.",
+                 interval = SECS, timeout = SECS, rise = N, fall = N, expect = \"TEXT\" }; \
+                 quic = [\"config=N,server-id-len=L,nonce-len=M\", ...] (UDP VIPs: QUIC-LB \
+                 configs, plaintext, at most 7 with one server-id-len; the first is the one \
+                 servers issue connection IDs with).",
             ),
             item(
                 "backends",
                 "In a [[vip]]: backends = [ { address = \"ADDRESS:PORT\", weight = N, \
-                 drain = BOOL }, ... ]; weight 1 to 65535 (default 100) is the share of \
-                 new flows, drain = true takes no new flows while its flows continue.",
+                 drain = BOOL, server_id = \"HEX\" }, ... ]; weight 1 to 65535 (default \
+                 100) is the share of new flows, drain = true takes no new flows while its \
+                 flows continue; server_id (QUIC VIPs) is the server id its connection IDs \
+                 carry, server-id-len bytes in hex (absent: derived from ADDRESS:PORT).",
             ),
             item(
                 "[cluster]",

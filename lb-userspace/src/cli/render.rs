@@ -22,6 +22,7 @@ pub(crate) fn vip_table(vips: &[VipEntry]) -> Table {
         "MODE",
         "ON DOWN",
         "SOURCES",
+        "QUIC",
         "BACKENDS",
         "ACTIVE",
         "PACKETS",
@@ -43,6 +44,11 @@ pub(crate) fn vip_table(vips: &[VipEntry]) -> Table {
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join(",")
+            },
+            if v.quic.is_empty() {
+                "-".to_owned()
+            } else {
+                v.quic.join("\n")
             },
             v.backends.to_string(),
             v.active.to_string(),
@@ -123,7 +129,16 @@ fn short_duration(seconds: u64) -> String {
 
 pub(crate) fn backend_table(backends: &[BackendEntry], now: u64) -> Table {
     let mut t = table(&[
-        "VIP", "PROTO", "BACKEND", "WEIGHT", "HEALTH", "ACTIVE", "CLOSING", "PACKETS", "BYTES",
+        "VIP",
+        "PROTO",
+        "BACKEND",
+        "WEIGHT",
+        "SERVER ID",
+        "HEALTH",
+        "ACTIVE",
+        "CLOSING",
+        "PACKETS",
+        "BYTES",
     ]);
     for b in backends {
         t.add_row(vec![
@@ -131,6 +146,7 @@ pub(crate) fn backend_table(backends: &[BackendEntry], now: u64) -> Table {
             b.proto.to_string(),
             b.backend.to_string(),
             b.weight.to_string(),
+            b.server_id.clone().unwrap_or_else(|| "-".to_owned()),
             health_cell(b, now),
             b.active_conns.to_string(),
             b.closing_conns.to_string(),
@@ -139,6 +155,28 @@ pub(crate) fn backend_table(backends: &[BackendEntry], now: u64) -> Table {
         ]);
     }
     t
+}
+
+/// What each server of a QUIC VIP must be configured with: the VIP's first config (the
+/// one to issue connection IDs with) and its server id; `None` without QUIC backends.
+pub(crate) fn quic_servers(backends: &[BackendEntry], vips: &[VipEntry]) -> Option<String> {
+    let lines: Vec<String> = backends
+        .iter()
+        .filter_map(|b| {
+            let server_id = b.server_id.as_ref()?;
+            let config = vips
+                .iter()
+                .find(|v| v.vip == b.vip && v.proto == b.proto)
+                .and_then(|v| v.quic.first())?;
+            Some(format!("  {}  {config}  server id {server_id}", b.backend))
+        })
+        .collect();
+    (!lines.is_empty()).then(|| {
+        format!(
+            "QUIC: each server issues connection IDs with its VIP's first config and its server id:\n{}",
+            lines.join("\n")
+        )
+    })
 }
 
 pub(crate) fn flow_table(list: &FlowList) -> Table {
@@ -407,6 +445,20 @@ mod tests {
             backend_table(&fixtures::backends(), fixtures::NOW).to_string()
         );
         insta::assert_snapshot!("flows", flow_table(&fixtures::flows()).to_string());
+    }
+
+    #[test]
+    fn quic_servers_are_told_their_config_and_server_id() {
+        assert_eq!(
+            quic_servers(&fixtures::backends(), &fixtures::vips()).as_deref(),
+            Some(
+                "QUIC: each server issues connection IDs with its VIP's first config and its server id:\n  [fd00::11:2]:5353  config=1,server-id-len=2,nonce-len=8  server id 0a1b"
+            )
+        );
+        assert_eq!(
+            quic_servers(&fixtures::backends()[..2], &fixtures::vips()),
+            None
+        );
     }
 
     #[test]

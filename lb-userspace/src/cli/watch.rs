@@ -217,6 +217,7 @@ mod tests {
             counters: Default::default(),
             conntrack: Default::default(),
             vips: vec![VipEntry {
+                quic: Vec::new(),
                 vip,
                 proto: Proto::Udp,
                 mode: Default::default(),
@@ -231,6 +232,7 @@ mod tests {
                 table_fingerprint: String::new(),
             }],
             backends: vec![BackendEntry {
+                server_id: None,
                 vip,
                 proto: Proto::Udp,
                 backend: "198.18.11.2:53".parse().expect("addr"),

@@ -14,10 +14,11 @@ use std::{
 
 use lb_common::{
     consts::{
-        BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNUSED, FAMILY_V4, FAMILY_V6,
-        VIP_FLAG_SOURCE_RANGES,
+        BACKEND_ACTIVE, BACKEND_DOWN, BACKEND_DRAINING, BACKEND_FLAG_QUIC, BACKEND_UNUSED,
+        FAMILY_V4, FAMILY_V6, VIP_FLAG_QUIC, VIP_FLAG_SOURCE_RANGES,
     },
     hash::HashSeed,
+    quic::{ID_READ_LEN, QuicConfigs, QuicServerKey},
     service::{
         Addr, Backend, Endpoint, EndpointKey, SOURCE_RANGE_VIP_BITS, SourceRange, VipInfo, VipKey,
         addr_from_v4, source_prefix_len,
@@ -71,6 +72,33 @@ struct VipSlot {
     history: TableHistory,
     /// The slots each of the two tables has MAGLEV_HOPS entries for.
     hop_slots: [Vec<u32>; 2],
+    /// What the QUIC maps and flags hold for it.
+    quic: QuicSlot,
+}
+
+/// A VIP's QUIC routing as the maps hold it. QUIC_CONFIGS and QUIC_SERVERS are not
+/// pinned: a daemon that adopts pinned maps starts with both empty, as a new program's are.
+#[derive(Clone, Debug, Default)]
+struct QuicSlot {
+    /// Its VIPS entry has `VIP_FLAG_QUIC`.
+    flag: bool,
+    /// Its BACKENDS entries have `BACKEND_FLAG_QUIC`.
+    backends_flagged: bool,
+    /// QUIC_CONFIGS at its id.
+    configs: QuicConfigs,
+    /// Its QUIC_SERVERS entries: masked connection ID (`QuicServerKey::id`) → backend id.
+    servers: BTreeMap<[u8; ID_READ_LEN], u32>,
+}
+
+/// QUIC_CONFIGS' value for a VIP's configs.
+fn quic_configs(configs: &[quic_lb::Config]) -> QuicConfigs {
+    let mut value = QuicConfigs::default();
+    for config in configs {
+        if let Some(len) = value.server_id_len.get_mut(usize::from(config.config_id())) {
+            *len = config.server_id_len() as u8;
+        }
+    }
+    value
 }
 
 /// Generic over the maps so the order of its writes can be tested with a recording fake.
@@ -238,6 +266,11 @@ impl<M: MapWriter> MapSync<M> {
             by_id.insert(info.id, service);
             let mode = Mode::from_number(info.mode).unwrap_or_default();
             let filtered = info.flags & VIP_FLAG_SOURCE_RANGES != 0;
+            // The flag is pinned, the QUIC maps are not: the sync writes them again.
+            let quic = QuicSlot {
+                flag: info.flags & VIP_FLAG_QUIC != 0,
+                ..QuicSlot::default()
+            };
             map_sync.applied.vips.insert(
                 service,
                 VipSpec {
@@ -257,6 +290,7 @@ impl<M: MapWriter> MapSync<M> {
                     fingerprint: 0,
                     history: TableHistory::default(),
                     hop_slots: [Vec::new(), Vec::new()],
+                    quic,
                 },
             );
         }
@@ -275,6 +309,8 @@ impl<M: MapWriter> MapSync<M> {
             let spec = BackendSpec {
                 weight: backend.weight.clamp(MIN_WEIGHT, MAX_WEIGHT),
                 draining: backend.state == BACKEND_DRAINING || backend.state == BACKEND_DOWN,
+                // Only the state file knows server ids.
+                server_id: None,
             };
             map_sync.generations.insert(id, backend.generation);
             map_sync.next_generation = map_sync
@@ -288,6 +324,7 @@ impl<M: MapWriter> MapSync<M> {
                 let on_down = OnDown::from_backend_flags(backend.flags);
                 vip.on_down = on_down;
                 slot.on_down = on_down;
+                slot.quic.backends_flagged = backend.flags & BACKEND_FLAG_QUIC != 0;
                 vip.backends.insert(addr, spec);
                 slot.backend_ids.insert(addr, id);
             }
@@ -467,6 +504,7 @@ impl<M: MapWriter> MapSync<M> {
             service,
             backend,
             weight,
+            server_id: None,
         })
     }
 
@@ -510,22 +548,36 @@ impl<M: MapWriter> MapSync<M> {
                 .slots
                 .get(service)
                 .is_some_and(|slot| slot.on_down != spec.on_down);
+            // So does a VIP becoming (or ceasing to be) a QUIC VIP.
+            let quic = !spec.quic.is_empty();
+            let quic_changed = self
+                .slots
+                .get(service)
+                .is_some_and(|slot| slot.quic.backends_flagged != quic);
             if let Some(slot) = self.slots.get_mut(service) {
                 slot.on_down = spec.on_down;
+                slot.quic.backends_flagged = quic;
             }
+            // Entries of leavers, of old server ids and of removed configs go before their
+            // backends are retired (a freed id may serve another backend soon).
+            self.unroute_quic(service, spec)?;
             let applied = self.applied.vips.get(service);
             let backends = applied.map(|v| &v.backends);
             let mode_changed = applied.is_some_and(|v| v.mode != spec.mode);
             if self.rewrite_all
                 || mode_changed
                 || on_down_changed
+                || quic_changed
                 || backends != Some(&spec.backends)
             {
-                self.sync_backends(service, spec, on_down_changed)?;
+                self.sync_backends(service, spec, on_down_changed || quic_changed)?;
             } else if let Some(vip) = self.applied.vips.get_mut(service) {
                 vip.check.clone_from(&spec.check);
                 vip.on_down = spec.on_down;
+                vip.quic.clone_from(&spec.quic);
             }
+            // Joiners' entries, once they are in BACKENDS; then the configs and the flag.
+            self.route_quic(service, spec)?;
         }
         if self.rewrite_all {
             self.prune_endpoints()?;
@@ -610,7 +662,7 @@ impl<M: MapWriter> MapSync<M> {
                 VIP_FLAG_SOURCE_RANGES
             } else {
                 0
-            },
+            } | if slot.quic.flag { VIP_FLAG_QUIC } else { 0 },
             _pad: [0; 1],
         })
     }
@@ -648,6 +700,7 @@ impl<M: MapWriter> MapSync<M> {
                 fingerprint: maglev::fingerprint(&[], &[]),
                 history: TableHistory::default(),
                 hop_slots: [Vec::new(), Vec::new()],
+                quic: QuicSlot::default(),
             },
         );
         self.applied.vips.insert(
@@ -673,6 +726,9 @@ impl<M: MapWriter> MapSync<M> {
             let (addr, family) = wire_addr(ip);
             ignore_missing(self.maps.remove_vip(&VipKey::address_entry(addr, family)))?;
         }
+        // No packet reaches the VIP now: its QUIC entries go, and the id's next VIP
+        // starts without configs.
+        self.clear_quic(service, slot.id)?;
         for (addr, id) in &slot.backend_ids {
             self.retire_backend(service, addr, *id)?;
         }
@@ -847,6 +903,147 @@ impl<M: MapWriter> MapSync<M> {
         Ok(())
     }
 
+    /// The QUIC_SERVERS entries `spec` needs: one per config and backend with a server id
+    /// and a backend id (a joiner has none before `sync_backends`).
+    fn quic_entries(&self, service: &Service, spec: &VipSpec) -> BTreeMap<[u8; ID_READ_LEN], u32> {
+        let Some(slot) = self.slots.get(service) else {
+            return BTreeMap::new();
+        };
+        spec.quic
+            .iter()
+            .flat_map(|config| {
+                spec.backends.iter().filter_map(move |(addr, backend)| {
+                    let server_id = backend.server_id?;
+                    let id = *slot.backend_ids.get(addr)?;
+                    let key = QuicServerKey::new(slot.id, config.config_id(), server_id.as_bytes());
+                    Some((key.id, id))
+                })
+            })
+            .collect()
+    }
+
+    /// What goes before a VIP's backends change: its QUIC flag if it stops being a QUIC VIP,
+    /// then the configs that go or change length, then the entries `spec` does not have
+    /// (leavers, old server ids, removed configs). A packet meanwhile goes by Maglev.
+    fn unroute_quic(&mut self, service: &Service, spec: &VipSpec) -> Result<(), MapSyncError> {
+        let wanted = self.quic_entries(service, spec);
+        let Some(slot) = self.slots.get_mut(service) else {
+            return Ok(());
+        };
+        let vip_id = slot.id;
+        if slot.quic.flag && spec.quic.is_empty() {
+            slot.quic.flag = false;
+            if let Some(info) = self.vip_info(service) {
+                self.maps.set_vip(&vip_key(service), &info)?;
+            }
+        }
+        let Some(slot) = self.slots.get_mut(service) else {
+            return Ok(());
+        };
+        let target = quic_configs(&spec.quic);
+        let mut kept = slot.quic.configs;
+        for (len, wanted_len) in kept.server_id_len.iter_mut().zip(target.server_id_len) {
+            if *len != wanted_len {
+                *len = 0;
+            }
+        }
+        if kept != slot.quic.configs {
+            self.maps.set_quic_configs(vip_id, &kept)?;
+            if let Some(slot) = self.slots.get_mut(service) {
+                slot.quic.configs = kept;
+            }
+        }
+        let stale: Vec<[u8; ID_READ_LEN]> = self
+            .slots
+            .get(service)
+            .map(|slot| {
+                slot.quic
+                    .servers
+                    .iter()
+                    .filter(|(key, id)| wanted.get(*key) != Some(*id))
+                    .map(|(key, _)| *key)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in stale {
+            ignore_missing(self.maps.remove_quic_server(&QuicServerKey { vip_id, id }))?;
+            if let Some(slot) = self.slots.get_mut(service) {
+                slot.quic.servers.remove(&id);
+            }
+        }
+        Ok(())
+    }
+
+    /// What comes once a VIP's backends are in BACKENDS: the QUIC_SERVERS entries it
+    /// lacks, then its configs, then (the first time) its QUIC flag.
+    fn route_quic(&mut self, service: &Service, spec: &VipSpec) -> Result<(), MapSyncError> {
+        let wanted = self.quic_entries(service, spec);
+        let Some(vip_id) = self.slots.get(service).map(|s| s.id) else {
+            return Ok(());
+        };
+        for (id, backend_id) in wanted {
+            let written = self
+                .slots
+                .get(service)
+                .and_then(|slot| slot.quic.servers.get(&id))
+                == Some(&backend_id);
+            if written && !self.rewrite_all {
+                continue;
+            }
+            self.maps
+                .set_quic_server(&QuicServerKey { vip_id, id }, backend_id)?;
+            if let Some(slot) = self.slots.get_mut(service) {
+                slot.quic.servers.insert(id, backend_id);
+            }
+        }
+        let configs = quic_configs(&spec.quic);
+        let differs = self
+            .slots
+            .get(service)
+            .is_some_and(|slot| slot.quic.configs != configs);
+        if differs || self.rewrite_all {
+            self.maps.set_quic_configs(vip_id, &configs)?;
+            if let Some(slot) = self.slots.get_mut(service) {
+                slot.quic.configs = configs;
+            }
+        }
+        let flag_missing = self.slots.get(service).is_some_and(|slot| !slot.quic.flag);
+        if !spec.quic.is_empty() && flag_missing {
+            if let Some(slot) = self.slots.get_mut(service) {
+                slot.quic.flag = true;
+            }
+            if let Some(info) = self.vip_info(service) {
+                self.maps.set_vip(&vip_key(service), &info)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every QUIC entry of a VIP that no packet reaches any more, and zeroes its
+    /// QUIC_CONFIGS slot.
+    fn clear_quic(&mut self, service: &Service, vip_id: u32) -> Result<(), MapSyncError> {
+        let Some(slot) = self.slots.get_mut(service) else {
+            return Ok(());
+        };
+        let servers: Vec<[u8; ID_READ_LEN]> = slot.quic.servers.keys().copied().collect();
+        let had_configs = slot.quic.configs != QuicConfigs::default();
+        slot.quic.flag = false;
+        for id in servers {
+            ignore_missing(self.maps.remove_quic_server(&QuicServerKey { vip_id, id }))?;
+            if let Some(slot) = self.slots.get_mut(service) {
+                slot.quic.servers.remove(&id);
+            }
+        }
+        if had_configs || self.rewrite_all {
+            self.maps
+                .set_quic_configs(vip_id, &QuicConfigs::default())?;
+            if let Some(slot) = self.slots.get_mut(service) {
+                slot.quic.configs = QuicConfigs::default();
+            }
+        }
+        Ok(())
+    }
+
     fn slot_id(&self, service: &Service, addr: &SocketAddr) -> Option<u32> {
         self.slots.get(service)?.backend_ids.get(addr).copied()
     }
@@ -912,9 +1109,9 @@ impl<M: MapWriter> MapSync<M> {
         spec: &BackendSpec,
     ) -> Result<(), MapSyncError> {
         let (wire, family) = wire_addr(addr.ip());
-        let (mode, on_down) = self.slots.get(service).map_or_else(
-            || (Mode::Nat, OnDown::default()),
-            |slot| (slot.mode, slot.on_down),
+        let (mode, on_down, quic) = self.slots.get(service).map_or_else(
+            || (Mode::Nat, OnDown::default(), false),
+            |slot| (slot.mode, slot.on_down, slot.quic.backends_flagged),
         );
         let state = match (spec.draining, self.down.contains(&(*service, *addr))) {
             (false, _) => BACKEND_ACTIVE,
@@ -932,7 +1129,7 @@ impl<M: MapWriter> MapSync<M> {
                 vip_id,
                 generation: self.generations.get(&id).copied().unwrap_or(0),
                 mode: mode.number(),
-                flags: on_down.backend_flags(),
+                flags: on_down.backend_flags() | if quic { BACKEND_FLAG_QUIC } else { 0 },
                 _pad: [0; 2],
             },
         )?;
@@ -1109,6 +1306,30 @@ mod tests {
             vip_id: u32,
             prefix_len: u32,
         },
+        /// QUIC_CONFIGS at a VIP id: the server-id length of each config id.
+        QuicConfigs {
+            vip_id: u32,
+            lens: [u8; 8],
+        },
+        /// A QUIC_SERVERS entry: (config id, server id) → backend id.
+        QuicServer {
+            config: u8,
+            server_id: Vec<u8>,
+            backend: u32,
+        },
+        QuicServerGone {
+            config: u8,
+            server_id: Vec<u8>,
+        },
+    }
+
+    /// The config id and server id (without trailing zeros) of a QUIC_SERVERS key.
+    fn quic_parts(key: &QuicServerKey) -> (u8, Vec<u8>) {
+        let mut server_id = key.id[1..].to_vec();
+        while server_id.last() == Some(&0) {
+            server_id.pop();
+        }
+        (key.id[0] >> 5, server_id)
     }
 
     /// Service maps in memory that log every write in order.
@@ -1122,6 +1343,8 @@ mod tests {
         hops: BTreeMap<(u32, u32), EarlierHops>,
         /// MAGLEV as written, by (table index, slot).
         tables: BTreeMap<(u32, u32), u32>,
+        quic_configs: BTreeMap<u32, QuicConfigs>,
+        quic_servers: HashMap<QuicServerKey, u32>,
         log: Vec<Write>,
     }
 
@@ -1248,6 +1471,34 @@ mod tests {
             });
             Ok(())
         }
+        fn set_quic_configs(&mut self, vip_id: u32, configs: &QuicConfigs) -> Result<(), MapError> {
+            self.quic_configs.insert(vip_id, *configs);
+            self.log.push(Write::QuicConfigs {
+                vip_id,
+                lens: configs.server_id_len,
+            });
+            Ok(())
+        }
+        fn set_quic_server(
+            &mut self,
+            key: &QuicServerKey,
+            backend_id: u32,
+        ) -> Result<(), MapError> {
+            self.quic_servers.insert(*key, backend_id);
+            let (config, server_id) = quic_parts(key);
+            self.log.push(Write::QuicServer {
+                config,
+                server_id,
+                backend: backend_id,
+            });
+            Ok(())
+        }
+        fn remove_quic_server(&mut self, key: &QuicServerKey) -> Result<(), MapError> {
+            self.quic_servers.remove(key);
+            let (config, server_id) = quic_parts(key);
+            self.log.push(Write::QuicServerGone { config, server_id });
+            Ok(())
+        }
     }
 
     const VIP: &str = "198.18.1.1:80";
@@ -1273,6 +1524,7 @@ mod tests {
         let mut changes = vec![Change::AddVip(service())];
         for last in [1, 2] {
             changes.push(Change::AddBackend {
+                server_id: None,
                 service: service(),
                 backend: backend(last),
                 weight: 1,
@@ -1313,6 +1565,7 @@ mod tests {
         ];
         for last in [1, 2] {
             changes.push(Change::AddBackend {
+                server_id: None,
                 service: service(),
                 backend: SocketAddr::new(IpAddr::from([198, 18, 11, last]), 80),
                 weight: 1,
@@ -1330,6 +1583,7 @@ mod tests {
         map_sync.maps_mut().log.clear();
         map_sync
             .apply(&Change::AddBackend {
+                server_id: None,
                 service: service(),
                 backend: SocketAddr::new(IpAddr::from([198, 18, 11, 3]), 80),
                 weight: 1,
@@ -1394,6 +1648,7 @@ mod tests {
         let mut map_sync = two_backends();
         map_sync
             .apply(&Change::AddBackend {
+                server_id: None,
                 service: service(),
                 backend: backend(3),
                 weight: 1,
@@ -1511,6 +1766,7 @@ mod tests {
             .expect("delete");
         map_sync
             .apply(&Change::AddBackend {
+                server_id: None,
                 service,
                 backend,
                 weight: 100,
@@ -1563,6 +1819,7 @@ mod tests {
         let mut map_sync = two_backends();
         let error = map_sync
             .apply(&Change::AddBackend {
+                server_id: None,
                 service: service(),
                 backend: backend(1),
                 weight: 1,
@@ -1755,6 +2012,247 @@ mod tests {
         assert_eq!(adopted.state(), &state);
         assert!(adopted.slots[&service()].filtered);
         assert_eq!(adopted.maps().sources.len(), 1, "{:?}", adopted.maps().log);
+    }
+
+    fn quic_service() -> Service {
+        Service {
+            addr: "198.18.1.1:443".parse().expect("addr"),
+            proto: Proto::Udp,
+        }
+    }
+
+    fn quic_configs_of(texts: &[&str]) -> Vec<quic_lb::Config> {
+        texts.iter().map(|t| t.parse().expect("config")).collect()
+    }
+
+    fn server_id(hex: &str) -> quic_lb::ServerId {
+        hex.parse().expect("server id")
+    }
+
+    /// A QUIC VIP (config 0, 2-byte server ids) with backends 1 (0a01) and 2 (0a02).
+    fn quic_vip() -> MapSync<Recording> {
+        let mut map_sync = MapSync::new(
+            Recording::default(),
+            Limits {
+                maglev_size: 13,
+                ..Limits::default()
+            },
+        );
+        let service = quic_service();
+        let mut changes = vec![
+            Change::AddVip(service),
+            Change::SetQuic {
+                service,
+                configs: quic_configs_of(&["config=0,server-id-len=2,nonce-len=6"]),
+            },
+        ];
+        for (last, id) in [(1, "0a01"), (2, "0a02")] {
+            changes.push(Change::AddBackend {
+                service,
+                backend: backend(last),
+                weight: 1,
+                server_id: Some(server_id(id)),
+            });
+        }
+        map_sync.apply_all(&changes).expect("valid");
+        map_sync
+    }
+
+    fn quic_id_of(map_sync: &MapSync<Recording>, last: u8) -> u32 {
+        map_sync
+            .slot_id(&quic_service(), &backend(last))
+            .expect("known")
+    }
+
+    /// QUIC_SERVERS as (config id, server id) → backend id.
+    fn quic_routes(map_sync: &MapSync<Recording>) -> BTreeMap<(u8, Vec<u8>), u32> {
+        map_sync
+            .maps()
+            .quic_servers
+            .iter()
+            .map(|(key, id)| (quic_parts(key), *id))
+            .collect()
+    }
+
+    fn is_quic_flag(write: &Write, set: bool) -> bool {
+        matches!(write, Write::Vip { port: 443, flags, .. } if (flags & VIP_FLAG_QUIC != 0) == set)
+    }
+
+    #[test]
+    fn a_quic_vip_routes_its_server_ids_before_its_flag_is_set() {
+        let map_sync = quic_vip();
+        let log = &map_sync.maps().log;
+        let (one, two) = (quic_id_of(&map_sync, 1), quic_id_of(&map_sync, 2));
+        assert_eq!(
+            quic_routes(&map_sync),
+            BTreeMap::from([((0, vec![0x0a, 0x01]), one), ((0, vec![0x0a, 0x02]), two)])
+        );
+        let vip_id = map_sync.slots[&quic_service()].id;
+        assert_eq!(
+            map_sync.maps().quic_configs[&vip_id].server_id_len,
+            [2, 0, 0, 0, 0, 0, 0, 0]
+        );
+        let flag = position(log, |w| is_quic_flag(w, true));
+        for id in [one, two] {
+            let entry = position(
+                log,
+                |w| matches!(w, Write::QuicServer { backend, .. } if *backend == id),
+            );
+            let in_backends = position(
+                log,
+                |w| matches!(w, Write::Backend { id: b, .. } if *b == id),
+            );
+            assert!(in_backends < entry && entry < flag, "{log:?}");
+            let written = map_sync.maps().backends[&id];
+            assert_ne!(written.flags & BACKEND_FLAG_QUIC, 0, "backend {id}");
+        }
+        let configs = position(log, |w| matches!(w, Write::QuicConfigs { .. }));
+        assert!(configs < flag, "{log:?}");
+        let info = map_sync.maps().vips[&vip_key(&quic_service())];
+        assert_ne!(info.flags & VIP_FLAG_QUIC, 0);
+    }
+
+    #[test]
+    fn quic_entries_follow_configs_backends_and_server_ids() {
+        let mut map_sync = quic_vip();
+        let service = quic_service();
+        let (one, two) = (quic_id_of(&map_sync, 1), quic_id_of(&map_sync, 2));
+        // Rotation: a second config of the same length routes the same server ids.
+        map_sync
+            .apply(&Change::SetQuic {
+                service,
+                configs: quic_configs_of(&[
+                    "config=1,server-id-len=2,nonce-len=8",
+                    "config=0,server-id-len=2,nonce-len=6",
+                ]),
+            })
+            .expect("rotation");
+        assert_eq!(quic_routes(&map_sync).len(), 4);
+        assert_eq!(
+            quic_routes(&map_sync).get(&(1, vec![0x0a, 0x02])),
+            Some(&two)
+        );
+        // A deleted backend's entries go before its BACKENDS slot is retired.
+        map_sync.maps_mut().log.clear();
+        map_sync
+            .apply(&Change::DelBackend {
+                service,
+                backend: backend(1),
+            })
+            .expect("delete");
+        let log = &map_sync.maps().log;
+        let retired = position(log, |w| {
+            *w == Write::Backend {
+                id: one,
+                state: BACKEND_UNUSED,
+            }
+        });
+        for config in [0, 1] {
+            let gone = position(log, |w| {
+                *w == Write::QuicServerGone {
+                    config,
+                    server_id: vec![0x0a, 0x01],
+                }
+            });
+            assert!(gone < retired, "{log:?}");
+        }
+        // A new server id: the old entries go, new ones come.
+        map_sync
+            .apply(&Change::SetBackend {
+                service,
+                backend: backend(2),
+                weight: None,
+                undrain: false,
+                server_id: Some(server_id("0b02")),
+            })
+            .expect("new server id");
+        assert_eq!(
+            quic_routes(&map_sync),
+            BTreeMap::from([((0, vec![0x0b, 0x02]), two), ((1, vec![0x0b, 0x02]), two)])
+        );
+        // One config goes: its entries and its QUIC_CONFIGS length go.
+        map_sync
+            .apply(&Change::SetQuic {
+                service,
+                configs: quic_configs_of(&["config=1,server-id-len=2,nonce-len=8"]),
+            })
+            .expect("config 0 retired");
+        assert_eq!(
+            quic_routes(&map_sync),
+            BTreeMap::from([((1, vec![0x0b, 0x02]), two)])
+        );
+        let vip_id = map_sync.slots[&service].id;
+        assert_eq!(
+            map_sync.maps().quic_configs[&vip_id].server_id_len,
+            [0, 2, 0, 0, 0, 0, 0, 0]
+        );
+    }
+
+    #[test]
+    fn no_quic_clears_the_flag_before_the_entries_go() {
+        let mut map_sync = quic_vip();
+        let service = quic_service();
+        map_sync.maps_mut().log.clear();
+        map_sync
+            .apply(&Change::SetQuic {
+                service,
+                configs: Vec::new(),
+            })
+            .expect("no quic");
+        let log = &map_sync.maps().log;
+        let cleared = position(log, |w| is_quic_flag(w, false));
+        let gone = position(log, |w| matches!(w, Write::QuicServerGone { .. }));
+        let configs = position(
+            log,
+            |w| matches!(w, Write::QuicConfigs { lens, .. } if *lens == [0; 8]),
+        );
+        assert!(cleared < gone && cleared < configs, "{log:?}");
+        assert!(quic_routes(&map_sync).is_empty());
+        assert!(!log.iter().any(|w| is_quic_flag(w, true)), "{log:?}");
+        for last in [1, 2] {
+            let id = quic_id_of(&map_sync, last);
+            assert_eq!(map_sync.maps().backends[&id].flags & BACKEND_FLAG_QUIC, 0);
+        }
+    }
+
+    #[test]
+    fn a_deleted_quic_vip_stops_matching_before_its_entries_go() {
+        let mut map_sync = quic_vip();
+        let vip_id = map_sync.slots[&quic_service()].id;
+        map_sync.maps_mut().log.clear();
+        map_sync
+            .apply(&Change::DelVip(quic_service()))
+            .expect("delete");
+        let log = &map_sync.maps().log;
+        let unmatched = position(log, |w| *w == Write::VipGone { port: 443 });
+        let gone = position(log, |w| matches!(w, Write::QuicServerGone { .. }));
+        assert!(unmatched < gone, "{log:?}");
+        assert!(quic_routes(&map_sync).is_empty());
+        assert_eq!(
+            map_sync.maps().quic_configs[&vip_id],
+            QuicConfigs::default()
+        );
+    }
+
+    #[test]
+    fn an_adopting_daemon_writes_the_unpinned_quic_maps_again() {
+        let map_sync = quic_vip();
+        let state = map_sync.state().clone();
+        // QUIC_CONFIGS and QUIC_SERVERS are not pinned: the new program's are empty.
+        let maps = Recording {
+            log: Vec::new(),
+            quic_servers: HashMap::new(),
+            quic_configs: BTreeMap::new(),
+            ..map_sync.maps
+        };
+        let mut adopted = MapSync::adopt(maps, map_sync.limits).expect("adopt");
+        adopted.sync(&state).expect("sync");
+        assert_eq!(adopted.state(), &state);
+        assert_eq!(quic_routes(&adopted).len(), 2);
+        let vip_id = adopted.slots[&quic_service()].id;
+        assert_eq!(adopted.maps().quic_configs[&vip_id].server_id_len[0], 2);
+        let info = adopted.maps().vips[&vip_key(&quic_service())];
+        assert_ne!(info.flags & VIP_FLAG_QUIC, 0);
     }
 
     #[test]

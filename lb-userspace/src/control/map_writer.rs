@@ -5,6 +5,7 @@
 use aya::maps::MapError;
 use lb_common::{
     gue::EarlierHops,
+    quic::{QuicConfigs, QuicServerKey},
     service::{Backend, Endpoint, EndpointKey, SourceRange, VipInfo, VipKey},
 };
 
@@ -38,6 +39,11 @@ pub trait MapWriter {
     fn set_source_range(&mut self, prefix_len: u32, range: &SourceRange) -> Result<(), MapError>;
     fn remove_source_range(&mut self, prefix_len: u32, range: &SourceRange)
     -> Result<(), MapError>;
+    /// Sets QUIC_CONFIGS at a VIP's id.
+    fn set_quic_configs(&mut self, vip_id: u32, configs: &QuicConfigs) -> Result<(), MapError>;
+    /// Routes a server id (under one config of a VIP) to a backend id.
+    fn set_quic_server(&mut self, key: &QuicServerKey, backend_id: u32) -> Result<(), MapError>;
+    fn remove_quic_server(&mut self, key: &QuicServerKey) -> Result<(), MapError>;
 }
 
 impl MapWriter for ServiceMaps {
@@ -97,5 +103,14 @@ impl MapWriter for ServiceMaps {
         range: &SourceRange,
     ) -> Result<(), MapError> {
         ServiceMaps::remove_source_range(self, prefix_len, range)
+    }
+    fn set_quic_configs(&mut self, vip_id: u32, configs: &QuicConfigs) -> Result<(), MapError> {
+        ServiceMaps::set_quic_configs(self, vip_id, configs)
+    }
+    fn set_quic_server(&mut self, key: &QuicServerKey, backend_id: u32) -> Result<(), MapError> {
+        ServiceMaps::set_quic_server(self, key, backend_id)
+    }
+    fn remove_quic_server(&mut self, key: &QuicServerKey) -> Result<(), MapError> {
+        ServiceMaps::remove_quic_server(self, key)
     }
 }

@@ -5,6 +5,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use aya::Ebpf;
+use quic_lb::{Config as QuicConfig, ServerId};
 use tracing::{error, info, warn};
 
 use crate::{
@@ -34,6 +35,7 @@ use crate::{
     model::health::{Health, HealthBook, HealthKey},
     model::mode::Mode,
     model::notify::{HealthEvent, NotifyHook},
+    model::quic,
     model::reload::Declared,
     model::state::{Change, Changes, Proto, Service, State},
     store::state_file,
@@ -107,6 +109,47 @@ fn invalid_check(reason: String) -> ApiError {
     ApiError::new(ErrorCode::InvalidCheck, format!("check: {reason}"))
 }
 
+/// Logs the QUIC server ids a change gave or changed: what each server must be told.
+pub(super) fn log_server_ids(before: &State, after: &State) {
+    for change in quic::server_id_changes(before, after) {
+        let vip = change.service;
+        let backend = change.backend;
+        match (change.from, change.to) {
+            (None, Some(to)) => info!(%vip, %backend, server_id = %to, "QUIC server id given"),
+            (Some(from), Some(to)) => warn!(
+                %vip,
+                %backend,
+                from = %from,
+                server_id = %to,
+                "QUIC server id changed: configure the server with the new one (`lb backend list --json` shows it); until then its connections go by Maglev"
+            ),
+            (Some(from), None) => info!(%vip, %backend, from = %from, "QUIC server id removed"),
+            (None, None) => {}
+        }
+    }
+}
+
+/// A request's QUIC-LB configs, parsed (the model checks them together).
+fn parse_quic(texts: &[String]) -> Result<Vec<QuicConfig>, ApiError> {
+    texts
+        .iter()
+        .map(|text| {
+            text.parse::<QuicConfig>().map_err(|e| {
+                ApiError::new(ErrorCode::InvalidQuic, format!("quic config {text:?}: {e}"))
+            })
+        })
+        .collect()
+}
+
+/// A request's server id, parsed (the model checks its length and uniqueness).
+fn parse_server_id(text: Option<&str>) -> Result<Option<ServerId>, ApiError> {
+    text.map(|text| {
+        text.parse::<ServerId>()
+            .map_err(|e| ApiError::new(ErrorCode::InvalidServerId, e.to_string()))
+    })
+    .transpose()
+}
+
 impl From<MapSyncError> for ApiError {
     fn from(error: MapSyncError) -> Self {
         match error {
@@ -140,6 +183,7 @@ impl Controller {
                 mode,
                 on_down,
                 allow_sources,
+                quic,
             } => {
                 let service = service(vip, proto);
                 let checked = check
@@ -147,13 +191,17 @@ impl Controller {
                     .map(CheckConfig::validate)
                     .transpose()
                     .map_err(invalid_check)
-                    .and_then(|check| self.forwarding_for(vip).map(|()| check));
+                    .and_then(|check| Ok((check, parse_quic(&quic)?)))
+                    .and_then(|checked| self.forwarding_for(vip).map(|()| checked));
                 match checked {
                     Err(reason) => Err(reason),
-                    Ok(check) => {
+                    Ok((check, configs)) => {
                         let mut changes = vec![Change::AddVip(service)];
                         if mode != Mode::Nat {
                             changes.push(Change::SetMode { service, mode });
+                        }
+                        if !configs.is_empty() {
+                            changes.push(Change::SetQuic { service, configs });
                         }
                         if check.is_some() {
                             changes.push(Change::SetCheck { service, check });
@@ -182,6 +230,12 @@ impl Controller {
                     }]),
                 }
             }
+            Request::VipSetQuic { vip, proto, quic } => parse_quic(&quic).and_then(|configs| {
+                self.change(vec![Change::SetQuic {
+                    service: service(vip, proto),
+                    configs,
+                }])
+            }),
             Request::VipDel { vip, proto } => {
                 self.change(vec![Change::DelVip(service(vip, proto))])
             }
@@ -190,23 +244,31 @@ impl Controller {
                 proto,
                 backend,
                 weight,
-            } => self.change(vec![Change::AddBackend {
-                service: service(vip, proto),
-                backend,
-                weight,
-            }]),
+                server_id,
+            } => parse_server_id(server_id.as_deref()).and_then(|server_id| {
+                self.change(vec![Change::AddBackend {
+                    service: service(vip, proto),
+                    backend,
+                    weight,
+                    server_id,
+                }])
+            }),
             Request::BackendSet {
                 vip,
                 proto,
                 backend,
                 weight,
                 undrain,
-            } => self.change(vec![Change::SetBackend {
-                service: service(vip, proto),
-                backend,
-                weight,
-                undrain,
-            }]),
+                server_id,
+            } => parse_server_id(server_id.as_deref()).and_then(|server_id| {
+                self.change(vec![Change::SetBackend {
+                    service: service(vip, proto),
+                    backend,
+                    weight,
+                    undrain,
+                    server_id,
+                }])
+            }),
             Request::BackendDrain {
                 vip,
                 proto,
@@ -261,6 +323,7 @@ impl Controller {
         self.datapath.map_sync.apply_all(&changes)?;
         self.save_or_roll_back(&before)?;
         info!(changes = %Changes(&changes), "applied");
+        log_server_ids(&before, self.datapath.map_sync.state());
         if let Some(config) = &self.declared.config {
             warn!(
                 config = %config.display(),

@@ -9,6 +9,7 @@ use lb_common::{
     encap::{MODE_DSR_L2, MODE_NAT},
     flow::{FlowKey, Timeout, unproven_timeout_ns},
     gue::{EARLIER_TABLES, MODE_DSR_GUE, hop_ids},
+    quic::{QuicServerKey, config_id},
     service::{Backend, EndpointKey, VipKey},
 };
 
@@ -16,7 +17,10 @@ use super::{answer::datapath_error, published::Published, reader::Reader};
 use crate::{
     api::{
         error::{ApiError, ErrorCode},
-        explain::{BackendStatus, Explanation, MaglevPick, ServiceMatch, TrackedFlow},
+        explain::{
+            BackendStatus, Explanation, MaglevPick, QuicIdRoute, QuicRoute, ServiceMatch,
+            TrackedFlow,
+        },
     },
     control::map_sync::{BackendView, VipView, wire_addr},
     daemon::flows::state_name,
@@ -25,6 +29,7 @@ use crate::{
         check::CheckConfig,
         explain::{self, Entry, Facts, FlowError, MaglevSlot, Verdict},
         health::Health,
+        quic::parse_connection_id,
         state::{Proto, Service},
     },
 };
@@ -67,6 +72,7 @@ impl Reader {
         client: SocketAddr,
         vip: SocketAddr,
         proto: Proto,
+        quic_id: Option<&str>,
     ) -> Result<Explanation, ApiError> {
         explain::check_flow(client, vip)?;
         let key = flow_key(client, vip, proto);
@@ -148,7 +154,9 @@ impl Reader {
                 explain::admission_of_new_flow(self.facts.new_flow_limit)
             },
             hops: Vec::new(),
+            quic: None,
         };
+        answer.quic = self.quic_route(snap, &known, service, facts.vip.map(|v| v.id), quic_id)?;
         let mode = facts
             .tracked
             .map(|(_, backend)| backend.mode)
@@ -200,6 +208,86 @@ impl Reader {
             }
         }
         Ok(hops)
+    }
+
+    /// A QUIC VIP's routing, and where the connection ID `quic_id` (hex) goes: the
+    /// datapath's QUIC_SERVERS lookup with the key it builds (lb-common `QuicServerKey::of_id`),
+    /// then BACKENDS, which must serve the VIP (active or draining).
+    fn quic_route(
+        &self,
+        snap: &Published,
+        known: &Known<'_>,
+        service: Service,
+        vip_id: Option<u32>,
+        quic_id: Option<&str>,
+    ) -> Result<Option<QuicRoute>, ApiError> {
+        let configs = snap
+            .state
+            .vips
+            .get(&service)
+            .map(|v| v.quic.as_slice())
+            .unwrap_or_default();
+        let invalid = |message: String| ApiError::new(ErrorCode::InvalidQuic, message);
+        let Some(vip_id) = vip_id.filter(|_| !configs.is_empty()) else {
+            return match quic_id {
+                Some(_) => Err(invalid(format!(
+                    "{service} is not a QUIC VIP: --quic-id is for VIPs with QUIC configs"
+                ))),
+                None => Ok(None),
+            };
+        };
+        let connection_id = match quic_id {
+            None => None,
+            Some(text) => {
+                let id = parse_connection_id(text).map_err(|e| invalid(e.to_string()))?;
+                let config = config_id(id[0]);
+                let found = configs.iter().find(|c| c.config_id() == config);
+                let (server_id, backend) = match found {
+                    None => (None, None),
+                    Some(found) => {
+                        let len = found.server_id_len();
+                        let key = QuicServerKey::of_id(vip_id, &id, len as u8);
+                        let server_id: String =
+                            key.id[1..=len].iter().map(|b| format!("{b:02x}")).collect();
+                        let backend = match self.maps.quic_server(&key).map_err(datapath_error)? {
+                            Some(backend_id) => {
+                                let backend =
+                                    self.maps.backend(backend_id).map_err(datapath_error)?;
+                                let serves = backend.vip_id == vip_id
+                                    && matches!(backend.state, BACKEND_ACTIVE | BACKEND_DRAINING);
+                                serves.then(|| {
+                                    Self::backend_status(
+                                        snap,
+                                        known,
+                                        backend_id,
+                                        &backend,
+                                        (backend.vip_id, backend.generation),
+                                    )
+                                })
+                            }
+                            None => None,
+                        };
+                        (Some(server_id), backend)
+                    }
+                };
+                let counter = match (&server_id, &backend) {
+                    (None, _) => "quic_unknown_config",
+                    (Some(_), None) => "quic_unknown_server_id",
+                    (Some(_), Some(_)) => "quic_by_server_id",
+                };
+                Some(QuicIdRoute {
+                    id: text.to_ascii_lowercase(),
+                    config_id: config,
+                    server_id,
+                    backend,
+                    counter: counter.to_owned(),
+                })
+            }
+        };
+        Ok(Some(QuicRoute {
+            configs: configs.iter().map(ToString::to_string).collect(),
+            connection_id,
+        }))
     }
 
     /// What the maps hold for the flow `key`, read as the datapath reads them, and where
@@ -338,6 +426,32 @@ fn how(mode: Option<u8>) -> &'static str {
     }
 }
 
+/// How a QUIC VIP's packets find their backend, and where the connection ID asked about
+/// goes.
+fn quic_sentence(quic: &QuicRoute) -> String {
+    let mut text = format!(
+        " QUIC: Initial and 0-RTT packets carry the client's connection ID and go by Maglev as above; Handshake and short-header packets go to the backend whose server id their connection ID carries (configs: {}), and a tracked flow's packet whose ID names another serving backend moves the flow there (quic_repinned).",
+        quic.configs.join("; ")
+    );
+    if let Some(route) = &quic.connection_id {
+        let id = &route.id;
+        let config = route.config_id;
+        text.push_str(&match (&route.server_id, &route.backend) {
+            (None, _) => format!(
+                " Connection ID {id} has config id {config}, none of the VIP's: its packets go by Maglev (quic_unknown_config)."
+            ),
+            (Some(server_id), None) => format!(
+                " Connection ID {id} carries server id {server_id} (config {config}), which names no backend serving the VIP: its packets go by Maglev (quic_unknown_server_id)."
+            ),
+            (Some(server_id), Some(backend)) => format!(
+                " Connection ID {id} carries server id {server_id} (config {config}): its Handshake and short-header packets go to {} (quic_by_server_id).",
+                shown(backend)
+            ),
+        });
+    }
+    text
+}
+
 /// The verdict and why, in one sentence (two for TCP's SYN and RST rules).
 pub(crate) fn sentence(a: &Explanation, entry: Entry, mode: Option<u8>) -> String {
     let flow = format!("{}/{}", a.vip, a.proto);
@@ -428,6 +542,9 @@ pub(crate) fn sentence(a: &Explanation, entry: Entry, mode: Option<u8>) -> Strin
             a.client
         ),
     };
+    if let Some(quic) = a.quic.as_ref().filter(|_| a.service.is_some()) {
+        text.push_str(&quic_sentence(quic));
+    }
     if a.hops.len() > 1 {
         let list: Vec<String> = a.hops.iter().map(ToString::to_string).collect();
         text.push_str(&format!(
@@ -456,7 +573,7 @@ mod tests {
                 "tracked_draining" | "kept_on_down" => (Entry::Serving, Some(MODE_NAT)),
                 "rebalanced" => (Entry::Stale, Some(MODE_NAT)),
                 "new_flow_v6_dsr" => (Entry::Missing, Some(MODE_DSR_IPIP)),
-                "new_flow_admission" => (Entry::Missing, Some(MODE_NAT)),
+                "new_flow_admission" | "new_flow_quic" => (Entry::Missing, Some(MODE_NAT)),
                 "new_flow_gue_second_chance" => (Entry::Missing, Some(MODE_DSR_GUE)),
                 _ => (Entry::Missing, None),
             };

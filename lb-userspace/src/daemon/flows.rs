@@ -166,6 +166,7 @@ mod tests {
         let backend = |addr: &str, id, generation| BackendView {
             addr: sock(addr),
             spec: BackendSpec {
+                server_id: None,
                 weight: 1,
                 draining: false,
             },

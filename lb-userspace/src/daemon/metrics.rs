@@ -157,7 +157,7 @@ impl Collector for Snapshot {
         fn bytes(c: &CounterEntry) -> u64 {
             c.bytes
         }
-        let by_kind: [(&str, &str, StatKind, CounterField); 10] = [
+        let by_kind: [(&str, &str, StatKind, CounterField); 11] = [
             (
                 "lb_verdict_packets",
                 "Packets by XDP verdict",
@@ -216,6 +216,12 @@ impl Collector for Snapshot {
                 "lb_offload_packets",
                 "Packets whose sender left work to an offload XDP cannot finish: syn_checksum_partial (a client SYN with a partial checksum, dropped by its receiver when forwarded in native mode)",
                 StatKind::Offload,
+                packets,
+            ),
+            (
+                "lb_quic_packets",
+                "Packets to QUIC VIPs by how they found their backend: quic_by_server_id (the server id in their connection ID), or by Maglev: quic_long_header (Initial, 0-RTT, unknown version), quic_unknown_config, quic_unknown_server_id, quic_truncated; quic_repinned: tracked flows moved to the backend their ID names",
+                StatKind::Quic,
                 packets,
             ),
         ];

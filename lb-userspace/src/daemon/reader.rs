@@ -111,9 +111,14 @@ impl Reader {
                 .and_then(json),
             Request::Stats {} => self.stats(&snap).and_then(json),
             Request::Status {} => json(self.status(&snap)),
-            Request::Explain { client, vip, proto } => {
-                self.explain(&snap, client, vip, proto).and_then(json)
-            }
+            Request::Explain {
+                client,
+                vip,
+                proto,
+                quic_id,
+            } => self
+                .explain(&snap, client, vip, proto, quic_id.as_deref())
+                .and_then(json),
             _ => Err(ApiError::new(
                 ErrorCode::Internal,
                 "a change reached a reader instead of the controller",
@@ -138,6 +143,9 @@ impl Reader {
                 .map(|v| v.sources.iter().copied().collect())
                 .unwrap_or_default(),
             check,
+            quic: spec
+                .map(|v| v.quic.iter().map(ToString::to_string).collect())
+                .unwrap_or_default(),
             backends: vip.backends.len(),
             active: vip.backends.iter().filter(|b| !b.spec.draining).count(),
             packets: counter.packets,
@@ -182,6 +190,7 @@ impl Reader {
                     proto: vip.service.proto,
                     backend: backend.addr,
                     weight: backend.spec.weight,
+                    server_id: backend.spec.server_id.map(|id| id.to_string()),
                     state: if backend.spec.draining {
                         "draining"
                     } else {

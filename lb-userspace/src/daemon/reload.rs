@@ -75,6 +75,7 @@ impl Controller {
             .sync(&target)
             .map_err(ApiError::from)?;
         self.save_or_roll_back(&before)?;
+        crate::daemon::controller::log_server_ids(&before, self.datapath.map_sync.state());
         self.notify.hook = hook.map(Arc::new);
         for change in &changes {
             info!(config = %path.display(), "reload: {change}");

@@ -1,5 +1,6 @@
 //! Typed access to the service maps of a loaded datapath. The only writer of VIPS,
-//! BACKENDS, MAGLEV, MAGLEV_HOPS, ENDPOINTS, SOURCE_RANGES, TX_PORTS and the per-service counters.
+//! BACKENDS, MAGLEV, MAGLEV_HOPS, ENDPOINTS, SOURCE_RANGES, QUIC_CONFIGS, QUIC_SERVERS,
+//! TX_PORTS and the per-service counters.
 
 use std::os::fd::AsFd as _;
 
@@ -15,11 +16,12 @@ use aya::{
 use lb_common::{
     consts::{
         LocalMac, MAP_ADDRESSES, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_CT_UNPROVEN,
-        MAP_ENDPOINTS, MAP_LOCAL_MACS, MAP_MAGLEV, MAP_MAGLEV_HOPS, MAP_SOURCE_RANGES,
-        MAP_TX_PORTS, MAP_VIP_STATS, MAP_VIPS,
+        MAP_ENDPOINTS, MAP_LOCAL_MACS, MAP_MAGLEV, MAP_MAGLEV_HOPS, MAP_QUIC_CONFIGS,
+        MAP_QUIC_SERVERS, MAP_SOURCE_RANGES, MAP_TX_PORTS, MAP_VIP_STATS, MAP_VIPS,
     },
     flow::{Conn, FlowKey},
     gue::{EarlierHops, HopsKey},
+    quic::{QuicConfigs, QuicServerKey},
     service::{Backend, Endpoint, EndpointKey, SourceRange, VipInfo, VipKey},
     stats::{Counter, VipCounter},
 };
@@ -40,6 +42,9 @@ pub struct ServiceMaps {
     maglev: aya::maps::Map,
     /// MAGLEV_HOPS, written and cleared in batches as MAGLEV.
     maglev_hops: aya::maps::Map,
+    /// QUIC VIPs' configs by VIP id, and their server ids → backend ids. Not pinned.
+    quic_configs: Array<MapData, QuicConfigs>,
+    quic_servers: HashMap<MapData, QuicServerKey, u32>,
     tx_ports: DevMapHash<MapData>,
     vip_stats: PerCpuArray<MapData, VipCounter>,
     backend_stats: PerCpuArray<MapData, Counter>,
@@ -164,6 +169,8 @@ impl ServiceMaps {
             source_ranges: LpmTrie::try_from(take(ebpf, MAP_SOURCE_RANGES)?)?,
             maglev: take(ebpf, MAP_MAGLEV)?,
             maglev_hops: take(ebpf, MAP_MAGLEV_HOPS)?,
+            quic_configs: Array::try_from(take(ebpf, MAP_QUIC_CONFIGS)?)?,
+            quic_servers: HashMap::try_from(take(ebpf, MAP_QUIC_SERVERS)?)?,
             tx_ports: DevMapHash::try_from(take(ebpf, MAP_TX_PORTS)?)?,
             vip_stats: PerCpuArray::try_from(take(ebpf, MAP_VIP_STATS)?)?,
             backend_stats: PerCpuArray::try_from(take(ebpf, MAP_BACKEND_STATS)?)?,
@@ -201,6 +208,8 @@ impl ServiceMaps {
             source_ranges: LpmTrie::try_from(dup(self.source_ranges.map())?)?,
             maglev: dup(data_of(&self.maglev, MAP_MAGLEV)?)?,
             maglev_hops: dup(data_of(&self.maglev_hops, MAP_MAGLEV_HOPS)?)?,
+            quic_configs: Array::try_from(dup(self.quic_configs.map())?)?,
+            quic_servers: HashMap::try_from(dup(self.quic_servers.map())?)?,
             tx_ports: DevMapHash::try_from(dup(self.tx_ports.map())?)?,
             vip_stats: PerCpuArray::try_from(dup(self.vip_stats.map())?)?,
             backend_stats: PerCpuArray::try_from(dup(self.backend_stats.map())?)?,
@@ -397,6 +406,31 @@ impl ServiceMaps {
             })
         })?;
         Ok(())
+    }
+
+    pub(crate) fn set_quic_configs(
+        &mut self,
+        vip_id: u32,
+        configs: &QuicConfigs,
+    ) -> Result<(), MapError> {
+        self.quic_configs.set(vip_id, configs, 0)
+    }
+
+    pub(crate) fn set_quic_server(
+        &mut self,
+        key: &QuicServerKey,
+        backend_id: u32,
+    ) -> Result<(), MapError> {
+        self.quic_servers.insert(key, backend_id, 0)
+    }
+
+    pub(crate) fn remove_quic_server(&mut self, key: &QuicServerKey) -> Result<(), MapError> {
+        self.quic_servers.remove(key)
+    }
+
+    /// The backend id QUIC_SERVERS routes `key` to, if any.
+    pub(crate) fn quic_server(&self, key: &QuicServerKey) -> Result<Option<u32>, MapError> {
+        present(self.quic_servers.get(key, 0))
     }
 
     /// Lets XDP_REDIRECT send packets out of `ifindex`.

@@ -13,6 +13,14 @@
 //!   { address = "198.18.2.2:8080", weight = 100 },   # weight 1..=65535, default 100
 //!   { address = "198.18.2.3:8080", drain = true },   # no new flows
 //! ]
+//!
+//! [[vip]]
+//! address = "198.18.1.1:443"
+//! proto = "udp"
+//! quic = ["config=0,server-id-len=2,nonce-len=6"]   # QUIC-LB configs (plaintext), first: the one to issue
+//! backends = [
+//!   { address = "198.18.2.2:443", server_id = "0a1b" },   # hex; absent: derived from the address
+//! ]
 //! ```
 //!
 //! `--config` may also hold `[cluster]` (settings every node shares) and `[notify]` (the
@@ -41,8 +49,9 @@ use crate::{
     model::notify::{NotifyConfig, NotifyHook},
     model::policy::OnDown,
     model::prefix::Prefix,
-    model::state::{BackendSpec, Change, DEFAULT_WEIGHT, Proto, Service, State},
+    model::state::{Change, DEFAULT_WEIGHT, Proto, Service, State},
 };
+use quic_lb::{Config as QuicConfig, ServerId};
 
 /// Files larger than this are refused unread: no real state comes near it.
 pub(crate) const MAX_FILE_BYTES: u64 = 16 << 20;
@@ -121,6 +130,9 @@ struct VipIn {
     backends: Vec<BackendIn>,
     #[serde(default)]
     check: Option<Spanned<CheckConfig>>,
+    /// QUIC-LB configs, in the CLI's form (`config=0,server-id-len=2,nonce-len=6`).
+    #[serde(default)]
+    quic: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +143,9 @@ struct BackendIn {
     weight: u32,
     #[serde(default)]
     drain: bool,
+    /// A QUIC VIP's backend: its server id in hex; absent: lb derives one.
+    #[serde(default)]
+    server_id: Option<Spanned<String>>,
 }
 
 const fn default_weight() -> u32 {
@@ -159,6 +174,8 @@ struct VipOut {
     allow_sources: Vec<Prefix>,
     #[serde(skip_serializing_if = "Option::is_none")]
     check: Option<CheckConfig>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    quic: Vec<String>,
     backends: Vec<BackendOut>,
 }
 
@@ -168,6 +185,8 @@ struct BackendOut {
     weight: u32,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     drain: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_id: Option<String>,
 }
 
 fn line_of(text: &str, span: Option<Range<usize>>) -> usize {
@@ -281,6 +300,19 @@ pub fn parse_declared(text: &str, path: &Path) -> Result<DeclaredFile, ConfigErr
                 })
                 .map_err(|e| invalid(Some(mode.span()), e.to_string()))?;
         }
+        if let Some(quic) = &vip.quic {
+            let configs = quic
+                .get_ref()
+                .iter()
+                .map(|text| {
+                    text.parse::<QuicConfig>()
+                        .map_err(|e| invalid(Some(quic.span()), format!("quic {text:?}: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            state
+                .apply(&Change::SetQuic { service, configs })
+                .map_err(|e| invalid(Some(quic.span()), e.to_string()))?;
+        }
         if let Some(on_down) = &vip.on_down {
             state
                 .apply(&Change::SetOnDown {
@@ -311,13 +343,31 @@ pub fn parse_declared(text: &str, path: &Path) -> Result<DeclaredFile, ConfigErr
         }
         for backend in &vip.backends {
             let addr = *backend.address.get_ref();
+            let server_id = backend
+                .server_id
+                .as_ref()
+                .map(|id| {
+                    id.get_ref()
+                        .parse::<ServerId>()
+                        .map_err(|e| invalid(Some(id.span()), e.to_string()))
+                })
+                .transpose()?;
             state
                 .apply(&Change::AddBackend {
                     service,
                     backend: addr,
                     weight: backend.weight,
+                    server_id,
                 })
-                .map_err(|e| invalid(Some(backend.address.span()), e.to_string()))?;
+                .map_err(|e| {
+                    // A server id's own error points at it, the others at the address.
+                    let span = backend
+                        .server_id
+                        .as_ref()
+                        .filter(|_| e.is_about_server_id())
+                        .map_or_else(|| backend.address.span(), Spanned::span);
+                    invalid(Some(span), e.to_string())
+                })?;
             if backend.drain {
                 state
                     .apply(&Change::DrainBackend {
@@ -349,13 +399,15 @@ pub(crate) fn render(state: &State) -> Result<String, ConfigError> {
                 on_down: spec.on_down,
                 allow_sources: spec.sources.iter().copied().collect(),
                 check: spec.check.as_ref().map(CheckConfig::from),
+                quic: spec.quic.iter().map(ToString::to_string).collect(),
                 backends: spec
                     .backends
                     .iter()
-                    .map(|(addr, &BackendSpec { weight, draining })| BackendOut {
+                    .map(|(addr, backend)| BackendOut {
                         address: *addr,
-                        weight,
-                        drain: draining,
+                        weight: backend.weight,
+                        drain: backend.draining,
+                        server_id: backend.server_id.map(|id| id.to_string()),
                     })
                     .collect(),
             })
@@ -558,6 +610,101 @@ mod tests {
             "{rendered}"
         );
         assert_eq!(parse_ok(&rendered), state);
+    }
+
+    const QUIC_VIP: &str = "[[vip]]\naddress = \"198.18.1.1:443\"\nproto = \"udp\"\nquic = [\"config=0,server-id-len=2,nonce-len=6\", \"config=1,server-id-len=2,nonce-len=8\"]\n";
+
+    #[test]
+    fn quic_configs_and_server_ids_round_trip() {
+        let text = format!(
+            "{QUIC_VIP}backends = [\n  {{ address = \"198.18.2.1:443\", server_id = \"0A1B\" }},\n  {{ address = \"198.18.2.2:443\" }},\n]\n"
+        );
+        let state = parse_ok(&text);
+        let vip = state.vips.values().next().expect("a VIP");
+        let shown: Vec<String> = vip.quic.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "config=0,server-id-len=2,nonce-len=6",
+                "config=1,server-id-len=2,nonce-len=8"
+            ]
+        );
+        let ids: Vec<String> = vip
+            .backends
+            .values()
+            .map(|b| b.server_id.expect("a server id").to_string())
+            .collect();
+        assert_eq!(ids[0], "0a1b");
+        let rendered = render(&state).expect("render");
+        assert!(
+            rendered.contains("quic = [\"config=0,server-id-len=2,nonce-len=6\", \"config=1,server-id-len=2,nonce-len=8\"]"),
+            "{rendered}"
+        );
+        // The derived id is saved, so a restart keeps it whatever else changes.
+        assert!(
+            rendered.contains(&format!("server_id = \"{}\"", ids[1])),
+            "{rendered}"
+        );
+        assert_eq!(parse_ok(&rendered), state);
+        // A file without QUIC (an older state file) has none.
+        let plain = parse_ok(
+            "[[vip]]\naddress = \"198.18.1.1:443\"\nproto = \"udp\"\nbackends = [{ address = \"198.18.2.1:443\" }]\n",
+        );
+        let vip = plain.vips.values().next().expect("a VIP");
+        assert!(vip.quic.is_empty() && vip.backends.values().all(|b| b.server_id.is_none()));
+        assert!(!render(&plain).expect("render").contains("quic"));
+    }
+
+    #[test]
+    fn bad_quic_configs_and_server_ids_name_the_line() {
+        for (text, line, reason) in [
+            (
+                "[[vip]]\naddress = \"198.18.1.1:443\"\nquic = [\"config=0,server-id-len=2,nonce-len=6\"]\n".to_owned(),
+                3,
+                "is TCP: QUIC configs are for UDP VIPs",
+            ),
+            (
+                "[[vip]]\naddress = \"198.18.1.1:443\"\nproto = \"udp\"\nquic = [\"config=7,server-id-len=2,nonce-len=6\"]\n".to_owned(),
+                4,
+                "quic \"config=7,server-id-len=2,nonce-len=6\": config id 7 is out of range",
+            ),
+            (
+                "[[vip]]\naddress = \"198.18.1.1:443\"\nproto = \"udp\"\nquic = [\"config=0,server-id-len=2,nonce-len=6,key=8f95f09245765f80256934e50c66207f\"]\n".to_owned(),
+                4,
+                "encrypted QUIC-LB configs are not supported",
+            ),
+            (
+                "[[vip]]\naddress = \"198.18.1.1:443\"\nproto = \"udp\"\nquic = \"config=0,server-id-len=2,nonce-len=6\"\n".to_owned(),
+                4,
+                "invalid type",
+            ),
+            (
+                format!("{QUIC_VIP}backends = [\n  {{ address = \"198.18.2.1:443\", server_id = \"0a1b2c\" }},\n]\n"),
+                6,
+                "has 3 byte(s) but VIP 198.18.1.1:443/udp's QUIC configs have server-id-len 2",
+            ),
+            (
+                format!("{QUIC_VIP}backends = [\n  {{ address = \"198.18.2.1:443\", server_id = \"0x1b\" }},\n]\n"),
+                6,
+                "not a hex digit",
+            ),
+            (
+                format!("{QUIC_VIP}backends = [\n  {{ address = \"198.18.2.1:443\", server_id = \"0a1b\" }},\n  {{ address = \"198.18.2.2:443\", server_id = \"0a1b\" }},\n]\n"),
+                7,
+                "server id 0a1b is already backend 198.18.2.1:443's",
+            ),
+            (
+                "[[vip]]\naddress = \"198.18.1.1:443\"\nproto = \"udp\"\nbackends = [\n  { address = \"198.18.2.1:443\", server_id = \"0a1b\" },\n]\n".to_owned(),
+                5,
+                "has no QUIC config",
+            ),
+        ] {
+            let error = parse_err(&text);
+            assert!(
+                error.starts_with(&format!("test.toml:{line}: ")) && error.contains(reason),
+                "{text:?}: {error}"
+            );
+        }
     }
 
     #[test]

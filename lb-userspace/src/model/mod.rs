@@ -18,6 +18,7 @@ pub mod mode;
 pub mod notify;
 pub mod policy;
 pub mod prefix;
+pub mod quic;
 pub mod reload;
 pub mod second_chance;
 pub mod state;

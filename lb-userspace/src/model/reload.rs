@@ -69,12 +69,29 @@ pub enum Difference {
         from: Vec<Prefix>,
         to: Vec<Prefix>,
     },
+    /// New QUIC-LB configs (empty: not a QUIC VIP). A new server-id length gives every
+    /// backend a new server id, listed as `server-id-changed`.
+    QuicChanged {
+        vip: SocketAddr,
+        proto: Proto,
+        from: Vec<String>,
+        to: Vec<String>,
+    },
     BackendAdded {
         vip: SocketAddr,
         proto: Proto,
         backend: SocketAddr,
         weight: u32,
         draining: bool,
+    },
+    /// A QUIC VIP's backend gets another server id (`null`: none): its server must issue
+    /// IDs with the new one; packets with the old one go by Maglev.
+    ServerIdChanged {
+        vip: SocketAddr,
+        proto: Proto,
+        backend: SocketAddr,
+        from: Option<String>,
+        to: Option<String>,
     },
     BackendRemoved {
         vip: SocketAddr,
@@ -206,6 +223,14 @@ pub fn differences(current: &State, target: &State) -> Result<Vec<Difference>, R
                 to: wanted.sources.iter().copied().collect(),
             });
         }
+        if live.quic != wanted.quic {
+            out.push(Difference::QuicChanged {
+                vip,
+                proto,
+                from: live.quic.iter().map(ToString::to_string).collect(),
+                to: wanted.quic.iter().map(ToString::to_string).collect(),
+            });
+        }
         if live.check != wanted.check {
             out.push(Difference::CheckChanged {
                 vip,
@@ -235,6 +260,15 @@ pub fn differences(current: &State, target: &State) -> Result<Vec<Difference>, R
                 });
                 continue;
             };
+            if was.server_id != spec.server_id {
+                out.push(Difference::ServerIdChanged {
+                    vip,
+                    proto,
+                    backend,
+                    from: was.server_id.map(|id| id.to_string()),
+                    to: spec.server_id.map(|id| id.to_string()),
+                });
+            }
             if was.weight != spec.weight {
                 out.push(Difference::WeightChanged {
                     vip,
@@ -349,6 +383,44 @@ impl fmt::Display for Difference {
                 write!(
                     f,
                     "~ VIP {} allowed sources: {} -> {}",
+                    service(vip, proto),
+                    describe(from),
+                    describe(to)
+                )
+            }
+            Difference::QuicChanged {
+                vip,
+                proto,
+                from,
+                to,
+            } => {
+                let describe = |configs: &[String]| {
+                    if configs.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        configs.join("; ")
+                    }
+                };
+                write!(
+                    f,
+                    "~ VIP {} QUIC configs: {} -> {}",
+                    service(vip, proto),
+                    describe(from),
+                    describe(to)
+                )
+            }
+            Difference::ServerIdChanged {
+                vip,
+                proto,
+                backend,
+                from,
+                to,
+            } => {
+                let describe =
+                    |id: &Option<String>| id.clone().unwrap_or_else(|| "none".to_owned());
+                write!(
+                    f,
+                    "~ backend {backend} of {}: server id {} -> {}",
                     service(vip, proto),
                     describe(from),
                     describe(to)
@@ -558,6 +630,31 @@ proto = "udp"
                 "~ VIP 198.18.1.1:80/tcp allowed sources: any -> 198.18.0.0/24",
             ]
         );
+    }
+
+    #[test]
+    fn quic_config_and_server_id_changes_are_listed() {
+        let quic = "[[vip]]\naddress = \"198.18.1.1:443\"\nproto = \"udp\"\nquic = [\"config=0,server-id-len=2,nonce-len=6\"]\nbackends = [{ address = \"198.18.2.1:443\", server_id = \"0a1b\" }]\n";
+        let rotated = quic
+            .replace(
+                "quic = [",
+                "quic = [\"config=1,server-id-len=2,nonce-len=8\", ",
+            )
+            .replace("0a1b", "0c0d");
+        let vip: SocketAddr = "198.18.1.1:443".parse().expect("addr");
+        let found = differences(&state(quic), &state(&rotated)).expect("allowed");
+        let text: Vec<String> = found.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "~ VIP 198.18.1.1:443/udp QUIC configs: config=0,server-id-len=2,nonce-len=6 -> config=1,server-id-len=2,nonce-len=8; config=0,server-id-len=2,nonce-len=6",
+                "~ backend 198.18.2.1:443 of 198.18.1.1:443/udp: server id 0a1b -> 0c0d",
+            ]
+        );
+        assert!(matches!(
+            &found[1],
+            Difference::ServerIdChanged { vip: v, to: Some(to), .. } if *v == vip && to == "0c0d"
+        ));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::{
 };
 
 use lb_common::consts::{IPPROTO_TCP, IPPROTO_UDP};
+use quic_lb::{Config as QuicConfig, ServerId};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{
@@ -17,6 +18,7 @@ use crate::model::{
     mode::Mode,
     policy::{OnDown, SourcesError, check_sources},
     prefix::Prefix,
+    quic,
 };
 use thiserror::Error;
 
@@ -82,6 +84,9 @@ pub struct BackendSpec {
     pub(crate) weight: u32,
     /// No new flows; established ones continue.
     pub(crate) draining: bool,
+    /// Its QUIC server id (a QUIC VIP's backends have one, others none): the bytes a
+    /// connection ID that reaches it carries after its first octet.
+    pub(crate) server_id: Option<ServerId>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -95,6 +100,9 @@ pub struct VipSpec {
     pub on_down: OnDown,
     /// The clients that may open flows to it; empty: any client.
     pub sources: BTreeSet<Prefix>,
+    /// Its QUIC-LB configs (UDP VIPs); empty: not a QUIC VIP. The first is the one its
+    /// servers issue connection IDs with; the others are still routed (config rotation).
+    pub quic: Vec<QuicConfig>,
 }
 
 /// This node's place in its cluster.
@@ -121,13 +129,16 @@ pub enum Change {
         service: Service,
         backend: SocketAddr,
         weight: u32,
+        /// QUIC VIPs: the operator's server id; `None`: lb derives one.
+        server_id: Option<ServerId>,
     },
-    /// New weight and/or the end of a drain.
+    /// New weight, the end of a drain and/or (QUIC VIPs) a new server id.
     SetBackend {
         service: Service,
         backend: SocketAddr,
         weight: Option<u32>,
         undrain: bool,
+        server_id: Option<ServerId>,
     },
     DrainBackend {
         service: Service,
@@ -157,6 +168,12 @@ pub enum Change {
         service: Service,
         sources: Vec<Prefix>,
     },
+    /// Replaces a VIP's QUIC-LB configs (empty: not a QUIC VIP). A new server-id length
+    /// gives every backend a new, derived server id.
+    SetQuic {
+        service: Service,
+        configs: Vec<QuicConfig>,
+    },
     /// Withdraws (`true`) or announces again (`false`) every VIP of this node.
     DrainNode(bool),
 }
@@ -171,12 +188,20 @@ impl fmt::Display for Change {
                 service,
                 backend,
                 weight,
-            } => write!(f, "backend add {service} {backend} weight {weight}"),
+                server_id,
+            } => {
+                write!(f, "backend add {service} {backend} weight {weight}")?;
+                if let Some(server_id) = server_id {
+                    write!(f, " server-id {server_id}")?;
+                }
+                Ok(())
+            }
             Change::SetBackend {
                 service,
                 backend,
                 weight,
                 undrain,
+                server_id,
             } => {
                 write!(f, "backend set {service} {backend}")?;
                 if let Some(weight) = weight {
@@ -184,6 +209,9 @@ impl fmt::Display for Change {
                 }
                 if *undrain {
                     f.write_str(" undrain")?;
+                }
+                if let Some(server_id) = server_id {
+                    write!(f, " server-id {server_id}")?;
                 }
                 Ok(())
             }
@@ -221,6 +249,12 @@ impl fmt::Display for Change {
                     write!(f, "{prefix}")?;
                 }
                 Ok(())
+            }
+            Change::SetQuic { service, configs } if configs.is_empty() => {
+                write!(f, "vip set {service} no quic")
+            }
+            Change::SetQuic { service, configs } => {
+                write!(f, "vip set {service} quic {}", quic::describe(configs))
             }
             Change::DrainNode(true) => f.write_str("node drain"),
             Change::DrainNode(false) => f.write_str("node undrain"),
@@ -303,6 +337,59 @@ pub enum ChangeError {
     UnusableAddress(IpAddr),
     #[error("nothing to change")]
     EmptySet,
+    #[error("VIP {0} is TCP: QUIC configs are for UDP VIPs (--proto udp)")]
+    QuicOnTcp(Service),
+    #[error(
+        "VIP {service}: {count} QUIC configs, at most {} (config ids 0 to 6)",
+        quic::MAX_CONFIGS
+    )]
+    TooManyQuicConfigs { service: Service, count: usize },
+    #[error(
+        "VIP {0}: encrypted QUIC-LB configs are not supported by the datapath yet; use a plaintext config (no key)"
+    )]
+    EncryptedQuicConfig(Service),
+    #[error("VIP {service}: QUIC config id {config_id} is given twice")]
+    DuplicateQuicConfigId { service: Service, config_id: u8 },
+    #[error(
+        "VIP {service}: config {first} has server-id-len {first_len} but config {other} has {other_len}; a VIP's configs share one server-id length, so a backend's one server id is valid under each"
+    )]
+    QuicServerIdLenDiffers {
+        service: Service,
+        first: u8,
+        first_len: usize,
+        other: u8,
+        other_len: usize,
+    },
+    #[error(
+        "VIP {0} has no QUIC config: a server id is for the backends of QUIC VIPs (lb vip set-quic)"
+    )]
+    NotQuic(Service),
+    #[error(
+        "server id {server_id} has {} byte(s) but VIP {service}'s QUIC configs have server-id-len {server_id_len}",
+        server_id.len()
+    )]
+    ServerIdLen {
+        service: Service,
+        server_id: ServerId,
+        server_id_len: usize,
+    },
+    #[error(
+        "server id {0} is all zeros: lb never routes it, since a server that ignores QUIC-LB may issue such IDs"
+    )]
+    ServerIdZero(ServerId),
+    #[error("server id {server_id} is already backend {holder}'s on VIP {service}")]
+    ServerIdInUse {
+        service: Service,
+        server_id: ServerId,
+        holder: SocketAddr,
+    },
+    #[error(
+        "VIP {service}: every {server_id_len}-byte server id is taken; give its configs a longer server-id-len"
+    )]
+    ServerIdsExhausted {
+        service: Service,
+        server_id_len: usize,
+    },
     #[error(
         "backend {backend}/{proto} already serves VIP {owner}: an endpoint serves one VIP, since its replies must get that VIP's address back"
     )]
@@ -311,6 +398,19 @@ pub enum ChangeError {
         proto: Proto,
         owner: Service,
     },
+}
+
+impl ChangeError {
+    /// Whether the error is about a server id the operator gave.
+    pub(crate) const fn is_about_server_id(&self) -> bool {
+        matches!(
+            self,
+            ChangeError::NotQuic(_)
+                | ChangeError::ServerIdLen { .. }
+                | ChangeError::ServerIdZero(_)
+                | ChangeError::ServerIdInUse { .. }
+        )
+    }
 }
 
 const fn family_name(addr: &SocketAddr) -> &'static str {
@@ -357,6 +457,7 @@ impl State {
                 service,
                 backend,
                 weight,
+                server_id,
             } => {
                 check_address(&backend, "backend")?;
                 check_weight(weight)?;
@@ -402,6 +503,20 @@ impl State {
                         owner,
                     });
                 }
+                let server_id = match (quic::server_id_len(&vip.quic), server_id) {
+                    (None, None) => None,
+                    (None, Some(_)) => return Err(ChangeError::NotQuic(service)),
+                    (Some(len), Some(id)) => {
+                        quic::check_server_id(service, &vip.backends, backend, id, len)?;
+                        Some(id)
+                    }
+                    (Some(len), None) => Some(quic::derive_server_id(
+                        service,
+                        &vip.backends,
+                        backend,
+                        len,
+                    )?),
+                };
                 let vip = self
                     .vips
                     .get_mut(&service)
@@ -411,6 +526,7 @@ impl State {
                     BackendSpec {
                         weight,
                         draining: false,
+                        server_id,
                     },
                 );
             }
@@ -419,12 +535,16 @@ impl State {
                 backend,
                 weight,
                 undrain,
+                server_id,
             } => {
-                if weight.is_none() && !undrain {
+                if weight.is_none() && !undrain && server_id.is_none() {
                     return Err(ChangeError::EmptySet);
                 }
                 if let Some(weight) = weight {
                     check_weight(weight)?;
+                }
+                if let Some(id) = server_id {
+                    self.check_new_server_id(service, backend, id)?;
                 }
                 let spec = self.backend_mut(service, backend)?;
                 if let Some(weight) = weight {
@@ -433,6 +553,27 @@ impl State {
                 if undrain {
                     spec.draining = false;
                 }
+                if server_id.is_some() {
+                    spec.server_id = server_id;
+                }
+            }
+            Change::SetQuic {
+                service,
+                ref configs,
+            } => {
+                let vip = self
+                    .vips
+                    .get(&service)
+                    .ok_or(ChangeError::UnknownVip(service))?;
+                quic::check_configs(service, configs)?;
+                let new_len = quic::server_id_len(configs);
+                let mut backends = vip.backends.clone();
+                if quic::server_id_len(&vip.quic) != new_len {
+                    quic::reassign_all(service, &mut backends, new_len)?;
+                }
+                let vip = self.vip_mut(service)?;
+                vip.backends = backends;
+                vip.quic.clone_from(configs);
             }
             Change::DrainBackend { service, backend } => {
                 self.backend_mut(service, backend)?.draining = true;
@@ -476,6 +617,24 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// Checks `server_id` as the new server id of an existing backend of a QUIC VIP.
+    fn check_new_server_id(
+        &self,
+        service: Service,
+        backend: SocketAddr,
+        server_id: ServerId,
+    ) -> Result<(), ChangeError> {
+        let vip = self
+            .vips
+            .get(&service)
+            .ok_or(ChangeError::UnknownVip(service))?;
+        if !vip.backends.contains_key(&backend) {
+            return Err(ChangeError::UnknownBackend { service, backend });
+        }
+        let len = quic::server_id_len(&vip.quic).ok_or(ChangeError::NotQuic(service))?;
+        quic::check_server_id(service, &vip.backends, backend, server_id, len)
     }
 
     fn vip_mut(&mut self, service: Service) -> Result<&mut VipSpec, ChangeError> {
@@ -526,6 +685,7 @@ mod tests {
 
     fn add_backend(service: Service, backend: &str, weight: u32) -> Change {
         Change::AddBackend {
+            server_id: None,
             service,
             backend: backend.parse().expect("address"),
             weight,
@@ -550,6 +710,7 @@ mod tests {
         assert!(state.vips[&vip].backends[&backend].draining);
         state
             .apply(&Change::SetBackend {
+                server_id: None,
                 service: vip,
                 backend,
                 weight: Some(7),
@@ -559,6 +720,7 @@ mod tests {
         assert_eq!(
             state.vips[&vip].backends[&backend],
             BackendSpec {
+                server_id: None,
                 weight: 7,
                 draining: false
             }
@@ -607,6 +769,7 @@ mod tests {
             ),
             (
                 Change::SetBackend {
+                    server_id: None,
                     service: v4,
                     backend: "198.18.2.1:80".parse().expect("address"),
                     weight: None,
