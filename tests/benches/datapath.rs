@@ -29,6 +29,7 @@ use lb_tests::{
 use lb_userspace::model::{
     limits::{Limits, Options},
     mode::Mode,
+    state::{Change, Proto, Service},
 };
 
 const RUNS: usize = 5;
@@ -193,7 +194,19 @@ struct Bench<'a> {
     rows: Vec<Row>,
 }
 
-impl Bench<'_> {
+impl<'a> Bench<'a> {
+    /// A bench that proves each case's path before timing it, on a fresh load.
+    fn verified(datapath: &'a mut Datapath, ids: &'a Ids, calls: usize) -> Self {
+        Bench {
+            datapath,
+            ids,
+            calls,
+            verify: true,
+            next_client: 0,
+            rows: Vec::new(),
+        }
+    }
+
     fn record(&mut self, name: impl Into<String>, (ns, floor): (f64, f64)) {
         self.rows.push(Row {
             name: name.into(),
@@ -808,14 +821,7 @@ fn dsr_rows(lab: &FibLab, limits: Limits, calls: usize) -> Vec<Row> {
         for dsr in &DSR_VIPS {
             add_dsr_vip(datapath, ip(dsr.vip), dsr.mode, &dsr.backends.map(ip));
         }
-        let mut bench = Bench {
-            datapath,
-            ids,
-            calls,
-            verify: true,
-            next_client: 0,
-            rows: Vec::new(),
-        };
+        let mut bench = Bench::verified(datapath, ids, calls);
         // The control: a NAT flow timed in this load, beside the DSR rows.
         let (client, port) = nth_client(Family::V4, bench.next_client);
         bench.next_client += 1;
@@ -853,6 +859,157 @@ fn dsr_rows(lab: &FibLab, limits: Limits, calls: usize) -> Vec<Row> {
         }
         bench.rows
     })
+}
+
+/// A QUIC VIP of the QUIC rows' load: udp/443 on the lab's IPv4 VIP address, NAT, its
+/// two backends given these server ids under [`QUIC_CONFIG`].
+const QUIC_CONFIG: &str = "config=1,server-id-len=2,nonce-len=6";
+const QUIC_SERVER_IDS: [[u8; 2]; 2] = [[0x0a, 0x01], [0x0b, 0x02]];
+const QUIC_PORT: u16 = 443;
+
+/// A QUIC packet to the second backend's server id: a 1-RTT (short header) packet, or
+/// (`initial`) an Initial whose ID the client chose.
+fn quic_payload(initial: bool) -> Vec<u8> {
+    let config: quic_lb::Config = QUIC_CONFIG.parse().expect("config");
+    let id = quic_lb::ServerId::new(&QUIC_SERVER_IDS[1]).expect("server id");
+    let cid = quic_lb::encode(&config, &id, &[7; 6], true).expect("an ID");
+    let mut payload = if initial {
+        vec![0xc0, 0, 0, 0, 1, cid.as_bytes().len() as u8]
+    } else {
+        vec![0x41]
+    };
+    payload.extend_from_slice(cid.as_bytes());
+    payload.extend_from_slice(&[0x5a; 40]);
+    payload
+}
+
+/// The QUIC rows: a load with a QUIC VIP beside the lab's plain UDP VIP, each row against
+/// its interleaved floor: the plain VIP's established datagram and new flow, and QUIC's
+/// short header on a tracked 5-tuple, on a new 5-tuple (a client that moved: routed by
+/// its server id) and an Initial (by Maglev).
+fn quic_rows(lab: &FibLab, limits: Limits, calls: usize) -> Vec<Row> {
+    lab.with_datapath_loaded(limits, &unguarded(Options::default()), |datapath, ids| {
+        let (_, vip) = client_and_vip(Family::V4);
+        let service = Service {
+            addr: std::net::SocketAddr::new(vip, QUIC_PORT),
+            proto: Proto::Udp,
+        };
+        let config: quic_lb::Config = QUIC_CONFIG.parse().expect("config");
+        let mut changes = vec![
+            Change::AddVip(service),
+            Change::SetQuic {
+                service,
+                configs: vec![config],
+            },
+        ];
+        for (backend, id) in ["198.18.2.2", "198.18.2.3"].iter().zip(QUIC_SERVER_IDS) {
+            changes.push(Change::AddBackend {
+                service,
+                // Their 8080/udp serves the plain UDP VIP: an endpoint serves one VIP.
+                backend: std::net::SocketAddr::new(ip(backend), 4433),
+                weight: 100,
+                server_id: Some(quic_lb::ServerId::new(&id).expect("server id")),
+            });
+        }
+        datapath.balancer.apply_all(&changes).expect("the QUIC VIP");
+        let mut bench = Bench::verified(datapath, ids, calls);
+        bench.established_and_reply("plain UDP VIP: IPv4 UDP", Family::V4, Transport::Udp);
+        bench.rows.pop(); // its reply: the same for both VIPs
+        bench.new_flows(
+            "plain UDP VIP: IPv4 UDP new flow",
+            Family::V4,
+            Transport::Udp,
+        );
+        let to_quic = |n: usize, initial: bool| {
+            let (client, port) = nth_client(Family::V4, n);
+            Spec::new(Family::V4, Transport::Udp)
+                .between(client, vip)
+                .ports(port, QUIC_PORT)
+                .build(&quic_payload(initial))
+        };
+        // A tracked 5-tuple: its ID is read on every packet.
+        let tracked = to_quic(bench.next_client, false);
+        bench.next_client += 1;
+        bench.datapath.set_ingress(ids.from_client);
+        bench.datapath.run(&tracked);
+        check_path(
+            bench.datapath,
+            &tracked,
+            Stat::QuicByServerId,
+            "QUIC tracked",
+        );
+        prove(bench.datapath, &tracked);
+        check_path(
+            bench.datapath,
+            &tracked,
+            Stat::ForwardEstablished,
+            "QUIC tracked",
+        );
+        bench.fixed(
+            "QUIC VIP: short header, tracked 5-tuple",
+            "lb",
+            &tracked,
+            ids.from_client,
+        );
+        for (name, initial, path) in [
+            (
+                "QUIC VIP: short header, new 5-tuple (by server id)",
+                false,
+                Stat::QuicByServerId,
+            ),
+            (
+                "QUIC VIP: Initial, new flow (by Maglev)",
+                true,
+                Stat::QuicLongHeader,
+            ),
+        ] {
+            let per_run = (calls / 10).max(100);
+            let first = bench.next_client;
+            bench.next_client += RUNS * per_run + 1;
+            let packets: Vec<Vec<u8>> = (0..=RUNS * per_run)
+                .map(|n| to_quic(first + n, initial))
+                .collect();
+            check_path(bench.datapath, &packets[RUNS * per_run], path, name);
+            let timed = per_call(bench.datapath, per_run, |datapath, run, i| {
+                datapath.run_program("lb", &packets[run * per_run + i], 1).1
+            });
+            bench.record(name, timed);
+        }
+        bench.rows
+    })
+}
+
+/// The QUIC section: its rows against the floor and against the plain UDP VIP's.
+fn print_quic(rows: &[Row]) {
+    let plain = |name: &str| rows.iter().find(|r| r.name == name).map_or(1.0, Row::ratio);
+    let established = plain("plain UDP VIP: IPv4 UDP established");
+    let new = plain("plain UDP VIP: IPv4 UDP new flow");
+    println!(
+        "\n### QUIC VIPs: connection-ID routing\n\nA third load: a QUIC VIP (udp/443, NAT, \
+         `--quic {QUIC_CONFIG}`, two backends with server ids) beside the lab's plain UDP VIP \
+         (udp/53). Each row against its interleaved floor, and against the plain VIP's row \
+         of the same kind (established, or new flow). A QUIC flow is never served by the flow \
+         cache: each packet's ID is read, so a 5-tuple that now carries another connection \
+         follows it. Each case's counters were checked first (`quic_by_server_id`, \
+         `quic_long_header`, `fwd_established`).\n"
+    );
+    println!("| path | ns/packet | floor, interleaved (ns) | × floor | × plain UDP |");
+    println!("|---|---:|---:|---:|---:|");
+    for row in rows {
+        let against = if row.name.contains("tracked") || row.name.ends_with("established") {
+            established
+        } else {
+            new
+        };
+        println!(
+            "| {} | {:.1} | {:.1} | {:.2} | {:.2} |",
+            row.name,
+            row.ns,
+            row.floor,
+            row.ratio(),
+            row.ratio() / against
+        );
+    }
 }
 
 /// One load of the program with `ablate`'s stages left out: a non-VIP packet, an
@@ -915,14 +1072,7 @@ fn main() {
     let (rows, amortized_rows, filled) =
         lab.with_datapath_loaded(limits, &options, |datapath, ids| {
             let mut tcp_packets = Vec::new();
-            let mut bench = Bench {
-                datapath,
-                ids,
-                calls,
-                verify: true,
-                next_client: 0,
-                rows: Vec::new(),
-            };
+            let mut bench = Bench::verified(datapath, ids, calls);
             let probe = probe();
             bench.fixed(
                 "baseline: XDP_PASS",
@@ -991,6 +1141,7 @@ fn main() {
     let mut rows = rows;
     let first_load_rows = rows.len();
     rows.extend(dsr_rows(&lab, limits, calls));
+    let quic = quic_rows(&lab, limits, calls);
     let ablations = ablation(&lab, limits, calls);
     let floods = floods(&lab, if quick { 100_000 } else { 1_000_000 });
     let floor = median(rows.iter().map(|r| r.floor).collect());
@@ -1076,6 +1227,7 @@ fn main() {
         l2 / control,
         started.elapsed().as_secs_f64()
     );
+    print_quic(&quic);
     println!(
         "\n### What the parts cost (hot caches)\n\nOne program per part (`cost_*` in \
          lb-ebpf/src/costs.rs: parse, then that part with the real maps and helpers, the \

@@ -4,7 +4,7 @@
 //! program, each result checked against what the design allows.
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     panic::{AssertUnwindSafe, catch_unwind},
     path::Path,
 };
@@ -18,6 +18,7 @@ use lb_userspace::model::{
     limits::{Limits, Options},
     mode::Mode,
     prefix::Prefix,
+    state::{Change, Proto, Service},
 };
 
 use crate::{
@@ -56,7 +57,7 @@ pub enum Side {
 }
 
 /// The services [`crate::fiblab::configure`] and [`configure_dsr`] set up.
-const VIPS: [(&str, u16); 18] = [
+const VIPS: [(&str, u16); 20] = [
     ("198.18.1.1", 80),
     ("198.18.1.1", 53),
     ("fd00:1::1", 80),
@@ -75,7 +76,22 @@ const VIPS: [(&str, u16); 18] = [
     ("198.18.1.23", 53),
     ("fd00:1::23", 80),
     ("fd00:1::23", 53),
+    ("198.18.1.24", QUIC_PORT),
+    ("fd00:1::24", QUIC_PORT),
 ];
+
+/// QUIC VIPs of the fuzz lab (NAT, UDP): (VIP, backends, each backend's server id), under
+/// [`QUIC_CONFIG`].
+const QUIC_VIPS: [(&str, [&str; 2]); 2] = [
+    ("198.18.1.24", ["198.18.2.2", "198.18.2.3"]),
+    ("fd00:1::24", ["fd00:2::2", "fd00:2::3"]),
+];
+const QUIC_PORT: u16 = 443;
+/// The QUIC backends' port: their 8080/udp serves the lab's udp/53 VIPs (an endpoint
+/// serves one VIP).
+const QUIC_BACKEND_PORT: u16 = 4433;
+const QUIC_CONFIG: &str = "config=1,server-id-len=2,nonce-len=6";
+const QUIC_SERVER_IDS: [[u8; 2]; 2] = [[0x0a, 0x01], [0x0b, 0x02]];
 
 /// DSR VIPs of the fuzz lab (on top of the NAT ones): (VIP, mode, backends).
 const DSR_VIPS: [(&str, Mode, [&str; 2]); 6] = [
@@ -106,6 +122,54 @@ pub fn configure_dsr(datapath: &mut Datapath) {
     }
 }
 
+/// Adds the QUIC VIPs, each backend with its server id.
+pub fn configure_quic(datapath: &mut Datapath) {
+    let config: quic_lb::Config = QUIC_CONFIG.parse().expect("the lab's QUIC config");
+    for (vip, backends) in QUIC_VIPS {
+        let service = Service {
+            addr: SocketAddr::new(ip(vip), QUIC_PORT),
+            proto: Proto::Udp,
+        };
+        let mut changes = vec![
+            Change::AddVip(service),
+            Change::SetQuic {
+                service,
+                configs: vec![config.clone()],
+            },
+        ];
+        for (backend, id) in backends.iter().zip(QUIC_SERVER_IDS) {
+            changes.push(Change::AddBackend {
+                service,
+                backend: SocketAddr::new(ip(backend), QUIC_BACKEND_PORT),
+                weight: 100,
+                server_id: Some(quic_lb::ServerId::new(&id).expect("a server id")),
+            });
+        }
+        for change in &changes {
+            datapath.balancer.apply(change).expect("a QUIC VIP");
+        }
+    }
+}
+
+/// The backend a QUIC VIP's packet must reach when the datapath says it went by its
+/// connection ID: the lab's backend whose server id the ID carries (plaintext: bytes 1
+/// and 2 of the ID, which starts after 1 byte of short header or 6 of long header).
+fn quic_server(input: &[u8]) -> Option<IpAddr> {
+    let (l3, _) = l3_offset(input)?;
+    let v4 = input.get(l3)? >> 4 == 4;
+    let l4 = if v4 {
+        l3 + usize::from(input[l3] & 0x0f) * 4
+    } else {
+        l3 + 40
+    };
+    let quic = input.get(l4 + 8..)?;
+    let id_at = if quic.first()? & 0x80 != 0 { 6 } else { 1 };
+    let server_id = quic.get(id_at + 1..id_at + 3)?;
+    let which = QUIC_SERVER_IDS.iter().position(|id| id == server_id)?;
+    let (_, backends) = QUIC_VIPS[usize::from(!v4)];
+    Some(ip(backends[which]))
+}
+
 const BACKENDS: [&str; 5] = [
     "198.18.2.2",
     "198.18.2.3",
@@ -127,6 +191,43 @@ pub fn seeds() -> Vec<(Side, Vec<u8>)> {
     seeds.extend(icmp_seeds());
     seeds.extend(dsr_seeds());
     seeds.extend(fragment_seeds());
+    seeds.extend(quic_seeds());
+    seeds
+}
+
+/// QUIC packets to the QUIC VIPs: a short header and a Handshake whose IDs name each
+/// backend, and an Initial (the client's ID), over IPv4 and IPv6.
+fn quic_seeds() -> Vec<(Side, Vec<u8>)> {
+    let config: quic_lb::Config = QUIC_CONFIG.parse().expect("the lab's QUIC config");
+    let mut seeds = Vec::new();
+    for (vip, _) in QUIC_VIPS {
+        let vip = ip(vip);
+        let (family, client) = if vip.is_ipv4() {
+            (Family::V4, ip("198.18.0.1"))
+        } else {
+            (Family::V6, ip("fd00::1"))
+        };
+        let request = Spec::new(family, Transport::Udp)
+            .between(client, vip)
+            .ports(40_200, QUIC_PORT);
+        for id in QUIC_SERVER_IDS {
+            let id = quic_lb::ServerId::new(&id).expect("a server id");
+            let cid = quic_lb::encode(&config, &id, &[7; 6], true).expect("an ID");
+            let cid = cid.as_bytes();
+            let mut short = vec![0x41];
+            short.extend_from_slice(cid);
+            short.extend_from_slice(&[0x5a; 24]);
+            seeds.push((Side::Client, request.build(&short)));
+            for first in [0xe0, 0xc0] {
+                // Handshake, then Initial, of QUIC v1.
+                let mut long = vec![first, 0, 0, 0, 1, cid.len() as u8];
+                long.extend_from_slice(cid);
+                long.extend_from_slice(&[0, 0x40, 24]);
+                long.extend_from_slice(&[0x33; 24]);
+                seeds.push((Side::Client, request.build(&long)));
+            }
+        }
+    }
     seeds
 }
 
@@ -337,7 +438,7 @@ pub fn mutate(rng: &mut Rng, packet: &[u8]) -> Vec<u8> {
     let mut out = packet.to_vec();
     for _ in 0..=rng.below(4) {
         let headers = out.len().min(96);
-        match rng.below(4) {
+        match rng.below(5) {
             // The kernel refuses test-run frames below 14 bytes.
             0 => out.truncate(14 + rng.below(out.len().saturating_sub(13))),
             1 => {
@@ -347,6 +448,16 @@ pub fn mutate(rng: &mut Rng, packet: &[u8]) -> Vec<u8> {
             2 => {
                 let at = rng.below(headers);
                 out[at] ^= 1 << rng.below(8);
+            }
+            // The QUIC header and connection ID of a datagram (or what lies there): its
+            // form and type bits, version, ID length, config bits and server id.
+            4 => {
+                let at = (42 + rng.below(28)).min(out.len() - 1);
+                out[at] = match rng.below(4) {
+                    0 => [0x40, 0xc0, 0xe0, 0xf0, 0xff, 0x00][rng.below(6)],
+                    1 => out[at] ^ 0xe0,
+                    _ => rng.next_u64() as u8,
+                };
             }
             _ => {
                 let at = rng.below(out.len());
@@ -403,6 +514,24 @@ pub fn check(
             | Stat::ForwardIcmpToClient
     );
     let name = reason.name();
+    let quic = moved(&delta, StatKind::Quic);
+    let looked = quic.iter().filter(|&&s| s != Stat::QuicRepinned).count();
+    if looked > 1 || quic.len() > looked + 1 {
+        return Err(format!(
+            "QUIC cases {quic:?} ({name}): at most one, and one re-pin"
+        ));
+    }
+    if quic.contains(&Stat::QuicByServerId) {
+        let named = quic_server(packet);
+        let reached = quietly(|| inspect(&verdict.packet))
+            .ok()
+            .map(|(wire, _)| wire.dst);
+        if named.is_none() || named != reached {
+            return Err(format!(
+                "by server id ({name}) to {reached:?}, but the ID names {named:?}"
+            ));
+        }
+    }
     let encapsulated = delta.packets(Stat::DsrIpipEncapsulated);
     let gue = delta.packets(Stat::DsrGueEncapsulated);
     let l2 = delta.packets(Stat::DsrL2Forwarded);
@@ -457,7 +586,8 @@ pub fn check(
                 quietly(|| inspect(packet)).map(|(_, bad)| bad)
             })
             .map_err(|why| format!("forwarded ({name}) with a {why}"))?;
-            let to_backend = BACKENDS.iter().any(|b| ip(b) == wire.dst) && wire.dst_port == 8080;
+            let to_backend = BACKENDS.iter().any(|b| ip(b) == wire.dst)
+                && [8080, QUIC_BACKEND_PORT].contains(&wire.dst_port);
             let from_vip = VIPS
                 .iter()
                 .any(|(v, p)| ip(v) == wire.src && *p == wire.src_port);

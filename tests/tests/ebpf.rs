@@ -17,3 +17,4 @@ mod katran;
 mod lifecycle;
 mod nat;
 mod policy;
+mod quic;

@@ -33,6 +33,7 @@ fn mutated_packets_get_only_allowed_verdicts() {
     let (limits, options) = fuzz::lab_setup();
     let (failures, reasons, dsr) = lab.with_datapath_loaded(limits, &options, |datapath, ids| {
         fuzz::configure_dsr(datapath);
+        fuzz::configure_quic(datapath);
         let mut failures = Vec::new();
         let mut reasons: BTreeMap<&'static str, u64> = BTreeMap::new();
         for (name, side, packet) in saved {
@@ -66,6 +67,7 @@ fn mutated_packets_get_only_allowed_verdicts() {
             Stat::DsrGueEncapsulated,
             Stat::GueSecondHop,
             Stat::DsrTooBig,
+            Stat::QuicByServerId,
         ]
         .map(|stat| (stat.name(), stats.get(stat).packets));
         (failures, reasons, dsr)
@@ -78,8 +80,8 @@ fn mutated_packets_get_only_allowed_verdicts() {
     // The DSR paths are among the seeds: a run of any size sends some of them.
     if count >= 1_000 {
         assert!(
-            dsr[0].1 > 0 && dsr[1].1 > 0 && dsr[2].1 > 0 && dsr[3].1 > 0,
-            "no DSR output was checked: {dsr:?}"
+            dsr[0].1 > 0 && dsr[1].1 > 0 && dsr[2].1 > 0 && dsr[3].1 > 0 && dsr[5].1 > 0,
+            "no DSR output (or no packet by QUIC server id) was checked: {dsr:?}"
         );
     }
     assert!(

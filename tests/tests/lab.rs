@@ -19,6 +19,7 @@ mod notify;
 mod observe;
 mod ops;
 mod policy_lab;
+mod quic_lab;
 mod reload;
 mod restart_load;
 mod run;

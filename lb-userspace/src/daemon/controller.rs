@@ -35,9 +35,8 @@ use crate::{
     model::health::{Health, HealthBook, HealthKey},
     model::mode::Mode,
     model::notify::{HealthEvent, NotifyHook},
-    model::quic,
     model::reload::Declared,
-    model::state::{Change, Changes, Proto, Service, State},
+    model::state::{Change, Changes, Proto, Service, State, server_id_changes},
     store::state_file,
 };
 
@@ -111,7 +110,7 @@ fn invalid_check(reason: String) -> ApiError {
 
 /// Logs the QUIC server ids a change gave or changed: what each server must be told.
 pub(super) fn log_server_ids(before: &State, after: &State) {
-    for change in quic::server_id_changes(before, after) {
+    for change in server_id_changes(before, after) {
         let vip = change.service;
         let backend = change.backend;
         match (change.from, change.to) {

@@ -413,6 +413,110 @@ impl ChangeError {
     }
 }
 
+/// The QUIC rule a change broke, as the change's error (naming its VIP).
+fn refused(service: Service, refusal: quic::Refusal) -> ChangeError {
+    use quic::Refusal as R;
+    match refusal {
+        R::TooManyConfigs(count) => ChangeError::TooManyQuicConfigs { service, count },
+        R::Encrypted => ChangeError::EncryptedQuicConfig(service),
+        R::DuplicateConfigId(config_id) => {
+            ChangeError::DuplicateQuicConfigId { service, config_id }
+        }
+        R::ServerIdLenDiffers {
+            first,
+            first_len,
+            other,
+            other_len,
+        } => ChangeError::QuicServerIdLenDiffers {
+            service,
+            first,
+            first_len,
+            other,
+            other_len,
+        },
+        R::ServerIdLen {
+            server_id,
+            server_id_len,
+        } => ChangeError::ServerIdLen {
+            service,
+            server_id,
+            server_id_len,
+        },
+        R::ServerIdZero(server_id) => ChangeError::ServerIdZero(server_id),
+        R::ServerIdInUse { server_id, holder } => ChangeError::ServerIdInUse {
+            service,
+            server_id,
+            holder,
+        },
+        R::Exhausted { server_id_len } => ChangeError::ServerIdsExhausted {
+            service,
+            server_id_len,
+        },
+    }
+}
+
+/// The server ids a VIP's backends have, by backend.
+fn taken_ids(vip: &VipSpec) -> Vec<(SocketAddr, ServerId)> {
+    vip.backends
+        .iter()
+        .filter_map(|(addr, spec)| spec.server_id.map(|id| (*addr, id)))
+        .collect()
+}
+
+/// Gives every backend of a VIP a server id for `server_id_len` (its configs' new
+/// length), derived in address order; `None` takes them away (no QUIC configs).
+fn reassign_server_ids(
+    service: Service,
+    backends: &mut BTreeMap<SocketAddr, BackendSpec>,
+    server_id_len: Option<usize>,
+) -> Result<(), ChangeError> {
+    for spec in backends.values_mut() {
+        spec.server_id = None;
+    }
+    let Some(len) = server_id_len else {
+        return Ok(());
+    };
+    let mut taken = Vec::new();
+    for (addr, spec) in backends.iter_mut() {
+        let id = quic::derive_server_id(&taken, *addr, len).map_err(|r| refused(service, r))?;
+        spec.server_id = Some(id);
+        taken.push((*addr, id));
+    }
+    Ok(())
+}
+
+/// A backend whose server id a change gave, changed or took away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ServerIdChange {
+    pub(crate) service: Service,
+    pub(crate) backend: SocketAddr,
+    pub(crate) from: Option<ServerId>,
+    pub(crate) to: Option<ServerId>,
+}
+
+/// Every backend whose server id differs from `before` to `after` (a new backend of a
+/// QUIC VIP included), in VIP and address order.
+pub(crate) fn server_id_changes(before: &State, after: &State) -> Vec<ServerIdChange> {
+    after
+        .vips
+        .iter()
+        .flat_map(|(service, vip)| {
+            let old = before.vips.get(service);
+            vip.backends.iter().filter_map(move |(backend, spec)| {
+                let from = old
+                    .and_then(|v| v.backends.get(backend))
+                    .and_then(|b| b.server_id);
+                (from != spec.server_id).then_some(ServerIdChange {
+                    service: *service,
+                    backend: *backend,
+                    from,
+                    to: spec.server_id,
+                })
+            })
+        })
+        .collect()
+}
+
 const fn family_name(addr: &SocketAddr) -> &'static str {
     if addr.is_ipv4() { "IPv4" } else { "IPv6" }
 }
@@ -503,19 +607,19 @@ impl State {
                         owner,
                     });
                 }
+                let taken = taken_ids(vip);
                 let server_id = match (quic::server_id_len(&vip.quic), server_id) {
                     (None, None) => None,
                     (None, Some(_)) => return Err(ChangeError::NotQuic(service)),
                     (Some(len), Some(id)) => {
-                        quic::check_server_id(service, &vip.backends, backend, id, len)?;
+                        quic::check_server_id(&taken, backend, id, len)
+                            .map_err(|r| refused(service, r))?;
                         Some(id)
                     }
-                    (Some(len), None) => Some(quic::derive_server_id(
-                        service,
-                        &vip.backends,
-                        backend,
-                        len,
-                    )?),
+                    (Some(len), None) => Some(
+                        quic::derive_server_id(&taken, backend, len)
+                            .map_err(|r| refused(service, r))?,
+                    ),
                 };
                 let vip = self
                     .vips
@@ -565,11 +669,14 @@ impl State {
                     .vips
                     .get(&service)
                     .ok_or(ChangeError::UnknownVip(service))?;
-                quic::check_configs(service, configs)?;
+                if !configs.is_empty() && service.proto != Proto::Udp {
+                    return Err(ChangeError::QuicOnTcp(service));
+                }
+                quic::check_configs(configs).map_err(|r| refused(service, r))?;
                 let new_len = quic::server_id_len(configs);
                 let mut backends = vip.backends.clone();
                 if quic::server_id_len(&vip.quic) != new_len {
-                    quic::reassign_all(service, &mut backends, new_len)?;
+                    reassign_server_ids(service, &mut backends, new_len)?;
                 }
                 let vip = self.vip_mut(service)?;
                 vip.backends = backends;
@@ -634,7 +741,8 @@ impl State {
             return Err(ChangeError::UnknownBackend { service, backend });
         }
         let len = quic::server_id_len(&vip.quic).ok_or(ChangeError::NotQuic(service))?;
-        quic::check_server_id(service, &vip.backends, backend, server_id, len)
+        quic::check_server_id(&taken_ids(vip), backend, server_id, len)
+            .map_err(|r| refused(service, r))
     }
 
     fn vip_mut(&mut self, service: Service) -> Result<&mut VipSpec, ChangeError> {
