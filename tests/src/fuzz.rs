@@ -521,7 +521,10 @@ pub fn check(
             "QUIC cases {quic:?} ({name}): at most one, and one re-pin"
         ));
     }
-    if quic.contains(&Stat::QuicByServerId) {
+    // Where a packet went by its ID is checked when it went somewhere: a route that ends
+    // here (a mutated source address, say) passes it to the kernel untouched.
+    let sent = matches!(verdict.action, XDP_TX | XDP_REDIRECT) || rewritten_then_passed;
+    if sent && quic.contains(&Stat::QuicByServerId) {
         let named = quic_server(packet);
         let reached = quietly(|| inspect(&verdict.packet))
             .ok()
