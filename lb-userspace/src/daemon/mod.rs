@@ -5,6 +5,8 @@
 pub mod answer;
 pub mod controller;
 pub mod counters;
+#[cfg(test)]
+mod dashboard;
 pub mod egress;
 pub mod explain;
 pub mod flows;

@@ -321,6 +321,11 @@ impl Reader {
             backends: self.backends(&snap, None)?,
             conntrack: self.conntrack(&snap, &snapshot),
             hook_runs: snap.notify.as_ref().map(|_| self.hook_runs.read()),
+            status: self.status(&snap),
+            sweeps: metrics::Sweeps {
+                count: snap.conntrack.sweeps(),
+                last_took: snap.conntrack.census().took,
+            },
         })
     }
 

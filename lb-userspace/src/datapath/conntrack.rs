@@ -288,6 +288,8 @@ pub(crate) struct ConntrackBook {
     baseline_proven: i64,
     /// Unproven flows evicted (never lower than before: it is a counter).
     evicted_unproven: u64,
+    /// Sweeps recorded since this daemon started (the first, at start, included).
+    sweeps: u64,
 }
 
 impl ConntrackBook {
@@ -305,12 +307,14 @@ impl ConntrackBook {
             baseline,
             baseline_proven,
             evicted_unproven: 0,
+            sweeps: 0,
         };
         book.record_sweep(first);
         book
     }
 
     pub(crate) fn record_sweep(&mut self, census: Census) {
+        self.sweeps = self.sweeps.saturating_add(1);
         self.deleted = self.deleted.saturating_add(census.pass.deleted);
         self.deleted_proven = self
             .deleted_proven
@@ -352,6 +356,10 @@ impl ConntrackBook {
 
     pub(crate) fn census(&self) -> &Census {
         &self.census
+    }
+
+    pub(crate) fn sweeps(&self) -> u64 {
+        self.sweeps
     }
 
     pub(crate) fn deleted(&self) -> u64 {
