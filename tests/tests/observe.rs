@@ -198,7 +198,34 @@ fn metrics_count_exactly_what_was_sent_and_survive_a_restart() {
         );
         assert_eq!(sample(&text, "lb_backend_weight", &labels), 7);
         assert_eq!(sample(&text, "lb_backend_up", &labels), 1);
+        assert_eq!(sample(&text, "lb_backend_draining", &labels), 0);
+        assert_eq!(
+            sample(&text, "lb_backend_closing_conns", &labels),
+            0,
+            "UDP flows never close"
+        );
     }
+    // The census that counted every flow counted each by its backend: UDP flows are active.
+    let active: u64 = (0..2)
+        .map(|n| {
+            let labels = format!("{vip_labels},backend=\"{}\"", endpoint(&lab, n, UDP_PORT));
+            sample(&text, "lb_backend_active_conns", &labels)
+        })
+        .sum();
+    assert_eq!(
+        active,
+        ports.len() as u64,
+        "lb_backend_active_conns over the backends"
+    );
+    assert_eq!(sample(&text, "lb_vip_backends", &vip_labels), 2);
+    assert_eq!(sample(&text, "lb_vip_active_backends", &vip_labels), 2);
+    assert!(
+        text.lines().any(|line| line
+            .strip_prefix("lb_conntrack_sweeps_total ")
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n >= 1)),
+        "a sweep count: {text}"
+    );
     assert!(sample(&text, "lb_reason_packets_total", "name=\"fwd_reply\"") >= DATAGRAMS as u64);
     // Proven or not (a datagram answered once is not proven until its client sends again).
     assert_eq!(
