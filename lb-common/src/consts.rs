@@ -2,6 +2,9 @@
 
 /// Name of the XDP program inside the eBPF object.
 pub const PROGRAM_NAME: &str = "lb";
+/// `lb` with `lb capture`'s copy at entry and record at exit (`capture`): swapped into the
+/// links while a capture runs, loaded only then.
+pub const CAPTURE_PROGRAM_NAME: &str = "lb_capture";
 /// Programs `lb` tail-calls through the JUMPS map, by index: each has a 512-byte stack
 /// of its own, which the paths they hold would not find left in `lb`'s.
 pub const PROGRAM_ICMP: &str = "lb_icmp";
@@ -53,6 +56,15 @@ pub const MAP_MAGLEV_HOPS: &str = "MAGLEV_HOPS";
 pub const MAP_QUIC_CONFIGS: &str = "QUIC_CONFIGS";
 /// QUIC server ids → backend ids (`quic::QuicServerKey`). Not pinned.
 pub const MAP_QUIC_SERVERS: &str = "QUIC_SERVERS";
+/// `lb capture`'s records (`capture::CaptureHeader` and bytes), a ring buffer. Not pinned.
+pub const MAP_CAPTURE_RING: &str = "CAPTURE_RING";
+/// `lb capture`'s filter, one `capture::CaptureFilter`. Not pinned.
+pub const MAP_CAPTURE_FILTER: &str = "CAPTURE_FILTER";
+/// `lb capture`'s per-CPU working space and counts (`capture::CaptureScratch`). Not pinned.
+pub const MAP_CAPTURE_SCRATCH: &str = "CAPTURE_SCRATCH";
+/// Dropped packets by VIP and reason: slot `vip_id * DROP_REASONS + drop_slot` (per CPU,
+/// `stats::Stat::drop_slot`). Not pinned: counted from the daemon's start.
+pub const MAP_VIP_DROPS: &str = "VIP_DROPS";
 /// Proven flows (see [`MAP_CT_UNPROVEN`]): only a promotion inserts here, so a flood of
 /// new or mid-flow packets can never evict them.
 pub const MAP_CONNTRACK: &str = "CONNTRACK";

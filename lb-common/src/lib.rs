@@ -4,6 +4,7 @@
 //! so both sides agree on every byte. Only pure helpers live here, no I/O.
 #![cfg_attr(not(test), no_std)]
 
+pub mod capture;
 pub mod consts;
 pub mod decap;
 pub mod encap;

@@ -250,7 +250,53 @@ stats! {
 /// Number of slots in the stats map.
 pub const STAT_COUNT: u32 = Stat::ALL.len() as u32;
 
+/// The reasons a packet is dropped for, in their `VIP_DROPS` slot order.
+pub const DROP_REASONS: [Stat; 16] = [
+    Stat::DropNoBackend,
+    Stat::DropFragment,
+    Stat::DropIpv6ExtensionHeader,
+    Stat::DropFibFailure,
+    Stat::DropForwardingDisabled,
+    Stat::DropBackendFragment,
+    Stat::DropBackendIpv6ExtensionHeader,
+    Stat::DropTooBig,
+    Stat::DropTooBigRateLimited,
+    Stat::DropDsrNoNeighbour,
+    Stat::DropDsrNotOnLink,
+    Stat::DropDsrUnsupported,
+    Stat::DropDsrUnroutable,
+    Stat::DropSourceNotAllowed,
+    Stat::DropFragmentNoFirst,
+    Stat::Drop,
+];
+
+/// Slots per VIP in `VIP_DROPS`.
+pub const DROP_SLOTS: u32 = DROP_REASONS.len() as u32;
+
 impl Stat {
+    /// This drop reason's slot among a VIP's `VIP_DROPS` counters; any other reason of a
+    /// dropped packet counts in the last slot (`xdp_drop`: a reason not listed there).
+    pub const fn drop_slot(self) -> u32 {
+        match self {
+            Stat::DropNoBackend => 0,
+            Stat::DropFragment => 1,
+            Stat::DropIpv6ExtensionHeader => 2,
+            Stat::DropFibFailure => 3,
+            Stat::DropForwardingDisabled => 4,
+            Stat::DropBackendFragment => 5,
+            Stat::DropBackendIpv6ExtensionHeader => 6,
+            Stat::DropTooBig => 7,
+            Stat::DropTooBigRateLimited => 8,
+            Stat::DropDsrNoNeighbour => 9,
+            Stat::DropDsrNotOnLink => 10,
+            Stat::DropDsrUnsupported => 11,
+            Stat::DropDsrUnroutable => 12,
+            Stat::DropSourceNotAllowed => 13,
+            Stat::DropFragmentNoFirst => 14,
+            _ => 15,
+        }
+    }
+
     /// The verdict counter for an XDP action value; unknown values count as aborted.
     pub const fn for_action(action: u32) -> Stat {
         match action {
@@ -275,6 +321,24 @@ mod tests {
         for (i, a) in Stat::ALL.iter().enumerate() {
             for b in &Stat::ALL[i + 1..] {
                 assert_ne!(a.name(), b.name());
+            }
+        }
+    }
+
+    #[test]
+    fn every_drop_reason_has_its_own_slot() {
+        for (slot, reason) in DROP_REASONS.iter().enumerate() {
+            assert_eq!(reason.drop_slot() as usize, slot, "{reason:?}");
+        }
+        // Every reason named drop_* is listed; anything else shares the last slot.
+        for stat in Stat::ALL {
+            let listed = DROP_REASONS.contains(stat);
+            assert_eq!(
+                stat.name().starts_with("drop_"),
+                listed && *stat != Stat::Drop
+            );
+            if !listed {
+                assert_eq!(stat.drop_slot(), DROP_SLOTS - 1);
             }
         }
     }

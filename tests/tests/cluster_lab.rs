@@ -191,6 +191,9 @@ fn cluster_lab() {
             &format!("{}/128", vip(true)),
             "dev",
             "lo",
+            // Without it the address is tentative until the DAD work runs, even on lo,
+            // and a bind in that moment fails with EADDRNOTAVAIL.
+            "nodad",
         ]);
     }
     let servers = NodeServers::start(&lab);

@@ -170,6 +170,122 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         quic_id: Option<String>,
     },
+    /// `lb capture`: packets as lb received and sent them. Answered with a
+    /// [`CaptureStarted`], then one [`CaptureEvent`] per line until a
+    /// [`CaptureEvent::End`]; the client ends it early with a [`CaptureControl`] line or
+    /// by closing the connection.
+    Capture {
+        /// Client → VIP packets of this VIP and its replies.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vip: Option<SocketAddr>,
+        /// Packets to and from this backend.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        backend: Option<SocketAddr>,
+        /// Packets of clients in this prefix.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<Prefix>,
+        /// Only dropped packets.
+        #[serde(default)]
+        drops: bool,
+        /// One in `sample` matching packets (per CPU); 1 when absent.
+        #[serde(default = "one")]
+        sample: u32,
+        /// Stop after this many packets; absent: until stopped.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        count: Option<u64>,
+        /// Bytes kept of each packet, each way.
+        #[serde(default = "default_snaplen")]
+        snaplen: u32,
+    },
+}
+
+const fn one() -> u32 {
+    1
+}
+
+const fn default_snaplen() -> u32 {
+    lb_common::capture::CAPTURE_SNAPLEN_MAX
+}
+
+/// The first answer to `capture`: what is captured, and where.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureStarted {
+    /// The interfaces lb runs on, whose packets are captured.
+    pub interfaces: Vec<CaptureInterface>,
+    pub snaplen: u32,
+    /// The filter, for people (`vip 198.18.0.1:80, drops only, 1 in 10`).
+    pub filter: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureInterface {
+    pub name: String,
+    pub ifindex: u32,
+}
+
+/// A line of a running capture, after [`CaptureStarted`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum CaptureEvent {
+    Packet(Box<CapturedPacket>),
+    /// The last line: the capture is over.
+    End(CaptureEnd),
+}
+
+/// One packet, as received and (if it was sent on) as sent, with what lb did to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapturedPacket {
+    /// When it arrived, in nanoseconds since the Unix epoch.
+    pub time_ns: u64,
+    /// The interface it arrived on.
+    pub ifindex: u32,
+    /// The XDP action: `tx`, `redirect`, `pass`, `drop` or `aborted`.
+    pub verdict: String,
+    /// The reason counter it bumped (`lb stats`), or `unknown`.
+    pub reason: String,
+    /// The VIP it was for (client → VIP) or from (a reply), `ADDR:PORT/PROTO`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<SocketAddr>,
+    /// The VIP's forwarding mode (`nat`, `dsr-ipip`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// The flow's conntrack entry after the packet (`established, proven`), or `none`.
+    pub conntrack: String,
+    /// The VIP's Maglev table fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// The CPU that ran it.
+    pub cpu: u32,
+    /// Its length as received, and the bytes kept of it (base64).
+    pub received_len: u32,
+    pub received: String,
+    /// Its length as sent and the bytes kept; absent when it was not sent on (passed to
+    /// the kernel, dropped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_len: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent: Option<String>,
+}
+
+/// How a capture ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureEnd {
+    /// Packets sent to the client.
+    pub captured: u64,
+    /// Packets that matched but were lost: the ring buffer was full (the reader did not
+    /// keep up).
+    pub lost: u64,
+    /// Why it ended: `count reached`, `stopped`, `daemon stopping`.
+    pub why: String,
+}
+
+/// What the client of a running capture may send: `{"stop":{}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum CaptureControl {
+    Stop {},
 }
 
 /// The protocol version this build speaks. Every request carries it and every response

@@ -307,6 +307,11 @@ impl Controller {
                 ErrorCode::Internal,
                 "a query reached the controller instead of a reader",
             )),
+            // The connection serves a capture (`daemon::capture`).
+            Request::Capture { .. } => Err(ApiError::new(
+                ErrorCode::Internal,
+                "a capture reached the controller as a change",
+            )),
         };
         match result {
             Ok(value) => Response::success(value),
