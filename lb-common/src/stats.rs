@@ -273,28 +273,24 @@ pub const DROP_REASONS: [Stat; 16] = [
 /// Slots per VIP in `VIP_DROPS`.
 pub const DROP_SLOTS: u32 = DROP_REASONS.len() as u32;
 
+/// [`Stat::drop_slot`] of a `Stat` index (the datapath's reasons travel as indices); an
+/// index that names no drop reason takes the last slot.
+pub const fn drop_slot_of_index(index: u32) -> u32 {
+    let mut slot = 0;
+    while slot < DROP_SLOTS - 1 {
+        if DROP_REASONS[slot as usize] as u32 == index {
+            return slot;
+        }
+        slot += 1;
+    }
+    DROP_SLOTS - 1
+}
+
 impl Stat {
     /// This drop reason's slot among a VIP's `VIP_DROPS` counters; any other reason of a
     /// dropped packet counts in the last slot (`xdp_drop`: a reason not listed there).
     pub const fn drop_slot(self) -> u32 {
-        match self {
-            Stat::DropNoBackend => 0,
-            Stat::DropFragment => 1,
-            Stat::DropIpv6ExtensionHeader => 2,
-            Stat::DropFibFailure => 3,
-            Stat::DropForwardingDisabled => 4,
-            Stat::DropBackendFragment => 5,
-            Stat::DropBackendIpv6ExtensionHeader => 6,
-            Stat::DropTooBig => 7,
-            Stat::DropTooBigRateLimited => 8,
-            Stat::DropDsrNoNeighbour => 9,
-            Stat::DropDsrNotOnLink => 10,
-            Stat::DropDsrUnsupported => 11,
-            Stat::DropDsrUnroutable => 12,
-            Stat::DropSourceNotAllowed => 13,
-            Stat::DropFragmentNoFirst => 14,
-            _ => 15,
-        }
+        drop_slot_of_index(self as u32)
     }
 
     /// The verdict counter for an XDP action value; unknown values count as aborted.

@@ -13,7 +13,9 @@
     reason = "map keys by reference, as the helpers take them"
 )]
 
+mod attribution;
 mod baseline;
+mod capture;
 mod conntrack;
 mod copy;
 mod costs;
@@ -44,6 +46,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{info, warn};
 use lb_common::{
+    capture::CAPTURE_NONE,
     consts::{
         ABLATE_CLOCK, ABLATE_CONNTRACK, ABLATE_NAT, BACKEND_FLAG_QUIC, IPPROTO_TCP, IPPROTO_UDP,
         JUMP_ENCAP, JUMP_FRAGMENT, JUMP_ICMP, JUMP_TOO_BIG, REDIRECT_ERR_MAP_ID_OFFSET,
@@ -99,15 +102,30 @@ impl Outcome {
 
 #[xdp]
 pub fn lb(ctx: XdpContext) -> u32 {
+    datapath::<false>(&ctx)
+}
+
+/// `lb` with `lb capture`'s copy at entry and record at exit (`capture`): the daemon swaps
+/// it into the links while a capture runs, so `lb` itself carries no capture code.
+#[xdp]
+pub fn lb_capture(ctx: XdpContext) -> u32 {
+    datapath::<true>(&ctx)
+}
+
+#[inline(always)]
+fn datapath<const CAPTURE: bool>(ctx: &XdpContext) -> u32 {
+    if CAPTURE {
+        capture::received(ctx);
+    }
     let len = ctx.data_end() - ctx.data();
-    let parsed = parse_into_slot(&ctx);
+    let parsed = parse_into_slot(ctx);
     let outcome = if parsed == IN_SLOT {
         // A client → VIP packet that moves nothing in a flow's lifecycle: if its flow is
         // cached, one array slot decides (`flow_cache`); anything else takes the slow
         // path (one call site: the verifier walks it once).
-        match flow_cache::forward(&ctx) {
-            flow_cache::MISS => match process(&ctx) {
-                DSR_PENDING => dsr(&ctx),
+        match flow_cache::forward(ctx) {
+            flow_cache::MISS => match process(ctx) {
+                DSR_PENDING => dsr(ctx),
                 slow => slow,
             },
             fast => fast,
@@ -119,9 +137,27 @@ pub fn lb(ctx: XdpContext) -> u32 {
     // subprograms build carry the bit, not what a tail call returns through them.
     let outcome = core::hint::black_box(outcome);
     if outcome & PACKED == 0 {
-        return outcome as u32;
+        // A tail-called program's bare action, its verdict counted there and its reason
+        // noted (`counted_tail`).
+        let action = outcome as u32;
+        if CAPTURE {
+            capture::record(ctx, action, CAPTURE_NONE, parsed == IN_SLOT);
+        }
+        if action == xdp_action::XDP_DROP {
+            attribution::count_parsed_drop(CAPTURE_NONE);
+        }
+        return action;
     }
-    counted(Outcome::unpack(outcome), len)
+    let outcome = Outcome::unpack(outcome);
+    if CAPTURE {
+        let reason = outcome.reason.index();
+        capture::record(ctx, outcome.action, reason, parsed == IN_SLOT);
+    }
+    // Only packets in PARSED are dropped (parsing passes anything it cannot read).
+    if outcome.action == xdp_action::XDP_DROP {
+        attribution::count_parsed_drop(outcome.reason.index());
+    }
+    counted(outcome, len)
 }
 
 /// What [`parse_into_slot`] returns for an IP packet it wrote to PARSED.
@@ -189,7 +225,7 @@ pub fn lb_icmp(ctx: XdpContext) -> u32 {
         }
         _ => Outcome::pass(Stat::PassNotVip),
     };
-    counted(outcome, len)
+    counted_tail(outcome, len)
 }
 
 /// A fragment without ports to a VIP address or from a backend address, tail-called from
@@ -205,7 +241,7 @@ pub fn lb_fragment(ctx: XdpContext) -> u32 {
         }
         _ => Outcome::pass(Stat::PassNotVip),
     };
-    counted(outcome, len)
+    counted_tail(outcome, len)
 }
 
 /// A packet too big for its next hop, tail-called from `lb` with `TOO_BIG_ARGS` set.
@@ -217,7 +253,7 @@ pub fn lb_too_big(ctx: XdpContext) -> u32 {
         (Ok(Parsed::Ip(packet)), Some(args)) => too_big::answer(&ctx, &packet, &args, len, now()),
         _ => Outcome::drop(Stat::DropTooBig),
     };
-    counted(outcome, len)
+    counted_tail(outcome, len)
 }
 
 /// A packet for a DSR backend, tail-called from `lb` (a client's packet, its flow tracked
@@ -254,7 +290,7 @@ fn encap_program<const GUE: bool>(ctx: &XdpContext) -> u32 {
         },
         _ => Outcome::drop(Stat::DropFibFailure),
     };
-    counted(outcome, len)
+    counted_tail(outcome, len)
 }
 
 /// The kernel could not send a frame some XDP program redirected (xdp:xdp_redirect_err):
@@ -272,6 +308,14 @@ pub fn lb_redirect_lost(ctx: TracePointContext) -> u32 {
         stats::count_event(Stat::RedirectLost);
     }
     0
+}
+
+/// [`counted`] for a tail-called program: its reason is left where `lb` (the per-VIP drop
+/// counters) and `lb_capture` read it once the action comes back to them.
+#[inline(always)]
+fn counted_tail(outcome: Outcome, len: usize) -> u32 {
+    capture::note_reason(outcome.reason);
+    counted(outcome, len)
 }
 
 /// Counts the verdict and the reason of a packet; returns the verdict.

@@ -3,9 +3,10 @@
 use crate::parse::Packet;
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use lb_common::{
+    capture::{CAPTURE_RING_BYTES, CaptureFilter, CaptureScratch},
     consts::{
         ADDRESS_BUCKETS, CONNTRACK_CAPACITY, CT_UNPROVEN_DIVISOR, DEFAULT_MAGLEV_SIZE,
         DEFAULT_NEW_FLOW_LIMIT, ENDPOINTS_CAPACITY, FAMILY_V4, HOP_SLOTS, LocalMac, MAX_BACKENDS,
@@ -19,7 +20,7 @@ use lb_common::{
     icmp::{RateBucket, TooBigArgs},
     quic::{CONFIG_IDS, QuicConfigs, QuicServerKey},
     service::{Backend, Endpoint, EndpointKey, Layout, SourceRange, VipInfo, VipKey},
-    stats::{Counter, STAT_COUNT, VipCounter},
+    stats::{Counter, DROP_SLOTS, STAT_COUNT, VipCounter},
 };
 
 /// Global counters by protocol, verdict and reason.
@@ -86,6 +87,25 @@ pub static VIP_STATS: PerCpuArray<VipCounter> = PerCpuArray::with_max_entries(MA
 
 #[map(name = "BACKEND_STATS")]
 pub static BACKEND_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Dropped packets by VIP and reason (`Stat::drop_slot`), per CPU. Userspace sizes it
+/// from `--max-vips` at load time. Not pinned.
+#[map(name = "VIP_DROPS")]
+pub static VIP_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_VIPS * DROP_SLOTS, 0);
+
+/// `lb capture`'s records, read by the daemon (`lb_capture` only). Not pinned.
+#[map(name = "CAPTURE_RING")]
+pub static CAPTURE_RING: RingBuf = RingBuf::with_byte_size(CAPTURE_RING_BYTES, 0);
+
+/// `lb capture`'s filter, written by the daemon before it swaps `lb_capture` in. Not
+/// pinned.
+#[map(name = "CAPTURE_FILTER")]
+pub static CAPTURE_FILTER: Array<CaptureFilter> = Array::with_max_entries(1, 0);
+
+/// `lb capture`'s record under construction and counts, per CPU. The tail-called programs
+/// leave their reason in it. Not pinned.
+#[map(name = "CAPTURE_SCRATCH")]
+pub static CAPTURE_SCRATCH: PerCpuArray<CaptureScratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Interfaces lb is attached to, by ifindex: where XDP_REDIRECT may send a packet.
 #[map(name = "TX_PORTS")]

@@ -4,7 +4,9 @@ use lb_common::stats::Stat;
 
 use lb_common::consts::ABLATE_COUNTERS;
 
-use crate::maps::{BACKEND_STATS, STATS, VIP_STATS, ablated};
+use lb_common::stats::{DROP_SLOTS, drop_slot_of_index};
+
+use crate::maps::{BACKEND_STATS, STATS, VIP_DROPS, VIP_STATS, ablated};
 
 #[inline(always)]
 pub fn count(stat: Stat, bytes: usize) {
@@ -59,5 +61,21 @@ pub fn count_new_flow(vip_id: u32) {
     if let Some(counter) = VIP_STATS.get_ptr_mut(vip_id) {
         // SAFETY: per-CPU slot, as in `count`.
         unsafe { (*counter).new_flows += 1 };
+    }
+}
+
+/// A dropped packet, on its VIP's counter of `reason` (a `Stat` index: one that is not a
+/// drop reason's, such as `CAPTURE_NONE`, counts in the last slot, `xdp_drop`).
+#[inline(always)]
+pub fn count_vip_drop(vip_id: u32, reason: u32) {
+    if ablated(ABLATE_COUNTERS) {
+        return;
+    }
+    let slot = vip_id
+        .wrapping_mul(DROP_SLOTS)
+        .wrapping_add(drop_slot_of_index(reason));
+    if let Some(counter) = VIP_DROPS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, as in `count`.
+        unsafe { *counter += 1 };
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use lb_common::{
-    consts::{PROGRAM_NAME, PROGRAM_REDIRECT_LOST, TAIL_PROGRAMS},
+    consts::{CAPTURE_PROGRAM_NAME, PROGRAM_NAME, PROGRAM_REDIRECT_LOST, TAIL_PROGRAMS},
     decap::{DECAP_GUE_PROGRAM_NAME as DECAP_GUE_PROGRAM, DECAP_PROGRAM_NAME as DECAP_PROGRAM},
 };
 use lb_tests::{
@@ -20,10 +20,11 @@ use lb_userspace::{
     model::limits::Options,
 };
 
-/// Every program that can be loaded into the kernel: `lb`, the programs it tail-calls,
-/// the tracing program that counts lost redirects, and the backends' decap program.
+/// Every program that can be loaded into the kernel: `lb` and `lb_capture` (swapped in
+/// while `lb capture` runs), the programs they tail-call, the tracing program that counts
+/// lost redirects, and the backends' decap program.
 fn programs() -> Vec<&'static str> {
-    let mut programs = vec![PROGRAM_NAME];
+    let mut programs = vec![PROGRAM_NAME, CAPTURE_PROGRAM_NAME];
     programs.extend(TAIL_PROGRAMS.iter().map(|(name, _)| *name));
     programs.push(PROGRAM_REDIRECT_LOST);
     programs.push(DECAP_PROGRAM);

@@ -41,6 +41,9 @@ const TOOLS: &[(&str, &str)] = &[
     ("strip", "binutils"),
     ("dpkg-shlibdeps", "dpkg-dev"),
     ("lintian", "lintian"),
+    // Read what `lb capture` writes, as an operator would (tests/capture_lab.rs).
+    ("tcpdump", "tcpdump"),
+    ("tshark", "tshark"),
 ];
 
 /// What the end-to-end benchmark compares lb with, and drives it with.

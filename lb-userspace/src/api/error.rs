@@ -63,6 +63,8 @@ pub enum ErrorCode {
     /// `lb reload`: the file is unreadable or invalid, or asks for what a reload cannot do;
     /// nothing changed.
     InvalidConfig,
+    /// `capture`: another capture is running (one at a time).
+    CaptureBusy,
     /// Anything else the daemon could not do.
     Internal,
     #[serde(other)]
@@ -71,7 +73,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order docs/API.md lists them.
-    pub const ALL: [ErrorCode; 31] = [
+    pub const ALL: [ErrorCode; 32] = [
         ErrorCode::BadRequest,
         ErrorCode::RequestTooLarge,
         ErrorCode::VersionMismatch,
@@ -101,6 +103,7 @@ impl ErrorCode {
         ErrorCode::StateNotSaved,
         ErrorCode::NoConfig,
         ErrorCode::InvalidConfig,
+        ErrorCode::CaptureBusy,
         ErrorCode::Internal,
         ErrorCode::Other,
     ];
@@ -189,6 +192,9 @@ impl ErrorCode {
             }
             ErrorCode::InvalidConfig => {
                 "fix the file where the message says, then `lb reload` again; the daemon keeps what it runs"
+            }
+            ErrorCode::CaptureBusy => {
+                "wait for the other `lb capture` to end, or stop it (Ctrl-C where it runs): one capture runs at a time"
             }
             ErrorCode::Internal => {
                 "the daemon's log says more (`journalctl -u lb`); please report it with that log"
@@ -303,8 +309,9 @@ mod tests {
             ErrorCode::StateNotSaved => 26,
             ErrorCode::NoConfig => 27,
             ErrorCode::InvalidConfig => 28,
-            ErrorCode::Internal => 29,
-            ErrorCode::Other => 30,
+            ErrorCode::CaptureBusy => 29,
+            ErrorCode::Internal => 30,
+            ErrorCode::Other => 31,
         }
     }
 

@@ -50,6 +50,7 @@ pub(crate) fn vips() -> Vec<VipEntry> {
             packets: 123_456,
             bytes: 98_765_432,
             new_flows: 4_321,
+            drops: [("drop_source_not_allowed".to_owned(), 12)].into(),
             table_fingerprint: "5d1f0a7c93e2b468".to_owned(),
         },
         VipEntry {
@@ -68,6 +69,7 @@ pub(crate) fn vips() -> Vec<VipEntry> {
             packets: 7,
             bytes: 560,
             new_flows: 7,
+            drops: BTreeMap::new(),
             table_fingerprint: "0c4e8a21f6b7d390".to_owned(),
         },
     ]

@@ -357,6 +357,10 @@ pub struct VipEntry {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// Its dropped packets by reason counter (`drop_no_backend`...), those above zero,
+    /// counted since the daemon started.
+    #[serde(default)]
+    pub drops: BTreeMap<String, u64>,
     /// Fingerprint of the live Maglev table (16 hex digits): equal on two nodes exactly
     /// when they send every flow of the VIP to the same backend.
     pub table_fingerprint: String,

@@ -229,6 +229,7 @@ mod tests {
                 packets,
                 bytes,
                 new_flows,
+                drops: Default::default(),
                 table_fingerprint: String::new(),
             }],
             backends: vec![BackendEntry {

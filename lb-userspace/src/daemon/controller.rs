@@ -4,7 +4,11 @@
 
 use std::{net::SocketAddr, sync::Arc};
 
-use aya::Ebpf;
+use aya::{
+    Ebpf,
+    maps::{MapData, RingBuf},
+};
+use lb_common::capture::{CaptureCounts, CaptureFilter};
 use quic_lb::{Config as QuicConfig, ServerId};
 use tracing::{error, info, warn};
 
@@ -23,6 +27,7 @@ use crate::{
     daemon::next_hops::NextHops,
     daemon::published::{DaemonFacts, Published},
     datapath::attach::{Interface, PinnedAttachment},
+    datapath::capture::{CaptureError, CaptureMaps, LinkPin},
     datapath::conntrack::{Census, ConntrackBook, ConntrackTable},
     datapath::flow_cache::FlowCache,
     datapath::forwarding::{self, Family, ForwardingError},
@@ -68,12 +73,24 @@ pub(crate) struct Datapath {
     pub(crate) pins: Option<PinDir>,
     /// `--forward-any-mac`: no destination-MAC check.
     pub(crate) forward_any_mac: bool,
-    /// Kept so the loaded program lives as long as the daemon.
-    #[expect(
-        dead_code,
-        reason = "held, never read: dropping it would unload the program"
-    )]
+    /// The loaded object: dropping it would unload the programs; `lb capture` loads and
+    /// swaps `lb_capture` from it.
     pub(crate) ebpf: Ebpf,
+    /// `lb capture`'s maps, and whether `lb_capture` is in the links now.
+    pub(crate) capture: CaptureMaps,
+}
+
+impl Datapath {
+    /// The pinned links of the attached interfaces (none once `lb down` removed them).
+    fn link_pins(&self) -> Vec<LinkPin> {
+        let Some(pins) = &self.pins else {
+            return Vec::new();
+        };
+        self.attachments
+            .iter()
+            .map(|a| (a.iface.name.clone(), pins.link_path(&a.iface.name)))
+            .collect()
+    }
 }
 
 /// Each backend's health, and the probes that feed it.
@@ -608,6 +625,40 @@ impl Controller {
         {
             warn!(error = %error_chain(&error), "removing deleted backends' endpoints failed; retrying at the next sweep");
         }
+    }
+
+    /// Starts `lb capture`: its filter set and `lb_capture` swapped into every link.
+    pub(crate) fn capture_start(
+        &mut self,
+        filter: &CaptureFilter,
+    ) -> Result<RingBuf<MapData>, ApiError> {
+        let links = self.datapath.link_pins();
+        if links.is_empty() {
+            return Err(ApiError::new(
+                ErrorCode::ShuttingDown,
+                "the datapath is detached (`lb down`): nothing to capture",
+            ));
+        }
+        let datapath = &mut self.datapath;
+        datapath
+            .capture
+            .start(&mut datapath.ebpf, filter, &links)
+            .map_err(|error| match error {
+                CaptureError::Busy => {
+                    ApiError::new(ErrorCode::CaptureBusy, "another `lb capture` is running")
+                }
+                other => ApiError::new(
+                    ErrorCode::DatapathError,
+                    format!("could not start the capture: {}", error_chain(&other)),
+                ),
+            })
+    }
+
+    /// Ends `lb capture` (if one runs): `lb` swapped back; its counts.
+    pub(crate) fn capture_stop(&mut self, ring: Option<RingBuf<MapData>>) -> CaptureCounts {
+        let links = self.datapath.link_pins();
+        let datapath = &mut self.datapath;
+        datapath.capture.stop(&mut datapath.ebpf, ring, &links)
     }
 
     /// Puts back pins someone removed under the running daemon (the datapath kept

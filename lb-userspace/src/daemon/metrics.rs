@@ -134,6 +134,18 @@ impl Collector for Snapshot {
         )?;
         family(
             e,
+            "lb_vip_drops",
+            "Packets to or from the VIP that lb dropped, by reason counter (drop_source_not_allowed...; xdp_drop: a reason not listed apart), counted since the daemon started",
+            Counter,
+            self.vips.iter().flat_map(|v| {
+                v.drops.iter().map(move |(reason, packets)| {
+                    let [vip, proto] = vip(v);
+                    ([vip, proto, ("reason", reason.clone())], *packets)
+                })
+            }),
+        )?;
+        family(
+            e,
             "lb_backend_packets",
             "Client packets sent to the backend",
             Counter,

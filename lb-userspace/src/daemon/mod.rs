@@ -3,6 +3,7 @@
 //! conntrack sweep.
 
 pub mod answer;
+pub mod capture;
 pub mod controller;
 pub mod counters;
 #[cfg(test)]

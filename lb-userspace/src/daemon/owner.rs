@@ -11,6 +11,8 @@
 use std::sync::Arc;
 
 use anyhow::anyhow;
+use aya::maps::{MapData, RingBuf};
+use lb_common::capture::{CaptureCounts, CaptureFilter};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 
@@ -37,6 +39,14 @@ pub(crate) enum Command {
     Swept(Census, oneshot::Sender<()>),
     /// Put back pins removed under the running daemon.
     CheckPins(oneshot::Sender<()>),
+    /// `lb capture` starts: set its filter and swap `lb_capture` in; the ring to read.
+    CaptureStart(
+        CaptureFilter,
+        oneshot::Sender<Result<RingBuf<MapData>, ApiError>>,
+    ),
+    /// `lb capture` ended: swap `lb` back, take the ring back (if its reader still had
+    /// it); the capture's counts.
+    CaptureStop(Option<RingBuf<MapData>>, oneshot::Sender<CaptureCounts>),
     /// The daemon stops: the task ends and the controller is dropped on its thread.
     Stop,
 }
@@ -86,6 +96,42 @@ impl Commands {
         self.0.send(Command::Probe(result)).is_ok()
     }
 
+    /// Starts a capture (`daemon::capture`).
+    pub(crate) async fn capture_start(
+        &self,
+        filter: CaptureFilter,
+    ) -> Result<RingBuf<MapData>, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || {
+            ApiError::new(
+                ErrorCode::ShuttingDown,
+                "the daemon's controller has stopped; the daemon is ending",
+            )
+        };
+        self.0
+            .send(Command::CaptureStart(filter, reply))
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Ends the capture and gives its ring back; its counts (zero if the daemon is
+    /// ending, which ends the capture itself).
+    pub(crate) async fn capture_stop(&self, ring: Option<RingBuf<MapData>>) -> CaptureCounts {
+        let (reply, answer) = oneshot::channel();
+        if self.0.send(Command::CaptureStop(ring, reply)).is_err() {
+            return CaptureCounts::default();
+        }
+        answer.await.unwrap_or_default()
+    }
+
+    /// [`Commands::capture_stop`] without waiting (from a `Drop`).
+    pub(crate) fn capture_stop_detached(&self, ring: Option<RingBuf<MapData>>) {
+        let (reply, _) = oneshot::channel();
+        if self.0.send(Command::CaptureStop(ring, reply)).is_err() {
+            debug!("a capture ended after the controller's task");
+        }
+    }
+
     /// Asks the controller's task to end after the commands before this one.
     pub(crate) fn stop(&self) -> anyhow::Result<()> {
         self.0.send(Command::Stop).map_err(|_| gone())
@@ -127,7 +173,19 @@ pub(crate) fn run(
                 published.store(Arc::new(controller.publish()));
                 done.send(()).is_ok()
             }
+            Command::CaptureStart(filter, reply) => {
+                let started = controller.capture_start(&filter);
+                published.store(Arc::new(controller.publish()));
+                reply.send(started).is_ok()
+            }
+            Command::CaptureStop(ring, reply) => {
+                let counts = controller.capture_stop(ring);
+                published.store(Arc::new(controller.publish()));
+                reply.send(counts).is_ok()
+            }
             Command::Stop => {
+                // A capture still running ends with the daemon: `lb` goes back in.
+                controller.capture_stop(None);
                 info!("the controller stops");
                 return Ok(());
             }

@@ -9,6 +9,8 @@ use std::{collections::HashMap, net::SocketAddr, sync::Arc};
 use lb_common::{flow::Timeout, stats::Stat};
 
 use super::answer::{datapath_error, json};
+use lb_common::stats::DROP_REASONS;
+
 use crate::{
     api::{
         error::{ApiError, ErrorCode},
@@ -132,6 +134,7 @@ impl Reader {
 
     fn vip_entry(&self, snap: &Published, vip: &VipView) -> Result<VipEntry, ApiError> {
         let counter = self.maps.vip_counter(vip.id).map_err(datapath_error)?;
+        let drops = self.maps.vip_drops(vip.id).map_err(datapath_error)?;
         let spec = snap.state.vips.get(&vip.service);
         let check = spec.and_then(|v| v.check.as_ref()).map(CheckConfig::from);
         Ok(VipEntry {
@@ -151,6 +154,12 @@ impl Reader {
             packets: counter.packets,
             bytes: counter.bytes,
             new_flows: counter.new_flows,
+            drops: DROP_REASONS
+                .iter()
+                .zip(drops)
+                .filter(|(_, packets)| *packets > 0)
+                .map(|(reason, packets)| (reason.name().to_owned(), packets))
+                .collect(),
             table_fingerprint: format!("{:016x}", vip.fingerprint),
         })
     }

@@ -40,6 +40,7 @@ use crate::{
     daemon::sweep,
     daemon::tasks::Tasks,
     datapath::attach::{self, AttachMode, Interface, PinnedAttachment},
+    datapath::capture::CaptureMaps,
     datapath::conntrack::{ConntrackBook, Sweeper},
     datapath::egress::EgressWatch,
     datapath::flow_cache::FlowCache,
@@ -227,6 +228,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
             mut egress,
             flow_cache,
             lost_counted,
+            capture,
         },
         sweeper,
         first_census,
@@ -304,6 +306,7 @@ pub(crate) async fn run(mut args: RunConfig, api_flag: Option<&Path>) -> anyhow:
             pins: Some(pins),
             forward_any_mac: args.forward_any_mac,
             ebpf,
+            capture,
         },
         health: HealthWatch {
             book: HealthBook::default(),
@@ -420,6 +423,7 @@ struct Started {
     flow_cache: FlowCache,
     /// Whether `lb_redirect_lost` is attached.
     lost_counted: bool,
+    capture: CaptureMaps,
 }
 
 /// Refuses interfaces whose forwarding is off for a family lb will balance: IPv4 always,
@@ -619,6 +623,7 @@ fn start(
     let stats = StatsMap::take(&mut ebpf).context("opening the stats map")?;
     let egress = EgressWatch::take(&mut ebpf).context("opening the unattached-egress map")?;
     let flow_cache = FlowCache::take(&mut ebpf).context("opening the flow cache map")?;
+    let capture = CaptureMaps::take(&mut ebpf).context("opening the capture maps")?;
     if args.options.log {
         forward_datapath_log(&mut ebpf)?;
     }
@@ -680,6 +685,7 @@ fn start(
         egress,
         flow_cache,
         lost_counted,
+        capture,
     })
 }
 

@@ -24,6 +24,7 @@ use crate::api::client;
 use crate::{
     api::error::{ApiError, ErrorCode},
     api::wire::{self, MAX_REQUEST_BYTES, Request, Response},
+    daemon::capture,
     daemon::owner::Commands,
     daemon::reader::{Reader, only_reads},
     daemon::tasks::{self, Fatal},
@@ -233,6 +234,11 @@ async fn connection(
         };
         let (response, is_down) = match wire::parse_request(line.trim_end()) {
             Err(refusal) => (Response::failure(refusal), false),
+            // A capture holds the connection until it ends.
+            Ok(request @ Request::Capture { .. }) => {
+                return capture::serve(&mut lines, &handlers.commands, &handlers.reader, request)
+                    .await;
+            }
             Ok(request) => {
                 let is_down = request == Request::Down {};
                 let response = answer(&handlers, request).await;

@@ -226,7 +226,7 @@ pub(crate) fn attach_pinned_at(
 
 /// Swaps `program` into the link pinned at `path`. Errors carry text for the operator and
 /// the errno, if there is one.
-fn replace_program(
+pub(crate) fn replace_program(
     program: &mut Xdp,
     path: &std::path::Path,
 ) -> Result<FdLink, (String, Option<i32>)> {

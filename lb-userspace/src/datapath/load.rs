@@ -77,6 +77,10 @@ pub fn open(
         )
         .map_max_entries(MAP_VIPS, limits.max_vips * 2)
         .map_max_entries(MAP_VIP_STATS, limits.max_vips)
+        .map_max_entries(
+            lb_common::consts::MAP_VIP_DROPS,
+            limits.max_vips * lb_common::stats::DROP_SLOTS,
+        )
         .map_max_entries(MAP_MAGLEV, limits.maglev_slots())
         .map_max_entries(lb_common::consts::MAP_MAGLEV_HOPS, limits.maglev_slots())
         .map_max_entries(MAP_CONNTRACK, limits.conntrack_capacity)

@@ -23,7 +23,7 @@ use lb_common::{
     gue::{EarlierHops, HopsKey},
     quic::{QuicConfigs, QuicServerKey},
     service::{Backend, Endpoint, EndpointKey, SourceRange, VipInfo, VipKey},
-    stats::{Counter, VipCounter},
+    stats::{Counter, DROP_SLOTS, VipCounter},
 };
 
 use crate::{
@@ -47,6 +47,8 @@ pub struct ServiceMaps {
     quic_servers: HashMap<MapData, QuicServerKey, u32>,
     tx_ports: DevMapHash<MapData>,
     vip_stats: PerCpuArray<MapData, VipCounter>,
+    /// Dropped packets by VIP and reason (`DROP_SLOTS` per VIP). Not pinned.
+    vip_drops: PerCpuArray<MapData, u64>,
     backend_stats: PerCpuArray<MapData, Counter>,
     /// Walked in batches (see `conntrack_entries`, `conntrack_table`), so kept untyped:
     /// the proven flows, then the unproven ones.
@@ -173,6 +175,7 @@ impl ServiceMaps {
             quic_servers: HashMap::try_from(take(ebpf, MAP_QUIC_SERVERS)?)?,
             tx_ports: DevMapHash::try_from(take(ebpf, MAP_TX_PORTS)?)?,
             vip_stats: PerCpuArray::try_from(take(ebpf, MAP_VIP_STATS)?)?,
+            vip_drops: PerCpuArray::try_from(take(ebpf, lb_common::consts::MAP_VIP_DROPS)?)?,
             backend_stats: PerCpuArray::try_from(take(ebpf, MAP_BACKEND_STATS)?)?,
             conntrack: take(ebpf, MAP_CONNTRACK)?,
             unproven: take(ebpf, MAP_CT_UNPROVEN)?,
@@ -212,6 +215,7 @@ impl ServiceMaps {
             quic_servers: HashMap::try_from(dup(self.quic_servers.map())?)?,
             tx_ports: DevMapHash::try_from(dup(self.tx_ports.map())?)?,
             vip_stats: PerCpuArray::try_from(dup(self.vip_stats.map())?)?,
+            vip_drops: PerCpuArray::try_from(dup(self.vip_drops.map())?)?,
             backend_stats: PerCpuArray::try_from(dup(self.backend_stats.map())?)?,
             conntrack: dup(data_of(&self.conntrack, MAP_CONNTRACK)?)?,
             unproven: dup(data_of(&self.unproven, MAP_CT_UNPROVEN)?)?,
@@ -560,6 +564,18 @@ impl ServiceMaps {
         }))
     }
 
+    /// A VIP's dropped packets by reason (`DROP_REASONS` order), summed over CPUs.
+    pub(crate) fn vip_drops(&self, vip_id: u32) -> Result<[u64; DROP_SLOTS as usize], MapError> {
+        let mut drops = [0u64; DROP_SLOTS as usize];
+        for (slot, total) in drops.iter_mut().enumerate() {
+            let per_cpu = self
+                .vip_drops
+                .get(&(vip_id * DROP_SLOTS + slot as u32), 0)?;
+            *total = per_cpu.iter().fold(0u64, |sum, c| sum.saturating_add(*c));
+        }
+        Ok(drops)
+    }
+
     /// A backend's counters summed over CPUs.
     pub(crate) fn backend_counter(&self, id: u32) -> Result<Counter, MapError> {
         let per_cpu = self.backend_stats.get(&id, 0)?;
@@ -571,7 +587,12 @@ impl ServiceMaps {
     /// Zeroes a VIP id's counters when the id is given to a new VIP.
     pub(crate) fn reset_vip_counters(&mut self, vip_id: u32) -> Result<(), MapError> {
         let zero = PerCpuValues::try_from(vec![VipCounter::default(); cpus()?])?;
-        self.vip_stats.set(vip_id, zero, 0)
+        self.vip_stats.set(vip_id, zero, 0)?;
+        for slot in 0..DROP_SLOTS {
+            let zero = PerCpuValues::try_from(vec![0u64; cpus()?])?;
+            self.vip_drops.set(vip_id * DROP_SLOTS + slot, zero, 0)?;
+        }
+        Ok(())
     }
 
     /// Zeroes a backend id's counters when the id is given to a new backend.

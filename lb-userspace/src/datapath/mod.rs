@@ -7,6 +7,7 @@ pub mod announce;
 pub mod attach;
 pub mod backend_setup;
 pub mod batch;
+pub mod capture;
 pub mod conntrack;
 pub mod decap;
 pub mod egress;
