@@ -187,9 +187,10 @@ pub(crate) fn run(socket: &Path, args: CaptureArgs) -> anyhow::Result<()> {
     };
     let mut file = PcapngStream::new(BufWriter::new(out), &started, now_ns())
         .map_err(|e| written(e, &args.write))?;
-    say(&starting(&started));
     let stopper = Arc::new(Stopper::new(stream.control));
     stop_on_signals(&stopper)?;
+    // Said once Ctrl-C is handled, so that what it says holds.
+    say(&starting(&started));
     let ended = copy(stream.lines, &mut file, &stopper);
     match ended {
         Ok(Ended::End(end)) => {
