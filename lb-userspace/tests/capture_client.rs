@@ -156,9 +156,9 @@ fn finished(mut child: Child) -> (ExitStatus, String, Duration) {
     (status, stderr, start.elapsed())
 }
 
-fn interrupt(child: &Child) {
+fn signal(child: &Child, signal: Signal) {
     let pid = Pid::from_raw(child.id() as i32).expect("a pid");
-    kill_process(pid, Signal::INT).expect("SIGINT");
+    kill_process(pid, signal).expect("a signal");
 }
 
 /// The comments of the file's packet blocks, in order.
@@ -197,7 +197,7 @@ fn ctrl_c_asks_the_daemon_to_stop_and_writes_what_follows() {
         start.contains("lb capture: capturing on eth0 (vip 198.18.0.1:80), snaplen 2048"),
         "{start}"
     );
-    interrupt(&child);
+    signal(&child, Signal::INT);
     let (status, stderr, _) = finished(child);
     assert!(status.success(), "{status}: {stderr}");
     let stop = stopped.recv_timeout(BOUND).expect("the daemon's side ran");
@@ -230,7 +230,8 @@ fn a_daemon_that_does_not_answer_the_stop_is_given_5_seconds() {
     });
     let (mut child, file) = capture_to_file(&socket, dir.path(), &[]);
     stderr_until(&mut child, "Ctrl-C stops");
-    interrupt(&child);
+    // SIGTERM (systemd, kill) as Ctrl-C.
+    signal(&child, Signal::TERM);
     let (status, stderr, took) = finished(child);
     assert!(status.success(), "{status}: {stderr}");
     assert!(

@@ -139,6 +139,13 @@ fn parse_output(text: &str) -> Result<Output, String> {
             text.trim_end_matches('/')
         ));
     }
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(parent) = parent.filter(|p| !p.is_dir()) {
+        return Err(format!(
+            "`{text}`: there is no directory {}",
+            parent.display()
+        ));
+    }
     Ok(Output::File(path))
 }
 
@@ -498,6 +505,7 @@ mod tests {
     fn bad_arguments_are_refused_by_the_parser() {
         let dir = tempfile::tempdir().expect("tempdir");
         let dir_arg = dir.path().to_str().expect("utf-8").to_owned();
+        let missing = format!("{dir_arg}/no/such/dir/out.pcapng");
         for (args, kind, reason) in [
             (vec![], ErrorKind::MissingRequiredArgument, "--write"),
             (vec!["-w"], ErrorKind::InvalidValue, "a value is required"),
@@ -506,6 +514,11 @@ mod tests {
                 vec!["-w", &dir_arg],
                 ErrorKind::ValueValidation,
                 "is a directory",
+            ),
+            (
+                vec!["-w", &missing],
+                ErrorKind::ValueValidation,
+                "there is no directory",
             ),
         ] {
             let error = parse(&args).expect_err("refused");
