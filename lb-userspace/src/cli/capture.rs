@@ -214,12 +214,9 @@ pub(crate) fn run(socket: &Path, args: CaptureArgs) -> anyhow::Result<()> {
             ));
             Ok(())
         }
-        Err(Failed::Write(error)) if error.is_broken_pipe() && args.write == Output::Stdout => {
-            // The reader of the stream went away: the capture is no longer wanted.
-            stopper.ask().unwrap_or_default();
-            Err(StdoutClosed.into())
-        }
         Err(Failed::Write(error)) => {
+            // Nowhere to put more packets (the reader of -w - went away, the disk is full):
+            // the daemon is told so, rather than left to find a closed connection.
             stopper.ask().unwrap_or_default();
             Err(written(error, &args.write))
         }
@@ -227,12 +224,17 @@ pub(crate) fn run(socket: &Path, args: CaptureArgs) -> anyhow::Result<()> {
     }
 }
 
+/// A failed write as the command's error; a reader of stdout that went away is no failure
+/// (`main` ends quietly and successfully, as for `lb backend list | head -1`).
 fn written(error: CaptureFileError, to: &Output) -> anyhow::Error {
+    if error.is_broken_pipe() && *to == Output::Stdout {
+        return StdoutClosed.into();
+    }
     let to = match to {
         Output::Stdout => "stdout".to_owned(),
         Output::File(path) => path.display().to_string(),
     };
-    anyhow::Error::new(error).context(format!("lb capture: writing to {to}"))
+    anyhow::Error::new(error).context(format!("capturing into {to}"))
 }
 
 /// `capturing on eth0, eth1 (vip 198.18.0.1:80), snaplen 2048; Ctrl-C stops`.
@@ -680,6 +682,24 @@ mod tests {
         got.clear();
         let more = reader.read_line(&mut got);
         assert!(more.is_err(), "a second stop line: {more:?} {got:?}");
+    }
+
+    #[test]
+    fn a_closed_stdout_is_no_failure_but_a_full_disk_is() {
+        let pipe = || CaptureFileError::Write(io::ErrorKind::BrokenPipe.into());
+        assert!(crate::cli::output::is_stdout_closed(&written(
+            pipe(),
+            &Output::Stdout
+        )));
+        let file = written(pipe(), &Output::File("/srv/out.pcapng".into()));
+        assert!(!crate::cli::output::is_stdout_closed(&file));
+        let full = written(
+            CaptureFileError::Write(io::ErrorKind::StorageFull.into()),
+            &Output::Stdout,
+        );
+        assert!(!crate::cli::output::is_stdout_closed(&full));
+        assert_eq!(full.to_string(), "capturing into stdout");
+        assert_eq!(file.to_string(), "capturing into /srv/out.pcapng");
     }
 
     #[test]
