@@ -1,4 +1,5 @@
-//! The client side of the control socket: one blocking request, one answer. No runtime.
+//! The client side of the control socket: one blocking request, one answer (or, for
+//! `capture`, one answer and then a stream of lines). No runtime.
 
 use std::{
     ffi::OsString,
@@ -106,25 +107,71 @@ fn connect(socket: &Path) -> Result<UnixStream, ClientError> {
     })
 }
 
-/// Sends one request and returns its result, or the daemon's error.
-pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value, ClientError> {
+/// Connects and sends one request; the answer is the caller's to read.
+fn send(socket: &Path, request: &Request) -> Result<UnixStream, ClientError> {
     let stream = connect(socket)?;
-    let io = |what| move |source| ClientError::Io { what, source };
     stream
         .set_read_timeout(Some(CLIENT_TIMEOUT))
-        .map_err(io("setting a timeout"))?;
+        .map_err(failed("setting a timeout"))?;
     stream
         .set_write_timeout(Some(CLIENT_TIMEOUT))
-        .map_err(io("setting a timeout"))?;
+        .map_err(failed("setting a timeout"))?;
     let line = request_line(request).map_err(ClientError::Unexpected)?;
     (&stream)
         .write_all(line.as_bytes())
-        .map_err(io("sending the request"))?;
+        .map_err(failed("sending the request"))?;
+    Ok(stream)
+}
+
+fn failed(what: &'static str) -> impl FnOnce(io::Error) -> ClientError {
+    move |source| ClientError::Io { what, source }
+}
+
+/// Sends one request and returns its result, or the daemon's error.
+pub fn call(socket: &Path, request: &Request) -> Result<serde_json::Value, ClientError> {
+    let stream = send(socket, request)?;
     let mut answer = String::new();
     BufReader::new(&stream)
         .read_line(&mut answer)
-        .map_err(io("reading the daemon's answer"))?;
+        .map_err(failed("reading the daemon's answer"))?;
     read_answer(&answer)
+}
+
+/// A request answered by a stream of lines (`capture`): its first answer, then the
+/// connection the lines follow on.
+pub struct Stream {
+    /// The first answer's result.
+    pub result: serde_json::Value,
+    /// The stream's lines (the first answer read off already).
+    pub lines: BufReader<UnixStream>,
+    /// The same connection, for the client's own lines (`{"stop":{}}`) and for ending it
+    /// from another thread.
+    pub control: UnixStream,
+}
+
+/// Sends one request whose answer is followed by a stream of lines, and returns the first
+/// answer's result (or the daemon's error) with the connection. The stream has no read
+/// timeout: a capture may see nothing for hours.
+pub fn open_stream(socket: &Path, request: &Request) -> Result<Stream, ClientError> {
+    let stream = send(socket, request)?;
+    let control = stream
+        .try_clone()
+        .map_err(failed("sharing the connection"))?;
+    let mut lines = BufReader::new(stream);
+    let mut answer = String::new();
+    lines
+        .read_line(&mut answer)
+        .map_err(failed("reading the daemon's answer"))?;
+    let result = read_answer(&answer)?;
+    lines
+        .get_ref()
+        .set_read_timeout(None)
+        .map_err(failed("setting a timeout"))?;
+    Ok(Stream {
+        result,
+        lines,
+        control,
+    })
 }
 
 /// Decodes an answer line, telling a version mismatch from a refusal.

@@ -89,6 +89,10 @@ pub(crate) enum Command {
     /// What the datapath does with the next packet of one flow, and why: its VIP, its
     /// tracked entry, the backend Maglev would pick.
     Explain(crate::cli::explain::ExplainArgs),
+    /// Packets as lb received them and as it sent them on, with what it did to each
+    /// (verdict, reason, backend, mode, conntrack state, table), into a pcapng file or a
+    /// live stream for tcpdump or Wireshark (`-w -`); Ctrl-C stops.
+    Capture(crate::cli::capture::CaptureArgs),
 }
 
 #[derive(Debug, Args)]

@@ -103,6 +103,32 @@ pub(crate) fn for_page(page: &str, paths: &InstallPaths) -> Vec<Section> {
             examples(RELOAD_EXAMPLES),
             see_also(&["lb-run", "lb-check-config"]),
         ],
+        "lb-capture" => vec![
+            Section {
+                title: "SIGNALS",
+                body: vec![item(
+                    "SIGINT, SIGTERM",
+                    "Ask the daemon to stop the capture: the packets already on their way \
+                     and the capture's counts are still written, then lb capture exits 0. \
+                     If the daemon has not ended the capture 5 seconds later, or on a \
+                     second signal, the connection is cut.",
+                )],
+            },
+            Section {
+                title: "OUTPUT",
+                body: vec![text(
+                    "pcapng: one interface per interface lb runs on; each packet as \
+                     received (direction inbound) and, if lb sent it on, as sent \
+                     (outbound), with a comment: verdict, reason counter, VIP, backend, \
+                     mode, conntrack state, table fingerprint, CPU. At the end an \
+                     interface statistics block counts the packets captured \
+                     (isb_usrdeliv) and lost (isb_ifdrop). Status lines go to stderr, \
+                     never to stdout.",
+                )],
+            },
+            examples(CAPTURE_EXAMPLES),
+            see_also(&["lb-explain", "lb-stats", "tcpdump(8)", "tshark(1)"]),
+        ],
         "lb-decap-attach" | "lb-decap-detach" | "lb-decap-status" => vec![
             Section {
                 title: "FILES",
@@ -216,6 +242,25 @@ const DOWN_EXAMPLES: &[(&str, &[&str])] = &[
     (
         "A datapath pinned elsewhere (lb run --pin-dir):",
         &["lb down --pin-dir /sys/fs/bpf/lb-test"],
+    ),
+];
+
+const CAPTURE_EXAMPLES: &[(&str, &[&str])] = &[
+    (
+        "Watch one VIP's packets live, then read a file's comments:",
+        &[
+            "lb capture --vip 192.0.2.10:80 -w - | tcpdump -nr -",
+            "lb capture --vip 192.0.2.10:80 --count 100 -w vip.pcapng",
+            "tshark -r vip.pcapng -T fields -e frame.comment",
+        ],
+    ),
+    (
+        "Why are a client's packets dropped?",
+        &["lb capture --drops --client 203.0.113.7 --count 10 -w drops.pcapng"],
+    ),
+    (
+        "One packet in 100 of a busy VIP, headers only:",
+        &["lb capture --vip 192.0.2.10:443 --sample 1/100 --snaplen 128 -w sample.pcapng"],
     ),
 ];
 
@@ -477,7 +522,8 @@ mod tests {
                         continue;
                     };
                     for line in lines.iter().filter(|l| l.starts_with("lb ")) {
-                        let words = line.split_whitespace();
+                        // The lb command of a pipeline (`lb capture -w - | tcpdump -nr -`).
+                        let words = line.split_whitespace().take_while(|w| *w != "|");
                         if let Err(error) = Cli::try_parse_from(words) {
                             panic!("{page}: `{line}` does not parse:\n{error}");
                         }

@@ -241,5 +241,9 @@ mod tests {
         assert!(lb.contains("/opt/lb/share/doc/lb/README.md.gz"), "{lb}");
         let add = read("lb-vip-add.1");
         assert!(headings(&add).contains(&"EXAMPLES"), "{add}");
+        let capture = read("lb-capture.1");
+        for heading in ["OPTIONS", "SIGNALS", "OUTPUT", "EXAMPLES"] {
+            assert!(headings(&capture).contains(&heading), "{capture}");
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! commands, and how their answers are rendered.
 
 pub mod args;
+pub mod capture;
 pub mod commands;
 pub mod completions;
 pub mod decap;
@@ -11,6 +12,7 @@ mod manpage_sections;
 pub mod manpages;
 mod no_daemon;
 pub mod output;
+pub mod pcapng;
 pub mod render;
 pub mod version;
 pub mod watch;
@@ -44,8 +46,9 @@ pub fn main() -> ExitCode {
 }
 
 /// Only `lb run` starts a tokio runtime (multi-threaded: probes, the sweep and the servers
-/// run beside the controller); the client commands are one blocking request each, and
-/// `lb decap` blocking netlink, bpf and sysctl calls.
+/// run beside the controller); the client commands are one blocking request each (`lb
+/// capture` a blocking stream, with a small runtime on a thread of its own for Ctrl-C and
+/// SIGTERM), and `lb decap` blocking netlink, bpf and sysctl calls.
 fn run(cli: Cli) -> anyhow::Result<()> {
     let socket = client::socket_path(cli.api.as_deref());
     let result = match cli.command {
@@ -66,6 +69,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Manpages(args) => manpages::run(&args, command()),
         Command::CheckConfig(args) => commands::check_config(args),
         Command::Explain(args) => explain::run(&socket, args),
+        Command::Capture(args) => capture::run(&socket, args),
     };
     result.map_err(|error| no_daemon::with_remedy(error, &socket))
 }
