@@ -98,7 +98,12 @@ pub fn record(ctx: &XdpContext, action: u32, reason: u32, in_slot: bool) -> u32 
         return 0;
     }
     let received = u32::from(scratch.header.received_cap).min(MAX);
-    let (sent_len, sent_cap) = if action == xdp_action::XDP_TX || action == xdp_action::XDP_REDIRECT
+    // Passed packets too: some are rewritten before the kernel forwards them (no
+    // neighbour yet, an egress lb is not attached to); the daemon leaves out an unchanged
+    // copy.
+    let (sent_len, sent_cap) = if action == xdp_action::XDP_TX
+        || action == xdp_action::XDP_REDIRECT
+        || action == xdp_action::XDP_PASS
     {
         let len = (parse::data_end(ctx) - parse::data(ctx)) as u32;
         // SAFETY: `received` ≤ MAX, and `bytes` has room for 2 × MAX.

@@ -578,6 +578,33 @@ impl DecapPaths {
     }
 }
 
+impl DecapPaths {
+    /// `lb decap attach` on every backend of a DSR lab for `vip`, taking tunnels only from
+    /// `lb_source` (a prefix): attached while the returned handles live.
+    pub fn attach_all(
+        backends: &[crate::topology::Backend],
+        vip: std::net::IpAddr,
+        lb_source: &str,
+    ) -> Vec<Self> {
+        backends
+            .iter()
+            .map(|backend| {
+                let decap = Self::new(&backend.ns);
+                decap.ok(&[
+                    "attach",
+                    "--iface",
+                    &backend.dev,
+                    "--vip",
+                    &vip.to_string(),
+                    "--allow-source",
+                    lb_source,
+                ]);
+                decap
+            })
+            .collect()
+    }
+}
+
 impl Drop for DecapPaths {
     fn drop(&mut self) {
         if self.pin_dir.exists() {

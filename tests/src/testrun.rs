@@ -2,11 +2,16 @@
 
 use aya::{
     Ebpf,
+    maps::{Array, MapData, PerCpuArray, RingBuf},
     programs::{Program, TestRun as _, TestRunOptions, Xdp},
 };
 use std::time::Duration;
 
-use lb_common::{consts::PROGRAM_NAME, stats::Stat};
+use lb_common::{
+    capture::{CAPTURE_HEADER_BYTES, CaptureCounts, CaptureFilter, CaptureHeader, CaptureScratch},
+    consts::{MAP_CAPTURE_FILTER, MAP_CAPTURE_RING, MAP_CAPTURE_SCRATCH, PROGRAM_NAME},
+    stats::Stat,
+};
 use lb_userspace::{
     control::map_sync::MapSync,
     datapath::{
@@ -27,6 +32,16 @@ pub struct Datapath {
     /// Fills VIPS, BACKENDS and MAGLEV the way the daemon does.
     pub balancer: MapSync,
     ifindex: u32,
+    /// `lb capture`'s ring, once [`Datapath::start_capture`] took it.
+    capture_ring: Option<RingBuf<MapData>>,
+}
+
+/// One `lb capture` record: its header, the packet as received and as sent.
+#[derive(Debug)]
+pub struct CaptureRecord {
+    pub header: CaptureHeader,
+    pub received: Vec<u8>,
+    pub sent: Vec<u8>,
 }
 
 /// What the program did to one packet.
@@ -76,6 +91,7 @@ impl Datapath {
             stats,
             balancer: MapSync::new(maps, limits).with_hash_seed(options.hash_seed),
             ifindex: 0,
+            capture_ring: None,
         }
     }
 
@@ -185,6 +201,59 @@ impl Datapath {
                 .unwrap_or_else(|e| panic!("loading {name}: {e}"));
         }
         program
+    }
+
+    /// Sets `lb capture`'s filter (as the daemon does before it swaps `lb_capture` in) and
+    /// empties the ring; run the program `lb_capture` to capture.
+    pub fn start_capture(&mut self, filter: &CaptureFilter) {
+        let mut filters: Array<_, CaptureFilter> = Array::try_from(
+            self.ebpf
+                .map_mut(MAP_CAPTURE_FILTER)
+                .expect("the object has the capture filter"),
+        )
+        .expect("an array");
+        filters.set(0, filter, 0).expect("write the capture filter");
+        if self.capture_ring.is_none() {
+            let map = self
+                .ebpf
+                .take_map(MAP_CAPTURE_RING)
+                .expect("the object has the capture ring");
+            self.capture_ring = Some(RingBuf::try_from(map).expect("a ring buffer"));
+        }
+        self.capture_records();
+    }
+
+    /// The records `lb_capture` wrote since the last call, in order.
+    pub fn capture_records(&mut self) -> Vec<CaptureRecord> {
+        let ring = self.capture_ring.as_mut().expect("start_capture first");
+        let mut records = Vec::new();
+        while let Some(item) = ring.next() {
+            let (head, rest) = item.split_at(CAPTURE_HEADER_BYTES);
+            // SAFETY: `head` is a CaptureHeader's bytes (plain integers); read unaligned.
+            let header = unsafe { std::ptr::read_unaligned(head.as_ptr().cast::<CaptureHeader>()) };
+            let (received, sent) = rest.split_at(usize::from(header.received_cap));
+            records.push(CaptureRecord {
+                header,
+                received: received.to_vec(),
+                sent: sent[..usize::from(header.sent_cap)].to_vec(),
+            });
+        }
+        records
+    }
+
+    /// The capture's counts (matched, written, lost), summed over the CPUs.
+    pub fn capture_counts(&self) -> CaptureCounts {
+        let scratch: PerCpuArray<_, CaptureScratch> = PerCpuArray::try_from(
+            self.ebpf
+                .map(MAP_CAPTURE_SCRATCH)
+                .expect("the object has the capture scratch"),
+        )
+        .expect("a per-CPU array");
+        let mut total = CaptureCounts::default();
+        for cpu in scratch.get(&0, 0).expect("read the capture counts").iter() {
+            total.merge(&cpu.counts);
+        }
+        total
     }
 
     /// The daemon's conntrack sweep over this datapath's table, with `timeouts`.

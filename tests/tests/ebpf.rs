@@ -3,6 +3,7 @@
 
 mod admission;
 mod budgets;
+mod capture;
 mod cluster_hash;
 mod decap;
 mod decap_gue;

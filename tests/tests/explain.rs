@@ -531,24 +531,7 @@ fn a_dsr_flow_is_explained_with_its_mode_and_backend() {
         let addr = SocketAddr::new(backend.v6.into(), UDP_PORT).to_string();
         instance.ok(&["backend", "add", &vip_arg, &addr, "--proto", "udp"]);
     }
-    let _decap: Vec<DecapPaths> = lab
-        .backends
-        .iter()
-        .map(|backend| {
-            let decap = DecapPaths::new(&backend.ns);
-            let lb_v6 = format!("{}/128", dsr::LB_V6);
-            decap.ok(&[
-                "attach",
-                "--iface",
-                &backend.dev,
-                "--vip",
-                &vip.ip().to_string(),
-                "--allow-source",
-                &lb_v6,
-            ]);
-            decap
-        })
-        .collect();
+    let _decap = DecapPaths::attach_all(&lab.backends, vip.ip(), &format!("{}/128", dsr::LB_V6));
     let _servers = Servers::start_on_vips(&lab.backends, &[vip.ip()]);
     let backend_named = |name: &str| {
         let b = lab

@@ -2,6 +2,7 @@
 //! network namespaces that each test creates (root). One module per file; `cargo xtask
 //! test` runs them with cargo-nextest, in the groups of `.config/nextest.toml`.
 
+mod capture_lab;
 mod cluster;
 mod cluster_lab;
 mod conntrack;

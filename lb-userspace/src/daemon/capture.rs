@@ -339,7 +339,9 @@ impl Names {
     fn packet(&self, record: &Record<'_>, clock: &Clock) -> CapturedPacket {
         let header = &record.header;
         let vip = self.vips.get(&header.vip_id);
-        let sent = !record.sent.is_empty() || header.sent_len != 0;
+        // A passed packet's copy is left out when lb did not change it.
+        let unchanged = header.sent_len == header.received_len && record.sent == record.received;
+        let sent = header.sent_len != 0 && !unchanged;
         let engine = base64::engine::general_purpose::STANDARD;
         CapturedPacket {
             time_ns: clock.unix_ns(header.time_ns),

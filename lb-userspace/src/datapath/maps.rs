@@ -565,7 +565,7 @@ impl ServiceMaps {
     }
 
     /// A VIP's dropped packets by reason (`DROP_REASONS` order), summed over CPUs.
-    pub(crate) fn vip_drops(&self, vip_id: u32) -> Result<[u64; DROP_SLOTS as usize], MapError> {
+    pub fn vip_drops(&self, vip_id: u32) -> Result<[u64; DROP_SLOTS as usize], MapError> {
         let mut drops = [0u64; DROP_SLOTS as usize];
         for (slot, total) in drops.iter_mut().enumerate() {
             let per_cpu = self
