@@ -18,6 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb_common::capture::{CAPTURE_SNAPLEN_MAX, CaptureFilter};
 use lb_common::consts::{ABLATE_STAGES, IPPROTO_TCP};
 use lb_common::flow::PROVEN_AFTER_PACKETS;
 use lb_common::stats::Stat;
@@ -1012,6 +1013,94 @@ fn print_quic(rows: &[Row]) {
     }
 }
 
+/// The capture rows: an established IPv4 TCP flow (NAT) through `lb`, which has no capture
+/// code, and through `lb_capture` (swapped in while `lb capture` runs) with a filter that
+/// keeps nothing and with one that keeps every packet (both copies, whole or cut to 96
+/// bytes); the ring is emptied between chunks, untimed, and must lose nothing.
+fn capture_rows(lab: &FibLab, limits: Limits, calls: usize) -> Vec<Row> {
+    lab.with_datapath_loaded(limits, &unguarded(Options::default()), |datapath, ids| {
+        let mut bench = Bench::verified(datapath, ids, calls);
+        let (established, _) = bench.established_and_reply("IPv4 TCP", Family::V4, Transport::Tcp);
+        bench.rows.clear();
+        let keep = |snaplen| CaptureFilter {
+            sample: 1,
+            snaplen,
+            ..CaptureFilter::default()
+        };
+        let nothing = CaptureFilter {
+            vip: lb_common::service::addr_from_v4([198, 18, 99, 99]),
+            vip_port: 1,
+            vip_family: lb_common::consts::FAMILY_V4,
+            ..keep(CAPTURE_SNAPLEN_MAX)
+        };
+        for (name, program, filter) in [
+            ("lb: no capture running", "lb", None),
+            (
+                "lb_capture: the filter keeps nothing",
+                "lb_capture",
+                Some(nothing),
+            ),
+            (
+                "lb_capture: every packet kept, whole (both copies)",
+                "lb_capture",
+                Some(keep(CAPTURE_SNAPLEN_MAX)),
+            ),
+            (
+                "lb_capture: every packet kept, --snaplen 96",
+                "lb_capture",
+                Some(keep(96)),
+            ),
+        ] {
+            let capturing = filter.is_some();
+            if let Some(filter) = filter {
+                bench.datapath.start_capture(&filter);
+            }
+            bench.datapath.set_ingress(ids.from_client);
+            let lost_before = capturing.then(|| bench.datapath.capture_counts().lost);
+            let timed = per_call(bench.datapath, calls, |datapath, _, i| {
+                let took = datapath.run_program(program, &established, 1).1;
+                if capturing && i % CHUNK == 0 {
+                    datapath.capture_records();
+                }
+                took
+            });
+            if let Some(before) = lost_before {
+                let lost = bench.datapath.capture_counts().lost - before;
+                assert_eq!(
+                    lost, 0,
+                    "{name}: the ring lost records, so the copy was not timed"
+                );
+            }
+            bench.record(name, timed);
+        }
+        bench.rows
+    })
+}
+
+/// The capture section: each row against the floor and against `lb` itself.
+fn print_capture(rows: &[Row]) {
+    let plain = rows.first().map_or(0.0, |row| row.ns - row.floor);
+    println!(
+        "
+### `lb capture`: what a capture costs while it runs
+
+A third load, the same          established IPv4 TCP flow (NAT) each row. `lb` carries no capture code: with no          capture running, every other row of this page is its cost. While `lb capture`          runs, the daemon swaps `lb_capture` (the same datapath, plus a copy of the packet          at entry and a record at exit) into the links: its cost with a filter that keeps          nothing, and per kept packet (received and sent copies, one ring record; the ring          emptied between chunks, untimed, none lost).
+"
+    );
+    println!("| path | ns/packet | floor, interleaved (ns) | × floor | ns above `lb` |");
+    println!("|---|---:|---:|---:|---:|");
+    for row in rows {
+        println!(
+            "| {} | {:.1} | {:.1} | {:.2} | {:+.1} |",
+            row.name,
+            row.ns,
+            row.floor,
+            row.ratio(),
+            (row.ns - row.floor) - plain
+        );
+    }
+}
+
 /// One load of the program with `ablate`'s stages left out: a non-VIP packet, an
 /// established IPv4 TCP flow and its reply, per call, each beside its interleaved floor.
 fn ablated_load(lab: &FibLab, limits: Limits, calls: usize, ablate: u32) -> Vec<Row> {
@@ -1142,6 +1231,7 @@ fn main() {
     let first_load_rows = rows.len();
     rows.extend(dsr_rows(&lab, limits, calls));
     let quic = quic_rows(&lab, limits, calls);
+    let capture = capture_rows(&lab, limits, calls);
     let ablations = ablation(&lab, limits, calls);
     let floods = floods(&lab, if quick { 100_000 } else { 1_000_000 });
     let floor = median(rows.iter().map(|r| r.floor).collect());
@@ -1228,6 +1318,7 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
     print_quic(&quic);
+    print_capture(&capture);
     println!(
         "\n### What the parts cost (hot caches)\n\nOne program per part (`cost_*` in \
          lb-ebpf/src/costs.rs: parse, then that part with the real maps and helpers, the \

@@ -262,3 +262,31 @@ fn sampling_keeps_one_in_n_and_snaplen_cuts_each_copy() {
         }
     });
 }
+
+#[test]
+fn a_full_ring_counts_the_records_it_had_no_room_for() {
+    lb_tests::require_root!();
+    let lab = FibLab::new();
+    lab.with_datapath(|datapath, ids| {
+        datapath.set_ingress(ids.from_client);
+        let datagram = Spec::new(Family::V4, Transport::Udp)
+            .between(ip(CLIENT), ip(VIP))
+            .ports(41_020, 53)
+            .build(&[0x5a; 1400]);
+        datapath.start_capture(&keep_all());
+        // About 2.9 KB a record (both copies whole): a 4 MiB ring holds some 1,400.
+        let sent = 2_000;
+        for _ in 0..sent {
+            datapath.run_program("lb_capture", &datagram, 1);
+        }
+        let counts = datapath.capture_counts();
+        let records = datapath.capture_records();
+        assert_eq!(counts.matched, sent);
+        assert_eq!(counts.written, records.len() as u64);
+        assert!(counts.lost > 0, "the ring was full: {counts:?}");
+        assert_eq!(counts.written + counts.lost, sent, "{counts:?}");
+        // With room again, records are written again.
+        datapath.run_program("lb_capture", &datagram, 1);
+        assert_eq!(datapath.capture_records().len(), 1);
+    });
+}

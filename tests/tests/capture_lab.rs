@@ -489,3 +489,39 @@ fn bad_captures_are_refused_with_a_reason_and_one_runs_at_a_time() {
     // Once it ended, lb is back in the link: another capture may start.
     drop(Capture::start(&instance, &file, &[]));
 }
+
+/// The name of the XDP program attached to `iface` in `ns` (`ip -d -j link`).
+fn xdp_program(ns: &lb_tests::netns::NetNs, iface: &str) -> String {
+    let output = ns
+        .command("ip")
+        .args(["-d", "-j", "link", "show", "dev", iface])
+        .output()
+        .expect("run ip");
+    let links: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("ip -j prints JSON");
+    links[0]["xdp"]["prog"]["name"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no XDP program on {iface}: {links}"))
+        .to_owned()
+}
+
+#[test]
+fn a_daemon_that_stops_during_a_capture_puts_lb_back_in_the_links() {
+    lb_tests::require_root!();
+    let lab = Lab::new("lbcs", 1);
+    let instance = Instance::new();
+    let daemon = instance.start(&lab, &[]);
+    let iface = &lab.lb_ifaces[0];
+    assert_eq!(xdp_program(&lab.lb, iface), "lb");
+    let file = instance_file(&instance, "stopped.pcapng");
+    let _capture = Capture::start(&instance, &file, &[]);
+    assert_eq!(xdp_program(&lab.lb, iface), "lb_capture", "swapped in");
+    let (status, _) = daemon.terminate();
+    assert!(status.success(), "the daemon stopped cleanly: {status}");
+    // The pinned link forwards on without the daemon, with the plain program.
+    assert_eq!(
+        xdp_program(&lab.lb, iface),
+        "lb",
+        "swapped back as it stopped"
+    );
+}

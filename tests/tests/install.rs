@@ -88,6 +88,7 @@ fn expected_tree(prefix: &str, etc: &str) -> BTreeSet<String> {
         format!("{prefix}share/zsh/site-functions/_lb"),
         format!("{prefix}share/fish/vendor_completions.d/lb.fish"),
         format!("{prefix}share/doc/lb/README.md.gz"),
+        format!("{prefix}share/lb/grafana/lb.json"),
         format!("{etc}default/lb"),
         format!("{etc}lb/lb.toml"),
     ]

@@ -8,6 +8,7 @@
 //! - `<prefix>/share/man/man1/lb*.1.gz` (gzipped, as Debian's policy wants); their FILES
 //!   sections name this install's own paths
 //! - `<prefix>/share/doc/lb/README.md.gz`: the README the man pages and lb.toml point to
+//! - `<prefix>/share/lb/grafana/lb.json`: the Grafana dashboard of lb's metrics
 //! - `<prefix>/share/{bash-completion/completions/lb, zsh/site-functions/_lb,
 //!   fish/vendor_completions.d/lb.fish}`
 //! - `<sysconfdir>/default/lb` and `<sysconfdir>/lb/lb.toml`, kept when they exist:
@@ -50,6 +51,7 @@ const UNIT: &str = "dist/systemd/lb.service";
 const ENVIRONMENT: &str = "dist/default/lb";
 const CONFIG: &str = "dist/lb.toml";
 const README: &str = "README.md";
+const DASHBOARD: &str = "dist/grafana/lb.json";
 
 /// Shells with a completion directory of their own, and where each looks.
 const COMPLETIONS: &[(&str, &str)] = &[
@@ -134,6 +136,13 @@ pub(crate) fn run(options: &Options) -> anyhow::Result<Layout> {
     write(
         &staged(&layout.docdir().join("README.md.gz")),
         gzip(&readme)?,
+        0o644,
+    )?;
+
+    let dashboard = fs::read(root.join(DASHBOARD)).context("reading the dashboard")?;
+    write(
+        &staged(&layout.prefix.join("share/lb/grafana/lb.json")),
+        dashboard,
         0o644,
     )?;
 

@@ -41,7 +41,7 @@ const MAX_LINE_BYTES: u64 = 64 * 1024;
 
 #[derive(Debug, Args)]
 pub(crate) struct CaptureArgs {
-    /// Only packets of this VIP: client → VIP packets and its replies (ADDRESS:PORT).
+    /// Only packets of this VIP: client-to-VIP packets and its replies (ADDRESS:PORT).
     #[arg(long, value_name = "ADDR:PORT", value_parser = parse_address)]
     pub(crate) vip: Option<SocketAddr>,
     /// Only packets to and from this backend (ADDRESS:PORT).
