@@ -61,7 +61,8 @@ unsafe impl aya::Pod for CaptureFilter {}
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CaptureHeader {
-    /// CLOCK_MONOTONIC when the packet arrived.
+    /// CLOCK_MONOTONIC when the datapath decided the packet (under a microsecond after it
+    /// arrived).
     pub time_ns: u64,
     pub ifindex: u32,
     /// The XDP action.

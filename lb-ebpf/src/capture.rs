@@ -19,6 +19,7 @@ use lb_common::{
 
 use crate::{
     attribution::{self, Side},
+    lookup,
     maps::{
         BACKENDS, CAPTURE_FILTER, CAPTURE_RING, CAPTURE_SCRATCH, CONNTRACK, CT_UNPROVEN, PARSED,
     },
@@ -41,7 +42,8 @@ fn copy_packet(ctx: &XdpContext, to: *mut u8, len: u32) -> u16 {
     if copied < 0 { 0 } else { len as u16 }
 }
 
-/// The packet as it arrived, into this CPU's record, before anything rewrites it.
+/// The packet as it arrived, into this CPU's record, before anything rewrites it (its time
+/// is read in [`record`], for kept packets only).
 #[inline(never)]
 pub fn received(ctx: &XdpContext) -> u32 {
     let (Some(scratch), Some(filter)) = (CAPTURE_SCRATCH.get_ptr_mut(0), CAPTURE_FILTER.get(0))
@@ -52,8 +54,6 @@ pub fn received(ctx: &XdpContext) -> u32 {
     let scratch = unsafe { &mut *scratch };
     let len = (parse::data_end(ctx) - parse::data(ctx)) as u32;
     let header = &mut scratch.header;
-    // SAFETY: no preconditions.
-    header.time_ns = unsafe { bpf_ktime_get_ns() };
     header.ifindex = ctx.ingress_ifindex() as u32;
     header.reason = CAPTURE_NONE;
     header.received_len = len;
@@ -86,11 +86,12 @@ pub fn record(ctx: &XdpContext, action: u32, reason: u32, in_slot: bool) -> u32 
     if reason != CAPTURE_NONE {
         scratch.header.reason = reason;
     }
-    if !describe_and_match(scratch, filter, in_slot) {
-        return 0;
-    }
+    // The cheapest part of the filter first: most packets of a busy host fail it.
     if filter.drops_only != 0 && action != xdp_action::XDP_DROP && action != xdp_action::XDP_ABORTED
     {
+        return 0;
+    }
+    if !describe_and_match(scratch, filter, in_slot) {
         return 0;
     }
     scratch.counts.matched += 1;
@@ -112,6 +113,10 @@ pub fn record(ctx: &XdpContext, action: u32, reason: u32, in_slot: bool) -> u32 
     } else {
         (0, 0)
     };
+    // Read here, for kept packets only: the clock costs more than the rest of a packet
+    // the filter leaves out, and the packet arrived less than a microsecond ago.
+    // SAFETY: no preconditions.
+    scratch.header.time_ns = unsafe { bpf_ktime_get_ns() };
     scratch.header.sent_len = sent_len;
     scratch.header.sent_cap = sent_cap;
     // SAFETY: no preconditions.
@@ -150,11 +155,24 @@ fn describe_and_match(scratch: &mut CaptureScratch, filter: &CaptureFilter, in_s
     };
     // SAFETY: this CPU's slot, written by `lb_capture` for this packet; read in place.
     let flow = unsafe { &(*packet).flow };
-    // The client, and the VIP as the client sees it.
-    let (client, vip, vip_port, conn) = match attribution::side(flow) {
+    // A packet to another address than the filter's VIP can only be a reply of one of
+    // the VIP's backends: one ENDPOINTS lookup instead of the VIPS one.
+    let to_other = filter.vip_family != CAPTURE_ANY_FAMILY
+        && (flow.dst_port != filter.vip_port || !masked_equal(&flow.dst, &ALL_ONES, &filter.vip));
+    let side = if to_other {
+        match lookup::endpoint(&flow.src, flow.src_port, flow.proto, flow.family) {
+            Some(endpoint) => Side::FromBackend(endpoint),
+            None => return false,
+        }
+    } else {
+        attribution::side(flow)
+    };
+    // The client, the VIP as the client sees it, and whether the flow's conntrack key is
+    // the reversed one (a reply).
+    let (client, vip, vip_port, reply) = match side {
         Side::ToVip(info) => {
             header.vip_id = info.id;
-            (&flow.src, &flow.dst, flow.dst_port, entry(flow))
+            (&flow.src, &flow.dst, flow.dst_port, false)
         }
         Side::FromBackend(endpoint) => {
             header.vip_id = endpoint.vip_id;
@@ -168,12 +186,7 @@ fn describe_and_match(scratch: &mut CaptureScratch, filter: &CaptureFilter, in_s
                 family: flow.family,
                 _pad: [0; 2],
             };
-            (
-                &flow.dst,
-                &endpoint.vip_addr,
-                endpoint.vip_port,
-                entry(&scratch.key),
-            )
+            (&flow.dst, &endpoint.vip_addr, endpoint.vip_port, true)
         }
         Side::Neither => {
             if filter.vip_family != CAPTURE_ANY_FAMILY
@@ -181,18 +194,9 @@ fn describe_and_match(scratch: &mut CaptureScratch, filter: &CaptureFilter, in_s
             {
                 return false;
             }
-            (&flow.src, &flow.dst, 0, None)
+            (&flow.src, &flow.dst, 0, false)
         }
     };
-    let header = &mut scratch.header;
-    if let Some((conn, table)) = conn {
-        header.ct_table = table;
-        header.ct_state = conn.state;
-        header.ct_flags = conn.flags;
-        if header.backend_id == CAPTURE_NONE {
-            header.backend_id = conn.backend_id;
-        }
-    }
     if filter.vip_family != CAPTURE_ANY_FAMILY
         && (filter.vip_family != flow.family
             || filter.vip_port != vip_port
@@ -205,6 +209,21 @@ fn describe_and_match(scratch: &mut CaptureScratch, filter: &CaptureFilter, in_s
             || !masked_equal(client, &filter.client_mask, &filter.client))
     {
         return false;
+    }
+    // Only packets kept so far pay the conntrack lookups.
+    let conn = if reply {
+        entry(&scratch.key)
+    } else {
+        entry(flow)
+    };
+    let header = &mut scratch.header;
+    if let Some((conn, table)) = conn {
+        header.ct_table = table;
+        header.ct_state = conn.state;
+        header.ct_flags = conn.flags;
+        if header.backend_id == CAPTURE_NONE {
+            header.backend_id = conn.backend_id;
+        }
     }
     if filter.backend_family != CAPTURE_ANY_FAMILY {
         let Some(backend) = BACKENDS.get(header.backend_id) else {

@@ -1081,11 +1081,15 @@ fn capture_rows(lab: &FibLab, limits: Limits, calls: usize) -> Vec<Row> {
 fn print_capture(rows: &[Row]) {
     let plain = rows.first().map_or(0.0, |row| row.ns - row.floor);
     println!(
-        "
-### `lb capture`: what a capture costs while it runs
-
-A third load, the same          established IPv4 TCP flow (NAT) each row. `lb` carries no capture code: with no          capture running, every other row of this page is its cost. While `lb capture`          runs, the daemon swaps `lb_capture` (the same datapath, plus a copy of the packet          at entry and a record at exit) into the links: its cost with a filter that keeps          nothing, and per kept packet (received and sent copies, one ring record; the ring          emptied between chunks, untimed, none lost).
-"
+        "\n### `lb capture`: what a capture costs while it runs\n\nA third load, the same \
+         established IPv4 TCP flow (NAT) in each row. `lb` carries no capture code: with no \
+         capture running, every other row of this page is its cost. While `lb capture` \
+         runs, the daemon swaps `lb_capture` (the same datapath, plus a copy of the packet \
+         at entry and a record at exit) into the links: its cost with a filter that keeps \
+         nothing (a VIP this load does not have), and per kept packet (received and sent \
+         copies, one ring record; the ring emptied between chunks, untimed, none lost). \
+         The copies cost little next to the capture program itself: the record's lookups \
+         (VIP, conntrack) and the ring.\n"
     );
     println!("| path | ns/packet | floor, interleaved (ns) | × floor | ns above `lb` |");
     println!("|---|---:|---:|---:|---:|");
