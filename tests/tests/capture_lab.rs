@@ -34,15 +34,19 @@ struct Capture {
 impl Capture {
     /// `lb capture <args> -w <file>`, returned once it says it captures.
     fn start(instance: &Instance, file: &Path, args: &[&str]) -> Self {
+        let file = file.to_string_lossy();
+        Self::spawn(instance, &[args, &["-w", &file]].concat(), Stdio::null())
+    }
+
+    /// `lb capture <args>` with its stdout to `stdout`, returned once it says it captures.
+    fn spawn(instance: &Instance, args: &[&str], stdout: Stdio) -> Self {
         let mut child = Command::new(lb_binary())
             .arg("--api")
             .arg(&instance.api)
             .arg("capture")
             .args(args)
-            .arg("-w")
-            .arg(file)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .expect("run lb capture");
@@ -524,4 +528,68 @@ fn a_daemon_that_stops_during_a_capture_puts_lb_back_in_the_links() {
         "lb",
         "swapped back as it stopped"
     );
+}
+
+#[test]
+fn a_stream_on_stdout_is_read_by_tcpdump_while_the_capture_runs() {
+    lb_tests::require_root!();
+    let lab = Lab::new("lbcw", 1);
+    let instance = Instance::new();
+    let _daemon = instance.start(&lab, &[]);
+    let _servers = Servers::start(&lab.backends);
+    let vip = SocketAddr::new(topology::VIP_V4.into(), HTTP_PORT);
+    instance.ok(&["vip", "add", &vip.to_string()]);
+    let backend = SocketAddr::new(lab.backends[0].v4.into(), HTTP_PORT);
+    instance.ok(&["backend", "add", &vip.to_string(), &backend.to_string()]);
+    let mut capture = Capture::spawn(
+        &instance,
+        &["--vip", &vip.to_string(), "-w", "-"],
+        Stdio::piped(),
+    );
+    let stream = capture.child.stdout.take().expect("piped stdout");
+    let mut tcpdump = Command::new("tcpdump")
+        .args(["-nn", "-l", "-r", "-"])
+        .stdin(Stdio::from(stream))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run tcpdump (`cargo xtask setup` installs it)");
+    let printed = tcpdump.stdout.take().expect("piped stdout");
+    let (sender, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(printed).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lab.client
+        .enter(|| http_get(vip))
+        .expect("an answer through the VIP");
+    // tcpdump prints the SYN to the VIP while the capture still runs.
+    let to_vip = format!("> {}.{HTTP_PORT}", topology::VIP_V4);
+    let first = lines
+        .recv_timeout(LIMIT)
+        .expect("tcpdump printed a packet of the live stream");
+    assert!(first.contains(&to_vip), "{first}");
+    assert!(
+        matches!(capture.child.try_wait(), Ok(None)),
+        "the capture was still running"
+    );
+    let (count, _) = captured(&capture.stop());
+    // The stream's end ends tcpdump (and a panic above kills lb, which ends it too).
+    let deadline = Instant::now() + LIMIT;
+    let status = loop {
+        if let Some(status) = tcpdump.try_wait().expect("wait for tcpdump") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            lb_tests::cleanup::kill(&mut tcpdump, "tcpdump");
+            panic!("tcpdump did not end with the stream");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "tcpdump: {status}");
+    let rest: Vec<String> = lines.try_iter().collect();
+    assert_eq!(1 + rest.len() as u64, 2 * count, "{first} {rest:#?}");
 }
