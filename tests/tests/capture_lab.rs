@@ -593,3 +593,55 @@ fn a_stream_on_stdout_is_read_by_tcpdump_while_the_capture_runs() {
     let rest: Vec<String> = lines.try_iter().collect();
     assert_eq!(1 + rest.len() as u64, 2 * count, "{first} {rest:#?}");
 }
+
+#[test]
+fn a_capture_whose_client_is_killed_mid_stream_ends_and_lb_goes_back() {
+    lb_tests::require_root!();
+    let lab = Lab::new("lbck", 1);
+    let instance = Instance::new();
+    let _daemon = instance.start(&lab, &[]);
+    let _servers = Servers::start(&lab.backends);
+    let vip = SocketAddr::new(topology::VIP_V4.into(), UDP_PORT);
+    instance.ok(&["vip", "add", &vip.to_string(), "--proto", "udp"]);
+    let backend = SocketAddr::new(lab.backends[0].v4.into(), UDP_PORT);
+    instance.ok(&[
+        "backend",
+        "add",
+        &vip.to_string(),
+        &backend.to_string(),
+        "--proto",
+        "udp",
+    ]);
+    let iface = &lab.lb_ifaces[0];
+    let file = instance_file(&instance, "killed.pcapng");
+    let mut capture = Capture::start(&instance, &file, &["--vip", &vip.to_string()]);
+    // Traffic while the client dies, so that the daemon may be writing records when its
+    // socket goes: either way the capture must end.
+    udp_requests(&lab, vip, 20);
+    lb_tests::eventually(
+        LIMIT,
+        "records reach the file",
+        || match std::fs::metadata(&file).map(|m| m.len()) {
+            Ok(len) if len > 1_000 => Ok(()),
+            other => Err(other.map_err(|e| e.to_string())),
+        },
+    );
+    std::thread::scope(|scope| {
+        scope.spawn(|| udp_requests(&lab, vip, 100));
+        lb_tests::cleanup::kill(&mut capture.child, "lb capture");
+    });
+    lb_tests::eventually(LIMIT, "lb back in the link", || {
+        match xdp_program(&lab.lb, iface) {
+            name if name == "lb" => Ok(()),
+            other => Err(other),
+        }
+    });
+    // The ring came back: another capture starts and records.
+    let capture = Capture::start(
+        &instance,
+        &file,
+        &["--vip", &vip.to_string(), "--count", "2"],
+    );
+    udp_requests(&lab, vip, 2);
+    assert_eq!(captured(&capture.ended()).0, 2);
+}

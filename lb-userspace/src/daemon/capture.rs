@@ -28,7 +28,7 @@ use crate::{
     },
     control::map_sync::wire_addr,
     daemon::{flows::state_name, owner::Commands, published::Published, reader::Reader},
-    datapath::capture::{Record, decode, watch},
+    datapath::capture::{Record, WatchedRing, decode, watch},
     model::prefix::Prefix,
 };
 
@@ -162,8 +162,20 @@ pub(crate) async fn serve(
         Ok(ring) => ring,
         Err(refusal) => return send(lines, &Response::failure(refusal)).await,
     };
+    let ring = match watch(ring) {
+        Ok(ring) => ring,
+        Err(failed) => {
+            let (ring, error) = *failed;
+            commands.capture_stop(Some(ring)).await;
+            let refusal = ApiError::new(
+                ErrorCode::Internal,
+                format!("could not watch the capture ring: {error}"),
+            );
+            return send(lines, &Response::failure(refusal)).await;
+        }
+    };
     // From here the capture is on: `Lent` gives the ring back and swaps `lb` back in, on
-    // every way out (the client's socket failing, this task aborted).
+    // every way out (the client's socket failing mid-write, this task aborted).
     let mut lent = Lent {
         ring: Some(ring),
         commands: commands.clone(),
@@ -182,8 +194,11 @@ pub(crate) async fn serve(
     };
     let started = serde_json::to_value(started).map_err(io::Error::other)?;
     send(lines, &Response::success(started)).await?;
-    let (captured, why) = stream(lines, &mut lent, reader, plan.count).await?;
-    let counts = commands.capture_stop(lent.ring.take()).await;
+    let Some(ring) = lent.ring.as_mut() else {
+        return Ok(());
+    };
+    let (captured, why) = stream(lines, ring, reader, plan.count).await?;
+    let counts = commands.capture_stop(lent.take_ring()).await;
     let end = CaptureEvent::End(CaptureEnd {
         captured,
         lost: counts.lost,
@@ -193,15 +208,21 @@ pub(crate) async fn serve(
     SinkExt::<String>::flush(lines).await.map_err(codec_error)
 }
 
-/// The ring lent to a running capture; dropping it ends the capture.
+/// The ring lent to a running capture; dropping it ends the capture and gives it back.
 struct Lent {
-    ring: Option<RingBuf<MapData>>,
+    ring: Option<WatchedRing>,
     commands: Commands,
+}
+
+impl Lent {
+    fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
+        self.ring.take().map(WatchedRing::into_inner)
+    }
 }
 
 impl Drop for Lent {
     fn drop(&mut self) {
-        if let Some(ring) = self.ring.take() {
+        if let Some(ring) = self.take_ring() {
             self.commands.capture_stop_detached(Some(ring));
         }
     }
@@ -211,21 +232,10 @@ impl Drop for Lent {
 /// and why it ended.
 async fn stream(
     lines: &mut Lines,
-    lent: &mut Lent,
+    ring: &mut WatchedRing,
     reader: &Reader,
     count: Option<u64>,
 ) -> io::Result<(u64, &'static str)> {
-    let Some(ring) = lent.ring.take() else {
-        return Ok((0, "stopped"));
-    };
-    let mut ring = match watch(ring) {
-        Ok(ring) => ring,
-        Err(failed) => {
-            let (ring, error) = *failed;
-            lent.ring = Some(ring);
-            return Err(error);
-        }
-    };
     let clock = Clock::now();
     let mut names = Names::default();
     let mut captured = 0u64;
@@ -261,7 +271,6 @@ async fn stream(
             }
         }
     };
-    lent.ring = Some(ring.into_inner());
     Ok((captured, why))
 }
 
