@@ -8,14 +8,14 @@ use aya::{
 use std::time::Duration;
 
 use lb_common::{
-    capture::{CAPTURE_HEADER_BYTES, CaptureCounts, CaptureFilter, CaptureHeader, CaptureScratch},
+    capture::{CaptureCounts, CaptureFilter, CaptureHeader, CaptureScratch},
     consts::{MAP_CAPTURE_FILTER, MAP_CAPTURE_RING, MAP_CAPTURE_SCRATCH, PROGRAM_NAME},
     stats::Stat,
 };
 use lb_userspace::{
     control::map_sync::MapSync,
     datapath::{
-        load,
+        capture, load,
         maps::ServiceMaps,
         stats::{Snapshot, StatsMap},
     },
@@ -228,14 +228,11 @@ impl Datapath {
         let ring = self.capture_ring.as_mut().expect("start_capture first");
         let mut records = Vec::new();
         while let Some(item) = ring.next() {
-            let (head, rest) = item.split_at(CAPTURE_HEADER_BYTES);
-            // SAFETY: `head` is a CaptureHeader's bytes (plain integers); read unaligned.
-            let header = unsafe { std::ptr::read_unaligned(head.as_ptr().cast::<CaptureHeader>()) };
-            let (received, sent) = rest.split_at(usize::from(header.received_cap));
+            let record = capture::decode(&item).expect("a record as long as its header says");
             records.push(CaptureRecord {
-                header,
-                received: received.to_vec(),
-                sent: sent[..usize::from(header.sent_cap)].to_vec(),
+                header: record.header,
+                received: record.received.to_vec(),
+                sent: record.sent.to_vec(),
             });
         }
         records

@@ -51,14 +51,7 @@ impl Capture {
             .spawn()
             .expect("run lb capture");
         let stderr: ChildStderr = child.stderr.take().expect("piped stderr");
-        let (sender, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = line_by_line(stderr);
         let mut capture = Self {
             child,
             lines,
@@ -125,6 +118,19 @@ impl Drop for Capture {
             lb_tests::cleanup::kill(&mut self.child, "lb capture");
         }
     }
+}
+
+/// The lines of a child's output, read by a thread until it ends.
+fn line_by_line(output: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (sender, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(output).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
 }
 
 /// A command's stdout lines; it must succeed.
@@ -554,15 +560,7 @@ fn a_stream_on_stdout_is_read_by_tcpdump_while_the_capture_runs() {
         .stderr(Stdio::null())
         .spawn()
         .expect("run tcpdump (`cargo xtask setup` installs it)");
-    let printed = tcpdump.stdout.take().expect("piped stdout");
-    let (sender, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(printed).lines().map_while(Result::ok) {
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let lines = line_by_line(tcpdump.stdout.take().expect("piped stdout"));
     lab.client
         .enter(|| http_get(vip))
         .expect("an answer through the VIP");

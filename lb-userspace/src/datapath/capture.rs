@@ -212,15 +212,15 @@ pub(crate) fn watch(ring: RingBuf<MapData>) -> Result<WatchedRing, NotWatched> {
 }
 
 /// One record from the ring: its header, the bytes as received and as sent.
-pub(crate) struct Record<'a> {
-    pub(crate) header: CaptureHeader,
-    pub(crate) received: &'a [u8],
-    pub(crate) sent: &'a [u8],
+pub struct Record<'a> {
+    pub header: CaptureHeader,
+    pub received: &'a [u8],
+    pub sent: &'a [u8],
 }
 
 /// Splits a record; `None` if it is shorter than its header says (never from a datapath
 /// of this build).
-pub(crate) fn decode(bytes: &[u8]) -> Option<Record<'_>> {
+pub fn decode(bytes: &[u8]) -> Option<Record<'_>> {
     let (head, rest) = bytes.split_at_checked(CAPTURE_HEADER_BYTES)?;
     // SAFETY: `head` is exactly a CaptureHeader's bytes (plain integers, any value valid);
     // read unaligned.
