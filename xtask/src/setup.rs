@@ -44,6 +44,9 @@ const TOOLS: &[(&str, &str)] = &[
     // Read what `lb capture` writes, as an operator would (tests/capture_lab.rs).
     ("tcpdump", "tcpdump"),
     ("tshark", "tshark"),
+    // The cluster lab's router counts replies that left a node untranslated
+    // (lab/src/scenario).
+    ("nft", "nftables"),
 ];
 
 /// What the end-to-end benchmark compares lb with, and drives it with.
