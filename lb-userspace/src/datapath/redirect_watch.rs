@@ -15,6 +15,10 @@ use lb_common::consts::{
     MAP_REDIRECT_WATCH, MAP_TX_PORTS, PROGRAM_REDIRECT_LOST, REDIRECT_ERR_MAP_ID_OFFSET,
     REDIRECT_ERR_TRACEPOINT,
 };
+use rustix::{
+    fs::statfs,
+    mount::{MountFlags, mount},
+};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -44,14 +48,8 @@ const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 /// as long as `ebpf`.
 pub fn attach(ebpf: &mut Ebpf) -> Result<(), RedirectWatchError> {
     let (category, name) = REDIRECT_ERR_TRACEPOINT;
-    let format = TRACEFS
-        .iter()
-        .find_map(|root| {
-            std::fs::read_to_string(
-                Path::new(root).join(format!("events/{category}/{name}/format")),
-            )
-            .ok()
-        })
+    let format = tracepoint_format(category, name)
+        .or_else(|| mount_tracefs().then(|| tracepoint_format(category, name))?)
         .ok_or(RedirectWatchError::NoFormat(category, name))?;
     let found = field_offset(&format, "map_id", 4);
     if found != Some(REDIRECT_ERR_MAP_ID_OFFSET) {
@@ -78,6 +76,35 @@ pub fn attach(ebpf: &mut Ebpf) -> Result<(), RedirectWatchError> {
         .attach(category, name)
         .map_err(RedirectWatchError::Program)?;
     Ok(())
+}
+
+fn tracepoint_format(category: &str, name: &str) -> Option<String> {
+    TRACEFS.iter().find_map(|root| {
+        std::fs::read_to_string(Path::new(root).join(format!("events/{category}/{name}/format")))
+            .ok()
+    })
+}
+
+/// `statfs`'s `f_type` of tracefs.
+const TRACEFS_MAGIC: i64 = 0x7472_6163;
+
+/// Mounts tracefs on /sys/kernel/tracing when nothing is mounted there, as perf does: many
+/// hosts boot without it. Whether it mounted.
+fn mount_tracefs() -> bool {
+    let root = Path::new(TRACEFS[0]);
+    if !root.is_dir() || statfs(root).is_ok_and(|stat| stat.f_type == TRACEFS_MAGIC) {
+        return false;
+    }
+    match mount("tracefs", root, "tracefs", MountFlags::empty(), None) {
+        Ok(()) => {
+            tracing::info!("mounted tracefs on {}", root.display());
+            true
+        }
+        Err(error) => {
+            tracing::debug!(%error, "mounting tracefs failed");
+            false
+        }
+    }
 }
 
 /// The offset of field `name` of `size` bytes in a tracepoint's `format` file, whose lines
