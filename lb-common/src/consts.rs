@@ -68,6 +68,10 @@ pub const MAP_VIP_DROPS: &str = "VIP_DROPS";
 /// Proven flows (see [`MAP_CT_UNPROVEN`]): only a promotion inserts here, so a flood of
 /// new or mid-flow packets can never evict them.
 pub const MAP_CONNTRACK: &str = "CONNTRACK";
+/// Which flows may be in CONNTRACK: a bit per hash of the 5-tuple, set by every promotion
+/// and rebuilt by the sweep (`flow::ProvenFilter`). A SYN whose bit is clear skips the
+/// proven table's lookup.
+pub const MAP_PROVEN_FILTER: &str = "PROVEN_FILTER";
 /// Flows not proven yet (no reply and handshake, or too few packets): new flows start here
 /// and move to CONNTRACK once proven, so a flood churns only this table.
 pub const MAP_CT_UNPROVEN: &str = "CT_UNPROVEN";
@@ -141,7 +145,7 @@ pub const ADDRESS_VIP: u32 = 1;
 pub const ADDRESS_BACKEND: u32 = 2;
 
 /// Every map that outlives a controller: pinned under the pin directory by these names.
-pub const PINNED_MAPS: [&str; 17] = [
+pub const PINNED_MAPS: [&str; 18] = [
     MAP_STATS,
     MAP_VIPS,
     MAP_BACKENDS,
@@ -163,6 +167,9 @@ pub const PINNED_MAPS: [&str; 17] = [
     MAP_SOURCE_RANGES,
     MAP_ENCAP_ARGS,
     MAP_TOO_BIG_ARGS,
+    // Added with the proven-flow filter: created zeroed (not built, so every SYN looks in
+    // CONNTRACK) when a pin directory of an earlier release is adopted.
+    MAP_PROVEN_FILTER,
 ];
 
 /// Version of the map layout (key/value types and indexing). Bump it with any change to a
@@ -180,6 +187,9 @@ pub const GLOBAL_HASH_SEED: &str = "HASH_SEED";
 /// 0: the cache is off). Shorter than every timeout of a state the cache serves, so a
 /// cached flow's conntrack entry is refreshed before it could expire.
 pub const GLOBAL_FLOW_CACHE_NS: &str = "FLOW_CACHE_NS";
+/// Global set at load time: the words in each half of PROVEN_FILTER (a power of two,
+/// `flow::ProvenFilter::words`).
+pub const GLOBAL_PROVEN_FILTER_WORDS: &str = "PROVEN_FILTER_WORDS";
 /// Global set at load time: `ABLATE_*` stages the datapath skips. Always 0 outside
 /// `cargo xtask bench`, which times the program with each stage left out to show what it
 /// costs; the verifier removes the checks of a constant 0.

@@ -237,12 +237,73 @@ pub const FLOW_CACHE_SLOTS: u32 = 1 << 13;
 /// hash: it only spreads flows over slots, and a collision costs one slow-path packet.
 #[inline(always)]
 pub fn flow_cache_slot(flow: &FlowKey) -> u32 {
+    ((flow_mix(flow) >> 40) as u32) & (FLOW_CACHE_SLOTS - 1)
+}
+
+/// A multiplicative hash of a 5-tuple's words: its high bits index the flow cache and the
+/// proven-flow filter.
+#[inline(always)]
+fn flow_mix(flow: &FlowKey) -> u64 {
     // SAFETY: FlowKey is 40 bytes of plain integers, 8-aligned.
     let words = unsafe { &*core::ptr::from_ref(flow).cast::<[u64; 5]>() };
-    let mut h = words[0] ^ words[1].rotate_left(17);
-    h ^= words[2].rotate_left(31) ^ words[3].rotate_left(47) ^ words[4];
-    h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    ((h >> 40) as u32) & (FLOW_CACHE_SLOTS - 1)
+    let h = words[0] ^ words[1].rotate_left(17);
+    (h ^ words[2].rotate_left(31) ^ words[3].rotate_left(47) ^ words[4])
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// The proven-flow filter (PROVEN_FILTER): which 5-tuples may have an entry in CONNTRACK,
+/// one bit per hash. A SYN must replace a proven entry of its 5-tuple (a client reusing a
+/// port); with its bit clear it skips that lookup, a cold bucket of the largest table.
+///
+/// Slot 0 says which half answers ([`PROVEN_FILTER_UNBUILT`]: none, every SYN looks);
+/// the halves follow, `words` each. A promotion sets its flow's bit in both halves. The
+/// sweep clears the half that does not answer, walks CONNTRACK setting the bit of every
+/// entry it keeps, then makes that half answer: a flow promoted before the clearing is in
+/// the table the walk reads, one promoted after it set its bit itself, so the answering
+/// half holds every proven flow's bit at every moment.
+pub const PROVEN_FILTER_UNBUILT: u64 = 0;
+/// Slot 0's value when half 0 answers; half 1 answers at one more.
+pub const PROVEN_FILTER_HALF0: u64 = 1;
+
+/// Filter bits per proven-table entry: with the table full, a SYN of a new 5-tuple still
+/// looks in CONNTRACK about once in 4.5 (1 − e^(−1/4)).
+const PROVEN_FILTER_BITS_PER_FLOW: u64 = 4;
+/// At least one page per half, at most 32 MiB.
+const PROVEN_FILTER_WORDS_MIN: u64 = 1 << 9;
+const PROVEN_FILTER_WORDS_MAX: u64 = 1 << 22;
+
+/// Words (u64) in each half of the filter for a proven table of `capacity` entries: a
+/// power of two.
+pub const fn proven_filter_words(capacity: u32) -> u32 {
+    let bits = (capacity as u64).next_power_of_two() * PROVEN_FILTER_BITS_PER_FLOW;
+    let words = bits / 64;
+    let words = if words < PROVEN_FILTER_WORDS_MIN {
+        PROVEN_FILTER_WORDS_MIN
+    } else if words > PROVEN_FILTER_WORDS_MAX {
+        PROVEN_FILTER_WORDS_MAX
+    } else {
+        words
+    };
+    words as u32
+}
+
+/// PROVEN_FILTER's entries for halves of `words`: slot 0 and both halves.
+pub const fn proven_filter_entries(words: u32) -> u32 {
+    1 + 2 * words
+}
+
+/// `flow`'s bit in a filter half of `words` words: (the word's index in the half, its
+/// mask).
+#[inline(always)]
+pub fn proven_filter_bit(flow: &FlowKey, words: u32) -> (u32, u64) {
+    let index = (flow_mix(flow) >> 36) as u32 & (words.wrapping_mul(64).wrapping_sub(1));
+    (index >> 6, 1 << (index & 63))
+}
+
+/// The map slot of word `word` in half `half` (0 or 1).
+#[inline(always)]
+pub const fn proven_filter_slot(half: u32, words: u32, word: u32) -> u32 {
+    1 + half * words + word
 }
 
 /// A cached `bpf_fib_lookup` answer for packets to `dst` that came in on

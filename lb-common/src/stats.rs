@@ -245,6 +245,11 @@ stats! {
     // A tracked flow whose connection ID names another serving backend (its 5-tuple now
     // carries another connection): pinned to that backend, also quic_by_server_id.
     QuicRepinned = 75, "quic_repinned", Quic;
+    // A SYN that looked in the proven table and found no entry of its 5-tuple: the
+    // proven-flow filter had its bit set by another flow, or was not built yet (until the
+    // daemon's first sweep). Its ratio to fwd_new_flow says how well the filter spares
+    // new flows that lookup.
+    CtFilterFalsePositive = 76, "ct_filter_false_positive", Conntrack;
 }
 
 /// Number of slots in the stats map.

@@ -8,21 +8,23 @@
 //! scan) churns the unproven table and never evicts a proven flow; past the per-CPU
 //! new-flow limit a flood is not tracked at all ([`admit`]).
 
+use core::intrinsics::{AtomicOrdering, atomic_or};
+
 use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
     consts::{ABLATE_CLOCK, RateWindow},
     flow::{
         CT_CLOSED, CT_CLOSING, CT_DATAGRAM, CT_ESTABLISHED, CT_FLAG_FIN_BACKEND,
         CT_FLAG_FIN_CLIENT, CT_FLAG_REPLY_SEEN, CT_FLAG_SYN_SEEN, CT_OPENING, Conn, FlowKey,
-        PROVEN_AFTER_PACKETS,
+        PROVEN_AFTER_PACKETS, PROVEN_FILTER_HALF0, proven_filter_bit, proven_filter_slot,
     },
     stats::Stat,
 };
 
 use crate::{
     maps::{
-        CONNTRACK, CT_UNPROVEN, NEW_FLOW_RATE, ablated, new_flow_limit, timeout_ns,
-        unproven_timeout_ns,
+        CONNTRACK, CT_UNPROVEN, NEW_FLOW_RATE, PROVEN_FILTER, ablated, new_flow_limit,
+        proven_filter_half_words, timeout_ns, unproven_timeout_ns,
     },
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats,
@@ -48,6 +50,7 @@ pub enum Lookup {
     Live(*mut Conn, bool),
     /// An entry idle past its timeout: to be overwritten where it is.
     Expired(*mut Conn),
+    /// In neither table (or, for a SYN, not searched).
     Missing,
 }
 
@@ -129,8 +132,14 @@ pub fn on_unproven_packet(flow: &FlowKey, slot: *mut Conn, nat: bool, ack: u32) 
         return;
     }
     let moved = *conn;
+    // The flow's filter bit is set before the insert, so no SYN can find the bit clear
+    // while the entry is there, and again after it: should a sweep's rebuild clear the
+    // word in between and walk past the entry's bucket before the insert, the second
+    // mark lands in the rebuilt half.
+    mark_proven(flow);
     match CONNTRACK.insert(flow, &moved, u64::from(BPF_NOEXIST)) {
         Ok(()) => {
+            mark_proven(flow);
             // Gone already (the LRU took it) is as good as removed.
             CT_UNPROVEN.remove(flow).unwrap_or_default();
             stats::count_event(Stat::CtPromoted);
@@ -140,6 +149,38 @@ pub fn on_unproven_packet(flow: &FlowKey, slot: *mut Conn, nat: bool, ack: u32) 
             CT_UNPROVEN.remove(flow).unwrap_or_default();
         }
         Err(_) => {}
+    }
+}
+
+/// Whether `flow` may have an entry in the proven table: false only when the filter's
+/// answering half has its bit clear (see `lb_common::flow::PROVEN_FILTER_UNBUILT`).
+#[inline(always)]
+pub fn may_be_proven(flow: &FlowKey) -> bool {
+    let half = match PROVEN_FILTER.get(0) {
+        Some(&state) if state == PROVEN_FILTER_HALF0 => 0,
+        Some(&state) if state == PROVEN_FILTER_HALF0 + 1 => 1,
+        _ => return true,
+    };
+    let words = proven_filter_half_words();
+    let (word, mask) = proven_filter_bit(flow, words);
+    PROVEN_FILTER
+        .get(proven_filter_slot(half, words, word))
+        .is_none_or(|bits| bits & mask != 0)
+}
+
+/// Sets `flow`'s bit in both halves of the filter (a promotion): atomically, as other
+/// CPUs and the sweep set bits of the same words.
+#[inline(always)]
+fn mark_proven(flow: &FlowKey) {
+    let words = proven_filter_half_words();
+    let (word, mask) = proven_filter_bit(flow, words);
+    for half in 0..2 {
+        if let Some(bits) = PROVEN_FILTER.get_ptr_mut(proven_filter_slot(half, words, word)) {
+            // SAFETY: an array slot stays valid for the program's run; every writer of the
+            // word sets bits atomically, and only the sweep clears them (the half that
+            // does not answer, before its walk).
+            unsafe { atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(bits, mask) };
+        }
     }
 }
 
@@ -254,16 +295,19 @@ pub fn replace(slot: *mut Conn, conn: &Conn) {
 
 /// Tracks a new flow, unproven. A tracked 5-tuple (a SYN reusing a client port) is
 /// overwritten in place: in the proven table here, in the unproven one when the insert
-/// finds it there. `looked_up`: both tables were just searched and missed (a packet that
-/// is not a SYN), so the proven one is not searched again. If the insert fails, or the
-/// rate guard says no, the flow is forwarded anyway, since Maglev picks the same backend
-/// for its next packet. Creations are counted apart from replacements so that userspace
-/// can derive evictions.
+/// finds it there. `not_proven`: the proven table holds no entry for it (a packet that is
+/// not a SYN missed both tables just now, or the filter says so), so it is not searched.
+/// If the insert fails, or the rate guard says no, the flow is forwarded anyway, since
+/// Maglev picks the same backend for its next packet. Creations are counted apart from
+/// replacements so that userspace can derive evictions.
 #[inline(always)]
-pub fn insert(flow: &FlowKey, conn: &Conn, now: u64, looked_up: bool) {
-    if !looked_up && let Some(tracked) = CONNTRACK.get_ptr_mut(flow) {
-        replace(tracked, conn);
-        return;
+pub fn insert(flow: &FlowKey, conn: &Conn, now: u64, not_proven: bool) {
+    if !not_proven {
+        if let Some(tracked) = CONNTRACK.get_ptr_mut(flow) {
+            replace(tracked, conn);
+            return;
+        }
+        stats::count_event(Stat::CtFilterFalsePositive);
     }
     if !admit(now) {
         stats::count_event(Stat::CtFloodUntracked);

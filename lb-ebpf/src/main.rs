@@ -5,6 +5,10 @@
 //! docs/ARCHITECTURE.md).
 #![no_std]
 #![no_main]
+// The BPF target has no atomic read-modify-write types (core's `Atomic*::fetch_or` is
+// compiled out); its instruction set has them (BPF_ATOMIC), reached by the intrinsic.
+#![feature(core_intrinsics)]
+#![allow(internal_features, reason = "core::intrinsics::atomic_or: see above")]
 // A binary: nothing is reachable from outside, so `pub` here means the crate.
 #![allow(unreachable_pub, reason = "a binary crate: pub means pub(crate)")]
 // Map keys go by reference: by value, each would be one more copy on the 512-byte stack.
@@ -473,9 +477,8 @@ fn to_backend(ctx: &XdpContext, packet: &Packet, now: u64) -> Option<Outcome> {
     // A SYN opens a new connection even if its 5-tuple is still tracked (a client reusing
     // a port): it is balanced afresh, so drained and deleted backends get no new
     // connections, the entry is replaced, and the old connection's flow-cache slot is
-    // forgotten.
+    // forgotten (`pick_backend`).
     let found = if packet.is_opening() {
-        flow_cache::forget(&packet.flow);
         Lookup::Missing
     } else if maps::ablated(ABLATE_CONNTRACK) {
         Lookup::Missing
@@ -705,8 +708,15 @@ fn pick_backend(
         // otherwise fill the table).
         None if flags & TCP_RST != 0 => stats::count_event(Stat::CtRstUntracked),
         None => {
-            // Both tables were searched for anything but a SYN.
-            conntrack::insert(&packet.flow, &conn, now, !packet.is_opening());
+            // Both tables were searched for anything but a SYN. A SYN's 5-tuple may be a
+            // proven flow's (a reused port) only if the proven-flow filter says so: only
+            // then is that entry looked for, and the flow-cache slot (only proven flows
+            // have one) forgotten.
+            let not_proven = !packet.is_opening() || !conntrack::may_be_proven(&packet.flow);
+            if !not_proven {
+                flow_cache::forget(&packet.flow);
+            }
+            conntrack::insert(&packet.flow, &conn, now, not_proven);
             stats::count_new_flow(vip.id);
             info!(
                 ctx,

@@ -13,7 +13,10 @@ use lb_common::{
         MAX_SOURCE_RANGES_PER_VIP, MAX_TX_PORTS, MAX_VIPS, RateWindow, TAIL_PROGRAMS,
     },
     encap::{EncapArgs, EncapSource},
-    flow::{CachedFlow, Conn, DEFAULT_TIMEOUTS_NS, FLOW_CACHE_SLOTS, FlowKey, NextHop, Timeouts},
+    flow::{
+        CachedFlow, Conn, DEFAULT_TIMEOUTS_NS, FLOW_CACHE_SLOTS, FlowKey, NextHop, Timeouts,
+        proven_filter_entries, proven_filter_words,
+    },
     fragment::{FRAGMENTS_CAPACITY, Fragment, FragmentKey},
     gue::{DEFAULT_GUE_PORT, EarlierHops, HopsKey},
     hash::HashSeed,
@@ -62,6 +65,15 @@ pub static QUIC_SERVERS: HashMap<QuicServerKey, u32> =
 #[map(name = "CONNTRACK")]
 pub static CONNTRACK: LruHashMap<FlowKey, Conn> =
     LruHashMap::with_max_entries(CONNTRACK_CAPACITY, 0);
+
+/// Which flows may be in CONNTRACK (`lb_common::flow::proven_filter_bit`): set by
+/// promotions, rebuilt by the sweep through a shared mapping (mmapable). Userspace sizes
+/// it at load time; a new one is zeroed, which reads as not built.
+#[map(name = "PROVEN_FILTER")]
+pub static PROVEN_FILTER: Array<u64> = Array::with_max_entries(
+    proven_filter_entries(proven_filter_words(CONNTRACK_CAPACITY)),
+    aya_ebpf::bindings::BPF_F_MMAPABLE,
+);
 
 /// Flows not proven yet; a flood churns this table only. Userspace sizes it at load time.
 #[map(name = "CT_UNPROVEN")]
@@ -223,6 +235,16 @@ pub fn encap_source(family: u8) -> EncapSource {
             core::ptr::read_volatile(&raw const ENCAP_SOURCE_V6)
         }
     }
+}
+
+/// Words in each half of PROVEN_FILTER (a power of two), set by userspace at load time.
+#[unsafe(no_mangle)]
+static PROVEN_FILTER_WORDS: u32 = proven_filter_words(CONNTRACK_CAPACITY);
+
+#[inline(always)]
+pub fn proven_filter_half_words() -> u32 {
+    // SAFETY: as in `maglev_size`.
+    unsafe { core::ptr::read_volatile(&raw const PROVEN_FILTER_WORDS) }
 }
 
 /// The UDP destination port of dsr-gue (host order), set by userspace at load time.

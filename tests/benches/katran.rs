@@ -217,6 +217,12 @@ fn prove(datapath: &mut Datapath, rows: &[LbRow]) {
         promoted, established,
         "every established row's flow is proven before timing"
     );
+    // The daemon sweeps at start and every few seconds: its walk builds the proven-flow
+    // filter, which new flows read.
+    datapath
+        .sweeper(lb_common::flow::DEFAULT_TIMEOUTS_NS)
+        .sweep()
+        .expect("sweep the conntrack tables");
 }
 
 /// One row of the harness's table.

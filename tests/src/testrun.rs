@@ -264,7 +264,20 @@ impl Datapath {
             .conntrack_table()
             .expect("a handle on the conntrack map");
         let stats = self.stats.try_clone().expect("a handle on the stats map");
-        lb_userspace::datapath::conntrack::Sweeper::new(table, stats, timeouts)
+        lb_userspace::datapath::conntrack::Sweeper::new(
+            table,
+            stats,
+            self.proven_filter(),
+            timeouts,
+        )
+    }
+
+    /// The proven-flow filter of this datapath, mapped here.
+    pub fn proven_filter(&self) -> lb_userspace::datapath::proven_filter::ProvenFilter {
+        self.balancer
+            .maps()
+            .proven_filter()
+            .expect("map the proven-flow filter")
     }
 
     pub fn stats(&self) -> Snapshot {

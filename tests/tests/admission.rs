@@ -3,7 +3,10 @@
 //! datagram flows fresh, and frames for another MAC are the kernel's. The real program
 //! under BPF_PROG_TEST_RUN in a FibLab; forwarded packets are re-parsed and checked.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use lb_common::{
     consts::{IPPROTO_TCP, IPPROTO_UDP, XDP_PASS, XDP_REDIRECT},
@@ -11,7 +14,7 @@ use lb_common::{
     stats::Stat,
 };
 use lb_tests::{
-    fiblab::{FibLab, add_dsr_vip, dsr_options},
+    fiblab::{FibLab, Ids, add_dsr_vip, dsr_options},
     fragments::split,
     packets::{Family, LB_MAC, Spec, Transport},
     testrun::Datapath,
@@ -108,26 +111,76 @@ fn nat_tcp_is_proven_by_the_backends_answer_and_the_clients_ack() {
     });
 }
 
+/// A NAT connection from `port` opened, answered and acknowledged, so proven; its backend.
+/// Leaves the client's interface as the ingress.
+fn open_and_prove(datapath: &mut Datapath, ids: &Ids, port: u16) -> IpAddr {
+    datapath.set_ingress(ids.from_client);
+    let (out, _) = datapath.run_counted(&tcp(port).build(&[]));
+    let backend = verify(&out.packet).dst;
+    datapath.set_ingress(ids.from_backends);
+    datapath.run(&reply_from(backend, port, Transport::Tcp).build(&[]));
+    datapath.set_ingress(ids.from_client);
+    let (_, delta) = datapath.run_counted(&tcp(port).acking(2).build(b"GET"));
+    assert_eq!(delta.packets(Stat::CtPromoted), 1, "{:?}", delta.moved());
+    backend
+}
+
+/// When the test's sweep (which builds the proven-flow filter) runs.
+#[derive(Clone, Copy, Debug)]
+enum FilterBuilt {
+    /// Never: the filter is not built, and every SYN looks in the proven table.
+    Never,
+    /// Before the flow is proven: only the datapath's promotion sets its bit.
+    BeforePromotion,
+    /// After: the sweep's walk of the proven table sets it.
+    AfterPromotion,
+}
+
 /// A client reusing the 5-tuple of a proven, cached connection after that connection's
 /// backend stopped taking new ones: the SYN is balanced afresh and replaces the entry in
 /// place, and the new connection's later packets follow it (the old flow-cache slot,
-/// forgotten by the SYN, does not decide).
+/// forgotten by the SYN, does not decide). Whether or not the proven-flow filter is built,
+/// and whichever of the promotion and the sweep set the flow's bit.
 #[test]
 fn a_syn_reusing_a_proven_flows_port_opens_a_new_connection() {
     lb_tests::require_root!();
+    for built in [
+        FilterBuilt::Never,
+        FilterBuilt::BeforePromotion,
+        FilterBuilt::AfterPromotion,
+    ] {
+        syn_reusing_a_proven_flows_port(built);
+    }
+}
+
+fn syn_reusing_a_proven_flows_port(built: FilterBuilt) {
     let lab = FibLab::new();
     lab.with_datapath(|datapath, ids| {
+        let sweep = |datapath: &Datapath| {
+            datapath
+                .sweeper(lb_common::flow::DEFAULT_TIMEOUTS_NS)
+                .sweep()
+                .expect("sweep");
+        };
         let port = 42_100;
         let flow = key(ip(CLIENT), port, ip(VIP), 80, IPPROTO_TCP);
+        if matches!(built, FilterBuilt::BeforePromotion) {
+            sweep(datapath);
+        }
         // Opened, answered, acknowledged: proven; then cached.
-        datapath.set_ingress(ids.from_client);
-        let (out, _) = datapath.run_counted(&tcp(port).build(&[]));
-        let old = verify(&out.packet).dst;
-        datapath.set_ingress(ids.from_backends);
-        datapath.run(&reply_from(old, port, Transport::Tcp).build(&[]));
-        datapath.set_ingress(ids.from_client);
-        let (_, delta) = datapath.run_counted(&tcp(port).acking(2).build(b"GET"));
-        assert_eq!(delta.packets(Stat::CtPromoted), 1, "{:?}", delta.moved());
+        let old = open_and_prove(datapath, ids, port);
+        if matches!(built, FilterBuilt::AfterPromotion) {
+            sweep(datapath);
+        }
+        let filter = datapath.proven_filter();
+        assert_eq!(
+            filter.contains(&flow),
+            match built {
+                FilterBuilt::Never => None,
+                _ => Some(true),
+            },
+            "{built:?}: the proven flow's bit"
+        );
         datapath.run(&tcp(port).acking(2).build(&[]));
         let (_, delta) = datapath.run_counted(&tcp(port).acking(2).build(&[]));
         assert_eq!(delta.packets(Stat::FlowCacheHit), 1, "{:?}", delta.moved());
@@ -144,7 +197,7 @@ fn a_syn_reusing_a_proven_flows_port_opens_a_new_connection() {
             .expect("drain the connection's backend");
         let (out, delta) = datapath.run_counted(&tcp(port).build(&[]));
         let new = verify(&out.packet).dst;
-        assert_ne!(new, old, "balanced afresh: {:?}", delta.moved());
+        assert_ne!(new, old, "{built:?}: balanced afresh: {:?}", delta.moved());
         assert_eq!(delta.packets(Stat::ForwardNew), 1, "{:?}", delta.moved());
         assert_eq!(delta.packets(Stat::CtReplaced), 1, "{:?}", delta.moved());
         let (conn, in_proven) = tracked(datapath, &flow).expect("tracked");
@@ -154,10 +207,70 @@ fn a_syn_reusing_a_proven_flows_port_opens_a_new_connection() {
             assert_eq!(
                 verify(&out.packet).dst,
                 new,
-                "{conn:?}: {:?}",
+                "{built:?}, {conn:?}: {:?}",
                 delta.moved()
             );
         }
+    });
+}
+
+/// The proven-flow filter spares a new flow's SYN the proven table's lookup once a sweep
+/// has built it; until then every SYN looks (`ct_filter_false_positive`). A proven flow
+/// that the sweep deletes leaves the rebuilt half with its bit clear.
+#[test]
+fn the_proven_flow_filter_spares_new_flows_the_proven_lookup() {
+    lb_tests::require_root!();
+    let lab = FibLab::new();
+    lab.with_datapath(|datapath, ids| {
+        datapath.set_ingress(ids.from_client);
+        let looked_in_vain = |datapath: &mut Datapath, port: u16| {
+            let (out, delta) = datapath.run_counted(&tcp(port).build(&[]));
+            assert_eq!(out.action, XDP_REDIRECT, "{:?}", delta.moved());
+            assert_eq!(delta.packets(Stat::ForwardNew), 1, "{:?}", delta.moved());
+            delta.packets(Stat::CtFilterFalsePositive)
+        };
+        assert_eq!(
+            looked_in_vain(datapath, 43_000),
+            1,
+            "not built: every SYN looks"
+        );
+
+        // Proven: its bit is set by the promotion, then kept by the sweep's rebuild.
+        let port = 43_001;
+        let flow = key(ip(CLIENT), port, ip(VIP), 80, IPPROTO_TCP);
+        open_and_prove(datapath, ids, port);
+        let sweep = datapath
+            .sweeper(lb_common::flow::DEFAULT_TIMEOUTS_NS)
+            .sweep()
+            .expect("sweep");
+        assert_eq!(sweep.proven_pass.seen, 1, "{sweep:?}");
+        let filter = datapath.proven_filter();
+        assert_eq!(filter.contains(&flow), Some(true), "kept by the rebuild");
+        for port in 43_100..43_110 {
+            assert_eq!(looked_in_vain(datapath, port), 0, "built: port {port}");
+        }
+
+        // Everything expires (timeouts of 0, once the coarse clock has moved on): the
+        // proven flow is deleted, and the rebuilt half leaves its bit clear.
+        let expire = datapath.sweeper([0; 5]);
+        lb_tests::wait::eventually(Duration::from_secs(2), "the proven flow expired", || {
+            let sweep = expire.sweep().expect("sweep");
+            if sweep.proven_pass.deleted == 1 {
+                Ok(())
+            } else {
+                Err(sweep.proven_pass)
+            }
+        });
+        assert_eq!(
+            filter.contains(&flow),
+            Some(false),
+            "cleared by the rebuild"
+        );
+        assert_eq!(looked_in_vain(datapath, port), 0, "its SYN does not look");
+        assert_eq!(
+            tracked(datapath, &flow).map(|(_, proven)| proven),
+            Some(false)
+        );
     });
 }
 

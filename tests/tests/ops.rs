@@ -480,8 +480,9 @@ fn sizes_shape_the_maps_and_status_reports_their_memory_as_the_kernel_does() {
     drop(daemon);
     lab.instance.down();
 
-    // A smaller conntrack table takes less memory, and only the two conntrack tables
-    // shrink (the unproven one is a quarter of the proven one).
+    // A smaller conntrack table takes less memory, and only the two conntrack tables and
+    // the proven-flow filter shrink (the unproven table is a quarter of the proven one, the
+    // filter 4 bits per proven slot).
     let mut second = sizes.to_vec();
     second.extend(["--conntrack-size", "16384"]);
     let daemon = lab.start(&second);
@@ -498,12 +499,17 @@ fn sizes_shape_the_maps_and_status_reports_their_memory_as_the_kernel_does() {
         bytes_of(&smaller, "CT_UNPROVEN") < bytes_of(&reported, "CT_UNPROVEN"),
         "{smaller:?} against {reported:?}"
     );
+    assert!(
+        bytes_of(&smaller, "PROVEN_FILTER") < bytes_of(&reported, "PROVEN_FILTER"),
+        "{smaller:?} against {reported:?}"
+    );
     assert_eq!(
         total - smaller_total,
-        bytes_of(&reported, "CONNTRACK") - bytes_of(&smaller, "CONNTRACK")
-            + bytes_of(&reported, "CT_UNPROVEN")
-            - bytes_of(&smaller, "CT_UNPROVEN"),
-        "only CONNTRACK and CT_UNPROVEN changed"
+        ["CONNTRACK", "CT_UNPROVEN", "PROVEN_FILTER"]
+            .map(|map| bytes_of(&reported, map) - bytes_of(&smaller, map))
+            .iter()
+            .sum::<u64>(),
+        "only CONNTRACK, CT_UNPROVEN and PROVEN_FILTER changed"
     );
     lb_tests::loud(&format!(
         "map memory: {total} bytes with --conntrack-size 65536, {smaller_total} with 16384 \

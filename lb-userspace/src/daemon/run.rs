@@ -449,7 +449,12 @@ fn sweeper(started: &Started, args: &RunConfig) -> anyhow::Result<Sweeper> {
         .stats
         .try_clone()
         .context("opening the stats map for the sweep")?;
-    Ok(Sweeper::new(table, stats, args.options.timeouts_ns))
+    let filter = started
+        .map_sync
+        .maps()
+        .proven_filter()
+        .context("mapping the proven-flow filter for the sweep")?;
+    Ok(Sweeper::new(table, stats, filter, args.options.timeouts_ns))
 }
 
 /// The conntrack sweep on the blocking pool, outside the controller's task, which gets

@@ -17,6 +17,7 @@ use thiserror::Error;
 
 use crate::{
     datapath::batch::{self, Deleted},
+    datapath::proven_filter::ProvenFilter,
     datapath::stats::StatsMap,
 };
 
@@ -209,23 +210,31 @@ impl Census {
 }
 
 /// The periodic sweep, with handles of its own on CONNTRACK and STATS so it runs without
-/// the controller's lock.
+/// the controller's lock; it rebuilds the proven-flow filter as it walks.
 pub struct Sweeper {
     table: ConntrackTable,
     stats: StatsMap,
+    filter: ProvenFilter,
     timeouts: Timeouts,
 }
 
 impl Sweeper {
-    pub fn new(table: ConntrackTable, stats: StatsMap, timeouts: Timeouts) -> Self {
+    pub fn new(
+        table: ConntrackTable,
+        stats: StatsMap,
+        filter: ProvenFilter,
+        timeouts: Timeouts,
+    ) -> Self {
         Self {
             table,
             stats,
+            filter,
             timeouts,
         }
     }
 
-    /// Deletes every expired entry and counts the others.
+    /// Deletes every expired entry and counts the others; the proven ones left are the
+    /// proven-flow filter's new half, which answers once the walk is whole.
     pub fn sweep(&self) -> Result<Census, ConntrackError> {
         let started = Instant::now();
         // Creations and promotions first: flows created or promoted during the walk are
@@ -244,7 +253,8 @@ impl Sweeper {
             created_before,
             ..Census::default()
         };
-        let (proven, unproven) = self.table.walk_both(|proven, _, conn| {
+        let rebuild = self.filter.rebuild();
+        let (proven, unproven) = self.table.walk_both(|proven, key, conn| {
             let expired = if proven {
                 conn.expired(now, &self.timeouts)
             } else {
@@ -252,9 +262,13 @@ impl Sweeper {
             };
             if !expired {
                 census.count(conn);
+                if proven {
+                    rebuild.mark(key);
+                }
             }
             expired
         })?;
+        rebuild.finish();
         let left = |pass: &Pass| pass.seen.saturating_sub(pass.deleted + pass.missing);
         census.proven_entries = left(&proven);
         census.entries = left(&proven) + left(&unproven);

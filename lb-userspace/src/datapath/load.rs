@@ -3,11 +3,13 @@
 use aya::{Ebpf, EbpfLoader, maps::ProgramArray, programs::Xdp};
 use lb_common::consts::{
     GLOBAL_ABLATE, GLOBAL_CT_TIMEOUTS, GLOBAL_FLOW_CACHE_NS, GLOBAL_HASH_SEED, GLOBAL_MAGLEV_SIZE,
-    GLOBAL_NEW_FLOW_LIMIT, MAP_BACKEND_HOPS, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK,
-    MAP_CT_UNPROVEN, MAP_ENDPOINTS, MAP_JUMPS, MAP_MAGLEV, MAP_SOURCE_RANGES, MAP_VIP_STATS,
-    MAP_VIPS, PINNED_MAPS, PROGRAM_NAME, TAIL_PROGRAMS,
+    GLOBAL_NEW_FLOW_LIMIT, GLOBAL_PROVEN_FILTER_WORDS, MAP_BACKEND_HOPS, MAP_BACKEND_STATS,
+    MAP_BACKENDS, MAP_CONNTRACK, MAP_CT_UNPROVEN, MAP_ENDPOINTS, MAP_JUMPS, MAP_MAGLEV,
+    MAP_PROVEN_FILTER, MAP_SOURCE_RANGES, MAP_VIP_STATS, MAP_VIPS, PINNED_MAPS, PROGRAM_NAME,
+    TAIL_PROGRAMS,
 };
 use lb_common::encap::{GLOBAL_ENCAP_SOURCE_V4, GLOBAL_ENCAP_SOURCE_V6};
+use lb_common::flow::{proven_filter_entries, proven_filter_words};
 use thiserror::Error;
 
 use crate::{
@@ -57,9 +59,11 @@ pub fn open(
         }
     }
     let flow_cache_ns = options.flow_cache_ns();
+    let filter_words = proven_filter_words(limits.conntrack_capacity);
     loader
         .override_global(GLOBAL_MAGLEV_SIZE, &limits.maglev_size, true)
         .override_global(GLOBAL_FLOW_CACHE_NS, &flow_cache_ns, true)
+        .override_global(GLOBAL_PROVEN_FILTER_WORDS, &filter_words, true)
         .override_global(GLOBAL_CT_TIMEOUTS, &options.timeouts_ns, true)
         .override_global(GLOBAL_ABLATE, &options.ablate, true)
         .override_global(GLOBAL_HASH_SEED, &options.hash_seed, true)
@@ -85,6 +89,10 @@ pub fn open(
         .map_max_entries(lb_common::consts::MAP_MAGLEV_HOPS, limits.maglev_slots())
         .map_max_entries(MAP_CONNTRACK, limits.conntrack_capacity)
         .map_max_entries(MAP_CT_UNPROVEN, limits.unproven_capacity())
+        .map_max_entries(
+            MAP_PROVEN_FILTER,
+            proven_filter_entries(proven_filter_words(limits.conntrack_capacity)),
+        )
         .map_max_entries(MAP_BACKENDS, limits.max_backends)
         .map_max_entries(MAP_BACKEND_STATS, limits.max_backends)
         .map_max_entries(MAP_BACKEND_HOPS, limits.max_backends)

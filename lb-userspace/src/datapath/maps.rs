@@ -16,10 +16,11 @@ use aya::{
 use lb_common::{
     consts::{
         LocalMac, MAP_ADDRESSES, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_CONNTRACK, MAP_CT_UNPROVEN,
-        MAP_ENDPOINTS, MAP_LOCAL_MACS, MAP_MAGLEV, MAP_MAGLEV_HOPS, MAP_QUIC_CONFIGS,
-        MAP_QUIC_SERVERS, MAP_SOURCE_RANGES, MAP_TX_PORTS, MAP_VIP_STATS, MAP_VIPS,
+        MAP_ENDPOINTS, MAP_LOCAL_MACS, MAP_MAGLEV, MAP_MAGLEV_HOPS, MAP_PROVEN_FILTER,
+        MAP_QUIC_CONFIGS, MAP_QUIC_SERVERS, MAP_SOURCE_RANGES, MAP_TX_PORTS, MAP_VIP_STATS,
+        MAP_VIPS,
     },
-    flow::{Conn, FlowKey},
+    flow::{Conn, FlowKey, proven_filter_words},
     gue::{EarlierHops, HopsKey},
     quic::{QuicConfigs, QuicServerKey},
     service::{Backend, Endpoint, EndpointKey, SourceRange, VipInfo, VipKey},
@@ -30,6 +31,7 @@ use crate::{
     datapath::addresses::{AddressClasses, Kind},
     datapath::batch,
     datapath::conntrack::ConntrackTable,
+    datapath::proven_filter::{FilterError, ProvenFilter},
     model::limits::Limits,
 };
 
@@ -56,6 +58,8 @@ pub struct ServiceMaps {
     unproven: aya::maps::Map,
     conntrack_capacity: u32,
     unproven_capacity: u32,
+    /// Which flows may be proven (`ProvenFilter`), mapped by the sweep.
+    proven_filter: aya::maps::Map,
     /// The MAC of each attached interface, by ifindex.
     local_macs: HashMap<MapData, u32, LocalMac>,
     maglev_size: u32,
@@ -181,6 +185,7 @@ impl ServiceMaps {
             unproven: take(ebpf, MAP_CT_UNPROVEN)?,
             conntrack_capacity: limits.conntrack_capacity,
             unproven_capacity: limits.unproven_capacity(),
+            proven_filter: take(ebpf, MAP_PROVEN_FILTER)?,
             local_macs: HashMap::try_from(take(ebpf, MAP_LOCAL_MACS)?)?,
             maglev_size: limits.maglev_size,
             addresses: AddressClasses::new(Array::try_from(take(ebpf, MAP_ADDRESSES)?)?),
@@ -221,6 +226,7 @@ impl ServiceMaps {
             unproven: dup(data_of(&self.unproven, MAP_CT_UNPROVEN)?)?,
             conntrack_capacity: self.conntrack_capacity,
             unproven_capacity: self.unproven_capacity,
+            proven_filter: dup(data_of(&self.proven_filter, MAP_PROVEN_FILTER)?)?,
             local_macs: HashMap::try_from(dup(self.local_macs.map())?)?,
             maglev_size: self.maglev_size,
             // A reader never adds an address, so the bucket counts stay empty.
@@ -472,6 +478,17 @@ impl ServiceMaps {
             dup_lru(&self.unproven, MAP_CT_UNPROVEN)?,
             self.unproven_capacity,
         ))
+    }
+
+    /// The proven-flow filter, mapped into this process (for the sweep to rebuild).
+    pub fn proven_filter(&self) -> Result<ProvenFilter, FilterError> {
+        let data = data_of(&self.proven_filter, MAP_PROVEN_FILTER).map_err(FilterError::Handle)?;
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(FilterError::Map)?;
+        ProvenFilter::new(fd, proven_filter_words(self.conntrack_capacity))
     }
 
     /// The conntrack entry of a client → VIP flow, and whether it is proven (proven

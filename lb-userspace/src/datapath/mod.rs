@@ -25,6 +25,7 @@ pub mod netlink;
 pub mod netns;
 pub mod pins;
 pub mod privileges;
+pub mod proven_filter;
 pub mod redirect_watch;
 pub mod release;
 pub mod stats;
