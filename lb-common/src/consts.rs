@@ -78,6 +78,29 @@ pub const MAP_CT_UNPROVEN: &str = "CT_UNPROVEN";
 /// The unproven table's size: this fraction of `--conntrack-size`, at least the floor.
 pub const CT_UNPROVEN_DIVISOR: u32 = 4;
 pub const CT_UNPROVEN_FLOOR: u32 = 1024;
+/// Each CPU's ring of the flows it tracked as unproven, newest last: when the unproven
+/// table (a plain hash, no LRU lists) is full, a new flow takes the place of the oldest
+/// one its CPU still remembers (`conntrack::track_unproven`). Not pinned.
+pub const MAP_UNPROVEN_RING: &str = "UNPROVEN_RING";
+/// Where each CPU writes its next ring slot (a count of flows it tracked). Not pinned.
+pub const MAP_UNPROVEN_RING_HEAD: &str = "UNPROVEN_RING_HEAD";
+/// Global set at load time: slots in each CPU's ring (the unproven table's size over the
+/// CPUs, at least the floor).
+pub const GLOBAL_UNPROVEN_RING_SLOTS: &str = "UNPROVEN_RING_SLOTS";
+/// Global set at load time: the CPUs whose rings an eviction may search (the possible
+/// CPUs).
+pub const GLOBAL_RING_CPUS: &str = "RING_CPUS";
+/// The fewest ring slots per CPU.
+pub const UNPROVEN_RING_FLOOR: u32 = 1024;
+/// A ring of `slots` per CPU for an unproven table of `capacity` on `cpus` CPUs.
+pub const fn unproven_ring_slots(capacity: u32, cpus: u32) -> u32 {
+    let share = capacity / if cpus == 0 { 1 } else { cpus };
+    if share < UNPROVEN_RING_FLOOR {
+        UNPROVEN_RING_FLOOR
+    } else {
+        share
+    }
+}
 /// Interface MACs by ifindex, for the interfaces lb is attached to: a frame addressed to
 /// another MAC (a switch flooding unknown unicast, a bridge port, promiscuous mode) is
 /// the kernel's to drop (PACKET_OTHERHOST), never forwarded.

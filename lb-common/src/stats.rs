@@ -250,6 +250,9 @@ stats! {
     // daemon's first sweep). Its ratio to fwd_new_flow says how well the filter spares
     // new flows that lookup.
     CtFilterFalsePositive = 76, "ct_filter_false_positive", Conntrack;
+    // An unproven flow deleted to make room in the full unproven table for a new one: the
+    // oldest its CPU tracked that was still there (a flood evicts its own entries).
+    CtUnprovenEvicted = 77, "ct_unproven_evicted", Conntrack;
 }
 
 /// Number of slots in the stats map.

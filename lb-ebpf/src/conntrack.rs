@@ -10,7 +10,10 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_or};
 
-use aya_ebpf::bindings::BPF_NOEXIST;
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::generated::{bpf_get_smp_processor_id, bpf_map_lookup_percpu_elem},
+};
 use lb_common::{
     consts::{ABLATE_CLOCK, RateWindow},
     flow::{
@@ -23,8 +26,9 @@ use lb_common::{
 
 use crate::{
     maps::{
-        CONNTRACK, CT_UNPROVEN, NEW_FLOW_RATE, PROVEN_FILTER, ablated, new_flow_limit,
-        proven_filter_half_words, timeout_ns, unproven_timeout_ns,
+        CONNTRACK, CT_UNPROVEN, NEW_FLOW_RATE, PROVEN_FILTER, UNPROVEN_RING, UNPROVEN_RING_HEAD,
+        ablated, new_flow_limit, proven_filter_half_words, ring_cpus, timeout_ns,
+        unproven_ring_slots, unproven_timeout_ns,
     },
     parse::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     stats,
@@ -33,6 +37,11 @@ use crate::{
 const NS_PER_SECOND: u64 = 1_000_000_000;
 
 const EEXIST: i32 = 17;
+const E2BIG: i32 = 7;
+
+/// Ring slots tried, oldest first, for an entry still in the table to evict: older ones
+/// are often gone already (promoted or swept).
+const EVICTION_TRIES: u64 = 4;
 
 /// `last_seen_ns` is refreshed at most this often, to keep writes off the fast path.
 const REFRESH_NS: u64 = 1_000_000_000;
@@ -317,13 +326,21 @@ pub fn insert(flow: &FlowKey, conn: &Conn, now: u64, not_proven: bool) {
 }
 
 /// Inserts a flow into the unproven table (the rate guard passed); one already there (a
-/// retransmitted SYN, or another CPU's insert meanwhile) is overwritten in place. An LRU
-/// insert takes a free node before it finds the key, so with the table full a retransmitted
-/// SYN may evict one other unproven flow: never a proven one.
+/// retransmitted SYN, or another CPU's insert meanwhile) is overwritten in place. With the
+/// table full, the oldest flow this CPU tracked that is still there makes room (first in,
+/// first out, as an LRU would for flows that send once): a flood evicts its own entries,
+/// never a proven flow.
 #[inline(always)]
 pub fn track_unproven(flow: &FlowKey, conn: &Conn) {
-    let event = match CT_UNPROVEN.insert(flow, conn, u64::from(BPF_NOEXIST)) {
-        Ok(()) => Stat::CtCreated,
+    let mut inserted = CT_UNPROVEN.insert(flow, conn, u64::from(BPF_NOEXIST));
+    if matches!(inserted, Err(e) if e == -E2BIG) && evict_oldest() {
+        inserted = CT_UNPROVEN.insert(flow, conn, u64::from(BPF_NOEXIST));
+    }
+    let event = match inserted {
+        Ok(()) => {
+            remember(flow);
+            Stat::CtCreated
+        }
         Err(e) if e == -EEXIST => match CT_UNPROVEN.get_ptr_mut(flow) {
             Some(tracked) => {
                 replace(tracked, conn);
@@ -334,4 +351,77 @@ pub fn track_unproven(flow: &FlowKey, conn: &Conn) {
         Err(_) => Stat::CtInsertFailed,
     };
     stats::count_event(event);
+}
+
+/// Writes `flow` at this CPU's ring head, over the oldest flow it remembered.
+#[inline(always)]
+fn remember(flow: &FlowKey) {
+    let Some(head) = UNPROVEN_RING_HEAD.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; the program is not re-entered on a CPU.
+    let head = unsafe { &mut *head };
+    if let Some(slot) = UNPROVEN_RING.get_ptr_mut(ring_slot(*head)) {
+        // SAFETY: as above.
+        unsafe { *slot = *flow };
+    }
+    *head = head.wrapping_add(1);
+}
+
+/// Deletes the oldest flow still in the unproven table of this CPU's ring, or else of
+/// another CPU's (a flood that fills the table through one CPU must not leave the others
+/// unable to track); whether one was.
+#[inline(always)]
+fn evict_oldest() -> bool {
+    // SAFETY: no preconditions.
+    let this = unsafe { bpf_get_smp_processor_id() };
+    let cpus = ring_cpus().clamp(1, MAX_RING_CPUS);
+    for turn in 0..MAX_RING_CPUS {
+        if turn >= cpus {
+            break;
+        }
+        let cpu = (this + turn) % cpus;
+        let Some(head) = on_cpu::<u64>(ring_head_map(), 0, cpu).copied() else {
+            continue;
+        };
+        for age in 0..EVICTION_TRIES {
+            if let Some(oldest) =
+                on_cpu::<FlowKey>(ring_map(), ring_slot(head.wrapping_add(age)), cpu)
+                && CT_UNPROVEN.remove(oldest).is_ok()
+            {
+                stats::count_event(Stat::CtUnprovenEvicted);
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// CPUs whose rings an eviction may look in, this one first.
+const MAX_RING_CPUS: u32 = 8;
+
+/// Slot `index` of a per-CPU array as CPU `cpu` has it (`bpf_map_lookup_percpu_elem`). A
+/// ring slot another CPU writes meanwhile may read torn: its removal then finds no entry.
+#[inline(always)]
+fn on_cpu<T>(map: *mut core::ffi::c_void, index: u32, cpu: u32) -> Option<&'static T> {
+    // SAFETY: `map` is a per-CPU array whose values are `T`; the value stays valid for the
+    // program's run.
+    unsafe {
+        let value = bpf_map_lookup_percpu_elem(map, core::ptr::from_ref(&index).cast(), cpu);
+        value.cast::<T>().as_ref()
+    }
+}
+
+fn ring_map() -> *mut core::ffi::c_void {
+    core::ptr::from_ref(&UNPROVEN_RING).cast_mut().cast()
+}
+
+fn ring_head_map() -> *mut core::ffi::c_void {
+    core::ptr::from_ref(&UNPROVEN_RING_HEAD).cast_mut().cast()
+}
+
+/// The ring slot of the `count`th flow written.
+#[inline(always)]
+fn ring_slot(count: u64) -> u32 {
+    (count % u64::from(unproven_ring_slots().max(1))) as u32
 }

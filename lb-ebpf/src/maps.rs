@@ -11,6 +11,7 @@ use lb_common::{
         ADDRESS_BUCKETS, CONNTRACK_CAPACITY, CT_UNPROVEN_DIVISOR, DEFAULT_MAGLEV_SIZE,
         DEFAULT_NEW_FLOW_LIMIT, ENDPOINTS_CAPACITY, FAMILY_V4, HOP_SLOTS, LocalMac, MAX_BACKENDS,
         MAX_SOURCE_RANGES_PER_VIP, MAX_TX_PORTS, MAX_VIPS, RateWindow, TAIL_PROGRAMS,
+        UNPROVEN_RING_FLOOR,
     },
     encap::{EncapArgs, EncapSource},
     flow::{
@@ -75,10 +76,22 @@ pub static PROVEN_FILTER: Array<u64> = Array::with_max_entries(
     aya_ebpf::bindings::BPF_F_MMAPABLE,
 );
 
-/// Flows not proven yet; a flood churns this table only. Userspace sizes it at load time.
+/// Flows not proven yet; a flood churns this table only. A plain hash (an LRU's insert
+/// costs its list work on every new flow): when it is full, a new flow evicts its CPU's
+/// oldest (`UNPROVEN_RING`). Userspace sizes it at load time.
 #[map(name = "CT_UNPROVEN")]
-pub static CT_UNPROVEN: LruHashMap<FlowKey, Conn> =
-    LruHashMap::with_max_entries(CONNTRACK_CAPACITY / CT_UNPROVEN_DIVISOR, 0);
+pub static CT_UNPROVEN: HashMap<FlowKey, Conn> =
+    HashMap::with_max_entries(CONNTRACK_CAPACITY / CT_UNPROVEN_DIVISOR, 0);
+
+/// Each CPU's flows tracked as unproven, oldest first from the head
+/// (`lb_common::consts::MAP_UNPROVEN_RING`). Userspace sizes it at load time.
+#[map(name = "UNPROVEN_RING")]
+pub static UNPROVEN_RING: PerCpuArray<FlowKey> =
+    PerCpuArray::with_max_entries(UNPROVEN_RING_FLOOR, 0);
+
+/// Each CPU's count of flows written to its ring.
+#[map(name = "UNPROVEN_RING_HEAD")]
+pub static UNPROVEN_RING_HEAD: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// This CPU's count of new flows tracked in the current second (the rate guard).
 #[map(name = "NEW_FLOW_RATE")]
@@ -245,6 +258,26 @@ static PROVEN_FILTER_WORDS: u32 = proven_filter_words(CONNTRACK_CAPACITY);
 pub fn proven_filter_half_words() -> u32 {
     // SAFETY: as in `maglev_size`.
     unsafe { core::ptr::read_volatile(&raw const PROVEN_FILTER_WORDS) }
+}
+
+/// Slots of each CPU's UNPROVEN_RING, set by userspace at load time.
+#[unsafe(no_mangle)]
+static UNPROVEN_RING_SLOTS: u32 = UNPROVEN_RING_FLOOR;
+
+#[inline(always)]
+pub fn unproven_ring_slots() -> u32 {
+    // SAFETY: as in `maglev_size`.
+    unsafe { core::ptr::read_volatile(&raw const UNPROVEN_RING_SLOTS) }
+}
+
+/// The CPUs with a ring (the possible CPUs), set by userspace at load time.
+#[unsafe(no_mangle)]
+static RING_CPUS: u32 = 1;
+
+#[inline(always)]
+pub fn ring_cpus() -> u32 {
+    // SAFETY: as in `maglev_size`.
+    unsafe { core::ptr::read_volatile(&raw const RING_CPUS) }
 }
 
 /// The UDP destination port of dsr-gue (host order), set by userspace at load time.

@@ -109,9 +109,15 @@ impl Datapath {
         let cpu = unsafe { libc::sched_getcpu() };
         let cpu = usize::try_from(cpu)
             .unwrap_or_else(|_| panic!("sched_getcpu: {}", std::io::Error::last_os_error()));
+        Self::run_on_cpu(cpu);
+    }
+
+    /// Moves the calling thread to `cpu` and keeps it there: the runs that follow use
+    /// that CPU's slots of the per-CPU maps.
+    pub fn run_on_cpu(cpu: usize) {
         // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
         let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-        // SAFETY: a CPU the kernel just ran this thread on is inside the set's range.
+        // SAFETY: CPU_SET ignores a CPU past the set's range (then the call below fails).
         unsafe { libc::CPU_SET(cpu, &mut set) };
         // SAFETY: pid 0 is this thread; `set` is a valid cpu_set_t of the size given.
         let rc = unsafe { libc::sched_setaffinity(0, size_of_val(&set), &raw const set) };

@@ -630,3 +630,65 @@ fn frames_for_another_mac_are_passed_untouched() {
         assert_eq!(delta.packets(Stat::PassOtherHost), 1, "{:?}", delta.moved());
     });
 }
+
+/// A full unproven table makes room for a new flow by deleting the oldest flow its CPU
+/// tracked that is still there (first in, first out); a CPU whose own flows are all gone
+/// takes another CPU's oldest; proven flows are never the ones deleted.
+#[test]
+fn a_full_unproven_table_makes_room_oldest_first() {
+    lb_tests::require_root!();
+    let lab = FibLab::new();
+    let limits = Limits {
+        conntrack_capacity: 4096,
+        ..Limits::default()
+    };
+    let capacity = limits.unproven_capacity();
+    lab.with_datapath_loaded(limits, &Options::default(), |datapath, ids| {
+        Datapath::run_on_cpu(0);
+        let proven_port = 40_000;
+        open_and_prove(datapath, ids, proven_port);
+        let proven_flow = key(ip(CLIENT), proven_port, ip(VIP), 80, IPPROTO_TCP);
+        let flow = |port: u16| key(ip(CLIENT), port, ip(VIP), 80, IPPROTO_TCP);
+        let open = |datapath: &mut Datapath, port: u16| {
+            let (out, delta) = datapath.run_counted(&tcp(port).build(&[]));
+            assert_eq!(out.action, XDP_REDIRECT, "{:?}", delta.moved());
+            assert_eq!(
+                delta.packets(Stat::CtCreated),
+                1,
+                "port {port}: {:?}",
+                delta.moved()
+            );
+            delta.packets(Stat::CtUnprovenEvicted)
+        };
+        let last = u16::try_from(capacity).expect("a small table");
+        for port in 1..=last {
+            assert_eq!(open(datapath, port), 0, "port {port}: the table has room");
+        }
+        for (port, oldest) in [(last + 1, 1), (last + 2, 2)] {
+            assert_eq!(open(datapath, port), 1, "port {port}: the table is full");
+            assert_eq!(
+                proven(datapath, &flow(oldest)),
+                None,
+                "the oldest made room"
+            );
+            assert_eq!(proven(datapath, &flow(oldest + 1)), Some(false));
+            assert_eq!(proven(datapath, &flow(port)), Some(false));
+        }
+        assert_eq!(
+            proven(datapath, &proven_flow),
+            Some(true),
+            "a proven flow stays"
+        );
+
+        // Another CPU, which tracked nothing: it takes CPU 0's oldest.
+        // SAFETY: no preconditions (not the affinity-bound count: this thread is on CPU 0).
+        if unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } < 2 {
+            lb_tests::loud("one CPU: the eviction from another CPU's ring is not exercised");
+            return;
+        }
+        Datapath::run_on_cpu(1);
+        assert_eq!(open(datapath, last + 3), 1, "another CPU's oldest");
+        assert_eq!(proven(datapath, &flow(3)), None, "CPU 0's oldest made room");
+        assert_eq!(proven(datapath, &flow(last + 3)), Some(false));
+    });
+}

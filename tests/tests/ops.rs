@@ -480,9 +480,9 @@ fn sizes_shape_the_maps_and_status_reports_their_memory_as_the_kernel_does() {
     drop(daemon);
     lab.instance.down();
 
-    // A smaller conntrack table takes less memory, and only the two conntrack tables and
-    // the proven-flow filter shrink (the unproven table is a quarter of the proven one, the
-    // filter 4 bits per proven slot).
+    // A smaller conntrack table takes less memory, and only the two conntrack tables, the
+    // proven-flow filter and the unproven rings shrink (the unproven table is a quarter of
+    // the proven one, the filter 4 bits per proven slot, the rings as the unproven table).
     let mut second = sizes.to_vec();
     second.extend(["--conntrack-size", "16384"]);
     let daemon = lab.start(&second);
@@ -505,11 +505,11 @@ fn sizes_shape_the_maps_and_status_reports_their_memory_as_the_kernel_does() {
     );
     assert_eq!(
         total - smaller_total,
-        ["CONNTRACK", "CT_UNPROVEN", "PROVEN_FILTER"]
+        ["CONNTRACK", "CT_UNPROVEN", "PROVEN_FILTER", "UNPROVEN_RING"]
             .map(|map| bytes_of(&reported, map) - bytes_of(&smaller, map))
             .iter()
             .sum::<u64>(),
-        "only CONNTRACK, CT_UNPROVEN and PROVEN_FILTER changed"
+        "only CONNTRACK, CT_UNPROVEN, PROVEN_FILTER and UNPROVEN_RING changed"
     );
     lb_tests::loud(&format!(
         "map memory: {total} bytes with --conntrack-size 65536, {smaller_total} with 16384 \

@@ -8,6 +8,9 @@ use lb_common::consts::{
     MAP_PROVEN_FILTER, MAP_SOURCE_RANGES, MAP_VIP_STATS, MAP_VIPS, PINNED_MAPS, PROGRAM_NAME,
     TAIL_PROGRAMS,
 };
+use lb_common::consts::{
+    GLOBAL_RING_CPUS, GLOBAL_UNPROVEN_RING_SLOTS, MAP_UNPROVEN_RING, unproven_ring_slots,
+};
 use lb_common::encap::{GLOBAL_ENCAP_SOURCE_V4, GLOBAL_ENCAP_SOURCE_V6};
 use lb_common::flow::{proven_filter_entries, proven_filter_words};
 use thiserror::Error;
@@ -60,10 +63,15 @@ pub fn open(
     }
     let flow_cache_ns = options.flow_cache_ns();
     let filter_words = proven_filter_words(limits.conntrack_capacity);
+    // Possible CPUs: every one the kernel may run the program on has a ring.
+    let cpus = aya::util::nr_cpus().map_or(1, |n| u32::try_from(n).unwrap_or(u32::MAX));
+    let ring_slots = unproven_ring_slots(limits.unproven_capacity(), cpus);
     loader
         .override_global(GLOBAL_MAGLEV_SIZE, &limits.maglev_size, true)
         .override_global(GLOBAL_FLOW_CACHE_NS, &flow_cache_ns, true)
         .override_global(GLOBAL_PROVEN_FILTER_WORDS, &filter_words, true)
+        .override_global(GLOBAL_UNPROVEN_RING_SLOTS, &ring_slots, true)
+        .override_global(GLOBAL_RING_CPUS, &cpus, true)
         .override_global(GLOBAL_CT_TIMEOUTS, &options.timeouts_ns, true)
         .override_global(GLOBAL_ABLATE, &options.ablate, true)
         .override_global(GLOBAL_HASH_SEED, &options.hash_seed, true)
@@ -89,6 +97,7 @@ pub fn open(
         .map_max_entries(lb_common::consts::MAP_MAGLEV_HOPS, limits.maglev_slots())
         .map_max_entries(MAP_CONNTRACK, limits.conntrack_capacity)
         .map_max_entries(MAP_CT_UNPROVEN, limits.unproven_capacity())
+        .map_max_entries(MAP_UNPROVEN_RING, ring_slots)
         .map_max_entries(
             MAP_PROVEN_FILTER,
             proven_filter_entries(proven_filter_words(limits.conntrack_capacity)),

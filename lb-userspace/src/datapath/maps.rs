@@ -98,7 +98,7 @@ fn cpus() -> Result<usize, MapError> {
 
 /// Entries of an LRU hash map (see `ServiceMaps::conntrack_entries`).
 fn count_entries(map: &aya::maps::Map) -> Result<u64, MapError> {
-    if let aya::maps::Map::LruHashMap(data) = map {
+    if let aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data) = map {
         let mut count = 0u64;
         let walked = batch::walk_hash::<FlowKey, Conn>(data.fd().as_fd(), u64::MAX, |keys, _| {
             count += keys.len() as u64;
@@ -113,9 +113,9 @@ fn count_entries(map: &aya::maps::Map) -> Result<u64, MapError> {
     Ok(map.keys().flatten().count() as u64)
 }
 
-/// A descriptor of its own on an LRU hash map.
+/// A descriptor of its own on a conntrack table (an LRU hash map, or a hash map).
 fn dup_lru(map: &aya::maps::Map, name: &str) -> Result<std::os::fd::OwnedFd, MapError> {
-    let aya::maps::Map::LruHashMap(data) = map else {
+    let (aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data)) = map else {
         return Err(MapError::InvalidName {
             name: name.to_owned(),
         });
