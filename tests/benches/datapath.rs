@@ -718,19 +718,19 @@ fn part_costs(
             ids.from_backends,
         ),
         (
-            "conntrack lookup, IPv4 (LRU hash, 40-byte key)",
+            "conntrack lookup, IPv4 (proven LRU hash, 40-byte key)",
             "cost_conntrack_lookup",
             v4,
             ids.from_client,
         ),
         (
-            "conntrack lookup, IPv6 (LRU hash, 40-byte key)",
+            "conntrack lookup, IPv6 (proven LRU hash, 40-byte key)",
             "cost_conntrack_lookup",
             v6,
             ids.from_client,
         ),
         (
-            "conntrack insert, IPv4 (lookup + LRU insert)",
+            "conntrack insert, IPv4 (unproven hash; full, so its oldest evicted first)",
             "cost_conntrack_insert",
             v4,
             ids.from_client,
