@@ -375,12 +375,13 @@ fn remember(flow: &FlowKey) {
 fn evict_oldest() -> bool {
     // SAFETY: no preconditions.
     let this = unsafe { bpf_get_smp_processor_id() };
-    let cpus = ring_cpus().clamp(1, MAX_RING_CPUS);
+    let cpus = ring_cpus().max(1);
     for turn in 0..MAX_RING_CPUS {
         if turn >= cpus {
             break;
         }
-        let cpu = (this + turn) % cpus;
+        // This CPU, then the next ones (wrapping), MAX_RING_CPUS at most.
+        let cpu = this.wrapping_add(turn) % cpus;
         let Some(head) = on_cpu::<u64>(ring_head_map(), 0, cpu).copied() else {
             continue;
         };
@@ -412,10 +413,12 @@ fn on_cpu<T>(map: *mut core::ffi::c_void, index: u32, cpu: u32) -> Option<&'stat
     }
 }
 
+#[inline(always)]
 fn ring_map() -> *mut core::ffi::c_void {
     core::ptr::from_ref(&UNPROVEN_RING).cast_mut().cast()
 }
 
+#[inline(always)]
 fn ring_head_map() -> *mut core::ffi::c_void {
     core::ptr::from_ref(&UNPROVEN_RING_HEAD).cast_mut().cast()
 }
