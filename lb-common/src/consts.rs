@@ -82,7 +82,7 @@ pub const CT_UNPROVEN_FLOOR: u32 = 1024;
 /// table (a plain hash, no LRU lists) is full, a new flow takes the place of the oldest
 /// one its CPU still remembers (`conntrack::track_unproven`). Not pinned.
 pub const MAP_UNPROVEN_RING: &str = "UNPROVEN_RING";
-/// Where each CPU writes its next ring slot (a count of flows it tracked). Not pinned.
+/// Each CPU's `RingCursor`. Not pinned.
 pub const MAP_UNPROVEN_RING_HEAD: &str = "UNPROVEN_RING_HEAD";
 /// Global set at load time: slots in each CPU's ring (the unproven table's size over the
 /// CPUs, at least the floor).
@@ -279,6 +279,19 @@ pub struct RateWindow {
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for RateWindow {}
+
+/// A CPU's place in its UNPROVEN_RING: flows written to it, and ring slots an eviction
+/// has consumed. The flows not yet consumed, oldest first, are those from
+/// `max(consumed, written - slots)` to `written`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingCursor {
+    pub written: u64,
+    pub consumed: u64,
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for RingCursor {}
 /// Default and largest Maglev table size; the MAGLEV map holds 2 tables per VIP of this size.
 pub const DEFAULT_MAGLEV_SIZE: u32 = 65_537;
 /// Flows tracked (one entry per flow serves both directions).

@@ -15,7 +15,7 @@ use aya_ebpf::{
     helpers::generated::{bpf_get_smp_processor_id, bpf_map_lookup_percpu_elem},
 };
 use lb_common::{
-    consts::{ABLATE_CLOCK, RateWindow},
+    consts::{ABLATE_CLOCK, RateWindow, RingCursor},
     flow::{
         CT_CLOSED, CT_CLOSING, CT_DATAGRAM, CT_ESTABLISHED, CT_FLAG_FIN_BACKEND,
         CT_FLAG_FIN_CLIENT, CT_FLAG_REPLY_SEEN, CT_FLAG_SYN_SEEN, CT_OPENING, Conn, FlowKey,
@@ -356,44 +356,54 @@ pub fn track_unproven(flow: &FlowKey, conn: &Conn) {
 /// Writes `flow` at this CPU's ring head, over the oldest flow it remembered.
 #[inline(always)]
 fn remember(flow: &FlowKey) {
-    let Some(head) = UNPROVEN_RING_HEAD.get_ptr_mut(0) else {
+    let Some(cursor) = UNPROVEN_RING_HEAD.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: this CPU's slot; the program is not re-entered on a CPU.
-    let head = unsafe { &mut *head };
-    if let Some(slot) = UNPROVEN_RING.get_ptr_mut(ring_slot(*head)) {
+    let cursor = unsafe { &mut *cursor };
+    if let Some(slot) = UNPROVEN_RING.get_ptr_mut(ring_slot(cursor.written)) {
         // SAFETY: as above.
         unsafe { *slot = *flow };
     }
-    *head = head.wrapping_add(1);
+    cursor.written = cursor.written.wrapping_add(1);
 }
 
 /// Deletes the oldest flow still in the unproven table of this CPU's ring, or else of
 /// another CPU's (a flood that fills the table through one CPU must not leave the others
-/// unable to track); whether one was.
+/// unable to track); whether one was. Each ring slot looked at is consumed, found or not
+/// (a flow promoted or swept meanwhile is skipped for good).
 #[inline(always)]
 fn evict_oldest() -> bool {
     // SAFETY: no preconditions.
     let this = unsafe { bpf_get_smp_processor_id() };
     let cpus = ring_cpus().max(1);
+    let slots = u64::from(unproven_ring_slots().max(1));
     for turn in 0..MAX_RING_CPUS {
         if turn >= cpus {
             break;
         }
         // This CPU, then the next ones (wrapping), MAX_RING_CPUS at most.
         let cpu = this.wrapping_add(turn) % cpus;
-        let Some(head) = on_cpu::<u64>(ring_head_map(), 0, cpu).copied() else {
+        let Some(cursor) = on_cpu::<RingCursor>(ring_head_map(), 0, cpu) else {
             continue;
         };
-        for age in 0..EVICTION_TRIES {
-            if let Some(oldest) =
-                on_cpu::<FlowKey>(ring_map(), ring_slot(head.wrapping_add(age)), cpu)
-                && CT_UNPROVEN.remove(oldest).is_ok()
-            {
+        // Another CPU's cursor is written here unsynchronised: a lost update re-reads a
+        // consumed slot (its removal fails) or skips one (left to the sweep).
+        let written = cursor.written;
+        let mut next = cursor.consumed.max(written.saturating_sub(slots));
+        for _ in 0..EVICTION_TRIES {
+            if next >= written {
+                break;
+            }
+            let oldest = on_cpu::<FlowKey>(ring_map(), ring_slot(next), cpu);
+            next += 1;
+            if oldest.is_some_and(|key| CT_UNPROVEN.remove(key).is_ok()) {
+                cursor.consumed = next;
                 stats::count_event(Stat::CtUnprovenEvicted);
                 return true;
             }
         }
+        cursor.consumed = next;
     }
     false
 }
@@ -404,12 +414,12 @@ const MAX_RING_CPUS: u32 = 8;
 /// Slot `index` of a per-CPU array as CPU `cpu` has it (`bpf_map_lookup_percpu_elem`). A
 /// ring slot another CPU writes meanwhile may read torn: its removal then finds no entry.
 #[inline(always)]
-fn on_cpu<T>(map: *mut core::ffi::c_void, index: u32, cpu: u32) -> Option<&'static T> {
+fn on_cpu<T>(map: *mut core::ffi::c_void, index: u32, cpu: u32) -> Option<&'static mut T> {
     // SAFETY: `map` is a per-CPU array whose values are `T`; the value stays valid for the
     // program's run.
     unsafe {
         let value = bpf_map_lookup_percpu_elem(map, core::ptr::from_ref(&index).cast(), cpu);
-        value.cast::<T>().as_ref()
+        value.cast::<T>().as_mut()
     }
 }
 

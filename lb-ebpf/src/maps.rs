@@ -10,7 +10,7 @@ use lb_common::{
     consts::{
         ADDRESS_BUCKETS, CONNTRACK_CAPACITY, CT_UNPROVEN_DIVISOR, DEFAULT_MAGLEV_SIZE,
         DEFAULT_NEW_FLOW_LIMIT, ENDPOINTS_CAPACITY, FAMILY_V4, HOP_SLOTS, LocalMac, MAX_BACKENDS,
-        MAX_SOURCE_RANGES_PER_VIP, MAX_TX_PORTS, MAX_VIPS, RateWindow, TAIL_PROGRAMS,
+        MAX_SOURCE_RANGES_PER_VIP, MAX_TX_PORTS, MAX_VIPS, RateWindow, RingCursor, TAIL_PROGRAMS,
         UNPROVEN_RING_FLOOR,
     },
     encap::{EncapArgs, EncapSource},
@@ -89,9 +89,9 @@ pub static CT_UNPROVEN: HashMap<FlowKey, Conn> =
 pub static UNPROVEN_RING: PerCpuArray<FlowKey> =
     PerCpuArray::with_max_entries(UNPROVEN_RING_FLOOR, 0);
 
-/// Each CPU's count of flows written to its ring.
+/// Each CPU's place in its ring.
 #[map(name = "UNPROVEN_RING_HEAD")]
-pub static UNPROVEN_RING_HEAD: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+pub static UNPROVEN_RING_HEAD: PerCpuArray<RingCursor> = PerCpuArray::with_max_entries(1, 0);
 
 /// This CPU's count of new flows tracked in the current second (the rate guard).
 #[map(name = "NEW_FLOW_RATE")]

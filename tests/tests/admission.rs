@@ -631,6 +631,20 @@ fn frames_for_another_mac_are_passed_untouched() {
     });
 }
 
+/// A new flow from `port`, which must be forwarded and tracked; the unproven flows it
+/// evicted to make room.
+fn open_tracked(datapath: &mut Datapath, port: u16) -> u64 {
+    let (out, delta) = datapath.run_counted(&tcp(port).build(&[]));
+    assert_eq!(out.action, XDP_REDIRECT, "{:?}", delta.moved());
+    assert_eq!(
+        delta.packets(Stat::CtCreated),
+        1,
+        "port {port}: {:?}",
+        delta.moved()
+    );
+    delta.packets(Stat::CtUnprovenEvicted)
+}
+
 /// A full unproven table makes room for a new flow by deleting the oldest flow its CPU
 /// tracked that is still there (first in, first out); a CPU whose own flows are all gone
 /// takes another CPU's oldest; proven flows are never the ones deleted.
@@ -649,23 +663,20 @@ fn a_full_unproven_table_makes_room_oldest_first() {
         open_and_prove(datapath, ids, proven_port);
         let proven_flow = key(ip(CLIENT), proven_port, ip(VIP), 80, IPPROTO_TCP);
         let flow = |port: u16| key(ip(CLIENT), port, ip(VIP), 80, IPPROTO_TCP);
-        let open = |datapath: &mut Datapath, port: u16| {
-            let (out, delta) = datapath.run_counted(&tcp(port).build(&[]));
-            assert_eq!(out.action, XDP_REDIRECT, "{:?}", delta.moved());
-            assert_eq!(
-                delta.packets(Stat::CtCreated),
-                1,
-                "port {port}: {:?}",
-                delta.moved()
-            );
-            delta.packets(Stat::CtUnprovenEvicted)
-        };
         let last = u16::try_from(capacity).expect("a small table");
         for port in 1..=last {
-            assert_eq!(open(datapath, port), 0, "port {port}: the table has room");
+            assert_eq!(
+                open_tracked(datapath, port),
+                0,
+                "port {port}: the table has room"
+            );
         }
         for (port, oldest) in [(last + 1, 1), (last + 2, 2)] {
-            assert_eq!(open(datapath, port), 1, "port {port}: the table is full");
+            assert_eq!(
+                open_tracked(datapath, port),
+                1,
+                "port {port}: the table is full"
+            );
             assert_eq!(
                 proven(datapath, &flow(oldest)),
                 None,
@@ -687,8 +698,60 @@ fn a_full_unproven_table_makes_room_oldest_first() {
             return;
         }
         Datapath::run_on_cpu(1);
-        assert_eq!(open(datapath, last + 3), 1, "another CPU's oldest");
+        assert_eq!(open_tracked(datapath, last + 3), 1, "another CPU's oldest");
         assert_eq!(proven(datapath, &flow(3)), None, "CPU 0's oldest made room");
         assert_eq!(proven(datapath, &flow(last + 3)), Some(false));
+    });
+}
+
+/// An unproven table filled by two CPUs, neither of whose rings has wrapped: each CPU
+/// still makes room for every new flow, by its own oldest, one after another.
+#[test]
+fn an_unproven_table_filled_from_two_cpus_keeps_tracking_on_both() {
+    lb_tests::require_root!();
+    // SAFETY: no preconditions (the online CPUs, whatever this thread's affinity).
+    if unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } < 2 {
+        lb_tests::loud("one CPU: filling the unproven table from two CPUs is not exercised");
+        return;
+    }
+    let lab = FibLab::new();
+    let limits = Limits {
+        conntrack_capacity: 4096,
+        ..Limits::default()
+    };
+    let half = u16::try_from(limits.unproven_capacity() / 2).expect("a small table");
+    lab.with_datapath_loaded(limits, &Options::default(), |datapath, ids| {
+        datapath.set_ingress(ids.from_client);
+        let flow = |port: u16| key(ip(CLIENT), port, ip(VIP), 80, IPPROTO_TCP);
+        // Half the table from each CPU: full, and neither ring has wrapped.
+        for (cpu, first) in [(0, 1), (1, 1 + half)] {
+            Datapath::run_on_cpu(cpu);
+            for port in first..first + half {
+                assert_eq!(
+                    open_tracked(datapath, port),
+                    0,
+                    "port {port}: the table has room"
+                );
+            }
+        }
+        // A hundred new flows on each CPU: each evicts that CPU's oldest.
+        for (cpu, oldest) in [(0, 1), (1, 1 + half)] {
+            Datapath::run_on_cpu(cpu);
+            let first = 2 * half + 1 + cpu as u16 * 100;
+            for port in first..first + 100 {
+                assert_eq!(
+                    open_tracked(datapath, port),
+                    1,
+                    "CPU {cpu}, port {port}: full"
+                );
+            }
+            assert_eq!(proven(datapath, &flow(oldest)), None, "CPU {cpu}'s oldest");
+            assert_eq!(proven(datapath, &flow(oldest + 99)), None, "its 100th");
+            assert_eq!(
+                proven(datapath, &flow(oldest + 100)),
+                Some(false),
+                "its 101st"
+            );
+        }
     });
 }
