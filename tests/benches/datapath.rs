@@ -200,10 +200,7 @@ impl<'a> Bench<'a> {
     /// A bench on `datapath` as the daemon leaves it after its start-up sweep, which builds
     /// the proven-flow filter that new flows read.
     fn verified(datapath: &'a mut Datapath, ids: &'a Ids, calls: usize) -> Self {
-        datapath
-            .sweeper(lb_common::flow::DEFAULT_TIMEOUTS_NS)
-            .sweep()
-            .expect("sweep the conntrack tables");
+        datapath.sweep();
         Bench {
             datapath,
             ids,
@@ -533,10 +530,7 @@ fn floods(lab: &FibLab, packets: usize) -> Vec<Flood> {
                 assert_eq!(before, PROVEN, "every flow proven before the flood");
                 // As the daemon's periodic sweep would have by now (it builds the
                 // proven-flow filter the flood's SYNs read).
-                datapath
-                    .sweeper(lb_common::flow::DEFAULT_TIMEOUTS_NS)
-                    .sweep()
-                    .expect("sweep the conntrack tables");
+                datapath.sweep();
                 let counted = datapath.stats();
                 let calls = packets / RUNS;
                 let started = Instant::now();
@@ -628,10 +622,7 @@ fn plot(path: &str, rows: &[Row], floor: f64) -> Result<(), Box<dyn std::error::
 fn sweep_costs(
     datapath: &Datapath,
 ) -> Vec<(&'static str, lb_userspace::datapath::conntrack::Census)> {
-    let keep = datapath
-        .sweeper(lb_common::flow::DEFAULT_TIMEOUTS_NS)
-        .sweep()
-        .expect("sweep");
+    let keep = datapath.sweep();
     // Entries refreshed in this very tick are not past a zero timeout: wait one out.
     std::thread::sleep(Duration::from_millis(20));
     let drop_all = datapath.sweeper([0; 5]).sweep().expect("sweep");

@@ -219,10 +219,7 @@ fn prove(datapath: &mut Datapath, rows: &[LbRow]) {
     );
     // The daemon sweeps at start and every few seconds: its walk builds the proven-flow
     // filter, which new flows read.
-    datapath
-        .sweeper(lb_common::flow::DEFAULT_TIMEOUTS_NS)
-        .sweep()
-        .expect("sweep the conntrack tables");
+    datapath.sweep();
 }
 
 /// One row of the harness's table.

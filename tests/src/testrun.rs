@@ -278,6 +278,14 @@ impl Datapath {
         )
     }
 
+    /// One pass of the daemon's sweep with the default timeouts, as it runs at start and
+    /// every few seconds (it deletes expired flows and rebuilds the proven-flow filter).
+    pub fn sweep(&self) -> lb_userspace::datapath::conntrack::Census {
+        self.sweeper(lb_common::flow::DEFAULT_TIMEOUTS_NS)
+            .sweep()
+            .expect("sweep the conntrack tables")
+    }
+
     /// The proven-flow filter of this datapath, mapped here.
     pub fn proven_filter(&self) -> lb_userspace::datapath::proven_filter::ProvenFilter {
         self.balancer

@@ -156,21 +156,15 @@ fn a_syn_reusing_a_proven_flows_port_opens_a_new_connection() {
 fn syn_reusing_a_proven_flows_port(built: FilterBuilt) {
     let lab = FibLab::new();
     lab.with_datapath(|datapath, ids| {
-        let sweep = |datapath: &Datapath| {
-            datapath
-                .sweeper(lb_common::flow::DEFAULT_TIMEOUTS_NS)
-                .sweep()
-                .expect("sweep");
-        };
         let port = 42_100;
         let flow = key(ip(CLIENT), port, ip(VIP), 80, IPPROTO_TCP);
         if matches!(built, FilterBuilt::BeforePromotion) {
-            sweep(datapath);
+            datapath.sweep();
         }
         // Opened, answered, acknowledged: proven; then cached.
         let old = open_and_prove(datapath, ids, port);
         if matches!(built, FilterBuilt::AfterPromotion) {
-            sweep(datapath);
+            datapath.sweep();
         }
         let filter = datapath.proven_filter();
         assert_eq!(
@@ -239,10 +233,7 @@ fn the_proven_flow_filter_spares_new_flows_the_proven_lookup() {
         let port = 43_001;
         let flow = key(ip(CLIENT), port, ip(VIP), 80, IPPROTO_TCP);
         open_and_prove(datapath, ids, port);
-        let sweep = datapath
-            .sweeper(lb_common::flow::DEFAULT_TIMEOUTS_NS)
-            .sweep()
-            .expect("sweep");
+        let sweep = datapath.sweep();
         assert_eq!(sweep.proven_pass.seen, 1, "{sweep:?}");
         let filter = datapath.proven_filter();
         assert_eq!(filter.contains(&flow), Some(true), "kept by the rebuild");

@@ -114,7 +114,7 @@ fn count_entries(map: &aya::maps::Map) -> Result<u64, MapError> {
 }
 
 /// A descriptor of its own on a conntrack table (an LRU hash map, or a hash map).
-fn dup_lru(map: &aya::maps::Map, name: &str) -> Result<std::os::fd::OwnedFd, MapError> {
+fn dup_conntrack(map: &aya::maps::Map, name: &str) -> Result<std::os::fd::OwnedFd, MapError> {
     let (aya::maps::Map::LruHashMap(data) | aya::maps::Map::HashMap(data)) = map else {
         return Err(MapError::InvalidName {
             name: name.to_owned(),
@@ -473,9 +473,9 @@ impl ServiceMaps {
     /// deletes can run without borrowing these maps.
     pub fn conntrack_table(&self) -> Result<ConntrackTable, MapError> {
         Ok(ConntrackTable::new(
-            dup_lru(&self.conntrack, MAP_CONNTRACK)?,
+            dup_conntrack(&self.conntrack, MAP_CONNTRACK)?,
             self.conntrack_capacity,
-            dup_lru(&self.unproven, MAP_CT_UNPROVEN)?,
+            dup_conntrack(&self.unproven, MAP_CT_UNPROVEN)?,
             self.unproven_capacity,
         ))
     }
