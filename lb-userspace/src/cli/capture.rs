@@ -192,9 +192,15 @@ pub(crate) fn run(socket: &Path, args: CaptureArgs) -> anyhow::Result<()> {
             Box::new(File::create(path).with_context(|| format!("creating {}", path.display()))?)
         }
     };
-    let mut file = PcapngStream::new(BufWriter::new(out), &started, now_ns())
-        .map_err(|e| written(e, &args.write))?;
     let stopper = Arc::new(Stopper::new(stream.control));
+    let mut file = match PcapngStream::new(BufWriter::new(out), &started, now_ns()) {
+        Ok(file) => file,
+        Err(error) => {
+            // As below: the reader of -w - may go away before the file's header is whole.
+            stopper.ask().unwrap_or_default();
+            return Err(written(error, &args.write));
+        }
+    };
     stop_on_signals(&stopper)?;
     // Said once Ctrl-C is handled, so that what it says holds.
     say(&starting(&started));
