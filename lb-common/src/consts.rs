@@ -69,7 +69,7 @@ pub const MAP_VIP_DROPS: &str = "VIP_DROPS";
 /// new or mid-flow packets can never evict them.
 pub const MAP_CONNTRACK: &str = "CONNTRACK";
 /// Which flows may be in CONNTRACK: a bit per hash of the 5-tuple, set by every promotion
-/// and rebuilt by the sweep (`flow::ProvenFilter`). A SYN whose bit is clear skips the
+/// and rebuilt by the sweep (`flow::PROVEN_FILTER_UNBUILT` says how). A SYN whose bit is clear skips the
 /// proven table's lookup.
 pub const MAP_PROVEN_FILTER: &str = "PROVEN_FILTER";
 /// Flows not proven yet (no reply and handshake, or too few packets): new flows start here
@@ -211,7 +211,7 @@ pub const GLOBAL_HASH_SEED: &str = "HASH_SEED";
 /// cached flow's conntrack entry is refreshed before it could expire.
 pub const GLOBAL_FLOW_CACHE_NS: &str = "FLOW_CACHE_NS";
 /// Global set at load time: the words in each half of PROVEN_FILTER (a power of two,
-/// `flow::ProvenFilter::words`).
+/// `flow::proven_filter_words`).
 pub const GLOBAL_PROVEN_FILTER_WORDS: &str = "PROVEN_FILTER_WORDS";
 /// Global set at load time: `ABLATE_*` stages the datapath skips. Always 0 outside
 /// `cargo xtask bench`, which times the program with each stage left out to show what it

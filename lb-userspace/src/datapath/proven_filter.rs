@@ -11,8 +11,7 @@ use std::{
 };
 
 use lb_common::flow::{
-    FlowKey, PROVEN_FILTER_HALF0, PROVEN_FILTER_UNBUILT, proven_filter_bit, proven_filter_entries,
-    proven_filter_slot,
+    FlowKey, PROVEN_FILTER_HALF0, proven_filter_bit, proven_filter_entries, proven_filter_slot,
 };
 use rustix::mm::{MapFlags, ProtFlags, mmap, munmap};
 use thiserror::Error;
@@ -77,9 +76,12 @@ impl ProvenFilter {
 
     /// The half that answers now, if the filter is built.
     pub fn answering(&self) -> Option<u32> {
+        // Only 1 and 2 name a half (anything else reads as not built, as the datapath
+        // reads it), so a half index is never out of the mapping.
         match self.slot(0).load(Ordering::Acquire) {
-            PROVEN_FILTER_UNBUILT => None,
-            state => u32::try_from(state - PROVEN_FILTER_HALF0).ok(),
+            PROVEN_FILTER_HALF0 => Some(0),
+            state if state == PROVEN_FILTER_HALF0 + 1 => Some(1),
+            _ => None,
         }
     }
 
